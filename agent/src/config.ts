@@ -1,0 +1,118 @@
+// The agent's configuration: defaults, an optional YAML/JSON config file, and command-line flags (flags win).
+// parseAgentConfig is pure and validates everything once; the rest of the agent only sees AgentConfig.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { DEFAULT_AGENT_SOCKET } from './protocol/cni-event.js';
+import { isLogLevel } from './log.js';
+import type { LevelWithSilent } from 'pino';
+
+export type RedirectMode = 'iptables' | 'nftables';
+export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables'];
+
+export interface AgentConfig {
+  nodeName: string;
+  stateDir: string;
+  socketPath: string;
+  workloadSource: 'files';
+  workloadsDir: string;
+  redirectMode: RedirectMode;
+  logLevel: LevelWithSilent;
+  /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
+  podLookupTimeoutMs: number;
+  /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
+  repairIntervalMs: number;
+}
+
+export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
+  stateDir: '/var/lib/ambient-node',
+  socketPath: DEFAULT_AGENT_SOCKET,
+  workloadSource: 'files',
+  workloadsDir: '/etc/ambient-node/workloads',
+  redirectMode: 'iptables',
+  logLevel: 'info',
+  podLookupTimeoutMs: 3000,
+  repairIntervalMs: 5000,
+};
+
+export class ConfigError extends Error {
+  readonly code = 'AMB_ERR_CONFIG';
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Raw values as they come from a file or flags, keyed by the file's names (camelCase or kebab-case). */
+export type RawConfig = Record<string, unknown>;
+
+const KEYS: Record<string, keyof AgentConfig> = {
+  nodeName: 'nodeName', 'node-name': 'nodeName',
+  stateDir: 'stateDir', 'state-dir': 'stateDir',
+  socket: 'socketPath', socketPath: 'socketPath', 'socket-path': 'socketPath',
+  workloadSource: 'workloadSource', 'workload-source': 'workloadSource',
+  workloadsDir: 'workloadsDir', 'workloads-dir': 'workloadsDir',
+  redirectMode: 'redirectMode', 'redirect-mode': 'redirectMode',
+  logLevel: 'logLevel', 'log-level': 'logLevel',
+  podLookupTimeoutMs: 'podLookupTimeoutMs', 'pod-lookup-timeout-ms': 'podLookupTimeoutMs',
+  repairIntervalMs: 'repairIntervalMs', 'repair-interval-ms': 'repairIntervalMs',
+};
+
+function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
+  const out: Partial<Record<keyof AgentConfig, unknown>> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (v === undefined) continue;
+    const key = KEYS[k];
+    if (!key) throw new ConfigError(`${origin}: unknown setting "${k}" (known: ${[...new Set(Object.values(KEYS))].join(', ')})`);
+    out[key] = v;
+  }
+  return out;
+}
+
+function asString(v: unknown, key: string): string {
+  if (typeof v !== 'string' || v === '') throw new ConfigError(`${key} must be a non-empty string`);
+  return v;
+}
+
+/** Merges defaults < file < flags and validates the result. */
+export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_NAME?: string } = {}): AgentConfig {
+  const merged = { ...normalise(file, 'config file'), ...normalise(flags, 'flags') };
+  const nodeName = merged.nodeName ?? env.NODE_NAME ?? hostname();
+  const redirectMode = merged.redirectMode ?? CONFIG_DEFAULTS.redirectMode;
+  if (!REDIRECT_MODES.includes(redirectMode as RedirectMode)) {
+    throw new ConfigError(`redirectMode must be one of ${REDIRECT_MODES.join(', ')}, got ${JSON.stringify(redirectMode)}`);
+  }
+  const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
+  if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
+  const workloadSource = merged.workloadSource ?? 'files';
+  if (workloadSource !== 'files') throw new ConfigError(`workloadSource must be "files" (kubernetes is not implemented yet), got ${JSON.stringify(workloadSource)}`);
+  const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
+  if (!Number.isInteger(timeout) || timeout < 0 || timeout > 60_000) throw new ConfigError('podLookupTimeoutMs must be an integer from 0 to 60000');
+  const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
+  if (!Number.isInteger(repair) || repair < 0) throw new ConfigError('repairIntervalMs must be a non-negative integer (0 disables repair)');
+  return {
+    nodeName: asString(nodeName, 'nodeName'),
+    stateDir: asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir'),
+    socketPath: asString(merged.socketPath ?? CONFIG_DEFAULTS.socketPath, 'socketPath'),
+    workloadSource,
+    workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
+    redirectMode: redirectMode as RedirectMode,
+    logLevel,
+    podLookupTimeoutMs: timeout,
+    repairIntervalMs: repair,
+  };
+}
+
+/** Reads a YAML or JSON config file (JSON is YAML). */
+export function readConfigFile(path: string): RawConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  const doc: unknown = parseYaml(text);
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path} must hold a mapping`);
+  return doc as RawConfig;
+}

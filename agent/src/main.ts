@@ -1,0 +1,137 @@
+#!/usr/bin/env node
+// `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`).
+// Exit codes: 0 ok, 1 the command ran but found a problem, 2 usage or configuration error, 3 the agent is not answering.
+import { Command, InvalidArgumentError } from 'commander';
+import { Agent } from './agent.js';
+import { AgentDownError, getJson } from './cli/agent-client.js';
+import { bytes, table } from './cli/format.js';
+import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
+import { createRootLogger } from './log.js';
+import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
+import type { PodView } from './reconcile/enroller.js';
+import { PODS_PATH } from './server/event-server.js';
+
+const EXIT = { ok: 0, problem: 1, usage: 2, agentDown: 3 } as const;
+
+function int(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be a non-negative integer');
+  return n;
+}
+
+async function runAgent(opts: Record<string, unknown>): Promise<void> {
+  const { config, ...flags } = opts;
+  const file: RawConfig = typeof config === 'string' ? readConfigFile(config) : {};
+  const cfg = parseAgentConfig(file, flags as RawConfig, { NODE_NAME: process.env.NODE_NAME });
+  const log = createRootLogger(cfg.logLevel);
+  const agent = new Agent(cfg, log);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping; pod rules stay in place');
+    agent.stop().then(() => process.exit(0), (err: unknown) => {
+      log.error({ err }, 'stop failed');
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  try {
+    await agent.start();
+  } catch (err) {
+    log.fatal({ err }, 'agent failed to start');
+    await agent.stop().catch(() => undefined);
+    process.exit(1);
+  }
+}
+
+async function query<T>(socket: string, path: string): Promise<T> {
+  return getJson<T>(socket, path);
+}
+
+function printJson(v: unknown): void {
+  process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+}
+
+export function buildCli(): Command {
+  const program = new Command('ambient-node')
+    .description('ambient-node: the node agent of a sidecarless service mesh, and commands to inspect it')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('agent')
+    .description('run the node agent (one per node)')
+    .option('--config <file>', 'YAML or JSON config file (flags override it)')
+    .option('--node-name <name>', 'this node\'s name (default: $NODE_NAME or the hostname)')
+    .option('--state-dir <dir>', `where pod records are persisted (default ${CONFIG_DEFAULTS.stateDir})`)
+    .option('--socket <path>', `event socket for the CNI plugin and CLI (default ${CONFIG_DEFAULTS.socketPath})`)
+    .option('--workload-source <kind>', 'where pods and namespaces come from: files (default files)')
+    .option('--workloads-dir <dir>', `folder of Pod/Namespace YAML for the files source (default ${CONFIG_DEFAULTS.workloadsDir})`)
+    .option('--redirect-mode <mode>', `in-pod redirection backend: ${REDIRECT_MODES.join(' | ')} (default ${CONFIG_DEFAULTS.redirectMode})`)
+    .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
+    .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
+    .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
+    .action(runAgent);
+
+  const socketOpt = ['--socket <path>', 'the agent\'s event socket', CONFIG_DEFAULTS.socketPath] as const;
+  const outputOpt = ['-o, --output <format>', 'table or json', 'table'] as const;
+
+  program
+    .command('status')
+    .description('agent health, backend and counts')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string }) => {
+      const st = await query<AgentStatus>(o.socket, EVENT_PATHS.status);
+      if (o.output === 'json') printJson(st);
+      else process.stdout.write(`${table(['NODE', 'READY', 'BACKEND', 'ENROLLED'], [[st.node, st.ready ? 'yes' : `no (${st.reason ?? ''})`, st.backend, String(st.enrolled)]])}\n`);
+      if (!st.ready) process.exitCode = EXIT.problem;
+    });
+
+  program
+    .command('pods')
+    .description('every pod the agent knows on this node: captured or not, IPs, bytes carried')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string }) => {
+      const r = await query<{ pods: PodView[] }>(o.socket, PODS_PATH);
+      if (o.output === 'json') return printJson(r);
+      const rows = r.pods.map((p) => [
+        `${p.namespace}/${p.name}`,
+        p.state === 'enrolled' ? (p.listening ? 'CAPTURED' : 'ERROR') : 'NOT-CAPTURED',
+        p.ips.join(','),
+        p.backend,
+        p.stats ? String(p.stats.outbound.opened + p.stats.inbound.opened) : '-',
+        p.stats ? bytes(p.stats.outbound.bytesFromDownstream + p.stats.inbound.bytesToDownstream) : '-',
+        p.stats ? bytes(p.stats.outbound.bytesToDownstream + p.stats.inbound.bytesFromDownstream) : '-',
+      ]);
+      process.stdout.write(`${table(['POD', 'STATE', 'IP', 'BACKEND', 'CONNS', 'SENT', 'RECEIVED'], rows)}\n`);
+      if (r.pods.some((p) => p.state === 'enrolled' && !p.listening)) process.exitCode = EXIT.problem;
+    });
+
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  try {
+    await buildCli().parseAsync(argv);
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') process.exit(EXIT.ok);
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) process.exit(EXIT.usage);
+    if (err instanceof AgentDownError) {
+      process.stderr.write(`ambient-node: ${err.message}\n`);
+      process.exit(EXIT.agentDown);
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`ambient-node: ${err.message}\n`);
+      process.exit(EXIT.usage);
+    }
+    process.stderr.write(`ambient-node: ${(err as Error).message}\n`);
+    process.exit(EXIT.problem);
+  }
+}
+
+void main(process.argv);

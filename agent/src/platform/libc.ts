@@ -1,0 +1,99 @@
+// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts).
+// The only file that loads libc; everything else goes through netns.ts or sockets.ts.
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+export const AF_INET = 2;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_MARK = 36;
+export const SOL_IP = 0;
+export const IP_TRANSPARENT = 19;
+export const SO_ORIGINAL_DST = 80;
+export const CLONE_NEWNET = 0x40000000;
+
+const fns = {
+  setns: libc.func('int setns(int fd, int nstype)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  setsockopt: libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)'),
+  getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
+  bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
+  listen: libc.func('int listen(int fd, int backlog)'),
+  close: libc.func('int close(int fd)'),
+  strerror: libc.func('const char *strerror(int errnum)'),
+};
+
+/** A failed libc call, with the errno name a person can search for. */
+export class SyscallError extends Error {
+  readonly code: string;
+  constructor(readonly syscall: string, readonly errno: number, detail?: string) {
+    super(`${syscall}${detail ? ` ${detail}` : ''}: ${fns.strerror(errno) as string} (errno ${errno})`);
+    this.name = 'SyscallError';
+    this.code = ERRNO_NAMES[errno] ?? `ERRNO_${errno}`;
+  }
+}
+
+const ERRNO_NAMES: Record<number, string> = {
+  1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 13: 'EACCES', 22: 'EINVAL', 24: 'EMFILE',
+  92: 'ENOPROTOOPT', 98: 'EADDRINUSE', 99: 'EADDRNOTAVAIL',
+};
+
+function check(syscall: string, rc: number, detail?: string): number {
+  if (rc < 0) throw new SyscallError(syscall, koffi.errno(), detail);
+  return rc;
+}
+
+export function setns(fd: number, nstype: number): void {
+  check('setns', fns.setns(fd, nstype) as number);
+}
+
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check('socket', fns.socket(domain, type, protocol) as number);
+}
+
+export function setsockoptInt(fd: number, level: number, name: number, value: number, what: string): void {
+  const buf = Buffer.alloc(4);
+  buf.writeInt32LE(value);
+  check('setsockopt', fns.setsockopt(fd, level, name, buf, 4) as number, what);
+}
+
+export function getsockoptBuf(fd: number, level: number, name: number, size: number, what: string): Buffer {
+  const buf = Buffer.alloc(size);
+  const len = [size];
+  check('getsockopt', fns.getsockopt(fd, level, name, buf, len) as number, what);
+  return buf.subarray(0, len[0]);
+}
+
+export function bind(fd: number, addr: Buffer): void {
+  check('bind', fns.bind(fd, addr, addr.length) as number);
+}
+
+export function listen(fd: number, backlog: number): void {
+  check('listen', fns.listen(fd, backlog) as number);
+}
+
+export function close(fd: number): void {
+  fns.close(fd);
+}
+
+/** struct sockaddr_in for an IPv4 address and port. */
+export function sockaddrIn(address: string, port: number): Buffer {
+  const buf = Buffer.alloc(16);
+  buf.writeUInt16LE(AF_INET, 0);
+  buf.writeUInt16BE(port, 2);
+  const parts = address.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
+    throw new Error(`not an IPv4 address: ${address}`);
+  }
+  Buffer.from(parts).copy(buf, 4);
+  return buf;
+}
+
+export function parseSockaddrIn(buf: Buffer): { address: string; port: number } {
+  if (buf.length < 8 || buf.readUInt16LE(0) !== AF_INET) throw new Error('not a sockaddr_in');
+  return { address: [...buf.subarray(4, 8)].join('.'), port: buf.readUInt16BE(2) };
+}

@@ -1,0 +1,88 @@
+// Network namespace handles and the one way into a namespace: withNetns(ns, fn).
+// withNetns is synchronous on the event-loop thread: fn must only make koffi syscalls (never Node's async socket APIs, which create their socket on a later tick in the wrong namespace).
+import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
+import { CLONE_NEWNET, setns } from './libc.js';
+
+/** Identity of a network namespace: the inode and device of its nsfs file. */
+export interface NetnsId {
+  inode: number;
+  dev: number;
+}
+
+export class NetnsGoneError extends Error {
+  readonly code = 'AMB_ERR_NETNS_GONE';
+  constructor(readonly path: string, options?: { cause?: unknown }) {
+    super(`network namespace ${path} is gone (was the pod sandbox deleted?)`, options);
+    this.name = 'NetnsGoneError';
+  }
+}
+
+/** An open handle on a network namespace; holding it keeps the namespace alive until close(). */
+export class Netns {
+  private closed = false;
+  private constructor(readonly path: string, readonly fd: number, readonly id: NetnsId) {}
+
+  static open(path: string): Netns {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (err) {
+      throw new NetnsGoneError(path, { cause: err });
+    }
+    const st = fstatSync(fd);
+    const id = { inode: st.ino, dev: st.dev };
+    if (path !== SELF_PATH && sameNetns(id, selfId())) {
+      closeSync(fd);
+      throw new Error(`refusing ${path}: it is the agent's own network namespace, not a pod's`);
+    }
+    return new Netns(path, fd, id);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeSync(this.fd);
+  }
+
+  toString(): string {
+    return `${this.path}[${this.id.inode}]`;
+  }
+}
+
+const SELF_PATH = '/proc/thread-self/ns/net';
+let self: Netns | undefined;
+
+/** The agent's own (node) network namespace, opened once at first use. */
+export function selfNetns(): Netns {
+  self ??= Netns.open(SELF_PATH);
+  return self;
+}
+
+function selfId(): NetnsId {
+  return selfNetns().id;
+}
+
+export function sameNetns(a: NetnsId, b: NetnsId): boolean {
+  return a.inode === b.inode && a.dev === b.dev;
+}
+
+/** The identity of the namespace at path, or undefined when the path no longer exists. */
+export function statNetns(path: string): NetnsId | undefined {
+  try {
+    const st = statSync(path);
+    return { inode: st.ino, dev: st.dev };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs fn inside ns and switches back before returning, even when fn throws. */
+export function withNetns<T>(ns: Netns, fn: () => T): T {
+  const home = selfNetns();
+  setns(ns.fd, CLONE_NEWNET);
+  try {
+    return fn();
+  } finally {
+    setns(home.fd, CLONE_NEWNET);
+  }
+}

@@ -1,0 +1,106 @@
+// TCP sockets created inside a pod's network namespace and handed to Node, and SO_ORIGINAL_DST.
+// Sockets are made with koffi inside withNetns (so they belong to the pod) and wrapped by net.Server / net.Socket afterwards.
+import net from 'node:net';
+import {
+  AF_INET, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_MARK, SO_ORIGINAL_DST,
+  SO_REUSEADDR, IP_TRANSPARENT, bind, close, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
+  socket, sockaddrIn,
+} from './libc.js';
+import { type Netns, withNetns } from './netns.js';
+
+export interface ListenOptions {
+  address: string;
+  port: number;
+  backlog?: number;
+  /** IP_TRANSPARENT, for listeners that receive packets steered to them without NAT. */
+  transparent?: boolean;
+}
+
+/** A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). */
+export function listenFdIn(ns: Netns, opts: ListenOptions): number {
+  return withNetns(ns, () => {
+    const fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+    try {
+      setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
+      if (opts.transparent) setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
+      bind(fd, sockaddrIn(opts.address, opts.port));
+      listen(fd, opts.backlog ?? 511);
+      return fd;
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
+  });
+}
+
+/** A net.Server listening inside ns; resolves once Node has adopted the socket. */
+export async function listenIn(ns: Netns, opts: ListenOptions, onConnection: (s: net.Socket) => void): Promise<net.Server> {
+  const fd = listenFdIn(ns, opts);
+  const server = net.createServer({ allowHalfOpen: true }, onConnection);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    close(fd);
+    throw err;
+  }
+  return server;
+}
+
+export interface DialOptions {
+  host: string;
+  port: number;
+  /** SO_MARK for the agent's own sockets, so the in-pod rules exempt them. */
+  mark: number;
+  timeoutMs?: number;
+}
+
+/** Connects from inside ns with the given mark; resolves with the connected socket. */
+export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
+  const fd = withNetns(ns, () => {
+    const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+    try {
+      setsockoptInt(s, SOL_SOCKET, SO_MARK, opts.mark, 'SO_MARK');
+      return s;
+    } catch (err) {
+      close(s);
+      throw err;
+    }
+  });
+  return new Promise((resolve, reject) => {
+    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+    const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
+    sock.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    sock.connect(opts.port, opts.host, () => {
+      clearTimeout(timer);
+      sock.removeAllListeners('error');
+      resolve(sock);
+    });
+  });
+}
+
+interface HandleWithFd {
+  fd?: number;
+}
+
+/** The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST), or the socket's local address. */
+export function originalDst(sock: net.Socket): { address: string; port: number } {
+  const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
+  if (typeof fd === 'number' && fd >= 0) {
+    try {
+      return parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
+    } catch {
+      // Not NATed (TPROXY / sk_assign steering): the local address is the original destination.
+    }
+  }
+  if (!sock.localAddress || sock.localPort === undefined) throw new Error('socket has no local address');
+  return { address: sock.localAddress.replace(/^::ffff:/, ''), port: sock.localPort };
+}

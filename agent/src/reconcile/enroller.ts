@@ -1,0 +1,295 @@
+// Pod enrolment: ADD/DEL/CHECK/GC from the plugin, re-adoption after a restart, and late (un)enrolment when labels change.
+// Holds every attachment's record, its open netns handle and its forwarder; all work on one attachment is serialised.
+import type { CniEvent, EventVerdict, GcEvent } from '../protocol/cni-event.js';
+import { AgentError, describe } from '../errors.js';
+import type { Logger } from '../log.js';
+import { Netns, sameNetns, statNetns } from '../platform/netns.js';
+import { runTool } from '../platform/exec.js';
+import { PodForwarder, type ForwarderStats } from '../forwarder/pod-forwarder.js';
+import { removePodRules, type RedirectBackend, type RuleDrift } from '../redirect/backend.js';
+import { KeyedMutex } from '../registry/keyed-mutex.js';
+import { recordKey, type PodRecord, type StateStore } from '../registry/state-store.js';
+import { decideEnrolment } from '../workload/enrolment.js';
+import type { WorkloadChange, WorkloadSource } from '../workload/source.js';
+import type { PodInfo } from '../workload/types.js';
+
+interface Live {
+  netns: Netns;
+  forwarder: PodForwarder;
+}
+
+export interface PodView extends PodRecord {
+  listening: boolean;
+  stats?: ForwarderStats;
+}
+
+export interface EnrollerCounters {
+  enrolments: number;
+  enrolmentFailures: number;
+  unenrolments: number;
+  ruleRepairs: number;
+}
+
+export class Enroller {
+  readonly counters: EnrollerCounters = { enrolments: 0, enrolmentFailures: 0, unenrolments: 0, ruleRepairs: 0 };
+  private records = new Map<string, PodRecord>();
+  private live = new Map<string, Live>();
+  private mutex = new KeyedMutex();
+
+  constructor(
+    private readonly backend: RedirectBackend,
+    private readonly source: WorkloadSource,
+    private readonly store: StateStore,
+    private readonly log: Logger,
+    private readonly podLookupTimeoutMs: number,
+  ) {
+    source.onChange((c) => this.onWorkloadChange(c));
+  }
+
+  async add(ev: CniEvent): Promise<EventVerdict> {
+    const { podNamespace: ns, podName: name } = ev.k8s;
+    if (!ns || !name) throw new AgentError('AMB_ERR_BAD_EVENT', 'ADD without K8S_POD_NAMESPACE/K8S_POD_NAME: not a Kubernetes pod');
+    const key = recordKey(ev.containerId, ev.ifname);
+    const plog = this.log.child({ pod: `${ns}/${name}`, containerId: ev.containerId.slice(0, 12) });
+    return this.mutex.run(key, async () => {
+      const pod = await this.source.waitForPod(ns, name, this.podLookupTimeoutMs);
+      if (!pod) {
+        throw new AgentError('AMB_ERR_POD_UNKNOWN', `pod ${ns}/${name} is not in the workload source yet; try again later`);
+      }
+      if (ev.k8s.podUid && pod.uid && ev.k8s.podUid !== pod.uid) {
+        throw new AgentError('AMB_ERR_POD_UNKNOWN', `pod ${ns}/${name} has uid ${pod.uid} in the workload source but the runtime sent ${ev.k8s.podUid}; try again later`);
+      }
+      const id = statNetns(ev.netns);
+      if (!id) throw new AgentError('AMB_ERR_NETNS_GONE', `network namespace ${ev.netns} of pod ${ns}/${name} does not exist`);
+      const ips = ev.ips.length ? ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address) : await podIpsFromNetns(ev.netns);
+      const decision = decideEnrolment(pod, this.source.getNamespace(ns));
+      const rec: PodRecord = {
+        containerId: ev.containerId, ifname: ev.ifname, netnsPath: ev.netns, netnsInode: id.inode, netnsDev: id.dev,
+        namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', ips, state: decision.enrol ? 'enrolled' : 'skipped',
+        reason: decision.reason, backend: this.backend.name, updatedAt: new Date().toISOString(),
+      };
+      if (decision.enrol) await this.enrol(key, rec, plog);
+      else {
+        await this.unenrol(key, plog);
+        plog.info({ reason: decision.reason }, 'pod not selected for the mesh');
+      }
+      this.records.set(key, rec);
+      await this.persist();
+      return { result: decision.enrol ? 'enrolled' : 'skipped', reason: decision.reason };
+    });
+  }
+
+  async del(ev: CniEvent): Promise<EventVerdict> {
+    const key = recordKey(ev.containerId, ev.ifname);
+    return this.mutex.run(key, async () => {
+      const rec = this.records.get(key);
+      if (!rec) return { result: 'removed', reason: 'attachment not known' };
+      await this.unenrol(key, this.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) }));
+      this.records.delete(key);
+      await this.persist();
+      return { result: 'removed' };
+    });
+  }
+
+  async check(ev: CniEvent): Promise<EventVerdict> {
+    const key = recordKey(ev.containerId, ev.ifname);
+    return this.mutex.run(key, async () => {
+      const rec = this.records.get(key);
+      const { podNamespace: ns, podName: name } = ev.k8s;
+      const pod = ns && name ? this.source.getPod(ns, name) : undefined;
+      const shouldEnrol = pod ? decideEnrolment(pod, this.source.getNamespace(pod.namespace)).enrol : rec?.state === 'enrolled';
+      if (!shouldEnrol) return { result: 'ok', reason: 'pod is not selected for the mesh' };
+      if (!rec || rec.state !== 'enrolled') throw new AgentError('AMB_ERR_NOT_ENROLLED', `pod ${ns}/${name} should be enrolled but the agent has not enrolled it`);
+      const problems = await this.inspect(key, rec);
+      if (problems.length) throw new AgentError('AMB_ERR_NOT_ENROLLED', `pod ${rec.namespace}/${rec.name} is not fully captured: ${problems.join('; ')}`);
+      return { result: 'ok' };
+    });
+  }
+
+  async gc(ev: GcEvent): Promise<EventVerdict> {
+    const valid = new Set(ev.validAttachments.map((a) => recordKey(a.containerId, a.ifname)));
+    let removed = 0;
+    for (const key of [...this.records.keys()]) {
+      if (valid.has(key)) continue;
+      const rec = this.records.get(key);
+      if (!rec) continue;
+      await this.del({ command: 'DEL', cniVersion: ev.cniVersion, containerId: rec.containerId, ifname: rec.ifname, netns: '', args: '', k8s: {}, ips: [], network: ev.network });
+      removed++;
+    }
+    if (removed) this.log.info({ removed }, 'garbage-collected attachments the runtime no longer has');
+    return { result: 'ok', removed };
+  }
+
+  /** Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone. */
+  async adopt(): Promise<void> {
+    const saved = this.store.load();
+    await Promise.all(saved.map(async (rec) => {
+      const key = recordKey(rec.containerId, rec.ifname);
+      const plog = this.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) });
+      const id = statNetns(rec.netnsPath);
+      if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) {
+        plog.info({ netns: rec.netnsPath }, 'pod sandbox gone while the agent was down; dropping it');
+        if (rec.state === 'enrolled') for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        return;
+      }
+      this.records.set(key, rec);
+      if (rec.state !== 'enrolled') return;
+      await this.mutex.run(key, () => this.enrol(key, rec, plog)).catch((err: unknown) => {
+        plog.error({ error: describe(err) }, 're-adopting pod failed; its rules stay in place so its traffic is refused, not bypassed');
+      });
+    }));
+    await this.persist();
+    this.log.info({ pods: this.records.size, enrolled: this.enrolledCount() }, 'adopted pods from the state dir');
+  }
+
+  /** Verifies every enrolled pod's rules and listeners and repairs what drifted. */
+  async repairAll(): Promise<number> {
+    let repaired = 0;
+    for (const [key, rec] of this.records) {
+      if (rec.state !== 'enrolled') continue;
+      await this.mutex.run(key, async () => {
+        const problems = await this.inspect(key, rec);
+        if (!problems.length || !this.records.has(key)) return;
+        const plog = this.log.child({ pod: `${rec.namespace}/${rec.name}` });
+        plog.warn({ problems }, 'pod capture drifted; repairing');
+        this.counters.ruleRepairs++;
+        repaired++;
+        await this.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+      });
+    }
+    return repaired;
+  }
+
+  list(): PodView[] {
+    return [...this.records.entries()].map(([key, rec]) => {
+      const live = this.live.get(key);
+      return { ...rec, listening: live?.forwarder.listening ?? false, ...(live ? { stats: live.forwarder.stats } : {}) };
+    });
+  }
+
+  enrolledCount(): number {
+    return [...this.records.values()].filter((r) => r.state === 'enrolled').length;
+  }
+
+  /** Closes listeners and netns handles; leaves rules in place so enrolled pods stay fail-closed. */
+  async shutdown(): Promise<void> {
+    await Promise.all([...this.live.values()].map(async (l) => {
+      await l.forwarder.stop();
+      l.netns.close();
+    }));
+    this.live.clear();
+  }
+
+  private async inspect(key: string, rec: PodRecord): Promise<string[]> {
+    const problems: string[] = [];
+    const id = statNetns(rec.netnsPath);
+    if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) return [`network namespace ${rec.netnsPath} is gone`];
+    let drift: RuleDrift;
+    try {
+      drift = await this.backend.verifyPod(rec.netnsPath);
+    } catch (err) {
+      return [`cannot read rules: ${describe(err)}`];
+    }
+    if (drift.missing.length) problems.push(`missing rules: ${drift.missing.join(' | ')}`);
+    if (drift.unexpected.length) problems.push(`unexpected rules: ${drift.unexpected.join(' | ')}`);
+    if (!this.live.get(key)?.forwarder.listening) problems.push('agent listeners are not open in the pod');
+    return problems;
+  }
+
+  /** Installs rules, opens listeners and registers probe targets; rolls everything back on failure. */
+  private async enrol(key: string, rec: PodRecord, plog: Logger): Promise<void> {
+    const started = performance.now();
+    let live = this.live.get(key);
+    let opened: Netns | undefined;
+    try {
+      if (!live) {
+        opened = Netns.open(rec.netnsPath);
+        if (!sameNetns(opened.id, { inode: rec.netnsInode, dev: rec.netnsDev })) throw new Error(`${rec.netnsPath} now names a different namespace`);
+      }
+      await this.backend.installPod(rec.netnsPath);
+      if (!live && opened) {
+        const forwarder = new PodForwarder(opened, rec.ips, plog.child({ component: 'forwarder' }));
+        await forwarder.start();
+        live = { netns: opened, forwarder };
+        this.live.set(key, live);
+      } else if (live && !live.forwarder.listening) {
+        await live.forwarder.stop();
+        await live.forwarder.start();
+      }
+      for (const ip of rec.ips) await this.backend.addProbeTarget(ip, rec.uid);
+    } catch (err) {
+      this.counters.enrolmentFailures++;
+      if (opened && !this.live.has(key)) {
+        await removePodRules(rec.netnsPath).catch(() => undefined);
+        opened.close();
+      }
+      plog.error({ error: describe(err) }, 'enrolment failed');
+      throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed`, { cause: err });
+    }
+    this.counters.enrolments++;
+    plog.info({ ips: rec.ips, backend: this.backend.name, ms: Math.round(performance.now() - started) }, 'pod enrolled');
+  }
+
+  /** Removes listeners, rules (both backends) and probe targets. Succeeds when the netns is already gone. */
+  private async unenrol(key: string, plog: Logger): Promise<void> {
+    const rec = this.records.get(key);
+    const live = this.live.get(key);
+    if (!live && rec?.state !== 'enrolled') return;
+    if (live) {
+      await live.forwarder.stop();
+      live.netns.close();
+      this.live.delete(key);
+    }
+    if (rec) {
+      if (statNetns(rec.netnsPath)) {
+        await removePodRules(rec.netnsPath).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
+      }
+      for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+    }
+    this.counters.unenrolments++;
+    plog.info('pod removed from the mesh');
+  }
+
+  private onWorkloadChange(change: WorkloadChange): void {
+    const affected = new Set<string>();
+    for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
+    const nsChanged = new Set(change.namespaces.map((n) => (n.after ?? n.before)?.name));
+    for (const [key, rec] of this.records) {
+      if (!affected.has(`${rec.namespace}/${rec.name}`) && !nsChanged.has(rec.namespace)) continue;
+      const pod = this.source.getPod(rec.namespace, rec.name);
+      if (pod) void this.reevaluate(key, pod);
+    }
+  }
+
+  /** Late (un)enrolment of a running pod whose labels or namespace labels changed. */
+  private reevaluate(key: string, pod: PodInfo): Promise<void> {
+    return this.mutex.run(key, async () => {
+      const rec = this.records.get(key);
+      if (!rec) return;
+      const decision = decideEnrolment(pod, this.source.getNamespace(pod.namespace));
+      const want = decision.enrol ? 'enrolled' : 'skipped';
+      if (want === rec.state) return;
+      const plog = this.log.child({ pod: `${rec.namespace}/${rec.name}` });
+      try {
+        if (decision.enrol) await this.enrol(key, rec, plog);
+        else await this.unenrol(key, plog);
+        rec.state = want;
+        rec.reason = decision.reason;
+        rec.updatedAt = new Date().toISOString();
+        await this.persist();
+      } catch (err) {
+        plog.error({ error: describe(err) }, 'late enrolment change failed');
+      }
+    });
+  }
+
+  private persist(): Promise<void> {
+    return this.store.save([...this.records.values()]);
+  }
+}
+
+async function podIpsFromNetns(netnsPath: string): Promise<string[]> {
+  const out = await runTool('ip', ['-j', '-4', 'addr', 'show', 'scope', 'global'], { netns: netnsPath });
+  const links = JSON.parse(out) as { addr_info?: { local?: string }[] }[];
+  return links.flatMap((l) => (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => !!a));
+}

@@ -1,0 +1,168 @@
+// The redirection backend interface and its iptables and nftables implementations.
+// Rules come from the pure generators; this file only applies, reads back and compares them through platform/exec.
+import type { RedirectMode } from '../config.js';
+import { runTool } from '../platform/exec.js';
+import * as ipt from './iptables.js';
+import * as nft from './nftables.js';
+
+export interface RuleDrift {
+  ok: boolean;
+  missing: string[];
+  unexpected: string[];
+}
+
+export interface RedirectBackend {
+  readonly name: RedirectMode;
+  /** Installs (or repairs) the in-pod rules; idempotent. */
+  installPod(netnsPath: string): Promise<void>;
+  verifyPod(netnsPath: string): Promise<RuleDrift>;
+  /** Human-readable expected rules, for `rules` output and errors. */
+  expectedPodRules(): string[];
+  /** Installs (or repairs) the node-side probe SNAT in the agent's own namespace; idempotent. */
+  installHost(): Promise<void>;
+  verifyHost(): Promise<RuleDrift>;
+  addProbeTarget(ip: string, podUid: string): Promise<void>;
+  removeProbeTarget(ip: string): Promise<void>;
+  /** Removes the node-side rules (clean uninstall only; upgrades leave them). */
+  removeHost(): Promise<void>;
+}
+
+const ok = (missing: string[], unexpected: string[]): RuleDrift => ({ ok: missing.length === 0 && unexpected.length === 0, missing, unexpected });
+
+const POD_CHAINS = Object.values(ipt.POD_CHAINS);
+
+class IptablesBackend implements RedirectBackend {
+  readonly name = 'iptables' as const;
+
+  async installPod(netnsPath: string): Promise<void> {
+    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
+    const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(), ipt.podJumpRules());
+    await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input });
+  }
+
+  async verifyPod(netnsPath: string): Promise<RuleDrift> {
+    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
+    const d = ipt.diffOwned(this.expectedPodRules(), ipt.ownedNatLines(current, POD_CHAINS));
+    return ok(d.missing, d.unexpected);
+  }
+
+  expectedPodRules(): string[] {
+    return [...ipt.podJumpRules(), ...ipt.podChainRules()];
+  }
+
+  async installHost(): Promise<void> {
+    await runTool('ipset', ['create', ipt.PROBE_IPSET, 'hash:ip', 'comment', '-exist']);
+    const current = await runTool('iptables-save', ['-t', 'nat']);
+    const input = ipt.restoreInput(current, [ipt.HOST_CHAIN], ipt.hostChainRules(), ipt.hostJumpRules());
+    await runTool('iptables-restore', ['--noflush', '-w', '5'], { input });
+  }
+
+  async verifyHost(): Promise<RuleDrift> {
+    const current = await runTool('iptables-save', ['-t', 'nat']);
+    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules()], ipt.ownedNatLines(current, [ipt.HOST_CHAIN]));
+    try {
+      await runTool('ipset', ['list', '-n', ipt.PROBE_IPSET]);
+    } catch {
+      d.missing.push(`ipset ${ipt.PROBE_IPSET}`);
+    }
+    return ok(d.missing, d.unexpected);
+  }
+
+  async addProbeTarget(ip: string, podUid: string): Promise<void> {
+    await runTool('ipset', ['add', ipt.PROBE_IPSET, ip, 'comment', podUid || 'unknown', '-exist']);
+  }
+
+  async removeProbeTarget(ip: string): Promise<void> {
+    await runTool('ipset', ['del', ipt.PROBE_IPSET, ip, '-exist']);
+  }
+
+  async removeHost(): Promise<void> {
+    const current = await runTool('iptables-save', ['-t', 'nat']);
+    await runTool('iptables-restore', ['--noflush', '-w', '5'], { input: ipt.removeInput(current, [ipt.HOST_CHAIN]) });
+    await runTool('ipset', ['destroy', ipt.PROBE_IPSET]).catch(() => undefined);
+  }
+}
+
+class NftablesBackend implements RedirectBackend {
+  readonly name = 'nftables' as const;
+
+  async installPod(netnsPath: string): Promise<void> {
+    await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+  }
+
+  async verifyPod(netnsPath: string): Promise<RuleDrift> {
+    return this.verifyTable(nft.POD_TABLE, nft.podTable(), netnsPath);
+  }
+
+  expectedPodRules(): string[] {
+    return nft.podTable().split('\n');
+  }
+
+  async installHost(): Promise<void> {
+    // Keep the probe set's elements across a repair: re-add them after replacing the table.
+    const elements = await this.probeElements().catch(() => []);
+    const adds = elements.length ? `add element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${elements.join(', ')} }\n` : '';
+    await runTool('nft', ['-f', '-'], { input: nft.replaceTableScript(nft.HOST_TABLE, nft.hostTable()) + adds });
+  }
+
+  async verifyHost(): Promise<RuleDrift> {
+    return this.verifyTable(nft.HOST_TABLE, nft.hostTable());
+  }
+
+  async addProbeTarget(ip: string): Promise<void> {
+    await runTool('nft', ['add', 'element', 'inet', nft.HOST_TABLE, nft.PROBE_SET, `{ ${ip} }`]);
+  }
+
+  async removeProbeTarget(ip: string): Promise<void> {
+    await runTool('nft', ['-f', '-'], { input: `add element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${ip} }\ndelete element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${ip} }\n` });
+  }
+
+  async removeHost(): Promise<void> {
+    await runTool('nft', ['-f', '-'], { input: nft.deleteTableScript(nft.HOST_TABLE) });
+  }
+
+  private async probeElements(): Promise<string[]> {
+    const out = await runTool('nft', ['list', 'set', 'inet', nft.HOST_TABLE, nft.PROBE_SET]);
+    const m = /elements = \{([^}]*)\}/.exec(out);
+    return m?.[1] ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
+  }
+
+  private async verifyTable(table: string, expected: string, netns?: string): Promise<RuleDrift> {
+    let listing = '';
+    try {
+      listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns } : {});
+    } catch {
+      return ok([`table inet ${table}`], []);
+    }
+    const want = nft.normaliseListing(expected).split('\n');
+    const got = nft.normaliseListing(listing).split('\n');
+    if (want.join('\n') === got.join('\n')) return ok([], []);
+    return ok(want.filter((l) => !got.includes(l)), got.filter((l) => !want.includes(l)).concat(want.every((l) => got.includes(l)) ? ['(rule order differs)'] : []));
+  }
+}
+
+export function createBackend(mode: RedirectMode): RedirectBackend {
+  return mode === 'nftables' ? new NftablesBackend() : new IptablesBackend();
+}
+
+/**
+ * Removes every in-pod artifact either backend may have installed (an older agent may have used the other one).
+ * Succeeds when there is nothing to remove; throws only when a removal itself fails.
+ */
+export async function removePodRules(netnsPath: string): Promise<void> {
+  const errors: unknown[] = [];
+  try {
+    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
+    if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
+      await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input: ipt.removeInput(current, POD_CHAINS) });
+    }
+  } catch (err) {
+    errors.push(err);
+  }
+  try {
+    await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.deleteTableScript(nft.POD_TABLE) });
+  } catch (err) {
+    errors.push(err);
+  }
+  if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netnsPath} failed`);
+}

@@ -1,0 +1,96 @@
+// iptables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
+// Rules are written in iptables-save's canonical form so a save of the namespace can be compared line by line.
+import { AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP } from './constants.js';
+
+export const POD_CHAINS = { prerouting: 'AMBIENT_PRERT', output: 'AMBIENT_OUTPUT' } as const;
+export const HOST_CHAIN = 'AMBIENT_POSTRT';
+export const PROBE_IPSET = 'ambient-node-probes-v4';
+
+const hex = (n: number): string => `0x${n.toString(16)}`;
+
+/** The rules of our chains (nat table), one per line, as iptables-save prints them. */
+export function podChainRules(): string[] {
+  const pre = POD_CHAINS.prerouting;
+  const out = POD_CHAINS.output;
+  return [
+    `-A ${pre} -i lo -j RETURN`,
+    `-A ${pre} -s ${PROBE_SNAT_IP}/32 -p tcp -j ACCEPT`,
+    `-A ${pre} -p tcp -m tcp --dport ${INBOUND_HBONE_PORT} -j ACCEPT`,
+    `-A ${pre} -p tcp -j REDIRECT --to-ports ${INBOUND_PLAINTEXT_PORT}`,
+    `-A ${out} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j ACCEPT`,
+    `-A ${out} -o lo -j RETURN`,
+    `-A ${out} -p tcp -j REDIRECT --to-ports ${OUTBOUND_PORT}`,
+  ];
+}
+
+/** Jumps from the built-in chains into ours. */
+export function podJumpRules(): string[] {
+  return [`-A PREROUTING -j ${POD_CHAINS.prerouting}`, `-A OUTPUT -j ${POD_CHAINS.output}`];
+}
+
+export function hostChainRules(): string[] {
+  return [`-A ${HOST_CHAIN} -p tcp -m owner --socket-exists -m set --match-set ${PROBE_IPSET} dst -j SNAT --to-source ${PROBE_SNAT_IP}`];
+}
+
+export function hostJumpRules(): string[] {
+  return [`-A POSTROUTING -j ${HOST_CHAIN}`];
+}
+
+/** Lines of `iptables-save -t nat` that belong to us: our chains' rules and the jumps into them. */
+export function ownedNatLines(save: string, chains: readonly string[]): string[] {
+  return save
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('-A ') && chains.some((c) => l.startsWith(`-A ${c} `) || l.endsWith(`-j ${c}`)));
+}
+
+/**
+ * An iptables-restore --noflush input that makes the nat table hold exactly our chains and one jump into each,
+ * given the current `iptables-save -t nat` output. Declaring our chains flushes them; stray duplicate jumps are deleted.
+ */
+export function restoreInput(current: string, chains: readonly string[], chainRules: string[], jumps: string[]): string {
+  const have = ownedNatLines(current, chains).filter((l) => jumps.includes(l));
+  const lines = ['*nat', ...chains.map((c) => `:${c} - [0:0]`)];
+  for (const jump of jumps) {
+    const count = have.filter((l) => l === jump).length;
+    if (count === 0) lines.push(jump);
+    for (let i = 1; i < count; i++) lines.push(jump.replace(/^-A /, '-D '));
+  }
+  lines.push(...chainRules, 'COMMIT', '');
+  return lines.join('\n');
+}
+
+/** An iptables-restore --noflush input removing our jumps and chains (given the current save). */
+export function removeInput(current: string, chains: readonly string[]): string {
+  const owned = ownedNatLines(current, chains);
+  const present = new Set(current.split('\n').filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0]));
+  const lines = ['*nat'];
+  for (const l of owned) if (!chains.some((c) => l.startsWith(`-A ${c} `))) lines.push(l.replace(/^-A /, '-D '));
+  for (const c of chains) if (present.has(c)) lines.push(`-F ${c}`, `-X ${c}`);
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+/** Orders rule lines by chain (stable within a chain), the way iptables-save groups them. */
+function byChain(lines: string[]): string[] {
+  const chainOf = (l: string): string => l.split(' ')[1] ?? '';
+  return lines.map((l, i) => ({ l, i })).sort((a, b) => chainOf(a.l).localeCompare(chainOf(b.l)) || a.i - b.i).map((x) => x.l);
+}
+
+/** The differences between what should be there and what is: missing and unexpected lines of ours. */
+export function diffOwned(expectedLines: string[], actualLines: string[]): { missing: string[]; unexpected: string[] } {
+  const expected = byChain(expectedLines);
+  const actual = byChain(actualLines);
+  const rest = [...actual];
+  const missing: string[] = [];
+  for (const e of expected) {
+    const i = rest.indexOf(e);
+    if (i === -1) missing.push(e);
+    else rest.splice(i, 1);
+  }
+  // Order matters inside a chain: compare sequences too.
+  if (missing.length === 0 && rest.length === 0 && expected.join('\n') !== actual.join('\n')) {
+    return { missing: expected, unexpected: actual };
+  }
+  return { missing, unexpected: rest };
+}

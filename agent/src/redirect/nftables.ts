@@ -1,0 +1,66 @@
+// nftables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
+// Each script replaces our table atomically (add + delete + define in one transaction), so applying twice is harmless.
+import { AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP } from './constants.js';
+
+export const POD_TABLE = 'ambient-nat';
+export const HOST_TABLE = 'ambient-node-host';
+export const PROBE_SET = 'probes-v4';
+
+const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
+
+/** The pod table as `nft list table inet ambient-nat` prints it (our canonical form for drift checks). */
+export function podTable(): string {
+  return [
+    `table inet ${POD_TABLE} {`,
+    '\tchain prerouting {',
+    '\t\ttype nat hook prerouting priority dstnat; policy accept;',
+    '\t\tiifname "lo" return',
+    `\t\tip saddr ${PROBE_SNAT_IP} meta l4proto tcp accept`,
+    `\t\ttcp dport ${INBOUND_HBONE_PORT} accept`,
+    `\t\tmeta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
+    '\t}',
+    '',
+    '\tchain output {',
+    '\t\ttype nat hook output priority -100; policy accept;',
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} accept`,
+    '\t\toifname "lo" return',
+    `\t\tmeta l4proto tcp redirect to :${OUTBOUND_PORT}`,
+    '\t}',
+    '}',
+  ].join('\n');
+}
+
+/** The host table without set elements (elements change with every pod; they are checked separately). */
+export function hostTable(): string {
+  return [
+    `table inet ${HOST_TABLE} {`,
+    `\tset ${PROBE_SET} {`,
+    '\t\ttype ipv4_addr',
+    '\t}',
+    '',
+    '\tchain postrouting {',
+    '\t\ttype nat hook postrouting priority srcnat; policy accept;',
+    `\t\tmeta l4proto tcp fib saddr type local ip daddr @${PROBE_SET} snat ip to ${PROBE_SNAT_IP}`,
+    '\t}',
+    '}',
+  ].join('\n');
+}
+
+/** A script that replaces `table` with `definition` atomically. */
+export function replaceTableScript(table: string, definition: string): string {
+  return `add table inet ${table}\ndelete table inet ${table}\n${definition}\n`;
+}
+
+export function deleteTableScript(table: string): string {
+  return `add table inet ${table}\ndelete table inet ${table}\n`;
+}
+
+/** Normalises a listing for comparison: drops set elements, handles, counters and blank lines. */
+export function normaliseListing(listing: string): string {
+  return listing
+    .replace(/\n\t*elements = \{[^}]*\}/g, '')
+    .split('\n')
+    .map((l) => l.replace(/\s+# handle \d+$/, '').trimEnd())
+    .filter((l) => l.trim() !== '')
+    .join('\n');
+}

@@ -1,0 +1,182 @@
+// The `files` workload source: a folder of Kubernetes-shaped YAML (Pod, Namespace), re-read when it changes.
+// A file that fails to parse keeps its previous objects in force and is reported; other kinds are ignored.
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import type { Logger } from '../log.js';
+import type { WorkloadChange, WorkloadSource } from './source.js';
+import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
+
+const YAML_FILE = /\.(ya?ml|json)$/;
+
+/** Parses one file's text into workload objects; throws with the file's name and the failing field. */
+export function parseWorkloadFile(name: string, text: string): WorkloadObject[] {
+  const out: WorkloadObject[] = [];
+  for (const doc of parseAllDocuments(text)) {
+    if (doc.errors.length > 0) throw new Error(`${name}: ${doc.errors[0]?.message}`);
+    const value: unknown = doc.toJS();
+    if (value === null || value === undefined) continue;
+    const items = isList(value) ? value.items : [value];
+    for (const item of items) {
+      try {
+        const obj = fromK8sObject(item);
+        if (obj) out.push(obj);
+      } catch (err) {
+        throw new Error(`${name}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
+  return out;
+}
+
+function isList(v: unknown): v is { items: unknown[] } {
+  return typeof v === 'object' && v !== null && (v as { kind?: unknown }).kind === 'List' && Array.isArray((v as { items?: unknown }).items);
+}
+
+const podKey = (ns: string, name: string): string => `${ns}/${name}`;
+
+export class FilesWorkloadSource implements WorkloadSource {
+  private pods_ = new Map<string, PodInfo>();
+  private namespaces = new Map<string, NamespaceInfo>();
+  private byFile = new Map<string, WorkloadObject[]>();
+  private listeners: ((c: WorkloadChange) => void)[] = [];
+  private waiters = new Set<() => void>();
+  private watcher: FSWatcher | undefined;
+  private poll: NodeJS.Timeout | undefined;
+  private rescanQueued = false;
+  private rescanning: Promise<void> | undefined;
+
+  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000) {}
+
+  async start(): Promise<void> {
+    await this.rescan();
+    try {
+      this.watcher = watch(this.dir, () => this.queueRescan());
+      this.watcher.on('error', (err) => this.log.warn({ err }, 'workloads dir watch failed; polling only'));
+    } catch (err) {
+      this.log.warn({ err, dir: this.dir }, 'cannot watch workloads dir; polling only');
+    }
+    // inotify misses nothing in practice, but a periodic rescan covers editors that replace the directory.
+    this.poll = setInterval(() => this.queueRescan(), this.pollMs);
+    this.poll.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.watcher?.close();
+    if (this.poll) clearInterval(this.poll);
+    await this.rescanning;
+  }
+
+  getPod(namespace: string, name: string): PodInfo | undefined {
+    return this.pods_.get(podKey(namespace, name));
+  }
+
+  getNamespace(name: string): NamespaceInfo | undefined {
+    return this.namespaces.get(name);
+  }
+
+  pods(): PodInfo[] {
+    return [...this.pods_.values()];
+  }
+
+  onChange(listener: (change: WorkloadChange) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined> {
+    const found = this.getPod(namespace, name);
+    if (found || timeoutMs <= 0) return found;
+    this.queueRescan();
+    return new Promise((resolve) => {
+      const check = (): void => {
+        const pod = this.getPod(namespace, name);
+        if (pod) done(pod);
+      };
+      const done = (pod: PodInfo | undefined): void => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(pod);
+      };
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      this.waiters.add(check);
+    });
+  }
+
+  /** Re-reads the folder now (coalescing concurrent requests). */
+  rescanNow(): Promise<void> {
+    this.queueRescan();
+    return this.rescanning ?? Promise.resolve();
+  }
+
+  private queueRescan(): void {
+    if (this.rescanning) {
+      this.rescanQueued = true;
+      return;
+    }
+    this.rescanning = this.rescan()
+      .catch((err: unknown) => this.log.error({ err }, 'workloads rescan failed'))
+      .finally(() => {
+        this.rescanning = undefined;
+        if (this.rescanQueued) {
+          this.rescanQueued = false;
+          this.queueRescan();
+        }
+      });
+  }
+
+  private async rescan(): Promise<void> {
+    let names: string[];
+    try {
+      names = (await readdir(this.dir)).filter((n) => YAML_FILE.test(n) && !n.startsWith('.'));
+    } catch (err) {
+      this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
+      return;
+    }
+    const next = new Map<string, WorkloadObject[]>();
+    for (const name of names) {
+      try {
+        next.set(name, parseWorkloadFile(name, await readFile(join(this.dir, name), 'utf8')));
+      } catch (err) {
+        const prev = this.byFile.get(name);
+        if (prev) next.set(name, prev);
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+          this.log.warn({ file: name, error: (err as Error).message }, 'ignoring malformed workload file; previous objects stay in force');
+        }
+      }
+    }
+    this.byFile = next;
+    this.apply([...next.values()].flat());
+  }
+
+  private apply(objects: WorkloadObject[]): void {
+    const pods = new Map<string, PodInfo>();
+    const namespaces = new Map<string, NamespaceInfo>();
+    for (const o of objects) {
+      if (o.kind === 'Pod') pods.set(podKey(o.pod.namespace, o.pod.name), o.pod);
+      else namespaces.set(o.namespace.name, o.namespace);
+    }
+    const change: WorkloadChange = { pods: [], namespaces: [] };
+    for (const key of new Set([...this.pods_.keys(), ...pods.keys()])) {
+      const before = this.pods_.get(key);
+      const after = pods.get(key);
+      if (JSON.stringify(before) !== JSON.stringify(after)) change.pods.push({ before, after });
+    }
+    for (const key of new Set([...this.namespaces.keys(), ...namespaces.keys()])) {
+      const before = this.namespaces.get(key);
+      const after = namespaces.get(key);
+      if (JSON.stringify(before) !== JSON.stringify(after)) change.namespaces.push({ before, after });
+    }
+    this.pods_ = pods;
+    this.namespaces = namespaces;
+    for (const w of [...this.waiters]) w();
+    if (change.pods.length === 0 && change.namespaces.length === 0) return;
+    for (const l of this.listeners) {
+      try {
+        l(change);
+      } catch (err) {
+        this.log.error({ err }, 'workload change listener failed');
+      }
+    }
+  }
+}

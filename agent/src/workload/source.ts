@@ -1,0 +1,20 @@
+// The interface every workload source implements (files today, Kubernetes later).
+// A source holds the current Pods and Namespaces and tells listeners when they change.
+import type { NamespaceInfo, PodInfo } from './types.js';
+
+export interface WorkloadChange {
+  pods: { before: PodInfo | undefined; after: PodInfo | undefined }[];
+  namespaces: { before: NamespaceInfo | undefined; after: NamespaceInfo | undefined }[];
+}
+
+export interface WorkloadSource {
+  /** Loads the initial state; MUST be awaited before any lookup. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  getPod(namespace: string, name: string): PodInfo | undefined;
+  getNamespace(name: string): NamespaceInfo | undefined;
+  pods(): PodInfo[];
+  onChange(listener: (change: WorkloadChange) => void): void;
+  /** Resolves when the pod appears, or with undefined after timeoutMs. */
+  waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined>;
+}

@@ -1,0 +1,89 @@
+// Domain types for the workloads the agent knows about, converted once from Kubernetes-shaped objects.
+// Nothing past fromK8sObject sees raw YAML; unknown kinds are ignored, malformed ones are reported with their name and field.
+
+export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
+
+export interface PodInfo {
+  namespace: string;
+  name: string;
+  uid: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  nodeName: string;
+  serviceAccount: string;
+  hostNetwork: boolean;
+  podIPs: string[];
+}
+
+export interface NamespaceInfo {
+  name: string;
+  labels: Record<string, string>;
+}
+
+export type WorkloadObject = { kind: 'Pod'; pod: PodInfo } | { kind: 'Namespace'; namespace: NamespaceInfo };
+
+export class WorkloadParseError extends Error {
+  readonly code = 'AMB_ERR_BAD_WORKLOAD';
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'WorkloadParseError';
+  }
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function stringMap(v: unknown, where: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (!isObj(v)) throw new WorkloadParseError(`${where} must be a mapping`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (typeof val !== 'string') throw new WorkloadParseError(`${where}.${k} must be a string`);
+    out[k] = val;
+  }
+  return out;
+}
+
+function reqString(o: Obj, key: string, where: string): string {
+  const v = o[key];
+  if (typeof v !== 'string' || v === '') throw new WorkloadParseError(`${where}.${key} must be a non-empty string`);
+  return v;
+}
+
+/** Converts one Kubernetes-shaped object; returns undefined for kinds the agent does not use. */
+export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
+  if (!isObj(doc)) throw new WorkloadParseError('object must be a mapping');
+  const kind = doc.kind;
+  if (kind !== 'Pod' && kind !== 'Namespace') return undefined;
+  const meta = doc.metadata;
+  if (!isObj(meta)) throw new WorkloadParseError(`${kind}: metadata must be a mapping`);
+  const name = reqString(meta, 'name', `${kind}.metadata`);
+  if (kind === 'Namespace') {
+    return { kind, namespace: { name, labels: stringMap(meta.labels, `Namespace ${name}: metadata.labels`) } };
+  }
+  const where = `Pod ${String(meta.namespace ?? 'default')}/${name}`;
+  const spec = isObj(doc.spec) ? doc.spec : {};
+  const status = isObj(doc.status) ? doc.status : {};
+  const ips: string[] = [];
+  if (Array.isArray(status.podIPs)) {
+    for (const p of status.podIPs) if (isObj(p) && typeof p.ip === 'string') ips.push(p.ip);
+  }
+  if (typeof status.podIP === 'string' && !ips.includes(status.podIP)) ips.unshift(status.podIP);
+  return {
+    kind,
+    pod: {
+      namespace: typeof meta.namespace === 'string' && meta.namespace ? meta.namespace : 'default',
+      name,
+      uid: typeof meta.uid === 'string' ? meta.uid : '',
+      labels: stringMap(meta.labels, `${where}: metadata.labels`),
+      annotations: stringMap(meta.annotations, `${where}: metadata.annotations`),
+      nodeName: typeof spec.nodeName === 'string' ? spec.nodeName : '',
+      serviceAccount: typeof spec.serviceAccountName === 'string' && spec.serviceAccountName ? spec.serviceAccountName : 'default',
+      hostNetwork: spec.hostNetwork === true,
+      podIPs: ips,
+    },
+  };
+}
