@@ -104,9 +104,10 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   /** Re-reads the folder now (coalescing concurrent requests). */
-  rescanNow(): Promise<void> {
+  async rescanNow(): Promise<void> {
+    while (this.rescanning) await this.rescanning;
     this.queueRescan();
-    return this.rescanning ?? Promise.resolve();
+    await this.rescanning;
   }
 
   private queueRescan(): void {

@@ -1,0 +1,29 @@
+// Unit tests for the agent's configuration merge (defaults < file < flags) and its validation errors.
+import test from 'ava';
+import { CONFIG_DEFAULTS, ConfigError, parseAgentConfig } from '../../agent/src/config.js';
+
+test('defaults apply and the node name falls back to NODE_NAME', (t) => {
+  const c = parseAgentConfig({}, {}, { NODE_NAME: 'n7' });
+  t.like(c, { ...CONFIG_DEFAULTS, nodeName: 'n7' });
+});
+
+test('flags override the file, in either naming style', (t) => {
+  const c = parseAgentConfig({ redirectMode: 'nftables', 'state-dir': '/a' }, { 'state-dir': '/b', nodeName: 'x' });
+  t.is(c.redirectMode, 'nftables');
+  t.is(c.stateDir, '/b');
+});
+
+const bad: [string, Record<string, unknown>, RegExp][] = [
+  ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
+  ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
+  ['bad log level', { logLevel: 'loud' }, /logLevel/],
+  ['unsupported source', { workloadSource: 'kubernetes' }, /workloadSource/],
+  ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
+  ['empty state dir', { stateDir: '' }, /stateDir/],
+];
+for (const [name, raw, msg] of bad) {
+  test(`rejects ${name}`, (t) => {
+    const err = t.throws(() => parseAgentConfig(raw, { nodeName: 'n' }), { instanceOf: ConfigError });
+    t.regex(err.message, msg);
+  });
+}

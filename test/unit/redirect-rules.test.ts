@@ -1,0 +1,100 @@
+// Unit tests for the pure rule generators of both backends: golden output, idempotent restore plans, drift diffs.
+import test from 'ava';
+import * as ipt from '../../agent/src/redirect/iptables.js';
+import * as nft from '../../agent/src/redirect/nftables.js';
+import { assertGolden } from './golden.js';
+
+const POD = Object.values(ipt.POD_CHAINS);
+
+interface Case {
+  backend: 'iptables' | 'nftables';
+  side: 'pod' | 'host';
+  render: () => string;
+}
+
+const cases: Case[] = [
+  { backend: 'iptables', side: 'pod', render: () => ipt.restoreInput('', POD, ipt.podChainRules(), ipt.podJumpRules()) },
+  { backend: 'iptables', side: 'host', render: () => ipt.restoreInput('', [ipt.HOST_CHAIN], ipt.hostChainRules(), ipt.hostJumpRules()) },
+  { backend: 'nftables', side: 'pod', render: () => nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) },
+  { backend: 'nftables', side: 'host', render: () => nft.replaceTableScript(nft.HOST_TABLE, nft.hostTable()) },
+];
+
+for (const c of cases) {
+  test(`${c.backend} ${c.side} rules match golden`, (t) => {
+    assertGolden(t, `${c.backend}-${c.side}`, c.render());
+  });
+  test(`${c.backend} ${c.side} rules are deterministic`, (t) => {
+    t.is(c.render(), c.render());
+  });
+}
+
+// What iptables-save prints after our restore ran once (chains grouped, builtin jumps first).
+const savedOnce = [
+  '*nat',
+  ':PREROUTING ACCEPT [0:0]',
+  ':OUTPUT ACCEPT [0:0]',
+  ':AMBIENT_OUTPUT - [0:0]',
+  ':AMBIENT_PRERT - [0:0]',
+  ...ipt.podJumpRules(),
+  ...ipt.podChainRules().filter((l) => l.startsWith('-A AMBIENT_OUTPUT')),
+  ...ipt.podChainRules().filter((l) => l.startsWith('-A AMBIENT_PRERT')),
+  'COMMIT',
+].join('\n');
+
+test('iptables restore plan does not add a jump that is already there', (t) => {
+  const input = ipt.restoreInput(savedOnce, POD, ipt.podChainRules(), ipt.podJumpRules());
+  for (const jump of ipt.podJumpRules()) t.false(input.includes(jump), jump);
+  t.true(input.includes(':AMBIENT_PRERT - [0:0]'), 'declaring our chains flushes and refills them');
+});
+
+test('iptables restore plan deletes duplicate jumps a third party added', (t) => {
+  const dup = savedOnce.replace(ipt.podJumpRules()[0] ?? '', `${ipt.podJumpRules()[0]}\n${ipt.podJumpRules()[0]}`);
+  const input = ipt.restoreInput(dup, POD, ipt.podChainRules(), ipt.podJumpRules());
+  t.true(input.includes('-D PREROUTING -j AMBIENT_PRERT'));
+});
+
+test('iptables drift: a clean save has no drift, in any chain order', (t) => {
+  const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules()], ipt.ownedNatLines(savedOnce, POD));
+  t.deepEqual(d, { missing: [], unexpected: [] });
+});
+
+test('iptables drift: flushed chains show every rule missing', (t) => {
+  const flushed = savedOnce.split('\n').filter((l) => !l.startsWith('-A AMBIENT_')).join('\n');
+  const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules()], ipt.ownedNatLines(flushed, POD));
+  t.deepEqual([...d.missing].sort(), [...ipt.podChainRules()].sort());
+  t.deepEqual(d.unexpected, []);
+});
+
+test('iptables drift: a rule inserted into our chain is unexpected', (t) => {
+  const extra = `${savedOnce}\n-A AMBIENT_OUTPUT -p tcp -j ACCEPT`;
+  const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules()], ipt.ownedNatLines(extra, POD));
+  t.deepEqual(d.unexpected, ['-A AMBIENT_OUTPUT -p tcp -j ACCEPT']);
+});
+
+test('iptables drift: reordered rules inside a chain are drift', (t) => {
+  const rules = ipt.podChainRules();
+  const swapped = [...ipt.podJumpRules(), ...[...rules].reverse()];
+  const d = ipt.diffOwned([...ipt.podJumpRules(), ...rules], swapped);
+  t.true(d.missing.length > 0);
+});
+
+test('iptables removal deletes jumps and our chains only', (t) => {
+  const input = ipt.removeInput(`${savedOnce}\n-A OUTPUT -j OTHER`, POD);
+  t.true(input.includes('-D PREROUTING -j AMBIENT_PRERT'));
+  t.true(input.includes('-X AMBIENT_OUTPUT'));
+  t.false(input.includes('OTHER'));
+});
+
+test('nft listing normalisation ignores handles, counters-free blanks and set elements', (t) => {
+  const listed = nft.hostTable().replace('type ipv4_addr', 'type ipv4_addr\n\t\telements = { 10.0.0.1, 10.0.0.2 }').replace('policy accept;', 'policy accept; # handle 3');
+  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.hostTable()));
+});
+
+test('agent mark exemption and ports are what Istio users expect', (t) => {
+  const rules = ipt.podChainRules().join('\n');
+  t.regex(rules, /--mark 0x539\/0xfff -j ACCEPT/);
+  t.regex(rules, /REDIRECT --to-ports 15001/);
+  t.regex(rules, /REDIRECT --to-ports 15006/);
+  t.regex(rules, /--dport 15008 -j ACCEPT/);
+  t.regex(nft.podTable(), /redirect to :15001/);
+});

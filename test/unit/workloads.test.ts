@@ -1,0 +1,84 @@
+// Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
+import test from 'ava';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { FilesWorkloadSource, parseWorkloadFile } from '../../agent/src/workload/files-source.js';
+
+const quiet = pino({ level: 'silent' });
+
+test('parses Pods and Namespaces from a multi-document file and ignores other kinds', (t) => {
+  const objs = parseWorkloadFile('a.yaml', `
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: app, uid: u1, labels: {app: web}}
+spec: {nodeName: n1, serviceAccountName: web-sa}
+status: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: x}
+`);
+  t.is(objs.length, 2);
+  const p = objs.find((o) => o.kind === 'Pod');
+  t.like(p, { kind: 'Pod', pod: { name: 'web', namespace: 'app', uid: 'u1', serviceAccount: 'web-sa', nodeName: 'n1', podIPs: ['10.0.0.5'] } });
+});
+
+test('a List of items is accepted', (t) => {
+  const objs = parseWorkloadFile('l.yaml', 'kind: List\nitems:\n- {kind: Namespace, metadata: {name: a}}\n- {kind: Namespace, metadata: {name: b}}\n');
+  t.is(objs.length, 2);
+});
+
+test('defaults: namespace "default", service account "default"', (t) => {
+  const [o] = parseWorkloadFile('p.yaml', 'kind: Pod\nmetadata: {name: p}\n');
+  t.like(o, { pod: { namespace: 'default', serviceAccount: 'default', hostNetwork: false } });
+});
+
+test('malformed objects are rejected with the file, object and field', (t) => {
+  t.throws(() => parseWorkloadFile('bad.yaml', 'kind: Pod\nmetadata: {namespace: x}\n'), { message: /bad\.yaml: Pod\.metadata\.name/ });
+  t.throws(() => parseWorkloadFile('bad.yaml', 'kind: Pod\nmetadata: {name: p, labels: {a: [1]}}\n'), { message: /bad\.yaml: .*labels\.a must be a string/ });
+  t.throws(() => parseWorkloadFile('bad.yaml', 'kind: Pod\nmetadata: [\n'), { message: /bad\.yaml/ });
+});
+
+test('files source picks up new, changed and removed objects, and keeps the last good state of a broken file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'ns.yaml'), 'kind: Namespace\nmetadata: {name: app}\n');
+  const src = new FilesWorkloadSource(dir, quiet, 50);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.deepEqual(src.getNamespace('app')?.labels, {});
+  const changes: number[] = [];
+  src.onChange((c) => changes.push(c.pods.length + c.namespaces.length));
+
+  const waiting = src.waitForPod('app', 'late', 3000);
+  writeFileSync(join(dir, 'late.yaml'), 'kind: Pod\nmetadata: {name: late, namespace: app, uid: u9}\n');
+  t.is((await waiting)?.uid, 'u9');
+
+  writeFileSync(join(dir, 'ns.yaml'), 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
+  await src.rescanNow();
+  t.is(src.getNamespace('app')?.labels['istio.io/dataplane-mode'], 'ambient');
+
+  writeFileSync(join(dir, 'ns.yaml'), 'kind: Namespace\nmetadata: [broken\n');
+  await src.rescanNow();
+  t.is(src.getNamespace('app')?.labels['istio.io/dataplane-mode'], 'ambient', 'broken file keeps the previous objects');
+
+  rmSync(join(dir, 'late.yaml'));
+  await src.rescanNow();
+  t.is(src.getPod('app', 'late'), undefined);
+  t.true(changes.length >= 2);
+});
+
+test('waitForPod gives up after its timeout', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const src = new FilesWorkloadSource(dir, quiet, 50);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.is(await src.waitForPod('x', 'y', 100), undefined);
+});
