@@ -21,13 +21,15 @@ export class Agent {
   private notReadyReason = 'starting';
   private repairTimer: NodeJS.Timeout | undefined;
   private repairing = false;
+  private markReady!: () => void;
+  private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
 
   constructor(private readonly cfg: AgentConfig, private readonly log: Logger) {
     this.backend = createBackend(cfg.redirectMode);
     this.source = new FilesWorkloadSource(cfg.workloadsDir, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
     this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs);
-    this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), log: log.child({ component: 'events' }) });
+    this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), ready: this.readyPromise, log: log.child({ component: 'events' }) });
   }
 
   status(): AgentStatus {
@@ -52,6 +54,7 @@ export class Agent {
     this.notReadyReason = 'adopting pods';
     await this.enroller.adopt();
     this.ready = true;
+    this.markReady();
     if (this.cfg.repairIntervalMs > 0) {
       this.repairTimer = setInterval(() => void this.repair(), this.cfg.repairIntervalMs);
     }

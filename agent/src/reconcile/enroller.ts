@@ -63,6 +63,12 @@ export class Enroller {
       if (!id) throw new AgentError('AMB_ERR_NETNS_GONE', `network namespace ${ev.netns} of pod ${ns}/${name} does not exist`);
       const ips = ev.ips.length ? ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address) : await podIpsFromNetns(ev.netns);
       const decision = decideEnrolment(pod, this.source.getNamespace(ns));
+      const prev = this.records.get(key);
+      if (prev && !sameNetns(id, { inode: prev.netnsInode, dev: prev.netnsDev })) {
+        // Same attachment, new sandbox namespace: forget the old one before enrolling the new.
+        await this.unenrol(key, plog);
+        this.records.delete(key);
+      }
       const rec: PodRecord = {
         containerId: ev.containerId, ifname: ev.ifname, netnsPath: ev.netns, netnsInode: id.inode, netnsDev: id.dev,
         namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', ips, state: decision.enrol ? 'enrolled' : 'skipped',

@@ -16,8 +16,13 @@ export const PODS_PATH = '/v1/pods';
 export interface EventServerDeps {
   enroller: Enroller;
   status: () => AgentStatus;
+  /** Resolves once the agent has re-adopted its pods; DEL waits for it so no deletion is lost during start-up. */
+  ready: Promise<void>;
   log: Logger;
 }
+
+/** How long a DEL that arrives during start-up waits for re-adoption before it is answered "try again later". */
+const DEL_READY_WAIT_MS = 8000;
 
 class HttpError extends Error {
   constructor(readonly status: number, readonly body: EventError) {
@@ -97,6 +102,7 @@ export class EventServer {
           this.relogPlugin(ev.pluginLog, ev.k8s.podNamespace && ev.k8s.podName ? `${ev.k8s.podNamespace}/${ev.k8s.podName}` : undefined);
           const expected = req.url === EVENT_PATHS.add ? 'ADD' : req.url === EVENT_PATHS.del ? 'DEL' : 'CHECK';
           if (ev.command !== expected) throw new EventParseError(`command ${ev.command} sent to ${req.url}`);
+          if (ev.command === 'DEL') await this.waitReady();
           this.requireReady(ev.command);
           const started = performance.now();
           const e = this.deps.enroller;
@@ -127,9 +133,15 @@ export class EventServer {
     }
   }
 
+  private async waitReady(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.deps.ready, new Promise<void>((resolve) => (timer = setTimeout(resolve, DEL_READY_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
   private requireReady(command: string): void {
     const st = this.deps.status();
-    if (!st.ready && command !== 'DEL') throw new AgentError('AMB_ERR_NOT_READY', `agent is not ready (${st.reason ?? 'starting'}); try again later`);
+    if (!st.ready) throw new AgentError('AMB_ERR_NOT_READY', `agent is not ready (${st.reason ?? 'starting'}); try again later`);
   }
 
   private relogPlugin(records: PluginLogRecord[] | undefined, pod?: string): void {
