@@ -1,0 +1,33 @@
+// Where things are: the repository root (found from this module's own location, so tests, the demo
+// and benchmarks can import the testbed from anywhere), the built entry points and the reference CNI plugins.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Directory of the Debian containernetworking-plugins package. */
+export const REFERENCE_CNI_DIR = '/usr/lib/cni';
+
+function findRepoRoot(start: string): string {
+  let dir = start;
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg)) {
+      const parsed: unknown = JSON.parse(readFileSync(pkg, 'utf8'));
+      if (typeof parsed === 'object' && parsed !== null && 'name' in parsed && parsed.name === 'ambient-node') {
+        return dir;
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`testbed: no ambient-node package.json above ${start}`);
+    dir = parent;
+  }
+}
+
+/** Absolute path of the ambient-node repository. */
+export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+/** Built CNI plugin entry point (`npm run build` produces it). */
+export const CNI_MAIN = join(REPO_ROOT, 'dist/cni/src/main.js');
+
+/** Built agent entry point (`npm run build` produces it). */
+export const AGENT_MAIN = join(REPO_ROOT, 'dist/agent/src/main.js');

@@ -1,0 +1,513 @@
+// The simulated cluster: run dir, fabric and node netns, per-node CNI runtime and agent, pods and their
+// YAML. It owns every name it creates (all carry the run id) and deletes exactly those in destroy().
+import { execFileSync } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { chmod, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Options, ResultPromise } from 'execa';
+import { AgentProcess, type RedirectMode } from './agent-process.js';
+import { registerLive, unregisterLive, type Destroyable } from './cleanup.js';
+import { CniRuntime, type CniOpOutcome } from './cni-runtime.js';
+import { type CniConfList, k8sCniArgs } from './cni-types.js';
+import { createNetns, deleteNetns, netnsPath } from './netns.js';
+import {
+  buildConflist,
+  podCidr,
+  podGateway,
+  type TestbedNode,
+  type TestbedNodeInfo,
+  setupFabric,
+  setupNodeNetwork,
+  underlayIp,
+} from './node.js';
+import { TestbedPod } from './pod.js';
+import { ProcessTracker } from './processes.js';
+import { AGENT_MAIN, CNI_MAIN, REFERENCE_CNI_DIR } from './repo.js';
+import { type Labels, namespaceFileName, type PodObject, podFileName, WorkloadsDir } from './workloads.js';
+
+export interface TestbedOptions {
+  nodes: number;
+  /** Passed to every agent as --redirect-mode. Default 'iptables'. */
+  redirectMode?: RedirectMode;
+  /** Chain ambient-cni after bridge in every conflist. Default true. */
+  withAmbientCni?: boolean;
+  /** Start one agent per node and wait until ready. Default true. */
+  agent?: boolean;
+  /** Extra agent command-line arguments. */
+  agentArgs?: string[];
+  /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
+  agentCommand?: string[];
+  /** Agent --log-level. Default 'debug'. */
+  agentLogLevel?: string;
+  /** Default 20000. */
+  agentReadyTimeoutMs?: number;
+  /** ambient-cni `log_level`. Default 'info'. */
+  cniLogLevel?: string;
+  /** ambient-cni `agent_timeout_ms`. Default 10000. */
+  agentTimeoutMs?: number;
+  /** Timeout of each plugin invocation. Default 30000. */
+  cniTimeoutMs?: number;
+  /** Edit a node's conflist before it is written and used (e.g. append a failing plugin). */
+  conflist?: (node: TestbedNodeInfo, list: CniConfList) => CniConfList;
+  /** Keep the run dir after destroy (default: env AMBIENT_KEEP_TESTBED=1). Namespaces are always deleted. */
+  keep?: boolean;
+}
+
+/** A node by index, by name, or the node itself. */
+export type NodeRef = number | string | TestbedNode;
+
+export interface PodSpec {
+  node: NodeRef;
+  /** Default 'default'. */
+  namespace?: string;
+  name: string;
+  labels?: Labels;
+  /** Default: a random UUID. */
+  uid?: string;
+  /** Default 'default'. */
+  serviceAccount?: string;
+  /** Default 'eth0'. */
+  ifname?: string;
+}
+
+const CONFLIST_FILE = '10-ambient-tb.conflist';
+const TEARDOWN_DEL_TIMEOUT_MS = 5000;
+/** Kubernetes object names the testbed accepts (they become part of a netns and a file name). */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
+
+export class Testbed implements Destroyable {
+  readonly id: string;
+  readonly runDir: string;
+  readonly binDir: string;
+  readonly workloadsDir: string;
+  readonly logsDir: string;
+  readonly fabricNetns: string;
+  readonly nodes: TestbedNode[] = [];
+  readonly workloads: WorkloadsDir;
+  readonly keep: boolean;
+  readonly #opts: TestbedOptions;
+  /** Every netns this testbed created and has not deleted yet, in creation order. */
+  readonly #netns = new Set<string>();
+  readonly #pods = new Map<string, TestbedPod>();
+  readonly #podTrackers = new Map<string, ProcessTracker>();
+  readonly #tracker = new ProcessTracker();
+  #destroying: Promise<void> | undefined;
+
+  private constructor(id: string, opts: TestbedOptions) {
+    this.id = id;
+    this.#opts = opts;
+    this.runDir = `/tmp/ambient-tb-${id}`;
+    this.binDir = join(this.runDir, 'bin');
+    this.workloadsDir = join(this.runDir, 'workloads');
+    this.logsDir = join(this.runDir, 'logs');
+    this.fabricNetns = `atb-${id}-fabric`;
+    this.workloads = new WorkloadsDir(this.workloadsDir);
+    this.keep = opts.keep ?? process.env.AMBIENT_KEEP_TESTBED === '1';
+  }
+
+  /** Build the cluster. On any failure everything created so far is destroyed and the error rethrown. */
+  static async create(opts: TestbedOptions): Promise<Testbed> {
+    if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200) {
+      throw new Error(`nodes must be 1..200, got ${opts.nodes}`);
+    }
+    if ((opts.withAmbientCni ?? true) && !existsSync(CNI_MAIN)) {
+      throw new Error(`${CNI_MAIN} missing: run \`npm run build\``);
+    }
+    if ((opts.agent ?? true) && opts.agentCommand === undefined && !existsSync(AGENT_MAIN)) {
+      throw new Error(`${AGENT_MAIN} missing: run \`npm run build\``);
+    }
+    const tb = new Testbed(reserveRunDir(), opts);
+    registerLive(tb);
+    try {
+      await tb.#build();
+    } catch (err) {
+      await tb.destroy().catch(() => undefined);
+      throw err;
+    }
+    return tb;
+  }
+
+  /** Live pods, in creation order. */
+  get pods(): TestbedPod[] {
+    return [...this.#pods.values()];
+  }
+
+  /** Names of the namespaces this testbed currently owns (for leak checks). */
+  get netnsNames(): string[] {
+    return [...this.#netns];
+  }
+
+  node(ref: NodeRef): TestbedNode {
+    const node =
+      typeof ref === 'object' ? ref : typeof ref === 'number' ? this.nodes[ref] : this.nodes.find((n) => n.name === ref);
+    if (node === undefined || !this.nodes.includes(node)) {
+      throw new Error(`testbed ${this.id}: no node ${typeof ref === 'object' ? ref.name : ref}`);
+    }
+    return node;
+  }
+
+  /** The node's agent; throws when the testbed runs without agents. */
+  agent(ref: NodeRef): AgentProcess {
+    const node = this.node(ref);
+    if (node.agent === undefined) throw new Error(`testbed ${this.id}: ${node.name} has no agent (agent: false)`);
+    return node.agent;
+  }
+
+  /**
+   * Create a pod like kubelet would: Pod YAML first (Pending, no IP), netns with lo up, CNI ADD, then the
+   * YAML gets status.podIP. On ADD failure the netns and YAML are removed and the CniPluginError rethrown.
+   */
+  async addPod(spec: PodSpec): Promise<TestbedPod> {
+    this.#assertAlive();
+    const node = this.node(spec.node);
+    const namespace = spec.namespace ?? 'default';
+    const key = `${namespace}/${spec.name}`;
+    if (!DNS_LABEL.test(namespace) || !DNS_LABEL.test(spec.name)) throw new Error(`testbed ${this.id}: invalid pod name ${key}`);
+    if (this.#pods.has(key) || this.#podTrackers.has(key)) throw new Error(`testbed ${this.id}: pod ${key} already exists`);
+    const tracker = new ProcessTracker();
+    this.#podTrackers.set(key, tracker);
+    const uid = spec.uid ?? randomUUID();
+    const labels = { ...spec.labels };
+    const serviceAccount = spec.serviceAccount ?? 'default';
+    const containerId = randomBytes(32).toString('hex');
+    const netnsName = `atb-${this.id}-n${node.index}-${namespace}-${spec.name}`;
+    const ifname = spec.ifname ?? 'eth0';
+    const podObject: PodObject = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: spec.name, namespace, uid, labels },
+      spec: { nodeName: node.name, serviceAccountName: serviceAccount },
+      status: { phase: 'Pending', hostIP: node.underlayIp },
+    };
+    const cniArgs = k8sCniArgs({ namespace, name: spec.name, uid, infraContainerId: containerId });
+    const attachment = { containerId, netns: netnsPath(netnsName), ifname, args: cniArgs };
+    let added = false;
+    try {
+      // Like Kubernetes, a pod's namespace exists: write it (no labels) unless someone already did.
+      if (!existsSync(join(this.workloadsDir, namespaceFileName(namespace)))) await this.setNamespace(namespace, {});
+      await this.workloads.writePod(podObject);
+      await this.#createNetns(netnsName);
+      const outcome = await node.cni.add(attachment);
+      added = true;
+      const ip = firstIpv4(outcome.result.ips ?? []);
+      if (ip === undefined) throw new Error(`CNI ADD for ${key} returned no IPv4 address`);
+      const pod = new TestbedPod({
+        node,
+        namespace,
+        name: spec.name,
+        uid,
+        serviceAccount,
+        labels,
+        containerId,
+        netnsName,
+        ifname,
+        cniArgs,
+        ip,
+        addOutcome: outcome,
+        tracker,
+      });
+      this.#pods.set(key, pod);
+      await this.workloads.writePod(this.#podObject(pod));
+      return pod;
+    } catch (err) {
+      if (!this.#pods.has(key)) {
+        this.#podTrackers.delete(key);
+        if (added) {
+          await node.cni.del(attachment, { continueOnError: true, timeoutMs: TEARDOWN_DEL_TIMEOUT_MS }).catch(() => undefined);
+        }
+        if (this.#netns.has(netnsName)) {
+          await deleteNetns(netnsName).catch(() => undefined);
+          this.#netns.delete(netnsName);
+        }
+        await this.workloads.remove(podFileName(namespace, spec.name)).catch(() => undefined);
+      }
+      throw err;
+    }
+  }
+
+  /** Many ADDs in parallel (at most `concurrency` at once, default 8). Throws AggregateError if any failed; the others stay. */
+  async addPods(specs: PodSpec[], opts: { concurrency?: number } = {}): Promise<TestbedPod[]> {
+    const results: PromiseSettledResult<TestbedPod>[] = new Array(specs.length);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < specs.length) {
+        const i = next++;
+        const spec = specs[i];
+        if (spec === undefined) continue;
+        try {
+          results[i] = { status: 'fulfilled', value: await this.addPod(spec) };
+        } catch (reason) {
+          results[i] = { status: 'rejected', reason };
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? 8, specs.length)) }, worker));
+    const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []));
+    if (errors.length > 0) throw new AggregateError(errors, `${errors.length} of ${specs.length} pod ADDs failed`);
+    return results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  }
+
+  /**
+   * Delete a pod like kubelet: stop its processes, CNI DEL, delete its netns, then its YAML. If DEL fails the
+   * pod is left as it is and the error thrown, unless `force` (then netns and YAML go anyway).
+   */
+  async deletePod(pod: TestbedPod, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<CniOpOutcome> {
+    this.#assertAlive();
+    await this.#podTrackers.get(pod.key)?.stopAll();
+    let outcome: CniOpOutcome = { invocations: [], durationMs: 0 };
+    try {
+      outcome = await pod.node.cni.del(pod.attachment, opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
+    } catch (err) {
+      if (opts.force !== true) throw err;
+    }
+    await deleteNetns(pod.netnsName);
+    this.#netns.delete(pod.netnsName);
+    this.#pods.delete(pod.key);
+    this.#podTrackers.delete(pod.key);
+    await this.workloads.remove(podFileName(pod.namespace, pod.name));
+    return outcome;
+  }
+
+  /** CNI CHECK of the pod's attachment. */
+  checkPod(pod: TestbedPod): Promise<CniOpOutcome> {
+    return pod.node.cni.check(pod.attachment);
+  }
+
+  /** Write (or overwrite) the Namespace object with these labels. */
+  async setNamespace(name: string, labels: Labels): Promise<void> {
+    await this.workloads.writeNamespace(name, labels);
+  }
+
+  /** Replace the pod's labels and rewrite its YAML. */
+  async setPodLabels(pod: TestbedPod, labels: Labels): Promise<void> {
+    pod.labels = { ...labels };
+    await this.workloads.writePod(this.#podObject(pod));
+  }
+
+  /** Write any Kubernetes-shaped objects (AuthorizationPolicy, PeerAuthentication, ...) into workloads/. */
+  writeWorkload(fileName: string, docs: object | object[]): Promise<string> {
+    return this.workloads.write(fileName, docs);
+  }
+
+  removeWorkload(fileName: string): Promise<void> {
+    return this.workloads.remove(fileName);
+  }
+
+  /** Run a command in the node netns (e.g. a kubelet-style probe to a pod IP). */
+  nodeExec<O extends Options = {}>(node: NodeRef, cmd: string, args: readonly string[] = [], opts?: O): ResultPromise<{} & O> {
+    return this.#tracker.runInNetns(this.node(node).netnsName, cmd, args, opts, false);
+  }
+
+  /** Start a long-running process in the node netns (e.g. tshark on eth0); killed at teardown. */
+  nodeSpawn<O extends Options = {}>(node: NodeRef, cmd: string, args: readonly string[] = [], opts?: O): ResultPromise<{} & O> {
+    return this.#tracker.runInNetns(this.node(node).netnsName, cmd, args, opts, true);
+  }
+
+  /** Start a long-running process in the fabric netns (e.g. tshark on br0: sees all inter-node traffic). */
+  fabricSpawn<O extends Options = {}>(cmd: string, args: readonly string[] = [], opts?: O): ResultPromise<{} & O> {
+    return this.#tracker.runInNetns(this.fabricNetns, cmd, args, opts, true);
+  }
+
+  /**
+   * Idempotent teardown: stop pod and node processes, best-effort CNI DEL of remaining pods (agents still up),
+   * stop agents, delete pod, node and fabric netns by exact name, remove the run dir (unless kept).
+   */
+  destroy(): Promise<void> {
+    this.#destroying ??= this.#teardown();
+    return this.#destroying;
+  }
+
+  /** Synchronous best effort for process-exit hooks: SIGKILL, delete netns, remove the run dir. */
+  destroySync(): void {
+    for (const t of this.#podTrackers.values()) t.killAllSync();
+    this.#tracker.killAllSync();
+    for (const node of this.nodes) node.agent?.killSync();
+    for (const name of [...this.#netns].reverse()) {
+      try {
+        execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+      } catch {
+        // already gone
+      }
+      this.#netns.delete(name);
+    }
+    if (!this.keep) rmSync(this.runDir, { recursive: true, force: true });
+    unregisterLive(this);
+  }
+
+  async #teardown(): Promise<void> {
+    const errors: unknown[] = [];
+    await Promise.all([...this.#podTrackers.values()].map((t) => t.stopAll()));
+    await this.#tracker.stopAll();
+    await Promise.allSettled(
+      [...this.#pods.values()].map((p) => p.node.cni.del(p.attachment, { timeoutMs: TEARDOWN_DEL_TIMEOUT_MS, continueOnError: true })),
+    );
+    await Promise.all(this.nodes.map((n) => n.agent?.stop()));
+    for (const name of [...this.#netns].reverse()) {
+      try {
+        await deleteNetns(name);
+        this.#netns.delete(name);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    this.#pods.clear();
+    this.#podTrackers.clear();
+    try {
+      if (this.keep) process.stderr.write(`testbed ${this.id}: kept ${this.runDir} for debugging\n`);
+      else rmSync(this.runDir, { recursive: true, force: true });
+    } catch (err) {
+      errors.push(err);
+    }
+    unregisterLive(this);
+    if (errors.length > 0) throw new AggregateError(errors, `testbed ${this.id}: teardown left things behind`);
+  }
+
+  async #build(): Promise<void> {
+    const o = this.#opts;
+    for (const d of ['bin', 'net.d', 'cache', 'ipam', 'state', 'workloads', 'logs']) {
+      await mkdir(join(this.runDir, d), { recursive: true });
+    }
+    for (const p of ['bridge', 'host-local', 'loopback']) await symlink(join(REFERENCE_CNI_DIR, p), join(this.binDir, p));
+    const wrapper = join(this.binDir, 'ambient-cni');
+    await writeFile(wrapper, `#!/bin/sh\nexec ${shQuote(process.execPath)} ${shQuote(CNI_MAIN)} "$@"\n`);
+    await chmod(wrapper, 0o755);
+
+    await this.#createNetns(this.fabricNetns);
+    await setupFabric(this.fabricNetns);
+    for (let i = 0; i < o.nodes; i++) {
+      const node = this.#describeNode(i);
+      this.nodes.push(node);
+      await this.#createNetns(node.netnsName);
+      await setupNodeNetwork(this.fabricNetns, node, o.nodes);
+      for (const d of [node.confDir, node.cacheDir, node.ipamDir, node.stateDir]) await mkdir(d, { recursive: true });
+      await writeFile(node.conflistPath, JSON.stringify(node.conflist, null, 2));
+    }
+    this.#assertAlive();
+    if (o.agent ?? true) {
+      // allSettled: a failed start must not leave the others' rejections unhandled.
+      const started = await Promise.allSettled(this.nodes.map((n) => n.agent?.start()));
+      const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+    }
+  }
+
+  /** Create a netns owned by this testbed; if destroy() started meanwhile, delete it again and throw. */
+  async #createNetns(name: string): Promise<void> {
+    this.#assertAlive();
+    this.#netns.add(name);
+    await createNetns(name);
+    if (this.#destroying !== undefined) {
+      await deleteNetns(name).catch(() => undefined);
+      this.#netns.delete(name);
+      this.#assertAlive();
+    }
+  }
+
+  #describeNode(i: number): TestbedNode {
+    const o = this.#opts;
+    const name = `atb-${this.id}-n${i}`;
+    const paths = {
+      socketPath: join(this.runDir, `${name}.sock`),
+      stateDir: join(this.runDir, 'state', name),
+      confDir: join(this.runDir, 'net.d', name),
+      cacheDir: join(this.runDir, 'cache', name),
+      ipamDir: join(this.runDir, 'ipam', name),
+    };
+    const info: TestbedNodeInfo = {
+      index: i,
+      name,
+      netnsName: name,
+      netnsPath: netnsPath(name),
+      underlayIp: underlayIp(i),
+      podCidr: podCidr(i),
+      podGateway: podGateway(i),
+      ...paths,
+      conflistPath: join(paths.confDir, CONFLIST_FILE),
+    };
+    let conflist = buildConflist(info, {
+      withAmbientCni: o.withAmbientCni ?? true,
+      cniLogLevel: o.cniLogLevel ?? 'info',
+      agentTimeoutMs: o.agentTimeoutMs ?? 10_000,
+    });
+    if (o.conflist !== undefined) conflist = o.conflist(info, conflist);
+    const cni = new CniRuntime({
+      conflist,
+      binDirs: [this.binDir],
+      cacheDir: paths.cacheDir,
+      netns: name,
+      ...(o.cniTimeoutMs !== undefined ? { timeoutMs: o.cniTimeoutMs } : {}),
+    });
+    const node: TestbedNode = { ...info, conflist, cni, agent: undefined };
+    if (o.agent ?? true) {
+      node.agent = new AgentProcess({
+        ...(o.agentCommand !== undefined ? { command: o.agentCommand } : {}),
+        nodeName: name,
+        netnsPath: node.netnsPath,
+        stateDir: paths.stateDir,
+        socketPath: paths.socketPath,
+        workloadsDir: this.workloadsDir,
+        redirectMode: o.redirectMode ?? 'iptables',
+        logLevel: o.agentLogLevel ?? 'debug',
+        logFile: join(this.logsDir, `agent-${name}.log`),
+        extraArgs: o.agentArgs ?? [],
+        readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
+      });
+    }
+    return node;
+  }
+
+  #podObject(pod: TestbedPod): PodObject {
+    return {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: pod.name, namespace: pod.namespace, uid: pod.uid, labels: pod.labels },
+      spec: { nodeName: pod.node.name, serviceAccountName: pod.serviceAccount },
+      status: { phase: 'Running', hostIP: pod.node.underlayIp, podIP: pod.ip, podIPs: [{ ip: pod.ip }] },
+    };
+  }
+
+  #assertAlive(): void {
+    if (this.#destroying !== undefined) throw new Error(`testbed ${this.id} is destroyed`);
+  }
+}
+
+/** Pick a fresh 4-hex run id by creating its run dir exclusively (mkdir fails if another run owns it). */
+function reserveRunDir(): string {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const id = randomBytes(2).toString('hex');
+    try {
+      mkdirSync(`/tmp/ambient-tb-${id}`, { mode: 0o755 });
+    } catch (err) {
+      if (err instanceof Error && 'code' in err && err.code === 'EEXIST') continue;
+      throw err;
+    }
+    // A namespace leaked by an earlier run with the same id would be deleted by our teardown: skip the id.
+    if (listNetnsFiles().some((n) => n.startsWith(`atb-${id}-`))) {
+      rmdirSync(`/tmp/ambient-tb-${id}`);
+      continue;
+    }
+    return id;
+  }
+  throw new Error('testbed: no free run id after 50 attempts (stale /tmp/ambient-tb-* dirs?)');
+}
+
+function listNetnsFiles(): string[] {
+  try {
+    return readdirSync('/run/netns');
+  } catch {
+    return [];
+  }
+}
+
+function firstIpv4(ips: { address: string }[]): string | undefined {
+  for (const ip of ips) {
+    const addr = ip.address.split('/')[0];
+    if (addr !== undefined && /^\d+\.\d+\.\d+\.\d+$/.test(addr)) return addr;
+  }
+  return undefined;
+}
+
+function shQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
