@@ -1,6 +1,29 @@
 // Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's, via nsenter.
 // The one place that spawns them; failures carry the tool's stderr so logs and CNI errors show the real cause.
+import { accessSync, constants } from 'node:fs';
 import { execa } from 'execa';
+
+/** System directories searched for node tools, in order. PATH is not used: an npm bin dir can shadow `nft`. */
+const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
+const resolved = new Map<string, string>();
+
+/** The absolute path of a system tool; throws a clear error when the package providing it is missing. */
+export function systemTool(name: string): string {
+  let path = resolved.get(name);
+  if (path) return path;
+  for (const dir of SYSTEM_DIRS) {
+    try {
+      accessSync(`${dir}/${name}`, constants.X_OK);
+      path = `${dir}/${name}`;
+      break;
+    } catch {
+      // try the next directory
+    }
+  }
+  if (!path) throw new ToolError(name, `${name} not found in ${SYSTEM_DIRS.join(', ')}; install it (see scripts/setup.sh)`, undefined);
+  resolved.set(name, path);
+  return path;
+}
 
 export class ToolError extends Error {
   readonly code = 'AMB_ERR_TOOL';
@@ -19,7 +42,7 @@ export interface RunOptions {
 
 /** Runs a tool and returns its stdout; throws ToolError with stderr on failure. */
 export async function runTool(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
-  const [file, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, '--', cmd, ...args]] : [cmd, args];
+  const [file, argv] = opts.netns ? [systemTool('nsenter'), [`--net=${opts.netns}`, '--', systemTool(cmd), ...args]] : [systemTool(cmd), args];
   const shown = [cmd, ...args].join(' ');
   try {
     const r = await execa(file, argv, {

@@ -146,9 +146,11 @@ export class EventServer {
 
   private relogPlugin(records: PluginLogRecord[] | undefined, pod?: string): void {
     if (!records?.length) return;
-    const plog = this.deps.log.child({ component: 'cni-plugin', ...(pod ? { pod } : {}) });
+    const plog = this.deps.log.child({ source: 'cni-plugin', ...(pod ? { pod } : {}) });
     for (const r of records) {
-      const { level, msg, time: _time, ...rest } = r;
+      // The agent's logger supplies its own time, pid and name; the plugin's pid is kept as pluginPid.
+      const { level, msg, time: _time, pid, name: _name, hostname: _host, component: _component, pod: _pod, ...rest } = r;
+      if (pid !== undefined) rest.pluginPid = pid;
       const fn = level >= 50 ? plog.error : level >= 40 ? plog.warn : level >= 30 ? plog.info : plog.debug;
       fn.call(plog, rest, msg);
     }

@@ -1,0 +1,174 @@
+// End to end on the simulated cluster, for every redirection backend: enrolment, byte-exact forwarding across nodes,
+// pods left alone, fail-closed when the agent dies, re-adoption, DEL, parallel ADDs, probes, CHECK, GC and late enrolment.
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { CniPluginError, type RedirectMode } from '../testbed/index.js';
+import {
+  AMBIENT, NFT, NONE, agentPod, ask, eventually, hasOurRules, listeningPorts, podRules, sendRandom, startEcho, startSink,
+} from './helpers.js';
+
+const MODES: RedirectMode[] = ['iptables', 'nftables'];
+const MiB = 1024 * 1024;
+
+for (const mode of MODES) {
+  netnsTest.serial(`[${mode}] 1 MiB from an enrolled pod reaches a pod on the other node intact, carried by both agents`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    const [client, server] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'sleep' },
+      { node: 1, namespace: 'app', name: 'productpage' },
+    ]);
+    if (!client || !server) throw new Error('pods missing');
+    t.deepEqual((await listeningPorts(client)).filter((p) => p >= 15000).sort(), [15001, 15006, 15008]);
+    const received = await startSink(server, 9000);
+    const sent = await sendRandom(client, server.ip, 9000, MiB);
+    t.is(await received.digest, sent);
+    const out = await eventually(() => agentPod(tb, client), (p) => (p?.stats?.outbound.bytesFromDownstream ?? 0) >= MiB);
+    const inb = await eventually(() => agentPod(tb, server), (p) => (p?.stats?.inbound.bytesFromDownstream ?? 0) >= MiB);
+    t.is(out?.stats?.outbound.bytesFromDownstream, MiB, 'source agent carried the bytes outbound');
+    t.is(inb?.stats?.inbound.bytesFromDownstream, MiB, 'destination agent carried the bytes inbound');
+  });
+
+  netnsTest.serial(`[${mode}] pods that are not selected keep no rules and their traffic is untouched`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [outsider, optedOut, server] = await tb.addPods([
+      { node: 0, namespace: 'plain', name: 'outsider' },
+      { node: 0, namespace: 'app', name: 'notsleep', labels: NONE },
+      { node: 1, namespace: 'plain', name: 'web' },
+    ]);
+    if (!outsider || !optedOut || !server) throw new Error('pods missing');
+    for (const p of [outsider, optedOut, server]) {
+      t.false(hasOurRules(await podRules(p)), `${p.key} has no redirection rules`);
+      t.false((await listeningPorts(p)).includes(15001), `${p.key} has no agent listener`);
+      t.is((await agentPod(tb, p))?.state, 'skipped');
+    }
+    await startEcho(server, 8080);
+    const r = await ask(outsider, server.ip, 8080);
+    t.true(r.ok, r.output);
+    t.true(r.output.includes(`from ${outsider.ip}`), `server saw the client's own address: ${r.output}`);
+  });
+
+  netnsTest.serial(`[${mode}] with the agent killed, enrolled pods are refused, and after restart they work without a new ADD`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    const [client, server] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'sleep' },
+      { node: 1, namespace: 'plain', name: 'web' },
+    ]);
+    if (!client || !server) throw new Error('pods missing');
+    await startEcho(server, 8080);
+    t.true((await ask(client, server.ip, 8080)).ok);
+
+    await tb.agent(0).kill('SIGKILL');
+    const down = await ask(client, server.ip, 8080, 'while-down');
+    t.false(down.ok, 'no bypass while the agent is down');
+    t.true(hasOurRules(await podRules(client)), 'rules stay while the agent is down');
+
+    const addsBefore = client.addOutcome.invocations.length;
+    await tb.agent(0).start();
+    const up = await eventually(() => ask(client, server.ip, 8080, 'after-restart'), (a) => a.ok, 10_000);
+    t.true(up.ok, up.output);
+    t.is(client.addOutcome.invocations.length, addsBefore, 'no new ADD was needed');
+    const logs = await tb.agent(0).logs({ currentRun: true });
+    t.true(logs.some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 1));
+  });
+
+  netnsTest.serial(`[${mode}] DEL removes rules and listeners; CHECK fails on drift`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, agentArgs: ['--repair-interval-ms', '0'] });
+    await tb.setNamespace('app', AMBIENT);
+    const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
+    await t.notThrowsAsync(tb.checkPod(pod));
+    if (mode === 'iptables') await pod.exec('iptables', ['-t', 'nat', '-F', 'AMBIENT_OUTPUT']);
+    else await pod.exec(NFT, ['flush', 'chain', 'inet', 'ambient-nat', 'output']);
+    const err = await t.throwsAsync(tb.checkPod(pod), { instanceOf: CniPluginError });
+    t.regex(err?.cniError?.msg ?? '', /not fully captured: missing rules/);
+
+    // A fresh pod to DEL, watching its netns after the runtime is done (deletePod also removes the netns).
+    const victim = await tb.addPod({ node: 0, namespace: 'app', name: 'victim' });
+    await tb.node(0).cni.del(victim.attachment);
+    t.false(hasOurRules(await podRules(victim)), 'rules removed');
+    t.false((await listeningPorts(victim)).some((p) => p >= 15001 && p <= 15008), 'listeners closed');
+    t.is(await agentPod(tb, victim), undefined);
+  });
+
+  netnsTest.serial(`[${mode}] a kubelet-style connection from the node reaches an enrolled pod (probe SNAT)`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'productpage' });
+    await startEcho(pod, 9080);
+    const r = await tb.nodeExec(0, 'ncat', ['--no-shutdown', '-w', '3', pod.ip, '9080'], { input: 'probe\n', reject: false });
+    t.regex(String(r.stdout), /pong:probe from 169\.254\.7\.127/);
+    const stats = (await agentPod(tb, pod))?.stats;
+    t.is(stats?.inbound.opened, 0, 'the probe went straight to the app, not through the agent');
+  });
+
+  netnsTest.serial(`[${mode}] 20 pods added in parallel are all enrolled`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    const pods = await tb.addPods(Array.from({ length: 20 }, (_, i) => ({ node: 0, namespace: 'app', name: `p${i}` })), { concurrency: 20 });
+    t.is(pods.length, 20);
+    for (const p of pods) {
+      const view = await agentPod(tb, p);
+      t.is(view?.state, 'enrolled', p.key);
+      t.true(view?.listening, p.key);
+      t.deepEqual(view?.ips, [p.ip]);
+      t.true(hasOurRules(await podRules(p)), p.key);
+    }
+  });
+}
+
+netnsTest.serial('ADD with the agent down fails with a clear CNI error and leaves nothing behind', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1 });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.agent(0).stop();
+  const err = await t.throwsAsync(tb.addPod({ node: 0, namespace: 'app', name: 'sleep' }), { instanceOf: CniPluginError });
+  t.is(err?.cniError?.code, 11);
+  t.regex(err?.cniError?.msg ?? '', /ambient-node agent unreachable .*refusing to start pod app\/sleep outside the mesh/);
+  t.deepEqual(tb.pods, []);
+});
+
+netnsTest.serial('late enrolment: labelling a namespace enrols its running pods, removing the label releases them', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1 });
+  await tb.setNamespace('app', {});
+  const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
+  t.is((await agentPod(tb, pod))?.state, 'skipped');
+  await tb.setNamespace('app', AMBIENT);
+  const on = await eventually(() => agentPod(tb, pod), (v) => v?.state === 'enrolled' && v.listening);
+  t.is(on?.state, 'enrolled');
+  t.true(hasOurRules(await podRules(pod)));
+  await tb.setNamespace('app', {});
+  const off = await eventually(() => agentPod(tb, pod), (v) => v?.state === 'skipped');
+  t.is(off?.state, 'skipped');
+  t.false(hasOurRules(await podRules(pod)));
+});
+
+netnsTest.serial('drift repair puts flushed pod and node rules back and counts it', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--repair-interval-ms', '1000'] });
+  await tb.setNamespace('app', AMBIENT);
+  const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
+  await pod.exec('iptables', ['-t', 'nat', '-F', 'AMBIENT_OUTPUT']);
+  await tb.nodeExec(0, 'iptables', ['-t', 'nat', '-F', 'AMBIENT_POSTRT']);
+  const counters = async (): Promise<{ ruleRepairs: number }> => ((await tb.agent(0).request('GET', '/v1/pods')).body as { counters: { ruleRepairs: number } }).counters;
+  const c = await eventually(counters, (v) => v.ruleRepairs >= 2, 10_000);
+  t.true(c.ruleRepairs >= 2);
+  await t.notThrowsAsync(tb.checkPod(pod));
+  const host = await tb.nodeExec(0, 'iptables-save', ['-t', 'nat']);
+  t.regex(String(host.stdout), /-A AMBIENT_POSTRT .*SNAT --to-source 169\.254\.7\.127/);
+});
+
+netnsTest.serial('STATUS fails while the agent is down; GC drops attachments the runtime no longer has', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1 });
+  await tb.setNamespace('app', AMBIENT);
+  const keep = await tb.addPod({ node: 0, namespace: 'app', name: 'keep' });
+  const stale = await tb.addPod({ node: 0, namespace: 'app', name: 'stale' });
+  const gc = await tb.node(0).cni.gc({ validAttachments: [{ containerID: keep.containerId, ifname: keep.ifname }], delStale: false });
+  t.truthy(gc);
+  t.is(await agentPod(tb, stale), undefined, 'stale attachment dropped');
+  t.false(hasOurRules(await podRules(stale)));
+  t.is((await agentPod(tb, keep))?.state, 'enrolled');
+
+  await tb.agent(0).stop();
+  const err = await t.throwsAsync(tb.node(0).cni.status());
+  t.regex(String((err as CniPluginError).cniError?.code), /^50$/);
+});

@@ -1,0 +1,82 @@
+// Traffic and inspection helpers for the end-to-end tests: byte-exact transfers, echo servers, rule dumps, agent state.
+// Everything runs inside the testbed's pod or node namespaces; nothing touches the root namespace.
+import { createHash, randomBytes } from 'node:crypto';
+import type { Testbed, TestbedPod } from '../testbed/index.js';
+import type { PodView } from '../../agent/src/reconcile/enroller.js';
+
+/** Absolute: node_modules/.bin holds an unrelated `nft` that would shadow nftables under npx/ava. */
+export const NFT = '/usr/sbin/nft';
+
+export const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+
+/** Starts a server in `pod` that reads everything on `port` once; `digest` resolves with its sha256. */
+export async function startSink(pod: TestbedPod, port: number): Promise<{ digest: Promise<string> }> {
+  const proc = pod.spawn('sh', ['-c', `ncat -l ${port} --recv-only | sha256sum`], { timeout: 60_000 });
+  await pod.waitForPort(port);
+  // Wrapped in an object: an async function returning a bare promise would wait for it.
+  return { digest: proc.then((r) => String(r.stdout).split(' ')[0] ?? '') };
+}
+
+/** Sends `size` random bytes from `client` to ip:port; resolves with their sha256. */
+export async function sendRandom(client: TestbedPod, ip: string, port: number, size: number): Promise<string> {
+  const data = randomBytes(size);
+  await client.exec('ncat', ['--send-only', '-w', '5', ip, String(port)], { input: data, timeout: 30_000 });
+  return sha256(data);
+}
+
+/** An echo server answering "pong:<line> from <client addr>" for every connection. */
+export async function startEcho(pod: TestbedPod, port: number): Promise<void> {
+  void pod.spawn('ncat', ['-l', '-k', String(port), '--sh-exec', 'read l; echo "pong:$l from $NCAT_REMOTE_ADDR"']).catch(() => undefined);
+  await pod.waitForPort(port);
+}
+
+export interface Attempt {
+  ok: boolean;
+  output: string;
+}
+
+/** One request/response to an echo server; never throws. */
+export async function ask(client: TestbedPod, ip: string, port: number, msg = 'ping'): Promise<Attempt> {
+  const r = await client.exec('ncat', ['--no-shutdown', '-w', '3', ip, String(port)], { input: `${msg}\n`, timeout: 10_000, reject: false });
+  const output = `${String(r.stdout)}${String(r.stderr)}`.trim();
+  return { ok: r.exitCode === 0 && String(r.stdout).includes(`pong:${msg}`), output };
+}
+
+/** The nat rules in a pod: iptables-save of the nat table and the nft ruleset. */
+export async function podRules(pod: TestbedPod): Promise<{ iptables: string; nft: string }> {
+  const ipt = await pod.exec('iptables-save', ['-t', 'nat'], { reject: false });
+  const nft = await pod.exec(NFT, ['list', 'ruleset'], { reject: false });
+  return { iptables: String(ipt.stdout), nft: String(nft.stdout) };
+}
+
+export function hasOurRules(r: { iptables: string; nft: string }): boolean {
+  return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft);
+}
+
+/** TCP ports listening inside the pod. */
+export async function listeningPorts(pod: TestbedPod): Promise<number[]> {
+  const r = await pod.exec('ss', ['-Hltn']);
+  return String(r.stdout).split('\n').map((l) => Number(/:(\d+)\s/.exec(l.split(/\s+/)[3] + ' ')?.[1])).filter((n) => n > 0);
+}
+
+/** The agent's view of its pods on a node. */
+export async function agentPods(tb: Testbed, node: number): Promise<PodView[]> {
+  const r = await tb.agent(node).request('GET', '/v1/pods');
+  return (r.body as { pods: PodView[] }).pods;
+}
+
+export async function agentPod(tb: Testbed, pod: TestbedPod): Promise<PodView | undefined> {
+  return (await agentPods(tb, pod.node.index)).find((p) => p.containerId === pod.containerId);
+}
+
+export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (ok(v) || Date.now() > deadline) return v;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
+export const NONE = { 'istio.io/dataplane-mode': 'none' };
