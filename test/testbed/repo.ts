@@ -26,8 +26,8 @@ function findRepoRoot(start: string): string {
 /** Absolute path of the ambient-node repository. */
 export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 
-/** Built CNI plugin entry point (`npm run build` produces it). */
-export const CNI_MAIN = join(REPO_ROOT, 'dist/cni/src/main.js');
+/** Built, bundled CNI plugin (`npm run build` produces it). */
+export const CNI_MAIN = join(REPO_ROOT, 'dist/bin/ambient-cni.mjs');
 
 /** Built agent entry point (`npm run build` produces it). */
 export const AGENT_MAIN = join(REPO_ROOT, 'dist/agent/src/main.js');

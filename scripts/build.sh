@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Build: TypeScript to dist/, then the CNI plugin bundled into one file (dist/bin/ambient-cni.mjs) so the runtime's
+# exec of the plugin loads one module instead of dozens (about 15 ms less per ADD on our machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+npx tsc -p tsconfig.json
+npx esbuild cni/src/main.ts --bundle --platform=node --format=esm --target=node20 \
+  --outfile=dist/bin/ambient-cni.mjs --log-level=warning \
+  --banner:js="import { createRequire as __ambientRequire } from 'node:module'; const require = __ambientRequire(import.meta.url);"
+chmod +x dist/bin/ambient-cni.mjs
