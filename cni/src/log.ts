@@ -1,6 +1,5 @@
-// The plugin's pino logger: JSON lines to stderr, synchronously, and a copy of each record for the event's pluginLog.
-// Never writes to stdout (that carries the CNI result) and never throws: a broken stderr must not fail the command.
-import { pino, type Logger } from 'pino';
+// The plugin's logger: pino-format JSON lines (level, time, pid, msg, fields) to stderr, synchronously, plus a copy of each
+// record for the event's pluginLog. Hand-rolled rather than pino: loading pino costs ~10 ms of every CNI exec (measured).
 import type { PluginLogRecord } from '../../agent/src/protocol/cni-event.js';
 import type { LogLevel } from './config.js';
 
@@ -10,6 +9,22 @@ export type StderrSink = NodeJS.WritableStream | ((s: string) => void);
 /** The agent keeps at most this many records per event (see parseCniEvent). */
 export const MAX_PLUGIN_LOG_RECORDS = 100;
 
+/** pino's numeric levels, so the agent and log tooling read plugin lines like any other pino output. */
+const LEVELS = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity } as const;
+
+type Fields = Record<string, unknown>;
+type LogFn = (fieldsOrMsg: Fields | string, msg?: string) => void;
+
+export interface Logger {
+  trace: LogFn;
+  debug: LogFn;
+  info: LogFn;
+  warn: LogFn;
+  error: LogFn;
+  fatal: LogFn;
+  child(bindings: Fields): Logger;
+}
+
 export interface PluginLogger {
   log: Logger;
   /** The records emitted so far in this invocation, newest last, at most MAX_PLUGIN_LOG_RECORDS. */
@@ -17,44 +32,48 @@ export interface PluginLogger {
   setLevel(level: LogLevel): void;
 }
 
+/** Errors become {type, message, stack, code} as pino's serializer makes them; other values pass through. */
+function serialise(v: unknown): unknown {
+  if (!(v instanceof Error)) return v;
+  const code = (v as { code?: unknown }).code;
+  return { type: v.name, message: v.message, stack: v.stack, ...(code !== undefined ? { code } : {}) };
+}
+
 export function createPluginLogger(stderr: StderrSink, level: LogLevel = 'info'): PluginLogger {
   const kept: PluginLogRecord[] = [];
   const write = typeof stderr === 'function' ? stderr : (s: string) => void stderr.write(s);
-  const destination = {
-    write(line: string): void {
-      try {
-        write(line);
-      } catch {
-        // stderr closed or full: the record still reaches the agent through pluginLog.
-      }
-      const record = toRecord(line);
-      if (!record) return;
-      kept.push(record);
-      if (kept.length > MAX_PLUGIN_LOG_RECORDS) kept.shift();
-    },
+  let threshold: number = LEVELS[level];
+
+  const emit = (lvl: number, bindings: Fields, fieldsOrMsg: Fields | string, msg?: string): void => {
+    if (lvl < threshold) return;
+    const fields = typeof fieldsOrMsg === 'string' ? {} : fieldsOrMsg;
+    const record: PluginLogRecord = { level: lvl, time: Date.now(), pid: process.pid, component: 'ambient-cni', ...bindings, msg: '' };
+    for (const [k, v] of Object.entries(fields)) record[k] = serialise(v);
+    record.msg = typeof fieldsOrMsg === 'string' ? fieldsOrMsg : msg ?? '';
+    try {
+      write(`${JSON.stringify(record)}\n`);
+    } catch {
+      // stderr closed or full: the record still reaches the agent through pluginLog.
+    }
+    kept.push(record);
+    if (kept.length > MAX_PLUGIN_LOG_RECORDS) kept.shift();
   };
-  const log = pino({ level, base: { pid: process.pid, component: 'ambient-cni' } }, destination);
+
+  const make = (bindings: Fields): Logger => ({
+    trace: (f, m) => emit(LEVELS.trace, bindings, f, m),
+    debug: (f, m) => emit(LEVELS.debug, bindings, f, m),
+    info: (f, m) => emit(LEVELS.info, bindings, f, m),
+    warn: (f, m) => emit(LEVELS.warn, bindings, f, m),
+    error: (f, m) => emit(LEVELS.error, bindings, f, m),
+    fatal: (f, m) => emit(LEVELS.fatal, bindings, f, m),
+    child: (more) => make({ ...bindings, ...more }),
+  });
+
   return {
-    log,
+    log: make({}),
     records: () => kept.slice(),
     setLevel: (l) => {
-      log.level = l;
+      threshold = LEVELS[l];
     },
   };
-}
-
-function toRecord(line: string): PluginLogRecord | undefined {
-  try {
-    const o: unknown = JSON.parse(line);
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) return undefined;
-    const r = o as Record<string, unknown>;
-    return {
-      ...r,
-      level: typeof r.level === 'number' ? r.level : 30,
-      time: typeof r.time === 'number' ? r.time : Date.now(),
-      msg: typeof r.msg === 'string' ? r.msg : '',
-    };
-  } catch {
-    return undefined;
-  }
 }

@@ -3,7 +3,6 @@
 // The only writer to stdout and the only place errors become CNI error JSON (a CniError keeps its code, anything else is 999).
 import { realpathSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { Logger } from 'pino';
 import { AgentClient } from './agent-client.js';
 import { cmdAdd } from './commands/add.js';
 import { cmdCheck } from './commands/check.js';
@@ -13,7 +12,7 @@ import { cmdGc } from './commands/gc.js';
 import { cmdStatus } from './commands/status.js';
 import { decodeNetConf, declaredVersion, parseNetConf, type JsonObject } from './config.js';
 import { CniCode, CniError } from './errors.js';
-import { createPluginLogger, type StderrSink } from './log.js';
+import { createPluginLogger, type Logger, type StderrSink } from './log.js';
 import { PREFERRED_VERSION, assertCommandAllowed, parseEnv, versionResult, type CniCommand } from './version.js';
 
 /** Largest network configuration accepted on stdin. */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Request/response latency probe run inside pod namespaces by the benchmark: an echo server, and a client that
-// times 1 KiB round trips on one connection and new-connection setup. Plain JS so it starts fast; prints one JSON line.
+// Request/response latency probe the benchmark runs inside pod namespaces: an echo server, and a client timing 1 KiB round trips on
+// one connection and new-connection setup. Plain JS so it starts fast; prints one JSON line (µs; --raw adds every sample for pooling).
 import net from 'node:net';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -9,13 +9,26 @@ const arg = (name, dflt) => {
   return i >= 0 ? rest[i + 1] : dflt;
 };
 
+/** Linear interpolation between closest ranks (the same definition the benchmark uses for ADD latency). */
 function pct(sorted, p) {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+  const idx = (p / 100) * (sorted.length - 1);
+  const lo = Math.floor(idx);
+  const hi = Math.min(sorted.length - 1, lo + 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (idx - lo);
 }
 
 function summary(samplesNs) {
   const us = samplesNs.map((n) => Number(n) / 1000).sort((a, b) => a - b);
-  return { n: us.length, p50_us: +pct(us, 50).toFixed(1), p99_us: +pct(us, 99).toFixed(1), mean_us: +(us.reduce((a, b) => a + b, 0) / us.length).toFixed(1) };
+  const r = (x) => +x.toFixed(1);
+  return {
+    n: us.length,
+    min_us: r(us[0]),
+    p50_us: r(pct(us, 50)),
+    p90_us: r(pct(us, 90)),
+    p99_us: r(pct(us, 99)),
+    max_us: r(us[us.length - 1]),
+    mean_us: r(us.reduce((a, b) => a + b, 0) / us.length),
+  };
 }
 
 if (mode === 'server') {
@@ -33,32 +46,54 @@ if (mode === 'server') {
   const port = Number(arg('port', '7000'));
   const rounds = Number(arg('rounds', '2000'));
   const conns = Number(arg('conns', '200'));
+  const warmup = Number(arg('warmup', '200'));
   const size = Number(arg('size', '1024'));
+  const raw = rest.includes('--raw');
   const msg = Buffer.alloc(size, 0x61);
+  if (!host) {
+    process.stderr.write('rr client: --host is required\n');
+    process.exit(2);
+  }
 
-  const connect = () => new Promise((resolve, reject) => {
-    const s = net.connect({ host, port, noDelay: true }, () => resolve(s));
-    s.once('error', reject);
-  });
+  const connect = () =>
+    new Promise((resolve, reject) => {
+      const s = net.connect({ host, port, noDelay: true }, () => {
+        s.off('error', reject);
+        resolve(s);
+      });
+      s.once('error', reject);
+    });
 
-  const roundTrip = (s) => new Promise((resolve, reject) => {
-    let got = 0;
-    const t0 = process.hrtime.bigint();
-    const onData = (d) => {
-      got += d.length;
-      if (got >= size) {
+  /**
+   * One round trip: write `size` bytes, resolve when `size` bytes came back. One 'data' and one 'error' listener
+   * per call, both removed when it settles (no listener pile-up over thousands of rounds).
+   */
+  const roundTrip = (s) =>
+    new Promise((resolve, reject) => {
+      let got = 0;
+      const done = (err, v) => {
         s.off('data', onData);
-        resolve(process.hrtime.bigint() - t0);
-      }
-    };
-    s.on('data', onData);
-    s.once('error', reject);
-    s.write(msg);
-  });
+        s.off('error', onError);
+        s.off('close', onClose);
+        if (err) reject(err);
+        else resolve(v);
+      };
+      const onData = (d) => {
+        got += d.length;
+        if (got >= size) done(undefined, process.hrtime.bigint() - t0);
+      };
+      const onError = (e) => done(e);
+      const onClose = () => done(new Error(`connection closed after ${got} of ${size} bytes`));
+      s.on('data', onData);
+      s.on('error', onError);
+      s.on('close', onClose);
+      const t0 = process.hrtime.bigint();
+      s.write(msg);
+    });
 
   const rr = [];
   const s = await connect();
-  for (let i = 0; i < 200; i++) await roundTrip(s); // warm-up
+  for (let i = 0; i < warmup; i++) await roundTrip(s);
   for (let i = 0; i < rounds; i++) rr.push(await roundTrip(s));
   s.destroy();
 
@@ -70,8 +105,15 @@ if (mode === 'server') {
     setup.push(process.hrtime.bigint() - t0);
     c.destroy();
   }
-  process.stdout.write(`${JSON.stringify({ persistent: summary(rr), newConnection: summary(setup) })}\n`);
+  const out = { size, persistent: summary(rr), newConnection: summary(setup) };
+  if (raw) {
+    const us = (a) => a.map((n) => +(Number(n) / 1000).toFixed(1));
+    out.samples_us = { persistent: us(rr), newConnection: us(setup) };
+  }
+  process.stdout.write(`${JSON.stringify(out)}\n`);
 } else {
-  process.stderr.write('usage: rr.mjs server [--port P] [--seconds S] | client --host H [--port P] [--rounds N] [--conns N] [--size B]\n');
+  process.stderr.write(
+    'usage: rr.mjs server [--port P] [--seconds S] | client --host H [--port P] [--rounds N] [--conns N] [--warmup N] [--size B] [--raw]\n',
+  );
   process.exit(2);
 }

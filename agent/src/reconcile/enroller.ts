@@ -74,7 +74,7 @@ export class Enroller {
         namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', ips, state: decision.enrol ? 'enrolled' : 'skipped',
         reason: decision.reason, backend: this.backend.name, updatedAt: new Date().toISOString(),
       };
-      if (decision.enrol) await this.enrol(key, rec, plog);
+      if (decision.enrol) await this.enrol(key, rec, plog, { fresh: !this.records.has(key) });
       else {
         await this.unenrol(key, plog);
         plog.info({ reason: decision.reason }, 'pod not selected for the mesh');
@@ -203,7 +203,7 @@ export class Enroller {
   }
 
   /** Installs rules, opens listeners and registers probe targets; rolls everything back on failure. */
-  private async enrol(key: string, rec: PodRecord, plog: Logger): Promise<void> {
+  private async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean } = {}): Promise<void> {
     const started = performance.now();
     let live = this.live.get(key);
     let opened: Netns | undefined;
@@ -212,7 +212,11 @@ export class Enroller {
         opened = Netns.open(rec.netnsPath);
         if (!sameNetns(opened.id, { inode: rec.netnsInode, dev: rec.netnsDev })) throw new Error(`${rec.netnsPath} now names a different namespace`);
       }
-      await this.backend.installPod(rec.netnsPath);
+      // Rules and probe targets are independent: install them concurrently (each is a tool exec).
+      await Promise.all([
+        this.backend.installPod(rec.netnsPath, { fresh: opts.fresh ?? false }),
+        ...rec.ips.map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+      ]);
       if (!live && opened) {
         const forwarder = new PodForwarder(opened, rec.ips, plog.child({ component: 'forwarder' }));
         await forwarder.start();
@@ -222,11 +226,11 @@ export class Enroller {
         await live.forwarder.stop();
         await live.forwarder.start();
       }
-      for (const ip of rec.ips) await this.backend.addProbeTarget(ip, rec.uid);
     } catch (err) {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
         await removePodRules(rec.netnsPath).catch(() => undefined);
+        for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         opened.close();
       }
       plog.error({ error: describe(err) }, 'enrolment failed');

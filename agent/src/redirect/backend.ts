@@ -13,8 +13,11 @@ export interface RuleDrift {
 
 export interface RedirectBackend {
   readonly name: RedirectMode;
-  /** Installs (or repairs) the in-pod rules; idempotent. */
-  installPod(netnsPath: string): Promise<void>;
+  /**
+   * Installs (or repairs) the in-pod rules; idempotent. `fresh` says the agent has never touched this namespace, which
+   * lets a backend skip reading the current rules (a wrong guess leaves a duplicate jump that verify and repair remove).
+   */
+  installPod(netnsPath: string, opts?: { fresh?: boolean }): Promise<void>;
   verifyPod(netnsPath: string): Promise<RuleDrift>;
   /** Human-readable expected rules, for `rules` output and errors. */
   expectedPodRules(): string[];
@@ -34,8 +37,8 @@ const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
 
-  async installPod(netnsPath: string): Promise<void> {
-    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
+  async installPod(netnsPath: string, opts: { fresh?: boolean } = {}): Promise<void> {
+    const current = opts.fresh ? '' : await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
     const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(), ipt.podJumpRules());
     await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input });
   }

@@ -1,6 +1,6 @@
 // Persistence of the agent's pod records in the state dir, written atomically (temp file + rename) after every change.
 // A corrupt file is moved aside, never silently overwritten, so an operator can still read what was lost.
-import { mkdirSync, readFileSync, renameSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 
@@ -58,19 +58,16 @@ export class StateStore {
     }
   }
 
-  /** Writes the records; calls are serialised so the newest always lands last. */
+  /**
+   * Writes the records; calls are serialised so the newest always lands last. The rename makes a write atomic against
+   * an agent crash; there is deliberately no fsync: a node crash also destroys every pod namespace the file describes.
+   */
   save(records: PodRecord[]): Promise<void> {
     const doc: StateFile = { version: 1, pods: records };
     const text = JSON.stringify(doc, null, 1);
     this.writing = this.writing.then(() => {
       const tmp = `${this.file}.tmp`;
       writeFileSync(tmp, text, { mode: 0o600 });
-      const fd = openSync(tmp, 'r');
-      try {
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
       renameSync(tmp, this.file);
     });
     return this.writing;

@@ -1,6 +1,6 @@
 // What main.ts hands every command: the validated invocation, the parsed config, the logger and the agent client.
 // Commands return their result object (or nothing) and throw CniError; they never write to stdout themselves.
-import type { Logger } from 'pino';
+import type { Logger } from '../log.js';
 import type { AgentClient } from '../agent-client.js';
 import type { JsonObject, NetConf } from '../config.js';
 import type { PluginLogger } from '../log.js';
