@@ -19,8 +19,9 @@ export class Agent {
   private readonly server: EventServer;
   private ready = false;
   private notReadyReason = 'starting';
-  private repairTimer: NodeJS.Timeout | undefined;
-  private repairing = false;
+  private repairLoop: Promise<void> | undefined;
+  private stopping = false;
+  private wake: (() => void) | undefined;
   private markReady!: () => void;
   private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
 
@@ -55,31 +56,51 @@ export class Agent {
     await this.enroller.adopt();
     this.ready = true;
     this.markReady();
-    if (this.cfg.repairIntervalMs > 0) {
-      this.repairTimer = setInterval(() => void this.repair(), this.cfg.repairIntervalMs);
-    }
+    if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
     this.log.info({ enrolled: this.enroller.enrolledCount() }, 'agent ready');
   }
 
-  /** One verify-and-repair pass over the node rules and every enrolled pod. */
-  async repair(): Promise<void> {
-    if (this.repairing) return;
-    this.repairing = true;
+  /**
+   * Verify-and-repair, paced: each pass checks the node rules, then every enrolled pod with the pass spread evenly over
+   * the interval, so the tool execs it costs are a steady trickle instead of a burst that would stall ADDs.
+   */
+  private async runRepairLoop(intervalMs: number): Promise<void> {
+    while (!this.stopping) {
+      const passStart = Date.now();
+      await this.repairHost();
+      const keys = this.enroller.enrolledKeys();
+      const gap = keys.length ? intervalMs / (keys.length + 1) : intervalMs;
+      for (const key of keys) {
+        await this.pause(gap);
+        if (this.stopping) return;
+        await this.enroller.repairOne(key).catch((err: unknown) => this.log.error({ error: describe(err) }, 'pod repair failed'));
+      }
+      await this.pause(Math.max(gap, intervalMs - (Date.now() - passStart)));
+    }
+  }
+
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private async repairHost(): Promise<void> {
     try {
       const host = await this.backend.verifyHost();
-      if (!host.ok) {
-        this.log.warn({ missing: host.missing, unexpected: host.unexpected }, 'node probe rules drifted; repairing');
-        this.enroller.counters.ruleRepairs++;
-        await this.backend.installHost();
-        for (const p of this.enroller.list()) {
-          if (p.state === 'enrolled') for (const ip of p.ips) await this.backend.addProbeTarget(ip, p.uid);
-        }
+      if (host.ok) return;
+      this.log.warn({ missing: host.missing, unexpected: host.unexpected }, 'node probe rules drifted; repairing');
+      this.enroller.counters.ruleRepairs++;
+      await this.backend.installHost();
+      for (const p of this.enroller.list()) {
+        if (p.state === 'enrolled') for (const ip of p.ips) await this.backend.addProbeTarget(ip, p.uid);
       }
-      await this.enroller.repairAll();
     } catch (err) {
-      this.log.error({ error: describe(err) }, 'repair pass failed');
-    } finally {
-      this.repairing = false;
+      this.log.error({ error: describe(err) }, 'node rule repair failed');
     }
   }
 
@@ -87,7 +108,9 @@ export class Agent {
   async stop(): Promise<void> {
     this.ready = false;
     this.notReadyReason = 'stopping';
-    if (this.repairTimer) clearInterval(this.repairTimer);
+    this.stopping = true;
+    this.wake?.();
+    await this.repairLoop;
     await this.server.stop();
     await this.source.stop();
     await this.enroller.shutdown();

@@ -45,10 +45,17 @@ export class AgentProtocolError extends Error {
   }
 }
 
+/**
+ * How a request reaches the agent when it is not over the socket: the agent runs this plugin's code in-process for the
+ * native fast path (cni/shim) and answers through its own dispatcher. Same statuses and bodies as the socket.
+ */
+export type AgentTransport = (method: 'GET' | 'POST', path: string, body: unknown) => Promise<{ status: number; text: string }>;
+
 export class AgentClient {
   constructor(
     readonly socketPath: string,
     readonly timeoutMs: number,
+    private readonly transport?: AgentTransport,
   ) {}
 
   async sendEvent(ev: CniEvent): Promise<EventVerdict> {
@@ -66,6 +73,7 @@ export class AgentClient {
 
   /** One request; resolves with the parsed 2xx body or rejects with one of the three error types above. */
   private call(method: 'GET' | 'POST', path: string, body?: CniEvent | GcEvent): Promise<unknown> {
+    if (this.transport) return this.callInProcess(this.transport, method, path, body);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise((resolve, reject) => {
       let settled = false;
@@ -122,6 +130,19 @@ export class AgentClient {
       req.on('error', (err) => finish(this.unreachable(err)));
       req.end(payload);
     });
+  }
+
+  private async callInProcess(transport: AgentTransport, method: 'GET' | 'POST', path: string, body?: CniEvent | GcEvent): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new AgentUnreachableError(this.socketPath, `no reply within ${this.timeoutMs} ms`)), this.timeoutMs);
+    });
+    try {
+      const reply = await Promise.race([transport(method, path, body), timeout]);
+      return readReply(reply.status, reply.text);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private unreachable(err: Error): AgentUnreachableError {

@@ -3,7 +3,7 @@
 // The only writer to stdout and the only place errors become CNI error JSON (a CniError keeps its code, anything else is 999).
 import { realpathSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { AgentClient } from './agent-client.js';
+import { AgentClient, type AgentTransport } from './agent-client.js';
 import { cmdAdd } from './commands/add.js';
 import { cmdCheck } from './commands/check.js';
 import type { Command } from './commands/context.js';
@@ -23,6 +23,8 @@ export interface RunIO {
   stdin: Buffer | string;
   stdout: (s: string) => void;
   stderr: StderrSink;
+  /** Set when the agent itself runs the plugin for the native fast path: requests go to its dispatcher, not the socket. */
+  transport?: AgentTransport;
 }
 
 const DISPATCH: Record<Exclude<CniCommand, 'VERSION'>, Command> = {
@@ -53,7 +55,7 @@ export async function run(io: RunIO): Promise<number> {
     logs.setLevel(conf.logLevel);
 
     const log = logs.log.child({ command: env.command, ...(env.containerId ? { containerId: env.containerId } : {}) });
-    const agent = new AgentClient(conf.agentSocket, conf.agentTimeoutMs);
+    const agent = new AgentClient(conf.agentSocket, conf.agentTimeoutMs, io.transport);
     const result = await DISPATCH[env.command]({ env, conf, log, logs, agent });
     if (result) print(io, result);
     return 0;

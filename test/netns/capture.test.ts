@@ -26,6 +26,8 @@ for (const mode of MODES) {
     const inb = await eventually(() => agentPod(tb, server), (p) => (p?.stats?.inbound.bytesFromDownstream ?? 0) >= MiB);
     t.is(out?.stats?.outbound.bytesFromDownstream, MiB, 'source agent carried the bytes outbound');
     t.is(inb?.stats?.inbound.bytesFromDownstream, MiB, 'destination agent carried the bytes inbound');
+    const counters = (await tb.agent(0).request('GET', '/v1/pods')).body as { counters: { pluginExecs: number } };
+    t.true(counters.counters.pluginExecs >= 1, 'ADD took the native fast path through the agent');
   });
 
   netnsTest.serial(`[${mode}] pods that are not selected keep no rules and their traffic is untouched`, async (t) => {

@@ -26,8 +26,11 @@ function findRepoRoot(start: string): string {
 /** Absolute path of the ambient-node repository. */
 export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 
-/** Built, bundled CNI plugin (`npm run build` produces it). */
+/** Built, bundled CNI plugin in Node (`npm run build` produces it); the shim's fallback. */
 export const CNI_MAIN = join(REPO_ROOT, 'dist/bin/ambient-cni.mjs');
+
+/** Built native front of the plugin (cni/shim): what a node installs as `ambient-cni`. */
+export const CNI_SHIM = join(REPO_ROOT, 'dist/bin/ambient-cni');
 
 /** Built agent entry point (`npm run build` produces it). */
 export const AGENT_MAIN = join(REPO_ROOT, 'dist/agent/src/main.js');

@@ -23,7 +23,7 @@ import {
 } from './node.js';
 import { TestbedPod } from './pod.js';
 import { ProcessTracker } from './processes.js';
-import { AGENT_MAIN, CNI_MAIN, REFERENCE_CNI_DIR } from './repo.js';
+import { AGENT_MAIN, CNI_MAIN, CNI_SHIM, REFERENCE_CNI_DIR } from './repo.js';
 import { type Labels, namespaceFileName, type PodObject, podFileName, WorkloadsDir } from './workloads.js';
 
 export interface TestbedOptions {
@@ -42,6 +42,8 @@ export interface TestbedOptions {
   agentLogLevel?: string;
   /** Default 20000. */
   agentReadyTimeoutMs?: number;
+  /** How `ambient-cni` is installed: the native shim with its fast path through the agent (what nodes run), or the Node plugin alone. Default 'shim'. */
+  cniPlugin?: 'shim' | 'node';
   /** ambient-cni `log_level`. Default 'info'. */
   cniLogLevel?: string;
   /** ambient-cni `agent_timeout_ms`. Default 10000. */
@@ -111,8 +113,8 @@ export class Testbed implements Destroyable {
     if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200) {
       throw new Error(`nodes must be 1..200, got ${opts.nodes}`);
     }
-    if ((opts.withAmbientCni ?? true) && !existsSync(CNI_MAIN)) {
-      throw new Error(`${CNI_MAIN} missing: run \`npm run build\``);
+    for (const built of (opts.withAmbientCni ?? true) ? [CNI_MAIN, ...((opts.cniPlugin ?? 'shim') === 'shim' ? [CNI_SHIM] : [])] : []) {
+      if (!existsSync(built)) throw new Error(`${built} missing: run \`npm run build\``);
     }
     if ((opts.agent ?? true) && opts.agentCommand === undefined && !existsSync(AGENT_MAIN)) {
       throw new Error(`${AGENT_MAIN} missing: run \`npm run build\``);
@@ -370,8 +372,12 @@ export class Testbed implements Destroyable {
     }
     for (const p of ['bridge', 'host-local', 'loopback']) await symlink(join(REFERENCE_CNI_DIR, p), join(this.binDir, p));
     const wrapper = join(this.binDir, 'ambient-cni');
-    await writeFile(wrapper, `#!/bin/sh\nexec ${shQuote(process.execPath)} ${shQuote(CNI_MAIN)} "$@"\n`);
-    await chmod(wrapper, 0o755);
+    if ((o.cniPlugin ?? 'shim') === 'shim') {
+      await symlink(CNI_SHIM, wrapper);
+    } else {
+      await writeFile(wrapper, `#!/bin/sh\nexec ${shQuote(process.execPath)} ${shQuote(CNI_MAIN)} "$@"\n`);
+      await chmod(wrapper, 0o755);
+    }
 
     await this.#createNetns(this.fabricNetns);
     await setupFabric(this.fabricNetns);

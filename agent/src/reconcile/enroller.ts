@@ -148,22 +148,24 @@ export class Enroller {
     this.log.info({ pods: this.records.size, enrolled: this.enrolledCount() }, 'adopted pods from the state dir');
   }
 
-  /** Verifies every enrolled pod's rules and listeners and repairs what drifted. */
-  async repairAll(): Promise<number> {
-    let repaired = 0;
-    for (const [key, rec] of this.records) {
-      if (rec.state !== 'enrolled') continue;
-      await this.mutex.run(key, async () => {
-        const problems = await this.inspect(key, rec);
-        if (!problems.length || !this.records.has(key)) return;
-        const plog = this.log.child({ pod: `${rec.namespace}/${rec.name}` });
-        plog.warn({ problems }, 'pod capture drifted; repairing');
-        this.counters.ruleRepairs++;
-        repaired++;
-        await this.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
-      });
-    }
-    return repaired;
+  /** Keys of the enrolled attachments, for the repair loop to walk. */
+  enrolledKeys(): string[] {
+    return [...this.records.entries()].filter(([, r]) => r.state === 'enrolled').map(([k]) => k);
+  }
+
+  /** Verifies one enrolled pod's rules and listeners and repairs what drifted; true when it repaired something. */
+  async repairOne(key: string): Promise<boolean> {
+    return this.mutex.run(key, async () => {
+      const rec = this.records.get(key);
+      if (!rec || rec.state !== 'enrolled') return false;
+      const problems = await this.inspect(key, rec);
+      if (!problems.length) return false;
+      const plog = this.log.child({ pod: `${rec.namespace}/${rec.name}` });
+      plog.warn({ problems }, 'pod capture drifted; repairing');
+      this.counters.ruleRepairs++;
+      await this.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+      return true;
+    });
   }
 
   list(): PodView[] {

@@ -10,8 +10,28 @@ import {
   type AgentStatus, type EventError, type EventVerdict, type PluginLogRecord,
 } from '../protocol/cni-event.js';
 import type { Enroller } from '../reconcile/enroller.js';
+import { run as runPlugin } from '../../../cni/src/main.js';
 
 export const PODS_PATH = '/v1/pods';
+/** The native plugin shim's endpoint (cni/shim/ambient-cni.c): a whole CNI invocation, run in-process. */
+export const EXEC_PATH = '/v1/cni/exec';
+
+const CNI_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
+
+/** Validates the shim's {env, stdin}: only CNI_* variables pass, so the in-process run sees what a real exec would. */
+export function parseExecRequest(body: unknown): { env: Record<string, string>; stdin: string } {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new EventParseError('exec request must be an object');
+  const o = body as Record<string, unknown>;
+  if (typeof o.stdin !== 'string') throw new EventParseError('field "stdin" must be a string');
+  const rawEnv = o.env;
+  if (typeof rawEnv !== 'object' || rawEnv === null || Array.isArray(rawEnv)) throw new EventParseError('field "env" must be an object');
+  const env: Record<string, string> = {};
+  for (const k of CNI_ENV_KEYS) {
+    const v = (rawEnv as Record<string, unknown>)[k];
+    if (typeof v === 'string') env[k] = v;
+  }
+  return { env, stdin: o.stdin };
+}
 
 export interface EventServerDeps {
   enroller: Enroller;
@@ -56,6 +76,8 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
 
 export class EventServer {
   private server: http.Server | undefined;
+  /** CNI invocations run in-process for the native shim (the fast path). */
+  private pluginExecs = 0;
 
   constructor(private readonly socketPath: string, private readonly deps: EventServerDeps) {}
 
@@ -82,55 +104,94 @@ export class EventServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const log = this.deps.log;
-    const reply = (status: number, body: unknown): void => {
-      const text = JSON.stringify(body);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-      res.end(text);
+    const reply = (status: number, contentType: string, payload: string | Buffer): void => {
+      res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(payload) });
+      res.end(payload);
     };
     try {
-      const route = `${req.method} ${req.url}`;
+      const body = req.method === 'POST' ? await readBody(req) : undefined;
+      if (req.method === 'POST' && req.url === EXEC_PATH) {
+        return reply(200, 'application/octet-stream', await this.execPlugin(body));
+      }
+      const r = await this.dispatch(req.method ?? '', req.url ?? '', body);
+      return reply(r.status, 'application/json', JSON.stringify(r.body));
+    } catch (err) {
+      if (err instanceof HttpError) return reply(err.status, 'application/json', JSON.stringify(err.body));
+      if (err instanceof EventParseError) return reply(400, 'application/json', JSON.stringify({ code: 7, msg: `malformed request: ${err.message}` }));
+      this.deps.log.error({ err }, 'request crashed');
+      return reply(500, 'application/json', JSON.stringify({ code: 999, msg: `agent internal error: ${describe(err)}` }));
+    }
+  }
+
+  /** Routes one parsed request; shared by the socket and the in-process plugin run of the native fast path. */
+  async dispatch(method: string, url: string, body: unknown): Promise<{ status: number; body: unknown }> {
+    const log = this.deps.log;
+    try {
+      const route = `${method} ${url}`;
       switch (route) {
         case `GET ${EVENT_PATHS.status}`:
-          return reply(200, this.deps.status());
+          return { status: 200, body: this.deps.status() };
         case `GET ${PODS_PATH}`:
-          return reply(200, { pods: this.deps.enroller.list(), counters: this.deps.enroller.counters });
+          return { status: 200, body: { pods: this.deps.enroller.list(), counters: { ...this.deps.enroller.counters, pluginExecs: this.pluginExecs } } };
         case `POST ${EVENT_PATHS.add}`:
         case `POST ${EVENT_PATHS.del}`:
         case `POST ${EVENT_PATHS.check}`: {
-          const ev = parseCniEvent(await readBody(req));
+          const ev = parseCniEvent(body);
           this.relogPlugin(ev.pluginLog, ev.k8s.podNamespace && ev.k8s.podName ? `${ev.k8s.podNamespace}/${ev.k8s.podName}` : undefined);
-          const expected = req.url === EVENT_PATHS.add ? 'ADD' : req.url === EVENT_PATHS.del ? 'DEL' : 'CHECK';
-          if (ev.command !== expected) throw new EventParseError(`command ${ev.command} sent to ${req.url}`);
+          const expected = url === EVENT_PATHS.add ? 'ADD' : url === EVENT_PATHS.del ? 'DEL' : 'CHECK';
+          if (ev.command !== expected) throw new EventParseError(`command ${ev.command} sent to ${url}`);
           if (ev.command === 'DEL') await this.waitReady();
           this.requireReady(ev.command);
           const started = performance.now();
           const e = this.deps.enroller;
           const verdict: EventVerdict = ev.command === 'ADD' ? await e.add(ev) : ev.command === 'DEL' ? await e.del(ev) : await e.check(ev);
           log.debug({ command: ev.command, pod: `${ev.k8s.podNamespace}/${ev.k8s.podName}`, result: verdict.result, ms: Math.round(performance.now() - started) }, 'plugin event handled');
-          return reply(200, verdict);
+          return { status: 200, body: verdict };
         }
         case `POST ${EVENT_PATHS.gc}`: {
-          const ev = parseGcEvent(await readBody(req));
+          const ev = parseGcEvent(body);
           this.relogPlugin(ev.pluginLog);
           this.requireReady('GC');
-          return reply(200, await this.deps.enroller.gc(ev));
+          return { status: 200, body: await this.deps.enroller.gc(ev) };
         }
         default:
-          return reply(404, { code: 4, msg: `unknown endpoint ${route}` } satisfies EventError);
+          return { status: 404, body: { code: 4, msg: `unknown endpoint ${route}` } satisfies EventError };
       }
     } catch (err) {
-      if (err instanceof HttpError) return reply(err.status, err.body);
-      if (err instanceof EventParseError) return reply(400, { code: 7, msg: `malformed event: ${err.message}` } satisfies EventError);
+      if (err instanceof EventParseError) return { status: 400, body: { code: 7, msg: `malformed event: ${err.message}` } satisfies EventError };
       if (err instanceof AgentError) {
         log.warn({ code: err.code, error: describe(err) }, 'plugin event failed');
-        return reply(err.code === 'AMB_ERR_POD_UNKNOWN' || err.code === 'AMB_ERR_NOT_READY' ? 503 : 500, {
-          code: err.cniCode, msg: err.message, ...(err.details ? { details: err.details } : {}),
-        } satisfies EventError);
+        return {
+          status: err.code === 'AMB_ERR_POD_UNKNOWN' || err.code === 'AMB_ERR_NOT_READY' ? 503 : 500,
+          body: { code: err.cniCode, msg: err.message, ...(err.details ? { details: err.details } : {}) } satisfies EventError,
+        };
       }
       log.error({ err }, 'plugin event crashed');
-      return reply(500, { code: 999, msg: `agent internal error: ${describe(err)}` } satisfies EventError);
+      return { status: 500, body: { code: 999, msg: `agent internal error: ${describe(err)}` } satisfies EventError };
     }
+  }
+
+  /**
+   * The native shim's fast path: run the TypeScript plugin in-process on the invocation it forwarded, with requests
+   * going straight to dispatch(). Reply framing (parsed by cni/shim): "<exit>\n<stdout bytes>\n<stdout><stderr>".
+   */
+  private async execPlugin(body: unknown): Promise<Buffer> {
+    const inv = parseExecRequest(body);
+    this.pluginExecs++;
+    let out = '';
+    let err = '';
+    const code = await runPlugin({
+      env: inv.env,
+      stdin: inv.stdin,
+      stdout: (s) => (out += s),
+      stderr: (s) => (err += s),
+      transport: async (method, path, reqBody) => {
+        const r = await this.dispatch(method, path, reqBody);
+        return { status: r.status, text: JSON.stringify(r.body) };
+      },
+    });
+    const outBuf = Buffer.from(out);
+    return Buffer.concat([Buffer.from(`${code}\n${outBuf.length}\n`), outBuf, Buffer.from(err)]);
   }
 
   private async waitReady(): Promise<void> {
