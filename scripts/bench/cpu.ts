@@ -1,0 +1,62 @@
+// CPU placement and accounting for the data-path runs: pinning a simulated node's processes to one CPU (taskset), and
+// CPU seconds read from /proc (an agent's own process, the whole machine). Linux only; a vanished process reads NaN.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import type { AgentProcess, TestbedPod } from '../../test/testbed/index.js';
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** The node process of an agent (AgentProcess.pid is nsenter's pid, which execs the agent; follow a child if it forked). */
+export function agentNodePid(agent: AgentProcess): number | undefined {
+  const pid = agent.pid;
+  if (pid === undefined) return undefined;
+  try {
+    if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'nsenter') return pid;
+    const child = Number(readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(child) && child > 0 ? child : pid;
+  } catch {
+    return pid;
+  }
+}
+
+export function procCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // f[0] is field 3 (state): utime is field 14, stime field 15.
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export function machineBusySeconds(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = v.slice(0, 8).reduce((a, b) => a + b, 0); // user nice system idle iowait irq softirq steal
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return (total - idle) / CLK_TCK;
+}
+
+/**
+ * Simulated node i's processes go on CPU i when pinning: two nodes on one 2-core VM behave like two 1-core machines.
+ * Without it the scheduler sometimes puts a direct client and server on the same CPU, where a round trip skips the
+ * cross-CPU wake-up and takes ~25 µs instead of ~90 µs: the direct baseline, and every ratio, then flips between runs.
+ */
+export function onCpu(o: { pin: boolean }, pod: TestbedPod, cmd: string, args: string[]): [string, string[]] {
+  return o.pin ? ['taskset', ['-c', String(pod.node.index % os.availableParallelism()), cmd, ...args]] : [cmd, args];
+}
+
+export function pinAgent(agent: AgentProcess, cpu: number): void {
+  const pid = agentNodePid(agent);
+  if (pid === undefined) throw new Error(`agent on ${agent.spec.nodeName} is not running`);
+  execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
+}
