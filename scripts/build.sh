@@ -10,3 +10,4 @@ npx esbuild cni/src/main.ts --bundle --platform=node --format=esm --target=node2
 chmod +x dist/bin/ambient-cni.mjs
 # The plugin's native front (fast path through the agent, falls back to the Node bundle beside it).
 gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
+cp agent/src/identity/istioca.proto dist/agent/src/identity/

@@ -11,12 +11,22 @@ import { EventServer } from './server/event-server.js';
 import { FilesWorkloadSource } from './workload/files-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { selfNetns } from './platform/netns.js';
+import { BuiltinCa } from './identity/builtin-ca.js';
+import type { CertificateAuthority } from './identity/ca.js';
+import { CertManager } from './identity/cert-manager.js';
+import { IstioCa } from './identity/istio-ca.js';
+import { HbonePool } from './hbone/client-pool.js';
+import { WorkloadDirectory } from './workload/directory.js';
 
 export class Agent {
   private readonly backend: RedirectBackend;
   private readonly source: WorkloadSource;
   private readonly enroller: Enroller;
   private readonly server: EventServer;
+  private readonly identities: CertManager;
+  private readonly pool: HbonePool;
+  /** The CA opens asynchronously (the builtin one reads or creates its root); start() waits for it. */
+  private readonly caReady: Promise<CertificateAuthority>;
   private ready = false;
   private notReadyReason = 'starting';
   private repairLoop: Promise<void> | undefined;
@@ -29,7 +39,20 @@ export class Agent {
     this.backend = createBackend(cfg.redirectMode);
     this.source = new FilesWorkloadSource(cfg.workloadsDir, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
-    this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs);
+    this.caReady = cfg.ca === 'builtin'
+      ? BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain })
+      : Promise.resolve(new IstioCa({ address: cfg.istioCaAddress, rootCertFile: cfg.istioCaRootCert, tokenFile: cfg.istioCaTokenFile }));
+    this.caReady.catch(() => undefined); // reported by start()
+    const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
+    this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
+    this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
+    const directory = new WorkloadDirectory(this.source, cfg.trustDomain);
+    this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs, {
+      lookup: (ip) => directory.lookup(ip),
+      identities: this.identities,
+      pool: this.pool,
+      trustDomain: cfg.trustDomain,
+    });
     this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), ready: this.readyPromise, log: log.child({ component: 'events' }) });
   }
 
@@ -48,6 +71,12 @@ export class Agent {
     selfNetns();
     await this.server.start();
     this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name }, 'event server listening');
+    this.notReadyReason = 'opening the certificate authority';
+    try {
+      await this.caReady;
+    } catch (err) {
+      throw new Error(`cannot open the ${this.cfg.ca} CA (${this.cfg.ca === 'builtin' ? this.cfg.caDir : this.cfg.istioCaAddress}): ${describe(err)}`, { cause: err });
+    }
     this.notReadyReason = 'installing node rules';
     await this.backend.installHost();
     this.notReadyReason = 'loading workloads';
@@ -114,5 +143,7 @@ export class Agent {
     await this.server.stop();
     await this.source.stop();
     await this.enroller.shutdown();
+    this.pool.close();
+    await this.identities.stop();
   }
 }

@@ -22,6 +22,20 @@ export interface AgentConfig {
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
   repairIntervalMs: number;
+  /** SPIFFE trust domain of every identity (spiffe://<trustDomain>/ns/<ns>/sa/<sa>). */
+  trustDomain: string;
+  /** Where workload certificates come from. */
+  ca: 'builtin' | 'istio';
+  /** builtin CA: folder of the root key and certificate (several nodes may share one). */
+  caDir: string;
+  /** Lifetime of workload certificates. */
+  certTtlSeconds: number;
+  /** istio CA: address host:port of istiod's CA (e.g. istiod.istio-system.svc:15012). */
+  istioCaAddress: string;
+  /** istio CA: PEM file of the roots that sign istiod's serving certificate. */
+  istioCaRootCert: string;
+  /** istio CA: file holding the bearer JWT (re-read on every request). */
+  istioCaTokenFile: string;
 }
 
 export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
@@ -33,6 +47,13 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   logLevel: 'info',
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
+  trustDomain: 'cluster.local',
+  ca: 'builtin',
+  caDir: '',
+  certTtlSeconds: 24 * 3600,
+  istioCaAddress: '',
+  istioCaRootCert: '',
+  istioCaTokenFile: '/var/run/secrets/tokens/istio-token',
 };
 
 export class ConfigError extends Error {
@@ -56,6 +77,13 @@ const KEYS: Record<string, keyof AgentConfig> = {
   logLevel: 'logLevel', 'log-level': 'logLevel',
   podLookupTimeoutMs: 'podLookupTimeoutMs', 'pod-lookup-timeout-ms': 'podLookupTimeoutMs',
   repairIntervalMs: 'repairIntervalMs', 'repair-interval-ms': 'repairIntervalMs',
+  trustDomain: 'trustDomain', 'trust-domain': 'trustDomain',
+  ca: 'ca',
+  caDir: 'caDir', 'ca-dir': 'caDir',
+  certTtlSeconds: 'certTtlSeconds', 'cert-ttl-seconds': 'certTtlSeconds',
+  istioCaAddress: 'istioCaAddress', 'istio-ca-address': 'istioCaAddress',
+  istioCaRootCert: 'istioCaRootCert', 'istio-ca-root-cert': 'istioCaRootCert',
+  istioCaTokenFile: 'istioCaTokenFile', 'istio-ca-token-file': 'istioCaTokenFile',
 };
 
 function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
@@ -90,9 +118,24 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!Number.isInteger(timeout) || timeout < 0 || timeout > 60_000) throw new ConfigError('podLookupTimeoutMs must be an integer from 0 to 60000');
   const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
   if (!Number.isInteger(repair) || repair < 0) throw new ConfigError('repairIntervalMs must be a non-negative integer (0 disables repair)');
+  const stateDir = asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir');
+  const trustDomain = asString(merged.trustDomain ?? CONFIG_DEFAULTS.trustDomain, 'trustDomain');
+  if (!/^[a-z0-9._-]+$/.test(trustDomain)) throw new ConfigError(`trustDomain must be lower-case letters, digits, ".", "_" or "-", got ${JSON.stringify(trustDomain)}`);
+  const ca = merged.ca ?? CONFIG_DEFAULTS.ca;
+  if (ca !== 'builtin' && ca !== 'istio') throw new ConfigError(`ca must be builtin or istio, got ${JSON.stringify(ca)}`);
+  const ttl = Number(merged.certTtlSeconds ?? CONFIG_DEFAULTS.certTtlSeconds);
+  if (!Number.isInteger(ttl) || ttl < 10 || ttl > 365 * 24 * 3600) throw new ConfigError('certTtlSeconds must be an integer from 10 to 31536000');
+  const istio = {
+    istioCaAddress: String(merged.istioCaAddress ?? CONFIG_DEFAULTS.istioCaAddress),
+    istioCaRootCert: String(merged.istioCaRootCert ?? CONFIG_DEFAULTS.istioCaRootCert),
+    istioCaTokenFile: String(merged.istioCaTokenFile ?? CONFIG_DEFAULTS.istioCaTokenFile),
+  };
+  if (ca === 'istio' && (!istio.istioCaAddress || !istio.istioCaRootCert)) {
+    throw new ConfigError('ca istio needs istioCaAddress and istioCaRootCert (and istioCaTokenFile)');
+  }
   return {
     nodeName: asString(nodeName, 'nodeName'),
-    stateDir: asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir'),
+    stateDir,
     socketPath: asString(merged.socketPath ?? CONFIG_DEFAULTS.socketPath, 'socketPath'),
     workloadSource,
     workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
@@ -100,6 +143,11 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     logLevel,
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
+    trustDomain,
+    ca,
+    caDir: typeof merged.caDir === 'string' && merged.caDir ? merged.caDir : `${stateDir}/ca`,
+    certTtlSeconds: ttl,
+    ...istio,
   };
 }
 

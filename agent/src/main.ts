@@ -72,6 +72,13 @@ export function buildCli(): Command {
     .option('--redirect-mode <mode>', `in-pod redirection backend: ${REDIRECT_MODES.join(' | ')} (default ${CONFIG_DEFAULTS.redirectMode})`)
     .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
+    .option('--trust-domain <domain>', `SPIFFE trust domain of workload identities (default ${CONFIG_DEFAULTS.trustDomain})`)
+    .option('--ca <kind>', 'where certificates come from: builtin | istio (default builtin)')
+    .option('--ca-dir <dir>', 'builtin CA: folder of the root key and certificate, shareable by nodes (default <state-dir>/ca)')
+    .option('--cert-ttl-seconds <s>', `workload certificate lifetime (default ${CONFIG_DEFAULTS.certTtlSeconds})`, int)
+    .option('--istio-ca-address <host:port>', 'istio CA: istiod\'s CA address, e.g. istiod.istio-system.svc:15012')
+    .option('--istio-ca-root-cert <file>', 'istio CA: PEM roots that sign istiod\'s serving certificate')
+    .option('--istio-ca-token-file <file>', `istio CA: bearer JWT, re-read on every request (default ${CONFIG_DEFAULTS.istioCaTokenFile})`)
     .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
     .action(runAgent);
 

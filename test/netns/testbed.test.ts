@@ -425,7 +425,7 @@ netnsTest('agents: started in the node netns, ready via /v1/status, kill -9, res
     t.deepEqual(argv, [
       'agent',
       ...['--node-name', node.name, '--state-dir', node.stateDir, '--socket', node.socketPath],
-      ...['--workloads-dir', tb.workloadsDir, '--redirect-mode', 'nftables', '--log-level', 'debug'],
+      ...['--workloads-dir', tb.workloadsDir, '--ca-dir', tb.caDir, '--redirect-mode', 'nftables', '--log-level', 'debug'],
     ]);
   }
 

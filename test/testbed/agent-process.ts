@@ -18,6 +18,8 @@ export interface AgentSpec {
   stateDir: string;
   socketPath: string;
   workloadsDir: string;
+  /** The builtin CA's root folder, shared by every node of the testbed (one trust root for the cluster). */
+  caDir: string;
   redirectMode: RedirectMode;
   logLevel: string;
   logFile: string;
@@ -83,6 +85,7 @@ export class AgentProcess {
       '--state-dir', s.stateDir,
       '--socket', s.socketPath,
       '--workloads-dir', s.workloadsDir,
+      '--ca-dir', s.caDir,
       '--redirect-mode', s.redirectMode,
       '--log-level', s.logLevel,
       ...s.extraArgs,

@@ -83,6 +83,8 @@ export class Testbed implements Destroyable {
   readonly runDir: string;
   readonly binDir: string;
   readonly workloadsDir: string;
+  /** The cluster's builtin CA root folder, shared by all agents (tests can issue certificates from it). */
+  readonly caDir: string;
   readonly logsDir: string;
   readonly fabricNetns: string;
   readonly nodes: TestbedNode[] = [];
@@ -102,6 +104,7 @@ export class Testbed implements Destroyable {
     this.runDir = `/tmp/ambient-tb-${id}`;
     this.binDir = join(this.runDir, 'bin');
     this.workloadsDir = join(this.runDir, 'workloads');
+    this.caDir = join(this.runDir, 'ca');
     this.logsDir = join(this.runDir, 'logs');
     this.fabricNetns = `atb-${id}-fabric`;
     this.workloads = new WorkloadsDir(this.workloadsDir);
@@ -453,6 +456,7 @@ export class Testbed implements Destroyable {
         stateDir: paths.stateDir,
         socketPath: paths.socketPath,
         workloadsDir: this.workloadsDir,
+        caDir: this.caDir,
         redirectMode: o.redirectMode ?? 'iptables',
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),

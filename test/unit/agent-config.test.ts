@@ -4,7 +4,7 @@ import { CONFIG_DEFAULTS, ConfigError, parseAgentConfig } from '../../agent/src/
 
 test('defaults apply and the node name falls back to NODE_NAME', (t) => {
   const c = parseAgentConfig({}, {}, { NODE_NAME: 'n7' });
-  t.like(c, { ...CONFIG_DEFAULTS, nodeName: 'n7' });
+  t.like(c, { ...CONFIG_DEFAULTS, caDir: `${CONFIG_DEFAULTS.stateDir}/ca`, nodeName: 'n7' });
 });
 
 test('flags override the file, in either naming style', (t) => {
@@ -20,6 +20,10 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unsupported source', { workloadSource: 'kubernetes' }, /workloadSource/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
   ['empty state dir', { stateDir: '' }, /stateDir/],
+  ['bad trust domain', { trustDomain: 'Bad Domain' }, /trustDomain/],
+  ['unknown CA', { ca: 'vault' }, /ca must be builtin or istio/],
+  ['istio CA without an address', { ca: 'istio' }, /istioCaAddress/],
+  ['certificate lifetime too short', { certTtlSeconds: 1 }, /certTtlSeconds/],
 ];
 for (const [name, raw, msg] of bad) {
   test(`rejects ${name}`, (t) => {

@@ -1,26 +1,52 @@
-// Unit tests for the forwarder's pure routing decision: never an open proxy, never a loop into the agent's own ports.
+// Unit tests for the forwarder's pure routing decisions (HBONE or passthrough, PeerAuthentication, CONNECT validation):
+// never an open proxy, never a loop into the agent's own ports.
 import test from 'ava';
-import { upstreamFor } from '../../agent/src/forwarder/pod-forwarder.js';
+import { decideOutbound, decidePlaintextInbound } from '../../agent/src/forwarder/pod-forwarder.js';
+import { decideInbound } from '../../agent/src/hbone/server.js';
 import { KeyedMutex } from '../../agent/src/registry/keyed-mutex.js';
+import type { MeshWorkload } from '../../agent/src/workload/directory.js';
 
 const ips = ['10.244.1.5'];
+const peer: MeshWorkload = { ip: '10.244.2.7', namespace: 'app', name: 'web', serviceAccount: 'web', identity: 'spiffe://cluster.local/ns/app/sa/web', node: 'n2' };
+const lookup = (ip: string): MeshWorkload | undefined => (ip === peer.ip ? peer : undefined);
 
-test('outbound goes to the original destination', (t) => {
-  t.deepEqual(upstreamFor('outbound', { address: '10.244.2.7', port: 8080 }, ips), { host: '10.244.2.7', port: 8080 });
+test('outbound to a mesh workload goes through HBONE with its identity', (t) => {
+  t.deepEqual(decideOutbound({ address: '10.244.2.7', port: 8080 }, lookup), { kind: 'hbone', peer });
+});
+
+test('outbound to anything else passes through', (t) => {
+  t.deepEqual(decideOutbound({ address: '10.244.9.9', port: 8080 }, lookup), { kind: 'passthrough' });
 });
 
 test('outbound straight to the listener is refused', (t) => {
-  t.true('refuse' in upstreamFor('outbound', { address: '127.0.0.1', port: 15001 }, ips));
+  t.is(decideOutbound({ address: '127.0.0.1', port: 15001 }, lookup).kind, 'refuse');
 });
 
-test('inbound only to this pod', (t) => {
-  t.deepEqual(upstreamFor('inbound', { address: '10.244.1.5', port: 9080 }, ips), { host: '10.244.1.5', port: 9080 });
-  t.true('refuse' in upstreamFor('inbound', { address: '10.244.1.6', port: 9080 }, ips));
+test('plaintext inbound only to this pod, never to agent ports, and not under STRICT', (t) => {
+  t.deepEqual(decidePlaintextInbound({ address: '10.244.1.5', port: 9080 }, ips, 'PERMISSIVE'), { ok: true });
+  t.deepEqual(decidePlaintextInbound({ address: '10.244.1.5', port: 9080 }, ips, 'DISABLE'), { ok: true });
+  t.false(decidePlaintextInbound({ address: '10.244.1.5', port: 9080 }, ips, 'STRICT').ok);
+  t.false(decidePlaintextInbound({ address: '10.244.1.6', port: 9080 }, ips, 'PERMISSIVE').ok);
+  for (const port of [15001, 15006, 15008]) t.false(decidePlaintextInbound({ address: '10.244.1.5', port }, ips, 'PERMISSIVE').ok, String(port));
 });
 
-for (const port of [15001, 15006, 15008]) {
-  test(`inbound to agent port ${port} is refused`, (t) => {
-    t.true('refuse' in upstreamFor('inbound', { address: '10.244.1.5', port }, ips));
+const hboneCases: [string, string | undefined, string | undefined, number | 'ok'][] = [
+  ['CONNECT to this pod', 'CONNECT', '10.244.1.5:9080', 'ok'],
+  ['not CONNECT', 'GET', '10.244.1.5:9080', 400],
+  ['another address', 'CONNECT', '10.244.1.6:9080', 400],
+  ['a hostname', 'CONNECT', 'productpage:9080', 400],
+  ['no port', 'CONNECT', '10.244.1.5', 400],
+  ['port 0', 'CONNECT', '10.244.1.5:0', 400],
+  ['no authority', 'CONNECT', undefined, 400],
+  ['agent port 15001', 'CONNECT', '10.244.1.5:15001', 503],
+  ['agent port 15006', 'CONNECT', '10.244.1.5:15006', 503],
+  ['agent port 15008', 'CONNECT', '10.244.1.5:15008', 503],
+];
+for (const [name, method, authority, want] of hboneCases) {
+  test(`HBONE inbound: ${name} => ${want}`, (t) => {
+    const d = decideInbound(method, authority, ips);
+    if (want === 'ok') t.deepEqual(d, { upstream: { host: '10.244.1.5', port: 9080 } });
+    else t.is('status' in d ? d.status : 0, want);
   });
 }
 

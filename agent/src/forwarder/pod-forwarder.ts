@@ -1,10 +1,17 @@
-// The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 HBONE) and the byte relays behind them.
-// Forwarding here is transparent plain TCP: every upstream socket is made inside the pod's namespace and carries the agent mark.
+// The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE) and the
+// relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod with the agent mark.
+import type http2 from 'node:http2';
 import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { HboneStatusError, connectHeaders, type HbonePool } from '../hbone/client-pool.js';
+import { HboneServer, type InboundStream } from '../hbone/server.js';
+import type { IdentityProvider } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst } from '../platform/sockets.js';
+import type { MtlsMode } from '../policy/peer-authentication.js';
 import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
+import type { MeshWorkload } from '../workload/directory.js';
 
 export type Direction = 'outbound' | 'inbound';
 
@@ -12,6 +19,8 @@ export interface DirectionStats {
   opened: number;
   closed: number;
   refused: number;
+  /** Connections carried in HBONE (outbound: tunnelled to a mesh peer; inbound: arrived on 15008). */
+  hbone: number;
   /** Bytes from the pod's app toward the peer (outbound) or from the peer toward the app (inbound). */
   bytesFromDownstream: number;
   bytesToDownstream: number;
@@ -23,33 +32,68 @@ export interface ForwarderStats {
   active: number;
 }
 
-const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
+const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
 
-/** Decides where an accepted connection goes, or why it is refused. Pure. */
-export function upstreamFor(direction: Direction, dst: { address: string; port: number }, podIps: readonly string[]): { host: string; port: number } | { refuse: string } {
-  if (direction === 'inbound') {
-    if (!podIps.includes(dst.address)) return { refuse: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
-    if (AGENT_PORTS.includes(dst.port)) return { refuse: `port ${dst.port} is reserved for the agent` };
-    return { host: dst.address, port: dst.port };
+/** Everything the forwarder needs from the rest of the agent, shared by all pods. */
+export interface MeshContext {
+  lookup: (ip: string) => MeshWorkload | undefined;
+  identities: IdentityProvider;
+  pool: HbonePool;
+  trustDomain: string;
+}
+
+/** The pod this forwarder serves. */
+export interface PodSelf {
+  ns: Netns;
+  ips: readonly string[];
+  identity: string;
+  /** The PeerAuthentication mode for plaintext arriving on a port (re-read per connection: policies change). */
+  mtlsMode: (port: number) => Exclude<MtlsMode, 'UNSET'>;
+  /** W3C baggage describing this pod, sent on outbound CONNECTs. */
+  baggage: string;
+}
+
+export type OutboundRoute = { kind: 'hbone'; peer: MeshWorkload } | { kind: 'passthrough' } | { kind: 'refuse'; reason: string };
+
+/** Where an outbound connection goes. Pure. */
+export function decideOutbound(dst: { address: string; port: number }, lookup: (ip: string) => MeshWorkload | undefined): OutboundRoute {
+  if (dst.address.startsWith('127.') && AGENT_PORTS.includes(dst.port)) {
+    return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)' };
   }
-  if (dst.address.startsWith('127.') && AGENT_PORTS.includes(dst.port)) return { refuse: 'connection made straight to the outbound listener (no original destination)' };
-  return { host: dst.address, port: dst.port };
+  const peer = lookup(dst.address);
+  return peer ? { kind: 'hbone', peer } : { kind: 'passthrough' };
+}
+
+/** Whether plaintext arriving on 15006 may reach the app. Pure. */
+export function decidePlaintextInbound(dst: { address: string; port: number }, podIps: readonly string[], mode: MtlsMode): { ok: true } | { ok: false; reason: string } {
+  if (!podIps.includes(dst.address)) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
+  if (AGENT_PORTS.includes(dst.port)) return { ok: false, reason: `port ${dst.port} is reserved for the agent` };
+  if (mode === 'STRICT') return { ok: false, reason: `PeerAuthentication STRICT on port ${dst.port}: plaintext refused` };
+  return { ok: true };
 }
 
 export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0 };
   private servers: net.Server[] = [];
-  private sockets = new Set<net.Socket>();
+  private hboneServer: HboneServer | undefined;
+  private open = new Set<Duplex>();
   private nextConnId = 1;
 
-  constructor(private readonly ns: Netns, private readonly podIps: readonly string[], private readonly log: Logger) {}
+  constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
 
   /** Opens the three listeners inside the pod. Throws (after closing any it opened) if one cannot be bound. */
   async start(): Promise<void> {
+    const ns = this.self.ns;
     try {
-      this.servers.push(await listenIn(this.ns, { address: '127.0.0.1', port: OUTBOUND_PORT }, (s) => this.relay('outbound', s)));
-      this.servers.push(await listenIn(this.ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.relay('inbound', s)));
-      this.servers.push(await listenIn(this.ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT }, (s) => this.hbone(s)));
+      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT }, (s) => this.outbound(s)));
+      this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.plaintextInbound(s)));
+      const hbone = new HboneServer(
+        ns, this.self.ips, this.self.identity, this.mesh.identities, this.mesh.trustDomain, this.log.child({ listener: INBOUND_HBONE_PORT }),
+        (s) => this.hboneInbound(s),
+        () => this.stats.inbound.refused++,
+      );
+      await hbone.start();
+      this.hboneServer = hbone;
     } catch (err) {
       await this.stop();
       throw err;
@@ -58,85 +102,150 @@ export class PodForwarder {
 
   /** True while all listeners are open. */
   get listening(): boolean {
-    return this.servers.length === 3 && this.servers.every((s) => s.listening);
+    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneServer?.listening ?? false);
   }
 
-  /** Closes the listeners and every open relay. Idempotent. */
+  /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */
   async stop(): Promise<void> {
     const servers = this.servers;
     this.servers = [];
-    for (const s of this.sockets) s.destroy();
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const hbone = this.hboneServer;
+    this.hboneServer = undefined;
+    for (const ip of this.self.ips) this.mesh.pool.closeFrom(ip);
+    for (const s of this.open) s.destroy();
+    await Promise.all([
+      ...servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
+      hbone?.stop(),
+    ]);
   }
 
-  private hbone(s: net.Socket): void {
-    // HBONE (mTLS + HTTP/2 CONNECT) arrives with the secure-overlay work; until then the port is held but refuses.
-    this.log.debug({ peer: `${s.remoteAddress}:${s.remotePort}` }, 'hbone listener not serving yet; closing');
-    s.on('error', () => undefined);
-    s.resetAndDestroy();
-  }
-
-  private relay(direction: Direction, down: net.Socket): void {
-    const stats = this.stats[direction];
-    const connId = this.nextConnId++;
+  private outbound(down: net.Socket): void {
+    const stats = this.stats.outbound;
     down.on('error', () => undefined);
-    let dst: { address: string; port: number };
+    const dst = this.originalDst(down, 'outbound');
+    if (!dst) return;
+    const route = decideOutbound(dst, this.mesh.lookup);
+    const clog = this.log.child({ connId: this.nextConnId++, direction: 'outbound', src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
+    if (route.kind === 'refuse') return this.refuse(down, stats, clog, route.reason);
+    if (route.kind === 'passthrough') {
+      return this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
+    }
+    stats.hbone++;
+    const src = { ip: down.remoteAddress?.replace(/^::ffff:/, '') ?? '', port: down.remotePort ?? 0 };
+    const upstream = this.mesh.pool.connect(
+      { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity },
+      connectHeaders(`${dst.address}:${dst.port}`, src, this.self.baggage),
+    );
+    this.splice(down, stats, clog.child({ peerIdentity: route.peer.identity }), upstream);
+  }
+
+  private plaintextInbound(down: net.Socket): void {
+    const stats = this.stats.inbound;
+    down.on('error', () => undefined);
+    const dst = this.originalDst(down, 'inbound');
+    if (!dst) return;
+    const clog = this.log.child({ connId: this.nextConnId++, direction: 'inbound', src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
+    const verdict = decidePlaintextInbound(dst, this.self.ips, this.self.mtlsMode(dst.port));
+    if (!verdict.ok) return this.refuse(down, stats, clog, verdict.reason);
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
+  }
+
+  /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
+  private hboneInbound(s: InboundStream): void {
+    const stats = this.stats.inbound;
+    stats.hbone++;
+    const clog = this.log.child({ connId: this.nextConnId++, direction: 'inbound', peerIdentity: s.peerIdentity, src: s.peerAddress, dst: `${s.upstream.host}:${s.upstream.port}` });
+    const upstream = dialFrom(this.self.ns, { host: s.upstream.host, port: s.upstream.port, mark: AGENT_MARK }).then(
+      (sock) => {
+        if (s.stream.destroyed) {
+          sock.destroy();
+          throw new Error('stream closed before the upstream connected');
+        }
+        s.stream.respond({ ':status': 200 });
+        return sock;
+      },
+      (err: Error) => {
+        if (!s.stream.destroyed) s.stream.respond({ ':status': 503 }, { endStream: true });
+        throw err;
+      },
+    );
+    // Here the app side is the upstream socket: count its bytes, so "fromDownstream" is peer -> app.
+    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream' });
+  }
+
+  private originalDst(down: net.Socket, direction: Direction): { address: string; port: number } | undefined {
     try {
-      dst = originalDst(down);
+      return originalDst(down);
     } catch (err) {
-      stats.refused++;
-      this.log.warn({ err, direction, connId }, 'no original destination; refusing');
+      this.stats[direction].refused++;
+      this.log.warn({ err, direction }, 'no original destination; refusing');
       down.resetAndDestroy();
-      return;
+      return undefined;
     }
-    const target = upstreamFor(direction, dst, this.podIps);
-    const clog = this.log.child({ connId, direction, src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
-    if ('refuse' in target) {
-      stats.refused++;
-      clog.warn({ reason: target.refuse }, 'connection refused');
-      down.resetAndDestroy();
-      return;
-    }
-    this.sockets.add(down);
+  }
+
+  private refuse(down: net.Socket, stats: DirectionStats, clog: Logger, reason: string): void {
+    stats.refused++;
+    clog.warn({ reason }, 'connection refused');
+    down.resetAndDestroy();
+  }
+
+  /**
+   * Relays bytes both ways between `down` and the upstream once it is ready. Half-closes propagate through pipe();
+   * only an error on one side tears down the other, so no buffered byte is lost. A failed upstream resets `down`.
+   */
+  private splice(
+    down: Duplex,
+    stats: DirectionStats,
+    clog: Logger,
+    upstream: Promise<Duplex>,
+    opts: { countOn?: 'downstream' | 'upstream' } = {},
+  ): void {
+    this.open.add(down);
     this.stats.active++;
     stats.opened++;
     down.pause();
     const started = Date.now();
-    let up: net.Socket | undefined;
+    let up: Duplex | undefined;
     const finish = (): void => {
-      if (!this.sockets.delete(down)) return;
+      if (!this.open.delete(down)) return;
       this.stats.active--;
       stats.closed++;
-      stats.bytesFromDownstream += down.bytesRead;
-      stats.bytesToDownstream += down.bytesWritten;
-      clog.debug({ bytesFromDownstream: down.bytesRead, bytesToDownstream: down.bytesWritten, durationMs: Date.now() - started }, 'connection closed');
+      const sock = (opts.countOn === 'upstream' ? up : down) as net.Socket | undefined;
+      const from = opts.countOn === 'upstream' ? sock?.bytesWritten ?? 0 : sock?.bytesRead ?? 0;
+      const to = opts.countOn === 'upstream' ? sock?.bytesRead ?? 0 : sock?.bytesWritten ?? 0;
+      stats.bytesFromDownstream += from;
+      stats.bytesToDownstream += to;
+      clog.debug({ bytesFromDownstream: from, bytesToDownstream: to, durationMs: Date.now() - started }, 'connection closed');
     };
-    // Half-closes propagate through pipe(); only an error on one side tears down the other, so no buffered byte is lost.
-    down.once('close', (hadError) => {
-      if (hadError || !up) up?.destroy();
-      finish();
+    down.once('close', () => {
+      if (!up || down.errored) up?.destroy();
+      // The counted socket may close after down: count when both are done.
+      if (up && opts.countOn === 'upstream' && !up.closed) up.once('close', finish);
+      else finish();
     });
-    dialFrom(this.ns, { host: target.host, port: target.port, mark: AGENT_MARK }).then(
-      (sock) => {
-        up = sock;
+    upstream.then(
+      (u) => {
+        up = u;
         if (down.destroyed) {
-          up.destroy();
+          u.destroy();
           return;
         }
-        up.on('error', () => undefined);
-        up.once('close', (hadError) => {
-          if (hadError) down.destroy();
+        u.on('error', () => undefined);
+        u.once('close', () => {
+          if (u.errored) down.destroy();
         });
-        up.setNoDelay(true);
-        down.setNoDelay(true);
-        down.pipe(up);
-        up.pipe(down);
+        if ('setNoDelay' in u) (u as net.Socket).setNoDelay(true);
+        if ('setNoDelay' in down) (down as net.Socket).setNoDelay(true);
+        down.pipe(u);
+        u.pipe(down);
         down.resume();
       },
-      (err: NodeJS.ErrnoException) => {
-        clog.debug({ error: err.message }, 'upstream connect failed');
+      (err: Error) => {
         stats.refused++;
-        down.resetAndDestroy();
+        clog.warn({ error: err.message, ...(err instanceof HboneStatusError ? { status: err.status } : {}) }, 'upstream connect failed');
+        if ('resetAndDestroy' in down) (down as net.Socket).resetAndDestroy();
+        else (down as http2.ServerHttp2Stream).close();
       },
     );
   }

@@ -5,7 +5,9 @@ import { AgentError, describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Netns, sameNetns, statNetns } from '../platform/netns.js';
 import { runTool } from '../platform/exec.js';
-import { PodForwarder, type ForwarderStats } from '../forwarder/pod-forwarder.js';
+import { PodForwarder, type ForwarderStats, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
+import { effectiveMtlsMode } from '../policy/peer-authentication.js';
+import { workloadIdentity } from '../workload/directory.js';
 import { removePodRules, type RedirectBackend, type RuleDrift } from '../redirect/backend.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import { recordKey, type PodRecord, type StateStore } from '../registry/state-store.js';
@@ -35,6 +37,8 @@ export class Enroller {
   private records = new Map<string, PodRecord>();
   private live = new Map<string, Live>();
   private mutex = new KeyedMutex();
+  /** Identities of pods whose enrolment is in progress: retained even before their record is stored. */
+  private enrolling = new Map<string, number>();
 
   constructor(
     private readonly backend: RedirectBackend,
@@ -42,6 +46,7 @@ export class Enroller {
     private readonly store: StateStore,
     private readonly log: Logger,
     private readonly podLookupTimeoutMs: number,
+    private readonly mesh: MeshContext,
   ) {
     source.onChange((c) => this.onWorkloadChange(c));
   }
@@ -71,7 +76,7 @@ export class Enroller {
       }
       const rec: PodRecord = {
         containerId: ev.containerId, ifname: ev.ifname, netnsPath: ev.netns, netnsInode: id.inode, netnsDev: id.dev,
-        namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', ips, state: decision.enrol ? 'enrolled' : 'skipped',
+        namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', serviceAccount: pod.serviceAccount, ips, state: decision.enrol ? 'enrolled' : 'skipped',
         reason: decision.reason, backend: this.backend.name, updatedAt: new Date().toISOString(),
       };
       if (decision.enrol) await this.enrol(key, rec, plog, { fresh: !this.records.has(key) });
@@ -206,6 +211,18 @@ export class Enroller {
 
   /** Installs rules, opens listeners and registers probe targets; rolls everything back on failure. */
   private async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean } = {}): Promise<void> {
+    const identity = this.identityOf(rec);
+    this.enrolling.set(identity, (this.enrolling.get(identity) ?? 0) + 1);
+    try {
+      await this.enrolNow(key, rec, plog, opts);
+    } finally {
+      const n = (this.enrolling.get(identity) ?? 1) - 1;
+      if (n > 0) this.enrolling.set(identity, n);
+      else this.enrolling.delete(identity);
+    }
+  }
+
+  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean }): Promise<void> {
     const started = performance.now();
     let live = this.live.get(key);
     let opened: Netns | undefined;
@@ -220,7 +237,7 @@ export class Enroller {
         ...rec.ips.map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
       ]);
       if (!live && opened) {
-        const forwarder = new PodForwarder(opened, rec.ips, plog.child({ component: 'forwarder' }));
+        const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
         await forwarder.start();
         live = { netns: opened, forwarder };
         this.live.set(key, live);
@@ -262,6 +279,36 @@ export class Enroller {
     plog.info('pod removed from the mesh');
   }
 
+  /** The pod as its forwarder sees it: namespace handle, IPs, identity, and its current PeerAuthentication mode. */
+  private identityOf(rec: PodRecord): string {
+    return workloadIdentity(this.mesh.trustDomain, { namespace: rec.namespace, serviceAccount: rec.serviceAccount ?? 'default' });
+  }
+
+  private podSelf(ns: Netns, rec: PodRecord): PodSelf {
+    const identity = this.identityOf(rec);
+    const pod = (): PodInfo | undefined => this.source.getPod(rec.namespace, rec.name);
+    const labels = pod()?.labels ?? {};
+    return {
+      ns,
+      ips: rec.ips,
+      identity,
+      mtlsMode: (port) => effectiveMtlsMode(this.source.peerAuthentications(), { namespace: rec.namespace, labels: pod()?.labels ?? {} }, port),
+      baggage: [
+        `k8s.namespace.name=${rec.namespace}`,
+        `k8s.pod.name=${rec.name}`,
+        `service.name=${labels.app ?? labels['app.kubernetes.io/name'] ?? rec.name}`,
+        `service.version=${labels.version ?? labels['app.kubernetes.io/version'] ?? 'latest'}`,
+      ].join(','),
+    };
+  }
+
+  /** Identities with an enrolled pod on this node; the certificate manager drops the others. */
+  private retainIdentities(): void {
+    const ids = new Set<string>(this.enrolling.keys());
+    for (const r of this.records.values()) if (r.state === 'enrolled') ids.add(this.identityOf(r));
+    this.mesh.identities.retain(ids);
+  }
+
   private onWorkloadChange(change: WorkloadChange): void {
     const affected = new Set<string>();
     for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
@@ -296,6 +343,7 @@ export class Enroller {
   }
 
   private persist(): Promise<void> {
+    this.retainIdentities();
     return this.store.save([...this.records.values()]);
   }
 }

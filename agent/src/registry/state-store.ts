@@ -14,6 +14,8 @@ export interface PodRecord {
   namespace: string;
   name: string;
   uid: string;
+  /** Absent in records written before identities existed: treated as "default". */
+  serviceAccount?: string;
   ips: string[];
   /** enrolled: rules + listeners; skipped: known but not selected for the mesh. */
   state: 'enrolled' | 'skipped';

@@ -7,6 +7,7 @@ import { parseAllDocuments } from 'yaml';
 import type { Logger } from '../log.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
+import type { PeerAuthentication } from '../policy/peer-authentication.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
 
@@ -36,9 +37,13 @@ function isList(v: unknown): v is { items: unknown[] } {
 
 const podKey = (ns: string, name: string): string => `${ns}/${name}`;
 
+/** JSON.stringify replacer that makes Maps comparable. */
+const mapReplacer = (_k: string, v: unknown): unknown => (v instanceof Map ? [...v.entries()] : v);
+
 export class FilesWorkloadSource implements WorkloadSource {
   private pods_ = new Map<string, PodInfo>();
   private namespaces = new Map<string, NamespaceInfo>();
+  private peerAuthns: PeerAuthentication[] = [];
   private byFile = new Map<string, WorkloadObject[]>();
   private listeners: ((c: WorkloadChange) => void)[] = [];
   private waiters = new Set<() => void>();
@@ -78,6 +83,10 @@ export class FilesWorkloadSource implements WorkloadSource {
 
   pods(): PodInfo[] {
     return [...this.pods_.values()];
+  }
+
+  peerAuthentications(): PeerAuthentication[] {
+    return this.peerAuthns;
   }
 
   onChange(listener: (change: WorkloadChange) => void): void {
@@ -153,11 +162,14 @@ export class FilesWorkloadSource implements WorkloadSource {
   private apply(objects: WorkloadObject[]): void {
     const pods = new Map<string, PodInfo>();
     const namespaces = new Map<string, NamespaceInfo>();
+    const peerAuthns: PeerAuthentication[] = [];
     for (const o of objects) {
       if (o.kind === 'Pod') pods.set(podKey(o.pod.namespace, o.pod.name), o.pod);
-      else namespaces.set(o.namespace.name, o.namespace);
+      else if (o.kind === 'Namespace') namespaces.set(o.namespace.name, o.namespace);
+      else peerAuthns.push(o.peerAuthentication);
     }
-    const change: WorkloadChange = { pods: [], namespaces: [] };
+    const policies = JSON.stringify(peerAuthns, mapReplacer) !== JSON.stringify(this.peerAuthns, mapReplacer);
+    const change: WorkloadChange = { pods: [], namespaces: [], policies };
     for (const key of new Set([...this.pods_.keys(), ...pods.keys()])) {
       const before = this.pods_.get(key);
       const after = pods.get(key);
@@ -170,8 +182,9 @@ export class FilesWorkloadSource implements WorkloadSource {
     }
     this.pods_ = pods;
     this.namespaces = namespaces;
+    this.peerAuthns = peerAuthns;
     for (const w of [...this.waiters]) w();
-    if (change.pods.length === 0 && change.namespaces.length === 0) return;
+    if (change.pods.length === 0 && change.namespaces.length === 0 && !policies) return;
     for (const l of this.listeners) {
       try {
         l(change);

@@ -1,10 +1,13 @@
 // The interface every workload source implements (files today, Kubernetes later).
 // A source holds the current Pods and Namespaces and tells listeners when they change.
+import type { PeerAuthentication } from '../policy/peer-authentication.js';
 import type { NamespaceInfo, PodInfo } from './types.js';
 
 export interface WorkloadChange {
   pods: { before: PodInfo | undefined; after: PodInfo | undefined }[];
   namespaces: { before: NamespaceInfo | undefined; after: NamespaceInfo | undefined }[];
+  /** True when any PeerAuthentication was added, changed or removed. */
+  policies: boolean;
 }
 
 export interface WorkloadSource {
@@ -14,6 +17,7 @@ export interface WorkloadSource {
   getPod(namespace: string, name: string): PodInfo | undefined;
   getNamespace(name: string): NamespaceInfo | undefined;
   pods(): PodInfo[];
+  peerAuthentications(): PeerAuthentication[];
   onChange(listener: (change: WorkloadChange) => void): void;
   /** Resolves when the pod appears, or with undefined after timeoutMs. */
   waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined>;

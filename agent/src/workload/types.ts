@@ -1,6 +1,8 @@
 // Domain types for the workloads the agent knows about, converted once from Kubernetes-shaped objects.
 // Nothing past fromK8sObject sees raw YAML; unknown kinds are ignored, malformed ones are reported with their name and field.
 
+import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
+
 export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
 
 export interface PodInfo {
@@ -20,7 +22,10 @@ export interface NamespaceInfo {
   labels: Record<string, string>;
 }
 
-export type WorkloadObject = { kind: 'Pod'; pod: PodInfo } | { kind: 'Namespace'; namespace: NamespaceInfo };
+export type WorkloadObject =
+  | { kind: 'Pod'; pod: PodInfo }
+  | { kind: 'Namespace'; namespace: NamespaceInfo }
+  | { kind: 'PeerAuthentication'; peerAuthentication: PeerAuthentication };
 
 export class WorkloadParseError extends Error {
   readonly code = 'AMB_ERR_BAD_WORKLOAD';
@@ -57,6 +62,9 @@ function reqString(o: Obj, key: string, where: string): string {
 export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   if (!isObj(doc)) throw new WorkloadParseError('object must be a mapping');
   const kind = doc.kind;
+  if (kind === 'PeerAuthentication' && typeof doc.apiVersion === 'string' && doc.apiVersion.startsWith('security.istio.io/')) {
+    return { kind, peerAuthentication: parsePeerAuthentication(doc) };
+  }
   if (kind !== 'Pod' && kind !== 'Namespace') return undefined;
   const meta = doc.metadata;
   if (!isObj(meta)) throw new WorkloadParseError(`${kind}: metadata must be a mapping`);

@@ -1,0 +1,137 @@
+// The inbound HBONE listener of one pod (15008): terminates mutual TLS, checks the peer's SPIFFE trust domain, and
+// serves CONNECT streams to the pod's own IP only (never an open proxy); 200 is sent only after the upstream connect.
+import http2 from 'node:http2';
+import type { TLSSocket } from 'node:tls';
+import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
+import type { Logger } from '../log.js';
+import type { Netns } from '../platform/netns.js';
+import { listenFdIn } from '../platform/sockets.js';
+import { AGENT_PORTS, INBOUND_HBONE_PORT } from '../redirect/constants.js';
+import { keepalive } from './keepalive.js';
+import { CONNECTION_WINDOW, DEFAULT_KEEPALIVE, SERVER_SETTINGS } from './settings.js';
+import { baseTlsOptions, checkClientSpiffe, parseAuthority } from './tls.js';
+
+/** What the server decided for one CONNECT request. Pure. */
+export type InboundDecision = { upstream: { host: string; port: number } } | { status: 400 | 503; reason: string };
+
+export function decideInbound(method: string | undefined, authority: string | undefined, podIps: readonly string[]): InboundDecision {
+  if (method !== 'CONNECT') return { status: 400, reason: `method ${method ?? '(none)'} is not CONNECT` };
+  const target = parseAuthority(authority);
+  if (!target) return { status: 400, reason: `bad :authority ${JSON.stringify(authority)}` };
+  if (!podIps.includes(target.host)) return { status: 400, reason: `:authority ${target.host} is not this pod (${podIps.join(', ')})` };
+  if (AGENT_PORTS.includes(target.port)) return { status: 503, reason: `port ${target.port} is reserved for the agent` };
+  return { upstream: target };
+}
+
+/** One accepted CONNECT stream, handed to the forwarder with the verified peer identity. */
+export interface InboundStream {
+  stream: http2.ServerHttp2Stream;
+  peerIdentity: string;
+  peerAddress: string;
+  upstream: { host: string; port: number };
+  headers: http2.IncomingHttpHeaders;
+}
+
+export class HboneServer {
+  private server: http2.Http2SecureServer | undefined;
+  private sessions = new Set<http2.ServerHttp2Session>();
+  private readonly onRenewed = (identity: string): void => void this.refresh(identity);
+
+  constructor(
+    private readonly ns: Netns,
+    private readonly podIps: readonly string[],
+    private readonly identity: string,
+    private readonly identities: IdentityProvider,
+    private readonly trustDomain: string,
+    private readonly log: Logger,
+    private readonly onStream: (s: InboundStream) => void,
+    private readonly onRefused: (reason: string) => void,
+  ) {}
+
+  async start(): Promise<void> {
+    const material = await this.identities.material(this.identity);
+    const server = http2.createSecureServer({
+      ...baseTlsOptions(material),
+      requestCert: true,
+      rejectUnauthorized: true,
+      allowHTTP1: false,
+      settings: SERVER_SETTINGS,
+      maxSessionMemory: 64,
+    });
+    server.on('session', (session) => this.onSession(session));
+    server.on('stream', (stream, headers) => this.onRequest(stream, headers));
+    server.on('tlsClientError', (err: Error, sock: TLSSocket) => {
+      this.onRefused(`tls: ${err.message}`);
+      this.log.debug({ error: err.message, peer: sock.remoteAddress }, 'hbone handshake failed');
+    });
+    const fd = listenFdIn(this.ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    this.identities.onRenewed(this.onRenewed);
+  }
+
+  get listening(): boolean {
+    return this.server?.listening ?? false;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    for (const session of this.sessions) session.destroy();
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  /** New handshakes use the renewed certificate; established connections carry on with theirs. */
+  private async refresh(identity: string): Promise<void> {
+    if (identity !== this.identity || !this.server) return;
+    try {
+      const m: TlsMaterial = await this.identities.material(identity);
+      this.server.setSecureContext(baseTlsOptions(m));
+      this.log.debug({ serial: m.serial }, 'hbone server certificate rotated');
+    } catch (err) {
+      this.log.warn({ error: (err as Error).message }, 'hbone server keeps its previous certificate');
+    }
+  }
+
+  private onSession(session: http2.ServerHttp2Session): void {
+    const sock = session.socket as TLSSocket;
+    const verdict = checkClientSpiffe(this.trustDomain, sock.getPeerCertificate());
+    if (verdict instanceof Error) {
+      this.onRefused(verdict.message);
+      this.log.warn({ peer: sock.remoteAddress, reason: verdict.message }, 'hbone client refused');
+      session.destroy();
+      return;
+    }
+    peerIdentities.set(session, verdict);
+    this.sessions.add(session);
+    session.once('close', () => this.sessions.delete(session));
+    session.on('error', () => undefined);
+    session.setLocalWindowSize(CONNECTION_WINDOW);
+    keepalive(session, DEFAULT_KEEPALIVE, (err) => this.log.warn({ error: err.message }, 'dropping unresponsive hbone client'));
+  }
+
+  private onRequest(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', () => undefined);
+    const peerIdentity = peerIdentities.get(stream.session as http2.ServerHttp2Session);
+    if (!peerIdentity) {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    const d = decideInbound(headers[':method'], headers[':authority'], this.podIps);
+    if ('status' in d) {
+      this.onRefused(d.reason);
+      this.log.warn({ peerIdentity, status: d.status, reason: d.reason }, 'hbone request refused');
+      stream.respond({ ':status': d.status }, { endStream: true });
+      return;
+    }
+    this.onStream({ stream, peerIdentity, peerAddress: stream.session?.socket.remoteAddress ?? '', upstream: d.upstream, headers });
+  }
+}
+
+const peerIdentities = new WeakMap<http2.ServerHttp2Session, string>();

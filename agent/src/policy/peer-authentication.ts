@@ -1,0 +1,95 @@
+// PeerAuthentication (security.istio.io/v1): parsing at the boundary, and the pure resolution of a pod's mTLS mode.
+// Precedence as in Istio: workload selector > namespace-wide > mesh-wide (root namespace); port-level modes override;
+// UNSET inherits from the next level; nothing at all means PERMISSIVE.
+
+export type MtlsMode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
+const MODES: readonly MtlsMode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
+
+/** Istio's default root namespace: policies there without a selector apply mesh-wide. */
+export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
+
+export interface PeerAuthentication {
+  namespace: string;
+  name: string;
+  /** undefined: no selector (namespace- or mesh-wide). */
+  matchLabels: Record<string, string> | undefined;
+  mode: MtlsMode;
+  portModes: Map<number, MtlsMode>;
+}
+
+export class PolicyParseError extends Error {
+  readonly code = 'AMB_ERR_BAD_POLICY';
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'PolicyParseError';
+  }
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function mode(v: unknown, where: string): MtlsMode {
+  if (v === undefined || v === null) return 'UNSET';
+  if (typeof v !== 'string' || !MODES.includes(v as MtlsMode)) {
+    throw new PolicyParseError(`${where} must be one of ${MODES.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as MtlsMode;
+}
+
+/** Converts a PeerAuthentication object; errors name the object and the field. */
+export function parsePeerAuthentication(doc: Obj): PeerAuthentication {
+  const meta = isObj(doc.metadata) ? doc.metadata : {};
+  const name = typeof meta.name === 'string' ? meta.name : '';
+  const namespace = typeof meta.namespace === 'string' && meta.namespace ? meta.namespace : 'default';
+  const where = `PeerAuthentication ${namespace}/${name || '(unnamed)'}`;
+  if (!name) throw new PolicyParseError(`${where}: metadata.name must be a non-empty string`);
+  const spec = doc.spec === undefined ? {} : doc.spec;
+  if (!isObj(spec)) throw new PolicyParseError(`${where}: spec must be a mapping`);
+  let matchLabels: Record<string, string> | undefined;
+  if (spec.selector !== undefined && spec.selector !== null) {
+    if (!isObj(spec.selector)) throw new PolicyParseError(`${where}: spec.selector must be a mapping`);
+    const ml = spec.selector.matchLabels ?? {};
+    if (!isObj(ml)) throw new PolicyParseError(`${where}: spec.selector.matchLabels must be a mapping`);
+    matchLabels = {};
+    for (const [k, v] of Object.entries(ml)) {
+      if (typeof v !== 'string') throw new PolicyParseError(`${where}: spec.selector.matchLabels.${k} must be a string`);
+      matchLabels[k] = v;
+    }
+  }
+  const mtls = spec.mtls ?? {};
+  if (!isObj(mtls)) throw new PolicyParseError(`${where}: spec.mtls must be a mapping`);
+  const portModes = new Map<number, MtlsMode>();
+  if (spec.portLevelMtls !== undefined) {
+    if (!isObj(spec.portLevelMtls)) throw new PolicyParseError(`${where}: spec.portLevelMtls must be a mapping`);
+    if (!matchLabels) throw new PolicyParseError(`${where}: spec.portLevelMtls needs a spec.selector (as in Istio)`);
+    for (const [p, v] of Object.entries(spec.portLevelMtls)) {
+      const port = Number(p);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PolicyParseError(`${where}: spec.portLevelMtls key ${JSON.stringify(p)} is not a port`);
+      if (!isObj(v)) throw new PolicyParseError(`${where}: spec.portLevelMtls.${p} must be a mapping`);
+      portModes.set(port, mode(v.mode, `${where}: spec.portLevelMtls.${p}.mode`));
+    }
+  }
+  return { namespace, name, matchLabels, mode: mode(mtls.mode, `${where}: spec.mtls.mode`), portModes };
+}
+
+const selects = (pa: PeerAuthentication, labels: Record<string, string>): boolean =>
+  pa.matchLabels !== undefined && Object.entries(pa.matchLabels).every(([k, v]) => labels[k] === v);
+
+/** Oldest-name-first tie-break for several matching policies at one level (deterministic). */
+const byName = (a: PeerAuthentication, b: PeerAuthentication): number => a.name.localeCompare(b.name);
+
+/** The effective mode for traffic to `port` of a pod (namespace + labels). Pure. */
+export function effectiveMtlsMode(
+  policies: readonly PeerAuthentication[],
+  pod: { namespace: string; labels: Record<string, string> },
+  port: number,
+  rootNamespace = DEFAULT_ROOT_NAMESPACE,
+): Exclude<MtlsMode, 'UNSET'> {
+  const workload = policies.filter((p) => p.namespace === pod.namespace && selects(p, pod.labels)).sort(byName)[0];
+  const namespace = policies.filter((p) => p.namespace === pod.namespace && p.matchLabels === undefined).sort(byName)[0];
+  const mesh = policies.filter((p) => p.namespace === rootNamespace && p.matchLabels === undefined).sort(byName)[0];
+  for (const m of [workload?.portModes.get(port), workload?.mode, namespace?.mode, mesh?.mode]) {
+    if (m && m !== 'UNSET') return m;
+  }
+  return 'PERMISSIVE';
+}

@@ -1,0 +1,60 @@
+// Packet capture on the link between simulated nodes (tshark on the fabric bridge), for tests that must see the wire.
+// Starts before the traffic, stops on demand, and answers questions about what crossed: ports, TLS hellos, raw bytes.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { Testbed } from '../testbed/index.js';
+
+export interface Capture {
+  /** Stops tshark and returns what it saw. */
+  stop(): Promise<CaptureResult>;
+}
+
+export interface CaptureResult {
+  file: string;
+  /** Every TCP port pair "src>dst" seen, deduplicated. */
+  flows: Set<string>;
+  /** Server ports of all TCP segments carrying payload. */
+  payloadPorts: Set<number>;
+  /** TLS ClientHellos: their SNI (empty when none) and offered versions. */
+  clientHellos: { sni: string; versions: string }[];
+  raw: Buffer;
+}
+
+/** Captures TCP on the fabric bridge (all inter-node traffic) into the testbed's run dir. */
+export async function captureFabric(tb: Testbed, name: string): Promise<Capture> {
+  const file = join(tb.runDir, `${name}.pcapng`);
+  const proc = tb.fabricSpawn('tshark', ['-i', 'br0', '-f', 'tcp', '-w', file, '-q'], { reject: false, stderr: 'pipe' });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('tshark did not start capturing within 15 s')), 15_000);
+    proc.stderr?.on('data', (d: Buffer) => {
+      if (String(d).includes('Capturing on')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  return {
+    async stop(): Promise<CaptureResult> {
+      await new Promise((r) => setTimeout(r, 500)); // let the last packets reach the file
+      proc.kill('SIGINT');
+      await proc;
+      const fields = await execa('tshark', ['-r', file, '-T', 'fields', '-e', 'tcp.srcport', '-e', 'tcp.dstport', '-e', 'tcp.len']);
+      const flows = new Set<string>();
+      const payloadPorts = new Set<number>();
+      for (const line of fields.stdout.split('\n')) {
+        const [sp, dp, len] = line.split('\t').map(Number);
+        if (sp === undefined || dp === undefined || Number.isNaN(sp)) continue;
+        flows.add(`${sp}>${dp}`);
+        if ((len ?? 0) > 0) payloadPorts.add(Math.min(sp, dp));
+      }
+      const hellos = await execa('tshark', ['-r', file, '-Y', 'tls.handshake.type == 1', '-T', 'fields',
+        '-e', 'tls.handshake.extensions_server_name', '-e', 'tls.handshake.extensions.supported_version']);
+      const clientHellos = hellos.stdout.split('\n').filter((l) => l.trim() !== '').map((l) => {
+        const [sni, versions] = l.split('\t');
+        return { sni: sni ?? '', versions: versions ?? '' };
+      });
+      return { file, flows, payloadPorts, clientHellos, raw: await readFile(file) };
+    },
+  };
+}
