@@ -53,7 +53,7 @@ export class Agent {
       pool: this.pool,
       trustDomain: cfg.trustDomain,
     });
-    this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), ready: this.readyPromise, log: log.child({ component: 'events' }) });
+    this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }), ready: this.readyPromise, log: log.child({ component: 'events' }) });
   }
 
   status(): AgentStatus {

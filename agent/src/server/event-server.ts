@@ -13,6 +13,8 @@ import type { Enroller } from '../reconcile/enroller.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 
 export const PODS_PATH = '/v1/pods';
+/** Certificates per identity, CA counters and HBONE pool counters. */
+export const CERTS_PATH = '/v1/certs';
 /** The native plugin shim's endpoint (cni/shim/ambient-cni.c): a whole CNI invocation, run in-process. */
 export const EXEC_PATH = '/v1/cni/exec';
 
@@ -36,6 +38,8 @@ export function parseExecRequest(body: unknown): { env: Record<string, string>; 
 export interface EventServerDeps {
   enroller: Enroller;
   status: () => AgentStatus;
+  /** Identity state for the CLI and tests (certificates without private keys). */
+  certs: () => unknown;
   /** Resolves once the agent has re-adopted its pods; DEL waits for it so no deletion is lost during start-up. */
   ready: Promise<void>;
   log: Logger;
@@ -131,6 +135,8 @@ export class EventServer {
       switch (route) {
         case `GET ${EVENT_PATHS.status}`:
           return { status: 200, body: this.deps.status() };
+        case `GET ${CERTS_PATH}`:
+          return { status: 200, body: this.deps.certs() };
         case `GET ${PODS_PATH}`:
           return { status: 200, body: { pods: this.deps.enroller.list(), counters: { ...this.deps.enroller.counters, pluginExecs: this.pluginExecs } } };
         case `POST ${EVENT_PATHS.add}`:
