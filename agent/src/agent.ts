@@ -41,7 +41,12 @@ export class Agent {
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
     this.caReady = cfg.ca === 'builtin'
       ? BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain })
-      : Promise.resolve(new IstioCa({ address: cfg.istioCaAddress, rootCertFile: cfg.istioCaRootCert, tokenFile: cfg.istioCaTokenFile }));
+      : Promise.resolve(new IstioCa({
+        address: cfg.istioCaAddress,
+        rootCertFile: cfg.istioCaRootCert,
+        tokenFile: cfg.istioCaTokenFile,
+        ...(cfg.istioCaTlsServerName ? { tlsServerName: cfg.istioCaTlsServerName } : {}),
+      }));
     this.caReady.catch(() => undefined); // reported by start()
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });

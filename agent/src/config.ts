@@ -36,6 +36,8 @@ export interface AgentConfig {
   istioCaRootCert: string;
   /** istio CA: file holding the bearer JWT (re-read on every request). */
   istioCaTokenFile: string;
+  /** istio CA: name to verify on the CA's serving certificate when it is not the address's host ('' = the host). */
+  istioCaTlsServerName: string;
 }
 
 export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
@@ -54,6 +56,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   istioCaAddress: '',
   istioCaRootCert: '',
   istioCaTokenFile: '/var/run/secrets/tokens/istio-token',
+  istioCaTlsServerName: '',
 };
 
 export class ConfigError extends Error {
@@ -84,6 +87,7 @@ const KEYS: Record<string, keyof AgentConfig> = {
   istioCaAddress: 'istioCaAddress', 'istio-ca-address': 'istioCaAddress',
   istioCaRootCert: 'istioCaRootCert', 'istio-ca-root-cert': 'istioCaRootCert',
   istioCaTokenFile: 'istioCaTokenFile', 'istio-ca-token-file': 'istioCaTokenFile',
+  istioCaTlsServerName: 'istioCaTlsServerName', 'istio-ca-tls-server-name': 'istioCaTlsServerName',
 };
 
 function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
@@ -129,6 +133,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     istioCaAddress: String(merged.istioCaAddress ?? CONFIG_DEFAULTS.istioCaAddress),
     istioCaRootCert: String(merged.istioCaRootCert ?? CONFIG_DEFAULTS.istioCaRootCert),
     istioCaTokenFile: String(merged.istioCaTokenFile ?? CONFIG_DEFAULTS.istioCaTokenFile),
+    istioCaTlsServerName: String(merged.istioCaTlsServerName ?? CONFIG_DEFAULTS.istioCaTlsServerName),
   };
   if (ca === 'istio' && (!istio.istioCaAddress || !istio.istioCaRootCert)) {
     throw new ConfigError('ca istio needs istioCaAddress and istioCaRootCert (and istioCaTokenFile)');

@@ -79,6 +79,7 @@ export function buildCli(): Command {
     .option('--istio-ca-address <host:port>', 'istio CA: istiod\'s CA address, e.g. istiod.istio-system.svc:15012')
     .option('--istio-ca-root-cert <file>', 'istio CA: PEM roots that sign istiod\'s serving certificate')
     .option('--istio-ca-token-file <file>', `istio CA: bearer JWT, re-read on every request (default ${CONFIG_DEFAULTS.istioCaTokenFile})`)
+    .option('--istio-ca-tls-server-name <name>', 'istio CA: name on the CA\'s serving certificate when not the address\'s host')
     .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
     .action(runAgent);
 

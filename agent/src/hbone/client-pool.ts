@@ -4,7 +4,7 @@
 import http2 from 'node:http2';
 import { randomBytes } from 'node:crypto';
 import tls from 'node:tls';
-import type { IdentityProvider } from '../identity/provider.js';
+import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom } from '../platform/sockets.js';
@@ -50,6 +50,10 @@ interface PooledConnection {
   active: number;
   idleTimer: NodeJS.Timeout | undefined;
   peerIdentity: string;
+  /** Serial of our certificate on this connection: after a rotation, new streams go to connections made with the new one. */
+  serial: string;
+  /** Earliest expiry of the two certificates the handshake used; past it the connection takes no new streams. */
+  validUntil: number;
 }
 
 export interface PoolStats {
@@ -85,7 +89,14 @@ export class HbonePool {
   /** Opens one CONNECT stream to target for `authority`; resolves once the peer answered 200. */
   async connect(target: HboneTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
     const key = poolKey(target);
-    const conn = await this.acquire(key, target);
+    let conn: PooledConnection;
+    try {
+      conn = await this.acquire(key, target);
+    } catch (err) {
+      // Counted once per failed connection attempt, whether the certificate, the dial or the handshake failed.
+      this.stats.connectFailures++;
+      throw err;
+    }
     conn.active++;
     if (conn.idleTimer) clearTimeout(conn.idleTimer);
     conn.idleTimer = undefined;
@@ -125,9 +136,17 @@ export class HbonePool {
     this.conns.clear();
   }
 
-  /** A connection with a free stream slot, dialling one (once per key at a time) when none has room. */
+  /**
+   * A connection with a free stream slot, dialling one (once per key at a time) when none has room. Connections made
+   * with a previous (rotated) or expired certificate take no new streams and close once their streams are done.
+   */
   private async acquire(key: string, target: HboneTarget): Promise<PooledConnection> {
     for (;;) {
+      const material = await this.identities.material(target.srcIdentity);
+      const now = Date.now();
+      for (const c of this.conns.get(key) ?? []) {
+        if (c.serial !== material.serial || now >= c.validUntil) this.retire(key, c);
+      }
       const free = (this.conns.get(key) ?? []).find((c) => !c.session.closed && !c.session.destroyed && c.active < this.limit(c));
       if (free) return free;
       const pending = this.dialing.get(key);
@@ -136,10 +155,18 @@ export class HbonePool {
         await pending;
         continue;
       }
-      const dial = this.dial(key, target).finally(() => this.dialing.delete(key));
+      const dial = this.dial(key, target, material).finally(() => this.dialing.delete(key));
       this.dialing.set(key, dial);
       return dial;
     }
+  }
+
+  /** Takes a connection out of rotation; open streams finish on it (graceful close). */
+  private retire(key: string, c: PooledConnection): void {
+    const list = (this.conns.get(key) ?? []).filter((x) => x !== c);
+    if (list.length) this.conns.set(key, list);
+    else this.conns.delete(key);
+    if (!c.session.closed) c.session.close();
   }
 
   private limit(c: PooledConnection): number {
@@ -147,10 +174,9 @@ export class HbonePool {
     return Math.min(this.opts.maxStreamsPerConnection, typeof peer === 'number' && peer > 0 ? peer : Infinity);
   }
 
-  private async dial(key: string, t: HboneTarget): Promise<PooledConnection> {
+  private async dial(key: string, t: HboneTarget, material: TlsMaterial): Promise<PooledConnection> {
     const started = Date.now();
     try {
-      const material = await this.identities.material(t.srcIdentity);
       const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs });
       raw.setNoDelay(true);
       const tlsSocket = tls.connect({
@@ -177,7 +203,9 @@ export class HbonePool {
         });
       });
       session.setLocalWindowSize(CONNECTION_WINDOW);
-      const conn: PooledConnection = { session, active: 0, idleTimer: undefined, peerIdentity: t.dstIdentity };
+      const peerNotAfter = Date.parse(tlsSocket.getPeerCertificate().valid_to);
+      const validUntil = Math.min(material.notAfter.getTime(), Number.isNaN(peerNotAfter) ? Infinity : peerNotAfter);
+      const conn: PooledConnection = { session, active: 0, idleTimer: undefined, peerIdentity: t.dstIdentity, serial: material.serial, validUntil };
       const clog = this.log.child({ peer: `${t.dstIp}:${INBOUND_HBONE_PORT}`, peerIdentity: t.dstIdentity });
       session.on('error', (err) => clog.debug({ error: err.message }, 'hbone connection error'));
       session.once('close', () => {
@@ -191,10 +219,9 @@ export class HbonePool {
       this.conns.set(key, [...(this.conns.get(key) ?? []), conn]);
       this.stats.connectionsOpened++;
       this.stats.connectionsOpen++;
-      clog.debug({ ms: Date.now() - started }, 'hbone connection established');
+      clog.debug({ ms: Date.now() - started, serial: material.serial }, 'hbone connection established');
       return conn;
     } catch (err) {
-      this.stats.connectFailures++;
       throw Object.assign(new Error(`HBONE connection to ${t.dstIp}:${INBOUND_HBONE_PORT} (${t.dstIdentity}) failed: ${(err as Error).message}`, { cause: err }), {
         code: 'AMB_ERR_HBONE_CONNECT',
       });

@@ -61,8 +61,10 @@ export class HboneServer {
     server.on('session', (session) => this.onSession(session));
     server.on('stream', (stream, headers) => this.onRequest(stream, headers));
     server.on('tlsClientError', (err: Error, sock: TLSSocket) => {
-      this.onRefused(`tls: ${err.message}`);
-      this.log.debug({ error: err.message, peer: sock.remoteAddress }, 'hbone handshake failed');
+      // A chain that does not verify ends here with a bare "socket hang up": the real cause is authorizationError.
+      const cause = String(sock.authorizationError ?? err.message);
+      this.onRefused(`tls: ${cause}`);
+      this.log.warn({ error: cause, peer: sock.remoteAddress }, 'hbone handshake refused');
     });
     const fd = listenFdIn(this.ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT });
     await new Promise<void>((resolve, reject) => {
@@ -101,14 +103,18 @@ export class HboneServer {
 
   private onSession(session: http2.ServerHttp2Session): void {
     const sock = session.socket as TLSSocket;
-    const verdict = checkClientSpiffe(this.trustDomain, sock.getPeerCertificate());
+    const peerCert = sock.getPeerCertificate();
+    const verdict = checkClientSpiffe(this.trustDomain, peerCert);
     if (verdict instanceof Error) {
       this.onRefused(verdict.message);
       this.log.warn({ peer: sock.remoteAddress, reason: verdict.message }, 'hbone client refused');
+      // INADEQUATE_SECURITY, not NO_ERROR: a GOAWAY without an error would invite the client to retry elsewhere.
+      session.goaway(http2.constants.NGHTTP2_INADEQUATE_SECURITY);
       session.destroy();
       return;
     }
     peerIdentities.set(session, verdict);
+    this.log.debug({ peerIdentity: verdict, peerSerial: peerCert.serialNumber, peer: sock.remoteAddress }, 'hbone client accepted');
     this.sessions.add(session);
     session.once('close', () => this.sessions.delete(session));
     session.on('error', () => undefined);

@@ -306,7 +306,7 @@ export class CertManager implements IdentityProvider {
       if (validUntil !== undefined && current) w.resolve(current);
       else w.reject(new NoValidCertError(e.identity, err));
     }
-    this.#log.warn({ identity: e.identity, err, failures: e.failures, retryAt: new Date(at), validUntil: validUntil && new Date(validUntil) },
+    this.#log.warn({ identity: e.identity, error: err.message, code: (err as { code?: string }).code, failures: e.failures, retryAt: new Date(at), validUntil: validUntil && new Date(validUntil) },
       'certificate request failed');
   }
 
