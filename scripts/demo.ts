@@ -1,7 +1,9 @@
-// The demo: a simulated 2-node cluster on this machine (embedded defaults: files workload source), an ambient namespace,
-// traffic between pods, and what the agents did with it. Tears everything down at the end or on Ctrl-C; re-runnable.
+// The demo: a simulated 2-node cluster on this machine (embedded defaults: files workload source, builtin CA), an ambient
+// namespace, traffic between pods in HBONE, the wire, the identities, and what the agents did. Tears everything down at the end or on Ctrl-C; re-runnable.
 import { createHash, randomBytes } from 'node:crypto';
+import { execa } from 'execa';
 import { AGENT_MAIN, Testbed, type RedirectMode, type TestbedPod } from '../test/testbed/index.js';
+import { captureFabric } from '../test/netns/capture-wire.js';
 
 const args = process.argv.slice(2);
 const mode: RedirectMode = args.includes('--redirect-mode') && args[args.indexOf('--redirect-mode') + 1] === 'nftables' ? 'nftables' : 'iptables';
@@ -59,11 +61,13 @@ async function main(): Promise<void> {
     say(`   ${/AMBIENT/.test(curlRules) ? 'UNEXPECTED: rules found' : 'no AMBIENT chains'}, listeners: ${String((await curl.exec('ss', ['-Hltn'])).stdout).trim() || 'none'}`);
 
     step(5, 'traffic');
+    const marker = 'DEMO-SECRET-PAYLOAD';
+    const cap = await captureFabric(tb, 'demo');
     for (const p of [productpage, httpbin]) {
       void p.spawn('ncat', ['-l', '-k', '9080', '--sh-exec', 'read l; echo "pong:$l (seen from $NCAT_REMOTE_ADDR)"']).catch(() => undefined);
       await p.waitForPort(9080);
     }
-    say(`   sleep       -> productpage: ${await echo(sleep, productpage, 9080, 'hello')}`);
+    say(`   sleep       -> productpage: ${await echo(sleep, productpage, 9080, marker)}`);
     say(`   notsleep    -> productpage: ${await echo(notsleep, productpage, 9080, 'hi')}`);
     say(`   legacy/curl -> productpage: ${await echo(curl, productpage, 9080, 'plain')}   (inbound still captured)`);
     say(`   legacy/curl -> httpbin:     ${await echo(curl, httpbin, 9080, 'direct')}   (neither side enrolled: untouched)`);
@@ -74,10 +78,22 @@ async function main(): Promise<void> {
     const got = String((await sink).stdout).slice(0, 16);
     say(`   sleep -> productpage 4 MiB: sent sha256 ${sha(data)}…, received ${got}… ${got === sha(data) ? '(intact)' : '(MISMATCH)'}`);
 
-    step(6, 'what the agents carried');
+    step(6, 'on the wire between the nodes: mesh traffic is mutual TLS 1.3 to port 15008 (tshark on the link)');
+    const wire = await cap.stop();
+    say(`   the first packets of step 5 (sleep's message was "${marker}"):`);
+    const summary = await execa('tshark', ['-r', wire.file, '-c', '8', '-T', 'fields', '-E', 'separator= ', '-e', 'ip.src', '-e', 'tcp.srcport', '-e', 'ip.dst', '-e', 'tcp.dstport', '-e', '_ws.col.Protocol', '-e', '_ws.col.Info']);
+    say(indent(summary.stdout));
+    say(`   ports that carried payload: ${[...wire.payloadPorts].join(', ')} (15008: HBONE between mesh pods; 9080: legacy/curl, which is not in the mesh)`);
+    say(`   "${marker}" anywhere on the wire: ${wire.raw.includes(Buffer.from(marker)) ? 'YES (unexpected)' : 'no'}`);
+    say(`   TLS ClientHellos: ${wire.clientHellos.length}, SNI: ${wire.clientHellos.map((h) => h.sni || 'none').join(', ')}`);
+
+    step(7, 'workload identities (`ambient-node certs` on each node)');
+    for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'certs'))}`);
+
+    step(8, 'what the agents carried');
     for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'pods'))}`);
 
-    step(7, 'fail closed: the agent on node 1 is killed (kill -9)');
+    step(9, 'fail closed: the agent on node 1 is killed (kill -9)');
     await tb.agent(1).kill('SIGKILL');
     say(`   sleep -> productpage while the agent is down: ${await echo(sleep, productpage, 9080, 'during-outage')}`);
     await tb.agent(1).start();
@@ -88,7 +104,7 @@ async function main(): Promise<void> {
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
     }
   } finally {
-    step(8, 'tearing down');
+    step(10, 'tearing down');
     await tb.destroy();
     say('   done: namespaces, interfaces, processes and state removed');
   }

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`).
+// `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `certs`).
 // Exit codes: 0 ok, 1 the command ran but found a problem, 2 usage or configuration error, 3 the agent is not answering.
 import { Command, InvalidArgumentError } from 'commander';
 import { Agent } from './agent.js';
@@ -9,7 +9,8 @@ import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIREC
 import { createRootLogger } from './log.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
-import { PODS_PATH } from './server/event-server.js';
+import { CERTS_PATH, PODS_PATH } from './server/event-server.js';
+import type { CertStatus } from './identity/cert-manager.js';
 
 const EXIT = { ok: 0, problem: 1, usage: 2, agentDown: 3 } as const;
 
@@ -117,6 +118,20 @@ export function buildCli(): Command {
       ]);
       process.stdout.write(`${table(['POD', 'STATE', 'IP', 'BACKEND', 'CONNS', 'SENT', 'RECEIVED'], rows)}\n`);
       if (r.pods.some((p) => p.state === 'enrolled' && !p.listening)) process.exitCode = EXIT.problem;
+    });
+
+  program
+    .command('certs')
+    .description('workload certificates on this node: identity, serial, validity, state, next rotation')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string }) => {
+      const r = await query<{ identities: CertStatus[]; counters: Record<string, number> }>(o.socket, CERTS_PATH);
+      if (o.output === 'json') return printJson(r);
+      const when = (d: string | Date | undefined): string => (d ? new Date(d).toISOString().replace('.000Z', 'Z') : '-');
+      const rows = r.identities.map((c) => [c.identity, c.state, c.serial ?? '-', when(c.notBefore), when(c.notAfter), when(c.nextRenewal), c.lastError ?? '']);
+      process.stdout.write(`${table(['IDENTITY', 'STATE', 'SERIAL', 'NOT-BEFORE', 'NOT-AFTER', 'NEXT-ROTATION', 'LAST-ERROR'], rows)}\n`);
+      if (r.identities.some((c) => c.state === 'expired')) process.exitCode = EXIT.problem;
     });
 
   return program;

@@ -40,7 +40,7 @@ netnsTest.serial('bad requests on the event socket get clear errors and lose no 
   await t.notThrowsAsync(tb.checkPod(pod));
 });
 
-netnsTest.serial('node CLI: status and pods in table and JSON form, exit 3 when the agent is down', async (t) => {
+netnsTest.serial('node CLI: status, pods and certs in table and JSON form, exit 3 when the agent is down', async (t) => {
   const tb = await withTestbed(t, { nodes: 1 });
   await tb.setNamespace('app', AMBIENT);
   await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
@@ -53,6 +53,12 @@ netnsTest.serial('node CLI: status and pods in table and JSON form, exit 3 when 
   t.regex(String(table.stdout), /app\/sleep\s+CAPTURED/);
   const json = await run('pods', '-o', 'json');
   t.is((JSON.parse(String(json.stdout)) as { pods: unknown[] }).pods.length, 1);
+  const certs = await run('certs');
+  t.is(certs.exitCode, 0);
+  t.regex(String(certs.stdout), /^IDENTITY\s+STATE\s+SERIAL/m);
+  t.regex(String(certs.stdout), /spiffe:\/\/cluster\.local\/ns\/app\/sa\/default\s+valid/);
+  const certsJson = JSON.parse(String((await run('certs', '-o', 'json')).stdout)) as { identities: { identity: string }[] };
+  t.deepEqual(certsJson.identities.map((i) => i.identity), ['spiffe://cluster.local/ns/app/sa/default']);
   const status = await run('status', '-o', 'json');
   t.like(JSON.parse(String(status.stdout)), { ready: true, backend: 'iptables', enrolled: 1 });
 

@@ -103,3 +103,20 @@ async function eventuallyOk(fn: () => ReturnType<typeof ask>): ReturnType<typeof
     await new Promise((res) => setTimeout(res, 200));
   }
 }
+
+netnsTest.serial('the destination agent restarting: refused while down, pooled connection dropped, HBONE works again at once', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2 });
+  await tb.setNamespace('app', AMBIENT);
+  const [sleep, productpage] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 1, namespace: 'app', name: 'productpage' },
+  ]);
+  if (!sleep || !productpage) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  t.true((await ask(sleep, productpage.ip, 9080, 'before')).ok);
+  await tb.agent(1).kill('SIGKILL');
+  t.false((await ask(sleep, productpage.ip, 9080, 'down')).ok, 'refused, never around the mesh');
+  await tb.agent(1).start();
+  const r = await ask(sleep, productpage.ip, 9080, 'after');
+  t.true(r.ok, `the first connection after the restart works (the stale pooled connection was dropped): ${r.output}`);
+});

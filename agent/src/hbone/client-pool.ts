@@ -177,7 +177,7 @@ export class HbonePool {
   private async dial(key: string, t: HboneTarget, material: TlsMaterial): Promise<PooledConnection> {
     const started = Date.now();
     try {
-      const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs });
+      const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs, allowHalfOpen: false });
       raw.setNoDelay(true);
       const tlsSocket = tls.connect({
         socket: raw,
@@ -208,6 +208,8 @@ export class HbonePool {
       const conn: PooledConnection = { session, active: 0, idleTimer: undefined, peerIdentity: t.dstIdentity, serial: material.serial, validUntil };
       const clog = this.log.child({ peer: `${t.dstIp}:${INBOUND_HBONE_PORT}`, peerIdentity: t.dstIdentity });
       session.on('error', (err) => clog.debug({ error: err.message }, 'hbone connection error'));
+      // The peer's FIN means its agent is gone (or restarting): stop using the connection at once, not at the next PING.
+      tlsSocket.once('end', () => session.destroy());
       session.once('close', () => {
         this.stats.connectionsOpen--;
         const list = this.conns.get(key)?.filter((c) => c !== conn) ?? [];

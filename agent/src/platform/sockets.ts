@@ -58,6 +58,11 @@ export interface DialOptions {
   /** SO_MARK for the agent's own sockets, so the in-pod rules exempt them. */
   mark: number;
   timeoutMs?: number;
+  /**
+   * Keep the write side open after the peer's FIN (default true: relays propagate half-closes themselves).
+   * False for sockets carrying a protocol (HBONE), where a FIN means the peer is gone.
+   */
+  allowHalfOpen?: boolean;
 }
 
 /** Connects from inside ns with the given mark; resolves with the connected socket. */
@@ -73,7 +78,7 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
     }
   });
   return new Promise((resolve, reject) => {
-    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
     const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
     sock.once('error', (err) => {
       clearTimeout(timer);
