@@ -1,7 +1,7 @@
 // HBONE end to end on the simulated cluster: mesh traffic between nodes is mutual TLS on 15008 only (checked on the
 // wire with tshark), bytes arrive intact, non-mesh destinations stay plain, and PeerAuthentication governs plaintext.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { AMBIENT, agentPod, ask, sendRandom, startEcho, startSink } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, sendRandom, startEcho, startSink } from './helpers.js';
 import { captureFabric } from './capture-wire.js';
 
 const MARKER = 'AMBIENT-NODE-SECRET-MARKER-7f3a';
@@ -75,7 +75,7 @@ netnsTest.serial('PeerAuthentication: PERMISSIVE admits a non-mesh client, STRIC
     metadata: { name: 'strict', namespace: 'app' },
     spec: { mtls: { mode: 'STRICT' } },
   });
-  const refused = await eventuallyRefused(() => ask(outsider, productpage.ip, 9080, 'strict'));
+  const refused = await eventually(() => ask(outsider, productpage.ip, 9080, 'strict'), (a) => !a.ok, 6000);
   t.false(refused.ok, 'STRICT refuses plaintext');
   t.true((await ask(sleep, productpage.ip, 9080, 'mesh')).ok, 'mesh client still passes under STRICT');
 
@@ -84,25 +84,9 @@ netnsTest.serial('PeerAuthentication: PERMISSIVE admits a non-mesh client, STRIC
     metadata: { name: 'port-permissive', namespace: 'app' },
     spec: { selector: { matchLabels: { app: 'productpage' } }, mtls: { mode: 'STRICT' }, portLevelMtls: { 9080: { mode: 'PERMISSIVE' } } },
   });
-  const back = await eventuallyOk(() => ask(outsider, productpage.ip, 9080, 'port-level'));
+  const back = await eventually(() => ask(outsider, productpage.ip, 9080, 'port-level'), (a) => a.ok, 6000);
   t.true(back.ok, 'port-level PERMISSIVE on a workload overrides the namespace STRICT');
 });
-
-async function eventuallyRefused(fn: () => ReturnType<typeof ask>): ReturnType<typeof ask> {
-  for (let i = 0; ; i++) {
-    const r = await fn();
-    if (!r.ok || i > 30) return r;
-    await new Promise((res) => setTimeout(res, 200));
-  }
-}
-
-async function eventuallyOk(fn: () => ReturnType<typeof ask>): ReturnType<typeof ask> {
-  for (let i = 0; ; i++) {
-    const r = await fn();
-    if (r.ok || i > 30) return r;
-    await new Promise((res) => setTimeout(res, 200));
-  }
-}
 
 netnsTest.serial('the destination agent restarting: refused while down, pooled connection dropped, HBONE works again at once', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
