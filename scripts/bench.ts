@@ -1,14 +1,14 @@
-// Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, and throughput / request-response
-// latency through the in-pod redirection vs direct pod-to-pod, on the simulated cluster. Prints ratios to an in-run baseline; never asserts timings.
+// Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, and pod-to-pod throughput / latency
+// through HBONE vs direct TCP vs a stunnel mTLS pair on the simulated cluster; ratios to in-run baselines and target verdicts.
 // This entry owns the options, interrupts, the order of the runs and the report around the tables; scripts/bench/ the rest.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { listNetns, type RedirectMode, REPO_ROOT } from '../test/testbed/index.js';
+import { AGENT_MAIN, listNetns, type RedirectMode, REPO_ROOT } from '../test/testbed/index.js';
 import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-latency.js';
 import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
-import { BUDGET_MS, type BudgetVerdict, reportAdd, reportDatapath } from './bench/report.js';
+import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -17,19 +17,27 @@ import { dist } from './bench/stats.js';
 
 const USAGE = `usage: bash scripts/bench.sh [options]
   --modes LIST         redirection backends for the enrolled chain and the data path (default iptables,nftables)
+  --datapath-modes L   backends for the data path only (default: --modes); HBONE is the same for both, so one is
+                       enough when only HBONE is compared (about 30 s less per backend left out)
   --pods N             pods per chain for the sequential ADD measurement (default 50)
   --warmup N           warm-up ADDs per chain, not counted (default 2)
   --concurrency N      also add N-at-a-time batches of --pods pods per chain; 0 skips it (default 10)
   --iperf-seconds S    iperf3 duration per path (default 5)
   --rounds N           1 KiB round trips on one connection, per block (default 2000)
   --conns N            new connections, each timed to its first round trip, per block (default 200)
-  --rr-blocks N        request/response blocks per path, direct and mesh alternating, pooled (default 3)
+  --rr-blocks N        request/response blocks per path, the order of direct/mesh/stunnel rotating, pooled (default 3)
   --no-pin             let the scheduler place data-path processes (default: node 0's client pod and agent on CPU 0,
                        node 1's server pod and agent on CPU 1, like two 1-core machines)
+  --agent-cpu-prof DIR data path agents run under node --cpu-prof, writing .cpuprofile files into DIR/<backend>/
+                       (the profiler slows the agents: read such a run for the profile, not for the numbers)
+  --agent-node-flags F extra node flags for the data path agents, space-separated (e.g. --single-threaded-gc)
   --only WHAT          add | datapath (default: both)
   --out FILE           raw results (default .bench/results.json)`;
 
 interface Opts extends AddOpts, DatapathOpts {
+  datapathModes: RedirectMode[];
+  agentCpuProf: string | undefined;
+  agentNodeFlags: string[];
   only: 'add' | 'datapath' | undefined;
   out: string;
 }
@@ -39,6 +47,9 @@ function parseOpts(argv: string[]): Opts {
     args: argv,
     options: {
       modes: { type: 'string', default: 'iptables,nftables' },
+      'datapath-modes': { type: 'string' },
+      'agent-cpu-prof': { type: 'string' },
+      'agent-node-flags': { type: 'string', default: '' },
       pods: { type: 'string', default: '50' },
       warmup: { type: 'string', default: '2' },
       concurrency: { type: 'string', default: '10' },
@@ -63,13 +74,28 @@ function parseOpts(argv: string[]): Opts {
     if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${v}`);
     return n;
   };
-  const modes = values.modes.split(',').map((m) => m.trim()).filter((m) => m !== '');
-  for (const m of modes) if (m !== 'iptables' && m !== 'nftables') throw new UsageError(`--modes: unknown backend ${m}`);
-  if (modes.length === 0) throw new UsageError('--modes: give at least one backend');
+  const backends = (name: string, v: string): RedirectMode[] => {
+    const list = v.split(',').map((m) => m.trim()).filter((m) => m !== '');
+    for (const m of list) if (m !== 'iptables' && m !== 'nftables') throw new UsageError(`--${name}: unknown backend ${m}`);
+    if (list.length === 0) throw new UsageError(`--${name}: give at least one backend`);
+    return [...new Set(list)] as RedirectMode[];
+  };
+  const modes = backends('modes', values.modes);
+  const datapathModes = values['datapath-modes'] === undefined ? modes : backends('datapath-modes', values['datapath-modes']);
+  const prof = values['agent-cpu-prof'] === undefined ? undefined : resolve(values['agent-cpu-prof']);
+  const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
+  for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
   if (only !== undefined && only !== 'add' && only !== 'datapath') throw new UsageError(`--only must be add or datapath, got ${only}`);
   return {
-    modes: [...new Set(modes)] as RedirectMode[],
+    modes,
+    datapathModes,
+    agentCpuProf: prof,
+    agentNodeFlags: nodeFlags,
+    agentCommand:
+      prof === undefined && nodeFlags.length === 0
+        ? undefined
+        : (mode) => [process.execPath, ...nodeFlags, ...(prof === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(prof, mode)}`]), AGENT_MAIN],
     pods: int('pods', values.pods, 2),
     warmup: int('warmup', values.warmup, 0),
     concurrency: int('concurrency', values.concurrency, 0),
@@ -132,7 +158,7 @@ async function main(): Promise<number> {
   const datapath: DatapathResult[] = [];
   try {
     if (o.only !== 'datapath') chains = await benchAdd(o);
-    if (o.only !== 'add') for (const mode of o.modes) datapath.push(await benchDatapath(o, mode));
+    if (o.only !== 'add') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -151,8 +177,12 @@ async function main(): Promise<number> {
   lines.push('');
   let verdicts: BudgetVerdict[] = [];
   if (chains.length > 0) verdicts = reportAdd(o, chains, lines);
-  if (datapath.length > 0) reportDatapath(o, datapath, lines);
-  lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers. p99 of ${o.pods} samples lies between the two slowest.`);
+  let targets: DatapathVerdict[] = [];
+  if (datapath.length > 0 && (o.agentNodeFlags.length > 0 || o.agentCpuProf !== undefined)) {
+    lines.push(`**Data path agents ran as \`node ${[...o.agentNodeFlags, ...(o.agentCpuProf === undefined ? [] : ['--cpu-prof'])].join(' ')}\`, not the default command.**`, '');
+  }
+  if (datapath.length > 0) targets = reportDatapath(o, datapath, lines);
+  lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
   mkdirSync(join(o.out, '..'), { recursive: true });
@@ -167,9 +197,11 @@ async function main(): Promise<number> {
     })),
     budget: { limitMs: BUDGET_MS, verdicts },
     datapath,
+    targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);
   process.stderr.write(`bench: raw numbers in ${o.out}\n`);
+  if (o.agentCpuProf !== undefined) process.stderr.write(`bench: agent CPU profiles in ${o.agentCpuProf}/<backend>/ (open in Chrome DevTools or speedscope)\n`);
 
   const leaked = (await listNetns()).filter((n) => createdIds.some((id) => n.startsWith(`atb-${id}-`)));
   if (leaked.length > 0) {

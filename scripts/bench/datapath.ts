@@ -1,11 +1,12 @@
-// 2. Data path: a client pod on node 0 and a server pod on node 1, direct (namespace not enrolled) against mesh (both
-// pods redirected through their agents): request/response latency with rr.mjs, then iperf3 throughput and CPU cost.
+// 2. Data path: a client pod on node 0 and a server pod on node 1: direct (not enrolled), mesh (both enrolled: HBONE through
+// both agents) and a stunnel mTLS pair between the non-enrolled pods: request/response latency (rr.mjs), iperf3 throughput, CPU.
 import os from 'node:os';
 import { join } from 'node:path';
 import { type AgentProcess, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
 import { agentNodePid, machineBusySeconds, onCpu, pinAgent, procCpuSeconds } from './cpu.js';
 import { jsonLines, num, path } from './json.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
+import { startStunnelPair } from './stunnel.js';
 import { type Dist, dist } from './stats.js';
 
 /** The options this measurement reads. */
@@ -14,15 +15,24 @@ export interface DatapathOpts {
   rounds: number;
   conns: number;
   rrBlocks: number;
-  /** Node i's client or server pod and agent on CPU i (see onCpu). */
+  /** Node i's client or server pod, agent and stunnel on CPU i (see onCpu). */
   pin: boolean;
+  /** The agents' command (e.g. node --cpu-prof ...) instead of the testbed's default, per backend. */
+  agentCommand?: ((mode: RedirectMode) => string[]) | undefined;
 }
+
+export type PathName = 'direct' | 'mesh' | 'stunnel';
+export const PATH_NAMES: readonly PathName[] = ['direct', 'mesh', 'stunnel'];
 
 export interface IperfResult {
   gbps: number;
+  /** Bytes the server received. */
+  bytes: number;
   retransmits: number | undefined;
   /** CPU seconds (user+sys) each agent used during the run, node 0 then node 1. */
   agentCpuS: number[];
+  /** CPU seconds of the stunnel client (node 0) and server (node 1) during the run. */
+  stunnelCpuS: number[];
   /** Busy CPU seconds of the whole machine during the run (all cores; at most nproc x duration). */
   machineBusyS: number;
   wallS: number;
@@ -48,28 +58,44 @@ export interface PathResult {
 
 export interface DatapathResult {
   mode: RedirectMode;
-  direct: PathResult;
-  mesh: PathResult;
+  paths: Record<PathName, PathResult>;
   /** Bytes the client's agent carried outbound for the mesh client and the server's agent inbound (proof of redirection). */
   meshBytes: { clientOutbound: number; serverInbound: number };
+  /** The client agent's HBONE pool during the timed request/response blocks (after the untimed warm-up runs). */
+  pool: { connectionsDialled: number; streamsOpened: number; connectFailures: number };
+  stunnel: { version: string; negotiated: string };
+}
+
+/** How a path is reached from the client pod: direct and mesh dial the server pod, stunnel its local tunnel entrance. */
+interface Route {
+  client: TestbedPod;
+  server: TestbedPod;
+  host: string;
+  rrPort: number;
+  iperfPort: number;
 }
 
 const RR = join(REPO_ROOT, 'scripts/bench/rr.mjs');
 const RR_PORT = 7000;
 const IPERF_PORT = 5201;
+/** stunnel: client-pod entrance on 127.0.0.1 and server-pod TLS port, per service. */
+const TUNNEL = {
+  rr: { name: 'rr', clientPort: 17000, serverPort: 27000, appPort: RR_PORT },
+  iperf: { name: 'iperf', clientPort: 15201, serverPort: 25201, appPort: IPERF_PORT },
+} as const;
 
 function numbers(v: unknown, what: string): number[] {
   if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === 'number')) throw new Error(`rr.mjs output: ${what} missing`);
   return v as number[];
 }
 
-/** One block: rr.mjs client in the client pod, every sample back (µs). */
-async function runRr(o: DatapathOpts, client: TestbedPod, server: TestbedPod): Promise<RrSamples> {
-  const [cmd, args] = onCpu(o, client, process.execPath, [
-    RR, 'client', '--host', server.ip, '--port', String(RR_PORT), '--rounds', String(o.rounds), '--conns', String(o.conns), '--raw',
+/** One block: rr.mjs client in the client pod, every sample back (µs). Smaller counts make an untimed warm-up run. */
+async function runRr(o: DatapathOpts, r: Route, counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples> {
+  const [cmd, args] = onCpu(o, r.client, process.execPath, [
+    RR, 'client', '--host', r.host, '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw',
   ]);
-  const r = await client.exec(cmd, args, { timeout: 120_000 });
-  const samples = path(jsonLines(String(r.stdout)).at(-1), 'samples_us');
+  const res = await r.client.exec(cmd, args, { timeout: 120_000 });
+  const samples = path(jsonLines(String(res.stdout)).at(-1), 'samples_us');
   return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
 }
 
@@ -81,35 +107,37 @@ function pooled(blocks: RrSamples[]): RrResult {
   };
 }
 
-async function runIperf(o: DatapathOpts, client: TestbedPod, server: TestbedPod, agents: AgentProcess[]): Promise<IperfResult> {
-  const srv = server.spawn(...onCpu(o, server, 'iperf3', ['-s', '-1', '-p', String(IPERF_PORT)]), {
+async function runIperf(o: DatapathOpts, r: Route, agents: AgentProcess[], stunnelPids: (number | undefined)[]): Promise<IperfResult> {
+  const srv = r.server.spawn(...onCpu(o, r.server, 'iperf3', ['-s', '-1', '-p', String(IPERF_PORT)]), {
     reject: false,
     timeout: (o.iperfSeconds + 60) * 1000,
   });
-  await server.waitForPort(IPERF_PORT);
-  const pids = agents.map(agentNodePid);
+  await r.server.waitForPort(IPERF_PORT);
+  const pids = [...agents.map(agentNodePid), ...stunnelPids];
   const cpu0 = pids.map(procCpuSeconds);
   const busy0 = machineBusySeconds();
   const t0 = performance.now();
-  const r = await client.exec(...onCpu(o, client, 'iperf3', ['-c', server.ip, '-p', String(IPERF_PORT), '-t', String(o.iperfSeconds), '-J']), {
+  const res = await r.client.exec(...onCpu(o, r.client, 'iperf3', ['-c', r.host, '-p', String(r.iperfPort), '-t', String(o.iperfSeconds), '-J']), {
     timeout: (o.iperfSeconds + 30) * 1000,
   });
   const wallS = (performance.now() - t0) / 1000;
   const busy1 = machineBusySeconds();
-  const cpu1 = pids.map(procCpuSeconds);
+  const cpu = pids.map(procCpuSeconds).map((c, i) => c - (cpu0[i] ?? Number.NaN));
   await srv;
   let report: unknown;
   try {
-    report = JSON.parse(String(r.stdout));
+    report = JSON.parse(String(res.stdout));
   } catch {
-    throw new Error(`iperf3 -J printed no JSON: ${String(r.stdout).slice(0, 300)}`);
+    throw new Error(`iperf3 -J printed no JSON: ${String(res.stdout).slice(0, 300)}`);
   }
   const bps = num(path(report, 'end', 'sum_received', 'bits_per_second'));
   if (bps === undefined) throw new Error(`iperf3: no end.sum_received.bits_per_second (${String(path(report, 'error') ?? '')})`);
   return {
     gbps: bps / 1e9,
+    bytes: num(path(report, 'end', 'sum_received', 'bytes')) ?? Number.NaN,
     retransmits: num(path(report, 'end', 'sum_sent', 'retransmits')),
-    agentCpuS: cpu1.map((c, i) => c - (cpu0[i] ?? Number.NaN)),
+    agentCpuS: cpu.slice(0, agents.length),
+    stunnelCpuS: cpu.slice(agents.length),
     machineBusyS: busy1 - busy0,
     wallS,
   };
@@ -138,9 +166,17 @@ async function agentView(tb: Testbed, pod: TestbedPod): Promise<PodViewLite | un
   return undefined;
 }
 
+/** The HBONE pool counters of an agent (/v1/certs). */
+async function poolStats(agent: AgentProcess): Promise<{ opened: number; streams: number; failures: number }> {
+  const reply = await agent.request('GET', '/v1/certs');
+  const h = path(reply.body, 'hbone');
+  return { opened: num(path(h, 'connectionsOpened')) ?? Number.NaN, streams: num(path(h, 'streamsOpened')) ?? Number.NaN, failures: num(path(h, 'connectFailures')) ?? Number.NaN };
+}
+
 export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promise<DatapathResult> {
   progress(`data path [${mode}]: 2-node testbed`);
-  return withTestbeds([{ nodes: 2, redirectMode: mode, agentLogLevel: 'info' }], async ([tb]) => {
+  const tbOpts = { nodes: 2, redirectMode: mode, agentLogLevel: 'info', ...(o.agentCommand ? { agentCommand: o.agentCommand(mode) } : {}) };
+  return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('no testbed');
     await tb.setNamespace('mesh', AMBIENT);
     await tb.setNamespace('plain', {});
@@ -157,28 +193,41 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promis
     }
     const agents = [tb.agent(0), tb.agent(1)];
     if (o.pin) agents.forEach((a, i) => pinAgent(a, i % os.availableParallelism()));
-    const paths = { direct: [plainClient, plainServer], mesh: [meshClient, meshServer] } as const;
 
     for (const server of [plainServer, meshServer]) {
       void server.spawn(...onCpu(o, server, process.execPath, [RR, 'server', '--port', String(RR_PORT)]), { reject: false });
       await server.waitForPort(RR_PORT);
     }
-    // Blocks alternate direct/mesh (ABBA order) and are pooled: on this VM the direct p50 of a single short run
-    // jumps between ~25 and ~90 µs depending on vCPU wake-ups, which a single run would turn into a bogus ratio.
-    const blocks: Record<'direct' | 'mesh', RrSamples[]> = { direct: [], mesh: [] };
-    progress(`  [${mode}] request/response: ${o.rrBlocks} blocks per path of ${o.rounds} round trips + ${o.conns} new connections`);
+    const tunnel = await startStunnelPair(o, tb, plainClient, plainServer, [TUNNEL.rr, TUNNEL.iperf]);
+    const routes: Record<PathName, Route> = {
+      direct: { client: plainClient, server: plainServer, host: plainServer.ip, rrPort: RR_PORT, iperfPort: IPERF_PORT },
+      mesh: { client: meshClient, server: meshServer, host: meshServer.ip, rrPort: RR_PORT, iperfPort: IPERF_PORT },
+      stunnel: { client: plainClient, server: plainServer, host: '127.0.0.1', rrPort: TUNNEL.rr.clientPort, iperfPort: TUNNEL.iperf.clientPort },
+    };
+
+    // Untimed warm-up of every path: the HBONE pool holds a connection and stunnel's session cache an entry before any
+    // block is timed, so "new connection" means a new CONNECT stream on a pooled HBONE connection (checked below).
+    for (const which of PATH_NAMES) {
+      checkInterrupted();
+      await runRr(o, routes[which], { rounds: 100, conns: 5 });
+    }
+    const pool0 = await poolStats(tb.agent(0));
+    // Blocks rotate the order of the paths and are pooled: on this VM the direct p50 of a single short run jumps
+    // between ~25 and ~90 µs depending on vCPU wake-ups, which a single run would turn into a bogus ratio.
+    const blocks: Record<PathName, RrSamples[]> = { direct: [], mesh: [], stunnel: [] };
+    progress(`  [${mode}] request/response: ${o.rrBlocks} blocks per path (${PATH_NAMES.join(', ')}) of ${o.rounds} round trips + ${o.conns} new connections`);
     for (let b = 0; b < o.rrBlocks; b++) {
-      for (const which of b % 2 === 0 ? (['direct', 'mesh'] as const) : (['mesh', 'direct'] as const)) {
+      for (const which of b % 2 === 0 ? PATH_NAMES : [...PATH_NAMES].reverse()) {
         checkInterrupted();
-        blocks[which].push(await runRr(o, paths[which][0], paths[which][1]));
+        blocks[which].push(await runRr(o, routes[which]));
       }
     }
-    const rr = { direct: pooled(blocks.direct), mesh: pooled(blocks.mesh) };
-    const iperf: Partial<Record<'direct' | 'mesh', IperfResult>> = {};
-    for (const which of ['direct', 'mesh'] as const) {
+    const pool1 = await poolStats(tb.agent(0));
+    const iperf: Partial<Record<PathName, IperfResult>> = {};
+    for (const which of PATH_NAMES) {
       checkInterrupted();
       progress(`  [${mode}] iperf3 ${which}: ${o.iperfSeconds} s`);
-      iperf[which] = await runIperf(o, paths[which][0], paths[which][1], agents);
+      iperf[which] = await runIperf(o, routes[which], agents, tunnel.pids);
     }
     const clientView = await agentView(tb, meshClient);
     const serverView = await agentView(tb, meshServer);
@@ -186,7 +235,17 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promis
     if (meshBytes.clientOutbound === 0 || meshBytes.serverInbound === 0) {
       throw new Error(`the mesh path did not go through the agents (bytes ${JSON.stringify(meshBytes)})`);
     }
-    if (!iperf.direct || !iperf.mesh) throw new Error('missing measurements');
-    return { mode, direct: { rr: rr.direct, iperf: iperf.direct }, mesh: { rr: rr.mesh, iperf: iperf.mesh }, meshBytes };
+    const result = (which: PathName): PathResult => {
+      const i = iperf[which];
+      if (i === undefined) throw new Error(`missing iperf3 result for ${which}`);
+      return { rr: pooled(blocks[which]), iperf: i };
+    };
+    return {
+      mode,
+      paths: { direct: result('direct'), mesh: result('mesh'), stunnel: result('stunnel') },
+      meshBytes,
+      pool: { connectionsDialled: pool1.opened - pool0.opened, streamsOpened: pool1.streams - pool0.streams, connectFailures: pool1.failures - pool0.failures },
+      stunnel: { version: tunnel.version, negotiated: tunnel.negotiated },
+    };
   });
 }

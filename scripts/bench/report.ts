@@ -1,9 +1,9 @@
-// The markdown tables of the report: ADD latency against the bridge-only baseline (with the budget verdicts) and the
-// data path, mesh against direct. Appends lines to the caller's report; measures nothing and writes nothing itself.
+// The markdown tables of the report: ADD latency against the bridge-only baseline and the data path (mesh against direct and
+// a stunnel pair), each with its target verdicts. Appends lines to the caller's report; measures and writes nothing itself.
 import os from 'node:os';
 import type { RedirectMode } from '../../test/testbed/index.js';
 import { type AddOpts, addStats, type ChainResult, NODE_BARE } from './add-latency.js';
-import type { DatapathOpts, DatapathResult } from './datapath.js';
+import { type DatapathOpts, type DatapathResult, type IperfResult, PATH_NAMES, type PathName } from './datapath.js';
 import { dist, f0, f1, f2, pm, ratio, signed } from './stats.js';
 
 /** The ADD latency budget: what ambient-cni + enrolment may add to the chain's ADD, at p99. */
@@ -80,37 +80,109 @@ export function reportAdd(o: AddOpts, chains: ChainResult[], lines: string[]): B
   return verdicts;
 }
 
-export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines: string[]): void {
+/** Targets of the secure overlay (issue 3, section 6): mesh throughput against the stunnel pair, mesh latency against direct. */
+export const THROUGHPUT_VS_STUNNEL = 0.9;
+export const ADDED_P50_US = 200;
+
+export interface DatapathVerdict {
+  mode: RedirectMode;
+  throughputVsStunnel: number;
+  throughputMet: boolean;
+  addedP50Us: number;
+  latencyMet: boolean;
+}
+
+export function datapathVerdicts(results: DatapathResult[]): DatapathVerdict[] {
+  return results.map((r) => {
+    const { direct, mesh, stunnel } = r.paths;
+    const throughputVsStunnel = mesh.iperf.gbps / stunnel.iperf.gbps;
+    const addedP50Us = mesh.rr.persistent.p50 - direct.rr.persistent.p50;
+    return {
+      mode: r.mode,
+      throughputVsStunnel,
+      throughputMet: throughputVsStunnel >= THROUGHPUT_VS_STUNNEL,
+      addedP50Us,
+      latencyMet: addedP50Us <= ADDED_P50_US,
+    };
+  });
+}
+
+const PATH_LABEL: Record<PathName, string> = { direct: 'direct TCP', mesh: 'mesh (HBONE, 2 agents)', stunnel: 'stunnel mTLS pair' };
+
+/** CPU of what carries the traffic: the agents for mesh, the stunnel pair for stunnel (the agents' share is ~0 there). */
+function carrierCpu(which: PathName, i: IperfResult): number[] {
+  return which === 'stunnel' ? i.stunnelCpuS : i.agentCpuS;
+}
+
+/** CPU seconds the carriers of a path spent per GB (1e9 bytes) the iperf3 server received. */
+function cpuPerGb(which: PathName, i: IperfResult): number {
+  return carrierCpu(which, i).reduce((a, b) => a + b, 0) / (i.bytes / 1e9);
+}
+
+export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines: string[]): DatapathVerdict[] {
   lines.push(
-    `### Data path: client pod on node 0 -> server pod on node 1; direct = namespace not enrolled, mesh = both pods enrolled (redirected through both agents)${o.pin ? '; node 0 (client, its agent) pinned to CPU 0, node 1 (server, its agent) to CPU 1' : ''}`,
+    `### Data path: client pod on node 0 -> server pod on node 1; direct = namespaces not enrolled; mesh = both pods enrolled (HBONE: mutual TLS 1.3 + HTTP/2 CONNECT to 15008, through both agents); stunnel = a stunnel mutual-TLS 1.3 pair (client in the source pod, server in the destination pod) between the non-enrolled pods${o.pin ? '; node 0 (client, its agent, stunnel client) pinned to CPU 0, node 1 (server, its agent, stunnel server) to CPU 1' : ''}`,
   );
   lines.push('');
-  lines.push(`| backend | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | retransmits | agent CPU s (node0 + node1) | machine busy CPU s |`);
-  lines.push('|---|---|---:|---:|---:|---:|---:|');
+  lines.push(`| backend | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | vs stunnel | retransmits | tunnel CPU s (node0 + node1) | tunnel CPU s per GB | machine busy CPU s |`);
+  lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
-    for (const which of ['direct', 'mesh'] as const) {
-      const i = r[which].iperf;
+    for (const which of PATH_NAMES) {
+      const i = r.paths[which].iperf;
+      const cpu = carrierCpu(which, i);
+      const perGb = cpuPerGb(which, i);
       lines.push(
-        `| ${r.mode} | ${which} | ${f2(i.gbps)} | ${which === 'direct' ? '1.00x' : ratio(i.gbps, r.direct.iperf.gbps)} | ${f0(i.retransmits)} | ${i.agentCpuS.map(f2).join(' + ')} | ${f2(i.machineBusyS)} of ${f0(i.wallS * os.availableParallelism())} |`,
+        `| ${r.mode} | ${PATH_LABEL[which]} | ${f2(i.gbps)} | ${ratio(i.gbps, r.paths.direct.iperf.gbps)} | ${ratio(i.gbps, r.paths.stunnel.iperf.gbps)} | ${f0(i.retransmits)} | ${which === 'direct' ? '-' : cpu.map(f2).join(' + ')} | ${which === 'direct' ? '-' : f2(perGb)} | ${f2(i.machineBusyS)} of ${f0(i.wallS * os.availableParallelism())} |`,
       );
     }
   }
   lines.push('');
   lines.push(
-    `Request/response (µs): ${o.rrBlocks} x ${o.rounds} round trips of 1 KiB on one persistent connection, ${o.rrBlocks} x ${o.conns} new connections each timed to the end of its first 1 KiB round trip; direct and mesh blocks alternate, samples pooled:`,
+    `Request/response (µs): ${o.rrBlocks} x ${o.rounds} round trips of 1 KiB on one persistent connection, ${o.rrBlocks} x ${o.conns} new connections each timed to the end of its first 1 KiB round trip (warm pool: untimed connections first, so mesh connections are new CONNECT streams on a pooled HBONE connection; stunnel does a TLS handshake per connection); blocks rotate between the paths, samples pooled; added and ratio are against direct:`,
   );
   lines.push('');
   lines.push('| backend | path | RR p50 | RR p99 | RR p50 added | RR p50 ratio | new conn p50 | new conn p99 | new conn p50 added | new conn p50 ratio |');
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
-    const d = r.direct.rr;
-    for (const which of ['direct', 'mesh'] as const) {
-      const x = r[which].rr;
+    const d = r.paths.direct.rr;
+    for (const which of PATH_NAMES) {
+      const x = r.paths[which].rr;
       const isBase = which === 'direct';
       lines.push(
-        `| ${r.mode} | ${which} | ${f0(x.persistent.p50)} | ${f0(x.persistent.p99)} | ${isBase ? '-' : signed(x.persistent.p50 - d.persistent.p50, 0)} | ${isBase ? '1.00x' : ratio(x.persistent.p50, d.persistent.p50)} | ${f0(x.newConnection.p50)} | ${f0(x.newConnection.p99)} | ${isBase ? '-' : signed(x.newConnection.p50 - d.newConnection.p50, 0)} | ${isBase ? '1.00x' : ratio(x.newConnection.p50, d.newConnection.p50)} |`,
+        `| ${r.mode} | ${PATH_LABEL[which]} | ${f0(x.persistent.p50)} | ${f0(x.persistent.p99)} | ${isBase ? '-' : signed(x.persistent.p50 - d.persistent.p50, 0)} | ${isBase ? '1.00x' : ratio(x.persistent.p50, d.persistent.p50)} | ${f0(x.newConnection.p50)} | ${f0(x.newConnection.p99)} | ${isBase ? '-' : signed(x.newConnection.p50 - d.newConnection.p50, 0)} | ${isBase ? '1.00x' : ratio(x.newConnection.p50, d.newConnection.p50)} |`,
       );
     }
   }
   lines.push('');
+  for (const r of results) {
+    const blocks = (which: PathName): string => r.paths[which].rr.blockP50.persistent.map(f0).join(' / ');
+    lines.push(
+      `[${r.mode}] per-block RR p50 µs: direct ${blocks('direct')}; mesh ${blocks('mesh')}; stunnel ${blocks('stunnel')}. HBONE pool of the client agent during the timed blocks: ${r.pool.connectionsDialled} connection(s) dialled, ${r.pool.streamsOpened} CONNECT streams, ${r.pool.connectFailures} failures. ${r.stunnel.version}: negotiated ${r.stunnel.negotiated} (HBONE offers the same TLS 1.3 suites), a client without a certificate is refused.`,
+    );
+  }
+  lines.push('');
+  const verdicts = datapathVerdicts(results);
+  lines.push(
+    `Target, mesh throughput >= ${THROUGHPUT_VS_STUNNEL}x the stunnel pair: ` +
+      verdicts
+        .map((v) => {
+          const r = results.find((x) => x.mode === v.mode);
+          const perGb = (which: PathName): string => (r ? f2(cpuPerGb(which, r.paths[which].iperf)) : 'n/a');
+          return `**${v.mode}: ${v.throughputMet ? 'MET' : 'MISSED'}** (${f2(r?.paths.mesh.iperf.gbps)} vs ${f2(r?.paths.stunnel.iperf.gbps)} Gbit/s = ${f2(v.throughputVsStunnel)}x; tunnel CPU s per GB: agents ${perGb('mesh')}, stunnel ${perGb('stunnel')})`;
+        })
+        .join('; '),
+  );
+  lines.push('');
+  lines.push(
+    `Target, mesh added p50 on a persistent connection <= ${ADDED_P50_US} µs: ` +
+      verdicts
+        .map((v) => {
+          const r = results.find((x) => x.mode === v.mode);
+          const st = r ? r.paths.stunnel.rr.persistent.p50 - r.paths.direct.rr.persistent.p50 : Number.NaN;
+          return `**${v.mode}: ${v.latencyMet ? 'MET' : 'MISSED'}** (${signed(v.addedP50Us, 0)} µs; the stunnel pair adds ${signed(st, 0)} µs)`;
+        })
+        .join('; '),
+  );
+  lines.push('');
+  return verdicts;
 }
