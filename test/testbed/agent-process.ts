@@ -5,7 +5,7 @@ import { closeSync, openSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AGENT_MAIN } from './repo.js';
+import { AGENT_MAIN, AGENT_NODE_FLAGS } from './repo.js';
 
 export type RedirectMode = 'iptables' | 'nftables';
 
@@ -79,7 +79,7 @@ export class AgentProcess {
     return [
       'nsenter',
       `--net=${s.netnsPath}`,
-      ...(s.command ?? [process.execPath, AGENT_MAIN]),
+      ...(s.command ?? [process.execPath, ...AGENT_NODE_FLAGS, AGENT_MAIN]),
       'agent',
       '--node-name', s.nodeName,
       '--state-dir', s.stateDir,

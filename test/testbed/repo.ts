@@ -32,5 +32,8 @@ export const CNI_MAIN = join(REPO_ROOT, 'dist/bin/ambient-cni.mjs');
 /** Built native front of the plugin (cni/shim): what a node installs as `ambient-cni`. */
 export const CNI_SHIM = join(REPO_ROOT, 'dist/bin/ambient-cni');
 
+/** Node flags the agent runs with in production (its shebang): see agent/src/main.ts. */
+export const AGENT_NODE_FLAGS = ['--single-threaded-gc'];
+
 /** Built agent entry point (`npm run build` produces it). */
 export const AGENT_MAIN = join(REPO_ROOT, 'dist/agent/src/main.js');

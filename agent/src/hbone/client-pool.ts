@@ -65,6 +65,19 @@ export interface PoolStats {
 
 export const poolKey = (t: Omit<HboneTarget, 'ns'>): string => `${t.srcIdentity}|${t.dstIdentity}|${t.dstIp}:${INBOUND_HBONE_PORT}|${t.srcIp}`;
 
+/** Random bytes drawn in bulk: one syscall per 4 KiB instead of two per CONNECT. */
+let entropy = Buffer.alloc(0);
+let entropyAt = 0;
+function randomHex(bytes: number): string {
+  if (entropyAt + bytes > entropy.length) {
+    entropy = randomBytes(4096);
+    entropyAt = 0;
+  }
+  const hex = entropy.toString('hex', entropyAt, entropyAt + bytes);
+  entropyAt += bytes;
+  return hex;
+}
+
 /** Headers of one CONNECT: the original destination, who asked, and a fresh trace id per connection. */
 export function connectHeaders(authority: string, src: { ip: string; port: number }, baggage: string): http2.OutgoingHttpHeaders {
   return {
@@ -72,7 +85,7 @@ export function connectHeaders(authority: string, src: { ip: string; port: numbe
     ':authority': authority,
     forwarded: `for="${src.ip}:${src.port}"`,
     baggage,
-    traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-00`,
+    traceparent: `00-${randomHex(16)}-${randomHex(8)}-00`,
   };
 }
 
@@ -80,10 +93,21 @@ export class HbonePool {
   readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
   private conns = new Map<string, PooledConnection[]>();
   private dialing = new Map<string, Promise<PooledConnection>>();
+  /** Our current material per source identity, so a new stream costs no certificate lookup; dropped on renewal. */
+  private materials = new Map<string, TlsMaterial>();
   private readonly opts: PoolOptions;
 
   constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}) {
     this.opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
+    identities.onRenewed((identity) => this.materials.delete(identity));
+  }
+
+  private async material(identity: string): Promise<TlsMaterial> {
+    const cached = this.materials.get(identity);
+    if (cached && Date.now() < cached.notAfter.getTime()) return cached;
+    const m = await this.identities.material(identity);
+    this.materials.set(identity, m);
+    return m;
   }
 
   /** Opens one CONNECT stream to target for `authority`; resolves once the peer answered 200. */
@@ -142,7 +166,7 @@ export class HbonePool {
    */
   private async acquire(key: string, target: HboneTarget): Promise<PooledConnection> {
     for (;;) {
-      const material = await this.identities.material(target.srcIdentity);
+      const material = await this.material(target.srcIdentity);
       const now = Date.now();
       for (const c of this.conns.get(key) ?? []) {
         if (c.serial !== material.serial || now >= c.validUntil) this.retire(key, c);
