@@ -10,6 +10,7 @@ import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst } from '../platform/sockets.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
+import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import type { MeshWorkload } from '../workload/directory.js';
 
@@ -19,6 +20,8 @@ export interface DirectionStats {
   opened: number;
   closed: number;
   refused: number;
+  /** Refused or closed by an AuthorizationPolicy (also counted in refused when refused at open). */
+  denied: number;
   /** Connections carried in HBONE (outbound: tunnelled to a mesh peer; inbound: arrived on 15008). */
   hbone: number;
   /** Bytes from the pod's app toward the peer (outbound) or from the peer toward the app (inbound). */
@@ -32,7 +35,7 @@ export interface ForwarderStats {
   active: number;
 }
 
-const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
+const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, denied: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
 
 /** Everything the forwarder needs from the rest of the agent, shared by all pods. */
 export interface MeshContext {
@@ -51,6 +54,8 @@ export interface PodSelf {
   mtlsMode: (port: number) => Exclude<MtlsMode, 'UNSET'>;
   /** W3C baggage describing this pod, sent on outbound CONNECTs. */
   baggage: string;
+  /** AuthorizationPolicy decision for an inbound connection to this pod (re-read per call: policies change). */
+  authorize: (source: AuthzConnection['source'], destination: { ip: string; port: number }) => Decision;
 }
 
 /** The two levels the relays log at, behind a lazily created child logger. */
@@ -83,6 +88,8 @@ export class PodForwarder {
   private servers: net.Server[] = [];
   private hboneServer: HboneServer | undefined;
   private open = new Set<Duplex>();
+  /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
+  private inbound = new Map<Duplex, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: () => void }>();
   private nextConnId = 1;
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
@@ -153,6 +160,10 @@ export class PodForwarder {
     const clog = this.connLog({ direction: 'inbound', src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
     const verdict = decidePlaintextInbound(dst, this.self.ips, this.self.mtlsMode(dst.port));
     if (!verdict.ok) return this.refuse(down, stats, clog, verdict.reason);
+    const source = { ip: (down.remoteAddress ?? '').replace(/^::ffff:/, '') };
+    const destination = { ip: dst.address, port: dst.port };
+    if (!this.admit(source, destination, stats, clog)) return this.refuse(down, stats, clog, 'denied by authorization policy');
+    this.track(down, source, destination);
     this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
   }
 
@@ -161,6 +172,14 @@ export class PodForwarder {
     const stats = this.stats.inbound;
     stats.hbone++;
     const clog = this.connLog({ direction: 'inbound', peerIdentity: s.peerIdentity, src: s.peerAddress, dst: `${s.upstream.host}:${s.upstream.port}` });
+    const source = { ip: s.peerAddress.replace(/^::ffff:/, ''), principal: s.peerIdentity };
+    const destination = { ip: s.upstream.host, port: s.upstream.port };
+    if (!this.admit(source, destination, stats, clog)) {
+      stats.refused++;
+      s.stream.respond({ ':status': 401 }, { endStream: true });
+      return;
+    }
+    this.track(s.stream, source, destination);
     const upstream = dialFrom(this.self.ns, { host: s.upstream.host, port: s.upstream.port, mark: AGENT_MARK }).then(
       (sock) => {
         if (s.stream.destroyed) {
@@ -177,6 +196,37 @@ export class PodForwarder {
     );
     // Here the app side is the upstream socket: count its bytes, so "fromDownstream" is peer -> app.
     this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream' });
+  }
+
+  /** Applies AuthorizationPolicy to a new inbound connection; logs denials (and dry-run would-denials). */
+  private admit(source: AuthzConnection['source'], destination: { ip: string; port: number }, stats: DirectionStats, clog: ConnLog): boolean {
+    const d = this.self.authorize(source, destination);
+    if (d.dryRunAllowed === false && d.allowed) clog.warn({ dryRun: d.dryRun, reason: d.reason }, 'dry-run policy would deny this connection');
+    if (d.allowed) return true;
+    stats.denied++;
+    clog.warn({ policy: d.policy, reason: d.reason, principal: source.principal }, 'connection denied by authorization policy');
+    return false;
+  }
+
+  /** Remembers an admitted inbound connection; closing it with an error makes splice() tear down its upstream too. */
+  private track(conn: Duplex, source: AuthzConnection['source'], destination: { ip: string; port: number }): void {
+    const close = (): void => void conn.destroy(Object.assign(new Error('denied by authorization policy'), { code: 'AMB_ERR_DENIED' }));
+    this.inbound.set(conn, { source, destination, close });
+    conn.once('close', () => this.inbound.delete(conn));
+  }
+
+  /** Re-evaluates every open inbound connection after a policy change and closes those now denied. Returns how many. */
+  reevaluate(): number {
+    let closed = 0;
+    for (const [, c] of this.inbound) {
+      const d = this.self.authorize(c.source, c.destination);
+      if (d.allowed) continue;
+      this.stats.inbound.denied++;
+      this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: `${c.destination.ip}:${c.destination.port}` }, 'open connection closed: now denied by authorization policy');
+      c.close();
+      closed++;
+    }
+    return closed;
   }
 
   /**

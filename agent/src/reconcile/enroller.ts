@@ -7,6 +7,7 @@ import { Netns, sameNetns, statNetns } from '../platform/netns.js';
 import { runTool } from '../platform/exec.js';
 import { PodForwarder, type ForwarderStats, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
+import { authorize } from '../policy/authorization.js';
 import { workloadIdentity } from '../workload/directory.js';
 import { removePodRules, type RedirectBackend, type RuleDrift } from '../redirect/backend.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
@@ -293,6 +294,8 @@ export class Enroller {
       ips: rec.ips,
       identity,
       mtlsMode: (port) => effectiveMtlsMode(this.source.peerAuthentications(), { namespace: rec.namespace, labels: pod()?.labels ?? {} }, port),
+      authorize: (source, destination) =>
+        authorize(this.source.authorizationPolicies(), { source, destination: { namespace: rec.namespace, labels: pod()?.labels ?? {}, ...destination } }),
       baggage: [
         `k8s.namespace.name=${rec.namespace}`,
         `k8s.pod.name=${rec.name}`,
@@ -310,6 +313,11 @@ export class Enroller {
   }
 
   private onWorkloadChange(change: WorkloadChange): void {
+    if (change.policies) {
+      let closed = 0;
+      for (const live of this.live.values()) closed += live.forwarder.reevaluate();
+      if (closed) this.log.info({ closed }, 'policy change closed connections it now denies');
+    }
     const affected = new Set<string>();
     for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
     const nsChanged = new Set(change.namespaces.map((n) => (n.after ?? n.before)?.name));

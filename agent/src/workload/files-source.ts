@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
+import type { AuthorizationPolicy } from '../policy/authorization.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
 
@@ -38,12 +39,13 @@ function isList(v: unknown): v is { items: unknown[] } {
 const podKey = (ns: string, name: string): string => `${ns}/${name}`;
 
 /** JSON.stringify replacer that makes Maps comparable. */
-const mapReplacer = (_k: string, v: unknown): unknown => (v instanceof Map ? [...v.entries()] : v);
+const mapReplacer = (_k: string, v: unknown): unknown => (v instanceof Map ? [...v.entries()] : typeof v === 'bigint' ? v.toString() : v);
 
 export class FilesWorkloadSource implements WorkloadSource {
   private pods_ = new Map<string, PodInfo>();
   private namespaces = new Map<string, NamespaceInfo>();
   private peerAuthns: PeerAuthentication[] = [];
+  private authzPolicies: AuthorizationPolicy[] = [];
   private byFile = new Map<string, WorkloadObject[]>();
   private listeners: ((c: WorkloadChange) => void)[] = [];
   private waiters = new Set<() => void>();
@@ -87,6 +89,10 @@ export class FilesWorkloadSource implements WorkloadSource {
 
   peerAuthentications(): PeerAuthentication[] {
     return this.peerAuthns;
+  }
+
+  authorizationPolicies(): AuthorizationPolicy[] {
+    return this.authzPolicies;
   }
 
   onChange(listener: (change: WorkloadChange) => void): void {
@@ -163,12 +169,19 @@ export class FilesWorkloadSource implements WorkloadSource {
     const pods = new Map<string, PodInfo>();
     const namespaces = new Map<string, NamespaceInfo>();
     const peerAuthns: PeerAuthentication[] = [];
+    const authzPolicies: AuthorizationPolicy[] = [];
     for (const o of objects) {
       if (o.kind === 'Pod') pods.set(podKey(o.pod.namespace, o.pod.name), o.pod);
       else if (o.kind === 'Namespace') namespaces.set(o.namespace.name, o.namespace);
-      else peerAuthns.push(o.peerAuthentication);
+      else if (o.kind === 'PeerAuthentication') peerAuthns.push(o.peerAuthentication);
+      else authzPolicies.push(o.authorizationPolicy);
     }
-    const policies = JSON.stringify(peerAuthns, mapReplacer) !== JSON.stringify(this.peerAuthns, mapReplacer);
+    const policies = JSON.stringify([peerAuthns, authzPolicies], mapReplacer) !== JSON.stringify([this.peerAuthns, this.authzPolicies], mapReplacer);
+    if (policies) {
+      for (const p of authzPolicies) {
+        for (const w of p.warnings) this.log.warn({ policy: `${p.namespace}/${p.name}`, warning: w }, 'authorization policy uses a field L4 enforcement ignores');
+      }
+    }
     const change: WorkloadChange = { pods: [], namespaces: [], policies };
     for (const key of new Set([...this.pods_.keys(), ...pods.keys()])) {
       const before = this.pods_.get(key);
@@ -183,6 +196,7 @@ export class FilesWorkloadSource implements WorkloadSource {
     this.pods_ = pods;
     this.namespaces = namespaces;
     this.peerAuthns = peerAuthns;
+    this.authzPolicies = authzPolicies;
     for (const w of [...this.waiters]) w();
     if (change.pods.length === 0 && change.namespaces.length === 0 && !policies) return;
     for (const l of this.listeners) {

@@ -1,12 +1,13 @@
 // The interface every workload source implements (files today, Kubernetes later).
 // A source holds the current Pods and Namespaces and tells listeners when they change.
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
+import type { AuthorizationPolicy } from '../policy/authorization.js';
 import type { NamespaceInfo, PodInfo } from './types.js';
 
 export interface WorkloadChange {
   pods: { before: PodInfo | undefined; after: PodInfo | undefined }[];
   namespaces: { before: NamespaceInfo | undefined; after: NamespaceInfo | undefined }[];
-  /** True when any PeerAuthentication was added, changed or removed. */
+  /** True when any PeerAuthentication or AuthorizationPolicy was added, changed or removed. */
   policies: boolean;
 }
 
@@ -18,6 +19,7 @@ export interface WorkloadSource {
   getNamespace(name: string): NamespaceInfo | undefined;
   pods(): PodInfo[];
   peerAuthentications(): PeerAuthentication[];
+  authorizationPolicies(): AuthorizationPolicy[];
   onChange(listener: (change: WorkloadChange) => void): void;
   /** Resolves when the pod appears, or with undefined after timeoutMs. */
   waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined>;

@@ -2,6 +2,7 @@
 // Nothing past fromK8sObject sees raw YAML; unknown kinds are ignored, malformed ones are reported with their name and field.
 
 import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
+import { parseAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
 
 export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
 
@@ -25,7 +26,8 @@ export interface NamespaceInfo {
 export type WorkloadObject =
   | { kind: 'Pod'; pod: PodInfo }
   | { kind: 'Namespace'; namespace: NamespaceInfo }
-  | { kind: 'PeerAuthentication'; peerAuthentication: PeerAuthentication };
+  | { kind: 'PeerAuthentication'; peerAuthentication: PeerAuthentication }
+  | { kind: 'AuthorizationPolicy'; authorizationPolicy: AuthorizationPolicy };
 
 export class WorkloadParseError extends Error {
   readonly code = 'AMB_ERR_BAD_WORKLOAD';
@@ -62,9 +64,9 @@ function reqString(o: Obj, key: string, where: string): string {
 export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   if (!isObj(doc)) throw new WorkloadParseError('object must be a mapping');
   const kind = doc.kind;
-  if (kind === 'PeerAuthentication' && typeof doc.apiVersion === 'string' && doc.apiVersion.startsWith('security.istio.io/')) {
-    return { kind, peerAuthentication: parsePeerAuthentication(doc) };
-  }
+  const istioSecurity = typeof doc.apiVersion === 'string' && doc.apiVersion.startsWith('security.istio.io/');
+  if (kind === 'PeerAuthentication' && istioSecurity) return { kind, peerAuthentication: parsePeerAuthentication(doc) };
+  if (kind === 'AuthorizationPolicy' && istioSecurity) return { kind, authorizationPolicy: parseAuthorizationPolicy(doc) };
   if (kind !== 'Pod' && kind !== 'Namespace') return undefined;
   const meta = doc.metadata;
   if (!isObj(meta)) throw new WorkloadParseError(`${kind}: metadata must be a mapping`);
