@@ -39,7 +39,7 @@ async function main(): Promise<void> {
     const pods = await tb.addPods([
       { node: 0, namespace: 'ambient-demo', name: 'sleep', serviceAccount: 'sleep' },
       { node: 0, namespace: 'ambient-demo', name: 'notsleep', serviceAccount: 'notsleep' },
-      { node: 1, namespace: 'ambient-demo', name: 'productpage', serviceAccount: 'bookinfo-productpage' },
+      { node: 1, namespace: 'ambient-demo', name: 'productpage', serviceAccount: 'bookinfo-productpage', labels: { app: 'productpage' } },
       { node: 0, namespace: 'legacy', name: 'curl' },
       { node: 1, namespace: 'legacy', name: 'httpbin' },
     ]);
@@ -90,10 +90,22 @@ async function main(): Promise<void> {
     step(7, 'workload identities (`ambient-node certs` on each node)');
     for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'certs'))}`);
 
-    step(8, 'what the agents carried');
+    step(8, 'authorization: only sleep may reach productpage (an AuthorizationPolicy in the workloads folder)');
+    await tb.writeWorkload('productpage-viewer.yaml', {
+      apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy',
+      metadata: { name: 'productpage-viewer', namespace: 'ambient-demo' },
+      spec: { selector: { matchLabels: { app: 'productpage' } }, action: 'ALLOW',
+        rules: [{ from: [{ source: { principals: ['cluster.local/ns/ambient-demo/sa/sleep'] } }] }] },
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // the agents pick the file up within a second
+    say(`   sleep    -> productpage: ${await echo(sleep, productpage, 9080, 'allowed?')}`);
+    say(`   notsleep -> productpage: ${await echo(notsleep, productpage, 9080, 'allowed?')}   (denied: not the sleep identity)`);
+    await tb.removeWorkload('productpage-viewer.yaml');
+
+    step(9, 'what the agents carried');
     for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'pods'))}`);
 
-    step(9, 'fail closed: the agent on node 1 is killed (kill -9)');
+    step(10, 'fail closed: the agent on node 1 is killed (kill -9)');
     await tb.agent(1).kill('SIGKILL');
     say(`   sleep -> productpage while the agent is down: ${await echo(sleep, productpage, 9080, 'during-outage')}`);
     await tb.agent(1).start();
@@ -104,7 +116,7 @@ async function main(): Promise<void> {
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
     }
   } finally {
-    step(10, 'tearing down');
+    step(11, 'tearing down');
     await tb.destroy();
     say('   done: namespaces, interfaces, processes and state removed');
   }
