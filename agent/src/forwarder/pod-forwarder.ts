@@ -138,18 +138,18 @@ export class PodForwarder {
     const dst = this.originalDst(down, 'outbound');
     if (!dst) return;
     const route = decideOutbound(dst, this.mesh.lookup);
-    const clog = this.connLog({ direction: 'outbound', src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
-    if (route.kind === 'refuse') return this.refuse(down, stats, clog, route.reason);
+    const src = { ip: down.remoteAddress?.replace(/^::ffff:/, '') ?? '', port: down.remotePort ?? 0 };
+    const fields = { direction: 'outbound', src: `${src.ip}:${src.port}`, dst: `${dst.address}:${dst.port}` };
+    if (route.kind === 'refuse') return this.refuse(down, stats, this.connLog(fields), route.reason);
     if (route.kind === 'passthrough') {
-      return this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
+      return this.splice(down, stats, this.connLog(fields), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
     }
     stats.hbone++;
-    const src = { ip: down.remoteAddress?.replace(/^::ffff:/, '') ?? '', port: down.remotePort ?? 0 };
     const upstream = this.mesh.pool.connect(
       { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity },
       connectHeaders(`${dst.address}:${dst.port}`, src, this.self.baggage),
     );
-    this.splice(down, stats, this.connLog({ direction: 'outbound', src: `${src.ip}:${src.port}`, dst: `${dst.address}:${dst.port}`, peerIdentity: route.peer.identity }), upstream);
+    this.splice(down, stats, this.connLog({ ...fields, peerIdentity: route.peer.identity }), upstream);
   }
 
   private plaintextInbound(down: net.Socket): void {
