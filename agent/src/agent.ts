@@ -17,6 +17,8 @@ import { CertManager } from './identity/cert-manager.js';
 import { IstioCa } from './identity/istio-ca.js';
 import { HbonePool } from './hbone/client-pool.js';
 import { WorkloadDirectory } from './workload/directory.js';
+import { AgentMetrics } from './admin/metrics.js';
+import { AdminServer } from './admin/admin-server.js';
 
 export class Agent {
   private readonly backend: RedirectBackend;
@@ -25,6 +27,9 @@ export class Agent {
   private readonly server: EventServer;
   private readonly identities: CertManager;
   private readonly pool: HbonePool;
+  private readonly directory: WorkloadDirectory;
+  private readonly metrics: AgentMetrics;
+  private readonly admin: AdminServer;
   /** The CA opens asynchronously (the builtin one reads or creates its root); start() waits for it. */
   private readonly caReady: Promise<CertificateAuthority>;
   private ready = false;
@@ -52,13 +57,45 @@ export class Agent {
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
     this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
     const directory = new WorkloadDirectory(this.source, cfg.trustDomain);
+    this.directory = directory;
+    this.metrics = new AgentMetrics({
+      enrolledCount: () => this.enroller.enrolledCount(),
+      enrollerCounters: () => this.enroller.counters,
+      certSnapshot: () => this.identities.snapshot(),
+      certCounters: () => this.identities.counters,
+    });
     this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs, {
       lookup: (ip) => directory.lookup(ip),
       identities: this.identities,
       pool: this.pool,
       trustDomain: cfg.trustDomain,
+      connections: this.metrics,
     });
-    this.server = new EventServer(cfg.socketPath, { enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }), ready: this.readyPromise, log: log.child({ component: 'events' }) });
+    this.server = new EventServer(cfg.socketPath, {
+      enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }),
+      ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
+    });
+    this.admin = new AdminServer({
+      ports: { admin: cfg.adminPort, metrics: cfg.metricsPort, readiness: cfg.readinessPort },
+      metrics: this.metrics,
+      ready: () => this.status(),
+      configDump: () => this.configDump(),
+      rootLog: log,
+      log: log.child({ component: 'admin' }),
+    });
+  }
+
+  /** What :15000/config_dump shows: workloads, pods, certificates (the snapshot: no private keys), policies, config. */
+  configDump(): unknown {
+    return {
+      node: this.cfg.nodeName,
+      status: this.status(),
+      workloads: this.directory.all(),
+      pods: this.enroller.list(),
+      certificates: { identities: this.identities.snapshot(), counters: this.identities.counters },
+      policies: { authorizationPolicies: this.source.authorizationPolicies(), peerAuthentications: this.source.peerAuthentications() },
+      config: this.cfg,
+    };
   }
 
   status(): AgentStatus {
@@ -76,6 +113,8 @@ export class Agent {
     selfNetns();
     await this.server.start();
     this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name }, 'event server listening');
+    await this.admin.start();
+    this.log.info({ admin: this.cfg.adminPort, metrics: this.cfg.metricsPort, readiness: this.cfg.readinessPort }, 'admin endpoints listening on 127.0.0.1');
     this.notReadyReason = 'opening the certificate authority';
     try {
       await this.caReady;
@@ -146,6 +185,7 @@ export class Agent {
     this.wake?.();
     await this.repairLoop;
     await this.server.stop();
+    await this.admin.stop();
     await this.source.stop();
     await this.enroller.shutdown();
     this.pool.close();

@@ -38,6 +38,12 @@ export interface AgentConfig {
   istioCaTokenFile: string;
   /** istio CA: name to verify on the CA's serving certificate when it is not the address's host ('' = the host). */
   istioCaTlsServerName: string;
+  /** Loopback port of the admin API (/config_dump, /logging). */
+  adminPort: number;
+  /** Loopback port of the Prometheus endpoint (/metrics, /stats/prometheus). */
+  metricsPort: number;
+  /** Loopback port of the readiness probe (/healthz/ready). */
+  readinessPort: number;
 }
 
 export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
@@ -57,6 +63,9 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   istioCaRootCert: '',
   istioCaTokenFile: '/var/run/secrets/tokens/istio-token',
   istioCaTlsServerName: '',
+  adminPort: 15000,
+  metricsPort: 15020,
+  readinessPort: 15021,
 };
 
 export class ConfigError extends Error {
@@ -88,6 +97,9 @@ const KEYS: Record<string, keyof AgentConfig> = {
   istioCaRootCert: 'istioCaRootCert', 'istio-ca-root-cert': 'istioCaRootCert',
   istioCaTokenFile: 'istioCaTokenFile', 'istio-ca-token-file': 'istioCaTokenFile',
   istioCaTlsServerName: 'istioCaTlsServerName', 'istio-ca-tls-server-name': 'istioCaTlsServerName',
+  adminPort: 'adminPort', 'admin-port': 'adminPort',
+  metricsPort: 'metricsPort', 'metrics-port': 'metricsPort',
+  readinessPort: 'readinessPort', 'readiness-port': 'readinessPort',
 };
 
 function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
@@ -135,6 +147,13 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     istioCaTokenFile: String(merged.istioCaTokenFile ?? CONFIG_DEFAULTS.istioCaTokenFile),
     istioCaTlsServerName: String(merged.istioCaTlsServerName ?? CONFIG_DEFAULTS.istioCaTlsServerName),
   };
+  const port = (key: 'adminPort' | 'metricsPort' | 'readinessPort'): number => {
+    const n = Number(merged[key] ?? CONFIG_DEFAULTS[key]);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new ConfigError(`${key} must be an integer port from 1 to 65535, got ${JSON.stringify(merged[key])}`);
+    return n;
+  };
+  const ports = { adminPort: port('adminPort'), metricsPort: port('metricsPort'), readinessPort: port('readinessPort') };
+  if (new Set(Object.values(ports)).size !== 3) throw new ConfigError(`adminPort, metricsPort and readinessPort must differ, got ${Object.values(ports).join(', ')}`);
   if (ca === 'istio' && (!istio.istioCaAddress || !istio.istioCaRootCert)) {
     throw new ConfigError('ca istio needs istioCaAddress and istioCaRootCert (and istioCaTokenFile)');
   }
@@ -153,6 +172,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     caDir: typeof merged.caDir === 'string' && merged.caDir ? merged.caDir : `${stateDir}/ca`,
     certTtlSeconds: ttl,
     ...istio,
+    ...ports,
   };
 }
 

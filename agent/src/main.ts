@@ -82,6 +82,9 @@ export function buildCli(): Command {
     .option('--istio-ca-root-cert <file>', 'istio CA: PEM roots that sign istiod\'s serving certificate')
     .option('--istio-ca-token-file <file>', `istio CA: bearer JWT, re-read on every request (default ${CONFIG_DEFAULTS.istioCaTokenFile})`)
     .option('--istio-ca-tls-server-name <name>', 'istio CA: name on the CA\'s serving certificate when not the address\'s host')
+    .option('--admin-port <port>', `loopback port of the admin API: /config_dump, /logging (default ${CONFIG_DEFAULTS.adminPort})`, int)
+    .option('--metrics-port <port>', `loopback port of Prometheus /metrics (default ${CONFIG_DEFAULTS.metricsPort})`, int)
+    .option('--readiness-port <port>', `loopback port of /healthz/ready (default ${CONFIG_DEFAULTS.readinessPort})`, int)
     .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
     .action(runAgent);
 

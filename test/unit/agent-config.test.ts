@@ -13,6 +13,11 @@ test('flags override the file, in either naming style', (t) => {
   t.is(c.stateDir, '/b');
 });
 
+test('admin ports default to 15000/15020/15021 and can be set', (t) => {
+  t.like(parseAgentConfig({}, { nodeName: 'n' }), { adminPort: 15000, metricsPort: 15020, readinessPort: 15021 });
+  t.like(parseAgentConfig({ 'metrics-port': 9091 }, { nodeName: 'n', adminPort: '9000' }), { adminPort: 9000, metricsPort: 9091, readinessPort: 15021 });
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
@@ -24,6 +29,10 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unknown CA', { ca: 'vault' }, /ca must be builtin or istio/],
   ['istio CA without an address', { ca: 'istio' }, /istioCaAddress/],
   ['certificate lifetime too short', { certTtlSeconds: 1 }, /certTtlSeconds/],
+  ['admin port zero', { adminPort: 0 }, /adminPort must be an integer port/],
+  ['metrics port too large', { metricsPort: 70000 }, /metricsPort must be an integer port/],
+  ['readiness port not a number', { readinessPort: 'ready' }, /readinessPort must be an integer port/],
+  ['admin ports that collide', { adminPort: 15020 }, /must differ/],
 ];
 for (const [name, raw, msg] of bad) {
   test(`rejects ${name}`, (t) => {

@@ -13,6 +13,7 @@ import type { MtlsMode } from '../policy/peer-authentication.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import type { MeshWorkload } from '../workload/directory.js';
+import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 
 export type Direction = 'outbound' | 'inbound';
 
@@ -43,6 +44,8 @@ export interface MeshContext {
   identities: IdentityProvider;
   pool: HbonePool;
   trustDomain: string;
+  /** Told of each connection at open and close (metrics); never per byte. */
+  connections?: ConnectionObserver;
 }
 
 /** The pod this forwarder serves. */
@@ -50,6 +53,9 @@ export interface PodSelf {
   ns: Netns;
   ips: readonly string[];
   identity: string;
+  /** Pod name and namespace, for connection metrics. */
+  name?: string;
+  namespace?: string;
   /** The PeerAuthentication mode for plaintext arriving on a port (re-read per connection: policies change). */
   mtlsMode: (port: number) => Exclude<MtlsMode, 'UNSET'>;
   /** W3C baggage describing this pod, sent on outbound CONNECTs. */
@@ -142,14 +148,16 @@ export class PodForwarder {
     const fields = { direction: 'outbound', src: `${src.ip}:${src.port}`, dst: `${dst.address}:${dst.port}` };
     if (route.kind === 'refuse') return this.refuse(down, stats, this.connLog(fields), route.reason);
     if (route.kind === 'passthrough') {
-      return this.splice(down, stats, this.connLog(fields), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
+      const labels = this.labels('source', this.me(), {}, false);
+      return this.splice(down, stats, this.connLog(fields), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { labels });
     }
     stats.hbone++;
     const upstream = this.mesh.pool.connect(
       { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity },
       connectHeaders(`${dst.address}:${dst.port}`, src, this.self.baggage),
     );
-    this.splice(down, stats, this.connLog({ ...fields, peerIdentity: route.peer.identity }), upstream);
+    const labels = this.labels('source', this.me(), { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity }, true);
+    this.splice(down, stats, this.connLog({ ...fields, peerIdentity: route.peer.identity }), upstream, { labels });
   }
 
   private plaintextInbound(down: net.Socket): void {
@@ -162,9 +170,13 @@ export class PodForwarder {
     if (!verdict.ok) return this.refuse(down, stats, clog, verdict.reason);
     const source = { ip: (down.remoteAddress ?? '').replace(/^::ffff:/, '') };
     const destination = { ip: dst.address, port: dst.port };
-    if (!this.admit(source, destination, stats, clog)) return this.refuse(down, stats, clog, 'denied by authorization policy');
+    const labels = this.labels('destination', this.peerOf(source.ip), this.me(), false);
+    if (!this.admit(source, destination, stats, clog)) {
+      this.deniedAtOpen(labels);
+      return this.refuse(down, stats, clog, 'denied by authorization policy');
+    }
     this.track(down, source, destination);
-    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }));
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { labels });
   }
 
   /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
@@ -174,7 +186,9 @@ export class PodForwarder {
     const clog = this.connLog({ direction: 'inbound', peerIdentity: s.peerIdentity, src: s.peerAddress, dst: `${s.upstream.host}:${s.upstream.port}` });
     const source = { ip: s.peerAddress.replace(/^::ffff:/, ''), principal: s.peerIdentity };
     const destination = { ip: s.upstream.host, port: s.upstream.port };
+    const labels = this.labels('destination', { ...this.peerOf(source.ip), principal: s.peerIdentity }, this.me(), true);
     if (!this.admit(source, destination, stats, clog)) {
+      this.deniedAtOpen(labels);
       stats.refused++;
       s.stream.respond({ ':status': 401 }, { endStream: true });
       return;
@@ -195,7 +209,32 @@ export class PodForwarder {
       },
     );
     // Here the app side is the upstream socket: count its bytes, so "fromDownstream" is peer -> app.
-    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream' });
+    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream', labels });
+  }
+
+  /** This pod, as a metrics peer. */
+  private me(): Peer {
+    return { workload: this.self.name, namespace: this.self.namespace, principal: this.self.identity };
+  }
+
+  /** A peer known only by its address: the directory names it when it is a mesh workload (no principal: unverified). */
+  private peerOf(ip: string): Peer {
+    const w = this.mesh.lookup(ip);
+    return w ? { workload: w.name, namespace: w.namespace } : {};
+  }
+
+  private labels(reporter: 'source' | 'destination', source: Peer, destination: Peer, mtls: boolean): TcpLabels | undefined {
+    if (!this.mesh.connections) return undefined;
+    return connectionLabels({ reporter, source, destination, mtls });
+  }
+
+  /** A connection refused by policy before it was relayed: one open and one close with the RBAC response flag, no bytes. */
+  private deniedAtOpen(labels: TcpLabels | undefined): void {
+    const obs = this.mesh.connections;
+    if (!obs || !labels) return;
+    const denied = { ...labels, response_flags: RESPONSE_FLAGS.denied };
+    obs.opened(denied);
+    obs.closed(denied, 0, 0);
   }
 
   /** Applies AuthorizationPolicy to a new inbound connection; logs denials (and dry-run would-denials). */
@@ -271,11 +310,14 @@ export class PodForwarder {
     stats: DirectionStats,
     clog: ConnLog,
     upstream: Promise<Duplex>,
-    opts: { countOn?: 'downstream' | 'upstream' } = {},
+    opts: { countOn?: 'downstream' | 'upstream'; labels?: TcpLabels | undefined } = {},
   ): void {
     this.open.add(down);
     this.stats.active++;
     stats.opened++;
+    const obs = opts.labels ? this.mesh.connections : undefined;
+    let responseFlags: string = RESPONSE_FLAGS.none;
+    obs?.opened(opts.labels as TcpLabels);
     down.pause();
     const started = Date.now();
     let up: Duplex | undefined;
@@ -288,6 +330,11 @@ export class PodForwarder {
       const to = opts.countOn === 'upstream' ? sock?.bytesRead ?? 0 : sock?.bytesWritten ?? 0;
       stats.bytesFromDownstream += from;
       stats.bytesToDownstream += to;
+      if (obs) {
+        const errCode = (down.errored as { code?: string } | null)?.code;
+        if (errCode === 'AMB_ERR_DENIED') responseFlags = RESPONSE_FLAGS.denied;
+        obs.closed({ ...(opts.labels as TcpLabels), response_flags: responseFlags }, to, from);
+      }
       clog.debug({ bytesFromDownstream: from, bytesToDownstream: to, durationMs: Date.now() - started }, 'connection closed');
     };
     down.once('close', () => {
@@ -314,6 +361,7 @@ export class PodForwarder {
         down.resume();
       },
       (err: Error) => {
+        responseFlags = RESPONSE_FLAGS.upstreamFailure;
         stats.refused++;
         clog.warn({ error: err.message, ...(err instanceof HboneStatusError ? { status: err.status } : {}) }, 'upstream connect failed');
         if ('resetAndDestroy' in down) (down as net.Socket).resetAndDestroy();

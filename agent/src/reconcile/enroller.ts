@@ -293,6 +293,8 @@ export class Enroller {
       ns,
       ips: rec.ips,
       identity,
+      name: rec.name,
+      namespace: rec.namespace,
       mtlsMode: (port) => effectiveMtlsMode(this.source.peerAuthentications(), { namespace: rec.namespace, labels: pod()?.labels ?? {} }, port),
       authorize: (source, destination) =>
         authorize(this.source.authorizationPolicies(), { source, destination: { namespace: rec.namespace, labels: pod()?.labels ?? {}, ...destination } }),

@@ -43,6 +43,8 @@ export interface EventServerDeps {
   /** Resolves once the agent has re-adopted its pods; DEL waits for it so no deletion is lost during start-up. */
   ready: Promise<void>;
   log: Logger;
+  /** Told of every plugin request (ADD, DEL, CHECK, GC) and its result (the verdict's result, or "error"), for metrics. */
+  onPluginRequest?: (command: string, result: string) => void;
 }
 
 /** How long a DEL that arrives during start-up waits for re-adoption before it is answered "try again later". */
@@ -77,6 +79,10 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
     req.on('error', reject);
   });
 }
+
+const PLUGIN_COMMANDS: Record<string, string> = {
+  [EVENT_PATHS.add]: 'ADD', [EVENT_PATHS.del]: 'DEL', [EVENT_PATHS.check]: 'CHECK', [EVENT_PATHS.gc]: 'GC',
+};
 
 export class EventServer {
   private server: http.Server | undefined;
@@ -129,6 +135,21 @@ export class EventServer {
 
   /** Routes one parsed request; shared by the socket and the in-process plugin run of the native fast path. */
   async dispatch(method: string, url: string, body: unknown): Promise<{ status: number; body: unknown }> {
+    const log = this.deps.log;
+    const command = method === 'POST' ? PLUGIN_COMMANDS[url] : undefined;
+    const r = await this.route(method, url, body);
+    if (command) {
+      const result = r.status === 200 ? String((r.body as { result?: unknown }).result ?? 'ok') : 'error';
+      try {
+        this.deps.onPluginRequest?.(command, result);
+      } catch (err) {
+        log.error({ err }, 'plugin request observer failed');
+      }
+    }
+    return r;
+  }
+
+  private async route(method: string, url: string, body: unknown): Promise<{ status: number; body: unknown }> {
     const log = this.deps.log;
     try {
       const route = `${method} ${url}`;

@@ -1,0 +1,125 @@
+// Prometheus metrics of one agent: Istio's standard TCP series (recorded at connection open and close, never per byte)
+// and the agent's own series, most of them collected at scrape time from the components' counters. A private Registry:
+// no prom-client globals, so several agents (tests) in one process never share series.
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { CertStatus, CertCounters } from '../identity/cert-manager.js';
+import type { EnrollerCounters } from '../reconcile/enroller.js';
+
+/** response_flags values (Envoy's short names where one exists; "-" = none). */
+export const RESPONSE_FLAGS = {
+  none: '-',
+  /** Refused by an AuthorizationPolicy (Envoy's RBAC access denied). */
+  denied: 'RBAC',
+  /** The upstream could not be reached (Envoy's upstream connection failure). */
+  upstreamFailure: 'UF',
+} as const;
+
+export const TCP_LABELS = [
+  'reporter',
+  'source_workload', 'source_workload_namespace', 'source_principal',
+  'destination_workload', 'destination_workload_namespace', 'destination_principal',
+  'connection_security_policy', 'response_flags',
+] as const;
+export type TcpLabelName = (typeof TCP_LABELS)[number];
+export type TcpLabels = Record<TcpLabelName, string>;
+
+export interface Peer {
+  workload?: string | undefined;
+  namespace?: string | undefined;
+  principal?: string | undefined;
+}
+
+/** Builds the label set of one connection; unknown parts are "unknown" as in Istio. Pure. */
+export function connectionLabels(c: {
+  reporter: 'source' | 'destination';
+  source: Peer;
+  destination: Peer;
+  mtls: boolean;
+  responseFlags?: string;
+}): TcpLabels {
+  const v = (s: string | undefined): string => (s ? s : 'unknown');
+  return {
+    reporter: c.reporter,
+    source_workload: v(c.source.workload),
+    source_workload_namespace: v(c.source.namespace),
+    source_principal: v(c.source.principal),
+    destination_workload: v(c.destination.workload),
+    destination_workload_namespace: v(c.destination.namespace),
+    destination_principal: v(c.destination.principal),
+    connection_security_policy: c.mtls ? 'mutual_tls' : 'none',
+    response_flags: c.responseFlags ?? RESPONSE_FLAGS.none,
+  };
+}
+
+/** What the forwarder calls: once when a connection opens, once when it closes (bytes from the sockets' counters). */
+export interface ConnectionObserver {
+  opened(labels: TcpLabels): void;
+  /** sent: bytes toward the client (the response side); received: bytes from the client. */
+  closed(labels: TcpLabels, sent: number, received: number): void;
+}
+
+/** The components the agent series are collected from at scrape time. */
+export interface MetricSources {
+  enrolledCount: () => number;
+  enrollerCounters: () => EnrollerCounters;
+  certSnapshot: () => CertStatus[];
+  certCounters: () => CertCounters;
+  now?: () => number;
+}
+
+export class AgentMetrics implements ConnectionObserver {
+  readonly registry = new Registry();
+  private readonly opens: Counter<TcpLabelName>;
+  private readonly closes: Counter<TcpLabelName>;
+  private readonly sentBytes: Counter<TcpLabelName>;
+  private readonly receivedBytes: Counter<TcpLabelName>;
+  private readonly plugin: Counter<'command' | 'result'>;
+
+  constructor(src: MetricSources) {
+    const registers = [this.registry];
+    const tcp = (name: string, help: string): Counter<TcpLabelName> => new Counter({ name, help, labelNames: TCP_LABELS, registers });
+    this.opens = tcp('istio_tcp_connections_opened_total', 'TCP connections opened');
+    this.closes = tcp('istio_tcp_connections_closed_total', 'TCP connections closed');
+    this.sentBytes = tcp('istio_tcp_sent_bytes_total', 'Bytes sent toward the client (response direction), counted at close');
+    this.receivedBytes = tcp('istio_tcp_received_bytes_total', 'Bytes received from the client (request direction), counted at close');
+    this.plugin = new Counter({ name: 'ambient_node_plugin_requests_total', help: 'CNI plugin requests by command and result', labelNames: ['command', 'result'], registers });
+    const now = src.now ?? Date.now;
+    new Gauge({ name: 'ambient_node_pods_enrolled', help: 'Pods enrolled (captured) on this node', registers, collect() { this.set(src.enrolledCount()); } });
+    const fromCounter = (name: string, help: string, read: () => number): void => {
+      // A gauge mirroring a monotonic counter kept elsewhere; exposed with the counter's _total name.
+      new Counter({ name, help, registers, collect() { this.reset(); this.inc(read()); } });
+    };
+    fromCounter('ambient_node_enrolment_failures_total', 'Pod enrolments that failed', () => src.enrollerCounters().enrolmentFailures);
+    fromCounter('ambient_node_rule_repairs_total', 'In-pod or node rules found drifted and restored', () => src.enrollerCounters().ruleRepairs);
+    fromCounter('ambient_node_ca_request_failures_total', 'Certificate signing requests that failed', () => src.certCounters().caFailures);
+    new Gauge({
+      name: 'ambient_node_certificate_expiry_seconds', help: 'Seconds until each workload certificate expires (negative: expired)', labelNames: ['identity'], registers,
+      collect() {
+        this.reset();
+        for (const c of src.certSnapshot()) if (c.notAfter) this.set({ identity: c.identity }, (new Date(c.notAfter).getTime() - now()) / 1000);
+      },
+    });
+  }
+
+  opened(labels: TcpLabels): void {
+    this.opens.inc(labels);
+  }
+
+  closed(labels: TcpLabels, sent: number, received: number): void {
+    this.closes.inc(labels);
+    if (sent > 0) this.sentBytes.inc(labels, sent);
+    if (received > 0) this.receivedBytes.inc(labels, received);
+  }
+
+  pluginRequest(command: string, result: string): void {
+    this.plugin.inc({ command, result });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

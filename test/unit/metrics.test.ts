@@ -1,0 +1,43 @@
+// Unit tests for the connection label builder and the agent's metrics registry.
+import test from 'ava';
+import { AgentMetrics, RESPONSE_FLAGS, TCP_LABELS, connectionLabels } from '../../agent/src/admin/metrics.js';
+
+test('connectionLabels fills every Istio label, "unknown" for what is not known', (t) => {
+  const l = connectionLabels({
+    reporter: 'destination',
+    source: { workload: 'sleep', namespace: 'app', principal: 'spiffe://cluster.local/ns/app/sa/sleep' },
+    destination: { workload: 'productpage', namespace: 'app', principal: 'spiffe://cluster.local/ns/app/sa/productpage' },
+    mtls: true,
+  });
+  t.deepEqual(Object.keys(l).sort(), [...TCP_LABELS].sort());
+  t.like(l, { reporter: 'destination', source_workload: 'sleep', source_principal: 'spiffe://cluster.local/ns/app/sa/sleep', connection_security_policy: 'mutual_tls', response_flags: '-' });
+  const p = connectionLabels({ reporter: 'source', source: { workload: 'a' }, destination: {}, mtls: false, responseFlags: RESPONSE_FLAGS.denied });
+  t.like(p, { destination_workload: 'unknown', destination_principal: 'unknown', source_workload_namespace: 'unknown', connection_security_policy: 'none', response_flags: 'RBAC' });
+});
+
+test('AgentMetrics exposes connection counters and collects the agent series at scrape time', async (t) => {
+  const now = Date.parse('2026-01-01T00:00:00Z');
+  const m = new AgentMetrics({
+    enrolledCount: () => 3,
+    enrollerCounters: () => ({ enrolments: 4, enrolmentFailures: 1, unenrolments: 0, ruleRepairs: 2 }),
+    certSnapshot: () => [{ identity: 'spiffe://cluster.local/ns/app/sa/sleep', state: 'valid', failures: 0, notAfter: new Date(now + 3600_000) }],
+    certCounters: () => ({ caRequests: 5, caFailures: 2, renewals: 0, identities: 1 }),
+    now: () => now,
+  });
+  const l = connectionLabels({ reporter: 'destination', source: { workload: 's' }, destination: { workload: 'd' }, mtls: true });
+  m.opened(l);
+  m.closed(l, 10, 20);
+  m.pluginRequest('ADD', 'enrolled');
+  const text = await m.text();
+  t.regex(text, /istio_tcp_connections_opened_total\{reporter="destination",source_workload="s",[^}]*\} 1/);
+  t.regex(text, /istio_tcp_sent_bytes_total\{[^}]*\} 10/);
+  t.regex(text, /istio_tcp_received_bytes_total\{[^}]*\} 20/);
+  t.regex(text, /ambient_node_pods_enrolled 3/);
+  t.regex(text, /ambient_node_enrolment_failures_total 1/);
+  t.regex(text, /ambient_node_rule_repairs_total 2/);
+  t.regex(text, /ambient_node_ca_request_failures_total 2/);
+  t.regex(text, /ambient_node_certificate_expiry_seconds\{identity="spiffe:\/\/cluster.local\/ns\/app\/sa\/sleep"\} 3600/);
+  t.regex(text, /ambient_node_plugin_requests_total\{command="ADD",result="enrolled"\} 1/);
+  // A second scrape does not double the collected counters.
+  t.regex(await m.text(), /ambient_node_rule_repairs_total 2\n/);
+});
