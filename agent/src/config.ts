@@ -79,28 +79,13 @@ export class ConfigError extends Error {
 /** Raw values as they come from a file or flags, keyed by the file's names (camelCase or kebab-case). */
 export type RawConfig = Record<string, unknown>;
 
-const KEYS: Record<string, keyof AgentConfig> = {
-  nodeName: 'nodeName', 'node-name': 'nodeName',
-  stateDir: 'stateDir', 'state-dir': 'stateDir',
-  socket: 'socketPath', socketPath: 'socketPath', 'socket-path': 'socketPath',
-  workloadSource: 'workloadSource', 'workload-source': 'workloadSource',
-  workloadsDir: 'workloadsDir', 'workloads-dir': 'workloadsDir',
-  redirectMode: 'redirectMode', 'redirect-mode': 'redirectMode',
-  logLevel: 'logLevel', 'log-level': 'logLevel',
-  podLookupTimeoutMs: 'podLookupTimeoutMs', 'pod-lookup-timeout-ms': 'podLookupTimeoutMs',
-  repairIntervalMs: 'repairIntervalMs', 'repair-interval-ms': 'repairIntervalMs',
-  trustDomain: 'trustDomain', 'trust-domain': 'trustDomain',
-  ca: 'ca',
-  caDir: 'caDir', 'ca-dir': 'caDir',
-  certTtlSeconds: 'certTtlSeconds', 'cert-ttl-seconds': 'certTtlSeconds',
-  istioCaAddress: 'istioCaAddress', 'istio-ca-address': 'istioCaAddress',
-  istioCaRootCert: 'istioCaRootCert', 'istio-ca-root-cert': 'istioCaRootCert',
-  istioCaTokenFile: 'istioCaTokenFile', 'istio-ca-token-file': 'istioCaTokenFile',
-  istioCaTlsServerName: 'istioCaTlsServerName', 'istio-ca-tls-server-name': 'istioCaTlsServerName',
-  adminPort: 'adminPort', 'admin-port': 'adminPort',
-  metricsPort: 'metricsPort', 'metrics-port': 'metricsPort',
-  readinessPort: 'readinessPort', 'readiness-port': 'readinessPort',
-};
+const kebab = (camel: string): string => camel.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** Every accepted spelling of a setting: its camelCase name, its kebab-case flag name, and `socket` for socketPath. */
+const KEYS: Record<string, keyof AgentConfig> = Object.fromEntries([
+  ...(['nodeName', ...Object.keys(CONFIG_DEFAULTS)] as (keyof AgentConfig)[]).flatMap((k) => [[k, k], [kebab(k), k]]),
+  ['socket', 'socketPath'],
+]);
 
 function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
   const out: Partial<Record<keyof AgentConfig, unknown>> = {};
