@@ -2,7 +2,7 @@
 // readiness, /config_dump (pods, certificates, never a private key) and /logging.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { Testbed } from '../testbed/index.js';
-import { AMBIENT, ask, eventually, startEcho } from './helpers.js';
+import { ask, bookinfo, eventually } from './helpers.js';
 
 /** One HTTP request from inside a node's network namespace (where the agent's 127.0.0.1 ports live). */
 async function http(tb: Testbed, node: number, method: string, url: string): Promise<{ status: number; body: string }> {
@@ -27,14 +27,7 @@ const NOTSLEEP = 'spiffe://cluster.local/ns/app/sa/notsleep';
 
 netnsTest.serial('admin endpoints: TCP metrics for allowed and denied connections, readiness, config_dump, logging', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
-  await tb.setNamespace('app', AMBIENT);
-  const [productpage, sleep, notsleep] = await tb.addPods([
-    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage', labels: { app: 'productpage' } },
-    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-    { node: 0, namespace: 'app', name: 'notsleep', serviceAccount: 'notsleep' },
-  ]);
-  if (!productpage || !sleep || !notsleep) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
+  const { productpage, sleep, notsleep } = await bookinfo(tb);
   t.true((await ask(sleep, productpage.ip, 9080, 'hello')).ok);
 
   await tb.writeWorkload('authz-deny.yaml', {

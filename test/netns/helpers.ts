@@ -80,3 +80,19 @@ export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean,
 
 export const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 export const NONE = { 'istio.io/dataplane-mode': 'none' };
+
+/**
+ * The seeds' scenario: namespace app in ambient mode, productpage (label app=productpage) on node 1 with an echo
+ * server on 9080, and the clients sleep and notsleep (each with its own service account) on node 0.
+ */
+export async function bookinfo(tb: Testbed): Promise<{ productpage: TestbedPod; sleep: TestbedPod; notsleep: TestbedPod }> {
+  await tb.setNamespace('app', AMBIENT);
+  const [productpage, sleep, notsleep] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage', labels: { app: 'productpage' } },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 0, namespace: 'app', name: 'notsleep', serviceAccount: 'notsleep' },
+  ]);
+  if (!productpage || !sleep || !notsleep) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  return { productpage, sleep, notsleep };
+}

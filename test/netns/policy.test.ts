@@ -1,8 +1,7 @@
 // AuthorizationPolicy end to end: the seeds' scenario (only sleep may reach productpage), DENY over ALLOW, a policy
 // change closing an open connection it now denies, and dry-run policies that only log.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { Testbed } from '../testbed/index.js';
-import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
+import { agentPod, ask, bookinfo, eventually } from './helpers.js';
 
 const policy = (name: string, spec: Record<string, unknown>, annotations?: Record<string, string>): Record<string, unknown> => ({
   apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy',
@@ -15,21 +14,9 @@ const allowSleep = policy('productpage-viewer', {
   rules: [{ from: [{ source: { principals: ['cluster.local/ns/app/sa/sleep'] } }] }],
 });
 
-async function scenario(tb: Testbed) {
-  await tb.setNamespace('app', AMBIENT);
-  const [productpage, sleep, notsleep] = await tb.addPods([
-    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage', labels: { app: 'productpage' } },
-    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-    { node: 0, namespace: 'app', name: 'notsleep', serviceAccount: 'notsleep' },
-  ]);
-  if (!productpage || !sleep || !notsleep) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
-  return { productpage, sleep, notsleep };
-}
-
 netnsTest.serial('ALLOW admits only sleep; notsleep is refused; a DENY overrides the ALLOW', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
-  const { productpage, sleep, notsleep } = await scenario(tb);
+  const { productpage, sleep, notsleep } = await bookinfo(tb);
   t.true((await ask(notsleep, productpage.ip, 9080, 'before')).ok, 'no policy: allowed');
 
   await tb.writeWorkload('authz-allow.yaml', allowSleep);
@@ -51,7 +38,7 @@ netnsTest.serial('ALLOW admits only sleep; notsleep is refused; a DENY overrides
 
 netnsTest.serial('a policy change closes an open connection that it now denies; dry-run only logs', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
-  const { productpage, sleep } = await scenario(tb);
+  const { productpage, sleep } = await bookinfo(tb);
   void productpage.spawn('ncat', ['-l', '-k', '9090', '--sh-exec', 'cat']).catch(() => undefined);
   await productpage.waitForPort(9090);
 

@@ -68,6 +68,20 @@ test('renews at the scheduled half-life and fires onRenewed; new material for ne
   t.is(mgr.snapshot()[0]?.nextRenewal?.getTime(), clock.now() + 50 * S);
 });
 
+test('an unsubscribed renewal listener is not called again (stopped HBONE servers must not leak)', async (t) => {
+  const { clock, mgr, renewed } = await setup(t);
+  const late: string[] = [];
+  const unsubscribe = mgr.onRenewed((id) => late.push(id));
+  await mgr.material(A);
+  clock.advance(50 * S);
+  await until(() => renewed.length === 1, 'first renewal');
+  t.deepEqual(late, [A]);
+  unsubscribe();
+  clock.advance(50 * S);
+  await until(() => renewed.length === 2, 'second renewal');
+  t.deepEqual(late, [A], 'not called after unsubscribe');
+});
+
 test('keeps serving a valid certificate while the CA fails, backing off 1, 2, 4 s ...', async (t) => {
   const { clock, ca, mgr } = await setup(t);
   const first = await mgr.material(A);

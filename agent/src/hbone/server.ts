@@ -35,7 +35,8 @@ export interface InboundStream {
 export class HboneServer {
   private server: http2.Http2SecureServer | undefined;
   private sessions = new Set<http2.ServerHttp2Session>();
-  private readonly onRenewed = (identity: string): void => void this.refresh(identity);
+  /** Set while started: a stopped server (its pod left) must not stay subscribed to renewals. */
+  private unsubscribe: (() => void) | undefined;
 
   constructor(
     private readonly ns: Netns,
@@ -75,7 +76,7 @@ export class HboneServer {
       });
     });
     this.server = server;
-    this.identities.onRenewed(this.onRenewed);
+    this.unsubscribe = this.identities.onRenewed((identity) => void this.refresh(identity));
   }
 
   get listening(): boolean {
@@ -85,6 +86,8 @@ export class HboneServer {
   async stop(): Promise<void> {
     const s = this.server;
     this.server = undefined;
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
     for (const session of this.sessions) session.destroy();
     if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
   }

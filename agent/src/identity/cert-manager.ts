@@ -156,8 +156,12 @@ export class CertManager implements IdentityProvider {
   }
 
   /** Listeners run after a certificate replaced an earlier one (not after the first issuance). */
-  onRenewed(listener: (identity: string) => void): void {
+  onRenewed(listener: (identity: string) => void): () => void {
     this.#listeners.push(listener);
+    return () => {
+      const i = this.#listeners.indexOf(listener);
+      if (i >= 0) this.#listeners.splice(i, 1);
+    };
   }
 
   /** Cancels every timer, rejects waiters, and waits for CA requests in flight to settle. Does not close the CA. */

@@ -23,7 +23,7 @@ export interface IdentityProvider {
   material(identity: string): Promise<TlsMaterial>;
   /** Tells the provider which identities have pods on this node; certificates of the others are dropped. */
   retain(identities: ReadonlySet<string>): void;
-  /** Called with the identity after its certificate was renewed (new handshakes should use the new one). */
-  onRenewed(listener: (identity: string) => void): void;
+  /** Called with the identity after its certificate was renewed (new handshakes should use the new one). Returns an unsubscribe. */
+  onRenewed(listener: (identity: string) => void): () => void;
   stop(): Promise<void>;
 }
