@@ -9,6 +9,8 @@ export interface RuleDrift {
   ok: boolean;
   missing: string[];
   unexpected: string[];
+  /** What was actually found (ours only), in the same notation as the expected rules; for `ambient-node rules`. */
+  actual: string[];
 }
 
 export interface RedirectBackend {
@@ -30,7 +32,12 @@ export interface RedirectBackend {
   removeHost(): Promise<void>;
 }
 
-const ok = (missing: string[], unexpected: string[]): RuleDrift => ({ ok: missing.length === 0 && unexpected.length === 0, missing, unexpected });
+const ok = (missing: string[], unexpected: string[], actual: string[]): RuleDrift => ({
+  ok: missing.length === 0 && unexpected.length === 0,
+  missing,
+  unexpected,
+  actual,
+});
 
 const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 
@@ -45,8 +52,9 @@ class IptablesBackend implements RedirectBackend {
 
   async verifyPod(netnsPath: string): Promise<RuleDrift> {
     const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
-    const d = ipt.diffOwned(this.expectedPodRules(), ipt.ownedNatLines(current, POD_CHAINS));
-    return ok(d.missing, d.unexpected);
+    const actual = ipt.ownedNatLines(current, POD_CHAINS);
+    const d = ipt.diffOwned(this.expectedPodRules(), actual);
+    return ok(d.missing, d.unexpected, actual);
   }
 
   expectedPodRules(): string[] {
@@ -62,13 +70,15 @@ class IptablesBackend implements RedirectBackend {
 
   async verifyHost(): Promise<RuleDrift> {
     const current = await runTool('iptables-save', ['-t', 'nat']);
-    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules()], ipt.ownedNatLines(current, [ipt.HOST_CHAIN]));
+    const actual = ipt.ownedNatLines(current, [ipt.HOST_CHAIN]);
+    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules()], actual);
     try {
       await runTool('ipset', ['list', '-n', ipt.PROBE_IPSET]);
+      actual.push(`ipset ${ipt.PROBE_IPSET}`);
     } catch {
       d.missing.push(`ipset ${ipt.PROBE_IPSET}`);
     }
-    return ok(d.missing, d.unexpected);
+    return ok(d.missing, d.unexpected, actual);
   }
 
   async addProbeTarget(ip: string, podUid: string): Promise<void> {
@@ -135,12 +145,13 @@ class NftablesBackend implements RedirectBackend {
     try {
       listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns } : {});
     } catch {
-      return ok([`table inet ${table}`], []);
+      return ok([`table inet ${table}`], [], []);
     }
     const want = nft.normaliseListing(expected).split('\n');
     const got = nft.normaliseListing(listing).split('\n');
-    if (want.join('\n') === got.join('\n')) return ok([], []);
-    return ok(want.filter((l) => !got.includes(l)), got.filter((l) => !want.includes(l)).concat(want.every((l) => got.includes(l)) ? ['(rule order differs)'] : []));
+    if (want.join('\n') === got.join('\n')) return ok([], [], got);
+    const reordered = want.every((l) => got.includes(l)) ? ['(rule order differs)'] : [];
+    return ok(want.filter((l) => !got.includes(l)), got.filter((l) => !want.includes(l)).concat(reordered), got);
   }
 }
 
