@@ -70,10 +70,12 @@ export class Agent {
       pool: this.pool,
       trustDomain: cfg.trustDomain,
       connections: this.metrics,
-    });
+      accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
+    }, this.metrics);
     this.server = new EventServer(cfg.socketPath, {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
+      verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain,
     });
     this.admin = new AdminServer({
       ports: { admin: cfg.adminPort, metrics: cfg.metricsPort, readiness: cfg.readinessPort },

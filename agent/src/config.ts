@@ -18,6 +18,8 @@ export interface AgentConfig {
   workloadsDir: string;
   redirectMode: RedirectMode;
   logLevel: LevelWithSilent;
+  /** Log a line for every connection that ends well (failed and refused ones are always logged). */
+  accessLog: boolean;
   /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
@@ -53,6 +55,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   workloadsDir: '/etc/ambient-node/workloads',
   redirectMode: 'iptables',
   logLevel: 'info',
+  accessLog: true,
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   trustDomain: 'cluster.local',
@@ -113,6 +116,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   }
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
+  const accessLog = merged.accessLog ?? CONFIG_DEFAULTS.accessLog;
+  if (accessLog !== true && accessLog !== false && accessLog !== 'true' && accessLog !== 'false') {
+    throw new ConfigError(`accessLog must be true or false, got ${JSON.stringify(accessLog)}`);
+  }
   const workloadSource = merged.workloadSource ?? 'files';
   if (workloadSource !== 'files') throw new ConfigError(`workloadSource must be "files" (kubernetes is not implemented yet), got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
@@ -150,6 +157,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
     redirectMode: redirectMode as RedirectMode,
     logLevel,
+    accessLog: accessLog === true || accessLog === 'true',
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     trustDomain,

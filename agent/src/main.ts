@@ -1,16 +1,21 @@
 #!/usr/bin/env -S node --single-threaded-gc
-// `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `certs`).
+// `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `rules`,
+// `certs`, `conns`, `policy check`).
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
-// Exit codes: 0 ok, 1 the command ran but found a problem, 2 usage or configuration error, 3 the agent is not answering.
+// Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
+// configuration error (including naming a pod the agent does not know), 3 the agent is not answering.
 import { Command, InvalidArgumentError } from 'commander';
 import { Agent } from './agent.js';
-import { AgentDownError, getJson } from './cli/agent-client.js';
+import { AgentDownError, AgentRequestError, getJson } from './cli/agent-client.js';
 import { bytes, table } from './cli/format.js';
+import { renderConns, renderPolicyCheck, renderRules, rulesDrifted } from './cli/render.js';
+import type { ConnectionSnapshot } from './forwarder/connections.js';
+import type { PolicyCheckResult } from './policy/check.js';
 import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
-import { CERTS_PATH, PODS_PATH } from './server/event-server.js';
+import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, type RulesReply } from './server/event-server.js';
 import type { CertStatus } from './identity/cert-manager.js';
 
 const EXIT = { ok: 0, problem: 1, usage: 2, agentDown: 3 } as const;
@@ -73,6 +78,7 @@ export function buildCli(): Command {
     .option('--workloads-dir <dir>', `folder of Pod/Namespace YAML for the files source (default ${CONFIG_DEFAULTS.workloadsDir})`)
     .option('--redirect-mode <mode>', `in-pod redirection backend: ${REDIRECT_MODES.join(' | ')} (default ${CONFIG_DEFAULTS.redirectMode})`)
     .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
+    .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
     .option('--trust-domain <domain>', `SPIFFE trust domain of workload identities (default ${CONFIG_DEFAULTS.trustDomain})`)
     .option('--ca <kind>', 'where certificates come from: builtin | istio (default builtin)')
@@ -125,6 +131,50 @@ export function buildCli(): Command {
     });
 
   program
+    .command('rules')
+    .description('the redirection rules expected in a pod\'s network namespace, the ones actually there, and any drift')
+    .argument('<pod>', 'the pod, as <namespace>/<name>')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (pod: string, o: { socket: string; output: string }) => {
+      const r = await query<RulesReply>(o.socket, `${RULES_PATH}?pod=${encodeURIComponent(pod)}`);
+      if (o.output === 'json') printJson(r);
+      else process.stdout.write(`${renderRules(r)}\n`);
+      if (rulesDrifted(r)) process.exitCode = EXIT.problem;
+    });
+
+  program
+    .command('conns')
+    .description('open connections the agent relays: pod, direction, addresses, identities, bytes')
+    .option('--pod <pod>', 'only this pod\'s connections (<namespace>/<name>)')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string; pod?: string }) => {
+      const r = await query<{ connections: ConnectionSnapshot[] }>(o.socket, CONNS_PATH);
+      const connections = o.pod ? r.connections.filter((c) => c.pod === o.pod) : r.connections;
+      if (o.output === 'json') printJson({ connections });
+      else process.stdout.write(`${renderConns(connections)}\n`);
+    });
+
+  program
+    .command('policy')
+    .description('authorization policy tools')
+    .command('check')
+    .description('the decision for a connection from a service account to a pod\'s port, and the policy that made it (exit 0 allow, 1 deny)')
+    .requiredOption('--from <ns/sa>', 'the client\'s namespace and service account')
+    .requiredOption('--to <ns/pod:port>', 'the destination pod and port')
+    .option('--from-ip <ip>', 'the client\'s IP, for ipBlocks and source.ip conditions')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string; from: string; to: string; fromIp?: string }) => {
+      const params = new URLSearchParams({ from: o.from, to: o.to, ...(o.fromIp ? { fromIp: o.fromIp } : {}) });
+      const r = await query<PolicyCheckResult>(o.socket, `${POLICY_CHECK_PATH}?${params.toString()}`);
+      if (o.output === 'json') printJson(r);
+      else process.stdout.write(`${renderPolicyCheck(r)}\n`);
+      if (!r.allowed) process.exitCode = EXIT.problem;
+    });
+
+  program
     .command('certs')
     .description('workload certificates on this node: identity, serial, validity, state, next rotation')
     .option(...socketOpt)
@@ -151,6 +201,10 @@ async function main(argv: string[]): Promise<void> {
     if (err instanceof AgentDownError) {
       process.stderr.write(`ambient-node: ${err.message}\n`);
       process.exit(EXIT.agentDown);
+    }
+    if (err instanceof AgentRequestError) {
+      process.stderr.write(`ambient-node: ${err.message}\n`);
+      process.exit(err.status < 500 ? EXIT.usage : EXIT.problem);
     }
     if (err instanceof ConfigError) {
       process.stderr.write(`ambient-node: ${err.message}\n`);

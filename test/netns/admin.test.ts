@@ -45,9 +45,10 @@ netnsTest.serial('admin endpoints: TCP metrics for allowed and denied connection
   t.true((sample(metrics.body, 'istio_tcp_connections_opened_total', { ...dst, source_workload: 'sleep', source_workload_namespace: 'app', destination_workload_namespace: 'app', destination_principal: 'spiffe://cluster.local/ns/app/sa/productpage' }) ?? 0) >= 1, metrics.body);
   t.true((sample(metrics.body, 'istio_tcp_received_bytes_total', dst) ?? 0) > 0, 'request bytes counted');
   t.true((sample(metrics.body, 'istio_tcp_sent_bytes_total', dst) ?? 0) > 0, 'response bytes counted');
-  t.true((sample(metrics.body, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'RBAC' }) ?? 0) >= 1, 'the denial is counted with response_flags RBAC');
-  t.true((sample(metrics.body, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'RBAC' }) ?? 0) >= 1);
+  t.true((sample(metrics.body, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'DENY' }) ?? 0) >= 1, 'the denial is counted with response_flags DENY');
+  t.true((sample(metrics.body, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'DENY' }) ?? 0) >= 1);
   t.regex(metrics.body, /ambient_node_pods_enrolled 1\b/);
+  t.regex(metrics.body, /ambient_node_enrolment_duration_seconds_count\{backend="iptables"\} 1\b/, 'the enrolment latency histogram saw productpage');
   t.regex(metrics.body, /ambient_node_certificate_expiry_seconds\{identity="spiffe:\/\/cluster.local\/ns\/app\/sa\/productpage"\} \d+/);
   t.regex(metrics.body, /ambient_node_plugin_requests_total\{command="ADD",result="[a-z]+"\} 1/);
   const src = await eventually(() => http(tb, 0, 'GET', 'http://127.0.0.1:15020/stats/prometheus'),

@@ -18,10 +18,17 @@ test('admin ports default to 15000/15020/15021 and can be set', (t) => {
   t.like(parseAgentConfig({ 'metrics-port': 9091 }, { nodeName: 'n', adminPort: '9000' }), { adminPort: 9000, metricsPort: 9091, readinessPort: 15021 });
 });
 
+test('the access log of completed connections is on by default and can be turned off from a file or a flag', (t) => {
+  t.true(parseAgentConfig({}, { nodeName: 'n' }).accessLog);
+  t.false(parseAgentConfig({ accessLog: false }, { nodeName: 'n' }).accessLog);
+  t.false(parseAgentConfig({ accessLog: true }, { nodeName: 'n', 'access-log': 'false' }).accessLog);
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
+  ['access log not a boolean', { accessLog: 'sometimes' }, /accessLog must be true or false/],
   ['unsupported source', { workloadSource: 'kubernetes' }, /workloadSource/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
   ['empty state dir', { stateDir: '' }, /stateDir/],

@@ -12,7 +12,7 @@ test('connectionLabels fills every Istio label, "unknown" for what is not known'
   t.deepEqual(Object.keys(l).sort(), [...TCP_LABELS].sort());
   t.like(l, { reporter: 'destination', source_workload: 'sleep', source_principal: 'spiffe://cluster.local/ns/app/sa/sleep', connection_security_policy: 'mutual_tls', response_flags: '-' });
   const p = connectionLabels({ reporter: 'source', source: { workload: 'a' }, destination: {}, mtls: false, responseFlags: RESPONSE_FLAGS.denied });
-  t.like(p, { destination_workload: 'unknown', destination_principal: 'unknown', source_workload_namespace: 'unknown', connection_security_policy: 'none', response_flags: 'RBAC' });
+  t.like(p, { destination_workload: 'unknown', destination_principal: 'unknown', source_workload_namespace: 'unknown', connection_security_policy: 'none', response_flags: 'DENY' });
 });
 
 test('AgentMetrics exposes connection counters and collects the agent series at scrape time', async (t) => {
@@ -28,6 +28,8 @@ test('AgentMetrics exposes connection counters and collects the agent series at 
   m.opened(l);
   m.closed(l, 10, 20);
   m.pluginRequest('ADD', 'enrolled');
+  m.enrolled('iptables', 0.02);
+  m.enrolled('iptables', 0.2);
   const text = await m.text();
   t.regex(text, /istio_tcp_connections_opened_total\{reporter="destination",source_workload="s",[^}]*\} 1/);
   t.regex(text, /istio_tcp_sent_bytes_total\{[^}]*\} 10/);
@@ -38,6 +40,9 @@ test('AgentMetrics exposes connection counters and collects the agent series at 
   t.regex(text, /ambient_node_ca_request_failures_total 2/);
   t.regex(text, /ambient_node_certificate_expiry_seconds\{identity="spiffe:\/\/cluster.local\/ns\/app\/sa\/sleep"\} 3600/);
   t.regex(text, /ambient_node_plugin_requests_total\{command="ADD",result="enrolled"\} 1/);
+  t.regex(text, /ambient_node_enrolment_duration_seconds_bucket\{le="0.025",backend="iptables"\} 1\n/);
+  t.regex(text, /ambient_node_enrolment_duration_seconds_bucket\{le="0.25",backend="iptables"\} 2\n/);
+  t.regex(text, /ambient_node_enrolment_duration_seconds_count\{backend="iptables"\} 2\n/);
   // A second scrape does not double the collected counters.
   t.regex(await m.text(), /ambient_node_rule_repairs_total 2\n/);
 });

@@ -1,17 +1,17 @@
 // Prometheus metrics of one agent: Istio's standard TCP series (recorded at connection open and close, never per byte)
 // and the agent's own series, most of them collected at scrape time from the components' counters. A private Registry:
 // no prom-client globals, so several agents (tests) in one process never share series.
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CertStatus, CertCounters } from '../identity/cert-manager.js';
 import type { EnrollerCounters } from '../reconcile/enroller.js';
 
-/** response_flags values (Envoy's short names where one exists; "-" = none). */
+/** response_flags values, ztunnel's ("-" = none). */
 export const RESPONSE_FLAGS = {
   none: '-',
-  /** Refused by an AuthorizationPolicy (Envoy's RBAC access denied). */
-  denied: 'RBAC',
-  /** The upstream could not be reached (Envoy's upstream connection failure). */
-  upstreamFailure: 'UF',
+  /** Refused or closed by policy: an AuthorizationPolicy, or PeerAuthentication STRICT for plaintext. */
+  denied: 'DENY',
+  /** The upstream (the app, or the peer's HBONE tunnel) could not be connected. */
+  upstreamFailure: 'CONNECT',
 } as const;
 
 export const TCP_LABELS = [
@@ -58,6 +58,9 @@ export interface ConnectionObserver {
   closed(labels: TcpLabels, sent: number, received: number): void;
 }
 
+/** Enrolment takes ~10-60 ms on a quiet node; the buckets resolve that range and the tail up to 10 s. */
+export const ENROLMENT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
 /** The components the agent series are collected from at scrape time. */
 export interface MetricSources {
   enrolledCount: () => number;
@@ -74,6 +77,7 @@ export class AgentMetrics implements ConnectionObserver {
   private readonly sentBytes: Counter<TcpLabelName>;
   private readonly receivedBytes: Counter<TcpLabelName>;
   private readonly plugin: Counter<'command' | 'result'>;
+  private readonly enrolment: Histogram<'backend'>;
 
   constructor(src: MetricSources) {
     const registers = [this.registry];
@@ -83,6 +87,10 @@ export class AgentMetrics implements ConnectionObserver {
     this.sentBytes = tcp('istio_tcp_sent_bytes_total', 'Bytes sent toward the client (response direction), counted at close');
     this.receivedBytes = tcp('istio_tcp_received_bytes_total', 'Bytes received from the client (request direction), counted at close');
     this.plugin = new Counter({ name: 'ambient_node_plugin_requests_total', help: 'CNI plugin requests by command and result', labelNames: ['command', 'result'], registers });
+    this.enrolment = new Histogram({
+      name: 'ambient_node_enrolment_duration_seconds', help: 'Time to enrol a pod: rules installed and listeners open (successful enrolments)',
+      labelNames: ['backend'], buckets: ENROLMENT_BUCKETS, registers,
+    });
     const now = src.now ?? Date.now;
     new Gauge({ name: 'ambient_node_pods_enrolled', help: 'Pods enrolled (captured) on this node', registers, collect() { this.set(src.enrolledCount()); } });
     const fromCounter = (name: string, help: string, read: () => number): void => {
@@ -109,6 +117,10 @@ export class AgentMetrics implements ConnectionObserver {
     this.closes.inc(labels);
     if (sent > 0) this.sentBytes.inc(labels, sent);
     if (received > 0) this.receivedBytes.inc(labels, received);
+  }
+
+  enrolled(backend: string, seconds: number): void {
+    this.enrolment.observe({ backend }, seconds);
   }
 
   pluginRequest(command: string, result: string): void {

@@ -10,17 +10,33 @@ export class AgentDownError extends Error {
   }
 }
 
+/** The agent answered, but with an error (4xx: the request named something wrong; 5xx: the agent failed). */
+export class AgentRequestError extends Error {
+  readonly code = 'AMB_ERR_REQUEST';
+  constructor(readonly status: number, msg: string) {
+    super(msg);
+    this.name = 'AgentRequestError';
+  }
+}
+
 export function getJson<T>(socketPath: string, path: string, timeoutMs = 5000): Promise<T> {
   return new Promise((resolve, reject) => {
     const req = http.request({ socketPath, path, method: 'GET', timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
+        let body: unknown;
         try {
-          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as T);
+          body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
         } catch (err) {
           reject(new Error(`agent answered ${path} with invalid JSON`, { cause: err }));
+          return;
         }
+        const status = res.statusCode ?? 0;
+        if (status >= 400) {
+          const msg = (body as { msg?: unknown } | null)?.msg;
+          reject(new AgentRequestError(status, typeof msg === 'string' ? msg : `agent answered ${path} with HTTP ${status}`));
+        } else resolve(body as T);
       });
     });
     req.on('timeout', () => req.destroy(new Error('timed out')));

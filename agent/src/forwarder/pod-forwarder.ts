@@ -14,8 +14,9 @@ import type { Connection as AuthzConnection, Decision } from '../policy/authoriz
 import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import type { MeshWorkload } from '../workload/directory.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
+import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
 
-export type Direction = 'outbound' | 'inbound';
+export type { Direction } from './connections.js';
 
 export interface DirectionStats {
   opened: number;
@@ -46,6 +47,11 @@ export interface MeshContext {
   trustDomain: string;
   /** Told of each connection at open and close (metrics); never per byte. */
   connections?: ConnectionObserver;
+  /**
+   * Where access log lines go (one per finished or refused connection). `complete: false` drops the lines of
+   * connections that ended well; failures and refusals are always logged. Default: the forwarder's logger, all lines.
+   */
+  accessLog?: { log: Logger; complete: boolean };
 }
 
 /** The pod this forwarder serves. */
@@ -68,6 +74,12 @@ export interface PodSelf {
 interface ConnLog {
   warn(obj: Record<string, unknown>, msg: string): void;
   debug(obj: Record<string, unknown>, msg: string): void;
+}
+
+/** An open relay: what it is and how to read its byte counts (src -> dst, dst -> src) so far. */
+interface Relay {
+  info: ConnectionInfo;
+  bytes: () => { sent: number; recv: number };
 }
 
 export type OutboundRoute = { kind: 'hbone'; peer: MeshWorkload } | { kind: 'passthrough' } | { kind: 'refuse'; reason: string };
@@ -93,7 +105,7 @@ export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0 };
   private servers: net.Server[] = [];
   private hboneServer: HboneServer | undefined;
-  private open = new Set<Duplex>();
+  private open = new Map<Duplex, Relay>();
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
   private inbound = new Map<Duplex, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: () => void }>();
   private nextConnId = 1;
@@ -131,7 +143,7 @@ export class PodForwarder {
     const hbone = this.hboneServer;
     this.hboneServer = undefined;
     for (const ip of this.self.ips) this.mesh.pool.closeFrom(ip);
-    for (const s of this.open) s.destroy();
+    for (const s of this.open.keys()) s.destroy();
     await Promise.all([
       ...servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
       hbone?.stop(),
@@ -144,20 +156,22 @@ export class PodForwarder {
     const dst = this.originalDst(down, 'outbound');
     if (!dst) return;
     const route = decideOutbound(dst, this.mesh.lookup);
-    const src = { ip: down.remoteAddress?.replace(/^::ffff:/, '') ?? '', port: down.remotePort ?? 0 };
-    const fields = { direction: 'outbound', src: `${src.ip}:${src.port}`, dst: `${dst.address}:${dst.port}` };
-    if (route.kind === 'refuse') return this.refuse(down, stats, this.connLog(fields), route.reason);
+    const src = { ip: unmapped(down.remoteAddress), port: down.remotePort ?? 0 };
+    const me = { ...this.me(), addr: `${src.ip}:${src.port}` };
+    const dstAddr = `${dst.address}:${dst.port}`;
+    if (route.kind === 'refuse') return this.refuse(down, stats, this.info('outbound', me, { addr: dstAddr }, false), route.reason);
     if (route.kind === 'passthrough') {
-      const labels = this.labels('source', this.me(), {}, false);
-      return this.splice(down, stats, this.connLog(fields), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { labels });
+      const info = this.info('outbound', me, { ...this.peerOf(dst.address), addr: dstAddr }, false);
+      return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
     }
     stats.hbone++;
     const upstream = this.mesh.pool.connect(
       { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity },
-      connectHeaders(`${dst.address}:${dst.port}`, src, this.self.baggage),
+      connectHeaders(dstAddr, src, this.self.baggage),
     );
-    const labels = this.labels('source', this.me(), { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity }, true);
-    this.splice(down, stats, this.connLog({ ...fields, peerIdentity: route.peer.identity }), upstream, { labels });
+    const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: dstAddr };
+    const info = { ...this.info('outbound', me, peer, true), hboneAddr: `${dst.address}:${INBOUND_HBONE_PORT}` };
+    this.splice(down, stats, this.connLog(info), upstream, { info });
   }
 
   private plaintextInbound(down: net.Socket): void {
@@ -165,31 +179,39 @@ export class PodForwarder {
     down.on('error', () => undefined);
     const dst = this.originalDst(down, 'inbound');
     if (!dst) return;
-    const clog = this.connLog({ direction: 'inbound', src: `${down.remoteAddress}:${down.remotePort}`, dst: `${dst.address}:${dst.port}` });
+    const source = { ip: unmapped(down.remoteAddress) };
+    const from = { ...this.peerOf(source.ip), addr: `${source.ip}:${down.remotePort ?? 0}` };
+    const info = this.info('inbound', from, { ...this.me(), addr: `${dst.address}:${dst.port}` }, false);
+    const clog = this.connLog(info);
     const verdict = decidePlaintextInbound(dst, this.self.ips, this.self.mtlsMode(dst.port));
-    if (!verdict.ok) return this.refuse(down, stats, clog, verdict.reason);
-    const source = { ip: (down.remoteAddress ?? '').replace(/^::ffff:/, '') };
+    if (!verdict.ok) {
+      this.deniedAtOpen(info);
+      return this.refuse(down, stats, info, verdict.reason, RESPONSE_FLAGS.denied);
+    }
     const destination = { ip: dst.address, port: dst.port };
-    const labels = this.labels('destination', this.peerOf(source.ip), this.me(), false);
-    if (!this.admit(source, destination, stats, clog)) {
-      this.deniedAtOpen(labels);
-      return this.refuse(down, stats, clog, 'denied by authorization policy');
+    const denial = this.admit(source, destination, stats, clog);
+    if (denial) {
+      this.deniedAtOpen(info);
+      return this.refuse(down, stats, info, denial, RESPONSE_FLAGS.denied);
     }
     this.track(down, source, destination);
-    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { labels });
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
   }
 
   /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
   private hboneInbound(s: InboundStream): void {
     const stats = this.stats.inbound;
     stats.hbone++;
-    const clog = this.connLog({ direction: 'inbound', peerIdentity: s.peerIdentity, src: s.peerAddress, dst: `${s.upstream.host}:${s.upstream.port}` });
-    const source = { ip: s.peerAddress.replace(/^::ffff:/, ''), principal: s.peerIdentity };
+    const source = { ip: unmapped(s.peerAddress), principal: s.peerIdentity };
     const destination = { ip: s.upstream.host, port: s.upstream.port };
-    const labels = this.labels('destination', { ...this.peerOf(source.ip), principal: s.peerIdentity }, this.me(), true);
-    if (!this.admit(source, destination, stats, clog)) {
-      this.deniedAtOpen(labels);
+    const from = { ...this.peerOf(source.ip), principal: s.peerIdentity, addr: `${source.ip}:${s.peerPort}` };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: s.localAddress };
+    const clog = this.connLog(info);
+    const denial = this.admit(source, destination, stats, clog);
+    if (denial) {
+      this.deniedAtOpen(info);
       stats.refused++;
+      this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
       s.stream.respond({ ':status': 401 }, { endStream: true });
       return;
     }
@@ -209,7 +231,7 @@ export class PodForwarder {
       },
     );
     // Here the app side is the upstream socket: count its bytes, so "fromDownstream" is peer -> app.
-    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream', labels });
+    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream', info });
   }
 
   /** This pod, as a metrics peer. */
@@ -223,28 +245,47 @@ export class PodForwarder {
     return w ? { workload: w.name, namespace: w.namespace } : {};
   }
 
-  private labels(reporter: 'source' | 'destination', source: Peer, destination: Peer, mtls: boolean): TcpLabels | undefined {
-    if (!this.mesh.connections) return undefined;
-    return connectionLabels({ reporter, source, destination, mtls });
+  private info(direction: Direction, src: Endpoint, dst: Endpoint, mtls: boolean): ConnectionInfo {
+    const pod = `${this.self.namespace ?? ''}/${this.self.name ?? ''}`;
+    return { id: this.nextConnId++, direction, pod, src, dst, mtls, startedAt: Date.now() };
   }
 
-  /** A connection refused by policy before it was relayed: one open and one close with the RBAC response flag, no bytes. */
-  private deniedAtOpen(labels: TcpLabels | undefined): void {
+  private labels(info: ConnectionInfo): TcpLabels {
+    return connectionLabels({ reporter: info.direction === 'outbound' ? 'source' : 'destination', source: info.src, destination: info.dst, mtls: info.mtls });
+  }
+
+  /** A connection refused by policy before it was relayed: one open and one close with the DENY response flag, no bytes. */
+  private deniedAtOpen(info: ConnectionInfo): void {
     const obs = this.mesh.connections;
-    if (!obs || !labels) return;
-    const denied = { ...labels, response_flags: RESPONSE_FLAGS.denied };
+    if (!obs) return;
+    const denied = { ...this.labels(info), response_flags: RESPONSE_FLAGS.denied };
     obs.opened(denied);
     obs.closed(denied, 0, 0);
   }
 
-  /** Applies AuthorizationPolicy to a new inbound connection; logs denials (and dry-run would-denials). */
-  private admit(source: AuthzConnection['source'], destination: { ip: string; port: number }, stats: DirectionStats, clog: ConnLog): boolean {
+  /** Applies AuthorizationPolicy to a new inbound connection: undefined when admitted, else why not. Logs dry-run would-denials. */
+  private admit(source: AuthzConnection['source'], destination: { ip: string; port: number }, stats: DirectionStats, clog: ConnLog): string | undefined {
     const d = this.self.authorize(source, destination);
     if (d.dryRunAllowed === false && d.allowed) clog.warn({ dryRun: d.dryRun, reason: d.reason }, 'dry-run policy would deny this connection');
-    if (d.allowed) return true;
+    if (d.allowed) return undefined;
     stats.denied++;
-    clog.warn({ policy: d.policy, reason: d.reason, principal: source.principal }, 'connection denied by authorization policy');
-    return false;
+    return d.reason;
+  }
+
+  /** Writes the connection's access log line (see accessLogLine); successful ones only when the access log is on. */
+  private access(info: ConnectionInfo, outcome: ConnectionOutcome, refused = false): void {
+    const line = accessLogLine(info, outcome, refused);
+    const sink = this.mesh.accessLog ?? { log: this.log, complete: true };
+    if (line.level === 'info' && !sink.complete) return;
+    sink.log[line.level](line.fields, line.msg);
+  }
+
+  /** Open relays with their byte counts so far, for `ambient-node conns`. */
+  connections(now = Date.now()): ConnectionSnapshot[] {
+    return [...this.open.values()].map((r) => {
+      const b = r.bytes();
+      return { ...r.info, bytesSent: b.sent, bytesRecv: b.recv, durationMs: now - r.info.startedAt };
+    });
   }
 
   /** Remembers an admitted inbound connection; closing it with an error makes splice() tear down its upstream too. */
@@ -272,10 +313,10 @@ export class PodForwarder {
    * A per-connection logger made only when something is logged: pino serialises a child's fields when it is created,
    * which cost ~20 µs per connection on the hot path (profiled) for lines that are usually below the level.
    */
-  private connLog(fields: Record<string, unknown>): ConnLog {
-    const connId = this.nextConnId++;
+  private connLog(info: ConnectionInfo): ConnLog {
     let child: Logger | undefined;
-    const get = (): Logger => (child ??= this.log.child({ connId, ...fields }));
+    const fields = { connId: info.id, direction: info.direction, src: info.src.addr, dst: info.dst.addr, ...(info.mtls ? { peerIdentity: info.direction === 'outbound' ? info.dst.principal : info.src.principal } : {}) };
+    const get = (): Logger => (child ??= this.log.child(fields));
     return {
       warn: (obj, msg) => get().warn(obj, msg),
       debug: (obj, msg) => {
@@ -288,16 +329,17 @@ export class PodForwarder {
     try {
       return originalDst(down);
     } catch (err) {
-      this.stats[direction].refused++;
-      this.log.warn({ err, direction }, 'no original destination; refusing');
-      down.resetAndDestroy();
+      const addr = (ip: string | undefined, port: number | undefined): string => `${unmapped(ip)}:${port ?? 0}`;
+      const info = this.info(direction, { addr: addr(down.remoteAddress, down.remotePort) }, { addr: addr(down.localAddress, down.localPort) }, false);
+      this.refuse(down, this.stats[direction], info, `no original destination: ${(err as Error).message}`);
       return undefined;
     }
   }
 
-  private refuse(down: net.Socket, stats: DirectionStats, clog: ConnLog, reason: string): void {
+  /** Resets a connection that will not be relayed, with a `connection failed` access log line. */
+  private refuse(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, reason: string, responseFlags: string = RESPONSE_FLAGS.none): void {
     stats.refused++;
-    clog.warn({ reason }, 'connection refused');
+    this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags, error: reason }, true);
     down.resetAndDestroy();
   }
 
@@ -310,32 +352,43 @@ export class PodForwarder {
     stats: DirectionStats,
     clog: ConnLog,
     upstream: Promise<Duplex>,
-    opts: { countOn?: 'downstream' | 'upstream'; labels?: TcpLabels | undefined } = {},
+    opts: { countOn?: 'downstream' | 'upstream'; info: ConnectionInfo },
   ): void {
-    this.open.add(down);
+    const info = opts.info;
+    let up: Duplex | undefined;
+    // Bytes src -> dst and back. The counted socket is the app's (outbound), the client's (plaintext inbound) or,
+    // for HBONE inbound, the upstream socket to the app.
+    const bytes = (): { sent: number; recv: number } => {
+      if (opts.countOn === 'upstream') {
+        const sock = up as net.Socket | undefined;
+        return { sent: sock?.bytesWritten ?? 0, recv: sock?.bytesRead ?? 0 };
+      }
+      const sock = down as net.Socket;
+      return { sent: sock.bytesRead ?? 0, recv: sock.bytesWritten ?? 0 };
+    };
+    this.open.set(down, { info, bytes });
     this.stats.active++;
     stats.opened++;
-    const obs = opts.labels ? this.mesh.connections : undefined;
+    const obs = this.mesh.connections;
+    const labels = obs ? this.labels(info) : undefined;
+    if (labels) obs?.opened(labels);
     let responseFlags: string = RESPONSE_FLAGS.none;
-    obs?.opened(opts.labels as TcpLabels);
+    let error: string | undefined;
     down.pause();
-    const started = Date.now();
-    let up: Duplex | undefined;
     const finish = (): void => {
       if (!this.open.delete(down)) return;
       this.stats.active--;
       stats.closed++;
-      const sock = (opts.countOn === 'upstream' ? up : down) as net.Socket | undefined;
-      const from = opts.countOn === 'upstream' ? sock?.bytesWritten ?? 0 : sock?.bytesRead ?? 0;
-      const to = opts.countOn === 'upstream' ? sock?.bytesRead ?? 0 : sock?.bytesWritten ?? 0;
-      stats.bytesFromDownstream += from;
-      stats.bytesToDownstream += to;
-      if (obs) {
-        const errCode = (down.errored as { code?: string } | null)?.code;
-        if (errCode === 'AMB_ERR_DENIED') responseFlags = RESPONSE_FLAGS.denied;
-        obs.closed({ ...(opts.labels as TcpLabels), response_flags: responseFlags }, to, from);
+      const { sent, recv } = bytes();
+      stats.bytesFromDownstream += sent;
+      stats.bytesToDownstream += recv;
+      const errored = down.errored as { code?: string; message?: string } | null;
+      if (errored?.code === 'AMB_ERR_DENIED') {
+        responseFlags = RESPONSE_FLAGS.denied;
+        error = errored.message;
       }
-      clog.debug({ bytesFromDownstream: from, bytesToDownstream: to, durationMs: Date.now() - started }, 'connection closed');
+      if (labels) obs?.closed({ ...labels, response_flags: responseFlags }, recv, sent);
+      this.access(info, { bytesSent: sent, bytesRecv: recv, durationMs: Date.now() - info.startedAt, responseFlags, ...(error ? { error } : {}) });
     };
     down.once('close', () => {
       if (!up || down.errored) up?.destroy();
@@ -362,11 +415,17 @@ export class PodForwarder {
       },
       (err: Error) => {
         responseFlags = RESPONSE_FLAGS.upstreamFailure;
+        error = `upstream connect failed: ${err.message}${err instanceof HboneStatusError ? ` (HTTP ${err.status})` : ''}`;
         stats.refused++;
-        clog.warn({ error: err.message, ...(err instanceof HboneStatusError ? { status: err.status } : {}) }, 'upstream connect failed');
+        clog.debug({ error: err.message }, 'upstream connect failed');
         if ('resetAndDestroy' in down) (down as net.Socket).resetAndDestroy();
         else (down as http2.ServerHttp2Stream).close();
       },
     );
   }
+}
+
+/** An address as the kernel reports it, without the IPv4-mapped IPv6 prefix Node may add. */
+function unmapped(addr: string | undefined): string {
+  return (addr ?? '').replace(/^::ffff:/, '');
 }

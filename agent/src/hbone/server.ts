@@ -28,6 +28,9 @@ export interface InboundStream {
   stream: http2.ServerHttp2Stream;
   peerIdentity: string;
   peerAddress: string;
+  peerPort: number;
+  /** The tunnel's local end (`podIP:15008`). */
+  localAddress: string;
   upstream: { host: string; port: number };
   headers: http2.IncomingHttpHeaders;
 }
@@ -139,7 +142,11 @@ export class HboneServer {
       stream.respond({ ':status': d.status }, { endStream: true });
       return;
     }
-    this.onStream({ stream, peerIdentity, peerAddress: stream.session?.socket.remoteAddress ?? '', upstream: d.upstream, headers });
+    const sock = stream.session?.socket;
+    this.onStream({
+      stream, peerIdentity, peerAddress: sock?.remoteAddress ?? '', peerPort: sock?.remotePort ?? 0,
+      localAddress: `${sock?.localAddress ?? ''}:${sock?.localPort ?? 0}`, upstream: d.upstream, headers,
+    });
   }
 }
 

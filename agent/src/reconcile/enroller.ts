@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import { Netns, sameNetns, statNetns } from '../platform/netns.js';
 import { runTool } from '../platform/exec.js';
 import { PodForwarder, type ForwarderStats, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
+import type { ConnectionSnapshot } from '../forwarder/connections.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { authorize } from '../policy/authorization.js';
 import { workloadIdentity } from '../workload/directory.js';
@@ -26,11 +27,35 @@ export interface PodView extends PodRecord {
   stats?: ForwarderStats;
 }
 
+/** What `ambient-node rules <pod>` shows for one attachment: the rules expected in its netns, those found, the drift. */
+export interface PodRulesReport {
+  pod: string;
+  containerId: string;
+  ifname: string;
+  netns: string;
+  state: PodRecord['state'];
+  backend: string;
+  expected: string[];
+  actual: string[];
+  missing: string[];
+  unexpected: string[];
+  listening: boolean;
+  /** True when the pod is enrolled and its rules and listeners are all in place, or it is not enrolled and has none. */
+  ok: boolean;
+  /** Set when the rules could not be read (e.g. the netns is gone). */
+  error?: string;
+}
+
 export interface EnrollerCounters {
   enrolments: number;
   enrolmentFailures: number;
   unenrolments: number;
   ruleRepairs: number;
+}
+
+/** Told of enrolment outcomes (metrics). */
+export interface EnrollerObserver {
+  enrolled(backend: string, seconds: number): void;
 }
 
 export class Enroller {
@@ -48,6 +73,7 @@ export class Enroller {
     private readonly log: Logger,
     private readonly podLookupTimeoutMs: number,
     private readonly mesh: MeshContext,
+    private readonly observer?: EnrollerObserver,
   ) {
     source.onChange((c) => this.onWorkloadChange(c));
   }
@@ -181,6 +207,40 @@ export class Enroller {
     });
   }
 
+  /** Open connections of every enrolled pod's forwarder. */
+  connections(): ConnectionSnapshot[] {
+    const now = Date.now();
+    return [...this.live.values()].flatMap((l) => l.forwarder.connections(now));
+  }
+
+  /** Expected vs actual rules for each attachment of pod `namespace/name` (empty when the agent does not know it). */
+  async rules(namespace: string, name: string): Promise<PodRulesReport[]> {
+    const keys = [...this.records.entries()].filter(([, r]) => r.namespace === namespace && r.name === name).map(([k]) => k);
+    return Promise.all(keys.map((key) => this.mutex.run(key, async () => {
+      const rec = this.records.get(key);
+      if (!rec) throw new AgentError('AMB_ERR_POD_UNKNOWN', `pod ${namespace}/${name} went away`);
+      const enrolled = rec.state === 'enrolled';
+      const listening = this.live.get(key)?.forwarder.listening ?? false;
+      const base = {
+        pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId, ifname: rec.ifname, netns: rec.netnsPath, state: rec.state,
+        backend: this.backend.name, expected: enrolled ? this.backend.expectedPodRules() : [], listening,
+      };
+      const id = statNetns(rec.netnsPath);
+      if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) {
+        return { ...base, actual: [], missing: base.expected, unexpected: [], ok: false, error: `network namespace ${rec.netnsPath} is gone` };
+      }
+      try {
+        const drift = await this.backend.verifyPod(rec.netnsPath);
+        // A pod that is not enrolled should have none of our rules: everything found is unexpected.
+        const unexpected = enrolled ? drift.unexpected : drift.actual;
+        const missing = enrolled ? drift.missing : [];
+        return { ...base, actual: drift.actual, missing, unexpected, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
+      } catch (err) {
+        return { ...base, actual: [], missing: [], unexpected: [], ok: false, error: `cannot read the rules: ${describe(err)}` };
+      }
+    })));
+  }
+
   enrolledCount(): number {
     return [...this.records.values()].filter((r) => r.state === 'enrolled').length;
   }
@@ -257,7 +317,9 @@ export class Enroller {
       throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed`, { cause: err });
     }
     this.counters.enrolments++;
-    plog.info({ ips: rec.ips, backend: this.backend.name, ms: Math.round(performance.now() - started) }, 'pod enrolled');
+    const ms = performance.now() - started;
+    this.observer?.enrolled(this.backend.name, ms / 1000);
+    plog.info({ ips: rec.ips, backend: this.backend.name, ms: Math.round(ms) }, 'pod enrolled');
   }
 
   /** Removes listeners, rules (both backends) and probe targets. Succeeds when the netns is already gone. */

@@ -9,7 +9,10 @@ import {
   EVENT_PATHS, EventParseError, MAX_EVENT_BYTES, parseCniEvent, parseGcEvent,
   type AgentStatus, type EventError, type EventVerdict, type PluginLogRecord,
 } from '../protocol/cni-event.js';
-import type { Enroller } from '../reconcile/enroller.js';
+import type { Enroller, PodRulesReport } from '../reconcile/enroller.js';
+import type { RuleDrift } from '../redirect/backend.js';
+import { checkPolicy, parsePolicyCheckArgs, PolicyCheckArgError } from '../policy/check.js';
+import type { WorkloadSource } from '../workload/source.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 
 export const PODS_PATH = '/v1/pods';
@@ -17,6 +20,12 @@ export const PODS_PATH = '/v1/pods';
 export const CERTS_PATH = '/v1/certs';
 /** The native plugin shim's endpoint (cni/shim/ambient-cni.c): a whole CNI invocation, run in-process. */
 export const EXEC_PATH = '/v1/cni/exec';
+/** Open relayed connections of every enrolled pod. */
+export const CONNS_PATH = '/v1/conns';
+/** `?pod=<ns>/<name>`: expected vs actual in-pod rules and drift, plus the node rules. */
+export const RULES_PATH = '/v1/rules';
+/** `?from=<ns>/<sa>&to=<ns>/<pod>:<port>[&fromIp=<ip>]`: the authorization decision and the policy that made it. */
+export const POLICY_CHECK_PATH = '/v1/policy/check';
 
 const CNI_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
 
@@ -45,6 +54,18 @@ export interface EventServerDeps {
   log: Logger;
   /** Told of every plugin request (ADD, DEL, CHECK, GC) and its result (the verdict's result, or "error"), for metrics. */
   onPluginRequest?: (command: string, result: string) => void;
+  /** For `rules`: the node-side rules' drift. */
+  verifyHost?: () => Promise<RuleDrift>;
+  /** For `policy check`: the pods and policies, and the trust domain identities live in. */
+  source?: WorkloadSource;
+  trustDomain?: string;
+}
+
+/** The answer to GET /v1/rules. */
+export interface RulesReply {
+  pod: string;
+  attachments: PodRulesReport[];
+  node: RuleDrift | { error: string };
 }
 
 /** How long a DEL that arrives during start-up waits for re-adoption before it is answered "try again later". */
@@ -133,6 +154,31 @@ export class EventServer {
     }
   }
 
+  private async rules(pod: string): Promise<{ status: number; body: unknown }> {
+    const m = /^([^/]+)\/([^/]+)$/.exec(pod);
+    if (!m) return { status: 400, body: { code: 7, msg: `pod must be <namespace>/<name>, got ${JSON.stringify(pod)}` } satisfies EventError };
+    const attachments = await this.deps.enroller.rules(m[1] as string, m[2] as string);
+    if (!attachments.length) return { status: 404, body: { code: 4, msg: `pod ${pod} is not known to the agent on this node` } satisfies EventError };
+    const node = this.deps.verifyHost ? await this.deps.verifyHost().catch((err: unknown) => ({ error: describe(err) })) : { error: 'not available' };
+    return { status: 200, body: { pod, attachments, node } satisfies RulesReply };
+  }
+
+  private policyCheck(query: URLSearchParams): { status: number; body: unknown } {
+    const { source, trustDomain } = this.deps;
+    if (!source || !trustDomain) return { status: 404, body: { code: 4, msg: 'policy check is not available' } satisfies EventError };
+    let q;
+    try {
+      q = parsePolicyCheckArgs(query.get('from') ?? '', query.get('to') ?? '', query.get('fromIp') ?? undefined);
+    } catch (err) {
+      if (err instanceof PolicyCheckArgError) return { status: 400, body: { code: 7, msg: err.message } satisfies EventError };
+      throw err;
+    }
+    const pod = source.getPod(q.to.namespace, q.to.pod);
+    if (!pod) return { status: 404, body: { code: 4, msg: `pod ${q.to.namespace}/${q.to.pod} is not in the workload source` } satisfies EventError };
+    const policies = { authorization: source.authorizationPolicies(), peerAuthentication: source.peerAuthentications() };
+    return { status: 200, body: checkPolicy(q, pod, policies, trustDomain) };
+  }
+
   /** Routes one parsed request; shared by the socket and the in-process plugin run of the native fast path. */
   async dispatch(method: string, url: string, body: unknown): Promise<{ status: number; body: unknown }> {
     const log = this.deps.log;
@@ -152,7 +198,9 @@ export class EventServer {
   private async route(method: string, url: string, body: unknown): Promise<{ status: number; body: unknown }> {
     const log = this.deps.log;
     try {
-      const route = `${method} ${url}`;
+      const parsed = new URL(url, 'http://agent');
+      const query = parsed.searchParams;
+      const route = `${method} ${parsed.pathname}`;
       switch (route) {
         case `GET ${EVENT_PATHS.status}`:
           return { status: 200, body: this.deps.status() };
@@ -160,6 +208,12 @@ export class EventServer {
           return { status: 200, body: this.deps.certs() };
         case `GET ${PODS_PATH}`:
           return { status: 200, body: { pods: this.deps.enroller.list(), counters: { ...this.deps.enroller.counters, pluginExecs: this.pluginExecs } } };
+        case `GET ${CONNS_PATH}`:
+          return { status: 200, body: { connections: this.deps.enroller.connections() } };
+        case `GET ${RULES_PATH}`:
+          return await this.rules(query.get('pod') ?? '');
+        case `GET ${POLICY_CHECK_PATH}`:
+          return this.policyCheck(query);
         case `POST ${EVENT_PATHS.add}`:
         case `POST ${EVENT_PATHS.del}`:
         case `POST ${EVENT_PATHS.check}`: {

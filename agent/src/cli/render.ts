@@ -1,0 +1,67 @@
+// Human output of the node CLI's inspection commands (`rules`, `conns`, `policy check`); scripts use -o json.
+// Pure: each takes the agent's JSON answer and returns the text to print.
+import type { ConnectionSnapshot } from '../forwarder/connections.js';
+import type { PolicyCheckResult } from '../policy/check.js';
+import type { RulesReply } from '../server/event-server.js';
+import { bytes, table } from './format.js';
+
+/** Whether a rules reply shows drift anywhere (any attachment, or the node rules). */
+export function rulesDrifted(r: RulesReply): boolean {
+  return r.attachments.some((a) => !a.ok) || !('ok' in r.node) || !r.node.ok;
+}
+
+/** Expected rules marked present or MISSING, then rules found that should not be there, per attachment; then the node. */
+export function renderRules(r: RulesReply): string {
+  const out: string[] = [];
+  for (const a of r.attachments) {
+    out.push(`pod ${a.pod} (container ${a.containerId.slice(0, 12)}, ${a.ifname}, netns ${a.netns})`);
+    out.push(`  state ${a.state}, backend ${a.backend}, agent listeners ${a.listening ? 'open' : 'NOT OPEN'}`);
+    if (a.error) out.push(`  ERROR ${a.error}`);
+    const missing = new Set(a.missing);
+    out.push(`  expected (${a.expected.length}):`);
+    for (const line of a.expected) out.push(`    ${missing.has(line) ? 'MISSING ' : 'ok      '}${line}`);
+    for (const line of a.missing.filter((l) => !a.expected.includes(l))) out.push(`    MISSING ${line}`);
+    if (a.unexpected.length) {
+      out.push(`  unexpected (${a.unexpected.length}):`);
+      for (const line of a.unexpected) out.push(`    EXTRA   ${line}`);
+    }
+    const listenerProblem = a.state === 'enrolled' && !a.listening;
+    out.push(a.ok ? '  in sync' : `  DRIFT: ${a.missing.length} missing, ${a.unexpected.length} unexpected${listenerProblem ? ', listeners not open' : ''}`);
+  }
+  if ('ok' in r.node) {
+    out.push(r.node.ok ? 'node probe rules: in sync' : `node probe rules: DRIFT (missing: ${r.node.missing.join(' | ') || '-'}; unexpected: ${r.node.unexpected.join(' | ') || '-'})`);
+  } else {
+    out.push(`node probe rules: cannot check (${r.node.error})`);
+  }
+  return out.join('\n');
+}
+
+function duration(ms: number): string {
+  if (ms < 1000) return `${ms}ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
+  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)}m${Math.floor((ms % 60_000) / 1000)}s`;
+  return `${Math.floor(ms / 3_600_000)}h${Math.floor((ms % 3_600_000) / 60_000)}m`;
+}
+
+export function renderConns(conns: readonly ConnectionSnapshot[]): string {
+  const id = (principal: string | undefined, mtls: boolean): string => (mtls && principal ? principal.replace(/^spiffe:\/\//, '') : '-');
+  const rows = [...conns].sort((a, b) => a.pod.localeCompare(b.pod) || a.startedAt - b.startedAt).map((c) => [
+    c.pod, c.direction, c.src.addr, id(c.src.principal, c.mtls), c.dst.addr, id(c.dst.principal, c.mtls),
+    c.mtls ? 'mTLS' : 'plain', bytes(c.bytesSent), bytes(c.bytesRecv), duration(c.durationMs),
+  ]);
+  return table(['POD', 'DIRECTION', 'SRC', 'SRC-IDENTITY', 'DST', 'DST-IDENTITY', 'SECURITY', 'SENT', 'RECEIVED', 'AGE'], rows);
+}
+
+export function renderPolicyCheck(r: PolicyCheckResult): string {
+  const out = [
+    `${r.allowed ? 'ALLOW' : 'DENY'}  ${r.from.principal}${r.from.ip ? ` (${r.from.ip})` : ''} -> ${r.to.pod} ${r.to.ip}:${r.to.port}`,
+    `  reason:     ${r.reason}`,
+    `  decided by: ${r.policy ?? '(default)'}`,
+    `  applicable: ${r.applicable.length ? r.applicable.join(', ') : 'none'}`,
+    `  plaintext:  PeerAuthentication ${r.mtlsMode} on port ${r.to.port}: ${r.mtlsMode === 'STRICT' ? 'non-mesh clients refused' : 'non-mesh clients let in (then this policy applies without a principal)'}`,
+  ];
+  for (const d of r.dryRun) out.push(`  dry-run:    ${d.policy} (${d.action}) ${d.matched ? 'matches' : 'does not match'}`);
+  if (r.dryRunAllowed !== undefined) out.push(`  with dry-run policies enforced: ${r.dryRunAllowed ? 'ALLOW' : 'DENY'}`);
+  for (const w of r.warnings) out.push(`  warning:    ${w}`);
+  return out.join('\n');
+}
