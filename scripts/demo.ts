@@ -52,10 +52,9 @@ async function main(): Promise<void> {
     step(3, 'what each agent captured (`ambient-node pods` on each node)');
     for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'pods'))}`);
 
-    step(4, 'inside sleep\'s network namespace: the agent\'s listeners and the redirection rules');
+    step(4, 'inside sleep\'s network namespace: the agent\'s listeners and the redirection rules (`ambient-node rules`)');
     say(indent(String((await sleep.exec('ss', ['-Hltnp'])).stdout)));
-    const rules = mode === 'iptables' ? await sleep.exec('iptables-save', ['-t', 'nat']) : await sleep.exec('/usr/sbin/nft', ['list', 'table', 'inet', 'ambient-nat']);
-    say(indent(String(rules.stdout).split('\n').filter((l) => /AMBIENT|chain|redirect|accept|return/.test(l)).join('\n')));
+    say(indent(await cli(tb, 0, 'rules', 'ambient-demo/sleep')));
     say('   legacy/curl has none of it:');
     const curlRules = String((await curl.exec('iptables-save', ['-t', 'nat'])).stdout);
     say(`   ${/AMBIENT/.test(curlRules) ? 'UNEXPECTED: rules found' : 'no AMBIENT chains'}, listeners: ${String((await curl.exec('ss', ['-Hltn'])).stdout).trim() || 'none'}`);
@@ -100,10 +99,20 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 1500)); // the agents pick the file up within a second
     say(`   sleep    -> productpage: ${await echo(sleep, productpage, 9080, 'allowed?')}`);
     say(`   notsleep -> productpage: ${await echo(notsleep, productpage, 9080, 'allowed?')}   (denied: not the sleep identity)`);
+    say('   `ambient-node policy check` explains both:');
+    say(indent(await cli(tb, 1, 'policy', 'check', '--from', 'ambient-demo/sleep', '--to', 'ambient-demo/productpage:9080')));
+    say(indent(await cli(tb, 1, 'policy', 'check', '--from', 'ambient-demo/notsleep', '--to', 'ambient-demo/productpage:9080')));
+    const denied = (await tb.agent(1).logs({ currentRun: true })).filter((l) => l.scope === 'access' && l.response_flags === 'DENY').at(-1);
+    say(`   node 1's access log line for the refusal:\n   ${JSON.stringify(denied)}`);
     await tb.removeWorkload('productpage-viewer.yaml');
 
-    step(9, 'what the agents carried');
+    step(9, 'what the agents carried, and a connection held open (`ambient-node pods`, `ambient-node conns`)');
     for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'pods'))}`);
+    const held = sleep.spawn('sh', ['-c', `(echo held-open; sleep 5) | ncat ${productpage.ip} 9080`], { reject: false, timeout: 10_000 });
+    await new Promise((r) => setTimeout(r, 500));
+    for (const i of [0, 1]) say(`   ${tb.node(i).name}:\n${indent(await cli(tb, i, 'conns'))}`);
+    held.kill();
+    await held;
 
     step(10, 'fail closed: the agent on node 1 is killed (kill -9)');
     await tb.agent(1).kill('SIGKILL');

@@ -73,13 +73,13 @@ netnsTest.serial('admin endpoints: TCP metrics for allowed and denied connection
   t.is((await http(tb, 1, 'POST', 'http://127.0.0.1:15000/logging')).status, 400);
   t.is((await http(tb, 1, 'POST', 'http://127.0.0.1:15000/logging?level=warn')).status, 200);
   t.deepEqual(JSON.parse((await http(tb, 1, 'GET', 'http://127.0.0.1:15000/logging')).body), { level: 'warn' });
-  // Existing child loggers follow the root: the forwarder's per-connection debug line stops, then comes back.
-  const closedLines = async (): Promise<number> => (await tb.agent(1).logs({ currentRun: true })).filter((l) => l.msg === 'connection closed').length;
+  // Existing child loggers follow the root: the access log's info line per connection stops at warn, then comes back.
+  const closedLines = async (): Promise<number> => (await tb.agent(1).logs({ currentRun: true })).filter((l) => l.msg === 'connection complete').length;
   const before = await closedLines();
   t.true((await ask(sleep, productpage.ip, 9080, 'quiet')).ok);
   await new Promise((r) => setTimeout(r, 500));
-  t.is(await closedLines(), before, 'no debug line at warn');
+  t.is(await closedLines(), before, 'no info line at warn');
   t.is((await http(tb, 1, 'POST', 'http://127.0.0.1:15000/logging?level=debug')).status, 200);
   t.true((await ask(sleep, productpage.ip, 9080, 'loud')).ok);
-  t.true((await eventually(closedLines, (n) => n > before, 6000)) > before, 'debug lines again at debug');
+  t.true((await eventually(closedLines, (n) => n > before, 6000)) > before, 'info lines again at debug');
 });

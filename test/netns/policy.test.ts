@@ -25,7 +25,7 @@ netnsTest.serial('ALLOW admits only sleep; notsleep is refused; a DENY overrides
   t.true((await ask(sleep, productpage.ip, 9080, 's')).ok, 'sleep gets through');
   t.true(((await agentPod(tb, productpage))?.stats?.inbound.denied ?? 0) >= 1, 'the denial is counted');
   const logs = await tb.agent(1).logs({ currentRun: true });
-  t.true(logs.some((l) => l.msg === 'connection denied by authorization policy' && l.principal === 'spiffe://cluster.local/ns/app/sa/notsleep'));
+  t.true(logs.some((l) => l.scope === 'access' && l.msg === 'connection failed' && l.response_flags === 'DENY' && l['src.identity'] === 'spiffe://cluster.local/ns/app/sa/notsleep'), 'the access log has the denial');
 
   await tb.writeWorkload('authz-deny.yaml', policy('deny-sleep', {
     selector: { matchLabels: { app: 'productpage' } },
@@ -68,4 +68,6 @@ netnsTest.serial('a policy change closes an open connection that it now denies; 
   t.is(client, 0, 'and torn down on the client side too');
   const logs = await tb.agent(1).logs({ currentRun: true });
   t.true(logs.some((l) => l.msg === 'open connection closed: now denied by authorization policy'));
+  t.true(logs.some((l) => l.scope === 'access' && l.msg === 'connection complete' && l.response_flags === 'DENY'
+    && /closed after a policy change: denied by DENY policy app\/deny-all-to-productpage/.test(String(l.error))), 'the access log says why it closed');
 });

@@ -107,7 +107,7 @@ export class PodForwarder {
   private hboneServer: HboneServer | undefined;
   private open = new Map<Duplex, Relay>();
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
-  private inbound = new Map<Duplex, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: () => void }>();
+  private inbound = new Map<Duplex, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
   private nextConnId = 1;
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
@@ -290,7 +290,7 @@ export class PodForwarder {
 
   /** Remembers an admitted inbound connection; closing it with an error makes splice() tear down its upstream too. */
   private track(conn: Duplex, source: AuthzConnection['source'], destination: { ip: string; port: number }): void {
-    const close = (): void => void conn.destroy(Object.assign(new Error('denied by authorization policy'), { code: 'AMB_ERR_DENIED' }));
+    const close = (reason: string): void => void conn.destroy(Object.assign(new Error(`closed after a policy change: ${reason}`), { code: 'AMB_ERR_DENIED' }));
     this.inbound.set(conn, { source, destination, close });
     conn.once('close', () => this.inbound.delete(conn));
   }
@@ -303,7 +303,7 @@ export class PodForwarder {
       if (d.allowed) continue;
       this.stats.inbound.denied++;
       this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: `${c.destination.ip}:${c.destination.port}` }, 'open connection closed: now denied by authorization policy');
-      c.close();
+      c.close(d.reason);
       closed++;
     }
     return closed;
@@ -414,8 +414,9 @@ export class PodForwarder {
         down.resume();
       },
       (err: Error) => {
-        responseFlags = RESPONSE_FLAGS.upstreamFailure;
-        error = `upstream connect failed: ${err.message}${err instanceof HboneStatusError ? ` (HTTP ${err.status})` : ''}`;
+        // The peer's agent answering 401 is its policy refusing us: report it as a denial, like the destination does.
+        responseFlags = err instanceof HboneStatusError && err.status === 401 ? RESPONSE_FLAGS.denied : RESPONSE_FLAGS.upstreamFailure;
+        error = `upstream connect failed: ${err.message}`;
         stats.refused++;
         clog.debug({ error: err.message }, 'upstream connect failed');
         if ('resetAndDestroy' in down) (down as net.Socket).resetAndDestroy();
