@@ -91,8 +91,13 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
     held.kill();
   }
 
-  // rules: in sync, then drift after a hand flush (exit 1), unknown pod (exit 2).
+  // status as a table (its JSON form and the agent-down exit code are covered in agent-api.test.ts).
   const node0 = cli(tb, 0);
+  const status = await node0('status');
+  t.is(status.exitCode, 0);
+  t.regex(status.stdout, /^NODE\s+READY\s+BACKEND\s+ENROLLED\n\S+\s+yes\s+iptables\s+2$/m);
+
+  // rules: in sync, then drift after a hand flush (exit 1), unknown pod (exit 2).
   const synced = await node0('rules', 'app/sleep');
   t.is(synced.exitCode, 0, synced.stdout);
   t.regex(synced.stdout, /pod app\/sleep .*\n\s+state enrolled, backend iptables, agent listeners open/);
