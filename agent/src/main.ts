@@ -8,6 +8,7 @@ import { AgentDownError, getJson } from './cli/agent-client.js';
 import { bytes, table } from './cli/format.js';
 import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
+import { registerInstallCommands } from './install/cli.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
 import { CERTS_PATH, PODS_PATH } from './server/event-server.js';
@@ -138,6 +139,7 @@ export function buildCli(): Command {
       if (r.identities.some((c) => c.state === 'expired')) process.exitCode = EXIT.problem;
     });
 
+  registerInstallCommands(program);
   return program;
 }
 
