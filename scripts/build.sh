@@ -11,3 +11,28 @@ chmod +x dist/bin/ambient-cni.mjs
 # The plugin's native front (fast path through the agent, falls back to the Node bundle beside it).
 gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
 cp agent/src/identity/istioca.proto dist/agent/src/identity/
+# The plugin as a Node single executable application (dist/bin/ambient-cni-standalone; hosts without Node run it, and
+# the native front falls back to it): a CommonJS bundle that must hold no native addon (a SEA blob cannot carry one),
+# turned into a blob by node --experimental-sea-config and injected with postject into a stripped copy of this node.
+mkdir -p dist/sea
+npx esbuild cni/src/standalone.ts --bundle --platform=node --format=cjs --target=node20 \
+  --define:import.meta.url=undefined --metafile=dist/sea/ambient-cni.meta.json \
+  --outfile=dist/sea/ambient-cni.cjs --log-level=warning
+node -e '
+  const inputs = Object.keys(require("./dist/sea/ambient-cni.meta.json").inputs);
+  const native = inputs.filter((p) => /koffi|\.node$/.test(p));
+  if (native.length) { console.error("build: the plugin bundle must not hold native addons:", native); process.exit(1); }'
+printf '{"main":"dist/sea/ambient-cni.cjs","output":"dist/sea/ambient-cni.blob","disableExperimentalSEAWarning":true,"useCodeCache":true}\n' \
+  > dist/sea/sea-config.json
+node --experimental-sea-config dist/sea/sea-config.json >/dev/null
+sea=dist/sea/ambient-cni-standalone.tmp
+cp "$(node -p process.execPath)" "$sea"
+chmod u+w "$sea"
+strip --strip-all "$sea"
+# postject's LIEF prints harmless warnings about the stripped section names: shown only when it fails.
+if ! out=$(npx postject "$sea" NODE_SEA_BLOB dist/sea/ambient-cni.blob \
+  --sentinel-fuse NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
+mv "$sea" dist/bin/ambient-cni-standalone

@@ -10,7 +10,7 @@ import { pluginEntry, type InstallError } from '../../agent/src/install/cni-conf
 import { atomicWrite, checkInstalled, installCni, uninstallCni, PLUGIN_FILES, type InstallOptions } from '../../agent/src/install/install.js';
 import { InstallWatcher } from '../../agent/src/install/watch.js';
 import type { Logger } from '../../agent/src/log.js';
-import { REPO_ROOT } from '../testbed/repo.js';
+import { CNI_SHIM, CNI_STANDALONE, REPO_ROOT } from '../testbed/repo.js';
 import { tempDir } from './cni-helpers.js';
 
 const ENTRY = pluginEntry({ agentSocket: '/var/run/ambient-node/cni.sock' });
@@ -153,16 +153,16 @@ test('a write that fails leaves neither a partial file nor a temp file', async (
   t.deepEqual(await readdir(opts.confDir), ['10-flannel.conflist']);
 });
 
-test('the installed front works as a CNI plugin: VERSION through its fallback', async (t) => {
+test('the installed plugin works with no Node on the host: VERSION through the front and its standalone fallback', async (t) => {
   const { opts, log } = await host(t);
-  // The real build output: the native front and the Node bundle (the standalone executable is tested with the build).
+  // The real build output: the native front and the standalone executable (what the DaemonSet image installs).
   opts.sourceDir = await tempDir(t);
-  await copyFile(join(REPO_ROOT, 'dist/bin/ambient-cni'), join(opts.sourceDir, PLUGIN_FILES.front));
-  await copyFile(join(REPO_ROOT, 'dist/bin/ambient-cni.mjs'), join(opts.sourceDir, PLUGIN_FILES.module));
+  await copyFile(CNI_SHIM, join(opts.sourceDir, PLUGIN_FILES.front));
+  await copyFile(CNI_STANDALONE, join(opts.sourceDir, PLUGIN_FILES.standalone));
   await writeFile(join(opts.confDir, '10-flannel.conflist'), await fixture('10-flannel.conflist'));
   await installCni(opts, log);
   const r = await execa(join(opts.binDir, PLUGIN_FILES.front), [], {
-    env: { PATH: process.env.PATH, CNI_COMMAND: 'VERSION', AMBIENT_CNI_NO_FAST_PATH: '1' },
+    env: { CNI_COMMAND: 'VERSION', AMBIENT_CNI_NO_FAST_PATH: '1' },
     extendEnv: false,
     input: '{"cniVersion":"1.0.0"}',
   });

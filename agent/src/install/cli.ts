@@ -1,5 +1,5 @@
 // The `install-cni` and `uninstall-cni` commands: flags to InstallOptions, one run, a read-only --check, or --watch
-// until SIGTERM. Stopping never uninstalls (an agent restart or upgrade must leave pods waiting, not uncaptured).
+// until SIGTERM. Stopping uninstalls only when the named DaemonSet is gone or being deleted (upgrades keep the plugin).
 import { type Command, InvalidArgumentError } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../config.js';
@@ -7,6 +7,7 @@ import { createRootLogger, isLogLevel, type Logger } from '../log.js';
 import { LOG_LEVELS as PLUGIN_LOG_LEVELS, type LogLevel as PluginLogLevel } from '../../../cni/src/config.js';
 import { InstallError, pluginEntry } from './cni-config.js';
 import { checkInstalled, installCni, uninstallCni, type InstallOptions } from './install.js';
+import { decideOnExit, inClusterApi, lookupDaemonSet, parseDaemonSetRef, type DaemonSetRef, type KubeApi } from './on-exit.js';
 import { InstallWatcher } from './watch.js';
 
 export const INSTALL_DEFAULTS = {
@@ -29,12 +30,22 @@ interface InstallFlags {
   logLevel: string;
   watch?: boolean;
   check?: boolean;
+  daemonset?: DaemonSetRef;
+  kubeApi?: string;
 }
 
 function positiveInt(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
   return n;
+}
+
+function daemonSetRef(v: string): DaemonSetRef {
+  try {
+    return parseDaemonSetRef(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 function list(v: string): string[] {
@@ -58,6 +69,8 @@ export function registerInstallCommands(program: Command): void {
     .option('--log-level <level>', 'this command\'s log level', 'info')
     .option('--watch', 'keep running: re-insert ambient-cni whenever the conf or bin dir changes')
     .option('--check', 'change nothing; exit 0 when installed as configured, 1 otherwise (a readiness probe)')
+    .option('--daemonset <namespace/name>', 'with --watch: on SIGTERM, uninstall only if this DaemonSet is gone or being deleted (default: never uninstall on exit)', daemonSetRef)
+    .option('--kube-api <url>', 'API server for the --daemonset lookup (default: in-cluster, with the pod\'s service-account token)')
     .action(async (flags: InstallFlags) => {
       const log = logger(flags.logLevel);
       const opts = installOptions(flags);
@@ -67,7 +80,7 @@ export function registerInstallCommands(program: Command): void {
         if (!r.ok) process.exitCode = 1;
         return;
       }
-      if (flags.watch) return watchUntilSignal(opts, log);
+      if (flags.watch) return watchUntilSignal(opts, log, flags.daemonset, flags.kubeApi);
       await installCni(opts, log);
     });
 
@@ -112,19 +125,28 @@ function installOptions(f: InstallFlags): InstallOptions {
   }
 }
 
-/** --watch: install, keep it installed, and on SIGTERM/SIGINT stop watching and leave everything in place. */
-async function watchUntilSignal(opts: InstallOptions, log: Logger): Promise<void> {
+/**
+ * --watch: install, keep it installed, and on SIGTERM/SIGINT stop watching. The plugin stays unless `ds` is given and
+ * the API server says that DaemonSet is gone or being deleted (Istio's rule): an upgrade or restart must leave new pods
+ * waiting for the agent, never starting uncaptured.
+ */
+async function watchUntilSignal(opts: InstallOptions, log: Logger, ds: DaemonSetRef | undefined, kubeApi: string | undefined): Promise<void> {
   const watcher = new InstallWatcher(opts, log);
-  await new Promise<void>((resolve, reject) => {
-    const stop = (signal: string): void => {
-      log.info({ signal }, 'stopping; ambient-cni stays installed so new pods wait for the agent (uninstall-cni removes it)');
-      watcher.stop().then(resolve, reject);
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+  const signal = await new Promise<string>((resolve, reject) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
     watcher.start().catch((err: unknown) => {
       void watcher.stop();
       reject(err);
     });
   });
+  await watcher.stop();
+  if (!ds) {
+    log.info({ signal }, 'stopping; ambient-cni stays installed so new pods wait for the agent (uninstall-cni removes it)');
+    return;
+  }
+  const api: KubeApi | { error: string } = kubeApi ? { server: kubeApi } : await inClusterApi().catch((err: unknown) => ({ error: (err as Error).message }));
+  const decision = decideOnExit(ds, 'error' in api ? api : await lookupDaemonSet(api, ds));
+  log.info({ signal, uninstall: decision.uninstall }, `stopping; ${decision.reason}`);
+  if (decision.uninstall) await uninstallCni(opts, log);
 }

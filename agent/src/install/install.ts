@@ -40,6 +40,24 @@ export interface InstallOptions {
   pinnedName?: string;
   /** The ambient-cni entry, from pluginEntry(). */
   entry: JsonObject;
+  /** Remembers file digests between runs (the watcher passes one): the standalone executable is ~85 MB. */
+  digests?: DigestCache;
+}
+
+/** sha256 of files by (path, inode, size, mtime): a file is read again only when one of those changed. */
+export class DigestCache {
+  readonly #known = new Map<string, { key: string; digest: string }>();
+
+  async digest(path: string): Promise<string | undefined> {
+    const st = await stat(path).catch(() => undefined);
+    if (!st) return undefined;
+    const key = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    const hit = this.#known.get(path);
+    if (hit?.key === key) return hit.digest;
+    const digest = sha256(await readFile(path));
+    this.#known.set(path, { key, digest });
+    return digest;
+  }
 }
 
 export interface InstallReport {
@@ -52,14 +70,14 @@ export interface InstallReport {
 
 /** Copies the binaries (when they differ) and makes sure the primary config runs ambient-cni last. Idempotent. */
 export async function installCni(opts: InstallOptions, log: Logger): Promise<InstallReport> {
-  const copied = await installBinaries(opts.sourceDir, opts.binDir);
+  const copied = await installBinaries(opts.sourceDir, opts.binDir, opts.digests);
   for (const name of copied) log.info({ binary: join(opts.binDir, name) }, 'plugin binary installed');
   const { report } = await installConfig(opts, log);
   return { ...report, copied };
 }
 
 /** Copies the plugin files present in sourceDir into binDir, each only when its content differs. Returns the names copied. */
-export async function installBinaries(sourceDir: string, binDir: string): Promise<string[]> {
+export async function installBinaries(sourceDir: string, binDir: string, digests = new DigestCache()): Promise<string[]> {
   await removeStaleTemps(binDir, (n) => n.startsWith(`.${PLUGIN_FILES.front}`));
   const present: string[] = [];
   for (const name of Object.values(PLUGIN_FILES)) {
@@ -73,11 +91,11 @@ export async function installBinaries(sourceDir: string, binDir: string): Promis
   }
   const copied: string[] = [];
   for (const name of present) {
-    const src = await readFile(join(sourceDir, name));
     const dst = join(binDir, name);
-    const current = await readFile(dst).catch(() => undefined);
-    if (current && sha256(current) === sha256(src) && ((await stat(dst)).mode & 0o777) === 0o755) continue;
-    await atomicWrite(dst, src, 0o755);
+    const want = await digests.digest(join(sourceDir, name));
+    const mode = await stat(dst).then((st) => st.mode & 0o777, () => undefined);
+    if (mode === 0o755 && (await digests.digest(dst)) === want) continue;
+    await atomicWrite(dst, await readFile(join(sourceDir, name)), 0o755);
     copied.push(name);
   }
   return copied;
@@ -203,7 +221,10 @@ export async function atomicWrite(
     } finally {
       await fh.close();
     }
-    if (owner && process.getuid?.() === 0) await chown(tmp, owner.uid, owner.gid);
+    // Keep the owner where we may (the installer's container drops CAP_CHOWN; root-owned files need none).
+    if (owner && process.getuid?.() === 0) await chown(tmp, owner.uid, owner.gid).catch((err: unknown) => {
+      if (!isErrno(err, 'EPERM')) throw err;
+    });
     await chmod(tmp, mode);
     await beforeRename?.();
     await rename(tmp, path);

@@ -3,7 +3,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../log.js';
 import { InstallError } from './cni-config.js';
-import { installCni, type InstallOptions } from './install.js';
+import { DigestCache, installCni, type InstallOptions } from './install.js';
 
 export interface WatchTuning {
   /** Re-insertions within `windowMs` beyond which another component is considered to be fighting us. */
@@ -42,7 +42,10 @@ export class InstallWatcher {
   private stopped = false;
   private readonly listeners = new Set<() => void>();
 
-  constructor(private readonly opts: InstallOptions, private readonly log: Logger, tuning: Partial<WatchTuning> = {}) {
+  private readonly opts: InstallOptions;
+
+  constructor(opts: InstallOptions, private readonly log: Logger, tuning: Partial<WatchTuning> = {}) {
+    this.opts = { digests: new DigestCache(), ...opts };
     this.tuning = { ...DEFAULT_TUNING, ...tuning };
   }
 
