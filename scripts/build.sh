@@ -24,7 +24,10 @@ node -e '
   if (native.length) { console.error("build: the plugin bundle must not hold native addons:", native); process.exit(1); }'
 printf '{"main":"dist/sea/ambient-cni.cjs","output":"dist/sea/ambient-cni.blob","disableExperimentalSEAWarning":true,"useCodeCache":true}\n' \
   > dist/sea/sea-config.json
-node --experimental-sea-config dist/sea/sea-config.json >/dev/null
+if ! out=$(node --experimental-sea-config dist/sea/sea-config.json 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 sea=dist/sea/ambient-cni-standalone.tmp
 cp "$(node -p process.execPath)" "$sea"
 chmod u+w "$sea"
