@@ -85,6 +85,18 @@ test('a single .conf becomes a .conflist with the same mode; the .conf is gone',
   t.false((await installCni(opts, log)).wroteConfig);
 });
 
+test('when the primary CNI writes its .conf again beside our .conflist, the next run folds it in and removes it', async (t) => {
+  const { opts, log } = await host(t);
+  const conf = join(opts.confDir, '10-bridge.conf');
+  await writeFile(conf, await fixture('10-bridge.conf'));
+  await installCni(opts, log);
+  await writeFile(conf, await fixture('10-bridge.conf'));
+  // "10-bridge.conf" sorts before "10-bridge.conflist": the runtime would now load the .conf, without ambient-cni.
+  t.is((await installCni(opts, log)).primary, join(opts.confDir, '10-bridge.conflist'));
+  t.deepEqual(await readdir(opts.confDir), ['10-bridge.conflist']);
+  t.deepEqual(await types(join(opts.confDir, '10-bridge.conflist')), ['bridge', 'ambient-cni']);
+});
+
 test('the lexically first valid file is the primary; a pinned name overrides it', async (t) => {
   const { opts, log } = await host(t);
   await writeFile(join(opts.confDir, '05-cilium.conflist'), await fixture('05-cilium.conflist'));
