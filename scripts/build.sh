@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build: TypeScript to dist/, the CNI plugin bundled into one file (dist/bin/ambient-cni.mjs) so the runtime's
-# exec of the plugin loads one module instead of dozens, and the native shim dist/bin/ambient-cni that nodes install.
+# exec of the plugin loads one module instead of dozens, the native shim dist/bin/ambient-cni that nodes install, and
+# the plugin as a standalone executable (dist/bin/ambient-cni-standalone), the shim's fallback on nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx tsc -p tsconfig.json
@@ -8,7 +9,7 @@ npx esbuild cni/src/main.ts --bundle --platform=node --format=esm --target=node2
   --outfile=dist/bin/ambient-cni.mjs --log-level=warning \
   --banner:js="import { createRequire as __ambientRequire } from 'node:module'; const require = __ambientRequire(import.meta.url);"
 chmod +x dist/bin/ambient-cni.mjs
-# The plugin's native front (fast path through the agent, falls back to the Node bundle beside it).
+# The plugin's native front (fast path through the agent, falls back to ambient-cni-standalone or the Node bundle beside it).
 gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
 cp agent/src/identity/istioca.proto dist/agent/src/identity/
 # The plugin as a Node single executable application (dist/bin/ambient-cni-standalone; hosts without Node run it, and
