@@ -13,6 +13,7 @@ import type { ConnectionSnapshot } from './forwarder/connections.js';
 import type { PolicyCheckResult } from './policy/check.js';
 import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
+import { registerInstallCommands } from './install/cli.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
 import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, type RulesReply } from './server/event-server.js';
@@ -188,6 +189,7 @@ export function buildCli(): Command {
       if (r.identities.some((c) => c.state === 'expired')) process.exitCode = EXIT.problem;
     });
 
+  registerInstallCommands(program);
   return program;
 }
 

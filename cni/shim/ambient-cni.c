@@ -2,7 +2,8 @@
  * ambient-cni fast path: a small native front for the TypeScript plugin. It hands the invocation (CNI_* env + stdin)
  * to the agent, which runs the same plugin code in-process (POST /v1/cni/exec), and relays stdout, stderr and the
  * exit code. Node's ~60 ms start-up is paid only on the fallback: whenever the agent cannot be reached or answers
- * anything but a complete 200, the shim execs the Node plugin (ambient-cni.mjs beside it), which then reports the
+ * anything but a complete 200, the shim execs the plugin beside it: the standalone executable ambient-cni-standalone
+ * (no Node needed on the host) when present, else the Node bundle ambient-cni.mjs; that one then reports the
  * proper CNI result or error itself (fail closed: ADD -> code 11, DEL -> success). The shim never writes a CNI
  * result of its own, so the CNI semantics live in one place.
  */
@@ -103,16 +104,18 @@ static long now_ms(void) {
   return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
-/* Replaces this process with the Node plugin beside the shim, with the same env and the stdin already read. */
+/* Replaces this process with the plugin beside the shim (standalone executable first, else the Node bundle), with the
+ * same env and the stdin already read. */
 static void fallback(const char *in, size_t in_len, char **argv) {
-  char self[PATH_MAX], target[PATH_MAX + 16];
+  char self[PATH_MAX], target[PATH_MAX + 32];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) goto fail;
   self[n] = 0;
   char *slash = strrchr(self, '/');
   if (!slash) goto fail;
   *slash = 0;
-  snprintf(target, sizeof target, "%s/ambient-cni.mjs", self);
+  snprintf(target, sizeof target, "%s/ambient-cni-standalone", self);
+  if (access(target, X_OK) != 0) snprintf(target, sizeof target, "%s/ambient-cni.mjs", self);
   int fd = memfd_create("ambient-cni-stdin", 0);
   if (fd < 0) goto fail;
   for (size_t off = 0; off < in_len;) {
@@ -125,8 +128,8 @@ static void fallback(const char *in, size_t in_len, char **argv) {
   argv[0] = target;
   execv(target, argv);
 fail:
-  fprintf(stderr, "{\"level\":50,\"component\":\"ambient-cni\",\"msg\":\"cannot start the Node plugin fallback: %s\"}\n", strerror(errno));
-  printf("{\"code\":999,\"msg\":\"ambient-cni: cannot reach the agent and cannot start the Node plugin beside the shim\"}\n");
+  fprintf(stderr, "{\"level\":50,\"component\":\"ambient-cni\",\"msg\":\"cannot start the plugin fallback beside the shim: %s\"}\n", strerror(errno));
+  printf("{\"code\":999,\"msg\":\"ambient-cni: cannot reach the agent and cannot start the plugin beside the shim\"}\n");
   exit(1);
 }
 

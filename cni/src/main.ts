@@ -127,7 +127,8 @@ function isMainModule(): boolean {
   }
 }
 
-if (isMainModule()) {
+/** The process shell: real env, stdin and stdout. The module's own entry and the standalone executable both call it. */
+export async function runAsProcess(): Promise<void> {
   const io: RunIO = {
     env: process.env,
     stdin: '',
@@ -144,3 +145,6 @@ if (isMainModule()) {
   }
   if (stdin) process.exitCode = await run({ ...io, stdin });
 }
+
+// No top-level await: the standalone build bundles this module as CommonJS.
+if (isMainModule()) void runAsProcess();

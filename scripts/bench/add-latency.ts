@@ -92,6 +92,13 @@ export async function benchAdd(o: AddOpts): Promise<ChainResult[]> {
       mode: o.modes[0] ?? 'iptables',
       tb: { nodes: 1, redirectMode: o.modes[0] ?? 'iptables', agentLogLevel: 'info', cniPlugin: 'node' },
     },
+    // The standalone executable (Node SEA) alone: the front's fallback on a node, and what a host without Node runs.
+    {
+      key: `standalone-${o.modes[0] ?? 'iptables'}`,
+      label: `bridge + ambient-cni as the standalone executable only, agent ${o.modes[0] ?? 'iptables'}`,
+      mode: o.modes[0] ?? 'iptables',
+      tb: { nodes: 1, redirectMode: o.modes[0] ?? 'iptables', agentLogLevel: 'info', cniPlugin: 'standalone' },
+    },
   ];
   progress(`ADD latency: ${chains.length} single-node testbeds (${chains.map((c) => c.key).join(', ')})`);
   return withTestbeds(

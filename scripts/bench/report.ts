@@ -40,7 +40,7 @@ export function reportAdd(o: AddOpts, chains: ChainResult[], lines: string[]): B
   }
   lines.push('');
   lines.push(
-    `Budget, ADD added by ambient-cni + enrolment p99 <= ${BUDGET_MS} ms (node-plugin-* is the Node-only reference, not what nodes install; judged on both the chain p99 difference and the ambient-cni exec p99): ` +
+    `Budget, ADD added by ambient-cni + enrolment p99 <= ${BUDGET_MS} ms (node-plugin-* and standalone-* are references for the front's fallback, not what nodes run per ADD; judged on both the chain p99 difference and the ambient-cni exec p99): ` +
       verdicts
         .map((v) => `**${v.chain}: ${v.met ? 'MET' : 'MISSED'}** (chain ${signed(v.addedP99Ms, 1)} ms, ambient-cni exec ${f1(v.ambientCniP99Ms)} ms)`)
         .join('; '),

@@ -41,4 +41,4 @@ export {
 } from './cni-types.js';
 export { execInNetns, listNetns, netnsPath } from './netns.js';
 export { WorkloadsDir, namespaceFileName, podFileName, type Labels, type NamespaceObject, type PodObject } from './workloads.js';
-export { REPO_ROOT, AGENT_MAIN, CNI_MAIN, REFERENCE_CNI_DIR } from './repo.js';
+export { REPO_ROOT, AGENT_MAIN, CNI_MAIN, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';

@@ -32,6 +32,9 @@ export const CNI_MAIN = join(REPO_ROOT, 'dist/bin/ambient-cni.mjs');
 /** Built native front of the plugin (cni/shim): what a node installs as `ambient-cni`. */
 export const CNI_SHIM = join(REPO_ROOT, 'dist/bin/ambient-cni');
 
+/** Built standalone plugin executable (Node SEA, no Node needed): the front's fallback on nodes. */
+export const CNI_STANDALONE = join(REPO_ROOT, 'dist/bin/ambient-cni-standalone');
+
 /** Node flags the agent runs with in production (its shebang): see agent/src/main.ts. */
 export const AGENT_NODE_FLAGS = ['--single-threaded-gc'];
 

@@ -23,7 +23,7 @@ import {
 } from './node.js';
 import { TestbedPod } from './pod.js';
 import { ProcessTracker } from './processes.js';
-import { AGENT_MAIN, CNI_MAIN, CNI_SHIM, REFERENCE_CNI_DIR } from './repo.js';
+import { AGENT_MAIN, CNI_MAIN, CNI_SHIM, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';
 import { type Labels, namespaceFileName, type PodObject, podFileName, WorkloadsDir } from './workloads.js';
 
 export interface TestbedOptions {
@@ -42,8 +42,11 @@ export interface TestbedOptions {
   agentLogLevel?: string;
   /** Default 20000. */
   agentReadyTimeoutMs?: number;
-  /** How `ambient-cni` is installed: the native shim with its fast path through the agent (what nodes run), or the Node plugin alone. Default 'shim'. */
-  cniPlugin?: 'shim' | 'node';
+  /**
+   * How `ambient-cni` is installed: the native shim with its fast path through the agent (what nodes run), the Node
+   * plugin alone, or the standalone executable alone (the shim's fallback on nodes). Default 'shim'.
+   */
+  cniPlugin?: 'shim' | 'node' | 'standalone';
   /** ambient-cni `log_level`. Default 'info'. */
   cniLogLevel?: string;
   /** ambient-cni `agent_timeout_ms`. Default 10000. */
@@ -116,7 +119,9 @@ export class Testbed implements Destroyable {
     if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200) {
       throw new Error(`nodes must be 1..200, got ${opts.nodes}`);
     }
-    for (const built of (opts.withAmbientCni ?? true) ? [CNI_MAIN, ...((opts.cniPlugin ?? 'shim') === 'shim' ? [CNI_SHIM] : [])] : []) {
+    const plugin = opts.cniPlugin ?? 'shim';
+    const needed = plugin === 'standalone' ? [CNI_STANDALONE] : [CNI_MAIN, ...(plugin === 'shim' ? [CNI_SHIM] : [])];
+    for (const built of (opts.withAmbientCni ?? true) ? needed : []) {
       if (!existsSync(built)) throw new Error(`${built} missing: run \`npm run build\``);
     }
     if ((opts.agent ?? true) && opts.agentCommand === undefined && !existsSync(AGENT_MAIN)) {
@@ -377,6 +382,8 @@ export class Testbed implements Destroyable {
     const wrapper = join(this.binDir, 'ambient-cni');
     if ((o.cniPlugin ?? 'shim') === 'shim') {
       await symlink(CNI_SHIM, wrapper);
+    } else if (o.cniPlugin === 'standalone') {
+      await symlink(CNI_STANDALONE, wrapper);
     } else {
       await writeFile(wrapper, `#!/bin/sh\nexec ${shQuote(process.execPath)} ${shQuote(CNI_MAIN)} "$@"\n`);
       await chmod(wrapper, 0o755);
