@@ -8,7 +8,7 @@ import { Enroller } from './reconcile/enroller.js';
 import { createBackend, type RedirectBackend } from './redirect/backend.js';
 import { StateStore } from './registry/state-store.js';
 import { EventServer } from './server/event-server.js';
-import { FilesWorkloadSource } from './workload/files-source.js';
+import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { selfNetns } from './platform/netns.js';
 import { BuiltinCa } from './identity/builtin-ca.js';
@@ -42,7 +42,7 @@ export class Agent {
 
   constructor(private readonly cfg: AgentConfig, private readonly log: Logger) {
     this.backend = createBackend(cfg.redirectMode);
-    this.source = new FilesWorkloadSource(cfg.workloadsDir, log.child({ component: 'workloads' }));
+    this.source = createWorkloadSource(cfg, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
     this.caReady = cfg.ca === 'builtin'
       ? BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain })

@@ -10,12 +10,19 @@ import type { LevelWithSilent } from 'pino';
 export type RedirectMode = 'iptables' | 'nftables';
 export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables'];
 
+export type WorkloadSourceKind = 'files' | 'kubernetes';
+export const WORKLOAD_SOURCES: readonly WorkloadSourceKind[] = ['files', 'kubernetes'];
+
 export interface AgentConfig {
   nodeName: string;
   stateDir: string;
   socketPath: string;
-  workloadSource: 'files';
+  workloadSource: WorkloadSourceKind;
   workloadsDir: string;
+  /** kubernetes source: kubeconfig file; '' = in-cluster (service-account token and CA, $KUBERNETES_SERVICE_HOST/PORT). */
+  kubeconfig: string;
+  /** Where the host's /proc is visible (a DaemonSet mounts it at /host/proc): scanned to find running pods' netns. */
+  procRoot: string;
   redirectMode: RedirectMode;
   logLevel: LevelWithSilent;
   /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
@@ -51,6 +58,8 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   socketPath: DEFAULT_AGENT_SOCKET,
   workloadSource: 'files',
   workloadsDir: '/etc/ambient-node/workloads',
+  kubeconfig: '',
+  procRoot: '/proc',
   redirectMode: 'iptables',
   logLevel: 'info',
   podLookupTimeoutMs: 3000,
@@ -114,7 +123,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
   const workloadSource = merged.workloadSource ?? 'files';
-  if (workloadSource !== 'files') throw new ConfigError(`workloadSource must be "files" (kubernetes is not implemented yet), got ${JSON.stringify(workloadSource)}`);
+  if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
   if (!Number.isInteger(timeout) || timeout < 0 || timeout > 60_000) throw new ConfigError('podLookupTimeoutMs must be an integer from 0 to 60000');
   const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
@@ -146,8 +155,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     nodeName: asString(nodeName, 'nodeName'),
     stateDir,
     socketPath: asString(merged.socketPath ?? CONFIG_DEFAULTS.socketPath, 'socketPath'),
-    workloadSource,
+    workloadSource: workloadSource as WorkloadSourceKind,
     workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
+    kubeconfig: String(merged.kubeconfig ?? CONFIG_DEFAULTS.kubeconfig),
+    procRoot: asString(merged.procRoot ?? CONFIG_DEFAULTS.procRoot, 'procRoot'),
     redirectMode: redirectMode as RedirectMode,
     logLevel,
     podLookupTimeoutMs: timeout,

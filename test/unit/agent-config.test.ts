@@ -18,11 +18,17 @@ test('admin ports default to 15000/15020/15021 and can be set', (t) => {
   t.like(parseAgentConfig({ 'metrics-port': 9091 }, { nodeName: 'n', adminPort: '9000' }), { adminPort: 9000, metricsPort: 9091, readinessPort: 15021 });
 });
 
+test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc root', (t) => {
+  t.like(parseAgentConfig({}, { nodeName: 'n' }), { workloadSource: 'files', kubeconfig: '', procRoot: '/proc' });
+  t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
-  ['unsupported source', { workloadSource: 'kubernetes' }, /workloadSource/],
+  ['unsupported source', { workloadSource: 'etcd' }, /workloadSource must be one of files, kubernetes/],
+  ['empty proc root', { procRoot: '' }, /procRoot/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
   ['empty state dir', { stateDir: '' }, /stateDir/],
   ['bad trust domain', { trustDomain: 'Bad Domain' }, /trustDomain/],

@@ -47,7 +47,7 @@ async function setup(t: import('ava').ExecutionContext, opts: { seed?: (api: Fak
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'kubeconfig'), kubeconfigFor(api, { token: 'secret-token' }));
   const { log, lines } = captureLog();
-  const source = new KubernetesWorkloadSource({ client: new KubeClient(loadKubeConfig({ kubeconfig: join(dir, 'kubeconfig') })), nodeName: NODE, log, backoff: FAST });
+  const source = new KubernetesWorkloadSource({ client: new KubeClient({ kubeconfig: join(dir, 'kubeconfig') }), nodeName: NODE, log, backoff: FAST });
   t.teardown(() => source.stop());
   const changes: WorkloadChange[] = [];
   source.onChange((c) => changes.push(c));
@@ -158,15 +158,12 @@ test('a malformed AuthorizationPolicy is rejected naming the object and field; t
 });
 
 test('missing Istio CRDs (404) count as no policies instead of blocking start', async (t) => {
-  const api = await new FakeKubeApi().start();
+  const api = await new FakeKubeApi({ withoutCrds: true }).start();
   t.teardown(() => api.stop());
   const dir = mkdtempSync(join(tmpdir(), 'kube-source-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'kubeconfig'), kubeconfigFor(api));
-  const client = new KubeClient(loadKubeConfig({ kubeconfig: join(dir, 'kubeconfig') }));
-  // A client whose CRD paths answer 404: wrap getJson to rewrite them to a path the server does not serve.
-  const orig = client.getJson.bind(client);
-  client.getJson = (path, q, s) => orig(path.includes('security.istio.io') ? '/apis/nothing/here' : path, q, s);
+  const client = new KubeClient({ kubeconfig: join(dir, 'kubeconfig') });
   const source = new KubernetesWorkloadSource({ client, nodeName: NODE, log: pino({ level: 'silent' }), backoff: FAST });
   t.teardown(() => source.stop());
   await source.start();
@@ -184,20 +181,21 @@ test('in-cluster config: HTTPS with the service account CA and token from a dire
   writeFileSync(join(sa, 'token'), 'sa-token');
   writeFileSync(join(sa, 'ca.crt'), tls.ca);
   const port = new URL(api.url).port;
-  const client = new KubeClient(loadKubeConfig({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, dir: sa } }));
+  const client = new KubeClient({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, dir: sa } });
   t.teardown(() => client.close());
+  await client.init();
   t.is(client.server, `https://127.0.0.1:${port}`);
   const list = await client.getJson('/api/v1/namespaces', {});
   t.is((list.items as { metadata: { name: string } }[])[0]?.metadata.name, 'kube-system');
   t.is(api.requests.at(-1)?.authorization, 'Bearer sa-token');
 
-  t.throws(() => loadKubeConfig({ inCluster: { env: {}, dir: sa } }), { instanceOf: KubeApiError, message: /KUBERNETES_SERVICE_HOST/ });
-  t.throws(() => loadKubeConfig({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1' }, dir: join(sa, 'nope') } }), { instanceOf: KubeApiError, message: /cannot read .*token/ });
+  await t.throwsAsync(loadKubeConfig({ inCluster: { env: {}, dir: sa } }), { instanceOf: KubeApiError, message: /KUBERNETES_SERVICE_HOST/ });
+  await t.throwsAsync(loadKubeConfig({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1' }, dir: join(sa, 'nope') } }), { instanceOf: KubeApiError, message: /cannot read .*token/ });
   // A CA that did not sign the server's certificate is refused.
   const other = makeTestTls();
   t.teardown(() => other.cleanup());
   writeFileSync(join(sa, 'ca.crt'), other.ca);
-  const wrong = new KubeClient(loadKubeConfig({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, dir: sa } }));
+  const wrong = new KubeClient({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port }, dir: sa } });
   t.teardown(() => wrong.close());
   await t.throwsAsync(wrong.getJson('/api/v1/namespaces', {}), { instanceOf: KubeApiError, message: /reachable/ });
 });
@@ -211,14 +209,14 @@ test('kubeconfig: HTTPS with a CA file and a bearer token; a bad token is a 401 
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'good'), kubeconfigFor(api, { token: 'kc-token', caFile: tls.caFile }));
   writeFileSync(join(dir, 'bad'), kubeconfigFor(api, { token: 'wrong', caFile: tls.caFile }));
-  const good = new KubeClient(loadKubeConfig({ kubeconfig: join(dir, 'good') }));
+  const good = new KubeClient({ kubeconfig: join(dir, 'good') });
   t.teardown(() => good.close());
   t.is((await good.getJson('/api/v1/pods', {})).kind, 'PodList');
-  const bad = new KubeClient(loadKubeConfig({ kubeconfig: join(dir, 'bad') }));
+  const bad = new KubeClient({ kubeconfig: join(dir, 'bad') });
   t.teardown(() => bad.close());
   const err = await t.throwsAsync(bad.getJson('/api/v1/pods', {}), { instanceOf: KubeApiError });
   t.is(err?.status, 401);
-  t.throws(() => loadKubeConfig({ kubeconfig: join(dir, 'missing') }), { instanceOf: KubeApiError, message: /cannot load kubeconfig .*missing/ });
+  await t.throwsAsync(new KubeClient({ kubeconfig: join(dir, 'missing') }).init(), { instanceOf: KubeApiError, message: /cannot load kubeconfig .*missing/ });
 });
 
 test('reportCapture patches the ambient.istio.io/redirection annotation through pods/status, and removes it', async (t) => {

@@ -77,6 +77,7 @@ export class KubernetesWorkloadSource implements WorkloadSource {
 
   /** Lists everything once (retrying until the API answers), then keeps watching. */
   async start(): Promise<void> {
+    await this.o.client.init();
     await Promise.all(this.reflectors().map((r) => r.start()));
     this.o.log.info({ pods: this.allPods.values().length, podsOnNode: this.localPods.values().length, namespaces: this.namespaces.values().length, server: this.o.client.server }, 'kubernetes informers synced');
   }

@@ -1,9 +1,9 @@
 // A minimal Kubernetes API client: credentials from a kubeconfig or the in-cluster service account, raw JSON GET,
-// line-by-line watch streams and merge patches. @kubernetes/client-node supplies auth and TLS; undici does the HTTP.
+// line-by-line watch streams and merge patches. @kubernetes/client-node (loaded on first use: it is big) supplies auth and TLS; undici does the HTTP.
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { join } from 'node:path';
-import { KubeConfig, RequestContext } from '@kubernetes/client-node';
+import type { KubeConfig, RequestContext } from '@kubernetes/client-node';
 import { fetch, type Dispatcher } from 'undici';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
@@ -21,9 +21,13 @@ export type KubeCredentials =
   | { kubeconfig: string }
   | { inCluster: { env: Record<string, string | undefined>; dir?: string } };
 
+type ClientNode = typeof import('@kubernetes/client-node');
+let clientNode: Promise<ClientNode> | undefined;
+const loadClientNode = (): Promise<ClientNode> => (clientNode ??= import('@kubernetes/client-node'));
+
 /** Builds the client-node KubeConfig; throws a KubeApiError naming what is missing. */
-export function loadKubeConfig(creds: KubeCredentials): KubeConfig {
-  const kc = new KubeConfig();
+export async function loadKubeConfig(creds: KubeCredentials): Promise<KubeConfig> {
+  const kc = new (await loadClientNode()).KubeConfig();
   if ('kubeconfig' in creds) {
     try {
       kc.loadFromFile(creds.kubeconfig);
@@ -63,11 +67,23 @@ export class KubeClient {
   /** One connection pool for every request (client-node makes a new one per call). */
   private dispatcher: Dispatcher | undefined;
   private dispatcherSet = false;
+  private loaded: Promise<{ kc: KubeConfig; RequestContext: typeof RequestContext }> | undefined;
+  private serverUrl = '';
 
-  constructor(private readonly kc: KubeConfig) {}
+  constructor(private readonly creds: KubeCredentials) {}
+
+  /** Loads the credentials; MUST succeed before anything else works (a bad kubeconfig or missing token fails here). */
+  async init(): Promise<void> {
+    this.loaded ??= (async () => {
+      const [kc, { RequestContext: Ctx }] = await Promise.all([loadKubeConfig(this.creds), loadClientNode()]);
+      this.serverUrl = kc.getCurrentCluster()?.server ?? '';
+      return { kc, RequestContext: Ctx };
+    })();
+    await this.loaded;
+  }
 
   get server(): string {
-    return this.kc.getCurrentCluster()?.server ?? '';
+    return this.serverUrl;
   }
 
   async close(): Promise<void> {
@@ -115,10 +131,12 @@ export class KubeClient {
   }
 
   private async request(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string }): Promise<Response> {
+    await this.init();
+    const { kc, RequestContext: Ctx } = await (this.loaded as NonNullable<typeof this.loaded>);
     const url = new URL(this.server.replace(/\/$/, '') + path);
     for (const [k, v] of Object.entries(query)) if (v !== undefined) url.searchParams.set(k, v);
-    const ctx = new RequestContext(url.toString(), method);
-    await this.kc.applySecurityAuthentication(ctx);
+    const ctx = new Ctx(url.toString(), method);
+    await kc.applySecurityAuthentication(ctx);
     if (!this.dispatcherSet) {
       this.dispatcher = ctx.getDispatcher() as Dispatcher | undefined;
       this.dispatcherSet = true;
