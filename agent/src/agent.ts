@@ -5,6 +5,7 @@ import { describe } from './errors.js';
 import type { Logger } from './log.js';
 import type { AgentStatus } from './protocol/cni-event.js';
 import { Enroller } from './reconcile/enroller.js';
+import { RunningPods } from './reconcile/running-pods.js';
 import { createBackend, type RedirectBackend } from './redirect/backend.js';
 import { StateStore } from './registry/state-store.js';
 import { EventServer } from './server/event-server.js';
@@ -24,6 +25,7 @@ export class Agent {
   private readonly backend: RedirectBackend;
   private readonly source: WorkloadSource;
   private readonly enroller: Enroller;
+  private readonly runningPods: RunningPods;
   private readonly server: EventServer;
   private readonly identities: CertManager;
   private readonly pool: HbonePool;
@@ -71,6 +73,7 @@ export class Agent {
       trustDomain: cfg.trustDomain,
       connections: this.metrics,
     });
+    this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
@@ -127,6 +130,7 @@ export class Agent {
     await this.source.start();
     this.notReadyReason = 'adopting pods';
     await this.enroller.adopt();
+    this.runningPods.start(); // pods already running that no ADD told us about: found through /proc
     this.ready = true;
     this.markReady();
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
@@ -186,6 +190,7 @@ export class Agent {
     await this.repairLoop;
     await this.server.stop();
     await this.admin.stop();
+    await this.runningPods.stop();
     await this.source.stop();
     await this.enroller.shutdown();
     this.pool.close();

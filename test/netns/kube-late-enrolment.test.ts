@@ -1,0 +1,160 @@
+// End to end with the kubernetes workload source (a fake API server inside the node netns) and no CNI ADD reaching the
+// agent: labelling a namespace enrols its running pods (netns found through /proc and the pod's cgroup), traffic is
+// captured, the pods are annotated; removing the label releases them. Processes claiming a pod UID in the host or the
+// agent's own netns are never taken for the pod.
+import { execa, type ResultPromise } from 'execa';
+import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { Netns } from '../../agent/src/platform/netns.js';
+import { listenFdIn } from '../../agent/src/platform/sockets.js';
+import type { PodView } from '../../agent/src/reconcile/enroller.js';
+import { REDIRECTION_ANNOTATION } from '../../agent/src/workload/kube/pod-annotator.js';
+import { FakeKubeApi, kubeconfigFor, makeTestTls } from '../fixtures/fake-kube-api.js';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { netnsPath, type Testbed, type TestbedPod } from '../testbed/index.js';
+import { AMBIENT, agentPods, ask, eventually, hasOurRules, listeningPorts, podRules, startEcho } from './helpers.js';
+
+const NSENTER = '/usr/bin/nsenter';
+
+/** Where cgroup v2 is mounted (here /sys/fs/cgroup/unified; /sys/fs/cgroup on pure v2 hosts). */
+function cgroup2Root(): string {
+  const line = readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
+  const root = line?.split(' ')[1];
+  if (!root) throw new Error('no cgroup2 mount');
+  return root;
+}
+
+/**
+ * Test-owned cgroups laid out like kubelet's (…/kubepods/besteffort/pod<uid>) and processes inside them. Everything is
+ * removed in teardown: processes killed by their own pid, then the directories, deepest first.
+ */
+class PodProcesses {
+  private readonly base: string;
+  private readonly dirs: string[] = [];
+  private readonly procs: ResultPromise[] = [];
+
+  constructor(t: ExecutionContext, id: string) {
+    this.base = join(cgroup2Root(), `ambient-test-${id}`);
+    mkdirSync(join(this.base, 'kubepods', 'besteffort'), { recursive: true });
+    this.dirs.push(this.base, join(this.base, 'kubepods'), join(this.base, 'kubepods', 'besteffort'));
+    t.teardown(() => this.cleanup());
+  }
+
+  /** Starts `sleep` in the pod's cgroup, inside the given netns (undefined: this process's own, i.e. the host's). */
+  start(uid: string, netns: string | undefined): void {
+    const dir = join(this.base, 'kubepods', 'besteffort', `pod${uid}`);
+    if (!this.dirs.includes(dir)) {
+      mkdirSync(dir);
+      this.dirs.push(dir);
+    }
+    const exec = netns ? `exec ${NSENTER} --net=${netns} -- sleep 600` : 'exec sleep 600';
+    const p = execa('sh', ['-c', `echo $$ > ${join(dir, 'cgroup.procs')} && ${exec}`], { reject: false });
+    this.procs.push(p);
+  }
+
+  private async cleanup(): Promise<void> {
+    for (const p of this.procs) p.kill('SIGKILL');
+    await Promise.all(this.procs);
+    for (const d of [...this.dirs].reverse()) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+const podObject = (pod: TestbedPod, ip = pod.ip): Record<string, unknown> => ({
+  metadata: { name: pod.name, namespace: pod.namespace, uid: pod.uid, labels: pod.labels },
+  spec: { nodeName: pod.node.name, serviceAccountName: pod.serviceAccount },
+  status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+});
+
+const viewOf = async (tb: Testbed, name: string): Promise<PodView | undefined> => (await agentPods(tb, 0)).find((p) => p.name === name);
+
+netnsTest.serial('kubernetes source: labelling a namespace enrols its running pods, removing the label releases them', async (t) => {
+  const tls = makeTestTls();
+  t.teardown(() => tls.cleanup());
+  const dir = mkdtempSync(join(tmpdir(), 'kube-e2e-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const kubeconfig = join(dir, 'kubeconfig');
+  let api: FakeKubeApi | undefined;
+  t.teardown(() => api?.stop());
+
+  const tb = await withTestbed(t, {
+    nodes: 1,
+    withAmbientCni: false, // the agent never sees an ADD: every pod it enrols was found running
+    agentArgs: ['--workload-source', 'kubernetes', '--kubeconfig', kubeconfig],
+    // The API server listens on 127.0.0.1 inside the node netns, where the agent runs.
+    beforeAgents: async (bed) => {
+      const node = Netns.open(bed.node(0).netnsPath);
+      try {
+        api = await new FakeKubeApi({ tls, fd: listenFdIn(node, { address: '127.0.0.1', port: 0 }) }).start();
+      } finally {
+        node.close();
+      }
+      writeFileSync(kubeconfig, kubeconfigFor(api, { caFile: tls.caFile }));
+      api.put('namespaces', { metadata: { name: 'app' } });
+    },
+  });
+  if (!api) throw new Error('fake API not started');
+  const kube = api;
+  const [sleep, web] = await tb.addPods([{ node: 0, namespace: 'app', name: 'sleep' }, { node: 0, namespace: 'app', name: 'web' }]);
+  if (!sleep || !web) throw new Error('pods missing');
+  const procs = new PodProcesses(t, tb.id);
+  for (const p of [sleep, web]) {
+    kube.put('pods', podObject(p));
+    procs.start(p.uid, netnsPath(p.netnsName));
+  }
+  // A pod whose "IP" is the node's bridge address, with processes in its cgroup in the node netns (the agent's own)
+  // and in the host netns: neither may ever be taken for it.
+  const ghost = { name: 'ghost', uid: '0a1b2c3d-0000-4000-8000-00000000beef' };
+  kube.put('pods', { metadata: { name: ghost.name, namespace: 'app', uid: ghost.uid }, spec: { nodeName: tb.node(0).name }, status: { phase: 'Running', podIP: tb.node(0).podGateway } });
+  procs.start(ghost.uid, tb.node(0).netnsPath);
+  procs.start(ghost.uid, undefined);
+  await startEcho(web, 8080);
+
+  t.deepEqual(await agentPods(tb, 0), [], 'nothing enrolled while the namespace is not labelled');
+  t.false(hasOurRules(await podRules(sleep)));
+
+  kube.put('namespaces', { metadata: { name: 'app', labels: AMBIENT } });
+  for (const p of [sleep, web]) {
+    const v = await eventually(() => viewOf(tb, p.name), (x) => x?.state === 'enrolled' && x.listening === true, 20_000);
+    t.like(v, { state: 'enrolled', listening: true, uid: p.uid, ips: [p.ip] }, p.name);
+    t.regex(v?.netnsPath ?? '', /^\/proc\/\d+\/ns\/net$/);
+    t.true(hasOurRules(await podRules(p)), `${p.name} has rules`);
+    t.deepEqual((await listeningPorts(p)).filter((n) => n >= 15001 && n <= 15008).sort(), [15001, 15006, 15008]);
+    const ann = await eventually(async () => (kube.get('pods', `app/${p.name}`)?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === 'enabled');
+    t.is(ann, 'enabled', `${p.name} annotated through pods/status`);
+  }
+  const captured = await ask(sleep, web.ip, 8080, 'captured');
+  t.true(captured.ok, captured.output);
+  const stats = await eventually(() => viewOf(tb, 'sleep'), (v) => (v?.stats?.outbound.opened ?? 0) >= 1);
+  t.true((stats?.stats?.outbound.opened ?? 0) >= 1, 'the agent carried the connection');
+  t.true(api.requests.some((r) => r.method === 'PATCH' && r.path === '/api/v1/namespaces/app/pods/sleep/status'));
+
+  const ghostAnn = await eventually(async () => (kube.get('pods', 'app/ghost')?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === 'pending');
+  t.is(ghostAnn, 'pending', 'the ghost pod is marked pending: no netns qualifies');
+  t.is(await viewOf(tb, 'ghost'), undefined, 'never enrolled into the host or node netns');
+  t.true(hasNodeRulesUntouched(await tb.nodeExec(0, 'iptables-save', ['-t', 'nat']).then((r) => String(r.stdout))));
+
+  kube.put('namespaces', { metadata: { name: 'app' } });
+  for (const p of [sleep, web]) {
+    const v = await eventually(() => viewOf(tb, p.name), (x) => x?.state === 'skipped');
+    t.is(v?.state, 'skipped', p.name);
+    t.false(hasOurRules(await podRules(p)), `${p.name} rules removed`);
+    const ann = await eventually(async () => (kube.get('pods', `app/${p.name}`)?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === undefined);
+    t.is(ann, undefined, `${p.name} annotation removed`);
+  }
+  const direct = await ask(sleep, web.ip, 8080, 'direct');
+  t.true(direct.ok, direct.output);
+  t.true(direct.output.includes(`from ${sleep.ip}`), `plain traffic again: ${direct.output}`);
+});
+
+/** The node netns keeps only the probe SNAT chain: no pod redirection rules landed there. */
+function hasNodeRulesUntouched(natRules: string): boolean {
+  return !/AMBIENT_OUTPUT|AMBIENT_PRERT/.test(natRules);
+}
