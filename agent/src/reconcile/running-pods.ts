@@ -35,7 +35,9 @@ export class RunningPods {
   /** Looks once now (after re-adoption) and again whenever pods or namespaces change. */
   start(): void {
     this.source.onChange((c) => {
-      if (c.pods.length || c.namespaces.length) {
+      // Only changes that can select a pod on this node: its own pods, or namespace labels.
+      const here = c.pods.some((p) => (p.after ?? p.before)?.nodeName === this.o.nodeName);
+      if (here || c.namespaces.length) {
         this.attempt = 0;
         this.kick();
       }
