@@ -1,7 +1,7 @@
 // End to end with the kubernetes workload source (a fake API server inside the node netns) and no CNI ADD reaching the
 // agent: labelling a namespace enrols its running pods (netns found through /proc and the pod's cgroup), traffic is
-// captured, the pods are annotated; removing the label releases them. Processes claiming a pod UID in the host or the
-// agent's own netns are never taken for the pod.
+// captured, the pods are annotated and survive an agent restart; removing the label releases them; a pod's own label
+// works the same way. Processes claiming a pod UID in the host or the agent's own netns are never taken for the pod.
 import { execa, type ResultPromise } from 'execa';
 import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -67,15 +67,15 @@ class PodProcesses {
   }
 }
 
-const podObject = (pod: TestbedPod, ip = pod.ip): Record<string, unknown> => ({
-  metadata: { name: pod.name, namespace: pod.namespace, uid: pod.uid, labels: pod.labels },
+const podObject = (pod: TestbedPod, labels: Record<string, string> = pod.labels): Record<string, unknown> => ({
+  metadata: { name: pod.name, namespace: pod.namespace, uid: pod.uid, labels },
   spec: { nodeName: pod.node.name, serviceAccountName: pod.serviceAccount },
-  status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+  status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] },
 });
 
 const viewOf = async (tb: Testbed, name: string): Promise<PodView | undefined> => (await agentPods(tb, 0)).find((p) => p.name === name);
 
-netnsTest.serial('kubernetes source: labelling a namespace enrols its running pods, removing the label releases them', async (t) => {
+netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its running pods (found through /proc), removing the label releases them', async (t) => {
   const tls = makeTestTls();
   t.teardown(() => tls.cleanup());
   const dir = mkdtempSync(join(tmpdir(), 'kube-e2e-'));
@@ -141,6 +141,17 @@ netnsTest.serial('kubernetes source: labelling a namespace enrols its running po
   t.is(await viewOf(tb, 'ghost'), undefined, 'never enrolled into the host or node netns');
   t.true(hasNodeRulesUntouched(await tb.nodeExec(0, 'iptables-save', ['-t', 'nat']).then((r) => String(r.stdout))));
 
+  // Pods found through /proc are re-adopted from the state dir after an agent restart, without a rescan.
+  await tb.agent(0).kill('SIGKILL');
+  await tb.agent(0).start();
+  const readopted = await eventually(() => viewOf(tb, 'sleep'), (v) => v?.state === 'enrolled' && v.listening === true);
+  t.like(readopted, { state: 'enrolled', listening: true });
+  const afterRestart = await eventually(() => ask(sleep, web.ip, 8080, 'after-restart'), (a) => a.ok);
+  t.true(afterRestart.ok, afterRestart.output);
+  const logs = await tb.agent(0).logs({ currentRun: true });
+  t.true(logs.some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 2), 'both pods re-adopted');
+  t.false(logs.some((l) => l.msg === 'running pod enrolled late'), 'no rediscovery was needed');
+
   kube.put('namespaces', { metadata: { name: 'app' } });
   for (const p of [sleep, web]) {
     const v = await eventually(() => viewOf(tb, p.name), (x) => x?.state === 'skipped');
@@ -152,6 +163,20 @@ netnsTest.serial('kubernetes source: labelling a namespace enrols its running po
   const direct = await ask(sleep, web.ip, 8080, 'direct');
   t.true(direct.ok, direct.output);
   t.true(direct.output.includes(`from ${sleep.ip}`), `plain traffic again: ${direct.output}`);
+
+  // The pod's own label works the same way: ambient enrols the running pod, none releases it.
+  const solo = await tb.addPod({ node: 0, namespace: 'other', name: 'solo' });
+  kube.put('namespaces', { metadata: { name: 'other' } });
+  kube.put('pods', podObject(solo));
+  procs.start(solo.uid, netnsPath(solo.netnsName));
+  kube.put('pods', podObject(solo, AMBIENT));
+  const on = await eventually(() => viewOf(tb, 'solo'), (v) => v?.state === 'enrolled' && v.listening === true);
+  t.like(on, { state: 'enrolled', uid: solo.uid });
+  t.true(hasOurRules(await podRules(solo)));
+  kube.put('pods', podObject(solo, { 'istio.io/dataplane-mode': 'none' }));
+  const off = await eventually(() => viewOf(tb, 'solo'), (v) => v?.state === 'skipped');
+  t.is(off?.state, 'skipped');
+  t.false(hasOurRules(await podRules(solo)));
 });
 
 /** The node netns keeps only the probe SNAT chain: no pod redirection rules landed there. */
