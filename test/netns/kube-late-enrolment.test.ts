@@ -75,7 +75,11 @@ const podObject = (pod: TestbedPod, labels: Record<string, string> = pod.labels)
 
 const viewOf = async (tb: Testbed, name: string): Promise<PodView | undefined> => (await agentPods(tb, 0)).find((p) => p.name === name);
 
-netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its running pods (found through /proc), removing the label releases them', async (t) => {
+/**
+ * A one-node testbed whose agent uses the kubernetes source, talking HTTPS to a fake API server that listens on
+ * 127.0.0.1 inside the node netns (where the agent runs). The namespace `app` exists, unlabelled.
+ */
+async function kubeTestbed(t: ExecutionContext, withAmbientCni: boolean): Promise<{ tb: Testbed; kube: FakeKubeApi }> {
   const tls = makeTestTls();
   t.teardown(() => tls.cleanup());
   const dir = mkdtempSync(join(tmpdir(), 'kube-e2e-'));
@@ -83,12 +87,10 @@ netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its r
   const kubeconfig = join(dir, 'kubeconfig');
   let api: FakeKubeApi | undefined;
   t.teardown(() => api?.stop());
-
   const tb = await withTestbed(t, {
     nodes: 1,
-    withAmbientCni: false, // the agent never sees an ADD: every pod it enrols was found running
+    withAmbientCni,
     agentArgs: ['--workload-source', 'kubernetes', '--kubeconfig', kubeconfig],
-    // The API server listens on 127.0.0.1 inside the node netns, where the agent runs.
     beforeAgents: async (bed) => {
       const node = Netns.open(bed.node(0).netnsPath);
       try {
@@ -101,7 +103,15 @@ netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its r
     },
   });
   if (!api) throw new Error('fake API not started');
-  const kube = api;
+  return { tb, kube: api };
+}
+
+const annotation = (kube: FakeKubeApi, key: string): string | undefined =>
+  (kube.get('pods', key)?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION];
+
+netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its running pods (found through /proc), removing the label releases them', async (t) => {
+  // No ambient-cni in the chain: the agent never sees an ADD, so every pod it enrols was found running.
+  const { tb, kube } = await kubeTestbed(t, false);
   const [sleep, web] = await tb.addPods([{ node: 0, namespace: 'app', name: 'sleep' }, { node: 0, namespace: 'app', name: 'web' }]);
   if (!sleep || !web) throw new Error('pods missing');
   const procs = new PodProcesses(t, tb.id);
@@ -127,16 +137,16 @@ netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its r
     t.regex(v?.netnsPath ?? '', /^\/proc\/\d+\/ns\/net$/);
     t.true(hasOurRules(await podRules(p)), `${p.name} has rules`);
     t.deepEqual((await listeningPorts(p)).filter((n) => n >= 15001 && n <= 15008).sort(), [15001, 15006, 15008]);
-    const ann = await eventually(async () => (kube.get('pods', `app/${p.name}`)?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === 'enabled');
+    const ann = await eventually(async () => annotation(kube, `app/${p.name}`), (a) => a === 'enabled');
     t.is(ann, 'enabled', `${p.name} annotated through pods/status`);
   }
   const captured = await ask(sleep, web.ip, 8080, 'captured');
   t.true(captured.ok, captured.output);
   const stats = await eventually(() => viewOf(tb, 'sleep'), (v) => (v?.stats?.outbound.opened ?? 0) >= 1);
   t.true((stats?.stats?.outbound.opened ?? 0) >= 1, 'the agent carried the connection');
-  t.true(api.requests.some((r) => r.method === 'PATCH' && r.path === '/api/v1/namespaces/app/pods/sleep/status'));
+  t.true(kube.requests.some((r) => r.method === 'PATCH' && r.path === '/api/v1/namespaces/app/pods/sleep/status'));
 
-  const ghostAnn = await eventually(async () => (kube.get('pods', 'app/ghost')?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === 'pending');
+  const ghostAnn = await eventually(async () => annotation(kube, 'app/ghost'), (a) => a === 'pending');
   t.is(ghostAnn, 'pending', 'the ghost pod is marked pending: no netns qualifies');
   t.is(await viewOf(tb, 'ghost'), undefined, 'never enrolled into the host or node netns');
   t.true(hasNodeRulesUntouched(await tb.nodeExec(0, 'iptables-save', ['-t', 'nat']).then((r) => String(r.stdout))));
@@ -157,7 +167,7 @@ netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its r
     const v = await eventually(() => viewOf(tb, p.name), (x) => x?.state === 'skipped');
     t.is(v?.state, 'skipped', p.name);
     t.false(hasOurRules(await podRules(p)), `${p.name} rules removed`);
-    const ann = await eventually(async () => (kube.get('pods', `app/${p.name}`)?.metadata.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION], (a) => a === undefined);
+    const ann = await eventually(async () => annotation(kube, `app/${p.name}`), (a) => a === undefined);
     t.is(ann, undefined, `${p.name} annotation removed`);
   }
   const direct = await ask(sleep, web.ip, 8080, 'direct');
@@ -183,3 +193,22 @@ netnsTest.serial('kubernetes source: labelling a namespace or a pod enrols its r
 function hasNodeRulesUntouched(natRules: string): boolean {
   return !/AMBIENT_OUTPUT|AMBIENT_PRERT/.test(natRules);
 }
+
+netnsTest.serial('kubernetes source: a pod ADDed through the plugin is enrolled from the API\'s view and annotated', async (t) => {
+  const { tb, kube } = await kubeTestbed(t, true);
+  kube.put('namespaces', { metadata: { name: 'app', labels: AMBIENT } });
+  const uid = '7e57ab1e-0000-4000-8000-000000000001';
+  // Like the API server: the pod exists (Pending, no IP) before kubelet runs the CNI chain.
+  kube.put('pods', { metadata: { name: 'sleep', namespace: 'app', uid }, spec: { nodeName: tb.node(0).name }, status: { phase: 'Pending' } });
+  const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep', uid });
+  // kubelet then reports the IP through the status (keeping metadata, where the agent's annotation may already be).
+  kube.put('pods', { ...kube.get('pods', 'app/sleep'), status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] } });
+  const v = await viewOf(tb, 'sleep');
+  t.like(v, { state: 'enrolled', containerId: pod.containerId, uid });
+  t.true(hasOurRules(await podRules(pod)));
+  t.is(await eventually(async () => annotation(kube, 'app/sleep'), (a) => a === 'enabled'), 'enabled');
+  kube.put('namespaces', { metadata: { name: 'app' } });
+  t.is((await eventually(() => viewOf(tb, 'sleep'), (x) => x?.state === 'skipped'))?.state, 'skipped');
+  t.is(await eventually(async () => annotation(kube, 'app/sleep'), (a) => a === undefined), undefined);
+  t.false(hasOurRules(await podRules(pod)));
+});
