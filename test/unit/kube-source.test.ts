@@ -98,12 +98,12 @@ test('watch events: added, modified and deleted pods and namespace labels reach 
 });
 
 test('a bookmark advances the resourceVersion the next watch resumes from', async (t) => {
-  const { api } = await setup(t);
+  const { api, source } = await setup(t);
   await until(() => api.openWatches('namespaces'), (n) => n === 1, 'namespace watch');
   api.put('pods', pod('other', 'x', 'node-z', '10.9.0.1')); // moves the global resourceVersion on, unseen by the namespace watch
   const rv = api.resourceVersion;
   api.sendBookmarks();
-  await new Promise((r) => setTimeout(r, 100));
+  await until(() => source.stats().namespaces?.bookmarks ?? 0, (n) => n >= 1, 'bookmark received');
   const before = api.requests.length;
   await api.restart();
   const resumed = await until(() => api.requests.slice(before).find((r) => r.path === '/api/v1/namespaces' && r.query.watch === 'true'), (r) => r !== undefined, 'namespace re-watch');
