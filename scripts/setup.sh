@@ -13,6 +13,9 @@ PACKAGES=(
   iptables nftables iproute2 ipset conntrack containernetworking-plugins
   tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev binutils python3-h2 stunnel4
 )
+# kubectl, to cross-check the fake API server the Kubernetes source is tested against (any kubectl will do: keep one
+# that is already installed, e.g. from another package, rather than clash with it).
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -5,10 +5,11 @@ import { describe } from './errors.js';
 import type { Logger } from './log.js';
 import type { AgentStatus } from './protocol/cni-event.js';
 import { Enroller } from './reconcile/enroller.js';
+import { RunningPods } from './reconcile/running-pods.js';
 import { createBackend, type RedirectBackend } from './redirect/backend.js';
 import { StateStore } from './registry/state-store.js';
 import { EventServer } from './server/event-server.js';
-import { FilesWorkloadSource } from './workload/files-source.js';
+import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { selfNetns } from './platform/netns.js';
 import { BuiltinCa } from './identity/builtin-ca.js';
@@ -24,6 +25,7 @@ export class Agent {
   private readonly backend: RedirectBackend;
   private readonly source: WorkloadSource;
   private readonly enroller: Enroller;
+  private readonly runningPods: RunningPods;
   private readonly server: EventServer;
   private readonly identities: CertManager;
   private readonly pool: HbonePool;
@@ -42,7 +44,7 @@ export class Agent {
 
   constructor(private readonly cfg: AgentConfig, private readonly log: Logger) {
     this.backend = createBackend(cfg.redirectMode);
-    this.source = new FilesWorkloadSource(cfg.workloadsDir, log.child({ component: 'workloads' }));
+    this.source = createWorkloadSource(cfg, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
     this.caReady = cfg.ca === 'builtin'
       ? BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain })
@@ -72,6 +74,7 @@ export class Agent {
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
     }, this.metrics);
+    this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
@@ -129,6 +132,7 @@ export class Agent {
     await this.source.start();
     this.notReadyReason = 'adopting pods';
     await this.enroller.adopt();
+    this.runningPods.start(); // pods already running that no ADD told us about: found through /proc
     this.ready = true;
     this.markReady();
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
@@ -188,6 +192,7 @@ export class Agent {
     await this.repairLoop;
     await this.server.stop();
     await this.admin.stop();
+    await this.runningPods.stop();
     await this.source.stop();
     await this.enroller.shutdown();
     this.pool.close();

@@ -10,12 +10,19 @@ import type { LevelWithSilent } from 'pino';
 export type RedirectMode = 'iptables' | 'nftables';
 export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables'];
 
+export type WorkloadSourceKind = 'files' | 'kubernetes';
+export const WORKLOAD_SOURCES: readonly WorkloadSourceKind[] = ['files', 'kubernetes'];
+
 export interface AgentConfig {
   nodeName: string;
   stateDir: string;
   socketPath: string;
-  workloadSource: 'files';
+  workloadSource: WorkloadSourceKind;
   workloadsDir: string;
+  /** kubernetes source: kubeconfig file; '' = in-cluster (service-account token and CA, $KUBERNETES_SERVICE_HOST/PORT). */
+  kubeconfig: string;
+  /** Where the host's /proc is visible (a DaemonSet mounts it at /host/proc): scanned to find running pods' netns. */
+  procRoot: string;
   redirectMode: RedirectMode;
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
@@ -53,6 +60,8 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   socketPath: DEFAULT_AGENT_SOCKET,
   workloadSource: 'files',
   workloadsDir: '/etc/ambient-node/workloads',
+  kubeconfig: '',
+  procRoot: '/proc',
   redirectMode: 'iptables',
   logLevel: 'info',
   accessLog: true,
@@ -121,7 +130,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     throw new ConfigError(`accessLog must be true or false, got ${JSON.stringify(accessLog)}`);
   }
   const workloadSource = merged.workloadSource ?? 'files';
-  if (workloadSource !== 'files') throw new ConfigError(`workloadSource must be "files" (kubernetes is not implemented yet), got ${JSON.stringify(workloadSource)}`);
+  if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
   if (!Number.isInteger(timeout) || timeout < 0 || timeout > 60_000) throw new ConfigError('podLookupTimeoutMs must be an integer from 0 to 60000');
   const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
@@ -153,8 +162,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     nodeName: asString(nodeName, 'nodeName'),
     stateDir,
     socketPath: asString(merged.socketPath ?? CONFIG_DEFAULTS.socketPath, 'socketPath'),
-    workloadSource,
+    workloadSource: workloadSource as WorkloadSourceKind,
     workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
+    kubeconfig: String(merged.kubeconfig ?? CONFIG_DEFAULTS.kubeconfig),
+    procRoot: asString(merged.procRoot ?? CONFIG_DEFAULTS.procRoot, 'procRoot'),
     redirectMode: redirectMode as RedirectMode,
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',

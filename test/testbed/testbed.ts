@@ -55,6 +55,8 @@ export interface TestbedOptions {
   cniTimeoutMs?: number;
   /** Edit a node's conflist before it is written and used (e.g. append a failing plugin). */
   conflist?: (node: TestbedNodeInfo, list: CniConfList) => CniConfList;
+  /** Runs once the node netns exist, before the agents start (e.g. to start a fake API server inside a node netns). */
+  beforeAgents?: (tb: Testbed) => Promise<void>;
   /** Keep the run dir after destroy (default: env AMBIENT_KEEP_TESTBED=1). Namespaces are always deleted. */
   keep?: boolean;
 }
@@ -400,6 +402,7 @@ export class Testbed implements Destroyable {
       await writeFile(node.conflistPath, JSON.stringify(node.conflist, null, 2));
     }
     this.#assertAlive();
+    await o.beforeAgents?.(this);
     if (o.agent ?? true) {
       // allSettled: a failed start must not leave the others' rejections unhandled.
       const started = await Promise.allSettled(this.nodes.map((n) => n.agent?.start()));

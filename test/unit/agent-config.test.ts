@@ -24,12 +24,18 @@ test('the access log of completed connections is on by default and can be turned
   t.false(parseAgentConfig({ accessLog: true }, { nodeName: 'n', 'access-log': 'false' }).accessLog);
 });
 
+test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc root', (t) => {
+  t.like(parseAgentConfig({}, { nodeName: 'n' }), { workloadSource: 'files', kubeconfig: '', procRoot: '/proc' });
+  t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
   ['access log not a boolean', { accessLog: 'sometimes' }, /accessLog must be true or false/],
-  ['unsupported source', { workloadSource: 'kubernetes' }, /workloadSource/],
+  ['unsupported source', { workloadSource: 'etcd' }, /workloadSource must be one of files, kubernetes/],
+  ['empty proc root', { procRoot: '' }, /procRoot/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
   ['empty state dir', { stateDir: '' }, /stateDir/],
   ['bad trust domain', { trustDomain: 'Bad Domain' }, /trustDomain/],

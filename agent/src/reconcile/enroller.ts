@@ -95,6 +95,7 @@ export class Enroller {
       if (!id) throw new AgentError('AMB_ERR_NETNS_GONE', `network namespace ${ev.netns} of pod ${ns}/${name} does not exist`);
       const ips = ev.ips.length ? ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address) : await podIpsFromNetns(ev.netns);
       const decision = decideEnrolment(pod, this.source.getNamespace(ns));
+      await this.dropDiscovered(ns, name);
       const prev = this.records.get(key);
       if (prev && !sameNetns(id, { inode: prev.netnsInode, dev: prev.netnsDev })) {
         // Same attachment, new sandbox namespace: forget the old one before enrolling the new.
@@ -113,6 +114,7 @@ export class Enroller {
       }
       this.records.set(key, rec);
       await this.persist();
+      this.report(rec);
       return { result: decision.enrol ? 'enrolled' : 'skipped', reason: decision.reason };
     });
   }
@@ -150,7 +152,7 @@ export class Enroller {
     for (const key of [...this.records.keys()]) {
       if (valid.has(key)) continue;
       const rec = this.records.get(key);
-      if (!rec) continue;
+      if (!rec || rec.origin === 'proc') continue; // not an attachment the runtime made through us
       await this.del({ command: 'DEL', cniVersion: ev.cniVersion, containerId: rec.containerId, ifname: rec.ifname, netns: '', args: '', k8s: {}, ips: [], network: ev.network });
       removed++;
     }
@@ -198,6 +200,54 @@ export class Enroller {
       await this.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
       return true;
     });
+  }
+
+  /** True when the agent has a record (from ADD, re-adoption or discovery) of this pod. */
+  knows(namespace: string, name: string): boolean {
+    for (const r of this.records.values()) if (r.namespace === namespace && r.name === name) return true;
+    return false;
+  }
+
+  /**
+   * Enrols a pod that was already running when it became selected, whose netns was found by scanning /proc (the
+   * caller verified that the namespace holds the pod's IP). Throws when enrolment fails; nothing is kept then.
+   */
+  async enrolDiscovered(pod: PodInfo, found: { netnsPath: string; netns: { inode: number; dev: number } }): Promise<void> {
+    const key = recordKey(`proc:${pod.uid}`, 'eth0');
+    const plog = this.log.child({ pod: `${pod.namespace}/${pod.name}`, podUid: pod.uid, netns: found.netnsPath });
+    await this.mutex.run(key, async () => {
+      if (this.knows(pod.namespace, pod.name)) return;
+      const decision = decideEnrolment(pod, this.source.getNamespace(pod.namespace));
+      if (!decision.enrol) return;
+      const rec: PodRecord = {
+        containerId: `proc:${pod.uid}`, ifname: 'eth0', netnsPath: found.netnsPath, netnsInode: found.netns.inode, netnsDev: found.netns.dev,
+        namespace: pod.namespace, name: pod.name, uid: pod.uid, serviceAccount: pod.serviceAccount, ips: pod.podIPs, state: 'enrolled',
+        reason: `${decision.reason} (running pod found in /proc)`, backend: this.backend.name, updatedAt: new Date().toISOString(), origin: 'proc',
+      };
+      await this.enrol(key, rec, plog, { fresh: false });
+      this.records.set(key, rec);
+      await this.persist();
+      this.report(rec);
+      plog.info('running pod enrolled late');
+    });
+  }
+
+  /** Forgets pods found through /proc once the pod is deleted or the runtime sends an ADD for it (a new sandbox). */
+  private async dropDiscovered(namespace: string, name: string): Promise<void> {
+    for (const [key, rec] of [...this.records]) {
+      if (rec.origin !== 'proc' || rec.namespace !== namespace || rec.name !== name) continue;
+      await this.mutex.run(key, async () => {
+        if (this.records.get(key) !== rec) return;
+        await this.unenrol(key, this.log.child({ pod: `${namespace}/${name}` }));
+        this.records.delete(key);
+        await this.persist();
+      });
+    }
+  }
+
+  /** Publishes a record's capture state where the source keeps it (the pod's annotation with the kubernetes source). */
+  private report(rec: PodRecord): void {
+    this.source.reportCapture?.(rec, rec.state === 'enrolled' ? 'enabled' : undefined);
   }
 
   list(): PodView[] {
@@ -384,6 +434,7 @@ export class Enroller {
     }
     const affected = new Set<string>();
     for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
+    for (const p of change.pods) if (p.before && !p.after) void this.dropDiscovered(p.before.namespace, p.before.name);
     const nsChanged = new Set(change.namespaces.map((n) => (n.after ?? n.before)?.name));
     for (const [key, rec] of this.records) {
       if (!affected.has(`${rec.namespace}/${rec.name}`) && !nsChanged.has(rec.namespace)) continue;
@@ -408,8 +459,10 @@ export class Enroller {
         rec.reason = decision.reason;
         rec.updatedAt = new Date().toISOString();
         await this.persist();
+        this.report(rec);
       } catch (err) {
         plog.error({ error: describe(err) }, 'late enrolment change failed');
+        if (decision.enrol) this.source.reportCapture?.(rec, 'pending');
       }
     });
   }

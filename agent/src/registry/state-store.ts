@@ -22,6 +22,8 @@ export interface PodRecord {
   reason: string;
   backend: string;
   updatedAt: string;
+  /** 'proc': found by scanning /proc for a pod already running (no CNI ADD); the runtime's GC does not know it. */
+  origin?: 'proc';
 }
 
 interface StateFile {

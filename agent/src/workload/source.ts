@@ -1,4 +1,4 @@
-// The interface every workload source implements (files today, Kubernetes later).
+// The interface every workload source implements (a folder of files, or the Kubernetes API).
 // A source holds the current Pods and Namespaces and tells listeners when they change.
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
 import type { AuthorizationPolicy } from '../policy/authorization.js';
@@ -23,4 +23,9 @@ export interface WorkloadSource {
   onChange(listener: (change: WorkloadChange) => void): void;
   /** Resolves when the pod appears, or with undefined after timeoutMs. */
   waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined>;
+  /**
+   * Optional: records a pod's capture state where operators see it (the kubernetes source annotates the pod).
+   * Best effort and non-blocking; undefined means not captured.
+   */
+  reportCapture?(pod: { namespace: string; name: string; uid: string }, state: 'enabled' | 'pending' | undefined): void;
 }

@@ -16,6 +16,8 @@ export interface PodInfo {
   serviceAccount: string;
   hostNetwork: boolean;
   podIPs: string[];
+  /** Set when the pod is being deleted (metadata.deletionTimestamp): never enrolled late. */
+  terminating?: true;
 }
 
 export interface NamespaceInfo {
@@ -94,6 +96,7 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
       serviceAccount: typeof spec.serviceAccountName === 'string' && spec.serviceAccountName ? spec.serviceAccountName : 'default',
       hostNetwork: spec.hostNetwork === true,
       podIPs: ips,
+      ...(meta.deletionTimestamp ? { terminating: true as const } : {}),
     },
   };
 }

@@ -1,0 +1,104 @@
+// Late enrolment of pods the agent never saw an ADD for (running before the agent or the plugin, or labelled later):
+// finds each selected pod's netns by scanning /proc, then hands it to the enroller. Retries with backoff until found.
+import { describe } from '../errors.js';
+import type { Logger } from '../log.js';
+import { findPodNetns, scanPodProcesses } from '../platform/proc-netns.js';
+import { decideEnrolment } from '../workload/enrolment.js';
+import type { WorkloadSource } from '../workload/source.js';
+import type { PodInfo } from '../workload/types.js';
+import type { Enroller } from './enroller.js';
+
+export interface RunningPodsOptions {
+  nodeName: string;
+  procRoot: string;
+  log: Logger;
+  /** First retry delay when a pod's netns is not found (doubles up to maxRetryMs). */
+  retryMs?: number;
+  maxRetryMs?: number;
+}
+
+/** Pure: pods on this node that are selected for the mesh, have an IP, and that the enroller does not know yet. */
+export function podsToDiscover(source: Pick<WorkloadSource, 'pods' | 'getNamespace'>, nodeName: string, known: (ns: string, name: string) => boolean): PodInfo[] {
+  return source.pods().filter((p) => p.nodeName === nodeName && p.uid && p.podIPs.length > 0 && !p.terminating && !known(p.namespace, p.name)
+    && decideEnrolment(p, source.getNamespace(p.namespace)).enrol);
+}
+
+export class RunningPods {
+  private timer: NodeJS.Timeout | undefined;
+  private attempt = 0;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+
+  constructor(private readonly source: WorkloadSource, private readonly enroller: Enroller, private readonly o: RunningPodsOptions) {}
+
+  /** Looks once now (after re-adoption) and again whenever pods or namespaces change. */
+  start(): void {
+    this.source.onChange((c) => {
+      // Only changes that can select a pod on this node: its own pods, or namespace labels.
+      const here = c.pods.some((p) => (p.after ?? p.before)?.nodeName === this.o.nodeName);
+      if (here || c.namespaces.length) {
+        this.attempt = 0;
+        this.kick();
+      }
+    });
+    this.kick();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** Runs a pass now, or right after the one in progress. */
+  kick(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    clearTimeout(this.timer);
+    this.running = this.pass()
+      .catch((err: unknown) => this.o.log.error({ error: describe(err) }, 'running-pod discovery failed'))
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          void this.kick();
+        }
+      });
+    return this.running;
+  }
+
+  private async pass(): Promise<void> {
+    const wanted = podsToDiscover(this.source, this.o.nodeName, (ns, name) => this.enroller.knows(ns, name));
+    if (wanted.length === 0) return;
+    const procs = scanPodProcesses(this.o.procRoot);
+    let missing = 0;
+    for (const pod of wanted) {
+      if (this.stopped) return;
+      const plog = this.o.log.child({ pod: `${pod.namespace}/${pod.name}`, podUid: pod.uid });
+      const found = await findPodNetns(procs.get(pod.uid) ?? [], pod.podIPs);
+      if (!found) {
+        missing++;
+        plog.info({ candidates: procs.get(pod.uid)?.length ?? 0 }, 'selected running pod: no process in a netns holding its IP yet');
+        this.source.reportCapture?.(pod, 'pending');
+        continue;
+      }
+      try {
+        await this.enroller.enrolDiscovered(pod, found);
+      } catch (err) {
+        missing++;
+        plog.error({ error: describe(err) }, 'late enrolment of a running pod failed');
+        this.source.reportCapture?.(pod, 'pending');
+      }
+    }
+    if (missing && !this.stopped) {
+      const base = this.o.retryMs ?? 1000;
+      const delay = Math.min(this.o.maxRetryMs ?? 30_000, base * 2 ** Math.min(this.attempt++, 20));
+      this.timer = setTimeout(() => void this.kick(), delay);
+      this.timer.unref();
+    }
+  }
+}

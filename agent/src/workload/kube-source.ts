@@ -1,0 +1,171 @@
+// The `kubernetes` workload source: informers (list/watch reflectors) for this node's pods, all pods and namespaces
+// (the workload directory), and Istio's AuthorizationPolicy/PeerAuthentication; converted with the same code as files.
+import type { Logger } from '../log.js';
+import type { AuthorizationPolicy } from '../policy/authorization.js';
+import type { PeerAuthentication } from '../policy/peer-authentication.js';
+import type { KubeClient } from './kube/client.js';
+import { PodAnnotator, REDIRECTION_ANNOTATION, type CaptureState, type PodRef } from './kube/pod-annotator.js';
+import { Reflector, type BackoffPolicy, type ReflectorChange } from './kube/reflector.js';
+import type { WorkloadChange, WorkloadSource } from './source.js';
+import { fromK8sObject, type NamespaceInfo, type PodInfo } from './types.js';
+
+export interface KubernetesSourceOptions {
+  client: KubeClient;
+  /** Pods with spec.nodeName equal to this are the ones this agent enrols. */
+  nodeName: string;
+  log: Logger;
+  backoff?: BackoffPolicy;
+  watchTimeoutSeconds?: number;
+}
+
+const TERMINAL_PHASES = new Set(['Succeeded', 'Failed']);
+
+/** Pure: a raw Pod from a list or watch as PodInfo; terminated pods (their IPs are released) count as absent. */
+export function podFromApi(raw: Record<string, unknown>): PodInfo | undefined {
+  const phase = (raw.status as { phase?: unknown } | undefined)?.phase;
+  if (typeof phase === 'string' && TERMINAL_PHASES.has(phase)) return undefined;
+  const o = fromK8sObject({ ...raw, apiVersion: 'v1', kind: 'Pod' }); // list items carry no kind
+  return o?.kind === 'Pod' ? o.pod : undefined;
+}
+
+export function namespaceFromApi(raw: Record<string, unknown>): NamespaceInfo | undefined {
+  const o = fromK8sObject({ ...raw, apiVersion: 'v1', kind: 'Namespace' });
+  return o?.kind === 'Namespace' ? o.namespace : undefined;
+}
+
+export function authorizationPolicyFromApi(raw: Record<string, unknown>): AuthorizationPolicy | undefined {
+  const o = fromK8sObject({ ...raw, apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy' });
+  return o?.kind === 'AuthorizationPolicy' ? o.authorizationPolicy : undefined;
+}
+
+export function peerAuthenticationFromApi(raw: Record<string, unknown>): PeerAuthentication | undefined {
+  const o = fromK8sObject({ ...raw, apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication' });
+  return o?.kind === 'PeerAuthentication' ? o.peerAuthentication : undefined;
+}
+
+export class KubernetesWorkloadSource implements WorkloadSource {
+  private readonly localPods: Reflector<PodInfo>;
+  private readonly allPods: Reflector<PodInfo>;
+  private readonly namespaces: Reflector<NamespaceInfo>;
+  private readonly authz: Reflector<AuthorizationPolicy>;
+  private readonly peerAuthn: Reflector<PeerAuthentication>;
+  private readonly annotator: PodAnnotator;
+  private readonly listeners: ((c: WorkloadChange) => void)[] = [];
+  private readonly waiters = new Set<() => void>();
+
+  constructor(private readonly o: KubernetesSourceOptions) {
+    const common = { client: o.client, ...(o.backoff ? { backoff: o.backoff } : {}), ...(o.watchTimeoutSeconds ? { watchTimeoutSeconds: o.watchTimeoutSeconds } : {}) };
+    const log = (resource: string): Logger => o.log.child({ resource });
+    const podChanges = (cs: ReflectorChange<PodInfo>[]): void => this.emit({ pods: cs.map(({ before, after }) => ({ before, after })), namespaces: [], policies: false });
+    this.localPods = new Reflector({ ...common, path: '/api/v1/pods', query: { fieldSelector: `spec.nodeName=${o.nodeName}` }, convert: podFromApi, onChange: podChanges, log: log('pods-on-node') });
+    this.allPods = new Reflector({ ...common, path: '/api/v1/pods', convert: podFromApi, onChange: podChanges, log: log('pods') });
+    this.namespaces = new Reflector({
+      ...common, path: '/api/v1/namespaces', convert: namespaceFromApi, log: log('namespaces'),
+      onChange: (cs) => this.emit({ pods: [], namespaces: cs.map(({ before, after }) => ({ before, after })), policies: false }),
+    });
+    const policies = (): void => this.emit({ pods: [], namespaces: [], policies: true });
+    this.authz = new Reflector({
+      ...common, optional: true, path: '/apis/security.istio.io/v1/authorizationpolicies', convert: authorizationPolicyFromApi, log: log('authorizationpolicies'),
+      onChange: (cs) => {
+        for (const c of cs) for (const w of c.after?.warnings ?? []) o.log.warn({ policy: c.key, warning: w }, 'authorization policy uses a field L4 enforcement ignores');
+        policies();
+      },
+    });
+    this.peerAuthn = new Reflector({ ...common, optional: true, path: '/apis/security.istio.io/v1/peerauthentications', convert: peerAuthenticationFromApi, onChange: policies, log: log('peerauthentications') });
+    this.annotator = new PodAnnotator(o.client, (p) => this.annotationOf(p), o.log.child({ component: 'pod-annotator' }), o.backoff);
+  }
+
+  /** Lists everything once (retrying until the API answers), then keeps watching. */
+  async start(): Promise<void> {
+    await this.o.client.init();
+    await Promise.all(this.reflectors().map((r) => r.start()));
+    this.o.log.info({ pods: this.allPods.values().length, podsOnNode: this.localPods.values().length, namespaces: this.namespaces.values().length, server: this.o.client.server }, 'kubernetes informers synced');
+  }
+
+  async stop(): Promise<void> {
+    await this.annotator.stop();
+    await Promise.all(this.reflectors().map((r) => r.stop()));
+    await this.o.client.close();
+  }
+
+  /** Informer counters, for tests and the admin dump. */
+  stats(): Record<string, Reflector<unknown>['stats']> {
+    return { podsOnNode: this.localPods.stats, pods: this.allPods.stats, namespaces: this.namespaces.stats, authorizationPolicies: this.authz.stats, peerAuthentications: this.peerAuthn.stats };
+  }
+
+  getPod(namespace: string, name: string): PodInfo | undefined {
+    const key = `${namespace}/${name}`;
+    return this.localPods.get(key) ?? this.allPods.get(key);
+  }
+
+  getNamespace(name: string): NamespaceInfo | undefined {
+    return this.namespaces.get(name);
+  }
+
+  pods(): PodInfo[] {
+    const out = new Map<string, PodInfo>();
+    for (const p of this.allPods.values()) out.set(`${p.namespace}/${p.name}`, p);
+    for (const p of this.localPods.values()) out.set(`${p.namespace}/${p.name}`, p);
+    return [...out.values()];
+  }
+
+  /** Pods the API schedules on this node. */
+  podsOnNode(): PodInfo[] {
+    return this.localPods.values();
+  }
+
+  peerAuthentications(): PeerAuthentication[] {
+    return this.peerAuthn.values();
+  }
+
+  authorizationPolicies(): AuthorizationPolicy[] {
+    return this.authz.values();
+  }
+
+  onChange(listener: (change: WorkloadChange) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined> {
+    const found = this.getPod(namespace, name);
+    if (found || timeoutMs <= 0) return found;
+    return new Promise((resolve) => {
+      const check = (): void => {
+        const pod = this.getPod(namespace, name);
+        if (pod) done(pod);
+      };
+      const done = (pod: PodInfo | undefined): void => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(pod);
+      };
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      this.waiters.add(check);
+    });
+  }
+
+  reportCapture(pod: PodRef, state: CaptureState | undefined): void {
+    this.annotator.set(pod, state);
+  }
+
+  private annotationOf(p: PodRef): { exists: boolean; value: string | undefined } {
+    const pod = this.getPod(p.namespace, p.name);
+    if (!pod || (p.uid && pod.uid && pod.uid !== p.uid)) return { exists: false, value: undefined };
+    return { exists: true, value: pod.annotations[REDIRECTION_ANNOTATION] };
+  }
+
+  private reflectors(): Reflector<unknown>[] {
+    return [this.localPods, this.allPods, this.namespaces, this.authz, this.peerAuthn] as Reflector<unknown>[];
+  }
+
+  private emit(change: WorkloadChange): void {
+    for (const w of [...this.waiters]) w();
+    for (const l of this.listeners) {
+      try {
+        l(change);
+      } catch (err) {
+        this.o.log.error({ err }, 'workload change listener failed');
+      }
+    }
+  }
+}

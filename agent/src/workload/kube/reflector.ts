@@ -1,0 +1,251 @@
+// One resource's list/watch loop (a client-go style reflector): list, then watch from the list's resourceVersion with
+// bookmarks; relist on 410 Gone; reconnect with exponential backoff and jitter. Malformed objects keep their last good value.
+import type { Logger } from '../../log.js';
+import { describe } from '../../errors.js';
+import { KubeApiError, type KubeClient, type WatchEvent } from './client.js';
+
+export interface BackoffPolicy {
+  initialMs: number;
+  maxMs: number;
+}
+
+export const DEFAULT_BACKOFF: BackoffPolicy = { initialMs: 500, maxMs: 30_000 };
+
+/** Pure: the delay before retry number `attempt` (0-based): doubling from initialMs, capped, with up to 20% jitter. */
+export function backoffDelay(attempt: number, policy: BackoffPolicy, rand: number = Math.random()): number {
+  const base = Math.min(policy.maxMs, policy.initialMs * 2 ** Math.min(attempt, 30));
+  return Math.round(base * (0.8 + 0.2 * rand));
+}
+
+export interface ReflectorChange<T> {
+  key: string;
+  before: T | undefined;
+  after: T | undefined;
+}
+
+export interface ReflectorOptions<T> {
+  client: KubeClient;
+  /** Collection path, e.g. /api/v1/pods or /apis/security.istio.io/v1/authorizationpolicies. */
+  path: string;
+  /** Extra list and watch parameters (fieldSelector, labelSelector). */
+  query?: Record<string, string>;
+  /** Converts one object; undefined means "treat as absent"; throws (naming the object and field) when it is malformed. */
+  convert: (obj: Record<string, unknown>) => T | undefined;
+  /** A collection that may not exist (a CRD not installed): 404 counts as an empty list, retried with backoff. */
+  optional?: boolean;
+  onChange: (changes: ReflectorChange<T>[]) => void;
+  log: Logger;
+  backoff?: BackoffPolicy;
+  /** Server-side watch timeout; the client gives up after this plus a margin without any bytes. Default 300-600 s. */
+  watchTimeoutSeconds?: number;
+}
+
+/** The `namespace/name` (or `name`) key of a raw object. */
+export function objectKey(obj: Record<string, unknown>): string | undefined {
+  const meta = obj.metadata as { name?: unknown; namespace?: unknown } | undefined;
+  if (typeof meta?.name !== 'string' || !meta.name) return undefined;
+  return typeof meta.namespace === 'string' && meta.namespace ? `${meta.namespace}/${meta.name}` : meta.name;
+}
+
+function resourceVersionOf(obj: Record<string, unknown>): string {
+  const rv = (obj.metadata as { resourceVersion?: unknown } | undefined)?.resourceVersion;
+  return typeof rv === 'string' ? rv : '';
+}
+
+export class Reflector<T> {
+  private readonly items = new Map<string, T>();
+  private rv = '';
+  private stopped = false;
+  private abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private failures = 0;
+  private syncedResolve!: () => void;
+  /** Resolves after the first successful list. */
+  readonly synced = new Promise<void>((resolve) => (this.syncedResolve = resolve));
+  readonly stats = { lists: 0, watches: 0, events: 0, bookmarks: 0, expired: 0, errors: 0 };
+  private wakeSleep: (() => void) | undefined;
+
+  constructor(private readonly o: ReflectorOptions<T>) {}
+
+  get resourceVersion(): string {
+    return this.rv;
+  }
+
+  get(key: string): T | undefined {
+    return this.items.get(key);
+  }
+
+  values(): T[] {
+    return [...this.items.values()];
+  }
+
+  /** Starts the loop; resolves once the first list succeeded (it keeps retrying until then, or until stop()). */
+  async start(): Promise<void> {
+    this.loop ??= this.run();
+    await Promise.race([this.synced, this.loop]);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort.abort();
+    this.wakeSleep?.();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        if (!this.rv) await this.list();
+        const started = Date.now();
+        const outcome = await this.watchOnce();
+        // A server that ends every watch at once would otherwise be hammered: that counts as a failure.
+        if (outcome === 'empty' && Date.now() - started < 1000) await this.sleep(backoffDelay(this.failures++, this.o.backoff ?? DEFAULT_BACKOFF));
+      } catch (err) {
+        if (this.stopped) return;
+        this.stats.errors++;
+        if (err instanceof KubeApiError && err.status === 410) {
+          this.expire('watch answered 410 Gone');
+          continue;
+        }
+        if (err instanceof KubeApiError && err.status === 404 && this.o.optional && !this.rv) {
+          this.emit([...this.items].map(([key, before]) => ({ key, before, after: undefined })));
+          this.items.clear();
+          this.syncedResolve();
+        }
+        const delay = backoffDelay(this.failures++, this.o.backoff ?? DEFAULT_BACKOFF);
+        this.o.log.warn({ path: this.o.path, error: describe(err), retryInMs: delay }, 'list/watch failed; retrying');
+        await this.sleep(delay);
+      }
+    }
+  }
+
+  private expire(why: string): void {
+    this.stats.expired++;
+    this.o.log.info({ path: this.o.path, resourceVersion: this.rv, why }, 'resource version expired; relisting');
+    this.rv = '';
+  }
+
+  private async list(): Promise<void> {
+    const body = await this.o.client.getJson(this.o.path, { ...this.o.query }, this.abort.signal);
+    const items = Array.isArray(body.items) ? (body.items as Record<string, unknown>[]) : [];
+    const next = new Map<string, T>();
+    for (const raw of items) {
+      const key = objectKey(raw);
+      if (!key) continue;
+      const value = this.convertKeepingOld(key, raw);
+      if (value !== undefined) next.set(key, value);
+    }
+    const changes: ReflectorChange<T>[] = [];
+    for (const [key, before] of this.items) if (!next.has(key)) changes.push({ key, before, after: undefined });
+    for (const [key, after] of next) {
+      const before = this.items.get(key);
+      if (JSON.stringify(before) !== JSON.stringify(after)) changes.push({ key, before, after });
+    }
+    this.items.clear();
+    for (const [k, v] of next) this.items.set(k, v);
+    this.rv = resourceVersionOf(body);
+    this.stats.lists++;
+    this.failures = 0;
+    this.o.log.debug({ path: this.o.path, items: next.size, resourceVersion: this.rv }, 'listed');
+    this.emit(changes);
+    this.syncedResolve();
+  }
+
+  /** Watches until the stream ends: 'expired' (relist), 'events' (it delivered something) or 'empty'. */
+  private async watchOnce(): Promise<'expired' | 'events' | 'empty'> {
+    const timeout = this.o.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
+    const ctl = new AbortController();
+    const onStop = (): void => ctl.abort();
+    this.abort.signal.addEventListener('abort', onStop, { once: true });
+    let idle: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(idle);
+      idle = setTimeout(() => ctl.abort(), (timeout + 30) * 1000);
+      idle.unref();
+    };
+    this.stats.watches++;
+    let got = false;
+    try {
+      arm();
+      const events = this.o.client.watch(this.o.path, { ...this.o.query, resourceVersion: this.rv, allowWatchBookmarks: 'true', timeoutSeconds: String(timeout) }, ctl.signal);
+      for await (const ev of events) {
+        arm();
+        if (this.handle(ev) === 'expired') return 'expired';
+        got = true;
+        this.failures = 0;
+      }
+      return got ? 'events' : 'empty';
+    } catch (err) {
+      if (ctl.signal.aborted && !this.stopped) return got ? 'events' : 'empty'; // idle timeout: reconnect from the same resourceVersion
+      throw err;
+    } finally {
+      clearTimeout(idle);
+      this.abort.signal.removeEventListener('abort', onStop);
+    }
+  }
+
+  private handle(ev: WatchEvent): 'ok' | 'expired' {
+    const obj = ev.object;
+    if (ev.type === 'ERROR') {
+      const code = (obj as { code?: unknown }).code;
+      if (code === 410) {
+        this.expire(String((obj as { message?: unknown }).message ?? '410 Gone'));
+        return 'expired';
+      }
+      throw new KubeApiError(`watch ${this.o.path}: ${String((obj as { message?: unknown }).message ?? 'error event')}`, typeof code === 'number' ? code : undefined);
+    }
+    const rv = resourceVersionOf(obj);
+    if (ev.type === 'BOOKMARK') {
+      this.stats.bookmarks++;
+      if (rv) this.rv = rv;
+      return 'ok';
+    }
+    this.stats.events++;
+    const key = objectKey(obj);
+    if (key) {
+      const before = this.items.get(key);
+      if (ev.type === 'DELETED') {
+        this.items.delete(key);
+        if (before !== undefined) this.emit([{ key, before, after: undefined }]);
+      } else {
+        const after = this.convertKeepingOld(key, obj);
+        if (after !== undefined) this.items.set(key, after);
+        else this.items.delete(key);
+        if (JSON.stringify(before) !== JSON.stringify(after)) this.emit([{ key, before, after }]);
+      }
+    }
+    if (rv) this.rv = rv;
+    return 'ok';
+  }
+
+  /** The converted object, or (when malformed) the previous good value, which stays in force. */
+  private convertKeepingOld(key: string, raw: Record<string, unknown>): T | undefined {
+    try {
+      return this.o.convert(raw);
+    } catch (err) {
+      const prev = this.items.get(key);
+      this.o.log.error({ path: this.o.path, object: key, error: describe(err), keptPrevious: prev !== undefined }, 'rejected malformed object; the previous version stays in force');
+      return prev;
+    }
+  }
+
+  private emit(changes: ReflectorChange<T>[]): void {
+    if (changes.length === 0) return;
+    try {
+      this.o.onChange(changes);
+    } catch (err) {
+      this.o.log.error({ path: this.o.path, error: describe(err) }, 'change listener failed');
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wakeSleep = done;
+    });
+  }
+}

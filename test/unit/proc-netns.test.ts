@@ -1,0 +1,44 @@
+// Pure parts of late enrolment: pod UIDs from kubelet's cgroup paths (cgroupfs and systemd drivers), process start
+// times, and which pods on this node still need their running netns found.
+import test from 'ava';
+import { podUidFromCgroup, startTimeFromStat } from '../../agent/src/platform/proc-netns.js';
+import { podsToDiscover } from '../../agent/src/reconcile/running-pods.js';
+import type { NamespaceInfo, PodInfo } from '../../agent/src/workload/types.js';
+
+const UID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+const cases: [string, string, string | undefined][] = [
+  ['cgroupfs, besteffort', `0::/kubepods/besteffort/pod${UID}/3f4e5d6c7b8a`, UID],
+  ['cgroupfs, guaranteed', `0::/kubepods/pod${UID}/3f4e5d6c7b8a`, UID],
+  ['systemd, burstable', `0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${UID.replaceAll('-', '_')}.slice/cri-containerd-ab12.scope`, UID],
+  ['systemd, guaranteed', `0::/kubepods.slice/kubepods-pod${UID.replaceAll('-', '_')}.slice/crio-ab12.scope`, UID],
+  ['cgroup v1 lines, memory hierarchy', `12:pids:/\n4:memory:/kubepods/burstable/pod${UID}/c0ffee\n0::/`, UID],
+  ['nested under a prefix (kind, test cgroups)', `0::/ambient-tb-1a2b/kubepods/besteffort/pod${UID}`, UID],
+  ['a system service', '0::/system.slice/containerd.service', undefined],
+  ['pod-looking name outside kubepods', `0::/user.slice/pod${UID}`, undefined],
+  ['kubepods without a pod', '0::/kubepods/besteffort', undefined],
+  ['truncated uid', '0::/kubepods/besteffort/pod0f1e2d3c-4b5a', undefined],
+];
+for (const [name, text, want] of cases) {
+  test(`pod UID from cgroup: ${name}`, (t) => t.is(podUidFromCgroup(text), want));
+}
+
+test('start time is field 22 of /proc/<pid>/stat, even when the command has spaces and parentheses', (t) => {
+  const fields = Array.from({ length: 50 }, (_, i) => String(i + 3)); // field 3 onwards
+  t.is(startTimeFromStat(`1234 (sleep (x) y) ${fields.join(' ')}`), 22);
+});
+
+const pod = (name: string, o: Partial<PodInfo> = {}): PodInfo => ({
+  namespace: 'app', name, uid: `uid-${name}`, labels: {}, annotations: {}, nodeName: 'n0', serviceAccount: 'default', hostNetwork: false, podIPs: ['10.0.0.1'], ...o,
+});
+
+test('podsToDiscover: selected pods on this node with an IP that the enroller does not know', (t) => {
+  const pods = [
+    pod('new'), pod('known'), pod('elsewhere', { nodeName: 'n1' }), pod('no-ip', { podIPs: [] }), pod('host', { hostNetwork: true }),
+    pod('opted-out', { labels: { 'istio.io/dataplane-mode': 'none' } }), pod('dying', { terminating: true }),
+  ];
+  const ns: NamespaceInfo = { name: 'app', labels: { 'istio.io/dataplane-mode': 'ambient' } };
+  const source = { pods: () => pods, getNamespace: (n: string) => (n === 'app' ? ns : undefined) };
+  t.deepEqual(podsToDiscover(source, 'n0', (_ns, name) => name === 'known').map((p) => p.name), ['new']);
+  const plain = { pods: () => pods, getNamespace: () => ({ name: 'app', labels: {} }) };
+  t.deepEqual(podsToDiscover(plain, 'n0', () => false), []);
+});
