@@ -126,10 +126,10 @@ test('DaemonSet: node-critical, tolerates every taint, host network, its own ser
   t.deepEqual(pod.containers.map((c) => c.name), ['agent', 'install-cni']);
 });
 
-test('agent container: exactly NET_ADMIN, NET_RAW, SYS_ADMIN; not privileged; ready on /healthz/ready:15021', (t) => {
+test('agent container: exactly NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE; not privileged; ready on /healthz/ready:15021', (t) => {
   const c = container('agent');
   t.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
-  t.deepEqual([...(c.securityContext.capabilities.add ?? [])].sort(), ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN']);
+  t.deepEqual([...(c.securityContext.capabilities.add ?? [])].sort(), ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN', 'SYS_PTRACE']);
   t.false(c.securityContext.privileged);
   t.deepEqual(c.readinessProbe.httpGet, { host: '127.0.0.1', path: '/healthz/ready', port: 15021 });
   t.is(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
@@ -181,11 +181,10 @@ test('the plugin entry, the agent config and the mounts agree on the agent socke
 
 test('the ConfigMap holds a valid agent config', (t) => {
   const cfg = one<Obj & { data: Record<string, string> }>('ConfigMap');
-  const { workloadSource, ...rest } = (parseAllDocuments(cfg.data['config.yaml'] ?? '')[0]?.toJS() ?? {}) as RawConfig;
-  t.is(workloadSource, 'kubernetes');
-  // Every other key through the agent's own parser (workloadSource is left to the Kubernetes source's own tests).
-  const parsed = parseAgentConfig(rest, {}, { NODE_NAME: 'node-1' });
-  t.is(parsed.ca, 'istio');
+  const raw = (parseAllDocuments(cfg.data['config.yaml'] ?? '')[0]?.toJS() ?? {}) as RawConfig;
+  const parsed = parseAgentConfig(raw, {}, { NODE_NAME: 'node-1' });
+  t.like(parsed, { workloadSource: 'kubernetes', kubeconfig: '', ca: 'istio' });
+  t.is(hostMounts(container('agent'))[parsed.procRoot]?.host, '/proc', 'procRoot is where the host\'s /proc is mounted');
   t.is(container('agent').readinessProbe.httpGet?.port, parsed.readinessPort);
 });
 
