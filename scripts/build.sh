@@ -11,3 +11,8 @@ chmod +x dist/bin/ambient-cni.mjs
 # The plugin's native front (fast path through the agent, falls back to the Node bundle beside it).
 gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
 cp agent/src/identity/istioca.proto dist/agent/src/identity/
+# The ebpf redirection mode's tc programs (bpf/*.c), loaded by the agent from dist/bpf/ (build outputs, not committed).
+mkdir -p dist/bpf
+for src in bpf/*.c; do
+  clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$src" -o "dist/bpf/$(basename "${src%.c}").o"
+done

@@ -1,0 +1,69 @@
+// Unit tests for the ebpf backend's pure pieces: the config map layout, the routing scripts' input checks, and the
+// expected/actual notation with its drift comparison (ids never count, tags count when known).
+import test from 'ava';
+import {
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, routingInstallScript,
+  routingLines, routingReadScript,
+} from '../../agent/src/redirect/ebpf-config.js';
+
+const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };
+const TAGS = { in: '0123456789abcdef', out: 'fedcba9876543210' };
+
+test('config encodes the pod address in network order and decodes back', (t) => {
+  const b = encodeConfig({ ifindex: 3, podIp4: '10.1.0.7', flags: 0 });
+  t.is(b.length, CFG_SIZE);
+  t.deepEqual([...b.subarray(8, 12)], [10, 1, 0, 7]);
+  t.deepEqual(decodeConfig(b), { version: 1, ifindex: 3, podIp4: '10.1.0.7', flags: 0 });
+});
+
+test('the ebpf path takes the first IPv4 address and refuses IPv6-only pods clearly', (t) => {
+  t.is(podIpv4({ ifname: 'eth0', ips: ['fd00::7', '10.1.0.7'] }), '10.1.0.7');
+  t.throws(() => podIpv4({ ifname: 'eth0', ips: ['fd00::7'] }), { message: /needs an IPv4 pod address.*IPv6 is not supported yet/ });
+});
+
+test('interface names that could break a script are refused', (t) => {
+  t.is(checkIfname('eth0'), 'eth0');
+  for (const bad of ['', 'eth0; reboot', 'a'.repeat(16), '$(x)']) t.throws(() => checkIfname(bad), { message: /invalid interface name/ });
+  t.throws(() => routingInstallScript('x y'));
+});
+
+const actual = [
+  'tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42',
+  'tc egress eth0: prog ambient_out tag fedcba9876543210 id 43',
+  'map ambient_cfg: v1 pod 10.1.0.7 id 7',
+  'ip rule 100: from all fwmark 0x1000/0x1000 lookup 100',
+  'route table 100: local default dev lo scope host',
+  'sysctl net.ipv4.conf.eth0.accept_local=1',
+];
+
+test('an intact pod has no drift whatever the kernel ids are', (t) => {
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), actual), { missing: [], unexpected: [] });
+  const otherIds = actual.map((l) => l.replace(/ id \d+$/, ' id 999'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), otherIds), { missing: [], unexpected: [] });
+});
+
+test('a detached program is missing; a program of another build is both missing and unexpected', (t) => {
+  const detached = actual.filter((l) => !l.startsWith('tc egress'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), detached).missing, ['tc egress eth0: prog ambient_out tag fedcba9876543210']);
+  const old = actual.map((l) => l.replace('0123456789abcdef', '1111111111111111'));
+  const d = diffLines(expectedLines(POD, TAGS), old);
+  t.deepEqual(d.missing, ['tc ingress eth0: prog ambient_in tag 0123456789abcdef']);
+  t.deepEqual(d.unexpected, ['tc ingress eth0: prog ambient_in tag 1111111111111111 id 42']);
+});
+
+test('without known tags only names count', (t) => {
+  t.deepEqual(diffLines(expectedLines(POD), actual), { missing: [], unexpected: [] });
+  t.is(comparable('tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42', false), 'tc ingress eth0: prog ambient_in');
+});
+
+test('a config map for another address is drift', (t) => {
+  const moved = actual.map((l) => l.replace('pod 10.1.0.7', 'pod 10.1.0.8'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), moved).missing, ['map ambient_cfg: v1 pod 10.1.0.7']);
+});
+
+test('routing pieces are read back into the same notation', (t) => {
+  t.true(routingReadScript('eth0').includes('net.ipv4.conf.eth0.accept_local'));
+  const out = '100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo scope host \n@@ambient@@\n1\n';
+  t.deepEqual(routingLines(out, 'eth0'), actual.slice(3));
+  t.deepEqual(routingLines('@@ambient@@\n@@ambient@@\n0\n', 'eth0'), []);
+});
