@@ -44,6 +44,30 @@ struct {
 	__type(value, struct ambient_cfg);
 } ambient_cfg SEC(".maps");
 
+/* Per-CPU verdict counters, read by the agent for `ambient-node rules` and by the tests. Indexes mirrored in ebpf-config.ts. */
+enum {
+	STAT_OUT_REDIRECTED,  /* outbound SYNs re-injected at ingress */
+	STAT_OUT_ASSIGNED,    /* outbound SYNs assigned to 127.0.0.1:15001 */
+	STAT_IN_ASSIGNED,     /* inbound SYNs assigned to podIP:15006 */
+	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
+	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
+	STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ambient_stats SEC(".maps");
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&ambient_stats, &stat);
+	if (v)
+		*v += 1;
+}
+
 /* The parts of a TCP/IPv4 packet the decisions need. */
 struct flow4 {
 	struct bpf_sock_tuple tuple; /* as seen by the receiving socket: saddr = sender */
@@ -115,15 +139,23 @@ static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *
 	lt.ipv4.daddr = daddr;
 	lt.ipv4.dport = bpf_htons(dport);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &lt, sizeof(lt.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
+	if (!sk) {
+		count(STAT_DROP_NO_LISTENER);
 		return TC_ACT_SHOT;
+	}
 	if (sk->state != TCP_LISTEN) {
 		bpf_sk_release(sk);
+		count(STAT_DROP_NO_LISTENER);
 		return TC_ACT_SHOT;
 	}
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
-	return err ? TC_ACT_SHOT : TC_ACT_OK;
+	if (err) {
+		count(STAT_DROP_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	count(dport == OUTBOUND_PORT ? STAT_OUT_ASSIGNED : STAT_IN_ASSIGNED);
+	return TC_ACT_OK;
 }
 
 SEC("tc")
@@ -149,6 +181,8 @@ int ambient_out(struct __sk_buff *skb)
 			return TC_ACT_OK;
 	}
 	skb->mark = (skb->mark & ~OUTBOUND_MARK) | OUTBOUND_MARK;
+	if (f.syn)
+		count(STAT_OUT_REDIRECTED);
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
@@ -166,8 +200,10 @@ int ambient_in(struct __sk_buff *skb)
 	int outbound = (skb->mark & OUTBOUND_MARK) && saddr == cfg->pod_ip4;
 	if (!outbound) {
 		/* accept_local is on for the re-injection: refuse anything else claiming the pod's own source. */
-		if (saddr && saddr == cfg->pod_ip4)
+		if (saddr && saddr == cfg->pod_ip4) {
+			count(STAT_DROP_SPOOFED);
 			return TC_ACT_SHOT;
+		}
 		if (p == 0)
 			return TC_ACT_OK;
 		__u16 dport = bpf_ntohs(f.tuple.ipv4.dport);

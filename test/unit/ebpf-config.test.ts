@@ -3,7 +3,7 @@
 import test from 'ava';
 import {
   CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, routingInstallScript,
-  routingLines, routingReadScript,
+  routingLines, routingReadScript, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
 
 const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };
@@ -31,6 +31,7 @@ const actual = [
   'tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42',
   'tc egress eth0: prog ambient_out tag fedcba9876543210 id 43',
   'map ambient_cfg: v1 pod 10.1.0.7 id 7',
+  'map ambient_stats: percpu counters id 8 (out_redirected=3 out_assigned=3 in_assigned=0 drop_no_listener=0 drop_spoofed=0)',
   'ip rule 100: from all fwmark 0x1000/0x1000 lookup 100',
   'route table 100: local default dev lo scope host',
   'sysctl net.ipv4.conf.eth0.accept_local=1',
@@ -61,9 +62,16 @@ test('a config map for another address is drift', (t) => {
   t.deepEqual(diffLines(expectedLines(POD, TAGS), moved).missing, ['map ambient_cfg: v1 pod 10.1.0.7']);
 });
 
+test('per-CPU counters are summed over every CPU slot', (t) => {
+  const b = Buffer.alloc(24);
+  b.writeBigUInt64LE(2n, 0);
+  b.writeBigUInt64LE(5n, 16);
+  t.is(sumPerCpu(b), 7);
+});
+
 test('routing pieces are read back into the same notation', (t) => {
   t.true(routingReadScript('eth0').includes('net.ipv4.conf.eth0.accept_local'));
   const out = '100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo scope host \n@@ambient@@\n1\n';
-  t.deepEqual(routingLines(out, 'eth0'), actual.slice(3));
+  t.deepEqual(routingLines(out, 'eth0'), actual.slice(4));
   t.deepEqual(routingLines('@@ambient@@\n@@ambient@@\n0\n', 'eth0'), []);
 });

@@ -50,6 +50,7 @@ interface Lib {
   ifNameToIndex: koffi.KoffiFunction;
   closeFd: koffi.KoffiFunction;
   strerror: koffi.KoffiFunction;
+  numCpus: koffi.KoffiFunction;
 }
 
 let lib: Lib | undefined;
@@ -97,6 +98,7 @@ function libbpf(): Lib {
     ifNameToIndex: libc.func('uint32_t if_nametoindex(const char *name)'),
     closeFd: libc.func('int close(int fd)'),
     strerror: libc.func('const char *strerror(int errnum)'),
+    numCpus: so.func('int libbpf_num_possible_cpus(void)'),
   };
   return lib;
 }
@@ -214,6 +216,11 @@ export function mapLookup(fd: number, key: Buffer, valueSize: number): Buffer {
   const out = Buffer.alloc(valueSize);
   check('bpf_map_lookup_elem', libbpf().mapLookup(fd, key, out) as number);
   return out;
+}
+
+/** Possible CPUs: a per-CPU map value has one slot per possible CPU. */
+export function numPossibleCpus(): number {
+  return check('libbpf_num_possible_cpus', libbpf().numCpus() as number);
 }
 
 export function closeFd(fd: number): void {

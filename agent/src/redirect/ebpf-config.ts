@@ -6,6 +6,11 @@ import { isIPv4 } from 'node:net';
 export const PROG_IN = 'ambient_in';
 export const PROG_OUT = 'ambient_out';
 export const CFG_MAP = 'ambient_cfg';
+export const STATS_MAP = 'ambient_stats';
+/** The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). */
+export const STAT_NAMES = ['out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed'] as const;
+export type StatName = (typeof STAT_NAMES)[number];
+export type Counters = Record<StatName, number>;
 export const OBJECT_FILE = 'redirect.o';
 /** Where our filters sit on the pod interface: a fixed tc handle and priority so re-attach replaces atomically. */
 export const TC_HANDLE = 0x15001;
@@ -130,6 +135,16 @@ export const progLine = (ifname: string, direction: string, name: string, tag?: 
 export const mapLine = (cfg: { podIp4: string; version: number }, id?: number): string =>
   `map ${CFG_MAP}: v${cfg.version} pod ${cfg.podIp4}${id !== undefined ? ` id ${id}` : ''}`;
 
+export const statsLine = (id?: number, counters?: Counters): string =>
+  `map ${STATS_MAP}: percpu counters${id !== undefined ? ` id ${id}` : ''}${counters ? ` (${STAT_NAMES.map((n) => `${n}=${counters[n]}`).join(' ')})` : ''}`;
+
+/** Sums one counter's per-CPU values (a percpu array lookup returns one 8-byte slot per possible CPU). */
+export function sumPerCpu(value: Buffer): number {
+  let total = 0;
+  for (let off = 0; off + 8 <= value.length; off += 8) total += Number(value.readBigUInt64LE(off));
+  return total;
+}
+
 /**
  * The pieces an enrolled pod must have, without kernel ids (they change on every load). Tags are included when known
  * (the agent learns them by loading the object at start-up), so a program from another build counts as drift.
@@ -140,6 +155,7 @@ export function expectedLines(pod: PodContext, tags?: ProgTags): string[] {
     progLine(i, 'ingress', PROG_IN, tags?.in),
     progLine(i, 'egress', PROG_OUT, tags?.out),
     mapLine({ podIp4: podIpv4(pod), version: CFG_VERSION }),
+    statsLine(),
     `ip rule ${RULE_PREF}: from all ${RULE_TEXT}`,
     `route table ${ROUTE_TABLE}: local default dev lo scope host`,
     `sysctl net.ipv4.conf.${i}.accept_local=1`,
@@ -148,7 +164,7 @@ export function expectedLines(pod: PodContext, tags?: ProgTags): string[] {
 
 /** An actual line without its ids (and without its tag when the expectation has none), for comparison. */
 export function comparable(line: string, withTags: boolean): string {
-  const noId = line.replace(/ id \d+$/, '');
+  const noId = line.replace(/ id \d+( \(.*\))?$/, '');
   return withTags ? noId : noId.replace(/ tag [0-9a-f]+$/, '');
 }
 

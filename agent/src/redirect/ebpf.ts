@@ -7,7 +7,7 @@ import type { RedirectMode } from '../config.js';
 import { runTool } from '../platform/exec.js';
 import {
   BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, closeFd, ensureLibbpf, ifNameToIndex,
-  mapFdById, mapInfoByFd, mapLookup, mapUpdate, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
+  mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
   tcDetach, tcHookCreate, tcQuery, type TcSlot,
 } from '../platform/libbpf.js';
 import { Netns, withNetns } from '../platform/netns.js';
@@ -15,7 +15,8 @@ import type { RedirectBackend, RuleDrift } from './backend.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
   diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, routingInstallScript, routingLines,
-  routingReadScript, routingRemoveScript, type PodConfig, type PodContext, type ProgTags,
+  routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type Counters, type PodConfig,
+  type PodContext, type ProgTags,
 } from './ebpf-config.js';
 
 export class EbpfUnavailableError extends Error {
@@ -81,7 +82,18 @@ export type HostRules = Pick<RedirectBackend, 'installHost' | 'verifyHost' | 'ad
 interface Found {
   progs: { direction: 'ingress' | 'egress'; id: number; name: string; tag: string }[];
   map?: { id: number; cfg: PodConfig };
+  stats?: { id: number; counters: Counters };
   ifindex: number;
+}
+
+function readCounters(fd: number): Counters {
+  const cpus = numPossibleCpus();
+  const key = Buffer.alloc(4);
+  const entries = STAT_NAMES.map((name, i) => {
+    key.writeUInt32LE(i);
+    return [name, sumPerCpu(mapLookup(fd, key, 8 * cpus))] as const;
+  });
+  return Object.fromEntries(entries) as Counters;
 }
 
 const slot = (ifindex: number, direction: number): TcSlot => ({ ifindex, direction, handle: TC_HANDLE, priority: TC_PRIORITY });
@@ -97,12 +109,13 @@ function readAttached(ns: Netns, ifname: string): Found {
       if (id === undefined) continue;
       const info = progInfoById(id);
       found.progs.push({ direction, id, name: info.name, tag: info.tag });
-      if (found.map) continue;
+      if (found.map && found.stats) continue;
       for (const mapId of info.mapIds) {
         const fd = mapFdById(mapId);
         try {
           const m = mapInfoByFd(fd);
           if (m.name === CFG_MAP && m.valueSize === CFG_SIZE) found.map = { id: mapId, cfg: decodeConfig(mapLookup(fd, Buffer.alloc(4), CFG_SIZE)) };
+          if (m.name === STATS_MAP && m.valueSize === 8) found.stats = { id: mapId, counters: readCounters(fd) };
         } finally {
           closeFd(fd);
         }
@@ -116,6 +129,7 @@ function foundLines(ifname: string, f: Found): string[] {
   return [
     ...f.progs.map((p) => progLine(ifname, p.direction, p.name, p.tag, p.id)),
     ...(f.map ? [mapLine(f.map.cfg, f.map.id)] : []),
+    ...(f.stats ? [statsLine(f.stats.id, f.stats.counters)] : []),
   ];
 }
 
@@ -182,7 +196,7 @@ export class EbpfBackend implements RedirectBackend {
     if (!opts.fresh) {
       // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
       const found = withOpenNetns(netnsPath, (ns) => readAttached(ns, ifname));
-      const d = diffLines(expectedLines(pod, this.tags).slice(0, 3), foundLines(ifname, found));
+      const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, found));
       if (d.missing.length === 0 && d.unexpected.length === 0) return;
     }
     withOpenNetns(netnsPath, (ns) => attach(ns, this.objectPath, ifname, ip));
@@ -222,6 +236,11 @@ export class EbpfBackend implements RedirectBackend {
   removeHost(): Promise<void> {
     return this.host.removeHost();
   }
+}
+
+/** The verdict counters of the programs attached to a pod's interface (undefined when none are attached). */
+export function podCounters(netnsPath: string, ifname: string): Counters | undefined {
+  return withOpenNetns(netnsPath, (ns) => readAttached(ns, checkIfname(ifname))).stats?.counters;
 }
 
 /** Removes the ebpf pieces from a pod (whatever mode the agent runs in now); harmless when there are none. */
