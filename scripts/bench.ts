@@ -9,7 +9,7 @@ import { AGENT_MAIN, listNetns, type RedirectMode, REPO_ROOT } from '../test/tes
 import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-latency.js';
 import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
-import { benchRedirect, type RedirectResult, reportRedirect } from './bench/redirect.js';
+import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -33,10 +33,12 @@ const USAGE = `usage: bash scripts/bench.sh [options]
                        (the profiler slows the agents: read such a run for the profile, not for the numbers)
   --agent-node-flags F extra node flags for the data path agents, space-separated (e.g. --single-threaded-gc)
   --redirect-modes L   backends compared side by side for the redirection cost (default iptables,nftables,ebpf)
+  --redirect-rounds N  interleaved rounds of that comparison (default 6)
+  --connects N         connect() calls per path per round in that comparison (default 400)
   --only WHAT          add | datapath | redirect (default: all three)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -52,6 +54,8 @@ function parseOpts(argv: string[]): Opts {
       modes: { type: 'string', default: 'iptables,nftables' },
       'datapath-modes': { type: 'string' },
       'redirect-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
+      'redirect-rounds': { type: 'string', default: '6' },
+      connects: { type: 'string', default: '400' },
       'agent-cpu-prof': { type: 'string' },
       'agent-node-flags': { type: 'string', default: '' },
       pods: { type: 'string', default: '50' },
@@ -95,6 +99,8 @@ function parseOpts(argv: string[]): Opts {
     modes,
     datapathModes,
     redirectModes: backends('redirect-modes', values['redirect-modes']),
+    redirectRounds: int('redirect-rounds', values['redirect-rounds'], 1),
+    connects: int('connects', values.connects, 10),
     agentCpuProf: prof,
     agentNodeFlags: nodeFlags,
     agentCommand:

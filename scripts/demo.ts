@@ -6,7 +6,8 @@ import { AGENT_MAIN, Testbed, type RedirectMode, type TestbedPod } from '../test
 import { captureFabric } from '../test/netns/capture-wire.js';
 
 const args = process.argv.slice(2);
-const mode: RedirectMode = args.includes('--redirect-mode') && args[args.indexOf('--redirect-mode') + 1] === 'nftables' ? 'nftables' : 'iptables';
+const asked = args.includes('--redirect-mode') ? args[args.indexOf('--redirect-mode') + 1] : undefined;
+const mode: RedirectMode = asked === 'nftables' || asked === 'ebpf' ? asked : 'iptables';
 const keep = args.includes('--keep');
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -54,8 +55,10 @@ async function main(): Promise<void> {
 
     step(4, 'inside sleep\'s network namespace: the agent\'s listeners and the redirection rules');
     say(indent(String((await sleep.exec('ss', ['-Hltnp'])).stdout)));
-    const rules = mode === 'iptables' ? await sleep.exec('iptables-save', ['-t', 'nat']) : await sleep.exec('/usr/sbin/nft', ['list', 'table', 'inet', 'ambient-nat']);
-    say(indent(String(rules.stdout).split('\n').filter((l) => /AMBIENT|chain|redirect|accept|return/.test(l)).join('\n')));
+    const rules = mode === 'iptables' ? await sleep.exec('iptables-save', ['-t', 'nat'])
+      : mode === 'nftables' ? await sleep.exec('/usr/sbin/nft', ['list', 'table', 'inet', 'ambient-nat'])
+        : await sleep.exec('sh', ['-c', `tc filter show dev ${sleep.ifname} ingress; tc filter show dev ${sleep.ifname} egress; ip rule show pref 100; ip route show table 100`]);
+    say(indent(String(rules.stdout).split('\n').filter((l) => /AMBIENT|chain|redirect|accept|return|ambient_|fwmark|local/.test(l)).join('\n')));
     say('   legacy/curl has none of it:');
     const curlRules = String((await curl.exec('iptables-save', ['-t', 'nat'])).stdout);
     say(`   ${/AMBIENT/.test(curlRules) ? 'UNEXPECTED: rules found' : 'no AMBIENT chains'}, listeners: ${String((await curl.exec('ss', ['-Hltn'])).stdout).trim() || 'none'}`);

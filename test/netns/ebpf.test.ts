@@ -7,7 +7,8 @@ import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
-import { podCounters } from '../../agent/src/redirect/ebpf.js';
+import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
+import { execa } from 'execa';
 import type { Counters } from '../../agent/src/redirect/ebpf-config.js';
 import { AMBIENT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
 
@@ -204,4 +205,25 @@ netnsTest.serial('[ebpf] restart re-adopts attached programs without re-attachin
   t.true(c.counters.ruleRepairs >= 1);
   t.true((await ask(client, server.ip, 8080, 'after-repair')).ok);
   await t.notThrowsAsync(tb.checkPod(client));
+});
+
+netnsTest.serial('[ebpf] the start-up probe names what is missing and shows verifier rejections verbatim', async (t) => {
+  const dir = scratchDir(t);
+  const missing = t.throws(() => probeKernel(join(dir, 'absent.o')), { instanceOf: EbpfUnavailableError });
+  t.regex(missing?.message ?? '', /--redirect-mode ebpf cannot run here: .*absent\.o is missing: build it with scripts\/build\.sh/);
+  // A program the verifier must reject: a packet read without a bounds check.
+  writeFileSync(join(dir, 'bad.c'), [
+    '#include <linux/bpf.h>',
+    '#include <bpf/bpf_helpers.h>',
+    'SEC("tc") int ambient_in(struct __sk_buff *skb) { unsigned char *d = (void *)(long)skb->data; return d[20]; }',
+    'SEC("tc") int ambient_out(struct __sk_buff *skb) { return 0; }',
+    'char LICENSE[] SEC("license") = "GPL";',
+  ].join('\n'));
+  await execa('clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, '-c', join(dir, 'bad.c'), '-o', join(dir, 'bad.o')]);
+  const rejected = t.throws(() => probeKernel(join(dir, 'bad.o')), { instanceOf: EbpfUnavailableError });
+  const msg = rejected?.message ?? '';
+  t.regex(msg, /bpf_object__load: Permission denied/);
+  t.regex(msg, /verifier log for ambient_in:/);
+  t.regex(msg, /invalid access to packet, off=20 size=1/);
+  t.regex(probeKernel(join(process.cwd(), 'dist/bpf/redirect.o')).in, /^[0-9a-f]{16}$/);
 });

@@ -5,6 +5,7 @@ import {
   CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, routingInstallScript,
   routingLines, routingReadScript, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
+import { createBackend } from '../../agent/src/redirect/backend.js';
 
 const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };
 const TAGS = { in: '0123456789abcdef', out: 'fedcba9876543210' };
@@ -74,4 +75,11 @@ test('routing pieces are read back into the same notation', (t) => {
   const out = '100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo scope host \n@@ambient@@\n1\n';
   t.deepEqual(routingLines(out, 'eth0'), actual.slice(4));
   t.deepEqual(routingLines('@@ambient@@\n@@ambient@@\n0\n', 'eth0'), []);
+});
+
+test('without a pod the expected lines show placeholders for the interface and the address', (t) => {
+  const lines = createBackend('ebpf').expectedPodRules();
+  t.is(lines[0], 'tc ingress <ifname>: prog ambient_in');
+  t.true(lines.includes('map ambient_cfg: v1 pod <pod-ip>'));
+  t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));
 });

@@ -89,7 +89,8 @@ export function routingRemoveScript(ifname: string): string {
     'fi',
     `ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null || true`,
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
-    `if [ -e /sys/class/net/${i} ] && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
+    // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
+    `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
     'true',
   ].join('\n');
 }

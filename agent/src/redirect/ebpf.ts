@@ -214,7 +214,9 @@ export class EbpfBackend implements RedirectBackend {
   }
 
   expectedPodRules(pod?: PodContext): string[] {
-    return expectedLines(pod ?? { ifname: 'eth0', ips: ['0.0.0.0'] }, this.tags);
+    if (pod) return expectedLines(pod, this.tags);
+    // Without a pod: the shape, with placeholders where the interface and the address go.
+    return expectedLines({ ifname: 'eth0', ips: ['0.0.0.0'] }, this.tags).map((l) => l.replace(/\beth0\b/g, '<ifname>').replace(' pod 0.0.0.0', ' pod <pod-ip>'));
   }
 
   installHost(): Promise<void> {
