@@ -1,5 +1,5 @@
-// End to end for what only the ebpf backend promises: pre-existing connections survive enrolment, fail closed both ways
-// with the agent down, 15008 untouched, no conntrack, anti-spoof, nothing left after unenrol, rules read-back, re-adoption and repair.
+// End to end for what only the ebpf backend promises: pre-existing connections survive enrolment, fail closed both ways with
+// the agent down, 15008 untouched, no conntrack, anti-spoof, clean unenrol, rules read-back, re-adoption, repair, the start-up probe.
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -205,6 +205,12 @@ netnsTest.serial('[ebpf] restart re-adopts attached programs without re-attachin
   t.true(c.counters.ruleRepairs >= 1);
   t.true((await ask(client, server.ip, 8080, 'after-repair')).ok);
   await t.notThrowsAsync(tb.checkPod(client));
+
+  // The routing pieces drift too: the policy rule is deleted; repair adds it back (and traffic works again).
+  await client.exec('ip', ['rule', 'del', 'pref', '100']);
+  const rule = await eventually(async () => String((await client.exec('ip', ['rule', 'show', 'pref', '100'])).stdout), (v) => v.includes('fwmark 0x1000/0x1000 lookup 100'), 10_000);
+  t.regex(rule, /fwmark 0x1000\/0x1000 lookup 100/);
+  t.true((await eventually(() => ask(client, server.ip, 8080, 'after-rule-repair'), (a) => a.ok, 10_000)).ok);
 });
 
 netnsTest.serial('[ebpf] the start-up probe names what is missing and shows verifier rejections verbatim', async (t) => {

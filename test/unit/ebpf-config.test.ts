@@ -2,7 +2,7 @@
 // expected/actual notation with its drift comparison (ids never count, tags count when known).
 import test from 'ava';
 import {
-  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, routingInstallScript,
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, acceptLocalPath, routingBatch, routingBatchOk,
   routingLines, routingReadScript, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
@@ -25,7 +25,7 @@ test('the ebpf path takes the first IPv4 address and refuses IPv6-only pods clea
 test('interface names that could break a script are refused', (t) => {
   t.is(checkIfname('eth0'), 'eth0');
   for (const bad of ['', 'eth0; reboot', 'a'.repeat(16), '$(x)']) t.throws(() => checkIfname(bad), { message: /invalid interface name/ });
-  t.throws(() => routingInstallScript('x y'));
+  t.throws(() => acceptLocalPath('../../x'));
 });
 
 const actual = [
@@ -82,4 +82,11 @@ test('without a pod the expected lines show placeholders for the interface and t
   t.is(lines[0], 'tc ingress <ifname>: prog ambient_in');
   t.true(lines.includes('map ambient_cfg: v1 pod <pod-ip>'));
   t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));
+});
+
+test('the routing batch is idempotent: a rule that is already there is not an error, anything else is', (t) => {
+  t.regex(routingBatch(), /^route replace local 0\.0\.0\.0\/0 dev lo table 100\nrule add pref 100 fwmark 0x1000\/0x1000 lookup 100\n$/);
+  t.true(routingBatchOk('RTNETLINK answers: File exists\nCommand failed -:2\n'));
+  t.false(routingBatchOk('RTNETLINK answers: Operation not permitted\nCommand failed -:1\n'));
+  t.false(routingBatchOk(''));
 });

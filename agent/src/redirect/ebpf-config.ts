@@ -68,18 +68,26 @@ export function decodeConfig(b: Buffer): PodConfig {
 
 const RULE_TEXT = `fwmark 0x${OUTBOUND_MARK.toString(16)}/0x${OUTBOUND_MARK.toString(16)} lookup ${ROUTE_TABLE}`;
 
-/** Idempotent: adds the policy-routing rule only when absent, replaces the local route, turns accept_local on. */
-export function routingInstallScript(ifname: string): string {
-  const i = checkIfname(ifname);
-  return [
-    'set -e',
-    `ip rule show pref ${RULE_PREF} | grep -q '${RULE_TEXT}' || ip rule add pref ${RULE_PREF} ${RULE_TEXT}`,
-    `ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`,
-    `sysctl -qw net.ipv4.conf.${i}.accept_local=1`,
-  ].join('\n');
+/**
+ * `ip -batch` input for the rule and the local route, route first. Idempotent without ever removing anything (no window):
+ * `route replace` always succeeds and a second `rule add` fails with "File exists", which routingBatchOk accepts.
+ */
+export function routingBatch(): string {
+  return `route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}\nrule add pref ${RULE_PREF} ${RULE_TEXT}\n`;
 }
 
-/** Removes what routingInstallScript added; harmless when absent. accept_local goes back off only if our rule was there. */
+/** Whether ip -batch's stderr says only that the rule was already there. */
+export function routingBatchOk(stderr: string): boolean {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  return lines.length > 0 && lines.every((l) => /^RTNETLINK answers: File exists$|^Command failed -:2$/.test(l));
+}
+
+/** The sysctl file that turns accept_local on for the pod interface (written from inside the pod netns). */
+export function acceptLocalPath(ifname: string): string {
+  return `/proc/sys/net/ipv4/conf/${checkIfname(ifname)}/accept_local`;
+}
+
+/** Removes what routingBatch and acceptLocalPath set; harmless when absent. accept_local goes back off only if our rule was there. */
 export function routingRemoveScript(ifname: string): string {
   const i = checkIfname(ifname);
   return [

@@ -1,10 +1,10 @@
 // The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
 // accept_local, all inside the pod netns (nothing attached in the node's). Node-side probe SNAT is delegated to iptables.
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
-import { runTool } from '../platform/exec.js';
+import { ToolError, runTool } from '../platform/exec.js';
 import {
   BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, closeFd, ensureLibbpf, ifNameToIndex,
   mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
@@ -14,7 +14,7 @@ import { Netns, withNetns } from '../platform/netns.js';
 import type { RedirectBackend, RuleDrift } from './backend.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, routingInstallScript, routingLines,
+  diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingLines,
   routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type Counters, type PodConfig,
   type PodContext, type ProgTags,
 } from './ebpf-config.js';
@@ -133,6 +133,11 @@ function foundLines(ifname: string, f: Found): string[] {
   ];
 }
 
+/** Turns accept_local on for the pod interface (re-injected outbound packets carry the pod's own source). */
+function acceptLocal(ns: Netns, ifname: string): void {
+  withNetns(ns, () => writeFileSync(acceptLocalPath(ifname), '1')); // synchronous: /proc/sys/net follows the thread's netns
+}
+
 /** Loads the object, writes the pod's config and attaches both programs (ingress first), replacing ours atomically. */
 function attach(ns: Netns, objectPath: string, ifname: string, podIp4: string): void {
   const obj = BpfObject.load(objectPath, [PROG_IN, PROG_OUT]);
@@ -192,14 +197,18 @@ export class EbpfBackend implements RedirectBackend {
     const ifname = checkIfname(pod.ifname);
     const ip = podIpv4(pod);
     // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
-    await runTool('sh', ['-c', routingInstallScript(ifname)], { netns: netnsPath });
-    if (!opts.fresh) {
-      // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
-      const found = withOpenNetns(netnsPath, (ns) => readAttached(ns, ifname));
-      const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, found));
-      if (d.missing.length === 0 && d.unexpected.length === 0) return;
-    }
-    withOpenNetns(netnsPath, (ns) => attach(ns, this.objectPath, ifname, ip));
+    await runTool('ip', ['-batch', '-'], { netns: netnsPath, input: routingBatch() }).catch((err: unknown) => {
+      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
+    });
+    withOpenNetns(netnsPath, (ns) => {
+      acceptLocal(ns, ifname);
+      if (!opts.fresh) {
+        // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
+        const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
+        if (d.missing.length === 0 && d.unexpected.length === 0) return;
+      }
+      attach(ns, this.objectPath, ifname, ip);
+    });
   }
 
   async verifyPod(netnsPath: string, pod: PodContext): Promise<RuleDrift> {
