@@ -9,6 +9,7 @@ import { AGENT_MAIN, listNetns, type RedirectMode, REPO_ROOT } from '../test/tes
 import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-latency.js';
 import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
+import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -31,14 +32,18 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --agent-cpu-prof DIR data path agents run under node --cpu-prof, writing .cpuprofile files into DIR/<backend>/
                        (the profiler slows the agents: read such a run for the profile, not for the numbers)
   --agent-node-flags F extra node flags for the data path agents, space-separated (e.g. --single-threaded-gc)
-  --only WHAT          add | datapath (default: both)
+  --redirect-modes L   backends compared side by side for the redirection cost (default iptables,nftables,ebpf)
+  --redirect-rounds N  interleaved rounds of that comparison (default 6)
+  --connects N         connect() calls per path per round in that comparison (default 400)
+  --only WHAT          add | datapath | redirect (default: all three)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts {
   datapathModes: RedirectMode[];
+  redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
-  only: 'add' | 'datapath' | undefined;
+  only: 'add' | 'datapath' | 'redirect' | undefined;
   out: string;
 }
 
@@ -48,6 +53,9 @@ function parseOpts(argv: string[]): Opts {
     options: {
       modes: { type: 'string', default: 'iptables,nftables' },
       'datapath-modes': { type: 'string' },
+      'redirect-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
+      'redirect-rounds': { type: 'string', default: '6' },
+      connects: { type: 'string', default: '400' },
       'agent-cpu-prof': { type: 'string' },
       'agent-node-flags': { type: 'string', default: '' },
       pods: { type: 'string', default: '50' },
@@ -76,7 +84,7 @@ function parseOpts(argv: string[]): Opts {
   };
   const backends = (name: string, v: string): RedirectMode[] => {
     const list = v.split(',').map((m) => m.trim()).filter((m) => m !== '');
-    for (const m of list) if (m !== 'iptables' && m !== 'nftables') throw new UsageError(`--${name}: unknown backend ${m}`);
+    for (const m of list) if (m !== 'iptables' && m !== 'nftables' && m !== 'ebpf') throw new UsageError(`--${name}: unknown backend ${m}`);
     if (list.length === 0) throw new UsageError(`--${name}: give at least one backend`);
     return [...new Set(list)] as RedirectMode[];
   };
@@ -86,10 +94,13 @@ function parseOpts(argv: string[]): Opts {
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
-  if (only !== undefined && only !== 'add' && only !== 'datapath') throw new UsageError(`--only must be add or datapath, got ${only}`);
+  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect') throw new UsageError(`--only must be add, datapath or redirect, got ${only}`);
   return {
     modes,
     datapathModes,
+    redirectModes: backends('redirect-modes', values['redirect-modes']),
+    redirectRounds: int('redirect-rounds', values['redirect-rounds'], 1),
+    connects: int('connects', values.connects, 10),
     agentCpuProf: prof,
     agentNodeFlags: nodeFlags,
     agentCommand:
@@ -156,9 +167,11 @@ async function main(): Promise<number> {
   const started = performance.now();
   let chains: ChainResult[] = [];
   const datapath: DatapathResult[] = [];
+  let redirect: RedirectResult[] = [];
   try {
-    if (o.only !== 'datapath') chains = await benchAdd(o);
-    if (o.only !== 'add') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
+    if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
+    if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
+    if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -182,6 +195,7 @@ async function main(): Promise<number> {
     lines.push(`**Data path agents ran as \`node ${[...o.agentNodeFlags, ...(o.agentCpuProf === undefined ? [] : ['--cpu-prof'])].join(' ')}\`, not the default command.**`, '');
   }
   if (datapath.length > 0) targets = reportDatapath(o, datapath, lines);
+  if (redirect.length > 0) reportRedirect(o, redirect, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -197,6 +211,7 @@ async function main(): Promise<number> {
     })),
     budget: { limitMs: BUDGET_MS, verdicts },
     datapath,
+    redirect,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

@@ -40,3 +40,8 @@ if ! out=$(npx postject "$sea" NODE_SEA_BLOB dist/sea/ambient-cni.blob \
   exit 1
 fi
 mv "$sea" dist/bin/ambient-cni-standalone
+# The ebpf redirection mode's tc programs (bpf/*.c), loaded by the agent from dist/bpf/ (build outputs, not committed).
+mkdir -p dist/bpf
+for src in bpf/*.c; do
+  clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$src" -o "dist/bpf/$(basename "${src%.c}").o"
+done

@@ -6,7 +6,8 @@ import { AGENT_MAIN, Testbed, type RedirectMode, type TestbedPod } from '../test
 import { captureFabric } from '../test/netns/capture-wire.js';
 
 const args = process.argv.slice(2);
-const mode: RedirectMode = args.includes('--redirect-mode') && args[args.indexOf('--redirect-mode') + 1] === 'nftables' ? 'nftables' : 'iptables';
+const asked = args.includes('--redirect-mode') ? args[args.indexOf('--redirect-mode') + 1] : undefined;
+const mode: RedirectMode = asked === 'nftables' || asked === 'ebpf' ? asked : 'iptables';
 const keep = args.includes('--keep');
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);

@@ -12,6 +12,7 @@ fi
 PACKAGES=(
   iptables nftables iproute2 ipset conntrack containernetworking-plugins
   tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev binutils python3-h2 stunnel4
+  clang llvm libbpf-dev libbpf1 bpftool
 )
 # kubectl, to cross-check the fake API server the Kubernetes source is tested against (any kubectl will do: keep one
 # that is already installed, e.g. from another package, rather than clash with it).

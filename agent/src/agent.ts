@@ -126,6 +126,8 @@ export class Agent {
     } catch (err) {
       throw new Error(`cannot open the ${this.cfg.ca} CA (${this.cfg.ca === 'builtin' ? this.cfg.caDir : this.cfg.istioCaAddress}): ${describe(err)}`, { cause: err });
     }
+    this.notReadyReason = 'probing the kernel for the redirection backend';
+    await this.backend.prepare();
     this.notReadyReason = 'installing node rules';
     await this.backend.installHost();
     this.notReadyReason = 'loading workloads';

@@ -7,8 +7,8 @@ import { DEFAULT_AGENT_SOCKET } from './protocol/cni-event.js';
 import { isLogLevel } from './log.js';
 import type { LevelWithSilent } from 'pino';
 
-export type RedirectMode = 'iptables' | 'nftables';
-export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables'];
+export type RedirectMode = 'iptables' | 'nftables' | 'ebpf';
+export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
 export type WorkloadSourceKind = 'files' | 'kubernetes';
 export const WORKLOAD_SOURCES: readonly WorkloadSourceKind[] = ['files', 'kubernetes'];

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Request/response latency probe the benchmark runs inside pod namespaces: an echo server, and a client timing 1 KiB round trips on
-// one connection and new-connection setup. Plain JS so it starts fast; prints one JSON line (µs; --raw adds every sample for pooling).
+// one connection and new-connection setup (also connect() alone: the handshake, which redirection answers in the pod). Plain JS so it starts fast; prints one JSON line (µs; --raw adds every sample for pooling).
 import net from 'node:net';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -105,17 +105,19 @@ if (mode === 'server') {
     c.destroy();
   }
   const setup = [];
+  const connectOnly = [];
   for (let i = 0; i < conns; i++) {
     const t0 = process.hrtime.bigint();
     const c = await connect();
+    connectOnly.push(process.hrtime.bigint() - t0);
     await roundTrip(c);
     setup.push(process.hrtime.bigint() - t0);
     c.destroy();
   }
-  const out = { size, persistent: summary(rr), newConnection: summary(setup) };
+  const out = { size, persistent: summary(rr), newConnection: summary(setup), connect: summary(connectOnly) };
   if (raw) {
     const us = (a) => a.map((n) => +(Number(n) / 1000).toFixed(1));
-    out.samples_us = { persistent: us(rr), newConnection: us(setup) };
+    out.samples_us = { persistent: us(rr), newConnection: us(setup), connect: us(connectOnly) };
   }
   process.stdout.write(`${JSON.stringify(out)}\n`);
 } else {

@@ -6,7 +6,7 @@ import {
   AMBIENT, NFT, NONE, agentPod, ask, eventually, hasOurRules, listeningPorts, podRules, sendRandom, startEcho, startSink,
 } from './helpers.js';
 
-const MODES: RedirectMode[] = ['iptables', 'nftables'];
+const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 const MiB = 1024 * 1024;
 
 for (const mode of MODES) {
@@ -82,7 +82,8 @@ for (const mode of MODES) {
     const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
     await t.notThrowsAsync(tb.checkPod(pod));
     if (mode === 'iptables') await pod.exec('iptables', ['-t', 'nat', '-F', 'AMBIENT_OUTPUT']);
-    else await pod.exec(NFT, ['flush', 'chain', 'inet', 'ambient-nat', 'output']);
+    else if (mode === 'nftables') await pod.exec(NFT, ['flush', 'chain', 'inet', 'ambient-nat', 'output']);
+    else await pod.exec('tc', ['filter', 'del', 'dev', pod.ifname, 'egress']);
     const err = await t.throwsAsync(tb.checkPod(pod), { instanceOf: CniPluginError });
     t.regex(err?.cniError?.msg ?? '', /not fully captured: missing rules/);
 

@@ -42,15 +42,27 @@ export async function ask(client: TestbedPod, ip: string, port: number, msg = 'p
   return { ok: r.exitCode === 0 && String(r.stdout).includes(`pong:${msg}`), output };
 }
 
-/** The nat rules in a pod: iptables-save of the nat table and the nft ruleset. */
-export async function podRules(pod: TestbedPod): Promise<{ iptables: string; nft: string }> {
-  const ipt = await pod.exec('iptables-save', ['-t', 'nat'], { reject: false });
-  const nft = await pod.exec(NFT, ['list', 'ruleset'], { reject: false });
-  return { iptables: String(ipt.stdout), nft: String(nft.stdout) };
+export interface PodRules {
+  iptables: string;
+  nft: string;
+  /** `tc filter show` for both directions of the pod interface, `ip rule`, table 100 and accept_local (the ebpf pieces). */
+  ebpf: string;
 }
 
-export function hasOurRules(r: { iptables: string; nft: string }): boolean {
-  return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft);
+/** Everything of ours a pod could hold: iptables-save of the nat table, the nft ruleset and the ebpf pieces. */
+export async function podRules(pod: TestbedPod): Promise<PodRules> {
+  const ipt = await pod.exec('iptables-save', ['-t', 'nat'], { reject: false });
+  const nft = await pod.exec(NFT, ['list', 'ruleset'], { reject: false });
+  const dev = pod.ifname;
+  const ebpf = await pod.exec('sh', ['-c', [
+    `tc filter show dev ${dev} ingress`, `tc filter show dev ${dev} egress`, 'ip rule show', 'ip route show table 100',
+    `echo accept_local=$(sysctl -n net.ipv4.conf.${dev}.accept_local)`,
+  ].join('; ')], { reject: false });
+  return { iptables: String(ipt.stdout), nft: String(nft.stdout), ebpf: String(ebpf.stdout) };
+}
+
+export function hasOurRules(r: PodRules): boolean {
+  return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft) || /ambient_(in|out)|fwmark 0x1000|local default|accept_local=1/.test(r.ebpf);
 }
 
 /** TCP ports listening inside the pod. */

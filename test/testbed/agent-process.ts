@@ -7,7 +7,7 @@ import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AGENT_MAIN, AGENT_NODE_FLAGS } from './repo.js';
 
-export type RedirectMode = 'iptables' | 'nftables';
+export type RedirectMode = 'iptables' | 'nftables' | 'ebpf';
 
 export interface AgentSpec {
   /** Program and leading arguments run before `agent ...`; default [node, dist/agent/src/main.js]. */

@@ -116,7 +116,8 @@ export class PodForwarder {
   async start(): Promise<void> {
     const ns = this.self.ns;
     try {
-      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT }, (s) => this.outbound(s)));
+      // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
+      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true }, (s) => this.outbound(s)));
       this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.plaintextInbound(s)));
       const hbone = new HboneServer(
         ns, this.self.ips, this.self.identity, this.mesh.identities, this.mesh.trustDomain, this.log.child({ listener: INBOUND_HBONE_PORT }),

@@ -10,7 +10,7 @@ import type { ConnectionSnapshot } from '../forwarder/connections.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { authorize } from '../policy/authorization.js';
 import { workloadIdentity } from '../workload/directory.js';
-import { removePodRules, type RedirectBackend, type RuleDrift } from '../redirect/backend.js';
+import { removePodRules, type PodContext, type RedirectBackend, type RuleDrift } from '../redirect/backend.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import { recordKey, type PodRecord, type StateStore } from '../registry/state-store.js';
 import { decideEnrolment } from '../workload/enrolment.js';
@@ -273,14 +273,14 @@ export class Enroller {
       const listening = this.live.get(key)?.forwarder.listening ?? false;
       const base = {
         pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId, ifname: rec.ifname, netns: rec.netnsPath, state: rec.state,
-        backend: this.backend.name, expected: enrolled ? this.backend.expectedPodRules() : [], listening,
+        backend: this.backend.name, expected: enrolled ? this.backend.expectedPodRules(podContext(rec)) : [], listening,
       };
       const id = statNetns(rec.netnsPath);
       if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) {
         return { ...base, actual: [], missing: base.expected, unexpected: [], ok: false, error: `network namespace ${rec.netnsPath} is gone` };
       }
       try {
-        const drift = await this.backend.verifyPod(rec.netnsPath);
+        const drift = await this.backend.verifyPod(rec.netnsPath, podContext(rec));
         // A pod that is not enrolled should have none of our rules: everything found is unexpected.
         const unexpected = enrolled ? drift.unexpected : drift.actual;
         const missing = enrolled ? drift.missing : [];
@@ -310,7 +310,7 @@ export class Enroller {
     if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) return [`network namespace ${rec.netnsPath} is gone`];
     let drift: RuleDrift;
     try {
-      drift = await this.backend.verifyPod(rec.netnsPath);
+      drift = await this.backend.verifyPod(rec.netnsPath, podContext(rec));
     } catch (err) {
       return [`cannot read rules: ${describe(err)}`];
     }
@@ -344,7 +344,7 @@ export class Enroller {
       }
       // Rules and probe targets are independent: install them concurrently (each is a tool exec).
       await Promise.all([
-        this.backend.installPod(rec.netnsPath, { fresh: opts.fresh ?? false }),
+        this.backend.installPod(rec.netnsPath, podContext(rec), { fresh: opts.fresh ?? false }),
         ...rec.ips.map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
       ]);
       if (!live && opened) {
@@ -359,7 +359,7 @@ export class Enroller {
     } catch (err) {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
-        await removePodRules(rec.netnsPath).catch(() => undefined);
+        await removePodRules(rec.netnsPath, rec.ifname).catch(() => undefined);
         for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         opened.close();
       }
@@ -384,7 +384,7 @@ export class Enroller {
     }
     if (rec) {
       if (statNetns(rec.netnsPath)) {
-        await removePodRules(rec.netnsPath).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
+        await removePodRules(rec.netnsPath, rec.ifname).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
       }
       for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
     }
@@ -471,6 +471,11 @@ export class Enroller {
     this.retainIdentities();
     return this.store.save([...this.records.values()]);
   }
+}
+
+/** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
+function podContext(rec: PodRecord): PodContext {
+  return { ifname: rec.ifname, ips: rec.ips };
 }
 
 async function podIpsFromNetns(netnsPath: string): Promise<string[]> {

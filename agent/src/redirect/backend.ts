@@ -1,9 +1,13 @@
-// The redirection backend interface and its iptables and nftables implementations.
+// The redirection backend interface, its iptables and nftables implementations, and the factory (ebpf lives in ebpf.ts).
 // Rules come from the pure generators; this file only applies, reads back and compares them through platform/exec.
 import type { RedirectMode } from '../config.js';
 import { runTool } from '../platform/exec.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
+import { EbpfBackend, removeEbpfPieces } from './ebpf.js';
+import type { PodContext } from './ebpf-config.js';
+
+export type { PodContext };
 
 export interface RuleDrift {
   ok: boolean;
@@ -15,14 +19,16 @@ export interface RuleDrift {
 
 export interface RedirectBackend {
   readonly name: RedirectMode;
+  /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
+  prepare(): Promise<void>;
   /**
    * Installs (or repairs) the in-pod rules; idempotent. `fresh` says the agent has never touched this namespace, which
    * lets a backend skip reading the current rules (a wrong guess leaves a duplicate jump that verify and repair remove).
    */
-  installPod(netnsPath: string, opts?: { fresh?: boolean }): Promise<void>;
-  verifyPod(netnsPath: string): Promise<RuleDrift>;
-  /** Human-readable expected rules, for `rules` output and errors. */
-  expectedPodRules(): string[];
+  installPod(netnsPath: string, pod: PodContext, opts?: { fresh?: boolean }): Promise<void>;
+  verifyPod(netnsPath: string, pod: PodContext): Promise<RuleDrift>;
+  /** Human-readable expected rules, for `rules` output and errors (ebpf needs the pod: its interface and address appear). */
+  expectedPodRules(pod?: PodContext): string[];
   /** Installs (or repairs) the node-side probe SNAT in the agent's own namespace; idempotent. */
   installHost(): Promise<void>;
   verifyHost(): Promise<RuleDrift>;
@@ -44,7 +50,9 @@ const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
 
-  async installPod(netnsPath: string, opts: { fresh?: boolean } = {}): Promise<void> {
+  async prepare(): Promise<void> {}
+
+  async installPod(netnsPath: string, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const current = opts.fresh ? '' : await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
     const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(), ipt.podJumpRules());
     await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input });
@@ -98,6 +106,8 @@ class IptablesBackend implements RedirectBackend {
 
 class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
+
+  async prepare(): Promise<void> {}
 
   async installPod(netnsPath: string): Promise<void> {
     await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
@@ -156,15 +166,22 @@ class NftablesBackend implements RedirectBackend {
 }
 
 export function createBackend(mode: RedirectMode): RedirectBackend {
+  if (mode === 'ebpf') return new EbpfBackend(new IptablesBackend()); // node-side probe SNAT stays iptables
   return mode === 'nftables' ? new NftablesBackend() : new IptablesBackend();
 }
 
 /**
- * Removes every in-pod artifact either backend may have installed (an older agent may have used the other one).
- * Succeeds when there is nothing to remove; throws only when a removal itself fails.
+ * Removes every in-pod artifact any backend may have installed (an older agent may have used another one), all three
+ * concurrently. `ifname` is where ebpf programs would sit (default eth0). Succeeds when there is nothing to remove;
+ * throws only when a removal itself fails.
  */
-export async function removePodRules(netnsPath: string): Promise<void> {
+export async function removePodRules(netnsPath: string, ifname = 'eth0'): Promise<void> {
   const errors: unknown[] = [];
+  await Promise.all([removeNetfilter(netnsPath, errors), removeEbpfPieces(netnsPath, ifname).catch((err: unknown) => errors.push(err))]);
+  if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netnsPath} failed`);
+}
+
+async function removeNetfilter(netnsPath: string, errors: unknown[]): Promise<void> {
   try {
     const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
     if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
@@ -178,5 +195,4 @@ export async function removePodRules(netnsPath: string): Promise<void> {
   } catch (err) {
     errors.push(err);
   }
-  if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netnsPath} failed`);
 }

@@ -1,0 +1,188 @@
+// Pure pieces of the ebpf backend: the per-pod config map layout, the in-pod routing pieces as shell scripts, and the
+// expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
+import { isIPv4 } from 'node:net';
+
+/** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
+export const PROG_IN = 'ambient_in';
+export const PROG_OUT = 'ambient_out';
+export const CFG_MAP = 'ambient_cfg';
+export const STATS_MAP = 'ambient_stats';
+/** The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). */
+export const STAT_NAMES = ['out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed'] as const;
+export type StatName = (typeof STAT_NAMES)[number];
+export type Counters = Record<StatName, number>;
+export const OBJECT_FILE = 'redirect.o';
+/** Where our filters sit on the pod interface: a fixed tc handle and priority so re-attach replaces atomically. */
+export const TC_HANDLE = 0x15001;
+export const TC_PRIORITY = 1;
+/** Outbound packets re-injected at ingress carry this mark; the rule sends them to the local table. */
+export const OUTBOUND_MARK = 0x1000;
+export const RULE_PREF = 100;
+export const ROUTE_TABLE = 100;
+export const CFG_VERSION = 1;
+export const CFG_SIZE = 32;
+
+/** What the backend needs to know about a pod to steer it. */
+export interface PodContext {
+  /** The pod-side interface (CNI_IFNAME), where the programs are attached. */
+  ifname: string;
+  ips: readonly string[];
+}
+
+export interface PodConfig {
+  version: number;
+  ifindex: number;
+  podIp4: string;
+  flags: number;
+}
+
+const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
+
+/** The pod's interface name, checked before it goes into a tool's argv or script. */
+export function checkIfname(name: string): string {
+  if (!IFNAME.test(name)) throw new Error(`invalid interface name ${JSON.stringify(name)}`);
+  return name;
+}
+
+/** The IPv4 address the programs steer for; the ebpf path is IPv4-only for now. */
+export function podIpv4(pod: PodContext): string {
+  const ip = pod.ips.find((a) => isIPv4(a));
+  if (!ip) throw new Error(`ebpf redirection needs an IPv4 pod address; the pod has ${pod.ips.join(', ') || 'none'} (IPv6 is not supported yet)`);
+  return ip;
+}
+
+/** struct ambient_cfg (bpf/redirect.c) for one pod. */
+export function encodeConfig(cfg: Omit<PodConfig, 'version'>): Buffer {
+  const b = Buffer.alloc(CFG_SIZE);
+  b.writeUInt32LE(CFG_VERSION, 0);
+  b.writeUInt32LE(cfg.ifindex, 4);
+  Buffer.from(cfg.podIp4.split('.').map(Number)).copy(b, 8);
+  b.writeUInt32LE(cfg.flags, 12);
+  return b;
+}
+
+export function decodeConfig(b: Buffer): PodConfig {
+  if (b.length < 16) throw new Error(`ambient_cfg value has ${b.length} bytes, expected ${CFG_SIZE}`);
+  return { version: b.readUInt32LE(0), ifindex: b.readUInt32LE(4), podIp4: [...b.subarray(8, 12)].join('.'), flags: b.readUInt32LE(12) };
+}
+
+const RULE_TEXT = `fwmark 0x${OUTBOUND_MARK.toString(16)}/0x${OUTBOUND_MARK.toString(16)} lookup ${ROUTE_TABLE}`;
+
+/**
+ * `ip -batch` input for the rule and the local route, route first. Idempotent without ever removing anything (no window):
+ * `route replace` always succeeds and a second `rule add` fails with "File exists", which routingBatchOk accepts.
+ */
+export function routingBatch(): string {
+  return `route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}\nrule add pref ${RULE_PREF} ${RULE_TEXT}\n`;
+}
+
+/** Whether ip -batch's stderr says only that the rule was already there. */
+export function routingBatchOk(stderr: string): boolean {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  return lines.length > 0 && lines.every((l) => /^RTNETLINK answers: File exists$|^Command failed -:2$/.test(l));
+}
+
+/** The sysctl file that turns accept_local on for the pod interface (written from inside the pod netns). */
+export function acceptLocalPath(ifname: string): string {
+  return `/proc/sys/net/ipv4/conf/${checkIfname(ifname)}/accept_local`;
+}
+
+/** Removes what routingBatch and acceptLocalPath set; harmless when absent. accept_local goes back off only if our rule was there. */
+export function routingRemoveScript(ifname: string): string {
+  const i = checkIfname(ifname);
+  return [
+    `if ip rule show pref ${RULE_PREF} | grep -q '${RULE_TEXT}'; then`,
+    `  ip rule del pref ${RULE_PREF} ${RULE_TEXT}`,
+    `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
+    'fi',
+    `ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null || true`,
+    // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
+    // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
+    `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
+    'true',
+  ].join('\n');
+}
+
+const SEP = '@@ambient@@';
+
+/** Prints the routing pieces for routingLines(); one exec. */
+export function routingReadScript(ifname: string): string {
+  const i = checkIfname(ifname);
+  return [`ip rule show pref ${RULE_PREF}`, `echo ${SEP}`, `ip route show table ${ROUTE_TABLE}`, `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`].join('; ');
+}
+
+/** The routing pieces in our notation, from routingReadScript's output. */
+export function routingLines(output: string, ifname: string): string[] {
+  const [rules = '', routes = '', sysctl = ''] = output.split(SEP);
+  const lines: string[] = [];
+  for (const l of rules.split('\n')) {
+    const m = /^(\d+):\s+(.*)$/.exec(l.trim());
+    if (m) lines.push(`ip rule ${m[1]}: ${m[2]?.replace(/\s+/g, ' ')}`);
+  }
+  for (const l of routes.split('\n')) if (l.trim()) lines.push(`route table ${ROUTE_TABLE}: ${l.trim().replace(/\s+/g, ' ')}`);
+  const v = sysctl.trim();
+  if (v && v !== '0') lines.push(`sysctl net.ipv4.conf.${ifname}.accept_local=${v}`);
+  return lines;
+}
+
+export interface ProgTags {
+  in: string;
+  out: string;
+}
+
+/** A program attached at a tc direction, as found. */
+export interface AttachedProg {
+  direction: 'ingress' | 'egress';
+  id: number;
+  name: string;
+  tag: string;
+}
+
+export const progLine = (ifname: string, direction: string, name: string, tag?: string, id?: number): string =>
+  `tc ${direction} ${ifname}: prog ${name}${tag ? ` tag ${tag}` : ''}${id !== undefined ? ` id ${id}` : ''}`;
+
+export const mapLine = (cfg: { podIp4: string; version: number }, id?: number): string =>
+  `map ${CFG_MAP}: v${cfg.version} pod ${cfg.podIp4}${id !== undefined ? ` id ${id}` : ''}`;
+
+export const statsLine = (id?: number, counters?: Counters): string =>
+  `map ${STATS_MAP}: percpu counters${id !== undefined ? ` id ${id}` : ''}${counters ? ` (${STAT_NAMES.map((n) => `${n}=${counters[n]}`).join(' ')})` : ''}`;
+
+/** Sums one counter's per-CPU values (a percpu array lookup returns one 8-byte slot per possible CPU). */
+export function sumPerCpu(value: Buffer): number {
+  let total = 0;
+  for (let off = 0; off + 8 <= value.length; off += 8) total += Number(value.readBigUInt64LE(off));
+  return total;
+}
+
+/**
+ * The pieces an enrolled pod must have, without kernel ids (they change on every load). Tags are included when known
+ * (the agent learns them by loading the object at start-up), so a program from another build counts as drift.
+ */
+export function expectedLines(pod: PodContext, tags?: ProgTags): string[] {
+  const i = checkIfname(pod.ifname);
+  return [
+    progLine(i, 'ingress', PROG_IN, tags?.in),
+    progLine(i, 'egress', PROG_OUT, tags?.out),
+    mapLine({ podIp4: podIpv4(pod), version: CFG_VERSION }),
+    statsLine(),
+    `ip rule ${RULE_PREF}: from all ${RULE_TEXT}`,
+    `route table ${ROUTE_TABLE}: local default dev lo scope host`,
+    `sysctl net.ipv4.conf.${i}.accept_local=1`,
+  ];
+}
+
+/** An actual line without its ids (and without its tag when the expectation has none), for comparison. */
+export function comparable(line: string, withTags: boolean): string {
+  const noId = line.replace(/ id \d+( \(.*\))?$/, '');
+  return withTags ? noId : noId.replace(/ tag [0-9a-f]+$/, '');
+}
+
+/** Compares expected and actual lines: ids never count; tags count when the expectation carries them. */
+export function diffLines(expected: readonly string[], actual: readonly string[]): { missing: string[]; unexpected: string[] } {
+  const withTags = expected.some((l) => / tag [0-9a-f]+$/.test(l));
+  const got = actual.map((l) => comparable(l, withTags));
+  return {
+    missing: expected.filter((l) => !got.includes(l)),
+    unexpected: actual.filter((_, k) => !expected.includes(got[k] ?? '')),
+  };
+}

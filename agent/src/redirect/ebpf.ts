@@ -1,0 +1,267 @@
+// The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
+// accept_local, all inside the pod netns (nothing attached in the node's). Node-side probe SNAT is delegated to iptables.
+import { existsSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { RedirectMode } from '../config.js';
+import { ToolError, runTool } from '../platform/exec.js';
+import {
+  BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, closeFd, ensureLibbpf, ifNameToIndex,
+  mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
+  tcDetach, tcHookCreate, tcQuery, type TcSlot,
+} from '../platform/libbpf.js';
+import { Netns, withNetns } from '../platform/netns.js';
+import type { RedirectBackend, RuleDrift } from './backend.js';
+import {
+  CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
+  diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingLines,
+  routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type Counters, type PodConfig,
+  type PodContext, type ProgTags,
+} from './ebpf-config.js';
+
+export class EbpfUnavailableError extends Error {
+  readonly code = 'AMB_ERR_EBPF_UNAVAILABLE';
+  constructor(missing: string[], options?: { cause?: unknown }) {
+    super(`--redirect-mode ebpf cannot run here: ${missing.join('; ')}`, options);
+    this.name = 'EbpfUnavailableError';
+  }
+}
+
+/** dist/bpf/redirect.o: beside the built agent (dist/agent/src/redirect -> dist/bpf), or dist/bpf from the source tree. */
+export function defaultObjectPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    process.env.AMBIENT_BPF_DIR ? join(process.env.AMBIENT_BPF_DIR, OBJECT_FILE) : '',
+    join(here, '../../../bpf', OBJECT_FILE),
+    join(here, '../../../dist/bpf', OBJECT_FILE),
+    join(dirname(process.execPath), 'bpf', OBJECT_FILE),
+  ].filter(Boolean);
+  return candidates.find((p) => existsSync(p)) ?? candidates[1] ?? OBJECT_FILE;
+}
+
+const HELPERS: { id: number; name: string; since: string }[] = [
+  { id: BPF_FUNC.redirect, name: 'bpf_redirect', since: '4.4' },
+  { id: BPF_FUNC.skb_change_type, name: 'bpf_skb_change_type', since: '4.8' },
+  { id: BPF_FUNC.sk_release, name: 'bpf_sk_release', since: '4.20' },
+  { id: BPF_FUNC.skc_lookup_tcp, name: 'bpf_skc_lookup_tcp', since: '5.2' },
+  { id: BPF_FUNC.sk_assign, name: 'bpf_sk_assign', since: '5.7' },
+];
+
+/**
+ * Start-up feature probe: libbpf, tc BPF programs, every helper the programs call, the object file, and a real load
+ * through the verifier. Returns the programs' tags (what a correctly attached program must carry). Throws naming what is missing.
+ */
+export function probeKernel(objectPath: string): ProgTags {
+  try {
+    ensureLibbpf();
+  } catch (err) {
+    throw new EbpfUnavailableError(['libbpf.so.1 is not installed (Debian package libbpf1)'], { cause: err });
+  }
+  const missing: string[] = [];
+  if (!probeProgType(BPF_PROG_TYPE_SCHED_CLS)) {
+    missing.push('the kernel cannot load tc (BPF_PROG_TYPE_SCHED_CLS) programs: needs CONFIG_BPF_SYSCALL and CONFIG_NET_CLS_BPF, and root');
+  } else {
+    for (const h of HELPERS) if (!probeHelper(BPF_PROG_TYPE_SCHED_CLS, h.id)) missing.push(`the kernel lacks the helper ${h.name} for tc programs (Linux ${h.since}+)`);
+  }
+  if (!existsSync(objectPath)) missing.push(`${objectPath} is missing: build it with scripts/build.sh (needs clang)`);
+  if (missing.length) throw new EbpfUnavailableError(missing);
+  let obj: BpfObject | undefined;
+  try {
+    obj = BpfObject.load(objectPath, [PROG_IN, PROG_OUT]);
+    return { in: progInfoByFd(obj.progFd(PROG_IN)).tag, out: progInfoByFd(obj.progFd(PROG_OUT)).tag };
+  } catch (err) {
+    throw new EbpfUnavailableError([`loading ${objectPath} failed: ${(err as Error).message}`], { cause: err });
+  } finally {
+    obj?.close();
+  }
+}
+
+/** The node-side pieces (probe SNAT), which the ebpf backend leaves to another backend. */
+export type HostRules = Pick<RedirectBackend, 'installHost' | 'verifyHost' | 'addProbeTarget' | 'removeProbeTarget' | 'removeHost'>;
+
+interface Found {
+  progs: { direction: 'ingress' | 'egress'; id: number; name: string; tag: string }[];
+  map?: { id: number; cfg: PodConfig };
+  stats?: { id: number; counters: Counters };
+  ifindex: number;
+}
+
+function readCounters(fd: number): Counters {
+  const cpus = numPossibleCpus();
+  const key = Buffer.alloc(4);
+  const entries = STAT_NAMES.map((name, i) => {
+    key.writeUInt32LE(i);
+    return [name, sumPerCpu(mapLookup(fd, key, 8 * cpus))] as const;
+  });
+  return Object.fromEntries(entries) as Counters;
+}
+
+const slot = (ifindex: number, direction: number): TcSlot => ({ ifindex, direction, handle: TC_HANDLE, priority: TC_PRIORITY });
+
+/** Reads what is attached at our tc slots on ifname, and the config map behind it. Runs inside the pod netns. */
+function readAttached(ns: Netns, ifname: string): Found {
+  return withNetns(ns, () => {
+    const ifindex = ifNameToIndex(ifname);
+    const found: Found = { progs: [], ifindex };
+    if (!ifindex) return found;
+    for (const [direction, point] of [['ingress', BPF_TC_INGRESS], ['egress', BPF_TC_EGRESS]] as const) {
+      const id = tcQuery(slot(ifindex, point));
+      if (id === undefined) continue;
+      const info = progInfoById(id);
+      found.progs.push({ direction, id, name: info.name, tag: info.tag });
+      if (found.map && found.stats) continue;
+      for (const mapId of info.mapIds) {
+        const fd = mapFdById(mapId);
+        try {
+          const m = mapInfoByFd(fd);
+          if (m.name === CFG_MAP && m.valueSize === CFG_SIZE) found.map = { id: mapId, cfg: decodeConfig(mapLookup(fd, Buffer.alloc(4), CFG_SIZE)) };
+          if (m.name === STATS_MAP && m.valueSize === 8) found.stats = { id: mapId, counters: readCounters(fd) };
+        } finally {
+          closeFd(fd);
+        }
+      }
+    }
+    return found;
+  });
+}
+
+function foundLines(ifname: string, f: Found): string[] {
+  return [
+    ...f.progs.map((p) => progLine(ifname, p.direction, p.name, p.tag, p.id)),
+    ...(f.map ? [mapLine(f.map.cfg, f.map.id)] : []),
+    ...(f.stats ? [statsLine(f.stats.id, f.stats.counters)] : []),
+  ];
+}
+
+/** Turns accept_local on for the pod interface (re-injected outbound packets carry the pod's own source). */
+function acceptLocal(ns: Netns, ifname: string): void {
+  withNetns(ns, () => writeFileSync(acceptLocalPath(ifname), '1')); // synchronous: /proc/sys/net follows the thread's netns
+}
+
+/** Loads the object, writes the pod's config and attaches both programs (ingress first), replacing ours atomically. */
+function attach(ns: Netns, objectPath: string, ifname: string, podIp4: string): void {
+  const obj = BpfObject.load(objectPath, [PROG_IN, PROG_OUT]);
+  try {
+    withNetns(ns, () => {
+      const ifindex = ifNameToIndex(ifname);
+      if (!ifindex) throw new Error(`interface ${ifname} not found in the pod's network namespace`);
+      mapUpdate(obj.mapFd(CFG_MAP), Buffer.alloc(4), encodeConfig({ ifindex, podIp4, flags: 0 }));
+      tcHookCreate(ifindex);
+      // Ingress first: an outbound SYN re-injected by a new egress program needs the ingress program to be there.
+      tcAttach(slot(ifindex, BPF_TC_INGRESS), obj.progFd(PROG_IN));
+      tcAttach(slot(ifindex, BPF_TC_EGRESS), obj.progFd(PROG_OUT));
+    });
+  } finally {
+    obj.close(); // the tc filters keep the programs (and through them the map) alive; nothing is pinned
+  }
+}
+
+/** Detaches our programs from ifname (egress first, so nothing is re-injected to a missing ingress program). */
+function detach(ns: Netns, ifname: string): boolean {
+  return withNetns(ns, () => {
+    const ifindex = ifNameToIndex(ifname);
+    if (!ifindex) return false;
+    let had = false;
+    for (const point of [BPF_TC_EGRESS, BPF_TC_INGRESS]) {
+      const s = slot(ifindex, point);
+      const id = tcQuery(s);
+      if (id === undefined) continue;
+      if (!progInfoById(id).name.startsWith('ambient_')) continue; // someone else's filter at our slot: not ours to remove
+      tcDetach(s);
+      had = true;
+    }
+    return had;
+  });
+}
+
+function withOpenNetns<T>(path: string, fn: (ns: Netns) => T): T {
+  const ns = Netns.open(path);
+  try {
+    return fn(ns);
+  } finally {
+    ns.close();
+  }
+}
+
+export class EbpfBackend implements RedirectBackend {
+  readonly name: RedirectMode = 'ebpf';
+  private tags: ProgTags | undefined;
+
+  constructor(private readonly host: HostRules, readonly objectPath = defaultObjectPath()) {}
+
+  async prepare(): Promise<void> {
+    this.tags = probeKernel(this.objectPath);
+  }
+
+  async installPod(netnsPath: string, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+    const ifname = checkIfname(pod.ifname);
+    const ip = podIpv4(pod);
+    // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
+    await runTool('ip', ['-batch', '-'], { netns: netnsPath, input: routingBatch() }).catch((err: unknown) => {
+      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
+    });
+    withOpenNetns(netnsPath, (ns) => {
+      acceptLocal(ns, ifname);
+      if (!opts.fresh) {
+        // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
+        const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
+        if (d.missing.length === 0 && d.unexpected.length === 0) return;
+      }
+      attach(ns, this.objectPath, ifname, ip);
+    });
+  }
+
+  async verifyPod(netnsPath: string, pod: PodContext): Promise<RuleDrift> {
+    const ifname = checkIfname(pod.ifname);
+    const [found, routing] = await Promise.all([
+      Promise.resolve().then(() => withOpenNetns(netnsPath, (ns) => readAttached(ns, ifname))),
+      runTool('sh', ['-c', routingReadScript(ifname)], { netns: netnsPath }),
+    ]);
+    const actual = [...foundLines(ifname, found), ...routingLines(routing, ifname)];
+    const d = diffLines(this.expectedPodRules(pod), actual);
+    return { ok: d.missing.length === 0 && d.unexpected.length === 0, ...d, actual };
+  }
+
+  expectedPodRules(pod?: PodContext): string[] {
+    if (pod) return expectedLines(pod, this.tags);
+    // Without a pod: the shape, with placeholders where the interface and the address go.
+    return expectedLines({ ifname: 'eth0', ips: ['0.0.0.0'] }, this.tags).map((l) => l.replace(/\beth0\b/g, '<ifname>').replace(' pod 0.0.0.0', ' pod <pod-ip>'));
+  }
+
+  installHost(): Promise<void> {
+    return this.host.installHost();
+  }
+
+  verifyHost(): Promise<RuleDrift> {
+    return this.host.verifyHost();
+  }
+
+  addProbeTarget(ip: string, podUid: string): Promise<void> {
+    return this.host.addProbeTarget(ip, podUid);
+  }
+
+  removeProbeTarget(ip: string): Promise<void> {
+    return this.host.removeProbeTarget(ip);
+  }
+
+  removeHost(): Promise<void> {
+    return this.host.removeHost();
+  }
+}
+
+/** The verdict counters of the programs attached to a pod's interface (undefined when none are attached). */
+export function podCounters(netnsPath: string, ifname: string): Counters | undefined {
+  return withOpenNetns(netnsPath, (ns) => readAttached(ns, checkIfname(ifname))).stats?.counters;
+}
+
+/** Removes the ebpf pieces from a pod (whatever mode the agent runs in now); harmless when there are none. */
+export async function removeEbpfPieces(netnsPath: string, ifname: string): Promise<void> {
+  const i = checkIfname(ifname);
+  try {
+    withOpenNetns(netnsPath, (ns) => detach(ns, i));
+  } catch (err) {
+    if (!(err instanceof LibbpfMissingError)) throw err; // without libbpf nothing of ours can have been attached
+  }
+  await runTool('sh', ['-c', routingRemoveScript(i)], { netns: netnsPath });
+}
+

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+// In-pod redirection for the ebpf backend: tc clsact programs on the pod's own interface (design A).
+// Owns the packet decisions only; the agent's loader (agent/src/platform/libbpf.ts) attaches them and fills ambient_cfg.
+//
+// Egress (ambient_out): a new outbound TCP SYN (or a later packet of a flow the agent owns) is marked 0x1000 and
+// re-injected at the pod's own ingress, because bpf_sk_assign only works at tc ingress.
+// Ingress (ambient_in): re-injected outbound SYNs are assigned to the 127.0.0.1:15001 listener, inbound SYNs to the pod
+// IP (except 15008/15006 and kubelet probes) to the podIP:15006 listener. No listener => drop: fail closed.
+// IPv4 only for now; the config and the parse step are laid out so an IPv6 path slots in beside it.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define AGENT_MARK 0x539
+#define AGENT_MARK_MASK 0xfff
+#define OUTBOUND_MARK 0x1000
+#define OUTBOUND_PORT 15001
+#define INBOUND_PLAINTEXT_PORT 15006
+#define INBOUND_HBONE_PORT 15008
+#define PROBE_SNAT_IP 0xa9fe077f /* 169.254.7.127, host order */
+#define LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
+#define PACKET_HOST 0
+#define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
+
+/* Per-pod configuration, written by the loader before the programs are attached. Layout mirrored in ebpf-config.ts. */
+struct ambient_cfg {
+	__u32 version;   /* layout version, 1 */
+	__u32 ifindex;   /* the pod interface the programs sit on */
+	__be32 pod_ip4;  /* network order; 0 = no IPv4 address */
+	__u32 flags;     /* reserved */
+	__u8 pod_ip6[16]; /* reserved for the IPv6 path */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ambient_cfg);
+} ambient_cfg SEC(".maps");
+
+/* Per-CPU verdict counters, read by the agent for `ambient-node rules` and by the tests. Indexes mirrored in ebpf-config.ts. */
+enum {
+	STAT_OUT_REDIRECTED,  /* outbound SYNs re-injected at ingress */
+	STAT_OUT_ASSIGNED,    /* outbound SYNs assigned to 127.0.0.1:15001 */
+	STAT_IN_ASSIGNED,     /* inbound SYNs assigned to podIP:15006 */
+	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
+	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
+	STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ambient_stats SEC(".maps");
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&ambient_stats, &stat);
+	if (v)
+		*v += 1;
+}
+
+/* The parts of a TCP/IPv4 packet the decisions need. */
+struct flow4 {
+	struct bpf_sock_tuple tuple; /* as seen by the receiving socket: saddr = sender */
+	__u8 syn;                    /* a connection-opening SYN (SYN without ACK) */
+};
+
+static __always_inline const struct ambient_cfg *config(void)
+{
+	__u32 key = 0;
+	return bpf_map_lookup_elem(&ambient_cfg, &key);
+}
+
+/* 1 = IPv4 TCP parsed into f; 0 = not IPv4 TCP (left alone); -1 = malformed. */
+static __always_inline int parse4(struct __sk_buff *skb, struct flow4 *f, __be32 *saddr)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	*saddr = ip->saddr;
+	if (ip->protocol != IPPROTO_TCP)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x1fff)) /* non-first fragment: no TCP header */
+		return 0;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return -1;
+	struct tcphdr tcp;
+	if (bpf_skb_load_bytes(skb, sizeof(*eth) + ihl, &tcp, sizeof(tcp)) < 0)
+		return -1;
+	f->tuple.ipv4.saddr = ip->saddr;
+	f->tuple.ipv4.daddr = ip->daddr;
+	f->tuple.ipv4.sport = tcp.source;
+	f->tuple.ipv4.dport = tcp.dest;
+	f->syn = tcp.syn && !tcp.ack;
+	return 1;
+}
+
+static __always_inline int is_loopback(__be32 a)
+{
+	return (bpf_ntohl(a) & 0xff000000) == LOOPBACK_NET;
+}
+
+/* The state of the socket that owns this exact tuple, or -1 when none does. */
+static __always_inline int flow_state(struct __sk_buff *skb, struct bpf_sock_tuple *t, struct bpf_sock **out)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	int state = sk->state;
+	if (out && state == TCP_NEW_SYN_RECV) {
+		*out = sk;
+		return state;
+	}
+	bpf_sk_release(sk);
+	return state;
+}
+
+/* Assigns the packet to the listener at daddr:dport; drops it when there is none (fail closed). */
+static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *f, __be32 daddr, __u16 dport)
+{
+	struct bpf_sock_tuple lt = f->tuple;
+	lt.ipv4.daddr = daddr;
+	lt.ipv4.dport = bpf_htons(dport);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &lt, sizeof(lt.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		count(STAT_DROP_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	if (sk->state != TCP_LISTEN) {
+		bpf_sk_release(sk);
+		count(STAT_DROP_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		count(STAT_DROP_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	count(dport == OUTBOUND_PORT ? STAT_OUT_ASSIGNED : STAT_IN_ASSIGNED);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int ambient_out(struct __sk_buff *skb)
+{
+	if ((skb->mark & AGENT_MARK_MASK) == AGENT_MARK)
+		return TC_ACT_OK;
+	const struct ambient_cfg *cfg = config();
+	struct flow4 f = {};
+	__be32 saddr = 0;
+	int p = parse4(skb, &f, &saddr);
+	if (p <= 0)
+		return TC_ACT_OK;
+	if (!cfg || !cfg->pod_ip4)
+		return f.syn ? TC_ACT_SHOT : TC_ACT_OK;
+	__be32 daddr = f.tuple.ipv4.daddr;
+	if (is_loopback(daddr) || daddr == cfg->pod_ip4)
+		return TC_ACT_OK;
+	if (!f.syn) {
+		/* Later packets: only flows the agent owns (its accepted socket has the app's tuple); others stay untouched. */
+		int state = flow_state(skb, &f.tuple, 0);
+		if (state < 0 || state == TCP_LISTEN)
+			return TC_ACT_OK;
+	}
+	skb->mark = (skb->mark & ~OUTBOUND_MARK) | OUTBOUND_MARK;
+	if (f.syn)
+		count(STAT_OUT_REDIRECTED);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+SEC("tc")
+int ambient_in(struct __sk_buff *skb)
+{
+	const struct ambient_cfg *cfg = config();
+	struct flow4 f = {};
+	__be32 saddr = 0;
+	int p = parse4(skb, &f, &saddr);
+	if (p < 0)
+		return TC_ACT_SHOT;
+	if (!cfg || !cfg->pod_ip4)
+		return (p > 0 && f.syn) ? TC_ACT_SHOT : TC_ACT_OK;
+	int outbound = (skb->mark & OUTBOUND_MARK) && saddr == cfg->pod_ip4;
+	if (!outbound) {
+		/* accept_local is on for the re-injection: refuse anything else claiming the pod's own source. */
+		if (saddr && saddr == cfg->pod_ip4) {
+			count(STAT_DROP_SPOOFED);
+			return TC_ACT_SHOT;
+		}
+		if (p == 0)
+			return TC_ACT_OK;
+		__u16 dport = bpf_ntohs(f.tuple.ipv4.dport);
+		if (f.tuple.ipv4.daddr != cfg->pod_ip4 || dport == INBOUND_HBONE_PORT || dport == INBOUND_PLAINTEXT_PORT)
+			return TC_ACT_OK;
+		if (bpf_ntohl(f.tuple.ipv4.saddr) == PROBE_SNAT_IP)
+			return TC_ACT_OK;
+		if (!f.syn)
+			return TC_ACT_OK;
+		int state = flow_state(skb, &f.tuple, 0);
+		if (state >= 0 && state != TCP_LISTEN)
+			return TC_ACT_OK; /* a retransmitted SYN of a flow that already has its socket */
+		return assign_listener(skb, &f, cfg->pod_ip4, INBOUND_PLAINTEXT_PORT);
+	}
+	if (p == 0)
+		return TC_ACT_SHOT;
+	/* Re-injected outbound: it carries the gateway's MAC, so make the stack take it as ours. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	struct bpf_sock *req = 0;
+	int state = flow_state(skb, &f.tuple, &req);
+	if (req) {
+		/* Handshake ACK of a connection still in the accept queue: it must reach the same listener's request. */
+		long err = bpf_sk_assign(skb, req, 0);
+		bpf_sk_release(req);
+		return err ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+	if (state >= 0 && state != TCP_LISTEN)
+		return TC_ACT_OK;
+	if (!f.syn)
+		return TC_ACT_OK;
+	return assign_listener(skb, &f, bpf_htonl(0x7f000001), OUTBOUND_PORT);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,235 @@
+// End to end for what only the ebpf backend promises: pre-existing connections survive enrolment, fail closed both ways with
+// the agent down, 15008 untouched, no conntrack, anti-spoof, clean unenrol, rules read-back, re-adoption, repair, the start-up probe.
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import type { TestbedPod } from '../testbed/index.js';
+import { createBackend } from '../../agent/src/redirect/backend.js';
+import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
+import { execa } from 'execa';
+import type { Counters } from '../../agent/src/redirect/ebpf-config.js';
+import { AMBIENT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+
+function counters(pod: TestbedPod): Counters {
+  const c = podCounters(pod.netnsPath, pod.ifname);
+  if (!c) throw new Error(`no ebpf programs attached in ${pod.key}`);
+  return c;
+}
+
+/** Ids of the programs at our tc slots, from `tc filter show` (what an operator would look at). */
+async function attachedIds(pod: TestbedPod): Promise<string[]> {
+  const ids: string[] = [];
+  for (const dir of ['ingress', 'egress']) {
+    const out = String((await pod.exec('tc', ['filter', 'show', 'dev', pod.ifname, dir])).stdout);
+    const m = /ambient_\w+.* id (\d+)/.exec(out);
+    if (m?.[1]) ids.push(`${dir}:${m[1]}`);
+  }
+  return ids;
+}
+
+function scratchDir(t: ExecutionContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ambient-ebpf-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A line echo server: answers every line of a connection with "pong:<line>", keeping the connection open. */
+async function startLineEcho(pod: TestbedPod, port: number): Promise<void> {
+  void pod.spawn('ncat', ['-l', '-k', String(port), '--sh-exec', 'while read -r l; do echo "pong:$l"; done']).catch(() => undefined);
+  await pod.waitForPort(port);
+}
+
+netnsTest.serial('[ebpf] a connection opened before enrolment survives it; new ones go through the agent', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'ebpf' });
+  const dir = scratchDir(t);
+  await tb.setNamespace('app', {});
+  const [client, server] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 1, namespace: 'plain', name: 'web' },
+  ]);
+  if (!client || !server) throw new Error('pods missing');
+  await startLineEcho(server, 9000);
+  const ready = join(dir, 'ready');
+  const go = join(dir, 'go');
+  const conn = client.exec('bash', ['-c', [
+    `exec 3<>/dev/tcp/${server.ip}/9000`,
+    'echo before >&3; read -r a <&3; echo "$a"',
+    `touch ${ready}`,
+    `while [ ! -e ${go} ]; do sleep 0.05; done`,
+    'echo after >&3; read -r b <&3; echo "$b"',
+  ].join('\n')], { timeout: 30_000, reject: false });
+  await eventually(async () => existsSync(ready), (v) => v, 10_000);
+  t.true(existsSync(ready), 'the connection was up before enrolment');
+
+  await tb.setNamespace('app', AMBIENT);
+  const on = await eventually(() => agentPod(tb, client), (v) => v?.state === 'enrolled' && v.listening);
+  t.is(on?.state, 'enrolled');
+  writeFileSync(go, '');
+  const r = await conn;
+  t.is(String(r.stdout).trim(), 'pong:before\npong:after', `old connection kept working: ${String(r.stderr)}`);
+
+  await startEcho(server, 8080);
+  t.true((await ask(client, server.ip, 8080)).ok);
+  const view = await agentPod(tb, client);
+  t.is(view?.stats?.outbound.opened, 1, 'only the new connection went through the agent');
+});
+
+netnsTest.serial('[ebpf] with the agent down, SYNs are dropped both ways; no conntrack entries; 15008 is not redirected', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'ebpf' });
+  await tb.setNamespace('app', AMBIENT);
+  const [sleep, productpage, web, outsider] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 1, namespace: 'app', name: 'productpage' },
+    { node: 1, namespace: 'plain', name: 'web' },
+    { node: 1, namespace: 'plain', name: 'outsider' },
+  ]);
+  if (!sleep || !productpage || !web || !outsider) throw new Error('pods missing');
+  await Promise.all([startEcho(sleep, 8080), startEcho(productpage, 9080), startEcho(web, 8080)]);
+
+  // Mesh traffic: HBONE to productpage:15008 must reach the HBONE listener, not be steered to 15006.
+  t.true((await ask(sleep, productpage.ip, 9080)).ok);
+  const pp = await eventually(() => agentPod(tb, productpage), (v) => (v?.stats?.inbound.hbone ?? 0) >= 1);
+  t.is(pp?.stats?.inbound.hbone, 1, 'arrived on 15008 as HBONE');
+  t.is(counters(productpage).in_assigned, 0, 'the HBONE SYN to 15008 was not assigned to 15006');
+  t.true(counters(sleep).out_assigned >= 1);
+  t.true((await ask(sleep, web.ip, 8080)).ok, 'outbound plaintext passthrough');
+  t.true((await ask(outsider, sleep.ip, 8080)).ok, 'inbound plaintext');
+  t.true(counters(sleep).in_assigned >= 1);
+
+  const ct = await sleep.exec('conntrack', ['-L'], { reject: false });
+  t.is(String(ct.stdout).trim(), '', `no conntrack entries in the pod: ${String(ct.stdout)}${String(ct.stderr)}`);
+
+  const before = counters(sleep);
+  await tb.agent(0).kill('SIGKILL');
+  const out = await ask(sleep, web.ip, 8080, 'out-while-down');
+  const inb = await ask(outsider, sleep.ip, 8080, 'in-while-down');
+  t.false(out.ok, 'outbound does not bypass');
+  t.false(inb.ok, 'inbound does not bypass');
+  t.notRegex(`${out.output}\n${inb.output}`, /refused/i, 'SYNs are dropped, not answered');
+  const after = counters(sleep);
+  t.true(after.drop_no_listener - before.drop_no_listener >= 2, `SYN drops counted both ways: ${JSON.stringify(after)}`);
+});
+
+netnsTest.serial('[ebpf] a packet spoofing the pod\'s own source is dropped at ingress', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, redirectMode: 'ebpf' });
+  await tb.setNamespace('app', AMBIENT);
+  const [victim, attacker] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'victim' },
+    { node: 0, namespace: 'plain', name: 'attacker' },
+  ]);
+  if (!victim || !attacker) throw new Error('pods missing');
+  t.is(counters(victim).drop_spoofed, 0);
+  const script = [
+    'import socket, struct, sys',
+    'src, dst = sys.argv[1], sys.argv[2]',
+    's = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
+    "ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 0, 0, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))",
+    "tcp = struct.pack('!HHLLBBHHH', 40000, 8080, 1, 0, 0x50, 0x02, 64240, 0, 0)",
+    'for _ in range(3): s.sendto(ip + tcp, (dst, 0))',
+  ].join('\n');
+  await attacker.exec(PY, ['-c', script, victim.ip, victim.ip]);
+  const c = await eventually(async () => counters(victim), (v) => v.drop_spoofed >= 3, 5_000);
+  t.true(c.drop_spoofed >= 3, JSON.stringify(c));
+  t.is(c.in_assigned, 0, 'nothing was steered to the agent');
+});
+
+netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after unenrol nothing of ours is left', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, redirectMode: 'ebpf' });
+  await tb.setNamespace('app', AMBIENT);
+  const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
+  const backend = createBackend('ebpf');
+  await backend.prepare();
+  const ctx = { ifname: pod.ifname, ips: [pod.ip] };
+  const drift = await backend.verifyPod(pod.netnsPath, ctx);
+  t.deepEqual({ missing: drift.missing, unexpected: drift.unexpected }, { missing: [], unexpected: [] });
+  const dev = pod.ifname;
+  const want = [
+    new RegExp(`^tc ingress ${dev}: prog ambient_in tag [0-9a-f]{16} id \\d+$`),
+    new RegExp(`^tc egress ${dev}: prog ambient_out tag [0-9a-f]{16} id \\d+$`),
+    new RegExp(`^map ambient_cfg: v1 pod ${pod.ip.replace(/\./g, '\\.')} id \\d+$`),
+    /^map ambient_stats: percpu counters id \d+ \(out_redirected=\d+ .*drop_spoofed=\d+\)$/,
+    /^ip rule 100: from all fwmark 0x1000\/0x1000 lookup 100$/,
+    /^route table 100: local default dev lo scope host$/,
+    new RegExp(`^sysctl net.ipv4.conf.${dev}.accept_local=1$`),
+  ];
+  t.is(drift.actual.length, want.length, drift.actual.join('\n'));
+  want.forEach((re, i) => t.regex(drift.actual[i] ?? '', re));
+  t.deepEqual(backend.expectedPodRules(ctx).length, want.length);
+  // The ids and tags are the kernel's own: bpftool agrees.
+  const id = /id (\d+)$/.exec(drift.actual[0] ?? '')?.[1] ?? '';
+  const tag = / tag ([0-9a-f]+)/.exec(drift.actual[0] ?? '')?.[1] ?? '';
+  const shown = String((await pod.exec('bpftool', ['prog', 'show', 'id', id])).stdout);
+  t.regex(shown, new RegExp(`^${id}: sched_cls\\s+name ambient_in\\s+tag ${tag}`, 'm'));
+  t.true(hasOurRules(await podRules(pod)));
+
+  // Late unenrolment (label removed), then DEL: neither leaves a filter, rule, route, qdisc or sysctl of ours.
+  await tb.setNamespace('app', {});
+  await eventually(() => agentPod(tb, pod), (v) => v?.state === 'skipped');
+  const rules = await podRules(pod);
+  t.false(hasOurRules(rules), rules.ebpf);
+  t.regex(rules.ebpf, /accept_local=0/);
+  const qdisc = String((await pod.exec('tc', ['qdisc', 'show', 'dev', dev])).stdout);
+  t.notRegex(qdisc, /clsact/);
+  const again = await backend.verifyPod(pod.netnsPath, ctx);
+  t.deepEqual(again.actual, []);
+});
+
+netnsTest.serial('[ebpf] restart re-adopts attached programs without re-attaching; CHECK and repair restore a detached one', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'ebpf', agentArgs: ['--repair-interval-ms', '1000'] });
+  await tb.setNamespace('app', AMBIENT);
+  const [client, server] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 1, namespace: 'plain', name: 'web' },
+  ]);
+  if (!client || !server) throw new Error('pods missing');
+  await startEcho(server, 8080);
+  const ids = await attachedIds(client);
+  t.is(ids.length, 2);
+
+  await tb.agent(0).kill('SIGKILL');
+  t.deepEqual(await attachedIds(client), ids, 'programs stay attached while the agent is down');
+  await tb.agent(0).start();
+  const up = await eventually(() => ask(client, server.ip, 8080, 'after-restart'), (a) => a.ok, 10_000);
+  t.true(up.ok, up.output);
+  t.deepEqual(await attachedIds(client), ids, 'the same programs: adopted, never detached or replaced');
+
+  // Drift: someone deletes the ingress filter. CHECK reports it; the repair loop puts it back.
+  await client.exec('tc', ['filter', 'del', 'dev', client.ifname, 'ingress']);
+  const repaired = await eventually(() => attachedIds(client), (v) => v.length === 2, 10_000);
+  t.is(repaired.length, 2, 'ingress program restored');
+  const c = (await tb.agent(0).request('GET', '/v1/pods')).body as { counters: { ruleRepairs: number } };
+  t.true(c.counters.ruleRepairs >= 1);
+  t.true((await ask(client, server.ip, 8080, 'after-repair')).ok);
+  await t.notThrowsAsync(tb.checkPod(client));
+
+  // The routing pieces drift too: the policy rule is deleted; repair adds it back (and traffic works again).
+  await client.exec('ip', ['rule', 'del', 'pref', '100']);
+  const rule = await eventually(async () => String((await client.exec('ip', ['rule', 'show', 'pref', '100'])).stdout), (v) => v.includes('fwmark 0x1000/0x1000 lookup 100'), 10_000);
+  t.regex(rule, /fwmark 0x1000\/0x1000 lookup 100/);
+  t.true((await eventually(() => ask(client, server.ip, 8080, 'after-rule-repair'), (a) => a.ok, 10_000)).ok);
+});
+
+netnsTest.serial('[ebpf] the start-up probe names what is missing and shows verifier rejections verbatim', async (t) => {
+  const dir = scratchDir(t);
+  const missing = t.throws(() => probeKernel(join(dir, 'absent.o')), { instanceOf: EbpfUnavailableError });
+  t.regex(missing?.message ?? '', /--redirect-mode ebpf cannot run here: .*absent\.o is missing: build it with scripts\/build\.sh/);
+  // A program the verifier must reject: a packet read without a bounds check.
+  writeFileSync(join(dir, 'bad.c'), [
+    '#include <linux/bpf.h>',
+    '#include <bpf/bpf_helpers.h>',
+    'SEC("tc") int ambient_in(struct __sk_buff *skb) { unsigned char *d = (void *)(long)skb->data; return d[20]; }',
+    'SEC("tc") int ambient_out(struct __sk_buff *skb) { return 0; }',
+    'char LICENSE[] SEC("license") = "GPL";',
+  ].join('\n'));
+  await execa('clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, '-c', join(dir, 'bad.c'), '-o', join(dir, 'bad.o')]);
+  const rejected = t.throws(() => probeKernel(join(dir, 'bad.o')), { instanceOf: EbpfUnavailableError });
+  const msg = rejected?.message ?? '';
+  t.regex(msg, /bpf_object__load: Permission denied/);
+  t.regex(msg, /verifier log for ambient_in:/);
+  t.regex(msg, /invalid access to packet, off=20 size=1/);
+  t.regex(probeKernel(join(process.cwd(), 'dist/bpf/redirect.o')).in, /^[0-9a-f]{16}$/);
+});

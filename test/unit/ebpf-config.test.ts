@@ -1,0 +1,92 @@
+// Unit tests for the ebpf backend's pure pieces: the config map layout, the routing scripts' input checks, and the
+// expected/actual notation with its drift comparison (ids never count, tags count when known).
+import test from 'ava';
+import {
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, acceptLocalPath, routingBatch, routingBatchOk,
+  routingLines, routingReadScript, sumPerCpu,
+} from '../../agent/src/redirect/ebpf-config.js';
+import { createBackend } from '../../agent/src/redirect/backend.js';
+
+const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };
+const TAGS = { in: '0123456789abcdef', out: 'fedcba9876543210' };
+
+test('config encodes the pod address in network order and decodes back', (t) => {
+  const b = encodeConfig({ ifindex: 3, podIp4: '10.1.0.7', flags: 0 });
+  t.is(b.length, CFG_SIZE);
+  t.deepEqual([...b.subarray(8, 12)], [10, 1, 0, 7]);
+  t.deepEqual(decodeConfig(b), { version: 1, ifindex: 3, podIp4: '10.1.0.7', flags: 0 });
+});
+
+test('the ebpf path takes the first IPv4 address and refuses IPv6-only pods clearly', (t) => {
+  t.is(podIpv4({ ifname: 'eth0', ips: ['fd00::7', '10.1.0.7'] }), '10.1.0.7');
+  t.throws(() => podIpv4({ ifname: 'eth0', ips: ['fd00::7'] }), { message: /needs an IPv4 pod address.*IPv6 is not supported yet/ });
+});
+
+test('interface names that could break a script are refused', (t) => {
+  t.is(checkIfname('eth0'), 'eth0');
+  for (const bad of ['', 'eth0; reboot', 'a'.repeat(16), '$(x)']) t.throws(() => checkIfname(bad), { message: /invalid interface name/ });
+  t.throws(() => acceptLocalPath('../../x'));
+});
+
+const actual = [
+  'tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42',
+  'tc egress eth0: prog ambient_out tag fedcba9876543210 id 43',
+  'map ambient_cfg: v1 pod 10.1.0.7 id 7',
+  'map ambient_stats: percpu counters id 8 (out_redirected=3 out_assigned=3 in_assigned=0 drop_no_listener=0 drop_spoofed=0)',
+  'ip rule 100: from all fwmark 0x1000/0x1000 lookup 100',
+  'route table 100: local default dev lo scope host',
+  'sysctl net.ipv4.conf.eth0.accept_local=1',
+];
+
+test('an intact pod has no drift whatever the kernel ids are', (t) => {
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), actual), { missing: [], unexpected: [] });
+  const otherIds = actual.map((l) => l.replace(/ id \d+$/, ' id 999'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), otherIds), { missing: [], unexpected: [] });
+});
+
+test('a detached program is missing; a program of another build is both missing and unexpected', (t) => {
+  const detached = actual.filter((l) => !l.startsWith('tc egress'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), detached).missing, ['tc egress eth0: prog ambient_out tag fedcba9876543210']);
+  const old = actual.map((l) => l.replace('0123456789abcdef', '1111111111111111'));
+  const d = diffLines(expectedLines(POD, TAGS), old);
+  t.deepEqual(d.missing, ['tc ingress eth0: prog ambient_in tag 0123456789abcdef']);
+  t.deepEqual(d.unexpected, ['tc ingress eth0: prog ambient_in tag 1111111111111111 id 42']);
+});
+
+test('without known tags only names count', (t) => {
+  t.deepEqual(diffLines(expectedLines(POD), actual), { missing: [], unexpected: [] });
+  t.is(comparable('tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42', false), 'tc ingress eth0: prog ambient_in');
+});
+
+test('a config map for another address is drift', (t) => {
+  const moved = actual.map((l) => l.replace('pod 10.1.0.7', 'pod 10.1.0.8'));
+  t.deepEqual(diffLines(expectedLines(POD, TAGS), moved).missing, ['map ambient_cfg: v1 pod 10.1.0.7']);
+});
+
+test('per-CPU counters are summed over every CPU slot', (t) => {
+  const b = Buffer.alloc(24);
+  b.writeBigUInt64LE(2n, 0);
+  b.writeBigUInt64LE(5n, 16);
+  t.is(sumPerCpu(b), 7);
+});
+
+test('routing pieces are read back into the same notation', (t) => {
+  t.true(routingReadScript('eth0').includes('net.ipv4.conf.eth0.accept_local'));
+  const out = '100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo scope host \n@@ambient@@\n1\n';
+  t.deepEqual(routingLines(out, 'eth0'), actual.slice(4));
+  t.deepEqual(routingLines('@@ambient@@\n@@ambient@@\n0\n', 'eth0'), []);
+});
+
+test('without a pod the expected lines show placeholders for the interface and the address', (t) => {
+  const lines = createBackend('ebpf').expectedPodRules();
+  t.is(lines[0], 'tc ingress <ifname>: prog ambient_in');
+  t.true(lines.includes('map ambient_cfg: v1 pod <pod-ip>'));
+  t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));
+});
+
+test('the routing batch is idempotent: a rule that is already there is not an error, anything else is', (t) => {
+  t.regex(routingBatch(), /^route replace local 0\.0\.0\.0\/0 dev lo table 100\nrule add pref 100 fwmark 0x1000\/0x1000 lookup 100\n$/);
+  t.true(routingBatchOk('RTNETLINK answers: File exists\nCommand failed -:2\n'));
+  t.false(routingBatchOk('RTNETLINK answers: Operation not permitted\nCommand failed -:1\n'));
+  t.false(routingBatchOk(''));
+});
