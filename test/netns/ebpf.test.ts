@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { TestbedPod } from '../testbed/index.js';
+import { AGENT_MAIN, type TestbedPod } from '../testbed/index.js';
+import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
 import { execa } from 'execa';
@@ -165,6 +166,17 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
   const shown = String((await pod.exec('bpftool', ['prog', 'show', 'id', id])).stdout);
   t.regex(shown, new RegExp(`^${id}: sched_cls\\s+name ambient_in\\s+tag ${tag}`, 'm'));
   t.true(hasOurRules(await podRules(pod)));
+
+  // The operator's view: `ambient-node rules` lists the same programs (ids, tags), maps and routing pieces, in sync.
+  const cliRun = (...a: string[]) => tb.nodeExec(0, process.execPath, [AGENT_MAIN, 'rules', 'app/sleep', ...a, '--socket', tb.node(0).socketPath], { reject: false });
+  const human = await cliRun();
+  t.is(human.exitCode, 0, String(human.stdout));
+  t.regex(String(human.stdout), /state enrolled, backend ebpf, agent listeners open/);
+  t.regex(String(human.stdout), new RegExp(`tc ingress ${dev}: prog ambient_in`));
+  t.regex(String(human.stdout), /^\s+in sync$/m);
+  const report = JSON.parse(String((await cliRun('-o', 'json')).stdout)) as RulesReply;
+  t.deepEqual(report.attachments[0]?.actual.map((l) => l.replace(/ \(out_redirected=.*\)$/, '')), drift.actual.map((l) => l.replace(/ \(out_redirected=.*\)$/, '')));
+  t.true(report.attachments[0]?.ok);
 
   // Late unenrolment (label removed), then DEL: neither leaves a filter, rule, route, qdisc or sysctl of ours.
   await tb.setNamespace('app', {});
