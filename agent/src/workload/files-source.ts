@@ -9,6 +9,7 @@ import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
 import type { AuthorizationPolicy } from '../policy/authorization.js';
+import { PodWaiters } from './pod-waiters.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
 
@@ -48,7 +49,7 @@ export class FilesWorkloadSource implements WorkloadSource {
   private authzPolicies: AuthorizationPolicy[] = [];
   private byFile = new Map<string, WorkloadObject[]>();
   private listeners: ((c: WorkloadChange) => void)[] = [];
-  private waiters = new Set<() => void>();
+  private readonly waiters = new PodWaiters();
   private watcher: FSWatcher | undefined;
   private poll: NodeJS.Timeout | undefined;
   private rescanQueued = false;
@@ -100,22 +101,8 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   async waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined> {
-    const found = this.getPod(namespace, name);
-    if (found || timeoutMs <= 0) return found;
-    this.queueRescan();
-    return new Promise((resolve) => {
-      const check = (): void => {
-        const pod = this.getPod(namespace, name);
-        if (pod) done(pod);
-      };
-      const done = (pod: PodInfo | undefined): void => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        resolve(pod);
-      };
-      const timer = setTimeout(() => done(undefined), timeoutMs);
-      this.waiters.add(check);
-    });
+    if (!this.getPod(namespace, name) && timeoutMs > 0) this.queueRescan();
+    return this.waiters.wait(() => this.getPod(namespace, name), timeoutMs);
   }
 
   /** Re-reads the folder now (coalescing concurrent requests). */
@@ -197,7 +184,7 @@ export class FilesWorkloadSource implements WorkloadSource {
     this.namespaces = namespaces;
     this.peerAuthns = peerAuthns;
     this.authzPolicies = authzPolicies;
-    for (const w of [...this.waiters]) w();
+    this.waiters.notify();
     if (change.pods.length === 0 && change.namespaces.length === 0 && !policies) return;
     for (const l of this.listeners) {
       try {

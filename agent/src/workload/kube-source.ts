@@ -8,6 +8,7 @@ import { PodAnnotator, REDIRECTION_ANNOTATION, type CaptureState, type PodRef } 
 import { Reflector, type BackoffPolicy, type ReflectorChange } from './kube/reflector.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo } from './types.js';
+import { PodWaiters } from './pod-waiters.js';
 
 export interface KubernetesSourceOptions {
   client: KubeClient;
@@ -51,7 +52,7 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   private readonly peerAuthn: Reflector<PeerAuthentication>;
   private readonly annotator: PodAnnotator;
   private readonly listeners: ((c: WorkloadChange) => void)[] = [];
-  private readonly waiters = new Set<() => void>();
+  private readonly waiters = new PodWaiters();
 
   constructor(private readonly o: KubernetesSourceOptions) {
     const common = { client: o.client, ...(o.backoff ? { backoff: o.backoff } : {}), ...(o.watchTimeoutSeconds ? { watchTimeoutSeconds: o.watchTimeoutSeconds } : {}) };
@@ -127,21 +128,7 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   }
 
   async waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined> {
-    const found = this.getPod(namespace, name);
-    if (found || timeoutMs <= 0) return found;
-    return new Promise((resolve) => {
-      const check = (): void => {
-        const pod = this.getPod(namespace, name);
-        if (pod) done(pod);
-      };
-      const done = (pod: PodInfo | undefined): void => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        resolve(pod);
-      };
-      const timer = setTimeout(() => done(undefined), timeoutMs);
-      this.waiters.add(check);
-    });
+    return this.waiters.wait(() => this.getPod(namespace, name), timeoutMs);
   }
 
   reportCapture(pod: PodRef, state: CaptureState | undefined): void {
@@ -159,7 +146,7 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   }
 
   private emit(change: WorkloadChange): void {
-    for (const w of [...this.waiters]) w();
+    this.waiters.notify();
     for (const l of this.listeners) {
       try {
         l(change);
