@@ -11,7 +11,7 @@ fi
 
 PACKAGES=(
   iptables nftables iproute2 ipset conntrack containernetworking-plugins
-  tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev python3-h2 stunnel4
+  tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev python3-h2 stunnel4 libssl-dev libnghttp2-dev
 )
 
 missing=()

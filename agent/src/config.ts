@@ -9,6 +9,9 @@ import type { LevelWithSilent } from 'pino';
 
 export type RedirectMode = 'iptables' | 'nftables';
 export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables'];
+/** Who carries HBONE bytes: Node's TLS and HTTP/2, or the native library (OpenSSL + nghttp2 on its own thread). */
+export type DataPath = 'node' | 'native';
+export const DATA_PATHS: readonly DataPath[] = ['node', 'native'];
 
 export interface AgentConfig {
   nodeName: string;
@@ -17,6 +20,8 @@ export interface AgentConfig {
   workloadSource: 'files';
   workloadsDir: string;
   redirectMode: RedirectMode;
+  /** HBONE data path: node (TLS and HTTP/2 in Node) or native (dist/native/libambient-hbone.so). */
+  dataPath: DataPath;
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
   accessLog: boolean;
@@ -54,6 +59,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   workloadSource: 'files',
   workloadsDir: '/etc/ambient-node/workloads',
   redirectMode: 'iptables',
+  dataPath: 'node',
   logLevel: 'info',
   accessLog: true,
   podLookupTimeoutMs: 3000,
@@ -114,6 +120,8 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!REDIRECT_MODES.includes(redirectMode as RedirectMode)) {
     throw new ConfigError(`redirectMode must be one of ${REDIRECT_MODES.join(', ')}, got ${JSON.stringify(redirectMode)}`);
   }
+  const dataPath = merged.dataPath ?? CONFIG_DEFAULTS.dataPath;
+  if (!DATA_PATHS.includes(dataPath as DataPath)) throw new ConfigError(`dataPath must be one of ${DATA_PATHS.join(', ')}, got ${JSON.stringify(dataPath)}`);
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
   const accessLog = merged.accessLog ?? CONFIG_DEFAULTS.accessLog;
@@ -156,6 +164,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     workloadSource,
     workloadsDir: asString(merged.workloadsDir ?? CONFIG_DEFAULTS.workloadsDir, 'workloadsDir'),
     redirectMode: redirectMode as RedirectMode,
+    dataPath: dataPath as DataPath,
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',
     podLookupTimeoutMs: timeout,
