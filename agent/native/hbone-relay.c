@@ -1100,6 +1100,8 @@ static void cmd_session(struct cmd *c, int server) {
   s->next = G.sessions;
   G.sessions = s;
   fcntl(s->io.fd, F_SETFL, fcntl(s->io.fd, F_GETFL) | O_NONBLOCK);
+  int nodelay = 1;
+  setsockopt(s->io.fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
   if (!s->ssl || SSL_set_fd(s->ssl, s->io.fd) != 1) {
     session_fail(s, "SSL_new");
     return;

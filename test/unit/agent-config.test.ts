@@ -24,7 +24,13 @@ test('the access log of completed connections is on by default and can be turned
   t.false(parseAgentConfig({ accessLog: true }, { nodeName: 'n', 'access-log': 'false' }).accessLog);
 });
 
+test('the HBONE data path is node by default and native on request', (t) => {
+  t.is(parseAgentConfig({}, { nodeName: 'n' }).dataPath, 'node');
+  t.is(parseAgentConfig({ dataPath: 'node' }, { nodeName: 'n', 'data-path': 'native' }).dataPath, 'native');
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
+  ['bad data path', { dataPath: 'rust' }, /dataPath must be one of node, native/],
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
