@@ -37,6 +37,8 @@
 #define CONNECTION_WINDOW (16 * 1024 * 1024)
 #define MAX_FRAME (1024 * 1024)
 #define APP_BUF (256 * 1024)
+/* Bytes kept free before the data of a stream's `in` buffer, so a DATA frame header fits in front of its payload. */
+#define HEADROOM 16
 #define TLS_READ (64 * 1024)
 #define TLS_WBUF_FLUSH (128 * 1024)
 #define KEEPALIVE_INTERVAL_MS 10000
@@ -314,6 +316,8 @@ static SSL_CTX *make_ctx(int server, const char *chain, const char *key, const c
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_read_ahead(ctx, 1); /* whole socket reads, not two per record */
+  SSL_CTX_set_default_read_buffer_len(ctx, 64 * 1024);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   if (SSL_CTX_set_ciphersuites(ctx, HBONE_CIPHERSUITES) != 1) goto fail_ssl;
   if (load_pem_chain(ctx, chain, 0)) {
@@ -372,6 +376,7 @@ static int spiffe_id(X509 *cert, char *out, size_t n) {
 /* ---------- streams ---------- */
 
 static void session_update(struct session *s);
+static void session_fail(struct session *s, const char *why);
 static void session_flush(struct session *s);
 
 static struct stream *stream_new(uint64_t id, struct session *s, int fd) {
@@ -399,7 +404,10 @@ static void stream_update(struct stream *st) {
   io_set(&st->io, m);
 }
 
-/* Resets the HTTP/2 stream (if open) and closes the app socket with a TCP reset: something failed on one side. */
+/*
+ * Resets the HTTP/2 stream (if open) and closes the app socket with a TCP reset: something failed on one side. The
+ * stream object lives on until nghttp2 has closed the stream (on_stream_close), which still refers to it.
+ */
 static void stream_abort(struct stream *st, uint32_t code) {
   st->errored = 1;
   if (st->h2id > 0 && !st->h2_closed && st->s->h2) nghttp2_submit_rst_stream(st->s->h2, NGHTTP2_FLAG_NONE, st->h2id, code);
@@ -409,7 +417,7 @@ static void stream_abort(struct stream *st, uint32_t code) {
     io_close(&st->io);
   }
   buf_free(&st->out);
-  st->dead = 1;
+  if (st->h2id < 0 || st->h2_closed || !st->s->h2) st->dead = 1;
 }
 
 /* A stream is over when HTTP/2 is done with it and every byte for the app was written (or the app is gone). */
@@ -452,12 +460,35 @@ static void stream_write_out(struct stream *st) {
   }
 }
 
+/* Room at the end of a stream's `in` buffer (allocated on first use, data moved back to HEADROOM when the end is near). */
+static size_t in_room(struct stream *st) {
+  struct buf *b = &st->in;
+  if (!b->p) {
+    b->p = malloc(HEADROOM + APP_BUF);
+    if (!b->p) return 0;
+    b->cap = HEADROOM + APP_BUF;
+    b->off = HEADROOM;
+  }
+  if (b->off > HEADROOM && b->cap - b->off - b->len < APP_BUF / 4) {
+    memmove(b->p + HEADROOM, b->p + b->off, b->len);
+    b->off = HEADROOM;
+  }
+  return b->cap - b->off - b->len;
+}
+
+static void in_consume(struct stream *st, size_t n) {
+  st->in.off += n;
+  st->in.len -= n;
+  if (!st->in.len) st->in.off = HEADROOM;
+}
+
 static void stream_read_app(struct stream *st) {
   struct session *s = st->s;
   int got = 0;
   while (!st->app_eof && st->in.len < APP_BUF && st->io.fd >= 0) {
-    if (buf_reserve(&st->in, APP_BUF - st->in.len)) break;
-    ssize_t n = recv(st->io.fd, st->in.p + st->in.off + st->in.len, APP_BUF - st->in.len, MSG_DONTWAIT);
+    size_t room = in_room(st);
+    if (!room) break;
+    ssize_t n = recv(st->io.fd, st->in.p + st->in.off + st->in.len, room, MSG_DONTWAIT);
     if (n > 0) {
       st->in.len += (size_t)n;
       st->bytes_in += (uint64_t)n;
@@ -487,8 +518,8 @@ static ssize_t data_read_cb(nghttp2_session *h2, int32_t sid, uint8_t *out, size
   (void)out;
   (void)ud;
   struct stream *st = src->ptr;
-  if (!st->relaying) {
-    st->deferred = 1;
+  if (!st->relaying || st->errored) {
+    st->deferred = 1; /* an errored stream waits for its RST_STREAM to close it */
     return NGHTTP2_ERR_DEFERRED;
   }
   size_t n = st->in.len < len ? st->in.len : len;
@@ -506,11 +537,29 @@ static int send_data_cb(nghttp2_session *h2, nghttp2_frame *f, const uint8_t *fr
   (void)h2;
   struct session *s = ud;
   struct stream *st = src->ptr;
-  if (f->data.padlen || length > st->in.len) return NGHTTP2_ERR_CALLBACK_FAILURE;
-  if (buf_reserve(&s->wbuf, 9 + length)) return NGHTTP2_ERR_CALLBACK_FAILURE;
-  buf_append(&s->wbuf, framehd, 9);
-  buf_append(&s->wbuf, st->in.p + st->in.off, length);
-  buf_consume(&st->in, length);
+  if (f->data.padlen || length > st->in.len || (length && st->in.off < 9)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  /* The header goes in the consumed bytes (or headroom) just before the payload: one contiguous frame, no copy. */
+  char tmp[9];
+  char *start = length ? st->in.p + st->in.off - 9 : tmp;
+  memcpy(start, framehd, 9);
+  size_t total = 9 + length, done = 0;
+  if (!s->wbuf.len) {
+    /* Nothing queued before it: straight to TLS. What the socket does not take now waits in wbuf (same bytes). */
+    while (done < total) {
+      int n = SSL_write(s->ssl, start + done, (int)(total - done));
+      if (n > 0) {
+        done += (size_t)n;
+        continue;
+      }
+      int e = SSL_get_error(s->ssl, n);
+      if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) break;
+      ERR_clear_error();
+      session_fail(s, "TLS write failed");
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+  }
+  if (done < total && buf_append(&s->wbuf, start + done, total - done)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  in_consume(st, length);
   stream_update(st);
   return 0;
 }
@@ -1008,6 +1057,16 @@ static void reap(void) {
       continue;
     }
     *sp = s->next;
+    for (struct stream *st = s->streams; st; st = st->next_in_session) st->errored = 1; /* no more DATA */
+    if (s->h2 && !s->handshaking && !s->wbuf.len && s->up) {
+      /* Best effort GOAWAY, while the streams still exist (nghttp2 may call back about them). */
+      nghttp2_session_terminate_session(s->h2, NGHTTP2_NO_ERROR);
+      const uint8_t *d;
+      ssize_t n;
+      while ((n = nghttp2_session_mem_send(s->h2, &d)) > 0) SSL_write(s->ssl, d, (int)n);
+      ERR_clear_error();
+      buf_free(&s->wbuf);
+    }
     for (int pass = 0; pass < 2; pass++) {
       struct stream *st = pass ? s->pending : s->streams;
       while (st) {
@@ -1028,14 +1087,6 @@ static void reap(void) {
         stream_free(st);
         st = next;
       }
-    }
-    if (s->h2 && !s->handshaking) {
-      /* Best effort GOAWAY before closing. */
-      nghttp2_session_terminate_session(s->h2, NGHTTP2_NO_ERROR);
-      const uint8_t *d;
-      ssize_t n;
-      while ((n = nghttp2_session_mem_send(s->h2, &d)) > 0) SSL_write(s->ssl, d, (int)n);
-      ERR_clear_error();
     }
     ev_begin("sessionClosed");
     ev_num("session", (int64_t)s->id);
