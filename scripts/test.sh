@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set-up, then unit tests, then end-to-end tests on the netns testbed.
 # End-to-end tests need root; AMBIENT_REQUIRE_ROOT=1 turns their skip into a failure. Without arguments, the HBONE
-# suites run a second time on the native data path (agents started with --data-path native).
+# suites run a second time on the Node data path (agents started with --data-path node; native is the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,7 +9,7 @@ export AMBIENT_REQUIRE_ROOT=1
 npx tsc -p tsconfig.test.json
 npx ava "$@"
 if [ $# -eq 0 ]; then
-  echo "test: HBONE suites again with --data-path native" >&2
-  AMBIENT_DATA_PATH=native npx ava test/netns/hbone.test.ts test/netns/interop.test.ts test/netns/policy.test.ts \
+  echo "test: HBONE suites again with --data-path node" >&2
+  AMBIENT_DATA_PATH=node npx ava test/netns/hbone.test.ts test/netns/interop.test.ts test/netns/policy.test.ts \
     test/netns/identity.test.ts test/netns/admin.test.ts test/netns/cli.test.ts
 fi

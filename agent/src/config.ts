@@ -20,7 +20,7 @@ export interface AgentConfig {
   workloadSource: 'files';
   workloadsDir: string;
   redirectMode: RedirectMode;
-  /** HBONE data path: node (TLS and HTTP/2 in Node) or native (dist/native/libambient-hbone.so). */
+  /** HBONE data path: native (dist/native/libambient-hbone.so, the default) or node (TLS and HTTP/2 in Node). */
   dataPath: DataPath;
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
@@ -59,7 +59,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   workloadSource: 'files',
   workloadsDir: '/etc/ambient-node/workloads',
   redirectMode: 'iptables',
-  dataPath: 'node',
+  dataPath: 'native',
   logLevel: 'info',
   accessLog: true,
   podLookupTimeoutMs: 3000,

@@ -1,90 +1,141 @@
-// Loopback measurement: iperf3 through native HBONE client+server vs stunnel pair vs direct.
+// Stand-alone check of the native HBONE data plane on loopback (no testbed, no agent): iperf3 through a native HBONE
+// client process and a native HBONE server process, against a stunnel mutual-TLS pair and direct TCP, same certificates.
+// Usage (root not needed; 127.0.0.1 only): npx tsx scripts/bench/native-loopback.ts [seconds] [order, e.g. native,stunnel,direct]
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { execa } from 'execa';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { encodeHeaders, LineSplitter, loadNativeLib, parseEvent } from '../../agent/src/hbone/native-lib.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
-import { loadNativeLib, LineSplitter, parseEvent, encodeHeaders } from '../../agent/src/hbone/native-lib.js';
-import { dupCloexec } from '../../agent/src/platform/libc.js';
+import { takeFd } from '../../agent/src/platform/sockets.js';
 
 const TD = 'cluster.local';
-const dir = '/tmp/native-wt/certs'; mkdirSync(dir, { recursive: true });
-const ca = await BuiltinCa.ephemeral({ trustDomain: TD });
-async function leaf(name: string) {
-  const identity = `spiffe://${TD}/ns/x/sa/${name}`;
-  const k = await generateP256();
-  const s = await ca.sign({ csrPem: await createCsr(identity, k.keys), identity, ttlSeconds: 3600 });
-  const chain = s.chainPem.join('');
-  writeFileSync(`${dir}/${name}.crt`, chain); writeFileSync(`${dir}/${name}.key`, k.keyPem.endsWith('\n') ? k.keyPem : k.keyPem + '\n');
-  return { identity, chain, key: k.keyPem };
+const PORTS = { app: 25201, hbone: 25008, native: 25209, stunnelIn: 25210, stunnelTls: 25211 };
+interface Leaf { identity: string; chain: string; key: string }
+interface Material { dir: string; root: string; client: Leaf; server: Leaf }
+
+async function issue(): Promise<Material> {
+  const dir = mkdtempSync(join(tmpdir(), 'ambient-native-loopback-'));
+  const ca = await BuiltinCa.ephemeral({ trustDomain: TD });
+  const leaf = async (name: string): Promise<Leaf> => {
+    const identity = `spiffe://${TD}/ns/bench/sa/${name}`;
+    const k = await generateP256();
+    const signed = await ca.sign({ csrPem: await createCsr(identity, k.keys), identity, ttlSeconds: 3600 });
+    const l = { identity, chain: signed.chainPem.join(''), key: k.keyPem.endsWith('\n') ? k.keyPem : `${k.keyPem}\n` };
+    writeFileSync(join(dir, `${name}.crt`), l.chain);
+    writeFileSync(join(dir, `${name}.key`), l.key, { mode: 0o600 });
+    return l;
+  };
+  writeFileSync(join(dir, 'ca.pem'), ca.rootPem);
+  return { dir, root: ca.rootPem, client: await leaf('client'), server: await leaf('server') };
 }
-const ROLE = process.env.ROLE ?? 'main';
-import { readFileSync } from 'node:fs';
-let c: { identity: string; chain: string; key: string }; let s: typeof c; let root: string;
-if (ROLE === 'main') {
-  writeFileSync(`${dir}/ca.pem`, ca.rootPem);
-  c = await leaf('client'); s = await leaf('server');
-  writeFileSync(`${dir}/ids.json`, JSON.stringify({ c, s }));
-}
-({ c, s } = JSON.parse(readFileSync(`${dir}/ids.json`, 'utf8')));
-root = readFileSync(`${dir}/ca.pem`, 'utf8');
-const lib = loadNativeLib();
-const evfd = lib.start();
-if (evfd < 0) throw new Error(lib.lastError());
-const ctxC = lib.ctxNew(false, c.chain, c.key, root);
-const ctxS = lib.ctxNew(true, s.chain, s.key, root);
-if (!ctxC || !ctxS) throw new Error(lib.lastError());
-const fdOf = (sock: net.Socket): number => { const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd; const d = dupCloexec(fd); sock.destroy(); return d; };
-const evsock = new net.Socket({ fd: evfd, readable: true, writable: true });
-const split = new LineSplitter();
-let session = 0; let up: Promise<void> | undefined; let upResolve: () => void = () => {};
-const verbose = process.env.V === '1';
-evsock.setEncoding('utf8');
-evsock.on('data', (d: string) => {
-  for (const line of split.push(d)) {
-    const e = parseEvent(line);
-    if (verbose) console.error(line);
-    if (!e) continue;
-    if (e.ev === 'up') upResolve();
-    if (e.ev === 'request') {
-      const u = net.connect(5201, '127.0.0.1', () => lib.answer(e.stream, 200, fdOf(u)));
-      u.on('error', () => lib.answer(e.stream, 503, -1));
+
+/** Starts the library and dispatches its events; returns it. */
+function startLib(onEvent: (e: NonNullable<ReturnType<typeof parseEvent>>) => void): ReturnType<typeof loadNativeLib> {
+  const lib = loadNativeLib();
+  const fd = lib.start();
+  if (fd < 0) throw new Error(lib.lastError());
+  const events = new net.Socket({ fd, readable: true, writable: true });
+  const split = new LineSplitter();
+  events.setEncoding('utf8');
+  events.on('data', (d: string) => {
+    for (const line of split.push(d)) {
+      const e = parseEvent(line);
+      if (e) onEvent(e);
     }
-  }
-});
-if (ROLE === 'server') {
-  net.createServer({ pauseOnConnect: true }, (sock) => lib.serverSession(ctxS, fdOf(sock), TD)).listen(25008, '127.0.0.1');
+  });
+  events.unref();
+  return lib;
+}
+
+/** The HBONE server process: accepts TLS on PORTS.hbone, answers every CONNECT with a connection to the app. */
+async function serverRole(m: Material): Promise<void> {
+  const lib = startLib((e) => {
+    if (e.ev !== 'request') return;
+    const up = net.connect({ port: PORTS.app, host: '127.0.0.1' });
+    up.pause();
+    up.once('connect', () => lib.answer(e.stream, 200, takeFd(up)));
+    up.once('error', () => lib.answer(e.stream, 503, -1));
+  });
+  const ctx = lib.ctxNew(true, m.server.chain, m.server.key, m.root);
+  if (!ctx) throw new Error(lib.lastError());
+  net.createServer({ pauseOnConnect: true }, (s) => lib.serverSession(ctx, takeFd(s), TD)).listen(PORTS.hbone, '127.0.0.1');
   await new Promise(() => undefined);
 }
-const child = execa(process.execPath, [...process.execArgv, process.argv[1] as string], { env: { ROLE: 'server' }, reject: false, stdio: 'inherit' });
-await new Promise((r) => setTimeout(r, 1500));
-net.createServer({ pauseOnConnect: true }, async (down) => {
-  if (!session) {
-    up = new Promise((r) => (upResolve = r));
-    const raw = net.connect(25008, '127.0.0.1');
-    await new Promise((r) => raw.once('connect', r));
-    session = lib.clientSession(ctxC, fdOf(raw), s.identity);
-  }
-  await up;
-  lib.clientStream(session, fdOf(down), '127.0.0.1:5201', encodeHeaders({ forwarded: 'for="127.0.0.1:1"', baggage: 'a=b' }));
-}).listen(15209, '127.0.0.1');
-const conf = (client: boolean, who: string) => [`foreground = yes`, 'pid =', 'debug = warning', `cert = ${dir}/${who}.crt`, `key = ${dir}/${who}.key`, `CAfile = ${dir}/ca.pem`, 'verifyChain = yes', ...(client ? [] : ['requireCert = yes']), 'sslVersionMin = TLSv1.3', 'sslVersionMax = TLSv1.3', 'ciphersuites = TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256', '', client ? '[x]\nclient = yes\naccept = 127.0.0.1:15210\nconnect = 127.0.0.1:25210\n' : '[x]\naccept = 127.0.0.1:25210\nconnect = 127.0.0.1:5201\n'].join('\n');
-writeFileSync(`${dir}/c.conf`, conf(true, 'client')); writeFileSync(`${dir}/s.conf`, conf(false, 'server'));
-const st1 = execa('stunnel', [`${dir}/c.conf`], { reject: false }); const st2 = execa('stunnel', [`${dir}/s.conf`], { reject: false });
-await new Promise((r) => setTimeout(r, 500));
-const secs = process.env.SECS ?? '5';
-async function iperf(port: number): Promise<number> {
-  const srv = execa('iperf3', ['-s', '-1', '-p', '5201'], { reject: false });
+
+/** The HBONE client side: every connection to PORTS.native becomes a CONNECT stream on one pooled session. */
+async function clientRole(m: Material): Promise<void> {
+  let up: (() => void) | undefined;
+  const lib = startLib((e) => {
+    if (e.ev === 'up') up?.();
+  });
+  const ctx = lib.ctxNew(false, m.client.chain, m.client.key, m.root);
+  if (!ctx) throw new Error(lib.lastError());
+  let session: Promise<number> | undefined;
+  const getSession = (): Promise<number> =>
+    (session ??= new Promise<number>((resolve, reject) => {
+      const raw = net.connect({ port: PORTS.hbone, host: '127.0.0.1' });
+      raw.pause();
+      raw.once('error', reject);
+      raw.once('connect', () => {
+        const id = lib.clientSession(ctx, takeFd(raw), m.server.identity);
+        up = () => resolve(id);
+      });
+    }));
+  net.createServer({ pauseOnConnect: true }, (down) => {
+    void getSession().then((id) => lib.clientStream(id, takeFd(down), `127.0.0.1:${PORTS.app}`, encodeHeaders({ forwarded: 'for="127.0.0.1:1"' })));
+  }).listen(PORTS.native, '127.0.0.1');
+}
+
+function stunnelConf(m: Material, client: boolean): string {
+  const who = client ? 'client' : 'server';
+  return [
+    'foreground = yes', 'pid =', 'debug = warning',
+    `cert = ${join(m.dir, `${who}.crt`)}`, `key = ${join(m.dir, `${who}.key`)}`, `CAfile = ${join(m.dir, 'ca.pem')}`, 'verifyChain = yes',
+    ...(client ? [] : ['requireCert = yes']),
+    'sslVersionMin = TLSv1.3', 'sslVersionMax = TLSv1.3', 'ciphersuites = TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256', '',
+    client
+      ? `[x]\nclient = yes\naccept = 127.0.0.1:${PORTS.stunnelIn}\nconnect = 127.0.0.1:${PORTS.stunnelTls}\n`
+      : `[x]\naccept = 127.0.0.1:${PORTS.stunnelTls}\nconnect = 127.0.0.1:${PORTS.app}\n`,
+  ].join('\n');
+}
+
+async function iperf(port: number, seconds: string): Promise<number> {
+  const srv = execa('iperf3', ['-s', '-1', '-p', String(PORTS.app)], { reject: false });
   await new Promise((r) => setTimeout(r, 300));
-  const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', secs, '-J'], { reject: false });
+  const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', seconds, '-J'], { reject: false });
   await srv;
-  try { return JSON.parse(r.stdout).end.sum_received.bits_per_second / 1e9; } catch { console.error(r.stdout.slice(0, 500), r.stderr); return NaN; }
+  try {
+    return (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
+  } catch {
+    return Number.NaN;
+  }
 }
-const order = (process.env.ORDER ?? "native,stunnel,direct,native,stunnel").split(",");
-if (process.env.ECHO) { await new Promise((r) => setTimeout(r, 60000)); }
-for (const w of order) {
-  const g = await iperf(w === 'native' ? 15209 : w === 'stunnel' ? 15210 : 5201);
-  console.log(`${w}: ${g.toFixed(2)} Gbit/s`);
+
+if (process.env.AMBIENT_LOOPBACK_ROLE === 'server') {
+  await serverRole(JSON.parse(readFileSync(join(process.env.AMBIENT_LOOPBACK_DIR ?? '', 'material.json'), 'utf8')) as Material);
+} else {
+  const seconds = process.argv[2] ?? '5';
+  const order = (process.argv[3] ?? 'native,stunnel,direct,native,stunnel,native,stunnel').split(',');
+  const m = await issue();
+  writeFileSync(join(m.dir, 'material.json'), JSON.stringify(m), { mode: 0o600 });
+  writeFileSync(join(m.dir, 'c.conf'), stunnelConf(m, true));
+  writeFileSync(join(m.dir, 's.conf'), stunnelConf(m, false));
+  const children = [
+    execa(process.execPath, [...process.execArgv, process.argv[1] ?? ''], { env: { AMBIENT_LOOPBACK_ROLE: 'server', AMBIENT_LOOPBACK_DIR: m.dir }, reject: false, stdio: 'inherit' }),
+    execa('stunnel', [join(m.dir, 'c.conf')], { reject: false }),
+    execa('stunnel', [join(m.dir, 's.conf')], { reject: false }),
+  ];
+  await clientRole(m);
+  await new Promise((r) => setTimeout(r, 1500));
+  const port: Record<string, number> = { native: PORTS.native, stunnel: PORTS.stunnelIn, direct: PORTS.app };
+  for (const w of order) {
+    if (port[w] === undefined) throw new Error(`unknown path ${w} (native, stunnel, direct)`);
+    process.stdout.write(`${w}: ${(await iperf(port[w], seconds)).toFixed(2)} Gbit/s\n`);
+  }
+  for (const c of children) c.kill();
+  rmSync(m.dir, { recursive: true, force: true });
+  process.exit(0);
 }
-st1.kill(); st2.kill(); child.kill();
-process.exit(0);

@@ -36,7 +36,7 @@ export interface TestbedOptions {
   agent?: boolean;
   /** Extra agent command-line arguments. */
   agentArgs?: string[];
-  /** Agent --data-path; default $AMBIENT_DATA_PATH, else the agent's default (scripts/test.sh runs the HBONE suites with both). */
+  /** Agent --data-path; default $AMBIENT_DATA_PATH, else the agent's own default (scripts/test.sh runs the HBONE suites on both). */
   dataPath?: 'node' | 'native';
   /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
   agentCommand?: string[];

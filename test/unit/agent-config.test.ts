@@ -24,9 +24,9 @@ test('the access log of completed connections is on by default and can be turned
   t.false(parseAgentConfig({ accessLog: true }, { nodeName: 'n', 'access-log': 'false' }).accessLog);
 });
 
-test('the HBONE data path is node by default and native on request', (t) => {
-  t.is(parseAgentConfig({}, { nodeName: 'n' }).dataPath, 'node');
-  t.is(parseAgentConfig({ dataPath: 'node' }, { nodeName: 'n', 'data-path': 'native' }).dataPath, 'native');
+test('the HBONE data path is native by default and node on request', (t) => {
+  t.is(parseAgentConfig({}, { nodeName: 'n' }).dataPath, 'native');
+  t.is(parseAgentConfig({ dataPath: 'native' }, { nodeName: 'n', 'data-path': 'node' }).dataPath, 'node');
 });
 
 const bad: [string, Record<string, unknown>, RegExp][] = [
