@@ -924,8 +924,15 @@ static void session_read(struct session *s) {
 }
 
 /* Serialises pending HTTP/2 frames and writes them through TLS; what the socket does not take waits in wbuf. */
+static void session_flush_frames(struct session *s);
+
 static void session_flush(struct session *s) {
   if (s->dead || !s->h2) return;
+  session_flush_frames(s);
+  if (!s->dead && BIO_wpending(SSL_get_wbio(s->ssl)) > 0) BIO_flush(SSL_get_wbio(s->ssl)); /* EAGAIN: EPOLLOUT */
+}
+
+static void session_flush_frames(struct session *s) {
   for (;;) {
     while (s->wbuf.len < TLS_WBUF_FLUSH) {
       const uint8_t *d;
@@ -961,7 +968,7 @@ static void session_update(struct session *s) {
   uint32_t m = EPOLLIN;
   if (s->handshaking) {
     if (SSL_want_write(s->ssl)) m |= EPOLLOUT;
-  } else if (s->wbuf.len) {
+  } else if (s->wbuf.len || BIO_wpending(SSL_get_wbio(s->ssl)) > 0) {
     m |= EPOLLOUT;
   }
   io_set(&s->io, m);
@@ -1064,6 +1071,7 @@ static void reap(void) {
       const uint8_t *d;
       ssize_t n;
       while ((n = nghttp2_session_mem_send(s->h2, &d)) > 0) SSL_write(s->ssl, d, (int)n);
+      BIO_flush(SSL_get_wbio(s->ssl));
       ERR_clear_error();
       buf_free(&s->wbuf);
     }
@@ -1153,10 +1161,20 @@ static void cmd_session(struct cmd *c, int server) {
   fcntl(s->io.fd, F_SETFL, fcntl(s->io.fd, F_GETFL) | O_NONBLOCK);
   int nodelay = 1;
   setsockopt(s->io.fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
-  if (!s->ssl || SSL_set_fd(s->ssl, s->io.fd) != 1) {
+  /*
+   * Reads straight from the socket; writes through a 64 KiB buffer flushed at the end of every flush, so several TLS
+   * records leave in one write() (each write pushes segments through the whole path between the pods).
+   */
+  BIO *sock = s->ssl ? BIO_new_socket(s->io.fd, BIO_NOCLOSE) : NULL;
+  BIO *wbuf = sock ? BIO_new(BIO_f_buffer()) : NULL;
+  if (!wbuf || !BIO_set_write_buffer_size(wbuf, 64 * 1024) || !BIO_up_ref(sock)) {
+    BIO_free(wbuf);
+    BIO_free(sock);
     session_fail(s, "SSL_new");
     return;
   }
+  BIO_push(wbuf, sock);
+  SSL_set_bio(s->ssl, sock, wbuf);
   session_pump(s);
 }
 
