@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AGENT_MAIN, listNetns, type RedirectMode, REPO_ROOT } from '../test/testbed/index.js';
 import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-latency.js';
-import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
+import { benchDatapath, DATA_PATH_NAMES, type DataPathName, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
 import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
@@ -20,6 +20,8 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --modes LIST         redirection backends for the enrolled chain and the data path (default iptables,nftables)
   --datapath-modes L   backends for the data path only (default: --modes); HBONE is the same for both, so one is
                        enough when only HBONE is compared (about 30 s less per backend left out)
+  --data-paths LIST    agent data paths for the mesh path, each in its own testbed with its own direct and stunnel
+                       baselines (default node,native)
   --pods N             pods per chain for the sequential ADD measurement (default 50)
   --warmup N           warm-up ADDs per chain, not counted (default 2)
   --concurrency N      also add N-at-a-time batches of --pods pods per chain; 0 skips it (default 10)
@@ -41,6 +43,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
 interface Opts extends AddOpts, DatapathOpts, RedirectOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
+  dataPaths: DataPathName[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
   only: 'add' | 'datapath' | 'redirect' | undefined;
@@ -56,6 +59,7 @@ function parseOpts(argv: string[]): Opts {
       'redirect-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
       'redirect-rounds': { type: 'string', default: '6' },
       connects: { type: 'string', default: '400' },
+      'data-paths': { type: 'string', default: 'node,native' },
       'agent-cpu-prof': { type: 'string' },
       'agent-node-flags': { type: 'string', default: '' },
       pods: { type: 'string', default: '50' },
@@ -90,6 +94,9 @@ function parseOpts(argv: string[]): Opts {
   };
   const modes = backends('modes', values.modes);
   const datapathModes = values['datapath-modes'] === undefined ? modes : backends('datapath-modes', values['datapath-modes']);
+  const dataPaths = [...new Set(values['data-paths'].split(',').map((p) => p.trim()).filter((p) => p !== ''))];
+  for (const p of dataPaths) if (!(DATA_PATH_NAMES as readonly string[]).includes(p)) throw new UsageError(`--data-paths: unknown data path ${p}`);
+  if (dataPaths.length === 0) throw new UsageError('--data-paths: give at least one');
   const prof = values['agent-cpu-prof'] === undefined ? undefined : resolve(values['agent-cpu-prof']);
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
@@ -101,6 +108,7 @@ function parseOpts(argv: string[]): Opts {
     redirectModes: backends('redirect-modes', values['redirect-modes']),
     redirectRounds: int('redirect-rounds', values['redirect-rounds'], 1),
     connects: int('connects', values.connects, 10),
+    dataPaths: dataPaths as DataPathName[],
     agentCpuProf: prof,
     agentNodeFlags: nodeFlags,
     agentCommand:
@@ -170,7 +178,7 @@ async function main(): Promise<number> {
   let redirect: RedirectResult[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
-    if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
+    if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) for (const dp of o.dataPaths) datapath.push(await benchDatapath(o, mode, dp));
     if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {

@@ -11,7 +11,7 @@ fi
 
 PACKAGES=(
   iptables nftables iproute2 ipset conntrack containernetworking-plugins
-  tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev binutils python3-h2 stunnel4
+  tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev binutils python3-h2 stunnel4 libssl-dev libnghttp2-dev
   clang llvm libbpf-dev libbpf1 bpftool
 )
 # kubectl, to cross-check the fake API server the Kubernetes source is tested against (any kubectl will do: keep one

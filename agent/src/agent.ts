@@ -17,6 +17,7 @@ import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
 import { IstioCa } from './identity/istio-ca.js';
 import { HbonePool } from './hbone/client-pool.js';
+import { NativeHbone } from './hbone/native.js';
 import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
 import { AdminServer } from './admin/admin-server.js';
@@ -29,6 +30,8 @@ export class Agent {
   private readonly server: EventServer;
   private readonly identities: CertManager;
   private readonly pool: HbonePool;
+  /** Set with --data-path native: carries HBONE instead of pool and the Node HBONE servers. */
+  private readonly native: NativeHbone | undefined;
   private readonly directory: WorkloadDirectory;
   private readonly metrics: AgentMetrics;
   private readonly admin: AdminServer;
@@ -58,6 +61,7 @@ export class Agent {
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
     this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
+    this.native = cfg.dataPath === 'native' ? new NativeHbone(this.identities, log.child({ component: 'hbone-native' })) : undefined;
     const directory = new WorkloadDirectory(this.source, cfg.trustDomain);
     this.directory = directory;
     this.metrics = new AgentMetrics({
@@ -70,13 +74,14 @@ export class Agent {
       lookup: (ip) => directory.lookup(ip),
       identities: this.identities,
       pool: this.pool,
+      ...(this.native ? { native: this.native } : {}),
       trustDomain: cfg.trustDomain,
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
     }, this.metrics);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
-      enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.pool.stats }),
+      enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: (this.native ?? this.pool).stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
       verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain,
     });
@@ -116,6 +121,10 @@ export class Agent {
   /** Starts everything; the socket answers (not ready) early so the plugin gets a clear "try again later". */
   async start(): Promise<void> {
     selfNetns();
+    if (this.native) {
+      this.native.start();
+      this.log.info({ dataPath: 'native' }, 'native HBONE data plane started');
+    }
     await this.server.start();
     this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name }, 'event server listening');
     await this.admin.start();
@@ -198,6 +207,7 @@ export class Agent {
     await this.source.stop();
     await this.enroller.shutdown();
     this.pool.close();
+    this.native?.stop();
     await this.identities.stop();
   }
 }

@@ -12,6 +12,9 @@ export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables', 
 
 export type WorkloadSourceKind = 'files' | 'kubernetes';
 export const WORKLOAD_SOURCES: readonly WorkloadSourceKind[] = ['files', 'kubernetes'];
+/** Who carries HBONE bytes: Node's TLS and HTTP/2, or the native library (OpenSSL + nghttp2 on its own thread). */
+export type DataPath = 'node' | 'native';
+export const DATA_PATHS: readonly DataPath[] = ['node', 'native'];
 
 export interface AgentConfig {
   nodeName: string;
@@ -24,6 +27,8 @@ export interface AgentConfig {
   /** Where the host's /proc is visible (a DaemonSet mounts it at /host/proc): scanned to find running pods' netns. */
   procRoot: string;
   redirectMode: RedirectMode;
+  /** HBONE data path: native (dist/native/libambient-hbone.so, the default) or node (TLS and HTTP/2 in Node). */
+  dataPath: DataPath;
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
   accessLog: boolean;
@@ -63,6 +68,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   kubeconfig: '',
   procRoot: '/proc',
   redirectMode: 'iptables',
+  dataPath: 'native',
   logLevel: 'info',
   accessLog: true,
   podLookupTimeoutMs: 3000,
@@ -123,6 +129,8 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!REDIRECT_MODES.includes(redirectMode as RedirectMode)) {
     throw new ConfigError(`redirectMode must be one of ${REDIRECT_MODES.join(', ')}, got ${JSON.stringify(redirectMode)}`);
   }
+  const dataPath = merged.dataPath ?? CONFIG_DEFAULTS.dataPath;
+  if (!DATA_PATHS.includes(dataPath as DataPath)) throw new ConfigError(`dataPath must be one of ${DATA_PATHS.join(', ')}, got ${JSON.stringify(dataPath)}`);
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
   const accessLog = merged.accessLog ?? CONFIG_DEFAULTS.accessLog;
@@ -167,6 +175,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     kubeconfig: String(merged.kubeconfig ?? CONFIG_DEFAULTS.kubeconfig),
     procRoot: asString(merged.procRoot ?? CONFIG_DEFAULTS.procRoot, 'procRoot'),
     redirectMode: redirectMode as RedirectMode,
+    dataPath: dataPath as DataPath,
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',
     podLookupTimeoutMs: timeout,

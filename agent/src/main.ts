@@ -11,7 +11,7 @@ import { bytes, table } from './cli/format.js';
 import { renderConns, renderPolicyCheck, renderRules, rulesDrifted } from './cli/render.js';
 import type { ConnectionSnapshot } from './forwarder/connections.js';
 import type { PolicyCheckResult } from './policy/check.js';
-import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
+import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, DATA_PATHS, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
 import { registerInstallCommands } from './install/cli.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
@@ -80,6 +80,7 @@ export function buildCli(): Command {
     .option('--kubeconfig <file>', 'kubernetes source: kubeconfig file (default: in-cluster service account)')
     .option('--proc-root <dir>', `the host's /proc, scanned to find running pods' network namespaces (default ${CONFIG_DEFAULTS.procRoot})`)
     .option('--redirect-mode <mode>', `in-pod redirection backend: ${REDIRECT_MODES.join(' | ')} (default ${CONFIG_DEFAULTS.redirectMode})`)
+    .option('--data-path <path>', `who carries HBONE bytes: ${DATA_PATHS.join(' | ')} (default ${CONFIG_DEFAULTS.dataPath})`)
     .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
     .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)

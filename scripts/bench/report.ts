@@ -3,7 +3,7 @@
 import os from 'node:os';
 import type { RedirectMode } from '../../test/testbed/index.js';
 import { type AddOpts, addStats, type ChainResult, NODE_BARE } from './add-latency.js';
-import { type DatapathOpts, type DatapathResult, type IperfResult, PATH_NAMES, type PathName } from './datapath.js';
+import { type DataPathName, type DatapathOpts, type DatapathResult, type IperfResult, PATH_NAMES, type PathName } from './datapath.js';
 import { dist, f0, f1, f2, pm, ratio, signed } from './stats.js';
 
 /** The ADD latency budget: what ambient-cni + enrolment may add to the chain's ADD, at p99. */
@@ -86,6 +86,7 @@ export const ADDED_P50_US = 200;
 
 export interface DatapathVerdict {
   mode: RedirectMode;
+  dataPath: DataPathName;
   throughputVsStunnel: number;
   throughputMet: boolean;
   addedP50Us: number;
@@ -99,6 +100,7 @@ export function datapathVerdicts(results: DatapathResult[]): DatapathVerdict[] {
     const addedP50Us = mesh.rr.persistent.p50 - direct.rr.persistent.p50;
     return {
       mode: r.mode,
+      dataPath: r.dataPath,
       throughputVsStunnel,
       throughputMet: throughputVsStunnel >= THROUGHPUT_VS_STUNNEL,
       addedP50Us,
@@ -106,6 +108,9 @@ export function datapathVerdicts(results: DatapathResult[]): DatapathVerdict[] {
     };
   });
 }
+
+/** A data-path run: its redirection backend and who carried HBONE in the agents. */
+const runLabel = (r: { mode: RedirectMode; dataPath: DataPathName }): string => `${r.mode}, ${r.dataPath}`;
 
 const PATH_LABEL: Record<PathName, string> = { direct: 'direct TCP', mesh: 'mesh (HBONE, 2 agents)', stunnel: 'stunnel mTLS pair' };
 
@@ -124,7 +129,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `### Data path: client pod on node 0 -> server pod on node 1; direct = namespaces not enrolled; mesh = both pods enrolled (HBONE: mutual TLS 1.3 + HTTP/2 CONNECT to 15008, through both agents); stunnel = a stunnel mutual-TLS 1.3 pair (client in the source pod, server in the destination pod) between the non-enrolled pods${o.pin ? '; node 0 (client, its agent, stunnel client) pinned to CPU 0, node 1 (server, its agent, stunnel server) to CPU 1' : ''}`,
   );
   lines.push('');
-  lines.push(`| backend | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | vs stunnel | retransmits | tunnel CPU s (node0 + node1) | tunnel CPU s per GB | machine busy CPU s |`);
+  lines.push(`| backend, data path | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | vs stunnel | retransmits | tunnel CPU s (node0 + node1) | tunnel CPU s per GB | machine busy CPU s |`);
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
     for (const which of PATH_NAMES) {
@@ -132,7 +137,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
       const cpu = carrierCpu(which, i);
       const perGb = cpuPerGb(which, i);
       lines.push(
-        `| ${r.mode} | ${PATH_LABEL[which]} | ${f2(i.gbps)} | ${ratio(i.gbps, r.paths.direct.iperf.gbps)} | ${ratio(i.gbps, r.paths.stunnel.iperf.gbps)} | ${f0(i.retransmits)} | ${which === 'direct' ? '-' : cpu.map(f2).join(' + ')} | ${which === 'direct' ? '-' : f2(perGb)} | ${f2(i.machineBusyS)} of ${f0(i.wallS * os.availableParallelism())} |`,
+        `| ${runLabel(r)} | ${PATH_LABEL[which]} | ${f2(i.gbps)} | ${ratio(i.gbps, r.paths.direct.iperf.gbps)} | ${ratio(i.gbps, r.paths.stunnel.iperf.gbps)} | ${f0(i.retransmits)} | ${which === 'direct' ? '-' : cpu.map(f2).join(' + ')} | ${which === 'direct' ? '-' : f2(perGb)} | ${f2(i.machineBusyS)} of ${f0(i.wallS * os.availableParallelism())} |`,
       );
     }
   }
@@ -141,7 +146,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Request/response (µs): ${o.rrBlocks} x ${o.rounds} round trips of 1 KiB on one persistent connection, ${o.rrBlocks} x ${o.conns} new connections each timed to the end of its first 1 KiB round trip (warm pool: untimed connections first, so mesh connections are new CONNECT streams on a pooled HBONE connection; stunnel does a TLS handshake per connection); blocks rotate between the paths, samples pooled; added and ratio are against direct:`,
   );
   lines.push('');
-  lines.push('| backend | path | RR p50 | RR p99 | RR p50 added | RR p50 ratio | new conn p50 | new conn p99 | new conn p50 added | new conn p50 ratio |');
+  lines.push('| backend, data path | path | RR p50 | RR p99 | RR p50 added | RR p50 ratio | new conn p50 | new conn p99 | new conn p50 added | new conn p50 ratio |');
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
     const d = r.paths.direct.rr;
@@ -149,7 +154,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
       const x = r.paths[which].rr;
       const isBase = which === 'direct';
       lines.push(
-        `| ${r.mode} | ${PATH_LABEL[which]} | ${f0(x.persistent.p50)} | ${f0(x.persistent.p99)} | ${isBase ? '-' : signed(x.persistent.p50 - d.persistent.p50, 0)} | ${isBase ? '1.00x' : ratio(x.persistent.p50, d.persistent.p50)} | ${f0(x.newConnection.p50)} | ${f0(x.newConnection.p99)} | ${isBase ? '-' : signed(x.newConnection.p50 - d.newConnection.p50, 0)} | ${isBase ? '1.00x' : ratio(x.newConnection.p50, d.newConnection.p50)} |`,
+        `| ${runLabel(r)} | ${PATH_LABEL[which]} | ${f0(x.persistent.p50)} | ${f0(x.persistent.p99)} | ${isBase ? '-' : signed(x.persistent.p50 - d.persistent.p50, 0)} | ${isBase ? '1.00x' : ratio(x.persistent.p50, d.persistent.p50)} | ${f0(x.newConnection.p50)} | ${f0(x.newConnection.p99)} | ${isBase ? '-' : signed(x.newConnection.p50 - d.newConnection.p50, 0)} | ${isBase ? '1.00x' : ratio(x.newConnection.p50, d.newConnection.p50)} |`,
       );
     }
   }
@@ -157,7 +162,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
   for (const r of results) {
     const blocks = (which: PathName): string => r.paths[which].rr.blockP50.persistent.map(f0).join(' / ');
     lines.push(
-      `[${r.mode}] per-block RR p50 µs: direct ${blocks('direct')}; mesh ${blocks('mesh')}; stunnel ${blocks('stunnel')}. HBONE pool of the client agent during the timed blocks: ${r.pool.connectionsDialled} connection(s) dialled, ${r.pool.streamsOpened} CONNECT streams, ${r.pool.connectFailures} failures. ${r.stunnel.version}: negotiated ${r.stunnel.negotiated} (HBONE offers the same TLS 1.3 suites), a client without a certificate is refused.`,
+      `[${runLabel(r)}] per-block RR p50 µs: direct ${blocks('direct')}; mesh ${blocks('mesh')}; stunnel ${blocks('stunnel')}. HBONE pool of the client agent during the timed blocks: ${r.pool.connectionsDialled} connection(s) dialled, ${r.pool.streamsOpened} CONNECT streams, ${r.pool.connectFailures} failures. ${r.stunnel.version}: negotiated ${r.stunnel.negotiated} (HBONE offers the same TLS 1.3 suites), a client without a certificate is refused.`,
     );
   }
   lines.push('');
@@ -166,9 +171,9 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Target, mesh throughput >= ${THROUGHPUT_VS_STUNNEL}x the stunnel pair: ` +
       verdicts
         .map((v) => {
-          const r = results.find((x) => x.mode === v.mode);
+          const r = results.find((x) => x.mode === v.mode && x.dataPath === v.dataPath);
           const perGb = (which: PathName): string => (r ? f2(cpuPerGb(which, r.paths[which].iperf)) : 'n/a');
-          return `**${v.mode}: ${v.throughputMet ? 'MET' : 'MISSED'}** (${f2(r?.paths.mesh.iperf.gbps)} vs ${f2(r?.paths.stunnel.iperf.gbps)} Gbit/s = ${f2(v.throughputVsStunnel)}x; tunnel CPU s per GB: agents ${perGb('mesh')}, stunnel ${perGb('stunnel')})`;
+          return `**${runLabel(v)}: ${v.throughputMet ? 'MET' : 'MISSED'}** (${f2(r?.paths.mesh.iperf.gbps)} vs ${f2(r?.paths.stunnel.iperf.gbps)} Gbit/s = ${f2(v.throughputVsStunnel)}x; tunnel CPU s per GB: agents ${perGb('mesh')}, stunnel ${perGb('stunnel')})`;
         })
         .join('; '),
   );
@@ -177,9 +182,9 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Target, mesh added p50 on a persistent connection <= ${ADDED_P50_US} µs: ` +
       verdicts
         .map((v) => {
-          const r = results.find((x) => x.mode === v.mode);
+          const r = results.find((x) => x.mode === v.mode && x.dataPath === v.dataPath);
           const st = r ? r.paths.stunnel.rr.persistent.p50 - r.paths.direct.rr.persistent.p50 : Number.NaN;
-          return `**${v.mode}: ${v.latencyMet ? 'MET' : 'MISSED'}** (${signed(v.addedP50Us, 0)} µs; the stunnel pair adds ${signed(st, 0)} µs)`;
+          return `**${runLabel(v)}: ${v.latencyMet ? 'MET' : 'MISSED'}** (${signed(v.addedP50Us, 0)} µs; the stunnel pair adds ${signed(st, 0)} µs)`;
         })
         .join('; '),
   );

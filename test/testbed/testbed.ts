@@ -36,6 +36,8 @@ export interface TestbedOptions {
   agent?: boolean;
   /** Extra agent command-line arguments. */
   agentArgs?: string[];
+  /** Agent --data-path; default $AMBIENT_DATA_PATH, else the agent's own default (scripts/test.sh runs the HBONE suites on both). */
+  dataPath?: 'node' | 'native';
   /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
   agentCommand?: string[];
   /** Agent --log-level. Default 'debug'. */
@@ -470,7 +472,7 @@ export class Testbed implements Destroyable {
         redirectMode: o.redirectMode ?? 'iptables',
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),
-        extraArgs: o.agentArgs ?? [],
+        extraArgs: [...dataPathArgs(o.dataPath ?? testDataPath()), ...(o.agentArgs ?? [])],
         readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
       });
     }
@@ -530,4 +532,16 @@ function firstIpv4(ips: { address: string }[]): string | undefined {
 
 function shQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** The data path the HBONE suites run on in this process: $AMBIENT_DATA_PATH (node | native), or undefined. */
+export function testDataPath(): 'node' | 'native' | undefined {
+  const v = process.env.AMBIENT_DATA_PATH;
+  if (v === undefined || v === '') return undefined;
+  if (v !== 'node' && v !== 'native') throw new Error(`AMBIENT_DATA_PATH must be node or native, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function dataPathArgs(p: 'node' | 'native' | undefined): string[] {
+  return p === undefined ? [] : ['--data-path', p];
 }

@@ -29,7 +29,13 @@ test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc r
   t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
 });
 
+test('the HBONE data path is native by default and node on request', (t) => {
+  t.is(parseAgentConfig({}, { nodeName: 'n' }).dataPath, 'native');
+  t.is(parseAgentConfig({ dataPath: 'native' }, { nodeName: 'n', 'data-path': 'node' }).dataPath, 'node');
+});
+
 const bad: [string, Record<string, unknown>, RegExp][] = [
+  ['bad data path', { dataPath: 'rust' }, /dataPath must be one of node, native/],
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],

@@ -4,7 +4,8 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { HboneStatusError, connectHeaders, type HbonePool } from '../hbone/client-pool.js';
-import { HboneServer, type InboundStream } from '../hbone/server.js';
+import type { NativeHbone, NativeInboundRequest, NativeListener, NativeStream, NativeStreamEnd } from '../hbone/native.js';
+import { HboneServer, decideInbound, type InboundStream } from '../hbone/server.js';
 import type { IdentityProvider } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
@@ -44,6 +45,8 @@ export interface MeshContext {
   lookup: (ip: string) => MeshWorkload | undefined;
   identities: IdentityProvider;
   pool: HbonePool;
+  /** The native data path (--data-path native): when set, HBONE bytes are carried by it instead of `pool` and HboneServer. */
+  native?: NativeHbone;
   trustDomain: string;
   /** Told of each connection at open and close (metrics); never per byte. */
   connections?: ConnectionObserver;
@@ -105,9 +108,11 @@ export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0 };
   private servers: net.Server[] = [];
   private hboneServer: HboneServer | undefined;
-  private open = new Map<Duplex, Relay>();
+  private nativeListener: NativeListener | undefined;
+  /** Open relays by their handle: a Node stream, or a native stream's stand-in (both can be destroyed). */
+  private open = new Map<Closable, Relay>();
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
-  private inbound = new Map<Duplex, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
+  private inbound = new Map<Closable, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
   private nextConnId = 1;
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
@@ -115,10 +120,18 @@ export class PodForwarder {
   /** Opens the three listeners inside the pod. Throws (after closing any it opened) if one cannot be bound. */
   async start(): Promise<void> {
     const ns = this.self.ns;
+    const native = this.mesh.native;
     try {
       // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
-      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true }, (s) => this.outbound(s)));
+      // Native: outbound sockets must not be read by Node before their fd is handed over.
+      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: native !== undefined }, (s) => this.outbound(s)));
       this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.plaintextInbound(s)));
+      if (native) {
+        this.nativeListener = await native.listen(
+          ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInboundNative(r), () => this.stats.inbound.refused++,
+        );
+        return;
+      }
       const hbone = new HboneServer(
         ns, this.self.ips, this.self.identity, this.mesh.identities, this.mesh.trustDomain, this.log.child({ listener: INBOUND_HBONE_PORT }),
         (s) => this.hboneInbound(s),
@@ -134,7 +147,7 @@ export class PodForwarder {
 
   /** True while all listeners are open. */
   get listening(): boolean {
-    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneServer?.listening ?? false);
+    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneServer?.listening ?? this.nativeListener?.listening ?? false);
   }
 
   /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */
@@ -143,11 +156,17 @@ export class PodForwarder {
     this.servers = [];
     const hbone = this.hboneServer;
     this.hboneServer = undefined;
-    for (const ip of this.self.ips) this.mesh.pool.closeFrom(ip);
+    const nativeListener = this.nativeListener;
+    this.nativeListener = undefined;
+    for (const ip of this.self.ips) {
+      this.mesh.pool.closeFrom(ip);
+      this.mesh.native?.closeFrom(ip);
+    }
     for (const s of this.open.keys()) s.destroy();
     await Promise.all([
       ...servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
       hbone?.stop(),
+      nativeListener?.close(),
     ]);
   }
 
@@ -166,13 +185,127 @@ export class PodForwarder {
       return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
     }
     stats.hbone++;
-    const upstream = this.mesh.pool.connect(
-      { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity },
-      connectHeaders(dstAddr, src, this.self.baggage),
-    );
+    const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity };
+    const headers = connectHeaders(dstAddr, src, this.self.baggage);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: dstAddr };
     const info = { ...this.info('outbound', me, peer, true), hboneAddr: `${dst.address}:${INBOUND_HBONE_PORT}` };
-    this.splice(down, stats, this.connLog(info), upstream, { info });
+    const native = this.mesh.native;
+    if (native) {
+      const extra: Record<string, string> = {};
+      for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) extra[k] = String(v);
+      this.outboundNative(down, stats, info, native.connect(target, down, dstAddr, extra));
+      return;
+    }
+    this.splice(down, stats, this.connLog(info), this.mesh.pool.connect(target, headers), { info });
+  }
+
+  /**
+   * Native outbound: the same bookkeeping as splice() (open relays, stats, metrics, access log), but the bytes never
+   * enter Node. Until the stream exists the downstream is still a Node socket, reset if no HBONE session can be had.
+   */
+  private outboundNative(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, opening: Promise<{ ready: Promise<void> } & NativeStream>): void {
+    let stream: NativeStream | undefined;
+    const handle: Closable = { destroy: () => (stream ? stream.close() : down.destroy()) };
+    const done = this.nativeRelay(handle, stats, info, () => {
+      const b = stream?.bytes() ?? { in: 0, out: 0 };
+      return { sent: b.in, recv: b.out };
+    });
+    opening.then(
+      (s) => {
+        stream = s;
+        s.ready.catch((err: Error) => done.failed(err));
+        void s.closed.then((end) => done.finish({ sent: end.bytesIn, recv: end.bytesOut }, end));
+      },
+      (err: Error) => {
+        done.failed(err);
+        if (!down.destroyed) down.resetAndDestroy();
+        done.finish({ sent: 0, recv: 0 });
+      },
+    );
+  }
+
+  /** Native inbound CONNECT on 15008: the same rules as hboneInbound; 200 only once the app accepted the connection. */
+  private hboneInboundNative(r: NativeInboundRequest): void {
+    const stats = this.stats.inbound;
+    const d = decideInbound(r.method, r.authority, this.self.ips);
+    if ('status' in d) {
+      stats.refused++;
+      this.log.warn({ peerIdentity: r.peerIdentity, status: d.status, reason: d.reason }, 'hbone request refused');
+      r.answer(d.status);
+      return;
+    }
+    stats.hbone++;
+    const source = { ip: unmapped(r.peerAddress), principal: r.peerIdentity };
+    const destination = { ip: d.upstream.host, port: d.upstream.port };
+    const from = { ...this.peerOf(source.ip), principal: r.peerIdentity, addr: `${source.ip}:${r.peerPort}` };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: r.localAddress };
+    const clog = this.connLog(info);
+    const denial = this.admit(source, destination, stats, clog);
+    if (denial) {
+      this.deniedAtOpen(info);
+      stats.refused++;
+      this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
+      r.answer(401);
+      return;
+    }
+    const handle: Closable = { destroy: () => r.stream.close() };
+    // Here the app side is the upstream socket: bytes written to it went peer -> app ("sent").
+    const done = this.nativeRelay(handle, stats, info, () => {
+      const b = r.stream.bytes();
+      return { sent: b.out, recv: b.in };
+    });
+    this.inbound.set(handle, { source, destination, close: (reason) => done.deny(reason) });
+    void r.stream.closed.then((end) => {
+      this.inbound.delete(handle);
+      done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
+    });
+    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true }).then(
+      (sock) => r.answer(200, sock),
+      (err: Error) => {
+        done.failed(err);
+        r.answer(503);
+      },
+    );
+  }
+
+  /** Bookkeeping of a native relay from open to close, as splice() does it for Node streams. */
+  private nativeRelay(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: () => { sent: number; recv: number }): {
+    failed: (err: Error) => void;
+    deny: (reason: string) => void;
+    finish: (b: { sent: number; recv: number }, end?: NativeStreamEnd) => void;
+  } {
+    this.open.set(handle, { info, bytes });
+    this.stats.active++;
+    stats.opened++;
+    const obs = this.mesh.connections;
+    const labels = obs ? this.labels(info) : undefined;
+    if (labels) obs?.opened(labels);
+    let responseFlags: string = RESPONSE_FLAGS.none;
+    let error: string | undefined;
+    const clog = this.connLog(info);
+    return {
+      failed: (err) => {
+        if (error !== undefined) return;
+        responseFlags = err instanceof HboneStatusError && err.status === 401 ? RESPONSE_FLAGS.denied : RESPONSE_FLAGS.upstreamFailure;
+        error = `upstream connect failed: ${err.message}`;
+        stats.refused++;
+        clog.debug({ error: err.message }, 'upstream connect failed');
+      },
+      deny: (reason) => {
+        responseFlags = RESPONSE_FLAGS.denied;
+        error = `closed after a policy change: ${reason}`;
+        handle.destroy();
+      },
+      finish: ({ sent, recv }) => {
+        if (!this.open.delete(handle)) return;
+        this.stats.active--;
+        stats.closed++;
+        stats.bytesFromDownstream += sent;
+        stats.bytesToDownstream += recv;
+        if (labels) obs?.closed({ ...labels, response_flags: responseFlags }, recv, sent);
+        this.access(info, { bytesSent: sent, bytesRecv: recv, durationMs: Date.now() - info.startedAt, responseFlags, ...(error ? { error } : {}) });
+      },
+    };
   }
 
   private plaintextInbound(down: net.Socket): void {
@@ -425,6 +558,11 @@ export class PodForwarder {
       },
     );
   }
+}
+
+/** What the forwarder can close: a Node stream or a native stream's stand-in. */
+interface Closable {
+  destroy(): void;
 }
 
 /** An address as the kernel reports it, without the IPv4-mapped IPv6 prefix Node may add. */

@@ -24,6 +24,7 @@ const fns = {
   bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
   listen: libc.func('int listen(int fd, int backlog)'),
   close: libc.func('int close(int fd)'),
+  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   strerror: libc.func('const char *strerror(int errnum)'),
 };
 
@@ -74,6 +75,11 @@ export function bind(fd: number, addr: Buffer): void {
 
 export function listen(fd: number, backlog: number): void {
   check('listen', fns.listen(fd, backlog) as number);
+}
+
+/** A second descriptor for the same socket, close-on-exec (F_DUPFD_CLOEXEC). */
+export function dupCloexec(fd: number): number {
+  return check('fcntl', fns.fcntl(fd, 1030, 0) as number, 'F_DUPFD_CLOEXEC');
 }
 
 export function close(fd: number): void {

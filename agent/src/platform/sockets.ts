@@ -3,7 +3,7 @@
 import net from 'node:net';
 import {
   AF_INET, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_MARK, SO_ORIGINAL_DST,
-  SO_REUSEADDR, IP_TRANSPARENT, bind, close, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
+  SO_REUSEADDR, IP_TRANSPARENT, bind, close, dupCloexec, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
   socket, sockaddrIn,
 } from './libc.js';
 import { type Netns, withNetns } from './netns.js';
@@ -14,6 +14,8 @@ export interface ListenOptions {
   backlog?: number;
   /** IP_TRANSPARENT, for listeners that receive packets steered to them without NAT. */
   transparent?: boolean;
+  /** Accepted sockets are not read by Node (their fds go to the native data plane, which must see every byte). */
+  pauseOnConnect?: boolean;
 }
 
 /** A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). */
@@ -36,7 +38,7 @@ export function listenFdIn(ns: Netns, opts: ListenOptions): number {
 /** A net.Server listening inside ns; resolves once Node has adopted the socket. */
 export async function listenIn(ns: Netns, opts: ListenOptions, onConnection: (s: net.Socket) => void): Promise<net.Server> {
   const fd = listenFdIn(ns, opts);
-  const server = net.createServer({ allowHalfOpen: true }, onConnection);
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: opts.pauseOnConnect ?? false }, onConnection);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -63,6 +65,8 @@ export interface DialOptions {
    * False for sockets carrying a protocol (HBONE), where a FIN means the peer is gone.
    */
   allowHalfOpen?: boolean;
+  /** Node never reads the socket (its fd goes to the native data plane, which must see every byte). */
+  paused?: boolean;
 }
 
 /** Connects from inside ns with the given mark; resolves with the connected socket. */
@@ -78,7 +82,9 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
     }
   });
   return new Promise((resolve, reject) => {
-    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
+    // pauseOnCreate (not in @types/node): no readStart, so not even the first bytes after the connect are read by Node.
+    const sockOpts = { fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true, pauseOnCreate: opts.paused ?? false } as net.SocketConstructorOpts;
+    const sock = new net.Socket(sockOpts);
     const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
     sock.once('error', (err) => {
       clearTimeout(timer);
@@ -108,4 +114,17 @@ export function originalDst(sock: net.Socket): { address: string; port: number }
   }
   if (!sock.localAddress || sock.localPort === undefined) throw new Error('socket has no local address');
   return { address: sock.localAddress.replace(/^::ffff:/, ''), port: sock.localPort };
+}
+
+/**
+ * Takes a socket's connection away from Node: a close-on-exec duplicate of its fd, then the Node socket is destroyed
+ * (the duplicate keeps the connection open). The socket must never have been read by Node (see `paused`, `pauseOnConnect`).
+ */
+export function takeFd(sock: net.Socket): number {
+  const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
+  if (sock.readableLength > 0) throw new Error('socket already has buffered bytes: it must not be read before its fd is taken');
+  const dup = dupCloexec(fd);
+  sock.destroy();
+  return dup;
 }

@@ -1,0 +1,121 @@
+// koffi binding to the native HBONE data plane (agent/native/hbone-relay.c -> dist/native/libambient-hbone.so) and the
+// parsing of its event stream. The library owns TLS, HTTP/2 and byte pumping; this file only moves ids, fds and strings.
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+
+/** What the loop thread reports, one JSON object per line. */
+export type NativeEvent =
+  | { ev: 'up'; session: number; peer: string; peerNotAfter: number; peerSerial: string }
+  | { ev: 'settings'; session: number; maxStreams: number }
+  | { ev: 'goaway'; session: number; code: number }
+  | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number }
+  | { ev: 'status'; stream: number; status: number; error?: string }
+  | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string; headers: Record<string, string> }
+  | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };
+
+const EVENTS = new Set(['up', 'settings', 'goaway', 'sessionClosed', 'status', 'request', 'closed']);
+
+/** One event line, or undefined for a line that is not one (never expected; logged by the caller). Pure. */
+export function parseEvent(line: string): NativeEvent | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (typeof v !== 'object' || v === null) return undefined;
+  const ev = (v as { ev?: unknown }).ev;
+  return typeof ev === 'string' && EVENTS.has(ev) ? (v as NativeEvent) : undefined;
+}
+
+/** Splits a byte stream into lines, keeping a partial last line for the next chunk. Pure apart from its buffer. */
+export class LineSplitter {
+  private rest = '';
+  push(chunk: string): string[] {
+    const text = this.rest + chunk;
+    const lines = text.split('\n');
+    this.rest = lines.pop() ?? '';
+    return lines.filter((l) => l.length > 0);
+  }
+}
+
+/** Extra CONNECT headers in the library's "name\nvalue\n" form. Names are lower-cased (HTTP/2). Pure. */
+export function encodeHeaders(headers: Readonly<Record<string, string>>): string {
+  let out = '';
+  for (const [k, v] of Object.entries(headers)) {
+    if (/[\n\0]/.test(k) || /[\n\0]/.test(v)) throw new Error(`header ${JSON.stringify(k)} contains a newline or NUL`);
+    out += `${k.toLowerCase()}\n${v}\n`;
+  }
+  return out;
+}
+
+export interface NativeLib {
+  start(): number;
+  stop(): void;
+  lastError(): string;
+  ctxNew(server: boolean, chainPem: string, keyPem: string, rootsPem: string): number;
+  ctxFree(id: number): void;
+  clientSession(ctx: number, fd: number, expectedId: string): number;
+  serverSession(ctx: number, fd: number, trustDomain: string): number;
+  clientStream(session: number, fd: number, authority: string, headers: string): number;
+  answer(stream: number, status: number, fd: number): void;
+  closeStream(stream: number): void;
+  closeSession(session: number, graceful: boolean): void;
+  /** [read from the app socket, written to it], or undefined once the stream is gone. */
+  streamBytes(stream: number): [number, number] | undefined;
+}
+
+/** Where the built library lives: dist/native beside dist/agent, or AMBIENT_NATIVE_LIB. */
+export function nativeLibPath(): string {
+  const env = process.env.AMBIENT_NATIVE_LIB;
+  if (env) return env;
+  // This file is dist/agent/src/hbone/native-lib.js when built, agent/src/hbone/native-lib.ts under tsx.
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const up of ['../../..', '../../../dist']) {
+    const p = join(here, up, 'native/libambient-hbone.so');
+    if (existsSync(p)) return p;
+  }
+  return join(here, '../../../native/libambient-hbone.so');
+}
+
+let loaded: NativeLib | undefined;
+
+/** Loads the library once (throws with the path when it is missing: run scripts/build.sh). */
+export function loadNativeLib(path = nativeLibPath()): NativeLib {
+  if (loaded) return loaded;
+  if (!existsSync(path)) throw Object.assign(new Error(`native HBONE library ${path} not found (scripts/build.sh builds it)`), { code: 'AMB_ERR_NATIVE_LIB' });
+  const lib = koffi.load(path);
+  const f = {
+    start: lib.func('int ahb_start(void)'),
+    stop: lib.func('void ahb_stop(void)'),
+    lastError: lib.func('const char *ahb_last_error(void)'),
+    ctxNew: lib.func('uint64_t ahb_ctx_new(int server, const char *chain, const char *key, const char *roots)'),
+    ctxFree: lib.func('void ahb_ctx_free(uint64_t id)'),
+    clientSession: lib.func('uint64_t ahb_client_session(uint64_t ctx, int fd, const char *expected)'),
+    serverSession: lib.func('uint64_t ahb_server_session(uint64_t ctx, int fd, const char *td)'),
+    clientStream: lib.func('uint64_t ahb_client_stream(uint64_t session, int fd, const char *authority, const char *headers)'),
+    answer: lib.func('void ahb_answer(uint64_t stream, int status, int fd)'),
+    closeStream: lib.func('void ahb_close_stream(uint64_t stream)'),
+    closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
+    streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
+  };
+  const n = (v: unknown): number => Number(v);
+  const out = new BigUint64Array(2);
+  loaded = {
+    start: () => n(f.start()),
+    stop: () => void f.stop(),
+    lastError: () => String(f.lastError()),
+    ctxNew: (server, chain, key, roots) => n(f.ctxNew(server ? 1 : 0, chain, key, roots)),
+    ctxFree: (id) => void f.ctxFree(id),
+    clientSession: (ctx, fd, expected) => n(f.clientSession(ctx, fd, expected)),
+    serverSession: (ctx, fd, td) => n(f.serverSession(ctx, fd, td)),
+    clientStream: (session, fd, authority, headers) => n(f.clientStream(session, fd, authority, headers)),
+    answer: (stream, status, fd) => void f.answer(stream, status, fd),
+    closeStream: (stream) => void f.closeStream(stream),
+    closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
+    streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
+  };
+  return loaded;
+}

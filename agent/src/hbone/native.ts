@@ -1,0 +1,460 @@
+// The TypeScript side of the native HBONE data plane (--data-path native): the client-session pool (same key, limits and
+// one-dial-per-key rule as HbonePool), per-pod 15008 listeners whose connections go native, and event dispatch.
+import net from 'node:net';
+import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
+import type { Logger } from '../log.js';
+import type { Netns } from '../platform/netns.js';
+import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
+import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
+import { DEFAULT_POOL_OPTIONS, HboneStatusError, type HboneTarget, type PoolOptions, type PoolStats, poolKey } from './client-pool.js';
+import { LineSplitter, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+
+/** How a native stream ended: bytes read from / written to its app socket, and why it failed if it did. */
+export interface NativeStreamEnd {
+  bytesIn: number;
+  bytesOut: number;
+  error?: string;
+  /** Reset (by either end, a policy close, or a session failure) rather than closed in order. */
+  reset: boolean;
+}
+
+/** One CONNECT stream whose bytes the native loop pumps. */
+export interface NativeStream {
+  readonly id: number;
+  /** Live counters: bytes read from the app socket and written to it. */
+  bytes(): { in: number; out: number };
+  /** Resets the stream (the app socket gets a TCP reset). */
+  close(): void;
+  readonly closed: Promise<NativeStreamEnd>;
+}
+
+/** An outbound stream: `ready` resolves on 200, rejects with HboneStatusError or the session's failure. */
+export interface NativeOutbound extends NativeStream {
+  readonly ready: Promise<void>;
+}
+
+/** A CONNECT request that arrived on a pod's 15008, verified peer identity included. Answer it exactly once. */
+export interface NativeInboundRequest {
+  stream: NativeStream;
+  method: string;
+  authority: string;
+  peerIdentity: string;
+  peerAddress: string;
+  peerPort: number;
+  /** The tunnel's local end (`podIP:15008`). */
+  localAddress: string;
+  headers: Record<string, string>;
+  /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
+  answer(status: number, upstream?: net.Socket): void;
+}
+
+export interface NativeListener {
+  readonly listening: boolean;
+  close(): Promise<void>;
+}
+
+interface ClientSession {
+  id: number;
+  key: string;
+  active: number;
+  limit: number;
+  serial: string;
+  validUntil: number;
+  open: boolean;
+  idleTimer: NodeJS.Timeout | undefined;
+}
+
+interface StreamWaiter {
+  session?: ClientSession;
+  onStatus?: (status: number, error?: string) => void;
+  onClosed: (end: NativeStreamEnd) => void;
+}
+
+interface ServerSessionInfo {
+  peerAddress: string;
+  peerPort: number;
+  localAddress: string;
+  onRequest: (r: NativeInboundRequest) => void;
+  onRefused: (reason: string) => void;
+  listener: Set<number>;
+}
+
+export class NativeHbone {
+  readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
+  private lib: NativeLib | undefined;
+  private events: net.Socket | undefined;
+  private readonly split = new LineSplitter();
+  private readonly opts: PoolOptions;
+  private conns = new Map<string, ClientSession[]>();
+  private dialing = new Map<string, Promise<ClientSession>>();
+  private clientSessions = new Map<number, ClientSession>();
+  private waitingUp = new Map<number, { resolve: (notAfter: number) => void; reject: (err: Error) => void }>();
+  private serverSessions = new Map<number, ServerSessionInfo>();
+  private streams = new Map<number, StreamWaiter>();
+  /** TLS contexts per (role, identity): made once per certificate, replaced on renewal (open sessions keep theirs). */
+  private ctxs = new Map<string, { serial: string; id: number; notAfter: number }>();
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}) {
+    this.opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
+  }
+
+  /** Loads the library and starts its loop thread. Throws when the library is missing or cannot start. */
+  start(): void {
+    if (this.lib) return;
+    const lib = loadNativeLib();
+    const fd = lib.start();
+    if (fd < 0) throw Object.assign(new Error(`native HBONE data plane did not start: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_LIB' });
+    this.lib = lib;
+    const events = new net.Socket({ fd, readable: true, writable: true });
+    events.setEncoding('utf8');
+    events.on('data', (chunk: string) => {
+      for (const line of this.split.push(chunk)) {
+        const ev = parseEvent(line);
+        if (!ev) {
+          this.log.warn({ line: line.slice(0, 200) }, 'native data plane sent an unknown event');
+          continue;
+        }
+        this.dispatch(ev);
+      }
+    });
+    events.on('error', (err) => this.log.error({ error: err.message }, 'native data plane event socket failed'));
+    events.unref();
+    this.events = events;
+    this.unsubscribe = this.identities.onRenewed((identity) => {
+      for (const role of ['client', 'server']) this.dropCtx(`${role}|${identity}`);
+    });
+  }
+
+  /** Closes every session and stream and stops the loop thread. */
+  stop(): void {
+    const lib = this.lib;
+    if (!lib) return;
+    this.unsubscribe?.();
+    for (const s of this.clientSessions.values()) if (s.idleTimer) clearTimeout(s.idleTimer);
+    lib.stop();
+    for (const key of [...this.ctxs.keys()]) this.dropCtx(key);
+    this.events?.destroy();
+    this.events = undefined;
+    this.lib = undefined;
+    for (const w of this.waitingUp.values()) w.reject(new Error('native data plane stopped'));
+    this.waitingUp.clear();
+    for (const [, w] of this.streams) {
+      w.onStatus?.(-1, 'native data plane stopped');
+      w.onClosed({ bytesIn: 0, bytesOut: 0, error: 'native data plane stopped', reset: true });
+    }
+    this.streams.clear();
+    this.conns.clear();
+    this.clientSessions.clear();
+    this.serverSessions.clear();
+  }
+
+  private need(): NativeLib {
+    if (!this.lib) throw new Error('native HBONE data plane is not started');
+    return this.lib;
+  }
+
+  private dropCtx(key: string): void {
+    const c = this.ctxs.get(key);
+    if (!c) return;
+    this.ctxs.delete(key);
+    this.lib?.ctxFree(c.id);
+  }
+
+  /** The TLS context for an identity's current certificate (client or server side). */
+  private async ctx(server: boolean, identity: string): Promise<{ id: number; serial: string; notAfter: number }> {
+    const key = `${server ? 'server' : 'client'}|${identity}`;
+    const cached = this.ctxs.get(key);
+    if (cached && Date.now() < cached.notAfter) return cached;
+    const m: TlsMaterial = await this.identities.material(identity);
+    const again = this.ctxs.get(key);
+    if (again && again.serial === m.serial) return again;
+    const lib = this.need();
+    const id = lib.ctxNew(server, m.chainPem, m.keyPem, m.rootsPem);
+    if (!id) throw Object.assign(new Error(`TLS context for ${identity}: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_TLS' });
+    if (again) this.dropCtx(key);
+    const entry = { id, serial: m.serial, notAfter: m.notAfter.getTime() };
+    this.ctxs.set(key, entry);
+    return entry;
+  }
+
+  private dispatch(ev: NativeEvent): void {
+    switch (ev.ev) {
+      case 'up': {
+        const w = this.waitingUp.get(ev.session);
+        this.waitingUp.delete(ev.session);
+        w?.resolve(ev.peerNotAfter);
+        const s = this.serverSessions.get(ev.session);
+        if (s) this.log.debug({ peerIdentity: ev.peer, peerSerial: ev.peerSerial, peer: s.peerAddress }, 'hbone client accepted');
+        return;
+      }
+      case 'settings': {
+        const s = this.clientSessions.get(ev.session);
+        if (s && ev.maxStreams > 0) s.limit = Math.min(this.opts.maxStreamsPerConnection, ev.maxStreams);
+        return;
+      }
+      case 'goaway': {
+        const s = this.clientSessions.get(ev.session);
+        if (s) this.retire(s, false);
+        return;
+      }
+      case 'sessionClosed': {
+        const w = this.waitingUp.get(ev.session);
+        this.waitingUp.delete(ev.session);
+        w?.reject(new Error(ev.error || 'connection closed'));
+        const c = this.clientSessions.get(ev.session);
+        if (c) {
+          this.clientSessions.delete(ev.session);
+          this.unlist(c);
+          if (c.idleTimer) clearTimeout(c.idleTimer);
+          if (ev.wasUp) this.stats.connectionsOpen--;
+          this.log.debug({ session: ev.session, error: ev.error }, 'hbone connection closed');
+        }
+        const s = this.serverSessions.get(ev.session);
+        if (s) {
+          this.serverSessions.delete(ev.session);
+          s.listener.delete(ev.session);
+          if (!ev.wasUp && ev.identityRefused) {
+            // The handshake worked but the client's identity is not acceptable (no SPIFFE ID, other trust domain).
+            s.onRefused(ev.error);
+            this.log.warn({ peer: s.peerAddress, reason: ev.error }, 'hbone client refused');
+          } else if (!ev.wasUp) {
+            s.onRefused(`tls: ${ev.error}`);
+            this.log.warn({ error: ev.error, peer: s.peerAddress }, 'hbone handshake refused');
+          }
+        }
+        return;
+      }
+      case 'status': {
+        this.streams.get(ev.stream)?.onStatus?.(ev.status, ev.error);
+        return;
+      }
+      case 'closed': {
+        const w = this.streams.get(ev.stream);
+        if (!w) return;
+        this.streams.delete(ev.stream);
+        if (w.session) this.release(w.session);
+        w.onClosed({ bytesIn: ev.bytesIn, bytesOut: ev.bytesOut, reset: ev.errored !== 0 || ev.h2Error !== 0, ...(ev.error ? { error: ev.error } : {}) });
+        return;
+      }
+      case 'request': {
+        const s = this.serverSessions.get(ev.session);
+        if (!s) {
+          this.lib?.answer(ev.stream, 503, -1);
+          return;
+        }
+        let answered = false;
+        const { stream } = this.track(ev.stream, undefined);
+        s.onRequest({
+          stream, method: ev.method, authority: ev.authority, peerIdentity: ev.peer, peerAddress: s.peerAddress, peerPort: s.peerPort,
+          localAddress: s.localAddress, headers: ev.headers,
+          answer: (status, upstream) => {
+            if (answered) throw new Error(`stream ${ev.stream} answered twice`);
+            answered = true;
+            let fd = -1;
+            if (upstream) {
+              try {
+                fd = takeFd(upstream);
+              } catch (err) {
+                upstream.destroy();
+                this.log.warn({ error: (err as Error).message }, 'upstream socket could not be handed to the native data plane');
+                status = 503;
+              }
+            }
+            this.lib?.answer(ev.stream, status === 200 && fd < 0 ? 503 : status, fd);
+          },
+        });
+        return;
+      }
+    }
+  }
+
+  /** Registers a stream's end, giving its handle; `session` is released when it closes. */
+  private track(id: number, session: ClientSession | undefined): { stream: NativeStream; waiter: StreamWaiter } {
+    let onClosed!: (end: NativeStreamEnd) => void;
+    const closed = new Promise<NativeStreamEnd>((resolve) => (onClosed = resolve));
+    const waiter: StreamWaiter = { onClosed, ...(session ? { session } : {}) };
+    this.streams.set(id, waiter);
+    let last = { in: 0, out: 0 };
+    const stream: NativeStream = {
+      id,
+      closed,
+      bytes: () => {
+        const b = this.streams.has(id) ? this.lib?.streamBytes(id) : undefined;
+        if (b) last = { in: b[0], out: b[1] };
+        return last;
+      },
+      close: () => this.lib?.closeStream(id),
+    };
+    void closed.then((end) => (last = { in: end.bytesIn, out: end.bytesOut }));
+    return { stream, waiter };
+  }
+
+  /**
+   * Opens a CONNECT stream to `target` carrying the app socket `down` (accepted with pauseOnConnect). On failure to get
+   * a session, `down` is left to the caller (still a Node socket); once the stream is created, the native side owns it.
+   */
+  async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<NativeOutbound> {
+    const key = poolKey(target);
+    let session: ClientSession;
+    try {
+      session = await this.acquire(key, target);
+    } catch (err) {
+      this.stats.connectFailures++;
+      throw err;
+    }
+    if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
+    const fd = takeFd(down);
+    session.active++;
+    if (session.idleTimer) clearTimeout(session.idleTimer);
+    session.idleTimer = undefined;
+    this.stats.streamsOpened++;
+    const id = this.need().clientStream(session.id, fd, authority, encodeHeaders(headers));
+    const { stream, waiter } = this.track(id, session);
+    const ready = new Promise<void>((resolve, reject) => {
+      waiter.onStatus = (status, error) => {
+        waiter.onStatus = undefined;
+        if (status === 200) resolve();
+        else if (status > 0) reject(new HboneStatusError(status, authority));
+        else reject(new Error(`HBONE stream to ${authority} failed: ${error ?? 'connection closed'}`));
+      };
+    });
+    ready.catch(() => undefined);
+    return { ...stream, ready };
+  }
+
+  /** Closes every connection from one source pod (it left the mesh). */
+  closeFrom(srcIp: string): void {
+    for (const [key, list] of this.conns) {
+      if (!key.endsWith(`|${srcIp}`)) continue;
+      for (const c of list) this.retire(c, true);
+      this.conns.delete(key);
+    }
+  }
+
+  private async acquire(key: string, target: HboneTarget): Promise<ClientSession> {
+    for (;;) {
+      const ctx = await this.ctx(false, target.srcIdentity);
+      const now = Date.now();
+      for (const c of this.conns.get(key) ?? []) {
+        if (c.serial !== ctx.serial || now >= c.validUntil) this.retire(c, true);
+      }
+      const free = (this.conns.get(key) ?? []).find((c) => c.open && c.active < c.limit);
+      if (free) return free;
+      const pending = this.dialing.get(key);
+      if (pending) {
+        await pending;
+        continue;
+      }
+      const dial = this.dial(key, target, ctx).finally(() => this.dialing.delete(key));
+      this.dialing.set(key, dial);
+      return dial;
+    }
+  }
+
+  private async dial(key: string, t: HboneTarget, ctx: { id: number; serial: string; notAfter: number }): Promise<ClientSession> {
+    const started = Date.now();
+    const peer = `${t.dstIp}:${INBOUND_HBONE_PORT}`;
+    try {
+      const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs, allowHalfOpen: false, paused: true });
+      const id = this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity);
+      const s: ClientSession = { id, key, active: 0, limit: this.opts.maxStreamsPerConnection, serial: ctx.serial, validUntil: ctx.notAfter, open: false, idleTimer: undefined };
+      this.clientSessions.set(id, s);
+      const peerNotAfter = await new Promise<number>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.lib?.closeSession(id, false);
+          reject(new Error(`HBONE handshake with ${t.dstIp} timed out`));
+        }, this.opts.connectTimeoutMs);
+        this.waitingUp.set(id, {
+          resolve: (v) => {
+            clearTimeout(timer);
+            resolve(v);
+          },
+          reject: (err) => {
+            clearTimeout(timer);
+            reject(err);
+          },
+        });
+      });
+      if (peerNotAfter > 0) s.validUntil = Math.min(s.validUntil, peerNotAfter);
+      s.open = true;
+      this.conns.set(key, [...(this.conns.get(key) ?? []), s]);
+      this.stats.connectionsOpened++;
+      this.stats.connectionsOpen++;
+      this.log.debug({ peer, peerIdentity: t.dstIdentity, ms: Date.now() - started, serial: ctx.serial }, 'hbone connection established');
+      return s;
+    } catch (err) {
+      throw Object.assign(new Error(`HBONE connection to ${peer} (${t.dstIdentity}) failed: ${(err as Error).message}`, { cause: err }), {
+        code: 'AMB_ERR_HBONE_CONNECT',
+      });
+    }
+  }
+
+  private unlist(c: ClientSession): void {
+    const list = (this.conns.get(c.key) ?? []).filter((x) => x !== c);
+    if (list.length) this.conns.set(c.key, list);
+    else this.conns.delete(c.key);
+  }
+
+  /** Takes a session out of rotation; `close` ends it gracefully (open streams finish). */
+  private retire(c: ClientSession, close: boolean): void {
+    c.open = false;
+    this.unlist(c);
+    if (close) this.lib?.closeSession(c.id, true);
+  }
+
+  private release(c: ClientSession): void {
+    c.active--;
+    if (c.active > 0 || !this.clientSessions.has(c.id)) return;
+    if (!c.open) {
+      this.lib?.closeSession(c.id, true);
+      return;
+    }
+    c.idleTimer = setTimeout(() => {
+      if (c.active === 0) this.retire(c, true);
+    }, this.opts.idleTimeoutMs);
+    c.idleTimer.unref();
+  }
+
+  /**
+   * A pod's 15008 listener whose TLS connections go native: clients must present a certificate chaining to the roots
+   * with a SPIFFE ID in `trustDomain`; each CONNECT is handed to `onRequest`, refusals reported to `onRefused`.
+   */
+  async listen(
+    ns: Netns,
+    identity: string,
+    trustDomain: string,
+    onRequest: (r: NativeInboundRequest) => void,
+    onRefused: (reason: string) => void,
+  ): Promise<NativeListener> {
+    this.need();
+    await this.ctx(true, identity); // fail now, not per connection, when there is no certificate
+    const sessions = new Set<number>();
+    const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true }, (sock) => {
+      sock.on('error', () => undefined);
+      const info = { peerAddress: (sock.remoteAddress ?? '').replace(/^::ffff:/, ''), peerPort: sock.remotePort ?? 0, localAddress: `${sock.localAddress ?? ''}:${sock.localPort ?? 0}` };
+      this.ctx(true, identity).then(
+        (ctx) => {
+          if (sock.destroyed || !this.lib) return;
+          const id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
+          sessions.add(id);
+          this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions });
+        },
+        (err: Error) => {
+          onRefused(`no certificate: ${err.message}`);
+          this.log.warn({ error: err.message }, 'hbone connection refused: no certificate');
+          sock.destroy();
+        },
+      );
+    });
+    return {
+      get listening() {
+        return server.listening;
+      },
+      close: async () => {
+        for (const id of sessions) this.lib?.closeSession(id, false);
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      },
+    };
+  }
+}
