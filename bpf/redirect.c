@@ -27,6 +27,7 @@
 #define PACKET_HOST 0
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
+#define TCP_TIME_WAIT 6
 
 /* Per-pod configuration, written by the loader before the programs are attached. Layout mirrored in ebpf-config.ts. */
 struct ambient_cfg {
@@ -214,8 +215,10 @@ int ambient_in(struct __sk_buff *skb)
 		if (!f.syn)
 			return TC_ACT_OK;
 		int state = flow_state(skb, &f.tuple, 0);
-		if (state >= 0 && state != TCP_LISTEN)
-			return TC_ACT_OK; /* a retransmitted SYN of a flow that already has its socket */
+		/* A retransmitted SYN of a flow that already has its socket goes to it. Not a TIME_WAIT one: the kernel would
+		 * hand that SYN to the app's own listener (TCP_TW_SYN), bypassing the agent. */
+		if (state >= 0 && state != TCP_LISTEN && state != TCP_TIME_WAIT)
+			return TC_ACT_OK;
 		return assign_listener(skb, &f, cfg->pod_ip4, INBOUND_PLAINTEXT_PORT);
 	}
 	if (p == 0)
@@ -230,7 +233,7 @@ int ambient_in(struct __sk_buff *skb)
 		bpf_sk_release(req);
 		return err ? TC_ACT_SHOT : TC_ACT_OK;
 	}
-	if (state >= 0 && state != TCP_LISTEN)
+	if (state >= 0 && state != TCP_LISTEN && !(f.syn && state == TCP_TIME_WAIT))
 		return TC_ACT_OK;
 	if (!f.syn)
 		return TC_ACT_OK;

@@ -34,7 +34,7 @@ interface Container {
   command: string[];
   args: string[];
   env?: Array<{ name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
-  securityContext: { privileged?: boolean; allowPrivilegeEscalation?: boolean; capabilities: { add?: string[]; drop?: string[] } };
+  securityContext: { privileged?: boolean; allowPrivilegeEscalation?: boolean; capabilities: { add?: string[]; drop?: string[] }; appArmorProfile?: { type: string } };
   readinessProbe: { httpGet?: { host?: string; path: string; port: number }; exec?: { command: string[] } };
   volumeMounts: Mount[];
 }
@@ -131,6 +131,7 @@ test('agent container: exactly NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_PTRACE; not pr
   t.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
   t.deepEqual([...(c.securityContext.capabilities.add ?? [])].sort(), ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN', 'SYS_PTRACE']);
   t.false(c.securityContext.privileged);
+  t.deepEqual(c.securityContext.appArmorProfile, { type: 'Unconfined' }, 'ptrace-read of host processes for /host/proc/<pid>/ns/net');
   t.deepEqual(c.readinessProbe.httpGet, { host: '127.0.0.1', path: '/healthz/ready', port: 15021 });
   t.is(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
   t.deepEqual(c.args, ['agent', '--config', '/etc/ambient-node/config.yaml']);

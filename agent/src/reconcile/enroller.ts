@@ -359,7 +359,8 @@ export class Enroller {
     } catch (err) {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
-        await removePodRules(rec.netnsPath, rec.ifname).catch(() => undefined);
+        // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
+        if (sameNetns(opened.id, { inode: rec.netnsInode, dev: rec.netnsDev })) await removePodRules(rec.netnsPath, rec.ifname).catch(() => undefined);
         for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         opened.close();
       }
@@ -383,7 +384,10 @@ export class Enroller {
       this.live.delete(key);
     }
     if (rec) {
-      if (statNetns(rec.netnsPath)) {
+      // Only when the path still names the pod's namespace: a /proc/<pid> path may name another pod's (or the host's)
+      // namespace once the PID is reused, and removing rules there would let that pod's traffic bypass the mesh.
+      const now = statNetns(rec.netnsPath);
+      if (now && sameNetns(now, { inode: rec.netnsInode, dev: rec.netnsDev })) {
         await removePodRules(rec.netnsPath, rec.ifname).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
       }
       for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
@@ -434,7 +438,12 @@ export class Enroller {
     }
     const affected = new Set<string>();
     for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
-    for (const p of change.pods) if (p.before && !p.after) void this.dropDiscovered(p.before.namespace, p.before.name);
+    for (const p of change.pods) {
+      if (p.before && !p.after) {
+        this.dropDiscovered(p.before.namespace, p.before.name)
+          .catch((err: unknown) => this.log.error({ pod: `${p.before?.namespace}/${p.before?.name}`, error: describe(err) }, 'releasing a pod found through /proc failed'));
+      }
+    }
     const nsChanged = new Set(change.namespaces.map((n) => (n.after ?? n.before)?.name));
     for (const [key, rec] of this.records) {
       if (!affected.has(`${rec.namespace}/${rec.name}`) && !nsChanged.has(rec.namespace)) continue;

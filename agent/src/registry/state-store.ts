@@ -69,7 +69,8 @@ export class StateStore {
   save(records: PodRecord[]): Promise<void> {
     const doc: StateFile = { version: 1, pods: records };
     const text = JSON.stringify(doc, null, 1);
-    this.writing = this.writing.then(() => {
+    // After a failed write (disk full), the next one still runs: the chain never stays rejected.
+    this.writing = this.writing.catch(() => undefined).then(() => {
       const tmp = `${this.file}.tmp`;
       writeFileSync(tmp, text, { mode: 0o600 });
       renameSync(tmp, this.file);
