@@ -17,6 +17,9 @@ export interface WatchTuning {
   resyncMs: number;
 }
 
+/** Quick re-runs after an I/O error (a racing writer) before falling back to the periodic re-check. */
+const MAX_QUICK_RETRIES = 5;
+
 export const DEFAULT_TUNING: WatchTuning = { fightThreshold: 5, windowMs: 60_000, warnEveryMs: 60_000, debounceMs: 100, resyncMs: 30_000 };
 
 export type InstallState = { ready: true; primary: string } | { ready: false; reason: string };
@@ -29,6 +32,7 @@ export class InstallWatcher {
   state: InstallState = { ready: false, reason: 'not run yet' };
   /** Times the config had to be written again after the first install (another writer removed ambient-cni). */
   reinserts = 0;
+  private ioRetries = 0;
   fightWarnings = 0;
   private readonly tuning: WatchTuning;
   private readonly watchers: FSWatcher[] = [];
@@ -106,6 +110,7 @@ export class InstallWatcher {
       const r = await installCni(this.opts, this.log);
       if (r.wroteConfig && this.installedOnce) this.noteReinsert(r.primary);
       this.installedOnce = true;
+      this.ioRetries = 0;
       this.state = { ready: true, primary: r.primary };
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
@@ -114,10 +119,17 @@ export class InstallWatcher {
         else this.log.error({ err }, 'installing ambient-cni failed; retrying on the next change');
       }
       this.state = { ready: false, reason };
-      // A write that raced ours: look again soon rather than waiting for the next event.
-      if (err instanceof InstallError && err.code === 'AMB_ERR_CNI_INSTALL_IO') this.schedule();
+      // A write that raced ours: look again soon rather than waiting for the next event. A lasting I/O error (a
+      // read-only or full disk) is not retried in a tight loop: after a few tries it waits for the periodic re-check.
+      if (err instanceof InstallError && err.code === 'AMB_ERR_CNI_INSTALL_IO' && this.ioRetries++ < MAX_QUICK_RETRIES) this.schedule();
     }
-    for (const fn of this.listeners) fn();
+    for (const fn of this.listeners) {
+      try {
+        fn();
+      } catch (err) {
+        this.log.error({ err }, 'install state listener failed');
+      }
+    }
   }
 
   private noteReinsert(primary: string): void {
