@@ -1,6 +1,6 @@
 // Packet capture on the link between simulated nodes (tshark on the fabric bridge), for tests that must see the wire.
 // Starts before the traffic, stops on demand, and answers questions about what crossed: ports, TLS hellos, raw bytes.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Testbed } from '../testbed/index.js';
@@ -34,6 +34,10 @@ export async function captureFabric(tb: Testbed, name: string): Promise<Capture>
       }
     });
   });
+  // "Capturing on" can come a moment before dumpcap reads packets: wait for it to have written the file's header, then
+  // a little more, so the first handshake of the test is not missed.
+  for (let i = 0; i < 50 && !(await stat(file).then((st) => st.size > 0, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 250));
   return {
     async stop(): Promise<CaptureResult> {
       await new Promise((r) => setTimeout(r, 500)); // let the last packets reach the file
