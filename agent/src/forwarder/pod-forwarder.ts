@@ -235,16 +235,9 @@ export class PodForwarder {
       return;
     }
     stats.hbone++;
-    const source = { ip: unmapped(r.peerAddress), principal: r.peerIdentity };
     const destination = { ip: d.upstream.host, port: d.upstream.port };
-    const from = { ...this.peerOf(source.ip), principal: r.peerIdentity, addr: `${source.ip}:${r.peerPort}` };
-    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: r.localAddress };
-    const clog = this.connLog(info);
-    const denial = this.admit(source, destination, stats, clog);
-    if (denial) {
-      this.deniedAtOpen(info);
-      stats.refused++;
-      this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
+    const { info, clog, source, denied } = this.openHboneInbound({ address: r.peerAddress, port: r.peerPort, identity: r.peerIdentity, local: r.localAddress }, destination, stats);
+    if (denied) {
       r.answer(401);
       return;
     }
@@ -332,20 +325,35 @@ export class PodForwarder {
     this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
   }
 
-  /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
-  private hboneInbound(s: InboundStream): void {
-    const stats = this.stats.inbound;
-    stats.hbone++;
-    const source = { ip: unmapped(s.peerAddress), principal: s.peerIdentity };
-    const destination = { ip: s.upstream.host, port: s.upstream.port };
-    const from = { ...this.peerOf(source.ip), principal: s.peerIdentity, addr: `${source.ip}:${s.peerPort}` };
-    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: s.localAddress };
+  /**
+   * The opening of a verified HBONE stream, on either data path: its connection record and the policy decision. A
+   * denied stream is counted, metered and access-logged here; the caller only answers 401.
+   */
+  private openHboneInbound(
+    peer: { address: string; port: number; identity: string; local: string },
+    destination: { ip: string; port: number },
+    stats: DirectionStats,
+  ): { info: ConnectionInfo; clog: ConnLog; source: AuthzConnection['source']; denied: boolean } {
+    const source = { ip: unmapped(peer.address), principal: peer.identity };
+    const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: `${source.ip}:${peer.port}` };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: peer.local };
     const clog = this.connLog(info);
     const denial = this.admit(source, destination, stats, clog);
     if (denial) {
       this.deniedAtOpen(info);
       stats.refused++;
       this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
+    }
+    return { info, clog, source, denied: denial !== undefined };
+  }
+
+  /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
+  private hboneInbound(s: InboundStream): void {
+    const stats = this.stats.inbound;
+    stats.hbone++;
+    const destination = { ip: s.upstream.host, port: s.upstream.port };
+    const { info, clog, source, denied } = this.openHboneInbound({ address: s.peerAddress, port: s.peerPort, identity: s.peerIdentity, local: s.localAddress }, destination, stats);
+    if (denied) {
       s.stream.respond({ ':status': 401 }, { endStream: true });
       return;
     }
