@@ -261,18 +261,24 @@ export class PodForwarder {
     );
   }
 
+  /** Registers an open relay (for `conns` and the counters) and counts its opening in the metrics; returns its labels. */
+  private register(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: Relay['bytes']): TcpLabels | undefined {
+    this.open.set(handle, { info, bytes });
+    this.stats.active++;
+    stats.opened++;
+    const labels = this.mesh.connections ? this.labels(info) : undefined;
+    if (labels) this.mesh.connections?.opened(labels);
+    return labels;
+  }
+
   /** Bookkeeping of a native relay from open to close, as splice() does it for Node streams. */
   private nativeRelay(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: () => { sent: number; recv: number }): {
     failed: (err: Error) => void;
     deny: (reason: string) => void;
     finish: (b: { sent: number; recv: number }, end?: NativeStreamEnd) => void;
   } {
-    this.open.set(handle, { info, bytes });
-    this.stats.active++;
-    stats.opened++;
     const obs = this.mesh.connections;
-    const labels = obs ? this.labels(info) : undefined;
-    if (labels) obs?.opened(labels);
+    const labels = this.register(handle, stats, info, bytes);
     let responseFlags: string = RESPONSE_FLAGS.none;
     let error: string | undefined;
     const clog = this.connLog(info);
@@ -508,12 +514,8 @@ export class PodForwarder {
       const sock = down as net.Socket;
       return { sent: sock.bytesRead ?? 0, recv: sock.bytesWritten ?? 0 };
     };
-    this.open.set(down, { info, bytes });
-    this.stats.active++;
-    stats.opened++;
     const obs = this.mesh.connections;
-    const labels = obs ? this.labels(info) : undefined;
-    if (labels) obs?.opened(labels);
+    const labels = this.register(down, stats, info, bytes);
     let responseFlags: string = RESPONSE_FLAGS.none;
     let error: string | undefined;
     down.pause();
