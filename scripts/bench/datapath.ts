@@ -170,6 +170,27 @@ async function agentView(tb: Testbed, pod: TestbedPod): Promise<PodViewLite | un
   return undefined;
 }
 
+/**
+ * The four pods every data-path comparison uses: an enrolled client and server (namespace `mesh`) and a plain pair
+ * (namespace `plain`), clients on node 0 and servers on node 1. Throws when an agent did not enrol them as expected.
+ */
+export async function meshAndPlainPods(tb: Testbed): Promise<{ meshClient: TestbedPod; meshServer: TestbedPod; plainClient: TestbedPod; plainServer: TestbedPod }> {
+  await tb.setNamespace('mesh', AMBIENT);
+  await tb.setNamespace('plain', {});
+  const [meshClient, meshServer, plainClient, plainServer] = await tb.addPods([
+    { node: 0, namespace: 'mesh', name: 'client' },
+    { node: 1, namespace: 'mesh', name: 'server' },
+    { node: 0, namespace: 'plain', name: 'client' },
+    { node: 1, namespace: 'plain', name: 'server' },
+  ]);
+  if (!meshClient || !meshServer || !plainClient || !plainServer) throw new Error('pods missing');
+  for (const [pod, want] of [[meshClient, 'enrolled'], [meshServer, 'enrolled'], [plainClient, 'skipped'], [plainServer, 'skipped']] as const) {
+    const state = (await agentView(tb, pod))?.state;
+    if (state !== want) throw new Error(`${pod.key} is ${state ?? 'unknown to its agent'}, expected ${want}: the comparison would be meaningless`);
+  }
+  return { meshClient, meshServer, plainClient, plainServer };
+}
+
 /** The HBONE pool counters of an agent (/v1/certs). */
 async function poolStats(agent: AgentProcess): Promise<{ opened: number; streams: number; failures: number }> {
   const reply = await agent.request('GET', '/v1/certs');
@@ -182,19 +203,7 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode, dataPat
   const tbOpts = { nodes: 2, redirectMode: mode, dataPath, agentLogLevel: 'info', ...(o.agentCommand ? { agentCommand: o.agentCommand(mode) } : {}) };
   return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('no testbed');
-    await tb.setNamespace('mesh', AMBIENT);
-    await tb.setNamespace('plain', {});
-    const [meshClient, meshServer, plainClient, plainServer] = await tb.addPods([
-      { node: 0, namespace: 'mesh', name: 'client' },
-      { node: 1, namespace: 'mesh', name: 'server' },
-      { node: 0, namespace: 'plain', name: 'client' },
-      { node: 1, namespace: 'plain', name: 'server' },
-    ]);
-    if (!meshClient || !meshServer || !plainClient || !plainServer) throw new Error('pods missing');
-    for (const [pod, want] of [[meshClient, 'enrolled'], [meshServer, 'enrolled'], [plainClient, 'skipped'], [plainServer, 'skipped']] as const) {
-      const state = (await agentView(tb, pod))?.state;
-      if (state !== want) throw new Error(`${pod.key} is ${state ?? 'unknown to its agent'}, expected ${want}: the comparison would be meaningless`);
-    }
+    const { meshClient, meshServer, plainClient, plainServer } = await meshAndPlainPods(tb);
     const agents = [tb.agent(0), tb.agent(1)];
     for (const a of agents) {
       const native = (await a.logs({ currentRun: true })).some((l) => l.msg === 'native HBONE data plane started');

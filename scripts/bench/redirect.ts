@@ -4,6 +4,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
 import { machineBusySeconds, onCpu, pinAgent } from './cpu.js';
+import { meshAndPlainPods } from './datapath.js';
 import { jsonLines, num, path } from './json.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
 import { type Dist, dist, f0, f1, f2, pm, ratio } from './stats.js';
@@ -98,15 +99,7 @@ async function iperf(o: RedirectOpts, client: TestbedPod, server: TestbedPod): P
 }
 
 async function setUp(o: RedirectOpts, mode: RedirectMode, tb: Testbed): Promise<Bed> {
-  await tb.setNamespace('mesh', AMBIENT);
-  await tb.setNamespace('plain', {});
-  const [meshClient, meshServer, plainClient, plainServer] = await tb.addPods([
-    { node: 0, namespace: 'mesh', name: 'client' },
-    { node: 1, namespace: 'mesh', name: 'server' },
-    { node: 0, namespace: 'plain', name: 'client' },
-    { node: 1, namespace: 'plain', name: 'server' },
-  ]);
-  if (!meshClient || !meshServer || !plainClient || !plainServer) throw new Error('pods missing');
+  const { meshClient, meshServer, plainClient, plainServer } = await meshAndPlainPods(tb);
   for (const p of [meshClient, meshServer, plainClient, plainServer]) {
     // Thousands of connections to one server port: without reuse, TIME_WAIT pushes connect() to milliseconds.
     await p.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1']);

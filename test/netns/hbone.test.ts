@@ -3,7 +3,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import type { Testbed } from '../testbed/index.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { AMBIENT, agentPod, ask, eventually, sendRandom, startEcho, startSink } from './helpers.js';
+import { AMBIENT, agentPod, bookinfo, ask, eventually, sendRandom, startEcho, startSink } from './helpers.js';
 import { captureFabric } from './capture-wire.js';
 
 const MARKER = 'AMBIENT-NODE-SECRET-MARKER-7f3a';
@@ -92,13 +92,7 @@ netnsTest.serial('PeerAuthentication: PERMISSIVE admits a non-mesh client, STRIC
 
 netnsTest.serial('the destination agent restarting: refused while down, pooled connection dropped, HBONE works again at once', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
-  await tb.setNamespace('app', AMBIENT);
-  const [sleep, productpage] = await tb.addPods([
-    { node: 0, namespace: 'app', name: 'sleep' },
-    { node: 1, namespace: 'app', name: 'productpage' },
-  ]);
-  if (!sleep || !productpage) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
+  const { sleep, productpage } = await bookinfo(tb);
   t.true((await ask(sleep, productpage.ip, 9080, 'before')).ok);
   await tb.agent(1).kill('SIGKILL');
   t.false((await ask(sleep, productpage.ip, 9080, 'down')).ok, 'refused, never around the mesh');
@@ -153,13 +147,7 @@ print(ok)
 
 netnsTest.serial('stream churn: hundreds of completed, refused and reset streams leave no descriptor behind in either agent', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });
-  await tb.setNamespace('app', AMBIENT);
-  const [sleep, productpage] = await tb.addPods([
-    { node: 0, namespace: 'app', name: 'sleep' },
-    { node: 1, namespace: 'app', name: 'productpage' },
-  ]);
-  if (!sleep || !productpage) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
+  const { sleep, productpage } = await bookinfo(tb);
   const warm = await ask(sleep, productpage.ip, 9080, 'warm');
   t.true(warm.ok, warm.output);
   await eventually(() => agentPod(tb, sleep), (p) => p?.stats?.outbound.opened === p?.stats?.outbound.closed);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { FakeIstioCa } from '../fixtures/fake-istio-ca.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
-import { AMBIENT, ask, eventually, startEcho } from './helpers.js';
+import { AMBIENT, ask, bookinfo, eventually, startEcho } from './helpers.js';
 
 interface CertsView {
   identities: { identity: string; state: string; serial?: string }[];
@@ -32,13 +32,7 @@ function stream(client: TestbedPod, ip: string, port: number, seconds: number): 
 
 netnsTest.serial('rotation under load: a 60 s stream survives several 20 s certificates, new connections use new serials', async (t) => {
   const tb = await withTestbed(t, { nodes: 2, agentArgs: ['--cert-ttl-seconds', '20'] });
-  await tb.setNamespace('app', AMBIENT);
-  const [sleep, productpage] = await tb.addPods([
-    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-  ]);
-  if (!sleep || !productpage) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
+  const { sleep, productpage } = await bookinfo(tb);
   const sink = productpage.spawn('sh', ['-c', 'ncat -l 9000 --recv-only | sha256sum'], { timeout: 120_000 });
   await productpage.waitForPort(9000);
 
@@ -78,13 +72,7 @@ netnsTest.serial('CA outage (Istio CA API): traffic goes on while certificates a
       '--istio-ca-token-file', tokenFile, '--istio-ca-tls-server-name', 'localhost', '--cert-ttl-seconds', '20'],
   });
 
-  await tb.setNamespace('app', AMBIENT);
-  const [sleep, productpage] = await tb.addPods([
-    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-  ]);
-  if (!sleep || !productpage) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
+  const { sleep, productpage } = await bookinfo(tb);
   t.true((await ask(sleep, productpage.ip, 9080, 'before')).ok);
   t.true(ca.calls.some((c) => c.impersonatedIdentity === 'spiffe://cluster.local/ns/app/sa/sleep' && c.authorization === 'Bearer test-jwt'));
 
