@@ -436,7 +436,14 @@ export class NativeHbone {
       this.ctx(true, identity).then(
         (ctx) => {
           if (sock.destroyed || !this.lib) return;
-          const id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
+          let id: number;
+          try {
+            id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
+          } catch (err) {
+            onRefused(`cannot hand the connection to the native data plane: ${(err as Error).message}`);
+            this.log.warn({ error: (err as Error).message }, 'hbone connection refused: hand-over failed');
+            return;
+          }
           sessions.add(id);
           this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions });
         },

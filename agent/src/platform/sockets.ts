@@ -121,10 +121,13 @@ export function originalDst(sock: net.Socket): { address: string; port: number }
  * (the duplicate keeps the connection open). The socket must never have been read by Node (see `paused`, `pauseOnConnect`).
  */
 export function takeFd(sock: net.Socket): number {
-  const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
-  if (sock.readableLength > 0) throw new Error('socket already has buffered bytes: it must not be read before its fd is taken');
-  const dup = dupCloexec(fd);
-  sock.destroy();
-  return dup;
+  try {
+    const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
+    if (sock.readableLength > 0) throw new Error('socket already has buffered bytes: it must not be read before its fd is taken');
+    return dupCloexec(fd);
+  } finally {
+    // Either way Node lets go of it: the duplicate keeps the connection, or (on failure, e.g. EMFILE) nothing does.
+    sock.destroy();
+  }
 }
