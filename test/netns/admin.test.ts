@@ -43,8 +43,9 @@ netnsTest.serial('admin endpoints: TCP metrics for allowed and denied connection
     (r) => (sample(r.body, 'istio_tcp_connections_closed_total', dst) ?? 0) >= 1, 6000);
   t.is(metrics.status, 200);
   t.true((sample(metrics.body, 'istio_tcp_connections_opened_total', { ...dst, source_workload: 'sleep', source_workload_namespace: 'app', destination_workload_namespace: 'app', destination_principal: 'spiffe://cluster.local/ns/app/sa/productpage' }) ?? 0) >= 1, metrics.body);
-  t.true((sample(metrics.body, 'istio_tcp_received_bytes_total', dst) ?? 0) > 0, 'request bytes counted');
-  t.true((sample(metrics.body, 'istio_tcp_sent_bytes_total', dst) ?? 0) > 0, 'response bytes counted');
+  // Only sleep's "hello\n" so far: received is client-to-server (6 bytes), sent the echo's longer answer.
+  t.is(sample(metrics.body, 'istio_tcp_received_bytes_total', dst), 6, 'request bytes counted as received');
+  t.true((sample(metrics.body, 'istio_tcp_sent_bytes_total', dst) ?? 0) > 'pong:hello from '.length, 'response bytes counted as sent');
   t.true((sample(metrics.body, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'DENY' }) ?? 0) >= 1, 'the denial is counted with response_flags DENY');
   t.true((sample(metrics.body, 'istio_tcp_connections_closed_total', { reporter: 'destination', source_principal: NOTSLEEP, response_flags: 'DENY' }) ?? 0) >= 1);
   t.regex(metrics.body, /ambient_node_pods_enrolled 1\b/);

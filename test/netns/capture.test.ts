@@ -3,7 +3,7 @@
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { CniPluginError, type RedirectMode } from '../testbed/index.js';
 import {
-  AMBIENT, NFT, NONE, agentPod, ask, eventually, hasOurRules, listeningPorts, podRules, sendRandom, startEcho, startSink,
+  AMBIENT, NFT, NONE, agentPod, ask, eventually, hasOurRules, listeningPorts, meshClientPlainServer, podRules, sendRandom, startEcho, startSink,
 } from './helpers.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
@@ -53,13 +53,7 @@ for (const mode of MODES) {
 
   netnsTest.serial(`[${mode}] with the agent killed, enrolled pods are refused, and after restart they work without a new ADD`, async (t) => {
     const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
-    await tb.setNamespace('app', AMBIENT);
-    const [client, server] = await tb.addPods([
-      { node: 0, namespace: 'app', name: 'sleep' },
-      { node: 1, namespace: 'plain', name: 'web' },
-    ]);
-    if (!client || !server) throw new Error('pods missing');
-    await startEcho(server, 8080);
+    const { client, server } = await meshClientPlainServer(tb);
     t.true((await ask(client, server.ip, 8080)).ok);
 
     await tb.agent(0).kill('SIGKILL');

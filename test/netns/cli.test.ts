@@ -59,7 +59,9 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
     direction: 'inbound', 'dst.workload': 'productpage', 'dst.namespace': 'app', 'dst.identity': PRODUCTPAGE, 'dst.addr': `${productpage.ip}:9080`,
     'dst.hbone_addr': `${productpage.ip}:15008`, 'src.workload': 'sleep', connection_security_policy: 'mutual_tls', response_flags: '-',
   });
-  t.true(Number(done?.bytes_sent) > 0 && Number(done?.bytes_recv) > 0, JSON.stringify(done));
+  // "hello\n" went from sleep to productpage; the echo's answer ("pong:hello from <addr>\n") came back.
+  t.is(done?.bytes_sent, 6, JSON.stringify(done));
+  t.true(Number(done?.bytes_recv) > 'pong:hello from '.length, JSON.stringify(done));
   t.regex(String(done?.duration), /^\d+ms$/);
   const failed = access1.find((l) => l.msg === 'connection failed' && l['src.identity'] === NOTSLEEP);
   t.like(failed, { response_flags: 'DENY', direction: 'inbound', 'dst.workload': 'productpage' });
@@ -116,6 +118,7 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
   t.regex(drifted.stdout, /DRIFT: \d+ missing, 0 unexpected/);
   const driftedJson = JSON.parse((await node0('rules', 'app/sleep', '-o', 'json')).stdout) as RulesReply;
   t.false(driftedJson.attachments[0]?.ok);
+  t.true((driftedJson.attachments[0]?.missing.length ?? 0) > 0, 'the JSON form reports the missing rules');
   t.true(driftedJson.attachments[0]?.missing.every((l) => l.startsWith('-A AMBIENT_OUTPUT')));
   const missingPod = await node0('rules', 'app/nosuchpod');
   t.is(missingPod.exitCode, 2);

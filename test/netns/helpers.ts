@@ -97,6 +97,18 @@ export const NONE = { 'istio.io/dataplane-mode': 'none' };
  * The seeds' scenario: namespace app in ambient mode, productpage (label app=productpage) on node 1 with an echo
  * server on 9080, and the clients sleep and notsleep (each with its own service account) on node 0.
  */
+/** An enrolled client (app/sleep, node 0) and a plain server (plain/web, node 1) echoing on 8080. */
+export async function meshClientPlainServer(tb: Testbed): Promise<{ client: TestbedPod; server: TestbedPod }> {
+  await tb.setNamespace('app', AMBIENT);
+  const [client, server] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 1, namespace: 'plain', name: 'web' },
+  ]);
+  if (!client || !server) throw new Error('pods missing');
+  await startEcho(server, 8080);
+  return { client, server };
+}
+
 export async function bookinfo(tb: Testbed): Promise<{ productpage: TestbedPod; sleep: TestbedPod; notsleep: TestbedPod }> {
   await tb.setNamespace('app', AMBIENT);
   const [productpage, sleep, notsleep] = await tb.addPods([
