@@ -6,7 +6,7 @@ import { type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../
 import { machineBusySeconds, onCpu, pinAgent } from './cpu.js';
 import { meshAndPlainPods } from './datapath.js';
 import { jsonLines, num, path } from './json.js';
-import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
+import { checkInterrupted, progress, withTestbeds } from './run.js';
 import { type Dist, dist, f0, f1, f2, pm, ratio } from './stats.js';
 
 export interface RedirectOpts {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { FakeIstioCa } from '../fixtures/fake-istio-ca.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
-import { AMBIENT, ask, bookinfo, eventually, startEcho } from './helpers.js';
+import { ask, bookinfo, eventually } from './helpers.js';
 
 interface CertsView {
   identities: { identity: string; state: string; serial?: string }[];

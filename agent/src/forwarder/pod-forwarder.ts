@@ -236,7 +236,7 @@ export class PodForwarder {
     }
     stats.hbone++;
     const destination = { ip: d.upstream.host, port: d.upstream.port };
-    const { info, clog, source, denied } = this.openHboneInbound({ address: r.peerAddress, port: r.peerPort, identity: r.peerIdentity, local: r.localAddress }, destination, stats);
+    const { info, source, denied } = this.openHboneInbound({ address: r.peerAddress, port: r.peerPort, identity: r.peerIdentity, local: r.localAddress }, destination, stats);
     if (denied) {
       r.answer(401);
       return;

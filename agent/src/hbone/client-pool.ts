@@ -49,7 +49,6 @@ interface PooledConnection {
   session: http2.ClientHttp2Session;
   active: number;
   idleTimer: NodeJS.Timeout | undefined;
-  peerIdentity: string;
   /** Serial of our certificate on this connection: after a rotation, new streams go to connections made with the new one. */
   serial: string;
   /** Earliest expiry of the two certificates the handshake used; past it the connection takes no new streams. */
@@ -229,7 +228,7 @@ export class HbonePool {
       session.setLocalWindowSize(CONNECTION_WINDOW);
       const peerNotAfter = Date.parse(tlsSocket.getPeerCertificate().valid_to);
       const validUntil = Math.min(material.notAfter.getTime(), Number.isNaN(peerNotAfter) ? Infinity : peerNotAfter);
-      const conn: PooledConnection = { session, active: 0, idleTimer: undefined, peerIdentity: t.dstIdentity, serial: material.serial, validUntil };
+      const conn: PooledConnection = { session, active: 0, idleTimer: undefined, serial: material.serial, validUntil };
       const clog = this.log.child({ peer: `${t.dstIp}:${INBOUND_HBONE_PORT}`, peerIdentity: t.dstIdentity });
       session.on('error', (err) => clog.debug({ error: err.message }, 'hbone connection error'));
       // The peer's FIN means its agent is gone (or restarting): stop using the connection at once, not at the next PING.

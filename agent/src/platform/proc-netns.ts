@@ -1,10 +1,10 @@
 // Finds a running pod's network namespace without the CNI plugin's help, by walking /proc (the host's, e.g. /host/proc):
 // the process's cgroup path names the pod UID the way kubelet lays it out, and the netns must hold one of the pod's IPs.
 // The host's and the agent's own network namespaces are never returned.
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runTool } from './exec.js';
-import { sameNetns, selfNetns, type NetnsId } from './netns.js';
+import { sameNetns, selfNetns, statNetns, type NetnsId } from './netns.js';
 
 const UID = '[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}';
 /**
@@ -37,21 +37,12 @@ export interface PodProcess {
   startTime: number;
 }
 
-function statId(path: string): NetnsId | undefined {
-  try {
-    const st = statSync(path);
-    return { inode: st.ino, dev: st.dev };
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * One pass over procRoot: for every pod UID found in a cgroup path, the processes in distinct network namespaces,
  * oldest first. Namespaces equal to the host's (pid 1) or the agent's own are skipped (CRI-O's conmon lives in the host netns).
  */
 export function scanPodProcesses(procRoot: string): Map<string, PodProcess[]> {
-  const excluded = [selfNetns().id, statId(join(procRoot, '1/ns/net'))].filter((x): x is NetnsId => x !== undefined);
+  const excluded = [selfNetns().id, statNetns(join(procRoot, '1/ns/net'))].filter((x): x is NetnsId => x !== undefined);
   const byUid = new Map<string, PodProcess[]>();
   let entries: string[];
   try {
@@ -65,7 +56,7 @@ export function scanPodProcesses(procRoot: string): Map<string, PodProcess[]> {
       const uid = podUidFromCgroup(readFileSync(join(procRoot, e, 'cgroup'), 'utf8'));
       if (!uid) continue;
       const netnsPath = join(procRoot, e, 'ns/net');
-      const netns = statId(netnsPath);
+      const netns = statNetns(netnsPath);
       if (!netns || excluded.some((x) => sameNetns(x, netns))) continue;
       const startTime = startTimeFromStat(readFileSync(join(procRoot, e, 'stat'), 'utf8'));
       const list = byUid.get(uid) ?? [];

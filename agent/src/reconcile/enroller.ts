@@ -4,7 +4,8 @@ import type { CniEvent, EventVerdict, GcEvent } from '../protocol/cni-event.js';
 import { AgentError, describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Netns, sameNetns, statNetns } from '../platform/netns.js';
-import { runTool } from '../platform/exec.js';
+import { isIPv4 } from 'node:net';
+import { netnsAddresses } from '../platform/proc-netns.js';
 import { PodForwarder, type ForwarderStats, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
 import type { ConnectionSnapshot } from '../forwarder/connections.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
@@ -487,8 +488,7 @@ function podContext(rec: PodRecord): PodContext {
   return { ifname: rec.ifname, ips: rec.ips };
 }
 
+/** The pod's IPv4 addresses, read from its namespace (an ADD without prevResult IPs); IPv4 only, as capture is. */
 async function podIpsFromNetns(netnsPath: string): Promise<string[]> {
-  const out = await runTool('ip', ['-j', '-4', 'addr', 'show', 'scope', 'global'], { netns: netnsPath });
-  const links = JSON.parse(out) as { addr_info?: { local?: string }[] }[];
-  return links.flatMap((l) => (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => !!a));
+  return (await netnsAddresses(netnsPath)).filter((a) => isIPv4(a));
 }
