@@ -1,6 +1,7 @@
 // koffi bindings to libbpf.so.1: open/load BPF objects, attach tc clsact programs, read program and map info.
 // The only file that loads libbpf. Every call is synchronous, so tc attach/query/detach run inside withNetns (netlink sockets are per netns).
 import koffi from 'koffi';
+import { close, strerror, vformat } from './libc.js';
 
 export const BPF_TC_INGRESS = 1;
 export const BPF_TC_EGRESS = 2;
@@ -47,9 +48,6 @@ interface Lib {
   infoByFd: koffi.KoffiFunction;
   probeHelper: koffi.KoffiFunction;
   probeProgType: koffi.KoffiFunction;
-  ifNameToIndex: koffi.KoffiFunction;
-  closeFd: koffi.KoffiFunction;
-  strerror: koffi.KoffiFunction;
   numCpus: koffi.KoffiFunction;
 }
 
@@ -65,13 +63,9 @@ function libbpf(): Lib {
   } catch (err) {
     throw new LibbpfMissingError(err);
   }
-  const libc = koffi.load('libc.so.6');
-  const vsnprintf = libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)');
   const printFn = koffi.proto('int ambient_libbpf_print(int level, const char *fmt, void *args)');
   const cb = koffi.register((level: number, fmt: string, args: unknown): number => {
-    const buf = Buffer.alloc(8192);
-    const n = vsnprintf(buf, buf.length, fmt, args) as number;
-    if (level <= 1) printed.push(buf.subarray(0, Math.max(0, Math.min(n, buf.length - 1))).toString('utf8').trimEnd());
+    if (level <= 1) printed.push(vformat(fmt, args).trimEnd());
     return 0;
   }, koffi.pointer(printFn));
   so.func('void *libbpf_set_print(ambient_libbpf_print *fn)')(cb);
@@ -95,21 +89,11 @@ function libbpf(): Lib {
     infoByFd: so.func('int bpf_obj_get_info_by_fd(int fd, _Inout_ uint8_t *info, _Inout_ uint32_t *len)'),
     probeHelper: so.func('int libbpf_probe_bpf_helper(int progType, int helper, const void *opts)'),
     probeProgType: so.func('int libbpf_probe_bpf_prog_type(int progType, const void *opts)'),
-    ifNameToIndex: libc.func('uint32_t if_nametoindex(const char *name)'),
-    closeFd: libc.func('int close(int fd)'),
-    strerror: libc.func('const char *strerror(int errnum)'),
     numCpus: so.func('int libbpf_num_possible_cpus(void)'),
   };
   return lib;
 }
 
-function strerror(errno: number): string {
-  try {
-    return libbpf().strerror(errno) as string;
-  } catch {
-    return `errno ${errno}`;
-  }
-}
 
 function take(): string {
   const out = printed.join('\n');
@@ -137,9 +121,6 @@ export function probeHelper(progType: number, helper: number): boolean {
   return (libbpf().probeHelper(progType, helper, null) as number) === 1;
 }
 
-export function ifNameToIndex(name: string): number {
-  return libbpf().ifNameToIndex(name) as number;
-}
 
 export interface ProgInfo {
   id: number;
@@ -223,9 +204,6 @@ export function numPossibleCpus(): number {
   return check('libbpf_num_possible_cpus', libbpf().numCpus() as number);
 }
 
-export function closeFd(fd: number): void {
-  libbpf().closeFd(fd);
-}
 
 /** struct bpf_tc_hook for a clsact attach point. */
 function hook(ifindex: number, attachPoint: number): Buffer {
@@ -312,11 +290,11 @@ export function progInfoById(id: number): ProgInfo {
   try {
     return progInfoByFd(fd);
   } finally {
-    closeFd(fd);
+    close(fd);
   }
 }
 
-/** An fd for map id (close it with closeFd). */
+/** An fd for map id (close it with libc close). */
 export function mapFdById(id: number): number {
   return check(`bpf_map_get_fd_by_id ${id}`, libbpf().mapFdById(id) as number);
 }

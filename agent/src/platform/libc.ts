@@ -26,7 +26,25 @@ const fns = {
   close: libc.func('int close(int fd)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   strerror: libc.func('const char *strerror(int errnum)'),
+  ifNameToIndex: libc.func('uint32_t if_nametoindex(const char *name)'),
+  vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
 };
+
+export function strerror(errno: number): string {
+  return fns.strerror(errno) as string;
+}
+
+/** The index of the interface `name` in the calling thread's network namespace; 0 when there is none. */
+export function ifNameToIndex(name: string): number {
+  return fns.ifNameToIndex(name) as number;
+}
+
+/** Formats a C printf-style message with its va_list (for C libraries' log callbacks). */
+export function vformat(fmt: string, args: unknown, max = 8192): string {
+  const buf = Buffer.alloc(max);
+  const n = fns.vsnprintf(buf, buf.length, fmt, args) as number;
+  return buf.subarray(0, Math.max(0, Math.min(n, buf.length - 1))).toString('utf8');
+}
 
 /** A failed libc call, with the errno name a person can search for. */
 export class SyscallError extends Error {

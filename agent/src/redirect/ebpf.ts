@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
 import { ToolError, runTool } from '../platform/exec.js';
 import {
-  BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, closeFd, ensureLibbpf, ifNameToIndex,
+  BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, ensureLibbpf,
   mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
   tcDetach, tcHookCreate, tcQuery, type TcSlot,
 } from '../platform/libbpf.js';
+import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { RedirectBackend, RuleDrift } from './backend.js';
 import {
@@ -117,7 +118,7 @@ function readAttached(ns: Netns, ifname: string): Found {
           if (m.name === CFG_MAP && m.valueSize === CFG_SIZE) found.map = { id: mapId, cfg: decodeConfig(mapLookup(fd, Buffer.alloc(4), CFG_SIZE)) };
           if (m.name === STATS_MAP && m.valueSize === 8) found.stats = { id: mapId, counters: readCounters(fd) };
         } finally {
-          closeFd(fd);
+          close(fd);
         }
       }
     }
