@@ -62,7 +62,7 @@ export class Agent {
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
     this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
     this.native = cfg.dataPath === 'native' ? new NativeHbone(this.identities, log.child({ component: 'hbone-native' })) : undefined;
-    const directory = new WorkloadDirectory(this.source, cfg.trustDomain);
+    const directory = new WorkloadDirectory(this.source, cfg.trustDomain, { nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, log: log.child({ component: 'services' }) });
     this.directory = directory;
     this.metrics = new AgentMetrics({
       enrolledCount: () => this.enroller.enrolledCount(),
@@ -72,6 +72,8 @@ export class Agent {
     });
     this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs, {
       lookup: (ip) => directory.lookup(ip),
+      service: (ip, port) => directory.service(ip, port),
+      serviceOfEndpoint: (ip, port) => directory.serviceOfEndpoint(ip, port),
       identities: this.identities,
       pool: this.pool,
       ...(this.native ? { native: this.native } : {}),
@@ -83,7 +85,7 @@ export class Agent {
     this.server = new EventServer(cfg.socketPath, {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: (this.native ?? this.pool).stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
-      verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain,
+      verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain, directory,
     });
     this.admin = new AdminServer({
       ports: { admin: cfg.adminPort, metrics: cfg.metricsPort, readiness: cfg.readinessPort },
@@ -101,6 +103,7 @@ export class Agent {
       node: this.cfg.nodeName,
       status: this.status(),
       workloads: this.directory.all(),
+      services: this.directory.serviceViews(),
       pods: this.enroller.list(),
       certificates: { identities: this.identities.snapshot(), counters: this.identities.counters },
       policies: { authorizationPolicies: this.source.authorizationPolicies(), peerAuthentications: this.source.peerAuthentications() },

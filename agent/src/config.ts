@@ -38,6 +38,8 @@ export interface AgentConfig {
   repairIntervalMs: number;
   /** SPIFFE trust domain of every identity (spiffe://<trustDomain>/ns/<ns>/sa/<sa>). */
   trustDomain: string;
+  /** DNS suffix of the cluster's Service names (kubelet's --cluster-domain): `<svc>.<ns>.svc.<clusterDomain>`. */
+  clusterDomain: string;
   /** Where workload certificates come from. */
   ca: 'builtin' | 'istio';
   /** builtin CA: folder of the root key and certificate (several nodes may share one). */
@@ -74,6 +76,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   trustDomain: 'cluster.local',
+  clusterDomain: 'cluster.local',
   ca: 'builtin',
   caDir: '',
   certTtlSeconds: 24 * 3600,
@@ -146,6 +149,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   const stateDir = asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir');
   const trustDomain = asString(merged.trustDomain ?? CONFIG_DEFAULTS.trustDomain, 'trustDomain');
   if (!/^[a-z0-9._-]+$/.test(trustDomain)) throw new ConfigError(`trustDomain must be lower-case letters, digits, ".", "_" or "-", got ${JSON.stringify(trustDomain)}`);
+  const clusterDomain = asString(merged.clusterDomain ?? CONFIG_DEFAULTS.clusterDomain, 'clusterDomain');
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(clusterDomain)) {
+    throw new ConfigError(`clusterDomain must be a DNS name (lower-case labels joined by "."), got ${JSON.stringify(clusterDomain)}`);
+  }
   const ca = merged.ca ?? CONFIG_DEFAULTS.ca;
   if (ca !== 'builtin' && ca !== 'istio') throw new ConfigError(`ca must be builtin or istio, got ${JSON.stringify(ca)}`);
   const ttl = Number(merged.certTtlSeconds ?? CONFIG_DEFAULTS.certTtlSeconds);
@@ -181,6 +188,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     trustDomain,
+    clusterDomain,
     ca,
     caDir: typeof merged.caDir === 'string' && merged.caDir ? merged.caDir : `${stateDir}/ca`,
     certTtlSeconds: ttl,

@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --single-threaded-gc
 // `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `rules`,
-// `certs`, `conns`, `policy check`).
+// `certs`, `conns`, `services`, `policy check`).
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
 // Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
 // configuration error (including naming a pod the agent does not know), 3 the agent is not answering.
@@ -8,15 +8,16 @@ import { Command, InvalidArgumentError } from 'commander';
 import { Agent } from './agent.js';
 import { AgentDownError, AgentRequestError, getJson } from './cli/agent-client.js';
 import { bytes, table } from './cli/format.js';
-import { renderConns, renderPolicyCheck, renderRules, rulesDrifted } from './cli/render.js';
+import { renderConns, renderPolicyCheck, renderRules, renderServicePolicyCheck, renderServices, rulesDrifted } from './cli/render.js';
 import type { ConnectionSnapshot } from './forwarder/connections.js';
-import type { PolicyCheckResult } from './policy/check.js';
+import type { PolicyCheckResult, ServicePolicyCheckResult } from './policy/check.js';
+import type { ServiceView } from './workload/directory.js';
 import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, DATA_PATHS, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
 import { registerInstallCommands } from './install/cli.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
-import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, type RulesReply } from './server/event-server.js';
+import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH, type RulesReply } from './server/event-server.js';
 import type { CertStatus } from './identity/cert-manager.js';
 
 const EXIT = { ok: 0, problem: 1, usage: 2, agentDown: 3 } as const;
@@ -85,6 +86,7 @@ export function buildCli(): Command {
     .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
     .option('--trust-domain <domain>', `SPIFFE trust domain of workload identities (default ${CONFIG_DEFAULTS.trustDomain})`)
+    .option('--cluster-domain <domain>', `DNS suffix of Service host names, <svc>.<ns>.svc.<domain> (default ${CONFIG_DEFAULTS.clusterDomain})`)
     .option('--ca <kind>', 'where certificates come from: builtin | istio (default builtin)')
     .option('--ca-dir <dir>', 'builtin CA: folder of the root key and certificate, shareable by nodes (default <state-dir>/ca)')
     .option('--cert-ttl-seconds <s>', `workload certificate lifetime (default ${CONFIG_DEFAULTS.certTtlSeconds})`, int)
@@ -161,20 +163,31 @@ export function buildCli(): Command {
     });
 
   program
+    .command('services')
+    .description('each Service ClusterIP and port, its endpoints: HBONE or plain, ready or not, picked by new connections, node')
+    .option(...socketOpt)
+    .option(...outputOpt)
+    .action(async (o: { socket: string; output: string }) => {
+      const r = await query<{ services: ServiceView[] }>(o.socket, SERVICES_PATH);
+      if (o.output === 'json') return printJson(r);
+      process.stdout.write(`${renderServices(r.services)}\n`);
+    });
+
+  program
     .command('policy')
     .description('authorization policy tools')
     .command('check')
-    .description('the decision for a connection from a service account to a pod\'s port, and the policy that made it (exit 0 allow, 1 deny)')
+    .description('the decision for a connection from a service account to a Service\'s or pod\'s port, and the policy that made it (exit 0 allow, 1 deny)')
     .requiredOption('--from <ns/sa>', 'the client\'s namespace and service account')
-    .requiredOption('--to <ns/pod:port>', 'the destination pod and port')
+    .requiredOption('--to <ns/name:port>', 'the destination: a Service (answered per endpoint) or else a pod, and port; ns/pod/NAME:port or ns/service/NAME:port to say which')
     .option('--from-ip <ip>', 'the client\'s IP, for ipBlocks and source.ip conditions')
     .option(...socketOpt)
     .option(...outputOpt)
     .action(async (o: { socket: string; output: string; from: string; to: string; fromIp?: string }) => {
       const params = new URLSearchParams({ from: o.from, to: o.to, ...(o.fromIp ? { fromIp: o.fromIp } : {}) });
-      const r = await query<PolicyCheckResult>(o.socket, `${POLICY_CHECK_PATH}?${params.toString()}`);
+      const r = await query<PolicyCheckResult | ServicePolicyCheckResult>(o.socket, `${POLICY_CHECK_PATH}?${params.toString()}`);
       if (o.output === 'json') printJson(r);
-      else process.stdout.write(`${renderPolicyCheck(r)}\n`);
+      else process.stdout.write(`${'service' in r ? renderServicePolicyCheck(r) : renderPolicyCheck(r)}\n`);
       if (!r.allowed) process.exitCode = EXIT.problem;
     });
 

@@ -4,6 +4,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CertStatus, CertCounters } from '../identity/cert-manager.js';
 import type { EnrollerCounters } from '../reconcile/enroller.js';
+import type { ServiceRef } from '../workload/service-table.js';
 
 /** response_flags values, ztunnel's ("-" = none). */
 export const RESPONSE_FLAGS = {
@@ -12,12 +13,15 @@ export const RESPONSE_FLAGS = {
   denied: 'DENY',
   /** The upstream (the app, or the peer's HBONE tunnel) could not be connected. */
   upstreamFailure: 'CONNECT',
+  /** A Service with no ready endpoint (Envoy's flag): refused before any dial. */
+  noHealthyUpstream: 'UH',
 } as const;
 
 export const TCP_LABELS = [
   'reporter',
   'source_workload', 'source_workload_namespace', 'source_principal',
   'destination_workload', 'destination_workload_namespace', 'destination_principal',
+  'destination_service', 'destination_service_name', 'destination_service_namespace',
   'connection_security_policy', 'response_flags',
 ] as const;
 export type TcpLabelName = (typeof TCP_LABELS)[number];
@@ -34,6 +38,8 @@ export function connectionLabels(c: {
   reporter: 'source' | 'destination';
   source: Peer;
   destination: Peer;
+  /** The Service the connection was addressed to, when there was one. */
+  service?: ServiceRef | undefined;
   mtls: boolean;
   responseFlags?: string;
 }): TcpLabels {
@@ -46,6 +52,9 @@ export function connectionLabels(c: {
     destination_workload: v(c.destination.workload),
     destination_workload_namespace: v(c.destination.namespace),
     destination_principal: v(c.destination.principal),
+    destination_service: v(c.service?.hostname),
+    destination_service_name: v(c.service?.name),
+    destination_service_namespace: v(c.service?.namespace),
     connection_security_policy: c.mtls ? 'mutual_tls' : 'none',
     response_flags: c.responseFlags ?? RESPONSE_FLAGS.none,
   };

@@ -1,7 +1,8 @@
-// Human output of the node CLI's inspection commands (`rules`, `conns`, `policy check`); scripts use -o json.
+// Human output of the node CLI's inspection commands (`rules`, `conns`, `services`, `policy check`); scripts use -o json.
 // Pure: each takes the agent's JSON answer and returns the text to print.
 import type { ConnectionSnapshot } from '../forwarder/connections.js';
-import type { PolicyCheckResult } from '../policy/check.js';
+import type { PolicyCheckResult, ServicePolicyCheckResult } from '../policy/check.js';
+import type { ServiceView } from '../workload/directory.js';
 import type { RulesReply } from '../server/event-server.js';
 import { bytes, table } from './format.js';
 
@@ -47,9 +48,42 @@ export function renderConns(conns: readonly ConnectionSnapshot[]): string {
   const id = (principal: string | undefined, mtls: boolean): string => (mtls && principal ? principal.replace(/^spiffe:\/\//, '') : '-');
   const rows = [...conns].sort((a, b) => a.pod.localeCompare(b.pod) || a.startedAt - b.startedAt).map((c) => [
     c.pod, c.direction, c.src.addr, id(c.src.principal, c.mtls), c.dst.addr, id(c.dst.principal, c.mtls),
-    c.mtls ? 'mTLS' : 'plain', bytes(c.bytesSent), bytes(c.bytesRecv), duration(c.durationMs),
+    c.service ? `${c.service.namespace}/${c.service.name}` : '-', c.mtls ? 'mTLS' : 'plain', bytes(c.bytesSent), bytes(c.bytesRecv), duration(c.durationMs),
   ]);
-  return table(['POD', 'DIRECTION', 'SRC', 'SRC-IDENTITY', 'DST', 'DST-IDENTITY', 'SECURITY', 'SENT', 'RECEIVED', 'AGE'], rows);
+  return table(['POD', 'DIRECTION', 'SRC', 'SRC-IDENTITY', 'DST', 'DST-IDENTITY', 'SERVICE', 'SECURITY', 'SENT', 'RECEIVED', 'AGE'], rows);
+}
+
+/** One row per endpoint of each Service port (a Service port with none gets one row saying so). */
+export function renderServices(services: readonly ServiceView[]): string {
+  const rows: string[][] = [];
+  for (const s of services) {
+    const svc = [`${s.namespace}/${s.name}`, `${s.vip}:${s.port}`, s.portName || '-', String(s.targetPort)];
+    if (s.endpoints.length === 0) rows.push([...svc, '<none>', '-', '-', '-', '-']);
+    for (const e of s.endpoints) {
+      const ready = e.ready ? 'yes' : e.terminating ? 'no (terminating)' : 'no';
+      rows.push([...svc, `${e.ip}:${e.port}`, e.mesh ? 'HBONE' : 'plain', ready, e.candidate ? 'yes' : 'no', e.node ?? '-']);
+    }
+  }
+  return table(['SERVICE', 'VIP:PORT', 'PORT-NAME', 'TARGET', 'ENDPOINT', 'MESH', 'READY', 'PICKED', 'NODE'], rows);
+}
+
+/** A Service check: the overall answer, then each endpoint's decision (or why it has none). */
+export function renderServicePolicyCheck(r: ServicePolicyCheckResult): string {
+  const s = r.service;
+  const out = [
+    `${r.allowed ? 'ALLOW' : 'DENY'}  ${r.from.principal}${r.from.ip ? ` (${r.from.ip})` : ''} -> Service ${s.namespace}/${s.name}:${s.port} (${s.vips.join(', ')})`,
+    `  reason:     ${r.reason}`,
+  ];
+  for (const e of r.endpoints) {
+    const state = `${e.ready ? 'ready' : 'not ready'}${e.candidate ? '' : ', not picked'}`;
+    const head = `  endpoint ${e.endpoint}${e.pod ? ` (${e.pod})` : ''}, ${state}:`;
+    if (!e.result) {
+      out.push(`${head} ${e.note ?? ''}`);
+      continue;
+    }
+    out.push(`${head} ${e.result.allowed ? 'ALLOW' : 'DENY'}, ${e.result.reason}; decided by ${e.result.policy ?? '(default)'}; PeerAuthentication ${e.result.mtlsMode}`);
+  }
+  return out.join('\n');
 }
 
 export function renderPolicyCheck(r: PolicyCheckResult): string {

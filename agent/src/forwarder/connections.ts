@@ -1,6 +1,7 @@
 // One relayed connection as the access log, `ambient-node conns` and the metrics see it: its two ends, how it is
 // secured and how much it carried. Pure shapes and formatting; the forwarder fills them in from its sockets.
 import type { Peer } from '../admin/metrics.js';
+import type { ServiceRef } from '../workload/service-table.js';
 
 export type Direction = 'outbound' | 'inbound';
 
@@ -15,9 +16,14 @@ export interface ConnectionInfo {
   /** The pod this agent serves on this connection (`ns/name`). */
   pod: string;
   src: Endpoint;
+  /** The application-level destination: the endpoint (pod IP and target port) the bytes are for. */
   dst: Endpoint;
-  /** The HBONE tunnel's far (outbound) or near (inbound) address, when the connection travels in HBONE. */
-  hboneAddr?: string;
+  /** The HBONE tunnel's far (outbound) or near (inbound) end, `podIP:15008`, when the connection travels in HBONE. */
+  tunnelAddr?: string;
+  /** The Service the client addressed (outbound: its ClusterIP; inbound: the Service whose endpoint this is). */
+  service?: ServiceRef;
+  /** Outbound through a Service: the ClusterIP and port the app connected to. */
+  serviceAddr?: string;
   mtls: boolean;
   /** Epoch milliseconds. */
   startedAt: number;
@@ -49,15 +55,19 @@ export interface AccessLogLine {
 }
 
 /**
- * The access log line of a finished connection, with ztunnel's field names (`src.addr`, `dst.identity`, ...). Identities
- * appear only when mutual TLS verified them. `connection failed` for a connection refused before any byte was relayed.
- * Pure.
+ * The access log line of a finished connection, with ztunnel's field names and meanings: `dst.addr` is the TCP peer (the
+ * tunnel's `podIP:15008` in HBONE), `dst.hbone_addr` the CONNECT target inside it, `dst.service` the Service's host name.
+ * Identities appear only when mutual TLS verified them. `connection failed` for a connection refused before any byte
+ * was relayed. Pure.
  */
 export function accessLogLine(c: ConnectionInfo, o: ConnectionOutcome, refused = false): AccessLogLine {
   const fields: Record<string, string | number> = {};
   const end = (prefix: 'src' | 'dst', e: Endpoint): void => {
-    fields[`${prefix}.addr`] = e.addr;
-    if (prefix === 'dst' && c.hboneAddr) fields['dst.hbone_addr'] = c.hboneAddr;
+    if (prefix === 'dst' && c.tunnelAddr) {
+      fields['dst.addr'] = c.tunnelAddr;
+      fields['dst.hbone_addr'] = e.addr;
+    } else fields[`${prefix}.addr`] = e.addr;
+    if (prefix === 'dst' && c.service) fields['dst.service'] = c.service.hostname;
     if (e.workload) fields[`${prefix}.workload`] = e.workload;
     if (e.namespace) fields[`${prefix}.namespace`] = e.namespace;
     if (c.mtls && e.principal) fields[`${prefix}.identity`] = e.principal;

@@ -14,6 +14,7 @@ import type { MtlsMode } from '../policy/peer-authentication.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import type { MeshWorkload } from '../workload/directory.js';
+import { noEndpointReason, pickEndpoint, type ServiceEntry, type ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
 
@@ -43,6 +44,10 @@ const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, de
 /** Everything the forwarder needs from the rest of the agent, shared by all pods. */
 export interface MeshContext {
   lookup: (ip: string) => MeshWorkload | undefined;
+  /** The Service port at a ClusterIP and port (outbound resolution to an endpoint); absent: no Services known. */
+  service?: (ip: string, port: number) => ServiceEntry | undefined;
+  /** The Service an endpoint address and port belongs to (names inbound connections in telemetry). */
+  serviceOfEndpoint?: (ip: string, port: number) => ServiceRef | undefined;
   identities: IdentityProvider;
   pool: HbonePool;
   /** The native data path (--data-path native): when set, HBONE bytes are carried by it instead of `pool` and HboneServer. */
@@ -85,15 +90,46 @@ interface Relay {
   bytes: () => { sent: number; recv: number };
 }
 
-export type OutboundRoute = { kind: 'hbone'; peer: MeshWorkload } | { kind: 'passthrough' } | { kind: 'refuse'; reason: string };
+/** Where bytes go: an address and port. */
+export interface Target {
+  address: string;
+  port: number;
+}
 
-/** Where an outbound connection goes. Pure. */
-export function decideOutbound(dst: { address: string; port: number }, lookup: (ip: string) => MeshWorkload | undefined): OutboundRoute {
+/**
+ * An outbound connection's route. `target` is where the app's bytes are delivered (the original destination, or the
+ * endpoint a Service resolved to); HBONE reaches it through `target.address:15008` under the peer's identity.
+ */
+export type OutboundRoute =
+  | { kind: 'hbone'; peer: MeshWorkload; target: Target; service?: ServiceRef }
+  | { kind: 'passthrough'; target: Target; service?: ServiceRef }
+  | { kind: 'refuse'; reason: string; responseFlags: string; service?: ServiceRef };
+
+/**
+ * Where an outbound connection goes. Pure given `random`. A Service's ClusterIP and port resolves to one candidate
+ * endpoint and its target port (the Service wins over a workload with the same IP, as in ztunnel); the endpoint (or an
+ * original destination that is no Service) is reached in HBONE when it is a mesh workload, else in plain TCP. A
+ * Service port with no candidate is refused: never sent to the ClusterIP in clear.
+ */
+export function decideOutbound(
+  dst: Target,
+  lookup: (ip: string) => MeshWorkload | undefined,
+  service?: (ip: string, port: number) => ServiceEntry | undefined,
+  random: () => number = Math.random,
+): OutboundRoute {
   if (dst.address.startsWith('127.') && AGENT_PORTS.includes(dst.port)) {
-    return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)' };
+    return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)', responseFlags: RESPONSE_FLAGS.none };
+  }
+  const entry = service?.(dst.address, dst.port);
+  if (entry) {
+    const ep = pickEndpoint(entry, random);
+    if (!ep) return { kind: 'refuse', reason: noEndpointReason(entry), responseFlags: RESPONSE_FLAGS.noHealthyUpstream, service: entry.service };
+    const target = { address: ep.ip, port: ep.port };
+    const peer = lookup(ep.ip);
+    return peer ? { kind: 'hbone', peer, target, service: entry.service } : { kind: 'passthrough', target, service: entry.service };
   }
   const peer = lookup(dst.address);
-  return peer ? { kind: 'hbone', peer } : { kind: 'passthrough' };
+  return peer ? { kind: 'hbone', peer, target: dst } : { kind: 'passthrough', target: dst };
 }
 
 /** Whether plaintext arriving on 15006 may reach the app. Pure. */
@@ -175,25 +211,31 @@ export class PodForwarder {
     down.on('error', () => undefined);
     const dst = this.originalDst(down, 'outbound');
     if (!dst) return;
-    const route = decideOutbound(dst, this.mesh.lookup);
+    const route = decideOutbound(dst, this.mesh.lookup, this.mesh.service);
     const src = { ip: unmapped(down.remoteAddress), port: down.remotePort ?? 0 };
     const me = { ...this.me(), addr: `${src.ip}:${src.port}` };
     const dstAddr = `${dst.address}:${dst.port}`;
-    if (route.kind === 'refuse') return this.refuse(down, stats, this.info('outbound', me, { addr: dstAddr }, false), route.reason);
+    const viaService = route.service ? { service: route.service, serviceAddr: dstAddr } : {};
+    if (route.kind === 'refuse') {
+      const info = { ...this.info('outbound', me, { addr: dstAddr }, false), ...viaService };
+      if (route.service) this.countedAtOpen(info, route.responseFlags);
+      return this.refuse(down, stats, info, route.reason, route.responseFlags);
+    }
+    const targetAddr = `${route.target.address}:${route.target.port}`;
     if (route.kind === 'passthrough') {
-      const info = this.info('outbound', me, { ...this.peerOf(dst.address), addr: dstAddr }, false);
-      return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
+      const info = { ...this.info('outbound', me, { ...this.peerOf(route.target.address), addr: targetAddr }, false), ...viaService };
+      return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), { info });
     }
     stats.hbone++;
-    const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: dst.address, dstIdentity: route.peer.identity };
-    const headers = connectHeaders(dstAddr, src, this.self.baggage);
-    const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: dstAddr };
-    const info = { ...this.info('outbound', me, peer, true), hboneAddr: `${dst.address}:${INBOUND_HBONE_PORT}` };
+    const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
+    const headers = connectHeaders(targetAddr, src, this.self.baggage, route.service?.hostname);
+    const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
+    const info = { ...this.info('outbound', me, peer, true), tunnelAddr: `${route.target.address}:${INBOUND_HBONE_PORT}`, ...viaService };
     const native = this.mesh.native;
     if (native) {
       const extra: Record<string, string> = {};
       for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) extra[k] = String(v);
-      this.outboundNative(down, stats, info, native.connect(target, down, dstAddr, extra));
+      this.outboundNative(down, stats, info, native.connect(target, down, targetAddr, extra));
       return;
     }
     this.splice(down, stats, this.connLog(info), this.mesh.pool.connect(target, headers), { info });
@@ -314,7 +356,7 @@ export class PodForwarder {
     if (!dst) return;
     const source = { ip: unmapped(down.remoteAddress) };
     const from = { ...this.peerOf(source.ip), addr: `${source.ip}:${down.remotePort ?? 0}` };
-    const info = this.info('inbound', from, { ...this.me(), addr: `${dst.address}:${dst.port}` }, false);
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${dst.address}:${dst.port}` }, false), ...this.inboundService({ ip: dst.address, port: dst.port }) };
     const clog = this.connLog(info);
     const verdict = decidePlaintextInbound(dst, this.self.ips, this.self.mtlsMode(dst.port));
     if (!verdict.ok) {
@@ -342,7 +384,7 @@ export class PodForwarder {
   ): { info: ConnectionInfo; clog: ConnLog; source: AuthzConnection['source']; denied: boolean } {
     const source = { ip: unmapped(peer.address), principal: peer.identity };
     const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: `${source.ip}:${peer.port}` };
-    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), hboneAddr: peer.local };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), tunnelAddr: peer.local, ...this.inboundService(destination) };
     const clog = this.connLog(info);
     const denial = this.admit(source, destination, stats, clog);
     if (denial) {
@@ -398,17 +440,27 @@ export class PodForwarder {
     return { id: this.nextConnId++, direction, pod, src, dst, mtls, startedAt: Date.now() };
   }
 
-  private labels(info: ConnectionInfo): TcpLabels {
-    return connectionLabels({ reporter: info.direction === 'outbound' ? 'source' : 'destination', source: info.src, destination: info.dst, mtls: info.mtls });
+  /** The Service an inbound connection's destination is an endpoint of (ztunnel guesses the same way, by port). */
+  private inboundService(destination: { ip: string; port: number }): { service?: ServiceRef } {
+    const service = this.mesh.serviceOfEndpoint?.(destination.ip, destination.port);
+    return service ? { service } : {};
   }
 
-  /** A connection refused by policy before it was relayed: one open and one close with the DENY response flag, no bytes. */
-  private deniedAtOpen(info: ConnectionInfo): void {
+  private labels(info: ConnectionInfo): TcpLabels {
+    return connectionLabels({ reporter: info.direction === 'outbound' ? 'source' : 'destination', source: info.src, destination: info.dst, service: info.service, mtls: info.mtls });
+  }
+
+  /** A connection refused before it was relayed (by policy, or for want of an endpoint): one open and one close with that response flag, no bytes. */
+  private countedAtOpen(info: ConnectionInfo, responseFlags: string): void {
     const obs = this.mesh.connections;
     if (!obs) return;
-    const denied = { ...this.labels(info), response_flags: RESPONSE_FLAGS.denied };
-    obs.opened(denied);
-    obs.closed(denied, 0, 0);
+    const labels = { ...this.labels(info), response_flags: responseFlags };
+    obs.opened(labels);
+    obs.closed(labels, 0, 0);
+  }
+
+  private deniedAtOpen(info: ConnectionInfo): void {
+    this.countedAtOpen(info, RESPONSE_FLAGS.denied);
   }
 
   /** Applies AuthorizationPolicy to a new inbound connection: undefined when admitted, else why not. Logs dry-run would-denials. */

@@ -77,12 +77,15 @@ function randomHex(bytes: number): string {
   return hex;
 }
 
-/** Headers of one CONNECT: the original destination, who asked, and a fresh trace id per connection. */
-export function connectHeaders(authority: string, src: { ip: string; port: number }, baggage: string): http2.OutgoingHttpHeaders {
+/**
+ * Headers of one CONNECT: the destination endpoint, who asked (`forwarded: for=`, plus `host=` the Service host name
+ * when the app addressed a Service, as ztunnel sends it), and a fresh trace id per connection.
+ */
+export function connectHeaders(authority: string, src: { ip: string; port: number }, baggage: string, serviceHost?: string): http2.OutgoingHttpHeaders {
   return {
     ':method': 'CONNECT',
     ':authority': authority,
-    forwarded: `for="${src.ip}:${src.port}"`,
+    forwarded: `for="${src.ip}:${src.port}"${serviceHost ? `;host=${serviceHost}` : ''}`,
     baggage,
     traceparent: `00-${randomHex(16)}-${randomHex(8)}-00`,
   };

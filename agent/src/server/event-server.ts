@@ -11,8 +11,10 @@ import {
 } from '../protocol/cni-event.js';
 import type { Enroller, PodRulesReport } from '../reconcile/enroller.js';
 import type { RuleDrift } from '../redirect/backend.js';
-import { checkPolicy, parsePolicyCheckArgs, PolicyCheckArgError } from '../policy/check.js';
+import type { PodInfo } from '../workload/types.js';
+import { checkPolicy, checkServicePolicy, parsePolicyCheckArgs, PolicyCheckArgError, type PolicyCheckQuery } from '../policy/check.js';
 import type { WorkloadSource } from '../workload/source.js';
+import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 
 export const PODS_PATH = '/v1/pods';
@@ -24,8 +26,10 @@ export const EXEC_PATH = '/v1/cni/exec';
 export const CONNS_PATH = '/v1/conns';
 /** `?pod=<ns>/<name>`: expected vs actual in-pod rules and drift, plus the node rules. */
 export const RULES_PATH = '/v1/rules';
-/** `?from=<ns>/<sa>&to=<ns>/<pod>:<port>[&fromIp=<ip>]`: the authorization decision and the policy that made it. */
+/** `?from=<ns>/<sa>&to=<ns>/<name>:<port>[&fromIp=<ip>]`: the authorization decision (per endpoint for a Service). */
 export const POLICY_CHECK_PATH = '/v1/policy/check';
+/** Every Service port at its ClusterIP, with endpoints, mesh membership and readiness. */
+export const SERVICES_PATH = '/v1/services';
 
 const CNI_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
 
@@ -59,6 +63,8 @@ export interface EventServerDeps {
   /** For `policy check`: the pods and policies, and the trust domain identities live in. */
   source?: WorkloadSource;
   trustDomain?: string;
+  /** For `services` and `policy check` on a Service: the Service table and the mesh workloads. */
+  directory?: Pick<WorkloadDirectory, 'services' | 'serviceViews' | 'lookup'>;
 }
 
 /** The answer to GET /v1/rules. */
@@ -173,10 +179,43 @@ export class EventServer {
       if (err instanceof PolicyCheckArgError) return { status: 400, body: { code: 7, msg: err.message } satisfies EventError };
       throw err;
     }
-    const pod = source.getPod(q.to.namespace, q.to.pod);
-    if (!pod) return { status: 404, body: { code: 4, msg: `pod ${q.to.namespace}/${q.to.pod} is not in the workload source` } satisfies EventError };
     const policies = { authorization: source.authorizationPolicies(), peerAuthentication: source.peerAuthentications() };
+    const { namespace, name } = q.to;
+    const service = q.to.kind !== 'pod' ? source.services().find((s) => s.namespace === namespace && s.name === name) : undefined;
+    if (service || q.to.kind === 'service') return this.servicePolicyCheck(q, service !== undefined, policies, trustDomain);
+    const pod = source.getPod(namespace, name);
+    if (!pod) return { status: 404, body: { code: 4, msg: `no Service or pod ${namespace}/${name} in the workload source` } satisfies EventError };
     return { status: 200, body: checkPolicy(q, pod, policies, trustDomain) };
+  }
+
+  private servicePolicyCheck(
+    q: PolicyCheckQuery,
+    exists: boolean,
+    policies: Parameters<typeof checkServicePolicy>[3],
+    trustDomain: string,
+  ): { status: number; body: unknown } {
+    const { source, directory } = this.deps;
+    const { namespace, name, port } = q.to;
+    const notFound = (msg: string): { status: number; body: EventError } => ({ status: 404, body: { code: 4, msg } });
+    if (!source || !directory) return notFound('service checks are not available');
+    if (!exists) return notFound(`Service ${namespace}/${name} is not in the workload source`);
+    const all = directory.services().filter((e) => e.service.namespace === namespace && e.service.name === name);
+    const entries = all.filter((e) => e.port.port === port);
+    if (entries.length === 0) {
+      const ports = [...new Set(all.map((e) => e.port.port))];
+      return notFound(ports.length
+        ? `Service ${namespace}/${name} has no TCP port ${port} (its ports: ${ports.join(', ')})`
+        : `Service ${namespace}/${name} has no ClusterIP and TCP port the agent resolves (headless, ExternalName or no TCP ports): check its pods`);
+    }
+    const podsByIp = new Map<string, PodInfo>();
+    for (const p of source.pods()) for (const ip of p.podIPs) podsByIp.set(ip, p);
+    const resolve = (ep: { ip: string; targetRef?: string }): { pod?: PodInfo; mesh: boolean } => {
+      const ref = ep.targetRef?.split('/');
+      const byRef = ref?.[0] === 'Pod' && ref[1] && ref[2] ? source.getPod(ref[1], ref[2]) : undefined;
+      const pod = byRef ?? podsByIp.get(ep.ip);
+      return { ...(pod ? { pod } : {}), mesh: directory.lookup(ep.ip) !== undefined };
+    };
+    return { status: 200, body: checkServicePolicy(q, entries, resolve, policies, trustDomain) };
   }
 
   /** Routes one parsed request; shared by the socket and the in-process plugin run of the native fast path. */
@@ -214,6 +253,8 @@ export class EventServer {
           return await this.rules(query.get('pod') ?? '');
         case `GET ${POLICY_CHECK_PATH}`:
           return this.policyCheck(query);
+        case `GET ${SERVICES_PATH}`:
+          return { status: 200, body: { services: this.deps.directory?.serviceViews() ?? [] } };
         case `POST ${EVENT_PATHS.add}`:
         case `POST ${EVENT_PATHS.del}`:
         case `POST ${EVENT_PATHS.check}`: {

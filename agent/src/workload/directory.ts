@@ -1,8 +1,10 @@
-// The workload directory: for any IP, is it a mesh workload, and who is it (namespace, service account, identity, node).
-// Derived from the workload source's Pods and Namespaces with Istio's enrolment rule; rebuilt on every change.
+// The workload directory: for any IP, is it a mesh workload, and who is it (namespace, service account, identity, node);
+// for any ClusterIP and port, which Service and endpoints. Derived from the workload source; rebuilt when it changes.
 import { spiffeId } from '../identity/spiffe.js';
 import { decideEnrolment } from './enrolment.js';
-import type { WorkloadSource } from './source.js';
+import type { Logger } from '../log.js';
+import { buildServiceTable, EMPTY_SERVICE_TABLE, vipKey, type ServiceEntry, type ServiceRef, type ServiceTable } from './service-table.js';
+import type { WorkloadChange, WorkloadSource } from './source.js';
 import type { PodInfo } from './types.js';
 
 export interface MeshWorkload {
@@ -45,12 +47,70 @@ export function buildDirectory(source: Pick<WorkloadSource, 'pods' | 'getNamespa
   return out;
 }
 
+export interface DirectoryOptions {
+  /** This agent's node, for Services that prefer or require endpoints on the same node. */
+  nodeName: string;
+  /** DNS suffix of Service host names (default cluster.local). */
+  clusterDomain?: string;
+  /** Where the Service table's notes (objects it could not use) go, once each, at debug. */
+  log?: Logger;
+}
+
+/** One endpoint of a Service port as `ambient-node services` shows it. */
+export interface ServiceEndpointView {
+  ip: string;
+  port: number;
+  ready: boolean;
+  serving: boolean;
+  terminating: boolean;
+  node?: string;
+  targetRef?: string;
+  /** A mesh workload: reached in HBONE under `identity`; otherwise in plain TCP. */
+  mesh: boolean;
+  identity?: string;
+  /** New connections from this node may go here (ready, and allowed by the Service's node preference). */
+  candidate: boolean;
+}
+
+/** One Service port at one ClusterIP, with its endpoints. */
+export interface ServiceView {
+  namespace: string;
+  name: string;
+  hostname: string;
+  vip: string;
+  port: number;
+  portName: string;
+  targetPort: number | string;
+  mode: ServiceEntry['mode'];
+  endpoints: ServiceEndpointView[];
+}
+
+/** Pure: the Service table as operators read it, with each endpoint's mesh membership. */
+export function serviceViews(entries: Iterable<ServiceEntry>, lookup: (ip: string) => MeshWorkload | undefined): ServiceView[] {
+  const out: ServiceView[] = [];
+  for (const e of entries) {
+    const candidates = new Set(e.candidates);
+    out.push({
+      namespace: e.service.namespace, name: e.service.name, hostname: e.service.hostname, vip: e.vip, port: e.port.port,
+      portName: e.port.name, targetPort: e.port.targetPort, mode: e.mode,
+      endpoints: e.endpoints.map((ep) => {
+        const w = lookup(ep.ip);
+        const { local: _local, ...rest } = ep;
+        return { ...rest, mesh: w !== undefined, ...(w ? { identity: w.identity } : {}), candidate: candidates.has(ep) };
+      }),
+    });
+  }
+  return out.sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`) || a.vip.localeCompare(b.vip) || a.port - b.port);
+}
+
 export class WorkloadDirectory {
   private byIp = new Map<string, MeshWorkload>();
+  private services_: ServiceTable = EMPTY_SERVICE_TABLE;
+  private readonly noted = new Set<string>();
 
-  constructor(private readonly source: WorkloadSource, readonly trustDomain: string) {
+  constructor(private readonly source: WorkloadSource, readonly trustDomain: string, private readonly opts: DirectoryOptions = { nodeName: '' }) {
     this.rebuild();
-    source.onChange(() => this.rebuild());
+    source.onChange((c) => this.rebuild(c));
   }
 
   lookup(ip: string): MeshWorkload | undefined {
@@ -61,7 +121,37 @@ export class WorkloadDirectory {
     return [...this.byIp.values()];
   }
 
-  private rebuild(): void {
-    this.byIp = buildDirectory(this.source, this.trustDomain);
+  /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
+  service(ip: string, port: number): ServiceEntry | undefined {
+    return this.services_.byVipPort.get(vipKey(ip, port));
+  }
+
+  /** The Service that sends to this endpoint address and port (the first by namespace/name), to name inbound traffic. */
+  serviceOfEndpoint(ip: string, port: number): ServiceRef | undefined {
+    return this.services_.byEndpoint.get(vipKey(ip, port));
+  }
+
+  /** Every Service port with its endpoints. */
+  services(): ServiceEntry[] {
+    return [...this.services_.byVipPort.values()];
+  }
+
+  /** What `ambient-node services` shows. */
+  serviceViews(): ServiceView[] {
+    return serviceViews(this.services_.byVipPort.values(), (ip) => this.lookup(ip));
+  }
+
+  private rebuild(change?: WorkloadChange): void {
+    if (!change || change.pods.length > 0 || change.namespaces.length > 0) this.byIp = buildDirectory(this.source, this.trustDomain);
+    if (!change || change.services) {
+      const notes: string[] = [];
+      this.services_ = buildServiceTable(this.source.services(), this.source.endpointSlices(), this.opts, { notes });
+      for (const n of notes) {
+        if (this.noted.has(n)) continue;
+        if (this.noted.size >= 10_000) this.noted.clear(); // bounded: at worst a note is logged again
+        this.noted.add(n);
+        this.opts.log?.debug({ note: n }, 'service table: object not used (logged once)');
+      }
+    }
   }
 }

@@ -1,5 +1,6 @@
 // The `kubernetes` workload source: informers (list/watch reflectors) for this node's pods, all pods and namespaces
-// (the workload directory), and Istio's AuthorizationPolicy/PeerAuthentication; converted with the same code as files.
+// (the workload directory), Services and EndpointSlices, and Istio's AuthorizationPolicy/PeerAuthentication; converted
+// with the same code as files.
 import type { Logger } from '../log.js';
 import type { AuthorizationPolicy } from '../policy/authorization.js';
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
@@ -8,6 +9,7 @@ import { PodAnnotator, REDIRECTION_ANNOTATION, type CaptureState, type PodRef } 
 import { Reflector, type BackoffPolicy, type ReflectorChange } from './kube/reflector.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo } from './types.js';
+import type { EndpointSliceInfo, ServiceInfo } from './service-objects.js';
 import { PodWaiters } from './pod-waiters.js';
 
 export interface KubernetesSourceOptions {
@@ -34,6 +36,16 @@ export function namespaceFromApi(raw: Record<string, unknown>): NamespaceInfo | 
   return o?.kind === 'Namespace' ? o.namespace : undefined;
 }
 
+export function serviceFromApi(raw: Record<string, unknown>): ServiceInfo | undefined {
+  const o = fromK8sObject({ ...raw, apiVersion: 'v1', kind: 'Service' });
+  return o?.kind === 'Service' ? o.service : undefined;
+}
+
+export function endpointSliceFromApi(raw: Record<string, unknown>): EndpointSliceInfo | undefined {
+  const o = fromK8sObject({ ...raw, apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice' });
+  return o?.kind === 'EndpointSlice' ? o.endpointSlice : undefined;
+}
+
 export function authorizationPolicyFromApi(raw: Record<string, unknown>): AuthorizationPolicy | undefined {
   const o = fromK8sObject({ ...raw, apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy' });
   return o?.kind === 'AuthorizationPolicy' ? o.authorizationPolicy : undefined;
@@ -50,6 +62,8 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   private readonly namespaces: Reflector<NamespaceInfo>;
   private readonly authz: Reflector<AuthorizationPolicy>;
   private readonly peerAuthn: Reflector<PeerAuthentication>;
+  private readonly services_: Reflector<ServiceInfo>;
+  private readonly slices: Reflector<EndpointSliceInfo>;
   private readonly annotator: PodAnnotator;
   private readonly listeners: ((c: WorkloadChange) => void)[] = [];
   private readonly waiters = new PodWaiters();
@@ -57,14 +71,18 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   constructor(private readonly o: KubernetesSourceOptions) {
     const common = { client: o.client, ...(o.backoff ? { backoff: o.backoff } : {}), ...(o.watchTimeoutSeconds ? { watchTimeoutSeconds: o.watchTimeoutSeconds } : {}) };
     const log = (resource: string): Logger => o.log.child({ resource });
-    const podChanges = (cs: ReflectorChange<PodInfo>[]): void => this.emit({ pods: cs.map(({ before, after }) => ({ before, after })), namespaces: [], policies: false });
+    const none = { pods: [], namespaces: [], policies: false, services: false };
+    const podChanges = (cs: ReflectorChange<PodInfo>[]): void => this.emit({ ...none, pods: cs.map(({ before, after }) => ({ before, after })) });
     this.localPods = new Reflector({ ...common, path: '/api/v1/pods', query: { fieldSelector: `spec.nodeName=${o.nodeName}` }, convert: podFromApi, onChange: podChanges, log: log('pods-on-node') });
     this.allPods = new Reflector({ ...common, path: '/api/v1/pods', convert: podFromApi, onChange: podChanges, log: log('pods') });
     this.namespaces = new Reflector({
       ...common, path: '/api/v1/namespaces', convert: namespaceFromApi, log: log('namespaces'),
-      onChange: (cs) => this.emit({ pods: [], namespaces: cs.map(({ before, after }) => ({ before, after })), policies: false }),
+      onChange: (cs) => this.emit({ ...none, namespaces: cs.map(({ before, after }) => ({ before, after })) }),
     });
-    const policies = (): void => this.emit({ pods: [], namespaces: [], policies: true });
+    const services = (): void => this.emit({ ...none, services: true });
+    this.services_ = new Reflector({ ...common, path: '/api/v1/services', convert: serviceFromApi, onChange: services, log: log('services') });
+    this.slices = new Reflector({ ...common, path: '/apis/discovery.k8s.io/v1/endpointslices', convert: endpointSliceFromApi, onChange: services, log: log('endpointslices') });
+    const policies = (): void => this.emit({ ...none, policies: true });
     this.authz = new Reflector({
       ...common, optional: true, path: '/apis/security.istio.io/v1/authorizationpolicies', convert: authorizationPolicyFromApi, log: log('authorizationpolicies'),
       onChange: (cs) => {
@@ -80,7 +98,10 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   async start(): Promise<void> {
     await this.o.client.init();
     await Promise.all(this.reflectors().map((r) => r.start()));
-    this.o.log.info({ pods: this.allPods.values().length, podsOnNode: this.localPods.values().length, namespaces: this.namespaces.values().length, server: this.o.client.server }, 'kubernetes informers synced');
+    this.o.log.info({
+      pods: this.allPods.values().length, podsOnNode: this.localPods.values().length, namespaces: this.namespaces.values().length,
+      services: this.services_.values().length, endpointSlices: this.slices.values().length, server: this.o.client.server,
+    }, 'kubernetes informers synced');
   }
 
   async stop(): Promise<void> {
@@ -91,7 +112,10 @@ export class KubernetesWorkloadSource implements WorkloadSource {
 
   /** Informer counters, for tests and the admin dump. */
   stats(): Record<string, Reflector<unknown>['stats']> {
-    return { podsOnNode: this.localPods.stats, pods: this.allPods.stats, namespaces: this.namespaces.stats, authorizationPolicies: this.authz.stats, peerAuthentications: this.peerAuthn.stats };
+    return {
+      podsOnNode: this.localPods.stats, pods: this.allPods.stats, namespaces: this.namespaces.stats, services: this.services_.stats,
+      endpointSlices: this.slices.stats, authorizationPolicies: this.authz.stats, peerAuthentications: this.peerAuthn.stats,
+    };
   }
 
   getPod(namespace: string, name: string): PodInfo | undefined {
@@ -123,6 +147,14 @@ export class KubernetesWorkloadSource implements WorkloadSource {
     return this.authz.values();
   }
 
+  services(): ServiceInfo[] {
+    return this.services_.values();
+  }
+
+  endpointSlices(): EndpointSliceInfo[] {
+    return this.slices.values();
+  }
+
   onChange(listener: (change: WorkloadChange) => void): void {
     this.listeners.push(listener);
   }
@@ -142,7 +174,7 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   }
 
   private reflectors(): Reflector<unknown>[] {
-    return [this.localPods, this.allPods, this.namespaces, this.authz, this.peerAuthn] as Reflector<unknown>[];
+    return [this.localPods, this.allPods, this.namespaces, this.services_, this.slices, this.authz, this.peerAuthn] as Reflector<unknown>[];
   }
 
   private emit(change: WorkloadChange): void {

@@ -1,7 +1,8 @@
 // The interface every workload source implements (a folder of files, or the Kubernetes API).
-// A source holds the current Pods and Namespaces and tells listeners when they change.
+// A source holds the current Pods, Namespaces, policies, Services and EndpointSlices and tells listeners when they change.
 import type { PeerAuthentication } from '../policy/peer-authentication.js';
 import type { AuthorizationPolicy } from '../policy/authorization.js';
+import type { EndpointSliceInfo, ServiceInfo } from './service-objects.js';
 import type { NamespaceInfo, PodInfo } from './types.js';
 
 export interface WorkloadChange {
@@ -9,6 +10,8 @@ export interface WorkloadChange {
   namespaces: { before: NamespaceInfo | undefined; after: NamespaceInfo | undefined }[];
   /** True when any PeerAuthentication or AuthorizationPolicy was added, changed or removed. */
   policies: boolean;
+  /** True when any Service or EndpointSlice was added, changed or removed. */
+  services: boolean;
 }
 
 export interface WorkloadSource {
@@ -20,6 +23,8 @@ export interface WorkloadSource {
   pods(): PodInfo[];
   peerAuthentications(): PeerAuthentication[];
   authorizationPolicies(): AuthorizationPolicy[];
+  services(): ServiceInfo[];
+  endpointSlices(): EndpointSliceInfo[];
   onChange(listener: (change: WorkloadChange) => void): void;
   /** Resolves when the pod appears, or with undefined after timeoutMs. */
   waitForPod(namespace: string, name: string, timeoutMs: number): Promise<PodInfo | undefined>;

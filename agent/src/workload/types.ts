@@ -1,8 +1,12 @@
 // Domain types for the workloads the agent knows about, converted once from Kubernetes-shaped objects.
-// Nothing past fromK8sObject sees raw YAML; unknown kinds are ignored, malformed ones are reported with their name and field.
+// Nothing past fromK8sObject sees raw YAML; unknown kinds are left to the caller, malformed ones are reported with their name and field.
 
 import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
 import { parseAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
+import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
+import { parseEndpointSlice, parseService, type EndpointSliceInfo, type ServiceInfo } from './service-objects.js';
+
+export { WorkloadParseError } from './k8s-fields.js';
 
 export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
 
@@ -29,32 +33,9 @@ export type WorkloadObject =
   | { kind: 'Pod'; pod: PodInfo }
   | { kind: 'Namespace'; namespace: NamespaceInfo }
   | { kind: 'PeerAuthentication'; peerAuthentication: PeerAuthentication }
-  | { kind: 'AuthorizationPolicy'; authorizationPolicy: AuthorizationPolicy };
-
-export class WorkloadParseError extends Error {
-  readonly code = 'AMB_ERR_BAD_WORKLOAD';
-  constructor(msg: string) {
-    super(msg);
-    this.name = 'WorkloadParseError';
-  }
-}
-
-type Obj = Record<string, unknown>;
-
-function isObj(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function stringMap(v: unknown, where: string): Record<string, string> {
-  if (v === undefined || v === null) return {};
-  if (!isObj(v)) throw new WorkloadParseError(`${where} must be a mapping`);
-  const out: Record<string, string> = {};
-  for (const [k, val] of Object.entries(v)) {
-    if (typeof val !== 'string') throw new WorkloadParseError(`${where}.${k} must be a string`);
-    out[k] = val;
-  }
-  return out;
-}
+  | { kind: 'AuthorizationPolicy'; authorizationPolicy: AuthorizationPolicy }
+  | { kind: 'Service'; service: ServiceInfo }
+  | { kind: 'EndpointSlice'; endpointSlice: EndpointSliceInfo };
 
 function reqString(o: Obj, key: string, where: string): string {
   const v = o[key];
@@ -62,13 +43,16 @@ function reqString(o: Obj, key: string, where: string): string {
   return v;
 }
 
-/** Converts one Kubernetes-shaped object; returns undefined for kinds the agent does not use. */
+/** Converts one Kubernetes-shaped object; returns undefined for kinds (and versions) the agent does not use. */
 export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   if (!isObj(doc)) throw new WorkloadParseError('object must be a mapping');
   const kind = doc.kind;
   const istioSecurity = typeof doc.apiVersion === 'string' && doc.apiVersion.startsWith('security.istio.io/');
   if (kind === 'PeerAuthentication' && istioSecurity) return { kind, peerAuthentication: parsePeerAuthentication(doc) };
   if (kind === 'AuthorizationPolicy' && istioSecurity) return { kind, authorizationPolicy: parseAuthorizationPolicy(doc) };
+  // Only the versions whose shape is parsed here: an older EndpointSlice (v1beta1 had `topology`) is not read as v1.
+  if (kind === 'Service' && doc.apiVersion === 'v1') return { kind, service: parseService(doc) };
+  if (kind === 'EndpointSlice' && doc.apiVersion === 'discovery.k8s.io/v1') return { kind, endpointSlice: parseEndpointSlice(doc) };
   if (kind !== 'Pod' && kind !== 'Namespace') return undefined;
   const meta = doc.metadata;
   if (!isObj(meta)) throw new WorkloadParseError(`${kind}: metadata must be a mapping`);

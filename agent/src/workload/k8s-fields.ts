@@ -1,0 +1,28 @@
+// Reading fields of Kubernetes-shaped objects: the parse error every workload object throws, and the small checks
+// shared by the Pod, Namespace, Service and EndpointSlice parsers. Pure.
+
+export class WorkloadParseError extends Error {
+  readonly code = 'AMB_ERR_BAD_WORKLOAD';
+  constructor(msg: string) {
+    super(msg);
+    this.name = 'WorkloadParseError';
+  }
+}
+
+export type Obj = Record<string, unknown>;
+
+export function isObj(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** A map of strings (labels, annotations, selectors); absent is empty. */
+export function stringMap(v: unknown, where: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (!isObj(v)) throw new WorkloadParseError(`${where} must be a mapping`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (typeof val !== 'string') throw new WorkloadParseError(`${where}.${k} must be a string`);
+    out[k] = val;
+  }
+  return out;
+}

@@ -1,0 +1,185 @@
+// The Service table: for each ClusterIP and TCP port, the Service behind it and the endpoints a new connection may
+// go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt when they change.
+import { isIP } from 'node:net';
+import type { EndpointInfo, EndpointSliceInfo, ServiceInfo, ServicePort } from './service-objects.js';
+
+/** Which Service a connection was addressed to, as telemetry names it. */
+export interface ServiceRef {
+  namespace: string;
+  name: string;
+  /** `<name>.<namespace>.svc.<cluster domain>` */
+  hostname: string;
+}
+
+export interface ServiceEndpoint {
+  ip: string;
+  /** The port to dial on the endpoint: the EndpointSlice port of the Service port's name, else a numeric targetPort. */
+  port: number;
+  ready: boolean;
+  serving: boolean;
+  terminating: boolean;
+  node?: string;
+  /** `kind/namespace/name` of the object behind the endpoint (usually a Pod). */
+  targetRef?: string;
+  /** On this agent's node. */
+  local: boolean;
+}
+
+/**
+ * How an endpoint is picked: `standard` any ready endpoint; `prefer-node` ready endpoints on this node when there are
+ * some, else any (trafficDistribution PreferClose / PreferSameZone / PreferSameNode: the node is the closest locality
+ * the agent knows); `node-only` only this node's (internalTrafficPolicy: Local).
+ */
+export type BalanceMode = 'standard' | 'prefer-node' | 'node-only';
+
+export interface ServiceEntry {
+  service: ServiceRef;
+  vip: string;
+  port: ServicePort;
+  mode: BalanceMode;
+  /** Every endpoint the slices list for this port, ready or not (for the CLI). */
+  endpoints: ServiceEndpoint[];
+  /** What a new connection picks from, at random (the mode and readiness already applied). */
+  candidates: ServiceEndpoint[];
+}
+
+export interface ServiceTable {
+  /** `vip:port` (TCP) -> entry. */
+  byVipPort: Map<string, ServiceEntry>;
+  /** Every ClusterIP (any port, any protocol). */
+  vips: Set<string>;
+  /** `endpointIP:targetPort` -> the first Service (by namespace/name) that sends there: names inbound connections. */
+  byEndpoint: Map<string, ServiceRef>;
+}
+
+export const EMPTY_SERVICE_TABLE: ServiceTable = { byVipPort: new Map(), vips: new Set(), byEndpoint: new Map() };
+
+export interface ServiceTableOptions {
+  /** This agent's node: endpoints there are `local`. */
+  nodeName: string;
+  /** DNS suffix of Service host names. Default cluster.local. */
+  clusterDomain?: string;
+}
+
+/** Facts the builder skipped rather than guess at, one line each (logged once by the caller). */
+export interface ServiceTableNotes {
+  notes: string[];
+}
+
+const PREFER_NODE = new Set(['PreferClose', 'PreferSameZone', 'PreferSameNode']);
+
+export function balanceMode(s: Pick<ServiceInfo, 'internalTrafficPolicy' | 'trafficDistribution'>): BalanceMode {
+  if (s.internalTrafficPolicy === 'Local') return 'node-only';
+  return s.trafficDistribution && PREFER_NODE.has(s.trafficDistribution) ? 'prefer-node' : 'standard';
+}
+
+export const vipKey = (ip: string, port: number): string => `${ip}:${port}`;
+
+/** The endpoint port for a Service port: the slice's port of the same name and protocol, else a numeric targetPort. */
+export function endpointPort(sp: ServicePort, slice: Pick<EndpointSliceInfo, 'ports'>): number | undefined {
+  for (const p of slice.ports) if (p.name === sp.name && p.protocol === sp.protocol) return p.port;
+  return typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
+}
+
+/** Builds the table from every Service and EndpointSlice. Pure. */
+export function buildServiceTable(
+  services: readonly ServiceInfo[],
+  slices: readonly EndpointSliceInfo[],
+  opts: ServiceTableOptions,
+  out: ServiceTableNotes = { notes: [] },
+): ServiceTable {
+  const domain = opts.clusterDomain ?? 'cluster.local';
+  const slicesOf = new Map<string, EndpointSliceInfo[]>();
+  for (const s of slices) {
+    if (!s.serviceName) {
+      out.notes.push(`EndpointSlice ${s.namespace}/${s.name} has no kubernetes.io/service-name label: it belongs to no Service`);
+      continue;
+    }
+    if (s.addressType === 'FQDN') {
+      out.notes.push(`EndpointSlice ${s.namespace}/${s.name} has addressType FQDN: not used (host names are not endpoints the agent dials)`);
+      continue;
+    }
+    const key = `${s.namespace}/${s.serviceName}`;
+    const list = slicesOf.get(key);
+    if (list) list.push(s);
+    else slicesOf.set(key, [s]);
+  }
+  const table: ServiceTable = { byVipPort: new Map(), vips: new Set(), byEndpoint: new Map() };
+  const sorted = [...services].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+  for (const svc of sorted) {
+    if (svc.type === 'ExternalName' || svc.headless || svc.clusterIPs.length === 0) continue;
+    const ref: ServiceRef = { namespace: svc.namespace, name: svc.name, hostname: `${svc.name}.${svc.namespace}.svc.${domain}` };
+    const mode = balanceMode(svc);
+    const mySlices = slicesOf.get(`${svc.namespace}/${svc.name}`) ?? [];
+    for (const vip of svc.clusterIPs) {
+      table.vips.add(vip);
+      const family = isIP(vip) === 4 ? 'IPv4' : 'IPv6';
+      for (const sp of svc.ports) {
+        if (sp.protocol !== 'TCP') continue; // only TCP is captured; UDP and SCTP stay kube-proxy's
+        const key = vipKey(vip, sp.port);
+        if (table.byVipPort.has(key)) {
+          out.notes.push(`Service ${svc.namespace}/${svc.name} port ${sp.port}: ${key} is already taken by ${table.byVipPort.get(key)?.service.namespace}/${table.byVipPort.get(key)?.service.name}`);
+          continue;
+        }
+        const endpoints = endpointsFor(sp, mySlices.filter((s) => s.addressType === family), opts.nodeName);
+        const usable = endpoints.filter((e) => e.ready || svc.publishNotReadyAddresses);
+        const local = usable.filter((e) => e.local);
+        const candidates = mode === 'node-only' ? local : mode === 'prefer-node' && local.length > 0 ? local : usable;
+        table.byVipPort.set(key, { service: ref, vip, port: sp, mode, endpoints, candidates });
+        for (const e of endpoints) {
+          const ek = vipKey(e.ip, e.port);
+          if (!table.byEndpoint.has(ek)) table.byEndpoint.set(ek, ref);
+        }
+      }
+    }
+  }
+  return table;
+}
+
+/** One Service port's endpoints from its slices: first address of each endpoint, duplicates merged (ready wins). */
+function endpointsFor(sp: ServicePort, slices: readonly EndpointSliceInfo[], nodeName: string): ServiceEndpoint[] {
+  const byAddr = new Map<string, ServiceEndpoint>();
+  for (const slice of slices) {
+    const port = endpointPort(sp, slice);
+    if (port === undefined) continue; // a named targetPort this slice does not resolve
+    for (const e of slice.endpoints) {
+      const ep = endpoint(e, port, nodeName);
+      if (!ep) continue;
+      const k = vipKey(ep.ip, ep.port);
+      const prev = byAddr.get(k);
+      if (!prev || (!prev.ready && ep.ready)) byAddr.set(k, ep);
+    }
+  }
+  return [...byAddr.values()];
+}
+
+function endpoint(e: EndpointInfo, port: number, nodeName: string): ServiceEndpoint | undefined {
+  // The API keeps `addresses` a list for the future, but consumers use the first one only (kube-proxy does).
+  const ip = e.addresses[0];
+  if (ip === undefined) return undefined;
+  return {
+    ip, port, ready: e.ready, serving: e.serving, terminating: e.terminating,
+    ...(e.nodeName ? { node: e.nodeName } : {}),
+    ...(e.targetRef ? { targetRef: e.targetRef } : {}),
+    local: e.nodeName !== undefined && e.nodeName === nodeName,
+  };
+}
+
+/** Picks the endpoint for one new connection: uniformly at random among the candidates. Pure given `random`. */
+export function pickEndpoint(entry: ServiceEntry, random: () => number = Math.random): ServiceEndpoint | undefined {
+  const c = entry.candidates;
+  if (c.length === 0) return undefined;
+  return c[c.length === 1 ? 0 : Math.min(c.length - 1, Math.floor(random() * c.length))];
+}
+
+/** Why a Service port has nothing to pick, in ztunnel's words plus the detail an operator needs. */
+export function noEndpointReason(entry: ServiceEntry): string {
+  const what = `${entry.service.namespace}/${entry.service.name}`;
+  const ready = entry.endpoints.filter((e) => e.ready).length;
+  const detail = entry.endpoints.length === 0
+    ? `${what} has no endpoints for port ${entry.port.port}`
+    : entry.mode === 'node-only' && ready > 0
+      ? `${what} has internalTrafficPolicy Local and no ready endpoint on this node`
+      : `${what} has ${entry.endpoints.length} endpoint(s) for port ${entry.port.port}, none ready`;
+  return `no healthy upstream: ${vipKey(entry.vip, entry.port.port)} (${detail})`;
+}
