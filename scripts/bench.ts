@@ -1,5 +1,6 @@
-// Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, and pod-to-pod throughput / latency
-// through HBONE vs direct TCP vs a stunnel mTLS pair on the simulated cluster; ratios to in-run baselines and target verdicts.
+// Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, pod-to-pod throughput / latency
+// through HBONE vs direct TCP vs a stunnel mTLS pair, redirect backends, and Services (ClusterIP vs pod IP); ratios to
+// in-run baselines and target verdicts.
 // This entry owns the options, interrupts, the order of the runs and the report around the tables; scripts/bench/ the rest.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -10,6 +11,7 @@ import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-
 import { benchDatapath, DATA_PATH_NAMES, type DataPathName, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
 import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
+import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -37,16 +39,17 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --redirect-modes L   backends compared side by side for the redirection cost (default iptables,nftables,ebpf)
   --redirect-rounds N  interleaved rounds of that comparison (default 6)
   --connects N         connect() calls per path per round in that comparison (default 400)
-  --only WHAT          add | datapath | redirect (default: all three)
+  --table-services N   Services in the in-process lookup table of the services comparison (default 5000)
+  --only WHAT          add | datapath | redirect | services (default: all four)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   dataPaths: DataPathName[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
-  only: 'add' | 'datapath' | 'redirect' | undefined;
+  only: 'add' | 'datapath' | 'redirect' | 'services' | undefined;
   out: string;
 }
 
@@ -70,6 +73,7 @@ function parseOpts(argv: string[]): Opts {
       conns: { type: 'string', default: '200' },
       'rr-blocks': { type: 'string', default: '3' },
       only: { type: 'string' },
+      'table-services': { type: 'string', default: '5000' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -101,7 +105,7 @@ function parseOpts(argv: string[]): Opts {
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
-  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect') throw new UsageError(`--only must be add, datapath or redirect, got ${only}`);
+  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services') throw new UsageError(`--only must be add, datapath, redirect or services, got ${only}`);
   return {
     modes,
     datapathModes,
@@ -122,6 +126,7 @@ function parseOpts(argv: string[]): Opts {
     rounds: int('rounds', values.rounds, 10),
     conns: int('conns', values.conns, 1),
     rrBlocks: int('rr-blocks', values['rr-blocks'], 1),
+    tableServices: int('table-services', values['table-services'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     out: values.out,
@@ -176,10 +181,12 @@ async function main(): Promise<number> {
   let chains: ChainResult[] = [];
   const datapath: DatapathResult[] = [];
   let redirect: RedirectResult[] = [];
+  let services: ServicesResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) for (const dp of o.dataPaths) datapath.push(await benchDatapath(o, mode, dp));
     if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
+    if (o.only === undefined || o.only === 'services') services = await benchServices(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -204,6 +211,7 @@ async function main(): Promise<number> {
   }
   if (datapath.length > 0) targets = reportDatapath(o, datapath, lines);
   if (redirect.length > 0) reportRedirect(o, redirect, lines);
+  if (services) reportServices(o, services, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -220,6 +228,7 @@ async function main(): Promise<number> {
     budget: { limitMs: BUDGET_MS, verdicts },
     datapath,
     redirect,
+    services,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

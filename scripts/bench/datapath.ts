@@ -41,7 +41,7 @@ export interface IperfResult {
   wallS: number;
 }
 
-interface RrSamples {
+export interface RrSamples {
   persistent: number[];
   newConnection: number[];
 }
@@ -71,7 +71,7 @@ export interface DatapathResult {
 }
 
 /** How a path is reached from the client pod: direct and mesh dial the server pod, stunnel its local tunnel entrance. */
-interface Route {
+export interface Route {
   client: TestbedPod;
   server: TestbedPod;
   host: string;
@@ -79,8 +79,8 @@ interface Route {
   iperfPort: number;
 }
 
-const RR = join(REPO_ROOT, 'scripts/bench/rr.mjs');
-const RR_PORT = 7000;
+export const RR = join(REPO_ROOT, 'scripts/bench/rr.mjs');
+export const RR_PORT = 7000;
 const IPERF_PORT = 5201;
 /** stunnel: client-pod entrance on 127.0.0.1 and server-pod TLS port, per service. */
 const TUNNEL = {
@@ -94,7 +94,7 @@ function numbers(v: unknown, what: string): number[] {
 }
 
 /** One block: rr.mjs client in the client pod, every sample back (µs). Smaller counts make an untimed warm-up run. */
-async function runRr(o: DatapathOpts, r: Route, counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples> {
+export async function runRr(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples> {
   const [cmd, args] = onCpu(o, r.client, process.execPath, [
     RR, 'client', '--host', r.host, '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw',
   ]);
@@ -103,7 +103,7 @@ async function runRr(o: DatapathOpts, r: Route, counts = { rounds: o.rounds, con
   return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
 }
 
-function pooled(blocks: RrSamples[]): RrResult {
+export function pooled(blocks: RrSamples[]): RrResult {
   return {
     persistent: dist(blocks.flatMap((b) => b.persistent)),
     newConnection: dist(blocks.flatMap((b) => b.newConnection)),

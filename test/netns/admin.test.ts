@@ -1,26 +1,7 @@
 // The agent's loopback admin endpoints on a live testbed: Istio TCP metrics for allowed and denied mesh connections,
 // readiness, /config_dump (pods, certificates, never a private key) and /logging.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { Testbed } from '../testbed/index.js';
-import { ask, bookinfo, eventually } from './helpers.js';
-
-/** One HTTP request from inside a node's network namespace (where the agent's 127.0.0.1 ports live). */
-async function http(tb: Testbed, node: number, method: string, url: string): Promise<{ status: number; body: string }> {
-  const script = `fetch(${JSON.stringify(url)}, { method: ${JSON.stringify(method)} })
-    .then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, body: await r.text() })))
-    .catch((e) => { process.stderr.write(String(e)); process.exit(1); });`;
-  const r = await tb.nodeExec(node, process.execPath, ['-e', script], { timeout: 10_000 });
-  return JSON.parse(String(r.stdout)) as { status: number; body: string };
-}
-
-/** The value of the first sample of `name` whose labels include every given pair, or undefined. */
-function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`)) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return undefined;
-}
+import { adminHttp as http, ask, bookinfo, eventually, metricSample as sample } from './helpers.js';
 
 const SLEEP = 'spiffe://cluster.local/ns/app/sa/sleep';
 const NOTSLEEP = 'spiffe://cluster.local/ns/app/sa/notsleep';

@@ -1,24 +1,14 @@
 // The node debugging commands `rules`, `conns` and `policy check` against a live two-node testbed, in table and JSON
 // form with their exit codes, and the access log lines the agents write for allowed, denied and held connections.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { Testbed } from '../testbed/index.js';
-import { AGENT_MAIN } from '../testbed/repo.js';
 import type { ConnectionSnapshot } from '../../agent/src/forwarder/connections.js';
 import type { PolicyCheckResult } from '../../agent/src/policy/check.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
-import { ask, bookinfo, eventually } from './helpers.js';
+import { ask, bookinfo, cli, eventually } from './helpers.js';
 
 const SLEEP = 'spiffe://cluster.local/ns/app/sa/sleep';
 const NOTSLEEP = 'spiffe://cluster.local/ns/app/sa/notsleep';
 const PRODUCTPAGE = 'spiffe://cluster.local/ns/app/sa/productpage';
-
-/** Runs `ambient-node <args>` inside a node against its agent; never throws on a non-zero exit. */
-function cli(tb: Testbed, node: number) {
-  return async (...args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> => {
-    const r = await tb.nodeExec(node, process.execPath, [AGENT_MAIN, ...args, '--socket', tb.node(node).socketPath], { reject: false });
-    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
-  };
-}
 
 netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form; access log lines', async (t) => {
   // No repair loop: the drift made below must stay for `rules` to show it.
@@ -46,7 +36,7 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
   t.deepEqual(denyJson.applicable, ['app/allow-sleep (ALLOW)']);
   const unknown = await node1('policy', 'check', '--from', 'app/sleep', '--to', 'app/nosuchpod:9080');
   t.is(unknown.exitCode, 2);
-  t.regex(unknown.stderr, /app\/nosuchpod is not in the workload source/);
+  t.regex(unknown.stderr, /no Service or pod app\/nosuchpod in the workload source/);
   const badArg = await node1('policy', 'check', '--from', 'sleep', '--to', 'app/productpage:9080');
   t.is(badArg.exitCode, 2);
   t.regex(badArg.stderr, /--from must be <namespace>\/<serviceaccount>/);
@@ -56,8 +46,8 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
     (ls) => ls.some((l) => l.msg === 'connection complete' && l['src.identity'] === SLEEP), 6000);
   const done = access1.find((l) => l.msg === 'connection complete' && l['src.identity'] === SLEEP);
   t.like(done, {
-    direction: 'inbound', 'dst.workload': 'productpage', 'dst.namespace': 'app', 'dst.identity': PRODUCTPAGE, 'dst.addr': `${productpage.ip}:9080`,
-    'dst.hbone_addr': `${productpage.ip}:15008`, 'src.workload': 'sleep', connection_security_policy: 'mutual_tls', response_flags: '-',
+    direction: 'inbound', 'dst.workload': 'productpage', 'dst.namespace': 'app', 'dst.identity': PRODUCTPAGE, 'dst.addr': `${productpage.ip}:15008`,
+    'dst.hbone_addr': `${productpage.ip}:9080`, 'src.workload': 'sleep', connection_security_policy: 'mutual_tls', response_flags: '-',
   });
   // "hello\n" went from sleep to productpage; the echo's answer ("pong:hello from <addr>\n") came back.
   t.is(done?.bytes_sent, 6, JSON.stringify(done));
@@ -69,7 +59,7 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
   t.true((failed?.level ?? 0) >= 50, 'failures are logged at error level');
   const access0 = await eventually(async () => (await tb.agent(0).logs({ currentRun: true })).filter((l) => l.scope === 'access'),
     (ls) => ls.some((l) => l.msg === 'connection complete' && l['dst.identity'] === PRODUCTPAGE && l.response_flags === '-'), 6000);
-  t.true(access0.some((l) => l.direction === 'outbound' && l['src.identity'] === SLEEP && l['dst.hbone_addr'] === `${productpage.ip}:15008`));
+  t.true(access0.some((l) => l.direction === 'outbound' && l['src.identity'] === SLEEP && l['dst.addr'] === `${productpage.ip}:15008` && l['dst.hbone_addr'] === `${productpage.ip}:9080`));
 
   // conns: a connection held open shows on both nodes with its identities and bytes.
   void productpage.spawn('ncat', ['-l', '-k', '9090', '--sh-exec', 'cat']).catch(() => undefined);
@@ -86,8 +76,8 @@ netnsTest.serial('node CLI: policy check, conns and rules in table and JSON form
     t.like(in1.connections.find((c) => c.dst.addr === `${productpage.ip}:9090`), { direction: 'inbound', mtls: true, src: { principal: SLEEP, workload: 'sleep' } });
     const table = await node0('conns');
     t.is(table.exitCode, 0);
-    t.regex(table.stdout, /^POD\s+DIRECTION\s+SRC\s+SRC-IDENTITY\s+DST\s+DST-IDENTITY\s+SECURITY\s+SENT\s+RECEIVED\s+AGE/m);
-    t.regex(table.stdout, new RegExp(`app/sleep\\s+outbound\\s+\\S+\\s+cluster\\.local/ns/app/sa/sleep\\s+${productpage.ip.replace(/\./g, '\\.')}:9090\\s+cluster\\.local/ns/app/sa/productpage\\s+mTLS`));
+    t.regex(table.stdout, /^POD\s+DIRECTION\s+SRC\s+SRC-IDENTITY\s+DST\s+DST-IDENTITY\s+SERVICE\s+SECURITY\s+SENT\s+RECEIVED\s+AGE/m);
+    t.regex(table.stdout, new RegExp(`app/sleep\\s+outbound\\s+\\S+\\s+cluster\\.local/ns/app/sa/sleep\\s+${productpage.ip.replace(/\./g, '\\.')}:9090\\s+cluster\\.local/ns/app/sa/productpage\\s+-\\s+mTLS`));
     t.is(JSON.parse((await node0('conns', '--pod', 'app/notsleep', '-o', 'json')).stdout).connections.length, 0, '--pod filters');
   } finally {
     held.kill();

@@ -3,6 +3,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
+import { AGENT_MAIN } from '../testbed/repo.js';
 
 /** Absolute: node_modules/.bin holds an unrelated `nft` that would shadow nftables under npx/ava. */
 export const NFT = '/usr/sbin/nft';
@@ -119,4 +120,30 @@ export async function bookinfo(tb: Testbed): Promise<{ productpage: TestbedPod; 
   if (!productpage || !sleep || !notsleep) throw new Error('pods missing');
   await startEcho(productpage, 9080);
   return { productpage, sleep, notsleep };
+}
+
+/** Runs `ambient-node <args>` inside a node against its agent; never throws on a non-zero exit. */
+export function cli(tb: Testbed, node: number) {
+  return async (...args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> => {
+    const r = await tb.nodeExec(node, process.execPath, [AGENT_MAIN, ...args, '--socket', tb.node(node).socketPath], { reject: false });
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+  };
+}
+
+/** One HTTP request from inside a node's network namespace (where the agent's 127.0.0.1 admin ports live). */
+export async function adminHttp(tb: Testbed, node: number, method: string, url: string): Promise<{ status: number; body: string }> {
+  const script = `fetch(${JSON.stringify(url)}, { method: ${JSON.stringify(method)} })
+    .then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, body: await r.text() })))
+    .catch((e) => { process.stderr.write(String(e)); process.exit(1); });`;
+  const r = await tb.nodeExec(node, process.execPath, ['-e', script], { timeout: 10_000 });
+  return JSON.parse(String(r.stdout)) as { status: number; body: string };
+}
+
+/** The value of the first Prometheus sample of `name` whose labels include every given pair, or undefined. */
+export function metricSample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return undefined;
 }

@@ -13,6 +13,11 @@ test('flags override the file, in either naming style', (t) => {
   t.is(c.stateDir, '/b');
 });
 
+test('the cluster domain of Service host names defaults to cluster.local and can be set', (t) => {
+  t.is(parseAgentConfig({}, { nodeName: 'n' }).clusterDomain, 'cluster.local');
+  t.is(parseAgentConfig({ 'cluster-domain': 'corp.example' }, { nodeName: 'n' }).clusterDomain, 'corp.example');
+});
+
 test('admin ports default to 15000/15020/15021 and can be set', (t) => {
   t.like(parseAgentConfig({}, { nodeName: 'n' }), { adminPort: 15000, metricsPort: 15020, readinessPort: 15021 });
   t.like(parseAgentConfig({ 'metrics-port': 9091 }, { nodeName: 'n', adminPort: '9000' }), { adminPort: 9000, metricsPort: 9091, readinessPort: 15021 });
@@ -45,6 +50,8 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],
   ['empty state dir', { stateDir: '' }, /stateDir/],
   ['bad trust domain', { trustDomain: 'Bad Domain' }, /trustDomain/],
+  ['bad cluster domain', { clusterDomain: 'cluster..local' }, /clusterDomain must be a DNS name/],
+  ['cluster domain with a capital', { clusterDomain: 'Cluster.local' }, /clusterDomain/],
   ['unknown CA', { ca: 'vault' }, /ca must be builtin or istio/],
   ['istio CA without an address', { ca: 'istio' }, /istioCaAddress/],
   ['certificate lifetime too short', { certTtlSeconds: 1 }, /certTtlSeconds/],

@@ -1,13 +1,18 @@
 // deploy/*.yaml parsed with the yaml package: the fields that matter for a node agent (scheduling, host access, exact
-// capabilities, readiness, least-privilege RBAC) and their agreement with the code (flags, config keys, socket path).
+// capabilities, readiness, least-privilege RBAC) and their agreement with the code (flags, config keys, socket path, API calls).
 import test from 'ava';
 import { Command } from 'commander';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
 import { parseAgentConfig, type RawConfig } from '../../agent/src/config.js';
 import { registerInstallCommands } from '../../agent/src/install/cli.js';
+import { KubeClient } from '../../agent/src/workload/kube/client.js';
+import { KubernetesWorkloadSource } from '../../agent/src/workload/kube-source.js';
 import { AGENT_POD_PREFIX, CONFIG_DEFAULTS as PLUGIN_DEFAULTS } from '../../cni/src/config.js';
+import { FakeKubeApi, kubeconfigFor, type RecordedRequest } from '../fixtures/fake-kube-api.js';
 import { REPO_ROOT } from '../testbed/repo.js';
 
 /* The manifests are untyped YAML: these narrow views name only what the test reads. */
@@ -94,6 +99,43 @@ function grants(rules: Rule[]): string[] {
   return rules
     .flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}/${res}:${v}${r.resourceNames ? `@${r.resourceNames.join(',')}` : ''}`))))
     .sort();
+}
+
+/** A request to the API as the "group/resource:verb" RBAC checks it against (subresources as resource/sub). */
+function grantOf(r: RecordedRequest): string {
+  const m = /^\/(?:api\/v1|apis\/([^/]+)\/[^/]+)\/(.*)$/.exec(r.path);
+  if (!m) throw new Error(`not an API path: ${r.path}`);
+  let segs = (m[2] ?? '').split('/');
+  if (segs[0] === 'namespaces' && segs.length >= 3) segs = segs.slice(2); // namespaced: /namespaces/{ns}/{resource}...
+  const [resource, name, sub] = segs;
+  const verb = r.method === 'PATCH' ? 'patch' : r.query.watch === 'true' ? 'watch' : name ? 'get' : 'list';
+  return `${m[1] ?? ''}/${resource}${sub ? `/${sub}` : ''}:${verb}`;
+}
+
+/** Every request the kubernetes workload source makes: its informers' lists and watches, and one capture annotation. */
+async function sourceRequests(): Promise<string[]> {
+  const api = await new FakeKubeApi().start();
+  const dir = mkdtempSync(join(tmpdir(), 'deploy-rbac-'));
+  const source = new KubernetesWorkloadSource({
+    client: new KubeClient({ kubeconfig: join(dir, 'kubeconfig') }), nodeName: 'n0', log: pino({ level: 'silent' }), backoff: { initialMs: 20, maxMs: 200 },
+  });
+  try {
+    writeFileSync(join(dir, 'kubeconfig'), kubeconfigFor(api));
+    api.put('pods', { metadata: { name: 'p', namespace: 'app', uid: 'u' }, spec: { nodeName: 'n0' }, status: { phase: 'Running', podIP: '10.0.0.1' } });
+    await source.start();
+    source.reportCapture({ namespace: 'app', name: 'p', uid: 'u' }, 'enabled');
+    const watched = (): boolean => {
+      const got = new Set(api.requests.map(grantOf));
+      const lists = [...got].filter((g) => g.endsWith(':list'));
+      return lists.length > 0 && lists.every((g) => got.has(g.replace(/:list$/, ':watch'))) && got.has('/pods/status:patch');
+    };
+    for (let i = 0; i < 400 && !watched(); i++) await new Promise((r) => setTimeout(r, 25));
+    return [...new Set(api.requests.map(grantOf))].sort();
+  } finally {
+    await source.stop();
+    await api.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 test('every manifest parses and the set of objects is the expected one', (t) => {
@@ -189,7 +231,7 @@ test('the ConfigMap holds a valid agent config', (t) => {
   t.is(container('agent').readinessProbe.httpGet?.port, parsed.readinessPort);
 });
 
-test('RBAC: read pods, namespaces and the two Istio security CRDs, patch pods/status, get only its own DaemonSet', (t) => {
+test('RBAC: read pods, namespaces, Services, EndpointSlices and the two Istio security CRDs, patch pods/status, get only its own DaemonSet', (t) => {
   t.deepEqual(grants(one<Obj & { rules: Rule[] }>('ClusterRole').rules), [
     '/namespaces:get',
     '/namespaces:list',
@@ -198,6 +240,10 @@ test('RBAC: read pods, namespaces and the two Istio security CRDs, patch pods/st
     '/pods:get',
     '/pods:list',
     '/pods:watch',
+    '/services:list',
+    '/services:watch',
+    'discovery.k8s.io/endpointslices:list',
+    'discovery.k8s.io/endpointslices:watch',
     'security.istio.io/authorizationpolicies:get',
     'security.istio.io/authorizationpolicies:list',
     'security.istio.io/authorizationpolicies:watch',
@@ -211,4 +257,18 @@ test('RBAC: read pods, namespaces and the two Istio security CRDs, patch pods/st
     t.deepEqual(b.subjects, [{ kind: 'ServiceAccount', name: pod.serviceAccountName, namespace: 'ambient-system' }]);
     t.is(b.roleRef.kind, kind.replace('Binding', ''));
   }
+});
+
+test('RBAC: the ClusterRole lists, watches and patches exactly what the kubernetes workload source asks the API for', async (t) => {
+  const used = await sourceRequests();
+  // The informers as the code has them (so a new one cannot be added without its rule), services and endpointslices included.
+  t.true(used.includes('/services:list') && used.includes('/services:watch'), used.join(' '));
+  t.true(used.includes('discovery.k8s.io/endpointslices:list') && used.includes('discovery.k8s.io/endpointslices:watch'), used.join(' '));
+  t.false(used.some((g) => g.endsWith(':get')), 'the source reads only through list and watch');
+  const granted = grants(one<Obj & { rules: Rule[] }>('ClusterRole').rules);
+  for (const g of used) t.true(granted.includes(g), `the ClusterRole grants ${g}`);
+  t.deepEqual(granted.filter((g) => !g.endsWith(':get')), used, 'nothing listed, watched or patched beyond what the source uses');
+  // Every resource granted is one the source uses.
+  const resource = (g: string): string => g.replace(/:.*$/, '');
+  t.deepEqual([...new Set(granted.map(resource))].sort(), [...new Set(used.map(resource))].sort());
 });

@@ -1,5 +1,5 @@
-// The kubernetes workload source against a fake API server that speaks list/watch: initial list, watch events,
-// bookmarks, 410 relists, reconnect after a server restart, malformed CRDs, in-cluster config, kubeconfig, annotations.
+// The kubernetes workload source against a fake API server that speaks list/watch: initial list, watch events, bookmarks,
+// 410 relists, reconnects, malformed CRDs and Services, Services/EndpointSlices, start gating, kubeconfigs, annotations.
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,8 @@ import { FakeKubeApi, kubeconfigFor, makeTestTls, mergePatch } from '../fixtures
 
 const NODE = 'node-a';
 const FAST = { initialMs: 20, maxMs: 200 };
+/** The source's informers (the keys of stats()), one list/watch each. */
+const INFORMERS = ['podsOnNode', 'pods', 'namespaces', 'services', 'endpointSlices', 'authorizationPolicies', 'peerAuthentications'];
 
 /** A logger whose records the test can read. */
 function captureLog(): { log: Logger; lines: Record<string, unknown>[] } {
@@ -30,6 +32,9 @@ async function until<T>(fn: () => T, ok: (v: T) => boolean, what: string): Promi
   }
   throw new Error(`gave up waiting for ${what}`);
 }
+
+/** Every informer has listed and has its watch open. */
+const allWatching = (api: FakeKubeApi): Promise<number> => until(() => api.openWatches(), (n) => n === INFORMERS.length, `${INFORMERS.length} watches`);
 
 const pod = (ns: string, name: string, node: string, ip: string, labels: Record<string, string> = {}): Record<string, unknown> => ({
   metadata: { name, namespace: ns, uid: `uid-${name}`, labels },
@@ -71,7 +76,7 @@ test('initial list: local pods (field selector), all pods, namespaces and polici
   t.deepEqual(source.getNamespace('app')?.labels, { 'istio.io/dataplane-mode': 'ambient' });
   t.is(source.authorizationPolicies()[0]?.name, 'allow-sleep');
   t.is(source.peerAuthentications()[0]?.name, 'strict');
-  await until(() => api.openWatches(), (n) => n === 5, 'five watches');
+  await allWatching(api);
   const podLists = api.requests.filter((r) => r.path === '/api/v1/pods' && r.query.watch === undefined);
   t.deepEqual(podLists.map((r) => r.query.fieldSelector ?? '').sort(), ['', `spec.nodeName=${NODE}`]);
   const watches = api.requests.filter((r) => r.query.watch === 'true');
@@ -80,7 +85,7 @@ test('initial list: local pods (field selector), all pods, namespaces and polici
 
 test('watch events: added, modified and deleted pods and namespace labels reach listeners', async (t) => {
   const { api, source, changes } = await setup(t);
-  await until(() => api.openWatches(), (n) => n === 5, 'watches');
+  await allWatching(api);
   api.put('namespaces', { metadata: { name: 'app' } });
   api.put('pods', pod('app', 'sleep', NODE, '10.1.0.5'));
   await until(() => source.getPod('app', 'sleep'), (p) => p !== undefined, 'pod added');
@@ -113,12 +118,12 @@ test('a bookmark advances the resourceVersion the next watch resumes from', asyn
 
 test('410 Gone (as a watch ERROR event and as an HTTP status) makes the source relist, and it sees changes made meanwhile', async (t) => {
   const { api, source } = await setup(t);
-  await until(() => api.openWatches(), (n) => n === 5, 'watches');
+  await allWatching(api);
   const lists = (): number => api.requests.filter((r) => r.path === '/api/v1/namespaces' && r.query.watch === undefined).length;
   t.is(lists(), 1);
   api.expireWatches();
   await until(lists, (n) => n === 2, 'relist after ERROR 410');
-  api.failNextWatches = { status: 410, count: 5 };
+  api.failNextWatches = { status: 410, count: INFORMERS.length };
   api.compact();
   await api.restart();
   api.put('namespaces', { metadata: { name: 'late' } });
@@ -129,7 +134,7 @@ test('410 Gone (as a watch ERROR event and as an HTTP status) makes the source r
 
 test('server restart: the source reconnects with backoff and catches up from its resourceVersion', async (t) => {
   const { api, source, lines } = await setup(t);
-  await until(() => api.openWatches(), (n) => n === 5, 'watches');
+  await allWatching(api);
   await api.stop();
   api.put('pods', pod('app', 'while-down', NODE, '10.1.0.8'));
   const failures = (): Record<string, unknown>[] => lines.filter((l) => l.msg === 'list/watch failed; retrying' && l.resource === 'namespaces');
@@ -144,7 +149,7 @@ test('server restart: the source reconnects with backoff and catches up from its
 test('a malformed AuthorizationPolicy is rejected naming the object and field; the previous version stays', async (t) => {
   const good = { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9090'] } }] }] };
   const { api, source, lines } = await setup(t, { seed: (api) => void api.put('authorizationpolicies', authz('app', 'deny-9090', good)) });
-  await until(() => api.openWatches(), (n) => n === 5, 'watches');
+  await allWatching(api);
   api.put('authorizationpolicies', authz('app', 'deny-9090', { action: 'DENY', rules: {} }));
   const err = await until(() => lines.find((l) => l.msg === 'rejected malformed object; the previous version stays in force'), (l) => l !== undefined, 'rejection');
   t.is(err?.object, 'app/deny-9090');
@@ -168,6 +173,242 @@ test('missing Istio CRDs (404) count as no policies instead of blocking start', 
   t.teardown(() => source.stop());
   await source.start();
   t.deepEqual(source.authorizationPolicies(), []);
+});
+
+const SERVICES_PATH = '/api/v1/services';
+const SLICES_PATH = '/apis/discovery.k8s.io/v1/endpointslices';
+
+const svc = (ns: string, name: string, spec: Record<string, unknown>): Record<string, unknown> => ({ metadata: { name, namespace: ns }, spec });
+/** A ClusterIP Service as the API returns it (clusterIP and clusterIPs both set). */
+const web = (port = 80, name = 'web', vip = '10.96.0.20'): Record<string, unknown> =>
+  svc('app', name, { clusterIP: vip, clusterIPs: [vip], selector: { app: name }, ports: [{ name: 'http', port, targetPort: 'http', protocol: 'TCP' }] });
+const slice = (name: string, service: string, ips: string[], port = 8080): Record<string, unknown> => ({
+  metadata: { name, namespace: 'app', labels: { 'kubernetes.io/service-name': service } },
+  addressType: 'IPv4',
+  endpoints: ips.map((ip, i) => ({ addresses: [ip], conditions: { ready: true }, nodeName: NODE, targetRef: { kind: 'Pod', namespace: 'app', name: `${service}-${i}` } })),
+  ports: [{ name: 'http', port, protocol: 'TCP' }],
+});
+/** The one change a Service or EndpointSlice update emits. */
+const SERVICES_CHANGE: WorkloadChange = { pods: [], namespaces: [], policies: false, services: true };
+const names = (xs: { name: string }[]): string[] => xs.map((x) => x.name).sort();
+
+test('initial list: Services and EndpointSlices of every namespace, visible through services() and endpointSlices() once start() resolves', async (t) => {
+  const { api, source, changes } = await setup(t, {
+    seed: (api) => {
+      api.put('services', web());
+      api.put('services', svc('db', 'postgres', { clusterIP: 'None', clusterIPs: ['None'], selector: { app: 'pg' }, ports: [{ port: 5432 }] }));
+      api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5', '10.2.0.7']));
+    },
+  });
+  t.deepEqual(names(source.services()), ['postgres', 'web']);
+  t.like(source.services().find((s) => s.name === 'web'), {
+    namespace: 'app', type: 'ClusterIP', clusterIPs: ['10.96.0.20'], headless: false, selector: { app: 'web' },
+    ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }], uid: 'uid-services-app-web',
+  });
+  t.like(source.services().find((s) => s.name === 'postgres'), { namespace: 'db', headless: true, clusterIPs: [] });
+  t.deepEqual(source.endpointSlices(), [{
+    namespace: 'app', name: 'web-abc', serviceName: 'web', addressType: 'IPv4',
+    endpoints: [
+      { addresses: ['10.1.0.5'], ready: true, serving: true, terminating: false, nodeName: NODE, targetRef: 'Pod/app/web-0' },
+      { addresses: ['10.2.0.7'], ready: true, serving: true, terminating: false, nodeName: NODE, targetRef: 'Pod/app/web-1' },
+    ],
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+  }]);
+  // The initial lists told the listener, as services (and nothing else).
+  t.deepEqual(changes.filter((c) => c.services), [SERVICES_CHANGE, SERVICES_CHANGE]);
+  // One cluster-wide list each (no selector), then a watch from the list's resourceVersion with bookmarks.
+  for (const path of [SERVICES_PATH, SLICES_PATH]) {
+    const lists = api.requests.filter((r) => r.path === path && r.query.watch === undefined);
+    t.deepEqual(lists.map((r) => r.query), [{}], path);
+  }
+  await allWatching(api);
+  t.is(api.openWatches('services'), 1);
+  t.is(api.openWatches('endpointslices'), 1);
+  for (const path of [SERVICES_PATH, SLICES_PATH]) {
+    const w = api.requests.find((r) => r.path === path && r.query.watch === 'true');
+    t.like(w?.query, { allowWatchBookmarks: 'true', resourceVersion: api.resourceVersion }, path);
+    t.is(w?.query.fieldSelector, undefined);
+  }
+});
+
+test('stats() has one entry per informer, services and endpointSlices included', async (t) => {
+  const { api, source } = await setup(t, { seed: (api) => void api.put('services', web()) });
+  t.deepEqual(Object.keys(source.stats()), INFORMERS);
+  t.like(source.stats().services, { lists: 1, errors: 0, expired: 0 });
+  t.like(source.stats().endpointSlices, { lists: 1, errors: 0, expired: 0 });
+  await allWatching(api);
+  api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5']));
+  await until(() => source.stats().endpointSlices?.events ?? 0, (n) => n === 1, 'slice event counted');
+  t.is(source.stats().services?.events, 0);
+  api.sendBookmarks();
+  await until(() => [source.stats().services?.bookmarks ?? 0, source.stats().endpointSlices?.bookmarks ?? 0], (v) => v.every((n) => n >= 1), 'bookmarks counted');
+  t.true((source.stats().services?.watches ?? 0) >= 1 && (source.stats().endpointSlices?.watches ?? 0) >= 1);
+});
+
+test('watch events: added, modified and deleted Services and EndpointSlices are applied, each emitting services: true only', async (t) => {
+  const { api, source, changes } = await setup(t);
+  await allWatching(api);
+  const step = async (what: string, act: () => void, done: () => boolean): Promise<void> => {
+    const from = changes.length;
+    act();
+    await until(done, (v) => v, what);
+    t.deepEqual(changes.slice(from), [SERVICES_CHANGE], what);
+  };
+  const port = (): number | undefined => source.services().find((s) => s.name === 'web')?.ports[0]?.port;
+  await step('Service ADDED', () => void api.put('services', web(80)), () => port() === 80);
+  await step('Service MODIFIED', () => void api.put('services', web(8080)), () => port() === 8080);
+  t.is(source.services().length, 1);
+  await step('Service DELETED', () => api.delete('services', 'app/web'), () => source.services().length === 0);
+
+  const ips = (): string[] | undefined => source.endpointSlices().find((s) => s.name === 'web-abc')?.endpoints.flatMap((e) => e.addresses);
+  await step('EndpointSlice ADDED', () => void api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5'])), () => ips()?.join() === '10.1.0.5');
+  await step('EndpointSlice MODIFIED', () => void api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5', '10.1.0.6'])), () => ips()?.join() === '10.1.0.5,10.1.0.6');
+  t.is(source.endpointSlices().length, 1);
+  await step('EndpointSlice DELETED', () => api.delete('endpointslices', 'app/web-abc'), () => source.endpointSlices().length === 0);
+
+  // A MODIFIED that changes nothing the agent reads (a new resourceVersion, a status) emits nothing: the next change is
+  // the only one seen.
+  await step('Service ADDED again', () => void api.put('services', web(80)), () => port() === 80);
+  await step('no-op MODIFIED, then another Service', () => {
+    api.put('services', { ...web(80), status: { loadBalancer: {} } });
+    api.put('services', web(80, 'other', '10.96.0.21'));
+  }, () => source.services().length === 2);
+  t.like(source.stats().services, { events: 6 });
+  t.like(source.stats().endpointSlices, { events: 3 });
+});
+
+test('410 Gone relists Services and EndpointSlices and reconciles what changed while the watch was down', async (t) => {
+  const { api, source, changes } = await setup(t, {
+    seed: (api) => {
+      for (const n of ['keep', 'gone']) api.put('services', web(80, n, n === 'keep' ? '10.96.0.30' : '10.96.0.31'));
+      api.put('endpointslices', slice('keep-1', 'keep', ['10.1.0.5']));
+      api.put('endpointslices', slice('gone-1', 'gone', ['10.1.0.6']));
+    },
+  });
+  await allWatching(api);
+  const lists = (): number[] => [source.stats().services?.lists ?? 0, source.stats().endpointSlices?.lists ?? 0];
+  // A watch ERROR event with code 410: both relist (nothing changed, so nothing is emitted).
+  let from = changes.length;
+  api.expireWatches();
+  await until(lists, (v) => v.every((n) => n === 2), 'relist after ERROR 410');
+  await allWatching(api);
+  t.deepEqual(changes.slice(from).filter((c) => c.services), []);
+  // Changes made while the API server is down, with its history compacted: only a relist can see them.
+  await api.stop();
+  api.delete('services', 'app/gone');
+  api.put('services', web(80, 'new', '10.96.0.32'));
+  api.put('services', web(9090, 'keep', '10.96.0.30'));
+  api.delete('endpointslices', 'app/gone-1');
+  api.put('endpointslices', slice('new-1', 'new', ['10.1.0.7']));
+  api.compact();
+  api.failNextWatches = { status: 410, count: INFORMERS.length };
+  from = changes.length;
+  await api.start();
+  await until(() => names(source.services()).join(), (v) => v === 'keep,new', 'Services reconciled');
+  await until(() => names(source.endpointSlices()).join(), (v) => v === 'keep-1,new-1', 'EndpointSlices reconciled');
+  t.is(source.services().find((s) => s.name === 'keep')?.ports[0]?.port, 9090);
+  t.deepEqual(source.endpointSlices().find((s) => s.name === 'new-1')?.endpoints[0]?.addresses, ['10.1.0.7']);
+  t.true(lists().every((n) => n >= 3), `relisted after HTTP 410: ${lists().join()}`);
+  t.true((source.stats().services?.expired ?? 0) >= 2 && (source.stats().endpointSlices?.expired ?? 0) >= 2);
+  const emitted = changes.slice(from).filter((c) => c.services);
+  t.deepEqual(emitted, [SERVICES_CHANGE, SERVICES_CHANGE], 'one change per relist that found differences');
+  await allWatching(api);
+});
+
+test('a malformed Service or EndpointSlice is rejected naming the object and field; the previous version stays in force', async (t) => {
+  const { api, source, changes, lines } = await setup(t, {
+    seed: (api) => {
+      api.put('services', web(80));
+      api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5']));
+    },
+  });
+  await allWatching(api);
+  const from = changes.length;
+  const rejections = (): Record<string, unknown>[] => lines.filter((l) => l.msg === 'rejected malformed object; the previous version stays in force');
+  const rejected = async (n: number): Promise<Record<string, unknown> | undefined> => (await until(rejections, (r) => r.length >= n, `rejection ${n}`))[n - 1];
+
+  api.put('services', svc('app', 'web', { clusterIP: '10.96.0.20', clusterIPs: ['10.96.0.20'], ports: [{ name: 'http', port: 0 }] }));
+  t.like(await rejected(1), { level: 50, resource: 'services', path: SERVICES_PATH, object: 'app/web', keptPrevious: true });
+  t.regex(String(rejections()[0]?.error), /Service app\/web: spec\.ports\[0\]\.port must be a port number 1-65535, got 0/);
+
+  api.put('services', svc('app', 'web', { clusterIP: 'not-an-ip', clusterIPs: ['not-an-ip'], ports: [{ port: 80 }] }));
+  t.like(await rejected(2), { resource: 'services', object: 'app/web', keptPrevious: true });
+  t.regex(String(rejections()[1]?.error), /Service app\/web: spec\.clusterIPs\[0\] must be an IP address, got "not-an-ip"/);
+
+  api.put('endpointslices', slice('web-abc', 'web', ['fd00::5']));
+  t.like(await rejected(3), { resource: 'endpointslices', path: SLICES_PATH, object: 'app/web-abc', keptPrevious: true });
+  t.regex(String(rejections()[2]?.error), /EndpointSlice app\/web-abc: endpoints\[0\]\.addresses\[0\] fd00::5 is not an IPv4 address/);
+
+  // One never seen in a good version is simply absent.
+  api.put('services', svc('app', 'broken', { type: 'Bogus' }));
+  t.like(await rejected(4), { resource: 'services', object: 'app/broken', keptPrevious: false });
+  t.regex(String(rejections()[3]?.error), /Service app\/broken: spec\.type must be one of/);
+
+  t.deepEqual(names(source.services()), ['web']);
+  t.like(source.services()[0], { clusterIPs: ['10.96.0.20'], ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }] });
+  t.deepEqual(source.endpointSlices()[0]?.endpoints[0]?.addresses, ['10.1.0.5']);
+  t.deepEqual(changes.slice(from), [], 'a rejected object changes nothing, so nothing is emitted');
+
+  // A relist keeps the previous versions too (and says so again).
+  api.expireWatches();
+  await until(() => [source.stats().services?.lists ?? 0, source.stats().endpointSlices?.lists ?? 0], (v) => v.every((n) => n >= 2), 'relist');
+  await allWatching(api);
+  t.true(rejections().length >= 7, 'the three still-malformed objects are rejected again by the relist');
+  t.deepEqual(names(source.services()), ['web']);
+  t.is(source.services()[0]?.ports[0]?.port, 80);
+  t.deepEqual(source.endpointSlices()[0]?.endpoints[0]?.addresses, ['10.1.0.5']);
+  t.deepEqual(changes.slice(from), []);
+
+  // A good version replaces the kept one.
+  api.put('services', web(8080));
+  await until(() => source.services()[0]?.ports[0]?.port, (p) => p === 8080, 'fixed Service applied');
+  t.deepEqual(changes.slice(from), [SERVICES_CHANGE]);
+});
+
+/** A client whose lists of some paths are refused (403, as when the ClusterRole lacks the rule) until allowed. */
+class RefusingClient extends KubeClient {
+  readonly refused = new Set<string>();
+  override async getJson(...args: Parameters<KubeClient['getJson']>): ReturnType<KubeClient['getJson']> {
+    if (this.refused.has(args[0])) throw new KubeApiError(`GET ${args[0]}: HTTP 403: forbidden`, 403);
+    return super.getJson(...args);
+  }
+}
+
+test('start() (the agent\'s readiness) waits until Services and EndpointSlices listed once, retrying a refused list', async (t) => {
+  const api = await new FakeKubeApi().start();
+  t.teardown(() => api.stop());
+  api.put('services', web());
+  api.put('endpointslices', slice('web-abc', 'web', ['10.1.0.5']));
+  const dir = mkdtempSync(join(tmpdir(), 'kube-source-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'kubeconfig'), kubeconfigFor(api));
+  const client = new RefusingClient({ kubeconfig: join(dir, 'kubeconfig') });
+  client.refused.add(SERVICES_PATH);
+  client.refused.add(SLICES_PATH);
+  const { log, lines } = captureLog();
+  const source = new KubernetesWorkloadSource({ client, nodeName: NODE, log, backoff: FAST });
+  t.teardown(() => source.stop());
+  let started = false;
+  const starting = source.start().then(() => void (started = true));
+  const retries = (resource: string): number => lines.filter((l) => l.msg === 'list/watch failed; retrying' && l.resource === resource && /403/.test(String(l.error))).length;
+  await until(() => api.openWatches(), (n) => n === INFORMERS.length - 2, 'every other informer watching');
+  await until(() => Math.min(retries('services'), retries('endpointslices')), (n) => n >= 2, 'refused lists retried');
+  t.false(started, 'not started without Services and EndpointSlices');
+  t.deepEqual(source.services(), []);
+
+  client.refused.delete(SERVICES_PATH);
+  await until(() => api.openWatches('services'), (n) => n === 1, 'services watch');
+  t.is(source.services().length, 1);
+  await new Promise((r) => setTimeout(r, 300)); // several EndpointSlice retries
+  t.false(started, 'still not started without EndpointSlices');
+  t.false(lines.some((l) => l.msg === 'kubernetes informers synced'));
+
+  client.refused.delete(SLICES_PATH);
+  await starting;
+  t.true(started);
+  t.is(source.endpointSlices().length, 1);
+  t.like(lines.find((l) => l.msg === 'kubernetes informers synced'), { services: 1, endpointSlices: 1 });
+  t.true((source.stats().endpointSlices?.errors ?? 0) >= 2);
 });
 
 test('in-cluster config: HTTPS with the service account CA and token from a directory', async (t) => {
@@ -238,7 +479,7 @@ test('reportCapture patches the ambient.istio.io/redirection annotation through 
 
 test('a failed annotation patch is retried until it lands', async (t) => {
   const { api, source, lines } = await setup(t, { seed: (api) => void api.put('pods', pod('app', 'sleep', NODE, '10.1.0.5')) });
-  await until(() => api.openWatches(), (n) => n === 5, 'watches');
+  await allWatching(api);
   await api.stop();
   source.reportCapture({ namespace: 'app', name: 'sleep', uid: 'uid-sleep' }, 'pending');
   await until(() => lines.filter((l) => l.msg === 'marking the pod capture state failed; retrying').length, (n) => n >= 2, 'retries');

@@ -3,7 +3,7 @@
 import { spiffeId } from '../identity/spiffe.js';
 import { decideEnrolment } from './enrolment.js';
 import type { Logger } from '../log.js';
-import { buildServiceTable, EMPTY_SERVICE_TABLE, vipKey, type ServiceEntry, type ServiceRef, type ServiceTable } from './service-table.js';
+import { allEntries, buildServiceTable, EMPTY_SERVICE_TABLE, lookupService, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import type { PodInfo } from './types.js';
 
@@ -107,6 +107,8 @@ export class WorkloadDirectory {
   private byIp = new Map<string, MeshWorkload>();
   private services_: ServiceTable = EMPTY_SERVICE_TABLE;
   private readonly noted = new Set<string>();
+  /** Each Service's entries from the last build, reused while neither it nor its slices change. */
+  private readonly serviceCache: ServiceTableCache = new Map();
 
   constructor(private readonly source: WorkloadSource, readonly trustDomain: string, private readonly opts: DirectoryOptions = { nodeName: '' }) {
     this.rebuild();
@@ -123,29 +125,29 @@ export class WorkloadDirectory {
 
   /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
   service(ip: string, port: number): ServiceEntry | undefined {
-    return this.services_.byVipPort.get(vipKey(ip, port));
+    return lookupService(this.services_, ip, port);
   }
 
   /** The Service that sends to this endpoint address and port (the first by namespace/name), to name inbound traffic. */
   serviceOfEndpoint(ip: string, port: number): ServiceRef | undefined {
-    return this.services_.byEndpoint.get(vipKey(ip, port));
+    return this.services_.byEndpoint.get(ip)?.get(port);
   }
 
   /** Every Service port with its endpoints. */
   services(): ServiceEntry[] {
-    return [...this.services_.byVipPort.values()];
+    return allEntries(this.services_);
   }
 
   /** What `ambient-node services` shows. */
   serviceViews(): ServiceView[] {
-    return serviceViews(this.services_.byVipPort.values(), (ip) => this.lookup(ip));
+    return serviceViews(allEntries(this.services_), (ip) => this.lookup(ip));
   }
 
   private rebuild(change?: WorkloadChange): void {
     if (!change || change.pods.length > 0 || change.namespaces.length > 0) this.byIp = buildDirectory(this.source, this.trustDomain);
     if (!change || change.services) {
       const notes: string[] = [];
-      this.services_ = buildServiceTable(this.source.services(), this.source.endpointSlices(), this.opts, { notes });
+      this.services_ = buildServiceTable(this.source.services(), this.source.endpointSlices(), this.opts, { notes }, this.serviceCache);
       for (const n of notes) {
         if (this.noted.has(n)) continue;
         if (this.noted.size >= 10_000) this.noted.clear(); // bounded: at worst a note is logged again

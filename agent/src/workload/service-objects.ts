@@ -136,13 +136,14 @@ export function parseService(doc: Obj): ServiceInfo {
   if (typeof type !== 'string' || !SERVICE_TYPES.includes(type as ServiceType)) {
     throw new WorkloadParseError(`${where}: spec.type must be one of ${SERVICE_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
   }
-  const raw: unknown[] = [];
+  // Each value with the field it came from, so an error names what the file says.
+  const raw: [unknown, string][] = [];
   if (spec.clusterIPs !== undefined && spec.clusterIPs !== null) {
     if (!Array.isArray(spec.clusterIPs)) throw new WorkloadParseError(`${where}: spec.clusterIPs must be a list`);
-    raw.push(...(spec.clusterIPs as unknown[]));
-  } else if (spec.clusterIP !== undefined && spec.clusterIP !== null) raw.push(spec.clusterIP);
-  const headless = raw.includes('None');
-  const clusterIPs = type === 'ExternalName' ? [] : raw.filter((v) => v !== '' && v !== 'None').map((v, i) => ip(v, `${where}: spec.clusterIPs[${i}]`));
+    (spec.clusterIPs as unknown[]).forEach((v, i) => raw.push([v, `spec.clusterIPs[${i}]`]));
+  } else if (spec.clusterIP !== undefined && spec.clusterIP !== null) raw.push([spec.clusterIP, 'spec.clusterIP']);
+  const headless = raw.some(([v]) => v === 'None');
+  const clusterIPs = type === 'ExternalName' ? [] : raw.filter(([v]) => v !== '' && v !== 'None').map(([v, field]) => ip(v, `${where}: ${field}`));
   const ports: ServicePort[] = [];
   if (spec.ports !== undefined && spec.ports !== null) {
     if (!Array.isArray(spec.ports)) throw new WorkloadParseError(`${where}: spec.ports must be a list`);

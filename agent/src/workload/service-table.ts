@@ -1,5 +1,6 @@
 // The Service table: for each ClusterIP and TCP port, the Service behind it and the endpoints a new connection may
-// go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt when they change.
+// go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt (per changed
+// Service) when Services or EndpointSlices change.
 import { isIP } from 'node:net';
 import type { EndpointInfo, EndpointSliceInfo, ServiceInfo, ServicePort } from './service-objects.js';
 
@@ -44,15 +45,16 @@ export interface ServiceEntry {
 }
 
 export interface ServiceTable {
-  /** `vip:port` (TCP) -> entry. */
-  byVipPort: Map<string, ServiceEntry>;
-  /** Every ClusterIP (any port, any protocol). */
-  vips: Set<string>;
-  /** `endpointIP:targetPort` -> the first Service (by namespace/name) that sends there: names inbound connections. */
-  byEndpoint: Map<string, ServiceRef>;
+  /** ClusterIP -> TCP port -> entry. Two levels: the IP string from the socket is hashed once, never concatenated. */
+  byVip: Map<string, Map<number, ServiceEntry>>;
+  /**
+   * Endpoint IP -> target port -> the first Service (by namespace/name) that sends there; only endpoints on this node
+   * (or of no known node), the only ones whose inbound connections this agent names.
+   */
+  byEndpoint: Map<string, Map<number, ServiceRef>>;
 }
 
-export const EMPTY_SERVICE_TABLE: ServiceTable = { byVipPort: new Map(), vips: new Set(), byEndpoint: new Map() };
+export const EMPTY_SERVICE_TABLE: ServiceTable = { byVip: new Map(), byEndpoint: new Map() };
 
 export interface ServiceTableOptions {
   /** This agent's node: endpoints there are `local`. */
@@ -66,6 +68,12 @@ export interface ServiceTableNotes {
   notes: string[];
 }
 
+/**
+ * What the last build made of each Service: reused as it is when neither the Service nor any of its slices changed
+ * (the sources keep an unchanged object's identity), so a change to one Service costs one Service, not the cluster.
+ */
+export type ServiceTableCache = Map<string, { service: ServiceInfo; slices: EndpointSliceInfo[]; entries: ServiceEntry[] }>;
+
 const PREFER_NODE = new Set(['PreferClose', 'PreferSameZone', 'PreferSameNode']);
 
 export function balanceMode(s: Pick<ServiceInfo, 'internalTrafficPolicy' | 'trafficDistribution'>): BalanceMode {
@@ -73,7 +81,20 @@ export function balanceMode(s: Pick<ServiceInfo, 'internalTrafficPolicy' | 'traf
   return s.trafficDistribution && PREFER_NODE.has(s.trafficDistribution) ? 'prefer-node' : 'standard';
 }
 
+/** `ip:port`, for messages and keys outside the hot path. */
 export const vipKey = (ip: string, port: number): string => `${ip}:${port}`;
+
+/** The entry for a ClusterIP and TCP port, if any. */
+export function lookupService(t: ServiceTable, ip: string, port: number): ServiceEntry | undefined {
+  return t.byVip.get(ip)?.get(port);
+}
+
+/** Every entry of the table (each ClusterIP and TCP port). */
+export function allEntries(t: ServiceTable): ServiceEntry[] {
+  const out: ServiceEntry[] = [];
+  for (const ports of t.byVip.values()) out.push(...ports.values());
+  return out;
+}
 
 /** The endpoint port for a Service port: the slice's port of the same name and protocol, else a numeric targetPort. */
 export function endpointPort(sp: ServicePort, slice: Pick<EndpointSliceInfo, 'ports'>): number | undefined {
@@ -81,14 +102,17 @@ export function endpointPort(sp: ServicePort, slice: Pick<EndpointSliceInfo, 'po
   return typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
 }
 
-/** Builds the table from every Service and EndpointSlice. Pure. */
+const byName = (a: { namespace: string; name: string }, b: { namespace: string; name: string }): number =>
+  a.namespace < b.namespace ? -1 : a.namespace > b.namespace ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+
+/** Builds the table from every Service and EndpointSlice. Pure, apart from what it reads from and leaves in `cache`. */
 export function buildServiceTable(
   services: readonly ServiceInfo[],
   slices: readonly EndpointSliceInfo[],
   opts: ServiceTableOptions,
   out: ServiceTableNotes = { notes: [] },
+  cache: ServiceTableCache = new Map(),
 ): ServiceTable {
-  const domain = opts.clusterDomain ?? 'cluster.local';
   const slicesOf = new Map<string, EndpointSliceInfo[]>();
   for (const s of slices) {
     if (!s.serviceName) {
@@ -104,36 +128,59 @@ export function buildServiceTable(
     if (list) list.push(s);
     else slicesOf.set(key, [s]);
   }
-  const table: ServiceTable = { byVipPort: new Map(), vips: new Set(), byEndpoint: new Map() };
-  const sorted = [...services].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
-  for (const svc of sorted) {
-    if (svc.type === 'ExternalName' || svc.headless || svc.clusterIPs.length === 0) continue;
-    const ref: ServiceRef = { namespace: svc.namespace, name: svc.name, hostname: `${svc.name}.${svc.namespace}.svc.${domain}` };
-    const mode = balanceMode(svc);
-    const mySlices = slicesOf.get(`${svc.namespace}/${svc.name}`) ?? [];
-    for (const vip of svc.clusterIPs) {
-      table.vips.add(vip);
-      const family = isIP(vip) === 4 ? 'IPv4' : 'IPv6';
-      for (const sp of svc.ports) {
-        if (sp.protocol !== 'TCP') continue; // only TCP is captured; UDP and SCTP stay kube-proxy's
-        const key = vipKey(vip, sp.port);
-        if (table.byVipPort.has(key)) {
-          out.notes.push(`Service ${svc.namespace}/${svc.name} port ${sp.port}: ${key} is already taken by ${table.byVipPort.get(key)?.service.namespace}/${table.byVipPort.get(key)?.service.name}`);
-          continue;
-        }
-        const endpoints = endpointsFor(sp, mySlices.filter((s) => s.addressType === family), opts.nodeName);
-        const usable = endpoints.filter((e) => e.ready || svc.publishNotReadyAddresses);
-        const local = usable.filter((e) => e.local);
-        const candidates = mode === 'node-only' ? local : mode === 'prefer-node' && local.length > 0 ? local : usable;
-        table.byVipPort.set(key, { service: ref, vip, port: sp, mode, endpoints, candidates });
-        for (const e of endpoints) {
-          const ek = vipKey(e.ip, e.port);
-          if (!table.byEndpoint.has(ek)) table.byEndpoint.set(ek, ref);
-        }
+  const table: ServiceTable = { byVip: new Map(), byEndpoint: new Map() };
+  const seen = new Set<string>();
+  for (const svc of [...services].sort(byName)) {
+    const key = `${svc.namespace}/${svc.name}`;
+    seen.add(key);
+    const mySlices = (slicesOf.get(key) ?? []).sort(byName);
+    const prev = cache.get(key);
+    const entries = prev && prev.service === svc && sameItems(prev.slices, mySlices) ? prev.entries : serviceEntries(svc, mySlices, opts);
+    cache.set(key, { service: svc, slices: mySlices, entries });
+    for (const e of entries) {
+      let ports = table.byVip.get(e.vip);
+      if (!ports) table.byVip.set(e.vip, (ports = new Map()));
+      const taken = ports.get(e.port.port);
+      if (taken) {
+        out.notes.push(`Service ${key} port ${e.port.port}: ${vipKey(e.vip, e.port.port)} is already taken by ${taken.service.namespace}/${taken.service.name}`);
+        continue;
+      }
+      ports.set(e.port.port, e);
+      for (const ep of e.endpoints) {
+        if (ep.node !== undefined && !ep.local) continue;
+        let eports = table.byEndpoint.get(ep.ip);
+        if (!eports) table.byEndpoint.set(ep.ip, (eports = new Map()));
+        if (!eports.has(ep.port)) eports.set(ep.port, e.service);
       }
     }
   }
+  for (const key of cache.keys()) if (!seen.has(key)) cache.delete(key);
   return table;
+}
+
+function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** The entries of one Service: one per ClusterIP and TCP port. */
+function serviceEntries(svc: ServiceInfo, slices: readonly EndpointSliceInfo[], opts: ServiceTableOptions): ServiceEntry[] {
+  if (svc.type === 'ExternalName' || svc.headless || svc.clusterIPs.length === 0) return [];
+  const ref: ServiceRef = { namespace: svc.namespace, name: svc.name, hostname: `${svc.name}.${svc.namespace}.svc.${opts.clusterDomain ?? 'cluster.local'}` };
+  const mode = balanceMode(svc);
+  const out: ServiceEntry[] = [];
+  for (const vip of svc.clusterIPs) {
+    const family = isIP(vip) === 4 ? 'IPv4' : 'IPv6';
+    const sameFamily = slices.filter((s) => s.addressType === family);
+    for (const sp of svc.ports) {
+      if (sp.protocol !== 'TCP') continue; // only TCP is captured; UDP and SCTP stay kube-proxy's
+      const endpoints = endpointsFor(sp, sameFamily, opts.nodeName);
+      const usable = svc.publishNotReadyAddresses ? endpoints : endpoints.filter((e) => e.ready);
+      const local = usable.filter((e) => e.local);
+      const candidates = mode === 'node-only' ? local : mode === 'prefer-node' && local.length > 0 ? local : usable;
+      out.push({ service: ref, vip, port: sp, mode, endpoints, candidates });
+    }
+  }
+  return out;
 }
 
 /** One Service port's endpoints from its slices: first address of each endpoint, duplicates merged (ready wins). */
