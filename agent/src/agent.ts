@@ -62,7 +62,9 @@ export class Agent {
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
     this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
     this.native = cfg.dataPath === 'native' ? new NativeHbone(this.identities, log.child({ component: 'hbone-native' })) : undefined;
-    const directory = new WorkloadDirectory(this.source, cfg.trustDomain, { nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, log: log.child({ component: 'services' }) });
+    const directory = new WorkloadDirectory(this.source, cfg.trustDomain, {
+      nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, serviceCidrs: cfg.serviceCidrs, log: log.child({ component: 'services' }),
+    });
     this.directory = directory;
     this.metrics = new AgentMetrics({
       enrolledCount: () => this.enroller.enrolledCount(),
@@ -73,6 +75,8 @@ export class Agent {
     this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs, {
       lookup: (ip) => directory.lookup(ip),
       service: (ip, port) => directory.service(ip, port),
+      knownPod: (ref) => directory.knownPod(ref),
+      serviceAddress: (ip) => directory.serviceAddress(ip),
       serviceOfEndpoint: (ip, port) => directory.serviceOfEndpoint(ip, port),
       identities: this.identities,
       pool: this.pool,
@@ -209,6 +213,7 @@ export class Agent {
     await this.runningPods.stop();
     await this.source.stop();
     await this.enroller.shutdown();
+    this.directory.close();
     this.pool.close();
     this.native?.stop();
     await this.identities.stop();

@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { DEFAULT_AGENT_SOCKET } from './protocol/cni-event.js';
 import { isLogLevel } from './log.js';
+import { parseServiceCidrs } from './workload/service-cidrs.js';
 import type { LevelWithSilent } from 'pino';
 
 export type RedirectMode = 'iptables' | 'nftables' | 'ebpf';
@@ -40,6 +41,8 @@ export interface AgentConfig {
   trustDomain: string;
   /** DNS suffix of the cluster's Service names (kubelet's --cluster-domain): `<svc>.<ns>.svc.<clusterDomain>`. */
   clusterDomain: string;
+  /** The cluster's Service CIDRs: an unknown address inside them is refused, not passed through in clear. [] = off. */
+  serviceCidrs: string[];
   /** Where workload certificates come from. */
   ca: 'builtin' | 'istio';
   /** builtin CA: folder of the root key and certificate (several nodes may share one). */
@@ -77,6 +80,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   repairIntervalMs: 5000,
   trustDomain: 'cluster.local',
   clusterDomain: 'cluster.local',
+  serviceCidrs: [],
   ca: 'builtin',
   caDir: '',
   certTtlSeconds: 24 * 3600,
@@ -153,6 +157,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(clusterDomain)) {
     throw new ConfigError(`clusterDomain must be a DNS name (lower-case labels joined by "."), got ${JSON.stringify(clusterDomain)}`);
   }
+  const serviceCidrs = parseCidrList(merged.serviceCidrs ?? CONFIG_DEFAULTS.serviceCidrs);
   const ca = merged.ca ?? CONFIG_DEFAULTS.ca;
   if (ca !== 'builtin' && ca !== 'istio') throw new ConfigError(`ca must be builtin or istio, got ${JSON.stringify(ca)}`);
   const ttl = Number(merged.certTtlSeconds ?? CONFIG_DEFAULTS.certTtlSeconds);
@@ -189,12 +194,25 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     repairIntervalMs: repair,
     trustDomain,
     clusterDomain,
+    serviceCidrs,
     ca,
     caDir: typeof merged.caDir === 'string' && merged.caDir ? merged.caDir : `${stateDir}/ca`,
     certTtlSeconds: ttl,
     ...istio,
     ...ports,
   };
+}
+
+/** `serviceCidrs` from a file (a list or a comma-separated string) or a flag (comma-separated); each one checked. */
+function parseCidrList(v: unknown): string[] {
+  const list = typeof v === 'string' ? v.split(',').map((c) => c.trim()).filter((c) => c !== '') : v;
+  if (!Array.isArray(list) || !list.every((c): c is string => typeof c === 'string')) throw new ConfigError(`serviceCidrs must be a list of CIDRs, got ${JSON.stringify(v)}`);
+  try {
+    parseServiceCidrs(list);
+  } catch (err) {
+    throw new ConfigError(`serviceCidrs: ${(err as Error).message}`);
+  }
+  return list;
 }
 
 /** Reads a YAML or JSON config file (JSON is YAML). */

@@ -82,7 +82,9 @@ export function benchLookup(n: number): ServicesResult['lookup'] {
     buildMs.push(performance.now() - t0);
   }
   const lookup = (ip: string): MeshWorkload | undefined => workloads.get(ip);
-  const service = (ip: string, port: number) => lookupService(table, ip, port);
+  const podRefs = new Set([...workloads.values()].map((w) => `Pod/${w.namespace}/${w.name}`));
+  // What the agent passes: the Service table, the workloads, the known pods and a Service range check.
+  const ctx = { lookup, service: (ip: string, port: number) => lookupService(table, ip, port), knownPod: (ref: string) => podRefs.has(ref), serviceAddress: () => undefined };
   const podIps = [...workloads.keys()];
   const vips = services.map((s) => s.clusterIPs[0] ?? '');
   const calls = 100_000;
@@ -90,8 +92,8 @@ export function benchLookup(n: number): ServicesResult['lookup'] {
   const pod: number[] = [];
   const vip: number[] = [];
   for (let r = 0; r < 3; r++) {
-    pod.push(...timePerCall(10, calls, (i) => decideOutbound({ address: podIps[i % podIps.length] ?? '', port: 8080 }, lookup, service)));
-    vip.push(...timePerCall(10, calls, (i) => decideOutbound({ address: vips[i % vips.length] ?? '', port: 80 }, lookup, service)));
+    pod.push(...timePerCall(10, calls, (i) => decideOutbound({ address: podIps[i % podIps.length] ?? '', port: 8080 }, ctx)));
+    vip.push(...timePerCall(10, calls, (i) => decideOutbound({ address: vips[i % vips.length] ?? '', port: 80 }, ctx)));
   }
   return { services: n, endpoints: slices.reduce((a, s) => a + s.endpoints.length, 0), buildMs: dist(buildMs), podIpNs: dist(pod), clusterIpNs: dist(vip) };
 }

@@ -18,6 +18,12 @@ test('the cluster domain of Service host names defaults to cluster.local and can
   t.is(parseAgentConfig({ 'cluster-domain': 'corp.example' }, { nodeName: 'n' }).clusterDomain, 'corp.example');
 });
 
+test('Service CIDRs are off by default and read from a list or a comma-separated flag', (t) => {
+  t.deepEqual(parseAgentConfig({}, { nodeName: 'n' }).serviceCidrs, []);
+  t.deepEqual(parseAgentConfig({ serviceCidrs: ['10.96.0.0/12', 'fd00:10:96::/112'] }, { nodeName: 'n' }).serviceCidrs, ['10.96.0.0/12', 'fd00:10:96::/112']);
+  t.deepEqual(parseAgentConfig({}, { nodeName: 'n', 'service-cidrs': '10.96.0.0/12, 10.100.0.0/16' }).serviceCidrs, ['10.96.0.0/12', '10.100.0.0/16']);
+});
+
 test('admin ports default to 15000/15020/15021 and can be set', (t) => {
   t.like(parseAgentConfig({}, { nodeName: 'n' }), { adminPort: 15000, metricsPort: 15020, readinessPort: 15021 });
   t.like(parseAgentConfig({ 'metrics-port': 9091 }, { nodeName: 'n', adminPort: '9000' }), { adminPort: 9000, metricsPort: 9091, readinessPort: 15021 });
@@ -51,6 +57,9 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['empty state dir', { stateDir: '' }, /stateDir/],
   ['bad trust domain', { trustDomain: 'Bad Domain' }, /trustDomain/],
   ['bad cluster domain', { clusterDomain: 'cluster..local' }, /clusterDomain must be a DNS name/],
+  ['service CIDR without a prefix', { serviceCidrs: '10.96.0.0' }, /serviceCidrs: not a CIDR: "10\.96\.0\.0"/],
+  ['service CIDR prefix too long', { serviceCidrs: ['10.96.0.0/33'] }, /serviceCidrs: not a CIDR/],
+  ['service CIDRs not strings', { serviceCidrs: [12] }, /serviceCidrs must be a list of CIDRs/],
   ['cluster domain with a capital', { clusterDomain: 'Cluster.local' }, /clusterDomain/],
   ['unknown CA', { ca: 'vault' }, /ca must be builtin or istio/],
   ['istio CA without an address', { ca: 'istio' }, /istioCaAddress/],

@@ -11,15 +11,15 @@ const peer: MeshWorkload = { ip: '10.244.2.7', namespace: 'app', name: 'web', se
 const lookup = (ip: string): MeshWorkload | undefined => (ip === peer.ip ? peer : undefined);
 
 test('outbound to a mesh workload goes through HBONE with its identity', (t) => {
-  t.deepEqual(decideOutbound({ address: '10.244.2.7', port: 8080 }, lookup), { kind: 'hbone', peer, target: { address: '10.244.2.7', port: 8080 } });
+  t.deepEqual(decideOutbound({ address: '10.244.2.7', port: 8080 }, { lookup }), { kind: 'hbone', peer, target: { address: '10.244.2.7', port: 8080 } });
 });
 
 test('outbound to anything else passes through', (t) => {
-  t.deepEqual(decideOutbound({ address: '10.244.9.9', port: 8080 }, lookup), { kind: 'passthrough', target: { address: '10.244.9.9', port: 8080 } });
+  t.deepEqual(decideOutbound({ address: '10.244.9.9', port: 8080 }, { lookup }), { kind: 'passthrough', target: { address: '10.244.9.9', port: 8080 } });
 });
 
 test('outbound straight to the listener is refused', (t) => {
-  t.is(decideOutbound({ address: '127.0.0.1', port: 15001 }, lookup).kind, 'refuse');
+  t.is(decideOutbound({ address: '127.0.0.1', port: 15001 }, { lookup }).kind, 'refuse');
 });
 
 test('plaintext inbound only to this pod, never to agent ports, and not under STRICT', (t) => {

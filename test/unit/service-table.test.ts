@@ -55,9 +55,10 @@ test('a named targetPort resolves through the slice port of the same name, per s
   t.deepEqual(lookupService(tb, VIP, 80)?.endpoints.map((e) => `${e.ip}:${e.port}`).sort(), ['10.244.1.2:8080', '10.244.1.3:9090'], 'the slice that does not resolve the name is left out');
 });
 
-test('a numeric targetPort is used when the slice has no port of that name', (t) => {
+test('a numeric targetPort is used only by a slice that lists no ports; a slice without the port name is skipped', (t) => {
   const s = svc('web', { clusterIP: VIP, ports: [{ port: 80, targetPort: 8080 }] });
   t.deepEqual(table([s], [slice('web', [{ ip: '10.244.1.2' }], [])]).byVip.get(VIP)?.get(80)?.candidates.map((e) => e.port), [8080]);
+  t.deepEqual(table([s], [slice('web', [{ ip: '10.244.1.2' }], [{ name: 'other', port: 9999 }])]).byVip.get(VIP)?.get(80)?.endpoints, [], 'as kube-proxy: no port of that name, no endpoint');
 });
 
 test('two ports of one Service resolve independently', (t) => {
@@ -134,18 +135,32 @@ test('decideOutbound: a ClusterIP resolves to HBONE for a mesh endpoint, plain f
   const tb = table([productpage], [slice('productpage', [{ ip: '10.244.1.2' }, { ip: '10.244.2.9' }], [{ name: 'http', port: 9080 }])]);
   const service = (ip: string, port: number) => lookupService(tb, ip, port);
   const ref = { namespace: 'app', name: 'productpage', hostname: 'productpage.app.svc.cluster.local' };
-  t.deepEqual(decideOutbound({ address: VIP, port: 9080 }, lookup, service, () => 0), { kind: 'hbone', peer: mesh.get('10.244.1.2') as MeshWorkload, target: { address: '10.244.1.2', port: 9080 }, service: ref });
-  t.deepEqual(decideOutbound({ address: VIP, port: 9080 }, lookup, service, () => 0.9), { kind: 'passthrough', target: { address: '10.244.2.9', port: 9080 }, service: ref });
-  t.deepEqual(decideOutbound({ address: VIP, port: 1234 }, lookup, service), { kind: 'passthrough', target: { address: VIP, port: 1234 } }, 'a port the Service does not define: unchanged');
+  t.deepEqual(decideOutbound({ address: VIP, port: 9080 }, { lookup, service }, () => 0), { kind: 'hbone', peer: mesh.get('10.244.1.2') as MeshWorkload, target: { address: '10.244.1.2', port: 9080 }, service: ref });
+  t.deepEqual(decideOutbound({ address: VIP, port: 9080 }, { lookup, service }, () => 0.9), { kind: 'passthrough', target: { address: '10.244.2.9', port: 9080 }, service: ref });
+  t.deepEqual(decideOutbound({ address: VIP, port: 1234 }, { lookup, service }), { kind: 'passthrough', target: { address: VIP, port: 1234 } }, 'a port the Service does not define: unchanged');
   const empty = table([productpage], []);
-  const r = decideOutbound({ address: VIP, port: 9080 }, lookup, (ip, port) => lookupService(empty, ip, port));
+  const r = decideOutbound({ address: VIP, port: 9080 }, { lookup, service: (ip, port) => lookupService(empty, ip, port) });
   t.is(r.kind, 'refuse');
   if (r.kind === 'refuse') {
     t.is(r.responseFlags, 'UH');
     t.deepEqual(r.service, ref);
     t.regex(r.reason, /^no healthy upstream: 10\.96\.0\.20:9080 \(app\/productpage has no endpoints for port 9080\)$/);
   }
-  t.deepEqual(decideOutbound({ address: '10.244.1.2', port: 9080 }, lookup, service), { kind: 'hbone', peer: mesh.get('10.244.1.2') as MeshWorkload, target: { address: '10.244.1.2', port: 9080 } }, 'a pod IP: no service');
+  t.deepEqual(decideOutbound({ address: '10.244.1.2', port: 9080 }, { lookup, service }), { kind: 'hbone', peer: mesh.get('10.244.1.2') as MeshWorkload, target: { address: '10.244.1.2', port: 9080 } }, 'a pod IP: no service');
+});
+
+test('decideOutbound never sends in clear what it cannot place: unknown endpoint pods, endpoints that are Service addresses, unknown ClusterIPs', (t) => {
+  const tb = table([productpage], [slice('productpage', [{ ip: '10.244.2.9' }], [{ name: 'http', port: 9080 }])]);
+  const service = (ip: string, port: number) => lookupService(tb, ip, port);
+  const refused = (r: ReturnType<typeof decideOutbound>): string => (r.kind === 'refuse' && r.responseFlags === 'UH' ? r.reason : `not refused: ${r.kind}`);
+  // The slice's targetRef is Pod/app/pod-10.244.2.9: unknown to the directory (its pod watch may lag) -> refused.
+  t.regex(refused(decideOutbound({ address: VIP, port: 9080 }, { lookup, service, knownPod: () => false })), /pod the workload directory does not know yet/);
+  t.is(decideOutbound({ address: VIP, port: 9080 }, { lookup, service, knownPod: (ref) => ref === 'Pod/app/pod-10.244.2.9' }).kind, 'passthrough', 'a known non-mesh pod: plain');
+  t.regex(refused(decideOutbound({ address: VIP, port: 9080 }, { lookup, service, serviceAddress: (ip) => (ip === '10.244.2.9' ? 'known' : undefined) })), /itself a Service address/);
+  const ranges = (ip: string) => (ip === VIP ? 'known' as const : ip.startsWith('10.96.') ? 'unknown' as const : undefined);
+  t.regex(refused(decideOutbound({ address: '10.96.7.7', port: 80 }, { lookup, service, serviceAddress: ranges })), /^no healthy upstream: 10\.96\.7\.7:80 is in the Service ranges but no Service the agent knows/);
+  t.deepEqual(decideOutbound({ address: VIP, port: 1234 }, { lookup, service, serviceAddress: ranges }), { kind: 'passthrough', target: { address: VIP, port: 1234 } }, 'a known ClusterIP on a port it does not define: unchanged');
+  t.is(decideOutbound({ address: '10.244.9.9', port: 80 }, { lookup, service, serviceAddress: ranges }).kind, 'passthrough', 'outside the ranges: unchanged');
 });
 
 test('serviceViews shows each endpoint with mesh membership and whether it is picked', (t) => {
@@ -167,4 +182,25 @@ test('a rebuild reuses the entries of every Service whose objects did not change
   t.is(lookupService(second, '10.96.0.21', 80)?.candidates.length, 1);
   buildServiceTable([other], [], { nodeName: 'n0' }, { notes: [] }, cache);
   t.deepEqual([...cache.keys()], ['app/other'], 'a removed Service leaves the cache');
+});
+
+test('WorkloadDirectory: Service changes are gathered and applied at the next lookup; known pods and Service ranges', async (t) => {
+  const { WorkloadDirectory } = await import('../../agent/src/workload/directory.js');
+  let services: ServiceInfo[] = [];
+  let listener: ((c: { pods: never[]; namespaces: never[]; policies: boolean; services: boolean }) => void) | undefined;
+  const source = {
+    services: () => services, endpointSlices: () => [], pods: () => [{ namespace: 'app', name: 'pp-1', podIPs: ['10.244.1.2'], labels: {}, annotations: {}, uid: 'u', nodeName: 'n1', serviceAccount: 'sa', hostNetwork: false }],
+    getNamespace: () => undefined, onChange: (l: typeof listener) => void (listener = l),
+  };
+  const dir = new WorkloadDirectory(source as never, 'cluster.local', { nodeName: 'n0', serviceCidrs: ['10.96.0.0/16'], serviceRebuildDelayMs: 60_000 });
+  t.teardown(() => dir.close());
+  t.is(dir.service(VIP, 9080), undefined);
+  services = [productpage];
+  listener?.({ pods: [], namespaces: [], policies: false, services: true });
+  t.is(dir.service(VIP, 9080)?.service.name, 'productpage', 'the first lookup after a change rebuilds (the timer is far off)');
+  t.is(dir.serviceAddress(VIP), 'known');
+  t.is(dir.serviceAddress('10.96.9.9'), 'unknown');
+  t.is(dir.serviceAddress('10.244.1.2'), undefined);
+  t.true(dir.knownPod('Pod/app/pp-1'));
+  t.false(dir.knownPod('Pod/app/pp-2'));
 });

@@ -82,3 +82,34 @@ test('waitForPod gives up after its timeout', async (t) => {
   t.teardown(() => src.stop());
   t.is(await src.waitForPod('x', 'y', 100), undefined);
 });
+
+test('files source: Services and EndpointSlices are read and announced; other kinds are logged once at debug', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
+  writeFileSync(join(dir, 'svc.yaml'), [
+    'apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: app}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80, targetPort: http-web}]}',
+    'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: app}',
+    'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: other, namespace: app}',
+    'apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: old, namespace: app}',
+  ].join('\n---\n'));
+  const src = new FilesWorkloadSource(dir, log, 50);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.deepEqual(src.services().map((s) => `${s.namespace}/${s.name}`), ['app/web']);
+  const unknown = lines.filter((l) => l.msg === 'ignoring an object of a kind the agent does not read (logged once per kind)');
+  t.deepEqual(unknown.map((l) => l.object).sort(), ['apps/v1 Deployment app/web', 'discovery.k8s.io/v1beta1 EndpointSlice app/old'], 'once per kind, at debug');
+  t.true(unknown.every((l) => l.level === 20));
+
+  const changes: { services: boolean; policies: boolean }[] = [];
+  src.onChange((c) => changes.push({ services: c.services, policies: c.policies }));
+  writeFileSync(join(dir, 'eps.yaml'), 'apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\nmetadata: {name: web-1, namespace: app, labels: {kubernetes.io/service-name: web}}\nendpoints: [{addresses: [10.244.1.2]}]\nports: [{name: http, port: 8080}]\n');
+  await src.rescanNow();
+  t.deepEqual(src.endpointSlices().map((s) => [s.name, s.serviceName, s.ports[0]?.port]), [['web-1', 'web', 8080]]);
+  t.deepEqual(changes.at(-1), { services: true, policies: false });
+  writeFileSync(join(dir, 'eps.yaml'), 'apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\nmetadata: {name: web-1, namespace: app}\nendpoints: [{addresses: [not-an-ip]}]\n');
+  await src.rescanNow();
+  t.is(src.endpointSlices()[0]?.endpoints[0]?.addresses[0], '10.244.1.2', 'a malformed slice keeps the previous one in force');
+  t.true(lines.some((l) => l.msg === 'ignoring malformed workload file; previous objects stay in force' && /EndpointSlice app\/web-1: endpoints\[0\]\.addresses\[0\] must be an IP address/.test(String(l.error))));
+});

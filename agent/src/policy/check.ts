@@ -41,7 +41,7 @@ export class PolicyCheckArgError extends Error {
 
 const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 
-const KINDS: Record<string, 'pod' | 'service'> = { pod: 'pod', pods: 'pod', po: 'pod', service: 'service', services: 'service', svc: 'service' };
+const KINDS = new Map<string, 'pod' | 'service'>([['pod', 'pod'], ['pods', 'pod'], ['po', 'pod'], ['service', 'service'], ['services', 'service'], ['svc', 'service']]);
 
 /**
  * Parses `--from <ns>/<sa>` and `--to <ns>/<name>:<port>` (a Service of that name, else the pod), or the explicit
@@ -51,7 +51,7 @@ export function parsePolicyCheckArgs(from: string, to: string, fromIp?: string):
   const f = /^([^/]+)\/([^/]+)$/.exec(from);
   if (!f || !NAME.test(f[1] ?? '') || !NAME.test(f[2] ?? '')) throw new PolicyCheckArgError(`--from must be <namespace>/<serviceaccount>, got ${JSON.stringify(from)}`);
   const t = /^([^/]+)\/(?:([^/]+)\/)?([^/:]+):(\d+)$/.exec(to);
-  const kind = t?.[2] === undefined ? undefined : KINDS[t[2]];
+  const kind = t?.[2] === undefined ? undefined : KINDS.get(t[2]);
   if (!t || !NAME.test(t[1] ?? '') || !NAME.test(t[3] ?? '') || (t[2] !== undefined && !kind)) {
     throw new PolicyCheckArgError(`--to must be <namespace>/<service or pod>:<port> (or <namespace>/pod/<name>:<port>, <namespace>/service/<name>:<port>), got ${JSON.stringify(to)}`);
   }

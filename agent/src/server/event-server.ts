@@ -182,8 +182,10 @@ export class EventServer {
     const policies = { authorization: source.authorizationPolicies(), peerAuthentication: source.peerAuthentications() };
     const { namespace, name } = q.to;
     const service = q.to.kind !== 'pod' ? source.services().find((s) => s.namespace === namespace && s.name === name) : undefined;
-    if (service || q.to.kind === 'service') return this.servicePolicyCheck(q, service !== undefined, policies, trustDomain);
-    const pod = source.getPod(namespace, name);
+    const pod = q.to.kind !== 'service' ? source.getPod(namespace, name) : undefined;
+    // A Service wins, unless only the pod of the same name has that port (`kubectl run x --expose` makes both).
+    const servicePort = service?.ports.some((p) => p.port === q.to.port && p.protocol === 'TCP') ?? false;
+    if (q.to.kind === 'service' || (service && (servicePort || !pod))) return this.servicePolicyCheck(q, service !== undefined, policies, trustDomain);
     if (!pod) return { status: 404, body: { code: 4, msg: `no Service or pod ${namespace}/${name} in the workload source` } satisfies EventError };
     return { status: 200, body: checkPolicy(q, pod, policies, trustDomain) };
   }

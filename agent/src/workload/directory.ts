@@ -3,7 +3,9 @@
 import { spiffeId } from '../identity/spiffe.js';
 import { decideEnrolment } from './enrolment.js';
 import type { Logger } from '../log.js';
-import { allEntries, buildServiceTable, EMPTY_SERVICE_TABLE, lookupService, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
+import { isIP, type BlockList } from 'node:net';
+import { parseServiceCidrs } from './service-cidrs.js';
+import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import type { PodInfo } from './types.js';
 
@@ -54,7 +56,17 @@ export interface DirectoryOptions {
   clusterDomain?: string;
   /** Where the Service table's notes (objects it could not use) go, once each, at debug. */
   log?: Logger;
+  /**
+   * The cluster's Service ranges (kube-apiserver's --service-cluster-ip-range), as CIDRs. An address inside them that
+   * is no known Service is refused instead of passed through in clear (the Service may be too new for the agent).
+   */
+  serviceCidrs?: readonly string[];
+  /** How long Service and EndpointSlice changes are gathered before the table is rebuilt (a lookup rebuilds at once). */
+  serviceRebuildDelayMs?: number;
 }
+
+/** What an address is to the Service table: a known ClusterIP, inside the Service ranges but unknown, or neither. */
+export type ServiceAddressKind = 'known' | 'unknown' | undefined;
 
 /** One endpoint of a Service port as `ambient-node services` shows it. */
 export interface ServiceEndpointView {
@@ -105,14 +117,39 @@ export function serviceViews(entries: Iterable<ServiceEntry>, lookup: (ip: strin
 
 export class WorkloadDirectory {
   private byIp = new Map<string, MeshWorkload>();
-  private services_: ServiceTable = EMPTY_SERVICE_TABLE;
+  /** `Pod/<ns>/<name>` of every pod the source knows, mesh or not (an EndpointSlice targetRef's form). */
+  private podRefs = new Set<string>();
+  private services_: ServiceTable = emptyServiceTable();
+  /** Service or EndpointSlice changes not yet in the table; the next lookup or the timer rebuilds it. */
+  private servicesDirty = false;
+  private rebuildTimer: NodeJS.Timeout | undefined;
+  private readonly serviceRanges: BlockList | undefined;
   private readonly noted = new Set<string>();
   /** Each Service's entries from the last build, reused while neither it nor its slices change. */
   private readonly serviceCache: ServiceTableCache = new Map();
 
   constructor(private readonly source: WorkloadSource, readonly trustDomain: string, private readonly opts: DirectoryOptions = { nodeName: '' }) {
+    this.serviceRanges = opts.serviceCidrs?.length ? parseServiceCidrs(opts.serviceCidrs) : undefined;
     this.rebuild();
     source.onChange((c) => this.rebuild(c));
+  }
+
+  /** Stops the pending rebuild timer (the agent is stopping). */
+  close(): void {
+    clearTimeout(this.rebuildTimer);
+    this.rebuildTimer = undefined;
+  }
+
+  /** Whether the source knows the pod an EndpointSlice targetRef names (`Pod/<ns>/<name>`), in the mesh or not. */
+  knownPod(targetRef: string): boolean {
+    return this.podRefs.has(targetRef);
+  }
+
+  /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. */
+  serviceAddress(ip: string): ServiceAddressKind {
+    if (this.table().vips.has(ip)) return 'known';
+    const family = isIP(ip);
+    return this.serviceRanges && family !== 0 && this.serviceRanges.check(ip, family === 4 ? 'ipv4' : 'ipv6') ? 'unknown' : undefined;
   }
 
   lookup(ip: string): MeshWorkload | undefined {
@@ -125,27 +162,44 @@ export class WorkloadDirectory {
 
   /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
   service(ip: string, port: number): ServiceEntry | undefined {
-    return lookupService(this.services_, ip, port);
+    return lookupService(this.table(), ip, port);
   }
 
   /** The Service that sends to this endpoint address and port (the first by namespace/name), to name inbound traffic. */
   serviceOfEndpoint(ip: string, port: number): ServiceRef | undefined {
-    return this.services_.byEndpoint.get(ip)?.get(port);
+    return this.table().byEndpoint.get(ip)?.get(port);
   }
 
   /** Every Service port with its endpoints. */
   services(): ServiceEntry[] {
-    return allEntries(this.services_);
+    return allEntries(this.table());
   }
 
   /** What `ambient-node services` shows. */
   serviceViews(): ServiceView[] {
-    return serviceViews(allEntries(this.services_), (ip) => this.lookup(ip));
+    return serviceViews(allEntries(this.table()), (ip) => this.lookup(ip));
   }
 
   private rebuild(change?: WorkloadChange): void {
-    if (!change || change.pods.length > 0 || change.namespaces.length > 0) this.byIp = buildDirectory(this.source, this.trustDomain);
+    if (!change || change.pods.length > 0 || change.namespaces.length > 0) {
+      this.byIp = buildDirectory(this.source, this.trustDomain);
+      this.podRefs = new Set(this.source.pods().map((p) => `Pod/${p.namespace}/${p.name}`));
+    }
     if (!change || change.services) {
+      // A burst of watch events (a rollout moves many endpoints) is one rebuild, done by whichever comes first: the
+      // next connection that needs the table, or the timer.
+      this.servicesDirty = true;
+      this.rebuildTimer ??= setTimeout(() => this.table(), this.opts.serviceRebuildDelayMs ?? 20);
+      this.rebuildTimer.unref?.();
+    }
+  }
+
+  /** The Service table, rebuilt first if Services or EndpointSlices changed since. */
+  private table(): ServiceTable {
+    if (this.servicesDirty) {
+      this.servicesDirty = false;
+      clearTimeout(this.rebuildTimer);
+      this.rebuildTimer = undefined;
       const notes: string[] = [];
       this.services_ = buildServiceTable(this.source.services(), this.source.endpointSlices(), this.opts, { notes }, this.serviceCache);
       for (const n of notes) {
@@ -155,5 +209,6 @@ export class WorkloadDirectory {
         this.opts.log?.debug({ note: n }, 'service table: object not used (logged once)');
       }
     }
+    return this.services_;
   }
 }

@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
 
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
-/** Istio's fallback for spec.trafficDistribution (on the Service; ztunnel also reads it from the namespace). */
+/** Istio's fallback for spec.trafficDistribution, read from the Service (istiod also reads it from the namespace). */
 export const TRAFFIC_DISTRIBUTION_ANNOTATION = 'networking.istio.io/traffic-distribution';
 
 export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalName';
@@ -114,6 +114,20 @@ function ip(v: unknown, where: string): string {
   return v;
 }
 
+/**
+ * Addresses the API server refuses as endpoints (loopback, link-local, unspecified, multicast): refused here too, so a
+ * hand-written slice cannot make a pod's agent dial its own loopback or a link-local address.
+ */
+function endpointIp(v: unknown, where: string): string {
+  const a = ip(v, where);
+  const lower = a.toLowerCase();
+  const special = isIP(a) === 4
+    ? /^(127\.|0\.|169\.254\.|22[4-9]\.|23\d\.)/.test(a)
+    : lower === '::' || lower === '::1' || /^fe[89ab]/.test(lower) || lower.startsWith('ff');
+  if (special) throw new WorkloadParseError(`${where} ${a} is a loopback, link-local, unspecified or multicast address: not a valid endpoint`);
+  return a;
+}
+
 function targetPort(v: unknown, port: number, where: string): number | string {
   if (v === undefined || v === null) return port; // the API's default: the same as port
   if (typeof v === 'number') return portNumber(v, where);
@@ -156,7 +170,7 @@ export function parseService(doc: Obj): ServiceInfo {
   }
   const itp = spec.internalTrafficPolicy ?? 'Cluster';
   if (itp !== 'Cluster' && itp !== 'Local') throw new WorkloadParseError(`${where}: spec.internalTrafficPolicy must be Cluster or Local, got ${JSON.stringify(itp)}`);
-  const trafficDistribution = optionalString(spec.trafficDistribution, `${where}: spec.trafficDistribution`) ?? m.annotations[TRAFFIC_DISTRIBUTION_ANNOTATION];
+  const trafficDistribution = optionalString(spec.trafficDistribution, `${where}: spec.trafficDistribution`) || m.annotations[TRAFFIC_DISTRIBUTION_ANNOTATION];
   return {
     namespace: m.namespace, name: m.name, uid: m.uid, labels: m.labels, annotations: m.annotations,
     type: type as ServiceType,
@@ -190,7 +204,7 @@ export function parseEndpointSlice(doc: Obj): EndpointSliceInfo {
         if (typeof a !== 'string' || a === '') throw new WorkloadParseError(`${ew}.addresses[${j}] must be a host name`);
         return a;
       }
-      const v = ip(a, `${ew}.addresses[${j}]`);
+      const v = endpointIp(a, `${ew}.addresses[${j}]`);
       if ((isIP(v) === 4) !== (addressType === 'IPv4')) throw new WorkloadParseError(`${ew}.addresses[${j}] ${v} is not an ${addressType} address`);
       return v;
     });

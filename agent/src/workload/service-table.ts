@@ -1,6 +1,6 @@
 // The Service table: for each ClusterIP and TCP port, the Service behind it and the endpoints a new connection may
-// go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt (per changed
-// Service) when Services or EndpointSlices change.
+// go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt when Services or
+// EndpointSlices change, reusing the entries of every Service whose objects did not.
 import { isIP } from 'node:net';
 import type { EndpointInfo, EndpointSliceInfo, ServiceInfo, ServicePort } from './service-objects.js';
 
@@ -47,6 +47,8 @@ export interface ServiceEntry {
 export interface ServiceTable {
   /** ClusterIP -> TCP port -> entry. Two levels: the IP string from the socket is hashed once, never concatenated. */
   byVip: Map<string, Map<number, ServiceEntry>>;
+  /** Every ClusterIP of every Service, whatever its ports and protocols. */
+  vips: Set<string>;
   /**
    * Endpoint IP -> target port -> the first Service (by namespace/name) that sends there; only endpoints on this node
    * (or of no known node), the only ones whose inbound connections this agent names.
@@ -54,7 +56,7 @@ export interface ServiceTable {
   byEndpoint: Map<string, Map<number, ServiceRef>>;
 }
 
-export const EMPTY_SERVICE_TABLE: ServiceTable = { byVip: new Map(), byEndpoint: new Map() };
+export const emptyServiceTable = (): ServiceTable => ({ byVip: new Map(), vips: new Set(), byEndpoint: new Map() });
 
 export interface ServiceTableOptions {
   /** This agent's node: endpoints there are `local`. */
@@ -96,10 +98,13 @@ export function allEntries(t: ServiceTable): ServiceEntry[] {
   return out;
 }
 
-/** The endpoint port for a Service port: the slice's port of the same name and protocol, else a numeric targetPort. */
+/**
+ * The endpoint port for a Service port: the slice's port of the same name and protocol, as kube-proxy reads it; a slice
+ * that lists no ports at all (hand-written) falls back to a numeric targetPort. Otherwise none: the endpoint is skipped.
+ */
 export function endpointPort(sp: ServicePort, slice: Pick<EndpointSliceInfo, 'ports'>): number | undefined {
   for (const p of slice.ports) if (p.name === sp.name && p.protocol === sp.protocol) return p.port;
-  return typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
+  return slice.ports.length === 0 && typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
 }
 
 const byName = (a: { namespace: string; name: string }, b: { namespace: string; name: string }): number =>
@@ -128,7 +133,7 @@ export function buildServiceTable(
     if (list) list.push(s);
     else slicesOf.set(key, [s]);
   }
-  const table: ServiceTable = { byVip: new Map(), byEndpoint: new Map() };
+  const table = emptyServiceTable();
   const seen = new Set<string>();
   for (const svc of [...services].sort(byName)) {
     const key = `${svc.namespace}/${svc.name}`;
@@ -137,6 +142,7 @@ export function buildServiceTable(
     const prev = cache.get(key);
     const entries = prev && prev.service === svc && sameItems(prev.slices, mySlices) ? prev.entries : serviceEntries(svc, mySlices, opts);
     cache.set(key, { service: svc, slices: mySlices, entries });
+    if (svc.type !== 'ExternalName') for (const vip of svc.clusterIPs) table.vips.add(vip);
     for (const e of entries) {
       let ports = table.byVip.get(e.vip);
       if (!ports) table.byVip.set(e.vip, (ports = new Map()));
