@@ -41,4 +41,28 @@ export {
 } from './cni-types.js';
 export { execInNetns, listNetns, netnsPath } from './netns.js';
 export { WorkloadsDir, namespaceFileName, podFileName, type Labels, type NamespaceObject, type PodObject } from './workloads.js';
+export {
+  ClusterIpAllocator,
+  endpointSliceFileName,
+  endpointSlicesFor,
+  serviceFileName,
+  serviceHostname,
+  serviceObject,
+  type ContainerPort,
+  type EndpointSliceObject,
+  type ServiceEndpointSpec,
+  type ServicePortResolved,
+  type ServicePortSpec,
+  type ServiceSpec,
+  type TestbedService,
+} from './services.js';
+export {
+  endpointChainName,
+  kubeProxyJumps,
+  probability,
+  renderKubeProxyRules,
+  serviceChainName,
+  servicePortName,
+} from './kube-proxy.js';
+export { DNSMASQ, podResolvConf, renderDnsHosts } from './cluster-dns.js';
 export { REPO_ROOT, AGENT_MAIN, CNI_MAIN, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';

@@ -7,6 +7,7 @@ import type { RuntimeConf } from './cni-types.js';
 import { execInNetns, netnsPath } from './netns.js';
 import type { TestbedNode } from './node.js';
 import type { ProcessTracker } from './processes.js';
+import type { ContainerPort } from './services.js';
 import type { Labels } from './workloads.js';
 
 export interface PodInit {
@@ -23,6 +24,10 @@ export interface PodInit {
   ip: string;
   addOutcome: CniAddOutcome;
   tracker: ProcessTracker;
+  /** Container ports (named ones resolve a Service's named targetPort). Default none. */
+  ports?: ContainerPort[];
+  /** Default true. */
+  ready?: boolean;
 }
 
 export class TestbedPod {
@@ -42,6 +47,10 @@ export class TestbedPod {
   readonly addOutcome: CniAddOutcome;
   /** Current labels (as last written to the Pod YAML). */
   labels: Labels;
+  /** The Ready condition as last written to the Pod YAML (tb.setPodReady changes it). */
+  ready: boolean;
+  /** The container's ports, as written to the Pod YAML. */
+  readonly ports: ContainerPort[];
   readonly #cniArgs: [string, string][];
   readonly #tracker: ProcessTracker;
 
@@ -52,6 +61,8 @@ export class TestbedPod {
     this.uid = init.uid;
     this.serviceAccount = init.serviceAccount;
     this.labels = init.labels;
+    this.ready = init.ready ?? true;
+    this.ports = init.ports ?? [];
     this.containerId = init.containerId;
     this.netnsName = init.netnsName;
     this.netnsPath = netnsPath(init.netnsName);

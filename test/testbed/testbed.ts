@@ -1,13 +1,14 @@
-// The simulated cluster: run dir, fabric and node netns, per-node CNI runtime and agent, pods and their
-// YAML. It owns every name it creates (all carry the run id) and deletes exactly those in destroy().
+// The simulated cluster: run dir, fabric and node netns, per-node CNI runtime, agent, kube-proxy rules and DNS, pods,
+// Services and their YAML. It owns every name it creates (all carry the run id) and deletes exactly those in destroy().
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
-import { chmod, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { chmod, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Options, ResultPromise } from 'execa';
 import { AgentProcess, type RedirectMode } from './agent-process.js';
 import { registerLive, unregisterLive, type Destroyable } from './cleanup.js';
+import { DNSMASQ, podResolvConf } from './cluster-dns.js';
 import { CniRuntime, type CniOpOutcome } from './cni-runtime.js';
 import { type CniConfList, k8sCniArgs } from './cni-types.js';
 import { createNetns, deleteNetns, netnsPath } from './netns.js';
@@ -21,8 +22,23 @@ import {
   setupNodeNetwork,
   underlayIp,
 } from './node.js';
+import { DnsServer, SERVICE_CIDR, setupNodeServices } from './node-services.js';
 import { TestbedPod } from './pod.js';
 import { ProcessTracker } from './processes.js';
+import { ServiceSync } from './service-sync.js';
+import {
+  ClusterIpAllocator,
+  type ContainerPort,
+  endpointSliceFileName,
+  endpointSlicesFor,
+  resolveServicePorts,
+  serviceFileName,
+  serviceHostname,
+  serviceObject,
+  type ServiceSpec,
+  type TestbedService,
+  validateServiceSpec,
+} from './services.js';
 import { AGENT_MAIN, CNI_MAIN, CNI_SHIM, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';
 import { type Labels, namespaceFileName, type PodObject, podFileName, WorkloadsDir } from './workloads.js';
 
@@ -78,12 +94,16 @@ export interface PodSpec {
   serviceAccount?: string;
   /** Default 'eth0'. */
   ifname?: string;
+  /** Container ports, written as `spec.containers[0].ports` (a Service's named targetPort resolves against them). */
+  ports?: ContainerPort[];
 }
 
 const CONFLIST_FILE = '10-ambient-tb.conflist';
 const TEARDOWN_DEL_TIMEOUT_MS = 5000;
 /** Kubernetes object names the testbed accepts (they become part of a netns and a file name). */
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
+/** Where `ip netns exec` finds per-netns files it bind-mounts over /etc (resolv.conf). */
+const ETC_NETNS = '/etc/netns';
 
 export class Testbed implements Destroyable {
   readonly id: string;
@@ -103,6 +123,12 @@ export class Testbed implements Destroyable {
   readonly #pods = new Map<string, TestbedPod>();
   readonly #podTrackers = new Map<string, ProcessTracker>();
   readonly #tracker = new ProcessTracker();
+  readonly #services = new Map<string, TestbedService>();
+  readonly #clusterIps = new ClusterIpAllocator();
+  readonly #dns: DnsServer[] = [];
+  /** /etc/netns/<pod netns> folders this testbed created and has not removed yet. */
+  readonly #etcNetns = new Set<string>();
+  #sync: ServiceSync | undefined;
   #destroying: Promise<void> | undefined;
 
   private constructor(id: string, opts: TestbedOptions) {
@@ -131,6 +157,7 @@ export class Testbed implements Destroyable {
     if ((opts.agent ?? true) && opts.agentCommand === undefined && !existsSync(AGENT_MAIN)) {
       throw new Error(`${AGENT_MAIN} missing: run \`npm run build\``);
     }
+    if (!existsSync(DNSMASQ)) throw new Error(`${DNSMASQ} missing: install dnsmasq-base (scripts/setup.sh does)`);
     const tb = new Testbed(reserveRunDir(), opts);
     registerLive(tb);
     try {
@@ -187,12 +214,13 @@ export class Testbed implements Destroyable {
     const containerId = randomBytes(32).toString('hex');
     const netnsName = `atb-${this.id}-n${node.index}-${namespace}-${spec.name}`;
     const ifname = spec.ifname ?? 'eth0';
+    const ports = (spec.ports ?? []).map((p) => ({ ...p }));
     const podObject: PodObject = {
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: { name: spec.name, namespace, uid, labels },
-      spec: { nodeName: node.name, serviceAccountName: serviceAccount },
-      status: { phase: 'Pending', hostIP: node.underlayIp },
+      spec: { nodeName: node.name, serviceAccountName: serviceAccount, containers: containersOf(ports) },
+      status: { phase: 'Pending', hostIP: node.underlayIp, conditions: [{ type: 'Ready', status: 'False' }] },
     };
     const cniArgs = k8sCniArgs({ namespace, name: spec.name, uid, infraContainerId: containerId });
     const attachment = { containerId, netns: netnsPath(netnsName), ifname, args: cniArgs };
@@ -201,6 +229,7 @@ export class Testbed implements Destroyable {
       // Like Kubernetes, a pod's namespace exists: write it (no labels) unless someone already did.
       if (!existsSync(join(this.workloadsDir, namespaceFileName(namespace)))) await this.setNamespace(namespace, {});
       await this.workloads.writePod(podObject);
+      await this.#writeResolvConf(netnsName, namespace, node.podGateway);
       await this.#createNetns(netnsName);
       const outcome = await node.cni.add(attachment);
       added = true;
@@ -220,10 +249,10 @@ export class Testbed implements Destroyable {
         ip,
         addOutcome: outcome,
         tracker,
+        ports,
       });
       this.#pods.set(key, pod);
       await this.workloads.writePod(this.#podObject(pod));
-      return pod;
     } catch (err) {
       if (!this.#pods.has(key)) {
         this.#podTrackers.delete(key);
@@ -235,9 +264,14 @@ export class Testbed implements Destroyable {
           this.#netns.delete(netnsName);
         }
         await this.workloads.remove(podFileName(namespace, spec.name)).catch(() => undefined);
+        await this.#removeResolvConf(netnsName).catch(() => undefined);
       }
       throw err;
     }
+    await this.syncServices();
+    const pod = this.#pods.get(key);
+    if (pod === undefined) throw new Error(`testbed ${this.id}: pod ${key} was deleted while it was being added`);
+    return pod;
   }
 
   /** Many ADDs in parallel (at most `concurrency` at once, default 8). Throws AggregateError if any failed; the others stay. */
@@ -277,9 +311,11 @@ export class Testbed implements Destroyable {
     }
     await deleteNetns(pod.netnsName);
     this.#netns.delete(pod.netnsName);
+    await this.#removeResolvConf(pod.netnsName);
     this.#pods.delete(pod.key);
     this.#podTrackers.delete(pod.key);
     await this.workloads.remove(podFileName(pod.namespace, pod.name));
+    await this.syncServices();
     return outcome;
   }
 
@@ -293,10 +329,106 @@ export class Testbed implements Destroyable {
     await this.workloads.writeNamespace(name, labels);
   }
 
-  /** Replace the pod's labels and rewrite its YAML. */
+  /** Replace the pod's labels and rewrite its YAML (EndpointSlices, kube-proxy and DNS follow before this returns). */
   async setPodLabels(pod: TestbedPod, labels: Labels): Promise<void> {
     pod.labels = { ...labels };
     await this.workloads.writePod(this.#podObject(pod));
+    await this.syncServices();
+  }
+
+  /** Set the pod's Ready condition (Pod YAML status.conditions); EndpointSlices, kube-proxy and DNS follow before this returns. */
+  async setPodReady(pod: TestbedPod, ready: boolean): Promise<void> {
+    this.#assertAlive();
+    pod.ready = ready;
+    await this.workloads.writePod(this.#podObject(pod));
+    await this.syncServices();
+  }
+
+  /** Live Services, in creation order. */
+  get services(): TestbedService[] {
+    return [...this.#services.values()];
+  }
+
+  service(namespace: string, name: string): TestbedService {
+    const svc = this.#services.get(`${namespace}/${name}`);
+    if (svc === undefined) throw new Error(`testbed ${this.id}: no Service ${namespace}/${name}`);
+    return svc;
+  }
+
+  /**
+   * Create a Service: its v1 YAML (`svc-<ns>-<name>.yaml`), its EndpointSlices (`eps-<ns>-<name>.yaml`) from the pods its
+   * selector matches (or its explicit endpoints), kube-proxy rules on every node and its DNS name, all before returning.
+   */
+  async addService(spec: ServiceSpec): Promise<TestbedService> {
+    this.#assertAlive();
+    const namespace = spec.namespace ?? 'default';
+    const key = `${namespace}/${spec.name}`;
+    if (this.#services.has(key)) throw new Error(`testbed ${this.id}: Service ${key} already exists`);
+    const full = { ...spec, namespace };
+    validateServiceSpec(full);
+    const ports = resolveServicePorts(`Service ${key}`, full.ports, full.clusterIP === 'None' || full.type === 'ExternalName');
+    let clusterIP = '';
+    if (full.type !== 'ExternalName') {
+      if (full.clusterIP === undefined) clusterIP = this.#clusterIps.allocate();
+      else if (full.clusterIP === 'None') clusterIP = 'None';
+      else {
+        this.#clusterIps.reserve(full.clusterIP);
+        clusterIP = full.clusterIP;
+      }
+    }
+    const svc: TestbedService = { namespace, name: spec.name, uid: randomUUID(), clusterIP, hostname: serviceHostname(namespace, spec.name), ports, spec: full };
+    this.#services.set(key, svc);
+    try {
+      if (!existsSync(join(this.workloadsDir, namespaceFileName(namespace)))) await this.setNamespace(namespace, {});
+      await this.workloads.write(serviceFileName(namespace, spec.name), serviceObject(svc));
+    } catch (err) {
+      this.#services.delete(key);
+      if (clusterIP !== '' && clusterIP !== 'None') this.#clusterIps.release(clusterIP);
+      throw err;
+    }
+    await this.syncServices();
+    return svc;
+  }
+
+  /** Change a Service (its ClusterIP is immutable, as in Kubernetes); YAML, EndpointSlices, rules and DNS follow before returning. */
+  async updateService(namespace: string, name: string, changes: Partial<ServiceSpec>): Promise<TestbedService> {
+    this.#assertAlive();
+    const old = this.service(namespace, name);
+    if (changes.clusterIP !== undefined && changes.clusterIP !== (old.spec.clusterIP ?? old.clusterIP)) {
+      throw new Error(`testbed ${this.id}: Service ${namespace}/${name}: clusterIP is immutable`);
+    }
+    if ((changes.type === 'ExternalName') !== (old.spec.type === 'ExternalName') && changes.type !== undefined) {
+      throw new Error(`testbed ${this.id}: Service ${namespace}/${name}: changing to or from ExternalName is not supported`);
+    }
+    const full = { ...old.spec, ...changes, namespace, name };
+    validateServiceSpec(full);
+    const ports = resolveServicePorts(`Service ${namespace}/${name}`, full.ports, old.clusterIP === 'None' || full.type === 'ExternalName');
+    const svc: TestbedService = { ...old, ports, spec: full };
+    await this.workloads.write(serviceFileName(namespace, name), serviceObject(svc));
+    this.#services.set(`${namespace}/${name}`, svc);
+    await this.syncServices();
+    return svc;
+  }
+
+  /** Delete a Service, its EndpointSlices, rules and DNS name (all gone before this returns). */
+  async removeService(namespace: string, name: string): Promise<void> {
+    this.#assertAlive();
+    const svc = this.service(namespace, name);
+    this.#services.delete(`${namespace}/${name}`);
+    if (svc.clusterIP !== '' && svc.clusterIP !== 'None') this.#clusterIps.release(svc.clusterIP);
+    await this.workloads.remove(serviceFileName(namespace, name));
+    await this.syncServices();
+  }
+
+  /**
+   * One sync that starts now: the EndpointSlice controller writes its slices, then every node's kube-proxy rules and the
+   * DNS records are rendered from all Services and EndpointSlices in the workloads folder (including ones written with
+   * writeWorkload) and applied. The folder is also watched, so direct writes are picked up within ~100 ms anyway.
+   */
+  async syncServices(): Promise<void> {
+    this.#assertAlive();
+    if (this.#sync === undefined) throw new Error(`testbed ${this.id}: services are not set up yet`);
+    await this.#sync.request();
   }
 
   /** Write any Kubernetes-shaped objects (AuthorizationPolicy, PeerAuthentication, ...) into workloads/. */
@@ -337,6 +469,10 @@ export class Testbed implements Destroyable {
     for (const t of this.#podTrackers.values()) t.killAllSync();
     this.#tracker.killAllSync();
     for (const node of this.nodes) node.agent?.killSync();
+    for (const name of [...this.#etcNetns]) {
+      rmSync(join(ETC_NETNS, name), { recursive: true, force: true });
+      this.#etcNetns.delete(name);
+    }
     for (const name of [...this.#netns].reverse()) {
       try {
         execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
@@ -350,7 +486,19 @@ export class Testbed implements Destroyable {
   }
 
   async #teardown(): Promise<void> {
+    try {
+      await this.#teardownAll();
+    } finally {
+      for (const name of [...this.#etcNetns]) {
+        rmSync(join(ETC_NETNS, name), { recursive: true, force: true });
+        this.#etcNetns.delete(name);
+      }
+    }
+  }
+
+  async #teardownAll(): Promise<void> {
     const errors: unknown[] = [];
+    await this.#sync?.close();
     await Promise.all([...this.#podTrackers.values()].map((t) => t.stopAll()));
     await this.#tracker.stopAll();
     await Promise.allSettled(
@@ -403,6 +551,7 @@ export class Testbed implements Destroyable {
       for (const d of [node.confDir, node.cacheDir, node.ipamDir, node.stateDir]) await mkdir(d, { recursive: true });
       await writeFile(node.conflistPath, JSON.stringify(node.conflist, null, 2));
     }
+    await this.#startServices();
     this.#assertAlive();
     await o.beforeAgents?.(this);
     if (o.agent ?? true) {
@@ -411,6 +560,80 @@ export class Testbed implements Destroyable {
       const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
     }
+  }
+
+  /**
+   * Services on every node: bridged traffic through iptables, kube-proxy's base chains and jumps, a dnsmasq on the pod
+   * gateway address serving <runDir>/dns/hosts; then the first sync and the folder watcher.
+   */
+  async #startServices(): Promise<void> {
+    const dnsDir = join(this.runDir, 'dns');
+    const tmpDir = join(this.runDir, 'dns-tmp');
+    const hostsFile = join(dnsDir, 'hosts');
+    // dnsmasq drops to an unprivileged user: it must be able to reach and read the hosts folder.
+    chmodSync(this.runDir, 0o755);
+    for (const d of [dnsDir, tmpDir]) {
+      await mkdir(d, { recursive: true });
+      await chmod(d, 0o755);
+    }
+    await writeFile(hostsFile, '');
+    await chmod(hostsFile, 0o644);
+    for (const node of this.nodes) {
+      this.#assertAlive();
+      await setupNodeServices(node.netnsName);
+      const dns = new DnsServer(
+        node.netnsName,
+        { listenAddress: node.podGateway, hostsDir: dnsDir, pidFile: join(this.runDir, `dnsmasq-${node.name}.pid`) },
+        hostsFile,
+        join(this.logsDir, `dnsmasq-${node.name}.log`),
+      );
+      this.#dns.push(dns);
+      await dns.start(this.#tracker);
+    }
+    this.#sync = new ServiceSync({
+      workloads: this.workloads,
+      nodes: this.nodes,
+      controllerFiles: () => this.#endpointSliceFiles(),
+      dns: { hostsFile, tmpDir, servers: this.#dns, current: '' },
+      onBackgroundError: (err) => {
+        if (this.#destroying === undefined) process.stderr.write(`testbed ${this.id}: background service sync failed: ${String(err)}\n`);
+      },
+    });
+    await this.#sync.request();
+    this.#sync.watch();
+  }
+
+  /** The EndpointSlice controller: desired `eps-<ns>-<name>.yaml` files from the live Services and pods. */
+  #endpointSliceFiles(): Map<string, object[]> {
+    const pods = this.pods.map((p) => ({
+      namespace: p.namespace,
+      name: p.name,
+      uid: p.uid,
+      labels: p.labels,
+      nodeName: p.node.name,
+      ip: p.ip,
+      ready: p.ready,
+      ports: p.ports,
+    }));
+    const files = new Map<string, object[]>();
+    for (const svc of this.#services.values()) {
+      const slices = endpointSlicesFor(svc, pods);
+      if (slices.length > 0) files.set(endpointSliceFileName(svc.namespace, svc.name), slices);
+    }
+    return files;
+  }
+
+  /** /etc/netns/<netns>/resolv.conf, which `ip netns exec` bind-mounts over /etc/resolv.conf for the pod. */
+  async #writeResolvConf(netnsName: string, namespace: string, nameserver: string): Promise<void> {
+    const dir = join(ETC_NETNS, netnsName);
+    this.#etcNetns.add(netnsName);
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'resolv.conf'), podResolvConf(namespace, nameserver));
+  }
+
+  async #removeResolvConf(netnsName: string): Promise<void> {
+    await rm(join(ETC_NETNS, netnsName), { recursive: true, force: true });
+    this.#etcNetns.delete(netnsName);
   }
 
   /** Create a netns owned by this testbed; if destroy() started meanwhile, delete it again and throw. */
@@ -472,7 +695,8 @@ export class Testbed implements Destroyable {
         redirectMode: o.redirectMode ?? 'iptables',
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),
-        extraArgs: [...dataPathArgs(o.dataPath ?? testDataPath()), ...(o.agentArgs ?? [])],
+        // The real agent knows the cluster's Service range, as a production config should (deploy/20-configmap.yaml).
+        extraArgs: [...dataPathArgs(o.dataPath ?? testDataPath()), ...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? [])],
         readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
       });
     }
@@ -484,8 +708,14 @@ export class Testbed implements Destroyable {
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: { name: pod.name, namespace: pod.namespace, uid: pod.uid, labels: pod.labels },
-      spec: { nodeName: pod.node.name, serviceAccountName: pod.serviceAccount },
-      status: { phase: 'Running', hostIP: pod.node.underlayIp, podIP: pod.ip, podIPs: [{ ip: pod.ip }] },
+      spec: { nodeName: pod.node.name, serviceAccountName: pod.serviceAccount, containers: containersOf(pod.ports) },
+      status: {
+        phase: 'Running',
+        hostIP: pod.node.underlayIp,
+        podIP: pod.ip,
+        podIPs: [{ ip: pod.ip }],
+        conditions: [{ type: 'Ready', status: pod.ready ? 'True' : 'False' }],
+      },
     };
   }
 
@@ -520,6 +750,11 @@ function listNetnsFiles(): string[] {
   } catch {
     return [];
   }
+}
+
+/** The pod's one container (`app`), with its ports when it has any. */
+function containersOf(ports: readonly ContainerPort[]): NonNullable<PodObject['spec']['containers']> {
+  return [{ name: 'app', ...(ports.length > 0 ? { ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, protocol: p.protocol ?? 'TCP' })) } : {}) }];
 }
 
 function firstIpv4(ips: { address: string }[]): string | undefined {

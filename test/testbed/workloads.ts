@@ -12,8 +12,19 @@ export interface PodObject {
   apiVersion: 'v1';
   kind: 'Pod';
   metadata: { name: string; namespace: string; uid: string; labels: Labels };
-  spec: { nodeName: string; serviceAccountName: string; hostNetwork?: boolean };
-  status: { phase: 'Pending' | 'Running'; hostIP: string; podIP?: string; podIPs?: { ip: string }[] };
+  spec: {
+    nodeName: string;
+    serviceAccountName: string;
+    hostNetwork?: boolean;
+    containers?: { name: string; ports?: { name: string; containerPort: number; protocol: 'TCP' | 'UDP' }[] }[];
+  };
+  status: {
+    phase: 'Pending' | 'Running';
+    hostIP: string;
+    podIP?: string;
+    podIPs?: { ip: string }[];
+    conditions?: { type: 'Ready'; status: 'True' | 'False' }[];
+  };
 }
 
 export interface NamespaceObject {
