@@ -85,6 +85,20 @@ for (const mode of MODES) {
     const refused = await eventually(() => ask(notsleep, 'productpage', 9080, 'n'), (a) => !a.ok, 6000);
     t.false(refused.ok, 'notsleep is refused through the Service');
     t.true((await ask(sleep, 'productpage', 9080, 's')).ok, 'sleep is admitted through the Service');
+    if (mode === 'iptables') {
+      // `policy check` on the Service answers for the endpoint behind it, at its target port.
+      const node1 = cli(tb, 1);
+      const allow = await node1('policy', 'check', '--from', 'app/sleep', '--to', 'app/productpage:9080', '-o', 'json');
+      t.is(allow.exitCode, 0, allow.stderr);
+      const allowJson = JSON.parse(allow.stdout) as ServicePolicyCheckResult;
+      t.like(allowJson, { allowed: true, service: { namespace: 'app', name: 'productpage', hostname: PP_HOST, port: 9080, vips: [svc.clusterIP] } });
+      t.like(allowJson.endpoints[0], { endpoint: `${productpage.ip}:9080`, pod: 'app/productpage', mesh: true, ready: true, candidate: true, result: { allowed: true, policy: 'app/productpage-viewer' } });
+      const deny = await node1('policy', 'check', '--from', 'app/notsleep', '--to', 'app/productpage:9080');
+      t.is(deny.exitCode, 1);
+      t.regex(deny.stdout, /^DENY {2}spiffe:\/\/cluster\.local\/ns\/app\/sa\/notsleep -> Service app\/productpage:9080/);
+      const asPod = await node1('policy', 'check', '--from', 'app/notsleep', '--to', 'app/pod/productpage:9080', '-o', 'json');
+      t.is((JSON.parse(asPod.stdout) as { to?: { pod: string } }).to?.pod, 'app/productpage', 'pod/ names the pod of the same name');
+    }
 
     await tb.writeWorkload('strict.yaml', strict);
     const plainRefused = await eventually(() => ask(outsider, svc.clusterIP, 9080, 'p'), (a) => !a.ok, 6000);

@@ -16,7 +16,8 @@ export interface ConnectionInfo {
   /** The pod this agent serves on this connection (`ns/name`). */
   pod: string;
   src: Endpoint;
-  /** The application-level destination: the endpoint (pod IP and target port) the bytes are for. */
+  /** The application-level destination: the address (for a Service, the endpoint's IP and target port) the bytes are
+   * for; the ClusterIP itself when a Service connection was refused before an endpoint was chosen. */
   dst: Endpoint;
   /** The HBONE tunnel's far (outbound) or near (inbound) end, `podIP:15008`, when the connection travels in HBONE. */
   tunnelAddr?: string;

@@ -5,7 +5,7 @@ import { decideEnrolment } from './enrolment.js';
 import type { Logger } from '../log.js';
 import { isIP, type BlockList } from 'node:net';
 import { parseServiceCidrs } from './service-cidrs.js';
-import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
+import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEndpoint, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import type { PodInfo } from './types.js';
 
@@ -69,14 +69,7 @@ export interface DirectoryOptions {
 export type ServiceAddressKind = 'known' | 'unknown' | undefined;
 
 /** One endpoint of a Service port as `ambient-node services` shows it. */
-export interface ServiceEndpointView {
-  ip: string;
-  port: number;
-  ready: boolean;
-  serving: boolean;
-  terminating: boolean;
-  node?: string;
-  targetRef?: string;
+export interface ServiceEndpointView extends Omit<ServiceEndpoint, 'local'> {
   /** A mesh workload: reached in HBONE under `identity`; otherwise in plain TCP. */
   mesh: boolean;
   identity?: string;

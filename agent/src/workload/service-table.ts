@@ -14,7 +14,7 @@ export interface ServiceRef {
 
 export interface ServiceEndpoint {
   ip: string;
-  /** The port to dial on the endpoint: the EndpointSlice port of the Service port's name, else a numeric targetPort. */
+  /** The port to dial on the endpoint: the EndpointSlice port of the Service port's name (see endpointPort). */
   port: number;
   ready: boolean;
   serving: boolean;
