@@ -1,6 +1,6 @@
 // Network namespace handles and the one way into a namespace: withNetns(ns, fn).
 // withNetns is synchronous on the event-loop thread: fn must only make koffi syscalls (never Node's async socket APIs, which create their socket on a later tick in the wrong namespace).
-import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { CLONE_NEWNET, setns } from './libc.js';
 
 /** Identity of a network namespace: the inode and device of its nsfs file. */
@@ -25,12 +25,18 @@ export class Netns {
   static open(path: string): Netns {
     let fd: number;
     try {
-      fd = openSync(path, 'r');
+      // Non-blocking: a FIFO passed as CNI_NETNS must not stall the event loop on open (libuv adds O_CLOEXEC).
+      fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
     } catch (err) {
       throw new NetnsGoneError(path, { cause: err });
     }
     const st = fstatSync(fd);
     const id = { inode: st.ino, dev: st.dev };
+    // Every namespace file lives on the one nsfs: the device of the agent's own namespace file.
+    if (path !== SELF_PATH && st.dev !== selfId().dev) {
+      closeSync(fd);
+      throw new NetnsGoneError(path, { cause: new Error('not a namespace file (nsfs)') });
+    }
     if (path !== SELF_PATH && sameNetns(id, selfId())) {
       closeSync(fd);
       throw new Error(`refusing ${path}: it is the agent's own network namespace, not a pod's`);
@@ -66,11 +72,14 @@ export function sameNetns(a: NetnsId, b: NetnsId): boolean {
   return a.inode === b.inode && a.dev === b.dev;
 }
 
-/** The identity of the namespace at path, or undefined when the path no longer exists. */
+/**
+ * The identity of the namespace at path, or undefined when the path no longer exists or is no namespace file (an
+ * unmounted leftover, a FIFO, a directory: stat never opens it, so nothing here can block).
+ */
 export function statNetns(path: string): NetnsId | undefined {
   try {
     const st = statSync(path);
-    return { inode: st.ino, dev: st.dev };
+    return st.dev === selfId().dev ? { inode: st.ino, dev: st.dev } : undefined;
   } catch {
     return undefined;
   }

@@ -1,5 +1,6 @@
 // The wire contract between the ambient-cni plugin and the agent's event server (HTTP/1.1 + JSON on a Unix socket).
 // Declared once here and imported by both sides; the agent validates every body with parseCniEvent before use.
+import { isIP } from 'node:net';
 
 /** Default path of the agent's event socket (plugin config key `agent_socket`). */
 export const DEFAULT_AGENT_SOCKET = '/var/run/ambient-node/cni.sock';
@@ -136,6 +137,12 @@ export function parseCniEvent(body: unknown): CniEvent {
   const ips = ipsRaw.map((ip, i) => {
     const io = obj(ip, `ips[${i}]`);
     const address = str(io, 'address', { nonEmpty: true });
+    // CIDR notation as the CNI result has it: an IP and a prefix length, nothing else (it reaches rule commands).
+    const cidr = /^([^/]+)\/(\d{1,3})$/.exec(address);
+    const family = isIP(cidr?.[1] ?? address);
+    if (family === 0 || (cidr && Number(cidr[2]) > (family === 4 ? 32 : 128))) {
+      throw new EventParseError(`field "ips[${i}].address" must be an IP address with an optional prefix length, got ${JSON.stringify(address)}`);
+    }
     const gateway = optStr(io, 'gateway');
     const iface = io.interface;
     return {

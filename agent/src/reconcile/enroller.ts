@@ -93,7 +93,7 @@ export class Enroller {
         throw new AgentError('AMB_ERR_POD_UNKNOWN', `pod ${ns}/${name} has uid ${pod.uid} in the workload source but the runtime sent ${ev.k8s.podUid}; try again later`);
       }
       const id = statNetns(ev.netns);
-      if (!id) throw new AgentError('AMB_ERR_NETNS_GONE', `network namespace ${ev.netns} of pod ${ns}/${name} does not exist`);
+      if (!id) throw new AgentError('AMB_ERR_NETNS_GONE', `network namespace ${ev.netns} of pod ${ns}/${name} does not exist (or is not a network namespace)`);
       const ips = ev.ips.length ? ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address) : await podIpsFromNetns(ev.netns);
       const decision = decideEnrolment(pod, this.source.getNamespace(ns));
       await this.dropDiscovered(ns, name);
