@@ -1,5 +1,6 @@
 // The node agent's lifecycle: wires config, workload source, redirection backend, enroller and event server, in order.
 // Start order matters: node rules and re-adoption finish before the socket reports ready, so no ADD races a half-started agent.
+import { isIPv4 } from 'node:net';
 import type { AgentConfig } from './config.js';
 import { describe } from './errors.js';
 import type { Logger } from './log.js';
@@ -194,7 +195,7 @@ export class Agent {
       this.enroller.counters.ruleRepairs++;
       await this.backend.installHost();
       for (const p of this.enroller.list()) {
-        if (p.state === 'enrolled') for (const ip of p.ips) await this.backend.addProbeTarget(ip, p.uid);
+        if (p.state === 'enrolled') for (const ip of p.ips.filter((a) => isIPv4(a))) await this.backend.addProbeTarget(ip, p.uid);
       }
     } catch (err) {
       this.log.error({ error: describe(err) }, 'node rule repair failed');

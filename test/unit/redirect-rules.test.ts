@@ -8,12 +8,13 @@ const POD = Object.values(ipt.POD_CHAINS);
 
 interface Case {
   backend: 'iptables' | 'nftables';
-  side: 'pod' | 'host';
+  side: 'pod' | 'pod-ipv6' | 'host';
   render: () => string;
 }
 
 const cases: Case[] = [
   { backend: 'iptables', side: 'pod', render: () => ipt.restoreInput('', POD, ipt.podChainRules(), ipt.podJumpRules()) },
+  { backend: 'iptables', side: 'pod-ipv6', render: () => ipt.restoreInput('', POD, ipt.podChainRules(6), ipt.podJumpRules()) },
   { backend: 'iptables', side: 'host', render: () => ipt.restoreInput('', [ipt.HOST_CHAIN], ipt.hostChainRules(), ipt.hostJumpRules()) },
   { backend: 'nftables', side: 'pod', render: () => nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) },
   { backend: 'nftables', side: 'host', render: () => nft.replaceTableScript(nft.HOST_TABLE, nft.hostTable()) },

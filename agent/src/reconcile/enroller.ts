@@ -170,7 +170,7 @@ export class Enroller {
       const id = statNetns(rec.netnsPath);
       if (!id || !sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev })) {
         plog.info({ netns: rec.netnsPath }, 'pod sandbox gone while the agent was down; dropping it');
-        if (rec.state === 'enrolled') for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        if (rec.state === 'enrolled') for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         return;
       }
       this.records.set(key, rec);
@@ -336,6 +336,12 @@ export class Enroller {
 
   private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean }): Promise<void> {
     const started = performance.now();
+    const v6 = rec.ips.filter((ip) => !isIPv4(ip));
+    if (v6.length > 0 && !this.live.has(key)) {
+      plog.warn({ ipv6: v6, backend: this.backend.name }, this.backend.name === 'ebpf'
+        ? 'pod has IPv6 addresses: the ebpf backend does not capture IPv6 yet, so its IPv6 traffic is not in the mesh'
+        : 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused (never sent around the mesh)');
+    }
     let live = this.live.get(key);
     let opened: Netns | undefined;
     try {
@@ -346,7 +352,7 @@ export class Enroller {
       // Rules and probe targets are independent: install them concurrently (each is a tool exec).
       await Promise.all([
         this.backend.installPod(rec.netnsPath, podContext(rec), { fresh: opts.fresh ?? false }),
-        ...rec.ips.map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
       ]);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
@@ -362,7 +368,7 @@ export class Enroller {
       if (opened && !this.live.has(key)) {
         // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
         if (sameNetns(opened.id, { inode: rec.netnsInode, dev: rec.netnsDev })) await removePodRules(rec.netnsPath, rec.ifname).catch(() => undefined);
-        for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         opened.close();
       }
       plog.error({ error: describe(err) }, 'enrolment failed');
@@ -391,7 +397,7 @@ export class Enroller {
       if (now && sameNetns(now, { inode: rec.netnsInode, dev: rec.netnsDev })) {
         await removePodRules(rec.netnsPath, rec.ifname).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
       }
-      for (const ip of rec.ips) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+      for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
     }
     this.counters.unenrolments++;
     plog.info('pod removed from the mesh');
@@ -486,6 +492,11 @@ export class Enroller {
 /** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
 function podContext(rec: PodRecord): PodContext {
   return { ifname: rec.ifname, ips: rec.ips };
+}
+
+/** The pod IPs kubelet probes are SNATed for: IPv4 only (the probe SNAT and its set are IPv4). */
+function probeIps(rec: Pick<PodRecord, 'ips'>): string[] {
+  return rec.ips.filter((ip) => isIPv4(ip));
 }
 
 /** The pod's IPv4 addresses, read from its namespace (an ADD without prevResult IPs); IPv4 only, as capture is. */

@@ -46,27 +46,37 @@ const ok = (missing: string[], unexpected: string[], actual: string[]): RuleDrif
 });
 
 const POD_CHAINS = Object.values(ipt.POD_CHAINS);
+const FAMILIES: readonly ipt.Family[] = [4, 6];
 
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
 
   async prepare(): Promise<void> {}
 
+  /** IPv4 and IPv6 in parallel: each family's tools and tables are separate. */
   async installPod(netnsPath: string, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const current = opts.fresh ? '' : await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
-    const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(), ipt.podJumpRules());
-    await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input });
+    await Promise.all(FAMILIES.map(async (family) => {
+      const tools = ipt.TOOLS[family];
+      const current = opts.fresh ? '' : await runTool(tools.save, ['-t', 'nat'], { netns: netnsPath });
+      const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
+      await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netnsPath, input });
+    }));
   }
 
+  /** Both families; IPv6 lines carry the `ip6tables: ` prefix. */
   async verifyPod(netnsPath: string): Promise<RuleDrift> {
-    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
-    const actual = ipt.ownedNatLines(current, POD_CHAINS);
-    const d = ipt.diffOwned(this.expectedPodRules(), actual);
-    return ok(d.missing, d.unexpected, actual);
+    const per = await Promise.all(FAMILIES.map(async (family) => {
+      const current = await runTool(ipt.TOOLS[family].save, ['-t', 'nat'], { netns: netnsPath });
+      const actual = ipt.ownedNatLines(current, POD_CHAINS);
+      const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
+      const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actual);
+      return { missing: d.missing.map(tag), unexpected: d.unexpected.map(tag), actual: actual.map(tag) };
+    }));
+    return ok(per.flatMap((p) => p.missing), per.flatMap((p) => p.unexpected), per.flatMap((p) => p.actual));
   }
 
   expectedPodRules(): string[] {
-    return [...ipt.podJumpRules(), ...ipt.podChainRules()];
+    return FAMILIES.flatMap((family) => [...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l)));
   }
 
   async installHost(): Promise<void> {
@@ -182,13 +192,16 @@ export async function removePodRules(netnsPath: string, ifname = 'eth0'): Promis
 }
 
 async function removeNetfilter(netnsPath: string, errors: unknown[]): Promise<void> {
-  try {
-    const current = await runTool('iptables-save', ['-t', 'nat'], { netns: netnsPath });
-    if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
-      await runTool('iptables-restore', ['--noflush', '-w', '5'], { netns: netnsPath, input: ipt.removeInput(current, POD_CHAINS) });
+  for (const family of FAMILIES) {
+    try {
+      const tools = ipt.TOOLS[family];
+      const current = await runTool(tools.save, ['-t', 'nat'], { netns: netnsPath });
+      if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netnsPath, input: ipt.removeInput(current, POD_CHAINS) });
+      }
+    } catch (err) {
+      errors.push(err);
     }
-  } catch (err) {
-    errors.push(err);
   }
   try {
     await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.deleteTableScript(nft.POD_TABLE) });

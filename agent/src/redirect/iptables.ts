@@ -8,13 +8,29 @@ export const PROBE_IPSET = 'ambient-node-probes-v4';
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
-/** The rules of our chains (nat table), one per line, as iptables-save prints them. */
-export function podChainRules(): string[] {
+/** The address families the pod rules are installed for: iptables (IPv4) and ip6tables (IPv6). */
+export type Family = 4 | 6;
+
+/** The save and restore tools of a family. */
+export const TOOLS: Record<Family, { save: string; restore: string }> = {
+  4: { save: 'iptables-save', restore: 'iptables-restore' },
+  6: { save: 'ip6tables-save', restore: 'ip6tables-restore' },
+};
+
+/** How IPv6 lines are told apart from IPv4 ones in drift reports and `ambient-node rules`. */
+export const IP6_PREFIX = 'ip6tables: ';
+
+/**
+ * The rules of our chains (nat table), one per line, as iptables-save prints them. IPv6 gets the same capture (there
+ * is no IPv6 probe SNAT): until the agent listens on IPv6, TCP redirected there meets no listener and is refused, so
+ * an enrolled pod's IPv6 traffic (link-local included) never bypasses the mesh.
+ */
+export function podChainRules(family: Family = 4): string[] {
   const pre = POD_CHAINS.prerouting;
   const out = POD_CHAINS.output;
   return [
     `-A ${pre} -i lo -j RETURN`,
-    `-A ${pre} -s ${PROBE_SNAT_IP}/32 -p tcp -j ACCEPT`,
+    ...(family === 4 ? [`-A ${pre} -s ${PROBE_SNAT_IP}/32 -p tcp -j ACCEPT`] : []),
     `-A ${pre} -p tcp -m tcp --dport ${INBOUND_HBONE_PORT} -j ACCEPT`,
     `-A ${pre} -p tcp -j REDIRECT --to-ports ${INBOUND_PLAINTEXT_PORT}`,
     `-A ${out} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j ACCEPT`,

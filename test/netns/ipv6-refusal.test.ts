@@ -1,0 +1,52 @@
+// Until IPv6 is captured, an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
+// ones; nftables: the inet table), never carried around the mesh; a pod outside the mesh keeps its IPv6.
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, TestbedPod } from '../testbed/index.js';
+import { AMBIENT, agentPod } from './helpers.js';
+
+/** A ULA address on the pod's interface (the testbed's CNI gives IPv4 only); nodad: usable at once. */
+async function addV6(pod: TestbedPod, addr: string): Promise<void> {
+  await pod.exec('ip', ['-6', 'addr', 'add', `${addr}/64`, 'dev', pod.ifname, 'nodad']);
+}
+
+async function v6Connect(client: TestbedPod, addr: string, port: number): Promise<{ ok: boolean; out: string }> {
+  const r = await client.exec('ncat', ['-6', '--no-shutdown', '-w', '3', addr, String(port)], { input: 'hi\n', timeout: 10_000, reject: false });
+  const out = `${String(r.stdout)}${String(r.stderr)}`.trim();
+  return { ok: r.exitCode === 0 && out.includes('v6:hi'), out };
+}
+
+for (const mode of ['iptables', 'nftables'] as RedirectMode[]) {
+  netnsTest.serial(`[${mode}] an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [sleep, web, other] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'sleep' },
+      { node: 0, namespace: 'plain', name: 'web' },
+      { node: 0, namespace: 'plain', name: 'other' },
+    ]);
+    if (!sleep || !web || !other) throw new Error('pods missing');
+    await addV6(sleep, 'fd00:db8::2');
+    await addV6(web, 'fd00:db8::3');
+    await addV6(other, 'fd00:db8::4');
+    for (const [p, port] of [[web, 8080], [sleep, 9090]] as const) {
+      void p.spawn('ncat', ['-6', '-l', '-k', String(port), '--sh-exec', 'read l; echo "v6:$l"']).catch(() => undefined);
+      await p.waitForPort(port);
+    }
+    const control = await v6Connect(other, 'fd00:db8::3', 8080);
+    t.true(control.ok, `IPv6 works between pods outside the mesh: ${control.out}`);
+    const out = await v6Connect(sleep, 'fd00:db8::3', 8080);
+    t.false(out.ok, `outbound IPv6 from the enrolled pod is refused: ${out.out}`);
+    const inb = await v6Connect(web, 'fd00:db8::2', 9090);
+    t.false(inb.ok, `inbound IPv6 to the enrolled pod is refused: ${inb.out}`);
+    t.is((await agentPod(tb, sleep))?.state, 'enrolled');
+    if (mode === 'iptables') {
+      const rules = String((await sleep.exec('ip6tables-save', ['-t', 'nat'])).stdout);
+      t.regex(rules, /-A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001/);
+      const view = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/sleep')}`)).body as { attachments: { ok: boolean; expected: string[] }[] };
+      t.true(view.attachments[0]?.ok, 'in sync, IPv6 lines included');
+      t.true(view.attachments[0]?.expected.some((l) => l.startsWith('ip6tables: -A AMBIENT_OUTPUT')));
+    }
+    await tb.deletePod(sleep);
+  });
+}
