@@ -47,7 +47,7 @@ export class Agent {
   private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
 
   constructor(private readonly cfg: AgentConfig, private readonly log: Logger) {
-    this.backend = createBackend(cfg.redirectMode);
+    this.backend = createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup });
     this.source = createWorkloadSource(cfg, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
     this.caReady = cfg.ca === 'builtin'

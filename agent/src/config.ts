@@ -43,6 +43,8 @@ export interface AgentConfig {
   clusterDomain: string;
   /** The cluster's Service CIDRs: an unknown address inside them is refused, not passed through in clear. [] = off. */
   serviceCidrs: string[];
+  /** Limit the kubelet-probe SNAT to this cgroup v2 path (the kubelet's); '' = any local process (Istio's default). */
+  probeSnatCgroup: string;
   /** Where workload certificates come from. */
   ca: 'builtin' | 'istio';
   /** builtin CA: folder of the root key and certificate (several nodes may share one). */
@@ -81,6 +83,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   trustDomain: 'cluster.local',
   clusterDomain: 'cluster.local',
   serviceCidrs: [],
+  probeSnatCgroup: '',
   ca: 'builtin',
   caDir: '',
   certTtlSeconds: 24 * 3600,
@@ -158,6 +161,11 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     throw new ConfigError(`clusterDomain must be a DNS name (lower-case labels joined by "."), got ${JSON.stringify(clusterDomain)}`);
   }
   const serviceCidrs = parseCidrList(merged.serviceCidrs ?? CONFIG_DEFAULTS.serviceCidrs);
+  const probeSnatCgroup = String(merged.probeSnatCgroup ?? CONFIG_DEFAULTS.probeSnatCgroup);
+  if (probeSnatCgroup && (!/^\/[A-Za-z0-9._@:\/-]*$/.test(probeSnatCgroup) || probeSnatCgroup.split('/').includes('..'))) {
+    throw new ConfigError(`probeSnatCgroup must be an absolute cgroup v2 path (e.g. /system.slice/kubelet.service), got ${JSON.stringify(probeSnatCgroup)}`);
+  }
+  if (probeSnatCgroup && redirectMode === 'nftables') throw new ConfigError('probeSnatCgroup needs redirectMode iptables or ebpf (the probe SNAT is an iptables rule there)');
   const ca = merged.ca ?? CONFIG_DEFAULTS.ca;
   if (ca !== 'builtin' && ca !== 'istio') throw new ConfigError(`ca must be builtin or istio, got ${JSON.stringify(ca)}`);
   const ttl = Number(merged.certTtlSeconds ?? CONFIG_DEFAULTS.certTtlSeconds);
@@ -195,6 +203,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     trustDomain,
     clusterDomain,
     serviceCidrs,
+    probeSnatCgroup,
     ca,
     caDir: typeof merged.caDir === 'string' && merged.caDir ? merged.caDir : `${stateDir}/ca`,
     certTtlSeconds: ttl,

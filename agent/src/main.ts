@@ -86,6 +86,7 @@ export function buildCli(): Command {
     .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
     .option('--trust-domain <domain>', `SPIFFE trust domain of workload identities (default ${CONFIG_DEFAULTS.trustDomain})`)
+    .option('--probe-snat-cgroup <path>', 'only sockets of this cgroup v2 path (the kubelet\'s, e.g. /system.slice/kubelet.service) are SNATed as kubelet probes; default: any local process (iptables and ebpf backends)')
     .option('--service-cidrs <cidrs>', 'the cluster\'s Service ranges, comma-separated (e.g. 10.96.0.0/12): an unknown address in them is refused, not sent in clear (default: none)')
     .option('--cluster-domain <domain>', `DNS suffix of Service host names, <svc>.<ns>.svc.<domain> (default ${CONFIG_DEFAULTS.clusterDomain})`)
     .option('--ca <kind>', 'where certificates come from: builtin | istio (default builtin)')

@@ -42,6 +42,13 @@ const savedOnce = [
   'COMMIT',
 ].join('\n');
 
+test('iptables probe SNAT: any local socket by default, only the kubelet\'s cgroup when one is set', (t) => {
+  t.notRegex(ipt.hostChainRules().join('\n'), /cgroup/);
+  t.deepEqual(ipt.hostChainRules('/system.slice/kubelet.service'), [
+    '-A AMBIENT_POSTRT -p tcp -m owner --socket-exists -m cgroup --path "/system.slice/kubelet.service" -m set --match-set ambient-node-probes-v4 dst -j SNAT --to-source 169.254.7.127',
+  ], 'in iptables-save\'s form, so drift checks compare it as saved');
+});
+
 test('iptables restore plan does not add a jump that is already there', (t) => {
   const input = ipt.restoreInput(savedOnce, POD, ipt.podChainRules(), ipt.podJumpRules());
   for (const jump of ipt.podJumpRules()) t.false(input.includes(jump), jump);

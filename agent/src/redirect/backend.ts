@@ -51,6 +51,9 @@ const FAMILIES: readonly ipt.Family[] = [4, 6];
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
 
+  /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
+  constructor(private readonly kubeletCgroup = '') {}
+
   async prepare(): Promise<void> {}
 
   /** IPv4 and IPv6 in parallel: each family's tools and tables are separate. */
@@ -82,14 +85,20 @@ class IptablesBackend implements RedirectBackend {
   async installHost(): Promise<void> {
     await runTool('ipset', ['create', ipt.PROBE_IPSET, 'hash:ip', 'comment', '-exist']);
     const current = await runTool('iptables-save', ['-t', 'nat']);
-    const input = ipt.restoreInput(current, [ipt.HOST_CHAIN], ipt.hostChainRules(), ipt.hostJumpRules());
-    await runTool('iptables-restore', ['--noflush', '-w', '5'], { input });
+    const input = ipt.restoreInput(current, [ipt.HOST_CHAIN], ipt.hostChainRules(this.kubeletCgroup), ipt.hostJumpRules());
+    try {
+      await runTool('iptables-restore', ['--noflush', '-w', '5'], { input });
+    } catch (err) {
+      if (!this.kubeletCgroup) throw err;
+      // The kernel resolves the path when the rule is loaded: a wrong one is the likely cause.
+      throw new Error(`cannot install the probe SNAT limited to cgroup ${this.kubeletCgroup} (does that cgroup v2 path exist, as the agent sees the cgroup tree?)`, { cause: err });
+    }
   }
 
   async verifyHost(): Promise<RuleDrift> {
     const current = await runTool('iptables-save', ['-t', 'nat']);
     const actual = ipt.ownedNatLines(current, [ipt.HOST_CHAIN]);
-    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules()], actual);
+    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules(this.kubeletCgroup)], actual);
     try {
       await runTool('ipset', ['list', '-n', ipt.PROBE_IPSET]);
       actual.push(`ipset ${ipt.PROBE_IPSET}`);
@@ -175,9 +184,13 @@ class NftablesBackend implements RedirectBackend {
   }
 }
 
-export function createBackend(mode: RedirectMode): RedirectBackend {
-  if (mode === 'ebpf') return new EbpfBackend(new IptablesBackend()); // node-side probe SNAT stays iptables
-  return mode === 'nftables' ? new NftablesBackend() : new IptablesBackend();
+export function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string } = {}): RedirectBackend {
+  if (mode === 'ebpf') return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
+  if (mode === 'nftables') {
+    if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
+    return new NftablesBackend();
+  }
+  return new IptablesBackend(opts.probeSnatCgroup);
 }
 
 /**

@@ -44,8 +44,14 @@ export function podJumpRules(): string[] {
   return [`-A PREROUTING -j ${POD_CHAINS.prerouting}`, `-A OUTPUT -j ${POD_CHAINS.output}`];
 }
 
-export function hostChainRules(): string[] {
-  return [`-A ${HOST_CHAIN} -p tcp -m owner --socket-exists -m set --match-set ${PROBE_IPSET} dst -j SNAT --to-source ${PROBE_SNAT_IP}`];
+/**
+ * The node's probe SNAT: TCP from a local socket to an enrolled pod IP leaves as 169.254.7.127, which the pod's rules
+ * let through to the app (Istio's rule). With `kubeletCgroup` only sockets of that cgroup v2 path (the kubelet's) are
+ * SNATed; without it any local process, hostNetwork pods included, reaches enrolled pods' apps in plaintext.
+ */
+export function hostChainRules(kubeletCgroup = ''): string[] {
+  const cgroup = kubeletCgroup ? ` -m cgroup --path "${kubeletCgroup}"` : '';
+  return [`-A ${HOST_CHAIN} -p tcp -m owner --socket-exists${cgroup} -m set --match-set ${PROBE_IPSET} dst -j SNAT --to-source ${PROBE_SNAT_IP}`];
 }
 
 export function hostJumpRules(): string[] {
