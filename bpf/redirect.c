@@ -6,6 +6,10 @@
 // re-injected at the pod's own ingress, because bpf_sk_assign only works at tc ingress.
 // Ingress (ambient_in): re-injected outbound SYNs are assigned to the 127.0.0.1:15001 listener, inbound SYNs to the pod
 // IP (except 15008/15006 and kubelet probes) to the podIP:15006 listener. No listener => drop: fail closed.
+// IP fragments of TCP are dropped both ways (fail closed): a socket assigned to the first fragment does not survive
+// reassembly (the stack orphans the skb), so the reassembled SYN would reach the app's own listener inbound, and a first
+// fragment too short to hold the TCP header would carry an outbound SYN past the capture. TCP is not fragmented on a
+// pod network (PMTU discovery, DF); fragments of other protocols (large UDP) are left alone.
 // IPv4 only for now; the config and the parse step are laid out so an IPv6 path slots in beside it.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -28,6 +32,7 @@
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
 #define TCP_TIME_WAIT 6
+#define IP_MF_OFFSET 0x3fff /* more-fragments flag | fragment offset, host order */
 
 /* Per-pod configuration, written by the loader before the programs are attached. Layout mirrored in ebpf-config.ts. */
 struct ambient_cfg {
@@ -52,6 +57,7 @@ enum {
 	STAT_IN_ASSIGNED,     /* inbound SYNs assigned to podIP:15006 */
 	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
 	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
+	STAT_DROP_FRAGMENT,   /* IP fragments of TCP, either direction (a fragmented SYN could bypass the assignment) */
 	STAT_MAX,
 };
 
@@ -81,36 +87,49 @@ static __always_inline const struct ambient_cfg *config(void)
 	return bpf_map_lookup_elem(&ambient_cfg, &key);
 }
 
-/* 1 = IPv4 TCP parsed into f; 0 = not IPv4 TCP (left alone); -1 = malformed. */
+enum {
+	PARSE_MALFORMED = -1,
+	PARSE_OTHER = 0,    /* not IPv4 TCP: left alone */
+	PARSE_TCP = 1,      /* IPv4 TCP, parsed into f */
+	PARSE_TCP_FRAG = 2, /* an IP fragment (first or later) of TCP: dropped by both programs */
+};
+
+/* One of PARSE_*. A fragment is never parsed: the first may hold only part of the TCP header, later ones none. */
 static __always_inline int parse4(struct __sk_buff *skb, struct flow4 *f, __be32 *saddr)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return 0;
+		return PARSE_OTHER;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return 0;
+		return PARSE_OTHER;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
-		return -1;
+		return PARSE_MALFORMED;
 	*saddr = ip->saddr;
 	if (ip->protocol != IPPROTO_TCP)
-		return 0;
-	if (ip->frag_off & bpf_htons(0x1fff)) /* non-first fragment: no TCP header */
-		return 0;
+		return PARSE_OTHER;
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return PARSE_TCP_FRAG;
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
-		return -1;
+		return PARSE_MALFORMED;
 	struct tcphdr tcp;
 	if (bpf_skb_load_bytes(skb, sizeof(*eth) + ihl, &tcp, sizeof(tcp)) < 0)
-		return -1;
+		return PARSE_MALFORMED;
 	f->tuple.ipv4.saddr = ip->saddr;
 	f->tuple.ipv4.daddr = ip->daddr;
 	f->tuple.ipv4.sport = tcp.source;
 	f->tuple.ipv4.dport = tcp.dest;
 	f->syn = tcp.syn && !tcp.ack;
-	return 1;
+	return PARSE_TCP;
+}
+
+static __always_inline int drop_fragment(void)
+{
+	count(STAT_DROP_FRAGMENT);
+	return TC_ACT_SHOT;
 }
 
 static __always_inline int is_loopback(__be32 a)
@@ -168,7 +187,9 @@ int ambient_out(struct __sk_buff *skb)
 	struct flow4 f = {};
 	__be32 saddr = 0;
 	int p = parse4(skb, &f, &saddr);
-	if (p <= 0)
+	if (p == PARSE_TCP_FRAG)
+		return drop_fragment();
+	if (p != PARSE_TCP)
 		return TC_ACT_OK;
 	if (!cfg || !cfg->pod_ip4)
 		return f.syn ? TC_ACT_SHOT : TC_ACT_OK;
@@ -194,10 +215,12 @@ int ambient_in(struct __sk_buff *skb)
 	struct flow4 f = {};
 	__be32 saddr = 0;
 	int p = parse4(skb, &f, &saddr);
-	if (p < 0)
+	if (p == PARSE_MALFORMED)
 		return TC_ACT_SHOT;
+	if (p == PARSE_TCP_FRAG)
+		return drop_fragment();
 	if (!cfg || !cfg->pod_ip4)
-		return (p > 0 && f.syn) ? TC_ACT_SHOT : TC_ACT_OK;
+		return (p == PARSE_TCP && f.syn) ? TC_ACT_SHOT : TC_ACT_OK;
 	int outbound = (skb->mark & OUTBOUND_MARK) && saddr == cfg->pod_ip4;
 	if (!outbound) {
 		/* accept_local is on for the re-injection: refuse anything else claiming the pod's own source. */
@@ -205,7 +228,7 @@ int ambient_in(struct __sk_buff *skb)
 			count(STAT_DROP_SPOOFED);
 			return TC_ACT_SHOT;
 		}
-		if (p == 0)
+		if (p != PARSE_TCP)
 			return TC_ACT_OK;
 		__u16 dport = bpf_ntohs(f.tuple.ipv4.dport);
 		if (f.tuple.ipv4.daddr != cfg->pod_ip4 || dport == INBOUND_HBONE_PORT || dport == INBOUND_PLAINTEXT_PORT)
@@ -221,7 +244,7 @@ int ambient_in(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		return assign_listener(skb, &f, cfg->pod_ip4, INBOUND_PLAINTEXT_PORT);
 	}
-	if (p == 0)
+	if (p != PARSE_TCP)
 		return TC_ACT_SHOT;
 	/* Re-injected outbound: it carries the gateway's MAC, so make the stack take it as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST);

@@ -1,6 +1,7 @@
 // End to end for what only the ebpf backend promises: pre-existing connections survive enrolment, fail closed both ways with
-// the agent down, 15008 untouched, no conntrack, anti-spoof, clean unenrol, rules read-back, re-adoption, repair, the start-up probe.
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+// the agent down, 15008 untouched, no conntrack, anti-spoof, fragmented SYNs dropped both ways, clean unenrol, rules read-back,
+// re-adoption, repair, the start-up probe.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -10,7 +11,7 @@ import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
 import { execa } from 'execa';
-import type { Counters } from '../../agent/src/redirect/ebpf-config.js';
+import { STAT_NAMES, type Counters, type ReadCounters, type StatName } from '../../agent/src/redirect/ebpf-config.js';
 import { AMBIENT, agentPod, ask, eventually, hasOurRules, meshClientPlainServer, podRules, startEcho } from './helpers.js';
 
 const PY = '/usr/bin/python3';
@@ -18,8 +19,23 @@ const PY = '/usr/bin/python3';
 function counters(pod: TestbedPod): Counters {
   const c = podCounters(pod.netnsPath, pod.ifname);
   if (!c) throw new Error(`no ebpf programs attached in ${pod.key}`);
+  const missing = STAT_NAMES.filter((n) => c[n] === undefined);
+  if (missing.length) throw new Error(`the programs in ${pod.key} have no counter ${missing.join(', ')} (an older build of bpf/redirect.c?)`);
+  return c as Counters;
+}
+
+/**
+ * The counters as the attached build has them (one without a counter reads it as undefined): the fragment tests must
+ * also run, and fail on what matters, against a program built before drop_fragment existed.
+ */
+function attachedCounters(pod: TestbedPod): ReadCounters {
+  const c = podCounters(pod.netnsPath, pod.ifname);
+  if (!c) throw new Error(`no ebpf programs attached in ${pod.key}`);
   return c;
 }
+
+/** How much counter `n` grew from `a` to `b`; NaN when the attached build does not have it. */
+const grew = (a: ReadCounters, b: ReadCounters, n: StatName): number => (b[n] ?? NaN) - (a[n] ?? NaN);
 
 /** Ids of the programs at our tc slots, from `tc filter show` (what an operator would look at). */
 async function attachedIds(pod: TestbedPod): Promise<string[]> {
@@ -141,6 +157,212 @@ netnsTest.serial('[ebpf] a packet spoofing the pod\'s own source is dropped at i
   t.is(c.in_assigned, 0, 'nothing was steered to the agent');
 });
 
+/**
+ * A hand-built TCP SYN from a raw socket (IP_HDRINCL), whole or as two IP fragments, then what comes back:
+ * argv: src dst dport split complete. split = bytes of the 32-byte TCP header in the first fragment (0: not fragmented).
+ * complete=1: on a SYN-ACK, finish the handshake and send "frag-attack\n", then collect the reply until FIN or RST
+ * (the sender's own kernel must not reset the connection: the caller drops its RSTs with iptables).
+ * Prints {"sport", "synack", "reply", "fin", "rst"} as JSON.
+ */
+const RAW_SYN = String.raw`
+import json, random, select, socket, struct, sys, time
+src, dst, dport, split, complete = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
+S, D = socket.inet_aton(src), socket.inet_aton(dst)
+M = 0xffffffff
+sport, isn, ident = random.randint(40000, 60000), random.randint(0, M), random.randint(1, 0xffff)
+
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+
+def tcp(seq, ack, flags, opts=b'', payload=b''):
+    h = struct.pack('!HHLLBBHHH', sport, dport, seq & M, ack & M, ((20 + len(opts)) // 4) << 4, flags, 64240, 0, 0) + opts
+    c = csum(S + D + struct.pack('!BBH', 0, 6, len(h) + len(payload)) + h + payload)
+    return h[:16] + struct.pack('!H', c) + h[18:] + payload
+
+def ip(ident, frag, body):
+    return struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(body), ident, frag, 64, 6, 0, S, D) + body
+
+out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+send = lambda pkt: out.sendto(pkt, (dst, 0))
+
+def recv(timeout):
+    end = time.time() + timeout
+    while True:
+        left = end - time.time()
+        if left <= 0 or not select.select([rx], [], [], left)[0]: return None
+        pkt = rx.recv(65535)
+        pkt = pkt[:struct.unpack('!H', pkt[2:4])[0]]
+        ihl = (pkt[0] & 15) * 4
+        if pkt[12:16] != D or pkt[16:20] != S: continue
+        sp, dp, seq, ack, off, flags = struct.unpack('!HHLLBB', pkt[ihl:ihl + 14])
+        if sp == dport and dp == sport: return seq, ack, flags, pkt[ihl + (off >> 4) * 4:]
+
+# MSS, NOP, NOP, SACK permitted, NOP, window scale: a 32-byte header, split 24 + 8 or 16 + 16.
+syn = tcp(isn, 0, 0x02, struct.pack('!BBH', 2, 4, 1460) + bytes([1, 1, 4, 2, 1, 3, 3, 7]))
+if split == 0:
+    send(ip(ident, 0x4000, syn))
+else:
+    send(ip(ident, 0x2000, syn[:split]))
+    send(ip(ident, split // 8, syn[split:]))
+res = {'sport': sport, 'synack': False, 'reply': '', 'fin': False, 'rst': False}
+end = time.time() + 3
+while True:
+    got = recv(end - time.time())
+    if got is None: break
+    seq, ack, flags, _ = got
+    if flags & 0x12 == 0x12 and ack == (isn + 1) & M:
+        res['synack'] = True
+        break
+if res['synack'] and complete:
+    rcv, msg, buf = seq + 1, b'frag-attack\n', b''
+    send(ip(0, 0x4000, tcp(isn + 1, rcv, 0x10)))
+    send(ip(0, 0x4000, tcp(isn + 1, rcv, 0x18, payload=msg)))
+    end = time.time() + 3
+    while True:
+        got = recv(end - time.time())
+        if got is None: break
+        buf += got[3]
+        if got[2] & 0x04: res['rst'] = True; break
+        if got[2] & 0x01: res['fin'] = True; break
+    res['reply'] = buf.decode('utf-8', 'replace')
+print(json.dumps(res))
+`;
+
+interface RawSynResult {
+  sport: number;
+  synack: boolean;
+  reply: string;
+  fin: boolean;
+  rst: boolean;
+}
+
+/** Sends RAW_SYN from `from` to ip:port; split is the TCP header bytes in the first fragment (0: one whole packet). */
+async function rawSyn(from: TestbedPod, ip: string, port: number, split: 0 | 16 | 24, complete = false): Promise<RawSynResult> {
+  const r = await from.exec(PY, ['-c', RAW_SYN, from.ip, ip, String(port), String(split), complete ? '1' : '0'], { timeout: 15_000 });
+  return JSON.parse(String(r.stdout)) as RawSynResult;
+}
+
+/** The app: a TCP server on `port` that logs the peer of every connection it accepts, answers "pong:<line> from <peer>" and closes. */
+async function startAcceptLog(pod: TestbedPod, port: number, log: string): Promise<() => string[]> {
+  writeFileSync(log, '');
+  const script = [
+    'import socket, sys',
+    's = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)",
+    'while True:',
+    '    c, a = s.accept()',
+    "    open(sys.argv[2], 'a').write('%s:%d\\n' % a)",
+    '    c.settimeout(2)',
+    '    try:',
+    "        line = c.recv(1024).strip(); c.sendall(b'pong:' + line + (' from %s\\n' % a[0]).encode())",
+    '    except OSError: pass',
+    '    c.close()',
+  ].join('\n');
+  void pod.spawn(PY, ['-c', script, String(port), log]).catch(() => undefined);
+  await pod.waitForPort(port);
+  return () => readFileSync(log, 'utf8').split('\n').filter(Boolean);
+}
+
+/** Keeps the sender's kernel from resetting a handshake its raw socket carries on (only in non-mesh pods: nothing of ours there). */
+async function dropOwnResets(pod: TestbedPod, ip: string, port: number): Promise<void> {
+  await pod.exec('iptables', ['-w', '-A', 'OUTPUT', '-p', 'tcp', '-d', ip, '--dport', String(port), '--tcp-flags', 'RST', 'RST', '-j', 'DROP']);
+}
+
+netnsTest.serial('[ebpf] a SYN in IP fragments never reaches the app under STRICT (same node and across nodes); whole, the agent refuses it', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'ebpf' });
+  const dir = scratchDir(t);
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, neighbour, remote] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', labels: { app: 'productpage' } },
+    { node: 1, namespace: 'legacy', name: 'neighbour' },
+    { node: 0, namespace: 'legacy', name: 'remote' },
+  ]);
+  if (!productpage || !neighbour || !remote) throw new Error('pods missing');
+  const accepted = await startAcceptLog(productpage, 9080, join(dir, 'accepted'));
+  t.true((await ask(neighbour, productpage.ip, 9080, 'permissive')).ok, 'the app answers while PERMISSIVE');
+  await tb.writeWorkload('pa-strict.yaml', {
+    apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication',
+    metadata: { name: 'strict', namespace: 'app' },
+    spec: { mtls: { mode: 'STRICT' } },
+  });
+  t.false((await eventually(() => ask(neighbour, productpage.ip, 9080, 'strict'), (a) => !a.ok, 6000)).ok, 'STRICT refuses plaintext');
+  await Promise.all([dropOwnResets(neighbour, productpage.ip, 9080), dropOwnResets(remote, productpage.ip, 9080)]);
+  const apps = accepted().length;
+  const refused = async () => (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0;
+
+  // The attack: a non-mesh pod on the same node sends the SYN as two fragments (24 + 8 bytes of TCP header).
+  const c0 = attachedCounters(productpage);
+  const frag = await rawSyn(neighbour, productpage.ip, 9080, 24, true);
+  const c1 = attachedCounters(productpage);
+  t.false(frag.synack, `nobody answers a fragmented SYN: ${JSON.stringify(frag)}`);
+  t.notRegex(frag.reply, /pong/, 'the app never answered');
+  t.is(grew(c0, c1, 'drop_fragment'), 2, `both fragments dropped: ${JSON.stringify(c1)}`);
+  t.is(grew(c0, c1, 'in_assigned'), 0, 'no fragment was assigned to a listener');
+
+  // The same SYN whole: steered to the agent (it answers for the app's address), refused under STRICT.
+  const refusedBefore = await refused();
+  const whole = await rawSyn(neighbour, productpage.ip, 9080, 0, true);
+  const c2 = attachedCounters(productpage);
+  t.true(whole.synack, `the agent's listener answers the whole SYN: ${JSON.stringify(whole)}`);
+  t.true(whole.fin || whole.rst, `and closes it: ${JSON.stringify(whole)}`);
+  t.notRegex(whole.reply, /pong/);
+  t.is(grew(c1, c2, 'in_assigned'), 1, 'assigned to the agent');
+  t.is((await eventually(refused, (n) => n > refusedBefore, 5000)) - refusedBefore, 1, 'refused by the agent (STRICT)');
+  t.is(grew(c1, c2, 'drop_fragment'), 0);
+
+  // From the other node the nodes' conntrack reassembles the fragments on the way, so the pod may get the SYN whole:
+  // then it is the agent that answers and refuses it, never the app.
+  const refusedFar = await refused();
+  const far = await rawSyn(remote, productpage.ip, 9080, 24, true);
+  const c3 = attachedCounters(productpage);
+  t.notRegex(far.reply, /pong/, `from another node: ${JSON.stringify(far)}`);
+  if (far.synack) {
+    t.true(far.fin || far.rst, `from another node: ${JSON.stringify(far)}`);
+    t.is(grew(c2, c3, 'in_assigned'), 1, 'arrived whole and was assigned to the agent');
+    t.is((await eventually(refused, (n) => n > refusedFar, 5000)) - refusedFar, 1, 'refused by the agent (STRICT)');
+  } else {
+    t.is(grew(c2, c3, 'drop_fragment'), 2, `arrived in fragments and was dropped: ${JSON.stringify(c3)}`);
+  }
+  t.deepEqual(accepted().slice(apps), [], 'the app accepted nothing after STRICT');
+});
+
+netnsTest.serial('[ebpf] an app cannot carry an outbound SYN past the capture in IP fragments', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, redirectMode: 'ebpf' });
+  const dir = scratchDir(t);
+  await tb.setNamespace('app', AMBIENT);
+  const [client, web] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 0, namespace: 'plain', name: 'web' },
+  ]);
+  if (!client || !web) throw new Error('pods missing');
+  const accepted = await startAcceptLog(web, 8080, join(dir, 'accepted'));
+  t.true((await ask(client, web.ip, 8080)).ok, 'outbound passthrough through the agent');
+  const served = accepted().length;
+
+  // 16 + 16: the first fragment is too short for a TCP header (the tiny-fragment trick); 24 + 8: it holds the SYN.
+  for (const split of [16, 24] as const) {
+    const before = attachedCounters(client);
+    const r = await rawSyn(client, web.ip, 8080, split);
+    const after = attachedCounters(client);
+    t.false(r.synack, `split ${split}: the server never saw the SYN: ${JSON.stringify(r)}`);
+    t.is(grew(before, after, 'drop_fragment'), 2, `split ${split}: both fragments dropped at egress: ${JSON.stringify(after)}`);
+    t.is(grew(before, after, 'out_redirected'), 0);
+  }
+  // The same SYN whole is captured: re-injected and assigned to the agent's 15001, which answers for the server.
+  const before = attachedCounters(client);
+  const whole = await rawSyn(client, web.ip, 8080, 0);
+  const after = attachedCounters(client);
+  t.true(whole.synack, JSON.stringify(whole));
+  t.is(grew(before, after, 'out_redirected'), 1);
+  t.is(grew(before, after, 'out_assigned'), 1);
+  t.is(accepted().length, served, 'the server accepted nothing from the raw sockets');
+});
+
 netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after unenrol nothing of ours is left', async (t) => {
   const tb = await withTestbed(t, { nodes: 1, redirectMode: 'ebpf' });
   await tb.setNamespace('app', AMBIENT);
@@ -155,7 +377,7 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
     new RegExp(`^tc ingress ${dev}: prog ambient_in tag [0-9a-f]{16} id \\d+$`),
     new RegExp(`^tc egress ${dev}: prog ambient_out tag [0-9a-f]{16} id \\d+$`),
     new RegExp(`^map ambient_cfg: v1 pod ${pod.ip.replace(/\./g, '\\.')} id \\d+$`),
-    /^map ambient_stats: percpu counters id \d+ \(out_redirected=\d+ .*drop_spoofed=\d+\)$/,
+    /^map ambient_stats: percpu counters id \d+ \(out_redirected=\d+ .*drop_spoofed=\d+ drop_fragment=\d+\)$/,
     /^ip rule 100: from all fwmark 0x1000\/0x1000 lookup 100$/,
     /^route table 100: local default dev lo scope host$/,
     new RegExp(`^sysctl net.ipv4.conf.${dev}.accept_local=1$`),

@@ -1,9 +1,10 @@
 // Unit tests for the ebpf backend's pure pieces: the config map layout, the routing scripts' input checks, and the
 // expected/actual notation with its drift comparison (ids never count, tags count when known).
+import { readFileSync } from 'node:fs';
 import test from 'ava';
 import {
   CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, acceptLocalPath, routingBatch, routingBatchOk,
-  routingLines, routingReadScript, sumPerCpu,
+  routingLines, routingReadScript, STAT_NAMES, statsLine, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 
@@ -32,7 +33,7 @@ const actual = [
   'tc ingress eth0: prog ambient_in tag 0123456789abcdef id 42',
   'tc egress eth0: prog ambient_out tag fedcba9876543210 id 43',
   'map ambient_cfg: v1 pod 10.1.0.7 id 7',
-  'map ambient_stats: percpu counters id 8 (out_redirected=3 out_assigned=3 in_assigned=0 drop_no_listener=0 drop_spoofed=0)',
+  'map ambient_stats: percpu counters id 8 (out_redirected=3 out_assigned=3 in_assigned=0 drop_no_listener=0 drop_spoofed=0 drop_fragment=0)',
   'ip rule 100: from all fwmark 0x1000/0x1000 lookup 100',
   'route table 100: local default dev lo scope host',
   'sysctl net.ipv4.conf.eth0.accept_local=1',
@@ -68,6 +69,23 @@ test('per-CPU counters are summed over every CPU slot', (t) => {
   b.writeBigUInt64LE(2n, 0);
   b.writeBigUInt64LE(5n, 16);
   t.is(sumPerCpu(b), 7);
+});
+
+test('the counter names mirror the stats enum of bpf/redirect.c, in order', (t) => {
+  const src = readFileSync(new URL('../../bpf/redirect.c', import.meta.url), 'utf8');
+  const body = /enum \{\s*(STAT_[\s\S]*?)STAT_MAX,/.exec(src)?.[1] ?? '';
+  const names = [...body.matchAll(/^\s*STAT_(\w+),/gm)].map((m) => m[1]?.toLowerCase());
+  t.deepEqual(names, [...STAT_NAMES]);
+  t.is(STAT_NAMES.at(-1), 'drop_fragment');
+});
+
+test('the stats line shows every counter, and only those an older program\'s shorter map has', (t) => {
+  const all = { out_redirected: 1, out_assigned: 1, in_assigned: 2, drop_no_listener: 0, drop_spoofed: 0, drop_fragment: 4 };
+  t.is(statsLine(8, all), 'map ambient_stats: percpu counters id 8 (out_redirected=1 out_assigned=1 in_assigned=2 drop_no_listener=0 drop_spoofed=0 drop_fragment=4)');
+  const { drop_fragment: _, ...older } = all;
+  t.is(statsLine(8, older), 'map ambient_stats: percpu counters id 8 (out_redirected=1 out_assigned=1 in_assigned=2 drop_no_listener=0 drop_spoofed=0)');
+  t.is(statsLine(), 'map ambient_stats: percpu counters');
+  t.deepEqual(diffLines(expectedLines(POD), [statsLine(8, older)]).missing.filter((l) => l.startsWith('map ambient_stats')), [], 'counters never count as drift');
 });
 
 test('routing pieces are read back into the same notation', (t) => {

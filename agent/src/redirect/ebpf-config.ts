@@ -7,10 +7,16 @@ export const PROG_IN = 'ambient_in';
 export const PROG_OUT = 'ambient_out';
 export const CFG_MAP = 'ambient_cfg';
 export const STATS_MAP = 'ambient_stats';
-/** The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). */
-export const STAT_NAMES = ['out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed'] as const;
+/**
+ * The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). New ones go last: a program of an older
+ * build still attached (before re-adoption replaces it) has a shorter map, and its missing counters are left out.
+ * drop_fragment: IP fragments of TCP dropped in either direction (a fragmented SYN would bypass the socket assignment).
+ */
+export const STAT_NAMES = ['out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed', 'drop_fragment'] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export type Counters = Record<StatName, number>;
+/** Counters as read back from an attached program's map: those its build does not have are absent. */
+export type ReadCounters = Partial<Counters>;
 export const OBJECT_FILE = 'redirect.o';
 /** Where our filters sit on the pod interface: a fixed tc handle and priority so re-attach replaces atomically. */
 export const TC_HANDLE = 0x15001;
@@ -144,8 +150,8 @@ export const progLine = (ifname: string, direction: string, name: string, tag?: 
 export const mapLine = (cfg: { podIp4: string; version: number }, id?: number): string =>
   `map ${CFG_MAP}: v${cfg.version} pod ${cfg.podIp4}${id !== undefined ? ` id ${id}` : ''}`;
 
-export const statsLine = (id?: number, counters?: Counters): string =>
-  `map ${STATS_MAP}: percpu counters${id !== undefined ? ` id ${id}` : ''}${counters ? ` (${STAT_NAMES.map((n) => `${n}=${counters[n]}`).join(' ')})` : ''}`;
+export const statsLine = (id?: number, counters?: ReadCounters): string =>
+  `map ${STATS_MAP}: percpu counters${id !== undefined ? ` id ${id}` : ''}${counters ? ` (${STAT_NAMES.filter((n) => counters[n] !== undefined).map((n) => `${n}=${counters[n]}`).join(' ')})` : ''}`;
 
 /** Sums one counter's per-CPU values (a percpu array lookup returns one 8-byte slot per possible CPU). */
 export function sumPerCpu(value: Buffer): number {

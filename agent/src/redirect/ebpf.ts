@@ -1,12 +1,13 @@
 // The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
 // accept_local, all inside the pod netns (nothing attached in the node's). Node-side probe SNAT is delegated to iptables.
 import { existsSync, writeFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
 import { ToolError, runTool } from '../platform/exec.js';
 import {
-  BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfMissingError, ensureLibbpf,
+  BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfError, LibbpfMissingError, ensureLibbpf,
   mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
   tcDetach, tcHookCreate, tcQuery, type TcSlot,
 } from '../platform/libbpf.js';
@@ -16,7 +17,7 @@ import type { RedirectBackend, RuleDrift } from './backend.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
   diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingLines,
-  routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type Counters, type PodConfig,
+  routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodConfig, type ReadCounters,
   type PodContext, type ProgTags,
 } from './ebpf-config.js';
 
@@ -83,18 +84,27 @@ export type HostRules = Pick<RedirectBackend, 'installHost' | 'verifyHost' | 'ad
 interface Found {
   progs: { direction: 'ingress' | 'egress'; id: number; name: string; tag: string }[];
   map?: { id: number; cfg: PodConfig };
-  stats?: { id: number; counters: Counters };
+  stats?: { id: number; counters: ReadCounters };
   ifindex: number;
 }
 
-function readCounters(fd: number): Counters {
+const ENOENT = osConstants.errno.ENOENT;
+
+/** The counters the map holds; one of an older build is shorter (ENOENT past its end): its missing counters are absent. */
+function readCounters(fd: number): ReadCounters {
   const cpus = numPossibleCpus();
   const key = Buffer.alloc(4);
-  const entries = STAT_NAMES.map((name, i) => {
+  const counters: ReadCounters = {};
+  for (const [i, name] of STAT_NAMES.entries()) {
     key.writeUInt32LE(i);
-    return [name, sumPerCpu(mapLookup(fd, key, 8 * cpus))] as const;
-  });
-  return Object.fromEntries(entries) as Counters;
+    try {
+      counters[name] = sumPerCpu(mapLookup(fd, key, 8 * cpus));
+    } catch (err) {
+      if (err instanceof LibbpfError && err.errno === ENOENT) break;
+      throw err;
+    }
+  }
+  return counters;
 }
 
 const slot = (ifindex: number, direction: number): TcSlot => ({ ifindex, direction, handle: TC_HANDLE, priority: TC_PRIORITY });
@@ -251,7 +261,7 @@ export class EbpfBackend implements RedirectBackend {
 }
 
 /** The verdict counters of the programs attached to a pod's interface (undefined when none are attached). */
-export function podCounters(netnsPath: string, ifname: string): Counters | undefined {
+export function podCounters(netnsPath: string, ifname: string): ReadCounters | undefined {
   return withOpenNetns(netnsPath, (ns) => readAttached(ns, checkIfname(ifname))).stats?.counters;
 }
 
