@@ -22,6 +22,7 @@ import { NativeHbone } from './hbone/native.js';
 import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
 import { AdminServer } from './admin/admin-server.js';
+import { malformedPolicies } from './policy/malformed.js';
 
 export class Agent {
   private readonly backend: RedirectBackend;
@@ -72,6 +73,7 @@ export class Agent {
       enrollerCounters: () => this.enroller.counters,
       certSnapshot: () => this.identities.snapshot(),
       certCounters: () => this.identities.counters,
+      malformedPolicies: () => this.malformedPolicies().length,
     });
     this.enroller = new Enroller(this.backend, this.source, store, log.child({ component: 'enroller' }), cfg.podLookupTimeoutMs, {
       lookup: (ip) => directory.lookup(ip),
@@ -117,13 +119,21 @@ export class Agent {
   }
 
   status(): AgentStatus {
+    const malformed = this.malformedPolicies();
     return {
       ready: this.ready,
       ...(this.ready ? {} : { reason: this.notReadyReason }),
       node: this.cfg.nodeName,
       backend: this.backend.name,
       enrolled: this.enroller.enrolledCount(),
+      malformedPolicies: malformed.length,
+      malformed,
     };
+  }
+
+  /** Policies that failed to parse and stand as fail-closed placeholders. */
+  private malformedPolicies(): ReturnType<typeof malformedPolicies> {
+    return malformedPolicies(this.source.authorizationPolicies(), this.source.peerAuthentications());
   }
 
   /** Starts everything; the socket answers (not ready) early so the plugin gets a clear "try again later". */

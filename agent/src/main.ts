@@ -15,6 +15,7 @@ import type { ServiceView } from './workload/directory.js';
 import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, DATA_PATHS, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
 import { registerInstallCommands } from './install/cli.js';
+import { renderMalformedPolicies, statusHasProblem } from './policy/malformed.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
 import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH, type RulesReply } from './server/event-server.js';
@@ -113,8 +114,11 @@ export function buildCli(): Command {
     .action(async (o: { socket: string; output: string }) => {
       const st = await query<AgentStatus>(o.socket, EVENT_PATHS.status);
       if (o.output === 'json') printJson(st);
-      else process.stdout.write(`${table(['NODE', 'READY', 'BACKEND', 'ENROLLED'], [[st.node, st.ready ? 'yes' : `no (${st.reason ?? ''})`, st.backend, String(st.enrolled)]])}\n`);
-      if (!st.ready) process.exitCode = EXIT.problem;
+      else {
+        const lines = [table(['NODE', 'READY', 'BACKEND', 'ENROLLED'], [[st.node, st.ready ? 'yes' : `no (${st.reason ?? ''})`, st.backend, String(st.enrolled)]]), ...renderMalformedPolicies(st)];
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }
+      if (statusHasProblem(st)) process.exitCode = EXIT.problem;
     });
 
   program

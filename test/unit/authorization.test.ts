@@ -2,8 +2,9 @@
 // semantics, scopes, dry-run, L7-only fields (ALLOW never matches, DENY drops the field) and parse errors.
 import test from 'ava';
 import {
-  authorize, parseAuthorizationPolicy, parseIp, type AuthorizationPolicy, type Connection,
+  appliesTo, authorize, malformedAuthorizationPolicy, parseAuthorizationPolicy, parseIp, type AuthorizationPolicy, type Connection,
 } from '../../agent/src/policy/authorization.js';
+import { malformedPolicies } from '../../agent/src/policy/malformed.js';
 import { PolicyParseError } from '../../agent/src/policy/peer-authentication.js';
 
 type Obj = Record<string, unknown>;
@@ -335,4 +336,56 @@ for (const [name, spec, msg] of bad) {
 test('rejects a bad dry-run annotation and a missing name', (t) => {
   t.throws(() => ap({}, { dryRun: 'yes' }), { instanceOf: PolicyParseError, message: /AuthorizationPolicy default\/p: metadata\.annotations\["istio\.io\/dry-run"\] must be "true" or "false"/ });
   t.throws(() => parseAuthorizationPolicy({ metadata: { namespace: 'a' } }), { instanceOf: PolicyParseError, message: /AuthorizationPolicy a\/\(unnamed\): metadata\.name/ });
+});
+
+// Fail closed: a policy that cannot be parsed (and has no previous good version) stands as a placeholder denying
+// everything in its scope, as far as that scope can be read.
+const TYPO_DOC = {
+  apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'viewer', namespace: 'default' },
+  spec: { selector: { matchLabels: { app: 'productpage' } }, action: 'ALLOW', rules: [{ from: [{ source: { principal: ['cluster.local/ns/default/sa/sleep'] } }] }] },
+};
+const typoError = (): string => {
+  try {
+    parseAuthorizationPolicy(TYPO_DOC);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  throw new Error('the typo parsed');
+};
+
+test('malformed placeholder: the scope as far as it can be read, the error without the object prefix', (t) => {
+  const ph = malformedAuthorizationPolicy(TYPO_DOC, typoError());
+  t.like(ph, { namespace: 'default', name: 'viewer', action: 'DENY', dryRun: false, waypointOnly: false, matchLabels: { app: 'productpage' } });
+  t.regex(ph.malformed ?? '', /^spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field/);
+  // A selector that does not parse: the whole namespace. No namespace: default. Not even a mapping: still a placeholder.
+  t.is(malformedAuthorizationPolicy({ metadata: { name: 'x', namespace: 'app' }, spec: { selector: { matchLabels: { app: 1 } } } }, 'e').matchLabels, undefined);
+  t.is(malformedAuthorizationPolicy({ metadata: { name: 'x', namespace: 'app' }, spec: { selector: 'app=x' } }, 'e').matchLabels, undefined);
+  t.like(malformedAuthorizationPolicy({ metadata: { name: 'x' }, spec: [] }, 'e'), { namespace: 'default', name: 'x', matchLabels: undefined });
+  t.like(malformedAuthorizationPolicy('junk', 'e'), { namespace: 'default', name: '(unnamed)' });
+  t.deepEqual(malformedPolicies([ph, ap({})], []), [{ kind: 'AuthorizationPolicy', policy: 'default/viewer', error: ph.malformed ?? '' }]);
+});
+
+test('malformed placeholder denies every connection in its scope, naming the object and the error; out of scope it does nothing', (t) => {
+  const ph = malformedAuthorizationPolicy(TYPO_DOC, typoError());
+  const d = authorize([ph], conn());
+  t.false(d.allowed, 'the only ALLOW policy has a typo: nobody is admitted (not everyone)');
+  t.is(d.policy, 'default/viewer');
+  t.regex(d.reason, /^denied: policy default\/viewer is malformed \(spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field.*\); fix it$/);
+  t.false(authorize([ph], conn(PLAIN)).allowed, 'plaintext too');
+  // Over a good ALLOW that matches, and whatever the port.
+  const allowAll = ap({ rules: [{}] }, { name: 'allow-all' });
+  t.false(authorize([allowAll, ph], conn({}, { port: 1 })).allowed);
+  // Its selector does not match another workload; another namespace is out of scope.
+  t.true(authorize([ph], conn({}, { labels: { app: 'reviews' } })).allowed);
+  t.true(authorize([ph], conn({}, { namespace: 'other' })).allowed);
+  // No readable selector: the whole namespace. The root namespace: mesh-wide.
+  const nsWide = malformedAuthorizationPolicy({ metadata: { name: 'x', namespace: 'default' }, spec: { selector: 7 } }, 'spec.selector must be a mapping');
+  t.false(authorize([nsWide], conn({}, { labels: {} })).allowed);
+  const mesh = malformedAuthorizationPolicy({ metadata: { name: 'x', namespace: 'istio-system' }, spec: { rules: {} } }, 'spec.rules must be a list');
+  t.true(appliesTo(mesh, { namespace: 'anywhere', labels: {} }));
+  t.false(authorize([mesh], conn({}, { namespace: 'anywhere' })).allowed);
+  t.regex(authorize([mesh], conn()).reason, /policy istio-system\/x is malformed \(spec\.rules must be a list\)/);
+  // Never dry-run, even when the broken object says so.
+  const dry = malformedAuthorizationPolicy({ ...TYPO_DOC, metadata: { ...TYPO_DOC.metadata, annotations: { 'istio.io/dry-run': 'true' } } }, 'e');
+  t.false(authorize([dry], conn()).allowed);
 });

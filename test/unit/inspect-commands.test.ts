@@ -6,8 +6,9 @@ import { checkPolicy, checkServicePolicy, parsePolicyCheckArgs, PolicyCheckArgEr
 import { allEntries, buildServiceTable } from '../../agent/src/workload/service-table.js';
 import { parseEndpointSlice, parseService } from '../../agent/src/workload/service-objects.js';
 import { serviceViews } from '../../agent/src/workload/directory.js';
-import { parseAuthorizationPolicy } from '../../agent/src/policy/authorization.js';
-import { parsePeerAuthentication } from '../../agent/src/policy/peer-authentication.js';
+import { malformedAuthorizationPolicy, parseAuthorizationPolicy } from '../../agent/src/policy/authorization.js';
+import { malformedPeerAuthentication, parsePeerAuthentication } from '../../agent/src/policy/peer-authentication.js';
+import { renderMalformedPolicies, statusHasProblem } from '../../agent/src/policy/malformed.js';
 import { renderConns, renderPolicyCheck, renderRules, renderServicePolicyCheck, renderServices, rulesDrifted } from '../../agent/src/cli/render.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
 import type { PodInfo } from '../../agent/src/workload/types.js';
@@ -99,6 +100,40 @@ test('checkPolicy: the decision and deciding policy for the identity of ns/sa, t
   t.regex(renderPolicyCheck(withDry), /dry-run: {4}app\/dry-deny \(DENY\) matches\n {2}with dry-run policies enforced: DENY/);
   t.regex(renderPolicyCheck(no), /^DENY {2}spiffe:\/\/cluster.local\/ns\/app\/sa\/notsleep -> app\/productpage 10.1.1.2:9080\n {2}reason: .*\n {2}decided by: \(default\)/);
   t.regex(renderPolicyCheck(no), /PeerAuthentication STRICT on port 9080: non-mesh clients refused/);
+});
+
+test('checkPolicy and its rendering: a malformed policy is applicable as MALFORMED and denies; a malformed PeerAuthentication makes plaintext refused', (t) => {
+  const broken = malformedAuthorizationPolicy({ metadata: { name: 'viewer', namespace: 'app' }, spec: { selector: { matchLabels: { app: 'productpage' } } } },
+    'AuthorizationPolicy app/viewer: spec.rules[0].from[0].source.principal is not a known field (expected one of principals, ...)');
+  const badPa = malformedPeerAuthentication({ metadata: { name: 'pa', namespace: 'app' } }, 'PeerAuthentication app/pa: spec.mtls must be a mapping');
+  const r = checkPolicy(parsePolicyCheckArgs('app/sleep', 'app/productpage:9080'), pod, { authorization: [allowSleep, broken], peerAuthentication: [badPa] }, 'cluster.local');
+  t.like(r, { allowed: false, policy: 'app/viewer', mtlsMode: 'STRICT' });
+  t.deepEqual(r.applicable, ['app/allow-sleep (ALLOW)', 'app/viewer (MALFORMED: spec.rules[0].from[0].source.principal is not a known field (expected one of principals, ...))']);
+  t.deepEqual(r.mtlsMalformed, ['app/pa (MALFORMED: spec.mtls must be a mapping)']);
+  const text = renderPolicyCheck(r);
+  t.regex(text, /^DENY {2}spiffe:\/\/cluster.local\/ns\/app\/sa\/sleep -> app\/productpage/);
+  t.regex(text, /reason: {5}denied: policy app\/viewer is malformed \(spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field .*\); fix it/);
+  t.regex(text, /applicable: app\/allow-sleep \(ALLOW\), app\/viewer \(MALFORMED: spec\.rules/);
+  t.regex(text, /malformed: {2}PeerAuthentication app\/pa \(MALFORMED: spec\.mtls must be a mapping\): plaintext refused/);
+  t.is(checkPolicy(parsePolicyCheckArgs('app/sleep', 'app/productpage:9080'), pod, { authorization: [allowSleep], peerAuthentication: [] }, 'cluster.local').mtlsMalformed, undefined);
+});
+
+test('status rendering: malformed policies counted and named, exit 1 while any; older agents (no field) print nothing', (t) => {
+  const st = { ready: true, node: 'n', backend: 'iptables', enrolled: 1, malformedPolicies: 2, malformed: [
+    { kind: 'AuthorizationPolicy', policy: 'app/viewer', error: 'spec.rules[0].from[0].source.principal is not a known field' },
+    { kind: 'PeerAuthentication', policy: 'app/pa', error: 'spec.mtls must be a mapping' },
+  ] };
+  t.deepEqual(renderMalformedPolicies(st), [
+    'malformed policies: 2',
+    '  MALFORMED AuthorizationPolicy app/viewer: spec.rules[0].from[0].source.principal is not a known field (denies everything in its scope until fixed or deleted)',
+    '  MALFORMED PeerAuthentication app/pa: spec.mtls must be a mapping (refuses plaintext in its scope until fixed or deleted)',
+  ]);
+  t.true(statusHasProblem(st));
+  t.deepEqual(renderMalformedPolicies({ malformedPolicies: 0, malformed: [] }), ['malformed policies: 0']);
+  t.false(statusHasProblem({ ready: true, malformedPolicies: 0 }));
+  t.false(statusHasProblem({ ready: true }));
+  t.deepEqual(renderMalformedPolicies({}), []);
+  t.true(statusHasProblem({ ready: false }));
 });
 
 const attachment = {

@@ -162,6 +162,52 @@ test('a malformed AuthorizationPolicy is rejected naming the object and field; t
   t.is(source.authorizationPolicies().length, 1);
 });
 
+test('fail closed: a new malformed AuthorizationPolicy or PeerAuthentication stands as a placeholder until fixed or deleted', async (t) => {
+  const typo = { selector: { matchLabels: { app: 'productpage' } }, action: 'ALLOW', rules: [{ from: [{ source: { principal: ['cluster.local/ns/app/sa/sleep'] } }] }] };
+  const fixed = { ...typo, rules: [{ from: [{ source: { principals: ['cluster.local/ns/app/sa/sleep'] } }] }] };
+  const { api, source, lines, changes } = await setup(t, { seed: (api) => void api.put('authorizationpolicies', authz('app', 'viewer', typo)) });
+  await allWatching(api);
+  // From the initial list: a placeholder denying everything in the policy's scope.
+  t.like(source.authorizationPolicies(), [{ namespace: 'app', name: 'viewer', action: 'DENY', matchLabels: { app: 'productpage' } }]);
+  t.regex(String(source.authorizationPolicies()[0]?.malformed), /^spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field/);
+  const logged = lines.find((l) => l.object === 'app/viewer' && l.placeholder === true);
+  t.is(logged?.level, 50);
+  t.regex(String(logged?.msg), /rejected malformed policy; with no previous good version it fails closed/);
+  t.regex(String(logged?.error), /AuthorizationPolicy app\/viewer: spec\.rules\[0\]\.from\[0\]\.source\.principal/);
+  // A relist keeps the placeholder (still no good version).
+  api.expireWatches();
+  await until(() => source.stats().authorizationPolicies?.lists ?? 0, (n) => n >= 2, 'relist');
+  t.truthy(source.authorizationPolicies()[0]?.malformed);
+  // Fixed: the real policy replaces it, and listeners hear of a policy change.
+  const before = changes.length;
+  api.put('authorizationpolicies', authz('app', 'viewer', fixed));
+  await until(() => source.authorizationPolicies()[0]?.action, (a) => a === 'ALLOW', 'the fixed policy');
+  t.is(source.authorizationPolicies()[0]?.malformed, undefined);
+  t.true(changes.slice(before).some((c) => c.policies));
+  // Broken again: the previous good version stays in force.
+  api.put('authorizationpolicies', authz('app', 'viewer', typo));
+  await until(() => lines.filter((l) => l.object === 'app/viewer' && l.keptPrevious === true).length, (n) => n >= 1, 'kept previous');
+  t.like(source.authorizationPolicies(), [{ action: 'ALLOW' }]);
+  t.is(source.authorizationPolicies()[0]?.malformed, undefined);
+  // Deleted, then created broken: a placeholder again; deleted: gone.
+  api.delete('authorizationpolicies', 'app/viewer');
+  await until(() => source.authorizationPolicies().length, (n) => n === 0, 'deleted');
+  api.put('authorizationpolicies', authz('app', 'viewer', { rules: {} }));
+  await until(() => source.authorizationPolicies()[0]?.malformed, (m) => m !== undefined, 'placeholder again');
+  t.like(source.authorizationPolicies(), [{ action: 'DENY', matchLabels: undefined, malformed: 'spec.rules must be a list' }]);
+  api.delete('authorizationpolicies', 'app/viewer');
+  await until(() => source.authorizationPolicies().length, (n) => n === 0, 'deleted again');
+
+  // A malformed PeerAuthentication: STRICT in its scope until fixed.
+  api.put('peerauthentications', authz('app', 'pa', { mtls: { mode: 'STRICTER' } }));
+  await until(() => source.peerAuthentications().length, (n) => n === 1, 'PeerAuthentication placeholder');
+  t.like(source.peerAuthentications(), [{ namespace: 'app', name: 'pa', mode: 'STRICT', matchLabels: undefined }]);
+  t.regex(String(source.peerAuthentications()[0]?.malformed), /^spec\.mtls\.mode must be one of/);
+  api.put('peerauthentications', authz('app', 'pa', { mtls: { mode: 'PERMISSIVE' } }));
+  await until(() => source.peerAuthentications()[0]?.mode, (m) => m === 'PERMISSIVE', 'fixed PeerAuthentication');
+  t.is(source.peerAuthentications()[0]?.malformed, undefined);
+});
+
 test('missing Istio CRDs (404) count as no policies instead of blocking start', async (t) => {
   const api = await new FakeKubeApi({ withoutCrds: true }).start();
   t.teardown(() => api.stop());

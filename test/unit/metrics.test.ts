@@ -17,11 +17,13 @@ test('connectionLabels fills every Istio label, "unknown" for what is not known'
 
 test('AgentMetrics exposes connection counters and collects the agent series at scrape time', async (t) => {
   const now = Date.parse('2026-01-01T00:00:00Z');
+  let malformed = 2;
   const m = new AgentMetrics({
     enrolledCount: () => 3,
     enrollerCounters: () => ({ enrolments: 4, enrolmentFailures: 1, unenrolments: 0, ruleRepairs: 2 }),
     certSnapshot: () => [{ identity: 'spiffe://cluster.local/ns/app/sa/sleep', state: 'valid', failures: 0, notAfter: new Date(now + 3600_000) }],
     certCounters: () => ({ caRequests: 5, caFailures: 2, renewals: 0, identities: 1 }),
+    malformedPolicies: () => malformed,
     now: () => now,
   });
   const l = connectionLabels({ reporter: 'destination', source: { workload: 's' }, destination: { workload: 'd' }, mtls: true });
@@ -43,6 +45,10 @@ test('AgentMetrics exposes connection counters and collects the agent series at 
   t.regex(text, /ambient_node_enrolment_duration_seconds_bucket\{le="0.025",backend="iptables"\} 1\n/);
   t.regex(text, /ambient_node_enrolment_duration_seconds_bucket\{le="0.25",backend="iptables"\} 2\n/);
   t.regex(text, /ambient_node_enrolment_duration_seconds_count\{backend="iptables"\} 2\n/);
+  t.regex(text, /# TYPE ambient_node_malformed_policies gauge\nambient_node_malformed_policies 2\n/);
   // A second scrape does not double the collected counters.
-  t.regex(await m.text(), /ambient_node_rule_repairs_total 2\n/);
+  malformed = 0;
+  const again = await m.text();
+  t.regex(again, /ambient_node_rule_repairs_total 2\n/);
+  t.regex(again, /ambient_node_malformed_policies 0\n/, 'the gauge follows the source: fixed policies count no more');
 });

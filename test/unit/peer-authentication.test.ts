@@ -1,6 +1,8 @@
 // Unit tests for PeerAuthentication: parsing errors that name the object and field, and Istio's precedence rules.
 import test from 'ava';
-import { effectiveMtlsMode, parsePeerAuthentication, PolicyParseError, type PeerAuthentication } from '../../agent/src/policy/peer-authentication.js';
+import {
+  effectiveMtlsMode, malformedPeerAuthentication, malformedPeerAuthenticationsFor, parsePeerAuthentication, PolicyParseError, type PeerAuthentication,
+} from '../../agent/src/policy/peer-authentication.js';
 
 const pa = (namespace: string, name: string, spec: Record<string, unknown>): PeerAuthentication =>
   parsePeerAuthentication({ apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication', metadata: { name, namespace }, spec });
@@ -36,3 +38,21 @@ for (const [name, spec, msg] of bad) {
     t.throws(() => pa('app', 'x', spec), { instanceOf: PolicyParseError, message: msg });
   });
 }
+
+test('a malformed PeerAuthentication placeholder refuses plaintext (STRICT) in its scope, over every other level', (t) => {
+  const doc = { metadata: { name: 'x', namespace: 'app' }, spec: { mtls: { mode: 'STRICTER' } } };
+  const ph = malformedPeerAuthentication(doc, 'PeerAuthentication app/x: spec.mtls.mode must be one of UNSET, DISABLE, PERMISSIVE, STRICT, got "STRICTER"');
+  t.like(ph, { namespace: 'app', name: 'x', mode: 'STRICT', matchLabels: undefined });
+  t.regex(ph.malformed ?? '', /^spec\.mtls\.mode must be one of/);
+  const permissivePort = pa('app', 'w', { selector: { matchLabels: { app: 'productpage' } }, mtls: { mode: 'DISABLE' }, portLevelMtls: { 9080: { mode: 'PERMISSIVE' } } });
+  t.is(effectiveMtlsMode([permissivePort], pod, 9080), 'PERMISSIVE');
+  t.is(effectiveMtlsMode([permissivePort, ph], pod, 9080), 'STRICT', 'fail closed, whatever a workload policy says');
+  t.deepEqual(malformedPeerAuthenticationsFor([permissivePort, ph], pod).map((p) => p.name), ['x']);
+  t.is(effectiveMtlsMode([ph], { namespace: 'legacy', labels: {} }, 9080), 'PERMISSIVE', 'another namespace is out of scope');
+  // The selector, when it parses, narrows the scope; the root namespace is mesh-wide.
+  const sel = malformedPeerAuthentication({ metadata: { name: 's', namespace: 'app' }, spec: { selector: { matchLabels: { app: 'reviews' } }, mtls: 'x' } }, 'e');
+  t.is(effectiveMtlsMode([sel], pod, 9080), 'PERMISSIVE');
+  t.is(effectiveMtlsMode([sel], { namespace: 'app', labels: { app: 'reviews' } }, 9080), 'STRICT');
+  const mesh = malformedPeerAuthentication({ metadata: { name: 'm', namespace: 'istio-system' }, spec: 'junk' }, 'e');
+  t.is(effectiveMtlsMode([pa('legacy', 'n', { mtls: { mode: 'DISABLE' } }), mesh], { namespace: 'legacy', labels: {} }, 80), 'STRICT');
+});

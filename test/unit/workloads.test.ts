@@ -4,7 +4,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { FilesWorkloadSource, parseWorkloadFile } from '../../agent/src/workload/files-source.js';
+import { FilesWorkloadSource, parseWorkloadFile, parseWorkloadFileEntries, resolveFileEntries } from '../../agent/src/workload/files-source.js';
+import { MALFORMED_POLICY_MSG } from '../../agent/src/policy/malformed.js';
 
 const quiet = pino({ level: 'silent' });
 
@@ -111,5 +112,91 @@ test('files source: Services and EndpointSlices are read and announced; other ki
   writeFileSync(join(dir, 'eps.yaml'), 'apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\nmetadata: {name: web-1, namespace: app}\nendpoints: [{addresses: [not-an-ip]}]\n');
   await src.rescanNow();
   t.is(src.endpointSlices()[0]?.endpoints[0]?.addresses[0], '10.244.1.2', 'a malformed slice keeps the previous one in force');
-  t.true(lines.some((l) => l.msg === 'ignoring malformed workload file; previous objects stay in force' && /EndpointSlice app\/web-1: endpoints\[0\]\.addresses\[0\] must be an IP address/.test(String(l.error))));
+  t.true(lines.some((l) => l.msg === 'rejected malformed object; the previous version stays in force' && l.level === 50 && l.file === 'eps.yaml'
+    && /EndpointSlice app\/web-1: endpoints\[0\]\.addresses\[0\] must be an IP address/.test(String(l.error))));
+});
+
+const AP = (name: string, spec: string, ns = 'app'): string => `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ${name}, namespace: ${ns}}\nspec: ${spec}\n`;
+const PA = (name: string, spec: string, ns = 'app'): string => `apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ${name}, namespace: ${ns}}\nspec: ${spec}\n`;
+const TYPO = '{selector: {matchLabels: {app: productpage}}, action: ALLOW, rules: [{from: [{source: {principal: [cluster.local/ns/app/sa/sleep]}}]}]}';
+const FIXED = '{selector: {matchLabels: {app: productpage}}, action: ALLOW, rules: [{from: [{source: {principals: [cluster.local/ns/app/sa/sleep]}}]}]}';
+
+test('parseWorkloadFileEntries: object by object, a malformed policy is reported with its raw object; invalid YAML still throws', (t) => {
+  const entries = parseWorkloadFileEntries('p.yaml', [AP('viewer', TYPO), 'kind: Namespace\nmetadata: {name: app}\n', 'kind: Pod\nmetadata: {namespace: x}\n'].join('---\n'));
+  t.is(entries.length, 3);
+  t.like(entries[0], { key: 'AuthorizationPolicy app/viewer', policyKind: 'AuthorizationPolicy' });
+  t.regex(String((entries[0] as { error?: string }).error), /AuthorizationPolicy app\/viewer: spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field/);
+  t.like(entries[1], { key: 'Namespace default/app', object: { kind: 'Namespace' } });
+  t.false('policyKind' in (entries[2] ?? {}), 'a Pod is no policy');
+  t.throws(() => parseWorkloadFileEntries('bad.yaml', 'kind: Pod\nmetadata: [\n'), { message: /bad\.yaml/ });
+});
+
+test('resolveFileEntries: parsed, else previous good, else a fail-closed placeholder for policies, else nothing (pure)', (t) => {
+  const [bad] = parseWorkloadFileEntries('p.yaml', AP('viewer', TYPO));
+  const [good] = parseWorkloadFileEntries('p.yaml', AP('viewer', FIXED));
+  const [badPa] = parseWorkloadFileEntries('p.yaml', PA('strict', '{mtls: {mode: STRICTER}}', 'istio-system'));
+  const [badPod] = parseWorkloadFileEntries('p.yaml', 'kind: Pod\nmetadata: {name: p, labels: {a: [1]}}\n');
+  if (!bad || !good || !badPa || !badPod || !('object' in good)) throw new Error('fixtures');
+  const problems: Parameters<typeof resolveFileEntries>[2] = new Map();
+  const fresh = resolveFileEntries([bad, badPa, badPod], new Map(), problems);
+  t.is(fresh.length, 2);
+  t.true(fresh.every((o) => o.placeholder));
+  t.like(fresh[0]?.object, { kind: 'AuthorizationPolicy', authorizationPolicy: { namespace: 'app', name: 'viewer', action: 'DENY', matchLabels: { app: 'productpage' } } });
+  t.regex(String((fresh[0]?.object as { authorizationPolicy?: { malformed?: string } }).authorizationPolicy?.malformed), /^spec\.rules\[0\]\.from\[0\]\.source\.principal is not a known field/);
+  t.like(fresh[1]?.object, { kind: 'PeerAuthentication', peerAuthentication: { namespace: 'istio-system', name: 'strict', mode: 'STRICT', matchLabels: undefined } });
+  t.deepEqual([...problems.values()].map((p) => p.outcome), ['placeholder', 'placeholder', 'dropped']);
+  // With a previous good version, that one stays in force (and is no placeholder).
+  const kept = resolveFileEntries([bad], new Map([[good.key, good.object]]));
+  t.deepEqual(kept, [{ key: good.key, object: good.object, placeholder: false }]);
+});
+
+test('files source: a new malformed policy is a placeholder until fixed; the good objects of its file are read; a previous good version stays', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
+  writeFileSync(join(dir, 'p.yaml'), [AP('viewer', TYPO), 'kind: Namespace\nmetadata: {name: app}\n', PA('strict', '{mtls: {mode: STRICTER}}')].join('---\n'));
+  const src = new FilesWorkloadSource(dir, log, 50);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.truthy(src.getNamespace('app'), 'the good object of the same file is read');
+  t.like(src.authorizationPolicies(), [{ name: 'viewer', action: 'DENY', matchLabels: { app: 'productpage' } }]);
+  t.regex(String(src.authorizationPolicies()[0]?.malformed), /source\.principal is not a known field/);
+  t.like(src.peerAuthentications(), [{ name: 'strict', mode: 'STRICT' }]);
+  t.regex(String(src.peerAuthentications()[0]?.malformed), /spec\.mtls\.mode must be one of/);
+  const logged = lines.filter((l) => l.msg === MALFORMED_POLICY_MSG);
+  t.is(logged.length, 2);
+  t.true(logged.every((l) => l.level === 50));
+  t.true(logged.some((l) => l.object === 'AuthorizationPolicy app/viewer' && /principal is not a known field/.test(String(l.error))));
+  await src.rescanNow();
+  t.is(lines.filter((l) => l.msg === MALFORMED_POLICY_MSG).length, 2, 'a rescan with nothing new logs nothing new');
+
+  const changes: boolean[] = [];
+  src.onChange((c) => changes.push(c.policies));
+  writeFileSync(join(dir, 'p.yaml'), [AP('viewer', FIXED), PA('strict', '{mtls: {mode: STRICT}}')].join('---\n'));
+  await src.rescanNow();
+  t.is(src.authorizationPolicies()[0]?.malformed, undefined, 'fixed: the placeholder goes');
+  t.is(src.authorizationPolicies()[0]?.action, 'ALLOW');
+  t.is(src.peerAuthentications()[0]?.malformed, undefined);
+  t.deepEqual(changes, [true]);
+  t.true(lines.some((l) => l.msg === 'malformed object fixed or removed' && l.object === 'AuthorizationPolicy app/viewer'));
+
+  // Broken again: now the previous good version stays in force.
+  writeFileSync(join(dir, 'p.yaml'), AP('viewer', TYPO));
+  await src.rescanNow();
+  t.like(src.authorizationPolicies(), [{ name: 'viewer', action: 'ALLOW' }]);
+  t.is(src.authorizationPolicies()[0]?.malformed, undefined);
+  t.deepEqual(src.peerAuthentications(), [], 'removed from the file: gone');
+
+  // Deleted, then added broken: no previous version any more, so a placeholder.
+  rmSync(join(dir, 'p.yaml'));
+  await src.rescanNow();
+  t.deepEqual(src.authorizationPolicies(), []);
+  writeFileSync(join(dir, 'q.yaml'), AP('viewer', '{rules: {}}'));
+  await src.rescanNow();
+  t.like(src.authorizationPolicies(), [{ name: 'viewer', action: 'DENY', matchLabels: undefined }]);
+  t.regex(String(src.authorizationPolicies()[0]?.malformed), /spec\.rules must be a list/);
+  rmSync(join(dir, 'q.yaml'));
+  await src.rescanNow();
+  t.deepEqual(src.authorizationPolicies(), [], 'deleted: the placeholder goes');
 });

@@ -76,6 +76,8 @@ export interface MetricSources {
   enrollerCounters: () => EnrollerCounters;
   certSnapshot: () => CertStatus[];
   certCounters: () => CertCounters;
+  /** Policies that failed to parse and stand as fail-closed placeholders (absent: 0). */
+  malformedPolicies?: () => number;
   now?: () => number;
 }
 
@@ -102,6 +104,10 @@ export class AgentMetrics implements ConnectionObserver {
     });
     const now = src.now ?? Date.now;
     new Gauge({ name: 'ambient_node_pods_enrolled', help: 'Pods enrolled (captured) on this node', registers, collect() { this.set(src.enrolledCount()); } });
+    new Gauge({
+      name: 'ambient_node_malformed_policies', help: 'AuthorizationPolicies and PeerAuthentications that failed to parse and deny everything in their scope until fixed',
+      registers, collect() { this.set(src.malformedPolicies?.() ?? 0); },
+    });
     const fromCounter = (name: string, help: string, read: () => number): void => {
       // A gauge mirroring a monotonic counter kept elsewhere; exposed with the counter's _total name.
       new Counter({ name, help, registers, collect() { this.reset(); this.inc(read()); } });

@@ -94,6 +94,7 @@ export function renderPolicyCheck(r: PolicyCheckResult): string {
     `  applicable: ${r.applicable.length ? r.applicable.join(', ') : 'none'}`,
     `  plaintext:  PeerAuthentication ${r.mtlsMode} on port ${r.to.port}: ${r.mtlsMode === 'STRICT' ? 'non-mesh clients refused' : 'non-mesh clients let in (then this policy applies without a principal)'}`,
   ];
+  for (const m of r.mtlsMalformed ?? []) out.push(`  malformed:  PeerAuthentication ${m}: plaintext refused until it is fixed`);
   for (const d of r.dryRun) out.push(`  dry-run:    ${d.policy} (${d.action}) ${d.matched ? 'matches' : 'does not match'}`);
   if (r.dryRunAllowed !== undefined) out.push(`  with dry-run policies enforced: ${r.dryRunAllowed ? 'ALLOW' : 'DENY'}`);
   for (const w of r.warnings) out.push(`  warning:    ${w}`);

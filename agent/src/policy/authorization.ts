@@ -1,7 +1,7 @@
 // AuthorizationPolicy (security.istio.io/v1) for L4: parsing at the boundary (errors name the object and field),
 // then ztunnel's pure evaluation: a matching DENY denies; no ALLOW allows; a matching ALLOW allows; otherwise deny.
 import { isIP } from 'node:net';
-import { DEFAULT_ROOT_NAMESPACE, PolicyParseError } from './peer-authentication.js';
+import { DEFAULT_ROOT_NAMESPACE, placeholderError, PolicyParseError, readableScope } from './peer-authentication.js';
 
 export type AuthzAction = 'ALLOW' | 'DENY';
 /** Istio string match: `*` = presence (any non-empty), `*x` = suffix, `x*` = prefix, else exact. */
@@ -44,6 +44,12 @@ export interface AuthorizationPolicy {
   waypointOnly: boolean;
   /** One line per L7-only field (and per ignored targetRef), naming the field. */
   warnings: string[];
+  /**
+   * Set on a placeholder for an object that failed to parse and has no previous good version: the parse error. It fails
+   * closed: a DENY of everything in its scope (the namespace, or the selector when that part parsed; the root namespace:
+   * mesh-wide) until the object is fixed or deleted.
+   */
+  malformed?: string;
 }
 
 type Obj = Record<string, unknown>;
@@ -292,6 +298,17 @@ export function parseAuthorizationPolicy(doc: Obj): AuthorizationPolicy {
   return { namespace, name, action, dryRun: dr === 'true', matchLabels, rules, waypointOnly, warnings: p.warnings };
 }
 
+/** A placeholder for an AuthorizationPolicy that failed to parse (no previous good version): denies everything in scope. Pure. */
+export function malformedAuthorizationPolicy(doc: unknown, error: string): AuthorizationPolicy {
+  const { namespace, name, matchLabels } = readableScope(doc);
+  return {
+    namespace, name, action: 'DENY', dryRun: false, matchLabels,
+    // A rule `{}` matches everything: even code that does not look at `malformed` denies.
+    rules: [{ from: [], to: [], when: [], neverMatches: false }],
+    waypointOnly: false, warnings: [], malformed: placeholderError(error),
+  };
+}
+
 export interface Connection {
   destination: { namespace: string; labels: Record<string, string>; ip: string; port: number };
   source: {
@@ -361,6 +378,8 @@ export function appliesTo(p: AuthorizationPolicy, dst: { namespace: string; labe
 const ref = (p: AuthorizationPolicy): string => `${p.namespace}/${p.name}`;
 
 function decide(ps: readonly AuthorizationPolicy[], c: Peer): Omit<Decision, 'dryRun' | 'dryRunAllowed'> {
+  const bad = ps.find((p) => p.malformed !== undefined);
+  if (bad) return { allowed: false, reason: `denied: policy ${ref(bad)} is malformed (${bad.malformed}); fix it`, policy: ref(bad) };
   const deny = ps.find((p) => p.action === 'DENY' && policyMatches(p, c));
   if (deny) return { allowed: false, reason: `denied by DENY policy ${ref(deny)}`, policy: ref(deny) };
   const allows = ps.filter((p) => p.action === 'ALLOW');

@@ -5,7 +5,7 @@ import { spiffeId } from '../identity/spiffe.js';
 import type { ServiceEntry } from '../workload/service-table.js';
 import type { PodInfo } from '../workload/types.js';
 import { appliesTo, authorize, type AuthorizationPolicy, type DryRunResult } from './authorization.js';
-import { effectiveMtlsMode, type MtlsMode, type PeerAuthentication } from './peer-authentication.js';
+import { effectiveMtlsMode, malformedPeerAuthenticationsFor, type MtlsMode, type PeerAuthentication } from './peer-authentication.js';
 
 export interface PolicyCheckQuery {
   from: { namespace: string; serviceAccount: string; ip?: string };
@@ -21,12 +21,14 @@ export interface PolicyCheckResult {
   reason: string;
   /** `ns/name` of the policy that decided; absent when a default decided. */
   policy?: string;
-  /** Every AuthorizationPolicy that applies to the destination pod, `ns/name (ACTION)`. */
+  /** Every AuthorizationPolicy that applies to the destination pod, `ns/name (ACTION)`; a malformed one `ns/name (MALFORMED: error)`. */
   applicable: string[];
   dryRun: DryRunResult[];
   dryRunAllowed?: boolean;
   /** PeerAuthentication on that port: whether a plaintext (non-mesh) client would be let in at all. */
   mtlsMode: Exclude<MtlsMode, 'UNSET'>;
+  /** Malformed PeerAuthentications in the pod's scope, `ns/name (MALFORMED: error)`: they make the mode STRICT. Absent when none. */
+  mtlsMalformed?: string[];
   /** L7-only fields dropped from the applicable policies, as parsing reported them. */
   warnings: string[];
 }
@@ -81,16 +83,18 @@ export function checkPolicy(
     destination: { ...dst, ip, port },
   });
   const applicable = policies.authorization.filter((p) => appliesTo(p, dst));
+  const badPa = malformedPeerAuthenticationsFor(policies.peerAuthentication, dst);
   return {
     from: { principal, namespace: q.from.namespace, ...(q.from.ip ? { ip: q.from.ip } : {}) },
     to: { pod: `${pod.namespace}/${pod.name}`, ip, port },
     allowed: d.allowed,
     reason: d.reason,
     ...(d.policy ? { policy: d.policy } : {}),
-    applicable: applicable.map((p) => `${p.namespace}/${p.name} (${p.action}${p.dryRun ? ', dry-run' : ''})`).sort(),
+    applicable: applicable.map((p) => `${p.namespace}/${p.name} (${p.malformed !== undefined ? `MALFORMED: ${p.malformed}` : `${p.action}${p.dryRun ? ', dry-run' : ''}`})`).sort(),
     dryRun: d.dryRun,
     ...(d.dryRunAllowed !== undefined ? { dryRunAllowed: d.dryRunAllowed } : {}),
     mtlsMode: effectiveMtlsMode(policies.peerAuthentication, dst, port),
+    ...(badPa.length > 0 ? { mtlsMalformed: badPa.map((p) => `${p.namespace}/${p.name} (MALFORMED: ${p.malformed ?? ''})`) } : {}),
     warnings: applicable.flatMap((p) => p.warnings),
   };
 }

@@ -15,6 +15,11 @@ export interface PeerAuthentication {
   matchLabels: Record<string, string> | undefined;
   mode: MtlsMode;
   portModes: Map<number, MtlsMode>;
+  /**
+   * Set on a placeholder for an object that failed to parse and has no previous good version: the parse error. It
+   * fails closed: plaintext is refused (as STRICT) everywhere in its scope, whatever the other policies say.
+   */
+  malformed?: string;
 }
 
 export class PolicyParseError extends Error {
@@ -72,6 +77,54 @@ export function parsePeerAuthentication(doc: Obj): PeerAuthentication {
   return { namespace, name, matchLabels, mode: mode(mtls.mode, `${where}: spec.mtls.mode`), portModes };
 }
 
+/**
+ * The scope of a policy object as far as it can be read, for a placeholder of one that failed to parse: its namespace
+ * (`default` when absent), its name, and `spec.selector.matchLabels` when that part is a mapping of strings, else
+ * undefined (the whole namespace; in the root namespace, the whole mesh). Pure; never throws.
+ */
+export function readableScope(doc: unknown): { namespace: string; name: string; matchLabels: Record<string, string> | undefined } {
+  const d = isObj(doc) ? doc : {};
+  const meta = isObj(d.metadata) ? d.metadata : {};
+  const namespace = typeof meta.namespace === 'string' && meta.namespace ? meta.namespace : 'default';
+  const name = typeof meta.name === 'string' && meta.name ? meta.name : '(unnamed)';
+  const spec = isObj(d.spec) ? d.spec : {};
+  const ml = isObj(spec.selector) ? spec.selector.matchLabels : undefined;
+  const matchLabels = isObj(ml) && Object.keys(ml).length > 0 && Object.values(ml).every((v) => typeof v === 'string')
+    ? { ...(ml as Record<string, string>) } : undefined;
+  return { namespace, name, matchLabels };
+}
+
+/** The parse error without the `Kind ns/name: ` prefix the parsers put first (the placeholder names the object). */
+export function placeholderError(error: string): string {
+  return error.replace(/^(?:AuthorizationPolicy|PeerAuthentication) [^\s:]+: /, '');
+}
+
+/** A placeholder for a PeerAuthentication that failed to parse (no previous good version): STRICT in its scope. Pure. */
+export function malformedPeerAuthentication(doc: unknown, error: string): PeerAuthentication {
+  const { namespace, name, matchLabels } = readableScope(doc);
+  return { namespace, name, matchLabels, mode: 'STRICT', portModes: new Map(), malformed: placeholderError(error) };
+}
+
+/** Whether a malformed placeholder's scope covers the pod (its namespace, or the root namespace: mesh-wide). */
+export function malformedCovers(
+  p: { namespace: string; matchLabels: Record<string, string> | undefined },
+  pod: { namespace: string; labels: Record<string, string> },
+  rootNamespace = DEFAULT_ROOT_NAMESPACE,
+): boolean {
+  if (p.namespace !== pod.namespace && p.namespace !== rootNamespace) return false;
+  return p.matchLabels === undefined || Object.entries(p.matchLabels).every(([k, v]) => pod.labels[k] === v);
+}
+
+/** The malformed PeerAuthentications whose scope covers the pod, by name. Pure. */
+export function malformedPeerAuthenticationsFor(
+  policies: readonly PeerAuthentication[],
+  pod: { namespace: string; labels: Record<string, string> },
+  rootNamespace = DEFAULT_ROOT_NAMESPACE,
+): PeerAuthentication[] {
+  return policies.filter((p) => p.malformed !== undefined && malformedCovers(p, pod, rootNamespace))
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+}
+
 const selects = (pa: PeerAuthentication, labels: Record<string, string>): boolean =>
   pa.matchLabels !== undefined && Object.entries(pa.matchLabels).every(([k, v]) => labels[k] === v);
 
@@ -85,9 +138,12 @@ export function effectiveMtlsMode(
   port: number,
   rootNamespace = DEFAULT_ROOT_NAMESPACE,
 ): Exclude<MtlsMode, 'UNSET'> {
-  const workload = policies.filter((p) => p.namespace === pod.namespace && selects(p, pod.labels)).sort(byName)[0];
-  const namespace = policies.filter((p) => p.namespace === pod.namespace && p.matchLabels === undefined).sort(byName)[0];
-  const mesh = policies.filter((p) => p.namespace === rootNamespace && p.matchLabels === undefined).sort(byName)[0];
+  // Fail closed: a PeerAuthentication that cannot be parsed refuses plaintext in its scope, over every other level.
+  if (malformedPeerAuthenticationsFor(policies, pod, rootNamespace).length > 0) return 'STRICT';
+  const good = policies.filter((p) => p.malformed === undefined);
+  const workload = good.filter((p) => p.namespace === pod.namespace && selects(p, pod.labels)).sort(byName)[0];
+  const namespace = good.filter((p) => p.namespace === pod.namespace && p.matchLabels === undefined).sort(byName)[0];
+  const mesh = good.filter((p) => p.namespace === rootNamespace && p.matchLabels === undefined).sort(byName)[0];
   for (const m of [workload?.portModes.get(port), workload?.mode, namespace?.mode, mesh?.mode]) {
     if (m && m !== 'UNSET') return m;
   }

@@ -85,6 +85,13 @@ export interface AgentStatus {
   node: string;
   backend: string;
   enrolled: number;
+  /**
+   * AuthorizationPolicies and PeerAuthentications that failed to parse and, with no previous good version, stand as
+   * fail-closed placeholders (denying everything, or refusing plaintext, in their scope). Absent from older agents.
+   */
+  malformedPolicies?: number;
+  /** Each of them: kind, `ns/name` and the parse error (naming the field). */
+  malformed?: { kind: string; policy: string; error: string }[];
 }
 
 export class EventParseError extends Error {

@@ -1,5 +1,7 @@
 // The `files` workload source: a folder of Kubernetes-shaped YAML (Pod, Namespace, policies, Service, EndpointSlice),
-// re-read when it changes. A file that fails to parse keeps its previous objects in force; other kinds are logged once.
+// re-read when it changes, object by object: a malformed object keeps its previous good version in force; a new malformed
+// AuthorizationPolicy or PeerAuthentication stands as a fail-closed placeholder until fixed; a file that is not valid
+// YAML keeps all its previous objects in force; other kinds are logged once.
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -7,36 +9,107 @@ import { parseAllDocuments } from 'yaml';
 import type { Logger } from '../log.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
-import type { PeerAuthentication } from '../policy/peer-authentication.js';
-import type { AuthorizationPolicy } from '../policy/authorization.js';
+import { malformedPeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
+import { malformedAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
 import type { EndpointSliceInfo, ServiceInfo } from './service-objects.js';
 import { PodWaiters } from './pod-waiters.js';
+import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
 
+
+/** One object of a file: converted, or the error it failed with (naming the object and field) and the raw object. */
+export type FileEntry =
+  | { key: string; object: WorkloadObject }
+  | { key: string; error: string; raw: unknown; policyKind?: 'AuthorizationPolicy' | 'PeerAuthentication' };
+
 /**
- * Parses one file's text into workload objects; throws with the file's name and the failing field. Objects of kinds
- * (or versions) the agent does not read are passed to `onUnknown` as `apiVersion kind ns/name`.
+ * Parses one file's text object by object, so one malformed object does not hide the good ones of the same file. Throws
+ * (with the file's name) only when a document is not valid YAML: nothing of it can be read. Objects of kinds (or
+ * versions) the agent does not read are passed to `onUnknown` as `apiVersion kind ns/name`.
  */
-export function parseWorkloadFile(name: string, text: string, onUnknown?: (what: string) => void): WorkloadObject[] {
-  const out: WorkloadObject[] = [];
+export function parseWorkloadFileEntries(name: string, text: string, onUnknown?: (what: string) => void): FileEntry[] {
+  const out: FileEntry[] = [];
   for (const doc of parseAllDocuments(text)) {
     if (doc.errors.length > 0) throw new Error(`${name}: ${doc.errors[0]?.message}`);
     const value: unknown = doc.toJS();
     if (value === null || value === undefined) continue;
     const items = isList(value) ? value.items : [value];
     for (const item of items) {
+      const key = objectKey(item);
       try {
         const obj = fromK8sObject(item);
-        if (obj) out.push(obj);
+        if (obj) out.push({ key, object: obj });
         else onUnknown?.(describeObject(item));
       } catch (err) {
-        throw new Error(`${name}: ${(err as Error).message}`, { cause: err });
+        const kind = policyKind(item);
+        out.push({ key, error: (err as Error).message, raw: item, ...(kind ? { policyKind: kind } : {}) });
       }
     }
   }
   return out;
 }
+
+/**
+ * Parses one file's text into workload objects; throws with the file's name and the failing field. Objects of kinds
+ * (or versions) the agent does not read are passed to `onUnknown` as `apiVersion kind ns/name`.
+ */
+export function parseWorkloadFile(name: string, text: string, onUnknown?: (what: string) => void): WorkloadObject[] {
+  return parseWorkloadFileEntries(name, text, onUnknown).map((e) => {
+    if ('error' in e) throw new Error(`${name}: ${e.error}`);
+    return e.object;
+  });
+}
+
+/** The Istio security kinds that fail closed when malformed (a placeholder stands in for them). */
+function policyKind(item: unknown): 'AuthorizationPolicy' | 'PeerAuthentication' | undefined {
+  const o = (typeof item === 'object' && item !== null ? item : {}) as { apiVersion?: unknown; kind?: unknown };
+  if (typeof o.apiVersion !== 'string' || !o.apiVersion.startsWith('security.istio.io/')) return undefined;
+  return o.kind === 'AuthorizationPolicy' || o.kind === 'PeerAuthentication' ? o.kind : undefined;
+}
+
+/** `kind ns/name` of a raw object: which object a later version of a file replaces. */
+function objectKey(item: unknown): string {
+  const o = (typeof item === 'object' && item !== null ? item : {}) as { kind?: unknown; metadata?: { name?: unknown; namespace?: unknown } };
+  const m = typeof o.metadata === 'object' && o.metadata !== null ? o.metadata : {};
+  return `${String(o.kind ?? '?')} ${typeof m.namespace === 'string' && m.namespace ? m.namespace : 'default'}/${typeof m.name === 'string' && m.name ? m.name : '(unnamed)'}`;
+}
+
+/**
+ * Pure: what stands in force for a file's entries, given the previous good version of each object (by key): a parsed
+ * object; else its previous good version; else, for an AuthorizationPolicy or PeerAuthentication, a fail-closed
+ * placeholder; else nothing. `problems` gets one line per malformed object and what was done about it.
+ */
+export function resolveFileEntries(
+  entries: readonly FileEntry[],
+  previousGood: ReadonlyMap<string, WorkloadObject>,
+  problems?: Map<string, { error: string; outcome: 'kept-previous' | 'placeholder' | 'dropped' }>,
+): ResolvedObject[] {
+  const out: ResolvedObject[] = [];
+  for (const e of entries) {
+    if ('object' in e) {
+      out.push({ key: e.key, object: e.object, placeholder: false });
+      continue;
+    }
+    const prev = previousGood.get(e.key);
+    if (prev) {
+      out.push({ key: e.key, object: prev, placeholder: false });
+      problems?.set(e.key, { error: e.error, outcome: 'kept-previous' });
+    } else if (e.policyKind === 'AuthorizationPolicy') {
+      out.push({ key: e.key, object: { kind: 'AuthorizationPolicy', authorizationPolicy: malformedAuthorizationPolicy(e.raw, e.error) }, placeholder: true });
+      problems?.set(e.key, { error: e.error, outcome: 'placeholder' });
+    } else if (e.policyKind === 'PeerAuthentication') {
+      out.push({ key: e.key, object: { kind: 'PeerAuthentication', peerAuthentication: malformedPeerAuthentication(e.raw, e.error) }, placeholder: true });
+      problems?.set(e.key, { error: e.error, outcome: 'placeholder' });
+    } else {
+      problems?.set(e.key, { error: e.error, outcome: 'dropped' });
+    }
+  }
+  return out;
+}
+
+/** An object in force, and whether it is a placeholder for a malformed policy (never a "previous good version"). */
+export interface ResolvedObject { key: string; object: WorkloadObject; placeholder: boolean }
 
 function isList(v: unknown): v is { items: unknown[] } {
   return typeof v === 'object' && v !== null && (v as { kind?: unknown }).kind === 'List' && Array.isArray((v as { items?: unknown }).items);
@@ -63,7 +136,9 @@ export class FilesWorkloadSource implements WorkloadSource {
   private slices: EndpointSliceInfo[] = [];
   /** Kinds already reported as not understood (logged once each, at debug). */
   private readonly unknownKinds = new Set<string>();
-  private byFile = new Map<string, WorkloadObject[]>();
+  private byFile = new Map<string, ResolvedObject[]>();
+  /** Problems already logged (malformed objects and files), so a rescan with nothing new logs nothing. */
+  private reported = new Map<string, string>();
   private listeners: ((c: WorkloadChange) => void)[] = [];
   private readonly waiters = new PodWaiters();
   private watcher: FSWatcher | undefined;
@@ -160,20 +235,45 @@ export class FilesWorkloadSource implements WorkloadSource {
       this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
       return;
     }
-    const next = new Map<string, WorkloadObject[]>();
+    const previousGood = new Map<string, WorkloadObject>();
+    for (const objs of this.byFile.values()) for (const o of objs) if (!o.placeholder) previousGood.set(o.key, o.object);
+    const next = new Map<string, ResolvedObject[]>();
+    const problems = new Map<string, Record<string, unknown>>();
     for (const name of names) {
+      let entries: FileEntry[];
       try {
-        next.set(name, parseWorkloadFile(name, await readFile(join(this.dir, name), 'utf8'), (what) => this.unknown(name, what)));
+        entries = parseWorkloadFileEntries(name, await readFile(join(this.dir, name), 'utf8'), (what) => this.unknown(name, what));
       } catch (err) {
         const prev = this.byFile.get(name);
         if (prev) next.set(name, prev);
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-          this.log.warn({ file: name, error: (err as Error).message }, 'ignoring malformed workload file; previous objects stay in force');
-        }
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') problems.set(`file ${name}`, { file: name, error: (err as Error).message });
+        continue;
       }
+      const found = new Map<string, { error: string; outcome: 'kept-previous' | 'placeholder' | 'dropped' }>();
+      next.set(name, resolveFileEntries(entries, previousGood, found));
+      for (const [object, p] of found) problems.set(object, { file: name, object, ...p });
     }
     this.byFile = next;
-    this.apply([...next.values()].flat());
+    this.report(problems);
+    this.apply([...next.values()].flat().map((o) => o.object));
+  }
+
+  /** Logs each malformed object or file at error once per change (not on every rescan), and when it is gone. */
+  private report(problems: Map<string, Record<string, unknown>>): void {
+    const now = new Map<string, string>();
+    for (const [key, p] of problems) {
+      const sig = JSON.stringify(p);
+      now.set(key, sig);
+      if (this.reported.get(key) === sig) continue;
+      if (key.startsWith('file ')) this.log.error(p, 'ignoring malformed workload file (not valid YAML); its previous objects stay in force');
+      else if (p.outcome === 'placeholder') this.log.error({ ...p, effect: failClosedEffect(key) }, MALFORMED_POLICY_MSG);
+      else if (p.outcome === 'kept-previous') this.log.error(p, 'rejected malformed object; the previous version stays in force');
+      else this.log.error(p, 'rejected malformed object; it has no previous version and is ignored');
+    }
+    for (const key of this.reported.keys()) {
+      if (!now.has(key)) this.log.info({ object: key }, 'malformed object fixed or removed');
+    }
+    this.reported = now;
   }
 
   /** Objects the agent does not read: logged once per apiVersion and kind, at debug. */

@@ -2,8 +2,9 @@
 // (the workload directory), Services and EndpointSlices, and Istio's AuthorizationPolicy/PeerAuthentication; converted
 // with the same code as files.
 import type { Logger } from '../log.js';
-import type { AuthorizationPolicy } from '../policy/authorization.js';
-import type { PeerAuthentication } from '../policy/peer-authentication.js';
+import { malformedAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
+import { malformedPeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
+import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 import type { KubeClient } from './kube/client.js';
 import { PodAnnotator, REDIRECTION_ANNOTATION, type CaptureState, type PodRef } from './kube/pod-annotator.js';
 import { Reflector, type BackoffPolicy, type ReflectorChange } from './kube/reflector.js';
@@ -85,12 +86,18 @@ export class KubernetesWorkloadSource implements WorkloadSource {
     const policies = (): void => this.emit({ ...none, policies: true });
     this.authz = new Reflector({
       ...common, optional: true, path: '/apis/security.istio.io/v1/authorizationpolicies', convert: authorizationPolicyFromApi, log: log('authorizationpolicies'),
+      // Fail closed: a new malformed policy denies everything in its scope until fixed or deleted.
+      placeholder: malformedAuthorizationPolicy, placeholderMessage: `${MALFORMED_POLICY_MSG} (${failClosedEffect('AuthorizationPolicy')})`,
       onChange: (cs) => {
         for (const c of cs) for (const w of c.after?.warnings ?? []) o.log.warn({ policy: c.key, warning: w }, 'authorization policy uses a field L4 enforcement ignores');
         policies();
       },
     });
-    this.peerAuthn = new Reflector({ ...common, optional: true, path: '/apis/security.istio.io/v1/peerauthentications', convert: peerAuthenticationFromApi, onChange: policies, log: log('peerauthentications') });
+    this.peerAuthn = new Reflector({
+      ...common, optional: true, path: '/apis/security.istio.io/v1/peerauthentications', convert: peerAuthenticationFromApi, onChange: policies, log: log('peerauthentications'),
+      // Fail closed: a new malformed PeerAuthentication refuses plaintext in its scope until fixed or deleted.
+      placeholder: malformedPeerAuthentication, placeholderMessage: `${MALFORMED_POLICY_MSG} (${failClosedEffect('PeerAuthentication')})`,
+    });
     this.annotator = new PodAnnotator(o.client, (p) => this.annotationOf(p), o.log.child({ component: 'pod-annotator' }), o.backoff);
   }
 

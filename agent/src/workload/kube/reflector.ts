@@ -1,5 +1,6 @@
 // One resource's list/watch loop (a client-go style reflector): list, then watch from the list's resourceVersion with
-// bookmarks; relist on 410 Gone; reconnect with exponential backoff and jitter. Malformed objects keep their last good value.
+// bookmarks; relist on 410 Gone; reconnect with exponential backoff and jitter. Malformed objects keep their last good value
+// (or, with no good value and a `placeholder` option, a fail-closed placeholder stands for them).
 import type { Logger } from '../../log.js';
 import { describe } from '../../errors.js';
 import { KubeApiError, type KubeClient, type WatchEvent } from './client.js';
@@ -31,6 +32,13 @@ export interface ReflectorOptions<T> {
   query?: Record<string, string>;
   /** Converts one object; undefined means "treat as absent"; throws (naming the object and field) when it is malformed. */
   convert: (obj: Record<string, unknown>) => T | undefined;
+  /**
+   * Fail closed: what stands for a malformed object that has no previous good version (an AuthorizationPolicy denying
+   * everything in its scope). Without it such an object is ignored. A placeholder is never a "previous good version".
+   */
+  placeholder?: (obj: Record<string, unknown>, error: string) => T | undefined;
+  /** The log message when a placeholder is put in force (default: a generic one). */
+  placeholderMessage?: string;
   /** A collection that may not exist (a CRD not installed): 404 counts as an empty list, retried with backoff. */
   optional?: boolean;
   onChange: (changes: ReflectorChange<T>[]) => void;
@@ -54,6 +62,8 @@ function resourceVersionOf(obj: Record<string, unknown>): string {
 
 export class Reflector<T> {
   private readonly items = new Map<string, T>();
+  /** Keys whose value is a placeholder for a malformed object (not a good version to keep). */
+  private readonly placeholders = new Set<string>();
   private rv = '';
   private stopped = false;
   private abort = new AbortController();
@@ -143,6 +153,7 @@ export class Reflector<T> {
     }
     this.items.clear();
     for (const [k, v] of next) this.items.set(k, v);
+    for (const k of [...this.placeholders]) if (!next.has(k)) this.placeholders.delete(k);
     this.rv = resourceVersionOf(body);
     this.stats.lists++;
     this.failures = 0;
@@ -206,6 +217,7 @@ export class Reflector<T> {
       const before = this.items.get(key);
       if (ev.type === 'DELETED') {
         this.items.delete(key);
+        this.placeholders.delete(key);
         if (before !== undefined) this.emit([{ key, before, after: undefined }]);
       } else {
         const after = this.convertKeepingOld(key, obj);
@@ -218,13 +230,28 @@ export class Reflector<T> {
     return 'ok';
   }
 
-  /** The converted object, or (when malformed) the previous good value, which stays in force. */
+  /**
+   * The converted object, or (when malformed) the previous good value, which stays in force; with no previous good
+   * value, the placeholder when the options make one (fail closed), else nothing.
+   */
   private convertKeepingOld(key: string, raw: Record<string, unknown>): T | undefined {
     try {
-      return this.o.convert(raw);
+      const value = this.o.convert(raw);
+      this.placeholders.delete(key);
+      return value;
     } catch (err) {
-      const prev = this.items.get(key);
-      this.o.log.error({ path: this.o.path, object: key, error: describe(err), keptPrevious: prev !== undefined }, 'rejected malformed object; the previous version stays in force');
+      const prev = this.placeholders.has(key) ? undefined : this.items.get(key);
+      const error = describe(err);
+      if (prev === undefined && this.o.placeholder) {
+        const ph = this.o.placeholder(raw, error);
+        if (ph !== undefined) {
+          this.placeholders.add(key);
+          this.o.log.error({ path: this.o.path, object: key, error, placeholder: true }, this.o.placeholderMessage ?? 'rejected malformed object; with no previous good version a fail-closed placeholder stands for it');
+          return ph;
+        }
+      }
+      this.placeholders.delete(key);
+      this.o.log.error({ path: this.o.path, object: key, error, keptPrevious: prev !== undefined }, 'rejected malformed object; the previous version stays in force');
       return prev;
     }
   }
