@@ -385,7 +385,16 @@ test('malformed placeholder denies every connection in its scope, naming the obj
   t.true(appliesTo(mesh, { namespace: 'anywhere', labels: {} }));
   t.false(authorize([mesh], conn({}, { namespace: 'anywhere' })).allowed);
   t.regex(authorize([mesh], conn()).reason, /policy istio-system\/x is malformed \(spec\.rules must be a list\)/);
-  // Never dry-run, even when the broken object says so.
+  // What could only make it apply less than any valid version is kept: a dry-run one is reported, not enforced; a
+  // waypoint's one (targetRefs) is ignored by ztunnel. An unreadable annotation is no dry-run.
   const dry = malformedAuthorizationPolicy({ ...TYPO_DOC, metadata: { ...TYPO_DOC.metadata, annotations: { 'istio.io/dry-run': 'true' } } }, 'e');
-  t.false(authorize([dry], conn()).allowed);
+  const dd = authorize([dry], conn());
+  t.true(dd.allowed);
+  t.like(dd, { dryRunAllowed: false, dryRun: [{ policy: 'default/viewer', action: 'DENY', matched: true }] });
+  const notDry = malformedAuthorizationPolicy({ ...TYPO_DOC, metadata: { ...TYPO_DOC.metadata, annotations: { 'istio.io/dry-run': 'yes' } } }, 'e');
+  t.false(authorize([notDry], conn()).allowed);
+  const waypoint = malformedAuthorizationPolicy({ ...TYPO_DOC, spec: { ...TYPO_DOC.spec, targetRefs: [{ kind: 'Service', name: 'productpage' }] } }, 'e');
+  t.true(waypoint.waypointOnly);
+  t.true(authorize([waypoint], conn()).allowed);
+  t.deepEqual(malformedPolicies([waypoint], []).map((m) => m.policy), ['default/viewer'], 'still counted as malformed');
 });

@@ -129,6 +129,14 @@ test('parseWorkloadFileEntries: object by object, a malformed policy is reported
   t.like(entries[1], { key: 'Namespace default/app', object: { kind: 'Namespace' } });
   t.false('policyKind' in (entries[2] ?? {}), 'a Pod is no policy');
   t.throws(() => parseWorkloadFileEntries('bad.yaml', 'kind: Pod\nmetadata: [\n'), { message: /bad\.yaml/ });
+  // A policy that is not valid YAML is still recognised (kind, apiVersion, name): a malformed object of its whole namespace.
+  const broken = parseWorkloadFileEntries('y.yaml', AP('viewer', '{selector: {matchLabels: {app: productpage}}, rules: [{}]') + '---\nkind: Namespace\nmetadata: {name: app}\n');
+  t.is(broken.length, 2);
+  t.like(broken[0], { key: 'AuthorizationPolicy app/viewer', policyKind: 'AuthorizationPolicy', raw: { metadata: { name: 'viewer', namespace: 'app' } } });
+  t.regex(String((broken[0] as { error?: string }).error), /^AuthorizationPolicy app\/viewer: not valid YAML \(.+\)$/);
+  t.false('spec' in ((broken[0] as { raw?: object }).raw ?? {}), 'nothing of a broken document narrows the scope');
+  t.like(broken[1], { object: { kind: 'Namespace' } });
+  t.throws(() => parseWorkloadFile('y.yaml', AP('viewer', '{rules: [')), { message: /y\.yaml: AuthorizationPolicy app\/viewer: not valid YAML/ });
 });
 
 test('resolveFileEntries: parsed, else previous good, else a fail-closed placeholder for policies, else nothing (pure)', (t) => {

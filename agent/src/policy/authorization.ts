@@ -298,14 +298,22 @@ export function parseAuthorizationPolicy(doc: Obj): AuthorizationPolicy {
   return { namespace, name, action, dryRun: dr === 'true', matchLabels, rules, waypointOnly, warnings: p.warnings };
 }
 
-/** A placeholder for an AuthorizationPolicy that failed to parse (no previous good version): denies everything in scope. Pure. */
+/**
+ * A placeholder for an AuthorizationPolicy that failed to parse (no previous good version): denies everything in scope.
+ * What can be read and could only make it apply less than any valid version would is kept: the `istio.io/dry-run: "true"`
+ * annotation (reported, never enforced) and `spec.targetRef(s)` (a waypoint's policy, which ztunnel ignores). Pure.
+ */
 export function malformedAuthorizationPolicy(doc: unknown, error: string): AuthorizationPolicy {
   const { namespace, name, matchLabels } = readableScope(doc);
+  const d = isObj(doc) ? doc : {};
+  const meta = isObj(d.metadata) ? d.metadata : {};
+  const dryRun = isObj(meta.annotations) && meta.annotations['istio.io/dry-run'] === 'true';
+  const waypointOnly = isObj(d.spec) && (d.spec.targetRef != null || d.spec.targetRefs != null);
   return {
-    namespace, name, action: 'DENY', dryRun: false, matchLabels,
+    namespace, name, action: 'DENY', dryRun, matchLabels,
     // A rule `{}` matches everything: even code that does not look at `malformed` denies.
     rules: [{ from: [], to: [], when: [], neverMatches: false }],
-    waypointOnly: false, warnings: [], malformed: placeholderError(error),
+    waypointOnly, warnings: [], malformed: placeholderError(error),
   };
 }
 

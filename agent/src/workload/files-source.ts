@@ -1,7 +1,7 @@
 // The `files` workload source: a folder of Kubernetes-shaped YAML (Pod, Namespace, policies, Service, EndpointSlice),
 // re-read when it changes, object by object: a malformed object keeps its previous good version in force; a new malformed
-// AuthorizationPolicy or PeerAuthentication stands as a fail-closed placeholder until fixed; a file that is not valid
-// YAML keeps all its previous objects in force; other kinds are logged once.
+// AuthorizationPolicy or PeerAuthentication (even one that is not valid YAML) stands as a fail-closed placeholder until
+// fixed; a file with any other invalid YAML keeps all its previous objects in force; other kinds are logged once.
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -17,7 +17,6 @@ import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
 
-
 /** One object of a file: converted, or the error it failed with (naming the object and field) and the raw object. */
 export type FileEntry =
   | { key: string; object: WorkloadObject }
@@ -25,13 +24,16 @@ export type FileEntry =
 
 /**
  * Parses one file's text object by object, so one malformed object does not hide the good ones of the same file. Throws
- * (with the file's name) only when a document is not valid YAML: nothing of it can be read. Objects of kinds (or
- * versions) the agent does not read are passed to `onUnknown` as `apiVersion kind ns/name`.
+ * (with the file's name) only when a document is not valid YAML and is not recognisably an Istio policy: nothing of it
+ * can be read. Objects of kinds (or versions) the agent does not read are passed to `onUnknown` as `apiVersion kind ns/name`.
  */
 export function parseWorkloadFileEntries(name: string, text: string, onUnknown?: (what: string) => void): FileEntry[] {
   const out: FileEntry[] = [];
   for (const doc of parseAllDocuments(text)) {
-    if (doc.errors.length > 0) throw new Error(`${name}: ${doc.errors[0]?.message}`);
+    if (doc.errors.length > 0) {
+      out.push(...brokenPolicyDocument(name, doc));
+      continue;
+    }
     const value: unknown = doc.toJS();
     if (value === null || value === undefined) continue;
     const items = isList(value) ? value.items : [value];
@@ -48,6 +50,30 @@ export function parseWorkloadFileEntries(name: string, text: string, onUnknown?:
     }
   }
   return out;
+}
+
+/**
+ * A document that is not valid YAML: when what the parser recovers of it names AuthorizationPolicies or
+ * PeerAuthentications (kind, apiVersion, metadata.name), each is a malformed object (scope: its whole namespace, since
+ * nothing else of it can be trusted); anything else throws (the file's previous objects stay in force).
+ */
+function brokenPolicyDocument(file: string, doc: ReturnType<typeof parseAllDocuments>[number]): FileEntry[] {
+  const yamlError = `${file}: ${doc.errors[0]?.message ?? 'invalid YAML'}`;
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch {
+    throw new Error(yamlError);
+  }
+  const items = isList(value) ? value.items : [value];
+  return items.map((item): FileEntry => {
+    const kind = policyKind(item);
+    const meta = (item as { metadata?: unknown }).metadata as { name?: unknown; namespace?: unknown } | undefined;
+    if (!kind || typeof meta !== 'object' || meta === null || typeof meta.name !== 'string' || !meta.name) throw new Error(yamlError);
+    const raw = { apiVersion: (item as { apiVersion: string }).apiVersion, kind, metadata: { name: meta.name, ...(typeof meta.namespace === 'string' ? { namespace: meta.namespace } : {}) } };
+    const firstLine = (doc.errors[0]?.message ?? 'invalid YAML').split('\n')[0] ?? '';
+    return { key: objectKey(raw), error: `${kind} ${objectKey(raw).split(' ')[1]}: not valid YAML (${firstLine})`, raw, policyKind: kind };
+  });
 }
 
 /**
