@@ -44,6 +44,14 @@
 #define KEEPALIVE_INTERVAL_MS 10000
 #define KEEPALIVE_TIMEOUT_MS 20000
 #define HBONE_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+/* What we advertise as SETTINGS_MAX_HEADER_LIST_SIZE, enforced on what we receive (nghttp2 does not enforce it). */
+#define SERVER_MAX_HEADER_LIST (64 * 1024)
+#define CLIENT_MAX_HEADER_LIST (16 * 1024)
+/* HTTP/2's size of a header field: name + value + 32 (RFC 9113 6.5.2). */
+#define HEADER_OVERHEAD 32
+/* Longest :method and :authority carried to the agent (an authority is ip:port, or host:port for double HBONE). */
+#define MAX_METHOD 32
+#define MAX_AUTHORITY 1024
 
 enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP };
 
@@ -74,9 +82,9 @@ struct stream {
   uint32_t h2_error;
   _Atomic uint64_t bytes_in;  /* read from the app socket */
   _Atomic uint64_t bytes_out; /* written to the app socket */
-  /* Server side: the request as received. */
-  char *method, *authority, *headers_json;
-  size_t headers_len, headers_cap;
+  /* Server side: the request as received (only what the agent reads; other headers are counted, never kept). */
+  char *method, *authority;
+  size_t header_bytes; /* of the header block being received, as HTTP/2 counts it */
   /* Client side: the request to submit. */
   nghttp2_nv *nva;
   size_t nvlen;
@@ -645,10 +653,8 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud) 
     ev_str("method", st->method ? st->method : "");
     ev_str("authority", st->authority ? st->authority : "");
     ev_str("peer", s->peer);
-    buf_append(&G.events, ",\"headers\":{", 12);
-    if (st->headers_len) buf_append(&G.events, st->headers_json, st->headers_len);
-    buf_append(&G.events, "}", 1);
     ev_end();
+    st->reported = 0; /* from now on the agent knows this stream: tell it how it ends */
   }
   if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
     st->peer_eof = 1;
@@ -710,10 +716,16 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t code, void
 static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *f, void *ud) {
   (void)h2;
   struct session *s = ud;
-  if (!s->server || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  if (f->hd.type != NGHTTP2_HEADERS) return 0;
+  if (!s->server || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+    struct stream *st = find_stream(s, f->hd.stream_id);
+    if (st) st->header_bytes = 0; /* a new header block (response or trailers): its own limit */
+    return 0;
+  }
   struct stream *st = stream_new(++G.next_id, s, -1);
   if (!st) return NGHTTP2_ERR_CALLBACK_FAILURE;
   st->h2id = f->hd.stream_id;
+  st->reported = 1; /* no "closed" event for a stream the agent never heard of (refused before its request event) */
   nghttp2_session_set_stream_user_data(s->h2, st->h2id, st);
   return 0;
 }
@@ -733,6 +745,13 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
   struct session *s = ud;
   struct stream *st = find_stream(s, f->hd.stream_id);
   if (!st) return 0;
+  /*
+   * The header list limit we advertise, as HTTP/2 counts it, enforced while decoding: HPACK lets a few bytes on the wire
+   * stand for megabytes of headers. Past it the stream is reset (nghttp2 sends RST_STREAM and keeps decoding the rest
+   * of the block only for the HPACK state, without calling us), before the agent hears of the request.
+   */
+  st->header_bytes += nlen + vlen + HEADER_OVERHEAD;
+  if (st->header_bytes > (s->server ? SERVER_MAX_HEADER_LIST : CLIENT_MAX_HEADER_LIST)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   if (!s->server) {
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
       int v = 0;
@@ -742,26 +761,15 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
     return 0;
   }
   if (nlen == 7 && memcmp(name, ":method", 7) == 0) {
+    if (vlen > MAX_METHOD) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     free(st->method);
     st->method = dupn(value, vlen);
   } else if (nlen == 10 && memcmp(name, ":authority", 10) == 0) {
+    if (vlen > MAX_AUTHORITY) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     free(st->authority);
     st->authority = dupn(value, vlen);
-  } else if (nlen && name[0] != ':') {
-    struct buf b = {.p = st->headers_json, .len = st->headers_len, .cap = st->headers_cap};
-    if (b.len) buf_append(&b, ",", 1);
-    char *n = dupn(name, nlen), *v = dupn(value, vlen);
-    if (n && v) {
-      json_str(&b, n);
-      buf_append(&b, ":", 1);
-      json_str(&b, v);
-    }
-    free(n);
-    free(v);
-    st->headers_json = b.p;
-    st->headers_len = b.len;
-    st->headers_cap = b.cap;
   }
+  /* Other headers: the agent reads none of them, so they are only counted. */
   return 0;
 }
 
@@ -818,7 +826,7 @@ static int session_established(struct session *s) {
       char why[700];
       snprintf(why, sizeof why, "client identity %s is not in trust domain %s", s->peer, s->expected);
       s->identity_refused = 1;
-    session_fail(s, why);
+      session_fail(s, why);
       return -1;
     }
   } else if (strcmp(s->peer, s->expected) != 0) {
@@ -1025,7 +1033,6 @@ static void stream_free(struct stream *st) {
   buf_free(&st->out);
   free(st->method);
   free(st->authority);
-  free(st->headers_json);
   free(st->nva);
   free(st->nvstore);
   free(st);

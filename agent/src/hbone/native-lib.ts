@@ -12,7 +12,7 @@ export type NativeEvent =
   | { ev: 'goaway'; session: number; code: number }
   | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number }
   | { ev: 'status'; stream: number; status: number; error?: string }
-  | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string; headers: Record<string, string> }
+  | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
   | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };
 
 const EVENTS = new Set(['up', 'settings', 'goaway', 'sessionClosed', 'status', 'request', 'closed']);
@@ -30,14 +30,72 @@ export function parseEvent(line: string): NativeEvent | undefined {
   return typeof ev === 'string' && EVENTS.has(ev) ? (v as NativeEvent) : undefined;
 }
 
-/** Splits a byte stream into lines, keeping a partial last line for the next chunk. Pure apart from its buffer. */
+/**
+ * Longest event line accepted from the library. Its events are small (the largest, `request`, carries a :method of at
+ * most 32 bytes, an :authority of at most 1 KiB and a SPIFFE ID of at most 2 KiB, escaped): a longer line is a bug,
+ * dropped and reported rather than buffered without end.
+ */
+export const MAX_EVENT_LINE = 256 * 1024;
+
+/**
+ * Splits a byte stream into lines, keeping the partial last line for the next chunk. Linear: each chunk is scanned
+ * once from where the previous one ended and a line is joined once, when its newline arrives. A line longer than
+ * `maxLine` is never buffered: it is skipped up to its newline and reported to `onDrop` (its length and first 200
+ * characters). Empty lines are dropped. Pure apart from its buffer.
+ */
 export class LineSplitter {
-  private rest = '';
+  private parts: string[] = [];
+  private partLen = 0;
+  /** Length of the over-long line being skipped, or -1. */
+  private skipping = -1;
+  private skippedHead = '';
+  /** Over-long lines dropped so far. */
+  dropped = 0;
+
+  constructor(private readonly maxLine = MAX_EVENT_LINE, private readonly onDrop?: (length: number, head: string) => void) {}
+
   push(chunk: string): string[] {
-    const text = this.rest + chunk;
-    const lines = text.split('\n');
-    this.rest = lines.pop() ?? '';
-    return lines.filter((l) => l.length > 0);
+    const out: string[] = [];
+    let start = 0;
+    for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+      const piece = nl > start ? chunk.slice(start, nl) : '';
+      if (this.skipping < 0 && this.partLen + piece.length > this.maxLine) this.startSkip(piece);
+      else if (this.skipping >= 0) this.skipping += piece.length;
+      if (this.skipping >= 0) {
+        this.dropped++;
+        this.onDrop?.(this.skipping, this.skippedHead);
+        this.skipping = -1;
+        this.skippedHead = '';
+      } else {
+        const line = this.partLen ? this.parts.join('') + piece : piece;
+        if (line.length) out.push(line);
+      }
+      this.parts = [];
+      this.partLen = 0;
+      start = nl + 1;
+    }
+    if (start < chunk.length) {
+      const tail = start ? chunk.slice(start) : chunk;
+      if (this.skipping >= 0) this.skipping += tail.length;
+      else if (this.partLen + tail.length > this.maxLine) this.startSkip(tail);
+      else {
+        this.parts.push(tail);
+        this.partLen += tail.length;
+      }
+    }
+    return out;
+  }
+
+  /** Characters held for the line not yet complete (bounded by maxLine). */
+  get buffered(): number {
+    return this.partLen;
+  }
+
+  private startSkip(piece: string): void {
+    this.skippedHead = (this.parts.join('') + piece.slice(0, 200)).slice(0, 200);
+    this.skipping = this.partLen + piece.length;
+    this.parts = [];
+    this.partLen = 0;
   }
 }
 

@@ -7,7 +7,7 @@ import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { DEFAULT_POOL_OPTIONS, HboneStatusError, type HboneTarget, type PoolOptions, type PoolStats, poolKey } from './client-pool.js';
-import { LineSplitter, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
 
 /** How a native stream ended: bytes read from / written to its app socket, and why it failed if it did. */
 export interface NativeStreamEnd {
@@ -43,7 +43,6 @@ export interface NativeInboundRequest {
   peerPort: number;
   /** The tunnel's local end (`podIP:15008`). */
   localAddress: string;
-  headers: Record<string, string>;
   /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
   answer(status: number, upstream?: net.Socket): void;
 }
@@ -83,7 +82,8 @@ export class NativeHbone {
   readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
   private lib: NativeLib | undefined;
   private events: net.Socket | undefined;
-  private readonly split = new LineSplitter();
+  private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
+    this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
   private conns = new Map<string, ClientSession[]>();
   private dialing = new Map<string, Promise<ClientSession>>();
@@ -247,7 +247,7 @@ export class NativeHbone {
         const { stream } = this.track(ev.stream, undefined);
         s.onRequest({
           stream, method: ev.method, authority: ev.authority, peerIdentity: ev.peer, peerAddress: s.peerAddress, peerPort: s.peerPort,
-          localAddress: s.localAddress, headers: ev.headers,
+          localAddress: s.localAddress,
           answer: (status, upstream) => {
             if (answered) throw new Error(`stream ${ev.stream} answered twice`);
             answered = true;

