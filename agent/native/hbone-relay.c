@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
@@ -98,8 +99,14 @@ struct session {
   SSL *ssl;
   nghttp2_session *h2;
   int handshaking, up, dead, graceful, identity_refused;
+  int ready;             /* server: the client's SETTINGS arrived (the HTTP/2 handshake is done); client: = up */
+  int timed_out;         /* closed because the TLS + HTTP/2 handshake missed its deadline */
+  int64_t deadline_ms;   /* handshake deadline (0: none) */
+  int64_t last_active_ms; /* last time a stream opened or ended (idle limit of server sessions) */
   char *expected;     /* client: the peer SPIFFE ID we require; server: the trust domain */
   char peer[512];     /* verified peer identity */
+  char peer_serial[130];
+  int64_t peer_not_after;
   struct buf wbuf;    /* TLS plaintext waiting for SSL_write */
   struct stream *streams;
   struct stream *pending; /* client streams queued before the handshake finished */
@@ -138,7 +145,9 @@ static struct {
   struct buf events;
   int stop;
   char err[512];
-} G = {.mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1};
+  /* Limits (ahb_set_limits; read on the loop thread). */
+  _Atomic int handshake_ms, idle_ms;
+} G = {.mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1, .handshake_ms = 10000, .idle_ms = 600000};
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -608,6 +617,15 @@ static void session_fail(struct session *s, const char *why) {
   s->dead = 1;
 }
 
+static void session_report_up(struct session *s) {
+  ev_begin("up");
+  ev_num("session", (int64_t)s->id);
+  ev_str("peer", s->peer);
+  ev_num("peerNotAfter", s->peer_not_after);
+  ev_str("peerSerial", s->peer_serial);
+  ev_end();
+}
+
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud) {
   struct session *s = ud;
   if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK)) {
@@ -615,6 +633,11 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud) 
     return 0;
   }
   if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK)) {
+    if (!s->ready) {
+      s->ready = 1;
+      s->deadline_ms = 0;
+      if (s->server) session_report_up(s);
+    }
     ev_begin("settings");
     ev_num("session", (int64_t)s->id);
     ev_num("maxStreams", nghttp2_session_get_remote_settings(h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS));
@@ -726,6 +749,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *f, void *u
   if (!st) return NGHTTP2_ERR_CALLBACK_FAILURE;
   st->h2id = f->hd.stream_id;
   st->reported = 1; /* no "closed" event for a stream the agent never heard of (refused before its request event) */
+  s->last_active_ms = now_ms();
   nghttp2_session_set_stream_user_data(s->h2, st->h2id, st);
   return 0;
 }
@@ -812,6 +836,8 @@ static int session_established(struct session *s) {
   const ASN1_TIME *na = X509_get0_notAfter(peer);
   struct tm tm;
   if (na && ASN1_TIME_to_tm(na, &tm)) not_after = (int64_t)timegm(&tm) * 1000;
+  s->peer_not_after = not_after;
+  snprintf(s->peer_serial, sizeof s->peer_serial, "%s", serial);
   X509_free(peer);
   if (!ok) {
     s->identity_refused = 1;
@@ -860,13 +886,9 @@ static int session_established(struct session *s) {
   nghttp2_submit_settings(s->h2, NGHTTP2_FLAG_NONE, iv, n);
   nghttp2_session_set_local_window_size(s->h2, NGHTTP2_FLAG_NONE, 0, CONNECTION_WINDOW);
   s->up = 1;
-  s->last_ping_ms = now_ms();
-  ev_begin("up");
-  ev_num("session", (int64_t)s->id);
-  ev_str("peer", s->peer);
-  ev_num("peerNotAfter", not_after);
-  ev_str("peerSerial", serial);
-  ev_end();
+  s->last_ping_ms = s->last_active_ms = now_ms();
+  /* A client is up once TLS is; a server session once the client's SETTINGS came too (its handshake deadline runs until then). */
+  if (!s->server) session_report_up(s);
   return 0;
 }
 
@@ -1052,6 +1074,7 @@ static void stream_report_closed(struct stream *st, const char *why) {
 }
 
 static void reap(void) {
+  int freed = 0;
   for (struct session **sp = &G.sessions; *sp;) {
     struct session *s = *sp;
     /* Streams done on their own. */
@@ -1062,6 +1085,7 @@ static void reap(void) {
         *pp = st->next_in_session;
         stream_report_closed(st, NULL);
         stream_free(st);
+        s->last_active_ms = now_ms();
       } else {
         pp = &st->next_in_session;
       }
@@ -1105,8 +1129,9 @@ static void reap(void) {
     }
     ev_begin("sessionClosed");
     ev_num("session", (int64_t)s->id);
-    ev_num("wasUp", s->up);
+    ev_num("wasUp", s->server ? s->ready : s->up);
     ev_num("identityRefused", s->identity_refused);
+    ev_num("timedOut", s->timed_out);
     ev_str("error", s->error);
     ev_end();
     if (s->h2) nghttp2_session_del(s->h2);
@@ -1122,7 +1147,10 @@ static void reap(void) {
     buf_free(&s->wbuf);
     free(s->expected);
     free(s);
+    freed++;
   }
+  /* After a burst of closes (a flood timed out, a node's pods left), hand the freed TLS buffers back to the system. */
+  if (freed >= 64) malloc_trim(0);
 }
 
 /* ---------- commands ---------- */
@@ -1161,6 +1189,7 @@ static void cmd_session(struct cmd *c, int server) {
   s->expected = c->a;
   c->a = NULL;
   s->handshaking = 1;
+  if (G.handshake_ms > 0) s->deadline_ms = now_ms() + G.handshake_ms;
   s->ssl = SSL_new(ctx);
   SSL_CTX_free(ctx);
   s->next = G.sessions;
@@ -1182,6 +1211,11 @@ static void cmd_session(struct cmd *c, int server) {
   }
   BIO_push(wbuf, sock);
   SSL_set_bio(s->ssl, sock, wbuf);
+  if (server) {
+    /* Nothing to do before the ClientHello: wait for it, so a client that never sends one costs no TLS read buffer. */
+    io_set(&s->io, EPOLLIN);
+    return;
+  }
   session_pump(s);
 }
 
@@ -1357,8 +1391,25 @@ static void keepalive_tick(void) {
   uint64_t v;
   if (read(G.timerfd, &v, sizeof v) < 0) return;
   int64_t now = now_ms();
+  int idle = G.idle_ms;
   for (struct session *s = G.sessions; s; s = s->next) {
-    if (s->dead || !s->up) continue;
+    if (s->dead) continue;
+    /* A TLS + HTTP/2 handshake that has not finished by its deadline (a silent or slow client holds memory and an fd). */
+    if (s->deadline_ms && !s->ready && now >= s->deadline_ms) {
+      char why[120];
+      snprintf(why, sizeof why, "HBONE handshake did not finish within %d ms", (int)G.handshake_ms);
+      s->timed_out = 1;
+      session_fail(s, why);
+      continue;
+    }
+    if (!s->up) continue;
+    /* A server session without streams for the idle limit is closed (GOAWAY); clients close theirs sooner (5 min). */
+    if (idle > 0 && s->server && s->ready && !s->graceful && !s->streams && now - s->last_active_ms >= idle) {
+      s->graceful = 1;
+      nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+      session_pump(s);
+      continue;
+    }
     if (s->ping_sent_ms && now - s->ping_sent_ms >= KEEPALIVE_TIMEOUT_MS) {
       session_fail(s, "HBONE peer did not answer a PING");
       continue;
@@ -1367,9 +1418,9 @@ static void keepalive_tick(void) {
       s->last_ping_ms = now;
       s->ping_sent_ms = now;
       nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);
-      session_flush(s);
-      session_update(s);
     }
+    session_flush(s);
+    session_update(s);
   }
 }
 
@@ -1497,6 +1548,15 @@ int ahb_start(void) {
 fail:
   snprintf(G.err, sizeof G.err, "start: %s", strerror(errno));
   return -1;
+}
+
+/**
+ * Limits, in ms (0 = none): the TLS + HTTP/2 handshake deadline of new sessions; how long a server session may stay
+ * without streams. Call before sessions start.
+ */
+void ahb_set_limits(int handshake_ms, int idle_ms) {
+  G.handshake_ms = handshake_ms;
+  G.idle_ms = idle_ms;
 }
 
 /** Stops the loop (closing every session and stream) and waits for it. */

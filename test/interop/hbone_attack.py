@@ -81,7 +81,12 @@ def flood(a, out):
                 obj.do_handshake()
             except ssl.SSLWantReadError:
                 pass
-            s.sendall(bio_out.read())
+            try:
+                s.sendall(bio_out.read())
+            except OSError:  # already reset by the server (over its cap): closed at once
+                closed_after.append(0.0)
+                s.close()
+                continue
         s.setblocking(False)
         opened[s] = time.monotonic()
         sel.register(s, selectors.EVENT_READ)

@@ -87,6 +87,38 @@ async function footprintBack(t: ExecutionContext, s: Scene, before: { fds: numbe
   return after;
 }
 
+netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 15008 are closed by the handshake deadline (${dataPath()})`, async (t) => {
+  t.timeout(240_000);
+  const s = await scene(t);
+  t.true((await ask(s.sleep, s.productpage.ip, 9080, 'warm')).ok, 'sleep has a pooled connection before the flood');
+  const before = await agentFootprint(s.tb, 1);
+  const started = Date.now();
+  const flooding = attack(s.attacker, ['flood', '--connect', `${s.productpage.ip}:15008`, '--idle', '2000', '--stalled', '200', '--wait', '25'], 60_000);
+  // While the flood holds its connections, the pooled connection keeps carrying new streams.
+  await new Promise((r) => setTimeout(r, 4000));
+  const during = await ask(s.sleep, s.productpage.ip, 9080, 'during');
+  const peak = await agentFootprint(s.tb, 1);
+  const r = await flooding;
+  t.log('flood:', JSON.stringify(r), `in ${Date.now() - started} ms; agent at the peak: ${peak.fds} fds, ${peak.rssMiB} MiB (before: ${before.fds}, ${before.rssMiB} MiB)`);
+  t.is(r.error, null);
+  t.true(during.ok, `a pooled mesh connection works during the flood: ${during.output}`);
+  t.is(Number(r.opened) + Number(r.connect_failed), 2200);
+  t.true(Number(r.opened) >= 2180, `nearly every connection was accepted by the kernel (${String(r.opened)})`);
+  t.is(r.still_open, 0, 'none is left open');
+  t.is(r.closed, r.opened);
+  t.true(Number(r.close_max) <= 10 + 2.5, `the last one closed ${String(r.close_max)} s after it opened (deadline 10 s)`);
+  // Those over the cap are reset as soon as the agent accepts them (the accept queue itself may hold them a moment).
+  t.true(Number(r.closed_within_5s) >= Number(r.opened) - 1024 - 50, 'beyond 1,024 handshakes in progress new connections are closed at once');
+  t.true(peak.fds < before.fds + 1024 + 64, `the agent never held more than the cap (${peak.fds} fds at the peak)`);
+  const logs = await s.tb.agent(1).logs({ currentRun: true });
+  const refusals = logs.filter((l) => l.msg === 'hbone connections refused: too many handshakes in progress');
+  t.true(refusals.length >= 1, 'the refusals over the cap are logged');
+  t.log('over the cap:', JSON.stringify(refusals.at(-1)));
+  t.true(logs.some((l) => l.msg === 'hbone handshake refused' && /did not finish within|TLS handshake timeout/.test(String(l.error))), 'timeouts are logged');
+  await meshStillWorks(t, s, 'flood');
+  await footprintBack(t, s, before, 'flood', 48);
+});
+
 netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large event, and the connection and agent keep serving (${dataPath()})`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);

@@ -10,7 +10,7 @@ export type NativeEvent =
   | { ev: 'up'; session: number; peer: string; peerNotAfter: number; peerSerial: string }
   | { ev: 'settings'; session: number; maxStreams: number }
   | { ev: 'goaway'; session: number; code: number }
-  | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number }
+  | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number }
   | { ev: 'status'; stream: number; status: number; error?: string }
   | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
   | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };
@@ -123,6 +123,8 @@ export interface NativeLib {
   closeSession(session: number, graceful: boolean): void;
   /** [read from the app socket, written to it], or undefined once the stream is gone. */
   streamBytes(stream: number): [number, number] | undefined;
+  /** Handshake deadline and server idle limit, in ms (0 = none). */
+  setLimits(handshakeMs: number, idleMs: number): void;
 }
 
 /** Where the built library lives: dist/native beside dist/agent, or AMBIENT_NATIVE_LIB. */
@@ -158,6 +160,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: lib.func('void ahb_close_stream(uint64_t stream)'),
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
+    setLimits: lib.func('void ahb_set_limits(int handshake_ms, int idle_ms)'),
   };
   const n = (v: unknown): number => Number(v);
   const out = new BigUint64Array(2);
@@ -174,6 +177,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: (stream) => void f.closeStream(stream),
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
+    setLimits: (handshakeMs, idleMs) => void f.setLimits(handshakeMs, idleMs),
   };
   return loaded;
 }

@@ -8,6 +8,7 @@ import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { DEFAULT_POOL_OPTIONS, HboneStatusError, type HboneTarget, type PoolOptions, type PoolStats, poolKey } from './client-pool.js';
 import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+import { type ServerLimits, serverLimits } from './settings.js';
 
 /** How a native stream ended: bytes read from / written to its app socket, and why it failed if it did. */
 export interface NativeStreamEnd {
@@ -76,15 +77,29 @@ interface ServerSessionInfo {
   onRequest: (r: NativeInboundRequest) => void;
   onRefused: (reason: string) => void;
   listener: Set<number>;
+  /** Still in its TLS + HTTP/2 handshake (counted in handshaking). */
+  handshaking: boolean;
+}
+
+/** The 15008 side's defences, per node: handshakes in progress, refused over the cap, timed out. */
+export interface NativeServerStats {
+  handshaking: number;
+  handshakesRefused: number;
+  handshakeTimeouts: number;
 }
 
 export class NativeHbone {
   readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
   private lib: NativeLib | undefined;
   private events: net.Socket | undefined;
+  readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0 };
   private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
     this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
+  private readonly limits: ServerLimits;
+  /** When the last "too many handshakes" warning was logged, and how many refusals since. */
+  private refusedWarnAt = 0;
+  private refusedSinceWarn = 0;
   private conns = new Map<string, ClientSession[]>();
   private dialing = new Map<string, Promise<ClientSession>>();
   private clientSessions = new Map<number, ClientSession>();
@@ -95,8 +110,9 @@ export class NativeHbone {
   private ctxs = new Map<string, { serial: string; id: number; notAfter: number }>();
   private unsubscribe: (() => void) | undefined;
 
-  constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}) {
+  constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}, limits?: Partial<ServerLimits>) {
     this.opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
+    this.limits = { ...serverLimits(), ...limits };
   }
 
   /** Loads the library and starts its loop thread. Throws when the library is missing or cannot start. */
@@ -106,6 +122,7 @@ export class NativeHbone {
     const fd = lib.start();
     if (fd < 0) throw Object.assign(new Error(`native HBONE data plane did not start: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_LIB' });
     this.lib = lib;
+    lib.setLimits(this.limits.handshakeTimeoutMs, this.limits.idleTimeoutMs);
     const events = new net.Socket({ fd, readable: true, writable: true });
     events.setEncoding('utf8');
     events.on('data', (chunk: string) => {
@@ -147,6 +164,7 @@ export class NativeHbone {
     this.conns.clear();
     this.clientSessions.clear();
     this.serverSessions.clear();
+    this.serverStats.handshaking = 0;
   }
 
   private need(): NativeLib {
@@ -185,7 +203,10 @@ export class NativeHbone {
         this.waitingUp.delete(ev.session);
         w?.resolve(ev.peerNotAfter);
         const s = this.serverSessions.get(ev.session);
-        if (s) this.log.debug({ peerIdentity: ev.peer, peerSerial: ev.peerSerial, peer: s.peerAddress }, 'hbone client accepted');
+        if (s) {
+          this.handshakeDone(s);
+          this.log.debug({ peerIdentity: ev.peer, peerSerial: ev.peerSerial, peer: s.peerAddress }, 'hbone client accepted');
+        }
         return;
       }
       case 'settings': {
@@ -214,6 +235,8 @@ export class NativeHbone {
         if (s) {
           this.serverSessions.delete(ev.session);
           s.listener.delete(ev.session);
+          this.handshakeDone(s);
+          if (ev.timedOut) this.serverStats.handshakeTimeouts++;
           if (!ev.wasUp && ev.identityRefused) {
             // The handshake worked but the client's identity is not acceptable (no SPIFFE ID, other trust domain).
             s.onRefused(ev.error);
@@ -267,6 +290,24 @@ export class NativeHbone {
         return;
       }
     }
+  }
+
+  private handshakeDone(s: ServerSessionInfo): void {
+    if (!s.handshaking) return;
+    s.handshaking = false;
+    this.serverStats.handshaking--;
+  }
+
+  /** Counts a connection refused because too many are handshaking; logs at most once a second. */
+  private refuseOverCap(peer: string): void {
+    this.serverStats.handshakesRefused++;
+    this.refusedSinceWarn++;
+    const now = Date.now();
+    if (now - this.refusedWarnAt < 1000) return;
+    this.log.warn({ peer, refused: this.refusedSinceWarn, total: this.serverStats.handshakesRefused, limit: this.limits.maxHandshaking },
+      'hbone connections refused: too many handshakes in progress');
+    this.refusedWarnAt = now;
+    this.refusedSinceWarn = 0;
   }
 
   /** Registers a stream's end, giving its handle; `session` is released when it closes. */
@@ -433,21 +474,43 @@ export class NativeHbone {
     const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true }, (sock) => {
       sock.on('error', () => undefined);
       const info = { peerAddress: (sock.remoteAddress ?? '').replace(/^::ffff:/, ''), peerPort: sock.remotePort ?? 0, localAddress: `${sock.localAddress ?? ''}:${sock.localPort ?? 0}` };
+      // Connections that have not finished TLS + HTTP/2 cost an fd and memory and prove nothing: a bounded number per node.
+      const max = this.limits.maxHandshaking;
+      if (max > 0 && this.serverStats.handshaking >= max) {
+        sock.resetAndDestroy();
+        onRefused('too many HBONE handshakes in progress');
+        this.refuseOverCap(info.peerAddress);
+        return;
+      }
+      this.serverStats.handshaking++;
+      const pending = { handshaking: true };
+      const giveUp = (): void => {
+        if (!pending.handshaking) return;
+        pending.handshaking = false;
+        this.serverStats.handshaking--;
+      };
       this.ctx(true, identity).then(
         (ctx) => {
-          if (sock.destroyed || !this.lib) return;
+          if (sock.destroyed || !this.lib) {
+            giveUp();
+            return;
+          }
           let id: number;
           try {
             id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
           } catch (err) {
+            giveUp();
             onRefused(`cannot hand the connection to the native data plane: ${(err as Error).message}`);
             this.log.warn({ error: (err as Error).message }, 'hbone connection refused: hand-over failed');
             return;
           }
           sessions.add(id);
-          this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions });
+          // The count moves to the session: released by its "up" (client SETTINGS received) or "sessionClosed".
+          pending.handshaking = false;
+          this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions, handshaking: true });
         },
         (err: Error) => {
+          giveUp();
           onRefused(`no certificate: ${err.message}`);
           this.log.warn({ error: err.message }, 'hbone connection refused: no certificate');
           sock.destroy();

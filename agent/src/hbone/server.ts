@@ -1,6 +1,7 @@
 // The inbound HBONE listener of one pod (15008): terminates mutual TLS, checks the peer's SPIFFE trust domain, and
 // serves CONNECT streams to the pod's own IP only (never an open proxy); 200 is sent only after the upstream connect.
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
@@ -8,7 +9,7 @@ import type { Netns } from '../platform/netns.js';
 import { listenFdIn } from '../platform/sockets.js';
 import { AGENT_PORTS, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { keepalive } from './keepalive.js';
-import { CONNECTION_WINDOW, DEFAULT_KEEPALIVE, SERVER_SETTINGS } from './settings.js';
+import { CONNECTION_WINDOW, DEFAULT_KEEPALIVE, SERVER_SETTINGS, type ServerLimits, serverLimits } from './settings.js';
 import { baseTlsOptions, checkClientSpiffe, parseAuthority } from './tls.js';
 
 /** What the server decided for one CONNECT request. Pure. */
@@ -35,11 +36,21 @@ export interface InboundStream {
   headers: http2.IncomingHttpHeaders;
 }
 
+/**
+ * TLS handshakes in progress on every 15008 listener of this agent (one per node), by the client's address:port, and
+ * the refusals beyond the cap (ServerLimits.maxHandshaking); the native data path keeps the same count in NativeHbone.
+ */
+const handshaking = new Map<string, Socket>();
+export const nodeServerStats = { handshakesRefused: 0 };
+let refusedWarnAt = 0;
+let refusedSinceWarn = 0;
+
 export class HboneServer {
   private server: http2.Http2SecureServer | undefined;
   private sessions = new Set<http2.ServerHttp2Session>();
   /** Set while started: a stopped server (its pod left) must not stay subscribed to renewals. */
   private unsubscribe: (() => void) | undefined;
+  private readonly limits: ServerLimits = serverLimits();
 
   constructor(
     private readonly ns: Netns,
@@ -61,7 +72,11 @@ export class HboneServer {
       allowHTTP1: false,
       settings: SERVER_SETTINGS,
       maxSessionMemory: 64,
+      // The same deadline as the native data path's (settings.ts); 0 leaves Node's own default, 120 s.
+      handshakeTimeout: this.limits.handshakeTimeoutMs || 0,
     });
+    server.on('connection', (raw: Socket) => this.onConnection(raw));
+    server.on('secureConnection', (sock: TLSSocket) => handshaking.delete(`${sock.remoteAddress}|${sock.remotePort}`));
     server.on('session', (session) => this.onSession(session));
     server.on('stream', (stream, headers) => this.onRequest(stream, headers));
     server.on('tlsClientError', (err: Error, sock: TLSSocket) => {
@@ -107,6 +122,29 @@ export class HboneServer {
     }
   }
 
+  /** Counts a connection until its TLS handshake ends; beyond the cap it is reset at once (tlsClientError counts it). */
+  private onConnection(raw: Socket): void {
+    const max = this.limits.maxHandshaking;
+    if (max > 0 && handshaking.size >= max) {
+      nodeServerStats.handshakesRefused++;
+      refusedSinceWarn++;
+      const now = Date.now();
+      if (now - refusedWarnAt >= 1000) {
+        this.log.warn({ peer: raw.remoteAddress, refused: refusedSinceWarn, total: nodeServerStats.handshakesRefused, limit: max },
+          'hbone connections refused: too many handshakes in progress');
+        refusedWarnAt = now;
+        refusedSinceWarn = 0;
+      }
+      raw.resetAndDestroy();
+      return;
+    }
+    const key = `${raw.remoteAddress}|${raw.remotePort}`;
+    handshaking.set(key, raw);
+    raw.once('close', () => {
+      if (handshaking.get(key) === raw) handshaking.delete(key);
+    });
+  }
+
   private onSession(session: http2.ServerHttp2Session): void {
     const sock = session.socket as TLSSocket;
     const peerCert = sock.getPeerCertificate();
@@ -120,6 +158,20 @@ export class HboneServer {
       return;
     }
     peerIdentities.set(session, verdict);
+    // The HTTP/2 half of the handshake: the client's SETTINGS must follow within the same deadline.
+    const deadline = this.limits.handshakeTimeoutMs;
+    if (deadline > 0) {
+      const timer = setTimeout(() => {
+        if (session.destroyed) return;
+        const why = `HBONE handshake did not finish within ${deadline} ms`;
+        this.onRefused(`tls: ${why}`);
+        this.log.warn({ peer: sock.remoteAddress, error: why }, 'hbone handshake refused');
+        session.destroy();
+      }, deadline);
+      timer.unref();
+      session.once('remoteSettings', () => clearTimeout(timer));
+      session.once('close', () => clearTimeout(timer));
+    }
     this.log.debug({ peerIdentity: verdict, peerSerial: peerCert.serialNumber, peer: sock.remoteAddress }, 'hbone client accepted');
     this.sessions.add(session);
     session.once('close', () => this.sessions.delete(session));

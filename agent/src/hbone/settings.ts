@@ -28,3 +28,36 @@ export interface KeepaliveOptions {
 }
 
 export const DEFAULT_KEEPALIVE: KeepaliveOptions = { intervalMs: 10_000, timeoutMs: 20_000 };
+
+/**
+ * Limits of the 15008 side against clients that hold resources without doing anything (both data paths read them).
+ * Each may be overridden from the agent's environment (AMBIENT_HBONE_*, a non-negative integer; 0 = no limit).
+ */
+export interface ServerLimits {
+  /** TLS + HTTP/2 handshake (up to the client's SETTINGS) must finish within this (ms). */
+  handshakeTimeoutMs: number;
+  /** Connections still handshaking per node (agent) at once; beyond it new ones are closed at once and counted. */
+  maxHandshaking: number;
+  /** A server session with no stream for this long is closed with GOAWAY (ms; clients close theirs after 5 min). */
+  idleTimeoutMs: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: ServerLimits = { handshakeTimeoutMs: 10_000, maxHandshaking: 1024, idleTimeoutMs: 10 * 60_000 };
+
+const LIMIT_ENV: Record<keyof ServerLimits, string> = {
+  handshakeTimeoutMs: 'AMBIENT_HBONE_HANDSHAKE_TIMEOUT_MS',
+  maxHandshaking: 'AMBIENT_HBONE_MAX_HANDSHAKING',
+  idleTimeoutMs: 'AMBIENT_HBONE_IDLE_TIMEOUT_MS',
+};
+
+/** The limits in force: defaults, overridden by the environment. Throws naming the variable for a bad value. */
+export function serverLimits(env: NodeJS.ProcessEnv = process.env): ServerLimits {
+  const out = { ...DEFAULT_SERVER_LIMITS };
+  for (const [key, name] of Object.entries(LIMIT_ENV) as Array<[keyof ServerLimits, string]>) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    if (!/^\d{1,9}$/.test(v)) throw Object.assign(new Error(`${name} must be a non-negative integer, got ${JSON.stringify(v)}`), { code: 'AMB_ERR_CONFIG' });
+    out[key] = Number(v);
+  }
+  return out;
+}
