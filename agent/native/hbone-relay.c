@@ -104,7 +104,7 @@ struct session {
   int64_t deadline_ms;   /* handshake deadline (0: none) */
   int64_t last_active_ms; /* last time a stream opened or ended (idle limit of server sessions) */
   char *expected;     /* client: the peer SPIFFE ID we require; server: the trust domain */
-  char peer[512];     /* verified peer identity */
+  char peer[2049];    /* verified peer identity (SPIFFE IDs are at most 2048 bytes) */
   char peer_serial[130];
   int64_t peer_not_after;
   struct buf wbuf;    /* TLS plaintext waiting for SSL_write */
@@ -388,6 +388,56 @@ static int spiffe_id(X509 *cert, char *out, size_t n) {
   }
   GENERAL_NAMES_free(names);
   return found == 1 ? 0 : -1;
+}
+
+/*
+ * Checks a SPIFFE ID against Istio's shape with the rules of parseSpiffeId (agent/src/identity/spiffe.ts), which the
+ * Node data path applies: at most 2048 bytes; "spiffe://"; no query or fragment; exactly <td>/ns/<ns>/sa/<sa>; a trust
+ * domain of 1-255 of [a-z0-9._-]; namespace and service account non-empty, of [A-Za-z0-9._-], not "." or "..". When
+ * `td` is given, the trust domain must equal it. Returns NULL when valid, else the rule broken. Pure.
+ */
+static int seg_ok(const char *p, size_t n, int lower_only) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_' || (!lower_only && c >= 'A' && c <= 'Z');
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
+static const char *spiffe_check(const char *uri, const char *td) {
+  size_t len = strlen(uri);
+  if (len > 2048) return "longer than 2048 bytes";
+  if (strncmp(uri, "spiffe://", 9) != 0) return "must start with \"spiffe://\"";
+  const char *rest = uri + 9;
+  if (strpbrk(rest, "?#")) return "query and fragment are not allowed";
+  const char *seg[6];
+  size_t seglen[6];
+  int parts = 0;
+  for (const char *p = rest;;) {
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (parts < 6) {
+      seg[parts] = p;
+      seglen[parts] = n;
+    }
+    parts++;
+    if (!slash) break;
+    p = slash + 1;
+  }
+  if (seglen[0] == 0) return "missing trust domain";
+  if (seglen[0] > 255) return "trust domain longer than 255 characters";
+  if (!seg_ok(seg[0], seglen[0], 1)) return "trust domain may hold only lowercase letters, digits, \".\", \"-\" and \"_\"";
+  if (parts != 5) return "expected 5 path segments <td>/ns/<namespace>/sa/<service-account>";
+  if (seglen[1] != 2 || memcmp(seg[1], "ns", 2) != 0) return "second segment must be \"ns\"";
+  if (seglen[3] != 2 || memcmp(seg[3], "sa", 2) != 0) return "fourth segment must be \"sa\"";
+  for (int i = 2; i <= 4; i += 2) {
+    if (seglen[i] == 0) return i == 2 ? "empty namespace" : "empty service account";
+    if ((seglen[i] == 1 && seg[i][0] == '.') || (seglen[i] == 2 && memcmp(seg[i], "..", 2) == 0)) return i == 2 ? "namespace may not be \".\" or \"..\"" : "service account may not be \".\" or \"..\"";
+    if (!seg_ok(seg[i], seglen[i], 0)) return i == 2 ? "namespace may hold only letters, digits, \".\", \"-\" and \"_\"" : "service account may hold only letters, digits, \".\", \"-\" and \"_\"";
+  }
+  if (td && (strlen(td) != seglen[0] || memcmp(seg[0], td, seglen[0]) != 0)) return "not in this trust domain";
+  return NULL;
 }
 
 /* ---------- streams ---------- */
@@ -845,19 +895,18 @@ static int session_established(struct session *s) {
     return -1;
   }
   if (s->server) {
-    /* spiffe://<td>/...: the trust domain must be ours. */
-    const char *td = s->peer + 9, *slash = strchr(td, '/');
-    size_t tl = slash ? (size_t)(slash - td) : strlen(td);
-    if (tl != strlen(s->expected) || memcmp(td, s->expected, tl) != 0) {
-      char why[700];
-      snprintf(why, sizeof why, "client identity %s is not in trust domain %s", s->peer, s->expected);
+    /* spiffe://<our td>/ns/<ns>/sa/<sa>, by the same rules as parseSpiffeId (agent/src/identity/spiffe.ts). */
+    const char *bad = spiffe_check(s->peer, s->expected);
+    if (bad) {
+      char why[900];
+      snprintf(why, sizeof why, "client identity %.600s refused: %s", s->peer, bad);
       s->identity_refused = 1;
       session_fail(s, why);
       return -1;
     }
   } else if (strcmp(s->peer, s->expected) != 0) {
     char why[1100];
-    snprintf(why, sizeof why, "HBONE peer presented identity %s but %s was expected", s->peer, s->expected);
+    snprintf(why, sizeof why, "HBONE peer presented identity %.500s but %.500s was expected", s->peer, s->expected);
     s->identity_refused = 1;
     session_fail(s, why);
     return -1;
@@ -1558,6 +1607,9 @@ void ahb_set_limits(int handshake_ms, int idle_ms) {
   G.handshake_ms = handshake_ms;
   G.idle_ms = idle_ms;
 }
+
+/** The SPIFFE rule of the server side (exported for tests): NULL when `uri` is a valid ID in `td` (any, if NULL). */
+const char *ahb_spiffe_check(const char *uri, const char *td) { return spiffe_check(uri ? uri : "", td && *td ? td : NULL); }
 
 /** Stops the loop (closing every session and stream) and waits for it. */
 void ahb_stop(void) {

@@ -9,15 +9,16 @@ import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { issueCredential } from '../interop/certs.js';
-import { DEBIAN_PYTHON } from '../interop/hbone-client.js';
-const TD = 'cluster.local';
+import { DEBIAN_PYTHON, runHboneClient } from '../interop/hbone-client.js';
+import { issueRogueCredential } from '../interop/rogue-certs.js';
+import { CASES_TRUST_DOMAIN, SPIFFE_CASES } from '../interop/spiffe-cases.js';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { testDataPath } from '../testbed/testbed.js';
-import { AMBIENT, ask, eventually, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
 
 const ATTACK_PY = fileURLToPath(new URL('../interop/hbone_attack.py', import.meta.url));
-const CLIENT_ID = `spiffe://${TD}/ns/legacy/sa/attacker`;
+const CLIENT_ID = `spiffe://${CASES_TRUST_DOMAIN}/ns/legacy/sa/attacker`;
 const dataPath = (): 'node' | 'native' => testDataPath() ?? 'native';
 
 interface Scene {
@@ -44,7 +45,7 @@ async function scene(t: ExecutionContext, path = dataPath()): Promise<Scene> {
   if (!productpage || !sleep || !notsleep || !attacker) throw new Error('pods missing');
   await startEcho(productpage, 9080);
   const caPath = join(tb.caDir, 'root-cert.pem');
-  const credential = await issueCredential(await BuiltinCa.open(tb.caDir, { trustDomain: TD }), CLIENT_ID, join(tb.runDir, 'attack'), 'attacker');
+  const credential = await issueCredential(await BuiltinCa.open(tb.caDir, { trustDomain: CASES_TRUST_DOMAIN }), CLIENT_ID, join(tb.runDir, 'attack'), 'attacker');
   return { tb, productpage, sleep, notsleep, attacker, caPath, credential };
 }
 
@@ -146,4 +147,45 @@ netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large eve
   t.false(logs.some((l) => /event line longer/.test(l.msg)), 'no oversized event reached the agent');
   await meshStillWorks(t, s, 'bombs');
   await footprintBack(t, s, before, 'bombs', 48);
+});
+
+netnsTest.serial('a client certificate whose SPIFFE ID is no ns/sa identity is refused on both data paths', async (t) => {
+  t.timeout(240_000);
+  // Sampled from the shared table (test/unit/hbone-spiffe-rule.test.ts runs all of it against both checks).
+  const picked = new Set(['spiffe://cluster.local/whatever', 'spiffe://cluster.local/ns/app/sa/b/extra', 'spiffe://cluster.local/ns/./sa/b',
+    'spiffe://cluster.localx/ns/app/sa/b', 'spiffe://cluster.local/ns/My_App-1.x/sa/SA.name-2']);
+  const cases = SPIFFE_CASES.filter(([uri]) => picked.has(uri));
+  t.is(cases.length, picked.size);
+  for (const path of ['native', 'node'] as const) {
+    const tb = await withTestbed(t, { nodes: 1, dataPath: path });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('legacy', {});
+    const [productpage, sleep, client] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+      { node: 0, namespace: 'legacy', name: 'client' },
+    ]);
+    if (!productpage || !sleep || !client) throw new Error('pods missing');
+    await startEcho(productpage, 9080);
+    const caPath = join(tb.caDir, 'root-cert.pem');
+    for (const [i, [uri, accepted, why]] of cases.entries()) {
+      const cred = await issueRogueCredential(tb.caDir, uri, join(tb.runDir, 'rogue'), `rogue-${i}`);
+      const refusedBefore = (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0;
+      const r = await runHboneClient(client, { connect: `${productpage.ip}:15008`, authority: `${productpage.ip}:9080`, caPath, credential: cred, send: 'spiffe\n', expect: 'pong:spiffe' });
+      t.log(`${path} ${uri} (${why}):`, JSON.stringify({ status: r.status, error: r.error, goaway: r.goaway, last: r.goaway_last_stream }));
+      if (accepted) {
+        t.is(r.status, 200, `${path}: ${uri} is a valid identity: ${JSON.stringify(r)}`);
+        continue;
+      }
+      t.is(r.status, null, `${path}: ${uri} must be refused (${why}): ${JSON.stringify(r)}`);
+      t.is(r.received, '');
+      const refusedAfter = await eventually(async () => (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0, (n) => n > refusedBefore, 5000);
+      t.true(refusedAfter > refusedBefore, `${path}: the refusal of ${uri} is counted`);
+    }
+    const logs = await tb.agent(0).logs({ currentRun: true });
+    t.true(logs.some((l) => l.msg === 'hbone client refused' && String(l.reason).includes('spiffe://cluster.local/whatever')), `${path}: the agent logs the refused identity`);
+    const ok = await ask(sleep, productpage.ip, 9080, `after-spiffe-${path}`);
+    t.true(ok.ok, `${path}: the mesh still works: ${ok.output}`);
+    await tb.destroy();
+  }
 });

@@ -125,6 +125,8 @@ export interface NativeLib {
   streamBytes(stream: number): [number, number] | undefined;
   /** Handshake deadline and server idle limit, in ms (0 = none). */
   setLimits(handshakeMs: number, idleMs: number): void;
+  /** The server side's SPIFFE rule: undefined when `uri` is a valid ID in `trustDomain` ('' = any), else the rule broken. */
+  spiffeCheck(uri: string, trustDomain: string): string | undefined;
 }
 
 /** Where the built library lives: dist/native beside dist/agent, or AMBIENT_NATIVE_LIB. */
@@ -161,6 +163,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
     setLimits: lib.func('void ahb_set_limits(int handshake_ms, int idle_ms)'),
+    spiffeCheck: lib.func('const char *ahb_spiffe_check(const char *uri, const char *td)'),
   };
   const n = (v: unknown): number => Number(v);
   const out = new BigUint64Array(2);
@@ -178,6 +181,10 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
     setLimits: (handshakeMs, idleMs) => void f.setLimits(handshakeMs, idleMs),
+    spiffeCheck: (uri, td) => {
+      const r: unknown = f.spiffeCheck(uri, td);
+      return typeof r === 'string' ? r : undefined;
+    },
   };
   return loaded;
 }
