@@ -86,6 +86,7 @@ struct stream {
   /* Server side: the request as received (only what the agent reads; other headers are counted, never kept). */
   char *method, *authority;
   size_t header_bytes; /* of the header block being received, as HTTP/2 counts it */
+  int64_t closed_ms;   /* when HTTP/2 closed the stream, then when its app last took bytes (0: open) */
   /* Client side: the request to submit. */
   nghttp2_nv *nva;
   size_t nvlen;
@@ -146,8 +147,8 @@ static struct {
   int stop;
   char err[512];
   /* Limits (ahb_set_limits; read on the loop thread). */
-  _Atomic int handshake_ms, idle_ms;
-} G = {.mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1, .handshake_ms = 10000, .idle_ms = 600000};
+  _Atomic int handshake_ms, idle_ms, linger_ms;
+} G = {.mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1, .handshake_ms = 10000, .idle_ms = 600000, .linger_ms = 30000};
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -472,6 +473,19 @@ static void stream_update(struct stream *st) {
 }
 
 /*
+ * Drops the DATA received for a stream and not written to its app, giving its flow-control credit back: automatic window
+ * updates are off, so bytes never handed to the app would otherwise shrink the connection's window for good.
+ */
+static void stream_drop_out(struct stream *st) {
+  struct session *s = st->s;
+  if (st->out.len && s->h2) {
+    nghttp2_session_consume_connection(s->h2, st->out.len);
+    if (!st->h2_closed && st->h2id > 0) nghttp2_session_consume_stream(s->h2, st->h2id, st->out.len);
+  }
+  buf_free(&st->out);
+}
+
+/*
  * Resets the HTTP/2 stream (if open) and closes the app socket with a TCP reset: something failed on one side. The
  * stream object lives on until nghttp2 has closed the stream (on_stream_close), which still refers to it.
  */
@@ -483,7 +497,7 @@ static void stream_abort(struct stream *st, uint32_t code) {
     setsockopt(st->io.fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
     io_close(&st->io);
   }
-  buf_free(&st->out);
+  stream_drop_out(st);
   if (st->h2id < 0 || st->h2_closed || !st->s->h2) st->dead = 1;
 }
 
@@ -510,6 +524,7 @@ static void stream_write_out(struct stream *st) {
     if (n > 0) {
       buf_consume(&st->out, (size_t)n);
       st->bytes_out += (uint64_t)n;
+      if (st->h2_closed) st->closed_ms = now_ms(); /* a slow reader is not a stalled one */
       if (s->h2) {
         nghttp2_session_consume_connection(s->h2, (size_t)n);
         if (!st->h2_closed && st->h2id > 0) nghttp2_session_consume_stream(s->h2, st->h2id, (size_t)n);
@@ -778,10 +793,11 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t code, void
   if (!st) return 0;
   st->h2_closed = 1;
   st->h2_error = code;
+  st->closed_ms = now_ms();
   if (code) {
-    /* Reset by the peer (or by us): unwritten bytes are dropped, the app sees a reset. */
+    /* Reset by the peer (or by us): unwritten bytes are dropped (their connection credit given back), the app sees a reset. */
     st->errored = 1;
-    buf_free(&st->out);
+    stream_drop_out(st);
   }
   return 0;
 }
@@ -1374,7 +1390,7 @@ static void cmd_answer(struct cmd *c) {
     stream_write_out(st); /* DATA that came before the answer */
   } else {
     if (c->fd >= 0) close(c->fd);
-    buf_free(&st->out);
+    stream_drop_out(st); /* DATA that came before a refusal will never be read: give its credit back */
     nghttp2_submit_response(s->h2, st->h2id, nva, 1, NULL);
   }
   stream_update(st);
@@ -1440,7 +1456,7 @@ static void keepalive_tick(void) {
   uint64_t v;
   if (read(G.timerfd, &v, sizeof v) < 0) return;
   int64_t now = now_ms();
-  int idle = G.idle_ms;
+  int linger = G.linger_ms, idle = G.idle_ms;
   for (struct session *s = G.sessions; s; s = s->next) {
     if (s->dead) continue;
     /* A TLS + HTTP/2 handshake that has not finished by its deadline (a silent or slow client holds memory and an fd). */
@@ -1452,6 +1468,12 @@ static void keepalive_tick(void) {
       continue;
     }
     if (!s->up) continue;
+    /* Streams closed in order whose app stopped reading: their unread bytes hold connection credit; bounded. */
+    if (linger > 0) {
+      for (struct stream *st = s->streams; st; st = st->next_in_session) {
+        if (!st->dead && st->h2_closed && st->out.len && st->closed_ms && now - st->closed_ms >= linger) stream_abort(st, 0);
+      }
+    }
     /* A server session without streams for the idle limit is closed (GOAWAY); clients close theirs sooner (5 min). */
     if (idle > 0 && s->server && s->ready && !s->graceful && !s->streams && now - s->last_active_ms >= idle) {
       s->graceful = 1;
@@ -1601,11 +1623,12 @@ fail:
 
 /**
  * Limits, in ms (0 = none): the TLS + HTTP/2 handshake deadline of new sessions; how long a server session may stay
- * without streams. Call before sessions start.
+ * without streams; how long a stream closed in order may hold DATA its app does not read. Call before sessions start.
  */
-void ahb_set_limits(int handshake_ms, int idle_ms) {
+void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms) {
   G.handshake_ms = handshake_ms;
   G.idle_ms = idle_ms;
+  G.linger_ms = linger_ms;
 }
 
 /** The SPIFFE rule of the server side (exported for tests): NULL when `uri` is a valid ID in `td` (any, if NULL). */

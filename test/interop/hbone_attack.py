@@ -66,7 +66,7 @@ def flood(a, out):
     started = time.monotonic()
     for i in range(a.idle + a.stalled):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(5)
+        s.settimeout(15)  # a full accept queue drops SYNs: let the kernel's retries (1, 3, 7 s) get through
         try:
             s.connect((host, int(port)))
         except OSError:

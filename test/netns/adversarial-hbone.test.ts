@@ -189,3 +189,59 @@ netnsTest.serial('a client certificate whose SPIFFE ID is no ns/sa identity is r
     await tb.destroy();
   }
 });
+
+/**
+ * A server in `pod` that accepts on `port` and never reads (a small receive buffer, so little hides in the kernel);
+ * with `shutWrite` it also ends its side at once, so a stream the client ends too is closed in order with bytes unread.
+ */
+async function startStall(pod: TestbedPod, port: number, shutWrite: boolean): Promise<void> {
+  const py = [
+    'import socket, time',
+    's = socket.socket()',
+    's.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+    's.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)',
+    `s.bind(("0.0.0.0", ${port}))`,
+    's.listen(128)',
+    'held = []',
+    'while True:',
+    '    c = s.accept()[0]',
+    ...(shutWrite ? ['    c.shutdown(socket.SHUT_WR)'] : []),
+    '    held.append(c)',
+  ].join('\n');
+  void pod.spawn(DEBIAN_PYTHON, ['-I', '-c', py]).catch(() => undefined);
+  await pod.waitForPort(port);
+}
+
+// Native only: the Node path's HTTP/2 (Node's own nghttp2 binding) gives flow-control credit back on its own.
+netnsTest.serial('flow control: after reset and never-read streams, a new stream on the same connection delivers within 1 s (native)', async (t) => {
+  t.timeout(240_000);
+  // Closed-in-order streams whose app never reads are reset after this (default 30 s), giving their credit back.
+  const lingerEnv = 'AMBIENT_HBONE_UNREAD_LINGER_MS';
+  const saved = process.env[lingerEnv];
+  process.env[lingerEnv] = '2000';
+  t.teardown(() => {
+    if (saved === undefined) delete process.env[lingerEnv];
+    else process.env[lingerEnv] = saved;
+  });
+  const s = await scene(t, 'native');
+  await startStall(s.productpage, 9090, false);
+  await startStall(s.productpage, 9091, true);
+  const before = await agentFootprint(s.tb, 1);
+  const common = ['--connect', `${s.productpage.ip}:15008`, '--ca', s.caPath, '--cert', s.credential.certPath, '--key', s.credential.keyPath,
+    '--authority', `${s.productpage.ip}:9080`, '--stall-authority', `${s.productpage.ip}:9090`, '--timeout', '10'];
+  const reset = await attack(s.attacker, ['flow', '--rounds', '3', '--streams', '4', ...common], 90_000);
+  t.log('reset streams:', JSON.stringify(reset));
+  t.is(reset.error, null);
+  t.true(Number(reset.sent_total) > 16 * 1024 * 1024, `more than a connection window was sent into reset streams (${String(reset.sent_total)} bytes)`);
+  t.true(reset.check_ok === true, 'a fifth stream on the same connection delivers');
+  t.true(Number(reset.check_seconds) < 1, `within 1 s (${String(reset.check_seconds)} s)`);
+  // In order, never read: held until the linger bound, then the credit comes back.
+  const graceful = await attack(s.attacker, ['flow', '--rounds', '1', '--streams', '4', '--graceful', '--linger', '4', ...common,
+    '--stall-authority', `${s.productpage.ip}:9091`], 90_000);
+  t.log('graceful streams:', JSON.stringify(graceful));
+  t.is(graceful.error, null);
+  t.true(graceful.check_ok === true, 'a new stream delivers once the never-read streams are given up');
+  t.true(Number(graceful.check_seconds) < 1, `within 1 s (${String(graceful.check_seconds)} s)`);
+  await meshStillWorks(t, s, 'flow');
+  await footprintBack(t, s, before, 'flow', 96);
+});

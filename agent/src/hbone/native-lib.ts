@@ -123,8 +123,8 @@ export interface NativeLib {
   closeSession(session: number, graceful: boolean): void;
   /** [read from the app socket, written to it], or undefined once the stream is gone. */
   streamBytes(stream: number): [number, number] | undefined;
-  /** Handshake deadline and server idle limit, in ms (0 = none). */
-  setLimits(handshakeMs: number, idleMs: number): void;
+  /** Handshake deadline, server idle limit and unread-bytes linger of closed streams, in ms (0 = none). */
+  setLimits(handshakeMs: number, idleMs: number, lingerMs: number): void;
   /** The server side's SPIFFE rule: undefined when `uri` is a valid ID in `trustDomain` ('' = any), else the rule broken. */
   spiffeCheck(uri: string, trustDomain: string): string | undefined;
 }
@@ -162,7 +162,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: lib.func('void ahb_close_stream(uint64_t stream)'),
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
-    setLimits: lib.func('void ahb_set_limits(int handshake_ms, int idle_ms)'),
+    setLimits: lib.func('void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms)'),
     spiffeCheck: lib.func('const char *ahb_spiffe_check(const char *uri, const char *td)'),
   };
   const n = (v: unknown): number => Number(v);
@@ -180,7 +180,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: (stream) => void f.closeStream(stream),
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
-    setLimits: (handshakeMs, idleMs) => void f.setLimits(handshakeMs, idleMs),
+    setLimits: (handshakeMs, idleMs, lingerMs) => void f.setLimits(handshakeMs, idleMs, lingerMs),
     spiffeCheck: (uri, td) => {
       const r: unknown = f.spiffeCheck(uri, td);
       return typeof r === 'string' ? r : undefined;

@@ -122,7 +122,7 @@ export class NativeHbone {
     const fd = lib.start();
     if (fd < 0) throw Object.assign(new Error(`native HBONE data plane did not start: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_LIB' });
     this.lib = lib;
-    lib.setLimits(this.limits.handshakeTimeoutMs, this.limits.idleTimeoutMs);
+    lib.setLimits(this.limits.handshakeTimeoutMs, this.limits.idleTimeoutMs, this.limits.unreadLingerMs);
     const events = new net.Socket({ fd, readable: true, writable: true });
     events.setEncoding('utf8');
     events.on('data', (chunk: string) => {

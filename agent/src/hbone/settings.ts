@@ -40,14 +40,17 @@ export interface ServerLimits {
   maxHandshaking: number;
   /** A server session with no stream for this long is closed with GOAWAY (ms; clients close theirs after 5 min). */
   idleTimeoutMs: number;
+  /** How long a stream closed in order may hold received bytes while its app takes none of them (ms); then it is reset. */
+  unreadLingerMs: number;
 }
 
-export const DEFAULT_SERVER_LIMITS: ServerLimits = { handshakeTimeoutMs: 10_000, maxHandshaking: 1024, idleTimeoutMs: 10 * 60_000 };
+export const DEFAULT_SERVER_LIMITS: ServerLimits = { handshakeTimeoutMs: 10_000, maxHandshaking: 1024, idleTimeoutMs: 10 * 60_000, unreadLingerMs: 30_000 };
 
 const LIMIT_ENV: Record<keyof ServerLimits, string> = {
   handshakeTimeoutMs: 'AMBIENT_HBONE_HANDSHAKE_TIMEOUT_MS',
   maxHandshaking: 'AMBIENT_HBONE_MAX_HANDSHAKING',
   idleTimeoutMs: 'AMBIENT_HBONE_IDLE_TIMEOUT_MS',
+  unreadLingerMs: 'AMBIENT_HBONE_UNREAD_LINGER_MS',
 };
 
 /** The limits in force: defaults, overridden by the environment. Throws naming the variable for a bad value. */
