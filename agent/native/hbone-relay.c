@@ -8,6 +8,12 @@
  * Ownership: fds handed over (TCP to a peer, app sockets) belong to the library from then on and are closed by it on
  * every path; SSL, nghttp2 and buffers are freed when their session or stream is reaped at the end of a loop turn
  * (never inside an nghttp2 callback).
+ * Lifetime of a stream (what makes any order of API calls memory-safe, checked under ASan by agent/native/test/):
+ * nghttp2 holds a stream (as stream user data and data source) from nghttp2_submit_request (client) or
+ * on_begin_headers (server) until on_stream_close; `dead` is set only when nghttp2 does not hold it (never submitted,
+ * or h2_closed), and only dead streams are freed (reap), except when the whole session is freed, where every stream
+ * goes just before nghttp2_session_del. A client stream queued while its session handshakes is submitted only if it is
+ * still alive when the handshake ends; one aborted while queued is reaped at once, never submitted.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,7 +85,7 @@ struct stream {
   struct buf out; /* DATA received, waiting to be written to the app */
   int status;     /* response status (client) or answer (server); 0 = not yet */
   unsigned app_eof : 1, peer_eof : 1, app_shut : 1, h2_closed : 1, dead : 1, reported : 1, relaying : 1, errored : 1;
-  unsigned deferred : 1, answered : 1, cancel : 1;
+  unsigned deferred : 1, answered : 1, cancel : 1, status_reported : 1;
   uint32_t h2_error;
   _Atomic uint64_t bytes_in;  /* read from the app socket */
   _Atomic uint64_t bytes_out; /* written to the app socket */
@@ -128,7 +134,8 @@ struct cmd {
   enum cmd_kind kind;
   uint64_t id, ref; /* the new object's id; the session (or ctx) it refers to */
   int fd, status, flag;
-  char *a, *b; /* strings the command owns */
+  char *a, *b;  /* strings the command owns */
+  SSL_CTX *ctx; /* sessions: the TLS context, referenced when the call was made (a later ahb_ctx_free cannot take it) */
   struct cmd *next;
 };
 
@@ -464,6 +471,34 @@ static struct stream *stream_new(uint64_t id, struct session *s, int fd) {
   return st;
 }
 
+/* A client stream's one "status" event: the answer's status, or -1 and why no answer will come. */
+static void stream_report_status(struct stream *st, int status, const char *why) {
+  if (st->status_reported || st->s->server) return;
+  st->status_reported = 1;
+  ev_begin("status");
+  ev_num("stream", (int64_t)st->id);
+  ev_num("status", status);
+  if (why) ev_str("error", why);
+  ev_end();
+}
+
+/* Why a client stream that is going away never got an answer. */
+static void stream_report_unanswered(struct stream *st, const char *session_error) {
+  char why[1300];
+  if (session_error && *session_error) {
+    snprintf(why, sizeof why, "%s", session_error);
+  } else if (st->h2_error == NGHTTP2_REFUSED_STREAM) {
+    snprintf(why, sizeof why, "the peer refused the stream (REFUSED_STREAM) before answering the CONNECT");
+  } else if (st->h2_error) {
+    snprintf(why, sizeof why, "stream reset (HTTP/2 error %u) before the CONNECT was answered", st->h2_error);
+  } else if (st->errored) {
+    snprintf(why, sizeof why, "stream aborted before the CONNECT was answered");
+  } else {
+    snprintf(why, sizeof why, "stream closed before the CONNECT was answered");
+  }
+  stream_report_status(st, -1, why);
+}
+
 static void stream_update(struct stream *st) {
   if (st->io.fd < 0) return;
   uint32_t m = 0;
@@ -719,10 +754,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud) 
   struct stream *st = f->hd.stream_id > 0 ? find_stream(s, f->hd.stream_id) : NULL;
   if (!st) return 0;
   if (f->hd.type == NGHTTP2_HEADERS && !s->server && f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
-    ev_begin("status");
-    ev_num("stream", (int64_t)st->id);
-    ev_num("status", st->status);
-    ev_end();
+    stream_report_status(st, st->status, NULL);
     if (st->status == 200) {
       st->relaying = 1;
       stream_read_app(st); /* the app may have written before the answer */
@@ -970,7 +1002,7 @@ static void session_handshake(struct session *s) {
       struct stream *next = p->next_in_session;
       p->next_in_session = s->streams;
       s->streams = p;
-      client_submit(s, p);
+      if (!p->dead) client_submit(s, p); /* an aborted one stays unsubmitted: reap frees it, nghttp2 never saw it */
       p = next;
     }
     return;
@@ -1093,11 +1125,7 @@ static void client_submit(struct session *s, struct stream *st) {
   st->nva = NULL;
   st->nvstore = NULL;
   if (sid < 0) {
-    ev_begin("status");
-    ev_num("stream", (int64_t)st->id);
-    ev_num("status", -1);
-    ev_str("error", s->h2 ? nghttp2_strerror(sid) : "session not up");
-    ev_end();
+    stream_report_status(st, -1, s->h2 ? nghttp2_strerror(sid) : "session not up");
     stream_abort(st, 0);
     return;
   }
@@ -1142,17 +1170,20 @@ static void reap(void) {
   int freed = 0;
   for (struct session **sp = &G.sessions; *sp;) {
     struct session *s = *sp;
-    /* Streams done on their own. */
-    for (struct stream **pp = &s->streams; *pp;) {
-      struct stream *st = *pp;
-      stream_check_done(st);
-      if (st->dead) {
-        *pp = st->next_in_session;
-        stream_report_closed(st, NULL);
-        stream_free(st);
-        s->last_active_ms = now_ms();
-      } else {
-        pp = &st->next_in_session;
+    /* Streams done on their own, and queued ones aborted before the handshake ended (never submitted). */
+    for (int pass = 0; pass < 2; pass++) {
+      for (struct stream **pp = pass ? &s->pending : &s->streams; *pp;) {
+        struct stream *st = *pp;
+        if (!pass) stream_check_done(st);
+        if (st->dead) {
+          *pp = st->next_in_session;
+          if (!s->server) stream_report_unanswered(st, NULL);
+          stream_report_closed(st, NULL);
+          stream_free(st);
+          s->last_active_ms = now_ms();
+        } else {
+          pp = &st->next_in_session;
+        }
       }
     }
     if (!s->dead) {
@@ -1175,13 +1206,7 @@ static void reap(void) {
       struct stream *st = pass ? s->pending : s->streams;
       while (st) {
         struct stream *next = st->next_in_session;
-        if (st->status == 0 && !s->server) {
-          ev_begin("status");
-          ev_num("stream", (int64_t)st->id);
-          ev_num("status", -1);
-          ev_str("error", s->error);
-          ev_end();
-        }
+        if (!s->server) stream_report_unanswered(st, s->error[0] ? s->error : "HBONE session closed");
         st->errored = 1;
         if (st->io.fd >= 0) {
           struct linger l = {1, 0};
@@ -1235,7 +1260,8 @@ static SSL_CTX *find_ctx(uint64_t id) {
 
 static void cmd_session(struct cmd *c, int server) {
   struct session *s = calloc(1, sizeof *s);
-  SSL_CTX *ctx = find_ctx(c->ref);
+  SSL_CTX *ctx = c->ctx; /* referenced by the API call, so freeing the context since then does not matter */
+  c->ctx = NULL;
   if (!s || !ctx) {
     if (ctx) SSL_CTX_free(ctx);
     close(c->fd);
@@ -1309,30 +1335,38 @@ static int build_nva(struct stream *st, const char *authority, char *headers) {
   return 0;
 }
 
-static void cmd_client_stream(struct cmd *c) {
-  struct session *s = find_session(c->ref);
-  fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
-  if (!s || s->dead || s->server) {
-    ev_begin("status");
-    ev_num("stream", (int64_t)c->id);
-    ev_num("status", -1);
-    ev_str("error", s ? s->error : "HBONE session closed");
-    ev_end();
-    ev_begin("closed");
-    ev_num("stream", (int64_t)c->id);
-    ev_num("bytesIn", 0);
-    ev_num("bytesOut", 0);
-    ev_num("h2Error", 0);
-    ev_num("errored", 1);
-    ev_end();
+/* A client stream that cannot be made: its status and closed events, and its app socket reset. */
+static void refuse_client_stream(struct cmd *c, const char *why) {
+  ev_begin("status");
+  ev_num("stream", (int64_t)c->id);
+  ev_num("status", -1);
+  ev_str("error", why);
+  ev_end();
+  ev_begin("closed");
+  ev_num("stream", (int64_t)c->id);
+  ev_num("bytesIn", 0);
+  ev_num("bytesOut", 0);
+  ev_num("h2Error", 0);
+  ev_num("errored", 1);
+  ev_str("error", why);
+  ev_end();
+  if (c->fd >= 0) {
     struct linger l = {1, 0};
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
     close(c->fd);
+  }
+}
+
+static void cmd_client_stream(struct cmd *c) {
+  struct session *s = find_session(c->ref);
+  if (c->fd >= 0) fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+  if (!s || s->dead || s->server) {
+    refuse_client_stream(c, s && s->dead && s->error[0] ? s->error : s && s->server ? "not a client session" : "HBONE session closed");
     return;
   }
   struct stream *st = stream_new(c->id, s, c->fd);
   if (!st) {
-    close(c->fd);
+    refuse_client_stream(c, "out of memory");
     return;
   }
   int nodelay = 1;
@@ -1369,7 +1403,8 @@ static struct stream *find_stream_any(uint64_t id) {
 
 static void cmd_answer(struct cmd *c) {
   struct stream *st = find_stream_any(c->id);
-  if (!st || st->dead || st->h2_closed || st->answered) {
+  /* Only a server stream's request is answered, once, while HTTP/2 still has the stream; anything else is ignored. */
+  if (!st || !st->s->server || !st->s->h2 || st->h2id <= 0 || st->dead || st->h2_closed || st->answered) {
     if (c->fd >= 0) close(c->fd);
     return;
   }
@@ -1432,6 +1467,7 @@ static void run_cmd(struct cmd *c) {
 }
 
 static void cmd_free(struct cmd *c) {
+  if (c->ctx) SSL_CTX_free(c->ctx);
   free(c->a);
   free(c->b);
   free(c);
@@ -1561,7 +1597,22 @@ static void *loop(void *arg) {
   return NULL;
 }
 
-/* ---------- API (called from the agent's thread) ---------- */
+/* ---------- API (called from the agent's thread) ----------
+ *
+ * Contract (every call, in any order, on ids that exist, are gone or never were, is memory-safe; the harness in
+ * agent/native/test/relay-harness.c plays such orders under ASan/UBSan):
+ * - A call never blocks on the loop: it queues a command, which the loop runs in call order.
+ * - Every session id returned gets exactly one "sessionClosed" event (preceded by "up" if it came up).
+ * - Every client stream id returned gets exactly one "status" event (the answer's status, or -1 with an error: session
+ *   failed, stream reset or refused by the peer before answering, aborted, oversized) and then exactly one "closed".
+ * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
+ *   limits) is never reported. Answer each request once (ahb_answer); later answers, answers to client streams and
+ *   answers to streams already gone are ignored (their fd is closed).
+ * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
+ *   handshaking is dropped at once and never sent; a session closed while handshaking fails its queued streams.
+ * - Memory: a stream is freed only once nghttp2 no longer refers to it (never submitted, or after on_stream_close),
+ *   or with its whole session; nothing is freed inside an nghttp2 callback.
+ */
 
 static void enqueue(struct cmd *c) {
   pthread_mutex_lock(&G.mu);
@@ -1641,6 +1692,17 @@ void ahb_stop(void) {
   if (c) enqueue(c);
   pthread_join(G.thread, NULL);
   G.running = 0;
+  /* Commands queued after the stop was taken: their fds and contexts are released here. */
+  pthread_mutex_lock(&G.mu);
+  struct cmd *left = G.cmds;
+  G.cmds = G.cmds_tail = NULL;
+  pthread_mutex_unlock(&G.mu);
+  while (left) {
+    struct cmd *next = left->next;
+    if (left->fd >= 0) close(left->fd);
+    cmd_free(left);
+    left = next;
+  }
   close(G.epfd);
   close(G.wakefd);
   close(G.timerfd);
@@ -1675,7 +1737,11 @@ uint64_t ahb_ctx_new(int server, const char *chain_pem, const char *key_pem, con
   return e->id;
 }
 
-/** Forgets a TLS context; sessions made with it keep it until they close. */
+/**
+ * Forgets a TLS context (after a certificate renewal). Sessions made with it, and ahb_*_session calls already made with
+ * it whose session the loop has not started yet, keep it until they close; later calls with the id fail their session
+ * ("unknown TLS context").
+ */
 void ahb_ctx_free(uint64_t id) {
   pthread_mutex_lock(&G.mu);
   for (struct ctx_entry **pp = &G.ctxs; *pp; pp = &(*pp)->next) {
@@ -1692,9 +1758,13 @@ void ahb_ctx_free(uint64_t id) {
 
 static uint64_t session_cmd(enum cmd_kind kind, uint64_t ctx, int fd, const char *expected) {
   struct cmd *c = cmd_new(kind);
-  if (!c) return 0;
+  if (!c) {
+    if (fd >= 0) close(fd);
+    return 0;
+  }
   c->id = ++G.next_id;
   c->ref = ctx;
+  c->ctx = find_ctx(ctx); /* now, on the caller's thread: NULL makes the loop report "unknown TLS context" */
   c->fd = fd;
   c->a = sdup(expected);
   uint64_t id = c->id;
@@ -1702,16 +1772,25 @@ static uint64_t session_cmd(enum cmd_kind kind, uint64_t ctx, int fd, const char
   return id;
 }
 
-/** A client HBONE session over a connected TCP fd (owned from now on); the peer must be `expected_id`. */
+/**
+ * A client HBONE session over a connected TCP fd (owned from now on); the peer must be `expected_id`. The TLS context is
+ * taken when this is called. Returns the session id (0: out of memory, fd closed).
+ */
 uint64_t ahb_client_session(uint64_t ctx, int fd, const char *expected_id) { return session_cmd(CMD_CLIENT_SESSION, ctx, fd, expected_id); }
 
 /** A server HBONE session over an accepted TCP fd (owned from now on); clients must be in `trust_domain`. */
 uint64_t ahb_server_session(uint64_t ctx, int fd, const char *trust_domain) { return session_cmd(CMD_SERVER_SESSION, ctx, fd, trust_domain); }
 
-/** A CONNECT stream on a client session relaying app socket `fd` (owned from now on). headers: "name\nvalue\n...". */
+/**
+ * A CONNECT stream on a client session relaying app socket `fd` (owned from now on). headers: "name\nvalue\n...".
+ * Queued while the session handshakes, submitted when it is up. Returns the stream id (0: out of memory, fd closed).
+ */
 uint64_t ahb_client_stream(uint64_t session, int fd, const char *authority, const char *headers) {
   struct cmd *c = cmd_new(CMD_CLIENT_STREAM);
-  if (!c) return 0;
+  if (!c) {
+    if (fd >= 0) close(fd);
+    return 0;
+  }
   c->id = ++G.next_id;
   c->ref = session;
   c->fd = fd;
@@ -1735,7 +1814,7 @@ void ahb_answer(uint64_t stream, int status, int fd) {
   enqueue(c);
 }
 
-/** Resets a stream (policy change): the app socket gets a reset, the peer RST_STREAM. */
+/** Resets a stream (policy change, or the agent gave up on it): the app socket gets a reset, the peer RST_STREAM. */
 void ahb_close_stream(uint64_t stream) {
   struct cmd *c = cmd_new(CMD_CLOSE_STREAM);
   if (!c) return;
