@@ -5,7 +5,8 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { HboneStatusError, connectHeaders, type HbonePool } from '../hbone/client-pool.js';
 import type { NativeHbone, NativeInboundRequest, NativeListener, NativeStream, NativeStreamEnd } from '../hbone/native.js';
-import { HboneServer, decideInbound, type InboundStream } from '../hbone/server.js';
+import { HboneServer, decideInbound, releaseUpstreamWithStream, type InboundStream } from '../hbone/server.js';
+import { serverLimits } from '../hbone/settings.js';
 import type { IdentityProvider } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
@@ -166,6 +167,8 @@ export class PodForwarder {
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
   private inbound = new Map<Closable, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
   private nextConnId = 1;
+  /** Node data path: how long an upstream may hold bytes its app does not read after its HBONE stream closed in order. */
+  private readonly unreadLingerMs = serverLimits().unreadLingerMs;
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
 
@@ -429,6 +432,7 @@ export class PodForwarder {
           throw new Error('stream closed before the upstream connected');
         }
         s.stream.respond({ ':status': 200 });
+        releaseUpstreamWithStream(s.stream, sock, this.unreadLingerMs, (why) => clog.debug({ why }, 'upstream reset: its app does not read'));
         return sock;
       },
       (err: Error) => {

@@ -1,7 +1,9 @@
 // The inbound HBONE listener of one pod (15008): terminates mutual TLS, checks the peer's SPIFFE trust domain, and
 // serves CONNECT streams to the pod's own IP only (never an open proxy); 200 is sent only after the upstream connect.
+// Also how long an accepted stream's upstream socket may outlive it (releaseUpstreamWithStream).
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
@@ -203,3 +205,43 @@ export class HboneServer {
 }
 
 const peerIdentities = new WeakMap<http2.ServerHttp2Session, string>();
+
+/** What becomes of an upstream socket when its HBONE stream closes. Pure. */
+export type UpstreamFate = 'keep' | 'reset' | 'linger';
+
+/**
+ * A stream reset by either side (any RST_STREAM code, CANCEL included: Node does not mark a CANCEL as an error) takes
+ * its upstream with it; a stream closed in order leaves the upstream to finish on its own, but not for ever when the
+ * app has not taken all the bytes written to it (`linger`).
+ */
+export function upstreamFate(rstCode: number | undefined, upstreamWritesDone: boolean): UpstreamFate {
+  if (rstCode !== undefined && rstCode !== http2.constants.NGHTTP2_NO_ERROR) return 'reset';
+  return upstreamWritesDone ? 'keep' : 'linger';
+}
+
+/**
+ * Ties an inbound stream's upstream socket to the stream (Node data path; the native library does the same in C).
+ * Without this an app that never reads kept its socket, and the bytes queued for it, after the peer reset the stream,
+ * or for ever after a stream closed in order: one leaked descriptor and up to a stream window of memory each.
+ */
+export function releaseUpstreamWithStream(stream: Duplex & { rstCode?: number }, upstream: Socket, lingerMs: number, onGiveUp: (why: string) => void): void {
+  const decide = (): void => {
+    if (upstream.destroyed) return;
+    const fate = upstreamFate(stream.rstCode, upstream.writableFinished);
+    if (fate === 'reset') {
+      upstream.resetAndDestroy();
+      return;
+    }
+    if (fate === 'keep' || lingerMs <= 0) return;
+    const timer = setTimeout(() => {
+      if (upstream.destroyed || upstream.writableFinished) return;
+      onGiveUp(`the app took none of the last ${upstream.writableLength} bytes within ${lingerMs} ms after the stream closed`);
+      upstream.resetAndDestroy();
+    }, lingerMs);
+    timer.unref();
+    upstream.once('close', () => clearTimeout(timer));
+    upstream.once('finish', () => clearTimeout(timer));
+  };
+  if (stream.closed || stream.destroyed) decide();
+  else stream.once('close', decide);
+}
