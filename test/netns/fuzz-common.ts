@@ -1,73 +1,12 @@
-// Shared parts of the fuzz passes (issue 11): the seed and iteration count (env AMBIENT_FUZZ_SEED / AMBIENT_FUZZ_ITERATIONS),
-// a small seeded PRNG, and the after-the-pass checks on a live testbed (same agent pids, no pod record lost, ADD and mesh).
+// Shared parts of the netns fuzz passes (issue 11): the seed, size and PRNG (from test/fixtures/fuzz-input.ts) and the
+// after-the-pass checks on a live testbed (same agent pids, no pod record lost, fds back, ADD and mesh still work).
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
 import { agentPods, ask, eventually, startEcho } from './helpers.js';
 
-/** The seed: $AMBIENT_FUZZ_SEED, else a fresh random one (always logged, so a failure can be replayed). */
-export function fuzzSeed(): number {
-  const env = process.env.AMBIENT_FUZZ_SEED;
-  if (env !== undefined && env !== '') {
-    const n = Number(env);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`AMBIENT_FUZZ_SEED must be a non-negative integer, got ${JSON.stringify(env)}`);
-    return n;
-  }
-  return Math.floor(Math.random() * 2 ** 31);
-}
-
-/** Cases per pass: $AMBIENT_FUZZ_ITERATIONS (for longer runs), else the pass's CI default. */
-export function fuzzIterations(ciDefault: number): number {
-  const env = process.env.AMBIENT_FUZZ_ITERATIONS;
-  if (env === undefined || env === '') return ciDefault;
-  const n = Number(env);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`AMBIENT_FUZZ_ITERATIONS must be a positive integer, got ${JSON.stringify(env)}`);
-  return n;
-}
-
-/** A seeded PRNG (mulberry32) with the few draws the fuzzers need. */
-export class Rng {
-  #s: number;
-
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-
-  /** Integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-
-  pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error('pick from an empty list');
-    return items[Math.floor(this.next() * items.length)] as T;
-  }
-
-  bytes(n: number): Buffer {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) b[i] = Math.floor(this.next() * 256);
-    return b;
-  }
-}
-
-/** A deterministic sub-generator for case `i` of a run, so one case replays without the ones before it. */
-export function caseRng(seed: number, i: number): Rng {
-  return new Rng(Math.imul(seed >>> 0, 1_000_003) + i * 7919 + 1);
-}
+export { caseRng, fuzzIterations, fuzzSeed, Rng } from '../fixtures/fuzz-input.js';
 
 /** Open descriptors of the agent on a node. */
 export async function agentFds(tb: Testbed, node: number): Promise<number> {
