@@ -10,11 +10,16 @@
 // reassembly (the stack orphans the skb), so the reassembled SYN would reach the app's own listener inbound, and a first
 // fragment too short to hold the TCP header would carry an outbound SYN past the capture. TCP is not fragmented on a
 // pod network (PMTU discovery, DF); fragments of other protocols (large UDP) are left alone.
-// IPv4 only for now; the config and the parse step are laid out so an IPv6 path slots in beside it.
+// A socket whose SYN was captured is tagged (socket storage): its later packets are always re-injected, even when the
+// agent's socket for the flow is gone (agent killed, connection reset), so the stack resets them inside the pod; without
+// the tag, segments an app sent before taking the reset in left the pod in clear.
+// IPv4 only for now: IPv6 TCP is not captured, so it is dropped both ways (never bypasses the mesh); the rest of IPv6
+// (ICMPv6 neighbour discovery, UDP) passes. The config is laid out so an IPv6 capture path slots in beside IPv4.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
@@ -58,6 +63,8 @@ enum {
 	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
 	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
 	STAT_DROP_FRAGMENT,   /* IP fragments of TCP, either direction (a fragmented SYN could bypass the assignment) */
+	STAT_DROP_IPV6,       /* IPv6 TCP, either direction (not captured yet: refused, never bypassed) */
+	STAT_OUT_ORPHANED,    /* later packets of captured flows whose agent socket was gone: reset inside the pod, not sent */
 	STAT_MAX,
 };
 
@@ -67,6 +74,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ambient_stats SEC(".maps");
+
+/* Sockets of the pod whose connection-opening SYN was captured (value 1). Lives and dies with each socket: no bound to
+ * size, nothing to evict, and a connection opened before enrolment has no entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} ambient_captured SEC(".maps");
 
 static __always_inline void count(__u32 stat)
 {
@@ -126,6 +142,96 @@ static __always_inline int parse4(struct __sk_buff *skb, struct flow4 *f, __be32
 	return PARSE_TCP;
 }
 
+#define IPV6_EXT_MAX 8 /* extension headers walked before giving up (and dropping: fail closed) */
+#define IP6_OFFSET 0xfff8 /* fragment offset in the fragment header, host order */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	return nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_FRAGMENT || nh == NEXTHDR_AUTH || nh == NEXTHDR_DEST;
+}
+
+/*
+ * Whether an IPv6 packet carries TCP, following the extension headers. Undecidable means yes (fail closed): a header
+ * chain longer than IPV6_EXT_MAX, a truncated header, or a later fragment whose first header is TCP or an extension.
+ * ICMPv6 (neighbour discovery), UDP and the rest are no.
+ */
+static __always_inline int ipv6_tcp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end)
+		return 1;
+	__u8 nh = ip6->nexthdr;
+	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6);
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		if (nh == IPPROTO_TCP)
+			return 1;
+		if (!ipv6_ext(nh))
+			return 0;
+		__u8 h[4];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return 1;
+		if (nh == NEXTHDR_FRAGMENT) {
+			if (((h[2] << 8) | h[3]) & IP6_OFFSET)
+				return h[0] == IPPROTO_TCP || ipv6_ext(h[0]); /* a later fragment: nothing more to read */
+			off += 8;
+		} else if (nh == NEXTHDR_AUTH) {
+			off += (h[1] + 2) * 4;
+		} else {
+			off += (h[1] + 1) * 8;
+		}
+		nh = h[0];
+	}
+	return 1;
+}
+
+/* IPv6 TCP is dropped both ways until IPv6 is captured. Returns TC_ACT_SHOT for it, -1 for anything else. */
+static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return -1;
+	if (!ipv6_tcp(skb))
+		return -1;
+	count(STAT_DROP_IPV6);
+	return TC_ACT_SHOT;
+}
+
+/* The sending socket, when it is a full one (a timewait or request socket, or none, has no storage). */
+static __always_inline struct bpf_sock *sender(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	return sk ? bpf_sk_fullsock(sk) : 0;
+}
+
+/* Tags the sending socket as captured: from now on its packets never leave the pod in clear. */
+static __always_inline void tag_captured(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = sender(skb);
+	if (!sk)
+		return;
+	__u32 *v = bpf_sk_storage_get(&ambient_captured, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (v)
+		*v = 1;
+}
+
+static __always_inline int is_captured(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = sender(skb);
+	if (!sk)
+		return 0;
+	__u32 *v = bpf_sk_storage_get(&ambient_captured, sk, 0, 0);
+	return v && *v;
+}
+
 static __always_inline int drop_fragment(void)
 {
 	count(STAT_DROP_FRAGMENT);
@@ -181,6 +287,9 @@ static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *
 SEC("tc")
 int ambient_out(struct __sk_buff *skb)
 {
+	int v6 = refuse_ipv6_tcp(skb);
+	if (v6 >= 0)
+		return v6;
 	if ((skb->mark & AGENT_MARK_MASK) == AGENT_MARK)
 		return TC_ACT_OK;
 	const struct ambient_cfg *cfg = config();
@@ -196,21 +305,27 @@ int ambient_out(struct __sk_buff *skb)
 	__be32 daddr = f.tuple.ipv4.daddr;
 	if (is_loopback(daddr) || daddr == cfg->pod_ip4)
 		return TC_ACT_OK;
-	if (!f.syn) {
-		/* Later packets: only flows the agent owns (its accepted socket has the app's tuple); others stay untouched. */
+	if (!f.syn && !is_captured(skb)) {
+		/* Later packets of a socket whose SYN was not captured (opened before enrolment): re-injected only when the
+		 * agent owns the flow (its accepted socket has the app's tuple); others stay untouched. */
 		int state = flow_state(skb, &f.tuple, 0);
 		if (state < 0 || state == TCP_LISTEN)
 			return TC_ACT_OK;
 	}
 	skb->mark = (skb->mark & ~OUTBOUND_MARK) | OUTBOUND_MARK;
-	if (f.syn)
+	if (f.syn) {
+		tag_captured(skb);
 		count(STAT_OUT_REDIRECTED);
+	}
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
 SEC("tc")
 int ambient_in(struct __sk_buff *skb)
 {
+	int v6 = refuse_ipv6_tcp(skb);
+	if (v6 >= 0)
+		return v6;
 	const struct ambient_cfg *cfg = config();
 	struct flow4 f = {};
 	__be32 saddr = 0;
@@ -258,8 +373,11 @@ int ambient_in(struct __sk_buff *skb)
 	}
 	if (state >= 0 && state != TCP_LISTEN && !(f.syn && state == TCP_TIME_WAIT))
 		return TC_ACT_OK;
-	if (!f.syn)
+	if (!f.syn) {
+		/* A captured flow whose agent socket is gone: the stack finds no socket and resets the app, inside the pod. */
+		count(STAT_OUT_ORPHANED);
 		return TC_ACT_OK;
+	}
 	return assign_listener(skb, &f, bpf_htonl(0x7f000001), OUTBOUND_PORT);
 }
 

@@ -377,7 +377,7 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
     new RegExp(`^tc ingress ${dev}: prog ambient_in tag [0-9a-f]{16} id \\d+$`),
     new RegExp(`^tc egress ${dev}: prog ambient_out tag [0-9a-f]{16} id \\d+$`),
     new RegExp(`^map ambient_cfg: v1 pod ${pod.ip.replace(/\./g, '\\.')} id \\d+$`),
-    /^map ambient_stats: percpu counters id \d+ \(out_redirected=\d+ .*drop_spoofed=\d+ drop_fragment=\d+\)$/,
+    /^map ambient_stats: percpu counters id \d+ \(out_redirected=\d+ .*drop_spoofed=\d+ drop_fragment=\d+ drop_ipv6=\d+ out_orphaned=\d+\)$/,
     /^ip rule 100: from all fwmark 0x1000\/0x1000 lookup 100$/,
     /^route table 100: local default dev lo scope host$/,
     new RegExp(`^sysctl net.ipv4.conf.${dev}.accept_local=1$`),

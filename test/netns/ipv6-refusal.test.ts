@@ -1,8 +1,15 @@
 // Until IPv6 is captured, an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
-// ones; nftables: the inet table), never carried around the mesh; a pod outside the mesh keeps its IPv6.
+// ones; nftables: the inet table; ebpf: the tc programs drop it), never carried around the mesh; the rest of IPv6
+// (ICMPv6, neighbour discovery) still works, and a pod outside the mesh keeps its IPv6.
+import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, TestbedPod } from '../testbed/index.js';
 import { AMBIENT, agentPod } from './helpers.js';
+
+/** The ebpf programs' IPv6 drop counter in a pod (-1 when the attached build has none). */
+function ipv6Drops(pod: TestbedPod): number {
+  return podCounters(pod.netnsPath, pod.ifname)?.drop_ipv6 ?? -1;
+}
 
 /** A ULA address on the pod's interface (the testbed's CNI gives IPv4 only); nodad: usable at once. */
 async function addV6(pod: TestbedPod, addr: string): Promise<void> {
@@ -15,7 +22,7 @@ async function v6Connect(client: TestbedPod, addr: string, port: number): Promis
   return { ok: r.exitCode === 0 && out.includes('v6:hi'), out };
 }
 
-for (const mode of ['iptables', 'nftables'] as RedirectMode[]) {
+for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
     const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
     await tb.setNamespace('app', AMBIENT);
@@ -35,11 +42,24 @@ for (const mode of ['iptables', 'nftables'] as RedirectMode[]) {
     }
     const control = await v6Connect(other, 'fd00:db8::3', 8080);
     t.true(control.ok, `IPv6 works between pods outside the mesh: ${control.out}`);
+    const ping = await sleep.exec('ping', ['-6', '-c', '1', '-W', '3', 'fd00:db8::3'], { reject: false, timeout: 10_000 });
+    t.is(ping.exitCode, 0, `ICMPv6 (and neighbour discovery) still work for the enrolled pod: ${String(ping.stdout)}${String(ping.stderr)}`);
+    const d0 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     const out = await v6Connect(sleep, 'fd00:db8::3', 8080);
     t.false(out.ok, `outbound IPv6 from the enrolled pod is refused: ${out.out}`);
+    const d1 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     const inb = await v6Connect(web, 'fd00:db8::2', 9090);
     t.false(inb.ok, `inbound IPv6 to the enrolled pod is refused: ${inb.out}`);
+    const d2 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     t.is((await agentPod(tb, sleep))?.state, 'enrolled');
+    if (mode === 'ebpf') {
+      t.true(d0 >= 0, 'the attached programs count IPv6 drops');
+      t.true(d1 > d0, `the outbound SYN was dropped at egress (drop_ipv6 ${d0} -> ${d1})`);
+      t.true(d2 > d1, `the inbound SYN was dropped at ingress (drop_ipv6 ${d1} -> ${d2})`);
+      const view = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/sleep')}`)).body as { attachments: { ok: boolean; actual: string[] }[] };
+      t.true(view.attachments[0]?.ok, 'rules in sync');
+      t.true(view.attachments[0]?.actual.some((l) => / drop_ipv6=\d+/.test(l)), 'the read-back shows the IPv6 drop counter');
+    }
     if (mode === 'iptables') {
       const rules = String((await sleep.exec('ip6tables-save', ['-t', 'nat'])).stdout);
       t.regex(rules, /-A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001/);

@@ -76,13 +76,13 @@ test('the counter names mirror the stats enum of bpf/redirect.c, in order', (t) 
   const body = /enum \{\s*(STAT_[\s\S]*?)STAT_MAX,/.exec(src)?.[1] ?? '';
   const names = [...body.matchAll(/^\s*STAT_(\w+),/gm)].map((m) => m[1]?.toLowerCase());
   t.deepEqual(names, [...STAT_NAMES]);
-  t.is(STAT_NAMES.at(-1), 'drop_fragment');
+  t.is(STAT_NAMES.at(-1), 'out_orphaned');
 });
 
 test('the stats line shows every counter, and only those an older program\'s shorter map has', (t) => {
-  const all = { out_redirected: 1, out_assigned: 1, in_assigned: 2, drop_no_listener: 0, drop_spoofed: 0, drop_fragment: 4 };
-  t.is(statsLine(8, all), 'map ambient_stats: percpu counters id 8 (out_redirected=1 out_assigned=1 in_assigned=2 drop_no_listener=0 drop_spoofed=0 drop_fragment=4)');
-  const { drop_fragment: _, ...older } = all;
+  const all = { out_redirected: 1, out_assigned: 1, in_assigned: 2, drop_no_listener: 0, drop_spoofed: 0, drop_fragment: 4, drop_ipv6: 3, out_orphaned: 5 };
+  t.is(statsLine(8, all), 'map ambient_stats: percpu counters id 8 (out_redirected=1 out_assigned=1 in_assigned=2 drop_no_listener=0 drop_spoofed=0 drop_fragment=4 drop_ipv6=3 out_orphaned=5)');
+  const { drop_fragment: _f, drop_ipv6: _v, out_orphaned: _o, ...older } = all;
   t.is(statsLine(8, older), 'map ambient_stats: percpu counters id 8 (out_redirected=1 out_assigned=1 in_assigned=2 drop_no_listener=0 drop_spoofed=0)');
   t.is(statsLine(), 'map ambient_stats: percpu counters');
   t.deepEqual(diffLines(expectedLines(POD), [statsLine(8, older)]).missing.filter((l) => l.startsWith('map ambient_stats')), [], 'counters never count as drift');

@@ -11,8 +11,13 @@ export const STATS_MAP = 'ambient_stats';
  * The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). New ones go last: a program of an older
  * build still attached (before re-adoption replaces it) has a shorter map, and its missing counters are left out.
  * drop_fragment: IP fragments of TCP dropped in either direction (a fragmented SYN would bypass the socket assignment).
+ * drop_ipv6: IPv6 TCP dropped in either direction (IPv6 is not captured yet: refused, never bypassed).
+ * out_orphaned: later packets of captured flows whose agent socket was gone (agent killed, flow reset), reset inside
+ * the pod instead of leaving it in clear.
  */
-export const STAT_NAMES = ['out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed', 'drop_fragment'] as const;
+export const STAT_NAMES = [
+  'out_redirected', 'out_assigned', 'in_assigned', 'drop_no_listener', 'drop_spoofed', 'drop_fragment', 'drop_ipv6', 'out_orphaned',
+] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export type Counters = Record<StatName, number>;
 /** Counters as read back from an attached program's map: those its build does not have are absent. */
@@ -50,7 +55,7 @@ export function checkIfname(name: string): string {
   return name;
 }
 
-/** The IPv4 address the programs steer for; the ebpf path is IPv4-only for now. */
+/** The IPv4 address the programs steer for; the ebpf path captures IPv4 only for now (its IPv6 TCP is dropped). */
 export function podIpv4(pod: PodContext): string {
   const ip = pod.ips.find((a) => isIPv4(a));
   if (!ip) throw new Error(`ebpf redirection needs an IPv4 pod address; the pod has ${pod.ips.join(', ') || 'none'} (IPv6 is not supported yet)`);

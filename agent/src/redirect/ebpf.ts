@@ -45,7 +45,9 @@ const HELPERS: { id: number; name: string; since: string }[] = [
   { id: BPF_FUNC.redirect, name: 'bpf_redirect', since: '4.4' },
   { id: BPF_FUNC.skb_change_type, name: 'bpf_skb_change_type', since: '4.8' },
   { id: BPF_FUNC.sk_release, name: 'bpf_sk_release', since: '4.20' },
+  { id: BPF_FUNC.sk_fullsock, name: 'bpf_sk_fullsock', since: '5.1' },
   { id: BPF_FUNC.skc_lookup_tcp, name: 'bpf_skc_lookup_tcp', since: '5.2' },
+  { id: BPF_FUNC.sk_storage_get, name: 'bpf_sk_storage_get', since: '5.2' },
   { id: BPF_FUNC.sk_assign, name: 'bpf_sk_assign', since: '5.7' },
 ];
 
