@@ -26,6 +26,8 @@ export interface PoolOptions {
   maxStreamsPerConnection: number;
   idleTimeoutMs: number;
   connectTimeoutMs: number;
+  /** How long a CONNECT may wait for the peer's answer before the stream is reset and the app's connection refused. */
+  answerTimeoutMs: number;
   keepalive: KeepaliveOptions;
 }
 
@@ -33,6 +35,8 @@ export const DEFAULT_POOL_OPTIONS: PoolOptions = {
   maxStreamsPerConnection: 100,
   idleTimeoutMs: 5 * 60_000,
   connectTimeoutMs: 10_000,
+  // The peer answers once its upstream connect is done (its own 10 s limit): three times that is a peer that never will.
+  answerTimeoutMs: 30_000,
   keepalive: DEFAULT_KEEPALIVE,
 };
 
@@ -136,9 +140,24 @@ export class HbonePool {
     }
     stream.once('close', () => this.release(conn));
     return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
+      const timer = setTimeout(() => {
+        stream.off('error', onError);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new Error(`HBONE CONNECT ${String(headers[':authority'])} was not answered within ${this.opts.answerTimeoutMs} ms`));
+      }, this.opts.answerTimeoutMs);
+      timer.unref();
+      const onError = (err: Error): void => {
+        clearTimeout(timer);
+        reject(err);
+      };
       stream.once('error', onError);
+      // Closed (reset by the peer with NO_ERROR, or the session went away) without an answer or an error.
+      stream.once('close', () => {
+        clearTimeout(timer);
+        reject(new Error(`HBONE stream to ${String(headers[':authority'])} closed before the CONNECT was answered`));
+      });
       stream.once('response', (h) => {
+        clearTimeout(timer);
         stream.off('error', onError);
         const status = Number(h[':status']);
         if (status === 200) return resolve(stream);

@@ -29,7 +29,10 @@ export interface NativeStream {
   readonly closed: Promise<NativeStreamEnd>;
 }
 
-/** An outbound stream: `ready` resolves on 200, rejects with HboneStatusError or the session's failure. */
+/**
+ * An outbound stream: `ready` resolves on 200, rejects with HboneStatusError, the stream's or session's failure (reset or
+ * refused before the answer, connection lost), or when no answer came within the pool's answerTimeoutMs. It always settles.
+ */
 export interface NativeOutbound extends NativeStream {
   readonly ready: Promise<void>;
 }
@@ -52,6 +55,15 @@ export interface NativeListener {
   readonly listening: boolean;
   close(): Promise<void>;
 }
+
+/** A TLS context of the library for one identity's certificate. */
+interface TlsCtx {
+  id: number;
+  serial: string;
+  notAfter: number;
+}
+
+const ctxKey = (server: boolean, identity: string): string => `${server ? 'server' : 'client'}|${identity}`;
 
 interface ClientSession {
   id: number;
@@ -107,7 +119,7 @@ export class NativeHbone {
   private serverSessions = new Map<number, ServerSessionInfo>();
   private streams = new Map<number, StreamWaiter>();
   /** TLS contexts per (role, identity): made once per certificate, replaced on renewal (open sessions keep theirs). */
-  private ctxs = new Map<string, { serial: string; id: number; notAfter: number }>();
+  private ctxs = new Map<string, TlsCtx>();
   private unsubscribe: (() => void) | undefined;
 
   constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}, limits?: Partial<ServerLimits>) {
@@ -180,8 +192,8 @@ export class NativeHbone {
   }
 
   /** The TLS context for an identity's current certificate (client or server side). */
-  private async ctx(server: boolean, identity: string): Promise<{ id: number; serial: string; notAfter: number }> {
-    const key = `${server ? 'server' : 'client'}|${identity}`;
+  private async ctx(server: boolean, identity: string): Promise<TlsCtx> {
+    const key = ctxKey(server, identity);
     const cached = this.ctxs.get(key);
     if (cached && Date.now() < cached.notAfter) return cached;
     const m: TlsMaterial = await this.identities.material(identity);
@@ -194,6 +206,20 @@ export class NativeHbone {
     const entry = { id, serial: m.serial, notAfter: m.notAfter.getTime() };
     this.ctxs.set(key, entry);
     return entry;
+  }
+
+  /**
+   * Runs `use` with the context that is current for (role, identity) at that very moment, in the same synchronous step
+   * as the check: a renewal frees the previous context (dropCtx), so a dial must not hand the library a context it
+   * picked before awaiting its TCP connect. The library takes its own reference when the session call is made.
+   */
+  private async withCurrentCtx<T>(server: boolean, identity: string, use: (ctx: TlsCtx) => T): Promise<T> {
+    const key = ctxKey(server, identity);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const ctx = await this.ctx(server, identity);
+      if (this.ctxs.get(key) === ctx) return use(ctx);
+    }
+    throw Object.assign(new Error(`TLS context for ${identity} was replaced 5 times during one dial`), { code: 'AMB_ERR_NATIVE_TLS' });
   }
 
   private dispatch(ev: NativeEvent): void {
@@ -257,6 +283,8 @@ export class NativeHbone {
         if (!w) return;
         this.streams.delete(ev.stream);
         if (w.session) this.release(w.session);
+        // The library sends a status first; should it ever not, the stream's `ready` still settles.
+        w.onStatus?.(-1, ev.error ?? 'stream closed before the CONNECT was answered');
         w.onClosed({ bytesIn: ev.bytesIn, bytesOut: ev.bytesOut, reset: ev.errored !== 0 || ev.h2Error !== 0, ...(ev.error ? { error: ev.error } : {}) });
         return;
       }
@@ -353,8 +381,16 @@ export class NativeHbone {
     const id = this.need().clientStream(session.id, fd, authority, encodeHeaders(headers));
     const { stream, waiter } = this.track(id, session);
     const ready = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (!waiter.onStatus) return;
+        waiter.onStatus = undefined;
+        this.lib?.closeStream(id);
+        reject(new Error(`HBONE CONNECT ${authority} was not answered within ${this.opts.answerTimeoutMs} ms`));
+      }, this.opts.answerTimeoutMs);
+      timer.unref();
       waiter.onStatus = (status, error) => {
         waiter.onStatus = undefined;
+        clearTimeout(timer);
         if (status === 200) resolve();
         else if (status > 0) reject(new HboneStatusError(status, authority));
         else reject(new Error(`HBONE stream to ${authority} failed: ${error ?? 'connection closed'}`));
@@ -387,18 +423,26 @@ export class NativeHbone {
         await pending;
         continue;
       }
-      const dial = this.dial(key, target, ctx).finally(() => this.dialing.delete(key));
+      const dial = this.dial(key, target).finally(() => this.dialing.delete(key));
       this.dialing.set(key, dial);
       return dial;
     }
   }
 
-  private async dial(key: string, t: HboneTarget, ctx: { id: number; serial: string; notAfter: number }): Promise<ClientSession> {
+  private async dial(key: string, t: HboneTarget): Promise<ClientSession> {
     const started = Date.now();
     const peer = `${t.dstIp}:${INBOUND_HBONE_PORT}`;
     try {
       const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs, allowHalfOpen: false, paused: true });
-      const id = this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity);
+      // The certificate may have been renewed while the TCP connect was in flight: hand over the context current now.
+      let opened: { id: number; ctx: TlsCtx };
+      try {
+        opened = await this.withCurrentCtx(false, t.srcIdentity, (ctx) => ({ id: this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity), ctx }));
+      } catch (err) {
+        raw.destroy();
+        throw err;
+      }
+      const { id, ctx } = opened;
       const s: ClientSession = { id, key, active: 0, limit: this.opts.maxStreamsPerConnection, serial: ctx.serial, validUntil: ctx.notAfter, open: false, idleTimer: undefined };
       this.clientSessions.set(id, s);
       const peerNotAfter = await new Promise<number>((resolve, reject) => {
@@ -489,33 +533,32 @@ export class NativeHbone {
         pending.handshaking = false;
         this.serverStats.handshaking--;
       };
-      this.ctx(true, identity).then(
-        (ctx) => {
-          if (sock.destroyed || !this.lib) {
-            giveUp();
-            return;
-          }
-          let id: number;
-          try {
-            id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
-          } catch (err) {
-            giveUp();
-            onRefused(`cannot hand the connection to the native data plane: ${(err as Error).message}`);
-            this.log.warn({ error: (err as Error).message }, 'hbone connection refused: hand-over failed');
-            return;
-          }
-          sessions.add(id);
-          // The count moves to the session: released by its "up" (client SETTINGS received) or "sessionClosed".
-          pending.handshaking = false;
-          this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions, handshaking: true });
-        },
-        (err: Error) => {
+      // Handed over in the same step as the check that the context is still current (a renewal frees the previous one).
+      const handOver = (ctx: TlsCtx): void => {
+        if (sock.destroyed || !this.lib) {
           giveUp();
-          onRefused(`no certificate: ${err.message}`);
-          this.log.warn({ error: err.message }, 'hbone connection refused: no certificate');
-          sock.destroy();
-        },
-      );
+          return;
+        }
+        let id: number;
+        try {
+          id = this.lib.serverSession(ctx.id, takeFd(sock), trustDomain);
+        } catch (err) {
+          giveUp();
+          onRefused(`cannot hand the connection to the native data plane: ${(err as Error).message}`);
+          this.log.warn({ error: (err as Error).message }, 'hbone connection refused: hand-over failed');
+          return;
+        }
+        sessions.add(id);
+        // The count moves to the session: released by its "up" (client SETTINGS received) or "sessionClosed".
+        pending.handshaking = false;
+        this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions, handshaking: true });
+      };
+      this.withCurrentCtx(true, identity, handOver).catch((err: Error) => {
+        giveUp();
+        onRefused(`no certificate: ${err.message}`);
+        this.log.warn({ error: err.message }, 'hbone connection refused: no certificate');
+        sock.destroy();
+      });
     });
     return {
       get listening() {

@@ -1,0 +1,257 @@
+// The native HBONE control plane's lifecycle races (issue 11): certificates renewed while dials and handshakes are in
+// flight (no dial fails), and CONNECT streams the peer resets or never answers (every `ready` settles). Client and
+// server are one NativeHbone in this process, with real TLS and sockets inside a throwaway network namespace.
+import net from 'node:net';
+import type { ExecutionContext } from 'ava';
+import { pino } from 'pino';
+import { NativeHbone, type NativeInboundRequest, type NativeListener } from '../../agent/src/hbone/native.js';
+import type { HboneTarget } from '../../agent/src/hbone/client-pool.js';
+import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
+import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
+import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
+import { Netns } from '../../agent/src/platform/netns.js';
+import { dialFrom, listenIn } from '../../agent/src/platform/sockets.js';
+import { netnsTest } from '../testbed/ava.js';
+import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
+
+const TD = 'cluster.local';
+const CLIENT_ID = `spiffe://${TD}/ns/app/sa/client`;
+const SERVER_ID = `spiffe://${TD}/ns/app/sa/server`;
+const ECHO_PORT = 9000;
+const APP_PORT = 9001;
+/** Bound on every wait of these tests: generous, only there so that a stuck promise fails instead of hanging. */
+const WAIT_MS = 15_000;
+
+/** Issues certificates ahead of time so that a renewal is one synchronous step, like CertManager's listeners see it. */
+class RotatingIdentities implements IdentityProvider {
+  readonly trustDomain = TD;
+  renewals = 0;
+  private current = new Map<string, TlsMaterial>();
+  private spare = new Map<string, TlsMaterial[]>();
+  private listeners: Array<(identity: string) => void> = [];
+
+  private constructor(private readonly ca: BuiltinCa) {}
+
+  static async create(identities: string[], spares: number): Promise<RotatingIdentities> {
+    const p = new RotatingIdentities(await BuiltinCa.ephemeral({ trustDomain: TD }));
+    for (const id of identities) {
+      p.current.set(id, await p.issue(id));
+      p.spare.set(id, await Promise.all(Array.from({ length: spares }, () => p.issue(id))));
+    }
+    return p;
+  }
+
+  private async issue(identity: string): Promise<TlsMaterial> {
+    const { keys, keyPem } = await generateP256();
+    const res = await this.ca.sign({ csrPem: await createCsr(identity, keys), identity, ttlSeconds: 3600 });
+    const leaf = checkLeafIdentity(identity, res.chainPem[0]);
+    return { identity, keyPem, chainPem: res.chainPem.join(''), rootsPem: res.rootsPem.join(''), serial: leaf.serialNumber, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
+  }
+
+  /** Switches to the next certificate and tells the listeners, synchronously. False when no spare is left. */
+  renew(identity: string): boolean {
+    const next = this.spare.get(identity)?.shift();
+    if (!next) return false;
+    this.current.set(identity, next);
+    this.renewals++;
+    for (const l of this.listeners) l(identity);
+    return true;
+  }
+
+  material(identity: string): Promise<TlsMaterial> {
+    const m = this.current.get(identity);
+    return m ? Promise.resolve(m) : Promise.reject(new Error(`no certificate for ${identity}`));
+  }
+
+  retain(): void {}
+
+  onRenewed(listener: (identity: string) => void): () => void {
+    this.listeners.push(listener);
+    return () => (this.listeners = this.listeners.filter((l) => l !== listener));
+  }
+
+  async stop(): Promise<void> {}
+}
+
+/** A promise's outcome within WAIT_MS, or 'pending' (a promise that never settles is the bug under test). */
+async function within<T>(p: Promise<T>, ms = WAIT_MS): Promise<{ ok: true; value: T } | { ok: false; error: string } | 'pending'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'pending'>((resolve) => (timer = setTimeout(() => resolve('pending'), ms)));
+  try {
+    return await Promise.race([p.then((value) => ({ ok: true as const, value }), (err: Error) => ({ ok: false as const, error: err.message })), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+interface Rig {
+  ns: Netns;
+  ids: RotatingIdentities;
+  hbone: NativeHbone;
+  listener: NativeListener;
+  /** How the server answers each request (default: 200 with a connection to the echo server). */
+  onRequest: (r: NativeInboundRequest) => void;
+  refused: string[];
+  /** Accepted app connections, by the port the app connected from. */
+  accepted: Map<number, net.Socket>;
+  /** The apps' own sockets, destroyed at the end. */
+  clients: net.Socket[];
+}
+
+/** One namespace with an echo server, an app-side listener (paused accepts) and a NativeHbone serving 15008; torn down by t. */
+async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs?: number } = {}): Promise<Rig> {
+  const name = `amb-nhl-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
+  await createNetns(name);
+  t.teardown(() => deleteNetns(name));
+  const ns = Netns.open(netnsPath(name));
+  t.teardown(() => ns.close());
+  const ids = await RotatingIdentities.create([CLIENT_ID, SERVER_ID], opts.spares ?? 0);
+  const hbone = new NativeHbone(ids, pino({ level: 'silent' }), opts.answerTimeoutMs ? { answerTimeoutMs: opts.answerTimeoutMs } : {});
+  hbone.start();
+  t.teardown(() => hbone.stop());
+  // Every socket the test's servers accept is destroyed at the end, so that closing the servers cannot wait on them.
+  const sockets = new Set<net.Socket>();
+  const keep = (s: net.Socket): net.Socket => {
+    s.on('error', () => undefined);
+    sockets.add(s);
+    return s;
+  };
+  const echo = await listenIn(ns, { address: '127.0.0.1', port: ECHO_PORT }, (s) => keep(s).pipe(s));
+  const accepted = new Map<number, net.Socket>();
+  const app = await listenIn(ns, { address: '127.0.0.1', port: APP_PORT, pauseOnConnect: true }, (s) => accepted.set(s.remotePort ?? 0, keep(s)));
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy();
+    await Promise.all([echo, app].map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
+  });
+  const base = {
+    ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
+    onRequest: (req: NativeInboundRequest): void => {
+      dialFrom(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0, paused: true }).then((up) => req.answer(200, up), () => req.answer(503));
+    },
+  };
+  const listener = await hbone.listen(ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
+  const r: Rig = Object.assign(base, { listener });
+  t.teardown(async () => {
+    for (const c of r.clients) c.destroy();
+    await listener.close();
+  });
+  return r;
+}
+
+/** An app connection through HBONE: the app's socket (inside the namespace) and the outbound stream carrying it. */
+async function open(r: Rig, srcIp: string) {
+  const client = await dialFrom(r.ns, { host: '127.0.0.1', port: APP_PORT, mark: 0 });
+  client.on('error', () => undefined);
+  r.clients.push(client);
+  let down: net.Socket | undefined;
+  for (let i = 0; i < 200 && !down; i++) {
+    down = r.accepted.get(client.localPort ?? -1);
+    if (!down) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  if (!down) throw new Error('the app connection was not accepted');
+  const target: HboneTarget = { ns: r.ns, srcIp, srcIdentity: CLIENT_ID, dstIp: '127.0.0.1', dstIdentity: SERVER_ID };
+  return { client, stream: r.hbone.connect(target, down, `127.0.0.1:${ECHO_PORT}`, { forwarded: `for="${srcIp}:1"` }) };
+}
+
+/** Writes `text` and reads it back from the echo server, within WAIT_MS. */
+function echo(client: net.Socket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const timer = setTimeout(() => reject(new Error(`echo of ${text}: got ${JSON.stringify(got)} within ${WAIT_MS} ms`)), WAIT_MS);
+    client.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= text.length) {
+        clearTimeout(timer);
+        resolve(got);
+      }
+    });
+    client.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    client.write(text);
+  });
+}
+
+netnsTest.serial('native: certificates renewed while dials and handshakes are in flight fail no dial (new ones use the new certificate)', async (t) => {
+  const DIALS = 40;
+  const ROTATIONS = 30;
+  const r = await rig(t, { spares: ROTATIONS });
+  // Each source IP is its own pool key, so every connection dials its own HBONE connection (all at once).
+  const opening = Array.from({ length: DIALS }, (_, i) => open(r, `10.77.0.${i + 1}`));
+  // Meanwhile renew both certificates at every turn of the event loop, until the spares run out or every dial settled.
+  let settled = 0;
+  const streams = opening.map((o) => o.then((c) => c.stream).finally(() => settled++));
+  let rotated = 0;
+  let inFlight = 0; // renewals made while at least one dial had not settled
+  while (settled < DIALS && rotated < ROTATIONS) {
+    r.ids.renew(CLIENT_ID);
+    r.ids.renew(SERVER_ID);
+    rotated++;
+    if (settled < DIALS) inFlight++;
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  const results = await Promise.all(streams.map(async (s) => {
+    const opened = await within(s);
+    if (opened === 'pending' || !opened.ok) return opened === 'pending' ? 'connect never settled' : opened.error;
+    const ready = await within(opened.value.ready);
+    return ready === 'pending' ? 'ready never settled' : ready.ok ? 'ok' : ready.error;
+  }));
+  t.log(`${DIALS} dials, ${inFlight} renewals of each certificate while dials were in flight (${settled} dials had settled by the last one)`);
+  const failed = results.filter((x) => x !== 'ok');
+  t.deepEqual(failed, [], `every dial made during the renewals worked; failures: ${failed.slice(0, 3).join(' | ')}`);
+  t.true(inFlight >= 2, 'certificates were renewed while dials were in flight');
+  t.deepEqual(r.refused, [], 'the server refused no handshake');
+  const clients = await Promise.all(opening);
+  const echoed = await Promise.all(clients.map((c, i) => echo(c.client, `hello ${i}`)));
+  t.deepEqual(echoed, clients.map((_, i) => `hello ${i}`), 'bytes go both ways on every connection');
+  // After the renewals, a new connection on an existing key dials with the newest certificate and works.
+  const later = await open(r, '10.77.0.1');
+  t.like(await within(later.stream.then((s) => s.ready)), { ok: true });
+  t.is(await echo(later.client, 'after'), 'after');
+});
+
+netnsTest.serial('native: a CONNECT the peer resets, refuses or never answers settles its ready promise', async (t) => {
+  const r = await rig(t, { answerTimeoutMs: 1500 });
+  // Warm: a connection up and one stream answered.
+  const first = await open(r, '10.78.0.1');
+  t.like(await within(first.stream.then((s) => s.ready)), { ok: true });
+
+  // 1. The server resets the stream before answering it.
+  r.onRequest = (req) => req.stream.close();
+  const reset = await open(r, '10.78.0.1');
+  const resetReady = await within(reset.stream.then((s) => s.ready));
+  t.not(resetReady, 'pending', 'a stream reset before its answer settles');
+  t.like(resetReady, { ok: false });
+  t.log(`reset before the answer: ${JSON.stringify(resetReady)}`);
+
+  // 2. Refused with a status.
+  r.onRequest = (req) => req.answer(401);
+  const refused = await open(r, '10.78.0.1');
+  const refusedReady = await within(refused.stream.then((s) => s.ready));
+  t.like(refusedReady, { ok: false });
+  t.regex(refusedReady === 'pending' || refusedReady.ok ? '' : refusedReady.error, /401/);
+
+  // 3. Never answered: the answer timeout resets the stream.
+  const unanswered: NativeInboundRequest[] = [];
+  r.onRequest = (req) => unanswered.push(req);
+  const silent = await open(r, '10.78.0.1');
+  const silentReady = await within(silent.stream.then((s) => s.ready));
+  t.like(silentReady, { ok: false });
+  t.regex(silentReady === 'pending' || silentReady.ok ? '' : silentReady.error, /not answered within 1500 ms/);
+  const silentEnd = await within((await silent.stream).closed);
+  t.like(silentEnd, { ok: true, value: { reset: true } }, 'the unanswered stream is reset and closed');
+  const serverSide = await within(unanswered[0]?.stream.closed ?? Promise.reject(new Error('no request reached the server')));
+  t.like(serverSide, { ok: true }, 'the server saw the stream end');
+
+  // 4. The whole server side goes away while a request waits for its answer.
+  r.onRequest = (req) => unanswered.push(req);
+  const orphan = await open(r, '10.78.0.1');
+  for (let i = 0; i < 200 && unanswered.length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  await r.listener.close();
+  const orphanReady = await within(orphan.stream.then((s) => s.ready));
+  t.like(orphanReady, { ok: false }, 'a stream whose connection closed before the answer settles');
+
+  // The first stream was on that connection too: it ended, and its app socket with it.
+  t.like(await within((await first.stream).closed), { ok: true });
+});
