@@ -83,6 +83,9 @@ class HttpError extends Error {
   }
 }
 
+/** The client hung up before its request was complete: nothing to answer, and nothing wrong with the agent. */
+class ClientGoneError extends Error {}
+
 function readBody(req: http.IncomingMessage): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -103,7 +106,7 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
         reject(new HttpError(400, { code: 6, msg: 'request body is not valid JSON' }));
       }
     });
-    req.on('error', reject);
+    req.on('error', (err) => reject(new ClientGoneError(describe(err))));
   });
 }
 
@@ -153,6 +156,11 @@ export class EventServer {
       const r = await this.dispatch(req.method ?? '', req.url ?? '', body);
       return reply(r.status, 'application/json', JSON.stringify(r.body));
     } catch (err) {
+      if (err instanceof ClientGoneError) {
+        this.deps.log.debug({ method: req.method, url: req.url?.slice(0, 200), error: err.message }, 'client went away before its request was complete');
+        res.destroy();
+        return;
+      }
       if (err instanceof HttpError) return reply(err.status, 'application/json', JSON.stringify(err.body));
       if (err instanceof EventParseError) return reply(400, 'application/json', JSON.stringify({ code: 7, msg: `malformed request: ${err.message}` }));
       this.deps.log.error({ err }, 'request crashed');
