@@ -62,3 +62,45 @@ export async function captureFabric(tb: Testbed, name: string): Promise<Capture>
     },
   };
 }
+
+/** A raw capture of one interface (every frame, any protocol), for tests that search the bytes themselves. */
+export interface RawCapture {
+  /** Stops tshark and returns the pcapng file's bytes. */
+  stop(): Promise<{ file: string; raw: Buffer; frames: number }>;
+}
+
+/**
+ * Captures every frame on `iface` inside node `node`'s netns (e.g. a pod's host-side veth) into the testbed's run dir,
+ * with no capture filter: what the kernel put on that link, whatever the protocol.
+ */
+export async function captureNodeLink(tb: Testbed, node: number, iface: string, name: string): Promise<RawCapture> {
+  const file = join(tb.runDir, `${name}.pcapng`);
+  const proc = tb.nodeSpawn(node, 'tshark', ['-i', iface, '-w', file, '-q'], { reject: false, stderr: 'pipe' });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`tshark did not start capturing on ${iface} within 15 s`)), 15_000);
+    proc.stderr?.on('data', (d: Buffer) => {
+      if (String(d).includes('Capturing on')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  for (let i = 0; i < 50 && !(await stat(file).then((st) => st.size > 0, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 250));
+  return {
+    async stop() {
+      await new Promise((r) => setTimeout(r, 500));
+      proc.kill('SIGINT');
+      await proc;
+      const count = await execa('tshark', ['-r', file, '-T', 'fields', '-e', 'frame.number'], { reject: false });
+      return { file, raw: await readFile(file), frames: String(count.stdout).split('\n').filter((l) => l.trim() !== '').length };
+    },
+  };
+}
+
+/** How many times `needle` occurs in `haystack` (raw bytes, non-overlapping). */
+export function countOccurrences(haystack: Buffer, needle: Buffer): number {
+  let n = 0;
+  for (let at = haystack.indexOf(needle); at >= 0; at = haystack.indexOf(needle, at + needle.length)) n++;
+  return n;
+}

@@ -147,3 +147,15 @@ export function metricSample(text: string, name: string, labels: Record<string, 
   }
   return undefined;
 }
+
+/** The host side of a pod's veth in its node's netns, found through the peer ifindex (`eth0@ifN`), whatever CNI made it. */
+export async function hostVeth(tb: Testbed, pod: TestbedPod): Promise<string> {
+  const own = String((await pod.exec('ip', ['-o', 'link', 'show', 'dev', pod.ifname])).stdout);
+  const peer = /@if(\d+):/.exec(own)?.[1];
+  if (!peer) throw new Error(`${pod.key}: ${pod.ifname} is not a veth with a visible peer: ${own}`);
+  const links = String((await tb.nodeExec(pod.node.index, 'ip', ['-o', 'link', 'show'])).stdout);
+  const line = links.split('\n').find((l) => l.startsWith(`${peer}: `));
+  const name = line ? /^\d+: ([^@:]+)/.exec(line)?.[1] : undefined;
+  if (!name) throw new Error(`${pod.key}: no interface with index ${peer} in ${pod.node.name}`);
+  return name;
+}
