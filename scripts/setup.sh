@@ -14,6 +14,7 @@ PACKAGES=(
   tshark ncat socat iperf3 iputils-ping procps util-linux gcc libc6-dev binutils python3-h2 stunnel4 libssl-dev libnghttp2-dev
   clang llvm libbpf-dev libbpf1 bpftool
   dnsmasq-base curl  # the testbed's cluster DNS (dnsmasq-base: the binary only, no system service) and HTTP client
+  podman runc mmdebstrap  # the container image (scripts/build-image.sh) and its test: runc, since crun fails on hybrid cgroups
 )
 # kubectl, to cross-check the fake API server the Kubernetes source is tested against (any kubectl will do: keep one
 # that is already installed, e.g. from another package, rather than clash with it).

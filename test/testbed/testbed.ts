@@ -695,7 +695,7 @@ export class Testbed implements Destroyable {
         redirectMode: o.redirectMode ?? 'iptables',
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),
-        // The real agent knows the cluster's Service range, as a production config should (deploy/20-configmap.yaml).
+        // The real agent knows the cluster's Service range, as a production config should (deploy/base/config.yaml).
         extraArgs: [...dataPathArgs(o.dataPath ?? testDataPath()), ...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? [])],
         readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
       });

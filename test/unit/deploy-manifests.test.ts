@@ -1,10 +1,11 @@
-// deploy/*.yaml parsed with the yaml package: the fields that matter for a node agent (scheduling, host access, exact
-// capabilities, readiness, least-privilege RBAC) and their agreement with the code (flags, config keys, socket path, API calls).
+// deploy/base and each deploy/overlays/* rendered with `kubectl kustomize`: the fields that matter for a node agent (scheduling,
+// host access, exact capabilities, readiness, least-privilege RBAC), their agreement with the code, and what each overlay changes.
 import test from 'ava';
 import { Command } from 'commander';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
 import { parseAgentConfig, type RawConfig } from '../../agent/src/config.js';
@@ -39,13 +40,16 @@ interface Container {
   command: string[];
   args: string[];
   env?: Array<{ name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
-  securityContext: { privileged?: boolean; allowPrivilegeEscalation?: boolean; capabilities: { add?: string[]; drop?: string[] }; appArmorProfile?: { type: string } };
+  securityContext: { privileged?: boolean; allowPrivilegeEscalation?: boolean; readOnlyRootFilesystem?: boolean; runAsUser?: number; capabilities: { add?: string[]; drop?: string[] }; appArmorProfile?: { type: string } };
   readinessProbe: { httpGet?: { host?: string; path: string; port: number }; exec?: { command: string[] } };
   volumeMounts: Mount[];
 }
 interface Volume {
   name: string;
   hostPath?: { path: string; type?: string };
+  configMap?: { name: string };
+  secret?: { secretName: string; defaultMode?: number };
+  projected?: unknown;
 }
 interface PodSpec {
   serviceAccountName: string;
@@ -60,40 +64,69 @@ interface DaemonSet extends Obj {
 }
 
 const DEPLOY = join(REPO_ROOT, 'deploy');
+const OVERLAYS = ['ebpf', 'nftables', 'builtin-ca', 'trust-domain'] as const;
+type Overlay = (typeof OVERLAYS)[number];
 
-function load(): Obj[] {
-  const out: Obj[] = [];
-  for (const file of readdirSync(DEPLOY).filter((f) => f.endsWith('.yaml')).sort()) {
-    for (const doc of parseAllDocuments(readFileSync(join(DEPLOY, file), 'utf8'))) {
-      if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors.map((e) => e.message).join('; ')}`);
-      out.push(doc.toJS() as Obj);
+/** `kubectl kustomize deploy/<dir>` (offline), every document parsed. */
+function render(dir: string): Obj[] {
+  const text = execFileSync('kubectl', ['kustomize', join(DEPLOY, dir)], { encoding: 'utf8', timeout: 30_000 });
+  return parseAllDocuments(text).map((doc) => {
+    if (doc.errors.length > 0) throw new Error(`${dir}: ${doc.errors.map((e) => e.message).join('; ')}`);
+    return doc.toJS() as Obj;
+  });
+}
+
+/** One rendered kustomization and the views of it the tests read. */
+class Rendered {
+  readonly ds: DaemonSet;
+  readonly pod: PodSpec;
+  constructor(readonly objs: Obj[]) {
+    this.ds = this.one<DaemonSet>('DaemonSet');
+    this.pod = this.ds.spec.template.spec;
+  }
+  one<T extends Obj>(kind: string, name?: string): T {
+    const found = this.objs.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+    if (found.length !== 1) throw new Error(`expected one ${kind} ${name ?? ''}, found ${found.length}`);
+    return found[0] as T;
+  }
+  container(name: string): Container {
+    const c = this.pod.containers.find((x) => x.name === name);
+    if (!c) throw new Error(`no container ${name}`);
+    return c;
+  }
+  /** mountPath -> host path for a container's hostPath mounts. */
+  hostMounts(c: Container): Record<string, { host: string; mount: Mount }> {
+    const out: Record<string, { host: string; mount: Mount }> = {};
+    for (const m of c.volumeMounts) {
+      const v = this.pod.volumes.find((x) => x.name === m.name);
+      if (v?.hostPath) out[m.mountPath] = { host: v.hostPath.path, mount: m };
     }
+    return out;
   }
-  return out;
+  /** The agent's config file as the ConfigMap holds it, parsed as YAML. */
+  rawConfig(): RawConfig {
+    const cfg = this.one<Obj & { data: Record<string, string> }>('ConfigMap');
+    return (parseAllDocuments(cfg.data['config.yaml'] ?? '')[0]?.toJS() ?? {}) as RawConfig;
+  }
+  /** The agent container's mount of a volume, with the volume. */
+  mountOf(c: Container, volume: string): { mount: Mount; volume: Volume } | undefined {
+    const mount = c.volumeMounts.find((m) => m.name === volume);
+    const vol = this.pod.volumes.find((v) => v.name === volume);
+    return mount && vol ? { mount, volume: vol } : undefined;
+  }
 }
 
-const objs = load();
-function one<T extends Obj>(kind: string, name?: string): T {
-  const found = objs.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
-  if (found.length !== 1) throw new Error(`expected one ${kind} ${name ?? ''}, found ${found.length}`);
-  return found[0] as T;
-}
-const ds = one<DaemonSet>('DaemonSet');
-const pod = ds.spec.template.spec;
-function container(name: string): Container {
-  const c = pod.containers.find((x) => x.name === name);
-  if (!c) throw new Error(`no container ${name}`);
-  return c;
-}
-/** mountPath -> host path for a container's hostPath mounts. */
-function hostMounts(c: Container): Record<string, { host: string; mount: Mount }> {
-  const out: Record<string, { host: string; mount: Mount }> = {};
-  for (const m of c.volumeMounts) {
-    const v = pod.volumes.find((x) => x.name === m.name);
-    if (v?.hostPath) out[m.mountPath] = { host: v.hostPath.path, mount: m };
-  }
-  return out;
-}
+const base = new Rendered(render('base'));
+const overlays = Object.fromEntries(OVERLAYS.map((o) => [o, new Rendered(render(`overlays/${o}`))])) as Record<Overlay, Rendered>;
+const objs = base.objs;
+const one = <T extends Obj>(kind: string, name?: string): T => base.one<T>(kind, name);
+const ds = base.ds;
+const pod = base.pod;
+const container = (name: string): Container => base.container(name);
+const hostMounts = (c: Container): Record<string, { host: string; mount: Mount }> => base.hostMounts(c);
+/** Object names with kustomize's content hash suffix removed (ambient-node-config-<10 chars>). */
+const unhashed = (o: Obj): string => `${o.kind}/${o.kind === 'ConfigMap' ? o.metadata.name.replace(/-[a-z0-9]{10}$/, '') : o.metadata.name}`;
+
 /** Rules as "group/resource:verb" strings (resourceNames appended), so sets compare exactly. */
 function grants(rules: Rule[]): string[] {
   return rules
@@ -138,8 +171,8 @@ async function sourceRequests(): Promise<string[]> {
   }
 }
 
-test('every manifest parses and the set of objects is the expected one', (t) => {
-  t.deepEqual(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+test('the base renders and the set of objects is the expected one', (t) => {
+  t.deepEqual(objs.map(unhashed).sort(), [
     'ClusterRole/ambient-node',
     'ClusterRoleBinding/ambient-node',
     'ConfigMap/ambient-node-config',
@@ -215,16 +248,14 @@ test('install-cni container: no capabilities, the CNI bin and conf dirs only, --
 });
 
 test('the plugin entry, the agent config and the mounts agree on the agent socket', (t) => {
-  const cfg = one<Obj & { data: Record<string, string> }>('ConfigMap');
-  const raw = (parseAllDocuments(cfg.data['config.yaml'] ?? '')[0]?.toJS() ?? {}) as RawConfig;
+  const raw = base.rawConfig();
   const socketFlag = container('install-cni').args.find((a) => a.startsWith('--agent-socket='))?.split('=')[1];
   t.is(raw.socketPath, socketFlag);
   t.true(String(socketFlag).startsWith('/var/run/ambient-node/'), 'the socket is in the run dir the agent shares with the host');
 });
 
 test('the ConfigMap holds a valid agent config', (t) => {
-  const cfg = one<Obj & { data: Record<string, string> }>('ConfigMap');
-  const raw = (parseAllDocuments(cfg.data['config.yaml'] ?? '')[0]?.toJS() ?? {}) as RawConfig;
+  const raw = base.rawConfig();
   const parsed = parseAgentConfig(raw, {}, { NODE_NAME: 'node-1' });
   t.like(parsed, { workloadSource: 'kubernetes', kubeconfig: '', ca: 'istio' });
   t.is(hostMounts(container('agent'))[parsed.procRoot]?.host, '/proc', 'procRoot is where the host\'s /proc is mounted');
@@ -271,4 +302,90 @@ test('RBAC: the ClusterRole lists, watches and patches exactly what the kubernet
   // Every resource granted is one the source uses.
   const resource = (g: string): string => g.replace(/:.*$/, '');
   t.deepEqual([...new Set(granted.map(resource))].sort(), [...new Set(used.map(resource))].sort());
+});
+
+/** The agent config as the parser reads it (unknown keys throw), for a node named node-1. */
+const parsedConfig = (r: Rendered) => parseAgentConfig(r.rawConfig(), {}, { NODE_NAME: 'node-1' });
+/** What each overlay changes in the agent's config file, and nothing else: keys set, keys removed. */
+const CONFIG_CHANGES: Record<Overlay, { set: RawConfig; removed: string[] }> = {
+  ebpf: { set: { redirectMode: 'ebpf' }, removed: [] },
+  nftables: { set: { redirectMode: 'nftables' }, removed: [] },
+  'trust-domain': { set: { trustDomain: 'mesh.example.com' }, removed: [] },
+  'builtin-ca': { set: { ca: 'builtin', caDir: '/var/run/secrets/ambient-node-ca' }, removed: ['istioCaAddress', 'istioCaRootCert', 'istioCaTokenFile'] },
+};
+
+test('every overlay renders the same objects as the base, and the DaemonSet mounts the config it generates', (t) => {
+  for (const [name, r] of [['base', base] as const, ...Object.entries(overlays)]) {
+    t.deepEqual(r.objs.map(unhashed).sort(), objs.map(unhashed).sort(), name);
+    const cm = r.one<Obj>('ConfigMap');
+    t.regex(cm.metadata.name, /^ambient-node-config-[a-z0-9]{10}$/, `${name}: hashed, so a changed config rolls the DaemonSet`);
+    t.is(r.mountOf(r.container('agent'), 'config')?.volume.configMap?.name, cm.metadata.name, name);
+    t.is(r.mountOf(r.container('agent'), 'config')?.mount.mountPath, '/etc/ambient-node', name);
+  }
+});
+
+test('each overlay\'s agent config is the base\'s with only its own keys changed, and the agent\'s parser accepts it', (t) => {
+  const baseRaw = base.rawConfig();
+  for (const o of OVERLAYS) {
+    const { set, removed } = CONFIG_CHANGES[o];
+    const expected: RawConfig = { ...baseRaw, ...set };
+    for (const k of removed) delete expected[k];
+    t.deepEqual(overlays[o].rawConfig(), expected, o);
+    t.like(parsedConfig(overlays[o]), set, o);
+  }
+  t.is(parsedConfig(base).redirectMode, 'iptables');
+});
+
+test('capabilities: BPF and privileged only in the ebpf overlay; the other overlays keep the base\'s exact securityContext', (t) => {
+  const agentCaps = (r: Rendered) => [...(r.container('agent').securityContext.capabilities.add ?? [])].sort();
+  for (const o of OVERLAYS) {
+    const r = overlays[o];
+    const sc = r.container('agent').securityContext;
+    if (o === 'ebpf') {
+      t.deepEqual(agentCaps(r), ['BPF', 'NET_ADMIN', 'NET_RAW', 'SYS_ADMIN', 'SYS_PTRACE']);
+      t.true(sc.privileged, 'accept_local on the pod interface: /proc/sys is read-only unprivileged');
+      t.is(parsedConfig(r).redirectMode, 'ebpf');
+    } else {
+      t.deepEqual(sc, container('agent').securityContext, o);
+      t.false(agentCaps(r).includes('BPF'), o);
+    }
+    // install-cni never changes with the overlay.
+    t.deepEqual(r.container('install-cni'), container('install-cni'), o);
+  }
+  t.false(agentCaps(base).includes('BPF'));
+});
+
+test('Istio CA overlays mount the token and root the config names; builtin-ca mounts the shared root Secret read-only instead', (t) => {
+  for (const [name, r] of [['base', base] as const, ...Object.entries(overlays)]) {
+    const cfg = parsedConfig(r);
+    const agent = r.container('agent');
+    if (name === 'builtin-ca') {
+      t.is(cfg.ca, 'builtin');
+      const ca = r.mountOf(agent, 'ca-root');
+      t.is(ca?.volume.secret?.secretName, 'ambient-node-ca');
+      t.is(ca?.mount.mountPath, cfg.caDir);
+      t.true(ca?.mount.readOnly);
+      t.is(ca?.volume.secret?.defaultMode, 0o400, 'the root key is readable by root only');
+      t.deepEqual(r.pod.volumes.filter((v) => v.name.startsWith('istio')), [], 'no istiod token or root certificate to wait for');
+      t.false(agent.volumeMounts.some((m) => m.mountPath.startsWith('/var/run/secrets/istio') || m.mountPath === '/var/run/secrets/tokens'));
+    } else {
+      t.is(cfg.ca, 'istio', name);
+      t.is(r.mountOf(agent, 'istio-token')?.mount.mountPath, dirname(cfg.istioCaTokenFile), name);
+      t.is(r.mountOf(agent, 'istio-ca-root-cert')?.mount.mountPath, dirname(cfg.istioCaRootCert), name);
+      t.is(r.mountOf(agent, 'istio-ca-root-cert')?.volume.configMap?.name, 'istio-ca-root-cert', name);
+    }
+  }
+});
+
+test('the image the manifests run: both containers use the image name kustomize sets and the entry point the Containerfile installs', (t) => {
+  const containerfile = readFileSync(join(DEPLOY, 'image/Containerfile'), 'utf8');
+  for (const [name, r] of [['base', base] as const, ...Object.entries(overlays)]) {
+    for (const c of r.pod.containers) {
+      t.is((c as Container & { image: string }).image, 'ambient-node:0.1.0', `${name}/${c.name}`);
+      const main = c.command.find((a) => a.endsWith('/main.js'));
+      t.is(main, '/opt/ambient-node/dist/agent/src/main.js', `${name}/${c.name}`);
+      t.is(c.command[0], 'node');
+    }
+  }
+  t.true(containerfile.includes('/opt/ambient-node'), 'the image installs the build at /opt/ambient-node');
 });
