@@ -13,8 +13,10 @@
 // A socket whose SYN was captured is tagged (socket storage): its later packets are always re-injected, even when the
 // agent's socket for the flow is gone (agent killed, connection reset), so the stack resets them inside the pod; without
 // the tag, segments an app sent before taking the reset in left the pod in clear.
-// IPv4 only for now: IPv6 TCP is not captured, so it is dropped both ways (never bypasses the mesh); the rest of IPv6
-// (ICMPv6 neighbour discovery, UDP) passes. The config is laid out so an IPv6 capture path slots in beside IPv4.
+// IPv4 only for now: IPv6 TCP is not captured, so it is refused both ways (never bypasses the mesh): a connection-opening
+// SYN is turned into the RST a closed port would send and handed back to its sender (the app or the peer is refused at
+// once, as with ip6tables' redirect to a port nobody listens on), anything else is dropped. The rest of IPv6 (ICMPv6
+// neighbour discovery, UDP) passes. The config is laid out so an IPv6 capture path slots in beside IPv4.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -28,6 +30,7 @@
 #define AGENT_MARK 0x539
 #define AGENT_MARK_MASK 0xfff
 #define OUTBOUND_MARK 0x1000
+#define IPV6_RESET_MARK 0x2000 /* a RST made here for a refused IPv6 SYN, on its way back to the sender */
 #define OUTBOUND_PORT 15001
 #define INBOUND_PLAINTEXT_PORT 15006
 #define INBOUND_HBONE_PORT 15008
@@ -63,7 +66,7 @@ enum {
 	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
 	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
 	STAT_DROP_FRAGMENT,   /* IP fragments of TCP, either direction (a fragmented SYN could bypass the assignment) */
-	STAT_DROP_IPV6,       /* IPv6 TCP, either direction (not captured yet: refused, never bypassed) */
+	STAT_DROP_IPV6,       /* IPv6 TCP, either direction (not captured yet: a SYN is answered with a RST, the rest dropped) */
 	STAT_OUT_ORPHANED,    /* later packets of captured flows whose agent socket was gone: reset inside the pod, not sent */
 	STAT_MAX,
 };
@@ -191,18 +194,93 @@ static __always_inline int ipv6_tcp(struct __sk_buff *skb)
 	return 1;
 }
 
-/* IPv6 TCP is dropped both ways until IPv6 is captured. Returns TC_ACT_SHOT for it, -1 for anything else. */
-static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb)
+struct pseudo6 {
+	struct in6_addr saddr;
+	struct in6_addr daddr;
+	__be32 len;
+	__be32 nexthdr;
+};
+
+struct rst6 {
+	struct ethhdr eth;
+	struct ipv6hdr ip6;
+	struct tcphdr tcp;
+} __attribute__((packed));
+
+/*
+ * Rewrites an IPv6 TCP SYN (no extension headers) in place into the RST+ACK a closed port answers it with, addressed back
+ * to its sender. Returns 0 when done; anything else leaves the packet as it was (it is then dropped).
+ */
+static __always_inline int syn_to_rst6(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct rst6 *in = data;
+	if ((void *)(in + 1) > data_end)
+		return -1;
+	if (in->ip6.nexthdr != IPPROTO_TCP || !in->tcp.syn || in->tcp.ack || in->tcp.rst)
+		return -1;
+	__u32 plen = bpf_ntohs(in->ip6.payload_len);
+	__u32 doff = in->tcp.doff * 4;
+	if (doff < sizeof(struct tcphdr) || plen < doff)
+		return -1;
+	struct rst6 r = {};
+	__builtin_memcpy(r.eth.h_dest, in->eth.h_source, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_source, in->eth.h_dest, ETH_ALEN);
+	r.eth.h_proto = bpf_htons(ETH_P_IPV6);
+	r.ip6.version = 6;
+	r.ip6.payload_len = bpf_htons(sizeof(struct tcphdr));
+	r.ip6.nexthdr = IPPROTO_TCP;
+	r.ip6.hop_limit = 64;
+	r.ip6.saddr = in->ip6.daddr;
+	r.ip6.daddr = in->ip6.saddr;
+	struct tcphdr th = {};
+	th.source = in->tcp.dest;
+	th.dest = in->tcp.source;
+	th.ack_seq = bpf_htonl(bpf_ntohl(in->tcp.seq) + 1 + (plen - doff)); /* the SYN and any data it carried */
+	th.doff = sizeof(struct tcphdr) / 4;
+	th.rst = 1;
+	th.ack = 1;
+	struct pseudo6 ph = { .saddr = r.ip6.saddr, .daddr = r.ip6.daddr, .len = bpf_htonl(sizeof(th)), .nexthdr = bpf_htonl(IPPROTO_TCP) };
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+	if (sum < 0)
+		return -1;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&th, sizeof(th), (__u32)sum);
+	if (sum < 0)
+		return -1;
+	__u32 c = (__u32)sum;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	th.check = (__sum16)~c;
+	__builtin_memcpy(&r.tcp, &th, sizeof(th));
+	if (bpf_skb_change_tail(skb, sizeof(r), 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, &r, sizeof(r), 0))
+		return -1;
+	return 0;
+}
+
+/*
+ * IPv6 TCP is refused both ways until IPv6 is captured: a SYN is answered with a RST sent back to where it came from
+ * (egress: to the pod's own ingress, for the app; ingress: out of the pod, for the peer), anything else is dropped.
+ * Returns the verdict for IPv6 TCP, -1 for anything else (the caller goes on). Our own RSTs pass on their way back.
+ */
+static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb, int egress)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return -1;
+	if (skb->mark == IPV6_RESET_MARK)
+		return TC_ACT_OK;
 	if (!ipv6_tcp(skb))
 		return -1;
 	count(STAT_DROP_IPV6);
-	return TC_ACT_SHOT;
+	if (syn_to_rst6(skb))
+		return TC_ACT_SHOT;
+	skb->mark = IPV6_RESET_MARK;
+	return bpf_redirect(skb->ifindex, egress ? BPF_F_INGRESS : 0);
 }
 
 /* The sending socket, when it is a full one (a timewait or request socket, or none, has no storage). */
@@ -287,7 +365,7 @@ static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *
 SEC("tc")
 int ambient_out(struct __sk_buff *skb)
 {
-	int v6 = refuse_ipv6_tcp(skb);
+	int v6 = refuse_ipv6_tcp(skb, 1);
 	if (v6 >= 0)
 		return v6;
 	if ((skb->mark & AGENT_MARK_MASK) == AGENT_MARK)
@@ -323,7 +401,7 @@ int ambient_out(struct __sk_buff *skb)
 SEC("tc")
 int ambient_in(struct __sk_buff *skb)
 {
-	int v6 = refuse_ipv6_tcp(skb);
+	int v6 = refuse_ipv6_tcp(skb, 0);
 	if (v6 >= 0)
 		return v6;
 	const struct ambient_cfg *cfg = config();

@@ -1,5 +1,6 @@
 // Until IPv6 is captured, an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
-// ones; nftables: the inet table; ebpf: the tc programs drop it), never carried around the mesh; the rest of IPv6
+// ones; nftables: the inet table; ebpf: the tc programs answer a SYN with a RST and drop the rest), never carried around
+// the mesh, and refused at once (a reset, not a timeout); the rest of IPv6
 // (ICMPv6, neighbour discovery) still works, and a pod outside the mesh keeps its IPv6.
 import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
@@ -47,15 +48,17 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const d0 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     const out = await v6Connect(sleep, 'fd00:db8::3', 8080);
     t.false(out.ok, `outbound IPv6 from the enrolled pod is refused: ${out.out}`);
+    t.regex(out.out, /refused/i, 'at once, with a reset (the app can fall back to IPv4 without waiting for a timeout)');
     const d1 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     const inb = await v6Connect(web, 'fd00:db8::2', 9090);
     t.false(inb.ok, `inbound IPv6 to the enrolled pod is refused: ${inb.out}`);
+    t.regex(inb.out, /refused/i, 'the peer is reset at once too');
     const d2 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     t.is((await agentPod(tb, sleep))?.state, 'enrolled');
     if (mode === 'ebpf') {
       t.true(d0 >= 0, 'the attached programs count IPv6 drops');
-      t.true(d1 > d0, `the outbound SYN was dropped at egress (drop_ipv6 ${d0} -> ${d1})`);
-      t.true(d2 > d1, `the inbound SYN was dropped at ingress (drop_ipv6 ${d1} -> ${d2})`);
+      t.true(d1 > d0, `the outbound SYN was refused at egress (drop_ipv6 ${d0} -> ${d1})`);
+      t.true(d2 > d1, `the inbound SYN was refused at ingress (drop_ipv6 ${d1} -> ${d2})`);
       const view = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/sleep')}`)).body as { attachments: { ok: boolean; actual: string[] }[] };
       t.true(view.attachments[0]?.ok, 'rules in sync');
       t.true(view.attachments[0]?.actual.some((l) => / drop_ipv6=\d+/.test(l)), 'the read-back shows the IPv6 drop counter');

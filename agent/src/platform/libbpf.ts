@@ -10,7 +10,8 @@ export const BPF_PROG_TYPE_SCHED_CLS = 3;
 export const BPF_ANY = 0;
 /** Kernel helper ids (linux/bpf.h) the programs call, for the feature probe. */
 export const BPF_FUNC = {
-  redirect: 23, skb_change_type: 32, sk_release: 86, sk_fullsock: 95, skc_lookup_tcp: 99, sk_storage_get: 107, sk_assign: 124,
+  skb_store_bytes: 9, redirect: 23, csum_diff: 28, skb_change_type: 32, skb_change_tail: 38, sk_release: 86, sk_fullsock: 95,
+  skc_lookup_tcp: 99, sk_storage_get: 107, sk_assign: 124,
 } as const;
 
 /** The libbpf failure, with everything libbpf and the verifier printed while it happened (verbatim). */

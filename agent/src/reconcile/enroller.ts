@@ -339,7 +339,7 @@ export class Enroller {
     const v6 = rec.ips.filter((ip) => !isIPv4(ip));
     if (v6.length > 0 && !this.live.has(key)) {
       plog.warn({ ipv6: v6, backend: this.backend.name }, this.backend.name === 'ebpf'
-        ? 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is dropped both ways by its tc programs (never sent around the mesh)'
+        ? 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused both ways by its tc programs (never sent around the mesh)'
         : 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused (never sent around the mesh)');
     }
     let live = this.live.get(key);

@@ -11,7 +11,7 @@ export const STATS_MAP = 'ambient_stats';
  * The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). New ones go last: a program of an older
  * build still attached (before re-adoption replaces it) has a shorter map, and its missing counters are left out.
  * drop_fragment: IP fragments of TCP dropped in either direction (a fragmented SYN would bypass the socket assignment).
- * drop_ipv6: IPv6 TCP dropped in either direction (IPv6 is not captured yet: refused, never bypassed).
+ * drop_ipv6: IPv6 TCP refused in either direction (not captured yet): a SYN is answered with a RST, the rest dropped.
  * out_orphaned: later packets of captured flows whose agent socket was gone (agent killed, flow reset), reset inside
  * the pod instead of leaving it in clear.
  */

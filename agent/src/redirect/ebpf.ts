@@ -42,8 +42,11 @@ export function defaultObjectPath(): string {
 }
 
 const HELPERS: { id: number; name: string; since: string }[] = [
+  { id: BPF_FUNC.skb_store_bytes, name: 'bpf_skb_store_bytes', since: '4.1' },
   { id: BPF_FUNC.redirect, name: 'bpf_redirect', since: '4.4' },
+  { id: BPF_FUNC.csum_diff, name: 'bpf_csum_diff', since: '4.6' },
   { id: BPF_FUNC.skb_change_type, name: 'bpf_skb_change_type', since: '4.8' },
+  { id: BPF_FUNC.skb_change_tail, name: 'bpf_skb_change_tail', since: '4.9' },
   { id: BPF_FUNC.sk_release, name: 'bpf_sk_release', since: '4.20' },
   { id: BPF_FUNC.sk_fullsock, name: 'bpf_sk_fullsock', since: '5.1' },
   { id: BPF_FUNC.skc_lookup_tcp, name: 'bpf_skc_lookup_tcp', since: '5.2' },
