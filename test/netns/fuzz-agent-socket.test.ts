@@ -207,11 +207,14 @@ function exchange(socketPath: string, c: SocketCase, waitMs: number): Promise<Ex
 /** Connections that send a request line and then one header byte at a time, slowly, never finishing. */
 function slowloris(socketPath: string, count: number): { stop: () => void; closedByAgent: () => number } {
   let closed = 0;
+  let stopped = false;
   const sockets: net.Socket[] = [];
   for (let i = 0; i < count; i++) {
     const s = net.connect(socketPath);
     s.on('error', () => undefined);
-    s.on('close', () => closed++);
+    s.on('close', () => {
+      if (!stopped) closed++;
+    });
     s.on('connect', () => s.write('POST /v1/cni/add HTTP/1.1\r\nHost: ambient-node\r\nX-Slow: '));
     sockets.push(s);
   }
@@ -220,10 +223,9 @@ function slowloris(socketPath: string, count: number): { stop: () => void; close
   }, 1000);
   return {
     stop: () => {
+      stopped = true;
       clearInterval(drip);
-      const before = closed;
       for (const s of sockets) s.destroy();
-      closed = before;
     },
     closedByAgent: () => closed,
   };
@@ -274,6 +276,11 @@ netnsTest.serial('fuzz: malformed requests on the agent socket crash nothing, lo
     const key = `${c.kind} ${x.status ?? (x.timedOut ? 'open' : 'closed')}`;
     statuses.set(key, (statuses.get(key) ?? 0) + 1);
     if (c.answerExpected && x.timedOut) found.push(`case ${i} (${c.kind}): no answer within 15 s: ${JSON.stringify(c.chunks[0]?.subarray(0, 120).toString('latin1'))}`);
+    // A complete request within the body limit gets an answer even when the client half-closed after sending it
+    // (CONNECT has no handler: Node closes it; over the limit the agent resets the connection).
+    const bytes = c.chunks.reduce((n, b) => n + b.length, 0);
+    const owed = c.answerExpected && bytes <= 1 << 20 && !c.chunks[0]?.subarray(0, 8).toString('latin1').startsWith('CONNECT ');
+    if (owed && !x.answered && !x.timedOut) found.push(`case ${i} (${c.kind}): closed without an answer: ${JSON.stringify(c.chunks[0]?.subarray(0, 120).toString('latin1'))}`);
     if (/"code":999/.test(x.body) || x.status === 500 && /internal error/.test(x.body)) found.push(`case ${i} (${c.kind}): internal error: ${x.body.slice(0, 300)}`);
     if (i % 100 === 0) {
       // The agent answers a well-behaved client while all of this (and the slowloris connections) go on.

@@ -65,8 +65,11 @@ export async function assertNodeSurvived(t: ExecutionContext, tb: Testbed, node:
   t.deepEqual(lostFile, [], `${label}: no pod record lost or changed on node ${node} (state file)`);
   const extra = after.pods.filter((p) => !before.pods.includes(p));
   t.deepEqual(extra, [], `${label}: no pod record added by the fuzzer on node ${node}`);
+  const fdsRightAfter = await agentFds(tb, node);
+  const waitStarted = Date.now();
   const fds = await eventually(() => agentFds(tb, node), (n) => n <= before.fds + 8, fdWaitMs);
-  t.log(`${label}: node ${node} agent pid ${before.pid}, fds ${before.fds} -> ${fds}, ${after.pods.length} pods`);
+  t.log(`${label}: node ${node} agent pid ${before.pid}, fds ${before.fds} -> ${fdsRightAfter} right after the pass -> ${fds} `
+    + `${Date.now() - waitStarted} ms later, ${after.pods.length} pods`);
   if (fds > before.fds + 8) t.log(`${label}: node ${node} agent descriptors still open: ${await fdKinds(before.pid)}`);
   t.true(fds <= before.fds + 8, `${label}: node ${node} descriptors back near before (${before.fds} -> ${fds})`);
 }

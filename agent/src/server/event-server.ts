@@ -126,6 +126,10 @@ export class EventServer {
     rmSync(this.socketPath, { force: true });
     const server = http.createServer((req, res) => void this.handle(req, res));
     server.keepAliveTimeout = 5000;
+    // A client may half-close once its request is sent; Node's default would then end the socket before the verdict is
+    // written (an ADD done, its answer lost). httpAllowHalfOpen (a long-standing http.Server field, not in @types/node)
+    // keeps the write side open until the reply.
+    (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.socketPath, () => resolve());
