@@ -95,12 +95,16 @@ if [ ! -d node_modules ]; then
 fi
 
 step "building $tag"
-# Host network for the build's apt-get: nothing is created in the root network namespace. The build and runtime stages
-# run side by side (--jobs 2); unchanged steps come from the layer cache.
-pm build --network host --layers --jobs 2 --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
-  -f deploy/image/Containerfile --ignorefile deploy/image/Containerfile.ignore \
-  --build-arg "DEBIAN_IMAGE=$debian_ref" --build-arg "NODE_IMAGE=$node_ref" \
-  -t "$tag" . >&2
+build_args=(--network host --layers --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+  -f deploy/image/Containerfile --ignorefile deploy/image/Containerfile.ignore
+  --build-arg "DEBIAN_IMAGE=$debian_ref" --build-arg "NODE_IMAGE=$node_ref")
+# Host network for the build's apt-get: nothing is created in the root network namespace. The build stage is tagged
+# first, so that pruning the previous builds' layers below keeps its toolchain layer (apt-get of the compilers: minutes);
+# then the whole image, the build stage from the layer cache.
+pm build "${build_args[@]}" --target build -t "localhost/ambient-node-build:cache" . >&2
+pm build "${build_args[@]}" -t "$tag" . >&2
+# Earlier builds' layers (each source change leaves ~0.5 GB) go; the bases, the toolchain and this build's layers stay.
+pm image prune --force >/dev/null
 step "built $tag"
 if [ -n "$push" ]; then
   step "pushing to $push"
