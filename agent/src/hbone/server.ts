@@ -210,13 +210,27 @@ const peerIdentities = new WeakMap<http2.ServerHttp2Session, string>();
 export type UpstreamFate = 'keep' | 'reset' | 'linger';
 
 /**
- * A stream reset by either side (any RST_STREAM code, CANCEL included: Node does not mark a CANCEL as an error) takes
- * its upstream with it; a stream closed in order leaves the upstream to finish on its own, but not for ever when the
- * app has not taken all the bytes written to it (`linger`).
+ * A stream reset by either side (any RST_STREAM code, CANCEL included: Node does not mark a CANCEL as an error), or
+ * torn down before the peer ended its side (its connection went away), takes its upstream with it. A stream closed in
+ * order leaves the upstream to finish on its own, but not for ever when the app has not taken all the bytes written to
+ * it (`linger`).
  */
-export function upstreamFate(rstCode: number | undefined, upstreamWritesDone: boolean): UpstreamFate {
+export function upstreamFate(rstCode: number | undefined, peerEnded: boolean, upstreamWritesDone: boolean): UpstreamFate {
   if (rstCode !== undefined && rstCode !== http2.constants.NGHTTP2_NO_ERROR) return 'reset';
+  if (!peerEnded) return 'reset';
   return upstreamWritesDone ? 'keep' : 'linger';
+}
+
+/**
+ * Closes a socket at once, with a TCP reset when Node can send one. Once end() was called (a pipe ends the upstream
+ * when the peer's side of the stream ends, a reset included) libuv refuses the reset (EINVAL) and Node then drops the
+ * handle without closing it: resetAndDestroy() leaked the descriptor. destroy() closes it (the kernel still resets a
+ * connection whose received bytes were never read).
+ */
+export function abortSocket(sock: Socket): void {
+  if (sock.destroyed) return;
+  if (sock.writableEnded) sock.destroy();
+  else sock.resetAndDestroy();
 }
 
 /**
@@ -225,18 +239,20 @@ export function upstreamFate(rstCode: number | undefined, upstreamWritesDone: bo
  * or for ever after a stream closed in order: one leaked descriptor and up to a stream window of memory each.
  */
 export function releaseUpstreamWithStream(stream: Duplex & { rstCode?: number }, upstream: Socket, lingerMs: number, onGiveUp: (why: string) => void): void {
+  let peerEnded = false;
+  stream.once('end', () => (peerEnded = true));
   const decide = (): void => {
     if (upstream.destroyed) return;
-    const fate = upstreamFate(stream.rstCode, upstream.writableFinished);
+    const fate = upstreamFate(stream.rstCode, peerEnded || stream.readableEnded, upstream.writableFinished);
     if (fate === 'reset') {
-      upstream.resetAndDestroy();
+      abortSocket(upstream);
       return;
     }
     if (fate === 'keep' || lingerMs <= 0) return;
     const timer = setTimeout(() => {
       if (upstream.destroyed || upstream.writableFinished) return;
       onGiveUp(`the app took none of the last ${upstream.writableLength} bytes within ${lingerMs} ms after the stream closed`);
-      upstream.resetAndDestroy();
+      abortSocket(upstream);
     }, lingerMs);
     timer.unref();
     upstream.once('close', () => clearTimeout(timer));
