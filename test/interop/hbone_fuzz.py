@@ -3,6 +3,7 @@
 (Debian's python3-hpack, a dependency of python3-h2). Prints one JSON line and never raises (errors go in "error").
 
   --connect IP:PORT --ca --cert --key --authority IP:PORT --seed N --connections N [--workers W] [--max-seconds S]
+  [--no-cert-share F] [--kinds headers,random,settings,window,priority,continuation,closed,misc]
 
 Connection i is driven by random.Random(seed * 1_000_003 + i) alone, so any one case replays with the same seed.
 Most connections complete mutual TLS with the given client certificate and then send the preface (sometimes
@@ -289,32 +290,38 @@ class FrameGen:
             return [frame(SETTINGS, 0, 0, settings_payload([(rng.choice([1, 3, 4, 5, 6]), rng.choice([4096, 100, 65535, 16384, 1 << 20]))]))]
         return [frame(PRIORITY, 0, self.next_sid, struct.pack(">IB", 0, rng.randrange(256)))]
 
-    def sequence(self, count):
+    # Hostile steps and their share of the non-valid steps (cumulative bounds).
+    KINDS = [(0.25, "headers"), (0.40, "random"), (0.48, "settings"), (0.56, "window"), (0.63, "priority"), (0.68, "continuation"),
+             (0.80, "closed"), (1.0, "misc")]
+
+    def sequence(self, count, kinds=None):
+        """count frames: valid steps mixed with hostile ones; `kinds` (names from KINDS) limits the hostile ones."""
         rng = self.rng
         out = []
         valid_share = rng.choice([0.0, 0.5, 0.8, 0.95])
         while len(out) < count:
             sid = self.next_sid
             r = rng.random()
-            if rng.random() < valid_share:
+            kind = next(name for bound, name in self.KINDS if r < bound)
+            if rng.random() < valid_share or (kinds is not None and kind not in kinds):
                 out += self.valid()
-            elif r < 0.25:
+            elif kind == "headers":
                 self.next_sid += 2
                 out += self.headers_frames(sid)
                 if rng.random() < 0.5:
                     out.append(frame(DATA, rng.choice([0, END_STREAM]), sid, b"fuzz-data\n" * rng.randint(0, 50)))
-            elif r < 0.40:
+            elif kind == "random":
                 out += self.random_frame()
-            elif r < 0.48:
+            elif kind == "settings":
                 out += self.odd_settings()
-            elif r < 0.56:
+            elif kind == "window":
                 out += self.window_updates(sid)
-            elif r < 0.63:
+            elif kind == "priority":
                 out += self.priority_loop()
-            elif r < 0.68:
+            elif kind == "continuation":
                 out += self.continuation_flood(sid)
                 self.next_sid += 2
-            elif r < 0.80:
+            elif kind == "closed":
                 out += self.closed_stream()
             else:
                 out += self.misc()
@@ -470,7 +477,7 @@ def cert_case(a, rng, stats):
     else:
         preface = PREFACE
     first = [preface + frame(SETTINGS, 0, 0, settings_payload([(4, 1 << 20)]))]
-    frames = first + gen.sequence(rng.choice([5, 20, 50, 200]))
+    frames = first + gen.sequence(rng.choice([5, 20, 50, 200]), a.kinds.split(",") if a.kinds else None)
     if send_all(t, frames, stats, rng):
         drain(t, 0.05, stats)
     finish(t, rng, stats)
@@ -548,6 +555,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--no-cert-share", type=float, default=0.2)
     ap.add_argument("--max-seconds", type=float, default=40)
+    ap.add_argument("--kinds", default="", help="only these hostile steps (comma list of FrameGen.KINDS names); default all")
     a = ap.parse_args()
     out = {"seed": a.seed, "error": None}
     stats = Stats()
