@@ -114,6 +114,10 @@ const PLUGIN_COMMANDS: Record<string, string> = {
   [EVENT_PATHS.add]: 'ADD', [EVENT_PATHS.del]: 'DEL', [EVENT_PATHS.check]: 'CHECK', [EVENT_PATHS.gc]: 'GC',
 };
 
+const EVENT_HEADERS_TIMEOUT_MS = 10_000;
+const EVENT_REQUEST_TIMEOUT_MS = 30_000;
+const EVENT_MAX_CONNECTIONS = 1024;
+
 export class EventServer {
   private server: http.Server | undefined;
   /** CNI invocations run in-process for the native shim (the fast path). */
@@ -124,8 +128,14 @@ export class EventServer {
   async start(): Promise<void> {
     mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
     rmSync(this.socketPath, { force: true });
-    const server = http.createServer((req, res) => void this.handle(req, res));
+    // A client that dribbles its request (slowloris) is dropped after 10 s for the headers and 30 s for the whole request
+    // (checked every 2 s), and at most 1,024 clients are held at once: bounded even though the socket is root's only.
+    const server = http.createServer(
+      { headersTimeout: EVENT_HEADERS_TIMEOUT_MS, requestTimeout: EVENT_REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 2000 },
+      (req, res) => void this.handle(req, res),
+    );
     server.keepAliveTimeout = 5000;
+    server.maxConnections = EVENT_MAX_CONNECTIONS;
     // A client may half-close once its request is sent; Node's default would then end the socket before the verdict is
     // written (an ADD done, its answer lost). httpAllowHalfOpen (a long-standing http.Server field, not in @types/node)
     // keeps the write side open until the reply.
