@@ -21,12 +21,13 @@ export interface CaptureResult {
   raw: Buffer;
 }
 
-/** Captures TCP on the fabric bridge (all inter-node traffic) into the testbed's run dir. */
-export async function captureFabric(tb: Testbed, name: string): Promise<Capture> {
-  const file = join(tb.runDir, `${name}.pcapng`);
-  const proc = tb.fabricSpawn('tshark', ['-i', 'br0', '-f', 'tcp', '-w', file, '-q'], { reject: false, stderr: 'pipe' });
+/**
+ * Resolves once tshark captures into `file`. "Capturing on" can come a moment before dumpcap reads packets: wait for it
+ * to have written the file's header, then a little more, so the first handshake of the test is not missed.
+ */
+async function capturing(proc: { stderr?: NodeJS.ReadableStream | null }, file: string, iface: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('tshark did not start capturing within 15 s')), 15_000);
+    const timer = setTimeout(() => reject(new Error(`tshark did not start capturing on ${iface} within 15 s`)), 15_000);
     proc.stderr?.on('data', (d: Buffer) => {
       if (String(d).includes('Capturing on')) {
         clearTimeout(timer);
@@ -34,10 +35,15 @@ export async function captureFabric(tb: Testbed, name: string): Promise<Capture>
       }
     });
   });
-  // "Capturing on" can come a moment before dumpcap reads packets: wait for it to have written the file's header, then
-  // a little more, so the first handshake of the test is not missed.
   for (let i = 0; i < 50 && !(await stat(file).then((st) => st.size > 0, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
   await new Promise((r) => setTimeout(r, 250));
+}
+
+/** Captures TCP on the fabric bridge (all inter-node traffic) into the testbed's run dir. */
+export async function captureFabric(tb: Testbed, name: string): Promise<Capture> {
+  const file = join(tb.runDir, `${name}.pcapng`);
+  const proc = tb.fabricSpawn('tshark', ['-i', 'br0', '-f', 'tcp', '-w', file, '-q'], { reject: false, stderr: 'pipe' });
+  await capturing(proc, file, 'br0');
   return {
     async stop(): Promise<CaptureResult> {
       await new Promise((r) => setTimeout(r, 500)); // let the last packets reach the file
@@ -76,17 +82,7 @@ export interface RawCapture {
 export async function captureNodeLink(tb: Testbed, node: number, iface: string, name: string): Promise<RawCapture> {
   const file = join(tb.runDir, `${name}.pcapng`);
   const proc = tb.nodeSpawn(node, 'tshark', ['-i', iface, '-w', file, '-q'], { reject: false, stderr: 'pipe' });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tshark did not start capturing on ${iface} within 15 s`)), 15_000);
-    proc.stderr?.on('data', (d: Buffer) => {
-      if (String(d).includes('Capturing on')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-  for (let i = 0; i < 50 && !(await stat(file).then((st) => st.size > 0, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
-  await new Promise((r) => setTimeout(r, 250));
+  await capturing(proc, file, iface);
   return {
     async stop() {
       await new Promise((r) => setTimeout(r, 500));
