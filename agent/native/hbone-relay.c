@@ -59,6 +59,13 @@
 /* Longest :method and :authority carried to the agent (an authority is ip:port, or host:port for double HBONE). */
 #define MAX_METHOD 32
 #define MAX_AUTHORITY 1024
+/*
+ * SETTINGS_MAX_CONCURRENT_STREAMS of a server session, and the most requests of one session the agent may be working on
+ * at once (told of, not answered yet, whether or not the peer has reset them since): beyond it, REFUSED_STREAM.
+ */
+#define SERVER_MAX_STREAMS 200
+/* After this many streams freed since the last trim, freed memory is handed back to the system (a burst of streams). */
+#define TRIM_AFTER_STREAMS 4096
 
 enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP };
 
@@ -86,6 +93,10 @@ struct stream {
   int status;     /* response status (client) or answer (server); 0 = not yet */
   unsigned app_eof : 1, peer_eof : 1, app_shut : 1, h2_closed : 1, dead : 1, reported : 1, relaying : 1, errored : 1;
   unsigned deferred : 1, answered : 1, cancel : 1, status_reported : 1;
+  /* Server side: request received in the read being processed, not reported yet (see session_report_requests); the
+   * agent was told of the request and has neither answered nor closed the stream. */
+  unsigned fresh : 1, awaiting : 1;
+  struct stream *next_fresh;
   uint32_t h2_error;
   _Atomic uint64_t bytes_in;  /* read from the app socket */
   _Atomic uint64_t bytes_out; /* written to the app socket */
@@ -117,6 +128,9 @@ struct session {
   struct buf wbuf;    /* TLS plaintext waiting for SSL_write */
   struct stream *streams;
   struct stream *pending; /* client streams queued before the handshake finished */
+  struct stream *fresh, **fresh_tail; /* server: requests received in this read, reported once it is processed */
+  int awaiting;          /* server: streams with `awaiting` set (the agent's work in progress for this session) */
+  uint32_t goaway_code;  /* the error code of the GOAWAY that ends this session (nghttp2's, or ours for a failed read) */
   int64_t last_ping_ms, ping_sent_ms;
   char error[1200];
   struct session *next;
@@ -537,10 +551,18 @@ static void stream_abort(struct stream *st, uint32_t code) {
 }
 
 /* A stream is over when HTTP/2 is done with it and every byte for the app was written (or the app is gone). */
+static void stream_report_closed(struct stream *st, const char *why);
+
 static void stream_check_done(struct stream *st) {
   if (st->dead) return;
   int h2_done = st->h2_closed || st->h2id < 0;
   if (!h2_done) return;
+  if (st->awaiting) {
+    /* The agent is still working on its request (dialing the app): it hears of the end now, and the stream is kept
+     * until it answers (the answer is then dropped), so what it is working on per session stays bounded. */
+    stream_report_closed(st, NULL);
+    return;
+  }
   if (st->io.fd >= 0 && st->out.len && !st->errored) return;
   if (st->io.fd >= 0) {
     if (st->h2_error || st->errored) {
@@ -766,21 +788,25 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud) 
     } else {
       nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, st->h2id, NGHTTP2_CANCEL);
     }
-  } else if (f->hd.type == NGHTTP2_HEADERS && s->server && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
-    ev_begin("request");
-    ev_num("session", (int64_t)s->id);
-    ev_num("stream", (int64_t)st->id);
-    ev_str("method", st->method ? st->method : "");
-    ev_str("authority", st->authority ? st->authority : "");
-    ev_str("peer", s->peer);
-    ev_end();
-    st->reported = 0; /* from now on the agent knows this stream: tell it how it ends */
+  } else if (f->hd.type == NGHTTP2_HEADERS && s->server && f->headers.cat == NGHTTP2_HCAT_REQUEST && !st->fresh) {
+    /* Reported once the whole read is processed, if the stream is still open then (session_report_requests). */
+    st->fresh = 1;
+    *s->fresh_tail = st;
+    s->fresh_tail = &st->next_fresh;
   }
   if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
     st->peer_eof = 1;
     stream_write_out(st);
     stream_update(st);
   }
+  return 0;
+}
+
+/* Remembers the error code of a GOAWAY nghttp2 sent on its own (a connection error it detected), to end the session with it. */
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *f, void *ud) {
+  (void)h2;
+  struct session *s = ud;
+  if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code && !s->goaway_code) s->goaway_code = f->goaway.error_code;
   return 0;
 }
 
@@ -900,6 +926,7 @@ static nghttp2_session_callbacks *callbacks(void) {
   if (cbs) return cbs;
   nghttp2_session_callbacks_new(&cbs);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
@@ -974,7 +1001,7 @@ static int session_established(struct session *s) {
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW};
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, MAX_FRAME};
   if (s->server) {
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 200};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, SERVER_MAX_STREAMS};
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024};
   } else {
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
@@ -1023,14 +1050,66 @@ static void session_handshake(struct session *s) {
   session_fail(s, why);
 }
 
-/* Reads and decrypts what the peer sent, feeding HTTP/2. */
+/* The GOAWAY code for a session whose input nghttp2 refused: a flood is abuse, a failure of ours internal, the rest protocol errors. */
+static uint32_t goaway_code_for(int rv) {
+  switch (rv) {
+  case NGHTTP2_ERR_FLOODED: return NGHTTP2_ENHANCE_YOUR_CALM;
+  case NGHTTP2_ERR_NOMEM:
+  case NGHTTP2_ERR_CALLBACK_FAILURE: return NGHTTP2_INTERNAL_ERROR;
+  default: return NGHTTP2_PROTOCOL_ERROR;
+  }
+}
+
+/*
+ * The requests received during one read, reported to the agent now that every frame of the read is processed. A stream
+ * the peer already reset (HEADERS and RST_STREAM together: rapid reset) or that failed is never reported, so the agent
+ * dials nothing for it; past SERVER_MAX_STREAMS requests the agent is still working on, new ones are refused
+ * (REFUSED_STREAM), also unreported. Unreported streams are reaped without a "closed" event.
+ */
+static void session_report_requests(struct session *s) {
+  struct stream *st = s->fresh;
+  s->fresh = NULL;
+  s->fresh_tail = &s->fresh;
+  while (st) {
+    struct stream *next = st->next_fresh;
+    st->next_fresh = NULL;
+    st->fresh = 0;
+    if (s->dead || st->dead || st->h2_closed || st->errored) {
+      /* Gone already: nothing for the agent to do. */
+    } else if (s->awaiting >= SERVER_MAX_STREAMS) {
+      stream_abort(st, NGHTTP2_REFUSED_STREAM);
+    } else {
+      ev_begin("request");
+      ev_num("session", (int64_t)s->id);
+      ev_num("stream", (int64_t)st->id);
+      ev_str("method", st->method ? st->method : "");
+      ev_str("authority", st->authority ? st->authority : "");
+      ev_str("peer", s->peer);
+      ev_end();
+      st->reported = 0; /* from now on the agent knows this stream: tell it how it ends */
+      st->awaiting = 1;
+      s->awaiting++;
+    }
+    st = next;
+  }
+}
+
+/* Reads and decrypts what the peer sent, feeding HTTP/2; then reports the requests that arrived and are still open. */
+static void session_read_frames(struct session *s);
+
 static void session_read(struct session *s) {
+  session_read_frames(s);
+  if (s->server) session_report_requests(s);
+}
+
+static void session_read_frames(struct session *s) {
   static unsigned char rbuf[TLS_READ];
   for (int i = 0; i < 64 && !s->dead; i++) {
     int n = SSL_read(s->ssl, rbuf, sizeof rbuf);
     if (n > 0) {
       ssize_t r = nghttp2_session_mem_recv(s->h2, rbuf, (size_t)n);
       if (r < 0) {
+        if (!s->goaway_code) s->goaway_code = goaway_code_for((int)r);
         session_fail(s, nghttp2_strerror((int)r));
         return;
       }
@@ -1167,6 +1246,8 @@ static void stream_report_closed(struct stream *st, const char *why) {
 }
 
 static void reap(void) {
+  static size_t freed_streams; /* since the last trim */
+  static int64_t trimmed_ms;
   int freed = 0;
   for (struct session **sp = &G.sessions; *sp;) {
     struct session *s = *sp;
@@ -1179,7 +1260,9 @@ static void reap(void) {
           *pp = st->next_in_session;
           if (!s->server) stream_report_unanswered(st, NULL);
           stream_report_closed(st, NULL);
+          if (st->awaiting) s->awaiting--; /* closed by the agent before it answered */
           stream_free(st);
+          freed_streams++;
           s->last_active_ms = now_ms();
         } else {
           pp = &st->next_in_session;
@@ -1192,9 +1275,16 @@ static void reap(void) {
     }
     *sp = s->next;
     for (struct stream *st = s->streams; st; st = st->next_in_session) st->errored = 1; /* no more DATA */
+    if (s->h2 && !s->handshaking && s->wbuf.len && s->up) {
+      /* Frames the socket did not take yet go first, if it takes them now (best effort, never waiting). */
+      int n = SSL_write(s->ssl, s->wbuf.p + s->wbuf.off, (int)(s->wbuf.len > INT32_MAX ? INT32_MAX : s->wbuf.len));
+      if (n > 0) buf_consume(&s->wbuf, (size_t)n);
+      ERR_clear_error();
+    }
     if (s->h2 && !s->handshaking && !s->wbuf.len && s->up) {
-      /* Best effort GOAWAY, while the streams still exist (nghttp2 may call back about them). */
-      nghttp2_session_terminate_session(s->h2, NGHTTP2_NO_ERROR);
+      /* Best effort GOAWAY, while the streams still exist (nghttp2 may call back about them): NO_ERROR for an ordinary
+       * close, else the code of the connection error (nghttp2's own if it sent one, e.g. for too many resets). */
+      nghttp2_session_terminate_session(s->h2, s->goaway_code);
       const uint8_t *d;
       ssize_t n;
       while ((n = nghttp2_session_mem_send(s->h2, &d)) > 0) SSL_write(s->ssl, d, (int)n);
@@ -1206,6 +1296,7 @@ static void reap(void) {
       struct stream *st = pass ? s->pending : s->streams;
       while (st) {
         struct stream *next = st->next_in_session;
+        freed_streams++;
         if (!s->server) stream_report_unanswered(st, s->error[0] ? s->error : "HBONE session closed");
         st->errored = 1;
         if (st->io.fd >= 0) {
@@ -1222,6 +1313,7 @@ static void reap(void) {
     ev_num("wasUp", s->server ? s->ready : s->up);
     ev_num("identityRefused", s->identity_refused);
     ev_num("timedOut", s->timed_out);
+    ev_num("goawayCode", s->goaway_code);
     ev_str("error", s->error);
     ev_end();
     if (s->h2) nghttp2_session_del(s->h2);
@@ -1239,8 +1331,16 @@ static void reap(void) {
     free(s);
     freed++;
   }
-  /* After a burst of closes (a flood timed out, a node's pods left), hand the freed TLS buffers back to the system. */
-  if (freed >= 64) malloc_trim(0);
+  /*
+   * After a burst of closes (a flood timed out, a node's pods left) or of streams (a reset storm), hand the freed memory
+   * (TLS buffers, stream and nghttp2 state) back to the system; at most once a second for streams.
+   */
+  int64_t now = freed_streams >= TRIM_AFTER_STREAMS || freed >= 64 ? now_ms() : 0;
+  if (freed >= 64 || (now && now - trimmed_ms >= 1000)) {
+    malloc_trim(0);
+    freed_streams = 0;
+    trimmed_ms = now;
+  }
 }
 
 /* ---------- commands ---------- */
@@ -1275,6 +1375,7 @@ static void cmd_session(struct cmd *c, int server) {
   }
   s->id = c->id;
   s->server = server;
+  s->fresh_tail = &s->fresh;
   s->io.kind = IO_SESSION;
   s->io.fd = c->fd;
   s->expected = c->a;
@@ -1403,6 +1504,10 @@ static struct stream *find_stream_any(uint64_t id) {
 
 static void cmd_answer(struct cmd *c) {
   struct stream *st = find_stream_any(c->id);
+  if (st && st->awaiting) {
+    st->awaiting = 0; /* the agent's work on it is over, whether the stream is still open or not */
+    st->s->awaiting--;
+  }
   /* Only a server stream's request is answered, once, while HTTP/2 still has the stream; anything else is ignored. */
   if (!st || !st->s->server || !st->s->h2 || st->h2id <= 0 || st->dead || st->h2_closed || st->answered) {
     if (c->fd >= 0) close(c->fd);
@@ -1585,6 +1690,10 @@ static void *loop(void *arg) {
     /* Streams whose app socket drained may now be complete; sessions may need a last flush. */
     for (struct session *s = G.sessions; s; s = s->next) {
       if (s->dead || !s->h2 || s->handshaking) continue;
+      /* A read that stopped at its per-turn bound may leave records OpenSSL already took off the socket (read-ahead):
+       * epoll will not report them, so they are processed now rather than when the peer happens to send more. */
+      if (SSL_has_pending(s->ssl)) session_pump(s);
+      if (s->dead) continue;
       for (struct stream *st = s->streams; st; st = st->next_in_session) stream_check_done(st);
       if (s->graceful && !s->streams) session_fail(s, "closed");
     }

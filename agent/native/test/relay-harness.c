@@ -826,6 +826,234 @@ static void s_handshakes(void) {
   close(u[1]);
 }
 
+/* ---------- a raw HTTP/2 client (frames written by hand, for what a well-behaved nghttp2 client never sends) ---------- */
+
+struct raw {
+  SSL_CTX *ctx;
+  SSL *ssl;
+  int fd;
+  uint64_t s;           /* the relay's server session */
+  unsigned char *in;    /* frames received, not parsed yet */
+  size_t inlen, incap;
+  uint32_t goaway;      /* last GOAWAY's error code, or UINT32_MAX */
+  bool eof;
+  uint32_t *rst;        /* RST_STREAM code received per stream id (UINT32_MAX: none) */
+  size_t nrst;
+};
+
+static void raw_frame(struct buf *b, uint8_t type, uint8_t flags, uint32_t sid, const void *payload, size_t n) {
+  unsigned char h[9] = {(unsigned char)(n >> 16), (unsigned char)(n >> 8), (unsigned char)n, type, flags,
+                        (unsigned char)(sid >> 24 & 0x7f), (unsigned char)(sid >> 16), (unsigned char)(sid >> 8), (unsigned char)sid};
+  CHECK(buf_append(b, h, 9) == 0 && (!n || buf_append(b, payload, n) == 0), "out of memory");
+}
+
+/* HEADERS (END_HEADERS) of a CONNECT to `authority`, HPACK literals with indexed names (:method 2, :authority 1). */
+static void raw_connect(struct buf *b, uint32_t sid, const char *authority) {
+  unsigned char blk[128];
+  size_t alen = strlen(authority), n = 0;
+  CHECK(alen < 100, "authority too long");
+  blk[n++] = 0x02;
+  blk[n++] = 7;
+  memcpy(blk + n, "CONNECT", 7);
+  n += 7;
+  blk[n++] = 0x01;
+  blk[n++] = (unsigned char)alen;
+  memcpy(blk + n, authority, alen);
+  n += alen;
+  raw_frame(b, 1, 0x4, sid, blk, n);
+}
+
+static void raw_rst(struct buf *b, uint32_t sid, uint32_t code) {
+  unsigned char c[4] = {(unsigned char)(code >> 24), (unsigned char)(code >> 16), (unsigned char)(code >> 8), (unsigned char)code};
+  raw_frame(b, 3, 0, sid, c, 4);
+}
+
+/* Writes b with one SSL_write: at most 16 KiB of it is one TLS record, which the relay reads and processes at once. */
+static void raw_send(struct raw *r, struct buf *b) {
+  size_t done = 0;
+  while (done < b->len) {
+    int n = SSL_write(r->ssl, b->p + b->off + done, (int)(b->len - done));
+    CHECK(n > 0, "raw client: SSL_write failed (%d)", SSL_get_error(r->ssl, n));
+    done += (size_t)n;
+  }
+  buf_free(b);
+}
+
+/* Opens a TLS connection with the client certificate to a new server session, sends the preface and SETTINGS. */
+static struct raw raw_open(void) {
+  struct raw r = {0};
+  r.goaway = UINT32_MAX;
+  int sv[2];
+  pair(sv);
+  r.s = ahb_server_session(sctx, sv[1], TD);
+  r.fd = sv[0];
+  char err[300];
+  r.ctx = make_ctx(0, client_pem.chain, client_pem.key, root_pem, err, sizeof err);
+  CHECK(r.ctx, "raw client TLS context: %s", err);
+  r.ssl = SSL_new(r.ctx);
+  SSL_set_fd(r.ssl, r.fd);
+  CHECK(SSL_connect(r.ssl) == 1, "raw client: TLS handshake failed");
+  struct buf b = {0};
+  CHECK(buf_append(&b, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24) == 0, "out of memory");
+  raw_frame(&b, 4, 0, 0, NULL, 0);
+  raw_send(&r, &b);
+  must_event("up", r.s, 0);
+  return r;
+}
+
+/* Reads and parses what the server sent for up to ms (SETTINGS are acknowledged, PINGs not needed here). */
+static void raw_pump(struct raw *r, int ms) {
+  int64_t end = now_ms() + ms;
+  while (!r->eof) {
+    int64_t left = end - now_ms();
+    struct pollfd p = {r->fd, POLLIN, 0};
+    if (!SSL_has_pending(r->ssl) && (left <= 0 || poll(&p, 1, (int)left) <= 0)) break;
+    if (r->incap - r->inlen < 16384) {
+      r->incap = r->incap ? r->incap * 2 : 65536;
+      r->in = realloc(r->in, r->incap);
+      CHECK(r->in, "out of memory");
+    }
+    int n = SSL_read(r->ssl, r->in + r->inlen, (int)(r->incap - r->inlen));
+    if (n <= 0) {
+      r->eof = true;
+      ERR_clear_error();
+      break;
+    }
+    r->inlen += (size_t)n;
+    size_t at = 0;
+    while (r->inlen - at >= 9) {
+      const unsigned char *h = r->in + at;
+      size_t len = (size_t)h[0] << 16 | (size_t)h[1] << 8 | h[2];
+      if (r->inlen - at < 9 + len) break;
+      uint32_t sid = ((uint32_t)h[5] << 24 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 8 | h[8]) & 0x7fffffff;
+      const unsigned char *pl = h + 9;
+      if (h[3] == 3 && len == 4) {
+        if (sid >= r->nrst) {
+          size_t m = sid + 1024;
+          r->rst = realloc(r->rst, m * sizeof *r->rst);
+          CHECK(r->rst, "out of memory");
+          for (size_t i = r->nrst; i < m; i++) r->rst[i] = UINT32_MAX;
+          r->nrst = m;
+        }
+        r->rst[sid] = (uint32_t)pl[0] << 24 | (uint32_t)pl[1] << 16 | (uint32_t)pl[2] << 8 | pl[3];
+      } else if (h[3] == 7 && len >= 8) {
+        r->goaway = (uint32_t)pl[4] << 24 | (uint32_t)pl[5] << 16 | (uint32_t)pl[6] << 8 | pl[7];
+      } else if (h[3] == 4 && !(h[4] & 1)) {
+        struct buf b = {0};
+        raw_frame(&b, 4, 1, 0, NULL, 0);
+        raw_send(r, &b);
+      }
+      at += 9 + len;
+    }
+    memmove(r->in, r->in + at, r->inlen - at);
+    r->inlen -= at;
+  }
+}
+
+static uint32_t raw_rst_code(struct raw *r, uint32_t sid) { return sid < r->nrst ? r->rst[sid] : UINT32_MAX; }
+
+static void raw_close(struct raw *r) {
+  SSL_free(r->ssl);
+  SSL_CTX_free(r->ctx);
+  close(r->fd);
+  free(r->in);
+  free(r->rst);
+  must_event("sessionClosed", r->s, 0);
+}
+
+/* Requests on session `s` reported so far (not taken by next_request). */
+static size_t requests_of(uint64_t s) { return count_events("request", s, 0); }
+
+/*
+ * Rapid reset (CVE-2023-44487) at the relay: HEADERS and RST_STREAM of each stream in one read are never reported to
+ * the agent (it would dial the app for streams already gone). Requests the agent is working on are capped per session
+ * (SERVER_MAX_STREAMS, counted until answered even when the peer resets them meanwhile): beyond, REFUSED_STREAM, unreported.
+ * A connection error ends the session with a GOAWAY carrying its error code, not NO_ERROR.
+ */
+static void s_rapid_reset(void) {
+  struct raw r = raw_open();
+  uint32_t sid = 1;
+  for (int round = 0; round < 5; round++) {
+    struct buf b = {0};
+    for (int i = 0; i < 100; i++, sid += 2) {
+      raw_connect(&b, sid, "10.0.0.20:80");
+      raw_rst(&b, sid, 8 /* CANCEL */);
+    }
+    CHECK(b.len <= 16384, "one burst must fit one TLS record (%zu bytes)", b.len);
+    raw_send(&r, &b);
+  }
+  /* A request on its own, after the bursts, is reported: the connection still serves. */
+  struct buf b = {0};
+  raw_connect(&b, sid, "10.0.0.21:80");
+  raw_send(&r, &b);
+  struct event *e = next_request(r.s, WAIT_MS);
+  CHECK(e && strcmp(e->authority, "10.0.0.21:80") == 0, "the request after the bursts was not reported");
+  CHECK(requests_of(r.s) == 1, "%zu requests reported for streams reset in the same read (want 0)", requests_of(r.s) - 1);
+  ahb_answer((uint64_t)e->stream, 403, -1);
+  struct buf end = {0};
+  raw_rst(&end, sid, 8); /* answered but not ended by us: it would still count against nghttp2's 200 open streams */
+  raw_send(&r, &end);
+  must_event("closed", 0, (uint64_t)e->stream);
+  sid += 2;
+  /* The cap: SERVER_MAX_STREAMS requests left unanswered and then reset by the peer still count. */
+  uint64_t held[SERVER_MAX_STREAMS];
+  uint32_t first = sid;
+  for (int i = 0; i < SERVER_MAX_STREAMS; i += 50) {
+    struct buf h = {0};
+    for (int j = 0; j < 50; j++, sid += 2) raw_connect(&h, sid, "10.0.0.22:80");
+    raw_send(&r, &h);
+  }
+  for (int i = 0; i < SERVER_MAX_STREAMS; i++) {
+    e = next_request(r.s, WAIT_MS);
+    CHECK(e, "request %d of %d not reported", i, SERVER_MAX_STREAMS);
+    held[i] = (uint64_t)e->stream;
+  }
+  struct buf x = {0};
+  for (uint32_t s2 = first; s2 < sid; s2 += 2) raw_rst(&x, s2, 8);
+  raw_send(&r, &x);
+  for (int i = 0; i < SERVER_MAX_STREAMS; i++) must_event("closed", 0, held[i]); /* the agent hears of each end at once */
+  uint32_t over = sid;
+  struct buf o = {0};
+  for (int i = 0; i < 10; i++, sid += 2) raw_connect(&o, sid, "10.0.0.23:80");
+  raw_send(&r, &o);
+  for (int64_t end = now_ms() + WAIT_MS; raw_rst_code(&r, sid - 2) == UINT32_MAX && !r.eof && now_ms() < end;) raw_pump(&r, 50);
+  for (uint32_t s2 = over; s2 < sid; s2 += 2) CHECK(raw_rst_code(&r, s2) == NGHTTP2_REFUSED_STREAM, "stream %u over the cap: RST code %u, want REFUSED_STREAM", s2, raw_rst_code(&r, s2));
+  CHECK(!next_request(r.s, 100), "a request over the cap was reported");
+  /* Answered (late, the streams are gone: dropped), the agent's work is done and new requests are reported again. */
+  for (int i = 0; i < SERVER_MAX_STREAMS; i++) ahb_answer(held[i], 503, -1);
+  struct buf n2 = {0};
+  raw_connect(&n2, sid, "10.0.0.24:80");
+  raw_send(&r, &n2);
+  e = next_request(r.s, WAIT_MS);
+  CHECK(e && strcmp(e->authority, "10.0.0.24:80") == 0, "no request reported once the held ones were answered");
+  ahb_answer((uint64_t)e->stream, 403, -1);
+  sid += 2;
+  /* A connection error (HEADERS on stream 0): GOAWAY with PROTOCOL_ERROR. */
+  struct buf bad = {0};
+  raw_connect(&bad, 0, "10.0.0.25:80");
+  raw_send(&r, &bad);
+  raw_pump(&r, 1000);
+  CHECK(r.goaway == NGHTTP2_PROTOCOL_ERROR, "GOAWAY code %u after a protocol error, want PROTOCOL_ERROR", r.goaway);
+  raw_close(&r);
+  /* Resets beyond nghttp2's rate limit end the session, with an error code in its GOAWAY. */
+  r = raw_open();
+  sid = 1;
+  for (int round = 0; round < 40 && !r.eof && r.goaway == UINT32_MAX; round++) {
+    struct buf h = {0};
+    for (int i = 0; i < 100; i++, sid += 2) {
+      raw_connect(&h, sid, "10.0.0.26:80");
+      raw_rst(&h, sid, 8);
+    }
+    raw_send(&r, &h);
+    raw_pump(&r, 5);
+  }
+  raw_pump(&r, 1000);
+  CHECK(r.goaway != UINT32_MAX && r.goaway != NGHTTP2_NO_ERROR, "after 4,000 resets: GOAWAY code %d (want an error code)", (int)r.goaway);
+  CHECK(requests_of(r.s) == 0, "%zu requests reported for streams reset in the same read", requests_of(r.s));
+  fprintf(stderr, "relay-harness:      rapid reset: session ended with GOAWAY code %u after %u streams\n", r.goaway, (sid - 1) / 2);
+  raw_close(&r);
+}
+
 /*
  * Issue 11 item 9 at the library's level: a context freed right after a session call was made with it (the agent renews
  * the certificate while a dial is queued) must still serve that session.
@@ -961,6 +1189,7 @@ int main(void) {
   run("oversized-headers", s_oversized_headers);
   run("handshakes", s_handshakes);
   run("ctx-free-race", s_ctx_free_race);
+  run("rapid-reset", s_rapid_reset);
   run("random-call-orders", s_random);
 
   scenario = "stop";
