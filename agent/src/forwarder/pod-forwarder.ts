@@ -285,9 +285,16 @@ export class PodForwarder {
     );
   }
 
-  /** Native inbound CONNECT on 15008: the same rules as hboneInbound; 200 only once the app accepted the connection. */
+  /**
+   * Native inbound CONNECT on 15008: the same rules as hboneInbound; 200 only once the app accepted the connection. A
+   * stream already reset is answered without a dial, and one reset while its dial is in flight drops the dialed socket.
+   */
   private hboneInboundNative(r: NativeInboundRequest): void {
     const stats = this.stats.inbound;
+    if (r.stream.isClosed) {
+      r.answer(503);
+      return;
+    }
     const d = decideInbound(r.method, r.authority, this.self.ips);
     if ('status' in d) {
       stats.refused++;
@@ -314,7 +321,12 @@ export class PodForwarder {
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
     dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true }).then(
-      (sock) => r.answer(200, sock),
+      (sock) => {
+        if (!r.stream.isClosed) return r.answer(200, sock);
+        // Reset while the dial was in flight (its end is counted already): close the app connection now, not via the library.
+        sock.resetAndDestroy();
+        r.answer(503);
+      },
       (err: Error) => {
         done.failed(err);
         r.answer(503);

@@ -10,7 +10,7 @@ export type NativeEvent =
   | { ev: 'up'; session: number; peer: string; peerNotAfter: number; peerSerial: string }
   | { ev: 'settings'; session: number; maxStreams: number }
   | { ev: 'goaway'; session: number; code: number }
-  | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number }
+  | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number; goawayCode?: number }
   | { ev: 'status'; stream: number; status: number; error?: string }
   | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
   | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };

@@ -8,7 +8,7 @@ import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { DEFAULT_POOL_OPTIONS, HboneStatusError, type HboneTarget, type PoolOptions, type PoolStats, poolKey } from './client-pool.js';
 import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
-import { type ServerLimits, serverLimits } from './settings.js';
+import { SERVER_SETTINGS, type ServerLimits, serverLimits } from './settings.js';
 
 /** How a native stream ended: bytes read from / written to its app socket, and why it failed if it did. */
 export interface NativeStreamEnd {
@@ -27,6 +27,8 @@ export interface NativeStream {
   /** Resets the stream (the app socket gets a TCP reset). */
   close(): void;
   readonly closed: Promise<NativeStreamEnd>;
+  /** True as soon as the stream's end is known (set in the same step as `closed` resolves, not a tick later). */
+  readonly isClosed: boolean;
 }
 
 /**
@@ -63,6 +65,9 @@ interface TlsCtx {
   notAfter: number;
 }
 
+/** Requests of one 15008 connection the agent works on at once (dialing the app), as many as the streams it may open. */
+const MAX_REQUESTS_IN_PROGRESS = SERVER_SETTINGS.maxConcurrentStreams ?? 200;
+
 const ctxKey = (server: boolean, identity: string): string => `${server ? 'server' : 'client'}|${identity}`;
 
 interface ClientSession {
@@ -91,6 +96,8 @@ interface ServerSessionInfo {
   listener: Set<number>;
   /** Still in its TLS + HTTP/2 handshake (counted in handshaking). */
   handshaking: boolean;
+  /** Requests handed to onRequest and not answered yet (the agent's work in progress for this connection). */
+  unanswered: number;
 }
 
 /** The 15008 side's defences, per node: handshakes in progress, refused over the cap, timed out. */
@@ -98,13 +105,16 @@ export interface NativeServerStats {
   handshaking: number;
   handshakesRefused: number;
   handshakeTimeouts: number;
+  /** Requests answered 503 without a dial: their stream was reset in the same batch of events, or their connection had
+   * SERVER_SETTINGS.maxConcurrentStreams requests in progress already. */
+  requestsDropped: number;
 }
 
 export class NativeHbone {
   readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
   private lib: NativeLib | undefined;
   private events: net.Socket | undefined;
-  readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0 };
+  readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0, requestsDropped: 0 };
   private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
     this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
@@ -138,14 +148,14 @@ export class NativeHbone {
     const events = new net.Socket({ fd, readable: true, writable: true });
     events.setEncoding('utf8');
     events.on('data', (chunk: string) => {
+      const evs: NativeEvent[] = [];
       for (const line of this.split.push(chunk)) {
         const ev = parseEvent(line);
-        if (!ev) {
-          this.log.warn({ line: line.slice(0, 200) }, 'native data plane sent an unknown event');
-          continue;
-        }
-        this.dispatch(ev);
+        if (ev) evs.push(ev);
+        else this.log.warn({ line: line.slice(0, 200) }, 'native data plane sent an unknown event');
       }
+      const closing = closedIn(evs);
+      for (const ev of evs) this.dispatch(ev, closing);
     });
     events.on('error', (err) => this.log.error({ error: err.message }, 'native data plane event socket failed'));
     events.unref();
@@ -222,7 +232,8 @@ export class NativeHbone {
     throw Object.assign(new Error(`TLS context for ${identity} was replaced 5 times during one dial`), { code: 'AMB_ERR_NATIVE_TLS' });
   }
 
-  private dispatch(ev: NativeEvent): void {
+  /** One event; `closing`: streams whose "closed" event is in the same batch (their requests are not worth a dial). */
+  private dispatch(ev: NativeEvent, closing: ReadonlySet<number> = new Set()): void {
     switch (ev.ev) {
       case 'up': {
         const w = this.waitingUp.get(ev.session);
@@ -263,6 +274,10 @@ export class NativeHbone {
           s.listener.delete(ev.session);
           this.handshakeDone(s);
           if (ev.timedOut) this.serverStats.handshakeTimeouts++;
+          if (ev.wasUp && ev.goawayCode) {
+            // A connection error: the peer broke HTTP/2's rules or its limits (e.g. too many resets, a flood of frames).
+            this.log.warn({ peer: s.peerAddress, goawayCode: ev.goawayCode, error: ev.error }, 'hbone client connection closed for a protocol error');
+          }
           if (!ev.wasUp && ev.identityRefused) {
             // The handshake worked but the client's identity is not acceptable (no SPIFFE ID, other trust domain).
             s.onRefused(ev.error);
@@ -294,6 +309,14 @@ export class NativeHbone {
           this.lib?.answer(ev.stream, 503, -1);
           return;
         }
+        // Reset already (its end is in this very batch), or too much in progress on this connection: answered at once,
+        // without a dial (the library caps this too; the answer tells it the work is over).
+        if (closing.has(ev.stream) || s.unanswered >= MAX_REQUESTS_IN_PROGRESS) {
+          this.serverStats.requestsDropped++;
+          this.lib?.answer(ev.stream, 503, -1);
+          return;
+        }
+        s.unanswered++;
         let answered = false;
         const { stream } = this.track(ev.stream, undefined);
         s.onRequest({
@@ -302,6 +325,7 @@ export class NativeHbone {
           answer: (status, upstream) => {
             if (answered) throw new Error(`stream ${ev.stream} answered twice`);
             answered = true;
+            s.unanswered--;
             let fd = -1;
             if (upstream) {
               try {
@@ -340,8 +364,13 @@ export class NativeHbone {
 
   /** Registers a stream's end, giving its handle; `session` is released when it closes. */
   private track(id: number, session: ClientSession | undefined): { stream: NativeStream; waiter: StreamWaiter } {
-    let onClosed!: (end: NativeStreamEnd) => void;
-    const closed = new Promise<NativeStreamEnd>((resolve) => (onClosed = resolve));
+    let resolveClosed!: (end: NativeStreamEnd) => void;
+    const closed = new Promise<NativeStreamEnd>((resolve) => (resolveClosed = resolve));
+    let ended = false;
+    const onClosed = (end: NativeStreamEnd): void => {
+      ended = true;
+      resolveClosed(end);
+    };
     const waiter: StreamWaiter = { onClosed, ...(session ? { session } : {}) };
     this.streams.set(id, waiter);
     let last = { in: 0, out: 0 };
@@ -354,6 +383,9 @@ export class NativeHbone {
         return last;
       },
       close: () => this.lib?.closeStream(id),
+      get isClosed() {
+        return ended;
+      },
     };
     void closed.then((end) => (last = { in: end.bytesIn, out: end.bytesOut }));
     return { stream, waiter };
@@ -397,7 +429,8 @@ export class NativeHbone {
       };
     });
     ready.catch(() => undefined);
-    return { ...stream, ready };
+    // Not a spread: it would copy isClosed's value now instead of the getter.
+    return { id: stream.id, bytes: stream.bytes, close: stream.close, closed: stream.closed, get isClosed() { return stream.isClosed; }, ready };
   }
 
   /** Closes every connection from one source pod (it left the mesh). */
@@ -551,7 +584,7 @@ export class NativeHbone {
         sessions.add(id);
         // The count moves to the session: released by its "up" (client SETTINGS received) or "sessionClosed".
         pending.handshaking = false;
-        this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions, handshaking: true });
+        this.serverSessions.set(id, { ...info, onRequest, onRefused, listener: sessions, handshaking: true, unanswered: 0 });
       };
       this.withCurrentCtx(true, identity, handOver).catch((err: Error) => {
         giveUp();
@@ -570,4 +603,11 @@ export class NativeHbone {
       },
     };
   }
+}
+
+/** Streams whose "closed" event is among `evs` (one batch read from the library). Pure. */
+export function closedIn(evs: readonly NativeEvent[]): Set<number> {
+  const out = new Set<number>();
+  for (const ev of evs) if (ev.ev === 'closed') out.add(ev.stream);
+  return out;
 }
