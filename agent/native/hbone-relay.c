@@ -1715,7 +1715,9 @@ static void *loop(void *arg) {
  * - Every client stream id returned gets exactly one "status" event (the answer's status, or -1 with an error: session
  *   failed, stream reset or refused by the peer before answering, aborted, oversized) and then exactly one "closed".
  * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
- *   limits) is never reported. Answer each request once (ahb_answer); later answers, answers to client streams and
+ *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
+ *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new
+ *   requests of a session that has SERVER_MAX_STREAMS such streams: answer every request, late ones included. Answer each request once (ahb_answer); later answers, answers to client streams and
  *   answers to streams already gone are ignored (their fd is closed).
  * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
  *   handshaking is dropped at once and never sent; a session closed while handshaking fails its queued streams.
