@@ -309,41 +309,49 @@ class Raw:
         return ok and sid not in self.reset, round(time.monotonic() - t0, 3)
 
 
-def bomb(a, out):
-    c = Raw(a)
-    c.pump(lambda: False, 0.3)  # the server's SETTINGS (acknowledged by on_frame)
-    t0 = time.monotonic()
+def bomb_frames(a, out):
+    """The HEADERS (and CONTINUATION) frames of one --kind of header bomb on stream 1, built before the clock starts."""
     if a.kind == "hpack":
         block = connect_block(a.authority) + literal("x-bomb", "a" * 4000, incremental=True)
         refs = 16384 - len(block)
         block += b"\xbe" * refs  # indexed field 62: the entry just inserted
         out["decoded_bytes"] = refs * (6 + 4000)
-        c.send(frame(HEADERS, END_HEADERS, 1, block))
-    elif a.kind in ("frame", "oversize"):
+        return [frame(HEADERS, END_HEADERS, 1, block)]
+    if a.kind in ("frame", "oversize"):
         # One HEADERS frame of exactly the 1 MiB frame size the server advertises (frame), or one byte more (oversize):
         # ~1,000 distinct 1,000-byte headers, 16 times the header list limit.
         size = MAX_FRAME + (1 if a.kind == "oversize" else 0)
-        block = connect_block(a.authority)
+        parts = [connect_block(a.authority)]
+        length = len(parts[0])
         i = 0
-        while len(block) < size - 1100:
-            block += literal("x-f-%04d" % i, "v" * 1000)
+        while length < size - 1100:
+            parts.append(literal("x-f-%04d" % i, "v" * 1000))
+            length += len(parts[-1])
             i += 1
-        room = size - len(block)
-        pad = next(p for p in (literal("x-pad", "p" * (room - 7 - k)) for k in range(1, 5)) if len(p) == room)
-        block += pad
+        room = size - length
+        parts.append(next(p for p in (literal("x-pad", "p" * (room - 7 - k)) for k in range(1, 5)) if len(p) == room))
         out["decoded_bytes"] = size
-        try:
-            c.send(frame(HEADERS, END_HEADERS, 1, block))
-        except OSError:  # oversize: the server may close before it has read the whole frame
-            c.eof()
-    else:
-        count = 70 if a.kind == "big" else 58
-        block = connect_block(a.authority) + b"".join(literal("x-h-%03d" % i, "v" * 1000) for i in range(count))
-        out["decoded_bytes"] = count * (7 + 1000 + 32)
-        chunks = [block[i:i + 16000] for i in range(0, len(block), 16000)]
-        for i, ch in enumerate(chunks):
-            last = i == len(chunks) - 1
-            c.send(frame(HEADERS if i == 0 else CONTINUATION, END_HEADERS if last else 0, 1, ch))
+        return [frame(HEADERS, END_HEADERS, 1, b"".join(parts))]
+    count = 70 if a.kind == "big" else 58
+    block = connect_block(a.authority) + b"".join(literal("x-h-%03d" % i, "v" * 1000) for i in range(count))
+    out["decoded_bytes"] = count * (7 + 1000 + 32)
+    chunks = [block[i:i + 16000] for i in range(0, len(block), 16000)]
+    return [frame(HEADERS if i == 0 else CONTINUATION, END_HEADERS if i == len(chunks) - 1 else 0, 1, ch)
+            for i, ch in enumerate(chunks)]
+
+
+def bomb(a, out):
+    c = Raw(a)
+    c.pump(lambda: False, 0.3)  # the server's SETTINGS (acknowledged by on_frame)
+    frames = bomb_frames(a, out)
+    t0 = time.monotonic()
+    try:
+        for f in frames:
+            c.send(f)
+    except OSError:
+        if a.kind != "oversize":
+            raise
+        c.eof()  # oversize: the server may close before it has read the whole frame
     answered = c.pump(lambda: 1 in c.reset or 1 in c.status, a.timeout)
     out["answer_seconds"] = round(time.monotonic() - t0, 3)
     out["bomb_reset"] = c.reset.get(1)
@@ -378,8 +386,15 @@ def flow(a, out):
     tls = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=a.timeout), server_hostname=None)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
     conn.initiate_connection()
-    tls.sendall(conn.data_to_send())
     st = {"status": {}, "reset": {}, "data": {}, "goaway": None}
+
+    def send():
+        # pump() leaves a read timeout as short as 50 ms on the socket; a write under it fails whenever the agent
+        # takes longer to drain its receive buffer (seen on the Node path): writes get the whole --timeout.
+        tls.settimeout(a.timeout)
+        tls.sendall(conn.data_to_send())
+
+    send()
 
     def pump(until, timeout):
         deadline = time.monotonic() + timeout
@@ -405,7 +420,7 @@ def flow(a, out):
                     st["reset"][ev.stream_id] = int(ev.error_code)
                 elif isinstance(ev, h2.events.ConnectionTerminated):
                     st["goaway"] = int(ev.error_code)
-            tls.sendall(conn.data_to_send())
+            send()
         return True
 
     pump(lambda: False, 0.3)
@@ -418,7 +433,7 @@ def flow(a, out):
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, [(":method", "CONNECT"), (":authority", a.stall_authority)])
             sids.append(sid)
-        tls.sendall(conn.data_to_send())
+        send()
         pump(lambda: all(s in st["status"] or s in st["reset"] for s in sids), a.timeout)
         sent = 0
         # Send on every stream until flow control stops all of them (the upstream never reads).
@@ -436,7 +451,7 @@ def flow(a, out):
                     conn.send_data(sid, chunk[:n])
                     sent += n
                     progressed = True
-            tls.sendall(conn.data_to_send())
+            send()
             pump(lambda: False, 0.05 if progressed else 0.2)
             if progressed:
                 stalled_since = time.monotonic()
@@ -447,7 +462,7 @@ def flow(a, out):
                 conn.end_stream(sid)
             else:
                 conn.reset_stream(sid, 8)  # CANCEL
-        tls.sendall(conn.data_to_send())
+        send()
         pump(lambda: False, 0.3)
         sent_total += sent
         rounds.append({"streams": len(sids), "sent": sent, "statuses": [st["status"].get(s) for s in sids]})
@@ -460,13 +475,13 @@ def flow(a, out):
     t0 = time.monotonic()
     sid = conn.get_next_available_stream_id()
     conn.send_headers(sid, [(":method", "CONNECT"), (":authority", a.authority)])
-    tls.sendall(conn.data_to_send())
+    send()
     ok = pump(lambda: sid in st["status"] or sid in st["reset"], a.timeout) and st["status"].get(sid) == 200
     # Room for the 11 bytes: on a connection whose credit leaked, this is where it would wait forever.
     ok = ok and pump(lambda: min(conn.local_flow_control_window(sid), conn.outbound_flow_control_window) >= 11, a.timeout)
     if ok:
         conn.send_data(sid, b"flow-check\n")
-        tls.sendall(conn.data_to_send())
+        send()
         ok = pump(lambda: b"pong:flow-check" in st["data"].get(sid, b"") or sid in st["reset"], a.timeout)
         ok = ok and sid not in st["reset"]
     out["check_ok"] = bool(ok)
