@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-  echo "bench: must run as root (it creates network namespaces, veths and iptables/nftables rules); try: sudo bash scripts/bench.sh" >&2
+  echo "bench: must run as root (it creates network namespaces, veths and iptables/nftables rules); run it from a root shell" >&2
   exit 1
 fi
 
