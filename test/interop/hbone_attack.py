@@ -491,6 +491,20 @@ def flow(a, out):
     tls.close()
 
 
+def reconnect(a, out):
+    """A new attack connection, or None when the server ends it during the handshake or preface (counted in
+    out["connect_errors"], the first few messages kept): under attack a server may shed a connection; the caller goes on."""
+    try:
+        return Raw(a)
+    except OSError as e:
+        out["connect_errors"] = out.get("connect_errors", 0) + 1
+        out.setdefault("connect_error_messages", [])
+        if len(out["connect_error_messages"]) < 5:
+            out["connect_error_messages"].append("%s: %s" % (type(e).__name__, e))
+        time.sleep(0.05)
+        return None
+
+
 def check_after(a, c, out):
     """Closes the attack's connection, then a check stream to the echo on a new one (from handshake to answer)."""
     if c is not None:
@@ -513,7 +527,9 @@ def rapid(a, out):
                 goaways.append(c.goaway)
                 answered, resets = answered + len(c.status), resets + len(c.reset)
                 c.close()
-            c, sid = Raw(a), 1
+            c, sid = reconnect(a, out), 1
+            if c is None:
+                continue
             conns += 1
         n = min(a.batch, a.count - sent)
         burst = b"".join(frame(HEADERS, END_HEADERS, sid + 2 * i, block) + frame(RST_STREAM, 0, sid + 2 * i, struct.pack(">I", CANCEL))
@@ -529,11 +545,13 @@ def rapid(a, out):
     out["seconds"] = round(time.monotonic() - t0, 3)
     out["sent"] = sent
     out["rate_per_s"] = round(sent / max(out["seconds"], 1e-6))
-    c.pump(lambda: False, 0.3)
-    if c.closed or c.goaway is not None:
-        goaways.append(c.goaway)
-    out["answered_200"] = answered + sum(1 for v in c.status.values() if v == 200)
-    out["server_resets"] = resets + len(c.reset)
+    if c is not None:
+        c.pump(lambda: False, 0.3)
+        if c.closed or c.goaway is not None:
+            goaways.append(c.goaway)
+    last_status, last_reset = (c.status, c.reset) if c is not None else ({}, {})
+    out["answered_200"] = answered + sum(1 for v in last_status.values() if v == 200)
+    out["server_resets"] = resets + len(last_reset)
     out["connections"] = conns
     out["goaways"] = goaways
     check_after(a, c, out)
@@ -549,7 +567,9 @@ def churn(a, out):
             if c is not None:
                 goaways.append(c.goaway)
                 c.close()
-            c, sid = Raw(a), 1
+            c, sid = reconnect(a, out), 1
+            if c is None:
+                continue
             conns += 1
         n = min(a.batch, a.count - opened - refused - lost)
         sids = [sid + 2 * i for i in range(n)]
@@ -574,9 +594,10 @@ def churn(a, out):
     out["refused"] = refused
     out["unanswered"] = lost
     out["connections"] = conns
-    c.pump(lambda: False, 0.3)
-    if c.closed or c.goaway is not None:
-        goaways.append(c.goaway)
+    if c is not None:
+        c.pump(lambda: False, 0.3)
+        if c.closed or c.goaway is not None:
+            goaways.append(c.goaway)
     out["goaways"] = goaways
     check_after(a, c, out)
 
