@@ -162,21 +162,18 @@ void ev_up(const struct session *s) {
   json_emit(&j);
 }
 
-void ev_settings(uint64_t session, int64_t max_streams) {
+/* An event of one session with one number: {"ev":ev,"session":session,key:v}. */
+static void ev_session_number(const char *ev, uint64_t session, const char *key, int64_t v) {
   struct json_line j;
-  json_begin(&j, "settings");
+  json_begin(&j, ev);
   json_num(&j, "session", (int64_t)session);
-  json_num(&j, "maxStreams", max_streams);
+  json_num(&j, key, v);
   json_emit(&j);
 }
 
-void ev_goaway(uint64_t session, uint32_t code) {
-  struct json_line j;
-  json_begin(&j, "goaway");
-  json_num(&j, "session", (int64_t)session);
-  json_num(&j, "code", code);
-  json_emit(&j);
-}
+void ev_settings(uint64_t session, int64_t max_streams) { ev_session_number("settings", session, "maxStreams", max_streams); }
+
+void ev_goaway(uint64_t session, uint32_t code) { ev_session_number("goaway", session, "code", code); }
 
 void ev_request(const struct session *s, const struct stream *st) {
   struct json_line j;
