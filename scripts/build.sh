@@ -14,7 +14,7 @@ chmod +x dist/bin/ambient-cni.mjs
 gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
 # The native HBONE data plane (--data-path native): TLS (OpenSSL 3) + HTTP/2 (nghttp2) + byte pumping, loaded with koffi.
 mkdir -p dist/native
-gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o dist/native/libambient-hbone.so agent/native/hbone-relay.c -lssl -lcrypto -lnghttp2 -lpthread
+gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o dist/native/libambient-hbone.so agent/native/hbone-relay/*.c -lssl -lcrypto -lnghttp2 -lpthread
 cp agent/src/identity/istioca.proto dist/agent/src/identity/
 # The plugin as a Node single executable application (dist/bin/ambient-cni-standalone; hosts without Node run it, and
 # the native front falls back to it): a CommonJS bundle that must hold no native addon (a SEA blob cannot carry one),

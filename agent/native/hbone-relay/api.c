@@ -1,0 +1,286 @@
+/*
+ * The exported C API (ahb_*), called on the agent's thread through koffi (agent/src/hbone/native-lib.ts). A call copies
+ * its arguments into a command, queues it under relay.mu and wakes the loop (eventfd); ids are allocated here, so calls
+ * return at once. Ownership: an fd passed in belongs to the library from the call on, also when the call fails (it is
+ * closed); the strings are copied. TLS contexts are kept on relay.ctxs until ahb_ctx_free or ahb_stop.
+ *
+ * Contract (every call, in any order, on ids that exist, are gone or never were, is memory-safe; the harness in
+ * agent/native/test/relay-harness.c plays such orders under ASan/UBSan):
+ * - A call never blocks on the loop: it queues a command, which the loop runs in call order.
+ * - Every session id returned gets exactly one "sessionClosed" event (preceded by "up" if it came up).
+ * - Every client stream id returned gets exactly one "status" event (the answer's status, or -1 with an error: session
+ *   failed, stream reset or refused by the peer before answering, aborted, oversized) and then exactly one "closed".
+ * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
+ *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
+ *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new
+ *   requests of a session that has SERVER_MAX_STREAMS such streams: answer every request, late ones included. Answer
+ *   each request once (ahb_answer); later answers, answers to client streams and answers to streams already gone are
+ *   ignored (their fd is closed).
+ * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
+ *   handshaking is dropped at once and never sent; a session closed while handshaking fails its queued streams.
+ * - A call that returns 0 for an id (out of memory) has closed the fd it was given; no event will come for it.
+ * - If the library cannot queue an event (out of memory), it closes every session and stream and shuts the event
+ *   socket: the agent reads the end of the stream.
+ * - Memory: a stream is freed only once nghttp2 no longer refers to it (never submitted, or after on_stream_close),
+ *   or with its whole session; nothing is freed inside an nghttp2 callback.
+ */
+#include "relay.h"
+#include "ahb.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+static void enqueue(struct cmd *c) {
+  pthread_mutex_lock(&relay.mu);
+  if (relay.cmds_tail) relay.cmds_tail->next = c;
+  else relay.cmds = c;
+  relay.cmds_tail = c;
+  pthread_mutex_unlock(&relay.mu);
+  uint64_t one = 1;
+  if (write(relay.wakefd, &one, sizeof one) < 0) { /* eventfd cannot overflow here */
+  }
+}
+
+/* A command owning fd (closed, and NULL returned, when memory runs out). */
+static struct cmd *cmd_new(enum cmd_kind kind, int fd) {
+  struct cmd *c = calloc(1, sizeof *c);
+  if (!c) {
+    if (fd >= 0) close(fd);
+    snprintf(relay.err, sizeof relay.err, "out of memory");
+    return NULL;
+  }
+  c->kind = kind;
+  c->fd = fd;
+  return c;
+}
+
+/* Copies a string argument into the command (NULL as ""); -1 when memory runs out. */
+static int cmd_str(char **to, const char *s) {
+  *to = strdup(s ? s : "");
+  if (*to) return 0;
+  snprintf(relay.err, sizeof relay.err, "out of memory");
+  return -1;
+}
+
+/* The context's SSL_CTX with a reference of its own for the caller, or NULL when the id is unknown. */
+static SSL_CTX *find_ctx(uint64_t id) {
+  SSL_CTX *ctx = NULL;
+  pthread_mutex_lock(&relay.mu);
+  for (struct ctx_entry *c = relay.ctxs; c; c = c->next)
+    if (c->id == id) {
+      ctx = c->ctx;
+      SSL_CTX_up_ref(ctx);
+      break;
+    }
+  pthread_mutex_unlock(&relay.mu);
+  return ctx;
+}
+
+/* The last error of a call that returned -1 or 0. */
+AHB_EXPORT const char *ahb_last_error(void) { return relay.err; }
+
+/** Starts the loop thread; returns the agent's end of the event socket (JSON lines), or -1. */
+AHB_EXPORT int ahb_start(void) {
+  if (relay.running) {
+    snprintf(relay.err, sizeof relay.err, "already started");
+    return -1;
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) goto fail;
+  relay.evfd = sv[0];
+  fcntl(relay.evfd, F_SETFL, fcntl(relay.evfd, F_GETFL) | O_NONBLOCK);
+  int sz = 4 * 1024 * 1024;
+  setsockopt(relay.evfd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+  relay.epfd = epoll_create1(EPOLL_CLOEXEC);
+  relay.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  relay.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (relay.epfd < 0 || relay.wakefd < 0 || relay.timerfd < 0) goto fail;
+  struct itimerspec ts = {{1, 0}, {1, 0}};
+  timerfd_settime(relay.timerfd, 0, &ts, NULL);
+  relay.wake_io = (struct io){IO_WAKE, relay.wakefd, 0};
+  relay.timer_io = (struct io){IO_TIMER, relay.timerfd, 0};
+  relay.ev_io = (struct io){IO_EVENTS, relay.evfd, 0};
+  io_set(&relay.wake_io, EPOLLIN);
+  io_set(&relay.timer_io, EPOLLIN);
+  io_set(&relay.ev_io, EPOLLIN);
+  relay.stop = 0;
+  relay.events_lost = 0;
+  if (pthread_create(&relay.thread, NULL, relay_loop, NULL)) goto fail;
+  relay.running = 1;
+  return sv[1];
+fail:
+  snprintf(relay.err, sizeof relay.err, "start: %s", strerror(errno));
+  return -1;
+}
+
+/**
+ * Limits, in ms (0 = none): the TLS + HTTP/2 handshake deadline of new sessions; how long a server session may stay
+ * without streams; how long a stream closed in order may hold DATA its app does not read. Call before sessions start.
+ */
+AHB_EXPORT void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms) {
+  relay.handshake_ms = handshake_ms;
+  relay.idle_ms = idle_ms;
+  relay.linger_ms = linger_ms;
+}
+
+/** The SPIFFE rule of the server side (exported for tests): NULL when `uri` is a valid ID in `td` (any, if NULL). */
+AHB_EXPORT const char *ahb_spiffe_check(const char *uri, const char *td) { return spiffe_check(uri ? uri : "", td && *td ? td : NULL); }
+
+/** Stops the loop (closing every session and stream) and waits for it. */
+AHB_EXPORT void ahb_stop(void) {
+  if (!relay.running) return;
+  struct cmd *stop = cmd_new(CMD_STOP, -1);
+  if (stop) enqueue(stop);
+  pthread_join(relay.thread, NULL);
+  relay.running = 0;
+  /* Commands queued after the stop was taken: their fds and contexts are released here. */
+  for (struct cmd *c = take_cmds(), *next; c; c = next) {
+    next = c->next;
+    cmd_free(c);
+  }
+  close(relay.epfd);
+  close(relay.wakefd);
+  close(relay.timerfd);
+  close(relay.evfd);
+  relay.epfd = relay.wakefd = relay.timerfd = relay.evfd = -1;
+  buf_free(&relay.events);
+  pthread_mutex_lock(&relay.mu);
+  while (relay.ctxs) {
+    struct ctx_entry *e = relay.ctxs;
+    relay.ctxs = e->next;
+    SSL_CTX_free(e->ctx);
+    free(e);
+  }
+  pthread_mutex_unlock(&relay.mu);
+}
+
+/** A TLS context for one identity's material (server != 0: the 15008 side). Returns its id, or 0 (ahb_last_error). */
+AHB_EXPORT uint64_t ahb_ctx_new(int server, const char *chain_pem, const char *key_pem, const char *roots_pem) {
+  SSL_CTX *ctx = tls_ctx_new(server, chain_pem, key_pem, roots_pem, relay.err, sizeof relay.err);
+  if (!ctx) return 0;
+  struct ctx_entry *e = calloc(1, sizeof *e);
+  if (!e) {
+    SSL_CTX_free(ctx);
+    snprintf(relay.err, sizeof relay.err, "out of memory");
+    return 0;
+  }
+  e->ctx = ctx;
+  e->id = ++relay.next_id;
+  pthread_mutex_lock(&relay.mu);
+  e->next = relay.ctxs;
+  relay.ctxs = e;
+  pthread_mutex_unlock(&relay.mu);
+  return e->id;
+}
+
+/**
+ * Forgets a TLS context (after a certificate renewal). Sessions made with it, and ahb_*_session calls already made with
+ * it whose session the loop has not started yet, keep it until they close; later calls with the id fail their session
+ * ("unknown TLS context").
+ */
+AHB_EXPORT void ahb_ctx_free(uint64_t id) {
+  pthread_mutex_lock(&relay.mu);
+  for (struct ctx_entry **pp = &relay.ctxs; *pp; pp = &(*pp)->next) {
+    if ((*pp)->id == id) {
+      struct ctx_entry *e = *pp;
+      *pp = e->next;
+      SSL_CTX_free(e->ctx);
+      free(e);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&relay.mu);
+}
+
+static uint64_t session_cmd(enum cmd_kind kind, uint64_t ctx, int fd, const char *expected) {
+  struct cmd *c = cmd_new(kind, fd);
+  if (!c) return 0;
+  if (cmd_str(&c->a, expected)) {
+    cmd_free(c); /* closes fd */
+    return 0;
+  }
+  c->id = ++relay.next_id;
+  c->ref = ctx;
+  c->ctx = find_ctx(ctx); /* now, on the caller's thread: NULL makes the loop report "unknown TLS context" */
+  uint64_t id = c->id;
+  enqueue(c);
+  return id;
+}
+
+/**
+ * A client HBONE session over a connected TCP fd (owned from now on); the peer must be `expected_id`. The TLS context is
+ * taken when this is called. Returns the session id (0: out of memory, fd closed, no event).
+ */
+AHB_EXPORT uint64_t ahb_client_session(uint64_t ctx, int fd, const char *expected_id) { return session_cmd(CMD_CLIENT_SESSION, ctx, fd, expected_id); }
+
+/** A server HBONE session over an accepted TCP fd (owned from now on); clients must be in `trust_domain`. Ids as above. */
+AHB_EXPORT uint64_t ahb_server_session(uint64_t ctx, int fd, const char *trust_domain) { return session_cmd(CMD_SERVER_SESSION, ctx, fd, trust_domain); }
+
+/**
+ * A CONNECT stream on a client session relaying app socket `fd` (owned from now on). headers: "name\nvalue\n...".
+ * Queued while the session handshakes, submitted when it is up. Returns the stream id (0: out of memory, fd closed, no
+ * event).
+ */
+AHB_EXPORT uint64_t ahb_client_stream(uint64_t session, int fd, const char *authority, const char *headers) {
+  struct cmd *c = cmd_new(CMD_CLIENT_STREAM, fd);
+  if (!c) return 0;
+  if (cmd_str(&c->a, authority) || cmd_str(&c->b, headers)) {
+    cmd_free(c); /* closes fd */
+    return 0;
+  }
+  c->id = ++relay.next_id;
+  c->ref = session;
+  uint64_t id = c->id;
+  enqueue(c);
+  return id;
+}
+
+/** Answers a server stream's request: 200 with the upstream app socket `fd` (owned), or another status (fd -1). */
+AHB_EXPORT void ahb_answer(uint64_t stream, int status, int fd) {
+  struct cmd *c = cmd_new(CMD_ANSWER, fd);
+  if (!c) return;
+  c->id = stream;
+  c->status = status;
+  enqueue(c);
+}
+
+/** Resets a stream (policy change, or the agent gave up on it): the app socket gets a reset, the peer RST_STREAM. */
+AHB_EXPORT void ahb_close_stream(uint64_t stream) {
+  struct cmd *c = cmd_new(CMD_CLOSE_STREAM, -1);
+  if (!c) return;
+  c->id = stream;
+  enqueue(c);
+}
+
+/** Closes a session: graceful (GOAWAY, open streams finish) or at once. */
+AHB_EXPORT void ahb_close_session(uint64_t session, int graceful) {
+  struct cmd *c = cmd_new(CMD_CLOSE_SESSION, -1);
+  if (!c) return;
+  c->id = session;
+  c->flag = graceful;
+  enqueue(c);
+}
+
+/** Live byte counters of a stream: out[0] read from its app socket, out[1] written to it. Returns 0, or -1 if gone. */
+AHB_EXPORT int ahb_stream_bytes(uint64_t stream, uint64_t *out) {
+  int rc = -1;
+  pthread_mutex_lock(&relay.mu);
+  for (struct stream *st = relay.all_streams; st; st = st->next_all) {
+    if (st->id == stream) {
+      out[0] = st->bytes_in;
+      out[1] = st->bytes_out;
+      rc = 0;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&relay.mu);
+  return rc;
+}

@@ -1,0 +1,231 @@
+/*
+ * Byte buffers, and the events the loop sends to the agent: one JSON object a line on the event socket, every line
+ * written by the bounded JSON writer below (strings escaped; a line never longer than EVENT_LINE_MAX).
+ * Ownership: loop thread only (relay.events, relay.events_lost). An event that cannot be queued (out of memory) breaks
+ * the events' contract (one "sessionClosed" a session...), so the loop stops and the event socket is shut: the agent
+ * sees its end instead of waiting for events that will never come.
+ */
+#include "relay.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+
+int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------- buffers ---------- */
+
+int buf_reserve(struct buf *b, size_t extra) {
+  if (b->off && b->off + b->len + extra > b->cap) {
+    memmove(b->p, b->p + b->off, b->len);
+    b->off = 0;
+  }
+  if (b->len + extra <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + extra) cap *= 2;
+  char *p = realloc(b->p, cap);
+  if (!p) return -1;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+/* Appends n bytes; -1 (and b unchanged) when memory runs out. */
+int buf_append(struct buf *b, const void *d, size_t n) {
+  if (buf_reserve(b, n)) return -1;
+  memcpy(b->p + b->off + b->len, d, n);
+  b->len += n;
+  return 0;
+}
+
+void buf_consume(struct buf *b, size_t n) {
+  b->off += n;
+  b->len -= n;
+  if (!b->len) b->off = 0;
+}
+
+void buf_free(struct buf *b) {
+  free(b->p);
+  memset(b, 0, sizeof *b);
+}
+
+/* ---------- a bounded JSON writer (one event line) ---------- */
+
+/*
+ * Longest event line. The largest event, "request", holds a :method of at most MAX_METHOD bytes, an :authority of at
+ * most MAX_AUTHORITY and a SPIFFE ID of at most 2048, each at most 6 bytes a byte once escaped: it fits. Past the bound a
+ * string is cut (at a character, never inside an escape) and a field that does not fit whole is left out, so a line is
+ * always valid JSON. The agent accepts lines of up to 256 KiB (MAX_EVENT_LINE in native-lib.ts).
+ */
+#define EVENT_LINE_MAX (32 * 1024)
+
+struct json_line {
+  char p[EVENT_LINE_MAX];
+  size_t len;
+};
+
+/* Room kept for the end of the line ("}\n"), which json_emit always writes. */
+#define JSON_TAIL 2
+
+/* Appends n bytes if they fit with `keep` bytes left besides the tail; 0 or -1 (nothing written). */
+static int json_put(struct json_line *j, const char *d, size_t n, size_t keep) {
+  if (j->len + n + keep + JSON_TAIL > sizeof j->p) return -1;
+  memcpy(j->p + j->len, d, n);
+  j->len += n;
+  return 0;
+}
+
+static void json_begin(struct json_line *j, const char *ev) {
+  j->len = 0;
+  json_put(j, "{\"ev\":\"", 7, 0);
+  json_put(j, ev, strlen(ev), 0); /* event names are literals of this file: nothing to escape */
+  json_put(j, "\"", 1, 0);
+}
+
+/* ,"key":v — keys are literals of this file (nothing to escape). */
+static void json_num(struct json_line *j, const char *key, int64_t v) {
+  char tmp[96];
+  int n = snprintf(tmp, sizeof tmp, ",\"%s\":%lld", key, (long long)v);
+  if (n > 0 && (size_t)n < sizeof tmp) json_put(j, tmp, (size_t)n, 0);
+}
+
+/* ,"key":"v" with v escaped (", \ and control characters); v is cut where the line's bound would be passed. */
+static void json_str(struct json_line *j, const char *key, const char *v) {
+  char tmp[80];
+  int n = snprintf(tmp, sizeof tmp, ",\"%s\":\"", key);
+  if (n <= 0 || (size_t)n >= sizeof tmp || json_put(j, tmp, (size_t)n, 1)) return;
+  for (const char *s = v; s && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    char esc[8];
+    size_t len;
+    if (c == '"' || c == '\\') {
+      esc[0] = '\\';
+      esc[1] = (char)c;
+      len = 2;
+    } else if (c < 0x20) {
+      snprintf(esc, sizeof esc, "\\u%04x", c);
+      len = 6;
+    } else {
+      esc[0] = (char)c;
+      len = 1;
+    }
+    if (json_put(j, esc, len, 1)) break; /* keeps room for the closing quote */
+  }
+  j->p[j->len++] = '"';
+}
+
+/* Ends the line and queues it on the event socket's buffer (sent by ev_flush). */
+static void json_emit(struct json_line *j) {
+  j->p[j->len++] = '}';
+  j->p[j->len++] = '\n';
+  if (relay.events_lost) return;
+  if (buf_append(&relay.events, j->p, j->len)) {
+    relay.events_lost = 1;
+    relay.stop = 1;
+  }
+}
+
+/* ---------- the event socket ---------- */
+
+void ev_update(void) { io_set(&relay.ev_io, relay.events.len ? (EPOLLIN | EPOLLOUT) : EPOLLIN); }
+
+void ev_flush(void) {
+  while (relay.events.len) {
+    ssize_t n = send(relay.evfd, relay.events.p + relay.events.off, relay.events.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      buf_consume(&relay.events, (size_t)n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break; /* EAGAIN: wait for EPOLLOUT; other errors: the agent is gone, the stop command follows */
+  }
+  ev_update();
+}
+
+/* ---------- the events (their fields are NativeEvent in agent/src/hbone/native-lib.ts) ---------- */
+
+void ev_up(const struct session *s) {
+  struct json_line j;
+  json_begin(&j, "up");
+  json_num(&j, "session", (int64_t)s->id);
+  json_str(&j, "peer", s->peer);
+  json_num(&j, "peerNotAfter", s->peer_not_after);
+  json_str(&j, "peerSerial", s->peer_serial);
+  json_emit(&j);
+}
+
+/* An event of one session with one number: {"ev":ev,"session":session,key:v}. */
+static void ev_session_number(const char *ev, uint64_t session, const char *key, int64_t v) {
+  struct json_line j;
+  json_begin(&j, ev);
+  json_num(&j, "session", (int64_t)session);
+  json_num(&j, key, v);
+  json_emit(&j);
+}
+
+void ev_settings(uint64_t session, int64_t max_streams) { ev_session_number("settings", session, "maxStreams", max_streams); }
+
+void ev_goaway(uint64_t session, uint32_t code) { ev_session_number("goaway", session, "code", code); }
+
+void ev_request(const struct session *s, const struct stream *st) {
+  struct json_line j;
+  json_begin(&j, "request");
+  json_num(&j, "session", (int64_t)s->id);
+  json_num(&j, "stream", (int64_t)st->id);
+  json_str(&j, "method", st->as_server.method ? st->as_server.method : "");
+  json_str(&j, "authority", st->as_server.authority ? st->as_server.authority : "");
+  json_str(&j, "peer", s->peer);
+  json_emit(&j);
+}
+
+/* A client stream's answer: its status, or -1 and why no answer will come (why: NULL for none). */
+void ev_status(uint64_t stream, int status, const char *why) {
+  struct json_line j;
+  json_begin(&j, "status");
+  json_num(&j, "stream", (int64_t)stream);
+  json_num(&j, "status", status);
+  if (why) json_str(&j, "error", why);
+  json_emit(&j);
+}
+
+void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why) {
+  struct json_line j;
+  json_begin(&j, "closed");
+  json_num(&j, "stream", (int64_t)stream);
+  json_num(&j, "bytesIn", (int64_t)bytes_in);
+  json_num(&j, "bytesOut", (int64_t)bytes_out);
+  json_num(&j, "h2Error", h2_error);
+  json_num(&j, "errored", errored);
+  if (why) json_str(&j, "error", why);
+  json_emit(&j);
+}
+
+void ev_session_closed(const struct session *s) {
+  struct json_line j;
+  json_begin(&j, "sessionClosed");
+  json_num(&j, "session", (int64_t)s->id);
+  json_num(&j, "wasUp", s->server ? s->ready : s->up);
+  json_num(&j, "identityRefused", s->identity_refused);
+  json_num(&j, "timedOut", s->timed_out);
+  json_num(&j, "goawayCode", s->goaway_code);
+  json_str(&j, "error", s->error);
+  json_emit(&j);
+}
+
+/* The "sessionClosed" of a session that could not even be made (no session object). */
+void ev_session_failed(uint64_t session, const char *why) {
+  struct json_line j;
+  json_begin(&j, "sessionClosed");
+  json_num(&j, "session", (int64_t)session);
+  json_num(&j, "wasUp", 0);
+  json_str(&j, "error", why);
+  json_emit(&j);
+}

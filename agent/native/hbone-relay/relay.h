@@ -1,0 +1,282 @@
+/*
+ * Internal header of the native HBONE data plane (dist/native/libambient-hbone.so): the types, limits and the one
+ * process-wide state shared by its files. The exported C API (ahb_*) is in api.c; nothing declared here is exported.
+ *
+ * The files, by concern (each starts with its ownership rules):
+ *   ahb.h      the exported API (ahb_*), the one header for users of the library
+ *   api.c      the ahb_* calls, on the agent's thread: they copy their arguments into a command and queue it
+ *   loop.c     the loop thread: epoll, the commands run, timers (handshake deadline, keepalive, idle, linger), reaping
+ *   tls.c      TLS contexts, the handshake, the peer's identity (SPIFFE)
+ *   session.c  HTTP/2 sessions: nghttp2 callbacks, reading and writing frames through TLS
+ *   stream.c   streams: the app socket side of a CONNECT, DATA without copies
+ *   events.c   byte buffers, and the events to the agent (JSON lines, written by one bounded JSON writer)
+ *
+ * Threads: everything runs on the loop thread except api.c's functions (the agent's thread, through koffi). The two
+ * meet only through `relay` fields marked "mu" (under relay.mu) or atomic, and the eventfd that wakes the loop.
+ * Ownership: an fd handed to an ahb_* call belongs to the library from then on: to the command until the loop runs it,
+ * then to its session or stream, and is closed on every path. SSL, nghttp2 and buffers are freed when their session or
+ * stream is reaped at the end of a loop turn (reap, loop.c), never inside an nghttp2 callback.
+ */
+#ifndef AMBIENT_HBONE_RELAY_H
+#define AMBIENT_HBONE_RELAY_H
+
+#define _GNU_SOURCE
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Every symbol below is internal to the library: only api.c's ahb_* functions are exported (AHB_EXPORT). */
+#pragma GCC visibility push(hidden)
+
+#define AHB_EXPORT __attribute__((visibility("default")))
+
+/* ---------- protocol and resource limits (literals for now: the agent's settings are to replace them) ---------- */
+
+#define STREAM_WINDOW (4 * 1024 * 1024)
+#define CONNECTION_WINDOW (16 * 1024 * 1024)
+#define MAX_FRAME (1024 * 1024)
+#define APP_BUF (256 * 1024)
+/* Bytes kept free before the data of a stream's `in` buffer, so a DATA frame header fits in front of its payload. */
+#define HEADROOM 16
+#define TLS_READ (64 * 1024)
+#define TLS_WBUF_FLUSH (128 * 1024)
+#define KEEPALIVE_INTERVAL_MS 10000
+#define KEEPALIVE_TIMEOUT_MS 20000
+#define HBONE_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+/* What we advertise as SETTINGS_MAX_HEADER_LIST_SIZE, enforced on what we receive (nghttp2 does not enforce it). */
+#define SERVER_MAX_HEADER_LIST (64 * 1024)
+#define CLIENT_MAX_HEADER_LIST (16 * 1024)
+/* HTTP/2's size of a header field: name + value + 32 (RFC 9113 6.5.2). */
+#define HEADER_OVERHEAD 32
+/* Longest :method and :authority carried to the agent (an authority is ip:port, or host:port for double HBONE). */
+#define MAX_METHOD 32
+#define MAX_AUTHORITY 1024
+/*
+ * SETTINGS_MAX_CONCURRENT_STREAMS of a server session, and the most requests of one session the agent may be working on
+ * at once (told of, not answered yet, whether or not the peer has reset them since): beyond it, REFUSED_STREAM.
+ */
+#define SERVER_MAX_STREAMS 200
+/* After this many streams freed since the last trim, freed memory is handed back to the system (a burst of streams). */
+#define TRIM_AFTER_STREAMS 4096
+
+/* The struct holding `member` at `p` (the loop gets a struct io * from epoll and needs its session or stream). */
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+/* ---------- types ---------- */
+
+enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP };
+
+/* One fd in the loop's epoll set; epoll's data.ptr points here. */
+struct io {
+  enum io_kind kind;
+  int fd;
+  uint32_t mask; /* current epoll interest, 0 = not registered */
+};
+
+/* A growable byte buffer: data at p[off .. off+len), capacity cap. Owned by whatever holds it; buf_free releases it. */
+struct buf {
+  char *p;
+  size_t off, len, cap;
+};
+
+struct session;
+
+/*
+ * One CONNECT stream. Client and server streams share one type: the relay of bytes (the app socket, the in and out
+ * buffers, flow control, closing) is the same for both; what only one role uses is in as_client or as_server.
+ * Owned by its session (on s->streams or s->as_client.pending); also on relay.all_streams (under mu) for byte counters.
+ * nghttp2 holds it (as stream user data and data source) from nghttp2_submit_request (client) or on_begin_headers
+ * (server) until on_stream_close; `dead` is set only when nghttp2 does not hold it (never submitted, or h2_closed), and
+ * only dead streams are freed (reap), except when the whole session is freed, where every stream goes just before
+ * nghttp2_session_del.
+ */
+struct stream {
+  struct io io; /* the app socket (downstream on the client side, upstream on the server side); owned */
+  uint64_t id;
+  int32_t h2id; /* -1 until submitted */
+  struct session *s;
+  struct stream *next_in_session, *next_all;
+  struct buf in;  /* read from the app, waiting to go out as DATA */
+  struct buf out; /* DATA received, waiting to be written to the app */
+  int status;     /* response status (client) or answer (server); 0 = not yet */
+  unsigned app_eof : 1, peer_eof : 1, app_shut : 1, h2_closed : 1, dead : 1, reported : 1, relaying : 1, errored : 1;
+  unsigned deferred : 1;
+  uint32_t h2_error;
+  _Atomic uint64_t bytes_in;  /* read from the app socket */
+  _Atomic uint64_t bytes_out; /* written to the app socket */
+  size_t header_bytes;        /* of the header block being received, as HTTP/2 counts it */
+  int64_t closed_ms;          /* when HTTP/2 closed the stream, then when its app last took bytes (0: open) */
+  struct {
+    /* The request to submit (freed once submitted): nva points into nvstore and authority. */
+    nghttp2_nv *nva;
+    size_t nvlen;
+    char *nvstore, *authority;
+    unsigned status_reported : 1; /* its one "status" event was sent */
+  } as_client;
+  struct {
+    /* The request as received (only what the agent reads; other headers are counted, never kept). */
+    char *method, *authority;
+    /* fresh: received in the read being processed, not reported yet (session_report_requests); awaiting: the agent was
+     * told of the request and has neither answered nor closed the stream; answered: ahb_answer ran for it. */
+    unsigned fresh : 1, awaiting : 1, answered : 1;
+    struct stream *next_fresh;
+  } as_server;
+};
+
+/*
+ * One HBONE connection: TLS over a TCP fd, HTTP/2 over TLS. Client and server sessions share one type because the
+ * loop drives both the same way (handshake, read, flush, keepalive, reap) and nghttp2's callbacks are shared, with a
+ * branch on `server` where the roles differ; what only one role uses is in as_client or as_server.
+ * Owned by relay.sessions (loop thread); it owns its fd, SSL, nghttp2 session, buffers and streams.
+ */
+struct session {
+  struct io io; /* the TCP connection to the peer; owned */
+  uint64_t id;
+  int server; /* the role: 1 = server (15008 side), 0 = client */
+  SSL *ssl;
+  nghttp2_session *h2;
+  int handshaking, up, dead, graceful, identity_refused;
+  int ready;              /* the peer's SETTINGS arrived (a server session is "up" only then) */
+  int timed_out;          /* closed because the TLS + HTTP/2 handshake missed its deadline */
+  int64_t deadline_ms;    /* handshake deadline (0: none) */
+  int64_t last_active_ms; /* last time a stream opened or ended (idle limit of server sessions) */
+  char *expected;         /* the identity rule: client: the peer SPIFFE ID we require; server: the trust domain */
+  char peer[2049];        /* verified peer identity (SPIFFE IDs are at most 2048 bytes) */
+  char peer_serial[130];
+  int64_t peer_not_after;
+  struct buf wbuf; /* TLS plaintext waiting for SSL_write */
+  struct stream *streams;
+  uint32_t goaway_code; /* the error code of the GOAWAY that ends this session (nghttp2's, or ours for a failed read) */
+  int64_t last_ping_ms, ping_sent_ms;
+  char error[1200];
+  struct session *next;
+  struct {
+    struct stream *pending; /* streams queued before the handshake finished (submitted when it does) */
+  } as_client;
+  struct {
+    struct stream *fresh, **fresh_tail; /* requests received in this read, reported once it is processed */
+    int awaiting;                       /* streams with as_server.awaiting set (the agent's work in progress) */
+  } as_server;
+};
+
+/* A TLS context the agent made (ahb_ctx_new); on relay.ctxs under mu. Holds one reference to ctx. */
+struct ctx_entry {
+  uint64_t id;
+  SSL_CTX *ctx;
+  struct ctx_entry *next;
+};
+
+enum cmd_kind { CMD_CLIENT_SESSION, CMD_SERVER_SESSION, CMD_CLIENT_STREAM, CMD_ANSWER, CMD_CLOSE_STREAM, CMD_CLOSE_SESSION, CMD_STOP };
+
+/* One API call for the loop. Owns fd, a, b and its ctx reference until the loop hands them on (or cmd_free). */
+struct cmd {
+  enum cmd_kind kind;
+  uint64_t id, ref; /* the new object's id; the session (or ctx) it refers to */
+  int fd, status, flag;
+  char *a, *b;  /* strings the command owns */
+  SSL_CTX *ctx; /* sessions: the TLS context, referenced when the call was made (a later ahb_ctx_free cannot take it) */
+  struct cmd *next;
+};
+
+/*
+ * The library's one state (one data plane a process). Who may touch what:
+ * - start/stop: `running`, `thread`, the fds and their io are set by ahb_start and torn down by ahb_stop, on the agent's
+ *   thread while no loop runs; the loop thread only reads them.
+ * - mu: `cmds` (the agent's thread queues, the loop takes), `ctxs` (the agent's thread only, under mu for find_ctx) and
+ *   `all_streams` (the loop links and unlinks, ahb_stream_bytes reads).
+ * - loop thread only: `sessions`, `events`, `events_lost`, `stop`.
+ * - atomic: `next_id` (ids are allocated on both threads), the limits (set by ahb_set_limits, read by the loop).
+ * - `err`: the agent's thread only (the last error of an ahb_* call).
+ */
+struct relay_state {
+  pthread_mutex_t mu;
+  pthread_t thread;
+  int running;
+  int epfd, wakefd, timerfd, evfd;
+  struct io wake_io, timer_io, ev_io;
+  struct cmd *cmds, *cmds_tail;
+  struct ctx_entry *ctxs;
+  struct session *sessions;
+  struct stream *all_streams;
+  _Atomic uint64_t next_id;
+  struct buf events;
+  int events_lost; /* an event could not be queued (out of memory): the loop stops and the event socket is shut */
+  int stop;
+  char err[512];
+  _Atomic int handshake_ms, idle_ms, linger_ms;
+};
+
+extern struct relay_state relay;
+
+/* ---------- events.c: buffers, JSON, events ---------- */
+
+int64_t now_ms(void);
+int buf_reserve(struct buf *b, size_t extra);
+int buf_append(struct buf *b, const void *d, size_t n);
+void buf_consume(struct buf *b, size_t n);
+void buf_free(struct buf *b);
+
+void ev_flush(void);
+void ev_update(void);
+void ev_up(const struct session *s);
+void ev_settings(uint64_t session, int64_t max_streams);
+void ev_goaway(uint64_t session, uint32_t code);
+void ev_request(const struct session *s, const struct stream *st);
+void ev_status(uint64_t stream, int status, const char *why);
+void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why);
+void ev_session_closed(const struct session *s);
+void ev_session_failed(uint64_t session, const char *why);
+
+/* ---------- loop.c: epoll, commands, timers, reaping ---------- */
+
+void io_set(struct io *io, uint32_t mask);
+void io_close(struct io *io);
+void *relay_loop(void *arg);
+struct cmd *take_cmds(void);
+void cmd_free(struct cmd *c);
+
+/* ---------- tls.c ---------- */
+
+SSL_CTX *tls_ctx_new(int server, const char *chain, const char *key, const char *roots, char *err, size_t errn);
+void tls_error_string(char *out, size_t n, const char *what);
+const char *spiffe_check(const char *uri, const char *td);
+int tls_session_new(struct session *s, SSL_CTX *ctx);
+int tls_handshake_step(struct session *s);
+int tls_check_peer(struct session *s);
+
+/* ---------- session.c ---------- */
+
+struct session *find_session(uint64_t id);
+void session_fail(struct session *s, const char *why);
+void session_pump(struct session *s);
+void session_flush(struct session *s);
+void session_update(struct session *s);
+void session_goaway(struct session *s);
+void client_submit(struct session *s, struct stream *st);
+
+/* ---------- stream.c ---------- */
+
+struct stream *stream_new(uint64_t id, struct session *s, int fd);
+struct stream *find_stream_any(uint64_t id);
+void stream_free(struct stream *st);
+void stream_update(struct stream *st);
+void stream_drop_out(struct stream *st);
+void stream_abort(struct stream *st, uint32_t code);
+void stream_check_done(struct stream *st);
+void stream_write_out(struct stream *st);
+void stream_read_app(struct stream *st);
+void stream_report_status(struct stream *st, int status, const char *why);
+void stream_report_unanswered(struct stream *st, const char *session_error);
+void stream_report_closed(struct stream *st, const char *why);
+void set_reset_on_close(int fd);
+void set_nonblock_nodelay(int fd, int nodelay);
+ssize_t data_read_cb(nghttp2_session *h2, int32_t sid, uint8_t *out, size_t len, uint32_t *flags, nghttp2_data_source *src, void *ud);
+int send_data_cb(nghttp2_session *h2, nghttp2_frame *f, const uint8_t *framehd, size_t length, nghttp2_data_source *src, void *ud);
+ssize_t read_length_cb(nghttp2_session *h2, uint8_t type, int32_t sid, int32_t sw, int32_t cw, uint32_t remote_max, void *ud);
+
+#pragma GCC visibility pop
+
+#endif
