@@ -13,10 +13,8 @@ import { cmdStatus } from './commands/status.js';
 import { decodeNetConf, declaredVersion, parseNetConf, type JsonObject } from './config.js';
 import { CniCode, CniError } from './errors.js';
 import { createPluginLogger, type Logger, type StderrSink } from './log.js';
+import { MAX_STDIN_BYTES } from './shim-constants.js';
 import { PREFERRED_VERSION, assertCommandAllowed, parseEnv, versionResult, type CniCommand } from './version.js';
-
-/** Largest network configuration accepted on stdin. */
-export const MAX_STDIN_BYTES = 1 << 20;
 
 export interface RunIO {
   env: Record<string, string | undefined>;

@@ -17,6 +17,7 @@ import { checkPolicy, checkServicePolicy, parsePolicyCheckArgs, PolicyCheckArgEr
 import type { WorkloadSource } from '../workload/source.js';
 import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
+import { CNI_ENV_VARS } from '../../../cni/src/shim-constants.js';
 
 export const PODS_PATH = '/v1/pods';
 /** Certificates per identity, CA counters and HBONE pool counters. */
@@ -32,8 +33,6 @@ export const POLICY_CHECK_PATH = '/v1/policy/check';
 /** Every Service port at its ClusterIP, with endpoints, mesh membership and readiness. */
 export const SERVICES_PATH = '/v1/services';
 
-const CNI_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
-
 /** Validates the shim's {env, stdin}: only CNI_* variables pass, so the in-process run sees what a real exec would. */
 export function parseExecRequest(body: unknown): { env: Record<string, string>; stdin: string } {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new EventParseError('exec request must be an object');
@@ -42,7 +41,7 @@ export function parseExecRequest(body: unknown): { env: Record<string, string>; 
   const rawEnv = o.env;
   if (typeof rawEnv !== 'object' || rawEnv === null || Array.isArray(rawEnv)) throw new EventParseError('field "env" must be an object');
   const env: Record<string, string> = {};
-  for (const k of CNI_ENV_KEYS) {
+  for (const k of CNI_ENV_VARS) {
     const v = (rawEnv as Record<string, unknown>)[k];
     if (typeof v === 'string') env[k] = v;
   }
