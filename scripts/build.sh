@@ -11,7 +11,12 @@ npx esbuild cni/src/main.ts --bundle --platform=node --format=esm --target=node2
   --banner:js="import { createRequire as __ambientRequire } from 'node:module'; const require = __ambientRequire(import.meta.url);"
 chmod +x dist/bin/ambient-cni.mjs
 # The plugin's native front (fast path through the agent, falls back to ambient-cni-standalone or the Node bundle beside it).
-gcc -O2 -Wall -Wextra -Werror -o dist/bin/ambient-cni cni/shim/ambient-cni.c
+# The constants it shares with the plugin come from a header generated from cni/src/shim-constants.ts (no copy in C).
+mkdir -p dist/shim
+node --input-type=module -e "import { writeFileSync } from 'node:fs';
+  import { renderShimHeader } from './dist/cni/src/shim-constants.js';
+  writeFileSync('dist/shim/ambient-cni-constants.h', renderShimHeader());"
+gcc -O2 -Wall -Wextra -Werror -I dist/shim -o dist/bin/ambient-cni cni/shim/ambient-cni.c
 # The native HBONE data plane (--data-path native): TLS (OpenSSL 3) + HTTP/2 (nghttp2) + byte pumping, loaded with koffi.
 mkdir -p dist/native
 gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o dist/native/libambient-hbone.so agent/native/hbone-relay/*.c -lssl -lcrypto -lnghttp2 -lpthread

@@ -7,6 +7,7 @@ import { DEFAULT_AGENT_SOCKET } from './protocol/cni-event.js';
 import { isLogLevel } from './log.js';
 import { parseServiceCidrs } from './workload/service-cidrs.js';
 import type { LevelWithSilent } from 'pino';
+import { AmbientError } from './errors.js';
 
 export type RedirectMode = 'iptables' | 'nftables' | 'ebpf';
 export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
@@ -96,11 +97,9 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   readinessPort: 15021,
 };
 
-export class ConfigError extends Error {
-  readonly code = 'AMB_ERR_CONFIG';
+export class ConfigError extends AmbientError<'AMB_ERR_CONFIG'> {
   constructor(msg: string) {
-    super(msg);
-    this.name = 'ConfigError';
+    super('AMB_ERR_CONFIG', msg);
   }
 }
 

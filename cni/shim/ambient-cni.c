@@ -5,7 +5,9 @@
  * anything but a complete 200, the shim execs the plugin beside it: the standalone executable ambient-cni-standalone
  * (no Node needed on the host) when present, else the Node bundle ambient-cni.mjs; that one then reports the
  * proper CNI result or error itself (fail closed: ADD -> code 11, DEL -> success). The shim never writes a CNI
- * result of its own, so the CNI semantics live in one place.
+ * result of its own, so the CNI semantics live in one place. The constants it shares with the plugin (default socket,
+ * stdin limit, CNI variables, timeout bounds, the internal-error code) come from ambient-cni-constants.h, which
+ * scripts/build.sh generates from cni/src/shim-constants.ts.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,12 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_STDIN (1 << 20)
-#define MAX_REPLY (8 << 20)
-#define DEFAULT_SOCKET "/var/run/ambient-node/cni.sock"
-#define DEFAULT_TIMEOUT_MS 10000L
+#include "ambient-cni-constants.h"
 
-static const char *CNI_VARS[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"};
+/* The shim's own: the largest agent reply it reads, and the grace it adds to agent_timeout_ms for the round trip. */
+#define MAX_REPLY (8 << 20)
+#define TIMEOUT_GRACE_MS 1000L
+
+static const char *CNI_VARS[] = CNI_VARS_INIT;
 
 struct buf {
   char *p;
@@ -95,7 +98,7 @@ static long json_number_value(const char *conf, const char *key, long dflt) {
   if (*p++ != ':') return dflt;
   char *end;
   long v = strtol(p, &end, 10);
-  return (end == p || v <= 0 || v > 300000) ? dflt : v;
+  return (end == p || v <= 0 || v > MAX_TIMEOUT_MS) ? dflt : v;
 }
 
 static long now_ms(void) {
@@ -129,7 +132,7 @@ static void fallback(const char *in, size_t in_len, char **argv) {
   execv(target, argv);
 fail:
   fprintf(stderr, "{\"level\":50,\"component\":\"ambient-cni\",\"msg\":\"cannot start the plugin fallback beside the shim: %s\"}\n", strerror(errno));
-  printf("{\"code\":999,\"msg\":\"ambient-cni: cannot reach the agent and cannot start the plugin beside the shim\"}\n");
+  printf("{\"code\":%d,\"msg\":\"ambient-cni: cannot reach the agent and cannot start the plugin beside the shim\"}\n", CNI_CODE_INTERNAL);
   exit(1);
 }
 
@@ -148,7 +151,7 @@ int main(int argc, char **argv) {
   if (in.len > MAX_STDIN || getenv("AMBIENT_CNI_NO_FAST_PATH")) fallback(in.p, in.len, argv);
 
   char *socket_path = json_string_value(in.p, "agent_socket");
-  long timeout_ms = json_number_value(in.p, "agent_timeout_ms", DEFAULT_TIMEOUT_MS) + 1000;
+  long timeout_ms = json_number_value(in.p, "agent_timeout_ms", DEFAULT_TIMEOUT_MS) + TIMEOUT_GRACE_MS;
   const char *path = socket_path ? socket_path : DEFAULT_SOCKET;
 
   struct buf body = {0};

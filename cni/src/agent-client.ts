@@ -9,39 +9,37 @@ import {
   type EventVerdict,
   type GcEvent,
 } from '../../agent/src/protocol/cni-event.js';
+import { AmbientError } from '../../agent/src/errors.js';
 import { CniCode, CniError } from './errors.js';
 
 /** Nobody answered: no socket, connection refused or reset, or no complete reply within the timeout. */
-export class AgentUnreachableError extends Error {
+export class AgentUnreachableError extends AmbientError<'AMB_ERR_AGENT_UNREACHABLE'> {
   constructor(
     readonly socketPath: string,
     /** Short: "no socket file", "connection refused", "no reply within 200 ms", ... */
     readonly reason: string,
-    opts?: { cause?: unknown },
+    opts: { cause?: unknown } = {},
   ) {
-    super(`ambient-node agent unreachable at ${socketPath} (${reason})`, opts);
-    this.name = 'AgentUnreachableError';
+    super('AMB_ERR_AGENT_UNREACHABLE', `ambient-node agent unreachable at ${socketPath} (${reason})`, opts);
   }
 }
 
-/** The agent answered with a non-2xx status and an EventError body: `code` is the CNI code to report. */
-export class AgentReplyError extends Error {
+/** The agent answered with a non-2xx status and an EventError body: `cniCode` is the CNI code to report. */
+export class AgentReplyError extends AmbientError<'AMB_ERR_AGENT_REPLY'> {
   constructor(
     readonly status: number,
-    readonly code: number,
+    readonly cniCode: number,
     msg: string,
     readonly details: string | undefined,
   ) {
-    super(msg);
-    this.name = 'AgentReplyError';
+    super('AMB_ERR_AGENT_REPLY', msg);
   }
 }
 
 /** The agent answered something this plugin cannot read (a bug or a version skew between plugin and agent). */
-export class AgentProtocolError extends Error {
-  constructor(msg: string, opts?: { cause?: unknown }) {
-    super(msg, opts);
-    this.name = 'AgentProtocolError';
+export class AgentProtocolError extends AmbientError<'AMB_ERR_AGENT_PROTOCOL'> {
+  constructor(msg: string, opts: { cause?: unknown } = {}) {
+    super('AMB_ERR_AGENT_PROTOCOL', msg, opts);
   }
 }
 
@@ -50,6 +48,8 @@ export class AgentProtocolError extends Error {
  * native fast path (cni/shim) and answers through its own dispatcher. Same statuses and bodies as the socket.
  */
 export type AgentTransport = (method: 'GET' | 'POST', path: string, body: unknown) => Promise<{ status: number; text: string }>;
+
+const RESET_REASON = 'connection reset before a complete reply';
 
 export class AgentClient {
   constructor(
@@ -111,7 +111,7 @@ export class AgentClient {
           });
           res.on('error', (err) => finish(this.unreachable(err)));
           res.on('close', () => {
-            if (!res.complete) finish(this.unreachable(Object.assign(new Error('reply cut short'), { code: 'ECONNRESET' })));
+            if (!res.complete) finish(new AgentUnreachableError(this.socketPath, RESET_REASON, { cause: new Error('reply cut short') }));
           });
           res.on('end', () => {
             try {
@@ -155,7 +155,7 @@ export class AgentClient {
           : code === 'EACCES'
             ? 'permission denied'
             : code === 'ECONNRESET' || code === 'EPIPE'
-              ? 'connection reset before a complete reply'
+              ? RESET_REASON
               : (code ?? err.message);
     return new AgentUnreachableError(this.socketPath, reason, { cause: err });
   }
@@ -169,7 +169,7 @@ export function replyToCniError(err: AgentReplyError | AgentProtocolError): CniE
   if (err instanceof AgentProtocolError) {
     return new CniError(CniCode.Internal, `unreadable reply from the ambient-node agent: ${err.message}`, { cause: err });
   }
-  return new CniError(err.code as CniCode, err.message, {
+  return new CniError(err.cniCode as CniCode, err.message, {
     cause: err,
     ...(err.details === undefined ? {} : { details: err.details }),
   });

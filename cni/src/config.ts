@@ -1,7 +1,8 @@
 // Parses the network configuration on stdin and CNI_ARGS, once, into typed objects; nothing past here sees raw JSON
 // except prevResult, which is kept verbatim because a chained plugin must hand it back unchanged.
-import { DEFAULT_AGENT_SOCKET, type PodIp } from '../../agent/src/protocol/cni-event.js';
+import type { PodIp } from '../../agent/src/protocol/cni-event.js';
 import { CniCode, CniError } from './errors.js';
+import { DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS, MAX_AGENT_TIMEOUT_MS } from './shim-constants.js';
 import { assertSupportedVersion, type CniVersion } from './version.js';
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
@@ -15,13 +16,11 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /** Defaults of the plugin's own config keys (documented in the README). */
 export const CONFIG_DEFAULTS = {
   agent_socket: DEFAULT_AGENT_SOCKET,
-  agent_timeout_ms: 10_000,
+  agent_timeout_ms: DEFAULT_AGENT_TIMEOUT_MS,
   exclude_namespaces: ['kube-system'],
   agent_namespace: 'ambient-system',
   log_level: 'info' as LogLevel,
 } as const;
-
-export const MAX_AGENT_TIMEOUT_MS = 300_000;
 
 /** Pods named `<AGENT_POD_PREFIX>*` in agent_namespace are the agent's own and never wait for the agent. */
 export const AGENT_POD_PREFIX = 'ambient-node-';

@@ -13,10 +13,8 @@ import { cmdStatus } from './commands/status.js';
 import { decodeNetConf, declaredVersion, parseNetConf, type JsonObject } from './config.js';
 import { CniCode, CniError } from './errors.js';
 import { createPluginLogger, type Logger, type StderrSink } from './log.js';
+import { MAX_STDIN_BYTES } from './shim-constants.js';
 import { PREFERRED_VERSION, assertCommandAllowed, parseEnv, versionResult, type CniCommand } from './version.js';
-
-/** Largest network configuration accepted on stdin. */
-export const MAX_STDIN_BYTES = 1 << 20;
 
 export interface RunIO {
   env: Record<string, string | undefined>;
@@ -75,9 +73,9 @@ function readInput(stdin: Buffer | string): string {
 function report(io: RunIO, log: Logger, thrown: unknown, cniVersion: string): number {
   const err = asCniError(thrown);
   // Expected failures are logged as their message and cause; only bugs get a stack trace.
-  if (err.code === CniCode.Internal) log.error({ err, code: err.code }, 'command failed');
-  else log.error({ code: err.code, error: err.message, cause: causeMessage(err) }, 'command failed');
-  const out: JsonObject = { cniVersion, code: err.code, msg: err.message };
+  if (err.cniCode === CniCode.Internal) log.error({ err, code: err.cniCode }, 'command failed');
+  else log.error({ code: err.cniCode, error: err.message, cause: causeMessage(err) }, 'command failed');
+  const out: JsonObject = { cniVersion, code: err.cniCode, msg: err.message };
   if (err.details !== undefined) out.details = err.details;
   print(io, out);
   return 1;

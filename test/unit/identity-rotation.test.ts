@@ -1,14 +1,16 @@
 // Unit tests for the rotation schedule: renewal at half-life within the jitter bounds, backoff growth, cap and retry times.
 // Pure functions only: times and randomness are passed in, so every bound is checked exactly.
 import test from 'ava';
+import { backoffDelay as delayFor, type Random } from '../../agent/src/backoff.js';
 import {
-  BACKOFF_CAP_MS, backoffDelay, renewalTime, retryTime,
+  BACKOFF_CAP_MS, CA_RETRY_BACKOFF, renewalTime, retryTime,
 } from '../../agent/src/identity/rotation.js';
 
 const H = 3_600_000;
 const nb = new Date(Date.UTC(2030, 0, 1));
 const na = new Date(nb.getTime() + 24 * H);
 const fixed = (x: number) => () => x;
+const backoffDelay = (attempt: number, rand: Random): number => delayFor(attempt, CA_RETRY_BACKOFF, rand);
 
 test('renewal is at half-life with a centred random value', (t) => {
   t.is(renewalTime(nb, na, fixed(0.5)).getTime(), nb.getTime() + 12 * H);

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { KubeApiError, KubeClient, loadKubeConfig, parseWatchEvent } from '../../agent/src/workload/kube/client.js';
 import { REDIRECTION_ANNOTATION, redirectionPatch } from '../../agent/src/workload/kube/pod-annotator.js';
-import { backoffDelay } from '../../agent/src/workload/kube/reflector.js';
+import { backoffDelay } from '../../agent/src/backoff.js';
+import { kubeBackoff } from '../../agent/src/workload/kube/reflector.js';
 import { KubernetesWorkloadSource, podFromApi } from '../../agent/src/workload/kube-source.js';
 import type { WorkloadChange } from '../../agent/src/workload/source.js';
 import { FakeKubeApi, kubeconfigFor, makeTestTls, mergePatch } from '../fixtures/fake-kube-api.js';
@@ -535,9 +536,9 @@ test('a failed annotation patch is retried until it lands', async (t) => {
 });
 
 test('pure helpers: backoff grows to its cap, watch lines parse, terminal pods are absent, merge patch', (t) => {
-  const p = { initialMs: 100, maxMs: 1000 };
-  t.deepEqual([0, 1, 2, 3, 4, 10].map((a) => backoffDelay(a, p, 1)), [100, 200, 400, 800, 1000, 1000]);
-  t.is(backoffDelay(0, p, 0), 80);
+  const p = kubeBackoff({ initialMs: 100, maxMs: 1000 });
+  t.deepEqual([0, 1, 2, 3, 4, 10].map((a) => backoffDelay(a, p, () => 1)), [100, 200, 400, 800, 1000, 1000]);
+  t.is(backoffDelay(0, p, () => 0), 80);
   t.deepEqual(parseWatchEvent('{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"7"}}}'), { type: 'BOOKMARK', object: { metadata: { resourceVersion: '7' } } });
   t.throws(() => parseWatchEvent('{"type":"NOPE","object":{}}'), { instanceOf: KubeApiError });
   t.is(podFromApi({ ...pod('a', 'b', NODE, '10.0.0.1'), status: { phase: 'Failed' } }), undefined);

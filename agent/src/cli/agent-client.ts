@@ -1,21 +1,18 @@
 // A small HTTP-over-Unix-socket client the node CLI uses to ask the local agent for its state.
 // Errors say plainly when the agent is not running, which is the most common answer on a broken node.
 import http from 'node:http';
+import { AmbientError } from '../errors.js';
 
-export class AgentDownError extends Error {
-  readonly code = 'AMB_ERR_AGENT_DOWN';
+export class AgentDownError extends AmbientError<'AMB_ERR_AGENT_DOWN'> {
   constructor(socketPath: string, options: { cause: unknown }) {
-    super(`the ambient-node agent is not answering on ${socketPath} (${(options.cause as Error).message}); is it running on this node?`, options);
-    this.name = 'AgentDownError';
+    super('AMB_ERR_AGENT_DOWN', `the ambient-node agent is not answering on ${socketPath} (${(options.cause as Error).message}); is it running on this node?`, options);
   }
 }
 
 /** The agent answered, but with an error (4xx: the request named something wrong; 5xx: the agent failed). */
-export class AgentRequestError extends Error {
-  readonly code = 'AMB_ERR_REQUEST';
+export class AgentRequestError extends AmbientError<'AMB_ERR_REQUEST'> {
   constructor(readonly status: number, msg: string) {
-    super(msg);
-    this.name = 'AgentRequestError';
+    super('AMB_ERR_REQUEST', msg);
   }
 }
 

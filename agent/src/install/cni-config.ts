@@ -2,6 +2,7 @@
 // it), and that file's text with the ambient-cni entry appended last or removed. No file system access here.
 import { CONFIG_DEFAULTS, parseNetConf, type JsonObject, type JsonValue, type LogLevel } from '../../../cni/src/config.js';
 import { CniError } from '../../../cni/src/errors.js';
+import { AmbientError } from '../errors.js';
 
 /** The `type` of our entry, which is also the binary's name in the CNI bin dir. */
 export const PLUGIN_TYPE = 'ambient-cni';
@@ -11,12 +12,7 @@ export const CONFIG_EXTENSIONS = ['.conf', '.conflist', '.json'] as const;
 
 export type InstallErrorCode = 'AMB_ERR_CNI_CONFIG_MALFORMED' | 'AMB_ERR_CNI_NO_PRIMARY' | 'AMB_ERR_CNI_PLUGIN_SETTINGS' | 'AMB_ERR_CNI_INSTALL_IO';
 
-export class InstallError extends Error {
-  constructor(readonly code: InstallErrorCode, msg: string, opts: { cause?: unknown } = {}) {
-    super(msg, { cause: opts.cause });
-    this.name = 'InstallError';
-  }
-}
+export class InstallError extends AmbientError<InstallErrorCode> {}
 
 /** Values for our entry; absent ones take the plugin's defaults, written out so operators see them in the file. */
 export interface PluginSettings {

@@ -2,6 +2,7 @@
 // The one place that spawns them; failures carry the tool's stderr so logs and CNI errors show the real cause.
 import { accessSync, constants } from 'node:fs';
 import { execa } from 'execa';
+import { AmbientError } from '../errors.js';
 
 /** System directories searched for node tools, in order. PATH is not used: an npm bin dir can shadow `nft`. */
 const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
@@ -25,11 +26,9 @@ export function systemTool(name: string): string {
   return path;
 }
 
-export class ToolError extends Error {
-  readonly code = 'AMB_ERR_TOOL';
-  constructor(readonly command: string, readonly stderr: string, readonly exitCode: number | undefined, options?: { cause?: unknown }) {
-    super(`${command} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || 'no output'}`, options);
-    this.name = 'ToolError';
+export class ToolError extends AmbientError<'AMB_ERR_TOOL'> {
+  constructor(readonly command: string, readonly stderr: string, readonly exitCode: number | undefined, options: { cause?: unknown } = {}) {
+    super('AMB_ERR_TOOL', `${command} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || 'no output'}`, options);
   }
 }
 

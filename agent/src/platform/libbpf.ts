@@ -2,6 +2,7 @@
 // The only file that loads libbpf. Every call is synchronous, so tc attach/query/detach run inside withNetns (netlink sockets are per netns).
 import koffi from 'koffi';
 import { close, strerror, vformat } from './libc.js';
+import { AmbientError } from '../errors.js';
 
 export const BPF_TC_INGRESS = 1;
 export const BPF_TC_EGRESS = 2;
@@ -15,19 +16,15 @@ export const BPF_FUNC = {
 } as const;
 
 /** The libbpf failure, with everything libbpf and the verifier printed while it happened (verbatim). */
-export class LibbpfError extends Error {
-  readonly code = 'AMB_ERR_BPF';
+export class LibbpfError extends AmbientError<'AMB_ERR_BPF'> {
   constructor(readonly call: string, readonly errno: number, readonly log: string) {
-    super(`${call}: ${strerror(errno)} (errno ${errno})${log ? `\n${log}` : ''}`);
-    this.name = 'LibbpfError';
+    super('AMB_ERR_BPF', `${call}: ${strerror(errno)} (errno ${errno})${log ? `\n${log}` : ''}`);
   }
 }
 
-export class LibbpfMissingError extends Error {
-  readonly code = 'AMB_ERR_BPF_UNAVAILABLE';
+export class LibbpfMissingError extends AmbientError<'AMB_ERR_BPF_UNAVAILABLE'> {
   constructor(cause: unknown) {
-    super('libbpf.so.1 cannot be loaded: install libbpf1 (scripts/setup.sh installs it)', { cause });
-    this.name = 'LibbpfMissingError';
+    super('AMB_ERR_BPF_UNAVAILABLE', 'libbpf.so.1 cannot be loaded: install libbpf1 (scripts/setup.sh installs it)', { cause });
   }
 }
 

@@ -1,6 +1,7 @@
 // koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts).
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
+import { AmbientError } from '../errors.js';
 
 const libc = koffi.load('libc.so.6');
 
@@ -46,13 +47,12 @@ export function vformat(fmt: string, args: unknown, max = 8192): string {
   return buf.subarray(0, Math.max(0, Math.min(n, buf.length - 1))).toString('utf8');
 }
 
-/** A failed libc call, with the errno name a person can search for. */
-export class SyscallError extends Error {
-  readonly code: string;
+/** A failed libc call, with the errno name a person can search for (`errnoName`, e.g. EPERM). */
+export class SyscallError extends AmbientError<'AMB_ERR_SYSCALL'> {
+  readonly errnoName: string;
   constructor(readonly syscall: string, readonly errno: number, detail?: string) {
-    super(`${syscall}${detail ? ` ${detail}` : ''}: ${fns.strerror(errno) as string} (errno ${errno})`);
-    this.name = 'SyscallError';
-    this.code = ERRNO_NAMES[errno] ?? `ERRNO_${errno}`;
+    super('AMB_ERR_SYSCALL', `${syscall}${detail ? ` ${detail}` : ''}: ${fns.strerror(errno) as string} (errno ${errno})`);
+    this.errnoName = ERRNO_NAMES[errno] ?? `ERRNO_${errno}`;
   }
 }
 

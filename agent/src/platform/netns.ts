@@ -2,6 +2,7 @@
 // withNetns is synchronous on the event-loop thread: fn must only make koffi syscalls (never Node's async socket APIs, which create their socket on a later tick in the wrong namespace).
 import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { CLONE_NEWNET, setns } from './libc.js';
+import { AmbientError } from '../errors.js';
 
 /** Identity of a network namespace: the inode and device of its nsfs file. */
 export interface NetnsId {
@@ -9,11 +10,9 @@ export interface NetnsId {
   dev: number;
 }
 
-export class NetnsGoneError extends Error {
-  readonly code = 'AMB_ERR_NETNS_GONE';
-  constructor(readonly path: string, options?: { cause?: unknown }) {
-    super(`network namespace ${path} is gone (was the pod sandbox deleted?)`, options);
-    this.name = 'NetnsGoneError';
+export class NetnsGoneError extends AmbientError<'AMB_ERR_NETNS_GONE'> {
+  constructor(readonly path: string, options: { cause?: unknown } = {}) {
+    super('AMB_ERR_NETNS_GONE', `network namespace ${path} is gone (was the pod sandbox deleted?)`, options);
   }
 }
 

@@ -1,6 +1,7 @@
 // `ambient-node policy check`: what the destination's agent would decide for a connection from a service account to a
 // pod's port, or to a Service's port (per endpoint behind it), and which policy decided. Pure: argument parsing and the
 // evaluation over the current policies.
+import { AmbientError } from '../errors.js';
 import { spiffeId } from '../identity/spiffe.js';
 import type { ServiceEntry } from '../workload/service-table.js';
 import type { PodInfo } from '../workload/types.js';
@@ -33,11 +34,9 @@ export interface PolicyCheckResult {
   warnings: string[];
 }
 
-export class PolicyCheckArgError extends Error {
-  readonly code = 'AMB_ERR_BAD_REQUEST';
+export class PolicyCheckArgError extends AmbientError<'AMB_ERR_BAD_REQUEST'> {
   constructor(msg: string) {
-    super(msg);
-    this.name = 'PolicyCheckArgError';
+    super('AMB_ERR_BAD_REQUEST', msg);
   }
 }
 

@@ -1,6 +1,7 @@
 // PeerAuthentication (security.istio.io/v1): parsing at the boundary, and the pure resolution of a pod's mTLS mode.
 // Precedence as in Istio: workload selector > namespace-wide > mesh-wide (root namespace); port-level modes override;
 // UNSET inherits from the next level; nothing at all means PERMISSIVE.
+import { AmbientError } from '../errors.js';
 
 export type MtlsMode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
 const MODES: readonly MtlsMode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
@@ -22,11 +23,9 @@ export interface PeerAuthentication {
   malformed?: string;
 }
 
-export class PolicyParseError extends Error {
-  readonly code = 'AMB_ERR_BAD_POLICY';
+export class PolicyParseError extends AmbientError<'AMB_ERR_BAD_POLICY'> {
   constructor(msg: string) {
-    super(msg);
-    this.name = 'PolicyParseError';
+    super('AMB_ERR_BAD_POLICY', msg);
   }
 }
 

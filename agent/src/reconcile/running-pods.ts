@@ -1,5 +1,6 @@
 // Late enrolment of pods the agent never saw an ADD for (running before the agent or the plugin, or labelled later):
 // finds each selected pod's netns by scanning /proc, then hands it to the enroller. Retries with backoff until found.
+import { backoffDelay } from '../backoff.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import { findPodNetns, scanPodProcesses } from '../platform/proc-netns.js';
@@ -95,8 +96,8 @@ export class RunningPods {
       }
     }
     if (missing && !this.stopped) {
-      const base = this.o.retryMs ?? 1000;
-      const delay = Math.min(this.o.maxRetryMs ?? 30_000, base * 2 ** Math.min(this.attempt++, 20));
+      const policy = { initialMs: this.o.retryMs ?? 1000, maxMs: this.o.maxRetryMs ?? 30_000, maxDoublings: 20 };
+      const delay = backoffDelay(this.attempt++, policy, Math.random);
       this.timer = setTimeout(() => void this.kick(), delay);
       this.timer.unref();
     }

@@ -3,7 +3,8 @@
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { dirname } from 'node:path';
-import { AgentError, describe } from '../errors.js';
+import { CniCode } from '../../../cni/src/cni-codes.js';
+import { AgentError, AmbientError, describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   EVENT_PATHS, EventParseError, MAX_EVENT_BYTES, parseCniEvent, parseGcEvent,
@@ -16,6 +17,7 @@ import { checkPolicy, checkServicePolicy, parsePolicyCheckArgs, PolicyCheckArgEr
 import type { WorkloadSource } from '../workload/source.js';
 import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
+import { CNI_ENV_VARS } from '../../../cni/src/shim-constants.js';
 
 export const PODS_PATH = '/v1/pods';
 /** Certificates per identity, CA counters and HBONE pool counters. */
@@ -31,8 +33,6 @@ export const POLICY_CHECK_PATH = '/v1/policy/check';
 /** Every Service port at its ClusterIP, with endpoints, mesh membership and readiness. */
 export const SERVICES_PATH = '/v1/services';
 
-const CNI_ENV_KEYS = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
-
 /** Validates the shim's {env, stdin}: only CNI_* variables pass, so the in-process run sees what a real exec would. */
 export function parseExecRequest(body: unknown): { env: Record<string, string>; stdin: string } {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new EventParseError('exec request must be an object');
@@ -41,7 +41,7 @@ export function parseExecRequest(body: unknown): { env: Record<string, string>; 
   const rawEnv = o.env;
   if (typeof rawEnv !== 'object' || rawEnv === null || Array.isArray(rawEnv)) throw new EventParseError('field "env" must be an object');
   const env: Record<string, string> = {};
-  for (const k of CNI_ENV_KEYS) {
+  for (const k of CNI_ENV_VARS) {
     const v = (rawEnv as Record<string, unknown>)[k];
     if (typeof v === 'string') env[k] = v;
   }
@@ -77,14 +77,19 @@ export interface RulesReply {
 /** How long a DEL that arrives during start-up waits for re-adoption before it is answered "try again later". */
 const DEL_READY_WAIT_MS = 8000;
 
-class HttpError extends Error {
+/** A request the server refuses before routing it (too large, not JSON): answered with `status` and `body`. */
+class HttpError extends AmbientError<'AMB_ERR_BAD_REQUEST'> {
   constructor(readonly status: number, readonly body: EventError) {
-    super(body.msg);
+    super('AMB_ERR_BAD_REQUEST', body.msg);
   }
 }
 
 /** The client hung up before its request was complete: nothing to answer, and nothing wrong with the agent. */
-class ClientGoneError extends Error {}
+class ClientGoneError extends AmbientError<'AMB_ERR_CLIENT_GONE'> {
+  constructor(msg: string) {
+    super('AMB_ERR_CLIENT_GONE', msg);
+  }
+}
 
 function readBody(req: http.IncomingMessage): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -93,7 +98,7 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > MAX_EVENT_BYTES) {
-        reject(new HttpError(413, { code: 7, msg: `request body over ${MAX_EVENT_BYTES} bytes` }));
+        reject(new HttpError(413, { code: CniCode.InvalidNetworkConfig, msg: `request body over ${MAX_EVENT_BYTES} bytes` }));
         req.destroy();
         return;
       }
@@ -103,7 +108,7 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
       try {
         resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       } catch {
-        reject(new HttpError(400, { code: 6, msg: 'request body is not valid JSON' }));
+        reject(new HttpError(400, { code: CniCode.DecodingFailure, msg: 'request body is not valid JSON' }));
       }
     });
     req.on('error', (err) => reject(new ClientGoneError(describe(err))));
@@ -176,29 +181,29 @@ export class EventServer {
         return;
       }
       if (err instanceof HttpError) return reply(err.status, 'application/json', JSON.stringify(err.body));
-      if (err instanceof EventParseError) return reply(400, 'application/json', JSON.stringify({ code: 7, msg: `malformed request: ${err.message}` }));
+      if (err instanceof EventParseError) return reply(400, 'application/json', JSON.stringify({ code: CniCode.InvalidNetworkConfig, msg: `malformed request: ${err.message}` }));
       this.deps.log.error({ err }, 'request crashed');
-      return reply(500, 'application/json', JSON.stringify({ code: 999, msg: `agent internal error: ${describe(err)}` }));
+      return reply(500, 'application/json', JSON.stringify({ code: CniCode.Internal, msg: `agent internal error: ${describe(err)}` }));
     }
   }
 
   private async rules(pod: string): Promise<{ status: number; body: unknown }> {
     const m = /^([^/]+)\/([^/]+)$/.exec(pod);
-    if (!m) return { status: 400, body: { code: 7, msg: `pod must be <namespace>/<name>, got ${JSON.stringify(pod)}` } satisfies EventError };
+    if (!m) return { status: 400, body: { code: CniCode.InvalidNetworkConfig, msg: `pod must be <namespace>/<name>, got ${JSON.stringify(pod)}` } satisfies EventError };
     const attachments = await this.deps.enroller.rules(m[1] as string, m[2] as string);
-    if (!attachments.length) return { status: 404, body: { code: 4, msg: `pod ${pod} is not known to the agent on this node` } satisfies EventError };
+    if (!attachments.length) return { status: 404, body: { code: CniCode.InvalidEnv, msg: `pod ${pod} is not known to the agent on this node` } satisfies EventError };
     const node = this.deps.verifyHost ? await this.deps.verifyHost().catch((err: unknown) => ({ error: describe(err) })) : { error: 'not available' };
     return { status: 200, body: { pod, attachments, node } satisfies RulesReply };
   }
 
   private policyCheck(query: URLSearchParams): { status: number; body: unknown } {
     const { source, trustDomain } = this.deps;
-    if (!source || !trustDomain) return { status: 404, body: { code: 4, msg: 'policy check is not available' } satisfies EventError };
+    if (!source || !trustDomain) return { status: 404, body: { code: CniCode.InvalidEnv, msg: 'policy check is not available' } satisfies EventError };
     let q;
     try {
       q = parsePolicyCheckArgs(query.get('from') ?? '', query.get('to') ?? '', query.get('fromIp') ?? undefined);
     } catch (err) {
-      if (err instanceof PolicyCheckArgError) return { status: 400, body: { code: 7, msg: err.message } satisfies EventError };
+      if (err instanceof PolicyCheckArgError) return { status: 400, body: { code: CniCode.InvalidNetworkConfig, msg: err.message } satisfies EventError };
       throw err;
     }
     const policies = { authorization: source.authorizationPolicies(), peerAuthentication: source.peerAuthentications() };
@@ -208,7 +213,7 @@ export class EventServer {
     // A Service wins, unless only the pod of the same name has that port (`kubectl run x --expose` makes both).
     const servicePort = service?.ports.some((p) => p.port === q.to.port && p.protocol === 'TCP') ?? false;
     if (q.to.kind === 'service' || (service && (servicePort || !pod))) return this.servicePolicyCheck(q, service !== undefined, policies, trustDomain);
-    if (!pod) return { status: 404, body: { code: 4, msg: `no Service or pod ${namespace}/${name} in the workload source` } satisfies EventError };
+    if (!pod) return { status: 404, body: { code: CniCode.InvalidEnv, msg: `no Service or pod ${namespace}/${name} in the workload source` } satisfies EventError };
     return { status: 200, body: checkPolicy(q, pod, policies, trustDomain) };
   }
 
@@ -220,7 +225,7 @@ export class EventServer {
   ): { status: number; body: unknown } {
     const { source, directory } = this.deps;
     const { namespace, name, port } = q.to;
-    const notFound = (msg: string): { status: number; body: EventError } => ({ status: 404, body: { code: 4, msg } });
+    const notFound = (msg: string): { status: number; body: EventError } => ({ status: 404, body: { code: CniCode.InvalidEnv, msg } });
     if (!source || !directory) return notFound('service checks are not available');
     if (!exists) return notFound(`Service ${namespace}/${name} is not in the workload source`);
     const all = directory.services().filter((e) => e.service.namespace === namespace && e.service.name === name);
@@ -301,10 +306,10 @@ export class EventServer {
           return { status: 200, body: await this.deps.enroller.gc(ev) };
         }
         default:
-          return { status: 404, body: { code: 4, msg: `unknown endpoint ${route}` } satisfies EventError };
+          return { status: 404, body: { code: CniCode.InvalidEnv, msg: `unknown endpoint ${route}` } satisfies EventError };
       }
     } catch (err) {
-      if (err instanceof EventParseError) return { status: 400, body: { code: 7, msg: `malformed event: ${err.message}` } satisfies EventError };
+      if (err instanceof EventParseError) return { status: 400, body: { code: CniCode.InvalidNetworkConfig, msg: `malformed event: ${err.message}` } satisfies EventError };
       if (err instanceof AgentError) {
         log.warn({ code: err.code, error: describe(err) }, 'plugin event failed');
         return {
@@ -313,7 +318,7 @@ export class EventServer {
         };
       }
       log.error({ err }, 'plugin event crashed');
-      return { status: 500, body: { code: 999, msg: `agent internal error: ${describe(err)}` } satisfies EventError };
+      return { status: 500, body: { code: CniCode.Internal, msg: `agent internal error: ${describe(err)}` } satisfies EventError };
     }
   }
 

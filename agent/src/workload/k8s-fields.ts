@@ -1,11 +1,10 @@
 // Reading fields of Kubernetes-shaped objects: the parse error every workload object throws, and the small checks
 // shared by the Pod, Namespace, Service and EndpointSlice parsers. Pure.
+import { AmbientError } from '../errors.js';
 
-export class WorkloadParseError extends Error {
-  readonly code = 'AMB_ERR_BAD_WORKLOAD';
+export class WorkloadParseError extends AmbientError<'AMB_ERR_BAD_WORKLOAD'> {
   constructor(msg: string) {
-    super(msg);
-    this.name = 'WorkloadParseError';
+    super('AMB_ERR_BAD_WORKLOAD', msg);
   }
 }
 

@@ -5,14 +5,13 @@ import { isIPv6 } from 'node:net';
 import { join } from 'node:path';
 import type { KubeConfig, RequestContext } from '@kubernetes/client-node';
 import { fetch, type Dispatcher } from 'undici';
+import { AmbientError } from '../../errors.js';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
-export class KubeApiError extends Error {
-  readonly code = 'AMB_ERR_KUBE_API';
-  constructor(msg: string, readonly status?: number, options?: { cause?: unknown }) {
-    super(msg, options);
-    this.name = 'KubeApiError';
+export class KubeApiError extends AmbientError<'AMB_ERR_KUBE_API'> {
+  constructor(msg: string, readonly status?: number, options: { cause?: unknown } = {}) {
+    super('AMB_ERR_KUBE_API', msg, options);
   }
 }
 

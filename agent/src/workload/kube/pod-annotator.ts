@@ -3,7 +3,8 @@
 import type { Logger } from '../../log.js';
 import { describe } from '../../errors.js';
 import type { KubeClient } from './client.js';
-import { backoffDelay, DEFAULT_BACKOFF, type BackoffPolicy } from './reflector.js';
+import { backoffDelay, type BackoffPolicy } from '../../backoff.js';
+import { DEFAULT_BACKOFF, kubeBackoff } from './reflector.js';
 
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
 
@@ -83,7 +84,7 @@ export class PodAnnotator {
         this.wanted.delete(key); // the pod (with this uid) is gone
         return;
       }
-      const delay = backoffDelay(w.attempt++, this.backoff);
+      const delay = backoffDelay(w.attempt++, kubeBackoff(this.backoff), Math.random);
       this.log.warn({ pod: key, state: w.state ?? 'removed', error: describe(err), retryInMs: delay }, 'marking the pod capture state failed; retrying');
       const t = setTimeout(() => {
         this.timers.delete(key);

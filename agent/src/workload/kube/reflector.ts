@@ -4,18 +4,19 @@
 import type { Logger } from '../../log.js';
 import { describe } from '../../errors.js';
 import { KubeApiError, type KubeClient, type WatchEvent } from './client.js';
+import { backoffDelay, type BackoffPolicy } from '../../backoff.js';
 
-export interface BackoffPolicy {
-  initialMs: number;
-  maxMs: number;
-}
+export type { BackoffPolicy };
 
+/** The default range of the watches' and annotations' retries: 500 ms doubling to 30 s. */
 export const DEFAULT_BACKOFF: BackoffPolicy = { initialMs: 500, maxMs: 30_000 };
 
-/** Pure: the delay before retry number `attempt` (0-based): doubling from initialMs, capped, with up to 20% jitter. */
-export function backoffDelay(attempt: number, policy: BackoffPolicy, rand: number = Math.random()): number {
-  const base = Math.min(policy.maxMs, policy.initialMs * 2 ** Math.min(attempt, 30));
-  return Math.round(base * (0.8 + 0.2 * rand));
+/**
+ * A configured range as the Kubernetes retries use it: up to 20 % shorter at random, doubling at most 30 times;
+ * a policy that sets its own jitter or doublings keeps them.
+ */
+export function kubeBackoff(range: BackoffPolicy): BackoffPolicy {
+  return { maxDoublings: 30, jitter: { minFactor: 0.8, maxFactor: 1 }, ...range };
 }
 
 export interface ReflectorChange<T> {
@@ -109,7 +110,7 @@ export class Reflector<T> {
         const started = Date.now();
         const outcome = await this.watchOnce();
         // A server that ends every watch at once would otherwise be hammered: that counts as a failure.
-        if (outcome === 'empty' && Date.now() - started < 1000) await this.sleep(backoffDelay(this.failures++, this.o.backoff ?? DEFAULT_BACKOFF));
+        if (outcome === 'empty' && Date.now() - started < 1000) await this.sleep(backoffDelay(this.failures++, kubeBackoff(this.o.backoff ?? DEFAULT_BACKOFF), Math.random));
       } catch (err) {
         if (this.stopped) return;
         this.stats.errors++;
@@ -122,7 +123,7 @@ export class Reflector<T> {
           this.items.clear();
           this.syncedResolve();
         }
-        const delay = backoffDelay(this.failures++, this.o.backoff ?? DEFAULT_BACKOFF);
+        const delay = backoffDelay(this.failures++, kubeBackoff(this.o.backoff ?? DEFAULT_BACKOFF), Math.random);
         this.o.log.warn({ path: this.o.path, error: describe(err), retryInMs: delay }, 'list/watch failed; retrying');
         await this.sleep(delay);
       }
