@@ -10,6 +10,7 @@ import { AGENT_MAIN, type TestbedPod } from '../testbed/index.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
+import { Netns } from '../../agent/src/platform/netns.js';
 import { execa } from 'execa';
 import { STAT_NAMES, type Counters, type ReadCounters, type StatName } from '../../agent/src/redirect/ebpf-config.js';
 import { AMBIENT, agentPod, ask, eventually, hasOurRules, meshClientPlainServer, podRules, startEcho } from './helpers.js';
@@ -370,7 +371,9 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
   const backend = createBackend('ebpf');
   await backend.prepare();
   const ctx = { ifname: pod.ifname, ips: [pod.ip] };
-  const drift = await backend.verifyPod(pod.netnsPath, ctx);
+  const podNetns = Netns.open(pod.netnsPath);
+  t.teardown(() => podNetns.close());
+  const drift = await backend.verifyPod(podNetns, ctx);
   t.deepEqual({ missing: drift.missing, unexpected: drift.unexpected }, { missing: [], unexpected: [] });
   const dev = pod.ifname;
   const want = [
@@ -411,7 +414,8 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
   t.regex(rules.ebpf, /accept_local=0/);
   const qdisc = String((await pod.exec('tc', ['qdisc', 'show', 'dev', dev])).stdout);
   t.notRegex(qdisc, /clsact/);
-  const again = await backend.verifyPod(pod.netnsPath, ctx);
+  const again = await backend.verifyPod(podNetns, ctx);
+  podNetns.close();
   t.deepEqual(again.actual, []);
 });
 

@@ -3,7 +3,7 @@
 // no prom-client globals, so several agents (tests) in one process never share series.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CertStatus, CertCounters } from '../identity/cert-manager.js';
-import type { EnrollerCounters } from '../reconcile/enroller.js';
+import type { EnrollerCounters } from '../reconcile/enroller-counters.js';
 import type { ServiceRef } from '../workload/service-table.js';
 
 /** response_flags values, ztunnel's ("-" = none). */

@@ -43,6 +43,14 @@ export class Netns {
     return new Netns(path, fd, id);
   }
 
+  /**
+   * A path naming exactly this handle's namespace while it is open (the agent's own /proc fd link), for tools run through
+   * nsenter: unlike the pod's path, it cannot come to name another namespace between two tools.
+   */
+  get toolPath(): string {
+    return `/proc/${process.pid}/fd/${this.fd}`;
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -1,42 +1,14 @@
-// The redirection backend interface, its iptables and nftables implementations, and the factory (ebpf lives in ebpf.ts).
-// Rules come from the pure generators; this file only applies, reads back and compares them through platform/exec.
+// The iptables and nftables backends, the factory, and the removal of every backend's in-pod pieces (the contract is in
+// types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 import type { RedirectMode } from '../config.js';
 import { runTool } from '../platform/exec.js';
+import type { Netns } from '../platform/netns.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import { EbpfBackend, removeEbpfPieces } from './ebpf.js';
-import type { PodContext } from './ebpf-config.js';
+import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 
-export type { PodContext };
-
-export interface RuleDrift {
-  ok: boolean;
-  missing: string[];
-  unexpected: string[];
-  /** What was actually found (ours only), in the same notation as the expected rules; for `ambient-node rules`. */
-  actual: string[];
-}
-
-export interface RedirectBackend {
-  readonly name: RedirectMode;
-  /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
-  prepare(): Promise<void>;
-  /**
-   * Installs (or repairs) the in-pod rules; idempotent. `fresh` says the agent has never touched this namespace, which
-   * lets a backend skip reading the current rules (a wrong guess leaves a duplicate jump that verify and repair remove).
-   */
-  installPod(netnsPath: string, pod: PodContext, opts?: { fresh?: boolean }): Promise<void>;
-  verifyPod(netnsPath: string, pod: PodContext): Promise<RuleDrift>;
-  /** Human-readable expected rules, for `rules` output and errors (ebpf needs the pod: its interface and address appear). */
-  expectedPodRules(pod?: PodContext): string[];
-  /** Installs (or repairs) the node-side probe SNAT in the agent's own namespace; idempotent. */
-  installHost(): Promise<void>;
-  verifyHost(): Promise<RuleDrift>;
-  addProbeTarget(ip: string, podUid: string): Promise<void>;
-  removeProbeTarget(ip: string): Promise<void>;
-  /** Removes the node-side rules (clean uninstall only; upgrades leave them). */
-  removeHost(): Promise<void>;
-}
+export type { PodContext, RedirectBackend, RuleDrift };
 
 const ok = (missing: string[], unexpected: string[], actual: string[]): RuleDrift => ({
   ok: missing.length === 0 && unexpected.length === 0,
@@ -57,19 +29,19 @@ class IptablesBackend implements RedirectBackend {
   async prepare(): Promise<void> {}
 
   /** IPv4 and IPv6 in parallel: each family's tools and tables are separate. */
-  async installPod(netnsPath: string, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+  async installPod(netns: Netns, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     await Promise.all(FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
-      const current = opts.fresh ? '' : await runTool(tools.save, ['-t', 'nat'], { netns: netnsPath });
+      const current = opts.fresh ? '' : await runTool(tools.save, ['-t', 'nat'], { netns: netns.toolPath });
       const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
-      await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netnsPath, input });
+      await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     }));
   }
 
   /** Both families; IPv6 lines carry the `ip6tables: ` prefix. */
-  async verifyPod(netnsPath: string): Promise<RuleDrift> {
+  async verifyPod(netns: Netns): Promise<RuleDrift> {
     const per = await Promise.all(FAMILIES.map(async (family) => {
-      const current = await runTool(ipt.TOOLS[family].save, ['-t', 'nat'], { netns: netnsPath });
+      const current = await runTool(ipt.TOOLS[family].save, ['-t', 'nat'], { netns: netns.toolPath });
       const actual = ipt.ownedNatLines(current, POD_CHAINS);
       const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
       const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actual);
@@ -128,12 +100,12 @@ class NftablesBackend implements RedirectBackend {
 
   async prepare(): Promise<void> {}
 
-  async installPod(netnsPath: string): Promise<void> {
-    await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+  async installPod(netns: Netns): Promise<void> {
+    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
   }
 
-  async verifyPod(netnsPath: string): Promise<RuleDrift> {
-    return this.verifyTable(nft.POD_TABLE, nft.podTable(), netnsPath);
+  async verifyPod(netns: Netns): Promise<RuleDrift> {
+    return this.verifyTable(nft.POD_TABLE, nft.podTable(), netns);
   }
 
   expectedPodRules(): string[] {
@@ -169,10 +141,10 @@ class NftablesBackend implements RedirectBackend {
     return m?.[1] ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
   }
 
-  private async verifyTable(table: string, expected: string, netns?: string): Promise<RuleDrift> {
+  private async verifyTable(table: string, expected: string, netns?: Netns): Promise<RuleDrift> {
     let listing = '';
     try {
-      listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns } : {});
+      listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns: netns.toolPath } : {});
     } catch {
       return ok([`table inet ${table}`], [], []);
     }
@@ -198,26 +170,26 @@ export function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: stri
  * concurrently. `ifname` is where ebpf programs would sit (default eth0). Succeeds when there is nothing to remove;
  * throws only when a removal itself fails.
  */
-export async function removePodRules(netnsPath: string, ifname = 'eth0'): Promise<void> {
+export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<void> {
   const errors: unknown[] = [];
-  await Promise.all([removeNetfilter(netnsPath, errors), removeEbpfPieces(netnsPath, ifname).catch((err: unknown) => errors.push(err))]);
-  if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netnsPath} failed`);
+  await Promise.all([removeNetfilter(netns, errors), removeEbpfPieces(netns, ifname).catch((err: unknown) => errors.push(err))]);
+  if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netns.path} failed`);
 }
 
-async function removeNetfilter(netnsPath: string, errors: unknown[]): Promise<void> {
+async function removeNetfilter(netns: Netns, errors: unknown[]): Promise<void> {
   for (const family of FAMILIES) {
     try {
       const tools = ipt.TOOLS[family];
-      const current = await runTool(tools.save, ['-t', 'nat'], { netns: netnsPath });
+      const current = await runTool(tools.save, ['-t', 'nat'], { netns: netns.toolPath });
       if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netnsPath, input: ipt.removeInput(current, POD_CHAINS) });
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(current, POD_CHAINS) });
       }
     } catch (err) {
       errors.push(err);
     }
   }
   try {
-    await runTool('nft', ['-f', '-'], { netns: netnsPath, input: nft.deleteTableScript(nft.POD_TABLE) });
+    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.deleteTableScript(nft.POD_TABLE) });
   } catch (err) {
     errors.push(err);
   }

@@ -13,7 +13,7 @@ import {
 } from '../platform/libbpf.js';
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
-import type { RedirectBackend, RuleDrift } from './backend.js';
+import type { RedirectBackend, RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
   diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingLines,
@@ -209,29 +209,27 @@ export class EbpfBackend implements RedirectBackend {
     this.tags = probeKernel(this.objectPath);
   }
 
-  async installPod(netnsPath: string, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+  async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const ifname = checkIfname(pod.ifname);
     const ip = podIpv4(pod);
     // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
-    await runTool('ip', ['-batch', '-'], { netns: netnsPath, input: routingBatch() }).catch((err: unknown) => {
+    await runTool('ip', ['-batch', '-'], { netns: ns.toolPath, input: routingBatch() }).catch((err: unknown) => {
       if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
     });
-    withOpenNetns(netnsPath, (ns) => {
-      acceptLocal(ns, ifname);
-      if (!opts.fresh) {
-        // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
-        const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
-        if (d.missing.length === 0 && d.unexpected.length === 0) return;
-      }
-      attach(ns, this.objectPath, ifname, ip);
-    });
+    acceptLocal(ns, ifname);
+    if (!opts.fresh) {
+      // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
+      const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
+      if (d.missing.length === 0 && d.unexpected.length === 0) return;
+    }
+    attach(ns, this.objectPath, ifname, ip);
   }
 
-  async verifyPod(netnsPath: string, pod: PodContext): Promise<RuleDrift> {
+  async verifyPod(ns: Netns, pod: PodContext): Promise<RuleDrift> {
     const ifname = checkIfname(pod.ifname);
     const [found, routing] = await Promise.all([
-      Promise.resolve().then(() => withOpenNetns(netnsPath, (ns) => readAttached(ns, ifname))),
-      runTool('sh', ['-c', routingReadScript(ifname)], { netns: netnsPath }),
+      Promise.resolve().then(() => readAttached(ns, ifname)),
+      runTool('sh', ['-c', routingReadScript(ifname)], { netns: ns.toolPath }),
     ]);
     const actual = [...foundLines(ifname, found), ...routingLines(routing, ifname)];
     const d = diffLines(this.expectedPodRules(pod), actual);
@@ -265,19 +263,19 @@ export class EbpfBackend implements RedirectBackend {
   }
 }
 
-/** The verdict counters of the programs attached to a pod's interface (undefined when none are attached). */
+/** The verdict counters of the programs attached to a pod's interface (undefined when none are attached); for diagnostics and tests. */
 export function podCounters(netnsPath: string, ifname: string): ReadCounters | undefined {
   return withOpenNetns(netnsPath, (ns) => readAttached(ns, checkIfname(ifname))).stats?.counters;
 }
 
 /** Removes the ebpf pieces from a pod (whatever mode the agent runs in now); harmless when there are none. */
-export async function removeEbpfPieces(netnsPath: string, ifname: string): Promise<void> {
+export async function removeEbpfPieces(ns: Netns, ifname: string): Promise<void> {
   const i = checkIfname(ifname);
   try {
-    withOpenNetns(netnsPath, (ns) => detach(ns, i));
+    detach(ns, i);
   } catch (err) {
     if (!(err instanceof LibbpfMissingError)) throw err; // without libbpf nothing of ours can have been attached
   }
-  await runTool('sh', ['-c', routingRemoveScript(i)], { netns: netnsPath });
+  await runTool('sh', ['-c', routingRemoveScript(i)], { netns: ns.toolPath });
 }
 

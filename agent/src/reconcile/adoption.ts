@@ -1,0 +1,98 @@
+// Adoption and repair: re-adopting persisted pods after a restart, the repair loop's per-pod verify-and-restore, and
+// the `ambient-node rules` read-back of one pod's expected and actual rules.
+import { AgentError, describe } from '../errors.js';
+import { recordKey, type PodRecord } from '../registry/state-store.js';
+import { openSandbox, podContext, probeIps, type Attachments } from './attachments.js';
+
+/** What `ambient-node rules <pod>` shows for one attachment: the rules expected in its netns, those found, the drift. */
+export interface PodRulesReport {
+  pod: string;
+  containerId: string;
+  ifname: string;
+  netns: string;
+  state: PodRecord['state'];
+  backend: string;
+  expected: string[];
+  actual: string[];
+  missing: string[];
+  unexpected: string[];
+  listening: boolean;
+  /** True when the pod is enrolled and its rules and listeners are all in place, or it is not enrolled and has none. */
+  ok: boolean;
+  /** Set when the rules could not be read (e.g. the netns is gone). */
+  error?: string;
+}
+
+/** Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone. */
+export async function adopt(a: Attachments, saved: PodRecord[]): Promise<void> {
+  await Promise.all(saved.map(async (rec) => {
+    const key = recordKey(rec.containerId, rec.ifname);
+    const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) });
+    const netns = openSandbox(rec);
+    if (!netns) {
+      plog.info({ netns: rec.netnsPath }, 'pod sandbox gone while the agent was down; dropping it');
+      if (rec.state === 'enrolled') for (const ip of probeIps(rec)) await a.backend.removeProbeTarget(ip).catch(() => undefined);
+      return;
+    }
+    try {
+      a.records.set(key, rec);
+      if (rec.state !== 'enrolled') return;
+      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns })).catch((err: unknown) => {
+        plog.error({ error: describe(err) }, 're-adopting pod failed; its rules stay in place so its traffic is refused, not bypassed');
+      });
+    } finally {
+      a.release(key, netns);
+    }
+  }));
+  await a.persist();
+  a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length }, 'adopted pods from the state dir');
+}
+
+/** Keys of the enrolled attachments, for the repair loop to walk. */
+export function enrolledKeys(a: Attachments): string[] {
+  return [...a.records.entries()].filter(([, r]) => r.state === 'enrolled').map(([k]) => k);
+}
+
+/** Verifies one enrolled pod's rules and listeners and repairs what drifted; true when it repaired something. */
+export async function repairOne(a: Attachments, key: string): Promise<boolean> {
+  return a.mutex.run(key, async () => {
+    const rec = a.records.get(key);
+    if (!rec || rec.state !== 'enrolled') return false;
+    const problems = await a.inspect(key, rec);
+    if (!problems.length) return false;
+    const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}` });
+    plog.warn({ problems }, 'pod capture drifted; repairing');
+    a.counters.ruleRepairs++;
+    await a.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+    return true;
+  });
+}
+
+/** Expected vs actual rules for each attachment of pod `namespace/name` (empty when the agent does not know it). */
+export async function podRules(a: Attachments, namespace: string, name: string): Promise<PodRulesReport[]> {
+  const keys = [...a.records.entries()].filter(([, r]) => r.namespace === namespace && r.name === name).map(([k]) => k);
+  return Promise.all(keys.map((key) => a.mutex.run(key, async () => {
+    const rec = a.records.get(key);
+    if (!rec) throw new AgentError('AMB_ERR_POD_UNKNOWN', `pod ${namespace}/${name} went away`);
+    const enrolled = rec.state === 'enrolled';
+    const live = a.live.get(key);
+    const listening = live?.forwarder.listening ?? false;
+    const base = {
+      pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId, ifname: rec.ifname, netns: rec.netnsPath, state: rec.state,
+      backend: a.backend.name, expected: enrolled ? a.backend.expectedPodRules(podContext(rec)) : [], listening,
+    };
+    const sandbox = a.sandbox(rec, { live: live?.netns });
+    if (!sandbox) return { ...base, actual: [], missing: base.expected, unexpected: [], ok: false, error: `network namespace ${rec.netnsPath} is gone` };
+    try {
+      const drift = await a.backend.verifyPod(sandbox.ns, podContext(rec));
+      // A pod that is not enrolled should have none of our rules: everything found is unexpected.
+      const unexpected = enrolled ? drift.unexpected : drift.actual;
+      const missing = enrolled ? drift.missing : [];
+      return { ...base, actual: drift.actual, missing, unexpected, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
+    } catch (err) {
+      return { ...base, actual: [], missing: [], unexpected: [], ok: false, error: `cannot read the rules: ${describe(err)}` };
+    } finally {
+      sandbox.release();
+    }
+  })));
+}

@@ -1,0 +1,259 @@
+// Every attachment the agent knows: its record, its open netns handle and forwarder, and the two moves on one (enrol,
+// unenrol). The command modules (cni-commands, adoption, late-enrolment) run these under the attachment's lock.
+import { isIPv4 } from 'node:net';
+import { AgentError, describe } from '../errors.js';
+import { PodForwarder, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
+import type { Logger } from '../log.js';
+import { Netns, sameNetns, statNetns, type NetnsId } from '../platform/netns.js';
+import { authorize } from '../policy/authorization.js';
+import { effectiveMtlsMode } from '../policy/peer-authentication.js';
+import { removePodRules } from '../redirect/backend.js';
+import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
+import { KeyedMutex } from '../registry/keyed-mutex.js';
+import type { PodRecord, StateStore } from '../registry/state-store.js';
+import { workloadIdentity } from '../workload/directory.js';
+import type { WorkloadSource } from '../workload/source.js';
+import type { PodInfo } from '../workload/types.js';
+import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
+
+export interface Live {
+  netns: Netns;
+  forwarder: PodForwarder;
+}
+
+/** A handle on a record's sandbox for one piece of work; release() closes it when it was opened for that work. */
+export interface Sandbox {
+  ns: Netns;
+  release(): void;
+}
+
+/**
+ * True when `id` is the namespace the record was made for. Without `id`: when the record's path still names it (a
+ * /proc/<pid> path names another pod's, or the host's, namespace once the PID is reused).
+ */
+export function sameSandbox(rec: PodRecord, id: NetnsId | undefined = statNetns(rec.netnsPath)): boolean {
+  return id !== undefined && sameNetns(id, { inode: rec.netnsInode, dev: rec.netnsDev });
+}
+
+/** Opens the record's namespace through its path; undefined when the path names no namespace, or another one. */
+export function openSandbox(rec: PodRecord): Netns | undefined {
+  let ns: Netns;
+  try {
+    ns = Netns.open(rec.netnsPath);
+  } catch {
+    return undefined;
+  }
+  if (sameSandbox(rec, ns.id)) return ns;
+  ns.close();
+  return undefined;
+}
+
+/** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
+export function podContext(rec: PodRecord): PodContext {
+  return { ifname: rec.ifname, ips: rec.ips };
+}
+
+/** The pod IPs kubelet probes are SNATed for: IPv4 only (the probe SNAT and its set are IPv4). */
+export function probeIps(rec: Pick<PodRecord, 'ips'>): string[] {
+  return rec.ips.filter((ip) => isIPv4(ip));
+}
+
+export class Attachments {
+  readonly counters: EnrollerCounters = { enrolments: 0, enrolmentFailures: 0, unenrolments: 0, ruleRepairs: 0 };
+  readonly records = new Map<string, PodRecord>();
+  readonly live = new Map<string, Live>();
+  readonly mutex = new KeyedMutex();
+  /** Identities of pods whose enrolment is in progress: retained even before their record is stored. */
+  private enrolling = new Map<string, number>();
+
+  constructor(
+    readonly backend: RedirectBackend,
+    readonly source: WorkloadSource,
+    private readonly store: StateStore,
+    readonly log: Logger,
+    readonly podLookupTimeoutMs: number,
+    private readonly mesh: MeshContext,
+    private readonly observer?: EnrollerObserver,
+  ) {}
+
+  /** True when the agent has a record (from ADD, re-adoption or discovery) of this pod. */
+  knows(namespace: string, name: string): boolean {
+    for (const r of this.records.values()) if (r.namespace === namespace && r.name === name) return true;
+    return false;
+  }
+
+  /**
+   * The record's sandbox, or undefined when it is gone: the attachment's live handle while the record's path still
+   * names it, the event's own handle when it is that namespace, else one opened now.
+   */
+  sandbox(rec: PodRecord, known: { live?: Netns | undefined; event?: Netns | undefined }): Sandbox | undefined {
+    const keep = (ns: Netns): Sandbox => ({ ns, release: () => undefined });
+    if (known.live) return sameSandbox(rec) ? keep(known.live) : undefined;
+    if (known.event && sameSandbox(rec, known.event.id)) return keep(known.event);
+    const ns = openSandbox(rec);
+    return ns ? { ns, release: () => ns.close() } : undefined;
+  }
+
+  /** Closes an event's handle unless enrolment kept it as the attachment's live one. */
+  release(key: string, eventNs: Netns): void {
+    if (this.live.get(key)?.netns !== eventNs) eventNs.close();
+  }
+
+  /** What is wrong with an enrolled pod's capture (rules, listeners); empty when nothing is. */
+  async inspect(key: string, rec: PodRecord): Promise<string[]> {
+    const problems: string[] = [];
+    const sandbox = this.sandbox(rec, { live: this.live.get(key)?.netns });
+    if (!sandbox) return [`network namespace ${rec.netnsPath} is gone`];
+    let drift: RuleDrift;
+    try {
+      drift = await this.backend.verifyPod(sandbox.ns, podContext(rec));
+    } catch (err) {
+      return [`cannot read rules: ${describe(err)}`];
+    } finally {
+      sandbox.release();
+    }
+    if (drift.missing.length) problems.push(`missing rules: ${drift.missing.join(' | ')}`);
+    if (drift.unexpected.length) problems.push(`unexpected rules: ${drift.unexpected.join(' | ')}`);
+    if (!this.live.get(key)?.forwarder.listening) problems.push('agent listeners are not open in the pod');
+    return problems;
+  }
+
+  /**
+   * Installs rules, opens listeners and registers probe targets; rolls everything back on failure. `netns`: the event's
+   * handle on the record's namespace (checked against the record here); without it the record's path is opened. A new
+   * attachment keeps the handle as its live one (the caller then leaves it open: see release()).
+   */
+  async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns } = {}): Promise<void> {
+    const identity = this.identityOf(rec);
+    this.enrolling.set(identity, (this.enrolling.get(identity) ?? 0) + 1);
+    try {
+      await this.enrolNow(key, rec, plog, opts);
+    } finally {
+      const n = (this.enrolling.get(identity) ?? 1) - 1;
+      if (n > 0) this.enrolling.set(identity, n);
+      else this.enrolling.delete(identity);
+    }
+  }
+
+  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns }): Promise<void> {
+    const started = performance.now();
+    const v6 = rec.ips.filter((ip) => !isIPv4(ip));
+    if (v6.length > 0 && !this.live.has(key)) {
+      plog.warn({ ipv6: v6, backend: this.backend.name }, this.backend.name === 'ebpf'
+        ? 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused both ways by its tc programs (never sent around the mesh)'
+        : 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused (never sent around the mesh)');
+    }
+    let live = this.live.get(key);
+    let opened: Netns | undefined;
+    try {
+      let ns: Netns;
+      if (live) ns = live.netns;
+      else {
+        ns = opened = opts.netns ?? Netns.open(rec.netnsPath);
+        if (!sameSandbox(rec, opened.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
+      }
+      // Rules and probe targets are independent: install them concurrently (each is a tool exec).
+      await Promise.all([
+        this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
+        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+      ]);
+      if (!live && opened) {
+        const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
+        await forwarder.start();
+        live = { netns: opened, forwarder };
+        this.live.set(key, live);
+      } else if (live && !live.forwarder.listening) {
+        await live.forwarder.stop();
+        await live.forwarder.start();
+      }
+    } catch (err) {
+      this.counters.enrolmentFailures++;
+      if (opened && !this.live.has(key)) {
+        // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
+        if (sameSandbox(rec, opened.id)) await removePodRules(opened, rec.ifname).catch(() => undefined);
+        for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        opened.close();
+      }
+      plog.error({ error: describe(err) }, 'enrolment failed');
+      throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed`, { cause: err });
+    }
+    this.counters.enrolments++;
+    const ms = performance.now() - started;
+    this.observer?.enrolled(this.backend.name, ms / 1000);
+    plog.info({ ips: rec.ips, backend: this.backend.name, ms: Math.round(ms) }, 'pod enrolled');
+  }
+
+  /**
+   * Removes listeners, rules (every backend's) and probe targets. Succeeds when the netns is already gone. `eventNs`:
+   * the event's handle, used when it is the record's namespace.
+   */
+  async unenrol(key: string, plog: Logger, eventNs?: Netns): Promise<void> {
+    const rec = this.records.get(key);
+    const live = this.live.get(key);
+    if (!live && rec?.state !== 'enrolled') return;
+    if (live) {
+      await live.forwarder.stop();
+      this.live.delete(key);
+    }
+    try {
+      if (rec) {
+        // Only while the path still names the pod's namespace: once a /proc/<pid> path names another pod's (or the
+        // host's) namespace, removing rules there would let that pod's traffic bypass the mesh.
+        const sandbox = this.sandbox(rec, { live: live?.netns, event: eventNs });
+        if (sandbox) {
+          await removePodRules(sandbox.ns, rec.ifname).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
+          sandbox.release();
+        }
+        for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+      }
+    } finally {
+      live?.netns.close();
+    }
+    this.counters.unenrolments++;
+    plog.info('pod removed from the mesh');
+  }
+
+  /** Publishes a record's capture state where the source keeps it (the pod's annotation with the kubernetes source). */
+  report(rec: PodRecord): void {
+    this.source.reportCapture?.(rec, rec.state === 'enrolled' ? 'enabled' : undefined);
+  }
+
+  persist(): Promise<void> {
+    this.retainIdentities();
+    return this.store.save([...this.records.values()]);
+  }
+
+  private identityOf(rec: PodRecord): string {
+    return workloadIdentity(this.mesh.trustDomain, { namespace: rec.namespace, serviceAccount: rec.serviceAccount ?? 'default' });
+  }
+
+  /** The pod as its forwarder sees it: namespace handle, IPs, identity, and its current PeerAuthentication mode. */
+  private podSelf(ns: Netns, rec: PodRecord): PodSelf {
+    const identity = this.identityOf(rec);
+    const pod = (): PodInfo | undefined => this.source.getPod(rec.namespace, rec.name);
+    const labels = pod()?.labels ?? {};
+    return {
+      ns,
+      ips: rec.ips,
+      identity,
+      name: rec.name,
+      namespace: rec.namespace,
+      mtlsMode: (port) => effectiveMtlsMode(this.source.peerAuthentications(), { namespace: rec.namespace, labels: pod()?.labels ?? {} }, port),
+      authorize: (source, destination) =>
+        authorize(this.source.authorizationPolicies(), { source, destination: { namespace: rec.namespace, labels: pod()?.labels ?? {}, ...destination } }),
+      baggage: [
+        `k8s.namespace.name=${rec.namespace}`,
+        `k8s.pod.name=${rec.name}`,
+        `service.name=${labels.app ?? labels['app.kubernetes.io/name'] ?? rec.name}`,
+        `service.version=${labels.version ?? labels['app.kubernetes.io/version'] ?? 'latest'}`,
+      ].join(','),
+    };
+  }
+
+  /** Identities with an enrolled pod on this node; the certificate manager drops the others. */
+  private retainIdentities(): void {
+    const ids = new Set<string>(this.enrolling.keys());
+    for (const r of this.records.values()) if (r.state === 'enrolled') ids.add(this.identityOf(r));
+    this.mesh.identities.retain(ids);
+  }
+}

@@ -1,0 +1,37 @@
+// The redirection backend contract, shared by backend.ts (iptables, nftables, the factory) and ebpf.ts, and read by the
+// enroller: its own module so neither backend file imports the other for a type. No code.
+import type { RedirectMode } from '../config.js';
+import type { Netns } from '../platform/netns.js';
+import type { PodContext } from './ebpf-config.js';
+
+export type { PodContext };
+
+export interface RuleDrift {
+  ok: boolean;
+  missing: string[];
+  unexpected: string[];
+  /** What was actually found (ours only), in the same notation as the expected rules; for `ambient-node rules`. */
+  actual: string[];
+}
+
+/** The in-pod methods take the pod's namespace as an open handle (opened once per event by the enroller), never a path. */
+export interface RedirectBackend {
+  readonly name: RedirectMode;
+  /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
+  prepare(): Promise<void>;
+  /**
+   * Installs (or repairs) the in-pod rules; idempotent. `fresh` says the agent has never touched this namespace, which
+   * lets a backend skip reading the current rules (a wrong guess leaves a duplicate jump that verify and repair remove).
+   */
+  installPod(netns: Netns, pod: PodContext, opts?: { fresh?: boolean }): Promise<void>;
+  verifyPod(netns: Netns, pod: PodContext): Promise<RuleDrift>;
+  /** Human-readable expected rules, for `rules` output and errors (ebpf needs the pod: its interface and address appear). */
+  expectedPodRules(pod?: PodContext): string[];
+  /** Installs (or repairs) the node-side probe SNAT in the agent's own namespace; idempotent. */
+  installHost(): Promise<void>;
+  verifyHost(): Promise<RuleDrift>;
+  addProbeTarget(ip: string, podUid: string): Promise<void>;
+  removeProbeTarget(ip: string): Promise<void>;
+  /** Removes the node-side rules (clean uninstall only; upgrades leave them). */
+  removeHost(): Promise<void>;
+}
