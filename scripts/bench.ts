@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AGENT_MAIN, listNetns, type RedirectMode, REPO_ROOT } from '../test/testbed/index.js';
 import { type AddOpts, addStats, benchAdd, type ChainResult } from './bench/add-latency.js';
-import { benchDatapath, DATA_PATH_NAMES, type DataPathName, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
+import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/datapath.js';
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
 import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
@@ -22,8 +22,6 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --modes LIST         redirection backends for the enrolled chain and the data path (default iptables,nftables)
   --datapath-modes L   backends for the data path only (default: --modes); HBONE is the same for both, so one is
                        enough when only HBONE is compared (about 30 s less per backend left out)
-  --data-paths LIST    agent data paths for the mesh path, each in its own testbed with its own direct and stunnel
-                       baselines (default node,native)
   --pods N             pods per chain for the sequential ADD measurement (default 50)
   --warmup N           warm-up ADDs per chain, not counted (default 2)
   --concurrency N      also add N-at-a-time batches of --pods pods per chain; 0 skips it (default 10)
@@ -46,7 +44,6 @@ const USAGE = `usage: bash scripts/bench.sh [options]
 interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
-  dataPaths: DataPathName[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
   only: 'add' | 'datapath' | 'redirect' | 'services' | undefined;
@@ -54,6 +51,9 @@ interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts {
 }
 
 function parseOpts(argv: string[]): Opts {
+  if (argv.some((a) => a === '--data-paths' || a.startsWith('--data-paths='))) {
+    throw new UsageError('--data-paths was removed: the agents carry HBONE on the native data path only (its ratios are against direct TCP and the stunnel pair of the same run)');
+  }
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -62,7 +62,6 @@ function parseOpts(argv: string[]): Opts {
       'redirect-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
       'redirect-rounds': { type: 'string', default: '6' },
       connects: { type: 'string', default: '400' },
-      'data-paths': { type: 'string', default: 'node,native' },
       'agent-cpu-prof': { type: 'string' },
       'agent-node-flags': { type: 'string', default: '' },
       pods: { type: 'string', default: '50' },
@@ -98,9 +97,6 @@ function parseOpts(argv: string[]): Opts {
   };
   const modes = backends('modes', values.modes);
   const datapathModes = values['datapath-modes'] === undefined ? modes : backends('datapath-modes', values['datapath-modes']);
-  const dataPaths = [...new Set(values['data-paths'].split(',').map((p) => p.trim()).filter((p) => p !== ''))];
-  for (const p of dataPaths) if (!(DATA_PATH_NAMES as readonly string[]).includes(p)) throw new UsageError(`--data-paths: unknown data path ${p}`);
-  if (dataPaths.length === 0) throw new UsageError('--data-paths: give at least one');
   const prof = values['agent-cpu-prof'] === undefined ? undefined : resolve(values['agent-cpu-prof']);
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
@@ -112,7 +108,6 @@ function parseOpts(argv: string[]): Opts {
     redirectModes: backends('redirect-modes', values['redirect-modes']),
     redirectRounds: int('redirect-rounds', values['redirect-rounds'], 1),
     connects: int('connects', values.connects, 10),
-    dataPaths: dataPaths as DataPathName[],
     agentCpuProf: prof,
     agentNodeFlags: nodeFlags,
     agentCommand:
@@ -184,7 +179,7 @@ async function main(): Promise<number> {
   let services: ServicesResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
-    if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) for (const dp of o.dataPaths) datapath.push(await benchDatapath(o, mode, dp));
+    if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
     if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
     if (o.only === undefined || o.only === 'services') services = await benchServices(o);
   } catch (err) {

@@ -17,7 +17,6 @@ import { BuiltinCa } from './identity/builtin-ca.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
 import { IstioCa } from './identity/istio-ca.js';
-import { HbonePool } from './hbone/client-pool.js';
 import { NativeHbone } from './hbone/native.js';
 import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
@@ -31,9 +30,8 @@ export class Agent {
   private readonly runningPods: RunningPods;
   private readonly server: EventServer;
   private readonly identities: CertManager;
-  private readonly pool: HbonePool;
-  /** Set with --data-path native: carries HBONE instead of pool and the Node HBONE servers. */
-  private readonly native: NativeHbone | undefined;
+  /** Carries HBONE: the outbound pool and every pod's 15008 (the native relay on its own thread). */
+  private readonly hbone: NativeHbone;
   private readonly directory: WorkloadDirectory;
   private readonly metrics: AgentMetrics;
   private readonly admin: AdminServer;
@@ -62,8 +60,7 @@ export class Agent {
     this.caReady.catch(() => undefined); // reported by start()
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
-    this.pool = new HbonePool(this.identities, log.child({ component: 'hbone' }));
-    this.native = cfg.dataPath === 'native' ? new NativeHbone(this.identities, log.child({ component: 'hbone-native' })) : undefined;
+    this.hbone = new NativeHbone(this.identities, log.child({ component: 'hbone-native' }));
     const directory = new WorkloadDirectory(this.source, cfg.trustDomain, {
       nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, serviceCidrs: cfg.serviceCidrs, log: log.child({ component: 'services' }),
     });
@@ -82,15 +79,14 @@ export class Agent {
       serviceAddress: (ip) => directory.serviceAddress(ip),
       serviceOfEndpoint: (ip, port) => directory.serviceOfEndpoint(ip, port),
       identities: this.identities,
-      pool: this.pool,
-      ...(this.native ? { native: this.native } : {}),
+      hbone: this.hbone,
       trustDomain: cfg.trustDomain,
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
     }, this.metrics);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
-      enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: (this.native ?? this.pool).stats }),
+      enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.hbone.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
       verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain, directory,
     });
@@ -139,10 +135,8 @@ export class Agent {
   /** Starts everything; the socket answers (not ready) early so the plugin gets a clear "try again later". */
   async start(): Promise<void> {
     selfNetns();
-    if (this.native) {
-      this.native.start();
-      this.log.info({ dataPath: 'native' }, 'native HBONE data plane started');
-    }
+    this.hbone.start();
+    this.log.info({ dataPath: 'native' }, 'native HBONE data plane started');
     await this.server.start();
     this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name }, 'event server listening');
     await this.admin.start();
@@ -225,8 +219,7 @@ export class Agent {
     await this.source.stop();
     await this.enroller.shutdown();
     this.directory.close();
-    this.pool.close();
-    this.native?.stop();
+    this.hbone.stop();
     await this.identities.stop();
   }
 }

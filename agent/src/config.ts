@@ -14,9 +14,6 @@ export const REDIRECT_MODES: readonly RedirectMode[] = ['iptables', 'nftables', 
 
 export type WorkloadSourceKind = 'files' | 'kubernetes';
 export const WORKLOAD_SOURCES: readonly WorkloadSourceKind[] = ['files', 'kubernetes'];
-/** Who carries HBONE bytes: Node's TLS and HTTP/2, or the native library (OpenSSL + nghttp2 on its own thread). */
-export type DataPath = 'node' | 'native';
-export const DATA_PATHS: readonly DataPath[] = ['node', 'native'];
 
 export interface AgentConfig {
   nodeName: string;
@@ -29,8 +26,6 @@ export interface AgentConfig {
   /** Where the host's /proc is visible (a DaemonSet mounts it at /host/proc): scanned to find running pods' netns. */
   procRoot: string;
   redirectMode: RedirectMode;
-  /** HBONE data path: native (dist/native/libambient-hbone.so, the default) or node (TLS and HTTP/2 in Node). */
-  dataPath: DataPath;
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
   accessLog: boolean;
@@ -76,7 +71,6 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   kubeconfig: '',
   procRoot: '/proc',
   redirectMode: 'iptables',
-  dataPath: 'native',
   logLevel: 'info',
   accessLog: true,
   podLookupTimeoutMs: 3000,
@@ -114,10 +108,18 @@ const KEYS: Record<string, keyof AgentConfig> = Object.fromEntries([
   ['socket', 'socketPath'],
 ]);
 
+/** Settings that existed once, every spelling, with why they are gone: named in the error instead of "unknown setting". */
+const REMOVED: Record<string, string> = Object.fromEntries(['dataPath', 'data-path'].map((k) => [
+  k,
+  'dataPath (--data-path) was removed: the native HBONE data path (dist/native/libambient-hbone.so) is the only one; drop the setting',
+]));
+
 function normalise(raw: RawConfig, origin: string): Partial<Record<keyof AgentConfig, unknown>> {
   const out: Partial<Record<keyof AgentConfig, unknown>> = {};
   for (const [k, v] of Object.entries(raw)) {
     if (v === undefined) continue;
+    const removed = REMOVED[k];
+    if (removed) throw new ConfigError(`${origin}: ${removed}`);
     const key = KEYS[k];
     if (!key) throw new ConfigError(`${origin}: unknown setting "${k}" (known: ${[...new Set(Object.values(KEYS))].join(', ')})`);
     out[key] = v;
@@ -138,8 +140,6 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!REDIRECT_MODES.includes(redirectMode as RedirectMode)) {
     throw new ConfigError(`redirectMode must be one of ${REDIRECT_MODES.join(', ')}, got ${JSON.stringify(redirectMode)}`);
   }
-  const dataPath = merged.dataPath ?? CONFIG_DEFAULTS.dataPath;
-  if (!DATA_PATHS.includes(dataPath as DataPath)) throw new ConfigError(`dataPath must be one of ${DATA_PATHS.join(', ')}, got ${JSON.stringify(dataPath)}`);
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
   const accessLog = merged.accessLog ?? CONFIG_DEFAULTS.accessLog;
@@ -194,7 +194,6 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     kubeconfig: String(merged.kubeconfig ?? CONFIG_DEFAULTS.kubeconfig),
     procRoot: asString(merged.procRoot ?? CONFIG_DEFAULTS.procRoot, 'procRoot'),
     redirectMode: redirectMode as RedirectMode,
-    dataPath: dataPath as DataPath,
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',
     podLookupTimeoutMs: timeout,

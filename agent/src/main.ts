@@ -4,7 +4,7 @@
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
 // Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
 // configuration error (including naming a pod the agent does not know), 3 the agent is not answering.
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { Agent } from './agent.js';
 import { AgentDownError, AgentRequestError, getJson } from './cli/agent-client.js';
 import { bytes, table } from './cli/format.js';
@@ -12,7 +12,7 @@ import { renderConns, renderPolicyCheck, renderRules, renderServicePolicyCheck, 
 import type { ConnectionSnapshot } from './forwarder/connections.js';
 import type { PolicyCheckResult, ServicePolicyCheckResult } from './policy/check.js';
 import type { ServiceView } from './workload/directory.js';
-import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, DATA_PATHS, type RawConfig } from './config.js';
+import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
 import { createRootLogger } from './log.js';
 import { registerInstallCommands } from './install/cli.js';
 import { renderMalformedPolicies, statusHasProblem } from './policy/malformed.js';
@@ -82,7 +82,8 @@ export function buildCli(): Command {
     .option('--kubeconfig <file>', 'kubernetes source: kubeconfig file (default: in-cluster service account)')
     .option('--proc-root <dir>', `the host's /proc, scanned to find running pods' network namespaces (default ${CONFIG_DEFAULTS.procRoot})`)
     .option('--redirect-mode <mode>', `in-pod redirection backend: ${REDIRECT_MODES.join(' | ')} (default ${CONFIG_DEFAULTS.redirectMode})`)
-    .option('--data-path <path>', `who carries HBONE bytes: ${DATA_PATHS.join(' | ')} (default ${CONFIG_DEFAULTS.dataPath})`)
+    // Removed (the native data path is the only one): still parsed, so that parseAgentConfig can say so.
+    .addOption(new Option('--data-path <path>').hideHelp())
     .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
     .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)

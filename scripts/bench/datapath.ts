@@ -22,9 +22,6 @@ export interface DatapathOpts {
 }
 
 export type PathName = 'direct' | 'mesh' | 'stunnel';
-/** Who carries the mesh path's bytes in the agents (--data-path). */
-export type DataPathName = 'node' | 'native';
-export const DATA_PATH_NAMES: readonly DataPathName[] = ['node', 'native'];
 export const PATH_NAMES: readonly PathName[] = ['direct', 'mesh', 'stunnel'];
 
 export interface IperfResult {
@@ -61,7 +58,6 @@ export interface PathResult {
 
 export interface DatapathResult {
   mode: RedirectMode;
-  dataPath: DataPathName;
   paths: Record<PathName, PathResult>;
   /** Bytes the client's agent carried outbound for the mesh client and the server's agent inbound (proof of redirection). */
   meshBytes: { clientOutbound: number; serverInbound: number };
@@ -198,17 +194,13 @@ async function poolStats(agent: AgentProcess): Promise<{ opened: number; streams
   return { opened: num(path(h, 'connectionsOpened')) ?? Number.NaN, streams: num(path(h, 'streamsOpened')) ?? Number.NaN, failures: num(path(h, 'connectFailures')) ?? Number.NaN };
 }
 
-export async function benchDatapath(o: DatapathOpts, mode: RedirectMode, dataPath: DataPathName = 'node'): Promise<DatapathResult> {
-  progress(`data path [${mode}, ${dataPath}]: 2-node testbed`);
-  const tbOpts = { nodes: 2, redirectMode: mode, dataPath, agentLogLevel: 'info', ...(o.agentCommand ? { agentCommand: o.agentCommand(mode) } : {}) };
+export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promise<DatapathResult> {
+  progress(`data path [${mode}]: 2-node testbed`);
+  const tbOpts = { nodes: 2, redirectMode: mode, agentLogLevel: 'info', ...(o.agentCommand ? { agentCommand: o.agentCommand(mode) } : {}) };
   return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('no testbed');
     const { meshClient, meshServer, plainClient, plainServer } = await meshAndPlainPods(tb);
     const agents = [tb.agent(0), tb.agent(1)];
-    for (const a of agents) {
-      const native = (await a.logs({ currentRun: true })).some((l) => l.msg === 'native HBONE data plane started');
-      if (native !== (dataPath === 'native')) throw new Error(`an agent runs the ${native ? 'native' : 'node'} data path, expected ${dataPath}: the comparison would be meaningless`);
-    }
     if (o.pin) agents.forEach((a, i) => pinAgent(a, i % os.availableParallelism()));
 
     for (const server of [plainServer, meshServer]) {
@@ -232,7 +224,7 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode, dataPat
     // Blocks rotate the order of the paths and are pooled: on this VM the direct p50 of a single short run jumps
     // between ~25 and ~90 µs depending on vCPU wake-ups, which a single run would turn into a bogus ratio.
     const blocks: Record<PathName, RrSamples[]> = { direct: [], mesh: [], stunnel: [] };
-    progress(`  [${mode}, ${dataPath}] request/response: ${o.rrBlocks} blocks per path (${PATH_NAMES.join(', ')}) of ${o.rounds} round trips + ${o.conns} new connections`);
+    progress(`  [${mode}] request/response: ${o.rrBlocks} blocks per path (${PATH_NAMES.join(', ')}) of ${o.rounds} round trips + ${o.conns} new connections`);
     for (let b = 0; b < o.rrBlocks; b++) {
       for (const which of b % 2 === 0 ? PATH_NAMES : [...PATH_NAMES].reverse()) {
         checkInterrupted();
@@ -243,7 +235,7 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode, dataPat
     const iperf: Partial<Record<PathName, IperfResult>> = {};
     for (const which of PATH_NAMES) {
       checkInterrupted();
-      progress(`  [${mode}, ${dataPath}] iperf3 ${which}: ${o.iperfSeconds} s`);
+      progress(`  [${mode}] iperf3 ${which}: ${o.iperfSeconds} s`);
       iperf[which] = await runIperf(o, routes[which], agents, tunnel.pids);
     }
     const clientView = await agentView(tb, meshClient);
@@ -259,7 +251,6 @@ export async function benchDatapath(o: DatapathOpts, mode: RedirectMode, dataPat
     };
     return {
       mode,
-      dataPath,
       paths: { direct: result('direct'), mesh: result('mesh'), stunnel: result('stunnel') },
       meshBytes,
       pool: { connectionsDialled: pool1.opened - pool0.opened, streamsOpened: pool1.streams - pool0.streams, connectFailures: pool1.failures - pool0.failures },

@@ -3,7 +3,7 @@
 import os from 'node:os';
 import type { RedirectMode } from '../../test/testbed/index.js';
 import { type AddOpts, addStats, type ChainResult, NODE_BARE } from './add-latency.js';
-import { type DataPathName, type DatapathOpts, type DatapathResult, type IperfResult, PATH_NAMES, type PathName } from './datapath.js';
+import { type DatapathOpts, type DatapathResult, type IperfResult, PATH_NAMES, type PathName } from './datapath.js';
 import { dist, f0, f1, f2, pm, ratio, signed } from './stats.js';
 
 /** The ADD latency budget: what ambient-cni + enrolment may add to the chain's ADD, at p99. */
@@ -86,7 +86,6 @@ export const ADDED_P50_US = 200;
 
 export interface DatapathVerdict {
   mode: RedirectMode;
-  dataPath: DataPathName;
   throughputVsStunnel: number;
   throughputMet: boolean;
   addedP50Us: number;
@@ -100,7 +99,6 @@ export function datapathVerdicts(results: DatapathResult[]): DatapathVerdict[] {
     const addedP50Us = mesh.rr.persistent.p50 - direct.rr.persistent.p50;
     return {
       mode: r.mode,
-      dataPath: r.dataPath,
       throughputVsStunnel,
       throughputMet: throughputVsStunnel >= THROUGHPUT_VS_STUNNEL,
       addedP50Us,
@@ -109,8 +107,8 @@ export function datapathVerdicts(results: DatapathResult[]): DatapathVerdict[] {
   });
 }
 
-/** A data-path run: its redirection backend and who carried HBONE in the agents. */
-const runLabel = (r: { mode: RedirectMode; dataPath: DataPathName }): string => `${r.mode}, ${r.dataPath}`;
+/** A data-path run: its redirection backend (HBONE is carried by the native relay in every run). */
+const runLabel = (r: { mode: RedirectMode }): string => r.mode;
 
 const PATH_LABEL: Record<PathName, string> = { direct: 'direct TCP', mesh: 'mesh (HBONE, 2 agents)', stunnel: 'stunnel mTLS pair' };
 
@@ -129,7 +127,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `### Data path: client pod on node 0 -> server pod on node 1; direct = namespaces not enrolled; mesh = both pods enrolled (HBONE: mutual TLS 1.3 + HTTP/2 CONNECT to 15008, through both agents); stunnel = a stunnel mutual-TLS 1.3 pair (client in the source pod, server in the destination pod) between the non-enrolled pods${o.pin ? '; node 0 (client, its agent, stunnel client) pinned to CPU 0, node 1 (server, its agent, stunnel server) to CPU 1' : ''}`,
   );
   lines.push('');
-  lines.push(`| backend, data path | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | vs stunnel | retransmits | tunnel CPU s (node0 + node1) | tunnel CPU s per GB | machine busy CPU s |`);
+  lines.push(`| backend | path | iperf3 ${o.iperfSeconds} s Gbit/s | vs direct | vs stunnel | retransmits | tunnel CPU s (node0 + node1) | tunnel CPU s per GB | machine busy CPU s |`);
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
     for (const which of PATH_NAMES) {
@@ -146,7 +144,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Request/response (µs): ${o.rrBlocks} x ${o.rounds} round trips of 1 KiB on one persistent connection, ${o.rrBlocks} x ${o.conns} new connections each timed to the end of its first 1 KiB round trip (warm pool: untimed connections first, so mesh connections are new CONNECT streams on a pooled HBONE connection; stunnel does a TLS handshake per connection); blocks rotate between the paths, samples pooled; added and ratio are against direct:`,
   );
   lines.push('');
-  lines.push('| backend, data path | path | RR p50 | RR p99 | RR p50 added | RR p50 ratio | new conn p50 | new conn p99 | new conn p50 added | new conn p50 ratio |');
+  lines.push('| backend | path | RR p50 | RR p99 | RR p50 added | RR p50 ratio | new conn p50 | new conn p99 | new conn p50 added | new conn p50 ratio |');
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
     const d = r.paths.direct.rr;
@@ -171,7 +169,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Target, mesh throughput >= ${THROUGHPUT_VS_STUNNEL}x the stunnel pair: ` +
       verdicts
         .map((v) => {
-          const r = results.find((x) => x.mode === v.mode && x.dataPath === v.dataPath);
+          const r = results.find((x) => x.mode === v.mode);
           const perGb = (which: PathName): string => (r ? f2(cpuPerGb(which, r.paths[which].iperf)) : 'n/a');
           return `**${runLabel(v)}: ${v.throughputMet ? 'MET' : 'MISSED'}** (${f2(r?.paths.mesh.iperf.gbps)} vs ${f2(r?.paths.stunnel.iperf.gbps)} Gbit/s = ${f2(v.throughputVsStunnel)}x; tunnel CPU s per GB: agents ${perGb('mesh')}, stunnel ${perGb('stunnel')})`;
         })
@@ -182,7 +180,7 @@ export function reportDatapath(o: DatapathOpts, results: DatapathResult[], lines
     `Target, mesh added p50 on a persistent connection <= ${ADDED_P50_US} µs: ` +
       verdicts
         .map((v) => {
-          const r = results.find((x) => x.mode === v.mode && x.dataPath === v.dataPath);
+          const r = results.find((x) => x.mode === v.mode);
           const st = r ? r.paths.stunnel.rr.persistent.p50 - r.paths.direct.rr.persistent.p50 : Number.NaN;
           return `**${runLabel(v)}: ${v.latencyMet ? 'MET' : 'MISSED'}** (${signed(v.addedP50Us, 0)} µs; the stunnel pair adds ${signed(st, 0)} µs)`;
         })

@@ -1,7 +1,7 @@
 // 4. Services: what resolving a ClusterIP to an endpoint costs. End to end, a mesh client calls the same server pod by
 // its pod IP and by a Service's ClusterIP (same run, interleaved blocks); in process, decideOutbound over a cluster-sized table.
 import { buildServiceTable, lookupService } from '../../agent/src/workload/service-table.js';
-import { decideOutbound } from '../../agent/src/forwarder/pod-forwarder.js';
+import { decideOutbound } from '../../agent/src/forwarder/routing.js';
 import type { MeshWorkload } from '../../agent/src/workload/directory.js';
 import type { EndpointSliceInfo, ServiceInfo } from '../../agent/src/workload/service-objects.js';
 import { onCpu } from './cpu.js';

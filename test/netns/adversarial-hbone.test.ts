@@ -4,7 +4,6 @@
 // certificates whose SPIFFE ID is no ns/sa identity. After each attack the agent must keep serving (a new pod's CNI ADD
 // enrols it, two other pods talk through the mesh) and its descriptors and memory must come back; the figures are
 // logged. The raw clients and upstream apps are test/interop/hbone_attack.py.
-// Data path: $AMBIENT_DATA_PATH (default native); the SPIFFE test runs on both.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,18 +15,15 @@ import { issueRogueCredential } from '../interop/rogue-certs.js';
 import { CASES_TRUST_DOMAIN, SPIFFE_CASES } from '../interop/spiffe-cases.js';
 import type { Testbed, TestbedPod } from '../testbed/index.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { testDataPath } from '../testbed/testbed.js';
 import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
 
 const ATTACK_PY = fileURLToPath(new URL('../interop/hbone_attack.py', import.meta.url));
 /**
  * How long the agent's descriptors and memory may take to come back after an attack: past the 30 s unread-linger bound
- * (a stream closed in order whose app does not read keeps its upstream that long), and the Node data path tears
- * thousands of reset streams down more slowly than the native one (about 24 s seen under load).
+ * (a stream closed in order whose app does not read keeps its upstream that long).
  */
 const FOOTPRINT_SETTLE_MS = 40_000;
 const CLIENT_ID = `spiffe://${CASES_TRUST_DOMAIN}/ns/legacy/sa/attacker`;
-const dataPath = (): 'node' | 'native' => testDataPath() ?? 'native';
 
 interface Scene {
   tb: Testbed;
@@ -40,8 +36,8 @@ interface Scene {
 }
 
 /** productpage (node 1, echo on 9080) is attacked from a non-mesh pod on node 0; sleep and notsleep (node 0) are the bystanders. */
-async function scene(t: ExecutionContext, path = dataPath()): Promise<Scene> {
-  const tb = await withTestbed(t, { nodes: 2, dataPath: path });
+async function scene(t: ExecutionContext): Promise<Scene> {
+  const tb = await withTestbed(t, { nodes: 2 });
   await tb.setNamespace('app', AMBIENT);
   await tb.setNamespace('legacy', {});
   const [productpage, sleep, notsleep, attacker] = await tb.addPods([
@@ -154,7 +150,7 @@ async function underAttack(t: ExecutionContext, s: Scene, label: string, run: ()
   const serving = await meshStillWorks(t, s, label);
   const fdBound = before.fds + serving.podFds + 8;
   const after = await eventually(() => agentFootprint(s.tb, 1), (f) => f.fds <= fdBound && f.rssMiB <= before.rssMiB + rssSlackMiB, FOOTPRINT_SETTLE_MS);
-  t.log(`figures ${label} (${dataPath()}): attack ${attackMs} ms; agent fds ${before.fds} / peak ${peak.fds} / after ${after.fds} `
+  t.log(`figures ${label}: attack ${attackMs} ms; agent fds ${before.fds} / peak ${peak.fds} / after ${after.fds} `
     + `(${serving.podFds} of them the new pod's); RSS ${before.rssMiB} / peak ${peak.rssMiB} / after ${after.rssMiB} MiB; `
     + `a new HBONE connection from the attacker answered in ${String(r.check_seconds)} s; serving again (pod ADD + 2 mesh connections) ${serving.ms} ms after`);
   t.true(after.fds <= fdBound, `${label}: descriptors back (${before.fds} -> ${after.fds}, ${serving.podFds} of them the new pod's)`);
@@ -174,7 +170,7 @@ function withCert(s: Scene): string[] {
     '--authority', `${s.productpage.ip}:9080`, '--timeout', '10'];
 }
 
-netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 15008 are closed by the handshake deadline (${dataPath()})`, async (t) => {
+netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 15008 are closed by the handshake deadline`, async (t) => {
   t.timeout(240_000);
   const s = await scene(t);
   t.true((await ask(s.sleep, s.productpage.ip, 9080, 'warm')).ok, 'sleep has a pooled connection before the flood');
@@ -208,7 +204,7 @@ netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 1
   await footprintBack(t, s, before, 'flood', 48, serving.podFds);
 });
 
-netnsTest.serial(`header bombs on 15008 (HPACK, 70 KiB, a 1 MiB frame) are reset at 64 KiB, without a large event, and the connection and agent keep serving (${dataPath()})`, async (t) => {
+netnsTest.serial(`header bombs on 15008 (HPACK, 70 KiB, a 1 MiB frame) are reset at 64 KiB, without a large event, and the connection and agent keep serving`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);
   const before = await agentFootprint(s.tb, 1);
@@ -244,45 +240,42 @@ netnsTest.serial(`header bombs on 15008 (HPACK, 70 KiB, a 1 MiB frame) are reset
   await footprintBack(t, s, before, 'bombs', 48, serving.podFds);
 });
 
-netnsTest.serial('a client certificate whose SPIFFE ID is no ns/sa identity is refused on both data paths', async (t) => {
+netnsTest.serial('a client certificate whose SPIFFE ID is no ns/sa identity is refused', async (t) => {
   t.timeout(240_000);
-  // Sampled from the shared table (test/unit/hbone-spiffe-rule.test.ts runs all of it against both checks).
+  // Sampled from the shared table (test/unit/hbone-spiffe-rule.test.ts runs all of it).
   const picked = new Set(['spiffe://cluster.local/whatever', 'spiffe://cluster.local/ns/app/sa/b/extra', 'spiffe://cluster.local/ns/./sa/b',
     'spiffe://cluster.localx/ns/app/sa/b', 'spiffe://cluster.local/ns/My_App-1.x/sa/SA.name-2']);
   const cases = SPIFFE_CASES.filter(([uri]) => picked.has(uri));
   t.is(cases.length, picked.size);
-  for (const path of ['native', 'node'] as const) {
-    const tb = await withTestbed(t, { nodes: 1, dataPath: path });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('legacy', {});
-    const [productpage, sleep, client] = await tb.addPods([
-      { node: 0, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 0, namespace: 'legacy', name: 'client' },
-    ]);
-    if (!productpage || !sleep || !client) throw new Error('pods missing');
-    await startEcho(productpage, 9080);
-    const caPath = join(tb.caDir, 'root-cert.pem');
-    for (const [i, [uri, accepted, why]] of cases.entries()) {
-      const cred = await issueRogueCredential(tb.caDir, uri, join(tb.runDir, 'rogue'), `rogue-${i}`);
-      const refusedBefore = (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0;
-      const r = await runHboneClient(client, { connect: `${productpage.ip}:15008`, authority: `${productpage.ip}:9080`, caPath, credential: cred, send: 'spiffe\n', expect: 'pong:spiffe' });
-      t.log(`${path} ${uri} (${why}):`, JSON.stringify({ status: r.status, error: r.error, goaway: r.goaway, last: r.goaway_last_stream }));
-      if (accepted) {
-        t.is(r.status, 200, `${path}: ${uri} is a valid identity: ${JSON.stringify(r)}`);
-        continue;
-      }
-      t.is(r.status, null, `${path}: ${uri} must be refused (${why}): ${JSON.stringify(r)}`);
-      t.is(r.received, '');
-      const refusedAfter = await eventually(async () => (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0, (n) => n > refusedBefore, 5000);
-      t.true(refusedAfter > refusedBefore, `${path}: the refusal of ${uri} is counted`);
+  const tb = await withTestbed(t, { nodes: 1 });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, client] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 0, namespace: 'legacy', name: 'client' },
+  ]);
+  if (!productpage || !sleep || !client) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  const caPath = join(tb.caDir, 'root-cert.pem');
+  for (const [i, [uri, accepted, why]] of cases.entries()) {
+    const cred = await issueRogueCredential(tb.caDir, uri, join(tb.runDir, 'rogue'), `rogue-${i}`);
+    const refusedBefore = (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0;
+    const r = await runHboneClient(client, { connect: `${productpage.ip}:15008`, authority: `${productpage.ip}:9080`, caPath, credential: cred, send: 'spiffe\n', expect: 'pong:spiffe' });
+    t.log(`${uri} (${why}):`, JSON.stringify({ status: r.status, error: r.error, goaway: r.goaway, last: r.goaway_last_stream }));
+    if (accepted) {
+      t.is(r.status, 200, `${uri} is a valid identity: ${JSON.stringify(r)}`);
+      continue;
     }
-    const logs = await tb.agent(0).logs({ currentRun: true });
-    t.true(logs.some((l) => l.msg === 'hbone client refused' && String(l.reason).includes('spiffe://cluster.local/whatever')), `${path}: the agent logs the refused identity`);
-    const ok = await ask(sleep, productpage.ip, 9080, `after-spiffe-${path}`);
-    t.true(ok.ok, `${path}: the mesh still works: ${ok.output}`);
-    await tb.destroy();
+    t.is(r.status, null, `${uri} must be refused (${why}): ${JSON.stringify(r)}`);
+    t.is(r.received, '');
+    const refusedAfter = await eventually(async () => (await agentPod(tb, productpage))?.stats?.inbound.refused ?? 0, (n) => n > refusedBefore, 5000);
+    t.true(refusedAfter > refusedBefore, `the refusal of ${uri} is counted`);
   }
+  const logs = await tb.agent(0).logs({ currentRun: true });
+  t.true(logs.some((l) => l.msg === 'hbone client refused' && String(l.reason).includes('spiffe://cluster.local/whatever')), 'the agent logs the refused identity');
+  const ok = await ask(sleep, productpage.ip, 9080, 'after-spiffe');
+  t.true(ok.ok, `the mesh still works: ${ok.output}`);
 });
 
 /**
@@ -307,9 +300,9 @@ async function startStall(pod: TestbedPod, port: number, shutWrite: boolean): Pr
   await pod.waitForPort(port);
 }
 
-// Both paths: native gives flow-control credit back itself (Node's nghttp2 binding does it on its own); both must let go
-// of the upstream sockets of reset streams and, after the linger bound, of streams closed in order whose app never reads.
-netnsTest.serial(`flow control: after reset and never-read streams, a new stream on the same connection delivers within 1 s, and the upstreams are let go (${dataPath()})`, async (t) => {
+// The relay gives flow-control credit back itself; it must let go of the upstream sockets of reset streams and, after
+// the linger bound, of streams closed in order whose app never reads.
+netnsTest.serial(`flow control: after reset and never-read streams, a new stream on the same connection delivers within 1 s, and the upstreams are let go`, async (t) => {
   t.timeout(240_000);
   // Closed-in-order streams whose app never reads are reset after this (default 30 s), giving their credit back.
   const lingerEnv = 'AMBIENT_HBONE_UNREAD_LINGER_MS';
@@ -346,7 +339,7 @@ netnsTest.serial(`flow control: after reset and never-read streams, a new stream
 // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM at once, as fast as the client can write them; twice, since a
 // second wave finds whatever the first left behind. Native: a request reset in the same read never reaches TypeScript
 // (no dial), at most 200 requests per connection are in progress, and nghttp2's reset rate limit ends the connection.
-netnsTest.serial(`rapid reset: 2 x 20,000 CONNECTs each cancelled at once leave the agent serving (${dataPath()})`, async (t) => {
+netnsTest.serial(`rapid reset: 2 x 20,000 CONNECTs each cancelled at once leave the agent serving`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);
   await startUpstream(s.productpage, 'discard', 9099);
@@ -360,7 +353,7 @@ netnsTest.serial(`rapid reset: 2 x 20,000 CONNECTs each cancelled at once leave 
   }
 });
 
-netnsTest.serial(`10,000 streams opened (upstream connected, 200) and then reset leave the agent serving (${dataPath()})`, async (t) => {
+netnsTest.serial(`10,000 streams opened (upstream connected, 200) and then reset leave the agent serving`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);
   await startUpstream(s.productpage, 'discard', 9099);
@@ -376,7 +369,7 @@ netnsTest.serial(`10,000 streams opened (upstream connected, 200) and then reset
 
 // The client's SETTINGS give every stream a zero window and it never opens it, while the upstream app writes without
 // end: what the agent reads from the app must stay bounded by flow control, not pile up in its memory.
-netnsTest.serial(`window abuse: 200 streams with a zero window from an app that writes without end keep the agent's memory bounded (${dataPath()})`, async (t) => {
+netnsTest.serial(`window abuse: 200 streams with a zero window from an app that writes without end keep the agent's memory bounded`, async (t) => {
   t.timeout(180_000);
   const s = await scene(t);
   await startUpstream(s.productpage, 'source', 9098);

@@ -1,18 +1,16 @@
 // Fuzz pass of random and mutated HTTP/2 frames against an enrolled pod's 15008 on a live 2-node testbed (issue 11):
 // test/interop/hbone_fuzz.py, seeded; afterwards both agents are the same processes, no pod record is lost, ADD and mesh work.
-// Seed and size: AMBIENT_FUZZ_SEED, AMBIENT_FUZZ_ITERATIONS (connections). Data path: $AMBIENT_DATA_PATH (default native).
+// Seed and size: AMBIENT_FUZZ_SEED, AMBIENT_FUZZ_ITERATIONS (connections).
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { issueCredential } from '../interop/certs.js';
 import { DEBIAN_PYTHON } from '../interop/hbone-client.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { testDataPath } from '../testbed/testbed.js';
 import { assertNodeSurvived, assertStillServing, fuzzIterations, fuzzSeed, snapshotNode } from './fuzz-common.js';
 import { AMBIENT, ask, startEcho } from './helpers.js';
 
 const FUZZ_PY = fileURLToPath(new URL('../interop/hbone_fuzz.py', import.meta.url));
-const dataPath = (): 'node' | 'native' => testDataPath() ?? 'native';
 /** Connections in CI (each 5-200 frames, some floods of thousands); AMBIENT_FUZZ_ITERATIONS for more. */
 const CI_CONNECTIONS = 1200;
 
@@ -25,15 +23,14 @@ interface FuzzReport {
   counts: Record<string, number>;
 }
 
-netnsTest.serial(`fuzz: random and mutated HTTP/2 frames against 15008 crash nothing and lose no pod (${dataPath()})`, async (t) => {
+netnsTest.serial(`fuzz: random and mutated HTTP/2 frames against 15008 crash nothing and lose no pod`, async (t) => {
   const seed = fuzzSeed();
   const connections = fuzzIterations(CI_CONNECTIONS);
   // The fuzzer stops starting connections after this many seconds, whatever was asked: CI stays bounded.
-  // The Node data path takes several times more frames per connection before it gives up on one: a shorter window there.
-  const maxSeconds = process.env.AMBIENT_FUZZ_ITERATIONS ? 3600 : dataPath() === 'node' ? 15 : 25;
-  t.log(`seed ${seed} (AMBIENT_FUZZ_SEED=${seed} replays it), ${connections} connections, data path ${dataPath()}`);
+  const maxSeconds = process.env.AMBIENT_FUZZ_ITERATIONS ? 3600 : 25;
+  t.log(`seed ${seed} (AMBIENT_FUZZ_SEED=${seed} replays it), ${connections} connections`);
   t.timeout((maxSeconds + 120) * 1000);
-  const tb = await withTestbed(t, { nodes: 2, dataPath: dataPath() });
+  const tb = await withTestbed(t, { nodes: 2 });
   await tb.setNamespace('app', AMBIENT);
   await tb.setNamespace('legacy', {});
   const [productpage, sleep, notsleep, attacker] = await tb.addPods([

@@ -4,8 +4,9 @@
 import net from 'node:net';
 import type { ExecutionContext } from 'ava';
 import { pino } from 'pino';
-import { NativeHbone, type NativeInboundRequest, type NativeListener } from '../../agent/src/hbone/native.js';
-import type { HboneTarget } from '../../agent/src/hbone/client-pool.js';
+import type { HboneInboundRequest, HboneListener } from '../../agent/src/hbone/data-path.js';
+import { NativeHbone } from '../../agent/src/hbone/native.js';
+import type { HboneTarget } from '../../agent/src/hbone/pool.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
 import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
@@ -88,9 +89,9 @@ interface Rig {
   ns: Netns;
   ids: RotatingIdentities;
   hbone: NativeHbone;
-  listener: NativeListener;
+  listener: HboneListener;
   /** How the server answers each request (default: 200 with a connection to the echo server). */
-  onRequest: (r: NativeInboundRequest) => void;
+  onRequest: (r: HboneInboundRequest) => void;
   refused: string[];
   /** Accepted app connections, by the port the app connected from. */
   accepted: Map<number, net.Socket>;
@@ -125,7 +126,7 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
   });
   const base = {
     ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
-    onRequest: (req: NativeInboundRequest): void => {
+    onRequest: (req: HboneInboundRequest): void => {
       dialFrom(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0, paused: true }).then((up) => req.answer(200, up), () => req.answer(503));
     },
   };
@@ -233,7 +234,7 @@ netnsTest.serial('native: a CONNECT the peer resets, refuses or never answers se
   t.regex(refusedReady === 'pending' || refusedReady.ok ? '' : refusedReady.error, /401/);
 
   // 3. Never answered: the answer timeout resets the stream.
-  const unanswered: NativeInboundRequest[] = [];
+  const unanswered: HboneInboundRequest[] = [];
   r.onRequest = (req) => unanswered.push(req);
   const silent = await open(r, '10.78.0.1');
   const silentReady = await within(silent.stream.then((s) => s.ready));

@@ -1,6 +1,6 @@
 // Public surface of the testbed library for e2e tests, the demo and benchmarks (no ava import here:
 // the ava helpers live in ./ava.ts so scripts can import this without the ava CLI).
-export { Testbed, testDataPath, type NodeRef, type PodSpec, type TestbedOptions } from './testbed.js';
+export { Testbed, type NodeRef, type PodSpec, type TestbedOptions } from './testbed.js';
 export { TestbedPod, waitForListener } from './pod.js';
 export { buildConflist, type ConflistOptions, type TestbedNode, type TestbedNodeInfo, UNDERLAY_PREFIX, underlayIp, podCidr, podGateway } from './node.js';
 export {

@@ -52,8 +52,6 @@ export interface TestbedOptions {
   agent?: boolean;
   /** Extra agent command-line arguments. */
   agentArgs?: string[];
-  /** Agent --data-path; default $AMBIENT_DATA_PATH, else the agent's own default (scripts/test.sh runs the HBONE suites on both). */
-  dataPath?: 'node' | 'native';
   /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
   agentCommand?: string[];
   /** Agent --log-level. Default 'debug'. */
@@ -148,6 +146,9 @@ export class Testbed implements Destroyable {
   static async create(opts: TestbedOptions): Promise<Testbed> {
     if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200) {
       throw new Error(`nodes must be 1..200, got ${opts.nodes}`);
+    }
+    if (process.env.AMBIENT_DATA_PATH) {
+      throw new Error('AMBIENT_DATA_PATH was removed with the agent\'s --data-path: the native HBONE data path is the only one; unset it');
     }
     const plugin = opts.cniPlugin ?? 'shim';
     const needed = plugin === 'standalone' ? [CNI_STANDALONE] : [CNI_MAIN, ...(plugin === 'shim' ? [CNI_SHIM] : [])];
@@ -696,7 +697,7 @@ export class Testbed implements Destroyable {
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),
         // The real agent knows the cluster's Service range, as a production config should (deploy/base/config.yaml).
-        extraArgs: [...dataPathArgs(o.dataPath ?? testDataPath()), ...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? [])],
+        extraArgs: [...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? [])],
         readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
       });
     }
@@ -769,14 +770,3 @@ function shQuote(s: string): string {
   return `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
-/** The data path the HBONE suites run on in this process: $AMBIENT_DATA_PATH (node | native), or undefined. */
-export function testDataPath(): 'node' | 'native' | undefined {
-  const v = process.env.AMBIENT_DATA_PATH;
-  if (v === undefined || v === '') return undefined;
-  if (v !== 'node' && v !== 'native') throw new Error(`AMBIENT_DATA_PATH must be node or native, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function dataPathArgs(p: 'node' | 'native' | undefined): string[] {
-  return p === undefined ? [] : ['--data-path', p];
-}

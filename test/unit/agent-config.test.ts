@@ -40,13 +40,14 @@ test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc r
   t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
 });
 
-test('the HBONE data path is native by default and node on request', (t) => {
-  t.is(parseAgentConfig({}, { nodeName: 'n' }).dataPath, 'native');
-  t.is(parseAgentConfig({ dataPath: 'native' }, { nodeName: 'n', 'data-path': 'node' }).dataPath, 'node');
+test('the removed data path setting is refused, in the file or as a flag, saying native is the only path', (t) => {
+  for (const [file, flags] of [[{ dataPath: 'native' }, {}], [{ 'data-path': 'node' }, {}], [{}, { dataPath: 'node' }]] as const) {
+    const err = t.throws(() => parseAgentConfig(file, { nodeName: 'n', ...flags }), { instanceOf: ConfigError });
+    t.regex(err?.message ?? '', /dataPath \(--data-path\) was removed: the native HBONE data path .* is the only one/);
+  }
 });
 
 const bad: [string, Record<string, unknown>, RegExp][] = [
-  ['bad data path', { dataPath: 'rust' }, /dataPath must be one of node, native/],
   ['unknown key', { colour: 'red' }, /unknown setting "colour"/],
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],

@@ -1,8 +1,8 @@
 // Unit tests for the forwarder's pure routing decisions (HBONE or passthrough, PeerAuthentication, CONNECT validation):
 // never an open proxy, never a loop into the agent's own ports.
 import test from 'ava';
-import { decideOutbound, decidePlaintextInbound } from '../../agent/src/forwarder/pod-forwarder.js';
-import { decideInbound } from '../../agent/src/hbone/server.js';
+import { decideOutbound, decidePlaintextInbound } from '../../agent/src/forwarder/routing.js';
+import { decideInbound } from '../../agent/src/hbone/connect.js';
 import { KeyedMutex } from '../../agent/src/registry/keyed-mutex.js';
 import type { MeshWorkload } from '../../agent/src/workload/directory.js';
 

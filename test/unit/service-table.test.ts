@@ -1,7 +1,7 @@
 // Unit tests for the Service table and outbound resolution through it: ClusterIP and port to one ready endpoint and
 // its target port (named targetPorts through the slice), node preference, mesh or plain, refusal when nothing is ready.
 import test from 'ava';
-import { decideOutbound } from '../../agent/src/forwarder/pod-forwarder.js';
+import { decideOutbound } from '../../agent/src/forwarder/routing.js';
 import { serviceViews, type MeshWorkload } from '../../agent/src/workload/directory.js';
 import { parseEndpointSlice, parseService, type EndpointSliceInfo, type ServiceInfo } from '../../agent/src/workload/service-objects.js';
 import { allEntries, buildServiceTable, lookupService, pickEndpoint, vipKey, type ServiceTable } from '../../agent/src/workload/service-table.js';

@@ -1,23 +1,19 @@
 // The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE) and the
 // relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod with the agent mark.
-import type http2 from 'node:http2';
 import type net from 'node:net';
-import type { Duplex } from 'node:stream';
-import { HboneStatusError, connectHeaders, type HbonePool } from '../hbone/client-pool.js';
-import type { NativeHbone, NativeInboundRequest, NativeListener, NativeStream, NativeStreamEnd } from '../hbone/native.js';
-import { HboneServer, decideInbound, releaseUpstreamWithStream, type InboundStream } from '../hbone/server.js';
-import { serverLimits } from '../hbone/settings.js';
+import { HboneStatusError, connectHeaders, decideInbound } from '../hbone/connect.js';
+import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from '../hbone/data-path.js';
 import type { IdentityProvider } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst } from '../platform/sockets.js';
-import type { MtlsMode } from '../policy/peer-authentication.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
-import { AGENT_MARK, AGENT_PORTS, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
-import type { MeshWorkload, ServiceAddressKind } from '../workload/directory.js';
-import { noEndpointReason, pickEndpoint, type ServiceEntry, type ServiceRef } from '../workload/service-table.js';
+import type { MtlsMode } from '../policy/peer-authentication.js';
+import { AGENT_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
+import type { ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
+import { decideOutbound, decidePlaintextInbound, type OutboundContext } from './routing.js';
 
 export type { Direction } from './connections.js';
 
@@ -42,25 +38,13 @@ export interface ForwarderStats {
 
 const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, denied: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
 
-/** What an outbound decision reads: the mesh workloads and the Service table. */
-export interface OutboundContext {
-  lookup: (ip: string) => MeshWorkload | undefined;
-  /** The Service port at a ClusterIP and port (outbound resolution to an endpoint); absent: no Services known. */
-  service?: (ip: string, port: number) => ServiceEntry | undefined;
-  /** Whether the workload source knows the pod an endpoint's targetRef (`Pod/<ns>/<name>`) names, mesh or not. */
-  knownPod?: (targetRef: string) => boolean;
-  /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. */
-  serviceAddress?: (ip: string) => ServiceAddressKind;
-}
-
 /** Everything the forwarder needs from the rest of the agent, shared by all pods. */
 export interface MeshContext extends OutboundContext {
   /** The Service an endpoint address and port belongs to (names inbound connections in telemetry). */
   serviceOfEndpoint?: (ip: string, port: number) => ServiceRef | undefined;
   identities: IdentityProvider;
-  pool: HbonePool;
-  /** The native data path (--data-path native): when set, HBONE bytes are carried by it instead of `pool` and HboneServer. */
-  native?: NativeHbone;
+  /** Who carries HBONE bytes (the native relay): outbound CONNECT streams, the pods' 15008, pooled connections. */
+  hbone: HboneDataPath;
   trustDomain: string;
   /** Told of each connection at open and close (metrics); never per byte. */
   connections?: ConnectionObserver;
@@ -99,101 +83,29 @@ interface Relay {
   bytes: () => { sent: number; recv: number };
 }
 
-/** Where bytes go: an address and port. */
-export interface Target {
-  address: string;
-  port: number;
-}
-
-/**
- * An outbound connection's route. `target` is where the app's bytes are delivered (the original destination, or the
- * endpoint a Service resolved to); HBONE reaches it through `target.address:15008` under the peer's identity.
- */
-export type OutboundRoute =
-  | { kind: 'hbone'; peer: MeshWorkload; target: Target; service?: ServiceRef }
-  | { kind: 'passthrough'; target: Target; service?: ServiceRef }
-  | { kind: 'refuse'; reason: string; responseFlags: string; service?: ServiceRef };
-
-/**
- * Where an outbound connection goes. Pure given `random`. A Service's ClusterIP and port resolves to one candidate
- * endpoint and its target port (the Service wins over a workload with the same IP, as in ztunnel); the endpoint (or an
- * original destination that is no Service) is reached in HBONE when it is a mesh workload, else in plain TCP. Never in
- * clear when the agent cannot tell: a Service port with no candidate, an endpoint that is itself a Service address, an
- * endpoint pod the directory does not know yet, and an unknown address inside the Service ranges are all refused.
- */
-export function decideOutbound(dst: Target, ctx: OutboundContext, random: () => number = Math.random): OutboundRoute {
-  if (dst.address.startsWith('127.') && AGENT_PORTS.includes(dst.port)) {
-    return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)', responseFlags: RESPONSE_FLAGS.none };
-  }
-  const entry = ctx.service?.(dst.address, dst.port);
-  if (entry) {
-    const service = entry.service;
-    const refuse = (reason: string): OutboundRoute => ({ kind: 'refuse', reason, responseFlags: RESPONSE_FLAGS.noHealthyUpstream, service });
-    const ep = pickEndpoint(entry, random);
-    if (!ep) return refuse(noEndpointReason(entry));
-    const target = { address: ep.ip, port: ep.port };
-    const peer = ctx.lookup(ep.ip);
-    if (peer) return { kind: 'hbone', peer, target, service };
-    const via = `${dst.address}:${dst.port}`;
-    if (ctx.serviceAddress?.(ep.ip)) return refuse(`no valid endpoint: ${via} resolved to ${ep.ip}:${ep.port}, itself a Service address (kube-proxy would forward it in clear)`);
-    if (ep.targetRef?.startsWith('Pod/') && ctx.knownPod && !ctx.knownPod(ep.targetRef)) {
-      return refuse(`no valid endpoint: ${via} resolved to ${ep.ip}:${ep.port} of ${ep.targetRef.slice(4)}, a pod the workload directory does not know yet (refused rather than sent in clear)`);
-    }
-    return { kind: 'passthrough', target, service };
-  }
-  const peer = ctx.lookup(dst.address);
-  if (peer) return { kind: 'hbone', peer, target: dst };
-  if (ctx.serviceAddress?.(dst.address) === 'unknown') {
-    return { kind: 'refuse', reason: `no healthy upstream: ${dst.address}:${dst.port} is in the Service ranges but no Service the agent knows (refused rather than sent in clear)`, responseFlags: RESPONSE_FLAGS.noHealthyUpstream };
-  }
-  return { kind: 'passthrough', target: dst };
-}
-
-/** Whether plaintext arriving on 15006 may reach the app. Pure. */
-export function decidePlaintextInbound(dst: { address: string; port: number }, podIps: readonly string[], mode: MtlsMode): { ok: true } | { ok: false; reason: string } {
-  if (!podIps.includes(dst.address)) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
-  if (AGENT_PORTS.includes(dst.port)) return { ok: false, reason: `port ${dst.port} is reserved for the agent` };
-  if (mode === 'STRICT') return { ok: false, reason: `PeerAuthentication STRICT on port ${dst.port}: plaintext refused` };
-  return { ok: true };
-}
-
 export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0 };
   private servers: net.Server[] = [];
-  private hboneServer: HboneServer | undefined;
-  private nativeListener: NativeListener | undefined;
-  /** Open relays by their handle: a Node stream, or a native stream's stand-in (both can be destroyed). */
+  private hboneListener: HboneListener | undefined;
+  /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
   private open = new Map<Closable, Relay>();
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
   private inbound = new Map<Closable, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
   private nextConnId = 1;
-  /** Node data path: how long an upstream may hold bytes its app does not read after its HBONE stream closed in order. */
-  private readonly unreadLingerMs = serverLimits().unreadLingerMs;
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
 
   /** Opens the three listeners inside the pod. Throws (after closing any it opened) if one cannot be bound. */
   async start(): Promise<void> {
     const ns = this.self.ns;
-    const native = this.mesh.native;
     try {
       // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
-      // Native: outbound sockets must not be read by Node before their fd is handed over.
-      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: native !== undefined }, (s) => this.outbound(s)));
+      // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
+      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true }, (s) => this.outbound(s)));
       this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.plaintextInbound(s)));
-      if (native) {
-        this.nativeListener = await native.listen(
-          ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInboundNative(r), () => this.stats.inbound.refused++,
-        );
-        return;
-      }
-      const hbone = new HboneServer(
-        ns, this.self.ips, this.self.identity, this.mesh.identities, this.mesh.trustDomain, this.log.child({ listener: INBOUND_HBONE_PORT }),
-        (s) => this.hboneInbound(s),
-        () => this.stats.inbound.refused++,
+      this.hboneListener = await this.mesh.hbone.listen(
+        ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++,
       );
-      await hbone.start();
-      this.hboneServer = hbone;
     } catch (err) {
       await this.stop();
       throw err;
@@ -202,26 +114,20 @@ export class PodForwarder {
 
   /** True while all listeners are open. */
   get listening(): boolean {
-    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneServer?.listening ?? this.nativeListener?.listening ?? false);
+    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneListener?.listening ?? false);
   }
 
   /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */
   async stop(): Promise<void> {
     const servers = this.servers;
     this.servers = [];
-    const hbone = this.hboneServer;
-    this.hboneServer = undefined;
-    const nativeListener = this.nativeListener;
-    this.nativeListener = undefined;
-    for (const ip of this.self.ips) {
-      this.mesh.pool.closeFrom(ip);
-      this.mesh.native?.closeFrom(ip);
-    }
+    const hboneListener = this.hboneListener;
+    this.hboneListener = undefined;
+    for (const ip of this.self.ips) this.mesh.hbone.closeFrom(ip);
     for (const s of this.open.keys()) s.destroy();
     await Promise.all([
       ...servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
-      hbone?.stop(),
-      nativeListener?.close(),
+      hboneListener?.close(),
     ]);
   }
 
@@ -243,31 +149,24 @@ export class PodForwarder {
     const targetAddr = `${route.target.address}:${route.target.port}`;
     if (route.kind === 'passthrough') {
       const info = { ...this.info('outbound', me, { ...this.peerOf(route.target.address), addr: targetAddr }, false), ...viaService };
-      return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), { info });
+      return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), info);
     }
     stats.hbone++;
     const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
-    const headers = connectHeaders(targetAddr, src, this.self.baggage, route.service?.hostname);
+    const headers = connectHeaders(src, this.self.baggage, route.service?.hostname);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
     const info = { ...this.info('outbound', me, peer, true), tunnelAddr: `${route.target.address}:${INBOUND_HBONE_PORT}`, ...viaService };
-    const native = this.mesh.native;
-    if (native) {
-      const extra: Record<string, string> = {};
-      for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) extra[k] = String(v);
-      this.outboundNative(down, stats, info, native.connect(target, down, targetAddr, extra));
-      return;
-    }
-    this.splice(down, stats, this.connLog(info), this.mesh.pool.connect(target, headers), { info });
+    this.outboundHbone(down, stats, info, this.mesh.hbone.connect(target, down, targetAddr, headers));
   }
 
   /**
-   * Native outbound: the same bookkeeping as splice() (open relays, stats, metrics, access log), but the bytes never
+   * HBONE outbound: the same bookkeeping as splice() (open relays, stats, metrics, access log), but the bytes never
    * enter Node. Until the stream exists the downstream is still a Node socket, reset if no HBONE session can be had.
    */
-  private outboundNative(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, opening: Promise<{ ready: Promise<void> } & NativeStream>): void {
-    let stream: NativeStream | undefined;
+  private outboundHbone(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, opening: Promise<HboneOutbound>): void {
+    let stream: HboneStream | undefined;
     const handle: Closable = { destroy: () => (stream ? stream.close() : down.destroy()) };
-    const done = this.nativeRelay(handle, stats, info, () => {
+    const done = this.hboneRelay(handle, stats, info, () => {
       const b = stream?.bytes() ?? { in: 0, out: 0 };
       return { sent: b.in, recv: b.out };
     });
@@ -286,10 +185,10 @@ export class PodForwarder {
   }
 
   /**
-   * Native inbound CONNECT on 15008: the same rules as hboneInbound; 200 only once the app accepted the connection. A
-   * stream already reset is answered without a dial, and one reset while its dial is in flight drops the dialed socket.
+   * A verified CONNECT on 15008: policy first, then connect to the app, and answer 200 only once the app accepted the
+   * connection. A stream already reset is answered without a dial, and one reset while its dial is in flight drops the dialed socket.
    */
-  private hboneInboundNative(r: NativeInboundRequest): void {
+  private hboneInbound(r: HboneInboundRequest): void {
     const stats = this.stats.inbound;
     if (r.stream.isClosed) {
       r.answer(503);
@@ -311,7 +210,7 @@ export class PodForwarder {
     }
     const handle: Closable = { destroy: () => r.stream.close() };
     // Here the app side is the upstream socket: bytes written to it went peer -> app ("sent").
-    const done = this.nativeRelay(handle, stats, info, () => {
+    const done = this.hboneRelay(handle, stats, info, () => {
       const b = r.stream.bytes();
       return { sent: b.out, recv: b.in };
     });
@@ -344,11 +243,11 @@ export class PodForwarder {
     return labels;
   }
 
-  /** Bookkeeping of a native relay from open to close, as splice() does it for Node streams. */
-  private nativeRelay(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: () => { sent: number; recv: number }): {
+  /** Bookkeeping of an HBONE relay (bytes carried by the data path) from open to close, as splice() does it for TCP. */
+  private hboneRelay(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: () => { sent: number; recv: number }): {
     failed: (err: Error) => void;
     deny: (reason: string) => void;
-    finish: (b: { sent: number; recv: number }, end?: NativeStreamEnd) => void;
+    finish: (b: { sent: number; recv: number }, end?: HboneStreamEnd) => void;
   } {
     const obs = this.mesh.connections;
     const labels = this.register(handle, stats, info, bytes);
@@ -401,18 +300,18 @@ export class PodForwarder {
       return this.refuse(down, stats, info, denial, RESPONSE_FLAGS.denied);
     }
     this.track(down, source, destination);
-    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), { info });
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), info);
   }
 
   /**
-   * The opening of a verified HBONE stream, on either data path: its connection record and the policy decision. A
-   * denied stream is counted, metered and access-logged here; the caller only answers 401.
+   * The opening of a verified HBONE stream: its connection record and the policy decision. A denied stream is counted,
+   * metered and access-logged here; the caller only answers 401.
    */
   private openHboneInbound(
     peer: { address: string; port: number; identity: string; local: string },
     destination: { ip: string; port: number },
     stats: DirectionStats,
-  ): { info: ConnectionInfo; clog: ConnLog; source: AuthzConnection['source']; denied: boolean } {
+  ): { info: ConnectionInfo; source: AuthzConnection['source']; denied: boolean } {
     const source = { ip: unmapped(peer.address), principal: peer.identity };
     const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: `${source.ip}:${peer.port}` };
     const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), tunnelAddr: peer.local, ...this.inboundService(destination) };
@@ -423,37 +322,7 @@ export class PodForwarder {
       stats.refused++;
       this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
     }
-    return { info, clog, source, denied: denial !== undefined };
-  }
-
-  /** A verified CONNECT on 15008: connect to the app first, answer 200 only once that worked, then relay. */
-  private hboneInbound(s: InboundStream): void {
-    const stats = this.stats.inbound;
-    stats.hbone++;
-    const destination = { ip: s.upstream.host, port: s.upstream.port };
-    const { info, clog, source, denied } = this.openHboneInbound({ address: s.peerAddress, port: s.peerPort, identity: s.peerIdentity, local: s.localAddress }, destination, stats);
-    if (denied) {
-      s.stream.respond({ ':status': 401 }, { endStream: true });
-      return;
-    }
-    this.track(s.stream, source, destination);
-    const upstream = dialFrom(this.self.ns, { host: s.upstream.host, port: s.upstream.port, mark: AGENT_MARK }).then(
-      (sock) => {
-        if (s.stream.destroyed) {
-          sock.destroy();
-          throw new Error('stream closed before the upstream connected');
-        }
-        s.stream.respond({ ':status': 200 });
-        releaseUpstreamWithStream(s.stream, sock, this.unreadLingerMs, (why) => clog.debug({ why }, 'upstream reset: its app does not read'));
-        return sock;
-      },
-      (err: Error) => {
-        if (!s.stream.destroyed) s.stream.respond({ ':status': 503 }, { endStream: true });
-        throw err;
-      },
-    );
-    // Here the app side is the upstream socket: count its bytes, so "fromDownstream" is peer -> app.
-    this.splice(s.stream, stats, clog, upstream, { countOn: 'upstream', info });
+    return { info, source, denied: denial !== undefined };
   }
 
   /** This pod, as a metrics peer. */
@@ -521,7 +390,7 @@ export class PodForwarder {
   }
 
   /** Remembers an admitted inbound connection; closing it with an error makes splice() tear down its upstream too. */
-  private track(conn: Duplex, source: AuthzConnection['source'], destination: { ip: string; port: number }): void {
+  private track(conn: net.Socket, source: AuthzConnection['source'], destination: { ip: string; port: number }): void {
     const close = (reason: string): void => void conn.destroy(Object.assign(new Error(`closed after a policy change: ${reason}`), { code: 'AMB_ERR_DENIED' }));
     this.inbound.set(conn, { source, destination, close });
     conn.once('close', () => this.inbound.delete(conn));
@@ -576,28 +445,13 @@ export class PodForwarder {
   }
 
   /**
-   * Relays bytes both ways between `down` and the upstream once it is ready. Half-closes propagate through pipe();
-   * only an error on one side tears down the other, so no buffered byte is lost. A failed upstream resets `down`.
+   * Relays plain TCP both ways between `down` and the upstream once it is connected (passthrough and plaintext inbound).
+   * Half-closes propagate through pipe(); only an error on one side tears down the other, so no buffered byte is lost. A
+   * failed upstream resets `down`. Bytes are counted on `down`: src -> dst is what it read.
    */
-  private splice(
-    down: Duplex,
-    stats: DirectionStats,
-    clog: ConnLog,
-    upstream: Promise<Duplex>,
-    opts: { countOn?: 'downstream' | 'upstream'; info: ConnectionInfo },
-  ): void {
-    const info = opts.info;
-    let up: Duplex | undefined;
-    // Bytes src -> dst and back. The counted socket is the app's (outbound), the client's (plaintext inbound) or,
-    // for HBONE inbound, the upstream socket to the app.
-    const bytes = (): { sent: number; recv: number } => {
-      if (opts.countOn === 'upstream') {
-        const sock = up as net.Socket | undefined;
-        return { sent: sock?.bytesWritten ?? 0, recv: sock?.bytesRead ?? 0 };
-      }
-      const sock = down as net.Socket;
-      return { sent: sock.bytesRead ?? 0, recv: sock.bytesWritten ?? 0 };
-    };
+  private splice(down: net.Socket, stats: DirectionStats, clog: ConnLog, upstream: Promise<net.Socket>, info: ConnectionInfo): void {
+    let up: net.Socket | undefined;
+    const bytes = (): { sent: number; recv: number } => ({ sent: down.bytesRead ?? 0, recv: down.bytesWritten ?? 0 });
     const obs = this.mesh.connections;
     const labels = this.register(down, stats, info, bytes);
     let responseFlags: string = RESPONSE_FLAGS.none;
@@ -620,9 +474,7 @@ export class PodForwarder {
     };
     down.once('close', () => {
       if (!up || down.errored) up?.destroy();
-      // The counted socket may close after down: count when both are done.
-      if (up && opts.countOn === 'upstream' && !up.closed) up.once('close', finish);
-      else finish();
+      finish();
     });
     upstream.then(
       (u) => {
@@ -635,26 +487,24 @@ export class PodForwarder {
         u.once('close', () => {
           if (u.errored) down.destroy();
         });
-        if ('setNoDelay' in u) (u as net.Socket).setNoDelay(true);
-        if ('setNoDelay' in down) (down as net.Socket).setNoDelay(true);
+        u.setNoDelay(true);
+        down.setNoDelay(true);
         down.pipe(u);
         u.pipe(down);
         down.resume();
       },
       (err: Error) => {
-        // The peer's agent answering 401 is its policy refusing us: report it as a denial, like the destination does.
-        responseFlags = err instanceof HboneStatusError && err.status === 401 ? RESPONSE_FLAGS.denied : RESPONSE_FLAGS.upstreamFailure;
+        responseFlags = RESPONSE_FLAGS.upstreamFailure;
         error = `upstream connect failed: ${err.message}`;
         stats.refused++;
         clog.debug({ error: err.message }, 'upstream connect failed');
-        if ('resetAndDestroy' in down) (down as net.Socket).resetAndDestroy();
-        else (down as http2.ServerHttp2Stream).close();
+        down.resetAndDestroy();
       },
     );
   }
 }
 
-/** What the forwarder can close: a Node stream or a native stream's stand-in. */
+/** What the forwarder can close: a plain TCP socket or an HBONE stream's stand-in. */
 interface Closable {
   destroy(): void;
 }

@@ -1,62 +1,16 @@
-// The TypeScript side of the native HBONE data plane (--data-path native): the client-session pool (same key, limits and
-// one-dial-per-key rule as HbonePool), per-pod 15008 listeners whose connections go native, and event dispatch.
+// The native HBONE data path (the only one): loads the relay library (native-lib.ts), implements HboneDataPath with it
+// (outbound streams on the shared pool core, per-pod 15008 listeners whose connections go native), dispatches its events.
 import net from 'node:net';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
-import { DEFAULT_POOL_OPTIONS, HboneStatusError, type HboneTarget, type PoolOptions, type PoolStats, poolKey } from './client-pool.js';
+import { HboneStatusError } from './connect.js';
+import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from './data-path.js';
 import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
 import { SERVER_SETTINGS, type ServerLimits, serverLimits } from './settings.js';
-
-/** How a native stream ended: bytes read from / written to its app socket, and why it failed if it did. */
-export interface NativeStreamEnd {
-  bytesIn: number;
-  bytesOut: number;
-  error?: string;
-  /** Reset (by either end, a policy close, or a session failure) rather than closed in order. */
-  reset: boolean;
-}
-
-/** One CONNECT stream whose bytes the native loop pumps. */
-export interface NativeStream {
-  readonly id: number;
-  /** Live counters: bytes read from the app socket and written to it. */
-  bytes(): { in: number; out: number };
-  /** Resets the stream (the app socket gets a TCP reset). */
-  close(): void;
-  readonly closed: Promise<NativeStreamEnd>;
-  /** True as soon as the stream's end is known (set in the same step as `closed` resolves, not a tick later). */
-  readonly isClosed: boolean;
-}
-
-/**
- * An outbound stream: `ready` resolves on 200, rejects with HboneStatusError, the stream's or session's failure (reset or
- * refused before the answer, connection lost), or when no answer came within the pool's answerTimeoutMs. It always settles.
- */
-export interface NativeOutbound extends NativeStream {
-  readonly ready: Promise<void>;
-}
-
-/** A CONNECT request that arrived on a pod's 15008, verified peer identity included. Answer it exactly once. */
-export interface NativeInboundRequest {
-  stream: NativeStream;
-  method: string;
-  authority: string;
-  peerIdentity: string;
-  peerAddress: string;
-  peerPort: number;
-  /** The tunnel's local end (`podIP:15008`). */
-  localAddress: string;
-  /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
-  answer(status: number, upstream?: net.Socket): void;
-}
-
-export interface NativeListener {
-  readonly listening: boolean;
-  close(): Promise<void>;
-}
 
 /** A TLS context of the library for one identity's certificate. */
 interface TlsCtx {
@@ -70,28 +24,20 @@ const MAX_REQUESTS_IN_PROGRESS = SERVER_SETTINGS.maxConcurrentStreams ?? 200;
 
 const ctxKey = (server: boolean, identity: string): string => `${server ? 'server' : 'client'}|${identity}`;
 
-interface ClientSession {
-  id: number;
-  key: string;
-  active: number;
-  limit: number;
-  serial: string;
-  validUntil: number;
-  open: boolean;
-  idleTimer: NodeJS.Timeout | undefined;
-}
+/** A client session of the library in the pool, by its session id. */
+type ClientSession = PooledConnection<number>;
 
 interface StreamWaiter {
   session?: ClientSession;
   onStatus?: (status: number, error?: string) => void;
-  onClosed: (end: NativeStreamEnd) => void;
+  onClosed: (end: HboneStreamEnd) => void;
 }
 
 interface ServerSessionInfo {
   peerAddress: string;
   peerPort: number;
   localAddress: string;
-  onRequest: (r: NativeInboundRequest) => void;
+  onRequest: (r: HboneInboundRequest) => void;
   onRefused: (reason: string) => void;
   listener: Set<number>;
   /** Still in its TLS + HTTP/2 handshake (counted in handshaking). */
@@ -110,8 +56,7 @@ export interface NativeServerStats {
   requestsDropped: number;
 }
 
-export class NativeHbone {
-  readonly stats: PoolStats = { connectionsOpened: 0, connectionsOpen: 0, streamsOpened: 0, connectFailures: 0 };
+export class NativeHbone implements HboneDataPath {
   private lib: NativeLib | undefined;
   private events: net.Socket | undefined;
   readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0, requestsDropped: 0 };
@@ -122,9 +67,8 @@ export class NativeHbone {
   /** When the last "too many handshakes" warning was logged, and how many refusals since. */
   private refusedWarnAt = 0;
   private refusedSinceWarn = 0;
-  private conns = new Map<string, ClientSession[]>();
-  private dialing = new Map<string, Promise<ClientSession>>();
-  private clientSessions = new Map<number, ClientSession>();
+  /** Client sessions: which one carries a new outbound stream. */
+  private readonly pool: HbonePool<number>;
   private waitingUp = new Map<number, { resolve: (notAfter: number) => void; reject: (err: Error) => void }>();
   private serverSessions = new Map<number, ServerSessionInfo>();
   private streams = new Map<number, StreamWaiter>();
@@ -135,6 +79,16 @@ export class NativeHbone {
   constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}, limits?: Partial<ServerLimits>) {
     this.opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
     this.limits = { ...serverLimits(), ...limits };
+    this.pool = new HbonePool<number>({
+      currentSerial: async (identity) => (await this.ctx(false, identity)).serial,
+      dial: (target, opened) => this.dialSession(target, opened),
+      close: (id, graceful) => this.lib?.closeSession(id, graceful),
+    }, this.opts, log);
+  }
+
+  /** The outbound pool's counters (connections dialled and open, streams, failures). */
+  get stats(): PoolStats {
+    return this.pool.stats;
   }
 
   /** Loads the library and starts its loop thread. Throws when the library is missing or cannot start. */
@@ -170,7 +124,7 @@ export class NativeHbone {
     const lib = this.lib;
     if (!lib) return;
     this.unsubscribe?.();
-    for (const s of this.clientSessions.values()) if (s.idleTimer) clearTimeout(s.idleTimer);
+    this.pool.clear();
     lib.stop();
     for (const key of [...this.ctxs.keys()]) this.dropCtx(key);
     this.events?.destroy();
@@ -183,8 +137,6 @@ export class NativeHbone {
       w.onClosed({ bytesIn: 0, bytesOut: 0, error: 'native data plane stopped', reset: true });
     }
     this.streams.clear();
-    this.conns.clear();
-    this.clientSessions.clear();
     this.serverSessions.clear();
     this.serverStats.handshaking = 0;
   }
@@ -247,27 +199,18 @@ export class NativeHbone {
         return;
       }
       case 'settings': {
-        const s = this.clientSessions.get(ev.session);
-        if (s && ev.maxStreams > 0) s.limit = Math.min(this.opts.maxStreamsPerConnection, ev.maxStreams);
+        this.pool.peerSettings(ev.session, ev.maxStreams);
         return;
       }
       case 'goaway': {
-        const s = this.clientSessions.get(ev.session);
-        if (s) this.retire(s, false);
+        this.pool.peerGoaway(ev.session);
         return;
       }
       case 'sessionClosed': {
         const w = this.waitingUp.get(ev.session);
         this.waitingUp.delete(ev.session);
         w?.reject(new Error(ev.error || 'connection closed'));
-        const c = this.clientSessions.get(ev.session);
-        if (c) {
-          this.clientSessions.delete(ev.session);
-          this.unlist(c);
-          if (c.idleTimer) clearTimeout(c.idleTimer);
-          if (ev.wasUp) this.stats.connectionsOpen--;
-          this.log.debug({ session: ev.session, error: ev.error }, 'hbone connection closed');
-        }
+        if (this.pool.closed(ev.session)) this.log.debug({ session: ev.session, error: ev.error }, 'hbone connection closed');
         const s = this.serverSessions.get(ev.session);
         if (s) {
           this.serverSessions.delete(ev.session);
@@ -297,7 +240,7 @@ export class NativeHbone {
         const w = this.streams.get(ev.stream);
         if (!w) return;
         this.streams.delete(ev.stream);
-        if (w.session) this.release(w.session);
+        if (w.session) this.pool.streamClosed(w.session);
         // The library sends a status first; should it ever not, the stream's `ready` still settles.
         w.onStatus?.(-1, ev.error ?? 'stream closed before the CONNECT was answered');
         w.onClosed({ bytesIn: ev.bytesIn, bytesOut: ev.bytesOut, reset: ev.errored !== 0 || ev.h2Error !== 0, ...(ev.error ? { error: ev.error } : {}) });
@@ -363,18 +306,18 @@ export class NativeHbone {
   }
 
   /** Registers a stream's end, giving its handle; `session` is released when it closes. */
-  private track(id: number, session: ClientSession | undefined): { stream: NativeStream; waiter: StreamWaiter } {
-    let resolveClosed!: (end: NativeStreamEnd) => void;
-    const closed = new Promise<NativeStreamEnd>((resolve) => (resolveClosed = resolve));
+  private track(id: number, session: ClientSession | undefined): { stream: HboneStream; waiter: StreamWaiter } {
+    let resolveClosed!: (end: HboneStreamEnd) => void;
+    const closed = new Promise<HboneStreamEnd>((resolve) => (resolveClosed = resolve));
     let ended = false;
-    const onClosed = (end: NativeStreamEnd): void => {
+    const onClosed = (end: HboneStreamEnd): void => {
       ended = true;
       resolveClosed(end);
     };
     const waiter: StreamWaiter = { onClosed, ...(session ? { session } : {}) };
     this.streams.set(id, waiter);
     let last = { in: 0, out: 0 };
-    const stream: NativeStream = {
+    const stream: HboneStream = {
       id,
       closed,
       bytes: () => {
@@ -395,22 +338,12 @@ export class NativeHbone {
    * Opens a CONNECT stream to `target` carrying the app socket `down` (accepted with pauseOnConnect). On failure to get
    * a session, `down` is left to the caller (still a Node socket); once the stream is created, the native side owns it.
    */
-  async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<NativeOutbound> {
-    const key = poolKey(target);
-    let session: ClientSession;
-    try {
-      session = await this.acquire(key, target);
-    } catch (err) {
-      this.stats.connectFailures++;
-      throw err;
-    }
+  async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound> {
+    const session = await this.pool.acquire(target);
     if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
     const fd = takeFd(down);
-    session.active++;
-    if (session.idleTimer) clearTimeout(session.idleTimer);
-    session.idleTimer = undefined;
-    this.stats.streamsOpened++;
-    const id = this.need().clientStream(session.id, fd, authority, encodeHeaders(headers));
+    this.pool.streamOpened(session);
+    const id = this.need().clientStream(session.handle, fd, authority, encodeHeaders(headers));
     const { stream, waiter } = this.track(id, session);
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -435,103 +368,44 @@ export class NativeHbone {
 
   /** Closes every connection from one source pod (it left the mesh). */
   closeFrom(srcIp: string): void {
-    for (const [key, list] of this.conns) {
-      if (!key.endsWith(`|${srcIp}`)) continue;
-      for (const c of list) this.retire(c, true);
-      this.conns.delete(key);
-    }
+    this.pool.closeFrom(srcIp);
   }
 
-  private async acquire(key: string, target: HboneTarget): Promise<ClientSession> {
-    for (;;) {
-      const ctx = await this.ctx(false, target.srcIdentity);
-      const now = Date.now();
-      for (const c of this.conns.get(key) ?? []) {
-        if (c.serial !== ctx.serial || now >= c.validUntil) this.retire(c, true);
-      }
-      const free = (this.conns.get(key) ?? []).find((c) => c.open && c.active < c.limit);
-      if (free) return free;
-      const pending = this.dialing.get(key);
-      if (pending) {
-        await pending;
-        continue;
-      }
-      const dial = this.dial(key, target).finally(() => this.dialing.delete(key));
-      this.dialing.set(key, dial);
-      return dial;
-    }
-  }
-
-  private async dial(key: string, t: HboneTarget): Promise<ClientSession> {
-    const started = Date.now();
-    const peer = `${t.dstIp}:${INBOUND_HBONE_PORT}`;
+  /**
+   * The pool's dial: TCP from inside the source pod, then a library client session on it; resolves with the peer's
+   * certificate expiry once the session is up (the pool wraps a failure as AMB_ERR_HBONE_CONNECT).
+   */
+  private async dialSession(t: HboneTarget, opened: (id: number, serial: string, notAfter: number) => void): Promise<number> {
+    const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs, allowHalfOpen: false, paused: true });
+    // The certificate may have been renewed while the TCP connect was in flight: hand over the context current now.
+    let id: number;
     try {
-      const raw = await dialFrom(t.ns, { host: t.dstIp, port: INBOUND_HBONE_PORT, mark: AGENT_MARK, timeoutMs: this.opts.connectTimeoutMs, allowHalfOpen: false, paused: true });
-      // The certificate may have been renewed while the TCP connect was in flight: hand over the context current now.
-      let opened: { id: number; ctx: TlsCtx };
-      try {
-        opened = await this.withCurrentCtx(false, t.srcIdentity, (ctx) => ({ id: this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity), ctx }));
-      } catch (err) {
-        raw.destroy();
-        throw err;
-      }
-      const { id, ctx } = opened;
-      const s: ClientSession = { id, key, active: 0, limit: this.opts.maxStreamsPerConnection, serial: ctx.serial, validUntil: ctx.notAfter, open: false, idleTimer: undefined };
-      this.clientSessions.set(id, s);
-      const peerNotAfter = await new Promise<number>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          this.lib?.closeSession(id, false);
-          reject(new Error(`HBONE handshake with ${t.dstIp} timed out`));
-        }, this.opts.connectTimeoutMs);
-        this.waitingUp.set(id, {
-          resolve: (v) => {
-            clearTimeout(timer);
-            resolve(v);
-          },
-          reject: (err) => {
-            clearTimeout(timer);
-            reject(err);
-          },
-        });
+      id = await this.withCurrentCtx(false, t.srcIdentity, (ctx) => {
+        const sid = this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity);
+        opened(sid, ctx.serial, ctx.notAfter);
+        return sid;
       });
-      if (peerNotAfter > 0) s.validUntil = Math.min(s.validUntil, peerNotAfter);
-      s.open = true;
-      this.conns.set(key, [...(this.conns.get(key) ?? []), s]);
-      this.stats.connectionsOpened++;
-      this.stats.connectionsOpen++;
-      this.log.debug({ peer, peerIdentity: t.dstIdentity, ms: Date.now() - started, serial: ctx.serial }, 'hbone connection established');
-      return s;
     } catch (err) {
-      throw Object.assign(new Error(`HBONE connection to ${peer} (${t.dstIdentity}) failed: ${(err as Error).message}`, { cause: err }), {
-        code: 'AMB_ERR_HBONE_CONNECT',
+      raw.destroy();
+      throw err;
+    }
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waitingUp.delete(id);
+        this.lib?.closeSession(id, false);
+        reject(new Error(`HBONE handshake with ${t.dstIp} timed out`));
+      }, this.opts.connectTimeoutMs);
+      this.waitingUp.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
       });
-    }
-  }
-
-  private unlist(c: ClientSession): void {
-    const list = (this.conns.get(c.key) ?? []).filter((x) => x !== c);
-    if (list.length) this.conns.set(c.key, list);
-    else this.conns.delete(c.key);
-  }
-
-  /** Takes a session out of rotation; `close` ends it gracefully (open streams finish). */
-  private retire(c: ClientSession, close: boolean): void {
-    c.open = false;
-    this.unlist(c);
-    if (close) this.lib?.closeSession(c.id, true);
-  }
-
-  private release(c: ClientSession): void {
-    c.active--;
-    if (c.active > 0 || !this.clientSessions.has(c.id)) return;
-    if (!c.open) {
-      this.lib?.closeSession(c.id, true);
-      return;
-    }
-    c.idleTimer = setTimeout(() => {
-      if (c.active === 0) this.retire(c, true);
-    }, this.opts.idleTimeoutMs);
-    c.idleTimer.unref();
+    });
   }
 
   /**
@@ -542,9 +416,9 @@ export class NativeHbone {
     ns: Netns,
     identity: string,
     trustDomain: string,
-    onRequest: (r: NativeInboundRequest) => void,
+    onRequest: (r: HboneInboundRequest) => void,
     onRefused: (reason: string) => void,
-  ): Promise<NativeListener> {
+  ): Promise<HboneListener> {
     this.need();
     await this.ctx(true, identity); // fail now, not per connection, when there is no certificate
     const sessions = new Set<number>();

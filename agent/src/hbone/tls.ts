@@ -1,26 +1,10 @@
 // TLS policy of HBONE, in one place: TLS 1.3 only, AES-GCM suites, ALPN h2, no SNI, SPIFFE URI SAN checks both ways.
-// Pure helpers that build Node TLS options from an identity's material and read identities off peer certificates.
+// Pure helpers that read identities off peer certificates and parse a CONNECT's :authority.
 import type { PeerCertificate } from 'node:tls';
-import type { TlsMaterial } from '../identity/provider.js';
 import { parseSpiffeId } from '../identity/spiffe.js';
 
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 export const HBONE_ALPN = ['h2'];
-
-/** Options shared by both ends: our key and chain, the roots we trust, and the protocol limits. */
-export function baseTlsOptions(m: TlsMaterial): {
-  key: string; cert: string; ca: string; minVersion: 'TLSv1.3'; maxVersion: 'TLSv1.3'; ciphersuites: string; ALPNProtocols: string[];
-} {
-  return {
-    key: m.keyPem,
-    cert: m.chainPem,
-    ca: m.rootsPem,
-    minVersion: 'TLSv1.3',
-    maxVersion: 'TLSv1.3',
-    ciphersuites: HBONE_CIPHERSUITES,
-    ALPNProtocols: HBONE_ALPN,
-  };
-}
 
 /** URI SANs of a certificate, from Node's `subjectaltname` string ("URI:spiffe://..., DNS:x"). */
 export function uriSans(subjectaltname: string | undefined): string[] {

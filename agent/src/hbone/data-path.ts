@@ -1,0 +1,76 @@
+// The seam between the forwarder and whoever carries HBONE bytes (the native relay, hbone/native.ts): open an outbound
+// CONNECT stream for an app socket, serve a pod's 15008, close a pod's pooled connections. Types only.
+import type net from 'node:net';
+import type { Netns } from '../platform/netns.js';
+import type { HboneTarget } from './pool.js';
+
+/** How a stream ended: bytes read from / written to its app socket, and why it failed if it did. */
+export interface HboneStreamEnd {
+  bytesIn: number;
+  bytesOut: number;
+  error?: string;
+  /** Reset (by either end, a policy close, or a session failure) rather than closed in order. */
+  reset: boolean;
+}
+
+/** One CONNECT stream whose bytes the data path pumps between its app socket and the tunnel. */
+export interface HboneStream {
+  readonly id: number;
+  /** Live counters: bytes read from the app socket and written to it. */
+  bytes(): { in: number; out: number };
+  /** Resets the stream (the app socket gets a TCP reset). */
+  close(): void;
+  readonly closed: Promise<HboneStreamEnd>;
+  /** True as soon as the stream's end is known (set in the same step as `closed` resolves, not a tick later). */
+  readonly isClosed: boolean;
+}
+
+/**
+ * An outbound stream: `ready` resolves on 200, rejects with HboneStatusError, the stream's or session's failure (reset or
+ * refused before the answer, connection lost), or when no answer came within the pool's answerTimeoutMs. It always settles.
+ */
+export interface HboneOutbound extends HboneStream {
+  readonly ready: Promise<void>;
+}
+
+/** A CONNECT request that arrived on a pod's 15008, verified peer identity included. Answer it exactly once. */
+export interface HboneInboundRequest {
+  stream: HboneStream;
+  method: string;
+  authority: string;
+  peerIdentity: string;
+  peerAddress: string;
+  peerPort: number;
+  /** The tunnel's local end (`podIP:15008`). */
+  localAddress: string;
+  /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
+  answer(status: number, upstream?: net.Socket): void;
+}
+
+export interface HboneListener {
+  readonly listening: boolean;
+  close(): Promise<void>;
+}
+
+/** What the forwarder needs of the data path. */
+export interface HboneDataPath {
+  /**
+   * Opens a CONNECT stream to `target` for `authority` carrying the app socket `down` (accepted with pauseOnConnect).
+   * Rejects (AMB_ERR_HBONE_CONNECT) when no connection can be had: `down` is then still the caller's; once the stream
+   * exists, the data path owns it.
+   */
+  connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound>;
+  /**
+   * A pod's 15008 listener: clients must present a certificate chaining to the roots with a SPIFFE ID in `trustDomain`;
+   * each CONNECT is handed to `onRequest`, refusals (handshake, identity, limits) reported to `onRefused`.
+   */
+  listen(
+    ns: Netns,
+    identity: string,
+    trustDomain: string,
+    onRequest: (r: HboneInboundRequest) => void,
+    onRefused: (reason: string) => void,
+  ): Promise<HboneListener>;
+  /** Closes every pooled connection from one source pod (it left the mesh). */
+  closeFrom(srcIp: string): void;
+}
