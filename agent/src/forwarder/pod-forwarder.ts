@@ -4,6 +4,7 @@ import type net from 'node:net';
 import { HboneStatusError, connectHeaders, decideInbound } from '../hbone/connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from '../hbone/data-path.js';
 import type { IdentityProvider } from '../identity/provider.js';
+import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst } from '../platform/sockets.js';
@@ -391,7 +392,7 @@ export class PodForwarder {
 
   /** Remembers an admitted inbound connection; closing it with an error makes splice() tear down its upstream too. */
   private track(conn: net.Socket, source: AuthzConnection['source'], destination: { ip: string; port: number }): void {
-    const close = (reason: string): void => void conn.destroy(Object.assign(new Error(`closed after a policy change: ${reason}`), { code: 'AMB_ERR_DENIED' }));
+    const close = (reason: string): void => void conn.destroy(new AmbientError('AMB_ERR_DENIED', `closed after a policy change: ${reason}`));
     this.inbound.set(conn, { source, destination, close });
     conn.once('close', () => this.inbound.delete(conn));
   }

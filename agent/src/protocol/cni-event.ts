@@ -1,6 +1,7 @@
 // The wire contract between the ambient-cni plugin and the agent's event server (HTTP/1.1 + JSON on a Unix socket).
 // Declared once here and imported by both sides; the agent validates every body with parseCniEvent before use.
 import { isIP } from 'node:net';
+import { AmbientError } from '../errors.js';
 
 /** Default path of the agent's event socket (plugin config key `agent_socket`). */
 export const DEFAULT_AGENT_SOCKET = '/var/run/ambient-node/cni.sock';
@@ -94,11 +95,9 @@ export interface AgentStatus {
   malformed?: { kind: string; policy: string; error: string }[];
 }
 
-export class EventParseError extends Error {
-  readonly code = 'AMB_ERR_BAD_EVENT';
+export class EventParseError extends AmbientError<'AMB_ERR_BAD_EVENT'> {
   constructor(msg: string) {
-    super(msg);
-    this.name = 'EventParseError';
+    super('AMB_ERR_BAD_EVENT', msg);
   }
 }
 

@@ -5,6 +5,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
+import { AmbientError } from '../errors.js';
 import { ToolError, runTool } from '../platform/exec.js';
 import {
   BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfError, LibbpfMissingError, ensureLibbpf,
@@ -21,11 +22,9 @@ import {
   type PodContext, type ProgTags,
 } from './ebpf-config.js';
 
-export class EbpfUnavailableError extends Error {
-  readonly code = 'AMB_ERR_EBPF_UNAVAILABLE';
+export class EbpfUnavailableError extends AmbientError<'AMB_ERR_EBPF_UNAVAILABLE'> {
   constructor(missing: string[], options?: { cause?: unknown }) {
-    super(`--redirect-mode ebpf cannot run here: ${missing.join('; ')}`, options);
-    this.name = 'EbpfUnavailableError';
+    super('AMB_ERR_EBPF_UNAVAILABLE', `--redirect-mode ebpf cannot run here: ${missing.join('; ')}`, options);
   }
 }
 
