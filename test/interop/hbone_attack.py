@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Adversarial HBONE clients for test/netns/adversarial-hbone.test.ts, against a pod's 15008. Run with /usr/bin/python3
 (Debian's python3-h2 and python3-hpack). Prints one JSON line and never raises (errors go in "error").
+One file of about 700 lines on purpose: the tests run it with `python3 -I` inside a pod's netns, as one script.
 
   flood  --connect IP:PORT --idle N --stalled M [--wait S]
          N TCP connections that send nothing and M that send a TLS ClientHello and then nothing; waits up to S seconds

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Seeded HTTP/2 fuzzer against a pod's HBONE port (15008), for test/netns/fuzz-hbone.test.ts. Run with /usr/bin/python3
 (Debian's python3-hpack, a dependency of python3-h2). Prints one JSON line and never raises (errors go in "error").
+One file of about 600 lines on purpose: the test runs it with `python3 -I` inside a pod's netns, as one script.
 
   --connect IP:PORT --ca --cert --key --authority IP:PORT --seed N --connections N [--workers W] [--max-seconds S]
   [--no-cert-share F] [--kinds headers,random,settings,window,priority,continuation,closed,misc]

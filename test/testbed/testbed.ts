@@ -1,5 +1,7 @@
 // The simulated cluster: run dir, fabric and node netns, per-node CNI runtime, agent, kube-proxy rules and DNS, pods,
 // Services and their YAML. It owns every name it creates (all carry the run id) and deletes exactly those in destroy().
+// Over 500 lines on purpose: the Testbed class is the one owner of the run's names and cleanup; the pieces without that
+// state are their own modules beside it (node, pod, cni-runtime, kube-proxy, cluster-dns, services, processes).
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
