@@ -1,8 +1,11 @@
 // The native HBONE control plane's lifecycle races (issue 11): certificates renewed while dials and handshakes are in
 // flight (no dial fails), and CONNECT streams the peer resets or never answers (every `ready` settles). Client and
-// server are one NativeHbone in this process, with real TLS and sockets inside a throwaway network namespace.
+// server are one NativeHbone in this process, with real TLS and sockets inside a throwaway network namespace; and an app
+// dial given up when its stream goes away.
+import fs from 'node:fs';
 import net from 'node:net';
 import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { pino } from 'pino';
 import type { HboneInboundRequest, HboneListener } from '../../agent/src/hbone/data-path.js';
 import { NativeHbone } from '../../agent/src/hbone/native.js';
@@ -255,4 +258,36 @@ netnsTest.serial('native: a CONNECT the peer resets, refuses or never answers se
 
   // The first stream was on that connection too: it ended, and its app socket with it.
   t.like(await within((await first.stream).closed), { ok: true });
+});
+
+netnsTest('dialFrom: an aborted dial gives its socket up at once, before the connect would end', async (t) => {
+  const name = `amb-nhd-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
+  await createNetns(name);
+  t.teardown(() => deleteNetns(name));
+  // SYNs to 10.79.0.2 leave through a veth whose peer has no address (a fixed neighbour entry, so no ARP failure
+  // either): nothing ever answers, and a connect hangs until it is given up. Both ends live in the test's namespace.
+  const ip = (...args: string[]) => execa('ip', ['-n', name, ...args]);
+  await ip('link', 'add', 'amb-bh0', 'type', 'veth', 'peer', 'name', 'amb-bh1');
+  await ip('addr', 'add', '10.79.0.1/24', 'dev', 'amb-bh0');
+  await ip('link', 'set', 'amb-bh0', 'up');
+  await ip('link', 'set', 'amb-bh1', 'up');
+  await ip('neigh', 'add', '10.79.0.2', 'lladdr', '02:00:00:00:79:02', 'dev', 'amb-bh0', 'nud', 'permanent');
+  const ns = Netns.open(netnsPath(name));
+  t.teardown(() => ns.close());
+  const fds = (): number => fs.readdirSync('/proc/self/fd').length;
+  const before = fds();
+
+  const pending = new AbortController();
+  const started = Date.now();
+  const dial = dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, paused: true, signal: pending.signal, timeoutMs: WAIT_MS });
+  setTimeout(() => pending.abort(new Error('stream reset')), 100);
+  const err = await t.throwsAsync(dial);
+  t.regex(err?.message ?? '', /connect 10\.79\.0\.2:80 given up/);
+  t.true(Date.now() - started < WAIT_MS / 2, 'given up at the abort, not at the connect timeout');
+
+  const already = new AbortController();
+  already.abort();
+  await t.throwsAsync(dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, signal: already.signal }), { message: /given up/ });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.is(fds(), before, 'no socket is left behind');
 });

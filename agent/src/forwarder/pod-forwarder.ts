@@ -216,11 +216,14 @@ export class PodForwarder {
       return { sent: b.out, recv: b.in };
     });
     this.inbound.set(handle, { source, destination, close: (reason) => done.deny(reason) });
+    // A stream reset while its app dial is in flight gives the dial up at once (no socket held until the connect ends).
+    const dial = new AbortController();
     void r.stream.closed.then((end) => {
       this.inbound.delete(handle);
+      dial.abort();
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
-    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true }).then(
+    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true, signal: dial.signal }).then(
       (sock) => {
         if (!r.stream.isClosed) return r.answer(200, sock);
         // Reset while the dial was in flight (its end is counted already): close the app connection now, not via the library.
@@ -228,6 +231,7 @@ export class PodForwarder {
         r.answer(503);
       },
       (err: Error) => {
+        if (dial.signal.aborted) return; // the stream ended first: its end is counted, nothing to answer
         done.failed(err);
         r.answer(503);
       },

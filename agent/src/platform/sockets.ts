@@ -67,6 +67,8 @@ export interface DialOptions {
   allowHalfOpen?: boolean;
   /** Node never reads the socket (its fd goes to the native data plane, which must see every byte). */
   paused?: boolean;
+  /** Gives up the connect (the socket is closed at once, the promise rejects): e.g. the stream it was for is gone. */
+  signal?: AbortSignal;
 }
 
 /** Connects from inside ns with the given mark; resolves with the connected socket. */
@@ -86,15 +88,22 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
     const sockOpts = { fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true, pauseOnCreate: opts.paused ?? false } as net.SocketConstructorOpts;
     const sock = new net.Socket(sockOpts);
     const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
-    sock.once('error', (err) => {
+    const abort = (): void => void sock.destroy(new Error(`connect ${opts.host}:${opts.port} given up`, { cause: opts.signal?.reason }));
+    const settled = (): void => {
       clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', abort);
+    };
+    sock.once('error', (err) => {
+      settled();
       reject(err);
     });
     sock.connect(opts.port, opts.host, () => {
-      clearTimeout(timer);
+      settled();
       sock.removeAllListeners('error');
       resolve(sock);
     });
+    if (opts.signal?.aborted) abort();
+    else opts.signal?.addEventListener('abort', abort, { once: true });
   });
 }
 
