@@ -17,7 +17,7 @@ node --input-type=module -e "import { writeFileSync } from 'node:fs';
   import { renderShimHeader } from './dist/cni/src/shim-constants.js';
   writeFileSync('dist/shim/ambient-cni-constants.h', renderShimHeader());"
 gcc -O2 -Wall -Wextra -Werror -I dist/shim -o dist/bin/ambient-cni cni/shim/ambient-cni.c
-# The native HBONE data plane (--data-path native): TLS (OpenSSL 3) + HTTP/2 (nghttp2) + byte pumping, loaded with koffi.
+# The native HBONE data plane (the only HBONE data path; agent/native/hbone-relay/): TLS (OpenSSL 3) + HTTP/2 (nghttp2) + byte pumping, loaded with koffi.
 mkdir -p dist/native
 gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o dist/native/libambient-hbone.so agent/native/hbone-relay/*.c -lssl -lcrypto -lnghttp2 -lpthread
 cp agent/src/identity/istioca.proto dist/agent/src/identity/

@@ -45,7 +45,11 @@ export class Agent {
   private markReady!: () => void;
   private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
 
-  constructor(private readonly cfg: AgentConfig, private readonly log: Logger) {
+  /**
+   * `onFatal`: a part failed for good while running (today the native HBONE data plane ending its event socket); the
+   * agent is marked not ready first. main.ts handles it as a failed start: stop, exit 1, the DaemonSet restarts the agent.
+   */
+  constructor(private readonly cfg: AgentConfig, private readonly log: Logger, hooks: { onFatal?: (err: Error) => void } = {}) {
     this.backend = createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup });
     this.source = createWorkloadSource(cfg, log.child({ component: 'workloads' }));
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
@@ -60,7 +64,13 @@ export class Agent {
     this.caReady.catch(() => undefined); // reported by start()
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
-    this.hbone = new NativeHbone(this.identities, log.child({ component: 'hbone-native' }));
+    this.hbone = new NativeHbone(this.identities, log.child({ component: 'hbone-native' }), {
+      onFatal: (err) => {
+        this.ready = false;
+        this.notReadyReason = err.message;
+        hooks.onFatal?.(err);
+      },
+    });
     const directory = new WorkloadDirectory(this.source, cfg.trustDomain, {
       nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, serviceCidrs: cfg.serviceCidrs, log: log.child({ component: 'services' }),
     });

@@ -34,8 +34,15 @@ async function runAgent(opts: Record<string, unknown>): Promise<void> {
   const file: RawConfig = typeof config === 'string' ? readConfigFile(config) : {};
   const cfg = parseAgentConfig(file, flags as RawConfig, { NODE_NAME: process.env.NODE_NAME });
   const log = createRootLogger(cfg.logLevel);
-  const agent = new Agent(cfg, log);
   let stopping = false;
+  // A part failed for good while running: handled as a failed start (exit 1, the DaemonSet restarts the agent).
+  const fatal = (err: Error): void => {
+    if (stopping) return;
+    stopping = true;
+    log.fatal({ err }, 'agent failed; exiting');
+    agent.stop().catch(() => undefined).finally(() => process.exit(1));
+  };
+  const agent: Agent = new Agent(cfg, log, { onFatal: fatal });
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;

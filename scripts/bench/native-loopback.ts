@@ -10,6 +10,7 @@ import { encodeHeaders, LineSplitter, loadNativeLib, parseEvent } from '../../ag
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
 import { takeFd } from '../../agent/src/platform/sockets.js';
+import { relaySettings, serverLimits } from '../../agent/src/hbone/settings.js';
 
 const TD = 'cluster.local';
 const PORTS = { app: 25201, hbone: 25008, native: 25209, stunnelIn: 25210, stunnelTls: 25211 };
@@ -32,10 +33,10 @@ async function issue(): Promise<Material> {
   return { dir, root: ca.rootPem, client: await leaf('client'), server: await leaf('server') };
 }
 
-/** Starts the library and dispatches its events; returns it. */
+/** Starts the library with the agent's settings and dispatches its events; returns it. */
 function startLib(onEvent: (e: NonNullable<ReturnType<typeof parseEvent>>) => void): ReturnType<typeof loadNativeLib> {
   const lib = loadNativeLib();
-  const fd = lib.start();
+  const fd = lib.start(relaySettings(serverLimits()));
   if (fd < 0) throw new Error(lib.lastError());
   const events = new net.Socket({ fd, readable: true, writable: true });
   const split = new LineSplitter();

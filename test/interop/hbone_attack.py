@@ -47,7 +47,7 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION =
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
 CANCEL = 8
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-MAX_FRAME = 1024 * 1024  # the SETTINGS_MAX_FRAME_SIZE the agent advertises (agent/src/hbone/settings.ts)
+MAX_FRAME = 1024 * 1024  # the SETTINGS_MAX_FRAME_SIZE the agent advertises (HTTP2_SETTINGS.maxFrameSize, agent/src/hbone/settings.ts)
 
 
 def raise_nofile():

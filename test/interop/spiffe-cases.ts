@@ -1,6 +1,7 @@
 // One table of SPIFFE IDs and the verdict of the mesh's rule for a client in trust domain cluster.local: run against
-// parseSpiffeId (the Node data path's check) and the native library's check (hbone-relay.c spiffe_check) by
-// test/unit/hbone-spiffe-rule.test.ts, and sampled end to end on both data paths by test/netns/adversarial-hbone.test.ts.
+// the TypeScript side (spiffeRuleBroken in agent/src/hbone/tls.ts: parseSpiffeId plus the trust domain) and the relay's
+// check (agent/native/hbone-relay/tls.c spiffe_check) by test/unit/hbone-spiffe-rule.test.ts, and sampled end to end
+// by test/netns/adversarial-hbone.test.ts.
 
 export const CASES_TRUST_DOMAIN = 'cluster.local';
 

@@ -110,7 +110,7 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
   const ns = Netns.open(netnsPath(name));
   t.teardown(() => ns.close());
   const ids = await RotatingIdentities.create([CLIENT_ID, SERVER_ID], opts.spares ?? 0);
-  const hbone = new NativeHbone(ids, pino({ level: 'silent' }), opts.answerTimeoutMs ? { answerTimeoutMs: opts.answerTimeoutMs } : {});
+  const hbone = new NativeHbone(ids, pino({ level: 'silent' }), opts.answerTimeoutMs ? { pool: { answerTimeoutMs: opts.answerTimeoutMs } } : {});
   hbone.start();
   t.teardown(() => hbone.stop());
   // Every socket the test's servers accept is destroyed at the end, so that closing the servers cannot wait on them.

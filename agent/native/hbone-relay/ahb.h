@@ -7,9 +7,33 @@
 
 #include <stdint.h>
 
+/*
+ * The relay's protocol settings, all of them, from the agent (agent/src/hbone/settings.ts and tls.ts, passed by
+ * native-lib.ts): ahb_start checks each against its range and copies them (strings too). Sizes in bytes, times in ms.
+ */
+struct ahb_settings {
+  uint32_t stream_window;          /* SETTINGS_INITIAL_WINDOW_SIZE we advertise (1 .. 2^31-1) */
+  uint32_t connection_window;      /* our connection-level receive window (65535 .. 2^31-1) */
+  uint32_t max_frame_size;         /* SETTINGS_MAX_FRAME_SIZE we advertise (16384 .. 16777215) */
+  uint32_t server_max_header_list; /* SETTINGS_MAX_HEADER_LIST_SIZE of server sessions, enforced on requests (1024 .. 16 MiB) */
+  uint32_t client_max_header_list; /* the same for client sessions, enforced on responses (1024 .. 16 MiB) */
+  /* SETTINGS_MAX_CONCURRENT_STREAMS of server sessions, and the most requests of one session the agent may be working
+   * on at once (beyond it, REFUSED_STREAM) (1 .. 100000) */
+  uint32_t server_max_streams;
+  uint32_t peer_max_streams_before_settings; /* streams a client session may open before the peer's SETTINGS (1 .. 100000) */
+  uint32_t max_method;             /* longest :method accepted and carried to the agent (1 .. 64) */
+  uint32_t max_authority;          /* longest :authority accepted and carried to the agent (1 .. 2048) */
+  int32_t keepalive_interval_ms;   /* a PING after this long without one (1000 .. 10^9; checked once a second) */
+  int32_t keepalive_timeout_ms;    /* a PING unanswered this long fails the session (1000 .. 10^9) */
+  int32_t handshake_timeout_ms;    /* TLS + HTTP/2 handshake deadline of new sessions (0 = none .. 10^9) */
+  int32_t idle_timeout_ms;         /* a server session without streams this long is closed with GOAWAY (0 = none .. 10^9) */
+  int32_t unread_linger_ms;        /* a stream closed in order may hold DATA its app does not read this long (0 = none .. 10^9) */
+  const char *ciphersuites;        /* TLS 1.3 suites, OpenSSL names joined by ':' (checked with OpenSSL) */
+  const char *alpn;                /* the one ALPN protocol offered and accepted (1 .. 255 bytes; HTTP/2 over TLS: "h2") */
+};
+
 const char *ahb_last_error(void);
-int ahb_start(void);
-void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms);
+int ahb_start(const struct ahb_settings *settings);
 const char *ahb_spiffe_check(const char *uri, const char *td);
 void ahb_stop(void);
 uint64_t ahb_ctx_new(int server, const char *chain_pem, const char *key_pem, const char *roots_pem);

@@ -13,7 +13,7 @@
  * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
  *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
  *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new
- *   requests of a session that has SERVER_MAX_STREAMS such streams: answer every request, late ones included. Answer
+ *   requests of a session that has server_max_streams (ahb_settings) such streams: answer every request, late ones included. Answer
  *   each request once (ahb_answer); later answers, answers to client streams and answers to streams already gone are
  *   ignored (their fd is closed).
  * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
@@ -87,12 +87,64 @@ static SSL_CTX *find_ctx(uint64_t id) {
 /* The last error of a call that returned -1 or 0. */
 AHB_EXPORT const char *ahb_last_error(void) { return relay.err; }
 
-/** Starts the loop thread; returns the agent's end of the event socket (JSON lines), or -1. */
-AHB_EXPORT int ahb_start(void) {
+/* One numeric setting within [lo, hi]; else -1 with the setting's name in relay.err. */
+static int check_range(const char *name, int64_t v, int64_t lo, int64_t hi) {
+  if (v >= lo && v <= hi) return 0;
+  snprintf(relay.err, sizeof relay.err, "bad setting %s: %lld is not within %lld .. %lld", name, (long long)v, (long long)lo, (long long)hi);
+  return -1;
+}
+
+/* One string setting of 1 .. max bytes, copied into `to` (max + 1 bytes); else -1 with its name in relay.err. */
+static int copy_setting(const char *name, const char *v, char *to, size_t max) {
+  size_t n = v ? strlen(v) : 0;
+  if (n < 1 || n > max) {
+    snprintf(relay.err, sizeof relay.err, "bad setting %s: %zu bytes, not within 1 .. %zu", name, n, max);
+    return -1;
+  }
+  memcpy(to, v, n + 1);
+  return 0;
+}
+
+/* Checks every setting against the range documented in ahb.h and copies them into relay.cfg; -1 and relay.err if one is bad. */
+static int take_settings(const struct ahb_settings *in) {
+  if (!in) {
+    snprintf(relay.err, sizeof relay.err, "no settings");
+    return -1;
+  }
+  const int64_t ms_max = 1000000000, window_max = 0x7fffffff, list_max = 16 << 20;
+  if (check_range("stream_window", in->stream_window, 1, window_max) || check_range("connection_window", in->connection_window, 65535, window_max) ||
+      check_range("max_frame_size", in->max_frame_size, 16384, 16777215) ||
+      check_range("server_max_header_list", in->server_max_header_list, 1024, list_max) ||
+      check_range("client_max_header_list", in->client_max_header_list, 1024, list_max) ||
+      check_range("server_max_streams", in->server_max_streams, 1, 100000) ||
+      check_range("peer_max_streams_before_settings", in->peer_max_streams_before_settings, 1, 100000) ||
+      check_range("max_method", in->max_method, 1, 64) || check_range("max_authority", in->max_authority, 1, 2048) ||
+      check_range("keepalive_interval_ms", in->keepalive_interval_ms, 1000, ms_max) ||
+      check_range("keepalive_timeout_ms", in->keepalive_timeout_ms, 1000, ms_max) ||
+      check_range("handshake_timeout_ms", in->handshake_timeout_ms, 0, ms_max) || check_range("idle_timeout_ms", in->idle_timeout_ms, 0, ms_max) ||
+      check_range("unread_linger_ms", in->unread_linger_ms, 0, ms_max))
+    return -1;
+  struct ahb_settings cfg = *in;
+  if (copy_setting("ciphersuites", in->ciphersuites, relay.suites, sizeof relay.suites - 1) ||
+      copy_setting("alpn", in->alpn, relay.alpn, sizeof relay.alpn - 1))
+    return -1;
+  cfg.ciphersuites = relay.suites;
+  cfg.alpn = relay.alpn;
+  if (tls_check_settings(&cfg, relay.err, sizeof relay.err)) return -1;
+  relay.cfg = cfg;
+  return 0;
+}
+
+/**
+ * Starts the loop thread with the agent's settings (checked and copied: see struct ahb_settings); returns the agent's
+ * end of the event socket (JSON lines), or -1 (ahb_last_error: for a bad setting, its name and range).
+ */
+AHB_EXPORT int ahb_start(const struct ahb_settings *settings) {
   if (relay.running) {
     snprintf(relay.err, sizeof relay.err, "already started");
     return -1;
   }
+  if (take_settings(settings)) return -1;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) goto fail;
   relay.evfd = sv[0];
@@ -119,16 +171,6 @@ AHB_EXPORT int ahb_start(void) {
 fail:
   snprintf(relay.err, sizeof relay.err, "start: %s", strerror(errno));
   return -1;
-}
-
-/**
- * Limits, in ms (0 = none): the TLS + HTTP/2 handshake deadline of new sessions; how long a server session may stay
- * without streams; how long a stream closed in order may hold DATA its app does not read. Call before sessions start.
- */
-AHB_EXPORT void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms) {
-  relay.handshake_ms = handshake_ms;
-  relay.idle_ms = idle_ms;
-  relay.linger_ms = linger_ms;
 }
 
 /** The SPIFFE rule of the server side (exported for tests): NULL when `uri` is a valid ID in `td` (any, if NULL). */
@@ -162,8 +204,15 @@ AHB_EXPORT void ahb_stop(void) {
   pthread_mutex_unlock(&relay.mu);
 }
 
-/** A TLS context for one identity's material (server != 0: the 15008 side). Returns its id, or 0 (ahb_last_error). */
+/**
+ * A TLS context for one identity's material (server != 0: the 15008 side), with the suites and ALPN of the settings:
+ * only once started. Returns its id, or 0 (ahb_last_error).
+ */
 AHB_EXPORT uint64_t ahb_ctx_new(int server, const char *chain_pem, const char *key_pem, const char *roots_pem) {
+  if (!relay.running) {
+    snprintf(relay.err, sizeof relay.err, "not started");
+    return 0;
+  }
   SSL_CTX *ctx = tls_ctx_new(server, chain_pem, key_pem, roots_pem, relay.err, sizeof relay.err);
   if (!ctx) return 0;
   struct ctx_entry *e = calloc(1, sizeof *e);

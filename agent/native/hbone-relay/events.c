@@ -60,10 +60,11 @@ void buf_free(struct buf *b) {
 /* ---------- a bounded JSON writer (one event line) ---------- */
 
 /*
- * Longest event line. The largest event, "request", holds a :method of at most MAX_METHOD bytes, an :authority of at
- * most MAX_AUTHORITY and a SPIFFE ID of at most 2048, each at most 6 bytes a byte once escaped: it fits. Past the bound a
+ * Longest event line. The largest event, "request", holds a :method of at most 64 bytes, an :authority of at
+ * most 2048 (the ranges of max_method and max_authority, ahb.h) and a SPIFFE ID of at most 2048, each at most 6 bytes a byte once escaped: it fits. Past the bound a
  * string is cut (at a character, never inside an escape) and a field that does not fit whole is left out, so a line is
- * always valid JSON. The agent accepts lines of up to 256 KiB (MAX_EVENT_LINE in native-lib.ts).
+ * always valid JSON. The agent accepts lines of up to 256 KiB (MAX_EVENT_LINE in native-lib.ts). A buffer size, not a
+ * protocol setting.
  */
 #define EVENT_LINE_MAX (32 * 1024)
 

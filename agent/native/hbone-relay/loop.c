@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 struct relay_state relay = {
-    .mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1, .handshake_ms = 10000, .idle_ms = 600000, .linger_ms = 30000};
+    .mu = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1, .timerfd = -1, .evfd = -1};
 
 /* ---------- epoll ---------- */
 
@@ -169,7 +169,7 @@ static void cmd_session(struct cmd *c, int server) {
   s->expected = c->a;
   c->a = NULL;
   s->handshaking = 1;
-  if (relay.handshake_ms > 0) s->deadline_ms = now_ms() + relay.handshake_ms;
+  if (relay.cfg.handshake_timeout_ms > 0) s->deadline_ms = now_ms() + relay.cfg.handshake_timeout_ms;
   s->next = relay.sessions;
   relay.sessions = s;
   set_nonblock_nodelay(s->io.fd, 1);
@@ -350,13 +350,13 @@ static void keepalive_tick(void) {
   uint64_t v;
   if (read(relay.timerfd, &v, sizeof v) < 0) return;
   int64_t now = now_ms();
-  int linger = relay.linger_ms, idle = relay.idle_ms;
+  int linger = relay.cfg.unread_linger_ms, idle = relay.cfg.idle_timeout_ms;
   for (struct session *s = relay.sessions; s; s = s->next) {
     if (s->dead) continue;
     /* A TLS + HTTP/2 handshake that has not finished by its deadline (a silent or slow client holds memory and an fd). */
     if (s->deadline_ms && !s->ready && now >= s->deadline_ms) {
       char why[120];
-      snprintf(why, sizeof why, "HBONE handshake did not finish within %d ms", (int)relay.handshake_ms);
+      snprintf(why, sizeof why, "HBONE handshake did not finish within %d ms", (int)relay.cfg.handshake_timeout_ms);
       s->timed_out = 1;
       session_fail(s, why);
       continue;
@@ -373,11 +373,11 @@ static void keepalive_tick(void) {
       session_goaway(s);
       continue;
     }
-    if (s->ping_sent_ms && now - s->ping_sent_ms >= KEEPALIVE_TIMEOUT_MS) {
+    if (s->ping_sent_ms && now - s->ping_sent_ms >= relay.cfg.keepalive_timeout_ms) {
       session_fail(s, "HBONE peer did not answer a PING");
       continue;
     }
-    if (!s->ping_sent_ms && now - s->last_ping_ms >= KEEPALIVE_INTERVAL_MS) {
+    if (!s->ping_sent_ms && now - s->last_ping_ms >= relay.cfg.keepalive_interval_ms) {
       s->last_ping_ms = now;
       s->ping_sent_ms = now;
       nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);

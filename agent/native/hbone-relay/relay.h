@@ -28,37 +28,30 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ahb.h"
+
 /* Every symbol below is internal to the library: only api.c's ahb_* functions are exported (AHB_EXPORT). */
 #pragma GCC visibility push(hidden)
 
 #define AHB_EXPORT __attribute__((visibility("default")))
 
-/* ---------- protocol and resource limits (literals for now: the agent's settings are to replace them) ---------- */
+/*
+ * Implementation constants, not protocol settings: buffer sizes and RFC-fixed overheads. Every protocol value (windows,
+ * frame size, keepalive, header and stream limits, suites, ALPN, timeouts) comes from the agent in struct ahb_settings
+ * (ahb.h; relay.cfg once started).
+ */
 
-#define STREAM_WINDOW (4 * 1024 * 1024)
-#define CONNECTION_WINDOW (16 * 1024 * 1024)
-#define MAX_FRAME (1024 * 1024)
+/* Bytes read from an app socket and held per stream before it waits for the peer to take them. */
 #define APP_BUF (256 * 1024)
 /* Bytes kept free before the data of a stream's `in` buffer, so a DATA frame header fits in front of its payload. */
 #define HEADROOM 16
+/* One SSL_read's buffer, and the TLS plaintext queued before a flush stops taking more frames. */
 #define TLS_READ (64 * 1024)
 #define TLS_WBUF_FLUSH (128 * 1024)
-#define KEEPALIVE_INTERVAL_MS 10000
-#define KEEPALIVE_TIMEOUT_MS 20000
-#define HBONE_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
-/* What we advertise as SETTINGS_MAX_HEADER_LIST_SIZE, enforced on what we receive (nghttp2 does not enforce it). */
-#define SERVER_MAX_HEADER_LIST (64 * 1024)
-#define CLIENT_MAX_HEADER_LIST (16 * 1024)
 /* HTTP/2's size of a header field: name + value + 32 (RFC 9113 6.5.2). */
 #define HEADER_OVERHEAD 32
-/* Longest :method and :authority carried to the agent (an authority is ip:port, or host:port for double HBONE). */
-#define MAX_METHOD 32
-#define MAX_AUTHORITY 1024
-/*
- * SETTINGS_MAX_CONCURRENT_STREAMS of a server session, and the most requests of one session the agent may be working on
- * at once (told of, not answered yet, whether or not the peer has reset them since): beyond it, REFUSED_STREAM.
- */
-#define SERVER_MAX_STREAMS 200
+/* A SPIFFE ID is at most 2048 bytes (the SPIFFE standard). */
+#define SPIFFE_ID_MAX 2048
 /* After this many streams freed since the last trim, freed memory is handed back to the system (a burst of streams). */
 #define TRIM_AFTER_STREAMS 4096
 
@@ -144,7 +137,7 @@ struct session {
   int64_t deadline_ms;    /* handshake deadline (0: none) */
   int64_t last_active_ms; /* last time a stream opened or ended (idle limit of server sessions) */
   char *expected;         /* the identity rule: client: the peer SPIFFE ID we require; server: the trust domain */
-  char peer[2049];        /* verified peer identity (SPIFFE IDs are at most 2048 bytes) */
+  char peer[SPIFFE_ID_MAX + 1]; /* verified peer identity */
   char peer_serial[130];
   int64_t peer_not_after;
   struct buf wbuf; /* TLS plaintext waiting for SSL_write */
@@ -188,7 +181,9 @@ struct cmd {
  * - mu: `cmds` (the agent's thread queues, the loop takes), `ctxs` (the agent's thread only, under mu for find_ctx) and
  *   `all_streams` (the loop links and unlinks, ahb_stream_bytes reads).
  * - loop thread only: `sessions`, `events`, `events_lost`, `stop`.
- * - atomic: `next_id` (ids are allocated on both threads), the limits (set by ahb_set_limits, read by the loop).
+ * - atomic: `next_id` (ids are allocated on both threads).
+ * - `cfg` and the strings it points to (suites, alpn): written by ahb_start before the loop thread starts, read-only
+ *   while it runs (by both threads).
  * - `err`: the agent's thread only (the last error of an ahb_* call).
  */
 struct relay_state {
@@ -206,7 +201,8 @@ struct relay_state {
   int events_lost; /* an event could not be queued (out of memory): the loop stops and the event socket is shut */
   int stop;
   char err[512];
-  _Atomic int handshake_ms, idle_ms, linger_ms;
+  struct ahb_settings cfg; /* its strings point into suites and alpn */
+  char suites[256], alpn[256];
 };
 
 extern struct relay_state relay;
@@ -240,6 +236,7 @@ void cmd_free(struct cmd *c);
 
 /* ---------- tls.c ---------- */
 
+int tls_check_settings(const struct ahb_settings *cfg, char *err, size_t errn);
 SSL_CTX *tls_ctx_new(int server, const char *chain, const char *key, const char *roots, char *err, size_t errn);
 void tls_error_string(char *out, size_t n, const char *what);
 const char *spiffe_check(const char *uri, const char *td);

@@ -189,7 +189,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
    * of the block only for the HPACK state, without calling us), before the agent hears of the request.
    */
   st->header_bytes += nlen + vlen + HEADER_OVERHEAD;
-  if (st->header_bytes > (s->server ? SERVER_MAX_HEADER_LIST : CLIENT_MAX_HEADER_LIST)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (st->header_bytes > (s->server ? relay.cfg.server_max_header_list : relay.cfg.client_max_header_list)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   if (!s->server) {
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
       int v = 0;
@@ -200,11 +200,11 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
   }
   /* A request field we keep but cannot copy (out of memory) resets the stream, like one too long. */
   if (nlen == 7 && memcmp(name, ":method", 7) == 0) {
-    if (vlen > MAX_METHOD) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (vlen > relay.cfg.max_method) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     free(st->as_server.method);
     if (!(st->as_server.method = dupn(value, vlen))) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   } else if (nlen == 10 && memcmp(name, ":authority", 10) == 0) {
-    if (vlen > MAX_AUTHORITY) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (vlen > relay.cfg.max_authority) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     free(st->as_server.authority);
     if (!(st->as_server.authority = dupn(value, vlen))) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
@@ -229,7 +229,7 @@ static nghttp2_session_callbacks *callbacks(void) {
 
 /* ---------- the session's life ---------- */
 
-/* After the TLS handshake and the peer check: start HTTP/2 with HBONE's settings. 0, or -1 (session failed). */
+/* After the TLS handshake and the peer check: start HTTP/2 with HBONE's settings (relay.cfg, from the agent). 0, or -1 (session failed). */
 static int session_start_h2(struct session *s) {
   nghttp2_session_callbacks *cbs = callbacks();
   nghttp2_option *opt = NULL;
@@ -238,7 +238,7 @@ static int session_start_h2(struct session *s) {
     return -1;
   }
   nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+  nghttp2_option_set_peer_max_concurrent_streams(opt, relay.cfg.peer_max_streams_before_settings);
   int rc = s->server ? nghttp2_session_server_new2(&s->h2, cbs, s, opt) : nghttp2_session_client_new2(&s->h2, cbs, s, opt);
   nghttp2_option_del(opt);
   if (rc) {
@@ -248,17 +248,17 @@ static int session_start_h2(struct session *s) {
   }
   nghttp2_settings_entry iv[4];
   size_t n = 0;
-  iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW};
-  iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, MAX_FRAME};
+  iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, relay.cfg.stream_window};
+  iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, relay.cfg.max_frame_size};
   if (s->server) {
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, SERVER_MAX_STREAMS};
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, SERVER_MAX_HEADER_LIST};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, relay.cfg.server_max_streams};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, relay.cfg.server_max_header_list};
   } else {
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, CLIENT_MAX_HEADER_LIST};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, relay.cfg.client_max_header_list};
   }
   nghttp2_submit_settings(s->h2, NGHTTP2_FLAG_NONE, iv, n);
-  nghttp2_session_set_local_window_size(s->h2, NGHTTP2_FLAG_NONE, 0, CONNECTION_WINDOW);
+  nghttp2_session_set_local_window_size(s->h2, NGHTTP2_FLAG_NONE, 0, (int32_t)relay.cfg.connection_window);
   s->up = 1;
   s->last_ping_ms = s->last_active_ms = now_ms();
   /* A client is up once TLS is; a server session once the client's SETTINGS came too (its handshake deadline runs until then). */
@@ -294,7 +294,7 @@ static uint32_t goaway_code_for(int rv) {
 /*
  * The requests received during one read, reported to the agent now that every frame of the read is processed. A stream
  * the peer already reset (HEADERS and RST_STREAM together: rapid reset) or that failed is never reported, so the agent
- * dials nothing for it; past SERVER_MAX_STREAMS requests the agent is still working on, new ones are refused
+ * dials nothing for it; past relay.cfg.server_max_streams requests the agent is still working on, new ones are refused
  * (REFUSED_STREAM), also unreported. Unreported streams are reaped without a "closed" event.
  */
 static void session_report_requests(struct session *s) {
@@ -307,7 +307,7 @@ static void session_report_requests(struct session *s) {
     st->as_server.fresh = 0;
     if (s->dead || st->dead || st->h2_closed || st->errored) {
       /* Gone already: nothing for the agent to do. */
-    } else if (s->as_server.awaiting >= SERVER_MAX_STREAMS) {
+    } else if ((uint32_t)s->as_server.awaiting >= relay.cfg.server_max_streams) {
       stream_abort(st, NGHTTP2_REFUSED_STREAM);
     } else {
       ev_request(s, st);

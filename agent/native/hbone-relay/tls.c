@@ -1,6 +1,7 @@
 /*
  * TLS of the HBONE sessions (OpenSSL 3): the contexts made for the agent's identities, a session's SSL object and
- * BIOs, the handshake, and the check of the peer's identity (ALPN h2, one SPIFFE URI SAN, the rule of its role).
+ * BIOs, the handshake, and the check of the peer's identity (the ALPN of relay.cfg, one SPIFFE URI SAN, the rule of its
+ * role). TLS 1.3 only is fixed here, not a setting: the suites setting (relay.cfg.ciphersuites) is a TLS 1.3 list.
  * Ownership: an SSL_CTX made here belongs to its ctx_entry (api.c), and each SSL object holds its own reference; a
  * session's SSL and BIOs belong to the session (freed by reap). Loop thread, except tls_ctx_new and spiffe_check (pure),
  * which the agent's thread calls.
@@ -48,15 +49,17 @@ static int load_pem_chain(SSL_CTX *ctx, const char *pem, int roots) {
   return count ? rc : -1;
 }
 
+/* The server's choice: the client must offer relay.cfg.alpn. */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned int inlen, void *arg) {
   (void)ssl;
   (void)arg;
+  size_t want = strlen(relay.cfg.alpn);
   for (unsigned i = 0; i < inlen;) {
     unsigned l = in[i];
     if (i + 1 + l > inlen) break;
-    if (l == 2 && memcmp(in + i + 1, "h2", 2) == 0) {
+    if (l == want && memcmp(in + i + 1, relay.cfg.alpn, want) == 0) {
       *out = in + i + 1;
-      *outlen = 2;
+      *outlen = (unsigned char)want;
       return SSL_TLSEXT_ERR_OK;
     }
     i += 1 + l;
@@ -64,7 +67,10 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-/* A TLS context for one identity's material: TLS 1.3 only, AES-GCM suites, ALPN h2, the peer's certificate required. */
+/*
+ * A TLS context for one identity's material: TLS 1.3 only, the suites and ALPN of relay.cfg, the peer's certificate
+ * required. Call only while the relay is started (relay.cfg set).
+ */
 SSL_CTX *tls_ctx_new(int server, const char *chain, const char *key, const char *roots, char *err, size_t errn) {
   SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   if (!ctx) {
@@ -76,9 +82,9 @@ SSL_CTX *tls_ctx_new(int server, const char *chain, const char *key, const char 
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_read_ahead(ctx, 1); /* whole socket reads, not two per record */
-  SSL_CTX_set_default_read_buffer_len(ctx, 64 * 1024);
+  SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  if (SSL_CTX_set_ciphersuites(ctx, HBONE_CIPHERSUITES) != 1) goto fail_ssl;
+  if (SSL_CTX_set_ciphersuites(ctx, relay.cfg.ciphersuites) != 1) goto fail_ssl;
   if (load_pem_chain(ctx, chain, 0)) {
     tls_error_string(err, errn, "certificate chain");
     goto fail;
@@ -99,8 +105,12 @@ SSL_CTX *tls_ctx_new(int server, const char *chain, const char *key, const char 
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
   if (server) {
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
-  } else if (SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3) != 0) {
-    goto fail_ssl;
+  } else {
+    unsigned char wire[256]; /* ALPN's wire form: one length byte, then the name (at most 255 bytes, checked at start) */
+    size_t n = strlen(relay.cfg.alpn);
+    wire[0] = (unsigned char)n;
+    memcpy(wire + 1, relay.cfg.alpn, n);
+    if (SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)(n + 1)) != 0) goto fail_ssl;
   }
   return ctx;
 fail_ssl:
@@ -108,6 +118,22 @@ fail_ssl:
 fail:
   SSL_CTX_free(ctx);
   return NULL;
+}
+
+/* The TLS part of ahb_start's check: OpenSSL takes the suites (all of them known, none empty). 0, or -1 and err. */
+int tls_check_settings(const struct ahb_settings *cfg, char *err, size_t errn) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  if (!ctx) {
+    tls_error_string(err, errn, "SSL_CTX_new");
+    return -1;
+  }
+  int ok = SSL_CTX_set_ciphersuites(ctx, cfg->ciphersuites) == 1;
+  SSL_CTX_free(ctx);
+  if (ok) return 0;
+  char why[300];
+  tls_error_string(why, sizeof why, "OpenSSL refused them");
+  snprintf(err, errn, "bad setting ciphersuites \"%.100s\": %s", cfg->ciphersuites, why);
+  return -1;
 }
 
 /*
@@ -183,14 +209,14 @@ static int seg_ok(const char *p, size_t n, int lower_only) {
 }
 
 /*
- * Checks a SPIFFE ID against Istio's shape with the rules of parseSpiffeId (agent/src/identity/spiffe.ts), which the
- * Node data path applies: at most 2048 bytes; "spiffe://"; no query or fragment; exactly <td>/ns/<ns>/sa/<sa>; a trust
+ * Checks a SPIFFE ID against Istio's shape with the rules of parseSpiffeId (agent/src/identity/spiffe.ts), the agent's
+ * TypeScript side of the one rule (test/unit/hbone-spiffe-rule.test.ts runs one table against both): at most 2048 bytes; "spiffe://"; no query or fragment; exactly <td>/ns/<ns>/sa/<sa>; a trust
  * domain of 1-255 of [a-z0-9._-]; namespace and service account non-empty, of [A-Za-z0-9._-], not "." or "..". When
  * `td` is given, the trust domain must equal it. Returns NULL when valid, else the rule broken. Pure.
  */
 const char *spiffe_check(const char *uri, const char *td) {
   size_t len = strlen(uri);
-  if (len > 2048) return "longer than 2048 bytes";
+  if (len > SPIFFE_ID_MAX) return "longer than 2048 bytes";
   if (strncmp(uri, "spiffe://", 9) != 0) return "must start with \"spiffe://\"";
   const char *rest = uri + 9;
   if (strpbrk(rest, "?#")) return "query and fragment are not allowed";

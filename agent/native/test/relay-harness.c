@@ -28,6 +28,31 @@
 #define CLIENT_ID "spiffe://" TD "/ns/app/sa/client"
 #define SERVER_ID "spiffe://" TD "/ns/app/sa/server"
 #define WAIT_MS 5000
+/* server_max_streams of the settings the scenarios run with (the rapid-reset scenario fills it). */
+#define MAX_STREAMS 200
+
+/*
+ * The settings most scenarios run with: the agent's defaults (agent/src/hbone/settings.ts and tls.ts), copied here as a
+ * fixture; scenarios that need other limits restart the relay with a changed copy (relay_restart).
+ */
+static const struct ahb_settings base_cfg = {
+    .stream_window = 4 << 20,
+    .connection_window = 16 << 20,
+    .max_frame_size = 1 << 20,
+    .server_max_header_list = 64 << 10,
+    .client_max_header_list = 16 << 10,
+    .server_max_streams = MAX_STREAMS,
+    .peer_max_streams_before_settings = 100,
+    .max_method = 32,
+    .max_authority = 1024,
+    .keepalive_interval_ms = 10000,
+    .keepalive_timeout_ms = 20000,
+    .handshake_timeout_ms = 10000,
+    .idle_timeout_ms = 600000,
+    .unread_linger_ms = 30000,
+    .ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+    .alpn = "h2",
+};
 
 static const char *scenario = "setup";
 
@@ -346,8 +371,47 @@ static void transfer(int from, int to, size_t n, unsigned seed) {
 /* ---------- sessions and streams ---------- */
 
 static uint64_t cctx, sctx, wrongctx;
-static struct pem client_pem, server_pem;
+static struct pem client_pem, server_pem, other_pem;
 static char *root_pem;
+
+/* Stops the relay if it runs (reading the events it sent up to its end), without starting it again. */
+static void relay_stop(void) {
+  if (evfd < 0) return;
+  ahb_stop();
+  for (;;) {
+    struct pollfd p = {evfd, POLLIN, 0};
+    if (poll(&p, 1, WAIT_MS) <= 0) break;
+    char tmp[8192];
+    ssize_t n = recv(evfd, tmp, sizeof tmp, MSG_DONTWAIT);
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n; i++) {
+      if (tmp[i] != '\n') {
+        CHECK(linelen + 1 < sizeof linebuf, "event line too long");
+        linebuf[linelen++] = tmp[i];
+        continue;
+      }
+      linebuf[linelen] = 0;
+      add_event(linebuf);
+      linelen = 0;
+    }
+  }
+  close(evfd);
+  evfd = -1;
+}
+
+/*
+ * (Re)starts the relay with `cfg` and makes the scenarios' TLS contexts again (ahb_stop frees them). Sessions must be
+ * closed first: ahb_stop reports none of them. Ids keep growing across restarts, so earlier events stay unambiguous.
+ */
+static void relay_restart(const struct ahb_settings *cfg) {
+  relay_stop();
+  evfd = ahb_start(cfg);
+  CHECK(evfd >= 0, "ahb_start: %s", ahb_last_error());
+  cctx = ahb_ctx_new(0, client_pem.chain, client_pem.key, root_pem);
+  sctx = ahb_ctx_new(1, server_pem.chain, server_pem.key, root_pem);
+  wrongctx = ahb_ctx_new(0, other_pem.chain, other_pem.key, root_pem);
+  CHECK(cctx && sctx && wrongctx, "ahb_ctx_new: %s", ahb_last_error());
+}
 
 struct conn {
   uint64_t c, s;
@@ -687,7 +751,9 @@ static void s_session_close(void) {
 
 /* Flow control: an upstream that never reads holds its stream's window, not the connection; its bytes come back. */
 static void s_flow_control(void) {
-  ahb_set_limits(10000, 600000, 1500);
+  struct ahb_settings cfg = base_cfg;
+  cfg.unread_linger_ms = 1500;
+  relay_restart(&cfg);
   struct conn k = conn_open(true);
   conn_wait_up(&k);
   struct flow stuck[3];
@@ -732,7 +798,7 @@ static void s_flow_control(void) {
   transfer(ok.up, ok.app, 1 << 20, 3);
   flow_close_fds(&ok);
   conn_close(&k);
-  ahb_set_limits(10000, 600000, 30000);
+  relay_restart(&base_cfg);
 }
 
 /* Header limits: a request header list over 64 KiB, or an :authority over 1 KiB, is reset before the agent hears of it. */
@@ -792,7 +858,9 @@ static void expect_identity_refused(uint64_t client_ctx, const char *expected, b
 
 /* Handshakes that never finish (silent peers) or fail (not TLS, wrong identity, unknown TLS context). */
 static void s_handshakes(void) {
-  ahb_set_limits(400, 600000, 30000);
+  struct ahb_settings cfg = base_cfg;
+  cfg.handshake_timeout_ms = 400;
+  relay_restart(&cfg);
   int a[2], b[2];
   pair(a);
   pair(b);
@@ -812,7 +880,7 @@ static void s_handshakes(void) {
   expect_eof(a[1]);
   close(a[1]);
   close(b[1]);
-  ahb_set_limits(10000, 600000, 30000);
+  relay_restart(&base_cfg);
   /* Not TLS at all. */
   int c[2];
   pair(c);
@@ -854,6 +922,9 @@ struct raw {
   bool eof;
   uint32_t *rst;        /* RST_STREAM code received per stream id (UINT32_MAX: none) */
   size_t nrst;
+  int64_t settings[7];  /* the server's SETTINGS values by identifier (1 .. 6; -1: not sent) */
+  uint32_t conn_window_update; /* the sum of WINDOW_UPDATE increments on stream 0 */
+  int pings;            /* PINGs received (each acknowledged) */
 };
 
 static void raw_frame(struct buf *b, uint8_t type, uint8_t flags, uint32_t sid, const void *payload, size_t n) {
@@ -898,6 +969,7 @@ static void raw_send(struct raw *r, struct buf *b) {
 static struct raw raw_open(void) {
   struct raw r = {0};
   r.goaway = UINT32_MAX;
+  for (int i = 0; i < 7; i++) r.settings[i] = -1;
   int sv[2];
   pair(sv);
   r.s = ahb_server_session(sctx, sv[1], TD);
@@ -954,8 +1026,19 @@ static void raw_pump(struct raw *r, int ms) {
       } else if (h[3] == 7 && len >= 8) {
         r->goaway = (uint32_t)pl[4] << 24 | (uint32_t)pl[5] << 16 | (uint32_t)pl[6] << 8 | pl[7];
       } else if (h[3] == 4 && !(h[4] & 1)) {
+        for (size_t i = 0; i + 6 <= len; i += 6) {
+          unsigned id = (unsigned)pl[i] << 8 | pl[i + 1];
+          if (id >= 1 && id <= 6) r->settings[id] = (int64_t)((uint32_t)pl[i + 2] << 24 | (uint32_t)pl[i + 3] << 16 | (uint32_t)pl[i + 4] << 8 | pl[i + 5]);
+        }
         struct buf b = {0};
         raw_frame(&b, 4, 1, 0, NULL, 0);
+        raw_send(r, &b);
+      } else if (h[3] == 8 && sid == 0 && len == 4) {
+        r->conn_window_update += ((uint32_t)pl[0] << 24 | (uint32_t)pl[1] << 16 | (uint32_t)pl[2] << 8 | pl[3]) & 0x7fffffff;
+      } else if (h[3] == 6 && !(h[4] & 1) && len == 8) {
+        r->pings++;
+        struct buf b = {0};
+        raw_frame(&b, 6, 1, 0, pl, 8);
         raw_send(r, &b);
       }
       at += 9 + len;
@@ -982,7 +1065,7 @@ static size_t requests_of(uint64_t s) { return count_events("request", s, 0); }
 /*
  * Rapid reset (CVE-2023-44487) at the relay: HEADERS and RST_STREAM of each stream in one read are never reported to
  * the agent (it would dial the app for streams already gone). Requests the agent is working on are capped per session
- * (SERVER_MAX_STREAMS, counted until answered even when the peer resets them meanwhile): beyond, REFUSED_STREAM, unreported.
+ * (MAX_STREAMS, counted until answered even when the peer resets them meanwhile): beyond, REFUSED_STREAM, unreported.
  * A connection error ends the session with a GOAWAY carrying its error code, not NO_ERROR.
  */
 static void s_rapid_reset(void) {
@@ -1010,23 +1093,23 @@ static void s_rapid_reset(void) {
   raw_send(&r, &end);
   must_event("closed", 0, (uint64_t)e->stream);
   sid += 2;
-  /* The cap: SERVER_MAX_STREAMS requests left unanswered and then reset by the peer still count. */
-  uint64_t held[SERVER_MAX_STREAMS];
+  /* The cap: MAX_STREAMS requests left unanswered and then reset by the peer still count. */
+  uint64_t held[MAX_STREAMS];
   uint32_t first = sid;
-  for (int i = 0; i < SERVER_MAX_STREAMS; i += 50) {
+  for (int i = 0; i < MAX_STREAMS; i += 50) {
     struct buf h = {0};
     for (int j = 0; j < 50; j++, sid += 2) raw_connect(&h, sid, "10.0.0.22:80");
     raw_send(&r, &h);
   }
-  for (int i = 0; i < SERVER_MAX_STREAMS; i++) {
+  for (int i = 0; i < MAX_STREAMS; i++) {
     e = next_request(r.s, WAIT_MS);
-    CHECK(e, "request %d of %d not reported", i, SERVER_MAX_STREAMS);
+    CHECK(e, "request %d of %d not reported", i, MAX_STREAMS);
     held[i] = (uint64_t)e->stream;
   }
   struct buf x = {0};
   for (uint32_t s2 = first; s2 < sid; s2 += 2) raw_rst(&x, s2, 8);
   raw_send(&r, &x);
-  for (int i = 0; i < SERVER_MAX_STREAMS; i++) must_event("closed", 0, held[i]); /* the agent hears of each end at once */
+  for (int i = 0; i < MAX_STREAMS; i++) must_event("closed", 0, held[i]); /* the agent hears of each end at once */
   uint32_t over = sid;
   struct buf o = {0};
   for (int i = 0; i < 10; i++, sid += 2) raw_connect(&o, sid, "10.0.0.23:80");
@@ -1035,7 +1118,7 @@ static void s_rapid_reset(void) {
   for (uint32_t s2 = over; s2 < sid; s2 += 2) CHECK(raw_rst_code(&r, s2) == NGHTTP2_REFUSED_STREAM, "stream %u over the cap: RST code %u, want REFUSED_STREAM", s2, raw_rst_code(&r, s2));
   CHECK(!next_request(r.s, 100), "a request over the cap was reported");
   /* Answered (late, the streams are gone: dropped), the agent's work is done and new requests are reported again. */
-  for (int i = 0; i < SERVER_MAX_STREAMS; i++) ahb_answer(held[i], 503, -1);
+  for (int i = 0; i < MAX_STREAMS; i++) ahb_answer(held[i], 503, -1);
   struct buf n2 = {0};
   raw_connect(&n2, sid, "10.0.0.24:80");
   raw_send(&r, &n2);
@@ -1067,6 +1150,62 @@ static void s_rapid_reset(void) {
   CHECK(requests_of(r.s) == 0, "%zu requests reported for streams reset in the same read", requests_of(r.s));
   fprintf(stderr, "relay-harness:      rapid reset: session ended with GOAWAY code %u after %u streams\n", r.goaway, (sid - 1) / 2);
   raw_close(&r);
+}
+
+/* Starts the relay with `cfg` (stopped before) and checks it is refused, naming `setting`. */
+static void expect_bad_setting(const struct ahb_settings *cfg, const char *setting) {
+  CHECK(ahb_start(cfg) < 0, "ahb_start took a bad %s", setting);
+  CHECK(strstr(ahb_last_error(), setting), "bad %s refused with \"%s\"", setting, ahb_last_error());
+}
+
+/*
+ * The settings the agent passes reach the wire: the server's SETTINGS frame carries the configured window, frame size,
+ * stream and header limits, its connection WINDOW_UPDATE the connection window, and PINGs come at the keepalive
+ * interval; a setting out of its range (or suites OpenSSL does not know) fails ahb_start, naming it.
+ */
+static void s_settings(void) {
+  relay_stop();
+  struct ahb_settings bad = base_cfg;
+  bad.max_frame_size = 16383;
+  expect_bad_setting(&bad, "max_frame_size");
+  bad = base_cfg;
+  bad.stream_window = 0x80000000u;
+  expect_bad_setting(&bad, "stream_window");
+  bad = base_cfg;
+  bad.keepalive_timeout_ms = 0;
+  expect_bad_setting(&bad, "keepalive_timeout_ms");
+  bad = base_cfg;
+  bad.handshake_timeout_ms = -1;
+  expect_bad_setting(&bad, "handshake_timeout_ms");
+  bad = base_cfg;
+  bad.ciphersuites = "TLS_NOT_A_SUITE";
+  expect_bad_setting(&bad, "ciphersuites");
+  bad = base_cfg;
+  bad.ciphersuites = "";
+  expect_bad_setting(&bad, "ciphersuites");
+  bad = base_cfg;
+  bad.alpn = NULL;
+  expect_bad_setting(&bad, "alpn");
+  CHECK(ahb_start(NULL) < 0, "ahb_start took no settings");
+
+  struct ahb_settings cfg = base_cfg;
+  cfg.stream_window = (1 << 20) + 7;
+  cfg.connection_window = (3 << 20) + 11;
+  cfg.max_frame_size = 32768;
+  cfg.server_max_streams = 7;
+  cfg.server_max_header_list = 20000;
+  cfg.keepalive_interval_ms = 1000;
+  relay_restart(&cfg);
+  struct raw r = raw_open();
+  for (int64_t end = now_ms() + WAIT_MS; (r.settings[4] < 0 || !r.pings) && !r.eof && now_ms() < end;) raw_pump(&r, 50);
+  CHECK(r.settings[4] == cfg.stream_window, "SETTINGS_INITIAL_WINDOW_SIZE %lld, want %u", (long long)r.settings[4], cfg.stream_window);
+  CHECK(r.settings[5] == cfg.max_frame_size, "SETTINGS_MAX_FRAME_SIZE %lld, want %u", (long long)r.settings[5], cfg.max_frame_size);
+  CHECK(r.settings[3] == cfg.server_max_streams, "SETTINGS_MAX_CONCURRENT_STREAMS %lld, want %u", (long long)r.settings[3], cfg.server_max_streams);
+  CHECK(r.settings[6] == cfg.server_max_header_list, "SETTINGS_MAX_HEADER_LIST_SIZE %lld, want %u", (long long)r.settings[6], cfg.server_max_header_list);
+  CHECK(r.conn_window_update + 65535 == cfg.connection_window, "connection window %u, want %u", r.conn_window_update + 65535, cfg.connection_window);
+  CHECK(r.pings > 0, "no PING within %d ms at a keepalive interval of %d ms", WAIT_MS, cfg.keepalive_interval_ms);
+  raw_close(&r);
+  relay_restart(&base_cfg);
 }
 
 /*
@@ -1182,16 +1321,11 @@ int main(void) {
   root_pem = cert_pem(root);
   client_pem = make_leaf(root, root_key, CLIENT_ID, 2);
   server_pem = make_leaf(root, root_key, SERVER_ID, 3);
-  struct pem other = make_leaf(root, root_key, "spiffe://other.domain/ns/app/sa/client", 4);
+  other_pem = make_leaf(root, root_key, "spiffe://other.domain/ns/app/sa/client", 4);
   X509_free(root);
   EVP_PKEY_free(root_key);
 
-  evfd = ahb_start();
-  CHECK(evfd >= 0, "ahb_start: %s", ahb_last_error());
-  cctx = ahb_ctx_new(0, client_pem.chain, client_pem.key, root_pem);
-  sctx = ahb_ctx_new(1, server_pem.chain, server_pem.key, root_pem);
-  wrongctx = ahb_ctx_new(0, other.chain, other.key, root_pem);
-  CHECK(cctx && sctx && wrongctx, "ahb_ctx_new: %s", ahb_last_error());
+  relay_restart(&base_cfg);
 
   int64_t t0 = now_ms();
   run("connect-and-data", s_connect_data);
@@ -1205,11 +1339,11 @@ int main(void) {
   run("handshakes", s_handshakes);
   run("ctx-free-race", s_ctx_free_race);
   run("rapid-reset", s_rapid_reset);
+  run("settings", s_settings);
   run("random-call-orders", s_random);
 
   scenario = "stop";
-  ahb_stop();
-  close(evfd);
+  relay_stop();
   CHECK(live_streams() == 0, "streams left after stop");
   free(evs);
   free(client_streams);
@@ -1218,8 +1352,8 @@ int main(void) {
   free(client_pem.key);
   free(server_pem.chain);
   free(server_pem.key);
-  free(other.chain);
-  free(other.key);
+  free(other_pem.chain);
+  free(other_pem.key);
   CHECK(passed > 0, "no scenario named %s", getenv("RELAY_HARNESS_ONLY"));
   printf("relay-harness: %d passed, 0 failed (%lld ms)\n", passed, (long long)(now_ms() - t0));
   return 0;

@@ -1,15 +1,14 @@
 // One HBONE CONNECT request, both ends: the headers a client sends with it, the server's decision on one that arrived,
 // and the error for an answer other than 200. Pure (but for the random trace ids), independent of who carries the bytes.
 import { randomBytes } from 'node:crypto';
+import { AmbientError } from '../errors.js';
 import { AGENT_PORTS } from '../redirect/constants.js';
 import { parseAuthority } from './tls.js';
 
 /** The peer answered the CONNECT with something other than 200. */
-export class HboneStatusError extends Error {
-  readonly code = 'AMB_ERR_HBONE_STATUS';
+export class HboneStatusError extends AmbientError<'AMB_ERR_HBONE_STATUS'> {
   constructor(readonly status: number, authority: string) {
-    super(`HBONE CONNECT ${authority} answered ${status}`);
-    this.name = 'HboneStatusError';
+    super('AMB_ERR_HBONE_STATUS', `HBONE CONNECT ${authority} answered ${status}`);
   }
 }
 

@@ -1,9 +1,11 @@
-// koffi binding to the native HBONE data plane (agent/native/hbone-relay.c -> dist/native/libambient-hbone.so) and the
-// parsing of its event stream. The library owns TLS, HTTP/2 and byte pumping; this file only moves ids, fds and strings.
+// koffi binding to the native HBONE data plane (agent/native/hbone-relay/ -> dist/native/libambient-hbone.so) and the
+// parsing of its event stream. The library owns TLS, HTTP/2 and byte pumping; this file only moves settings, ids, fds and strings.
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import koffi from 'koffi';
+import { AmbientError } from '../errors.js';
+import type { RelaySettings } from './settings.js';
 
 /** What the loop thread reports, one JSON object per line. */
 export type NativeEvent =
@@ -32,8 +34,9 @@ export function parseEvent(line: string): NativeEvent | undefined {
 
 /**
  * Longest event line accepted from the library. Its events are small (the largest, `request`, carries a :method of at
- * most 32 bytes, an :authority of at most 1 KiB and a SPIFFE ID of at most 2 KiB, escaped): a longer line is a bug,
- * dropped and reported rather than buffered without end.
+ * most 64 bytes, an :authority of at most 2 KiB, the relay's bounds of maxMethod and maxAuthority, and a SPIFFE ID of at
+ * most 2 KiB, escaped; the relay writes at most 32 KiB a line): a longer line is a bug, dropped and reported rather than
+ * buffered without end.
  */
 export const MAX_EVENT_LINE = 256 * 1024;
 
@@ -110,7 +113,8 @@ export function encodeHeaders(headers: Readonly<Record<string, string>>): string
 }
 
 export interface NativeLib {
-  start(): number;
+  /** Starts the loop thread with `settings`; the agent's end of the event socket, or -1 (lastError names a bad setting). */
+  start(settings: RelaySettings): number;
   stop(): void;
   lastError(): string;
   ctxNew(server: boolean, chainPem: string, keyPem: string, rootsPem: string): number;
@@ -123,8 +127,6 @@ export interface NativeLib {
   closeSession(session: number, graceful: boolean): void;
   /** [read from the app socket, written to it], or undefined once the stream is gone. */
   streamBytes(stream: number): [number, number] | undefined;
-  /** Handshake deadline, server idle limit and unread-bytes linger of closed streams, in ms (0 = none). */
-  setLimits(handshakeMs: number, idleMs: number, lingerMs: number): void;
   /** The server side's SPIFFE rule: undefined when `uri` is a valid ID in `trustDomain` ('' = any), else the rule broken. */
   spiffeCheck(uri: string, trustDomain: string): string | undefined;
 }
@@ -144,13 +146,73 @@ export function nativeLibPath(): string {
 
 let loaded: NativeLib | undefined;
 
+/** struct ahb_settings of agent/native/hbone-relay/ahb.h, field for field (the relay checks each value's range). */
+interface AhbSettings {
+  stream_window: number;
+  connection_window: number;
+  max_frame_size: number;
+  server_max_header_list: number;
+  client_max_header_list: number;
+  server_max_streams: number;
+  peer_max_streams_before_settings: number;
+  max_method: number;
+  max_authority: number;
+  keepalive_interval_ms: number;
+  keepalive_timeout_ms: number;
+  handshake_timeout_ms: number;
+  idle_timeout_ms: number;
+  unread_linger_ms: number;
+  ciphersuites: string;
+  alpn: string;
+}
+
+/** The C struct's fields from the agent's settings. Pure. */
+export function toAhbSettings(s: RelaySettings): AhbSettings {
+  return {
+    stream_window: s.streamWindow,
+    connection_window: s.connectionWindow,
+    max_frame_size: s.maxFrameSize,
+    server_max_header_list: s.serverMaxHeaderList,
+    client_max_header_list: s.clientMaxHeaderList,
+    server_max_streams: s.serverMaxConcurrentStreams,
+    peer_max_streams_before_settings: s.peerMaxConcurrentStreamsBeforeSettings,
+    max_method: s.maxMethod,
+    max_authority: s.maxAuthority,
+    keepalive_interval_ms: s.keepalive.intervalMs,
+    keepalive_timeout_ms: s.keepalive.timeoutMs,
+    handshake_timeout_ms: s.handshakeTimeoutMs,
+    idle_timeout_ms: s.idleTimeoutMs,
+    unread_linger_ms: s.unreadLingerMs,
+    ciphersuites: s.ciphersuites,
+    alpn: s.alpn,
+  };
+}
+
 /** Loads the library once (throws with the path when it is missing: run scripts/build.sh). */
 export function loadNativeLib(path = nativeLibPath()): NativeLib {
   if (loaded) return loaded;
-  if (!existsSync(path)) throw Object.assign(new Error(`native HBONE library ${path} not found (scripts/build.sh builds it)`), { code: 'AMB_ERR_NATIVE_LIB' });
+  if (!existsSync(path)) throw new AmbientError('AMB_ERR_NATIVE_LIB', `native HBONE library ${path} not found (scripts/build.sh builds it)`);
   const lib = koffi.load(path);
+  koffi.struct('ahb_settings', {
+    stream_window: 'uint32_t',
+    connection_window: 'uint32_t',
+    max_frame_size: 'uint32_t',
+    server_max_header_list: 'uint32_t',
+    client_max_header_list: 'uint32_t',
+    server_max_streams: 'uint32_t',
+    peer_max_streams_before_settings: 'uint32_t',
+    max_method: 'uint32_t',
+    max_authority: 'uint32_t',
+    keepalive_interval_ms: 'int32_t',
+    keepalive_timeout_ms: 'int32_t',
+    handshake_timeout_ms: 'int32_t',
+    idle_timeout_ms: 'int32_t',
+    unread_linger_ms: 'int32_t',
+    ciphersuites: 'const char *',
+    alpn: 'const char *',
+  });
   const f = {
-    start: lib.func('int ahb_start(void)'),
+    start: lib.func('int ahb_start(const ahb_settings *settings)'),
     stop: lib.func('void ahb_stop(void)'),
     lastError: lib.func('const char *ahb_last_error(void)'),
     ctxNew: lib.func('uint64_t ahb_ctx_new(int server, const char *chain, const char *key, const char *roots)'),
@@ -162,13 +224,12 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: lib.func('void ahb_close_stream(uint64_t stream)'),
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
-    setLimits: lib.func('void ahb_set_limits(int handshake_ms, int idle_ms, int linger_ms)'),
     spiffeCheck: lib.func('const char *ahb_spiffe_check(const char *uri, const char *td)'),
   };
   const n = (v: unknown): number => Number(v);
   const out = new BigUint64Array(2);
   loaded = {
-    start: () => n(f.start()),
+    start: (settings) => n(f.start(toAhbSettings(settings))),
     stop: () => void f.stop(),
     lastError: () => String(f.lastError()),
     ctxNew: (server, chain, key, roots) => n(f.ctxNew(server ? 1 : 0, chain, key, roots)),
@@ -180,7 +241,6 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeStream: (stream) => void f.closeStream(stream),
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
-    setLimits: (handshakeMs, idleMs, lingerMs) => void f.setLimits(handshakeMs, idleMs, lingerMs),
     spiffeCheck: (uri, td) => {
       const r: unknown = f.spiffeCheck(uri, td);
       return typeof r === 'string' ? r : undefined;

@@ -1,6 +1,9 @@
 // The native HBONE data path (the only one): loads the relay library (native-lib.ts), implements HboneDataPath with it
 // (outbound streams on the shared pool core, per-pod 15008 listeners whose connections go native), dispatches its events.
+// Past 500 lines on purpose: the dispatch of the library's events needs the client side (pool, dials, streams) and the
+// server side (15008 sessions, their limits) in one place; both are kept here with the checks of what the library refused.
 import net from 'node:net';
+import { AmbientError } from '../errors.js';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
@@ -10,7 +13,7 @@ import { HboneStatusError } from './connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from './data-path.js';
 import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
 import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
-import { SERVER_SETTINGS, type ServerLimits, serverLimits } from './settings.js';
+import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } from './settings.js';
 
 /** A TLS context of the library for one identity's certificate. */
 interface TlsCtx {
@@ -18,9 +21,6 @@ interface TlsCtx {
   serial: string;
   notAfter: number;
 }
-
-/** Requests of one 15008 connection the agent works on at once (dialing the app), as many as the streams it may open. */
-const MAX_REQUESTS_IN_PROGRESS = SERVER_SETTINGS.maxConcurrentStreams ?? 200;
 
 const ctxKey = (server: boolean, identity: string): string => `${server ? 'server' : 'client'}|${identity}`;
 
@@ -52,18 +52,39 @@ export interface NativeServerStats {
   handshakesRefused: number;
   handshakeTimeouts: number;
   /** Requests answered 503 without a dial: their stream was reset in the same batch of events, or their connection had
-   * SERVER_SETTINGS.maxConcurrentStreams requests in progress already. */
+   * serverMaxConcurrentStreams (settings.ts) requests in progress already. */
   requestsDropped: number;
+}
+
+/** Calls the library refused (it returned 0: out of memory; it closed the fd and sends no event for them). */
+export interface NativeRefusals {
+  clientSessions: number;
+  serverSessions: number;
+  clientStreams: number;
+}
+
+export interface NativeHboneOptions {
+  pool?: Partial<PoolOptions>;
+  limits?: Partial<ServerLimits>;
+  /**
+   * The data plane failed for good: the library ended its event socket (it could not queue an event), so no session's
+   * end would ever be reported. Every pending dial and stream has been failed and the library stopped when this runs.
+   */
+  onFatal?: (err: AmbientError<'AMB_ERR_NATIVE_LIB'>) => void;
 }
 
 export class NativeHbone implements HboneDataPath {
   private lib: NativeLib | undefined;
   private events: net.Socket | undefined;
   readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0, requestsDropped: 0 };
+  readonly refusals: NativeRefusals = { clientSessions: 0, serverSessions: 0, clientStreams: 0 };
   private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
     this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
   private readonly limits: ServerLimits;
+  /** What the relay starts with (settings.ts, tls.ts and the limits in force). */
+  readonly settings: RelaySettings;
+  private readonly onFatal: ((err: AmbientError<'AMB_ERR_NATIVE_LIB'>) => void) | undefined;
   /** When the last "too many handshakes" warning was logged, and how many refusals since. */
   private refusedWarnAt = 0;
   private refusedSinceWarn = 0;
@@ -76,9 +97,11 @@ export class NativeHbone implements HboneDataPath {
   private ctxs = new Map<string, TlsCtx>();
   private unsubscribe: (() => void) | undefined;
 
-  constructor(private readonly identities: IdentityProvider, private readonly log: Logger, opts: Partial<PoolOptions> = {}, limits?: Partial<ServerLimits>) {
-    this.opts = { ...DEFAULT_POOL_OPTIONS, ...opts };
-    this.limits = { ...serverLimits(), ...limits };
+  constructor(private readonly identities: IdentityProvider, private readonly log: Logger, options: NativeHboneOptions = {}) {
+    this.opts = { ...DEFAULT_POOL_OPTIONS, ...options.pool };
+    this.limits = { ...serverLimits(), ...options.limits };
+    this.settings = relaySettings(this.limits);
+    this.onFatal = options.onFatal;
     this.pool = new HbonePool<number>({
       currentSerial: async (identity) => (await this.ctx(false, identity)).serial,
       dial: (target, opened) => this.dialSession(target, opened),
@@ -91,14 +114,13 @@ export class NativeHbone implements HboneDataPath {
     return this.pool.stats;
   }
 
-  /** Loads the library and starts its loop thread. Throws when the library is missing or cannot start. */
+  /** Loads the library and starts its loop thread with the settings. Throws when the library is missing or cannot start. */
   start(): void {
     if (this.lib) return;
     const lib = loadNativeLib();
-    const fd = lib.start();
-    if (fd < 0) throw Object.assign(new Error(`native HBONE data plane did not start: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_LIB' });
+    const fd = lib.start(this.settings);
+    if (fd < 0) throw new AmbientError('AMB_ERR_NATIVE_LIB', `native HBONE data plane did not start: ${lib.lastError()}`);
     this.lib = lib;
-    lib.setLimits(this.limits.handshakeTimeoutMs, this.limits.idleTimeoutMs, this.limits.unreadLingerMs);
     const events = new net.Socket({ fd, readable: true, writable: true });
     events.setEncoding('utf8');
     events.on('data', (chunk: string) => {
@@ -112,6 +134,10 @@ export class NativeHbone implements HboneDataPath {
       for (const ev of evs) this.dispatch(ev, closing);
     });
     events.on('error', (err) => this.log.error({ error: err.message }, 'native data plane event socket failed'));
+    // Only stop() closes it on purpose; otherwise the library shut it because it could not queue an event.
+    events.on('close', () => {
+      if (this.events === events) this.failed();
+    });
     events.unref();
     this.events = events;
     this.unsubscribe = this.identities.onRenewed((identity) => {
@@ -119,30 +145,49 @@ export class NativeHbone implements HboneDataPath {
     });
   }
 
-  /** Closes every session and stream and stops the loop thread. */
-  stop(): void {
+  /** Closes every session and stream and stops the loop thread; pending dials and streams fail with `reason`. */
+  stop(reason = 'native data plane stopped'): void {
     const lib = this.lib;
     if (!lib) return;
     this.unsubscribe?.();
     this.pool.clear();
     lib.stop();
     for (const key of [...this.ctxs.keys()]) this.dropCtx(key);
-    this.events?.destroy();
+    const events = this.events;
     this.events = undefined;
+    events?.destroy();
     this.lib = undefined;
-    for (const w of this.waitingUp.values()) w.reject(new Error('native data plane stopped'));
+    for (const w of this.waitingUp.values()) w.reject(new AmbientError('AMB_ERR_NATIVE_LIB', reason));
     this.waitingUp.clear();
     for (const [, w] of this.streams) {
-      w.onStatus?.(-1, 'native data plane stopped');
-      w.onClosed({ bytesIn: 0, bytesOut: 0, error: 'native data plane stopped', reset: true });
+      w.onStatus?.(-1, reason);
+      w.onClosed({ bytesIn: 0, bytesOut: 0, error: reason, reset: true });
     }
     this.streams.clear();
     this.serverSessions.clear();
     this.serverStats.handshaking = 0;
   }
 
+  /**
+   * The event socket ended without stop(): the library could not queue an event and closed everything, so the events'
+   * contract no longer holds. Fails every pending dial and stream, stops the library and reports it (onFatal).
+   */
+  private failed(): void {
+    const reason = 'native HBONE data plane ended its event socket (it could not queue an event): every HBONE connection is closed';
+    this.log.error({ pendingDials: this.waitingUp.size, streams: this.streams.size }, reason);
+    this.stop(reason);
+    this.onFatal?.(new AmbientError('AMB_ERR_NATIVE_LIB', reason));
+  }
+
+  /** A call the library refused (returned 0): counted; logged the first time of each kind, as it means memory ran out. */
+  private refusedByLibrary(kind: keyof NativeRefusals, what: string): AmbientError<'AMB_ERR_NATIVE_LIB'> {
+    const err = new AmbientError('AMB_ERR_NATIVE_LIB', `native HBONE data plane could not take ${what}: ${this.lib?.lastError() ?? 'not started'}`);
+    if (this.refusals[kind]++ === 0) this.log.error({ error: err.message, kind }, 'native data plane refused a call (later ones are only counted)');
+    return err;
+  }
+
   private need(): NativeLib {
-    if (!this.lib) throw new Error('native HBONE data plane is not started');
+    if (!this.lib) throw new AmbientError('AMB_ERR_NATIVE_LIB', 'native HBONE data plane is not started');
     return this.lib;
   }
 
@@ -163,7 +208,7 @@ export class NativeHbone implements HboneDataPath {
     if (again && again.serial === m.serial) return again;
     const lib = this.need();
     const id = lib.ctxNew(server, m.chainPem, m.keyPem, m.rootsPem);
-    if (!id) throw Object.assign(new Error(`TLS context for ${identity}: ${lib.lastError()}`), { code: 'AMB_ERR_NATIVE_TLS' });
+    if (!id) throw new AmbientError('AMB_ERR_NATIVE_TLS', `TLS context for ${identity}: ${lib.lastError()}`);
     if (again) this.dropCtx(key);
     const entry = { id, serial: m.serial, notAfter: m.notAfter.getTime() };
     this.ctxs.set(key, entry);
@@ -181,7 +226,7 @@ export class NativeHbone implements HboneDataPath {
       const ctx = await this.ctx(server, identity);
       if (this.ctxs.get(key) === ctx) return use(ctx);
     }
-    throw Object.assign(new Error(`TLS context for ${identity} was replaced 5 times during one dial`), { code: 'AMB_ERR_NATIVE_TLS' });
+    throw new AmbientError('AMB_ERR_NATIVE_TLS', `TLS context for ${identity} was replaced 5 times during one dial`);
   }
 
   /** One event; `closing`: streams whose "closed" event is in the same batch (their requests are not worth a dial). */
@@ -254,7 +299,7 @@ export class NativeHbone implements HboneDataPath {
         }
         // Reset already (its end is in this very batch), or too much in progress on this connection: answered at once,
         // without a dial (the library caps this too; the answer tells it the work is over).
-        if (closing.has(ev.stream) || s.unanswered >= MAX_REQUESTS_IN_PROGRESS) {
+        if (closing.has(ev.stream) || s.unanswered >= this.settings.serverMaxConcurrentStreams) {
           this.serverStats.requestsDropped++;
           this.lib?.answer(ev.stream, 503, -1);
           return;
@@ -343,7 +388,18 @@ export class NativeHbone implements HboneDataPath {
     if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
     const fd = takeFd(down);
     this.pool.streamOpened(session);
-    const id = this.need().clientStream(session.handle, fd, authority, encodeHeaders(headers));
+    let id: number;
+    try {
+      id = this.need().clientStream(session.handle, fd, authority, encodeHeaders(headers));
+    } catch (err) {
+      this.pool.streamClosed(session);
+      throw err;
+    }
+    if (!id) {
+      // The library closed the app's fd and will send no event for this stream.
+      this.pool.streamClosed(session);
+      throw this.refusedByLibrary('clientStreams', `a CONNECT stream to ${authority}`);
+    }
     const { stream, waiter } = this.track(id, session);
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -382,6 +438,8 @@ export class NativeHbone implements HboneDataPath {
     try {
       id = await this.withCurrentCtx(false, t.srcIdentity, (ctx) => {
         const sid = this.need().clientSession(ctx.id, takeFd(raw), t.dstIdentity);
+        // 0: the library closed the fd and will send no event for this session.
+        if (!sid) throw this.refusedByLibrary('clientSessions', `a connection to ${t.dstIp}`);
         opened(sid, ctx.serial, ctx.notAfter);
         return sid;
       });
@@ -453,6 +511,13 @@ export class NativeHbone implements HboneDataPath {
           giveUp();
           onRefused(`cannot hand the connection to the native data plane: ${(err as Error).message}`);
           this.log.warn({ error: (err as Error).message }, 'hbone connection refused: hand-over failed');
+          return;
+        }
+        if (!id) {
+          // The library closed the fd and will send no event for this session.
+          giveUp();
+          const err = this.refusedByLibrary('serverSessions', `a connection from ${info.peerAddress}`);
+          onRefused(err.message);
           return;
         }
         sessions.add(id);

@@ -2,6 +2,7 @@
 // destination identity, destination address, source IP). The transport (the native relay) dials and closes; the pool decides.
 // Invariants: at most min(maxStreams, peer's limit) streams per connection; one dial at a time per key; connections made
 // with a rotated or expired certificate take no new streams; idle ones are closed; a failed dial is AMB_ERR_HBONE_CONNECT.
+import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { INBOUND_HBONE_PORT } from '../redirect/constants.js';
@@ -200,9 +201,7 @@ export class HbonePool<H> {
       this.log.debug({ peer, peerIdentity: t.dstIdentity, ms: Date.now() - started, serial: c.serial }, 'hbone connection established');
       return c;
     } catch (err) {
-      throw Object.assign(new Error(`HBONE connection to ${peer} (${t.dstIdentity}) failed: ${(err as Error).message}`, { cause: err }), {
-        code: 'AMB_ERR_HBONE_CONNECT',
-      });
+      throw new AmbientError('AMB_ERR_HBONE_CONNECT', `HBONE connection to ${peer} (${t.dstIdentity}) failed: ${(err as Error).message}`, { cause: err });
     }
   }
 

@@ -1,48 +1,25 @@
-// TLS policy of HBONE, in one place: TLS 1.3 only, AES-GCM suites, ALPN h2, no SNI, SPIFFE URI SAN checks both ways.
-// Pure helpers that read identities off peer certificates and parse a CONNECT's :authority.
-import type { PeerCertificate } from 'node:tls';
+// TLS policy of HBONE, in one place: TLS 1.3 only, AES-GCM suites, ALPN h2, no SNI (the native relay applies it; the
+// suites and ALPN reach it through settings.ts). Also the TypeScript side of the one SPIFFE rule, and :authority parsing.
 import { parseSpiffeId } from '../identity/spiffe.js';
 
+/** TLS 1.3 suites, OpenSSL names joined by ':' (the relay is TLS 1.3 only). */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
-export const HBONE_ALPN = ['h2'];
-
-/** URI SANs of a certificate, from Node's `subjectaltname` string ("URI:spiffe://..., DNS:x"). */
-export function uriSans(subjectaltname: string | undefined): string[] {
-  if (!subjectaltname) return [];
-  return subjectaltname
-    .split(/,\s*/)
-    .filter((s) => s.startsWith('URI:'))
-    .map((s) => s.slice(4));
-}
-
-/** The SPIFFE identity a peer presented (its single spiffe:// URI SAN), or undefined. */
-export function peerIdentity(cert: Pick<PeerCertificate, 'subjectaltname'> | undefined): string | undefined {
-  const ids = uriSans(cert?.subjectaltname).filter((u) => u.startsWith('spiffe://'));
-  return ids.length === 1 ? ids[0] : undefined;
-}
+/** The one ALPN protocol of HBONE: HTTP/2 over TLS. */
+export const HBONE_ALPN = 'h2';
 
 /**
- * Client-side check that replaces Node's hostname check: the server must present exactly the expected SPIFFE identity.
- * Returns an Error (as checkServerIdentity must) or undefined.
+ * The rule a client's identity must meet on 15008: a valid SPIFFE ID (parseSpiffeId) in `trustDomain`. The relay applies
+ * the same rule in C (agent/native/hbone-relay/tls.c spiffe_check); test/unit/hbone-spiffe-rule.test.ts runs one table
+ * of cases against both. Returns the rule broken, or undefined when `id` is accepted. Pure.
  */
-export function checkServerSpiffe(expected: string, cert: Pick<PeerCertificate, 'subjectaltname'>): Error | undefined {
-  const got = peerIdentity(cert);
-  if (got === expected) return undefined;
-  return Object.assign(new Error(`HBONE peer presented identity ${got ?? '(none)'} but ${expected} was expected`), { code: 'AMB_ERR_PEER_IDENTITY' });
-}
-
-/** Server-side check: the client's identity must be a SPIFFE ID in our own trust domain. */
-export function checkClientSpiffe(trustDomain: string, cert: Pick<PeerCertificate, 'subjectaltname'> | undefined): string | Error {
-  const id = peerIdentity(cert);
-  if (!id) return new Error('client certificate has no single SPIFFE URI SAN');
+export function spiffeRuleBroken(id: string, trustDomain: string): string | undefined {
   let td: string;
   try {
     td = parseSpiffeId(id).trustDomain;
   } catch (err) {
-    return err as Error;
+    return (err as Error).message;
   }
-  if (td !== trustDomain) return new Error(`client identity ${id} is not in trust domain ${trustDomain}`);
-  return id;
+  return td === trustDomain ? undefined : `client identity ${id} is not in trust domain ${trustDomain}`;
 }
 
 /** Parses an HBONE :authority "ip:port" (IPv4 or [IPv6]:port). */
