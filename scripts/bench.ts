@@ -12,6 +12,7 @@ import { benchDatapath, type DatapathOpts, type DatapathResult } from './bench/d
 import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, reportAdd, reportDatapath, THROUGHPUT_VS_STUNNEL } from './bench/report.js';
 import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
+import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './bench/scale.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -38,15 +39,17 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --redirect-rounds N  interleaved rounds of that comparison (default 6)
   --connects N         connect() calls per path per round in that comparison (default 400)
   --table-services N   Services in the in-process lookup table of the services comparison (default 5000)
-  --only WHAT          add | datapath | redirect | services (default: all four)
+  --scale-sizes LIST   remote pods in the scale part's directories (default 10000,50000)
+  --scale-updates N    one-pod changes per scale run (default 30)
+  --only WHAT          add | datapath | redirect | services | scale (default: all five)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
-  only: 'add' | 'datapath' | 'redirect' | 'services' | undefined;
+  only: 'add' | 'datapath' | 'redirect' | 'services' | 'scale' | undefined;
   out: string;
 }
 
@@ -73,6 +76,8 @@ function parseOpts(argv: string[]): Opts {
       'rr-blocks': { type: 'string', default: '3' },
       only: { type: 'string' },
       'table-services': { type: 'string', default: '5000' },
+      'scale-sizes': { type: 'string', default: '10000,50000' },
+      'scale-updates': { type: 'string', default: '30' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -101,7 +106,7 @@ function parseOpts(argv: string[]): Opts {
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
-  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services') throw new UsageError(`--only must be add, datapath, redirect or services, got ${only}`);
+  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services' && only !== 'scale') throw new UsageError(`--only must be add, datapath, redirect, services or scale, got ${only}`);
   return {
     modes,
     datapathModes,
@@ -122,6 +127,8 @@ function parseOpts(argv: string[]): Opts {
     conns: int('conns', values.conns, 1),
     rrBlocks: int('rr-blocks', values['rr-blocks'], 1),
     tableServices: int('table-services', values['table-services'], 1),
+    scaleSizes: values['scale-sizes'].split(',').map((v) => int('scale-sizes', v.trim(), 101)),
+    scaleUpdates: int('scale-updates', values['scale-updates'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     out: values.out,
@@ -177,11 +184,13 @@ async function main(): Promise<number> {
   const datapath: DatapathResult[] = [];
   let redirect: RedirectResult[] = [];
   let services: ServicesResult | undefined;
+  let scale: ScaleResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
     if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
     if (o.only === undefined || o.only === 'services') services = await benchServices(o);
+    if (o.only === undefined || o.only === 'scale') scale = await benchScale(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -207,6 +216,7 @@ async function main(): Promise<number> {
   if (datapath.length > 0) targets = reportDatapath(o, datapath, lines);
   if (redirect.length > 0) reportRedirect(o, redirect, lines);
   if (services) reportServices(o, services, lines);
+  if (scale) reportScale(o, scale, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -224,6 +234,7 @@ async function main(): Promise<number> {
     datapath,
     redirect,
     services,
+    scale,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

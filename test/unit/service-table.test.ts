@@ -187,10 +187,11 @@ test('a rebuild reuses the entries of every Service whose objects did not change
 test('WorkloadDirectory: Service changes are gathered and applied at the next lookup; known pods and Service ranges', async (t) => {
   const { WorkloadDirectory } = await import('../../agent/src/workload/directory.js');
   let services: ServiceInfo[] = [];
+  const pod = { namespace: 'app', name: 'pp-1', podIPs: ['10.244.1.2'], labels: {}, annotations: {}, uid: 'u', nodeName: 'n1', serviceAccount: 'sa', hostNetwork: false };
   let listener: ((c: { pods: never[]; namespaces: never[]; policies: boolean; services: boolean }) => void) | undefined;
   const source = {
-    services: () => services, endpointSlices: () => [], pods: () => [{ namespace: 'app', name: 'pp-1', podIPs: ['10.244.1.2'], labels: {}, annotations: {}, uid: 'u', nodeName: 'n1', serviceAccount: 'sa', hostNetwork: false }],
-    getNamespace: () => undefined, onChange: (l: typeof listener) => void (listener = l),
+    services: () => services, endpointSlices: () => [], pods: () => [pod],
+    getPod: (ns: string, name: string) => (ns === pod.namespace && name === pod.name ? pod : undefined), getNamespace: () => undefined, onChange: (l: typeof listener) => void (listener = l),
   };
   const dir = new WorkloadDirectory(source as never, 'cluster.local', { nodeName: 'n0', serviceCidrs: ['10.96.0.0/16'], serviceRebuildDelayMs: 60_000 });
   t.teardown(() => dir.close());

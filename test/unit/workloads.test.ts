@@ -1,6 +1,6 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
 import test from 'ava';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -73,6 +73,67 @@ test('files source picks up new, changed and removed objects, and keeps the last
   await src.rescanNow();
   t.is(src.getPod('app', 'late'), undefined);
   t.true(changes.length >= 2);
+});
+
+/** Writes a file as a config tool does (a temp file renamed into place), so a rescan never reads half of it. */
+function writeAtomic(dir: string, name: string, text: string): void {
+  writeFileSync(join(dir, `.${name}.tmp`), text);
+  renameSync(join(dir, `.${name}.tmp`), join(dir, name));
+}
+
+const podYaml = (name: string, ip: string, extra = ''): string =>
+  `---\nkind: Pod\nmetadata: {name: ${name}, namespace: app, uid: u-${name}${extra}}\nspec: {nodeName: n1}\nstatus: {podIP: ${ip}}\n`;
+
+test('files source: an unchanged file is not parsed again; a changed one is, and only its pods are announced; a removed one removes its objects', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
+  writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
+  writeAtomic(dir, 'b.yaml', podYaml('b1', '10.0.1.1') + podYaml('b2', '10.0.1.2'));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.is(src.stats.parses, 3);
+  await src.rescanNow();
+  await src.rescanNow();
+  t.is(src.stats.parses, 3, 'nothing changed: no file read again');
+  const changes: { before?: string; after?: string }[][] = [];
+  src.onChange((c) => changes.push(c.pods.map((p) => ({ ...(p.before ? { before: p.before.podIPs.join() } : {}), ...(p.after ? { after: p.after.podIPs.join() } : {}) }))));
+
+  writeAtomic(dir, 'b.yaml', podYaml('b1', '10.0.1.1') + podYaml('b2', '10.0.1.22'));
+  await src.rescanNow();
+  await src.rescanNow();
+  t.is(src.stats.parses, 4, 'the changed file is read once');
+  t.deepEqual(src.getPod('app', 'b2')?.podIPs, ['10.0.1.22']);
+  t.deepEqual(changes.flat(), [{ before: '10.0.1.2', after: '10.0.1.22' }], 'only the pod that changed is announced');
+
+  rmSync(join(dir, 'a.yaml'));
+  await src.rescanNow();
+  t.is(src.stats.parses, 4, 'a removal reads nothing');
+  t.is(src.getPod('app', 'a1'), undefined);
+  t.is(src.getPod('app', 'a2'), undefined);
+  t.deepEqual(src.pods().map((p) => p.name).sort(), ['b1', 'b2']);
+  t.deepEqual(changes.flat().slice(1).sort((x, y) => String(x.before).localeCompare(String(y.before))), [{ before: '10.0.0.1' }, { before: '10.0.0.2' }]);
+});
+
+test('files source: a pod in two files is the later file\'s (by name); removing that file brings back the other definition', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeAtomic(dir, 'a.yaml', podYaml('p', '10.0.0.1'));
+  writeAtomic(dir, 'b.yaml', podYaml('p', '10.0.0.2'));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.deepEqual(src.getPod('app', 'p')?.podIPs, ['10.0.0.2']);
+  writeAtomic(dir, 'a.yaml', podYaml('p', '10.0.0.3'));
+  await src.rescanNow();
+  t.deepEqual(src.getPod('app', 'p')?.podIPs, ['10.0.0.2'], 'an earlier file does not override a later one');
+  rmSync(join(dir, 'b.yaml'));
+  await src.rescanNow();
+  t.deepEqual(src.getPod('app', 'p')?.podIPs, ['10.0.0.3']);
+  rmSync(join(dir, 'a.yaml'));
+  await src.rescanNow();
+  t.is(src.getPod('app', 'p'), undefined);
 });
 
 test('waitForPod gives up after its timeout', async (t) => {
@@ -207,4 +268,43 @@ test('files source: a new malformed policy is a placeholder until fixed; the goo
   rmSync(join(dir, 'q.yaml'));
   await src.rescanNow();
   t.deepEqual(src.authorizationPolicies(), [], 'deleted: the placeholder goes');
+});
+
+test('WorkloadsByIp: an IP two pods claim is the last claimant\'s; the other comes back when it lets go', async (t) => {
+  const { WorkloadsByIp } = await import('../../agent/src/workload/directory.js');
+  const w = (name: string, ip: string): { ip: string; namespace: string; name: string; serviceAccount: string; identity: string; node: string } =>
+    ({ ip, namespace: 'app', name, serviceAccount: 'sa', identity: `spiffe://td/ns/app/sa/sa`, node: 'n1' });
+  const byIp = new WorkloadsByIp();
+  byIp.add(w('old', '10.0.0.1'));
+  byIp.add(w('new', '10.0.0.1'));
+  t.is(byIp.get('10.0.0.1')?.name, 'new');
+  byIp.remove('10.0.0.1', { namespace: 'app', name: 'new' });
+  t.is(byIp.get('10.0.0.1')?.name, 'old');
+  byIp.add(w('new', '10.0.0.1'));
+  byIp.remove('10.0.0.1', { namespace: 'app', name: 'old' });
+  byIp.remove('10.0.0.1', { namespace: 'app', name: 'new' });
+  t.is(byIp.get('10.0.0.1'), undefined, 'a shadowed pod that let go does not come back');
+});
+
+test('WorkloadDirectory over the files source: pod changes are applied one by one; a namespace change re-selects its pods', async (t) => {
+  const { WorkloadDirectory } = await import('../../agent/src/workload/directory.js');
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
+  writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  const wd = new WorkloadDirectory(src, 'cluster.local', { nodeName: 'n0' });
+  t.teardown(() => wd.close());
+  t.deepEqual(wd.all().map((x) => x.ip).sort(), ['10.0.0.1', '10.0.0.2']);
+  writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.9') + podYaml('a2', '10.0.0.2'));
+  await src.rescanNow();
+  t.is(wd.lookup('10.0.0.1'), undefined);
+  t.is(wd.lookup('10.0.0.9')?.name, 'a1');
+  t.true(wd.knownPod('Pod/app/a2'));
+  writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app}\n');
+  await src.rescanNow();
+  t.deepEqual(wd.all(), [], 'the namespace left the mesh');
+  t.true(wd.knownPod('Pod/app/a2'), 'known, though not in the mesh');
 });

@@ -7,7 +7,7 @@ import { isIP, type BlockList } from 'node:net';
 import { parseServiceCidrs } from './service-cidrs.js';
 import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEndpoint, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
-import type { PodInfo } from './types.js';
+import type { NamespaceInfo, PodInfo } from './types.js';
 
 export interface MeshWorkload {
   ip: string;
@@ -23,30 +23,73 @@ export function workloadIdentity(trustDomain: string, pod: Pick<PodInfo, 'namesp
   return spiffeId(trustDomain, pod.namespace, pod.serviceAccount);
 }
 
+/** Pure: the mesh workloads of one pod (one per IP), or none when it is not selected for the mesh. */
+export function meshWorkloads(pod: PodInfo, namespace: NamespaceInfo | undefined, trustDomain: string): MeshWorkload[] {
+  if (pod.podIPs.length === 0) return [];
+  if (!decideEnrolment(pod, namespace).enrol) return [];
+  let identity: string;
+  try {
+    identity = workloadIdentity(trustDomain, pod);
+  } catch {
+    return []; // a name that cannot form a SPIFFE ID: not a mesh destination (traffic to it stays plain)
+  }
+  return pod.podIPs.map((ip) => ({ ip, namespace: pod.namespace, name: pod.name, serviceAccount: pod.serviceAccount, identity, node: pod.nodeName }));
+}
+
 /** Pure: every IP of every pod selected for the mesh. A later pod with the same IP wins (IPs are reused). */
 export function buildDirectory(source: Pick<WorkloadSource, 'pods' | 'getNamespace'>, trustDomain: string): Map<string, MeshWorkload> {
   const out = new Map<string, MeshWorkload>();
-  for (const pod of source.pods()) {
-    if (pod.podIPs.length === 0) continue;
-    if (!decideEnrolment(pod, source.getNamespace(pod.namespace)).enrol) continue;
-    let identity: string;
-    try {
-      identity = workloadIdentity(trustDomain, pod);
-    } catch {
-      continue; // a name that cannot form a SPIFFE ID: not a mesh destination (traffic to it stays plain)
-    }
-    for (const ip of pod.podIPs) {
-      out.set(ip, {
-        ip,
-        namespace: pod.namespace,
-        name: pod.name,
-        serviceAccount: pod.serviceAccount,
-        identity,
-        node: pod.nodeName,
-      });
-    }
-  }
+  for (const pod of source.pods()) for (const w of meshWorkloads(pod, source.getNamespace(pod.namespace), trustDomain)) out.set(w.ip, w);
   return out;
+}
+
+const samePod = (a: { namespace: string; name: string }, b: { namespace: string; name: string }): boolean => a.namespace === b.namespace && a.name === b.name;
+
+/**
+ * Mesh workloads by IP, changed pod by pod. An IP two pods claim (reused before the old pod is gone) is the last
+ * claimant's; the others wait in `shadowed` and the latest of them comes back when that one lets the IP go.
+ */
+export class WorkloadsByIp {
+  private readonly byIp = new Map<string, MeshWorkload>();
+  private readonly shadowed = new Map<string, MeshWorkload[]>();
+
+  static from(workloads: Iterable<MeshWorkload>): WorkloadsByIp {
+    const out = new WorkloadsByIp();
+    for (const w of workloads) out.add(w);
+    return out;
+  }
+
+  get(ip: string): MeshWorkload | undefined {
+    return this.byIp.get(ip);
+  }
+
+  values(): MeshWorkload[] {
+    return [...this.byIp.values()];
+  }
+
+  add(w: MeshWorkload): void {
+    const cur = this.byIp.get(w.ip);
+    if (cur && !samePod(cur, w)) {
+      const waiting = this.shadowed.get(w.ip) ?? [];
+      this.shadowed.set(w.ip, [...waiting.filter((x) => !samePod(x, w)), cur]);
+    }
+    this.byIp.set(w.ip, w);
+  }
+
+  /** The pod lets the IP go. */
+  remove(ip: string, pod: { namespace: string; name: string }): void {
+    const cur = this.byIp.get(ip);
+    const waiting = this.shadowed.get(ip);
+    if (cur && samePod(cur, pod)) {
+      const next = waiting?.pop();
+      if (next) this.byIp.set(ip, next);
+      else this.byIp.delete(ip);
+    } else if (waiting) {
+      const i = waiting.findIndex((x) => samePod(x, pod));
+      if (i >= 0) waiting.splice(i, 1);
+    }
+    if (waiting?.length === 0) this.shadowed.delete(ip);
+  }
 }
 
 export interface DirectoryOptions {
@@ -109,9 +152,7 @@ export function serviceViews(entries: Iterable<ServiceEntry>, lookup: (ip: strin
 }
 
 export class WorkloadDirectory {
-  private byIp = new Map<string, MeshWorkload>();
-  /** `Pod/<ns>/<name>` of every pod the source knows, mesh or not (an EndpointSlice targetRef's form). */
-  private podRefs = new Set<string>();
+  private byIp = new WorkloadsByIp();
   private services_: ServiceTable = emptyServiceTable();
   /** Service or EndpointSlice changes not yet in the table; the next lookup or the timer rebuilds it. */
   private servicesDirty = false;
@@ -135,7 +176,8 @@ export class WorkloadDirectory {
 
   /** Whether the source knows the pod an EndpointSlice targetRef names (`Pod/<ns>/<name>`), in the mesh or not. */
   knownPod(targetRef: string): boolean {
-    return this.podRefs.has(targetRef);
+    const [kind, namespace, name, ...rest] = targetRef.split('/');
+    return kind === 'Pod' && namespace !== undefined && name !== undefined && rest.length === 0 && this.source.getPod(namespace, name) !== undefined;
   }
 
   /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. */
@@ -150,7 +192,7 @@ export class WorkloadDirectory {
   }
 
   all(): MeshWorkload[] {
-    return [...this.byIp.values()];
+    return this.byIp.values();
   }
 
   /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
@@ -174,9 +216,19 @@ export class WorkloadDirectory {
   }
 
   private rebuild(change?: WorkloadChange): void {
-    if (!change || change.pods.length > 0 || change.namespaces.length > 0) {
-      this.byIp = buildDirectory(this.source, this.trustDomain);
-      this.podRefs = new Set(this.source.pods().map((p) => `Pod/${p.namespace}/${p.name}`));
+    if (!change || change.namespaces.length > 0) {
+      // A namespace's labels select or drop all its pods at once: rebuilt whole (rare).
+      this.byIp = WorkloadsByIp.from(buildDirectory(this.source, this.trustDomain).values());
+    } else {
+      // Pod by pod: the old version's IPs let go, the source's current version (it may hold the pod from more than
+      // one list, as the kubernetes source does) claims its own: the cost is per change, not per cluster.
+      for (const { before, after } of change.pods) {
+        const ref = after ?? before;
+        if (!ref) continue;
+        if (before) for (const ip of before.podIPs) this.byIp.remove(ip, before);
+        const pod = this.source.getPod(ref.namespace, ref.name);
+        if (pod) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain)) this.byIp.add(w);
+      }
     }
     if (!change || change.services) {
       // A burst of watch events (a rollout moves many endpoints) is one rebuild, done by whichever comes first: the

@@ -1,9 +1,10 @@
 // The `files` workload source: a folder of Kubernetes-shaped YAML (Pod, Namespace, policies, Service, EndpointSlice),
-// re-read when it changes, object by object: a malformed object keeps its previous good version in force; a new malformed
-// AuthorizationPolicy or PeerAuthentication (even one that is not valid YAML) stands as a fail-closed placeholder until
-// fixed; a file with any other invalid YAML keeps all its previous objects in force; other kinds are logged once.
-import { watch, type FSWatcher } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+// a file re-read only when its stamp changes and applied on its own, object by object: a malformed object keeps its
+// previous good version in force; a new malformed AuthorizationPolicy or PeerAuthentication (even one that is not valid
+// YAML) stands as a fail-closed placeholder until fixed; a file with any other invalid YAML keeps all its previous
+// objects in force; other kinds are logged once.
+import { watch, type FSWatcher, type Stats } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from '../log.js';
@@ -13,6 +14,7 @@ import { malformedPeerAuthentication, type PeerAuthentication } from '../policy/
 import { malformedAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
 import type { EndpointSliceInfo, ServiceInfo } from './service-objects.js';
 import { PodWaiters } from './pod-waiters.js';
+import { FileUnion, type Held } from './file-union.js';
 import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
@@ -108,7 +110,7 @@ function objectKey(item: unknown): string {
  */
 export function resolveFileEntries(
   entries: readonly FileEntry[],
-  previousGood: ReadonlyMap<string, WorkloadObject>,
+  previousGood: Pick<ReadonlyMap<string, WorkloadObject>, 'get'>,
   problems?: Map<string, { error: string; outcome: 'kept-previous' | 'placeholder' | 'dropped' }>,
 ): ResolvedObject[] {
   const out: ResolvedObject[] = [];
@@ -153,16 +155,33 @@ const podKey = (ns: string, name: string): string => `${ns}/${name}`;
 /** JSON.stringify replacer that makes Maps comparable. */
 const mapReplacer = (_k: string, v: unknown): unknown => (v instanceof Map ? [...v.entries()] : typeof v === 'bigint' ? v.toString() : v);
 
+/** What identifies a version of a file without reading it: a file whose stamp is unchanged is not read again. */
+const stampOf = (s: Stats): string => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
+
+/** One file as last read: its stamp, the objects it puts in force, and its problems (kept until the file changes). */
+interface FileState {
+  stamp: string;
+  objects: ResolvedObject[];
+  problems: Map<string, Record<string, unknown>>;
+}
+
+/** Pods and namespaces touched by one rescan (with their value before it), and whether any other kind was. */
+interface Touched {
+  pods: Map<string, PodInfo | undefined>;
+  namespaces: Map<string, NamespaceInfo | undefined>;
+  others: boolean;
+}
+
 export class FilesWorkloadSource implements WorkloadSource {
-  private pods_ = new Map<string, PodInfo>();
-  private namespaces = new Map<string, NamespaceInfo>();
+  private readonly pods_ = new FileUnion<PodInfo>((key, except) => this.definedIn(key, except, (o) => (o.kind === 'Pod' ? [podKey(o.pod.namespace, o.pod.name), o.pod] : undefined)));
+  private readonly namespaces = new FileUnion<NamespaceInfo>((key, except) => this.definedIn(key, except, (o) => (o.kind === 'Namespace' ? [o.namespace.name, o.namespace] : undefined)));
   private peerAuthns: PeerAuthentication[] = [];
   private authzPolicies: AuthorizationPolicy[] = [];
   private services_: ServiceInfo[] = [];
   private slices: EndpointSliceInfo[] = [];
   /** Kinds already reported as not understood (logged once each, at debug). */
   private readonly unknownKinds = new Set<string>();
-  private byFile = new Map<string, ResolvedObject[]>();
+  private readonly files = new Map<string, FileState>();
   /** Problems already logged (malformed objects and files), so a rescan with nothing new logs nothing. */
   private reported = new Map<string, string>();
   private listeners: ((c: WorkloadChange) => void)[] = [];
@@ -171,6 +190,8 @@ export class FilesWorkloadSource implements WorkloadSource {
   private poll: NodeJS.Timeout | undefined;
   private rescanQueued = false;
   private rescanning: Promise<void> | undefined;
+  /** Files read and parsed since the start (an unchanged file is not): for tests and the scale benchmark. */
+  readonly stats = { parses: 0, rescans: 0 };
 
   constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000) {}
 
@@ -202,7 +223,7 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   pods(): PodInfo[] {
-    return [...this.pods_.values()];
+    return this.pods_.values();
   }
 
   peerAuthentications(): PeerAuthentication[] {
@@ -253,35 +274,105 @@ export class FilesWorkloadSource implements WorkloadSource {
       });
   }
 
+  /**
+   * Stats every file and reads only those whose stamp (inode, size, mtime, ctime) changed; each changed or removed file
+   * is applied on its own (its objects out, its new objects in), so an idle folder costs one stat per file.
+   */
   private async rescan(): Promise<void> {
+    this.stats.rescans++;
     let names: string[];
     try {
-      names = (await readdir(this.dir)).filter((n) => YAML_FILE.test(n) && !n.startsWith('.'));
+      names = (await readdir(this.dir)).filter((n) => YAML_FILE.test(n) && !n.startsWith('.')).sort();
     } catch (err) {
       this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
       return;
     }
-    const previousGood = new Map<string, WorkloadObject>();
-    for (const objs of this.byFile.values()) for (const o of objs) if (!o.placeholder) previousGood.set(o.key, o.object);
-    const next = new Map<string, ResolvedObject[]>();
-    const problems = new Map<string, Record<string, unknown>>();
-    for (const name of names) {
+    const stamps = await Promise.all(names.map((n) => stat(join(this.dir, n)).then(stampOf, () => undefined)));
+    const touched: Touched = { pods: new Map(), namespaces: new Map(), others: false };
+    const listed = new Set(names);
+    for (const name of [...this.files.keys()]) if (!listed.has(name)) this.replaceFile(name, undefined, touched);
+    for (const [i, name] of names.entries()) {
+      const stamp = stamps[i];
+      const prev = this.files.get(name);
+      if (stamp === undefined || prev?.stamp === stamp) continue; // gone since readdir (the next rescan drops it), or unchanged
       let entries: FileEntry[];
       try {
-        entries = parseWorkloadFileEntries(name, await readFile(join(this.dir, name), 'utf8'), (what) => this.unknown(name, what));
+        const text = await readFile(join(this.dir, name), 'utf8');
+        this.stats.parses++;
+        entries = parseWorkloadFileEntries(name, text, (what) => this.unknown(name, what));
       } catch (err) {
-        const prev = this.byFile.get(name);
-        if (prev) next.set(name, prev);
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') problems.set(`file ${name}`, { file: name, error: (err as Error).message });
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        // Nothing of it can be read: its previous objects stay in force until the file changes again.
+        this.files.set(name, { stamp, objects: prev?.objects ?? [], problems: new Map([[`file ${name}`, { file: name, error: (err as Error).message }]]) });
         continue;
       }
       const found = new Map<string, { error: string; outcome: 'kept-previous' | 'placeholder' | 'dropped' }>();
-      next.set(name, resolveFileEntries(entries, previousGood, found));
+      const objects = resolveFileEntries(entries, { get: (key) => this.previousGood(key) }, found);
+      const problems = new Map<string, Record<string, unknown>>();
       for (const [object, p] of found) problems.set(object, { file: name, object, ...p });
+      this.replaceFile(name, { stamp, objects, problems }, touched);
     }
-    this.byFile = next;
+    const problems = new Map<string, Record<string, unknown>>();
+    for (const f of this.files.values()) for (const [k, p] of f.problems) problems.set(k, p);
     this.report(problems);
-    this.apply([...next.values()].flat().map((o) => o.object));
+    this.apply(touched);
+  }
+
+  /** Puts a file's new version (or, with undefined, its removal) in force: its old objects out, its new ones in. */
+  private replaceFile(name: string, next: FileState | undefined, touched: Touched): void {
+    const prev = this.files.get(name);
+    if (next) this.files.set(name, next);
+    else this.files.delete(name);
+    const keep = new Set<string>();
+    for (const o of next?.objects ?? []) {
+      if (o.object.kind === 'Pod') keep.add(`Pod ${podKey(o.object.pod.namespace, o.object.pod.name)}`);
+      else if (o.object.kind === 'Namespace') keep.add(`Namespace ${o.object.namespace.name}`);
+      else touched.others = true;
+    }
+    for (const { object: o } of prev?.objects ?? []) {
+      if (o.kind === 'Pod') {
+        const key = podKey(o.pod.namespace, o.pod.name);
+        if (keep.has(`Pod ${key}`)) continue;
+        if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
+        this.pods_.remove(key, name);
+      } else if (o.kind === 'Namespace') {
+        if (keep.has(`Namespace ${o.namespace.name}`)) continue;
+        if (!touched.namespaces.has(o.namespace.name)) touched.namespaces.set(o.namespace.name, this.namespaces.get(o.namespace.name));
+        this.namespaces.remove(o.namespace.name, name);
+      } else {
+        touched.others = true;
+      }
+    }
+    for (const { object: o } of next?.objects ?? []) {
+      if (o.kind === 'Pod') {
+        const key = podKey(o.pod.namespace, o.pod.name);
+        if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
+        this.pods_.set(key, name, o.pod);
+      } else if (o.kind === 'Namespace') {
+        if (!touched.namespaces.has(o.namespace.name)) touched.namespaces.set(o.namespace.name, this.namespaces.get(o.namespace.name));
+        this.namespaces.set(o.namespace.name, name, o.namespace);
+      }
+    }
+  }
+
+  /** The last definition (in file-name order) of a pod or namespace key in a file other than `except`. */
+  private definedIn<T>(key: string, except: string, pick: (o: WorkloadObject) => [string, T] | undefined): Held<T> | undefined {
+    let found: Held<T> | undefined;
+    for (const name of [...this.files.keys()].sort()) {
+      if (name === except) continue;
+      for (const { object } of this.files.get(name)?.objects ?? []) {
+        const p = pick(object);
+        if (p && p[0] === key) found = { value: p[1], file: name };
+      }
+    }
+    return found;
+  }
+
+  /** The previous good version of an object (by `kind ns/name`) in any file, for a malformed new version. */
+  private previousGood(key: string): WorkloadObject | undefined {
+    let found: WorkloadObject | undefined;
+    for (const f of this.files.values()) for (const o of f.objects) if (!o.placeholder && o.key === key) found = o.object;
+    return found;
   }
 
   /** Logs each malformed object or file at error once per change (not on every rescan), and when it is gone. */
@@ -310,47 +401,20 @@ export class FilesWorkloadSource implements WorkloadSource {
     this.log.debug({ file, object: what }, 'ignoring an object of a kind the agent does not read (logged once per kind)');
   }
 
-  private apply(objects: WorkloadObject[]): void {
-    const pods = new Map<string, PodInfo>();
-    const namespaces = new Map<string, NamespaceInfo>();
-    const peerAuthns: PeerAuthentication[] = [];
-    const authzPolicies: AuthorizationPolicy[] = [];
-    const services: ServiceInfo[] = [];
-    const slices: EndpointSliceInfo[] = [];
-    for (const o of objects) {
-      if (o.kind === 'Pod') pods.set(podKey(o.pod.namespace, o.pod.name), o.pod);
-      else if (o.kind === 'Namespace') namespaces.set(o.namespace.name, o.namespace);
-      else if (o.kind === 'PeerAuthentication') peerAuthns.push(o.peerAuthentication);
-      else if (o.kind === 'AuthorizationPolicy') authzPolicies.push(o.authorizationPolicy);
-      else if (o.kind === 'Service') services.push(o.service);
-      else slices.push(o.endpointSlice);
+  /** Tells listeners what this rescan changed: the pods and namespaces it touched, policies and Services when they differ. */
+  private apply(touched: Touched): void {
+    const change: WorkloadChange = { pods: [], namespaces: [], policies: false, services: false };
+    for (const [key, before] of touched.pods) {
+      const after = this.pods_.get(key);
+      if (before !== after && JSON.stringify(before) !== JSON.stringify(after)) change.pods.push({ before, after });
     }
-    const servicesChanged = JSON.stringify([services, slices]) !== JSON.stringify([this.services_, this.slices]);
-    const policies = JSON.stringify([peerAuthns, authzPolicies], mapReplacer) !== JSON.stringify([this.peerAuthns, this.authzPolicies], mapReplacer);
-    if (policies) {
-      for (const p of authzPolicies) {
-        for (const w of p.warnings) this.log.warn({ policy: `${p.namespace}/${p.name}`, warning: w }, 'authorization policy uses a field L4 enforcement ignores');
-      }
+    for (const [key, before] of touched.namespaces) {
+      const after = this.namespaces.get(key);
+      if (before !== after && JSON.stringify(before) !== JSON.stringify(after)) change.namespaces.push({ before, after });
     }
-    const change: WorkloadChange = { pods: [], namespaces: [], policies, services: servicesChanged };
-    for (const key of new Set([...this.pods_.keys(), ...pods.keys()])) {
-      const before = this.pods_.get(key);
-      const after = pods.get(key);
-      if (JSON.stringify(before) !== JSON.stringify(after)) change.pods.push({ before, after });
-    }
-    for (const key of new Set([...this.namespaces.keys(), ...namespaces.keys()])) {
-      const before = this.namespaces.get(key);
-      const after = namespaces.get(key);
-      if (JSON.stringify(before) !== JSON.stringify(after)) change.namespaces.push({ before, after });
-    }
-    this.pods_ = pods;
-    this.namespaces = namespaces;
-    this.peerAuthns = peerAuthns;
-    this.authzPolicies = authzPolicies;
-    this.services_ = services;
-    this.slices = slices;
+    if (touched.others) this.applyOthers(change);
     this.waiters.notify();
-    if (change.pods.length === 0 && change.namespaces.length === 0 && !policies && !servicesChanged) return;
+    if (change.pods.length === 0 && change.namespaces.length === 0 && !change.policies && !change.services) return;
     for (const l of this.listeners) {
       try {
         l(change);
@@ -358,5 +422,32 @@ export class FilesWorkloadSource implements WorkloadSource {
         this.log.error({ err }, 'workload change listener failed');
       }
     }
+  }
+
+  /** Policies, Services and EndpointSlices of every file, in file-name order; `change` says whether they differ. */
+  private applyOthers(change: WorkloadChange): void {
+    const peerAuthns: PeerAuthentication[] = [];
+    const authzPolicies: AuthorizationPolicy[] = [];
+    const services: ServiceInfo[] = [];
+    const slices: EndpointSliceInfo[] = [];
+    for (const name of [...this.files.keys()].sort()) {
+      for (const { object: o } of this.files.get(name)?.objects ?? []) {
+        if (o.kind === 'PeerAuthentication') peerAuthns.push(o.peerAuthentication);
+        else if (o.kind === 'AuthorizationPolicy') authzPolicies.push(o.authorizationPolicy);
+        else if (o.kind === 'Service') services.push(o.service);
+        else if (o.kind === 'EndpointSlice') slices.push(o.endpointSlice);
+      }
+    }
+    change.services = JSON.stringify([services, slices]) !== JSON.stringify([this.services_, this.slices]);
+    change.policies = JSON.stringify([peerAuthns, authzPolicies], mapReplacer) !== JSON.stringify([this.peerAuthns, this.authzPolicies], mapReplacer);
+    if (change.policies) {
+      for (const p of authzPolicies) {
+        for (const w of p.warnings) this.log.warn({ policy: `${p.namespace}/${p.name}`, warning: w }, 'authorization policy uses a field L4 enforcement ignores');
+      }
+    }
+    this.peerAuthns = peerAuthns;
+    this.authzPolicies = authzPolicies;
+    this.services_ = services;
+    this.slices = slices;
   }
 }

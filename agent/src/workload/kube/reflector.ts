@@ -1,5 +1,6 @@
-// One resource's list/watch loop (a client-go style reflector): list, then watch from the list's resourceVersion with
-// bookmarks; relist on 410 Gone; reconnect with exponential backoff and jitter. Malformed objects keep their last good value
+// One resource's list/watch loop (a client-go style reflector): list (from the API server's watch cache; paginated and
+// consistent only when the cache cannot serve it), then watch from the list's resourceVersion with bookmarks; relist on
+// 410 Gone; reconnect with exponential backoff and jitter. Malformed objects keep their last good value
 // (or, with no good value and a `placeholder` option, a fail-closed placeholder stands for them).
 import type { Logger } from '../../log.js';
 import { describe } from '../../errors.js';
@@ -18,6 +19,12 @@ export const DEFAULT_BACKOFF: BackoffPolicy = { initialMs: 500, maxMs: 30_000 };
 export function kubeBackoff(range: BackoffPolicy): BackoffPolicy {
   return { maxDoublings: 30, jitter: { minFactor: 0.8, maxFactor: 1 }, ...range };
 }
+
+/** Items per page of a consistent (etcd) list. */
+export const LIST_PAGE_SIZE = 500;
+
+/** How many times a paginated list starts over when its continue token expires, before the error stands. */
+const PAGED_LIST_RESTARTS = 3;
 
 export interface ReflectorChange<T> {
   key: string;
@@ -56,6 +63,10 @@ export function objectKey(obj: Record<string, unknown>): string | undefined {
   return typeof meta.namespace === 'string' && meta.namespace ? `${meta.namespace}/${meta.name}` : meta.name;
 }
 
+function itemsOf(body: Record<string, unknown>): Record<string, unknown>[] {
+  return Array.isArray(body.items) ? (body.items as Record<string, unknown>[]) : [];
+}
+
 function resourceVersionOf(obj: Record<string, unknown>): string {
   const rv = (obj.metadata as { resourceVersion?: unknown } | undefined)?.resourceVersion;
   return typeof rv === 'string' ? rv : '';
@@ -66,6 +77,8 @@ export class Reflector<T> {
   /** Keys whose value is a placeholder for a malformed object (not a good version to keep). */
   private readonly placeholders = new Set<string>();
   private rv = '';
+  /** The last resourceVersion this reflector had (kept across an expiry): a relist asks for state not older than it. */
+  private relistFrom = '';
   private stopped = false;
   private abort = new AbortController();
   private loop: Promise<void> | undefined;
@@ -73,7 +86,7 @@ export class Reflector<T> {
   private syncedResolve!: () => void;
   /** Resolves after the first successful list. */
   readonly synced = new Promise<void>((resolve) => (this.syncedResolve = resolve));
-  readonly stats = { lists: 0, watches: 0, events: 0, bookmarks: 0, expired: 0, errors: 0 };
+  readonly stats = { lists: 0, watches: 0, events: 0, bookmarks: 0, expired: 0, errors: 0, consistentLists: 0 };
   private wakeSleep: (() => void) | undefined;
 
   constructor(private readonly o: ReflectorOptions<T>) {}
@@ -114,7 +127,7 @@ export class Reflector<T> {
       } catch (err) {
         if (this.stopped) return;
         this.stats.errors++;
-        if (err instanceof KubeApiError && err.status === 410) {
+        if (err instanceof KubeApiError && err.status === 410 && this.rv) {
           this.expire('watch answered 410 Gone');
           continue;
         }
@@ -133,12 +146,52 @@ export class Reflector<T> {
   private expire(why: string): void {
     this.stats.expired++;
     this.o.log.info({ path: this.o.path, resourceVersion: this.rv, why }, 'resource version expired; relisting');
+    if (this.rv) this.relistFrom = this.rv;
     this.rv = '';
   }
 
+  /**
+   * The collection from the API server's watch cache: any version at start (`resourceVersion=0`), and on a relist one
+   * not older than what this reflector had (`resourceVersionMatch=NotOlderThan`), so no etcd read and no going back in
+   * time. When the cache cannot serve it (410, or 504 "too large resource version"), a consistent read from etcd in
+   * pages of LIST_PAGE_SIZE (limit/continue), started over if its continue token expires.
+   */
+  private async fetchList(): Promise<{ items: Record<string, unknown>[]; rv: string }> {
+    const cached = this.relistFrom ? { resourceVersion: this.relistFrom, resourceVersionMatch: 'NotOlderThan' } : { resourceVersion: '0' };
+    try {
+      const body = await this.o.client.getJson(this.o.path, { ...this.o.query, ...cached }, this.abort.signal);
+      return { items: itemsOf(body), rv: resourceVersionOf(body) };
+    } catch (err) {
+      if (!(err instanceof KubeApiError && (err.status === 410 || err.status === 504))) throw err;
+      this.o.log.info({ path: this.o.path, resourceVersion: this.relistFrom, error: describe(err) }, 'the watch cache cannot serve the list; reading it from etcd in pages');
+    }
+    for (let restart = 0; ; restart++) {
+      try {
+        return await this.fetchPages();
+      } catch (err) {
+        if (!(err instanceof KubeApiError && err.status === 410) || restart >= PAGED_LIST_RESTARTS) throw err;
+        this.o.log.info({ path: this.o.path, error: describe(err) }, 'continue token expired; listing again from the first page');
+      }
+    }
+  }
+
+  private async fetchPages(): Promise<{ items: Record<string, unknown>[]; rv: string }> {
+    this.stats.consistentLists++;
+    const items: Record<string, unknown>[] = [];
+    let cont = '';
+    let rv = '';
+    do {
+      const body = await this.o.client.getJson(this.o.path, { ...this.o.query, limit: String(LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) }, this.abort.signal);
+      for (const item of itemsOf(body)) items.push(item);
+      rv = resourceVersionOf(body);
+      const c = (body.metadata as { continue?: unknown } | undefined)?.continue;
+      cont = typeof c === 'string' ? c : '';
+    } while (cont);
+    return { items, rv };
+  }
+
   private async list(): Promise<void> {
-    const body = await this.o.client.getJson(this.o.path, { ...this.o.query }, this.abort.signal);
-    const items = Array.isArray(body.items) ? (body.items as Record<string, unknown>[]) : [];
+    const { items, rv } = await this.fetchList();
     const next = new Map<string, T>();
     for (const raw of items) {
       const key = objectKey(raw);
@@ -155,7 +208,8 @@ export class Reflector<T> {
     this.items.clear();
     for (const [k, v] of next) this.items.set(k, v);
     for (const k of [...this.placeholders]) if (!next.has(k)) this.placeholders.delete(k);
-    this.rv = resourceVersionOf(body);
+    this.rv = rv;
+    this.relistFrom = rv;
     this.stats.lists++;
     this.failures = 0;
     this.o.log.debug({ path: this.o.path, items: next.size, resourceVersion: this.rv }, 'listed');
