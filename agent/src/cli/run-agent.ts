@@ -9,13 +9,13 @@ export async function runAgent(opts: Record<string, unknown>): Promise<void> {
   const file: RawConfig = typeof config === 'string' ? await readConfigFile(config) : {};
   const cfg = parseAgentConfig(file, flags as RawConfig, { NODE_NAME: process.env.NODE_NAME });
   const log = createRootLogger(cfg.logLevel);
-  let agent: Agent | undefined;
+  const agent = await Agent.create(cfg, log); // a bad setting surfaces here, to main's exit codes, as before start
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping; pod rules stay in place');
-    (agent ? agent.stop() : Promise.resolve()).then(() => process.exit(0), (err: unknown) => {
+    agent.stop().then(() => process.exit(0), (err: unknown) => {
       log.error({ err }, 'stop failed');
       process.exit(1);
     });
@@ -23,11 +23,10 @@ export async function runAgent(opts: Record<string, unknown>): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   try {
-    agent = await Agent.create(cfg, log);
     await agent.start();
   } catch (err) {
     log.fatal({ err }, 'agent failed to start');
-    await agent?.stop().catch(() => undefined);
+    await agent.stop().catch(() => undefined);
     process.exit(1);
   }
 }
