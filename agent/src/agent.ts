@@ -1,5 +1,6 @@
 // The node agent's lifecycle: wires config, workload source, redirection backend, enroller and event server, in order.
 // Start order matters: node rules and re-adoption finish before the socket reports ready, so no ADD races a half-started agent.
+// Agent.create loads only the chosen implementations (workload source, redirection backend, CA): see create().
 import { isIPv4 } from 'node:net';
 import type { AgentConfig } from './config.js';
 import { describe } from './errors.js';
@@ -13,10 +14,8 @@ import { EventServer } from './server/event-server.js';
 import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { selfNetns } from './platform/netns.js';
-import { BuiltinCa } from './identity/builtin-ca.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
-import { IstioCa } from './identity/istio-ca.js';
 import { NativeHbone } from './hbone/native.js';
 import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
@@ -46,22 +45,31 @@ export class Agent {
   private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
 
   /**
+   * Loads and makes the implementations the config chooses, then the agent: the kubernetes client only with the
+   * kubernetes source, gRPC only with the istio CA, the eBPF bindings only in ebpf mode (each a dynamic import).
    * `onFatal`: a part failed for good while running (today the native HBONE data plane ending its event socket); the
    * agent is marked not ready first. main.ts handles it as a failed start: stop, exit 1, the DaemonSet restarts the agent.
    */
-  constructor(private readonly cfg: AgentConfig, private readonly log: Logger, hooks: { onFatal?: (err: Error) => void } = {}) {
-    this.backend = createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup });
-    this.source = createWorkloadSource(cfg, log.child({ component: 'workloads' }));
+  static async create(cfg: AgentConfig, log: Logger, hooks: { onFatal?: (err: Error) => void } = {}): Promise<Agent> {
+    const caReady = openCa(cfg);
+    caReady.catch(() => undefined); // reported by start()
+    const [backend, source] = await Promise.all([
+      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup }),
+      createWorkloadSource(cfg, log.child({ component: 'workloads' })),
+    ]);
+    return new Agent(cfg, log, { backend, source, caReady }, hooks);
+  }
+
+  private constructor(
+    private readonly cfg: AgentConfig,
+    private readonly log: Logger,
+    chosen: { backend: RedirectBackend; source: WorkloadSource; caReady: Promise<CertificateAuthority> },
+    hooks: { onFatal?: (err: Error) => void },
+  ) {
+    this.backend = chosen.backend;
+    this.source = chosen.source;
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
-    this.caReady = cfg.ca === 'builtin'
-      ? BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain })
-      : Promise.resolve(new IstioCa({
-        address: cfg.istioCaAddress,
-        rootCertFile: cfg.istioCaRootCert,
-        tokenFile: cfg.istioCaTokenFile,
-        ...(cfg.istioCaTlsServerName ? { tlsServerName: cfg.istioCaTlsServerName } : {}),
-      }));
-    this.caReady.catch(() => undefined); // reported by start()
+    this.caReady = chosen.caReady;
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
     this.hbone = new NativeHbone(this.identities, log.child({ component: 'hbone-native' }), {
@@ -232,4 +240,19 @@ export class Agent {
     this.hbone.stop();
     await this.identities.stop();
   }
+}
+
+/** Opens the CA the config names; its module is loaded only then (the istio CA's pulls in gRPC). */
+async function openCa(cfg: AgentConfig): Promise<CertificateAuthority> {
+  if (cfg.ca === 'builtin') {
+    const { BuiltinCa } = await import('./identity/builtin-ca.js');
+    return BuiltinCa.open(cfg.caDir, { trustDomain: cfg.trustDomain });
+  }
+  const { IstioCa } = await import('./identity/istio-ca.js');
+  return new IstioCa({
+    address: cfg.istioCaAddress,
+    rootCertFile: cfg.istioCaRootCert,
+    tokenFile: cfg.istioCaTokenFile,
+    ...(cfg.istioCaTlsServerName ? { tlsServerName: cfg.istioCaTlsServerName } : {}),
+  });
 }

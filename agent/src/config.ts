@@ -2,9 +2,8 @@
 // parseAgentConfig is pure and validates everything once; the rest of the agent only sees AgentConfig.
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { parse as parseYaml } from 'yaml';
 import { DEFAULT_AGENT_SOCKET } from './protocol/cni-event.js';
-import { isLogLevel } from './log.js';
+import { isLogLevel } from './log-levels.js';
 import { parseServiceCidrs } from './workload/service-cidrs.js';
 import type { LevelWithSilent } from 'pino';
 import { AmbientError } from './errors.js';
@@ -222,14 +221,15 @@ function parseCidrList(v: unknown): string[] {
   return list;
 }
 
-/** Reads a YAML or JSON config file (JSON is YAML). */
-export function readConfigFile(path: string): RawConfig {
+/** Reads a YAML or JSON config file (JSON is YAML). The YAML parser is loaded here, not by every CLI command. */
+export async function readConfigFile(path: string): Promise<RawConfig> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
   }
+  const { parse: parseYaml } = await import('yaml');
   const doc: unknown = parseYaml(text);
   if (doc === null || doc === undefined) return {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path} must hold a mapping`);

@@ -4,11 +4,7 @@ import { pino, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger };
 
-export const LOG_LEVELS: readonly LevelWithSilent[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-
-export function isLogLevel(v: string): v is LevelWithSilent {
-  return (LOG_LEVELS as readonly string[]).includes(v);
-}
+export { LOG_LEVELS, isLogLevel } from './log-levels.js';
 
 /** Children of each root logger, weakly held: pino copies the level into a child when it is made, so a change must reach them. */
 const families = new WeakMap<Logger, Set<WeakRef<Logger>>>();

@@ -4,21 +4,22 @@
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
 // Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
 // configuration error (including naming a pod the agent does not know), 3 the agent is not answering.
+// Only what every command needs is imported here: the agent (`agent`) and the install commands' work are loaded by
+// their actions, so a query command starts without the agent's dependency tree.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { Agent } from './agent.js';
 import { AgentDownError, AgentRequestError, getJson } from './cli/agent-client.js';
 import { bytes, table } from './cli/format.js';
 import { renderConns, renderPolicyCheck, renderRules, renderServicePolicyCheck, renderServices, rulesDrifted } from './cli/render.js';
 import type { ConnectionSnapshot } from './forwarder/connections.js';
 import type { PolicyCheckResult, ServicePolicyCheckResult } from './policy/check.js';
 import type { ServiceView } from './workload/directory.js';
-import { ConfigError, CONFIG_DEFAULTS, parseAgentConfig, readConfigFile, REDIRECT_MODES, type RawConfig } from './config.js';
-import { createRootLogger } from './log.js';
+import { ConfigError, CONFIG_DEFAULTS, REDIRECT_MODES } from './config.js';
 import { registerInstallCommands } from './install/cli.js';
 import { renderMalformedPolicies, statusHasProblem } from './policy/malformed.js';
 import { EVENT_PATHS, type AgentStatus } from './protocol/cni-event.js';
 import type { PodView } from './reconcile/enroller.js';
-import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH, type RulesReply } from './server/event-server.js';
+import { CERTS_PATH, CONNS_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH } from './protocol/query-paths.js';
+import type { RulesReply } from './server/event-server.js';
 import type { CertStatus } from './identity/cert-manager.js';
 
 const EXIT = { ok: 0, problem: 1, usage: 2, agentDown: 3 } as const;
@@ -30,37 +31,8 @@ function int(v: string): number {
 }
 
 async function runAgent(opts: Record<string, unknown>): Promise<void> {
-  const { config, ...flags } = opts;
-  const file: RawConfig = typeof config === 'string' ? readConfigFile(config) : {};
-  const cfg = parseAgentConfig(file, flags as RawConfig, { NODE_NAME: process.env.NODE_NAME });
-  const log = createRootLogger(cfg.logLevel);
-  let stopping = false;
-  // A part failed for good while running: handled as a failed start (exit 1, the DaemonSet restarts the agent).
-  const fatal = (err: Error): void => {
-    if (stopping) return;
-    stopping = true;
-    log.fatal({ err }, 'agent failed; exiting');
-    agent.stop().catch(() => undefined).finally(() => process.exit(1));
-  };
-  const agent: Agent = new Agent(cfg, log, { onFatal: fatal });
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping; pod rules stay in place');
-    agent.stop().then(() => process.exit(0), (err: unknown) => {
-      log.error({ err }, 'stop failed');
-      process.exit(1);
-    });
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  try {
-    await agent.start();
-  } catch (err) {
-    log.fatal({ err }, 'agent failed to start');
-    await agent.stop().catch(() => undefined);
-    process.exit(1);
-  }
+  const { runAgent: run } = await import('./cli/run-agent.js');
+  await run(opts);
 }
 
 async function query<T>(socket: string, path: string): Promise<T> {

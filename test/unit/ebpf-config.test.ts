@@ -95,8 +95,8 @@ test('routing pieces are read back into the same notation', (t) => {
   t.deepEqual(routingLines('@@ambient@@\n@@ambient@@\n0\n', 'eth0'), []);
 });
 
-test('without a pod the expected lines show placeholders for the interface and the address', (t) => {
-  const lines = createBackend('ebpf').expectedPodRules();
+test('without a pod the expected lines show placeholders for the interface and the address', async (t) => {
+  const lines = (await createBackend('ebpf')).expectedPodRules();
   t.is(lines[0], 'tc ingress <ifname>: prog ambient_in');
   t.true(lines.includes('map ambient_cfg: v1 pod <pod-ip>'));
   t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));

@@ -3,7 +3,8 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../config.js';
-import { createRootLogger, isLogLevel, type Logger } from '../log.js';
+import { isLogLevel } from '../log-levels.js';
+import type { Logger } from '../log.js';
 import { LOG_LEVELS as PLUGIN_LOG_LEVELS, type LogLevel as PluginLogLevel } from '../../../cni/src/config.js';
 import { InstallError, pluginEntry } from './cni-config.js';
 import { checkInstalled, installCni, uninstallCni, type InstallOptions } from './install.js';
@@ -72,7 +73,7 @@ export function registerInstallCommands(program: Command): void {
     .option('--daemonset <namespace/name>', 'with --watch: on SIGTERM, uninstall only if this DaemonSet is gone or being deleted (default: never uninstall on exit)', daemonSetRef)
     .option('--kube-api <url>', 'API server for the --daemonset lookup (default: in-cluster, with the pod\'s service-account token)')
     .action(async (flags: InstallFlags) => {
-      const log = logger(flags.logLevel);
+      const log = await logger(flags.logLevel);
       const opts = installOptions(flags);
       if (flags.check) {
         const r = await checkInstalled(opts);
@@ -91,12 +92,14 @@ export function registerInstallCommands(program: Command): void {
     .option('--cni-conf-dir <dir>', 'the host\'s CNI conf dir', INSTALL_DEFAULTS.confDir)
     .option('--log-level <level>', 'this command\'s log level', 'info')
     .action(async (flags: { cniBinDir: string; cniConfDir: string; logLevel: string }) => {
-      await uninstallCni({ binDir: flags.cniBinDir, confDir: flags.cniConfDir }, logger(flags.logLevel));
+      await uninstallCni({ binDir: flags.cniBinDir, confDir: flags.cniConfDir }, await logger(flags.logLevel));
     });
 }
 
-function logger(level: string): Logger {
+/** pino is loaded here, when an install command runs, not whenever the CLI starts. */
+async function logger(level: string): Promise<Logger> {
   if (!isLogLevel(level)) throw new ConfigError(`--log-level: unknown level ${JSON.stringify(level)}`);
+  const { createRootLogger } = await import('../log.js');
   return createRootLogger(level, 'ambient-node-install');
 }
 

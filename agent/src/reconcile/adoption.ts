@@ -23,9 +23,30 @@ export interface PodRulesReport {
   error?: string;
 }
 
-/** Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone. */
-export async function adopt(a: Attachments, saved: PodRecord[]): Promise<void> {
-  await Promise.all(saved.map(async (rec) => {
+/**
+ * How many pods re-adoption works on at once. Each one execs the backend's tools (save/restore per IP family, ipset):
+ * a bound keeps a node with hundreds of pods from forking all of them at once, and pods still go in parallel.
+ */
+export const ADOPT_CONCURRENCY = 16;
+
+/** Runs `work` on every item, at most `limit` at a time, in order of start; resolves when all have settled. */
+export async function forEachBounded<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await work(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, limit), items.length) }, worker));
+}
+
+/**
+ * Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone.
+ * Pods are adopted in parallel, ADOPT_CONCURRENCY at a time, each under its attachment's lock.
+ */
+export async function adopt(a: Attachments, saved: PodRecord[], concurrency = ADOPT_CONCURRENCY): Promise<void> {
+  await forEachBounded(saved, concurrency, async (rec) => {
     const key = recordKey(rec.containerId, rec.ifname);
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) });
     const netns = openSandbox(rec);
@@ -43,7 +64,7 @@ export async function adopt(a: Attachments, saved: PodRecord[]): Promise<void> {
     } finally {
       a.release(key, netns);
     }
-  }));
+  });
   await a.persist();
   a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length }, 'adopted pods from the state dir');
 }

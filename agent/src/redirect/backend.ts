@@ -1,11 +1,11 @@
 // The iptables and nftables backends, the factory, and the removal of every backend's in-pod pieces (the contract is in
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
+// ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
 import type { RedirectMode } from '../config.js';
 import { runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
-import { EbpfBackend, removeEbpfPieces } from './ebpf.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
@@ -156,8 +156,11 @@ class NftablesBackend implements RedirectBackend {
   }
 }
 
-export function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string } = {}): RedirectBackend {
-  if (mode === 'ebpf') return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string } = {}): Promise<RedirectBackend> {
+  if (mode === 'ebpf') {
+    const { EbpfBackend } = await import('./ebpf.js');
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
+  }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
     return new NftablesBackend();
@@ -172,7 +175,8 @@ export function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: stri
  */
 export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<void> {
   const errors: unknown[] = [];
-  await Promise.all([removeNetfilter(netns, errors), removeEbpfPieces(netns, ifname).catch((err: unknown) => errors.push(err))]);
+  const removeEbpf = async (): Promise<void> => (await import('./ebpf.js')).removeEbpfPieces(netns, ifname);
+  await Promise.all([removeNetfilter(netns, errors), removeEbpf().catch((err: unknown) => errors.push(err))]);
   if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netns.path} failed`);
 }
 

@@ -18,20 +18,9 @@ import type { WorkloadSource } from '../workload/source.js';
 import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 import { CNI_ENV_VARS } from '../../../cni/src/shim-constants.js';
+import { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH } from '../protocol/query-paths.js';
 
-export const PODS_PATH = '/v1/pods';
-/** Certificates per identity, CA counters and HBONE pool counters. */
-export const CERTS_PATH = '/v1/certs';
-/** The native plugin shim's endpoint (cni/shim/ambient-cni.c): a whole CNI invocation, run in-process. */
-export const EXEC_PATH = '/v1/cni/exec';
-/** Open relayed connections of every enrolled pod. */
-export const CONNS_PATH = '/v1/conns';
-/** `?pod=<ns>/<name>`: expected vs actual in-pod rules and drift, plus the node rules. */
-export const RULES_PATH = '/v1/rules';
-/** `?from=<ns>/<sa>&to=<ns>/<name>:<port>[&fromIp=<ip>]`: the authorization decision (per endpoint for a Service). */
-export const POLICY_CHECK_PATH = '/v1/policy/check';
-/** Every Service port at its ClusterIP, with endpoints, mesh membership and readiness. */
-export const SERVICES_PATH = '/v1/services';
+export { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH };
 
 /** Validates the shim's {env, stdin}: only CNI_* variables pass, so the in-process run sees what a real exec would. */
 export function parseExecRequest(body: unknown): { env: Record<string, string>; stdin: string } {
