@@ -1,5 +1,6 @@
 // The kubernetes workload source against a fake API server that speaks list/watch: initial list, watch events, bookmarks,
 // 410 relists, reconnects, malformed CRDs and Services, Services/EndpointSlices, start gating, kubeconfigs, annotations.
+// Past 500 lines on purpose: every case drives the same fake API server and source helpers defined at the top.
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
