@@ -272,11 +272,23 @@ class Raw:
         except OSError:
             pass
 
+    def reply(self, b):
+        """A frame the protocol makes us send back (ACKs, window updates) from inside a read: the server may already have
+        closed the connection (a GOAWAY right after its SETTINGS), which ends it here instead of raising from a read."""
+        before = self.tls.gettimeout()  # 0.0 inside a non-blocking read loop: the reply itself is written blocking
+        self.tls.settimeout(self.timeout)
+        try:
+            self.tls.sendall(b)
+        except OSError:
+            self.eof()
+        finally:
+            self.tls.settimeout(before)
+
     def on_frame(self, ftype, flags, sid, p):
         if ftype == SETTINGS and not flags & ACK:
-            self.send(frame(SETTINGS, ACK, 0))
+            self.reply(frame(SETTINGS, ACK, 0))
         elif ftype == PING and not flags & ACK:
-            self.send(frame(PING, ACK, 0, p))
+            self.reply(frame(PING, ACK, 0, p))
         elif ftype == HEADERS:
             block = p
             if flags & 0x8:  # PADDED
@@ -292,7 +304,7 @@ class Raw:
                 self.data[sid] = self.data.get(sid, b"") + p
             if p and self.window_updates:
                 inc = struct.pack(">I", len(p))
-                self.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+                self.reply(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
         elif ftype == RST_STREAM:
             self.reset[sid] = int.from_bytes(p[:4], "big")
         elif ftype == GOAWAY:
