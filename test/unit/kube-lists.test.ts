@@ -7,18 +7,11 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { KubeClient } from '../../agent/src/workload/kube/client.js';
 import { LIST_PAGE_SIZE, Reflector, type ReflectorChange } from '../../agent/src/workload/kube/reflector.js';
-import { FakeKubeApi, kubeconfigFor, type RecordedRequest } from '../fixtures/fake-kube-api.js';
+import { FakeKubeApi, pollUntil, kubeconfigFor, type RecordedRequest } from '../fixtures/fake-kube-api.js';
 
 const quiet = pino({ level: 'silent' });
 
-async function until<T>(fn: () => T, ok: (v: T) => boolean, what: string): Promise<T> {
-  for (let i = 0; i < 400; i++) {
-    const v = fn();
-    if (ok(v)) return v;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
+const until = pollUntil;
 
 const namespace = (i: number): Record<string, unknown> => ({ metadata: { name: `ns${i}`, labels: { i: String(i) } } });
 

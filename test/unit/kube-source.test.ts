@@ -12,7 +12,7 @@ import { backoffDelay } from '../../agent/src/backoff.js';
 import { kubeBackoff } from '../../agent/src/workload/kube/reflector.js';
 import { KubernetesWorkloadSource, podFromApi } from '../../agent/src/workload/kube-source.js';
 import type { WorkloadChange } from '../../agent/src/workload/source.js';
-import { FakeKubeApi, kubeconfigFor, makeTestTls, mergePatch } from '../fixtures/fake-kube-api.js';
+import { FakeKubeApi, pollUntil, kubeconfigFor, makeTestTls, mergePatch } from '../fixtures/fake-kube-api.js';
 
 const NODE = 'node-a';
 const FAST = { initialMs: 20, maxMs: 200 };
@@ -26,14 +26,7 @@ function captureLog(): { log: Logger; lines: Record<string, unknown>[] } {
   return { log, lines };
 }
 
-async function until<T>(fn: () => T, ok: (v: T) => boolean, what: string): Promise<T> {
-  for (let i = 0; i < 400; i++) {
-    const v = fn();
-    if (ok(v)) return v;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
+const until = pollUntil;
 
 /** Every informer has listed and has its watch open. */
 const allWatching = (api: FakeKubeApi): Promise<number> => until(() => api.openWatches(), (n) => n === INFORMERS.length, `${INFORMERS.length} watches`);
