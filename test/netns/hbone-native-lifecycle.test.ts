@@ -103,14 +103,17 @@ interface Rig {
 }
 
 /** One namespace with an echo server, an app-side listener (paused accepts) and a NativeHbone serving 15008; torn down by t. */
-async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs?: number } = {}): Promise<Rig> {
+async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs?: number; onFatal?: (err: Error) => void } = {}): Promise<Rig> {
   const name = `amb-nhl-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
   await createNetns(name);
   t.teardown(() => deleteNetns(name));
   const ns = Netns.open(netnsPath(name));
   t.teardown(() => ns.close());
   const ids = await RotatingIdentities.create([CLIENT_ID, SERVER_ID], opts.spares ?? 0);
-  const hbone = new NativeHbone(ids, pino({ level: 'silent' }), opts.answerTimeoutMs ? { pool: { answerTimeoutMs: opts.answerTimeoutMs } } : {});
+  const hbone = new NativeHbone(ids, pino({ level: 'silent' }), {
+    ...(opts.answerTimeoutMs ? { pool: { answerTimeoutMs: opts.answerTimeoutMs } } : {}),
+    ...(opts.onFatal ? { onFatal: opts.onFatal } : {}),
+  });
   hbone.start();
   t.teardown(() => hbone.stop());
   // Every socket the test's servers accept is destroyed at the end, so that closing the servers cannot wait on them.
@@ -290,4 +293,30 @@ netnsTest('dialFrom: an aborted dial gives its socket up at once, before the con
   await t.throwsAsync(dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, signal: already.signal }), { message: /given up/ });
   await new Promise((resolve) => setTimeout(resolve, 50));
   t.is(fds(), before, 'no socket is left behind');
+});
+
+netnsTest('native: the library ending its event socket fails every pending stream and reports a fatal AMB_ERR_NATIVE_LIB once', async (t) => {
+  const fatal: Error[] = [];
+  const r = await rig(t, { onFatal: (err) => fatal.push(err) });
+  const unanswered: HboneInboundRequest[] = [];
+  r.onRequest = (req) => unanswered.push(req);
+  const first = await open(r, '10.78.0.1');
+  for (let i = 0; i < 200 && unanswered.length < 1; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(unanswered.length, 1, 'the request reached the server side and waits for its answer');
+
+  // What the library does when it cannot queue an event (out of memory): its end of the event socket goes away. The
+  // agent's side sees the socket close without having called stop().
+  const events = (r.hbone as unknown as { events?: net.Socket }).events;
+  t.truthy(events, 'the event socket is open');
+  events?.destroy();
+
+  const ready = await within((await first.stream).ready);
+  t.like(ready, { ok: false }, 'the pending stream settles');
+  t.like(await within((await first.stream).closed), { ok: true }, 'and closes');
+  for (let i = 0; i < 100 && fatal.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(fatal.length, 1, 'reported once');
+  t.is((fatal[0] as Error & { code?: string }).code, 'AMB_ERR_NATIVE_LIB');
+  t.regex(fatal[0]?.message ?? '', /ended its event socket/);
+  await t.throwsAsync(r.hbone.listen(r.ns, SERVER_ID, TD, () => undefined, () => undefined), { message: /not started/ }, 'nothing new is taken');
+  r.hbone.stop(); // idempotent after the failure (the rig's teardown calls it again)
 });
