@@ -1,15 +1,28 @@
-// Idle RSS of the real agent (one-node testbed, no CNI ADD) with the files source and with the kubernetes source (an HTTPS
-// fake API server inside the node netns, token auth), the same handful of remote pods in both. Run as root after the build:
-//   npx tsx scripts/bench/source-rss.ts [rounds]
-import { readFileSync } from 'node:fs';
+// Part of the `scale` bench part: idle RSS of the real agent (one-node testbed, no CNI ADD) with the files source and with
+// the kubernetes source (an HTTPS fake API server inside the node netns, token auth), the same handful of remote pods in
+// both, alternating sources each round. Also runs alone, as root after the build: npx tsx scripts/bench/source-rss.ts [rounds]
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Netns } from '../../agent/src/platform/netns.js';
 import { listenFdIn } from '../../agent/src/platform/sockets.js';
 import { FakeKubeApi, kubeconfigFor, makeTestTls } from '../../test/fixtures/fake-kube-api.js';
-import { Testbed } from '../../test/testbed/index.js';
+import type { Testbed } from '../../test/testbed/index.js';
+import { progress, withTestbeds } from './run.js';
+import { f1 } from './stats.js';
+
+export interface SourceRssResult {
+  pods: number;
+  idleSeconds: number;
+  /** VmRSS of the agent after idling, MB, one per round. */
+  files: number[];
+  kubernetes: number[];
+}
+
+/** Goal from issue 12: the kubernetes source costs at most this much idle RSS over the files source. */
+export const KUBE_OVER_FILES_GOAL_MB = 15;
 
 const PODS = 5;
-const IDLE_MS = 5000;
+const IDLE_SECONDS = 5;
 
 const pod = (i: number): Record<string, unknown> => ({
   apiVersion: 'v1', kind: 'Pod',
@@ -23,18 +36,17 @@ function rssMb(pid: number): number {
   return m ? Number(m[1]) / 1024 : Number.NaN;
 }
 
-async function measure(source: 'files' | 'kubernetes'): Promise<number> {
+async function measureOnce(source: 'files' | 'kubernetes'): Promise<number> {
   const tls = makeTestTls();
   let api: FakeKubeApi | undefined;
-  let tb: Testbed | undefined;
   try {
     const kubeconfig = join(tls.dir, 'kubeconfig');
-    tb = await Testbed.create({
+    const opts = {
       nodes: 1,
       withAmbientCni: false,
       agentLogLevel: 'info',
       agentArgs: source === 'kubernetes' ? ['--workload-source', 'kubernetes', '--kubeconfig', kubeconfig] : [],
-      beforeAgents: async (bed) => {
+      beforeAgents: async (bed: Testbed): Promise<void> => {
         if (source === 'files') {
           await bed.workloads.writeNamespace('app', {});
           for (let i = 0; i < PODS; i++) await bed.workloads.write(`pod-app-p${i}.yaml`, pod(i));
@@ -46,29 +58,50 @@ async function measure(source: 'files' | 'kubernetes'): Promise<number> {
         } finally {
           node.close();
         }
-        const { writeFileSync } = await import('node:fs');
         writeFileSync(kubeconfig, kubeconfigFor(api, { token: 'bench', caFile: tls.caFile }));
         api.put('namespaces', { metadata: { name: 'app' } });
         for (let i = 0; i < PODS; i++) api.put('pods', pod(i));
       },
+    };
+    return await withTestbeds([opts], async ([tb]) => {
+      const pid = tb?.agent(0).pid;
+      if (pid === undefined) throw new Error('agent not running');
+      await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
+      return rssMb(pid);
     });
-    const pid = tb.agent(0).pid;
-    if (pid === undefined) throw new Error('agent not running');
-    await new Promise((r) => setTimeout(r, IDLE_MS));
-    return rssMb(pid);
   } finally {
-    await tb?.destroy();
     await api?.stop();
     tls.cleanup();
   }
 }
 
-const rounds = Number(process.argv[2] ?? 3);
-const results: Record<string, number[]> = { files: [], kubernetes: [] };
-for (let r = 0; r < rounds; r++) {
-  for (const source of ['files', 'kubernetes'] as const) results[source]?.push(await measure(source));
+export async function benchSourceRss(rounds: number): Promise<SourceRssResult> {
+  const result: SourceRssResult = { pods: PODS, idleSeconds: IDLE_SECONDS, files: [], kubernetes: [] };
+  for (let r = 0; r < rounds; r++) {
+    for (const source of ['files', 'kubernetes'] as const) {
+      progress(`scale: idle agent RSS, ${source} source, round ${r + 1} of ${rounds}`);
+      result[source].push(await measureOnce(source));
+    }
+  }
+  return result;
 }
+
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
-const files = median(results.files ?? []);
-const kube = median(results.kubernetes ?? []);
-process.stdout.write(`${JSON.stringify(results)}\nidle agent RSS (median of ${rounds}): files ${files.toFixed(1)} MB, kubernetes ${kube.toFixed(1)} MB, difference ${(kube - files).toFixed(1)} MB\n`);
+
+export function reportSourceRss(r: SourceRssResult, lines: string[]): void {
+  const files = median(r.files);
+  const kube = median(r.kubernetes);
+  lines.push('### Idle agent RSS by workload source');
+  lines.push('');
+  lines.push(`The agent on a one-node testbed, ${r.pods} remote pods, no pod enrolled, VmRSS after ${r.idleSeconds} s idle; median of ${r.files.length} rounds (all: files ${r.files.map(f1).join(', ')}; kubernetes ${r.kubernetes.map(f1).join(', ')}). Kubernetes: HTTPS fake API server in the node netns, token kubeconfig.`);
+  lines.push('');
+  lines.push(`- files ${f1(files)} MB, kubernetes ${f1(kube)} MB: the kubernetes source costs ${f1(kube - files)} MB, ≤ ${KUBE_OVER_FILES_GOAL_MB} MB ${kube - files <= KUBE_OVER_FILES_GOAL_MB ? 'met' : '**missed**'}`);
+  lines.push('');
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const r = await benchSourceRss(Number(process.argv[2] ?? 3));
+  const lines: string[] = [];
+  reportSourceRss(r, lines);
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
