@@ -13,6 +13,7 @@ import { ADDED_P50_US, BUDGET_MS, type BudgetVerdict, type DatapathVerdict, repo
 import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect } from './bench/redirect.js';
 import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
 import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './bench/scale.js';
+import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/source-rss.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -185,12 +186,14 @@ async function main(): Promise<number> {
   let redirect: RedirectResult[] = [];
   let services: ServicesResult | undefined;
   let scale: ScaleResult | undefined;
+  let sourceRss: SourceRssResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
     if (o.only === undefined || o.only === 'redirect') redirect = await benchRedirect(o, o.redirectModes);
     if (o.only === undefined || o.only === 'services') services = await benchServices(o);
     if (o.only === undefined || o.only === 'scale') scale = await benchScale(o);
+    if (o.only === undefined || o.only === 'scale') sourceRss = await benchSourceRss(3);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -217,6 +220,7 @@ async function main(): Promise<number> {
   if (redirect.length > 0) reportRedirect(o, redirect, lines);
   if (services) reportServices(o, services, lines);
   if (scale) reportScale(o, scale, lines);
+  if (sourceRss) reportSourceRss(sourceRss, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -235,6 +239,7 @@ async function main(): Promise<number> {
     redirect,
     services,
     scale,
+    sourceRss,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

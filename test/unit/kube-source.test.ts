@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { KubeApiError, KubeClient, loadKubeConfig, parseWatchEvent } from '../../agent/src/workload/kube/client.js';
+import { KubeApiError, KubeClient, loadKubeAccess, parseWatchEvent } from '../../agent/src/workload/kube/client.js';
 import { REDIRECTION_ANNOTATION, redirectionPatch } from '../../agent/src/workload/kube/pod-annotator.js';
 import { backoffDelay } from '../../agent/src/backoff.js';
 import { kubeBackoff } from '../../agent/src/workload/kube/reflector.js';
@@ -471,8 +471,8 @@ test('in-cluster config: HTTPS with the service account CA and token from a dire
   t.is((list.items as { metadata: { name: string } }[])[0]?.metadata.name, 'kube-system');
   t.is(api.requests.at(-1)?.authorization, 'Bearer sa-token');
 
-  await t.throwsAsync(loadKubeConfig({ inCluster: { env: {}, dir: sa } }), { instanceOf: KubeApiError, message: /KUBERNETES_SERVICE_HOST/ });
-  await t.throwsAsync(loadKubeConfig({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1' }, dir: join(sa, 'nope') } }), { instanceOf: KubeApiError, message: /cannot read .*token/ });
+  await t.throwsAsync(loadKubeAccess({ inCluster: { env: {}, dir: sa } }), { instanceOf: KubeApiError, message: /KUBERNETES_SERVICE_HOST/ });
+  await t.throwsAsync(loadKubeAccess({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1' }, dir: join(sa, 'nope') } }), { instanceOf: KubeApiError, message: /cannot read .*token/ });
   // A CA that did not sign the server's certificate is refused.
   const other = makeTestTls();
   t.teardown(() => other.cleanup());

@@ -1,59 +1,11 @@
-// A minimal Kubernetes API client: credentials from a kubeconfig or the in-cluster service account, raw JSON GET,
-// line-by-line watch streams and merge patches. @kubernetes/client-node (loaded on first use: it is big) supplies auth and TLS; undici does the HTTP.
-import { readFileSync } from 'node:fs';
-import { isIPv6 } from 'node:net';
-import { join } from 'node:path';
-import type { KubeConfig, RequestContext } from '@kubernetes/client-node';
-import { fetch, type Dispatcher } from 'undici';
-import { AmbientError } from '../../errors.js';
+// A minimal Kubernetes API client: raw JSON GET, line-by-line watch streams and merge patches over one undici pool.
+// Credentials (kubeconfig or in-cluster service account) come from credentials.ts; client-node only for exec/auth plugins.
+import { fetch } from 'undici';
+import { type KubeAccess, type KubeCredentials, loadKubeAccess } from './credentials.js';
+import { KubeApiError } from './errors.js';
 
-export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
-
-export class KubeApiError extends AmbientError<'AMB_ERR_KUBE_API'> {
-  constructor(msg: string, readonly status?: number, options: { cause?: unknown } = {}) {
-    super('AMB_ERR_KUBE_API', msg, options);
-  }
-}
-
-/** Where the credentials come from: a kubeconfig file, or the pod's service account (token + CA) and the service env vars. */
-export type KubeCredentials =
-  | { kubeconfig: string }
-  | { inCluster: { env: Record<string, string | undefined>; dir?: string } };
-
-type ClientNode = typeof import('@kubernetes/client-node');
-let clientNode: Promise<ClientNode> | undefined;
-const loadClientNode = (): Promise<ClientNode> => (clientNode ??= import('@kubernetes/client-node'));
-
-/** Builds the client-node KubeConfig; throws a KubeApiError naming what is missing. */
-export async function loadKubeConfig(creds: KubeCredentials): Promise<KubeConfig> {
-  const kc = new (await loadClientNode()).KubeConfig();
-  if ('kubeconfig' in creds) {
-    try {
-      kc.loadFromFile(creds.kubeconfig);
-    } catch (err) {
-      throw new KubeApiError(`cannot load kubeconfig ${creds.kubeconfig}`, undefined, { cause: err });
-    }
-    if (!kc.getCurrentCluster()) throw new KubeApiError(`kubeconfig ${creds.kubeconfig} has no current cluster`);
-    return kc;
-  }
-  const { env, dir = SERVICE_ACCOUNT_DIR } = creds.inCluster;
-  const host = env.KUBERNETES_SERVICE_HOST;
-  const port = env.KUBERNETES_SERVICE_PORT ?? '443';
-  if (!host) throw new KubeApiError('in-cluster config needs KUBERNETES_SERVICE_HOST (is the agent running in a pod?); set kubeconfig otherwise');
-  for (const f of ['token', 'ca.crt']) {
-    try {
-      readFileSync(join(dir, f));
-    } catch (err) {
-      throw new KubeApiError(`in-cluster config: cannot read ${join(dir, f)} (service-account token and CA)`, undefined, { cause: err });
-    }
-  }
-  kc.loadFromClusterAndUser(
-    { name: 'in-cluster', server: `https://${isIPv6(host) ? `[${host}]` : host}:${port}`, caFile: join(dir, 'ca.crt'), skipTLSVerify: false },
-    // The tokenFile provider re-reads the projected token every minute, so rotated tokens are picked up.
-    { name: 'in-cluster', authProvider: { name: 'tokenFile', config: { tokenFile: join(dir, 'token') } } },
-  );
-  return kc;
-}
+export { KubeApiError } from './errors.js';
+export { type KubeAccess, type KubeCredentials, loadKubeAccess, SERVICE_ACCOUNT_DIR } from './credentials.js';
 
 export interface WatchEvent {
   type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
@@ -63,22 +15,18 @@ export interface WatchEvent {
 type Query = Record<string, string | undefined>;
 
 export class KubeClient {
-  /** One connection pool for every request (client-node makes a new one per call). */
-  private dispatcher: Dispatcher | undefined;
-  private dispatcherSet = false;
-  private loaded: Promise<{ kc: KubeConfig; RequestContext: typeof RequestContext }> | undefined;
+  private access: Promise<KubeAccess> | undefined;
   private serverUrl = '';
 
   constructor(private readonly creds: KubeCredentials) {}
 
   /** Loads the credentials; MUST succeed before anything else works (a bad kubeconfig or missing token fails here). */
   async init(): Promise<void> {
-    this.loaded ??= (async () => {
-      const [kc, { RequestContext: Ctx }] = await Promise.all([loadKubeConfig(this.creds), loadClientNode()]);
-      this.serverUrl = kc.getCurrentCluster()?.server ?? '';
-      return { kc, RequestContext: Ctx };
-    })();
-    await this.loaded;
+    this.access ??= loadKubeAccess(this.creds).then((access) => {
+      this.serverUrl = access.server;
+      return access;
+    });
+    await this.access;
   }
 
   get server(): string {
@@ -86,7 +34,8 @@ export class KubeClient {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher?.close().catch(() => undefined);
+    const access = await this.access?.catch(() => undefined);
+    await access?.close();
   }
 
   /** GET path and parse the JSON body; a non-2xx status is a KubeApiError carrying it. */
@@ -131,23 +80,18 @@ export class KubeClient {
 
   private async request(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string }): Promise<Response> {
     await this.init();
-    const { kc, RequestContext: Ctx } = await (this.loaded as NonNullable<typeof this.loaded>);
+    const access = await (this.access as Promise<KubeAccess>);
     const url = new URL(this.server.replace(/\/$/, '') + path);
     for (const [k, v] of Object.entries(query)) if (v !== undefined) url.searchParams.set(k, v);
-    const ctx = new Ctx(url.toString(), method);
-    await kc.applySecurityAuthentication(ctx);
-    if (!this.dispatcherSet) {
-      this.dispatcher = ctx.getDispatcher() as Dispatcher | undefined;
-      this.dispatcherSet = true;
-    }
-    const headers: Record<string, string> = { ...ctx.getHeaders(), accept: 'application/json' };
+    const { headers: auth, dispatcher } = await access.prepare(url, method);
+    const headers: Record<string, string> = { ...auth, accept: 'application/json' };
     if (opts.contentType) headers['content-type'] = opts.contentType;
     try {
       return (await fetch(url, {
         method,
         headers,
         ...(opts.body !== undefined ? { body: opts.body } : {}),
-        ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}),
+        ...(dispatcher ? { dispatcher } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       })) as unknown as Response;
     } catch (err) {
