@@ -165,6 +165,8 @@ export class Agent {
     } catch (err) {
       throw new Error(`cannot open the ${this.cfg.ca} CA (${this.cfg.ca === 'builtin' ? this.cfg.caDir : this.cfg.istioCaAddress}): ${describe(err)}`, { cause: err });
     }
+    this.notReadyReason = 'checking the workload source configuration';
+    await this.source.prepare?.(); // a broken kubeconfig stops the agent here, before any rule is installed on the node
     this.notReadyReason = 'probing the kernel for the redirection backend';
     await this.backend.prepare();
     this.notReadyReason = 'installing node rules';

@@ -13,7 +13,7 @@ import type { PodView } from '../../agent/src/reconcile/enroller.js';
 import { REDIRECTION_ANNOTATION } from '../../agent/src/workload/kube/pod-annotator.js';
 import { FakeKubeApi, kubeconfigFor, makeTestTls } from '../fixtures/fake-kube-api.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { netnsPath, type Testbed, type TestbedPod } from '../testbed/index.js';
+import { AGENT_MAIN, netnsPath, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { AMBIENT, agentPods, ask, eventually, hasOurRules, listeningPorts, podRules, startEcho } from './helpers.js';
 
 const NSENTER = '/usr/bin/nsenter';
@@ -211,4 +211,30 @@ netnsTest.serial('kubernetes source: a pod ADDed through the plugin is enrolled 
   t.is((await eventually(() => viewOf(tb, 'sleep'), (x) => x?.state === 'skipped'))?.state, 'skipped');
   t.is(await eventually(async () => annotation(kube, 'app/sleep'), (a) => a === undefined), undefined);
   t.false(hasOurRules(await podRules(pod)));
+});
+
+netnsTest.serial('a broken kubeconfig stops the agent at start, before it installs anything on the node', async (t) => {
+  const name = `amb-kcfg-${process.pid}`;
+  const dir = mkdtempSync(join(tmpdir(), 'amb-kcfg-'));
+  await execa('ip', ['netns', 'add', name]);
+  t.teardown(async () => {
+    await execa('ip', ['netns', 'del', name], { reject: false });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, [
+    'apiVersion: v1', 'kind: Config', 'current-context: fake',
+    'clusters:', '- name: fake', '  cluster:', '    server: https://127.0.0.1:6443',
+    'users:', '- name: agent', '  user:', `    client-certificate: ${join(dir, 'missing.crt')}`,
+    'contexts:', '- name: fake', '  context:', '    cluster: fake', '    user: agent', '',
+  ].join('\n'));
+  const r = await execa(NSENTER, [`--net=${netnsPath(name)}`, process.execPath, AGENT_MAIN, 'agent', '--node-name', 'n0',
+    '--state-dir', join(dir, 'state'), '--socket', join(dir, 'agent.sock'), '--ca-dir', join(dir, 'ca'),
+    '--workload-source', 'kubernetes', '--kubeconfig', kubeconfig], { reject: false, timeout: 60_000 });
+  t.is(r.exitCode, 1, 'a failed start');
+  t.regex(String(r.stderr), /AMB_ERR_KUBE_API|kubeconfig/, 'the error names the kubeconfig');
+  const nat = await execa('ip', ['netns', 'exec', name, 'iptables-save', '-t', 'nat'], { reject: false });
+  t.notRegex(String(nat.stdout), /AMBIENT/, 'no node rule was installed');
+  const sets = await execa('ip', ['netns', 'exec', name, 'ipset', 'list', '-n'], { reject: false });
+  t.notRegex(String(sets.stdout), /ambient/, 'no ipset was made');
 });

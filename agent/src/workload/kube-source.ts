@@ -102,6 +102,11 @@ export class KubernetesWorkloadSource implements WorkloadSource {
   }
 
   /** Lists everything once (retrying until the API answers), then keeps watching. */
+  /** Loads the kubeconfig or in-cluster credentials (files only, no request): a broken one fails here. */
+  async prepare(): Promise<void> {
+    await this.o.client.init();
+  }
+
   async start(): Promise<void> {
     await this.o.client.init();
     await Promise.all(this.reflectors().map((r) => r.start()));

@@ -15,6 +15,11 @@ export interface WorkloadChange {
 }
 
 export interface WorkloadSource {
+  /**
+   * Optional: checks the source's own configuration (e.g. the kubeconfig and its credentials) without network I/O, so
+   * that a bad one fails the agent's start before it changes anything on the node. start() does it too.
+   */
+  prepare?(): Promise<void>;
   /** Loads the initial state; MUST be awaited before any lookup. */
   start(): Promise<void>;
   stop(): Promise<void>;
