@@ -103,7 +103,7 @@ test('a token file is re-read once a minute old; a failed re-read keeps the toke
   const access = await loadKubeAccess({ inCluster: { env: { KUBERNETES_SERVICE_HOST: '127.0.0.1' }, dir } }, { now: () => now });
   t.teardown(() => access.close());
   t.is(access.via, 'kubeconfig-reader');
-  const auth = async (): Promise<string | undefined> => (await access.prepare(new URL(access.server), 'GET')).headers.authorization;
+  const auth = async (): Promise<string | undefined> => (await access.headers(new URL(access.server), 'GET')).authorization;
   t.is(await auth(), 'Bearer first');
   writeFileSync(join(dir, 'token'), 'second');
   now += TOKEN_FILE_MAX_AGE_MS;

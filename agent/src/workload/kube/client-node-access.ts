@@ -1,9 +1,10 @@
 // The fallback for kubeconfigs the reader in kubeconfig.ts does not implement (exec credential plugins, auth providers
-// such as oidc, proxies): @kubernetes/client-node's KubeConfig, loaded only here (about 75 MB of RSS), signs each request.
+// such as oidc, proxies): @kubernetes/client-node's KubeConfig and undici, loaded only here (about 75 MB of RSS).
 import { KubeConfig, RequestContext } from '@kubernetes/client-node';
-import type { Dispatcher } from 'undici';
+import { type Dispatcher, fetch } from 'undici';
 import type { KubeAccess } from './credentials.js';
 import { KubeApiError } from './errors.js';
+import type { KubeHttpResponse } from './http-transport.js';
 
 /** `reason` is the kubeconfig field that needs client-node (kept for errors). */
 export function clientNodeAccess(file: string, reason: string): KubeAccess {
@@ -21,7 +22,7 @@ export function clientNodeAccess(file: string, reason: string): KubeAccess {
   return {
     server,
     via: 'client-node',
-    async prepare(url, method) {
+    async headers(url, method) {
       const ctx = new RequestContext(url.toString(), method as ConstructorParameters<typeof RequestContext>[1]);
       try {
         await kc.applySecurityAuthentication(ctx);
@@ -32,8 +33,28 @@ export function clientNodeAccess(file: string, reason: string): KubeAccess {
         dispatcher = ctx.getDispatcher() as Dispatcher | undefined;
         dispatcherSet = true;
       }
-      return { headers: ctx.getHeaders(), dispatcher };
+      return ctx.getHeaders();
+    },
+    async send(request): Promise<KubeHttpResponse> {
+      // fetch asks for and decodes compressed bodies itself.
+      const res = await fetch(request.url, {
+        method: request.method,
+        headers: request.headers,
+        ...(request.body !== undefined ? { body: request.body } : {}),
+        ...(dispatcher ? { dispatcher } : {}),
+        signal: request.signal,
+      });
+      const body = res.body;
+      return {
+        status: res.status,
+        body: body ?? emptyBody(),
+        discard: () => void body?.cancel().catch(() => undefined),
+      };
     },
     close: async () => void (await dispatcher?.close().catch(() => undefined)),
   };
+}
+
+async function* emptyBody(): AsyncGenerator<Uint8Array> {
+  // no body
 }

@@ -1,8 +1,9 @@
-// A minimal Kubernetes API client: raw JSON GET, line-by-line watch streams and merge patches over one undici pool.
-// Credentials (kubeconfig or in-cluster service account) come from credentials.ts; client-node only for exec/auth plugins.
-import { fetch } from 'undici';
+// A minimal Kubernetes API client: raw JSON GET, line-by-line watch streams and merge patches over one node:https pool,
+// each request bounded (caller's signal, a wait for the response, a wait per gap in the body). Credentials: credentials.ts.
 import { type KubeAccess, type KubeCredentials, loadKubeAccess } from './credentials.js';
 import { KubeApiError } from './errors.js';
+import type { KubeHttpResponse } from './http-transport.js';
+import { LineSplitter, LineTooLongError } from './line-splitter.js';
 
 export { KubeApiError } from './errors.js';
 export { type KubeAccess, type KubeCredentials, loadKubeAccess, SERVICE_ACCOUNT_DIR } from './credentials.js';
@@ -14,11 +15,30 @@ export interface WatchEvent {
 
 type Query = Record<string, string | undefined>;
 
+/** How long a request may wait; the defaults are undici's, which served these requests before. */
+export interface KubeClientBounds {
+  /** From sending the request to its response headers. */
+  responseTimeoutMs: number;
+  /** Between two chunks of a body (a watch: at least its server-side `timeoutSeconds` plus a minute). */
+  bodyIdleTimeoutMs: number;
+  /** The longest watch event line; a longer one fails the watch (the server's objects are at most a few MB). */
+  maxWatchLineBytes: number;
+}
+
+export const DEFAULT_KUBE_CLIENT_BOUNDS: KubeClientBounds = {
+  responseTimeoutMs: 300_000,
+  bodyIdleTimeoutMs: 300_000,
+  maxWatchLineBytes: 16 * 1024 * 1024,
+};
+
 export class KubeClient {
   private access: Promise<KubeAccess> | undefined;
   private serverUrl = '';
+  private readonly bounds: KubeClientBounds;
 
-  constructor(private readonly creds: KubeCredentials) {}
+  constructor(private readonly creds: KubeCredentials, bounds: Partial<KubeClientBounds> = {}) {
+    this.bounds = { ...DEFAULT_KUBE_CLIENT_BOUNDS, ...bounds };
+  }
 
   /** Loads the credentials; MUST succeed before anything else works (a bad kubeconfig or missing token fails here). */
   async init(): Promise<void> {
@@ -40,64 +60,151 @@ export class KubeClient {
 
   /** GET path and parse the JSON body; a non-2xx status is a KubeApiError carrying it. */
   async getJson(path: string, query: Query, signal?: AbortSignal): Promise<Record<string, unknown>> {
-    const res = await this.request('GET', path, query, { signal });
-    const text = await res.text();
-    if (res.status < 200 || res.status > 299) throw new KubeApiError(`GET ${path}: HTTP ${res.status}: ${statusMessage(text)}`, res.status);
+    const { status, text } = await this.exchange('GET', path, query, { signal });
+    if (status < 200 || status > 299) throw new KubeApiError(`GET ${path}: HTTP ${status}: ${statusMessage(text)}`, status);
     return parseObject(text, `GET ${path}`);
   }
 
   /** PATCH path with a JSON merge patch. */
   async mergePatch(path: string, patch: unknown, signal?: AbortSignal): Promise<Record<string, unknown>> {
-    const res = await this.request('PATCH', path, {}, { signal, body: JSON.stringify(patch), contentType: 'application/merge-patch+json' });
-    const text = await res.text();
-    if (res.status < 200 || res.status > 299) throw new KubeApiError(`PATCH ${path}: HTTP ${res.status}: ${statusMessage(text)}`, res.status);
+    const { status, text } = await this.exchange('PATCH', path, {}, { signal, body: JSON.stringify(patch), contentType: 'application/merge-patch+json' });
+    if (status < 200 || status > 299) throw new KubeApiError(`PATCH ${path}: HTTP ${status}: ${statusMessage(text)}`, status);
     return parseObject(text, `PATCH ${path}`);
   }
 
   /**
    * Opens a watch and yields its events until the server ends the stream or signal aborts. An HTTP error status
-   * (410 Gone included) is thrown as a KubeApiError before the first event.
+   * (410 Gone included) is thrown as a KubeApiError before the first event. Leaving the loop early, an error or an
+   * abort closes the connection (a half-read watch is never returned to the pool).
    */
   async *watch(path: string, query: Query, signal: AbortSignal): AsyncGenerator<WatchEvent> {
-    const res = await this.request('GET', path, { ...query, watch: 'true' }, { signal });
-    if (res.status !== 200) {
-      const text = await res.text().catch(() => '');
-      throw new KubeApiError(`watch ${path}: HTTP ${res.status}: ${statusMessage(text)}`, res.status);
-    }
-    if (!res.body) return;
-    const decoder = new TextDecoder();
-    let buf = '';
-    for await (const chunk of res.body) {
-      buf += decoder.decode(chunk as Uint8Array, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (line) yield parseWatchEvent(line, path);
+    const serverTimeoutS = Number(query.timeoutSeconds);
+    const idleMs = Number.isFinite(serverTimeoutS) ? Math.max(this.bounds.bodyIdleTimeoutMs, (serverTimeoutS + 60) * 1000) : this.bounds.bodyIdleTimeoutMs;
+    const request = await this.open('GET', path, { ...query, watch: 'true' }, { signal, watch: true, bodyIdleTimeoutMs: idleMs });
+    try {
+      if (request.res.status !== 200) {
+        const text = await request.text().catch(() => '');
+        throw new KubeApiError(`watch ${path}: HTTP ${request.res.status}: ${statusMessage(text)}`, request.res.status);
       }
+      const lines = new LineSplitter(this.bounds.maxWatchLineBytes);
+      for await (const chunk of request.chunks()) {
+        try {
+          for (const raw of lines.push(chunk)) {
+            const line = raw.trim();
+            if (line) yield parseWatchEvent(line, path);
+          }
+        } catch (err) {
+          if (err instanceof LineTooLongError) throw new KubeApiError(`watch ${path}: an event is over ${err.maxBytes} bytes`, undefined, { cause: err });
+          throw err;
+        }
+      }
+    } finally {
+      request.finish();
     }
   }
 
-  private async request(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string }): Promise<Response> {
+  /** One request read to its end: status and body text. */
+  private async exchange(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string }): Promise<{ status: number; text: string }> {
+    const request = await this.open(method, path, query, { ...opts, watch: false, bodyIdleTimeoutMs: this.bounds.bodyIdleTimeoutMs });
+    try {
+      return { status: request.res.status, text: await request.text() };
+    } finally {
+      request.finish();
+    }
+  }
+
+  private async open(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string; watch: boolean; bodyIdleTimeoutMs: number }): Promise<OpenRequest> {
     await this.init();
     const access = await (this.access as Promise<KubeAccess>);
     const url = new URL(this.server.replace(/\/$/, '') + path);
     for (const [k, v] of Object.entries(query)) if (v !== undefined) url.searchParams.set(k, v);
-    const { headers: auth, dispatcher } = await access.prepare(url, method);
-    const headers: Record<string, string> = { ...auth, accept: 'application/json' };
+    const headers: Record<string, string> = { ...(await access.headers(url, method)), accept: 'application/json' };
     if (opts.contentType) headers['content-type'] = opts.contentType;
+    const what = `${method} ${url.origin}${path}`;
+    const bounds = new RequestBounds(opts.signal, what);
+    bounds.arm(this.bounds.responseTimeoutMs, 'no response');
+    let res: KubeHttpResponse;
     try {
-      return (await fetch(url, {
-        method,
-        headers,
-        ...(opts.body !== undefined ? { body: opts.body } : {}),
-        ...(dispatcher ? { dispatcher } : {}),
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      })) as unknown as Response;
+      res = await access.send({ method, url, headers, ...(opts.body !== undefined ? { body: opts.body } : {}), compressed: !opts.watch, signal: bounds.signal });
     } catch (err) {
-      if (opts.signal?.aborted) throw err;
-      throw new KubeApiError(`${method} ${url.origin}${path} failed (is the API server reachable?)`, undefined, { cause: err });
+      bounds.done();
+      throw bounds.failure(err, `${what} failed (is the API server reachable?)`);
     }
+    return new OpenRequest(res, bounds, opts.bodyIdleTimeoutMs, what);
+  }
+}
+
+/**
+ * One request's bounds: the caller's signal, then a timer (the wait for the response, then each gap in the body). Either
+ * aborts `signal`, which the transport turns into a closed connection.
+ */
+class RequestBounds {
+  private readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private timedOut: KubeApiError | undefined;
+
+  constructor(private readonly callerSignal: AbortSignal | undefined, private readonly what: string) {
+    if (callerSignal?.aborted) this.controller.abort(callerSignal.reason);
+    else callerSignal?.addEventListener('abort', this.onCallerAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** (Re)starts the timer: `waitingFor` names what did not come in time. */
+  arm(ms: number, waitingFor: string): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timedOut = new KubeApiError(`${this.what}: ${waitingFor} in ${ms / 1000} s`);
+      this.controller.abort(this.timedOut);
+    }, ms);
+    this.timer.unref();
+  }
+
+  done(): void {
+    clearTimeout(this.timer);
+    this.callerSignal?.removeEventListener('abort', this.onCallerAbort);
+  }
+
+  /** The error to throw for `err`: as it is when the caller aborted, the timeout's, or a KubeApiError wrapping it. */
+  failure(err: unknown, message: string): unknown {
+    if (this.callerSignal?.aborted) return err;
+    if (this.timedOut) return this.timedOut;
+    if (err instanceof KubeApiError) return err;
+    return new KubeApiError(message, undefined, { cause: err });
+  }
+
+  private readonly onCallerAbort = (): void => this.controller.abort(this.callerSignal?.reason);
+}
+
+/** A response being read: its body in chunks under the idle bound, then `finish` (always) frees the bounds and the connection. */
+class OpenRequest {
+  constructor(readonly res: KubeHttpResponse, private readonly bounds: RequestBounds, private readonly idleMs: number, private readonly what: string) {}
+
+  async *chunks(): AsyncGenerator<Uint8Array> {
+    this.bounds.arm(this.idleMs, 'no data');
+    try {
+      for await (const chunk of this.res.body) {
+        this.bounds.arm(this.idleMs, 'no data');
+        yield chunk;
+      }
+    } catch (err) {
+      throw this.bounds.failure(err, `${this.what}: the response broke off`);
+    }
+    // A body that ends because the signal fired (rather than with an error) is not a complete one.
+    if (this.bounds.signal.aborted) throw this.bounds.failure(this.bounds.signal.reason, `${this.what}: the response broke off`);
+  }
+
+  async text(): Promise<string> {
+    const parts: Uint8Array[] = [];
+    for await (const chunk of this.chunks()) parts.push(chunk);
+    return Buffer.concat(parts).toString('utf8');
+  }
+
+  finish(): void {
+    this.bounds.done();
+    this.res.discard();
   }
 }
 

@@ -1,12 +1,12 @@
-// Turns credentials (a kubeconfig file or the pod's service account) into what each request needs: the undici pool with
-// the cluster's TLS settings and the headers (Authorization, Impersonate-User). Files are read here, once, except a token
-// file (re-read when a minute old). Only kubeconfigs needing exec plugins, auth providers or proxies load client-node.
+// Turns credentials (a kubeconfig file or the pod's service account) into what each request needs: the node:https pool
+// with the cluster's TLS settings and the headers (Authorization, Impersonate-User). Files are read here, once, except a
+// token file (re-read when a minute old). Only kubeconfigs needing exec plugins, auth providers or proxies load client-node.
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
-import { Agent, type Dispatcher } from 'undici';
 import { KubeApiError } from './errors.js';
+import { type KubeHttpRequest, type KubeHttpResponse, type KubeTlsOptions, nodeHttpTransport } from './http-transport.js';
 import { authorizationHeader, inClusterSpec, type KubeAccessSpec, type KubeAuth, parseKubeconfig, type PemSource } from './kubeconfig.js';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
@@ -21,15 +21,15 @@ export interface KubeAccess {
   readonly server: string;
   /** Which implementation serves these credentials (client-node only for what the reader does not implement). */
   readonly via: 'kubeconfig-reader' | 'client-node';
-  prepare(url: URL, method: string): Promise<{ headers: Record<string, string>; dispatcher: Dispatcher | undefined }>;
+  /** The credentials' headers for one request (Authorization, Impersonate-User); a token file is re-read when due. */
+  headers(url: URL, method: string): Promise<Record<string, string>>;
+  /** Sends one request (its headers from `headers`) over the credentials' one connection pool. */
+  send(request: KubeHttpRequest): Promise<KubeHttpResponse>;
   close(): Promise<void>;
 }
 
 /** How old a token file's content may get before it is read again (client-go's and client-node's minute). */
 export const TOKEN_FILE_MAX_AGE_MS = 60_000;
-
-/** TCP keepalive on API connections, as client-go (undici's 60 s default races 60 s load-balancer idle timeouts). */
-const KEEPALIVE_INITIAL_DELAY_MS = 30_000;
 
 /** Loads the credentials; throws a KubeApiError naming the file and the field that is missing or broken. */
 export async function loadKubeAccess(creds: KubeCredentials, opts: { now?: () => number } = {}): Promise<KubeAccess> {
@@ -54,28 +54,26 @@ async function nativeAccess(spec: KubeAccessSpec, now: () => number = Date.now):
   const cert = spec.clientCert && readPem(spec.clientCert, spec.origin);
   const key = spec.clientKey && readPem(spec.clientKey, spec.origin);
   checkTlsMaterial(spec, { ca, cert, key });
-  const dispatcher = new Agent({
-    connect: {
-      ...(ca !== undefined ? { ca } : {}),
-      ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
-      // Unset otherwise, so NODE_TLS_REJECT_UNAUTHORIZED keeps its meaning (as with client-node).
-      ...(spec.insecureSkipTlsVerify ? { rejectUnauthorized: false } : {}),
-      ...(spec.tlsServerName ? { servername: spec.tlsServerName } : {}),
-      keepAlive: true,
-      keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
-    },
-  });
+  const tls: KubeTlsOptions = {
+    ...(ca !== undefined ? { ca } : {}),
+    ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
+    // Unset otherwise, so NODE_TLS_REJECT_UNAUTHORIZED keeps its meaning (as with client-node).
+    ...(spec.insecureSkipTlsVerify ? { rejectUnauthorized: false as const } : {}),
+    ...(spec.tlsServerName ? { servername: spec.tlsServerName } : {}),
+  };
+  const transport = nodeHttpTransport(new URL(spec.server), tls);
   return {
     server: spec.server,
     via: 'kubeconfig-reader',
-    async prepare() {
+    async headers() {
       const headers: Record<string, string> = {};
       const authorization = token ? `Bearer ${await token.current()}` : staticAuth;
       if (authorization) headers.authorization = authorization;
       if (spec.impersonateUser) headers['impersonate-user'] = spec.impersonateUser;
-      return { headers, dispatcher };
+      return headers;
     },
-    close: () => dispatcher.close().catch(() => undefined),
+    send: (request) => transport.send(request),
+    close: () => transport.close(),
   };
 }
 
