@@ -6,7 +6,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { encodeHeaders, LineSplitter, loadNativeLib, parseEvent } from '../../agent/src/hbone/native-lib.js';
+import { encodeHeaders, loadNativeLib, parseEvent, MAX_EVENT_LINE } from '../../agent/src/hbone/native-lib.js';
+import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
 import { takeFd } from '../../agent/src/platform/sockets.js';
@@ -39,7 +40,7 @@ function startLib(onEvent: (e: NonNullable<ReturnType<typeof parseEvent>>) => vo
   const fd = lib.start(relaySettings(serverLimits()));
   if (fd < 0) throw new Error(lib.lastError());
   const events = new net.Socket({ fd, readable: true, writable: true });
-  const split = new LineSplitter();
+  const split = new LineSplitter(MAX_EVENT_LINE);
   events.setEncoding('utf8');
   events.on('data', (d: string) => {
     for (const line of split.push(d)) {

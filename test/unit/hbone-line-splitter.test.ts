@@ -1,12 +1,13 @@
 // LineSplitter, the framing of the native library's event stream: linear in the bytes pushed, and bounded per line.
 import test from 'ava';
-import { LineSplitter, MAX_EVENT_LINE } from '../../agent/src/hbone/native-lib.js';
+import { MAX_EVENT_LINE } from '../../agent/src/hbone/native-lib.js';
+import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 
 test('lines split anywhere across chunks come out whole and in order', (t) => {
   const lines = ['{"a":1}', '{"bb":22}', '', '{"c":"x\\ny"}', 'z'];
   const text = lines.join('\n') + '\n';
   for (let size = 1; size <= text.length; size++) {
-    const s = new LineSplitter();
+    const s = new LineSplitter(MAX_EVENT_LINE);
     const out: string[] = [];
     for (let i = 0; i < text.length; i += size) out.push(...s.push(text.slice(i, i + size)));
     t.deepEqual(out, lines.filter((l) => l.length > 0), `chunks of ${size}`);
@@ -15,7 +16,7 @@ test('lines split anywhere across chunks come out whole and in order', (t) => {
 });
 
 test('a partial last line waits for its newline', (t) => {
-  const s = new LineSplitter();
+  const s = new LineSplitter(MAX_EVENT_LINE);
   t.deepEqual(s.push('{"a":1}\n{"b"'), ['{"a":1}']);
   t.is(s.buffered, 4);
   t.deepEqual(s.push(':2}'), []);
@@ -42,7 +43,7 @@ test('a line longer than the bound is dropped and reported, never buffered; the 
 });
 
 test('a 28 MB line in 64 KiB chunks costs linear time and bounded memory (the header bomb of issue 11)', (t) => {
-  const s = new LineSplitter();
+  const s = new LineSplitter(MAX_EVENT_LINE);
   const chunk = 'h'.repeat(64 * 1024);
   const started = performance.now();
   for (let i = 0; i < 28 * 16; i++) s.push(chunk);

@@ -1,6 +1,7 @@
 // The pure parts of the native data plane's binding: its event lines, their framing, and the CONNECT header encoding.
 import test from 'ava';
-import { LineSplitter, encodeHeaders, parseEvent } from '../../agent/src/hbone/native-lib.js';
+import { encodeHeaders, parseEvent, MAX_EVENT_LINE } from '../../agent/src/hbone/native-lib.js';
+import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 
 test('event lines are parsed; unknown or malformed ones are rejected', (t) => {
   t.deepEqual(parseEvent('{"ev":"status","stream":7,"status":200}'), { ev: 'status', stream: 7, status: 200 });
@@ -14,7 +15,7 @@ test('event lines are parsed; unknown or malformed ones are rejected', (t) => {
 });
 
 test('lines split across chunks are reassembled; empty lines dropped', (t) => {
-  const s = new LineSplitter();
+  const s = new LineSplitter(MAX_EVENT_LINE);
   t.deepEqual(s.push('{"a":1}\n{"b"'), ['{"a":1}']);
   t.deepEqual(s.push(':2}\n\n{"c":3}'), ['{"b":2}']);
   t.deepEqual(s.push('\n'), ['{"c":3}']);

@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { join } from 'node:path';
-import { type NativeEvent, LineSplitter, loadNativeLib, parseEvent, toAhbSettings } from '../../agent/src/hbone/native-lib.js';
+import { type NativeEvent, loadNativeLib, parseEvent, toAhbSettings, MAX_EVENT_LINE } from '../../agent/src/hbone/native-lib.js';
+import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 import { DEFAULT_KEEPALIVE, DEFAULT_SERVER_LIMITS, HTTP2_SETTINGS, relaySettings } from '../../agent/src/hbone/settings.js';
 import { HBONE_ALPN, HBONE_CIPHERSUITES } from '../../agent/src/hbone/tls.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
@@ -60,7 +61,7 @@ test.serial('settings changed in TypeScript are what the relay\'s SETTINGS frame
   t.true(fd >= 0, lib.lastError());
   const events = new net.Socket({ fd, readable: true, writable: true });
   const seen: NativeEvent[] = [];
-  const split = new LineSplitter();
+  const split = new LineSplitter(MAX_EVENT_LINE);
   events.setEncoding('utf8');
   events.on('data', (d: string) => {
     for (const line of split.push(d)) {

@@ -1,4 +1,4 @@
-// The Kubernetes client's own HTTP (agent/src/workload/kube/client.ts, http-transport.ts, line-splitter.ts): watch lines
+// The Kubernetes client's own HTTP (agent/src/workload/kube/client.ts, http-transport.ts; lines split by protocol/line-splitter.ts): watch lines
 // and their bound, abort and early exit closing the socket, timeouts, gzip, keep-alive, and that undici is not loaded.
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
@@ -10,31 +10,30 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { stringify } from 'yaml';
 import { KubeApiError, KubeClient, type KubeClientBounds } from '../../agent/src/workload/kube/client.js';
-import { LineSplitter, LineTooLongError } from '../../agent/src/workload/kube/line-splitter.js';
+import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 import { pollUntil } from '../fixtures/fake-kube-api.js';
 
-test('line splitter: lines across chunks, a character split between chunks, CRLF kept for the caller to trim', (t) => {
-  const lines = new LineSplitter(64);
+test('watch lines: a character split between chunks, CRLF trimmed; stop mode ends at the bound with the lines before it', (t) => {
+  const lines = new LineSplitter(64, undefined, 'stop');
+  const decoder = new TextDecoder();
   const bytes = Buffer.from('{"a":1}\n{"b":"é"}\r\n{"c"');
   const split = bytes.indexOf(Buffer.from('é')) + 1; // inside the two bytes of é
-  t.deepEqual([...lines.push(bytes.subarray(0, 3))], []);
-  t.deepEqual([...lines.push(bytes.subarray(3, split))], ['{"a":1}']);
-  t.deepEqual([...lines.push(bytes.subarray(split))], ['{"b":"é"}\r']);
-  t.is(lines.buffered, 4);
-  t.deepEqual([...lines.push(Buffer.from(':3}\n\n'))], ['{"c":3}', '']);
+  const push = (b: Uint8Array): string[] => lines.push(decoder.decode(b, { stream: true }));
+  t.deepEqual(push(bytes.subarray(0, 3)), []);
+  t.deepEqual(push(bytes.subarray(3, split)), ['{"a":1}']);
+  t.deepEqual(push(bytes.subarray(split)), ['{"b":"é"}\r']);
+  t.deepEqual(push(Buffer.from(':3}\n\n')), ['{"c":3}']);
   t.is(lines.buffered, 0);
-});
 
-test('line splitter: a line over the bound is refused, whether it arrives whole or in pieces', (t) => {
-  t.deepEqual([...new LineSplitter(4).push(Buffer.from('abcd\n'))], ['abcd']);
-  const before: string[] = [];
-  t.throws(() => {
-    for (const line of new LineSplitter(4).push(Buffer.from('ok\nabcde\n'))) before.push(line);
-  }, { instanceOf: LineTooLongError, message: 'a line is over 4 bytes' });
-  t.deepEqual(before, ['ok']);
-  const pieces = new LineSplitter(4);
-  t.deepEqual([...pieces.push(Buffer.from('ab'))], []);
-  t.throws(() => [...pieces.push(Buffer.from('cde'))], { instanceOf: LineTooLongError });
+  const short = new LineSplitter(4, undefined, 'stop');
+  t.deepEqual(short.push('abcd\n'), ['abcd']);
+  t.deepEqual(short.push('ok\nabcde\nlater\n'), ['ok'], 'the lines before the over-long one, none after');
+  t.true(short.stopped);
+  t.deepEqual(short.push('more\n'), [], 'nothing once stopped');
+  const pieces = new LineSplitter(4, undefined, 'stop');
+  t.deepEqual(pieces.push('ab'), []);
+  t.deepEqual(pieces.push('cde'), []);
+  t.true(pieces.stopped, 'stopped as the bound is passed, before any newline');
 });
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -117,10 +116,10 @@ test('leaving a watch loop early closes its connection; the next request opens a
 });
 
 test('a watch event line over the bound fails the watch with a KubeApiError and closes the connection', async (t) => {
-  const { client, open } = await served(t, holdingWatch(pod('ok') + JSON.stringify({ type: 'ADDED', object: { pad: 'x'.repeat(2000) } }) + '\n'), { maxWatchLineBytes: 1024 });
+  const { client, open } = await served(t, holdingWatch(pod('ok') + JSON.stringify({ type: 'ADDED', object: { pad: 'x'.repeat(2000) } }) + '\n'), { maxWatchLineChars: 1024 });
   const events = client.watch('/api/v1/pods', {}, new AbortController().signal);
   t.like((await events.next()).value, { object: { metadata: { name: 'ok' } } });
-  await t.throwsAsync(events.next(), { instanceOf: KubeApiError, message: 'watch /api/v1/pods: an event is over 1024 bytes' });
+  await t.throwsAsync(events.next(), { instanceOf: KubeApiError, message: 'watch /api/v1/pods: an event is over 1024 characters' });
   await pollUntil(() => open.size, (n) => n === 0, 'the refused watch socket to close');
 });
 

@@ -40,68 +40,6 @@ export function parseEvent(line: string): NativeEvent | undefined {
  */
 export const MAX_EVENT_LINE = 256 * 1024;
 
-/**
- * Splits a byte stream into lines, keeping the partial last line for the next chunk. Linear: each chunk is scanned
- * once from where the previous one ended and a line is joined once, when its newline arrives. A line longer than
- * `maxLine` is never buffered: it is skipped up to its newline and reported to `onDrop` (its length and first 200
- * characters). Empty lines are dropped. Pure apart from its buffer.
- */
-export class LineSplitter {
-  private parts: string[] = [];
-  private partLen = 0;
-  /** Length of the over-long line being skipped, or -1. */
-  private skipping = -1;
-  private skippedHead = '';
-  /** Over-long lines dropped so far. */
-  dropped = 0;
-
-  constructor(private readonly maxLine = MAX_EVENT_LINE, private readonly onDrop?: (length: number, head: string) => void) {}
-
-  push(chunk: string): string[] {
-    const out: string[] = [];
-    let start = 0;
-    for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
-      const piece = nl > start ? chunk.slice(start, nl) : '';
-      if (this.skipping < 0 && this.partLen + piece.length > this.maxLine) this.startSkip(piece);
-      else if (this.skipping >= 0) this.skipping += piece.length;
-      if (this.skipping >= 0) {
-        this.dropped++;
-        this.onDrop?.(this.skipping, this.skippedHead);
-        this.skipping = -1;
-        this.skippedHead = '';
-      } else {
-        const line = this.partLen ? this.parts.join('') + piece : piece;
-        if (line.length) out.push(line);
-      }
-      this.parts = [];
-      this.partLen = 0;
-      start = nl + 1;
-    }
-    if (start < chunk.length) {
-      const tail = start ? chunk.slice(start) : chunk;
-      if (this.skipping >= 0) this.skipping += tail.length;
-      else if (this.partLen + tail.length > this.maxLine) this.startSkip(tail);
-      else {
-        this.parts.push(tail);
-        this.partLen += tail.length;
-      }
-    }
-    return out;
-  }
-
-  /** Characters held for the line not yet complete (bounded by maxLine). */
-  get buffered(): number {
-    return this.partLen;
-  }
-
-  private startSkip(piece: string): void {
-    this.skippedHead = (this.parts.join('') + piece.slice(0, 200)).slice(0, 200);
-    this.skipping = this.partLen + piece.length;
-    this.parts = [];
-    this.partLen = 0;
-  }
-}
-
 /** Extra CONNECT headers in the library's "name\nvalue\n" form. Names are lower-cased (HTTP/2). Pure. */
 export function encodeHeaders(headers: Readonly<Record<string, string>>): string {
   let out = '';

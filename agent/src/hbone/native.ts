@@ -11,7 +11,8 @@ import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { HboneStatusError } from './connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from './data-path.js';
-import { LineSplitter, MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+import { MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
+import { LineSplitter } from '../protocol/line-splitter.js';
 import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
 import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } from './settings.js';
 

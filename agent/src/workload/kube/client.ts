@@ -3,7 +3,7 @@
 import { type KubeAccess, type KubeCredentials, loadKubeAccess } from './credentials.js';
 import { KubeApiError } from './errors.js';
 import type { KubeHttpResponse } from './http-transport.js';
-import { LineSplitter, LineTooLongError } from './line-splitter.js';
+import { LineSplitter } from '../../protocol/line-splitter.js';
 
 export { KubeApiError } from './errors.js';
 export { type KubeAccess, type KubeCredentials, loadKubeAccess, SERVICE_ACCOUNT_DIR } from './credentials.js';
@@ -22,13 +22,13 @@ export interface KubeClientBounds {
   /** Between two chunks of a body (a watch: at least its server-side `timeoutSeconds` plus a minute). */
   bodyIdleTimeoutMs: number;
   /** The longest watch event line; a longer one fails the watch (the server's objects are at most a few MB). */
-  maxWatchLineBytes: number;
+  maxWatchLineChars: number;
 }
 
 export const DEFAULT_KUBE_CLIENT_BOUNDS: KubeClientBounds = {
   responseTimeoutMs: 300_000,
   bodyIdleTimeoutMs: 300_000,
-  maxWatchLineBytes: 16 * 1024 * 1024,
+  maxWatchLineChars: 16 * 1024 * 1024,
 };
 
 export class KubeClient {
@@ -86,17 +86,16 @@ export class KubeClient {
         const text = await request.text().catch(() => '');
         throw new KubeApiError(`watch ${path}: HTTP ${request.res.status}: ${statusMessage(text)}`, request.res.status);
       }
-      const lines = new LineSplitter(this.bounds.maxWatchLineBytes);
+      // An event too long to take is not skipped (the directory would miss it): the watch fails, and the reflector
+      // resumes from the last event it applied.
+      const lines = new LineSplitter(this.bounds.maxWatchLineChars, undefined, 'stop');
+      const decoder = new TextDecoder();
       for await (const chunk of request.chunks()) {
-        try {
-          for (const raw of lines.push(chunk)) {
-            const line = raw.trim();
-            if (line) yield parseWatchEvent(line, path);
-          }
-        } catch (err) {
-          if (err instanceof LineTooLongError) throw new KubeApiError(`watch ${path}: an event is over ${err.maxBytes} bytes`, undefined, { cause: err });
-          throw err;
+        for (const raw of lines.push(decoder.decode(chunk, { stream: true }))) {
+          const line = raw.trim();
+          if (line) yield parseWatchEvent(line, path);
         }
+        if (lines.stopped) throw new KubeApiError(`watch ${path}: an event is over ${this.bounds.maxWatchLineChars} characters`);
       }
     } finally {
       request.finish();
