@@ -193,3 +193,14 @@ test('loading the kubernetes source does not load undici', async (t) => {
   const { stdout } = await execa('node', ['--import=tsx', '--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '../..'), timeout: 60_000 });
   t.deepEqual(JSON.parse(stdout), []);
 });
+
+test('a list whose decompressed body passes the bound (a gzip bomb) fails with a KubeApiError and closes its socket', async (t) => {
+  const bomb = gzipSync(Buffer.alloc(4 * 1024 * 1024, 0x20)); // 4 MiB of spaces in about 4 KiB
+  const { client, open } = await served(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+    res.end(bomb);
+  }, { maxBodyBytes: 1024 * 1024 });
+  t.true(bomb.length < 64 * 1024);
+  await t.throwsAsync(client.getJson('/api/v1/pods', {}), { instanceOf: KubeApiError, message: /\/api\/v1\/pods: the response is over 1048576 bytes$/ });
+  await pollUntil(() => open.size, (n) => n === 0, 'the refused list\'s socket to close');
+});

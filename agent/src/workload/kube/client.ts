@@ -23,12 +23,18 @@ export interface KubeClientBounds {
   bodyIdleTimeoutMs: number;
   /** The longest watch event line; a longer one fails the watch (the server's objects are at most a few MB). */
   maxWatchLineChars: number;
+  /**
+   * The largest response body read whole (a list, decompressed): past it the request fails. 512 MiB is about the
+   * longest string V8 can make, so nothing larger could be parsed anyway; a 50,000-pod list is well under it.
+   */
+  maxBodyBytes: number;
 }
 
 export const DEFAULT_KUBE_CLIENT_BOUNDS: KubeClientBounds = {
   responseTimeoutMs: 300_000,
   bodyIdleTimeoutMs: 300_000,
   maxWatchLineChars: 16 * 1024 * 1024,
+  maxBodyBytes: 512 * 1024 * 1024,
 };
 
 export class KubeClient {
@@ -83,7 +89,7 @@ export class KubeClient {
     const request = await this.open('GET', path, { ...query, watch: 'true' }, { signal, watch: true, bodyIdleTimeoutMs: idleMs });
     try {
       if (request.res.status !== 200) {
-        const text = await request.text().catch(() => '');
+        const text = await request.text(64 * 1024).catch(() => '');
         throw new KubeApiError(`watch ${path}: HTTP ${request.res.status}: ${statusMessage(text)}`, request.res.status);
       }
       // An event too long to take is not skipped (the directory would miss it): the watch fails, and the reflector
@@ -106,7 +112,7 @@ export class KubeClient {
   private async exchange(method: 'GET' | 'PATCH', path: string, query: Query, opts: { signal?: AbortSignal | undefined; body?: string; contentType?: string }): Promise<{ status: number; text: string }> {
     const request = await this.open(method, path, query, { ...opts, watch: false, bodyIdleTimeoutMs: this.bounds.bodyIdleTimeoutMs });
     try {
-      return { status: request.res.status, text: await request.text() };
+      return { status: request.res.status, text: await request.text(this.bounds.maxBodyBytes) };
     } finally {
       request.finish();
     }
@@ -195,9 +201,15 @@ class OpenRequest {
     if (this.bounds.signal.aborted) throw this.bounds.failure(this.bounds.signal.reason, `${this.what}: the response broke off`);
   }
 
-  async text(): Promise<string> {
+  /** The whole body as text, decompressed bytes bounded by `maxBytes` (a gzip bomb or a runaway list fails here). */
+  async text(maxBytes: number): Promise<string> {
     const parts: Uint8Array[] = [];
-    for await (const chunk of this.chunks()) parts.push(chunk);
+    let bytes = 0;
+    for await (const chunk of this.chunks()) {
+      bytes += chunk.length;
+      if (bytes > maxBytes) throw new KubeApiError(`${this.what}: the response is over ${maxBytes} bytes`);
+      parts.push(chunk);
+    }
     return Buffer.concat(parts).toString('utf8');
   }
 
