@@ -2,7 +2,6 @@
 // flight (no dial fails), and CONNECT streams the peer resets or never answers (every `ready` settles). Client and
 // server are one NativeHbone in this process, with real TLS and sockets inside a throwaway network namespace; and an app
 // dial given up when its stream goes away.
-import fs from 'node:fs';
 import net from 'node:net';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
@@ -277,13 +276,17 @@ netnsTest('dialFrom: an aborted dial gives its socket up at once, before the con
   await ip('neigh', 'add', '10.79.0.2', 'lladdr', '02:00:00:00:79:02', 'dev', 'amb-bh0', 'nud', 'permanent');
   const ns = Netns.open(netnsPath(name));
   t.teardown(() => ns.close());
-  const fds = (): number => fs.readdirSync('/proc/self/fd').length;
-  const before = fds();
+  // The test's own namespace holds no other TCP socket: any to 10.79.0.2 would be the given-up dial's.
+  const toBlackhole = async (): Promise<string> =>
+    String((await execa('ip', ['netns', 'exec', name, 'ss', '-Htan', 'dst', '10.79.0.2'])).stdout).trim();
 
   const pending = new AbortController();
   const started = Date.now();
   const dial = dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, paused: true, signal: pending.signal, timeoutMs: WAIT_MS });
-  setTimeout(() => pending.abort(new Error('stream reset')), 100);
+  dial.catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.regex(await toBlackhole(), /SYN-SENT/, 'the dial is in flight (the check below can see its socket)');
+  pending.abort(new Error('stream reset'));
   const err = await t.throwsAsync(dial);
   t.regex(err?.message ?? '', /connect 10\.79\.0\.2:80 given up/);
   t.true(Date.now() - started < WAIT_MS / 2, 'given up at the abort, not at the connect timeout');
@@ -291,8 +294,7 @@ netnsTest('dialFrom: an aborted dial gives its socket up at once, before the con
   const already = new AbortController();
   already.abort();
   await t.throwsAsync(dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, signal: already.signal }), { message: /given up/ });
-  await new Promise((resolve) => setTimeout(resolve, 50));
-  t.is(fds(), before, 'no socket is left behind');
+  t.is(await toBlackhole(), '', 'no socket is left behind (none in SYN-SENT or any other state)');
 });
 
 netnsTest('native: the library ending its event socket fails every pending stream and reports a fatal AMB_ERR_NATIVE_LIB once', async (t) => {
