@@ -540,6 +540,12 @@ export class NativeHbone implements HboneDataPath {
         for (const id of sessions) this.lib?.closeSession(id, false);
         await new Promise<void>((resolve) => server.close(() => resolve()));
       },
+      stopAccepting: () => {
+        // The listening fd closes at once (the callback would wait for sockets Node still holds: not awaited).
+        server.close();
+        for (const id of sessions) this.lib?.closeSession(id, true);
+        return Promise.resolve();
+      },
     };
   }
 }
