@@ -1,0 +1,236 @@
+// Upgrades without dropping connections (issue 15, phase 1): a second agent on the same state dir and socket takes
+// over from the running one while new connections arrive every 20 ms; a long-lived HBONE stream drains; a third agent is refused.
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { AgentProcess, type AgentLogRecord } from '../testbed/agent-process.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import { AMBIENT, eventually, podRules } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+const ECHO_PORT = 9000;
+const DRAIN_SECONDS = 4;
+
+/** A threaded line-echo server: every connection gets each line back until it closes. */
+const ECHO_SERVER = `
+import socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line); self.wfile.flush()
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 512
+S(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
+`;
+
+/** New connection every 20 ms (ping, echo, close) until the stop file appears; one JSON summary line at the end. */
+const CONNECT_LOOP = `
+import socket, sys, time, json, os
+ip, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ok, fails, errors, lat = 0, 0, [], []
+end = time.time() + 300
+while time.time() < end and not os.path.exists(stop):
+    t0 = time.time()
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+        s.sendall(b'ping\\n')
+        got = b''
+        while not got.endswith(b'\\n'):
+            d = s.recv(64)
+            if not d: raise OSError('closed before the echo')
+            got += d
+        s.close()
+        if got != b'ping\\n': raise OSError('wrong echo %r' % got)
+        ok += 1; lat.append(time.time() - t0)
+    except OSError as e:
+        fails += 1; errors.append('%.3f %s %s' % (time.time(), type(e).__name__, e))
+    time.sleep(max(0, 0.02 - (time.time() - t0)))
+lat.sort()
+p = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+print(json.dumps({'ok': ok, 'fails': fails, 'errors': errors[:10], 'p50ms': p(0.5), 'p99ms': p(0.99)}), flush=True)
+`;
+
+/** One long-lived connection: a line every 100 ms, echo checked; prints one line per second and how it ended. */
+const LONG_STREAM = `
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((ip, port), timeout=5)
+print('connected', flush=True)
+n, last = 0, time.time()
+try:
+    while True:
+        s.sendall(b'x\\n'); got = b''
+        while not got.endswith(b'\\n'):
+            d = s.recv(64)
+            if not d: raise OSError('eof')
+            got += d
+        n += 1
+        if time.time() - last >= 0.5:
+            print('echo %d %.3f' % (n, time.time()), flush=True); last = time.time()
+        time.sleep(0.1)
+except OSError as e:
+    print('ended %s %s %.3f after %d echoes' % (type(e).__name__, e, time.time(), n), flush=True)
+`;
+
+interface LoopResult {
+  ok: number;
+  fails: number;
+  errors: string[];
+  p50ms: number | null;
+  p99ms: number | null;
+}
+
+function startLoop(tb: Testbed, client: TestbedPod, ip: string, tag: string): { stop: () => Promise<LoopResult> } {
+  const stopFile = join(tb.runDir, `stop-${tag}`);
+  const proc = client.spawn(PY, ['-c', CONNECT_LOOP, ip, String(ECHO_PORT), stopFile], { reject: false, timeout: 320_000 });
+  return {
+    async stop() {
+      await client.exec('touch', [stopFile]);
+      const r = await proc;
+      const last = String(r.stdout).trim().split('\n').pop() ?? '';
+      if (!last.startsWith('{')) throw new Error(`connect loop ${tag} printed no summary: ${String(r.stdout)} ${String(r.stderr)}`);
+      return JSON.parse(last) as LoopResult;
+    },
+  };
+}
+
+const rssKb = (pid: number | undefined): number => {
+  if (pid === undefined) return -1;
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+};
+const fdCount = (pid: number | undefined): number => {
+  try {
+    return pid === undefined ? -1 : readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return -1;
+  }
+};
+
+const hasMsg = (logs: AgentLogRecord[], msg: string): AgentLogRecord | undefined => logs.find((l) => l.msg === msg);
+
+/**
+ * Starts a successor for `current` (same flags, its own log) and waits until it has taken over and the predecessor
+ * has drained and exited. Returns the successor and what the predecessor logged of its drain.
+ */
+async function takeOver(t: ExecutionContext, current: AgentProcess, round: string, during?: () => Promise<void>): Promise<{ next: AgentProcess; drained: AgentLogRecord | undefined; rss: [number, number] }> {
+  const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, `-${round}.log`) });
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  const exited = current.exited;
+  if (!exited) throw new Error('the current agent is not running');
+  await next.start(); // may return on the predecessor's status: the log says when the take-over completed
+  await eventually(async () => hasMsg(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
+  const rss: [number, number] = [rssKb(current.pid), rssKb(next.pid)];
+  await during?.();
+  const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (DRAIN_SECONDS + 20) * 1000))]);
+  t.deepEqual(exit, { code: 0, signal: null }, `${round}: the predecessor exited 0 after its drain`);
+  const logs = await current.logs({ currentRun: true });
+  return { next, drained: logs.find((l) => l.msg === 'drain finished' || l.msg === 'drain deadline reached; cutting the rest'), rss };
+}
+
+/** Listening sockets per port in a pod (the agent's 15001/15006/15008). */
+async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> {
+  const r = await pod.exec('ss', ['-Hltn']);
+  const out: Record<number, number> = {};
+  for (const l of String(r.stdout).split('\n')) {
+    const port = Number(/:(\d+)$/.exec(l.split(/\s+/)[3] ?? '')?.[1]);
+    if (port) out[port] = (out[port] ?? 0) + 1;
+  }
+  return out;
+}
+
+for (const mode of ['iptables'] as RedirectMode[]) {
+  netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; 5 more take-overs leak nothing`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(DRAIN_SECONDS)] });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [client, server, outsider] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+      { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+      { node: 0, namespace: 'plain', name: 'outsider' },
+    ]);
+    if (!client || !server || !outsider) throw new Error('pods missing');
+    void server.spawn(PY, ['-c', ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
+    await server.waitForPort(ECHO_PORT);
+    const agents = [tb.agent(0), tb.agent(1)];
+    const before = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
+
+    // 1. New connections every 20 ms (mesh -> mesh, non-mesh -> mesh) across a take-over of each node's agent, and a
+    //    long-lived HBONE stream across the destination's.
+    const mesh = startLoop(tb, client, server.ip, 'mesh');
+    const plain = startLoop(tb, outsider, server.ip, 'plain');
+    let streamOut = '';
+    const stream = client.spawn(PY, ['-u', '-c', LONG_STREAM, server.ip, String(ECHO_PORT)], { reject: false, timeout: 120_000 });
+    stream.stdout?.on('data', (d: Buffer) => (streamOut += String(d)));
+    await eventually(async () => streamOut, (o) => o.includes('echo'), 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    let handedOffAt = 0;
+    let third = '';
+    const dest = await takeOver(t, agents[1]!, 'r1', async () => {
+      handedOffAt = Date.now() / 1000;
+      // 2. A third agent while the predecessor drains: refused with a clear error.
+      const c = new AgentProcess({ ...agents[1]!.spec, logFile: agents[1]!.spec.logFile.replace(/\.log$/, '-third.log'), readyTimeoutMs: 15_000 });
+      t.teardown(async () => {
+        await c.stop(2000);
+      });
+      // start() may return on the successor's status (the socket path is its): the exit is what counts.
+      const started = c.start().catch(() => undefined);
+      const exitedC = c.exited;
+      await started;
+      const exit = await Promise.race([exitedC ?? Promise.resolve(undefined), new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000))]);
+      third = (await c.logs()).map((l) => String(l.err && typeof l.err === 'object' && 'message' in l.err ? l.err.message : l.msg)).join(' | ');
+      t.not(exit?.code ?? 0, 0, `the third agent exited with an error (${JSON.stringify(exit)})`);
+    });
+    agents[1] = dest.next;
+    t.regex(third, /at most two agents/, 'the third agent says why it cannot start');
+    const src = await takeOver(t, agents[0]!, 'r1');
+    agents[0] = src.next;
+    await new Promise((r) => setTimeout(r, 500));
+    const [meshResult, plainResult] = await Promise.all([mesh.stop(), plain.stop()]);
+    await stream;
+    t.log(`[${mode}] mesh -> mesh: ${meshResult.ok} ok, ${meshResult.fails} failed (p50 ${meshResult.p50ms} ms, p99 ${meshResult.p99ms} ms) ${meshResult.errors.join('; ')}`);
+    t.log(`[${mode}] non-mesh -> mesh: ${plainResult.ok} ok, ${plainResult.fails} failed (p50 ${plainResult.p50ms} ms, p99 ${plainResult.p99ms} ms) ${plainResult.errors.join('; ')}`);
+    t.log(`[${mode}] RSS during the overlap (KiB): destination old ${dest.rss[0]} new ${dest.rss[1]}; source old ${src.rss[0]} new ${src.rss[1]}`);
+    t.log(`[${mode}] drains: destination ${JSON.stringify(dest.drained)}; source ${JSON.stringify(src.drained)}`);
+    t.log(`[${mode}] third agent: ${third}`);
+    t.is(meshResult.fails, 0, 'no new mesh connection failed across the take-overs');
+    t.is(plainResult.fails, 0, 'no new non-mesh connection failed across the take-overs');
+    t.true(meshResult.ok > 50 && plainResult.ok > 50, 'the loops ran');
+
+    // 3. The long stream: served during the drain, then cut (not hung) by the predecessor's deadline.
+    const lines = streamOut.trim().split('\n');
+    const echoTimes = lines.filter((l) => l.startsWith('echo ')).map((l) => Number(l.split(' ')[2]));
+    const ended = lines.find((l) => l.startsWith('ended '));
+    t.log(`[${mode}] long stream: ${lines.slice(-3).join(' | ')}; hand-off at ${handedOffAt.toFixed(3)}`);
+    t.true(echoTimes.some((x) => x > handedOffAt + 1), 'the stream still carried echoes during the drain');
+    t.truthy(ended, 'the stream was ended by the drain deadline');
+    t.is(dest.drained?.msg, 'drain deadline reached; cutting the rest', 'the destination\'s predecessor cut what was left at its deadline');
+    t.true(Number(dest.drained?.cut ?? 0) >= 1, 'and counted it');
+
+    // 4. Five more take-overs of the destination's agent: nothing leaks.
+    const fdsFirst = fdCount(agents[1]!.pid);
+    for (let i = 2; i <= 6; i++) agents[1] = (await takeOver(t, agents[1]!, `r${i}`)).next;
+    const fdsLast = fdCount(agents[1]!.pid);
+    const listeners = await listenerCounts(server);
+    const after = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
+    t.log(`[${mode}] after 6 take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
+    for (const port of [15001, 15006, 15008]) t.is(listeners[port], 1, `one listener on ${port} in the pod`);
+    const rulesOnly = (dump: string): string => dump.split('\n').filter((l) => !l.startsWith('#')).join('\n');
+    t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s rules are unchanged');
+    t.deepEqual(
+      (JSON.parse(after.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
+      (JSON.parse(before.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
+      'the same pod records',
+    );
+    t.true(fdsLast <= fdsFirst + 4, `the agent's fds did not grow with take-overs (${fdsFirst} -> ${fdsLast})`);
+    t.true((await eventually(async () => (await agents[1]!.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000) as { ready: boolean }).ready);
+  });
+}
