@@ -33,6 +33,8 @@ import { requestTakeOver, servePredecessor, type HandoverChannel, type Predecess
 export interface AgentHooks {
   onFatal?: (err: Error) => void;
   onHandedOver?: (tally: DrainTally) => void;
+  /** A stop deferred during a take-over (see deferStop) is due: the successor went away before it was ready. */
+  onDeferredStop?: () => void;
 }
 
 /** How long a successor waits for the running agent to release the state dir. */
@@ -69,6 +71,8 @@ export class Agent {
   private handoverLock: HeldLock | undefined;
   /** Set from a successor's `begin` on: this agent changes nothing more (unless the successor goes away first). */
   private handingOver = false;
+  /** A SIGTERM arrived while handing over: exit after the drain, or stop as usual if the take-over is abandoned. */
+  private stopDeferred = false;
   private readonly store: StateStore;
 
   /**
@@ -277,6 +281,16 @@ export class Agent {
     })();
   }
 
+  /**
+   * True when a stop must wait: this agent is handing over (the DaemonSet deletes the old pod as soon as the new one is
+   * ready, in the middle of the drain). It then exits when the drain ends, or stops if the successor goes away first.
+   */
+  deferStop(): boolean {
+    if (!this.handingOver) return false;
+    this.stopDeferred = true;
+    return true;
+  }
+
   private releaseHandoverLock(): void {
     this.handoverLock?.release();
     this.handoverLock = undefined;
@@ -300,6 +314,12 @@ export class Agent {
         this.agentLock = undefined;
       },
       resume: async (reason) => {
+        if (this.stopDeferred) {
+          this.log.warn({ reason }, 'successor went away before it was ready; stopping as asked earlier (rules stay)');
+          this.handingOver = false;
+          this.hooks.onDeferredStop?.();
+          return;
+        }
         this.log.warn({ reason }, 'successor went away before it was ready; carrying on');
         for (let i = 0; i < 50 && !this.agentLock; i++) {
           this.agentLock = tryLock(join(this.cfg.stateDir, AGENT_LOCK_FILE));

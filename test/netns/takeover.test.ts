@@ -4,7 +4,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { AgentProcess, type AgentLogRecord } from '../testbed/agent-process.js';
+import { AgentProcess, signalGroup, type AgentLogRecord } from '../testbed/agent-process.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { AMBIENT, eventually, podRules } from './helpers.js';
 
@@ -147,7 +147,7 @@ async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> 
   return out;
 }
 
-for (const mode of ['iptables'] as RedirectMode[]) {
+for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; 5 more take-overs leak nothing`, async (t) => {
     const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(DRAIN_SECONDS)] });
     await tb.setNamespace('app', AMBIENT);
@@ -191,7 +191,14 @@ for (const mode of ['iptables'] as RedirectMode[]) {
     });
     agents[1] = dest.next;
     t.regex(third, /at most two agents/, 'the third agent says why it cannot start');
-    const src = await takeOver(t, agents[0]!, 'r1');
+    // The source's predecessor gets a SIGTERM in its drain (the DaemonSet deletes the old pod once the new is ready):
+    // it drains on and exits 0 at the end.
+    const oldSource = agents[0]!;
+    const src = await takeOver(t, oldSource, 'r1', async () => {
+      await new Promise((r) => setTimeout(r, 300));
+      if (oldSource.pid !== undefined) signalGroup(oldSource.pid, 'SIGTERM');
+    });
+    t.truthy(src.drained, 'the source\'s predecessor finished its drain despite the SIGTERM');
     agents[0] = src.next;
     await new Promise((r) => setTimeout(r, 500));
     const [meshResult, plainResult] = await Promise.all([mesh.stop(), plain.stop()]);
@@ -224,7 +231,10 @@ for (const mode of ['iptables'] as RedirectMode[]) {
     t.log(`[${mode}] after 6 take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
     for (const port of [15001, 15006, 15008]) t.is(listeners[port], 1, `one listener on ${port} in the pod`);
     const rulesOnly = (dump: string): string => dump.split('\n').filter((l) => !l.startsWith('#')).join('\n');
-    t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s rules are unchanged');
+    t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s iptables rules are unchanged');
+    const noCounters = (dump: string): string => dump.replace(/counter packets \d+ bytes \d+/g, 'counter');
+    t.is(noCounters(after.rules.nft), noCounters(before.rules.nft), 'the pod\'s nft ruleset is unchanged');
+    t.is(after.rules.ebpf, before.rules.ebpf, 'the pod\'s eBPF pieces are unchanged');
     t.deepEqual(
       (JSON.parse(after.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
       (JSON.parse(before.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
@@ -234,3 +244,35 @@ for (const mode of ['iptables'] as RedirectMode[]) {
     t.true((await eventually(async () => (await agents[1]!.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000) as { ready: boolean }).ready);
   });
 }
+
+netnsTest.serial('[iptables] kill -9 of the successor while it adopts: the running agent carries on (new connections keep working), a later take-over succeeds', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, agentArgs: ['--drain-seconds', '1'] });
+  await tb.setNamespace('app', AMBIENT);
+  const [client, server] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+  ]);
+  if (!client || !server) throw new Error('pods missing');
+  void server.spawn(PY, ['-c', ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
+  await server.waitForPort(ECHO_PORT);
+  const running = tb.agent(1);
+  const loop = startLoop(tb, client, server.ip, 'killed-successor');
+  const doomed = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-doomed.log') });
+  t.teardown(async () => {
+    await doomed.stop(2000);
+  });
+  const started = doomed.start().catch(() => undefined);
+  // Killed once it holds the state dir and adopts, before it is ready.
+  await eventually(async () => hasMsg(await doomed.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  await doomed.kill('SIGKILL');
+  await started;
+  const resumed = await eventually(async () => hasMsg(await running.logs({ currentRun: true }), 'successor went away before it was ready; carrying on'), (r) => r !== undefined, 15_000);
+  t.truthy(resumed, 'the running agent took the state dir back');
+  t.true(running.running, 'and is still running');
+  await eventually(async () => (await running.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000);
+  const next = await takeOver(t, running, 'after-kill');
+  const result = await loop.stop();
+  t.log(`successor killed, then a take-over: ${result.ok} ok, ${result.fails} failed ${result.errors.join('; ')}`);
+  t.is(result.fails, 0, 'no new connection failed');
+  t.true((await next.next.request('GET', '/v1/status')).statusCode === 200);
+});

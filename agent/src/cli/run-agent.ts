@@ -18,7 +18,6 @@ export async function runAgent(opts: Record<string, unknown>): Promise<void> {
     log.fatal({ err }, 'agent failed; exiting');
     agent.stop().catch(() => undefined).finally(() => process.exit(1));
   };
-  // A bad setting surfaces here, to main's exit codes, as before start.
   // The end of a take-over's drain: the successor runs the node now; this one stops (rules stay) and exits 0.
   const handedOver = (tally: DrainTally): void => {
     if (stopping) return;
@@ -29,9 +28,14 @@ export async function runAgent(opts: Record<string, unknown>): Promise<void> {
       process.exit(1);
     });
   };
-  const agent: Agent = await Agent.create(cfg, log, { onFatal: fatal, onHandedOver: handedOver });
+  // A bad setting surfaces here, to main's exit codes, as before start.
+  const agent: Agent = await Agent.create(cfg, log, { onFatal: fatal, onHandedOver: handedOver, onDeferredStop: () => stop('SIGTERM (deferred)') });
   const stop = (signal: string): void => {
     if (stopping) return;
+    if (agent.deferStop()) {
+      log.info({ signal }, 'handing over to a new agent: exiting once the drain ends');
+      return;
+    }
     stopping = true;
     log.info({ signal }, 'stopping; pod rules stay in place');
     agent.stop().then(() => process.exit(0), (err: unknown) => {

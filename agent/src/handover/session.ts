@@ -25,6 +25,11 @@ export class HandoverChannel {
     this.closed = new Promise((resolve) => conn.once('close', () => resolve()));
     conn.on('error', (err: Error) => this.fail(err));
     conn.on('close', () => this.fail(new TakeOverError('the other agent closed the take-over connection')));
+    // The event server's sockets allow half-open: the peer's end (its exit, even kill -9) would not close ours.
+    conn.on('end', () => {
+      this.fail(new TakeOverError('the other agent ended the take-over connection'));
+      conn.destroy();
+    });
     conn.on('data', (d: Buffer) => this.feed(d));
     if (head.length) this.feed(head);
   }
