@@ -1,7 +1,7 @@
 // Upgrades without dropping connections (issue 15, phase 1): a second agent on the same state dir and socket takes
 // over from the running one while new connections arrive every 20 ms; a long-lived HBONE stream drains; a third agent is refused.
 import { readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { AgentProcess, signalGroup, type AgentLogRecord } from '../testbed/agent-process.js';
@@ -275,4 +275,6 @@ netnsTest.serial('[iptables] kill -9 of the successor while it adopts: the runni
   t.log(`successor killed, then a take-over: ${result.ok} ok, ${result.fails} failed ${result.errors.join('; ')}`);
   t.is(result.fails, 0, 'no new connection failed');
   t.true((await next.next.request('GET', '/v1/status')).statusCode === 200);
+  const staging = readdirSync(dirname(running.spec.socketPath)).filter((n) => n.endsWith('.new'));
+  t.deepEqual(staging, [], 'the killed successor\'s staging socket was cleaned up by the next agent');
 });

@@ -2,10 +2,10 @@
 // Bodies are size-capped and validated before anything acts on them; every failure answers an EventError with a CNI code.
 // During a take-over (handover/) it hands the protocol's upgraded connection to the agent, holds plugin events, then
 // forwards them to the successor; the socket path is replaced by rename, so it never stops answering.
-import { chmodSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
-import { dirname } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { CniCode } from '../../../cni/src/cni-codes.js';
 import { AgentError, AmbientError, describe } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -113,6 +113,16 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
   });
 }
 
+/** True when a process with this PID exists (signal 0: nothing is sent). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 const PLUGIN_COMMANDS: Record<string, string> = {
   [EVENT_PATHS.add]: 'ADD', [EVENT_PATHS.del]: 'DEL', [EVENT_PATHS.check]: 'CHECK', [EVENT_PATHS.gc]: 'GC',
 };
@@ -145,7 +155,7 @@ export class EventServer {
    */
   async start(opts: { publish?: boolean } = {}): Promise<void> {
     mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
-    rmSync(this.stagingPath, { force: true });
+    this.removeStaleStaging();
     // A client that dribbles its request (slowloris) is dropped after 10 s for the headers and 30 s for the whole request
     // (checked every 2 s), and at most 1,024 clients are held at once: bounded even though the socket is root's only.
     const server = http.createServer(
@@ -174,6 +184,17 @@ export class EventServer {
     });
     this.server = server;
     if (opts.publish ?? true) this.publish();
+  }
+
+  /** Staging sockets left by agents that died before they published (a successor killed during its take-over). */
+  private removeStaleStaging(): void {
+    const prefix = `${basename(this.socketPath)}.`;
+    for (const name of readdirSync(dirname(this.socketPath))) {
+      const pid = name.startsWith(prefix) && name.endsWith('.new') ? Number(name.slice(prefix.length, -'.new'.length)) : NaN;
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      if (pid !== process.pid && processAlive(pid)) continue;
+      rmSync(join(dirname(this.socketPath), name), { force: true });
+    }
   }
 
   /** Renames the staging socket over the socket path: from now on new clients reach this server. */
