@@ -342,7 +342,11 @@ export class Agent {
         await this.admin.stop();
         return this.enroller.relayCounts().open;
       },
-      drain: () => this.drain(),
+      drain: async () => {
+        const tally = await this.drain();
+        await this.server.idle(); // held plugin events forwarded to the successor: their answers go back first
+        return tally;
+      },
       finish: (tally) => this.hooks.onHandedOver?.(tally),
     };
   }

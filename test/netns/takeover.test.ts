@@ -278,3 +278,38 @@ netnsTest.serial('[iptables] kill -9 of the successor while it adopts: the runni
   const staging = readdirSync(dirname(running.spec.socketPath)).filter((n) => n.endsWith('.new'));
   t.deepEqual(staging, [], 'the killed successor\'s staging socket was cleaned up by the next agent');
 });
+
+netnsTest.serial('[iptables] pods added while the agent is taken over: ADDs arriving mid-take-over are held, forwarded to the successor once it is ready, and the pods end up captured', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--drain-seconds', '1'] });
+  await tb.setNamespace('app', AMBIENT);
+  const running = tb.agent(0);
+  const next = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-next.log') });
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  const exited = running.exited;
+  const started = next.start().catch(() => undefined);
+  // From the moment the successor holds the state dir (the running agent holds plugin events) to well after it is ready.
+  await eventually(async () => hasMsg(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  // The successor is paused there for 5 s (SIGSTOP; the plugin waits 10 s), so the ADDs arrive while the predecessor holds events.
+  const pid = next.pid;
+  if (pid === undefined) throw new Error('the successor is not running');
+  signalGroup(pid, 'SIGSTOP');
+  const adding = tb.addPods(Array.from({ length: 4 }, (_, i) => ({ node: 0, namespace: 'app', name: `late-${i}`, serviceAccount: 'late' })));
+  await new Promise((r) => setTimeout(r, 5000));
+  signalGroup(pid, 'SIGCONT');
+  const pods = await adding;
+  await started;
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
+  const forwarded = (await running.logs({ currentRun: true })).filter((l) => l.msg === 'plugin event held during a take-over, forwarded to the successor');
+  t.log(`${forwarded.length} plugin events were held by the predecessor and forwarded to the successor`);
+  t.true(forwarded.length >= 4, 'the ADDs that arrived during the take-over were held and forwarded');
+  const handled = (await next.logs()).filter((l) => l.msg === 'plugin event handled' && l.command === 'ADD');
+  t.is(handled.length, pods.length, 'each ADD was handled once (answered through the predecessor, not retried)');
+  const st = (await next.request('GET', '/v1/pods')).body as { pods: { name: string; state: string; listening: boolean }[] };
+  for (const p of pods) {
+    const view = st.pods.find((v) => v.name === p.name);
+    t.is(view?.state, 'enrolled', `${p.name} is enrolled with the successor`);
+    t.true(view?.listening ?? false, `${p.name} has the successor's listeners`);
+  }
+});

@@ -239,7 +239,7 @@ export class EventServer {
     h.end(outcome);
   }
 
-  /** Resolves once no plugin event is being handled here (held ones do not count). */
+  /** Resolves once no plugin event is being handled or forwarded here (held ones do not count). */
   idle(): Promise<void> {
     if (this.inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
@@ -255,7 +255,10 @@ export class EventServer {
       const body = req.method === 'POST' ? await readBody(req) : undefined;
       const plugin = req.method === 'POST' && (req.url === EXEC_PATH || PLUGIN_COMMANDS[req.url ?? ''] !== undefined);
       if (plugin && this.hold && (await this.hold.outcome) === 'forward') {
+        counted = true;
+        this.inFlight++; // the agent waits for these too before it exits
         const f = await this.forward(req.url ?? '', body);
+        this.deps.log.info({ url: req.url, status: f.status }, 'plugin event held during a take-over, forwarded to the successor');
         return reply(f.status, f.contentType, f.payload);
       }
       if (plugin) {
