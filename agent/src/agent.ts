@@ -1,7 +1,11 @@
 // The node agent's lifecycle: wires config, workload source, redirection backend, enroller and event server, in order.
 // Start order matters: node rules and re-adoption finish before the socket reports ready, so no ADD races a half-started agent.
 // Agent.create loads only the chosen implementations (workload source, redirection backend, CA): see create().
+// Upgrades: start() takes the state dir's locks, or takes over from the agent holding them (handover/); that agent's
+// side (freeze, hand off, drain) is predecessorHooks().
 import { isIPv4 } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentConfig } from './config.js';
 import { describe } from './errors.js';
 import type { Logger } from './log.js';
@@ -21,6 +25,22 @@ import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
 import { AdminServer } from './admin/admin-server.js';
 import { malformedPolicies } from './policy/malformed.js';
+import { lockHolder, tryLock, type HeldLock } from './platform/state-lock.js';
+import { AGENT_LOCK_FILE, HANDOVER_LOCK_FILE, TakeOverError, drainTally, refusalReason, startPlan, type DrainTally } from './handover/protocol.js';
+import { requestTakeOver, servePredecessor, type HandoverChannel, type PredecessorHooks } from './handover/session.js';
+
+/** Hooks main.ts gives the agent: a fatal failure while running, and the end of a take-over's drain (exit 0). */
+export interface AgentHooks {
+  onFatal?: (err: Error) => void;
+  onHandedOver?: (tally: DrainTally) => void;
+  /** A stop deferred during a take-over (see deferStop) is due: the successor went away before it was ready. */
+  onDeferredStop?: () => void;
+}
+
+/** How long a successor waits for the running agent to release the state dir. */
+const TAKEOVER_TIMEOUT_MS = 30_000;
+/** How often a drain looks at the open connections. */
+const DRAIN_POLL_MS = 250;
 
 export class Agent {
   private readonly backend: RedirectBackend;
@@ -41,8 +61,19 @@ export class Agent {
   private repairLoop: Promise<void> | undefined;
   private stopping = false;
   private wake: (() => void) | undefined;
+  /** Set while stopRepairLoop() waits for the loop to end. */
+  private repairPaused = false;
   private markReady!: () => void;
   private readonly readyPromise = new Promise<void>((resolve) => (this.markReady = resolve));
+  /** agent.lock: held while this agent may change rules and records. */
+  private agentLock: HeldLock | undefined;
+  /** handover.lock: held while starting, and as a successor until the predecessor has exited. */
+  private handoverLock: HeldLock | undefined;
+  /** Set from a successor's `begin` on: this agent changes nothing more (unless the successor goes away first). */
+  private handingOver = false;
+  /** A SIGTERM arrived while handing over: exit after the drain, or stop as usual if the take-over is abandoned. */
+  private stopDeferred = false;
+  private readonly store: StateStore;
 
   /**
    * Loads and makes the implementations the config chooses, then the agent: the kubernetes client only with the
@@ -50,7 +81,7 @@ export class Agent {
    * `onFatal`: a part failed for good while running (today the native HBONE data plane ending its event socket); the
    * agent is marked not ready first. main.ts handles it as a failed start: stop, exit 1, the DaemonSet restarts the agent.
    */
-  static async create(cfg: AgentConfig, log: Logger, hooks: { onFatal?: (err: Error) => void } = {}): Promise<Agent> {
+  static async create(cfg: AgentConfig, log: Logger, hooks: AgentHooks = {}): Promise<Agent> {
     const caReady = openCa(cfg);
     caReady.catch(() => undefined); // reported by start()
     const [backend, source] = await Promise.all([
@@ -64,11 +95,12 @@ export class Agent {
     private readonly cfg: AgentConfig,
     private readonly log: Logger,
     chosen: { backend: RedirectBackend; source: WorkloadSource; caReady: Promise<CertificateAuthority> },
-    hooks: { onFatal?: (err: Error) => void },
+    private readonly hooks: AgentHooks,
   ) {
     this.backend = chosen.backend;
     this.source = chosen.source;
     const store = new StateStore(cfg.stateDir, log.child({ component: 'state' }));
+    this.store = store;
     this.caReady = chosen.caReady;
     const ca: CertificateAuthority = { sign: async (req) => (await this.caReady).sign(req) };
     this.identities = new CertManager({ ca, trustDomain: cfg.trustDomain, lifetimeSeconds: cfg.certTtlSeconds, log: log.child({ component: 'identity' }) });
@@ -107,6 +139,7 @@ export class Agent {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.hbone.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
       verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain, directory,
+      handover: (conn, head) => void servePredecessor(conn, head, this.predecessorHooks(), cfg.drainSeconds, log.child({ component: 'handover' })),
     });
     this.admin = new AdminServer({
       ports: { admin: cfg.adminPort, metrics: cfg.metricsPort, readiness: cfg.readinessPort },
@@ -153,10 +186,12 @@ export class Agent {
   /** Starts everything; the socket answers (not ready) early so the plugin gets a clear "try again later". */
   async start(): Promise<void> {
     selfNetns();
+    const predecessor = await this.takeStateDir();
     this.hbone.start();
     this.log.info({ dataPath: 'native' }, 'native HBONE data plane started');
-    await this.server.start();
-    this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name }, 'event server listening');
+    // A successor publishes its socket only once ready: until then the predecessor answers (and holds plugin events).
+    await this.server.start({ publish: !predecessor });
+    this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name, takingOver: !!predecessor }, 'event server listening');
     await this.admin.start();
     this.log.info({ admin: this.cfg.adminPort, metrics: this.cfg.metricsPort, readiness: this.cfg.readinessPort }, 'admin endpoints listening on 127.0.0.1');
     this.notReadyReason = 'opening the certificate authority';
@@ -180,6 +215,166 @@ export class Agent {
     this.markReady();
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
     this.log.info({ enrolled: this.enroller.enrolledCount() }, 'agent ready');
+    if (predecessor) this.completeTakeOver(predecessor);
+    else this.releaseHandoverLock();
+  }
+
+  /**
+   * Takes the state dir: both locks (a fresh start), or handover.lock and then agent.lock once the running agent has
+   * released it (a take-over: returns the channel to it). Throws TakeOverError for a third agent or a failed take-over.
+   */
+  private async takeStateDir(): Promise<HandoverChannel | undefined> {
+    const handoverPath = join(this.cfg.stateDir, HANDOVER_LOCK_FILE);
+    const agentPath = join(this.cfg.stateDir, AGENT_LOCK_FILE);
+    const handover = tryLock(handoverPath);
+    const agent = handover ? tryLock(agentPath) : undefined;
+    const plan = startPlan({ handover: handover !== undefined, agent: agent !== undefined });
+    if (plan === 'refuse') {
+      const pid = lockHolder(handoverPath);
+      throw new TakeOverError(`another agent${pid ? ` (pid ${pid})` : ''} is starting, taking over or draining after a take-over on state dir ${this.cfg.stateDir}: ` +
+        'at most two agents run at once (one hands over to the other); start this one after it has finished');
+    }
+    this.handoverLock = handover;
+    if (plan === 'fresh') {
+      this.agentLock = agent;
+      return undefined;
+    }
+    const holder = lockHolder(agentPath);
+    this.notReadyReason = 'taking over from the running agent';
+    this.log.info({ runningPid: holder, socket: this.cfg.socketPath }, 'state dir held by a running agent; asking it to hand over');
+    let channel: HandoverChannel;
+    try {
+      channel = await requestTakeOver(this.cfg.socketPath, TAKEOVER_TIMEOUT_MS);
+    } catch (err) {
+      this.releaseHandoverLock();
+      throw err;
+    }
+    // The predecessor has let go of agent.lock; nobody else can race for it (they would need handover.lock first).
+    for (let i = 0; i < 50 && !this.agentLock; i++) {
+      this.agentLock = tryLock(agentPath);
+      if (!this.agentLock) await sleep(100);
+    }
+    if (!this.agentLock) {
+      channel.close();
+      this.releaseHandoverLock();
+      throw new TakeOverError(`the running agent said it released ${agentPath}, but it is still held`);
+    }
+    this.log.info({ runningPid: holder }, 'state dir taken over; adopting pods');
+    return channel;
+  }
+
+  /** The successor's last step: the socket path becomes ours, the predecessor is told, its drain is logged. */
+  private completeTakeOver(channel: HandoverChannel): void {
+    this.server.publish();
+    channel.send({ type: 'ready', pid: process.pid });
+    this.log.info('take-over complete: socket published, predecessor told to stop accepting');
+    void (async () => {
+      for (;;) {
+        let m;
+        try {
+          m = await channel.next(24 * 3600 * 1000);
+        } catch {
+          break;
+        }
+        this.log.info({ predecessor: m }, 'predecessor reports');
+      }
+      this.releaseHandoverLock();
+      this.log.info('predecessor gone; handover lock released');
+    })();
+  }
+
+  /**
+   * True when a stop must wait: this agent is handing over (the DaemonSet deletes the old pod as soon as the new one is
+   * ready, in the middle of the drain). It then exits when the drain ends, or stops if the successor goes away first.
+   */
+  deferStop(): boolean {
+    if (!this.handingOver) return false;
+    this.stopDeferred = true;
+    return true;
+  }
+
+  private releaseHandoverLock(): void {
+    this.handoverLock?.release();
+    this.handoverLock = undefined;
+  }
+
+  /** This agent's side of a take-over, as the predecessor (handover/session.ts runs the conversation). */
+  private predecessorHooks(): PredecessorHooks {
+    return {
+      refusal: () => refusalReason({ ready: this.ready, handingOver: this.handingOver, stopping: this.stopping }),
+      freeze: async (successorPid) => {
+        this.handingOver = true;
+        this.ready = false;
+        this.notReadyReason = `handing over to agent pid ${successorPid}`;
+        this.server.holdPluginEvents();
+        this.enroller.freeze();
+        await this.stopRepairLoop();
+        await this.runningPods.stop();
+        await this.server.idle();
+        await this.store.flushed();
+        this.agentLock?.release();
+        this.agentLock = undefined;
+      },
+      resume: async (reason) => {
+        if (this.stopDeferred) {
+          this.log.warn({ reason }, 'successor went away before it was ready; stopping as asked earlier (rules stay)');
+          this.handingOver = false;
+          this.hooks.onDeferredStop?.();
+          return;
+        }
+        this.log.warn({ reason }, 'successor went away before it was ready; carrying on');
+        for (let i = 0; i < 50 && !this.agentLock; i++) {
+          this.agentLock = tryLock(join(this.cfg.stateDir, AGENT_LOCK_FILE));
+          if (!this.agentLock) await sleep(100);
+        }
+        if (!this.agentLock) {
+          this.hooks.onFatal?.(new TakeOverError('the successor went away but the state dir lock is held by another agent'));
+          return;
+        }
+        this.handingOver = false;
+        this.enroller.thaw();
+        this.runningPods.start();
+        if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
+        this.ready = true;
+        this.server.endHold('local');
+      },
+      handOff: async () => {
+        this.server.endHold('forward');
+        await this.enroller.stopAccepting();
+        await this.admin.stop();
+        return this.enroller.relayCounts().open;
+      },
+      drain: async () => {
+        const tally = await this.drain();
+        await this.server.idle(); // held plugin events forwarded to the successor: their answers go back first
+        return tally;
+      },
+      finish: (tally) => this.hooks.onHandedOver?.(tally),
+    };
+  }
+
+  /** Waits for open relays to end, up to --drain-seconds; counted and logged. What is left is cut by stop(). */
+  private async drain(): Promise<DrainTally> {
+    const start = this.enroller.relayCounts();
+    const deadline = Date.now() + this.cfg.drainSeconds * 1000;
+    for (;;) {
+      const now = this.enroller.relayCounts();
+      const { finished, tally } = drainTally(start.open, now.opened - start.opened, now.open, Date.now() >= deadline);
+      if (finished) {
+        this.log.info({ ...tally, seconds: this.cfg.drainSeconds }, tally.cut ? 'drain deadline reached; cutting the rest' : 'drain finished');
+        return tally;
+      }
+      await sleep(DRAIN_POLL_MS);
+    }
+  }
+
+  private async stopRepairLoop(): Promise<void> {
+    const loop = this.repairLoop;
+    this.repairLoop = undefined;
+    this.repairPaused = true;
+    this.wake?.();
+    await loop;
+    this.repairPaused = false;
   }
 
   /**
@@ -187,14 +382,14 @@ export class Agent {
    * the interval, so the tool execs it costs are a steady trickle instead of a burst that would stall ADDs.
    */
   private async runRepairLoop(intervalMs: number): Promise<void> {
-    while (!this.stopping) {
+    while (!this.stopping && !this.repairPaused) {
       const passStart = Date.now();
       await this.repairHost();
       const keys = this.enroller.enrolledKeys();
       const gap = keys.length ? intervalMs / (keys.length + 1) : intervalMs;
       for (const key of keys) {
         await this.pause(gap);
-        if (this.stopping) return;
+        if (this.stopping || this.repairPaused) return;
         await this.enroller.repairOne(key).catch((err: unknown) => this.log.error({ error: describe(err) }, 'pod repair failed'));
       }
       await this.pause(Math.max(gap, intervalMs - (Date.now() - passStart)));
@@ -228,6 +423,7 @@ export class Agent {
 
   /** Stops serving. Rules stay in every pod and on the node, so enrolled pods are refused, never bypassed, until restart. */
   async stop(): Promise<void> {
+    this.releaseHandoverLock();
     this.ready = false;
     this.notReadyReason = 'stopping';
     this.stopping = true;
@@ -241,6 +437,8 @@ export class Agent {
     this.directory.close();
     this.hbone.stop();
     await this.identities.stop();
+    this.agentLock?.release();
+    this.agentLock = undefined;
   }
 }
 

@@ -32,6 +32,8 @@ export interface AgentConfig {
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
   repairIntervalMs: number;
+  /** After handing over to a successor: how long established connections are served before the rest are cut. */
+  drainSeconds: number;
   /** SPIFFE trust domain of every identity (spiffe://<trustDomain>/ns/<ns>/sa/<sa>). */
   trustDomain: string;
   /** DNS suffix of the cluster's Service names (kubelet's --cluster-domain): `<svc>.<ns>.svc.<clusterDomain>`. */
@@ -74,6 +76,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   accessLog: true,
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
+  drainSeconds: 30,
   trustDomain: 'cluster.local',
   clusterDomain: 'cluster.local',
   serviceCidrs: [],
@@ -151,6 +154,8 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (!Number.isInteger(timeout) || timeout < 0 || timeout > 60_000) throw new ConfigError('podLookupTimeoutMs must be an integer from 0 to 60000');
   const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
   if (!Number.isInteger(repair) || repair < 0) throw new ConfigError('repairIntervalMs must be a non-negative integer (0 disables repair)');
+  const drainSeconds = Number(merged.drainSeconds ?? CONFIG_DEFAULTS.drainSeconds);
+  if (!Number.isInteger(drainSeconds) || drainSeconds < 0 || drainSeconds > 3600) throw new ConfigError('drainSeconds must be an integer from 0 to 3600');
   const stateDir = asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir');
   const trustDomain = asString(merged.trustDomain ?? CONFIG_DEFAULTS.trustDomain, 'trustDomain');
   if (!/^[a-z0-9._-]+$/.test(trustDomain)) throw new ConfigError(`trustDomain must be lower-case letters, digits, ".", "_" or "-", got ${JSON.stringify(trustDomain)}`);
@@ -197,6 +202,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     accessLog: accessLog === true || accessLog === 'true',
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
+    drainSeconds,
     trustDomain,
     clusterDomain,
     serviceCidrs,

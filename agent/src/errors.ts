@@ -24,6 +24,8 @@ export const AMBIENT_ERROR_CODES = [
   'AMB_ERR_AGENT_DOWN',
   'AMB_ERR_REQUEST',
   'AMB_ERR_CONFIG',
+  // Upgrades: one agent taking over from another on the same state dir.
+  'AMB_ERR_TAKEOVER',
   // Installing the plugin on the node.
   'AMB_ERR_CNI_CONFIG_MALFORMED',
   'AMB_ERR_CNI_NO_PRIMARY',

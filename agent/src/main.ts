@@ -81,6 +81,7 @@ export function buildCli(): Command {
     .option('--metrics-port <port>', `loopback port of Prometheus /metrics (default ${CONFIG_DEFAULTS.metricsPort})`, int)
     .option('--readiness-port <port>', `loopback port of /healthz/ready (default ${CONFIG_DEFAULTS.readinessPort})`, int)
     .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
+    .option('--drain-seconds <s>', `after handing over to a new agent (an upgrade), how long established connections are served before the rest are cut (default ${CONFIG_DEFAULTS.drainSeconds})`, int)
     .action(runAgent);
 
   const socketOpt = ['--socket <path>', 'the agent\'s event socket', CONFIG_DEFAULTS.socketPath] as const;

@@ -52,6 +52,7 @@ interface Volume {
   projected?: unknown;
 }
 interface PodSpec {
+  terminationGracePeriodSeconds?: number;
   serviceAccountName: string;
   priorityClassName: string;
   hostNetwork: boolean;
@@ -60,7 +61,11 @@ interface PodSpec {
   volumes: Volume[];
 }
 interface DaemonSet extends Obj {
-  spec: { selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } };
+  spec: {
+    selector: { matchLabels: Record<string, string> };
+    updateStrategy?: { type: string; rollingUpdate?: { maxSurge?: number | string; maxUnavailable?: number | string } };
+    template: { metadata: { labels: Record<string, string> }; spec: PodSpec };
+  };
 }
 
 const DEPLOY = join(REPO_ROOT, 'deploy');
@@ -183,6 +188,16 @@ test('the base renders and the set of objects is the expected one', (t) => {
     'ServiceAccount/ambient-node',
   ]);
   for (const o of objs.filter((x) => x.kind !== 'Namespace' && !x.kind.startsWith('Cluster'))) t.is(o.metadata.namespace, 'ambient-system', o.kind);
+});
+
+test('DaemonSet upgrades overlap: the new pod starts before the old one stops, and the old one may drain in full', (t) => {
+  t.deepEqual(ds.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+  const drain = parsedConfig(base).drainSeconds;
+  t.true((pod.terminationGracePeriodSeconds ?? 30) > drain, `terminationGracePeriodSeconds (${pod.terminationGracePeriodSeconds}) is above the drain (${drain} s)`);
+  // Two agents share these across a take-over: the state dir (its locks) and the event socket's folder are the host's.
+  const mounts = base.hostMounts(base.container('agent'));
+  t.is(mounts['/var/lib/ambient-node']?.host, '/var/lib/ambient-node');
+  t.is(mounts['/var/run/ambient-node']?.host, '/var/run/ambient-node');
 });
 
 test('DaemonSet: node-critical, tolerates every taint, host network, its own service account', (t) => {

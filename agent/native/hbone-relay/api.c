@@ -309,7 +309,7 @@ AHB_EXPORT void ahb_close_stream(uint64_t stream) {
   enqueue(c);
 }
 
-/** Closes a session: graceful (GOAWAY, open streams finish) or at once. */
+/** Closes a session: graceful (1: GOAWAY, open streams finish), at once (0), or 2: a server's shutdown notice only. */
 AHB_EXPORT void ahb_close_session(uint64_t session, int graceful) {
   struct cmd *c = cmd_new(CMD_CLOSE_SESSION, -1);
   if (!c) return;

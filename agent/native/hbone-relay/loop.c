@@ -297,7 +297,12 @@ static void cmd_close_stream(struct cmd *c) {
 static void cmd_close_session(struct cmd *c) {
   struct session *s = find_session(c->id);
   if (!s || s->dead) return;
-  if (c->flag && s->up) {
+  if (c->flag == 2 && s->up && s->server) {
+    /* A shutdown notice (GOAWAY with the highest stream id): the peer opens no new streams, yet those already on their
+       way are still served; the final GOAWAY (flag 1) follows a round trip later. */
+    nghttp2_submit_shutdown_notice(s->h2);
+    session_pump(s);
+  } else if (c->flag && s->up) {
     session_goaway(s);
   } else {
     session_fail(s, "closed by the agent");

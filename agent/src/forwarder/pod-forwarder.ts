@@ -9,7 +9,7 @@ import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { dialFrom, listenIn, originalDst } from '../platform/sockets.js';
+import { allowListenerMigration, dialFrom, listenIn, originalDst } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
@@ -102,6 +102,7 @@ export class PodForwarder {
   async start(): Promise<void> {
     const ns = this.self.ns;
     try {
+      allowListenerMigration(ns); // a take-over's predecessor closing its listeners hands their queues to ours
       // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
       // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
       this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true }, (s) => this.outbound(s)));
@@ -118,6 +119,22 @@ export class PodForwarder {
   /** True while all listeners are open. */
   get listening(): boolean {
     return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneListener?.listening ?? false);
+  }
+
+  /** Open relays (plain TCP sockets and HBONE streams): what a take-over's drain waits for. */
+  get openRelays(): number {
+    return this.open.size;
+  }
+
+  /**
+   * A take-over's first step of the drain: closes the listeners only (queued connections migrate to the successor's);
+   * open relays go on until they end or stop() cuts them.
+   */
+  async stopAccepting(): Promise<void> {
+    // Not awaited: a net.Server's close callback waits for its open connections, which the drain lets run.
+    for (const s of this.servers) s.close();
+    this.servers = [];
+    await this.hboneListener?.stopAccepting();
   }
 
   /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */

@@ -49,7 +49,13 @@ export interface HboneInboundRequest {
 
 export interface HboneListener {
   readonly listening: boolean;
+  /** Closes the listener and its sessions at once (their streams are cut). */
   close(): Promise<void>;
+  /**
+   * For a take-over's drain: closes the listener (its accept queue migrates to the successor's) and closes its sessions
+   * gracefully (GOAWAY: open streams finish, peers open new sessions elsewhere). close() still cuts what is left.
+   */
+  stopAccepting(): Promise<void>;
 }
 
 /** What the forwarder needs of the data path. */

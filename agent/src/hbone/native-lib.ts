@@ -63,6 +63,8 @@ export interface NativeLib {
   answer(stream: number, status: number, fd: number): void;
   closeStream(stream: number): void;
   closeSession(session: number, graceful: boolean): void;
+  /** A server session's shutdown notice (GOAWAY with the highest stream id): no new streams; closeSession follows. */
+  closeSessionNotice(session: number): void;
   /** [read from the app socket, written to it], or undefined once the stream is gone. */
   streamBytes(stream: number): [number, number] | undefined;
   /** The server side's SPIFFE rule: undefined when `uri` is a valid ID in `trustDomain` ('' = any), else the rule broken. */
@@ -178,6 +180,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     answer: (stream, status, fd) => void f.answer(stream, status, fd),
     closeStream: (stream) => void f.closeStream(stream),
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
+    closeSessionNotice: (session) => void f.closeSession(session, 2),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
     spiffeCheck: (uri, td) => {
       const r: unknown = f.spiffeCheck(uri, td);

@@ -16,6 +16,9 @@ import { LineSplitter } from '../protocol/line-splitter.js';
 import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
 import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } from './settings.js';
 
+/** Between a server session's shutdown notice and its final GOAWAY: well over a round trip between nodes. */
+const SHUTDOWN_NOTICE_MS = 1000;
+
 /** A TLS context of the library for one identity's certificate. */
 interface TlsCtx {
   id: number;
@@ -540,6 +543,15 @@ export class NativeHbone implements HboneDataPath {
       close: async () => {
         for (const id of sessions) this.lib?.closeSession(id, false);
         await new Promise<void>((resolve) => server.close(() => resolve()));
+      },
+      stopAccepting: async () => {
+        // The listening fd closes at once (the callback would wait for sockets Node still holds: not awaited).
+        server.close();
+        // HTTP/2's graceful shutdown: a notice first (no new streams, but a CONNECT already on its way is served), the
+        // final GOAWAY a round trip later; a single GOAWAY would refuse a stream that crossed it (the app sees a reset).
+        for (const id of sessions) this.lib?.closeSessionNotice(id);
+        await new Promise((resolve) => setTimeout(resolve, SHUTDOWN_NOTICE_MS));
+        for (const id of sessions) this.lib?.closeSession(id, true);
       },
     };
   }

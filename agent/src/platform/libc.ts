@@ -11,11 +11,15 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
+export const SO_REUSEPORT = 15;
 export const SO_MARK = 36;
 export const SOL_IP = 0;
 export const IP_TRANSPARENT = 19;
 export const SO_ORIGINAL_DST = 80;
 export const CLONE_NEWNET = 0x40000000;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const EWOULDBLOCK = 11;
 
 const fns = {
   setns: libc.func('int setns(int fd, int nstype)'),
@@ -26,6 +30,7 @@ const fns = {
   listen: libc.func('int listen(int fd, int backlog)'),
   close: libc.func('int close(int fd)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
+  flock: libc.func('int flock(int fd, int operation)'),
   strerror: libc.func('const char *strerror(int errnum)'),
   ifNameToIndex: libc.func('uint32_t if_nametoindex(const char *name)'),
   vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
@@ -57,7 +62,7 @@ export class SyscallError extends AmbientError<'AMB_ERR_SYSCALL'> {
 }
 
 const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 13: 'EACCES', 22: 'EINVAL', 24: 'EMFILE',
+  1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 11: 'EWOULDBLOCK', 13: 'EACCES', 22: 'EINVAL', 24: 'EMFILE',
   92: 'ENOPROTOOPT', 98: 'EADDRINUSE', 99: 'EADDRNOTAVAIL',
 };
 
@@ -98,6 +103,14 @@ export function listen(fd: number, backlog: number): void {
 /** A second descriptor for the same socket, close-on-exec (F_DUPFD_CLOEXEC). */
 export function dupCloexec(fd: number): number {
   return check('fcntl', fns.fcntl(fd, 1030, 0) as number, 'F_DUPFD_CLOEXEC');
+}
+
+/** flock(2) on an fd: false when `LOCK_NB` was asked and another open file holds a conflicting lock. */
+export function flock(fd: number, operation: number): boolean {
+  if ((fns.flock(fd, operation) as number) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === EWOULDBLOCK) return false;
+  throw new SyscallError('flock', errno);
 }
 
 export function close(fd: number): void {

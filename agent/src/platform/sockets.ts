@@ -1,9 +1,11 @@
 // TCP sockets created inside a pod's network namespace and handed to Node, and SO_ORIGINAL_DST.
 // Sockets are made with koffi inside withNetns (so they belong to the pod) and wrapped by net.Server / net.Socket afterwards.
+// Listeners are SO_REUSEPORT so a successor agent can open its own beside them during a take-over (handover/).
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import {
   AF_INET, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_MARK, SO_ORIGINAL_DST,
-  SO_REUSEADDR, IP_TRANSPARENT, bind, close, dupCloexec, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
+  SO_REUSEADDR, SO_REUSEPORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
   socket, sockaddrIn,
 } from './libc.js';
 import { type Netns, withNetns } from './netns.js';
@@ -18,12 +20,17 @@ export interface ListenOptions {
   pauseOnConnect?: boolean;
 }
 
-/** A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). */
+/**
+ * A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). SO_REUSEPORT: a second agent (root,
+ * the same uid, as the kernel requires) binds the same address while this one still listens, so a take-over never
+ * leaves the pod without a listener; the kernel spreads new connections over the group until one side closes.
+ */
 export function listenFdIn(ns: Netns, opts: ListenOptions): number {
   return withNetns(ns, () => {
     const fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     try {
       setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
+      setsockoptInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
       if (opts.transparent) setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
       bind(fd, sockaddrIn(opts.address, opts.port));
       listen(fd, opts.backlog ?? 511);
@@ -33,6 +40,16 @@ export function listenFdIn(ns: Netns, opts: ListenOptions): number {
       throw err;
     }
   });
+}
+
+/**
+ * Sets net.ipv4.tcp_migrate_req=1 in ns (a per-namespace sysctl, kernel >= 5.14): when a listener of a SO_REUSEPORT
+ * group closes, the connections in its accept queue move to another listener of the group instead of being reset.
+ * That is what lets an agent that handed over close its listeners without failing connections it had not accepted yet.
+ * /proc/sys/net is resolved against the opening thread's namespace, hence the synchronous write inside withNetns.
+ */
+export function allowListenerMigration(ns: Netns): void {
+  withNetns(ns, () => writeFileSync('/proc/sys/net/ipv4/tcp_migrate_req', '1'));
 }
 
 /** A net.Server listening inside ns; resolves once Node has adopted the socket. */

@@ -37,7 +37,36 @@ export class Enroller {
   ) {
     this.attachments = new Attachments(backend, source, store, log, podLookupTimeoutMs, mesh, observer);
     this.counters = this.attachments.counters;
-    source.onChange((c) => onWorkloadChange(this.attachments, c));
+    source.onChange((c) => {
+      if (!this.frozen) onWorkloadChange(this.attachments, c);
+    });
+  }
+
+  /** While frozen (a take-over in progress) workload changes enrol and unenrol nothing: the successor acts on them. */
+  private frozen = false;
+
+  freeze(): void {
+    this.frozen = true;
+  }
+
+  thaw(): void {
+    this.frozen = false;
+  }
+
+  /** Open relays and relays opened so far, over every enrolled pod: what a take-over's drain counts. */
+  relayCounts(): { open: number; opened: number } {
+    let open = 0;
+    let opened = 0;
+    for (const l of this.attachments.live.values()) {
+      open += l.forwarder.openRelays;
+      opened += l.forwarder.stats.outbound.opened + l.forwarder.stats.inbound.opened;
+    }
+    return { open, opened };
+  }
+
+  /** A take-over's hand-off: every pod's listeners close (their queues migrate), open relays go on. */
+  async stopAccepting(): Promise<void> {
+    await Promise.all([...this.attachments.live.values()].map((l) => l.forwarder.stopAccepting()));
   }
 
   add(ev: CniEvent): Promise<EventVerdict> {

@@ -30,11 +30,19 @@ export class RunningPods {
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  private subscribed = false;
 
   constructor(private readonly source: WorkloadSource, private readonly enroller: Enroller, private readonly o: RunningPodsOptions) {}
 
   /** Looks once now (after re-adoption) and again whenever pods or namespaces change. */
   start(): void {
+    this.stopped = false; // started again after stop(): a take-over the successor gave up on
+    if (!this.subscribed) this.subscribe();
+    this.kick();
+  }
+
+  private subscribe(): void {
+    this.subscribed = true;
     this.source.onChange((c) => {
       // Only changes that can select a pod on this node: its own pods, or namespace labels.
       const here = c.pods.some((p) => (p.after ?? p.before)?.nodeName === this.o.nodeName);
@@ -43,7 +51,6 @@ export class RunningPods {
         this.kick();
       }
     });
-    this.kick();
   }
 
   async stop(): Promise<void> {

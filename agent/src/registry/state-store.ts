@@ -66,6 +66,11 @@ export class StateStore {
    * Writes the records; calls are serialised so the newest always lands last. The rename makes a write atomic against
    * an agent crash; there is deliberately no fsync: a node crash also destroys every pod namespace the file describes.
    */
+  /** Resolves once every write asked for so far has landed (or failed): before another agent reads the file. */
+  flushed(): Promise<void> {
+    return this.writing.catch(() => undefined);
+  }
+
   save(records: PodRecord[]): Promise<void> {
     const doc: StateFile = { version: 1, pods: records };
     const text = JSON.stringify(doc, null, 1);

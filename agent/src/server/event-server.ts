@@ -1,8 +1,11 @@
 // The event server: HTTP/1.1 + JSON on a root-only Unix socket, answering the plugin (ADD/DEL/CHECK/GC/STATUS) and the node CLI.
 // Bodies are size-capped and validated before anything acts on them; every failure answers an EventError with a CNI code.
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+// During a take-over (handover/) it hands the protocol's upgraded connection to the agent, holds plugin events, then
+// forwards them to the successor; the socket path is replaced by rename, so it never stops answering.
+import { chmodSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import http from 'node:http';
-import { dirname } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { basename, dirname, join } from 'node:path';
 import { CniCode } from '../../../cni/src/cni-codes.js';
 import { AgentError, AmbientError, describe } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -19,6 +22,7 @@ import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 import { CNI_ENV_VARS } from '../../../cni/src/shim-constants.js';
 import { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH } from '../protocol/query-paths.js';
+import { HANDOVER_PATH, HANDOVER_PROTOCOL } from '../handover/protocol.js';
 
 export { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH };
 
@@ -54,7 +58,12 @@ export interface EventServerDeps {
   trustDomain?: string;
   /** For `services` and `policy check` on a Service: the Service table and the mesh workloads. */
   directory?: Pick<WorkloadDirectory, 'services' | 'serviceViews' | 'lookup'>;
+  /** A successor's take-over connection, upgraded (the protocol's bytes after the 101 are the agent's). */
+  handover?: (conn: Duplex, head: Buffer) => void;
 }
+
+/** Where held plugin events go when the hold ends: handled here, or forwarded to the agent now at the socket path. */
+export type HoldOutcome = 'local' | 'forward';
 
 /** The answer to GET /v1/rules. */
 export interface RulesReply {
@@ -104,6 +113,16 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
   });
 }
 
+/** True when a process with this PID exists (signal 0: nothing is sent). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 const PLUGIN_COMMANDS: Record<string, string> = {
   [EVENT_PATHS.add]: 'ADD', [EVENT_PATHS.del]: 'DEL', [EVENT_PATHS.check]: 'CHECK', [EVENT_PATHS.gc]: 'GC',
 };
@@ -116,12 +135,27 @@ export class EventServer {
   private server: http.Server | undefined;
   /** CNI invocations run in-process for the native shim (the fast path). */
   private pluginExecs = 0;
+  /** Where the server listens until publish() renames it to the socket path. */
+  private readonly stagingPath: string;
+  /** The socket file this server published (its inode): stop() removes the path only while it is still ours. */
+  private published: number | undefined;
+  /** Plugin events being handled here, and who waits for there to be none. */
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  /** Set while plugin events are held (a take-over in progress). */
+  private hold: { outcome: Promise<HoldOutcome>; end: (o: HoldOutcome) => void } | undefined;
 
-  constructor(private readonly socketPath: string, private readonly deps: EventServerDeps) {}
+  constructor(private readonly socketPath: string, private readonly deps: EventServerDeps) {
+    this.stagingPath = `${socketPath}.${process.pid}.new`;
+  }
 
-  async start(): Promise<void> {
+  /**
+   * Listens on a staging path beside the socket path, then (publish, the default) renames it over the socket path: a
+   * running agent's socket is replaced in one step, never absent. A successor publishes only once it is ready.
+   */
+  async start(opts: { publish?: boolean } = {}): Promise<void> {
     mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
-    rmSync(this.socketPath, { force: true });
+    this.removeStaleStaging();
     // A client that dribbles its request (slowloris) is dropped after 10 s for the headers and 30 s for the whole request
     // (checked every 2 s), and at most 1,024 clients are held at once: bounded even though the socket is root's only.
     const server = http.createServer(
@@ -136,19 +170,79 @@ export class EventServer {
     (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.socketPath, () => resolve());
+      server.listen(this.stagingPath, () => resolve());
     });
-    chmodSync(this.socketPath, 0o600);
+    chmodSync(this.stagingPath, 0o600);
+    server.on('upgrade', (req: http.IncomingMessage, conn: Duplex, head: Buffer) => {
+      conn.on('error', () => undefined);
+      if (req.url !== HANDOVER_PATH || req.headers.upgrade !== HANDOVER_PROTOCOL || !this.deps.handover) {
+        conn.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      conn.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${HANDOVER_PROTOCOL}\r\nconnection: upgrade\r\n\r\n`);
+      this.deps.handover(conn, head);
+    });
     this.server = server;
+    if (opts.publish ?? true) this.publish();
+  }
+
+  /** Staging sockets left by agents that died before they published (a successor killed during its take-over). */
+  private removeStaleStaging(): void {
+    const prefix = `${basename(this.socketPath)}.`;
+    for (const name of readdirSync(dirname(this.socketPath))) {
+      const pid = name.startsWith(prefix) && name.endsWith('.new') ? Number(name.slice(prefix.length, -'.new'.length)) : NaN;
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      if (pid !== process.pid && processAlive(pid)) continue;
+      rmSync(join(dirname(this.socketPath), name), { force: true });
+    }
+  }
+
+  /** Renames the staging socket over the socket path: from now on new clients reach this server. */
+  publish(): void {
+    renameSync(this.stagingPath, this.socketPath);
+    this.published = statSync(this.socketPath).ino;
+  }
+
+  /** True while the socket path names the socket this server published. */
+  private ownsPath(): boolean {
+    try {
+      return this.published !== undefined && statSync(this.socketPath).ino === this.published;
+    } catch {
+      return false;
+    }
   }
 
   async stop(): Promise<void> {
     const s = this.server;
     this.server = undefined;
     if (!s) return;
+    this.endHold('local');
     s.closeAllConnections();
     await new Promise<void>((resolve) => s.close(() => resolve()));
-    rmSync(this.socketPath, { force: true });
+    if (this.ownsPath()) rmSync(this.socketPath, { force: true });
+    rmSync(this.stagingPath, { force: true });
+  }
+
+  /** Holds plugin events from now on (they wait, unanswered) until endHold(). */
+  holdPluginEvents(): void {
+    if (this.hold) return;
+    let end!: (o: HoldOutcome) => void;
+    const outcome = new Promise<HoldOutcome>((resolve) => (end = resolve));
+    this.hold = { outcome, end };
+  }
+
+  /** Ends the hold: held events (and later ones) are handled here ('local') or forwarded to the socket path's agent. */
+  endHold(outcome: HoldOutcome): void {
+    const h = this.hold;
+    if (!h) return;
+    if (outcome === 'local') this.hold = undefined;
+    h.end(outcome);
+  }
+
+  /** Resolves once no plugin event is being handled or forwarded here (held ones do not count). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -156,8 +250,21 @@ export class EventServer {
       res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(payload) });
       res.end(payload);
     };
+    let counted = false;
     try {
       const body = req.method === 'POST' ? await readBody(req) : undefined;
+      const plugin = req.method === 'POST' && (req.url === EXEC_PATH || PLUGIN_COMMANDS[req.url ?? ''] !== undefined);
+      if (plugin && this.hold && (await this.hold.outcome) === 'forward') {
+        counted = true;
+        this.inFlight++; // the agent waits for these too before it exits
+        const f = await this.forward(req.url ?? '', body);
+        this.deps.log.info({ url: req.url, status: f.status }, 'plugin event held during a take-over, forwarded to the successor');
+        return reply(f.status, f.contentType, f.payload);
+      }
+      if (plugin) {
+        counted = true;
+        this.inFlight++;
+      }
       if (req.method === 'POST' && req.url === EXEC_PATH) {
         return reply(200, 'application/octet-stream', await this.execPlugin(body));
       }
@@ -173,7 +280,33 @@ export class EventServer {
       if (err instanceof EventParseError) return reply(400, 'application/json', JSON.stringify({ code: CniCode.InvalidNetworkConfig, msg: `malformed request: ${err.message}` }));
       this.deps.log.error({ err }, 'request crashed');
       return reply(500, 'application/json', JSON.stringify({ code: CniCode.Internal, msg: `agent internal error: ${describe(err)}` }));
+    } finally {
+      if (counted && --this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+  }
+
+  /** Sends a held plugin event to the agent now at the socket path (the successor) and returns its answer as it is. */
+  private forward(url: string, body: unknown): Promise<{ status: number; contentType: string; payload: Buffer }> {
+    const payload = JSON.stringify(body);
+    return new Promise((resolve) => {
+      const failed = (err: Error): void => {
+        this.deps.log.warn({ url, error: err.message }, 'forwarding a held plugin event to the successor failed');
+        const e: EventError = { code: CniCode.TryAgainLater, msg: `agent take-over in progress and the new agent did not answer (${err.message}); try again later` };
+        resolve({ status: 503, contentType: 'application/json', payload: Buffer.from(JSON.stringify(e)) });
+      };
+      const req = http.request({
+        socketPath: this.socketPath, method: 'POST', path: url, timeout: EVENT_REQUEST_TIMEOUT_MS,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 502, contentType: res.headers['content-type'] ?? 'application/json', payload: Buffer.concat(chunks) }));
+        res.on('error', failed);
+      });
+      req.on('timeout', () => req.destroy(new Error('no answer in time')));
+      req.on('error', failed);
+      req.end(payload);
+    });
   }
 
   private async rules(pod: string): Promise<{ status: number; body: unknown }> {

@@ -1,0 +1,199 @@
+// Both ends of one take-over conversation over the event socket: the line channel, the successor's request
+// (requestTakeOver) and the predecessor's side (servePredecessor), whose steps the agent supplies as hooks.
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import { describe } from '../errors.js';
+import type { Logger } from '../log.js';
+import {
+  HANDOVER_PATH, HANDOVER_PROTOCOL, HandoverProtocolError, TakeOverError, encodeHandoverMessage, parseHandoverMessage,
+  type DrainTally, type HandoverMessage,
+} from './protocol.js';
+
+/** No protocol line is longer than this; a peer sending more is not an agent. */
+const MAX_LINE = 4096;
+
+/** JSON lines over an upgraded connection: send(), and next() for the peer's next message (bounded in time). */
+export class HandoverChannel {
+  private buffered = '';
+  private queue: HandoverMessage[] = [];
+  private waiter: { resolve: (m: HandoverMessage) => void; reject: (e: Error) => void } | undefined;
+  private ended: Error | undefined;
+  /** Resolves when the connection ends, for whatever reason (the peer exited, was killed, or closed it). */
+  readonly closed: Promise<void>;
+
+  constructor(private readonly conn: Duplex, head: Buffer) {
+    this.closed = new Promise((resolve) => conn.once('close', () => resolve()));
+    conn.on('error', (err: Error) => this.fail(err));
+    conn.on('close', () => this.fail(new TakeOverError('the other agent closed the take-over connection')));
+    // The event server's sockets allow half-open: the peer's end (its exit, even kill -9) would not close ours.
+    conn.on('end', () => {
+      this.fail(new TakeOverError('the other agent ended the take-over connection'));
+      conn.destroy();
+    });
+    conn.on('data', (d: Buffer) => this.feed(d));
+    if (head.length) this.feed(head);
+  }
+
+  send(m: HandoverMessage): void {
+    if (!this.ended) this.conn.write(encodeHandoverMessage(m));
+  }
+
+  /** The peer's next message; rejects when the connection ends first, on a protocol error, or after timeoutMs. */
+  next(timeoutMs: number): Promise<HandoverMessage> {
+    const queued = this.queue.shift();
+    if (queued) return Promise.resolve(queued);
+    if (this.ended) return Promise.reject(this.ended);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new TakeOverError(`the other agent sent nothing for ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  close(): void {
+    this.conn.destroy();
+  }
+
+  /** Ends the connection after what was sent has been flushed. */
+  end(): void {
+    this.conn.end();
+  }
+
+  private feed(d: Buffer): void {
+    this.buffered += d.toString('utf8');
+    let nl: number;
+    while ((nl = this.buffered.indexOf('\n')) >= 0) {
+      const line = this.buffered.slice(0, nl);
+      this.buffered = this.buffered.slice(nl + 1);
+      let m: HandoverMessage;
+      try {
+        m = parseHandoverMessage(line);
+      } catch (err) {
+        this.fail(err as Error);
+        this.conn.destroy();
+        return;
+      }
+      const w = this.waiter;
+      this.waiter = undefined;
+      if (w) w.resolve(m);
+      else this.queue.push(m);
+    }
+    if (this.buffered.length > MAX_LINE) {
+      this.fail(new HandoverProtocolError(`handover line over ${MAX_LINE} bytes`));
+      this.conn.destroy();
+    }
+  }
+
+  private fail(err: Error): void {
+    this.ended ??= err;
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.reject(this.ended);
+  }
+}
+
+/**
+ * The successor's first step: asks the agent at `socketPath` to hand over and waits until it has released the state
+ * dir (`released`). Throws TakeOverError when it refuses, does not speak the protocol, or does not answer in time.
+ */
+export function requestTakeOver(socketPath: string, timeoutMs: number): Promise<HandoverChannel> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      socketPath, path: HANDOVER_PATH, method: 'GET', timeout: timeoutMs,
+      headers: { connection: 'upgrade', upgrade: HANDOVER_PROTOCOL },
+    });
+    req.on('timeout', () => req.destroy(new TakeOverError(`the running agent at ${socketPath} did not answer the take-over in ${timeoutMs} ms`)));
+    req.on('error', (err) => reject(err instanceof TakeOverError ? err : new TakeOverError(
+      `another agent holds the state dir, but its socket ${socketPath} does not answer (${err.message}): is it hung, or started with another --socket?`, { cause: err })));
+    req.on('response', (res) => {
+      res.resume();
+      reject(new TakeOverError(`the running agent at ${socketPath} does not support take-over (HTTP ${res.statusCode ?? 0}): stop it first`));
+    });
+    req.on('upgrade', (_res, conn, head) => {
+      req.setTimeout(0);
+      const channel = new HandoverChannel(conn, head);
+      channel.send({ type: 'begin', pid: process.pid });
+      channel.next(timeoutMs).then((m) => {
+        if (m.type === 'released') return resolve(channel);
+        channel.close();
+        reject(new TakeOverError(m.type === 'refused' ? `the running agent refused to hand over: ${m.reason}` : `unexpected take-over answer "${m.type}"`));
+      }, (err: unknown) => {
+        channel.close();
+        reject(new TakeOverError(`the take-over did not start: ${describe(err)}`, { cause: err }));
+      });
+    });
+    req.end();
+  });
+}
+
+/** The predecessor's steps, supplied by the agent. */
+export interface PredecessorHooks {
+  /** Why a take-over is refused now; undefined to accept. */
+  refusal(): string | undefined;
+  /** Stops changing rules and records, waits for work in progress, releases agent.lock. */
+  freeze(successorPid: number): Promise<void>;
+  /** The successor went away before it was ready: take agent.lock back and carry on as before. */
+  resume(reason: string): Promise<void>;
+  /** The successor is ready: forward held events, stop accepting; returns the open connections to drain. */
+  handOff(): Promise<number>;
+  /** Waits for open connections to end, up to the deadline; cuts the rest. */
+  drain(): Promise<DrainTally>;
+  /** Everything is done: stop and exit (0). */
+  finish(tally: DrainTally): void;
+}
+
+/** How long the first message may take, and how long a successor may take to adopt every pod and become ready. */
+const BEGIN_TIMEOUT_MS = 10_000;
+const READY_TIMEOUT_MS = 120_000;
+
+/** Runs the predecessor's side of one take-over on an upgraded connection. Never throws: failures are logged. */
+export async function servePredecessor(conn: Duplex, head: Buffer, hooks: PredecessorHooks, drainSeconds: number, log: Logger): Promise<void> {
+  const channel = new HandoverChannel(conn, head);
+  let begin: HandoverMessage;
+  try {
+    begin = await channel.next(BEGIN_TIMEOUT_MS);
+    if (begin.type !== 'begin') throw new HandoverProtocolError(`expected "begin", got "${begin.type}"`);
+  } catch (err) {
+    log.warn({ error: describe(err) }, 'take-over request malformed; ignored');
+    channel.close();
+    return;
+  }
+  const refusal = hooks.refusal();
+  if (refusal) {
+    log.warn({ successorPid: begin.pid, reason: refusal }, 'take-over refused');
+    channel.send({ type: 'refused', reason: refusal });
+    channel.close();
+    return;
+  }
+  log.info({ successorPid: begin.pid }, 'handing over: no more rule or record changes here');
+  await hooks.freeze(begin.pid);
+  channel.send({ type: 'released' });
+  let ready: HandoverMessage;
+  try {
+    ready = await channel.next(READY_TIMEOUT_MS);
+    if (ready.type !== 'ready') throw new HandoverProtocolError(`expected "ready", got "${ready.type}"`);
+  } catch (err) {
+    channel.close();
+    await hooks.resume(describe(err));
+    return;
+  }
+  const connections = await hooks.handOff();
+  log.info({ successorPid: ready.pid, connections, drainSeconds }, 'successor ready: listeners closed, draining');
+  channel.send({ type: 'draining', connections, deadlineSeconds: drainSeconds });
+  const tally = await hooks.drain();
+  channel.send({ type: 'drained', drained: tally.drained, cut: tally.cut });
+  // Ended here, not by our exit: the event server's close waits for every connection, this one included.
+  channel.end();
+  hooks.finish(tally);
+}

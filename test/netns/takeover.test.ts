@@ -1,0 +1,315 @@
+// Upgrades without dropping connections (issue 15, phase 1): a second agent on the same state dir and socket takes
+// over from the running one while new connections arrive every 20 ms; a long-lived HBONE stream drains; a third agent is refused.
+import { readFileSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { AgentProcess, signalGroup, type AgentLogRecord } from '../testbed/agent-process.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import { AMBIENT, eventually, podRules } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+const ECHO_PORT = 9000;
+const DRAIN_SECONDS = 4;
+
+/** A threaded line-echo server: every connection gets each line back until it closes. */
+const ECHO_SERVER = `
+import socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line); self.wfile.flush()
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 512
+S(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
+`;
+
+/** New connection every 20 ms (ping, echo, close) until the stop file appears; one JSON summary line at the end. */
+const CONNECT_LOOP = `
+import socket, sys, time, json, os
+ip, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ok, fails, errors, lat = 0, 0, [], []
+end = time.time() + 300
+while time.time() < end and not os.path.exists(stop):
+    t0 = time.time()
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+        s.sendall(b'ping\\n')
+        got = b''
+        while not got.endswith(b'\\n'):
+            d = s.recv(64)
+            if not d: raise OSError('closed before the echo')
+            got += d
+        s.close()
+        if got != b'ping\\n': raise OSError('wrong echo %r' % got)
+        ok += 1; lat.append(time.time() - t0)
+    except OSError as e:
+        fails += 1; errors.append('%.3f %s %s' % (time.time(), type(e).__name__, e))
+    time.sleep(max(0, 0.02 - (time.time() - t0)))
+lat.sort()
+p = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+print(json.dumps({'ok': ok, 'fails': fails, 'errors': errors[:10], 'p50ms': p(0.5), 'p99ms': p(0.99)}), flush=True)
+`;
+
+/** One long-lived connection: a line every 100 ms, echo checked; prints one line per second and how it ended. */
+const LONG_STREAM = `
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((ip, port), timeout=5)
+print('connected', flush=True)
+n, last = 0, time.time()
+try:
+    while True:
+        s.sendall(b'x\\n'); got = b''
+        while not got.endswith(b'\\n'):
+            d = s.recv(64)
+            if not d: raise OSError('eof')
+            got += d
+        n += 1
+        if time.time() - last >= 0.5:
+            print('echo %d %.3f' % (n, time.time()), flush=True); last = time.time()
+        time.sleep(0.1)
+except OSError as e:
+    print('ended %s %s %.3f after %d echoes' % (type(e).__name__, e, time.time(), n), flush=True)
+`;
+
+interface LoopResult {
+  ok: number;
+  fails: number;
+  errors: string[];
+  p50ms: number | null;
+  p99ms: number | null;
+}
+
+function startLoop(tb: Testbed, client: TestbedPod, ip: string, tag: string): { stop: () => Promise<LoopResult> } {
+  const stopFile = join(tb.runDir, `stop-${tag}`);
+  const proc = client.spawn(PY, ['-c', CONNECT_LOOP, ip, String(ECHO_PORT), stopFile], { reject: false, timeout: 320_000 });
+  return {
+    async stop() {
+      await client.exec('touch', [stopFile]);
+      const r = await proc;
+      const last = String(r.stdout).trim().split('\n').pop() ?? '';
+      if (!last.startsWith('{')) throw new Error(`connect loop ${tag} printed no summary: ${String(r.stdout)} ${String(r.stderr)}`);
+      return JSON.parse(last) as LoopResult;
+    },
+  };
+}
+
+const rssKb = (pid: number | undefined): number => {
+  if (pid === undefined) return -1;
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+};
+const fdCount = (pid: number | undefined): number => {
+  try {
+    return pid === undefined ? -1 : readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return -1;
+  }
+};
+
+const hasMsg = (logs: AgentLogRecord[], msg: string): AgentLogRecord | undefined => logs.find((l) => l.msg === msg);
+
+/**
+ * Starts a successor for `current` (same flags, its own log) and waits until it has taken over and the predecessor
+ * has drained and exited. Returns the successor and what the predecessor logged of its drain.
+ */
+async function takeOver(t: ExecutionContext, current: AgentProcess, round: string, during?: () => Promise<void>): Promise<{ next: AgentProcess; drained: AgentLogRecord | undefined; rss: [number, number] }> {
+  const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, `-${round}.log`) });
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  const exited = current.exited;
+  if (!exited) throw new Error('the current agent is not running');
+  await next.start(); // may return on the predecessor's status: the log says when the take-over completed
+  await eventually(async () => hasMsg(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
+  const rss: [number, number] = [rssKb(current.pid), rssKb(next.pid)];
+  await during?.();
+  const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (DRAIN_SECONDS + 20) * 1000))]);
+  t.deepEqual(exit, { code: 0, signal: null }, `${round}: the predecessor exited 0 after its drain`);
+  const logs = await current.logs({ currentRun: true });
+  return { next, drained: logs.find((l) => l.msg === 'drain finished' || l.msg === 'drain deadline reached; cutting the rest'), rss };
+}
+
+/** Listening sockets per port in a pod (the agent's 15001/15006/15008). */
+async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> {
+  const r = await pod.exec('ss', ['-Hltn']);
+  const out: Record<number, number> = {};
+  for (const l of String(r.stdout).split('\n')) {
+    const port = Number(/:(\d+)$/.exec(l.split(/\s+/)[3] ?? '')?.[1]);
+    if (port) out[port] = (out[port] ?? 0) + 1;
+  }
+  return out;
+}
+
+for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
+  netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; 5 more take-overs leak nothing`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(DRAIN_SECONDS)] });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [client, server, outsider] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+      { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+      { node: 0, namespace: 'plain', name: 'outsider' },
+    ]);
+    if (!client || !server || !outsider) throw new Error('pods missing');
+    void server.spawn(PY, ['-c', ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
+    await server.waitForPort(ECHO_PORT);
+    const agents = [tb.agent(0), tb.agent(1)];
+    const before = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
+
+    // 1. New connections every 20 ms (mesh -> mesh, non-mesh -> mesh) across a take-over of each node's agent, and a
+    //    long-lived HBONE stream across the destination's.
+    const mesh = startLoop(tb, client, server.ip, 'mesh');
+    const plain = startLoop(tb, outsider, server.ip, 'plain');
+    let streamOut = '';
+    const stream = client.spawn(PY, ['-u', '-c', LONG_STREAM, server.ip, String(ECHO_PORT)], { reject: false, timeout: 120_000 });
+    stream.stdout?.on('data', (d: Buffer) => (streamOut += String(d)));
+    await eventually(async () => streamOut, (o) => o.includes('echo'), 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    let handedOffAt = 0;
+    let third = '';
+    const dest = await takeOver(t, agents[1]!, 'r1', async () => {
+      handedOffAt = Date.now() / 1000;
+      // 2. A third agent while the predecessor drains: refused with a clear error.
+      const c = new AgentProcess({ ...agents[1]!.spec, logFile: agents[1]!.spec.logFile.replace(/\.log$/, '-third.log'), readyTimeoutMs: 15_000 });
+      t.teardown(async () => {
+        await c.stop(2000);
+      });
+      // start() may return on the successor's status (the socket path is its): the exit is what counts.
+      const started = c.start().catch(() => undefined);
+      const exitedC = c.exited;
+      await started;
+      const exit = await Promise.race([exitedC ?? Promise.resolve(undefined), new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000))]);
+      third = (await c.logs()).map((l) => String(l.err && typeof l.err === 'object' && 'message' in l.err ? l.err.message : l.msg)).join(' | ');
+      t.not(exit?.code ?? 0, 0, `the third agent exited with an error (${JSON.stringify(exit)})`);
+    });
+    agents[1] = dest.next;
+    t.regex(third, /at most two agents/, 'the third agent says why it cannot start');
+    // The source's predecessor gets a SIGTERM in its drain (the DaemonSet deletes the old pod once the new is ready):
+    // it drains on and exits 0 at the end.
+    const oldSource = agents[0]!;
+    const src = await takeOver(t, oldSource, 'r1', async () => {
+      await new Promise((r) => setTimeout(r, 300));
+      if (oldSource.pid !== undefined) signalGroup(oldSource.pid, 'SIGTERM');
+    });
+    t.truthy(src.drained, 'the source\'s predecessor finished its drain despite the SIGTERM');
+    agents[0] = src.next;
+    await new Promise((r) => setTimeout(r, 500));
+    const [meshResult, plainResult] = await Promise.all([mesh.stop(), plain.stop()]);
+    await stream;
+    t.log(`[${mode}] mesh -> mesh: ${meshResult.ok} ok, ${meshResult.fails} failed (p50 ${meshResult.p50ms} ms, p99 ${meshResult.p99ms} ms) ${meshResult.errors.join('; ')}`);
+    t.log(`[${mode}] non-mesh -> mesh: ${plainResult.ok} ok, ${plainResult.fails} failed (p50 ${plainResult.p50ms} ms, p99 ${plainResult.p99ms} ms) ${plainResult.errors.join('; ')}`);
+    t.log(`[${mode}] RSS during the overlap (KiB): destination old ${dest.rss[0]} new ${dest.rss[1]}; source old ${src.rss[0]} new ${src.rss[1]}`);
+    t.log(`[${mode}] drains: destination ${JSON.stringify(dest.drained)}; source ${JSON.stringify(src.drained)}`);
+    t.log(`[${mode}] third agent: ${third}`);
+    t.is(meshResult.fails, 0, 'no new mesh connection failed across the take-overs');
+    t.is(plainResult.fails, 0, 'no new non-mesh connection failed across the take-overs');
+    t.true(meshResult.ok > 50 && plainResult.ok > 50, 'the loops ran');
+
+    // 3. The long stream: served during the drain, then cut (not hung) by the predecessor's deadline.
+    const lines = streamOut.trim().split('\n');
+    const echoTimes = lines.filter((l) => l.startsWith('echo ')).map((l) => Number(l.split(' ')[2]));
+    const ended = lines.find((l) => l.startsWith('ended '));
+    t.log(`[${mode}] long stream: ${lines.slice(-3).join(' | ')}; hand-off at ${handedOffAt.toFixed(3)}`);
+    t.true(echoTimes.some((x) => x > handedOffAt + 1), 'the stream still carried echoes during the drain');
+    t.truthy(ended, 'the stream was ended by the drain deadline');
+    t.is(dest.drained?.msg, 'drain deadline reached; cutting the rest', 'the destination\'s predecessor cut what was left at its deadline');
+    t.true(Number(dest.drained?.cut ?? 0) >= 1, 'and counted it');
+
+    // 4. Five more take-overs of the destination's agent: nothing leaks.
+    const fdsFirst = fdCount(agents[1]!.pid);
+    for (let i = 2; i <= 6; i++) agents[1] = (await takeOver(t, agents[1]!, `r${i}`)).next;
+    const fdsLast = fdCount(agents[1]!.pid);
+    const listeners = await listenerCounts(server);
+    const after = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
+    t.log(`[${mode}] after 6 take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
+    for (const port of [15001, 15006, 15008]) t.is(listeners[port], 1, `one listener on ${port} in the pod`);
+    const rulesOnly = (dump: string): string => dump.split('\n').filter((l) => !l.startsWith('#')).join('\n');
+    t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s iptables rules are unchanged');
+    const noCounters = (dump: string): string => dump.replace(/counter packets \d+ bytes \d+/g, 'counter');
+    t.is(noCounters(after.rules.nft), noCounters(before.rules.nft), 'the pod\'s nft ruleset is unchanged');
+    t.is(after.rules.ebpf, before.rules.ebpf, 'the pod\'s eBPF pieces are unchanged');
+    t.deepEqual(
+      (JSON.parse(after.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
+      (JSON.parse(before.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
+      'the same pod records',
+    );
+    t.true(fdsLast <= fdsFirst + 4, `the agent's fds did not grow with take-overs (${fdsFirst} -> ${fdsLast})`);
+    t.true((await eventually(async () => (await agents[1]!.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000) as { ready: boolean }).ready);
+  });
+}
+
+netnsTest.serial('[iptables] kill -9 of the successor while it adopts: the running agent carries on (new connections keep working), a later take-over succeeds', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, agentArgs: ['--drain-seconds', '1'] });
+  await tb.setNamespace('app', AMBIENT);
+  const [client, server] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+  ]);
+  if (!client || !server) throw new Error('pods missing');
+  void server.spawn(PY, ['-c', ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
+  await server.waitForPort(ECHO_PORT);
+  const running = tb.agent(1);
+  const loop = startLoop(tb, client, server.ip, 'killed-successor');
+  const doomed = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-doomed.log') });
+  t.teardown(async () => {
+    await doomed.stop(2000);
+  });
+  const started = doomed.start().catch(() => undefined);
+  // Killed once it holds the state dir and adopts, before it is ready.
+  await eventually(async () => hasMsg(await doomed.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  await doomed.kill('SIGKILL');
+  await started;
+  const resumed = await eventually(async () => hasMsg(await running.logs({ currentRun: true }), 'successor went away before it was ready; carrying on'), (r) => r !== undefined, 15_000);
+  t.truthy(resumed, 'the running agent took the state dir back');
+  t.true(running.running, 'and is still running');
+  await eventually(async () => (await running.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000);
+  const next = await takeOver(t, running, 'after-kill');
+  const result = await loop.stop();
+  t.log(`successor killed, then a take-over: ${result.ok} ok, ${result.fails} failed ${result.errors.join('; ')}`);
+  t.is(result.fails, 0, 'no new connection failed');
+  t.true((await next.next.request('GET', '/v1/status')).statusCode === 200);
+  const staging = readdirSync(dirname(running.spec.socketPath)).filter((n) => n.endsWith('.new'));
+  t.deepEqual(staging, [], 'the killed successor\'s staging socket was cleaned up by the next agent');
+});
+
+netnsTest.serial('[iptables] pods added while the agent is taken over: ADDs arriving mid-take-over are held, forwarded to the successor once it is ready, and the pods end up captured', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--drain-seconds', '1'] });
+  await tb.setNamespace('app', AMBIENT);
+  const running = tb.agent(0);
+  const next = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-next.log') });
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  const exited = running.exited;
+  const started = next.start().catch(() => undefined);
+  // From the moment the successor holds the state dir (the running agent holds plugin events) to well after it is ready.
+  await eventually(async () => hasMsg(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  // The successor is paused there for 5 s (SIGSTOP; the plugin waits 10 s), so the ADDs arrive while the predecessor holds events.
+  const pid = next.pid;
+  if (pid === undefined) throw new Error('the successor is not running');
+  signalGroup(pid, 'SIGSTOP');
+  const adding = tb.addPods(Array.from({ length: 4 }, (_, i) => ({ node: 0, namespace: 'app', name: `late-${i}`, serviceAccount: 'late' })));
+  await new Promise((r) => setTimeout(r, 5000));
+  signalGroup(pid, 'SIGCONT');
+  const pods = await adding;
+  await started;
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
+  const forwarded = (await running.logs({ currentRun: true })).filter((l) => l.msg === 'plugin event held during a take-over, forwarded to the successor');
+  t.log(`${forwarded.length} plugin events were held by the predecessor and forwarded to the successor`);
+  t.true(forwarded.length >= 4, 'the ADDs that arrived during the take-over were held and forwarded');
+  const handled = (await next.logs()).filter((l) => l.msg === 'plugin event handled' && l.command === 'ADD');
+  t.is(handled.length, pods.length, 'each ADD was handled once (answered through the predecessor, not retried)');
+  const st = (await next.request('GET', '/v1/pods')).body as { pods: { name: string; state: string; listening: boolean }[] };
+  for (const p of pods) {
+    const view = st.pods.find((v) => v.name === p.name);
+    t.is(view?.state, 'enrolled', `${p.name} is enrolled with the successor`);
+    t.true(view?.listening ?? false, `${p.name} has the successor's listeners`);
+  }
+});
