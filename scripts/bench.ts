@@ -14,6 +14,7 @@ import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect }
 import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
 import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './bench/scale.js';
 import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/source-rss.js';
+import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult } from './bench/takeover.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -42,15 +43,19 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --table-services N   Services in the in-process lookup table of the services comparison (default 5000)
   --scale-sizes LIST   remote pods in the scale part's directories (default 10000,50000)
   --scale-updates N    one-pod changes per scale run (default 30)
-  --only WHAT          add | datapath | redirect | services | scale (default: all five)
+  --takeover-modes L   backends of the take-over part (default iptables,nftables,ebpf)
+  --takeover-steady S  seconds of steady state measured before the take-overs (default 8)
+  --only WHAT          add | datapath | redirect | services | scale | takeover (default: all six)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts {
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'takeover'] as const;
+
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, TakeoverOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
-  only: 'add' | 'datapath' | 'redirect' | 'services' | 'scale' | undefined;
+  only: (typeof ONLY)[number] | undefined;
   out: string;
 }
 
@@ -78,6 +83,8 @@ function parseOpts(argv: string[]): Opts {
       only: { type: 'string' },
       'table-services': { type: 'string', default: '5000' },
       'scale-sizes': { type: 'string', default: '10000,50000' },
+      'takeover-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
+      'takeover-steady': { type: 'string', default: '8' },
       'scale-updates': { type: 'string', default: '30' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
@@ -107,7 +114,8 @@ function parseOpts(argv: string[]): Opts {
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
-  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services' && only !== 'scale') throw new UsageError(`--only must be add, datapath, redirect, services or scale, got ${only}`);
+  const isOnly = (v: string): v is (typeof ONLY)[number] => (ONLY as readonly string[]).includes(v);
+  if (only !== undefined && !isOnly(only)) throw new UsageError(`--only must be one of ${ONLY.join(', ')}, got ${only}`);
   return {
     modes,
     datapathModes,
@@ -130,6 +138,8 @@ function parseOpts(argv: string[]): Opts {
     tableServices: int('table-services', values['table-services'], 1),
     scaleSizes: values['scale-sizes'].split(',').map((v) => int('scale-sizes', v.trim(), 101)),
     scaleUpdates: int('scale-updates', values['scale-updates'], 1),
+    takeoverModes: backends('takeover-modes', values['takeover-modes']),
+    steadySeconds: int('takeover-steady', values['takeover-steady'], 2),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     out: values.out,
@@ -187,6 +197,7 @@ async function main(): Promise<number> {
   let services: ServicesResult | undefined;
   let scale: ScaleResult | undefined;
   let sourceRss: SourceRssResult | undefined;
+  let takeover: TakeoverResult[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -194,6 +205,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'services') services = await benchServices(o);
     if (o.only === undefined || o.only === 'scale') scale = await benchScale(o);
     if (o.only === undefined || o.only === 'scale') sourceRss = await benchSourceRss(3);
+    if (o.only === undefined || o.only === 'takeover') takeover = await benchTakeover(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -221,6 +233,7 @@ async function main(): Promise<number> {
   if (services) reportServices(o, services, lines);
   if (scale) reportScale(o, scale, lines);
   if (sourceRss) reportSourceRss(sourceRss, lines);
+  if (takeover.length > 0) reportTakeover(takeover, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -240,6 +253,7 @@ async function main(): Promise<number> {
     services,
     scale,
     sourceRss,
+    takeover,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);
