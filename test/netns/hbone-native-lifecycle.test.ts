@@ -146,6 +146,14 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
 
 /** An app connection through HBONE: the app's socket (inside the namespace) and the outbound stream carrying it. */
 async function open(r: Rig, srcIp: string) {
+  const { client, down } = await appConnection(r);
+  return { client, stream: r.hbone.connect(target(r, srcIp), down, `127.0.0.1:${ECHO_PORT}`, { forwarded: `for="${srcIp}:1"` }) };
+}
+
+const target = (r: Rig, srcIp: string): HboneTarget => ({ ns: r.ns, srcIp, srcIdentity: CLIENT_ID, dstIp: '127.0.0.1', dstIdentity: SERVER_ID });
+
+/** An app's connection inside the namespace: its own socket, and the agent side accepted (paused). */
+async function appConnection(r: Rig): Promise<{ client: net.Socket; down: net.Socket }> {
   const client = await dialFrom(r.ns, { host: '127.0.0.1', port: APP_PORT, mark: 0 });
   client.on('error', () => undefined);
   r.clients.push(client);
@@ -155,8 +163,7 @@ async function open(r: Rig, srcIp: string) {
     if (!down) await new Promise((resolve) => setTimeout(resolve, 5));
   }
   if (!down) throw new Error('the app connection was not accepted');
-  const target: HboneTarget = { ns: r.ns, srcIp, srcIdentity: CLIENT_ID, dstIp: '127.0.0.1', dstIdentity: SERVER_ID };
-  return { client, stream: r.hbone.connect(target, down, `127.0.0.1:${ECHO_PORT}`, { forwarded: `for="${srcIp}:1"` }) };
+  return { client, down };
 }
 
 /** Writes `text` and reads it back from the echo server, within WAIT_MS. */
@@ -321,4 +328,28 @@ netnsTest('native: the library ending its event socket fails every pending strea
   t.regex(fatal[0]?.message ?? '', /ended its event socket/);
   await t.throwsAsync(r.hbone.listen(r.ns, SERVER_ID, TD, () => undefined, () => undefined), { message: /not started/ }, 'nothing new is taken');
   r.hbone.stop(); // idempotent after the failure (the rig's teardown calls it again)
+});
+
+netnsTest.serial('native: a stream that crosses the peer\'s GOAWAY is opened again on a new connection, and the app notices nothing', async (t) => {
+  const r = await rig(t);
+  const first = await open(r, '10.79.0.1');
+  t.like(await within(first.stream.then((s) => s.ready)), { ok: true });
+  // A second server beside the first (SO_REUSEPORT), as a successor agent opens its own during a take-over.
+  const successor = await r.hbone.listen(r.ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
+  t.teardown(() => successor.close());
+  const { client, down } = await appConnection(r);
+  // The first server sends its shutdown notice; this thread is held while the library's thread takes it in, so the next
+  // stream goes to the pooled connection that already got the GOAWAY (the event telling the pool is not read yet).
+  void r.listener.stopAccepting();
+  const until = Date.now() + 300;
+  while (Date.now() < until) {
+    // busy: no event is read
+  }
+  const before = r.hbone.retriedStreams;
+  const stream = r.hbone.connect(target(r, '10.79.0.1'), down, `127.0.0.1:${ECHO_PORT}`, {});
+  const ready = await within(stream.then((s) => s.ready));
+  t.like(ready, { ok: true }, `the stream was answered (${JSON.stringify(ready)})`);
+  t.is(r.hbone.retriedStreams - before, 1, 'after being refused once and opened again');
+  t.is(await echo(client, 'crossed'), 'crossed', 'the app\'s bytes went through, none lost');
+  t.is(await echo(first.client, 'still'), 'still', 'the stream opened before the notice is still served');
 });

@@ -10,6 +10,8 @@
  * - Every session id returned gets exactly one "sessionClosed" event (preceded by "up" if it came up).
  * - Every client stream id returned gets exactly one "status" event (the answer's status, or -1 with an error: session
  *   failed, stream reset or refused by the peer before answering, aborted, oversized) and then exactly one "closed".
+ *   A stream refused before anything was sent (REFUSED_STREAM, a GOAWAY before it started, its session gone) hands
+ *   its app socket back: its status event carries "retryFd", an fd the agent owns from then on (to open the stream again).
  * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
  *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
  *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new

@@ -187,13 +187,17 @@ void ev_request(const struct session *s, const struct stream *st) {
   json_emit(&j);
 }
 
-/* A client stream's answer: its status, or -1 and why no answer will come (why: NULL for none). */
-void ev_status(uint64_t stream, int status, const char *why) {
+/*
+ * A client stream's answer: its status, or -1 and why no answer will come (why: NULL for none). retry_fd >= 0: the
+ * stream was refused before any of its app's bytes were read, and the app socket is handed back to the agent with it.
+ */
+void ev_status(uint64_t stream, int status, const char *why, int retry_fd) {
   struct json_line j;
   json_begin(&j, "status");
   json_num(&j, "stream", (int64_t)stream);
   json_num(&j, "status", status);
   if (why) json_str(&j, "error", why);
+  if (retry_fd >= 0) json_num(&j, "retryFd", retry_fd);
   json_emit(&j);
 }
 

@@ -212,7 +212,7 @@ static int build_nva(struct stream *st, const char *authority, char *headers) {
 
 /* A client stream that cannot be made: its status and closed events, and its app socket reset. */
 static void refuse_client_stream(struct cmd *c, const char *why) {
-  ev_status(c->id, -1, why);
+  ev_status(c->id, -1, why, -1);
   ev_closed(c->id, 0, 0, 0, 1, why);
   if (c->fd >= 0) {
     set_reset_on_close(c->fd);
@@ -223,6 +223,13 @@ static void refuse_client_stream(struct cmd *c, const char *why) {
 
 static void cmd_client_stream(struct cmd *c) {
   struct session *s = find_session(c->ref);
+  if ((!s || s->dead) && c->fd >= 0 && !(s && s->server)) {
+    /* The session ended before this stream reached it: nothing was sent, the app socket goes back to the agent. */
+    ev_status(c->id, -1, "the HBONE session closed before the stream was opened", c->fd);
+    c->fd = -1;
+    ev_closed(c->id, 0, 0, 0, 1, "handed back");
+    return;
+  }
   if (!s || s->dead || s->server) {
     refuse_client_stream(c, s && s->dead && s->error[0] ? s->error : s && s->server ? "not a client session" : "HBONE session closed");
     return;

@@ -142,6 +142,8 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t code, void
   st->h2_closed = 1;
   st->h2_error = code;
   st->closed_ms = now_ms();
+  if (code == NGHTTP2_REFUSED_STREAM && !s->server)
+    stream_hand_back(st, "the stream was refused (REFUSED_STREAM) before anything was sent");
   if (code) {
     /* Reset by the peer (or by us): unwritten bytes are dropped (their connection credit given back), the app sees a reset. */
     st->errored = 1;
@@ -429,6 +431,10 @@ void client_submit(struct session *s, struct stream *st) {
   free(st->as_client.nvstore);
   st->as_client.nva = NULL;
   st->as_client.nvstore = NULL;
+  if (sid == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED && stream_hand_back(st, "the stream was not started: its session is going away (GOAWAY)")) {
+    stream_abort(st, 0);
+    return;
+  }
   if (sid < 0) {
     stream_report_status(st, -1, s->h2 ? nghttp2_strerror(sid) : "session not up");
     stream_abort(st, 0);

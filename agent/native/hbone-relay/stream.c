@@ -85,7 +85,23 @@ void stream_free(struct stream *st) {
 void stream_report_status(struct stream *st, int status, const char *why) {
   if (st->as_client.status_reported || st->s->server) return;
   st->as_client.status_reported = 1;
-  ev_status(st->id, status, why);
+  ev_status(st->id, status, why, -1);
+}
+
+/*
+ * A client stream refused before it carried anything (REFUSED_STREAM from the peer, or never started because the
+ * session got a GOAWAY): HTTP/2 says the request was not processed, and the app socket was never read, so the agent may
+ * open the stream again elsewhere. Its "status" event hands the app socket back (the library forgets it); 1 if it did.
+ */
+int stream_hand_back(struct stream *st, const char *why) {
+  if (st->s->server || st->relaying || st->as_client.status_reported || st->io.fd < 0 || st->bytes_in || st->bytes_out) return 0;
+  io_set(&st->io, 0);
+  int fd = st->io.fd;
+  st->io.fd = -1;
+  st->as_client.status_reported = 1;
+  st->errored = 1;
+  ev_status(st->id, -1, why, fd);
+  return 1;
 }
 
 /* Why a client stream that is going away never got an answer. */

@@ -139,7 +139,7 @@ static struct pem make_leaf(X509 *root, EVP_PKEY *root_key, const char *uri, lon
 
 struct event {
   char ev[16];
-  int64_t session, stream, status, wasUp, timedOut, identityRefused, errored, h2Error;
+  int64_t session, stream, status, wasUp, timedOut, identityRefused, errored, h2Error, retryFd;
   char authority[64];
   bool used;
 };
@@ -188,6 +188,7 @@ static void add_event(const char *line) {
   e->identityRefused = field_num(line, "identityRefused");
   e->errored = field_num(line, "errored");
   e->h2Error = field_num(line, "h2Error");
+  e->retryFd = field_num(line, "retryFd"); /* -999: none */
   field_str(line, "authority", e->authority, sizeof e->authority);
   CHECK(e->ev[0], "event without a name: %s", line);
 }
@@ -616,11 +617,19 @@ static void s_reset_before_answer(void) {
   s = must_event("status", 0, cst3);
   CHECK(s->status == 200, "status %lld after GOAWAY", (long long)s->status);
   transfer(app, up[0], 1000, 1);
-  /* A new stream after the GOAWAY is refused by the client side itself, and settles. */
+  /* A new stream after the GOAWAY is refused by the client side itself, and settles, handing the untouched app socket
+   * back ("retryFd"): it is the same connection as the app's end, and nothing of it was read. */
   int app2;
   uint64_t cst4 = stream_open(&g, "10.0.0.5:83", "", &app2);
   s = must_event("status", 0, cst4);
   CHECK(s->status < 0, "status %lld for a stream opened after GOAWAY", (long long)s->status);
+  CHECK(s->retryFd >= 0, "a stream refused by a GOAWAY hands its app socket back (retryFd %lld)", (long long)s->retryFd);
+  must_event("closed", 0, cst4);
+  CHECK(write(app2, "k", 1) == 1, "write to the app end");
+  char kb[4] = {0};
+  struct pollfd kp = {(int)s->retryFd, POLLIN, 0};
+  CHECK(poll(&kp, 1, WAIT_MS) == 1 && read((int)s->retryFd, kb, sizeof kb) == 1 && kb[0] == 'k', "the handed-back fd is the app's connection, unread");
+  close((int)s->retryFd);
   close(app);
   close(up[0]);
   close(app2);

@@ -13,7 +13,7 @@ export type NativeEvent =
   | { ev: 'settings'; session: number; maxStreams: number }
   | { ev: 'goaway'; session: number; code: number }
   | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number; goawayCode?: number }
-  | { ev: 'status'; stream: number; status: number; error?: string }
+  | { ev: 'status'; stream: number; status: number; error?: string; retryFd?: number }
   | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
   | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };
 

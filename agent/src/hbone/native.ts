@@ -7,6 +7,7 @@ import { AmbientError } from '../errors.js';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
+import { close } from '../platform/libc.js';
 import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { HboneStatusError } from './connect.js';
@@ -18,6 +19,17 @@ import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } fr
 
 /** Between a server session's shutdown notice and its final GOAWAY: well over a round trip between nodes. */
 const SHUTDOWN_NOTICE_MS = 1000;
+/** A stream refused before it carried anything is opened again this many times (RFC 9113 §8.7: it was not processed). */
+const CONNECT_RETRIES = 1;
+
+/** Closes a socket fd handed back by the library with a TCP reset (the app sees its connection refused, not ended). */
+function resetFd(fd: number): void {
+  try {
+    new net.Socket({ fd, readable: false, writable: false }).resetAndDestroy();
+  } catch {
+    close(fd);
+  }
+}
 
 /** A TLS context of the library for one identity's certificate. */
 interface TlsCtx {
@@ -33,7 +45,8 @@ type ClientSession = PooledConnection<number>;
 
 interface StreamWaiter {
   session?: ClientSession;
-  onStatus?: (status: number, error?: string) => void;
+  /** retryFd: the stream was refused before anything was sent, and the app's socket is handed back (the caller owns it). */
+  onStatus?: (status: number, error?: string, retryFd?: number) => void;
   onClosed: (end: HboneStreamEnd) => void;
 }
 
@@ -82,6 +95,8 @@ export class NativeHbone implements HboneDataPath {
   private events: net.Socket | undefined;
   readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0, requestsDropped: 0 };
   readonly refusals: NativeRefusals = { clientSessions: 0, serverSessions: 0, clientStreams: 0 };
+  /** Client streams refused before they carried anything and opened again on another session (a peer's GOAWAY crossed them). */
+  retriedStreams = 0;
   private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
     this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
@@ -282,7 +297,9 @@ export class NativeHbone implements HboneDataPath {
         return;
       }
       case 'status': {
-        this.streams.get(ev.stream)?.onStatus?.(ev.status, ev.error);
+        const onStatus = this.streams.get(ev.stream)?.onStatus;
+        if (onStatus) onStatus(ev.status, ev.error, ev.retryFd);
+        else if (ev.retryFd !== undefined) resetFd(ev.retryFd); // nobody waits for it any more (timed out, closed)
         return;
       }
       case 'closed': {
@@ -386,11 +403,89 @@ export class NativeHbone implements HboneDataPath {
   /**
    * Opens a CONNECT stream to `target` carrying the app socket `down` (accepted with pauseOnConnect). On failure to get
    * a session, `down` is left to the caller (still a Node socket); once the stream is created, the native side owns it.
+   * A stream refused before anything was sent (REFUSED_STREAM, or a GOAWAY that crossed it, as when the peer's agent
+   * hands over to a new one) comes back with the untouched app socket and is opened again, once, on another session.
    */
   async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound> {
     const session = await this.pool.acquire(target);
     if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
-    const fd = takeFd(down);
+    let cur = this.openClientStream(session, takeFd(down), authority, headers);
+    let retries = 0;
+    let resolveClosed!: (end: HboneStreamEnd) => void;
+    const closed = new Promise<HboneStreamEnd>((resolve) => (resolveClosed = resolve));
+    let ended = false;
+    const follow = (opened: typeof cur): void => {
+      void opened.stream.closed.then((end) => {
+        if (opened !== cur || opened.handedBack) return; // a refused attempt: its successor's end counts
+        ended = true;
+        resolveClosed(end);
+      });
+    };
+    follow(cur);
+    const ready = new Promise<void>((resolve, reject) => {
+      const fail = (err: Error, end?: HboneStreamEnd): void => {
+        if (end) {
+          ended = true;
+          resolveClosed(end);
+        }
+        reject(err);
+      };
+      const arm = (opened: typeof cur): void => {
+        const timer = setTimeout(() => {
+          if (!opened.waiter.onStatus) return;
+          opened.waiter.onStatus = undefined;
+          this.lib?.closeStream(opened.stream.id);
+          fail(new Error(`HBONE CONNECT ${authority} was not answered within ${this.opts.answerTimeoutMs} ms`));
+        }, this.opts.answerTimeoutMs);
+        timer.unref();
+        opened.waiter.onStatus = (status, error, retryFd) => {
+          opened.waiter.onStatus = undefined;
+          clearTimeout(timer);
+          if (retryFd !== undefined) {
+            opened.handedBack = true;
+            const why = `HBONE stream to ${authority} failed: ${error ?? 'refused'}`;
+            if (retries++ >= CONNECT_RETRIES) {
+              resetFd(retryFd);
+              fail(new Error(why), { bytesIn: 0, bytesOut: 0, reset: true, error: why });
+              return;
+            }
+            this.retriedStreams++;
+            this.log.debug({ authority, error }, 'hbone stream refused before it was sent; opening it again');
+            this.pool.acquire(target).then((next) => {
+              cur = this.openClientStream(next, retryFd, authority, headers);
+              follow(cur);
+              arm(cur);
+            }, (err: unknown) => {
+              resetFd(retryFd);
+              const e = err instanceof Error ? err : new Error(String(err));
+              fail(e, { bytesIn: 0, bytesOut: 0, reset: true, error: e.message });
+            });
+            return;
+          }
+          if (status === 200) resolve();
+          else if (status > 0) reject(new HboneStatusError(status, authority));
+          else reject(new Error(`HBONE stream to ${authority} failed: ${error ?? 'connection closed'}`));
+        };
+      };
+      arm(cur);
+    });
+    ready.catch(() => undefined);
+    return {
+      get id() {
+        return cur.stream.id;
+      },
+      bytes: () => cur.stream.bytes(),
+      close: () => cur.stream.close(),
+      closed,
+      get isClosed() {
+        return ended;
+      },
+      ready,
+    };
+  }
+
+  /** One CONNECT stream on `session` carrying the app's `fd` (the library owns it from here on); tracked. */
+  private openClientStream(session: ClientSession, fd: number, authority: string, headers: Record<string, string>): { stream: HboneStream; waiter: StreamWaiter; handedBack: boolean } {
     this.pool.streamOpened(session);
     let id: number;
     try {
@@ -404,26 +499,7 @@ export class NativeHbone implements HboneDataPath {
       this.pool.streamClosed(session);
       throw this.refusedByLibrary('clientStreams', `a CONNECT stream to ${authority}`);
     }
-    const { stream, waiter } = this.track(id, session);
-    const ready = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        if (!waiter.onStatus) return;
-        waiter.onStatus = undefined;
-        this.lib?.closeStream(id);
-        reject(new Error(`HBONE CONNECT ${authority} was not answered within ${this.opts.answerTimeoutMs} ms`));
-      }, this.opts.answerTimeoutMs);
-      timer.unref();
-      waiter.onStatus = (status, error) => {
-        waiter.onStatus = undefined;
-        clearTimeout(timer);
-        if (status === 200) resolve();
-        else if (status > 0) reject(new HboneStatusError(status, authority));
-        else reject(new Error(`HBONE stream to ${authority} failed: ${error ?? 'connection closed'}`));
-      };
-    });
-    ready.catch(() => undefined);
-    // Not a spread: it would copy isClosed's value now instead of the getter.
-    return { id: stream.id, bytes: stream.bytes, close: stream.close, closed: stream.closed, get isClosed() { return stream.isClosed; }, ready };
+    return { ...this.track(id, session), handedBack: false };
   }
 
   /** Closes every connection from one source pod (it left the mesh). */
