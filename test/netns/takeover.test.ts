@@ -14,8 +14,8 @@ import { AMBIENT, eventually, hostVeth, podRules } from './helpers.js';
 const PY = '/usr/bin/python3';
 const ECHO_PORT = 9000;
 const DRAIN_SECONDS = 4;
-/** Take-overs in a row in the leak check: 20 (as the issue asks) on iptables; 6 on the others (each costs ~4 s of CI). */
-const takeOvers = (mode: RedirectMode): number => (mode === 'iptables' ? 20 : 6);
+/** Take-overs in a row in the leak check, on every backend (each costs ~4 s of CI). */
+const TAKEOVERS = 20;
 
 /** The line-echo server and the new-connection loop, shared with the take-over benchmark. */
 const ECHO_SERVER = join(REPO_ROOT, 'scripts/bench/line-echo.py');
@@ -117,7 +117,7 @@ async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> 
 }
 
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
-  netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; ${takeOvers(mode)} take-overs in a row leak nothing`, async (t) => {
+  netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; ${TAKEOVERS} take-overs in a row leak nothing`, async (t) => {
     const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(DRAIN_SECONDS)] });
     await tb.setNamespace('app', AMBIENT);
     await tb.setNamespace('plain', {});
@@ -193,11 +193,11 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
 
     // 4. More take-overs of the destination's agent in a row: nothing leaks.
     const fdsFirst = fdCount(agents[1]!.pid);
-    for (let i = 2; i <= takeOvers(mode); i++) agents[1] = (await takeOver(t, agents[1]!, `r${i}`)).next;
+    for (let i = 2; i <= TAKEOVERS; i++) agents[1] = (await takeOver(t, agents[1]!, `r${i}`)).next;
     const fdsLast = fdCount(agents[1]!.pid);
     const listeners = await listenerCounts(server);
     const after = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
-    t.log(`[${mode}] after ${takeOvers(mode)} take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
+    t.log(`[${mode}] after ${TAKEOVERS} take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
     for (const port of [15001, 15006, 15008]) t.is(listeners[port], 1, `one listener on ${port} in the pod`);
     const rulesOnly = (dump: string): string => dump.split('\n').filter((l) => !l.startsWith('#')).join('\n');
     t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s iptables rules are unchanged');
