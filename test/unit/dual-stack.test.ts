@@ -6,8 +6,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { renderPolicyCheck, renderServices } from '../../agent/src/cli/render.js';
 import { decideOutbound, decidePlaintextInbound } from '../../agent/src/forwarder/routing.js';
 import { connectAuthority, connectHeaders, decideInbound } from '../../agent/src/hbone/connect.js';
+import { checkPolicy, parsePolicyCheckArgs, PolicyCheckArgError } from '../../agent/src/policy/check.js';
 import { parseCniEvent } from '../../agent/src/protocol/cni-event.js';
 import { captureFamilies, checkCaptureFamilies } from '../../agent/src/reconcile/capture-families.js';
 import { eventIps } from '../../agent/src/reconcile/cni-commands.js';
@@ -117,6 +119,19 @@ test('the workload directory over a dual-stack folder: every address of a pod, I
   t.like(refused, { kind: 'refuse' });
   t.regex(refused.kind === 'refuse' ? refused.reason : '', /\[fd00:10:96::99\]:80 is in the Service ranges/, 'messages bracket IPv6');
   t.deepEqual(wd.serviceViews().map((v) => v.vip).sort(), ['10.96.0.20', 'fd00:10:96::20']);
+  // `ambient-node services` brackets IPv6 where it prints address:port.
+  const text = renderServices(wd.serviceViews());
+  t.regex(text, /app\/web\s+\[fd00:10:96::20\]:80\s+http\s+8080\s+\[fd00:10:244:1::5\]:8080\s+HBONE/);
+  t.regex(text, /app\/web\s+10\.96\.0\.20:80\s+http\s+8080\s+10\.244\.1\.5:8080\s+HBONE/);
+  // `policy check`: an IPv6 --from-ip (canonical), the destination pod's IPv6 address bracketed.
+  const q = parsePolicyCheckArgs('app/sleep', 'app/web:8080', 'FD00:10:244:2:0::9');
+  t.is(q.from.ip, 'fd00:10:244:2::9');
+  t.throws(() => parsePolicyCheckArgs('app/sleep', 'app/web:8080', 'fd00::1%eth0'), { instanceOf: PolicyCheckArgError });
+  t.throws(() => parsePolicyCheckArgs('app/sleep', 'app/web:8080', 'fd00:::1'), { instanceOf: PolicyCheckArgError });
+  const v6pod = src.getPod('app', 'v6');
+  if (!v6pod) throw new Error('pod app/v6 missing');
+  const r = checkPolicy(q, v6pod, { authorization: [], peerAuthentication: [] }, 'cluster.local');
+  t.regex(renderPolicyCheck(r), /-> app\/v6 \[fd00:10:244:1::7\]:8080/);
 });
 
 test('CNI event: every prevResult address (both families) is recorded, prefix dropped, canonical', (t) => {
