@@ -1,6 +1,6 @@
 // IP addresses as text, the one place for it: canonical forms (RFC 5952 for IPv6; an IPv4-mapped IPv6 address is its
 // IPv4 address), address families, and `host:port` with IPv6 in brackets (formatting and strict parsing). Pure.
-import { isIP } from 'node:net';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
 
 export type IpFamily = 'ipv4' | 'ipv6';
 
@@ -10,35 +10,43 @@ export interface IpValue {
   value: bigint;
 }
 
+/** The eight 16-bit words of an IPv6 address already validated by isIP (no zone), a trailing dotted quad included. */
+function v6Words(s: string): number[] {
+  let text = s;
+  const tail: number[] = [];
+  if (s.includes('.')) {
+    // `...:a.b.c.d`: the quad is the last two words; what precedes it keeps a `::`, else loses its trailing `:`.
+    const colon = s.lastIndexOf(':');
+    const o = s.slice(colon + 1).split('.').map(Number);
+    tail.push(((o[0] ?? 0) << 8) | (o[1] ?? 0), ((o[2] ?? 0) << 8) | (o[3] ?? 0));
+    text = s.endsWith('::', colon + 1) ? s.slice(0, colon + 1) : s.slice(0, colon);
+  }
+  const parse = (part: string): number[] => (part === '' ? [] : part.split(':').map((w) => parseInt(w, 16)));
+  const gap = text.indexOf('::');
+  if (gap < 0) return [...parse(text), ...tail];
+  const head = parse(text.slice(0, gap));
+  const rest = parse(text.slice(gap + 2));
+  return [...head, ...new Array<number>(8 - tail.length - head.length - rest.length).fill(0), ...rest, ...tail];
+}
+
+/** True when the words are `::ffff:a.b.c.d` (IPv4-mapped). */
+const isMapped = (w: readonly number[]): boolean => w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff;
+
 /**
  * Parses an IPv4 or IPv6 address (a `%zone` suffix is dropped). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, also in
  * hex) is the IPv4 address it carries: that is how a dual-stack socket reports an IPv4 peer, and on the wire it is one.
  */
 export function parseIp(text: string): IpValue | undefined {
-  const s = text.replace(/%.*$/, '');
-  const fam = isIP(s);
-  if (fam === 4) return { family: 4, value: s.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
-  if (fam !== 6) return undefined;
-  let tail = s;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (v4?.[1]) {
-    const n = Number(parseIp(v4[1])?.value ?? 0n);
-    tail = s.slice(0, -v4[1].length) + `${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
-  }
-  const [head = '', rest] = tail.split('::');
-  const hs = head ? head.split(':') : [];
-  const ts = rest ? rest.split(':') : [];
-  const fill = rest === undefined ? 0 : 8 - hs.length - ts.length;
-  const words = [...hs, ...Array<string>(fill).fill('0'), ...ts].map((w) => parseInt(w, 16));
-  const value = words.reduce((a, w) => (a << 16n) | BigInt(w), 0n);
-  if (value >> 32n === 0xffffn) return { family: 4, value: value & 0xffffffffn };
-  return { family: 6, value };
+  const s = text.includes('%') ? text.slice(0, text.indexOf('%')) : text;
+  if (isIPv4(s)) return { family: 4, value: s.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
+  if (!isIPv6(s)) return undefined;
+  const w = v6Words(s);
+  if (isMapped(w)) return { family: 4, value: (BigInt(w[6] ?? 0) << 16n) | BigInt(w[7] ?? 0) };
+  return { family: 6, value: w.reduce((a, x) => (a << 16n) | BigInt(x), 0n) };
 }
 
-/** The text of an address value: dotted IPv4, or RFC 5952 IPv6 (lower case, longest run of two or more zero words as `::`). */
-export function formatIp(ip: IpValue): string {
-  if (ip.family === 4) return [24n, 16n, 8n, 0n].map((s) => String((ip.value >> s) & 0xffn)).join('.');
-  const words = Array.from({ length: 8 }, (_, i) => Number((ip.value >> BigInt(112 - 16 * i)) & 0xffffn));
+/** RFC 5952 text of eight words: lower case, no leading zeros, the longest run of two or more zero words as `::`. */
+function formatWords(words: readonly number[]): string {
   let best = -1;
   let bestLen = 1;
   for (let i = 0; i < 8; ) {
@@ -53,10 +61,20 @@ export function formatIp(ip: IpValue): string {
   return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
 }
 
+/** The text of an address value: dotted IPv4, or RFC 5952 IPv6. */
+export function formatIp(ip: IpValue): string {
+  if (ip.family === 4) return [24n, 16n, 8n, 0n].map((s) => String((ip.value >> s) & 0xffn)).join('.');
+  return formatWords(Array.from({ length: 8 }, (_, i) => Number((ip.value >> BigInt(112 - 16 * i)) & 0xffffn)));
+}
+
 /** The canonical text of an address (see parseIp and formatIp), or undefined when `text` is not one. */
 export function canonicalIp(text: string): string | undefined {
-  const ip = parseIp(text);
-  return ip ? formatIp(ip) : undefined;
+  const s = text.includes('%') ? text.slice(0, text.indexOf('%')) : text;
+  if (isIPv4(s)) return s; // node's isIPv4 takes no leading zeros: a valid dotted quad is canonical
+  if (!isIPv6(s)) return undefined;
+  const w = v6Words(s);
+  if (isMapped(w)) return `${(w[6] ?? 0) >> 8}.${(w[6] ?? 0) & 0xff}.${(w[7] ?? 0) >> 8}.${(w[7] ?? 0) & 0xff}`;
+  return formatWords(w);
 }
 
 /** For lookups: the canonical text of an address, or the input unchanged when it is not an address (it then matches nothing). */
