@@ -2,7 +2,10 @@
 // the ava helpers live in ./ava.ts so scripts can import this without the ava CLI).
 export { Testbed, type NodeRef, type PodSpec, type TestbedOptions } from './testbed.js';
 export { TestbedPod, waitForListener } from './pod.js';
-export { buildConflist, type ConflistOptions, type TestbedNode, type TestbedNodeInfo, UNDERLAY_PREFIX, underlayIp, podCidr, podGateway } from './node.js';
+export {
+  buildConflist, type ConflistOptions, type IpFamily, type TestbedNode, type TestbedNodeInfo, UNDERLAY_PREFIX, underlayIp, podCidr, podGateway,
+  UNDERLAY6_PREFIX, POD6_PREFIX, underlayIp6, podCidr6, podGateway6, validateIpFamilies,
+} from './node.js';
 export {
   AgentProcess,
   AgentNotReadyError,

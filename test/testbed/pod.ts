@@ -1,6 +1,7 @@
 // A pod handle: its netns, CNI attachment and address, and the way to run things in it. Every client and
 // server runs inside the pod netns (ip netns exec), never in the root netns.
 import type { Options, ResultPromise } from 'execa';
+import { isIPv4, isIPv6 } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CniAddOutcome } from './cni-runtime.js';
 import type { RuntimeConf } from './cni-types.js';
@@ -21,7 +22,10 @@ export interface PodInit {
   netnsName: string;
   ifname: string;
   cniArgs: [string, string][];
+  /** The primary address (of the cluster's first family). */
   ip: string;
+  /** Every address the CNI result gave, in its order. Default [ip]. */
+  ips?: string[];
   addOutcome: CniAddOutcome;
   tracker: ProcessTracker;
   /** Container ports (named ones resolve a Service's named targetPort). Default none. */
@@ -41,8 +45,10 @@ export class TestbedPod {
   readonly netnsName: string;
   readonly netnsPath: string;
   readonly ifname: string;
-  /** IPv4 address without prefix, from the CNI result. */
+  /** The primary address without prefix, from the CNI result: IPv4, unless the cluster's first family is IPv6. */
   readonly ip: string;
+  /** Every address from the CNI result (one per family in a dual-stack cluster), without prefix. */
+  readonly ips: string[];
   /** The ADD's result and per-plugin timings. */
   readonly addOutcome: CniAddOutcome;
   /** Current labels (as last written to the Pod YAML). */
@@ -68,9 +74,20 @@ export class TestbedPod {
     this.netnsPath = netnsPath(init.netnsName);
     this.ifname = init.ifname;
     this.ip = init.ip;
+    this.ips = init.ips ?? [init.ip];
     this.addOutcome = init.addOutcome;
     this.#cniArgs = init.cniArgs;
     this.#tracker = init.tracker;
+  }
+
+  /** The pod's IPv4 address, if it has one. */
+  get ip4(): string | undefined {
+    return this.ips.find((a) => isIPv4(a));
+  }
+
+  /** The pod's IPv6 address, if it has one. */
+  get ip6(): string | undefined {
+    return this.ips.find((a) => isIPv6(a));
   }
 
   /** "namespace/name" */

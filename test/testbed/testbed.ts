@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { chmod, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { Options, ResultPromise } from 'execa';
 import { AgentProcess, type RedirectMode } from './agent-process.js';
@@ -16,13 +17,19 @@ import { type CniConfList, k8sCniArgs } from './cni-types.js';
 import { createNetns, deleteNetns, netnsPath } from './netns.js';
 import {
   buildConflist,
+  disableDad,
+  type IpFamily,
   podCidr,
+  podCidr6,
   podGateway,
+  podGateway6,
   type TestbedNode,
   type TestbedNodeInfo,
   setupFabric,
   setupNodeNetwork,
   underlayIp,
+  underlayIp6,
+  validateIpFamilies,
 } from './node.js';
 import { DnsServer, SERVICE_CIDR, setupNodeServices } from './node-services.js';
 import { TestbedPod } from './pod.js';
@@ -46,6 +53,13 @@ import { type Labels, namespaceFileName, type PodObject, podFileName, WorkloadsD
 
 export interface TestbedOptions {
   nodes: number;
+  /**
+   * The pods' address families, primary first: ['ipv4'] (default), ['ipv4', 'ipv6'] or ['ipv6', 'ipv4'] (dual-stack),
+   * ['ipv6'] (IPv6-only pods). With IPv6, host-local hands out fd00:10:244:<node>::/64 too, nodes get fd00:172:30::<10+i>
+   * and IPv6 routes to each other's pod ranges; the IPv4 underlay stays (node services and DNS use it). Services, their
+   * kube-proxy rules and DNS stay IPv4: an IPv6-only pod is no Service endpoint here.
+   */
+  ipFamilies?: IpFamily[];
   /** Passed to every agent as --redirect-mode. Default 'iptables'. */
   redirectMode?: RedirectMode;
   /** Chain ambient-cni after bridge in every conflist. Default true. */
@@ -161,6 +175,7 @@ export class Testbed implements Destroyable {
       throw new Error(`${AGENT_MAIN} missing: run \`npm run build\``);
     }
     if (!existsSync(DNSMASQ)) throw new Error(`${DNSMASQ} missing: install dnsmasq-base (scripts/setup.sh does)`);
+    validateIpFamilies(opts.ipFamilies);
     const tb = new Testbed(reserveRunDir(), opts);
     registerLive(tb);
     try {
@@ -234,10 +249,12 @@ export class Testbed implements Destroyable {
       await this.workloads.writePod(podObject);
       await this.#writeResolvConf(netnsName, namespace, node.podGateway);
       await this.#createNetns(netnsName);
+      if (node.ipFamilies.includes('ipv6')) await disableDad(netnsName);
       const outcome = await node.cni.add(attachment);
       added = true;
-      const ip = firstIpv4(outcome.result.ips ?? []);
-      if (ip === undefined) throw new Error(`CNI ADD for ${key} returned no IPv4 address`);
+      const ips = podAddresses(outcome.result.ips ?? []);
+      for (const f of node.ipFamilies) if (!ips.some((a) => familyOf(a) === f)) throw new Error(`CNI ADD for ${key} returned no ${f} address (got ${ips.join(', ') || 'none'})`);
+      const ip = ips.find((a) => familyOf(a) === node.ipFamilies[0]) as string;
       const pod = new TestbedPod({
         node,
         namespace,
@@ -250,6 +267,7 @@ export class Testbed implements Destroyable {
         ifname,
         cniArgs,
         ip,
+        ips,
         addOutcome: outcome,
         tracker,
         ports,
@@ -614,7 +632,7 @@ export class Testbed implements Destroyable {
       uid: p.uid,
       labels: p.labels,
       nodeName: p.node.name,
-      ip: p.ip,
+      ip: p.ip4 ?? '', // the testbed's Services are IPv4 only: an IPv6-only pod is no endpoint
       ready: p.ready,
       ports: p.ports,
     }));
@@ -669,6 +687,10 @@ export class Testbed implements Destroyable {
       underlayIp: underlayIp(i),
       podCidr: podCidr(i),
       podGateway: podGateway(i),
+      ipFamilies: validateIpFamilies(o.ipFamilies),
+      underlayIp6: (o.ipFamilies ?? []).includes('ipv6') ? underlayIp6(i) : undefined,
+      podCidr6: (o.ipFamilies ?? []).includes('ipv6') ? podCidr6(i) : undefined,
+      podGateway6: (o.ipFamilies ?? []).includes('ipv6') ? podGateway6(i) : undefined,
       ...paths,
       conflistPath: join(paths.confDir, CONFLIST_FILE),
     };
@@ -716,7 +738,7 @@ export class Testbed implements Destroyable {
         phase: 'Running',
         hostIP: pod.node.underlayIp,
         podIP: pod.ip,
-        podIPs: [{ ip: pod.ip }],
+        podIPs: pod.ips.map((ip) => ({ ip })),
         conditions: [{ type: 'Ready', status: pod.ready ? 'True' : 'False' }],
       },
     };
@@ -760,12 +782,14 @@ function containersOf(ports: readonly ContainerPort[]): NonNullable<PodObject['s
   return [{ name: 'app', ...(ports.length > 0 ? { ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, protocol: p.protocol ?? 'TCP' })) } : {}) }];
 }
 
-function firstIpv4(ips: { address: string }[]): string | undefined {
-  for (const ip of ips) {
-    const addr = ip.address.split('/')[0];
-    if (addr !== undefined && /^\d+\.\d+\.\d+\.\d+$/.test(addr)) return addr;
-  }
-  return undefined;
+/** The CNI result's addresses without prefix, in its order. */
+function podAddresses(ips: { address: string }[]): string[] {
+  return ips.map((ip) => ip.address.split('/')[0] ?? '').filter((a) => isIP(a) !== 0);
+}
+
+function familyOf(addr: string): IpFamily | undefined {
+  const f = isIP(addr);
+  return f === 4 ? 'ipv4' : f === 6 ? 'ipv6' : undefined;
 }
 
 function shQuote(s: string): string {

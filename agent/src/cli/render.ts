@@ -4,6 +4,7 @@ import type { ConnectionSnapshot } from '../forwarder/connections.js';
 import type { PolicyCheckResult, ServicePolicyCheckResult } from '../policy/check.js';
 import type { ServiceView } from '../workload/directory.js';
 import type { RulesReply } from '../server/event-server.js';
+import { formatHostPort } from '../protocol/address.js';
 import { bytes, table } from './format.js';
 
 /** Whether a rules reply shows drift anywhere (any attachment, or the node rules). */
@@ -57,11 +58,11 @@ export function renderConns(conns: readonly ConnectionSnapshot[]): string {
 export function renderServices(services: readonly ServiceView[]): string {
   const rows: string[][] = [];
   for (const s of services) {
-    const svc = [`${s.namespace}/${s.name}`, `${s.vip}:${s.port}`, s.portName || '-', String(s.targetPort)];
+    const svc = [`${s.namespace}/${s.name}`, formatHostPort(s.vip, s.port), s.portName || '-', String(s.targetPort)];
     if (s.endpoints.length === 0) rows.push([...svc, '<none>', '-', '-', '-', '-']);
     for (const e of s.endpoints) {
       const ready = e.ready ? 'yes' : e.terminating ? 'no (terminating)' : 'no';
-      rows.push([...svc, `${e.ip}:${e.port}`, e.mesh ? 'HBONE' : 'plain', ready, e.candidate ? 'yes' : 'no', e.node ?? '-']);
+      rows.push([...svc, formatHostPort(e.ip, e.port), e.mesh ? 'HBONE' : 'plain', ready, e.candidate ? 'yes' : 'no', e.node ?? '-']);
     }
   }
   return table(['SERVICE', 'VIP:PORT', 'PORT-NAME', 'TARGET', 'ENDPOINT', 'MESH', 'READY', 'PICKED', 'NODE'], rows);
@@ -88,7 +89,7 @@ export function renderServicePolicyCheck(r: ServicePolicyCheckResult): string {
 
 export function renderPolicyCheck(r: PolicyCheckResult): string {
   const out = [
-    `${r.allowed ? 'ALLOW' : 'DENY'}  ${r.from.principal}${r.from.ip ? ` (${r.from.ip})` : ''} -> ${r.to.pod} ${r.to.ip}:${r.to.port}`,
+    `${r.allowed ? 'ALLOW' : 'DENY'}  ${r.from.principal}${r.from.ip ? ` (${r.from.ip})` : ''} -> ${r.to.pod} ${formatHostPort(r.to.ip, r.to.port)}`,
     `  reason:     ${r.reason}`,
     `  decided by: ${r.policy ?? '(default)'}`,
     `  applicable: ${r.applicable.length ? r.applicable.join(', ') : 'none'}`,

@@ -1,6 +1,7 @@
 // Where a new connection of an enrolled pod goes: the outbound route (HBONE to a mesh peer, plain TCP, or refused, a
 // Service resolved to one endpoint on the way) and whether plaintext arriving on 15006 may reach the app. Pure.
 import type { MtlsMode } from '../policy/peer-authentication.js';
+import { formatHostPort, normalizeIp, sameIp } from '../protocol/address.js';
 import { AGENT_PORTS } from '../redirect/constants.js';
 import type { MeshWorkload, ServiceAddressKind } from '../workload/directory.js';
 import { noEndpointReason, pickEndpoint, type ServiceEntry, type ServiceRef } from '../workload/service-table.js';
@@ -40,7 +41,8 @@ export type OutboundRoute =
  * endpoint pod the directory does not know yet, and an unknown address inside the Service ranges are all refused.
  */
 export function decideOutbound(dst: Target, ctx: OutboundContext, random: () => number = Math.random): OutboundRoute {
-  if (dst.address.startsWith('127.') && AGENT_PORTS.includes(dst.port)) {
+  const loopback = normalizeIp(dst.address);
+  if ((loopback.startsWith('127.') || loopback === '::1') && AGENT_PORTS.includes(dst.port)) {
     return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)', responseFlags: RESPONSE_FLAGS.none };
   }
   const entry = ctx.service?.(dst.address, dst.port);
@@ -52,24 +54,25 @@ export function decideOutbound(dst: Target, ctx: OutboundContext, random: () => 
     const target = { address: ep.ip, port: ep.port };
     const peer = ctx.lookup(ep.ip);
     if (peer) return { kind: 'hbone', peer, target, service };
-    const via = `${dst.address}:${dst.port}`;
-    if (ctx.serviceAddress?.(ep.ip)) return refuse(`no valid endpoint: ${via} resolved to ${ep.ip}:${ep.port}, itself a Service address (kube-proxy would forward it in clear)`);
+    const via = formatHostPort(dst.address, dst.port);
+    const epAddr = formatHostPort(ep.ip, ep.port);
+    if (ctx.serviceAddress?.(ep.ip)) return refuse(`no valid endpoint: ${via} resolved to ${epAddr}, itself a Service address (kube-proxy would forward it in clear)`);
     if (ep.targetRef?.startsWith('Pod/') && ctx.knownPod && !ctx.knownPod(ep.targetRef)) {
-      return refuse(`no valid endpoint: ${via} resolved to ${ep.ip}:${ep.port} of ${ep.targetRef.slice(4)}, a pod the workload directory does not know yet (refused rather than sent in clear)`);
+      return refuse(`no valid endpoint: ${via} resolved to ${epAddr} of ${ep.targetRef.slice(4)}, a pod the workload directory does not know yet (refused rather than sent in clear)`);
     }
     return { kind: 'passthrough', target, service };
   }
   const peer = ctx.lookup(dst.address);
   if (peer) return { kind: 'hbone', peer, target: dst };
   if (ctx.serviceAddress?.(dst.address) === 'unknown') {
-    return { kind: 'refuse', reason: `no healthy upstream: ${dst.address}:${dst.port} is in the Service ranges but no Service the agent knows (refused rather than sent in clear)`, responseFlags: RESPONSE_FLAGS.noHealthyUpstream };
+    return { kind: 'refuse', reason: `no healthy upstream: ${formatHostPort(dst.address, dst.port)} is in the Service ranges but no Service the agent knows (refused rather than sent in clear)`, responseFlags: RESPONSE_FLAGS.noHealthyUpstream };
   }
   return { kind: 'passthrough', target: dst };
 }
 
 /** Whether plaintext arriving on 15006 may reach the app. Pure. */
 export function decidePlaintextInbound(dst: { address: string; port: number }, podIps: readonly string[], mode: MtlsMode): { ok: true } | { ok: false; reason: string } {
-  if (!podIps.includes(dst.address)) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
+  if (!podIps.some((ip) => sameIp(ip, dst.address))) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
   if (AGENT_PORTS.includes(dst.port)) return { ok: false, reason: `port ${dst.port} is reserved for the agent` };
   if (mode === 'STRICT') return { ok: false, reason: `PeerAuthentication STRICT on port ${dst.port}: plaintext refused` };
   return { ok: true };

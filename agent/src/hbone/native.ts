@@ -14,6 +14,7 @@ import { HboneStatusError } from './connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from './data-path.js';
 import { MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
 import { LineSplitter } from '../protocol/line-splitter.js';
+import { formatHostPort, normalizeIp } from '../protocol/address.js';
 import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
 import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } from './settings.js';
 
@@ -562,7 +563,7 @@ export class NativeHbone implements HboneDataPath {
     const sessions = new Set<number>();
     const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true }, (sock) => {
       sock.on('error', () => undefined);
-      const info = { peerAddress: (sock.remoteAddress ?? '').replace(/^::ffff:/, ''), peerPort: sock.remotePort ?? 0, localAddress: `${sock.localAddress ?? ''}:${sock.localPort ?? 0}` };
+      const info = { peerAddress: normalizeIp(sock.remoteAddress ?? ''), peerPort: sock.remotePort ?? 0, localAddress: formatHostPort(normalizeIp(sock.localAddress ?? ''), sock.localPort ?? 0) };
       // Connections that have not finished TLS + HTTP/2 cost an fd and memory and prove nothing: a bounded number per node.
       const max = this.limits.maxHandshaking;
       if (max > 0 && this.serverStats.handshaking >= max) {

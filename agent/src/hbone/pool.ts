@@ -5,6 +5,7 @@
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
+import { formatHostPort } from '../protocol/address.js';
 import { INBOUND_HBONE_PORT } from '../redirect/constants.js';
 
 export interface HboneTarget {
@@ -40,7 +41,7 @@ export interface PoolStats {
   connectFailures: number;
 }
 
-export const poolKey = (t: Omit<HboneTarget, 'ns'>): string => `${t.srcIdentity}|${t.dstIdentity}|${t.dstIp}:${INBOUND_HBONE_PORT}|${t.srcIp}`;
+export const poolKey = (t: Omit<HboneTarget, 'ns'>): string => `${t.srcIdentity}|${t.dstIdentity}|${formatHostPort(t.dstIp, INBOUND_HBONE_PORT)}|${t.srcIp}`;
 
 /** One connection of the pool: the transport's handle and what the pool decides with. */
 export interface PooledConnection<H> {
@@ -181,7 +182,7 @@ export class HbonePool<H> {
 
   private async dial(key: string, t: HboneTarget): Promise<PooledConnection<H>> {
     const started = Date.now();
-    const peer = `${t.dstIp}:${INBOUND_HBONE_PORT}`;
+    const peer = formatHostPort(t.dstIp, INBOUND_HBONE_PORT);
     const made: { conn?: PooledConnection<H> } = {};
     try {
       const peerNotAfter = await this.transport.dial(t, (handle, serial, notAfter) => {

@@ -1,6 +1,7 @@
 // TLS policy of HBONE, in one place: TLS 1.3 only, AES-GCM suites, ALPN h2, no SNI (the native relay applies it; the
 // suites and ALPN reach it through settings.ts). Also the TypeScript side of the one SPIFFE rule, and :authority parsing.
 import { parseSpiffeId } from '../identity/spiffe.js';
+import { parseIpPort } from '../protocol/address.js';
 
 /** TLS 1.3 suites, OpenSSL names joined by ':' (the relay is TLS 1.3 only). */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
@@ -22,12 +23,7 @@ export function spiffeRuleBroken(id: string, trustDomain: string): string | unde
   return td === trustDomain ? undefined : `client identity ${id} is not in trust domain ${trustDomain}`;
 }
 
-/** Parses an HBONE :authority "ip:port" (IPv4 or [IPv6]:port). */
+/** Parses an HBONE :authority "ip:port" (IPv4 or [IPv6]:port; the host canonical): the shared parser. */
 export function parseAuthority(authority: string | undefined): { host: string; port: number } | undefined {
-  if (!authority) return undefined;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(authority);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return undefined;
-  return { host: (m[1] ?? m[2]) as string, port };
+  return parseIpPort(authority);
 }

@@ -5,6 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runTool } from './exec.js';
 import { sameNetns, selfNetns, statNetns, type NetnsId } from './netns.js';
+import { sameIp } from '../protocol/address.js';
 
 const UID = '[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}';
 /**
@@ -85,7 +86,7 @@ export async function findPodNetns(candidates: PodProcess[], podIps: string[]): 
   for (const c of candidates) {
     try {
       const addrs = await netnsAddresses(c.netnsPath);
-      if (addrs.some((a) => podIps.includes(a))) return c;
+      if (addrs.some((a) => podIps.some((p) => sameIp(p, a)))) return c;
     } catch {
       // gone meanwhile
     }

@@ -1,6 +1,7 @@
 // AuthorizationPolicy (security.istio.io/v1) for L4: parsing at the boundary (errors name the object and field),
 // then ztunnel's pure evaluation: a matching DENY denies; no ALLOW allows; a matching ALLOW allows; otherwise deny.
 import { isIP } from 'node:net';
+import { parseIp } from '../protocol/address.js';
 import { DEFAULT_ROOT_NAMESPACE, placeholderError, PolicyParseError, readableScope } from './peer-authentication.js';
 
 export type AuthzAction = 'ALLOW' | 'DENY';
@@ -64,28 +65,8 @@ const OP_L4 = ['ports', 'notPorts'];
 const OP_L7 = ['hosts', 'notHosts', 'methods', 'notMethods', 'paths', 'notPaths'];
 const SPEC_KEYS = ['selector', 'action', 'rules', 'provider', 'targetRef', 'targetRefs'];
 
-/** Parses an address (IPv4-mapped IPv6 becomes IPv4; a `%zone` is dropped). */
-export function parseIp(text: string): { family: 4 | 6; value: bigint } | undefined {
-  const s = text.replace(/%.*$/, '');
-  const fam = isIP(s);
-  if (fam === 4) return { family: 4, value: s.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
-  if (fam !== 6) return undefined;
-  let tail = s;
-  const words: number[] = [];
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (v4?.[1]) {
-    const n = Number(parseIp(v4[1])?.value ?? 0n);
-    tail = s.slice(0, -v4[1].length) + `${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
-  }
-  const [head = '', rest] = tail.split('::');
-  const hs = head ? head.split(':') : [];
-  const ts = rest ? rest.split(':') : [];
-  const fill = rest === undefined ? 0 : 8 - hs.length - ts.length;
-  for (const w of [...hs, ...Array<string>(fill).fill('0'), ...ts]) words.push(parseInt(w, 16));
-  const value = words.reduce((a, w) => (a << 16n) | BigInt(w), 0n);
-  if (value >> 32n === 0xffffn) return { family: 4, value: value & 0xffffffffn };
-  return { family: 6, value };
-}
+/** Parses an address (IPv4-mapped IPv6 becomes IPv4; a `%zone` is dropped): the shared parser, kept here for its importers. */
+export { parseIp };
 
 function cidrContains(c: Cidr, ip: { family: 4 | 6; value: bigint } | undefined): boolean {
   if (!ip || ip.family !== c.family) return false;
@@ -137,12 +118,15 @@ class Parser {
   cidrs(v: unknown, field: string): Cidr[] {
     return this.strings(v, field).map((s, i) => {
       const [addr = '', len, extra] = s.split('/');
-      const ip = addr.includes('%') ? undefined : parseIp(addr);
+      let ip = addr.includes('%') ? undefined : parseIp(addr);
       const max = isIP(addr) === 4 ? 32 : 128;
       const prefix = len === undefined ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
       if (!ip || extra !== undefined || !(prefix >= 0 && prefix <= max)) this.fail(`${field}[${i}]`, `is not an IP address or CIDR: ${JSON.stringify(s)}`);
-      // `::ffff:a.b.c.d/n` is kept as the equivalent IPv4 network.
-      const p = ip.family === 4 && max === 128 ? Math.max(0, prefix - 96) : prefix;
+      // Families never mix: an IPv4 network matches IPv4 peers only, an IPv6 one IPv6 peers only. `::ffff:a.b.c.d/n`
+      // with n >= 96 lies inside the IPv4-mapped range and is kept as the equivalent IPv4 network (a mapped peer is
+      // its IPv4 address); a shorter mapped prefix covers IPv6 space beyond it, so it stays an IPv6 network.
+      if (ip.family === 4 && max === 128 && prefix < 96) ip = { family: 6, value: ip.value | (0xffffn << 32n) };
+      const p = ip.family === 4 && max === 128 ? prefix - 96 : prefix;
       const shift = BigInt((ip.family === 4 ? 32 : 128) - p);
       return { family: ip.family, network: (ip.value >> shift) << shift, prefix: p, text: s };
     });

@@ -3,6 +3,7 @@
 // evaluation over the current policies.
 import { AmbientError } from '../errors.js';
 import { spiffeId } from '../identity/spiffe.js';
+import { canonicalIp, formatHostPort, normalizeIp } from '../protocol/address.js';
 import type { ServiceEntry } from '../workload/service-table.js';
 import type { PodInfo } from '../workload/types.js';
 import { appliesTo, authorize, type AuthorizationPolicy, type DryRunResult } from './authorization.js';
@@ -58,9 +59,10 @@ export function parsePolicyCheckArgs(from: string, to: string, fromIp?: string):
   }
   const port = Number(t[4]);
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PolicyCheckArgError(`--to port must be 1-65535, got ${t[4]}`);
-  if (fromIp !== undefined && !/^[0-9a-fA-F.:]+$/.test(fromIp)) throw new PolicyCheckArgError(`--from-ip must be an IP address, got ${JSON.stringify(fromIp)}`);
+  const ip = fromIp === undefined ? undefined : canonicalIp(fromIp);
+  if (fromIp !== undefined && (ip === undefined || fromIp.includes('%'))) throw new PolicyCheckArgError(`--from-ip must be an IPv4 or IPv6 address, got ${JSON.stringify(fromIp)}`);
   return {
-    from: { namespace: f[1] as string, serviceAccount: f[2] as string, ...(fromIp ? { ip: fromIp } : {}) },
+    from: { namespace: f[1] as string, serviceAccount: f[2] as string, ...(ip ? { ip } : {}) },
     to: { namespace: t[1] as string, name: t[3] as string, port, ...(kind ? { kind } : {}) },
   };
 }
@@ -74,7 +76,7 @@ export function checkPolicy(
   opts: { ip?: string; port?: number } = {},
 ): PolicyCheckResult {
   const principal = spiffeId(trustDomain, q.from.namespace, q.from.serviceAccount);
-  const ip = (opts.ip && pod.podIPs.includes(opts.ip) ? opts.ip : pod.podIPs[0]) ?? '';
+  const ip = (opts.ip && pod.podIPs.includes(normalizeIp(opts.ip)) ? normalizeIp(opts.ip) : pod.podIPs[0]) ?? '';
   const port = opts.port ?? q.to.port;
   const dst = { namespace: pod.namespace, labels: pod.labels };
   const d = authorize(policies.authorization, {
@@ -141,7 +143,7 @@ export function checkServicePolicy(
   for (const entry of entries) {
     const candidates = new Set(entry.candidates);
     for (const ep of entry.endpoints) {
-      const key = `${ep.ip}:${ep.port}`;
+      const key = formatHostPort(ep.ip, ep.port);
       if (seen.has(key)) continue;
       seen.add(key);
       const { pod, mesh } = resolve(ep);

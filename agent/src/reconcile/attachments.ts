@@ -14,6 +14,7 @@ import type { PodRecord, StateStore } from '../registry/state-store.js';
 import { workloadIdentity } from '../workload/directory.js';
 import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
+import { captureFamilies, checkCaptureFamilies } from './capture-families.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
 
 export interface Live {
@@ -137,11 +138,17 @@ export class Attachments {
 
   private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns }): Promise<void> {
     const started = performance.now();
-    const v6 = rec.ips.filter((ip) => !isIPv4(ip));
-    if (v6.length > 0 && !this.live.has(key)) {
-      plog.warn({ ipv6: v6, backend: this.backend.name }, this.backend.name === 'ebpf'
-        ? 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused both ways by its tc programs (never sent around the mesh)'
-        : 'pod has IPv6 addresses: IPv6 is not captured yet; the pod\'s IPv6 TCP is refused (never sent around the mesh)');
+    // The one family decision (capture-families.ts): refused when the backend captures none of the pod's families.
+    const families = checkCaptureFamilies(rec.ips, this.backend);
+    if (!families.ok) {
+      this.counters.enrolmentFailures++;
+      plog.error({ ips: rec.ips, backend: this.backend.name, captures: captureFamilies(this.backend) }, `enrolment refused: ${families.reason}`);
+      throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed: ${families.reason}`);
+    }
+    if (families.uncaptured.length > 0 && !this.live.has(key)) {
+      plog.warn({ uncaptured: families.uncaptured, backend: this.backend.name, captures: captureFamilies(this.backend) }, this.backend.name === 'ebpf'
+        ? 'pod has addresses of a family the backend does not capture yet: their TCP is refused both ways by its tc programs (never sent around the mesh)'
+        : 'pod has addresses of a family the backend does not capture yet: their TCP is refused (never sent around the mesh)');
     }
     let live = this.live.get(key);
     let opened: Netns | undefined;

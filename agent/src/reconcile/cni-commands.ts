@@ -1,9 +1,9 @@
 // The plugin's commands on one attachment: ADD (enrol or record as skipped), DEL, CHECK, and GC of the attachments
 // the runtime no longer has. ADD opens the pod's network namespace once and works through that handle.
-import { isIPv4 } from 'node:net';
 import { AgentError } from '../errors.js';
 import { Netns, NetnsGoneError } from '../platform/netns.js';
 import { netnsAddresses } from '../platform/proc-netns.js';
+import { normalizeIp } from '../protocol/address.js';
 import type { CniEvent, EventVerdict, GcEvent } from '../protocol/cni-event.js';
 import { recordKey, type PodRecord } from '../registry/state-store.js';
 import { decideEnrolment } from '../workload/enrolment.js';
@@ -25,7 +25,7 @@ export async function cniAdd(a: Attachments, ev: CniEvent): Promise<EventVerdict
     }
     const netns = openEventNetns(ev.netns, `${ns}/${name}`);
     try {
-      const ips = ev.ips.length ? ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address) : await podIpsFromNetns(netns);
+      const ips = ev.ips.length ? eventIps(ev) : await podIpsFromNetns(netns);
       const decision = decideEnrolment(pod, a.source.getNamespace(ns));
       await dropDiscovered(a, ns, name);
       const prev = a.records.get(key);
@@ -108,7 +108,19 @@ function openEventNetns(path: string, pod: string): Netns {
   }
 }
 
-/** The pod's IPv4 addresses, read from its namespace (an ADD without prevResult IPs); IPv4 only, as capture is. */
+/**
+ * The pod's global addresses, read from its namespace (an ADD without prevResult IPs), IPv4 and IPv6, canonical; which
+ * of them are captured is the backend's to say (capture-families.ts).
+ */
 async function podIpsFromNetns(netns: Netns): Promise<string[]> {
-  return (await netnsAddresses(netns.toolPath)).filter((x) => isIPv4(x));
+  return uniqueCanonical(await netnsAddresses(netns.toolPath));
+}
+
+/** The prevResult's addresses (every family the primary CNI gave, e.g. one IPv4 and one IPv6), prefix dropped, canonical. */
+export function eventIps(ev: Pick<CniEvent, 'ips'>): string[] {
+  return uniqueCanonical(ev.ips.map((ip) => ip.address.split('/')[0] ?? ip.address));
+}
+
+function uniqueCanonical(ips: readonly string[]): string[] {
+  return [...new Set(ips.map(normalizeIp))];
 }

@@ -4,6 +4,7 @@ import { spiffeId } from '../identity/spiffe.js';
 import { decideEnrolment } from './enrolment.js';
 import type { Logger } from '../log.js';
 import { isIP, type BlockList } from 'node:net';
+import { normalizeIp } from '../protocol/address.js';
 import { parseServiceCidrs } from './service-cidrs.js';
 import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEndpoint, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
@@ -59,8 +60,9 @@ export class WorkloadsByIp {
     return out;
   }
 
+  /** `ip` in any textual form (the sources store canonical addresses; see protocol/address.ts). */
   get(ip: string): MeshWorkload | undefined {
-    return this.byIp.get(ip);
+    return this.byIp.get(normalizeIp(ip));
   }
 
   values(): MeshWorkload[] {
@@ -181,7 +183,8 @@ export class WorkloadDirectory {
   }
 
   /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. */
-  serviceAddress(ip: string): ServiceAddressKind {
+  serviceAddress(text: string): ServiceAddressKind {
+    const ip = normalizeIp(text);
     if (this.table().vips.has(ip)) return 'known';
     const family = isIP(ip);
     return this.serviceRanges && family !== 0 && this.serviceRanges.check(ip, family === 4 ? 'ipv4' : 'ipv6') ? 'unknown' : undefined;
@@ -197,12 +200,12 @@ export class WorkloadDirectory {
 
   /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
   service(ip: string, port: number): ServiceEntry | undefined {
-    return lookupService(this.table(), ip, port);
+    return lookupService(this.table(), normalizeIp(ip), port);
   }
 
   /** The Service that sends to this endpoint address and port (the first by namespace/name), to name inbound traffic. */
   serviceOfEndpoint(ip: string, port: number): ServiceRef | undefined {
-    return this.table().byEndpoint.get(ip)?.get(port);
+    return this.table().byEndpoint.get(normalizeIp(ip))?.get(port);
   }
 
   /** Every Service port with its endpoints. */

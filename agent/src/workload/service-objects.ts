@@ -1,5 +1,6 @@
 // Kubernetes Services (v1) and EndpointSlices (discovery.k8s.io/v1) as the agent's domain types, parsed once from
 // Kubernetes-shaped objects. Pure; a malformed field throws WorkloadParseError naming the object and the field.
+import { canonicalIp, ipFamily } from '../protocol/address.js';
 import { isIP } from 'node:net';
 import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
 
@@ -109,9 +110,10 @@ function optionalBool(v: unknown, where: string): boolean | undefined {
   return v;
 }
 
+/** An address, in canonical form (protocol/address.ts: `fd00:0:0::1` is `fd00::1`) so lookups by any form find it. */
 function ip(v: unknown, where: string): string {
   if (typeof v !== 'string' || isIP(v) === 0) throw new WorkloadParseError(`${where} must be an IP address, got ${JSON.stringify(v)}`);
-  return v;
+  return canonicalIp(v) as string;
 }
 
 /**
@@ -205,7 +207,11 @@ export function parseEndpointSlice(doc: Obj): EndpointSliceInfo {
         return a;
       }
       const v = endpointIp(a, `${ew}.addresses[${j}]`);
-      if ((isIP(v) === 4) !== (addressType === 'IPv4')) throw new WorkloadParseError(`${ew}.addresses[${j}] ${v} is not an ${addressType} address`);
+      // Written in the slice's family, and of it once canonical: an IPv4-mapped IPv6 address (IPv4 on the wire) belongs
+      // to neither slice type, as the API server has it.
+      if ((isIP(a as string) === 4) !== (addressType === 'IPv4') || (ipFamily(v) === 'ipv4') !== (addressType === 'IPv4')) {
+        throw new WorkloadParseError(`${ew}.addresses[${j}] ${String(a)} is not an ${addressType} address`);
+      }
       return v;
     });
     const c = e.conditions ?? {};

@@ -1,6 +1,7 @@
 // The Service table: for each ClusterIP and TCP port, the Service behind it and the endpoints a new connection may
 // go to (EndpointSlices, ready ones, this node's first when the Service asks for it). Pure; rebuilt when Services or
 // EndpointSlices change, reusing the entries of every Service whose objects did not.
+import { formatHostPort } from '../protocol/address.js';
 import { isIP } from 'node:net';
 import type { EndpointInfo, EndpointSliceInfo, ServiceInfo, ServicePort } from './service-objects.js';
 
@@ -83,8 +84,8 @@ export function balanceMode(s: Pick<ServiceInfo, 'internalTrafficPolicy' | 'traf
   return s.trafficDistribution && PREFER_NODE.has(s.trafficDistribution) ? 'prefer-node' : 'standard';
 }
 
-/** `ip:port`, for messages and keys outside the hot path. */
-export const vipKey = (ip: string, port: number): string => `${ip}:${port}`;
+/** `ip:port` (`[ip]:port` for IPv6), for messages and keys outside the hot path. */
+export const vipKey = (ip: string, port: number): string => formatHostPort(ip, port);
 
 /** The entry for a ClusterIP and TCP port, if any. */
 export function lookupService(t: ServiceTable, ip: string, port: number): ServiceEntry | undefined {

@@ -3,6 +3,7 @@
 
 import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer-authentication.js';
 import { parseAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
+import { normalizeIp } from '../protocol/address.js';
 import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
 import { parseEndpointSlice, parseService, type EndpointSliceInfo, type ServiceInfo } from './service-objects.js';
 
@@ -63,11 +64,16 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   const where = `Pod ${String(meta.namespace ?? 'default')}/${name}`;
   const spec = isObj(doc.spec) ? doc.spec : {};
   const status = isObj(doc.status) ? doc.status : {};
+  // status.podIP first (the primary), then the rest of status.podIPs (dual-stack: one per family), each in canonical
+  // form (protocol/address.ts) so that `fd00:0:0::1` and `fd00::1` are one address everywhere; duplicates dropped.
   const ips: string[] = [];
-  if (Array.isArray(status.podIPs)) {
-    for (const p of status.podIPs) if (isObj(p) && typeof p.ip === 'string') ips.push(p.ip);
-  }
-  if (typeof status.podIP === 'string' && !ips.includes(status.podIP)) ips.unshift(status.podIP);
+  const add = (v: unknown): void => {
+    if (typeof v !== 'string' || v === '') return;
+    const ip = normalizeIp(v);
+    if (!ips.includes(ip)) ips.push(ip);
+  };
+  add(status.podIP);
+  if (Array.isArray(status.podIPs)) for (const p of status.podIPs) if (isObj(p)) add(p.ip);
   return {
     kind,
     pod: {
