@@ -68,6 +68,44 @@ print(json.dumps({'sent': len(sent), 'received': st['recv'], 'exact': st['exact'
                   'sha256': hashlib.sha256(sent).hexdigest(), 'err': st['err']}), flush=True)
 `;
 
+/**
+ * N more connections held open, each sending a numbered line every second and checking its echo; at the stop file
+ * they close and one JSON line says how many were still exact.
+ */
+const MANY_CLIENT = `
+import socket, sys, time, json, os, selectors
+ip, port, n, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sel = selectors.DefaultSelector()
+conns = []
+for i in range(n):
+    s = socket.create_connection((ip, port), timeout=10); s.setblocking(False)
+    c = {'s': s, 'sent': b'', 'got': b'', 'k': 0, 'bad': False}
+    conns.append(c); sel.register(s, selectors.EVENT_READ, c)
+print('connected %d' % n, flush=True)
+last = 0
+while not os.path.exists(stop):
+    if time.time() - last >= 1:
+        last = time.time()
+        for c in conns:
+            m = ('%d:%d\\n' % (id(c) % 1000, c['k'])).encode(); c['k'] += 1; c['sent'] += m
+            try: c['s'].sendall(m)
+            except OSError: c['bad'] = True
+    for key, _ in sel.select(0.1):
+        c = key.data
+        try: d = c['s'].recv(4096)
+        except OSError: c['bad'] = True; continue
+        if not d: c['bad'] = True; sel.unregister(c['s']); continue
+        c['got'] += d
+time.sleep(0.5)
+for key, _ in sel.select(0.2):
+    c = key.data
+    try: c['got'] += c['s'].recv(4096)
+    except OSError: pass
+ok = sum(1 for c in conns if not c['bad'] and c['got'] == c['sent'] and c['k'] > 1)
+for c in conns: c['s'].close()
+print(json.dumps({'n': n, 'exact': ok}), flush=True)
+`;
+
 interface StreamResult {
   sent: number;
   received: number;
@@ -122,7 +160,7 @@ async function conns(agent: AgentProcess): Promise<Conn[]> {
  * Node 0 carries both relays: sleep (mesh) -> ext (non-mesh, node 1) is passthrough outbound, outsider (non-mesh,
  * node 1) -> web (mesh) is plaintext inbound on 15006. Both stream until stopped.
  */
-async function scene(t: ExecutionContext, mode: RedirectMode, drainSeconds: number): Promise<{ tb: Testbed; pass: Stream; inbound: Stream; pods: Record<'sleep' | 'web' | 'outsider' | 'ext', TestbedPod> }> {
+async function scene(t: ExecutionContext, mode: RedirectMode, drainSeconds: number, extra = 0): Promise<{ tb: Testbed; pass: Stream; inbound: Stream; many?: () => Promise<{ n: number; exact: number }> }> {
   const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(drainSeconds)] });
   await tb.setNamespace('app', AMBIENT);
   await tb.setNamespace('plain', {});
@@ -138,9 +176,21 @@ async function scene(t: ExecutionContext, mode: RedirectMode, drainSeconds: numb
   const pass = startStream(tb, sleep, ext.ip, 'passthrough');
   const inbound = startStream(tb, outsider, web.ip, 'inbound');
   await eventually(async () => pass.progress().length + inbound.progress().length, () => pass.progress().some((p) => p.recv > 0) && inbound.progress().some((p) => p.recv > 0), 10_000);
-  const open = await eventually(() => conns(tb.agent(0)), (c) => c.length === 2, 10_000);
-  t.deepEqual(open.map((c) => `${c.direction}:${c.mtls}`).sort(), ['inbound:false', 'outbound:false'], 'node 0 relays both connections in plain TCP');
-  return { tb, pass, inbound, pods: { sleep, web, outsider, ext } };
+  let many: (() => Promise<{ n: number; exact: number }>) | undefined;
+  if (extra > 0) {
+    const stopFile = join(tb.runDir, 'stop-many');
+    const proc = sleep.spawn(PY, ['-u', '-c', MANY_CLIENT, ext.ip, String(PORT), String(extra), stopFile], { reject: false, timeout: 120_000 });
+    many = async () => {
+      await sleep.exec('touch', [stopFile]);
+      const r = await proc;
+      const last = String(r.stdout).trim().split('\n').pop() ?? '';
+      if (!last.startsWith('{')) throw new Error(`many-connections client printed no summary: ${String(r.stdout).slice(-300)} ${String(r.stderr)}`);
+      return JSON.parse(last) as { n: number; exact: number };
+    };
+  }
+  const open = await eventually(() => conns(tb.agent(0)), (c) => c.length === 2 + extra, 15_000);
+  t.deepEqual(open.filter((c) => c.dst.addr.endsWith(`:${PORT}`) && !c.mtls).length, 2 + extra, 'node 0 relays every connection in plain TCP');
+  return { tb, pass, inbound, ...(many ? { many } : {}) };
 }
 
 /** Progress after `since` (epoch s): the echo moved on. */
@@ -152,7 +202,9 @@ const flowedAfter = (s: Stream, since: number): boolean => {
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] take-over with a passthrough and a plaintext inbound connection streaming both ways: both move to the successor byte-exact, the predecessor exits without waiting for its drain deadline, the successor lists, meters and access-logs them`, async (t) => {
     const drainSeconds = 30;
-    const { tb, pass, inbound } = await scene(t, mode, drainSeconds);
+    // iptables also moves 100 more connections (7 batches), for the figure of how long a move takes.
+    const extra = mode === 'iptables' ? 100 : 0;
+    const { tb, pass, inbound, many } = await scene(t, mode, drainSeconds, extra);
     const current = tb.agent(0);
     const before = await conns(current);
     const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, '-next.log') });
@@ -171,7 +223,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const handed = hasMsg(oldLogs, 'plain TCP relays handed over to the successor');
     const drained = oldLogs.find((l) => l.msg === 'drain finished' || l.msg === 'drain deadline reached; cutting the rest');
     t.log(`[${mode}] predecessor: ${JSON.stringify({ moved: handed?.moved, kept: handed?.kept, reasons: handed?.reasons, ms: handed?.ms })}; drain ${JSON.stringify(drained)}; exited ${exitMs} ms after the successor was ready (drain deadline ${drainSeconds} s)`);
-    t.is(handed?.moved, 2, 'both relays moved');
+    t.is(handed?.moved, 2 + extra, 'every relay moved');
     t.is(handed?.kept, 0);
     t.is(drained?.msg, 'drain finished', 'nothing was left to drain: the predecessor did not wait for its deadline');
     t.is(drained?.cut, 0);
@@ -179,6 +231,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     // The successor carries them: listed with the predecessor's start and byte counts, counted and metered.
     const handedAt = Date.now() / 1000;
     const after = await conns(next);
+    t.is(after.length, 2 + extra, 'the successor lists every connection');
     const key = (c: Conn): string => `${c.direction} ${c.src.addr} -> ${c.dst.addr}`;
     t.deepEqual(after.map(key).sort(), before.map(key).sort(), 'the successor lists the same two connections');
     for (const c of after) {
@@ -187,15 +240,17 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
       t.true(c.bytesSent >= (b?.bytesSent ?? Infinity), `${key(c)}: byte counts continue from the predecessor's`);
     }
     const pods = (await next.request('GET', '/v1/pods')).body as { pods: { name: string; stats?: { movedIn: number; active: number } }[] };
-    for (const name of ['sleep', 'web']) t.is(pods.pods.find((p) => p.name === name)?.stats?.movedIn, 1, `${name}: one relay moved in`);
+    t.is(pods.pods.find((p) => p.name === 'sleep')?.stats?.movedIn, 1 + extra, 'sleep: its passthrough relays moved in');
+    t.is(pods.pods.find((p) => p.name === 'web')?.stats?.movedIn, 1, 'web: one relay moved in');
     const metrics = await eventually(() => adminHttp(tb, 0, 'GET', 'http://127.0.0.1:15020/metrics').catch(() => ({ status: 0, body: '' })), (m) => m.status === 200, 15_000);
     t.true((metricSample(metrics.body, 'istio_tcp_connections_opened_total', { reporter: 'source', source_workload: 'sleep' }) ?? 0) >= 1, 'the successor counts the passthrough connection as opened');
     t.true((metricSample(metrics.body, 'istio_tcp_connections_opened_total', { reporter: 'destination', destination_workload: 'web' }) ?? 0) >= 1, 'and the plaintext inbound one');
 
     // Traffic goes on through the successor; then both streams end (half-close, rest of the echo) and are compared.
     await eventually(async () => flowedAfter(pass, handedAt) && flowedAfter(inbound, handedAt), (ok) => ok, 10_000);
-    const [p, i] = await Promise.all([pass.stop(), inbound.stop()]);
-    t.log(`[${mode}] passthrough ${JSON.stringify(p)}; inbound ${JSON.stringify(i)}`);
+    const [p, i, m] = await Promise.all([pass.stop(), inbound.stop(), many?.()]);
+    t.log(`[${mode}] passthrough ${JSON.stringify(p)}; inbound ${JSON.stringify(i)}; more connections ${JSON.stringify(m)}`);
+    if (m) t.is(m.exact, extra, 'every other connection carried on with its echoes exact');
     for (const [name, r] of [['passthrough', p], ['inbound', i]] as const) {
       t.true(r.exact, `${name}: the echo is byte-exact across the take-over`);
       t.is(r.err, null, `${name}: no error`);

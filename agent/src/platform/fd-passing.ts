@@ -2,7 +2,7 @@
 // send, never read by Node's event loop) with SCM_RIGHTS, and the pure encoding of the SCM_RIGHTS control message.
 import { chmodSync, rmSync } from 'node:fs';
 import {
-  AF_UNIX, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_TRUNC, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_NONBLOCK,
+  AF_UNIX, POLLIN, POLLOUT, pollAsync, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_TRUNC, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_NONBLOCK,
   SOCK_SEQPACKET, SOL_SOCKET, SO_DOMAIN, SO_PEERCRED, SO_TYPE, accept, bind, close, connect, getsockoptBuf, listen,
   recvmsg, sendmsg, sockaddrUn, socket,
 } from './libc.js';
@@ -83,25 +83,23 @@ export function socketKind(fd: number): { domain: number; type: number } {
 }
 
 /**
- * Polls `step` until it returns something other than undefined, or until `deadline` (then undefined): on the next turns
- * of the event loop at first (an answer from the other agent usually takes well under a millisecond), then every
- * millisecond, then every 10 ms after the first 100 ms (a long wait costs no CPU).
+ * Tries `step` until it returns something other than undefined, or until `deadline` (then undefined). Between tries it
+ * waits for `fd` to become ready for `events` on a worker thread (at most 50 ms a wait, so the deadline is kept).
  */
-export async function pollUntil<T>(step: () => T | undefined, deadline: number): Promise<T | undefined> {
-  const start = Date.now();
-  for (let i = 0; ; i++) {
+export async function pollUntil<T>(step: () => T | undefined, deadline: number, fd?: number, events = POLLIN): Promise<T | undefined> {
+  for (;;) {
     const v = step();
     if (v !== undefined) return v;
-    const now = Date.now();
-    if (now >= deadline) return undefined;
-    if (i < 50) await new Promise((r) => setImmediate(r));
-    else await new Promise((r) => setTimeout(r, now - start < 100 ? 1 : 10));
+    const left = deadline - Date.now();
+    if (left <= 0) return undefined;
+    if (fd === undefined) await new Promise((r) => setTimeout(r, Math.min(left, 5)));
+    else await pollAsync(fd, events, Math.min(left, 50));
   }
 }
 
 /** Accepts one connection on a listening socket made by listenUnixSeqpacket, by `deadline`. */
 export function acceptOne(listenFd: number, deadline: number): Promise<number | undefined> {
-  return pollUntil(() => accept(listenFd, SOCK_NONBLOCK | SOCK_CLOEXEC), deadline);
+  return pollUntil(() => accept(listenFd, SOCK_NONBLOCK | SOCK_CLOEXEC), deadline, listenFd);
 }
 
 /** Connects a non-blocking SOCK_SEQPACKET socket to `path` by `deadline`; throws when nothing listens there. */
@@ -121,7 +119,7 @@ export async function connectUnixSeqpacket(path: string, deadline: number): Prom
 /** Sends one message with `fds` attached by `deadline`; throws on a closed peer or when the deadline passes. */
 export async function sendMessage(fd: number, data: Buffer, fds: readonly number[], deadline: number): Promise<void> {
   const control = fds.length ? encodeScmRights(fds) : null;
-  const sent = await pollUntil(() => sendmsg(fd, data, control, MSG_DONTWAIT | MSG_NOSIGNAL), deadline);
+  const sent = await pollUntil(() => sendmsg(fd, data, control, MSG_DONTWAIT | MSG_NOSIGNAL), deadline, fd, POLLOUT);
   if (sent === undefined) throw new Error('the peer did not take the message in time');
   if (sent !== data.length) throw new Error(`sent ${sent} of ${data.length} bytes`);
 }
@@ -137,7 +135,7 @@ export type Received = { closed: true } | { closed: false; data: Buffer; fds: nu
 export async function receiveMessage(fd: number, maxBytes: number, maxFds: number, deadline: number): Promise<Received | undefined> {
   const data = Buffer.alloc(maxBytes + 1);
   const control = Buffer.alloc(scmRightsSpace(maxFds));
-  const r = await pollUntil(() => recvmsg(fd, data, control, MSG_DONTWAIT | MSG_CMSG_CLOEXEC), deadline);
+  const r = await pollUntil(() => recvmsg(fd, data, control, MSG_DONTWAIT | MSG_CMSG_CLOEXEC), deadline, fd);
   if (r === undefined) return undefined;
   const { fds, malformed } = decodeScmRights(control, r.controlLength);
   if (r.bytes === 0 && fds.length === 0) return { closed: true };

@@ -50,6 +50,7 @@ const fns = {
   accept4: libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)'),
   sendmsg: libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']),
   recvmsg: libc.func('recvmsg', 'intptr_t', ['int', koffi.inout(koffi.pointer(msghdr)), 'int']),
+  poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   close: libc.func('int close(int fd)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
@@ -168,6 +169,24 @@ export function recvmsg(fd: number, data: Buffer, control: Buffer, flags: number
     throw new SyscallError('recvmsg', errno);
   }
   return { bytes: rc, controlLength: Number(msg.msg_controllen), flags: msg.msg_flags };
+}
+
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+
+/**
+ * Waits on a libuv worker thread (koffi async) until `fd` has one of `events` or `timeoutMs` passes: the event loop
+ * stays free and wakes as soon as the kernel says so. Resolves the revents (0 on timeout or error).
+ */
+export function pollAsync(fd: number, events: number, timeoutMs: number): Promise<number> {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  pfd.writeInt16LE(events, 4);
+  return new Promise((resolve) => {
+    (fns.poll as unknown as { async: (...a: unknown[]) => void }).async(pfd, 1, Math.max(0, Math.floor(timeoutMs)), (err: unknown, rc: number) => {
+      resolve(err || rc <= 0 ? 0 : pfd.readInt16LE(6));
+    });
+  });
 }
 
 /** A second descriptor for the same socket, close-on-exec (F_DUPFD_CLOEXEC). */
