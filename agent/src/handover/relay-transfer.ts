@@ -1,6 +1,7 @@
 // Moving plain TCP relays from a predecessor to its successor during a take-over: the predecessor's sender
 // (sendRelays) and the successor's inbox (RelayInbox), over a SOCK_SEQPACKET socket with SCM_RIGHTS (protocol.ts).
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { AF_INET, SOCK_STREAM, close } from '../platform/libc.js';
 import {
   acceptOne, closeAll, connectUnixSeqpacket, listenUnixSeqpacket, peerCredentials, receiveMessage, sendMessage, socketKind,
@@ -135,6 +136,15 @@ async function moveBatch(fd: number, b: number, batch: OutgoingRelay[], limits: 
   return undefined;
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** What the successor's inbox did. */
 export interface InboxTally {
   received: number;
@@ -160,7 +170,13 @@ export class RelayInbox {
     this.listenFd = fd;
   }
 
+  /** Opens the inbox at `path`, after removing inboxes left beside it by agents that died (a successor killed mid-take-over). */
   static open(path: string): RelayInbox {
+    const dir = dirname(path);
+    for (const name of readdirSync(dir)) {
+      const pid = Number(/^relays\.(\d+)\.sock$/.exec(name)?.[1] ?? NaN);
+      if (Number.isInteger(pid) && pid !== process.pid && !alive(pid)) rmSync(join(dir, name), { force: true });
+    }
     return new RelayInbox(path, listenUnixSeqpacket(path));
   }
 
