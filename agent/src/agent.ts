@@ -26,8 +26,12 @@ import { AgentMetrics } from './admin/metrics.js';
 import { AdminServer } from './admin/admin-server.js';
 import { malformedPolicies } from './policy/malformed.js';
 import { lockHolder, tryLock, type HeldLock } from './platform/state-lock.js';
-import { AGENT_LOCK_FILE, HANDOVER_LOCK_FILE, TakeOverError, drainTally, refusalReason, startPlan, type DrainTally } from './handover/protocol.js';
+import {
+  AGENT_LOCK_FILE, HANDOVER_LOCK_FILE, RELAY_HANDOVER_VERSION, RELAY_LIMITS, TakeOverError, drainTally, refusalReason, relayInboxPath, startPlan,
+  type DrainTally,
+} from './handover/protocol.js';
 import { requestTakeOver, servePredecessor, type HandoverChannel, type PredecessorHooks } from './handover/session.js';
+import { RelayInbox, sendRelays } from './handover/relay-transfer.js';
 
 /** Hooks main.ts gives the agent: a fatal failure while running, and the end of a take-over's drain (exit 0). */
 export interface AgentHooks {
@@ -74,6 +78,10 @@ export class Agent {
   /** A SIGTERM arrived while handing over: exit after the drain, or stop as usual if the take-over is abandoned. */
   private stopDeferred = false;
   private readonly store: StateStore;
+  /** As a successor: the predecessor's pid (agent.lock's holder), checked on the relay inbox. */
+  private predecessorPid: number | undefined;
+  /** As a predecessor: plain TCP relays handed to the successor (logged with the drain). */
+  private movedRelays = 0;
 
   /**
    * Loads and makes the implementations the config chooses, then the agent: the kubernetes client only with the
@@ -240,6 +248,7 @@ export class Agent {
       return undefined;
     }
     const holder = lockHolder(agentPath);
+    this.predecessorPid = holder;
     this.notReadyReason = 'taking over from the running agent';
     this.log.info({ runningPid: holder, socket: this.cfg.socketPath }, 'state dir held by a running agent; asking it to hand over');
     let channel: HandoverChannel;
@@ -265,8 +274,9 @@ export class Agent {
 
   /** The successor's last step: the socket path becomes ours, the predecessor is told, its drain is logged. */
   private completeTakeOver(channel: HandoverChannel): void {
+    const inbox = this.openRelayInbox();
     this.server.publish();
-    channel.send({ type: 'ready', pid: process.pid });
+    channel.send({ type: 'ready', pid: process.pid, ...(inbox ? { relays: RELAY_HANDOVER_VERSION } : {}) });
     this.log.info('take-over complete: socket published, predecessor told to stop accepting');
     void (async () => {
       for (;;) {
@@ -281,6 +291,30 @@ export class Agent {
       this.releaseHandoverLock();
       this.log.info('predecessor gone; handover lock released');
     })();
+  }
+
+  /**
+   * The successor's relay inbox (handover/relay-transfer.ts), served in the background: the predecessor's plain TCP
+   * relays arrive there and carry on in their pods' forwarders. Undefined (the predecessor drains them) if it cannot open.
+   */
+  private openRelayInbox(): RelayInbox | undefined {
+    let inbox: RelayInbox;
+    try {
+      inbox = RelayInbox.open(relayInboxPath(this.cfg.stateDir, process.pid));
+    } catch (err) {
+      this.log.warn({ error: describe(err) }, 'cannot open the relay inbox; the predecessor drains its relays instead');
+      return undefined;
+    }
+    const ackDelayMs = Math.min(60_000, Math.max(0, Number(process.env.AMBIENT_HANDOVER_TEST_ACK_DELAY_MS ?? 0) || 0));
+    const log = this.log.child({ component: 'handover' });
+    const hooks = {
+      canAdopt: (m: { pod: string }) => this.enroller.canAdoptRelay(m.pod),
+      adopt: (m: Parameters<Enroller['adoptRelay']>[0], down: number, up: number) => this.enroller.adoptRelay(m, down, up),
+    };
+    void inbox.serve(this.predecessorPid, hooks, RELAY_LIMITS, log, ackDelayMs).then((t) => {
+      log.info(t, 'relays from the predecessor carried on here');
+    });
+    return inbox;
   }
 
   /**
@@ -344,6 +378,12 @@ export class Agent {
         await this.admin.stop();
         return this.enroller.relayCounts().open;
       },
+      moveRelays: async (successorPid) => {
+        const relays = this.enroller.movableRelays();
+        const tally = await sendRelays(relayInboxPath(this.cfg.stateDir, successorPid), successorPid, relays, RELAY_LIMITS, this.log.child({ component: 'handover' }));
+        this.movedRelays = tally.moved;
+        return tally;
+      },
       drain: async () => {
         const tally = await this.drain();
         await this.server.idle(); // held plugin events forwarded to the successor: their answers go back first
@@ -361,7 +401,7 @@ export class Agent {
       const now = this.enroller.relayCounts();
       const { finished, tally } = drainTally(start.open, now.opened - start.opened, now.open, Date.now() >= deadline);
       if (finished) {
-        this.log.info({ ...tally, seconds: this.cfg.drainSeconds }, tally.cut ? 'drain deadline reached; cutting the rest' : 'drain finished');
+        this.log.info({ ...tally, moved: this.movedRelays, seconds: this.cfg.drainSeconds }, tally.cut ? 'drain deadline reached; cutting the rest' : 'drain finished');
         return tally;
       }
       await sleep(DRAIN_POLL_MS);

@@ -26,6 +26,8 @@ export interface AgentSpec {
   /** Appended to the command line. */
   extraArgs: string[];
   readyTimeoutMs: number;
+  /** Added to the agent's environment (e.g. test knobs). */
+  env?: Record<string, string>;
 }
 
 /** A pino JSON line from the agent's log. */
@@ -116,7 +118,7 @@ export class AgentProcess {
     try {
       logOffset = statSync(this.spec.logFile).size;
       // Own process group: a Ctrl-C on the demo's terminal reaches the testbed, which stops agents in order.
-      child = spawn(cmd ?? 'nsenter', args, { stdio: ['ignore', fd, fd], detached: true });
+      child = spawn(cmd ?? 'nsenter', args, { stdio: ['ignore', fd, fd], detached: true, ...(this.spec.env ? { env: { ...process.env, ...this.spec.env } } : {}) });
     } finally {
       closeSync(fd);
     }

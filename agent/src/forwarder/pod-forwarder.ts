@@ -2,7 +2,7 @@
 // relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod with the agent mark.
 // Just past 500 lines on purpose: the three listeners share the per-connection bookkeeping (register, access log, close
 // on a policy change); the decisions themselves are pure functions in hbone/connect.ts and forwarder/routing.ts.
-import type net from 'node:net';
+import net from 'node:net';
 import { HboneStatusError, connectHeaders, decideInbound } from '../hbone/connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from '../hbone/data-path.js';
 import type { IdentityProvider } from '../identity/provider.js';
@@ -17,6 +17,9 @@ import type { ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
 import { decideOutbound, decidePlaintextInbound, type OutboundContext } from './routing.js';
+import { pauseRelay, type PausedRelay } from './relay-pause.js';
+import { closeAll } from '../platform/fd-passing.js';
+import type { RelayMeta } from '../handover/protocol.js';
 
 export type { Direction } from './connections.js';
 
@@ -37,6 +40,10 @@ export interface ForwarderStats {
   outbound: DirectionStats;
   inbound: DirectionStats;
   active: number;
+  /** Plain TCP relays handed to a successor agent during a take-over (no longer open here). */
+  movedOut: number;
+  /** Plain TCP relays received from a predecessor agent (also counted as opened in their direction). */
+  movedIn: number;
 }
 
 const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, denied: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
@@ -84,10 +91,22 @@ interface ConnLog {
 interface Relay {
   info: ConnectionInfo;
   bytes: () => { sent: number; recv: number };
+  /** A plain TCP relay's two sockets (up once connected), which a take-over may hand to the successor. */
+  plain?: { down: net.Socket; up?: net.Socket; stats: DirectionStats };
+}
+
+/** A plain TCP relay a take-over may hand to the successor (see Enroller.movableRelays, handover/relay-transfer.ts). */
+export interface MovableRelay {
+  /** Stops relaying here and writes out what was read (see pauseRelay); undefined when it cannot move. */
+  pause(): PausedRelay | undefined;
+  /** What the successor needs to carry it on (call once paused and flushed: the byte counts are final then). */
+  describe(): Omit<RelayMeta, 'pod'>;
+  /** The successor has it: forget it here and close this agent's descriptors (close only: the connection lives on). */
+  handedOver(): void;
 }
 
 export class PodForwarder {
-  readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0 };
+  readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0, movedOut: 0, movedIn: 0 };
   private servers: net.Server[] = [];
   private hboneListener: HboneListener | undefined;
   /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
@@ -258,8 +277,8 @@ export class PodForwarder {
   }
 
   /** Registers an open relay (for `conns` and the counters) and counts its opening in the metrics; returns its labels. */
-  private register(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: Relay['bytes']): TcpLabels | undefined {
-    this.open.set(handle, { info, bytes });
+  private register(handle: Closable, stats: DirectionStats, info: ConnectionInfo, bytes: Relay['bytes'], plain?: Relay['plain']): TcpLabels | undefined {
+    this.open.set(handle, { info, bytes, ...(plain ? { plain } : {}) });
     this.stats.active++;
     stats.opened++;
     const labels = this.mesh.connections ? this.labels(info) : undefined;
@@ -405,6 +424,75 @@ export class PodForwarder {
     sink.log[line.level](line.fields, line.msg);
   }
 
+  /**
+   * Plain TCP relays (passthrough outbound, plaintext inbound) whose upstream is connected: what a take-over hands to
+   * the successor. HBONE relays are not among them: they drain here.
+   */
+  movableRelays(): MovableRelay[] {
+    const out: MovableRelay[] = [];
+    for (const [handle, r] of this.open) {
+      const p = r.plain;
+      const up = p?.up;
+      if (!p || !up) continue;
+      out.push({
+        pause: () => (this.open.get(handle) === r ? pauseRelay(p.down, up) : undefined),
+        describe: () => {
+          const b = r.bytes();
+          const policy = this.inbound.get(handle);
+          const i = r.info;
+          return {
+            direction: i.direction, src: i.src, dst: i.dst, startedAt: i.startedAt, bytesSent: b.sent, bytesRecv: b.recv,
+            ...(i.service ? { service: i.service } : {}), ...(i.serviceAddr ? { serviceAddr: i.serviceAddr } : {}),
+            ...(policy ? { policy: { source: policy.source, destination: policy.destination } } : {}),
+          };
+        },
+        handedOver: () => {
+          if (!this.open.delete(handle)) return;
+          this.inbound.delete(handle);
+          this.stats.active--;
+          this.stats.movedOut++;
+          // destroy() closes this process's descriptors only (no shutdown, no reset): the successor's copies carry on.
+          p.down.destroy();
+          up.destroy();
+        },
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Carries on a plain TCP relay a predecessor handed over: its sockets (received descriptors), its connection record
+   * and byte counts so far, and for plaintext inbound the policy decision to re-evaluate on policy changes (not a new one).
+   */
+  adoptRelay(meta: Omit<RelayMeta, 'pod'>, downFd: number, upFd: number): void {
+    const wrap = (fd: number): net.Socket => new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+    // Owns both descriptors from here: any failure closes what is not wrapped yet (close only, never shutdown).
+    let down: net.Socket;
+    try {
+      down = wrap(downFd);
+    } catch (err) {
+      closeAll([downFd, upFd]);
+      throw err;
+    }
+    let up: net.Socket;
+    try {
+      up = wrap(upFd);
+    } catch (err) {
+      down.destroy();
+      closeAll([upFd]);
+      throw err;
+    }
+    down.on('error', () => undefined);
+    const stats = this.stats[meta.direction];
+    const info: ConnectionInfo = {
+      ...this.info(meta.direction, meta.src, meta.dst, false), startedAt: meta.startedAt,
+      ...(meta.service ? { service: meta.service } : {}), ...(meta.serviceAddr ? { serviceAddr: meta.serviceAddr } : {}),
+    };
+    if (meta.policy) this.track(down, meta.policy.source, meta.policy.destination);
+    this.stats.movedIn++;
+    this.splice(down, stats, this.connLog(info), Promise.resolve(up), info, { sent: meta.bytesSent, recv: meta.bytesRecv });
+  }
+
   /** Open relays with their byte counts so far, for `ambient-node conns`. */
   connections(now = Date.now()): ConnectionSnapshot[] {
     return [...this.open.values()].map((r) => {
@@ -473,11 +561,17 @@ export class PodForwarder {
    * Half-closes propagate through pipe(); only an error on one side tears down the other, so no buffered byte is lost. A
    * failed upstream resets `down`. Bytes are counted on `down`: src -> dst is what it read.
    */
-  private splice(down: net.Socket, stats: DirectionStats, clog: ConnLog, upstream: Promise<net.Socket>, info: ConnectionInfo): void {
+  private splice(down: net.Socket, stats: DirectionStats, clog: ConnLog, upstream: Promise<net.Socket>, info: ConnectionInfo, before = { sent: 0, recv: 0 }): void {
     let up: net.Socket | undefined;
-    const bytes = (): { sent: number; recv: number } => ({ sent: down.bytesRead ?? 0, recv: down.bytesWritten ?? 0 });
+    // `carried`: this agent's bytes (stats, metrics); `bytes`: since the connection opened, a predecessor's included (conns, access log).
+    const carried = (): { sent: number; recv: number } => ({ sent: down.bytesRead ?? 0, recv: down.bytesWritten ?? 0 });
+    const bytes = (): { sent: number; recv: number } => {
+      const c = carried();
+      return { sent: before.sent + c.sent, recv: before.recv + c.recv };
+    };
     const obs = this.mesh.connections;
-    const labels = this.register(down, stats, info, bytes);
+    const plain: NonNullable<Relay['plain']> = { down, stats };
+    const labels = this.register(down, stats, info, bytes, plain);
     let responseFlags: string = RESPONSE_FLAGS.none;
     let error: string | undefined;
     down.pause();
@@ -485,15 +579,16 @@ export class PodForwarder {
       if (!this.open.delete(down)) return;
       this.stats.active--;
       stats.closed++;
+      const here = carried();
       const { sent, recv } = bytes();
-      stats.bytesFromDownstream += sent;
-      stats.bytesToDownstream += recv;
+      stats.bytesFromDownstream += here.sent;
+      stats.bytesToDownstream += here.recv;
       const errored = down.errored as { code?: string; message?: string } | null;
       if (errored?.code === 'AMB_ERR_DENIED') {
         responseFlags = RESPONSE_FLAGS.denied;
         error = errored.message;
       }
-      if (labels) obs?.closed({ ...labels, response_flags: responseFlags }, recv, sent);
+      if (labels) obs?.closed({ ...labels, response_flags: responseFlags }, here.recv, here.sent);
       this.access(info, { bytesSent: sent, bytesRecv: recv, durationMs: Date.now() - info.startedAt, responseFlags, ...(error ? { error } : {}) });
     };
     down.once('close', () => {
@@ -503,6 +598,7 @@ export class PodForwarder {
     upstream.then(
       (u) => {
         up = u;
+        plain.up = u;
         if (down.destroyed) {
           u.destroy();
           return;

@@ -25,8 +25,10 @@ export type HandoverMessage =
   | { type: 'begin'; pid: number }
   | { type: 'released' }
   | { type: 'refused'; reason: string }
-  | { type: 'ready'; pid: number }
-  | { type: 'draining'; connections: number; deadlineSeconds: number }
+  /** `relays`: the relay hand-over version the successor accepts on its relay inbox (absent: it takes none). */
+  | { type: 'ready'; pid: number; relays?: number }
+  /** `moved`: plain TCP relays handed to the successor before the drain (absent from an older predecessor). */
+  | { type: 'draining'; connections: number; deadlineSeconds: number; moved?: number }
   | { type: 'drained'; drained: number; cut: number };
 
 export class HandoverProtocolError extends AmbientError<'AMB_ERR_TAKEOVER'> {
@@ -60,15 +62,19 @@ export function parseHandoverMessage(line: string): HandoverMessage {
   const o = v as Record<string, unknown>;
   switch (o.type) {
     case 'begin':
+      return { type: 'begin', pid: count(o, 'pid') };
     case 'ready':
-      return { type: o.type, pid: count(o, 'pid') };
+      return { type: 'ready', pid: count(o, 'pid'), ...(o.relays !== undefined ? { relays: count(o, 'relays') } : {}) };
     case 'released':
       return { type: 'released' };
     case 'refused':
       if (typeof o.reason !== 'string') throw new HandoverProtocolError('handover message field "reason" must be a string');
       return { type: 'refused', reason: o.reason };
     case 'draining':
-      return { type: 'draining', connections: count(o, 'connections'), deadlineSeconds: count(o, 'deadlineSeconds') };
+      return {
+        type: 'draining', connections: count(o, 'connections'), deadlineSeconds: count(o, 'deadlineSeconds'),
+        ...(o.moved !== undefined ? { moved: count(o, 'moved') } : {}),
+      };
     case 'drained':
       return { type: 'drained', drained: count(o, 'drained'), cut: count(o, 'cut') };
     default:
@@ -111,4 +117,199 @@ export function drainTally(atStart: number, openedSince: number, left: number, d
   const finished = left === 0 || deadlinePassed;
   const cut = finished ? left : 0;
   return { finished, tally: { atStart, drained: Math.max(0, atStart + openedSince - left), cut } };
+}
+
+// ---- Relay hand-over (plain TCP relays move to the successor instead of draining) ----
+// After `ready` (with `relays: 1`) the predecessor connects to the successor's relay inbox, a SOCK_SEQPACKET socket in
+// the state dir, and per batch: `relays` (two descriptors per relay attached, down then up) -> `ack` (the indexes the
+// successor can take) -> `commit`; the successor starts a relay only on `commit`, the predecessor closes its copies only
+// after sending it. Anything else (a timeout, an error, the successor gone) leaves a batch with the predecessor, where it drains.
+
+/** The relay hand-over version this agent speaks (in `ready.relays` and every relay message's `v`). */
+export const RELAY_HANDOVER_VERSION = 1;
+
+/** The successor's relay inbox: in the state dir (root only), named after the successor's pid. */
+export function relayInboxPath(stateDir: string, successorPid: number): string {
+  return `${stateDir.replace(/\/+$/, '')}/relays.${successorPid}.sock`;
+}
+
+/** Bounds of one relay hand-over; every wait on the other agent is one of these. */
+export interface RelayLimits {
+  /** Relays per message (two descriptors each; the kernel allows 253 per message). */
+  perMessage: number;
+  /** Bytes of one message's JSON. */
+  maxMessageBytes: number;
+  /** Relays moved in one take-over at most; the rest drain in the predecessor. */
+  total: number;
+  /** How long a paused batch may take to write what it had already read (else it is resumed and drains here). */
+  flushMs: number;
+  /** How long the predecessor waits for the successor's `ack` of a batch. */
+  ackMs: number;
+  /** How long the successor holds a batch it acked; without a `commit` by then it closes its copies. */
+  commitMs: number;
+  /** How long the successor's inbox waits for the predecessor to connect, and for each next message. */
+  idleMs: number;
+  /** The whole transfer, on the predecessor's side. */
+  totalMs: number;
+}
+
+export const RELAY_LIMITS: RelayLimits = {
+  perMessage: 16, maxMessageBytes: 64 * 1024, total: 4096, flushMs: 2000, ackMs: 5000, commitMs: 15_000, idleMs: 30_000, totalMs: 60_000,
+};
+
+/** One end of a moved relay as the access log names it. */
+export interface RelayEndpoint {
+  addr: string;
+  workload?: string;
+  namespace?: string;
+  principal?: string;
+}
+
+/** What the successor needs to carry on a relay: its pod, ends, start, bytes so far and what policy decided on. */
+export interface RelayMeta {
+  /** The pod's attachment key (the same in both agents: from the state dir's records). */
+  pod: string;
+  direction: 'outbound' | 'inbound';
+  src: RelayEndpoint;
+  dst: RelayEndpoint;
+  service?: { namespace: string; name: string; hostname: string };
+  serviceAddr?: string;
+  /** Epoch milliseconds, from the predecessor. */
+  startedAt: number;
+  /** Bytes src -> dst and dst -> src relayed by the predecessor (all of them written before the move). */
+  bytesSent: number;
+  bytesRecv: number;
+  /** Plaintext inbound: the admitted source and destination, re-evaluated by the successor when policies change. */
+  policy?: { source: { ip: string; principal?: string; namespace?: string }; destination: { ip: string; port: number } };
+}
+
+export type RelayMessage =
+  | { v: number; type: 'relays'; batch: number; relays: RelayMeta[] }
+  | { v: number; type: 'ack'; batch: number; accepted: number[] }
+  | { v: number; type: 'commit'; batch: number }
+  | { v: number; type: 'done'; moved: number; kept: number };
+
+const MAX_ADDR = 64;
+const MAX_NAME = 253;
+const MAX_TEXT = 1024;
+
+function str(o: Record<string, unknown>, key: string, max: number, optional: true): string | undefined;
+function str(o: Record<string, unknown>, key: string, max: number, optional?: false): string;
+function str(o: Record<string, unknown>, key: string, max: number, optional = false): string | undefined {
+  const v = o[key];
+  if (v === undefined && optional) return undefined;
+  if (typeof v !== 'string' || v.length === 0 || v.length > max) throw new HandoverProtocolError(`relay field "${key}" must be a string of 1 to ${max} characters`);
+  return v;
+}
+
+function obj(v: unknown, what: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new HandoverProtocolError(`relay field "${what}" must be an object`);
+  return v as Record<string, unknown>;
+}
+
+function endpoint(v: unknown, what: string): RelayEndpoint {
+  const o = obj(v, what);
+  const e: RelayEndpoint = { addr: str(o, 'addr', MAX_ADDR) };
+  const workload = str(o, 'workload', MAX_NAME, true);
+  const namespace = str(o, 'namespace', MAX_NAME, true);
+  const principal = str(o, 'principal', MAX_TEXT, true);
+  return { ...e, ...(workload ? { workload } : {}), ...(namespace ? { namespace } : {}), ...(principal ? { principal } : {}) };
+}
+
+function port(o: Record<string, unknown>, key: string): number {
+  const p = count(o, key);
+  if (p < 1 || p > 65535) throw new HandoverProtocolError(`relay field "${key}" must be a port`);
+  return p;
+}
+
+/** Validates one relay's description (untrusted input: every field typed and bounded). Pure. */
+export function parseRelayMeta(v: unknown): RelayMeta {
+  const o = obj(v, 'relay');
+  const direction = o.direction;
+  if (direction !== 'outbound' && direction !== 'inbound') throw new HandoverProtocolError('relay field "direction" must be "outbound" or "inbound"');
+  const m: RelayMeta = {
+    pod: str(o, 'pod', 512), direction, src: endpoint(o.src, 'src'), dst: endpoint(o.dst, 'dst'),
+    startedAt: count(o, 'startedAt'), bytesSent: count(o, 'bytesSent'), bytesRecv: count(o, 'bytesRecv'),
+  };
+  if (o.service !== undefined) {
+    const s = obj(o.service, 'service');
+    m.service = { namespace: str(s, 'namespace', MAX_NAME), name: str(s, 'name', MAX_NAME), hostname: str(s, 'hostname', MAX_TEXT) };
+  }
+  const serviceAddr = str(o, 'serviceAddr', MAX_ADDR, true);
+  if (serviceAddr) m.serviceAddr = serviceAddr;
+  if (o.policy !== undefined) {
+    const p = obj(o.policy, 'policy');
+    const src = obj(p.source, 'policy.source');
+    const dst = obj(p.destination, 'policy.destination');
+    const principal = str(src, 'principal', MAX_TEXT, true);
+    const namespace = str(src, 'namespace', MAX_NAME, true);
+    m.policy = {
+      source: { ip: str(src, 'ip', MAX_ADDR), ...(principal ? { principal } : {}), ...(namespace ? { namespace } : {}) },
+      destination: { ip: str(dst, 'ip', MAX_ADDR), port: port(dst, 'port') },
+    };
+  }
+  return m;
+}
+
+/**
+ * Parses one relay message and checks it against the descriptors that came with it: a `relays` message carries two
+ * per relay and at most `limits.perMessage` relays; the others carry none. Throws HandoverProtocolError otherwise. Pure.
+ */
+export function parseRelayMessage(data: Buffer, fdCount: number, limits: Pick<RelayLimits, 'perMessage' | 'maxMessageBytes'> = RELAY_LIMITS): RelayMessage {
+  if (data.length > limits.maxMessageBytes) throw new HandoverProtocolError(`relay message over ${limits.maxMessageBytes} bytes`);
+  let v: unknown;
+  try {
+    v = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new HandoverProtocolError('relay message is not JSON');
+  }
+  const o = obj(v, 'message');
+  if (o.v !== RELAY_HANDOVER_VERSION) throw new HandoverProtocolError(`relay message version ${JSON.stringify(o.v)} is not ${RELAY_HANDOVER_VERSION}`);
+  const noFds = (): void => {
+    if (fdCount !== 0) throw new HandoverProtocolError(`a "${String(o.type)}" message carries no descriptors (got ${fdCount})`);
+  };
+  switch (o.type) {
+    case 'relays': {
+      if (!Array.isArray(o.relays) || o.relays.length === 0 || o.relays.length > limits.perMessage) {
+        throw new HandoverProtocolError(`relay field "relays" must list 1 to ${limits.perMessage} relays`);
+      }
+      if (fdCount !== 2 * o.relays.length) throw new HandoverProtocolError(`${o.relays.length} relays need ${2 * o.relays.length} descriptors (got ${fdCount})`);
+      return { v: RELAY_HANDOVER_VERSION, type: 'relays', batch: count(o, 'batch'), relays: o.relays.map(parseRelayMeta) };
+    }
+    case 'ack': {
+      noFds();
+      const a = o.accepted;
+      if (!Array.isArray(a) || a.length > limits.perMessage || a.some((i) => !Number.isInteger(i) || (i as number) < 0 || (i as number) >= limits.perMessage) || new Set(a).size !== a.length) {
+        throw new HandoverProtocolError('relay field "accepted" must list distinct relay indexes of the batch');
+      }
+      return { v: RELAY_HANDOVER_VERSION, type: 'ack', batch: count(o, 'batch'), accepted: a as number[] };
+    }
+    case 'commit':
+      noFds();
+      return { v: RELAY_HANDOVER_VERSION, type: 'commit', batch: count(o, 'batch') };
+    case 'done':
+      noFds();
+      return { v: RELAY_HANDOVER_VERSION, type: 'done', moved: count(o, 'moved'), kept: count(o, 'kept') };
+    default:
+      throw new HandoverProtocolError(`unknown relay message type ${JSON.stringify(o.type)}`);
+  }
+}
+
+export function encodeRelayMessage(m: RelayMessage): Buffer {
+  return Buffer.from(JSON.stringify(m), 'utf8');
+}
+
+/** Splits the relays to move into batches of `perMessage`, at most `total` in all; the rest stay. Pure. */
+export function relayBatches<T>(items: readonly T[], limits: Pick<RelayLimits, 'perMessage' | 'total'>): { batches: T[][]; over: T[] } {
+  const movable = items.slice(0, limits.total);
+  const batches: T[][] = [];
+  for (let i = 0; i < movable.length; i += limits.perMessage) batches.push(movable.slice(i, i + limits.perMessage));
+  return { batches, over: items.slice(limits.total) };
+}
+
+/** What a relay hand-over did: relays moved to the successor, kept (to drain here), and why some were kept. */
+export interface RelayMoveTally {
+  moved: number;
+  kept: number;
+  reasons: Record<string, number>;
 }

@@ -5,8 +5,8 @@ import type { Duplex } from 'node:stream';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  HANDOVER_PATH, HANDOVER_PROTOCOL, HandoverProtocolError, TakeOverError, encodeHandoverMessage, parseHandoverMessage,
-  type DrainTally, type HandoverMessage,
+  HANDOVER_PATH, HANDOVER_PROTOCOL, HandoverProtocolError, RELAY_HANDOVER_VERSION, TakeOverError, encodeHandoverMessage, parseHandoverMessage,
+  type DrainTally, type HandoverMessage, type RelayMoveTally,
 } from './protocol.js';
 
 /** No protocol line is longer than this; a peer sending more is not an agent. */
@@ -147,6 +147,8 @@ export interface PredecessorHooks {
   resume(reason: string): Promise<void>;
   /** The successor is ready: forward held events, stop accepting; returns the open connections to drain. */
   handOff(): Promise<number>;
+  /** Hands plain TCP relays to the successor (it offered a relay inbox of our version); what is kept drains. */
+  moveRelays?(successorPid: number): Promise<RelayMoveTally>;
   /** Waits for open connections to end, up to the deadline; cuts the rest. */
   drain(): Promise<DrainTally>;
   /** Everything is done: stop and exit (0). */
@@ -188,9 +190,17 @@ export async function servePredecessor(conn: Duplex, head: Buffer, hooks: Predec
     await hooks.resume(describe(err));
     return;
   }
-  const connections = await hooks.handOff();
-  log.info({ successorPid: ready.pid, connections, drainSeconds }, 'successor ready: listeners closed, draining');
-  channel.send({ type: 'draining', connections, deadlineSeconds: drainSeconds });
+  let connections = await hooks.handOff();
+  let moved: number | undefined;
+  if (ready.relays === RELAY_HANDOVER_VERSION && hooks.moveRelays) {
+    const t0 = process.hrtime.bigint();
+    const tally = await hooks.moveRelays(ready.pid);
+    moved = tally.moved;
+    connections = Math.max(0, connections - tally.moved);
+    log.info({ ...tally, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'plain TCP relays handed over to the successor');
+  }
+  log.info({ successorPid: ready.pid, connections, moved, drainSeconds }, 'successor ready: listeners closed, draining');
+  channel.send({ type: 'draining', connections, deadlineSeconds: drainSeconds, ...(moved !== undefined ? { moved } : {}) });
   const tally = await hooks.drain();
   channel.send({ type: 'drained', drained: tally.drained, cut: tally.cut });
   // Ended here, not by our exit: the event server's close waits for every connection, this one included.

@@ -1,4 +1,4 @@
-// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts).
+// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts, sendmsg/recvmsg for fd passing).
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
@@ -20,6 +20,24 @@ export const CLONE_NEWNET = 0x40000000;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const EWOULDBLOCK = 11;
+export const AF_UNIX = 1;
+export const SOCK_SEQPACKET = 5;
+export const SO_TYPE = 3;
+export const SO_PEERCRED = 17;
+export const SO_DOMAIN = 39;
+export const MSG_CTRUNC = 0x8;
+export const MSG_TRUNC = 0x20;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const SCM_RIGHTS = 1;
+
+/** struct iovec and struct msghdr (x86_64 / aarch64 layout), for sendmsg/recvmsg with ancillary data (fd passing). */
+const iovec = koffi.struct('ambient_iovec', { iov_base: 'void *', iov_len: 'size_t' });
+const msghdr = koffi.struct('ambient_msghdr', {
+  msg_name: 'void *', msg_namelen: 'uint32_t', msg_iov: koffi.pointer(iovec), msg_iovlen: 'size_t',
+  msg_control: 'void *', msg_controllen: 'size_t', msg_flags: 'int',
+});
 
 const fns = {
   setns: libc.func('int setns(int fd, int nstype)'),
@@ -28,6 +46,11 @@ const fns = {
   getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
   bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
   listen: libc.func('int listen(int fd, int backlog)'),
+  connect: libc.func('int connect(int fd, const void *addr, uint32_t addrlen)'),
+  accept4: libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)'),
+  sendmsg: libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']),
+  recvmsg: libc.func('recvmsg', 'intptr_t', ['int', koffi.inout(koffi.pointer(msghdr)), 'int']),
+  poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   close: libc.func('int close(int fd)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
@@ -63,7 +86,7 @@ export class SyscallError extends AmbientError<'AMB_ERR_SYSCALL'> {
 
 const ERRNO_NAMES: Record<number, string> = {
   1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 11: 'EWOULDBLOCK', 13: 'EACCES', 22: 'EINVAL', 24: 'EMFILE',
-  92: 'ENOPROTOOPT', 98: 'EADDRINUSE', 99: 'EADDRNOTAVAIL',
+  32: 'EPIPE', 92: 'ENOPROTOOPT', 98: 'EADDRINUSE', 99: 'EADDRNOTAVAIL', 104: 'ECONNRESET', 111: 'ECONNREFUSED',
 };
 
 function check(syscall: string, rc: number, detail?: string): number {
@@ -100,6 +123,72 @@ export function listen(fd: number, backlog: number): void {
   check('listen', fns.listen(fd, backlog) as number);
 }
 
+/** connect(2); false when a non-blocking socket would block (EAGAIN: a Unix listener's backlog is full). */
+export function connect(fd: number, addr: Buffer): boolean {
+  if ((fns.connect(fd, addr, addr.length) as number) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === EWOULDBLOCK) return false;
+  throw new SyscallError('connect', errno);
+}
+
+/** accept4(2) without the peer's address; undefined when a non-blocking listener has nothing queued. */
+export function accept(fd: number, flags: number): number | undefined {
+  const rc = fns.accept4(fd, null, null, flags) as number;
+  if (rc >= 0) return rc;
+  const errno = koffi.errno();
+  if (errno === EWOULDBLOCK) return undefined;
+  throw new SyscallError('accept4', errno);
+}
+
+/** sendmsg(2) of one buffer with a control buffer; undefined when it would block (EAGAIN). */
+export function sendmsg(fd: number, data: Buffer, control: Buffer | null, flags: number): number | undefined {
+  const msg = {
+    msg_name: null, msg_namelen: 0, msg_iov: [{ iov_base: data, iov_len: data.length }], msg_iovlen: 1,
+    msg_control: control, msg_controllen: control?.length ?? 0, msg_flags: 0,
+  };
+  const rc = Number(fns.sendmsg(fd, msg, flags));
+  if (rc >= 0) return rc;
+  const errno = koffi.errno();
+  if (errno === EWOULDBLOCK) return undefined;
+  throw new SyscallError('sendmsg', errno);
+}
+
+/**
+ * recvmsg(2) into `data` and `control`; undefined when it would block (EAGAIN). Returns the byte count (0: the peer
+ * closed), the control bytes the kernel filled in and msg_flags (MSG_TRUNC, MSG_CTRUNC).
+ */
+export function recvmsg(fd: number, data: Buffer, control: Buffer, flags: number): { bytes: number; controlLength: number; flags: number } | undefined {
+  const msg = {
+    msg_name: null, msg_namelen: 0, msg_iov: [{ iov_base: data, iov_len: data.length }], msg_iovlen: 1,
+    msg_control: control, msg_controllen: control.length, msg_flags: 0,
+  };
+  const rc = Number(fns.recvmsg(fd, msg, flags));
+  if (rc < 0) {
+    const errno = koffi.errno();
+    if (errno === EWOULDBLOCK) return undefined;
+    throw new SyscallError('recvmsg', errno);
+  }
+  return { bytes: rc, controlLength: Number(msg.msg_controllen), flags: msg.msg_flags };
+}
+
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+
+/**
+ * Waits on a libuv worker thread (koffi async) until `fd` has one of `events` or `timeoutMs` passes: the event loop
+ * stays free and wakes as soon as the kernel says so. Resolves the revents (0 on timeout or error).
+ */
+export function pollAsync(fd: number, events: number, timeoutMs: number): Promise<number> {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  pfd.writeInt16LE(events, 4);
+  return new Promise((resolve) => {
+    (fns.poll as unknown as { async: (...a: unknown[]) => void }).async(pfd, 1, Math.max(0, Math.floor(timeoutMs)), (err: unknown, rc: number) => {
+      resolve(err || rc <= 0 ? 0 : pfd.readInt16LE(6));
+    });
+  });
+}
+
 /** A second descriptor for the same socket, close-on-exec (F_DUPFD_CLOEXEC). */
 export function dupCloexec(fd: number): number {
   return check('fcntl', fns.fcntl(fd, 1030, 0) as number, 'F_DUPFD_CLOEXEC');
@@ -115,6 +204,16 @@ export function flock(fd: number, operation: number): boolean {
 
 export function close(fd: number): void {
   fns.close(fd);
+}
+
+/** struct sockaddr_un for a filesystem path (at most 107 bytes). */
+export function sockaddrUn(path: string): Buffer {
+  const p = Buffer.from(path, 'utf8');
+  if (p.length > 107 || p.includes(0)) throw new Error(`Unix socket path too long or malformed: ${path}`);
+  const buf = Buffer.alloc(2 + 108);
+  buf.writeUInt16LE(AF_UNIX, 0);
+  p.copy(buf, 2);
+  return buf;
 }
 
 /** struct sockaddr_in for an IPv4 address and port. */

@@ -1,7 +1,9 @@
 // Pod enrolment's one entry point: the plugin's commands, re-adoption and repair, late enrolment, and the views of
 // what is enrolled. The work lives in cni-commands.ts, adoption.ts and late-enrolment.ts over attachments.ts.
 import type { ConnectionSnapshot } from '../forwarder/connections.js';
-import type { ForwarderStats, MeshContext } from '../forwarder/pod-forwarder.js';
+import type { ForwarderStats, MeshContext, MovableRelay } from '../forwarder/pod-forwarder.js';
+import type { RelayMeta } from '../handover/protocol.js';
+import { closeAll } from '../platform/fd-passing.js';
 import type { Logger } from '../log.js';
 import type { CniEvent, EventVerdict, GcEvent } from '../protocol/cni-event.js';
 import type { RedirectBackend } from '../redirect/types.js';
@@ -62,6 +64,26 @@ export class Enroller {
       opened += l.forwarder.stats.outbound.opened + l.forwarder.stats.inbound.opened;
     }
     return { open, opened };
+  }
+
+  /** Plain TCP relays of every enrolled pod that a take-over may hand to the successor, with the pod's key. */
+  movableRelays(): { pod: string; relay: MovableRelay }[] {
+    return [...this.attachments.live.entries()].flatMap(([pod, l]) => l.forwarder.movableRelays().map((relay) => ({ pod, relay })));
+  }
+
+  /** True when pod `key` has a forwarder here that can take a relay handed over by a predecessor. */
+  canAdoptRelay(key: string): boolean {
+    return this.attachments.live.get(key)?.forwarder.listening ?? false;
+  }
+
+  /** Carries on a relay a predecessor handed over (see PodForwarder.adoptRelay); throws when the pod is not here. */
+  adoptRelay(meta: RelayMeta, downFd: number, upFd: number): void {
+    const live = this.attachments.live.get(meta.pod);
+    if (!live) {
+      closeAll([downFd, upFd]);
+      throw new Error(`pod ${meta.pod} is not enrolled here`);
+    }
+    live.forwarder.adoptRelay(meta, downFd, upFd);
   }
 
   /** A take-over's hand-off: every pod's listeners close (their queues migrate), open relays go on. */
