@@ -116,19 +116,25 @@ async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> 
   return out;
 }
 
+/** Two nodes: a mesh client (node 0), a mesh echo server (node 1) and a non-mesh pod (node 0); agents drain `drain` s. */
+async function twoNodes(t: ExecutionContext, mode: RedirectMode, drain: number): Promise<{ tb: Testbed; client: TestbedPod; server: TestbedPod; outsider: TestbedPod }> {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(drain)] });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('plain', {});
+  const [client, server, outsider] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+    { node: 0, namespace: 'plain', name: 'outsider' },
+  ]);
+  if (!client || !server || !outsider) throw new Error('pods missing');
+  void server.spawn(PY, [ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
+  await server.waitForPort(ECHO_PORT);
+  return { tb, client, server, outsider };
+}
+
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; ${TAKEOVERS} take-overs in a row leak nothing`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(DRAIN_SECONDS)] });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('plain', {});
-    const [client, server, outsider] = await tb.addPods([
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
-      { node: 0, namespace: 'plain', name: 'outsider' },
-    ]);
-    if (!client || !server || !outsider) throw new Error('pods missing');
-    void server.spawn(PY, [ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
-    await server.waitForPort(ECHO_PORT);
+    const { tb, client, server, outsider } = await twoNodes(t, mode, DRAIN_SECONDS);
     const agents = [tb.agent(0), tb.agent(1)];
     const before = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
 
@@ -301,17 +307,7 @@ except OSError as e:
 
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] kill -9 of the predecessor during its drain, then of the successor: the draining stream is cut, new connections keep working, then are refused; nothing in clear on the wire; a later agent recovers`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', '60'] });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('plain', {});
-    const [client, server, outsider] = await tb.addPods([
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
-      { node: 0, namespace: 'plain', name: 'outsider' },
-    ]);
-    if (!client || !server || !outsider) throw new Error('pods missing');
-    void server.spawn(PY, [ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
-    await server.waitForPort(ECHO_PORT);
+    const { tb, client, server, outsider } = await twoNodes(t, mode, 60);
     const marker = `TAKEOVER-KILL9-${randomBytes(12).toString('hex')}`;
     const fabric = await captureFabric(tb, `takeover-kill9-${mode}-fabric`);
     const veth = await captureNodeLink(tb, 1, await hostVeth(tb, server), `takeover-kill9-${mode}-web`);

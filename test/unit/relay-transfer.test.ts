@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { RELAY_LIMITS, relayInboxPath, type RelayLimits, type RelayMeta } from '../../agent/src/handover/protocol.js';
 import { RelayInbox, sendRelays, type OutgoingRelay } from '../../agent/src/handover/relay-transfer.js';
 import { pauseRelay } from '../../agent/src/forwarder/relay-pause.js';
@@ -83,14 +83,26 @@ function movable(down: net.Socket, up: net.Socket, moved: { count: number }): Ou
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-test.serial('a relay moves to the inbox while a counter stream and its echo flow: byte-exact, the old sockets closed, the new ones carry on', async (t) => {
+/** A scratch folder for an inbox, removed at the end. */
+function scratchDir(t: ExecutionContext): string {
   const dir = mkdtempSync(join(tmpdir(), 'relay-inbox-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** One relay to an echo server with a counter stream flowing through it (for 100 ms already), and a scratch folder. */
+async function streamingRelay(t: ExecutionContext) {
+  const dir = scratchDir(t);
   const relay = await relayTo(await echoServer(t));
   t.teardown(relay.close);
   const client = counterClient(relay.listenPort);
   const { down, up } = await relay.pair;
   await delay(100);
+  return { dir, client, down, up };
+}
+
+test.serial('a relay moves to the inbox while a counter stream and its echo flow: byte-exact, the old sockets closed, the new ones carry on', async (t) => {
+  const { dir, client, down, up } = await streamingRelay(t);
   const inbox = RelayInbox.open(relayInboxPath(dir, process.pid));
   const adopted: { meta: RelayMeta; down: net.Socket; up: net.Socket }[] = [];
   const serving = inbox.serve(process.pid, {
@@ -125,13 +137,7 @@ test.serial('a relay moves to the inbox while a counter stream and its echo flow
 });
 
 test.serial('a successor that does not acknowledge in time: the relay stays and carries on byte-exact; the inbox closes its copies', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'relay-inbox-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const relay = await relayTo(await echoServer(t));
-  t.teardown(relay.close);
-  const client = counterClient(relay.listenPort);
-  const { down, up } = await relay.pair;
-  await delay(100);
+  const { dir, client, down, up } = await streamingRelay(t);
   const limits: RelayLimits = { ...RELAY_LIMITS, ackMs: 200 };
   const inbox = RelayInbox.open(relayInboxPath(dir, process.pid));
   let adopts = 0;
@@ -153,8 +159,7 @@ test.serial('a successor that does not acknowledge in time: the relay stays and 
 });
 
 test.serial('no inbox at the path, or one owned by another pid: every relay stays', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'relay-inbox-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = scratchDir(t);
   const fake = { pod: 'p', relay: { pause: () => undefined, describe: () => { throw new Error('unused'); }, handedOver: () => undefined } };
   const none = await sendRelays(join(dir, 'absent.sock'), process.pid, [fake], { ...RELAY_LIMITS, ackMs: 100 }, log);
   t.deepEqual(none, { moved: 0, kept: 1, reasons: { 'no relay inbox': 1 } });
@@ -166,8 +171,7 @@ test.serial('no inbox at the path, or one owned by another pid: every relay stay
 });
 
 test.serial('256 relays move in 16 batches while each carries a counter stream: all byte-exact (time logged)', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'relay-inbox-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = scratchDir(t);
   const echo = await echoServer(t);
   const n = 256;
   const relays = await Promise.all(Array.from({ length: n }, () => relayTo(echo)));
