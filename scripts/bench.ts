@@ -14,6 +14,7 @@ import { benchRedirect, type RedirectOpts, type RedirectResult, reportRedirect }
 import { benchServices, reportServices, type ServicesOpts, type ServicesResult } from './bench/services.js';
 import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './bench/scale.js';
 import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/source-rss.js';
+import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -42,15 +43,16 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --table-services N   Services in the in-process lookup table of the services comparison (default 5000)
   --scale-sizes LIST   remote pods in the scale part's directories (default 10000,50000)
   --scale-updates N    one-pod changes per scale run (default 30)
-  --only WHAT          add | datapath | redirect | services | scale (default: all five)
+  --source-mode M      backend of the source preservation comparison, on vs off (default iptables)
+  --only WHAT          add | datapath | redirect | services | scale | source (default: all six)
   --out FILE           raw results (default .bench/results.json)`;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
   agentNodeFlags: string[];
-  only: 'add' | 'datapath' | 'redirect' | 'services' | 'scale' | undefined;
+  only: 'add' | 'datapath' | 'redirect' | 'services' | 'scale' | 'source' | undefined;
   out: string;
 }
 
@@ -76,6 +78,7 @@ function parseOpts(argv: string[]): Opts {
       conns: { type: 'string', default: '200' },
       'rr-blocks': { type: 'string', default: '3' },
       only: { type: 'string' },
+      'source-mode': { type: 'string', default: 'iptables' },
       'table-services': { type: 'string', default: '5000' },
       'scale-sizes': { type: 'string', default: '10000,50000' },
       'scale-updates': { type: 'string', default: '30' },
@@ -107,7 +110,9 @@ function parseOpts(argv: string[]): Opts {
   const nodeFlags = values['agent-node-flags'].split(/\s+/).filter((f) => f !== '');
   for (const f of nodeFlags) if (!f.startsWith('--')) throw new UsageError(`--agent-node-flags: ${f} is not a node flag`);
   const only = values.only;
-  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services' && only !== 'scale') throw new UsageError(`--only must be add, datapath, redirect, services or scale, got ${only}`);
+  if (only !== undefined && only !== 'add' && only !== 'datapath' && only !== 'redirect' && only !== 'services' && only !== 'scale' && only !== 'source') throw new UsageError(`--only must be add, datapath, redirect, services, scale or source, got ${only}`);
+  const sourceMode = backends('source-mode', values['source-mode']);
+  if (sourceMode.length !== 1) throw new UsageError('--source-mode: give one backend');
   return {
     modes,
     datapathModes,
@@ -132,6 +137,7 @@ function parseOpts(argv: string[]): Opts {
     scaleUpdates: int('scale-updates', values['scale-updates'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
+    sourceMode: sourceMode[0] as RedirectMode,
     out: values.out,
   };
 }
@@ -187,6 +193,7 @@ async function main(): Promise<number> {
   let services: ServicesResult | undefined;
   let scale: ScaleResult | undefined;
   let sourceRss: SourceRssResult | undefined;
+  let source: SourceResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -194,6 +201,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'services') services = await benchServices(o);
     if (o.only === undefined || o.only === 'scale') scale = await benchScale(o);
     if (o.only === undefined || o.only === 'scale') sourceRss = await benchSourceRss(3);
+    if (o.only === undefined || o.only === 'source') source = await benchSource(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -221,6 +229,7 @@ async function main(): Promise<number> {
   if (services) reportServices(o, services, lines);
   if (scale) reportScale(o, scale, lines);
   if (sourceRss) reportSourceRss(sourceRss, lines);
+  if (source) reportSource(o, source, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -240,6 +249,7 @@ async function main(): Promise<number> {
     services,
     scale,
     sourceRss,
+    source,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

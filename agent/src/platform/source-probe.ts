@@ -30,7 +30,7 @@ export function probeTransparentBind(): string[] {
       setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
     } catch (err) {
       const eperm = err instanceof SyscallError && err.errnoName === 'EPERM';
-      return [eperm ? 'setting IP_TRANSPARENT was refused (EPERM): the agent needs CAP_NET_ADMIN' : `IP_TRANSPARENT is not supported (${(err as Error).message})`];
+      return [eperm ? 'setting IP_TRANSPARENT was refused (EPERM): the agent needs CAP_NET_ADMIN (or CAP_NET_RAW)' : `IP_TRANSPARENT is not supported (${(err as Error).message})`];
     }
     try {
       setsockoptInt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT');
