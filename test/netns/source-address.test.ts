@@ -3,7 +3,51 @@
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
-import { AMBIENT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
+import { randomBytes } from 'node:crypto';
+import { captureNodeLink, countOccurrences } from './capture-wire.js';
+import { AMBIENT, agentPod, ask, eventually, hasOurRules, hostVeth, podRules, startEcho } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+
+/** The server app of the kill test: to every client, lines of the marker in 4 KiB chunks every 2 ms until it fails. */
+const STREAM_SERVER = `
+import socket, sys, threading, time
+port, marker = int(sys.argv[1]), sys.argv[2]
+chunk = ((marker + '\\n') * (4096 // (len(marker) + 1))).encode()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', port)); s.listen(8)
+def serve(c):
+    try:
+        while True:
+            c.sendall(chunk); time.sleep(0.002)
+    except OSError: pass
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+/** iptables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
+const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
+
+/**
+ * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
+ * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
+ * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
+ */
+async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number): Promise<{ markersOut: number; received: number; captured: number }> {
+  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
+  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), `src-kill-${server.name}`);
+  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
+  await server.waitForPort(port);
+  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
+  await tb.agent(server.node.index).kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 2000));
+  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
+  await tb.agent(server.node.index).start();
+  const received = Number(String((await reader).stdout).trim()) || 0;
+  const raw = (await cap.stop()).raw;
+  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length };
+}
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
@@ -80,6 +124,13 @@ for (const mode of MODES) {
     const out = await ask(productpage, legacy.ip, 8080, 'outbound');
     t.true(out.ok && out.output.endsWith(`from ${productpage.ip}`), out.output);
 
+    // The destination agent killed while the app streams to the mesh client: nothing leaves toward the client in clear.
+    const k = await killWhileAppStreams(tb, productpage, sleep, 9092);
+    t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
+    t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
+    t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear after the agent died');
+    t.log(`${mode}: kill -9 while the app streams: ${k.received} bytes received, ${k.captured} bytes captured, ${k.markersOut} markers in clear`);
+
     // What the backend installed reads back in sync; DEL removes every piece (rule, route, chains).
     const report = await podRulesReport(tb, productpage);
     t.true(report?.ok, `rules in sync: ${JSON.stringify(report)}`);
@@ -129,7 +180,7 @@ netnsTest.serial('[iptables] source.ip / ipBlocks in an AuthorizationPolicy matc
   t.true((stats?.denied ?? 0) >= 2, `denied by policy: ${JSON.stringify(stats)}`);
 });
 
-netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP), and no reply routing is installed', async (t) => {
+netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP) and no reply routing is installed; turned on again, a restart converges', async (t) => {
   const tb = await withTestbed(t, { nodes: 2, redirectMode: 'iptables', agentArgs: ['--preserve-source', 'false'] });
   await tb.setNamespace('app', AMBIENT);
   await tb.setNamespace('legacy', {});
@@ -147,20 +198,11 @@ netnsTest.serial('[iptables] with --preserve-source false the app sees the agent
   const pieces = await replyPieces(productpage);
   t.notRegex(pieces, /fwmark 0x111|local default|AMBIENT_/, pieces);
   t.true((await podRulesReport(tb, productpage))?.ok);
-});
 
-netnsTest.serial('[nftables] turning --preserve-source off and on again across restarts converges the pod\'s pieces', async (t) => {
-  const tb = await withTestbed(t, { nodes: 1, redirectMode: 'nftables', agentArgs: ['--preserve-source', 'false'] });
-  await tb.setNamespace('app', AMBIENT);
-  await tb.setNamespace('legacy', {});
-  const [productpage, legacy] = await tb.addPods([{ node: 0, namespace: 'app', name: 'productpage' }, { node: 0, namespace: 'legacy', name: 'legacy' }]);
-  if (!productpage || !legacy) throw new Error('pods missing');
-  await startEcho(productpage, 9080);
-  t.true((await ask(legacy, productpage.ip, 9080, 'off')).output.endsWith(`from ${productpage.ip}`));
-  const agent = tb.agent(0);
+  // Back to the default (on) across a restart: re-adoption installs the missing pieces, the app sees its clients.
+  const agent = tb.agent(1);
   await agent.stop();
-  const flag = agent.spec.extraArgs.indexOf('--preserve-source');
-  agent.spec.extraArgs.splice(flag, 2); // back to the default: on
+  agent.spec.extraArgs.splice(agent.spec.extraArgs.indexOf('--preserve-source'), 2);
   await agent.start();
   const on = await eventually(() => ask(legacy, productpage.ip, 9080, 'on'), (a) => a.output.endsWith(`from ${legacy.ip}`), 10_000);
   t.true(on.ok && on.output.endsWith(`from ${legacy.ip}`), on.output);
