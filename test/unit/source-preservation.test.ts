@@ -82,3 +82,10 @@ test('the upstream socket binds the client\'s address only when preserving it an
   t.is(upstreamSource('fd00::1', true), undefined, 'IPv6 is not carried yet');
   t.is(upstreamSource('not-an-ip', true), undefined);
 });
+
+test('one iptables-save of every table is split into the nat and mangle parts', (t) => {
+  const save = ['# Generated', '*mangle', ':PREROUTING ACCEPT [0:0]', '-A PREROUTING -j AMBIENT_PRERT', 'COMMIT', '# Completed', '*nat', ':OUTPUT ACCEPT [0:0]', '-A OUTPUT -j AMBIENT_OUTPUT', 'COMMIT', ''].join('\n');
+  t.is(ipt.tableSection(save, 'mangle'), '*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j AMBIENT_PRERT\nCOMMIT');
+  t.deepEqual(ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD), ['-A OUTPUT -j AMBIENT_OUTPUT']);
+  t.is(ipt.tableSection('*filter\nCOMMIT\n', 'nat'), '', 'a table that is not there (never used in this namespace)');
+});

@@ -72,23 +72,24 @@ class IptablesBackend implements RedirectBackend {
   }
 
   /**
-   * IPv4 and IPv6 in parallel: each family's tools and tables are separate. The mangle rules (source preservation) go
-   * in before the reply routing, both before the nat capture: once inbound is redirected, the agent dials from the client.
+   * IPv4 and IPv6 in parallel: each family's tools and tables are separate. Source preservation's pieces go in first
+   * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
+   * agent dials the app from the client's address and the app's replies must already find their way back.
    */
   async installPod(netns: Netns, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     await applyReplyRouting(netns, this.preserveSource);
     await Promise.all(FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
+      const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
+      const currentMangle = ipt.tableSection(save, 'mangle');
       const mangle = this.mangleRules(family);
-      const currentMangle = opts.fresh ? '' : await runTool(tools.save, ['-t', 'mangle'], { netns: netns.toolPath });
       if (mangle.length > 0) {
         const input = ipt.restoreInput(currentMangle, POD_CHAINS, mangle, ipt.podJumpRules(), 'mangle');
         await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
       } else if (hasOwnChains(currentMangle)) {
         await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(currentMangle, POD_CHAINS, 'mangle') });
       }
-      const current = opts.fresh ? '' : await runTool(tools.save, ['-t', 'nat'], { netns: netns.toolPath });
-      const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
+      const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
       await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     }));
   }
@@ -96,11 +97,12 @@ class IptablesBackend implements RedirectBackend {
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
   async verifyPod(netns: Netns): Promise<RuleDrift> {
     const per = await Promise.all(FAMILIES.map(async (family) => {
-      const [nat, mangle] = await Promise.all(['nat', 'mangle'].map((t) => runTool(ipt.TOOLS[family].save, ['-t', t], { netns: netns.toolPath })));
+      const save = await runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath }); // every table in one exec
+      const [nat, mangle] = [ipt.tableSection(save, 'nat'), ipt.tableSection(save, 'mangle')];
       const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
-      const actualNat = ipt.ownedNatLines(nat ?? '', POD_CHAINS);
+      const actualNat = ipt.ownedNatLines(nat, POD_CHAINS);
       const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
-      const actualMangle = ipt.ownedNatLines(mangle ?? '', POD_CHAINS);
+      const actualMangle = ipt.ownedNatLines(mangle, POD_CHAINS);
       const wantMangle = this.mangleRules(family);
       const dm = ipt.diffOwned(wantMangle.length ? [...ipt.podJumpRules(), ...wantMangle] : [], actualMangle);
       const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);

@@ -81,6 +81,15 @@ export function hostJumpRules(): string[] {
   return [`-A POSTROUTING -j ${HOST_CHAIN}`];
 }
 
+/** The part of a whole `iptables-save` (every table) that belongs to one table, as `iptables-save -t <table>` prints it. */
+export function tableSection(save: string, table: PodTable): string {
+  const lines = save.split('\n');
+  const start = lines.findIndex((l) => l.trim() === `*${table}`);
+  if (start < 0) return '';
+  const end = lines.findIndex((l, i) => i > start && l.trim() === 'COMMIT');
+  return lines.slice(start, end < 0 ? undefined : end + 1).join('\n');
+}
+
 /** Lines of `iptables-save -t nat` (or `-t mangle`) that belong to us: our chains' rules and the jumps into them. */
 export function ownedNatLines(save: string, chains: readonly string[]): string[] {
   return save
