@@ -13,6 +13,10 @@
 // A socket whose SYN was captured is tagged (socket storage): its later packets are always re-injected, even when the
 // agent's socket for the flow is gone (agent killed, connection reset), so the stack resets them inside the pod; without
 // the tag, segments an app sent before taking the reset in left the pod in clear.
+// Inbound source preservation needs nothing more: the agent's upstream socket to the app is bound (IP_TRANSPARENT) to
+// the client's address, so the app's replies leave through eth0 egress toward the client, where the flow lookup finds
+// the agent's socket: they are re-injected like outbound flows (mark 0x1000, local table) and reach that socket. The
+// app's socket is tagged then too, so its later packets never leave the pod in clear toward the client.
 // IPv4 only for now: IPv6 TCP is not captured, so it is refused both ways (never bypasses the mesh): a connection-opening
 // SYN is turned into the RST a closed port would send and handed back to its sender (the app or the peer is refused at
 // once, as with ip6tables' redirect to a port nobody listens on), anything else is dropped. The rest of IPv6 (ICMPv6
@@ -389,6 +393,10 @@ int ambient_out(struct __sk_buff *skb)
 		int state = flow_state(skb, &f.tuple, 0);
 		if (state < 0 || state == TCP_LISTEN)
 			return TC_ACT_OK;
+		/* The agent owns the flow: from now on the socket is captured, so its packets stay in the pod even once the
+		 * agent's socket is gone. This is also how inbound source preservation works here: the app's replies to a
+		 * client address the agent's transparent upstream socket is bound to find that socket and come back to it. */
+		tag_captured(skb);
 	}
 	skb->mark = (skb->mark & ~OUTBOUND_MARK) | OUTBOUND_MARK;
 	if (f.syn) {

@@ -15,6 +15,7 @@ import { benchServices, reportServices, type ServicesOpts, type ServicesResult }
 import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './bench/scale.js';
 import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/source-rss.js';
 import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult } from './bench/takeover.js';
+import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -43,14 +44,15 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --table-services N   Services in the in-process lookup table of the services comparison (default 5000)
   --scale-sizes LIST   remote pods in the scale part's directories (default 10000,50000)
   --scale-updates N    one-pod changes per scale run (default 30)
+  --source-mode M      backend of the source preservation comparison, on vs off (default iptables)
   --takeover-modes L   backends of the take-over part (default iptables,nftables,ebpf)
   --takeover-steady S  seconds of steady state measured before the take-overs (default 8)
-  --only WHAT          add | datapath | redirect | services | scale | takeover (default: all six)
+  --only WHAT          add | datapath | redirect | services | scale | source | takeover (default: all seven)
   --out FILE           raw results (default .bench/results.json)`;
 
-const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'takeover'] as const;
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover'] as const;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, TakeoverOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -81,6 +83,7 @@ function parseOpts(argv: string[]): Opts {
       conns: { type: 'string', default: '200' },
       'rr-blocks': { type: 'string', default: '3' },
       only: { type: 'string' },
+      'source-mode': { type: 'string', default: 'iptables' },
       'table-services': { type: 'string', default: '5000' },
       'scale-sizes': { type: 'string', default: '10000,50000' },
       'takeover-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
@@ -116,6 +119,8 @@ function parseOpts(argv: string[]): Opts {
   const only = values.only;
   const isOnly = (v: string): v is (typeof ONLY)[number] => (ONLY as readonly string[]).includes(v);
   if (only !== undefined && !isOnly(only)) throw new UsageError(`--only must be one of ${ONLY.join(', ')}, got ${only}`);
+  const sourceMode = backends('source-mode', values['source-mode']);
+  if (sourceMode.length !== 1) throw new UsageError('--source-mode: give one backend');
   return {
     modes,
     datapathModes,
@@ -142,6 +147,7 @@ function parseOpts(argv: string[]): Opts {
     steadySeconds: int('takeover-steady', values['takeover-steady'], 2),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
+    sourceMode: sourceMode[0] as RedirectMode,
     out: values.out,
   };
 }
@@ -198,6 +204,7 @@ async function main(): Promise<number> {
   let scale: ScaleResult | undefined;
   let sourceRss: SourceRssResult | undefined;
   let takeover: TakeoverResult[] = [];
+  let source: SourceResult | undefined;
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -206,6 +213,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'scale') scale = await benchScale(o);
     if (o.only === undefined || o.only === 'scale') sourceRss = await benchSourceRss(3);
     if (o.only === undefined || o.only === 'takeover') takeover = await benchTakeover(o);
+    if (o.only === undefined || o.only === 'source') source = await benchSource(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -234,6 +242,7 @@ async function main(): Promise<number> {
   if (scale) reportScale(o, scale, lines);
   if (sourceRss) reportSourceRss(sourceRss, lines);
   if (takeover.length > 0) reportTakeover(takeover, lines);
+  if (source) reportSource(o, source, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -254,6 +263,7 @@ async function main(): Promise<number> {
     scale,
     sourceRss,
     takeover,
+    source,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

@@ -81,6 +81,7 @@ async function main(): Promise<void> {
     say(`   notsleep    -> productpage: ${await echo(notsleep, productpage, 9090, 'hi')}`);
     say(`   legacy/curl -> productpage: ${await echo(curlPod, productpage, 9090, 'plain')}   (inbound still captured)`);
     say(`   legacy/curl -> httpbin:     ${await echo(curlPod, httpbin, 9090, 'direct')}   (neither side enrolled: untouched)`);
+    say(`   productpage sees each client's own IP (sleep ${sleep.ip}, notsleep ${notsleep.ip}, curl ${curlPod.ip}): inbound source preservation; with --preserve-source=false it would see the agent, i.e. its own IP ${productpage.ip}`);
     const data = randomBytes(4 * 1024 * 1024);
     const sink = productpage.spawn('sh', ['-c', 'ncat -l 9000 --recv-only | sha256sum'], { timeout: 30_000 });
     await productpage.waitForPort(9000);

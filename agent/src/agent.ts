@@ -18,6 +18,7 @@ import { EventServer } from './server/event-server.js';
 import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { selfNetns } from './platform/netns.js';
+import { probeSourcePreservation } from './platform/source-probe.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
 import { NativeHbone } from './hbone/native.js';
@@ -93,7 +94,7 @@ export class Agent {
     const caReady = openCa(cfg);
     caReady.catch(() => undefined); // reported by start()
     const [backend, source] = await Promise.all([
-      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup }),
+      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup, preserveSource: cfg.preserveSource }),
       createWorkloadSource(cfg, log.child({ component: 'workloads' })),
     ]);
     return new Agent(cfg, log, { backend, source, caReady }, hooks);
@@ -141,6 +142,7 @@ export class Agent {
       trustDomain: cfg.trustDomain,
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
+      preserveSource: cfg.preserveSource,
     }, this.metrics);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
@@ -212,6 +214,10 @@ export class Agent {
     await this.source.prepare?.(); // a broken kubeconfig stops the agent here, before any rule is installed on the node
     this.notReadyReason = 'probing the kernel for the redirection backend';
     await this.backend.prepare();
+    if (this.cfg.preserveSource) {
+      this.notReadyReason = 'probing the kernel for inbound source preservation';
+      await probeSourcePreservation(); // fail closed and clear: never a silent fallback to the agent's own address
+    }
     this.notReadyReason = 'installing node rules';
     await this.backend.installHost();
     this.notReadyReason = 'loading workloads';

@@ -28,6 +28,8 @@ export interface AgentConfig {
   logLevel: LevelWithSilent;
   /** Log a line for every connection that ends well (failed and refused ones are always logged). */
   accessLog: boolean;
+  /** Inbound source preservation: the app sees the client's address as the peer (IP_TRANSPARENT + in-pod reply routing). */
+  preserveSource: boolean;
   /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
@@ -74,6 +76,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   redirectMode: 'iptables',
   logLevel: 'info',
   accessLog: true,
+  preserveSource: true,
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   drainSeconds: 30,
@@ -148,6 +151,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (accessLog !== true && accessLog !== false && accessLog !== 'true' && accessLog !== 'false') {
     throw new ConfigError(`accessLog must be true or false, got ${JSON.stringify(accessLog)}`);
   }
+  const preserveSource = merged.preserveSource ?? CONFIG_DEFAULTS.preserveSource;
+  if (preserveSource !== true && preserveSource !== false && preserveSource !== 'true' && preserveSource !== 'false') {
+    throw new ConfigError(`preserveSource must be true or false, got ${JSON.stringify(preserveSource)}`);
+  }
   const workloadSource = merged.workloadSource ?? 'files';
   if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
@@ -200,6 +207,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     redirectMode: redirectMode as RedirectMode,
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',
+    preserveSource: preserveSource === true || preserveSource === 'true',
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     drainSeconds,

@@ -107,7 +107,7 @@ export function pooled(blocks: RrSamples[]): RrResult {
   };
 }
 
-async function runIperf(o: DatapathOpts, r: Route, agents: AgentProcess[], stunnelPids: (number | undefined)[]): Promise<IperfResult> {
+export async function runIperf(o: DatapathOpts, r: Route, agents: AgentProcess[], stunnelPids: (number | undefined)[]): Promise<IperfResult> {
   const srv = r.server.spawn(...onCpu(o, r.server, 'iperf3', ['-s', '-1', '-p', String(IPERF_PORT)]), {
     reject: false,
     timeout: (o.iperfSeconds + 60) * 1000,

@@ -50,9 +50,9 @@ export interface PodRules {
   ebpf: string;
 }
 
-/** Everything of ours a pod could hold: iptables-save of the nat table, the nft ruleset and the ebpf pieces. */
+/** Everything of ours a pod could hold: iptables-save of the nat and mangle tables, the nft ruleset and the ebpf and reply-routing pieces. */
 export async function podRules(pod: TestbedPod): Promise<PodRules> {
-  const ipt = await pod.exec('iptables-save', ['-t', 'nat'], { reject: false });
+  const ipt = await pod.exec('sh', ['-c', 'iptables-save -t nat; iptables-save -t mangle'], { reject: false });
   const nft = await pod.exec(NFT, ['list', 'ruleset'], { reject: false });
   const dev = pod.ifname;
   const ebpf = await pod.exec('sh', ['-c', [
@@ -63,7 +63,7 @@ export async function podRules(pod: TestbedPod): Promise<PodRules> {
 }
 
 export function hasOurRules(r: PodRules): boolean {
-  return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft) || /ambient_(in|out)|fwmark 0x1000|local default|accept_local=1/.test(r.ebpf);
+  return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft) || /ambient_(in|out)|fwmark 0x1000|fwmark 0x111|local default|accept_local=1/.test(r.ebpf);
 }
 
 /** TCP ports listening inside the pod. */

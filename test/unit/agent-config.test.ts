@@ -35,6 +35,13 @@ test('the access log of completed connections is on by default and can be turned
   t.false(parseAgentConfig({ accessLog: true }, { nodeName: 'n', 'access-log': 'false' }).accessLog);
 });
 
+test('inbound source preservation is on by default and can be turned off from a file or a flag', (t) => {
+  t.true(parseAgentConfig({}, { nodeName: 'n' }).preserveSource);
+  t.false(parseAgentConfig({ preserveSource: false }, { nodeName: 'n' }).preserveSource);
+  t.false(parseAgentConfig({ preserveSource: true }, { nodeName: 'n', 'preserve-source': 'false' }).preserveSource);
+  t.true(parseAgentConfig({ 'preserve-source': 'true' }, { nodeName: 'n' }).preserveSource);
+});
+
 test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc root', (t) => {
   t.like(parseAgentConfig({}, { nodeName: 'n' }), { workloadSource: 'files', kubeconfig: '', procRoot: '/proc' });
   t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
@@ -52,6 +59,7 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['bad redirect mode', { redirectMode: 'ebpf2' }, /redirectMode must be one of iptables, nftables/],
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
   ['access log not a boolean', { accessLog: 'sometimes' }, /accessLog must be true or false/],
+  ['preserve source not a boolean', { preserveSource: 'maybe' }, /preserveSource must be true or false/],
   ['unsupported source', { workloadSource: 'etcd' }, /workloadSource must be one of files, kubernetes/],
   ['empty proc root', { procRoot: '' }, /procRoot/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],

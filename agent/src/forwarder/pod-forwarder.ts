@@ -13,6 +13,7 @@ import { allowListenerMigration, dialFrom, listenIn, originalDst } from '../plat
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
+import { upstreamSource } from '../redirect/reply-routing.js';
 import type { ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
@@ -63,6 +64,12 @@ export interface MeshContext extends OutboundContext {
    * connections that ended well; failures and refusals are always logged. Default: the forwarder's logger, all lines.
    */
   accessLog?: { log: Logger; complete: boolean };
+  /**
+   * Inbound source preservation (default true): the upstream socket to the app is transparent and bound to the client's
+   * address (the HBONE peer's, or the plaintext client's), so the app sees its client, not the agent. The backends'
+   * in-pod pieces bring the app's replies back (redirect/reply-routing.ts).
+   */
+  preserveSource?: boolean;
 }
 
 /** The pod this forwarder serves. */
@@ -261,7 +268,8 @@ export class PodForwarder {
       dial.abort();
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
-    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true, signal: dial.signal }).then(
+    const from = this.sourceFor(source.ip);
+    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true, signal: dial.signal, ...(from ? { source: { address: from } } : {}) }).then(
       (sock) => {
         if (!r.stream.isClosed) return r.answer(200, sock);
         // Reset while the dial was in flight (its end is counted already): close the app connection now, not via the library.
@@ -343,7 +351,10 @@ export class PodForwarder {
       return this.refuse(down, stats, info, denial, RESPONSE_FLAGS.denied);
     }
     this.track(down, source, destination);
-    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK }), info);
+    // The client's own port is avoided: its REDIRECTed connection holds the conntrack tuple client:port -> pod:port.
+    const fromIp = this.sourceFor(source.ip);
+    const fromSrc = fromIp ? { source: { address: fromIp, ...(down.remotePort !== undefined ? { avoidPort: down.remotePort } : {}) } } : {};
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK, ...fromSrc }), info);
   }
 
   /**
@@ -366,6 +377,11 @@ export class PodForwarder {
       this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags: RESPONSE_FLAGS.denied, error: denial }, true);
     }
     return { info, source, denied: denial !== undefined };
+  }
+
+  /** Where an inbound upstream socket binds: the client's address when preserving it, else undefined (the pod's own). */
+  private sourceFor(clientIp: string): string | undefined {
+    return upstreamSource(clientIp, this.mesh.preserveSource ?? true);
   }
 
   /** This pod, as a metrics peer. */

@@ -15,6 +15,8 @@ export const SO_REUSEPORT = 15;
 export const SO_MARK = 36;
 export const SOL_IP = 0;
 export const IP_TRANSPARENT = 19;
+/** Bind an address now and the port at connect(), from the whole 4-tuple space (Linux 4.2+). */
+export const IP_BIND_ADDRESS_NO_PORT = 24;
 export const SO_ORIGINAL_DST = 80;
 export const CLONE_NEWNET = 0x40000000;
 export const LOCK_EX = 2;
@@ -45,6 +47,7 @@ const fns = {
   setsockopt: libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)'),
   getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
   bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
+  getsockname: libc.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *addrlen)'),
   listen: libc.func('int listen(int fd, int backlog)'),
   connect: libc.func('int connect(int fd, const void *addr, uint32_t addrlen)'),
   accept4: libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)'),
@@ -117,6 +120,14 @@ export function getsockoptBuf(fd: number, level: number, name: number, size: num
 
 export function bind(fd: number, addr: Buffer): void {
   check('bind', fns.bind(fd, addr, addr.length) as number);
+}
+
+/** The socket's local address (struct sockaddr_in for IPv4 sockets). */
+export function getsockname(fd: number): Buffer {
+  const buf = Buffer.alloc(128);
+  const len = [buf.length];
+  check('getsockname', fns.getsockname(fd, buf, len) as number);
+  return buf.subarray(0, len[0]);
 }
 
 export function listen(fd: number, backlog: number): void {

@@ -5,8 +5,8 @@ import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import {
   AF_INET, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_MARK, SO_ORIGINAL_DST,
-  SO_REUSEADDR, SO_REUSEPORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockoptBuf, listen, parseSockaddrIn, setsockoptInt,
-  socket, sockaddrIn,
+  SO_REUSEADDR, SO_REUSEPORT, IP_BIND_ADDRESS_NO_PORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockname, getsockoptBuf, listen,
+  parseSockaddrIn, setsockoptInt, socket, sockaddrIn,
 } from './libc.js';
 import { type Netns, withNetns } from './netns.js';
 
@@ -86,20 +86,60 @@ export interface DialOptions {
   paused?: boolean;
   /** Gives up the connect (the socket is closed at once, the promise rejects): e.g. the stream it was for is gone. */
   signal?: AbortSignal;
+  /**
+   * Connect from this (usually non-local) address: IP_TRANSPARENT, bound before connect (inbound source preservation,
+   * so the app sees its client). The port is the kernel's choice; `avoidPort` is never chosen (see transparentSocket).
+   */
+  source?: { address: string; avoidPort?: number };
 }
 
-/** Connects from inside ns with the given mark; resolves with the connected socket. */
-export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
-  const fd = withNetns(ns, () => {
-    const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
-    try {
-      setsockoptInt(s, SOL_SOCKET, SO_MARK, opts.mark, 'SO_MARK');
-      return s;
-    } catch (err) {
-      close(s);
-      throw err;
+/** How many sockets transparentSocket tries before giving up (each further try is a 1 in ~28,000 event). */
+const SOURCE_BIND_TRIES = 4;
+
+/**
+ * A TCP socket inside the current netns, IP_TRANSPARENT and bound to `address` (not one of ours: the client's).
+ * Without `avoidPort` the port is left to connect() (IP_BIND_ADDRESS_NO_PORT: ports are unique per 4-tuple, not per
+ * address, so many connections from one client do not exhaust them). With it the port is bound now and checked: the
+ * plaintext path passes the client's own port, because under REDIRECT the client's connection holds a conntrack entry
+ * with our tuple's exact original direction (client:port -> pod:port), and a new connection on that tuple would be
+ * taken for the old one (NATed back to 15006). A socket that got that port is held until another one is bound.
+ */
+export function transparentSocket(address: string, mark: number, avoidPort?: number): number {
+  const held: number[] = [];
+  try {
+    for (let i = 0; i < SOURCE_BIND_TRIES; i++) {
+      const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+      held.push(s);
+      setsockoptInt(s, SOL_SOCKET, SO_MARK, mark, 'SO_MARK');
+      setsockoptInt(s, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
+      if (avoidPort === undefined) setsockoptInt(s, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT');
+      bind(s, sockaddrIn(address, 0));
+      if (avoidPort === undefined || parseSockaddrIn(getsockname(s)).port !== avoidPort) return held.pop() as number;
     }
-  });
+    throw new Error(`no source port for ${address} other than ${avoidPort} after ${SOURCE_BIND_TRIES} tries`);
+  } finally {
+    for (const s of held) close(s);
+  }
+}
+
+/** Connects from inside ns with the given mark (and from `source` when given); resolves with the connected socket. */
+export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
+  let fd: number;
+  try {
+    fd = withNetns(ns, () => {
+      if (opts.source) return transparentSocket(opts.source.address, opts.mark, opts.source.avoidPort);
+      const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+      try {
+        setsockoptInt(s, SOL_SOCKET, SO_MARK, opts.mark, 'SO_MARK');
+        return s;
+      } catch (err) {
+        close(s);
+        throw err;
+      }
+    });
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err))); // the callers' .then handles every failure
+  }
   return new Promise((resolve, reject) => {
     // pauseOnCreate (not in @types/node): no readStart, so not even the first bytes after the connect are read by Node.
     const sockOpts = { fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true, pauseOnCreate: opts.paused ?? false } as net.SocketConstructorOpts;

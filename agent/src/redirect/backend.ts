@@ -2,10 +2,12 @@
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
 import type { RedirectMode } from '../config.js';
-import { runTool } from '../platform/exec.js';
+import { ToolError, runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
+import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
+import { routingBatchOk } from './ebpf-config.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
@@ -19,39 +21,113 @@ const ok = (missing: string[], unexpected: string[], actual: string[]): RuleDrif
 
 const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 const FAMILIES: readonly ipt.Family[] = [4, 6];
+/** Families whose inbound source is preserved (IPv6 TCP is refused, not carried, until IPv6 is captured). */
+const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
+
+/** Options of the netfilter backends. */
+export interface NetfilterOptions {
+  /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified (default true). */
+  preserveSource?: boolean;
+}
+
+/** Installs the reply routing of source preservation in a pod (idempotent), or removes it when preservation is off. */
+async function applyReplyRouting(netns: Netns, preserve: boolean): Promise<void> {
+  await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
+    if (!preserve) {
+      await runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath });
+      return;
+    }
+    const b = replyRoutingBatch(family);
+    await runTool('ip', b.args, { netns: netns.toolPath, input: b.input }).catch((err: unknown) => {
+      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
+    });
+  }));
+}
+
+/** The reply routing's drift: expected lines when preserving, none otherwise (a leftover is unexpected). */
+async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ missing: string[]; unexpected: string[]; actual: string[] }> {
+  const per = await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
+    const actual = replyRoutingLines(await runTool('sh', ['-c', replyRoutingReadScript(family)], { netns: netns.toolPath }), family);
+    const expected = preserve ? expectedReplyRoutingLines(family) : [];
+    return { missing: expected.filter((l) => !actual.includes(l)), unexpected: actual.filter((l) => !expected.includes(l)), actual };
+  }));
+  return { missing: per.flatMap((p) => p.missing), unexpected: per.flatMap((p) => p.unexpected), actual: per.flatMap((p) => p.actual) };
+}
 
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
 
+  private readonly preserveSource: boolean;
+
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
-  constructor(private readonly kubeletCgroup = '') {}
+  constructor(private readonly kubeletCgroup = '', opts: NetfilterOptions = {}) {
+    this.preserveSource = opts.preserveSource ?? true;
+  }
 
   async prepare(): Promise<void> {}
 
-  /** IPv4 and IPv6 in parallel: each family's tools and tables are separate. */
+  /** The mangle rules a family should hold ([] without source preservation, or for a family it does not cover). */
+  private mangleRules(family: ipt.Family): string[] {
+    return this.preserveSource && PRESERVE_FAMILIES.includes(family) ? ipt.podMangleRules(family) : [];
+  }
+
+  /**
+   * IPv4 and IPv6 in parallel: each family's tools and tables are separate. Source preservation's pieces go in first
+   * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
+   * agent dials the app from the client's address and the app's replies must already find their way back.
+   */
   async installPod(netns: Netns, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+    await applyReplyRouting(netns, this.preserveSource);
     await Promise.all(FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
-      const current = opts.fresh ? '' : await runTool(tools.save, ['-t', 'nat'], { netns: netns.toolPath });
-      const input = ipt.restoreInput(current, POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
+      const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
+      const currentMangle = ipt.tableSection(save, 'mangle');
+      const mangle = this.mangleRules(family);
+      if (mangle.length > 0) {
+        const input = ipt.restoreInput(currentMangle, POD_CHAINS, mangle, ipt.podJumpRules(), 'mangle');
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
+      } else if (hasOwnChains(currentMangle)) {
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(currentMangle, POD_CHAINS, 'mangle') });
+      }
+      const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
       await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     }));
   }
 
-  /** Both families; IPv6 lines carry the `ip6tables: ` prefix. */
+  /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
   async verifyPod(netns: Netns): Promise<RuleDrift> {
     const per = await Promise.all(FAMILIES.map(async (family) => {
-      const current = await runTool(ipt.TOOLS[family].save, ['-t', 'nat'], { netns: netns.toolPath });
-      const actual = ipt.ownedNatLines(current, POD_CHAINS);
+      const save = await runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath }); // every table in one exec
+      const [nat, mangle] = [ipt.tableSection(save, 'nat'), ipt.tableSection(save, 'mangle')];
       const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
-      const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actual);
-      return { missing: d.missing.map(tag), unexpected: d.unexpected.map(tag), actual: actual.map(tag) };
+      const actualNat = ipt.ownedNatLines(nat, POD_CHAINS);
+      const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
+      const actualMangle = ipt.ownedNatLines(mangle, POD_CHAINS);
+      const wantMangle = this.mangleRules(family);
+      const dm = ipt.diffOwned(wantMangle.length ? [...ipt.podJumpRules(), ...wantMangle] : [], actualMangle);
+      const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);
+      return {
+        missing: [...dn.missing.map(tag), ...dm.missing.map(m)],
+        unexpected: [...dn.unexpected.map(tag), ...dm.unexpected.map(m)],
+        actual: [...actualNat.map(tag), ...actualMangle.map(m)],
+      };
     }));
-    return ok(per.flatMap((p) => p.missing), per.flatMap((p) => p.unexpected), per.flatMap((p) => p.actual));
+    const r = await verifyReplyRouting(netns, this.preserveSource);
+    return ok([...per.flatMap((p) => p.missing), ...r.missing], [...per.flatMap((p) => p.unexpected), ...r.unexpected], [...per.flatMap((p) => p.actual), ...r.actual]);
   }
 
   expectedPodRules(): string[] {
-    return FAMILIES.flatMap((family) => [...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l)));
+    const tag = (family: ipt.Family, l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
+    return [
+      ...FAMILIES.flatMap((family) => {
+        const mangle = this.mangleRules(family);
+        return [
+          ...[...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => tag(family, l)),
+          ...(mangle.length ? [...ipt.podJumpRules(), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
+        ];
+      }),
+      ...(this.preserveSource ? PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f)) : []),
+    ];
   }
 
   async installHost(): Promise<void> {
@@ -97,19 +173,31 @@ class IptablesBackend implements RedirectBackend {
 
 class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
+  private readonly preserveSource: boolean;
+
+  constructor(opts: NetfilterOptions = {}) {
+    this.preserveSource = opts.preserveSource ?? true;
+  }
 
   async prepare(): Promise<void> {}
 
+  private podTable(): string {
+    return nft.podTable({ preserveSource: this.preserveSource });
+  }
+
+  /** The reply routing first (source preservation), then the table in one transaction. */
   async installPod(netns: Netns): Promise<void> {
-    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+    await applyReplyRouting(netns, this.preserveSource);
+    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.replaceTableScript(nft.POD_TABLE, this.podTable()) });
   }
 
   async verifyPod(netns: Netns): Promise<RuleDrift> {
-    return this.verifyTable(nft.POD_TABLE, nft.podTable(), netns);
+    const [t, r] = await Promise.all([this.verifyTable(nft.POD_TABLE, this.podTable(), netns), verifyReplyRouting(netns, this.preserveSource)]);
+    return ok([...t.missing, ...r.missing], [...t.unexpected, ...r.unexpected], [...t.actual, ...r.actual]);
   }
 
   expectedPodRules(): string[] {
-    return nft.podTable().split('\n');
+    return [...this.podTable().split('\n'), ...(this.preserveSource ? PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f)) : [])];
   }
 
   async installHost(): Promise<void> {
@@ -156,16 +244,25 @@ class NftablesBackend implements RedirectBackend {
   }
 }
 
-export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string } = {}): Promise<RedirectBackend> {
+/**
+ * `preserveSource` (default true): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
+ * none (its egress program already returns the app's replies to the agent's transparent socket: see bpf/redirect.c).
+ */
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource?: boolean } = {}): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
     const { EbpfBackend } = await import('./ebpf.js');
     return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
-    return new NftablesBackend();
+    return new NftablesBackend({ preserveSource: opts.preserveSource });
   }
-  return new IptablesBackend(opts.probeSnatCgroup);
+  return new IptablesBackend(opts.probeSnatCgroup, { preserveSource: opts.preserveSource });
+}
+
+/** Whether an iptables-save of one table declares any of our pod chains. */
+function hasOwnChains(save: string): boolean {
+  return POD_CHAINS.some((c) => save.includes(`:${c} `));
 }
 
 /**
@@ -182,15 +279,22 @@ export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<voi
 
 async function removeNetfilter(netns: Netns, errors: unknown[]): Promise<void> {
   for (const family of FAMILIES) {
-    try {
-      const tools = ipt.TOOLS[family];
-      const current = await runTool(tools.save, ['-t', 'nat'], { netns: netns.toolPath });
-      if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || POD_CHAINS.some((c) => current.includes(`:${c} `))) {
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(current, POD_CHAINS) });
+    for (const table of ['nat', 'mangle'] as const) {
+      try {
+        const tools = ipt.TOOLS[family];
+        const current = await runTool(tools.save, ['-t', table], { netns: netns.toolPath });
+        if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || hasOwnChains(current)) {
+          await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(current, POD_CHAINS, table) });
+        }
+      } catch (err) {
+        errors.push(err);
       }
-    } catch (err) {
-      errors.push(err);
     }
+  }
+  try {
+    await applyReplyRouting(netns, false);
+  } catch (err) {
+    errors.push(err);
   }
   try {
     await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.deleteTableScript(nft.POD_TABLE) });

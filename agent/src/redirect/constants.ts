@@ -11,3 +11,14 @@ export const AGENT_MARK = 0x539;
 export const AGENT_MARK_MASK = 0xfff;
 /** Source address that node-local (kubelet) connections to enrolled pods are SNATed to. */
 export const PROBE_SNAT_IP = '169.254.7.127';
+/**
+ * Inbound source preservation (the agent's upstream socket to the app is bound to the client's address): connections
+ * the agent opens to its own pod get this connection mark (Istio's 0x111/0xfff), restored on the app's reply packets so
+ * that policy routing (`fwmark REPLY_MARK lookup LOCAL_ROUTE_TABLE`) delivers them back to the agent, not out of the pod.
+ */
+export const REPLY_MARK = 0x111;
+export const REPLY_MARK_MASK = 0xfff;
+/** Routing table holding `local default dev lo` inside the pod (shared with the ebpf backend's outbound re-injection). */
+export const LOCAL_ROUTE_TABLE = 100;
+/** Preference of the `fwmark REPLY_MARK lookup LOCAL_ROUTE_TABLE` rule (Istio's 32764: before `main` at 32766). */
+export const REPLY_RULE_PREF = 32764;

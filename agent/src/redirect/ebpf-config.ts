@@ -1,6 +1,7 @@
 // Pure pieces of the ebpf backend: the per-pod config map layout, the in-pod routing pieces as shell scripts, and the
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
 import { isIPv4 } from 'node:net';
+import { LOCAL_ROUTE_TABLE } from './constants.js';
 
 /** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
 export const PROG_IN = 'ambient_in';
@@ -29,7 +30,7 @@ export const TC_PRIORITY = 1;
 /** Outbound packets re-injected at ingress carry this mark; the rule sends them to the local table. */
 export const OUTBOUND_MARK = 0x1000;
 export const RULE_PREF = 100;
-export const ROUTE_TABLE = 100;
+export const ROUTE_TABLE = LOCAL_ROUTE_TABLE;
 export const CFG_VERSION = 1;
 export const CFG_SIZE = 32;
 

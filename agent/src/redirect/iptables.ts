@@ -1,6 +1,8 @@
 // iptables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
 // Rules are written in iptables-save's canonical form so a save of the namespace can be compared line by line.
-import { AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP } from './constants.js';
+import {
+  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, REPLY_MARK, REPLY_MARK_MASK,
+} from './constants.js';
 
 export const POD_CHAINS = { prerouting: 'AMBIENT_PRERT', output: 'AMBIENT_OUTPUT' } as const;
 export const HOST_CHAIN = 'AMBIENT_POSTRT';
@@ -39,6 +41,27 @@ export function podChainRules(family: Family = 4): string[] {
   ];
 }
 
+/**
+ * Inbound source preservation (mangle table, same chain names): a connection the agent opens to its own pod (its packets
+ * carry the agent mark when they come back in through lo) gets connmark 0x111; the app's packets of that connection get
+ * it back as their mark, which re-routes them (policy rule, reply-routing.ts) to the agent's transparent socket instead
+ * of out of the pod toward the client's address. Istio's in-pod rules; nat needs nothing (replies are never NEW).
+ */
+export function podMangleRules(_family: Family = 4): string[] {
+  const pre = POD_CHAINS.prerouting;
+  const out = POD_CHAINS.output;
+  return [
+    `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j CONNMARK --set-xmark ${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)}`,
+    `-A ${out} -m connmark --mark ${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+  ];
+}
+
+/** Tables our pod chains live in; `mangle` only while source preservation is on. */
+export type PodTable = 'nat' | 'mangle';
+
+/** How mangle lines are told apart from nat ones (the chain names are the same) in drift reports and `ambient-node rules`. */
+export const MANGLE_PREFIX = 'mangle: ';
+
 /** Jumps from the built-in chains into ours. */
 export function podJumpRules(): string[] {
   return [`-A PREROUTING -j ${POD_CHAINS.prerouting}`, `-A OUTPUT -j ${POD_CHAINS.output}`];
@@ -58,7 +81,16 @@ export function hostJumpRules(): string[] {
   return [`-A POSTROUTING -j ${HOST_CHAIN}`];
 }
 
-/** Lines of `iptables-save -t nat` that belong to us: our chains' rules and the jumps into them. */
+/** The part of a whole `iptables-save` (every table) that belongs to one table, as `iptables-save -t <table>` prints it. */
+export function tableSection(save: string, table: PodTable): string {
+  const lines = save.split('\n');
+  const start = lines.findIndex((l) => l.trim() === `*${table}`);
+  if (start < 0) return '';
+  const end = lines.findIndex((l, i) => i > start && l.trim() === 'COMMIT');
+  return lines.slice(start, end < 0 ? undefined : end + 1).join('\n');
+}
+
+/** Lines of `iptables-save -t nat` (or `-t mangle`) that belong to us: our chains' rules and the jumps into them. */
 export function ownedNatLines(save: string, chains: readonly string[]): string[] {
   return save
     .split('\n')
@@ -70,9 +102,9 @@ export function ownedNatLines(save: string, chains: readonly string[]): string[]
  * An iptables-restore --noflush input that makes the nat table hold exactly our chains and one jump into each,
  * given the current `iptables-save -t nat` output. Declaring our chains flushes them; stray duplicate jumps are deleted.
  */
-export function restoreInput(current: string, chains: readonly string[], chainRules: string[], jumps: string[]): string {
+export function restoreInput(current: string, chains: readonly string[], chainRules: string[], jumps: string[], table: PodTable = 'nat'): string {
   const have = ownedNatLines(current, chains).filter((l) => jumps.includes(l));
-  const lines = ['*nat', ...chains.map((c) => `:${c} - [0:0]`)];
+  const lines = [`*${table}`, ...chains.map((c) => `:${c} - [0:0]`)];
   for (const jump of jumps) {
     const count = have.filter((l) => l === jump).length;
     if (count === 0) lines.push(jump);
@@ -83,10 +115,10 @@ export function restoreInput(current: string, chains: readonly string[], chainRu
 }
 
 /** An iptables-restore --noflush input removing our jumps and chains (given the current save). */
-export function removeInput(current: string, chains: readonly string[]): string {
+export function removeInput(current: string, chains: readonly string[], table: PodTable = 'nat'): string {
   const owned = ownedNatLines(current, chains);
   const present = new Set(current.split('\n').filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0]));
-  const lines = ['*nat'];
+  const lines = [`*${table}`];
   for (const l of owned) if (!chains.some((c) => l.startsWith(`-A ${c} `))) lines.push(l.replace(/^-A /, '-D '));
   for (const c of chains) if (present.has(c)) lines.push(`-F ${c}`, `-X ${c}`);
   lines.push('COMMIT', '');

@@ -1,6 +1,8 @@
 // nftables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
 // Each script replaces our table atomically (add + delete + define in one transaction), so applying twice is harmless.
-import { AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP } from './constants.js';
+import {
+  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, REPLY_MARK, REPLY_MARK_MASK,
+} from './constants.js';
 
 export const POD_TABLE = 'ambient-nat';
 export const HOST_TABLE = 'ambient-node-host';
@@ -8,8 +10,27 @@ export const PROBE_SET = 'probes-v4';
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
-/** The pod table as `nft list table inet ambient-nat` prints it (our canonical form for drift checks). */
-export function podTable(): string {
+/**
+ * The pod table as `nft list table inet ambient-nat` prints it (our canonical form for drift checks). With
+ * `preserveSource`, two more chains carry inbound source preservation (iptables.ts podMangleRules says why): the
+ * agent's connections into its own pod get ct mark 0x111, and the app's packets of them get it back as their mark in
+ * a `route` chain, which makes the kernel route them again (policy rule, reply-routing.ts) back to the agent.
+ */
+export function podTable(opts: { preserveSource?: boolean } = {}): string {
+  // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
+  const keep = (~REPLY_MARK_MASK | REPLY_MARK) >>> 0;
+  const preserve = opts.preserveSource ? [
+    '',
+    '\tchain reply-mark {',
+    '\t\ttype filter hook prerouting priority mangle; policy accept;',
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} ct mark set ct mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
+    '\t}',
+    '',
+    '\tchain reply-route {',
+    '\t\ttype route hook output priority mangle; policy accept;',
+    `\t\tct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+    '\t}',
+  ] : [];
   return [
     `table inet ${POD_TABLE} {`,
     '\tchain prerouting {',
@@ -26,6 +47,7 @@ export function podTable(): string {
     '\t\toifname "lo" return',
     `\t\tmeta l4proto tcp redirect to :${OUTBOUND_PORT}`,
     '\t}',
+    ...preserve,
     '}',
   ].join('\n');
 }

@@ -1,0 +1,211 @@
+// Inbound source preservation (issue 14), on every backend: the app in an enrolled pod sees its client's address as the
+// peer (a mesh client's pod IP over HBONE, a plain client's own address on 15006), replies come back, probes still pass.
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import type { RulesReply } from '../../agent/src/server/event-server.js';
+import { randomBytes } from 'node:crypto';
+import { captureNodeLink, countOccurrences } from './capture-wire.js';
+import { AMBIENT, agentPod, ask, eventually, hasOurRules, hostVeth, podRules, startEcho } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+
+/** The server app of the kill test: to every client, lines of the marker in 4 KiB chunks every 2 ms until it fails. */
+const STREAM_SERVER = `
+import socket, sys, threading, time
+port, marker = int(sys.argv[1]), sys.argv[2]
+chunk = ((marker + '\\n') * (4096 // (len(marker) + 1))).encode()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', port)); s.listen(8)
+def serve(c):
+    try:
+        while True:
+            c.sendall(chunk); time.sleep(0.002)
+    except OSError: pass
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+/** iptables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
+const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
+
+/**
+ * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
+ * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
+ * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
+ */
+async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number): Promise<{ markersOut: number; received: number; captured: number }> {
+  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
+  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), `src-kill-${server.name}`);
+  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
+  await server.waitForPort(port);
+  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
+  await tb.agent(server.node.index).kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 2000));
+  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
+  await tb.agent(server.node.index).start();
+  const received = Number(String((await reader).stdout).trim()) || 0;
+  const raw = (await cap.stop()).raw;
+  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length };
+}
+
+const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
+
+/** The in-pod pieces source preservation adds: the policy rule, the local route, and (iptables) the mangle chains. */
+async function replyPieces(pod: TestbedPod): Promise<string> {
+  const r = await pod.exec('sh', ['-c', 'ip -4 rule show; echo ---; ip -4 route show table 100; echo ---; iptables-save -t mangle'], { reject: false });
+  return String(r.stdout);
+}
+
+/** The pod's rules as the agent reads them back (`ambient-node rules`): in sync or not, and what it found. */
+async function podRulesReport(tb: Testbed, pod: TestbedPod): Promise<RulesReply['attachments'][number] | undefined> {
+  const r = await tb.agent(pod.node.index).request('GET', `/v1/rules?pod=${encodeURIComponent(`${pod.namespace}/${pod.name}`)}`);
+  return (r.body as RulesReply).attachments[0];
+}
+
+/** `size` random bytes sent by a one-shot server in `server` on `port` to the first client; resolves with their sha256 as received by `client`. */
+async function download(server: TestbedPod, client: TestbedPod, port: number, size: number): Promise<{ sent: string; received: string }> {
+  const file = `/tmp/ambient-src-${server.netnsName}-${port}`;
+  await server.exec('sh', ['-c', `head -c ${size} /dev/urandom > ${file}`]);
+  const sent = String((await server.exec('sha256sum', [file])).stdout).split(' ')[0] ?? '';
+  const serving = server.spawn('sh', ['-c', `ncat -l ${port} --send-only < ${file}; rm -f ${file}`], { timeout: 60_000, reject: false });
+  await server.waitForPort(port);
+  const r = await client.exec('sh', ['-c', `ncat --recv-only -w 10 ${server.ip} ${port} | sha256sum`], { timeout: 60_000 });
+  await serving;
+  return { sent, received: String(r.stdout).split(' ')[0] ?? '' };
+}
+
+for (const mode of MODES) {
+  netnsTest.serial(`[${mode}] the app sees its client: a mesh client's pod IP (HBONE), a plain client's own address; probes and the pod's outbound still work`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('legacy', {});
+    const [productpage, sleep, neighbour, legacy] = await tb.addPods([
+      { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+      { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
+      { node: 1, namespace: 'legacy', name: 'legacy' },
+    ]);
+    if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
+    await startEcho(productpage, 9080);
+
+    // Mesh clients, from the other node and from the same node: HBONE to 15008, the app sees the client pod's IP.
+    for (const client of [sleep, neighbour]) {
+      const r = await ask(client, productpage.ip, 9080, `mesh-${client.name}`);
+      t.true(r.ok, r.output);
+      t.true(r.output.endsWith(`from ${client.ip}`), `the app saw ${client.key}'s pod IP ${client.ip}: ${r.output}`);
+    }
+    const viaHbone = await eventually(() => agentPod(tb, productpage), (p) => (p?.stats?.inbound.hbone ?? 0) >= 2);
+    t.true((viaHbone?.stats?.inbound.hbone ?? 0) >= 2, 'both arrived over HBONE');
+
+    // A plain client (PERMISSIVE): through 15006, the app sees the client's own address.
+    const before = (await agentPod(tb, productpage))?.stats?.inbound.opened ?? 0;
+    const plain = await ask(legacy, productpage.ip, 9080, 'plain');
+    t.true(plain.ok, plain.output);
+    t.true(plain.output.endsWith(`from ${legacy.ip}`), `the app saw the plain client's address ${legacy.ip}: ${plain.output}`);
+    t.true(((await agentPod(tb, productpage))?.stats?.inbound.opened ?? 0) > before, 'through the agent');
+
+    // Many short connections in a row (the agent's source ports are the kernel's choice, never the client's own).
+    for (let i = 0; i < 10; i++) {
+      const r = await ask(i % 2 ? legacy : sleep, productpage.ip, 9080, `again-${i}`);
+      t.true(r.ok && r.output.endsWith(`from ${(i % 2 ? legacy : sleep).ip}`), r.output);
+    }
+
+    // The app's replies in bulk come back through the agent (1 MiB from the app to a mesh client, byte for byte).
+    const d = await download(productpage, sleep, 9091, 1024 * 1024);
+    t.is(d.received, d.sent, 'the app\'s bytes reached the mesh client intact');
+
+    // A kubelet-style probe from the node still goes straight to the app, as 169.254.7.127.
+    const probe = await tb.nodeExec(1, 'ncat', ['--no-shutdown', '-w', '3', productpage.ip, '9080'], { input: 'probe\n', reject: false });
+    t.regex(String(probe.stdout), /pong:probe from 169\.254\.7\.127/);
+
+    // The pod's own outbound (through the agent's 15001, plain to a non-mesh server) is unaffected.
+    await startEcho(legacy, 8080);
+    const out = await ask(productpage, legacy.ip, 8080, 'outbound');
+    t.true(out.ok && out.output.endsWith(`from ${productpage.ip}`), out.output);
+
+    // The destination agent killed while the app streams to the mesh client: nothing leaves toward the client in clear.
+    const k = await killWhileAppStreams(tb, productpage, sleep, 9092);
+    t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
+    t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
+    t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear after the agent died');
+    t.log(`${mode}: kill -9 while the app streams: ${k.received} bytes received, ${k.captured} bytes captured, ${k.markersOut} markers in clear`);
+
+    // What the backend installed reads back in sync; DEL removes every piece (rule, route, chains).
+    const report = await podRulesReport(tb, productpage);
+    t.true(report?.ok, `rules in sync: ${JSON.stringify(report)}`);
+    const pieces = await replyPieces(productpage);
+    if (mode === 'ebpf') {
+      t.notRegex(pieces, /fwmark 0x111/, 'ebpf needs no reply rule: its egress program brings replies back');
+    } else {
+      t.regex(pieces, /fwmark 0x111\/0xfff lookup 100/);
+      t.regex(pieces, /local default dev lo/);
+    }
+    if (mode === 'iptables') t.regex(pieces, /-j CONNMARK --set-xmark 0x111\/0xfff/);
+    await tb.node(1).cni.del(productpage.attachment);
+    const after = await replyPieces(productpage);
+    t.notRegex(after, /fwmark 0x111|fwmark 0x1000|lookup 100/, `no rule left: ${after}`);
+    t.notRegex(after, /local default/, `no local route left: ${after}`);
+    t.notRegex(after, /AMBIENT_/, `no mangle chain left: ${after}`);
+    t.false(hasOurRules(await podRules(productpage)), 'nothing of ours left');
+  });
+}
+
+netnsTest.serial('[iptables] source.ip / ipBlocks in an AuthorizationPolicy match the real client, on both inbound paths', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'iptables' });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, notsleep, legacy, other] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage', labels: { app: 'productpage' } },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 0, namespace: 'app', name: 'notsleep', serviceAccount: 'notsleep' },
+    { node: 0, namespace: 'legacy', name: 'legacy' },
+    { node: 0, namespace: 'legacy', name: 'other' },
+  ]);
+  if (!productpage || !sleep || !notsleep || !legacy || !other) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  await tb.writeWorkload('allow-by-ip.yaml', {
+    apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy',
+    metadata: { name: 'allow-by-ip', namespace: 'app' },
+    spec: { selector: { matchLabels: { app: 'productpage' } }, action: 'ALLOW', rules: [{ from: [{ source: { ipBlocks: [sleep.ip, `${legacy.ip}/32`] } }] }] },
+  });
+  const denied = await eventually(() => ask(notsleep, productpage.ip, 9080, 'x'), (a) => !a.ok, 6000);
+  t.false(denied.ok, 'a mesh client outside the ipBlocks is denied');
+  const meshOk = await ask(sleep, productpage.ip, 9080, 'mesh');
+  t.true(meshOk.ok && meshOk.output.endsWith(`from ${sleep.ip}`), meshOk.output);
+  const plainOk = await ask(legacy, productpage.ip, 9080, 'plain');
+  t.true(plainOk.ok && plainOk.output.endsWith(`from ${legacy.ip}`), plainOk.output);
+  t.false((await ask(other, productpage.ip, 9080, 'plain-other')).ok, 'a plain client outside the ipBlocks is denied');
+  const stats = (await agentPod(tb, productpage))?.stats?.inbound;
+  t.true((stats?.denied ?? 0) >= 2, `denied by policy: ${JSON.stringify(stats)}`);
+});
+
+netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP) and no reply routing is installed; turned on again, a restart converges', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: 'iptables', agentArgs: ['--preserve-source', 'false'] });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, legacy] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage' },
+    { node: 0, namespace: 'app', name: 'sleep' },
+    { node: 0, namespace: 'legacy', name: 'legacy' },
+  ]);
+  if (!productpage || !sleep || !legacy) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  for (const client of [sleep, legacy]) {
+    const r = await ask(client, productpage.ip, 9080, client.name);
+    t.true(r.ok && r.output.endsWith(`from ${productpage.ip}`), `the old behaviour: ${r.output}`);
+  }
+  const pieces = await replyPieces(productpage);
+  t.notRegex(pieces, /fwmark 0x111|local default|AMBIENT_/, pieces);
+  t.true((await podRulesReport(tb, productpage))?.ok);
+
+  // Back to the default (on) across a restart: re-adoption installs the missing pieces, the app sees its clients.
+  const agent = tb.agent(1);
+  await agent.stop();
+  agent.spec.extraArgs.splice(agent.spec.extraArgs.indexOf('--preserve-source'), 2);
+  await agent.start();
+  const on = await eventually(() => ask(legacy, productpage.ip, 9080, 'on'), (a) => a.output.endsWith(`from ${legacy.ip}`), 10_000);
+  t.true(on.ok && on.output.endsWith(`from ${legacy.ip}`), on.output);
+  t.regex(await replyPieces(productpage), /fwmark 0x111\/0xfff lookup 100/);
+  t.true((await podRulesReport(tb, productpage))?.ok);
+});

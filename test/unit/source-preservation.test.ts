@@ -1,0 +1,91 @@
+// Unit tests for inbound source preservation's pure pieces: the iptables mangle rules and the nft chains (goldens), the
+// pod's reply routing per address family (install, removal, read-back, drift), and where the upstream socket binds.
+import test from 'ava';
+import * as ipt from '../../agent/src/redirect/iptables.js';
+import * as nft from '../../agent/src/redirect/nftables.js';
+import {
+  REPLY_RULE_TEXT, expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, upstreamSource,
+} from '../../agent/src/redirect/reply-routing.js';
+import { AGENT_MARK, LOCAL_ROUTE_TABLE, REPLY_MARK } from '../../agent/src/redirect/constants.js';
+import { ROUTE_TABLE as EBPF_ROUTE_TABLE } from '../../agent/src/redirect/ebpf-config.js';
+import { assertGolden } from './golden.js';
+
+const POD = Object.values(ipt.POD_CHAINS);
+
+test('iptables mangle rules for source preservation match golden', (t) => {
+  assertGolden(t, 'iptables-pod-mangle', ipt.restoreInput('', POD, ipt.podMangleRules(4), ipt.podJumpRules(), 'mangle'));
+});
+
+test('nft pod table with source preservation matches golden, and without it is the table as before', (t) => {
+  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.POD_TABLE, nft.podTable({ preserveSource: true })));
+  t.is(nft.podTable({ preserveSource: false }), nft.podTable());
+  t.false(nft.podTable().includes('ct mark'));
+});
+
+test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connmark 0x111, restored on the way out', (t) => {
+  const [pre, out] = ipt.podMangleRules(4);
+  t.is(pre, `-A AMBIENT_PRERT -m mark --mark 0x${AGENT_MARK.toString(16)}/0xfff -j CONNMARK --set-xmark 0x${REPLY_MARK.toString(16)}/0xfff`);
+  t.is(out, '-A AMBIENT_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
+  // The nat chains stay as they were: replies are never NEW, so nat needs no 0x111 exemption (which a pod able to set
+  // its own mark could use to skip its capture).
+  t.false(ipt.podChainRules(4).some((l) => l.includes('0x111')));
+});
+
+test('nft writes the connmark expression the way nft lists it (so verify compares equal)', (t) => {
+  t.regex(nft.podTable({ preserveSource: true }), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
+  t.regex(nft.podTable({ preserveSource: true }), /type route hook output priority mangle/);
+});
+
+test('iptables mangle restore and removal inputs name the mangle table', (t) => {
+  t.true(ipt.restoreInput('', POD, ipt.podMangleRules(4), ipt.podJumpRules(), 'mangle').startsWith('*mangle\n'));
+  const saved = ['*mangle', ':AMBIENT_OUTPUT - [0:0]', ':AMBIENT_PRERT - [0:0]', ...ipt.podJumpRules(), ...ipt.podMangleRules(4), 'COMMIT'].join('\n');
+  const removal = ipt.removeInput(saved, POD, 'mangle');
+  t.true(removal.startsWith('*mangle\n'));
+  t.true(removal.includes('-D PREROUTING -j AMBIENT_PRERT'));
+  t.true(removal.includes('-X AMBIENT_PRERT'));
+});
+
+test('reply routing: the rule and the local route, per family, in one ip batch; the table is the ebpf backend\'s', (t) => {
+  t.is(LOCAL_ROUTE_TABLE, EBPF_ROUTE_TABLE);
+  t.deepEqual(replyRoutingBatch(4), {
+    args: ['-4', '-batch', '-'],
+    input: 'route replace local 0.0.0.0/0 dev lo table 100\nrule add pref 32764 fwmark 0x111/0xfff lookup 100\n',
+  });
+  t.deepEqual(replyRoutingBatch(6), {
+    args: ['-6', '-batch', '-'],
+    input: 'route replace local ::/0 dev lo table 100\nrule add pref 32764 fwmark 0x111/0xfff lookup 100\n',
+  });
+  t.is(REPLY_RULE_TEXT, 'fwmark 0x111/0xfff lookup 100');
+});
+
+test('reply routing removal deletes our rule, and the route only when no other rule looks the table up', (t) => {
+  const s = replyRoutingRemoveScript(4);
+  t.regex(s, /ip -4 rule del pref 32764 fwmark 0x111\/0xfff lookup 100/);
+  t.regex(s, /if ! ip -4 rule show \| grep -q 'lookup 100\\b'; then ip -4 route del local 0\.0\.0\.0\/0 dev lo table 100/);
+  t.regex(replyRoutingRemoveScript(6), /ip -6 route del local ::\/0 dev lo table 100/);
+});
+
+test('reply routing reads back in our notation and compares with the expectation', (t) => {
+  t.regex(replyRoutingReadScript(4), /ip -4 route show table 100 2>\/dev\/null \|\| true/);
+  const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n';
+  t.deepEqual(replyRoutingLines(output, 4), expectedReplyRoutingLines(4));
+  t.deepEqual(replyRoutingLines('@@ambient-reply@@\n', 4), [], 'nothing installed');
+  t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo scope host']);
+});
+
+test('the upstream socket binds the client\'s address only when preserving it and when it can stand as a source', (t) => {
+  t.is(upstreamSource('10.244.0.3', true), '10.244.0.3');
+  t.is(upstreamSource('10.244.0.3', false), undefined, 'switched off: the kernel picks the pod\'s own address');
+  t.is(upstreamSource('127.0.0.1', true), undefined, 'loopback');
+  t.is(upstreamSource('0.0.0.0', true), undefined);
+  t.is(upstreamSource('224.0.0.1', true), undefined, 'multicast');
+  t.is(upstreamSource('fd00::1', true), undefined, 'IPv6 is not carried yet');
+  t.is(upstreamSource('not-an-ip', true), undefined);
+});
+
+test('one iptables-save of every table is split into the nat and mangle parts', (t) => {
+  const save = ['# Generated', '*mangle', ':PREROUTING ACCEPT [0:0]', '-A PREROUTING -j AMBIENT_PRERT', 'COMMIT', '# Completed', '*nat', ':OUTPUT ACCEPT [0:0]', '-A OUTPUT -j AMBIENT_OUTPUT', 'COMMIT', ''].join('\n');
+  t.is(ipt.tableSection(save, 'mangle'), '*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j AMBIENT_PRERT\nCOMMIT');
+  t.deepEqual(ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD), ['-A OUTPUT -j AMBIENT_OUTPUT']);
+  t.is(ipt.tableSection('*filter\nCOMMIT\n', 'nat'), '', 'a table that is not there (never used in this namespace)');
+});
