@@ -3,7 +3,7 @@
 // Just past 500 lines on purpose: the three listeners share the per-connection bookkeeping (register, access log, close
 // on a policy change); the decisions themselves are pure functions in hbone/connect.ts and forwarder/routing.ts.
 import net from 'node:net';
-import { HboneStatusError, connectHeaders, decideInbound } from '../hbone/connect.js';
+import { HboneStatusError, connectAuthority, connectHeaders, decideInbound } from '../hbone/connect.js';
 import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from '../hbone/data-path.js';
 import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
@@ -12,6 +12,7 @@ import type { Netns } from '../platform/netns.js';
 import { allowListenerMigration, dialFrom, listenIn, originalDst } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
+import { formatHostPort, normalizeIp } from '../protocol/address.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import { upstreamSource } from '../redirect/reply-routing.js';
 import type { ServiceRef } from '../workload/service-table.js';
@@ -184,15 +185,15 @@ export class PodForwarder {
     if (!dst) return;
     const route = decideOutbound(dst, this.mesh);
     const src = { ip: unmapped(down.remoteAddress), port: down.remotePort ?? 0 };
-    const me = { ...this.me(), addr: `${src.ip}:${src.port}` };
-    const dstAddr = `${dst.address}:${dst.port}`;
+    const me = { ...this.me(), addr: formatHostPort(src.ip, src.port) };
+    const dstAddr = formatHostPort(dst.address, dst.port);
     const viaService = route.service ? { service: route.service, serviceAddr: dstAddr } : {};
     if (route.kind === 'refuse') {
       const info = { ...this.info('outbound', me, { addr: dstAddr }, false), ...viaService };
       if (route.responseFlags !== RESPONSE_FLAGS.none) this.countedAtOpen(info, route.responseFlags);
       return this.refuse(down, stats, info, route.reason, route.responseFlags);
     }
-    const targetAddr = `${route.target.address}:${route.target.port}`;
+    const targetAddr = connectAuthority(route.target.address, route.target.port);
     if (route.kind === 'passthrough') {
       const info = { ...this.info('outbound', me, { ...this.peerOf(route.target.address), addr: targetAddr }, false), ...viaService };
       return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), info);
@@ -201,7 +202,7 @@ export class PodForwarder {
     const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
     const headers = connectHeaders(src, this.self.baggage, route.service?.hostname);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
-    const info = { ...this.info('outbound', me, peer, true), tunnelAddr: `${route.target.address}:${INBOUND_HBONE_PORT}`, ...viaService };
+    const info = { ...this.info('outbound', me, peer, true), tunnelAddr: formatHostPort(route.target.address, INBOUND_HBONE_PORT), ...viaService };
     this.outboundHbone(down, stats, info, this.mesh.hbone.connect(target, down, targetAddr, headers));
   }
 
@@ -336,8 +337,8 @@ export class PodForwarder {
     const dst = this.originalDst(down, 'inbound');
     if (!dst) return;
     const source = { ip: unmapped(down.remoteAddress) };
-    const from = { ...this.peerOf(source.ip), addr: `${source.ip}:${down.remotePort ?? 0}` };
-    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${dst.address}:${dst.port}` }, false), ...this.inboundService({ ip: dst.address, port: dst.port }) };
+    const from = { ...this.peerOf(source.ip), addr: formatHostPort(source.ip, down.remotePort ?? 0) };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: formatHostPort(dst.address, dst.port) }, false), ...this.inboundService({ ip: dst.address, port: dst.port }) };
     const clog = this.connLog(info);
     const verdict = decidePlaintextInbound(dst, this.self.ips, this.self.mtlsMode(dst.port));
     if (!verdict.ok) {
@@ -367,8 +368,8 @@ export class PodForwarder {
     stats: DirectionStats,
   ): { info: ConnectionInfo; source: AuthzConnection['source']; denied: boolean } {
     const source = { ip: unmapped(peer.address), principal: peer.identity };
-    const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: `${source.ip}:${peer.port}` };
-    const info = { ...this.info('inbound', from, { ...this.me(), addr: `${destination.ip}:${destination.port}` }, true), tunnelAddr: peer.local, ...this.inboundService(destination) };
+    const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: formatHostPort(source.ip, peer.port) };
+    const info = { ...this.info('inbound', from, { ...this.me(), addr: formatHostPort(destination.ip, destination.port) }, true), tunnelAddr: peer.local, ...this.inboundService(destination) };
     const clog = this.connLog(info);
     const denial = this.admit(source, destination, stats, clog);
     if (denial) {
@@ -531,7 +532,7 @@ export class PodForwarder {
       const d = this.self.authorize(c.source, c.destination);
       if (d.allowed) continue;
       this.stats.inbound.denied++;
-      this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: `${c.destination.ip}:${c.destination.port}` }, 'open connection closed: now denied by authorization policy');
+      this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: formatHostPort(c.destination.ip, c.destination.port) }, 'open connection closed: now denied by authorization policy');
       c.close(d.reason);
       closed++;
     }
@@ -558,7 +559,7 @@ export class PodForwarder {
     try {
       return originalDst(down);
     } catch (err) {
-      const addr = (ip: string | undefined, port: number | undefined): string => `${unmapped(ip)}:${port ?? 0}`;
+      const addr = (ip: string | undefined, port: number | undefined): string => formatHostPort(unmapped(ip), port ?? 0);
       const info = this.info(direction, { addr: addr(down.remoteAddress, down.remotePort) }, { addr: addr(down.localAddress, down.localPort) }, false);
       this.refuse(down, this.stats[direction], info, `no original destination: ${(err as Error).message}`);
       return undefined;
@@ -647,5 +648,5 @@ interface Closable {
 
 /** An address as the kernel reports it, without the IPv4-mapped IPv6 prefix Node may add. */
 function unmapped(addr: string | undefined): string {
-  return (addr ?? '').replace(/^::ffff:/, '');
+  return normalizeIp(addr ?? '');
 }
