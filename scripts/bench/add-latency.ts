@@ -85,8 +85,9 @@ export function ambientTestbed(mode: RedirectMode, extra: Partial<TestbedOptions
 }
 
 /**
- * Whole-chain DEL of `pods`, `concurrency` at a time, like kubelet (each pod's netns deleted after its DEL), forcing
- * through a failed DEL. Returns each DEL's duration and the failures' messages.
+ * Whole-chain DEL of `pods`, `concurrency` at a time, like kubelet (each pod's netns deleted after its DEL). A failed
+ * DEL is counted (not timed) and retried once, forced, like kubelet's retry: so the chain's later plugins (host-local)
+ * still release the pod's address. Returns the successful DELs' durations and the failures' messages.
  */
 export async function deletePodsBatched(tb: Testbed, pods: TestbedPod[], concurrency: number): Promise<{ ms: number[]; failures: string[] }> {
   const queue = [...pods];
@@ -96,9 +97,14 @@ export async function deletePodsBatched(tb: Testbed, pods: TestbedPod[], concurr
     for (let pod = queue.shift(); pod !== undefined; pod = queue.shift()) {
       checkInterrupted();
       try {
-        ms.push((await tb.deletePod(pod, { force: true })).durationMs);
+        ms.push((await tb.deletePod(pod)).durationMs);
       } catch (err) {
         failures.push(`${pod.key}: ${err instanceof Error ? err.message : String(err)}`);
+        try {
+          if (tb.pods.includes(pod)) await tb.deletePod(pod, { force: true });
+        } catch (err2) {
+          failures.push(`${pod.key} (retried, forced): ${err2 instanceof Error ? err2.message : String(err2)}`);
+        }
       }
     }
   };
