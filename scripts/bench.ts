@@ -16,6 +16,7 @@ import { benchScale, reportScale, type ScaleOpts, type ScaleResult } from './ben
 import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/source-rss.js';
 import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult } from './bench/takeover.js';
 import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
+import { benchChurn, type ChurnOpts, type ChurnResult, reportChurn } from './bench/churn.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -47,12 +48,16 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --source-mode M      backend of the source preservation comparison, on vs off (default iptables)
   --takeover-modes L   backends of the take-over part (default iptables,nftables,ebpf)
   --takeover-steady S  seconds of steady state measured before the take-overs (default 8)
-  --only WHAT          add | datapath | redirect | services | scale | source | takeover (default: all seven)
+  --churn-modes L      backends of the pod-churn part (default iptables)
+  --churn-cycles N     ADD-then-DEL cycles of the pod-churn part (default 10)
+  --churn-pods N       pods per cycle (default 110)
+  --churn-concurrency N  ADDs / DELs at a time in the pod-churn part (default 32)
+  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn (default: all eight)
   --out FILE           raw results (default .bench/results.json)`;
 
-const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover'] as const;
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn'] as const;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -89,6 +94,10 @@ function parseOpts(argv: string[]): Opts {
       'takeover-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
       'takeover-steady': { type: 'string', default: '8' },
       'scale-updates': { type: 'string', default: '30' },
+      'churn-modes': { type: 'string', default: 'iptables' },
+      'churn-cycles': { type: 'string', default: '10' },
+      'churn-pods': { type: 'string', default: '110' },
+      'churn-concurrency': { type: 'string', default: '32' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -145,6 +154,10 @@ function parseOpts(argv: string[]): Opts {
     scaleUpdates: int('scale-updates', values['scale-updates'], 1),
     takeoverModes: backends('takeover-modes', values['takeover-modes']),
     steadySeconds: int('takeover-steady', values['takeover-steady'], 2),
+    churnModes: backends('churn-modes', values['churn-modes']),
+    churnCycles: int('churn-cycles', values['churn-cycles'], 1),
+    churnPods: int('churn-pods', values['churn-pods'], 1),
+    churnConcurrency: int('churn-concurrency', values['churn-concurrency'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     sourceMode: sourceMode[0] as RedirectMode,
@@ -205,6 +218,7 @@ async function main(): Promise<number> {
   let sourceRss: SourceRssResult | undefined;
   let takeover: TakeoverResult[] = [];
   let source: SourceResult | undefined;
+  let churn: ChurnResult[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -214,6 +228,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'scale') sourceRss = await benchSourceRss(3);
     if (o.only === undefined || o.only === 'takeover') takeover = await benchTakeover(o);
     if (o.only === undefined || o.only === 'source') source = await benchSource(o);
+    if (o.only === undefined || o.only === 'churn') churn = await benchChurn(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -243,6 +258,7 @@ async function main(): Promise<number> {
   if (sourceRss) reportSourceRss(sourceRss, lines);
   if (takeover.length > 0) reportTakeover(takeover, lines);
   if (source) reportSource(o, source, lines);
+  if (churn.length > 0) reportChurn(churn, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -264,6 +280,7 @@ async function main(): Promise<number> {
     sourceRss,
     takeover,
     source,
+    churn,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

@@ -435,6 +435,8 @@ export class Agent {
       const gap = keys.length ? intervalMs / (keys.length + 1) : intervalMs;
       for (const key of keys) {
         await this.pause(gap);
+        // Each check execs the backend's tools, which fork the agent: it waits while the runtime's ADDs and DELs run.
+        await this.enroller.quiet(intervalMs);
         if (this.stopping || this.repairPaused) return;
         await this.enroller.repairOne(key).catch((err: unknown) => this.log.error({ error: describe(err) }, 'pod repair failed'));
       }

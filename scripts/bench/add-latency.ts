@@ -1,6 +1,6 @@
 // 1. CNI ADD latency: the bridge-only chain against bridge + ambient-cni (per backend, and as a Node-only plugin), on
 // single-node testbeds; sequential and concurrent ADDs, empty VERSION execs, enrolment times from the agent's log.
-import type { AgentProcess, PluginInvocation, PodSpec, RedirectMode, TestbedOptions, TestbedPod } from '../../test/testbed/index.js';
+import type { AgentProcess, PluginInvocation, PodSpec, RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../../test/testbed/index.js';
 import { jsonLines, num } from './json.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
 import { type Dist, dist } from './stats.js';
@@ -76,14 +76,50 @@ async function attachEnrolTimes(agent: AgentProcess, samples: AddSample[]): Prom
   for (const s of samples) s.enrolMs = byPod.get(s.pod);
 }
 
+/** One node, the conflist with bridge + host-local only, no agent: the baseline chain. */
+export const BRIDGE_ONLY_TESTBED: TestbedOptions = { nodes: 1, withAmbientCni: false, agent: false };
+
+/** One node, bridge + host-local + ambient-cni (native front), its agent on `mode`. */
+export function ambientTestbed(mode: RedirectMode, extra: Partial<TestbedOptions> = {}): TestbedOptions {
+  return { nodes: 1, redirectMode: mode, agentLogLevel: 'info', ...extra };
+}
+
+/**
+ * Whole-chain DEL of `pods`, `concurrency` at a time, like kubelet (each pod's netns deleted after its DEL). A failed
+ * DEL is counted (not timed) and retried once, forced, like kubelet's retry: so the chain's later plugins (host-local)
+ * still release the pod's address. Returns the successful DELs' durations and the failures' messages.
+ */
+export async function deletePodsBatched(tb: Testbed, pods: TestbedPod[], concurrency: number): Promise<{ ms: number[]; failures: string[] }> {
+  const queue = [...pods];
+  const ms: number[] = [];
+  const failures: string[] = [];
+  const worker = async (): Promise<void> => {
+    for (let pod = queue.shift(); pod !== undefined; pod = queue.shift()) {
+      checkInterrupted();
+      try {
+        ms.push((await tb.deletePod(pod)).durationMs);
+      } catch (err) {
+        failures.push(`${pod.key}: ${err instanceof Error ? err.message : String(err)}`);
+        try {
+          if (tb.pods.includes(pod)) await tb.deletePod(pod, { force: true });
+        } catch (err2) {
+          failures.push(`${pod.key} (retried, forced): ${err2 instanceof Error ? err2.message : String(err2)}`);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  return { ms, failures };
+}
+
 export async function benchAdd(o: AddOpts): Promise<ChainResult[]> {
   const chains: { key: string; label: string; mode: RedirectMode | undefined; tb: TestbedOptions }[] = [
-    { key: 'bridge', label: 'bridge alone (baseline)', mode: undefined, tb: { nodes: 1, withAmbientCni: false, agent: false } },
+    { key: 'bridge', label: 'bridge alone (baseline)', mode: undefined, tb: BRIDGE_ONLY_TESTBED },
     ...o.modes.map((m) => ({
       key: `ambient-${m}`,
       label: `bridge + ambient-cni, agent ${m}`,
       mode: m,
-      tb: { nodes: 1, redirectMode: m, agentLogLevel: 'info' },
+      tb: ambientTestbed(m),
     })),
     // The same plugin code without the native fast path: every ADD starts Node (what a Node-only plugin costs).
     {
@@ -179,14 +215,7 @@ export async function benchAdd(o: AddOpts): Promise<ChainResult[]> {
       progress(`  deleting ${tbs.reduce((n, tb) => n + tb.pods.length, 0)} pods`);
       for (const [j, tb] of tbs.entries()) {
         const r = results[j];
-        const queue = [...tb.pods];
-        const worker = async (): Promise<void> => {
-          for (let pod = queue.shift(); pod !== undefined; pod = queue.shift()) {
-            checkInterrupted();
-            r?.delMs.push((await tb.deletePod(pod, { force: true })).durationMs);
-          }
-        };
-        await Promise.all(Array.from({ length: 4 }, worker));
+        r?.delMs.push(...(await deletePodsBatched(tb, tb.pods, 4)).ms);
       }
       return results;
     },

@@ -22,3 +22,21 @@ test('a save that failed (here: its temp file path is a directory) does not make
   t.deepEqual(store.load(), [rec]);
   t.is((JSON.parse(readFileSync(join(dir, 'pods.json'), 'utf8')) as { version: number }).version, 1);
 });
+
+test('saves asked for together are coalesced into one write of the newest records, and each resolves once it landed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ambient-state-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const store = new StateStore(dir, createRootLogger('silent'));
+  const rec2: PodRecord = { ...rec, containerId: 'c2', name: 'other' };
+  const first = store.save([rec]);
+  const second = store.save([rec, rec2]);
+  t.is(first, second, 'the second save joins the pending write');
+  await first;
+  t.deepEqual(store.load(), [rec, rec2]);
+  // Once that write has landed, a new save is a new write.
+  const third = store.save([rec2]);
+  t.not(third, first);
+  await third;
+  t.deepEqual(store.load(), [rec2]);
+  await store.flushed();
+});

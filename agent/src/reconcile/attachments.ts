@@ -49,6 +49,15 @@ export function openSandbox(rec: PodRecord): Netns | undefined {
   return undefined;
 }
 
+/**
+ * Removes a record's in-pod redirection pieces from its sandbox (DEL, unenrolment, a failed enrolment's roll-back).
+ * The default removes every backend's (removePodRules: iptables, nftables and eBPF pieces alike, loading the eBPF
+ * bindings); the agent may pass one that removes only the record's own backend's when that is the running one.
+ */
+export type PodRuleRemover = (ns: Netns, rec: PodRecord) => Promise<void>;
+
+export const removeEveryBackendsRules: PodRuleRemover = (ns, rec) => removePodRules(ns, rec.ifname);
+
 /** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
 export function podContext(rec: PodRecord): PodContext {
   return { ifname: rec.ifname, ips: rec.ips };
@@ -75,6 +84,7 @@ export class Attachments {
     readonly podLookupTimeoutMs: number,
     private readonly mesh: MeshContext,
     private readonly observer?: EnrollerObserver,
+    private readonly removeRules: PodRuleRemover = removeEveryBackendsRules,
   ) {}
 
   /** True when the agent has a record (from ADD, re-adoption or discovery) of this pod. */
@@ -177,7 +187,7 @@ export class Attachments {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
         // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
-        if (sameSandbox(rec, opened.id)) await removePodRules(opened, rec.ifname).catch(() => undefined);
+        if (sameSandbox(rec, opened.id)) await this.removeRules(opened, rec).catch(() => undefined);
         for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         opened.close();
       }
@@ -208,7 +218,7 @@ export class Attachments {
         // host's) namespace, removing rules there would let that pod's traffic bypass the mesh.
         const sandbox = this.sandbox(rec, { live: live?.netns, event: eventNs });
         if (sandbox) {
-          await removePodRules(sandbox.ns, rec.ifname).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
+          await this.removeRules(sandbox.ns, rec).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
           sandbox.release();
         }
         for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);

@@ -11,12 +11,12 @@ import type { PodRecord, StateStore } from '../registry/state-store.js';
 import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
 import { adopt, enrolledKeys, podRules, repairOne, type PodRulesReport } from './adoption.js';
-import { Attachments } from './attachments.js';
+import { Attachments, type PodRuleRemover } from './attachments.js';
 import { cniAdd, cniCheck, cniDel, cniGc } from './cni-commands.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
 import { enrolDiscovered, onWorkloadChange } from './late-enrolment.js';
 
-export type { EnrollerCounters, EnrollerObserver, PodRulesReport };
+export type { EnrollerCounters, EnrollerObserver, PodRuleRemover, PodRulesReport };
 
 export interface PodView extends PodRecord {
   listening: boolean;
@@ -36,8 +36,9 @@ export class Enroller {
     podLookupTimeoutMs: number,
     mesh: MeshContext,
     observer?: EnrollerObserver,
+    removeRules?: PodRuleRemover,
   ) {
-    this.attachments = new Attachments(backend, source, store, log, podLookupTimeoutMs, mesh, observer);
+    this.attachments = new Attachments(backend, source, store, log, podLookupTimeoutMs, mesh, observer, removeRules);
     this.counters = this.attachments.counters;
     source.onChange((c) => {
       if (!this.frozen) onWorkloadChange(this.attachments, c);
@@ -92,19 +93,52 @@ export class Enroller {
   }
 
   add(ev: CniEvent): Promise<EventVerdict> {
-    return cniAdd(this.attachments, ev);
+    return this.pluginEvent(() => cniAdd(this.attachments, ev));
   }
 
   del(ev: CniEvent): Promise<EventVerdict> {
-    return cniDel(this.attachments, ev);
+    return this.pluginEvent(() => cniDel(this.attachments, ev));
   }
 
   check(ev: CniEvent): Promise<EventVerdict> {
-    return cniCheck(this.attachments, ev);
+    return this.pluginEvent(() => cniCheck(this.attachments, ev));
   }
 
   gc(ev: GcEvent): Promise<EventVerdict> {
-    return cniGc(this.attachments, ev);
+    return this.pluginEvent(() => cniGc(this.attachments, ev));
+  }
+
+  /** Plugin commands in progress, and who waits for none to be (see quiet()). */
+  private pluginEvents = 0;
+  private quietWaiters = new Set<() => void>();
+
+  private async pluginEvent<T>(work: () => Promise<T>): Promise<T> {
+    this.pluginEvents++;
+    try {
+      return await work();
+    } finally {
+      if (--this.pluginEvents === 0) {
+        for (const wake of this.quietWaiters) wake();
+        this.quietWaiters.clear();
+      }
+    }
+  }
+
+  /**
+   * Resolves when no plugin command (ADD, DEL, CHECK, GC) is in progress, at once when none is, and at the latest after
+   * `maxWaitMs`: background work (the repair loop's tool execs) gives way to the runtime's commands during a burst.
+   */
+  quiet(maxWaitMs: number): Promise<void> {
+    if (this.pluginEvents === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.quietWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, maxWaitMs);
+      this.quietWaiters.add(done);
+    });
   }
 
   /** Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone. */

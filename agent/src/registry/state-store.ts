@@ -36,6 +36,9 @@ export const recordKey = (containerId: string, ifname: string): string => `${con
 export class StateStore {
   private readonly file: string;
   private writing: Promise<void> = Promise.resolve();
+  /** The write waiting for the one in progress, and the records it will write (the newest asked for). */
+  private queued: Promise<void> | undefined;
+  private newest: PodRecord[] = [];
 
   constructor(dir: string, private readonly log: Logger) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -62,24 +65,31 @@ export class StateStore {
     }
   }
 
-  /**
-   * Writes the records; calls are serialised so the newest always lands last. The rename makes a write atomic against
-   * an agent crash; there is deliberately no fsync: a node crash also destroys every pod namespace the file describes.
-   */
   /** Resolves once every write asked for so far has landed (or failed): before another agent reads the file. */
   flushed(): Promise<void> {
     return this.writing.catch(() => undefined);
   }
 
+  /**
+   * Writes the records; calls are serialised so the newest always lands last, and coalesced: the saves asked for
+   * until the event loop's next check phase (or while an earlier write is pending) become one write of the newest
+   * records, so a burst of events finishing together costs one write of every record, not one per event. The promise resolves once these records, or newer ones, have landed. The
+   * rename makes a write atomic against an agent crash; there is deliberately no fsync: a node crash also destroys every
+   * pod namespace the file describes.
+   */
   save(records: PodRecord[]): Promise<void> {
-    const doc: StateFile = { version: 1, pods: records };
-    const text = JSON.stringify(doc, null, 1);
+    this.newest = records;
+    if (this.queued) return this.queued;
     // After a failed write (disk full), the next one still runs: the chain never stays rejected.
-    this.writing = this.writing.catch(() => undefined).then(() => {
+    const queued = this.writing.catch(() => undefined).then(() => new Promise<void>((resolve) => setImmediate(resolve))).then(() => {
+      this.queued = undefined;
+      const doc: StateFile = { version: 1, pods: this.newest };
       const tmp = `${this.file}.tmp`;
-      writeFileSync(tmp, text, { mode: 0o600 });
+      writeFileSync(tmp, JSON.stringify(doc, null, 1), { mode: 0o600 });
       renameSync(tmp, this.file);
     });
-    return this.writing;
+    this.queued = queued;
+    this.writing = queued;
+    return queued;
   }
 }
