@@ -129,7 +129,13 @@ export class PodForwarder {
   async start(): Promise<void> {
     const ns = this.self.ns;
     try {
-      allowListenerMigration(ns); // a take-over's predecessor closing its listeners hands their queues to ours
+      // A take-over's predecessor closing its listeners hands their queues to ours; best effort (read-only /proc/sys).
+      const noMigration = allowListenerMigration(ns);
+      if (noMigration !== undefined && !migrationWarned) {
+        migrationWarned = true;
+        this.log.warn({ error: noMigration }, 'net.ipv4.tcp_migrate_req cannot be set in pod namespaces (is /proc/sys read-only? run the agent privileged): ' +
+          'during a take-over, connections not yet accepted when the old agent closes its listeners are reset');
+      }
       // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
       // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
       this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true }, (s) => this.outbound(s)));
@@ -645,6 +651,9 @@ export class PodForwarder {
 interface Closable {
   destroy(): void;
 }
+
+/** Whether the agent already warned that listener queues cannot migrate on a take-over (once per process). */
+let migrationWarned = false;
 
 /** An address as the kernel reports it, without the IPv4-mapped IPv6 prefix Node may add. */
 function unmapped(addr: string | undefined): string {

@@ -48,8 +48,15 @@ export function listenFdIn(ns: Netns, opts: ListenOptions): number {
  * That is what lets an agent that handed over close its listeners without failing connections it had not accepted yet.
  * /proc/sys/net is resolved against the opening thread's namespace, hence the synchronous write inside withNetns.
  */
-export function allowListenerMigration(ns: Netns): void {
-  withNetns(ns, () => writeFileSync('/proc/sys/net/ipv4/tcp_migrate_req', '1'));
+export function allowListenerMigration(ns: Netns): string | undefined {
+  try {
+    withNetns(ns, () => writeFileSync('/proc/sys/net/ipv4/tcp_migrate_req', '1'));
+    return undefined;
+  } catch (err) {
+    // A container's /proc/sys is read-only unless it runs privileged: the agent works on, a take-over costs the
+    // connections queued (not yet accepted) on the old listeners at the moment they close. The caller says so, once.
+    return (err as Error).message;
+  }
 }
 
 /** A net.Server listening inside ns; resolves once Node has adopted the socket. */
