@@ -2,11 +2,12 @@
 // a file re-read only when its stamp changes and applied on its own, object by object: a malformed object keeps its
 // previous good version in force; a new malformed AuthorizationPolicy or PeerAuthentication (even one that is not valid
 // YAML) stands as a fail-closed placeholder until fixed; a file with any other invalid YAML keeps all its previous
-// objects in force; other kinds are logged once.
+// objects in force; other kinds are logged once. Watched (inotify); a safety check stats the directory every 2 s and every
+// file every 30 s, the bound on applying a change the watch missed (see the constructor).
 import { watch, type FSWatcher, type Stats } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { Composer, Parser, parseAllDocuments } from 'yaml';
 import type { Logger } from '../log.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
@@ -31,7 +32,7 @@ export type FileEntry =
  */
 export function parseWorkloadFileEntries(name: string, text: string, onUnknown?: (what: string) => void): FileEntry[] {
   const out: FileEntry[] = [];
-  for (const doc of parseAllDocuments(text)) {
+  for (const doc of documents(text)) {
     if (doc.errors.length > 0) {
       out.push(...brokenPolicyDocument(name, doc));
       continue;
@@ -54,12 +55,31 @@ export function parseWorkloadFileEntries(name: string, text: string, onUnknown?:
   return out;
 }
 
+type YamlDocument = ReturnType<typeof parseAllDocuments>[number];
+
+/**
+ * The documents of a YAML stream one at a time, so that only one document's syntax tree is alive at once (a file of a
+ * hundred pods would otherwise hold a hundred trees while it is read). When one has errors, the whole text is parsed
+ * again with parseAllDocuments for its messages with line and column (a broken file is rare).
+ */
+function* documents(text: string): Generator<YamlDocument> {
+  let done = 0;
+  for (const doc of new Composer().compose(new Parser().parse(text))) {
+    if (doc.errors.length > 0) {
+      yield* parseAllDocuments(text).slice(done);
+      return;
+    }
+    done++;
+    yield doc as YamlDocument;
+  }
+}
+
 /**
  * A document that is not valid YAML: when what the parser recovers of it names AuthorizationPolicies or
  * PeerAuthentications (kind, apiVersion, metadata.name), each is a malformed object (scope: its whole namespace, since
  * nothing else of it can be trusted); anything else throws (the file's previous objects stay in force).
  */
-function brokenPolicyDocument(file: string, doc: ReturnType<typeof parseAllDocuments>[number]): FileEntry[] {
+function brokenPolicyDocument(file: string, doc: YamlDocument): FileEntry[] {
   const yamlError = `${file}: ${doc.errors[0]?.message ?? 'invalid YAML'}`;
   let value: unknown;
   try {
@@ -193,25 +213,76 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** Files read and parsed since the start (an unchanged file is not): for tests and the scale benchmark. */
   readonly stats = { parses: 0, rescans: 0 };
 
-  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000) {}
+  /** The directory's own stamp at the start of the last full rescan: while it holds, no file was added, removed or renamed. */
+  private dirStamp: string | undefined;
+  /** The inode the watch is on (a directory replaced by another needs a new watch). */
+  private watchedIno: number | undefined;
+  private lastFullScan = 0;
+  private closed = false;
+
+  /**
+   * `pollMs`: how often the safety check runs; `fullScanMs`: how often it stats every file. With the directory watched
+   * (inotify), a change the watch did not report is still applied within `fullScanMs` at worst, and within `pollMs` when
+   * it adds, removes or renames a file (a ConfigMap volume's update swaps a symlink: a rename); without a watch every
+   * check is a full scan. An idle folder thus costs one stat per `pollMs` and one per file per `fullScanMs`.
+   */
+  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000, private readonly fullScanMs = Math.max(pollMs, 30_000)) {}
 
   async start(): Promise<void> {
     await this.rescan();
-    try {
-      this.watcher = watch(this.dir, () => this.queueRescan());
-      this.watcher.on('error', (err) => this.log.warn({ err }, 'workloads dir watch failed; polling only'));
-    } catch (err) {
-      this.log.warn({ err, dir: this.dir }, 'cannot watch workloads dir; polling only');
-    }
-    // inotify misses nothing in practice, but a periodic rescan covers editors that replace the directory.
-    this.poll = setInterval(() => this.queueRescan(), this.pollMs);
+    this.watchDir();
+    this.poll = setInterval(() => this.safetyCheck(), this.pollMs);
     this.poll.unref();
   }
 
   async stop(): Promise<void> {
+    this.closed = true;
     this.watcher?.close();
+    this.watcher = undefined;
     if (this.poll) clearInterval(this.poll);
     await this.rescanning;
+  }
+
+  /** Watches the directory (inotify): any event rescans it. */
+  private watchDir(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    try {
+      const w = watch(this.dir, () => this.queueRescan());
+      w.on('error', (err) => {
+        this.log.warn({ err }, 'workloads dir watch failed; polling only');
+        if (this.watcher === w) this.watcher = undefined;
+        w.close();
+      });
+      this.watcher = w;
+      this.watchedIno = this.dirStamp === undefined ? undefined : Number(this.dirStamp.split(':')[0]);
+    } catch (err) {
+      this.log.warn({ err, dir: this.dir }, 'cannot watch workloads dir; polling only');
+    }
+  }
+
+  /**
+   * The periodic safety net under the watch: a full rescan when there is no watch or the last one is `fullScanMs` old;
+   * otherwise only the directory's stamp, and a full rescan (with a new watch if the directory was replaced) when it moved.
+   */
+  private safetyCheck(): void {
+    if (this.rescanning) return;
+    if (!this.watcher || Date.now() - this.lastFullScan >= this.fullScanMs) {
+      this.queueRescan();
+      return;
+    }
+    stat(this.dir).then(
+      (st) => {
+        if (stampOf(st) === this.dirStamp) return;
+        if (st.ino !== this.watchedIno && !this.closed) {
+          this.log.info({ dir: this.dir }, 'workloads dir replaced; watching the new one');
+          this.dirStamp = stampOf(st);
+          this.watchDir();
+        }
+        this.queueRescan();
+      },
+      () => this.queueRescan(),
+    );
   }
 
   getPod(namespace: string, name: string): PodInfo | undefined {
@@ -275,11 +346,14 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   /**
-   * Stats every file and reads only those whose stamp (inode, size, mtime, ctime) changed; each changed or removed file
+   * Stats the directory and every file and reads only the files whose stamp (inode, size, mtime, ctime) changed; each changed or removed file
    * is applied on its own (its objects out, its new objects in), so an idle folder costs one stat per file.
    */
   private async rescan(): Promise<void> {
     this.stats.rescans++;
+    this.lastFullScan = Date.now();
+    // Before the listing: a file added after this stat moves the directory's stamp, and the next safety check sees it.
+    this.dirStamp = await stat(this.dir).then(stampOf, () => undefined);
     let names: string[];
     try {
       names = (await readdir(this.dir)).filter((n) => YAML_FILE.test(n) && !n.startsWith('.')).sort();
