@@ -7,6 +7,7 @@ import { describe } from '../../errors.js';
 import { KubeApiError, type KubeClient, type WatchEvent } from './client.js';
 import { backoffDelay, type BackoffPolicy } from '../../backoff.js';
 import { sameValue } from '../same-value.js';
+import { intern } from '../intern.js';
 
 export type { BackoffPolicy };
 
@@ -61,7 +62,8 @@ export interface ReflectorOptions<T> {
 export function objectKey(obj: Record<string, unknown>): string | undefined {
   const meta = obj.metadata as { name?: unknown; namespace?: unknown } | undefined;
   if (typeof meta?.name !== 'string' || !meta.name) return undefined;
-  return typeof meta.namespace === 'string' && meta.namespace ? `${meta.namespace}/${meta.name}` : meta.name;
+  // The namespace's shared copy: the key (kept as long as the object) then holds no copy of its own.
+  return typeof meta.namespace === 'string' && meta.namespace ? `${intern(meta.namespace)}/${meta.name}` : meta.name;
 }
 
 function resourceVersionOf(obj: Record<string, unknown>): string {
