@@ -232,7 +232,10 @@ export class WorkloadDirectory {
   private rebuild(change?: WorkloadChange): void {
     if (!change || change.namespaces.length > 0) {
       // A namespace's labels select or drop all its pods at once: rebuilt whole (rare).
-      this.byIp = WorkloadsByIp.from(buildDirectory(this.source, this.trustDomain).values());
+      // Straight into the index (no intermediate map of the whole cluster); a later pod with the same IP wins.
+      const byIp = new WorkloadsByIp();
+      for (const pod of this.source.pods()) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain)) byIp.add(w);
+      this.byIp = byIp;
     } else {
       // Pod by pod: the old version's IPs let go, the source's current version (it may hold the pod from more than
       // one list, as the kubernetes source does) claims its own: the cost is per change, not per cluster.

@@ -173,7 +173,6 @@ export function describeObject(item: unknown): string {
 
 const podKey = (ns: string, name: string): string => `${ns}/${name}`;
 
-
 /** What identifies a version of a file without reading it: a file whose stamp is unchanged is not read again. */
 const stampOf = (s: Stats): string => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
 
@@ -506,6 +505,8 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** Tells listeners what this rescan changed: the pods and namespaces it touched, policies and Services when they differ. */
   private apply(touched: Touched): void {
     const change: WorkloadChange = { pods: [], namespaces: [], policies: false, services: false };
+    // Nobody to tell (the first load, before the directory is built on it): no per-pod change list of the whole folder.
+    if (this.listeners.length === 0) touched.pods.clear();
     for (const [key, before] of touched.pods) {
       const after = this.pods_.get(key);
       if (!sameValue(before, after)) change.pods.push({ before, after });

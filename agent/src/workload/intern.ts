@@ -27,7 +27,17 @@ const strings = new InternPool<string, string>(200_000);
 
 /** The shared copy of a string that many pods carry (namespace, node, service account, label key or value). */
 export function intern(s: string): string {
-  return strings.get(s, () => s);
+  return strings.get(s, () => flat(s));
+}
+
+/**
+ * `s` in one piece. A parser may build a value by concatenation (the YAML one does): V8 then keeps it as a tree of the
+ * pieces (about 24 small strings a pod) until something reads it whole; a string kept for long is made whole first.
+ * Converting to a number reads it whole and flattens it in place.
+ */
+export function flat(s: string): string {
+  void Number(s);
+  return s;
 }
 
 const EMPTY: Readonly<Record<string, string>> = Object.freeze({});

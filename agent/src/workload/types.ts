@@ -5,7 +5,7 @@ import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer
 import { parseAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
 import { normalizeIp } from '../protocol/address.js';
 import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
-import { intern, internMap } from './intern.js';
+import { flat, intern, internMap } from './intern.js';
 import { parseEndpointSlice, parseService, type EndpointSliceInfo, type ServiceInfo } from './service-objects.js';
 
 export { WorkloadParseError } from './k8s-fields.js';
@@ -79,7 +79,7 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   const ips: string[] = [];
   const add = (v: unknown): void => {
     if (typeof v !== 'string' || v === '') return;
-    const ip = normalizeIp(v);
+    const ip = flat(normalizeIp(v));
     if (!ips.includes(ip)) ips.push(ip);
   };
   add(status.podIP);
@@ -88,8 +88,8 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
     kind,
     pod: {
       namespace: typeof meta.namespace === 'string' && meta.namespace ? intern(meta.namespace) : 'default',
-      name,
-      uid: typeof meta.uid === 'string' ? meta.uid : '',
+      name: flat(name),
+      uid: typeof meta.uid === 'string' ? flat(meta.uid) : '',
       labels: internMap(stringMap(meta.labels, `${where}: metadata.labels`)),
       annotations: keptAnnotations(stringMap(meta.annotations, `${where}: metadata.annotations`)),
       nodeName: typeof spec.nodeName === 'string' ? intern(spec.nodeName) : '',
