@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { fromK8sObject, POD_ANNOTATIONS_KEPT, type PodInfo } from '../../agent/src/workload/types.js';
-import { intern, internMap, InternPool } from '../../agent/src/workload/intern.js';
+import { flat, intern, internMap, InternPool } from '../../agent/src/workload/intern.js';
 import { JsonListSplitter } from '../../agent/src/workload/kube/list-splitter.js';
 import { REDIRECTION_ANNOTATION } from '../../agent/src/workload/kube/pod-annotator.js';
 import { sameValue } from '../../agent/src/workload/same-value.js';
@@ -50,6 +50,7 @@ test('pods keep shared, frozen label sets and only the annotations the agent rea
 
 test('intern pools return the first copy and start over when full', (t) => {
   t.is(intern(['x', 'y'].join('')), 'xy');
+  t.is(flat(`${'a'.repeat(20)}${String(Math.random() > 2)}`), `${'a'.repeat(20)}false`);
   t.is(internMap({}), internMap({}));
   t.not(internMap({ a: '1', b: '2' }), internMap({ b: '2', a: '1' }), 'key order is part of a set (both are right)');
   const pool = new InternPool<string, { v: string }>(2);
