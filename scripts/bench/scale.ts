@@ -163,10 +163,11 @@ async function runOne(o: ScaleOpts, source: ScaleSource, pods: number): Promise<
       changeMs.push((await applied).atMs - t0);
     }
     const cpu1 = (await worker.ask({ type: 'cpu' }, 'cpu')).cpuMs;
-    // The same exchanges without a change (the IP is already there): the bench's own share of the CPU above.
+    // The same exchanges without a change (the last change's IP is there: no later change moved its pod): the bench's
+    // own share of the CPU above.
     for (let j = 0; j < o.scaleUpdates; j++) {
       const applied = worker.next('applied');
-      await worker.ask({ type: 'expect', ip: updatedIp(j) }, 'armed');
+      await worker.ask({ type: 'expect', ip: updatedIp(o.scaleUpdates - 1) }, 'armed');
       await applied;
     }
     const cpu2 = (await worker.ask({ type: 'cpu' }, 'cpu')).cpuMs;
