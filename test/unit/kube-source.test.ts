@@ -415,6 +415,11 @@ class RefusingClient extends KubeClient {
     if (this.refused.has(args[0])) throw new KubeApiError(`GET ${args[0]}: HTTP 403: forbidden`, 403);
     return super.getJson(...args);
   }
+
+  override async getList(...args: Parameters<KubeClient['getList']>): ReturnType<KubeClient['getList']> {
+    if (this.refused.has(args[0])) throw new KubeApiError(`GET ${args[0]}: HTTP 403: forbidden`, 403);
+    return super.getList(...args);
+  }
 }
 
 test('start() (the agent\'s readiness) waits until Services and EndpointSlices listed once, retrying a refused list', async (t) => {

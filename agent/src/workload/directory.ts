@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import { isIP, type BlockList } from 'node:net';
 import { normalizeIp } from '../protocol/address.js';
 import { parseServiceCidrs } from './service-cidrs.js';
+import { InternPool } from './intern.js';
 import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEndpoint, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import type { NamespaceInfo, PodInfo } from './types.js';
@@ -24,16 +25,26 @@ export function workloadIdentity(trustDomain: string, pod: Pick<PodInfo, 'namesp
   return spiffeId(trustDomain, pod.namespace, pod.serviceAccount);
 }
 
+/** Identities by trust domain, namespace and service account: one shared string (checked once) for all their pods. */
+const identities = new InternPool<string, string>(100_000);
+
+/** workloadIdentity, shared; '' when the names cannot form a SPIFFE ID. */
+function sharedIdentity(trustDomain: string, pod: Pick<PodInfo, 'namespace' | 'serviceAccount'>): string {
+  return identities.get(`${trustDomain}\u0000${pod.namespace}\u0000${pod.serviceAccount}`, () => {
+    try {
+      return workloadIdentity(trustDomain, pod);
+    } catch {
+      return '';
+    }
+  });
+}
+
 /** Pure: the mesh workloads of one pod (one per IP), or none when it is not selected for the mesh. */
 export function meshWorkloads(pod: PodInfo, namespace: NamespaceInfo | undefined, trustDomain: string): MeshWorkload[] {
   if (pod.podIPs.length === 0) return [];
   if (!decideEnrolment(pod, namespace).enrol) return [];
-  let identity: string;
-  try {
-    identity = workloadIdentity(trustDomain, pod);
-  } catch {
-    return []; // a name that cannot form a SPIFFE ID: not a mesh destination (traffic to it stays plain)
-  }
+  const identity = sharedIdentity(trustDomain, pod);
+  if (!identity) return []; // a name that cannot form a SPIFFE ID: not a mesh destination (traffic to it stays plain)
   return pod.podIPs.map((ip) => ({ ip, namespace: pod.namespace, name: pod.name, serviceAccount: pod.serviceAccount, identity, node: pod.nodeName }));
 }
 
@@ -221,7 +232,10 @@ export class WorkloadDirectory {
   private rebuild(change?: WorkloadChange): void {
     if (!change || change.namespaces.length > 0) {
       // A namespace's labels select or drop all its pods at once: rebuilt whole (rare).
-      this.byIp = WorkloadsByIp.from(buildDirectory(this.source, this.trustDomain).values());
+      // Straight into the index (no intermediate map of the whole cluster); a later pod with the same IP wins.
+      const byIp = new WorkloadsByIp();
+      for (const pod of this.source.pods()) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain)) byIp.add(w);
+      this.byIp = byIp;
     } else {
       // Pod by pod: the old version's IPs let go, the source's current version (it may hold the pod from more than
       // one list, as the kubernetes source does) claims its own: the cost is per change, not per cluster.

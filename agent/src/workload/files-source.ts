@@ -2,11 +2,12 @@
 // a file re-read only when its stamp changes and applied on its own, object by object: a malformed object keeps its
 // previous good version in force; a new malformed AuthorizationPolicy or PeerAuthentication (even one that is not valid
 // YAML) stands as a fail-closed placeholder until fixed; a file with any other invalid YAML keeps all its previous
-// objects in force; other kinds are logged once.
+// objects in force; other kinds are logged once. Watched (inotify); a safety check stats the directory every 2 s and each
+// file once per 30 s, a slice at a time: the bound on applying a change the watch missed (see the constructor).
 import { watch, type FSWatcher, type Stats } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { Composer, Parser, parseAllDocuments } from 'yaml';
 import type { Logger } from '../log.js';
 import type { WorkloadChange, WorkloadSource } from './source.js';
 import { fromK8sObject, type NamespaceInfo, type PodInfo, type WorkloadObject } from './types.js';
@@ -15,6 +16,7 @@ import { malformedAuthorizationPolicy, type AuthorizationPolicy } from '../polic
 import type { EndpointSliceInfo, ServiceInfo } from './service-objects.js';
 import { PodWaiters } from './pod-waiters.js';
 import { FileUnion, type Held } from './file-union.js';
+import { sameValue } from './same-value.js';
 import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
@@ -31,7 +33,7 @@ export type FileEntry =
  */
 export function parseWorkloadFileEntries(name: string, text: string, onUnknown?: (what: string) => void): FileEntry[] {
   const out: FileEntry[] = [];
-  for (const doc of parseAllDocuments(text)) {
+  for (const doc of documents(text)) {
     if (doc.errors.length > 0) {
       out.push(...brokenPolicyDocument(name, doc));
       continue;
@@ -54,12 +56,31 @@ export function parseWorkloadFileEntries(name: string, text: string, onUnknown?:
   return out;
 }
 
+type YamlDocument = ReturnType<typeof parseAllDocuments>[number];
+
+/**
+ * The documents of a YAML stream one at a time, so that only one document's syntax tree is alive at once (a file of a
+ * hundred pods would otherwise hold a hundred trees while it is read). When one has errors, the whole text is parsed
+ * again with parseAllDocuments for its messages with line and column (a broken file is rare).
+ */
+function* documents(text: string): Generator<YamlDocument> {
+  let done = 0;
+  for (const doc of new Composer().compose(new Parser().parse(text))) {
+    if (doc.errors.length > 0) {
+      yield* parseAllDocuments(text).slice(done);
+      return;
+    }
+    done++;
+    yield doc as YamlDocument;
+  }
+}
+
 /**
  * A document that is not valid YAML: when what the parser recovers of it names AuthorizationPolicies or
  * PeerAuthentications (kind, apiVersion, metadata.name), each is a malformed object (scope: its whole namespace, since
  * nothing else of it can be trusted); anything else throws (the file's previous objects stay in force).
  */
-function brokenPolicyDocument(file: string, doc: ReturnType<typeof parseAllDocuments>[number]): FileEntry[] {
+function brokenPolicyDocument(file: string, doc: YamlDocument): FileEntry[] {
   const yamlError = `${file}: ${doc.errors[0]?.message ?? 'invalid YAML'}`;
   let value: unknown;
   try {
@@ -152,17 +173,30 @@ export function describeObject(item: unknown): string {
 
 const podKey = (ns: string, name: string): string => `${ns}/${name}`;
 
-/** JSON.stringify replacer that makes Maps comparable. */
-const mapReplacer = (_k: string, v: unknown): unknown => (v instanceof Map ? [...v.entries()] : typeof v === 'bigint' ? v.toString() : v);
-
 /** What identifies a version of a file without reading it: a file whose stamp is unchanged is not read again. */
 const stampOf = (s: Stats): string => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
 
-/** One file as last read: its stamp, the objects it puts in force, and its problems (kept until the file changes). */
+/**
+ * One file as last read: its stamp, the objects it puts in force, and its problems (kept until the file changes). Pods,
+ * most of a big folder, are kept as their records alone (their key is derived from the record).
+ */
 interface FileState {
   stamp: string;
+  pods: PodInfo[];
+  /** Every other object in force (Namespaces, policies and their placeholders, Services, EndpointSlices). */
   objects: ResolvedObject[];
   problems: Map<string, Record<string, unknown>>;
+}
+
+/** A file's state from its resolved objects: pods apart, as bare records. */
+function fileState(stamp: string, resolved: readonly ResolvedObject[], problems: FileState['problems']): FileState {
+  const pods: PodInfo[] = [];
+  const objects: ResolvedObject[] = [];
+  for (const o of resolved) {
+    if (o.object.kind === 'Pod') pods.push(o.object.pod);
+    else objects.push(o);
+  }
+  return { stamp, pods: pods.slice(), objects, problems };
 }
 
 /** Pods and namespaces touched by one rescan (with their value before it), and whether any other kind was. */
@@ -173,8 +207,8 @@ interface Touched {
 }
 
 export class FilesWorkloadSource implements WorkloadSource {
-  private readonly pods_ = new FileUnion<PodInfo>((key, except) => this.definedIn(key, except, (o) => (o.kind === 'Pod' ? [podKey(o.pod.namespace, o.pod.name), o.pod] : undefined)));
-  private readonly namespaces = new FileUnion<NamespaceInfo>((key, except) => this.definedIn(key, except, (o) => (o.kind === 'Namespace' ? [o.namespace.name, o.namespace] : undefined)));
+  private readonly pods_ = new FileUnion<PodInfo>((key, except) => this.definedIn(key, except, (f) => f.pods.map((p) => [podKey(p.namespace, p.name), p])));
+  private readonly namespaces = new FileUnion<NamespaceInfo>((key, except) => this.definedIn(key, except, (f) => f.objects.flatMap(({ object: o }) => (o.kind === 'Namespace' ? [[o.namespace.name, o.namespace]] : []))));
   private peerAuthns: PeerAuthentication[] = [];
   private authzPolicies: AuthorizationPolicy[] = [];
   private services_: ServiceInfo[] = [];
@@ -193,25 +227,85 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** Files read and parsed since the start (an unchanged file is not): for tests and the scale benchmark. */
   readonly stats = { parses: 0, rescans: 0 };
 
-  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000) {}
+  /** The directory's own stamp at the start of the last full rescan: while it holds, no file was added, removed or renamed. */
+  private dirStamp: string | undefined;
+  /** The inode the watch is on (a directory replaced by another needs a new watch). */
+  private watchedIno: number | undefined;
+  /** The files the safety check stats in turn (those of the last rescan), and where it is in them. */
+  private scanOrder: string[] = [];
+  private scanCursor = 0;
+  private closed = false;
+
+  /**
+   * `pollMs`: how often the safety check runs; `fullScanMs`: how often it stats every file. With the directory watched
+   * (inotify), a change the watch did not report is still applied within `fullScanMs` at worst, and within `pollMs` when
+   * it adds, removes or renames a file (a ConfigMap volume's update swaps a symlink: a rename); without a watch every
+   * check is a full scan. An idle folder thus costs one stat per `pollMs` and one per file per `fullScanMs`.
+   */
+  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000, private readonly fullScanMs = Math.max(pollMs, 30_000)) {}
 
   async start(): Promise<void> {
     await this.rescan();
-    try {
-      this.watcher = watch(this.dir, () => this.queueRescan());
-      this.watcher.on('error', (err) => this.log.warn({ err }, 'workloads dir watch failed; polling only'));
-    } catch (err) {
-      this.log.warn({ err, dir: this.dir }, 'cannot watch workloads dir; polling only');
-    }
-    // inotify misses nothing in practice, but a periodic rescan covers editors that replace the directory.
-    this.poll = setInterval(() => this.queueRescan(), this.pollMs);
+    this.watchDir();
+    this.poll = setInterval(() => this.safetyCheck(), this.pollMs);
     this.poll.unref();
   }
 
   async stop(): Promise<void> {
+    this.closed = true;
     this.watcher?.close();
+    this.watcher = undefined;
     if (this.poll) clearInterval(this.poll);
     await this.rescanning;
+  }
+
+  /** Watches the directory (inotify): any event rescans it. */
+  private watchDir(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    try {
+      const w = watch(this.dir, () => this.queueRescan());
+      w.on('error', (err) => {
+        this.log.warn({ err }, 'workloads dir watch failed; polling only');
+        if (this.watcher === w) this.watcher = undefined;
+        w.close();
+      });
+      this.watcher = w;
+      this.watchedIno = this.dirStamp === undefined ? undefined : Number(this.dirStamp.split(':')[0]);
+    } catch (err) {
+      this.log.warn({ err, dir: this.dir }, 'cannot watch workloads dir; polling only');
+    }
+  }
+
+  /**
+   * The periodic safety net under the watch. Without a watch: a full rescan. With one: the directory's stamp (a full
+   * rescan, and a new watch if the directory was replaced, when it moved), and the stamps of the next slice of files in
+   * turn, sized so that every file is checked once per `fullScanMs` (a full rescan when one moved): the cost is spread
+   * evenly, never a burst of every file at once.
+   */
+  private safetyCheck(): void {
+    if (this.rescanning) return;
+    if (!this.watcher) {
+      this.queueRescan();
+      return;
+    }
+    const count = Math.min(this.scanOrder.length, Math.ceil((this.scanOrder.length * this.pollMs) / this.fullScanMs));
+    if (this.scanCursor >= this.scanOrder.length) this.scanCursor = 0;
+    const slice = this.scanOrder.slice(this.scanCursor, this.scanCursor + count);
+    this.scanCursor += slice.length;
+    const files = Promise.all(slice.map((n) => stat(join(this.dir, n)).then((st) => stampOf(st) === this.files.get(n)?.stamp, () => false)));
+    Promise.all([stat(this.dir), files]).then(
+      ([st, same]) => {
+        const moved = stampOf(st) !== this.dirStamp;
+        if (moved && st.ino !== this.watchedIno && !this.closed) {
+          this.log.info({ dir: this.dir }, 'workloads dir replaced; watching the new one');
+          this.dirStamp = stampOf(st);
+          this.watchDir();
+        }
+        if (moved || same.includes(false)) this.queueRescan();
+      },
+      () => this.queueRescan(),
+    );
   }
 
   getPod(namespace: string, name: string): PodInfo | undefined {
@@ -275,14 +369,17 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   /**
-   * Stats every file and reads only those whose stamp (inode, size, mtime, ctime) changed; each changed or removed file
+   * Stats the directory and every file and reads only the files whose stamp (inode, size, mtime, ctime) changed; each changed or removed file
    * is applied on its own (its objects out, its new objects in), so an idle folder costs one stat per file.
    */
   private async rescan(): Promise<void> {
     this.stats.rescans++;
+    // Before the listing: a file added after this stat moves the directory's stamp, and the next safety check sees it.
+    this.dirStamp = await stat(this.dir).then(stampOf, () => undefined);
     let names: string[];
     try {
       names = (await readdir(this.dir)).filter((n) => YAML_FILE.test(n) && !n.startsWith('.')).sort();
+      this.scanOrder = names;
     } catch (err) {
       this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
       return;
@@ -303,14 +400,14 @@ export class FilesWorkloadSource implements WorkloadSource {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
         // Nothing of it can be read: its previous objects stay in force until the file changes again.
-        this.files.set(name, { stamp, objects: prev?.objects ?? [], problems: new Map([[`file ${name}`, { file: name, error: (err as Error).message }]]) });
+        this.files.set(name, { stamp, pods: prev?.pods ?? [], objects: prev?.objects ?? [], problems: new Map([[`file ${name}`, { file: name, error: (err as Error).message }]]) });
         continue;
       }
       const found = new Map<string, { error: string; outcome: 'kept-previous' | 'placeholder' | 'dropped' }>();
       const objects = resolveFileEntries(entries, { get: (key) => this.previousGood(key) }, found);
       const problems = new Map<string, Record<string, unknown>>();
       for (const [object, p] of found) problems.set(object, { file: name, object, ...p });
-      this.replaceFile(name, { stamp, objects, problems }, touched);
+      this.replaceFile(name, fileState(stamp, objects, problems), touched);
     }
     const problems = new Map<string, Record<string, unknown>>();
     for (const f of this.files.values()) for (const [k, p] of f.problems) problems.set(k, p);
@@ -323,47 +420,47 @@ export class FilesWorkloadSource implements WorkloadSource {
     const prev = this.files.get(name);
     if (next) this.files.set(name, next);
     else this.files.delete(name);
-    const keep = new Set<string>();
-    for (const o of next?.objects ?? []) {
-      if (o.object.kind === 'Pod') keep.add(`Pod ${podKey(o.object.pod.namespace, o.object.pod.name)}`);
-      else if (o.object.kind === 'Namespace') keep.add(`Namespace ${o.object.namespace.name}`);
+    const keepPods = new Set<string>();
+    for (const p of next?.pods ?? []) keepPods.add(podKey(p.namespace, p.name));
+    const keepNamespaces = new Set<string>();
+    for (const { object: o } of next?.objects ?? []) {
+      if (o.kind === 'Namespace') keepNamespaces.add(o.namespace.name);
       else touched.others = true;
     }
+    for (const p of prev?.pods ?? []) {
+      const key = podKey(p.namespace, p.name);
+      if (keepPods.has(key)) continue;
+      if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
+      this.pods_.remove(key, name);
+    }
     for (const { object: o } of prev?.objects ?? []) {
-      if (o.kind === 'Pod') {
-        const key = podKey(o.pod.namespace, o.pod.name);
-        if (keep.has(`Pod ${key}`)) continue;
-        if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
-        this.pods_.remove(key, name);
-      } else if (o.kind === 'Namespace') {
-        if (keep.has(`Namespace ${o.namespace.name}`)) continue;
+      if (o.kind === 'Namespace') {
+        if (keepNamespaces.has(o.namespace.name)) continue;
         if (!touched.namespaces.has(o.namespace.name)) touched.namespaces.set(o.namespace.name, this.namespaces.get(o.namespace.name));
         this.namespaces.remove(o.namespace.name, name);
       } else {
         touched.others = true;
       }
     }
+    for (const p of next?.pods ?? []) {
+      const key = podKey(p.namespace, p.name);
+      if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
+      this.pods_.set(key, name, p);
+    }
     for (const { object: o } of next?.objects ?? []) {
-      if (o.kind === 'Pod') {
-        const key = podKey(o.pod.namespace, o.pod.name);
-        if (!touched.pods.has(key)) touched.pods.set(key, this.pods_.get(key));
-        this.pods_.set(key, name, o.pod);
-      } else if (o.kind === 'Namespace') {
-        if (!touched.namespaces.has(o.namespace.name)) touched.namespaces.set(o.namespace.name, this.namespaces.get(o.namespace.name));
-        this.namespaces.set(o.namespace.name, name, o.namespace);
-      }
+      if (o.kind !== 'Namespace') continue;
+      if (!touched.namespaces.has(o.namespace.name)) touched.namespaces.set(o.namespace.name, this.namespaces.get(o.namespace.name));
+      this.namespaces.set(o.namespace.name, name, o.namespace);
     }
   }
 
   /** The last definition (in file-name order) of a pod or namespace key in a file other than `except`. */
-  private definedIn<T>(key: string, except: string, pick: (o: WorkloadObject) => [string, T] | undefined): Held<T> | undefined {
+  private definedIn<T>(key: string, except: string, entries: (f: FileState) => [string, T][]): Held<T> | undefined {
     let found: Held<T> | undefined;
     for (const name of [...this.files.keys()].sort()) {
       if (name === except) continue;
-      for (const { object } of this.files.get(name)?.objects ?? []) {
-        const p = pick(object);
-        if (p && p[0] === key) found = { value: p[1], file: name };
-      }
+      const f = this.files.get(name);
+      if (f) for (const [k, value] of entries(f)) if (k === key) found = { value, file: name };
     }
     return found;
   }
@@ -371,7 +468,11 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** The previous good version of an object (by `kind ns/name`) in any file, for a malformed new version. */
   private previousGood(key: string): WorkloadObject | undefined {
     let found: WorkloadObject | undefined;
-    for (const f of this.files.values()) for (const o of f.objects) if (!o.placeholder && o.key === key) found = o.object;
+    const pod = key.startsWith('Pod ');
+    for (const f of this.files.values()) {
+      if (pod) for (const p of f.pods) if (`Pod ${podKey(p.namespace, p.name)}` === key) found = { kind: 'Pod', pod: p };
+      if (!pod) for (const o of f.objects) if (!o.placeholder && o.key === key) found = o.object;
+    }
     return found;
   }
 
@@ -404,13 +505,15 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** Tells listeners what this rescan changed: the pods and namespaces it touched, policies and Services when they differ. */
   private apply(touched: Touched): void {
     const change: WorkloadChange = { pods: [], namespaces: [], policies: false, services: false };
+    // Nobody to tell (the first load, before the directory is built on it): no per-pod change list of the whole folder.
+    if (this.listeners.length === 0) touched.pods.clear();
     for (const [key, before] of touched.pods) {
       const after = this.pods_.get(key);
-      if (before !== after && JSON.stringify(before) !== JSON.stringify(after)) change.pods.push({ before, after });
+      if (!sameValue(before, after)) change.pods.push({ before, after });
     }
     for (const [key, before] of touched.namespaces) {
       const after = this.namespaces.get(key);
-      if (before !== after && JSON.stringify(before) !== JSON.stringify(after)) change.namespaces.push({ before, after });
+      if (!sameValue(before, after)) change.namespaces.push({ before, after });
     }
     if (touched.others) this.applyOthers(change);
     this.waiters.notify();
@@ -438,8 +541,8 @@ export class FilesWorkloadSource implements WorkloadSource {
         else if (o.kind === 'EndpointSlice') slices.push(o.endpointSlice);
       }
     }
-    change.services = JSON.stringify([services, slices]) !== JSON.stringify([this.services_, this.slices]);
-    change.policies = JSON.stringify([peerAuthns, authzPolicies], mapReplacer) !== JSON.stringify([this.peerAuthns, this.authzPolicies], mapReplacer);
+    change.services = !sameValue([services, slices], [this.services_, this.slices]);
+    change.policies = !sameValue([peerAuthns, authzPolicies], [this.peerAuthns, this.authzPolicies]);
     if (change.policies) {
       for (const p of authzPolicies) {
         for (const w of p.warnings) this.log.warn({ policy: `${p.namespace}/${p.name}`, warning: w }, 'authorization policy uses a field L4 enforcement ignores');

@@ -5,18 +5,28 @@ import { parsePeerAuthentication, type PeerAuthentication } from '../policy/peer
 import { parseAuthorizationPolicy, type AuthorizationPolicy } from '../policy/authorization.js';
 import { normalizeIp } from '../protocol/address.js';
 import { isObj, stringMap, WorkloadParseError, type Obj } from './k8s-fields.js';
+import { flat, intern, internMap } from './intern.js';
 import { parseEndpointSlice, parseService, type EndpointSliceInfo, type ServiceInfo } from './service-objects.js';
 
 export { WorkloadParseError } from './k8s-fields.js';
 
 export const DATAPLANE_MODE_LABEL = 'istio.io/dataplane-mode';
 
+/** The pod annotations the agent reads (the kubernetes source's capture state); a PodInfo keeps only these. */
+export const POD_ANNOTATIONS_KEPT: readonly string[] = ['ambient.istio.io/redirection'];
+
+/**
+ * A pod as the agent keeps it: a compact record of the fields it uses, never the parsed object. Repeated strings
+ * (namespace, node, service account, label keys and values) and whole label sets are shared copies (intern.ts): labels
+ * and annotations are frozen and shared between pods.
+ */
 export interface PodInfo {
   namespace: string;
   name: string;
   uid: string;
-  labels: Record<string, string>;
-  annotations: Record<string, string>;
+  labels: Readonly<Record<string, string>>;
+  /** Only POD_ANNOTATIONS_KEPT (all are checked to be strings). */
+  annotations: Readonly<Record<string, string>>;
   nodeName: string;
   serviceAccount: string;
   hostNetwork: boolean;
@@ -59,7 +69,7 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   if (!isObj(meta)) throw new WorkloadParseError(`${kind}: metadata must be a mapping`);
   const name = reqString(meta, 'name', `${kind}.metadata`);
   if (kind === 'Namespace') {
-    return { kind, namespace: { name, labels: stringMap(meta.labels, `Namespace ${name}: metadata.labels`) } };
+    return { kind, namespace: { name: intern(name), labels: internMap(stringMap(meta.labels, `Namespace ${name}: metadata.labels`)) } };
   }
   const where = `Pod ${String(meta.namespace ?? 'default')}/${name}`;
   const spec = isObj(doc.spec) ? doc.spec : {};
@@ -69,7 +79,7 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   const ips: string[] = [];
   const add = (v: unknown): void => {
     if (typeof v !== 'string' || v === '') return;
-    const ip = normalizeIp(v);
+    const ip = flat(normalizeIp(v));
     if (!ips.includes(ip)) ips.push(ip);
   };
   add(status.podIP);
@@ -77,16 +87,26 @@ export function fromK8sObject(doc: unknown): WorkloadObject | undefined {
   return {
     kind,
     pod: {
-      namespace: typeof meta.namespace === 'string' && meta.namespace ? meta.namespace : 'default',
-      name,
-      uid: typeof meta.uid === 'string' ? meta.uid : '',
-      labels: stringMap(meta.labels, `${where}: metadata.labels`),
-      annotations: stringMap(meta.annotations, `${where}: metadata.annotations`),
-      nodeName: typeof spec.nodeName === 'string' ? spec.nodeName : '',
-      serviceAccount: typeof spec.serviceAccountName === 'string' && spec.serviceAccountName ? spec.serviceAccountName : 'default',
+      namespace: typeof meta.namespace === 'string' && meta.namespace ? intern(meta.namespace) : 'default',
+      name: flat(name),
+      uid: typeof meta.uid === 'string' ? flat(meta.uid) : '',
+      labels: internMap(stringMap(meta.labels, `${where}: metadata.labels`)),
+      annotations: keptAnnotations(stringMap(meta.annotations, `${where}: metadata.annotations`)),
+      nodeName: typeof spec.nodeName === 'string' ? intern(spec.nodeName) : '',
+      serviceAccount: typeof spec.serviceAccountName === 'string' && spec.serviceAccountName ? intern(spec.serviceAccountName) : 'default',
       hostNetwork: spec.hostNetwork === true,
-      podIPs: ips,
+      podIPs: ips.slice(), // exactly sized (a pushed-to array keeps room for 17)
       ...(meta.deletionTimestamp ? { terminating: true as const } : {}),
     },
   };
+}
+
+/** The annotations of POD_ANNOTATIONS_KEPT in `all`, as a shared map. */
+function keptAnnotations(all: Record<string, string>): Readonly<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const k of POD_ANNOTATIONS_KEPT) {
+    const v = all[k];
+    if (v !== undefined) out[k] = v;
+  }
+  return internMap(out);
 }

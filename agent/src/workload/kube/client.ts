@@ -4,6 +4,7 @@ import { type KubeAccess, type KubeCredentials, loadKubeAccess } from './credent
 import { KubeApiError } from './errors.js';
 import type { KubeHttpResponse } from './http-transport.js';
 import { LineSplitter } from '../../protocol/line-splitter.js';
+import { JsonListSplitter } from './list-splitter.js';
 
 export { KubeApiError } from './errors.js';
 export { type KubeAccess, type KubeCredentials, loadKubeAccess, SERVICE_ACCOUNT_DIR } from './credentials.js';
@@ -69,6 +70,45 @@ export class KubeClient {
     const { status, text } = await this.exchange('GET', path, query, { signal });
     if (status < 200 || status > 299) throw new KubeApiError(`GET ${path}: HTTP ${status}: ${statusMessage(text)}`, status);
     return parseObject(text, `GET ${path}`);
+  }
+
+  /**
+   * GET a list and hand its items to `onItem` one by one as the body arrives (never the whole list parsed at once: a
+   * cluster's pods would be one tree of hundreds of MB); resolves with the rest of the body (kind, metadata, empty items).
+   * A non-2xx status is a KubeApiError carrying it, before any item.
+   */
+  async getList(path: string, query: Query, signal: AbortSignal | undefined, onItem: (item: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
+    const request = await this.open('GET', path, query, { signal, watch: false, bodyIdleTimeoutMs: this.bounds.bodyIdleTimeoutMs });
+    try {
+      if (request.res.status < 200 || request.res.status > 299) {
+        const text = await request.text(this.bounds.maxBodyBytes);
+        throw new KubeApiError(`GET ${path}: HTTP ${request.res.status}: ${statusMessage(text)}`, request.res.status);
+      }
+      const splitter = new JsonListSplitter();
+      const decoder = new TextDecoder();
+      let bytes = 0;
+      const what = `GET ${path}`;
+      const take = (text: string): void => {
+        for (const item of splitter.push(text)) {
+          let v: unknown;
+          try {
+            v = JSON.parse(item);
+          } catch (err) {
+            throw new KubeApiError(`${what}: an item of the list is not JSON`, undefined, { cause: err });
+          }
+          if (typeof v === 'object' && v !== null && !Array.isArray(v)) onItem(v as Record<string, unknown>);
+        }
+      };
+      for await (const chunk of request.chunks()) {
+        bytes += chunk.length;
+        if (bytes > this.bounds.maxBodyBytes) throw new KubeApiError(`${what}: the response is over ${this.bounds.maxBodyBytes} bytes`);
+        take(decoder.decode(chunk, { stream: true }));
+      }
+      take(decoder.decode());
+      return parseObject(splitter.rest(), what);
+    } finally {
+      request.finish();
+    }
   }
 
   /** PATCH path with a JSON merge patch. */

@@ -6,6 +6,8 @@ import type { Logger } from '../../log.js';
 import { describe } from '../../errors.js';
 import { KubeApiError, type KubeClient, type WatchEvent } from './client.js';
 import { backoffDelay, type BackoffPolicy } from '../../backoff.js';
+import { sameValue } from '../same-value.js';
+import { intern } from '../intern.js';
 
 export type { BackoffPolicy };
 
@@ -60,11 +62,8 @@ export interface ReflectorOptions<T> {
 export function objectKey(obj: Record<string, unknown>): string | undefined {
   const meta = obj.metadata as { name?: unknown; namespace?: unknown } | undefined;
   if (typeof meta?.name !== 'string' || !meta.name) return undefined;
-  return typeof meta.namespace === 'string' && meta.namespace ? `${meta.namespace}/${meta.name}` : meta.name;
-}
-
-function itemsOf(body: Record<string, unknown>): Record<string, unknown>[] {
-  return Array.isArray(body.items) ? (body.items as Record<string, unknown>[]) : [];
+  // The namespace's shared copy: the key (kept as long as the object) then holds no copy of its own.
+  return typeof meta.namespace === 'string' && meta.namespace ? `${intern(meta.namespace)}/${meta.name}` : meta.name;
 }
 
 function resourceVersionOf(obj: Record<string, unknown>): string {
@@ -75,7 +74,7 @@ function resourceVersionOf(obj: Record<string, unknown>): string {
 export class Reflector<T> {
   private readonly items = new Map<string, T>();
   /** Keys whose value is a placeholder for a malformed object (not a good version to keep). */
-  private readonly placeholders = new Set<string>();
+  private placeholders = new Set<string>();
   private rv = '';
   /** The last resourceVersion this reflector had (kept across an expiry): a relist asks for state not older than it. */
   private relistFrom = '';
@@ -154,60 +153,71 @@ export class Reflector<T> {
    * The collection from the API server's watch cache: any version at start (`resourceVersion=0`), and on a relist one
    * not older than what this reflector had (`resourceVersionMatch=NotOlderThan`), so no etcd read and no going back in
    * time. When the cache cannot serve it (410, or 504 "too large resource version"), a consistent read from etcd in
-   * pages of LIST_PAGE_SIZE (limit/continue), started over if its continue token expires.
+   * pages of LIST_PAGE_SIZE (limit/continue), started over if its continue token expires. Each item goes to `take` as it
+   * arrives (the raw objects are never all in memory at once); `restart` says the items so far are void.
    */
-  private async fetchList(): Promise<{ items: Record<string, unknown>[]; rv: string }> {
+  private async fetchList(take: (raw: Record<string, unknown>) => void, restart: () => void): Promise<string> {
     const cached = this.relistFrom ? { resourceVersion: this.relistFrom, resourceVersionMatch: 'NotOlderThan' } : { resourceVersion: '0' };
     try {
-      const body = await this.o.client.getJson(this.o.path, { ...this.o.query, ...cached }, this.abort.signal);
-      return { items: itemsOf(body), rv: resourceVersionOf(body) };
+      const body = await this.o.client.getList(this.o.path, { ...this.o.query, ...cached }, this.abort.signal, take);
+      return resourceVersionOf(body);
     } catch (err) {
       if (!(err instanceof KubeApiError && (err.status === 410 || err.status === 504))) throw err;
       this.o.log.info({ path: this.o.path, resourceVersion: this.relistFrom, error: describe(err) }, 'the watch cache cannot serve the list; reading it from etcd in pages');
     }
-    for (let restart = 0; ; restart++) {
+    for (let attempt = 0; ; attempt++) {
+      restart();
       try {
-        return await this.fetchPages();
+        return await this.fetchPages(take);
       } catch (err) {
-        if (!(err instanceof KubeApiError && err.status === 410) || restart >= PAGED_LIST_RESTARTS) throw err;
+        if (!(err instanceof KubeApiError && err.status === 410) || attempt >= PAGED_LIST_RESTARTS) throw err;
         this.o.log.info({ path: this.o.path, error: describe(err) }, 'continue token expired; listing again from the first page');
       }
     }
   }
 
-  private async fetchPages(): Promise<{ items: Record<string, unknown>[]; rv: string }> {
+  private async fetchPages(take: (raw: Record<string, unknown>) => void): Promise<string> {
     this.stats.consistentLists++;
-    const items: Record<string, unknown>[] = [];
     let cont = '';
     let rv = '';
     do {
-      const body = await this.o.client.getJson(this.o.path, { ...this.o.query, limit: String(LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) }, this.abort.signal);
-      for (const item of itemsOf(body)) items.push(item);
+      const body = await this.o.client.getList(this.o.path, { ...this.o.query, limit: String(LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) }, this.abort.signal, take);
       rv = resourceVersionOf(body);
       const c = (body.metadata as { continue?: unknown } | undefined)?.continue;
       cont = typeof c === 'string' ? c : '';
     } while (cont);
-    return { items, rv };
+    return rv;
   }
 
+  /**
+   * Lists the collection and puts it in force: each item converted as it arrives (a failed list changes nothing), then
+   * one change per object added, changed or gone.
+   */
   private async list(): Promise<void> {
-    const { items, rv } = await this.fetchList();
     const next = new Map<string, T>();
-    for (const raw of items) {
-      const key = objectKey(raw);
-      if (!key) continue;
-      const value = this.convertKeepingOld(key, raw);
-      if (value !== undefined) next.set(key, value);
-    }
+    let placeholders = new Set(this.placeholders);
+    const rv = await this.fetchList(
+      (raw) => {
+        const key = objectKey(raw);
+        if (!key) return;
+        const value = this.convertKeepingOld(key, raw, placeholders);
+        if (value !== undefined) next.set(key, value);
+      },
+      () => {
+        next.clear();
+        placeholders = new Set(this.placeholders);
+      },
+    );
     const changes: ReflectorChange<T>[] = [];
     for (const [key, before] of this.items) if (!next.has(key)) changes.push({ key, before, after: undefined });
     for (const [key, after] of next) {
       const before = this.items.get(key);
-      if (JSON.stringify(before) !== JSON.stringify(after)) changes.push({ key, before, after });
+      if (!sameValue(before, after)) changes.push({ key, before, after });
     }
     this.items.clear();
     for (const [k, v] of next) this.items.set(k, v);
-    for (const k of [...this.placeholders]) if (!next.has(k)) this.placeholders.delete(k);
+    for (const k of [...placeholders]) if (!next.has(k)) placeholders.delete(k);
+    this.placeholders = placeholders;
     this.rv = rv;
     this.relistFrom = rv;
     this.stats.lists++;
@@ -275,10 +285,10 @@ export class Reflector<T> {
         this.placeholders.delete(key);
         if (before !== undefined) this.emit([{ key, before, after: undefined }]);
       } else {
-        const after = this.convertKeepingOld(key, obj);
+        const after = this.convertKeepingOld(key, obj, this.placeholders);
         if (after !== undefined) this.items.set(key, after);
         else this.items.delete(key);
-        if (JSON.stringify(before) !== JSON.stringify(after)) this.emit([{ key, before, after }]);
+        if (!sameValue(before, after)) this.emit([{ key, before, after }]);
       }
     }
     if (rv) this.rv = rv;
@@ -289,10 +299,10 @@ export class Reflector<T> {
    * The converted object, or (when malformed) the previous good value, which stays in force; with no previous good
    * value, the placeholder when the options make one (fail closed), else nothing.
    */
-  private convertKeepingOld(key: string, raw: Record<string, unknown>): T | undefined {
+  private convertKeepingOld(key: string, raw: Record<string, unknown>, placeholders: Set<string>): T | undefined {
     try {
       const value = this.o.convert(raw);
-      this.placeholders.delete(key);
+      placeholders.delete(key);
       return value;
     } catch (err) {
       const prev = this.placeholders.has(key) ? undefined : this.items.get(key);
@@ -300,12 +310,12 @@ export class Reflector<T> {
       if (prev === undefined && this.o.placeholder) {
         const ph = this.o.placeholder(raw, error);
         if (ph !== undefined) {
-          this.placeholders.add(key);
+          placeholders.add(key);
           this.o.log.error({ path: this.o.path, object: key, error, placeholder: true }, this.o.placeholderMessage ?? 'rejected malformed object; with no previous good version a fail-closed placeholder stands for it');
           return ph;
         }
       }
-      this.placeholders.delete(key);
+      placeholders.delete(key);
       this.o.log.error({ path: this.o.path, object: key, error, keptPrevious: prev !== undefined }, 'rejected malformed object; the previous version stays in force');
       return prev;
     }
