@@ -1,19 +1,21 @@
 // The native HBONE control plane's lifecycle races (issue 11): certificates renewed while dials and handshakes are in
 // flight (no dial fails), and CONNECT streams the peer resets or never answers (every `ready` settles). Client and
 // server are one NativeHbone in this process, with real TLS and sockets inside a throwaway network namespace; and an app
-// dial given up when its stream goes away.
+// dial given up when its stream goes away; streams refused before they were sent (opened again once, not after close()).
+import http2 from 'node:http2';
 import net from 'node:net';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { pino } from 'pino';
 import type { HboneInboundRequest, HboneListener } from '../../agent/src/hbone/data-path.js';
 import { NativeHbone } from '../../agent/src/hbone/native.js';
+import type { NativeLib } from '../../agent/src/hbone/native-lib.js';
 import type { HboneTarget } from '../../agent/src/hbone/pool.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
 import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
 import { Netns } from '../../agent/src/platform/netns.js';
-import { dialFrom, listenIn } from '../../agent/src/platform/sockets.js';
+import { dialFrom, listenIn, takeFd } from '../../agent/src/platform/sockets.js';
 import { netnsTest } from '../testbed/ava.js';
 import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
@@ -29,6 +31,8 @@ const WAIT_MS = 15_000;
 class RotatingIdentities implements IdentityProvider {
   readonly trustDomain = TD;
   renewals = 0;
+  /** While set, material() waits for it (a CA that is slow, or fails when it rejects). */
+  private gate: Promise<void> | undefined;
   private current = new Map<string, TlsMaterial>();
   private spare = new Map<string, TlsMaterial[]>();
   private listeners: Array<(identity: string) => void> = [];
@@ -61,9 +65,27 @@ class RotatingIdentities implements IdentityProvider {
     return true;
   }
 
-  material(identity: string): Promise<TlsMaterial> {
+  async material(identity: string): Promise<TlsMaterial> {
+    if (this.gate) await this.gate;
     const m = this.current.get(identity);
-    return m ? Promise.resolve(m) : Promise.reject(new Error(`no certificate for ${identity}`));
+    if (!m) throw new Error(`no certificate for ${identity}`);
+    return m;
+  }
+
+  /** Holds every material() call until release(), or fails them with fail(err). */
+  hold(): { release: () => void; fail: (err: Error) => void } {
+    let release!: () => void;
+    let fail!: (err: Error) => void;
+    const gate = new Promise<void>((resolve, reject) => {
+      release = resolve;
+      fail = reject;
+    });
+    gate.catch(() => undefined);
+    this.gate = gate;
+    const done = (): void => {
+      if (this.gate === gate) this.gate = undefined;
+    };
+    return { release: () => (done(), release()), fail: (err) => (done(), fail(err)) };
   }
 
   retain(): void {}
@@ -185,6 +207,63 @@ function echo(client: net.Socket, text: string): Promise<string> {
     client.write(text);
   });
 }
+
+/** Polls `cond` every 5 ms until it holds or WAIT_MS passed; whether it held. */
+async function waitFor(cond: () => boolean): Promise<boolean> {
+  for (const end = Date.now() + WAIT_MS; !cond() && Date.now() < end;) await new Promise((resolve) => setTimeout(resolve, 5));
+  return cond();
+}
+
+/** Whether the app's socket was closed by the other side (EOF or reset) within WAIT_MS. */
+function ended(client: net.Socket): Promise<boolean> {
+  if (client.destroyed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), WAIT_MS);
+    client.resume();
+    client.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+/** What another HBONE server does with the n-th CONNECT it gets (from 1): refuse it (REFUSED_STREAM), hold it, serve it. */
+type PeerPlan = (n: number) => 'refuse' | 'hold' | 'serve';
+
+/**
+ * An HBONE server of another implementation (Node's http2, with the server identity's certificate) on `address`:15008
+ * in the rig's namespace (beside the rig's 0.0.0.0 listener: SO_REUSEPORT, the exact address wins); served streams are
+ * CONNECTed to the echo server. Closed by t.
+ */
+async function otherPeer(t: ExecutionContext, r: Rig, address: string, plan: PeerPlan) {
+  const m = await r.ids.material(SERVER_ID);
+  const h2 = http2.createSecureServer({ key: m.keyPem, cert: m.chainPem, ca: m.rootsPem, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+  const peer = { streams: 0, held: [] as http2.ServerHttp2Stream[] };
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on('session', (sess) => sessions.add(sess.on('error', () => undefined)));
+  h2.on('stream', (stream) => {
+    stream.on('error', () => undefined);
+    const what = plan(++peer.streams);
+    if (what === 'refuse') stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    else if (what === 'hold') peer.held.push(stream);
+    else {
+      dialFrom(r.ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0 }).then((up) => {
+        up.on('error', () => undefined);
+        stream.respond({ ':status': 200 });
+        stream.pipe(up).pipe(stream);
+      }, () => stream.close(http2.constants.NGHTTP2_CONNECT_ERROR));
+    }
+  });
+  const srv = await listenIn(r.ns, { address, port: 15008 }, (sock) => h2.emit('connection', sock));
+  t.teardown(async () => {
+    for (const sess of sessions) sess.destroy();
+    await new Promise<void>((resolve) => srv.close(() => resolve()));
+  });
+  return peer;
+}
+
+const PEER_IP = '127.0.0.2';
+const peerTarget = (r: Rig): HboneTarget => ({ ...target(r, '10.80.0.1'), dstIp: PEER_IP });
 
 netnsTest.serial('native: certificates renewed while dials and handshakes are in flight fail no dial (new ones use the new certificate)', async (t) => {
   const DIALS = 40;
@@ -332,24 +411,103 @@ netnsTest('native: the library ending its event socket fails every pending strea
 
 netnsTest.serial('native: a stream that crosses the peer\'s GOAWAY is opened again on a new connection, and the app notices nothing', async (t) => {
   const r = await rig(t);
-  const first = await open(r, '10.79.0.1');
-  t.like(await within(first.stream.then((s) => s.ready)), { ok: true });
-  // A second server beside the first (SO_REUSEPORT), as a successor agent opens its own during a take-over.
-  const successor = await r.hbone.listen(r.ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
-  t.teardown(() => successor.close());
-  const { client, down } = await appConnection(r);
-  // The first server sends its shutdown notice; this thread is held while the library's thread takes it in, so the next
-  // stream goes to the pooled connection that already got the GOAWAY (the event telling the pool is not read yet).
-  void r.listener.stopAccepting();
-  const until = Date.now() + 300;
-  while (Date.now() < until) {
-    // busy: no event is read
+  // Whether a stream crosses the notice depends on the library's thread taking the GOAWAY in while this thread, held
+  // busy, has not read the event telling the pool: tried with longer holds until one attempt crossed. Every attempt must
+  // work either way; at least one must have been refused and opened again.
+  const ATTEMPTS = 5;
+  let current = r.listener;
+  let crossed = 0;
+  for (let attempt = 0; attempt < ATTEMPTS && crossed === 0; attempt++) {
+    // A pooled connection to the listener about to stop (the only one accepting now), with a stream on it.
+    const first = await open(r, '10.79.0.1');
+    t.like(await within(first.stream.then((s) => s.ready)), { ok: true }, `attempt ${attempt}: the warm stream works`);
+    // A second server beside it (SO_REUSEPORT), as a successor agent opens its own during a take-over.
+    const successor = await r.hbone.listen(r.ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
+    t.teardown(() => successor.close());
+    const { client, down } = await appConnection(r);
+    void current.stopAccepting();
+    const until = Date.now() + 300 * 2 ** attempt;
+    while (Date.now() < until) {
+      // busy: no event is read
+    }
+    const before = r.hbone.stats.streamsRetried;
+    const stream = r.hbone.connect(target(r, '10.79.0.1'), down, `127.0.0.1:${ECHO_PORT}`, {});
+    const ready = await within(stream.then((s) => s.ready));
+    t.like(ready, { ok: true }, `attempt ${attempt}: the stream was answered (${JSON.stringify(ready)})`);
+    const retried = r.hbone.stats.streamsRetried - before;
+    t.true(retried <= 1, `attempt ${attempt}: opened again at most once (${retried})`);
+    crossed += retried;
+    t.is(await echo(client, 'crossed'), 'crossed', `attempt ${attempt}: the app's bytes went through, none lost`);
+    t.is(await echo(first.client, 'still'), 'still', `attempt ${attempt}: the stream opened before the notice is still served`);
+    t.log(`attempt ${attempt}: held ${300 * 2 ** attempt} ms, ${retried ? 'crossed the GOAWAY and was opened again' : 'went to a connection that had not been told'}`);
+    current = successor;
   }
-  const before = r.hbone.retriedStreams;
-  const stream = r.hbone.connect(target(r, '10.79.0.1'), down, `127.0.0.1:${ECHO_PORT}`, {});
-  const ready = await within(stream.then((s) => s.ready));
-  t.like(ready, { ok: true }, `the stream was answered (${JSON.stringify(ready)})`);
-  t.is(r.hbone.retriedStreams - before, 1, 'after being refused once and opened again');
-  t.is(await echo(client, 'crossed'), 'crossed', 'the app\'s bytes went through, none lost');
-  t.is(await echo(first.client, 'still'), 'still', 'the stream opened before the notice is still served');
+  t.is(crossed, 1, 'one attempt crossed the GOAWAY, was refused and opened again');
+});
+
+netnsTest.serial('native: a stream the peer refuses again after its one retry fails, and its app connection is reset', async (t) => {
+  const r = await rig(t);
+  const peer = await otherPeer(t, r, PEER_IP, () => 'refuse');
+  const before = r.hbone.stats.streamsRetried;
+  const { client, down } = await appConnection(r);
+  const out = await r.hbone.connect(peerTarget(r), down, `127.0.0.1:${ECHO_PORT}`, {});
+  const ready = await within(out.ready);
+  t.like(ready, { ok: false });
+  t.regex(ready === 'pending' || ready.ok ? '' : ready.error, /REFUSED_STREAM/);
+  t.like(await within(out.closed), { ok: true, value: { reset: true } }, 'the stream ends, reset');
+  t.is(peer.streams, 2, 'sent twice: the first try and its one retry');
+  t.is(r.hbone.stats.streamsRetried - before, 1, 'counted once');
+  t.true(await ended(client), 'the app connection was closed');
+});
+
+/**
+ * A stream refused by the peer whose retry waits for a connection (the client certificate was renewed and its material
+ * is held): `meanwhile` runs once the retry is waiting, then the material is released (or `fail`ed).
+ */
+async function refusedWhileRetryWaits(t: ExecutionContext, meanwhile: (out: Awaited<ReturnType<NativeHbone['connect']>>) => void, fail?: Error) {
+  const r = await rig(t, { spares: 1 });
+  const peer = await otherPeer(t, r, PEER_IP, (n) => (n === 1 ? 'hold' : 'serve'));
+  const { client, down } = await appConnection(r);
+  const out = await r.hbone.connect(peerTarget(r), down, `127.0.0.1:${ECHO_PORT}`, {});
+  t.true(await waitFor(() => peer.held.length === 1), 'the CONNECT reached the peer');
+  const gate = r.ids.hold();
+  r.ids.renew(CLIENT_ID); // the retry's acquire needs the new certificate's material: it waits at the gate
+  const before = r.hbone.stats.streamsRetried;
+  peer.held[0]?.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+  t.true(await waitFor(() => r.hbone.stats.streamsRetried > before), 'the refused stream is being opened again');
+  meanwhile(out);
+  if (fail) gate.fail(fail);
+  else gate.release();
+  return { r, peer, client, out };
+}
+
+netnsTest.serial('native: close() while a refused stream waits to be opened again ends it: it is not opened again', async (t) => {
+  const { peer, client, out } = await refusedWhileRetryWaits(t, (o) => o.close());
+  const ready = await within(out.ready);
+  t.like(ready, { ok: false }, `the stream does not carry on after close() (${JSON.stringify(ready)})`);
+  t.regex(ready === 'pending' || ready.ok ? '' : ready.error, /closed while it was being opened again/);
+  t.like(await within(out.closed), { ok: true, value: { reset: true } }, 'it ends, reset');
+  t.true(await ended(client), 'the app connection was closed');
+  t.is(peer.streams, 1, 'no second CONNECT was sent');
+});
+
+netnsTest.serial('native: a connection that cannot be had for the retry of a refused stream fails it and resets its app connection', async (t) => {
+  const { peer, client, out } = await refusedWhileRetryWaits(t, () => undefined, new Error('CA unreachable'));
+  const ready = await within(out.ready);
+  t.like(ready, { ok: false });
+  t.regex(ready === 'pending' || ready.ok ? '' : ready.error, /CA unreachable/);
+  t.like(await within(out.closed), { ok: true, value: { reset: true } });
+  t.true(await ended(client), 'the app connection was closed');
+  t.is(peer.streams, 1, 'no second CONNECT was sent');
+});
+
+netnsTest.serial('native: stop() resets an app socket handed back in an event it never read', async (t) => {
+  const r = await rig(t);
+  const { client, down } = await appConnection(r);
+  const lib = (r.hbone as unknown as { lib: NativeLib }).lib;
+  // A stream on a session that never was: the library hands the app socket back in its "status" event; stop() in the
+  // same tick, before that event is read.
+  t.true(lib.clientStream(987654321, takeFd(down), `127.0.0.1:${ECHO_PORT}`, '') > 0);
+  r.hbone.stop();
+  t.true(await ended(client), 'the app connection was closed, not left open in this process');
 });

@@ -10,8 +10,11 @@
  * - Every session id returned gets exactly one "sessionClosed" event (preceded by "up" if it came up).
  * - Every client stream id returned gets exactly one "status" event (the answer's status, or -1 with an error: session
  *   failed, stream reset or refused by the peer before answering, aborted, oversized) and then exactly one "closed".
- *   A stream refused before anything was sent (REFUSED_STREAM, a GOAWAY before it started, its session gone) hands
- *   its app socket back: its status event carries "retryFd", an fd the agent owns from then on (to open the stream again).
+ *   A stream whose CONNECT was never processed hands its app socket back: its status event carries "retryFd", an fd the
+ *   agent owns from then on (to open the stream again). That is: REFUSED_STREAM from the peer; a GOAWAY received before
+ *   its CONNECT was sent (nghttp2 closes it with REFUSED_STREAM); its session gone (or never made) when the stream command
+ *   runs. Not: a stream queued on a session that fails later (reset, like its other streams), a CONNECT nghttp2 would
+ *   not send for its own sake (too large), or anything while the library stops.
  * - A server stream gets exactly one "closed" event once its "request" event was sent; one reset before that (header
  *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
  *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new

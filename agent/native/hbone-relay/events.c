@@ -91,11 +91,11 @@ static void json_begin(struct json_line *j, const char *ev) {
   json_put(j, "\"", 1, 0);
 }
 
-/* ,"key":v — keys are literals of this file (nothing to escape). */
-static void json_num(struct json_line *j, const char *key, int64_t v) {
+/* ,"key":v — keys are literals of this file (nothing to escape); 0, or -1 when it did not fit (left out). */
+static int json_num(struct json_line *j, const char *key, int64_t v) {
   char tmp[96];
   int n = snprintf(tmp, sizeof tmp, ",\"%s\":%lld", key, (long long)v);
-  if (n > 0 && (size_t)n < sizeof tmp) json_put(j, tmp, (size_t)n, 0);
+  return n > 0 && (size_t)n < sizeof tmp ? json_put(j, tmp, (size_t)n, 0) : -1;
 }
 
 /* ,"key":"v" with v escaped (", \ and control characters); v is cut where the line's bound would be passed. */
@@ -123,15 +123,17 @@ static void json_str(struct json_line *j, const char *key, const char *v) {
   j->p[j->len++] = '"';
 }
 
-/* Ends the line and queues it on the event socket's buffer (sent by ev_flush). */
-static void json_emit(struct json_line *j) {
+/* Ends the line and queues it on the event socket's buffer (sent by ev_flush); 0, or -1 when it was dropped. */
+static int json_emit(struct json_line *j) {
   j->p[j->len++] = '}';
   j->p[j->len++] = '\n';
-  if (relay.events_lost) return;
+  if (relay.events_lost) return -1;
   if (buf_append(&relay.events, j->p, j->len)) {
     relay.events_lost = 1;
     relay.stop = 1;
+    return -1;
   }
+  return 0;
 }
 
 /* ---------- the event socket ---------- */
@@ -189,16 +191,19 @@ void ev_request(const struct session *s, const struct stream *st) {
 
 /*
  * A client stream's answer: its status, or -1 and why no answer will come (why: NULL for none). retry_fd >= 0: the
- * stream was refused before any of its app's bytes were read, and the app socket is handed back to the agent with it.
+ * stream was refused before any of its app's bytes were read, and the app socket is handed back to the agent with it:
+ * the agent owns it only if this returns 0 (the event was queued, "retryFd" in it); on -1 the caller still owns it.
+ * "retryFd" is written first, so the bounded writer can never leave it out of a queued line.
  */
-void ev_status(uint64_t stream, int status, const char *why, int retry_fd) {
+int ev_status(uint64_t stream, int status, const char *why, int retry_fd) {
   struct json_line j;
   json_begin(&j, "status");
+  int handed = retry_fd >= 0 && json_num(&j, "retryFd", retry_fd) == 0;
   json_num(&j, "stream", (int64_t)stream);
   json_num(&j, "status", status);
   if (why) json_str(&j, "error", why);
-  if (retry_fd >= 0) json_num(&j, "retryFd", retry_fd);
-  json_emit(&j);
+  if (json_emit(&j)) return -1;
+  return retry_fd >= 0 && !handed ? -1 : 0;
 }
 
 void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why) {

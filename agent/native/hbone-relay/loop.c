@@ -223,10 +223,11 @@ static void refuse_client_stream(struct cmd *c, const char *why) {
 
 static void cmd_client_stream(struct cmd *c) {
   struct session *s = find_session(c->ref);
-  if ((!s || s->dead) && c->fd >= 0 && !(s && s->server)) {
-    /* The session ended before this stream reached it: nothing was sent, the app socket goes back to the agent. */
-    ev_status(c->id, -1, "the HBONE session closed before the stream was opened", c->fd);
-    c->fd = -1;
+  if ((!s || s->dead) && c->fd >= 0 && !(s && s->server) && !relay.stop) {
+    /* The session ended before this stream reached it: nothing was sent, the app socket goes back to the agent (if the
+     * event could not be queued it stays the command's, and cmd_free closes it). */
+    if (ev_status(c->id, -1, "the HBONE session closed before the stream was opened", c->fd) == 0) c->fd = -1;
+    else set_reset_on_close(c->fd);
     ev_closed(c->id, 0, 0, 0, 1, "handed back");
     return;
   }
@@ -304,11 +305,14 @@ static void cmd_close_stream(struct cmd *c) {
 static void cmd_close_session(struct cmd *c) {
   struct session *s = find_session(c->id);
   if (!s || s->dead) return;
-  if (c->flag == 2 && s->up && s->server) {
+  if (c->flag == 2) {
     /* A shutdown notice (GOAWAY with the highest stream id): the peer opens no new streams, yet those already on their
-       way are still served; the final GOAWAY (flag 1) follows a round trip later. */
-    nghttp2_submit_shutdown_notice(s->h2);
-    session_pump(s);
+       way are still served; the final GOAWAY (flag 1) follows a round trip later. Only for a server session that is up:
+       one still in its handshake is left to finish it (the final close decides), and a client session ignores it. */
+    if (s->up && s->server) {
+      nghttp2_submit_shutdown_notice(s->h2);
+      session_pump(s);
+    }
   } else if (c->flag && s->up) {
     session_goaway(s);
   } else {

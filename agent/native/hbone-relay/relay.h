@@ -14,8 +14,10 @@
  * Threads: everything runs on the loop thread except api.c's functions (the agent's thread, through koffi). The two
  * meet only through `relay` fields marked "mu" (under relay.mu) or atomic, and the eventfd that wakes the loop.
  * Ownership: an fd handed to an ahb_* call belongs to the library from then on: to the command until the loop runs it,
- * then to its session or stream, and is closed on every path. SSL, nghttp2 and buffers are freed when their session or
- * stream is reaped at the end of a loop turn (reap, loop.c), never inside an nghttp2 callback.
+ * then to its session or stream, and is closed on every path but one: a client stream's app fd handed back in its
+ * "status" event ("retryFd", stream_hand_back and cmd_client_stream), which the agent owns once that event is queued (if
+ * it cannot be, the library closes the fd). SSL, nghttp2 and buffers are freed when their session or stream is reaped
+ * at the end of a loop turn (reap, loop.c), never inside an nghttp2 callback.
  */
 #ifndef AMBIENT_HBONE_RELAY_H
 #define AMBIENT_HBONE_RELAY_H
@@ -221,7 +223,7 @@ void ev_up(const struct session *s);
 void ev_settings(uint64_t session, int64_t max_streams);
 void ev_goaway(uint64_t session, uint32_t code);
 void ev_request(const struct session *s, const struct stream *st);
-void ev_status(uint64_t stream, int status, const char *why, int retry_fd);
+int ev_status(uint64_t stream, int status, const char *why, int retry_fd);
 void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why);
 void ev_session_closed(const struct session *s);
 void ev_session_failed(uint64_t session, const char *why);

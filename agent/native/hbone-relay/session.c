@@ -152,6 +152,24 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t code, void
   return 0;
 }
 
+/*
+ * A frame nghttp2 did not send. A client's CONNECT (request HEADERS) not sent because the session got a GOAWAY is then
+ * closed with REFUSED_STREAM and handed back (on_stream_close); one not sent for a fault of its own (a header list
+ * larger than nghttp2 sends) would fail alike elsewhere: its status is reported here, so it is not handed back.
+ */
+static int on_frame_not_send(nghttp2_session *h2, const nghttp2_frame *f, int lib_error, void *ud) {
+  (void)h2;
+  struct session *s = ud;
+  if (s->server || f->hd.type != NGHTTP2_HEADERS || lib_error == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED) return 0;
+  struct stream *st = find_stream(s, f->hd.stream_id);
+  if (st) {
+    char why[200];
+    snprintf(why, sizeof why, "the CONNECT could not be sent: %s", nghttp2_strerror(lib_error));
+    stream_report_status(st, -1, why);
+  }
+  return 0;
+}
+
 static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *f, void *ud) {
   (void)h2;
   struct session *s = ud;
@@ -220,6 +238,7 @@ static nghttp2_session_callbacks *callbacks(void) {
   if (cbs || nghttp2_session_callbacks_new(&cbs)) return cbs;
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
@@ -431,10 +450,6 @@ void client_submit(struct session *s, struct stream *st) {
   free(st->as_client.nvstore);
   st->as_client.nva = NULL;
   st->as_client.nvstore = NULL;
-  if (sid == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED && stream_hand_back(st, "the stream was not started: its session is going away (GOAWAY)")) {
-    stream_abort(st, 0);
-    return;
-  }
   if (sid < 0) {
     stream_report_status(st, -1, s->h2 ? nghttp2_strerror(sid) : "session not up");
     stream_abort(st, 0);

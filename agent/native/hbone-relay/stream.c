@@ -91,16 +91,23 @@ void stream_report_status(struct stream *st, int status, const char *why) {
 /*
  * A client stream refused before it carried anything (REFUSED_STREAM from the peer, or never started because the
  * session got a GOAWAY): HTTP/2 says the request was not processed, and the app socket was never read, so the agent may
- * open the stream again elsewhere. Its "status" event hands the app socket back (the library forgets it); 1 if it did.
+ * open the stream again elsewhere. Its "status" event hands the app socket back (the library forgets it); 1 if the
+ * stream's status was reported here (its fd handed back, or reset-closed if the event could not be queued), 0 if the
+ * stream is not one to hand back. Before its status is reported a client stream has moved no byte (the app is read and
+ * written only once a 200 was reported), so "no status yet and the app socket still open" is the whole condition. Not
+ * while the loop stops: its last events are never read, so a handed-back fd would leak; such a stream is reset.
  */
 int stream_hand_back(struct stream *st, const char *why) {
-  if (st->s->server || st->relaying || st->as_client.status_reported || st->io.fd < 0 || st->bytes_in || st->bytes_out) return 0;
+  if (st->s->server || st->as_client.status_reported || st->io.fd < 0 || relay.stop) return 0;
   io_set(&st->io, 0);
   int fd = st->io.fd;
   st->io.fd = -1;
   st->as_client.status_reported = 1;
   st->errored = 1;
-  ev_status(st->id, -1, why, fd);
+  if (ev_status(st->id, -1, why, fd)) {
+    set_reset_on_close(fd); /* not handed over: the app sees its connection refused */
+    close(fd);
+  }
   return 1;
 }
 

@@ -9,6 +9,7 @@
 #include "../hbone-relay/relay.h"
 #include "../hbone-relay/ahb.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -343,6 +344,15 @@ static void expect_eof(int fd) {
   CHECK(r == 0 || (r < 0 && errno == ECONNRESET), "expected EOF, got %zd (%s)", r, r < 0 ? strerror(errno) : "data");
 }
 
+/* A handed-back fd is the other end of the app's socket `app`, with nothing of it read: a byte written at `app` is the
+ * first byte read from it. */
+static void expect_same_connection(int app, int handed) {
+  CHECK(write(app, "k", 1) == 1, "write to the app end");
+  char kb[4] = {0};
+  struct pollfd kp = {handed, POLLIN, 0};
+  CHECK(poll(&kp, 1, WAIT_MS) == 1 && read(handed, kb, sizeof kb) == 1 && kb[0] == 'k', "the handed-back fd is the app's connection, unread");
+}
+
 /* Moves n bytes one way through an established stream and checks them, writing and reading in turn (any size). */
 static void transfer(int from, int to, size_t n, unsigned seed) {
   unsigned char *a = malloc(n), *b = malloc(n);
@@ -625,10 +635,7 @@ static void s_reset_before_answer(void) {
   CHECK(s->status < 0, "status %lld for a stream opened after GOAWAY", (long long)s->status);
   CHECK(s->retryFd >= 0, "a stream refused by a GOAWAY hands its app socket back (retryFd %lld)", (long long)s->retryFd);
   must_event("closed", 0, cst4);
-  CHECK(write(app2, "k", 1) == 1, "write to the app end");
-  char kb[4] = {0};
-  struct pollfd kp = {(int)s->retryFd, POLLIN, 0};
-  CHECK(poll(&kp, 1, WAIT_MS) == 1 && read((int)s->retryFd, kb, sizeof kb) == 1 && kb[0] == 'k', "the handed-back fd is the app's connection, unread");
+  expect_same_connection(app2, (int)s->retryFd);
   close((int)s->retryFd);
   close(app);
   close(up[0]);
@@ -714,14 +721,18 @@ static void s_queued_abort(void) {
   int z_app;
   struct conn gone = {k.c, 0, -1, -1};
   conn_close(&k);
-  uint64_t z = stream_open(&gone, "10.0.0.6:30", "", &z_app);
-  CHECK(must_event("status", 0, z)->status < 0, "stream on a closed session");
-  must_event("closed", 0, z);
-  close(z_app);
-  gone.c = 999999;
-  z = stream_open(&gone, "10.0.0.6:31", "", &z_app);
-  must_event("closed", 0, z);
-  close(z_app);
+  for (int never = 0; never < 2; never++) {
+    if (never) gone.c = 999999;
+    uint64_t z = stream_open(&gone, never ? "10.0.0.6:31" : "10.0.0.6:30", "", &z_app);
+    struct event *zs = must_event("status", 0, z);
+    CHECK(zs->status < 0, "stream on a %s session: status %lld", never ? "never made" : "closed", (long long)zs->status);
+    /* Nothing was sent: the app socket comes back to the caller, unread, and is the caller's to close. */
+    CHECK(zs->retryFd >= 0, "stream on a %s session: no retryFd", never ? "never made" : "closed");
+    expect_same_connection(z_app, (int)zs->retryFd);
+    must_event("closed", 0, z);
+    close((int)zs->retryFd);
+    close(z_app);
+  }
 }
 
 /* Closing sessions (at once, gracefully, from either side) while streams are open and carrying bytes. */
@@ -823,6 +834,8 @@ static void s_oversized_headers(void) {
   uint64_t big = stream_open(&k, "10.0.0.9:80", h, &app);
   struct event *s = must_event("status", 0, big);
   CHECK(s->status < 0, "a 70 KiB header list got status %lld", (long long)s->status);
+  /* Never sent, but refused for its own size: opening it again would fail alike, so it is not handed back. */
+  CHECK(s->retryFd < 0, "a CONNECT too large to send was handed back (retryFd %lld)", (long long)s->retryFd);
   must_event("closed", 0, big);
   close(app);
   char authority[2100];
@@ -1300,10 +1313,137 @@ static void s_random_orders(unsigned seed) {
     conn_close(&k);
     for (int i = 0; i < nfds; i++)
       if (fds[i] >= 0) close(fds[i]);
+    /* A stream refused before anything was sent hands its app socket back: the caller's to close (or reopen). */
+    for (int i = 0; i < nids; i++) {
+      struct event *e = must_event("status", 0, ids[i]);
+      if (e->retryFd >= 0) close((int)e->retryFd);
+      e->retryFd = -1;
+    }
   }
 }
 
+/*
+ * The server side refuses a stream (REFUSED_STREAM: it has server_max_streams requests the agent is still working on,
+ * here one whose client already gave up): the client hands the untouched app socket back, and the caller opens the
+ * stream again with it once the server has room.
+ */
+static void s_refused_hand_back(void) {
+  struct ahb_settings cfg = base_cfg;
+  cfg.server_max_streams = 1;
+  relay_restart(&cfg);
+  struct conn k = conn_open(true);
+  conn_wait_up(&k);
+  int a_app;
+  uint64_t a = stream_open(&k, "10.0.0.30:1", "", &a_app);
+  struct event *ra = next_request(k.s, WAIT_MS);
+  CHECK(ra, "no request for the first stream");
+  uint64_t held = (uint64_t)ra->stream;
+  ahb_close_stream(a); /* the client gives up; the server counts the request until the agent answers it */
+  must_event("closed", 0, held);
+  must_event("closed", 0, a);
+  close(a_app);
+  int b_app;
+  uint64_t b = stream_open(&k, "10.0.0.30:2", "", &b_app);
+  struct event *sb = must_event("status", 0, b);
+  CHECK(sb->status < 0 && sb->retryFd >= 0, "a stream refused by the server (REFUSED_STREAM): status %lld, retryFd %lld", (long long)sb->status, (long long)sb->retryFd);
+  must_event("closed", 0, b);
+  CHECK(!next_request(k.s, 100), "the refused request was reported");
+  expect_same_connection(b_app, (int)sb->retryFd);
+  /* The held request answered, the server has room again: the same app socket goes out on a new stream. */
+  ahb_answer(held, 503, -1);
+  uint64_t b2 = ahb_client_stream(k.c, (int)sb->retryFd, "10.0.0.30:2", "");
+  CHECK(b2, "ahb_client_stream");
+  note_client_stream(b2);
+  struct event *rb = next_request(k.s, WAIT_MS);
+  CHECK(rb && strcmp(rb->authority, "10.0.0.30:2") == 0, "the stream opened again did not reach the server");
+  int up[2];
+  pair(up);
+  ahb_answer((uint64_t)rb->stream, 200, up[1]);
+  CHECK(must_event("status", 0, b2)->status == 200, "the stream opened again was not answered 200");
+  transfer(b_app, up[0], 20000, 5);
+  transfer(up[0], b_app, 20000, 6);
+  close(b_app);
+  close(up[0]);
+  must_event("closed", 0, b2);
+  conn_close(&k);
+  relay_restart(&base_cfg);
+}
+
+/*
+ * A shutdown notice (ahb_close_session flag 2, the start of a take-over) reaches a server session still in its TLS
+ * handshake: it is left alone, comes up and serves; on a server session that is up it is a GOAWAY the open stream
+ * outlives, and the final close (flag 1) ends the session once that stream is done.
+ */
+static void s_notice_during_handshake(void) {
+  int sv[2];
+  pair(sv);
+  struct conn k = {0, 0, -1, -1};
+  k.s = ahb_server_session(sctx, sv[1], TD); /* the client has not sent its ClientHello yet */
+  ahb_close_session(k.s, 2);
+  settle(200);
+  CHECK(!find_event("sessionClosed", k.s, 0), "a shutdown notice closed a server session still in its handshake");
+  k.c = ahb_client_session(cctx, sv[0], SERVER_ID);
+  CHECK(k.c, "ahb_client_session: %s", ahb_last_error());
+  conn_wait_up(&k);
+  struct flow f = flow_open(&k, "10.0.0.31:80", 200);
+  ahb_close_session(k.s, 2);
+  must_event("goaway", k.c, 0);
+  transfer(f.app, f.up, 30000, 7);
+  ahb_close_session(k.s, 1);
+  transfer(f.up, f.app, 30000, 8);
+  CHECK(!find_event("sessionClosed", k.s, 0), "the final close ended a session with an open stream");
+  flow_close_fds(&f);
+  must_event("sessionClosed", k.s, 0);
+  must_event("sessionClosed", k.c, 0);
+}
+
+/*
+ * A hand-back whose "status" event cannot be queued (the library lost an event: out of memory) must not leave the app
+ * socket open with nobody owning it: the library resets it. Both hand-back paths: a session gone before the stream
+ * command ran, and a REFUSED_STREAM from the server. events_lost is set before the call whose command meets it (the
+ * queue's mutex orders the two threads); the relay is restarted after, as the agent would after losing its events.
+ */
+static void s_hand_back_lost(void) {
+  int ap[2];
+  pair(ap);
+  relay.events_lost = 1;
+  CHECK(ahb_client_stream(999999, ap[1], "10.0.0.32:1", ""), "ahb_client_stream");
+  expect_eof(ap[0]);
+  close(ap[0]);
+  struct ahb_settings cfg = base_cfg;
+  cfg.server_max_streams = 1;
+  relay_restart(&cfg);
+  struct conn k = conn_open(true);
+  conn_wait_up(&k);
+  int a_app, b_app;
+  uint64_t a = stream_open(&k, "10.0.0.32:2", "", &a_app);
+  struct event *ra = next_request(k.s, WAIT_MS);
+  CHECK(ra, "no request for the first stream");
+  ahb_close_stream(a);
+  must_event("closed", 0, (uint64_t)ra->stream);
+  must_event("closed", 0, a);
+  close(a_app);
+  pair(ap);
+  b_app = ap[0];
+  relay.events_lost = 1;
+  CHECK(ahb_client_stream(k.c, ap[1], "10.0.0.32:3", ""), "ahb_client_stream"); /* refused by the server: REFUSED_STREAM */
+  expect_eof(b_app);
+  close(b_app);
+  relay_restart(&base_cfg); /* the sessions end without events: they were lost */
+}
+
 static int passed;
+
+/* Open fds of this process: a scenario must end with as many as it started with (a handed-back fd is the caller's). */
+static int count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d, "opendir /proc/self/fd");
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
 
 /* Runs one scenario (all, or only the one named by RELAY_HARNESS_ONLY) and checks the contract after it. */
 static void run(const char *name, void (*fn)(void)) {
@@ -1311,8 +1451,12 @@ static void run(const char *name, void (*fn)(void)) {
   if (only && *only && strcmp(only, name) != 0) return;
   scenario = name;
   int64_t t0 = now_ms();
+  int fds = count_fds();
   fn();
   check_contract();
+  int64_t end = now_ms() + WAIT_MS;
+  while (count_fds() != fds && now_ms() < end) settle(20);
+  CHECK(count_fds() == fds, "%d fds open after the scenario, %d before (a leak)", count_fds(), fds);
   passed++;
   fprintf(stderr, "relay-harness: ok   %-22s %5lld ms\n", name, (long long)(now_ms() - t0));
 }
@@ -1341,6 +1485,9 @@ int main(void) {
   run("non-200-answers", s_non_200);
   run("stream-reset", s_reset);
   run("reset-before-answer", s_reset_before_answer);
+  run("refused-hand-back", s_refused_hand_back);
+  run("notice-in-handshake", s_notice_during_handshake);
+  run("hand-back-event-lost", s_hand_back_lost);
   run("queued-stream-abort", s_queued_abort);
   run("session-close", s_session_close);
   run("flow-control", s_flow_control);

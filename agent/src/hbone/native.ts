@@ -2,7 +2,9 @@
 // (outbound streams on the shared pool core, per-pod 15008 listeners whose connections go native), dispatches its events.
 // Past 500 lines on purpose: the dispatch of the library's events needs the client side (pool, dials, streams) and the
 // server side (15008 sessions, their limits) in one place; both are kept here with the checks of what the library refused.
+import { readSync } from 'node:fs';
 import net from 'node:net';
+import { StringDecoder } from 'node:string_decoder';
 import { AmbientError } from '../errors.js';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
@@ -74,6 +76,12 @@ export interface NativeServerStats {
   requestsDropped: number;
 }
 
+/** The outbound pool's counters, and the client streams opened again after a refusal (native.ts). */
+export interface NativeClientStats extends PoolStats {
+  /** Client streams refused before they carried anything (REFUSED_STREAM, a GOAWAY that crossed them) and opened again. */
+  streamsRetried: number;
+}
+
 /** Calls the library refused (it returned 0: out of memory; it closed the fd and sends no event for them). */
 export interface NativeRefusals {
   clientSessions: number;
@@ -96,8 +104,8 @@ export class NativeHbone implements HboneDataPath {
   private events: net.Socket | undefined;
   readonly serverStats: NativeServerStats = { handshaking: 0, handshakesRefused: 0, handshakeTimeouts: 0, requestsDropped: 0 };
   readonly refusals: NativeRefusals = { clientSessions: 0, serverSessions: 0, clientStreams: 0 };
-  /** Client streams refused before they carried anything and opened again on another session (a peer's GOAWAY crossed them). */
-  retriedStreams = 0;
+  /** Client streams refused before they carried anything and opened again (a peer's GOAWAY crossed them): in stats. */
+  private streamsRetried = 0;
   private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
     this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   private readonly opts: PoolOptions;
@@ -129,9 +137,9 @@ export class NativeHbone implements HboneDataPath {
     }, this.opts, log);
   }
 
-  /** The outbound pool's counters (connections dialled and open, streams, failures). */
-  get stats(): PoolStats {
-    return this.pool.stats;
+  /** The outbound pool's counters (connections dialled and open, streams, failures) and the streams opened again. */
+  get stats(): NativeClientStats {
+    return { ...this.pool.stats, streamsRetried: this.streamsRetried };
   }
 
   /** Loads the library and starts its loop thread with the settings. Throws when the library is missing or cannot start. */
@@ -175,6 +183,7 @@ export class NativeHbone implements HboneDataPath {
     for (const key of [...this.ctxs.keys()]) this.dropCtx(key);
     const events = this.events;
     this.events = undefined;
+    if (events) this.releaseUnread(events);
     events?.destroy();
     this.lib = undefined;
     for (const w of this.waitingUp.values()) w.reject(new AmbientError('AMB_ERR_NATIVE_LIB', reason));
@@ -186,6 +195,33 @@ export class NativeHbone implements HboneDataPath {
     this.streams.clear();
     this.serverSessions.clear();
     this.serverStats.handshaking = 0;
+  }
+
+  /**
+   * The events the library sent before it stopped that were not read yet: nobody will act on them, but a "status" event
+   * handing an app socket back ("retryFd") gives this process an fd, reset here so the app sees its connection end
+   * instead of hanging. Read synchronously: the library has stopped (its end is closed), so the read ends.
+   */
+  private releaseUnread(events: net.Socket): void {
+    const fd = (events as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return;
+    const buf = Buffer.alloc(64 * 1024);
+    const decoder = new StringDecoder('utf8');
+    let text = '';
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(fd, buf);
+      } catch {
+        break; // EAGAIN: nothing more buffered
+      }
+      if (n <= 0) break;
+      text += decoder.write(buf.subarray(0, n));
+    }
+    for (const line of this.split.push(text + decoder.end())) {
+      const ev = parseEvent(line);
+      if (ev?.ev === 'status' && ev.retryFd !== undefined) resetFd(ev.retryFd);
+    }
   }
 
   /**
@@ -405,13 +441,17 @@ export class NativeHbone implements HboneDataPath {
    * Opens a CONNECT stream to `target` carrying the app socket `down` (accepted with pauseOnConnect). On failure to get
    * a session, `down` is left to the caller (still a Node socket); once the stream is created, the native side owns it.
    * A stream refused before anything was sent (REFUSED_STREAM, or a GOAWAY that crossed it, as when the peer's agent
-   * hands over to a new one) comes back with the untouched app socket and is opened again, once, on another session.
+   * hands over to a new one) comes back with the untouched app socket and is opened again, once, on another session;
+   * unless close() was called meanwhile (the forwarder's destroy: a policy change, the pod stopping): then the socket is
+   * reset and the stream ends.
    */
   async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound> {
     const session = await this.pool.acquire(target);
     if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
     let cur = this.openClientStream(session, takeFd(down), authority, headers);
     let retries = 0;
+    /** close() was called: a stream handed back is not opened again (closing the attempt it was on did nothing). */
+    let closedByCaller = false;
     let resolveClosed!: (end: HboneStreamEnd) => void;
     const closed = new Promise<HboneStreamEnd>((resolve) => (resolveClosed = resolve));
     let ended = false;
@@ -431,6 +471,12 @@ export class NativeHbone implements HboneDataPath {
         }
         reject(err);
       };
+      /** Ends the stream with the handed-back app socket reset (the app sees its connection refused). */
+      const giveUp = (fd: number, why: string): void => {
+        resetFd(fd);
+        fail(new Error(why), { bytesIn: 0, bytesOut: 0, reset: true, error: why });
+      };
+      const closedWhy = `HBONE stream to ${authority} closed while it was being opened again`;
       const arm = (opened: typeof cur): void => {
         const timer = setTimeout(() => {
           if (!opened.waiter.onStatus) return;
@@ -445,15 +491,30 @@ export class NativeHbone implements HboneDataPath {
           if (retryFd !== undefined) {
             opened.handedBack = true;
             const why = `HBONE stream to ${authority} failed: ${error ?? 'refused'}`;
-            if (retries++ >= CONNECT_RETRIES) {
-              resetFd(retryFd);
-              fail(new Error(why), { bytesIn: 0, bytesOut: 0, reset: true, error: why });
+            if (closedByCaller) {
+              giveUp(retryFd, closedWhy);
               return;
             }
-            this.retriedStreams++;
+            if (retries++ >= CONNECT_RETRIES) {
+              giveUp(retryFd, why);
+              return;
+            }
+            this.streamsRetried++;
             this.log.debug({ authority, error }, 'hbone stream refused before it was sent; opening it again');
             this.pool.acquire(target).then((next) => {
-              cur = this.openClientStream(next, retryFd, authority, headers);
+              if (closedByCaller) {
+                giveUp(retryFd, closedWhy);
+                return;
+              }
+              let opened: typeof cur;
+              try {
+                opened = this.openClientStream(next, retryFd, authority, headers); // on a throw, retryFd is closed
+              } catch (err) {
+                const e = err instanceof Error ? err : new Error(String(err));
+                fail(e, { bytesIn: 0, bytesOut: 0, reset: true, error: e.message });
+                return;
+              }
+              cur = opened;
               follow(cur);
               arm(cur);
             }, (err: unknown) => {
@@ -476,7 +537,10 @@ export class NativeHbone implements HboneDataPath {
         return cur.stream.id;
       },
       bytes: () => cur.stream.bytes(),
-      close: () => cur.stream.close(),
+      close: () => {
+        closedByCaller = true;
+        cur.stream.close();
+      },
       closed,
       get isClosed() {
         return ended;
@@ -485,14 +549,19 @@ export class NativeHbone implements HboneDataPath {
     };
   }
 
-  /** One CONNECT stream on `session` carrying the app's `fd` (the library owns it from here on); tracked. */
+  /**
+   * One CONNECT stream on `session` carrying the app's `fd` (the library owns it from here on); tracked. On a throw the
+   * fd is closed: by the library when it refused the call, else here with a reset (not started, or bad headers).
+   */
   private openClientStream(session: ClientSession, fd: number, authority: string, headers: Record<string, string>): { stream: HboneStream; waiter: StreamWaiter; handedBack: boolean } {
     this.pool.streamOpened(session);
     let id: number;
     try {
       id = this.need().clientStream(session.handle, fd, authority, encodeHeaders(headers));
     } catch (err) {
+      // Thrown before the library was called (need(), encodeHeaders): the fd is still ours.
       this.pool.streamClosed(session);
+      resetFd(fd);
       throw err;
     }
     if (!id) {
