@@ -275,3 +275,40 @@ test.serial('an inbound relay that this agent\'s policy denies is authorised on 
   const r = await client.stop();
   t.log(`client after the denial: ${JSON.stringify(r)}`);
 });
+
+test.serial('a paused relay whose far end does not read: flushed() gives up at its bound, sleeping, not spinning (CPU logged)', async (t) => {
+  // A server that accepts and never reads: the relay's writes toward it pile up in Node once the kernel buffers are full.
+  const stuck: net.Socket[] = [];
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.pause();
+    stuck.push(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    for (const s of stuck) s.destroy();
+    server.close();
+  });
+  const relay = await relayTo((server.address() as net.AddressInfo).port);
+  t.teardown(relay.close);
+  const client = net.connect({ port: relay.listenPort, host: '127.0.0.1' });
+  client.on('error', () => undefined);
+  t.teardown(() => client.destroy());
+  const { down, up } = await relay.pair;
+  const chunk = Buffer.alloc(1 << 20, 7);
+  for (let i = 0; i < 64 && up.writableLength === 0; i++) {
+    client.write(chunk);
+    await delay(20);
+  }
+  t.true(up.writableLength > 0, 'writes toward the far end are pending');
+  const paused = pauseRelay(down, up);
+  if (!paused) return t.fail('the relay could not be paused');
+  const cpu0 = process.cpuUsage();
+  const t0 = Date.now();
+  const flushed = await paused.flushed(1000);
+  const cpu = process.cpuUsage(cpu0);
+  t.log(`flushed() -> ${flushed} after ${Date.now() - t0} ms wall, ${((cpu.user + cpu.system) / 1000).toFixed(1)} ms CPU`);
+  t.false(flushed, 'not flushed: the far end reads nothing');
+  paused.resume();
+  down.destroy();
+  up.destroy();
+});
