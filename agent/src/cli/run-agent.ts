@@ -34,12 +34,12 @@ export async function runAgent(opts: Record<string, unknown>): Promise<void> {
   const handedOver = (tally: DrainTally): void => {
     if (stopping) return;
     stopping = true;
-    const next = afterHandover(cfg.exitAfterHandover, stopAsked);
-    log.info({ ...tally }, next === 'exit' ? 'handed over and drained; exiting' : 'handed over and drained; idle (not ready, no locks, no listeners) until SIGTERM');
+    log.info({ ...tally }, afterHandover(cfg.exitAfterHandover, stopAsked) === 'exit' ? 'handed over and drained; exiting' : 'handed over and drained; stopping');
     agent.stop().then(() => {
       if (afterHandover(cfg.exitAfterHandover, stopAsked) === 'exit') exitWith(0);
       // Nothing else keeps the process up once everything is closed: a kubelet would restart a container that exits.
       idle = setInterval(() => undefined, 3600_000);
+      log.info('handed over and drained; idle (not ready, no locks, no listeners) until SIGTERM');
     }, (err: unknown) => {
       log.error({ err }, 'stop failed');
       exitWith(1);
