@@ -28,8 +28,8 @@ import { AdminServer } from './admin/admin-server.js';
 import { malformedPolicies } from './policy/malformed.js';
 import { lockHolder, tryLock, type HeldLock } from './platform/state-lock.js';
 import {
-  AGENT_LOCK_FILE, HANDOVER_LOCK_FILE, RELAY_HANDOVER_VERSION, RELAY_LIMITS, TakeOverError, drainTally, refusalReason, relayInboxPath, startPlan,
-  type DrainTally,
+  AGENT_LOCK_FILE, HANDOVER_LOCK_FILE, RELAY_HANDOVER_VERSION, RELAY_LIMITS, TakeOverError, drainTally, newHandoverToken, refusalReason, relayInboxPath,
+  startPlan, type DrainTally, type HandoverMessage,
 } from './handover/protocol.js';
 import { requestTakeOver, servePredecessor, type HandoverChannel, type PredecessorHooks } from './handover/session.js';
 import { RelayInbox, sendRelays } from './handover/relay-transfer.js';
@@ -44,6 +44,10 @@ export interface AgentHooks {
 
 /** How long a successor waits for the running agent to release the state dir. */
 const TAKEOVER_TIMEOUT_MS = 30_000;
+/** Slack on the predecessor's own bounds (its hand-off, relay moves and drain) before a successor stops listening to it. */
+const PREDECESSOR_SLACK_MS = 60_000;
+/** How often a wait that has no bound of its own is logged. */
+const NOTICE_MS = 30_000;
 /** How often a drain looks at the open connections. */
 const DRAIN_POLL_MS = 250;
 
@@ -79,8 +83,6 @@ export class Agent {
   /** A SIGTERM arrived while handing over: exit after the drain, or stop as usual if the take-over is abandoned. */
   private stopDeferred = false;
   private readonly store: StateStore;
-  /** As a successor: the predecessor's pid (agent.lock's holder), checked on the relay inbox. */
-  private predecessorPid: number | undefined;
   /** As a predecessor: plain TCP relays handed to the successor (logged with the drain). */
   private movedRelays = 0;
 
@@ -149,7 +151,10 @@ export class Agent {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.hbone.stats }),
       ready: this.readyPromise, log: log.child({ component: 'events' }), onPluginRequest: (command, result) => this.metrics.pluginRequest(command, result),
       verifyHost: () => this.backend.verifyHost(), source: this.source, trustDomain: cfg.trustDomain, directory,
-      handover: (conn, head) => void servePredecessor(conn, head, this.predecessorHooks(), cfg.drainSeconds, log.child({ component: 'handover' })),
+      handover: (conn, head) => {
+        const hlog = log.child({ component: 'handover' });
+        servePredecessor(conn, head, this.predecessorHooks(), cfg.drainSeconds, hlog).catch((err: unknown) => hlog.error({ error: describe(err) }, 'take-over failed'));
+      },
     });
     this.admin = new AdminServer({
       ports: { admin: cfg.adminPort, metrics: cfg.metricsPort, readiness: cfg.readinessPort },
@@ -253,8 +258,7 @@ export class Agent {
       this.agentLock = agent;
       return undefined;
     }
-    const holder = lockHolder(agentPath);
-    this.predecessorPid = holder;
+    const holder = lockHolder(agentPath); // for logs: the running agent may be in another PID namespace
     this.notReadyReason = 'taking over from the running agent';
     this.log.info({ runningPid: holder, socket: this.cfg.socketPath }, 'state dir held by a running agent; asking it to hand over');
     let channel: HandoverChannel;
@@ -282,18 +286,23 @@ export class Agent {
   private completeTakeOver(channel: HandoverChannel): void {
     const inbox = this.openRelayInbox();
     this.server.publish();
-    channel.send({ type: 'ready', pid: process.pid, ...(inbox ? { relays: RELAY_HANDOVER_VERSION } : {}) });
+    channel.send({ type: 'ready', pid: process.pid, ...(inbox ? { relays: RELAY_HANDOVER_VERSION, inbox } : {}) });
     this.log.info('take-over complete: socket published, predecessor told to stop accepting');
     void (async () => {
+      // Each wait is bounded by the predecessor's own bounds: its hand-off and relay moves, then its drain deadline.
+      let waitMs = RELAY_LIMITS.totalMs + PREDECESSOR_SLACK_MS;
       for (;;) {
-        let m;
+        let m: HandoverMessage;
         try {
-          m = await channel.next(24 * 3600 * 1000);
-        } catch {
+          m = await channel.next(waitMs);
+        } catch (err) {
+          if (channel.open) this.log.warn({ error: describe(err) }, 'the predecessor overran its drain; no longer waiting for it');
           break;
         }
         this.log.info({ predecessor: m }, 'predecessor reports');
+        waitMs = (m.type === 'draining' ? m.deadlineSeconds * 1000 : 0) + PREDECESSOR_SLACK_MS;
       }
+      channel.close();
       this.releaseHandoverLock();
       this.log.info('predecessor gone; handover lock released');
     })();
@@ -301,12 +310,14 @@ export class Agent {
 
   /**
    * The successor's relay inbox (handover/relay-transfer.ts), served in the background: the predecessor's plain TCP
-   * relays arrive there and carry on in their pods' forwarders. Undefined (the predecessor drains them) if it cannot open.
+   * relays arrive there and carry on in their pods' forwarders. Returns its token (for `ready`), or undefined (the
+   * predecessor drains them) if it cannot open.
    */
-  private openRelayInbox(): RelayInbox | undefined {
+  private openRelayInbox(): string | undefined {
+    const token = newHandoverToken();
     let inbox: RelayInbox;
     try {
-      inbox = RelayInbox.open(relayInboxPath(this.cfg.stateDir, process.pid));
+      inbox = RelayInbox.open(relayInboxPath(this.cfg.stateDir, token));
     } catch (err) {
       this.log.warn({ error: describe(err) }, 'cannot open the relay inbox; the predecessor drains its relays instead');
       return undefined;
@@ -314,13 +325,13 @@ export class Agent {
     const ackDelayMs = Math.min(60_000, Math.max(0, Number(process.env.AMBIENT_HANDOVER_TEST_ACK_DELAY_MS ?? 0) || 0));
     const log = this.log.child({ component: 'handover' });
     const hooks = {
-      canAdopt: (m: { pod: string }) => this.enroller.canAdoptRelay(m.pod),
+      canAdopt: (m: Parameters<Enroller['canAdoptRelay']>[0]) => this.enroller.canAdoptRelay(m),
       adopt: (m: Parameters<Enroller['adoptRelay']>[0], down: number, up: number) => this.enroller.adoptRelay(m, down, up),
     };
-    void inbox.serve(this.predecessorPid, hooks, RELAY_LIMITS, log, ackDelayMs).then((t) => {
+    void inbox.serve(hooks, RELAY_LIMITS, log, ackDelayMs).then((t) => {
       log.info(t, 'relays from the predecessor carried on here');
     });
-    return inbox;
+    return token;
   }
 
   /**
@@ -351,6 +362,8 @@ export class Agent {
         await this.stopRepairLoop();
         await this.runningPods.stop();
         await this.server.idle();
+        // Late (un)enrolment started before the freeze finishes here; after it no record is written until thaw.
+        await this.enroller.quiesce();
         await this.store.flushed();
         this.agentLock?.release();
         this.agentLock = undefined;
@@ -363,12 +376,11 @@ export class Agent {
           return;
         }
         this.log.warn({ reason }, 'successor went away before it was ready; carrying on');
-        for (let i = 0; i < 50 && !this.agentLock; i++) {
-          this.agentLock = tryLock(join(this.cfg.stateDir, AGENT_LOCK_FILE));
-          if (!this.agentLock) await sleep(100);
-        }
+        await this.retakeAgentLock();
         if (!this.agentLock) {
-          this.hooks.onFatal?.(new TakeOverError('the successor went away but the state dir lock is held by another agent'));
+          this.log.warn('stopping as asked while waiting for the state dir lock (rules stay)');
+          this.handingOver = false;
+          this.hooks.onDeferredStop?.();
           return;
         }
         this.handingOver = false;
@@ -384,9 +396,9 @@ export class Agent {
         await this.admin.stop();
         return this.enroller.relayCounts().open;
       },
-      moveRelays: async (successorPid) => {
+      moveRelays: async (inbox) => {
         const relays = this.enroller.movableRelays();
-        const tally = await sendRelays(relayInboxPath(this.cfg.stateDir, successorPid), successorPid, relays, RELAY_LIMITS, this.log.child({ component: 'handover' }));
+        const tally = await sendRelays(relayInboxPath(this.cfg.stateDir, inbox), relays, RELAY_LIMITS, this.log.child({ component: 'handover' }));
         this.movedRelays = tally.moved;
         return tally;
       },
@@ -397,6 +409,26 @@ export class Agent {
       },
       finish: (tally) => this.hooks.onHandedOver?.(tally),
     };
+  }
+
+  /**
+   * Takes agent.lock back after an abandoned take-over. A successor that went away may still hold it while it stops: it is
+   * released when that agent exits (the kernel drops flock locks), so this waits as long as that takes, never giving up
+   * the node for it; a stop asked for meanwhile (SIGTERM) ends the wait with no lock.
+   */
+  private async retakeAgentLock(): Promise<void> {
+    const path = join(this.cfg.stateDir, AGENT_LOCK_FILE);
+    const t0 = Date.now();
+    let noticed = t0;
+    while (!this.stopDeferred) {
+      this.agentLock = tryLock(path);
+      if (this.agentLock) return;
+      if (Date.now() - noticed >= NOTICE_MS) {
+        noticed = Date.now();
+        this.log.warn({ waitedSeconds: Math.round((noticed - t0) / 1000), holderPid: lockHolder(path) }, 'the state dir lock is still held by the agent that went away; waiting for it to exit');
+      }
+      await sleep(100);
+    }
   }
 
   /** Waits for open relays to end, up to --drain-seconds; counted and logged. What is left is cut by stop(). */

@@ -34,8 +34,18 @@ export interface AgentConfig {
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
   repairIntervalMs: number;
-  /** After handing over to a successor: how long established connections are served before the rest are cut. */
+  /**
+   * After handing over to a successor: how long established connections are served before the rest are cut. Up to
+   * 3600; in a DaemonSet keep it under the pod's terminationGracePeriodSeconds (45 in deploy/), or a SIGTERM'd old
+   * agent is killed mid-drain (see drainWarning).
+   */
   drainSeconds: number;
+  /**
+   * After a take-over's drain: exit 0 (true: the CLI, the testbed), or stop serving and stay up idle (not ready, no
+   * locks, no listeners) until SIGTERM, then exit 0 (false: a DaemonSet, whose kubelet restarts a container that exits
+   * and whose restarted agent would take the node back from the new one).
+   */
+  exitAfterHandover: boolean;
   /** SPIFFE trust domain of every identity (spiffe://<trustDomain>/ns/<ns>/sa/<sa>). */
   trustDomain: string;
   /** DNS suffix of the cluster's Service names (kubelet's --cluster-domain): `<svc>.<ns>.svc.<clusterDomain>`. */
@@ -80,6 +90,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   drainSeconds: 30,
+  exitAfterHandover: true,
   trustDomain: 'cluster.local',
   clusterDomain: 'cluster.local',
   serviceCidrs: [],
@@ -151,6 +162,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (accessLog !== true && accessLog !== false && accessLog !== 'true' && accessLog !== 'false') {
     throw new ConfigError(`accessLog must be true or false, got ${JSON.stringify(accessLog)}`);
   }
+  const exitAfterHandover = merged.exitAfterHandover ?? CONFIG_DEFAULTS.exitAfterHandover;
+  if (exitAfterHandover !== true && exitAfterHandover !== false && exitAfterHandover !== 'true' && exitAfterHandover !== 'false') {
+    throw new ConfigError(`exitAfterHandover must be true or false, got ${JSON.stringify(exitAfterHandover)}`);
+  }
   const preserveSource = merged.preserveSource ?? CONFIG_DEFAULTS.preserveSource;
   if (preserveSource !== true && preserveSource !== false && preserveSource !== 'true' && preserveSource !== 'false') {
     throw new ConfigError(`preserveSource must be true or false, got ${JSON.stringify(preserveSource)}`);
@@ -162,7 +177,9 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   const repair = Number(merged.repairIntervalMs ?? CONFIG_DEFAULTS.repairIntervalMs);
   if (!Number.isInteger(repair) || repair < 0) throw new ConfigError('repairIntervalMs must be a non-negative integer (0 disables repair)');
   const drainSeconds = Number(merged.drainSeconds ?? CONFIG_DEFAULTS.drainSeconds);
-  if (!Number.isInteger(drainSeconds) || drainSeconds < 0 || drainSeconds > 3600) throw new ConfigError('drainSeconds must be an integer from 0 to 3600');
+  if (!Number.isInteger(drainSeconds) || drainSeconds < 0 || drainSeconds > 3600) {
+    throw new ConfigError('drainSeconds must be an integer from 0 to 3600 (in a DaemonSet, below its terminationGracePeriodSeconds)');
+  }
   const stateDir = asString(merged.stateDir ?? CONFIG_DEFAULTS.stateDir, 'stateDir');
   const trustDomain = asString(merged.trustDomain ?? CONFIG_DEFAULTS.trustDomain, 'trustDomain');
   if (!/^[a-z0-9._-]+$/.test(trustDomain)) throw new ConfigError(`trustDomain must be lower-case letters, digits, ".", "_" or "-", got ${JSON.stringify(trustDomain)}`);
@@ -211,6 +228,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     drainSeconds,
+    exitAfterHandover: exitAfterHandover === true || exitAfterHandover === 'true',
     trustDomain,
     clusterDomain,
     serviceCidrs,
@@ -221,6 +239,20 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     ...istio,
     ...ports,
   };
+}
+
+/** The longest drain that fits the shipped DaemonSet's terminationGracePeriodSeconds (45) with room to stop. */
+export const DAEMONSET_DRAIN_SECONDS_MAX = 40;
+
+/**
+ * A warning for the log at start, or undefined: an agent that stays up after a hand-over (exitAfterHandover false, as in
+ * a DaemonSet) with a drain longer than the shipped pod's grace period allows is killed mid-drain when its pod is deleted
+ * (the kubelet's SIGKILL cuts what is left). Allowed (a DaemonSet may raise its grace period); said once. Pure.
+ */
+export function drainWarning(cfg: Pick<AgentConfig, 'drainSeconds' | 'exitAfterHandover'>): string | undefined {
+  if (cfg.exitAfterHandover || cfg.drainSeconds <= DAEMONSET_DRAIN_SECONDS_MAX) return undefined;
+  return `drainSeconds ${cfg.drainSeconds} is above ${DAEMONSET_DRAIN_SECONDS_MAX}: raise the pod's terminationGracePeriodSeconds (45 in deploy/) ` +
+    'above it, or a draining agent is killed when its pod is deleted and what is left is cut then';
 }
 
 /** `serviceCidrs` from a file (a list or a comma-separated string) or a flag (comma-separated); each one checked. */

@@ -83,6 +83,7 @@ export function buildCli(): Command {
     .option('--readiness-port <port>', `loopback port of /healthz/ready (default ${CONFIG_DEFAULTS.readinessPort})`, int)
     .option('--repair-interval-ms <ms>', `rule/listener verify-and-repair period, 0 disables (default ${CONFIG_DEFAULTS.repairIntervalMs})`, int)
     .option('--drain-seconds <s>', `after handing over to a new agent (an upgrade), how long established connections are served before the rest are cut (default ${CONFIG_DEFAULTS.drainSeconds})`, int)
+    .option('--exit-after-handover <bool>', 'true | false: after handing over and draining, exit 0; false: stay up idle (not ready, no locks, no listeners) until SIGTERM, as a DaemonSet needs (default true)')
     .action(runAgent);
 
   const socketOpt = ['--socket <path>', 'the agent\'s event socket', CONFIG_DEFAULTS.socketPath] as const;

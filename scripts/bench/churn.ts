@@ -1,8 +1,7 @@
 // 7. Pod churn at node scale: cycles of N pods ADDed then DELeted, K at a time, through the whole chain (bridge +
 // ambient-cni + agent) and the bridge-only chain in the same run; wall times per batch, the agent's RSS after a forced GC.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AGENT_MAIN, type AgentProcess, type PodSpec, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
+import { AGENT_MAIN, type AgentProcess, type PodSpec, procRssKb, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
 import { ambientTestbed, BRIDGE_ONLY_TESTBED, deletePodsBatched } from './add-latency.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
 import { num } from './json.js';
@@ -51,14 +50,6 @@ export interface ChurnResult {
 const GC_PRELOAD = join(REPO_ROOT, 'scripts/bench/agent-gc.mjs');
 const GC_WAIT_MS = 20_000;
 
-function vmRssKb(pid: number | undefined): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid ?? 0}/status`, 'utf8'))?.[1] ?? Number.NaN);
-  } catch {
-    return Number.NaN;
-  }
-}
-
 /** Runs a full GC in the agent (SIGUSR2 to the preload) and waits for its log line; RSS and heap used after it, KiB. */
 async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: number; heapUsed: number }> {
   const pid = agentNodePid(agent);
@@ -70,7 +61,7 @@ async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: num
     if (rec !== undefined) {
       if (rec.gc !== true) throw new Error('the agent has no gc(): was it started with --expose-gc?');
       await new Promise((r) => setTimeout(r, 200)); // let freed pages go back before reading RSS
-      return { rss: vmRssKb(pid), heapUsed: (num(rec.heapUsed) ?? Number.NaN) / 1024 };
+      return { rss: procRssKb(pid), heapUsed: (num(rec.heapUsed) ?? Number.NaN) / 1024 };
     }
     await new Promise((r) => setTimeout(r, 100));
   }

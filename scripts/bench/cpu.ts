@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import type { AgentProcess, TestbedPod } from '../../test/testbed/index.js';
+import { agentNodePid, type AgentProcess, type TestbedPod } from '../../test/testbed/index.js';
 
 const CLK_TCK = (() => {
   try {
@@ -13,18 +13,8 @@ const CLK_TCK = (() => {
   }
 })();
 
-/** The node process of an agent (AgentProcess.pid is nsenter's pid, which execs the agent; follow a child if it forked). */
-export function agentNodePid(agent: AgentProcess): number | undefined {
-  const pid = agent.pid;
-  if (pid === undefined) return undefined;
-  try {
-    if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'nsenter') return pid;
-    const child = Number(readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)[0]);
-    return Number.isInteger(child) && child > 0 ? child : pid;
-  } catch {
-    return pid;
-  }
-}
+/** The node process of an agent: in the testbed (test/testbed/takeover.ts), shared with the take-over tests. */
+export { agentNodePid } from '../../test/testbed/index.js';
 
 export function procCpuSeconds(pid: number | undefined): number {
   if (pid === undefined) return Number.NaN;

@@ -1,12 +1,12 @@
 // Part of the `scale` bench part: idle RSS of the real agent (one-node testbed, no CNI ADD) with the files source and with
 // the kubernetes source (an HTTPS fake API server inside the node netns, token auth), the same handful of remote pods in
 // both, alternating sources each round. Also runs alone, as root after the build: npx tsx scripts/bench/source-rss.ts [rounds]
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Netns } from '../../agent/src/platform/netns.js';
 import { listenFdIn } from '../../agent/src/platform/sockets.js';
 import { FakeKubeApi, kubeconfigFor, makeTestTls } from '../../test/fixtures/fake-kube-api.js';
-import type { Testbed } from '../../test/testbed/index.js';
+import { procRssKb, type Testbed } from '../../test/testbed/index.js';
 import { progress, withTestbeds } from './run.js';
 import { f1 } from './stats.js';
 
@@ -31,10 +31,7 @@ const pod = (i: number): Record<string, unknown> => ({
   status: { phase: 'Running', podIP: `10.77.0.${i + 1}`, podIPs: [{ ip: `10.77.0.${i + 1}` }] },
 });
 
-function rssMb(pid: number): number {
-  const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : Number.NaN;
-}
+const rssMb = (pid: number): number => procRssKb(pid) / 1024;
 
 async function measureOnce(source: 'files' | 'kubernetes'): Promise<number> {
   const tls = makeTestTls();

@@ -1,9 +1,8 @@
 // 6. Take-over (upgrade without outage): new connections every 20 ms, mesh -> mesh and non-mesh -> mesh, in steady state
 // and while each node's agent is taken over by a second one; failures and latency per phase, both agents' RSS in the overlap.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { AgentProcess, REPO_ROOT, type RedirectMode, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
-import { agentNodePid } from './cpu.js';
+import {
+  ECHO_PORT, ECHO_SERVER, PY, agentNodePid, procRssKb, startConnectLoop, successorOf, type AgentProcess, type ConnectLoopResult, type RedirectMode,
+} from '../../test/testbed/index.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
 import { dist, f0, f1, f2, ratio, type Dist } from './stats.js';
 
@@ -30,24 +29,9 @@ export interface TakeoverResult {
   rssKb: { steady: number; predecessor: number; successor: number };
 }
 
-const PY = '/usr/bin/python3';
-const ECHO_PORT = 9000;
-const ECHO_SERVER = join(REPO_ROOT, 'scripts/bench/line-echo.py');
-const CONNECT_LOOP = join(REPO_ROOT, 'scripts/bench/connect-loop.py');
 const DRAIN_SECONDS = 3;
 
-interface LoopOutput {
-  errors: string[];
-  samples: [number, number | null][];
-}
-
-function rssKb(agent: AgentProcess): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${agentNodePid(agent) ?? 0}/status`, 'utf8'))?.[1] ?? Number.NaN);
-  } catch {
-    return Number.NaN;
-  }
-}
+const rssKb = (agent: AgentProcess): number => procRssKb(agentNodePid(agent));
 
 /** Pure: the samples whose start lies in any window (`inside`) or in none, before `until` (steady). */
 export function phaseStats(samples: [number, number | null][], windows: [number, number][], inside: boolean, until = Number.POSITIVE_INFINITY): PhaseStats {
@@ -56,23 +40,11 @@ export function phaseStats(samples: [number, number | null][], windows: [number,
   return { count: picked.length, failed: picked.length - good.length, ms: dist(good) };
 }
 
-function startLoop(tb: Testbed, client: TestbedPod, ip: string, tag: string): () => Promise<LoopOutput> {
-  const stopFile = join(tb.runDir, `bench-stop-${tag}`);
-  const proc = client.spawn(PY, [CONNECT_LOOP, ip, String(ECHO_PORT), stopFile, '20'], { reject: false, timeout: 320_000 });
-  return async () => {
-    await client.exec('touch', [stopFile]);
-    const r = await proc;
-    const last = String(r.stdout).trim().split('\n').pop() ?? '';
-    if (!last.startsWith('{')) throw new Error(`connect loop ${tag} printed no summary: ${String(r.stdout)} ${String(r.stderr)}`);
-    return JSON.parse(last) as LoopOutput;
-  };
-}
-
 /** Takes over `current` with a second agent of the same flags; returns the successor, the window and the overlap's RSS peaks. */
 async function takeOver(current: AgentProcess, tag: string, started: AgentProcess[]): Promise<{ next: AgentProcess; window: [number, number]; rss: [number, number] }> {
   const exited = current.exited;
   if (!exited) throw new Error(`the agent of ${current.spec.nodeName} is not running`);
-  const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, `-${tag}.log`) });
+  const next = successorOf(current, tag);
   started.push(next);
   const t0 = Date.now() / 1000;
   let done = false;
@@ -111,7 +83,7 @@ export async function benchTakeover(o: TakeoverOpts): Promise<TakeoverResult[]> 
         if (!client || !server || !outsider) throw new Error('pods missing');
         void server.spawn(PY, [ECHO_SERVER, String(ECHO_PORT)], { reject: false });
         await server.waitForPort(ECHO_PORT);
-        const stops = { mesh: startLoop(tb, client, server.ip, `${mode}-mesh`), plain: startLoop(tb, outsider, server.ip, `${mode}-plain`) };
+        const loops = { mesh: startConnectLoop(tb, client, server.ip, `bench-${mode}-mesh`), plain: startConnectLoop(tb, outsider, server.ip, `bench-${mode}-plain`) };
         await new Promise((r) => setTimeout(r, 1000)); // the first connections warm the pools: not counted
         const steadyFrom = Date.now() / 1000;
         let steadyRss = 0;
@@ -124,7 +96,7 @@ export async function benchTakeover(o: TakeoverOpts): Promise<TakeoverResult[]> 
         await new Promise((r) => setTimeout(r, 1000));
         const src = await takeOver(tb.agent(0), 'bench-next', started);
         await new Promise((r) => setTimeout(r, 1000));
-        const out = { mesh: await stops.mesh(), plain: await stops.plain() };
+        const out: Record<'mesh' | 'plain', ConnectLoopResult> = { mesh: await loops.mesh.stop(), plain: await loops.plain.stop() };
         const windows = [dest.window, src.window];
         const clients = Object.fromEntries((['mesh', 'plain'] as const).map((k) => {
           const steadySamples = out[k].samples.filter(([t]) => t >= steadyFrom);

@@ -3,28 +3,11 @@
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { AgentProcess, type AgentLogRecord } from '../testbed/agent-process.js';
-import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import type { AgentProcess } from '../testbed/agent-process.js';
+import { ECHO_SERVER, PY, findLog, successorOf, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { AMBIENT, adminHttp, eventually, metricSample } from './helpers.js';
 
-const PY = '/usr/bin/python3';
 const PORT = 9100;
-
-/** A threaded binary echo server: every byte back until the client's FIN, then its own FIN. */
-const ECHO_SERVER = `
-import socketserver, socket, sys
-class H(socketserver.BaseRequestHandler):
-    def handle(self):
-        while True:
-            d = self.request.recv(65536)
-            if not d: break
-            self.request.sendall(d)
-        self.request.shutdown(socket.SHUT_WR)
-class S(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-S(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
-`;
 
 /**
  * One long-lived connection carrying a counter stream (8-byte big-endian counters, 8 KiB every 5 ms) while a reader
@@ -69,8 +52,9 @@ print(json.dumps({'sent': len(sent), 'received': st['recv'], 'exact': st['exact'
 `;
 
 /**
- * N more connections held open, each sending a numbered line every second and checking its echo; at the stop file
- * they close and one JSON line says how many were still exact.
+ * N more connections held open, each sending a numbered line every second and checking its echo; `echoed N` once every
+ * one has had an echo (its relay is connected end to end); at the stop file they close and one JSON line says how many
+ * were still exact.
  */
 const MANY_CLIENT = `
 import socket, sys, time, json, os, selectors
@@ -82,8 +66,10 @@ for i in range(n):
     c = {'s': s, 'sent': b'', 'got': b'', 'k': 0, 'bad': False}
     conns.append(c); sel.register(s, selectors.EVENT_READ, c)
 print('connected %d' % n, flush=True)
-last = 0
+last, told = 0, False
 while not os.path.exists(stop):
+    if not told and all(c['got'] for c in conns):
+        print('echoed %d' % n, flush=True); told = True
     if time.time() - last >= 1:
         last = time.time()
         for c in conns:
@@ -140,7 +126,6 @@ function startStream(tb: Testbed, client: TestbedPod, ip: string, tag: string): 
   };
 }
 
-const hasMsg = (logs: AgentLogRecord[], msg: string): AgentLogRecord | undefined => logs.find((l) => l.msg === msg);
 
 interface Conn {
   direction: string;
@@ -171,7 +156,7 @@ async function scene(t: ExecutionContext, mode: RedirectMode, drainSeconds: numb
     { node: 1, namespace: 'plain', name: 'ext' },
   ]);
   if (!sleep || !web || !outsider || !ext) throw new Error('pods missing');
-  for (const p of [web, ext]) void p.spawn(PY, ['-c', ECHO_SERVER, String(PORT)]).catch(() => undefined);
+  for (const p of [web, ext]) void p.spawn(PY, [ECHO_SERVER, String(PORT)]).catch(() => undefined);
   await Promise.all([web.waitForPort(PORT), ext.waitForPort(PORT)]);
   const pass = startStream(tb, sleep, ext.ip, 'passthrough');
   const inbound = startStream(tb, outsider, web.ip, 'inbound');
@@ -179,7 +164,11 @@ async function scene(t: ExecutionContext, mode: RedirectMode, drainSeconds: numb
   let many: (() => Promise<{ n: number; exact: number }>) | undefined;
   if (extra > 0) {
     const stopFile = join(tb.runDir, 'stop-many');
+    let out = '';
     const proc = sleep.spawn(PY, ['-u', '-c', MANY_CLIENT, ext.ip, String(PORT), String(extra), stopFile], { reject: false, timeout: 120_000 });
+    proc.stdout?.on('data', (d: Buffer) => (out += String(d)));
+    // Every extra connection's upstream is connected (it echoed) before the take-over: each is then a movable relay.
+    await eventually(async () => out, (o) => o.includes(`echoed ${extra}`), 30_000);
     many = async () => {
       await sleep.exec('touch', [stopFile]);
       const r = await proc;
@@ -207,24 +196,23 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const { tb, pass, inbound, many } = await scene(t, mode, drainSeconds, extra);
     const current = tb.agent(0);
     const before = await conns(current);
-    const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, '-next.log') });
+    const next = successorOf(current, 'next');
     t.teardown(async () => {
       await next.stop(5000);
     });
     const exited = current.exited;
     if (!exited) throw new Error('the agent is not running');
     await next.start();
-    await eventually(async () => hasMsg(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
+    await eventually(async () => findLog(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
     const readyAt = Date.now();
     const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (drainSeconds + 10) * 1000))]);
     const exitMs = Date.now() - readyAt;
     t.deepEqual(exit, { code: 0, signal: null }, 'the predecessor exited 0');
     const oldLogs = await current.logs({ currentRun: true });
-    const handed = hasMsg(oldLogs, 'plain TCP relays handed over to the successor');
+    const handed = findLog(oldLogs, 'plain TCP relays handed over to the successor');
     const drained = oldLogs.find((l) => l.msg === 'drain finished' || l.msg === 'drain deadline reached; cutting the rest');
     t.log(`[${mode}] predecessor: ${JSON.stringify({ moved: handed?.moved, kept: handed?.kept, reasons: handed?.reasons, ms: handed?.ms })}; drain ${JSON.stringify(drained)}; exited ${exitMs} ms after the successor was ready (drain deadline ${drainSeconds} s)`);
-    const moved = Number(handed?.moved ?? 0); // idle extras still connecting on a loaded machine are not relays yet
-    t.true(moved >= 2 && moved <= 2 + extra, 'the streaming relays moved, with the idle ones open by then');
+    t.is(handed?.moved, 2 + extra, 'every relay moved (each was connected end to end before the take-over)');
     t.is(handed?.kept, 0);
     t.is(drained?.msg, 'drain finished', 'nothing was left to drain: the predecessor did not wait for its deadline');
     t.is(drained?.cut, 0);
@@ -270,18 +258,18 @@ netnsTest.serial('[iptables] the successor killed -9 in the middle of the relay 
   const { tb, pass, inbound } = await scene(t, 'iptables', drainSeconds);
   const current = tb.agent(0);
   // A test knob: the successor waits 20 s between receiving a batch and acknowledging it, long enough to kill it there.
-  const doomed = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, '-doomed.log'), env: { AMBIENT_HANDOVER_TEST_ACK_DELAY_MS: '20000' } });
+  const doomed = successorOf(current, 'doomed', { env: { AMBIENT_HANDOVER_TEST_ACK_DELAY_MS: '20000' } });
   t.teardown(async () => {
     await doomed.stop(2000);
   });
   const exited = current.exited;
   if (!exited) throw new Error('the agent is not running');
   const started = doomed.start().catch(() => undefined);
-  await eventually(async () => hasMsg(await doomed.logs(), 'relay batch received'), (r) => r !== undefined, 60_000);
+  await eventually(async () => findLog(await doomed.logs(), 'relay batch received'), (r) => r !== undefined, 60_000);
   await doomed.kill('SIGKILL');
   const killedAt = Date.now() / 1000;
   await started;
-  const failed = await eventually(async () => hasMsg(await current.logs({ currentRun: true }), 'plain TCP relays handed over to the successor'), (r) => r !== undefined, 15_000);
+  const failed = await eventually(async () => findLog(await current.logs({ currentRun: true }), 'plain TCP relays handed over to the successor'), (r) => r !== undefined, 15_000);
   t.log(`predecessor after the kill: ${JSON.stringify(failed)}`);
   t.is(failed?.moved, 0, 'nothing moved');
   t.is(failed?.kept, 2, 'both relays stayed with the predecessor');

@@ -5,21 +5,17 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import { AgentProcess, signalGroup, type AgentLogRecord } from '../testbed/agent-process.js';
-import { REPO_ROOT, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
+import { signalGroup, type AgentLogRecord, type AgentProcess } from '../testbed/agent-process.js';
+import {
+  ECHO_PORT, ECHO_SERVER, PY, agentNodePid, findLog, procFdCount, procRssKb, startConnectLoop, successorOf, type RedirectMode, type Testbed, type TestbedPod,
+} from '../testbed/index.js';
 import { captureFabric, captureNodeLink, countOccurrences } from './capture-wire.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
 import { AMBIENT, eventually, hostVeth, podRules } from './helpers.js';
 
-const PY = '/usr/bin/python3';
-const ECHO_PORT = 9000;
 const DRAIN_SECONDS = 4;
 /** Take-overs in a row in the leak check, on every backend (each costs ~4 s of CI). */
 const TAKEOVERS = 20;
-
-/** The line-echo server and the new-connection loop, shared with the take-over benchmark. */
-const ECHO_SERVER = join(REPO_ROOT, 'scripts/bench/line-echo.py');
-const CONNECT_LOOP = join(REPO_ROOT, 'scripts/bench/connect-loop.py');
 
 /** One long-lived connection: a line (argv[3], default x) every 100 ms, echo checked; prints twice a second and how it ended. */
 const LONG_STREAM = `
@@ -44,60 +40,24 @@ except OSError as e:
     print('ended %s %s %.3f after %d echoes' % (type(e).__name__, e, time.time(), n), flush=True)
 `;
 
-interface LoopResult {
-  ok: number;
-  fails: number;
-  errors: string[];
-  p50ms: number | null;
-  p99ms: number | null;
-}
-
-function startLoop(tb: Testbed, client: TestbedPod, ip: string, tag: string): { stop: () => Promise<LoopResult> } {
-  const stopFile = join(tb.runDir, `stop-${tag}`);
-  const proc = client.spawn(PY, [CONNECT_LOOP, ip, String(ECHO_PORT), stopFile], { reject: false, timeout: 320_000 });
-  return {
-    async stop() {
-      await client.exec('touch', [stopFile]);
-      const r = await proc;
-      const last = String(r.stdout).trim().split('\n').pop() ?? '';
-      if (!last.startsWith('{')) throw new Error(`connect loop ${tag} printed no summary: ${String(r.stdout)} ${String(r.stderr)}`);
-      return JSON.parse(last) as LoopResult;
-    },
-  };
-}
-
-const rssKb = (pid: number | undefined): number => {
-  if (pid === undefined) return -1;
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1);
-  } catch {
-    return -1;
-  }
-};
-const fdCount = (pid: number | undefined): number => {
-  try {
-    return pid === undefined ? -1 : readdirSync(`/proc/${pid}/fd`).length;
-  } catch {
-    return -1;
-  }
-};
-
-const hasMsg = (logs: AgentLogRecord[], msg: string): AgentLogRecord | undefined => logs.find((l) => l.msg === msg);
+const TAKEN_OVER = 'take-over complete: socket published, predecessor told to stop accepting';
+const DRAINING = 'successor ready: listeners closed, draining';
+const IDLE = 'handed over and drained; idle (not ready, no locks, no listeners) until SIGTERM';
 
 /**
  * Starts a successor for `current` (same flags, its own log) and waits until it has taken over and the predecessor
  * has drained and exited. Returns the successor and what the predecessor logged of its drain.
  */
 async function takeOver(t: ExecutionContext, current: AgentProcess, round: string, during?: () => Promise<void>): Promise<{ next: AgentProcess; drained: AgentLogRecord | undefined; rss: [number, number] }> {
-  const next = new AgentProcess({ ...current.spec, logFile: current.spec.logFile.replace(/\.log$/, `-${round}.log`) });
+  const next = successorOf(current, round);
   t.teardown(async () => {
     await next.stop(5000);
   });
   const exited = current.exited;
   if (!exited) throw new Error('the current agent is not running');
   await next.start(); // may return on the predecessor's status: the log says when the take-over completed
-  await eventually(async () => hasMsg(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
-  const rss: [number, number] = [rssKb(current.pid), rssKb(next.pid)];
+  await eventually(async () => findLog(await next.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000);
+  const rss: [number, number] = [procRssKb(agentNodePid(current)), procRssKb(agentNodePid(next))];
   await during?.();
   const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (DRAIN_SECONDS + 20) * 1000))]);
   t.deepEqual(exit, { code: 0, signal: null }, `${round}: the predecessor exited 0 after its drain`);
@@ -117,8 +77,8 @@ async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> 
 }
 
 /** Two nodes: a mesh client (node 0), a mesh echo server (node 1) and a non-mesh pod (node 0); agents drain `drain` s. */
-async function twoNodes(t: ExecutionContext, mode: RedirectMode, drain: number): Promise<{ tb: Testbed; client: TestbedPod; server: TestbedPod; outsider: TestbedPod }> {
-  const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(drain)] });
+async function twoNodes(t: ExecutionContext, mode: RedirectMode, drain: number, agentArgs: string[] = []): Promise<{ tb: Testbed; client: TestbedPod; server: TestbedPod; outsider: TestbedPod }> {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--drain-seconds', String(drain), ...agentArgs] });
   await tb.setNamespace('app', AMBIENT);
   await tb.setNamespace('plain', {});
   const [client, server, outsider] = await tb.addPods([
@@ -140,8 +100,8 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
 
     // 1. New connections every 20 ms (mesh -> mesh, non-mesh -> mesh) across a take-over of each node's agent, and a
     //    long-lived HBONE stream across the destination's.
-    const mesh = startLoop(tb, client, server.ip, 'mesh');
-    const plain = startLoop(tb, outsider, server.ip, 'plain');
+    const mesh = startConnectLoop(tb, client, server.ip, 'mesh');
+    const plain = startConnectLoop(tb, outsider, server.ip, 'plain');
     let streamOut = '';
     const stream = client.spawn(PY, ['-u', '-c', LONG_STREAM, server.ip, String(ECHO_PORT)], { reject: false, timeout: 120_000 });
     stream.stdout?.on('data', (d: Buffer) => (streamOut += String(d)));
@@ -152,7 +112,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const dest = await takeOver(t, agents[1]!, 'r1', async () => {
       handedOffAt = Date.now() / 1000;
       // 2. A third agent while the predecessor drains: refused with a clear error.
-      const c = new AgentProcess({ ...agents[1]!.spec, logFile: agents[1]!.spec.logFile.replace(/\.log$/, '-third.log'), readyTimeoutMs: 15_000 });
+      const c = successorOf(agents[1]!, 'third', { readyTimeoutMs: 15_000 });
       t.teardown(async () => {
         await c.stop(2000);
       });
@@ -198,9 +158,9 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     t.true(Number(dest.drained?.cut ?? 0) >= 1, 'and counted it');
 
     // 4. More take-overs of the destination's agent in a row: nothing leaks.
-    const fdsFirst = fdCount(agents[1]!.pid);
+    const fdsFirst = procFdCount(agentNodePid(agents[1]!));
     for (let i = 2; i <= TAKEOVERS; i++) agents[1] = (await takeOver(t, agents[1]!, `r${i}`)).next;
-    const fdsLast = fdCount(agents[1]!.pid);
+    const fdsLast = procFdCount(agentNodePid(agents[1]!));
     const listeners = await listenerCounts(server);
     const after = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
     t.log(`[${mode}] after ${TAKEOVERS} take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
@@ -215,6 +175,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
       (JSON.parse(before.records) as { pods: { uid: string; state: string }[] }).pods.map((p) => `${p.uid}:${p.state}`).sort(),
       'the same pod records',
     );
+    t.true(fdsFirst > 0 && fdsLast > 0, `the agents' fds were read (${fdsFirst}, ${fdsLast})`);
     t.true(fdsLast <= fdsFirst + 4, `the agent's fds did not grow with take-overs (${fdsFirst} -> ${fdsLast})`);
     t.true((await eventually(async () => (await agents[1]!.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000) as { ready: boolean }).ready);
   });
@@ -231,17 +192,17 @@ netnsTest.serial('[iptables] kill -9 of the successor while it adopts: the runni
   void server.spawn(PY, [ECHO_SERVER, String(ECHO_PORT)]).catch(() => undefined);
   await server.waitForPort(ECHO_PORT);
   const running = tb.agent(1);
-  const loop = startLoop(tb, client, server.ip, 'killed-successor');
-  const doomed = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-doomed.log') });
+  const loop = startConnectLoop(tb, client, server.ip, 'killed-successor');
+  const doomed = successorOf(running, 'doomed');
   t.teardown(async () => {
     await doomed.stop(2000);
   });
   const started = doomed.start().catch(() => undefined);
   // Killed once it holds the state dir and adopts, before it is ready.
-  await eventually(async () => hasMsg(await doomed.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  await eventually(async () => findLog(await doomed.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
   await doomed.kill('SIGKILL');
   await started;
-  const resumed = await eventually(async () => hasMsg(await running.logs({ currentRun: true }), 'successor went away before it was ready; carrying on'), (r) => r !== undefined, 15_000);
+  const resumed = await eventually(async () => findLog(await running.logs({ currentRun: true }), 'successor went away before it was ready; carrying on'), (r) => r !== undefined, 15_000);
   t.truthy(resumed, 'the running agent took the state dir back');
   t.true(running.running, 'and is still running');
   await eventually(async () => (await running.request('GET', '/v1/status')).body, (b) => (b as { ready?: boolean }).ready === true, 10_000);
@@ -258,14 +219,14 @@ netnsTest.serial('[iptables] pods added while the agent is taken over: ADDs arri
   const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--drain-seconds', '1'] });
   await tb.setNamespace('app', AMBIENT);
   const running = tb.agent(0);
-  const next = new AgentProcess({ ...running.spec, logFile: running.spec.logFile.replace(/\.log$/, '-next.log') });
+  const next = successorOf(running, 'next');
   t.teardown(async () => {
     await next.stop(5000);
   });
   const exited = running.exited;
   const started = next.start().catch(() => undefined);
   // From the moment the successor holds the state dir (the running agent holds plugin events) to well after it is ready.
-  await eventually(async () => hasMsg(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  await eventually(async () => findLog(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
   // The successor is paused there for 5 s (SIGSTOP; the plugin waits 10 s), so the ADDs arrive while the predecessor holds events.
   const pid = next.pid;
   if (pid === undefined) throw new Error('the successor is not running');
@@ -317,17 +278,17 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const stream = client.spawn(PY, ['-u', '-c', LONG_STREAM, server.ip, String(ECHO_PORT), marker], { reject: false, timeout: 120_000 });
     stream.stdout?.on('data', (d: Buffer) => (streamOut += String(d)));
     await eventually(async () => streamOut, (o) => o.includes('echo'), 10_000);
-    const loop = startLoop(tb, client, server.ip, 'kill9-drain');
+    const loop = startConnectLoop(tb, client, server.ip, 'kill9-drain');
 
     // The destination's agent is taken over; its predecessor drains (60 s) and is killed in the middle of it.
     const old = tb.agent(1);
-    const next = new AgentProcess({ ...old.spec, logFile: old.spec.logFile.replace(/\.log$/, '-next.log') });
+    const next = successorOf(old, 'next');
     t.teardown(async () => {
       await next.stop(5000);
     });
     await next.start();
-    await eventually(async () => hasMsg(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
-    await eventually(async () => hasMsg(await old.logs({ currentRun: true }), 'successor ready: listeners closed, draining'), (r) => r !== undefined, 10_000);
+    await eventually(async () => findLog(await next.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000);
+    await eventually(async () => findLog(await old.logs({ currentRun: true }), DRAINING), (r) => r !== undefined, 10_000);
     await new Promise((r) => setTimeout(r, 1000));
     const echoesBeforeKill = streamOut.split('\n').filter((l) => l.startsWith('echo ')).length;
     await old.kill('SIGKILL');
@@ -348,7 +309,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     t.regex(refusedPlain, /^failed /, `and a plaintext one from a non-mesh pod too (${refusedPlain})`);
 
     // A later agent recovers the node: adopts the pod, listens, carries mesh traffic.
-    const later = new AgentProcess({ ...old.spec, logFile: old.spec.logFile.replace(/\.log$/, '-later.log') });
+    const later = successorOf(old, 'later');
     t.teardown(async () => {
       await later.stop(5000);
     });
@@ -367,3 +328,46 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     }
   });
 }
+
+netnsTest.serial('[iptables] --exit-after-handover false: a policy change during the drain closes the predecessor\'s now-denied HBONE stream; after its drain the predecessor idles holding nothing (a further take-over works) and exits 0 on SIGTERM', async (t) => {
+  const { tb, client, server } = await twoNodes(t, 'iptables', 30, ['--exit-after-handover', 'false']);
+  let streamOut = '';
+  const stream = client.spawn(PY, ['-u', '-c', LONG_STREAM, server.ip, String(ECHO_PORT)], { reject: false, timeout: 120_000 });
+  stream.stdout?.on('data', (d: Buffer) => (streamOut += String(d)));
+  await eventually(async () => streamOut, (o) => o.includes('echo'), 10_000);
+
+  // The destination's agent is taken over; its predecessor drains the HBONE stream (up to 30 s) with everything frozen.
+  const old = tb.agent(1);
+  const next = successorOf(old, 'next');
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  await next.start();
+  await eventually(async () => findLog(await next.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000);
+  await eventually(async () => findLog(await old.logs({ currentRun: true }), DRAINING), (r) => r !== undefined, 10_000);
+
+  // A DENY for the stream's client: the frozen predecessor still enforces it on what it carries (fail closed).
+  await tb.writeWorkload('deny-sleep.yaml', {
+    apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-sleep', namespace: 'app' },
+    spec: { action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/app/sa/sleep'] } }] }] },
+  });
+  await eventually(async () => streamOut, (o) => o.includes('ended '), 15_000);
+  const closed = await eventually(async () => findLog(await old.logs({ currentRun: true }), 'open connection closed: now denied by authorization policy'), (r) => r !== undefined, 5000);
+  t.log(`stream: ${streamOut.trim().split('\n').slice(-1)[0]}; predecessor: ${JSON.stringify(closed)}`);
+  t.truthy(closed, 'the predecessor closed the stream the new policy denies, well before its drain deadline');
+  await stream;
+
+  // Nothing left to drain: it finishes, stops serving and stays up (a DaemonSet would otherwise restart it).
+  const idle = await eventually(async () => findLog(await old.logs({ currentRun: true }), IDLE), (r) => r !== undefined, 20_000);
+  t.truthy(idle, 'the predecessor is idle after its drain');
+  t.true(old.running, 'and still running');
+  const third = successorOf(next, 'third');
+  t.teardown(async () => {
+    await third.stop(5000);
+  });
+  await third.start();
+  t.truthy(await eventually(async () => findLog(await third.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000), 'the idle agent holds no lock: another take-over completes');
+  t.true(old.running, 'the idle agent is still up');
+  const exit = await old.stop(10_000);
+  t.deepEqual(exit, { code: 0, signal: null }, 'SIGTERM ends the idle agent with 0');
+});

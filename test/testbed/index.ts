@@ -69,3 +69,6 @@ export {
 } from './kube-proxy.js';
 export { DNSMASQ, podResolvConf, renderDnsHosts } from './cluster-dns.js';
 export { REPO_ROOT, AGENT_MAIN, CNI_MAIN, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';
+export {
+  ECHO_PORT, ECHO_SERVER, PY, agentNodePid, findLog, procFdCount, procRssKb, startConnectLoop, successorOf, type ConnectLoopResult,
+} from './takeover.js';

@@ -1,10 +1,29 @@
 // Unit tests for the agent's configuration merge (defaults < file < flags) and its validation errors.
 import test from 'ava';
-import { CONFIG_DEFAULTS, ConfigError, parseAgentConfig } from '../../agent/src/config.js';
+import { CONFIG_DEFAULTS, ConfigError, drainWarning, parseAgentConfig } from '../../agent/src/config.js';
+import { afterHandover } from '../../agent/src/cli/run-agent.js';
 
 test('defaults apply and the node name falls back to NODE_NAME', (t) => {
   const c = parseAgentConfig({}, {}, { NODE_NAME: 'n7' });
   t.like(c, { ...CONFIG_DEFAULTS, caDir: `${CONFIG_DEFAULTS.stateDir}/ca`, nodeName: 'n7' });
+});
+
+test('after a take-over an agent exits by default; with exitAfterHandover false (a DaemonSet) it idles until SIGTERM', (t) => {
+  t.true(parseAgentConfig({}, { nodeName: 'n' }).exitAfterHandover);
+  t.false(parseAgentConfig({ exitAfterHandover: false }, { nodeName: 'n' }).exitAfterHandover);
+  t.false(parseAgentConfig({}, { nodeName: 'n', 'exit-after-handover': 'false' }).exitAfterHandover);
+  t.throws(() => parseAgentConfig({ exitAfterHandover: 'later' }, { nodeName: 'n' }), { instanceOf: ConfigError, message: /exitAfterHandover must be true or false/ });
+  t.is(afterHandover(true, false), 'exit');
+  t.is(afterHandover(false, false), 'idle');
+  t.is(afterHandover(false, true), 'exit', 'a SIGTERM during the drain (the pod is being deleted) exits at its end');
+});
+
+test('a drain longer than the DaemonSet\'s grace period allows is accepted with a warning when the agent idles after a take-over', (t) => {
+  t.is(drainWarning({ drainSeconds: 30, exitAfterHandover: false }), undefined);
+  t.is(drainWarning({ drainSeconds: 600, exitAfterHandover: true }), undefined, 'the CLI is not killed by a kubelet');
+  t.regex(drainWarning({ drainSeconds: 600, exitAfterHandover: false }) ?? '', /terminationGracePeriodSeconds/);
+  t.is(parseAgentConfig({ drainSeconds: 3600 }, { nodeName: 'n' }).drainSeconds, 3600);
+  t.throws(() => parseAgentConfig({ drainSeconds: 3601 }, { nodeName: 'n' }), { instanceOf: ConfigError, message: /0 to 3600 \(in a DaemonSet, below its terminationGracePeriodSeconds\)/ });
 });
 
 test('flags override the file, in either naming style', (t) => {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
-import { parseAgentConfig, type RawConfig } from '../../agent/src/config.js';
+import { drainWarning, parseAgentConfig, type RawConfig } from '../../agent/src/config.js';
 import { registerInstallCommands } from '../../agent/src/install/cli.js';
 import { KubeClient } from '../../agent/src/workload/kube/client.js';
 import { KubernetesWorkloadSource } from '../../agent/src/workload/kube-source.js';
@@ -194,6 +194,9 @@ test('DaemonSet upgrades overlap: the new pod starts before the old one stops, a
   t.deepEqual(ds.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
   const drain = parsedConfig(base).drainSeconds;
   t.true((pod.terminationGracePeriodSeconds ?? 30) > drain, `terminationGracePeriodSeconds (${pod.terminationGracePeriodSeconds}) is above the drain (${drain} s)`);
+  t.is(drainWarning(parsedConfig(base)), undefined, 'the drain fits the grace period');
+  // A container that exits is restarted by the kubelet, and would take the node back from the new agent.
+  t.false(parsedConfig(base).exitAfterHandover, 'the old agent stays up idle after handing over, until its pod is deleted');
   // Two agents share these across a take-over: the state dir (its locks) and the event socket's folder are the host's.
   const mounts = base.hostMounts(base.container('agent'));
   t.is(mounts['/var/lib/ambient-node']?.host, '/var/lib/ambient-node');

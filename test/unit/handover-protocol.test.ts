@@ -3,7 +3,7 @@
 import test from 'ava';
 import {
   HandoverProtocolError, RELAY_LIMITS, drainTally, encodeHandoverMessage, encodeRelayMessage, parseHandoverMessage, parseRelayMessage,
-  refusalReason, relayBatches, relayInboxPath, startPlan, type HandoverMessage, type RelayMessage, type RelayMeta,
+  isHandoverToken, isRelayInboxName, newHandoverToken, refusalReason, relayBatches, relayInboxPath, startPlan, type HandoverMessage, type RelayMessage, type RelayMeta,
 } from '../../agent/src/handover/protocol.js';
 import { decodeScmRights, encodeScmRights, scmRightsSpace } from '../../agent/src/platform/fd-passing.js';
 
@@ -13,6 +13,7 @@ const messages: HandoverMessage[] = [
   { type: 'refused', reason: 'busy' },
   { type: 'ready', pid: 43 },
   { type: 'ready', pid: 43, relays: 1 },
+  { type: 'ready', pid: 1, relays: 1, inbox: '0123456789abcdef' },
   { type: 'draining', connections: 3, deadlineSeconds: 30 },
   { type: 'draining', connections: 3, deadlineSeconds: 30, moved: 7 },
   { type: 'drained', drained: 2, cut: 1 },
@@ -33,6 +34,7 @@ for (const [name, line] of [
   ['fractional count', '{"type":"drained","drained":1.5,"cut":0}'],
   ['reason not a string', '{"type":"refused","reason":3}'],
   ['relays version not a count', '{"type":"ready","pid":3,"relays":"1"}'],
+  ['inbox not a token', '{"type":"ready","pid":3,"relays":1,"inbox":"../../etc/x"}'],
   ['moved negative', '{"type":"draining","connections":1,"deadlineSeconds":3,"moved":-2}'],
 ] as const) {
   test(`a malformed message is refused: ${name}`, (t) => {
@@ -120,8 +122,16 @@ test('relay batches: perMessage each, at most total, the rest left over', (t) =>
   t.deepEqual(relayBatches([], { perMessage: 16, total: 35 }), { batches: [], over: [] });
 });
 
-test('relay inbox path: in the state dir, named after the successor', (t) => {
-  t.is(relayInboxPath('/var/lib/ambient-node/', 42), '/var/lib/ambient-node/relays.42.sock');
+test('relay inbox path: in the state dir, named by a random token (never a pid: agents in pods are often all PID 1)', (t) => {
+  const a = newHandoverToken();
+  const b = newHandoverToken();
+  t.not(a, b);
+  t.true(isHandoverToken(a));
+  t.is(relayInboxPath('/var/lib/ambient-node/', a), `/var/lib/ambient-node/relays.${a}.sock`);
+  t.true(isRelayInboxName(`relays.${a}.sock`));
+  t.true(isRelayInboxName('relays.42.sock'), 'an older agent\'s inbox is recognised (and removed as stale)');
+  t.false(isRelayInboxName('pods.json'));
+  for (const bad of ['42', '../x', '', 'ZZZZZZZZZZZZZZZZ']) t.throws(() => relayInboxPath('/s', bad), { instanceOf: HandoverProtocolError }, bad);
 });
 
 test('SCM_RIGHTS: encoded as the kernel lays it out, decoded back; foreign or truncated control data is flagged', (t) => {

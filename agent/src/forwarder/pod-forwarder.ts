@@ -103,6 +103,14 @@ interface Relay {
   plain?: { down: net.Socket; up?: net.Socket; stats: DirectionStats };
 }
 
+/**
+ * Whether a relay handed over by a predecessor may be taken: the pod must be listening here, and an inbound relay must
+ * carry what policy decided on (without it the successor could neither check it now nor on a later change). Pure.
+ */
+export function relayAdoptable(meta: Pick<RelayMeta, 'direction' | 'policy'>, listening: boolean): boolean {
+  return listening && (meta.direction !== 'inbound' || meta.policy !== undefined);
+}
+
 /** A plain TCP relay a take-over may hand to the successor (see Enroller.movableRelays, handover/relay-transfer.ts). */
 export interface MovableRelay {
   /** Stops relaying here and writes out what was read (see pauseRelay); undefined when it cannot move. */
@@ -514,6 +522,14 @@ export class PodForwarder {
     if (meta.policy) this.track(down, meta.policy.source, meta.policy.destination);
     this.stats.movedIn++;
     this.splice(down, stats, this.connLog(info), Promise.resolve(up), info, { sent: meta.bytesSent, recv: meta.bytesRecv });
+    // Authorised once on arrival against this agent's policies (the predecessor's view may be older): closed if denied.
+    const tracked = this.inbound.get(down);
+    if (tracked) this.recheck(tracked);
+  }
+
+  /** True when this forwarder can carry on a relay a predecessor offers (see relayAdoptable). */
+  canAdoptRelay(meta: Pick<RelayMeta, 'direction' | 'policy'>): boolean {
+    return relayAdoptable(meta, this.listening);
   }
 
   /** Open relays with their byte counts so far, for `ambient-node conns`. */
@@ -534,15 +550,18 @@ export class PodForwarder {
   /** Re-evaluates every open inbound connection after a policy change and closes those now denied. Returns how many. */
   reevaluate(): number {
     let closed = 0;
-    for (const [, c] of this.inbound) {
-      const d = this.self.authorize(c.source, c.destination);
-      if (d.allowed) continue;
-      this.stats.inbound.denied++;
-      this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: formatHostPort(c.destination.ip, c.destination.port) }, 'open connection closed: now denied by authorization policy');
-      c.close(d.reason);
-      closed++;
-    }
+    for (const [, c] of this.inbound) if (!this.recheck(c)) closed++;
     return closed;
+  }
+
+  /** Authorises one open inbound connection again; closes it (denied) and returns false when policy now denies it. */
+  private recheck(c: { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }): boolean {
+    const d = this.self.authorize(c.source, c.destination);
+    if (d.allowed) return true;
+    this.stats.inbound.denied++;
+    this.log.warn({ policy: d.policy, reason: d.reason, principal: c.source.principal, dst: formatHostPort(c.destination.ip, c.destination.port) }, 'open connection closed: now denied by authorization policy');
+    c.close(d.reason);
+    return false;
   }
 
   /**

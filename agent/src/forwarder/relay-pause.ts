@@ -1,9 +1,9 @@
 // Pausing a plain TCP relay (two piped net.Sockets) so its connections can be handed to another process: stop Node
 // reading both sides, write out what was already read, wait until nothing is left to write; or resume it as it was.
 import type net from 'node:net';
+import { handleFd } from '../platform/sockets.js';
 
 interface StreamHandle {
-  fd?: number;
   reading?: boolean;
   readStop?: () => number;
 }
@@ -11,12 +11,6 @@ interface StreamHandle {
 type Internals = net.Socket & { _handle?: StreamHandle | null; _read: (n: number) => void; _readableState?: { ended?: boolean; reading?: boolean } };
 
 const handleOf = (s: net.Socket): StreamHandle | null | undefined => (s as Internals)._handle;
-
-/** The socket's fd while Node holds it. */
-export function socketFd(s: net.Socket): number | undefined {
-  const fd = handleOf(s)?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-}
 
 /** Stops Node reading `s` now (libuv readStop) and until resumeReading: a paused stream alone would read on to its high-water mark. */
 function stopReading(s: net.Socket): void {
@@ -39,7 +33,7 @@ function resumeReading(s: net.Socket): void {
 
 /** True when the socket can still carry bytes both ways here: not destroyed, no FIN read, not ended. */
 function whole(s: net.Socket): boolean {
-  return !s.destroyed && !s.writableEnded && !s.readableEnded && !(s as Internals)._readableState?.ended && socketFd(s) !== undefined;
+  return !s.destroyed && !s.writableEnded && !s.readableEnded && !(s as Internals)._readableState?.ended && handleFd(s) !== undefined;
 }
 
 /** Writes what Node read from `from` and did not pass on yet into `to` (Node's readable buffer). Returns the bytes. */
@@ -52,10 +46,33 @@ function passOnBuffered(from: net.Socket, to: net.Socket): number {
   return n;
 }
 
+/**
+ * Longest sleep between two looks at a paused relay's pending writes. 'drain' wakes it sooner, but only after a write that
+ * filled the buffer past its high-water mark; smaller writes complete silently, hence the timer.
+ */
+const FLUSH_POLL_MS = 10;
+
+/** Resolves on the first 'drain' or 'close' of `sockets`, or after `ms`: never a busy wait on a peer that does not read. */
+function writeProgress(sockets: net.Socket[], ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      for (const s of sockets) {
+        s.off('drain', done);
+        s.off('close', done);
+      }
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    for (const s of sockets) {
+      s.once('drain', done);
+      s.once('close', done);
+    }
+  });
+}
+
 /** A relay paused for a move: `flushed()` waits for its writes, then `fds` may be sent; else `resume()`. */
 export interface PausedRelay {
-  /** Bytes read but not yet passed on when it was paused (now written out). */
-  readonly carried: number;
   /** Resolves true once both sockets have nothing left to write (all in the kernel), false on timeout or error. */
   flushed(timeoutMs: number): Promise<boolean>;
   /** [down, up] fds, valid until the sockets are destroyed. */
@@ -89,21 +106,23 @@ export function pauseRelay(down: net.Socket, up: net.Socket): PausedRelay | unde
     resume();
     return undefined;
   }
-  const carried = passOnBuffered(down, up) + passOnBuffered(up, down);
+  passOnBuffered(down, up);
+  passOnBuffered(up, down);
   return {
-    carried,
     async flushed(timeoutMs) {
       const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
+      for (;;) {
         if (!whole(down) || !whole(up)) return false;
-        if (down.writableLength === 0 && up.writableLength === 0) return true;
-        await new Promise((r) => setImmediate(r)); // writes complete on the event loop: check again after it turns
+        const pending = [down, up].filter((s) => s.writableLength > 0);
+        if (pending.length === 0) return true;
+        const left = deadline - Date.now();
+        if (left <= 0) return false;
+        await writeProgress(pending, Math.min(left, FLUSH_POLL_MS));
       }
-      return false;
     },
     fds() {
-      const d = socketFd(down);
-      const u = socketFd(up);
+      const d = handleFd(down);
+      const u = handleFd(up);
       return d !== undefined && u !== undefined ? [d, u] : undefined;
     },
     resume,

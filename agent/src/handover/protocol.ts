@@ -1,5 +1,6 @@
 // The take-over protocol between a running agent (the predecessor) and a new one on the same state dir (the
 // successor): its messages and their parsing, and the pure decisions around it (who starts how, what a drain counted).
+import { randomBytes } from 'node:crypto';
 import { AmbientError } from '../errors.js';
 
 /** The event socket's endpoint a successor upgrades (HTTP/1.1 Upgrade) to speak this protocol on. */
@@ -25,8 +26,12 @@ export type HandoverMessage =
   | { type: 'begin'; pid: number }
   | { type: 'released' }
   | { type: 'refused'; reason: string }
-  /** `relays`: the relay hand-over version the successor accepts on its relay inbox (absent: it takes none). */
-  | { type: 'ready'; pid: number; relays?: number }
+  /**
+   * `relays`: the relay hand-over version the successor accepts on its relay inbox, `inbox` that inbox's token (see
+   * relayInboxPath); both absent: it takes none. `pid` (here and in `begin`) is for logs only: agents in pods each have
+   * their own PID namespace (both are often PID 1), so nothing is decided on it.
+   */
+  | { type: 'ready'; pid: number; relays?: number; inbox?: string }
   /** `moved`: plain TCP relays handed to the successor before the drain (absent from an older predecessor). */
   | { type: 'draining'; connections: number; deadlineSeconds: number; moved?: number }
   | { type: 'drained'; drained: number; cut: number };
@@ -64,7 +69,11 @@ export function parseHandoverMessage(line: string): HandoverMessage {
     case 'begin':
       return { type: 'begin', pid: count(o, 'pid') };
     case 'ready':
-      return { type: 'ready', pid: count(o, 'pid'), ...(o.relays !== undefined ? { relays: count(o, 'relays') } : {}) };
+      if (o.inbox !== undefined && !isHandoverToken(o.inbox)) throw new HandoverProtocolError('handover message field "inbox" must be a token of 16 to 64 hex digits');
+      return {
+        type: 'ready', pid: count(o, 'pid'), ...(o.relays !== undefined ? { relays: count(o, 'relays') } : {}),
+        ...(typeof o.inbox === 'string' ? { inbox: o.inbox } : {}),
+      };
     case 'released':
       return { type: 'released' };
     case 'refused':
@@ -128,9 +137,28 @@ export function drainTally(atStart: number, openedSince: number, left: number, d
 /** The relay hand-over version this agent speaks (in `ready.relays` and every relay message's `v`). */
 export const RELAY_HANDOVER_VERSION = 1;
 
-/** The successor's relay inbox: in the state dir (root only), named after the successor's pid. */
-export function relayInboxPath(stateDir: string, successorPid: number): string {
-  return `${stateDir.replace(/\/+$/, '')}/relays.${successorPid}.sock`;
+/**
+ * A random name for what one agent creates beside another's (its relay inbox, its staging socket): PIDs cannot tell two
+ * agents apart (each pod has its own PID namespace, where both agents are often PID 1).
+ */
+export function newHandoverToken(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/** True for a token newHandoverToken() could have made (and a peer's, up to 64 hex digits). Pure. */
+export function isHandoverToken(v: unknown): v is string {
+  return typeof v === 'string' && /^[0-9a-f]{16,64}$/.test(v);
+}
+
+/** The successor's relay inbox: in the state dir (root only), named by the token it sends in `ready`. Pure. */
+export function relayInboxPath(stateDir: string, token: string): string {
+  if (!isHandoverToken(token)) throw new HandoverProtocolError(`relay inbox token ${JSON.stringify(token)} is not 16 to 64 hex digits`);
+  return `${stateDir.replace(/\/+$/, '')}/relays.${token}.sock`;
+}
+
+/** True for a file name relayInboxPath makes (or an older agent's, named by its pid). Pure. */
+export function isRelayInboxName(name: string): boolean {
+  return /^relays\.[0-9a-f]+\.sock$/.test(name);
 }
 
 /** Bounds of one relay hand-over; every wait on the other agent is one of these. */

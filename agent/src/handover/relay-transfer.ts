@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { MovableRelay } from '../forwarder/pod-forwarder.js';
 import type { PausedRelay } from '../forwarder/relay-pause.js';
 import {
-  HandoverProtocolError, RELAY_HANDOVER_VERSION, encodeRelayMessage, parseRelayMessage, relayBatches,
+  HandoverProtocolError, RELAY_HANDOVER_VERSION, encodeRelayMessage, isRelayInboxName, parseRelayMessage, relayBatches,
   type RelayLimits, type RelayMessage, type RelayMeta, type RelayMoveTally,
 } from './protocol.js';
 
@@ -42,14 +42,24 @@ function keep(tally: RelayMoveTally, n: number, reason: string): void {
 }
 
 /**
+ * The other end of a relay socket must run as this agent's user: the inbox lives in the root-only state dir, so that
+ * and its random name (sent over the event socket's take-over channel) are what identify the peer. PIDs are only logged:
+ * the agents are in different PID namespaces (SO_PEERCRED reports a peer outside ours as pid 0).
+ */
+function checkPeer(fd: number): { pid: number; uid: number } {
+  const peer = peerCredentials(fd);
+  if (peer.uid !== (process.getuid?.() ?? 0)) throw new HandoverProtocolError(`the other end of the relay socket runs as uid ${peer.uid}, not as this agent's user`);
+  return peer;
+}
+
+/**
  * The predecessor's side: hands `relays` to the successor whose inbox is at `path`, batch by batch. A batch is paused
  * and flushed here, sent, acknowledged, committed; only then are this agent's descriptors closed. Whatever cannot move
  * (half-closed, writes pending past the flush bound, over the cap, refused, or any failure of the other side) is
- * resumed and drains here. Never throws.
+ * resumed and drains here. With no relays it still connects and says `done`, so the inbox closes at once. Never throws.
  */
-export async function sendRelays(path: string, successorPid: number, relays: OutgoingRelay[], limits: RelayLimits, log: Logger): Promise<RelayMoveTally> {
+export async function sendRelays(path: string, relays: OutgoingRelay[], limits: RelayLimits, log: Logger): Promise<RelayMoveTally> {
   const tally: RelayMoveTally = { moved: 0, kept: 0, reasons: {} };
-  if (relays.length === 0) return tally;
   const deadline = Date.now() + limits.totalMs;
   let fd: number;
   try {
@@ -60,10 +70,8 @@ export async function sendRelays(path: string, successorPid: number, relays: Out
     return tally;
   }
   try {
-    const peer = peerCredentials(fd);
-    if (peer.pid !== successorPid || peer.uid !== (process.getuid?.() ?? 0)) {
-      throw new HandoverProtocolError(`the relay inbox belongs to pid ${peer.pid} uid ${peer.uid}, not the successor (pid ${successorPid})`);
-    }
+    const peer = checkPeer(fd);
+    log.debug({ peerPid: peer.pid, path }, 'connected to the successor\'s relay inbox');
   } catch (err) {
     close(fd);
     log.warn({ error: describe(err), path }, 'relay inbox refused; relays drain here');
@@ -136,15 +144,6 @@ async function moveBatch(fd: number, b: number, batch: OutgoingRelay[], limits: 
   return undefined;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** What the successor's inbox did. */
 export interface InboxTally {
   received: number;
@@ -160,8 +159,9 @@ export interface InboxHooks {
 }
 
 /**
- * The successor's relay inbox: a root-only SOCK_SEQPACKET socket in the state dir that takes one connection, from the
- * predecessor (checked by its credentials), and the relays it hands over. Open before `ready` is sent.
+ * The successor's relay inbox: a root-only SOCK_SEQPACKET socket in the state dir, at a random name the successor sends
+ * in `ready`, that takes one connection (from this agent's user: checkPeer) and the relays it hands over. Open before
+ * `ready` is sent.
  */
 export class RelayInbox {
   private listenFd: number | undefined;
@@ -170,12 +170,14 @@ export class RelayInbox {
     this.listenFd = fd;
   }
 
-  /** Opens the inbox at `path`, after removing inboxes left beside it by agents that died (a successor killed mid-take-over). */
+  /**
+   * Opens the inbox at `path`, after removing every other inbox beside it: left by agents that died (a successor killed
+   * mid-take-over). The caller holds handover.lock, so no other agent can be waiting on an inbox of its own.
+   */
   static open(path: string): RelayInbox {
     const dir = dirname(path);
     for (const name of readdirSync(dir)) {
-      const pid = Number(/^relays\.(\d+)\.sock$/.exec(name)?.[1] ?? NaN);
-      if (Number.isInteger(pid) && pid !== process.pid && !alive(pid)) rmSync(join(dir, name), { force: true });
+      if (isRelayInboxName(name) && join(dir, name) !== path) rmSync(join(dir, name), { force: true });
     }
     return new RelayInbox(path, listenUnixSeqpacket(path));
   }
@@ -189,11 +191,11 @@ export class RelayInbox {
   }
 
   /**
-   * Waits for the predecessor (pid `predecessorPid` when known) and takes its relays until it says `done`, closes the
-   * socket, or a bound passes. Never throws; always closes the inbox. `ackDelayMs`: a test knob (a successor that
-   * stalls between receiving a batch and acknowledging it).
+   * Waits for the predecessor and takes its relays until it says `done`, closes the socket, or a bound passes. Never
+   * throws; always closes the inbox. `ackDelayMs`: a test knob (a successor that stalls between receiving a batch and
+   * acknowledging it).
    */
-  async serve(predecessorPid: number | undefined, hooks: InboxHooks, limits: RelayLimits, log: Logger, ackDelayMs = 0): Promise<InboxTally> {
+  async serve(hooks: InboxHooks, limits: RelayLimits, log: Logger, ackDelayMs = 0): Promise<InboxTally> {
     const tally: InboxTally = { received: 0, adopted: 0, refused: 0 };
     const listenFd = this.listenFd;
     if (listenFd === undefined) return tally;
@@ -205,10 +207,8 @@ export class RelayInbox {
         log.info('no predecessor connected to the relay inbox; it moves no relays');
         return tally;
       }
-      const peer = peerCredentials(fd);
-      if (peer.uid !== (process.getuid?.() ?? 0) || (predecessorPid !== undefined && peer.pid !== predecessorPid)) {
-        throw new HandoverProtocolError(`relay inbox: a connection from pid ${peer.pid} uid ${peer.uid}, not the predecessor (pid ${predecessorPid ?? '?'})`);
-      }
+      const peer = checkPeer(fd);
+      log.debug({ peerPid: peer.pid }, 'the predecessor connected to the relay inbox');
       for (;;) {
         const { msg, fds } = await expect(fd, limits, 2 * limits.perMessage, Date.now() + limits.idleMs, 'relays');
         if (msg.type === 'done') break;

@@ -11,6 +11,8 @@ import {
 
 /** No protocol line is longer than this; a peer sending more is not an agent. */
 const MAX_LINE = 4096;
+/** Messages received and not read yet: the protocol has at most a few in flight; a peer sending more is not an agent. */
+const MAX_QUEUED = 16;
 
 /** JSON lines over an upgraded connection: send(), and next() for the peer's next message (bounded in time). */
 export class HandoverChannel {
@@ -65,6 +67,11 @@ export class HandoverChannel {
     this.conn.destroy();
   }
 
+  /** True until the connection ended (the peer exited or closed it, a protocol error, or close()). */
+  get open(): boolean {
+    return this.ended === undefined;
+  }
+
   /** Ends the connection after what was sent has been flushed. */
   end(): void {
     this.conn.end();
@@ -87,7 +94,12 @@ export class HandoverChannel {
       const w = this.waiter;
       this.waiter = undefined;
       if (w) w.resolve(m);
-      else this.queue.push(m);
+      else if (this.queue.length < MAX_QUEUED) this.queue.push(m);
+      else {
+        this.fail(new HandoverProtocolError(`over ${MAX_QUEUED} take-over messages unread`));
+        this.conn.destroy();
+        return;
+      }
     }
     if (this.buffered.length > MAX_LINE) {
       this.fail(new HandoverProtocolError(`handover line over ${MAX_LINE} bytes`));
@@ -147,19 +159,44 @@ export interface PredecessorHooks {
   resume(reason: string): Promise<void>;
   /** The successor is ready: forward held events, stop accepting; returns the open connections to drain. */
   handOff(): Promise<number>;
-  /** Hands plain TCP relays to the successor (it offered a relay inbox of our version); what is kept drains. */
-  moveRelays?(successorPid: number): Promise<RelayMoveTally>;
+  /** Hands plain TCP relays to the successor's relay inbox (token from `ready`, of our version); what is kept drains. */
+  moveRelays?(inbox: string): Promise<RelayMoveTally>;
   /** Waits for open connections to end, up to the deadline; cuts the rest. */
   drain(): Promise<DrainTally>;
   /** Everything is done: stop and exit (0). */
   finish(tally: DrainTally): void;
 }
 
-/** How long the first message may take, and how long a successor may take to adopt every pod and become ready. */
+/** How long the first message may take. */
 const BEGIN_TIMEOUT_MS = 10_000;
-const READY_TIMEOUT_MS = 120_000;
+/**
+ * How often the wait for `ready` is logged. A successor adopting many pods may take long: the predecessor waits while the
+ * take-over connection is open (the kernel closes it when the successor dies, even by kill -9), however long that is.
+ */
+const READY_NOTICE_MS = 30_000;
 
-/** Runs the predecessor's side of one take-over on an upgraded connection. Never throws: failures are logged. */
+/** Waits for the successor's `ready` while the connection is open; throws when it ends first or sends anything else. */
+async function awaitReady(channel: HandoverChannel, log: Logger): Promise<Extract<HandoverMessage, { type: 'ready' }>> {
+  const t0 = Date.now();
+  for (;;) {
+    let m: HandoverMessage;
+    try {
+      m = await channel.next(READY_NOTICE_MS);
+    } catch (err) {
+      if (!channel.open) throw err;
+      log.warn({ waitedSeconds: Math.round((Date.now() - t0) / 1000) }, 'the successor is not ready yet (adopting pods); still waiting while it is connected');
+      continue;
+    }
+    if (m.type !== 'ready') throw new HandoverProtocolError(`expected "ready", got "${m.type}"`);
+    return m;
+  }
+}
+
+/**
+ * Runs the predecessor's side of one take-over on an upgraded connection. Never throws: failures are logged. A failure
+ * before `ready` resumes this agent (the successor is told by the connection's end); after it, the hand-off finishes
+ * (the successor owns the socket path by then) with whatever drained.
+ */
 export async function servePredecessor(conn: Duplex, head: Buffer, hooks: PredecessorHooks, drainSeconds: number, log: Logger): Promise<void> {
   const channel = new HandoverChannel(conn, head);
   let begin: HandoverMessage;
@@ -179,30 +216,38 @@ export async function servePredecessor(conn: Duplex, head: Buffer, hooks: Predec
     return;
   }
   log.info({ successorPid: begin.pid }, 'handing over: no more rule or record changes here');
-  await hooks.freeze(begin.pid);
-  channel.send({ type: 'released' });
-  let ready: HandoverMessage;
+  let ready: Extract<HandoverMessage, { type: 'ready' }>;
   try {
-    ready = await channel.next(READY_TIMEOUT_MS);
-    if (ready.type !== 'ready') throw new HandoverProtocolError(`expected "ready", got "${ready.type}"`);
+    await hooks.freeze(begin.pid);
+    channel.send({ type: 'released' });
+    ready = await awaitReady(channel, log);
   } catch (err) {
     channel.close();
-    await hooks.resume(describe(err));
+    try {
+      await hooks.resume(describe(err));
+    } catch (e) {
+      log.error({ error: describe(e) }, 'resuming after an abandoned take-over failed');
+    }
     return;
   }
-  let connections = await hooks.handOff();
-  let moved: number | undefined;
-  if (ready.relays === RELAY_HANDOVER_VERSION && hooks.moveRelays) {
-    const t0 = process.hrtime.bigint();
-    const tally = await hooks.moveRelays(ready.pid);
-    moved = tally.moved;
-    connections = Math.max(0, connections - tally.moved);
-    log.info({ ...tally, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'plain TCP relays handed over to the successor');
+  let tally: DrainTally = { atStart: 0, drained: 0, cut: 0 };
+  try {
+    let connections = await hooks.handOff();
+    let moved: number | undefined;
+    if (ready.relays === RELAY_HANDOVER_VERSION && ready.inbox !== undefined && hooks.moveRelays) {
+      const t0 = process.hrtime.bigint();
+      const relays = await hooks.moveRelays(ready.inbox);
+      moved = relays.moved;
+      connections = Math.max(0, connections - relays.moved);
+      log.info({ ...relays, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'plain TCP relays handed over to the successor');
+    }
+    log.info({ successorPid: ready.pid, connections, moved, drainSeconds }, 'successor ready: listeners closed, draining');
+    channel.send({ type: 'draining', connections, deadlineSeconds: drainSeconds, ...(moved !== undefined ? { moved } : {}) });
+    tally = await hooks.drain();
+    channel.send({ type: 'drained', drained: tally.drained, cut: tally.cut });
+  } catch (err) {
+    log.error({ error: describe(err) }, 'a step of the hand-off failed; finishing it (the successor serves the node)');
   }
-  log.info({ successorPid: ready.pid, connections, moved, drainSeconds }, 'successor ready: listeners closed, draining');
-  channel.send({ type: 'draining', connections, deadlineSeconds: drainSeconds, ...(moved !== undefined ? { moved } : {}) });
-  const tally = await hooks.drain();
-  channel.send({ type: 'drained', drained: tally.drained, cut: tally.cut });
   // Ended here, not by our exit: the event server's close waits for every connection, this one included.
   channel.end();
   hooks.finish(tally);

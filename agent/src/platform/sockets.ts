@@ -175,10 +175,16 @@ interface HandleWithFd {
   fd?: number;
 }
 
+/** The socket's fd while Node holds it (its libuv handle's), else undefined. */
+export function handleFd(sock: net.Socket): number | undefined {
+  const fd = (sock as unknown as { _handle?: HandleWithFd | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
 /** The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST), or the socket's local address. */
 export function originalDst(sock: net.Socket): { address: string; port: number } {
-  const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
-  if (typeof fd === 'number' && fd >= 0) {
+  const fd = handleFd(sock);
+  if (fd !== undefined) {
     try {
       return parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
     } catch {
@@ -195,8 +201,8 @@ export function originalDst(sock: net.Socket): { address: string; port: number }
  */
 export function takeFd(sock: net.Socket): number {
   try {
-    const fd = (sock as unknown as { _handle?: HandleWithFd })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
+    const fd = handleFd(sock);
+    if (fd === undefined) throw new Error('socket has no file descriptor');
     if (sock.readableLength > 0) throw new Error('socket already has buffered bytes: it must not be read before its fd is taken');
     return dupCloexec(fd);
   } finally {

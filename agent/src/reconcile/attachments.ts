@@ -235,7 +235,11 @@ export class Attachments {
     this.source.reportCapture?.(rec, rec.state === 'enrolled' ? 'enabled' : undefined);
   }
 
+  /** Set while a take-over is in progress (Enroller.quiesce): the successor owns the state file, nothing is written. */
+  sealed = false;
+
   persist(): Promise<void> {
+    if (this.sealed) return Promise.reject(new Error('pod records are not written while handing over to another agent (it owns the state dir)'));
     this.retainIdentities();
     return this.store.save([...this.records.values()]);
   }

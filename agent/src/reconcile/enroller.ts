@@ -14,7 +14,7 @@ import { adopt, enrolledKeys, podRules, repairOne, type PodRulesReport } from '.
 import { Attachments, type PodRuleRemover } from './attachments.js';
 import { cniAdd, cniCheck, cniDel, cniGc } from './cni-commands.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
-import { enrolDiscovered, onWorkloadChange } from './late-enrolment.js';
+import { enrolDiscovered, onWorkloadChange, reevaluatePolicies } from './late-enrolment.js';
 
 export type { EnrollerCounters, EnrollerObserver, PodRuleRemover, PodRulesReport };
 
@@ -41,18 +41,33 @@ export class Enroller {
     this.attachments = new Attachments(backend, source, store, log, podLookupTimeoutMs, mesh, observer, removeRules);
     this.counters = this.attachments.counters;
     source.onChange((c) => {
-      if (!this.frozen) onWorkloadChange(this.attachments, c);
+      // Policies are enforced on open connections in every state (fail closed): only (un)enrolment waits for the successor.
+      if (this.frozen) reevaluatePolicies(this.attachments, c);
+      else onWorkloadChange(this.attachments, c);
     });
   }
 
-  /** While frozen (a take-over in progress) workload changes enrol and unenrol nothing: the successor acts on them. */
+  /**
+   * While frozen (a take-over in progress) workload changes enrol and unenrol nothing: the successor acts on them.
+   * Policy changes still close the open connections they now deny.
+   */
   private frozen = false;
 
   freeze(): void {
     this.frozen = true;
   }
 
+  /**
+   * After freeze() and once no new work can start (plugin events held, repair and discovery stopped): waits for the work
+   * on attachments already running (late enrolment started before the freeze), then refuses to write records until thaw().
+   */
+  async quiesce(): Promise<void> {
+    await this.attachments.mutex.idle();
+    this.attachments.sealed = true;
+  }
+
   thaw(): void {
+    this.attachments.sealed = false;
     this.frozen = false;
   }
 
@@ -72,9 +87,9 @@ export class Enroller {
     return [...this.attachments.live.entries()].flatMap(([pod, l]) => l.forwarder.movableRelays().map((relay) => ({ pod, relay })));
   }
 
-  /** True when pod `key` has a forwarder here that can take a relay handed over by a predecessor. */
-  canAdoptRelay(key: string): boolean {
-    return this.attachments.live.get(key)?.forwarder.listening ?? false;
+  /** True when the relay's pod has a forwarder here that can take it (see relayAdoptable). */
+  canAdoptRelay(meta: Pick<RelayMeta, 'pod' | 'direction' | 'policy'>): boolean {
+    return this.attachments.live.get(meta.pod)?.forwarder.canAdoptRelay(meta) ?? false;
   }
 
   /** Carries on a relay a predecessor handed over (see PodForwarder.adoptRelay); throws when the pod is not here. */

@@ -44,13 +44,17 @@ export async function dropDiscovered(a: Attachments, namespace: string, name: st
   }
 }
 
+/** After a policy change: every open inbound connection is checked again and those now denied are closed. */
+export function reevaluatePolicies(a: Attachments, change: WorkloadChange): void {
+  if (!change.policies) return;
+  let closed = 0;
+  for (const live of a.live.values()) closed += live.forwarder.reevaluate();
+  if (closed) a.log.info({ closed }, 'policy change closed connections it now denies');
+}
+
 /** The workload source's change handler: policy re-evaluation, release of deleted discovered pods, label changes. */
 export function onWorkloadChange(a: Attachments, change: WorkloadChange): void {
-  if (change.policies) {
-    let closed = 0;
-    for (const live of a.live.values()) closed += live.forwarder.reevaluate();
-    if (closed) a.log.info({ closed }, 'policy change closed connections it now denies');
-  }
+  reevaluatePolicies(a, change);
   const affected = new Set<string>();
   for (const p of change.pods) if (p.after) affected.add(`${p.after.namespace}/${p.after.name}`);
   for (const p of change.pods) {

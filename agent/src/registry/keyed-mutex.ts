@@ -14,4 +14,9 @@ export class KeyedMutex {
     });
     return next;
   }
+
+  /** Resolves once no work is running or queued on any key, work queued while it waits included. */
+  async idle(): Promise<void> {
+    while (this.tails.size > 0) await Promise.all([...this.tails.values()]);
+  }
 }

@@ -22,7 +22,7 @@ import type { WorkloadDirectory } from '../workload/directory.js';
 import { run as runPlugin } from '../../../cni/src/main.js';
 import { CNI_ENV_VARS } from '../../../cni/src/shim-constants.js';
 import { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH } from '../protocol/query-paths.js';
-import { HANDOVER_PATH, HANDOVER_PROTOCOL } from '../handover/protocol.js';
+import { HANDOVER_PATH, HANDOVER_PROTOCOL, newHandoverToken } from '../handover/protocol.js';
 
 export { CERTS_PATH, CONNS_PATH, EXEC_PATH, PODS_PATH, POLICY_CHECK_PATH, RULES_PATH, SERVICES_PATH };
 
@@ -113,14 +113,9 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
   });
 }
 
-/** True when a process with this PID exists (signal 0: nothing is sent). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/** True for the name of a staging socket beside the socket `base` (`<base>.<token or an older agent's pid>.new`). Pure. */
+export function isStagingName(base: string, name: string): boolean {
+  return name.startsWith(`${base}.`) && /^\.[0-9a-f]+\.new$/.test(name.slice(base.length));
 }
 
 const PLUGIN_COMMANDS: Record<string, string> = {
@@ -146,7 +141,8 @@ export class EventServer {
   private hold: { outcome: Promise<HoldOutcome>; end: (o: HoldOutcome) => void } | undefined;
 
   constructor(private readonly socketPath: string, private readonly deps: EventServerDeps) {
-    this.stagingPath = `${socketPath}.${process.pid}.new`;
+    // Random, not the pid: two agents in pods have their own PID namespaces (both often PID 1) and must not share it.
+    this.stagingPath = `${socketPath}.${newHandoverToken()}.new`;
   }
 
   /**
@@ -186,14 +182,14 @@ export class EventServer {
     if (opts.publish ?? true) this.publish();
   }
 
-  /** Staging sockets left by agents that died before they published (a successor killed during its take-over). */
+  /**
+   * Staging sockets left by agents that died before they published (a successor killed during its take-over). Every
+   * other one is stale: an agent has a staging socket only while it starts, holding handover.lock, as the caller does.
+   */
   private removeStaleStaging(): void {
-    const prefix = `${basename(this.socketPath)}.`;
-    for (const name of readdirSync(dirname(this.socketPath))) {
-      const pid = name.startsWith(prefix) && name.endsWith('.new') ? Number(name.slice(prefix.length, -'.new'.length)) : NaN;
-      if (!Number.isInteger(pid) || pid <= 0) continue;
-      if (pid !== process.pid && processAlive(pid)) continue;
-      rmSync(join(dirname(this.socketPath), name), { force: true });
+    const dir = dirname(this.socketPath);
+    for (const name of readdirSync(dir)) {
+      if (isStagingName(basename(this.socketPath), name) && join(dir, name) !== this.stagingPath) rmSync(join(dir, name), { force: true });
     }
   }
 
