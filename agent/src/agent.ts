@@ -384,6 +384,7 @@ export class Agent {
           return;
         }
         this.handingOver = false;
+        if (await this.server.reclaimPath()) this.log.warn({ socket: this.cfg.socketPath }, 'the successor had published its socket before it went away: this agent\'s socket published again');
         this.enroller.thaw();
         this.runningPods.start();
         if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);

@@ -60,3 +60,27 @@ test('two agents with the same pid: the predecessor\'s stop leaves the successor
   await next.stop();
   t.deepEqual(readdirSync(dir), [], 'nothing left behind');
 });
+
+test('a successor that published and died: the running agent takes the socket path back, and answers there', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-staging-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const socketPath = join(dir, 'cni.sock');
+  const old = new EventServer(socketPath, deps('old'));
+  t.teardown(() => old.stop());
+  await old.start();
+  t.false(await old.reclaimPath(), 'nothing to take back while the path is its own');
+  const next = new EventServer(socketPath, deps('new'));
+  await next.start({ publish: false });
+  next.publish();
+  t.is((await status(socketPath)).node, 'new');
+  // The successor dies without removing its socket file (kill -9): the path names a socket no one listens on.
+  const dead = new EventServer(socketPath, deps('dead'));
+  await dead.start(); // publishes over the path, then is closed without its stop() tidying up
+  t.teardown(() => dead.stop());
+  await next.stop();
+  await new Promise<void>((resolve) => (dead as unknown as { server: http.Server }).server.close(() => resolve()));
+  await t.throwsAsync(status(socketPath), undefined, 'nobody answers on the path');
+  t.true(await old.reclaimPath(), 'the running agent publishes its socket again');
+  t.is((await status(socketPath)).node, 'old');
+  t.is(readdirSync(dir).filter((n) => isStagingName('cni.sock', n)).length, 0, 'no staging socket left behind');
+});

@@ -131,7 +131,7 @@ export class EventServer {
   /** CNI invocations run in-process for the native shim (the fast path). */
   private pluginExecs = 0;
   /** Where the server listens until publish() renames it to the socket path. */
-  private readonly stagingPath: string;
+  private stagingPath: string;
   /** The socket file this server published (its inode): stop() removes the path only while it is still ours. */
   private published: number | undefined;
   /** Plugin events being handled here, and who waits for there to be none. */
@@ -152,6 +152,27 @@ export class EventServer {
   async start(opts: { publish?: boolean } = {}): Promise<void> {
     mkdirSync(dirname(this.socketPath), { recursive: true, mode: 0o700 });
     this.removeStaleStaging();
+    this.server = await this.listen();
+    if (opts.publish ?? true) this.publish();
+  }
+
+  /**
+   * Publishes this agent's socket again when the path no longer names it: a successor that published and then died
+   * before the take-over completed left its dead socket there, and the plugin would reach no one. A Unix socket cannot be
+   * bound to a second path, so a fresh listener takes the path; the old one stops accepting (open clients finish).
+   */
+  async reclaimPath(): Promise<boolean> {
+    const old = this.server;
+    if (!old || this.ownsPath()) return false;
+    this.stagingPath = `${this.socketPath}.${newHandoverToken()}.new`;
+    this.server = await this.listen();
+    this.publish();
+    old.close();
+    return true;
+  }
+
+  /** An HTTP server for plugin events, the CLI and the hand-over upgrade, listening on the staging path (mode 0600). */
+  private async listen(): Promise<http.Server> {
     // A client that dribbles its request (slowloris) is dropped after 10 s for the headers and 30 s for the whole request
     // (checked every 2 s), and at most 1,024 clients are held at once: bounded even though the socket is root's only.
     const server = http.createServer(
@@ -178,8 +199,7 @@ export class EventServer {
       conn.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${HANDOVER_PROTOCOL}\r\nconnection: upgrade\r\n\r\n`);
       this.deps.handover(conn, head);
     });
-    this.server = server;
-    if (opts.publish ?? true) this.publish();
+    return server;
   }
 
   /**
