@@ -58,7 +58,7 @@ export async function adopt(a: Attachments, saved: PodRecord[], concurrency = AD
     try {
       a.records.set(key, rec);
       if (rec.state !== 'enrolled') return;
-      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns })).catch((err: unknown) => {
+      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns, enrolled: true })).catch((err: unknown) => {
         plog.error({ error: describe(err) }, 're-adopting pod failed; its rules stay in place so its traffic is refused, not bypassed');
       });
     } finally {
@@ -84,7 +84,7 @@ export async function repairOne(a: Attachments, key: string): Promise<boolean> {
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}` });
     plog.warn({ problems }, 'pod capture drifted; repairing');
     a.counters.ruleRepairs++;
-    await a.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+    await a.enrol(key, rec, plog, { enrolled: true }).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
     return true;
   });
 }

@@ -56,6 +56,8 @@ async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ mi
 
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
+  /** ip6tables holds the IPv6 rules, but they only refuse IPv6 TCP (the agent's listeners are IPv4). */
+  readonly captureFamilies = ['ipv4'] as const;
 
   private readonly preserveSource: boolean;
 
@@ -173,6 +175,8 @@ class IptablesBackend implements RedirectBackend {
 
 class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
+  /** The inet table sees IPv6 too, and refuses its TCP. */
+  readonly captureFamilies = ['ipv4'] as const;
   private readonly preserveSource: boolean;
 
   constructor(opts: NetfilterOptions = {}) {
