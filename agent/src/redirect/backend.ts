@@ -264,6 +264,18 @@ export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?
   return new IptablesBackend(opts.probeSnatCgroup, { preserveSource: opts.preserveSource });
 }
 
+/**
+ * Our pod chains' lines in a pod's ip6tables (nat and mangle), each prefixed `ip6tables: ` (and `mangle: `), whatever
+ * the backend: for `ambient-node rules`, so an operator sees the pod's IPv6 rules (or that there are none), including
+ * ones an iptables-mode agent left behind under another backend.
+ */
+export async function readIp6tablesOwned(netns: Netns): Promise<string[]> {
+  const save = await runTool(ipt.TOOLS[6].save, [], { netns: netns.toolPath });
+  const nat = ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${l}`);
+  const mangle = ipt.ownedNatLines(ipt.tableSection(save, 'mangle'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}${l}`);
+  return [...nat, ...mangle];
+}
+
 /** Whether an iptables-save of one table declares any of our pod chains. */
 function hasOwnChains(save: string): boolean {
   return POD_CHAINS.some((c) => save.includes(`:${c} `));
