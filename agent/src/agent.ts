@@ -3,13 +3,13 @@
 // Agent.create loads only the chosen implementations (workload source, redirection backend, CA): see create().
 // Upgrades: start() takes the state dir's locks, or takes over from the agent holding them (handover/); that agent's
 // side (freeze, hand off, drain) is predecessorHooks().
-import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentConfig } from './config.js';
 import { describe } from './errors.js';
 import type { Logger } from './log.js';
 import type { AgentStatus } from './protocol/cni-event.js';
+import { probeIps } from './reconcile/attachments.js';
 import { Enroller } from './reconcile/enroller.js';
 import { RunningPods } from './reconcile/running-pods.js';
 import { createBackend, type RedirectBackend } from './redirect/backend.js';
@@ -124,6 +124,7 @@ export class Agent {
     });
     const directory = new WorkloadDirectory(this.source, cfg.trustDomain, {
       nodeName: cfg.nodeName, clusterDomain: cfg.clusterDomain, serviceCidrs: cfg.serviceCidrs, log: log.child({ component: 'services' }),
+      meshFamilies: this.backend.captureFamilies,
     });
     this.directory = directory;
     this.metrics = new AgentMetrics({
@@ -495,7 +496,7 @@ export class Agent {
       this.enroller.counters.ruleRepairs++;
       await this.backend.installHost();
       for (const p of this.enroller.list()) {
-        if (p.state === 'enrolled') for (const ip of p.ips.filter((a) => isIPv4(a))) await this.backend.addProbeTarget(ip, p.uid);
+        if (p.state === 'enrolled') for (const ip of probeIps(p)) await this.backend.addProbeTarget(ip, p.uid);
       }
     } catch (err) {
       this.log.error({ error: describe(err) }, 'node rule repair failed');

@@ -55,6 +55,12 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     t.regex(inb.out, /refused/i, 'the peer is reset at once too');
     const d2 = mode === 'ebpf' ? ipv6Drops(sleep) : 0;
     t.is((await agentPod(tb, sleep))?.state, 'enrolled');
+    // `ambient-node rules` reads the pod's ip6tables with every backend: iptables' own IPv6 rules, none for the others.
+    const rules = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/sleep')}`)).body as { attachments: { ip6tables: string[] }[] };
+    const v6rules = rules.attachments[0]?.ip6tables;
+    t.true(Array.isArray(v6rules), 'the report carries the ip6tables read-back');
+    if (mode === 'iptables') t.true(v6rules?.includes('ip6tables: -A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001'), JSON.stringify(v6rules));
+    else t.deepEqual(v6rules, [], 'none of ours in ip6tables');
     if (mode === 'ebpf') {
       t.true(d0 >= 0, 'the attached programs count IPv6 drops');
       t.true(d1 > d0, `the outbound SYN was refused at egress (drop_ipv6 ${d0} -> ${d1})`);

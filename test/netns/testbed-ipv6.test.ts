@@ -4,7 +4,7 @@
 // IPv6-only pod at ADD while its backend captures IPv4 only (the one capture-family check).
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { CniPluginError, podFileName, type Testbed, type TestbedPod } from '../testbed/index.js';
-import { AMBIENT, agentPod } from './helpers.js';
+import { AMBIENT, adminHttp, agentPod, agentPods, eventually } from './helpers.js';
 
 /** An echo server on `port` (both families) in the pod; answers `echo:<line>`. */
 async function echo(pod: TestbedPod, port: number): Promise<void> {
@@ -60,7 +60,15 @@ netnsTest.serial('dual-stack testbed: pods get one IPv4 and one IPv6 address and
   const c = await tb.addPod({ node: 0, namespace: 'app', name: 'c' });
   const view = await agentPod(tb, c);
   t.is(view?.state, 'enrolled');
+  t.is(c.ips.length, 2);
   t.deepEqual(view?.ips, c.ips, 'both families recorded');
+  // What the record means: IPv4 is captured (c reaches b through the agent), IPv6 TCP is refused in the pod (not carried).
+  const viaAgent = await connect(c, b.ip, 8080);
+  t.true(viaAgent.ok, `the enrolled pod's IPv4 TCP still works: ${viaAgent.out}`);
+  const conns = await refusalsAndOutbound(tb);
+  t.true(conns.outbound > 0, `the agent carried it (outbound connections ${conns.outbound})`);
+  const v6c = await connect(c, b.ip6 as string, 8080);
+  t.false(v6c.ok, `the enrolled pod's IPv6 TCP is refused, not sent around the mesh: ${v6c.out}`);
   t.log(`addresses: a ${a.ips.join(' ')}, b ${b.ips.join(' ')}, enrolled c ${c.ips.join(' ')}`);
 });
 
@@ -80,5 +88,29 @@ netnsTest.serial('IPv6-only testbed: pods have only IPv6 and reach another node\
   const err = await t.throwsAsync(tb.addPod({ node: 0, namespace: 'app', name: 'v6' }), { instanceOf: CniPluginError });
   const text = `${err?.cniError?.msg ?? ''} ${err?.cniError?.details ?? ''}`;
   t.regex(text, /IPv6 only and the iptables backend captures IPv4 only/, 'refused by the capture-family check, naming why');
-  t.false(tb.pods.some((p) => p.name === 'v6'), 'never started outside the mesh');
+  const pods = await agentPods(tb, 0);
+  t.false(pods.some((p) => p.namespace === 'app' && p.name === 'v6'), 'the agent kept no record of it');
+  t.is((await refusalsAndOutbound(tb)).refusals, 1, 'counted once in ambient_node_capture_family_refusals_total');
+
+  // Late enrolment: an IPv6-only pod labelled after it started is refused the same way, never recorded as enrolled,
+  // not annotated pending, and it keeps its (plain) IPv6 as before it was labelled; counted once, not retried.
+  const late = await tb.addPod({ node: 0, namespace: 'plain', name: 'late' });
+  t.is((await agentPod(tb, late))?.state, 'skipped');
+  await tb.setPodLabels(late, AMBIENT);
+  const refused = await eventually(() => refusalsAndOutbound(tb), (r) => r.refusals >= 2, 20_000);
+  t.is(refused.refusals, 2, 'the late enrolment was refused by the capture-family check');
+  const rec = await agentPod(tb, late);
+  t.is(rec?.state, 'skipped', 'never enrolled');
+  t.regex(rec?.reason ?? '', /refused: .*IPv6 only and the iptables backend captures IPv4 only/);
+  const stillPlain = await connect(late, b.ip, 8080);
+  t.true(stillPlain.ok, `the refused pod keeps working outside the mesh: ${stillPlain.out}`);
 });
+
+/** The agent's (node 0) capture-family refusals and connections it opened for pod `c`, from its metrics. */
+async function refusalsAndOutbound(tb: Testbed): Promise<{ refusals: number; outbound: number }> {
+  const text = (await adminHttp(tb, 0, 'GET', 'http://127.0.0.1:15020/metrics')).body;
+  const refusals = Number(/^ambient_node_capture_family_refusals_total (\d+)$/m.exec(text)?.[1] ?? NaN);
+  let outbound = 0;
+  for (const m of text.matchAll(/^istio_tcp_connections_opened_total\{[^}]*source_workload="c"[^}]*\} (\d+)$/gm)) outbound += Number(m[1]);
+  return { refusals, outbound };
+}

@@ -1,7 +1,7 @@
 // Unit tests for the one address helper: canonical IPv6 text (RFC 5952), IPv4-mapped addresses, families, and
 // host:port with IPv6 brackets (formatting, and a strict parse of HBONE's :authority).
 import test from 'ava';
-import { canonicalIp, familiesOf, formatHostPort, ipFamily, normalizeIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
+import { addressesOf, canonicalIp, familiesOf, formatHostPort, ipFamily, normalizeIp, parseIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
 
 test('canonical IPv6 text: lower case, no leading zeros, the longest zero run compressed (RFC 5952)', (t) => {
   const cases: [string, string][] = [
@@ -13,7 +13,6 @@ test('canonical IPv6 text: lower case, no leading zeros, the longest zero run co
     ['::', '::'],
     ['::1', '::1'],
     ['1::', '1::'],
-    ['fd00::1%eth0', 'fd00::1'],
     ['10.244.1.5', '10.244.1.5'],
     ['::ffff:10.244.1.5', '10.244.1.5'],
     ['::ffff:af4:105', '10.244.1.5'],
@@ -27,6 +26,40 @@ test('not an address: undefined, and normalizeIp leaves it as it is', (t) => {
     t.is(canonicalIp(s), undefined, s);
     t.is(normalizeIp(s), s, s);
   }
+});
+
+test('strict: a zone, brackets, whitespace, a prefix or anything else beside a plain address is not one (node\'s isIP takes some)', (t) => {
+  const bad = [
+    'fe80::1%eth0', 'fd00::1%1', 'fe80::1%', '[fd00::1]', '[10.0.0.1]', ' 10.0.0.1', '10.0.0.1 ', '\t::1', '::1\n', 'fd00:: 1',
+    '10.0.0.1/32', 'fd00::/64', '010.0.0.1', '10.0.0.01', '+10.0.0.1', '0x0a.0.0.1', 'fd00::1:', ':fd00::1', '::ffff:10.0.0.1%eth0',
+  ];
+  for (const s of bad) {
+    t.is(canonicalIp(s), undefined, JSON.stringify(s));
+    t.is(parseIp(s), undefined, JSON.stringify(s));
+    t.is(ipFamily(s), undefined, JSON.stringify(s));
+    t.false(sameIp(s, s), JSON.stringify(s));
+  }
+  t.is(canonicalIp('fe80::1%eth0'), undefined, 'a second call (from the cache) is just as strict');
+  t.is(parseIpPort('[fe80::1%eth0]:80'), undefined);
+});
+
+test('parseIp: forms of IPv4 and IPv6; keepMapped leaves ::ffff:a.b.c.d as the IPv6 address it is written as', (t) => {
+  t.deepEqual(parseIp('10.0.0.1'), { family: 4, value: 0x0a000001n });
+  t.deepEqual(parseIp('::ffff:10.0.0.1'), { family: 4, value: 0x0a000001n });
+  t.deepEqual(parseIp('::ffff:10.0.0.1', { keepMapped: true }), { family: 6, value: (0xffffn << 32n) | 0x0a000001n });
+  t.deepEqual(parseIp('::1'), { family: 6, value: 1n });
+  t.deepEqual(parseIp('::'), { family: 6, value: 0n });
+  t.deepEqual(parseIp('1::'), { family: 6, value: 1n << 112n });
+  t.deepEqual(parseIp('64:ff9b::1.2.3.4'), { family: 6, value: (0x64n << 112n) | (0xff9bn << 96n) | 0x01020304n });
+  t.is(parseIp('10.0.0.256'), undefined);
+  t.is(parseIp('nope'), undefined);
+});
+
+test('addressesOf: the addresses of one family, IPv4-mapped as IPv4, junk left out', (t) => {
+  const ips = ['10.0.0.1', 'fd00::1', '::ffff:10.0.0.2', 'x'];
+  t.deepEqual(addressesOf(ips, 'ipv4'), ['10.0.0.1', '::ffff:10.0.0.2']);
+  t.deepEqual(addressesOf(ips, 'ipv6'), ['fd00::1']);
+  t.deepEqual(addressesOf([], 'ipv4'), []);
 });
 
 test('families: IPv4-mapped counts as IPv4; familiesOf lists IPv4 first and ignores junk', (t) => {

@@ -11,7 +11,9 @@ import { decideOutbound, decidePlaintextInbound } from '../../agent/src/forwarde
 import { connectAuthority, connectHeaders, decideInbound } from '../../agent/src/hbone/connect.js';
 import { checkPolicy, parsePolicyCheckArgs, PolicyCheckArgError } from '../../agent/src/policy/check.js';
 import { parseCniEvent } from '../../agent/src/protocol/cni-event.js';
-import { captureFamilies, checkCaptureFamilies } from '../../agent/src/reconcile/capture-families.js';
+import { canonicalIp } from '../../agent/src/protocol/address.js';
+import { createBackend } from '../../agent/src/redirect/backend.js';
+import { checkCaptureFamilies } from '../../agent/src/reconcile/capture-families.js';
 import { eventIps } from '../../agent/src/reconcile/cni-commands.js';
 import { WorkloadDirectory } from '../../agent/src/workload/directory.js';
 import { FilesWorkloadSource } from '../../agent/src/workload/files-source.js';
@@ -100,19 +102,26 @@ test('the workload directory over a dual-stack folder: every address of a pod, I
   const wd = new WorkloadDirectory(src, 'cluster.local', { nodeName: 'n1', serviceCidrs: ['10.96.0.0/16', 'fd00:10:96::/112'] });
   t.teardown(() => wd.close());
   t.deepEqual(wd.all().map((w) => w.ip).sort(), ['10.244.1.5', 'fd00:10:244:1::5', 'fd00:10:244:1::7']);
-  for (const form of ['fd00:10:244:1::5', 'fd00:10:244:1:0:0:0:5', 'FD00:10:244:1::5', 'fd00:10:244:1::5%eth0']) {
-    t.is(wd.lookup(form)?.name, 'web', form);
+  // The agent's directory lists only the families its backend captures: no peer sends HBONE to an IPv6 address (its
+  // TCP is refused in the pod), and the IPv6-only pod (refused at enrolment) is no mesh destination at all.
+  const v4dir = new WorkloadDirectory(src, 'cluster.local', { nodeName: 'n1', meshFamilies: ['ipv4'] });
+  t.teardown(() => v4dir.close());
+  t.deepEqual(v4dir.all().map((w) => w.ip), ['10.244.1.5']);
+  t.is(v4dir.lookup('fd00:10:244:1::7'), undefined);
+  for (const form of ['fd00:10:244:1::5', 'fd00:10:244:1:0:0:0:5', 'FD00:10:244:1::5']) {
+    t.is(wd.lookup(canonicalIp(form) ?? form)?.name, 'web', form);
   }
-  t.is(wd.lookup('::ffff:10.244.1.5')?.name, 'web', 'an IPv4-mapped address is its IPv4 address');
+  t.is(wd.lookup(canonicalIp('::ffff:10.244.1.5') ?? '')?.name, 'web', 'an IPv4-mapped address is its IPv4 address');
+  t.is(wd.lookup('FD00:10:244:1::5'), undefined, 'lookups take the canonical text (callers canonicalise once, at their edge)');
   t.is(wd.lookup('fd00:10:244:1::7')?.identity, 'spiffe://cluster.local/ns/app/sa/v6', 'an IPv6-only pod is a mesh workload');
   t.is(wd.lookup('fd00:10:244:1::6'), undefined);
   // A Service of both families: each ClusterIP resolves to the endpoints of its own family.
-  const v6 = wd.service('fd00:10:96:0::20', 80);
+  const v6 = wd.service('fd00:10:96::20', 80);
   t.deepEqual(v6?.candidates.map((c) => `${c.ip} ${c.port}`), ['fd00:10:244:1::5 8080']);
   t.deepEqual(wd.service('10.96.0.20', 80)?.candidates.map((c) => `${c.ip} ${c.port}`), ['10.244.1.5 8080']);
   t.is(wd.serviceAddress('fd00:10:96::20'), 'known');
   t.is(wd.serviceAddress('fd00:10:96::99'), 'unknown', 'inside the IPv6 Service range');
-  t.is(wd.serviceOfEndpoint('fd00:10:244:1:0::5', 8080)?.name, 'web');
+  t.is(wd.serviceOfEndpoint('fd00:10:244:1::5', 8080)?.name, 'web');
   const route = decideOutbound({ address: 'fd00:10:96::20', port: 80 }, { lookup: (ip) => wd.lookup(ip), service: (ip, port) => wd.service(ip, port) }, () => 0);
   t.like(route, { kind: 'hbone', target: { address: 'fd00:10:244:1::5', port: 8080 }, peer: { name: 'web' } });
   const refused = decideOutbound({ address: 'fd00:10:96::99', port: 80 }, { lookup: (ip) => wd.lookup(ip), serviceAddress: (ip) => wd.serviceAddress(ip) });
@@ -143,10 +152,10 @@ test('CNI event: every prevResult address (both families) is recorded, prefix dr
   t.deepEqual(eventIps(parseCniEvent({ command: 'ADD', cniVersion: '1.0.0', containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', ips: [{ address: 'fd00::7/64' }] })), ['fd00::7']);
 });
 
-test('capture families: one decision, from what the backend declares (IPv4 only when it declares nothing)', (t) => {
-  const v4only = { name: 'iptables' };
+test('capture families: one decision, from what the backend declares (each backend declares IPv4)', async (t) => {
+  for (const mode of ['iptables', 'nftables'] as const) t.deepEqual((await createBackend(mode)).captureFamilies, ['ipv4'], mode);
+  const v4only = { name: 'iptables', captureFamilies: ['ipv4'] as const };
   const both = { name: 'iptables', captureFamilies: ['ipv4', 'ipv6'] as const };
-  t.deepEqual(captureFamilies(v4only), ['ipv4']);
   t.deepEqual(checkCaptureFamilies(['10.244.1.5'], v4only), { ok: true, uncaptured: [] });
   t.deepEqual(checkCaptureFamilies(['10.244.1.5', 'fd00::5'], v4only), { ok: true, uncaptured: ['fd00::5'] }, 'dual-stack: IPv6 refused in the pod, warned');
   t.deepEqual(checkCaptureFamilies([], v4only), { ok: true, uncaptured: [] }, 'no address: nothing to decide by');
@@ -172,6 +181,7 @@ test('HBONE over IPv6: bracketed :authority both ways, forwarded for="[ip]:port"
   for (const bad of ['fd00:10:244:1::5:8080', '[fd00:10:244:1::5]', '[fd00:10:244:1::5%eth0]:8080', '[10.244.1.5]:8080', '[fd00:10:244:1::5]:0']) {
     t.like(decideInbound('CONNECT', bad, ips), { status: 400 }, bad);
   }
-  t.deepEqual(decidePlaintextInbound({ address: 'fd00:10:244:1:0::5', port: 9080 }, ips, 'PERMISSIVE'), { ok: true });
+  // The socket's original destination is canonicalised at the edge (originalDst); the decision compares canonical text.
+  t.deepEqual(decidePlaintextInbound({ address: canonicalIp('fd00:10:244:1:0::5') ?? '', port: 9080 }, ips, 'PERMISSIVE'), { ok: true });
   t.like(decideOutbound({ address: '::1', port: 15001 }, { lookup: () => undefined }), { kind: 'refuse' }, 'straight to the listener over IPv6 loopback');
 });

@@ -138,7 +138,7 @@ test('status rendering: malformed policies counted and named, exit 1 while any; 
 
 const attachment = {
   pod: 'app/sleep', containerId: 'c0ffee0123456789', ifname: 'eth0', netns: '/run/netns/x', state: 'enrolled' as const, backend: 'iptables',
-  expected: ['-A A -j B', '-A B -j C'], actual: ['-A A -j B', '-A B -j C'], missing: [], unexpected: [], listening: true, ok: true,
+  expected: ['-A A -j B', '-A B -j C'], actual: ['-A A -j B', '-A B -j C'], missing: [], unexpected: [], ip6tables: [], listening: true, ok: true,
 };
 
 test('renderRules marks expected rules ok or MISSING, lists EXTRA ones, and says in sync or DRIFT', (t) => {
@@ -150,6 +150,7 @@ test('renderRules marks expected rules ok or MISSING, lists EXTRA ones, and says
     '  expected (2):',
     '    ok      -A A -j B',
     '    ok      -A B -j C',
+    '  ip6tables (IPv6): none of our rules',
     '  in sync',
     'node probe rules: in sync',
   ].join('\n'));
@@ -166,6 +167,10 @@ test('renderRules marks expected rules ok or MISSING, lists EXTRA ones, and says
   t.regex(text, / {2}DRIFT: 1 missing, 1 unexpected, listeners not open/);
   t.regex(text, /node probe rules: DRIFT \(missing: ipset p; unexpected: -\)/);
   t.true(rulesDrifted({ ...synced, node: { error: 'boom' } }));
+  // IPv6: the pod's ip6tables is always reported: the iptables backend's own IPv6 rules, or another backend's leftovers.
+  const v6 = ['ip6tables: -A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001'];
+  t.regex(renderRules({ ...synced, attachments: [{ ...attachment, ip6tables: v6 }] }), /ip6tables \(IPv6\): 1 of our rules \(listed above; they refuse IPv6 TCP\)/);
+  t.regex(renderRules({ ...synced, attachments: [{ ...attachment, backend: 'nftables', ip6tables: v6 }] }), /ip6tables \(IPv6\): 1 of our rules, not this backend's .*\n {4}FOUND {3}ip6tables: -A AMBIENT_OUTPUT/);
 });
 
 test('renderConns: one row per connection, identities only under mTLS, sizes and ages readable', (t) => {

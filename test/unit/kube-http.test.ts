@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { stringify } from 'yaml';
-import { KubeApiError, KubeClient, type KubeClientBounds } from '../../agent/src/workload/kube/client.js';
+import { DEFAULT_KUBE_CLIENT_BOUNDS, KubeApiError, KubeClient, MAX_BODY_BYTES_LIMIT, type KubeClientBounds } from '../../agent/src/workload/kube/client.js';
+import { constants } from 'node:buffer';
 import { LineSplitter } from '../../agent/src/protocol/line-splitter.js';
 import { pollUntil } from '../fixtures/fake-kube-api.js';
 
@@ -202,6 +203,27 @@ test('a list whose decompressed body passes the bound (a gzip bomb) fails with a
     res.end(bomb);
   }, { maxBodyBytes: 1024 * 1024 });
   t.true(bomb.length < 64 * 1024);
-  await t.throwsAsync(client.getJson('/api/v1/pods', {}), { instanceOf: KubeApiError, message: /\/api\/v1\/pods: the response is over 1048576 bytes$/ });
+  await t.throwsAsync(client.getJson('/api/v1/pods', {}), { instanceOf: KubeApiError, message: /\/api\/v1\/pods: the response is over 1048576 bytes \(the client's maxBodyBytes bound\)/ });
+  await pollUntil(() => open.size, (n) => n === 0, 'the refused list\'s socket to close');
+});
+
+test('maxBodyBytes: the default is 256 MiB, below V8\'s longest string; a bound past it is refused; a streamed list past the bound fails naming it', async (t) => {
+  t.is(DEFAULT_KUBE_CLIENT_BOUNDS.maxBodyBytes, 256 * 1024 * 1024);
+  t.true(DEFAULT_KUBE_CLIENT_BOUNDS.maxBodyBytes <= constants.MAX_STRING_LENGTH);
+  t.is(MAX_BODY_BYTES_LIMIT, constants.MAX_STRING_LENGTH);
+  const creds = { kubeconfig: '/nonexistent' };
+  t.throws(() => new KubeClient(creds, { maxBodyBytes: 512 * 1024 * 1024 }), { instanceOf: RangeError, message: /maxBodyBytes must be an integer from 1 to \d+/ });
+  t.throws(() => new KubeClient(creds, { maxBodyBytes: 0 }), { instanceOf: RangeError });
+  t.notThrows(() => new KubeClient(creds, { maxBodyBytes: MAX_BODY_BYTES_LIMIT }));
+  const item = JSON.stringify({ metadata: { name: 'p'.repeat(1000) } });
+  const body = `{"kind":"PodList","metadata":{"resourceVersion":"1"},"items":[${Array.from({ length: 200 }, () => item).join(',')}]}`;
+  const { client, open } = await served(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(body);
+  }, { maxBodyBytes: 64 * 1024 });
+  t.true(body.length > 128 * 1024);
+  let items = 0;
+  await t.throwsAsync(client.getList('/api/v1/pods', {}, undefined, () => items++), { instanceOf: KubeApiError, message: /\/api\/v1\/pods: the response is over 65536 bytes \(the client's maxBodyBytes bound\)/ });
+  t.true(items < 200, 'refused before the whole list was read');
   await pollUntil(() => open.size, (n) => n === 0, 'the refused list\'s socket to close');
 });

@@ -20,7 +20,7 @@ test('AgentMetrics exposes connection counters and collects the agent series at 
   let malformed = 2;
   const m = new AgentMetrics({
     enrolledCount: () => 3,
-    enrollerCounters: () => ({ enrolments: 4, enrolmentFailures: 1, unenrolments: 0, ruleRepairs: 2 }),
+    enrollerCounters: () => ({ enrolments: 4, enrolmentFailures: 1, unenrolments: 0, ruleRepairs: 2, captureRefusals: 1 }),
     certSnapshot: () => [{ identity: 'spiffe://cluster.local/ns/app/sa/sleep', state: 'valid', failures: 0, notAfter: new Date(now + 3600_000) }],
     certCounters: () => ({ caRequests: 5, caFailures: 2, renewals: 0, identities: 1 }),
     malformedPolicies: () => malformed,

@@ -114,6 +114,7 @@ export class AgentMetrics implements ConnectionObserver {
     };
     fromCounter('ambient_node_enrolment_failures_total', 'Pod enrolments that failed', () => src.enrollerCounters().enrolmentFailures);
     fromCounter('ambient_node_rule_repairs_total', 'In-pod or node rules found drifted and restored', () => src.enrollerCounters().ruleRepairs);
+    fromCounter('ambient_node_capture_family_refusals_total', 'Pods refused enrolment because the backend captures none of their address families (e.g. IPv6-only)', () => src.enrollerCounters().captureRefusals);
     fromCounter('ambient_node_ca_request_failures_total', 'Certificate signing requests that failed', () => src.certCounters().caFailures);
     new Gauge({
       name: 'ambient_node_certificate_expiry_seconds', help: 'Seconds until each workload certificate expires (negative: expired)', labelNames: ['identity'], registers,

@@ -27,6 +27,14 @@ export function renderRules(r: RulesReply): string {
       out.push(`  unexpected (${a.unexpected.length}):`);
       for (const line of a.unexpected) out.push(`    EXTRA   ${line}`);
     }
+    // IPv6 is not captured yet: say what the pod's ip6tables holds, even when it is nothing.
+    const v6 = a.ip6tables ?? [];
+    if (v6.length === 0) out.push('  ip6tables (IPv6): none of our rules');
+    else if (a.backend === 'iptables') out.push(`  ip6tables (IPv6): ${v6.length} of our rules (listed above; they refuse IPv6 TCP)`);
+    else {
+      out.push(`  ip6tables (IPv6): ${v6.length} of our rules, not this backend's (left by an iptables-mode agent):`);
+      for (const line of v6) out.push(`    FOUND   ${line}`);
+    }
     const listenerProblem = a.state === 'enrolled' && !a.listening;
     out.push(a.ok ? '  in sync' : `  DRIFT: ${a.missing.length} missing, ${a.unexpected.length} unexpected${listenerProblem ? ', listeners not open' : ''}`);
   }

@@ -198,7 +198,7 @@ export class PodForwarder {
     const dst = this.originalDst(down, 'outbound');
     if (!dst) return;
     const route = decideOutbound(dst, this.mesh);
-    const src = { ip: unmapped(down.remoteAddress), port: down.remotePort ?? 0 };
+    const src = { ip: normalizeIp(down.remoteAddress ?? ''), port: down.remotePort ?? 0 };
     const me = { ...this.me(), addr: formatHostPort(src.ip, src.port) };
     const dstAddr = formatHostPort(dst.address, dst.port);
     const viaService = route.service ? { service: route.service, serviceAddr: dstAddr } : {};
@@ -350,7 +350,7 @@ export class PodForwarder {
     down.on('error', () => undefined);
     const dst = this.originalDst(down, 'inbound');
     if (!dst) return;
-    const source = { ip: unmapped(down.remoteAddress) };
+    const source = { ip: normalizeIp(down.remoteAddress ?? '') };
     const from = { ...this.peerOf(source.ip), addr: formatHostPort(source.ip, down.remotePort ?? 0) };
     const info = { ...this.info('inbound', from, { ...this.me(), addr: formatHostPort(dst.address, dst.port) }, false), ...this.inboundService({ ip: dst.address, port: dst.port }) };
     const clog = this.connLog(info);
@@ -381,7 +381,7 @@ export class PodForwarder {
     destination: { ip: string; port: number },
     stats: DirectionStats,
   ): { info: ConnectionInfo; source: AuthzConnection['source']; denied: boolean } {
-    const source = { ip: unmapped(peer.address), principal: peer.identity };
+    const source = { ip: normalizeIp(peer.address), principal: peer.identity };
     const from = { ...this.peerOf(source.ip), principal: peer.identity, addr: formatHostPort(source.ip, peer.port) };
     const info = { ...this.info('inbound', from, { ...this.me(), addr: formatHostPort(destination.ip, destination.port) }, true), tunnelAddr: peer.local, ...this.inboundService(destination) };
     const clog = this.connLog(info);
@@ -584,7 +584,7 @@ export class PodForwarder {
     try {
       return originalDst(down);
     } catch (err) {
-      const addr = (ip: string | undefined, port: number | undefined): string => formatHostPort(unmapped(ip), port ?? 0);
+      const addr = (ip: string | undefined, port: number | undefined): string => formatHostPort(normalizeIp(ip ?? ''), port ?? 0);
       const info = this.info(direction, { addr: addr(down.remoteAddress, down.remotePort) }, { addr: addr(down.localAddress, down.localPort) }, false);
       this.refuse(down, this.stats[direction], info, `no original destination: ${(err as Error).message}`);
       return undefined;
@@ -673,8 +673,3 @@ interface Closable {
 
 /** Whether the agent already warned that listener queues cannot migrate on a take-over (once per process). */
 let migrationWarned = false;
-
-/** An address as the kernel reports it, without the IPv4-mapped IPv6 prefix Node may add. */
-function unmapped(addr: string | undefined): string {
-  return normalizeIp(addr ?? '');
-}

@@ -1,13 +1,13 @@
 // Where a new connection of an enrolled pod goes: the outbound route (HBONE to a mesh peer, plain TCP, or refused, a
 // Service resolved to one endpoint on the way) and whether plaintext arriving on 15006 may reach the app. Pure.
 import type { MtlsMode } from '../policy/peer-authentication.js';
-import { formatHostPort, normalizeIp, sameIp } from '../protocol/address.js';
+import { formatHostPort } from '../protocol/address.js';
 import { AGENT_PORTS } from '../redirect/constants.js';
 import type { MeshWorkload, ServiceAddressKind } from '../workload/directory.js';
 import { noEndpointReason, pickEndpoint, type ServiceEntry, type ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS } from '../admin/metrics.js';
 
-/** What an outbound decision reads: the mesh workloads and the Service table. */
+/** What an outbound decision reads: the mesh workloads and the Service table; every address passed is canonical (canonicalIp). */
 export interface OutboundContext {
   lookup: (ip: string) => MeshWorkload | undefined;
   /** The Service port at a ClusterIP and port (outbound resolution to an endpoint); absent: no Services known. */
@@ -41,8 +41,8 @@ export type OutboundRoute =
  * endpoint pod the directory does not know yet, and an unknown address inside the Service ranges are all refused.
  */
 export function decideOutbound(dst: Target, ctx: OutboundContext, random: () => number = Math.random): OutboundRoute {
-  const loopback = normalizeIp(dst.address);
-  if ((loopback.startsWith('127.') || loopback === '::1') && AGENT_PORTS.includes(dst.port)) {
+  const a = dst.address;
+  if ((a.startsWith('127.') || a === '::1') && AGENT_PORTS.includes(dst.port)) {
     return { kind: 'refuse', reason: 'connection made straight to the outbound listener (no original destination)', responseFlags: RESPONSE_FLAGS.none };
   }
   const entry = ctx.service?.(dst.address, dst.port);
@@ -70,9 +70,9 @@ export function decideOutbound(dst: Target, ctx: OutboundContext, random: () => 
   return { kind: 'passthrough', target: dst };
 }
 
-/** Whether plaintext arriving on 15006 may reach the app. Pure. */
+/** Whether plaintext arriving on 15006 may reach the app. Pure. `dst.address` and `podIps` canonical. */
 export function decidePlaintextInbound(dst: { address: string; port: number }, podIps: readonly string[], mode: MtlsMode): { ok: true } | { ok: false; reason: string } {
-  if (!podIps.some((ip) => sameIp(ip, dst.address))) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
+  if (!podIps.includes(dst.address)) return { ok: false, reason: `inbound destination ${dst.address} is not this pod (${podIps.join(', ')})` };
   if (AGENT_PORTS.includes(dst.port)) return { ok: false, reason: `port ${dst.port} is reserved for the agent` };
   if (mode === 'STRICT') return { ok: false, reason: `PeerAuthentication STRICT on port ${dst.port}: plaintext refused` };
   return { ok: true };

@@ -2,7 +2,7 @@
 // and the error for an answer other than 200. Pure (but for the random trace ids), independent of who carries the bytes.
 import { randomBytes } from 'node:crypto';
 import { AmbientError } from '../errors.js';
-import { formatHostPort, sameIp } from '../protocol/address.js';
+import { formatHostPort } from '../protocol/address.js';
 import { AGENT_PORTS } from '../redirect/constants.js';
 import { parseAuthority } from './tls.js';
 
@@ -52,7 +52,7 @@ export function decideInbound(method: string | undefined, authority: string | un
   if (method !== 'CONNECT') return { status: 400, reason: `method ${method ?? '(none)'} is not CONNECT` };
   const target = parseAuthority(authority);
   if (!target) return { status: 400, reason: `bad :authority ${JSON.stringify(authority)}` };
-  if (!podIps.some((ip) => sameIp(ip, target.host))) return { status: 400, reason: `:authority ${target.host} is not this pod (${podIps.join(', ')})` };
+  if (!podIps.includes(target.host)) return { status: 400, reason: `:authority ${target.host} is not this pod (${podIps.join(', ')})` };
   if (AGENT_PORTS.includes(target.port)) return { status: 503, reason: `port ${target.port} is reserved for the agent` };
   return { upstream: target };
 }

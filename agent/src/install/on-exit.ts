@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
+import { formatHostPort } from '../protocol/address.js';
 
 export interface DaemonSetRef {
   namespace: string;
@@ -51,7 +52,7 @@ export async function inClusterApi(env: NodeJS.ProcessEnv = process.env): Promis
   const host = env.KUBERNETES_SERVICE_HOST;
   const port = env.KUBERNETES_SERVICE_PORT ?? '443';
   if (!host) throw new Error('KUBERNETES_SERVICE_HOST is not set (not running in a pod?): pass --kube-api');
-  const server = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const server = `https://${formatHostPort(host, port)}`;
   const [token, ca] = await Promise.all([readFile(`${SA_DIR}/token`, 'utf8').catch(() => undefined), readFile(`${SA_DIR}/ca.crt`).catch(() => undefined)]);
   return { server, ...(token ? { token: token.trim() } : {}), ...(ca ? { ca } : {}) };
 }

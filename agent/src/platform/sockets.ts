@@ -9,6 +9,7 @@ import {
   parseSockaddrIn, setsockoptInt, socket, sockaddrIn,
 } from './libc.js';
 import { type Netns, withNetns } from './netns.js';
+import { normalizeIp } from '../protocol/address.js';
 
 export interface ListenOptions {
   address: string;
@@ -192,7 +193,7 @@ export function originalDst(sock: net.Socket): { address: string; port: number }
     }
   }
   if (!sock.localAddress || sock.localPort === undefined) throw new Error('socket has no local address');
-  return { address: sock.localAddress.replace(/^::ffff:/, ''), port: sock.localPort };
+  return { address: normalizeIp(sock.localAddress), port: sock.localPort };
 }
 
 /**

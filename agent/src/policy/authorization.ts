@@ -1,7 +1,6 @@
 // AuthorizationPolicy (security.istio.io/v1) for L4: parsing at the boundary (errors name the object and field),
 // then ztunnel's pure evaluation: a matching DENY denies; no ALLOW allows; a matching ALLOW allows; otherwise deny.
-import { isIP } from 'node:net';
-import { parseIp } from '../protocol/address.js';
+import { formatIp, parseIp } from '../protocol/address.js';
 import { DEFAULT_ROOT_NAMESPACE, placeholderError, PolicyParseError, readableScope } from './peer-authentication.js';
 
 export type AuthzAction = 'ALLOW' | 'DENY';
@@ -65,9 +64,6 @@ const OP_L4 = ['ports', 'notPorts'];
 const OP_L7 = ['hosts', 'notHosts', 'methods', 'notMethods', 'paths', 'notPaths'];
 const SPEC_KEYS = ['selector', 'action', 'rules', 'provider', 'targetRef', 'targetRefs'];
 
-/** Parses an address (IPv4-mapped IPv6 becomes IPv4; a `%zone` is dropped): the shared parser, kept here for its importers. */
-export { parseIp };
-
 function cidrContains(c: Cidr, ip: { family: 4 | 6; value: bigint } | undefined): boolean {
   if (!ip || ip.family !== c.family) return false;
   const shift = BigInt((c.family === 4 ? 32 : 128) - c.prefix);
@@ -118,17 +114,18 @@ class Parser {
   cidrs(v: unknown, field: string): Cidr[] {
     return this.strings(v, field).map((s, i) => {
       const [addr = '', len, extra] = s.split('/');
-      let ip = addr.includes('%') ? undefined : parseIp(addr);
-      const max = isIP(addr) === 4 ? 32 : 128;
+      // As ztunnel: the network keeps the family it is written in, and families never mix. `::ffff:a.b.c.d/n` is an IPv6
+      // network; peers are canonical (an IPv4-mapped peer is its IPv4 address), so with n >= 96 it matches no peer.
+      const ip = parseIp(addr, { keepMapped: true });
+      const max = ip?.family === 4 ? 32 : 128;
       const prefix = len === undefined ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
       if (!ip || extra !== undefined || !(prefix >= 0 && prefix <= max)) this.fail(`${field}[${i}]`, `is not an IP address or CIDR: ${JSON.stringify(s)}`);
-      // Families never mix: an IPv4 network matches IPv4 peers only, an IPv6 one IPv6 peers only. `::ffff:a.b.c.d/n`
-      // with n >= 96 lies inside the IPv4-mapped range and is kept as the equivalent IPv4 network (a mapped peer is
-      // its IPv4 address); a shorter mapped prefix covers IPv6 space beyond it, so it stays an IPv6 network.
-      if (ip.family === 4 && max === 128 && prefix < 96) ip = { family: 6, value: ip.value | (0xffffn << 32n) };
-      const p = ip.family === 4 && max === 128 ? prefix - 96 : prefix;
-      const shift = BigInt((ip.family === 4 ? 32 : 128) - p);
-      return { family: ip.family, network: (ip.value >> shift) << shift, prefix: p, text: s };
+      const shift = BigInt(max - prefix);
+      const network = (ip.value >> shift) << shift;
+      if (ip.family === 6 && prefix >= 96 && network >> 32n === 0xffffn) {
+        this.warnings.push(`${this.where}: ${field}[${i}] ${s} is an IPv4-mapped IPv6 network: it matches no peer (as in ztunnel, an IPv4 peer is matched by IPv4 networks only); write ${formatIp({ family: 4, value: network & 0xffffffffn })}/${prefix - 96} instead`);
+      }
+      return { family: ip.family, network, prefix, text: s };
     });
   }
 

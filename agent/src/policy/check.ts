@@ -60,7 +60,7 @@ export function parsePolicyCheckArgs(from: string, to: string, fromIp?: string):
   const port = Number(t[4]);
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PolicyCheckArgError(`--to port must be 1-65535, got ${t[4]}`);
   const ip = fromIp === undefined ? undefined : canonicalIp(fromIp);
-  if (fromIp !== undefined && (ip === undefined || fromIp.includes('%'))) throw new PolicyCheckArgError(`--from-ip must be an IPv4 or IPv6 address, got ${JSON.stringify(fromIp)}`);
+  if (fromIp !== undefined && ip === undefined) throw new PolicyCheckArgError(`--from-ip must be an IPv4 or IPv6 address, got ${JSON.stringify(fromIp)}`);
   return {
     from: { namespace: f[1] as string, serviceAccount: f[2] as string, ...(ip ? { ip } : {}) },
     to: { namespace: t[1] as string, name: t[3] as string, port, ...(kind ? { kind } : {}) },

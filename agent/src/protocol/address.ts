@@ -1,6 +1,7 @@
 // IP addresses as text, the one place for it: canonical forms (RFC 5952 for IPv6; an IPv4-mapped IPv6 address is its
 // IPv4 address), address families, and `host:port` with IPv6 in brackets (formatting and strict parsing). Pure.
-import { isIP, isIPv4, isIPv6 } from 'node:net';
+// Strict: a plain address only (no zone, brackets, spaces or prefix), whatever else node's isIP lets through.
+import { isIPv4, isIPv6 } from 'node:net';
 
 export type IpFamily = 'ipv4' | 'ipv6';
 
@@ -10,7 +11,15 @@ export interface IpValue {
   value: bigint;
 }
 
-/** The eight 16-bit words of an IPv6 address already validated by isIP (no zone), a trailing dotted quad included. */
+/**
+ * True for the text of a plain IPv6 address: node's isIPv6, minus what it also accepts (a `%zone` suffix). Only hex
+ * digits, colons and the dots of a trailing quad, so no zone, bracket, space, sign or prefix length gets through.
+ */
+function isPlainIPv6(s: string): boolean {
+  return /^[0-9a-fA-F:.]+$/.test(s) && isIPv6(s);
+}
+
+/** The eight 16-bit words of an IPv6 address already validated by isPlainIPv6, a trailing dotted quad included. */
 function v6Words(s: string): number[] {
   let text = s;
   const tail: number[] = [];
@@ -33,15 +42,16 @@ function v6Words(s: string): number[] {
 const isMapped = (w: readonly number[]): boolean => w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff;
 
 /**
- * Parses an IPv4 or IPv6 address (a `%zone` suffix is dropped). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, also in
- * hex) is the IPv4 address it carries: that is how a dual-stack socket reports an IPv4 peer, and on the wire it is one.
+ * Parses a plain IPv4 or IPv6 address (a zone, brackets or spaces: undefined). An IPv4-mapped IPv6 address
+ * (`::ffff:a.b.c.d`, also in hex) is the IPv4 address it carries: that is how a dual-stack socket reports an IPv4 peer,
+ * and on the wire it is one. `keepMapped`: an IPv4-mapped address stays the IPv6 address it is written as (a policy
+ * CIDR: see policy/authorization.ts).
  */
-export function parseIp(text: string): IpValue | undefined {
-  const s = text.includes('%') ? text.slice(0, text.indexOf('%')) : text;
-  if (isIPv4(s)) return { family: 4, value: s.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
-  if (!isIPv6(s)) return undefined;
-  const w = v6Words(s);
-  if (isMapped(w)) return { family: 4, value: (BigInt(w[6] ?? 0) << 16n) | BigInt(w[7] ?? 0) };
+export function parseIp(text: string, opts: { keepMapped?: boolean } = {}): IpValue | undefined {
+  if (isIPv4(text)) return { family: 4, value: text.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
+  if (!isPlainIPv6(text)) return undefined;
+  const w = v6Words(text);
+  if (isMapped(w) && !opts.keepMapped) return { family: 4, value: (BigInt(w[6] ?? 0) << 16n) | BigInt(w[7] ?? 0) };
   return { family: 6, value: w.reduce((a, x) => (a << 16n) | BigInt(x), 0n) };
 }
 
@@ -71,9 +81,12 @@ export function formatIp(ip: IpValue): string {
 const v6Canonical = new Map<string, string>();
 const V6_CACHE_MAX = 8192;
 
-/** The canonical text of an address (see parseIp and formatIp), or undefined when `text` is not one. */
+/**
+ * The canonical text of a plain address (see parseIp and formatIp), or undefined when `text` is not one: a zone
+ * (`fe80::1%eth0`), brackets, whitespace or a prefix length make it not one.
+ */
 export function canonicalIp(text: string): string | undefined {
-  const s = text.includes('%') ? text.slice(0, text.indexOf('%')) : text;
+  const s = text;
   if (isIPv4(s)) return s; // node's isIPv4 takes no leading zeros: a valid dotted quad is canonical
   if (s.length > 45) return canonicalV6(s); // longer than any IPv6 text: not an address, and not kept
   const known = v6Canonical.get(s);
@@ -85,7 +98,7 @@ export function canonicalIp(text: string): string | undefined {
 }
 
 function canonicalV6(s: string): string | undefined {
-  if (!isIPv6(s)) return undefined;
+  if (!isPlainIPv6(s)) return undefined;
   const w = v6Words(s);
   if (isMapped(w)) return `${(w[6] ?? 0) >> 8}.${(w[6] ?? 0) & 0xff}.${(w[7] ?? 0) >> 8}.${(w[7] ?? 0) & 0xff}`;
   return formatWords(w);
@@ -100,6 +113,11 @@ export function normalizeIp(text: string): string {
 export function ipFamily(text: string): IpFamily | undefined {
   const ip = parseIp(text);
   return ip === undefined ? undefined : ip.family === 4 ? 'ipv4' : 'ipv6';
+}
+
+/** The addresses of one family in a list, as written (IPv4-mapped counts as IPv4); texts that do not parse are left out. */
+export function addressesOf(ips: readonly string[], family: IpFamily): string[] {
+  return ips.filter((ip) => ipFamily(ip) === family);
 }
 
 /** The families present in a list of addresses, IPv4 first; addresses that do not parse are ignored. */
@@ -130,7 +148,7 @@ export function parseIpPort(text: string | undefined): { host: string; port: num
   if (!m) return undefined;
   const raw = (m[1] ?? m[2]) as string;
   // Brackets hold IPv6 only (an IPv4-mapped one included); a dotted IPv4 never comes in brackets.
-  if (isIP(raw) !== (m[1] !== undefined ? 6 : 4)) return undefined;
+  if (m[1] !== undefined ? !isPlainIPv6(raw) : !isIPv4(raw)) return undefined;
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return undefined;
   return { host: canonicalIp(raw) as string, port };

@@ -2,6 +2,7 @@
 // the `ambient-node rules` read-back of one pod's expected and actual rules.
 import { AgentError, describe } from '../errors.js';
 import { recordKey, type PodRecord } from '../registry/state-store.js';
+import { readIp6tablesOwned } from '../redirect/backend.js';
 import { openSandbox, podContext, probeIps, type Attachments } from './attachments.js';
 
 /** What `ambient-node rules <pod>` shows for one attachment: the rules expected in its netns, those found, the drift. */
@@ -17,6 +18,11 @@ export interface PodRulesReport {
   missing: string[];
   unexpected: string[];
   listening: boolean;
+  /**
+   * Our rules found in the pod's ip6tables (IPv6), read whatever the backend ([] = none): with iptables they are the
+   * IPv6 half of `actual` (they refuse IPv6 TCP); with nftables (the inet table covers IPv6) or ebpf, leftovers.
+   */
+  ip6tables: string[];
   /** True when the pod is enrolled and its rules and listeners are all in place, or it is not enrolled and has none. */
   ok: boolean;
   /** Set when the rules could not be read (e.g. the netns is gone). */
@@ -58,7 +64,7 @@ export async function adopt(a: Attachments, saved: PodRecord[], concurrency = AD
     try {
       a.records.set(key, rec);
       if (rec.state !== 'enrolled') return;
-      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns })).catch((err: unknown) => {
+      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns, enrolled: true })).catch((err: unknown) => {
         plog.error({ error: describe(err) }, 're-adopting pod failed; its rules stay in place so its traffic is refused, not bypassed');
       });
     } finally {
@@ -84,7 +90,7 @@ export async function repairOne(a: Attachments, key: string): Promise<boolean> {
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}` });
     plog.warn({ problems }, 'pod capture drifted; repairing');
     a.counters.ruleRepairs++;
-    await a.enrol(key, rec, plog).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+    await a.enrol(key, rec, plog, { enrolled: true }).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
     return true;
   });
 }
@@ -103,15 +109,15 @@ export async function podRules(a: Attachments, namespace: string, name: string):
       backend: a.backend.name, expected: enrolled ? a.backend.expectedPodRules(podContext(rec)) : [], listening,
     };
     const sandbox = a.sandbox(rec, { live: live?.netns });
-    if (!sandbox) return { ...base, actual: [], missing: base.expected, unexpected: [], ok: false, error: `network namespace ${rec.netnsPath} is gone` };
+    if (!sandbox) return { ...base, actual: [], missing: base.expected, unexpected: [], ip6tables: [], ok: false, error: `network namespace ${rec.netnsPath} is gone` };
     try {
-      const drift = await a.backend.verifyPod(sandbox.ns, podContext(rec));
+      const [drift, ip6tables] = await Promise.all([a.backend.verifyPod(sandbox.ns, podContext(rec)), readIp6tablesOwned(sandbox.ns).catch((err: unknown) => [`ip6tables: cannot be read (${describe(err)})`])]);
       // A pod that is not enrolled should have none of our rules: everything found is unexpected.
       const unexpected = enrolled ? drift.unexpected : drift.actual;
       const missing = enrolled ? drift.missing : [];
-      return { ...base, actual: drift.actual, missing, unexpected, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
+      return { ...base, actual: drift.actual, missing, unexpected, ip6tables, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
     } catch (err) {
-      return { ...base, actual: [], missing: [], unexpected: [], ok: false, error: `cannot read the rules: ${describe(err)}` };
+      return { ...base, actual: [], missing: [], unexpected: [], ip6tables: [], ok: false, error: `cannot read the rules: ${describe(err)}` };
     } finally {
       sandbox.release();
     }

@@ -1,6 +1,5 @@
 // Every attachment the agent knows: its record, its open netns handle and forwarder, and the two moves on one (enrol,
 // unenrol). The command modules (cni-commands, adoption, late-enrolment) run these under the attachment's lock.
-import { isIPv4 } from 'node:net';
 import { AgentError, describe } from '../errors.js';
 import { PodForwarder, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
 import type { Logger } from '../log.js';
@@ -9,12 +8,13 @@ import { authorize } from '../policy/authorization.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { removePodRules } from '../redirect/backend.js';
 import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
+import { addressesOf } from '../protocol/address.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import type { PodRecord, StateStore } from '../registry/state-store.js';
 import { workloadIdentity } from '../workload/directory.js';
 import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
-import { captureFamilies, checkCaptureFamilies } from './capture-families.js';
+import { checkCaptureFamilies } from './capture-families.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
 
 export interface Live {
@@ -65,11 +65,14 @@ export function podContext(rec: PodRecord): PodContext {
 
 /** The pod IPs kubelet probes are SNATed for: IPv4 only (the probe SNAT and its set are IPv4). */
 export function probeIps(rec: Pick<PodRecord, 'ips'>): string[] {
-  return rec.ips.filter((ip) => isIPv4(ip));
+  return addressesOf(rec.ips, 'ipv4');
 }
 
+/** An enrolment refused because the backend captures none of the pod's address families (capture-families.ts). */
+export class CaptureFamilyRefusal extends AgentError {}
+
 export class Attachments {
-  readonly counters: EnrollerCounters = { enrolments: 0, enrolmentFailures: 0, unenrolments: 0, ruleRepairs: 0 };
+  readonly counters: EnrollerCounters = { enrolments: 0, enrolmentFailures: 0, unenrolments: 0, ruleRepairs: 0, captureRefusals: 0 };
   readonly records = new Map<string, PodRecord>();
   readonly live = new Map<string, Live>();
   readonly mutex = new KeyedMutex();
@@ -134,7 +137,12 @@ export class Attachments {
    * handle on the record's namespace (checked against the record here); without it the record's path is opened. A new
    * attachment keeps the handle as its live one (the caller then leaves it open: see release()).
    */
-  async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns } = {}): Promise<void> {
+  /**
+   * `enrolled`: the record was already enrolled (re-adoption after a restart or take-over, the repair loop). The
+   * capture-family refusal applies to new enrolments only (ADD, late enrolment): an enrolled pod is never dropped from
+   * the mesh by it; its rules are put back so whatever the backend cannot capture stays refused (fail closed).
+   */
+  async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean } = {}): Promise<void> {
     const identity = this.identityOf(rec);
     this.enrolling.set(identity, (this.enrolling.get(identity) ?? 0) + 1);
     try {
@@ -146,17 +154,22 @@ export class Attachments {
     }
   }
 
-  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns }): Promise<void> {
+  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean }): Promise<void> {
     const started = performance.now();
-    // The one family decision (capture-families.ts): refused when the backend captures none of the pod's families.
+    // The one family decision (capture-families.ts): a new enrolment is refused when the backend captures none of the
+    // pod's families (the directory already lists none of its addresses as mesh workloads: see meshWorkloads).
     const families = checkCaptureFamilies(rec.ips, this.backend);
-    if (!families.ok) {
+    const captures = this.backend.captureFamilies;
+    if (!families.ok && !opts.enrolled) {
       this.counters.enrolmentFailures++;
-      plog.error({ ips: rec.ips, backend: this.backend.name, captures: captureFamilies(this.backend) }, `enrolment refused: ${families.reason}`);
-      throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed: ${families.reason}`);
+      this.counters.captureRefusals++;
+      plog.error({ ips: rec.ips, backend: this.backend.name, captures }, `enrolment refused: ${families.reason}`);
+      throw new CaptureFamilyRefusal('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed: ${families.reason}`);
     }
-    if (families.uncaptured.length > 0 && !this.live.has(key)) {
-      plog.warn({ uncaptured: families.uncaptured, backend: this.backend.name, captures: captureFamilies(this.backend) }, this.backend.name === 'ebpf'
+    if (!families.ok && !this.live.has(key)) {
+      plog.error({ ips: rec.ips, backend: this.backend.name, captures }, `enrolled pod kept with its rules: ${families.reason}; its TCP stays refused until it is re-created`);
+    } else if (families.ok && families.uncaptured.length > 0 && !this.live.has(key)) {
+      plog.warn({ uncaptured: families.uncaptured, backend: this.backend.name, captures }, this.backend.name === 'ebpf'
         ? 'pod has addresses of a family the backend does not capture yet: their TCP is refused both ways by its tc programs (never sent around the mesh)'
         : 'pod has addresses of a family the backend does not capture yet: their TCP is refused (never sent around the mesh)');
     }

@@ -2,21 +2,8 @@
 // place that refuses a pod the backend cannot capture at all, and names the addresses whose TCP is refused, not carried.
 import { familiesOf, ipFamily, type IpFamily } from '../protocol/address.js';
 
-/**
- * What a backend declares: `captureFamilies`, the families whose TCP its in-pod capture redirects to the agent (the
- * others are refused in the pod, never carried around the mesh). A backend that declares nothing captures IPv4 only,
- * which is true of all three backends until IPv6 capture lands: declaring 'ipv6' there lifts the refusal below.
- */
-export interface CaptureCapability {
-  readonly name: string;
-  readonly captureFamilies?: readonly IpFamily[];
-}
-
-export const DEFAULT_CAPTURE_FAMILIES: readonly IpFamily[] = ['ipv4'];
-
-export function captureFamilies(backend: CaptureCapability): readonly IpFamily[] {
-  return backend.captureFamilies ?? DEFAULT_CAPTURE_FAMILIES;
-}
+/** What the check reads of a backend: its name and the families it declares (RedirectBackend.captureFamilies). */
+export interface CaptureCapability { readonly name: string; readonly captureFamilies: readonly IpFamily[] }
 
 export type FamilyVerdict =
   /** `uncaptured`: the pod's addresses in families the backend does not capture (their TCP is refused in the pod). */
@@ -30,7 +17,7 @@ export type FamilyVerdict =
  * refused at enrolment with the reason (fail closed: it never starts outside the mesh either).
  */
 export function checkCaptureFamilies(ips: readonly string[], backend: CaptureCapability): FamilyVerdict {
-  const families = captureFamilies(backend);
+  const families = backend.captureFamilies;
   const uncaptured = ips.filter((ip) => {
     const f = ipFamily(ip);
     return f !== undefined && !families.includes(f);

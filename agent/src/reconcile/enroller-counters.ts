@@ -6,6 +6,8 @@ export interface EnrollerCounters {
   enrolmentFailures: number;
   unenrolments: number;
   ruleRepairs: number;
+  /** Pods refused because the backend captures none of their address families (ADD or late enrolment). */
+  captureRefusals: number;
 }
 
 /** Told of enrolment outcomes (metrics). */

@@ -5,7 +5,7 @@ import { recordKey, type PodRecord } from '../registry/state-store.js';
 import { decideEnrolment } from '../workload/enrolment.js';
 import type { WorkloadChange } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
-import type { Attachments } from './attachments.js';
+import { CaptureFamilyRefusal, type Attachments } from './attachments.js';
 
 /**
  * Enrols a pod that was already running when it became selected, whose netns was found by scanning /proc (the caller
@@ -89,6 +89,15 @@ function reevaluate(a: Attachments, key: string, pod: PodInfo): Promise<void> {
       await a.persist();
       a.report(rec);
     } catch (err) {
+      if (err instanceof CaptureFamilyRefusal) {
+        // Not retried (its addresses will not change), not marked pending; the pod keeps running outside the mesh as it
+        // did before it was labelled, and no peer sends it HBONE (the directory lists none of its addresses).
+        rec.reason = `refused: ${err.message}`;
+        rec.updatedAt = new Date().toISOString();
+        a.source.reportCapture?.(rec, undefined);
+        await a.persist().catch(() => undefined);
+        return;
+      }
       plog.error({ error: describe(err) }, 'late enrolment change failed');
       if (decision.enrol) a.source.reportCapture?.(rec, 'pending');
     }

@@ -8,6 +8,7 @@ import { decideEnrolment } from '../workload/enrolment.js';
 import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
 import type { Enroller } from './enroller.js';
+import { CaptureFamilyRefusal } from './attachments.js';
 
 export interface RunningPodsOptions {
   nodeName: string;
@@ -31,6 +32,8 @@ export class RunningPods {
   private again = false;
   private stopped = false;
   private subscribed = false;
+  /** Uids of selected pods refused for their address families (CaptureFamilyRefusal), dropped once no longer selected. */
+  private readonly refused = new Set<string>();
 
   constructor(private readonly source: WorkloadSource, private readonly enroller: Enroller, private readonly o: RunningPodsOptions) {}
 
@@ -80,7 +83,11 @@ export class RunningPods {
   }
 
   private async pass(): Promise<void> {
-    const wanted = podsToDiscover(this.source, this.o.nodeName, (ns, name) => this.enroller.knows(ns, name));
+    const selected = podsToDiscover(this.source, this.o.nodeName, (ns, name) => this.enroller.knows(ns, name));
+    // A pod refused for its address families stays refused (its addresses do not change): not tried again while selected.
+    const uids = new Set(selected.map((p) => p.uid));
+    for (const uid of this.refused) if (!uids.has(uid)) this.refused.delete(uid);
+    const wanted = selected.filter((p) => !this.refused.has(p.uid));
     if (wanted.length === 0) return;
     const procs = scanPodProcesses(this.o.procRoot);
     let missing = 0;
@@ -97,6 +104,11 @@ export class RunningPods {
       try {
         await this.enroller.enrolDiscovered(pod, found);
       } catch (err) {
+        if (err instanceof CaptureFamilyRefusal) {
+          this.refused.add(pod.uid); // logged and counted by the enrolment; no annotation: it is not captured
+          this.source.reportCapture?.(pod, undefined);
+          continue;
+        }
         missing++;
         plog.error({ error: describe(err) }, 'late enrolment of a running pod failed');
         this.source.reportCapture?.(pod, 'pending');

@@ -56,6 +56,8 @@ async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ mi
 
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
+  /** ip6tables holds the IPv6 rules, but they only refuse IPv6 TCP (the agent's listeners are IPv4). */
+  readonly captureFamilies = ['ipv4'] as const;
 
   private readonly preserveSource: boolean;
 
@@ -173,6 +175,8 @@ class IptablesBackend implements RedirectBackend {
 
 class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
+  /** The inet table sees IPv6 too, and refuses its TCP. */
+  readonly captureFamilies = ['ipv4'] as const;
   private readonly preserveSource: boolean;
 
   constructor(opts: NetfilterOptions = {}) {
@@ -258,6 +262,18 @@ export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?
     return new NftablesBackend({ preserveSource: opts.preserveSource });
   }
   return new IptablesBackend(opts.probeSnatCgroup, { preserveSource: opts.preserveSource });
+}
+
+/**
+ * Our pod chains' lines in a pod's ip6tables (nat and mangle), each prefixed `ip6tables: ` (and `mangle: `), whatever
+ * the backend: for `ambient-node rules`, so an operator sees the pod's IPv6 rules (or that there are none), including
+ * ones an iptables-mode agent left behind under another backend.
+ */
+export async function readIp6tablesOwned(netns: Netns): Promise<string[]> {
+  const save = await runTool(ipt.TOOLS[6].save, [], { netns: netns.toolPath });
+  const nat = ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${l}`);
+  const mangle = ipt.ownedNatLines(ipt.tableSection(save, 'mangle'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}${l}`);
+  return [...nat, ...mangle];
 }
 
 /** Whether an iptables-save of one table declares any of our pod chains. */

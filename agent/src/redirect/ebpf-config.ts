@@ -1,6 +1,6 @@
 // Pure pieces of the ebpf backend: the per-pod config map layout, the in-pod routing pieces as shell scripts, and the
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
-import { isIPv4 } from 'node:net';
+import { addressesOf } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
 
 /** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
@@ -58,7 +58,7 @@ export function checkIfname(name: string): string {
 
 /** The IPv4 address the programs steer for; the ebpf path captures IPv4 only for now (its IPv6 TCP is dropped). */
 export function podIpv4(pod: PodContext): string {
-  const ip = pod.ips.find((a) => isIPv4(a));
+  const [ip] = addressesOf(pod.ips, 'ipv4');
   if (!ip) throw new Error(`ebpf redirection needs an IPv4 pod address; the pod has ${pod.ips.join(', ') || 'none'} (IPv6 is not supported yet)`);
   return ip;
 }

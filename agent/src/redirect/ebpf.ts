@@ -200,6 +200,8 @@ function withOpenNetns<T>(path: string, fn: (ns: Netns) => T): T {
 
 export class EbpfBackend implements RedirectBackend {
   readonly name: RedirectMode = 'ebpf';
+  /** The programs steer the pod's IPv4 address (podIpv4); IPv6 TCP is answered with a RST or dropped. */
+  readonly captureFamilies = ['ipv4'] as const;
   private tags: ProgTags | undefined;
 
   constructor(private readonly host: HostRules, readonly objectPath = defaultObjectPath()) {}

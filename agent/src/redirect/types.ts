@@ -2,6 +2,7 @@
 // enroller: its own module so neither backend file imports the other for a type. No code.
 import type { RedirectMode } from '../config.js';
 import type { Netns } from '../platform/netns.js';
+import type { IpFamily } from '../protocol/address.js';
 import type { PodContext } from './ebpf-config.js';
 
 export type { PodContext };
@@ -17,6 +18,11 @@ export interface RuleDrift {
 /** The in-pod methods take the pod's namespace as an open handle (opened once per event by the enroller), never a path. */
 export interface RedirectBackend {
   readonly name: RedirectMode;
+  /**
+   * The families whose TCP this backend's in-pod capture redirects to the agent; the pod's other families have their TCP
+   * refused in the pod, never carried around the mesh. All three backends declare ['ipv4'] until IPv6 capture lands.
+   */
+  readonly captureFamilies: readonly IpFamily[];
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
   prepare(): Promise<void>;
   /**

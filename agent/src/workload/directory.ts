@@ -4,7 +4,7 @@ import { spiffeId } from '../identity/spiffe.js';
 import { decideEnrolment } from './enrolment.js';
 import type { Logger } from '../log.js';
 import { isIP, type BlockList } from 'node:net';
-import { normalizeIp } from '../protocol/address.js';
+import { ipFamily, type IpFamily } from '../protocol/address.js';
 import { parseServiceCidrs } from './service-cidrs.js';
 import { InternPool } from './intern.js';
 import { allEntries, buildServiceTable, emptyServiceTable, lookupService, type ServiceEndpoint, type ServiceEntry, type ServiceRef, type ServiceTable, type ServiceTableCache } from './service-table.js';
@@ -39,13 +39,19 @@ function sharedIdentity(trustDomain: string, pod: Pick<PodInfo, 'namespace' | 's
   });
 }
 
-/** Pure: the mesh workloads of one pod (one per IP), or none when it is not selected for the mesh. */
-export function meshWorkloads(pod: PodInfo, namespace: NamespaceInfo | undefined, trustDomain: string): MeshWorkload[] {
+/**
+ * Pure: the mesh workloads of one pod (one per IP), or none when it is not selected for the mesh. `families`: the
+ * address families the node's redirection captures (RedirectBackend.captureFamilies): an address of another family is
+ * no mesh workload, so no peer sends HBONE to it (the pod could not receive it: its TCP in that family is refused), and
+ * an IPv6-only pod refused at enrolment is no mesh destination at all. Default: every family.
+ */
+export function meshWorkloads(pod: PodInfo, namespace: NamespaceInfo | undefined, trustDomain: string, families: readonly IpFamily[] = ALL_FAMILIES): MeshWorkload[] {
   if (pod.podIPs.length === 0) return [];
   if (!decideEnrolment(pod, namespace).enrol) return [];
   const identity = sharedIdentity(trustDomain, pod);
   if (!identity) return []; // a name that cannot form a SPIFFE ID: not a mesh destination (traffic to it stays plain)
-  return pod.podIPs.map((ip) => ({ ip, namespace: pod.namespace, name: pod.name, serviceAccount: pod.serviceAccount, identity, node: pod.nodeName }));
+  const ips = families.length === ALL_FAMILIES.length ? pod.podIPs : pod.podIPs.filter((ip) => families.includes(ipFamily(ip) ?? 'ipv4'));
+  return ips.map((ip) => ({ ip, namespace: pod.namespace, name: pod.name, serviceAccount: pod.serviceAccount, identity, node: pod.nodeName }));
 }
 
 /** Pure: every IP of every pod selected for the mesh. A later pod with the same IP wins (IPs are reused). */
@@ -71,9 +77,9 @@ export class WorkloadsByIp {
     return out;
   }
 
-  /** `ip` in any textual form (the sources store canonical addresses; see protocol/address.ts). */
+  /** `ip` canonical (protocol/address.ts: the sources store canonical addresses, callers canonicalise at their edge). */
   get(ip: string): MeshWorkload | undefined {
-    return this.byIp.get(normalizeIp(ip));
+    return this.byIp.get(ip);
   }
 
   values(): MeshWorkload[] {
@@ -105,7 +111,11 @@ export class WorkloadsByIp {
   }
 }
 
+const ALL_FAMILIES: readonly IpFamily[] = ['ipv4', 'ipv6'];
+
 export interface DirectoryOptions {
+  /** The families the node's redirection captures: addresses of others are no mesh workloads (see meshWorkloads). */
+  meshFamilies?: readonly IpFamily[];
   /** This agent's node, for Services that prefer or require endpoints on the same node. */
   nodeName: string;
   /** DNS suffix of Service host names (default cluster.local). */
@@ -193,14 +203,18 @@ export class WorkloadDirectory {
     return kind === 'Pod' && namespace !== undefined && name !== undefined && rest.length === 0 && this.source.getPod(namespace, name) !== undefined;
   }
 
-  /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. */
-  serviceAddress(text: string): ServiceAddressKind {
-    const ip = normalizeIp(text);
+  /** A known ClusterIP, an unknown address inside the configured Service ranges, or neither. `ip` canonical. */
+  serviceAddress(ip: string): ServiceAddressKind {
     if (this.table().vips.has(ip)) return 'known';
     const family = isIP(ip);
     return this.serviceRanges && family !== 0 && this.serviceRanges.check(ip, family === 4 ? 'ipv4' : 'ipv6') ? 'unknown' : undefined;
   }
 
+  /**
+   * The mesh workload at `ip`. Like service(), serviceOfEndpoint() and serviceAddress(), it takes the CANONICAL text
+   * (canonicalIp): they sit on every new connection's path, so the caller canonicalises once at its edge (the socket's
+   * addresses, a parsed :authority, an operator's argument) and passes that string on; any other form matches nothing.
+   */
   lookup(ip: string): MeshWorkload | undefined {
     return this.byIp.get(ip);
   }
@@ -211,12 +225,12 @@ export class WorkloadDirectory {
 
   /** The Service port at `ip:port` (a ClusterIP and a TCP port it defines), if any. */
   service(ip: string, port: number): ServiceEntry | undefined {
-    return lookupService(this.table(), normalizeIp(ip), port);
+    return lookupService(this.table(), ip, port);
   }
 
   /** The Service that sends to this endpoint address and port (the first by namespace/name), to name inbound traffic. */
   serviceOfEndpoint(ip: string, port: number): ServiceRef | undefined {
-    return this.table().byEndpoint.get(normalizeIp(ip))?.get(port);
+    return this.table().byEndpoint.get(ip)?.get(port);
   }
 
   /** Every Service port with its endpoints. */
@@ -234,7 +248,7 @@ export class WorkloadDirectory {
       // A namespace's labels select or drop all its pods at once: rebuilt whole (rare).
       // Straight into the index (no intermediate map of the whole cluster); a later pod with the same IP wins.
       const byIp = new WorkloadsByIp();
-      for (const pod of this.source.pods()) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain)) byIp.add(w);
+      for (const pod of this.source.pods()) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain, this.opts.meshFamilies)) byIp.add(w);
       this.byIp = byIp;
     } else {
       // Pod by pod: the old version's IPs let go, the source's current version (it may hold the pod from more than
@@ -244,7 +258,7 @@ export class WorkloadDirectory {
         if (!ref) continue;
         if (before) for (const ip of before.podIPs) this.byIp.remove(ip, before);
         const pod = this.source.getPod(ref.namespace, ref.name);
-        if (pod) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain)) this.byIp.add(w);
+        if (pod) for (const w of meshWorkloads(pod, this.source.getNamespace(pod.namespace), this.trustDomain, this.opts.meshFamilies)) this.byIp.add(w);
       }
     }
     if (!change || change.services) {

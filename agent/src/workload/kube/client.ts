@@ -1,5 +1,6 @@
 // A minimal Kubernetes API client: raw JSON GET, line-by-line watch streams and merge patches over one node:https pool,
 // each request bounded (caller's signal, a wait for the response, a wait per gap in the body). Credentials: credentials.ts.
+import { constants } from 'node:buffer';
 import { type KubeAccess, type KubeCredentials, loadKubeAccess } from './credentials.js';
 import { KubeApiError } from './errors.js';
 import type { KubeHttpResponse } from './http-transport.js';
@@ -25,8 +26,9 @@ export interface KubeClientBounds {
   /** The longest watch event line; a longer one fails the watch (the server's objects are at most a few MB). */
   maxWatchLineChars: number;
   /**
-   * The largest response body read whole (a list, decompressed): past it the request fails. 512 MiB is about the
-   * longest string V8 can make, so nothing larger could be parsed anyway; a 50,000-pod list is well under it.
+   * The largest response body (a list, decompressed): past it the request fails with a KubeApiError naming the bound.
+   * At most MAX_BODY_BYTES_LIMIT (V8's longest string, buffer.constants.MAX_STRING_LENGTH, is just under 512 MiB: a
+   * body read whole is one string); the default 256 MiB leaves room below it, and a 50,000-pod list is well under it.
    */
   maxBodyBytes: number;
 }
@@ -35,8 +37,16 @@ export const DEFAULT_KUBE_CLIENT_BOUNDS: KubeClientBounds = {
   responseTimeoutMs: 300_000,
   bodyIdleTimeoutMs: 300_000,
   maxWatchLineChars: 16 * 1024 * 1024,
-  maxBodyBytes: 512 * 1024 * 1024,
+  maxBodyBytes: 256 * 1024 * 1024,
 };
+
+/** The largest maxBodyBytes accepted: a body read whole must fit in one string (UTF-8 has at least one byte a character). */
+export const MAX_BODY_BYTES_LIMIT = constants.MAX_STRING_LENGTH;
+
+/** The error of a body past the bound: names the bound, so an operator knows which limit a huge list hit. */
+function oversized(what: string, maxBytes: number): KubeApiError {
+  return new KubeApiError(`${what}: the response is over ${maxBytes} bytes (the client's maxBodyBytes bound): refused rather than read whole`);
+}
 
 export class KubeClient {
   private access: Promise<KubeAccess> | undefined;
@@ -45,6 +55,10 @@ export class KubeClient {
 
   constructor(private readonly creds: KubeCredentials, bounds: Partial<KubeClientBounds> = {}) {
     this.bounds = { ...DEFAULT_KUBE_CLIENT_BOUNDS, ...bounds };
+    const max = this.bounds.maxBodyBytes;
+    if (!Number.isSafeInteger(max) || max < 1 || max > MAX_BODY_BYTES_LIMIT) {
+      throw new RangeError(`maxBodyBytes must be an integer from 1 to ${MAX_BODY_BYTES_LIMIT} (V8's longest string), got ${max}`);
+    }
   }
 
   /** Loads the credentials; MUST succeed before anything else works (a bad kubeconfig or missing token fails here). */
@@ -101,7 +115,7 @@ export class KubeClient {
       };
       for await (const chunk of request.chunks()) {
         bytes += chunk.length;
-        if (bytes > this.bounds.maxBodyBytes) throw new KubeApiError(`${what}: the response is over ${this.bounds.maxBodyBytes} bytes`);
+        if (bytes > this.bounds.maxBodyBytes) throw oversized(what, this.bounds.maxBodyBytes);
         take(decoder.decode(chunk, { stream: true }));
       }
       take(decoder.decode());
@@ -247,7 +261,7 @@ class OpenRequest {
     let bytes = 0;
     for await (const chunk of this.chunks()) {
       bytes += chunk.length;
-      if (bytes > maxBytes) throw new KubeApiError(`${this.what}: the response is over ${maxBytes} bytes`);
+      if (bytes > maxBytes) throw oversized(this.what, maxBytes);
       parts.push(chunk);
     }
     return Buffer.concat(parts).toString('utf8');

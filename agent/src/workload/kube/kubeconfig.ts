@@ -2,7 +2,7 @@
 // TLS material, one way to authenticate. What it does not implement (exec plugins, auth providers, proxies) is handed to
 // @kubernetes/client-node instead; anything broken is a KubeApiError naming the file and the field, checked as kubectl does.
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { isIPv6 } from 'node:net';
+import { formatHostPort } from '../../protocol/address.js';
 import { parse as parseYaml } from 'yaml';
 import { KubeApiError } from './errors.js';
 
@@ -153,7 +153,7 @@ export function inClusterSpec(env: Record<string, string | undefined>, dir: stri
   if (!/^\d{1,5}$/.test(port)) throw new KubeApiError(`in-cluster config: KUBERNETES_SERVICE_PORT ${JSON.stringify(port)} is not a port`);
   return {
     origin: 'in-cluster config',
-    server: `https://${isIPv6(host) ? `[${host}]` : host}:${port}`,
+    server: `https://${formatHostPort(host, port)}`,
     ca: { field: 'the service-account CA', file: `${dir}/ca.crt` },
     insecureSkipTlsVerify: false,
     auth: { kind: 'tokenFile', field: 'the service-account token', file: `${dir}/token` },
