@@ -7,7 +7,7 @@ import type { Netns } from '../platform/netns.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
-import { routingBatchOk } from './ebpf-config.js';
+import { routingBatchOk } from './policy-routing.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
