@@ -26,8 +26,8 @@ const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
 
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
-  /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified (default true). */
-  preserveSource?: boolean;
+  /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified. No default. */
+  preserveSource: boolean;
 }
 
 /*
@@ -69,8 +69,8 @@ class IptablesBackend implements RedirectBackend {
   private readonly preserveSource: boolean;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
-  constructor(private readonly kubeletCgroup = '', opts: NetfilterOptions = {}) {
-    this.preserveSource = opts.preserveSource ?? true;
+  constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
+    this.preserveSource = opts.preserveSource;
   }
 
   async prepare(): Promise<void> {}
@@ -183,8 +183,8 @@ class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
   private readonly preserveSource: boolean;
 
-  constructor(opts: NetfilterOptions = {}) {
-    this.preserveSource = opts.preserveSource ?? true;
+  constructor(opts: NetfilterOptions) {
+    this.preserveSource = opts.preserveSource;
   }
 
   async prepare(): Promise<void> {}
@@ -262,19 +262,19 @@ class NftablesBackend implements RedirectBackend {
 }
 
 /**
- * `preserveSource` (default true): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
+ * `preserveSource` (required: the caller passes --preserve-source, no path defaults it): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
  * none (its egress program already returns the app's replies to the agent's transparent socket: see bpf/redirect.c).
  */
-export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource?: boolean } = {}): Promise<RedirectBackend> {
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
     const { EbpfBackend } = await import('./ebpf.js');
-    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource })); // node-side probe SNAT stays iptables
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
     return new NftablesBackend({ preserveSource: opts.preserveSource });
   }
-  return new IptablesBackend(opts.probeSnatCgroup, { preserveSource: opts.preserveSource });
+  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource });
 }
 
 /** Whether an iptables-save of one table declares any of our pod chains. */
