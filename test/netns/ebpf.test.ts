@@ -368,7 +368,7 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
   const tb = await withTestbed(t, { nodes: 1, redirectMode: 'ebpf' });
   await tb.setNamespace('app', AMBIENT);
   const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
-  const backend = await createBackend('ebpf');
+  const backend = await createBackend('ebpf', { preserveSource: true });
   await backend.prepare();
   const ctx = { ifname: pod.ifname, ips: [pod.ip] };
   const podNetns = Netns.open(pod.netnsPath);

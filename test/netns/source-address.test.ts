@@ -27,12 +27,20 @@ while True:
 /** iptables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
 const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
 
+/** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
+async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
+  const out = String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+  return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+}
+
 /**
  * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
  * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
  * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
+ * `restartArgs`: the agent comes back with these (e.g. source preservation off) while resets are still hidden, and the
+ * app must have sent again (retransmitted) after the new agent adopted the pod before the capture ends.
  */
-async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number): Promise<{ markersOut: number; received: number; captured: number }> {
+async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, restartArgs?: string[]): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
   const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
   const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), `src-kill-${server.name}`);
   void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
@@ -40,21 +48,35 @@ async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: Test
   const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
   await new Promise((r) => setTimeout(r, 1500));
   await server.exec('iptables', ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
-  await tb.agent(server.node.index).kill('SIGKILL');
+  const agent = tb.agent(server.node.index);
+  await agent.kill('SIGKILL');
   await new Promise((r) => setTimeout(r, 2000));
+  let sentAfterAdopt = true;
+  if (restartArgs) {
+    agent.spec.extraArgs.push(...restartArgs);
+    await agent.start();
+    await eventually(() => podRulesReport(tb, server), (r) => r !== undefined, 10_000);
+    const before = await appRetransmits(server, port);
+    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 20_000)) > before;
+  }
   await server.exec('iptables', ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
-  await tb.agent(server.node.index).start();
+  if (!restartArgs) await agent.start();
   const received = Number(String((await reader).stdout).trim()) || 0;
   const raw = (await cap.stop()).raw;
-  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length };
+  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt };
 }
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
-/** The in-pod pieces source preservation adds: the policy rule, the local route, and (iptables) the mangle chains. */
+/**
+ * The in-pod pieces source preservation adds: the policy rule, the local route, the mangle chains (iptables) and the
+ * reply table (nftables). Throws when the pod's routing cannot be read (an empty answer would pass every notRegex).
+ */
 async function replyPieces(pod: TestbedPod): Promise<string> {
-  const r = await pod.exec('sh', ['-c', 'ip -4 rule show; echo ---; ip -4 route show table 100; echo ---; iptables-save -t mangle'], { reject: false });
-  return String(r.stdout);
+  const script = 'ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; nft list table inet ambient-reply 2>/dev/null; true';
+  const out = String((await pod.exec('sh', ['-c', script])).stdout);
+  if (!/lookup main/.test(out) || !out.includes('*mangle')) throw new Error(`cannot read the pod's routing and mangle table: ${out}`);
+  return out;
 }
 
 /** The pod's rules as the agent reads them back (`ambient-node rules`): in sync or not, and what it found. */
@@ -175,9 +197,12 @@ netnsTest.serial('[iptables] source.ip / ipBlocks in an AuthorizationPolicy matc
   t.true(meshOk.ok && meshOk.output.endsWith(`from ${sleep.ip}`), meshOk.output);
   const plainOk = await ask(legacy, productpage.ip, 9080, 'plain');
   t.true(plainOk.ok && plainOk.output.endsWith(`from ${legacy.ip}`), plainOk.output);
+  // The plain client's refusal must be the policy's (a count taken before it: notsleep's retries also count denials).
+  const deniedBefore = (await agentPod(tb, productpage))?.stats?.inbound.denied ?? 0;
+  t.true(deniedBefore >= 1, 'the mesh client was denied by policy');
   t.false((await ask(other, productpage.ip, 9080, 'plain-other')).ok, 'a plain client outside the ipBlocks is denied');
-  const stats = (await agentPod(tb, productpage))?.stats?.inbound;
-  t.true((stats?.denied ?? 0) >= 2, `denied by policy: ${JSON.stringify(stats)}`);
+  const stats = (await eventually(() => agentPod(tb, productpage), (p) => (p?.stats?.inbound.denied ?? 0) > deniedBefore))?.stats?.inbound;
+  t.true((stats?.denied ?? 0) > deniedBefore, `the plain client was denied by policy: ${JSON.stringify(stats)}`);
 });
 
 netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP) and no reply routing is installed; turned on again, a restart converges', async (t) => {
@@ -209,3 +234,29 @@ netnsTest.serial('[iptables] with --preserve-source false the app sees the agent
   t.regex(await replyPieces(productpage), /fwmark 0x111\/0xfff lookup 100/);
   t.true((await podRulesReport(tb, productpage))?.ok);
 });
+
+for (const mode of ['iptables', 'nftables'] as const) {
+  netnsTest.serial(`[${mode}] an agent restarted with --preserve-source false keeps the reply routing of pods it adopts: nothing of a live app connection leaves in clear`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
+    await tb.setNamespace('app', AMBIENT);
+    const [productpage, sleep] = await tb.addPods([
+      { node: 1, namespace: 'app', name: 'productpage' },
+      { node: 0, namespace: 'app', name: 'sleep' },
+    ]);
+    if (!productpage || !sleep) throw new Error('pods missing');
+    const k = await killWhileAppStreams(tb, productpage, sleep, 9093, ['--preserve-source', 'false']);
+    t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
+    t.true(k.sentAfterAdopt, 'the app sent again after the agent without source preservation adopted its pod');
+    t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear');
+    // The pieces are still there, and the drift check does not call them unexpected (nor repair them away).
+    const pieces = await replyPieces(productpage);
+    t.regex(pieces, /fwmark 0x111\/0xfff lookup 100/);
+    t.regex(pieces, /local default dev lo/);
+    const report = await podRulesReport(tb, productpage);
+    t.true(report?.ok, `in sync: ${JSON.stringify(report)}`);
+    t.true(report?.actual.some((l) => l.includes('fwmark 0x111')), 'the rule is shown as found');
+    // DEL (pod teardown) is what removes them, with the flag off too.
+    await tb.node(1).cni.del(productpage.attachment);
+    t.notRegex(await replyPieces(productpage), /fwmark 0x111|local default|AMBIENT_|ambient-reply/);
+  });
+}

@@ -96,7 +96,7 @@ test('routing pieces are read back into the same notation', (t) => {
 });
 
 test('without a pod the expected lines show placeholders for the interface and the address', async (t) => {
-  const lines = (await createBackend('ebpf')).expectedPodRules();
+  const lines = (await createBackend('ebpf', { preserveSource: true })).expectedPodRules();
   t.is(lines[0], 'tc ingress <ifname>: prog ambient_in');
   t.true(lines.includes('map ambient_cfg: v1 pod <pod-ip>'));
   t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));

@@ -16,9 +16,9 @@ test('iptables mangle rules for source preservation match golden', (t) => {
   assertGolden(t, 'iptables-pod-mangle', ipt.restoreInput('', POD, ipt.podMangleRules(4), ipt.podJumpRules(), 'mangle'));
 });
 
-test('nft pod table with source preservation matches golden, and without it is the table as before', (t) => {
-  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.POD_TABLE, nft.podTable({ preserveSource: true })));
-  t.is(nft.podTable({ preserveSource: false }), nft.podTable());
+test('nft reply table of source preservation matches golden; it is a table of its own, the capture\'s has no ct mark', (t) => {
+  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()));
+  t.not(nft.REPLY_TABLE, nft.POD_TABLE);
   t.false(nft.podTable().includes('ct mark'));
 });
 
@@ -32,8 +32,8 @@ test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connma
 });
 
 test('nft writes the connmark expression the way nft lists it (so verify compares equal)', (t) => {
-  t.regex(nft.podTable({ preserveSource: true }), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
-  t.regex(nft.podTable({ preserveSource: true }), /type route hook output priority mangle/);
+  t.regex(nft.replyTable(), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
+  t.regex(nft.replyTable(), /type route hook output priority mangle/);
 });
 
 test('iptables mangle restore and removal inputs name the mangle table', (t) => {

@@ -66,11 +66,11 @@ export interface MeshContext extends OutboundContext {
    */
   accessLog?: { log: Logger; complete: boolean };
   /**
-   * Inbound source preservation (default true): the upstream socket to the app is transparent and bound to the client's
+   * Inbound source preservation (--preserve-source; required, no default): the upstream socket to the app is transparent and bound to the client's
    * address (the HBONE peer's, or the plaintext client's), so the app sees its client, not the agent. The backends'
    * in-pod pieces bring the app's replies back (redirect/reply-routing.ts).
    */
-  preserveSource?: boolean;
+  preserveSource: boolean;
 }
 
 /** The pod this forwarder serves. */
@@ -396,7 +396,7 @@ export class PodForwarder {
 
   /** Where an inbound upstream socket binds: the client's address when preserving it, else undefined (the pod's own). */
   private sourceFor(clientIp: string): string | undefined {
-    return upstreamSource(clientIp, this.mesh.preserveSource ?? true);
+    return upstreamSource(clientIp, this.mesh.preserveSource);
   }
 
   /** This pod, as a metrics peer. */

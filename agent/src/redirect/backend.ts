@@ -7,7 +7,7 @@ import type { Netns } from '../platform/netns.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
-import { routingBatchOk } from './ebpf-config.js';
+import { routingBatchOk } from './policy-routing.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
@@ -26,17 +26,20 @@ const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
 
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
-  /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified (default true). */
-  preserveSource?: boolean;
+  /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified. No default. */
+  preserveSource: boolean;
 }
 
-/** Installs the reply routing of source preservation in a pod (idempotent), or removes it when preservation is off. */
-async function applyReplyRouting(netns: Netns, preserve: boolean): Promise<void> {
+/*
+ * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on
+ * and removed only on DEL (removePodRules). An agent running with it off neither installs nor removes them, nor calls
+ * them drift: pods it adopts (after a restart or a take-over) may still have relays whose upstream socket is bound to
+ * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
+ */
+
+/** Installs the reply routing of source preservation in a pod (idempotent, never removes anything). */
+async function installReplyRouting(netns: Netns): Promise<void> {
   await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
-    if (!preserve) {
-      await runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath });
-      return;
-    }
     const b = replyRoutingBatch(family);
     await runTool('ip', b.args, { netns: netns.toolPath, input: b.input }).catch((err: unknown) => {
       if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
@@ -44,11 +47,17 @@ async function applyReplyRouting(netns: Netns, preserve: boolean): Promise<void>
   }));
 }
 
-/** The reply routing's drift: expected lines when preserving, none otherwise (a leftover is unexpected). */
+/** Removes the reply routing (pod teardown only). */
+async function removeReplyRouting(netns: Netns): Promise<void> {
+  await Promise.all(PRESERVE_FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
+}
+
+/** The reply routing's drift: expected lines when preserving; without preservation whatever is there is left alone. */
 async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ missing: string[]; unexpected: string[]; actual: string[] }> {
   const per = await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
     const actual = replyRoutingLines(await runTool('sh', ['-c', replyRoutingReadScript(family)], { netns: netns.toolPath }), family);
-    const expected = preserve ? expectedReplyRoutingLines(family) : [];
+    if (!preserve) return { missing: [], unexpected: [], actual };
+    const expected = expectedReplyRoutingLines(family);
     return { missing: expected.filter((l) => !actual.includes(l)), unexpected: actual.filter((l) => !expected.includes(l)), actual };
   }));
   return { missing: per.flatMap((p) => p.missing), unexpected: per.flatMap((p) => p.unexpected), actual: per.flatMap((p) => p.actual) };
@@ -62,8 +71,8 @@ class IptablesBackend implements RedirectBackend {
   private readonly preserveSource: boolean;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
-  constructor(private readonly kubeletCgroup = '', opts: NetfilterOptions = {}) {
-    this.preserveSource = opts.preserveSource ?? true;
+  constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
+    this.preserveSource = opts.preserveSource;
   }
 
   async prepare(): Promise<void> {}
@@ -79,17 +88,15 @@ class IptablesBackend implements RedirectBackend {
    * agent dials the app from the client's address and the app's replies must already find their way back.
    */
   async installPod(netns: Netns, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    await applyReplyRouting(netns, this.preserveSource);
+    if (this.preserveSource) await installReplyRouting(netns);
     await Promise.all(FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
-      const currentMangle = ipt.tableSection(save, 'mangle');
       const mangle = this.mangleRules(family);
+      // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
       if (mangle.length > 0) {
-        const input = ipt.restoreInput(currentMangle, POD_CHAINS, mangle, ipt.podJumpRules(), 'mangle');
+        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), POD_CHAINS, mangle, ipt.podJumpRules(), 'mangle');
         await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-      } else if (hasOwnChains(currentMangle)) {
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(currentMangle, POD_CHAINS, 'mangle') });
       }
       const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
       await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
@@ -106,7 +113,8 @@ class IptablesBackend implements RedirectBackend {
       const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
       const actualMangle = ipt.ownedNatLines(mangle, POD_CHAINS);
       const wantMangle = this.mangleRules(family);
-      const dm = ipt.diffOwned(wantMangle.length ? [...ipt.podJumpRules(), ...wantMangle] : [], actualMangle);
+      // Without preservation (or for a family it does not cover) the mangle chains are neither expected nor drift.
+      const dm = wantMangle.length ? ipt.diffOwned([...ipt.podJumpRules(), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
       const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);
       return {
         missing: [...dn.missing.map(tag), ...dm.missing.map(m)],
@@ -179,29 +187,38 @@ class NftablesBackend implements RedirectBackend {
   readonly captureFamilies = ['ipv4'] as const;
   private readonly preserveSource: boolean;
 
-  constructor(opts: NetfilterOptions = {}) {
-    this.preserveSource = opts.preserveSource ?? true;
+  constructor(opts: NetfilterOptions) {
+    this.preserveSource = opts.preserveSource;
   }
 
   async prepare(): Promise<void> {}
 
-  private podTable(): string {
-    return nft.podTable({ preserveSource: this.preserveSource });
-  }
-
-  /** The reply routing first (source preservation), then the table in one transaction. */
+  /**
+   * Source preservation's reply routing first, then its table and the capture's in one transaction (reply table
+   * first). Without preservation only the capture's table is written: the reply table is left as it is.
+   */
   async installPod(netns: Netns): Promise<void> {
-    await applyReplyRouting(netns, this.preserveSource);
-    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.replaceTableScript(nft.POD_TABLE, this.podTable()) });
+    if (this.preserveSource) await installReplyRouting(netns);
+    const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
+    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
   }
 
   async verifyPod(netns: Netns): Promise<RuleDrift> {
-    const [t, r] = await Promise.all([this.verifyTable(nft.POD_TABLE, this.podTable(), netns), verifyReplyRouting(netns, this.preserveSource)]);
-    return ok([...t.missing, ...r.missing], [...t.unexpected, ...r.unexpected], [...t.actual, ...r.actual]);
+    const [t, rt, r] = await Promise.all([
+      this.verifyTable(nft.POD_TABLE, nft.podTable(), netns),
+      this.verifyTable(nft.REPLY_TABLE, nft.replyTable(), netns),
+      verifyReplyRouting(netns, this.preserveSource),
+    ]);
+    // Without preservation the reply table is shown when present, never counted as drift (see above).
+    const reply = this.preserveSource ? rt : ok([], [], rt.actual);
+    return ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
   }
 
   expectedPodRules(): string[] {
-    return [...this.podTable().split('\n'), ...(this.preserveSource ? PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f)) : [])];
+    return [
+      ...nft.podTable().split('\n'),
+      ...(this.preserveSource ? [...nft.replyTable().split('\n'), ...PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f))] : []),
+    ];
   }
 
   async installHost(): Promise<void> {
@@ -249,19 +266,19 @@ class NftablesBackend implements RedirectBackend {
 }
 
 /**
- * `preserveSource` (default true): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
+ * `preserveSource` (required: the caller passes --preserve-source, no path defaults it): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
  * none (its egress program already returns the app's replies to the agent's transparent socket: see bpf/redirect.c).
  */
-export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource?: boolean } = {}): Promise<RedirectBackend> {
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
     const { EbpfBackend } = await import('./ebpf.js');
-    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup)); // node-side probe SNAT stays iptables
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource })); // node-side probe SNAT stays iptables
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
     return new NftablesBackend({ preserveSource: opts.preserveSource });
   }
-  return new IptablesBackend(opts.probeSnatCgroup, { preserveSource: opts.preserveSource });
+  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource });
 }
 
 /**
@@ -308,12 +325,12 @@ async function removeNetfilter(netns: Netns, errors: unknown[]): Promise<void> {
     }
   }
   try {
-    await applyReplyRouting(netns, false);
+    await removeReplyRouting(netns);
   } catch (err) {
     errors.push(err);
   }
   try {
-    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.deleteTableScript(nft.POD_TABLE) });
+    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.deleteTableScript(nft.POD_TABLE) + nft.deleteTableScript(nft.REPLY_TABLE) });
   } catch (err) {
     errors.push(err);
   }

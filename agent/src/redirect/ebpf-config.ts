@@ -2,6 +2,9 @@
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
 import { addressesOf } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
+import { expectedRuleLines, localRouteDelete, readCommands, routingBatchInput, ruleAndRouteLines, ruleText, type MarkRule } from './policy-routing.js';
+
+export { routingBatchOk } from './policy-routing.js';
 
 /** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
 export const PROG_IN = 'ambient_in';
@@ -78,20 +81,13 @@ export function decodeConfig(b: Buffer): PodConfig {
   return { version: b.readUInt32LE(0), ifindex: b.readUInt32LE(4), podIp4: [...b.subarray(8, 12)].join('.'), flags: b.readUInt32LE(12) };
 }
 
-const RULE_TEXT = `fwmark 0x${OUTBOUND_MARK.toString(16)}/0x${OUTBOUND_MARK.toString(16)} lookup ${ROUTE_TABLE}`;
+/** The re-injection rule: outbound packets re-injected at ingress go to the local table. */
+const RULE: MarkRule = { pref: RULE_PREF, mark: OUTBOUND_MARK, mask: OUTBOUND_MARK, table: ROUTE_TABLE };
+const RULE_TEXT = ruleText(RULE);
 
-/**
- * `ip -batch` input for the rule and the local route, route first. Idempotent without ever removing anything (no window):
- * `route replace` always succeeds and a second `rule add` fails with "File exists", which routingBatchOk accepts.
- */
+/** `ip -batch` input for the rule and the local route, route first; idempotent (policy-routing.ts). */
 export function routingBatch(): string {
-  return `route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}\nrule add pref ${RULE_PREF} ${RULE_TEXT}\n`;
-}
-
-/** Whether ip -batch's stderr says only that the rule was already there. */
-export function routingBatchOk(stderr: string): boolean {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-  return lines.length > 0 && lines.every((l) => /^RTNETLINK answers: File exists$|^Command failed -:2$/.test(l));
+  return routingBatchInput(RULE, 4);
 }
 
 /** The sysctl file that turns accept_local on for the pod interface (written from inside the pod netns). */
@@ -107,7 +103,7 @@ export function routingRemoveScript(ifname: string): string {
     `  ip rule del pref ${RULE_PREF} ${RULE_TEXT}`,
     `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
     'fi',
-    `ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null || true`,
+    localRouteDelete(RULE, 4),
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
     // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
     `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
@@ -120,18 +116,13 @@ const SEP = '@@ambient@@';
 /** Prints the routing pieces for routingLines(); one exec. */
 export function routingReadScript(ifname: string): string {
   const i = checkIfname(ifname);
-  return [`ip rule show pref ${RULE_PREF}`, `echo ${SEP}`, `ip route show table ${ROUTE_TABLE}`, `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`].join('; ');
+  return [readCommands(RULE, 4, SEP), `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`].join('; ');
 }
 
 /** The routing pieces in our notation, from routingReadScript's output. */
 export function routingLines(output: string, ifname: string): string[] {
   const [rules = '', routes = '', sysctl = ''] = output.split(SEP);
-  const lines: string[] = [];
-  for (const l of rules.split('\n')) {
-    const m = /^(\d+):\s+(.*)$/.exec(l.trim());
-    if (m) lines.push(`ip rule ${m[1]}: ${m[2]?.replace(/\s+/g, ' ')}`);
-  }
-  for (const l of routes.split('\n')) if (l.trim()) lines.push(`route table ${ROUTE_TABLE}: ${l.trim().replace(/\s+/g, ' ')}`);
+  const lines = ruleAndRouteLines(rules, routes, ROUTE_TABLE);
   const v = sysctl.trim();
   if (v && v !== '0') lines.push(`sysctl net.ipv4.conf.${ifname}.accept_local=${v}`);
   return lines;
@@ -177,8 +168,7 @@ export function expectedLines(pod: PodContext, tags?: ProgTags): string[] {
     progLine(i, 'egress', PROG_OUT, tags?.out),
     mapLine({ podIp4: podIpv4(pod), version: CFG_VERSION }),
     statsLine(),
-    `ip rule ${RULE_PREF}: from all ${RULE_TEXT}`,
-    `route table ${ROUTE_TABLE}: local default dev lo scope host`,
+    ...expectedRuleLines(RULE),
     `sysctl net.ipv4.conf.${i}.accept_local=1`,
   ];
 }

@@ -5,32 +5,15 @@ import {
 } from './constants.js';
 
 export const POD_TABLE = 'ambient-nat';
+/** Source preservation's pod table (replyTable). */
+export const REPLY_TABLE = 'ambient-reply';
 export const HOST_TABLE = 'ambient-node-host';
 export const PROBE_SET = 'probes-v4';
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
-/**
- * The pod table as `nft list table inet ambient-nat` prints it (our canonical form for drift checks). With
- * `preserveSource`, two more chains carry inbound source preservation (iptables.ts podMangleRules says why): the
- * agent's connections into its own pod get ct mark 0x111, and the app's packets of them get it back as their mark in
- * a `route` chain, which makes the kernel route them again (policy rule, reply-routing.ts) back to the agent.
- */
-export function podTable(opts: { preserveSource?: boolean } = {}): string {
-  // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
-  const keep = (~REPLY_MARK_MASK | REPLY_MARK) >>> 0;
-  const preserve = opts.preserveSource ? [
-    '',
-    '\tchain reply-mark {',
-    '\t\ttype filter hook prerouting priority mangle; policy accept;',
-    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} ct mark set ct mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
-    '\t}',
-    '',
-    '\tchain reply-route {',
-    '\t\ttype route hook output priority mangle; policy accept;',
-    `\t\tct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
-    '\t}',
-  ] : [];
+/** The pod table as `nft list table inet ambient-nat` prints it (our canonical form for drift checks): the capture. */
+export function podTable(): string {
   return [
     `table inet ${POD_TABLE} {`,
     '\tchain prerouting {',
@@ -47,7 +30,30 @@ export function podTable(opts: { preserveSource?: boolean } = {}): string {
     '\t\toifname "lo" return',
     `\t\tmeta l4proto tcp redirect to :${OUTBOUND_PORT}`,
     '\t}',
-    ...preserve,
+    '}',
+  ].join('\n');
+}
+
+/**
+ * Inbound source preservation's table (iptables.ts podMangleRules says why), apart from the capture's so that an agent
+ * running without it neither rewrites nor removes it (backend.ts): the agent's connections into its own pod get ct mark
+ * 0x111, and the app's packets of them get it back as their mark in a `route` chain, which makes the kernel route them
+ * again (policy rule, reply-routing.ts) back to the agent.
+ */
+export function replyTable(): string {
+  // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
+  const keep = (~REPLY_MARK_MASK | REPLY_MARK) >>> 0;
+  return [
+    `table inet ${REPLY_TABLE} {`,
+    '\tchain reply-mark {',
+    '\t\ttype filter hook prerouting priority mangle; policy accept;',
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} ct mark set ct mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
+    '\t}',
+    '',
+    '\tchain reply-route {',
+    '\t\ttype route hook output priority mangle; policy accept;',
+    `\t\tct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+    '\t}',
     '}',
   ].join('\n');
 }
