@@ -9,7 +9,7 @@ import type { AgentConfig } from './config.js';
 import { describe } from './errors.js';
 import type { Logger } from './log.js';
 import type { AgentStatus } from './protocol/cni-event.js';
-import { probeIps } from './reconcile/attachments.js';
+import { probeIps, removeOwnBackendsRules } from './reconcile/attachments.js';
 import { Enroller } from './reconcile/enroller.js';
 import { RunningPods } from './reconcile/running-pods.js';
 import { createBackend, type RedirectBackend } from './redirect/backend.js';
@@ -146,7 +146,7 @@ export class Agent {
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
       preserveSource: cfg.preserveSource,
-    }, this.metrics);
+    }, this.metrics, removeOwnBackendsRules);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {
       enroller: this.enroller, status: () => this.status(), certs: () => ({ identities: this.identities.snapshot(), counters: this.identities.counters, hbone: this.hbone.stats }),

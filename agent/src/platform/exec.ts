@@ -1,8 +1,9 @@
 // Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's, via nsenter.
 // The one place that spawns them; failures carry the tool's stderr so logs and CNI errors show the real cause.
 import { accessSync, constants } from 'node:fs';
-import { execa } from 'execa';
+import type { Socket } from 'node:net';
 import { AmbientError } from '../errors.js';
+import { spawnChild, type SpawnedChild } from './spawn.js';
 
 /** System directories searched for node tools, in order. PATH is not used: an npm bin dir can shadow `nft`. */
 const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
@@ -39,23 +40,70 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-/** Runs a tool and returns its stdout; throws ToolError with stderr on failure. */
+/** Bound on each of a tool's stdout and stderr: past it the tool is killed and the run fails. */
+export const MAX_TOOL_OUTPUT = 16 * 1024 * 1024;
+const SIGKILL = 9;
+
+/**
+ * Runs a tool and returns its stdout; throws ToolError with stderr on failure (non-zero exit, killed, timed out, output
+ * past MAX_TOOL_OUTPUT). Started with posix_spawn (spawn.ts): forking the agent costs time growing with its memory.
+ */
 export async function runTool(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
   const [file, argv] = opts.netns ? [systemTool('nsenter'), [`--net=${opts.netns}`, '--', systemTool(cmd), ...args]] : [systemTool(cmd), args];
   const shown = [cmd, ...args].join(' ');
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  let child: SpawnedChild;
   try {
-    const r = await execa(file, argv, {
-      input: opts.input ?? '',
-      timeout: opts.timeoutMs ?? 15_000,
-      reject: false,
-      stripFinalNewline: false,
-    });
-    if (r.exitCode !== 0 || r.failed) {
-      throw new ToolError(shown, r.stderr || r.shortMessage || '', r.exitCode);
+    child = spawnChild(file, [file, ...argv]);
+  } catch (err) {
+    throw new ToolError(shown, (err as Error).message, undefined, { cause: err });
+  }
+  let failure: string | undefined;
+  let reaped = false;
+  // A grandchild may hold the pipes open after the tool itself is gone: once reaped, a failure stops the reading.
+  const stopReading = (): void => { child.stdout.destroy(); child.stderr.destroy(); };
+  const kill = (why: string): void => {
+    failure ??= why;
+    if (reaped) return stopReading(); // never signal a reaped pid: it may be someone else's now
+    try {
+      process.kill(child.pid, SIGKILL);
+    } catch {
+      // exiting already
     }
-    return r.stdout;
+  };
+  const exited = child.exited.then((exit) => {
+    reaped = true;
+    if (failure !== undefined) stopReading();
+    return exit;
+  });
+  const collect = (stream: Socket, name: string): Promise<string> => new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_TOOL_OUTPUT) {
+        kill(`${name} exceeded ${MAX_TOOL_OUTPUT} bytes`);
+        stream.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    stream.on('error', () => undefined); // the exit status says what went wrong
+    stream.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+  });
+  const timer = setTimeout(() => kill(`timed out after ${timeoutMs} ms`), timeoutMs);
+  child.stdin.on('error', () => undefined); // EPIPE: the tool exited without reading its input
+  child.stdin.end(opts.input ?? '');
+  try {
+    const [exit, stdout, stderr] = await Promise.all([exited, collect(child.stdout, 'stdout'), collect(child.stderr, 'stderr')]);
+    if (failure !== undefined) throw new ToolError(shown, `${failure}${stderr ? `; stderr: ${stderr}` : ''}`, exit.code);
+    if (exit.signal !== undefined) throw new ToolError(shown, `${stderr}${stderr ? '; ' : ''}killed by signal ${exit.signal}`, undefined);
+    if (exit.code !== 0) throw new ToolError(shown, stderr, exit.code);
+    return stdout;
   } catch (err) {
     if (err instanceof ToolError) throw err;
     throw new ToolError(shown, (err as Error).message, undefined, { cause: err });
+  } finally {
+    clearTimeout(timer);
   }
 }

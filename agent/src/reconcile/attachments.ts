@@ -6,7 +6,8 @@ import type { Logger } from '../log.js';
 import { Netns, sameNetns, statNetns, type NetnsId } from '../platform/netns.js';
 import { authorize } from '../policy/authorization.js';
 import { effectiveMtlsMode } from '../policy/peer-authentication.js';
-import { removePodRules } from '../redirect/backend.js';
+import { REDIRECT_MODES, type RedirectMode } from '../config.js';
+import { removeBackendPodRules, removePodRules } from '../redirect/backend.js';
 import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
 import { addressesOf } from '../protocol/address.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
@@ -52,11 +53,19 @@ export function openSandbox(rec: PodRecord): Netns | undefined {
 /**
  * Removes a record's in-pod redirection pieces from its sandbox (DEL, unenrolment, a failed enrolment's roll-back).
  * The default removes every backend's (removePodRules: iptables, nftables and eBPF pieces alike, loading the eBPF
- * bindings); the agent may pass one that removes only the record's own backend's when that is the running one.
+ * bindings); the agent passes removeOwnBackendsRules, which removes only the record's own backend's.
  */
 export type PodRuleRemover = (ns: Netns, rec: PodRecord) => Promise<void>;
 
 export const removeEveryBackendsRules: PodRuleRemover = (ns, rec) => removePodRules(ns, rec.ifname);
+
+/**
+ * Removes only the rules of the backend the record says the pod was enrolled with (a DEL then runs one backend's
+ * tools, not three); every backend's when the record names none it knows (records of older agents). A failure of the
+ * own backend's removal fails the DEL as before: nothing is reported removed that was not.
+ */
+export const removeOwnBackendsRules: PodRuleRemover = (ns, rec) =>
+  REDIRECT_MODES.includes(rec.backend as RedirectMode) ? removeBackendPodRules(rec.backend as RedirectMode, ns, rec.ifname) : removeEveryBackendsRules(ns, rec);
 
 /** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
 export function podContext(rec: PodRecord): PodContext {

@@ -304,14 +304,30 @@ function hasOwnChains(save: string): boolean {
  * throws only when a removal itself fails.
  */
 export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<void> {
+  await removePieces(netns, ifname, ['iptables', 'nftables', 'ebpf']);
+}
+
+/**
+ * Removes only what `mode` installs in a pod (DEL of a record that names its backend): iptables' or nftables' table(s)
+ * with the reply routing both may add, or the eBPF programs and their routing. Fails as removePodRules does.
+ */
+export async function removeBackendPodRules(mode: RedirectMode, netns: Netns, ifname = 'eth0'): Promise<void> {
+  await removePieces(netns, ifname, [mode]);
+}
+
+async function removePieces(netns: Netns, ifname: string, modes: RedirectMode[]): Promise<void> {
   const errors: unknown[] = [];
   const removeEbpf = async (): Promise<void> => (await import('./ebpf.js')).removeEbpfPieces(netns, ifname);
-  await Promise.all([removeNetfilter(netns, errors), removeEbpf().catch((err: unknown) => errors.push(err))]);
+  await Promise.all([
+    removeNetfilter(netns, errors, { iptables: modes.includes('iptables'), nftables: modes.includes('nftables') }),
+    modes.includes('ebpf') ? removeEbpf().catch((err: unknown) => errors.push(err)) : undefined,
+  ]);
   if (errors.length) throw new AggregateError(errors, `removing redirection rules from ${netns.path} failed`);
 }
 
-async function removeNetfilter(netns: Netns, errors: unknown[]): Promise<void> {
-  for (const family of FAMILIES) {
+async function removeNetfilter(netns: Netns, errors: unknown[], which: { iptables: boolean; nftables: boolean }): Promise<void> {
+  if (!which.iptables && !which.nftables) return;
+  for (const family of which.iptables ? FAMILIES : []) {
     for (const table of ['nat', 'mangle'] as const) {
       try {
         const tools = ipt.TOOLS[family];
@@ -329,6 +345,7 @@ async function removeNetfilter(netns: Netns, errors: unknown[]): Promise<void> {
   } catch (err) {
     errors.push(err);
   }
+  if (!which.nftables) return;
   try {
     await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: nft.deleteTableScript(nft.POD_TABLE) + nft.deleteTableScript(nft.REPLY_TABLE) });
   } catch (err) {

@@ -1,0 +1,57 @@
+// runTool through posix_spawn (platform/spawn.ts): exit codes, stderr in the error, stdin, timeout kill, output bound,
+// the child's descriptors and signal state. Needs only sh and coreutils, no root.
+import test from 'ava';
+import { MAX_TOOL_OUTPUT, ToolError, runTool } from '../../agent/src/platform/exec.js';
+
+test('returns stdout and feeds the input on stdin', async (t) => {
+  t.is(await runTool('sh', ['-c', 'cat; echo done'], { input: 'hello\n' }), 'hello\ndone\n');
+});
+
+test('a non-zero exit throws ToolError with the exit code and stderr', async (t) => {
+  const err = await t.throwsAsync(runTool('sh', ['-c', 'echo out; echo broken rule >&2; exit 3']), { instanceOf: ToolError });
+  t.is(err?.exitCode, 3);
+  t.regex(err?.message ?? '', /exit 3.*broken rule/);
+  t.is(err?.stderr.trim(), 'broken rule');
+});
+
+test('a tool killed by a signal is a failure', async (t) => {
+  const err = await t.throwsAsync(runTool('sh', ['-c', 'kill -TERM $$']), { instanceOf: ToolError });
+  t.regex(err?.message ?? '', /killed by signal 15/);
+});
+
+test('the timeout kills the tool and says so, even when a grandchild holds its pipes', async (t) => {
+  const err = await t.throwsAsync(runTool('sh', ['-c', 'sleep 3 & sleep 60'], { timeoutMs: 200 }), { instanceOf: ToolError });
+  t.regex(err?.message ?? '', /timed out after 200 ms/);
+});
+
+test('output past the bound kills the tool with a clear error', async (t) => {
+  const err = await t.throwsAsync(runTool('head', ['-c', String(MAX_TOOL_OUTPUT + 1024), '/dev/zero']), { instanceOf: ToolError });
+  t.regex(err?.message ?? '', /stdout exceeded 16777216 bytes/);
+});
+
+test('output up to the bound is returned whole', async (t) => {
+  t.is((await runTool('head', ['-c', String(4 * 1024 * 1024), '/dev/zero'])).length, 4 * 1024 * 1024);
+});
+
+test('the child sees only fds 0-2 of the agent', async (t) => {
+  const fds = await runTool('sh', ['-c', 'ls /proc/$$/fd']);
+  t.deepEqual(fds.trim().split(/\s+/).sort(), ['0', '1', '2']);
+});
+
+test('the child gets SIGPIPE at its default action and an empty signal mask', async (t) => {
+  // With SIGPIPE ignored (Node's own setting) `yes` would loop on EPIPE errors instead of dying.
+  t.is(await runTool('sh', ['-c', 'yes | head -1'], { timeoutMs: 10_000 }), 'y\n');
+  const status = await runTool('sh', ['-c', 'grep -E "^Sig(Blk|Ign)" /proc/$$/status']);
+  t.regex(status, /SigBlk:\s+0+\n/);
+  t.notRegex(status, /SigIgn:\s+0*[0-9a-f]*1[0-9a-f]{3}\n/); // bit 12 = SIGPIPE (13)
+});
+
+test('many tools at once each get their own output', async (t) => {
+  const outs = await Promise.all(Array.from({ length: 40 }, (_, i) => runTool('sh', ['-c', `echo ${i}`])));
+  t.deepEqual(outs, Array.from({ length: 40 }, (_, i) => `${i}\n`));
+});
+
+test('a missing netns path fails as a ToolError from nsenter', async (t) => {
+  const err = await t.throwsAsync(runTool('true', [], { netns: '/nonexistent/netns' }), { instanceOf: ToolError });
+  t.truthy(err?.exitCode);
+});
