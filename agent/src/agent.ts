@@ -17,7 +17,7 @@ import { StateStore } from './registry/state-store.js';
 import { EventServer } from './server/event-server.js';
 import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
-import { selfNetns } from './platform/netns.js';
+import { sameNetns, selfNetns } from './platform/netns.js';
 import { probeSourcePreservation } from './platform/source-probe.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
@@ -33,6 +33,12 @@ import {
 } from './handover/protocol.js';
 import { requestTakeOver, servePredecessor, type HandoverChannel, type PredecessorHooks } from './handover/session.js';
 import { RelayInbox, sendRelays } from './handover/relay-transfer.js';
+import {
+  LISTENER_LIMITS, listenerDecision, listenerInboxPath, listenerProblem, type ListenerInboxTally, type ListenerMeta,
+} from './handover/listener-protocol.js';
+import { ListenerInbox, closeHanded, sendListeners, type HandedByPod } from './handover/listener-transfer.js';
+import { listenerFacts } from './platform/sockets.js';
+import { recordKey, type PodRecord } from './registry/state-store.js';
 
 /** Hooks main.ts gives the agent: a fatal failure while running, and the end of a take-over's drain (exit 0). */
 export interface AgentHooks {
@@ -85,6 +91,8 @@ export class Agent {
   private readonly store: StateStore;
   /** As a predecessor: plain TCP relays handed to the successor (logged with the drain). */
   private movedRelays = 0;
+  /** As a successor, until its pods are adopted: the predecessor's listeners, and whether new ones are SO_REUSEPORT. */
+  private takenListeners: { handed: HandedByPod; reusePort: boolean } | undefined;
 
   /**
    * Loads and makes the implementations the config chooses, then the agent: the kubernetes client only with the
@@ -229,7 +237,9 @@ export class Agent {
     this.notReadyReason = 'loading workloads';
     await this.source.start();
     this.notReadyReason = 'adopting pods';
-    await this.enroller.adopt();
+    const listeners = this.takenListeners;
+    this.takenListeners = undefined;
+    await this.enroller.adopt(listeners);
     this.runningPods.start(); // pods already running that no ADD told us about: found through /proc
     this.ready = true;
     this.markReady();
@@ -262,13 +272,7 @@ export class Agent {
     const holder = lockHolder(agentPath); // for logs: the running agent may be in another PID namespace
     this.notReadyReason = 'taking over from the running agent';
     this.log.info({ runningPid: holder, socket: this.cfg.socketPath }, 'state dir held by a running agent; asking it to hand over');
-    let channel: HandoverChannel;
-    try {
-      channel = await requestTakeOver(this.cfg.socketPath, TAKEOVER_TIMEOUT_MS);
-    } catch (err) {
-      this.releaseHandoverLock();
-      throw err;
-    }
+    const channel = await this.requestTakeOver();
     // The predecessor has let go of agent.lock; nobody else can race for it (they would need handover.lock first).
     for (let i = 0; i < 50 && !this.agentLock; i++) {
       this.agentLock = tryLock(agentPath);
@@ -282,6 +286,61 @@ export class Agent {
     this.log.info({ runningPid: holder }, 'state dir taken over; adopting pods');
     return channel;
   }
+
+  /**
+   * Asks the running agent to hand over and takes its pods' listening sockets (listener-transfer.ts) on an inbox opened
+   * first. Returns the channel once the running agent has released the state dir and every listener it sent passed its
+   * checks (kept in takenListeners for adopt()), or an older agent sent none (new listeners are then SO_REUSEPORT beside
+   * its own). Anything else fails the take-over here, before any pod is touched: the running agent carries on.
+   */
+  private async requestTakeOver(): Promise<HandoverChannel> {
+    const log = this.log.child({ component: 'handover' });
+    const token = newHandoverToken();
+    let inbox: ListenerInbox | undefined;
+    try {
+      inbox = ListenerInbox.open(listenerInboxPath(this.cfg.stateDir, token));
+    } catch (err) {
+      log.warn({ error: describe(err) }, 'cannot open the listener inbox; the running agent will refuse the take-over'); // fail closed
+    }
+    const serving = inbox?.serve((meta, fd) => this.handedListenerProblem(meta, fd), LISTENER_LIMITS, log);
+    const received = async (): Promise<{ tally: ListenerInboxTally; handed: HandedByPod }> => (
+      serving ? serving : { tally: { received: 0, accepted: 0, refused: 0, problem: 'no listener inbox' }, handed: new Map() });
+    let taken: Awaited<ReturnType<typeof requestTakeOver>>;
+    try {
+      taken = await requestTakeOver(this.cfg.socketPath, TAKEOVER_TIMEOUT_MS, inbox ? token : undefined);
+    } catch (err) {
+      inbox?.cancel();
+      closeHanded((await received()).handed);
+      this.releaseHandoverLock();
+      throw err;
+    }
+    if (taken.released.listeners === undefined) inbox?.cancel(); // an older agent: it never connects
+    const { tally, handed } = await received();
+    this.enrolledRecords = undefined;
+    const decision = listenerDecision(taken.released, tally);
+    log.info({ ...tally, plan: decision.plan }, 'listeners from the running agent');
+    if (decision.plan === 'fail') {
+      closeHanded(handed);
+      taken.channel.close(); // the running agent resumes with its own listeners
+      this.releaseHandoverLock();
+      throw new TakeOverError(`the take-over was abandoned before adopting any pod: ${decision.reason}`);
+    }
+    if (decision.plan === 'reuseport') log.warn(decision.warning);
+    this.takenListeners = { handed, reusePort: decision.plan === 'reuseport' };
+    return taken.channel;
+  }
+
+  /** Why a listener the predecessor handed over must not be used (undefined: it is the pod's, as its kind says). */
+  private handedListenerProblem(meta: ListenerMeta, fd: number): string | undefined {
+    this.enrolledRecords ??= new Map(this.store.load().filter((r) => r.state === 'enrolled').map((r) => [recordKey(r.containerId, r.ifname), r]));
+    const rec = this.enrolledRecords.get(meta.pod);
+    if (!rec) return 'no pod enrolled under this key in the state dir';
+    const facts = listenerFacts(fd);
+    return listenerProblem(meta.kind, facts, sameNetns(facts.netns, { inode: rec.netnsInode, dev: rec.netnsDev }));
+  }
+
+  /** The state dir's enrolled records, read once for the listener checks of one take-over. */
+  private enrolledRecords: Map<string, PodRecord> | undefined;
 
   /** The successor's last step: the socket path becomes ours, the predecessor is told, its drain is logged. */
   private completeTakeOver(channel: HandoverChannel): void {
@@ -391,6 +450,15 @@ export class Agent {
         if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
         this.ready = true;
         this.server.endHold('local');
+      },
+      moveListeners: async (inbox) => {
+        let path: string;
+        try {
+          path = listenerInboxPath(this.cfg.stateDir, inbox);
+        } catch (err) {
+          return { sent: 0, accepted: 0, problem: describe(err) };
+        }
+        return sendListeners(path, this.enroller.listenerFds(), LISTENER_LIMITS, this.log.child({ component: 'handover' }));
       },
       handOff: async () => {
         this.server.endHold('forward');

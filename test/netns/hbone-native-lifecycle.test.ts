@@ -157,7 +157,7 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
       dialFrom(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0, paused: true }).then((up) => req.answer(200, up), () => req.answer(503));
     },
   };
-  const listener = await hbone.listen(ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
+  const listener = await hbone.listen(ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason), { reusePort: true }); // beside otherPeer and a second server (below)
   const r: Rig = Object.assign(base, { listener });
   t.teardown(async () => {
     for (const c of r.clients) c.destroy();
@@ -421,8 +421,8 @@ netnsTest.serial('native: a stream that crosses the peer\'s GOAWAY is opened aga
     // A pooled connection to the listener about to stop (the only one accepting now), with a stream on it.
     const first = await open(r, '10.79.0.1');
     t.like(await within(first.stream.then((s) => s.ready)), { ok: true }, `attempt ${attempt}: the warm stream works`);
-    // A second server beside it (SO_REUSEPORT), as a successor agent opens its own during a take-over.
-    const successor = await r.hbone.listen(r.ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason));
+    // A second server beside it (SO_REUSEPORT, as an older agent's successor binds beside it).
+    const successor = await r.hbone.listen(r.ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason), { reusePort: true });
     t.teardown(() => successor.close());
     const { client, down } = await appConnection(r);
     void current.stopAccepting();

@@ -40,6 +40,16 @@ except OSError as e:
     print('ended %s %s %.3f after %d echoes' % (type(e).__name__, e, time.time(), n), flush=True)
 `;
 
+/** Binds argv[1]:argv[2] with SO_REUSEPORT and listens; prints 'bound' or the errno's name. */
+const REUSEPORT_BIND = `
+import errno, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8); print('bound')
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+`;
+
 const TAKEN_OVER = 'take-over complete: socket published, predecessor told to stop accepting';
 const DRAINING = 'successor ready: listeners closed, draining';
 const IDLE = 'handed over and drained; idle (not ready, no locks, no listeners) until SIGTERM';
@@ -165,6 +175,11 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const after = { rules: await podRules(server), records: readFileSync(join(agents[1]!.spec.stateDir, 'pods.json'), 'utf8') };
     t.log(`[${mode}] after ${TAKEOVERS} take-overs of the destination: agent fds ${fdsFirst} -> ${fdsLast}; listeners ${JSON.stringify(listeners)}`);
     for (const port of [15001, 15006, 15008]) t.is(listeners[port], 1, `one listener on ${port} in the pod`);
+    // The pod's listeners are not SO_REUSEPORT: root in the pod cannot join them to take a share of its traffic.
+    for (const [addr, port] of [['127.0.0.1', 15001], ['0.0.0.0', 15006], ['0.0.0.0', 15008]] as const) {
+      const r = await server.exec(PY, ['-c', REUSEPORT_BIND, addr, String(port)], { reject: false });
+      t.is(String(r.stdout).trim(), 'EADDRINUSE', `a SO_REUSEPORT bind of ${addr}:${port} in the pod is refused (${String(r.stdout).trim()} ${String(r.stderr).trim()})`);
+    }
     const rulesOnly = (dump: string): string => dump.split('\n').filter((l) => !l.startsWith('#')).join('\n');
     t.is(rulesOnly(after.rules.iptables), rulesOnly(before.rules.iptables), 'the pod\'s iptables rules are unchanged');
     const noCounters = (dump: string): string => dump.replace(/counter packets \d+ bytes \d+/g, 'counter');

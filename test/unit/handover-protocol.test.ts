@@ -3,7 +3,7 @@
 import test from 'ava';
 import {
   HandoverProtocolError, RELAY_LIMITS, drainTally, encodeHandoverMessage, encodeRelayMessage, parseHandoverMessage, parseRelayMessage,
-  isHandoverToken, isRelayInboxName, newHandoverToken, refusalReason, relayBatches, relayInboxPath, startPlan, type HandoverMessage, type RelayMessage, type RelayMeta,
+  isHandoverToken, isInboxName, newHandoverToken, refusalReason, relayBatches, relayInboxPath, startPlan, type HandoverMessage, type RelayMessage, type RelayMeta,
 } from '../../agent/src/handover/protocol.js';
 import { decodeScmRights, encodeScmRights, scmRightsSpace } from '../../agent/src/platform/fd-passing.js';
 
@@ -128,9 +128,9 @@ test('relay inbox path: in the state dir, named by a random token (never a pid: 
   t.not(a, b);
   t.true(isHandoverToken(a));
   t.is(relayInboxPath('/var/lib/ambient-node/', a), `/var/lib/ambient-node/relays.${a}.sock`);
-  t.true(isRelayInboxName(`relays.${a}.sock`));
-  t.true(isRelayInboxName('relays.42.sock'), 'an older agent\'s inbox is recognised (and removed as stale)');
-  t.false(isRelayInboxName('pods.json'));
+  t.true(isInboxName(`relays.${a}.sock`));
+  t.true(isInboxName('relays.42.sock'), 'an older agent\'s inbox is recognised (and removed as stale)');
+  t.false(isInboxName('pods.json'));
   for (const bad of ['42', '../x', '', 'ZZZZZZZZZZZZZZZZ']) t.throws(() => relayInboxPath('/s', bad), { instanceOf: HandoverProtocolError }, bad);
 });
 

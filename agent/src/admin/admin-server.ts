@@ -1,6 +1,6 @@
 // The agent's loopback HTTP endpoints: Prometheus metrics (:15020), readiness (:15021) and the admin API (:15000:
 // /config_dump, /logging). Bound to 127.0.0.1 only; the agent runs in the node's network namespace.
-// SO_REUSEPORT (sockets.ts): a successor agent binds the same ports while this one runs; this one closes its own on hand-over.
+// SO_REUSEPORT (asked of listenFdIn): a successor agent binds the same ports while this one runs; this one closes its own on hand-over.
 import http from 'node:http';
 import { close } from '../platform/libc.js';
 import { selfNetns } from '../platform/netns.js';
@@ -82,7 +82,7 @@ export class AdminServer {
     server.keepAliveTimeout = 5000;
     let fd: number;
     try {
-      fd = listenFdIn(selfNetns(), { address: '127.0.0.1', port });
+      fd = listenFdIn(selfNetns(), { address: '127.0.0.1', port, reusePort: true });
     } catch (err) {
       throw new Error(`cannot listen on 127.0.0.1:${port}: ${(err as Error).message}`, { cause: err });
     }

@@ -9,7 +9,7 @@ import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { allowListenerMigration, dialFrom, listenIn, originalDst } from '../platform/sockets.js';
+import { dialFrom, listenIn, originalDst, serverFd } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { formatHostPort, normalizeIp } from '../protocol/address.js';
@@ -22,6 +22,7 @@ import { decideOutbound, decidePlaintextInbound, type OutboundContext } from './
 import { pauseRelay, type PausedRelay } from './relay-pause.js';
 import { closeAll } from '../platform/fd-passing.js';
 import type { RelayMeta } from '../handover/protocol.js';
+import type { HandedListeners, ListenerKind } from '../handover/listener-protocol.js';
 
 export type { Direction } from './connections.js';
 
@@ -133,28 +134,42 @@ export class PodForwarder {
 
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
 
-  /** Opens the three listeners inside the pod. Throws (after closing any it opened) if one cannot be bound. */
-  async start(): Promise<void> {
+  /**
+   * Opens the three listeners inside the pod: the sockets in `handed` (a predecessor's, handed over in a take-over, checked
+   * by the caller) where given, else new ones, SO_REUSEPORT only with `reusePort` (beside an older agent's). Owns the
+   * handed fds from the call on. Throws (after closing any it opened, and every handed fd) if one cannot be had.
+   */
+  async start(handed: HandedListeners = {}, reusePort = false): Promise<void> {
     const ns = this.self.ns;
+    const pending = { ...handed };
+    const socket = (kind: ListenerKind): { fd?: number; reusePort?: boolean } => {
+      const fd = pending[kind];
+      delete pending[kind]; // from here on listenIn's (it closes it when it fails)
+      return fd !== undefined ? { fd } : { reusePort };
+    };
     try {
-      // A take-over's predecessor closing its listeners hands their queues to ours; best effort (read-only /proc/sys).
-      const noMigration = allowListenerMigration(ns);
-      if (noMigration !== undefined && !migrationWarned) {
-        migrationWarned = true;
-        this.log.warn({ error: noMigration }, 'net.ipv4.tcp_migrate_req cannot be set in pod namespaces (is /proc/sys read-only? run the agent privileged): ' +
-          'during a take-over, connections not yet accepted when the old agent closes its listeners are reset');
-      }
       // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
       // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
-      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true }, (s) => this.outbound(s)));
-      this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT }, (s) => this.plaintextInbound(s)));
+      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true, ...socket('outbound') }, (s) => this.outbound(s)));
+      this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT, ...socket('inbound') }, (s) => this.plaintextInbound(s)));
       this.hboneListener = await this.mesh.hbone.listen(
-        ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++,
+        ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++, socket('hbone'),
       );
     } catch (err) {
+      closeAll(Object.values(pending));
       await this.stop();
       throw err;
     }
+  }
+
+  /** The listening sockets' fds by kind (those open): what a take-over hands to the successor (this agent keeps its own). */
+  listenerFds(): { kind: ListenerKind; fd: number }[] {
+    const fds: { kind: ListenerKind; fd: number | undefined }[] = [
+      { kind: 'outbound', fd: this.servers[0] && serverFd(this.servers[0]) },
+      { kind: 'inbound', fd: this.servers[1] && serverFd(this.servers[1]) },
+      { kind: 'hbone', fd: this.hboneListener?.fd },
+    ];
+    return fds.filter((l): l is { kind: ListenerKind; fd: number } => l.fd !== undefined);
   }
 
   /** True while all listeners are open. */
@@ -168,8 +183,8 @@ export class PodForwarder {
   }
 
   /**
-   * A take-over's first step of the drain: closes the listeners only (queued connections migrate to the successor's);
-   * open relays go on until they end or stop() cuts them.
+   * A take-over's first step of the drain: closes this agent's copies of the listening sockets (the successor holds the
+   * same sockets, so their queued connections are its to accept); open relays go on until they end or stop() cuts them.
    */
   async stopAccepting(): Promise<void> {
     // Not awaited: a net.Server's close callback waits for its open connections, which the drain lets run.
@@ -671,5 +686,3 @@ interface Closable {
   destroy(): void;
 }
 
-/** Whether the agent already warned that listener queues cannot migrate on a take-over (once per process). */
-let migrationWarned = false;

@@ -18,13 +18,22 @@ export const HANDOVER_LOCK_FILE = 'handover.lock';
 
 /**
  * One line of the protocol (JSON, newline-terminated). In order:
- * successor `begin` -> predecessor `released` (it has stopped changing anything and let go of agent.lock) or `refused`;
- * successor `ready` (it owns the socket path and the pods' listeners) -> predecessor `draining`, later `drained`, exit.
+ * successor `begin` -> predecessor hands its pods' listening sockets over (listener-transfer.ts), then `released` (it
+ * has stopped changing anything and let go of agent.lock) or `refused`; successor `ready` (it owns the socket path and
+ * accepts on the pods' listeners) -> predecessor `draining`, later `drained`, exit.
  * If the successor's connection ends before `ready`, the predecessor takes agent.lock back and carries on.
  */
 export type HandoverMessage =
-  | { type: 'begin'; pid: number }
-  | { type: 'released' }
+  /**
+   * `listeners`: the listener hand-over version the successor takes on its listener inbox, `inbox` that inbox's token
+   * (opened before `begin` is sent, so the predecessor can hand its listeners before `released`).
+   */
+  | { type: 'begin'; pid: number; listeners?: number; inbox?: string }
+  /**
+   * `listeners`: present when the predecessor handed its listeners over under that version (all of them, then `done`);
+   * absent from an older predecessor, whose listeners are SO_REUSEPORT and stay its own.
+   */
+  | { type: 'released'; listeners?: number }
   | { type: 'refused'; reason: string }
   /**
    * `relays`: the relay hand-over version the successor accepts on its relay inbox, `inbox` that inbox's token (see
@@ -55,6 +64,17 @@ function count(o: Record<string, unknown>, key: string): number {
   return v;
 }
 
+function inboxToken(o: Record<string, unknown>): string | undefined {
+  if (o.inbox !== undefined && !isHandoverToken(o.inbox)) throw new HandoverProtocolError('handover message field "inbox" must be a token of 16 to 64 hex digits');
+  return o.inbox;
+}
+
+/** An optional version field and the optional inbox token that goes with it. */
+function versionAndInbox(o: Record<string, unknown>, key: 'listeners'): { listeners?: number; inbox?: string } {
+  const inbox = inboxToken(o);
+  return { ...(o[key] !== undefined ? { [key]: count(o, key) } : {}), ...(inbox !== undefined ? { inbox } : {}) };
+}
+
 /** Parses one line; throws HandoverProtocolError on anything that is not a known message. Pure. */
 export function parseHandoverMessage(line: string): HandoverMessage {
   let v: unknown;
@@ -67,15 +87,15 @@ export function parseHandoverMessage(line: string): HandoverMessage {
   const o = v as Record<string, unknown>;
   switch (o.type) {
     case 'begin':
-      return { type: 'begin', pid: count(o, 'pid') };
+      return { type: 'begin', pid: count(o, 'pid'), ...versionAndInbox(o, 'listeners') };
     case 'ready':
-      if (o.inbox !== undefined && !isHandoverToken(o.inbox)) throw new HandoverProtocolError('handover message field "inbox" must be a token of 16 to 64 hex digits');
+      inboxToken(o);
       return {
         type: 'ready', pid: count(o, 'pid'), ...(o.relays !== undefined ? { relays: count(o, 'relays') } : {}),
         ...(typeof o.inbox === 'string' ? { inbox: o.inbox } : {}),
       };
     case 'released':
-      return { type: 'released' };
+      return { type: 'released', ...(o.listeners !== undefined ? { listeners: count(o, 'listeners') } : {}) };
     case 'refused':
       if (typeof o.reason !== 'string') throw new HandoverProtocolError('handover message field "reason" must be a string');
       return { type: 'refused', reason: o.reason };
@@ -156,9 +176,12 @@ export function relayInboxPath(stateDir: string, token: string): string {
   return `${stateDir.replace(/\/+$/, '')}/relays.${token}.sock`;
 }
 
-/** True for a file name relayInboxPath makes (or an older agent's, named by its pid). Pure. */
-export function isRelayInboxName(name: string): boolean {
-  return /^relays\.[0-9a-f]+\.sock$/.test(name);
+/**
+ * True for a file name relayInboxPath or listenerInboxPath (listener-protocol.ts) makes (or an older agent's relay
+ * inbox, named by its pid): what an agent opening an inbox removes as left by an agent that died. Pure.
+ */
+export function isInboxName(name: string): boolean {
+  return /^(relays|listeners)\.[0-9a-f]+\.sock$/.test(name);
 }
 
 /** Bounds of one relay hand-over; every wait on the other agent is one of these. */

@@ -1,19 +1,16 @@
 // Moving plain TCP relays from a predecessor to its successor during a take-over: the predecessor's sender
 // (sendRelays) and the successor's inbox (RelayInbox), over a SOCK_SEQPACKET socket with SCM_RIGHTS (protocol.ts).
-import { readdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { AF_INET, SOCK_STREAM, close } from '../platform/libc.js';
-import {
-  acceptOne, closeAll, connectUnixSeqpacket, listenUnixSeqpacket, peerCredentials, receiveMessage, sendMessage, socketKind,
-} from '../platform/fd-passing.js';
+import { closeAll, connectUnixSeqpacket, sendMessage, socketKind } from '../platform/fd-passing.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MovableRelay } from '../forwarder/pod-forwarder.js';
 import type { PausedRelay } from '../forwarder/relay-pause.js';
 import {
-  HandoverProtocolError, RELAY_HANDOVER_VERSION, encodeRelayMessage, isRelayInboxName, parseRelayMessage, relayBatches,
+  HandoverProtocolError, RELAY_HANDOVER_VERSION, encodeRelayMessage, parseRelayMessage, relayBatches,
   type RelayLimits, type RelayMessage, type RelayMeta, type RelayMoveTally,
 } from './protocol.js';
+import { InboxSocket, checkPeer, receiveParsed } from './inbox.js';
 
 /** A relay the predecessor offers, with its pod's key. */
 export interface OutgoingRelay {
@@ -22,34 +19,14 @@ export interface OutgoingRelay {
 }
 
 /** Receives one relay message by `deadline`; throws when the peer closed, sent nothing or sent something malformed. */
-async function expect(fd: number, limits: RelayLimits, maxFds: number, deadline: number, what: string): Promise<{ msg: RelayMessage; fds: number[] }> {
-  const r = await receiveMessage(fd, limits.maxMessageBytes, maxFds, deadline);
-  if (r === undefined) throw new HandoverProtocolError(`no ${what} from the other agent in time`);
-  if (r.closed) throw new HandoverProtocolError(`the other agent closed the relay socket before its ${what}`);
-  try {
-    if (r.problem) throw new HandoverProtocolError(r.problem);
-    return { msg: parseRelayMessage(r.data, r.fds.length, limits), fds: r.fds };
-  } catch (err) {
-    closeAll(r.fds);
-    throw err;
-  }
+function expect(fd: number, limits: RelayLimits, maxFds: number, deadline: number, what: string): Promise<{ msg: RelayMessage; fds: number[] }> {
+  return receiveParsed(fd, limits, maxFds, deadline, what, (data, n) => parseRelayMessage(data, n, limits));
 }
 
 function keep(tally: RelayMoveTally, n: number, reason: string): void {
   if (n <= 0) return;
   tally.kept += n;
   tally.reasons[reason] = (tally.reasons[reason] ?? 0) + n;
-}
-
-/**
- * The other end of a relay socket must run as this agent's user: the inbox lives in the root-only state dir, so that
- * and its random name (sent over the event socket's take-over channel) are what identify the peer. PIDs are only logged:
- * the agents are in different PID namespaces (SO_PEERCRED reports a peer outside ours as pid 0).
- */
-function checkPeer(fd: number): { pid: number; uid: number } {
-  const peer = peerCredentials(fd);
-  if (peer.uid !== (process.getuid?.() ?? 0)) throw new HandoverProtocolError(`the other end of the relay socket runs as uid ${peer.uid}, not as this agent's user`);
-  return peer;
 }
 
 /**
@@ -164,30 +141,16 @@ export interface InboxHooks {
  * `ready` is sent.
  */
 export class RelayInbox {
-  private listenFd: number | undefined;
+  private constructor(private readonly socket: InboxSocket) {}
 
-  private constructor(private readonly path: string, fd: number) {
-    this.listenFd = fd;
-  }
-
-  /**
-   * Opens the inbox at `path`, after removing every other inbox beside it: left by agents that died (a successor killed
-   * mid-take-over). The caller holds handover.lock, so no other agent can be waiting on an inbox of its own.
-   */
+  /** Opens the inbox at `path` (removing inboxes left by agents that died: see InboxSocket). */
   static open(path: string): RelayInbox {
-    const dir = dirname(path);
-    for (const name of readdirSync(dir)) {
-      if (isRelayInboxName(name) && join(dir, name) !== path) rmSync(join(dir, name), { force: true });
-    }
-    return new RelayInbox(path, listenUnixSeqpacket(path));
+    return new RelayInbox(new InboxSocket(path));
   }
 
   /** Stops listening and removes the socket file. Idempotent. */
   close(): void {
-    if (this.listenFd === undefined) return;
-    close(this.listenFd);
-    this.listenFd = undefined;
-    rmSync(this.path, { force: true });
+    this.socket.close();
   }
 
   /**
@@ -197,11 +160,9 @@ export class RelayInbox {
    */
   async serve(hooks: InboxHooks, limits: RelayLimits, log: Logger, ackDelayMs = 0): Promise<InboxTally> {
     const tally: InboxTally = { received: 0, adopted: 0, refused: 0 };
-    const listenFd = this.listenFd;
-    if (listenFd === undefined) return tally;
     let fd: number | undefined;
     try {
-      fd = await acceptOne(listenFd, Date.now() + limits.idleMs);
+      fd = await this.socket.accept(Date.now() + limits.idleMs);
       this.close();
       if (fd === undefined) {
         log.info('no predecessor connected to the relay inbox; it moves no relays');

@@ -8,6 +8,8 @@ import {
   HANDOVER_PATH, HANDOVER_PROTOCOL, HandoverProtocolError, RELAY_HANDOVER_VERSION, TakeOverError, encodeHandoverMessage, parseHandoverMessage,
   type DrainTally, type HandoverMessage, type RelayMoveTally,
 } from './protocol.js';
+import { LISTENER_HANDOVER_VERSION, listenerRefusal } from './listener-protocol.js';
+import type { ListenerSendTally } from './listener-transfer.js';
 
 /** No protocol line is longer than this; a peer sending more is not an agent. */
 const MAX_LINE = 4096;
@@ -115,11 +117,15 @@ export class HandoverChannel {
   }
 }
 
+/** The running agent's `released`: it has let go of the state dir (and says whether it handed its listeners over). */
+export type Released = Extract<HandoverMessage, { type: 'released' }>;
+
 /**
- * The successor's first step: asks the agent at `socketPath` to hand over and waits until it has released the state
- * dir (`released`). Throws TakeOverError when it refuses, does not speak the protocol, or does not answer in time.
+ * The successor's first step: asks the agent at `socketPath` to hand over (`listenerInbox`: the token of the inbox this
+ * agent takes the pods' listeners on, already open) and waits until it has released the state dir (`released`).
+ * Throws TakeOverError when it refuses, does not speak the protocol, or does not answer in time.
  */
-export function requestTakeOver(socketPath: string, timeoutMs: number): Promise<HandoverChannel> {
+export function requestTakeOver(socketPath: string, timeoutMs: number, listenerInbox?: string): Promise<{ channel: HandoverChannel; released: Released }> {
   return new Promise((resolve, reject) => {
     const req = http.request({
       socketPath, path: HANDOVER_PATH, method: 'GET', timeout: timeoutMs,
@@ -135,9 +141,9 @@ export function requestTakeOver(socketPath: string, timeoutMs: number): Promise<
     req.on('upgrade', (_res, conn, head) => {
       req.setTimeout(0);
       const channel = new HandoverChannel(conn, head);
-      channel.send({ type: 'begin', pid: process.pid });
+      channel.send({ type: 'begin', pid: process.pid, ...(listenerInbox ? { listeners: LISTENER_HANDOVER_VERSION, inbox: listenerInbox } : {}) });
       channel.next(timeoutMs).then((m) => {
-        if (m.type === 'released') return resolve(channel);
+        if (m.type === 'released') return resolve({ channel, released: m });
         channel.close();
         reject(new TakeOverError(m.type === 'refused' ? `the running agent refused to hand over: ${m.reason}` : `unexpected take-over answer "${m.type}"`));
       }, (err: unknown) => {
@@ -155,6 +161,11 @@ export interface PredecessorHooks {
   refusal(): string | undefined;
   /** Stops changing rules and records, waits for work in progress, releases agent.lock. */
   freeze(successorPid: number): Promise<void>;
+  /**
+   * Hands every pod's listening sockets to the successor's listener inbox (token from `begin`); this agent keeps its
+   * copies (closed by handOff). A `problem` fails the take-over before `released`: this agent resumes.
+   */
+  moveListeners(inbox: string): Promise<ListenerSendTally>;
   /** The successor went away before it was ready: take agent.lock back and carry on as before. */
   resume(reason: string): Promise<void>;
   /** The successor is ready: forward held events, stop accepting; returns the open connections to drain. */
@@ -208,7 +219,7 @@ export async function servePredecessor(conn: Duplex, head: Buffer, hooks: Predec
     channel.close();
     return;
   }
-  const refusal = hooks.refusal();
+  const refusal = hooks.refusal() ?? listenerRefusal(begin);
   if (refusal) {
     log.warn({ successorPid: begin.pid, reason: refusal }, 'take-over refused');
     channel.send({ type: 'refused', reason: refusal });
@@ -219,7 +230,16 @@ export async function servePredecessor(conn: Duplex, head: Buffer, hooks: Predec
   let ready: Extract<HandoverMessage, { type: 'ready' }>;
   try {
     await hooks.freeze(begin.pid);
-    channel.send({ type: 'released' });
+    // listenerRefusal: the successor named its inbox and our version.
+    const t0 = process.hrtime.bigint();
+    const listeners = await hooks.moveListeners(begin.inbox ?? '');
+    if (listeners.problem) {
+      log.warn({ ...listeners }, 'listener hand-over failed; the take-over is refused and this agent carries on');
+      channel.send({ type: 'refused', reason: `the listener hand-over failed: ${listeners.problem}` });
+      throw new TakeOverError(`the listener hand-over failed: ${listeners.problem}`);
+    }
+    log.info({ ...listeners, ms: Number(process.hrtime.bigint() - t0) / 1e6 }, 'listening sockets handed over to the successor (this agent accepts on them until it is ready)');
+    channel.send({ type: 'released', listeners: LISTENER_HANDOVER_VERSION });
     ready = await awaitReady(channel, log);
   } catch (err) {
     channel.close();

@@ -47,12 +47,21 @@ export interface HboneInboundRequest {
   answer(status: number, upstream?: net.Socket): void;
 }
 
+/** How a pod listener gets its socket: a handed one (`fd`), or a new one, SO_REUSEPORT only when asked. */
+export interface ListenSocket {
+  fd?: number;
+  reusePort?: boolean;
+}
+
 export interface HboneListener {
   readonly listening: boolean;
+  /** The listening socket's fd while it listens (what a take-over hands to the successor), else undefined. */
+  readonly fd: number | undefined;
   /** Closes the listener and its sessions at once (their streams are cut). */
   close(): Promise<void>;
   /**
-   * For a take-over's drain: closes the listener (its accept queue migrates to the successor's) and closes its sessions
+   * For a take-over's drain: closes this agent's copy of the listening socket (the successor, which was handed the same
+   * socket, keeps accepting from its queue) and closes its sessions
    * gracefully (GOAWAY: open streams finish, peers open new sessions elsewhere). close() still cuts what is left.
    */
   stopAccepting(): Promise<void>;
@@ -69,6 +78,7 @@ export interface HboneDataPath {
   /**
    * A pod's 15008 listener: clients must present a certificate chaining to the roots with a SPIFFE ID in `trustDomain`;
    * each CONNECT is handed to `onRequest`, refusals (handshake, identity, limits) reported to `onRefused`.
+   * `socket`: a listening fd to use (handed over by a predecessor) instead of binding one, or SO_REUSEPORT for a new one.
    */
   listen(
     ns: Netns,
@@ -76,6 +86,7 @@ export interface HboneDataPath {
     trustDomain: string,
     onRequest: (r: HboneInboundRequest) => void,
     onRefused: (reason: string) => void,
+    socket?: ListenSocket,
   ): Promise<HboneListener>;
   /** Closes every pooled connection from one source pod (it left the mesh). */
   closeFrom(srcIp: string): void;

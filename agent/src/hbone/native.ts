@@ -10,10 +10,10 @@ import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
 import { close } from '../platform/libc.js';
-import { dialFrom, listenIn, takeFd } from '../platform/sockets.js';
+import { dialFrom, listenIn, serverFd, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { HboneStatusError } from './connect.js';
-import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from './data-path.js';
+import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd, ListenSocket } from './data-path.js';
 import { MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
 import { LineSplitter } from '../protocol/line-splitter.js';
 import { formatHostPort, normalizeIp } from '../protocol/address.js';
@@ -626,11 +626,17 @@ export class NativeHbone implements HboneDataPath {
     trustDomain: string,
     onRequest: (r: HboneInboundRequest) => void,
     onRefused: (reason: string) => void,
+    socket: ListenSocket = {},
   ): Promise<HboneListener> {
-    this.need();
-    await this.ctx(true, identity); // fail now, not per connection, when there is no certificate
+    try {
+      this.need();
+      await this.ctx(true, identity); // fail now, not per connection, when there is no certificate
+    } catch (err) {
+      if (socket.fd !== undefined) close(socket.fd); // ours from the call on, like listenIn's
+      throw err;
+    }
     const sessions = new Set<number>();
-    const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true }, (sock) => {
+    const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true, ...socket }, (sock) => {
       sock.on('error', () => undefined);
       const info = { peerAddress: normalizeIp(sock.remoteAddress ?? ''), peerPort: sock.remotePort ?? 0, localAddress: formatHostPort(normalizeIp(sock.localAddress ?? ''), sock.localPort ?? 0) };
       // Connections that have not finished TLS + HTTP/2 cost an fd and memory and prove nothing: a bounded number per node.
@@ -685,6 +691,9 @@ export class NativeHbone implements HboneDataPath {
     return {
       get listening() {
         return server.listening;
+      },
+      get fd() {
+        return serverFd(server);
       },
       close: async () => {
         for (const id of sessions) this.lib?.closeSession(id, false);

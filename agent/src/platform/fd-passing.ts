@@ -3,7 +3,7 @@
 import { chmodSync, rmSync } from 'node:fs';
 import {
   AF_UNIX, POLLIN, POLLOUT, pollAsync, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_TRUNC, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_NONBLOCK,
-  SOCK_SEQPACKET, SOL_SOCKET, SO_DOMAIN, SO_PEERCRED, SO_TYPE, accept, bind, close, connect, getsockoptBuf, listen,
+  SOCK_SEQPACKET, SOL_SOCKET, SO_DOMAIN, SO_PEERCRED, SO_TYPE, bind, close, connect, getsockoptBuf, listen,
   recvmsg, sendmsg, sockaddrUn, socket,
 } from './libc.js';
 
@@ -95,11 +95,6 @@ export async function pollUntil<T>(step: () => T | undefined, deadline: number, 
     if (fd === undefined) await new Promise((r) => setTimeout(r, Math.min(left, 5)));
     else await pollAsync(fd, events, Math.min(left, 50));
   }
-}
-
-/** Accepts one connection on a listening socket made by listenUnixSeqpacket, by `deadline`. */
-export function acceptOne(listenFd: number, deadline: number): Promise<number | undefined> {
-  return pollUntil(() => accept(listenFd, SOCK_NONBLOCK | SOCK_CLOEXEC), deadline, listenFd);
 }
 
 /** Connects a non-blocking SOCK_SEQPACKET socket to `path` by `deadline`; throws when nothing listens there. */

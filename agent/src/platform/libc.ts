@@ -27,6 +27,10 @@ export const SOCK_SEQPACKET = 5;
 export const SO_TYPE = 3;
 export const SO_PEERCRED = 17;
 export const SO_DOMAIN = 39;
+/** 1 when the socket is listening (read-only). */
+export const SO_ACCEPTCONN = 30;
+/** ioctl on a socket: a new fd (close-on-exec) for the network namespace the socket belongs to (Linux 4.9+). */
+export const SIOCGSKNS = 0x894c;
 export const MSG_CTRUNC = 0x8;
 export const MSG_TRUNC = 0x20;
 export const MSG_DONTWAIT = 0x40;
@@ -55,6 +59,8 @@ const fns = {
   recvmsg: libc.func('recvmsg', 'intptr_t', ['int', koffi.inout(koffi.pointer(msghdr)), 'int']),
   poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   close: libc.func('int close(int fd)'),
+  /** Declared without the variadic argument: used only for requests that take none (SIOCGSKNS). */
+  ioctl: libc.func('int ioctl(int fd, unsigned long request)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
   strerror: libc.func('const char *strerror(int errnum)'),
@@ -211,6 +217,11 @@ export function flock(fd: number, operation: number): boolean {
   const errno = koffi.errno();
   if (errno === EWOULDBLOCK) return false;
   throw new SyscallError('flock', errno);
+}
+
+/** ioctl(2) for a request that takes no argument; returns its result (e.g. a new fd). */
+export function ioctlNoArg(fd: number, request: number, what: string): number {
+  return check('ioctl', fns.ioctl(fd, request) as number, what);
 }
 
 export function close(fd: number): void {

@@ -1,15 +1,17 @@
 // TCP sockets created inside a pod's network namespace and handed to Node, and SO_ORIGINAL_DST.
 // Sockets are made with koffi inside withNetns (so they belong to the pod) and wrapped by net.Server / net.Socket afterwards.
-// Listeners are SO_REUSEPORT so a successor agent can open its own beside them during a take-over (handover/).
-import { writeFileSync } from 'node:fs';
+// In-pod listeners are not SO_REUSEPORT (nothing else may join them); a take-over hands the same sockets to the successor
+// (handover/listener-transfer.ts), whose facts it checks with listenerFacts before use.
+import { fstatSync } from 'node:fs';
 import net from 'node:net';
 import {
-  AF_INET, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_MARK, SO_ORIGINAL_DST,
-  SO_REUSEADDR, SO_REUSEPORT, IP_BIND_ADDRESS_NO_PORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockname, getsockoptBuf, listen,
-  parseSockaddrIn, setsockoptInt, socket, sockaddrIn,
+  SIOCGSKNS, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_ACCEPTCONN, SO_MARK, SO_ORIGINAL_DST,
+  SO_REUSEADDR, SO_REUSEPORT, AF_INET, IP_BIND_ADDRESS_NO_PORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockname, getsockoptBuf,
+  ioctlNoArg, listen, parseSockaddrIn, setsockoptInt, socket, sockaddrIn,
 } from './libc.js';
-import { type Netns, withNetns } from './netns.js';
 import { normalizeIp } from '../protocol/address.js';
+import { socketKind } from './fd-passing.js';
+import { type Netns, type NetnsId, withNetns } from './netns.js';
 
 export interface ListenOptions {
   address: string;
@@ -19,19 +21,22 @@ export interface ListenOptions {
   transparent?: boolean;
   /** Accepted sockets are not read by Node (their fds go to the native data plane, which must see every byte). */
   pauseOnConnect?: boolean;
+  /**
+   * SO_REUSEPORT: another socket of the same user may bind the same address and share the connections. Only for
+   * listeners beside an older agent's (which were all SO_REUSEPORT) and the agent's own-netns ports; never by default.
+   */
+  reusePort?: boolean;
+  /** A listening socket already made (handed over by a predecessor agent): used instead of binding a new one. */
+  fd?: number;
 }
 
-/**
- * A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). SO_REUSEPORT: a second agent (root,
- * the same uid, as the kernel requires) binds the same address while this one still listens, so a take-over never
- * leaves the pod without a listener; the kernel spreads new connections over the group until one side closes.
- */
+/** A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). */
 export function listenFdIn(ns: Netns, opts: ListenOptions): number {
   return withNetns(ns, () => {
     const fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     try {
       setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
-      setsockoptInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
+      if (opts.reusePort) setsockoptInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
       if (opts.transparent) setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
       bind(fd, sockaddrIn(opts.address, opts.port));
       listen(fd, opts.backlog ?? 511);
@@ -43,26 +48,35 @@ export function listenFdIn(ns: Netns, opts: ListenOptions): number {
   });
 }
 
-/**
- * Sets net.ipv4.tcp_migrate_req=1 in ns (a per-namespace sysctl, kernel >= 5.14): when a listener of a SO_REUSEPORT
- * group closes, the connections in its accept queue move to another listener of the group instead of being reset.
- * That is what lets an agent that handed over close its listeners without failing connections it had not accepted yet.
- * /proc/sys/net is resolved against the opening thread's namespace, hence the synchronous write inside withNetns.
- */
-export function allowListenerMigration(ns: Netns): string | undefined {
+/** What a listening socket is, from the kernel: a received descriptor is used only once these match what it should be. */
+export interface ListenerFacts {
+  domain: number;
+  type: number;
+  /** SO_ACCEPTCONN. */
+  listening: boolean;
+  /** getsockname (IPv4 only: anything else has no address here). */
+  local: { address: string; port: number } | undefined;
+  /** The network namespace the socket belongs to (SIOCGSKNS), identified like a Netns. */
+  netns: NetnsId;
+}
+
+/** Reads a descriptor's ListenerFacts; throws when it is not a socket (or the kernel lacks SIOCGSKNS, Linux < 4.9). */
+export function listenerFacts(fd: number): ListenerFacts {
+  const kind = socketKind(fd);
+  const listening = getsockoptBuf(fd, SOL_SOCKET, SO_ACCEPTCONN, 4, 'SO_ACCEPTCONN').readInt32LE(0) === 1;
+  const local = kind.domain === AF_INET ? parseSockaddrIn(getsockname(fd)) : undefined;
+  const nsFd = ioctlNoArg(fd, SIOCGSKNS, 'SIOCGSKNS');
   try {
-    withNetns(ns, () => writeFileSync('/proc/sys/net/ipv4/tcp_migrate_req', '1'));
-    return undefined;
-  } catch (err) {
-    // A container's /proc/sys is read-only unless it runs privileged: the agent works on, a take-over costs the
-    // connections queued (not yet accepted) on the old listeners at the moment they close. The caller says so, once.
-    return (err as Error).message;
+    const st = fstatSync(nsFd);
+    return { ...kind, listening, local, netns: { inode: st.ino, dev: st.dev } };
+  } finally {
+    close(nsFd);
   }
 }
 
 /** A net.Server listening inside ns; resolves once Node has adopted the socket. */
 export async function listenIn(ns: Netns, opts: ListenOptions, onConnection: (s: net.Socket) => void): Promise<net.Server> {
-  const fd = listenFdIn(ns, opts);
+  const fd = opts.fd ?? listenFdIn(ns, opts);
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: opts.pauseOnConnect ?? false }, onConnection);
   try {
     await new Promise<void>((resolve, reject) => {
@@ -174,6 +188,12 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
 
 interface HandleWithFd {
   fd?: number;
+}
+
+/** A listening net.Server's fd (its libuv handle's), else undefined: what a take-over hands to the successor. */
+export function serverFd(server: net.Server): number | undefined {
+  const fd = (server as unknown as { _handle?: HandleWithFd | null })._handle?.fd;
+  return server.listening && typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
 /** The socket's fd while Node holds it (its libuv handle's), else undefined. */

@@ -2,6 +2,7 @@
 // unenrol). The command modules (cni-commands, adoption, late-enrolment) run these under the attachment's lock.
 import { AgentError, describe } from '../errors.js';
 import { PodForwarder, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
+import type { HandedByPod } from '../handover/listener-transfer.js';
 import type { Logger } from '../log.js';
 import { Netns, sameNetns, statNetns, type NetnsId } from '../platform/netns.js';
 import { authorize } from '../policy/authorization.js';
@@ -87,6 +88,11 @@ export class Attachments {
   readonly mutex = new KeyedMutex();
   /** Identities of pods whose enrolment is in progress: retained even before their record is stored. */
   private enrolling = new Map<string, number>();
+  /**
+   * While a successor adopts pods (Enroller.adopt): the predecessor's listeners, which a pod's new forwarder takes (its
+   * entry removed) instead of binding; and whether new ones are SO_REUSEPORT (beside an older predecessor's).
+   */
+  adoptListeners: { handed: HandedByPod; reusePort: boolean } | undefined;
 
   constructor(
     readonly backend: RedirectBackend,
@@ -198,7 +204,9 @@ export class Attachments {
       ]);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
-        await forwarder.start();
+        const handed = this.adoptListeners?.handed.get(key);
+        this.adoptListeners?.handed.delete(key);
+        await forwarder.start(handed, this.adoptListeners?.reusePort ?? false);
         live = { netns: opened, forwarder };
         this.live.set(key, live);
       } else if (live && !live.forwarder.listening) {

@@ -3,6 +3,8 @@
 import type { ConnectionSnapshot } from '../forwarder/connections.js';
 import type { ForwarderStats, MeshContext, MovableRelay } from '../forwarder/pod-forwarder.js';
 import type { RelayMeta } from '../handover/protocol.js';
+import type { ListenerKind } from '../handover/listener-protocol.js';
+import { closeHanded, type HandedByPod } from '../handover/listener-transfer.js';
 import { closeAll } from '../platform/fd-passing.js';
 import type { Logger } from '../log.js';
 import type { CniEvent, EventVerdict, GcEvent } from '../protocol/cni-event.js';
@@ -32,7 +34,7 @@ export class Enroller {
     backend: RedirectBackend,
     source: WorkloadSource,
     private readonly store: StateStore,
-    log: Logger,
+    private readonly log: Logger,
     podLookupTimeoutMs: number,
     mesh: MeshContext,
     observer?: EnrollerObserver,
@@ -102,7 +104,15 @@ export class Enroller {
     live.forwarder.adoptRelay(meta, downFd, upFd);
   }
 
-  /** A take-over's hand-off: every pod's listeners close (their queues migrate), open relays go on. */
+  /** Every enrolled pod's listening sockets, with the pod's key: what a take-over hands to the successor before `released`. */
+  listenerFds(): { pod: string; kind: ListenerKind; fd: number }[] {
+    return [...this.attachments.live.entries()].flatMap(([pod, l]) => l.forwarder.listenerFds().map((x) => ({ pod, ...x })));
+  }
+
+  /**
+   * A take-over's hand-off: this agent closes its copies of every pod's listening sockets (the successor holds the same
+   * sockets and accepts what is queued), open relays go on.
+   */
   async stopAccepting(): Promise<void> {
     await Promise.all([...this.attachments.live.values()].map((l) => l.forwarder.stopAccepting()));
   }
@@ -156,9 +166,20 @@ export class Enroller {
     });
   }
 
-  /** Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone. */
-  adopt(): Promise<void> {
-    return adopt(this.attachments, this.store.load());
+  /**
+   * Re-adopts persisted pods after a restart: reopens their netns, repairs rules, re-creates listeners; drops the gone.
+   * `listeners` (a take-over): the predecessor's listening sockets to carry on with, and whether new ones are
+   * SO_REUSEPORT; those no pod took are closed here (the predecessor's copies close at its hand-off).
+   */
+  async adopt(listeners?: { handed: HandedByPod; reusePort: boolean }): Promise<void> {
+    this.attachments.adoptListeners = listeners;
+    try {
+      await adopt(this.attachments, this.store.load());
+    } finally {
+      this.attachments.adoptListeners = undefined;
+      const unused = listeners ? closeHanded(listeners.handed) : 0;
+      if (unused > 0) this.log.warn({ unused }, 'listeners handed over by the predecessor that no adopted pod took: closed');
+    }
   }
 
   /** Keys of the enrolled attachments, for the repair loop to walk. */
