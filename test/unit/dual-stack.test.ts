@@ -153,7 +153,7 @@ test('CNI event: every prevResult address (both families) is recorded, prefix dr
 });
 
 test('capture families: one decision, from what the backend declares (each backend declares IPv4)', async (t) => {
-  for (const mode of ['iptables', 'nftables'] as const) t.deepEqual((await createBackend(mode)).captureFamilies, ['ipv4'], mode);
+  for (const mode of ['iptables', 'nftables'] as const) t.deepEqual((await createBackend(mode, { preserveSource: true })).captureFamilies, ['ipv4'], mode);
   const v4only = { name: 'iptables', captureFamilies: ['ipv4'] as const };
   const both = { name: 'iptables', captureFamilies: ['ipv4', 'ipv6'] as const };
   t.deepEqual(checkCaptureFamilies(['10.244.1.5'], v4only), { ok: true, uncaptured: [] });
