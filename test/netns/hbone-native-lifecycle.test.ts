@@ -254,7 +254,7 @@ async function otherPeer(t: ExecutionContext, r: Rig, address: string, plan: Pee
       }, () => stream.close(http2.constants.NGHTTP2_CONNECT_ERROR));
     }
   });
-  const srv = await listenIn(r.ns, { address, port: 15008 }, (sock) => h2.emit('connection', sock));
+  const srv = await listenIn(r.ns, { address, port: 15008, reusePort: true }, (sock) => h2.emit('connection', sock)); // beside the rig's 0.0.0.0 listener
   t.teardown(async () => {
     for (const sess of sessions) sess.destroy();
     await new Promise<void>((resolve) => srv.close(() => resolve()));

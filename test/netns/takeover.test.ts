@@ -7,8 +7,10 @@ import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { signalGroup, type AgentLogRecord, type AgentProcess } from '../testbed/agent-process.js';
 import {
-  ECHO_PORT, ECHO_SERVER, PY, agentNodePid, findLog, procFdCount, procRssKb, startConnectLoop, successorOf, type RedirectMode, type Testbed, type TestbedPod,
+  AGENT_MAIN, ECHO_PORT, ECHO_SERVER, PY, agentNodePid, findLog, procFdCount, procRssKb, startConnectLoop, successorOf, type RedirectMode, type Testbed,
+  type TestbedPod,
 } from '../testbed/index.js';
+import { AGENT_NODE_FLAGS } from '../testbed/repo.js';
 import { captureFabric, captureNodeLink, countOccurrences } from './capture-wire.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
 import { AMBIENT, eventually, hostVeth, podRules } from './helpers.js';
@@ -49,6 +51,39 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
 `;
+
+/** Opens argv[3] connections to argv[1]:argv[2], sends a line on each, prints 'queued', then reads every echo (40 s each); prints a JSON tally. */
+const QUEUED_CONNECTIONS = `
+import json, socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(n):
+    s = socket.create_connection((ip, port), timeout=5); s.sendall(b'q%d\\n' % i); socks.append(s)
+print('queued', flush=True)
+ok, errors = 0, []
+for i, s in enumerate(socks):
+    s.settimeout(40); got = b''
+    try:
+        while not got.endswith(b'\\n'):
+            d = s.recv(100)
+            if not d: raise OSError('eof after %r' % got)
+            got += d
+        if got == b'q%d\\n' % i: ok += 1
+        else: errors.append('%d: %r' % (i, got))
+    except OSError as e:
+        errors.append('%d: %s' % (i, e))
+print(json.dumps({'ok': ok, 'errors': errors}), flush=True)
+`;
+
+/**
+ * The agent command run with /proc/sys read-only in its own mount namespace, as in an unprivileged container; it refuses
+ * to start when a write to /proc/sys would still succeed, so the test cannot pass on a writable one.
+ */
+const READ_ONLY_PROC_SYS = [
+  'unshare', '--mount', '--propagation', 'private', '--', '/bin/sh', '-c',
+  'mount --bind -o ro /proc/sys /proc/sys || exit 3; if (echo 1 > /proc/sys/net/ipv4/tcp_migrate_req) 2>/dev/null; then echo "/proc/sys is writable" >&2; exit 3; fi; exec "$@"',
+  'agent-ro-proc-sys', process.execPath, ...AGENT_NODE_FLAGS, AGENT_MAIN,
+];
 
 const TAKEN_OVER = 'take-over complete: socket published, predecessor told to stop accepting';
 const DRAINING = 'successor ready: listeners closed, draining';
@@ -385,4 +420,52 @@ netnsTest.serial('[iptables] --exit-after-handover false: a policy change during
   t.true(old.running, 'the idle agent is still up');
   const exit = await old.stop(10_000);
   t.deepEqual(exit, { code: 0, signal: null }, 'SIGTERM ends the idle agent with 0');
+});
+
+netnsTest.serial('[iptables] take-over into an agent whose /proc/sys is read-only, with connections queued while neither agent accepts: the listeners are handed over and every queued connection is served by the successor', async (t) => {
+  const { tb, client, server, outsider } = await twoNodes(t, 'iptables', DRAIN_SECONDS);
+  const old = tb.agent(1);
+  const next = successorOf(old, 'ro-proc-sys', { command: READ_ONLY_PROC_SYS });
+  t.teardown(async () => {
+    if (old.pid !== undefined) signalGroup(old.pid, 'SIGCONT');
+    if (next.pid !== undefined) signalGroup(next.pid, 'SIGCONT');
+    await next.stop(5000);
+  });
+  const exited = old.exited;
+  const started = next.start().catch((err: unknown) => err);
+  // Both agents are stopped once the successor holds the listeners (received before it logs this) and before it adopts.
+  await eventually(async () => findLog(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
+  const [oldPid, nextPid] = [old.pid, next.pid];
+  if (oldPid === undefined || nextPid === undefined) throw new Error('an agent is not running');
+  signalGroup(nextPid, 'SIGSTOP');
+  signalGroup(oldPid, 'SIGSTOP');
+  const tally = findLog(await next.logs(), 'listeners from the running agent');
+  t.is(tally?.plan, 'handed', `the listeners were handed over: ${JSON.stringify(tally)}`);
+
+  // Plaintext (15006) and mesh (15008) connections complete their handshakes into the listeners' queues; nobody accepts.
+  let plainOut = '';
+  let meshOut = '';
+  const plain = outsider.spawn(PY, ['-u', '-c', QUEUED_CONNECTIONS, server.ip, String(ECHO_PORT), '12'], { reject: false, timeout: 90_000 });
+  const mesh = client.spawn(PY, ['-u', '-c', QUEUED_CONNECTIONS, server.ip, String(ECHO_PORT), '4'], { reject: false, timeout: 90_000 });
+  plain.stdout?.on('data', (d: Buffer) => (plainOut += String(d)));
+  mesh.stdout?.on('data', (d: Buffer) => (meshOut += String(d)));
+  await eventually(async () => plainOut + meshOut, (o) => o.split('queued').length === 3, 20_000);
+  await new Promise((r) => setTimeout(r, 500));
+  t.false(plainOut.includes('{'), 'no plaintext connection was answered while both agents were stopped');
+
+  // The successor goes on with the predecessor still stopped: it adopts on the handed sockets and accepts the queue.
+  signalGroup(nextPid, 'SIGCONT');
+  await eventually(async () => plainOut, (o) => o.includes('{'), 30_000);
+  signalGroup(oldPid, 'SIGCONT');
+  await started;
+  await eventually(async () => findLog(await next.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000);
+  const [p, m] = [await plain, await mesh];
+  const last = (out: string): { ok: number; errors: string[] } => JSON.parse(out.trim().split('\n').pop() ?? '{}') as { ok: number; errors: string[] };
+  t.log(`queued plaintext: ${JSON.stringify(last(String(p.stdout)))}; queued mesh: ${JSON.stringify(last(String(m.stdout)))}`);
+  t.deepEqual(last(String(p.stdout)), { ok: 12, errors: [] }, 'every plaintext connection queued in 15006 was served');
+  t.deepEqual(last(String(m.stdout)), { ok: 4, errors: [] }, 'every mesh connection queued in 15008 was served');
+  t.is(findLog(await next.logs(), 'cannot set net.ipv4.tcp_migrate_req'), undefined);
+  const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (DRAIN_SECONDS + 20) * 1000))]);
+  t.deepEqual(exit, { code: 0, signal: null }, 'the predecessor exited 0 after its drain');
+  t.deepEqual(await listenerCounts(server), { [ECHO_PORT]: 1, 15001: 1, 15006: 1, 15008: 1 }, 'one listener per port: the same sockets, not new ones');
 });

@@ -41,10 +41,13 @@ export function startConnectLoop(tb: Testbed, pod: TestbedPod, ip: string, tag: 
 }
 
 /** A second agent for `agent`'s node: the same flags, state dir and socket, its log in `<log>-<tag>.log`. Not started. */
-export function successorOf(agent: AgentProcess, tag: string, opts: { env?: Record<string, string>; readyTimeoutMs?: number; extraArgs?: string[] } = {}): AgentProcess {
+export function successorOf(
+  agent: AgentProcess, tag: string, opts: { env?: Record<string, string>; readyTimeoutMs?: number; extraArgs?: string[]; command?: string[] } = {},
+): AgentProcess {
   const s = agent.spec;
   return new AgentProcess({
     ...s,
+    ...(opts.command ? { command: opts.command } : {}),
     logFile: s.logFile.replace(/\.log$/, `-${tag}.log`),
     ...(opts.env ? { env: { ...s.env, ...opts.env } } : {}),
     ...(opts.readyTimeoutMs !== undefined ? { readyTimeoutMs: opts.readyTimeoutMs } : {}),
