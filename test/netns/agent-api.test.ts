@@ -11,7 +11,14 @@ function raw(socketPath: string, method: string, path: string, body: string | Bu
     const req = http.request({ socketPath, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString() || '{}') as { code?: number; msg?: string } }));
+      res.on('end', () => {
+        // Parsed inside an event callback: a non-JSON body must reject, not throw uncaught (which ends the whole file).
+        try {
+          resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString() || '{}') as { code?: number; msg?: string } });
+        } catch (err) {
+          reject(err);
+        }
+      });
     });
     req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' || err.code === 'ECONNRESET' ? resolve({ status: 413, json: {} }) : reject(err)));
     req.end(body);

@@ -14,8 +14,11 @@ export const sha256 = (b: Buffer | string): string => createHash('sha256').updat
 export async function startSink(pod: TestbedPod, port: number): Promise<{ digest: Promise<string> }> {
   const proc = pod.spawn('sh', ['-c', `ncat -l ${port} --recv-only | sha256sum`], { timeout: 60_000 });
   await pod.waitForPort(port);
-  // Wrapped in an object: an async function returning a bare promise would wait for it.
-  return { digest: proc.then((r) => String(r.stdout).split(' ')[0] ?? '') };
+  // Wrapped in an object: an async function returning a bare promise would wait for it. Marked handled: a test that fails
+  // before awaiting it has the sink killed at teardown, which must not add an unhandled rejection (callers still see it).
+  const digest = proc.then((r) => String(r.stdout).split(' ')[0] ?? '');
+  digest.catch(() => undefined);
+  return { digest };
 }
 
 /** Sends `size` random bytes from `client` to ip:port; resolves with their sha256. */

@@ -56,6 +56,10 @@ export class DnsServer {
   /** Start it and wait for its first read of the hosts file (which must exist). */
   async start(tracker: ProcessTracker, timeoutMs = 5000): Promise<void> {
     this.#log = createWriteStream(this.logFile, { flags: 'a' });
+    // A log that cannot be written (run dir gone) must not be an uncaught 'error': it is noted in the tail shown on failures.
+    this.#log.on('error', (err) => {
+      this.#tail = `${this.#tail}\n[dnsmasq log ${this.logFile}: ${err.message}]`.slice(-2000);
+    });
     const sub = tracker.runInNetns(this.netns, DNSMASQ, dnsmasqArgs(this.#opts), { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false }, true);
     let pending = '';
     sub.stderr?.on('data', (chunk: Buffer) => {

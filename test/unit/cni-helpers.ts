@@ -38,6 +38,15 @@ export async function tempDir(t: ExecutionContext): Promise<string> {
   return dir;
 }
 
+/** A request body as JSON, or the raw text when it is not JSON (a throw in the server's callback would be uncaught). */
+function parseOrText(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
 export async function startFakeAgent(t: ExecutionContext): Promise<FakeAgent> {
   const dir = await tempDir(t);
   const socket = join(dir, 'cni.sock');
@@ -50,7 +59,7 @@ export async function startFakeAgent(t: ExecutionContext): Promise<FakeAgent> {
     req.on('end', () => {
       const text = Buffer.concat(chunks).toString('utf8');
       const path = req.url ?? '';
-      requests.push({ method: req.method ?? '', path, body: text === '' ? undefined : JSON.parse(text) });
+      requests.push({ method: req.method ?? '', path, body: text === '' ? undefined : parseOrText(text) });
       const r = replies.get(path) ?? { status: 404, body: { code: 999, msg: `no route ${path}` } };
       if (r === 'hang') {
         hanging.push(res);

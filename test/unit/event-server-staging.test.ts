@@ -25,7 +25,14 @@ function status(socketPath: string): Promise<{ node?: string }> {
     const req = http.get({ socketPath, path: '/v1/status', timeout: 5000, agent: false }, (res) => {
       let body = '';
       res.on('data', (d: Buffer) => (body += String(d)));
-      res.on('end', () => resolve(JSON.parse(body) as { node?: string }));
+      res.on('end', () => {
+        // Parsed here, inside an event callback: a throw would be an uncaught exception, so it rejects instead.
+        try {
+          resolve(JSON.parse(body) as { node?: string });
+        } catch (err) {
+          reject(err);
+        }
+      });
     });
     req.on('timeout', () => req.destroy(new Error('no answer')));
     req.on('error', reject);

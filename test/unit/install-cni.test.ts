@@ -182,9 +182,9 @@ test('the installed plugin works with no Node on the host: VERSION through the f
   t.true(out.supportedVersions.includes('1.1.0'));
 });
 
-/** Resolves once `pred` holds after a watcher run (checked after each run; no time limit besides ava's). */
+/** Resolves once `pred` holds after a watcher run (checked after each run; no time limit besides ava's); rejects if it throws. */
 function until(w: InstallWatcher, pred: () => Promise<boolean>): Promise<void> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let checking = false;
     const check = async (): Promise<void> => {
       if (checking) return;
@@ -198,8 +198,13 @@ function until(w: InstallWatcher, pred: () => Promise<boolean>): Promise<void> {
         checking = false;
       }
     };
-    const off = w.onRun(() => void check());
-    void check();
+    // check() runs from the watcher's callback: a throwing predicate must fail this wait, not go unhandled.
+    const fail = (err: unknown): void => {
+      off();
+      reject(err);
+    };
+    const off = w.onRun(() => void check().catch(fail));
+    void check().catch(fail);
   });
 }
 
