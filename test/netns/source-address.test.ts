@@ -1,11 +1,14 @@
 // Inbound source preservation (issue 14), on every backend: the app in an enrolled pod sees its client's address as the
-// peer (a mesh client's pod IP over HBONE, a plain client's own address on 15006), replies come back, probes still pass.
+// peer (a mesh client's pod IP over HBONE, a plain client's own address on 15006), replies come back, probes still pass;
+// without the reply rule the netfilter backends' guard drops the app's replies (fail closed) until repair restores it.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { randomBytes } from 'node:crypto';
-import { captureNodeLink, countOccurrences } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, hasOurRules, hostVeth, podRules, startEcho } from './helpers.js';
+import { captureNodeLink, countOccurrences, type RawCapture } from './capture-wire.js';
+import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, hostVeth, podRules, startEcho } from './helpers.js';
+import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
+import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
 const PY = '/usr/bin/python3';
 
@@ -34,6 +37,20 @@ async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
 }
 
 /**
+ * Starts a capture on `server`'s host-side veth, then the app streaming a fresh marker to the mesh client `client`
+ * (ncat, ending after 3 s without data: its stdout is the byte count received); returns once the stream has run 1.5 s.
+ */
+async function streamWhileCapturing(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, name: string): Promise<{ marker: string; cap: RawCapture; reader: ReturnType<TestbedPod['spawn']> }> {
+  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
+  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), name);
+  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
+  await server.waitForPort(port);
+  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  return { marker, cap, reader };
+}
+
+/**
  * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
  * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
  * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
@@ -41,12 +58,7 @@ async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
  * app must have sent again (retransmitted) after the new agent adopted the pod before the capture ends.
  */
 async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, restartArgs?: string[]): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
-  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
-  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), `src-kill-${server.name}`);
-  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
-  await server.waitForPort(port);
-  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
-  await new Promise((r) => setTimeout(r, 1500));
+  const { marker, cap, reader } = await streamWhileCapturing(tb, server, client, port, `src-kill-${server.name}`);
   await server.exec('iptables', ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
   const agent = tb.agent(server.node.index);
   await agent.kill('SIGKILL');
@@ -68,12 +80,27 @@ async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: Test
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
+/** Packets the reply guard dropped in a pod so far: its iptables rule's counter, or its nft rule's. */
+async function guardDrops(pod: TestbedPod, mode: 'iptables' | 'nftables'): Promise<number> {
+  const out = mode === 'iptables'
+    ? String((await pod.exec('iptables-save', ['-c', '-t', 'mangle'])).stdout)
+    : String((await pod.exec(NFT, ['list', 'chain', 'inet', 'ambient-reply', 'reply-guard'])).stdout);
+  const m = mode === 'iptables' ? /^\[(\d+):\d+\] -A AMBIENT_REPLY_GUARD ! -o lo /m.exec(out) : /oifname != "lo" .* counter packets (\d+) bytes \d+ drop/.exec(out);
+  if (!m) throw new Error(`no reply guard in the pod: ${out}`);
+  return Number(m[1]);
+}
+
+/** Deletes the pod's reply rule (as a pod holding CAP_NET_ADMIN could). */
+async function deleteReplyRule(pod: TestbedPod): Promise<void> {
+  await pod.exec('ip', ['-4', 'rule', 'del', 'pref', String(REPLY_RULE_PREF), ...REPLY_RULE_TEXT.split(' ')]);
+}
+
 /**
  * The in-pod pieces source preservation adds: the policy rule, the local route, the mangle chains (iptables) and the
  * reply table (nftables). Throws when the pod's routing cannot be read (an empty answer would pass every notRegex).
  */
 async function replyPieces(pod: TestbedPod): Promise<string> {
-  const script = 'ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; nft list table inet ambient-reply 2>/dev/null; true';
+  const script = `ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; true`;
   const out = String((await pod.exec('sh', ['-c', script])).stdout);
   if (!/lookup main/.test(out) || !out.includes('*mangle')) throw new Error(`cannot read the pod's routing and mangle table: ${out}`);
   return out;
@@ -164,6 +191,10 @@ for (const mode of MODES) {
       t.regex(pieces, /local default dev lo/);
     }
     if (mode === 'iptables') t.regex(pieces, /-j CONNMARK --set-xmark 0x111\/0xfff/);
+    if (mode === 'iptables') t.regex(pieces, /-A POSTROUTING -j AMBIENT_REPLY_GUARD\n/);
+    if (mode === 'iptables') t.regex(pieces, /-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111\/0xfff -j DROP/);
+    if (mode === 'nftables') t.regex(pieces, /chain reply-guard \{/);
+    if (mode === 'ebpf') t.notRegex(pieces, /AMBIENT_REPLY_GUARD|reply-guard/, 'ebpf uses no connmark, so no guard');
     await tb.node(1).cni.del(productpage.attachment);
     const after = await replyPieces(productpage);
     t.notRegex(after, /fwmark 0x111|fwmark 0x1000|lookup 100/, `no rule left: ${after}`);
@@ -258,5 +289,47 @@ for (const mode of ['iptables', 'nftables'] as const) {
     // DEL (pod teardown) is what removes them, with the flag off too.
     await tb.node(1).cni.del(productpage.attachment);
     t.notRegex(await replyPieces(productpage), /fwmark 0x111|local default|AMBIENT_|ambient-reply/);
+  });
+}
+
+for (const mode of ['iptables', 'nftables'] as const) {
+  netnsTest.serial(`[${mode}] the reply guard: with the pod's reply rule deleted, the app's replies are dropped in the pod, not sent toward the client in clear; repair restores the rule`, async (t) => {
+    // The repair loop off at first: it would put the rule back (and reset the guard's counter) before the drops are read.
+    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, agentArgs: ['--repair-interval-ms', '0'] });
+    await tb.setNamespace('app', AMBIENT);
+    const [productpage, sleep] = await tb.addPods([
+      { node: 1, namespace: 'app', name: 'productpage' },
+      { node: 0, namespace: 'app', name: 'sleep' },
+    ]);
+    if (!productpage || !sleep) throw new Error('pods missing');
+    const { marker, cap, reader } = await streamWhileCapturing(tb, productpage, sleep, 9094, `src-guard-${mode}`);
+    const before = await guardDrops(productpage, mode);
+    await deleteReplyRule(productpage);
+    const dropped = await eventually(() => guardDrops(productpage, mode), (n) => n > before, 10_000);
+    t.true(dropped > before, `the guard dropped the app's replies (${before} -> ${dropped} packets)`);
+    const drift = await podRulesReport(tb, productpage);
+    t.false(drift?.ok, 'the missing rule is drift');
+    t.deepEqual(drift?.missing, [`ip rule ${REPLY_RULE_PREF}: from all ${REPLY_RULE_TEXT}`], JSON.stringify(drift));
+    const received = Number(String((await reader).stdout).trim()) || 0;
+    const raw = (await cap.stop()).raw;
+    t.true(received > 100_000, `the stream reached the client through the mesh first (${received} bytes)`);
+    t.true(raw.length > 100_000, `the capture saw the traffic (${raw.length} bytes)`);
+    t.is(countOccurrences(raw, Buffer.from(marker)), 0, 'no byte of the app\'s stream left the pod in clear without the reply rule');
+    t.log(`${mode}: reply rule deleted while the app streams: ${received} bytes received, guard dropped ${dropped - before} packets, ${raw.length} bytes captured`);
+
+    // Repair: restarted with the loop on, the agent re-adopts the pod and puts the rule back; deleted again, the loop does.
+    const agent = tb.agent(1);
+    await agent.stop();
+    agent.spec.extraArgs.splice(agent.spec.extraArgs.indexOf('--repair-interval-ms'), 2);
+    await agent.start();
+    const adopted = await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
+    t.true(adopted?.ok, `re-adoption restored the rule: ${JSON.stringify(adopted)}`);
+    await deleteReplyRule(productpage);
+    const repaired = await eventually(() => replyPieces(productpage), (p) => p.includes(REPLY_RULE_TEXT), 20_000);
+    t.true(repaired.includes(REPLY_RULE_TEXT), `the repair loop restored the rule: ${repaired}`);
+    t.true((await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000))?.ok, 'in sync again');
+    await startEcho(productpage, 9080);
+    const r = await ask(sleep, productpage.ip, 9080, 'after-repair');
+    t.true(r.ok && r.output.endsWith(`from ${sleep.ip}`), `replies reach the client through the mesh again: ${r.output}`);
   });
 }

@@ -1,5 +1,6 @@
 // Unit tests for inbound source preservation's pure pieces: the iptables mangle rules and the nft chains (goldens), the
-// pod's reply routing per address family (install, removal, read-back, drift), and where the upstream socket binds.
+// fail-closed guard, the pod's reply routing per address family (install, removal, read-back, drift), and where the
+// upstream socket binds.
 import test from 'ava';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import * as nft from '../../agent/src/redirect/nftables.js';
@@ -10,10 +11,11 @@ import { AGENT_MARK, LOCAL_ROUTE_TABLE, REPLY_MARK } from '../../agent/src/redir
 import { ROUTE_TABLE as EBPF_ROUTE_TABLE } from '../../agent/src/redirect/ebpf-config.js';
 import { assertGolden } from './golden.js';
 
-const POD = Object.values(ipt.POD_CHAINS);
+const POD: readonly string[] = Object.values(ipt.POD_CHAINS);
+const MANGLE = ipt.POD_MANGLE_CHAINS;
 
 test('iptables mangle rules for source preservation match golden', (t) => {
-  assertGolden(t, 'iptables-pod-mangle', ipt.restoreInput('', POD, ipt.podMangleRules(4), ipt.podJumpRules(), 'mangle'));
+  assertGolden(t, 'iptables-pod-mangle', ipt.restoreInput('', MANGLE, ipt.podMangleRules(4), ipt.podMangleJumpRules(), 'mangle'));
 });
 
 test('nft reply table of source preservation matches golden; it is a table of its own, the capture\'s has no ct mark', (t) => {
@@ -23,9 +25,10 @@ test('nft reply table of source preservation matches golden; it is a table of it
 });
 
 test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connmark 0x111, restored on the way out', (t) => {
-  const [pre, out] = ipt.podMangleRules(4);
+  const [pre, out, guard] = ipt.podMangleRules(4);
   t.is(pre, `-A AMBIENT_PRERT -m mark --mark 0x${AGENT_MARK.toString(16)}/0xfff -j CONNMARK --set-xmark 0x${REPLY_MARK.toString(16)}/0xfff`);
   t.is(out, '-A AMBIENT_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
+  t.is(guard, '-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP');
   // The nat chains stay as they were: replies are never NEW, so nat needs no 0x111 exemption (which a pod able to set
   // its own mark could use to skip its capture).
   t.false(ipt.podChainRules(4).some((l) => l.includes('0x111')));
@@ -36,13 +39,34 @@ test('nft writes the connmark expression the way nft lists it (so verify compare
   t.regex(nft.replyTable(), /type route hook output priority mangle/);
 });
 
+test('the guard drops a reply-marked connection\'s packets leaving through anything but lo (fail closed without the policy rule)', (t) => {
+  t.deepEqual(ipt.podMangleJumpRules(), ['-A PREROUTING -j AMBIENT_PRERT', '-A OUTPUT -j AMBIENT_OUTPUT', '-A POSTROUTING -j AMBIENT_REPLY_GUARD']);
+  t.deepEqual([...MANGLE], [...POD, 'AMBIENT_REPLY_GUARD']);
+  t.not(ipt.REPLY_GUARD_CHAIN, ipt.HOST_CHAIN, 'not the node\'s nat chain AMBIENT_POSTRT');
+  t.false(POD.includes(ipt.REPLY_GUARD_CHAIN), 'the nat table holds no guard');
+  t.regex(nft.replyTable(), /\tchain reply-guard \{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\toifname != "lo" ct mark & 0x00000fff == 0x00000111 counter drop\n/);
+  // nft lists the counter with its values: they are not drift.
+  const listed = nft.replyTable().replace(' counter drop', ' counter packets 42 bytes 4200 drop');
+  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.replyTable()));
+});
+
 test('iptables mangle restore and removal inputs name the mangle table', (t) => {
-  t.true(ipt.restoreInput('', POD, ipt.podMangleRules(4), ipt.podJumpRules(), 'mangle').startsWith('*mangle\n'));
-  const saved = ['*mangle', ':AMBIENT_OUTPUT - [0:0]', ':AMBIENT_PRERT - [0:0]', ...ipt.podJumpRules(), ...ipt.podMangleRules(4), 'COMMIT'].join('\n');
-  const removal = ipt.removeInput(saved, POD, 'mangle');
+  t.true(ipt.restoreInput('', MANGLE, ipt.podMangleRules(4), ipt.podMangleJumpRules(), 'mangle').startsWith('*mangle\n'));
+  const saved = ['*mangle', ':AMBIENT_OUTPUT - [0:0]', ':AMBIENT_PRERT - [0:0]', ':AMBIENT_REPLY_GUARD - [0:0]', ...ipt.podMangleJumpRules(), ...ipt.podMangleRules(4), 'COMMIT'].join('\n');
+  const removal = ipt.removeInput(saved, MANGLE, 'mangle');
   t.true(removal.startsWith('*mangle\n'));
   t.true(removal.includes('-D PREROUTING -j AMBIENT_PRERT'));
   t.true(removal.includes('-X AMBIENT_PRERT'));
+  t.true(removal.includes('-D POSTROUTING -j AMBIENT_REPLY_GUARD'));
+  t.true(removal.includes('-X AMBIENT_REPLY_GUARD'));
+  // An older agent's pod (no guard yet): the drift check reports the guard and its jump missing, the repair adds them.
+  const older = ['*mangle', ':AMBIENT_OUTPUT - [0:0]', ':AMBIENT_PRERT - [0:0]', ...ipt.podJumpRules(), ...ipt.podMangleRules(4).slice(0, 2), 'COMMIT'].join('\n');
+  const d = ipt.diffOwned([...ipt.podMangleJumpRules(), ...ipt.podMangleRules(4)], ipt.ownedNatLines(older, MANGLE));
+  t.deepEqual(d, { missing: ['-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP', '-A POSTROUTING -j AMBIENT_REPLY_GUARD'], unexpected: [] });
+  const repair = ipt.restoreInput(older, MANGLE, ipt.podMangleRules(4), ipt.podMangleJumpRules(), 'mangle');
+  t.true(repair.includes(':AMBIENT_REPLY_GUARD - [0:0]\n'));
+  t.true(repair.includes('\n-A POSTROUTING -j AMBIENT_REPLY_GUARD\n'));
+  t.false(repair.includes('\n-A PREROUTING -j AMBIENT_PRERT\n'), 'jumps already there are not added twice');
 });
 
 test('reply routing: the rule and the local route, per family, in one ip batch; the table is the ebpf backend\'s', (t) => {

@@ -20,6 +20,8 @@ const ok = (missing: string[], unexpected: string[], actual: string[]): RuleDrif
 });
 
 const POD_CHAINS = Object.values(ipt.POD_CHAINS);
+/** Our chains per pod table: mangle adds source preservation's guard to the nat chains' names. */
+const TABLE_CHAINS: Record<ipt.PodTable, readonly string[]> = { nat: POD_CHAINS, mangle: ipt.POD_MANGLE_CHAINS };
 const FAMILIES: readonly ipt.Family[] = [4, 6];
 /** Families whose inbound source is preserved (IPv6 TCP is refused, not carried, until IPv6 is captured). */
 const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
@@ -95,7 +97,7 @@ class IptablesBackend implements RedirectBackend {
       const mangle = this.mangleRules(family);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
       if (mangle.length > 0) {
-        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), POD_CHAINS, mangle, ipt.podJumpRules(), 'mangle');
+        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle');
         await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
       }
       const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
@@ -111,10 +113,10 @@ class IptablesBackend implements RedirectBackend {
       const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
       const actualNat = ipt.ownedNatLines(nat, POD_CHAINS);
       const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
-      const actualMangle = ipt.ownedNatLines(mangle, POD_CHAINS);
+      const actualMangle = ipt.ownedNatLines(mangle, ipt.POD_MANGLE_CHAINS);
       const wantMangle = this.mangleRules(family);
       // Without preservation (or for a family it does not cover) the mangle chains are neither expected nor drift.
-      const dm = wantMangle.length ? ipt.diffOwned([...ipt.podJumpRules(), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
+      const dm = wantMangle.length ? ipt.diffOwned([...ipt.podMangleJumpRules(), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
       const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);
       return {
         missing: [...dn.missing.map(tag), ...dm.missing.map(m)],
@@ -133,7 +135,7 @@ class IptablesBackend implements RedirectBackend {
         const mangle = this.mangleRules(family);
         return [
           ...[...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => tag(family, l)),
-          ...(mangle.length ? [...ipt.podJumpRules(), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
+          ...(mangle.length ? [...ipt.podMangleJumpRules(), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
         ];
       }),
       ...(this.preserveSource ? PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f)) : []),
@@ -289,13 +291,13 @@ export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?
 export async function readIp6tablesOwned(netns: Netns): Promise<string[]> {
   const save = await runTool(ipt.TOOLS[6].save, [], { netns: netns.toolPath });
   const nat = ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${l}`);
-  const mangle = ipt.ownedNatLines(ipt.tableSection(save, 'mangle'), POD_CHAINS).map((l) => `${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}${l}`);
+  const mangle = ipt.ownedNatLines(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS).map((l) => `${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}${l}`);
   return [...nat, ...mangle];
 }
 
 /** Whether an iptables-save of one table declares any of our pod chains. */
-function hasOwnChains(save: string): boolean {
-  return POD_CHAINS.some((c) => save.includes(`:${c} `));
+function hasOwnChains(save: string, chains: readonly string[]): boolean {
+  return chains.some((c) => save.includes(`:${c} `));
 }
 
 /**
@@ -332,8 +334,9 @@ async function removeNetfilter(netns: Netns, errors: unknown[], which: { iptable
       try {
         const tools = ipt.TOOLS[family];
         const current = await runTool(tools.save, ['-t', table], { netns: netns.toolPath });
-        if (ipt.ownedNatLines(current, POD_CHAINS).length > 0 || hasOwnChains(current)) {
-          await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(current, POD_CHAINS, table) });
+        const chains = TABLE_CHAINS[table];
+        if (ipt.ownedNatLines(current, chains).length > 0 || hasOwnChains(current, chains)) {
+          await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.removeInput(current, chains, table) });
         }
       } catch (err) {
         errors.push(err);

@@ -6,6 +6,11 @@ import {
 
 export const POD_CHAINS = { prerouting: 'AMBIENT_PRERT', output: 'AMBIENT_OUTPUT' } as const;
 export const HOST_CHAIN = 'AMBIENT_POSTRT';
+/**
+ * Source preservation's fail-closed guard (pod mangle table, POSTROUTING). Not AMBIENT_POSTRT: that name is the node's
+ * nat chain (HOST_CHAIN), and a pod chain of the same name would make the two ambiguous in listings and greps.
+ */
+export const REPLY_GUARD_CHAIN = 'AMBIENT_REPLY_GUARD';
 export const PROBE_IPSET = 'ambient-node-probes-v4';
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
@@ -42,18 +47,30 @@ export function podChainRules(family: Family = 4): string[] {
 }
 
 /**
- * Inbound source preservation (mangle table, same chain names): a connection the agent opens to its own pod (its packets
- * carry the agent mark when they come back in through lo) gets connmark 0x111; the app's packets of that connection get
- * it back as their mark, which re-routes them (policy rule, reply-routing.ts) to the agent's transparent socket instead
- * of out of the pod toward the client's address. Istio's in-pod rules; nat needs nothing (replies are never NEW).
+ * Inbound source preservation (mangle table, the nat chains' names and the guard): a connection the agent opens to its
+ * own pod (its packets carry the agent mark when they come back in through lo) gets connmark 0x111; the app's packets of
+ * that connection get it back as their mark, which re-routes them (policy rule, reply-routing.ts) to the agent's
+ * transparent socket instead of out of the pod toward the client's address. Istio's in-pod rules; nat needs nothing
+ * (replies are never NEW). The guard fails closed: a packet of such a connection about to leave through anything but
+ * lo (the policy rule or its route deleted, not yet repaired) is dropped, never sent toward the client in clear.
  */
 export function podMangleRules(_family: Family = 4): string[] {
   const pre = POD_CHAINS.prerouting;
   const out = POD_CHAINS.output;
+  const reply = `${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)}`;
   return [
-    `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j CONNMARK --set-xmark ${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)}`,
-    `-A ${out} -m connmark --mark ${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+    `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j CONNMARK --set-xmark ${reply}`,
+    `-A ${out} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+    `-A ${REPLY_GUARD_CHAIN} ! -o lo -m connmark --mark ${reply} -j DROP`,
   ];
+}
+
+/** Our chains in a pod's mangle table (source preservation): the nat ones' names, and the guard. */
+export const POD_MANGLE_CHAINS: readonly string[] = [POD_CHAINS.prerouting, POD_CHAINS.output, REPLY_GUARD_CHAIN];
+
+/** Jumps from the mangle table's built-in chains into ours. */
+export function podMangleJumpRules(): string[] {
+  return [...podJumpRules(), `-A POSTROUTING -j ${REPLY_GUARD_CHAIN}`];
 }
 
 /** Tables our pod chains live in; `mangle` only while source preservation is on. */

@@ -38,7 +38,8 @@ export function podTable(): string {
  * Inbound source preservation's table (iptables.ts podMangleRules says why), apart from the capture's so that an agent
  * running without it neither rewrites nor removes it (backend.ts): the agent's connections into its own pod get ct mark
  * 0x111, and the app's packets of them get it back as their mark in a `route` chain, which makes the kernel route them
- * again (policy rule, reply-routing.ts) back to the agent.
+ * again (policy rule, reply-routing.ts) back to the agent. `reply-guard` fails closed: a packet of such a connection
+ * leaving through anything but lo (the policy rule or its route gone) is dropped; its counter shows how many were.
  */
 export function replyTable(): string {
   // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
@@ -53,6 +54,11 @@ export function replyTable(): string {
     '\tchain reply-route {',
     '\t\ttype route hook output priority mangle; policy accept;',
     `\t\tct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+    '\t}',
+    '',
+    '\tchain reply-guard {',
+    '\t\ttype filter hook postrouting priority mangle; policy accept;',
+    `\t\toifname != "lo" ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} counter drop`,
     '\t}',
     '}',
   ].join('\n');
@@ -83,12 +89,12 @@ export function deleteTableScript(table: string): string {
   return `add table inet ${table}\ndelete table inet ${table}\n`;
 }
 
-/** Normalises a listing for comparison: drops set elements, handles, counters and blank lines. */
+/** Normalises a listing for comparison: drops set elements, handles, counters' values and blank lines. */
 export function normaliseListing(listing: string): string {
   return listing
     .replace(/\n\t*elements = \{[^}]*\}/g, '')
     .split('\n')
-    .map((l) => l.replace(/\s+# handle \d+$/, '').trimEnd())
+    .map((l) => l.replace(/\s+# handle \d+$/, '').replace(/ counter packets \d+ bytes \d+/, ' counter').trimEnd())
     .filter((l) => l.trim() !== '')
     .join('\n');
 }
