@@ -43,7 +43,7 @@ async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
 async function streamWhileCapturing(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, name: string): Promise<{ marker: string; cap: RawCapture; reader: ReturnType<TestbedPod['spawn']> }> {
   const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
   const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), name);
-  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 60_000 });
+  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 90_000 });
   await server.waitForPort(port);
   const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
   await new Promise((r) => setTimeout(r, 1500));
@@ -69,7 +69,8 @@ async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: Test
     await agent.start();
     await eventually(() => podRulesReport(tb, server), (r) => r !== undefined, 10_000);
     const before = await appRetransmits(server, port);
-    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 20_000)) > before;
+    // The app's retransmissions back off exponentially from the kill (…, 6.4 s, 12.8 s, 25.6 s apart): wait past the next one.
+    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 45_000)) > before;
   }
   await server.exec('iptables', ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
   if (!restartArgs) await agent.start();
