@@ -284,6 +284,7 @@ export class Agent {
       throw new TakeOverError(`the running agent said it released ${agentPath}, but it is still held`);
     }
     this.log.info({ runningPid: holder }, 'state dir taken over; adopting pods');
+    await sleep(testDelayMs('AMBIENT_HANDOVER_TEST_ADOPT_DELAY_MS')); // the predecessor holds plugin events meanwhile
     return channel;
   }
 
@@ -382,7 +383,7 @@ export class Agent {
       this.log.warn({ error: describe(err) }, 'cannot open the relay inbox; the predecessor drains its relays instead');
       return undefined;
     }
-    const ackDelayMs = Math.min(60_000, Math.max(0, Number(process.env.AMBIENT_HANDOVER_TEST_ACK_DELAY_MS ?? 0) || 0));
+    const ackDelayMs = testDelayMs('AMBIENT_HANDOVER_TEST_ACK_DELAY_MS');
     const log = this.log.child({ component: 'handover' });
     const hooks = {
       canAdopt: (m: Parameters<Enroller['canAdoptRelay']>[0]) => this.enroller.canAdoptRelay(m),
@@ -605,4 +606,9 @@ async function openCa(cfg: AgentConfig): Promise<CertificateAuthority> {
     tokenFile: cfg.istioCaTokenFile,
     ...(cfg.istioCaTlsServerName ? { tlsServerName: cfg.istioCaTlsServerName } : {}),
   });
+}
+
+/** A delay the take-over tests set through the environment (0 when unset or not a number; at most 60 s). */
+function testDelayMs(name: string): number {
+  return Math.min(60_000, Math.max(0, Number(process.env[name] ?? 0) || 0));
 }

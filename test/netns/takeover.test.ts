@@ -269,21 +269,16 @@ netnsTest.serial('[iptables] pods added while the agent is taken over: ADDs arri
   const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--drain-seconds', '1'] });
   await tb.setNamespace('app', AMBIENT);
   const running = tb.agent(0);
-  const next = successorOf(running, 'next');
+  // The successor waits 5 s after it holds the state dir, before adopting (the plugin waits 10 s), so the ADDs below
+  // arrive while the predecessor holds events, however fast the rest of the take-over is.
+  const next = successorOf(running, 'next', { env: { AMBIENT_HANDOVER_TEST_ADOPT_DELAY_MS: '5000' } });
   t.teardown(async () => {
     await next.stop(5000);
   });
   const exited = running.exited;
   const started = next.start().catch(() => undefined);
-  // From the moment the successor holds the state dir (the running agent holds plugin events) to well after it is ready.
   await eventually(async () => findLog(await next.logs(), 'state dir taken over; adopting pods'), (r) => r !== undefined, 30_000);
-  // The successor is paused there for 5 s (SIGSTOP; the plugin waits 10 s), so the ADDs arrive while the predecessor holds events.
-  const pid = next.pid;
-  if (pid === undefined) throw new Error('the successor is not running');
-  signalGroup(pid, 'SIGSTOP');
   const adding = tb.addPods(Array.from({ length: 4 }, (_, i) => ({ node: 0, namespace: 'app', name: `late-${i}`, serviceAccount: 'late' })));
-  await new Promise((r) => setTimeout(r, 5000));
-  signalGroup(pid, 'SIGCONT');
   const pods = await adding;
   await started;
   await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
@@ -425,7 +420,8 @@ netnsTest.serial('[iptables] --exit-after-handover false: a policy change during
 netnsTest.serial('[iptables] take-over into an agent whose /proc/sys is read-only, with connections queued while neither agent accepts: the listeners are handed over and every queued connection is served by the successor', async (t) => {
   const { tb, client, server, outsider } = await twoNodes(t, 'iptables', DRAIN_SECONDS);
   const old = tb.agent(1);
-  const next = successorOf(old, 'ro-proc-sys', { command: READ_ONLY_PROC_SYS });
+  // The successor waits 3 s before adopting, so both agents are stopped below before it accepts anything.
+  const next = successorOf(old, 'ro-proc-sys', { command: READ_ONLY_PROC_SYS, env: { AMBIENT_HANDOVER_TEST_ADOPT_DELAY_MS: '3000' } });
   t.teardown(async () => {
     if (old.pid !== undefined) signalGroup(old.pid, 'SIGCONT');
     if (next.pid !== undefined) signalGroup(next.pid, 'SIGCONT');
