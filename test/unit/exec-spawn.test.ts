@@ -55,3 +55,9 @@ test('a missing netns path fails as a ToolError from nsenter', async (t) => {
   const err = await t.throwsAsync(runTool('true', [], { netns: '/nonexistent/netns' }), { instanceOf: ToolError });
   t.truthy(err?.exitCode);
 });
+
+test('arguments reach the tool byte for byte (UTF-8); a NUL byte is refused, never truncated', async (t) => {
+  t.is(await runTool('sh', ['-c', 'printf "%s|" "$@"', 'sh', 'é ü', '-n', '']), 'é ü|-n||');
+  const err = await t.throwsAsync(runTool('sh', ['-c', 'printf "%s|" "$@"', 'sh', 'ab\0cd']), { instanceOf: ToolError });
+  t.regex(err?.message ?? '', /NUL byte/);
+});

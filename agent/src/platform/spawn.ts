@@ -67,11 +67,15 @@ function checkRc(call: string, rc: number): void {
 }
 
 /**
- * Starts `path` (absolute) with `argv` (argv[0] included) and `env`. The child gets the three pipes as fds 0-2 and no
- * other descriptor (the agent's are close-on-exec; any inherited without it are closed from 3 up), default signal
- * dispositions and an empty signal mask.
+ * Starts `path` (absolute) with `argv` (argv[0] included) and `env` (UTF-8; a NUL byte in any of them throws TypeError).
+ * The child gets the three pipes as fds 0-2 and no other descriptor (the agent's are close-on-exec; any inherited
+ * without it are closed from 3 up), default signal dispositions and an empty signal mask.
  */
 export function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv = process.env): SpawnedChild {
+  const envp = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
+  // C strings end at the first NUL: the child would silently get a shorter argument (child_process refuses them too).
+  const withNul = [path, ...argv, ...envp].find((s) => s.includes('\0'));
+  if (withNul !== undefined) throw new TypeError(`a NUL byte in the argument or environment string ${JSON.stringify(withNul)}`);
   const opened: number[] = [];
   const closeAll = (fds: number[]): void => fds.forEach((fd) => close(fd));
   try {
@@ -96,7 +100,6 @@ export function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv 
       checkRc('posix_spawnattr_setsigdefault', fns.attrSetSigDefault(attr, SIG_DEFAULT) as number);
       checkRc('posix_spawnattr_setsigmask', fns.attrSetSigMask(attr, SIG_EMPTY) as number);
       checkRc('posix_spawnattr_setflags', fns.attrSetFlags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK) as number);
-      const envp = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
       const out = [0];
       checkRc(`posix_spawn ${path}`, fns.posixSpawn(out, path, fa, attr, [...argv, null], [...envp, null]) as number);
       pid = out[0] as number;

@@ -52,21 +52,33 @@ export function openSandbox(rec: PodRecord): Netns | undefined {
 }
 
 /**
- * Removes a record's in-pod redirection pieces from its sandbox (DEL, unenrolment, a failed enrolment's roll-back).
- * The default removes every backend's (removePodRules: iptables, nftables and eBPF pieces alike, loading the eBPF
- * bindings); the agent passes removeOwnBackendsRules, which removes only the record's own backend's.
+ * Removes a record's in-pod redirection pieces from its sandbox (DEL, unenrolment, a failed enrolment's roll-back);
+ * `running` is the agent's backend. The default removes every backend's (removePodRules: iptables, nftables and eBPF
+ * pieces alike, loading the eBPF bindings); the agent passes removeOwnBackendsRules (the record's and the running one's).
  */
-export type PodRuleRemover = (ns: Netns, rec: PodRecord) => Promise<void>;
+export type PodRuleRemover = (ns: Netns, rec: PodRecord, running: RedirectMode) => Promise<void>;
 
 export const removeEveryBackendsRules: PodRuleRemover = (ns, rec) => removePodRules(ns, rec.ifname);
 
 /**
- * Removes only the rules of the backend the record says the pod was enrolled with (a DEL then runs one backend's
- * tools, not three); every backend's when the record names none it knows (records of older agents). A failure of the
- * own backend's removal fails the DEL as before: nothing is reported removed that was not.
+ * The backends whose pieces removeOwnBackendsRules removes: the one the record says the pod was enrolled with and the
+ * running one (re-adoption after a switch of --redirect installs the running backend's beside the record's, and the
+ * record keeps its first backend); undefined (every backend's) when the record names none it knows (older agents). Pure.
  */
-export const removeOwnBackendsRules: PodRuleRemover = (ns, rec) =>
-  REDIRECT_MODES.includes(rec.backend as RedirectMode) ? removeBackendPodRules(rec.backend as RedirectMode, ns, rec.ifname) : removeEveryBackendsRules(ns, rec);
+export function ownBackends(rec: Pick<PodRecord, 'backend'>, running: RedirectMode): RedirectMode[] | undefined {
+  if (!REDIRECT_MODES.includes(rec.backend as RedirectMode)) return undefined;
+  return rec.backend === running ? [running] : [rec.backend as RedirectMode, running];
+}
+
+/**
+ * Removes only the rules of the record's backend and the running one (a DEL then runs one backend's tools, not three);
+ * every backend's when the record names none it knows. A failure of a removal fails the DEL as before: nothing is
+ * reported removed that was not.
+ */
+export const removeOwnBackendsRules: PodRuleRemover = (ns, rec, running) => {
+  const modes = ownBackends(rec, running);
+  return modes ? removeBackendPodRules(modes, ns, rec.ifname) : removeEveryBackendsRules(ns, rec, running);
+};
 
 /** What a backend needs of a pod: its interface (where ebpf programs sit) and its addresses. */
 export function podContext(rec: PodRecord): PodContext {
@@ -216,9 +228,13 @@ export class Attachments {
     } catch (err) {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
+        // A new enrolment is rolled back. An enrolled pod's (re-adoption, repair) keeps its rules and probe targets: its
+        // traffic stays captured and refused (no listener) until a repair succeeds, never sent around the mesh meanwhile.
         // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
-        if (sameSandbox(rec, opened.id)) await this.removeRules(opened, rec).catch(() => undefined);
-        for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        if (!opts.enrolled) {
+          if (sameSandbox(rec, opened.id)) await this.removeRules(opened, rec, this.backend.name).catch(() => undefined);
+          for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
+        }
         opened.close();
       }
       plog.error({ error: describe(err) }, 'enrolment failed');
@@ -231,7 +247,7 @@ export class Attachments {
   }
 
   /**
-   * Removes listeners, rules (every backend's) and probe targets. Succeeds when the netns is already gone. `eventNs`:
+   * Removes listeners, rules (those the PodRuleRemover removes) and probe targets. Succeeds when the netns is already gone. `eventNs`:
    * the event's handle, used when it is the record's namespace.
    */
   async unenrol(key: string, plog: Logger, eventNs?: Netns): Promise<void> {
@@ -248,7 +264,7 @@ export class Attachments {
         // host's) namespace, removing rules there would let that pod's traffic bypass the mesh.
         const sandbox = this.sandbox(rec, { live: live?.netns, event: eventNs });
         if (sandbox) {
-          await this.removeRules(sandbox.ns, rec).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
+          await this.removeRules(sandbox.ns, rec, this.backend.name).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
           sandbox.release();
         }
         for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);

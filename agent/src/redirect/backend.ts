@@ -310,14 +310,14 @@ export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<voi
 }
 
 /**
- * Removes only what `mode` installs in a pod (DEL of a record that names its backend): iptables' or nftables' table(s)
+ * Removes only what `modes` install in a pod (DEL of a record that names its backend): iptables' or nftables' table(s)
  * with the reply routing both may add, or the eBPF programs and their routing. Fails as removePodRules does.
  */
-export async function removeBackendPodRules(mode: RedirectMode, netns: Netns, ifname = 'eth0'): Promise<void> {
-  await removePieces(netns, ifname, [mode]);
+export async function removeBackendPodRules(modes: readonly RedirectMode[], netns: Netns, ifname = 'eth0'): Promise<void> {
+  await removePieces(netns, ifname, modes);
 }
 
-async function removePieces(netns: Netns, ifname: string, modes: RedirectMode[]): Promise<void> {
+async function removePieces(netns: Netns, ifname: string, modes: readonly RedirectMode[]): Promise<void> {
   const errors: unknown[] = [];
   const removeEbpf = async (): Promise<void> => (await import('./ebpf.js')).removeEbpfPieces(netns, ifname);
   await Promise.all([
