@@ -2,10 +2,12 @@
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
+import { canonicalIp, formatIp, parseIp } from '../protocol/address.js';
 
 const libc = koffi.load('libc.so.6');
 
 export const AF_INET = 2;
+export const AF_INET6 = 10;
 export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
@@ -18,6 +20,13 @@ export const IP_TRANSPARENT = 19;
 /** Bind an address now and the port at connect(), from the whole 4-tuple space (Linux 4.2+). */
 export const IP_BIND_ADDRESS_NO_PORT = 24;
 export const SO_ORIGINAL_DST = 80;
+export const SOL_IPV6 = 41;
+/** An AF_INET6 socket takes IPv6 only (no IPv4-mapped peers), so `::` can sit beside an IPv4 listener on the same port. */
+export const IPV6_V6ONLY = 26;
+/** IPv6's IP_TRANSPARENT (the same socket flag): bind a non-local address, accept steered packets. */
+export const IPV6_TRANSPARENT = 75;
+/** getsockopt(SOL_IPV6): the destination before REDIRECT, a struct sockaddr_in6 (IPv6's SO_ORIGINAL_DST). */
+export const IP6T_SO_ORIGINAL_DST = 80;
 export const CLONE_NEWNET = 0x40000000;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
@@ -128,7 +137,7 @@ export function bind(fd: number, addr: Buffer): void {
   check('bind', fns.bind(fd, addr, addr.length) as number);
 }
 
-/** The socket's local address (struct sockaddr_in for IPv4 sockets). */
+/** The socket's local address (struct sockaddr_in for IPv4 sockets, sockaddr_in6 for IPv6). */
 export function getsockname(fd: number): Buffer {
   const buf = Buffer.alloc(128);
   const len = [buf.length];
@@ -254,4 +263,59 @@ export function sockaddrIn(address: string, port: number): Buffer {
 export function parseSockaddrIn(buf: Buffer): { address: string; port: number } {
   if (buf.length < 8 || buf.readUInt16LE(0) !== AF_INET) throw new Error('not a sockaddr_in');
   return { address: [...buf.subarray(4, 8)].join('.'), port: buf.readUInt16BE(2) };
+}
+
+/** sizeof(struct sockaddr_in6): family, port (big-endian), flowinfo, 16-byte address, scope id. */
+export const SOCKADDR_IN6_SIZE = 28;
+const LOW64 = (1n << 64n) - 1n;
+
+/**
+ * struct sockaddr_in6 for a plain IPv6 address (written as it is: an IPv4-mapped one stays mapped; no zone, use
+ * `scopeId` for a link-local address) and port.
+ */
+export function sockaddrIn6(address: string, port: number, scopeId = 0): Buffer {
+  const ip = parseIp(address, { keepMapped: true });
+  if (ip?.family !== 6) throw new Error(`not an IPv6 address: ${address}`);
+  const buf = Buffer.alloc(SOCKADDR_IN6_SIZE);
+  buf.writeUInt16LE(AF_INET6, 0);
+  buf.writeUInt16BE(port, 2);
+  buf.writeBigUInt64BE(ip.value >> 64n, 8);
+  buf.writeBigUInt64BE(ip.value & LOW64, 16);
+  buf.writeUInt32LE(scopeId, 24);
+  return buf;
+}
+
+/** A struct sockaddr_in6's address (canonical: an IPv4-mapped one is its IPv4 address, see protocol/address.ts) and port. */
+export function parseSockaddrIn6(buf: Buffer): { address: string; port: number; scopeId: number } {
+  if (buf.length < SOCKADDR_IN6_SIZE || buf.readUInt16LE(0) !== AF_INET6) throw new Error('not a sockaddr_in6');
+  const value = (buf.readBigUInt64BE(8) << 64n) | buf.readBigUInt64BE(16);
+  const text = formatIp({ family: 6, value });
+  return { address: canonicalIp(text) ?? text, port: buf.readUInt16BE(2), scopeId: buf.readUInt32LE(24) };
+}
+
+/**
+ * The socket family for an address: AF_INET6 for IPv6 text (anything with a colon), except an IPv4-mapped address, which
+ * is the IPv4 address it carries (AF_INET, as protocol/address.ts canonicalises it); AF_INET for anything else.
+ * `address` comes back as the text to use with that family. Throws for colon text that is no plain IPv6 address.
+ */
+export function inetAddress(address: string): { family: typeof AF_INET | typeof AF_INET6; address: string } {
+  if (!address.includes(':')) return { family: AF_INET, address };
+  const canonical = canonicalIp(address);
+  if (canonical === undefined) throw new Error(`not an IP address: ${address}`);
+  return { family: canonical.includes(':') ? AF_INET6 : AF_INET, address: canonical };
+}
+
+/** struct sockaddr_in or sockaddr_in6, by the address's family (see inetAddress). */
+export function sockaddrInet(address: string, port: number): Buffer {
+  const a = inetAddress(address);
+  return a.family === AF_INET6 ? sockaddrIn6(a.address, port) : sockaddrIn(a.address, port);
+}
+
+/** The address and port of a struct sockaddr_in or sockaddr_in6 (getsockname, getpeername). */
+export function parseSockaddrInet(buf: Buffer): { address: string; port: number } {
+  if (buf.length >= 2 && buf.readUInt16LE(0) === AF_INET6) {
+    const { address, port } = parseSockaddrIn6(buf);
+    return { address, port };
+  }
+  return parseSockaddrIn(buf);
 }

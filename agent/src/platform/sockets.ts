@@ -1,23 +1,26 @@
-// TCP sockets created inside a pod's network namespace and handed to Node, and SO_ORIGINAL_DST.
+// TCP sockets created inside a pod's network namespace and handed to Node, and SO_ORIGINAL_DST; IPv4 or IPv6, each
+// socket's family taken from the address it is given (an IPv6 listener is IPv6-only, beside the IPv4 one on its port).
 // Sockets are made with koffi inside withNetns (so they belong to the pod) and wrapped by net.Server / net.Socket afterwards.
 // In-pod listeners are not SO_REUSEPORT (nothing else may join them); a take-over hands the same sockets to the successor
 // (handover/listener-transfer.ts), whose facts it checks with listenerFacts before use.
 import { fstatSync } from 'node:fs';
 import net from 'node:net';
 import {
-  SIOCGSKNS, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_SOCKET, SO_ACCEPTCONN, SO_MARK, SO_ORIGINAL_DST,
-  SO_REUSEADDR, SO_REUSEPORT, AF_INET, IP_BIND_ADDRESS_NO_PORT, IP_TRANSPARENT, bind, close, dupCloexec, getsockname, getsockoptBuf,
-  ioctlNoArg, listen, parseSockaddrIn, setsockoptInt, socket, sockaddrIn,
+  SIOCGSKNS, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_IPV6, SOL_SOCKET, SO_ACCEPTCONN, SO_MARK, SO_ORIGINAL_DST,
+  SO_REUSEADDR, SO_REUSEPORT, AF_INET, AF_INET6, IP6T_SO_ORIGINAL_DST, IPV6_TRANSPARENT, IPV6_V6ONLY, IP_BIND_ADDRESS_NO_PORT,
+  IP_TRANSPARENT, SOCKADDR_IN6_SIZE, bind, close, dupCloexec, getsockname, getsockoptBuf, inetAddress, ioctlNoArg, listen,
+  parseSockaddrIn, parseSockaddrIn6, parseSockaddrInet, setsockoptInt, sockaddrInet, socket,
 } from './libc.js';
 import { normalizeIp } from '../protocol/address.js';
 import { socketKind } from './fd-passing.js';
 import { type Netns, type NetnsId, withNetns } from './netns.js';
 
 export interface ListenOptions {
+  /** An IPv4 or IPv6 address (`0.0.0.0`, `::`): the socket's family follows it. */
   address: string;
   port: number;
   backlog?: number;
-  /** IP_TRANSPARENT, for listeners that receive packets steered to them without NAT. */
+  /** IP_TRANSPARENT (IPV6_TRANSPARENT), for listeners that receive packets steered to them without NAT. */
   transparent?: boolean;
   /** Accepted sockets are not read by Node (their fds go to the native data plane, which must see every byte). */
   pauseOnConnect?: boolean;
@@ -30,15 +33,28 @@ export interface ListenOptions {
   fd?: number;
 }
 
-/** A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). */
+/** IP_TRANSPARENT, at its family's level: the one socket flag under both names. */
+function setTransparent(fd: number, family: number): void {
+  if (family === AF_INET6) setsockoptInt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, 'IPV6_TRANSPARENT');
+  else setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
+}
+
+/**
+ * A listening socket bound inside ns, as a raw fd for net.Server#listen({ fd }). An IPv6 one is IPV6_V6ONLY whatever
+ * the system default (net.ipv6.bindv6only): it never takes IPv4 (which has its own listener and own rules), and `::`
+ * does not collide with `0.0.0.0` on the same port.
+ */
 export function listenFdIn(ns: Netns, opts: ListenOptions): number {
+  const { family } = inetAddress(opts.address);
+  const addr = sockaddrInet(opts.address, opts.port);
   return withNetns(ns, () => {
-    const fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
     try {
       setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
       if (opts.reusePort) setsockoptInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
-      if (opts.transparent) setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
-      bind(fd, sockaddrIn(opts.address, opts.port));
+      if (family === AF_INET6) setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, 1, 'IPV6_V6ONLY');
+      if (opts.transparent) setTransparent(fd, family);
+      bind(fd, addr);
       listen(fd, opts.backlog ?? 511);
       return fd;
     } catch (err) {
@@ -54,7 +70,7 @@ export interface ListenerFacts {
   type: number;
   /** SO_ACCEPTCONN. */
   listening: boolean;
-  /** getsockname (IPv4 only: anything else has no address here). */
+  /** getsockname (IPv4 and IPv6 only: anything else has no address here). */
   local: { address: string; port: number } | undefined;
   /** The network namespace the socket belongs to (SIOCGSKNS), identified like a Netns. */
   netns: NetnsId;
@@ -64,7 +80,7 @@ export interface ListenerFacts {
 export function listenerFacts(fd: number): ListenerFacts {
   const kind = socketKind(fd);
   const listening = getsockoptBuf(fd, SOL_SOCKET, SO_ACCEPTCONN, 4, 'SO_ACCEPTCONN').readInt32LE(0) === 1;
-  const local = kind.domain === AF_INET ? parseSockaddrIn(getsockname(fd)) : undefined;
+  const local = kind.domain === AF_INET || kind.domain === AF_INET6 ? parseSockaddrInet(getsockname(fd)) : undefined;
   const nsFd = ioctlNoArg(fd, SIOCGSKNS, 'SIOCGSKNS');
   try {
     const st = fstatSync(nsFd);
@@ -94,6 +110,7 @@ export async function listenIn(ns: Netns, opts: ListenOptions, onConnection: (s:
 }
 
 export interface DialOptions {
+  /** An IPv4 or IPv6 address (the socket's family follows it; an IPv4-mapped one is its IPv4 address). */
   host: string;
   port: number;
   /** SO_MARK for the agent's own sockets, so the in-pod rules exempt them. */
@@ -110,7 +127,8 @@ export interface DialOptions {
   signal?: AbortSignal;
   /**
    * Connect from this (usually non-local) address: IP_TRANSPARENT, bound before connect (inbound source preservation,
-   * so the app sees its client). The port is the kernel's choice; `avoidPort` is never chosen (see transparentSocket).
+   * so the app sees its client); of the host's family. The port is the kernel's choice; `avoidPort` is never chosen (see
+   * transparentSocket).
    */
   source?: { address: string; avoidPort?: number };
 }
@@ -119,7 +137,8 @@ export interface DialOptions {
 const SOURCE_BIND_TRIES = 4;
 
 /**
- * A TCP socket inside the current netns, IP_TRANSPARENT and bound to `address` (not one of ours: the client's).
+ * A TCP socket inside the current netns, IP_TRANSPARENT and bound to `address` (not one of ours: the client's), IPv4 or
+ * IPv6 by the address (IP_BIND_ADDRESS_NO_PORT is a SOL_IP option that IPv6 sockets honour too).
  * Without `avoidPort` the port is left to connect() (IP_BIND_ADDRESS_NO_PORT: ports are unique per 4-tuple, not per
  * address, so many connections from one client do not exhaust them). With it the port is bound now and checked: the
  * plaintext path passes the client's own port, because under REDIRECT the client's connection holds a conntrack entry
@@ -127,16 +146,18 @@ const SOURCE_BIND_TRIES = 4;
  * taken for the old one (NATed back to 15006). A socket that got that port is held until another one is bound.
  */
 export function transparentSocket(address: string, mark: number, avoidPort?: number): number {
+  const { family } = inetAddress(address);
+  const addr = sockaddrInet(address, 0);
   const held: number[] = [];
   try {
     for (let i = 0; i < SOURCE_BIND_TRIES; i++) {
-      const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+      const s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
       held.push(s);
       setsockoptInt(s, SOL_SOCKET, SO_MARK, mark, 'SO_MARK');
-      setsockoptInt(s, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
+      setTransparent(s, family);
       if (avoidPort === undefined) setsockoptInt(s, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT');
-      bind(s, sockaddrIn(address, 0));
-      if (avoidPort === undefined || parseSockaddrIn(getsockname(s)).port !== avoidPort) return held.pop() as number;
+      bind(s, addr);
+      if (avoidPort === undefined || parseSockaddrInet(getsockname(s)).port !== avoidPort) return held.pop() as number;
     }
     throw new Error(`no source port for ${address} other than ${avoidPort} after ${SOURCE_BIND_TRIES} tries`);
   } finally {
@@ -147,10 +168,17 @@ export function transparentSocket(address: string, mark: number, avoidPort?: num
 /** Connects from inside ns with the given mark (and from `source` when given); resolves with the connected socket. */
 export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
   let fd: number;
+  let host: string;
   try {
+    const target = inetAddress(opts.host);
+    host = target.address;
+    const source = opts.source;
+    if (source && inetAddress(source.address).family !== target.family) {
+      throw new Error(`connect ${opts.host}:${opts.port} from ${source.address}: not the same address family`);
+    }
     fd = withNetns(ns, () => {
-      if (opts.source) return transparentSocket(opts.source.address, opts.mark, opts.source.avoidPort);
-      const s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (source) return transparentSocket(source.address, opts.mark, source.avoidPort);
+      const s = socket(target.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
       try {
         setsockoptInt(s, SOL_SOCKET, SO_MARK, opts.mark, 'SO_MARK');
         return s;
@@ -176,7 +204,7 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
       settled();
       reject(err);
     });
-    sock.connect(opts.port, opts.host, () => {
+    sock.connect(opts.port, host, () => {
       settled();
       sock.removeAllListeners('error');
       resolve(sock);
@@ -202,13 +230,29 @@ export function handleFd(sock: net.Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST), or the socket's local address. */
+/** IP6T_SO_ORIGINAL_DST of an IPv6 socket; undefined for any other socket, or one that was not NATed. */
+function originalDst6(fd: number): { address: string; port: number } | undefined {
+  try {
+    if (socketKind(fd).domain !== AF_INET6) return undefined;
+    const { address, port } = parseSockaddrIn6(getsockoptBuf(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, SOCKADDR_IN6_SIZE, 'IP6T_SO_ORIGINAL_DST'));
+    return { address, port };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST; on an IPv6 socket, which has no IPv4
+ * conntrack entry, IP6T_SO_ORIGINAL_DST), or the socket's local address. IPv4 sockets pay no extra syscall.
+ */
 export function originalDst(sock: net.Socket): { address: string; port: number } {
   const fd = handleFd(sock);
   if (fd !== undefined) {
     try {
       return parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
     } catch {
+      const v6 = originalDst6(fd);
+      if (v6) return v6;
       // Not NATed (TPROXY / sk_assign steering): the local address is the original destination.
     }
   }
