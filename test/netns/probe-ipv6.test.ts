@@ -4,14 +4,14 @@
 import { PROBE_SNAT_IP6 } from '../../agent/src/redirect/constants.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed } from '../testbed/index.js';
-import { AMBIENT, agentPod, startEcho } from './helpers.js';
+import { AMBIENT, NFT, agentPod, startEcho } from './helpers.js';
 
 /** The node's IPv6 probe set as the backend keeps it (ipset for iptables and ebpf, the nft host table's set for nftables). */
 async function probeSet6(tb: Testbed, mode: RedirectMode): Promise<string> {
   const r = mode === 'nftables'
-    ? await tb.nodeExec(0, 'nft', ['list', 'set', 'inet', 'ambient-node-host', 'probes-v6'])
+    ? await tb.nodeExec(0, NFT, ['list', 'set', 'inet', 'ambient-node-host', 'probes-v6'])
     : await tb.nodeExec(0, 'ipset', ['list', 'ambient-node-probes-v6']);
-  return String(r.stdout);
+  return `${String(r.stdout)}${String(r.stderr)}`;
 }
 
 /** Whether a set listing holds exactly `addr` (not merely a longer address it begins). */
@@ -33,7 +33,8 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const ip6 = pod.ip6;
     if (!ip6) throw new Error('the dual-stack pod has no IPv6 address');
     t.is((await agentPod(tb, pod))?.state, 'enrolled');
-    t.true(holds(await probeSet6(tb, mode), ip6), `the pod's IPv6 address is in the node's v6 probe set`);
+    const set6 = await probeSet6(tb, mode);
+    t.true(holds(set6, ip6), `the pod's IPv6 address ${ip6} is in the node's v6 probe set: ${set6}`);
     await startEcho(pod, 9080); // ncat listens on both families
 
     const probe = await tb.nodeExec(0, 'ncat', ['-6', '--no-shutdown', '-w', '3', ip6, '9080'], { input: 'probe\n', reject: false });
