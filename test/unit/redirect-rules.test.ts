@@ -2,6 +2,7 @@
 import test from 'ava';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import * as nft from '../../agent/src/redirect/nftables.js';
+import { probeIps } from '../../agent/src/reconcile/attachments.js';
 import { assertGolden } from './golden.js';
 
 const POD = Object.values(ipt.POD_CHAINS);
@@ -66,6 +67,10 @@ test('IPv6 probe SNAT: ip6tables SNATs to Istio\'s v6 address from its own ipset
   const pre = nft.podTable().split('\n');
   const v6 = pre.indexOf('\t\tip6 saddr fd16:9254:7127:1337:ffff:ffff:ffff:ffff meta l4proto tcp accept');
   t.true(v6 >= 0 && v6 < pre.findIndex((l) => l.includes('redirect to :15006')), 'nft: accepted before the inbound redirect');
+});
+
+test('probe targets: every address of a pod, both families (the backend puts each in its family\'s set)', (t) => {
+  t.deepEqual(probeIps({ ips: ['10.244.0.5', 'fd00:10:244::5', 'not-an-ip'] }), ['10.244.0.5', 'fd00:10:244::5']);
 });
 
 test('nft listing normalisation drops the elements of both probe sets', (t) => {
