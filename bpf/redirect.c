@@ -20,7 +20,8 @@
 // IPv4 only for now: IPv6 TCP is not captured, so it is refused both ways (never bypasses the mesh): a connection-opening
 // SYN is turned into the RST a closed port would send and handed back to its sender (the app or the peer is refused at
 // once, as with ip6tables' redirect to a port nobody listens on), anything else is dropped. The rest of IPv6 (ICMPv6
-// neighbour discovery, UDP) passes. The config is laid out so an IPv6 capture path slots in beside IPv4.
+// neighbour discovery, UDP) passes, and so do kubelet probes (from the node's IPv6 probe SNAT address) and the app's
+// answers to them. The config is laid out so an IPv6 capture path slots in beside IPv4.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -39,6 +40,11 @@
 #define INBOUND_PLAINTEXT_PORT 15006
 #define INBOUND_HBONE_PORT 15008
 #define PROBE_SNAT_IP 0xa9fe077f /* 169.254.7.127, host order */
+/* fd16:9254:7127:1337:ffff:ffff:ffff:ffff (the IPv6 probe SNAT address), its four 32-bit words in host order */
+#define PROBE_SNAT_IP6_0 0xfd169254
+#define PROBE_SNAT_IP6_1 0x71271337
+#define PROBE_SNAT_IP6_2 0xffffffff
+#define PROBE_SNAT_IP6_3 0xffffffff
 #define LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
 #define PACKET_HOST 0
 #define TCP_LISTEN 10
@@ -265,7 +271,31 @@ static __always_inline int syn_to_rst6(struct __sk_buff *skb)
 }
 
 /*
- * IPv6 TCP is refused both ways until IPv6 is captured: a SYN is answered with a RST sent back to where it came from
+ * A kubelet probe over IPv6 (the node SNATs it to PROBE_SNAT_IP6, as for IPv4): at ingress anything from that address
+ * goes to the app untouched; at egress the app's packets to it pass, except a bare SYN (an app dialling that address
+ * opens no probe's connection: it is refused like any IPv6 TCP), and except packets behind extension headers.
+ */
+static __always_inline int probe6(struct __sk_buff *skb, int egress)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end)
+		return 0;
+	struct in6_addr a = egress ? ip6->daddr : ip6->saddr;
+	if (a.in6_u.u6_addr32[0] != bpf_htonl(PROBE_SNAT_IP6_0) || a.in6_u.u6_addr32[1] != bpf_htonl(PROBE_SNAT_IP6_1) ||
+	    a.in6_u.u6_addr32[2] != bpf_htonl(PROBE_SNAT_IP6_2) || a.in6_u.u6_addr32[3] != bpf_htonl(PROBE_SNAT_IP6_3))
+		return 0;
+	if (!egress)
+		return 1;
+	struct tcphdr *th = (void *)(ip6 + 1);
+	if (ip6->nexthdr != IPPROTO_TCP || (void *)(th + 1) > data_end)
+		return 0;
+	return !(th->syn && !th->ack);
+}
+
+/*
+ * IPv6 TCP is refused both ways until IPv6 is captured (kubelet probes excepted: probe6): a SYN is answered with a RST sent back to where it came from
  * (egress: to the pod's own ingress, for the app; ingress: out of the pod, for the peer), anything else is dropped.
  * Returns the verdict for IPv6 TCP, -1 for anything else (the caller goes on). Our own RSTs pass on their way back.
  */
@@ -276,7 +306,7 @@ static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb, int egress)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return -1;
-	if (skb->mark == IPV6_RESET_MARK)
+	if (skb->mark == IPV6_RESET_MARK || probe6(skb, egress))
 		return TC_ACT_OK;
 	if (!ipv6_tcp(skb))
 		return -1;

@@ -2,13 +2,14 @@
 import test from 'ava';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import * as nft from '../../agent/src/redirect/nftables.js';
+import { probeIps } from '../../agent/src/reconcile/attachments.js';
 import { assertGolden } from './golden.js';
 
 const POD = Object.values(ipt.POD_CHAINS);
 
 interface Case {
   backend: 'iptables' | 'nftables';
-  side: 'pod' | 'pod-ipv6' | 'host';
+  side: 'pod' | 'pod-ipv6' | 'host' | 'host-ipv6';
   render: () => string;
 }
 
@@ -16,6 +17,7 @@ const cases: Case[] = [
   { backend: 'iptables', side: 'pod', render: () => ipt.restoreInput('', POD, ipt.podChainRules(), ipt.podJumpRules()) },
   { backend: 'iptables', side: 'pod-ipv6', render: () => ipt.restoreInput('', POD, ipt.podChainRules(6), ipt.podJumpRules()) },
   { backend: 'iptables', side: 'host', render: () => ipt.restoreInput('', [ipt.HOST_CHAIN], ipt.hostChainRules(), ipt.hostJumpRules()) },
+  { backend: 'iptables', side: 'host-ipv6', render: () => ipt.restoreInput('', [ipt.HOST_CHAIN], ipt.hostChainRules('', 6), ipt.hostJumpRules()) },
   { backend: 'nftables', side: 'pod', render: () => nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) },
   { backend: 'nftables', side: 'host', render: () => nft.replaceTableScript(nft.HOST_TABLE, nft.hostTable()) },
 ];
@@ -47,6 +49,35 @@ test('iptables probe SNAT: any local socket by default, only the kubelet\'s cgro
   t.deepEqual(ipt.hostChainRules('/system.slice/kubelet.service'), [
     '-A AMBIENT_POSTRT -p tcp -m owner --socket-exists -m cgroup --path "/system.slice/kubelet.service" -m set --match-set ambient-node-probes-v4 dst -j SNAT --to-source 169.254.7.127',
   ], 'in iptables-save\'s form, so drift checks compare it as saved');
+});
+
+test('IPv6 probe SNAT: ip6tables SNATs to Istio\'s v6 address from its own ipset, the cgroup limit too; the pod accepts it before the redirect', (t) => {
+  t.deepEqual(ipt.hostChainRules('/system.slice/kubelet.service', 6), [
+    '-A AMBIENT_POSTRT -p tcp -m owner --socket-exists -m cgroup --path "/system.slice/kubelet.service" -m set --match-set ambient-node-probes-v6 dst -j SNAT --to-source fd16:9254:7127:1337:ffff:ffff:ffff:ffff',
+  ]);
+  const pod6 = ipt.podChainRules(6);
+  const accept = pod6.indexOf('-A AMBIENT_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 -p tcp -j ACCEPT');
+  t.true(accept >= 0, 'in ip6tables-save\'s form (/128)');
+  t.true(accept < pod6.findIndex((l) => l.includes('REDIRECT --to-ports 15006')), 'before the inbound redirect');
+  t.false(pod6.some((l) => l.includes('169.254.7.127')), 'no IPv4 address in ip6tables');
+  t.false(ipt.podChainRules(4).some((l) => l.includes('fd16:')), 'no IPv6 address in iptables');
+  const host = nft.hostTable();
+  t.regex(host, /set probes-v6 \{\n\t\ttype ipv6_addr\n\t\}/);
+  t.regex(host, /ip6 daddr @probes-v6 snat ip6 to fd16:9254:7127:1337:ffff:ffff:ffff:ffff/);
+  const pre = nft.podTable().split('\n');
+  const v6 = pre.indexOf('\t\tip6 saddr fd16:9254:7127:1337:ffff:ffff:ffff:ffff meta l4proto tcp accept');
+  t.true(v6 >= 0 && v6 < pre.findIndex((l) => l.includes('redirect to :15006')), 'nft: accepted before the inbound redirect');
+});
+
+test('probe targets: every address of a pod, both families (the backend puts each in its family\'s set)', (t) => {
+  t.deepEqual(probeIps({ ips: ['10.244.0.5', 'fd00:10:244::5', 'not-an-ip'] }), ['10.244.0.5', 'fd00:10:244::5']);
+});
+
+test('nft listing normalisation drops the elements of both probe sets', (t) => {
+  const listed = nft.hostTable()
+    .replace('type ipv4_addr', 'type ipv4_addr\n\t\telements = { 10.0.0.1 }')
+    .replace('type ipv6_addr', 'type ipv6_addr\n\t\telements = { fd00:10:244::5,\n\t\t\t     fd00:10:244::6 }');
+  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.hostTable()));
 });
 
 test('iptables restore plan does not add a jump that is already there', (t) => {

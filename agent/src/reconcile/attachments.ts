@@ -10,7 +10,7 @@ import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { REDIRECT_MODES, type RedirectMode } from '../config.js';
 import { removeBackendPodRules, removePodRules } from '../redirect/backend.js';
 import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
-import { addressesOf } from '../protocol/address.js';
+import { ipFamily } from '../protocol/address.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import type { PodRecord, StateStore } from '../registry/state-store.js';
 import { workloadIdentity } from '../workload/directory.js';
@@ -85,9 +85,9 @@ export function podContext(rec: PodRecord): PodContext {
   return { ifname: rec.ifname, ips: rec.ips };
 }
 
-/** The pod IPs kubelet probes are SNATed for: IPv4 only (the probe SNAT and its set are IPv4). */
+/** The pod IPs kubelet probes are SNATed for: every address, of both families (the backend puts each in its family's set). */
 export function probeIps(rec: Pick<PodRecord, 'ips'>): string[] {
-  return addressesOf(rec.ips, 'ipv4');
+  return rec.ips.filter((ip) => ipFamily(ip) !== undefined);
 }
 
 /** An enrolment refused because the backend captures none of the pod's address families (capture-families.ts). */

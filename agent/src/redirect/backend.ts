@@ -4,6 +4,7 @@
 import type { RedirectMode } from '../config.js';
 import { ToolError, runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
+import { canonicalIp } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
@@ -25,6 +26,16 @@ const TABLE_CHAINS: Record<ipt.PodTable, readonly string[]> = { nat: POD_CHAINS,
 const FAMILIES: readonly ipt.Family[] = [4, 6];
 /** Families whose inbound source is preserved (IPv6 TCP is refused, not carried, until IPv6 is captured). */
 const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
+
+/**
+ * A probe target's family and canonical text (the set of its family holds it); throws for text that is not an address.
+ * IPv4-mapped IPv6 counts as the IPv4 address it maps.
+ */
+function probeTarget(ip: string): { family: ipt.Family; addr: string } {
+  const addr = canonicalIp(ip);
+  if (addr === undefined) throw new Error(`not a pod address for the probe set: ${JSON.stringify(ip)}`);
+  return { family: addr.includes(':') ? 6 : 4, addr };
+}
 
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
@@ -142,44 +153,61 @@ class IptablesBackend implements RedirectBackend {
     ];
   }
 
+  /** Both families, each its ipset and its table's SNAT chain (ip6tables for IPv6); the cgroup limit applies to both. */
   async installHost(): Promise<void> {
-    await runTool('ipset', ['create', ipt.PROBE_IPSET, 'hash:ip', 'comment', '-exist']);
-    const current = await runTool('iptables-save', ['-t', 'nat']);
-    const input = ipt.restoreInput(current, [ipt.HOST_CHAIN], ipt.hostChainRules(this.kubeletCgroup), ipt.hostJumpRules());
-    try {
-      await runTool('iptables-restore', ['--noflush', '-w', '5'], { input });
-    } catch (err) {
-      if (!this.kubeletCgroup) throw err;
-      // The kernel resolves the path when the rule is loaded: a wrong one is the likely cause.
-      throw new Error(`cannot install the probe SNAT limited to cgroup ${this.kubeletCgroup} (does that cgroup v2 path exist, as the agent sees the cgroup tree?)`, { cause: err });
-    }
+    await Promise.all(FAMILIES.map(async (family) => {
+      const { ipset, ipsetFamily } = ipt.PROBE[family];
+      const tools = ipt.TOOLS[family];
+      await runTool('ipset', ['create', ipset, 'hash:ip', 'family', ipsetFamily, 'comment', '-exist']);
+      const current = await runTool(tools.save, ['-t', 'nat']);
+      const input = ipt.restoreInput(current, [ipt.HOST_CHAIN], ipt.hostChainRules(this.kubeletCgroup, family), ipt.hostJumpRules());
+      try {
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { input });
+      } catch (err) {
+        if (!this.kubeletCgroup) throw err;
+        // The kernel resolves the path when the rule is loaded: a wrong one is the likely cause.
+        throw new Error(`cannot install the probe SNAT limited to cgroup ${this.kubeletCgroup} (does that cgroup v2 path exist, as the agent sees the cgroup tree?)`, { cause: err });
+      }
+    }));
   }
 
+  /** Both families; IPv6 lines (the ip6tables rules and the v6 ipset) carry the `ip6tables: ` prefix. */
   async verifyHost(): Promise<RuleDrift> {
-    const current = await runTool('iptables-save', ['-t', 'nat']);
-    const actual = ipt.ownedNatLines(current, [ipt.HOST_CHAIN]);
-    const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules(this.kubeletCgroup)], actual);
-    try {
-      await runTool('ipset', ['list', '-n', ipt.PROBE_IPSET]);
-      actual.push(`ipset ${ipt.PROBE_IPSET}`);
-    } catch {
-      d.missing.push(`ipset ${ipt.PROBE_IPSET}`);
-    }
-    return ok(d.missing, d.unexpected, actual);
+    const per = await Promise.all(FAMILIES.map(async (family) => {
+      const tag = (l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
+      const { ipset } = ipt.PROBE[family];
+      const actual = ipt.ownedNatLines(await runTool(ipt.TOOLS[family].save, ['-t', 'nat']), [ipt.HOST_CHAIN]);
+      const d = ipt.diffOwned([...ipt.hostJumpRules(), ...ipt.hostChainRules(this.kubeletCgroup, family)], actual);
+      try {
+        await runTool('ipset', ['list', '-n', ipset]);
+        actual.push(`ipset ${ipset}`);
+      } catch {
+        d.missing.push(`ipset ${ipset}`);
+      }
+      return { missing: d.missing.map(tag), unexpected: d.unexpected.map(tag), actual: actual.map(tag) };
+    }));
+    return ok(per.flatMap((p) => p.missing), per.flatMap((p) => p.unexpected), per.flatMap((p) => p.actual));
   }
 
+  /** Into the ipset of the address's family. */
   async addProbeTarget(ip: string, podUid: string): Promise<void> {
-    await runTool('ipset', ['add', ipt.PROBE_IPSET, ip, 'comment', podUid || 'unknown', '-exist']);
+    const { family, addr } = probeTarget(ip);
+    await runTool('ipset', ['add', ipt.PROBE[family].ipset, addr, 'comment', podUid || 'unknown', '-exist']);
   }
 
   async removeProbeTarget(ip: string): Promise<void> {
-    await runTool('ipset', ['del', ipt.PROBE_IPSET, ip, '-exist']);
+    const { family, addr } = probeTarget(ip);
+    await runTool('ipset', ['del', ipt.PROBE[family].ipset, addr, '-exist']);
   }
 
+  /** Both families: the chain first (its rule names the set), then the set. */
   async removeHost(): Promise<void> {
-    const current = await runTool('iptables-save', ['-t', 'nat']);
-    await runTool('iptables-restore', ['--noflush', '-w', '5'], { input: ipt.removeInput(current, [ipt.HOST_CHAIN]) });
-    await runTool('ipset', ['destroy', ipt.PROBE_IPSET]).catch(() => undefined);
+    await Promise.all(FAMILIES.map(async (family) => {
+      const tools = ipt.TOOLS[family];
+      const current = await runTool(tools.save, ['-t', 'nat']);
+      await runTool(tools.restore, ['--noflush', '-w', '5'], { input: ipt.removeInput(current, [ipt.HOST_CHAIN]) });
+      await runTool('ipset', ['destroy', ipt.PROBE[family].ipset]).catch(() => undefined);
+    }));
   }
 }
 
@@ -224,9 +252,12 @@ class NftablesBackend implements RedirectBackend {
   }
 
   async installHost(): Promise<void> {
-    // Keep the probe set's elements across a repair: re-add them after replacing the table.
-    const elements = await this.probeElements().catch(() => []);
-    const adds = elements.length ? `add element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${elements.join(', ')} }\n` : '';
+    // Keep the probe sets' elements across a repair: re-add them after replacing the table.
+    const adds = (await Promise.all(FAMILIES.map(async (family) => {
+      const set = nft.PROBE_SETS[family];
+      const elements = await this.probeElements(set).catch(() => []);
+      return elements.length ? `add element inet ${nft.HOST_TABLE} ${set} { ${elements.join(', ')} }\n` : '';
+    }))).join('');
     await runTool('nft', ['-f', '-'], { input: nft.replaceTableScript(nft.HOST_TABLE, nft.hostTable()) + adds });
   }
 
@@ -234,20 +265,24 @@ class NftablesBackend implements RedirectBackend {
     return this.verifyTable(nft.HOST_TABLE, nft.hostTable());
   }
 
+  /** Into the set of the address's family. */
   async addProbeTarget(ip: string): Promise<void> {
-    await runTool('nft', ['add', 'element', 'inet', nft.HOST_TABLE, nft.PROBE_SET, `{ ${ip} }`]);
+    const { family, addr } = probeTarget(ip);
+    await runTool('nft', ['add', 'element', 'inet', nft.HOST_TABLE, nft.PROBE_SETS[family], `{ ${addr} }`]);
   }
 
   async removeProbeTarget(ip: string): Promise<void> {
-    await runTool('nft', ['-f', '-'], { input: `add element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${ip} }\ndelete element inet ${nft.HOST_TABLE} ${nft.PROBE_SET} { ${ip} }\n` });
+    const { family, addr } = probeTarget(ip);
+    const set = nft.PROBE_SETS[family];
+    await runTool('nft', ['-f', '-'], { input: `add element inet ${nft.HOST_TABLE} ${set} { ${addr} }\ndelete element inet ${nft.HOST_TABLE} ${set} { ${addr} }\n` });
   }
 
   async removeHost(): Promise<void> {
     await runTool('nft', ['-f', '-'], { input: nft.deleteTableScript(nft.HOST_TABLE) });
   }
 
-  private async probeElements(): Promise<string[]> {
-    const out = await runTool('nft', ['list', 'set', 'inet', nft.HOST_TABLE, nft.PROBE_SET]);
+  private async probeElements(set: string): Promise<string[]> {
+    const out = await runTool('nft', ['list', 'set', 'inet', nft.HOST_TABLE, set]);
     const m = /elements = \{([^}]*)\}/.exec(out);
     return m?.[1] ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
   }

@@ -11,6 +11,8 @@ export const AGENT_MARK = 0x539;
 export const AGENT_MARK_MASK = 0xfff;
 /** Source address that node-local (kubelet) connections to enrolled pods are SNATed to. */
 export const PROBE_SNAT_IP = '169.254.7.127';
+/** The same for IPv6 (Istio's address; RFC 5952 form, as ip6tables-save and nft print it). */
+export const PROBE_SNAT_IP6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
 /**
  * Inbound source preservation (the agent's upstream socket to the app is bound to the client's address): connections
  * the agent opens to its own pod get this connection mark (Istio's 0x111/0xfff), restored on the app's reply packets so

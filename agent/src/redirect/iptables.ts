@@ -1,7 +1,7 @@
 // iptables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
 // Rules are written in iptables-save's canonical form so a save of the namespace can be compared line by line.
 import {
-  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, REPLY_MARK, REPLY_MARK_MASK,
+  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, PROBE_SNAT_IP6, REPLY_MARK, REPLY_MARK_MASK,
 } from './constants.js';
 
 export const POD_CHAINS = { prerouting: 'AMBIENT_PRERT', output: 'AMBIENT_OUTPUT' } as const;
@@ -12,6 +12,7 @@ export const HOST_CHAIN = 'AMBIENT_POSTRT';
  */
 export const REPLY_GUARD_CHAIN = 'AMBIENT_REPLY_GUARD';
 export const PROBE_IPSET = 'ambient-node-probes-v4';
+export const PROBE_IPSET6 = 'ambient-node-probes-v6';
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
@@ -27,17 +28,23 @@ export const TOOLS: Record<Family, { save: string; restore: string }> = {
 /** How IPv6 lines are told apart from IPv4 ones in drift reports and `ambient-node rules`. */
 export const IP6_PREFIX = 'ip6tables: ';
 
+/** The kubelet-probe pieces of a family: the node's ipset of enrolled pod addresses (and its ipset family), the SNAT source. */
+export const PROBE: Record<Family, { ipset: string; ipsetFamily: 'inet' | 'inet6'; snat: string; prefix: number }> = {
+  4: { ipset: PROBE_IPSET, ipsetFamily: 'inet', snat: PROBE_SNAT_IP, prefix: 32 },
+  6: { ipset: PROBE_IPSET6, ipsetFamily: 'inet6', snat: PROBE_SNAT_IP6, prefix: 128 },
+};
+
 /**
- * The rules of our chains (nat table), one per line, as iptables-save prints them. IPv6 gets the same capture (there
- * is no IPv6 probe SNAT): until the agent listens on IPv6, TCP redirected there meets no listener and is refused, so
- * an enrolled pod's IPv6 traffic (link-local included) never bypasses the mesh.
+ * The rules of our chains (nat table), one per line, as iptables-save prints them. IPv6 gets the same capture, its
+ * kubelet probes (SNATed by the node to PROBE_SNAT_IP6) included: until the agent listens on IPv6, other TCP redirected
+ * there meets no listener and is refused, so an enrolled pod's IPv6 traffic (link-local included) never bypasses the mesh.
  */
 export function podChainRules(family: Family = 4): string[] {
   const pre = POD_CHAINS.prerouting;
   const out = POD_CHAINS.output;
   return [
     `-A ${pre} -i lo -j RETURN`,
-    ...(family === 4 ? [`-A ${pre} -s ${PROBE_SNAT_IP}/32 -p tcp -j ACCEPT`] : []),
+    `-A ${pre} -s ${PROBE[family].snat}/${PROBE[family].prefix} -p tcp -j ACCEPT`,
     `-A ${pre} -p tcp -m tcp --dport ${INBOUND_HBONE_PORT} -j ACCEPT`,
     `-A ${pre} -p tcp -j REDIRECT --to-ports ${INBOUND_PLAINTEXT_PORT}`,
     `-A ${out} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j ACCEPT`,
@@ -85,13 +92,15 @@ export function podJumpRules(): string[] {
 }
 
 /**
- * The node's probe SNAT: TCP from a local socket to an enrolled pod IP leaves as 169.254.7.127, which the pod's rules
- * let through to the app (Istio's rule). With `kubeletCgroup` only sockets of that cgroup v2 path (the kubelet's) are
- * SNATed; without it any local process, hostNetwork pods included, reaches enrolled pods' apps in plaintext.
+ * The node's probe SNAT of one family (iptables, or ip6tables for 6): TCP from a local socket to an enrolled pod address
+ * leaves as 169.254.7.127 (IPv6: fd16:9254:7127:1337:ffff:ffff:ffff:ffff), which the pod's rules let through to the app
+ * (Istio's rule). With `kubeletCgroup` only sockets of that cgroup v2 path (the kubelet's) are SNATed, on both families;
+ * without it any local process, hostNetwork pods included, reaches enrolled pods' apps in plaintext.
  */
-export function hostChainRules(kubeletCgroup = ''): string[] {
+export function hostChainRules(kubeletCgroup = '', family: Family = 4): string[] {
   const cgroup = kubeletCgroup ? ` -m cgroup --path "${kubeletCgroup}"` : '';
-  return [`-A ${HOST_CHAIN} -p tcp -m owner --socket-exists${cgroup} -m set --match-set ${PROBE_IPSET} dst -j SNAT --to-source ${PROBE_SNAT_IP}`];
+  const { ipset, snat } = PROBE[family];
+  return [`-A ${HOST_CHAIN} -p tcp -m owner --socket-exists${cgroup} -m set --match-set ${ipset} dst -j SNAT --to-source ${snat}`];
 }
 
 export function hostJumpRules(): string[] {

@@ -1,7 +1,7 @@
 // nftables rule generation for the in-pod redirection and the node's kubelet-probe SNAT, as pure functions.
 // Each script replaces our table atomically (add + delete + define in one transaction), so applying twice is harmless.
 import {
-  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, REPLY_MARK, REPLY_MARK_MASK,
+  AGENT_MARK, AGENT_MARK_MASK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SNAT_IP, PROBE_SNAT_IP6, REPLY_MARK, REPLY_MARK_MASK,
 } from './constants.js';
 
 export const POD_TABLE = 'ambient-nat';
@@ -9,6 +9,9 @@ export const POD_TABLE = 'ambient-nat';
 export const REPLY_TABLE = 'ambient-reply';
 export const HOST_TABLE = 'ambient-node-host';
 export const PROBE_SET = 'probes-v4';
+export const PROBE_SET6 = 'probes-v6';
+/** The host table's probe set of each address family (4 or 6). */
+export const PROBE_SETS = { 4: PROBE_SET, 6: PROBE_SET6 } as const;
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
@@ -20,6 +23,7 @@ export function podTable(): string {
     '\t\ttype nat hook prerouting priority dstnat; policy accept;',
     '\t\tiifname "lo" return',
     `\t\tip saddr ${PROBE_SNAT_IP} meta l4proto tcp accept`,
+    `\t\tip6 saddr ${PROBE_SNAT_IP6} meta l4proto tcp accept`,
     `\t\ttcp dport ${INBOUND_HBONE_PORT} accept`,
     `\t\tmeta l4proto tcp redirect to :${INBOUND_PLAINTEXT_PORT}`,
     '\t}',
@@ -64,7 +68,10 @@ export function replyTable(): string {
   ].join('\n');
 }
 
-/** The host table without set elements (elements change with every pod; they are checked separately). */
+/**
+ * The host table without set elements (elements change with every pod; they are checked separately): one set and one
+ * SNAT rule per family, each set holding the enrolled pods' addresses of its family.
+ */
 export function hostTable(): string {
   return [
     `table inet ${HOST_TABLE} {`,
@@ -72,9 +79,14 @@ export function hostTable(): string {
     '\t\ttype ipv4_addr',
     '\t}',
     '',
+    `\tset ${PROBE_SET6} {`,
+    '\t\ttype ipv6_addr',
+    '\t}',
+    '',
     '\tchain postrouting {',
     '\t\ttype nat hook postrouting priority srcnat; policy accept;',
     `\t\tmeta l4proto tcp fib saddr type local ip daddr @${PROBE_SET} snat ip to ${PROBE_SNAT_IP}`,
+    `\t\tmeta l4proto tcp fib saddr type local ip6 daddr @${PROBE_SET6} snat ip6 to ${PROBE_SNAT_IP6}`,
     '\t}',
     '}',
   ].join('\n');

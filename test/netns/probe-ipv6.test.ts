@@ -1,0 +1,63 @@
+// Kubelet probes over IPv6 on a dual-stack testbed (issue 14): the node SNATs its own TCP to an enrolled pod's IPv6
+// address to fd16:9254:7127:1337:ffff:ffff:ffff:ffff (ip6tables + ipset, or the nft host table), the pod lets it through
+// to the app, other IPv6 TCP into the pod is still refused, and DEL takes the address out of the node's set.
+import { PROBE_SNAT_IP6 } from '../../agent/src/redirect/constants.js';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, Testbed } from '../testbed/index.js';
+import { AMBIENT, NFT, agentPod, startEcho } from './helpers.js';
+
+/** The node's IPv6 probe set as the backend keeps it (ipset for iptables and ebpf, the nft host table's set for nftables). */
+async function probeSet6(tb: Testbed, mode: RedirectMode): Promise<string> {
+  const r = mode === 'nftables'
+    ? await tb.nodeExec(0, NFT, ['list', 'set', 'inet', 'ambient-node-host', 'probes-v6'])
+    : await tb.nodeExec(0, 'ipset', ['list', 'ambient-node-probes-v6']);
+  return `${String(r.stdout)}${String(r.stderr)}`;
+}
+
+/** Whether a set listing holds exactly `addr` (not merely a longer address it begins). */
+function holds(listing: string, addr: string): boolean {
+  return listing.split(/[\s{},]+/).includes(addr);
+}
+
+for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
+  netnsTest.serial(`[${mode}] an IPv6 kubelet-style connection from the node reaches an enrolled dual-stack pod as ${PROBE_SNAT_IP6}; another pod's IPv6 is refused`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, ipFamilies: ['ipv4', 'ipv6'] });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    await tb.writeWorkload('strict.yaml', { apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'app' }, spec: { mtls: { mode: 'STRICT' } } });
+    const [pod, other] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'productpage' },
+      { node: 0, namespace: 'plain', name: 'other' },
+    ]);
+    if (!pod || !other) throw new Error('pods missing');
+    const ip6 = pod.ip6;
+    if (!ip6) throw new Error('the dual-stack pod has no IPv6 address');
+    t.is((await agentPod(tb, pod))?.state, 'enrolled');
+    const set6 = await probeSet6(tb, mode);
+    t.true(holds(set6, ip6), `the pod's IPv6 address ${ip6} is in the node's v6 probe set: ${set6}`);
+    await startEcho(pod, 9080); // ncat listens on both families
+
+    const probe = await tb.nodeExec(0, 'ncat', ['-6', '--no-shutdown', '-w', '3', ip6, '9080'], { input: 'probe\n', reject: false });
+    t.regex(String(probe.stdout), new RegExp(`pong:probe from ${PROBE_SNAT_IP6}$`, 'm'), `the IPv6 probe reaches the app, SNATed: ${String(probe.stdout)}${String(probe.stderr)}`);
+    const probe4 = await tb.nodeExec(0, 'ncat', ['--no-shutdown', '-w', '3', pod.ip, '9080'], { input: 'probe\n', reject: false });
+    t.regex(String(probe4.stdout), /pong:probe from 169\.254\.7\.127$/m, 'the IPv4 probe still works beside it');
+    t.is((await agentPod(tb, pod))?.stats?.inbound.opened ?? 0, 0, 'both went straight to the app, not through the agent');
+
+    const sneak = await other.exec('ncat', ['-6', '--no-shutdown', '-w', '3', ip6, '9080'], { input: 'sneak\n', timeout: 10_000, reject: false });
+    const sneakOut = `${String(sneak.stdout)}${String(sneak.stderr)}`;
+    t.notRegex(sneakOut, /pong:sneak/, 'another pod\'s IPv6 TCP does not reach the app');
+    t.regex(sneakOut, /refused/i, `it is refused, as before: ${sneakOut}`);
+
+    const rules = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/productpage')}`)).body as { node: { ok: boolean; actual: string[] } };
+    t.true(rules.node.ok, `the node rules of both families read back in sync: ${JSON.stringify(rules.node)}`);
+    if (mode !== 'nftables') {
+      t.true(rules.node.actual.some((l) => l.startsWith('ip6tables: -A AMBIENT_POSTRT ') && l.endsWith(`--to-source ${PROBE_SNAT_IP6}`)), JSON.stringify(rules.node.actual));
+      t.true(rules.node.actual.includes('ip6tables: ipset ambient-node-probes-v6'));
+    } else {
+      t.true(rules.node.actual.some((l) => l.includes(`ip6 daddr @probes-v6 snat ip6 to ${PROBE_SNAT_IP6}`)), JSON.stringify(rules.node.actual));
+    }
+
+    await tb.deletePod(pod);
+    t.false(holds(await probeSet6(tb, mode), ip6), 'DEL took the address out of the v6 probe set');
+  });
+}
