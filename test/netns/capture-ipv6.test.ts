@@ -6,6 +6,7 @@ import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { captureFabric, type CaptureResult } from './capture-wire.js';
 import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
+import { findLog, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables'];
 const MARKER = 'AMBIENT-V6-SECRET-MARKER-51c2';
@@ -113,3 +114,37 @@ for (const mode of MODES) {
     t.true(((await agentPod(tb, client))?.stats?.outbound.hbone ?? 0) >= 1);
   });
 }
+
+netnsTest.serial('[iptables] --capture-ipv6 take-over: the IPv6 listeners are handed to the successor with the IPv4 ones, IPv6 mesh and plaintext work after', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: 'iptables', agentArgs: ['--capture-ipv6', '--drain-seconds', '1'] });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [sleep, web, outsider] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
+    { node: 0, namespace: 'legacy', name: 'outsider' },
+  ]);
+  if (!sleep || !web || !outsider) throw new Error('pods missing');
+  await startEcho(web, 9080);
+  t.true((await ask(sleep, ip6(web), 9080, 'before')).ok, 'IPv6 mesh before');
+  const old = tb.agent(1);
+  const exited = old.exited;
+  const next = successorOf(old, 'v6');
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  await next.start();
+  await eventually(async () => findLog(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
+  const tally = findLog(await next.logs(), 'listeners from the running agent');
+  t.is(tally?.plan, 'handed', JSON.stringify(tally));
+  t.is(tally?.accepted, 6, 'three listeners per family of the one enrolled pod on the node, all checked and kept');
+  t.is(tally?.refused, 0);
+  t.deepEqual(await exited, { code: 0, signal: null }, 'the predecessor drained and exited');
+  const ss = String((await web.exec('ss', ['-Hltn'])).stdout);
+  for (const l of ['127.0.0.1:15001', '0.0.0.0:15006', '0.0.0.0:15008', '[::1]:15001', '[::]:15006', '[::]:15008']) t.true(ss.includes(l), `${l} listening: ${ss}`);
+  const mesh = await ask(sleep, ip6(web), 9080, 'after');
+  t.true(mesh.ok, `IPv6 mesh after the take-over: ${mesh.output}`);
+  const plain = await ask(outsider, ip6(web), 9080, 'after-plain');
+  t.true(plain.ok, `IPv6 plaintext (PERMISSIVE) after the take-over: ${plain.output}`);
+  t.true((await ask(sleep, web.ip, 9080, 'after4')).ok, 'IPv4 mesh after the take-over');
+});
