@@ -1,6 +1,7 @@
 // IPv6 capture (--capture-ipv6, iptables and nftables) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
 // is HBONE to [server]:15008 on the wire (never the app's bytes), plaintext over IPv6 obeys PeerAuthentication, IPv4 on
 // the same pods still works, a killed agent means IPv6 refused (never bypassed), and an IPv6-only pod is enrolled.
+import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
@@ -29,6 +30,24 @@ function ip6(p: TestbedPod): string {
   return p.ip6;
 }
 
+/**
+ * A dual-stack cluster of two nodes whose agents run with --capture-ipv6 (and `args`): a mesh client `sleep` (node 0), a
+ * mesh echo server on 9080 (node 1) and a non-mesh `outsider` (node 0).
+ */
+async function dualStack(t: ExecutionContext, mode: RedirectMode, args: string[]): Promise<{ tb: Testbed; sleep: TestbedPod; server: TestbedPod; outsider: TestbedPod }> {
+  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: mode, agentArgs: ['--capture-ipv6', ...args] });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [sleep, server, outsider] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'bookinfo-productpage' },
+    { node: 0, namespace: 'legacy', name: 'outsider' },
+  ]);
+  if (!sleep || !server || !outsider) throw new Error('pods missing');
+  await startEcho(server, 9080);
+  return { tb, sleep, server, outsider };
+}
+
 /** The namespace-wide PeerAuthentication of `app`. */
 async function peerAuthentication(tb: Testbed, mode: 'STRICT' | 'PERMISSIVE'): Promise<void> {
   await tb.writeWorkload('pa-app.yaml', {
@@ -40,16 +59,7 @@ async function peerAuthentication(tb: Testbed, mode: 'STRICT' | 'PERMISSIVE'): P
 
 for (const mode of MODES) {
   netnsTest.serial(`[${mode}] --capture-ipv6: mesh IPv6 is HBONE on [server]:15008, plaintext IPv6 by PeerAuthentication, IPv4 still works, agent down = refused`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: mode, agentArgs: ['--capture-ipv6'] });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('legacy', {});
-    const [sleep, productpage, outsider] = await tb.addPods([
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'bookinfo-productpage' },
-      { node: 0, namespace: 'legacy', name: 'outsider' },
-    ]);
-    if (!sleep || !productpage || !outsider) throw new Error('pods missing');
-    await startEcho(productpage, 9080);
+    const { tb, sleep, server: productpage, outsider } = await dualStack(t, mode, []);
     const server6 = ip6(productpage);
 
     const cap = await captureFabric(tb, `v6-${mode}`);
@@ -116,16 +126,7 @@ for (const mode of MODES) {
 }
 
 netnsTest.serial('[iptables] --capture-ipv6 take-over: the IPv6 listeners are handed to the successor with the IPv4 ones, IPv6 mesh and plaintext work after', async (t) => {
-  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: 'iptables', agentArgs: ['--capture-ipv6', '--drain-seconds', '1'] });
-  await tb.setNamespace('app', AMBIENT);
-  await tb.setNamespace('legacy', {});
-  const [sleep, web, outsider] = await tb.addPods([
-    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-    { node: 1, namespace: 'app', name: 'web', serviceAccount: 'web' },
-    { node: 0, namespace: 'legacy', name: 'outsider' },
-  ]);
-  if (!sleep || !web || !outsider) throw new Error('pods missing');
-  await startEcho(web, 9080);
+  const { tb, sleep, server: web, outsider } = await dualStack(t, 'iptables', ['--drain-seconds', '1']);
   t.true((await ask(sleep, ip6(web), 9080, 'before')).ok, 'IPv6 mesh before');
   const old = tb.agent(1);
   const exited = old.exited;
