@@ -104,7 +104,7 @@ export class Agent {
     const caReady = openCa(cfg);
     caReady.catch(() => undefined); // reported by start()
     const [backend, source] = await Promise.all([
-      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup, preserveSource: cfg.preserveSource }),
+      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup, preserveSource: cfg.preserveSource, captureIpv6: cfg.captureIpv6 }),
       createWorkloadSource(cfg, log.child({ component: 'workloads' })),
     ]);
     return new Agent(cfg, log, { backend, source, caReady }, hooks);
@@ -154,6 +154,7 @@ export class Agent {
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
       preserveSource: cfg.preserveSource,
+      captureFamilies: this.backend.captureFamilies,
     }, this.metrics, removeOwnBackendsRules);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });
     this.server = new EventServer(cfg.socketPath, {

@@ -30,6 +30,11 @@ export interface AgentConfig {
   accessLog: boolean;
   /** Inbound source preservation: the app sees the client's address as the peer (IP_TRANSPARENT + in-pod reply routing). */
   preserveSource: boolean;
+  /**
+   * IPv6 capture (iptables and nftables backends): an enrolled pod's IPv6 TCP is carried by the agent (its IPv6 listeners,
+   * HBONE over IPv6) instead of refused in the pod, and IPv6 pod addresses are mesh addresses. Off: IPv6 TCP is refused.
+   */
+  captureIpv6: boolean;
   /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
   podLookupTimeoutMs: number;
   /** How often in-pod and node rules and listeners are verified and repaired; 0 disables. */
@@ -87,6 +92,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   logLevel: 'info',
   accessLog: true,
   preserveSource: true,
+  captureIpv6: false,
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   drainSeconds: 30,
@@ -170,6 +176,13 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   if (preserveSource !== true && preserveSource !== false && preserveSource !== 'true' && preserveSource !== 'false') {
     throw new ConfigError(`preserveSource must be true or false, got ${JSON.stringify(preserveSource)}`);
   }
+  const captureIpv6 = merged.captureIpv6 ?? CONFIG_DEFAULTS.captureIpv6;
+  if (captureIpv6 !== true && captureIpv6 !== false && captureIpv6 !== 'true' && captureIpv6 !== 'false') {
+    throw new ConfigError(`captureIpv6 must be true or false, got ${JSON.stringify(captureIpv6)}`);
+  }
+  if ((captureIpv6 === true || captureIpv6 === 'true') && redirectMode === 'ebpf') {
+    throw new ConfigError('captureIpv6 needs redirectMode iptables or nftables: the ebpf programs do not carry IPv6 yet (they refuse it in the pod)');
+  }
   const workloadSource = merged.workloadSource ?? 'files';
   if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
@@ -225,6 +238,7 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     logLevel,
     accessLog: accessLog === true || accessLog === 'true',
     preserveSource: preserveSource === true || preserveSource === 'true',
+    captureIpv6: captureIpv6 === true || captureIpv6 === 'true',
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     drainSeconds,

@@ -61,6 +61,17 @@ test('inbound source preservation is on by default and can be turned off from a 
   t.true(parseAgentConfig({ 'preserve-source': 'true' }, { nodeName: 'n' }).preserveSource);
 });
 
+test('IPv6 capture is off by default, turned on from a file or a flag (a bare --capture-ipv6 too), and refused with ebpf', (t) => {
+  t.false(parseAgentConfig({}, { nodeName: 'n' }).captureIpv6);
+  t.true(parseAgentConfig({ captureIpv6: true }, { nodeName: 'n' }).captureIpv6);
+  t.true(parseAgentConfig({}, { nodeName: 'n', 'capture-ipv6': true }).captureIpv6, 'a bare flag (commander gives true)');
+  t.false(parseAgentConfig({ captureIpv6: true }, { nodeName: 'n', 'capture-ipv6': 'false' }).captureIpv6);
+  t.true(parseAgentConfig({}, { nodeName: 'n', 'capture-ipv6': 'true', 'redirect-mode': 'nftables' }).captureIpv6);
+  const err = t.throws(() => parseAgentConfig({ redirectMode: 'ebpf' }, { nodeName: 'n', 'capture-ipv6': true }), { instanceOf: ConfigError });
+  t.regex(err?.message ?? '', /captureIpv6 needs redirectMode iptables or nftables: the ebpf programs do not carry IPv6 yet/);
+  t.false(parseAgentConfig({ redirectMode: 'ebpf' }, { nodeName: 'n', 'capture-ipv6': 'false' }).captureIpv6, 'off is fine with ebpf');
+});
+
 test('the kubernetes source takes a kubeconfig (empty: in-cluster) and a /proc root', (t) => {
   t.like(parseAgentConfig({}, { nodeName: 'n' }), { workloadSource: 'files', kubeconfig: '', procRoot: '/proc' });
   t.like(parseAgentConfig({ workloadSource: 'kubernetes', kubeconfig: '/etc/kc' }, { nodeName: 'n', 'proc-root': '/host/proc' }), { workloadSource: 'kubernetes', kubeconfig: '/etc/kc', procRoot: '/host/proc' });
@@ -79,6 +90,7 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['bad log level', { logLevel: 'loud' }, /logLevel/],
   ['access log not a boolean', { accessLog: 'sometimes' }, /accessLog must be true or false/],
   ['preserve source not a boolean', { preserveSource: 'maybe' }, /preserveSource must be true or false/],
+  ['capture IPv6 not a boolean', { captureIpv6: 'yes' }, /captureIpv6 must be true or false/],
   ['unsupported source', { workloadSource: 'etcd' }, /workloadSource must be one of files, kubernetes/],
   ['empty proc root', { procRoot: '' }, /procRoot/],
   ['negative timeout', { podLookupTimeoutMs: -1 }, /podLookupTimeoutMs/],

@@ -1,4 +1,4 @@
-// The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE) and the
+// The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE; IPv4, and IPv6 too with --capture-ipv6) and the
 // relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod with the agent mark.
 // Just past 500 lines on purpose: the three listeners share the per-connection bookkeeping (register, access log, close
 // on a policy change); the decisions themselves are pure functions in hbone/connect.ts and forwarder/routing.ts.
@@ -12,8 +12,8 @@ import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst, serverFd } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
-import { formatHostPort, normalizeIp } from '../protocol/address.js';
-import { AGENT_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
+import { addressLike, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
+import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { upstreamSource } from '../redirect/reply-routing.js';
 import type { ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
@@ -22,7 +22,7 @@ import { decideOutbound, decidePlaintextInbound, type OutboundContext } from './
 import { pauseRelay, type PausedRelay } from './relay-pause.js';
 import { closeAll } from '../platform/fd-passing.js';
 import type { RelayMeta } from '../handover/protocol.js';
-import type { HandedListeners, ListenerKind } from '../handover/listener-protocol.js';
+import { LISTENER_ADDRESSES, podListenerKinds, type HandedListeners, type ListenerKind } from '../handover/listener-protocol.js';
 
 export type { Direction } from './connections.js';
 
@@ -72,6 +72,11 @@ export interface MeshContext extends OutboundContext {
    * in-pod pieces bring the app's replies back (redirect/reply-routing.ts).
    */
   preserveSource: boolean;
+  /**
+   * The families the redirect backend captures (RedirectBackend.captureFamilies): a pod gets IPv6 listeners only when
+   * IPv6 is among them (--capture-ipv6), never otherwise (see podListenerKinds).
+   */
+  captureFamilies: readonly IpFamily[];
 }
 
 /** The pod this forwarder serves. */
@@ -124,8 +129,10 @@ export interface MovableRelay {
 
 export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0, movedOut: 0, movedIn: 0 };
-  private servers: net.Server[] = [];
-  private hboneListener: HboneListener | undefined;
+  /** The listeners start() opens (podListenerKinds): IPv4's, and IPv6's when captured and the pod has an IPv6 address. */
+  private planned: ListenerKind[] = [];
+  private servers = new Map<ListenerKind, net.Server>();
+  private hboneListeners = new Map<ListenerKind, HboneListener>();
   /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
   private open = new Map<Closable, Relay>();
   /** Open inbound connections and what policy saw of them, re-evaluated when policies change. */
@@ -135,46 +142,56 @@ export class PodForwarder {
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
 
   /**
-   * Opens the three listeners inside the pod: the sockets in `handed` (a predecessor's, handed over in a take-over, checked
-   * by the caller) where given, else new ones, SO_REUSEPORT only with `reusePort` (beside an older agent's). Owns the
-   * handed fds from the call on. Throws (after closing any it opened, and every handed fd) if one cannot be had.
+   * Opens the listeners inside the pod (three per family it has and the backend captures: see podListenerKinds): the
+   * sockets in `handed` (a predecessor's, handed over in a take-over, checked by the caller) where given, else new ones,
+   * SO_REUSEPORT only with `reusePort` (beside an older agent's). Owns the handed fds from the call on (one of a kind not
+   * planned here is closed). Throws (after closing any it opened, and every handed fd) if one cannot be had.
    */
   async start(handed: HandedListeners = {}, reusePort = false): Promise<void> {
     const ns = this.self.ns;
     const pending = { ...handed };
-    const socket = (kind: ListenerKind): { fd?: number; reusePort?: boolean } => {
+    const socket = (kind: ListenerKind): { address: string; fd?: number; reusePort?: boolean } => {
       const fd = pending[kind];
       delete pending[kind]; // from here on listenIn's (it closes it when it fails)
-      return fd !== undefined ? { fd } : { reusePort };
+      const { address } = LISTENER_ADDRESSES[kind];
+      return fd !== undefined ? { address, fd } : { address, reusePort };
     };
+    this.planned = podListenerKinds(this.self.ips, this.mesh.captureFamilies);
     try {
-      // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
-      // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
-      this.servers.push(await listenIn(ns, { address: '127.0.0.1', port: OUTBOUND_PORT, transparent: true, pauseOnConnect: true, ...socket('outbound') }, (s) => this.outbound(s)));
-      this.servers.push(await listenIn(ns, { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT, ...socket('inbound') }, (s) => this.plaintextInbound(s)));
-      this.hboneListener = await this.mesh.hbone.listen(
-        ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++, socket('hbone'),
-      );
+      for (const kind of this.planned) {
+        const { role, port } = LISTENER_ADDRESSES[kind];
+        if (role === 'outbound') {
+          // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
+          // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
+          this.servers.set(kind, await listenIn(ns, { port, transparent: true, pauseOnConnect: true, ...socket(kind) }, (s) => this.outbound(s)));
+        } else if (role === 'inbound') {
+          this.servers.set(kind, await listenIn(ns, { port, ...socket(kind) }, (s) => this.plaintextInbound(s)));
+        } else {
+          this.hboneListeners.set(kind, await this.mesh.hbone.listen(
+            ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++, socket(kind),
+          ));
+        }
+      }
     } catch (err) {
       closeAll(Object.values(pending));
       await this.stop();
       throw err;
     }
+    closeAll(Object.values(pending)); // handed for a family this agent does not capture: never used
   }
 
   /** The listening sockets' fds by kind (those open): what a take-over hands to the successor (this agent keeps its own). */
   listenerFds(): { kind: ListenerKind; fd: number }[] {
-    const fds: { kind: ListenerKind; fd: number | undefined }[] = [
-      { kind: 'outbound', fd: this.servers[0] && serverFd(this.servers[0]) },
-      { kind: 'inbound', fd: this.servers[1] && serverFd(this.servers[1]) },
-      { kind: 'hbone', fd: this.hboneListener?.fd },
-    ];
+    const fds = this.planned.map((kind) => {
+      const server = this.servers.get(kind);
+      return { kind, fd: server ? serverFd(server) : this.hboneListeners.get(kind)?.fd };
+    });
     return fds.filter((l): l is { kind: ListenerKind; fd: number } => l.fd !== undefined);
   }
 
-  /** True while all listeners are open. */
+  /** True while all planned listeners are open. */
   get listening(): boolean {
-    return this.servers.length === 2 && this.servers.every((s) => s.listening) && (this.hboneListener?.listening ?? false);
+    return this.planned.length > 0 && this.planned.every((k) => this.servers.get(k)?.listening ?? this.hboneListeners.get(k)?.listening ?? false);
   }
 
   /** Open relays (plain TCP sockets and HBONE streams): what a take-over's drain waits for. */
@@ -188,22 +205,22 @@ export class PodForwarder {
    */
   async stopAccepting(): Promise<void> {
     // Not awaited: a net.Server's close callback waits for its open connections, which the drain lets run.
-    for (const s of this.servers) s.close();
-    this.servers = [];
-    await this.hboneListener?.stopAccepting();
+    for (const s of this.servers.values()) s.close();
+    this.servers.clear();
+    await Promise.all([...this.hboneListeners.values()].map((l) => l.stopAccepting()));
   }
 
   /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */
   async stop(): Promise<void> {
-    const servers = this.servers;
-    this.servers = [];
-    const hboneListener = this.hboneListener;
-    this.hboneListener = undefined;
+    const servers = [...this.servers.values()];
+    this.servers.clear();
+    const hboneListeners = [...this.hboneListeners.values()];
+    this.hboneListeners.clear();
     for (const ip of this.self.ips) this.mesh.hbone.closeFrom(ip);
     for (const s of this.open.keys()) s.destroy();
     await Promise.all([
       ...servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
-      hboneListener?.close(),
+      ...hboneListeners.map((l) => l.close()),
     ]);
   }
 
@@ -228,7 +245,9 @@ export class PodForwarder {
       return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), info);
     }
     stats.hbone++;
-    const target = { ns: this.self.ns, srcIp: this.self.ips[0] ?? src.ip, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
+    // The pod's own address of the destination's family names the tunnel's source (the pool key; closeFrom on removal).
+    const srcIp = addressLike(this.self.ips, route.target.address) ?? src.ip;
+    const target = { ns: this.self.ns, srcIp, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
     const headers = connectHeaders(src, this.self.baggage, route.service?.hostname);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
     const info = { ...this.info('outbound', me, peer, true), tunnelAddr: formatHostPort(route.target.address, INBOUND_HBONE_PORT), ...viaService };
@@ -409,9 +428,12 @@ export class PodForwarder {
     return { info, source, denied: denial !== undefined };
   }
 
-  /** Where an inbound upstream socket binds: the client's address when preserving it, else undefined (the pod's own). */
+  /**
+   * Where an inbound upstream socket binds: the client's address when preserving it, else undefined (the pod's own).
+   * Never an IPv6 client's: nothing routes the app's IPv6 replies back to the agent yet, they would leave in clear.
+   */
   private sourceFor(clientIp: string): string | undefined {
-    return upstreamSource(clientIp, this.mesh.preserveSource);
+    return ipFamily(clientIp) === 'ipv4' ? upstreamSource(clientIp, this.mesh.preserveSource) : undefined;
   }
 
   /** This pod, as a metrics peer. */

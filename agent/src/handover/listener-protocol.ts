@@ -1,6 +1,7 @@
 // The listener hand-over of a take-over (the predecessor's in-pod listening sockets passed to the successor before it
 // adopts pods): its messages and their parsing, and the pure checks and decisions around it. I/O: listener-transfer.ts.
-import { AF_INET, SOCK_STREAM } from '../platform/libc.js';
+import { AF_INET, AF_INET6, SOCK_STREAM } from '../platform/libc.js';
+import { familiesOf, formatHostPort, sameIp, type IpFamily } from '../protocol/address.js';
 import { INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
 import { HandoverProtocolError, isHandoverToken, type HandoverMessage } from './protocol.js';
 
@@ -15,16 +16,38 @@ import { HandoverProtocolError, isHandoverToken, type HandoverMessage } from './
 /** The listener hand-over version this agent speaks (in `begin.listeners`, `released.listeners` and every message's `v`). */
 export const LISTENER_HANDOVER_VERSION = 1;
 
-/** The three listeners the agent has in each enrolled pod. */
-export type ListenerKind = 'outbound' | 'inbound' | 'hbone';
-export const LISTENER_KINDS: readonly ListenerKind[] = ['outbound', 'inbound', 'hbone'];
+/** What a listener does: outbound 15001, inbound plaintext 15006, inbound HBONE 15008. */
+export type ListenerRole = 'outbound' | 'inbound' | 'hbone';
 
-/** Where each kind listens inside the pod (what a handed socket must be bound to). */
-export const LISTENER_ADDRESSES: Readonly<Record<ListenerKind, { address: string; port: number }>> = {
-  outbound: { address: '127.0.0.1', port: OUTBOUND_PORT },
-  inbound: { address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT },
-  hbone: { address: '0.0.0.0', port: INBOUND_HBONE_PORT },
+/**
+ * The listeners the agent may have in an enrolled pod: each role per family (IPv6's with --capture-ipv6 only). The IPv4
+ * kinds keep their names, so a successor and a predecessor that both run IPv4 only speak the same messages as before.
+ */
+export type ListenerKind = ListenerRole | 'outbound6' | 'inbound6' | 'hbone6';
+export const LISTENER_KINDS: readonly ListenerKind[] = ['outbound', 'inbound', 'hbone', 'outbound6', 'inbound6', 'hbone6'];
+
+/**
+ * Where each kind listens inside the pod (what a handed socket must be bound to). Outbound is on loopback: REDIRECT of a
+ * locally generated packet sends it to 127.0.0.1, or to ::1 for IPv6.
+ */
+export const LISTENER_ADDRESSES: Readonly<Record<ListenerKind, { role: ListenerRole; family: IpFamily; address: string; port: number }>> = {
+  outbound: { role: 'outbound', family: 'ipv4', address: '127.0.0.1', port: OUTBOUND_PORT },
+  inbound: { role: 'inbound', family: 'ipv4', address: '0.0.0.0', port: INBOUND_PLAINTEXT_PORT },
+  hbone: { role: 'hbone', family: 'ipv4', address: '0.0.0.0', port: INBOUND_HBONE_PORT },
+  outbound6: { role: 'outbound', family: 'ipv6', address: '::1', port: OUTBOUND_PORT },
+  inbound6: { role: 'inbound', family: 'ipv6', address: '::', port: INBOUND_PLAINTEXT_PORT },
+  hbone6: { role: 'hbone', family: 'ipv6', address: '::', port: INBOUND_HBONE_PORT },
 };
+
+/**
+ * The listeners a pod gets: the IPv4 ones always (as before IPv6 capture), the IPv6 ones only when the backend captures
+ * IPv6 and the pod has an IPv6 address. Never an IPv6 listener otherwise: it would carry IPv6 the workload directory does
+ * not call mesh (in clear). Pure.
+ */
+export function podListenerKinds(podIps: readonly string[], captured: readonly IpFamily[]): ListenerKind[] {
+  const v6 = captured.includes('ipv6') && familiesOf(podIps).includes('ipv6');
+  return LISTENER_KINDS.filter((k) => LISTENER_ADDRESSES[k].family === 'ipv4' || v6);
+}
 
 /** One pod's handed listeners by kind (raw fds, owned by whoever holds the map). */
 export type HandedListeners = Partial<Record<ListenerKind, number>>;
@@ -41,7 +64,7 @@ export interface ListenerLimits {
   perMessage: number;
   /** Bytes of one message's JSON. */
   maxMessageBytes: number;
-  /** Listeners in one take-over at most (three per pod); a predecessor with more refuses the take-over. */
+  /** Listeners in one take-over at most (three per pod and family); a predecessor with more refuses the take-over. */
   total: number;
   /** How long the predecessor waits to connect and for each `ack`; how long either side waits to send one message. */
   ackMs: number;
@@ -51,7 +74,7 @@ export interface ListenerLimits {
   totalMs: number;
 }
 
-export const LISTENER_LIMITS: ListenerLimits = { perMessage: 48, maxMessageBytes: 64 * 1024, total: 3 * 4096, ackMs: 5000, idleMs: 30_000, totalMs: 60_000 };
+export const LISTENER_LIMITS: ListenerLimits = { perMessage: 48, maxMessageBytes: 64 * 1024, total: 6 * 4096, ackMs: 5000, idleMs: 30_000, totalMs: 60_000 };
 
 /** Which pod (its attachment key, the same in both agents) and which of its listeners a descriptor is. */
 export interface ListenerMeta {
@@ -136,16 +159,17 @@ export interface ListenerShape {
 }
 
 /**
- * Why a received descriptor must not be used as `kind`'s listener of a pod (undefined: it may). It must be an IPv4 TCP
- * socket that listens, bound to the kind's address and port, in the pod's network namespace (`inPodNetns`: compared by
- * the caller, SIOCGSKNS against the pod's record). Pure.
+ * Why a received descriptor must not be used as `kind`'s listener of a pod (undefined: it may). It must be a TCP socket
+ * of the kind's family (IPv4, or IPv6 for the `6` kinds) that listens, bound to the kind's address and port, in the
+ * pod's network namespace (`inPodNetns`: compared by the caller, SIOCGSKNS against the pod's record). Pure.
  */
 export function listenerProblem(kind: ListenerKind, shape: ListenerShape, inPodNetns: boolean): string | undefined {
-  if (shape.domain !== AF_INET || shape.type !== SOCK_STREAM) return 'not an IPv4 TCP socket';
-  if (!shape.listening) return 'not listening';
   const want = LISTENER_ADDRESSES[kind];
-  if (shape.local?.address !== want.address || shape.local.port !== want.port) {
-    return `bound to ${shape.local ? `${shape.local.address}:${shape.local.port}` : 'no address'}, not ${want.address}:${want.port}`;
+  const v6 = want.family === 'ipv6';
+  if (shape.domain !== (v6 ? AF_INET6 : AF_INET) || shape.type !== SOCK_STREAM) return `not an ${v6 ? 'IPv6' : 'IPv4'} TCP socket`;
+  if (!shape.listening) return 'not listening';
+  if (!shape.local || !sameIp(shape.local.address, want.address) || shape.local.port !== want.port) {
+    return `bound to ${shape.local ? formatHostPort(shape.local.address, shape.local.port) : 'no address'}, not ${formatHostPort(want.address, want.port)}`;
   }
   if (!inPodNetns) return 'not in the pod\'s network namespace';
   return undefined;

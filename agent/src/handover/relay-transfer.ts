@@ -1,6 +1,6 @@
 // Moving plain TCP relays from a predecessor to its successor during a take-over: the predecessor's sender
 // (sendRelays) and the successor's inbox (RelayInbox), over a SOCK_SEQPACKET socket with SCM_RIGHTS (protocol.ts).
-import { AF_INET, SOCK_STREAM, close } from '../platform/libc.js';
+import { AF_INET, AF_INET6, SOCK_STREAM, close } from '../platform/libc.js';
 import { closeAll, connectUnixSeqpacket, sendMessage, socketKind } from '../platform/fd-passing.js';
 import { describe } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -197,7 +197,7 @@ export class RelayInbox {
       try {
         ok = pair.every((f) => {
           const k = socketKind(f);
-          return k.domain === AF_INET && k.type === SOCK_STREAM;
+          return (k.domain === AF_INET || k.domain === AF_INET6) && k.type === SOCK_STREAM;
         }) && hooks.canAdopt(meta);
       } catch {
         ok = false;

@@ -49,6 +49,8 @@ export interface HboneInboundRequest {
 
 /** How a pod listener gets its socket: a handed one (`fd`), or a new one, SO_REUSEPORT only when asked. */
 export interface ListenSocket {
+  /** Where a new one binds: `0.0.0.0` (the default) or `::` (IPv6 only: IPV6_V6ONLY, beside the IPv4 one). */
+  address?: string;
   fd?: number;
   reusePort?: boolean;
 }
@@ -78,7 +80,8 @@ export interface HboneDataPath {
   /**
    * A pod's 15008 listener: clients must present a certificate chaining to the roots with a SPIFFE ID in `trustDomain`;
    * each CONNECT is handed to `onRequest`, refusals (handshake, identity, limits) reported to `onRefused`.
-   * `socket`: a listening fd to use (handed over by a predecessor) instead of binding one, or SO_REUSEPORT for a new one.
+   * `socket`: a listening fd to use (handed over by a predecessor) instead of binding one, or SO_REUSEPORT for a new one;
+   * its address family (IPv4 by default). A pod with IPv6 captured has one listener per family.
    */
   listen(
     ns: Netns,

@@ -636,7 +636,9 @@ export class NativeHbone implements HboneDataPath {
       throw err;
     }
     const sessions = new Set<number>();
-    const server = await listenIn(ns, { address: '0.0.0.0', port: INBOUND_HBONE_PORT, pauseOnConnect: true, ...socket }, (sock) => {
+    const { address = '0.0.0.0', ...fdOrReuse } = socket;
+    // The peer's address is read here, as text (IPv4 or IPv6): the native library only ever sees the accepted fd.
+    const server = await listenIn(ns, { address, port: INBOUND_HBONE_PORT, pauseOnConnect: true, ...fdOrReuse }, (sock) => {
       sock.on('error', () => undefined);
       const info = { peerAddress: normalizeIp(sock.remoteAddress ?? ''), peerPort: sock.remotePort ?? 0, localAddress: formatHostPort(normalizeIp(sock.localAddress ?? ''), sock.localPort ?? 0) };
       // Connections that have not finished TLS + HTTP/2 cost an fd and memory and prove nothing: a bounded number per node.

@@ -10,6 +10,7 @@ import * as nft from './nftables.js';
 import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
 import { routingBatchOk } from './policy-routing.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
+import type { IpFamily } from '../protocol/address.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
 
@@ -41,7 +42,12 @@ function probeTarget(ip: string): { family: ipt.Family; addr: string } {
 export interface NetfilterOptions {
   /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified. No default. */
   preserveSource: boolean;
+  /** --capture-ipv6: the agent carries IPv6 TCP (its IPv6 listeners), so the backend declares it captured. Default off. */
+  captureIpv6?: boolean;
 }
+
+/** The families a netfilter backend captures: its IPv6 rules already send IPv6 TCP to the agent's ports. Pure. */
+export const netfilterFamilies = (opts: NetfilterOptions): readonly IpFamily[] => (opts.captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
 
 /*
  * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on
@@ -78,14 +84,15 @@ async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ mi
 
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
-  /** ip6tables holds the IPv6 rules, but they only refuse IPv6 TCP (the agent's listeners are IPv4). */
-  readonly captureFamilies = ['ipv4'] as const;
+  /** ip6tables holds the IPv6 rules; IPv6 TCP is carried with --capture-ipv6 (the agent's IPv6 listeners), else refused. */
+  readonly captureFamilies: readonly IpFamily[];
 
   private readonly preserveSource: boolean;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
+    this.captureFamilies = netfilterFamilies(opts);
   }
 
   async prepare(): Promise<void> {}
@@ -213,12 +220,13 @@ class IptablesBackend implements RedirectBackend {
 
 class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
-  /** The inet table sees IPv6 too, and refuses its TCP. */
-  readonly captureFamilies = ['ipv4'] as const;
+  /** The inet table sees IPv6 too: its TCP is carried with --capture-ipv6 (the agent's IPv6 listeners), else refused. */
+  readonly captureFamilies: readonly IpFamily[];
   private readonly preserveSource: boolean;
 
   constructor(opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
+    this.captureFamilies = netfilterFamilies(opts);
   }
 
   async prepare(): Promise<void> {}
@@ -306,16 +314,17 @@ class NftablesBackend implements RedirectBackend {
  * `preserveSource` (required: the caller passes --preserve-source, no path defaults it): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
  * none (its egress program already returns the app's replies to the agent's transparent socket: see bpf/redirect.c).
  */
-export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean }): Promise<RedirectBackend> {
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean; captureIpv6?: boolean }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
+    if (opts.captureIpv6) throw new Error('captureIpv6 needs the iptables or nftables backend: the ebpf programs do not carry IPv6 yet');
     const { EbpfBackend } = await import('./ebpf.js');
     return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource })); // node-side probe SNAT stays iptables
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
-    return new NftablesBackend({ preserveSource: opts.preserveSource });
+    return new NftablesBackend({ preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false });
   }
-  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource });
+  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false });
 }
 
 /**

@@ -20,7 +20,7 @@ export interface RedirectBackend {
   readonly name: RedirectMode;
   /**
    * The families whose TCP this backend's in-pod capture redirects to the agent; the pod's other families have their TCP
-   * refused in the pod, never carried around the mesh. All three backends declare ['ipv4'] until IPv6 capture lands.
+   * refused in the pod, never carried around the mesh. ['ipv4'], and ['ipv4', 'ipv6'] for iptables and nftables with --capture-ipv6.
    */
   readonly captureFamilies: readonly IpFamily[];
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */

@@ -1,0 +1,151 @@
+// IPv6 capture (--capture-ipv6, iptables and nftables) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
+// is HBONE to [server]:15008 on the wire (never the app's bytes), plaintext over IPv6 obeys PeerAuthentication, IPv4 on
+// the same pods still works, a killed agent means IPv6 refused (never bypassed), and an IPv6-only pod is enrolled.
+import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
+import { netnsTest, withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import { captureFabric, type CaptureResult } from './capture-wire.js';
+import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
+import { findLog, successorOf } from '../testbed/takeover.js';
+
+const MODES: RedirectMode[] = ['iptables', 'nftables'];
+const MARKER = 'AMBIENT-V6-SECRET-MARKER-51c2';
+
+/** The IPv6 segments with payload in a capture, as `src>[dst]:port` (source address and server port only). */
+async function v6PayloadFlows(wire: CaptureResult): Promise<Set<string>> {
+  const r = await execa('tshark', ['-r', wire.file, '-Y', 'ipv6 && tcp.len > 0', '-T', 'fields', '-e', 'ipv6.src', '-e', 'ipv6.dst', '-e', 'tcp.srcport', '-e', 'tcp.dstport']);
+  const out = new Set<string>();
+  for (const line of r.stdout.split('\n')) {
+    const [src, dst, sp, dp] = line.split('\t');
+    if (!src || !dst) continue;
+    // Name the flow by its server end (the lower port), whichever way the segment went.
+    out.add(Number(sp) < Number(dp) ? `[${src}]:${sp}` : `[${dst}]:${dp}`);
+  }
+  return out;
+}
+
+function ip6(p: TestbedPod): string {
+  if (!p.ip6) throw new Error(`${p.key} has no IPv6 address`);
+  return p.ip6;
+}
+
+/**
+ * A dual-stack cluster of two nodes whose agents run with --capture-ipv6 (and `args`): a mesh client `sleep` (node 0), a
+ * mesh echo server on 9080 (node 1) and a non-mesh `outsider` (node 0).
+ */
+async function dualStack(t: ExecutionContext, mode: RedirectMode, args: string[]): Promise<{ tb: Testbed; sleep: TestbedPod; server: TestbedPod; outsider: TestbedPod }> {
+  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: mode, agentArgs: ['--capture-ipv6', ...args] });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [sleep, server, outsider] = await tb.addPods([
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'bookinfo-productpage' },
+    { node: 0, namespace: 'legacy', name: 'outsider' },
+  ]);
+  if (!sleep || !server || !outsider) throw new Error('pods missing');
+  await startEcho(server, 9080);
+  return { tb, sleep, server, outsider };
+}
+
+/** The namespace-wide PeerAuthentication of `app`. */
+async function peerAuthentication(tb: Testbed, mode: 'STRICT' | 'PERMISSIVE'): Promise<void> {
+  await tb.writeWorkload('pa-app.yaml', {
+    apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication',
+    metadata: { name: 'app', namespace: 'app' },
+    spec: { mtls: { mode } },
+  });
+}
+
+for (const mode of MODES) {
+  netnsTest.serial(`[${mode}] --capture-ipv6: mesh IPv6 is HBONE on [server]:15008, plaintext IPv6 by PeerAuthentication, IPv4 still works, agent down = refused`, async (t) => {
+    const { tb, sleep, server: productpage, outsider } = await dualStack(t, mode, []);
+    const server6 = ip6(productpage);
+
+    const cap = await captureFabric(tb, `v6-${mode}`);
+    const mesh6 = await ask(sleep, server6, 9080, MARKER);
+    t.true(mesh6.ok, `mesh client -> enrolled server over IPv6: ${mesh6.output}`);
+    t.log(`the app's peer for an IPv6 mesh connection: ${mesh6.output}`);
+    t.true(mesh6.output.includes(`from ${server6}`), 'IPv6 source not preserved: the app sees its own IPv6 address (the agent\'s upstream socket)');
+    const wire = await cap.stop();
+    t.deepEqual([...wire.payloadPorts], [15008], `only 15008 carried payload, flows ${[...wire.flows].join(' ')}`);
+    t.deepEqual([...(await v6PayloadFlows(wire))], [`[${server6}]:15008`], 'the tunnel is IPv6, to the server pod\'s IPv6 address');
+    t.false(wire.raw.includes(Buffer.from(MARKER)), 'the app\'s bytes never appear on the wire');
+    t.true(wire.clientHellos.length >= 1, 'a TLS ClientHello was seen');
+    const src = await agentPod(tb, sleep);
+    const dst = await agentPod(tb, productpage);
+    t.true((src?.stats?.outbound.hbone ?? 0) >= 1, 'the source agent tunnelled it');
+    t.true((dst?.stats?.inbound.hbone ?? 0) >= 1, 'the destination agent received it on 15008');
+
+    const mesh4 = await ask(sleep, productpage.ip, 9080, 'v4');
+    t.true(mesh4.ok, `IPv4 on the same pods still works: ${mesh4.output}`);
+    t.log(`the app's peer for an IPv4 mesh connection: ${mesh4.output}`);
+
+    const plain6 = await ask(outsider, server6, 9080, 'permissive');
+    t.true(plain6.ok, `PERMISSIVE (default): a non-mesh client over IPv6 is admitted: ${plain6.output}`);
+    await peerAuthentication(tb, 'STRICT');
+    const refused = await eventually(() => ask(outsider, server6, 9080, 'strict'), (a) => !a.ok, 6000);
+    t.false(refused.ok, `STRICT: plaintext over IPv6 refused: ${refused.output}`);
+    t.false((await ask(outsider, productpage.ip, 9080, 'strict4')).ok, 'and over IPv4');
+    t.true((await ask(sleep, server6, 9080, 'mesh-strict')).ok, 'a mesh client over IPv6 still passes under STRICT');
+
+    // Agents killed: refused both ways over IPv6, never carried around the mesh (and never in clear on the wire). Back
+    // to PERMISSIVE first, so that the inbound refusal is the agent's absence, not the policy.
+    await peerAuthentication(tb, 'PERMISSIVE');
+    t.true((await eventually(() => ask(outsider, server6, 9080, 'permissive-again'), (a) => a.ok, 6000)).ok, 'PERMISSIVE again');
+    const down = await captureFabric(tb, `v6-${mode}-down`);
+    await tb.agent(0).kill('SIGKILL');
+    const out = await ask(sleep, server6, 9080, `${MARKER}-out`);
+    t.false(out.ok, `source agent down: the enrolled pod's outbound IPv6 is refused: ${out.output}`);
+    await tb.agent(1).kill('SIGKILL');
+    const inb = await ask(outsider, server6, 9080, `${MARKER}-in`);
+    t.false(inb.ok, `destination agent down: inbound IPv6 to the enrolled pod is refused: ${inb.output}`);
+    const downWire = await down.stop();
+    t.false(downWire.raw.includes(Buffer.from(`${MARKER}-out`)), 'nothing of the refused outbound connection crossed');
+  });
+
+  netnsTest.serial(`[${mode}] --capture-ipv6: an IPv6-only pod is enrolled and reaches a mesh pod over HBONE`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv6'], redirectMode: mode, agentArgs: ['--capture-ipv6'] });
+    await tb.setNamespace('app', AMBIENT);
+    const [client, server] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'client', serviceAccount: 'client' },
+      { node: 1, namespace: 'app', name: 'server', serviceAccount: 'server' },
+    ]);
+    if (!client || !server) throw new Error('pods missing');
+    t.is((await agentPod(tb, client))?.state, 'enrolled', 'ADD succeeded for an IPv6-only pod');
+    t.deepEqual((await agentPod(tb, client))?.ips, [ip6(client)]);
+    await startEcho(server, 9080);
+    const cap = await captureFabric(tb, `v6only-${mode}`);
+    const r = await ask(client, ip6(server), 9080, MARKER);
+    t.true(r.ok, r.output);
+    const wire = await cap.stop();
+    t.deepEqual([...(await v6PayloadFlows(wire))], [`[${ip6(server)}]:15008`]);
+    t.false(wire.raw.includes(Buffer.from(MARKER)));
+    t.true(((await agentPod(tb, client))?.stats?.outbound.hbone ?? 0) >= 1);
+  });
+}
+
+netnsTest.serial('[iptables] --capture-ipv6 take-over: the IPv6 listeners are handed to the successor with the IPv4 ones, IPv6 mesh and plaintext work after', async (t) => {
+  const { tb, sleep, server: web, outsider } = await dualStack(t, 'iptables', ['--drain-seconds', '1']);
+  t.true((await ask(sleep, ip6(web), 9080, 'before')).ok, 'IPv6 mesh before');
+  const old = tb.agent(1);
+  const exited = old.exited;
+  const next = successorOf(old, 'v6');
+  t.teardown(async () => {
+    await next.stop(5000);
+  });
+  await next.start();
+  await eventually(async () => findLog(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
+  const tally = findLog(await next.logs(), 'listeners from the running agent');
+  t.is(tally?.plan, 'handed', JSON.stringify(tally));
+  t.is(tally?.accepted, 6, 'three listeners per family of the one enrolled pod on the node, all checked and kept');
+  t.is(tally?.refused, 0);
+  t.deepEqual(await exited, { code: 0, signal: null }, 'the predecessor drained and exited');
+  const ss = String((await web.exec('ss', ['-Hltn'])).stdout);
+  for (const l of ['127.0.0.1:15001', '0.0.0.0:15006', '0.0.0.0:15008', '[::1]:15001', '[::]:15006', '[::]:15008']) t.true(ss.includes(l), `${l} listening: ${ss}`);
+  const mesh = await ask(sleep, ip6(web), 9080, 'after');
+  t.true(mesh.ok, `IPv6 mesh after the take-over: ${mesh.output}`);
+  const plain = await ask(outsider, ip6(web), 9080, 'after-plain');
+  t.true(plain.ok, `IPv6 plaintext (PERMISSIVE) after the take-over: ${plain.output}`);
+  t.true((await ask(sleep, web.ip, 9080, 'after4')).ok, 'IPv4 mesh after the take-over');
+});
