@@ -169,7 +169,7 @@ test('renderRules marks expected rules ok or MISSING, lists EXTRA ones, and says
   t.true(rulesDrifted({ ...synced, node: { error: 'boom' } }));
   // IPv6: the pod's ip6tables is always reported: the iptables backend's own IPv6 rules, or another backend's leftovers.
   const v6 = ['ip6tables: -A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001'];
-  t.regex(renderRules({ ...synced, attachments: [{ ...attachment, ip6tables: v6 }] }), /ip6tables \(IPv6\): 1 of our rules \(listed above; they refuse IPv6 TCP\)/);
+  t.regex(renderRules({ ...synced, attachments: [{ ...attachment, ip6tables: v6 }] }), /ip6tables \(IPv6\): 1 of our rules \(listed above; they send IPv6 TCP to the agent: carried with --capture-ipv6, else refused\)/);
   t.regex(renderRules({ ...synced, attachments: [{ ...attachment, backend: 'nftables', ip6tables: v6 }] }), /ip6tables \(IPv6\): 1 of our rules, not this backend's .*\n {4}FOUND {3}ip6tables: -A AMBIENT_OUTPUT/);
 });
 

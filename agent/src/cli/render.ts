@@ -30,7 +30,7 @@ export function renderRules(r: RulesReply): string {
     // IPv6 is not captured yet: say what the pod's ip6tables holds, even when it is nothing.
     const v6 = a.ip6tables ?? [];
     if (v6.length === 0) out.push('  ip6tables (IPv6): none of our rules');
-    else if (a.backend === 'iptables') out.push(`  ip6tables (IPv6): ${v6.length} of our rules (listed above; they refuse IPv6 TCP)`);
+    else if (a.backend === 'iptables') out.push(`  ip6tables (IPv6): ${v6.length} of our rules (listed above; they send IPv6 TCP to the agent: carried with --capture-ipv6, else refused)`);
     else {
       out.push(`  ip6tables (IPv6): ${v6.length} of our rules, not this backend's (left by an iptables-mode agent):`);
       for (const line of v6) out.push(`    FOUND   ${line}`);

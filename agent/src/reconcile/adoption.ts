@@ -20,7 +20,7 @@ export interface PodRulesReport {
   listening: boolean;
   /**
    * Our rules found in the pod's ip6tables (IPv6), read whatever the backend ([] = none): with iptables they are the
-   * IPv6 half of `actual` (they refuse IPv6 TCP); with nftables (the inet table covers IPv6) or ebpf, leftovers.
+   * IPv6 half of `actual` (they capture IPv6 TCP: carried with --capture-ipv6, else refused); with nftables (the inet table covers IPv6) or ebpf, leftovers.
    */
   ip6tables: string[];
   /** True when the pod is enrolled and its rules and listeners are all in place, or it is not enrolled and has none. */

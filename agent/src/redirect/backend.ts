@@ -25,7 +25,7 @@ const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 /** Our chains per pod table: mangle adds source preservation's guard to the nat chains' names. */
 const TABLE_CHAINS: Record<ipt.PodTable, readonly string[]> = { nat: POD_CHAINS, mangle: ipt.POD_MANGLE_CHAINS };
 const FAMILIES: readonly ipt.Family[] = [4, 6];
-/** Families whose inbound source is preserved (IPv6 TCP is refused, not carried, until IPv6 is captured). */
+/** Families whose inbound source is preserved (IPv4 only: IPv6 is refused, or with --capture-ipv6 carried without source preservation). */
 const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
 
 /**
