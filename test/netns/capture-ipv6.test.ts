@@ -66,7 +66,7 @@ for (const mode of MODES) {
     const mesh6 = await ask(sleep, server6, 9080, MARKER);
     t.true(mesh6.ok, `mesh client -> enrolled server over IPv6: ${mesh6.output}`);
     t.log(`the app's peer for an IPv6 mesh connection: ${mesh6.output}`);
-    t.true(mesh6.output.includes(`from ${server6}`), 'IPv6 source not preserved: the app sees its own IPv6 address (the agent\'s upstream socket)');
+    t.true(mesh6.output.endsWith(`from ${ip6(sleep)}`), 'IPv6 source preserved (default on): the app sees the mesh client\'s pod IPv6 address');
     const wire = await cap.stop();
     t.deepEqual([...wire.payloadPorts], [15008], `only 15008 carried payload, flows ${[...wire.flows].join(' ')}`);
     t.deepEqual([...(await v6PayloadFlows(wire))], [`[${server6}]:15008`], 'the tunnel is IPv6, to the server pod\'s IPv6 address');
