@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { captureFabric, type CaptureResult } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, ip6, startEcho } from './helpers.js';
 import { findLog, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables'];
@@ -23,11 +23,6 @@ async function v6PayloadFlows(wire: CaptureResult): Promise<Set<string>> {
     out.add(Number(sp) < Number(dp) ? `[${src}]:${sp}` : `[${dst}]:${dp}`);
   }
   return out;
-}
-
-function ip6(p: TestbedPod): string {
-  if (!p.ip6) throw new Error(`${p.key} has no IPv6 address`);
-  return p.ip6;
 }
 
 /**

@@ -5,7 +5,7 @@ import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
-import { download, guardDrops, podRulesReport, streamWhileCapturing } from './source-helpers.js';
+import { download, guardDrops, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
@@ -67,17 +67,7 @@ async function replyPieces(pod: TestbedPod): Promise<string> {
 
 for (const mode of MODES) {
   netnsTest.serial(`[${mode}] the app sees its client: a mesh client's pod IP (HBONE), a plain client's own address; probes and the pod's outbound still work`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('legacy', {});
-    const [productpage, sleep, neighbour, legacy] = await tb.addPods([
-      { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
-      { node: 1, namespace: 'legacy', name: 'legacy' },
-    ]);
-    if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
-    await startEcho(productpage, 9080);
+    const { tb, productpage, sleep, neighbour, legacy } = await sourceCluster(t, mode);
 
     // Mesh clients, from the other node and from the same node: HBONE to 15008, the app sees the client pod's IP.
     for (const client of [sleep, neighbour]) {

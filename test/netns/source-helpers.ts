@@ -1,13 +1,37 @@
 // Helpers of the source-preservation netns tests (source-address.test.ts for IPv4, source-ipv6.test.ts for IPv6): an app
-// streaming a marker while the pod's veth is captured, a one-shot download, the reply guard's counter, the rules report.
+// streaming a marker while the pod's veth is captured, a one-shot download, the reply guard's counter, the rules report,
+// the cluster both set up.
 // Each takes the address to use, so one helper serves both families.
 import { randomBytes } from 'node:crypto';
-import type { Testbed, TestbedPod } from '../testbed/index.js';
+import type { ExecutionContext } from 'ava';
+import { withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../testbed/index.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { captureNodeLink, type RawCapture } from './capture-wire.js';
-import { NFT, hostVeth } from './helpers.js';
+import { AMBIENT, NFT, hostVeth, startEcho } from './helpers.js';
 
 const PY = '/usr/bin/python3';
+
+/**
+ * The cluster of the source tests: two nodes (`opts`: families, agent arguments), an enrolled echo server `productpage`
+ * on 9080 (node 1), mesh clients `sleep` (node 0) and `neighbour` (node 1), a plain client `legacy` (node 1).
+ */
+export async function sourceCluster(t: ExecutionContext, mode: RedirectMode, opts: Pick<TestbedOptions, 'ipFamilies' | 'agentArgs'> = {}): Promise<{
+  tb: Testbed; productpage: TestbedPod; sleep: TestbedPod; neighbour: TestbedPod; legacy: TestbedPod;
+}> {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, ...opts });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, neighbour, legacy] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
+    { node: 1, namespace: 'legacy', name: 'legacy' },
+  ]);
+  if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  return { tb, productpage, sleep, neighbour, legacy };
+}
 
 /** The server app: to every client, lines of the marker in 4 KiB chunks every 2 ms until it fails; argv: bind address, port, marker. */
 const STREAM_SERVER = `

@@ -1,20 +1,15 @@
 // IPv6 inbound source preservation (--preserve-source with --capture-ipv6; iptables and nftables) on the dual-stack
 // testbed: the app sees an IPv6 mesh client's pod IPv6 address and a plain IPv6 client's own, IPv6 probes still arrive
 // as the probe address, the app's bulk replies come back, the guard drops them without the IPv6 reply rule, DEL cleans up.
-import { netnsTest, withTestbed } from '../testbed/ava.js';
+import { netnsTest } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
-import { AMBIENT, NFT, agentPod, ask, eventually, startEcho } from './helpers.js';
-import { download, guardDrops, podRulesReport, streamWhileCapturing } from './source-helpers.js';
+import { NFT, agentPod, ask, eventually, ip6 } from './helpers.js';
+import { download, guardDrops, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { PROBE_SNAT_IP6, REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
 const MODES = ['iptables', 'nftables'] as const;
-
-function ip6(p: TestbedPod): string {
-  if (!p.ip6) throw new Error(`${p.key} has no IPv6 address`);
-  return p.ip6;
-}
 
 /**
  * The IPv6 pieces source preservation adds in a pod: the policy rule, the local route, ip6tables' mangle table and the
@@ -30,18 +25,8 @@ async function replyPieces6(pod: TestbedPod): Promise<string> {
 for (const mode of MODES) {
   netnsTest.serial(`[${mode}] --capture-ipv6: the app sees its IPv6 client (mesh pod IPv6, plain client's own), probes pass, replies come back, the guard fails closed, DEL cleans up`, async (t) => {
     // The repair loop off: it would put the deleted rule back (and reset the guard's counter) before the drops are read.
-    const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], redirectMode: mode, agentArgs: ['--capture-ipv6', '--repair-interval-ms', '0'] });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('legacy', {});
-    const [productpage, sleep, neighbour, legacy] = await tb.addPods([
-      { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
-      { node: 0, namespace: 'legacy', name: 'legacy' },
-    ]);
-    if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
+    const { tb, productpage, sleep, neighbour, legacy } = await sourceCluster(t, mode, { ipFamilies: ['ipv4', 'ipv6'], agentArgs: ['--capture-ipv6', '--repair-interval-ms', '0'] });
     const server6 = ip6(productpage);
-    await startEcho(productpage, 9080);
 
     // Mesh clients over IPv6, from the other node and from the same one: HBONE, the app sees the client pod's IPv6 address.
     for (const client of [sleep, neighbour]) {
