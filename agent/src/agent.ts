@@ -231,7 +231,7 @@ export class Agent {
     await this.backend.prepare();
     if (this.cfg.preserveSource) {
       this.notReadyReason = 'probing the kernel for inbound source preservation';
-      await probeSourcePreservation(); // fail closed and clear: never a silent fallback to the agent's own address
+      await probeSourcePreservation({ ipv6: this.cfg.captureIpv6 }); // fail closed and clear: never a silent fallback to the agent's own address
     }
     this.notReadyReason = 'installing node rules';
     await this.backend.installHost();

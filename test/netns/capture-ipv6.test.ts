@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { captureFabric, type CaptureResult } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, ip6, startEcho } from './helpers.js';
 import { findLog, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables'];
@@ -23,11 +23,6 @@ async function v6PayloadFlows(wire: CaptureResult): Promise<Set<string>> {
     out.add(Number(sp) < Number(dp) ? `[${src}]:${sp}` : `[${dst}]:${dp}`);
   }
   return out;
-}
-
-function ip6(p: TestbedPod): string {
-  if (!p.ip6) throw new Error(`${p.key} has no IPv6 address`);
-  return p.ip6;
 }
 
 /**
@@ -66,7 +61,7 @@ for (const mode of MODES) {
     const mesh6 = await ask(sleep, server6, 9080, MARKER);
     t.true(mesh6.ok, `mesh client -> enrolled server over IPv6: ${mesh6.output}`);
     t.log(`the app's peer for an IPv6 mesh connection: ${mesh6.output}`);
-    t.true(mesh6.output.includes(`from ${server6}`), 'IPv6 source not preserved: the app sees its own IPv6 address (the agent\'s upstream socket)');
+    t.true(mesh6.output.endsWith(`from ${ip6(sleep)}`), 'IPv6 source preserved (default on): the app sees the mesh client\'s pod IPv6 address');
     const wire = await cap.stop();
     t.deepEqual([...wire.payloadPorts], [15008], `only 15008 carried payload, flows ${[...wire.flows].join(' ')}`);
     t.deepEqual([...(await v6PayloadFlows(wire))], [`[${server6}]:15008`], 'the tunnel is IPv6, to the server pod\'s IPv6 address');

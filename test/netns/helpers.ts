@@ -28,6 +28,12 @@ export async function sendRandom(client: TestbedPod, ip: string, port: number, s
   return sha256(data);
 }
 
+/** A pod's IPv6 address; throws when it has none (a dual-stack or IPv6-only testbed is expected). */
+export function ip6(p: TestbedPod): string {
+  if (!p.ip6) throw new Error(`${p.key} has no IPv6 address`);
+  return p.ip6;
+}
+
 /** An echo server answering "pong:<line> from <client addr>" for every connection. */
 export async function startEcho(pod: TestbedPod, port: number): Promise<void> {
   void pod.spawn('ncat', ['-l', '-k', String(port), '--sh-exec', 'read l; echo "pong:$l from $NCAT_REMOTE_ADDR"']).catch(() => undefined);

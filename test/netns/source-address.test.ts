@@ -3,29 +3,11 @@
 // without the reply rule the netfilter backends' guard drops the app's replies (fail closed) until repair restores it.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
-import type { RulesReply } from '../../agent/src/server/event-server.js';
-import { randomBytes } from 'node:crypto';
-import { captureNodeLink, countOccurrences, type RawCapture } from './capture-wire.js';
-import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, hostVeth, podRules, startEcho } from './helpers.js';
+import { countOccurrences } from './capture-wire.js';
+import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
+import { download, guardDrops, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
-
-const PY = '/usr/bin/python3';
-
-/** The server app of the kill test: to every client, lines of the marker in 4 KiB chunks every 2 ms until it fails. */
-const STREAM_SERVER = `
-import socket, sys, threading, time
-port, marker = int(sys.argv[1]), sys.argv[2]
-chunk = ((marker + '\\n') * (4096 // (len(marker) + 1))).encode()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', port)); s.listen(8)
-def serve(c):
-    try:
-        while True:
-            c.sendall(chunk); time.sleep(0.002)
-    except OSError: pass
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-`;
 
 /** iptables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
 const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
@@ -34,20 +16,6 @@ const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'R
 async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
   const out = String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
   return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
-}
-
-/**
- * Starts a capture on `server`'s host-side veth, then the app streaming a fresh marker to the mesh client `client`
- * (ncat, ending after 3 s without data: its stdout is the byte count received); returns once the stream has run 1.5 s.
- */
-async function streamWhileCapturing(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, name: string): Promise<{ marker: string; cap: RawCapture; reader: ReturnType<TestbedPod['spawn']> }> {
-  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
-  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), name);
-  void server.spawn(PY, ['-c', STREAM_SERVER, String(port), marker], { reject: false, timeout: 90_000 });
-  await server.waitForPort(port);
-  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${server.ip} ${port} | wc -c`], { reject: false, timeout: 30_000 });
-  await new Promise((r) => setTimeout(r, 1500));
-  return { marker, cap, reader };
 }
 
 /**
@@ -81,16 +49,6 @@ async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: Test
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
-/** Packets the reply guard dropped in a pod so far: its iptables rule's counter, or its nft rule's. */
-async function guardDrops(pod: TestbedPod, mode: 'iptables' | 'nftables'): Promise<number> {
-  const out = mode === 'iptables'
-    ? String((await pod.exec('iptables-save', ['-c', '-t', 'mangle'])).stdout)
-    : String((await pod.exec(NFT, ['list', 'chain', 'inet', 'ambient-reply', 'reply-guard'])).stdout);
-  const m = mode === 'iptables' ? /^\[(\d+):\d+\] -A AMBIENT_REPLY_GUARD ! -o lo /m.exec(out) : /oifname != "lo" .* counter packets (\d+) bytes \d+ drop/.exec(out);
-  if (!m) throw new Error(`no reply guard in the pod: ${out}`);
-  return Number(m[1]);
-}
-
 /** Deletes the pod's reply rule (as a pod holding CAP_NET_ADMIN could). */
 async function deleteReplyRule(pod: TestbedPod): Promise<void> {
   await pod.exec('ip', ['-4', 'rule', 'del', 'pref', String(REPLY_RULE_PREF), ...REPLY_RULE_TEXT.split(' ')]);
@@ -107,37 +65,9 @@ async function replyPieces(pod: TestbedPod): Promise<string> {
   return out;
 }
 
-/** The pod's rules as the agent reads them back (`ambient-node rules`): in sync or not, and what it found. */
-async function podRulesReport(tb: Testbed, pod: TestbedPod): Promise<RulesReply['attachments'][number] | undefined> {
-  const r = await tb.agent(pod.node.index).request('GET', `/v1/rules?pod=${encodeURIComponent(`${pod.namespace}/${pod.name}`)}`);
-  return (r.body as RulesReply).attachments[0];
-}
-
-/** `size` random bytes sent by a one-shot server in `server` on `port` to the first client; resolves with their sha256 as received by `client`. */
-async function download(server: TestbedPod, client: TestbedPod, port: number, size: number): Promise<{ sent: string; received: string }> {
-  const file = `/tmp/ambient-src-${server.netnsName}-${port}`;
-  await server.exec('sh', ['-c', `head -c ${size} /dev/urandom > ${file}`]);
-  const sent = String((await server.exec('sha256sum', [file])).stdout).split(' ')[0] ?? '';
-  const serving = server.spawn('sh', ['-c', `ncat -l ${port} --send-only < ${file}; rm -f ${file}`], { timeout: 60_000, reject: false });
-  await server.waitForPort(port);
-  const r = await client.exec('sh', ['-c', `ncat --recv-only -w 10 ${server.ip} ${port} | sha256sum`], { timeout: 60_000 });
-  await serving;
-  return { sent, received: String(r.stdout).split(' ')[0] ?? '' };
-}
-
 for (const mode of MODES) {
   netnsTest.serial(`[${mode}] the app sees its client: a mesh client's pod IP (HBONE), a plain client's own address; probes and the pod's outbound still work`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 2, redirectMode: mode });
-    await tb.setNamespace('app', AMBIENT);
-    await tb.setNamespace('legacy', {});
-    const [productpage, sleep, neighbour, legacy] = await tb.addPods([
-      { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
-      { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
-      { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
-      { node: 1, namespace: 'legacy', name: 'legacy' },
-    ]);
-    if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
-    await startEcho(productpage, 9080);
+    const { tb, productpage, sleep, neighbour, legacy } = await sourceCluster(t, mode);
 
     // Mesh clients, from the other node and from the same node: HBONE to 15008, the app sees the client pod's IP.
     for (const client of [sleep, neighbour]) {

@@ -1,12 +1,13 @@
 // Unit tests for inbound source preservation's pure pieces: the iptables mangle rules and the nft chains (goldens), the
-// fail-closed guard, the pod's reply routing per address family (install, removal, read-back, drift), and where the
-// upstream socket binds.
+// fail-closed guard, the pod's reply routing per address family (install, removal, read-back, drift), which families a
+// pod gets them for (IPv6 only with --capture-ipv6 and a pod IPv6 address), and where the upstream socket binds.
 import test from 'ava';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import * as nft from '../../agent/src/redirect/nftables.js';
 import {
-  REPLY_RULE_TEXT, expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, upstreamSource,
+  REPLY_RULE_TEXT, expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, upstreamSource,
 } from '../../agent/src/redirect/reply-routing.js';
+import { createBackend } from '../../agent/src/redirect/backend.js';
 import { AGENT_MARK, LOCAL_ROUTE_TABLE, REPLY_MARK } from '../../agent/src/redirect/constants.js';
 import { ROUTE_TABLE as EBPF_ROUTE_TABLE } from '../../agent/src/redirect/ebpf-config.js';
 import { assertGolden } from './golden.js';
@@ -14,8 +15,13 @@ import { assertGolden } from './golden.js';
 const POD: readonly string[] = Object.values(ipt.POD_CHAINS);
 const MANGLE = ipt.POD_MANGLE_CHAINS;
 
-test('iptables mangle rules for source preservation match golden', (t) => {
+test('iptables mangle rules for source preservation match golden, per family', (t) => {
   assertGolden(t, 'iptables-pod-mangle', ipt.restoreInput('', MANGLE, ipt.podMangleRules(4), ipt.podMangleJumpRules(), 'mangle'));
+  assertGolden(t, 'iptables-pod-mangle-ipv6', ipt.restoreInput('', MANGLE, ipt.podMangleRules(6), ipt.podMangleJumpRules(), 'mangle'));
+  // Applied again over what the first one made: the chains are rewritten, the jumps already there not added twice.
+  const saved = ipt.restoreInput('', MANGLE, ipt.podMangleRules(6), ipt.podMangleJumpRules(), 'mangle');
+  const again = ipt.restoreInput(saved, MANGLE, ipt.podMangleRules(6), ipt.podMangleJumpRules(), 'mangle');
+  t.false(ipt.podMangleJumpRules().some((j) => again.includes(`\n${j}\n`)), again);
 });
 
 test('nft reply table of source preservation matches golden; it is a table of its own, the capture\'s has no ct mark', (t) => {
@@ -94,17 +100,58 @@ test('reply routing reads back in our notation and compares with the expectation
   const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n';
   t.deepEqual(replyRoutingLines(output, 4), expectedReplyRoutingLines(4));
   t.deepEqual(replyRoutingLines('@@ambient-reply@@\n', 4), [], 'nothing installed');
-  t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo scope host']);
+  t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo metric 1024 pref medium']);
+  // As `ip -6` prints them (read in a pod holding both).
+  const output6 = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo metric 1024 pref medium\n';
+  t.deepEqual(replyRoutingLines(output6, 6), expectedReplyRoutingLines(6));
 });
 
-test('the upstream socket binds the client\'s address only when preserving it and when it can stand as a source', (t) => {
-  t.is(upstreamSource('10.244.0.3', true), '10.244.0.3');
-  t.is(upstreamSource('10.244.0.3', false), undefined, 'switched off: the kernel picks the pod\'s own address');
-  t.is(upstreamSource('127.0.0.1', true), undefined, 'loopback');
-  t.is(upstreamSource('0.0.0.0', true), undefined);
-  t.is(upstreamSource('224.0.0.1', true), undefined, 'multicast');
-  t.is(upstreamSource('fd00::1', true), undefined, 'IPv6 is not carried yet');
-  t.is(upstreamSource('not-an-ip', true), undefined);
+test('the upstream socket binds the client\'s address only in a family whose replies are routed back, and when it can stand as a source', (t) => {
+  t.is(upstreamSource('10.244.0.3', [4]), '10.244.0.3');
+  t.is(upstreamSource('10.244.0.3', []), undefined, 'switched off: the kernel picks the pod\'s own address');
+  t.is(upstreamSource('127.0.0.1', [4]), undefined, 'loopback');
+  t.is(upstreamSource('0.0.0.0', [4]), undefined);
+  t.is(upstreamSource('224.0.0.1', [4]), undefined, 'multicast');
+  t.is(upstreamSource('fd00::1', [4]), undefined, 'IPv6 without IPv6 reply routing in the pod: never bound (fail closed)');
+  t.is(upstreamSource('fd00::1', [4, 6]), 'fd00::1');
+  t.is(upstreamSource('fd00:0:0::0001', [4, 6]), 'fd00::1', 'canonical form');
+  t.is(upstreamSource('::ffff:10.244.0.3', [4]), '10.244.0.3', 'IPv4-mapped is the IPv4 address');
+  for (const bad of ['::1', '::', 'ff02::1', 'fe80::1', 'febf::1']) t.is(upstreamSource(bad, [4, 6]), undefined, bad);
+  t.is(upstreamSource('fec0::1', [4, 6]), 'fec0::1', 'just past link-local');
+  t.is(upstreamSource('not-an-ip', [4, 6]), undefined);
+});
+
+test('reply families: IPv4 with preservation; IPv6 too only when IPv6 is captured and the pod has an IPv6 address', (t) => {
+  const dual = ['10.244.1.5', 'fd00:10:244:1::5'];
+  t.deepEqual(replyFamilies(false, ['ipv4', 'ipv6'], dual), []);
+  t.deepEqual(replyFamilies(true, ['ipv4'], dual), [4], 'IPv6 not captured (or ebpf)');
+  t.deepEqual(replyFamilies(true, ['ipv4', 'ipv6'], dual), [4, 6]);
+  t.deepEqual(replyFamilies(true, ['ipv4', 'ipv6'], ['10.244.1.5']), [4], 'an IPv4-only pod');
+  t.deepEqual(replyFamilies(true, ['ipv4', 'ipv6'], ['::ffff:10.244.1.5']), [4], 'IPv4-mapped is IPv4');
+  t.deepEqual(replyFamilies(true, ['ipv4', 'ipv6'], ['fd00:10:244:1::5']), [4, 6], 'an IPv6-only pod');
+});
+
+test('the netfilter backends expect the IPv6 pieces exactly when the pod gets them', async (t) => {
+  const dual = { ifname: 'eth0', ips: ['10.244.1.5', 'fd00:10:244:1::5'] };
+  const v4 = { ifname: 'eth0', ips: ['10.244.1.5'] };
+  const ip6Rule = `ip6: ip rule 32764: from all ${REPLY_RULE_TEXT}`;
+  const ip6Guard = `${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP`;
+  const ipv6On = await createBackend('iptables', { preserveSource: true, captureIpv6: true });
+  t.true(ipv6On.expectedPodRules(dual).includes(ip6Rule));
+  t.true(ipv6On.expectedPodRules(dual).includes(ip6Guard));
+  t.true(ipv6On.expectedPodRules(dual).includes(`${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}-A POSTROUTING -j AMBIENT_REPLY_GUARD`));
+  for (const [b, pod, why] of [
+    [ipv6On, v4, 'no pod IPv6 address'],
+    [await createBackend('iptables', { preserveSource: true }), dual, 'IPv6 not captured'],
+    [await createBackend('iptables', { preserveSource: false, captureIpv6: true }), dual, 'preservation off'],
+  ] as const) {
+    t.false(b.expectedPodRules(pod).some((l) => l.startsWith('ip6: ') || l.startsWith(`${ipt.IP6_PREFIX}${ipt.MANGLE_PREFIX}`)), why);
+  }
+  const nftOn = await createBackend('nftables', { preserveSource: true, captureIpv6: true });
+  t.true(nftOn.expectedPodRules(dual).includes(ip6Rule), 'nft: the inet reply table serves IPv6, the IPv6 rule and route are added');
+  t.true(nftOn.expectedPodRules(dual).includes('ip6: route table 100: local default dev lo metric 1024 pref medium'));
+  t.false(nftOn.expectedPodRules(v4).includes(ip6Rule));
+  t.false((await createBackend('nftables', { preserveSource: true })).expectedPodRules(dual).includes(ip6Rule));
 });
 
 test('one iptables-save of every table is split into the nat and mangle parts', (t) => {

@@ -14,7 +14,7 @@ import type { Connection as AuthzConnection, Decision } from '../policy/authoriz
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { addressLike, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
-import { upstreamSource } from '../redirect/reply-routing.js';
+import { replyFamilies, upstreamSource } from '../redirect/reply-routing.js';
 import type { ServiceRef } from '../workload/service-table.js';
 import { RESPONSE_FLAGS, connectionLabels, type ConnectionObserver, type Peer, type TcpLabels } from '../admin/metrics.js';
 import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type ConnectionSnapshot, type Direction, type Endpoint } from './connections.js';
@@ -317,7 +317,7 @@ export class PodForwarder {
       dial.abort();
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
-    const from = this.sourceFor(source.ip);
+    const from = this.sourceFor(source.ip, d.upstream.host);
     dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true, signal: dial.signal, ...(from ? { source: { address: from } } : {}) }).then(
       (sock) => {
         if (!r.stream.isClosed) return r.answer(200, sock);
@@ -401,7 +401,7 @@ export class PodForwarder {
     }
     this.track(down, source, destination);
     // The client's own port is avoided: its REDIRECTed connection holds the conntrack tuple client:port -> pod:port.
-    const fromIp = this.sourceFor(source.ip);
+    const fromIp = this.sourceFor(source.ip, dst.address);
     const fromSrc = fromIp ? { source: { address: fromIp, ...(down.remotePort !== undefined ? { avoidPort: down.remotePort } : {}) } } : {};
     this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK, ...fromSrc }), info);
   }
@@ -429,11 +429,14 @@ export class PodForwarder {
   }
 
   /**
-   * Where an inbound upstream socket binds: the client's address when preserving it, else undefined (the pod's own).
-   * Never an IPv6 client's: nothing routes the app's IPv6 replies back to the agent yet, they would leave in clear.
+   * Where an inbound upstream socket to `upstream` binds: the client's address when preserving it, else undefined (the
+   * pod's own). Only in a family whose reply routing the backend installed in this pod (replyFamilies: IPv6 only with
+   * --capture-ipv6 and a pod IPv6 address), never otherwise: the app's replies would leave the pod in clear. Never
+   * across families (an IPv4 peer tunnelling to the app's IPv6 address): the kernel picks the pod's own address then.
    */
-  private sourceFor(clientIp: string): string | undefined {
-    return ipFamily(clientIp) === 'ipv4' ? upstreamSource(clientIp, this.mesh.preserveSource) : undefined;
+  private sourceFor(clientIp: string, upstream: string): string | undefined {
+    if (ipFamily(clientIp) !== ipFamily(upstream)) return undefined;
+    return upstreamSource(clientIp, replyFamilies(this.mesh.preserveSource, this.mesh.captureFamilies, this.self.ips));
   }
 
   /** This pod, as a metrics peer. */

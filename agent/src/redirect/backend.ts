@@ -7,7 +7,9 @@ import type { Netns } from '../platform/netns.js';
 import { canonicalIp } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
-import { expectedReplyRoutingLines, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily } from './reply-routing.js';
+import {
+  expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
+} from './reply-routing.js';
 import { routingBatchOk } from './policy-routing.js';
 import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
@@ -25,8 +27,8 @@ const POD_CHAINS = Object.values(ipt.POD_CHAINS);
 /** Our chains per pod table: mangle adds source preservation's guard to the nat chains' names. */
 const TABLE_CHAINS: Record<ipt.PodTable, readonly string[]> = { nat: POD_CHAINS, mangle: ipt.POD_MANGLE_CHAINS };
 const FAMILIES: readonly ipt.Family[] = [4, 6];
-/** Families whose inbound source is preserved (IPv4 only: IPv6 is refused, or with --capture-ipv6 carried without source preservation). */
-const PRESERVE_FAMILIES: readonly RouteFamily[] = [4];
+/** The pod addresses of a backend call without a pod (`rules` of an unknown one): none, so IPv4's pieces only. */
+const NO_IPS: readonly string[] = [];
 
 /**
  * A probe target's family and canonical text (the set of its family holds it); throws for text that is not an address.
@@ -50,15 +52,16 @@ export interface NetfilterOptions {
 export const netfilterFamilies = (opts: NetfilterOptions): readonly IpFamily[] => (opts.captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
 
 /*
- * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on
- * and removed only on DEL (removePodRules). An agent running with it off neither installs nor removes them, nor calls
+ * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on,
+ * per family as replyFamilies says (IPv6's with --capture-ipv6 in a pod with an IPv6 address), and removed only on DEL
+ * (removePodRules, both families whatever the flags). An agent running with it off neither installs nor removes them, nor calls
  * them drift: pods it adopts (after a restart or a take-over) may still have relays whose upstream socket is bound to
  * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
  */
 
-/** Installs the reply routing of source preservation in a pod (idempotent, never removes anything). */
-async function installReplyRouting(netns: Netns): Promise<void> {
-  await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
+/** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
+async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
+  await Promise.all(families.map(async (family) => {
     const b = replyRoutingBatch(family);
     await runTool('ip', b.args, { netns: netns.toolPath, input: b.input }).catch((err: unknown) => {
       if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
@@ -66,16 +69,19 @@ async function installReplyRouting(netns: Netns): Promise<void> {
   }));
 }
 
-/** Removes the reply routing (pod teardown only). */
+/** Removes the reply routing of both families (pod teardown only). */
 async function removeReplyRouting(netns: Netns): Promise<void> {
-  await Promise.all(PRESERVE_FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
+  await Promise.all(FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
 }
 
-/** The reply routing's drift: expected lines when preserving; without preservation whatever is there is left alone. */
-async function verifyReplyRouting(netns: Netns, preserve: boolean): Promise<{ missing: string[]; unexpected: string[]; actual: string[] }> {
-  const per = await Promise.all(PRESERVE_FAMILIES.map(async (family) => {
+/**
+ * The reply routing's drift: both families are read (and shown); the expected lines of `families` must be there, and a
+ * family outside them is left alone whatever it holds (preservation off, or IPv6 no longer captured: see above).
+ */
+async function verifyReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<{ missing: string[]; unexpected: string[]; actual: string[] }> {
+  const per = await Promise.all(FAMILIES.map(async (family) => {
     const actual = replyRoutingLines(await runTool('sh', ['-c', replyRoutingReadScript(family)], { netns: netns.toolPath }), family);
-    if (!preserve) return { missing: [], unexpected: [], actual };
+    if (!families.includes(family)) return { missing: [], unexpected: [], actual };
     const expected = expectedReplyRoutingLines(family);
     return { missing: expected.filter((l) => !actual.includes(l)), unexpected: actual.filter((l) => !expected.includes(l)), actual };
   }));
@@ -97,9 +103,14 @@ class IptablesBackend implements RedirectBackend {
 
   async prepare(): Promise<void> {}
 
-  /** The mangle rules a family should hold ([] without source preservation, or for a family it does not cover). */
-  private mangleRules(family: ipt.Family): string[] {
-    return this.preserveSource && PRESERVE_FAMILIES.includes(family) ? ipt.podMangleRules(family) : [];
+  /** The families whose reply routing and mangle rules a pod gets (reply-routing.ts replyFamilies). */
+  private replyFamilies(pod?: PodContext): RouteFamily[] {
+    return replyFamilies(this.preserveSource, this.captureFamilies, pod?.ips ?? NO_IPS);
+  }
+
+  /** The mangle rules a family should hold ([] without source preservation, or for a family it does not cover in `pod`). */
+  private mangleRules(family: ipt.Family, pod?: PodContext): string[] {
+    return this.replyFamilies(pod).includes(family) ? ipt.podMangleRules(family) : [];
   }
 
   /**
@@ -107,12 +118,12 @@ class IptablesBackend implements RedirectBackend {
    * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
    * agent dials the app from the client's address and the app's replies must already find their way back.
    */
-  async installPod(netns: Netns, _pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    if (this.preserveSource) await installReplyRouting(netns);
+  async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+    await installReplyRouting(netns, this.replyFamilies(pod));
     await Promise.all(FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
-      const mangle = this.mangleRules(family);
+      const mangle = this.mangleRules(family, pod);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
       if (mangle.length > 0) {
         const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle');
@@ -124,7 +135,7 @@ class IptablesBackend implements RedirectBackend {
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
-  async verifyPod(netns: Netns): Promise<RuleDrift> {
+  async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
     const per = await Promise.all(FAMILIES.map(async (family) => {
       const save = await runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath }); // every table in one exec
       const [nat, mangle] = [ipt.tableSection(save, 'nat'), ipt.tableSection(save, 'mangle')];
@@ -132,7 +143,7 @@ class IptablesBackend implements RedirectBackend {
       const actualNat = ipt.ownedNatLines(nat, POD_CHAINS);
       const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
       const actualMangle = ipt.ownedNatLines(mangle, ipt.POD_MANGLE_CHAINS);
-      const wantMangle = this.mangleRules(family);
+      const wantMangle = this.mangleRules(family, pod);
       // Without preservation (or for a family it does not cover) the mangle chains are neither expected nor drift.
       const dm = wantMangle.length ? ipt.diffOwned([...ipt.podMangleJumpRules(), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
       const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);
@@ -142,21 +153,21 @@ class IptablesBackend implements RedirectBackend {
         actual: [...actualNat.map(tag), ...actualMangle.map(m)],
       };
     }));
-    const r = await verifyReplyRouting(netns, this.preserveSource);
+    const r = await verifyReplyRouting(netns, this.replyFamilies(pod));
     return ok([...per.flatMap((p) => p.missing), ...r.missing], [...per.flatMap((p) => p.unexpected), ...r.unexpected], [...per.flatMap((p) => p.actual), ...r.actual]);
   }
 
-  expectedPodRules(): string[] {
+  expectedPodRules(pod?: PodContext): string[] {
     const tag = (family: ipt.Family, l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
     return [
       ...FAMILIES.flatMap((family) => {
-        const mangle = this.mangleRules(family);
+        const mangle = this.mangleRules(family, pod);
         return [
           ...[...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => tag(family, l)),
           ...(mangle.length ? [...ipt.podMangleJumpRules(), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
         ];
       }),
-      ...(this.preserveSource ? PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f)) : []),
+      ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f)),
     ];
   }
 
@@ -231,31 +242,38 @@ class NftablesBackend implements RedirectBackend {
 
   async prepare(): Promise<void> {}
 
+  /** The families whose reply routing a pod gets (reply-routing.ts replyFamilies); the inet reply table serves both. */
+  private replyFamilies(pod?: PodContext): RouteFamily[] {
+    return replyFamilies(this.preserveSource, this.captureFamilies, pod?.ips ?? NO_IPS);
+  }
+
   /**
    * Source preservation's reply routing first, then its table and the capture's in one transaction (reply table
-   * first). Without preservation only the capture's table is written: the reply table is left as it is.
+   * first). Without preservation only the capture's table is written: the reply table is left as it is. The reply
+   * table is `inet`: its ct mark and meta mark are the same for IPv6, and its `route` chain re-routes IPv6 too, so IPv6
+   * needs only its own policy rule and local route.
    */
-  async installPod(netns: Netns): Promise<void> {
-    if (this.preserveSource) await installReplyRouting(netns);
+  async installPod(netns: Netns, pod?: PodContext): Promise<void> {
+    await installReplyRouting(netns, this.replyFamilies(pod));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
     await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
   }
 
-  async verifyPod(netns: Netns): Promise<RuleDrift> {
+  async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
     const [t, rt, r] = await Promise.all([
       this.verifyTable(nft.POD_TABLE, nft.podTable(), netns),
       this.verifyTable(nft.REPLY_TABLE, nft.replyTable(), netns),
-      verifyReplyRouting(netns, this.preserveSource),
+      verifyReplyRouting(netns, this.replyFamilies(pod)),
     ]);
     // Without preservation the reply table is shown when present, never counted as drift (see above).
     const reply = this.preserveSource ? rt : ok([], [], rt.actual);
     return ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
   }
 
-  expectedPodRules(): string[] {
+  expectedPodRules(pod?: PodContext): string[] {
     return [
       ...nft.podTable().split('\n'),
-      ...(this.preserveSource ? [...nft.replyTable().split('\n'), ...PRESERVE_FAMILIES.flatMap((f) => expectedReplyRoutingLines(f))] : []),
+      ...(this.preserveSource ? [...nft.replyTable().split('\n'), ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f))] : []),
     ];
   }
 

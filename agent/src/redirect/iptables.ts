@@ -60,6 +60,8 @@ export function podChainRules(family: Family = 4): string[] {
  * transparent socket instead of out of the pod toward the client's address. Istio's in-pod rules; nat needs nothing
  * (replies are never NEW). The guard fails closed: a packet of such a connection about to leave through anything but
  * lo (the policy rule or its route deleted, not yet repaired) is dropped, never sent toward the client in clear.
+ * ip6tables takes (and saves) the same lines: nothing in them depends on the family, and ip6tables' mangle OUTPUT
+ * re-routes a packet whose mark it changed, as iptables' does. `_family` names the table they are for (callers say it).
  */
 export function podMangleRules(_family: Family = 4): string[] {
   const pre = POD_CHAINS.prerouting;

@@ -63,7 +63,10 @@ export function ruleAndRouteLines(rules: string, routes: string, table: number):
   return lines;
 }
 
+/** How `ip route show table` prints the local default route: IPv6 routes show their metric and preference, not a scope. */
+const LOCAL_ROUTE_SHOWN: Record<RouteFamily, string> = { 4: 'local default dev lo scope host', 6: 'local default dev lo metric 1024 pref medium' };
+
 /** What a pod holding the rule and its local route reads back as. */
-export function expectedRuleLines(r: MarkRule): string[] {
-  return [`ip rule ${r.pref}: from all ${ruleText(r)}`, `route table ${r.table}: local default dev lo scope host`];
+export function expectedRuleLines(r: MarkRule, family: RouteFamily = 4): string[] {
+  return [`ip rule ${r.pref}: from all ${ruleText(r)}`, `route table ${r.table}: ${LOCAL_ROUTE_SHOWN[family]}`];
 }

@@ -1,6 +1,6 @@
 // Pure pieces of inbound source preservation shared by the netfilter backends: the pod's policy-routing rule and local
 // route (as `ip` inputs and scripts, per address family), how they read back, and where the agent's upstream socket binds.
-import { isIPv4 } from 'node:net';
+import { formatIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import {
   expectedRuleLines, localRouteDelete, readCommands, routingBatchInput, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
@@ -51,17 +51,38 @@ export function replyRoutingLines(output: string, family: RouteFamily): string[]
 
 /** What an enrolled pod must hold for a family when source preservation is on. */
 export function expectedReplyRoutingLines(family: RouteFamily): string[] {
-  return expectedRuleLines(REPLY_RULE).map((l) => tag(family, l));
+  return expectedRuleLines(REPLY_RULE, family).map((l) => tag(family, l));
 }
 
 /**
- * The address the agent's upstream socket to the app binds to (IP_TRANSPARENT), or undefined to let the kernel choose
- * (the pod's own address, as before): preservation off, or a client address that cannot stand as a source here
- * (loopback, unspecified, or a family this path does not carry yet).
+ * The families whose reply routing (and connmark rules) a netfilter backend installs in a pod, and so the families whose
+ * client addresses the agent may bind its upstream socket to there: none without preservation; IPv4 always with it (as
+ * before IPv6 existed; the ebpf backend brings IPv4 replies back its own way); IPv6 too only when the backend captures
+ * IPv6 (--capture-ipv6, never with ebpf) and the pod has an IPv6 address.
+ * One function for both sides, so the forwarder never binds an address whose replies nothing brings back. Pure.
  */
-export function upstreamSource(clientIp: string, preserve: boolean): string | undefined {
-  if (!preserve || !isIPv4(clientIp)) return undefined;
-  const first = Number(clientIp.split('.')[0]);
-  if (clientIp === '0.0.0.0' || first === 127 || first >= 224) return undefined;
-  return clientIp;
+export function replyFamilies(preserve: boolean, captureFamilies: readonly IpFamily[], podIps: readonly string[]): RouteFamily[] {
+  if (!preserve) return [];
+  const v6 = captureFamilies.includes('ipv6') && podIps.some((ip) => parseIp(ip)?.family === 6);
+  return v6 ? [4, 6] : [4];
+}
+
+/** First bits of IPv6 ranges that cannot stand as a source here: multicast (ff00::/8) and link-local (fe80::/10, needs a zone). */
+const V6_NOT_SOURCE: readonly { prefix: bigint; bits: bigint }[] = [{ prefix: 0xffn, bits: 8n }, { prefix: 0x3fan, bits: 10n }];
+
+/**
+ * The address the agent's upstream socket to the app binds to (IP_TRANSPARENT, IPV6_TRANSPARENT), or undefined to let
+ * the kernel choose (the pod's own address, as before): preservation off for the client's family (`families`, from
+ * replyFamilies: fail closed, an address whose replies nothing routes back is never bound), or a client address that
+ * cannot stand as a source (loopback, unspecified, multicast, broadcast, IPv6 link-local).
+ */
+export function upstreamSource(clientIp: string, families: readonly RouteFamily[]): string | undefined {
+  const ip = parseIp(clientIp);
+  if (!ip || !families.includes(ip.family)) return undefined;
+  if (ip.family === 4) {
+    const first = Number(ip.value >> 24n);
+    return ip.value === 0n || first === 127 || first >= 224 ? undefined : formatIp(ip);
+  }
+  if (ip.value === 0n || ip.value === 1n) return undefined;
+  return V6_NOT_SOURCE.some((r) => ip.value >> (128n - r.bits) === r.prefix) ? undefined : formatIp(ip);
 }

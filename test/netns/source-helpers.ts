@@ -1,0 +1,97 @@
+// Helpers of the source-preservation netns tests (source-address.test.ts for IPv4, source-ipv6.test.ts for IPv6): an app
+// streaming a marker while the pod's veth is captured, a one-shot download, the reply guard's counter, the rules report,
+// the cluster both set up.
+// Each takes the address to use, so one helper serves both families.
+import { randomBytes } from 'node:crypto';
+import type { ExecutionContext } from 'ava';
+import { withTestbed } from '../testbed/ava.js';
+import type { RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../testbed/index.js';
+import type { RulesReply } from '../../agent/src/server/event-server.js';
+import { captureNodeLink, type RawCapture } from './capture-wire.js';
+import { AMBIENT, NFT, hostVeth, startEcho } from './helpers.js';
+
+const PY = '/usr/bin/python3';
+
+/**
+ * The cluster of the source tests: two nodes (`opts`: families, agent arguments), an enrolled echo server `productpage`
+ * on 9080 (node 1), mesh clients `sleep` (node 0) and `neighbour` (node 1), a plain client `legacy` (node 1).
+ */
+export async function sourceCluster(t: ExecutionContext, mode: RedirectMode, opts: Pick<TestbedOptions, 'ipFamilies' | 'agentArgs'> = {}): Promise<{
+  tb: Testbed; productpage: TestbedPod; sleep: TestbedPod; neighbour: TestbedPod; legacy: TestbedPod;
+}> {
+  const tb = await withTestbed(t, { nodes: 2, redirectMode: mode, ...opts });
+  await tb.setNamespace('app', AMBIENT);
+  await tb.setNamespace('legacy', {});
+  const [productpage, sleep, neighbour, legacy] = await tb.addPods([
+    { node: 1, namespace: 'app', name: 'productpage', serviceAccount: 'productpage' },
+    { node: 0, namespace: 'app', name: 'sleep', serviceAccount: 'sleep' },
+    { node: 1, namespace: 'app', name: 'neighbour', serviceAccount: 'neighbour' },
+    { node: 1, namespace: 'legacy', name: 'legacy' },
+  ]);
+  if (!productpage || !sleep || !neighbour || !legacy) throw new Error('pods missing');
+  await startEcho(productpage, 9080);
+  return { tb, productpage, sleep, neighbour, legacy };
+}
+
+/** The server app: to every client, lines of the marker in 4 KiB chunks every 2 ms until it fails; argv: bind address, port, marker. */
+const STREAM_SERVER = `
+import socket, sys, threading, time
+addr, port, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+chunk = ((marker + '\\n') * (4096 // (len(marker) + 1))).encode()
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((addr, port)); s.listen(8)
+def serve(c):
+    try:
+        while True:
+            c.sendall(chunk); time.sleep(0.002)
+    except OSError: pass
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+/**
+ * Starts a capture on `server`'s host-side veth, then the app streaming a fresh marker to the mesh client `client`, which
+ * connects to `host` (the server's address of the family under test; ncat, ending after 3 s without data: its stdout is
+ * the byte count received); returns once the stream has run 1.5 s.
+ */
+export async function streamWhileCapturing(
+  tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, name: string, host = server.ip,
+): Promise<{ marker: string; cap: RawCapture; reader: ReturnType<TestbedPod['spawn']> }> {
+  const marker = `SRC-CLEARTEXT-${randomBytes(10).toString('hex')}`;
+  const cap = await captureNodeLink(tb, server.node.index, await hostVeth(tb, server), name);
+  void server.spawn(PY, ['-c', STREAM_SERVER, host.includes(':') ? '::' : '0.0.0.0', String(port), marker], { reject: false, timeout: 90_000 });
+  await server.waitForPort(port);
+  const reader = client.spawn('sh', ['-c', `ncat --recv-only -i 3 ${host} ${port} | wc -c`], { reject: false, timeout: 30_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  return { marker, cap, reader };
+}
+
+/** Packets the reply guard dropped in a pod so far: its iptables (ip6tables for 6) rule's counter, or its nft rule's (one for both families). */
+export async function guardDrops(pod: TestbedPod, mode: 'iptables' | 'nftables', family: 4 | 6 = 4): Promise<number> {
+  const out = mode === 'iptables'
+    ? String((await pod.exec(family === 6 ? 'ip6tables-save' : 'iptables-save', ['-c', '-t', 'mangle'])).stdout)
+    : String((await pod.exec(NFT, ['list', 'chain', 'inet', 'ambient-reply', 'reply-guard'])).stdout);
+  const m = mode === 'iptables' ? /^\[(\d+):\d+\] -A AMBIENT_REPLY_GUARD ! -o lo /m.exec(out) : /oifname != "lo" .* counter packets (\d+) bytes \d+ drop/.exec(out);
+  if (!m) throw new Error(`no reply guard in the pod: ${out}`);
+  return Number(m[1]);
+}
+
+/** The pod's rules as the agent reads them back (`ambient-node rules`): in sync or not, and what it found. */
+export async function podRulesReport(tb: Testbed, pod: TestbedPod): Promise<RulesReply['attachments'][number] | undefined> {
+  const r = await tb.agent(pod.node.index).request('GET', `/v1/rules?pod=${encodeURIComponent(`${pod.namespace}/${pod.name}`)}`);
+  return (r.body as RulesReply).attachments[0];
+}
+
+/**
+ * `size` random bytes sent by a one-shot server in `server` on `port` to the first client, which connects to `host`;
+ * resolves with their sha256 as sent and as received by `client`.
+ */
+export async function download(server: TestbedPod, client: TestbedPod, port: number, size: number, host = server.ip): Promise<{ sent: string; received: string }> {
+  const file = `/tmp/ambient-src-${server.netnsName}-${port}`;
+  await server.exec('sh', ['-c', `head -c ${size} /dev/urandom > ${file}`]);
+  const sent = String((await server.exec('sha256sum', [file])).stdout).split(' ')[0] ?? '';
+  const serving = server.spawn('sh', ['-c', `ncat -l ${port} --send-only < ${file}; rm -f ${file}`], { timeout: 60_000, reject: false });
+  await server.waitForPort(port);
+  const r = await client.exec('sh', ['-c', `ncat --recv-only -w 10 ${host} ${port} | sha256sum`], { timeout: 60_000 });
+  await serving;
+  return { sent, received: String(r.stdout).split(' ')[0] ?? '' };
+}
