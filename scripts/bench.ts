@@ -1,6 +1,6 @@
 // Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, pod-to-pod throughput / latency
-// through HBONE vs direct TCP vs a stunnel mTLS pair, redirect backends, and Services (ClusterIP vs pod IP); ratios to
-// in-run baselines and target verdicts.
+// through HBONE vs direct TCP vs a stunnel mTLS pair, redirect backends, Services (ClusterIP vs pod IP) and IPv6 vs IPv4;
+// ratios to in-run baselines and target verdicts.
 // This entry owns the options, interrupts, the order of the runs and the report around the tables; scripts/bench/ the rest.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -17,6 +17,7 @@ import { benchSourceRss, reportSourceRss, type SourceRssResult } from './bench/s
 import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult } from './bench/takeover.js';
 import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
 import { benchChurn, type ChurnOpts, type ChurnResult, reportChurn } from './bench/churn.js';
+import { benchIpv6, type Ipv6Opts, type Ipv6Result, reportIpv6 } from './bench/ipv6.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -52,12 +53,17 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --churn-cycles N     ADD-then-DEL cycles of the pod-churn part (default 10)
   --churn-pods N       pods per cycle (default 110)
   --churn-concurrency N  ADDs / DELs at a time in the pod-churn part (default 32)
-  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn (default: all eight)
+  --ipv6-modes L       backends of the IPv6 vs IPv4 part, a dual-stack testbed each (default iptables,nftables;
+                       --capture-ipv6 has no eBPF support)
+  --ipv6-blocks N      interleaved blocks per family in that part, each --rounds round trips, --conns new connections
+                       and --ipv6-mib MiB one way (default 4)
+  --ipv6-mib N         bulk transfer per block in that part, MiB one way (default 64)
+  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 (default: all nine)
   --out FILE           raw results (default .bench/results.json)`;
 
-const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn'] as const;
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn', 'ipv6'] as const;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts, Ipv6Opts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -98,6 +104,9 @@ function parseOpts(argv: string[]): Opts {
       'churn-cycles': { type: 'string', default: '10' },
       'churn-pods': { type: 'string', default: '110' },
       'churn-concurrency': { type: 'string', default: '32' },
+      'ipv6-modes': { type: 'string', default: 'iptables,nftables' },
+      'ipv6-blocks': { type: 'string', default: '4' },
+      'ipv6-mib': { type: 'string', default: '64' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -130,6 +139,8 @@ function parseOpts(argv: string[]): Opts {
   if (only !== undefined && !isOnly(only)) throw new UsageError(`--only must be one of ${ONLY.join(', ')}, got ${only}`);
   const sourceMode = backends('source-mode', values['source-mode']);
   if (sourceMode.length !== 1) throw new UsageError('--source-mode: give one backend');
+  const ipv6Modes = backends('ipv6-modes', values['ipv6-modes']);
+  if (ipv6Modes.includes('ebpf')) throw new UsageError('--ipv6-modes: --capture-ipv6 supports iptables and nftables only');
   return {
     modes,
     datapathModes,
@@ -158,6 +169,9 @@ function parseOpts(argv: string[]): Opts {
     churnCycles: int('churn-cycles', values['churn-cycles'], 1),
     churnPods: int('churn-pods', values['churn-pods'], 1),
     churnConcurrency: int('churn-concurrency', values['churn-concurrency'], 1),
+    ipv6Modes,
+    ipv6Blocks: int('ipv6-blocks', values['ipv6-blocks'], 1),
+    ipv6Mib: int('ipv6-mib', values['ipv6-mib'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     sourceMode: sourceMode[0] as RedirectMode,
@@ -219,6 +233,7 @@ async function main(): Promise<number> {
   let takeover: TakeoverResult[] = [];
   let source: SourceResult | undefined;
   let churn: ChurnResult[] = [];
+  let ipv6: Ipv6Result[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -229,6 +244,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'takeover') takeover = await benchTakeover(o);
     if (o.only === undefined || o.only === 'source') source = await benchSource(o);
     if (o.only === undefined || o.only === 'churn') churn = await benchChurn(o);
+    if (o.only === undefined || o.only === 'ipv6') ipv6 = await benchIpv6(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -259,6 +275,7 @@ async function main(): Promise<number> {
   if (takeover.length > 0) reportTakeover(takeover, lines);
   if (source) reportSource(o, source, lines);
   if (churn.length > 0) reportChurn(churn, lines);
+  if (ipv6.length > 0) reportIpv6(o, ipv6, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -281,6 +298,7 @@ async function main(): Promise<number> {
     takeover,
     source,
     churn,
+    ipv6,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

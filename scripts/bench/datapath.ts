@@ -77,7 +77,7 @@ export interface Route {
 
 export const RR = join(REPO_ROOT, 'scripts/bench/rr.mjs');
 export const RR_PORT = 7000;
-const IPERF_PORT = 5201;
+export const IPERF_PORT = 5201;
 /** stunnel: client-pod entrance on 127.0.0.1 and server-pod TLS port, per service. */
 const TUNNEL = {
   rr: { name: 'rr', clientPort: 17000, serverPort: 27000, appPort: RR_PORT },
@@ -107,7 +107,14 @@ export function pooled(blocks: RrSamples[]): RrResult {
   };
 }
 
-export async function runIperf(o: DatapathOpts, r: Route, agents: AgentProcess[], stunnelPids: (number | undefined)[]): Promise<IperfResult> {
+/** iperf3 from the client pod to r.host: o.iperfSeconds long, or `bytes` bytes one way when given (iperf3 -n). */
+export async function runIperf(
+  o: Pick<DatapathOpts, 'pin' | 'iperfSeconds'>,
+  r: Route,
+  agents: AgentProcess[],
+  stunnelPids: (number | undefined)[],
+  bytes?: number,
+): Promise<IperfResult> {
   const srv = r.server.spawn(...onCpu(o, r.server, 'iperf3', ['-s', '-1', '-p', String(IPERF_PORT)]), {
     reject: false,
     timeout: (o.iperfSeconds + 60) * 1000,
@@ -117,7 +124,7 @@ export async function runIperf(o: DatapathOpts, r: Route, agents: AgentProcess[]
   const cpu0 = pids.map(procCpuSeconds);
   const busy0 = machineBusySeconds();
   const t0 = performance.now();
-  const res = await r.client.exec(...onCpu(o, r.client, 'iperf3', ['-c', r.host, '-p', String(r.iperfPort), '-t', String(o.iperfSeconds), '-J']), {
+  const res = await r.client.exec(...onCpu(o, r.client, 'iperf3', ['-c', r.host, '-p', String(r.iperfPort), ...(bytes === undefined ? ['-t', String(o.iperfSeconds)] : ['-n', String(bytes)]), '-J']), {
     timeout: (o.iperfSeconds + 30) * 1000,
   });
   const wallS = (performance.now() - t0) / 1000;

@@ -38,7 +38,8 @@ if (mode === 'server') {
     s.on('error', () => s.destroy());
     s.pipe(s);
   });
-  server.listen(port, '0.0.0.0', () => process.stdout.write(`listening ${port}\n`));
+  // '::' for a dual-stack pod (IPv4 and IPv6 on one socket); the default stays IPv4 for pods that may have no IPv6.
+  server.listen(port, arg('listen', '0.0.0.0'), () => process.stdout.write(`listening ${port}\n`));
   const stopAfter = Number(arg('seconds', '600'));
   setTimeout(() => process.exit(0), stopAfter * 1000).unref();
 } else if (mode === 'client') {
@@ -122,7 +123,7 @@ if (mode === 'server') {
   process.stdout.write(`${JSON.stringify(out)}\n`);
 } else {
   process.stderr.write(
-    'usage: rr.mjs server [--port P] [--seconds S] | client --host H [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
+    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] | client --host H [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
   );
   process.exit(2);
 }

@@ -7,7 +7,7 @@ import type { EndpointSliceInfo, ServiceInfo } from '../../agent/src/workload/se
 import { onCpu } from './cpu.js';
 import { pooled, RR, RR_PORT, runRr, type DatapathOpts, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
-import { dist, f1, f2, pm, signed, type Dist } from './stats.js';
+import { dist, f1, f2, pm, signed, spread, type Dist } from './stats.js';
 
 export interface ServicesOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrBlocks' | 'pin'> {
   /** Services in the in-process table (2 ports and 10 endpoints each). */
@@ -149,7 +149,6 @@ export function reportServices(o: ServicesOpts, r: ServicesResult, lines: string
   const l = r.lookup;
   const added = (l.clusterIpNs.p50 - l.podIpNs.p50) / 1000;
   lines.push(`In process, a table of ${l.services} Services (${l.services * 2} ports) and ${l.endpoints} endpoints: built in ${f1(l.buildMs.p50)} ms (p50 of 5). decideOutbound per call: pod IP ${f1(l.podIpNs.p50)} ns, ClusterIP ${f1(l.clusterIpNs.p50)} ns (p50 of 30 rounds of 100,000 calls).`);
-  const spread = (xs: number[]): number => Math.max(...xs) - Math.min(...xs);
   const e2e = r.clusterIp.newConnection.p50 - r.podIp.newConnection.p50;
   const noise = Math.max(spread(r.podIp.blockP50.newConnection), spread(r.clusterIp.blockP50.newConnection));
   lines.push(`Target, the Service lookup adds at most ${SERVICE_LOOKUP_BUDGET_US} µs per connection at p50: ${f2(added)} µs in process **${added <= SERVICE_LOOKUP_BUDGET_US ? 'MET' : 'MISSED'}**. End to end the new-connection difference (${signed(e2e, 1)} µs) is ${Math.abs(e2e) <= noise ? 'within' : 'outside'} the spread of one path's block p50s (${f1(noise)} µs), so the end-to-end run ${Math.abs(e2e) <= noise ? 'cannot resolve a cost this small' : 'shows a cost beyond the lookup: look at it'}.`);

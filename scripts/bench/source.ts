@@ -27,12 +27,12 @@ export interface SourceResult {
 /** Goal from the issue: preservation on vs off no more than this far apart. */
 export const SOURCE_RATIO_LIMIT = 0.05;
 
-/** The peer address a one-line echo in `server` reports for a connection from `client` (ncat, then closed). */
-async function peerSeen(r: Route): Promise<string> {
+/** The peer address a one-line echo in `server` reports for a connection from `client` to r.host (ncat, then closed). */
+export async function peerSeen(r: Route): Promise<string> {
   const port = 7100;
   const srv = r.server.spawn('ncat', ['-l', String(port), '--sh-exec', 'echo "$NCAT_REMOTE_ADDR"'], { reject: false, timeout: 20_000 });
   await r.server.waitForPort(port);
-  const res = await r.client.exec('ncat', ['--recv-only', '-w', '5', r.server.ip, String(port)], { reject: false, timeout: 15_000 });
+  const res = await r.client.exec('ncat', ['--recv-only', '-w', '5', r.host, String(port)], { reject: false, timeout: 15_000 });
   await srv;
   return String(res.stdout).trim();
 }

@@ -42,3 +42,5 @@ export const ratio = (x: number, base: number): string => (Number.isFinite(x) &&
 export const signed = (x: number, digits: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(digits)}` : 'n/a');
 /** "p50 / p99" of a distribution, one decimal. */
 export const pm = (d: Dist): string => `${f1(d.p50)} / ${f1(d.p99)}`;
+/** max - min: how far apart a set of per-block figures lies (NaN for none). */
+export const spread = (xs: number[]): number => (xs.length === 0 ? Number.NaN : Math.max(...xs) - Math.min(...xs));

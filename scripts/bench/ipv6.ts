@@ -1,0 +1,171 @@
+// 10. IPv6 vs IPv4 (issue 14): on a dual-stack testbed whose agents run with --capture-ipv6, one mesh client calls one
+// enrolled server by its IPv4 and by its IPv6 address in interleaved blocks; the IPv6/IPv4 ratio of each figure is what counts.
+import { formatHostPort } from '../../agent/src/protocol/address.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../../test/testbed/index.js';
+import { onCpu, pinAgent } from './cpu.js';
+import { IPERF_PORT, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
+import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
+import { peerSeen } from './source.js';
+import { dist, f1, f2, ratio, spread } from './stats.js';
+
+export interface Ipv6Opts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'pin' | 'iperfSeconds'> {
+  /** Backends measured, one dual-stack testbed each (those --capture-ipv6 supports: iptables, nftables). */
+  ipv6Modes: RedirectMode[];
+  /** Interleaved blocks per family. */
+  ipv6Blocks: number;
+  /** Bulk transfer per block, MiB one way (iperf3 -n). */
+  ipv6Mib: number;
+}
+
+export type Family = 'ipv4' | 'ipv6';
+const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+const LABEL: Record<Family, string> = { ipv4: 'IPv4', ipv6: 'IPv6' };
+const HBONE_PORT = 15008;
+
+export interface Ipv6Result {
+  mode: RedirectMode;
+  /** The server pod's address per family (what the client dialled), and the client pod's. */
+  server: Record<Family, string>;
+  client: Record<Family, string>;
+  /** Pooled over the blocks, with each block's p50. */
+  rr: Record<Family, RrResult>;
+  /** One bulk transfer per block. */
+  iperf: Record<Family, IperfResult[]>;
+  /** Connections the client's agent logged as HBONE to the server's address:15008, per family (proof both were captured). */
+  tunnelled: Record<Family, number>;
+  /** What the server's app saw as its peer per family (whether source preservation applied to both alike). */
+  peerSeen: Record<Family, string>;
+}
+
+/** Goal from the issue: IPv6 and IPv4 no more than this far apart. */
+export const IPV6_RATIO_LIMIT = 0.05;
+
+/** Outbound access-log lines of the client's agent whose tunnel went to `addr`:15008. */
+async function tunnelledTo(tb: Testbed, addr: string): Promise<number> {
+  const want = formatHostPort(addr, HBONE_PORT);
+  const logs = await tb.agent(0).logs({ currentRun: true });
+  return logs.filter((l) => l.scope === 'access' && l.direction === 'outbound' && l['dst.addr'] === want).length;
+}
+
+function dualStack(pod: TestbedPod): Record<Family, string> {
+  if (pod.ip4 === undefined || pod.ip6 === undefined) throw new Error(`${pod.key} is not dual-stack: ${pod.ips.join(', ')}`);
+  return { ipv4: pod.ip4, ipv6: pod.ip6 };
+}
+
+async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
+  progress(`ipv6 [${mode}]: dual-stack 2-node testbed, agents with --capture-ipv6`);
+  const tbOpts = { nodes: 2, ipFamilies: ['ipv4', 'ipv6'] as ('ipv4' | 'ipv6')[], redirectMode: mode, agentLogLevel: 'info', agentArgs: ['--capture-ipv6'] };
+  return withTestbeds([tbOpts], async ([tb]) => {
+    if (tb === undefined) throw new Error('no testbed');
+    await tb.setNamespace('mesh', AMBIENT);
+    const [client, server] = await tb.addPods([
+      { node: 0, namespace: 'mesh', name: 'client' },
+      { node: 1, namespace: 'mesh', name: 'server' },
+    ]);
+    if (!client || !server) throw new Error('pods missing');
+    const serverAddr = dualStack(server);
+    if (o.pin) for (const n of [0, 1]) pinAgent(tb.agent(n), n);
+    void server.spawn(...onCpu(o, server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--listen', '::']), { reject: false });
+    await server.waitForPort(RR_PORT);
+    const routes = {} as Record<Family, Route>;
+    const result: Ipv6Result = { mode, server: serverAddr, client: dualStack(client), rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] }, tunnelled: { ipv4: 0, ipv6: 0 }, peerSeen: { ipv4: '', ipv6: '' } };
+    for (const f of FAMILIES) {
+      routes[f] = { client, server, host: serverAddr[f], rrPort: RR_PORT, iperfPort: IPERF_PORT };
+      result.peerSeen[f] = await peerSeen(routes[f]);
+      await runRr(o, routes[f], { rounds: 100, conns: 5 }); // untimed warm-up: a pooled HBONE connection per family
+    }
+    const agents = [tb.agent(0), tb.agent(1)];
+    const blocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
+    progress(`  [${mode}] ${o.ipv6Blocks} blocks per family of ${o.rounds} round trips + ${o.conns} new connections + ${o.ipv6Mib} MiB`);
+    for (let b = 0; b < o.ipv6Blocks; b++) {
+      for (const f of b % 2 === 0 ? FAMILIES : [...FAMILIES].reverse()) {
+        checkInterrupted();
+        blocks[f].push(await runRr(o, routes[f]));
+        result.iperf[f].push(await runIperf(o, routes[f], agents, [], o.ipv6Mib * 1024 * 1024));
+      }
+    }
+    for (const f of FAMILIES) {
+      result.rr[f] = pooled(blocks[f]);
+      result.tunnelled[f] = await tunnelledTo(tb, serverAddr[f]);
+      if (result.tunnelled[f] === 0) throw new Error(`no ${LABEL[f]} connection went through HBONE to ${formatHostPort(serverAddr[f], HBONE_PORT)}: the comparison would be meaningless`);
+    }
+    return result;
+  });
+}
+
+export async function benchIpv6(o: Ipv6Opts): Promise<Ipv6Result[]> {
+  const out: Ipv6Result[] = [];
+  for (const mode of o.ipv6Modes) out.push(await benchMode(o, mode));
+  return out;
+}
+
+/** One row of the table: a figure per family, and each block's value of it when there is one. */
+interface Figure {
+  name: string;
+  /** The name in the verdict line. */
+  short: string;
+  digits: 1 | 2;
+  value: Record<Family, number>;
+  blocks?: Record<Family, number[]>;
+  /** Part of the issue's target (the p50s and the throughput; the p99s are shown, not judged). */
+  judged: boolean;
+}
+
+function figures(r: Ipv6Result): Figure[] {
+  const gbps = (f: Family): number[] => r.iperf[f].map((i) => i.gbps);
+  const per = <T>(fn: (f: Family) => T): Record<Family, T> => ({ ipv4: fn('ipv4'), ipv6: fn('ipv6') });
+  return [
+    { name: 'throughput Gbit/s (median of blocks)', short: 'throughput', digits: 2, value: per((f) => dist(gbps(f)).p50), blocks: per(gbps), judged: true },
+    { name: '1 KiB RR p50 µs', short: 'RR p50', digits: 1, value: per((f) => r.rr[f].persistent.p50), blocks: per((f) => r.rr[f].blockP50.persistent), judged: true },
+    { name: '1 KiB RR p99 µs', short: 'RR p99', digits: 1, value: per((f) => r.rr[f].persistent.p99), judged: false },
+    { name: 'new connection p50 µs', short: 'new connection p50', digits: 1, value: per((f) => r.rr[f].newConnection.p50), blocks: per((f) => r.rr[f].blockP50.newConnection), judged: true },
+    { name: 'new connection p99 µs', short: 'new connection p99', digits: 1, value: per((f) => r.rr[f].newConnection.p99), judged: false },
+  ];
+}
+
+/** The difference between the families is resolvable when it exceeds the wider spread of one family's block figures. */
+function resolvable(x: Figure): boolean | undefined {
+  if (x.blocks === undefined) return undefined;
+  return Math.abs(x.value.ipv6 - x.value.ipv4) > Math.max(spread(x.blocks.ipv4), spread(x.blocks.ipv6));
+}
+
+/** What the server's app saw as its peer on one family, and what that means. */
+function peer(r: Ipv6Result, f: Family): string {
+  const seen = r.peerSeen[f];
+  if (seen === r.client[f]) return `${seen} (the client: source preserved)`;
+  if (seen === r.server[f]) return `${seen} (itself: source not preserved)`;
+  return seen === '' ? 'nothing' : seen;
+}
+
+export function reportIpv6(o: Ipv6Opts, results: Ipv6Result[], lines: string[]): void {
+  for (const r of results) {
+    lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} interleaved blocks per family of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${o.ipv6Mib} MiB one way each)`);
+    lines.push('');
+    lines.push(
+      `Dual-stack testbed, agents with \`--capture-ipv6\`: an enrolled client on node 0 calls the same enrolled server on node 1 by ${r.server.ipv4} and by ${r.server.ipv6}, both through HBONE (the client's agent logged ${r.tunnelled.ipv4} and ${r.tunnelled.ipv6} tunnelled connections). New connection = connect + first 1 KiB round trip. The server's app saw as its peer ${FAMILIES.map((f) => `${peer(r, f)} over ${LABEL[f]}`).join(' and ')}.`,
+    );
+    lines.push('');
+    lines.push('| figure | IPv4 | IPv6 | IPv6/IPv4 | per-block IPv4 | per-block IPv6 | block spread (wider) | difference resolvable |');
+    lines.push('|---|---:|---:|---:|---|---|---:|---|');
+    const figs = figures(r);
+    for (const x of figs) {
+      const res = resolvable(x);
+      const b = x.blocks;
+      const f = x.digits === 2 ? f2 : f1;
+      lines.push(
+        `| ${x.name} | ${f(x.value.ipv4)} | ${f(x.value.ipv6)} | ${ratio(x.value.ipv6, x.value.ipv4)} | ${b ? b.ipv4.map(f).join(' ') : '–'} | ${b ? b.ipv6.map(f).join(' ') : '–'} | ${b ? f(Math.max(spread(b.ipv4), spread(b.ipv6))) : '–'} | ${res === undefined ? '–' : res ? 'yes' : 'no (within spread)'} |`,
+      );
+    }
+    lines.push('');
+    const judged = figs.filter((x) => x.judged);
+    const off = judged.filter((x) => !(Math.abs(x.value.ipv6 / x.value.ipv4 - 1) <= IPV6_RATIO_LIMIT));
+    const unresolved = off.filter((x) => resolvable(x) === false);
+    lines.push(
+      `Target, IPv6 and IPv4 no more than ${IPV6_RATIO_LIMIT * 100} % apart (throughput, RR p50, new connection p50): **${off.length === 0 ? 'MET' : 'MISSED'}**` +
+        (off.length === 0
+          ? '.'
+          : ` (${off.map((x) => `${x.short} ${f2(x.value.ipv6 / x.value.ipv4)}x`).join(', ')})${unresolved.length > 0 ? `; ${unresolved.map((x) => x.short).join(', ')} within the block spread: this run cannot tell (more --ipv6-blocks)` : ''}.`),
+    );
+    lines.push('');
+  }
+}
