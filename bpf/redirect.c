@@ -17,11 +17,14 @@
 // the client's address, so the app's replies leave through eth0 egress toward the client, where the flow lookup finds
 // the agent's socket: they are re-injected like outbound flows (mark 0x1000, local table) and reach that socket. The
 // app's socket is tagged then too, so its later packets never leave the pod in clear toward the client.
-// IPv4 only for now: IPv6 TCP is not captured, so it is refused both ways (never bypasses the mesh): a connection-opening
-// SYN is turned into the RST a closed port would send and handed back to its sender (the app or the peer is refused at
-// once, as with ip6tables' redirect to a port nobody listens on), anything else is dropped. The rest of IPv6 (ICMPv6
-// neighbour discovery, UDP) passes, and so do kubelet probes (from the node's IPv6 probe SNAT address) and the app's
-// answers to them. The config is laid out so an IPv6 capture path slots in beside IPv4.
+// IPv6 is captured the same way when the loader says so (CFG_CAPTURE_IPV6: --capture-ipv6 and a pod IPv6 address), to
+// [::1]:15001 and [pod IPv6]:15006, for TCP directly after the fixed IPv6 header only: TCP behind extension headers
+// (fragments included) is refused (fail closed), and so is an IPv6 SYN from or to another address of the pod (its
+// link-local one): only the pod's captured address is carried. Otherwise IPv6 TCP is not captured, so it is refused
+// both ways (never bypasses the mesh): a connection-opening SYN is turned into the RST a closed port would send and
+// handed back to its sender (the app or the peer is refused at once, as with ip6tables' redirect to a port nobody
+// listens on), anything else is dropped. The rest of IPv6 (ICMPv6 neighbour discovery, UDP) passes, and so do kubelet
+// probes (from the node's IPv6 probe SNAT address) and the app's answers to them.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -54,12 +57,14 @@
 
 /* Per-pod configuration, written by the loader before the programs are attached. Layout mirrored in ebpf-config.ts. */
 struct ambient_cfg {
-	__u32 version;   /* layout version, 1 */
-	__u32 ifindex;   /* the pod interface the programs sit on */
-	__be32 pod_ip4;  /* network order; 0 = no IPv4 address */
-	__u32 flags;     /* reserved */
-	__u8 pod_ip6[16]; /* reserved for the IPv6 path */
+	__u32 version;    /* layout version, 1 */
+	__u32 ifindex;    /* the pod interface the programs sit on */
+	__be32 pod_ip4;   /* network order; 0 = no IPv4 address */
+	__u32 flags;      /* CFG_* */
+	__be32 pod_ip6[4]; /* network order; read only with CFG_CAPTURE_IPV6 */
 };
+
+#define CFG_CAPTURE_IPV6 0x1 /* capture the pod's IPv6 TCP at pod_ip6 (else IPv6 TCP is refused) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -76,7 +81,7 @@ enum {
 	STAT_DROP_NO_LISTENER, /* SYNs dropped because the agent's listener is not there (fail closed) */
 	STAT_DROP_SPOOFED,    /* inbound packets claiming the pod's own source address */
 	STAT_DROP_FRAGMENT,   /* IP fragments of TCP, either direction (a fragmented SYN could bypass the assignment) */
-	STAT_DROP_IPV6,       /* IPv6 TCP, either direction (not captured yet: a SYN is answered with a RST, the rest dropped) */
+	STAT_DROP_IPV6,       /* IPv6 TCP refused, either direction (uncaptured, extension headers, another pod address) */
 	STAT_OUT_ORPHANED,    /* later packets of captured flows whose agent socket was gone: reset inside the pod, not sent */
 	STAT_MAX,
 };
@@ -104,10 +109,11 @@ static __always_inline void count(__u32 stat)
 		*v += 1;
 }
 
-/* The parts of a TCP/IPv4 packet the decisions need. */
-struct flow4 {
-	struct bpf_sock_tuple tuple; /* as seen by the receiving socket: saddr = sender */
+/* The parts of a TCP packet (IPv4, or IPv6 when captured) the decisions need. */
+struct flow {
+	struct bpf_sock_tuple tuple; /* as seen by the receiving socket: saddr = sender (the only part set for other IP) */
 	__u8 syn;                    /* a connection-opening SYN (SYN without ACK) */
+	__u8 v6;                     /* tuple.ipv6, else tuple.ipv4 */
 };
 
 static __always_inline const struct ambient_cfg *config(void)
@@ -116,27 +122,28 @@ static __always_inline const struct ambient_cfg *config(void)
 	return bpf_map_lookup_elem(&ambient_cfg, &key);
 }
 
+static __always_inline int capture6(const struct ambient_cfg *cfg)
+{
+	return cfg && (cfg->flags & CFG_CAPTURE_IPV6) && (cfg->pod_ip6[0] | cfg->pod_ip6[1] | cfg->pod_ip6[2] | cfg->pod_ip6[3]);
+}
+
 enum {
 	PARSE_MALFORMED = -1,
-	PARSE_OTHER = 0,    /* not IPv4 TCP: left alone */
-	PARSE_TCP = 1,      /* IPv4 TCP, parsed into f */
-	PARSE_TCP_FRAG = 2, /* an IP fragment (first or later) of TCP: dropped by both programs */
+	PARSE_OTHER = 0,    /* not TCP of a captured family: left alone (f->tuple's saddr set for IP) */
+	PARSE_TCP = 1,      /* TCP, parsed into f */
+	PARSE_TCP_FRAG = 2, /* an IPv4 fragment (first or later) of TCP: dropped by both programs */
+	PARSE_TCP_EXT = 3,  /* IPv6 TCP behind extension headers (fragments too): refused by both programs */
 };
 
 /* One of PARSE_*. A fragment is never parsed: the first may hold only part of the TCP header, later ones none. */
-static __always_inline int parse4(struct __sk_buff *skb, struct flow4 *f, __be32 *saddr)
+static __always_inline int parse4(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return PARSE_OTHER;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return PARSE_OTHER;
-	struct iphdr *ip = (void *)(eth + 1);
+	struct iphdr *ip = data + sizeof(struct ethhdr);
 	if ((void *)(ip + 1) > data_end)
 		return PARSE_MALFORMED;
-	*saddr = ip->saddr;
+	f->tuple.ipv4.saddr = ip->saddr;
 	if (ip->protocol != IPPROTO_TCP)
 		return PARSE_OTHER;
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
@@ -145,14 +152,52 @@ static __always_inline int parse4(struct __sk_buff *skb, struct flow4 *f, __be32
 	if (ihl < sizeof(*ip))
 		return PARSE_MALFORMED;
 	struct tcphdr tcp;
-	if (bpf_skb_load_bytes(skb, sizeof(*eth) + ihl, &tcp, sizeof(tcp)) < 0)
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ihl, &tcp, sizeof(tcp)) < 0)
 		return PARSE_MALFORMED;
-	f->tuple.ipv4.saddr = ip->saddr;
 	f->tuple.ipv4.daddr = ip->daddr;
 	f->tuple.ipv4.sport = tcp.source;
 	f->tuple.ipv4.dport = tcp.dest;
 	f->syn = tcp.syn && !tcp.ack;
 	return PARSE_TCP;
+}
+
+static __always_inline int ipv6_tcp(struct __sk_buff *skb);
+
+/* One of PARSE_*, for IPv6 (captured): TCP is parsed only right after the fixed header. */
+static __always_inline int parse6(struct __sk_buff *skb, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end)
+		return PARSE_MALFORMED;
+	f->v6 = 1;
+	__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, 16);
+	if (ip6->nexthdr != IPPROTO_TCP)
+		return ipv6_tcp(skb) ? PARSE_TCP_EXT : PARSE_OTHER;
+	struct tcphdr tcp;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip6), &tcp, sizeof(tcp)) < 0)
+		return PARSE_MALFORMED;
+	__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, 16);
+	f->tuple.ipv6.sport = tcp.source;
+	f->tuple.ipv6.dport = tcp.dest;
+	f->syn = tcp.syn && !tcp.ack;
+	return PARSE_TCP;
+}
+
+/* One of PARSE_*: IPv4, and IPv6 when `v6` (captured); anything else is PARSE_OTHER with nothing set. */
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f, int v6)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_OTHER;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return parse4(skb, f);
+	if (v6 && eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return parse6(skb, f);
+	return PARSE_OTHER;
 }
 
 #define IPV6_EXT_MAX 8 /* extension headers walked before giving up (and dropping: fail closed) */
@@ -295,8 +340,20 @@ static __always_inline int probe6(struct __sk_buff *skb, int egress)
 }
 
 /*
- * IPv6 TCP is refused both ways until IPv6 is captured (kubelet probes excepted: probe6): a SYN is answered with a RST sent back to where it came from
- * (egress: to the pod's own ingress, for the app; ingress: out of the pod, for the peer), anything else is dropped.
+ * Refuses an IPv6 TCP packet: a SYN is answered with a RST sent back to where it came from (egress: to the pod's own
+ * ingress, for the app; ingress: out of the pod, for the peer), anything else is dropped.
+ */
+static __always_inline int refuse6(struct __sk_buff *skb, int egress)
+{
+	count(STAT_DROP_IPV6);
+	if (syn_to_rst6(skb))
+		return TC_ACT_SHOT;
+	skb->mark = IPV6_RESET_MARK;
+	return bpf_redirect(skb->ifindex, egress ? BPF_F_INGRESS : 0);
+}
+
+/*
+ * IPv6 TCP is refused both ways when IPv6 is not captured (kubelet probes excepted: probe6): see refuse6.
  * Returns the verdict for IPv6 TCP, -1 for anything else (the caller goes on). Our own RSTs pass on their way back.
  */
 static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb, int egress)
@@ -310,11 +367,18 @@ static __always_inline int refuse_ipv6_tcp(struct __sk_buff *skb, int egress)
 		return TC_ACT_OK;
 	if (!ipv6_tcp(skb))
 		return -1;
-	count(STAT_DROP_IPV6);
-	if (syn_to_rst6(skb))
-		return TC_ACT_SHOT;
-	skb->mark = IPV6_RESET_MARK;
-	return bpf_redirect(skb->ifindex, egress ? BPF_F_INGRESS : 0);
+	return refuse6(skb, egress);
+}
+
+/*
+ * What comes before the family-independent decisions: with IPv6 not captured, refuse_ipv6_tcp; with it captured, only
+ * our own RSTs pass untouched here (the rest of IPv6 is decided like IPv4). -1: go on.
+ */
+static __always_inline int ipv6_first(struct __sk_buff *skb, int cap6, int egress)
+{
+	if (!cap6)
+		return refuse_ipv6_tcp(skb, egress);
+	return skb->mark == IPV6_RESET_MARK ? TC_ACT_OK : -1;
 }
 
 /* The sending socket, when it is a full one (a timewait or request socket, or none, has no storage). */
@@ -350,15 +414,58 @@ static __always_inline int drop_fragment(void)
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int is_loopback(__be32 a)
+/* Whether the flow's source (or destination) is the pod's captured address of its family. */
+static __always_inline int is_pod(const struct ambient_cfg *cfg, const struct flow *f, int src)
 {
-	return (bpf_ntohl(a) & 0xff000000) == LOOPBACK_NET;
+	if (!f->v6) {
+		__be32 a = src ? f->tuple.ipv4.saddr : f->tuple.ipv4.daddr;
+		return a && a == cfg->pod_ip4;
+	}
+	const __be32 *a = src ? f->tuple.ipv6.saddr : f->tuple.ipv6.daddr;
+	return a[0] == cfg->pod_ip6[0] && a[1] == cfg->pod_ip6[1] && a[2] == cfg->pod_ip6[2] && a[3] == cfg->pod_ip6[3];
+}
+
+/* Whether the pod has a captured address of the flow's family (IPv6 flows are parsed only when it has). */
+static __always_inline int has_family(const struct ambient_cfg *cfg, const struct flow *f)
+{
+	return f->v6 ? capture6(cfg) : cfg->pod_ip4 != 0;
+}
+
+/* 127.0.0.0/8 or ::1. */
+static __always_inline int to_loopback(const struct flow *f)
+{
+	if (!f->v6)
+		return (bpf_ntohl(f->tuple.ipv4.daddr) & 0xff000000) == LOOPBACK_NET;
+	const __be32 *a = f->tuple.ipv6.daddr;
+	return !a[0] && !a[1] && !a[2] && a[3] == bpf_htonl(1);
+}
+
+/* From the node's kubelet-probe SNAT address of the flow's family. */
+static __always_inline int from_probe(const struct flow *f)
+{
+	if (!f->v6)
+		return bpf_ntohl(f->tuple.ipv4.saddr) == PROBE_SNAT_IP;
+	const __be32 *a = f->tuple.ipv6.saddr;
+	return a[0] == bpf_htonl(PROBE_SNAT_IP6_0) && a[1] == bpf_htonl(PROBE_SNAT_IP6_1) && a[2] == bpf_htonl(PROBE_SNAT_IP6_2) &&
+	       a[3] == bpf_htonl(PROBE_SNAT_IP6_3);
+}
+
+static __always_inline __u16 dport_of(const struct flow *f)
+{
+	return bpf_ntohs(f->v6 ? f->tuple.ipv6.dport : f->tuple.ipv4.dport);
+}
+
+static __always_inline struct bpf_sock *lookup(struct __sk_buff *skb, struct bpf_sock_tuple *t, int v6)
+{
+	if (v6)
+		return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
+	return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
 /* The state of the socket that owns this exact tuple, or -1 when none does. */
-static __always_inline int flow_state(struct __sk_buff *skb, struct bpf_sock_tuple *t, struct bpf_sock **out)
+static __always_inline int flow_state(struct __sk_buff *skb, struct flow *f, struct bpf_sock **out)
 {
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk = lookup(skb, &f->tuple, f->v6);
 	if (!sk)
 		return -1;
 	int state = sk->state;
@@ -370,13 +477,25 @@ static __always_inline int flow_state(struct __sk_buff *skb, struct bpf_sock_tup
 	return state;
 }
 
-/* Assigns the packet to the listener at daddr:dport; drops it when there is none (fail closed). */
-static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *f, __be32 daddr, __u16 dport)
+/*
+ * Assigns the packet to the agent's listener at dport: 127.0.0.1 / ::1 for the outbound port, else the pod's address of
+ * the flow's family. Drops the packet when there is none (fail closed).
+ */
+static __always_inline int assign_listener(struct __sk_buff *skb, const struct ambient_cfg *cfg, struct flow *f, __u16 dport)
 {
 	struct bpf_sock_tuple lt = f->tuple;
-	lt.ipv4.daddr = daddr;
-	lt.ipv4.dport = bpf_htons(dport);
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &lt, sizeof(lt.ipv4), BPF_F_CURRENT_NETNS, 0);
+	int out = dport == OUTBOUND_PORT;
+	if (f->v6) {
+		lt.ipv6.daddr[0] = out ? 0 : cfg->pod_ip6[0];
+		lt.ipv6.daddr[1] = out ? 0 : cfg->pod_ip6[1];
+		lt.ipv6.daddr[2] = out ? 0 : cfg->pod_ip6[2];
+		lt.ipv6.daddr[3] = out ? bpf_htonl(1) : cfg->pod_ip6[3];
+		lt.ipv6.dport = bpf_htons(dport);
+	} else {
+		lt.ipv4.daddr = out ? bpf_htonl(0x7f000001) : cfg->pod_ip4;
+		lt.ipv4.dport = bpf_htons(dport);
+	}
+	struct bpf_sock *sk = lookup(skb, &lt, f->v6);
 	if (!sk) {
 		count(STAT_DROP_NO_LISTENER);
 		return TC_ACT_SHOT;
@@ -392,35 +511,39 @@ static __always_inline int assign_listener(struct __sk_buff *skb, struct flow4 *
 		count(STAT_DROP_NO_LISTENER);
 		return TC_ACT_SHOT;
 	}
-	count(dport == OUTBOUND_PORT ? STAT_OUT_ASSIGNED : STAT_IN_ASSIGNED);
+	count(out ? STAT_OUT_ASSIGNED : STAT_IN_ASSIGNED);
 	return TC_ACT_OK;
 }
 
 SEC("tc")
 int ambient_out(struct __sk_buff *skb)
 {
-	int v6 = refuse_ipv6_tcp(skb, 1);
+	const struct ambient_cfg *cfg = config();
+	int cap6 = capture6(cfg);
+	int v6 = ipv6_first(skb, cap6, 1);
 	if (v6 >= 0)
 		return v6;
 	if ((skb->mark & AGENT_MARK_MASK) == AGENT_MARK)
 		return TC_ACT_OK;
-	const struct ambient_cfg *cfg = config();
-	struct flow4 f = {};
-	__be32 saddr = 0;
-	int p = parse4(skb, &f, &saddr);
+	struct flow f = {};
+	int p = parse(skb, &f, cap6);
 	if (p == PARSE_TCP_FRAG)
 		return drop_fragment();
+	if (p == PARSE_TCP_EXT)
+		return refuse6(skb, 1);
 	if (p != PARSE_TCP)
 		return TC_ACT_OK;
-	if (!cfg || !cfg->pod_ip4)
+	if (!cfg || !has_family(cfg, &f))
 		return f.syn ? TC_ACT_SHOT : TC_ACT_OK;
-	__be32 daddr = f.tuple.ipv4.daddr;
-	if (is_loopback(daddr) || daddr == cfg->pod_ip4)
+	if (to_loopback(&f) || is_pod(cfg, &f, 0))
 		return TC_ACT_OK;
+	/* An IPv6 connection from another address of the pod (link-local) is not carried: refused, never sent in clear. */
+	if (f.v6 && !is_pod(cfg, &f, 1))
+		return f.syn ? refuse6(skb, 1) : TC_ACT_OK;
 	if (!f.syn && !is_captured(skb)) {
 		/* Later packets of a socket whose SYN was not captured (opened before enrolment): re-injected only when the
 		 * agent owns the flow (its accepted socket has the app's tuple); others stay untouched. */
-		int state = flow_state(skb, &f.tuple, 0);
+		int state = flow_state(skb, &f, 0);
 		if (state < 0 || state == TCP_LISTEN)
 			return TC_ACT_OK;
 		/* The agent owns the flow: from now on the socket is captured, so its packets stay in the pod even once the
@@ -439,48 +562,54 @@ int ambient_out(struct __sk_buff *skb)
 SEC("tc")
 int ambient_in(struct __sk_buff *skb)
 {
-	int v6 = refuse_ipv6_tcp(skb, 0);
+	const struct ambient_cfg *cfg = config();
+	int cap6 = capture6(cfg);
+	int v6 = ipv6_first(skb, cap6, 0);
 	if (v6 >= 0)
 		return v6;
-	const struct ambient_cfg *cfg = config();
-	struct flow4 f = {};
-	__be32 saddr = 0;
-	int p = parse4(skb, &f, &saddr);
+	struct flow f = {};
+	int p = parse(skb, &f, cap6);
 	if (p == PARSE_MALFORMED)
 		return TC_ACT_SHOT;
 	if (p == PARSE_TCP_FRAG)
 		return drop_fragment();
-	if (!cfg || !cfg->pod_ip4)
+	if (p == PARSE_TCP_EXT)
+		return refuse6(skb, 0);
+	if (!cfg || !has_family(cfg, &f))
 		return (p == PARSE_TCP && f.syn) ? TC_ACT_SHOT : TC_ACT_OK;
-	int outbound = (skb->mark & OUTBOUND_MARK) && saddr == cfg->pod_ip4;
+	int outbound = (skb->mark & OUTBOUND_MARK) && is_pod(cfg, &f, 1);
 	if (!outbound) {
-		/* accept_local is on for the re-injection: refuse anything else claiming the pod's own source. */
-		if (saddr && saddr == cfg->pod_ip4) {
+		/* accept_local is on for the re-injection (IPv6 has no such check): refuse anything else claiming the pod's own source. */
+		if (is_pod(cfg, &f, 1)) {
 			count(STAT_DROP_SPOOFED);
 			return TC_ACT_SHOT;
 		}
 		if (p != PARSE_TCP)
 			return TC_ACT_OK;
-		__u16 dport = bpf_ntohs(f.tuple.ipv4.dport);
-		if (f.tuple.ipv4.daddr != cfg->pod_ip4 || dport == INBOUND_HBONE_PORT || dport == INBOUND_PLAINTEXT_PORT)
+		__u16 dport = dport_of(&f);
+		if (!is_pod(cfg, &f, 0)) {
+			/* IPv6 to another address of the pod (link-local) is not carried: a SYN is refused, never let in. */
+			return (f.v6 && f.syn && !from_probe(&f)) ? refuse6(skb, 0) : TC_ACT_OK;
+		}
+		if (dport == INBOUND_HBONE_PORT || dport == INBOUND_PLAINTEXT_PORT)
 			return TC_ACT_OK;
-		if (bpf_ntohl(f.tuple.ipv4.saddr) == PROBE_SNAT_IP)
+		if (from_probe(&f))
 			return TC_ACT_OK;
 		if (!f.syn)
 			return TC_ACT_OK;
-		int state = flow_state(skb, &f.tuple, 0);
+		int state = flow_state(skb, &f, 0);
 		/* A retransmitted SYN of a flow that already has its socket goes to it. Not a TIME_WAIT one: the kernel would
 		 * hand that SYN to the app's own listener (TCP_TW_SYN), bypassing the agent. */
 		if (state >= 0 && state != TCP_LISTEN && state != TCP_TIME_WAIT)
 			return TC_ACT_OK;
-		return assign_listener(skb, &f, cfg->pod_ip4, INBOUND_PLAINTEXT_PORT);
+		return assign_listener(skb, cfg, &f, INBOUND_PLAINTEXT_PORT);
 	}
 	if (p != PARSE_TCP)
 		return TC_ACT_SHOT;
 	/* Re-injected outbound: it carries the gateway's MAC, so make the stack take it as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST);
 	struct bpf_sock *req = 0;
-	int state = flow_state(skb, &f.tuple, &req);
+	int state = flow_state(skb, &f, &req);
 	if (req) {
 		/* Handshake ACK of a connection still in the accept queue: it must reach the same listener's request. */
 		long err = bpf_sk_assign(skb, req, 0);
@@ -494,7 +623,7 @@ int ambient_in(struct __sk_buff *skb)
 		count(STAT_OUT_ORPHANED);
 		return TC_ACT_OK;
 	}
-	return assign_listener(skb, &f, bpf_htonl(0x7f000001), OUTBOUND_PORT);
+	return assign_listener(skb, cfg, &f, OUTBOUND_PORT);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -31,8 +31,9 @@ export interface AgentConfig {
   /** Inbound source preservation: the app sees the client's address as the peer (IP_TRANSPARENT + in-pod reply routing). */
   preserveSource: boolean;
   /**
-   * IPv6 capture (iptables and nftables backends): an enrolled pod's IPv6 TCP is carried by the agent (its IPv6 listeners,
-   * HBONE over IPv6) instead of refused in the pod, and IPv6 pod addresses are mesh addresses. Off: IPv6 TCP is refused.
+   * IPv6 capture (every backend: ip6tables, the inet table, or the eBPF programs): an enrolled pod's IPv6 TCP is carried
+   * by the agent (its IPv6 listeners, HBONE over IPv6) instead of refused in the pod, and IPv6 pod addresses are mesh
+   * addresses. Off: IPv6 TCP is refused.
    */
   captureIpv6: boolean;
   /** How long ADD waits for a pod to appear in the workload source before failing (try again later). */
@@ -179,9 +180,6 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   const captureIpv6 = merged.captureIpv6 ?? CONFIG_DEFAULTS.captureIpv6;
   if (captureIpv6 !== true && captureIpv6 !== false && captureIpv6 !== 'true' && captureIpv6 !== 'false') {
     throw new ConfigError(`captureIpv6 must be true or false, got ${JSON.stringify(captureIpv6)}`);
-  }
-  if ((captureIpv6 === true || captureIpv6 === 'true') && redirectMode === 'ebpf') {
-    throw new ConfigError('captureIpv6 needs redirectMode iptables or nftables: the ebpf programs do not carry IPv6 yet (they refuse it in the pod)');
   }
   const workloadSource = merged.workloadSource ?? 'files';
   if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);

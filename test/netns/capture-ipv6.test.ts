@@ -1,4 +1,4 @@
-// IPv6 capture (--capture-ipv6, iptables and nftables) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
+// IPv6 capture (--capture-ipv6; iptables, nftables and ebpf) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
 // is HBONE to [server]:15008 on the wire (never the app's bytes), plaintext over IPv6 obeys PeerAuthentication, IPv4 on
 // the same pods still works, a killed agent means IPv6 refused (never bypassed), and an IPv6-only pod is enrolled.
 import type { ExecutionContext } from 'ava';
@@ -6,10 +6,11 @@ import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import { captureFabric, type CaptureResult } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, ip6, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, hostVeth, ip6, startEcho } from './helpers.js';
+import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { findLog, successorOf } from '../testbed/takeover.js';
 
-const MODES: RedirectMode[] = ['iptables', 'nftables'];
+const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 const MARKER = 'AMBIENT-V6-SECRET-MARKER-51c2';
 
 /** The IPv6 segments with payload in a capture, as `src>[dst]:port` (source address and server port only). */
@@ -119,6 +120,48 @@ for (const mode of MODES) {
     t.true(((await agentPod(tb, client))?.stats?.outbound.hbone ?? 0) >= 1);
   });
 }
+
+/** The ebpf programs' counters in a pod (all zero when none are attached). */
+function counters(pod: TestbedPod): { in: number; out: number; v6: number } {
+  const c = podCounters(pod.netnsPath, pod.ifname);
+  return { in: c?.in_assigned ?? 0, out: c?.out_assigned ?? 0, v6: c?.drop_ipv6 ?? 0 };
+}
+
+/** The link-local address of an interface, as `ip -6 addr` shows it (no prefix length). */
+function linkLocal(addrShow: string): string {
+  const m = /inet6 (fe80:[0-9a-f:]+)\/64 scope link/.exec(addrShow);
+  if (!m?.[1]) throw new Error(`no link-local address in: ${addrShow}`);
+  return m[1];
+}
+
+netnsTest.serial('[ebpf] --capture-ipv6: IPv6 goes through the programs\' IPv6 assignment; TCP to or from the pod\'s link-local address is refused, never carried', async (t) => {
+  const { tb, sleep, server } = await dualStack(t, 'ebpf', []);
+  const [s0, c0] = [counters(server), counters(sleep)];
+  t.true((await ask(sleep, ip6(server), 9080, 'assigned')).ok);
+  const [s1, c1] = [counters(server), counters(sleep)];
+  t.true(c1.out > c0.out, `the client's SYN was assigned to [::1]:15001 (${c0.out} -> ${c1.out})`);
+  t.true(s1.in === s0.in, 'HBONE to 15008 is not reassigned');
+
+  // Inbound to the pod's link-local address (from the node, through the bridge the pod's veth is a port of): refused.
+  const veth = await hostVeth(tb, server);
+  const bridge = /master (\S+)/.exec(String((await tb.nodeExec(server.node.index, 'ip', ['-o', 'link', 'show', 'dev', veth])).stdout))?.[1];
+  if (!bridge) throw new Error(`${veth} has no bridge`);
+  const ll = linkLocal(String((await server.exec('ip', ['-6', 'addr', 'show', 'dev', server.ifname])).stdout));
+  const inLl = await tb.nodeExec(server.node.index, 'ncat', ['--no-shutdown', '-w', '3', `${ll}%${bridge}`, '9080'], { input: 'll-in\n', timeout: 10_000, reject: false });
+  t.false(String(inLl.stdout).includes('pong:ll-in'), `a connection to the pod's link-local address is refused: ${String(inLl.stdout)}${String(inLl.stderr)}`);
+  const s2 = counters(server);
+  t.true(s2.v6 > s1.v6, `refused by the ingress program (drop_ipv6 ${s1.v6} -> ${s2.v6})`);
+  t.is(s2.in, s1.in, 'not assigned to the agent');
+
+  // Outbound from the pod's link-local address (to the node's bridge): refused by the egress program.
+  const nodeLl = linkLocal(String((await tb.nodeExec(server.node.index, 'ip', ['-6', 'addr', 'show', 'dev', bridge])).stdout));
+  const outLl = await server.exec('ncat', ['--no-shutdown', '-w', '3', `${nodeLl}%${server.ifname}`, '9'], { input: 'll-out\n', timeout: 10_000, reject: false });
+  t.not(outLl.exitCode, 0, `refused: ${String(outLl.stderr)}`);
+  t.true(counters(server).v6 > s2.v6, 'refused by the egress program (a RST made in the pod)');
+
+  // The pod's own IPv6 address still works both ways after that.
+  t.true((await ask(sleep, ip6(server), 9080, 'after')).ok);
+});
 
 netnsTest.serial('[iptables] --capture-ipv6 take-over: the IPv6 listeners are handed to the successor with the IPv4 ones, IPv6 mesh and plaintext work after', async (t) => {
   const { tb, sleep, server: web, outsider } = await dualStack(t, 'iptables', ['--drain-seconds', '1']);

@@ -2,50 +2,12 @@
 // peer (a mesh client's pod IP over HBONE, a plain client's own address on 15006), replies come back, probes still pass;
 // without the reply rule the netfilter backends' guard drops the app's replies (fail closed) until repair restores it.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
+import type { RedirectMode, TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
-import { download, guardDrops, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
-
-/** iptables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
-const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
-
-/** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
-async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
-  const out = String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
-  return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
-}
-
-/**
- * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
- * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
- * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
- * `restartArgs`: the agent comes back with these (e.g. source preservation off) while resets are still hidden, and the
- * app must have sent again (retransmitted) after the new agent adopted the pod before the capture ends.
- */
-async function killWhileAppStreams(tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, restartArgs?: string[]): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
-  const { marker, cap, reader } = await streamWhileCapturing(tb, server, client, port, `src-kill-${server.name}`);
-  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
-  const agent = tb.agent(server.node.index);
-  await agent.kill('SIGKILL');
-  await new Promise((r) => setTimeout(r, 2000));
-  let sentAfterAdopt = true;
-  if (restartArgs) {
-    agent.spec.extraArgs.push(...restartArgs);
-    await agent.start();
-    await eventually(() => podRulesReport(tb, server), (r) => r !== undefined, 10_000);
-    const before = await appRetransmits(server, port);
-    // The app's retransmissions back off exponentially from the kill (…, 6.4 s, 12.8 s, 25.6 s apart): wait past the next one.
-    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 45_000)) > before;
-  }
-  await server.exec('iptables', ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
-  if (!restartArgs) await agent.start();
-  const received = Number(String((await reader).stdout).trim()) || 0;
-  const raw = (await cap.stop()).raw;
-  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt };
-}
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 

@@ -1,14 +1,14 @@
 // Helpers of the source-preservation netns tests (source-address.test.ts for IPv4, source-ipv6.test.ts for IPv6): an app
-// streaming a marker while the pod's veth is captured, a one-shot download, the reply guard's counter, the rules report,
-// the cluster both set up.
+// streaming a marker while the pod's veth is captured (and its agent killed meanwhile), a one-shot download, the reply
+// guard's counter, the rules report, the cluster both set up.
 // Each takes the address to use, so one helper serves both families.
 import { randomBytes } from 'node:crypto';
 import type { ExecutionContext } from 'ava';
 import { withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../testbed/index.js';
 import type { RulesReply } from '../../agent/src/server/event-server.js';
-import { captureNodeLink, type RawCapture } from './capture-wire.js';
-import { AMBIENT, NFT, hostVeth, startEcho } from './helpers.js';
+import { captureNodeLink, countOccurrences, type RawCapture } from './capture-wire.js';
+import { AMBIENT, NFT, eventually, hostVeth, startEcho } from './helpers.js';
 
 const PY = '/usr/bin/python3';
 
@@ -94,4 +94,46 @@ export async function download(server: TestbedPod, client: TestbedPod, port: num
   const r = await client.exec('sh', ['-c', `ncat --recv-only -w 10 ${host} ${port} | sha256sum`], { timeout: 60_000 });
   await serving;
   return { sent, received: String(r.stdout).split(' ')[0] ?? '' };
+}
+
+/** iptables / ip6tables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
+const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
+
+/** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
+async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
+  const out = String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+  return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+}
+
+/**
+ * The app streams to a mesh client; the destination agent is killed (-9) while resets are hidden from the app, which
+ * keeps sending toward the client's address for a while. With the agent's transparent socket gone, none of it may leave
+ * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
+ * `restartArgs`: the agent comes back with these (e.g. source preservation off) while resets are still hidden, and the
+ * app must have sent again (retransmitted) after the new agent adopted the pod before the capture ends. `host`: the
+ * server's address the client connects to (its family's resets are hidden).
+ */
+export async function killWhileAppStreams(
+  tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, restartArgs?: string[], host = server.ip,
+): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
+  const { marker, cap, reader } = await streamWhileCapturing(tb, server, client, port, `src-kill-${server.name}`, host);
+  const iptables = host.includes(':') ? 'ip6tables' : 'iptables';
+  await server.exec(iptables, ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
+  const agent = tb.agent(server.node.index);
+  await agent.kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 2000));
+  let sentAfterAdopt = true;
+  if (restartArgs) {
+    agent.spec.extraArgs.push(...restartArgs);
+    await agent.start();
+    await eventually(() => podRulesReport(tb, server), (r) => r !== undefined, 10_000);
+    const before = await appRetransmits(server, port);
+    // The app's retransmissions back off exponentially from the kill (…, 6.4 s, 12.8 s, 25.6 s apart): wait past the next one.
+    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 45_000)) > before;
+  }
+  await server.exec(iptables, ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
+  if (!restartArgs) await agent.start();
+  const received = Number(String((await reader).stdout).trim()) || 0;
+  const raw = (await cap.stop()).raw;
+  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt };
 }

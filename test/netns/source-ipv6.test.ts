@@ -1,15 +1,16 @@
-// IPv6 inbound source preservation (--preserve-source with --capture-ipv6; iptables and nftables) on the dual-stack
+// IPv6 inbound source preservation (--preserve-source with --capture-ipv6; iptables, nftables and ebpf) on the dual-stack
 // testbed: the app sees an IPv6 mesh client's pod IPv6 address and a plain IPv6 client's own, IPv6 probes still arrive
-// as the probe address, the app's bulk replies come back, the guard drops them without the IPv6 reply rule, DEL cleans up.
+// as the probe address, the app's bulk replies come back, the guard drops them without the IPv6 reply rule (ebpf: the
+// captured-socket tag keeps them in the pod with the agent killed), DEL cleans up.
 import { netnsTest } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { NFT, agentPod, ask, eventually, ip6 } from './helpers.js';
-import { download, guardDrops, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { PROBE_SNAT_IP6, REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
-const MODES = ['iptables', 'nftables'] as const;
+const MODES = ['iptables', 'nftables', 'ebpf'] as const;
 
 /**
  * The IPv6 pieces source preservation adds in a pod: the policy rule, the local route, ip6tables' mangle table and the
@@ -23,7 +24,8 @@ async function replyPieces6(pod: TestbedPod): Promise<string> {
 }
 
 for (const mode of MODES) {
-  netnsTest.serial(`[${mode}] --capture-ipv6: the app sees its IPv6 client (mesh pod IPv6, plain client's own), probes pass, replies come back, the guard fails closed, DEL cleans up`, async (t) => {
+  const failClosed = mode === 'ebpf' ? 'the agent killed leaves nothing in clear' : 'the guard fails closed';
+  netnsTest.serial(`[${mode}] --capture-ipv6: the app sees its IPv6 client (mesh pod IPv6, plain client's own), probes pass, replies come back, ${failClosed}, DEL cleans up`, async (t) => {
     // The repair loop off: it would put the deleted rule back (and reset the guard's counter) before the drops are read.
     const { tb, productpage, sleep, neighbour, legacy } = await sourceCluster(t, mode, { ipFamilies: ['ipv4', 'ipv6'], agentArgs: ['--capture-ipv6', '--repair-interval-ms', '0'] });
     const server6 = ip6(productpage);
@@ -60,6 +62,21 @@ for (const mode of MODES) {
     // What the backend installed reads back in sync, IPv6 pieces included.
     const report = await podRulesReport(tb, productpage);
     t.true(report?.ok, `rules in sync: ${JSON.stringify(report)}`);
+    if (mode === 'ebpf') {
+      // No reply rule: the egress program brings the app's IPv6 replies back (the re-injection's own IPv6 rule and route).
+      t.true(report?.actual.some((l) => l.startsWith(`map ambient_cfg: v1 pod ${productpage.ip} ipv6 ${server6} id `)), JSON.stringify(report?.actual));
+      t.true(report?.actual.includes('ip6: ip rule 100: from all fwmark 0x1000/0x1000 lookup 100'), JSON.stringify(report?.actual));
+      t.notRegex(await replyPieces6(productpage), /fwmark 0x111/, 'ebpf needs no reply rule');
+      const k = await killWhileAppStreams(tb, productpage, sleep, 9092, undefined, server6);
+      t.true(k.received > 100_000, `the IPv6 stream reached the client through the mesh first (${k.received} bytes)`);
+      t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
+      t.is(k.markersOut, 0, 'no byte of the app\'s IPv6 stream left the pod in clear after the agent died');
+      t.log(`ebpf: kill -9 while the app streams over IPv6: ${k.received} bytes received, ${k.captured} bytes captured`);
+      await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
+      await tb.node(1).cni.del(productpage.attachment);
+      t.notRegex(await replyPieces6(productpage), /fwmark|lookup 100|local default/, 'DEL removed the IPv6 rule and route');
+      return;
+    }
     t.true(report?.actual.includes(`ip6: ip rule ${REPLY_RULE_PREF}: from all ${REPLY_RULE_TEXT}`), JSON.stringify(report?.actual));
     if (mode === 'iptables') t.true(report?.actual.includes('ip6tables: mangle: -A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP'), JSON.stringify(report?.actual));
     const pieces = await replyPieces6(productpage);

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import test from 'ava';
 import {
-  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podIpv4, acceptLocalPath, routingBatch, routingBatchOk,
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podAddresses, acceptLocalPath, routingBatch, routingBatchOk,
   routingLines, routingReadScript, STAT_NAMES, statsLine, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
@@ -18,9 +18,38 @@ test('config encodes the pod address in network order and decodes back', (t) => 
   t.deepEqual(decodeConfig(b), { version: 1, ifindex: 3, podIp4: '10.1.0.7', flags: 0 });
 });
 
-test('the ebpf path takes the first IPv4 address and refuses IPv6-only pods clearly', (t) => {
-  t.is(podIpv4({ ifname: 'eth0', ips: ['fd00::7', '10.1.0.7'] }), '10.1.0.7');
-  t.throws(() => podIpv4({ ifname: 'eth0', ips: ['fd00::7'] }), { message: /needs an IPv4 pod address.*IPv6 is not supported yet/ });
+test('the ebpf path takes the first IPv4 address, the first IPv6 one only with --capture-ipv6, and refuses a pod with neither clearly', (t) => {
+  t.deepEqual(podAddresses({ ifname: 'eth0', ips: ['fd00::7', '10.1.0.7'] }, false), { ip4: '10.1.0.7' });
+  t.deepEqual(podAddresses({ ifname: 'eth0', ips: ['fd00::7', '10.1.0.7', 'fd00::8'] }, true), { ip4: '10.1.0.7', ip6: 'fd00::7' });
+  t.deepEqual(podAddresses({ ifname: 'eth0', ips: ['fd00::7'] }, true), { ip6: 'fd00::7' }, 'IPv6-only pod with capture');
+  t.throws(() => podAddresses({ ifname: 'eth0', ips: ['fd00::7'] }, false), { message: /needs an IPv4 pod address \(or an IPv6 one with --capture-ipv6\); the pod has fd00::7/ });
+  t.throws(() => podAddresses({ ifname: 'eth0', ips: [] }, true), { message: /needs an IPv4 pod address or an IPv6 one; the pod has none/ });
+});
+
+test('an IPv6 address in the config sets CFG_CAPTURE_IPV6 and is written in network order at offset 16', (t) => {
+  const b = encodeConfig({ ifindex: 3, podIp4: '10.1.0.7', flags: 0, podIp6: 'fd00:10:244::7' });
+  t.is(b.length, CFG_SIZE);
+  t.is(b.readUInt32LE(12), 1);
+  t.deepEqual([...b.subarray(16, 32)], [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+  t.deepEqual(decodeConfig(b), { version: 1, ifindex: 3, podIp4: '10.1.0.7', flags: 1, podIp6: 'fd00:10:244::7' });
+  const v6only = decodeConfig(encodeConfig({ ifindex: 4, podIp4: '0.0.0.0', flags: 0, podIp6: 'fd00::9' }));
+  t.deepEqual(v6only, { version: 1, ifindex: 4, podIp4: '0.0.0.0', flags: 1, podIp6: 'fd00::9' });
+  t.is(encodeConfig({ ifindex: 3, podIp4: '10.1.0.7', flags: 1 }).readUInt32LE(12), 0, 'the flag never stands without an address');
+});
+
+test('the flag on and layout unchanged: the IPv6 address, rule and route are expected only when captured', (t) => {
+  const dual = { ifname: 'eth0', ips: ['10.1.0.7', 'fd00::7'] };
+  t.deepEqual(expectedLines(dual, TAGS, false), expectedLines(POD, TAGS), 'flag off: exactly the IPv4 pieces');
+  const on = expectedLines(dual, TAGS, true);
+  t.true(on.includes('map ambient_cfg: v1 pod 10.1.0.7 ipv6 fd00::7'));
+  t.true(on.includes('ip6: ip rule 100: from all fwmark 0x1000/0x1000 lookup 100'));
+  t.true(on.includes('ip6: route table 100: local default dev lo metric 1024 pref medium'));
+  t.true(expectedLines({ ifname: 'eth0', ips: ['fd00::7'] }, TAGS, true).includes('map ambient_cfg: v1 pod 0.0.0.0 ipv6 fd00::7'));
+  t.true(routingReadScript('eth0', true).includes('ip -6 rule show pref 100'));
+  t.false(routingReadScript('eth0').includes('ip -6'));
+  const out = '100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo scope host \n@@ambient@@\n1\n'
+    + '@@ambient@@\n100:\tfrom all fwmark 0x1000/0x1000 lookup 100\n@@ambient@@\nlocal default dev lo metric 1024 pref medium\n';
+  t.deepEqual(diffLines(on, [...on.slice(0, 4).map((l, i) => `${l} id ${i}`), ...routingLines(out, 'eth0')]), { missing: [], unexpected: [] });
 });
 
 test('interface names that could break a script are refused', (t) => {
@@ -103,7 +132,9 @@ test('without a pod the expected lines show placeholders for the interface and t
 });
 
 test('the routing batch is idempotent: a rule that is already there is not an error, anything else is', (t) => {
-  t.regex(routingBatch(), /^route replace local 0\.0\.0\.0\/0 dev lo table 100\nrule add pref 100 fwmark 0x1000\/0x1000 lookup 100\n$/);
+  t.deepEqual(routingBatch().args, ['-4', '-batch', '-']);
+  t.regex(routingBatch().input, /^route replace local 0\.0\.0\.0\/0 dev lo table 100\nrule add pref 100 fwmark 0x1000\/0x1000 lookup 100\n$/);
+  t.deepEqual(routingBatch(6), { args: ['-6', '-batch', '-'], input: 'route replace local ::/0 dev lo table 100\nrule add pref 100 fwmark 0x1000/0x1000 lookup 100\n' });
   t.true(routingBatchOk('RTNETLINK answers: File exists\nCommand failed -:2\n'));
   t.false(routingBatchOk('RTNETLINK answers: Operation not permitted\nCommand failed -:1\n'));
   t.false(routingBatchOk(''));

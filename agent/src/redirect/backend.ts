@@ -330,13 +330,15 @@ class NftablesBackend implements RedirectBackend {
 
 /**
  * `preserveSource` (required: the caller passes --preserve-source, no path defaults it): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
- * none (its egress program already returns the app's replies to the agent's transparent socket: see bpf/redirect.c).
+ * none (its egress program already returns the app's replies to the agent's transparent socket, IPv6 ones too when
+ * captured: see bpf/redirect.c). `captureIpv6`: every backend captures IPv6 TCP with it (ebpf: its programs, to the
+ * agent's IPv6 listeners).
  */
 export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean; captureIpv6?: boolean }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
-    if (opts.captureIpv6) throw new Error('captureIpv6 needs the iptables or nftables backend: the ebpf programs do not carry IPv6 yet');
     const { EbpfBackend } = await import('./ebpf.js');
-    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource })); // node-side probe SNAT stays iptables
+    // The node-side probe SNAT stays iptables (both families, whatever captureIpv6 says).
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource }), { captureIpv6: opts.captureIpv6 ?? false });
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');

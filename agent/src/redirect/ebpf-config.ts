@@ -1,8 +1,10 @@
 // Pure pieces of the ebpf backend: the per-pod config map layout, the in-pod routing pieces as shell scripts, and the
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
-import { addressesOf } from '../protocol/address.js';
+import { addressesOf, formatIp, parseIp } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
-import { expectedRuleLines, localRouteDelete, readCommands, routingBatchInput, ruleAndRouteLines, ruleText, type MarkRule } from './policy-routing.js';
+import {
+  expectedRuleLines, localRouteDelete, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
+} from './policy-routing.js';
 
 export { routingBatchOk } from './policy-routing.js';
 
@@ -15,7 +17,8 @@ export const STATS_MAP = 'ambient_stats';
  * The per-CPU counters in ambient_stats, by index (enum in bpf/redirect.c). New ones go last: a program of an older
  * build still attached (before re-adoption replaces it) has a shorter map, and its missing counters are left out.
  * drop_fragment: IP fragments of TCP dropped in either direction (a fragmented SYN would bypass the socket assignment).
- * drop_ipv6: IPv6 TCP refused in either direction (not captured yet): a SYN is answered with a RST, the rest dropped.
+ * drop_ipv6: IPv6 TCP refused in either direction (IPv6 not captured; with it captured: TCP behind extension headers, or
+ * a SYN from or to another address of the pod): a SYN is answered with a RST, the rest dropped.
  * out_orphaned: later packets of captured flows whose agent socket was gone (agent killed, flow reset), reset inside
  * the pod instead of leaving it in clear.
  */
@@ -36,6 +39,8 @@ export const RULE_PREF = 100;
 export const ROUTE_TABLE = LOCAL_ROUTE_TABLE;
 export const CFG_VERSION = 1;
 export const CFG_SIZE = 32;
+/** ambient_cfg.flags: capture IPv6 TCP at pod_ip6 (CFG_CAPTURE_IPV6 in bpf/redirect.c); without it IPv6 TCP is refused. */
+export const CFG_CAPTURE_IPV6 = 0x1;
 
 /** What the backend needs to know about a pod to steer it. */
 export interface PodContext {
@@ -47,8 +52,11 @@ export interface PodContext {
 export interface PodConfig {
   version: number;
   ifindex: number;
+  /** '0.0.0.0' when the pod has no IPv4 address. */
   podIp4: string;
   flags: number;
+  /** The captured IPv6 address: set exactly when flags has CFG_CAPTURE_IPV6 (encodeConfig sets the flag for it). */
+  podIp6?: string;
 }
 
 const IFNAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
@@ -59,35 +67,67 @@ export function checkIfname(name: string): string {
   return name;
 }
 
-/** The IPv4 address the programs steer for; the ebpf path captures IPv4 only for now (its IPv6 TCP is dropped). */
-export function podIpv4(pod: PodContext): string {
-  const [ip] = addressesOf(pod.ips, 'ipv4');
-  if (!ip) throw new Error(`ebpf redirection needs an IPv4 pod address; the pod has ${pod.ips.join(', ') || 'none'} (IPv6 is not supported yet)`);
-  return ip;
+/** The addresses the programs steer for: the pod's first IPv4 one, and its first IPv6 one when IPv6 is captured. */
+export interface PodAddresses {
+  ip4?: string;
+  ip6?: string;
 }
 
-/** struct ambient_cfg (bpf/redirect.c) for one pod. */
+/**
+ * The addresses the programs steer for in a pod: its first IPv4 address, and with `captureIpv6` (--capture-ipv6) its
+ * first IPv6 one (then an IPv6-only pod is steered too). Throws when there is neither (nothing could be captured).
+ */
+export function podAddresses(pod: PodContext, captureIpv6: boolean): PodAddresses {
+  const [ip4] = addressesOf(pod.ips, 'ipv4');
+  const [ip6] = captureIpv6 ? addressesOf(pod.ips, 'ipv6') : [];
+  if (!ip4 && !ip6) {
+    throw new Error(`ebpf redirection needs an IPv4 pod address${captureIpv6 ? ' or an IPv6 one' : ' (or an IPv6 one with --capture-ipv6)'}; the pod has ${pod.ips.join(', ') || 'none'}`);
+  }
+  return { ...(ip4 ? { ip4 } : {}), ...(ip6 ? { ip6 } : {}) };
+}
+
+/** The 16 bytes of an IPv6 address in network order. */
+function ip6Bytes(ip: string): Buffer {
+  const v = parseIp(ip);
+  if (v?.family !== 6) throw new Error(`not an IPv6 address: ${JSON.stringify(ip)}`);
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64BE(v.value >> 64n, 0);
+  b.writeBigUInt64BE(v.value & 0xffffffffffffffffn, 8);
+  return b;
+}
+
+/** struct ambient_cfg (bpf/redirect.c) for one pod; `podIp6` sets CFG_CAPTURE_IPV6. */
 export function encodeConfig(cfg: Omit<PodConfig, 'version'>): Buffer {
   const b = Buffer.alloc(CFG_SIZE);
   b.writeUInt32LE(CFG_VERSION, 0);
   b.writeUInt32LE(cfg.ifindex, 4);
   Buffer.from(cfg.podIp4.split('.').map(Number)).copy(b, 8);
-  b.writeUInt32LE(cfg.flags, 12);
+  b.writeUInt32LE(cfg.podIp6 ? cfg.flags | CFG_CAPTURE_IPV6 : cfg.flags & ~CFG_CAPTURE_IPV6, 12);
+  if (cfg.podIp6) ip6Bytes(cfg.podIp6).copy(b, 16);
   return b;
 }
 
 export function decodeConfig(b: Buffer): PodConfig {
   if (b.length < 16) throw new Error(`ambient_cfg value has ${b.length} bytes, expected ${CFG_SIZE}`);
-  return { version: b.readUInt32LE(0), ifindex: b.readUInt32LE(4), podIp4: [...b.subarray(8, 12)].join('.'), flags: b.readUInt32LE(12) };
+  const cfg: PodConfig = { version: b.readUInt32LE(0), ifindex: b.readUInt32LE(4), podIp4: [...b.subarray(8, 12)].join('.'), flags: b.readUInt32LE(12) };
+  if (cfg.flags & CFG_CAPTURE_IPV6 && b.length >= CFG_SIZE) {
+    cfg.podIp6 = formatIp({ family: 6, value: (b.readBigUInt64BE(16) << 64n) | b.readBigUInt64BE(24) });
+  }
+  return cfg;
 }
 
 /** The re-injection rule: outbound packets re-injected at ingress go to the local table. */
 const RULE: MarkRule = { pref: RULE_PREF, mark: OUTBOUND_MARK, mask: OUTBOUND_MARK, table: ROUTE_TABLE };
 const RULE_TEXT = ruleText(RULE);
 
-/** `ip -batch` input for the rule and the local route, route first; idempotent (policy-routing.ts). */
-export function routingBatch(): string {
-  return routingBatchInput(RULE, 4);
+/** The families whose re-injection rule and local route a pod gets: IPv4 always (as before IPv6), IPv6 when captured. */
+export function routingFamilies(addrs: PodAddresses): RouteFamily[] {
+  return addrs.ip6 ? [4, 6] : [4];
+}
+
+/** `ip -<family> -batch -` argv and input for the rule and the local route, route first; idempotent (policy-routing.ts). */
+export function routingBatch(family: RouteFamily = 4): { args: string[]; input: string } {
+  return routingBatchCommand(RULE, family);
 }
 
 /** The sysctl file that turns accept_local on for the pod interface (written from inside the pod netns). */
@@ -95,7 +135,10 @@ export function acceptLocalPath(ifname: string): string {
   return `/proc/sys/net/ipv4/conf/${checkIfname(ifname)}/accept_local`;
 }
 
-/** Removes what routingBatch and acceptLocalPath set; harmless when absent. accept_local goes back off only if our rule was there. */
+/**
+ * Removes what routingBatch and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
+ * if our IPv4 rule was there.
+ */
 export function routingRemoveScript(ifname: string): string {
   const i = checkIfname(ifname);
   return [
@@ -104,6 +147,9 @@ export function routingRemoveScript(ifname: string): string {
     `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
     'fi',
     localRouteDelete(RULE, 4),
+    ruleDeleteLoop(RULE, 6),
+    // IPv6's route only when no other rule looks the table up (source preservation's of a netfilter backend).
+    localRouteDeleteIfUnused(RULE, 6),
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
     // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
     `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
@@ -113,18 +159,25 @@ export function routingRemoveScript(ifname: string): string {
 
 const SEP = '@@ambient@@';
 
-/** Prints the routing pieces for routingLines(); one exec. */
-export function routingReadScript(ifname: string): string {
+/** Prints the routing pieces for routingLines() (IPv6's too with `v6`); one exec. */
+export function routingReadScript(ifname: string, v6 = false): string {
   const i = checkIfname(ifname);
-  return [readCommands(RULE, 4, SEP), `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`].join('; ');
+  return [
+    readCommands(RULE, 4, SEP), `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`,
+    ...(v6 ? [`echo ${SEP}`, readCommands(RULE, 6, SEP)] : []),
+  ].join('; ');
 }
 
-/** The routing pieces in our notation, from routingReadScript's output. */
+/** IPv6 routing lines carry this prefix (as the reply routing's do). */
+const IP6_TAG = 'ip6: ';
+
+/** The routing pieces in our notation, from routingReadScript's output (IPv6's prefixed `ip6: `). */
 export function routingLines(output: string, ifname: string): string[] {
-  const [rules = '', routes = '', sysctl = ''] = output.split(SEP);
+  const [rules = '', routes = '', sysctl = '', rules6, routes6 = ''] = output.split(SEP);
   const lines = ruleAndRouteLines(rules, routes, ROUTE_TABLE);
   const v = sysctl.trim();
   if (v && v !== '0') lines.push(`sysctl net.ipv4.conf.${ifname}.accept_local=${v}`);
+  if (rules6 !== undefined) lines.push(...ruleAndRouteLines(rules6, routes6, ROUTE_TABLE).map((l) => IP6_TAG + l));
   return lines;
 }
 
@@ -144,8 +197,8 @@ export interface AttachedProg {
 export const progLine = (ifname: string, direction: string, name: string, tag?: string, id?: number): string =>
   `tc ${direction} ${ifname}: prog ${name}${tag ? ` tag ${tag}` : ''}${id !== undefined ? ` id ${id}` : ''}`;
 
-export const mapLine = (cfg: { podIp4: string; version: number }, id?: number): string =>
-  `map ${CFG_MAP}: v${cfg.version} pod ${cfg.podIp4}${id !== undefined ? ` id ${id}` : ''}`;
+export const mapLine = (cfg: { podIp4: string; podIp6?: string; version: number }, id?: number): string =>
+  `map ${CFG_MAP}: v${cfg.version} pod ${cfg.podIp4}${cfg.podIp6 ? ` ipv6 ${cfg.podIp6}` : ''}${id !== undefined ? ` id ${id}` : ''}`;
 
 export const statsLine = (id?: number, counters?: ReadCounters): string =>
   `map ${STATS_MAP}: percpu counters${id !== undefined ? ` id ${id}` : ''}${counters ? ` (${STAT_NAMES.filter((n) => counters[n] !== undefined).map((n) => `${n}=${counters[n]}`).join(' ')})` : ''}`;
@@ -161,15 +214,17 @@ export function sumPerCpu(value: Buffer): number {
  * The pieces an enrolled pod must have, without kernel ids (they change on every load). Tags are included when known
  * (the agent learns them by loading the object at start-up), so a program from another build counts as drift.
  */
-export function expectedLines(pod: PodContext, tags?: ProgTags): string[] {
+export function expectedLines(pod: PodContext, tags?: ProgTags, captureIpv6 = false): string[] {
   const i = checkIfname(pod.ifname);
+  const addrs = podAddresses(pod, captureIpv6);
   return [
     progLine(i, 'ingress', PROG_IN, tags?.in),
     progLine(i, 'egress', PROG_OUT, tags?.out),
-    mapLine({ podIp4: podIpv4(pod), version: CFG_VERSION }),
+    mapLine({ podIp4: addrs.ip4 ?? '0.0.0.0', ...(addrs.ip6 ? { podIp6: addrs.ip6 } : {}), version: CFG_VERSION }),
     statsLine(),
     ...expectedRuleLines(RULE),
     `sysctl net.ipv4.conf.${i}.accept_local=1`,
+    ...(addrs.ip6 ? expectedRuleLines(RULE, 6).map((l) => IP6_TAG + l) : []),
   ];
 }
 

@@ -1,5 +1,6 @@
 // The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
-// accept_local, all inside the pod netns (nothing attached in the node's). Node-side probe SNAT is delegated to iptables.
+// accept_local (the rule and route per captured family), all inside the pod netns (nothing attached in the node's).
+// Node-side probe SNAT is delegated to iptables.
 import { existsSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -14,12 +15,13 @@ import {
 } from '../platform/libbpf.js';
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
+import type { IpFamily } from '../protocol/address.js';
 import type { RedirectBackend, RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podIpv4, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingLines,
-  routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodConfig, type ReadCounters,
-  type PodContext, type ProgTags,
+  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingFamilies,
+  routingLines, routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodAddresses, type PodConfig,
+  type ReadCounters, type PodContext, type ProgTags,
 } from './ebpf-config.js';
 
 export class EbpfUnavailableError extends AmbientError<'AMB_ERR_EBPF_UNAVAILABLE'> {
@@ -154,13 +156,14 @@ function acceptLocal(ns: Netns, ifname: string): void {
 }
 
 /** Loads the object, writes the pod's config and attaches both programs (ingress first), replacing ours atomically. */
-function attach(ns: Netns, objectPath: string, ifname: string, podIp4: string): void {
+function attach(ns: Netns, objectPath: string, ifname: string, addrs: PodAddresses): void {
   const obj = BpfObject.load(objectPath, [PROG_IN, PROG_OUT]);
   try {
     withNetns(ns, () => {
       const ifindex = ifNameToIndex(ifname);
       if (!ifindex) throw new Error(`interface ${ifname} not found in the pod's network namespace`);
-      mapUpdate(obj.mapFd(CFG_MAP), Buffer.alloc(4), encodeConfig({ ifindex, podIp4, flags: 0 }));
+      const cfg = { ifindex, podIp4: addrs.ip4 ?? '0.0.0.0', flags: 0, ...(addrs.ip6 ? { podIp6: addrs.ip6 } : {}) };
+      mapUpdate(obj.mapFd(CFG_MAP), Buffer.alloc(4), encodeConfig(cfg));
       tcHookCreate(ifindex);
       // Ingress first: an outbound SYN re-injected by a new egress program needs the ingress program to be there.
       tcAttach(slot(ifindex, BPF_TC_INGRESS), obj.progFd(PROG_IN));
@@ -200,11 +203,18 @@ function withOpenNetns<T>(path: string, fn: (ns: Netns) => T): T {
 
 export class EbpfBackend implements RedirectBackend {
   readonly name: RedirectMode = 'ebpf';
-  /** The programs steer the pod's IPv4 address (podIpv4); IPv6 TCP is answered with a RST or dropped. */
-  readonly captureFamilies = ['ipv4'] as const;
+  /**
+   * The programs steer the pod's IPv4 address, and its IPv6 one with --capture-ipv6 (podAddresses); uncaptured IPv6 TCP
+   * is answered with a RST or dropped.
+   */
+  readonly captureFamilies: readonly IpFamily[];
+  private readonly captureIpv6: boolean;
   private tags: ProgTags | undefined;
 
-  constructor(private readonly host: HostRules, readonly objectPath = defaultObjectPath()) {}
+  constructor(private readonly host: HostRules, opts: { captureIpv6: boolean }, readonly objectPath = defaultObjectPath()) {
+    this.captureIpv6 = opts.captureIpv6;
+    this.captureFamilies = opts.captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
+  }
 
   async prepare(): Promise<void> {
     this.tags = probeKernel(this.objectPath);
@@ -212,25 +222,28 @@ export class EbpfBackend implements RedirectBackend {
 
   async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const ifname = checkIfname(pod.ifname);
-    const ip = podIpv4(pod);
+    const addrs = podAddresses(pod, this.captureIpv6);
     // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
-    await runTool('ip', ['-batch', '-'], { netns: ns.toolPath, input: routingBatch() }).catch((err: unknown) => {
-      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
-    });
+    await Promise.all(routingFamilies(addrs).map(async (family) => {
+      const b = routingBatch(family);
+      await runTool('ip', b.args, { netns: ns.toolPath, input: b.input }).catch((err: unknown) => {
+        if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
+      });
+    }));
     acceptLocal(ns, ifname);
     if (!opts.fresh) {
       // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
-      const d = diffLines(expectedLines(pod, this.tags).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
+      const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
       if (d.missing.length === 0 && d.unexpected.length === 0) return;
     }
-    attach(ns, this.objectPath, ifname, ip);
+    attach(ns, this.objectPath, ifname, addrs);
   }
 
   async verifyPod(ns: Netns, pod: PodContext): Promise<RuleDrift> {
     const ifname = checkIfname(pod.ifname);
     const [found, routing] = await Promise.all([
       Promise.resolve().then(() => readAttached(ns, ifname)),
-      runTool('sh', ['-c', routingReadScript(ifname)], { netns: ns.toolPath }),
+      runTool('sh', ['-c', routingReadScript(ifname, podAddresses(pod, this.captureIpv6).ip6 !== undefined)], { netns: ns.toolPath }),
     ]);
     const actual = [...foundLines(ifname, found), ...routingLines(routing, ifname)];
     const d = diffLines(this.expectedPodRules(pod), actual);
@@ -238,7 +251,7 @@ export class EbpfBackend implements RedirectBackend {
   }
 
   expectedPodRules(pod?: PodContext): string[] {
-    if (pod) return expectedLines(pod, this.tags);
+    if (pod) return expectedLines(pod, this.tags, this.captureIpv6);
     // Without a pod: the shape, with placeholders where the interface and the address go.
     return expectedLines({ ifname: 'eth0', ips: ['0.0.0.0'] }, this.tags).map((l) => l.replace(/\beth0\b/g, '<ifname>').replace(' pod 0.0.0.0', ' pod <pod-ip>'));
   }

@@ -27,6 +27,11 @@ export function routingBatchInput(r: MarkRule, family: RouteFamily): string {
   return `route replace local ${DEFAULT_ROUTE[family]} dev lo table ${r.table}\nrule add pref ${r.pref} ${ruleText(r)}\n`;
 }
 
+/** `ip -<family> -batch -` argv and input (routingBatchInput) for one rule. */
+export function routingBatchCommand(r: MarkRule, family: RouteFamily): { args: string[]; input: string } {
+  return { args: [`-${family}`, '-batch', '-'], input: routingBatchInput(r, family) };
+}
+
 /** Whether ip -batch's stderr says only that the rule was already there. */
 export function routingBatchOk(stderr: string): boolean {
   const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
@@ -42,6 +47,11 @@ export function ruleDeleteLoop(r: MarkRule, family: RouteFamily): string {
 /** Shell line deleting the table's local route (harmless when it is not there). */
 export function localRouteDelete(r: MarkRule, family: RouteFamily): string {
   return `ip -${family} route del local ${DEFAULT_ROUTE[family]} dev lo table ${r.table} 2>/dev/null || true`;
+}
+
+/** Shell line deleting the table's local route unless a rule (another one than ours, already deleted) still looks it up. */
+export function localRouteDeleteIfUnused(r: MarkRule, family: RouteFamily): string {
+  return `if ! ip -${family} rule show | grep -q 'lookup ${r.table}\\b'; then ${localRouteDelete(r, family)}; fi`;
 }
 
 /**

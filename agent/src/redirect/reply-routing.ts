@@ -3,7 +3,7 @@
 import { formatIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import {
-  expectedRuleLines, localRouteDelete, readCommands, routingBatchInput, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
+  expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
 } from './policy-routing.js';
 
 export type { RouteFamily };
@@ -16,7 +16,7 @@ export const REPLY_RULE_TEXT = ruleText(REPLY_RULE);
 
 /** `ip -<family> -batch -` input (and its argv) installing the local route and the rule, route first; idempotent. */
 export function replyRoutingBatch(family: RouteFamily): { args: string[]; input: string } {
-  return { args: [`-${family}`, '-batch', '-'], input: routingBatchInput(REPLY_RULE, family) };
+  return routingBatchCommand(REPLY_RULE, family);
 }
 
 /**
@@ -26,7 +26,7 @@ export function replyRoutingBatch(family: RouteFamily): { args: string[]; input:
 export function replyRoutingRemoveScript(family: RouteFamily): string {
   return [
     ruleDeleteLoop(REPLY_RULE, family),
-    `if ! ip -${family} rule show | grep -q 'lookup ${LOCAL_ROUTE_TABLE}\\b'; then ${localRouteDelete(REPLY_RULE, family)}; fi`,
+    localRouteDeleteIfUnused(REPLY_RULE, family),
     'true',
   ].join('\n');
 }
@@ -57,8 +57,9 @@ export function expectedReplyRoutingLines(family: RouteFamily): string[] {
 /**
  * The families whose reply routing (and connmark rules) a netfilter backend installs in a pod, and so the families whose
  * client addresses the agent may bind its upstream socket to there: none without preservation; IPv4 always with it (as
- * before IPv6 existed; the ebpf backend brings IPv4 replies back its own way); IPv6 too only when the backend captures
- * IPv6 (--capture-ipv6, never with ebpf) and the pod has an IPv6 address.
+ * before IPv6 existed); IPv6 too only when the backend captures IPv6 (--capture-ipv6) and the pod has an IPv6 address.
+ * The ebpf backend installs none of these pieces (its egress program brings the replies of both families back its own
+ * way), but the forwarder binds by the same families there.
  * One function for both sides, so the forwarder never binds an address whose replies nothing brings back. Pure.
  */
 export function replyFamilies(preserve: boolean, captureFamilies: readonly IpFamily[], podIps: readonly string[]): RouteFamily[] {

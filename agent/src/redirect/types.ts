@@ -20,7 +20,7 @@ export interface RedirectBackend {
   readonly name: RedirectMode;
   /**
    * The families whose TCP this backend's in-pod capture redirects to the agent; the pod's other families have their TCP
-   * refused in the pod, never carried around the mesh. ['ipv4'], and ['ipv4', 'ipv6'] for iptables and nftables with --capture-ipv6.
+   * refused in the pod, never carried around the mesh. ['ipv4'], and ['ipv4', 'ipv6'] with --capture-ipv6 (every backend).
    */
   readonly captureFamilies: readonly IpFamily[];
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
