@@ -47,11 +47,11 @@ export interface ChurnResult {
   gc: string;
 }
 
-const GC_PRELOAD = join(REPO_ROOT, 'scripts/bench/agent-gc.mjs');
+export const GC_PRELOAD = join(REPO_ROOT, 'scripts/bench/agent-gc.mjs');
 const GC_WAIT_MS = 20_000;
 
 /** Runs a full GC in the agent (SIGUSR2 to the preload) and waits for its log line; RSS and heap used after it, KiB. */
-async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: number; heapUsed: number }> {
+export async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: number; heapUsed: number }> {
   const pid = agentNodePid(agent);
   if (pid === undefined) throw new Error('agent is not running');
   process.kill(pid, 'SIGUSR2');
