@@ -1,9 +1,9 @@
 // A narrow, repeatable measurement of what one enrolled pod costs the agent (issue 12): one node, N pods ADDed and
 // DELeted; RSS, smaps_rollup, mappings grouped by kind, V8 heap (after a forced GC), fds at 0 and N pods and after DEL.
 import { readFileSync, readdirSync } from 'node:fs';
-import { AGENT_MAIN, type PodSpec, type RedirectMode } from '../../test/testbed/index.js';
-import { AGENT_NODE_FLAGS } from '../../test/testbed/repo.js';
+import { AGENT_MAIN, AGENT_NODE_FLAGS, type PodSpec, type RedirectMode } from '../../test/testbed/index.js';
 import { ambientTestbed, deletePodsBatched } from './add-latency.js';
+import { RR } from './datapath.js';
 import { GC_PRELOAD, gcAndSample } from './churn.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
 import { AMBIENT, noteInterrupt, progress, withTestbeds } from './run.js';
@@ -45,6 +45,7 @@ async function main(): Promise<void> {
   const concurrency = Number(opt('--concurrency', '16'));
   const mode = opt('--mode', 'iptables') as RedirectMode;
   const cycles = Number(opt('--cycles', '1'));
+  const conns = Number(opt('--conns', '0'));
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => noteInterrupt(sig));
   const extraFlags = opt('--node-flags', '').split(/\s+/).filter((f) => f !== '');
   const command = [process.execPath, ...AGENT_NODE_FLAGS, ...extraFlags, '--expose-gc', `--import=${GC_PRELOAD}`, AGENT_MAIN];
@@ -55,6 +56,13 @@ async function main(): Promise<void> {
     await tb.setNamespace('rss', AMBIENT);
     let seq = 0;
     const samples: Sample[] = [];
+    /** The preload's GC pause totals (read with a forced GC, which adds no scavenge). */
+    const gcTotals = async (): Promise<{ scavenges: number; scavengeMs: number }> => {
+      await gcAndSample(agent, ++seq);
+      const rec = (await agent.logs()).find((r) => r.msg === 'bench gc' && r.seq === seq);
+      const g = rec?.gcTotals as { scavenges: number; scavengeMs: number } | undefined;
+      return g ?? { scavenges: Number.NaN, scavengeMs: Number.NaN };
+    };
     /** Agent CPU seconds of each cycle's ADD batch and DEL batch. */
     const cpu: [number, number][] = [];
     const sample = async (label: string): Promise<void> => {
@@ -78,6 +86,29 @@ async function main(): Promise<void> {
       cpu.push([addCpu, procCpuSeconds(agentNodePid(agent)) - cpu1]);
       if (del.failures.length) progress(`DEL failures: ${del.failures.slice(0, 3).join('; ')}`);
       await sample(`cycle ${c + 1} after DEL`);
+    }
+    // Agent CPU per connection: rr.mjs from an enrolled pod to an enrolled one (HBONE) and to a plain one (the JS relay).
+    if (conns > 0) {
+      await tb.setNamespace('plain', {});
+      const [client, meshServer, plainServer] = await tb.addPods([
+        { node: 0, namespace: 'rss', name: 'rr-client' }, { node: 0, namespace: 'rss', name: 'rr-mesh' }, { node: 0, namespace: 'plain', name: 'rr-plain' },
+      ]);
+      if (!client || !meshServer || !plainServer) throw new Error('rr pods missing');
+      const servers = [meshServer, plainServer].map((p) => p.spawn(process.execPath, [RR, 'server', '--port', '7000', '--seconds', '300'], { reject: false }));
+      for (const p of [meshServer, plainServer]) await p.waitForPort(7000);
+      for (let round = 0; round < 2; round++) {
+        for (const [what, server] of [['mesh', meshServer], ['plain', plainServer]] as const) {
+          const pid = agentNodePid(agent);
+          const g0 = await gcTotals();
+          const c0 = procCpuSeconds(pid);
+          await client.exec(process.execPath, [RR, 'client', '--host', server.ip, '--port', '7000', '--rounds', '2000', '--conns', String(conns), '--warmup', '10'], { timeout: 300_000 });
+          const c1 = procCpuSeconds(pid);
+          const g1 = await gcTotals();
+          console.log(`  GC: ${g1.scavenges - g0.scavenges} scavenges, ${(g1.scavengeMs - g0.scavengeMs).toFixed(0)} ms`);
+          console.log(`${what} round ${round + 1}: agent CPU ${(c1 - c0).toFixed(2)} s for ${conns} new connections + 2000 round trips: ${(((c1 - c0) / conns) * 1000).toFixed(3)} ms a connection (round trips included)`);
+        }
+      }
+      for (const s of servers) s.kill();
     }
     const perPod = (a: number, b: number): string => ((b - a) / pods).toFixed(1);
     for (let c = 0; c < cycles; c++) {
