@@ -1,5 +1,8 @@
 // A narrow, repeatable measurement of what one enrolled pod costs the agent (issue 12): one node, N pods ADDed and
 // DELeted; RSS, smaps_rollup, mappings grouped by kind, V8 heap (after a forced GC), fds at 0 and N pods and after DEL.
+// Root: node --import=tsx scripts/bench/pod-rss.ts [--pods 60] [--concurrency 16] [--cycles 1] [--mode iptables]
+//   [--conns N: agent CPU and GC pauses per new connection, mesh and plain] [--node-flags "F ..." after the agent's own];
+// env AMBIENT_BENCH_HEAP_DIR=<dir> writes a heap snapshot at each sample (scripts/bench/agent-gc.mjs).
 import { readFileSync, readdirSync } from 'node:fs';
 import { AGENT_MAIN, AGENT_NODE_FLAGS, type PodSpec, type RedirectMode } from '../../test/testbed/index.js';
 import { ambientTestbed, deletePodsBatched } from './add-latency.js';
