@@ -1,7 +1,13 @@
-#!/usr/bin/env -S node --single-threaded-gc
+#!/usr/bin/env -S node --single-threaded-gc --max-semi-space-size=4
 // `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `rules`,
 // `certs`, `conns`, `services`, `policy check`).
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
+// And with --max-semi-space-size=4 (MiB): under a burst of ADDs V8 grew the young generation to its default 2 x 16 MiB, all
+// of it resident and never given back (+12-20 MB RSS after the first 110 pods, counted as ~150 KB a pod by the churn
+// benchmark; scripts/bench/pod-rss.ts). The agent's JS allocations die young (control work, the HBONE bytes never enter
+// the heap), so the scavenges it adds cost next to nothing (measured: 35-42 ms of GC pauses per 1,000 new mesh
+// connections at 4 MiB and at 16 MiB alike).
+// These flags are the agent's everywhere it is started: deploy/ (DaemonSet, Containerfile), test/testbed/repo.ts.
 // Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
 // configuration error (including naming a pod the agent does not know), 3 the agent is not answering.
 // Only what every command needs is imported here: the agent (`agent`) and the install commands' work are loaded by

@@ -1,7 +1,7 @@
 // 7. Pod churn at node scale: cycles of N pods ADDed then DELeted, K at a time, through the whole chain (bridge +
 // ambient-cni + agent) and the bridge-only chain in the same run; wall times per batch, the agent's RSS after a forced GC.
 import { join } from 'node:path';
-import { AGENT_MAIN, type AgentProcess, type PodSpec, procRssKb, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
+import { AGENT_MAIN, AGENT_NODE_FLAGS, type AgentProcess, type PodSpec, procRssKb, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
 import { ambientTestbed, BRIDGE_ONLY_TESTBED, deletePodsBatched } from './add-latency.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
 import { num } from './json.js';
@@ -47,11 +47,11 @@ export interface ChurnResult {
   gc: string;
 }
 
-const GC_PRELOAD = join(REPO_ROOT, 'scripts/bench/agent-gc.mjs');
+export const GC_PRELOAD = join(REPO_ROOT, 'scripts/bench/agent-gc.mjs');
 const GC_WAIT_MS = 20_000;
 
 /** Runs a full GC in the agent (SIGUSR2 to the preload) and waits for its log line; RSS and heap used after it, KiB. */
-async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: number; heapUsed: number }> {
+export async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ rss: number; heapUsed: number }> {
   const pid = agentNodePid(agent);
   if (pid === undefined) throw new Error('agent is not running');
   process.kill(pid, 'SIGUSR2');
@@ -121,7 +121,9 @@ export async function benchChurn(o: ChurnOpts): Promise<ChurnResult[]> {
   const results: ChurnResult[] = [];
   for (const mode of o.churnModes) {
     const prof = o.agentCpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(o.agentCpuProf, `churn-${mode}`)}`];
-    const command = [process.execPath, ...o.agentNodeFlags, '--expose-gc', `--import=${GC_PRELOAD}`, ...prof, AGENT_MAIN];
+    // The agent's own node flags (test/testbed/repo.ts) unless --agent-node-flags replaces them, as for the data path.
+    const flags = o.agentNodeFlags.length > 0 ? o.agentNodeFlags : AGENT_NODE_FLAGS;
+    const command = [process.execPath, ...flags, '--expose-gc', `--import=${GC_PRELOAD}`, ...prof, AGENT_MAIN];
     progress(`churn (${mode}): ${o.churnCycles} cycles of ${o.churnPods} pods ADD then DEL, ${o.churnConcurrency} at a time, bridge alone vs the whole chain`);
     results.push(
       await withTestbeds([BRIDGE_ONLY_TESTBED, ambientTestbed(mode, { agentCommand: command })], async ([bridgeTb, ambientTb]) => {

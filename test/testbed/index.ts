@@ -68,7 +68,7 @@ export {
   servicePortName,
 } from './kube-proxy.js';
 export { DNSMASQ, podResolvConf, renderDnsHosts } from './cluster-dns.js';
-export { REPO_ROOT, AGENT_MAIN, CNI_MAIN, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';
+export { REPO_ROOT, AGENT_MAIN, AGENT_NODE_FLAGS, CNI_MAIN, CNI_STANDALONE, REFERENCE_CNI_DIR } from './repo.js';
 export {
   ECHO_PORT, ECHO_SERVER, PY, agentNodePid, findLog, procFdCount, procRssKb, startConnectLoop, successorOf, type ConnectLoopResult,
 } from './takeover.js';

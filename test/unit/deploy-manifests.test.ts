@@ -14,7 +14,7 @@ import { KubeClient } from '../../agent/src/workload/kube/client.js';
 import { KubernetesWorkloadSource } from '../../agent/src/workload/kube-source.js';
 import { AGENT_POD_PREFIX, CONFIG_DEFAULTS as PLUGIN_DEFAULTS } from '../../cni/src/config.js';
 import { FakeKubeApi, kubeconfigFor, type RecordedRequest } from '../fixtures/fake-kube-api.js';
-import { REPO_ROOT } from '../testbed/repo.js';
+import { AGENT_NODE_FLAGS, REPO_ROOT } from '../testbed/repo.js';
 
 /* The manifests are untyped YAML: these narrow views name only what the test reads. */
 interface Obj {
@@ -406,4 +406,15 @@ test('the image the manifests run: both containers use the image name kustomize 
     }
   }
   t.true(containerfile.includes('/opt/ambient-node'), 'the image installs the build at /opt/ambient-node');
+});
+
+test('the agent runs with the same node flags everywhere: its shebang, the DaemonSet, the image entry point, the testbed', (t) => {
+  const shebang = readFileSync(join(REPO_ROOT, 'agent/src/main.ts'), 'utf8').split('\n')[0];
+  t.is(shebang, `#!/usr/bin/env -S node ${AGENT_NODE_FLAGS.join(' ')}`);
+  const main = '/opt/ambient-node/dist/agent/src/main.js';
+  for (const [name, r] of [['base', base] as const, ...Object.entries(overlays)]) {
+    t.deepEqual(r.pod.containers.find((c) => c.name === 'agent')?.command, ['node', ...AGENT_NODE_FLAGS, main], name);
+  }
+  const entrypoint = /^ENTRYPOINT (.*)$/m.exec(readFileSync(join(DEPLOY, 'image/Containerfile'), 'utf8'))?.[1];
+  t.deepEqual(JSON.parse(entrypoint ?? 'null'), ['node', ...AGENT_NODE_FLAGS, main]);
 });
