@@ -1,4 +1,4 @@
-// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts, sendmsg/recvmsg for fd passing).
+// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts, sendmsg/recvmsg for fd passing, posix_spawn).
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
@@ -319,3 +319,22 @@ export function parseSockaddrInet(buf: Buffer): { address: string; port: number 
   }
   return parseSockaddrIn(buf);
 }
+
+/** posix_spawn and what goes with it, for spawn.ts (which owns how they are used): glibc's structures as opaque buffers. */
+export const spawnCalls = {
+  pipe2: libc.func('int pipe2(_Out_ int *fds, int flags)'),
+  posixSpawn: libc.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)'),
+  faInit: libc.func('int posix_spawn_file_actions_init(void *fa)'),
+  faDestroy: libc.func('int posix_spawn_file_actions_destroy(void *fa)'),
+  faDup2: libc.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)'),
+  faClose: libc.func('int posix_spawn_file_actions_addclose(void *fa, int fd)'),
+  faCloseFrom: libc.func('int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)'),
+  attrInit: libc.func('int posix_spawnattr_init(void *attr)'),
+  attrDestroy: libc.func('int posix_spawnattr_destroy(void *attr)'),
+  attrSetFlags: libc.func('int posix_spawnattr_setflags(void *attr, short flags)'),
+  attrSetSigDefault: libc.func('int posix_spawnattr_setsigdefault(void *attr, const void *set)'),
+  attrSetSigMask: libc.func('int posix_spawnattr_setsigmask(void *attr, const void *set)'),
+  sigemptyset: libc.func('int sigemptyset(void *set)'),
+  sigfillset: libc.func('int sigfillset(void *set)'),
+  waitpid: libc.func('int waitpid(int pid, _Out_ int *status, int options)'),
+};

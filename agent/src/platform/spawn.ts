@@ -2,10 +2,9 @@
 // close-on-exec pipes read through Node streams, reaped by waitpid(WNOHANG) on its own pid only (never libuv's children).
 import { Socket } from 'node:net';
 import koffi from 'koffi';
-import { SyscallError, close } from './libc.js';
+import { SOCK_CLOEXEC, SyscallError, close, spawnCalls } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
-const O_CLOEXEC = 0o2000000;
+const O_CLOEXEC = SOCK_CLOEXEC; // the same flag bit for pipe2
 const WNOHANG = 1;
 const ECHILD = 10;
 const EINTR = 4;
@@ -15,24 +14,7 @@ const POSIX_SPAWN_SETSIGMASK = 0x08;
 const FILE_ACTIONS_SIZE = 256;
 const ATTR_SIZE = 512;
 const SIGSET_SIZE = 128;
-
-const fns = {
-  pipe2: libc.func('int pipe2(_Out_ int *fds, int flags)'),
-  posixSpawn: libc.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)'),
-  faInit: libc.func('int posix_spawn_file_actions_init(void *fa)'),
-  faDestroy: libc.func('int posix_spawn_file_actions_destroy(void *fa)'),
-  faDup2: libc.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)'),
-  faClose: libc.func('int posix_spawn_file_actions_addclose(void *fa, int fd)'),
-  faCloseFrom: libc.func('int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)'),
-  attrInit: libc.func('int posix_spawnattr_init(void *attr)'),
-  attrDestroy: libc.func('int posix_spawnattr_destroy(void *attr)'),
-  attrSetFlags: libc.func('int posix_spawnattr_setflags(void *attr, short flags)'),
-  attrSetSigDefault: libc.func('int posix_spawnattr_setsigdefault(void *attr, const void *set)'),
-  attrSetSigMask: libc.func('int posix_spawnattr_setsigmask(void *attr, const void *set)'),
-  sigemptyset: libc.func('int sigemptyset(void *set)'),
-  sigfillset: libc.func('int sigfillset(void *set)'),
-  waitpid: libc.func('int waitpid(int pid, _Out_ int *status, int options)'),
-};
+const fns = spawnCalls;
 
 /** Every signal to its default action in the child (Node ignores SIGPIPE; an exec'd child would inherit that) and none blocked. */
 const SIG_DEFAULT = Buffer.alloc(SIGSET_SIZE);
