@@ -106,8 +106,10 @@ export class ListenerInbox {
     const tally: ListenerInboxTally = { received: 0, accepted: 0, refused: 0 };
     const handed: HandedByPod = new Map();
     let fd: number | undefined;
+    // The receiving side's own bounds, not only the sender's: the whole transfer by totalMs, at most `total` listeners.
+    const end = Date.now() + limits.totalMs;
     try {
-      fd = await this.socket.accept(Date.now() + limits.idleMs);
+      fd = await this.socket.accept(Math.min(end, Date.now() + limits.idleMs));
       this.socket.close();
       if (fd === undefined) {
         tally.problem = 'the running agent did not connect to the listener inbox';
@@ -116,7 +118,7 @@ export class ListenerInbox {
       const peer = checkPeer(fd);
       log.debug({ peerPid: peer.pid }, 'the predecessor connected to the listener inbox');
       for (;;) {
-        const { msg, fds } = await expect(fd, limits, limits.perMessage, Date.now() + limits.idleMs, 'listeners');
+        const { msg, fds } = await expect(fd, limits, limits.perMessage, Math.min(end, Date.now() + limits.idleMs), 'listeners');
         if (msg.type === 'done') {
           tally.done = { sent: msg.sent };
           break;
@@ -124,6 +126,10 @@ export class ListenerInbox {
         if (msg.type !== 'listeners') {
           closeAll(fds);
           throw new HandoverProtocolError(`expected listeners, got ${msg.type}`);
+        }
+        if (tally.received + msg.listeners.length > limits.total) {
+          closeAll(fds);
+          throw new HandoverProtocolError(`more than ${limits.total} listeners handed over`);
         }
         const accepted: number[] = [];
         msg.listeners.forEach((meta, i) => {
