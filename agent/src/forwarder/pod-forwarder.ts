@@ -139,7 +139,12 @@ export class PodForwarder {
   private inbound = new Map<Closable, { source: AuthzConnection['source']; destination: { ip: string; port: number }; close: (reason: string) => void }>();
   private nextConnId = 1;
 
-  constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {}
+  /** The families whose reply routing the backend installs in this pod (the same decision, made once per pod). */
+  private readonly preservedFamilies: ReturnType<typeof replyFamilies>;
+
+  constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {
+    this.preservedFamilies = replyFamilies(mesh.preserveSource, mesh.captureFamilies, self.ips);
+  }
 
   /**
    * Opens the listeners inside the pod (three per family it has and the backend captures: see podListenerKinds): the
@@ -436,7 +441,7 @@ export class PodForwarder {
    */
   private sourceFor(clientIp: string, upstream: string): string | undefined {
     if (ipFamily(clientIp) !== ipFamily(upstream)) return undefined;
-    return upstreamSource(clientIp, replyFamilies(this.mesh.preserveSource, this.mesh.captureFamilies, this.self.ips));
+    return upstreamSource(clientIp, this.preservedFamilies);
   }
 
   /** This pod, as a metrics peer. */
