@@ -3,7 +3,7 @@
 import { addressesOf, formatIp, parseIp } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
 import {
-  expectedRuleLines, localRouteDelete, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
+  expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
 } from './policy-routing.js';
 
 export { routingBatchOk } from './policy-routing.js';
@@ -146,9 +146,9 @@ export function routingRemoveScript(ifname: string): string {
     `  ip rule del pref ${RULE_PREF} ${RULE_TEXT}`,
     `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
     'fi',
-    localRouteDelete(RULE, 4),
+    // Each family's route only when no other rule looks the table up (source preservation's, after a --redirect-mode switch).
+    localRouteDeleteIfUnused(RULE, 4),
     ruleDeleteLoop(RULE, 6),
-    // IPv6's route only when no other rule looks the table up (source preservation's of a netfilter backend).
     localRouteDeleteIfUnused(RULE, 6),
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
     // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
