@@ -75,7 +75,7 @@ for (const mode of MODES) {
 
     const mesh4 = await ask(sleep, productpage.ip, 9080, 'v4');
     t.true(mesh4.ok, `IPv4 on the same pods still works: ${mesh4.output}`);
-    t.log(`the app's peer for an IPv4 mesh connection: ${mesh4.output}`);
+    t.true(mesh4.output.endsWith(`from ${sleep.ip}`), `over IPv4 the app sees the client: ${mesh4.output}`);
 
     const plain6 = await ask(outsider, server6, 9080, 'permissive');
     t.true(plain6.ok, `PERMISSIVE (default): a non-mesh client over IPv6 is admitted: ${plain6.output}`);
@@ -98,6 +98,7 @@ for (const mode of MODES) {
     t.false(inb.ok, `destination agent down: inbound IPv6 to the enrolled pod is refused: ${inb.output}`);
     const downWire = await down.stop();
     t.false(downWire.raw.includes(Buffer.from(`${MARKER}-out`)), 'nothing of the refused outbound connection crossed');
+    t.false(downWire.raw.includes(Buffer.from(`${MARKER}-in`)), 'nothing of the refused inbound connection crossed');
   });
 
   netnsTest.serial(`[${mode}] --capture-ipv6: an IPv6-only pod is enrolled and reaches a mesh pod over HBONE`, async (t) => {

@@ -41,7 +41,9 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     t.regex(String(probe.stdout), new RegExp(`pong:probe from ${PROBE_SNAT_IP6}$`, 'm'), `the IPv6 probe reaches the app, SNATed: ${String(probe.stdout)}${String(probe.stderr)}`);
     const probe4 = await tb.nodeExec(0, 'ncat', ['--no-shutdown', '-w', '3', pod.ip, '9080'], { input: 'probe\n', reject: false });
     t.regex(String(probe4.stdout), /pong:probe from 169\.254\.7\.127$/m, 'the IPv4 probe still works beside it');
-    t.is((await agentPod(tb, pod))?.stats?.inbound.opened ?? 0, 0, 'both went straight to the app, not through the agent');
+    const stats = (await agentPod(tb, pod))?.stats;
+    t.truthy(stats, 'the agent reports the pod');
+    t.is(stats?.inbound.opened, 0, 'both went straight to the app, not through the agent');
 
     const sneak = await other.exec('ncat', ['-6', '--no-shutdown', '-w', '3', ip6, '9080'], { input: 'sneak\n', timeout: 10_000, reject: false });
     const sneakOut = `${String(sneak.stdout)}${String(sneak.stderr)}`;

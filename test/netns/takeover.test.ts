@@ -68,6 +68,7 @@ for i, s in enumerate(socks):
             d = s.recv(100)
             if not d: raise OSError('eof after %r' % got)
             got += d
+        print('got %d' % i, flush=True)
         if got == b'q%d\\n' % i: ok += 1
         else: errors.append('%d: %r' % (i, got))
     except OSError as e:
@@ -447,7 +448,7 @@ netnsTest.serial('[iptables] take-over into an agent whose /proc/sys is read-onl
   mesh.stdout?.on('data', (d: Buffer) => (meshOut += String(d)));
   await eventually(async () => plainOut + meshOut, (o) => o.split('queued').length === 3, 20_000);
   await new Promise((r) => setTimeout(r, 500));
-  t.false(plainOut.includes('{'), 'no plaintext connection was answered while both agents were stopped');
+  t.false(/^got /m.test(plainOut + meshOut), 'no queued connection was answered while both agents were stopped');
 
   // The successor goes on with the predecessor still stopped: it adopts on the handed sockets and accepts the queue.
   signalGroup(nextPid, 'SIGCONT');
@@ -460,7 +461,6 @@ netnsTest.serial('[iptables] take-over into an agent whose /proc/sys is read-onl
   t.log(`queued plaintext: ${JSON.stringify(last(String(p.stdout)))}; queued mesh: ${JSON.stringify(last(String(m.stdout)))}`);
   t.deepEqual(last(String(p.stdout)), { ok: 12, errors: [] }, 'every plaintext connection queued in 15006 was served');
   t.deepEqual(last(String(m.stdout)), { ok: 4, errors: [] }, 'every mesh connection queued in 15008 was served');
-  t.is(findLog(await next.logs(), 'cannot set net.ipv4.tcp_migrate_req'), undefined);
   const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), (DRAIN_SECONDS + 20) * 1000))]);
   t.deepEqual(exit, { code: 0, signal: null }, 'the predecessor exited 0 after its drain');
   t.deepEqual(await listenerCounts(server), { [ECHO_PORT]: 1, 15001: 1, 15006: 1, 15008: 1 }, 'one listener per port: the same sockets, not new ones');
