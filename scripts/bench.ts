@@ -55,7 +55,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --churn-pods N       pods per cycle (default 110)
   --churn-concurrency N  ADDs / DELs at a time in the pod-churn part (default 32)
   --ipv6-modes L       backends of the IPv6 vs IPv4 part, a dual-stack testbed each (default iptables,nftables;
-                       --capture-ipv6 has no eBPF support)
+                       ebpf works too)
   --ipv6-blocks N      interleaved blocks per family in that part, each --rounds round trips, --conns new connections
                        and --ipv6-mib MiB one way (default 4)
   --ipv6-mib N         bulk transfer per block in that part, MiB one way (default 64)
@@ -141,7 +141,6 @@ function parseOpts(argv: string[]): Opts {
   const sourceMode = backends('source-mode', values['source-mode']);
   if (sourceMode.length !== 1) throw new UsageError('--source-mode: give one backend');
   const ipv6Modes = backends('ipv6-modes', values['ipv6-modes']);
-  if (ipv6Modes.includes('ebpf')) throw new UsageError('--ipv6-modes: --capture-ipv6 supports iptables and nftables only');
   return {
     modes,
     datapathModes,
