@@ -315,6 +315,16 @@ static __always_inline int syn_to_rst6(struct __sk_buff *skb)
 	return 0;
 }
 
+/* Whether the flow's source (or destination) is the node's kubelet-probe SNAT address of the flow's family. */
+static __always_inline int is_probe(const struct flow *f, int src)
+{
+	if (!f->v6)
+		return bpf_ntohl(src ? f->tuple.ipv4.saddr : f->tuple.ipv4.daddr) == PROBE_SNAT_IP;
+	const __be32 *a = src ? f->tuple.ipv6.saddr : f->tuple.ipv6.daddr;
+	return a[0] == bpf_htonl(PROBE_SNAT_IP6_0) && a[1] == bpf_htonl(PROBE_SNAT_IP6_1) && a[2] == bpf_htonl(PROBE_SNAT_IP6_2) &&
+	       a[3] == bpf_htonl(PROBE_SNAT_IP6_3);
+}
+
 /*
  * A kubelet probe over IPv6 (the node SNATs it to PROBE_SNAT_IP6, as for IPv4): at ingress anything from that address
  * goes to the app untouched; at egress the app's packets to it pass, except a bare SYN (an app dialling that address
@@ -322,21 +332,11 @@ static __always_inline int syn_to_rst6(struct __sk_buff *skb)
  */
 static __always_inline int probe6(struct __sk_buff *skb, int egress)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
-	if ((void *)(ip6 + 1) > data_end)
-		return 0;
-	struct in6_addr a = egress ? ip6->daddr : ip6->saddr;
-	if (a.in6_u.u6_addr32[0] != bpf_htonl(PROBE_SNAT_IP6_0) || a.in6_u.u6_addr32[1] != bpf_htonl(PROBE_SNAT_IP6_1) ||
-	    a.in6_u.u6_addr32[2] != bpf_htonl(PROBE_SNAT_IP6_2) || a.in6_u.u6_addr32[3] != bpf_htonl(PROBE_SNAT_IP6_3))
-		return 0;
+	struct flow f = {};
+	int p = parse6(skb, &f); /* the source is set whenever the fixed header is there; the rest only for PARSE_TCP */
 	if (!egress)
-		return 1;
-	struct tcphdr *th = (void *)(ip6 + 1);
-	if (ip6->nexthdr != IPPROTO_TCP || (void *)(th + 1) > data_end)
-		return 0;
-	return !(th->syn && !th->ack);
+		return is_probe(&f, 1);
+	return p == PARSE_TCP && is_probe(&f, 0) && !f.syn;
 }
 
 /*
@@ -438,16 +438,6 @@ static __always_inline int to_loopback(const struct flow *f)
 		return (bpf_ntohl(f->tuple.ipv4.daddr) & 0xff000000) == LOOPBACK_NET;
 	const __be32 *a = f->tuple.ipv6.daddr;
 	return !a[0] && !a[1] && !a[2] && a[3] == bpf_htonl(1);
-}
-
-/* From the node's kubelet-probe SNAT address of the flow's family. */
-static __always_inline int from_probe(const struct flow *f)
-{
-	if (!f->v6)
-		return bpf_ntohl(f->tuple.ipv4.saddr) == PROBE_SNAT_IP;
-	const __be32 *a = f->tuple.ipv6.saddr;
-	return a[0] == bpf_htonl(PROBE_SNAT_IP6_0) && a[1] == bpf_htonl(PROBE_SNAT_IP6_1) && a[2] == bpf_htonl(PROBE_SNAT_IP6_2) &&
-	       a[3] == bpf_htonl(PROBE_SNAT_IP6_3);
 }
 
 static __always_inline __u16 dport_of(const struct flow *f)
@@ -589,11 +579,11 @@ int ambient_in(struct __sk_buff *skb)
 		__u16 dport = dport_of(&f);
 		if (!is_pod(cfg, &f, 0)) {
 			/* IPv6 to another address of the pod (link-local) is not carried: a SYN is refused, never let in. */
-			return (f.v6 && f.syn && !from_probe(&f)) ? refuse6(skb, 0) : TC_ACT_OK;
+			return (f.v6 && f.syn && !is_probe(&f, 1)) ? refuse6(skb, 0) : TC_ACT_OK;
 		}
 		if (dport == INBOUND_HBONE_PORT || dport == INBOUND_PLAINTEXT_PORT)
 			return TC_ACT_OK;
-		if (from_probe(&f))
+		if (is_probe(&f, 1))
 			return TC_ACT_OK;
 		if (!f.syn)
 			return TC_ACT_OK;
