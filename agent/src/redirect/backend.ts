@@ -11,7 +11,7 @@ import {
   expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
 import { routingBatchOk } from './policy-routing.js';
-import type { PodContext, RedirectBackend, RuleDrift } from './types.js';
+import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
@@ -47,9 +47,6 @@ export interface NetfilterOptions {
   /** --capture-ipv6: the agent carries IPv6 TCP (its IPv6 listeners), so the backend declares it captured. Default off. */
   captureIpv6?: boolean;
 }
-
-/** The families a netfilter backend captures: its IPv6 rules already send IPv6 TCP to the agent's ports. Pure. */
-export const netfilterFamilies = (opts: NetfilterOptions): readonly IpFamily[] => (opts.captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
 
 /*
  * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on,
@@ -98,7 +95,7 @@ class IptablesBackend implements RedirectBackend {
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
-    this.captureFamilies = netfilterFamilies(opts);
+    this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
   }
 
   async prepare(): Promise<void> {}
@@ -237,7 +234,7 @@ class NftablesBackend implements RedirectBackend {
 
   constructor(opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
-    this.captureFamilies = netfilterFamilies(opts);
+    this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
   }
 
   async prepare(): Promise<void> {}

@@ -16,7 +16,7 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import type { RedirectBackend, RuleDrift } from './types.js';
+import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
   diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingFamilies,
@@ -213,7 +213,7 @@ export class EbpfBackend implements RedirectBackend {
 
   constructor(private readonly host: HostRules, opts: { captureIpv6: boolean }, readonly objectPath = defaultObjectPath()) {
     this.captureIpv6 = opts.captureIpv6;
-    this.captureFamilies = opts.captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
+    this.captureFamilies = captureFamiliesFor(opts.captureIpv6);
   }
 
   async prepare(): Promise<void> {

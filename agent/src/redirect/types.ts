@@ -1,11 +1,15 @@
 // The redirection backend contract, shared by backend.ts (iptables, nftables, the factory) and ebpf.ts, and read by the
-// enroller: its own module so neither backend file imports the other for a type. No code.
+// enroller: its own module so neither backend file imports the other. Types, and the one pure rule every backend's
+// captureFamilies follows.
 import type { RedirectMode } from '../config.js';
 import type { Netns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
 import type { PodContext } from './ebpf-config.js';
 
 export type { PodContext };
+
+/** RedirectBackend.captureFamilies of every backend: IPv4, and IPv6 too with --capture-ipv6. Pure. */
+export const captureFamiliesFor = (captureIpv6: boolean): readonly IpFamily[] => (captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
 
 export interface RuleDrift {
   ok: boolean;
@@ -20,7 +24,7 @@ export interface RedirectBackend {
   readonly name: RedirectMode;
   /**
    * The families whose TCP this backend's in-pod capture redirects to the agent; the pod's other families have their TCP
-   * refused in the pod, never carried around the mesh. ['ipv4'], and ['ipv4', 'ipv6'] with --capture-ipv6 (every backend).
+   * refused in the pod, never carried around the mesh: captureFamiliesFor(--capture-ipv6), whatever the backend.
    */
   readonly captureFamilies: readonly IpFamily[];
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
