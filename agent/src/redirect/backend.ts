@@ -2,7 +2,7 @@
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
 import type { RedirectMode } from '../config.js';
-import { ToolError, runTool } from '../platform/exec.js';
+import { runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
 import { canonicalIp } from '../protocol/address.js';
 import * as ipt from './iptables.js';
@@ -10,7 +10,7 @@ import * as nft from './nftables.js';
 import {
   expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { routingBatchOk } from './policy-routing.js';
+import { applyRoutingBatches } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 
@@ -58,12 +58,7 @@ export interface NetfilterOptions {
 
 /** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
 async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
-  await Promise.all(families.map(async (family) => {
-    const b = replyRoutingBatch(family);
-    await runTool('ip', b.args, { netns: netns.toolPath, input: b.input }).catch((err: unknown) => {
-      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
-    });
-  }));
+  await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
 }
 
 /** Removes the reply routing of both families (pod teardown only). */

@@ -4,6 +4,7 @@ import { addressesOf, formatIp, parseIp } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
 import {
   expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
+  type RoutingBatch,
 } from './policy-routing.js';
 
 export { routingBatchOk } from './policy-routing.js';
@@ -126,7 +127,7 @@ export function routingFamilies(addrs: PodAddresses): RouteFamily[] {
 }
 
 /** `ip -<family> -batch -` argv and input for the rule and the local route, route first; idempotent (policy-routing.ts). */
-export function routingBatch(family: RouteFamily = 4): { args: string[]; input: string } {
+export function routingBatch(family: RouteFamily = 4): RoutingBatch {
   return routingBatchCommand(RULE, family);
 }
 

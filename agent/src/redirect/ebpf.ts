@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
 import { AmbientError } from '../errors.js';
-import { ToolError, runTool } from '../platform/exec.js';
+import { runTool } from '../platform/exec.js';
 import {
   BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfError, LibbpfMissingError, ensureLibbpf,
   mapFdById, mapInfoByFd, mapLookup, mapUpdate, numPossibleCpus, probeHelper, probeProgType, progInfoByFd, progInfoById, tcAttach,
@@ -16,10 +16,11 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
+import { applyRoutingBatches } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingBatchOk, routingFamilies,
+  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingFamilies,
   routingLines, routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodAddresses, type PodConfig,
   type ReadCounters, type PodContext, type ProgTags,
 } from './ebpf-config.js';
@@ -224,12 +225,7 @@ export class EbpfBackend implements RedirectBackend {
     const ifname = checkIfname(pod.ifname);
     const addrs = podAddresses(pod, this.captureIpv6);
     // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
-    await Promise.all(routingFamilies(addrs).map(async (family) => {
-      const b = routingBatch(family);
-      await runTool('ip', b.args, { netns: ns.toolPath, input: b.input }).catch((err: unknown) => {
-        if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
-      });
-    }));
+    await applyRoutingBatches(ns, routingFamilies(addrs).map((family) => routingBatch(family)));
     acceptLocal(ns, ifname);
     if (!opts.fresh) {
       // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).

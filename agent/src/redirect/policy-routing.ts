@@ -1,5 +1,6 @@
 // Pure in-pod policy routing pieces (`ip rule pref P fwmark M lookup T` + `local default dev lo table T`), written once for
-// the netfilter backends' reply routing (reply-routing.ts) and the ebpf backend's re-injection (ebpf-config.ts). No I/O.
+// the netfilter backends' reply routing (reply-routing.ts) and the ebpf backend's re-injection (ebpf-config.ts). No I/O:
+// routing-apply.ts runs the batches.
 
 /** An address family of the pieces. */
 export type RouteFamily = 4 | 6;
@@ -27,8 +28,14 @@ export function routingBatchInput(r: MarkRule, family: RouteFamily): string {
   return `route replace local ${DEFAULT_ROUTE[family]} dev lo table ${r.table}\nrule add pref ${r.pref} ${ruleText(r)}\n`;
 }
 
+/** An `ip` invocation: its argv and what it reads on stdin (routing-apply.ts runs it). */
+export interface RoutingBatch {
+  args: string[];
+  input: string;
+}
+
 /** `ip -<family> -batch -` argv and input (routingBatchInput) for one rule. */
-export function routingBatchCommand(r: MarkRule, family: RouteFamily): { args: string[]; input: string } {
+export function routingBatchCommand(r: MarkRule, family: RouteFamily): RoutingBatch {
   return { args: [`-${family}`, '-batch', '-'], input: routingBatchInput(r, family) };
 }
 

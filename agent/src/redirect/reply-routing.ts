@@ -4,6 +4,7 @@ import { formatIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import {
   expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
+  type RoutingBatch,
 } from './policy-routing.js';
 
 export type { RouteFamily };
@@ -15,7 +16,7 @@ export const REPLY_RULE: MarkRule = { pref: REPLY_RULE_PREF, mark: REPLY_MARK, m
 export const REPLY_RULE_TEXT = ruleText(REPLY_RULE);
 
 /** `ip -<family> -batch -` input (and its argv) installing the local route and the rule, route first; idempotent. */
-export function replyRoutingBatch(family: RouteFamily): { args: string[]; input: string } {
+export function replyRoutingBatch(family: RouteFamily): RoutingBatch {
   return routingBatchCommand(REPLY_RULE, family);
 }
 
