@@ -4,14 +4,16 @@
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
-import { captureFabric, type CaptureResult } from './capture-wire.js';
+import { waitForListener, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
+import { captureFabric, captureNodeLink, type CaptureResult } from './capture-wire.js';
 import { AMBIENT, agentPod, ask, eventually, hostVeth, ip6, startEcho } from './helpers.js';
 import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { findLog, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 const MARKER = 'AMBIENT-V6-SECRET-MARKER-51c2';
+/** Where the node listens for the pod's link-local connection attempt (a port nothing else in the node netns uses). */
+const LL_PORT = 9097;
 
 /** The IPv6 segments with payload in a capture, as `src>[dst]:port` (source address and server port only). */
 async function v6PayloadFlows(wire: CaptureResult): Promise<Set<string>> {
@@ -154,11 +156,28 @@ netnsTest.serial('[ebpf] --capture-ipv6: IPv6 goes through the programs\' IPv6 a
   t.true(s2.v6 > s1.v6, `refused by the ingress program (drop_ipv6 ${s1.v6} -> ${s2.v6})`);
   t.is(s2.in, s1.in, 'not assigned to the agent');
 
-  // Outbound from the pod's link-local address (to the node's bridge): refused by the egress program.
+  // Outbound from the pod's link-local address (to the node's bridge): refused by the egress program, inside the pod. The
+  // node listens on the port, so a SYN that left the pod would be answered and the connection made; the capture on the
+  // pod's host-side veth shows none left, while the pod's link-local ICMPv6 (which the programs pass) does cross it.
   const nodeLl = linkLocal(String((await tb.nodeExec(server.node.index, 'ip', ['-6', 'addr', 'show', 'dev', bridge])).stdout));
-  const outLl = await server.exec('ncat', ['--no-shutdown', '-w', '3', `${nodeLl}%${server.ifname}`, '9'], { input: 'll-out\n', timeout: 10_000, reject: false });
-  t.not(outLl.exitCode, 0, `refused: ${String(outLl.stderr)}`);
-  t.true(counters(server).v6 > s2.v6, 'refused by the egress program (a RST made in the pod)');
+  void tb.nodeSpawn(server.node.index, 'ncat', ['-6', '-l', '-k', String(LL_PORT), '--sh-exec', 'echo node']).catch(() => undefined);
+  await waitForListener(server.node.netnsName, LL_PORT, 5000);
+  const self = await tb.nodeExec(server.node.index, 'ncat', ['--recv-only', '-w', '3', `${nodeLl}%${bridge}`, String(LL_PORT)], { input: '', timeout: 10_000, reject: false });
+  t.regex(String(self.stdout), /^node$/m, `the node answers on its link-local address: ${String(self.stderr)}`);
+  const cap = await captureNodeLink(tb, server.node.index, veth, 'v6-ll-egress');
+  const ping = await server.exec('ping', ['-6', '-c', '1', '-W', '3', `${nodeLl}%${server.ifname}`], { timeout: 10_000, reject: false });
+  t.is(ping.exitCode, 0, `the pod reaches the node's link-local address (ICMPv6 is not refused): ${String(ping.stdout)}${String(ping.stderr)}`);
+  const outLl = await server.exec('ncat', ['--no-shutdown', '-w', '3', `${nodeLl}%${server.ifname}`, String(LL_PORT)], { input: 'll-out\n', timeout: 10_000, reject: false });
+  const wire = await cap.stop();
+  t.not(outLl.exitCode, 0, `not connected: ${String(outLl.stdout)}`);
+  t.regex(String(outLl.stderr), /refused/i, `refused at once by the RST made in the pod (the node would have accepted): ${String(outLl.stderr)}`);
+  t.true(counters(server).v6 > s2.v6, 'counted as an IPv6 refusal');
+  const fromLl = async (filter: string): Promise<number> => {
+    const r = await execa('tshark', ['-r', wire.file, '-Y', `ipv6.src == ${ll} && ${filter}`, '-T', 'fields', '-e', 'frame.number']);
+    return r.stdout.split('\n').filter((l) => l.trim() !== '').length;
+  };
+  t.true((await fromLl('icmpv6.type == 128')) >= 1, 'the capture sees the pod\'s link-local traffic leave (its echo request)');
+  t.is(await fromLl('tcp'), 0, 'no TCP segment from the pod\'s link-local address left the pod: the egress program dropped the SYN');
 
   // The pod's own IPv6 address still works both ways after that.
   t.true((await ask(sleep, ip6(server), 9080, 'after')).ok);
