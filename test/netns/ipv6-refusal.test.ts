@@ -1,4 +1,4 @@
-// Until IPv6 is captured, an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
+// With --capture-ipv6 false (IPv6 capture is on by default), an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
 // ones; nftables: the inet table; ebpf: the tc programs answer a SYN with a RST and drop the rest), never carried around
 // the mesh, and refused at once (a reset, not a timeout); the rest of IPv6
 // (ICMPv6, neighbour discovery) still works, and a pod outside the mesh keeps its IPv6.
@@ -24,8 +24,8 @@ async function v6Connect(client: TestbedPod, addr: string, port: number): Promis
 }
 
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
-  netnsTest.serial(`[${mode}] an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
+  netnsTest.serial(`[${mode}] with --capture-ipv6 false an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, agentArgs: ['--capture-ipv6', 'false'] });
     await tb.setNamespace('app', AMBIENT);
     await tb.setNamespace('plain', {});
     const [sleep, web, other] = await tb.addPods([
