@@ -304,7 +304,8 @@ export class Agent {
     } catch (err) {
       log.warn({ error: describe(err) }, 'cannot open the listener inbox; the running agent will refuse the take-over'); // fail closed
     }
-    const serving = inbox?.serve((meta, fd) => this.handedListenerProblem(meta, fd), LISTENER_LIMITS, log);
+    let enrolled: ReadonlyMap<string, PodRecord> | undefined; // the state dir's, read once, at the first listener
+    const serving = inbox?.serve((meta, fd) => handedListenerProblem(meta, fd, enrolled ??= enrolledByKey(this.store.load())), LISTENER_LIMITS, log);
     const received = async (): Promise<{ tally: ListenerInboxTally; handed: HandedByPod }> => (
       serving ? serving : { tally: { received: 0, accepted: 0, refused: 0, problem: 'no listener inbox' }, handed: new Map() });
     let taken: Awaited<ReturnType<typeof requestTakeOver>>;
@@ -318,7 +319,6 @@ export class Agent {
     }
     if (taken.released.listeners === undefined) inbox?.cancel(); // an older agent: it never connects
     const { tally, handed } = await received();
-    this.enrolledRecords = undefined;
     const decision = listenerDecision(taken.released, tally);
     log.info({ ...tally, plan: decision.plan }, 'listeners from the running agent');
     if (decision.plan === 'fail') {
@@ -332,17 +332,6 @@ export class Agent {
     return taken.channel;
   }
 
-  /** Why a listener the predecessor handed over must not be used (undefined: it is the pod's, as its kind says). */
-  private handedListenerProblem(meta: ListenerMeta, fd: number): string | undefined {
-    this.enrolledRecords ??= new Map(this.store.load().filter((r) => r.state === 'enrolled').map((r) => [recordKey(r.containerId, r.ifname), r]));
-    const rec = this.enrolledRecords.get(meta.pod);
-    if (!rec) return 'no pod enrolled under this key in the state dir';
-    const facts = listenerFacts(fd);
-    return listenerProblem(meta.kind, facts, sameNetns(facts.netns, { inode: rec.netnsInode, dev: rec.netnsDev }));
-  }
-
-  /** The state dir's enrolled records, read once for the listener checks of one take-over. */
-  private enrolledRecords: Map<string, PodRecord> | undefined;
 
   /** The successor's last step: the socket path becomes ours, the predecessor is told, its drain is logged. */
   private completeTakeOver(channel: HandoverChannel): void {
@@ -612,4 +601,17 @@ async function openCa(cfg: AgentConfig): Promise<CertificateAuthority> {
 /** A delay the take-over tests set through the environment (0 when unset or not a number; at most 60 s). */
 function testDelayMs(name: string): number {
   return Math.min(60_000, Math.max(0, Number(process.env[name] ?? 0) || 0));
+}
+
+/** Enrolled records by attachment key. */
+function enrolledByKey(records: readonly PodRecord[]): Map<string, PodRecord> {
+  return new Map(records.filter((r) => r.state === 'enrolled').map((r) => [recordKey(r.containerId, r.ifname), r]));
+}
+
+/** Why a listener the predecessor handed over must not be used (undefined: it is the pod's, as its kind says). */
+function handedListenerProblem(meta: ListenerMeta, fd: number, enrolled: ReadonlyMap<string, PodRecord>): string | undefined {
+  const rec = enrolled.get(meta.pod);
+  if (!rec) return 'no pod enrolled under this key in the state dir';
+  const facts = listenerFacts(fd);
+  return listenerProblem(meta.kind, facts, sameNetns(facts.netns, { inode: rec.netnsInode, dev: rec.netnsDev }));
 }

@@ -93,7 +93,7 @@ export const CONFIG_DEFAULTS: Omit<AgentConfig, 'nodeName'> = {
   logLevel: 'info',
   accessLog: true,
   preserveSource: true,
-  captureIpv6: false,
+  captureIpv6: true,
   podLookupTimeoutMs: 3000,
   repairIntervalMs: 5000,
   drainSeconds: 30,

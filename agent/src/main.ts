@@ -72,7 +72,7 @@ export function buildCli(): Command {
     .option('--log-level <level>', `fatal | error | warn | info | debug | trace (default ${CONFIG_DEFAULTS.logLevel})`)
     .option('--access-log <bool>', 'true | false: a log line for every connection that ends well; failures are always logged (default true)')
     .option('--preserve-source <bool>', 'true | false: apps see the client\'s address as the peer of inbound connections (IP_TRANSPARENT, CAP_NET_ADMIN, policy routing; default true)')
-    .option('--capture-ipv6 [bool]', 'true | false: carry enrolled pods\' IPv6 TCP through the mesh (IPv6 listeners, HBONE over IPv6) instead of refusing it, with every backend (default false)')
+    .option('--capture-ipv6 [bool]', 'true | false: carry enrolled pods\' IPv6 TCP through the mesh (IPv6 listeners, HBONE over IPv6) instead of refusing it, with every backend (default true; false: IPv6 TCP of enrolled pods is refused in the pod)')
     .option('--pod-lookup-timeout-ms <ms>', `how long ADD waits for the pod to appear in the workload source (default ${CONFIG_DEFAULTS.podLookupTimeoutMs})`, int)
     .option('--trust-domain <domain>', `SPIFFE trust domain of workload identities (default ${CONFIG_DEFAULTS.trustDomain})`)
     .option('--probe-snat-cgroup <path>', 'only sockets of this cgroup v2 path (the kubelet\'s, e.g. /system.slice/kubelet.service) are SNATed as kubelet probes; default: any local process (iptables and ebpf backends)')

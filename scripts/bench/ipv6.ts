@@ -1,15 +1,16 @@
-// 10. IPv6 vs IPv4 (issue 14): on a dual-stack testbed whose agents run with --capture-ipv6, one mesh client calls one
-// enrolled server by its IPv4 and by its IPv6 address in interleaved blocks; the IPv6/IPv4 ratio of each figure is what counts.
+// 10. IPv6 vs IPv4 (issue 14): on a dual-stack testbed whose agents capture IPv6, one mesh client calls one enrolled
+// server by its IPv4 and by its IPv6 address in interleaved blocks, and a plain client a plain server the same way (the
+// kernel's own IPv6/IPv4 difference); the mesh's IPv6/IPv4 ratio of each figure, block by block, is what counts.
 import { formatHostPort } from '../../agent/src/protocol/address.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../../test/testbed/index.js';
 import { onCpu, pinAgent } from './cpu.js';
-import { IPERF_PORT, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
-import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
+import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
+import { checkInterrupted, progress, withTestbeds } from './run.js';
 import { peerSeen } from './source.js';
-import { dist, f1, f2, ratio, spread } from './stats.js';
+import { dist, f1, f2, medianCi, pairedRatios, ratio, ratioCi, ratioVerdict, verdictLine, type MedianCi } from './stats.js';
 
 export interface Ipv6Opts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'pin' | 'iperfSeconds'> {
-  /** Backends measured, one dual-stack testbed each (those --capture-ipv6 supports: iptables, nftables). */
+  /** Backends measured, one dual-stack testbed each (iptables, nftables, ebpf). */
   ipv6Modes: RedirectMode[];
   /** Interleaved blocks per family. */
   ipv6Blocks: number;
@@ -35,6 +36,8 @@ export interface Ipv6Result {
   tunnelled: Record<Family, number>;
   /** What the server's app saw as its peer per family (whether source preservation applied to both alike). */
   peerSeen: Record<Family, string>;
+  /** The same blocks between a plain client and a plain server on the same nodes (no agent in the path). */
+  direct: { rr: Record<Family, RrResult>; iperf: Record<Family, IperfResult[]> };
 }
 
 /** Goal from the issue: IPv6 and IPv4 no more than this far apart. */
@@ -53,39 +56,47 @@ function dualStack(pod: TestbedPod): Record<Family, string> {
 }
 
 async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
-  progress(`ipv6 [${mode}]: dual-stack 2-node testbed, agents with --capture-ipv6`);
-  const tbOpts = { nodes: 2, ipFamilies: ['ipv4', 'ipv6'] as ('ipv4' | 'ipv6')[], redirectMode: mode, agentLogLevel: 'info', agentArgs: ['--capture-ipv6'] };
+  progress(`ipv6 [${mode}]: dual-stack 2-node testbed, agents capturing IPv6`);
+  const tbOpts = { nodes: 2, ipFamilies: ['ipv4', 'ipv6'] as ('ipv4' | 'ipv6')[], redirectMode: mode, agentLogLevel: 'info', agentArgs: ['--capture-ipv6', 'true'] };
   return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('no testbed');
-    await tb.setNamespace('mesh', AMBIENT);
-    const [client, server] = await tb.addPods([
-      { node: 0, namespace: 'mesh', name: 'client' },
-      { node: 1, namespace: 'mesh', name: 'server' },
-    ]);
-    if (!client || !server) throw new Error('pods missing');
+    const { meshClient: client, meshServer: server, plainClient, plainServer } = await meshAndPlainPods(tb);
     const serverAddr = dualStack(server);
+    const plainAddr = dualStack(plainServer);
     if (o.pin) for (const n of [0, 1]) pinAgent(tb.agent(n), n);
-    void server.spawn(...onCpu(o, server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--listen', '::']), { reject: false });
-    await server.waitForPort(RR_PORT);
+    for (const s of [server, plainServer]) {
+      void s.spawn(...onCpu(o, s, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--listen', '::']), { reject: false });
+      await s.waitForPort(RR_PORT);
+    }
     const routes = {} as Record<Family, Route>;
-    const result: Ipv6Result = { mode, server: serverAddr, client: dualStack(client), rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] }, tunnelled: { ipv4: 0, ipv6: 0 }, peerSeen: { ipv4: '', ipv6: '' } };
+    const direct = {} as Record<Family, Route>;
+    const result: Ipv6Result = {
+      mode, server: serverAddr, client: dualStack(client), rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] }, tunnelled: { ipv4: 0, ipv6: 0 }, peerSeen: { ipv4: '', ipv6: '' },
+      direct: { rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] } },
+    };
     for (const f of FAMILIES) {
       routes[f] = { client, server, host: serverAddr[f], rrPort: RR_PORT, iperfPort: IPERF_PORT };
+      direct[f] = { client: plainClient, server: plainServer, host: plainAddr[f], rrPort: RR_PORT, iperfPort: IPERF_PORT };
       result.peerSeen[f] = await peerSeen(routes[f]);
       await runRr(o, routes[f], { rounds: 100, conns: 5 }); // untimed warm-up: a pooled HBONE connection per family
+      await runRr(o, direct[f], { rounds: 100, conns: 5 });
     }
     const agents = [tb.agent(0), tb.agent(1)];
     const blocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
-    progress(`  [${mode}] ${o.ipv6Blocks} blocks per family of ${o.rounds} round trips + ${o.conns} new connections + ${o.ipv6Mib} MiB`);
+    const directBlocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
+    progress(`  [${mode}] ${o.ipv6Blocks} blocks per family of ${o.rounds} round trips + ${o.conns} new connections + ${o.ipv6Mib} MiB, mesh and direct`);
     for (let b = 0; b < o.ipv6Blocks; b++) {
       for (const f of b % 2 === 0 ? FAMILIES : [...FAMILIES].reverse()) {
         checkInterrupted();
         blocks[f].push(await runRr(o, routes[f]));
         result.iperf[f].push(await runIperf(o, routes[f], agents, [], o.ipv6Mib * 1024 * 1024));
+        directBlocks[f].push(await runRr(o, direct[f]));
+        result.direct.iperf[f].push(await runIperf(o, direct[f], [], [], o.ipv6Mib * 1024 * 1024));
       }
     }
     for (const f of FAMILIES) {
       result.rr[f] = pooled(blocks[f]);
+      result.direct.rr[f] = pooled(directBlocks[f]);
       result.tunnelled[f] = await tunnelledTo(tb, serverAddr[f]);
       if (result.tunnelled[f] === 0) throw new Error(`no ${LABEL[f]} connection went through HBONE to ${formatHostPort(serverAddr[f], HBONE_PORT)}: the comparison would be meaningless`);
     }
@@ -111,22 +122,29 @@ interface Figure {
   judged: boolean;
 }
 
-function figures(r: Ipv6Result): Figure[] {
-  const gbps = (f: Family): number[] => r.iperf[f].map((i) => i.gbps);
+/** The table's rows for the mesh path, or with `direct` for the plain pods' path. */
+function figures(r: Ipv6Result, direct = false): Figure[] {
+  const src = direct ? r.direct : r;
+  const gbps = (f: Family): number[] => src.iperf[f].map((i) => i.gbps);
   const per = <T>(fn: (f: Family) => T): Record<Family, T> => ({ ipv4: fn('ipv4'), ipv6: fn('ipv6') });
   return [
     { name: 'throughput Gbit/s (median of blocks)', short: 'throughput', digits: 2, value: per((f) => dist(gbps(f)).p50), blocks: per(gbps), judged: true },
-    { name: '1 KiB RR p50 µs', short: 'RR p50', digits: 1, value: per((f) => r.rr[f].persistent.p50), blocks: per((f) => r.rr[f].blockP50.persistent), judged: true },
-    { name: '1 KiB RR p99 µs', short: 'RR p99', digits: 1, value: per((f) => r.rr[f].persistent.p99), judged: false },
-    { name: 'new connection p50 µs', short: 'new connection p50', digits: 1, value: per((f) => r.rr[f].newConnection.p50), blocks: per((f) => r.rr[f].blockP50.newConnection), judged: true },
-    { name: 'new connection p99 µs', short: 'new connection p99', digits: 1, value: per((f) => r.rr[f].newConnection.p99), judged: false },
+    { name: '1 KiB RR p50 µs', short: 'RR p50', digits: 1, value: per((f) => src.rr[f].persistent.p50), blocks: per((f) => src.rr[f].blockP50.persistent), judged: true },
+    { name: '1 KiB RR p99 µs', short: 'RR p99', digits: 1, value: per((f) => src.rr[f].persistent.p99), judged: false },
+    { name: 'new connection p50 µs', short: 'new connection p50', digits: 1, value: per((f) => src.rr[f].newConnection.p50), blocks: per((f) => src.rr[f].blockP50.newConnection), judged: true },
+    { name: 'new connection p99 µs', short: 'new connection p99', digits: 1, value: per((f) => src.rr[f].newConnection.p99), judged: false },
   ];
 }
 
-/** The difference between the families is resolvable when it exceeds the wider spread of one family's block figures. */
-function resolvable(x: Figure): boolean | undefined {
-  if (x.blocks === undefined) return undefined;
-  return Math.abs(x.value.ipv6 - x.value.ipv4) > Math.max(spread(x.blocks.ipv4), spread(x.blocks.ipv6));
+/** The mesh's own IPv6/IPv4 ratio block by block: its ratio over the direct path's in the same block pair. */
+function meshShare(mesh: Figure, direct: Figure): MedianCi | undefined {
+  if (!mesh.blocks || !direct.blocks) return undefined;
+  return medianCi(pairedRatios(pairedRatios(direct.blocks.ipv4, direct.blocks.ipv6), pairedRatios(mesh.blocks.ipv4, mesh.blocks.ipv6)));
+}
+
+/** IPv6 over IPv4 block by block (each IPv6 block ran right after or before its IPv4 one), with the 95 % interval of their median. */
+function pairedCi(x: Figure): MedianCi | undefined {
+  return x.blocks === undefined ? undefined : medianCi(pairedRatios(x.blocks.ipv4, x.blocks.ipv6));
 }
 
 /** What the server's app saw as its peer on one family, and what that means. */
@@ -142,30 +160,30 @@ export function reportIpv6(o: Ipv6Opts, results: Ipv6Result[], lines: string[]):
     lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} interleaved blocks per family of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${o.ipv6Mib} MiB one way each)`);
     lines.push('');
     lines.push(
-      `Dual-stack testbed, agents with \`--capture-ipv6\`: an enrolled client on node 0 calls the same enrolled server on node 1 by ${r.server.ipv4} and by ${r.server.ipv6}, both through HBONE (the client's agent logged ${r.tunnelled.ipv4} and ${r.tunnelled.ipv6} tunnelled connections). New connection = connect + first 1 KiB round trip. The server's app saw as its peer ${FAMILIES.map((f) => `${peer(r, f)} over ${LABEL[f]}`).join(' and ')}.`,
+      `Dual-stack testbed, agents capturing IPv6: an enrolled client on node 0 calls the same enrolled server on node 1 by ${r.server.ipv4} and by ${r.server.ipv6}, both through HBONE (the client's agent logged ${r.tunnelled.ipv4} and ${r.tunnelled.ipv6} tunnelled connections). New connection = connect + first 1 KiB round trip. The server's app saw as its peer ${FAMILIES.map((f) => `${peer(r, f)} over ${LABEL[f]}`).join(' and ')}.`,
     );
     lines.push('');
-    lines.push('| figure | IPv4 | IPv6 | IPv6/IPv4 | per-block IPv4 | per-block IPv6 | block spread (wider) | difference resolvable |');
+    lines.push('| figure | IPv4 | IPv6 | IPv6/IPv4 | per-block IPv4 | per-block IPv6 | IPv6/IPv4 block by block: median [95 % interval] | against ±5 % |');
     lines.push('|---|---:|---:|---:|---|---|---:|---|');
     const figs = figures(r);
     for (const x of figs) {
-      const res = resolvable(x);
+      const ci = pairedCi(x);
       const b = x.blocks;
       const f = x.digits === 2 ? f2 : f1;
       lines.push(
-        `| ${x.name} | ${f(x.value.ipv4)} | ${f(x.value.ipv6)} | ${ratio(x.value.ipv6, x.value.ipv4)} | ${b ? b.ipv4.map(f).join(' ') : '–'} | ${b ? b.ipv6.map(f).join(' ') : '–'} | ${b ? f(Math.max(spread(b.ipv4), spread(b.ipv6))) : '–'} | ${res === undefined ? '–' : res ? 'yes' : 'no (within spread)'} |`,
+        `| ${x.name} | ${f(x.value.ipv4)} | ${f(x.value.ipv6)} | ${ratio(x.value.ipv6, x.value.ipv4)} | ${b ? b.ipv4.map(f).join(' ') : '–'} | ${b ? b.ipv6.map(f).join(' ') : '–'} | ${ci ? ratioCi(ci) : '–'} | ${ci && x.judged ? ratioVerdict(ci, IPV6_RATIO_LIMIT) : '–'} |`,
       );
     }
     lines.push('');
-    const judged = figs.filter((x) => x.judged);
-    const off = judged.filter((x) => !(Math.abs(x.value.ipv6 / x.value.ipv4 - 1) <= IPV6_RATIO_LIMIT));
-    const unresolved = off.filter((x) => resolvable(x) === false);
-    lines.push(
-      `Target, IPv6 and IPv4 no more than ${IPV6_RATIO_LIMIT * 100} % apart (throughput, RR p50, new connection p50): **${off.length === 0 ? 'MET' : 'MISSED'}**` +
-        (off.length === 0
-          ? '.'
-          : ` (${off.map((x) => `${x.short} ${f2(x.value.ipv6 / x.value.ipv4)}x`).join(', ')})${unresolved.length > 0 ? `; ${unresolved.map((x) => x.short).join(', ')} within the block spread: this run cannot tell (more --ipv6-blocks)` : ''}.`),
-    );
+    lines.push(verdictLine(`IPv6 and IPv4 no more than ${IPV6_RATIO_LIMIT * 100} % apart (throughput, RR p50, new connection p50)`,
+      figs.filter((x) => x.judged).map((x) => ({ name: x.short, ci: pairedCi(x) })), IPV6_RATIO_LIMIT, '--ipv6-blocks'));
+    lines.push('');
+    const direct = figures(r, true).filter((x) => x.judged);
+    lines.push(`Direct TCP between two plain pods on the same nodes, in the same blocks (the kernel's own difference), IPv6/IPv4 block by block: ${direct.map((x) => `${x.short} ${(x.blocks && ratioCi(medianCi(pairedRatios(x.blocks.ipv4, x.blocks.ipv6)))) ?? 'n/a'}`).join(', ')}. The mesh's own share (its ratio over the direct one, block by block): ${figs.filter((x) => x.judged).map((x, i) => {
+      const d = direct[i];
+      const ci = d && meshShare(x, d);
+      return `${x.short} ${ci ? ratioCi(ci) : 'n/a'}`;
+    }).join(', ')}.`);
     lines.push('');
   }
 }

@@ -4,7 +4,7 @@ import type { RedirectMode } from '../../test/testbed/index.js';
 import { onCpu, pinAgent } from './cpu.js';
 import { meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { checkInterrupted, progress, withTestbeds } from './run.js';
-import { f1, f2, pm } from './stats.js';
+import { f1, f2, medianCi, pairedRatios, pm, ratioCi, verdictLine } from './stats.js';
 
 export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrBlocks' | 'pin' | 'iperfSeconds'> {
   /** The backend both testbeds use. */
@@ -92,15 +92,16 @@ export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): v
     for (const s of SETTINGS) lines.push(`| ${c} | ${s} | ${pm(r.rr[s][c].persistent)} | ${pm(r.rr[s][c].newConnection)} | ${c === 'mesh' ? f2(gbps(s)) : '–'} |`);
   }
   lines.push('');
-  const ratios: [string, number][] = [
-    ['mesh RR p50', r.rr.on.mesh.persistent.p50 / r.rr.off.mesh.persistent.p50],
-    ['mesh new connection p50', r.rr.on.mesh.newConnection.p50 / r.rr.off.mesh.newConnection.p50],
-    ['plain RR p50', r.rr.on.plain.persistent.p50 / r.rr.off.plain.persistent.p50],
-    ['plain new connection p50', r.rr.on.plain.newConnection.p50 / r.rr.off.plain.newConnection.p50],
-    ['mesh throughput', gbps('on') / gbps('off')],
+  // On over off block by block (each "on" block ran right before or after its "off" one), with the 95 % interval of their median.
+  const paired = (pick: (s: Setting) => number[]): ReturnType<typeof medianCi> => medianCi(pairedRatios(pick('off'), pick('on')));
+  const figures = [
+    { name: 'mesh RR p50', ci: paired((s) => r.rr[s].mesh.blockP50.persistent) },
+    { name: 'mesh new connection p50', ci: paired((s) => r.rr[s].mesh.blockP50.newConnection) },
+    { name: 'plain RR p50', ci: paired((s) => r.rr[s].plain.blockP50.persistent) },
+    { name: 'plain new connection p50', ci: paired((s) => r.rr[s].plain.blockP50.newConnection) },
+    { name: 'mesh throughput', ci: paired((s) => r.iperf[s].map((i) => i.gbps)) },
   ];
-  const within = ratios.every(([, x]) => Math.abs(x - 1) <= SOURCE_RATIO_LIMIT);
-  lines.push(`On/off: ${ratios.map(([n, x]) => `${n} ${f2(x)}x`).join(', ')}. Per-block mesh RR p50 (µs): on ${r.rr.on.mesh.blockP50.persistent.map(f1).join(' ')}; off ${r.rr.off.mesh.blockP50.persistent.map(f1).join(' ')}.`);
-  lines.push(`Target, on and off no more than ${SOURCE_RATIO_LIMIT * 100} % apart: **${within ? 'MET' : 'MISSED'}**.`);
+  lines.push(`On/off block by block, median [95 % interval]: ${figures.map((x) => `${x.name} ${ratioCi(x.ci)}`).join(', ')}. Per-block mesh RR p50 (µs): on ${r.rr.on.mesh.blockP50.persistent.map(f1).join(' ')}; off ${r.rr.off.mesh.blockP50.persistent.map(f1).join(' ')}.`);
+  lines.push(verdictLine(`on and off no more than ${SOURCE_RATIO_LIMIT * 100} % apart`, figures, SOURCE_RATIO_LIMIT, '--rr-blocks'));
   lines.push('');
 }

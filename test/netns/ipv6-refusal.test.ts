@@ -1,4 +1,4 @@
-// Until IPv6 is captured, an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
+// With --capture-ipv6 false (IPv6 capture is on by default), an enrolled pod's IPv6 TCP is refused both ways (iptables: ip6tables rules beside the IPv4
 // ones; nftables: the inet table; ebpf: the tc programs answer a SYN with a RST and drop the rest), never carried around
 // the mesh, and refused at once (a reset, not a timeout); the rest of IPv6
 // (ICMPv6, neighbour discovery) still works, and a pod outside the mesh keeps its IPv6.
@@ -24,8 +24,8 @@ async function v6Connect(client: TestbedPod, addr: string, port: number): Promis
 }
 
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
-  netnsTest.serial(`[${mode}] an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
-    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode });
+  netnsTest.serial(`[${mode}] with --capture-ipv6 false an enrolled pod's IPv6 TCP is refused both ways; a plain pod keeps IPv6`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, agentArgs: ['--capture-ipv6', 'false'] });
     await tb.setNamespace('app', AMBIENT);
     await tb.setNamespace('plain', {});
     const [sleep, web, other] = await tb.addPods([
@@ -77,5 +77,41 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
       t.true(view.attachments[0]?.expected.some((l) => l.startsWith('ip6tables: -A AMBIENT_OUTPUT')));
     }
     await tb.deletePod(sleep);
+  });
+}
+
+for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
+  netnsTest.serial(`[${mode}] an IPv6-only pod enrolled with IPv6 capture and re-adopted with --capture-ipv6 false stays enrolled and refused, said once, not repaired in a loop`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, ipFamilies: ['ipv6'], redirectMode: mode, agentArgs: ['--repair-interval-ms', '300'] });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [v6, web] = await tb.addPods([
+      { node: 0, namespace: 'app', name: 'v6' },
+      { node: 0, namespace: 'plain', name: 'web' },
+    ]);
+    if (!v6 || !web) throw new Error('pods missing');
+    t.is((await agentPod(tb, v6))?.state, 'enrolled', 'IPv6 capture (the default) enrols an IPv6-only pod');
+    void web.spawn('ncat', ['-6', '-l', '-k', '8080', '--sh-exec', 'read l; echo "v6:$l"']).catch(() => undefined);
+    await web.waitForPort(8080);
+    const carried = await v6Connect(v6, web.ip, 8080);
+    t.true(carried.ok, `carried while IPv6 is captured: ${carried.out}`);
+
+    const agent = tb.agent(0);
+    await agent.kill();
+    agent.spec.extraArgs.push('--capture-ipv6', 'false');
+    await agent.start();
+    await new Promise((r) => setTimeout(r, 2000)); // several repair passes (every 300 ms)
+    t.is((await agentPod(tb, v6))?.state, 'enrolled', 'never dropped from the mesh by the family check');
+    const refused = await v6Connect(v6, web.ip, 8080);
+    t.false(refused.ok, `its IPv6 TCP is refused now, not carried and not sent in clear: ${refused.out}`);
+    t.regex(refused.out, /refused/i);
+    const logs = await agent.logs({ currentRun: true });
+    t.is(logs.filter((l) => l.msg.includes('kept with its rules and no listener')).length, 1, 'said once');
+    t.deepEqual(logs.filter((l) => /repair failed|re-adopting pod failed|capture drifted/.test(l.msg)).map((l) => l.msg), [], 'no repair loop');
+    const rules = (await agent.request('GET', `/v1/rules?pod=${encodeURIComponent('app/v6')}`)).body as { attachments: { missing: string[]; unexpected: string[]; listening: boolean }[] };
+    t.deepEqual(rules.attachments[0]?.missing, [], 'its rules are in place');
+    t.deepEqual(rules.attachments[0]?.unexpected, []);
+    t.false(rules.attachments[0]?.listening, 'and no listener');
+    await tb.deletePod(v6);
   });
 }

@@ -1,7 +1,7 @@
 // The testbed's dual-stack and IPv6-only clusters (issue 14): the real bridge + host-local plugins hand out IPv6 (ULA)
 // addresses, nodes route IPv6 to each other's pod ranges, addresses are usable at once (no DAD wait), and pods outside
 // the mesh talk across nodes over IPv6. The agent records every address of an enrolled dual-stack pod, and refuses an
-// IPv6-only pod at ADD while its backend captures IPv4 only (the one capture-family check).
+// IPv6-only pod at ADD while its backend captures IPv4 only (--capture-ipv6 false; the one capture-family check).
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { CniPluginError, podFileName, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { AMBIENT, adminHttp, agentPod, agentPods, eventually } from './helpers.js';
@@ -35,8 +35,8 @@ async function plainPods(tb: Testbed): Promise<[TestbedPod, TestbedPod]> {
   return [a, b];
 }
 
-netnsTest.serial('dual-stack testbed: pods get one IPv4 and one IPv6 address and reach another node\'s pod over both; the agent records both', async (t) => {
-  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'] });
+netnsTest.serial('dual-stack testbed: pods get one IPv4 and one IPv6 address and reach another node\'s pod over both; the agent records both (--capture-ipv6 false)', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv4', 'ipv6'], agentArgs: ['--capture-ipv6', 'false'] });
   const [a, b] = await plainPods(tb);
   t.regex(a.ip, /^10\.244\.0\./, 'IPv4 is primary');
   t.regex(a.ip6 ?? '', /^fd00:10:244::[0-9a-f]+$/, 'node 0: fd00:10:244:0::/64');
@@ -72,8 +72,8 @@ netnsTest.serial('dual-stack testbed: pods get one IPv4 and one IPv6 address and
   t.log(`addresses: a ${a.ips.join(' ')}, b ${b.ips.join(' ')}, enrolled c ${c.ips.join(' ')}`);
 });
 
-netnsTest.serial('IPv6-only testbed: pods have only IPv6 and reach another node\'s pod; an IPv6-only pod is refused at ADD while capture is IPv4 only', async (t) => {
-  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv6'] });
+netnsTest.serial('IPv6-only testbed: pods have only IPv6 and reach another node\'s pod; with --capture-ipv6 false an IPv6-only pod is refused at ADD', async (t) => {
+  const tb = await withTestbed(t, { nodes: 2, ipFamilies: ['ipv6'], agentArgs: ['--capture-ipv6', 'false'] });
   const [a, b] = await plainPods(tb);
   t.true(a.ip === a.ip6, 'the primary address is IPv6');
   t.is(a.ip4, undefined);

@@ -61,8 +61,10 @@ test('inbound source preservation is on by default and can be turned off from a 
   t.true(parseAgentConfig({ 'preserve-source': 'true' }, { nodeName: 'n' }).preserveSource);
 });
 
-test('IPv6 capture is off by default, turned on from a file or a flag (a bare --capture-ipv6 too), with every backend', (t) => {
-  t.false(parseAgentConfig({}, { nodeName: 'n' }).captureIpv6);
+test('IPv6 capture is on by default, set from a file or a flag (a bare --capture-ipv6 too), with every backend', (t) => {
+  t.true(parseAgentConfig({}, { nodeName: 'n' }).captureIpv6, 'on by default, as Istio\'s ambient.ipv6');
+  t.false(parseAgentConfig({ captureIpv6: false }, { nodeName: 'n' }).captureIpv6, 'turned off from a file');
+  t.false(parseAgentConfig({}, { nodeName: 'n', 'capture-ipv6': false }).captureIpv6, 'turned off by the flag');
   t.true(parseAgentConfig({ captureIpv6: true }, { nodeName: 'n' }).captureIpv6);
   t.true(parseAgentConfig({}, { nodeName: 'n', 'capture-ipv6': true }).captureIpv6, 'a bare flag (commander gives true)');
   t.false(parseAgentConfig({ captureIpv6: true }, { nodeName: 'n', 'capture-ipv6': 'false' }).captureIpv6);

@@ -1,8 +1,9 @@
-// The start-up probe of --preserve-source (and of its IPv6 half, with --capture-ipv6): passes with the agent's
+// The start-up probe of --preserve-source (and of its IPv6 half, with --capture-ipv6, the default): passes with the agent's
 // capabilities, and without CAP_NET_ADMIN/CAP_NET_RAW fails with AMB_ERR_PRESERVE_SOURCE_UNAVAILABLE naming the
 // capability, the option of each family and the switch. Binds only; no traffic.
 import test from 'ava';
 import { execa } from 'execa';
+import { SourcePreservationUnavailableError } from '../../agent/src/platform/source-probe.js';
 import { REPO_ROOT } from '../testbed/repo.js';
 
 const asRoot = process.getuid?.() === 0 ? test : test.skip;
@@ -30,4 +31,11 @@ asRoot('with --capture-ipv6 the probe also names what IPv6 lacks (IPV6_TRANSPARE
   const out = await probe(['setpriv', '--inh-caps=-net_admin,-net_raw', '--bounding-set=-net_admin,-net_raw', '--'], true);
   t.regex(out, /^AMB_ERR_PRESERVE_SOURCE_UNAVAILABLE --preserve-source cannot work here: setting IP_TRANSPARENT was refused \(EPERM\)/);
   t.regex(out, /; setting IPV6_TRANSPARENT was refused \(EPERM\): the agent needs CAP_NET_ADMIN/);
+});
+
+test('when only the IPv6 half is missing, the error names --capture-ipv6=false as a way out too', (t) => {
+  const v6 = new SourcePreservationUnavailableError(['IPV6_TRANSPARENT is not supported'], { ipv6Only: true });
+  t.regex(v6.message, /--preserve-source=false .*, or with --capture-ipv6=false/);
+  const both = new SourcePreservationUnavailableError(['IP_TRANSPARENT is not supported', 'IPV6_TRANSPARENT is not supported'], { ipv6Only: false });
+  t.notRegex(both.message, /--capture-ipv6/, 'IPv4 missing too: turning IPv6 off would not help');
 });

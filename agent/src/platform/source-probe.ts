@@ -9,9 +9,11 @@ import {
 } from './libc.js';
 
 export class SourcePreservationUnavailableError extends AmbientError<'AMB_ERR_PRESERVE_SOURCE_UNAVAILABLE'> {
-  constructor(missing: string[], options?: { cause?: unknown }) {
+  /** `ipv6Only`: only the IPv6 half is missing, so turning IPv6 capture off is a way out too. */
+  constructor(missing: string[], options?: { cause?: unknown; ipv6Only?: boolean }) {
+    const v6 = options?.ipv6Only ? ', or with --capture-ipv6=false (enrolled pods\' IPv6 TCP is then refused in the pod)' : '';
     super('AMB_ERR_PRESERVE_SOURCE_UNAVAILABLE',
-      `--preserve-source cannot work here: ${missing.join('; ')}; fix that, or start the agent with --preserve-source=false (apps then see the agent, their own pod IP, as the peer of inbound connections)`,
+      `--preserve-source cannot work here: ${missing.join('; ')}; fix that, or start the agent with --preserve-source=false (apps then see the agent, their own pod IP, as the peer of inbound connections)${v6}`,
       options);
   }
 }
@@ -79,7 +81,8 @@ export async function probePolicyRouting(family: ProbeFamily = 4): Promise<strin
  */
 export async function probeSourcePreservation(opts: { ipv6?: boolean } = {}): Promise<void> {
   const families: ProbeFamily[] = opts.ipv6 ? [4, 6] : [4];
-  const missing: string[] = [];
-  for (const family of families) missing.push(...probeTransparentBind(family), ...(await probePolicyRouting(family)));
-  if (missing.length > 0) throw new SourcePreservationUnavailableError(missing);
+  const missing = new Map<ProbeFamily, string[]>();
+  for (const family of families) missing.set(family, [...probeTransparentBind(family), ...(await probePolicyRouting(family))]);
+  const all = [...missing.values()].flat();
+  if (all.length > 0) throw new SourcePreservationUnavailableError(all, { ipv6Only: missing.get(4)?.length === 0 });
 }

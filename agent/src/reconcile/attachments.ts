@@ -155,7 +155,8 @@ export class Attachments {
     }
     if (drift.missing.length) problems.push(`missing rules: ${drift.missing.join(' | ')}`);
     if (drift.unexpected.length) problems.push(`unexpected rules: ${drift.unexpected.join(' | ')}`);
-    if (!this.live.get(key)?.forwarder.listening) problems.push('agent listeners are not open in the pod');
+    // A pod kept refused (keptRefused) has no listener by design: its rules alone are checked.
+    if (!this.live.get(key)?.forwarder.listening && !this.keptRefused.has(key)) problems.push('agent listeners are not open in the pod');
     return problems;
   }
 
@@ -163,11 +164,12 @@ export class Attachments {
    * Installs rules, opens listeners and registers probe targets; rolls everything back on failure. `netns`: the event's
    * handle on the record's namespace (checked against the record here); without it the record's path is opened. A new
    * attachment keeps the handle as its live one (the caller then leaves it open: see release()).
-   */
-  /**
+   *
    * `enrolled`: the record was already enrolled (re-adoption after a restart or take-over, the repair loop). The
    * capture-family refusal applies to new enrolments only (ADD, late enrolment): an enrolled pod is never dropped from
-   * the mesh by it; its rules are put back so whatever the backend cannot capture stays refused (fail closed).
+   * the mesh by it; its rules are put back so whatever the backend cannot capture stays refused (fail closed), and a pod
+   * the backend captures none of the families of (an IPv6-only pod after a restart with --capture-ipv6 false) gets its
+   * rules only, no listener: it is kept refused (keptRefused), said once, not retried by every repair pass.
    */
   async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean } = {}): Promise<void> {
     const identity = this.identityOf(rec);
@@ -193,9 +195,15 @@ export class Attachments {
       plog.error({ ips: rec.ips, backend: this.backend.name, captures }, `enrolment refused: ${families.reason}`);
       throw new CaptureFamilyRefusal('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed: ${families.reason}`);
     }
-    if (!families.ok && !this.live.has(key)) {
-      plog.error({ ips: rec.ips, backend: this.backend.name, captures }, `enrolled pod kept with its rules: ${families.reason}; its TCP stays refused until it is re-created`);
-    } else if (families.ok && families.uncaptured.length > 0 && !this.live.has(key)) {
+    if (!families.ok) {
+      await this.keepRefused(rec, plog, opts.netns);
+      if (!this.keptRefused.has(key)) {
+        this.keptRefused.add(key);
+        plog.error({ ips: rec.ips, backend: this.backend.name, captures }, `enrolled pod kept with its rules and no listener: ${families.reason}; its TCP stays refused until it is re-created`);
+      }
+      return;
+    }
+    if (families.uncaptured.length > 0 && !this.live.has(key)) {
       plog.warn({ uncaptured: families.uncaptured, backend: this.backend.name, captures }, this.backend.name === 'ebpf'
         ? 'pod has addresses of a family the backend does not capture yet: their TCP is refused both ways by its tc programs (never sent around the mesh)'
         : 'pod has addresses of a family the backend does not capture yet: their TCP is refused (never sent around the mesh)');
@@ -246,6 +254,27 @@ export class Attachments {
     plog.info({ ips: rec.ips, backend: this.backend.name, ms: Math.round(ms) }, 'pod enrolled');
   }
 
+  /** Enrolled pods kept with their rules and no listener, the backend capturing none of their families (see enrol). */
+  private readonly keptRefused = new Set<string>();
+
+  /** Puts back the rules and probe targets of a pod kept refused (enrol); its namespace is opened for this only. */
+  private async keepRefused(rec: PodRecord, plog: Logger, netns?: Netns): Promise<void> {
+    const ns = netns ?? Netns.open(rec.netnsPath);
+    try {
+      if (!sameSandbox(rec, ns.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
+      await Promise.all([
+        this.backend.installPod(ns, podContext(rec), { fresh: false }),
+        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+      ]);
+    } catch (err) {
+      this.counters.enrolmentFailures++;
+      plog.error({ error: describe(err) }, 'putting back the rules of a pod kept refused failed');
+      throw new AgentError('AMB_ERR_ENROL_FAILED', `enrolling pod ${rec.namespace}/${rec.name} failed`, { cause: err });
+    } finally {
+      if (!netns) ns.close();
+    }
+  }
+
   /**
    * Removes listeners, rules (those the PodRuleRemover removes) and probe targets. Succeeds when the netns is already gone. `eventNs`:
    * the event's handle, used when it is the record's namespace.
@@ -253,6 +282,7 @@ export class Attachments {
   async unenrol(key: string, plog: Logger, eventNs?: Netns): Promise<void> {
     const rec = this.records.get(key);
     const live = this.live.get(key);
+    this.keptRefused.delete(key);
     if (!live && rec?.state !== 'enrolled') return;
     if (live) {
       await live.forwarder.stop();

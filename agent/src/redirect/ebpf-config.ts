@@ -76,13 +76,16 @@ export interface PodAddresses {
 
 /**
  * The addresses the programs steer for in a pod: its first IPv4 address, and with `captureIpv6` (--capture-ipv6) its
- * first IPv6 one (then an IPv6-only pod is steered too). Throws when there is neither (nothing could be captured).
+ * first IPv6 one (then an IPv6-only pod is steered too). An IPv6-only pod without `captureIpv6` gets neither: the
+ * programs then steer nothing and refuse its IPv6 TCP (an enrolled pod kept refused after a restart with
+ * --capture-ipv6 false; a new one is refused before this by the capture-family check). Throws for a pod without any
+ * address.
  */
 export function podAddresses(pod: PodContext, captureIpv6: boolean): PodAddresses {
   const [ip4] = addressesOf(pod.ips, 'ipv4');
   const [ip6] = captureIpv6 ? addressesOf(pod.ips, 'ipv6') : [];
-  if (!ip4 && !ip6) {
-    throw new Error(`ebpf redirection needs an IPv4 pod address${captureIpv6 ? ' or an IPv6 one' : ' (or an IPv6 one with --capture-ipv6)'}; the pod has ${pod.ips.join(', ') || 'none'}`);
+  if (!ip4 && addressesOf(pod.ips, 'ipv6').length === 0) {
+    throw new Error(`ebpf redirection needs an IPv4 or IPv6 pod address; the pod has ${pod.ips.join(', ') || 'none'}`);
   }
   return { ...(ip4 ? { ip4 } : {}), ...(ip6 ? { ip6 } : {}) };
 }
