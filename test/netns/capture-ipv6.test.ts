@@ -1,7 +1,6 @@
-// IPv6 capture (--capture-ipv6; iptables, nftables and ebpf) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
-// is HBONE to [server]:15008 on the wire (never the app's bytes), plaintext over IPv6 obeys PeerAuthentication, IPv4 on
-// the same pods still works, a killed agent means IPv6 refused (never bypassed), an IPv6-only pod is enrolled, and a
-// take-over hands the IPv6 listeners to the successor while IPv6 connections keep arriving, none failed.
+// IPv6 capture (--capture-ipv6; iptables, nftables, ebpf), dual-stack and IPv6-only: mesh IPv6 is HBONE to [server]:15008 on
+// the wire, plaintext IPv6 obeys PeerAuthentication, IPv4 still works, a killed agent means IPv6 refused (never bypassed),
+// an IPv6-only pod is enrolled, and a take-over hands the IPv6 listeners on while IPv6 connections keep working.
 import type { ExecutionContext } from 'ava';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
