@@ -1,31 +1,22 @@
-// IPv6 capture (--capture-ipv6; iptables, nftables and ebpf) on the dual-stack and IPv6-only testbeds: mesh traffic over IPv6
-// is HBONE to [server]:15008 on the wire (never the app's bytes), plaintext over IPv6 obeys PeerAuthentication, IPv4 on
-// the same pods still works, a killed agent means IPv6 refused (never bypassed), and an IPv6-only pod is enrolled.
+// IPv6 capture (--capture-ipv6; iptables, nftables, ebpf), dual-stack and IPv6-only: mesh IPv6 is HBONE to [server]:15008 on
+// the wire, plaintext IPv6 obeys PeerAuthentication, IPv4 still works, a killed agent means IPv6 refused (never bypassed),
+// an IPv6-only pod is enrolled, and a take-over hands the IPv6 listeners on while IPv6 connections keep working.
 import type { ExecutionContext } from 'ava';
-import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { waitForListener, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { captureFabric, captureNodeLink, type CaptureResult } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, hostVeth, ip6, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ask, eventually, hostVeth, ip6, listeningAddresses, startEcho } from './helpers.js';
 import { podCounters } from '../../agent/src/redirect/ebpf.js';
-import { findLog, successorOf } from '../testbed/takeover.js';
+import { ECHO_PORT, ECHO_SERVER, PY, findLog, startConnectLoop, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 const MARKER = 'AMBIENT-V6-SECRET-MARKER-51c2';
 /** Where the node listens for the pod's link-local connection attempt (a port nothing else in the node netns uses). */
 const LL_PORT = 9097;
 
-/** The IPv6 segments with payload in a capture, as `src>[dst]:port` (source address and server port only). */
-async function v6PayloadFlows(wire: CaptureResult): Promise<Set<string>> {
-  const r = await execa('tshark', ['-r', wire.file, '-Y', 'ipv6 && tcp.len > 0', '-T', 'fields', '-e', 'ipv6.src', '-e', 'ipv6.dst', '-e', 'tcp.srcport', '-e', 'tcp.dstport']);
-  const out = new Set<string>();
-  for (const line of r.stdout.split('\n')) {
-    const [src, dst, sp, dp] = line.split('\t');
-    if (!src || !dst) continue;
-    // Name the flow by its server end (the lower port), whichever way the segment went.
-    out.add(Number(sp) < Number(dp) ? `[${src}]:${sp}` : `[${dst}]:${dp}`);
-  }
-  return out;
+/** The IPv6 flows of a capture that carried payload, by their server end (`[address]:port`). */
+function v6Servers(wire: CaptureResult): string[] {
+  return [...new Set([...wire.payloadFlows].map((f) => f.slice(f.indexOf('>') + 1)).filter((s) => s.startsWith('[')))];
 }
 
 /**
@@ -67,7 +58,7 @@ for (const mode of MODES) {
     t.true(mesh6.output.endsWith(`from ${ip6(sleep)}`), 'IPv6 source preserved (default on): the app sees the mesh client\'s pod IPv6 address');
     const wire = await cap.stop();
     t.deepEqual([...wire.payloadPorts], [15008], `only 15008 carried payload, flows ${[...wire.flows].join(' ')}`);
-    t.deepEqual([...(await v6PayloadFlows(wire))], [`[${server6}]:15008`], 'the tunnel is IPv6, to the server pod\'s IPv6 address');
+    t.deepEqual(v6Servers(wire), [`[${server6}]:15008`], 'the tunnel is IPv6, to the server pod\'s IPv6 address');
     t.false(wire.raw.includes(Buffer.from(MARKER)), 'the app\'s bytes never appear on the wire');
     t.true(wire.clientHellos.length >= 1, 'a TLS ClientHello was seen');
     const src = await agentPod(tb, sleep);
@@ -118,7 +109,7 @@ for (const mode of MODES) {
     const r = await ask(client, ip6(server), 9080, MARKER);
     t.true(r.ok, r.output);
     const wire = await cap.stop();
-    t.deepEqual([...(await v6PayloadFlows(wire))], [`[${ip6(server)}]:15008`]);
+    t.deepEqual(v6Servers(wire), [`[${ip6(server)}]:15008`]);
     t.false(wire.raw.includes(Buffer.from(MARKER)));
     t.true(((await agentPod(tb, client))?.stats?.outbound.hbone ?? 0) >= 1);
   });
@@ -183,27 +174,63 @@ netnsTest.serial('[ebpf] --capture-ipv6: IPv6 goes through the programs\' IPv6 a
   t.true((await ask(sleep, ip6(server), 9080, 'after')).ok);
 });
 
-netnsTest.serial('[iptables] --capture-ipv6 take-over: the IPv6 listeners are handed to the successor with the IPv4 ones, IPv6 mesh and plaintext work after', async (t) => {
-  const { tb, sleep, server: web, outsider } = await dualStack(t, 'iptables', ['--drain-seconds', '1']);
-  t.true((await ask(sleep, ip6(web), 9080, 'before')).ok, 'IPv6 mesh before');
-  const old = tb.agent(1);
-  const exited = old.exited;
-  const next = successorOf(old, 'v6');
-  t.teardown(async () => {
-    await next.stop(5000);
+const TAKEN_OVER = 'take-over complete: socket published, predecessor told to stop accepting';
+/** The agent's listeners in a dual-stack pod with --capture-ipv6: one socket on each of these, none other on their ports. */
+const DUAL_STACK_LISTENERS = ['0.0.0.0:15006', '0.0.0.0:15008', '127.0.0.1:15001', '[::1]:15001', '[::]:15006', '[::]:15008'];
+
+for (const mode of MODES) {
+  netnsTest.serial(`[${mode}] --capture-ipv6 take-over of both nodes' agents while IPv6 connections arrive every 10 ms (mesh and plaintext): none fails, the successors hold the pods' IPv6 listeners (one each), IPv6 mesh stays HBONE on the wire`, async (t) => {
+    const { tb, sleep, server: web, outsider } = await dualStack(t, mode, ['--drain-seconds', '1']);
+    const [web6, sleep6, outsider6] = [ip6(web), ip6(sleep), ip6(outsider)];
+    void web.spawn(PY, [ECHO_SERVER, String(ECHO_PORT), '::']).catch(() => undefined);
+    await web.waitForPort(ECHO_PORT);
+    const cap = await captureFabric(tb, `v6-takeover-${mode}`);
+    t.true((await ask(sleep, web6, 9080, `${MARKER}-before`)).ok, 'IPv6 mesh before');
+
+    // New IPv6 connections every 10 ms, mesh -> mesh and non-mesh -> mesh, across a take-over of the destination's
+    // agent (its pod's inbound listeners) and then of the source's (its pod's outbound ones).
+    const mesh = startConnectLoop(tb, sleep, web6, `v6-mesh-${mode}`, 10);
+    const plain = startConnectLoop(tb, outsider, web6, `v6-plain-${mode}`, 10);
+    for (const node of [1, 0]) {
+      const old = tb.agent(node);
+      const exited = old.exited;
+      if (!exited) throw new Error(`node ${node}'s agent is not running`);
+      const next = successorOf(old, `v6-${mode}`);
+      t.teardown(async () => {
+        await next.stop(5000);
+      });
+      await next.start();
+      await eventually(async () => findLog(await next.logs({ currentRun: true }), TAKEN_OVER), (r) => r !== undefined, 60_000);
+      const tally = findLog(await next.logs(), 'listeners from the running agent');
+      t.is(tally?.plan, 'handed', `node ${node}: ${JSON.stringify(tally)}`);
+      t.is(tally?.accepted, 6, `node ${node}: three listeners per family of the one enrolled pod on the node, all checked and kept`);
+      t.is(tally?.refused, 0, `node ${node}: none refused`);
+      const exit = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 30_000))]);
+      t.deepEqual(exit, { code: 0, signal: null }, `node ${node}: the predecessor drained and exited`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    const [meshResult, plainResult] = await Promise.all([mesh.stop(), plain.stop()]);
+    t.log(`[${mode}] IPv6 mesh -> mesh: ${meshResult.ok} ok, ${meshResult.fails} failed ${meshResult.errors.join('; ')}`);
+    t.log(`[${mode}] IPv6 non-mesh -> mesh: ${plainResult.ok} ok, ${plainResult.fails} failed ${plainResult.errors.join('; ')}`);
+    t.is(meshResult.fails, 0, 'no new IPv6 mesh connection failed across the take-overs');
+    t.is(plainResult.fails, 0, 'no new IPv6 plaintext connection failed across the take-overs');
+    t.true(meshResult.ok > 50 && plainResult.ok > 50, 'the loops ran');
+
+    for (const pod of [web, sleep]) {
+      const agentOwn = (await listeningAddresses(pod)).filter((a) => /:1500[168]$/.test(a)).sort();
+      t.deepEqual(agentOwn, DUAL_STACK_LISTENERS, `${pod.key}: one listener per address and port, IPv6 ones included`);
+    }
+    const mesh6 = await ask(sleep, web6, 9080, `${MARKER}-after`);
+    t.true(mesh6.ok, `IPv6 mesh after the take-over: ${mesh6.output}`);
+    const plain6 = await ask(outsider, web6, 9080, 'after-plain');
+    t.true(plain6.ok, `IPv6 plaintext (PERMISSIVE) after the take-over: ${plain6.output}`);
+    t.true((await ask(sleep, web.ip, 9080, 'after4')).ok, 'IPv4 mesh after the take-over');
+
+    // On the wire, the mesh client's IPv6 went only in HBONE to [server]:15008; in clear only the non-mesh client's.
+    const wire = await cap.stop();
+    const v6Flows = [...wire.payloadFlows].filter((f) => f.includes('>[')).sort();
+    t.deepEqual(v6Flows, [`${outsider6}>[${web6}]:9080`, `${outsider6}>[${web6}]:${ECHO_PORT}`, `${sleep6}>[${web6}]:15008`].sort(), `IPv6 flows with payload: ${v6Flows.join(' ')}`);
+    t.false(wire.raw.includes(Buffer.from(MARKER)), 'the mesh app\'s bytes never appear on the wire');
+    t.true(wire.clientHellos.length >= 1, 'a TLS ClientHello was seen');
   });
-  await next.start();
-  await eventually(async () => findLog(await next.logs({ currentRun: true }), 'take-over complete: socket published, predecessor told to stop accepting'), (r) => r !== undefined, 60_000);
-  const tally = findLog(await next.logs(), 'listeners from the running agent');
-  t.is(tally?.plan, 'handed', JSON.stringify(tally));
-  t.is(tally?.accepted, 6, 'three listeners per family of the one enrolled pod on the node, all checked and kept');
-  t.is(tally?.refused, 0);
-  t.deepEqual(await exited, { code: 0, signal: null }, 'the predecessor drained and exited');
-  const ss = String((await web.exec('ss', ['-Hltn'])).stdout);
-  for (const l of ['127.0.0.1:15001', '0.0.0.0:15006', '0.0.0.0:15008', '[::1]:15001', '[::]:15006', '[::]:15008']) t.true(ss.includes(l), `${l} listening: ${ss}`);
-  const mesh = await ask(sleep, ip6(web), 9080, 'after');
-  t.true(mesh.ok, `IPv6 mesh after the take-over: ${mesh.output}`);
-  const plain = await ask(outsider, ip6(web), 9080, 'after-plain');
-  t.true(plain.ok, `IPv6 plaintext (PERMISSIVE) after the take-over: ${plain.output}`);
-  t.true((await ask(sleep, web.ip, 9080, 'after4')).ok, 'IPv4 mesh after the take-over');
-});
+}

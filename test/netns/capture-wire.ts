@@ -4,6 +4,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Testbed } from '../testbed/index.js';
+import { formatHostPort } from '../../agent/src/protocol/address.js';
 
 export interface Capture {
   /** Stops tshark and returns what it saw. */
@@ -16,6 +17,11 @@ export interface CaptureResult {
   flows: Set<string>;
   /** Server ports of all TCP segments carrying payload. */
   payloadPorts: Set<number>;
+  /**
+   * The TCP flows that carried payload, either way, as `client>server:port` named by their server end (the lower port):
+   * `10.244.0.5>10.244.1.6:15008`, `fd00:10:244::5>[fd00:10:244:1::6]:15008`. The client's port is left out.
+   */
+  payloadFlows: Set<string>;
   /** TLS ClientHellos: their SNI (empty when none) and offered versions. */
   clientHellos: { sni: string; versions: string }[];
   raw: Buffer;
@@ -49,14 +55,21 @@ export async function captureFabric(tb: Testbed, name: string): Promise<Capture>
       await new Promise((r) => setTimeout(r, 500)); // let the last packets reach the file
       proc.kill('SIGINT');
       await proc;
-      const fields = await execa('tshark', ['-r', file, '-T', 'fields', '-e', 'tcp.srcport', '-e', 'tcp.dstport', '-e', 'tcp.len']);
+      const fields = await execa('tshark', ['-r', file, '-T', 'fields', '-E', 'occurrence=f',
+        '-e', 'tcp.srcport', '-e', 'tcp.dstport', '-e', 'tcp.len', '-e', 'ip.src', '-e', 'ip.dst', '-e', 'ipv6.src', '-e', 'ipv6.dst']);
       const flows = new Set<string>();
       const payloadPorts = new Set<number>();
+      const payloadFlows = new Set<string>();
       for (const line of fields.stdout.split('\n')) {
-        const [sp, dp, len] = line.split('\t').map(Number);
-        if (sp === undefined || dp === undefined || Number.isNaN(sp)) continue;
+        const [sps, dps, lens, ip4src, ip4dst, ip6src, ip6dst] = line.split('\t');
+        const [sp, dp] = [Number(sps), Number(dps)];
+        if (sps === undefined || dps === undefined || Number.isNaN(sp)) continue;
         flows.add(`${sp}>${dp}`);
-        if ((len ?? 0) > 0) payloadPorts.add(Math.min(sp, dp));
+        if (Number(lens ?? 0) <= 0) continue;
+        payloadPorts.add(Math.min(sp, dp));
+        const [src, dst] = ip6src ? [ip6src, ip6dst ?? ''] : [ip4src ?? '', ip4dst ?? ''];
+        const [client, server, port] = sp < dp ? [dst, src, sp] : [src, dst, dp];
+        payloadFlows.add(`${client}>${formatHostPort(server, port)}`);
       }
       const hellos = await execa('tshark', ['-r', file, '-Y', 'tls.handshake.type == 1', '-T', 'fields',
         '-e', 'tls.handshake.extensions_server_name', '-e', 'tls.handshake.extensions.supported_version']);
@@ -64,7 +77,7 @@ export async function captureFabric(tb: Testbed, name: string): Promise<Capture>
         const [sni, versions] = l.split('\t');
         return { sni: sni ?? '', versions: versions ?? '' };
       });
-      return { file, flows, payloadPorts, clientHellos, raw: await readFile(file) };
+      return { file, flows, payloadPorts, payloadFlows, clientHellos, raw: await readFile(file) };
     },
   };
 }

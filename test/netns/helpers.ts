@@ -75,10 +75,15 @@ export function hasOurRules(r: PodRules): boolean {
   return /AMBIENT_/.test(r.iptables) || /ambient-nat/.test(r.nft) || /ambient_(in|out)|fwmark 0x1000|fwmark 0x111|local default|accept_local=1/.test(r.ebpf);
 }
 
+/** The local address of every TCP socket listening inside the pod, as `ss` prints it: `127.0.0.1:15001`, `[::]:15008`, `*:9000`. */
+export async function listeningAddresses(pod: TestbedPod): Promise<string[]> {
+  const r = await pod.exec('ss', ['-Hltn']);
+  return String(r.stdout).split('\n').map((l) => l.split(/\s+/)[3] ?? '').filter((a) => /:\d+$/.test(a));
+}
+
 /** TCP ports listening inside the pod. */
 export async function listeningPorts(pod: TestbedPod): Promise<number[]> {
-  const r = await pod.exec('ss', ['-Hltn']);
-  return String(r.stdout).split('\n').map((l) => Number(/:(\d+)\s/.exec(l.split(/\s+/)[3] + ' ')?.[1])).filter((n) => n > 0);
+  return (await listeningAddresses(pod)).map((a) => Number(/:(\d+)$/.exec(a)?.[1])).filter((n) => n > 0);
 }
 
 /** The agent's view of its pods on a node. */

@@ -13,7 +13,7 @@ import {
 import { AGENT_NODE_FLAGS } from '../testbed/repo.js';
 import { captureFabric, captureNodeLink, countOccurrences } from './capture-wire.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
-import { AMBIENT, eventually, hostVeth, podRules } from './helpers.js';
+import { AMBIENT, eventually, hostVeth, listeningPorts, podRules } from './helpers.js';
 
 const DRAIN_SECONDS = 4;
 /** Take-overs in a row in the leak check, on every backend (each costs ~4 s of CI). */
@@ -113,12 +113,8 @@ async function takeOver(t: ExecutionContext, current: AgentProcess, round: strin
 
 /** Listening sockets per port in a pod (the agent's 15001/15006/15008). */
 async function listenerCounts(pod: TestbedPod): Promise<Record<number, number>> {
-  const r = await pod.exec('ss', ['-Hltn']);
   const out: Record<number, number> = {};
-  for (const l of String(r.stdout).split('\n')) {
-    const port = Number(/:(\d+)$/.exec(l.split(/\s+/)[3] ?? '')?.[1]);
-    if (port) out[port] = (out[port] ?? 0) + 1;
-  }
+  for (const port of await listeningPorts(pod)) out[port] = (out[port] ?? 0) + 1;
   return out;
 }
 

@@ -9,7 +9,7 @@ import type { Testbed } from './testbed.js';
 
 /** Debian's python3 (the one on PATH may be a pyenv build). */
 export const PY = '/usr/bin/python3';
-/** Binary echo server (half-close echoed): `PY ECHO_SERVER PORT`. */
+/** Binary echo server (half-close echoed): `PY ECHO_SERVER PORT [ADDRESS]` (0.0.0.0 by default; `::` for IPv6). */
 export const ECHO_SERVER = join(REPO_ROOT, 'scripts/bench/echo-server.py');
 /** The port the take-over tests and benchmark run ECHO_SERVER on. */
 export const ECHO_PORT = 9000;
