@@ -2,6 +2,7 @@
 // the wire, plaintext IPv6 obeys PeerAuthentication, IPv4 still works, a killed agent means IPv6 refused (never bypassed),
 // an IPv6-only pod is enrolled, and a take-over hands the IPv6 listeners on while IPv6 connections keep working.
 import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { waitForListener, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { captureFabric, captureNodeLink, type CaptureResult } from './capture-wire.js';
