@@ -48,7 +48,7 @@ export interface AgentHooks {
   onDeferredStop?: () => void;
 }
 
-/** How long a successor waits for the running agent to release the state dir. */
+/** How long a successor waits for the running agent to answer, and then to freeze and release the state dir. */
 const TAKEOVER_TIMEOUT_MS = 30_000;
 /** Slack on the predecessor's own bounds (its hand-off, relay moves and drain) before a successor stops listening to it. */
 const PREDECESSOR_SLACK_MS = 60_000;
@@ -310,7 +310,9 @@ export class Agent {
       serving ? serving : { tally: { received: 0, accepted: 0, refused: 0, problem: 'no listener inbox' }, handed: new Map() });
     let taken: Awaited<ReturnType<typeof requestTakeOver>>;
     try {
-      taken = await requestTakeOver(this.cfg.socketPath, TAKEOVER_TIMEOUT_MS, inbox ? token : undefined);
+      // With an inbox the running agent sends every listener before `released`: its transfer bound comes on top.
+      const releasedMs = TAKEOVER_TIMEOUT_MS + (inbox ? LISTENER_LIMITS.totalMs : 0);
+      taken = await requestTakeOver(this.cfg.socketPath, { answerMs: TAKEOVER_TIMEOUT_MS, releasedMs }, inbox ? token : undefined);
     } catch (err) {
       inbox?.cancel();
       closeHanded((await received()).handed);

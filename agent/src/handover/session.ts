@@ -123,15 +123,20 @@ export type Released = Extract<HandoverMessage, { type: 'released' }>;
 /**
  * The successor's first step: asks the agent at `socketPath` to hand over (`listenerInbox`: the token of the inbox this
  * agent takes the pods' listeners on, already open) and waits until it has released the state dir (`released`).
- * Throws TakeOverError when it refuses, does not speak the protocol, or does not answer in time.
+ * `answerMs` bounds the wait for the protocol upgrade, `releasedMs` the wait after it for `released` (the running agent's
+ * freeze and, with an inbox, its whole listener transfer come first). Throws TakeOverError when it refuses, does not
+ * speak the protocol, or does not answer in time.
  */
-export function requestTakeOver(socketPath: string, timeoutMs: number, listenerInbox?: string): Promise<{ channel: HandoverChannel; released: Released }> {
+export function requestTakeOver(
+  socketPath: string, timeouts: { answerMs: number; releasedMs: number }, listenerInbox?: string,
+): Promise<{ channel: HandoverChannel; released: Released }> {
+  const { answerMs, releasedMs } = timeouts;
   return new Promise((resolve, reject) => {
     const req = http.request({
-      socketPath, path: HANDOVER_PATH, method: 'GET', timeout: timeoutMs,
+      socketPath, path: HANDOVER_PATH, method: 'GET', timeout: answerMs,
       headers: { connection: 'upgrade', upgrade: HANDOVER_PROTOCOL },
     });
-    req.on('timeout', () => req.destroy(new TakeOverError(`the running agent at ${socketPath} did not answer the take-over in ${timeoutMs} ms`)));
+    req.on('timeout', () => req.destroy(new TakeOverError(`the running agent at ${socketPath} did not answer the take-over in ${answerMs} ms`)));
     req.on('error', (err) => reject(err instanceof TakeOverError ? err : new TakeOverError(
       `another agent holds the state dir, but its socket ${socketPath} does not answer (${err.message}): is it hung, or started with another --socket?`, { cause: err })));
     req.on('response', (res) => {
@@ -142,7 +147,7 @@ export function requestTakeOver(socketPath: string, timeoutMs: number, listenerI
       req.setTimeout(0);
       const channel = new HandoverChannel(conn, head);
       channel.send({ type: 'begin', pid: process.pid, ...(listenerInbox ? { listeners: LISTENER_HANDOVER_VERSION, inbox: listenerInbox } : {}) });
-      channel.next(timeoutMs).then((m) => {
+      channel.next(releasedMs).then((m) => {
         if (m.type === 'released') return resolve({ channel, released: m });
         channel.close();
         reject(new TakeOverError(m.type === 'refused' ? `the running agent refused to hand over: ${m.reason}` : `unexpected take-over answer "${m.type}"`));
