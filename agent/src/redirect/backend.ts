@@ -53,8 +53,9 @@ export const netfilterFamilies = (opts: NetfilterOptions): readonly IpFamily[] =
 
 /*
  * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on,
- * per family as replyFamilies says (IPv6's with --capture-ipv6 in a pod with an IPv6 address), and removed only on DEL
- * (removePodRules, both families whatever the flags). An agent running with it off neither installs nor removes them, nor calls
+ * per family as replyFamilies says (IPv6's with --capture-ipv6 in a pod with an IPv6 address), and removed only when the
+ * pod leaves the mesh while it runs (removePodRules, both families whatever the flags; DEL leaves them to die with the
+ * namespace). An agent running with it off neither installs nor removes them, nor calls
  * them drift: pods it adopts (after a restart or a take-over) may still have relays whose upstream socket is bound to
  * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
  */
@@ -69,7 +70,7 @@ async function installReplyRouting(netns: Netns, families: readonly RouteFamily[
   }));
 }
 
-/** Removes the reply routing of both families (pod teardown only). */
+/** Removes the reply routing of both families (a pod leaving the mesh only). */
 async function removeReplyRouting(netns: Netns): Promise<void> {
   await Promise.all(FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
 }
@@ -374,7 +375,7 @@ export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<voi
 }
 
 /**
- * Removes only what `modes` install in a pod (DEL of a record that names its backend): iptables' or nftables' table(s)
+ * Removes only what `modes` install in a pod (un-enrolment of a record that names its backend): iptables' or nftables' table(s)
  * with the reply routing both may add, or the eBPF programs and their routing. Fails as removePodRules does.
  */
 export async function removeBackendPodRules(modes: readonly RedirectMode[], netns: Netns, ifname = 'eth0'): Promise<void> {
