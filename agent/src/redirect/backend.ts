@@ -2,6 +2,7 @@
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
 import type { RedirectMode } from '../config.js';
+import { settleAll } from '../errors.js';
 import { ToolError, runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
 import { canonicalIp } from '../protocol/address.js';
@@ -115,24 +116,27 @@ class IptablesBackend implements RedirectBackend {
   }
 
   /**
-   * IPv4 and IPv6 in parallel: each family's tools and tables are separate. Source preservation's pieces go in first
-   * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
-   * agent dials the app from the client's address and the app's replies must already find their way back.
+   * IPv4 and IPv6 in parallel: each family's tools and tables are separate; one iptables-restore per family writes both
+   * tables, mangle before nat. Source preservation's pieces go in first (the reply routing, then the mangle rules), the
+   * nat capture last: once inbound is redirected to the agent, the agent dials the app from the client's address and
+   * the app's replies must already find their way back. A fresh pod has no listener of the agent yet, so nothing can be
+   * carried before everything is in: its pieces go in at once (and its tables are not read).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    await installReplyRouting(netns, this.replyFamilies(pod));
-    await Promise.all(FAMILIES.map(async (family) => {
+    const routing = installReplyRouting(netns, this.replyFamilies(pod));
+    const routed = opts.fresh ? undefined : routing;
+    await settleAll([routing, ...FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
       const mangle = this.mangleRules(family, pod);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
-      if (mangle.length > 0) {
-        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle');
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-      }
-      const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
+      const input = [
+        ...(mangle.length > 0 ? [ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle')] : []),
+        ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules()),
+      ].join('');
+      await routed;
       await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-    }));
+    })], `installing the redirection rules in ${netns.path} failed`);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -250,14 +254,19 @@ class NftablesBackend implements RedirectBackend {
 
   /**
    * Source preservation's reply routing first, then its table and the capture's in one transaction (reply table
-   * first). Without preservation only the capture's table is written: the reply table is left as it is. The reply
-   * table is `inet`: its ct mark and meta mark are the same for IPv6, and its `route` chain re-routes IPv6 too, so IPv6
-   * needs only its own policy rule and local route.
+   * first), each replaced atomically whatever was there (`fresh` changes only the order: a fresh pod's routing and
+   * tables go in at once, see IptablesBackend.installPod). Without preservation only the capture's table is written:
+   * the reply table is left as it is. The reply table is `inet`: its ct mark and meta mark are the same for IPv6, and
+   * its `route` chain re-routes IPv6 too, so IPv6 needs only its own policy rule and local route.
    */
-  async installPod(netns: Netns, pod?: PodContext): Promise<void> {
-    await installReplyRouting(netns, this.replyFamilies(pod));
+  async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+    const routing = installReplyRouting(netns, this.replyFamilies(pod));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
-    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+    const tables = async (): Promise<void> => {
+      if (!opts.fresh) await routing;
+      await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+    };
+    await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
