@@ -91,3 +91,14 @@ export function describe(err: unknown): string {
   if (err instanceof Error) return err.cause ? `${err.message}: ${describe(err.cause)}` : err.message;
   return String(err);
 }
+
+/**
+ * Waits for every promise to settle, then throws the first rejection (an AggregateError of all when several failed):
+ * unlike Promise.all, nothing is still running once the caller's roll-back starts.
+ */
+export async function settleAll(work: readonly Promise<unknown>[], message: string): Promise<void> {
+  // The same error once, however many steps waited on the step that threw it.
+  const failed = [...new Set((await Promise.allSettled(work)).flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : [])))];
+  if (failed.length === 1) throw failed[0];
+  if (failed.length > 1) throw new AggregateError(failed, message);
+}

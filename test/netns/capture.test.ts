@@ -1,9 +1,11 @@
 // End to end on the simulated cluster, for every redirection backend: enrolment, byte-exact forwarding across nodes,
-// pods left alone, fail-closed when the agent dies, re-adoption, DEL, parallel ADDs, probes, CHECK, GC and late enrolment.
+// pods left alone, fail-closed when the agent dies, re-adoption, DEL (and an ADD into the namespace a DEL left), parallel
+// ADDs, probes, CHECK, GC and late enrolment.
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { CniPluginError, type RedirectMode } from '../testbed/index.js';
 import {
-  AMBIENT, NFT, NONE, agentPod, ask, eventually, hasOurRules, listeningPorts, meshClientPlainServer, podRules, sendRandom, startEcho, startSink,
+  AMBIENT, NFT, NONE, agentCni, agentPod, ask, comparableRules, eventually, hasOurRules, holds, listeningPorts, meshClientPlainServer, podRules,
+  probeSet, sendRandom, startEcho, startSink,
 } from './helpers.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
@@ -70,7 +72,7 @@ for (const mode of MODES) {
     t.true(logs.some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 1));
   });
 
-  netnsTest.serial(`[${mode}] DEL removes rules and listeners; CHECK fails on drift`, async (t) => {
+  netnsTest.serial(`[${mode}] DEL releases the listeners, the record and the probe target; CHECK fails on drift`, async (t) => {
     const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, agentArgs: ['--repair-interval-ms', '0'] });
     await tb.setNamespace('app', AMBIENT);
     const pod = await tb.addPod({ node: 0, namespace: 'app', name: 'sleep' });
@@ -81,12 +83,50 @@ for (const mode of MODES) {
     const err = await t.throwsAsync(tb.checkPod(pod), { instanceOf: CniPluginError });
     t.regex(err?.cniError?.msg ?? '', /not fully captured: missing rules/);
 
-    // A fresh pod to DEL, watching its netns after the runtime is done (deletePod also removes the netns).
+    // A fresh pod to DEL, watching its netns after the runtime is done (deletePod also removes the netns). Its in-pod
+    // rules are left to die with the namespace: what DEL must release is the agent's and the node's.
     const victim = await tb.addPod({ node: 0, namespace: 'app', name: 'victim' });
+    t.true(holds(await probeSet(tb, 0, mode), victim.ip), 'the probe set holds the pod while it is enrolled');
     await tb.node(0).cni.del(victim.attachment);
-    t.false(hasOurRules(await podRules(victim)), 'rules removed');
     t.false((await listeningPorts(victim)).some((p) => p >= 15001 && p <= 15008), 'listeners closed');
     t.is(await agentPod(tb, victim), undefined);
+    t.false(holds(await probeSet(tb, 0, mode), victim.ip), 'the node\'s probe set no longer holds the pod');
+  });
+
+  netnsTest.serial(`[${mode}] a DEL whose namespace lives on leaves the pod's TCP refused, and an ADD into it ends with exactly the rules of a first ADD`, async (t) => {
+    const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, agentArgs: ['--repair-interval-ms', '0'] });
+    await tb.setNamespace('app', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const [pod, server] = await tb.addPods([{ node: 0, namespace: 'app', name: 'sleep' }, { node: 0, namespace: 'plain', name: 'web' }]);
+    if (!pod || !server) throw new Error('pods missing');
+    await startEcho(server, 8080);
+    await startEcho(pod, 9090);
+    t.true((await ask(pod, server.ip, 8080, 'before')).ok, 'captured and carried before the DEL');
+    const first = comparableRules(await podRules(pod));
+
+    // The agent's DEL alone: the pod keeps its interface, as when a runtime re-uses the sandbox's namespace.
+    t.like(await agentCni(tb, pod, 'DEL'), { statusCode: 200, body: { result: 'removed' } });
+    t.is(await agentPod(tb, pod), undefined, 'the record is gone');
+    t.false((await listeningPorts(pod)).some((p) => p >= 15001 && p <= 15008), 'listeners closed');
+    t.false(holds(await probeSet(tb, 0, mode), pod.ip), 'the probe target is released');
+    t.true(hasOurRules(await podRules(pod)), 'the rules are left to die with the namespace');
+    const out = await ask(pod, server.ip, 8080, 'after-del-out');
+    t.false(out.ok, `outbound finds no listener: refused, never sent in clear: ${out.output}`);
+    const inb = await ask(server, pod.ip, 9090, 'after-del-in');
+    t.false(inb.ok, `inbound finds no listener: refused, never let in: ${inb.output}`);
+    if (mode !== 'ebpf') t.regex(`${out.output} ${inb.output}`, /refused.*refused/is, 'both refused by the kernel (no listener behind the redirect)');
+
+    // ADD into the same namespace: read, not written blind; exactly the first ADD's rules, no drift, traffic captured.
+    t.like(await agentCni(tb, pod, 'ADD'), { statusCode: 200, body: { result: 'enrolled' } });
+    t.deepEqual(comparableRules(await podRules(pod)), first, 'exactly the rules of the first ADD (no second jump, nothing stale)');
+    await t.notThrowsAsync(tb.checkPod(pod), 'CHECK (verify) finds no drift');
+    t.true(holds(await probeSet(tb, 0, mode), pod.ip), 'the probe target is back');
+    const again = await ask(pod, server.ip, 8080, 'after-add');
+    t.true(again.ok, again.output);
+    const view = await eventually(() => agentPod(tb, pod), (p) => (p?.stats?.outbound.opened ?? 0) >= 1);
+    t.true((view?.stats?.outbound.opened ?? 0) >= 1, 'carried by the agent, not around it');
+    const logs = await tb.agent(0).logs({ currentRun: true });
+    t.false(logs.some((l) => l.msg === 'enrolment failed'), 'no enrolment failed');
   });
 
   netnsTest.serial(`[${mode}] a kubelet-style connection from the node reaches an enrolled pod (probe SNAT)`, async (t) => {
@@ -162,7 +202,8 @@ netnsTest.serial('STATUS fails while the agent is down; GC drops attachments the
   const gc = await tb.node(0).cni.gc({ validAttachments: [{ containerID: keep.containerId, ifname: keep.ifname }], delStale: false });
   t.truthy(gc);
   t.is(await agentPod(tb, stale), undefined, 'stale attachment dropped');
-  t.false(hasOurRules(await podRules(stale)));
+  t.false((await listeningPorts(stale)).some((p) => p >= 15001 && p <= 15008), 'its listeners closed');
+  t.false(holds(await probeSet(tb, 0, 'iptables'), stale.ip), 'its probe target released (its rules die with its namespace)');
   t.is((await agentPod(tb, keep))?.state, 'enrolled');
 
   await tb.agent(0).stop();

@@ -406,7 +406,7 @@ netnsTest.serial('[ebpf] rules read-back shows programs, maps and routing; after
   t.deepEqual(report.attachments[0]?.actual.map((l) => l.replace(/ \(out_redirected=.*\)$/, '')), drift.actual.map((l) => l.replace(/ \(out_redirected=.*\)$/, '')));
   t.true(report.attachments[0]?.ok);
 
-  // Late unenrolment (label removed), then DEL: neither leaves a filter, rule, route, qdisc or sysctl of ours.
+  // Late unenrolment (label removed) leaves no filter, rule, route, qdisc or sysctl of ours (DEL leaves them to the namespace).
   await tb.setNamespace('app', {});
   t.is((await eventually(() => agentPod(tb, pod), (v) => v?.state === 'skipped'))?.state, 'skipped');
   const rules = await podRules(pod);

@@ -1,7 +1,7 @@
 // Traffic and inspection helpers for the end-to-end tests: byte-exact transfers, echo servers, rule dumps, agent state.
 // Everything runs inside the testbed's pod or node namespaces; nothing touches the root namespace.
 import { createHash, randomBytes } from 'node:crypto';
-import type { Testbed, TestbedPod } from '../testbed/index.js';
+import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
 import { AGENT_MAIN } from '../testbed/repo.js';
 
@@ -172,4 +172,45 @@ export async function hostVeth(tb: Testbed, pod: TestbedPod): Promise<string> {
   const name = line ? /^\d+: ([^@:]+)/.exec(line)?.[1] : undefined;
   if (!name) throw new Error(`${pod.key}: no interface with index ${peer} in ${pod.node.name}`);
   return name;
+}
+
+/** One ADD or DEL of a pod's attachment sent to its agent alone (no other plugin of the chain runs: the pod keeps its interface). */
+export async function agentCni(tb: Testbed, pod: TestbedPod, command: 'ADD' | 'DEL'): Promise<{ statusCode: number; body: unknown }> {
+  const event = {
+    command, cniVersion: '1.0.0', containerId: pod.containerId, netns: pod.netnsPath, ifname: pod.ifname, args: '',
+    k8s: { podNamespace: pod.namespace, podName: pod.name, podUid: pod.uid },
+    ips: (pod.addOutcome.result.ips ?? []).map((ip) => ({ address: ip.address })), network: 'testbed',
+  };
+  const r = await tb.agent(pod.node.index).request('POST', command === 'ADD' ? '/v1/cni/add' : '/v1/cni/del', event, 15_000);
+  return { statusCode: r.statusCode, body: r.body };
+}
+
+/** A node's probe set of one family as the backend keeps it (ipset for iptables and ebpf, the nft host table's set for nftables). */
+export async function probeSet(tb: Testbed, node: number, mode: RedirectMode, family: 4 | 6 = 4): Promise<string> {
+  const r = mode === 'nftables'
+    ? await tb.nodeExec(node, NFT, ['list', 'set', 'inet', 'ambient-node-host', `probes-v${family}`], { reject: false })
+    : await tb.nodeExec(node, 'ipset', ['list', `ambient-node-probes-v${family}`], { reject: false });
+  return `${String(r.stdout)}${String(r.stderr)}`;
+}
+
+/** Whether a set listing holds exactly `addr` (not merely a longer address it begins). */
+export function holds(listing: string, addr: string): boolean {
+  return listing.split(/[\s{},]+/).includes(addr);
+}
+
+/**
+ * A pod's rule dump (podRules) as lines to compare across a re-install: without what changes by itself (iptables-save's
+ * comments and chain counters, packet counters, eBPF program ids).
+ */
+export function comparableRules(r: PodRules): string[] {
+  return [r.iptables, r.nft, r.ebpf].join('\n').split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
+    .map((l) => l.replace(/\[\d+:\d+\]/g, '').replace(/ packets \d+ bytes \d+/g, '').replace(/ id \d+/g, '').trimEnd());
+}
+
+/** Un-enrols a running pod (labelled dataplane-mode=none) and waits until its agent reports it skipped. */
+export async function unenrolByLabel(tb: Testbed, pod: TestbedPod): Promise<void> {
+  await tb.setPodLabels(pod, { ...pod.labels, ...NONE });
+  const v = await eventually(() => agentPod(tb, pod), (p) => p?.state === 'skipped');
+  if (v?.state !== 'skipped') throw new Error(`${pod.key} was not un-enrolled: ${JSON.stringify(v)}`);
 }

@@ -4,21 +4,8 @@
 // run with --capture-ipv6 false here (the probe with IPv6 captured is in source-ipv6.test.ts).
 import { PROBE_SNAT_IP6 } from '../../agent/src/redirect/constants.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { RedirectMode, Testbed } from '../testbed/index.js';
-import { AMBIENT, NFT, agentPod, startEcho } from './helpers.js';
-
-/** The node's IPv6 probe set as the backend keeps it (ipset for iptables and ebpf, the nft host table's set for nftables). */
-async function probeSet6(tb: Testbed, mode: RedirectMode): Promise<string> {
-  const r = mode === 'nftables'
-    ? await tb.nodeExec(0, NFT, ['list', 'set', 'inet', 'ambient-node-host', 'probes-v6'])
-    : await tb.nodeExec(0, 'ipset', ['list', 'ambient-node-probes-v6']);
-  return `${String(r.stdout)}${String(r.stderr)}`;
-}
-
-/** Whether a set listing holds exactly `addr` (not merely a longer address it begins). */
-function holds(listing: string, addr: string): boolean {
-  return listing.split(/[\s{},]+/).includes(addr);
-}
+import type { RedirectMode } from '../testbed/index.js';
+import { AMBIENT, agentPod, holds, probeSet, startEcho } from './helpers.js';
 
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] an IPv6 kubelet-style connection from the node reaches an enrolled dual-stack pod as ${PROBE_SNAT_IP6}; another pod's IPv6 is refused`, async (t) => {
@@ -34,7 +21,7 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const ip6 = pod.ip6;
     if (!ip6) throw new Error('the dual-stack pod has no IPv6 address');
     t.is((await agentPod(tb, pod))?.state, 'enrolled');
-    const set6 = await probeSet6(tb, mode);
+    const set6 = await probeSet(tb, 0, mode, 6);
     t.true(holds(set6, ip6), `the pod's IPv6 address ${ip6} is in the node's v6 probe set: ${set6}`);
     await startEcho(pod, 9080); // ncat listens on both families
 
@@ -61,6 +48,6 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     }
 
     await tb.deletePod(pod);
-    t.false(holds(await probeSet6(tb, mode), ip6), 'DEL took the address out of the v6 probe set');
+    t.false(holds(await probeSet(tb, 0, mode, 6), ip6), 'DEL took the address out of the v6 probe set');
   });
 }

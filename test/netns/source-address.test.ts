@@ -4,7 +4,7 @@
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
-import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho } from './helpers.js';
+import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho, unenrolByLabel } from './helpers.js';
 import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
@@ -73,7 +73,8 @@ for (const mode of MODES) {
     t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear after the agent died');
     t.log(`${mode}: kill -9 while the app streams: ${k.received} bytes received, ${k.captured} bytes captured, ${k.markersOut} markers in clear`);
 
-    // What the backend installed reads back in sync; DEL removes every piece (rule, route, chains).
+    // What the backend installed reads back in sync; un-enrolment of the running pod removes every piece (rule, route,
+    // chains); DEL leaves them to die with the namespace.
     const report = await podRulesReport(tb, productpage);
     t.true(report?.ok, `rules in sync: ${JSON.stringify(report)}`);
     const pieces = await replyPieces(productpage);
@@ -88,7 +89,7 @@ for (const mode of MODES) {
     if (mode === 'iptables') t.regex(pieces, /-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111\/0xfff -j DROP/);
     if (mode === 'nftables') t.regex(pieces, /chain reply-guard \{/);
     if (mode === 'ebpf') t.notRegex(pieces, /AMBIENT_REPLY_GUARD|reply-guard/, 'ebpf uses no connmark, so no guard');
-    await tb.node(1).cni.del(productpage.attachment);
+    await unenrolByLabel(tb, productpage);
     const after = await replyPieces(productpage);
     t.notRegex(after, /fwmark 0x111|fwmark 0x1000|lookup 100/, `no rule left: ${after}`);
     t.notRegex(after, /local default/, `no local route left: ${after}`);
@@ -179,8 +180,8 @@ for (const mode of ['iptables', 'nftables'] as const) {
     const report = await podRulesReport(tb, productpage);
     t.true(report?.ok, `in sync: ${JSON.stringify(report)}`);
     t.true(report?.actual.some((l) => l.includes('fwmark 0x111')), 'the rule is shown as found');
-    // DEL (pod teardown) is what removes them, with the flag off too.
-    await tb.node(1).cni.del(productpage.attachment);
+    // Un-enrolment of the running pod is what removes them, with the flag off too (DEL leaves them to its namespace).
+    await unenrolByLabel(tb, productpage);
     t.notRegex(await replyPieces(productpage), /fwmark 0x111|local default|AMBIENT_|ambient-reply/);
   });
 }

@@ -5,7 +5,7 @@
 import { netnsTest } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
-import { NFT, agentPod, ask, eventually, ip6 } from './helpers.js';
+import { NFT, agentPod, ask, eventually, ip6, unenrolByLabel } from './helpers.js';
 import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { PROBE_SNAT_IP6, REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
@@ -25,7 +25,7 @@ async function replyPieces6(pod: TestbedPod): Promise<string> {
 
 for (const mode of MODES) {
   const failClosed = mode === 'ebpf' ? 'the agent killed leaves nothing in clear' : 'the guard fails closed';
-  netnsTest.serial(`[${mode}] --capture-ipv6: the app sees its IPv6 client (mesh pod IPv6, plain client's own), probes pass, replies come back, ${failClosed}, DEL cleans up`, async (t) => {
+  netnsTest.serial(`[${mode}] --capture-ipv6: the app sees its IPv6 client (mesh pod IPv6, plain client's own), probes pass, replies come back, ${failClosed}, un-enrolment cleans up`, async (t) => {
     // The repair loop off: it would put the deleted rule back (and reset the guard's counter) before the drops are read.
     const { tb, productpage, sleep, neighbour, legacy } = await sourceCluster(t, mode, { ipFamilies: ['ipv4', 'ipv6'], agentArgs: ['--capture-ipv6', '--repair-interval-ms', '0'] });
     const server6 = ip6(productpage);
@@ -73,8 +73,8 @@ for (const mode of MODES) {
       t.is(k.markersOut, 0, 'no byte of the app\'s IPv6 stream left the pod in clear after the agent died');
       t.log(`ebpf: kill -9 while the app streams over IPv6: ${k.received} bytes received, ${k.captured} bytes captured`);
       await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
-      await tb.node(1).cni.del(productpage.attachment);
-      t.notRegex(await replyPieces6(productpage), /fwmark|lookup 100|local default/, 'DEL removed the IPv6 rule and route');
+      await unenrolByLabel(tb, productpage);
+      t.notRegex(await replyPieces6(productpage), /fwmark|lookup 100|local default/, 'un-enrolment removed the IPv6 rule and route');
       return;
     }
     t.true(report?.actual.includes(`ip6: ip rule ${REPLY_RULE_PREF}: from all ${REPLY_RULE_TEXT}`), JSON.stringify(report?.actual));
@@ -101,8 +101,9 @@ for (const mode of MODES) {
     t.is(countOccurrences(raw, Buffer.from(marker)), 0, 'no byte of the app\'s IPv6 stream left the pod in clear without the reply rule');
     t.log(`${mode}: IPv6 reply rule deleted while the app streams: ${received} bytes received, guard dropped ${dropped - dropsBefore} packets, ${raw.length} bytes captured`);
 
-    // DEL removes every IPv6 piece: rule, route, ip6tables chains, the reply table.
-    await tb.node(1).cni.del(productpage.attachment);
+    // Un-enrolment of the running pod removes every IPv6 piece: rule, route, ip6tables chains, the reply table (DEL
+    // leaves them to die with the namespace).
+    await unenrolByLabel(tb, productpage);
     const after = await replyPieces6(productpage);
     t.notRegex(after, /fwmark 0x111|lookup 100/, `no IPv6 rule left: ${after}`);
     t.notRegex(after, /local default/, `no IPv6 local route left: ${after}`);

@@ -1,5 +1,6 @@
 // Which in-pod rules an attachment removes: a failed enrolment rolls back a new pod's but never an enrolled pod's (its
-// traffic stays captured), and the removal after a switch of --redirect covers the record's and the running backend.
+// traffic stays captured), the removal after a switch of --redirect covers the record's and the running backend, DEL
+// removes none (they die with the namespace) and an ADD into a namespace a DEL left rules in reads them (not fresh).
 // No root: the "pod" namespace is the test's own (opened by its /proc path), the backend and the remover are fakes.
 import { statSync } from 'node:fs';
 import test from 'ava';
@@ -7,10 +8,13 @@ import pino from 'pino';
 import type { RedirectMode } from '../../agent/src/config.js';
 import type { MeshContext } from '../../agent/src/forwarder/pod-forwarder.js';
 import { Netns } from '../../agent/src/platform/netns.js';
+import type { CniEvent } from '../../agent/src/protocol/cni-event.js';
 import { Attachments, ownBackends, type PodRuleRemover } from '../../agent/src/reconcile/attachments.js';
+import { cniAdd, cniDel, cniGc } from '../../agent/src/reconcile/cni-commands.js';
 import type { RedirectBackend } from '../../agent/src/redirect/types.js';
 import type { PodRecord, StateStore } from '../../agent/src/registry/state-store.js';
 import type { WorkloadSource } from '../../agent/src/workload/source.js';
+import type { PodInfo } from '../../agent/src/workload/types.js';
 
 const SELF = '/proc/thread-self/ns/net';
 
@@ -22,23 +26,55 @@ function record(backend: string): PodRecord {
   };
 }
 
-/** A backend whose pod install fails; records the probe targets removed. */
-function failingBackend(name: RedirectMode): { backend: RedirectBackend; removedProbes: string[] } {
+/**
+ * A backend whose pod install fails (so no listener is ever opened here); records the `fresh` of each install and the
+ * probe targets removed.
+ */
+function failingBackend(name: RedirectMode): { backend: RedirectBackend; removedProbes: string[]; fresh: (boolean | undefined)[] } {
   const removedProbes: string[] = [];
+  const fresh: (boolean | undefined)[] = [];
   const no = (): Promise<never> => Promise.reject(new Error('not used here'));
   const backend: RedirectBackend = {
     name, captureFamilies: ['ipv4'], prepare: async () => undefined,
-    installPod: () => Promise.reject(new Error('iptables-restore: another app holds the xtables lock')),
+    installPod: (_ns, _pod, opts) => {
+      fresh.push(opts?.fresh);
+      return Promise.reject(new Error('iptables-restore: another app holds the xtables lock'));
+    },
     verifyPod: no, expectedPodRules: () => [], installHost: async () => undefined, verifyHost: no,
     addProbeTarget: async () => undefined, removeProbeTarget: async (ip) => { removedProbes.push(ip); }, removeHost: async () => undefined,
   };
-  return { backend, removedProbes };
+  return { backend, removedProbes, fresh };
 }
 
-function attachments(backend: RedirectBackend, remover: PodRuleRemover): Attachments {
-  const mesh = { trustDomain: 'cluster.local' } as unknown as MeshContext;
-  return new Attachments(backend, {} as unknown as WorkloadSource, {} as unknown as StateStore, pino({ level: 'silent' }), 1000, mesh, undefined, remover);
+const POD: PodInfo = {
+  namespace: 'ns', name: 'pod', uid: 'uid-1', labels: {}, annotations: {}, nodeName: 'node', serviceAccount: 'default', hostNetwork: false, podIPs: ['10.244.0.5'],
+};
+
+/** Attachments over fakes; `selected` is whether the pod's namespace selects ambient mode (ADD enrols it). */
+function attachments(backend: RedirectBackend, remover: PodRuleRemover, selected = true): Attachments {
+  const mesh = { trustDomain: 'cluster.local', identities: { retain: () => undefined } } as unknown as MeshContext;
+  const source = {
+    waitForPod: async () => POD,
+    getPod: () => POD,
+    getNamespace: (name: string) => ({ name, labels: selected ? { 'istio.io/dataplane-mode': 'ambient' } : {} }),
+  } as unknown as WorkloadSource;
+  const store = { save: async () => undefined } as unknown as StateStore;
+  return new Attachments(backend, source, store, pino({ level: 'silent' }), 1000, mesh, undefined, remover);
 }
+
+const KEY = 'c0ffee/eth0';
+
+function event(command: 'ADD' | 'DEL'): CniEvent {
+  return {
+    command, cniVersion: '1.0.0', containerId: 'c0ffee', netns: command === 'ADD' ? SELF : '', ifname: 'eth0', args: '',
+    k8s: { podNamespace: 'ns', podName: 'pod', podUid: 'uid-1' }, ips: [{ address: '10.244.0.5/24' }], network: 'test',
+  };
+}
+
+const selfId = (): { inode: number; dev: number } => {
+  const st = statSync(SELF);
+  return { inode: st.ino, dev: st.dev };
+};
 
 async function failEnrol(enrolled: boolean): Promise<{ removals: RedirectMode[]; removedProbes: string[] }> {
   const { backend, removedProbes } = failingBackend('nftables');
@@ -46,7 +82,7 @@ async function failEnrol(enrolled: boolean): Promise<{ removals: RedirectMode[];
   const a = attachments(backend, async (_ns, _rec, running) => { removals.push(running); });
   const netns = Netns.open(SELF);
   try {
-    await a.enrol('c0ffee/eth0', record('nftables'), pino({ level: 'silent' }), { netns, enrolled });
+    await a.enrol(KEY, record('nftables'), pino({ level: 'silent' }), { netns, enrolled });
     throw new Error('enrol should have failed');
   } catch (err) {
     if ((err as Error).message === 'enrol should have failed') throw err;
@@ -74,4 +110,67 @@ test('removal covers the record\'s backend and the running one after a switch; e
   t.deepEqual(ownBackends({ backend: 'ebpf' }, 'iptables'), ['ebpf', 'iptables']);
   t.is(ownBackends({ backend: '' }, 'iptables'), undefined);
   t.is(ownBackends({ backend: 'ipvs' }, 'ebpf'), undefined);
+});
+
+/** A fake remover noting the record backend and the running one of each removal. */
+function removalLog(): { removals: string[]; remover: PodRuleRemover } {
+  const removals: string[] = [];
+  return { removals, remover: async (_ns, rec, running) => { removals.push(`${rec.backend}+${running}`); } };
+}
+
+for (const via of ['DEL', 'GC'] as const) {
+  test(`${via} removes no in-pod rule, releases the probe targets and the record, and remembers the namespace`, async (t) => {
+    const { backend, removedProbes } = failingBackend('iptables');
+    const { removals, remover } = removalLog();
+    const a = attachments(backend, remover);
+    a.records.set(KEY, record('iptables'));
+    if (via === 'DEL') t.like(await cniDel(a, event('DEL')), { result: 'removed' });
+    else t.like(await cniGc(a, { cniVersion: '1.1.0', network: 'test', validAttachments: [] }), { removed: 1 });
+    t.deepEqual(removals, [], 'nothing is run in the pod');
+    t.deepEqual(removedProbes, ['10.244.0.5'], 'the node\'s probe target is released');
+    t.false(a.records.has(KEY));
+    t.is(a.counters.unenrolments, 1);
+    t.deepEqual(a.leftRules.get(selfId()), { backend: 'iptables', ifname: 'eth0' });
+  });
+}
+
+test('un-enrolment of a running pod still removes its in-pod rules', async (t) => {
+  const { backend, removedProbes } = failingBackend('iptables');
+  const { removals, remover } = removalLog();
+  const a = attachments(backend, remover);
+  a.records.set(KEY, record('iptables'));
+  await a.unenrol(KEY, pino({ level: 'silent' }));
+  t.deepEqual(removals, ['iptables+iptables']);
+  t.deepEqual(removedProbes, ['10.244.0.5']);
+  t.false(a.leftRules.has(selfId()));
+});
+
+test('an ADD into a namespace a DEL left rules in reads them (not fresh); into an unknown one it is fresh', async (t) => {
+  const { backend, fresh } = failingBackend('iptables');
+  const a = attachments(backend, removalLog().remover);
+  await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
+  a.leftRules.remember(selfId(), { backend: 'iptables', ifname: 'eth0' });
+  await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
+  t.deepEqual(fresh, [true, false]);
+  t.true(a.leftRules.has(selfId()), 'kept while no ADD has taken the namespace over (its roll-back may have failed)');
+});
+
+test('an ADD of a pod not selected any more into such a namespace removes what the DEL left', async (t) => {
+  const { backend } = failingBackend('iptables');
+  const { removals, remover } = removalLog();
+  const a = attachments(backend, remover, false);
+  a.leftRules.remember(selfId(), { backend: 'nftables', ifname: 'eth0' });
+  t.like(await cniAdd(a, event('ADD')), { result: 'skipped' });
+  t.deepEqual(removals, ['nftables+iptables'], 'the left backend\'s pieces, and the running one\'s');
+  t.false(a.leftRules.has(selfId()));
+});
+
+test('an ADD into a namespace another backend left rules in removes them first, then installs fresh', async (t) => {
+  const { backend, fresh } = failingBackend('iptables');
+  const { removals, remover } = removalLog();
+  const a = attachments(backend, remover);
+  a.leftRules.remember(selfId(), { backend: 'nftables', ifname: 'eth0' });
+  await t.throwsAsync(cniAdd(a, event('ADD')));
+  t.is(removals[0], 'nftables+iptables');
+  t.deepEqual(fresh, [true]);
 });

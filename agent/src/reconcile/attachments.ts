@@ -1,6 +1,6 @@
 // Every attachment the agent knows: its record, its open netns handle and forwarder, and the two moves on one (enrol,
 // unenrol). The command modules (cni-commands, adoption, late-enrolment) run these under the attachment's lock.
-import { AgentError, describe } from '../errors.js';
+import { AgentError, describe, settleAll } from '../errors.js';
 import { PodForwarder, type MeshContext, type PodSelf } from '../forwarder/pod-forwarder.js';
 import type { HandedByPod } from '../handover/listener-transfer.js';
 import type { Logger } from '../log.js';
@@ -18,6 +18,7 @@ import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
 import { checkCaptureFamilies } from './capture-families.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
+import { LeftRulesMemory } from './left-rules.js';
 
 export interface Live {
   netns: Netns;
@@ -52,8 +53,8 @@ export function openSandbox(rec: PodRecord): Netns | undefined {
 }
 
 /**
- * Removes a record's in-pod redirection pieces from its sandbox (DEL, unenrolment, a failed enrolment's roll-back);
- * `running` is the agent's backend. The default removes every backend's (removePodRules: iptables, nftables and eBPF
+ * Removes a record's in-pod redirection pieces from its sandbox (un-enrolment of a running pod, a failed enrolment's
+ * roll-back, rules a DEL left in a namespace an ADD now re-uses; never DEL itself); `running` is the agent's backend. The default removes every backend's (removePodRules: iptables, nftables and eBPF
  * pieces alike, loading the eBPF bindings); the agent passes removeOwnBackendsRules (the record's and the running one's).
  */
 export type PodRuleRemover = (ns: Netns, rec: PodRecord, running: RedirectMode) => Promise<void>;
@@ -71,9 +72,8 @@ export function ownBackends(rec: Pick<PodRecord, 'backend'>, running: RedirectMo
 }
 
 /**
- * Removes only the rules of the record's backend and the running one (a DEL then runs one backend's tools, not three);
- * every backend's when the record names none it knows. A failure of a removal fails the DEL as before: nothing is
- * reported removed that was not.
+ * Removes only the rules of the record's backend and the running one (an un-enrolment then runs one backend's tools,
+ * not three); every backend's when the record names none it knows. Throws when a removal fails (unenrol logs it).
  */
 export const removeOwnBackendsRules: PodRuleRemover = (ns, rec, running) => {
   const modes = ownBackends(rec, running);
@@ -98,6 +98,8 @@ export class Attachments {
   readonly records = new Map<string, PodRecord>();
   readonly live = new Map<string, Live>();
   readonly mutex = new KeyedMutex();
+  /** Namespaces whose rules a DEL left in place: an ADD into one of them is not fresh (left-rules.ts). */
+  readonly leftRules = new LeftRulesMemory();
   /** Identities of pods whose enrolment is in progress: retained even before their record is stored. */
   private enrolling = new Map<string, number>();
   /**
@@ -217,11 +219,12 @@ export class Attachments {
         ns = opened = opts.netns ?? Netns.open(rec.netnsPath);
         if (!sameSandbox(rec, opened.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
       }
-      // Rules and probe targets are independent: install them concurrently (each is a tool exec).
-      await Promise.all([
+      // Rules and probe targets are independent: install them concurrently (each is a tool exec), and let both finish
+      // before a failure rolls them back (a tool still running would put back what the roll-back removed).
+      await settleAll([
         this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
         ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
-      ]);
+      ], `enrolling pod ${rec.namespace}/${rec.name} failed in several steps`);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
         const handed = this.adoptListeners?.handed.get(key);
@@ -276,10 +279,16 @@ export class Attachments {
   }
 
   /**
-   * Removes listeners, rules (those the PodRuleRemover removes) and probe targets. Succeeds when the netns is already gone. `eventNs`:
-   * the event's handle, used when it is the record's namespace.
+   * Takes a pod out of the mesh: closes its listeners (and forwarder), removes its probe targets (node state) and, unless
+   * `podRules` is 'leave', its in-pod rules (those the PodRuleRemover removes). Succeeds when the netns is already gone.
+   * `eventNs`: the event's handle, used when it is the record's namespace.
+   *
+   * 'leave' is DEL's (and GC's): the runtime is tearing the sandbox down and the rules die with its namespace, as
+   * Istio's agent does; nothing is run in the pod. While the namespace lives on, the rules still send the pod's TCP to
+   * the agent's ports, where nothing listens any more: refused (eBPF: dropped), never carried in clear. The namespace is
+   * remembered (leftRules) so that an ADD into it reads and replaces what is there instead of writing blind.
    */
-  async unenrol(key: string, plog: Logger, eventNs?: Netns): Promise<void> {
+  async unenrol(key: string, plog: Logger, opts: { eventNs?: Netns | undefined; podRules?: 'remove' | 'leave' } = {}): Promise<void> {
     const rec = this.records.get(key);
     const live = this.live.get(key);
     this.keptRefused.delete(key);
@@ -289,21 +298,39 @@ export class Attachments {
       this.live.delete(key);
     }
     try {
-      if (rec) {
+      if (rec && opts.podRules === 'leave') {
+        this.leftRules.remember({ inode: rec.netnsInode, dev: rec.netnsDev }, { backend: rec.backend, ifname: rec.ifname });
+      } else if (rec) {
         // Only while the path still names the pod's namespace: once a /proc/<pid> path names another pod's (or the
         // host's) namespace, removing rules there would let that pod's traffic bypass the mesh.
-        const sandbox = this.sandbox(rec, { live: live?.netns, event: eventNs });
+        const sandbox = this.sandbox(rec, { live: live?.netns, event: opts.eventNs });
         if (sandbox) {
           await this.removeRules(sandbox.ns, rec, this.backend.name).catch((err: unknown) => plog.warn({ error: describe(err) }, 'removing pod rules failed'));
           sandbox.release();
         }
-        for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
       }
+      if (rec) await Promise.all(probeIps(rec).map((ip) => this.backend.removeProbeTarget(ip).catch(() => undefined)));
     } finally {
       live?.netns.close();
     }
     this.counters.unenrolments++;
     plog.info('pod removed from the mesh');
+  }
+
+  /**
+   * Before an ADD into `ns`: what a DEL left there is removed when the pod is not enrolled now (its traffic must not stay
+   * refused), or when another backend installed it (the running one replaces only its own); the namespace is then
+   * forgotten. Throws when the removal fails (the ADD fails: the runtime retries it). `rec`: the ADD's record.
+   */
+  async clearLeftRules(ns: Netns, rec: PodRecord, enrol: boolean): Promise<void> {
+    const left = this.leftRules.get(ns.id);
+    if (!left || (enrol && left.backend === this.backend.name)) return;
+    try {
+      await this.removeRules(ns, { ...rec, backend: left.backend, ifname: left.ifname }, this.backend.name);
+    } catch (err) {
+      throw new AgentError('AMB_ERR_ENROL_FAILED', `removing the rules a DEL left in the namespace of pod ${rec.namespace}/${rec.name} failed`, { cause: err });
+    }
+    this.leftRules.forget(ns.id);
   }
 
   /** Publishes a record's capture state where the source keeps it (the pod's annotation with the kubernetes source). */

@@ -1,5 +1,6 @@
 // The plugin's commands on one attachment: ADD (enrol or record as skipped), DEL, CHECK, and GC of the attachments
-// the runtime no longer has. ADD opens the pod's network namespace once and works through that handle.
+// the runtime no longer has. ADD opens the pod's network namespace once and works through that handle; DEL and GC run
+// nothing in the pod (its rules die with its namespace).
 import { AgentError } from '../errors.js';
 import { Netns, NetnsGoneError } from '../platform/netns.js';
 import { netnsAddresses } from '../platform/proc-netns.js';
@@ -39,11 +40,15 @@ export async function cniAdd(a: Attachments, ev: CniEvent): Promise<EventVerdict
         namespace: ns, name, uid: pod.uid || ev.k8s.podUid || '', serviceAccount: pod.serviceAccount, ips, state: decision.enrol ? 'enrolled' : 'skipped',
         reason: decision.reason, backend: a.backend.name, updatedAt: new Date().toISOString(),
       };
-      if (decision.enrol) await a.enrol(key, rec, plog, { fresh: !a.records.has(key), netns });
+      // A namespace a DEL left rules in (the runtime re-uses a sandbox): cleared when the pod is skipped now, else read
+      // and replaced by the install (never written blind: iptables would get a second jump).
+      await a.clearLeftRules(netns, rec, decision.enrol);
+      if (decision.enrol) await a.enrol(key, rec, plog, { fresh: !a.records.has(key) && !a.leftRules.has(netns.id), netns });
       else {
-        await a.unenrol(key, plog, netns);
+        await a.unenrol(key, plog, { eventNs: netns });
         plog.info({ reason: decision.reason }, 'pod not selected for the mesh');
       }
+      a.leftRules.forget(netns.id);
       a.records.set(key, rec);
       await a.persist();
       a.report(rec);
@@ -54,12 +59,16 @@ export async function cniAdd(a: Attachments, ev: CniEvent): Promise<EventVerdict
   });
 }
 
+/**
+ * Releases the attachment: listeners, forwarder, probe targets, record (persisted), identity. The in-pod rules are left
+ * to die with the namespace the runtime is deleting (Attachments.unenrol says why that fails closed meanwhile).
+ */
 export async function cniDel(a: Attachments, ev: CniEvent): Promise<EventVerdict> {
   const key = recordKey(ev.containerId, ev.ifname);
   return a.mutex.run(key, async () => {
     const rec = a.records.get(key);
     if (!rec) return { result: 'removed', reason: 'attachment not known' };
-    await a.unenrol(key, a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) }));
+    await a.unenrol(key, a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) }), { podRules: 'leave' });
     a.records.delete(key);
     await a.persist();
     return { result: 'removed' };

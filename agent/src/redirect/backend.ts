@@ -2,6 +2,7 @@
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
 import type { RedirectMode } from '../config.js';
+import { settleAll } from '../errors.js';
 import { runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
 import { canonicalIp } from '../protocol/address.js';
@@ -50,8 +51,9 @@ export interface NetfilterOptions {
 
 /*
  * Source preservation's in-pod pieces (reply routing, mangle chains, nft reply table) are installed while the flag is on,
- * per family as replyFamilies says (IPv6's with --capture-ipv6 in a pod with an IPv6 address), and removed only on DEL
- * (removePodRules, both families whatever the flags). An agent running with it off neither installs nor removes them, nor calls
+ * per family as replyFamilies says (IPv6's with --capture-ipv6 in a pod with an IPv6 address), and removed only when the
+ * pod leaves the mesh while it runs (removePodRules, both families whatever the flags; DEL leaves them to die with the
+ * namespace). An agent running with it off neither installs nor removes them, nor calls
  * them drift: pods it adopts (after a restart or a take-over) may still have relays whose upstream socket is bound to
  * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
  */
@@ -61,7 +63,7 @@ async function installReplyRouting(netns: Netns, families: readonly RouteFamily[
   await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
 }
 
-/** Removes the reply routing of both families (pod teardown only). */
+/** Removes the reply routing of both families (a pod leaving the mesh only). */
 async function removeReplyRouting(netns: Netns): Promise<void> {
   await Promise.all(FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
 }
@@ -106,24 +108,27 @@ class IptablesBackend implements RedirectBackend {
   }
 
   /**
-   * IPv4 and IPv6 in parallel: each family's tools and tables are separate. Source preservation's pieces go in first
-   * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
-   * agent dials the app from the client's address and the app's replies must already find their way back.
+   * IPv4 and IPv6 in parallel: each family's tools and tables are separate; one iptables-restore per family writes both
+   * tables, mangle before nat. Source preservation's pieces go in first (the reply routing, then the mangle rules), the
+   * nat capture last: once inbound is redirected to the agent, the agent dials the app from the client's address and
+   * the app's replies must already find their way back. A fresh pod has no listener of the agent yet, so nothing can be
+   * carried before everything is in: its pieces go in at once (and its tables are not read).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    await installReplyRouting(netns, this.replyFamilies(pod));
-    await Promise.all(FAMILIES.map(async (family) => {
+    const routing = installReplyRouting(netns, this.replyFamilies(pod));
+    const routed = opts.fresh ? undefined : routing;
+    await settleAll([routing, ...FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
       const mangle = this.mangleRules(family, pod);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
-      if (mangle.length > 0) {
-        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle');
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-      }
-      const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
+      const input = [
+        ...(mangle.length > 0 ? [ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle')] : []),
+        ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules()),
+      ].join('');
+      await routed;
       await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-    }));
+    })], `installing the redirection rules in ${netns.path} failed`);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -241,14 +246,19 @@ class NftablesBackend implements RedirectBackend {
 
   /**
    * Source preservation's reply routing first, then its table and the capture's in one transaction (reply table
-   * first). Without preservation only the capture's table is written: the reply table is left as it is. The reply
-   * table is `inet`: its ct mark and meta mark are the same for IPv6, and its `route` chain re-routes IPv6 too, so IPv6
-   * needs only its own policy rule and local route.
+   * first), each replaced atomically whatever was there (`fresh` changes only the order: a fresh pod's routing and
+   * tables go in at once, see IptablesBackend.installPod). Without preservation only the capture's table is written:
+   * the reply table is left as it is. The reply table is `inet`: its ct mark and meta mark are the same for IPv6, and
+   * its `route` chain re-routes IPv6 too, so IPv6 needs only its own policy rule and local route.
    */
-  async installPod(netns: Netns, pod?: PodContext): Promise<void> {
-    await installReplyRouting(netns, this.replyFamilies(pod));
+  async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+    const routing = installReplyRouting(netns, this.replyFamilies(pod));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
-    await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+    const tables = async (): Promise<void> => {
+      if (!opts.fresh) await routing;
+      await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
+    };
+    await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
@@ -366,7 +376,7 @@ export async function removePodRules(netns: Netns, ifname = 'eth0'): Promise<voi
 }
 
 /**
- * Removes only what `modes` install in a pod (DEL of a record that names its backend): iptables' or nftables' table(s)
+ * Removes only what `modes` install in a pod (un-enrolment of a record that names its backend): iptables' or nftables' table(s)
  * with the reply routing both may add, or the eBPF programs and their routing. Fails as removePodRules does.
  */
 export async function removeBackendPodRules(modes: readonly RedirectMode[], netns: Netns, ifname = 'eth0'): Promise<void> {

@@ -6,7 +6,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RedirectMode } from '../config.js';
-import { AmbientError } from '../errors.js';
+import { AmbientError, settleAll } from '../errors.js';
 import { runTool } from '../platform/exec.js';
 import {
   BPF_FUNC, BPF_PROG_TYPE_SCHED_CLS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, LibbpfError, LibbpfMissingError, ensureLibbpf,
@@ -221,18 +221,30 @@ export class EbpfBackend implements RedirectBackend {
     this.tags = probeKernel(this.objectPath);
   }
 
+  /**
+   * Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local. A fresh
+   * pod has no listener of the agent yet (its SYNs find none and are dropped), so its programs are loaded while the
+   * routing's tool runs. Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
+   * are attached as expected are kept (no reload, no window), others replaced atomically.
+   */
   async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const ifname = checkIfname(pod.ifname);
     const addrs = podAddresses(pod, this.captureIpv6);
-    // Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local.
-    await applyRoutingBatches(ns, routingFamilies(addrs).map((family) => routingBatch(family)));
-    acceptLocal(ns, ifname);
-    if (!opts.fresh) {
-      // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
-      const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
-      if (d.missing.length === 0 && d.unexpected.length === 0) return;
-    }
-    attach(ns, this.objectPath, ifname, addrs);
+    const failed = `installing the eBPF redirection in ${ns.path} failed`;
+    // Routing before the programs when they may already be attached (re-injected SYNs need the rule, the route and
+    // accept_local); a fresh pod has no agent listener yet, so both go at once.
+    const routing = applyRoutingBatches(ns, routingFamilies(addrs).map((family) => routingBatch(family)));
+    const programs = async (): Promise<void> => {
+      if (!opts.fresh) await routing;
+      acceptLocal(ns, ifname);
+      if (!opts.fresh) {
+        // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
+        const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
+        if (d.missing.length === 0 && d.unexpected.length === 0) return;
+      }
+      attach(ns, this.objectPath, ifname, addrs);
+    };
+    await settleAll([routing, programs()], failed);
   }
 
   async verifyPod(ns: Netns, pod: PodContext): Promise<RuleDrift> {

@@ -22,7 +22,7 @@ export function replyRoutingBatch(family: RouteFamily): RoutingBatch {
 
 /**
  * Removes the rule, then the local route unless another rule still looks the table up (the ebpf backend's, whose own
- * removal takes the route away). Harmless when nothing is there. Pod teardown (DEL) only: see backend.ts.
+ * removal takes the route away). Harmless when nothing is there. A pod leaving the mesh only (not DEL): see backend.ts.
  */
 export function replyRoutingRemoveScript(family: RouteFamily): string {
   return [

@@ -30,8 +30,10 @@ export interface RedirectBackend {
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
   prepare(): Promise<void>;
   /**
-   * Installs (or repairs) the in-pod rules; idempotent. `fresh` says the agent has never touched this namespace, which
-   * lets a backend skip reading the current rules (a wrong guess leaves a duplicate jump that verify and repair remove).
+   * Installs (or repairs) the in-pod rules; idempotent. `fresh` says no rule of ours is in this namespace (the agent
+   * never touched it, and no DEL left any there: reconcile/left-rules.ts) and no listener of the agent is open in it yet,
+   * which lets a backend skip reading the current rules and install its pieces in any order (nothing can be carried
+   * before the listeners open). A wrong guess leaves a duplicate jump that verify and repair remove.
    */
   installPod(netns: Netns, pod: PodContext, opts?: { fresh?: boolean }): Promise<void>;
   verifyPod(netns: Netns, pod: PodContext): Promise<RuleDrift>;
