@@ -130,7 +130,7 @@ for (const via of ['DEL', 'GC'] as const) {
     t.deepEqual(removedProbes, ['10.244.0.5'], 'the node\'s probe target is released');
     t.false(a.records.has(KEY));
     t.is(a.counters.unenrolments, 1);
-    t.deepEqual(a.leftRules.get(selfId()), { backend: 'iptables', ifname: 'eth0' });
+    t.deepEqual(a.leftRules.get(selfId(), 'c0ffee'), { containerId: 'c0ffee', backend: 'iptables', ifname: 'eth0' });
   });
 }
 
@@ -142,35 +142,47 @@ test('un-enrolment of a running pod still removes its in-pod rules', async (t) =
   await a.unenrol(KEY, pino({ level: 'silent' }));
   t.deepEqual(removals, ['iptables+iptables']);
   t.deepEqual(removedProbes, ['10.244.0.5']);
-  t.false(a.leftRules.has(selfId()));
+  t.false(a.leftRules.has(selfId(), 'c0ffee'));
 });
 
 test('an ADD into a namespace a DEL left rules in reads them (not fresh); into an unknown one it is fresh', async (t) => {
   const { backend, fresh } = failingBackend('iptables');
   const a = attachments(backend, removalLog().remover);
   await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
-  a.leftRules.remember(selfId(), { backend: 'iptables', ifname: 'eth0' });
-  await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
+  a.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'iptables', ifname: 'eth0' });
+  const { removals, remover } = removalLog();
+  const b = attachments(backend, remover);
+  b.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'iptables', ifname: 'eth0' });
+  await t.throwsAsync(cniAdd(b, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
   t.deepEqual(fresh, [true, false]);
-  t.true(a.leftRules.has(selfId()), 'kept while no ADD has taken the namespace over (its roll-back may have failed)');
+  t.deepEqual(removals, [], 'the failed ADD keeps the rules the DEL left: the sandbox\'s app may run, its TCP stays refused');
+  t.true(b.leftRules.has(selfId(), 'c0ffee'), 'kept while no ADD has taken the namespace over');
+});
+
+test('a new sandbox whose namespace got the inode of one a DEL left rules in is fresh (the sandbox id differs)', async (t) => {
+  const { backend, fresh } = failingBackend('iptables');
+  const a = attachments(backend, removalLog().remover);
+  a.leftRules.remember(selfId(), { containerId: 'an-older-sandbox', backend: 'iptables', ifname: 'eth0' });
+  await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
+  t.deepEqual(fresh, [true]);
 });
 
 test('an ADD of a pod not selected any more into such a namespace removes what the DEL left', async (t) => {
   const { backend } = failingBackend('iptables');
   const { removals, remover } = removalLog();
   const a = attachments(backend, remover, false);
-  a.leftRules.remember(selfId(), { backend: 'nftables', ifname: 'eth0' });
+  a.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'nftables', ifname: 'eth0' });
   t.like(await cniAdd(a, event('ADD')), { result: 'skipped' });
   t.deepEqual(removals, ['nftables+iptables'], 'the left backend\'s pieces, and the running one\'s');
-  t.false(a.leftRules.has(selfId()));
+  t.false(a.leftRules.has(selfId(), 'c0ffee'));
 });
 
-test('an ADD into a namespace another backend left rules in removes them first, then installs fresh', async (t) => {
+test('an ADD into a namespace another backend left rules in removes them first, then installs', async (t) => {
   const { backend, fresh } = failingBackend('iptables');
   const { removals, remover } = removalLog();
   const a = attachments(backend, remover);
-  a.leftRules.remember(selfId(), { backend: 'nftables', ifname: 'eth0' });
+  a.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'nftables', ifname: 'eth0' });
   await t.throwsAsync(cniAdd(a, event('ADD')));
-  t.is(removals[0], 'nftables+iptables');
-  t.deepEqual(fresh, [true]);
+  t.deepEqual(removals, ['nftables+iptables'], 'removed first; the failed install then keeps whatever it put in (never rolled back to nothing)');
+  t.deepEqual(fresh, [false], 'read before writing: the namespace held our rules');
 });

@@ -25,6 +25,19 @@ export interface Live {
   forwarder: PodForwarder;
 }
 
+/**
+ * How enrol() treats the attachment. `fresh`: nothing of ours is in the namespace (installPod may skip reading it);
+ * `netns`: the event's handle; `enrolled`: the record was already enrolled (re-adoption, repair), and
+ * `keepRulesOnFailure`: rules were already in place before this attempt (a DEL left them): either way a failure keeps the
+ * rules (refused, never in clear) instead of rolling them back.
+ */
+export interface EnrolOptions {
+  fresh?: boolean;
+  netns?: Netns;
+  enrolled?: boolean;
+  keepRulesOnFailure?: boolean;
+}
+
 /** A handle on a record's sandbox for one piece of work; release() closes it when it was opened for that work. */
 export interface Sandbox {
   ns: Netns;
@@ -173,7 +186,7 @@ export class Attachments {
    * the backend captures none of the families of (an IPv6-only pod after a restart with --capture-ipv6 false) gets its
    * rules only, no listener: it is kept refused (keptRefused), said once, not retried by every repair pass.
    */
-  async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean } = {}): Promise<void> {
+  async enrol(key: string, rec: PodRecord, plog: Logger, opts: EnrolOptions = {}): Promise<void> {
     const identity = this.identityOf(rec);
     this.enrolling.set(identity, (this.enrolling.get(identity) ?? 0) + 1);
     try {
@@ -185,7 +198,7 @@ export class Attachments {
     }
   }
 
-  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean }): Promise<void> {
+  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: EnrolOptions): Promise<void> {
     const started = performance.now();
     // The one family decision (capture-families.ts): a new enrolment is refused when the backend captures none of the
     // pod's families (the directory already lists none of its addresses as mesh workloads: see meshWorkloads).
@@ -239,10 +252,11 @@ export class Attachments {
     } catch (err) {
       this.counters.enrolmentFailures++;
       if (opened && !this.live.has(key)) {
-        // A new enrolment is rolled back. An enrolled pod's (re-adoption, repair) keeps its rules and probe targets: its
-        // traffic stays captured and refused (no listener) until a repair succeeds, never sent around the mesh meanwhile.
+        // A new enrolment is rolled back. An enrolled pod's (re-adoption, repair), or one whose rules a DEL had left
+        // (keepRulesOnFailure), keeps its rules and probe targets: its traffic stays captured and refused (no listener)
+        // until a repair or a retried ADD succeeds, never sent around the mesh meanwhile.
         // Only from the namespace the record names: a path that now names another one (a reused PID) is left alone.
-        if (!opts.enrolled) {
+        if (!opts.enrolled && !opts.keepRulesOnFailure) {
           if (sameSandbox(rec, opened.id)) await this.removeRules(opened, rec, this.backend.name).catch(() => undefined);
           for (const ip of probeIps(rec)) await this.backend.removeProbeTarget(ip).catch(() => undefined);
         }
@@ -299,7 +313,7 @@ export class Attachments {
     }
     try {
       if (rec && opts.podRules === 'leave') {
-        this.leftRules.remember({ inode: rec.netnsInode, dev: rec.netnsDev }, { backend: rec.backend, ifname: rec.ifname });
+        this.leftRules.remember({ inode: rec.netnsInode, dev: rec.netnsDev }, { containerId: rec.containerId, backend: rec.backend, ifname: rec.ifname });
       } else if (rec) {
         // Only while the path still names the pod's namespace: once a /proc/<pid> path names another pod's (or the
         // host's) namespace, removing rules there would let that pod's traffic bypass the mesh.
@@ -322,8 +336,14 @@ export class Attachments {
    * refused), or when another backend installed it (the running one replaces only its own); the namespace is then
    * forgotten. Throws when the removal fails (the ADD fails: the runtime retries it). `rec`: the ADD's record.
    */
+  /** Whether an attachment's listeners are open in namespace `id` (another interface of the same pod, or a discovered pod). */
+  listensIn(id: NetnsId): boolean {
+    for (const live of this.live.values()) if (sameNetns(live.netns.id, id)) return true;
+    return false;
+  }
+
   async clearLeftRules(ns: Netns, rec: PodRecord, enrol: boolean): Promise<void> {
-    const left = this.leftRules.get(ns.id);
+    const left = this.leftRules.get(ns.id, rec.containerId);
     if (!left || (enrol && left.backend === this.backend.name)) return;
     try {
       await this.removeRules(ns, { ...rec, backend: left.backend, ifname: left.ifname }, this.backend.name);

@@ -41,9 +41,13 @@ export async function cniAdd(a: Attachments, ev: CniEvent): Promise<EventVerdict
         reason: decision.reason, backend: a.backend.name, updatedAt: new Date().toISOString(),
       };
       // A namespace a DEL left rules in (the runtime re-uses a sandbox): cleared when the pod is skipped now, else read
-      // and replaced by the install (never written blind: iptables would get a second jump).
+      // and replaced by the install (never written blind: iptables would get a second jump), and kept if that fails (the
+      // sandbox's app may be running: its TCP stays refused, never in clear). Fresh: nothing of ours can be in the
+      // namespace yet, no left rules and no listener of another attachment in it.
+      const left = a.leftRules.has(netns.id, ev.containerId);
       await a.clearLeftRules(netns, rec, decision.enrol);
-      if (decision.enrol) await a.enrol(key, rec, plog, { fresh: !a.records.has(key) && !a.leftRules.has(netns.id), netns });
+      const fresh = !a.records.has(key) && !left && !a.listensIn(netns.id);
+      if (decision.enrol) await a.enrol(key, rec, plog, { fresh, netns, keepRulesOnFailure: left });
       else {
         await a.unenrol(key, plog, { eventNs: netns });
         plog.info({ reason: decision.reason }, 'pod not selected for the mesh');

@@ -2,8 +2,10 @@
 // recently remembered first out, so that an ADD into one of them reads the rules before writing (never "fresh").
 import type { NetnsId } from '../platform/netns.js';
 
-/** What a DEL left in a namespace: the backend that installed the rules and the interface its pieces sit on. */
+/** What a DEL left in a namespace: the sandbox it was, the backend that installed the rules and the interface its pieces sit on. */
 export interface LeftRules {
+  /** The runtime's sandbox id (CNI_CONTAINERID): a runtime re-using the sandbox keeps it; a new sandbox has its own. */
+  containerId: string;
   backend: string;
   ifname: string;
 }
@@ -14,9 +16,10 @@ export const LEFT_RULES_LIMIT = 4096;
 const idKey = (id: NetnsId): string => `${id.dev}:${id.inode}`;
 
 /**
- * Keyed by the namespace's dev:inode. An inode the kernel reuses for a new namespace only makes that namespace's ADD
- * read its (empty) rules once: safe. Forgetting one (past the limit) lets an ADD into it write without reading, which
- * for iptables leaves a duplicate jump that verify reports and repair removes.
+ * Keyed by the namespace's dev:inode, and matched only for the same sandbox id: the kernel hands a freed namespace inode
+ * to the next namespace made (lowest free number first), so the inode alone would match most new pods after a DEL.
+ * Forgetting one (past the limit, or an agent restart) lets an ADD into it write without reading, which for iptables
+ * leaves a duplicate jump that verify reports and repair removes.
  */
 export class LeftRulesMemory {
   private readonly entries = new Map<string, LeftRules>();
@@ -40,13 +43,14 @@ export class LeftRulesMemory {
     }
   }
 
-  /** What a DEL left in the namespace; undefined when nothing is known of it. */
-  get(id: NetnsId): LeftRules | undefined {
-    return this.entries.get(idKey(id));
+  /** What a DEL of sandbox `containerId` left in the namespace; undefined when nothing is known of that sandbox there. */
+  get(id: NetnsId, containerId: string): LeftRules | undefined {
+    const left = this.entries.get(idKey(id));
+    return left?.containerId === containerId ? left : undefined;
   }
 
-  has(id: NetnsId): boolean {
-    return this.entries.has(idKey(id));
+  has(id: NetnsId, containerId: string): boolean {
+    return this.get(id, containerId) !== undefined;
   }
 
   /** Forgets a namespace: an ADD took it over (its rules are now the attachment's) or removed what was left. */
