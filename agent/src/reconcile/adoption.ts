@@ -52,6 +52,7 @@ export async function forEachBounded<T>(items: readonly T[], limit: number, work
  * Pods are adopted in parallel, ADOPT_CONCURRENCY at a time, each under its attachment's lock.
  */
 export async function adopt(a: Attachments, saved: PodRecord[], concurrency = ADOPT_CONCURRENCY): Promise<void> {
+  const started = performance.now();
   await forEachBounded(saved, concurrency, async (rec) => {
     const key = recordKey(rec.containerId, rec.ifname);
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) });
@@ -72,7 +73,7 @@ export async function adopt(a: Attachments, saved: PodRecord[], concurrency = AD
     }
   });
   await a.persist();
-  a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length }, 'adopted pods from the state dir');
+  a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length, ms: Math.round(performance.now() - started) }, 'adopted pods from the state dir');
 }
 
 /** Keys of the enrolled attachments, for the repair loop to walk. */
