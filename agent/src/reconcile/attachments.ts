@@ -10,7 +10,7 @@ import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { REDIRECT_MODES, type RedirectMode } from '../config.js';
 import { removeBackendPodRules, removePodRules } from '../redirect/backend.js';
 import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
-import { ipFamily } from '../protocol/address.js';
+import { canonicalIp, ipFamily } from '../protocol/address.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import type { PodRecord, StateStore } from '../registry/state-store.js';
 import { workloadIdentity } from '../workload/directory.js';
@@ -88,6 +88,15 @@ export function podContext(rec: PodRecord): PodContext {
 /** The pod IPs kubelet probes are SNATed for: every address, of both families (the backend puts each in its family's set). */
 export function probeIps(rec: Pick<PodRecord, 'ips'>): string[] {
   return rec.ips.filter((ip) => ipFamily(ip) !== undefined);
+}
+
+/** How Attachments.enrol is called: see there. */
+export interface EnrolOptions {
+  fresh?: boolean;
+  netns?: Netns;
+  enrolled?: boolean;
+  /** The node's probe sets as read before a batch (re-adoption): a pod address already there is not added again. */
+  probeTargets?: ReadonlySet<string>;
 }
 
 /** An enrolment refused because the backend captures none of the pod's address families (capture-families.ts). */
@@ -169,7 +178,7 @@ export class Attachments {
    * capture-family refusal applies to new enrolments only (ADD, late enrolment): an enrolled pod is never dropped from
    * the mesh by it; its rules are put back so whatever the backend cannot capture stays refused (fail closed).
    */
-  async enrol(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean } = {}): Promise<void> {
+  async enrol(key: string, rec: PodRecord, plog: Logger, opts: EnrolOptions = {}): Promise<void> {
     const identity = this.identityOf(rec);
     this.enrolling.set(identity, (this.enrolling.get(identity) ?? 0) + 1);
     try {
@@ -181,7 +190,7 @@ export class Attachments {
     }
   }
 
-  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: { fresh?: boolean; netns?: Netns; enrolled?: boolean }): Promise<void> {
+  private async enrolNow(key: string, rec: PodRecord, plog: Logger, opts: EnrolOptions): Promise<void> {
     const started = performance.now();
     // The one family decision (capture-families.ts): a new enrolment is refused when the backend captures none of the
     // pod's families (the directory already lists none of its addresses as mesh workloads: see meshWorkloads).
@@ -212,7 +221,7 @@ export class Attachments {
       // Rules and probe targets are independent: install them concurrently (each is a tool exec).
       await Promise.all([
         this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
-        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+        ...probeIps(rec).filter((ip) => !opts.probeTargets?.has(canonicalIp(ip) ?? ip)).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
       ]);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));

@@ -40,6 +40,11 @@ function probeTarget(ip: string): { family: ipt.Family; addr: string } {
   return { family: addr.includes(':') ? 6 : 4, addr };
 }
 
+/** The canonical text of each address in `addrs` (what probeTarget puts in a set); anything else is left out. */
+function canonicalSet(addrs: string[]): Set<string> {
+  return new Set(addrs.flatMap((a) => canonicalIp(a) ?? []));
+}
+
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
   /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified. No default. */
@@ -117,20 +122,28 @@ class IptablesBackend implements RedirectBackend {
    * IPv4 and IPv6 in parallel: each family's tools and tables are separate. Source preservation's pieces go in first
    * (the reply routing, then the mangle rules), the nat capture last: once inbound is redirected to the agent, the
    * agent dials the app from the client's address and the app's replies must already find their way back.
+   * Not fresh (re-adoption, repair): the saves are read while the reply routing goes in, and a table that already holds
+   * exactly our rules is not restored (re-adoption after a restart then runs one save per family, no restore).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    await installReplyRouting(netns, this.replyFamilies(pod));
-    await Promise.all(FAMILIES.map(async (family) => {
+    const saves = FAMILIES.map((family) => (opts.fresh ? Promise.resolve('') : runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath })));
+    try {
+      await installReplyRouting(netns, this.replyFamilies(pod));
+    } finally {
+      await Promise.allSettled(saves); // never left running (or unhandled) when the routing failed
+    }
+    await Promise.all(FAMILIES.map(async (family, i) => {
       const tools = ipt.TOOLS[family];
-      const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
+      const save = await saves[i];
+      const restore = async (table: ipt.PodTable, chains: readonly string[], rules: string[], jumps: string[]): Promise<void> => {
+        const current = ipt.tableSection(save ?? '', table);
+        if (!opts.fresh && !ipt.restoreNeeded(current, chains, rules, jumps)) return;
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input: ipt.restoreInput(current, chains, rules, jumps, table) });
+      };
       const mangle = this.mangleRules(family, pod);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
-      if (mangle.length > 0) {
-        const input = ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle');
-        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
-      }
-      const input = ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
-      await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
+      if (mangle.length > 0) await restore('mangle', ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules());
+      await restore('nat', POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules());
     }));
   }
 
@@ -218,6 +231,14 @@ class IptablesBackend implements RedirectBackend {
     await runTool('ipset', ['del', ipt.PROBE[family].ipset, addr, '-exist']);
   }
 
+  async probeTargets(): Promise<Set<string>> {
+    const members = await Promise.all(FAMILIES.map(async (family) => {
+      const { ipset } = ipt.PROBE[family];
+      return ipt.ipsetMembers(await runTool('ipset', ['save', ipset]), ipset);
+    }));
+    return canonicalSet(members.flat());
+  }
+
   /** Both families: the chain first (its rule names the set), then the set. */
   async removeHost(): Promise<void> {
     await Promise.all(FAMILIES.map(async (family) => {
@@ -295,6 +316,10 @@ class NftablesBackend implements RedirectBackend {
   async addProbeTarget(ip: string): Promise<void> {
     const { family, addr } = probeTarget(ip);
     await runTool('nft', ['add', 'element', 'inet', nft.HOST_TABLE, nft.PROBE_SETS[family], `{ ${addr} }`]);
+  }
+
+  async probeTargets(): Promise<Set<string>> {
+    return canonicalSet((await Promise.all(FAMILIES.map((family) => this.probeElements(nft.PROBE_SETS[family])))).flat());
   }
 
   async removeProbeTarget(ip: string): Promise<void> {
