@@ -1,6 +1,6 @@
 // Benchmark: CNI ADD latency of the chain with ambient-cni vs the bridge plugin alone, pod-to-pod throughput / latency
-// through HBONE vs direct TCP vs a stunnel mTLS pair, redirect backends, Services (ClusterIP vs pod IP) and IPv6 vs IPv4;
-// ratios to in-run baselines and target verdicts.
+// through HBONE vs direct TCP vs a stunnel mTLS pair, redirect backends, Services (ClusterIP vs pod IP), IPv6 vs IPv4 and
+// re-adoption after kill -9; ratios to in-run baselines and target verdicts.
 // This entry owns the options, interrupts, the order of the runs and the report around the tables; scripts/bench/ the rest.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -18,6 +18,7 @@ import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult }
 import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
 import { benchChurn, type ChurnOpts, type ChurnResult, reportChurn } from './bench/churn.js';
 import { benchIpv6, type Ipv6Opts, type Ipv6Result, reportIpv6 } from './bench/ipv6.js';
+import { benchReadopt, READOPT_MAX_PODS, type ReadoptOpts, type ReadoptResult, reportReadopt } from './bench/readopt.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
 
@@ -59,12 +60,17 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --ipv6-blocks N      interleaved blocks per family in that part, each --rounds round trips, --conns new connections
                        and --ipv6-mib MiB one way (default 4)
   --ipv6-mib N         bulk transfer per block in that part, MiB one way (default 64)
-  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 (default: all nine)
+  --readopt-modes L    backends of the re-adoption part: N enrolled pods on one node, the agent killed -9 and started
+                       again, start to ready timed against the same agent with 0 pods (default iptables)
+  --readopt-pods N     enrolled pods in that part, at most ${READOPT_MAX_PODS} (default 250, the goal's size)
+  --readopt-reps N     kill -9 + start repetitions, with 0 pods and with N pods each (default 3)
+  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 | readopt
+                       (default: all ten)
   --out FILE           raw results (default .bench/results.json)`;
 
-const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn', 'ipv6'] as const;
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn', 'ipv6', 'readopt'] as const;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts, Ipv6Opts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts, Ipv6Opts, ReadoptOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -108,6 +114,9 @@ function parseOpts(argv: string[]): Opts {
       'ipv6-modes': { type: 'string', default: 'iptables,nftables' },
       'ipv6-blocks': { type: 'string', default: '4' },
       'ipv6-mib': { type: 'string', default: '64' },
+      'readopt-modes': { type: 'string', default: 'iptables' },
+      'readopt-pods': { type: 'string', default: '250' },
+      'readopt-reps': { type: 'string', default: '3' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -122,6 +131,10 @@ function parseOpts(argv: string[]): Opts {
   const int = (name: string, v: string, min: number): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${v}`);
+    return n;
+  };
+  const atMost = (name: string, n: number, max: number): number => {
+    if (n > max) throw new UsageError(`--${name} must be at most ${max}, got ${n}`);
     return n;
   };
   const backends = (name: string, v: string): RedirectMode[] => {
@@ -172,6 +185,9 @@ function parseOpts(argv: string[]): Opts {
     ipv6Modes,
     ipv6Blocks: int('ipv6-blocks', values['ipv6-blocks'], 1),
     ipv6Mib: int('ipv6-mib', values['ipv6-mib'], 1),
+    readoptModes: backends('readopt-modes', values['readopt-modes']),
+    readoptPods: atMost('readopt-pods', int('readopt-pods', values['readopt-pods'], 1), READOPT_MAX_PODS),
+    readoptReps: int('readopt-reps', values['readopt-reps'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     sourceMode: sourceMode[0] as RedirectMode,
@@ -234,6 +250,7 @@ async function main(): Promise<number> {
   let source: SourceResult | undefined;
   let churn: ChurnResult[] = [];
   let ipv6: Ipv6Result[] = [];
+  let readopt: ReadoptResult[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -245,6 +262,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'source') source = await benchSource(o);
     if (o.only === undefined || o.only === 'churn') churn = await benchChurn(o);
     if (o.only === undefined || o.only === 'ipv6') ipv6 = await benchIpv6(o);
+    if (o.only === undefined || o.only === 'readopt') readopt = await benchReadopt(o);
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -276,6 +294,7 @@ async function main(): Promise<number> {
   if (source) reportSource(o, source, lines);
   if (churn.length > 0) reportChurn(churn, lines);
   if (ipv6.length > 0) reportIpv6(o, ipv6, lines);
+  if (readopt.length > 0) reportReadopt(readopt, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -299,6 +318,7 @@ async function main(): Promise<number> {
     source,
     churn,
     ipv6,
+    readopt,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

@@ -16,13 +16,24 @@ const CLK_TCK = (() => {
 /** The node process of an agent: in the testbed (test/testbed/takeover.ts), shared with the take-over tests. */
 export { agentNodePid } from '../../test/testbed/index.js';
 
+/** CPU seconds (user + system) of a process itself. */
 export function procCpuSeconds(pid: number | undefined): number {
+  return statCpuSeconds(pid, 'self');
+}
+
+/** CPU seconds (user + system) of a process's children it has reaped: the tools an agent ran. */
+export function procChildrenCpuSeconds(pid: number | undefined): number {
+  return statCpuSeconds(pid, 'children');
+}
+
+function statCpuSeconds(pid: number | undefined, which: 'self' | 'children'): number {
   if (pid === undefined) return Number.NaN;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // f[0] is field 3 (state): utime is field 14, stime field 15.
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    // f[0] is field 3 (state): utime is field 14, stime field 15, cutime 16, cstime 17.
+    const at = which === 'self' ? 11 : 13;
+    return (Number(f[at]) + Number(f[at + 1])) / CLK_TCK;
   } catch {
     return Number.NaN;
   }

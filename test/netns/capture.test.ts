@@ -7,6 +7,7 @@ import {
   AMBIENT, NFT, NONE, agentCni, agentPod, ask, comparableRules, eventually, hasOurRules, holds, listeningPorts, meshClientPlainServer, podRules,
   probeSet, sendRandom, startEcho, startSink,
 } from './helpers.js';
+import { podRulesReport } from './source-helpers.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 const MiB = 1024 * 1024;
@@ -192,6 +193,35 @@ netnsTest.serial('drift repair puts flushed pod and node rules back and counts i
   await t.notThrowsAsync(tb.checkPod(pod));
   const host = await tb.nodeExec(0, 'iptables-save', ['-t', 'nat']);
   t.regex(String(host.stdout), /-A AMBIENT_POSTRT .*SNAT --to-source 169\.254\.7\.127/);
+});
+
+netnsTest.serial('[iptables] re-adoption after kill -9 puts back what drifted while the agent was down (pod rules, a probe target) and leaves intact rules untouched', async (t) => {
+  const tb = await withTestbed(t, { nodes: 1, agentArgs: ['--repair-interval-ms', '0'] }); // only re-adoption may repair
+  await tb.setNamespace('app', AMBIENT);
+  const [drifted, intact] = await tb.addPods([{ node: 0, namespace: 'app', name: 'drifted' }, { node: 0, namespace: 'app', name: 'intact' }]);
+  if (!drifted || !intact) throw new Error('pods missing');
+  // A packet through the intact pod's OUTPUT chain: a restore (which flushes and refills our chains) would zero its counter.
+  await intact.exec('ping', ['-c', '1', '-W', '2', '127.0.0.1'], { reject: false });
+  const loCounter = async (): Promise<number> => {
+    const save = String((await intact.exec('iptables-save', ['-c', '-t', 'nat'])).stdout);
+    return Number(/^\[(\d+):\d+\] -A AMBIENT_OUTPUT -o lo -j RETURN$/m.exec(save)?.[1] ?? Number.NaN);
+  };
+  const before = await loCounter();
+  t.true(before >= 1, `the intact pod's lo rule counted the ping (${before})`);
+
+  await tb.agent(0).kill('SIGKILL');
+  await drifted.exec('iptables', ['-t', 'nat', '-F', 'AMBIENT_OUTPUT']);
+  await drifted.exec('ip6tables', ['-t', 'nat', '-D', 'PREROUTING', '-j', 'AMBIENT_PRERT']);
+  await tb.nodeExec(0, 'ipset', ['del', 'ambient-node-probes-v4', drifted.ip]);
+  await tb.agent(0).start();
+
+  const report = await podRulesReport(tb, drifted);
+  t.true(report?.ok, `the drifted pod's rules were put back before ready: ${JSON.stringify(report)}`);
+  t.true((await podRulesReport(tb, intact))?.ok);
+  const probes = String((await tb.nodeExec(0, 'ipset', ['save', 'ambient-node-probes-v4'])).stdout);
+  for (const p of [drifted, intact]) t.regex(probes, new RegExp(`^add ambient-node-probes-v4 ${p.ip.replaceAll('.', '\\.')} `, 'm'), `${p.key}'s probe target`);
+  t.is(await loCounter(), before, 'the intact pod\'s rules were left as they were (not restored)');
+  t.true((await tb.agent(0).logs({ currentRun: true })).some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 2));
 });
 
 netnsTest.serial('STATUS fails while the agent is down; GC drops attachments the runtime no longer has', async (t) => {

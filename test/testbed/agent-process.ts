@@ -108,8 +108,8 @@ export class AgentProcess {
     return this.#run?.exited;
   }
 
-  /** Start the agent (appending to its log) and wait until /v1/status says ready. */
-  async start(): Promise<void> {
+  /** Start the agent (appending to its log) and wait until /v1/status says ready, asking every `pollMs` (default 100). */
+  async start(opts: { pollMs?: number } = {}): Promise<void> {
     if (this.#run !== undefined) throw new Error(`agent on ${this.spec.nodeName} is already running (pid ${this.#run.pid})`);
     const [cmd, ...args] = this.argv;
     const fd = openSync(this.spec.logFile, 'a');
@@ -136,11 +136,11 @@ export class AgentProcess {
     void exited.then(() => {
       if (this.#run === run) this.#run = undefined;
     });
-    await this.waitReady();
+    await this.waitReady(this.spec.readyTimeoutMs, opts.pollMs);
   }
 
-  /** Poll GET /v1/status until `{"ready":true}`; throws AgentNotReadyError with the log tail. */
-  async waitReady(timeoutMs = this.spec.readyTimeoutMs): Promise<unknown> {
+  /** Poll GET /v1/status every `pollMs` until `{"ready":true}`; throws AgentNotReadyError with the log tail. */
+  async waitReady(timeoutMs = this.spec.readyTimeoutMs, pollMs = 100): Promise<unknown> {
     const deadline = Date.now() + timeoutMs;
     let last = 'no answer yet';
     for (;;) {
@@ -158,7 +158,7 @@ export class AgentProcess {
       if (Date.now() > deadline) {
         throw new AgentNotReadyError(this.spec.nodeName, `timeout after ${timeoutMs} ms (${last})`, await this.logTail());
       }
-      await Promise.race([sleep(100), run.exited]);
+      await Promise.race([sleep(pollMs), run.exited]);
     }
   }
 

@@ -41,7 +41,7 @@ function failingBackend(name: RedirectMode): { backend: RedirectBackend; removed
       return Promise.reject(new Error('iptables-restore: another app holds the xtables lock'));
     },
     verifyPod: no, expectedPodRules: () => [], installHost: async () => undefined, verifyHost: no,
-    addProbeTarget: async () => undefined, removeProbeTarget: async (ip) => { removedProbes.push(ip); }, removeHost: async () => undefined,
+    addProbeTarget: async () => undefined, removeProbeTarget: async (ip) => { removedProbes.push(ip); }, probeTargets: async () => new Set(), removeHost: async () => undefined,
   };
   return { backend, removedProbes, fresh };
 }

@@ -92,6 +92,29 @@ test('iptables restore plan deletes duplicate jumps a third party added', (t) =>
   t.true(input.includes('-D PREROUTING -j AMBIENT_PRERT'));
 });
 
+test('iptables restore plan is skipped only when the table already holds exactly our rules and jumps', (t) => {
+  const need = (save: string): boolean => ipt.restoreNeeded(save, POD, ipt.podChainRules(), ipt.podJumpRules());
+  t.false(need(savedOnce), 'in place: nothing to restore');
+  t.true(need(''), 'an empty table');
+  t.true(need(savedOnce.replace(`${ipt.podChainRules()[6]}\n`, '')), 'a rule missing from our chain');
+  t.true(need(`${savedOnce}\n-A AMBIENT_OUTPUT -p tcp -j ACCEPT`), 'a rule added to our chain');
+  t.true(need(savedOnce.replace(ipt.podJumpRules()[0] ?? '', `${ipt.podJumpRules()[0]}\n${ipt.podJumpRules()[0]}`)), 'a duplicate jump');
+  t.true(need(savedOnce.split('\n').filter((l) => l !== ipt.podJumpRules()[1]).join('\n')), 'a jump missing');
+  const swapped = savedOnce.replace(ipt.podChainRules()[4] ?? '', 'X').replace(ipt.podChainRules()[5] ?? '', ipt.podChainRules()[4] ?? '').replace('X', ipt.podChainRules()[5] ?? '');
+  t.true(need(swapped), 'our rules out of order');
+});
+
+test('probe set members are read from ipset save, that set only', (t) => {
+  const save = [
+    `create ${ipt.PROBE_IPSET} hash:ip family inet hashsize 1024 maxelem 65536 comment bucketsize 12 initval 0x09fa2f9c`,
+    `add ${ipt.PROBE_IPSET} 10.244.0.7 comment "uid with spaces"`,
+    `add ${ipt.PROBE_IPSET} 10.244.0.5 comment "3f1c"`,
+    `add ${ipt.PROBE_IPSET6} fd00::5 comment "other set"`,
+  ].join('\n');
+  t.deepEqual(ipt.ipsetMembers(save, ipt.PROBE_IPSET), ['10.244.0.7', '10.244.0.5']);
+  t.deepEqual(ipt.ipsetMembers('', ipt.PROBE_IPSET), []);
+});
+
 test('iptables drift: a clean save has no drift, in any chain order', (t) => {
   const d = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules()], ipt.ownedNatLines(savedOnce, POD));
   t.deepEqual(d, { missing: [], unexpected: [] });

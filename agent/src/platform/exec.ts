@@ -54,7 +54,7 @@ export async function runTool(cmd: string, args: string[], opts: RunOptions = {}
   const timeoutMs = opts.timeoutMs ?? 15_000;
   let child: SpawnedChild;
   try {
-    child = spawnChild(file, [file, ...argv]);
+    child = await spawnChild(file, [file, ...argv]);
   } catch (err) {
     throw new ToolError(shown, (err as Error).message, undefined, { cause: err });
   }

@@ -1,5 +1,5 @@
-// Starts a child process with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK), no copy of the agent), its stdio on
-// close-on-exec pipes read through Node streams, reaped by waitpid(WNOHANG) on its own pid only (never libuv's children).
+// Starts a child process with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK), no copy of the agent) on a libuv worker
+// thread, its stdio on close-on-exec pipes read through Node streams, reaped by waitpid(WNOHANG) on its own pid only.
 import { Socket } from 'node:net';
 import koffi from 'koffi';
 import { SOCK_CLOEXEC, SyscallError, close, spawnCalls } from './libc.js';
@@ -15,6 +15,26 @@ const FILE_ACTIONS_SIZE = 256;
 const ATTR_SIZE = 512;
 const SIGSET_SIZE = 128;
 const fns = spawnCalls;
+/**
+ * posix_spawn calls on worker threads at once; the others wait their turn here. koffi refuses async calls past its own
+ * bound (256 by default: a burst of DELs could reach it), and the libuv pool's four threads also serve fs and DNS.
+ */
+const SPAWNS_AT_ONCE = 2;
+let spawning = 0;
+const waiting: (() => void)[] = [];
+
+/** Runs `start` when fewer than SPAWNS_AT_ONCE are running, in order of arrival. */
+async function inTurn<T>(start: () => Promise<T>): Promise<T> {
+  if (spawning >= SPAWNS_AT_ONCE) await new Promise<void>((resolve) => waiting.push(resolve));
+  else spawning++;
+  try {
+    return await start();
+  } finally {
+    const next = waiting.shift();
+    if (next) next(); // the turn passes on: `spawning` stays the same
+    else spawning--;
+  }
+}
 
 /** Every signal to its default action in the child (Node ignores SIGPIPE; an exec'd child would inherit that) and none blocked. */
 const SIG_DEFAULT = Buffer.alloc(SIGSET_SIZE);
@@ -52,8 +72,12 @@ function checkRc(call: string, rc: number): void {
  * Starts `path` (absolute) with `argv` (argv[0] included) and `env` (UTF-8; a NUL byte in any of them throws TypeError).
  * The child gets the three pipes as fds 0-2 and no other descriptor (the agent's are close-on-exec; any inherited
  * without it are closed from 3 up), default signal dispositions and an empty signal mask.
+ * posix_spawn runs on a libuv worker thread (koffi's async call): the calling thread waits until the child has exec'd,
+ * which on a busy node takes milliseconds, and the event loop must not (re-adoption starts a thousand tools for 250
+ * pods). The worker threads never enter a pod netns (platform/netns.ts switches only the event-loop thread, synchronously,
+ * around koffi socket calls), so the child starts in the agent's own namespace, as runTool expects.
  */
-export function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv = process.env): SpawnedChild {
+export async function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<SpawnedChild> {
   const envp = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
   // C strings end at the first NUL: the child would silently get a shorter argument (child_process refuses them too).
   const withNul = [path, ...argv, ...envp].find((s) => s.includes('\0'));
@@ -83,7 +107,10 @@ export function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv 
       checkRc('posix_spawnattr_setsigmask', fns.attrSetSigMask(attr, SIG_EMPTY) as number);
       checkRc('posix_spawnattr_setflags', fns.attrSetFlags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK) as number);
       const out = [0];
-      checkRc(`posix_spawn ${path}`, fns.posixSpawn(out, path, fa, attr, [...argv, null], [...envp, null]) as number);
+      const rc = await inTurn(() => new Promise<number>((resolve, reject) => {
+        fns.posixSpawn.async(out, path, fa, attr, [...argv, null], [...envp, null], (err: unknown, res: unknown) => (err ? reject(err) : resolve(res as number)));
+      }));
+      checkRc(`posix_spawn ${path}`, rc);
       pid = out[0] as number;
     } finally {
       fns.faDestroy(fa);

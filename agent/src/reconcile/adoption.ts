@@ -52,6 +52,9 @@ export async function forEachBounded<T>(items: readonly T[], limit: number, work
  * Pods are adopted in parallel, ADOPT_CONCURRENCY at a time, each under its attachment's lock.
  */
 export async function adopt(a: Attachments, saved: PodRecord[], concurrency = ADOPT_CONCURRENCY): Promise<void> {
+  const started = performance.now();
+  // One read of the node's probe sets instead of an add per pod (one tool exec each); unreadable, every pod adds its own.
+  const probeTargets = saved.some((r) => r.state === 'enrolled') ? await a.backend.probeTargets().catch(() => undefined) : undefined;
   await forEachBounded(saved, concurrency, async (rec) => {
     const key = recordKey(rec.containerId, rec.ifname);
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) });
@@ -64,7 +67,7 @@ export async function adopt(a: Attachments, saved: PodRecord[], concurrency = AD
     try {
       a.records.set(key, rec);
       if (rec.state !== 'enrolled') return;
-      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns, enrolled: true })).catch((err: unknown) => {
+      await a.mutex.run(key, () => a.enrol(key, rec, plog, { netns, enrolled: true, probeTargets })).catch((err: unknown) => {
         plog.error({ error: describe(err) }, 're-adopting pod failed; its rules stay in place so its traffic is refused, not bypassed');
       });
     } finally {
@@ -72,7 +75,7 @@ export async function adopt(a: Attachments, saved: PodRecord[], concurrency = AD
     }
   });
   await a.persist();
-  a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length }, 'adopted pods from the state dir');
+  a.log.info({ pods: a.records.size, enrolled: enrolledKeys(a).length, ms: Math.round(performance.now() - started) }, 'adopted pods from the state dir');
 }
 
 /** Keys of the enrolled attachments, for the repair loop to walk. */

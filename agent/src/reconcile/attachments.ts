@@ -10,7 +10,7 @@ import { effectiveMtlsMode } from '../policy/peer-authentication.js';
 import { REDIRECT_MODES, type RedirectMode } from '../config.js';
 import { removeBackendPodRules, removePodRules } from '../redirect/backend.js';
 import type { PodContext, RedirectBackend, RuleDrift } from '../redirect/types.js';
-import { ipFamily } from '../protocol/address.js';
+import { canonicalIp, ipFamily } from '../protocol/address.js';
 import { KeyedMutex } from '../registry/keyed-mutex.js';
 import type { PodRecord, StateStore } from '../registry/state-store.js';
 import { workloadIdentity } from '../workload/directory.js';
@@ -29,13 +29,15 @@ export interface Live {
  * How enrol() treats the attachment. `fresh`: nothing of ours is in the namespace (installPod may skip reading it);
  * `netns`: the event's handle; `enrolled`: the record was already enrolled (re-adoption, repair), and
  * `keepRulesOnFailure`: rules were already in place before this attempt (a DEL left them): either way a failure keeps the
- * rules (refused, never in clear) instead of rolling them back.
+ * rules (refused, never in clear) instead of rolling them back. `probeTargets`: the node's probe sets as read before a
+ * batch (re-adoption): a pod address already there is not added again.
  */
 export interface EnrolOptions {
   fresh?: boolean;
   netns?: Netns;
   enrolled?: boolean;
   keepRulesOnFailure?: boolean;
+  probeTargets?: ReadonlySet<string>;
 }
 
 /** A handle on a record's sandbox for one piece of work; release() closes it when it was opened for that work. */
@@ -236,7 +238,7 @@ export class Attachments {
       // before a failure rolls them back (a tool still running would put back what the roll-back removed).
       await settleAll([
         this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
-        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+        ...probeIps(rec).filter((ip) => !opts.probeTargets?.has(canonicalIp(ip) ?? ip)).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
       ], `enrolling pod ${rec.namespace}/${rec.name} failed in several steps`);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));

@@ -41,6 +41,11 @@ function probeTarget(ip: string): { family: ipt.Family; addr: string } {
   return { family: addr.includes(':') ? 6 : 4, addr };
 }
 
+/** The canonical text of each address in `addrs` (what probeTarget puts in a set); anything else is left out. */
+function canonicalSet(addrs: string[]): Set<string> {
+  return new Set(addrs.flatMap((a) => canonicalIp(a) ?? []));
+}
+
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
   /** Inbound source preservation: the connmark rules and the pod's reply routing are installed and verified. No default. */
@@ -82,6 +87,9 @@ async function verifyReplyRouting(netns: Netns, families: readonly RouteFamily[]
   return { missing: per.flatMap((p) => p.missing), unexpected: per.flatMap((p) => p.unexpected), actual: per.flatMap((p) => p.actual) };
 }
 
+/** One table's part of a pod's iptables rules: the table, our chains, their rules, the jumps into them. */
+type TableRules = [table: ipt.PodTable, chains: readonly string[], rules: string[], jumps: string[]];
+
 class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
   /** ip6tables holds the IPv6 rules; IPv6 TCP is carried with --capture-ipv6 (the agent's IPv6 listeners), else refused. */
@@ -112,7 +120,9 @@ class IptablesBackend implements RedirectBackend {
    * tables, mangle before nat. Source preservation's pieces go in first (the reply routing, then the mangle rules), the
    * nat capture last: once inbound is redirected to the agent, the agent dials the app from the client's address and
    * the app's replies must already find their way back. A fresh pod has no listener of the agent yet, so nothing can be
-   * carried before everything is in: its pieces go in at once (and its tables are not read).
+   * carried before everything is in: its pieces go in at once (and its tables are not read). Not fresh (re-adoption,
+   * repair, an ADD into a namespace a DEL left rules in): the saves are read while the reply routing goes in, and a table
+   * that already holds exactly our rules is not restored (re-adoption after a restart then runs one save per family).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const routing = installReplyRouting(netns, this.replyFamilies(pod));
@@ -122,12 +132,16 @@ class IptablesBackend implements RedirectBackend {
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
       const mangle = this.mangleRules(family, pod);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
-      const input = [
-        ...(mangle.length > 0 ? [ipt.restoreInput(ipt.tableSection(save, 'mangle'), ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(), 'mangle')] : []),
-        ipt.restoreInput(ipt.tableSection(save, 'nat'), POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules()),
-      ].join('');
+      const tables: TableRules[] = [
+        ...(mangle.length > 0 ? [['mangle', ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules()] satisfies TableRules] : []),
+        ['nat', POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules()],
+      ];
+      const input = tables.map(([table, chains, rules, jumps]) => {
+        const current = ipt.tableSection(save, table);
+        return opts.fresh || ipt.restoreNeeded(current, chains, rules, jumps) ? ipt.restoreInput(current, chains, rules, jumps, table) : '';
+      }).join('');
       await routed;
-      await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
+      if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
   }
 
@@ -215,6 +229,14 @@ class IptablesBackend implements RedirectBackend {
     await runTool('ipset', ['del', ipt.PROBE[family].ipset, addr, '-exist']);
   }
 
+  async probeTargets(): Promise<Set<string>> {
+    const members = await Promise.all(FAMILIES.map(async (family) => {
+      const { ipset } = ipt.PROBE[family];
+      return ipt.ipsetMembers(await runTool('ipset', ['save', ipset]), ipset);
+    }));
+    return canonicalSet(members.flat());
+  }
+
   /** Both families: the chain first (its rule names the set), then the set. */
   async removeHost(): Promise<void> {
     await Promise.all(FAMILIES.map(async (family) => {
@@ -297,6 +319,10 @@ class NftablesBackend implements RedirectBackend {
   async addProbeTarget(ip: string): Promise<void> {
     const { family, addr } = probeTarget(ip);
     await runTool('nft', ['add', 'element', 'inet', nft.HOST_TABLE, nft.PROBE_SETS[family], `{ ${addr} }`]);
+  }
+
+  async probeTargets(): Promise<Set<string>> {
+    return canonicalSet((await Promise.all(FAMILIES.map((family) => this.probeElements(nft.PROBE_SETS[family])))).flat());
   }
 
   async removeProbeTarget(ip: string): Promise<void> {

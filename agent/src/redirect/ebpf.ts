@@ -86,7 +86,7 @@ export function probeKernel(objectPath: string): ProgTags {
 }
 
 /** The node-side pieces (probe SNAT), which the ebpf backend leaves to another backend. */
-export type HostRules = Pick<RedirectBackend, 'installHost' | 'verifyHost' | 'addProbeTarget' | 'removeProbeTarget' | 'removeHost'>;
+export type HostRules = Pick<RedirectBackend, 'installHost' | 'verifyHost' | 'addProbeTarget' | 'removeProbeTarget' | 'probeTargets' | 'removeHost'>;
 
 interface Found {
   progs: { direction: 'ingress' | 'egress'; id: number; name: string; tag: string }[];
@@ -278,6 +278,10 @@ export class EbpfBackend implements RedirectBackend {
 
   removeProbeTarget(ip: string): Promise<void> {
     return this.host.removeProbeTarget(ip);
+  }
+
+  probeTargets(): Promise<Set<string>> {
+    return this.host.probeTargets();
   }
 
   removeHost(): Promise<void> {

@@ -109,6 +109,12 @@ export function hostJumpRules(): string[] {
   return [`-A POSTROUTING -j ${HOST_CHAIN}`];
 }
 
+/** The addresses `ipset save <set>` lists as members of `set` (as ipset prints them). */
+export function ipsetMembers(save: string, set: string): string[] {
+  const prefix = `add ${set} `;
+  return save.split('\n').filter((l) => l.startsWith(prefix)).map((l) => l.slice(prefix.length).split(' ')[0] ?? '').filter(Boolean);
+}
+
 /** The part of a whole `iptables-save` (every table) that belongs to one table, as `iptables-save -t <table>` prints it. */
 export function tableSection(save: string, table: PodTable): string {
   const lines = save.split('\n');
@@ -142,6 +148,16 @@ export function restoreInput(current: string, chains: readonly string[], chainRu
   return lines.join('\n');
 }
 
+/**
+ * Whether restoreInput's input would change anything: false when the table (`current`, a save of it) already holds
+ * exactly our chains' rules in order and one jump into each, as verify sees them (diffOwned). Re-adoption and repair
+ * then skip the restore exec, which costs more than the save that answered the question.
+ */
+export function restoreNeeded(current: string, chains: readonly string[], chainRules: string[], jumps: string[]): boolean {
+  const d = diffOwned([...jumps, ...chainRules], ownedNatLines(current, chains));
+  return d.missing.length > 0 || d.unexpected.length > 0;
+}
+
 /** An iptables-restore --noflush input removing our jumps and chains (given the current save). */
 export function removeInput(current: string, chains: readonly string[], table: PodTable = 'nat'): string {
   const owned = ownedNatLines(current, chains);
@@ -155,8 +171,9 @@ export function removeInput(current: string, chains: readonly string[], table: P
 
 /** Orders rule lines by chain (stable within a chain), the way iptables-save groups them. */
 function byChain(lines: string[]): string[] {
-  const chainOf = (l: string): string => l.split(' ')[1] ?? '';
-  return lines.map((l, i) => ({ l, i })).sort((a, b) => chainOf(a.l).localeCompare(chainOf(b.l)) || a.i - b.i).map((x) => x.l);
+  // The chain is taken once per line, not in every comparison (re-adoption sorts two saves per pod).
+  const keyed = lines.map((l, i) => ({ l, i, chain: l.split(' ', 2)[1] ?? '' }));
+  return keyed.sort((a, b) => (a.chain < b.chain ? -1 : a.chain > b.chain ? 1 : a.i - b.i)).map((x) => x.l);
 }
 
 /** The differences between what should be there and what is: missing and unexpected lines of ours. */

@@ -43,6 +43,8 @@ export interface RedirectBackend {
   installHost(): Promise<void>;
   verifyHost(): Promise<RuleDrift>;
   addProbeTarget(ip: string, podUid: string): Promise<void>;
+  /** The addresses the node's probe sets hold now, both families, canonical (protocol/address.ts): re-adoption adds only the others. */
+  probeTargets(): Promise<Set<string>>;
   removeProbeTarget(ip: string): Promise<void>;
   /** Removes the node-side rules (clean uninstall only; upgrades leave them). */
   removeHost(): Promise<void>;
