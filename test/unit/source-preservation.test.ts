@@ -33,7 +33,7 @@ test('nft reply table of source preservation matches golden; it is a table of it
 test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connmark 0x111, restored on the way out', (t) => {
   const [pre, out, guard] = ipt.podMangleRules(4);
   t.is(pre, `-A AMBIENT_PRERT -m mark --mark 0x${AGENT_MARK.toString(16)}/0xfff -j CONNMARK --set-xmark 0x${REPLY_MARK.toString(16)}/0xfff`);
-  t.is(out, '-A AMBIENT_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
+  t.is(out, '-A AMBIENT_OUTPUT -m mark ! --mark 0x539/0xfff -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
   t.is(guard, '-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP');
   // The nat chains stay as they were: replies are never NEW, so nat needs no 0x111 exemption (which a pod able to set
   // its own mark could use to skip its capture).

@@ -60,6 +60,8 @@ export function podChainRules(family: Family = 4): string[] {
  * transparent socket instead of out of the pod toward the client's address. Istio's in-pod rules; nat needs nothing
  * (replies are never NEW). The guard fails closed: a packet of such a connection about to leave through anything but
  * lo (the policy rule or its route deleted, not yet repaired) is dropped, never sent toward the client in clear.
+ * The agent's own packets of these connections (agent mark) keep their mark: they go to the pod's own address, which
+ * needs no reply routing, and a mark changed in mangle OUTPUT makes the kernel route the packet again (per packet).
  * ip6tables takes (and saves) the same lines: nothing in them depends on the family, and ip6tables' mangle OUTPUT
  * re-routes a packet whose mark it changed, as iptables' does. `_family` names the table they are for (callers say it).
  */
@@ -69,7 +71,7 @@ export function podMangleRules(_family: Family = 4): string[] {
   const reply = `${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)}`;
   return [
     `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j CONNMARK --set-xmark ${reply}`,
-    `-A ${out} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+    `-A ${out} -m mark ! --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
     `-A ${REPLY_GUARD_CHAIN} ! -o lo -m connmark --mark ${reply} -j DROP`,
   ];
 }

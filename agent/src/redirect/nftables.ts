@@ -42,7 +42,7 @@ export function podTable(): string {
  * Inbound source preservation's table (iptables.ts podMangleRules says why), apart from the capture's so that an agent
  * running without it neither rewrites nor removes it (backend.ts): the agent's connections into its own pod get ct mark
  * 0x111, and the app's packets of them get it back as their mark in a `route` chain, which makes the kernel route them
- * again (policy rule, reply-routing.ts) back to the agent. `reply-guard` fails closed: a packet of such a connection
+ * again (policy rule, reply-routing.ts) back to the agent (the agent's own packets keep theirs: no second route lookup). `reply-guard` fails closed: a packet of such a connection
  * leaving through anything but lo (the policy rule or its route gone) is dropped; its counter shows how many were.
  */
 export function replyTable(): string {
@@ -57,7 +57,7 @@ export function replyTable(): string {
     '',
     '\tchain reply-route {',
     '\t\ttype route hook output priority mangle; policy accept;',
-    `\t\tct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} != ${hex(AGENT_MARK)} ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
     '\t}',
     '',
     '\tchain reply-guard {',
