@@ -8,6 +8,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
+import { DEFAULT_SERVER_LIMITS } from '../../agent/src/hbone/settings.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import { issueCredential } from '../interop/certs.js';
 import { DEBIAN_PYTHON, runHboneClient } from '../interop/hbone-client.js';
@@ -186,8 +187,10 @@ netnsTest.serial(`2,000 idle TCP connections and 200 stalled TLS handshakes on 1
   t.is(r.error, null);
   t.true(during.ok, `a pooled mesh connection works during the flood: ${during.output}`);
   t.is(Number(r.opened) + Number(r.connect_failed), 2200);
-  // Under load some connects fail at once (the listener's queue sheds them): refused is as good as closed here.
-  t.true(Number(r.opened) >= 1500, `most connections were accepted (${String(r.opened)}; ${String(r.connect_failed)} refused at connect)`);
+  // Under load some connects fail at once (the listener's queue of 511 sheds them): refused is as good as closed here.
+  // How many get in depends on how fast the loaded agent accepts (1,462 to 2,200 across runs), so the flood is only
+  // required to reach the agent's cap of handshakes in progress: what is tested is that all of them are closed.
+  t.true(Number(r.opened) >= DEFAULT_SERVER_LIMITS.maxHandshaking, `the flood filled the handshake cap (${String(r.opened)} accepted; ${String(r.connect_failed)} refused at connect)`);
   t.is(r.still_open, 0, 'none is left open');
   t.is(r.closed, r.opened);
   t.true(Number(r.close_max) <= 10 + 2.5, `the last one closed ${String(r.close_max)} s after it opened (deadline 10 s)`);
