@@ -1,14 +1,19 @@
 // Kubelet probes over IPv6 on a dual-stack testbed (issue 14): the node SNATs its own TCP to an enrolled pod's IPv6
 // address to fd16:9254:7127:1337:ffff:ffff:ffff:ffff (ip6tables + ipset, or the nft host table), the pod lets it through
-// to the app, other IPv6 TCP into the pod is still refused, and DEL takes the address out of the node's set. The agents
-// run with --capture-ipv6 false here (the probe with IPv6 captured is in source-ipv6.test.ts).
+// to the app, other IPv6 TCP into the pod is still refused, the app cannot dial out to the probe address, and DEL takes
+// the address out of the node's set. The agents run with --capture-ipv6 false here (with IPv6 captured, the probe is in
+// source-ipv6.test.ts).
 import { PROBE_SNAT_IP6 } from '../../agent/src/redirect/constants.js';
+import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
-import type { RedirectMode } from '../testbed/index.js';
+import { waitForListener, type RedirectMode } from '../testbed/index.js';
 import { AMBIENT, agentPod, holds, probeSet, startEcho } from './helpers.js';
 
+/** Where the node listens on the probe address for the egress check (a port nothing else in the node netns uses). */
+const PROBE_PORT = 9098;
+
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
-  netnsTest.serial(`[${mode}] an IPv6 kubelet-style connection from the node reaches an enrolled dual-stack pod as ${PROBE_SNAT_IP6}; another pod's IPv6 is refused`, async (t) => {
+  netnsTest.serial(`[${mode}] an IPv6 kubelet-style connection from the node reaches an enrolled dual-stack pod as ${PROBE_SNAT_IP6}; another pod's IPv6 is refused, and the app's own SYN to the probe address too`, async (t) => {
     const tb = await withTestbed(t, { nodes: 1, redirectMode: mode, ipFamilies: ['ipv4', 'ipv6'], agentArgs: ['--capture-ipv6', 'false'] });
     await tb.setNamespace('app', AMBIENT);
     await tb.setNamespace('plain', {});
@@ -37,6 +42,24 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const sneakOut = `${String(sneak.stdout)}${String(sneak.stderr)}`;
     t.notRegex(sneakOut, /pong:sneak/, 'another pod\'s IPv6 TCP does not reach the app');
     t.regex(sneakOut, /refused/i, `it is refused, as before: ${sneakOut}`);
+
+    // The probe address is no way out: the enrolled app's own SYN to it is refused in the pod (ebpf: probe6 passes only
+    // a reply to the probe), though the node answers on that address here, so a SYN that left the pod would connect.
+    await tb.nodeExec(0, 'ip', ['-6', 'addr', 'add', `${PROBE_SNAT_IP6}/128`, 'dev', 'lo', 'nodad']);
+    const nodeListener = tb.nodeSpawn(0, 'ncat', ['-6', '-l', '-k', PROBE_SNAT_IP6, String(PROBE_PORT), '--sh-exec', 'echo node'], { reject: false, timeout: 30_000 });
+    try {
+      await waitForListener(pod.node.netnsName, PROBE_PORT, 5000);
+      const control = await other.exec('ncat', ['-6', '--recv-only', '-w', '3', PROBE_SNAT_IP6, String(PROBE_PORT)], { timeout: 10_000, reject: false });
+      t.regex(String(control.stdout), /^node$/m, `a pod outside the mesh reaches the node on that address: ${String(control.stdout)}${String(control.stderr)}`);
+      const d0 = mode === 'ebpf' ? (podCounters(pod.netnsPath, pod.ifname)?.drop_ipv6 ?? -1) : 0;
+      const out = await pod.exec('ncat', ['-6', '--recv-only', '-w', '3', PROBE_SNAT_IP6, String(PROBE_PORT)], { timeout: 10_000, reject: false });
+      t.notRegex(String(out.stdout), /node/, 'the enrolled pod\'s SYN to the probe address never reached the node');
+      t.regex(String(out.stderr), /refused/i, `refused at once in the pod: ${String(out.stderr)}`);
+      if (mode === 'ebpf') t.true((podCounters(pod.netnsPath, pod.ifname)?.drop_ipv6 ?? -1) > d0, 'counted as an IPv6 refusal by the programs');
+    } finally {
+      nodeListener.kill();
+      await nodeListener;
+    }
 
     const rules = (await tb.agent(0).request('GET', `/v1/rules?pod=${encodeURIComponent('app/productpage')}`)).body as { node: { ok: boolean; actual: string[] } };
     t.true(rules.node.ok, `the node rules of both families read back in sync: ${JSON.stringify(rules.node)}`);
