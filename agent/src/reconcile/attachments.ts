@@ -281,10 +281,10 @@ export class Attachments {
     const ns = netns ?? Netns.open(rec.netnsPath);
     try {
       if (!sameSandbox(rec, ns.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
-      await Promise.all([
+      await settleAll([
         this.backend.installPod(ns, podContext(rec), { fresh: false }),
         ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
-      ]);
+      ], `putting back the rules of pod ${rec.namespace}/${rec.name} failed in several steps`);
     } catch (err) {
       this.counters.enrolmentFailures++;
       plog.error({ error: describe(err) }, 'putting back the rules of a pod kept refused failed');
