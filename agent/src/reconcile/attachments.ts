@@ -234,12 +234,7 @@ export class Attachments {
         ns = opened = opts.netns ?? Netns.open(rec.netnsPath);
         if (!sameSandbox(rec, opened.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
       }
-      // Rules and probe targets are independent: install them concurrently (each is a tool exec), and let both finish
-      // before a failure rolls them back (a tool still running would put back what the roll-back removed).
-      await settleAll([
-        this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
-        ...probeIps(rec).filter((ip) => !opts.probeTargets?.has(canonicalIp(ip) ?? ip)).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
-      ], `enrolling pod ${rec.namespace}/${rec.name} failed in several steps`);
+      await this.putRules(ns, rec, opts);
       if (!live && opened) {
         const forwarder = new PodForwarder(this.podSelf(opened, rec), this.mesh, plog.child({ component: 'forwarder' }));
         const handed = this.adoptListeners?.handed.get(key);
@@ -276,15 +271,23 @@ export class Attachments {
   /** Enrolled pods kept with their rules and no listener, the backend capturing none of their families (see enrol). */
   private readonly keptRefused = new Set<string>();
 
+  /**
+   * The pod's rules and probe targets (those not in `probeTargets` already), concurrently: each is a tool exec. Both
+   * finish before a failure is thrown (settleAll), so a tool still running cannot put back what a roll-back removed.
+   */
+  private async putRules(ns: Netns, rec: PodRecord, opts: Pick<EnrolOptions, 'fresh' | 'probeTargets'>): Promise<void> {
+    await settleAll([
+      this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
+      ...probeIps(rec).filter((ip) => !opts.probeTargets?.has(canonicalIp(ip) ?? ip)).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
+    ], `installing the rules of pod ${rec.namespace}/${rec.name} failed in several steps`);
+  }
+
   /** Puts back the rules and probe targets of a pod kept refused (enrol); its namespace is opened for this only. */
   private async keepRefused(rec: PodRecord, plog: Logger, netns?: Netns): Promise<void> {
     const ns = netns ?? Netns.open(rec.netnsPath);
     try {
       if (!sameSandbox(rec, ns.id)) throw new Error(`${rec.netnsPath} now names a different namespace`);
-      await settleAll([
-        this.backend.installPod(ns, podContext(rec), { fresh: false }),
-        ...probeIps(rec).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
-      ], `putting back the rules of pod ${rec.namespace}/${rec.name} failed in several steps`);
+      await this.putRules(ns, rec, {});
     } catch (err) {
       this.counters.enrolmentFailures++;
       plog.error({ error: describe(err) }, 'putting back the rules of a pod kept refused failed');
