@@ -123,7 +123,7 @@ netnsTest('IPv6: a `::` listener (IPv6-only) beside 0.0.0.0 on the same port; ea
   const a6 = await v6.next();
   t.is(a6.remoteAddress, '::1');
   t.is(a6.remotePort, c6.localPort);
-  t.deepEqual(originalDst(a6), { address: '::1', port: 15006 }, 'not NATed: the local address');
+  t.deepEqual(originalDst(a6, 'ipv6'), { address: '::1', port: 15006 }, 'not NATed: the local address');
 
   const c6b = await dial(t, b, { host: 'FD00:5:0::1', port: 15006 });
   t.is(c6b.remoteAddress, LOCAL6, 'the host is dialled in its canonical form');
@@ -150,7 +150,7 @@ netnsTest('IPv6: REDIRECT by ip6tables, and originalDst gives the [address]:port
   const c6 = await dial(t, b, { host: 'fd00:5::9', port: 8080 });
   const a6 = await v6.next();
   t.is(a6.remotePort, c6.localPort);
-  t.deepEqual(originalDst(a6), { address: 'fd00:5::9', port: 8080 }, 'IP6T_SO_ORIGINAL_DST');
+  t.deepEqual(originalDst(a6, 'ipv6'), { address: 'fd00:5::9', port: 8080 }, 'IP6T_SO_ORIGINAL_DST');
   t.is(a6.localAddress, '::1', 'REDIRECT from the namespace itself lands on ::1');
 
   const c4 = await dial(t, b, { host: '10.5.0.9', port: 8080 });

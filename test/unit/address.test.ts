@@ -1,7 +1,7 @@
 // Unit tests for the one address helper: canonical IPv6 text (RFC 5952), IPv4-mapped addresses, families, and
 // host:port with IPv6 brackets (formatting, and a strict parse of HBONE's :authority).
 import test from 'ava';
-import { addressLike, addressesOf, canonicalIp, familiesOf, formatHostPort, ipFamily, normalizeIp, parseIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
+import { addressesOf, canonicalIp, familiesOf, formatHostPort, ipFamily, normalizeIp, parseIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
 
 test('canonical IPv6 text: lower case, no leading zeros, the longest zero run compressed (RFC 5952)', (t) => {
   const cases: [string, string][] = [
@@ -60,15 +60,6 @@ test('addressesOf: the addresses of one family, IPv4-mapped as IPv4, junk left o
   t.deepEqual(addressesOf(ips, 'ipv4'), ['10.0.0.1', '::ffff:10.0.0.2']);
   t.deepEqual(addressesOf(ips, 'ipv6'), ['fd00::1']);
   t.deepEqual(addressesOf([], 'ipv4'), []);
-});
-
-test('addressLike: the first of a pod\'s addresses in a destination\'s family (the HBONE source of that family)', (t) => {
-  const pod = ['10.244.0.5', 'fd00:10:244::5', 'fd00:10:244::6'];
-  t.is(addressLike(pod, 'fd00:10:244:1::7'), 'fd00:10:244::5');
-  t.is(addressLike(pod, '10.244.1.7'), '10.244.0.5');
-  t.is(addressLike(pod, '::ffff:10.244.1.7'), '10.244.0.5', 'IPv4-mapped is IPv4');
-  t.is(addressLike(['fd00::5'], '10.244.1.7'), undefined, 'none of that family');
-  t.is(addressLike(pod, 'not-an-ip'), undefined);
 });
 
 test('families: IPv4-mapped counts as IPv4; familiesOf lists IPv4 first and ignores junk', (t) => {

@@ -12,7 +12,7 @@ import type { Netns } from '../platform/netns.js';
 import { dialFrom, listenIn, originalDst, serverFd } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
-import { addressLike, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
+import { addressesOf, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { replyFamilies, upstreamSource } from '../redirect/reply-routing.js';
 import type { ServiceRef } from '../workload/service-table.js';
@@ -130,7 +130,7 @@ export interface MovableRelay {
 export class PodForwarder {
   readonly stats: ForwarderStats = { outbound: emptyStats(), inbound: emptyStats(), active: 0, movedOut: 0, movedIn: 0 };
   /** The listeners start() opens (podListenerKinds): IPv4's, and IPv6's when captured and the pod has an IPv6 address. */
-  private planned: ListenerKind[] = [];
+  private readonly planned: readonly ListenerKind[];
   private servers = new Map<ListenerKind, net.Server>();
   private hboneListeners = new Map<ListenerKind, HboneListener>();
   /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
@@ -142,8 +142,13 @@ export class PodForwarder {
   /** The families whose reply routing the backend installs in this pod (the same decision, made once per pod). */
   private readonly preservedFamilies: ReturnType<typeof replyFamilies>;
 
+  /** The pod's own address of each family (the first): an HBONE tunnel's source for a destination of that family. */
+  private readonly ownIp: Partial<Record<IpFamily, string>>;
+
   constructor(private readonly self: PodSelf, private readonly mesh: MeshContext, private readonly log: Logger) {
     this.preservedFamilies = replyFamilies(mesh.preserveSource, mesh.captureFamilies, self.ips);
+    this.planned = podListenerKinds(self.ips, mesh.captureFamilies);
+    this.ownIp = { ipv4: addressesOf(self.ips, 'ipv4')[0], ipv6: addressesOf(self.ips, 'ipv6')[0] };
   }
 
   /**
@@ -161,16 +166,15 @@ export class PodForwarder {
       const { address } = LISTENER_ADDRESSES[kind];
       return fd !== undefined ? { address, fd } : { address, reusePort };
     };
-    this.planned = podListenerKinds(this.self.ips, this.mesh.captureFamilies);
     try {
       for (const kind of this.planned) {
         const { role, port } = LISTENER_ADDRESSES[kind];
         if (role === 'outbound') {
           // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
           // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
-          this.servers.set(kind, await listenIn(ns, { port, transparent: true, pauseOnConnect: true, ...socket(kind) }, (s) => this.outbound(s)));
+          this.servers.set(kind, await listenIn(ns, { port, transparent: true, pauseOnConnect: true, ...socket(kind) }, (s) => this.outbound(s, LISTENER_ADDRESSES[kind].family)));
         } else if (role === 'inbound') {
-          this.servers.set(kind, await listenIn(ns, { port, ...socket(kind) }, (s) => this.plaintextInbound(s)));
+          this.servers.set(kind, await listenIn(ns, { port, ...socket(kind) }, (s) => this.plaintextInbound(s, LISTENER_ADDRESSES[kind].family)));
         } else {
           this.hboneListeners.set(kind, await this.mesh.hbone.listen(
             ns, this.self.identity, this.mesh.trustDomain, (r) => this.hboneInbound(r), () => this.stats.inbound.refused++, socket(kind),
@@ -229,10 +233,10 @@ export class PodForwarder {
     ]);
   }
 
-  private outbound(down: net.Socket): void {
+  private outbound(down: net.Socket, family: IpFamily): void {
     const stats = this.stats.outbound;
     down.on('error', () => undefined);
-    const dst = this.originalDst(down, 'outbound');
+    const dst = this.originalDst(down, 'outbound', family);
     if (!dst) return;
     const route = decideOutbound(dst, this.mesh);
     const src = { ip: normalizeIp(down.remoteAddress ?? ''), port: down.remotePort ?? 0 };
@@ -251,7 +255,8 @@ export class PodForwarder {
     }
     stats.hbone++;
     // The pod's own address of the destination's family names the tunnel's source (the pool key; closeFrom on removal).
-    const srcIp = addressLike(this.self.ips, route.target.address) ?? src.ip;
+    const dstFamily = ipFamily(route.target.address);
+    const srcIp = (dstFamily && this.ownIp[dstFamily]) ?? src.ip;
     const target = { ns: this.self.ns, srcIp, srcIdentity: this.self.identity, dstIp: route.target.address, dstIdentity: route.peer.identity };
     const headers = connectHeaders(src, this.self.baggage, route.service?.hostname);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
@@ -384,10 +389,10 @@ export class PodForwarder {
     };
   }
 
-  private plaintextInbound(down: net.Socket): void {
+  private plaintextInbound(down: net.Socket, family: IpFamily): void {
     const stats = this.stats.inbound;
     down.on('error', () => undefined);
-    const dst = this.originalDst(down, 'inbound');
+    const dst = this.originalDst(down, 'inbound', family);
     if (!dst) return;
     const source = { ip: normalizeIp(down.remoteAddress ?? '') };
     const from = { ...this.peerOf(source.ip), addr: formatHostPort(source.ip, down.remotePort ?? 0) };
@@ -625,9 +630,9 @@ export class PodForwarder {
     };
   }
 
-  private originalDst(down: net.Socket, direction: Direction): { address: string; port: number } | undefined {
+  private originalDst(down: net.Socket, direction: Direction, family: IpFamily): { address: string; port: number } | undefined {
     try {
-      return originalDst(down);
+      return originalDst(down, family);
     } catch (err) {
       const addr = (ip: string | undefined, port: number | undefined): string => formatHostPort(normalizeIp(ip ?? ''), port ?? 0);
       const info = this.info(direction, { addr: addr(down.remoteAddress, down.remotePort) }, { addr: addr(down.localAddress, down.localPort) }, false);

@@ -11,7 +11,7 @@ import {
   IP_TRANSPARENT, SOCKADDR_IN6_SIZE, bind, close, dupCloexec, getsockname, getsockoptBuf, inetAddress, ioctlNoArg, listen,
   parseSockaddrIn, parseSockaddrIn6, parseSockaddrInet, setsockoptInt, sockaddrInet, socket,
 } from './libc.js';
-import { normalizeIp } from '../protocol/address.js';
+import { normalizeIp, type IpFamily } from '../protocol/address.js';
 import { socketKind } from './fd-passing.js';
 import { type Netns, type NetnsId, withNetns } from './netns.js';
 
@@ -230,30 +230,20 @@ export function handleFd(sock: net.Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** IP6T_SO_ORIGINAL_DST of an IPv6 socket; undefined for any other socket, or one that was not NATed. */
-function originalDst6(fd: number): { address: string; port: number } | undefined {
-  try {
-    if (socketKind(fd).domain !== AF_INET6) return undefined;
-    const { address, port } = parseSockaddrIn6(getsockoptBuf(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, SOCKADDR_IN6_SIZE, 'IP6T_SO_ORIGINAL_DST'));
-    return { address, port };
-  } catch {
-    return undefined;
-  }
-}
-
 /**
- * The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST; on an IPv6 socket, which has no IPv4
- * conntrack entry, IP6T_SO_ORIGINAL_DST), or the socket's local address. IPv4 sockets pay no extra syscall.
+ * The destination the client meant before REDIRECT rewrote it (SO_ORIGINAL_DST; `family` 'ipv6', the family of the
+ * listener that accepted it: IP6T_SO_ORIGINAL_DST), or the socket's local address when it was not NATed (TPROXY /
+ * sk_assign steering). One getsockopt either way: the caller knows the family, so no probing for it.
  */
-export function originalDst(sock: net.Socket): { address: string; port: number } {
+export function originalDst(sock: net.Socket, family: IpFamily = 'ipv4'): { address: string; port: number } {
   const fd = handleFd(sock);
   if (fd !== undefined) {
     try {
-      return parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
+      return family === 'ipv6'
+        ? parseSockaddrIn6(getsockoptBuf(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, SOCKADDR_IN6_SIZE, 'IP6T_SO_ORIGINAL_DST'))
+        : parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
     } catch {
-      const v6 = originalDst6(fd);
-      if (v6) return v6;
-      // Not NATed (TPROXY / sk_assign steering): the local address is the original destination.
+      // Not NATed: the local address is the original destination.
     }
   }
   if (!sock.localAddress || sock.localPort === undefined) throw new Error('socket has no local address');

@@ -120,15 +120,6 @@ export function addressesOf(ips: readonly string[], family: IpFamily): string[] 
   return ips.filter((ip) => ipFamily(ip) === family);
 }
 
-/**
- * The first address of `ips` in the family of `like` (e.g. the pod's own address to speak to a destination from), or
- * undefined when there is none or `like` is not an address.
- */
-export function addressLike(ips: readonly string[], like: string): string | undefined {
-  const family = ipFamily(like);
-  return family === undefined ? undefined : addressesOf(ips, family)[0];
-}
-
 /** The families present in a list of addresses, IPv4 first; addresses that do not parse are ignored. */
 export function familiesOf(ips: readonly string[]): IpFamily[] {
   const seen = new Set(ips.map(ipFamily));
