@@ -326,17 +326,18 @@ static __always_inline int is_probe(const struct flow *f, int src)
 }
 
 /*
- * A kubelet probe over IPv6 (the node SNATs it to PROBE_SNAT_IP6, as for IPv4): at ingress anything from that address
- * goes to the app untouched; at egress the app's packets to it pass, except a bare SYN (an app dialling that address
- * opens no probe's connection: it is refused like any IPv6 TCP), and except packets behind extension headers.
+ * A kubelet probe over IPv6 (the node SNATs it to PROBE_SNAT_IP6, as for IPv4): at ingress TCP from that address goes
+ * to the app untouched; at egress the app's packets to it pass, except a bare SYN (an app dialling that address opens
+ * no probe's connection: it is refused like any IPv6 TCP). Both ways only TCP right after the fixed header: behind
+ * extension headers (fragments too) it is refused like any IPv6 TCP, as IPv4 refuses a fragment before the probe check.
  */
 static __always_inline int probe6(struct __sk_buff *skb, int egress)
 {
 	struct flow f = {};
 	int p = parse6(skb, &f); /* the source is set whenever the fixed header is there; the rest only for PARSE_TCP */
-	if (!egress)
-		return is_probe(&f, 1);
-	return p == PARSE_TCP && is_probe(&f, 0) && !f.syn;
+	if (p != PARSE_TCP)
+		return 0;
+	return egress ? is_probe(&f, 0) && !f.syn : is_probe(&f, 1);
 }
 
 /*
