@@ -6,8 +6,7 @@ import { execa } from 'execa';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { waitForListener, type RedirectMode, type Testbed, type TestbedPod } from '../testbed/index.js';
 import { captureFabric, captureNodeLink, type CaptureResult } from './capture-wire.js';
-import { AMBIENT, agentPod, ask, eventually, hostVeth, ip6, listeningAddresses, startEcho } from './helpers.js';
-import { podCounters } from '../../agent/src/redirect/ebpf.js';
+import { AMBIENT, agentPod, ask, ebpfCounters, eventually, hostVeth, ip6, listeningAddresses, startEcho } from './helpers.js';
 import { ECHO_PORT, ECHO_SERVER, PY, findLog, startConnectLoop, successorOf } from '../testbed/takeover.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
@@ -116,10 +115,10 @@ for (const mode of MODES) {
   });
 }
 
-/** The ebpf programs' counters in a pod (all zero when none are attached). */
+/** The ebpf programs' counters in a pod that matter here (ebpfCounters throws when none are attached). */
 function counters(pod: TestbedPod): { in: number; out: number; v6: number } {
-  const c = podCounters(pod.netnsPath, pod.ifname);
-  return { in: c?.in_assigned ?? 0, out: c?.out_assigned ?? 0, v6: c?.drop_ipv6 ?? 0 };
+  const c = ebpfCounters(pod);
+  return { in: c.in_assigned, out: c.out_assigned, v6: c.drop_ipv6 };
 }
 
 /** The link-local address of an interface, as `ip -6 addr` shows it (no prefix length). */

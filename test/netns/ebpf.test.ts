@@ -12,18 +12,11 @@ import { createBackend } from '../../agent/src/redirect/backend.js';
 import { EbpfUnavailableError, podCounters, probeKernel } from '../../agent/src/redirect/ebpf.js';
 import { Netns } from '../../agent/src/platform/netns.js';
 import { execa } from 'execa';
-import { STAT_NAMES, type Counters, type ReadCounters, type StatName } from '../../agent/src/redirect/ebpf-config.js';
-import { AMBIENT, agentPod, ask, eventually, hasOurRules, meshClientPlainServer, podRules, startEcho } from './helpers.js';
+import { type ReadCounters, type StatName } from '../../agent/src/redirect/ebpf-config.js';
+import { AMBIENT, agentPod, ask, ebpfCounters as counters, eventually, hasOurRules, meshClientPlainServer, podRules, startEcho } from './helpers.js';
 
 const PY = '/usr/bin/python3';
 
-function counters(pod: TestbedPod): Counters {
-  const c = podCounters(pod.netnsPath, pod.ifname);
-  if (!c) throw new Error(`no ebpf programs attached in ${pod.key}`);
-  const missing = STAT_NAMES.filter((n) => c[n] === undefined);
-  if (missing.length) throw new Error(`the programs in ${pod.key} have no counter ${missing.join(', ')} (an older build of bpf/redirect.c?)`);
-  return c as Counters;
-}
 
 /**
  * The counters as the attached build has them (one without a counter reads it as undefined): the fragment tests must

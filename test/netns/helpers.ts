@@ -4,6 +4,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { RedirectMode, Testbed, TestbedPod } from '../testbed/index.js';
 import type { PodView } from '../../agent/src/reconcile/enroller.js';
 import { AGENT_MAIN } from '../testbed/repo.js';
+import { podCounters } from '../../agent/src/redirect/ebpf.js';
+import { STAT_NAMES, type Counters } from '../../agent/src/redirect/ebpf-config.js';
 
 /** Absolute: node_modules/.bin holds an unrelated `nft` that would shadow nftables under npx/ava. */
 export const NFT = '/usr/sbin/nft';
@@ -213,4 +215,13 @@ export async function unenrolByLabel(tb: Testbed, pod: TestbedPod): Promise<void
   await tb.setPodLabels(pod, { ...pod.labels, ...NONE });
   const v = await eventually(() => agentPod(tb, pod), (p) => p?.state === 'skipped');
   if (v?.state !== 'skipped') throw new Error(`${pod.key} was not un-enrolled: ${JSON.stringify(v)}`);
+}
+
+/** The eBPF programs' counters in a pod, every one of them; throws when no programs are attached or a counter is missing. */
+export function ebpfCounters(pod: TestbedPod): Counters {
+  const c = podCounters(pod.netnsPath, pod.ifname);
+  if (!c) throw new Error(`no ebpf programs attached in ${pod.key}`);
+  const missing = STAT_NAMES.filter((n) => c[n] === undefined);
+  if (missing.length) throw new Error(`the programs in ${pod.key} have no counter ${missing.join(', ')} (an older build of bpf/redirect.c?)`);
+  return c as Counters;
 }

@@ -5,7 +5,7 @@
 import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, TestbedPod } from '../testbed/index.js';
-import { AMBIENT, agentPod } from './helpers.js';
+import { AMBIENT, NFT, agentPod, eventually } from './helpers.js';
 
 /** The ebpf programs' IPv6 drop counter in a pod (-1 when the attached build has none). */
 function ipv6Drops(pod: TestbedPod): number {
@@ -108,10 +108,28 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     const logs = await agent.logs({ currentRun: true });
     t.is(logs.filter((l) => l.msg.includes('kept with its rules and no listener')).length, 1, 'said once');
     t.deepEqual(logs.filter((l) => /repair failed|re-adopting pod failed|capture drifted/.test(l.msg)).map((l) => l.msg), [], 'no repair loop');
-    const rules = (await agent.request('GET', `/v1/rules?pod=${encodeURIComponent('app/v6')}`)).body as { attachments: { missing: string[]; unexpected: string[]; listening: boolean }[] };
-    t.deepEqual(rules.attachments[0]?.missing, [], 'its rules are in place');
-    t.deepEqual(rules.attachments[0]?.unexpected, []);
-    t.false(rules.attachments[0]?.listening, 'and no listener');
+    type Report = { attachments: { missing: string[]; unexpected: string[]; listening: boolean }[] };
+    const report = async (): Promise<Report['attachments'][number] | undefined> =>
+      ((await agent.request('GET', `/v1/rules?pod=${encodeURIComponent('app/v6')}`)).body as Report).attachments[0];
+    const rules = await report();
+    t.deepEqual(rules?.missing, [], 'its rules are in place');
+    t.deepEqual(rules?.unexpected, []);
+    t.false(rules?.listening, 'and no listener');
+
+    // The repair loop does run for it: rules taken away come back, through the same kept-refused path, said no second time.
+    const flush = mode === 'iptables' ? ['ip6tables', '-t', 'nat', '-F', 'AMBIENT_OUTPUT']
+      : mode === 'nftables' ? [NFT, 'flush', 'chain', 'inet', 'ambient-nat', 'output']
+        : ['tc', 'filter', 'del', 'dev', v6.ifname, 'egress'];
+    const [cmd = '', ...args] = flush;
+    await v6.exec(cmd, args);
+    // (A repair pass every 300 ms may put them back before anyone looks: its log line below is the proof it ran.)
+    const back = await eventually(async () => ({ r: await report(), logs: await agent.logs({ currentRun: true }) }),
+      (x) => x.r?.missing.length === 0 && x.logs.some((l) => l.msg.includes('capture drifted')), 10_000);
+    t.deepEqual(back.r?.missing, [], 'a repair pass put them back');
+    const after = await agent.logs({ currentRun: true });
+    t.is(after.filter((l) => l.msg.includes('kept with its rules and no listener')).length, 1, 'still said once');
+    t.deepEqual(after.filter((l) => /repair failed|re-adopting pod failed/.test(l.msg)).map((l) => l.msg), [], 'the repair did not fail');
+    t.true(after.some((l) => l.msg.includes('capture drifted')), 'it was a repair pass that put them back');
     await tb.deletePod(v6);
   });
 }

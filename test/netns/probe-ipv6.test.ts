@@ -4,10 +4,9 @@
 // the address out of the node's set. The agents run with --capture-ipv6 false here (with IPv6 captured, the probe is in
 // source-ipv6.test.ts).
 import { PROBE_SNAT_IP6 } from '../../agent/src/redirect/constants.js';
-import { podCounters } from '../../agent/src/redirect/ebpf.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { waitForListener, type RedirectMode } from '../testbed/index.js';
-import { AMBIENT, agentPod, holds, probeSet, startEcho } from './helpers.js';
+import { AMBIENT, agentPod, ebpfCounters, holds, probeSet, startEcho } from './helpers.js';
 
 /** Where the node listens on the probe address for the egress check (a port nothing else in the node netns uses). */
 const PROBE_PORT = 9098;
@@ -51,11 +50,11 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
       await waitForListener(pod.node.netnsName, PROBE_PORT, 5000);
       const control = await other.exec('ncat', ['-6', '--recv-only', '-w', '3', PROBE_SNAT_IP6, String(PROBE_PORT)], { timeout: 10_000, reject: false });
       t.regex(String(control.stdout), /^node$/m, `a pod outside the mesh reaches the node on that address: ${String(control.stdout)}${String(control.stderr)}`);
-      const d0 = mode === 'ebpf' ? (podCounters(pod.netnsPath, pod.ifname)?.drop_ipv6 ?? -1) : 0;
+      const d0 = mode === 'ebpf' ? ebpfCounters(pod).drop_ipv6 : 0;
       const out = await pod.exec('ncat', ['-6', '--recv-only', '-w', '3', PROBE_SNAT_IP6, String(PROBE_PORT)], { timeout: 10_000, reject: false });
       t.notRegex(String(out.stdout), /node/, 'the enrolled pod\'s SYN to the probe address never reached the node');
       t.regex(String(out.stderr), /refused/i, `refused at once in the pod: ${String(out.stderr)}`);
-      if (mode === 'ebpf') t.true((podCounters(pod.netnsPath, pod.ifname)?.drop_ipv6 ?? -1) > d0, 'counted as an IPv6 refusal by the programs');
+      if (mode === 'ebpf') t.true(ebpfCounters(pod).drop_ipv6 > d0, 'counted as an IPv6 refusal by the programs');
     } finally {
       nodeListener.kill();
       await nodeListener;

@@ -72,7 +72,7 @@ for (const mode of MODES) {
       t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
       t.is(k.markersOut, 0, 'no byte of the app\'s IPv6 stream left the pod in clear after the agent died');
       t.log(`ebpf: kill -9 while the app streams over IPv6: ${k.received} bytes received, ${k.captured} bytes captured`);
-      await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
+      t.true((await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000))?.ok, 'the rules read back in sync after the restart');
       await unenrolByLabel(tb, productpage);
       t.notRegex(await replyPieces6(productpage), /fwmark|lookup 100|local default/, 'un-enrolment removed the IPv6 rule and route');
       return;

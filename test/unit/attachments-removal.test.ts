@@ -149,7 +149,6 @@ test('an ADD into a namespace a DEL left rules in reads them (not fresh); into a
   const { backend, fresh } = failingBackend('iptables');
   const a = attachments(backend, removalLog().remover);
   await t.throwsAsync(cniAdd(a, event('ADD')), { message: /enrolling pod ns\/pod failed/ });
-  a.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'iptables', ifname: 'eth0' });
   const { removals, remover } = removalLog();
   const b = attachments(backend, remover);
   b.leftRules.remember(selfId(), { containerId: 'c0ffee', backend: 'iptables', ifname: 'eth0' });
