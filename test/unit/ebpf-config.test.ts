@@ -3,9 +3,10 @@
 import { readFileSync } from 'node:fs';
 import test from 'ava';
 import {
-  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podAddresses, acceptLocalPath, routingBatch, routingBatchOk,
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podAddresses, acceptLocalPath, routingBatch,
   routingLines, routingReadScript, STAT_NAMES, statsLine, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
+import { routingBatchOk } from '../../agent/src/redirect/policy-routing.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 
 const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };

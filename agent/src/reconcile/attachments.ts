@@ -336,17 +336,17 @@ export class Attachments {
     plog.info('pod removed from the mesh');
   }
 
-  /**
-   * Before an ADD into `ns`: what a DEL left there is removed when the pod is not enrolled now (its traffic must not stay
-   * refused), or when another backend installed it (the running one replaces only its own); the namespace is then
-   * forgotten. Throws when the removal fails (the ADD fails: the runtime retries it). `rec`: the ADD's record.
-   */
   /** Whether an attachment's listeners are open in namespace `id` (another interface of the same pod, or a discovered pod). */
   listensIn(id: NetnsId): boolean {
     for (const live of this.live.values()) if (sameNetns(live.netns.id, id)) return true;
     return false;
   }
 
+  /**
+   * Before an ADD into `ns`: what a DEL left there is removed when the pod is not enrolled now (its traffic must not stay
+   * refused), or when another backend installed it (the running one replaces only its own); the namespace is then
+   * forgotten. Throws when the removal fails (the ADD fails: the runtime retries it). `rec`: the ADD's record.
+   */
   async clearLeftRules(ns: Netns, rec: PodRecord, enrol: boolean): Promise<void> {
     const left = this.leftRules.get(ns.id, rec.containerId);
     if (!left || (enrol && left.backend === this.backend.name)) return;

@@ -5,7 +5,7 @@ import type { RedirectMode } from '../config.js';
 import { settleAll } from '../errors.js';
 import { runTool } from '../platform/exec.js';
 import type { Netns } from '../platform/netns.js';
-import { canonicalIp } from '../protocol/address.js';
+import { canonicalIp, ipFamily } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import {
@@ -38,7 +38,7 @@ const NO_IPS: readonly string[] = [];
 function probeTarget(ip: string): { family: ipt.Family; addr: string } {
   const addr = canonicalIp(ip);
   if (addr === undefined) throw new Error(`not a pod address for the probe set: ${JSON.stringify(ip)}`);
-  return { family: addr.includes(':') ? 6 : 4, addr };
+  return { family: ipFamily(addr) === 'ipv6' ? 6 : 4, addr };
 }
 
 /** The canonical text of each address in `addrs` (what probeTarget puts in a set); anything else is left out. */

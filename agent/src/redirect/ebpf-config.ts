@@ -7,8 +7,6 @@ import {
   type RoutingBatch,
 } from './policy-routing.js';
 
-export { routingBatchOk } from './policy-routing.js';
-
 /** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
 export const PROG_IN = 'ambient_in';
 export const PROG_OUT = 'ambient_out';

@@ -24,7 +24,7 @@ export function ruleText(r: MarkRule): string {
  * `ip -batch` input installing the local route and the rule, route first. Idempotent without removing anything (no
  * window): `route replace` always succeeds, a second `rule add` fails with "File exists" (routingBatchOk accepts that).
  */
-export function routingBatchInput(r: MarkRule, family: RouteFamily): string {
+function routingBatchInput(r: MarkRule, family: RouteFamily): string {
   return `route replace local ${DEFAULT_ROUTE[family]} dev lo table ${r.table}\nrule add pref ${r.pref} ${ruleText(r)}\n`;
 }
 
