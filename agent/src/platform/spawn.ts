@@ -16,7 +16,7 @@ const ATTR_SIZE = 512;
 const SIGSET_SIZE = 128;
 const fns = spawnCalls;
 /**
- * posix_spawn calls on worker threads at once; the others wait their turn here. koffi refuses async calls past its own
+ * posix_spawn calls on worker threads at once; the others wait their turn here (before their pipes are made). koffi refuses async calls past its own
  * bound (256 by default: a burst of DELs could reach it), and the libuv pool's four threads also serve fs and DNS.
  */
 const SPAWNS_AT_ONCE = 2;
@@ -82,50 +82,53 @@ export async function spawnChild(path: string, argv: string[], env: NodeJS.Proce
   // C strings end at the first NUL: the child would silently get a shorter argument (child_process refuses them too).
   const withNul = [path, ...argv, ...envp].find((s) => s.includes('\0'));
   if (withNul !== undefined) throw new TypeError(`a NUL byte in the argument or environment string ${JSON.stringify(withNul)}`);
-  const opened: number[] = [];
-  const closeAll = (fds: number[]): void => fds.forEach((fd) => close(fd));
-  try {
-    const [inR, inW] = pipe();
-    opened.push(inR, inW);
-    const [outR, outW] = pipe();
-    opened.push(outR, outW);
-    const [errR, errW] = pipe();
-    opened.push(errR, errW);
-    const fa = Buffer.alloc(FILE_ACTIONS_SIZE);
-    const attr = Buffer.alloc(ATTR_SIZE);
-    checkRc('posix_spawn_file_actions_init', fns.faInit(fa) as number);
-    checkRc('posix_spawnattr_init', fns.attrInit(attr) as number);
-    let pid: number;
+  // The pipes are made in the turn too: a spawn waiting for its turn holds no descriptor.
+  return inTurn(async () => {
+    const opened: number[] = [];
+    const closeAll = (fds: number[]): void => fds.forEach((fd) => close(fd));
     try {
-      checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, inR, 0) as number);
-      checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, outW, 1) as number);
-      checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, errW, 2) as number);
-      for (const fd of [inR, outW, errW]) checkRc('posix_spawn_file_actions_addclose', fns.faClose(fa, fd) as number);
-      // Also descriptors the agent inherited without close-on-exec from whatever started it (glibc 2.34+).
-      checkRc('posix_spawn_file_actions_addclosefrom_np', fns.faCloseFrom(fa, 3) as number);
-      checkRc('posix_spawnattr_setsigdefault', fns.attrSetSigDefault(attr, SIG_DEFAULT) as number);
-      checkRc('posix_spawnattr_setsigmask', fns.attrSetSigMask(attr, SIG_EMPTY) as number);
-      checkRc('posix_spawnattr_setflags', fns.attrSetFlags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK) as number);
-      const out = [0];
-      const rc = await inTurn(() => new Promise<number>((resolve, reject) => {
-        fns.posixSpawn.async(out, path, fa, attr, [...argv, null], [...envp, null], (err: unknown, res: unknown) => (err ? reject(err) : resolve(res as number)));
-      }));
-      checkRc(`posix_spawn ${path}`, rc);
-      pid = out[0] as number;
-    } finally {
-      fns.faDestroy(fa);
-      fns.attrDestroy(attr);
+      const [inR, inW] = pipe();
+      opened.push(inR, inW);
+      const [outR, outW] = pipe();
+      opened.push(outR, outW);
+      const [errR, errW] = pipe();
+      opened.push(errR, errW);
+      const fa = Buffer.alloc(FILE_ACTIONS_SIZE);
+      const attr = Buffer.alloc(ATTR_SIZE);
+      checkRc('posix_spawn_file_actions_init', fns.faInit(fa) as number);
+      checkRc('posix_spawnattr_init', fns.attrInit(attr) as number);
+      let pid: number;
+      try {
+        checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, inR, 0) as number);
+        checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, outW, 1) as number);
+        checkRc('posix_spawn_file_actions_adddup2', fns.faDup2(fa, errW, 2) as number);
+        for (const fd of [inR, outW, errW]) checkRc('posix_spawn_file_actions_addclose', fns.faClose(fa, fd) as number);
+        // Also descriptors the agent inherited without close-on-exec from whatever started it (glibc 2.34+).
+        checkRc('posix_spawn_file_actions_addclosefrom_np', fns.faCloseFrom(fa, 3) as number);
+        checkRc('posix_spawnattr_setsigdefault', fns.attrSetSigDefault(attr, SIG_DEFAULT) as number);
+        checkRc('posix_spawnattr_setsigmask', fns.attrSetSigMask(attr, SIG_EMPTY) as number);
+        checkRc('posix_spawnattr_setflags', fns.attrSetFlags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK) as number);
+        const out = [0];
+        const rc = await new Promise<number>((resolve, reject) => {
+          fns.posixSpawn.async(out, path, fa, attr, [...argv, null], [...envp, null], (err: unknown, res: unknown) => (err ? reject(err) : resolve(res as number)));
+        });
+        checkRc(`posix_spawn ${path}`, rc);
+        pid = out[0] as number;
+      } finally {
+        fns.faDestroy(fa);
+        fns.attrDestroy(attr);
+      }
+      closeAll([inR, outW, errW]);
+      opened.length = 0;
+      const stdin = new Socket({ fd: inW, readable: false, writable: true });
+      const stdout = new Socket({ fd: outR, readable: true, writable: false });
+      const stderr = new Socket({ fd: errR, readable: true, writable: false });
+      return { pid, stdin, stdout, stderr, exited: reap(pid) };
+    } catch (err) {
+      closeAll(opened);
+      throw err;
     }
-    closeAll([inR, outW, errW]);
-    opened.length = 0;
-    const stdin = new Socket({ fd: inW, readable: false, writable: true });
-    const stdout = new Socket({ fd: outR, readable: true, writable: false });
-    const stderr = new Socket({ fd: errR, readable: true, writable: false });
-    return { pid, stdin, stdout, stderr, exited: reap(pid) };
-  } catch (err) {
-    closeAll(opened);
-    throw err;
-  }
+  });
 }
 
 /**
