@@ -1,8 +1,9 @@
 // The listener hand-over of a take-over (the predecessor's in-pod listening sockets passed to the successor before it
 // adopts pods): its messages and their parsing, and the pure checks and decisions around it. I/O: listener-transfer.ts.
 import { AF_INET, AF_INET6, SOCK_STREAM } from '../platform/libc.js';
-import { familiesOf, formatHostPort, sameIp, type IpFamily } from '../protocol/address.js';
+import { formatHostPort, sameIp, type IpFamily } from '../protocol/address.js';
 import { INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT } from '../redirect/constants.js';
+import { podCapturesIpv6 } from '../redirect/types.js';
 import { HandoverProtocolError, isHandoverToken, type HandoverMessage } from './protocol.js';
 
 // Why before adopting: the in-pod listeners are not SO_REUSEPORT (a container in the pod could otherwise join the group
@@ -45,7 +46,7 @@ export const LISTENER_ADDRESSES: Readonly<Record<ListenerKind, { role: ListenerR
  * not call mesh (in clear). Pure.
  */
 export function podListenerKinds(podIps: readonly string[], captured: readonly IpFamily[]): ListenerKind[] {
-  const v6 = captured.includes('ipv6') && familiesOf(podIps).includes('ipv6');
+  const v6 = podCapturesIpv6(podIps, captured);
   return LISTENER_KINDS.filter((k) => LISTENER_ADDRESSES[k].family === 'ipv4' || v6);
 }
 

@@ -2,6 +2,7 @@
 // route (as `ip` inputs and scripts, per address family), how they read back, and where the agent's upstream socket binds.
 import { formatIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
+import { podCapturesIpv6 } from './types.js';
 import {
   expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
   type RoutingBatch,
@@ -65,8 +66,7 @@ export function expectedReplyRoutingLines(family: RouteFamily): string[] {
  */
 export function replyFamilies(preserve: boolean, captureFamilies: readonly IpFamily[], podIps: readonly string[]): RouteFamily[] {
   if (!preserve) return [];
-  const v6 = captureFamilies.includes('ipv6') && podIps.some((ip) => parseIp(ip)?.family === 6);
-  return v6 ? [4, 6] : [4];
+  return podCapturesIpv6(podIps, captureFamilies) ? [4, 6] : [4];
 }
 
 /** First bits of IPv6 ranges that cannot stand as a source here: multicast (ff00::/8) and link-local (fe80::/10, needs a zone). */

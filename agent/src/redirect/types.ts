@@ -3,13 +3,20 @@
 // captureFamilies follows.
 import type { RedirectMode } from '../config.js';
 import type { Netns } from '../platform/netns.js';
-import type { IpFamily } from '../protocol/address.js';
+import { familiesOf, type IpFamily } from '../protocol/address.js';
 import type { PodContext } from './ebpf-config.js';
 
 export type { PodContext };
 
 /** RedirectBackend.captureFamilies of every backend: IPv4, and IPv6 too with --capture-ipv6. Pure. */
 export const captureFamiliesFor = (captureIpv6: boolean): readonly IpFamily[] => (captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
+
+/**
+ * Whether a pod's IPv6 is carried (its IPv6 listeners, its IPv6 reply routing): IPv6 is captured and the pod has an IPv6
+ * address. The one decision both make, so they cannot disagree. Pure.
+ */
+export const podCapturesIpv6 = (podIps: readonly string[], captured: readonly IpFamily[]): boolean =>
+  captured.includes('ipv6') && familiesOf(podIps).includes('ipv6');
 
 export interface RuleDrift {
   ok: boolean;
