@@ -10,7 +10,7 @@ import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { captureNodeLink, countOccurrences, type RawCapture } from './capture-wire.js';
 import { AMBIENT, NFT, eventually, hostVeth, startEcho } from './helpers.js';
 
-const PY = '/usr/bin/python3';
+import { PY } from '../testbed/takeover.js';
 
 /**
  * The cluster of the source tests: two nodes (`opts`: families, agent arguments), an enrolled echo server `productpage`
