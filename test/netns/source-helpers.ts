@@ -9,7 +9,6 @@ import type { RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../testb
 import type { RulesReply } from '../../agent/src/server/event-server.js';
 import { captureNodeLink, countOccurrences, type RawCapture } from './capture-wire.js';
 import { AMBIENT, NFT, eventually, hostVeth, startEcho } from './helpers.js';
-
 import { PY } from '../testbed/takeover.js';
 
 /**
