@@ -278,7 +278,7 @@ test.serial('an inbound relay that this agent\'s policy denies is authorised on 
       return { allowed: false, reason: 'denied by a test policy', dryRun: [] };
     },
   };
-  const mesh = { lookup: () => undefined, trustDomain: 'cluster.local' } as unknown as MeshContext;
+  const mesh = { lookup: () => undefined, trustDomain: 'cluster.local', captureFamilies: ['ipv4'], preserveSource: false } as unknown as MeshContext;
   const fwd = new PodForwarder(self, mesh, log);
   const inbox = RelayInbox.open(inboxPath);
   const serving = inbox.serve({ canAdopt: () => true, adopt: (meta, d, u) => fwd.adoptRelay(meta, d, u) }, RELAY_LIMITS, log);
