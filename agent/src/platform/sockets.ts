@@ -239,9 +239,10 @@ export function originalDst(sock: net.Socket, family: IpFamily = 'ipv4'): { addr
   const fd = handleFd(sock);
   if (fd !== undefined) {
     try {
-      return family === 'ipv6'
+      const { address, port } = family === 'ipv6'
         ? parseSockaddrIn6(getsockoptBuf(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, SOCKADDR_IN6_SIZE, 'IP6T_SO_ORIGINAL_DST'))
         : parseSockaddrIn(getsockoptBuf(fd, SOL_IP, SO_ORIGINAL_DST, 16, 'SO_ORIGINAL_DST'));
+      return { address, port };
     } catch {
       // Not NATed: the local address is the original destination.
     }
