@@ -1,7 +1,8 @@
 // Unit tests for the one address helper: canonical IPv6 text (RFC 5952), IPv4-mapped addresses, families, and
 // host:port with IPv6 brackets (formatting, and a strict parse of HBONE's :authority).
 import test from 'ava';
-import { addressesOf, canonicalIp, familiesOf, formatHostPort, ipFamily, normalizeIp, parseIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
+import { isIP } from 'node:net';
+import { addressesOf, canonicalIp, familiesOf, formatHostPort, formatWords, ipFamily, ipv6Words, normalizeIp, parseIp, parseIpPort, sameIp } from '../../agent/src/protocol/address.js';
 
 test('canonical IPv6 text: lower case, no leading zeros, the longest zero run compressed (RFC 5952)', (t) => {
   const cases: [string, string][] = [
@@ -99,4 +100,65 @@ test('parseIpPort rejects malformed authorities', (t) => {
     '[fd00::1%eth0]:80', '[10.0.0.1]:80', '[fd00:::1]:80', '[fd00::1]]:80', '[[fd00::1]:80', 'fd00::1]:80', '[fd00::1:80',
     '10.0.0.1', '10.0.0.1:', '10.0.0.1:0', '10.0.0.256:80', 'host:80', ' 10.0.0.1:80', '10.0.0.1:80 ', '[]:80', '[::ffff:10.0.0.1.2]:80',
   ]) t.is(parseIpPort(s), undefined, String(s));
+});
+
+/** Deterministic text shaped like addresses and near misses: hex groups of 0-5 digits, `:`/`::`, dotted quads, stray bytes. */
+function addressLikeTexts(count: number): string[] {
+  let seed = 0x2545f491;
+  const rand = (n: number): number => {
+    seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const hex = '0123456789abcdefABCDEF';
+  const stray = ['%', 'g', ' ', '[', ']', '/', '.', '-', '+', 'x'];
+  const out: string[] = [];
+  for (let k = 0; k < count; k++) {
+    let s = rand(4) === 0 ? ':' : '';
+    const parts = 1 + rand(10);
+    for (let p = 0; p < parts; p++) {
+      if (p > 0) s += rand(6) === 0 ? '::' : ':';
+      if (rand(12) === 0) {
+        s += Array.from({ length: 3 + rand(3) }, () => String(rand(8) === 0 ? rand(400) : rand(256)).padStart(rand(6) === 0 ? 3 : 1, '0')).join('.');
+      } else {
+        s += Array.from({ length: rand(6) }, () => hex[rand(hex.length)]).join('');
+      }
+    }
+    if (rand(5) === 0) s += rand(2) ? ':' : '::';
+    if (rand(15) === 0) s = s.slice(0, rand(s.length + 1)) + stray[rand(stray.length)] + s.slice(rand(s.length + 1));
+    out.push(s);
+  }
+  return out;
+}
+
+test('the one-pass reader takes exactly what node\'s isIP takes (minus zones), and reads the words node\'s URL parser reads', (t) => {
+  let v6 = 0;
+  let v4 = 0;
+  const texts = [...addressLikeTexts(40_000), '1.2.3.4', '255.255.255.255', '0.0.0.0', '01.2.3.4', '1.2.3', '1.2.3.4.5', '::1.2.3.4', '1:2:3:4:5:6:1.2.3.4', '1:2:3:4:5:6:7:1.2.3.4', '1::2:3:4:5:6:7:8', '1:2:3:4:5:6:7::', '::2:3:4:5:6:7:8', '1:2:3:4:5:6:7:8'];
+  for (const s of texts) {
+    const family = isIP(s);
+    const ip = parseIp(s, { keepMapped: true });
+    t.is(ip?.family ?? 0, s.includes('%') ? 0 : family, JSON.stringify(s));
+    if (family === 6 && ip) {
+      v6++;
+      const words = ipv6Words(s) as number[];
+      t.is(`[${formatWords(words)}]`, new URL(`http://[${s}]/`).hostname, JSON.stringify(s));
+      t.is(words.reduce((a, w) => (a << 16n) | BigInt(w), 0n), ip.value, JSON.stringify(s));
+    }
+    if (family === 4) {
+      v4++;
+      t.is(ip?.value, s.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n), s);
+    }
+    t.is(canonicalIp(s) !== undefined, !s.includes('%') && family !== 0, JSON.stringify(s));
+  }
+  t.true(v6 > 1000 && v4 > 20, `the texts held ${v6} IPv6 and ${v4} IPv4 addresses`);
+});
+
+test('parseIp hands out one frozen value per text (a connection\'s checks share it), never a wrong one for junk', (t) => {
+  const a = parseIp('fd00::7');
+  t.is(parseIp('fd00::7'), a);
+  t.true(Object.isFrozen(a));
+  t.is(parseIp('fd00::7%eth0'), undefined);
+  t.is(parseIp('x'.repeat(46)), undefined);
+  t.deepEqual(parseIp('::ffff:10.0.0.1', { keepMapped: true }), { family: 6, value: (0xffffn << 32n) | 0x0a000001n }, 'keepMapped is not served from the mapped cache');
+  t.deepEqual(parseIp('::ffff:10.0.0.1'), { family: 4, value: 0x0a000001n });
 });

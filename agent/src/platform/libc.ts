@@ -2,7 +2,7 @@
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
-import { canonicalIp, formatIp, parseIp } from '../protocol/address.js';
+import { canonicalIp, canonicalWords, ipv6Words } from '../protocol/address.js';
 
 const libc = koffi.load('libc.so.6');
 
@@ -267,20 +267,18 @@ export function parseSockaddrIn(buf: Buffer): { address: string; port: number } 
 
 /** sizeof(struct sockaddr_in6): family, port (big-endian), flowinfo, 16-byte address, scope id. */
 export const SOCKADDR_IN6_SIZE = 28;
-const LOW64 = (1n << 64n) - 1n;
 
 /**
  * struct sockaddr_in6 for a plain IPv6 address (written as it is: an IPv4-mapped one stays mapped; no zone, use
  * `scopeId` for a link-local address) and port.
  */
 export function sockaddrIn6(address: string, port: number, scopeId = 0): Buffer {
-  const ip = parseIp(address, { keepMapped: true });
-  if (ip?.family !== 6) throw new Error(`not an IPv6 address: ${address}`);
+  const words = ipv6Words(address);
+  if (words === undefined) throw new Error(`not an IPv6 address: ${address}`);
   const buf = Buffer.alloc(SOCKADDR_IN6_SIZE);
   buf.writeUInt16LE(AF_INET6, 0);
   buf.writeUInt16BE(port, 2);
-  buf.writeBigUInt64BE(ip.value >> 64n, 8);
-  buf.writeBigUInt64BE(ip.value & LOW64, 16);
+  for (let i = 0; i < 8; i++) buf.writeUInt16BE(words[i] as number, 8 + 2 * i);
   buf.writeUInt32LE(scopeId, 24);
   return buf;
 }
@@ -288,9 +286,9 @@ export function sockaddrIn6(address: string, port: number, scopeId = 0): Buffer 
 /** A struct sockaddr_in6's address (canonical: an IPv4-mapped one is its IPv4 address, see protocol/address.ts) and port. */
 export function parseSockaddrIn6(buf: Buffer): { address: string; port: number; scopeId: number } {
   if (buf.length < SOCKADDR_IN6_SIZE || buf.readUInt16LE(0) !== AF_INET6) throw new Error('not a sockaddr_in6');
-  const value = (buf.readBigUInt64BE(8) << 64n) | buf.readBigUInt64BE(16);
-  const text = formatIp({ family: 6, value });
-  return { address: canonicalIp(text) ?? text, port: buf.readUInt16BE(2), scopeId: buf.readUInt32LE(24) };
+  const words: number[] = [];
+  for (let i = 0; i < 8; i++) words.push(buf.readUInt16BE(8 + 2 * i));
+  return { address: canonicalWords(words), port: buf.readUInt16BE(2), scopeId: buf.readUInt32LE(24) };
 }
 
 /**

@@ -1,7 +1,8 @@
 // IP addresses as text, the one place for it: canonical forms (RFC 5952 for IPv6; an IPv4-mapped IPv6 address is its
 // IPv4 address), address families, and `host:port` with IPv6 in brackets (formatting and strict parsing). Pure.
-// Strict: a plain address only (no zone, brackets, spaces or prefix), whatever else node's isIP lets through.
-import { isIPv4, isIPv6 } from 'node:net';
+// Strict: a plain address only (no zone, brackets, spaces or prefix), whatever else node's isIP lets through. Parsing is
+// a hand-written one-pass reader checked against node's isIP (test/unit/address.test.ts): it sits on every connection.
+import { isIPv4 } from 'node:net';
 
 export type IpFamily = 'ipv4' | 'ipv6';
 
@@ -11,52 +12,141 @@ export interface IpValue {
   value: bigint;
 }
 
-/**
- * True for the text of a plain IPv6 address: node's isIPv6, minus what it also accepts (a `%zone` suffix). Only hex
- * digits, colons and the dots of a trailing quad, so no zone, bracket, space, sign or prefix length gets through.
- */
-function isPlainIPv6(s: string): boolean {
-  return /^[0-9a-fA-F:.]+$/.test(s) && isIPv6(s);
+/** The value of a hex digit's char code, or -1. */
+function hexDigit(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48; // 0-9
+  const l = c | 0x20; // a-f and A-F alike
+  return l >= 97 && l <= 102 ? l - 87 : -1;
 }
 
-/** The eight 16-bit words of an IPv6 address already validated by isPlainIPv6, a trailing dotted quad included. */
-function v6Words(s: string): number[] {
-  let text = s;
-  const tail: number[] = [];
-  if (s.includes('.')) {
-    // `...:a.b.c.d`: the quad is the last two words; what precedes it keeps a `::`, else loses its trailing `:`.
-    const colon = s.lastIndexOf(':');
-    const o = s.slice(colon + 1).split('.').map(Number);
-    tail.push(((o[0] ?? 0) << 8) | (o[1] ?? 0), ((o[2] ?? 0) << 8) | (o[3] ?? 0));
-    text = s.endsWith('::', colon + 1) ? s.slice(0, colon + 1) : s.slice(0, colon);
+/**
+ * The 32 bits of a dotted quad that runs from `i` to the end of `s`, as node's isIPv4 takes it (four decimal octets of
+ * at most 255, no leading zeros), or -1.
+ */
+function quadAt(s: string, i: number): number {
+  let value = 0;
+  for (let octet = 0; octet < 4; octet++) {
+    if (octet > 0) {
+      if (s.charCodeAt(i) !== 46) return -1; // '.'
+      i++;
+    }
+    const start = i;
+    let v = 0;
+    while (i < s.length && i - start < 3) {
+      const c = s.charCodeAt(i);
+      if (c < 48 || c > 57) break;
+      v = v * 10 + (c - 48);
+      i++;
+    }
+    if (i === start || v > 255 || (i - start > 1 && s.charCodeAt(start) === 48)) return -1;
+    value = value * 256 + v;
   }
-  const parse = (part: string): number[] => (part === '' ? [] : part.split(':').map((w) => parseInt(w, 16)));
-  const gap = text.indexOf('::');
-  if (gap < 0) return [...parse(text), ...tail];
-  const head = parse(text.slice(0, gap));
-  const rest = parse(text.slice(gap + 2));
-  return [...head, ...new Array<number>(8 - tail.length - head.length - rest.length).fill(0), ...rest, ...tail];
+  return i === s.length ? value : -1;
+}
+
+/**
+ * The eight 16-bit words of the text of a plain IPv6 address, or undefined when it is not one: exactly what node's
+ * isIPv6 takes (groups of 1 to 4 hex digits, one `::` standing for at least one zero word, a trailing dotted quad as the
+ * last two words), minus its `%zone` suffix; so no zone, bracket, space, sign or prefix length gets through. One pass,
+ * no regular expression and no bigint: this runs on every new connection (socket addresses, :authority, policy).
+ */
+function v6Words(s: string): number[] | undefined {
+  const n = s.length;
+  if (n < 2 || n > 45) return undefined; // '::' is the shortest; 45 the longest (six groups and a dotted quad)
+  const words: number[] = [];
+  let gap = -1; // where `::` stands, as an index into words
+  let i = 0;
+  if (s.charCodeAt(0) === 58) {
+    if (s.charCodeAt(1) !== 58) return undefined;
+    gap = 0;
+    i = 2;
+  }
+  while (i < n) {
+    if (words.length === 8) return undefined;
+    const start = i;
+    let v = 0;
+    while (i < n && i - start < 5) {
+      const d = hexDigit(s.charCodeAt(i));
+      if (d < 0) break;
+      v = v * 16 + d;
+      i++;
+    }
+    if (i === start) return undefined; // an empty group (`:::`, a stray `:`) or a foreign character
+    if (i < n && s.charCodeAt(i) === 46) {
+      // A dotted quad: read again from the group's start as decimal; it must end the text and leave room for two words.
+      const q = quadAt(s, start);
+      if (q < 0 || words.length > 6) return undefined;
+      words.push(q >>> 16, q & 0xffff);
+      break;
+    }
+    if (i - start > 4) return undefined;
+    words.push(v);
+    if (i === n) break;
+    if (s.charCodeAt(i) !== 58) return undefined;
+    i++;
+    if (s.charCodeAt(i) === 58) {
+      if (gap >= 0) return undefined; // a second `::`
+      gap = words.length;
+      i++;
+    } else if (i === n) {
+      return undefined; // a trailing single `:`
+    }
+  }
+  if (gap < 0) return words.length === 8 ? words : undefined;
+  if (words.length > 7) return undefined; // `::` stands for one zero word at least
+  const zeros = new Array<number>(8 - words.length).fill(0);
+  return [...words.slice(0, gap), ...zeros, ...words.slice(gap)];
+}
+
+/** True for the text of a plain IPv6 address (see v6Words). */
+function isPlainIPv6(s: string): boolean {
+  return v6Words(s) !== undefined;
 }
 
 /** True when the words are `::ffff:a.b.c.d` (IPv4-mapped). */
 const isMapped = (w: readonly number[]): boolean => w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff;
 
+/** A 32-bit unsigned number from two words. */
+const pair = (hi: number, lo: number): number => hi * 0x10000 + lo;
+
+/** Parsed texts (null: not an address), so a connection's addresses are read once, not on each of its checks. */
+const parsed = new Map<string, IpValue | null>();
+const PARSED_MAX = 8192;
+
 /**
  * Parses a plain IPv4 or IPv6 address (a zone, brackets or spaces: undefined). An IPv4-mapped IPv6 address
  * (`::ffff:a.b.c.d`, also in hex) is the IPv4 address it carries: that is how a dual-stack socket reports an IPv4 peer,
  * and on the wire it is one. `keepMapped`: an IPv4-mapped address stays the IPv6 address it is written as (a policy
- * CIDR: see policy/authorization.ts).
+ * CIDR: see policy/authorization.ts). The value is frozen: it may be shared with other callers.
  */
 export function parseIp(text: string, opts: { keepMapped?: boolean } = {}): IpValue | undefined {
-  if (isIPv4(text)) return { family: 4, value: text.split('.').reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) };
-  if (!isPlainIPv6(text)) return undefined;
+  if (opts.keepMapped) return parseIpUncached(text, true);
+  if (text.length > 45) return undefined;
+  const known = parsed.get(text);
+  if (known !== undefined) return known ?? undefined;
+  const out = parseIpUncached(text, false);
+  if (parsed.size >= PARSED_MAX) parsed.clear(); // bounded: at worst some texts are parsed again
+  parsed.set(text, out ?? null);
+  return out;
+}
+
+function parseIpUncached(text: string, keepMapped: boolean): IpValue | undefined {
+  const quad = quadAt(text, 0); // node's isIPv4, in the same pass as the value
+  if (quad >= 0) return Object.freeze({ family: 4, value: BigInt(quad) });
   const w = v6Words(text);
-  if (isMapped(w) && !opts.keepMapped) return { family: 4, value: (BigInt(w[6] ?? 0) << 16n) | BigInt(w[7] ?? 0) };
-  return { family: 6, value: w.reduce((a, x) => (a << 16n) | BigInt(x), 0n) };
+  if (w === undefined) return undefined;
+  if (isMapped(w) && !keepMapped) return Object.freeze({ family: 4, value: BigInt(pair(w[6] as number, w[7] as number)) });
+  const half = (k: number): bigint => (BigInt(pair(w[k] as number, w[k + 1] as number)) << 32n) | BigInt(pair(w[k + 2] as number, w[k + 3] as number));
+  return Object.freeze({ family: 6, value: (half(0) << 64n) | half(4) });
+}
+
+/** The eight words of an IPv6 text (see v6Words) as written (an IPv4-mapped one stays mapped), or undefined. */
+export function ipv6Words(text: string): number[] | undefined {
+  return v6Words(text);
 }
 
 /** RFC 5952 text of eight words: lower case, no leading zeros, the longest run of two or more zero words as `::`. */
-function formatWords(words: readonly number[]): string {
+export function formatWords(words: readonly number[]): string {
   let best = -1;
   let bestLen = 1;
   for (let i = 0; i < 8; ) {
@@ -98,8 +188,12 @@ export function canonicalIp(text: string): string | undefined {
 }
 
 function canonicalV6(s: string): string | undefined {
-  if (!isPlainIPv6(s)) return undefined;
   const w = v6Words(s);
+  return w === undefined ? undefined : canonicalWords(w);
+}
+
+/** The canonical text of eight words: RFC 5952, or the dotted IPv4 address an IPv4-mapped one carries. */
+export function canonicalWords(w: readonly number[]): string {
   if (isMapped(w)) return `${(w[6] ?? 0) >> 8}.${(w[6] ?? 0) & 0xff}.${(w[7] ?? 0) >> 8}.${(w[7] ?? 0) & 0xff}`;
   return formatWords(w);
 }

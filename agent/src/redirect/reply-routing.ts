@@ -1,6 +1,6 @@
 // Pure pieces of inbound source preservation shared by the netfilter backends: the pod's policy-routing rule and local
 // route (as `ip` inputs and scripts, per address family), how they read back, and where the agent's upstream socket binds.
-import { formatIp, parseIp, type IpFamily } from '../protocol/address.js';
+import { canonicalIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import { podCapturesIpv6 } from './types.js';
 import {
@@ -83,8 +83,8 @@ export function upstreamSource(clientIp: string, families: readonly RouteFamily[
   if (!ip || !families.includes(ip.family)) return undefined;
   if (ip.family === 4) {
     const first = Number(ip.value >> 24n);
-    return ip.value === 0n || first === 127 || first >= 224 ? undefined : formatIp(ip);
+    return ip.value === 0n || first === 127 || first >= 224 ? undefined : canonicalIp(clientIp);
   }
   if (ip.value === 0n || ip.value === 1n) return undefined;
-  return V6_NOT_SOURCE.some((r) => ip.value >> (128n - r.bits) === r.prefix) ? undefined : formatIp(ip);
+  return V6_NOT_SOURCE.some((r) => ip.value >> (128n - r.bits) === r.prefix) ? undefined : canonicalIp(clientIp);
 }
