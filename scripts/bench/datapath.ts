@@ -91,12 +91,25 @@ function numbers(v: unknown, what: string): number[] {
 
 /** One block: rr.mjs client in the client pod, every sample back (µs). Smaller counts make an untimed warm-up run. */
 export async function runRr(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples> {
+  return (await runRrInterleaved(o, r, [r.host], counts))[0] as RrSamples;
+}
+
+/**
+ * One block to several hosts of the same server from r.client (e.g. its IPv4 and IPv6 addresses): round trips and new
+ * connections interleaved one by one (rr.mjs turns the order each time), so the hosts' samples share the machine's
+ * moment; every sample back (µs), in `hosts` order.
+ */
+export async function runRrInterleaved(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, hosts: string[], counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples[]> {
   const [cmd, args] = onCpu(o, r.client, process.execPath, [
-    RR, 'client', '--host', r.host, '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw',
+    RR, 'client', '--host', hosts.join(','), '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw',
   ]);
-  const res = await r.client.exec(cmd, args, { timeout: 120_000 });
-  const samples = path(jsonLines(String(res.stdout)).at(-1), 'samples_us');
-  return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
+  const res = await r.client.exec(cmd, args, { timeout: 120_000 * hosts.length });
+  const lines = jsonLines(String(res.stdout)).slice(-hosts.length);
+  if (lines.length !== hosts.length) throw new Error(`rr.mjs printed ${lines.length} results for ${hosts.length} hosts`);
+  return lines.map((line) => {
+    const samples = path(line, 'samples_us');
+    return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
+  });
 }
 
 export function pooled(blocks: RrSamples[]): RrResult {

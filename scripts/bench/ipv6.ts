@@ -4,7 +4,7 @@
 import { formatHostPort } from '../../agent/src/protocol/address.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../../test/testbed/index.js';
 import { onCpu, pinAgent } from './cpu.js';
-import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
+import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, runRrInterleaved, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { checkInterrupted, progress, withTestbeds } from './run.js';
 import { peerSeen } from './source.js';
 import { dist, f1, f2, medianCi, pairedRatios, ratio, ratioCi, ratioVerdict, verdictLine, type MedianCi } from './stats.js';
@@ -88,11 +88,16 @@ async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
     const directBlocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
     progress(`  [${mode}] ${o.ipv6Blocks} blocks per family of ${o.rounds} round trips + ${o.conns} new connections + ${o.ipv6Mib} MiB, mesh and direct`);
     for (let b = 0; b < o.ipv6Blocks; b++) {
+      checkInterrupted();
+      // Latency: both families in one run, one round trip or connection at a time each (their drift cancels); bulk: per family.
+      for (const [route, into] of [[routes, blocks], [direct, directBlocks]] as const) {
+        const [s4, s6] = await runRrInterleaved(o, route.ipv4, [route.ipv4.host, route.ipv6.host]);
+        if (s4 === undefined || s6 === undefined) throw new Error('rr.mjs gave no samples');
+        into.ipv4.push(s4);
+        into.ipv6.push(s6);
+      }
       for (const f of b % 2 === 0 ? FAMILIES : [...FAMILIES].reverse()) {
-        checkInterrupted();
-        blocks[f].push(await runRr(o, routes[f]));
         result.iperf[f].push(await runIperf(o, routes[f], agents, [], o.ipv6Mib * 1024 * 1024));
-        directBlocks[f].push(await runRr(o, direct[f]));
         result.direct.iperf[f].push(await runIperf(o, direct[f], [], [], o.ipv6Mib * 1024 * 1024));
       }
     }
@@ -147,7 +152,10 @@ function meshShare(mesh: Figure, direct: Figure): MedianCi | undefined {
   return medianCi(pairedRatios(pairedRatios(direct.blocks.ipv4, direct.blocks.ipv6), pairedRatios(mesh.blocks.ipv4, mesh.blocks.ipv6)));
 }
 
-/** IPv6 over IPv4 block by block (each IPv6 block ran right after or before its IPv4 one), with the 95 % interval of their median. */
+/**
+ * IPv6 over IPv4 block by block, with the 95 % interval of their median: latency blocks hold both families interleaved
+ * one round trip or connection at a time; each IPv6 bulk transfer ran right after or before its IPv4 one.
+ */
 function pairedCi(x: Figure): MedianCi | undefined {
   return x.blocks === undefined ? undefined : medianCi(pairedRatios(x.blocks.ipv4, x.blocks.ipv6));
 }
@@ -162,7 +170,7 @@ function peer(r: Ipv6Result, f: Family): string {
 
 export function reportIpv6(o: Ipv6Opts, results: Ipv6Result[], lines: string[]): void {
   for (const r of results) {
-    lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} interleaved blocks per family of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${o.ipv6Mib} MiB one way each)`);
+    lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} blocks of ${o.rounds} 1 KiB round trips and ${o.conns} new connections per family, the families interleaved one by one, and ${o.ipv6Mib} MiB one way per family)`);
     lines.push('');
     lines.push(
       `Dual-stack testbed, agents capturing IPv6: an enrolled client on node 0 calls the same enrolled server on node 1 by ${r.server.ipv4} and by ${r.server.ipv6}, both through HBONE (the client's agent logged ${r.tunnelled.ipv4} and ${r.tunnelled.ipv6} tunnelled connections in the timed blocks). New connection = connect + first 1 KiB round trip. The server's app saw as its peer ${FAMILIES.map((f) => `${peer(r, f)} over ${LABEL[f]}`).join(' and ')}.`,

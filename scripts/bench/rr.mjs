@@ -43,7 +43,9 @@ if (mode === 'server') {
   const stopAfter = Number(arg('seconds', '600'));
   setTimeout(() => process.exit(0), stopAfter * 1000).unref();
 } else if (mode === 'client') {
-  const host = arg('host');
+  // Several hosts (comma-separated, e.g. a server's IPv4 and IPv6 addresses): their round trips and new connections are
+  // interleaved one by one, the order turning each time, so drift on the machine falls on every host alike.
+  const hosts = (arg('host') ?? '').split(',').filter(Boolean);
   const port = Number(arg('port', '7000'));
   const rounds = Number(arg('rounds', '2000'));
   const conns = Number(arg('conns', '200'));
@@ -52,12 +54,14 @@ if (mode === 'server') {
   const size = Number(arg('size', '1024'));
   const raw = rest.includes('--raw');
   const msg = Buffer.alloc(size, 0x61);
-  if (!host) {
+  if (hosts.length === 0) {
     process.stderr.write('rr client: --host is required\n');
     process.exit(2);
   }
+  /** The hosts in the order of turn i (rotated by one each turn). */
+  const turn = (i) => hosts.map((_, k) => (k + i) % hosts.length);
 
-  const connect = () =>
+  const connect = (host) =>
     new Promise((resolve, reject) => {
       const s = net.connect({ host, port, noDelay: true }, () => {
         s.off('error', reject);
@@ -93,37 +97,46 @@ if (mode === 'server') {
       s.write(msg);
     });
 
-  const rr = [];
-  const s = await connect();
-  for (let i = 0; i < warmup; i++) await roundTrip(s);
-  for (let i = 0; i < rounds; i++) rr.push(await roundTrip(s));
-  s.destroy();
+  const rr = hosts.map(() => []);
+  const persistent = [];
+  for (const h of hosts) persistent.push(await connect(h));
+  for (let i = 0; i < warmup; i++) for (const k of turn(i)) await roundTrip(persistent[k]);
+  for (let i = 0; i < rounds; i++) for (const k of turn(i)) rr[k].push(await roundTrip(persistent[k]));
+  for (const s of persistent) s.destroy();
 
   // New connections, not timed first: whatever pools or caches the path keeps (the HBONE pool, TLS sessions) are warm.
   for (let i = 0; i < connWarmup; i++) {
-    const c = await connect();
-    await roundTrip(c);
-    c.destroy();
+    for (const h of hosts) {
+      const c = await connect(h);
+      await roundTrip(c);
+      c.destroy();
+    }
   }
-  const setup = [];
-  const connectOnly = [];
+  const setup = hosts.map(() => []);
+  const connectOnly = hosts.map(() => []);
   for (let i = 0; i < conns; i++) {
-    const t0 = process.hrtime.bigint();
-    const c = await connect();
-    connectOnly.push(process.hrtime.bigint() - t0);
-    await roundTrip(c);
-    setup.push(process.hrtime.bigint() - t0);
-    c.destroy();
+    for (const k of turn(i)) {
+      const t0 = process.hrtime.bigint();
+      const c = await connect(hosts[k]);
+      connectOnly[k].push(process.hrtime.bigint() - t0);
+      await roundTrip(c);
+      setup[k].push(process.hrtime.bigint() - t0);
+      c.destroy();
+    }
   }
-  const out = { size, persistent: summary(rr), newConnection: summary(setup), connect: summary(connectOnly) };
-  if (raw) {
-    const us = (a) => a.map((n) => +(Number(n) / 1000).toFixed(1));
-    out.samples_us = { persistent: us(rr), newConnection: us(setup), connect: us(connectOnly) };
-  }
-  process.stdout.write(`${JSON.stringify(out)}\n`);
+  const results = hosts.map((_, k) => {
+    const out = { size, persistent: summary(rr[k]), newConnection: summary(setup[k]), connect: summary(connectOnly[k]) };
+    if (raw) {
+      const us = (a) => a.map((n) => +(Number(n) / 1000).toFixed(1));
+      out.samples_us = { persistent: us(rr[k]), newConnection: us(setup[k]), connect: us(connectOnly[k]) };
+    }
+    return out;
+  });
+  // One host: its figures as the line; several: one line per host, in --host order.
+  for (const out of results) process.stdout.write(`${JSON.stringify(hosts.length > 1 ? { host: hosts[results.indexOf(out)], ...out } : out)}\n`);
 } else {
   process.stderr.write(
-    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] | client --host H [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
+    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] | client --host H[,H2...] [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
   );
   process.exit(2);
 }
