@@ -58,8 +58,8 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --ipv6-modes L       backends of the IPv6 vs IPv4 part, a dual-stack testbed each (default iptables,nftables;
                        ebpf works too)
   --ipv6-blocks N      interleaved blocks per family in that part, each --rounds round trips, --conns new connections
-                       and --ipv6-mib MiB one way (default 4)
-  --ipv6-mib N         bulk transfer per block in that part, MiB one way (default 64)
+                       and 12 bursts of --ipv6-mib MiB one way per family, all interleaved one by one (default 4)
+  --ipv6-mib N         one bulk burst in that part, MiB one way; 12 a family per block, the families in turn (default 8)
   --readopt-modes L    backends of the re-adoption part: N enrolled pods on one node, the agent killed -9 and started
                        again, start to ready timed against the same agent with 0 pods (default iptables)
   --readopt-pods N     enrolled pods in that part, at most ${READOPT_MAX_PODS} (default 250, the goal's size)
@@ -113,7 +113,7 @@ function parseOpts(argv: string[]): Opts {
       'churn-concurrency': { type: 'string', default: '32' },
       'ipv6-modes': { type: 'string', default: 'iptables,nftables' },
       'ipv6-blocks': { type: 'string', default: '4' },
-      'ipv6-mib': { type: 'string', default: '64' },
+      'ipv6-mib': { type: 'string', default: '8' },
       'readopt-modes': { type: 'string', default: 'iptables' },
       'readopt-pods': { type: 'string', default: '250' },
       'readopt-reps': { type: 'string', default: '3' },

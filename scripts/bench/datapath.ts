@@ -77,6 +77,8 @@ export interface Route {
 
 export const RR = join(REPO_ROOT, 'scripts/bench/rr.mjs');
 export const RR_PORT = 7000;
+/** rr.mjs server's bulk sink (--sink-port), for `rr.mjs bulk`. */
+export const SINK_PORT = 7001;
 export const IPERF_PORT = 5201;
 /** stunnel: client-pod entrance on 127.0.0.1 and server-pod TLS port, per service. */
 const TUNNEL = {
@@ -110,6 +112,20 @@ export async function runRrInterleaved(o: Pick<DatapathOpts, 'rounds' | 'conns' 
     const samples = path(line, 'samples_us');
     return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
   });
+}
+
+/**
+ * Bulk bursts from r.client to several hosts of r.server's sink (rr.mjs server --sink-port SINK_PORT), one connection
+ * per host, bursts of `chunkMib` MiB interleaved one by one; every burst's Gbit/s back, in `hosts` order.
+ */
+export async function runBulkInterleaved(o: Pick<DatapathOpts, 'pin'>, r: Route, hosts: string[], bursts: number, chunkMib: number): Promise<number[][]> {
+  const [cmd, args] = onCpu(o, r.client, process.execPath, [
+    RR, 'bulk', '--host', hosts.join(','), '--port', String(SINK_PORT), '--chunk-mib', String(chunkMib), '--bursts', String(bursts),
+  ]);
+  const res = await r.client.exec(cmd, args, { timeout: 120_000 * hosts.length });
+  const lines = jsonLines(String(res.stdout)).slice(-hosts.length);
+  if (lines.length !== hosts.length) throw new Error(`rr.mjs bulk printed ${lines.length} results for ${hosts.length} hosts`);
+  return lines.map((line) => numbers(path(line, 'gbps'), 'gbps'));
 }
 
 export function pooled(blocks: RrSamples[]): RrResult {

@@ -4,17 +4,17 @@
 import { formatHostPort } from '../../agent/src/protocol/address.js';
 import type { RedirectMode, Testbed, TestbedPod } from '../../test/testbed/index.js';
 import { onCpu, pinAgent } from './cpu.js';
-import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, runRrInterleaved, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
+import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runBulkInterleaved, runRr, runRrInterleaved, SINK_PORT, type DatapathOpts, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { checkInterrupted, progress, withTestbeds } from './run.js';
 import { peerSeen } from './source.js';
 import { dist, f1, f2, medianCi, pairedRatios, ratio, ratioCi, ratioVerdict, verdictLine, type MedianCi } from './stats.js';
 
-export interface Ipv6Opts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'pin' | 'iperfSeconds'> {
+export interface Ipv6Opts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'> {
   /** Backends measured, one dual-stack testbed each (iptables, nftables, ebpf). */
   ipv6Modes: RedirectMode[];
   /** Interleaved blocks per family. */
   ipv6Blocks: number;
-  /** Bulk transfer per block, MiB one way (iperf3 -n). */
+  /** One bulk burst, MiB one way; each block sends BULK_BURSTS of them per family, the families in turn. */
   ipv6Mib: number;
 }
 
@@ -22,6 +22,8 @@ export type Family = 'ipv4' | 'ipv6';
 const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 const LABEL: Record<Family, string> = { ipv4: 'IPv4', ipv6: 'IPv6' };
 const HBONE_PORT = 15008;
+/** Timed bulk bursts per family and block (after 2 untimed ones). */
+const BULK_BURSTS = 12;
 
 export interface Ipv6Result {
   mode: RedirectMode;
@@ -31,13 +33,14 @@ export interface Ipv6Result {
   /** Pooled over the blocks, with each block's p50. */
   rr: Record<Family, RrResult>;
   /** One bulk transfer per block. */
-  iperf: Record<Family, IperfResult[]>;
+  /** Bulk Gbit/s per block: the median of its bursts. */
+  bulk: Record<Family, number[]>;
   /** Connections the client's agent logged as HBONE to the server's address:15008, per family (proof both were captured). */
   tunnelled: Record<Family, number>;
   /** What the server's app saw as its peer per family (whether source preservation applied to both alike). */
   peerSeen: Record<Family, string>;
   /** The same blocks between a plain client and a plain server on the same nodes (no agent in the path). */
-  direct: { rr: Record<Family, RrResult>; iperf: Record<Family, IperfResult[]> };
+  direct: { rr: Record<Family, RrResult>; bulk: Record<Family, number[]> };
 }
 
 /** Goal from the issue: IPv6 and IPv4 no more than this far apart. */
@@ -65,14 +68,15 @@ async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
     const plainAddr = dualStack(plainServer);
     if (o.pin) for (const n of [0, 1]) pinAgent(tb.agent(n), n);
     for (const s of [server, plainServer]) {
-      void s.spawn(...onCpu(o, s, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--listen', '::']), { reject: false });
+      void s.spawn(...onCpu(o, s, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--listen', '::', '--sink-port', String(SINK_PORT), '--chunk-mib', String(o.ipv6Mib)]), { reject: false });
       await s.waitForPort(RR_PORT);
+      await s.waitForPort(SINK_PORT);
     }
     const routes = {} as Record<Family, Route>;
     const direct = {} as Record<Family, Route>;
     const result: Ipv6Result = {
-      mode, server: serverAddr, client: dualStack(client), rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] }, tunnelled: { ipv4: 0, ipv6: 0 }, peerSeen: { ipv4: '', ipv6: '' },
-      direct: { rr: {} as Ipv6Result['rr'], iperf: { ipv4: [], ipv6: [] } },
+      mode, server: serverAddr, client: dualStack(client), rr: {} as Ipv6Result['rr'], bulk: { ipv4: [], ipv6: [] }, tunnelled: { ipv4: 0, ipv6: 0 }, peerSeen: { ipv4: '', ipv6: '' },
+      direct: { rr: {} as Ipv6Result['rr'], bulk: { ipv4: [], ipv6: [] } },
     };
     for (const f of FAMILIES) {
       routes[f] = { client, server, host: serverAddr[f], rrPort: RR_PORT, iperfPort: IPERF_PORT };
@@ -81,24 +85,25 @@ async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
       await runRr(o, routes[f], { rounds: 100, conns: 5 }); // untimed warm-up: a pooled HBONE connection per family
       await runRr(o, direct[f], { rounds: 100, conns: 5 });
     }
-    const agents = [tb.agent(0), tb.agent(1)];
     // The warm-up's and peerSeen's tunnels are counted apart: the timed blocks' own must have gone through HBONE.
     const before = { ipv4: await tunnelledTo(tb, serverAddr.ipv4), ipv6: await tunnelledTo(tb, serverAddr.ipv6) };
     const blocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
     const directBlocks: Record<Family, RrSamples[]> = { ipv4: [], ipv6: [] };
-    progress(`  [${mode}] ${o.ipv6Blocks} blocks per family of ${o.rounds} round trips + ${o.conns} new connections + ${o.ipv6Mib} MiB, mesh and direct`);
+    progress(`  [${mode}] ${o.ipv6Blocks} blocks of ${o.rounds} round trips + ${o.conns} new connections + ${BULK_BURSTS} x ${o.ipv6Mib} MiB per family, mesh and direct`);
     for (let b = 0; b < o.ipv6Blocks; b++) {
       checkInterrupted();
-      // Latency: both families in one run, one round trip or connection at a time each (their drift cancels); bulk: per family.
+      // Both families in one run, one round trip, connection or bulk burst at a time each: their drift cancels.
       for (const [route, into] of [[routes, blocks], [direct, directBlocks]] as const) {
         const [s4, s6] = await runRrInterleaved(o, route.ipv4, [route.ipv4.host, route.ipv6.host]);
         if (s4 === undefined || s6 === undefined) throw new Error('rr.mjs gave no samples');
         into.ipv4.push(s4);
         into.ipv6.push(s6);
       }
-      for (const f of b % 2 === 0 ? FAMILIES : [...FAMILIES].reverse()) {
-        result.iperf[f].push(await runIperf(o, routes[f], agents, [], o.ipv6Mib * 1024 * 1024));
-        result.direct.iperf[f].push(await runIperf(o, direct[f], [], [], o.ipv6Mib * 1024 * 1024));
+      for (const [route, into] of [[routes, result.bulk], [direct, result.direct.bulk]] as const) {
+        const [g4, g6] = await runBulkInterleaved(o, route.ipv4, [route.ipv4.host, route.ipv6.host], BULK_BURSTS, o.ipv6Mib);
+        if (g4 === undefined || g6 === undefined) throw new Error('rr.mjs bulk gave no samples');
+        into.ipv4.push(dist(g4).p50);
+        into.ipv6.push(dist(g6).p50);
       }
     }
     for (const f of FAMILIES) {
@@ -135,10 +140,10 @@ interface Figure {
 /** The table's rows for the mesh path, or with `direct` for the plain pods' path. */
 function figures(r: Ipv6Result, direct = false): Figure[] {
   const src = direct ? r.direct : r;
-  const gbps = (f: Family): number[] => src.iperf[f].map((i) => i.gbps);
+  const gbps = (f: Family): number[] => src.bulk[f];
   const per = <T>(fn: (f: Family) => T): Record<Family, T> => ({ ipv4: fn('ipv4'), ipv6: fn('ipv6') });
   return [
-    { name: 'throughput Gbit/s (median of blocks)', short: 'throughput', digits: 2, value: per((f) => dist(gbps(f)).p50), blocks: per(gbps), judged: true },
+    { name: 'bulk Gbit/s (median of blocks)', short: 'throughput', digits: 2, value: per((f) => dist(gbps(f)).p50), blocks: per(gbps), judged: true },
     { name: '1 KiB RR p50 µs', short: 'RR p50', digits: 1, value: per((f) => src.rr[f].persistent.p50), blocks: per((f) => src.rr[f].blockP50.persistent), judged: true },
     { name: '1 KiB RR p99 µs', short: 'RR p99', digits: 1, value: per((f) => src.rr[f].persistent.p99), judged: false },
     { name: 'new connection p50 µs', short: 'new connection p50', digits: 1, value: per((f) => src.rr[f].newConnection.p50), blocks: per((f) => src.rr[f].blockP50.newConnection), judged: true },
@@ -170,7 +175,7 @@ function peer(r: Ipv6Result, f: Family): string {
 
 export function reportIpv6(o: Ipv6Opts, results: Ipv6Result[], lines: string[]): void {
   for (const r of results) {
-    lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} blocks of ${o.rounds} 1 KiB round trips and ${o.conns} new connections per family, the families interleaved one by one, and ${o.ipv6Mib} MiB one way per family)`);
+    lines.push(`### IPv6 vs IPv4 [${r.mode}] (same run, ${o.ipv6Blocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${o.ipv6Mib} MiB one way per family, all interleaved one by one)`);
     lines.push('');
     lines.push(
       `Dual-stack testbed, agents capturing IPv6: an enrolled client on node 0 calls the same enrolled server on node 1 by ${r.server.ipv4} and by ${r.server.ipv6}, both through HBONE (the client's agent logged ${r.tunnelled.ipv4} and ${r.tunnelled.ipv6} tunnelled connections in the timed blocks). New connection = connect + first 1 KiB round trip. The server's app saw as its peer ${FAMILIES.map((f) => `${peer(r, f)} over ${LABEL[f]}`).join(' and ')}.`,

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Request/response latency probe the benchmark runs inside pod namespaces: an echo server, and a client timing 1 KiB round trips on
-// one connection and new-connection setup (also connect() alone: the handshake, which redirection answers in the pod). Plain JS so it starts fast; prints one JSON line (µs; --raw adds every sample for pooling).
+// one connection and new-connection setup (also connect() alone: the handshake, which redirection answers in the pod); and
+// bulk bursts into a sink. Plain JS so it starts fast; prints one JSON line per host (µs; --raw adds every sample for pooling).
 import net from 'node:net';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -40,6 +41,20 @@ if (mode === 'server') {
   });
   // '::' for a dual-stack pod (IPv4 and IPv6 on one socket); the default stays IPv4 for pods that may have no IPv6.
   server.listen(port, arg('listen', '0.0.0.0'), () => process.stdout.write(`listening ${port}\n`));
+  // --sink-port: also a bulk sink there, answering one byte per --chunk-mib MiB received (what `bulk` clients wait for).
+  const sinkPort = arg('sink-port');
+  if (sinkPort !== undefined) {
+    const chunk = Number(arg('chunk-mib', '8')) * 1024 * 1024;
+    const ack = Buffer.from('k');
+    net.createServer((s) => {
+      let got = 0;
+      s.on('error', () => s.destroy());
+      s.on('data', (d) => {
+        got += d.length;
+        for (; got >= chunk; got -= chunk) s.write(ack);
+      });
+    }).listen(Number(sinkPort), arg('listen', '0.0.0.0'));
+  }
   const stopAfter = Number(arg('seconds', '600'));
   setTimeout(() => process.exit(0), stopAfter * 1000).unref();
 } else if (mode === 'client') {
@@ -134,9 +149,57 @@ if (mode === 'server') {
   });
   // One host: its figures as the line; several: one line per host, in --host order.
   for (const out of results) process.stdout.write(`${JSON.stringify(hosts.length > 1 ? { host: hosts[results.indexOf(out)], ...out } : out)}\n`);
+} else if (mode === 'bulk') {
+  // Bulk throughput to several hosts of one sink (rr.mjs server --sink-port): one connection per host, bursts of
+  // --chunk-mib MiB sent to each in turn (the order turning each time), each timed until the sink's one-byte answer.
+  const hosts = (arg('host') ?? '').split(',').filter(Boolean);
+  const port = Number(arg('port', '7001'));
+  const chunk = Number(arg('chunk-mib', '8')) * 1024 * 1024;
+  const bursts = Number(arg('bursts', '16'));
+  const warmup = Number(arg('warmup', '2'));
+  if (hosts.length === 0) {
+    process.stderr.write('rr bulk: --host is required\n');
+    process.exit(2);
+  }
+  const data = Buffer.alloc(chunk, 0x62);
+  const connect = (host) =>
+    new Promise((resolve, reject) => {
+      const s = net.connect({ host, port }, () => {
+        s.off('error', reject);
+        resolve(s);
+      });
+      s.once('error', reject);
+    });
+  /** One burst: Gbit/s from the first byte written to the sink's answer. */
+  const burst = (s) =>
+    new Promise((resolve, reject) => {
+      const t0 = process.hrtime.bigint();
+      const done = (err) => {
+        s.off('data', onData);
+        s.off('error', done);
+        if (err) reject(err);
+        else resolve((chunk * 8) / Number(process.hrtime.bigint() - t0));
+      };
+      const onData = () => done();
+      s.on('data', onData);
+      s.on('error', done);
+      s.write(data);
+    });
+  const socks = [];
+  for (const h of hosts) socks.push(await connect(h));
+  const gbps = hosts.map(() => []);
+  for (let i = 0; i < warmup + bursts; i++) {
+    for (let j = 0; j < hosts.length; j++) {
+      const k = (j + i) % hosts.length;
+      const v = await burst(socks[k]);
+      if (i >= warmup) gbps[k].push(+v.toFixed(4));
+    }
+  }
+  for (const s of socks) s.destroy();
+  for (let k = 0; k < hosts.length; k++) process.stdout.write(`${JSON.stringify({ host: hosts[k], chunk, gbps: gbps[k] })}\n`);
 } else {
   process.stderr.write(
-    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] | client --host H[,H2...] [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
+    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] [--sink-port P2 [--chunk-mib M]] | bulk --host H[,H2...] [--port P2] [--chunk-mib M] [--bursts N] [--warmup N] | client --host H[,H2...] [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
   );
   process.exit(2);
 }
