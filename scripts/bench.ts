@@ -49,6 +49,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --scale-sizes LIST   remote pods in the scale part's directories (default 10000,50000)
   --scale-updates N    one-pod changes per scale run (default 30)
   --source-mode M      backend of the source preservation comparison, on vs off (default iptables)
+  --source-control     that part with preservation on in both servers: what the comparison reads when nothing differs
   --takeover-modes L   backends of the take-over part (default iptables,nftables,ebpf)
   --takeover-steady S  seconds of steady state measured before the take-overs (default 8)
   --churn-modes L      backends of the pod-churn part (default iptables)
@@ -102,6 +103,7 @@ function parseOpts(argv: string[]): Opts {
       'rr-blocks': { type: 'string', default: '3' },
       only: { type: 'string' },
       'source-mode': { type: 'string', default: 'iptables' },
+      'source-control': { type: 'boolean', default: false },
       'table-services': { type: 'string', default: '5000' },
       'scale-sizes': { type: 'string', default: '10000,50000' },
       'takeover-modes': { type: 'string', default: 'iptables,nftables,ebpf' },
@@ -191,6 +193,7 @@ function parseOpts(argv: string[]): Opts {
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     sourceMode: sourceMode[0] as RedirectMode,
+    sourceControl: values['source-control'] ?? false,
     out: values.out,
   };
 }

@@ -1,26 +1,40 @@
-// 6. Inbound source preservation (issue 14): the same traffic into an enrolled server with --preserve-source on and
-// off, two testbeds alive at once and measured in interleaved blocks; the ratios on/off are what count.
-import type { RedirectMode } from '../../test/testbed/index.js';
-import { onCpu, pinAgent } from './cpu.js';
-import { meshAndPlainPods, pooled, RR, RR_PORT, runIperf, runRr, type DatapathOpts, type IperfResult, type Route, type RrResult, type RrSamples } from './datapath.js';
-import { checkInterrupted, progress, withTestbeds } from './run.js';
-import { f1, f2, medianCi, pairedRatios, pm, ratioCi, verdictLine } from './stats.js';
+// 6. Inbound source preservation (issue 14): one 3-node testbed whose server nodes differ only in --preserve-source (node 1
+// on, node 2 off); clients on node 0 call both servers turn by turn (round trip, connection, bulk burst), so the ratios
+// on/off share every moment of the machine.
+import type { RedirectMode, TestbedPod } from '../../test/testbed/index.js';
+import { pinAgent } from './cpu.js';
+import { pooled, RR, RR_PORT, runBulkInterleaved, runRr, runRrInterleaved, SINK_PORT, type DatapathOpts, type Route, type RrResult, type RrSamples } from './datapath.js';
+import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
+import { dist, f1, f2, medianCi, pairedRatios, pm, ratioCi, verdictLine } from './stats.js';
 
-export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrBlocks' | 'pin' | 'iperfSeconds'> {
-  /** The backend both testbeds use. */
+export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrBlocks'> {
+  /** The backend of the testbed. */
   sourceMode: RedirectMode;
+  /** A control run: node 2's server keeps preservation on too, so any on/off difference is the set-up's own. */
+  sourceControl: boolean;
 }
 
 type Setting = 'on' | 'off';
 type Client = 'mesh' | 'plain';
 const SETTINGS: readonly Setting[] = ['on', 'off'];
+/** The node of each setting's server (node 0 holds the clients). */
+const NODE: Record<Setting, number> = { on: 1, off: 2 };
+/** Timed bulk bursts per setting and block (after 2 untimed ones), and their size. */
+const BULK_BURSTS = 12;
+const BULK_MIB = 8;
+
+/** Node 0 (the clients) on CPU 0, the two server nodes on CPU 1. */
+const cpuOf = (node: number): number => (node === 0 ? 0 : 1);
+const pinned = (pod: TestbedPod, cmd: string, args: string[]): [string, string[]] => ['taskset', ['-c', String(cpuOf(pod.node.index)), cmd, ...args]];
+const PIN = { pin: true };
 
 export interface SourceResult {
   mode: RedirectMode;
-  /** Per setting: RR of a mesh client (HBONE into 15008) and a plain client (15006), iperf3 of the mesh client. */
+  /** Per setting: RR of a mesh client (HBONE into 15008) and a plain client (15006). */
   rr: Record<Setting, Record<Client, RrResult>>;
-  iperf: Record<Setting, IperfResult[]>;
-  /** What the server app saw as its peer in each testbed (proof the setting took effect). */
+  /** Bulk Gbit/s of the mesh client per block: the median of its bursts. */
+  bulk: Record<Setting, number[]>;
+  /** What each server's app saw as its peer (proof the setting took effect). */
   peerSeen: Record<Setting, { mesh: string; meshClientIp: string; serverIp: string }>;
 }
 
@@ -38,36 +52,51 @@ export async function peerSeen(r: Route): Promise<string> {
 }
 
 export async function benchSource(o: SourceOpts): Promise<SourceResult> {
-  progress(`source preservation [${o.sourceMode}]: two 2-node testbeds, --preserve-source true and false`);
-  const base = { nodes: 2, redirectMode: o.sourceMode, agentLogLevel: 'info' };
-  return withTestbeds([{ ...base, agentArgs: ['--preserve-source', 'true'] }, { ...base, agentArgs: ['--preserve-source', 'false'] }], async (tbs) => {
-    const routes = {} as Record<Setting, Record<Client, Route>>;
-    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], iperf: { on: [], off: [] }, peerSeen: {} as SourceResult['peerSeen'] };
-    for (const [i, setting] of SETTINGS.entries()) {
-      const tb = tbs[i];
-      if (tb === undefined) throw new Error('testbed missing');
-      const { meshClient, meshServer, plainClient } = await meshAndPlainPods(tb);
-      if (o.pin) for (const n of [0, 1]) pinAgent(tb.agent(n), n);
-      void meshServer.spawn(...onCpu(o, meshServer, process.execPath, [RR, 'server', '--port', String(RR_PORT)]), { reject: false });
-      await meshServer.waitForPort(RR_PORT);
-      routes[setting] = {
-        mesh: { client: meshClient, server: meshServer, host: meshServer.ip, rrPort: RR_PORT, iperfPort: 5201 },
-        plain: { client: plainClient, server: meshServer, host: meshServer.ip, rrPort: RR_PORT, iperfPort: 5201 },
-      };
-      const seen = await peerSeen(routes[setting].mesh);
-      result.peerSeen[setting] = { mesh: seen, meshClientIp: meshClient.ip, serverIp: meshServer.ip };
-      const want = setting === 'on' ? meshClient.ip : meshServer.ip;
+  progress(`source preservation [${o.sourceMode}]: a 3-node testbed, servers on node 1 (--preserve-source true) and node 2 (${o.sourceControl ? 'true: a control run' : 'false'})`);
+  const tbOpts = { nodes: 3, redirectMode: o.sourceMode, agentLogLevel: 'info', agentArgs: ['--preserve-source', 'true'], nodeAgentArgs: o.sourceControl ? {} : { [NODE.off]: ['--preserve-source', 'false'] } };
+  return withTestbeds([tbOpts], async ([tb]) => {
+    if (tb === undefined) throw new Error('testbed missing');
+    await tb.setNamespace('mesh', AMBIENT);
+    await tb.setNamespace('plain', {});
+    const pods = await tb.addPods([
+      { node: 0, namespace: 'mesh', name: 'client' },
+      { node: 0, namespace: 'plain', name: 'client' },
+      { node: NODE.on, namespace: 'mesh', name: 'server-on' },
+      { node: NODE.off, namespace: 'mesh', name: 'server-off' },
+    ]);
+    const [meshClient, plainClient, onServer, offServer] = pods;
+    if (!meshClient || !plainClient || !onServer || !offServer) throw new Error('pods missing');
+    const servers: Record<Setting, TestbedPod> = { on: onServer, off: offServer };
+    // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
+    // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.
+    for (const n of [0, 1, 2]) pinAgent(tb.agent(n), cpuOf(n));
+    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: [], off: [] }, peerSeen: {} as SourceResult['peerSeen'] };
+    for (const setting of SETTINGS) {
+      const server = servers[setting];
+      void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(BULK_MIB)]), { reject: false });
+      await server.waitForPort(RR_PORT);
+      await server.waitForPort(SINK_PORT);
+      const route: Route = { client: meshClient, server, host: server.ip, rrPort: RR_PORT, iperfPort: 5201 };
+      const seen = await peerSeen(route);
+      result.peerSeen[setting] = { mesh: seen, meshClientIp: meshClient.ip, serverIp: server.ip };
+      const want = setting === 'on' || o.sourceControl ? meshClient.ip : server.ip;
       if (seen !== want) throw new Error(`--preserve-source ${setting}: the server saw ${seen || 'nothing'}, expected ${want}: the comparison would be meaningless`);
-      for (const c of ['mesh', 'plain'] as const) await runRr(o, routes[setting][c], { rounds: 100, conns: 5 }); // untimed warm-up
+      for (const client of [meshClient, plainClient]) await runRr({ ...o, ...PIN }, { ...route, client }, { rounds: 100, conns: 5 }); // untimed warm-up
     }
+    const hosts = [servers.on.ip, servers.off.ip];
     const blocks: Record<Setting, Record<Client, RrSamples[]>> = { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } };
     for (let b = 0; b < o.rrBlocks; b++) {
-      for (const setting of b % 2 === 0 ? SETTINGS : [...SETTINGS].reverse()) {
-        checkInterrupted();
-        for (const c of ['mesh', 'plain'] as const) blocks[setting][c].push(await runRr(o, routes[setting][c]));
-        const tb = tbs[SETTINGS.indexOf(setting)];
-        if (tb) result.iperf[setting].push(await runIperf(o as DatapathOpts, routes[setting].mesh, [tb.agent(0), tb.agent(1)], []));
+      checkInterrupted();
+      for (const [c, client] of [['mesh', meshClient], ['plain', plainClient]] as const) {
+        const [on, off] = await runRrInterleaved({ ...o, ...PIN }, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts);
+        if (on === undefined || off === undefined) throw new Error('rr.mjs gave no samples');
+        blocks.on[c].push(on);
+        blocks.off[c].push(off);
       }
+      const [gOn, gOff] = await runBulkInterleaved(PIN, { client: meshClient, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, BULK_MIB);
+      if (gOn === undefined || gOff === undefined) throw new Error('rr.mjs bulk gave no samples');
+      result.bulk.on.push(dist(gOn).p50);
+      result.bulk.off.push(dist(gOff).p50);
     }
     for (const s of SETTINGS) result.rr[s] = { mesh: pooled(blocks[s].mesh), plain: pooled(blocks[s].plain) };
     return result;
@@ -81,25 +110,25 @@ const median = (xs: number[]): number => {
 };
 
 export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): void {
-  lines.push(`### Inbound source preservation on vs off [${r.mode}] (same run, ${o.rrBlocks} interleaved blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${o.iperfSeconds} s of iperf3 each)`);
+  lines.push(`### Inbound source preservation on vs off [${r.mode}]${o.sourceControl ? ' — CONTROL RUN: both servers preserve the source; "off" is node 2 with it on' : ''} (same run, ${o.rrBlocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${BULK_MIB} MiB per setting, the settings in turn one by one)`);
   lines.push('');
-  lines.push(`Server on node 1 enrolled; "mesh" = an enrolled client on node 0 (HBONE into 15008), "plain" = a non-mesh client on node 0 (15006, PERMISSIVE). The server's app saw ${r.peerSeen.on.mesh} (the client) with preservation on and ${r.peerSeen.off.mesh} (itself) with it off.`);
+  lines.push(`Enrolled servers on node 1 (--preserve-source true) and node 2 (false), alike otherwise; "mesh" = an enrolled client on node 0 (HBONE into 15008), "plain" = a non-mesh client on node 0 (15006, PERMISSIVE); each client calls both servers turn by turn. The servers' apps saw ${r.peerSeen.on.mesh} (the client) with preservation on and ${r.peerSeen.off.mesh} (itself) with it off.`);
   lines.push('');
-  lines.push('| client | setting | 1 KiB RR p50 / p99 µs | new connection p50 / p99 µs | iperf3 Gbit/s (median) |');
+  lines.push('| client | setting | 1 KiB RR p50 / p99 µs | new connection p50 / p99 µs | bulk Gbit/s (median of blocks) |');
   lines.push('|---|---|---:|---:|---:|');
-  const gbps = (s: Setting): number => median(r.iperf[s].map((i) => i.gbps));
+  const gbps = (s: Setting): number => median(r.bulk[s]);
   for (const c of ['mesh', 'plain'] as const) {
     for (const s of SETTINGS) lines.push(`| ${c} | ${s} | ${pm(r.rr[s][c].persistent)} | ${pm(r.rr[s][c].newConnection)} | ${c === 'mesh' ? f2(gbps(s)) : '–'} |`);
   }
   lines.push('');
-  // On over off block by block (each "on" block ran right before or after its "off" one), with the 95 % interval of their median.
+  // On over off block by block (each block holds both settings, turn by turn), with the 95 % interval of their median.
   const paired = (pick: (s: Setting) => number[]): ReturnType<typeof medianCi> => medianCi(pairedRatios(pick('off'), pick('on')));
   const figures = [
     { name: 'mesh RR p50', ci: paired((s) => r.rr[s].mesh.blockP50.persistent) },
     { name: 'mesh new connection p50', ci: paired((s) => r.rr[s].mesh.blockP50.newConnection) },
     { name: 'plain RR p50', ci: paired((s) => r.rr[s].plain.blockP50.persistent) },
     { name: 'plain new connection p50', ci: paired((s) => r.rr[s].plain.blockP50.newConnection) },
-    { name: 'mesh throughput', ci: paired((s) => r.iperf[s].map((i) => i.gbps)) },
+    { name: 'mesh throughput', ci: paired((s) => r.bulk[s]) },
   ];
   lines.push(`On/off block by block, median [95 % interval]: ${figures.map((x) => `${x.name} ${ratioCi(x.ci)}`).join(', ')}. Per-block mesh RR p50 (µs): on ${r.rr.on.mesh.blockP50.persistent.map(f1).join(' ')}; off ${r.rr.off.mesh.blockP50.persistent.map(f1).join(' ')}.`);
   lines.push(verdictLine(`on and off no more than ${SOURCE_RATIO_LIMIT * 100} % apart`, figures, SOURCE_RATIO_LIMIT, '--rr-blocks'));

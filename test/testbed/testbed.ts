@@ -68,6 +68,8 @@ export interface TestbedOptions {
   agent?: boolean;
   /** Extra agent command-line arguments. */
   agentArgs?: string[];
+  /** Further arguments for one node's agent (by node index), after agentArgs: e.g. one node with a setting off. */
+  nodeAgentArgs?: Record<number, string[]>;
   /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
   agentCommand?: string[];
   /** Agent --log-level. Default 'debug'. */
@@ -721,7 +723,7 @@ export class Testbed implements Destroyable {
         logLevel: o.agentLogLevel ?? 'debug',
         logFile: join(this.logsDir, `agent-${name}.log`),
         // The real agent knows the cluster's Service range, as a production config should (deploy/base/config.yaml).
-        extraArgs: [...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? [])],
+        extraArgs: [...(o.agentCommand === undefined ? ['--service-cidrs', SERVICE_CIDR] : []), ...(o.agentArgs ?? []), ...(o.nodeAgentArgs?.[i] ?? [])],
         readyTimeoutMs: o.agentReadyTimeoutMs ?? 20_000,
       });
     }
