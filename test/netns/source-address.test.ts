@@ -5,7 +5,7 @@ import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho, unenrolByLabel } from './helpers.js';
-import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { appAdvertisedMss, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
@@ -56,6 +56,14 @@ for (const mode of MODES) {
     // The app's replies in bulk come back through the agent (1 MiB from the app to a mesh client, byte for byte).
     const d = await download(productpage, sleep, 9091, 1024 * 1024);
     t.is(d.received, d.sent, 'the app\'s bytes reached the mesh client intact');
+
+    // The app's end of a preserved connection is routed through lo from its SYN-ACK on, so it advertises lo's MSS.
+    if (mode !== 'ebpf') {
+      for (const client of [sleep, legacy]) {
+        const mss = await appAdvertisedMss(productpage, client, 9080);
+        t.true(mss > 16_000, `the app advertised MSS ${mss} to the agent for ${client.key} (lo's, not eth0's 1448)`);
+      }
+    }
 
     // A kubelet-style probe from the node still goes straight to the app, as 169.254.7.127.
     const probe = await tb.nodeExec(1, 'ncat', ['--no-shutdown', '-w', '3', productpage.ip, '9080'], { input: 'probe\n', reject: false });

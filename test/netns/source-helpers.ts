@@ -95,6 +95,27 @@ export async function download(server: TestbedPod, client: TestbedPod, port: num
   return { sent, received: String(r.stdout).split(' ')[0] ?? '' };
 }
 
+/**
+ * The MSS the app advertised on a connection from `client` to its port (ss -ti advmss), read while the client holds it
+ * open a few seconds. A source-preserved connection from the agent arrives on lo: the app's SYN-ACK must take the reply
+ * route through lo (tcp_fwmark_accept) and advertise lo's MSS (~64 KB), not eth0's 1448, which made the agent send the
+ * app its bytes in 1448-byte segments.
+ */
+export async function appAdvertisedMss(server: TestbedPod, client: TestbedPod, port: number, host = server.ip): Promise<number> {
+  const holding = client.spawn('sh', ['-c', `sleep 4 | ncat ${host.includes(':') ? `-6 ${host}` : host} ${port}`], { timeout: 20_000, reject: false });
+  try {
+    for (let i = 0; i < 40; i++) {
+      const out = String((await server.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+      const m = /advmss:(\d+)/.exec(out);
+      if (m) return Number(m[1]);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`no established connection on ${server.key}:${port}`);
+  } finally {
+    await holding;
+  }
+}
+
 /** iptables / ip6tables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
 const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
 

@@ -6,7 +6,7 @@ import { netnsTest } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { NFT, agentPod, ask, eventually, ip6, unenrolByLabel } from './helpers.js';
-import { download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { appAdvertisedMss, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { PROBE_SNAT_IP6, REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
@@ -58,6 +58,13 @@ for (const mode of MODES) {
     // The app's replies in bulk come back through the agent over IPv6 (1 MiB to a mesh client, byte for byte).
     const d = await download(productpage, sleep, 9091, 1024 * 1024, server6);
     t.is(d.received, d.sent, 'the app\'s bytes reached the IPv6 mesh client intact');
+    // The app's end of a preserved IPv6 connection advertises lo's MSS too (tcp_fwmark_accept covers IPv6 TCP).
+    if (mode !== 'ebpf') {
+      for (const client of [sleep, legacy]) {
+        const mss = await appAdvertisedMss(productpage, client, 9080, server6);
+        t.true(mss > 16_000, `the app advertised MSS ${mss} over IPv6 to the agent for ${client.key} (lo's, not eth0's)`);
+      }
+    }
 
     // What the backend installed reads back in sync, IPv6 pieces included.
     const report = await podRulesReport(tb, productpage);

@@ -31,10 +31,13 @@ test('nft reply table of source preservation matches golden; it is a table of it
 });
 
 test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connmark 0x111, restored on the way out', (t) => {
-  const [pre, out, guard] = ipt.podMangleRules(4);
+  const [pre, out, guard, synMark] = ipt.podMangleRules(4);
   t.is(pre, `-A AMBIENT_PRERT -m mark --mark 0x${AGENT_MARK.toString(16)}/0xfff -j CONNMARK --set-xmark 0x${REPLY_MARK.toString(16)}/0xfff`);
   t.is(out, '-A AMBIENT_OUTPUT -m mark ! --mark 0x539/0xfff -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
   t.is(guard, '-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP');
+  // The agent's SYN to the app arrives with the reply mark (after the CONNMARK line, which needs the agent mark), so the
+  // app's socket takes it (tcp_fwmark_accept) and its SYN-ACK advertises lo's MSS.
+  t.is(synMark, '-A AMBIENT_PRERT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark 0x539/0xfff -j MARK --set-xmark 0x111/0xfff');
   // The nat chains stay as they were: replies are never NEW, so nat needs no 0x111 exemption (which a pod able to set
   // its own mark could use to skip its capture).
   t.false(ipt.podChainRules(4).some((l) => l.includes('0x111')));
@@ -68,7 +71,7 @@ test('iptables mangle restore and removal inputs name the mangle table', (t) => 
   // An older agent's pod (no guard yet): the drift check reports the guard and its jump missing, the repair adds them.
   const older = ['*mangle', ':AMBIENT_OUTPUT - [0:0]', ':AMBIENT_PRERT - [0:0]', ...ipt.podJumpRules(), ...ipt.podMangleRules(4).slice(0, 2), 'COMMIT'].join('\n');
   const d = ipt.diffOwned([...ipt.podMangleJumpRules(), ...ipt.podMangleRules(4)], ipt.ownedNatLines(older, MANGLE));
-  t.deepEqual(d, { missing: ['-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP', '-A POSTROUTING -j AMBIENT_REPLY_GUARD'], unexpected: [] });
+  t.deepEqual(d, { missing: [ipt.podMangleRules(4)[2], ipt.podMangleRules(4)[3], '-A POSTROUTING -j AMBIENT_REPLY_GUARD'].sort(), unexpected: [] });
   const repair = ipt.restoreInput(older, MANGLE, ipt.podMangleRules(4), ipt.podMangleJumpRules(), 'mangle');
   t.true(repair.includes(':AMBIENT_REPLY_GUARD - [0:0]\n'));
   t.true(repair.includes('\n-A POSTROUTING -j AMBIENT_REPLY_GUARD\n'));
@@ -97,9 +100,13 @@ test('reply routing removal deletes our rule, and the route only when no other r
 
 test('reply routing reads back in our notation and compares with the expectation', (t) => {
   t.regex(replyRoutingReadScript(4), /ip -4 route show table 100 2>\/dev\/null \|\| true/);
-  const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n';
+  t.regex(replyRoutingReadScript(4), /cat \/proc\/sys\/net\/ipv4\/tcp_fwmark_accept/);
+  t.notRegex(replyRoutingReadScript(6), /tcp_fwmark_accept/, 'one sysctl for both families, read with IPv4');
+  const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n@@ambient-reply@@\n1\n';
   t.deepEqual(replyRoutingLines(output, 4), expectedReplyRoutingLines(4));
   t.deepEqual(replyRoutingLines('@@ambient-reply@@\n', 4), [], 'nothing installed');
+  t.deepEqual(replyRoutingLines('@@ambient-reply@@\n@@ambient-reply@@\n0\n', 4), [], 'the sysctl at its default');
+  t.true(expectedReplyRoutingLines(4).includes('sysctl net.ipv4.tcp_fwmark_accept=1'));
   t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo metric 1024 pref medium']);
   // As `ip -6` prints them (read in a pod holding both).
   const output6 = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo metric 1024 pref medium\n';

@@ -1,15 +1,16 @@
 // The iptables and nftables backends, the factory, and the removal of every backend's in-pod pieces (the contract is in
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
+import { writeFileSync } from 'node:fs';
 import type { RedirectMode } from '../config.js';
 import { settleAll } from '../errors.js';
 import { runTool } from '../platform/exec.js';
-import type { Netns } from '../platform/netns.js';
+import { withNetns, type Netns } from '../platform/netns.js';
 import { canonicalIp, ipFamily } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import {
-  expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
+  expectedReplyRoutingLines, FWMARK_ACCEPT_PATH, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
 import { applyRoutingBatches } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
@@ -65,6 +66,8 @@ export interface NetfilterOptions {
 
 /** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
 async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
+  // Synchronous, before the batches start: /proc/sys/net follows the writing thread's netns.
+  if (families.length > 0) withNetns(netns, () => writeFileSync(FWMARK_ACCEPT_PATH, '1'));
   await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
 }
 
