@@ -155,6 +155,13 @@ function asString(v: unknown, key: string): string {
   return v;
 }
 
+/** A true/false setting: a boolean (config file) or its text (flags); anything else is a ConfigError naming it. */
+function booleanSetting(name: string, v: unknown): boolean {
+  if (v === true || v === 'true') return true;
+  if (v === false || v === 'false') return false;
+  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(v)}`);
+}
+
 /** Merges defaults < file < flags and validates the result. */
 export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_NAME?: string } = {}): AgentConfig {
   const merged = { ...normalise(file, 'config file'), ...normalise(flags, 'flags') };
@@ -165,22 +172,10 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
   }
   const logLevel = merged.logLevel ?? CONFIG_DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !isLogLevel(logLevel)) throw new ConfigError(`logLevel must be a pino level, got ${JSON.stringify(logLevel)}`);
-  const accessLog = merged.accessLog ?? CONFIG_DEFAULTS.accessLog;
-  if (accessLog !== true && accessLog !== false && accessLog !== 'true' && accessLog !== 'false') {
-    throw new ConfigError(`accessLog must be true or false, got ${JSON.stringify(accessLog)}`);
-  }
-  const exitAfterHandover = merged.exitAfterHandover ?? CONFIG_DEFAULTS.exitAfterHandover;
-  if (exitAfterHandover !== true && exitAfterHandover !== false && exitAfterHandover !== 'true' && exitAfterHandover !== 'false') {
-    throw new ConfigError(`exitAfterHandover must be true or false, got ${JSON.stringify(exitAfterHandover)}`);
-  }
-  const preserveSource = merged.preserveSource ?? CONFIG_DEFAULTS.preserveSource;
-  if (preserveSource !== true && preserveSource !== false && preserveSource !== 'true' && preserveSource !== 'false') {
-    throw new ConfigError(`preserveSource must be true or false, got ${JSON.stringify(preserveSource)}`);
-  }
-  const captureIpv6 = merged.captureIpv6 ?? CONFIG_DEFAULTS.captureIpv6;
-  if (captureIpv6 !== true && captureIpv6 !== false && captureIpv6 !== 'true' && captureIpv6 !== 'false') {
-    throw new ConfigError(`captureIpv6 must be true or false, got ${JSON.stringify(captureIpv6)}`);
-  }
+  const accessLog = booleanSetting('accessLog', merged.accessLog ?? CONFIG_DEFAULTS.accessLog);
+  const exitAfterHandover = booleanSetting('exitAfterHandover', merged.exitAfterHandover ?? CONFIG_DEFAULTS.exitAfterHandover);
+  const preserveSource = booleanSetting('preserveSource', merged.preserveSource ?? CONFIG_DEFAULTS.preserveSource);
+  const captureIpv6 = booleanSetting('captureIpv6', merged.captureIpv6 ?? CONFIG_DEFAULTS.captureIpv6);
   const workloadSource = merged.workloadSource ?? 'files';
   if (!WORKLOAD_SOURCES.includes(workloadSource as WorkloadSourceKind)) throw new ConfigError(`workloadSource must be one of ${WORKLOAD_SOURCES.join(', ')}, got ${JSON.stringify(workloadSource)}`);
   const timeout = Number(merged.podLookupTimeoutMs ?? CONFIG_DEFAULTS.podLookupTimeoutMs);
@@ -234,13 +229,13 @@ export function parseAgentConfig(file: RawConfig, flags: RawConfig, env: { NODE_
     procRoot: asString(merged.procRoot ?? CONFIG_DEFAULTS.procRoot, 'procRoot'),
     redirectMode: redirectMode as RedirectMode,
     logLevel,
-    accessLog: accessLog === true || accessLog === 'true',
-    preserveSource: preserveSource === true || preserveSource === 'true',
-    captureIpv6: captureIpv6 === true || captureIpv6 === 'true',
+    accessLog,
+    preserveSource,
+    captureIpv6,
     podLookupTimeoutMs: timeout,
     repairIntervalMs: repair,
     drainSeconds,
-    exitAfterHandover: exitAfterHandover === true || exitAfterHandover === 'true',
+    exitAfterHandover,
     trustDomain,
     clusterDomain,
     serviceCidrs,

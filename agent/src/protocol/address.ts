@@ -45,12 +45,12 @@ function quadAt(s: string, i: number): number {
 }
 
 /**
- * The eight 16-bit words of the text of a plain IPv6 address, or undefined when it is not one: exactly what node's
- * isIPv6 takes (groups of 1 to 4 hex digits, one `::` standing for at least one zero word, a trailing dotted quad as the
- * last two words), minus its `%zone` suffix; so no zone, bracket, space, sign or prefix length gets through. One pass,
- * no regular expression and no bigint: this runs on every new connection (socket addresses, :authority, policy).
+ * The eight 16-bit words of the text of a plain IPv6 address (an IPv4-mapped one as written), or undefined when it is
+ * not one: exactly what node's isIPv6 takes (groups of 1 to 4 hex digits, one `::` standing for at least one zero word,
+ * a trailing dotted quad as the last two words) minus its `%zone` suffix, so no zone, bracket, space, sign or prefix
+ * length gets through. One pass, no regular expression and no bigint: this runs on every new connection.
  */
-function v6Words(s: string): number[] | undefined {
+export function ipv6Words(s: string): number[] | undefined {
   const n = s.length;
   if (n < 2 || n > 45) return undefined; // '::' is the shortest; 45 the longest (six groups and a dotted quad)
   const words: number[] = [];
@@ -98,9 +98,9 @@ function v6Words(s: string): number[] | undefined {
   return [...words.slice(0, gap), ...zeros, ...words.slice(gap)];
 }
 
-/** True for the text of a plain IPv6 address (see v6Words). */
+/** True for the text of a plain IPv6 address (see ipv6Words). */
 function isPlainIPv6(s: string): boolean {
-  return v6Words(s) !== undefined;
+  return ipv6Words(s) !== undefined;
 }
 
 /** True when the words are `::ffff:a.b.c.d` (IPv4-mapped). */
@@ -133,16 +133,11 @@ export function parseIp(text: string, opts: { keepMapped?: boolean } = {}): IpVa
 function parseIpUncached(text: string, keepMapped: boolean): IpValue | undefined {
   const quad = quadAt(text, 0); // node's isIPv4, in the same pass as the value
   if (quad >= 0) return Object.freeze({ family: 4, value: BigInt(quad) });
-  const w = v6Words(text);
+  const w = ipv6Words(text);
   if (w === undefined) return undefined;
   if (isMapped(w) && !keepMapped) return Object.freeze({ family: 4, value: BigInt(pair(w[6] as number, w[7] as number)) });
   const half = (k: number): bigint => (BigInt(pair(w[k] as number, w[k + 1] as number)) << 32n) | BigInt(pair(w[k + 2] as number, w[k + 3] as number));
   return Object.freeze({ family: 6, value: (half(0) << 64n) | half(4) });
-}
-
-/** The eight words of an IPv6 text (see v6Words) as written (an IPv4-mapped one stays mapped), or undefined. */
-export function ipv6Words(text: string): number[] | undefined {
-  return v6Words(text);
 }
 
 /** RFC 5952 text of eight words: lower case, no leading zeros, the longest run of two or more zero words as `::`. */
@@ -188,7 +183,7 @@ export function canonicalIp(text: string): string | undefined {
 }
 
 function canonicalV6(s: string): string | undefined {
-  const w = v6Words(s);
+  const w = ipv6Words(s);
   return w === undefined ? undefined : canonicalWords(w);
 }
 

@@ -1,6 +1,6 @@
 // Pure pieces of the ebpf backend: the per-pod config map layout, the in-pod routing pieces as shell scripts, and the
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
-import { addressesOf, formatIp, parseIp } from '../protocol/address.js';
+import { addressesOf, formatWords, ipFamily, ipv6Words } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
 import {
   expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
@@ -88,13 +88,12 @@ export function podAddresses(pod: PodContext, captureIpv6: boolean): PodAddresse
   return { ...(ip4 ? { ip4 } : {}), ...(ip6 ? { ip6 } : {}) };
 }
 
-/** The 16 bytes of an IPv6 address in network order. */
+/** The 16 bytes of an IPv6 address in network order (an IPv4-mapped one is IPv4: refused). */
 function ip6Bytes(ip: string): Buffer {
-  const v = parseIp(ip);
-  if (v?.family !== 6) throw new Error(`not an IPv6 address: ${JSON.stringify(ip)}`);
+  const words = ipFamily(ip) === 'ipv6' ? ipv6Words(ip) : undefined;
+  if (words === undefined) throw new Error(`not an IPv6 address: ${JSON.stringify(ip)}`);
   const b = Buffer.alloc(16);
-  b.writeBigUInt64BE(v.value >> 64n, 0);
-  b.writeBigUInt64BE(v.value & 0xffffffffffffffffn, 8);
+  words.forEach((w, i) => b.writeUInt16BE(w, 2 * i));
   return b;
 }
 
@@ -113,7 +112,7 @@ export function decodeConfig(b: Buffer): PodConfig {
   if (b.length < 16) throw new Error(`ambient_cfg value has ${b.length} bytes, expected ${CFG_SIZE}`);
   const cfg: PodConfig = { version: b.readUInt32LE(0), ifindex: b.readUInt32LE(4), podIp4: [...b.subarray(8, 12)].join('.'), flags: b.readUInt32LE(12) };
   if (cfg.flags & CFG_CAPTURE_IPV6 && b.length >= CFG_SIZE) {
-    cfg.podIp6 = formatIp({ family: 6, value: (b.readBigUInt64BE(16) << 64n) | b.readBigUInt64BE(24) });
+    cfg.podIp6 = formatWords(Array.from({ length: 8 }, (_, i) => b.readUInt16BE(16 + 2 * i)));
   }
   return cfg;
 }
