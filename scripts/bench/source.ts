@@ -32,8 +32,8 @@ export interface SourceResult {
   mode: RedirectMode;
   /** Per setting: RR of a mesh client (HBONE into 15008) and a plain client (15006). */
   rr: Record<Setting, Record<Client, RrResult>>;
-  /** Bulk Gbit/s of the mesh client per block: the median of its bursts. */
-  bulk: Record<Setting, number[]>;
+  /** Bulk Gbit/s per client and block: the median of its bursts. */
+  bulk: Record<Setting, Record<Client, number[]>>;
   /** What each server's app saw as its peer (proof the setting took effect). */
   peerSeen: Record<Setting, { mesh: string; meshClientIp: string; serverIp: string }>;
 }
@@ -70,7 +70,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
     // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.
     for (const n of [0, 1, 2]) pinAgent(tb.agent(n), cpuOf(n));
-    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: [], off: [] }, peerSeen: {} as SourceResult['peerSeen'] };
+    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, peerSeen: {} as SourceResult['peerSeen'] };
     for (const setting of SETTINGS) {
       const server = servers[setting];
       void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(BULK_MIB)]), { reject: false });
@@ -92,11 +92,11 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
         if (on === undefined || off === undefined) throw new Error('rr.mjs gave no samples');
         blocks.on[c].push(on);
         blocks.off[c].push(off);
+        const [gOn, gOff] = await runBulkInterleaved(PIN, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, BULK_MIB);
+        if (gOn === undefined || gOff === undefined) throw new Error('rr.mjs bulk gave no samples');
+        result.bulk.on[c].push(dist(gOn).p50);
+        result.bulk.off[c].push(dist(gOff).p50);
       }
-      const [gOn, gOff] = await runBulkInterleaved(PIN, { client: meshClient, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, BULK_MIB);
-      if (gOn === undefined || gOff === undefined) throw new Error('rr.mjs bulk gave no samples');
-      result.bulk.on.push(dist(gOn).p50);
-      result.bulk.off.push(dist(gOff).p50);
     }
     for (const s of SETTINGS) result.rr[s] = { mesh: pooled(blocks[s].mesh), plain: pooled(blocks[s].plain) };
     return result;
@@ -116,9 +116,8 @@ export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): v
   lines.push('');
   lines.push('| client | setting | 1 KiB RR p50 / p99 µs | new connection p50 / p99 µs | bulk Gbit/s (median of blocks) |');
   lines.push('|---|---|---:|---:|---:|');
-  const gbps = (s: Setting): number => median(r.bulk[s]);
   for (const c of ['mesh', 'plain'] as const) {
-    for (const s of SETTINGS) lines.push(`| ${c} | ${s} | ${pm(r.rr[s][c].persistent)} | ${pm(r.rr[s][c].newConnection)} | ${c === 'mesh' ? f2(gbps(s)) : '–'} |`);
+    for (const s of SETTINGS) lines.push(`| ${c} | ${s} | ${pm(r.rr[s][c].persistent)} | ${pm(r.rr[s][c].newConnection)} | ${f2(median(r.bulk[s][c]))} |`);
   }
   lines.push('');
   // On over off block by block (each block holds both settings, turn by turn), with the 95 % interval of their median.
@@ -128,7 +127,8 @@ export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): v
     { name: 'mesh new connection p50', ci: paired((s) => r.rr[s].mesh.blockP50.newConnection) },
     { name: 'plain RR p50', ci: paired((s) => r.rr[s].plain.blockP50.persistent) },
     { name: 'plain new connection p50', ci: paired((s) => r.rr[s].plain.blockP50.newConnection) },
-    { name: 'mesh throughput', ci: paired((s) => r.bulk[s]) },
+    { name: 'mesh throughput', ci: paired((s) => r.bulk[s].mesh) },
+    { name: 'plain throughput', ci: paired((s) => r.bulk[s].plain) },
   ];
   lines.push(`On/off block by block, median [95 % interval]: ${figures.map((x) => `${x.name} ${ratioCi(x.ci)}`).join(', ')}. Per-block mesh RR p50 (µs): on ${r.rr.on.mesh.blockP50.persistent.map(f1).join(' ')}; off ${r.rr.off.mesh.blockP50.persistent.map(f1).join(' ')}.`);
   lines.push(verdictLine(`on and off no more than ${SOURCE_RATIO_LIMIT * 100} % apart`, figures, SOURCE_RATIO_LIMIT, '--rr-blocks'));
