@@ -104,7 +104,7 @@ export class Agent {
     const caReady = openCa(cfg);
     caReady.catch(() => undefined); // reported by start()
     const [backend, source] = await Promise.all([
-      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup, preserveSource: cfg.preserveSource, captureIpv6: cfg.captureIpv6 }),
+      createBackend(cfg.redirectMode, { probeSnatCgroup: cfg.probeSnatCgroup, preserveSource: cfg.preserveSource, captureIpv6: cfg.captureIpv6, warn: (msg) => log.warn({ component: 'redirect' }, msg) }),
       createWorkloadSource(cfg, log.child({ component: 'workloads' })),
     ]);
     return new Agent(cfg, log, { backend, source, caReady }, hooks);

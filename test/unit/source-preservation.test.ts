@@ -35,9 +35,10 @@ test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connma
   t.is(pre, `-A AMBIENT_PRERT -m mark --mark 0x${AGENT_MARK.toString(16)}/0xfff -j CONNMARK --set-xmark 0x${REPLY_MARK.toString(16)}/0xfff`);
   t.is(out, '-A AMBIENT_OUTPUT -m mark ! --mark 0x539/0xfff -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff');
   t.is(guard, '-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111/0xfff -j DROP');
-  // The agent's SYN to the app arrives with the reply mark (after the CONNMARK line, which needs the agent mark), so the
-  // app's socket takes it (tcp_fwmark_accept) and its SYN-ACK advertises lo's MSS.
-  t.is(synMark, '-A AMBIENT_PRERT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark 0x539/0xfff -j MARK --set-xmark 0x111/0xfff');
+  // The agent's packets to the app arrive with the reply mark (after the CONNMARK line, which needs the agent mark), so
+  // the app's socket takes it (tcp_fwmark_accept: from the SYN, or the final ACK after SYN cookies) and its SYN-ACK
+  // advertises lo's MSS.
+  t.is(synMark, '-A AMBIENT_PRERT -m mark --mark 0x539/0xfff -j MARK --set-xmark 0x111/0xfff');
   // The nat chains stay as they were: replies are never NEW, so nat needs no 0x111 exemption (which a pod able to set
   // its own mark could use to skip its capture).
   t.false(ipt.podChainRules(4).some((l) => l.includes('0x111')));
@@ -100,13 +101,10 @@ test('reply routing removal deletes our rule, and the route only when no other r
 
 test('reply routing reads back in our notation and compares with the expectation', (t) => {
   t.regex(replyRoutingReadScript(4), /ip -4 route show table 100 2>\/dev\/null \|\| true/);
-  t.regex(replyRoutingReadScript(4), /cat \/proc\/sys\/net\/ipv4\/tcp_fwmark_accept/);
-  t.notRegex(replyRoutingReadScript(6), /tcp_fwmark_accept/, 'one sysctl for both families, read with IPv4');
-  const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n@@ambient-reply@@\n1\n';
+  const output = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo scope host \n';
   t.deepEqual(replyRoutingLines(output, 4), expectedReplyRoutingLines(4));
   t.deepEqual(replyRoutingLines('@@ambient-reply@@\n', 4), [], 'nothing installed');
-  t.deepEqual(replyRoutingLines('@@ambient-reply@@\n@@ambient-reply@@\n0\n', 4), [], 'the sysctl at its default');
-  t.true(expectedReplyRoutingLines(4).includes('sysctl net.ipv4.tcp_fwmark_accept=1'));
+  t.regex(replyRoutingRemoveScript(4), /echo 0 > \/proc\/sys\/net\/ipv4\/tcp_fwmark_accept/, 'un-enrolment turns tcp_fwmark_accept off');
   t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo metric 1024 pref medium']);
   // As `ip -6` prints them (read in a pod holding both).
   const output6 = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo metric 1024 pref medium\n';

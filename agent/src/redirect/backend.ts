@@ -1,18 +1,17 @@
 // The iptables and nftables backends, the factory, and the removal of every backend's in-pod pieces (the contract is in
 // types.ts, ebpf in ebpf.ts). Rules come from the pure generators; this file only applies, reads back and compares them.
 // ebpf.ts (and its libbpf bindings) is a dynamic import: loaded in ebpf mode, or when pod rules are removed.
-import { writeFileSync } from 'node:fs';
 import type { RedirectMode } from '../config.js';
 import { settleAll } from '../errors.js';
 import { runTool } from '../platform/exec.js';
-import { withNetns, type Netns } from '../platform/netns.js';
+import type { Netns } from '../platform/netns.js';
 import { canonicalIp, ipFamily } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import {
-  expectedReplyRoutingLines, FWMARK_ACCEPT_PATH, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
+  expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyRoutingBatches } from './routing-apply.js';
+import { applyRoutingBatches, setFwmarkAccept } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 
@@ -53,6 +52,8 @@ export interface NetfilterOptions {
   preserveSource: boolean;
   /** --capture-ipv6: the agent carries IPv6 TCP (its IPv6 listeners), so the backend declares it captured. Default off. */
   captureIpv6?: boolean;
+  /** Where a backend says what it could not do but went on without (once each): the agent's log. */
+  warn?: (msg: string) => void;
 }
 
 /*
@@ -66,9 +67,28 @@ export interface NetfilterOptions {
 
 /** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
 async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
-  // Synchronous, before the batches start: /proc/sys/net follows the writing thread's netns.
-  if (families.length > 0) withNetns(netns, () => writeFileSync(FWMARK_ACCEPT_PATH, '1'));
   await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
+}
+
+/**
+ * tcp_fwmark_accept on in a pod whose source-preservation pieces are all in (after them: an app socket accepted before
+ * the SYN mark rule existed would take the agent mark). Best effort, said once per agent through `warn`.
+ */
+function fwmarkAcceptAfterRules(netns: Netns, families: readonly RouteFamily[], warn: WarnOnce): void {
+  if (families.length === 0) return;
+  const err = setFwmarkAccept(netns, true);
+  if (err) warn(`cannot set net.ipv4.tcp_fwmark_accept in pods (${err.message}): source-preserved connections to apps keep eth0's MSS (slower bulk to apps; nothing else changes); the agent needs a writable /proc/sys (privileged) for it`);
+}
+
+/** A warning said once per backend. */
+type WarnOnce = (msg: string) => void;
+function warnOnce(warn: ((msg: string) => void) | undefined): WarnOnce {
+  let said = false;
+  return (msg) => {
+    if (said) return;
+    said = true;
+    warn?.(msg);
+  };
 }
 
 /** Removes the reply routing of both families (a pod leaving the mesh only). */
@@ -101,9 +121,12 @@ class IptablesBackend implements RedirectBackend {
   private readonly preserveSource: boolean;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
+  private readonly warnFwmark: WarnOnce;
+
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
+    this.warnFwmark = warnOnce(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -146,6 +169,7 @@ class IptablesBackend implements RedirectBackend {
       await routed;
       if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
+    fwmarkAcceptAfterRules(netns, this.replyFamilies(pod), this.warnFwmark);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -257,9 +281,12 @@ class NftablesBackend implements RedirectBackend {
   readonly captureFamilies: readonly IpFamily[];
   private readonly preserveSource: boolean;
 
+  private readonly warnFwmark: WarnOnce;
+
   constructor(opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
+    this.warnFwmark = warnOnce(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -284,6 +311,7 @@ class NftablesBackend implements RedirectBackend {
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
+    fwmarkAcceptAfterRules(netns, this.replyFamilies(pod), this.warnFwmark);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
@@ -365,17 +393,17 @@ class NftablesBackend implements RedirectBackend {
  * captured: see bpf/redirect.c). `captureIpv6`: every backend captures IPv6 TCP with it (ebpf: its programs, to the
  * agent's IPv6 listeners).
  */
-export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean; captureIpv6?: boolean }): Promise<RedirectBackend> {
+export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean; captureIpv6?: boolean; warn?: (msg: string) => void }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
     const { EbpfBackend } = await import('./ebpf.js');
     // The node-side probe SNAT stays iptables (both families, whatever captureIpv6 says).
-    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource }), { captureIpv6: opts.captureIpv6 ?? false });
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource }), { captureIpv6: opts.captureIpv6 ?? false, ...(opts.warn ? { warn: opts.warn } : {}) });
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');
-    return new NftablesBackend({ preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false });
+    return new NftablesBackend({ preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false, ...(opts.warn ? { warn: opts.warn } : {}) });
   }
-  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false });
+  return new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource, captureIpv6: opts.captureIpv6 ?? false, ...(opts.warn ? { warn: opts.warn } : {}) });
 }
 
 /**

@@ -16,7 +16,7 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import { applyRoutingBatches } from './routing-apply.js';
+import { applyRoutingBatches, setFwmarkAccept } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
@@ -212,8 +212,11 @@ export class EbpfBackend implements RedirectBackend {
   private readonly captureIpv6: boolean;
   private tags: ProgTags | undefined;
 
-  constructor(private readonly host: HostRules, opts: { captureIpv6: boolean }, readonly objectPath = defaultObjectPath()) {
+  private readonly warn: (msg: string) => void;
+
+  constructor(private readonly host: HostRules, opts: { captureIpv6: boolean; warn?: (msg: string) => void }, readonly objectPath = defaultObjectPath()) {
     this.captureIpv6 = opts.captureIpv6;
+    this.warn = opts.warn ?? (() => undefined);
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6);
   }
 
@@ -237,6 +240,10 @@ export class EbpfBackend implements RedirectBackend {
     const programs = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       acceptLocal(ns, ifname);
+      // ambient_out passes packets carrying the agent mark: an app socket must never take it from the agent's SYN, as it
+      // would with tcp_fwmark_accept on (left by a netfilter backend's source preservation before a --redirect-mode switch).
+      const err = setFwmarkAccept(ns, false);
+      if (err) this.warn(`cannot turn net.ipv4.tcp_fwmark_accept off in ${ns.path} (${err.message})`);
       if (!opts.fresh) {
         // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
         const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));

@@ -62,10 +62,11 @@ export function podChainRules(family: Family = 4): string[] {
  * lo (the policy rule or its route deleted, not yet repaired) is dropped, never sent toward the client in clear.
  * The agent's own packets of these connections (agent mark) keep their mark: they go to the pod's own address, which
  * needs no reply routing, and a mark changed in mangle OUTPUT makes the kernel route the packet again (per packet).
- * The agent's SYN reaches the app with the reply mark instead (mangle PREROUTING, after nat's `-i lo` return): with
- * net.ipv4.tcp_fwmark_accept (reply-routing.ts) the app's socket takes it as its own mark, so its SYN-ACK is routed
- * by the reply rule through lo and advertises lo's MSS (64 KB segments, not the 1460 bytes of the route toward the
- * client through eth0, which cut bulk throughput by up to half), and its packets need no re-routing one by one.
+ * The agent's packets reach the app with the reply mark instead (mangle PREROUTING, once the CONNMARK line has seen the
+ * agent mark; on lo a mark changed there re-routes nothing): with net.ipv4.tcp_fwmark_accept (reply-routing.ts) the
+ * app's socket takes its SYN's mark (or, after SYN cookies, its final ACK's: hence every packet, not the SYN alone), so
+ * its SYN-ACK is routed by the reply rule through lo and advertises lo's MSS (64 KB segments, not the 1448 bytes of the
+ * route toward the client through eth0, which cut bulk throughput by up to half), and its packets need no re-routing.
  * ip6tables takes (and saves) the same lines: nothing in them depends on the family, and ip6tables' mangle OUTPUT
  * re-routes a packet whose mark it changed, as iptables' does. `_family` names the table they are for (callers say it).
  */
@@ -78,7 +79,7 @@ export function podMangleRules(_family: Family = 4): string[] {
     `-A ${out} -m mark ! --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
     `-A ${REPLY_GUARD_CHAIN} ! -o lo -m connmark --mark ${reply} -j DROP`,
     // After the CONNMARK line in the same chain (the agent mark must still be there for it).
-    `-A ${pre} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j MARK --set-xmark ${reply}`,
+    `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j MARK --set-xmark ${reply}`,
   ];
 }
 

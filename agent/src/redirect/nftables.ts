@@ -53,8 +53,8 @@ export function replyTable(): string {
     '\tchain reply-mark {',
     '\t\ttype filter hook prerouting priority mangle; policy accept;',
     `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} ct mark set ct mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
-    // The agent's SYN to the app takes the reply mark, the app's socket too (tcp_fwmark_accept): see iptables.ts podMangleRules.
-    `\t\ttcp flags syn / fin,syn,rst,ack meta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} meta mark set meta mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
+    // The agent's packets to the app take the reply mark, the app's socket too (tcp_fwmark_accept): see iptables.ts podMangleRules.
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} meta mark set meta mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
     '\t}',
     '',
     '\tchain reply-route {',

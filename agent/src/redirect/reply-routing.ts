@@ -35,21 +35,20 @@ export function replyRoutingRemoveScript(family: RouteFamily): string {
 }
 
 /**
- * net.ipv4.tcp_fwmark_accept (both families' TCP): an accepted socket takes its SYN's mark. Set with the IPv4 reply
- * routing, written from inside the pod netns (/proc/sys/net follows the writer's netns). With it the app's socket of a
- * connection from the agent carries the reply mark its SYN came with (iptables.ts podMangleRules, nftables.ts
- * replyTable): its route is the reply rule's from the SYN-ACK on, so it advertises lo's MSS, not eth0's. A speed-up
- * only: without it the connmark restore still routes every reply back, one packet at a time.
+ * net.ipv4.tcp_fwmark_accept (both families' TCP): an accepted socket takes its SYN's mark. Set in a pod with source
+ * preservation, once its rules are in (routing-apply.ts setFwmarkAccept): the app's socket of a connection from the
+ * agent then carries the reply mark its SYN came with (iptables.ts podMangleRules, nftables.ts replyTable), so its route
+ * is the reply rule's from the SYN-ACK on and it advertises lo's MSS, not eth0's. A speed-up only, best effort (a
+ * read-only /proc/sys in an unprivileged container refuses it): without it the connmark restore still routes every
+ * reply back, one packet at a time. Not part of the drift check.
  */
 export const FWMARK_ACCEPT_PATH = '/proc/sys/net/ipv4/tcp_fwmark_accept';
-const FWMARK_ACCEPT_LINE = 'sysctl net.ipv4.tcp_fwmark_accept=1';
 
 const SEP = '@@ambient-reply@@';
 
 /** Prints what replyRoutingLines reads; one exec. */
 export function replyRoutingReadScript(family: RouteFamily): string {
-  const read = readCommands(REPLY_RULE, family, SEP);
-  return family === 4 ? `${read}; echo ${SEP}; cat ${FWMARK_ACCEPT_PATH} 2>/dev/null || echo missing` : read;
+  return readCommands(REPLY_RULE, family, SEP);
 }
 
 /** The lines of drift reports and `ambient-node rules` (IPv6 ones prefixed like ip6tables lines). */
@@ -59,15 +58,13 @@ function tag(family: RouteFamily, line: string): string {
 
 /** The rule and the route as found, in our notation, from replyRoutingReadScript's output. */
 export function replyRoutingLines(output: string, family: RouteFamily): string[] {
-  const [rules = '', routes = '', fwmarkAccept = ''] = output.split(SEP);
-  const v = fwmarkAccept.trim();
-  const sysctl = family === 4 && v && v !== '0' ? [`sysctl net.ipv4.tcp_fwmark_accept=${v}`] : [];
-  return [...ruleAndRouteLines(rules, routes, LOCAL_ROUTE_TABLE).map((l) => tag(family, l)), ...sysctl];
+  const [rules = '', routes = ''] = output.split(SEP);
+  return ruleAndRouteLines(rules, routes, LOCAL_ROUTE_TABLE).map((l) => tag(family, l));
 }
 
 /** What an enrolled pod must hold for a family when source preservation is on. */
 export function expectedReplyRoutingLines(family: RouteFamily): string[] {
-  return [...expectedRuleLines(REPLY_RULE, family).map((l) => tag(family, l)), ...(family === 4 ? [FWMARK_ACCEPT_LINE] : [])];
+  return expectedRuleLines(REPLY_RULE, family).map((l) => tag(family, l));
 }
 
 /**
