@@ -13,7 +13,7 @@ import { ambientTestbed } from './add-latency.js';
 import { GC_PRELOAD, gcAndSample } from './churn.js';
 import { procCpuSeconds } from './cpu.js';
 import { RR } from './datapath.js';
-import { AMBIENT, noteInterrupt, progress, withTestbeds } from './run.js';
+import { AMBIENT, argValue, noteInterrupt, progress, withTestbeds } from './run.js';
 import { processResidentByKind, RESIDENT_KINDS, type ResidentKinds } from './smaps.js';
 
 interface Variant { label: string; flags: string[]; env: string[]; main: string }
@@ -91,10 +91,7 @@ async function measure(v: Variant, idleSeconds: number, heap: boolean, inspect: 
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const opt = (name: string, dflt: string): string => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? dflt) : dflt;
-  };
+  const opt = (name: string, dflt: string): string => argValue(args, name, dflt);
   const rounds = Number(opt('--rounds', '3'));
   const idle = Number(opt('--idle', '15'));
   const heap = args.includes('--heap');

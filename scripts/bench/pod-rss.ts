@@ -9,17 +9,14 @@ import { ambientTestbed, deletePodsBatched } from './add-latency.js';
 import { RR } from './datapath.js';
 import { GC_PRELOAD, gcAndSample } from './churn.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
-import { AMBIENT, noteInterrupt, progress, withTestbeds } from './run.js';
+import { AMBIENT, argValue, noteInterrupt, progress, withTestbeds } from './run.js';
 import { byMapping, rollup } from './smaps.js';
 
 interface Sample { label: string; rss: number; heapUsed: number; fds: number; rollup: Record<string, number>; maps: Record<string, number> }
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const opt = (name: string, dflt: string): string => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? dflt) : dflt;
-  };
+  const opt = (name: string, dflt: string): string => argValue(args, name, dflt);
   const pods = Number(opt('--pods', '60'));
   const concurrency = Number(opt('--concurrency', '16'));
   const mode = opt('--mode', 'iptables') as RedirectMode;
