@@ -41,7 +41,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --agent-cpu-prof DIR data path agents run under node --cpu-prof, writing .cpuprofile files into DIR/<backend>/
                        (the profiler slows the agents: read such a run for the profile, not for the numbers)
   --agent-node-flags F node flags for the data path and churn agents in place of the agent's own (--single-threaded-gc
-                       --max-semi-space-size=4, test/testbed/repo.ts), space-separated; pass them as --agent-node-flags=...
+                       --max-semi-space-size=4 --v8-pool-size=1, test/testbed/repo.ts), space-separated; pass them as --agent-node-flags=...
   --redirect-modes L   backends compared side by side for the redirection cost (default iptables,nftables,ebpf)
   --redirect-rounds N  interleaved rounds of that comparison (default 6)
   --connects N         connect() calls per path per round in that comparison (default 400)

@@ -19,6 +19,7 @@ import { createWorkloadSource } from './workload/create-source.js';
 import type { WorkloadSource } from './workload/source.js';
 import { sameNetns, selfNetns } from './platform/netns.js';
 import { probeSourcePreservation } from './platform/source-probe.js';
+import { releaseMemoryLater } from './platform/memory.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
 import { NativeHbone } from './hbone/native.js';
@@ -246,6 +247,7 @@ export class Agent {
     this.markReady();
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
     this.log.info({ enrolled: this.enroller.enrolledCount() }, 'agent ready');
+    releaseMemoryLater(this.log.child({ component: 'memory' }));
     if (predecessor) this.completeTakeOver(predecessor);
     else this.releaseHandoverLock();
   }

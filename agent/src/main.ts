@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --single-threaded-gc --max-semi-space-size=4
+#!/usr/bin/env -S node --single-threaded-gc --max-semi-space-size=4 --v8-pool-size=1
 // `ambient-node`: the node agent daemon (`agent`) and the node-level commands that query it (`status`, `pods`, `rules`,
 // `certs`, `conns`, `services`, `policy check`).
 // Runs with --single-threaded-gc: the forwarder's buffer churn made V8's concurrent GC threads take ~40% extra CPU (measured).
@@ -7,6 +7,9 @@
 // benchmark; scripts/bench/pod-rss.ts). The agent's JS allocations die young (control work, the HBONE bytes never enter
 // the heap), so the scavenges it adds cost next to nothing (measured: 35-42 ms of GC pauses per 1,000 new mesh
 // connections at 4 MiB and at 16 MiB alike).
+// And with --v8-pool-size=1: V8's background threads (4 by default) only compile optimized code here (no GC threads),
+// and each kept a glibc malloc arena of its own for the compiler's zones: one thread keeps one (idle RSS -2 to -5 MB;
+// scripts/bench/idle-rss.ts).
 // These flags are the agent's everywhere it is started: deploy/ (DaemonSet, Containerfile), test/testbed/repo.ts.
 // Exit codes: 0 ok, 1 the command ran but found a problem (drift, a denial, an expired certificate), 2 usage or
 // configuration error (including naming a pod the agent does not know), 3 the agent is not answering.

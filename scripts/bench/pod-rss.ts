@@ -3,47 +3,20 @@
 // Root: node --import=tsx scripts/bench/pod-rss.ts [--pods 60] [--concurrency 16] [--cycles 1] [--mode iptables]
 //   [--conns N: agent CPU and GC pauses per new connection, mesh and plain] [--node-flags "F ..." after the agent's own];
 // env AMBIENT_BENCH_HEAP_DIR=<dir> writes a heap snapshot at each sample (scripts/bench/agent-gc.mjs).
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { AGENT_MAIN, AGENT_NODE_FLAGS, type PodSpec, type RedirectMode } from '../../test/testbed/index.js';
 import { ambientTestbed, deletePodsBatched } from './add-latency.js';
 import { RR } from './datapath.js';
 import { GC_PRELOAD, gcAndSample } from './churn.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
-import { AMBIENT, noteInterrupt, progress, withTestbeds } from './run.js';
-
-/** KiB fields of /proc/<pid>/smaps_rollup. */
-function rollup(pid: number): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const m of readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').matchAll(/^(\w+):\s+(\d+) kB/gm)) out[m[1] ?? ''] = Number(m[2]);
-  return out;
-}
-
-/** Rss KiB of /proc/<pid>/smaps grouped by mapping: [heap], [stack], a file's basename, or anon (with its size class). */
-function byMapping(pid: number): Record<string, number> {
-  const out: Record<string, number> = {};
-  let name = '';
-  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (head) {
-      const size = (parseInt(head[2] ?? '0', 16) - parseInt(head[1] ?? '0', 16)) / 1024;
-      const file = head[3] ?? '';
-      name = file === '' ? `anon ${head[1]} ${size} KiB` : file.startsWith('[') ? file : (file.split('/').pop() ?? file);
-      continue;
-    }
-    const rss = /^Rss:\s+(\d+) kB/.exec(line);
-    if (rss) out[name] = (out[name] ?? 0) + Number(rss[1]);
-  }
-  return out;
-}
+import { AMBIENT, argValue, noteInterrupt, progress, withTestbeds } from './run.js';
+import { byMapping, rollup } from './smaps.js';
 
 interface Sample { label: string; rss: number; heapUsed: number; fds: number; rollup: Record<string, number>; maps: Record<string, number> }
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const opt = (name: string, dflt: string): string => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? dflt) : dflt;
-  };
+  const opt = (name: string, dflt: string): string => argValue(args, name, dflt);
   const pods = Number(opt('--pods', '60'));
   const concurrency = Number(opt('--concurrency', '16'));
   const mode = opt('--mode', 'iptables') as RedirectMode;

@@ -24,6 +24,12 @@ export function checkInterrupted(): void {
   if (interruptedBy !== undefined) throw new Interrupted(interruptedBy);
 }
 
+/** The word after `name` in a single script's argv (`--pods 60`), else `dflt`. */
+export function argValue(args: readonly string[], name: string, dflt: string): string {
+  const i = args.indexOf(name);
+  return i >= 0 ? (args[i + 1] ?? dflt) : dflt;
+}
+
 export function progress(msg: string): void {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }

@@ -36,7 +36,7 @@ export const CNI_SHIM = join(REPO_ROOT, 'dist/bin/ambient-cni');
 export const CNI_STANDALONE = join(REPO_ROOT, 'dist/bin/ambient-cni-standalone');
 
 /** Node flags the agent runs with in production (its shebang): see agent/src/main.ts. */
-export const AGENT_NODE_FLAGS = ['--single-threaded-gc', '--max-semi-space-size=4'];
+export const AGENT_NODE_FLAGS = ['--single-threaded-gc', '--max-semi-space-size=4', '--v8-pool-size=1'];
 
 /** Built agent entry point (`npm run build` produces it). */
 export const AGENT_MAIN = join(REPO_ROOT, 'dist/agent/src/main.js');

@@ -72,6 +72,8 @@ export interface TestbedOptions {
   nodeAgentArgs?: Record<number, string[]>;
   /** Program (and leading args) that runs the agent, default [node, dist/agent/src/main.js]; e.g. a fake. */
   agentCommand?: string[];
+  /** Added to the agents' environment (e.g. AMBIENT_MEMORY_RELEASE_MS). */
+  agentEnv?: Record<string, string>;
   /** Agent --log-level. Default 'debug'. */
   agentLogLevel?: string;
   /** Default 20000. */
@@ -713,6 +715,7 @@ export class Testbed implements Destroyable {
     if (o.agent ?? true) {
       node.agent = new AgentProcess({
         ...(o.agentCommand !== undefined ? { command: o.agentCommand } : {}),
+        ...(o.agentEnv !== undefined ? { env: o.agentEnv } : {}),
         nodeName: name,
         netnsPath: node.netnsPath,
         stateDir: paths.stateDir,

@@ -1,4 +1,5 @@
-// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts, sendmsg/recvmsg for fd passing, posix_spawn).
+// koffi bindings to the few libc calls the agent needs (setns, sockets, sockopts, sendmsg/recvmsg for fd passing, posix_spawn,
+// madvise and malloc_trim to give memory back).
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
@@ -75,6 +76,8 @@ const fns = {
   strerror: libc.func('const char *strerror(int errnum)'),
   ifNameToIndex: libc.func('uint32_t if_nametoindex(const char *name)'),
   vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
+  madvise: libc.func('int madvise(uintptr_t addr, size_t length, int advice)'),
+  mallocTrim: libc.func('int malloc_trim(size_t pad)'),
 };
 
 export function strerror(errno: number): string {
@@ -91,6 +94,18 @@ export function vformat(fmt: string, args: unknown, max = 8192): string {
   const buf = Buffer.alloc(max);
   const n = fns.vsnprintf(buf, buf.length, fmt, args) as number;
   return buf.subarray(0, Math.max(0, Math.min(n, buf.length - 1))).toString('utf8');
+}
+
+const MADV_DONTNEED = 4;
+
+/** Unmaps the resident pages of [start, start + length) from this process; only for mappings smaps.ts calls clean. */
+export function madviseDontNeed(start: number, length: number): void {
+  check('madvise', fns.madvise(start, length, MADV_DONTNEED) as number);
+}
+
+/** glibc's malloc_trim(0): gives free malloc memory back to the kernel, in every arena. True when some was released. */
+export function mallocTrim(): boolean {
+  return (fns.mallocTrim(0) as number) === 1;
 }
 
 /** A failed libc call, with the errno name a person can search for (`errnoName`, e.g. EPERM). */
