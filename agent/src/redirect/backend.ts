@@ -10,9 +10,9 @@ import { canonicalIp, ipFamily } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import {
-  expectedReplyRoutingLines, FWMARK_ACCEPT_PATH, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
+  expectedReplyRoutingLines, FWMARK_ACCEPT_PATH, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyRoutingBatches } from './routing-apply.js';
+import { applyMarkRules } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 
@@ -66,9 +66,9 @@ export interface NetfilterOptions {
 
 /** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
 async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
-  // Synchronous, before the batches start: /proc/sys/net follows the writing thread's netns.
+  // Synchronous, like the routing after it: /proc/sys/net follows the writing thread's netns.
   if (families.length > 0) withNetns(netns, () => writeFileSync(FWMARK_ACCEPT_PATH, '1'));
-  await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
+  await applyMarkRules(netns, REPLY_RULE, families);
 }
 
 /** Removes the reply routing of both families (a pod leaving the mesh only). */

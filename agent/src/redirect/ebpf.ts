@@ -16,11 +16,11 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import { applyRoutingBatches } from './routing-apply.js';
+import { applyMarkRules } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingFamilies,
+  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, REINJECT_RULE, routingFamilies,
   routingLines, routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodAddresses, type PodConfig,
   type ReadCounters, type PodContext, type ProgTags,
 } from './ebpf-config.js';
@@ -233,7 +233,7 @@ export class EbpfBackend implements RedirectBackend {
     const failed = `installing the eBPF redirection in ${ns.path} failed`;
     // Routing before the programs when they may already be attached (re-injected SYNs need the rule, the route and
     // accept_local); a fresh pod has no agent listener yet, so both go at once.
-    const routing = applyRoutingBatches(ns, routingFamilies(addrs).map((family) => routingBatch(family)));
+    const routing = applyMarkRules(ns, REINJECT_RULE, routingFamilies(addrs));
     const programs = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       acceptLocal(ns, ifname);
