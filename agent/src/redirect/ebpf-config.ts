@@ -131,7 +131,7 @@ export function acceptLocalPath(ifname: string): string {
 }
 
 /**
- * Removes what routingBatch and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
+ * Removes what applyMarkRules (REINJECT_RULE) and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
  * if our IPv4 rule was there.
  */
 export function routingRemoveScript(ifname: string): string {

@@ -223,8 +223,8 @@ export class EbpfBackend implements RedirectBackend {
 
   /**
    * Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local. A fresh
-   * pod has no listener of the agent yet (its SYNs find none and are dropped), so its programs are loaded while the
-   * routing's tool runs. Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
+   * pod has no listener of the agent yet (its SYNs find none and are dropped), so its programs are loaded whatever the
+   * routing's outcome (settleAll reports both). Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
    * are attached as expected are kept (no reload, no window), others replaced atomically.
    */
   async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
