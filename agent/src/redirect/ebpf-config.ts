@@ -146,7 +146,7 @@ export function routingRemoveScript(ifname: string): string {
     ruleDeleteLoop(REINJECT_RULE, 6),
     localRouteDeleteIfUnused(REINJECT_RULE, 6),
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
-    // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
+    // (not /sys/class/net: a tool run in the pod's netns keeps the node's /sys, which lists the node's interfaces, not the pod's)
     `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
     'true',
   ].join('\n');
