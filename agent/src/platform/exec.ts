@@ -1,5 +1,4 @@
-// Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's (started there directly:
-// spawn.ts's netns spawner thread).
+// Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's (started there: spawn.ts).
 // The one place that spawns them; failures carry the tool's stderr so logs and CNI errors show the real cause.
 import { accessSync, constants } from 'node:fs';
 import type { Socket } from 'node:net';

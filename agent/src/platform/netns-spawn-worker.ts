@@ -1,4 +1,4 @@
-// The netns spawner thread (spawn.ts starts it): enters a pod's network namespace, starts a child there with a blocking
+// A netns spawner thread (spawn.ts starts up to two): enters a pod's network namespace, starts a child there with a blocking
 // posix_spawn (only this thread waits for the exec) and goes back to the agent's namespace, one request at a time.
 import { parentPort } from 'node:worker_threads';
 import { CLONE_NEWNET, setns, spawnCalls } from './libc.js';

@@ -1,5 +1,5 @@
 // Starts a child process with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK), no copy of the agent) on a libuv worker
-// thread, or inside a pod's netns on the netns spawner thread; its stdio on close-on-exec pipes read through Node
+// thread, or inside a pod's netns on a netns spawner thread; its stdio on close-on-exec pipes read through Node
 // streams, reaped by waitpid(WNOHANG) on its own pid only.
 import { closeSync, constants, openSync } from 'node:fs';
 import { Socket } from 'node:net';
@@ -127,7 +127,7 @@ export interface SpawnOptions {
  * until the child has exec'd, which on a busy node takes milliseconds, and the event loop must not (re-adoption starts
  * hundreds of tools). The worker threads never enter a pod netns (platform/netns.ts switches only the event-loop
  * thread, synchronously, around koffi socket calls), so the child starts in the agent's own namespace.
- * With `netns`, the netns spawner thread (netns-spawn-worker.ts) enters that namespace and starts the child there: the
+ * With `netns`, a netns spawner thread (netns-spawn-worker.ts) enters that namespace and starts the child there: the
  * tool runs in the pod without an nsenter exec before it. A path that names no namespace fails the spawn.
  */
 export async function spawnChild(path: string, argv: string[], env: NodeJS.ProcessEnv = process.env, opts: SpawnOptions = {}): Promise<SpawnedChild> {
@@ -179,16 +179,28 @@ export interface NetnsSpawnMessage extends NetnsSpawnRequest {
 /** The spawner thread's answer: the child's pid, or why it could not be started. */
 export type NetnsSpawnAnswer = { id: number; pid: number } | { id: number; error: string };
 
-/** The netns spawner thread, started at the first spawn into a pod (unref'd while idle: it never keeps the agent alive). */
-let spawner: { worker: Worker; waiting: Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }> } | undefined;
+interface Spawner {
+  worker: Worker;
+  waiting: Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }>;
+}
+
+/**
+ * The netns spawner threads: up to SPAWNS_AT_ONCE (each waits for its child's exec, as a libuv thread does for the
+ * agent's own tools), the first started at the first spawn into a pod, another only while every one is busy; unref'd
+ * while idle, so they never keep the agent alive.
+ */
+const spawners: Spawner[] = [];
 let nextSpawnId = 1;
 
-function netnsSpawner(): NonNullable<typeof spawner> {
-  if (spawner) return spawner;
+function netnsSpawner(): Spawner {
+  const idle = spawners.find((s) => s.waiting.size === 0);
+  if (idle) return idle;
+  if (spawners.length >= SPAWNS_AT_ONCE) return spawners.reduce((a, b) => (b.waiting.size < a.waiting.size ? b : a));
   const worker = new Worker(...spawnerEntry());
-  const s = { worker, waiting: new Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }>() };
+  const s: Spawner = { worker, waiting: new Map() };
   const fail = (err: Error): void => {
-    if (spawner === s) spawner = undefined; // the next spawn starts a new thread
+    const i = spawners.indexOf(s);
+    if (i >= 0) spawners.splice(i, 1); // a new thread is started when one is needed
     for (const w of s.waiting.values()) w.reject(err);
     s.waiting.clear();
   };
@@ -200,9 +212,9 @@ function netnsSpawner(): NonNullable<typeof spawner> {
     else w?.reject(new Error(a.error));
   });
   worker.on('error', (err) => fail(err));
-  worker.on('exit', (code) => fail(new Error(`the netns spawner thread exited (code ${code})`)));
+  worker.on('exit', (code) => fail(new Error(`a netns spawner thread exited (code ${code})`)));
   worker.unref(); // idle: it never keeps the agent alive (after the listeners: a 'message' listener refs it again)
-  spawner = s;
+  spawners.push(s);
   return s;
 }
 
@@ -232,7 +244,7 @@ async function spawnHere(req: NetnsSpawnRequest): Promise<number> {
   }
 }
 
-/** Starts a child in the namespace `netns` names, on the netns spawner thread; resolves its pid. */
+/** Starts a child in the namespace `netns` names, on a netns spawner thread; resolves its pid. */
 async function spawnInNetns(netns: string, req: NetnsSpawnRequest): Promise<number> {
   // Opened here for the spawn only (nsenter would open it too): a path that names no namespace fails setns there.
   const netnsFd = openSync(netns, constants.O_RDONLY | constants.O_NONBLOCK);
