@@ -3,10 +3,9 @@
 import { readFileSync } from 'node:fs';
 import test from 'ava';
 import {
-  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podAddresses, acceptLocalPath, routingBatch,
+  CFG_SIZE, checkIfname, comparable, decodeConfig, diffLines, encodeConfig, expectedLines, podAddresses, acceptLocalPath, REINJECT_RULE,
   routingLines, routingReadScript, STAT_NAMES, statsLine, sumPerCpu,
 } from '../../agent/src/redirect/ebpf-config.js';
-import { routingBatchOk } from '../../agent/src/redirect/policy-routing.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 
 const POD = { ifname: 'eth0', ips: ['10.1.0.7'] };
@@ -132,11 +131,6 @@ test('without a pod the expected lines show placeholders for the interface and t
   t.true(lines.includes('sysctl net.ipv4.conf.<ifname>.accept_local=1'));
 });
 
-test('the routing batch is idempotent: a rule that is already there is not an error, anything else is', (t) => {
-  t.deepEqual(routingBatch().args, ['-4', '-batch', '-']);
-  t.regex(routingBatch().input, /^route replace local 0\.0\.0\.0\/0 dev lo table 100\nrule add pref 100 fwmark 0x1000\/0x1000 lookup 100\n$/);
-  t.deepEqual(routingBatch(6), { args: ['-6', '-batch', '-'], input: 'route replace local ::/0 dev lo table 100\nrule add pref 100 fwmark 0x1000/0x1000 lookup 100\n' });
-  t.true(routingBatchOk('RTNETLINK answers: File exists\nCommand failed -:2\n'));
-  t.false(routingBatchOk('RTNETLINK answers: Operation not permitted\nCommand failed -:1\n'));
-  t.false(routingBatchOk(''));
+test('the re-injection rule: pref 100, the outbound mark, the local table', (t) => {
+  t.deepEqual(REINJECT_RULE, { pref: 100, mark: 0x1000, mask: 0x1000, table: 100 });
 });

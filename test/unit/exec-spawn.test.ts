@@ -54,13 +54,31 @@ test('many tools at once each get their own output', async (t) => {
   t.deepEqual(outs, Array.from({ length: 40 }, (_, i) => `${i}\n`));
 });
 
-test('a missing netns path fails as a ToolError from nsenter', async (t) => {
+test('a missing netns path fails as a ToolError naming it, before any tool starts', async (t) => {
   const err = await t.throwsAsync(runTool('true', [], { netns: '/nonexistent/netns' }), { instanceOf: ToolError });
-  t.truthy(err?.exitCode);
+  t.is(err?.exitCode, undefined);
+  t.regex(err?.message ?? '', /^true failed: ENOENT.*\/nonexistent\/netns/);
 });
 
 test('arguments reach the tool byte for byte (UTF-8); a NUL byte is refused, never truncated', async (t) => {
   t.is(await runTool('sh', ['-c', 'printf "%s|" "$@"', 'sh', 'é ü', '-n', '']), 'é ü|-n||');
   const err = await t.throwsAsync(runTool('sh', ['-c', 'printf "%s|" "$@"', 'sh', 'ab\0cd']), { instanceOf: ToolError });
   t.regex(err?.message ?? '', /NUL byte/);
+});
+
+const root = process.getuid?.() === 0;
+
+(root ? test : test.skip)('with netns the tool starts in the namespace the path names (no nsenter before it), and comes back for the next', async (t) => {
+  const own = (await runTool('readlink', ['/proc/self/ns/net'])).trim();
+  t.is((await runTool('readlink', ['/proc/self/ns/net'], { netns: '/proc/self/ns/net' })).trim(), own);
+  const cmdline = await runTool('sh', ['-c', 'tr "\\0" " " < /proc/$PPID/cmdline; echo; tr "\\0" " " < /proc/$$/cmdline'], { netns: '/proc/self/ns/net' });
+  t.notRegex(cmdline, /nsenter/, 'the tool itself is the agent\'s child');
+  const many = await Promise.all(Array.from({ length: 8 }, () => runTool('readlink', ['/proc/self/ns/net'], { netns: '/proc/self/ns/net' })));
+  t.deepEqual(many.map((s) => s.trim()), Array(8).fill(own) as string[]);
+});
+
+(root ? test : test.skip)('with netns, a path that names no namespace fails the tool with a clear error', async (t) => {
+  const notNs = await t.throwsAsync(runTool('true', [], { netns: '/etc/hostname' }), { instanceOf: ToolError });
+  t.regex(notNs?.message ?? '', /entering the namespace: setns/);
+  t.is((await runTool('sh', ['-c', 'echo still fine'], { netns: '/proc/self/ns/net' })).trim(), 'still fine', 'the spawner carries on');
 });

@@ -5,7 +5,7 @@ import test from 'ava';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import * as nft from '../../agent/src/redirect/nftables.js';
 import {
-  REPLY_RULE_TEXT, expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, upstreamSource,
+  REPLY_RULE, REPLY_RULE_TEXT, expectedReplyRoutingLines, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, upstreamSource,
 } from '../../agent/src/redirect/reply-routing.js';
 import { createBackend } from '../../agent/src/redirect/backend.js';
 import { AGENT_MARK, LOCAL_ROUTE_TABLE, REPLY_MARK } from '../../agent/src/redirect/constants.js';
@@ -79,16 +79,9 @@ test('iptables mangle restore and removal inputs name the mangle table', (t) => 
   t.false(repair.includes('\n-A PREROUTING -j AMBIENT_PRERT\n'), 'jumps already there are not added twice');
 });
 
-test('reply routing: the rule and the local route, per family, in one ip batch; the table is the ebpf backend\'s', (t) => {
+test('reply routing: the rule sends the reply mark to the local table, the ebpf backend\'s', (t) => {
   t.is(LOCAL_ROUTE_TABLE, EBPF_ROUTE_TABLE);
-  t.deepEqual(replyRoutingBatch(4), {
-    args: ['-4', '-batch', '-'],
-    input: 'route replace local 0.0.0.0/0 dev lo table 100\nrule add pref 32764 fwmark 0x111/0xfff lookup 100\n',
-  });
-  t.deepEqual(replyRoutingBatch(6), {
-    args: ['-6', '-batch', '-'],
-    input: 'route replace local ::/0 dev lo table 100\nrule add pref 32764 fwmark 0x111/0xfff lookup 100\n',
-  });
+  t.deepEqual(REPLY_RULE, { pref: 32764, mark: 0x111, mask: 0xfff, table: 100 });
   t.is(REPLY_RULE_TEXT, 'fwmark 0x111/0xfff lookup 100');
 });
 

@@ -1,4 +1,4 @@
-// Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's, via nsenter.
+// Runs node tools (iptables-restore, nft, ipset, ip) in the agent's namespace or inside a pod's (started there: spawn.ts).
 // The one place that spawns them; failures carry the tool's stderr so logs and CNI errors show the real cause.
 import { accessSync, constants } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -34,7 +34,7 @@ export class ToolError extends AmbientError<'AMB_ERR_TOOL'> {
 }
 
 export interface RunOptions {
-  /** Path of a network namespace to run in (nsenter --net); undefined = the agent's own. */
+  /** Path of a network namespace to run in (as nsenter --net would); undefined = the agent's own. */
   netns?: string;
   input?: string;
   timeoutMs?: number;
@@ -49,12 +49,12 @@ const SIGKILL = 9;
  * past MAX_TOOL_OUTPUT). Started with posix_spawn (spawn.ts): forking the agent costs time growing with its memory.
  */
 export async function runTool(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
-  const [file, argv] = opts.netns ? [systemTool('nsenter'), [`--net=${opts.netns}`, '--', systemTool(cmd), ...args]] : [systemTool(cmd), args];
+  const file = systemTool(cmd);
   const shown = [cmd, ...args].join(' ');
   const timeoutMs = opts.timeoutMs ?? 15_000;
   let child: SpawnedChild;
   try {
-    child = await spawnChild(file, [file, ...argv]);
+    child = await spawnChild(file, [file, ...args], process.env, opts.netns === undefined ? {} : { netns: opts.netns });
   } catch (err) {
     throw new ToolError(shown, (err as Error).message, undefined, { cause: err });
   }

@@ -44,8 +44,8 @@ export class Netns {
   }
 
   /**
-   * A path naming exactly this handle's namespace while it is open (the agent's own /proc fd link), for tools run through
-   * nsenter: unlike the pod's path, it cannot come to name another namespace between two tools.
+   * A path naming exactly this handle's namespace while it is open (the agent's own /proc fd link), for tools run in it
+   * (runTool's netns): unlike the pod's path, it cannot come to name another namespace between two tools.
    */
   get toolPath(): string {
     return `/proc/${process.pid}/fd/${this.fd}`;

@@ -9,9 +9,9 @@ import { canonicalIp, ipFamily } from '../protocol/address.js';
 import * as ipt from './iptables.js';
 import * as nft from './nftables.js';
 import {
-  expectedReplyRoutingLines, replyFamilies, replyRoutingBatch, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
+  expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyRoutingBatches, setFwmarkAccept } from './routing-apply.js';
+import { applyMarkRules, setFwmarkAccept } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 
@@ -67,7 +67,7 @@ export interface NetfilterOptions {
 
 /** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
 async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
-  await applyRoutingBatches(netns, families.map((family) => replyRoutingBatch(family)));
+  await applyMarkRules(netns, REPLY_RULE, families);
 }
 
 /**

@@ -3,8 +3,7 @@
 import { addressesOf, formatWords, ipFamily, ipv6Words } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
 import {
-  expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
-  type RoutingBatch,
+  expectedRuleLines, localRouteDeleteIfUnused, readCommands, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
 } from './policy-routing.js';
 
 /** Program and map names inside dist/bpf/redirect.o (bpf/redirect.c). */
@@ -118,17 +117,12 @@ export function decodeConfig(b: Buffer): PodConfig {
 }
 
 /** The re-injection rule: outbound packets re-injected at ingress go to the local table. */
-const RULE: MarkRule = { pref: RULE_PREF, mark: OUTBOUND_MARK, mask: OUTBOUND_MARK, table: ROUTE_TABLE };
-const RULE_TEXT = ruleText(RULE);
+export const REINJECT_RULE: MarkRule = { pref: RULE_PREF, mark: OUTBOUND_MARK, mask: OUTBOUND_MARK, table: ROUTE_TABLE };
+const RULE_TEXT = ruleText(REINJECT_RULE);
 
 /** The families whose re-injection rule and local route a pod gets: IPv4 always (as before IPv6), IPv6 when captured. */
 export function routingFamilies(addrs: PodAddresses): RouteFamily[] {
   return addrs.ip6 ? [4, 6] : [4];
-}
-
-/** `ip -<family> -batch -` argv and input for the rule and the local route, route first; idempotent (policy-routing.ts). */
-export function routingBatch(family: RouteFamily = 4): RoutingBatch {
-  return routingBatchCommand(RULE, family);
 }
 
 /** The sysctl file that turns accept_local on for the pod interface (written from inside the pod netns). */
@@ -137,7 +131,7 @@ export function acceptLocalPath(ifname: string): string {
 }
 
 /**
- * Removes what routingBatch and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
+ * Removes what applyMarkRules (REINJECT_RULE) and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
  * if our IPv4 rule was there.
  */
 export function routingRemoveScript(ifname: string): string {
@@ -148,11 +142,11 @@ export function routingRemoveScript(ifname: string): string {
     `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
     'fi',
     // Each family's route only when no other rule looks the table up (source preservation's, after a --redirect-mode switch).
-    localRouteDeleteIfUnused(RULE, 4),
-    ruleDeleteLoop(RULE, 6),
-    localRouteDeleteIfUnused(RULE, 6),
+    localRouteDeleteIfUnused(REINJECT_RULE, 4),
+    ruleDeleteLoop(REINJECT_RULE, 6),
+    localRouteDeleteIfUnused(REINJECT_RULE, 6),
     // Drop the clsact qdisc only when no filter is left on it (ours are detached before this runs).
-    // (not /sys/class/net: nsenter keeps the node's /sys, which lists the node's interfaces, not the pod's)
+    // (not /sys/class/net: a tool run in the pod's netns keeps the node's /sys, which lists the node's interfaces, not the pod's)
     `if ip link show dev ${i} >/dev/null 2>&1 && [ -z "$(tc filter show dev ${i} ingress)$(tc filter show dev ${i} egress)" ]; then tc qdisc del dev ${i} clsact 2>/dev/null || true; fi`,
     'true',
   ].join('\n');
@@ -164,8 +158,8 @@ const SEP = '@@ambient@@';
 export function routingReadScript(ifname: string, v6 = false): string {
   const i = checkIfname(ifname);
   return [
-    readCommands(RULE, 4, SEP), `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`,
-    ...(v6 ? [`echo ${SEP}`, readCommands(RULE, 6, SEP)] : []),
+    readCommands(REINJECT_RULE, 4, SEP), `echo ${SEP}`, `sysctl -n net.ipv4.conf.${i}.accept_local 2>/dev/null || echo missing`,
+    ...(v6 ? [`echo ${SEP}`, readCommands(REINJECT_RULE, 6, SEP)] : []),
   ].join('; ');
 }
 
@@ -223,9 +217,9 @@ export function expectedLines(pod: PodContext, tags?: ProgTags, captureIpv6 = fa
     progLine(i, 'egress', PROG_OUT, tags?.out),
     mapLine({ podIp4: addrs.ip4 ?? '0.0.0.0', ...(addrs.ip6 ? { podIp6: addrs.ip6 } : {}), version: CFG_VERSION }),
     statsLine(),
-    ...expectedRuleLines(RULE),
+    ...expectedRuleLines(REINJECT_RULE),
     `sysctl net.ipv4.conf.${i}.accept_local=1`,
-    ...(addrs.ip6 ? expectedRuleLines(RULE, 6).map((l) => IP6_TAG + l) : []),
+    ...(addrs.ip6 ? expectedRuleLines(REINJECT_RULE, 6).map((l) => IP6_TAG + l) : []),
   ];
 }
 

@@ -16,11 +16,11 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import { applyRoutingBatches, setFwmarkAccept } from './routing-apply.js';
+import { applyMarkRules, setFwmarkAccept } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, routingBatch, routingFamilies,
+  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, REINJECT_RULE, routingFamilies,
   routingLines, routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodAddresses, type PodConfig,
   type ReadCounters, type PodContext, type ProgTags,
 } from './ebpf-config.js';
@@ -226,8 +226,8 @@ export class EbpfBackend implements RedirectBackend {
 
   /**
    * Routing first: once the programs are attached, re-injected SYNs need the rule, the route and accept_local. A fresh
-   * pod has no listener of the agent yet (its SYNs find none and are dropped), so its programs are loaded while the
-   * routing's tool runs. Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
+   * pod has no listener of the agent yet (its SYNs find none and are dropped), so its programs are loaded whatever the
+   * routing's outcome (settleAll reports both). Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
    * are attached as expected are kept (no reload, no window), others replaced atomically.
    */
   async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
@@ -236,7 +236,7 @@ export class EbpfBackend implements RedirectBackend {
     const failed = `installing the eBPF redirection in ${ns.path} failed`;
     // Routing before the programs when they may already be attached (re-injected SYNs need the rule, the route and
     // accept_local); a fresh pod has no agent listener yet, so both go at once.
-    const routing = applyRoutingBatches(ns, routingFamilies(addrs).map((family) => routingBatch(family)));
+    const routing = applyMarkRules(ns, REINJECT_RULE, routingFamilies(addrs));
     const programs = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       acceptLocal(ns, ifname);

@@ -1,48 +1,19 @@
 // Pure in-pod policy routing pieces (`ip rule pref P fwmark M lookup T` + `local default dev lo table T`), written once for
-// the netfilter backends' reply routing (reply-routing.ts) and the ebpf backend's re-injection (ebpf-config.ts). No I/O:
-// routing-apply.ts runs the batches.
+// the netfilter backends' reply routing (reply-routing.ts) and the ebpf backend's re-injection (ebpf-config.ts): how they
+// are removed and read back with `ip`. No I/O: routing-apply.ts puts them in (rtnetlink).
+import type { FwmarkRule, RtFamily } from '../platform/rtnetlink.js';
 
 /** An address family of the pieces. */
-export type RouteFamily = 4 | 6;
+export type RouteFamily = RtFamily;
 
-/** One fwmark rule that sends marked packets to a table holding only `local default dev lo`. */
-export interface MarkRule {
-  pref: number;
-  mark: number;
-  mask: number;
-  table: number;
-}
+/** One fwmark rule that sends marked packets to a table holding only `local default dev lo` (routing-apply.ts puts both in). */
+export type MarkRule = FwmarkRule;
 
 const DEFAULT_ROUTE: Record<RouteFamily, string> = { 4: '0.0.0.0/0', 6: '::/0' };
 
 /** The rule's selector, as `ip rule` takes it and prints it. */
 export function ruleText(r: MarkRule): string {
   return `fwmark 0x${r.mark.toString(16)}/0x${r.mask.toString(16)} lookup ${r.table}`;
-}
-
-/**
- * `ip -batch` input installing the local route and the rule, route first. Idempotent without removing anything (no
- * window): `route replace` always succeeds, a second `rule add` fails with "File exists" (routingBatchOk accepts that).
- */
-function routingBatchInput(r: MarkRule, family: RouteFamily): string {
-  return `route replace local ${DEFAULT_ROUTE[family]} dev lo table ${r.table}\nrule add pref ${r.pref} ${ruleText(r)}\n`;
-}
-
-/** An `ip` invocation: its argv and what it reads on stdin (routing-apply.ts runs it). */
-export interface RoutingBatch {
-  args: string[];
-  input: string;
-}
-
-/** `ip -<family> -batch -` argv and input (routingBatchInput) for one rule. */
-export function routingBatchCommand(r: MarkRule, family: RouteFamily): RoutingBatch {
-  return { args: [`-${family}`, '-batch', '-'], input: routingBatchInput(r, family) };
-}
-
-/** Whether ip -batch's stderr says only that the rule was already there. */
-export function routingBatchOk(stderr: string): boolean {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-  return lines.length > 0 && lines.every((l) => /^RTNETLINK answers: File exists$|^Command failed -:2$/.test(l));
 }
 
 /** Shell lines deleting every copy of the rule (harmless when there is none). */

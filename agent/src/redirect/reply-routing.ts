@@ -4,8 +4,7 @@ import { canonicalIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import { podCapturesIpv6 } from './types.js';
 import {
-  expectedRuleLines, localRouteDeleteIfUnused, readCommands, routingBatchCommand, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
-  type RoutingBatch,
+  expectedRuleLines, localRouteDeleteIfUnused, readCommands, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
 } from './policy-routing.js';
 
 export type { RouteFamily };
@@ -15,11 +14,6 @@ export const REPLY_RULE: MarkRule = { pref: REPLY_RULE_PREF, mark: REPLY_MARK, m
 
 /** The rule's selector, as `ip rule` takes it and prints it. */
 export const REPLY_RULE_TEXT = ruleText(REPLY_RULE);
-
-/** `ip -<family> -batch -` input (and its argv) installing the local route and the rule, route first; idempotent. */
-export function replyRoutingBatch(family: RouteFamily): RoutingBatch {
-  return routingBatchCommand(REPLY_RULE, family);
-}
 
 /**
  * Removes the rule, then the local route unless another rule still looks the table up (the ebpf backend's, whose own

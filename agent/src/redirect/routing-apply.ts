@@ -1,22 +1,24 @@
-// Runs the in-pod policy-routing batches that policy-routing.ts builds (the netfilter backends' reply routing, the ebpf
-// backend's re-injection) inside a pod: the one place that applies them, with the pod's tcp_fwmark_accept. Idempotent.
+// Puts the in-pod policy routing that policy-routing.ts describes (the netfilter backends' reply routing, the ebpf
+// backend's re-injection) into a pod over rtnetlink, from the agent itself: the one place that applies it, with the
+// pod's tcp_fwmark_accept. Idempotent, never removes anything.
 import { writeFileSync } from 'node:fs';
-import { settleAll } from '../errors.js';
-import { ToolError, runTool } from '../platform/exec.js';
+import { fwmarkRuleRequest, localDefaultRouteRequest, sendRtnetlink } from '../platform/rtnetlink.js';
+import { strerror } from '../platform/libc.js';
 import { withNetns, type Netns } from '../platform/netns.js';
-import { routingBatchOk, type RoutingBatch } from './policy-routing.js';
+import type { MarkRule, RouteFamily } from './policy-routing.js';
 import { FWMARK_ACCEPT_PATH } from './reply-routing.js';
 
 /**
- * Runs every batch (`ip -<family> -batch -`) in the pod, concurrently; a rule that is already there is not an error
- * (routingBatchOk). Fails only once every batch has finished (settleAll), so no `ip` still runs when a caller rolls back.
+ * For each family, the rule's table gets its local default route (replaced, so always there afterwards), then the rule
+ * (an identical rule already there is not added twice: EEXIST is success), route first as before. Throws naming every
+ * request the kernel refused, once all were sent.
  */
-export async function applyRoutingBatches(netns: Netns, batches: readonly RoutingBatch[]): Promise<void> {
-  await settleAll(batches.map(async (b) => {
-    await runTool('ip', b.args, { netns: netns.toolPath, input: b.input }).catch((err: unknown) => {
-      if (!(err instanceof ToolError && routingBatchOk(err.stderr))) throw err;
-    });
-  }), `policy routing in ${netns.path} failed`);
+export async function applyMarkRules(netns: Netns, rule: MarkRule, families: readonly RouteFamily[]): Promise<void> {
+  const outcomes = sendRtnetlink(netns, families.flatMap((family) => [localDefaultRouteRequest(family, rule.table), fwmarkRuleRequest(family, rule)]));
+  const failed = outcomes.filter((o) => o.errno !== 0);
+  if (failed.length > 0) {
+    throw new Error(`policy routing in ${netns.path} failed: ${failed.map((o) => `${o.what}: ${strerror(o.errno)} (errno ${o.errno})`).join('; ')}`);
+  }
 }
 
 /**
