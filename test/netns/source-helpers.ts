@@ -105,8 +105,7 @@ export async function appAdvertisedMss(server: TestbedPod, client: TestbedPod, p
   const holding = client.spawn('sh', ['-c', `sleep 4 | ncat ${host.includes(':') ? `-6 ${host}` : host} ${port}`], { timeout: 20_000, reject: false });
   try {
     for (let i = 0; i < 40; i++) {
-      const out = String((await server.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
-      const m = /advmss:(\d+)/.exec(out);
+      const m = /advmss:(\d+)/.exec(await appSocketInfo(server, port));
       if (m) return Number(m[1]);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -119,9 +118,14 @@ export async function appAdvertisedMss(server: TestbedPod, client: TestbedPod, p
 /** iptables / ip6tables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
 const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
 
+/** `ss -ti` of the app's established connections on `port`: their TCP internals (mss, advmss, retransmissions). */
+async function appSocketInfo(pod: TestbedPod, port: number): Promise<string> {
+  return String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+}
+
 /** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
 async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
-  const out = String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+  const out = await appSocketInfo(pod, port);
   return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
 }
 

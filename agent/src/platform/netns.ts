@@ -1,6 +1,6 @@
 // Network namespace handles and the one way into a namespace: withNetns(ns, fn).
 // withNetns is synchronous on the event-loop thread: fn must only make koffi syscalls (never Node's async socket APIs, which create their socket on a later tick in the wrong namespace).
-import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { CLONE_NEWNET, setns } from './libc.js';
 import { AmbientError } from '../errors.js';
 
@@ -93,6 +93,16 @@ export function statNetns(path: string): NetnsId | undefined {
 }
 
 /** Runs fn inside ns and switches back before returning, even when fn throws. */
+/**
+ * Writes a /proc/sys/net file of `ns` (a sysctl of that namespace): synchronous on the event-loop thread, since
+ * /proc/sys/net follows the writing thread's netns. Throws as the write does (EROFS: /proc/sys read-only, an
+ * unprivileged container).
+ */
+export function writeNetSysctl(ns: Netns, path: string, value: string): void {
+  if (!path.startsWith('/proc/sys/net/')) throw new Error(`not a network sysctl: ${path}`);
+  withNetns(ns, () => writeFileSync(path, value));
+}
+
 export function withNetns<T>(ns: Netns, fn: () => T): T {
   const home = selfNetns();
   setns(ns.fd, CLONE_NEWNET);

@@ -122,7 +122,7 @@ export interface SpawnOptions {
 
 /**
  * Starts `path` (absolute) with `argv` (argv[0] included) and `env` (UTF-8; a NUL byte in any of them throws TypeError).
- * The child gets the three pipes as fds 0-2 and no other descriptor (withSpawnAttributes).
+ * The child gets the three pipes as fds 0-2 and no other descriptor (spawnAttributes).
  * In the agent's namespace, posix_spawn runs on a libuv worker thread (koffi's async call): the calling thread waits
  * until the child has exec'd, which on a busy node takes milliseconds, and the event loop must not (re-adoption starts
  * hundreds of tools). The worker threads never enter a pod netns (platform/netns.ts switches only the event-loop
@@ -182,7 +182,12 @@ export type NetnsSpawnAnswer = { id: number; pid: number } | { id: number; error
 interface Spawner {
   worker: Worker;
   waiting: Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }>;
+  /** Takes the thread out of service: what waits on it fails with `err`; the next spawn gets a new thread. */
+  retire(err: Error): void;
 }
+
+/** Bound on one netns spawn's answer (a posix_spawn returns once the child has exec'd: milliseconds on a busy node). */
+const NETNS_SPAWN_TIMEOUT_MS = 15_000;
 
 /**
  * The netns spawner threads: up to SPAWNS_AT_ONCE (each waits for its child's exec, as a libuv thread does for the
@@ -197,19 +202,32 @@ function netnsSpawner(): Spawner {
   if (idle) return idle;
   if (spawners.length >= SPAWNS_AT_ONCE) return spawners.reduce((a, b) => (b.waiting.size < a.waiting.size ? b : a));
   const worker = new Worker(...spawnerEntry());
-  const s: Spawner = { worker, waiting: new Map() };
   const fail = (err: Error): void => {
     const i = spawners.indexOf(s);
     if (i >= 0) spawners.splice(i, 1); // a new thread is started when one is needed
     for (const w of s.waiting.values()) w.reject(err);
     s.waiting.clear();
+    worker.unref();
   };
+  const s: Spawner = { worker, waiting: new Map(), retire: fail };
   worker.on('message', (a: NetnsSpawnAnswer) => {
     const w = s.waiting.get(a.id);
     s.waiting.delete(a.id);
     if (s.waiting.size === 0) worker.unref();
-    if ('pid' in a) w?.resolve(a.pid);
-    else w?.reject(new Error(a.error));
+    if (w === undefined) {
+      // Answered after its caller gave up (NETNS_SPAWN_TIMEOUT_MS): nobody reads that child, so it is stopped and reaped.
+      if ('pid' in a) {
+        try {
+          process.kill(a.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+        void reap(a.pid).catch(() => undefined);
+      }
+      return;
+    }
+    if ('pid' in a) w.resolve(a.pid);
+    else w.reject(new Error(a.error));
   });
   worker.on('error', (err) => fail(err));
   worker.on('exit', (code) => fail(new Error(`a netns spawner thread exited (code ${code})`)));
@@ -248,16 +266,25 @@ async function spawnHere(req: NetnsSpawnRequest): Promise<number> {
 async function spawnInNetns(netns: string, req: NetnsSpawnRequest): Promise<number> {
   // Opened here for the spawn only (nsenter would open it too): a path that names no namespace fails setns there.
   const netnsFd = openSync(netns, constants.O_RDONLY | constants.O_NONBLOCK);
+  let timedOut = false;
+  let timer: NodeJS.Timeout | undefined;
   try {
     const s = netnsSpawner();
     const id = nextSpawnId++;
     return await new Promise<number>((resolve, reject) => {
       if (s.waiting.size === 0) s.worker.ref(); // a spawn under way keeps the process alive until it is answered
       s.waiting.set(id, { resolve, reject });
+      // A thread that does not answer is stuck (in the namespace, maybe): it serves nothing more.
+      timer = setTimeout(() => {
+        timedOut = true;
+        s.retire(new Error(`no answer from the netns spawner thread in ${NETNS_SPAWN_TIMEOUT_MS} ms`));
+      }, NETNS_SPAWN_TIMEOUT_MS);
       s.worker.postMessage({ ...req, id, netnsFd, homeFd: selfNetns().fd } satisfies NetnsSpawnMessage);
     });
   } finally {
-    closeSync(netnsFd);
+    clearTimeout(timer);
+    // Not after a time-out: the stuck thread may still setns with this number, which must not come to name another namespace.
+    if (!timedOut) closeSync(netnsFd);
   }
 }
 

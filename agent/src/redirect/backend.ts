@@ -65,11 +65,6 @@ export interface NetfilterOptions {
  * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
  */
 
-/** Installs the reply routing of source preservation in a pod for `families` (idempotent, never removes anything). */
-async function installReplyRouting(netns: Netns, families: readonly RouteFamily[]): Promise<void> {
-  await applyMarkRules(netns, REPLY_RULE, families);
-}
-
 /**
  * tcp_fwmark_accept on in a pod whose source-preservation pieces are all in (after them: an app socket accepted before
  * the SYN mark rule existed would take the agent mark). Best effort, said once per agent through `warn`.
@@ -120,9 +115,9 @@ class IptablesBackend implements RedirectBackend {
 
   private readonly preserveSource: boolean;
 
-  /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   private readonly warnFwmark: WarnOnce;
 
+  /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
@@ -151,7 +146,7 @@ class IptablesBackend implements RedirectBackend {
    * that already holds exactly our rules is not restored (re-adoption after a restart then runs one save per family).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const routing = installReplyRouting(netns, this.replyFamilies(pod));
+    const routing = applyMarkRules(netns, REPLY_RULE, this.replyFamilies(pod));
     const routed = opts.fresh ? undefined : routing;
     await settleAll([routing, ...FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
@@ -304,7 +299,7 @@ class NftablesBackend implements RedirectBackend {
    * its `route` chain re-routes IPv6 too, so IPv6 needs only its own policy rule and local route.
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const routing = installReplyRouting(netns, this.replyFamilies(pod));
+    const routing = applyMarkRules(netns, REPLY_RULE, this.replyFamilies(pod));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
     const tables = async (): Promise<void> => {
       if (!opts.fresh) await routing;

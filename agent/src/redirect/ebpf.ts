@@ -1,7 +1,7 @@
 // The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
 // accept_local (the rule and route per captured family), all inside the pod netns (nothing attached in the node's).
 // Node-side probe SNAT is delegated to iptables.
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +14,7 @@ import {
   tcDetach, tcHookCreate, tcQuery, type TcSlot,
 } from '../platform/libbpf.js';
 import { close, ifNameToIndex } from '../platform/libc.js';
-import { Netns, withNetns } from '../platform/netns.js';
+import { Netns, withNetns, writeNetSysctl } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
 import { applyMarkRules, setFwmarkAccept } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
@@ -153,7 +153,7 @@ function foundLines(ifname: string, f: Found): string[] {
 
 /** Turns accept_local on for the pod interface (re-injected outbound packets carry the pod's own source). */
 function acceptLocal(ns: Netns, ifname: string): void {
-  withNetns(ns, () => writeFileSync(acceptLocalPath(ifname), '1')); // synchronous: /proc/sys/net follows the thread's netns
+  writeNetSysctl(ns, acceptLocalPath(ifname), '1');
 }
 
 /** Loads the object, writes the pod's config and attaches both programs (ingress first), replacing ours atomically. */

@@ -1,5 +1,6 @@
 // Pure pieces of inbound source preservation shared by the netfilter backends: the pod's policy-routing rule and local
-// route (as `ip` inputs and scripts, per address family), how they read back, and where the agent's upstream socket binds.
+// route (routing-apply.ts puts them in; removal and read-back scripts here, per address family), the pod's
+// tcp_fwmark_accept, and where the agent's upstream socket binds.
 import { canonicalIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import { podCapturesIpv6 } from './types.js';

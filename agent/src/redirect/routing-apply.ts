@@ -1,10 +1,9 @@
 // Puts the in-pod policy routing that policy-routing.ts describes (the netfilter backends' reply routing, the ebpf
 // backend's re-injection) into a pod over rtnetlink, from the agent itself: the one place that applies it, with the
 // pod's tcp_fwmark_accept. Idempotent, never removes anything.
-import { writeFileSync } from 'node:fs';
 import { fwmarkRuleRequest, localDefaultRouteRequest, sendRtnetlink } from '../platform/rtnetlink.js';
 import { strerror } from '../platform/libc.js';
-import { withNetns, type Netns } from '../platform/netns.js';
+import { writeNetSysctl, type Netns } from '../platform/netns.js';
 import type { MarkRule, RouteFamily } from './policy-routing.js';
 import { FWMARK_ACCEPT_PATH } from './reply-routing.js';
 
@@ -24,12 +23,12 @@ export async function applyMarkRules(netns: Netns, rule: MarkRule, families: rea
 /**
  * Sets the pod's net.ipv4.tcp_fwmark_accept (see reply-routing.ts FWMARK_ACCEPT_PATH): on with source preservation's
  * rules in place, off with the ebpf backend (whose egress program passes packets carrying the agent mark, which an app
- * socket must never inherit from the agent's SYN). Synchronous (/proc/sys/net follows the writing thread's netns).
+ * socket must never inherit from the agent's SYN).
  * Best effort: the error when /proc/sys cannot be written (read-only in an unprivileged container), else undefined.
  */
 export function setFwmarkAccept(netns: Netns, on: boolean): Error | undefined {
   try {
-    withNetns(netns, () => writeFileSync(FWMARK_ACCEPT_PATH, on ? '1' : '0'));
+    writeNetSysctl(netns, FWMARK_ACCEPT_PATH, on ? '1' : '0');
     return undefined;
   } catch (err) {
     return err instanceof Error ? err : new Error(String(err));
