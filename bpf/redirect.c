@@ -13,10 +13,13 @@
 // A socket whose SYN was captured is tagged (socket storage): its later packets are always re-injected, even when the
 // agent's socket for the flow is gone (agent killed, connection reset), so the stack resets them inside the pod; without
 // the tag, segments an app sent before taking the reset in left the pod in clear.
-// Inbound source preservation needs nothing more: the agent's upstream socket to the app is bound (IP_TRANSPARENT) to
-// the client's address, so the app's replies leave through eth0 egress toward the client, where the flow lookup finds
-// the agent's socket: they are re-injected like outbound flows (mark 0x1000, local table) and reach that socket. The
-// app's socket is tagged then too, so its later packets never leave the pod in clear toward the client.
+// Inbound source preservation: the agent's upstream socket to the app is bound (IP_TRANSPARENT) to the client's address
+// and carries mark 0x1000; with tcp_fwmark_accept the app's socket takes that mark from the SYN, so the re-injection
+// rule routes the app's replies through lo to the agent (and the app advertises lo's MSS). A packet carrying 0x1000
+// seen here at egress (the rule gone) is re-injected, never sent. Without tcp_fwmark_accept the app's replies leave
+// through eth0 egress toward the client, where the flow lookup finds the agent's socket: they are re-injected like
+// outbound flows (mark 0x1000, local table) and reach that socket; the app's socket is tagged then too, so its later
+// packets never leave the pod in clear toward the client.
 // IPv6 is captured the same way when the loader says so (CFG_CAPTURE_IPV6: --capture-ipv6 and a pod IPv6 address), to
 // [::1]:15001 and [pod IPv6]:15006, for TCP directly after the fixed IPv6 header only: TCP behind extension headers
 // (fragments included) is refused (fail closed), and so is an IPv6 SYN from or to another address of the pod (its
@@ -531,7 +534,10 @@ int ambient_out(struct __sk_buff *skb)
 	/* An IPv6 connection from another address of the pod (link-local) is not carried: refused, never sent in clear. */
 	if (f.v6 && !is_pod(cfg, &f, 1))
 		return f.syn ? refuse6(skb, 1) : TC_ACT_OK;
-	if (!f.syn && !is_captured(skb)) {
+	/* The agent's SYN mark (OUTBOUND_MARK), taken by an app socket accepted from the agent (tcp_fwmark_accept, with source
+	 * preservation): the re-injection rule routes that socket through lo, so here it can only be with the rule gone. It
+	 * is captured: re-injected, never sent in clear. */
+	if (!f.syn && !is_captured(skb) && !(skb->mark & OUTBOUND_MARK)) {
 		/* Later packets of a socket whose SYN was not captured (opened before enrolment): re-injected only when the
 		 * agent owns the flow (its accepted socket has the app's tuple); others stay untouched. */
 		int state = flow_state(skb, &f, 0);

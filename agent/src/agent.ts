@@ -155,6 +155,7 @@ export class Agent {
       connections: this.metrics,
       accessLog: { log: log.child({ scope: 'access' }), complete: cfg.accessLog },
       preserveSource: cfg.preserveSource,
+      appMark: this.backend.appMark,
       captureFamilies: this.backend.captureFamilies,
     }, this.metrics, removeOwnBackendsRules);
     this.runningPods = new RunningPods(this.source, this.enroller, { nodeName: cfg.nodeName, procRoot: cfg.procRoot, log: log.child({ component: 'late-enrolment' }) });

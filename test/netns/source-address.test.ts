@@ -8,6 +8,7 @@ import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEc
 import { appAdvertisedMss, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
+import { REINJECT_RULE } from '../../agent/src/redirect/ebpf-config.js';
 
 const MODES: RedirectMode[] = ['iptables', 'nftables', 'ebpf'];
 
@@ -21,7 +22,7 @@ async function deleteReplyRule(pod: TestbedPod): Promise<void> {
  * reply table (nftables). Throws when the pod's routing cannot be read (an empty answer would pass every notRegex).
  */
 async function replyPieces(pod: TestbedPod): Promise<string> {
-  const script = `ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; true`;
+  const script = `ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; echo tcp_fwmark_accept=$(cat /proc/sys/net/ipv4/tcp_fwmark_accept); true`;
   const out = String((await pod.exec('sh', ['-c', script])).stdout);
   if (!/lookup main/.test(out) || !out.includes('*mangle')) throw new Error(`cannot read the pod's routing and mangle table: ${out}`);
   return out;
@@ -58,11 +59,9 @@ for (const mode of MODES) {
     t.is(d.received, d.sent, 'the app\'s bytes reached the mesh client intact');
 
     // The app's end of a preserved connection is routed through lo from its SYN-ACK on, so it advertises lo's MSS.
-    if (mode !== 'ebpf') {
-      for (const client of [sleep, legacy]) {
-        const mss = await appAdvertisedMss(productpage, client, 9080);
-        t.true(mss > 16_000, `the app advertised MSS ${mss} to the agent for ${client.key} (lo's, not eth0's 1448)`);
-      }
+    for (const client of [sleep, legacy]) {
+      const mss = await appAdvertisedMss(productpage, client, 9080);
+      t.true(mss > 16_000, `the app advertised MSS ${mss} to the agent for ${client.key} (lo's, not eth0's 1448)`);
     }
 
     // A kubelet-style probe from the node still goes straight to the app, as 169.254.7.127.
@@ -97,8 +96,10 @@ for (const mode of MODES) {
     if (mode === 'iptables') t.regex(pieces, /-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111\/0xfff -j DROP/);
     if (mode === 'nftables') t.regex(pieces, /chain reply-guard \{/);
     if (mode === 'ebpf') t.notRegex(pieces, /AMBIENT_REPLY_GUARD|reply-guard/, 'ebpf uses no connmark, so no guard');
+    t.regex(pieces, /tcp_fwmark_accept=1/, 'the app\'s socket takes the mark of the agent\'s SYN');
     await unenrolByLabel(tb, productpage);
     const after = await replyPieces(productpage);
+    t.regex(after, /tcp_fwmark_accept=0/, 'un-enrolment turned tcp_fwmark_accept off');
     t.notRegex(after, /fwmark 0x111|fwmark 0x1000|lookup 100/, `no rule left: ${after}`);
     t.notRegex(after, /local default/, `no local route left: ${after}`);
     t.notRegex(after, /AMBIENT_/, `no mangle chain left: ${after}`);
@@ -136,6 +137,20 @@ netnsTest.serial('[iptables] source.ip / ipBlocks in an AuthorizationPolicy matc
   t.false((await ask(other, productpage.ip, 9080, 'plain-other')).ok, 'a plain client outside the ipBlocks is denied');
   const stats = (await eventually(() => agentPod(tb, productpage), (p) => (p?.stats?.inbound.denied ?? 0) > deniedBefore))?.stats?.inbound;
   t.true((stats?.denied ?? 0) > deniedBefore, `the plain client was denied by policy: ${JSON.stringify(stats)}`);
+});
+
+netnsTest.serial('[ebpf] the app\'s end of a preserved connection carries the re-injection mark: with the agent killed while it streams and then the rule deleted, nothing leaves the pod in clear', async (t) => {
+  const { tb, productpage, sleep } = await sourceCluster(t, 'ebpf', { agentArgs: ['--repair-interval-ms', '0'] });
+  const rule = ['rule', 'del', 'pref', String(REINJECT_RULE.pref), 'fwmark', `0x${REINJECT_RULE.mark.toString(16)}/0x${REINJECT_RULE.mask.toString(16)}`, 'lookup', String(REINJECT_RULE.table)];
+  const k = await killWhileAppStreams(tb, productpage, sleep, 9095, { afterKill: async () => void await productpage.exec('ip', rule) });
+  t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
+  t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
+  t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear with neither the rule nor the agent\'s socket');
+  // The restarted agent re-adopts the pod and puts the rule back; the app sees its client again.
+  const adopted = await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
+  t.true(adopted?.ok, `re-adoption restored the rule: ${JSON.stringify(adopted)}`);
+  const r = await eventually(() => ask(sleep, productpage.ip, 9080, 'after'), (a) => a.ok, 10_000);
+  t.true(r.ok && r.output.endsWith(`from ${sleep.ip}`), r.output);
 });
 
 netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP) and no reply routing is installed; turned on again, a restart converges', async (t) => {
@@ -177,7 +192,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
       { node: 0, namespace: 'app', name: 'sleep' },
     ]);
     if (!productpage || !sleep) throw new Error('pods missing');
-    const k = await killWhileAppStreams(tb, productpage, sleep, 9093, ['--preserve-source', 'false']);
+    const k = await killWhileAppStreams(tb, productpage, sleep, 9093, { restartArgs: ['--preserve-source', 'false'] });
     t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
     t.true(k.sentAfterAdopt, 'the app sent again after the agent without source preservation adopted its pod');
     t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear');

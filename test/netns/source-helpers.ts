@@ -118,9 +118,15 @@ export async function appAdvertisedMss(server: TestbedPod, client: TestbedPod, p
 /** iptables / ip6tables arguments (after -I/-D) hiding TCP resets on a pod's loopback, where the agent's sockets answer the app. */
 const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'RST', '-j', 'DROP'];
 
-/** `ss -ti` of the app's established connections on `port`: their TCP internals (mss, advmss, retransmissions). */
+/**
+ * `ss -ti` of the app's established connections on `port`: their TCP internals (mss, advmss, retransmissions). Sockets
+ * of the agent (a `node` process) are left out: under the ebpf backend's socket assignment the agent's accepted socket
+ * of a plain client keeps the app's port as its own.
+ */
 async function appSocketInfo(pod: TestbedPod, port: number): Promise<string> {
-  return String((await pod.exec('ss', ['-tinH', 'state', 'established', `( sport = :${port} )`])).stdout);
+  const out = String((await pod.exec('ss', ['-tinpH', 'state', 'established', `( sport = :${port} )`])).stdout);
+  const sockets = out.split(/\n(?!\s)/); // a socket: its address line, then its indented TCP internals
+  return sockets.filter((s) => s.trim() !== '' && !s.includes('users:(("node"')).join('\n');
 }
 
 /** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
@@ -135,16 +141,20 @@ async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
  * the pod in clear: the capture on the pod's host-side veth holds no marker. Restarts the agent before returning.
  * `restartArgs`: the agent comes back with these (e.g. source preservation off) while resets are still hidden, and the
  * app must have sent again (retransmitted) after the new agent adopted the pod before the capture ends. `host`: the
- * server's address the client connects to (its family's resets are hidden).
+ * server's address the client connects to (its family's resets are hidden). `afterKill`: run at once after the kill,
+ * while the app retransmits toward the client (e.g. a rule deleted).
  */
 export async function killWhileAppStreams(
-  tb: Testbed, server: TestbedPod, client: TestbedPod, port: number, restartArgs?: string[], host = server.ip,
+  tb: Testbed, server: TestbedPod, client: TestbedPod, port: number,
+  opts: { restartArgs?: string[]; host?: string; afterKill?: () => Promise<void> } = {},
 ): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
+  const { restartArgs, host = server.ip } = opts;
   const { marker, cap, reader } = await streamWhileCapturing(tb, server, client, port, `src-kill-${server.name}`, host);
   const iptables = host.includes(':') ? 'ip6tables' : 'iptables';
   await server.exec(iptables, ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
   const agent = tb.agent(server.node.index);
   await agent.kill('SIGKILL');
+  await opts.afterKill?.();
   await new Promise((r) => setTimeout(r, 2000));
   let sentAfterAdopt = true;
   if (restartArgs) {

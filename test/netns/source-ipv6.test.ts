@@ -59,11 +59,9 @@ for (const mode of MODES) {
     const d = await download(productpage, sleep, 9091, 1024 * 1024, server6);
     t.is(d.received, d.sent, 'the app\'s bytes reached the IPv6 mesh client intact');
     // The app's end of a preserved IPv6 connection advertises lo's MSS too (tcp_fwmark_accept covers IPv6 TCP).
-    if (mode !== 'ebpf') {
-      for (const client of [sleep, legacy]) {
-        const mss = await appAdvertisedMss(productpage, client, 9080, server6);
-        t.true(mss > 16_000, `the app advertised MSS ${mss} over IPv6 to the agent for ${client.key} (lo's, not eth0's)`);
-      }
+    for (const client of [sleep, legacy]) {
+      const mss = await appAdvertisedMss(productpage, client, 9080, server6);
+      t.true(mss > 16_000, `the app advertised MSS ${mss} over IPv6 to the agent for ${client.key} (lo's, not eth0's)`);
     }
 
     // What the backend installed reads back in sync, IPv6 pieces included.
@@ -74,7 +72,7 @@ for (const mode of MODES) {
       t.true(report?.actual.some((l) => l.startsWith(`map ambient_cfg: v1 pod ${productpage.ip} ipv6 ${server6} id `)), JSON.stringify(report?.actual));
       t.true(report?.actual.includes('ip6: ip rule 100: from all fwmark 0x1000/0x1000 lookup 100'), JSON.stringify(report?.actual));
       t.notRegex(await replyPieces6(productpage), /fwmark 0x111/, 'ebpf needs no reply rule');
-      const k = await killWhileAppStreams(tb, productpage, sleep, 9092, undefined, server6);
+      const k = await killWhileAppStreams(tb, productpage, sleep, 9092, { host: server6 });
       t.true(k.received > 100_000, `the IPv6 stream reached the client through the mesh first (${k.received} bytes)`);
       t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
       t.is(k.markersOut, 0, 'no byte of the app\'s IPv6 stream left the pod in clear after the agent died');

@@ -35,7 +35,7 @@ function failingBackend(name: RedirectMode): { backend: RedirectBackend; removed
   const fresh: (boolean | undefined)[] = [];
   const no = (): Promise<never> => Promise.reject(new Error('not used here'));
   const backend: RedirectBackend = {
-    name, captureFamilies: ['ipv4'], prepare: async () => undefined,
+    name, captureFamilies: ['ipv4'], appMark: 0x539, prepare: async () => undefined,
     installPod: (_ns, _pod, opts) => {
       fresh.push(opts?.fresh);
       return Promise.reject(new Error('iptables-restore: another app holds the xtables lock'));

@@ -72,6 +72,8 @@ export interface MeshContext extends OutboundContext {
    * in-pod pieces bring the app's replies back (redirect/reply-routing.ts).
    */
   preserveSource: boolean;
+  /** SO_MARK of the upstream socket to the app (RedirectBackend.appMark: what the backend's in-pod pieces expect). */
+  appMark: number;
   /**
    * The families the redirect backend captures (RedirectBackend.captureFamilies): a pod gets IPv6 listeners only when
    * IPv6 is among them (--capture-ipv6), never otherwise (see podListenerKinds).
@@ -328,7 +330,7 @@ export class PodForwarder {
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
     const from = this.sourceFor(source.ip, d.upstream.host);
-    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: AGENT_MARK, paused: true, signal: dial.signal, ...(from ? { source: { address: from } } : {}) }).then(
+    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: this.mesh.appMark, paused: true, signal: dial.signal, ...(from ? { source: { address: from } } : {}) }).then(
       (sock) => {
         if (!r.stream.isClosed) return r.answer(200, sock);
         // Reset while the dial was in flight (its end is counted already): close the app connection now, not via the library.
@@ -413,7 +415,7 @@ export class PodForwarder {
     // The client's own port is avoided: its REDIRECTed connection holds the conntrack tuple client:port -> pod:port.
     const fromIp = this.sourceFor(source.ip, dst.address);
     const fromSrc = fromIp ? { source: { address: fromIp, ...(down.remotePort !== undefined ? { avoidPort: down.remotePort } : {}) } } : {};
-    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: AGENT_MARK, ...fromSrc }), info);
+    this.splice(down, stats, clog, dialFrom(this.self.ns, { host: dst.address, port: dst.port, mark: this.mesh.appMark, ...fromSrc }), info);
   }
 
   /**

@@ -11,9 +11,10 @@ import * as nft from './nftables.js';
 import {
   expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyMarkRules, setFwmarkAccept } from './routing-apply.js';
+import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
+import { AGENT_MARK } from './constants.js';
 
 export type { PodContext, RedirectBackend, RuleDrift };
 
@@ -65,27 +66,6 @@ export interface NetfilterOptions {
  * the client's address, whose app replies would otherwise leave the pod in clear once the pieces were gone.
  */
 
-/**
- * tcp_fwmark_accept on in a pod whose source-preservation pieces are all in (after them: an app socket accepted before
- * the SYN mark rule existed would take the agent mark). Best effort, said once per agent through `warn`.
- */
-function fwmarkAcceptAfterRules(netns: Netns, families: readonly RouteFamily[], warn: WarnOnce): void {
-  if (families.length === 0) return;
-  const err = setFwmarkAccept(netns, true);
-  if (err) warn(`cannot set net.ipv4.tcp_fwmark_accept in pods (${err.message}): source-preserved connections to apps keep eth0's MSS (slower bulk to apps; nothing else changes); the agent needs a writable /proc/sys (privileged) for it`);
-}
-
-/** A warning said once per backend. */
-type WarnOnce = (msg: string) => void;
-function warnOnce(warn: ((msg: string) => void) | undefined): WarnOnce {
-  let said = false;
-  return (msg) => {
-    if (said) return;
-    said = true;
-    warn?.(msg);
-  };
-}
-
 /** Removes the reply routing of both families (a pod leaving the mesh only). */
 async function removeReplyRouting(netns: Netns): Promise<void> {
   await Promise.all(FAMILIES.map((family) => runTool('sh', ['-c', replyRoutingRemoveScript(family)], { netns: netns.toolPath })));
@@ -112,16 +92,18 @@ class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
   /** ip6tables holds the IPv6 rules; IPv6 TCP is carried with --capture-ipv6 (the agent's IPv6 listeners), else refused. */
   readonly captureFamilies: readonly IpFamily[];
+  readonly appMark = AGENT_MARK;
 
   private readonly preserveSource: boolean;
 
-  private readonly warnFwmark: WarnOnce;
+  /** tcp_fwmark_accept on in a pod once its source-preservation pieces are all in (an app socket accepted before the SYN mark rule existed would take the agent mark). */
+  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
-    this.warnFwmark = warnOnce(opts.warn);
+    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -164,7 +146,7 @@ class IptablesBackend implements RedirectBackend {
       await routed;
       if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
-    fwmarkAcceptAfterRules(netns, this.replyFamilies(pod), this.warnFwmark);
+    if (this.replyFamilies(pod).length > 0) this.setFwmarkAccept(netns, true);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -274,14 +256,16 @@ class NftablesBackend implements RedirectBackend {
   readonly name = 'nftables' as const;
   /** The inet table sees IPv6 too: its TCP is carried with --capture-ipv6 (the agent's IPv6 listeners), else refused. */
   readonly captureFamilies: readonly IpFamily[];
+  readonly appMark = AGENT_MARK;
   private readonly preserveSource: boolean;
 
-  private readonly warnFwmark: WarnOnce;
+  /** tcp_fwmark_accept on in a pod once its source-preservation pieces are all in (an app socket accepted before the SYN mark rule existed would take the agent mark). */
+  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
 
   constructor(opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
-    this.warnFwmark = warnOnce(opts.warn);
+    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -306,7 +290,7 @@ class NftablesBackend implements RedirectBackend {
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
-    fwmarkAcceptAfterRules(netns, this.replyFamilies(pod), this.warnFwmark);
+    if (this.replyFamilies(pod).length > 0) this.setFwmarkAccept(netns, true);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
@@ -384,15 +368,15 @@ class NftablesBackend implements RedirectBackend {
 
 /**
  * `preserveSource` (required: the caller passes --preserve-source, no path defaults it): install the in-pod pieces inbound source preservation needs. The ebpf backend needs
- * none (its egress program already returns the app's replies to the agent's transparent socket, IPv6 ones too when
- * captured: see bpf/redirect.c). `captureIpv6`: every backend captures IPv6 TCP with it (ebpf: its programs, to the
+ * only tcp_fwmark_accept (its re-injection rule, and its egress program without it, return the app's replies to the
+ * agent's transparent socket, IPv6 ones too when captured: see bpf/redirect.c). `captureIpv6`: every backend captures IPv6 TCP with it (ebpf: its programs, to the
  * agent's IPv6 listeners).
  */
 export async function createBackend(mode: RedirectMode, opts: { probeSnatCgroup?: string; preserveSource: boolean; captureIpv6?: boolean; warn?: (msg: string) => void }): Promise<RedirectBackend> {
   if (mode === 'ebpf') {
     const { EbpfBackend } = await import('./ebpf.js');
     // The node-side probe SNAT stays iptables (both families, whatever captureIpv6 says).
-    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource }), { captureIpv6: opts.captureIpv6 ?? false, ...(opts.warn ? { warn: opts.warn } : {}) });
+    return new EbpfBackend(new IptablesBackend(opts.probeSnatCgroup ?? '', { preserveSource: opts.preserveSource }), { captureIpv6: opts.captureIpv6 ?? false, preserveSource: opts.preserveSource, ...(opts.warn ? { warn: opts.warn } : {}) });
   }
   if (mode === 'nftables') {
     if (opts.probeSnatCgroup) throw new Error('probeSnatCgroup needs the iptables or ebpf backend (its probe SNAT is an iptables rule)');

@@ -2,6 +2,7 @@
 // expected/actual line notation with its drift comparison. No I/O: ebpf.ts applies and reads these through platform/.
 import { addressesOf, formatWords, ipFamily, ipv6Words } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE } from './constants.js';
+import { FWMARK_ACCEPT_PATH } from './reply-routing.js';
 import {
   expectedRuleLines, localRouteDeleteIfUnused, readCommands, ruleAndRouteLines, ruleDeleteLoop, ruleText, type MarkRule, type RouteFamily,
 } from './policy-routing.js';
@@ -131,8 +132,8 @@ export function acceptLocalPath(ifname: string): string {
 }
 
 /**
- * Removes what applyMarkRules (REINJECT_RULE) and acceptLocalPath set, both families; harmless when absent. accept_local goes back off only
- * if our IPv4 rule was there.
+ * Removes what applyMarkRules (REINJECT_RULE), acceptLocalPath and source preservation's tcp_fwmark_accept set, both
+ * families; harmless when absent. The two sysctls go back off only if our IPv4 rule was there.
  */
 export function routingRemoveScript(ifname: string): string {
   const i = checkIfname(ifname);
@@ -140,6 +141,7 @@ export function routingRemoveScript(ifname: string): string {
     `if ip rule show pref ${RULE_PREF} | grep -q '${RULE_TEXT}'; then`,
     `  ip rule del pref ${RULE_PREF} ${RULE_TEXT}`,
     `  sysctl -qw net.ipv4.conf.${i}.accept_local=0 2>/dev/null || true`,
+    `  echo 0 > ${FWMARK_ACCEPT_PATH} 2>/dev/null || true`,
     'fi',
     // Each family's route only when no other rule looks the table up (source preservation's, after a --redirect-mode switch).
     localRouteDeleteIfUnused(REINJECT_RULE, 4),

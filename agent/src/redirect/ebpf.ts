@@ -16,11 +16,11 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, withNetns, writeNetSysctl } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import { applyMarkRules, setFwmarkAccept } from './routing-apply.js';
+import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
-  diffLines, encodeConfig, expectedLines, mapLine, podAddresses, progLine, acceptLocalPath, REINJECT_RULE, routingFamilies,
+  diffLines, encodeConfig, expectedLines, mapLine, OUTBOUND_MARK, podAddresses, progLine, acceptLocalPath, REINJECT_RULE, routingFamilies,
   routingLines, routingReadScript, routingRemoveScript, STAT_NAMES, STATS_MAP, statsLine, sumPerCpu, type PodAddresses, type PodConfig,
   type ReadCounters, type PodContext, type ProgTags,
 } from './ebpf-config.js';
@@ -209,14 +209,21 @@ export class EbpfBackend implements RedirectBackend {
    * is answered with a RST or dropped.
    */
   readonly captureFamilies: readonly IpFamily[];
+  /**
+   * The re-injection mark, not the agent's: with tcp_fwmark_accept the app's end of a connection from the agent takes it,
+   * so the re-injection rule routes it through lo from the SYN-ACK on (lo's MSS, not eth0's; its replies never reach
+   * eth0), and should that rule be gone, ambient_out re-injects what carries it (never passes it as the agent's).
+   */
+  readonly appMark = OUTBOUND_MARK;
   private readonly captureIpv6: boolean;
+  private readonly preserveSource: boolean;
   private tags: ProgTags | undefined;
+  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
 
-  private readonly warn: (msg: string) => void;
-
-  constructor(private readonly host: HostRules, opts: { captureIpv6: boolean; warn?: (msg: string) => void }, readonly objectPath = defaultObjectPath()) {
+  constructor(private readonly host: HostRules, opts: { captureIpv6: boolean; preserveSource: boolean; warn?: (msg: string) => void }, readonly objectPath = defaultObjectPath()) {
     this.captureIpv6 = opts.captureIpv6;
-    this.warn = opts.warn ?? (() => undefined);
+    this.preserveSource = opts.preserveSource;
+    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6);
   }
 
@@ -240,10 +247,8 @@ export class EbpfBackend implements RedirectBackend {
     const programs = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       acceptLocal(ns, ifname);
-      // ambient_out passes packets carrying the agent mark: an app socket must never take it from the agent's SYN, as it
-      // would with tcp_fwmark_accept on (left by a netfilter backend's source preservation before a --redirect-mode switch).
-      const err = setFwmarkAccept(ns, false);
-      if (err) this.warn(`cannot turn net.ipv4.tcp_fwmark_accept off in ${ns.path} (${err.message})`);
+      // With source preservation the app's socket takes the agent's SYN mark (appMark); without it, off, as before.
+      this.setFwmarkAccept(ns, this.preserveSource);
       if (!opts.fresh) {
         // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
         const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));

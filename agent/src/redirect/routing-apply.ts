@@ -21,16 +21,21 @@ export async function applyMarkRules(netns: Netns, rule: MarkRule, families: rea
 }
 
 /**
- * Sets the pod's net.ipv4.tcp_fwmark_accept (see reply-routing.ts FWMARK_ACCEPT_PATH): on with source preservation's
- * rules in place, off with the ebpf backend (whose egress program passes packets carrying the agent mark, which an app
- * socket must never inherit from the agent's SYN).
- * Best effort: the error when /proc/sys cannot be written (read-only in an unprivileged container), else undefined.
+ * Sets pods' net.ipv4.tcp_fwmark_accept (see reply-routing.ts FWMARK_ACCEPT_PATH): on with source preservation, so the
+ * app's socket takes the mark of the agent's SYN (the netfilter backends' reply mark, the ebpf backend's re-injection
+ * mark) and is routed through lo; off without it. Best effort (a read-only /proc/sys in an unprivileged container
+ * refuses it): the returned setter says its first failure through `warn`, once per agent, and never throws.
  */
-export function setFwmarkAccept(netns: Netns, on: boolean): Error | undefined {
-  try {
-    writeNetSysctl(netns, FWMARK_ACCEPT_PATH, on ? '1' : '0');
-    return undefined;
-  } catch (err) {
-    return err instanceof Error ? err : new Error(String(err));
-  }
+export function fwmarkAcceptSetter(warn?: (msg: string) => void): (netns: Netns, on: boolean) => void {
+  let said = false;
+  return (netns, on) => {
+    try {
+      writeNetSysctl(netns, FWMARK_ACCEPT_PATH, on ? '1' : '0');
+    } catch (err) {
+      if (said) return;
+      said = true;
+      const why = err instanceof Error ? err.message : String(err);
+      warn?.(`cannot set net.ipv4.tcp_fwmark_accept=${on ? 1 : 0} in pods (${why})${on ? ": source-preserved connections to apps keep eth0's MSS (slower bulk to apps; nothing else changes)" : ''}; the agent needs a writable /proc/sys (privileged) for it`);
+    }
+  };
 }

@@ -34,6 +34,12 @@ export interface RedirectBackend {
    * refused in the pod, never carried around the mesh: captureFamiliesFor(--capture-ipv6), whatever the backend.
    */
   readonly captureFamilies: readonly IpFamily[];
+  /**
+   * SO_MARK of the agent's sockets to its own pod's app (the inbound upstream, transparent with source preservation):
+   * AGENT_MARK for the netfilter backends (their mangle rules turn it into the reply mark); the ebpf backend's
+   * re-injection mark, whose rule routes the app's end of the connection through lo (see ebpf.ts).
+   */
+  readonly appMark: number;
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
   prepare(): Promise<void>;
   /**
