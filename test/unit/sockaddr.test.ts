@@ -72,3 +72,12 @@ test('sockaddrInet encodes by family and parseSockaddrInet reads either', (t) =>
   t.deepEqual(parseSockaddrInet(sockaddrInet('fd00:0::1', 80)), { address: 'fd00::1', port: 80 });
   t.throws(() => parseSockaddrInet(Buffer.alloc(16)), { message: /not a sockaddr_in/ }, 'AF_UNSPEC is neither');
 });
+
+test('sockaddr_in: family (host order), port and address (big-endian); only a dotted quad as node\'s isIPv4 takes it', (t) => {
+  t.deepEqual([...sockaddrIn('10.244.1.2', 15006)], [2, 0, 0x3a, 0x9e, 10, 244, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+  t.deepEqual([...sockaddrIn('255.255.255.255', 0).subarray(4, 8)], [255, 255, 255, 255]);
+  t.deepEqual(parseSockaddrInet(sockaddrIn('0.0.0.0', 65535)), { address: '0.0.0.0', port: 65535 });
+  for (const bad of ['1.2.3', '1.2.3.4.5', '256.1.1.1', '01.2.3.4', ' 1.2.3.4', '1.2.3.4 ', '1..3.4', '1.2.3.-4', '1.2.3.4/32', '', '::1']) {
+    t.throws(() => sockaddrIn(bad, 80), { message: /not an IPv4 address/ }, bad);
+  }
+});

@@ -3,7 +3,7 @@
 // The only file that loads libc; everything else goes through netns.ts or sockets.ts.
 import koffi from 'koffi';
 import { AmbientError } from '../errors.js';
-import { canonicalIp, canonicalWords, ipv6Words } from '../protocol/address.js';
+import { canonicalIp, canonicalWords, ipv4Bits, ipv6Words } from '../protocol/address.js';
 
 const libc = koffi.load('libc.so.6');
 
@@ -135,10 +135,12 @@ export function socket(domain: number, type: number, protocol = 0): number {
   return check('socket', fns.socket(domain, type, protocol) as number);
 }
 
+/** setsockoptInt's optval: the kernel copies it during the (synchronous) call, so one buffer serves every call. */
+const INT_OPTVAL = Buffer.alloc(4);
+
 export function setsockoptInt(fd: number, level: number, name: number, value: number, what: string): void {
-  const buf = Buffer.alloc(4);
-  buf.writeInt32LE(value);
-  check('setsockopt', fns.setsockopt(fd, level, name, buf, 4) as number, what);
+  INT_OPTVAL.writeInt32LE(value);
+  check('setsockopt', fns.setsockopt(fd, level, name, INT_OPTVAL, 4) as number, what);
 }
 
 export function getsockoptBuf(fd: number, level: number, name: number, size: number, what: string): Buffer {
@@ -158,6 +160,17 @@ export function getsockname(fd: number): Buffer {
   const len = [buf.length];
   check('getsockname', fns.getsockname(fd, buf, len) as number);
   return buf.subarray(0, len[0]);
+}
+
+/** localPort's scratch space (read within the synchronous call only). */
+const LOCAL_NAME = Buffer.alloc(128);
+const LOCAL_NAME_LEN = [0];
+
+/** The port an inet socket is bound to (sin_port and sin6_port sit at the same offset); 0 when none yet. */
+export function localPort(fd: number): number {
+  LOCAL_NAME_LEN[0] = LOCAL_NAME.length;
+  check('getsockname', fns.getsockname(fd, LOCAL_NAME, LOCAL_NAME_LEN) as number);
+  return LOCAL_NAME.readUInt16BE(2);
 }
 
 export function listen(fd: number, backlog: number): void {
@@ -264,14 +277,12 @@ export function sockaddrUn(path: string): Buffer {
 
 /** struct sockaddr_in for an IPv4 address and port. */
 export function sockaddrIn(address: string, port: number): Buffer {
+  const bits = ipv4Bits(address);
+  if (bits < 0) throw new Error(`not an IPv4 address: ${address}`);
   const buf = Buffer.alloc(16);
   buf.writeUInt16LE(AF_INET, 0);
   buf.writeUInt16BE(port, 2);
-  const parts = address.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
-    throw new Error(`not an IPv4 address: ${address}`);
-  }
-  Buffer.from(parts).copy(buf, 4);
+  buf.writeUInt32BE(bits, 4);
   return buf;
 }
 

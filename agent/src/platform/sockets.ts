@@ -9,7 +9,7 @@ import {
   SIOCGSKNS, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_IP, SOL_IPV6, SOL_SOCKET, SO_ACCEPTCONN, SO_MARK, SO_ORIGINAL_DST,
   SO_REUSEADDR, SO_REUSEPORT, AF_INET, AF_INET6, IP6T_SO_ORIGINAL_DST, IPV6_TRANSPARENT, IPV6_V6ONLY, IP_BIND_ADDRESS_NO_PORT,
   IP_TRANSPARENT, SOCKADDR_IN6_SIZE, bind, close, dupCloexec, getsockname, getsockoptBuf, inetAddress, ioctlNoArg, listen,
-  parseSockaddrIn, parseSockaddrIn6, parseSockaddrInet, setsockoptInt, sockaddrInet, socket,
+  localPort, parseSockaddrIn, parseSockaddrIn6, parseSockaddrInet, setsockoptInt, sockaddrIn, sockaddrIn6, sockaddrInet, socket,
 } from './libc.js';
 import { normalizeIp, type IpFamily } from '../protocol/address.js';
 import { socketKind } from './fd-passing.js';
@@ -146,8 +146,8 @@ const SOURCE_BIND_TRIES = 4;
  * taken for the old one (NATed back to 15006). A socket that got that port is held until another one is bound.
  */
 export function transparentSocket(address: string, mark: number, avoidPort?: number): number {
-  const { family } = inetAddress(address);
-  const addr = sockaddrInet(address, 0);
+  const { family, address: canonical } = inetAddress(address);
+  const addr = family === AF_INET6 ? sockaddrIn6(canonical, 0) : sockaddrIn(canonical, 0);
   const held: number[] = [];
   try {
     for (let i = 0; i < SOURCE_BIND_TRIES; i++) {
@@ -157,7 +157,7 @@ export function transparentSocket(address: string, mark: number, avoidPort?: num
       setTransparent(s, family);
       if (avoidPort === undefined) setsockoptInt(s, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT');
       bind(s, addr);
-      if (avoidPort === undefined || parseSockaddrInet(getsockname(s)).port !== avoidPort) return held.pop() as number;
+      if (avoidPort === undefined || localPort(s) !== avoidPort) return held.pop() as number;
     }
     throw new Error(`no source port for ${address} other than ${avoidPort} after ${SOURCE_BIND_TRIES} tries`);
   } finally {

@@ -44,6 +44,11 @@ function quadAt(s: string, i: number): number {
   return i === s.length ? value : -1;
 }
 
+/** The 32 bits of a dotted quad as node's isIPv4 takes it (no leading zeros, no spaces), or -1. */
+export function ipv4Bits(s: string): number {
+  return quadAt(s, 0);
+}
+
 /**
  * The eight 16-bit words of the text of a plain IPv6 address (an IPv4-mapped one as written), or undefined when it is
  * not one: exactly what node's isIPv6 takes (groups of 1 to 4 hex digits, one `::` standing for at least one zero word,
