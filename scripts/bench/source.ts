@@ -12,6 +12,8 @@ export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrB
   sourceMode: RedirectMode;
   /** A control run: node 2's server keeps preservation on too, so any on/off difference is the set-up's own. */
   sourceControl: boolean;
+  /** MiB of one bulk burst. */
+  sourceMib: number;
 }
 
 type Setting = 'on' | 'off';
@@ -19,9 +21,8 @@ type Client = 'mesh' | 'plain';
 const SETTINGS: readonly Setting[] = ['on', 'off'];
 /** The node of each setting's server (node 0 holds the clients). */
 const NODE: Record<Setting, number> = { on: 1, off: 2 };
-/** Timed bulk bursts per setting and block (after 2 untimed ones), and their size. */
+/** Timed bulk bursts per setting and block (after 2 untimed ones; their size is --source-mib). */
 const BULK_BURSTS = 12;
-const BULK_MIB = 8;
 
 /** Node 0 (the clients) on CPU 0, the two server nodes on CPU 1. */
 const cpuOf = (node: number): number => (node === 0 ? 0 : 1);
@@ -73,7 +74,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, peerSeen: {} as SourceResult['peerSeen'] };
     for (const setting of SETTINGS) {
       const server = servers[setting];
-      void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(BULK_MIB)]), { reject: false });
+      void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(o.sourceMib)]), { reject: false });
       await server.waitForPort(RR_PORT);
       await server.waitForPort(SINK_PORT);
       const route: Route = { client: meshClient, server, host: server.ip, rrPort: RR_PORT, iperfPort: 5201 };
@@ -92,7 +93,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
         if (on === undefined || off === undefined) throw new Error('rr.mjs gave no samples');
         blocks.on[c].push(on);
         blocks.off[c].push(off);
-        const [gOn, gOff] = await runBulkInterleaved(PIN, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, BULK_MIB);
+        const [gOn, gOff] = await runBulkInterleaved(PIN, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, o.sourceMib);
         if (gOn === undefined || gOff === undefined) throw new Error('rr.mjs bulk gave no samples');
         result.bulk.on[c].push(dist(gOn).p50);
         result.bulk.off[c].push(dist(gOff).p50);
@@ -110,7 +111,7 @@ const median = (xs: number[]): number => {
 };
 
 export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): void {
-  lines.push(`### Inbound source preservation on vs off [${r.mode}]${o.sourceControl ? ' — CONTROL RUN: both servers preserve the source; "off" is node 2 with it on' : ''} (same run, ${o.rrBlocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${BULK_MIB} MiB per setting, the settings in turn one by one)`);
+  lines.push(`### Inbound source preservation on vs off [${r.mode}]${o.sourceControl ? ' — CONTROL RUN: both servers preserve the source; "off" is node 2 with it on' : ''} (same run, ${o.rrBlocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${o.sourceMib} MiB per setting, the settings in turn one by one)`);
   lines.push('');
   lines.push(`Enrolled servers on node 1 (--preserve-source true) and node 2 (false), alike otherwise; "mesh" = an enrolled client on node 0 (HBONE into 15008), "plain" = a non-mesh client on node 0 (15006, PERMISSIVE); each client calls both servers turn by turn. The servers' apps saw ${r.peerSeen.on.mesh} (the client) with preservation on and ${r.peerSeen.off.mesh} (itself) with it off.`);
   lines.push('');

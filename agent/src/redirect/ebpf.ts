@@ -1,5 +1,6 @@
-// The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route and
-// accept_local (the rule and route per captured family), all inside the pod netns (nothing attached in the node's).
+// The ebpf redirection backend: tc clsact programs on the pod's interface plus a policy-routing rule, a local route,
+// accept_local (the rule and route per captured family) and, with source preservation, tcp_fwmark_accept, all inside
+// the pod netns (nothing attached in the node's).
 // Node-side probe SNAT is delegated to iptables.
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
