@@ -242,6 +242,7 @@ export class Agent {
     this.notReadyReason = 'adopting pods';
     const listeners = this.takenListeners;
     this.takenListeners = undefined;
+    if (predecessor) this.backend.beginTakeOver?.();
     await this.enroller.adopt(listeners);
     this.runningPods.start(); // pods already running that no ADD told us about: found through /proc
     this.ready = true;
@@ -359,6 +360,7 @@ export class Agent {
         waitMs = (m.type === 'draining' ? m.deadlineSeconds * 1000 : 0) + PREDECESSOR_SLACK_MS;
       }
       channel.close();
+      this.backend.endTakeOver?.();
       this.releaseHandoverLock();
       this.log.info('predecessor gone; handover lock released');
     })();

@@ -134,6 +134,11 @@ async function twoNodes(t: ExecutionContext, mode: RedirectMode, drain: number, 
   return { tb, client, server, outsider };
 }
 
+/** The pod's net.ipv4.tcp_fwmark_accept ('0' or '1'). */
+async function fwmarkAccept(pod: TestbedPod): Promise<string> {
+  return String((await pod.exec('cat', ['/proc/sys/net/ipv4/tcp_fwmark_accept'])).stdout).trim();
+}
+
 for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
   netnsTest.serial(`[${mode}] take-over on both nodes while new connections arrive every 20 ms: 0 failures; a long HBONE stream drains, then is cut; a third agent is refused; ${TAKEOVERS} take-overs in a row leak nothing`, async (t) => {
     const { tb, client, server, outsider } = await twoNodes(t, mode, DRAIN_SECONDS);
@@ -151,8 +156,10 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     await new Promise((r) => setTimeout(r, 1000));
     let handedOffAt = 0;
     let third = '';
+    let fwmarkWhileDraining = '';
     const dest = await takeOver(t, agents[1]!, 'r1', async () => {
       handedOffAt = Date.now() / 1000;
+      fwmarkWhileDraining = await fwmarkAccept(server);
       // 2. A third agent while the predecessor drains: refused with a clear error.
       const c = successorOf(agents[1]!, 'third', { readyTimeoutMs: 15_000 });
       t.teardown(async () => {
@@ -168,6 +175,12 @@ for (const mode of ['iptables', 'nftables', 'ebpf'] as RedirectMode[]) {
     });
     agents[1] = dest.next;
     t.regex(third, /at most two agents/, 'the third agent says why it cannot start');
+    if (mode === 'ebpf') {
+      // The successor keeps tcp_fwmark_accept off while its predecessor may still dial the app (an older agent's dials
+      // carry the agent mark, which ambient_out passes), and turns it on once the predecessor is gone.
+      t.is(fwmarkWhileDraining, '0', 'tcp_fwmark_accept held off while the predecessor drains');
+      t.is(await eventually(() => fwmarkAccept(server), (v) => v === '1', 10_000), '1', 'and on once it is gone');
+    }
     // The source's predecessor gets a SIGTERM in its drain (the DaemonSet deletes the old pod once the new is ready):
     // it drains on and exits 0 at the end.
     const oldSource = agents[0]!;

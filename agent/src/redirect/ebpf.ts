@@ -15,7 +15,7 @@ import {
   tcDetach, tcHookCreate, tcQuery, type TcSlot,
 } from '../platform/libbpf.js';
 import { close, ifNameToIndex } from '../platform/libc.js';
-import { Netns, withNetns, writeNetSysctl } from '../platform/netns.js';
+import { Netns, sameNetns, withNetns, writeNetSysctl, type NetnsId } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
 import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
@@ -220,6 +220,8 @@ export class EbpfBackend implements RedirectBackend {
   private readonly preserveSource: boolean;
   private tags: ProgTags | undefined;
   private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
+  /** During a take-over (beginTakeOver): the pods installed meanwhile, by path, with tcp_fwmark_accept held off. */
+  private heldFwmark: Map<string, NetnsId> | undefined;
 
   constructor(private readonly host: HostRules, opts: { captureIpv6: boolean; preserveSource: boolean; warn?: (msg: string) => void }, readonly objectPath = defaultObjectPath()) {
     this.captureIpv6 = opts.captureIpv6;
@@ -248,8 +250,10 @@ export class EbpfBackend implements RedirectBackend {
     const programs = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       acceptLocal(ns, ifname);
-      // With source preservation the app's socket takes the agent's SYN mark (appMark); without it, off, as before.
-      this.setFwmarkAccept(ns, this.preserveSource);
+      // With source preservation the app's socket takes the agent's SYN mark (appMark); without it, or while a
+      // predecessor may still dial with the agent mark, off.
+      this.heldFwmark?.set(ns.path, ns.id);
+      this.setFwmarkAccept(ns, this.preserveSource && !this.heldFwmark);
       if (!opts.fresh) {
         // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
         const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
@@ -258,6 +262,26 @@ export class EbpfBackend implements RedirectBackend {
       attach(ns, this.objectPath, ifname, addrs);
     };
     await settleAll([routing, programs()], failed);
+  }
+
+  beginTakeOver(): void {
+    this.heldFwmark = new Map();
+  }
+
+  /** The predecessor is gone: tcp_fwmark_accept on in the pods installed meanwhile (still the same namespace at their path). */
+  endTakeOver(): void {
+    const held = this.heldFwmark;
+    this.heldFwmark = undefined;
+    if (!held || !this.preserveSource) return;
+    for (const [path, id] of held) {
+      try {
+        withOpenNetns(path, (ns) => {
+          if (sameNetns(ns.id, id)) this.setFwmarkAccept(ns, true);
+        });
+      } catch {
+        // The pod is gone (its namespace with it): nothing to turn on.
+      }
+    }
   }
 
   async verifyPod(ns: Netns, pod: PodContext): Promise<RuleDrift> {

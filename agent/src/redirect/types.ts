@@ -40,6 +40,13 @@ export interface RedirectBackend {
    * re-injection mark, whose rule routes the app's end of the connection through lo (see ebpf.ts).
    */
   readonly appMark: number;
+  /**
+   * A take-over's adoption starts (the predecessor, perhaps an older agent, still dials apps meanwhile) / the predecessor
+   * is gone. The ebpf backend keeps tcp_fwmark_accept off in the pods it installs between the two (an older agent's
+   * dials carry the agent mark, which its egress program passes: an app socket must not take it), then turns it on.
+   */
+  beginTakeOver?(): void;
+  endTakeOver?(): void;
   /** Checks at start-up that the kernel and tools support this backend; throws naming what is missing. */
   prepare(): Promise<void>;
   /**
