@@ -544,8 +544,9 @@ int ambient_out(struct __sk_buff *skb)
 		if (state < 0 || state == TCP_LISTEN)
 			return TC_ACT_OK;
 		/* The agent owns the flow: from now on the socket is captured, so its packets stay in the pod even once the
-		 * agent's socket is gone. This is also how inbound source preservation works here: the app's replies to a
-		 * client address the agent's transparent upstream socket is bound to find that socket and come back to it. */
+		 * agent's socket is gone. This is also how inbound source preservation works here without tcp_fwmark_accept:
+		 * the app's replies to a client address the agent's transparent upstream socket is bound to find that socket
+		 * and come back to it. */
 		tag_captured(skb);
 	}
 	skb->mark = (skb->mark & ~OUTBOUND_MARK) | OUTBOUND_MARK;

@@ -1,5 +1,6 @@
 // The agent's listeners inside one enrolled pod (15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE; IPv4, and IPv6 too with --capture-ipv6) and the
-// relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod with the agent mark.
+// relays behind them. Mesh destinations get HBONE; others plain TCP; every upstream socket is made inside the pod, marked (the
+// agent mark; toward the pod's own app, the backend's appMark).
 // Just past 500 lines on purpose: the three listeners share the per-connection bookkeeping (register, access log, close
 // on a policy change); the decisions themselves are pure functions in hbone/connect.ts and forwarder/routing.ts.
 import net from 'node:net';

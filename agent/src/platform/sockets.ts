@@ -113,7 +113,7 @@ export interface DialOptions {
   /** An IPv4 or IPv6 address (the socket's family follows it; an IPv4-mapped one is its IPv4 address). */
   host: string;
   port: number;
-  /** SO_MARK for the agent's own sockets, so the in-pod rules exempt them. */
+  /** SO_MARK for the agent's own sockets: the agent mark, which the in-pod rules exempt, or a backend's appMark. */
   mark: number;
   timeoutMs?: number;
   /**
