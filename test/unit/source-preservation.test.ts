@@ -25,12 +25,8 @@ test('iptables mangle rules for source preservation match golden, per family', (
 });
 
 test('nft reply table of source preservation matches golden; it is a table of its own, the capture\'s has no ct mark', (t) => {
-  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(true)));
+  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()));
   t.not(nft.REPLY_TABLE, nft.POD_TABLE);
-  // Without the `route` chain (a pod with tcp_fwmark_accept on): the same table less that chain, nothing else.
-  const noRoute = nft.replyTable(false);
-  t.false(noRoute.includes('reply-route') || noRoute.includes('type route'), noRoute);
-  t.is(noRoute, nft.replyTable(true).replace(/\tchain reply-route \{\n[^}]*\}\n\n/, ''));
   t.false(nft.podTable().includes('ct mark'));
 });
 
@@ -49,8 +45,8 @@ test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connma
 });
 
 test('nft writes the connmark expression the way nft lists it (so verify compares equal)', (t) => {
-  t.regex(nft.replyTable(false), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
-  t.regex(nft.replyTable(true), /type route hook output priority mangle/);
+  t.regex(nft.replyTable(), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
+  t.regex(nft.replyTable(), /type route hook output priority mangle/);
 });
 
 test('the guard drops a reply-marked connection\'s packets leaving through anything but lo (fail closed without the policy rule)', (t) => {
@@ -58,10 +54,10 @@ test('the guard drops a reply-marked connection\'s packets leaving through anyth
   t.deepEqual([...MANGLE], [...POD, 'AMBIENT_REPLY_GUARD']);
   t.not(ipt.REPLY_GUARD_CHAIN, ipt.HOST_CHAIN, 'not the node\'s nat chain AMBIENT_POSTRT');
   t.false(POD.includes(ipt.REPLY_GUARD_CHAIN), 'the nat table holds no guard');
-  t.regex(nft.replyTable(false), /\tchain reply-guard \{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\toifname != "lo" ct mark & 0x00000fff == 0x00000111 counter drop\n/);
+  t.regex(nft.replyTable(), /\tchain reply-guard \{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\toifname != "lo" ct mark & 0x00000fff == 0x00000111 counter drop\n/);
   // nft lists the counter with its values: they are not drift.
-  const listed = nft.replyTable(true).replace(' counter drop', ' counter packets 42 bytes 4200 drop');
-  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.replyTable(true)));
+  const listed = nft.replyTable().replace(' counter drop', ' counter packets 42 bytes 4200 drop');
+  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.replyTable()));
 });
 
 test('iptables mangle restore and removal inputs name the mangle table', (t) => {

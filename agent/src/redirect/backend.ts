@@ -11,7 +11,7 @@ import * as nft from './nftables.js';
 import {
   expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyMarkRules, fwmarkAcceptOn, fwmarkAcceptSetter } from './routing-apply.js';
+import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
@@ -281,30 +281,22 @@ class NftablesBackend implements RedirectBackend {
    * tables go in at once, see IptablesBackend.installPod). Without preservation only the capture's table is written:
    * the reply table is left as it is. The reply table is `inet`: its ct mark and meta mark are the same for IPv6, and
    * its `route` chain re-routes IPv6 too, so IPv6 needs only its own policy rule and local route.
-   * The `route` chain (replyTable's `restore`) only where it was needed before this install: a pod whose
-   * tcp_fwmark_accept is on has had the reply mark on every app socket the agent connected to since (a fresh pod gets the
-   * sysctl first: no listener of the agent, so no such socket, exists yet). A pod where it was off keeps the chain, as
-   * app sockets accepted meanwhile may rely on it, and gets the sysctl after its pieces, as before.
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const preserving = this.replyFamilies(pod).length > 0;
-    if (preserving && opts.fresh) this.setFwmarkAccept(netns, true);
     const routing = applyMarkRules(netns, REPLY_RULE, this.replyFamilies(pod));
-    const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(!fwmarkAcceptOn(netns))) : '';
+    const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
     const tables = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
-    if (preserving && !opts.fresh) this.setFwmarkAccept(netns, true);
+    if (this.replyFamilies(pod).length > 0) this.setFwmarkAccept(netns, true);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
-    // With tcp_fwmark_accept on, the reply table with or without its `route` chain (see installPod); off, with it.
-    const replyTables = fwmarkAcceptOn(netns) ? [nft.replyTable(false), nft.replyTable(true)] : [nft.replyTable(true)];
     const [t, rt, r] = await Promise.all([
-      this.verifyTable(nft.POD_TABLE, [nft.podTable()], netns),
-      this.verifyTable(nft.REPLY_TABLE, replyTables, netns),
+      this.verifyTable(nft.POD_TABLE, nft.podTable(), netns),
+      this.verifyTable(nft.REPLY_TABLE, nft.replyTable(), netns),
       verifyReplyRouting(netns, this.replyFamilies(pod)),
     ]);
     // Without preservation the reply table is shown when present, never counted as drift (see above).
@@ -315,8 +307,7 @@ class NftablesBackend implements RedirectBackend {
   expectedPodRules(pod?: PodContext): string[] {
     return [
       ...nft.podTable().split('\n'),
-      // The table as a fresh pod gets it where tcp_fwmark_accept can be set (without the `route` chain: see installPod).
-      ...(this.preserveSource ? [...nft.replyTable(false).split('\n'), ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f))] : []),
+      ...(this.preserveSource ? [...nft.replyTable().split('\n'), ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f))] : []),
     ];
   }
 
@@ -331,7 +322,7 @@ class NftablesBackend implements RedirectBackend {
   }
 
   async verifyHost(): Promise<RuleDrift> {
-    return this.verifyTable(nft.HOST_TABLE, [nft.hostTable()]);
+    return this.verifyTable(nft.HOST_TABLE, nft.hostTable());
   }
 
   /** Into the set of the address's family. */
@@ -360,17 +351,16 @@ class NftablesBackend implements RedirectBackend {
     return m?.[1] ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
   }
 
-  /** The table's drift against the first of `expected` it matches; against the first when it matches none. */
-  private async verifyTable(table: string, expected: readonly string[], netns?: Netns): Promise<RuleDrift> {
+  private async verifyTable(table: string, expected: string, netns?: Netns): Promise<RuleDrift> {
     let listing = '';
     try {
       listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns: netns.toolPath } : {});
     } catch {
       return ok([`table inet ${table}`], [], []);
     }
+    const want = nft.normaliseListing(expected).split('\n');
     const got = nft.normaliseListing(listing).split('\n');
-    if (expected.some((e) => nft.normaliseListing(e) === got.join('\n'))) return ok([], [], got);
-    const want = nft.normaliseListing(expected[0] ?? '').split('\n');
+    if (want.join('\n') === got.join('\n')) return ok([], [], got);
     const reordered = want.every((l) => got.includes(l)) ? ['(rule order differs)'] : [];
     return ok(want.filter((l) => !got.includes(l)), got.filter((l) => !want.includes(l)).concat(reordered), got);
   }

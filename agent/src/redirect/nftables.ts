@@ -44,11 +44,8 @@ export function podTable(): string {
  * 0x111, and the app's packets of them get it back as their mark in a `route` chain, which makes the kernel route them
  * again (policy rule, reply-routing.ts) back to the agent (the agent's own packets keep theirs: no second route lookup). `reply-guard` fails closed: a packet of such a connection
  * leaving through anything but lo (the policy rule or its route gone) is dropped; its counter shows how many were.
- * `restore`: with that `route` chain, which only a pod without tcp_fwmark_accept needs (with it the app's socket has the
- * reply mark from its SYN); every packet the pod sends crosses it (plain bulk into a preserving pod 0.79x with it,
- * 0.99x without, same run design).
  */
-export function replyTable(restore: boolean): string {
+export function replyTable(): string {
   // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
   const keep = (~REPLY_MARK_MASK | REPLY_MARK) >>> 0;
   return [
@@ -60,13 +57,11 @@ export function replyTable(restore: boolean): string {
     `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} meta mark set meta mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
     '\t}',
     '',
-    ...(restore ? [
-      '\tchain reply-route {',
-      '\t\ttype route hook output priority mangle; policy accept;',
-      `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} != ${hex(AGENT_MARK)} ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
-      '\t}',
-      '',
-    ] : []),
+    '\tchain reply-route {',
+    '\t\ttype route hook output priority mangle; policy accept;',
+    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} != ${hex(AGENT_MARK)} ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+    '\t}',
+    '',
     '\tchain reply-guard {',
     '\t\ttype filter hook postrouting priority mangle; policy accept;',
     `\t\toifname != "lo" ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} counter drop`,

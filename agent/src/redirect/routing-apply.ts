@@ -3,7 +3,7 @@
 // pod's tcp_fwmark_accept. Idempotent, never removes anything.
 import { fwmarkRuleRequest, localDefaultRouteRequest, sendRtnetlink } from '../platform/rtnetlink.js';
 import { strerror } from '../platform/libc.js';
-import { readNetSysctl, writeNetSysctl, type Netns } from '../platform/netns.js';
+import { writeNetSysctl, type Netns } from '../platform/netns.js';
 import type { MarkRule, RouteFamily } from './policy-routing.js';
 import { FWMARK_ACCEPT_PATH } from './reply-routing.js';
 
@@ -38,13 +38,4 @@ export function fwmarkAcceptSetter(warn?: (msg: string) => void): (netns: Netns,
       warn?.(`cannot set net.ipv4.tcp_fwmark_accept=${on ? 1 : 0} in pods (${why})${on ? ": source-preserved connections to apps keep eth0's MSS (slower bulk to apps; nothing else changes)" : ''}; the agent needs a writable /proc/sys (privileged) for it`);
     }
   };
-}
-
-/** Whether the pod's net.ipv4.tcp_fwmark_accept is on (false when it cannot be read). */
-export function fwmarkAcceptOn(netns: Netns): boolean {
-  try {
-    return readNetSysctl(netns, FWMARK_ACCEPT_PATH) === '1';
-  } catch {
-    return false;
-  }
 }
