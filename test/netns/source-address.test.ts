@@ -194,7 +194,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
     if (!productpage || !sleep) throw new Error('pods missing');
     const k = await killWhileAppStreams(tb, productpage, sleep, 9093, { restartArgs: ['--preserve-source', 'false'] });
     t.true(k.received > 100_000, `the stream reached the client through the mesh first (${k.received} bytes)`);
-    t.true(k.sentAfterAdopt, 'the app sent again after the agent without source preservation adopted its pod');
+    t.true(k.sentAfterAdopt, `the app sent again after the agent without source preservation adopted its pod: ${k.appSockets}`);
     t.is(k.markersOut, 0, 'no byte of the app\'s stream left the pod in clear');
     // The pieces are still there, and the drift check does not call them unexpected (nor repair them away).
     const pieces = await replyPieces(productpage);

@@ -123,16 +123,27 @@ const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'R
  * of the agent (a `node` process) are left out: under the ebpf backend's socket assignment the agent's accepted socket
  * of a plain client keeps the app's port as its own.
  */
-async function appSocketInfo(pod: TestbedPod, port: number): Promise<string> {
-  const out = String((await pod.exec('ss', ['-tinpH', 'state', 'established', `( sport = :${port} )`])).stdout);
+async function appSocketInfo(pod: TestbedPod, port: number, states: string[] = ['established']): Promise<string> {
+  const out = String((await pod.exec('ss', ['-tinpH', ...states.flatMap((s) => ['state', s]), `( sport = :${port} )`])).stdout);
   const sockets = out.split(/\n(?!\s)/); // a socket: its address line, then its indented TCP internals
   return sockets.filter((s) => s.trim() !== '' && !s.includes('users:(("node"')).join('\n');
 }
 
-/** The app's retransmissions so far on its connections from `port` (ss -ti: retrans:<now>/<total>). */
-async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
-  const out = await appSocketInfo(pod, port);
-  return [...out.matchAll(/retrans:\d+\/(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+/** iptables / ip6tables arguments (after -I/-D/-C) counting the TCP packets a pod's app sends from `port`, on any path. */
+function appSendsRule(port: number): string[] {
+  return ['OUTPUT', '-p', 'tcp', '--sport', String(port)];
+}
+
+/**
+ * Packets the app sent so far from `port` (the counter of `appSendsRule`): retransmissions, zero-window probes and sends
+ * after a FIN alike. An agent killed with nothing unread sends the app a FIN, not a reset: the app's socket is then in
+ * close-wait, and one stalled by a zero window probes rather than retransmits.
+ */
+async function appPacketsSent(pod: TestbedPod, iptables: string, port: number): Promise<number> {
+  const out = String((await pod.exec(`${iptables}-save`, ['-c', '-t', 'filter'])).stdout);
+  const m = new RegExp(`^\\[(\\d+):\\d+\\] -A OUTPUT -p tcp -m tcp --sport ${port}$`, 'm').exec(out);
+  if (!m) throw new Error(`no counting rule for port ${port} in ${pod.key}: ${out}`);
+  return Number(m[1]);
 }
 
 /**
@@ -147,27 +158,31 @@ async function appRetransmits(pod: TestbedPod, port: number): Promise<number> {
 export async function killWhileAppStreams(
   tb: Testbed, server: TestbedPod, client: TestbedPod, port: number,
   opts: { restartArgs?: string[]; host?: string; afterKill?: () => Promise<void> } = {},
-): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean }> {
+): Promise<{ markersOut: number; received: number; captured: number; sentAfterAdopt: boolean; appSockets: string }> {
   const { restartArgs, host = server.ip } = opts;
   const { marker, cap, reader } = await streamWhileCapturing(tb, server, client, port, `src-kill-${server.name}`, host);
   const iptables = host.includes(':') ? 'ip6tables' : 'iptables';
   await server.exec(iptables, ['-w', '5', '-t', 'filter', '-I', ...HIDE_RESETS]);
+  if (restartArgs) await server.exec(iptables, ['-w', '5', '-t', 'filter', '-I', ...appSendsRule(port)]);
   const agent = tb.agent(server.node.index);
   await agent.kill('SIGKILL');
   await opts.afterKill?.();
   await new Promise((r) => setTimeout(r, 2000));
   let sentAfterAdopt = true;
+  let appSockets = '';
   if (restartArgs) {
     agent.spec.extraArgs.push(...restartArgs);
     await agent.start();
     await eventually(() => podRulesReport(tb, server), (r) => r !== undefined, 10_000);
-    const before = await appRetransmits(server, port);
+    const before = await appPacketsSent(server, iptables, port);
     // The app's retransmissions back off exponentially from the kill (…, 6.4 s, 12.8 s, 25.6 s apart): wait past the next one.
-    sentAfterAdopt = (await eventually(() => appRetransmits(server, port), (n) => n > before, 45_000)) > before;
+    sentAfterAdopt = (await eventually(() => appPacketsSent(server, iptables, port), (n) => n > before, 45_000)) > before;
+    if (!sentAfterAdopt) appSockets = `${before} packets sent before the adoption, no more since; sockets: ${await appSocketInfo(server, port, ['all'])}`;
+    await server.exec(iptables, ['-w', '5', '-t', 'filter', '-D', ...appSendsRule(port)]);
   }
   await server.exec(iptables, ['-w', '5', '-t', 'filter', '-D', ...HIDE_RESETS]);
   if (!restartArgs) await agent.start();
   const received = Number(String((await reader).stdout).trim()) || 0;
   const raw = (await cap.stop()).raw;
-  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt };
+  return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt, appSockets };
 }
