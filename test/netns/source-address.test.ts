@@ -5,7 +5,7 @@ import { netnsTest, withTestbed } from '../testbed/ava.js';
 import type { RedirectMode, TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { AMBIENT, NFT, agentPod, ask, eventually, hasOurRules, podRules, startEcho, unenrolByLabel } from './helpers.js';
-import { appAdvertisedMss, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { appAdvertisedMss, closedPortRefused, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 import { REINJECT_RULE } from '../../agent/src/redirect/ebpf-config.js';
@@ -22,7 +22,7 @@ async function deleteReplyRule(pod: TestbedPod): Promise<void> {
  * reply table (nftables). Throws when the pod's routing cannot be read (an empty answer would pass every notRegex).
  */
 async function replyPieces(pod: TestbedPod): Promise<string> {
-  const script = `ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; echo tcp_fwmark_accept=$(cat /proc/sys/net/ipv4/tcp_fwmark_accept); true`;
+  const script = `ip -4 rule show; echo ---; ip -4 route show table 100 2>/dev/null; echo ---; iptables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; echo tcp_fwmark_accept=$(cat /proc/sys/net/ipv4/tcp_fwmark_accept) fwmark_reflect=$(cat /proc/sys/net/ipv4/fwmark_reflect); true`;
   const out = String((await pod.exec('sh', ['-c', script])).stdout);
   if (!/lookup main/.test(out) || !out.includes('*mangle')) throw new Error(`cannot read the pod's routing and mangle table: ${out}`);
   return out;
@@ -95,11 +95,14 @@ for (const mode of MODES) {
     if (mode === 'iptables') t.regex(pieces, /-A POSTROUTING -j AMBIENT_REPLY_GUARD\n/);
     if (mode === 'iptables') t.regex(pieces, /-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111\/0xfff -j DROP/);
     if (mode === 'nftables') t.regex(pieces, /chain reply-guard \{/);
+    if (mode === 'nftables') t.notRegex(pieces, /chain reply-route/, 'a fresh pod with tcp_fwmark_accept needs no restore chain');
+    if (mode === 'iptables') t.notRegex(pieces, /-A OUTPUT -j AMBIENT_OUTPUT|--restore-mark/, 'nor the mangle OUTPUT restore');
     if (mode === 'ebpf') t.notRegex(pieces, /AMBIENT_REPLY_GUARD|reply-guard/, 'ebpf uses no connmark, so no guard');
     t.regex(pieces, /tcp_fwmark_accept=1/, 'the app\'s socket takes the mark of the agent\'s SYN');
+    t.regex(pieces, mode === 'ebpf' ? /fwmark_reflect=0/ : /fwmark_reflect=1/, 'and (netfilter) the resets answering the agent that of its packet');
     await unenrolByLabel(tb, productpage);
     const after = await replyPieces(productpage);
-    t.regex(after, /tcp_fwmark_accept=0/, 'un-enrolment turned tcp_fwmark_accept off');
+    t.regex(after, /tcp_fwmark_accept=0 fwmark_reflect=0/, 'un-enrolment turned tcp_fwmark_accept and fwmark_reflect off');
     t.notRegex(after, /fwmark 0x111|fwmark 0x1000|lookup 100/, `no rule left: ${after}`);
     t.notRegex(after, /local default/, `no local route left: ${after}`);
     t.notRegex(after, /AMBIENT_/, `no mangle chain left: ${after}`);
@@ -152,6 +155,47 @@ netnsTest.serial('[ebpf] the app\'s end of a preserved connection carries the re
   const r = await eventually(() => ask(sleep, productpage.ip, 9080, 'after'), (a) => a.ok, 10_000);
   t.true(r.ok && r.output.endsWith(`from ${sleep.ip}`), r.output);
 });
+
+/** The restore of each netfilter backend, as replyPieces shows it: needed only where tcp_fwmark_accept or fwmark_reflect is off. */
+const RESTORE: Record<'iptables' | 'nftables', RegExp> = { iptables: /-A OUTPUT -j AMBIENT_OUTPUT\n(.|\n)*--restore-mark/, nftables: /chain reply-route \{/ };
+
+for (const mode of ['iptables', 'nftables'] as const) {
+netnsTest.serial(`[${mode}] the ct mark restore only where tcp_fwmark_accept or fwmark_reflect was off: re-adopted so, the pod gets it, the sysctls after, and keeps it through restarts and repairs; a closed app port is refused at once either way`, async (t) => {
+  const { tb, productpage, sleep, legacy } = await sourceCluster(t, mode);
+  t.notRegex(await replyPieces(productpage), RESTORE[mode]);
+  await closedPortRefused(t, tb, productpage, [sleep, legacy], 'without the restore');
+  // As a pod enrolled by an agent that set tcp_fwmark_accept only (2026-12-06): its kernel's resets to the agent rely on the restore.
+  await productpage.exec('sh', ['-c', 'echo 0 > /proc/sys/net/ipv4/fwmark_reflect']);
+  const agent = tb.agent(productpage.node.index);
+  await agent.stop();
+  await agent.start();
+  const adopted = await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000);
+  t.true(adopted?.ok, `re-adopted in sync: ${JSON.stringify(adopted)}`);
+  const pieces = await replyPieces(productpage);
+  t.regex(pieces, RESTORE[mode], 'the restore is kept for what was enrolled without the sysctl');
+  t.true(adopted?.expected.some((l) => /--restore-mark|chain reply-route/.test(l)), `\`rules\` shows the restore as expected: ${JSON.stringify(adopted?.expected)}`);
+  t.regex(pieces, /tcp_fwmark_accept=1 fwmark_reflect=1/, 'and the sysctls set after the pieces');
+  for (const client of [sleep, legacy]) {
+    const r = await ask(client, productpage.ip, 9080, `after-${client.name}`);
+    t.true(r.ok && r.output.endsWith(`from ${client.ip}`), r.output);
+  }
+  t.true((await podRulesReport(tb, productpage))?.ok, 'the restore is in sync with the sysctl on');
+  // Restarted again (the sysctl on, the restore in place): the pieces stay as they are.
+  await agent.stop();
+  await agent.start();
+  t.true((await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000))?.ok, 'in sync after a second restart');
+  t.regex(await replyPieces(productpage), RESTORE[mode], 'nothing rewritten');
+  await closedPortRefused(t, tb, productpage, [sleep, legacy], 'with the restore');
+  // Other drift (the guard's rule deleted) with the sysctls on: the repair puts the guard back and keeps the restore.
+  await productpage.exec('sh', ['-c', mode === 'iptables' ? 'iptables -w 5 -t mangle -F AMBIENT_REPLY_GUARD' : `${NFT} flush chain inet ambient-reply reply-guard`]);
+  t.false((await podRulesReport(tb, productpage))?.ok, 'the missing guard is drift');
+  const repaired = await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 15_000);
+  t.true(repaired?.ok, `repaired: ${JSON.stringify(repaired)}`);
+  const after = await replyPieces(productpage);
+  t.regex(after, RESTORE[mode], 'the repair kept the restore the pod had');
+  t.regex(after, mode === 'iptables' ? /-A AMBIENT_REPLY_GUARD ! -o lo/ : /oifname != "lo"/, 'and put the guard back');
+});
+}
 
 netnsTest.serial('[iptables] with --preserve-source false the app sees the agent (its own pod IP) and no reply routing is installed; turned on again, a restart converges', async (t) => {
   const tb = await withTestbed(t, { nodes: 2, redirectMode: 'iptables', agentArgs: ['--preserve-source', 'false'] });

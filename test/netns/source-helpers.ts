@@ -186,3 +186,20 @@ export async function killWhileAppStreams(
   const raw = (await cap.stop()).raw;
   return { markersOut: countOccurrences(raw, Buffer.from(marker)), received, captured: raw.length, sentAfterAdopt, appSockets };
 }
+
+/**
+ * Each client's connection to a port of `server` (at `host`) where nothing listens fails at once (well inside the agent's 10 s
+ * upstream dial timeout): the app pod's kernel resets the agent's preserved-source SYN, and that reset must reach the
+ * agent through lo (the reply mark, fwmark_reflect or the restore), not meet the reply guard on its way to eth0.
+ */
+export async function closedPortRefused(t: ExecutionContext, tb: Testbed, server: TestbedPod, clients: TestbedPod[], what: string, host = server.ip): Promise<void> {
+  for (const client of clients) {
+    const started = Date.now();
+    const r = await client.exec('ncat', ['--no-shutdown', '-w', '12', host, '9999'], { input: 'x\n', timeout: 20_000, reject: false });
+    const ms = Date.now() - started;
+    t.false(String(r.stdout).includes('pong'), `nothing answers on 9999: ${String(r.stdout)}`);
+    t.true(ms < 5000, `${what}: ${client.key} -> ${host} port 9999 refused after ${ms} ms, not the dial timeout: ${String(r.stderr)}`);
+  }
+  const refused = (await tb.agent(server.node.index).logs({ currentRun: true })).filter((l) => String(l.error ?? '').includes(':9999') && /ECONNREFUSED/.test(String(l.error)));
+  t.true(refused.length >= clients.length, `${what}: the agent saw the app's port refuse (${refused.length} lines)`);
+}

@@ -6,7 +6,7 @@ import { netnsTest } from '../testbed/ava.js';
 import type { TestbedPod } from '../testbed/index.js';
 import { countOccurrences } from './capture-wire.js';
 import { NFT, agentPod, ask, eventually, ip6, unenrolByLabel } from './helpers.js';
-import { appAdvertisedMss, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
+import { appAdvertisedMss, closedPortRefused, download, guardDrops, killWhileAppStreams, podRulesReport, sourceCluster, streamWhileCapturing } from './source-helpers.js';
 import { REPLY_RULE_TEXT } from '../../agent/src/redirect/reply-routing.js';
 import { PROBE_SNAT_IP6, REPLY_RULE_PREF } from '../../agent/src/redirect/constants.js';
 
@@ -17,7 +17,7 @@ const MODES = ['iptables', 'nftables', 'ebpf'] as const;
  * nft reply table. Throws when the pod's IPv6 routing cannot be read (an empty answer would pass every notRegex).
  */
 async function replyPieces6(pod: TestbedPod): Promise<string> {
-  const script = `ip -6 rule show; echo ---; ip -6 route show table 100 2>/dev/null; echo ---; ip6tables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; true`;
+  const script = `ip -6 rule show; echo ---; ip -6 route show table 100 2>/dev/null; echo ---; ip6tables-save -t mangle; echo ---; ${NFT} list table inet ambient-reply 2>/dev/null; echo fwmark_reflect6=$(cat /proc/sys/net/ipv6/fwmark_reflect); true`;
   const out = String((await pod.exec('sh', ['-c', script])).stdout);
   if (!/lookup main/.test(out) || !out.includes('*mangle')) throw new Error(`cannot read the pod's IPv6 routing and mangle table: ${out}`);
   return out;
@@ -79,7 +79,7 @@ for (const mode of MODES) {
       t.log(`ebpf: kill -9 while the app streams over IPv6: ${k.received} bytes received, ${k.captured} bytes captured`);
       t.true((await eventually(() => podRulesReport(tb, productpage), (r) => r?.ok === true, 10_000))?.ok, 'the rules read back in sync after the restart');
       await unenrolByLabel(tb, productpage);
-      t.notRegex(await replyPieces6(productpage), /fwmark|lookup 100|local default/, 'un-enrolment removed the IPv6 rule and route');
+      t.notRegex(await replyPieces6(productpage), /fwmark 0x|lookup 100|local default/, 'un-enrolment removed the IPv6 rule and route');
       return;
     }
     t.true(report?.actual.includes(`ip6: ip rule ${REPLY_RULE_PREF}: from all ${REPLY_RULE_TEXT}`), JSON.stringify(report?.actual));
@@ -89,6 +89,8 @@ for (const mode of MODES) {
     t.regex(pieces, /local default dev lo/);
     if (mode === 'iptables') t.regex(pieces, /-A AMBIENT_REPLY_GUARD ! -o lo -m connmark --mark 0x111\/0xfff -j DROP/);
     if (mode === 'nftables') t.regex(pieces, /table inet ambient-reply/, 'one inet table serves both families');
+    t.regex(pieces, /fwmark_reflect6=1/, 'the IPv6 resets answering the agent carry its packet\'s mark');
+    await closedPortRefused(t, tb, productpage, [sleep, legacy], 'IPv6', server6);
 
     // The pod's IPv6 reply rule deleted while the app streams over IPv6: the guard drops the replies, none leave in clear.
     const { marker, cap, reader } = await streamWhileCapturing(tb, productpage, sleep, 9094, `src6-guard-${mode}`, server6);
@@ -113,5 +115,6 @@ for (const mode of MODES) {
     t.notRegex(after, /fwmark 0x111|lookup 100/, `no IPv6 rule left: ${after}`);
     t.notRegex(after, /local default/, `no IPv6 local route left: ${after}`);
     t.notRegex(after, /AMBIENT_|ambient-reply/, `no ip6tables chain or reply table left: ${after}`);
+    t.regex(after, /fwmark_reflect6=0/, 'un-enrolment turned IPv6 fwmark_reflect off');
   });
 }

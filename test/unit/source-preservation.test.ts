@@ -25,8 +25,12 @@ test('iptables mangle rules for source preservation match golden, per family', (
 });
 
 test('nft reply table of source preservation matches golden; it is a table of its own, the capture\'s has no ct mark', (t) => {
-  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()));
+  assertGolden(t, 'nftables-pod-preserve', nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(true)));
   t.not(nft.REPLY_TABLE, nft.POD_TABLE);
+  // Without the `route` chain (a pod with tcp_fwmark_accept on): the same table less that chain, nothing else.
+  const noRoute = nft.replyTable(false);
+  t.false(noRoute.includes('reply-route') || noRoute.includes('type route'), noRoute);
+  t.is(noRoute, nft.replyTable(true).replace(/\tchain reply-route \{\n[^}]*\}\n\n/, ''));
   t.false(nft.podTable().includes('ct mark'));
 });
 
@@ -45,8 +49,8 @@ test('the mangle rules are Istio\'s scheme with our marks: agent mark in, connma
 });
 
 test('nft writes the connmark expression the way nft lists it (so verify compares equal)', (t) => {
-  t.regex(nft.replyTable(), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
-  t.regex(nft.replyTable(), /type route hook output priority mangle/);
+  t.regex(nft.replyTable(false), /ct mark set ct mark & 0xfffff111 \| 0x00000111/);
+  t.regex(nft.replyTable(true), /type route hook output priority mangle/);
 });
 
 test('the guard drops a reply-marked connection\'s packets leaving through anything but lo (fail closed without the policy rule)', (t) => {
@@ -54,10 +58,10 @@ test('the guard drops a reply-marked connection\'s packets leaving through anyth
   t.deepEqual([...MANGLE], [...POD, 'AMBIENT_REPLY_GUARD']);
   t.not(ipt.REPLY_GUARD_CHAIN, ipt.HOST_CHAIN, 'not the node\'s nat chain AMBIENT_POSTRT');
   t.false(POD.includes(ipt.REPLY_GUARD_CHAIN), 'the nat table holds no guard');
-  t.regex(nft.replyTable(), /\tchain reply-guard \{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\toifname != "lo" ct mark & 0x00000fff == 0x00000111 counter drop\n/);
+  t.regex(nft.replyTable(false), /\tchain reply-guard \{\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\toifname != "lo" ct mark & 0x00000fff == 0x00000111 counter drop\n/);
   // nft lists the counter with its values: they are not drift.
-  const listed = nft.replyTable().replace(' counter drop', ' counter packets 42 bytes 4200 drop');
-  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.replyTable()));
+  const listed = nft.replyTable(true).replace(' counter drop', ' counter packets 42 bytes 4200 drop');
+  t.is(nft.normaliseListing(listed), nft.normaliseListing(nft.replyTable(true)));
 });
 
 test('iptables mangle restore and removal inputs name the mangle table', (t) => {
@@ -98,6 +102,9 @@ test('reply routing reads back in our notation and compares with the expectation
   t.deepEqual(replyRoutingLines(output, 4), expectedReplyRoutingLines(4));
   t.deepEqual(replyRoutingLines('@@ambient-reply@@\n', 4), [], 'nothing installed');
   t.regex(replyRoutingRemoveScript(4), /echo 0 > \/proc\/sys\/net\/ipv4\/tcp_fwmark_accept/, 'un-enrolment turns tcp_fwmark_accept off');
+  t.regex(replyRoutingRemoveScript(4), /echo 0 > \/proc\/sys\/net\/ipv4\/fwmark_reflect/, 'and each family\'s fwmark_reflect');
+  t.regex(replyRoutingRemoveScript(6), /echo 0 > \/proc\/sys\/net\/ipv6\/fwmark_reflect/);
+  t.notRegex(replyRoutingRemoveScript(6), /tcp_fwmark_accept|ipv4/, 'the IPv4 sysctls only with the IPv4 rule');
   t.deepEqual(expectedReplyRoutingLines(6), ['ip6: ip rule 32764: from all fwmark 0x111/0xfff lookup 100', 'ip6: route table 100: local default dev lo metric 1024 pref medium']);
   // As `ip -6` prints them (read in a pod holding both).
   const output6 = '32764:\tfrom all fwmark 0x111/0xfff lookup 100\n@@ambient-reply@@\nlocal default dev lo metric 1024 pref medium\n';
@@ -157,4 +164,23 @@ test('one iptables-save of every table is split into the nat and mangle parts', 
   t.is(ipt.tableSection(save, 'mangle'), '*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j AMBIENT_PRERT\nCOMMIT');
   t.deepEqual(ipt.ownedNatLines(ipt.tableSection(save, 'nat'), POD), ['-A OUTPUT -j AMBIENT_OUTPUT']);
   t.is(ipt.tableSection('*filter\nCOMMIT\n', 'nat'), '', 'a table that is not there (never used in this namespace)');
+});
+
+test('without the OUTPUT restore (the reply-mark sysctls on): no restore line, no mangle OUTPUT jump; any part of it in a table keeps it', (t) => {
+  t.deepEqual(ipt.podMangleRules(4, false), ipt.podMangleRules(4, true).filter((l) => !l.includes('--restore-mark')));
+  t.deepEqual(ipt.podMangleJumpRules(false), ['-A PREROUTING -j AMBIENT_PRERT', '-A POSTROUTING -j AMBIENT_REPLY_GUARD']);
+  const table = (lines: string[]): string => `*mangle\n:AMBIENT_PRERT - [0:0]\n:AMBIENT_OUTPUT - [0:0]\n:AMBIENT_REPLY_GUARD - [0:0]\n${lines.join('\n')}\nCOMMIT\n`;
+  const withRestore = [...ipt.podMangleJumpRules(true), ...ipt.podMangleRules(4, true)];
+  const without = [...ipt.podMangleJumpRules(false), ...ipt.podMangleRules(4, false)];
+  t.true(ipt.holdsRestore(table(withRestore)));
+  t.false(ipt.holdsRestore(table(without)));
+  t.true(ipt.holdsRestore(table([...without, '-A OUTPUT -j AMBIENT_OUTPUT'])), 'the jump alone');
+  t.true(ipt.holdsRestore(table(withRestore.filter((l) => l !== '-A OUTPUT -j AMBIENT_OUTPUT'))), 'the rule alone');
+  t.false(ipt.holdsRestore(table([...without, '-A OUTPUT -j OTHER'])), 'someone else\'s OUTPUT jump');
+  t.true(ipt.restoreNeeded(table(withRestore), MANGLE, ipt.podMangleRules(4, false), ipt.podMangleJumpRules(false)));
+  t.false(ipt.restoreNeeded(table(withRestore), MANGLE, ipt.podMangleRules(4, true), ipt.podMangleJumpRules(true)));
+  // nftables: the `route` chain is the restore.
+  t.true(nft.holdsRestore(nft.replyTable(true)));
+  t.false(nft.holdsRestore(nft.replyTable(false)));
+  t.false(nft.holdsRestore(''), 'no table');
 });

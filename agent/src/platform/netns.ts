@@ -1,6 +1,6 @@
 // Network namespace handles and the one way into a namespace: withNetns(ns, fn).
 // withNetns is synchronous on the event-loop thread: fn must only make koffi syscalls (never Node's async socket APIs, which create their socket on a later tick in the wrong namespace).
-import { closeSync, constants, fstatSync, openSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { CLONE_NEWNET, setns } from './libc.js';
 import { AmbientError } from '../errors.js';
 
@@ -101,6 +101,12 @@ export function statNetns(path: string): NetnsId | undefined {
 export function writeNetSysctl(ns: Netns, path: string, value: string): void {
   if (!path.startsWith('/proc/sys/net/')) throw new Error(`not a network sysctl: ${path}`);
   withNetns(ns, () => writeFileSync(path, value));
+}
+
+/** A network sysctl's value as the pod sees it (trimmed), read from inside its netns; refuses paths outside /proc/sys/net. */
+export function readNetSysctl(ns: Netns, path: string): string {
+  if (!path.startsWith('/proc/sys/net/')) throw new Error(`not a network sysctl: ${path}`);
+  return withNetns(ns, () => readFileSync(path, 'utf8')).trim();
 }
 
 export function withNetns<T>(ns: Netns, fn: () => T): T {

@@ -118,7 +118,7 @@ export async function podRules(a: Attachments, namespace: string, name: string):
       // A pod that is not enrolled should have none of our rules: everything found is unexpected.
       const unexpected = enrolled ? drift.unexpected : drift.actual;
       const missing = enrolled ? drift.missing : [];
-      return { ...base, actual: drift.actual, missing, unexpected, ip6tables, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
+      return { ...base, ...(enrolled && drift.expected ? { expected: drift.expected } : {}), actual: drift.actual, missing, unexpected, ip6tables, ok: missing.length === 0 && unexpected.length === 0 && (listening || !enrolled) };
     } catch (err) {
       return { ...base, actual: [], missing: [], unexpected: [], ip6tables: [], ok: false, error: `cannot read the rules: ${describe(err)}` };
     } finally {

@@ -11,7 +11,7 @@ import * as nft from './nftables.js';
 import {
   expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
+import { applyMarkRules, fwmarkAcceptSetter, replyMarksOn } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
@@ -96,7 +96,7 @@ class IptablesBackend implements RedirectBackend {
 
   private readonly preserveSource: boolean;
 
-  /** tcp_fwmark_accept on in a pod once its source-preservation pieces are all in (an app socket accepted before the SYN mark rule existed would take the agent mark). */
+  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts fwmarkAcceptSetter). */
   private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
@@ -113,9 +113,12 @@ class IptablesBackend implements RedirectBackend {
     return replyFamilies(this.preserveSource, this.captureFamilies, pod?.ips ?? NO_IPS);
   }
 
-  /** The mangle rules a family should hold ([] without source preservation, or for a family it does not cover in `pod`). */
-  private mangleRules(family: ipt.Family, pod?: PodContext): string[] {
-    return this.replyFamilies(pod).includes(family) ? ipt.podMangleRules(family) : [];
+  /**
+   * The mangle rules a family should hold ([] without source preservation, or for a family it does not cover in `pod`),
+   * with the OUTPUT restore or without it (`restore`, ipt.podMangleRules; see installPod).
+   */
+  private mangleRules(family: ipt.Family, pod: PodContext | undefined, restore: boolean): string[] {
+    return this.replyFamilies(pod).includes(family) ? ipt.podMangleRules(family, restore) : [];
   }
 
   /**
@@ -126,17 +129,24 @@ class IptablesBackend implements RedirectBackend {
    * carried before everything is in: its pieces go in at once (and its tables are not read). Not fresh (re-adoption,
    * repair, an ADD into a namespace a DEL left rules in): the saves are read while the reply routing goes in, and a table
    * that already holds exactly our rules is not restored (re-adoption after a restart then runs one save per family).
+   * The mangle OUTPUT restore (and its jump) only where it was needed before this install, as NftablesBackend does with
+   * its `route` chain: not where tcp_fwmark_accept and fwmark_reflect are on (a fresh pod gets them first); where one
+   * was off it goes in, the sysctls after the pieces; and a table holding any of it keeps it whole (ipt.holdsRestore).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const routing = applyMarkRules(netns, REPLY_RULE, this.replyFamilies(pod));
+    const families = this.replyFamilies(pod);
+    if (families.length > 0 && opts.fresh) this.setFwmarkAccept(netns, true, families);
+    const marksOn = replyMarksOn(netns, families);
+    const routing = applyMarkRules(netns, REPLY_RULE, families);
     const routed = opts.fresh ? undefined : routing;
     await settleAll([routing, ...FAMILIES.map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
-      const mangle = this.mangleRules(family, pod);
+      const restore = !marksOn || ipt.holdsRestore(ipt.tableSection(save, 'mangle'));
+      const mangle = this.mangleRules(family, pod, restore);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
       const tables: TableRules[] = [
-        ...(mangle.length > 0 ? [['mangle', ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules()] satisfies TableRules] : []),
+        ...(mangle.length > 0 ? [['mangle', ipt.POD_MANGLE_CHAINS, mangle, ipt.podMangleJumpRules(restore)] satisfies TableRules] : []),
         ['nat', POD_CHAINS, ipt.podChainRules(family), ipt.podJumpRules()],
       ];
       const input = tables.map(([table, chains, rules, jumps]) => {
@@ -146,11 +156,13 @@ class IptablesBackend implements RedirectBackend {
       await routed;
       if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
-    if (this.replyFamilies(pod).length > 0) this.setFwmarkAccept(netns, true);
+    if (families.length > 0 && !opts.fresh) this.setFwmarkAccept(netns, true, families);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
+    const marksOn = replyMarksOn(netns, this.replyFamilies(pod));
+    const restores = new Set<ipt.Family>();
     const per = await Promise.all(FAMILIES.map(async (family) => {
       const save = await runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath }); // every table in one exec
       const [nat, mangle] = [ipt.tableSection(save, 'nat'), ipt.tableSection(save, 'mangle')];
@@ -158,9 +170,12 @@ class IptablesBackend implements RedirectBackend {
       const actualNat = ipt.ownedNatLines(nat, POD_CHAINS);
       const dn = ipt.diffOwned([...ipt.podJumpRules(), ...ipt.podChainRules(family)], actualNat);
       const actualMangle = ipt.ownedNatLines(mangle, ipt.POD_MANGLE_CHAINS);
-      const wantMangle = this.mangleRules(family, pod);
-      // Without preservation (or for a family it does not cover) the mangle chains are neither expected nor drift.
-      const dm = wantMangle.length ? ipt.diffOwned([...ipt.podMangleJumpRules(), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
+      // Without preservation (or for a family it does not cover) the mangle chains are neither expected nor drift. The
+      // OUTPUT restore is expected where installPod would put it: a sysctl off, or any of it in the table.
+      const restore = !marksOn || ipt.holdsRestore(mangle);
+      if (restore) restores.add(family);
+      const wantMangle = this.mangleRules(family, pod, restore);
+      const dm = wantMangle.length ? ipt.diffOwned([...ipt.podMangleJumpRules(restore), ...wantMangle], actualMangle) : { missing: [], unexpected: [] };
       const m = (l: string): string => tag(`${ipt.MANGLE_PREFIX}${l}`);
       return {
         missing: [...dn.missing.map(tag), ...dm.missing.map(m)],
@@ -169,17 +184,24 @@ class IptablesBackend implements RedirectBackend {
       };
     }));
     const r = await verifyReplyRouting(netns, this.replyFamilies(pod));
-    return ok([...per.flatMap((p) => p.missing), ...r.missing], [...per.flatMap((p) => p.unexpected), ...r.unexpected], [...per.flatMap((p) => p.actual), ...r.actual]);
+    const drift = ok([...per.flatMap((p) => p.missing), ...r.missing], [...per.flatMap((p) => p.unexpected), ...r.unexpected], [...per.flatMap((p) => p.actual), ...r.actual]);
+    return { ...drift, expected: this.expectedLines(pod, (f) => restores.has(f)) };
   }
 
+  /** As a fresh pod gets them where its reply-mark sysctls can be set (without the OUTPUT restore: see installPod). */
   expectedPodRules(pod?: PodContext): string[] {
+    return this.expectedLines(pod, () => false);
+  }
+
+  /** The pod's expected lines in `rules` notation, each family's mangle table with the OUTPUT restore or without it. */
+  private expectedLines(pod: PodContext | undefined, restore: (family: ipt.Family) => boolean): string[] {
     const tag = (family: ipt.Family, l: string): string => (family === 6 ? `${ipt.IP6_PREFIX}${l}` : l);
     return [
       ...FAMILIES.flatMap((family) => {
-        const mangle = this.mangleRules(family, pod);
+        const mangle = this.mangleRules(family, pod, restore(family));
         return [
           ...[...ipt.podJumpRules(), ...ipt.podChainRules(family)].map((l) => tag(family, l)),
-          ...(mangle.length ? [...ipt.podMangleJumpRules(), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
+          ...(mangle.length ? [...ipt.podMangleJumpRules(restore(family)), ...mangle] : []).map((l) => tag(family, `${ipt.MANGLE_PREFIX}${l}`)),
         ];
       }),
       ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f)),
@@ -259,7 +281,7 @@ class NftablesBackend implements RedirectBackend {
   readonly appMark = AGENT_MARK;
   private readonly preserveSource: boolean;
 
-  /** tcp_fwmark_accept on in a pod once its source-preservation pieces are all in (an app socket accepted before the SYN mark rule existed would take the agent mark). */
+  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts fwmarkAcceptSetter). */
   private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
 
   constructor(opts: NetfilterOptions) {
@@ -281,33 +303,54 @@ class NftablesBackend implements RedirectBackend {
    * tables go in at once, see IptablesBackend.installPod). Without preservation only the capture's table is written:
    * the reply table is left as it is. The reply table is `inet`: its ct mark and meta mark are the same for IPv6, and
    * its `route` chain re-routes IPv6 too, so IPv6 needs only its own policy rule and local route.
+   * The `route` chain (replyTable's `restore`) only where it was needed before this install: a pod whose
+   * tcp_fwmark_accept and fwmark_reflect are on has had the reply mark on every app socket the agent connected to since,
+   * and on every reset its kernel answered the agent with (a fresh pod gets them first: no listener of the agent, so no
+   * such socket, exists yet). A pod where one was off gets the chain, as app sockets accepted meanwhile may rely on it,
+   * and the sysctls after its pieces; a table that has the chain keeps it (nft.holdsRestore), as IptablesBackend keeps
+   * its restore.
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
-    const routing = applyMarkRules(netns, REPLY_RULE, this.replyFamilies(pod));
-    const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable()) : '';
+    const families = this.replyFamilies(pod);
+    if (families.length > 0 && opts.fresh) this.setFwmarkAccept(netns, true, families);
+    const restore = !replyMarksOn(netns, families) || (this.preserveSource && !opts.fresh && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
+    const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(restore)) : '';
+    const routing = applyMarkRules(netns, REPLY_RULE, families);
     const tables = async (): Promise<void> => {
       if (!opts.fresh) await routing;
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
-    if (this.replyFamilies(pod).length > 0) this.setFwmarkAccept(netns, true);
+    if (families.length > 0 && !opts.fresh) this.setFwmarkAccept(netns, true, families);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
+    // The reply table with its `route` chain where installPod would put it: a sysctl off, or the chain in the table.
+    const marksOn = replyMarksOn(netns, this.replyFamilies(pod));
+    let restore = !marksOn;
     const [t, rt, r] = await Promise.all([
-      this.verifyTable(nft.POD_TABLE, nft.podTable(), netns),
-      this.verifyTable(nft.REPLY_TABLE, nft.replyTable(), netns),
+      this.verifyTable(nft.POD_TABLE, () => nft.podTable(), netns),
+      this.verifyTable(nft.REPLY_TABLE, (listing) => {
+        restore = restore || nft.holdsRestore(listing);
+        return nft.replyTable(restore);
+      }, netns),
       verifyReplyRouting(netns, this.replyFamilies(pod)),
     ]);
     // Without preservation the reply table is shown when present, never counted as drift (see above).
     const reply = this.preserveSource ? rt : ok([], [], rt.actual);
-    return ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
+    const drift = ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
+    return { ...drift, expected: this.expectedLines(pod, restore) };
   }
 
+  /** The table as a fresh pod gets it where its reply-mark sysctls can be set (without the `route` chain: see installPod). */
   expectedPodRules(pod?: PodContext): string[] {
+    return this.expectedLines(pod, false);
+  }
+
+  private expectedLines(pod: PodContext | undefined, restore: boolean): string[] {
     return [
       ...nft.podTable().split('\n'),
-      ...(this.preserveSource ? [...nft.replyTable().split('\n'), ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f))] : []),
+      ...(this.preserveSource ? [...nft.replyTable(restore).split('\n'), ...this.replyFamilies(pod).flatMap((f) => expectedReplyRoutingLines(f))] : []),
     ];
   }
 
@@ -322,7 +365,7 @@ class NftablesBackend implements RedirectBackend {
   }
 
   async verifyHost(): Promise<RuleDrift> {
-    return this.verifyTable(nft.HOST_TABLE, nft.hostTable());
+    return this.verifyTable(nft.HOST_TABLE, () => nft.hostTable());
   }
 
   /** Into the set of the address's family. */
@@ -351,15 +394,21 @@ class NftablesBackend implements RedirectBackend {
     return m?.[1] ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
   }
 
-  private async verifyTable(table: string, expected: string, netns?: Netns): Promise<RuleDrift> {
-    let listing = '';
+  /** `nft list table inet <table>` (in `netns`, else the node's); undefined when the table is not there. */
+  private async listTable(table: string, netns?: Netns): Promise<string | undefined> {
     try {
-      listing = await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns: netns.toolPath } : {});
+      return await runTool('nft', ['list', 'table', 'inet', table], netns ? { netns: netns.toolPath } : {});
     } catch {
-      return ok([`table inet ${table}`], [], []);
+      return undefined;
     }
-    const want = nft.normaliseListing(expected).split('\n');
+  }
+
+  /** The table's drift against what `expected` makes of its current listing (see verifyPod). */
+  private async verifyTable(table: string, expected: (listing: string) => string, netns?: Netns): Promise<RuleDrift> {
+    const listing = await this.listTable(table, netns);
+    if (listing === undefined) return ok([`table inet ${table}`], [], []);
     const got = nft.normaliseListing(listing).split('\n');
+    const want = nft.normaliseListing(expected(listing)).split('\n');
     if (want.join('\n') === got.join('\n')) return ok([], [], got);
     const reordered = want.every((l) => got.includes(l)) ? ['(rule order differs)'] : [];
     return ok(want.filter((l) => !got.includes(l)), got.filter((l) => !want.includes(l)).concat(reordered), got);

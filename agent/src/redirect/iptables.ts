@@ -69,26 +69,43 @@ export function podChainRules(family: Family = 4): string[] {
  * route toward the client through eth0, which cut bulk throughput by up to half), and its packets need no re-routing.
  * ip6tables takes (and saves) the same lines: nothing in them depends on the family, and ip6tables' mangle OUTPUT
  * re-routes a packet whose mark it changed, as iptables' does. `_family` names the table they are for (callers say it).
+ * `restore`: with the OUTPUT restore (and its jump, podMangleJumpRules), which only a pod without tcp_fwmark_accept and
+ * fwmark_reflect needs (with them the app's socket has the reply mark from its SYN, and a reset the pod's kernel answers
+ * the agent with, a closed port's, that of the packet it answers: reply-routing.ts); every packet the pod sends crosses mangle OUTPUT, a
+ * `route` chain under iptables-nft, and a fresh pod without the jump never gets that chain. Once a pod has it, it
+ * keeps it (holdsRestore).
  */
-export function podMangleRules(_family: Family = 4): string[] {
+export function podMangleRules(_family: Family = 4, restore = true): string[] {
   const pre = POD_CHAINS.prerouting;
   const out = POD_CHAINS.output;
   const reply = `${hex(REPLY_MARK)}/${hex(REPLY_MARK_MASK)}`;
   return [
     `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j CONNMARK --set-xmark ${reply}`,
-    `-A ${out} -m mark ! --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+    ...(restore ? [`-A ${out} -m mark ! --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -m connmark --mark ${reply} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`] : []),
     `-A ${REPLY_GUARD_CHAIN} ! -o lo -m connmark --mark ${reply} -j DROP`,
     // After the CONNMARK line in the same chain (the agent mark must still be there for it).
     `-A ${pre} -m mark --mark ${hex(AGENT_MARK)}/${hex(AGENT_MARK_MASK)} -j MARK --set-xmark ${reply}`,
   ];
 }
 
+/**
+ * Whether a pod's mangle table (`iptables-save` section) holds any part of the OUTPUT restore: its rule or its jump.
+ * Such a pod keeps the restore (installed whole, checked whole) however its sysctls read now: app sockets accepted
+ * while tcp_fwmark_accept was off carry no reply mark and rely on it for as long as they live. Only a fresh pod, or
+ * one that never had it, goes without.
+ */
+export function holdsRestore(mangle: string): boolean {
+  const out = POD_CHAINS.output;
+  return ownedNatLines(mangle, POD_MANGLE_CHAINS).some((l) => l === `-A OUTPUT -j ${out}` || l.startsWith(`-A ${out} `));
+}
+
 /** Our chains in a pod's mangle table (source preservation): the nat ones' names, and the guard. */
 export const POD_MANGLE_CHAINS: readonly string[] = [POD_CHAINS.prerouting, POD_CHAINS.output, REPLY_GUARD_CHAIN];
 
-/** Jumps from the mangle table's built-in chains into ours. */
-export function podMangleJumpRules(): string[] {
-  return [...podJumpRules(), `-A POSTROUTING -j ${REPLY_GUARD_CHAIN}`];
+/** Jumps from the mangle table's built-in chains into ours (`restore`: the OUTPUT one too, see podMangleRules). */
+export function podMangleJumpRules(restore = true): string[] {
+  const [pre, out] = podJumpRules();
+  return [pre as string, ...(restore ? [out as string] : []), `-A POSTROUTING -j ${REPLY_GUARD_CHAIN}`];
 }
 
 /** Tables our pod chains live in; `mangle` only while source preservation is on. */

@@ -38,14 +38,30 @@ export function podTable(): string {
   ].join('\n');
 }
 
+/** The reply table's `route` chain: the per-packet ct mark restore (replyTable's `restore`). */
+const REPLY_ROUTE_CHAIN = 'reply-route';
+
+/**
+ * Whether a pod's reply table (`nft list table inet ambient-reply`) has the `route` chain. Such a pod keeps it however
+ * its sysctls read now: app sockets accepted while tcp_fwmark_accept was off carry no reply mark and rely on it for as
+ * long as they live (iptables.ts holdsRestore).
+ */
+export function holdsRestore(listing: string): boolean {
+  return listing.includes(`chain ${REPLY_ROUTE_CHAIN} {`);
+}
+
 /**
  * Inbound source preservation's table (iptables.ts podMangleRules says why), apart from the capture's so that an agent
  * running without it neither rewrites nor removes it (backend.ts): the agent's connections into its own pod get ct mark
  * 0x111, and the app's packets of them get it back as their mark in a `route` chain, which makes the kernel route them
  * again (policy rule, reply-routing.ts) back to the agent (the agent's own packets keep theirs: no second route lookup). `reply-guard` fails closed: a packet of such a connection
  * leaving through anything but lo (the policy rule or its route gone) is dropped; its counter shows how many were.
+ * `restore`: with that `route` chain, which only a pod without tcp_fwmark_accept and fwmark_reflect needs (with them
+ * the app's socket has the reply mark from its SYN, and a reset answering the agent that of its packet); every packet
+ * the pod sends crosses it (plain bulk into a preserving pod 0.79x with it, 0.99x without, same run design). Once a
+ * pod has it, it keeps it (holdsRestore).
  */
-export function replyTable(): string {
+export function replyTable(restore: boolean): string {
   // nft prints `ct mark & 0xfffff000 | 0x111` folded into this form; written as printed so the listing compares equal.
   const keep = (~REPLY_MARK_MASK | REPLY_MARK) >>> 0;
   return [
@@ -57,11 +73,13 @@ export function replyTable(): string {
     `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} == ${hex(AGENT_MARK)} meta mark set meta mark & ${hex(keep)} | ${hex(REPLY_MARK)}`,
     '\t}',
     '',
-    '\tchain reply-route {',
-    '\t\ttype route hook output priority mangle; policy accept;',
-    `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} != ${hex(AGENT_MARK)} ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
-    '\t}',
-    '',
+    ...(restore ? [
+      `\tchain ${REPLY_ROUTE_CHAIN} {`,
+      '\t\ttype route hook output priority mangle; policy accept;',
+      `\t\tmeta mark & ${hex(AGENT_MARK_MASK)} != ${hex(AGENT_MARK)} ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} meta mark set ct mark`,
+      '\t}',
+      '',
+    ] : []),
     '\tchain reply-guard {',
     '\t\ttype filter hook postrouting priority mangle; policy accept;',
     `\t\toifname != "lo" ct mark & ${hex(REPLY_MARK_MASK)} == ${hex(REPLY_MARK)} counter drop`,

@@ -1,6 +1,6 @@
 // Pure pieces of inbound source preservation shared by the netfilter backends: the pod's policy-routing rule and local
 // route (routing-apply.ts puts them in; removal and read-back scripts here, per address family), the pod's
-// tcp_fwmark_accept, and where the agent's upstream socket binds.
+// tcp_fwmark_accept and fwmark_reflect, and where the agent's upstream socket binds.
 import { canonicalIp, parseIp, type IpFamily } from '../protocol/address.js';
 import { LOCAL_ROUTE_TABLE, REPLY_MARK, REPLY_MARK_MASK, REPLY_RULE_PREF } from './constants.js';
 import { podCapturesIpv6 } from './types.js';
@@ -25,6 +25,7 @@ export function replyRoutingRemoveScript(family: RouteFamily): string {
     ruleDeleteLoop(REPLY_RULE, family),
     localRouteDeleteIfUnused(REPLY_RULE, family),
     ...(family === 4 ? [`echo 0 > ${FWMARK_ACCEPT_PATH} 2>/dev/null || true`] : []),
+    `echo 0 > ${FWMARK_REFLECT_PATHS[family]} 2>/dev/null || true`,
     'true',
   ].join('\n');
 }
@@ -39,6 +40,17 @@ export function replyRoutingRemoveScript(family: RouteFamily): string {
  * reply back, one packet at a time. Not part of the drift check.
  */
 export const FWMARK_ACCEPT_PATH = '/proc/sys/net/ipv4/tcp_fwmark_accept';
+
+/**
+ * net.ipv4/ipv6.fwmark_reflect: a reset or ICMP error the kernel answers a packet with takes that packet's mark. Set
+ * with tcp_fwmark_accept by the netfilter backends in a pod whose reply rules leave out the per-packet mark restore
+ * (iptables.ts podMangleRules, nftables.ts replyTable): the reset a closed app port answers the agent's SYN with then
+ * carries the reply mark and reaches the agent through lo (a refusal at once) instead of meeting the reply guard.
+ */
+export const FWMARK_REFLECT_PATHS: Readonly<Record<RouteFamily, string>> = {
+  4: '/proc/sys/net/ipv4/fwmark_reflect',
+  6: '/proc/sys/net/ipv6/fwmark_reflect',
+};
 
 const SEP = '@@ambient-reply@@';
 

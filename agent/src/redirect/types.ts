@@ -24,6 +24,8 @@ export interface RuleDrift {
   unexpected: string[];
   /** What was actually found (ours only), in the same notation as the expected rules; for `ambient-node rules`. */
   actual: string[];
+  /** What was expected given what was found (a pod keeping a restore: backend.ts), when it differs from expectedPodRules'. */
+  expected?: string[];
 }
 
 /** The in-pod methods take the pod's namespace as an open handle (opened once per event by the enroller), never a path. */
