@@ -68,6 +68,10 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     const [meshClient, plainClient, onServer, offServer] = pods;
     if (!meshClient || !plainClient || !onServer || !offServer) throw new Error('pods missing');
     const servers: Record<Setting, TestbedPod> = { on: onServer, off: offServer };
+    // No TCP metrics cache: a connection's close otherwise saves its ssthresh per destination, and every later
+    // connection to that server starts from it, so one loss could hold one server's bulk bursts low for the whole run
+    // (bulk on/off read 0.80x in one run and 1.52x in another, each setting flat within its run).
+    for (const pod of pods) await pod.exec('sysctl', ['-qw', 'net.ipv4.tcp_no_metrics_save=1']);
     // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
     // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.
     for (const n of [0, 1, 2]) pinAgent(tb.agent(n), cpuOf(n));
