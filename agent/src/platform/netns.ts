@@ -92,23 +92,34 @@ export function statNetns(path: string): NetnsId | undefined {
   }
 }
 
-/** Runs fn inside ns and switches back before returning, even when fn throws. */
 /**
- * Writes a /proc/sys/net file of `ns` (a sysctl of that namespace): synchronous on the event-loop thread, since
- * /proc/sys/net follows the writing thread's netns. Throws as the write does (EROFS: /proc/sys read-only, an
- * unprivileged container).
+ * Writes /proc/sys/net files of `ns` (sysctls of that namespace), all in one visit: synchronous on the event-loop
+ * thread, since /proc/sys/net follows the writing thread's netns. Throws as the first failing write does (EROFS:
+ * /proc/sys read-only, an unprivileged container).
  */
+export function writeNetSysctls(ns: Netns, paths: readonly string[], value: string): void {
+  netSysctlPaths(paths);
+  withNetns(ns, () => {
+    for (const path of paths) writeFileSync(path, value);
+  });
+}
+
 export function writeNetSysctl(ns: Netns, path: string, value: string): void {
-  if (!path.startsWith('/proc/sys/net/')) throw new Error(`not a network sysctl: ${path}`);
-  withNetns(ns, () => writeFileSync(path, value));
+  writeNetSysctls(ns, [path], value);
 }
 
-/** A network sysctl's value as the pod sees it (trimmed), read from inside its netns; refuses paths outside /proc/sys/net. */
-export function readNetSysctl(ns: Netns, path: string): string {
-  if (!path.startsWith('/proc/sys/net/')) throw new Error(`not a network sysctl: ${path}`);
-  return withNetns(ns, () => readFileSync(path, 'utf8')).trim();
+/** Network sysctls' values as the pod sees them (trimmed), read in one visit to its netns; refuses paths outside /proc/sys/net. */
+export function readNetSysctls(ns: Netns, paths: readonly string[]): string[] {
+  netSysctlPaths(paths);
+  return withNetns(ns, () => paths.map((path) => readFileSync(path, 'utf8').trim()));
 }
 
+function netSysctlPaths(paths: readonly string[]): void {
+  const bad = paths.find((path) => !path.startsWith('/proc/sys/net/'));
+  if (bad !== undefined) throw new Error(`not a network sysctl: ${bad}`);
+}
+
+/** Runs fn inside ns and switches back before returning, even when fn throws. */
 export function withNetns<T>(ns: Netns, fn: () => T): T {
   const home = selfNetns();
   setns(ns.fd, CLONE_NEWNET);

@@ -131,7 +131,7 @@ class IptablesBackend implements RedirectBackend {
    * that already holds exactly our rules is not restored (re-adoption after a restart then runs one save per family).
    * The mangle OUTPUT restore (and its jump) only where it was needed before this install, as NftablesBackend does with
    * its `route` chain: not where tcp_fwmark_accept and fwmark_reflect are on (a fresh pod gets them first); where one
-   * was off it goes in, the sysctls after the pieces; and a table holding any of it keeps it whole (ipt.holdsRestore).
+   * was off it goes in, the sysctls after the pieces (where both are on, nothing is written); and a table holding any of it keeps it whole (ipt.holdsRestore).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const families = this.replyFamilies(pod);
@@ -156,7 +156,7 @@ class IptablesBackend implements RedirectBackend {
       await routed;
       if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
-    if (families.length > 0 && !opts.fresh) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && !opts.fresh && !marksOn) this.setFwmarkAccept(netns, true, families);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -313,7 +313,8 @@ class NftablesBackend implements RedirectBackend {
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const families = this.replyFamilies(pod);
     if (families.length > 0 && opts.fresh) this.setFwmarkAccept(netns, true, families);
-    const restore = !replyMarksOn(netns, families) || (this.preserveSource && !opts.fresh && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
+    const marksOn = replyMarksOn(netns, families);
+    const restore = !marksOn || (this.preserveSource && !opts.fresh && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(restore)) : '';
     const routing = applyMarkRules(netns, REPLY_RULE, families);
     const tables = async (): Promise<void> => {
@@ -321,7 +322,7 @@ class NftablesBackend implements RedirectBackend {
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
-    if (families.length > 0 && !opts.fresh) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && !opts.fresh && !marksOn) this.setFwmarkAccept(netns, true, families);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {

@@ -3,7 +3,7 @@
 // pod's tcp_fwmark_accept and fwmark_reflect. Idempotent, never removes anything.
 import { fwmarkRuleRequest, localDefaultRouteRequest, sendRtnetlink } from '../platform/rtnetlink.js';
 import { strerror } from '../platform/libc.js';
-import { readNetSysctl, writeNetSysctl, type Netns } from '../platform/netns.js';
+import { readNetSysctls, writeNetSysctls, type Netns } from '../platform/netns.js';
 import type { MarkRule, RouteFamily } from './policy-routing.js';
 import { FWMARK_ACCEPT_PATH, FWMARK_REFLECT_PATHS } from './reply-routing.js';
 
@@ -37,7 +37,7 @@ export function fwmarkAcceptSetter(warn?: (msg: string) => void): (netns: Netns,
   let said = false;
   return (netns, on, reflect = []) => {
     try {
-      for (const path of replyMarkPaths(reflect)) writeNetSysctl(netns, path, on ? '1' : '0');
+      writeNetSysctls(netns, replyMarkPaths(reflect), on ? '1' : '0');
     } catch (err) {
       if (said) return;
       said = true;
@@ -50,7 +50,7 @@ export function fwmarkAcceptSetter(warn?: (msg: string) => void): (netns: Netns,
 /** Whether the pod's tcp_fwmark_accept, and fwmark_reflect of each family in `reflect`, are all on (false when one cannot be read). */
 export function replyMarksOn(netns: Netns, reflect: readonly RouteFamily[] = []): boolean {
   try {
-    return replyMarkPaths(reflect).every((path) => readNetSysctl(netns, path) === '1');
+    return readNetSysctls(netns, replyMarkPaths(reflect)).every((v) => v === '1');
   } catch {
     return false;
   }
