@@ -64,6 +64,9 @@ for (const mode of MODES) {
       t.true(mss > 16_000, `the app advertised MSS ${mss} to the agent for ${client.key} (lo's, not eth0's 1448)`);
     }
 
+    // A port where the app does not listen is refused at once through both inbound paths (its reset reaches the agent).
+    await closedPortRefused(t, tb, productpage, [sleep, legacy], 'closed app port');
+
     // A kubelet-style probe from the node still goes straight to the app, as 169.254.7.127.
     const probe = await tb.nodeExec(1, 'ncat', ['--no-shutdown', '-w', '3', productpage.ip, '9080'], { input: 'probe\n', reject: false });
     t.regex(String(probe.stdout), /pong:probe from 169\.254\.7\.127/);

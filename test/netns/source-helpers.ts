@@ -105,7 +105,7 @@ export async function appAdvertisedMss(server: TestbedPod, client: TestbedPod, p
   const holding = client.spawn('sh', ['-c', `sleep 4 | ncat ${host.includes(':') ? `-6 ${host}` : host} ${port}`], { timeout: 20_000, reject: false });
   try {
     for (let i = 0; i < 40; i++) {
-      const m = /advmss:(\d+)/.exec(await appSocketInfo(server, port));
+      const m = /advmss:(\d+)/.exec(await appSocketInfo(server, port, ['established'], true));
       if (m) return Number(m[1]);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -121,12 +121,13 @@ const HIDE_RESETS = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--tcp-flags', 'RST', 'R
 /**
  * `ss -ti` of the app's established connections on `port`: their TCP internals (mss, advmss, retransmissions). Sockets
  * of the agent (a `node` process) are left out: under the ebpf backend's socket assignment the agent's accepted socket
- * of a plain client keeps the app's port as its own.
+ * of a plain client keeps the app's port as its own. `owned`: only sockets some process holds, since that socket
+ * belongs to no process until the agent has accepted it (ss then shows no `users:`, and eth0's MSS).
  */
-async function appSocketInfo(pod: TestbedPod, port: number, states: string[] = ['established']): Promise<string> {
+async function appSocketInfo(pod: TestbedPod, port: number, states: string[] = ['established'], owned = false): Promise<string> {
   const out = String((await pod.exec('ss', ['-tinpH', ...states.flatMap((s) => ['state', s]), `( sport = :${port} )`])).stdout);
   const sockets = out.split(/\n(?!\s)/); // a socket: its address line, then its indented TCP internals
-  return sockets.filter((s) => s.trim() !== '' && !s.includes('users:(("node"')).join('\n');
+  return sockets.filter((s) => s.trim() !== '' && !s.includes('users:(("node"') && (!owned || s.includes('users:(('))).join('\n');
 }
 
 /** iptables / ip6tables arguments (after -I/-D/-C) counting the TCP packets a pod's app sends from `port`, on any path. */

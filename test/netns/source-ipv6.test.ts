@@ -72,6 +72,7 @@ for (const mode of MODES) {
       t.true(report?.actual.some((l) => l.startsWith(`map ambient_cfg: v1 pod ${productpage.ip} ipv6 ${server6} id `)), JSON.stringify(report?.actual));
       t.true(report?.actual.includes('ip6: ip rule 100: from all fwmark 0x1000/0x1000 lookup 100'), JSON.stringify(report?.actual));
       t.notRegex(await replyPieces6(productpage), /fwmark 0x111/, 'ebpf needs no reply rule');
+      await closedPortRefused(t, tb, productpage, [sleep, legacy], 'IPv6', server6);
       const k = await killWhileAppStreams(tb, productpage, sleep, 9092, { host: server6 });
       t.true(k.received > 100_000, `the IPv6 stream reached the client through the mesh first (${k.received} bytes)`);
       t.true(k.captured > 100_000, `the capture saw the traffic (${k.captured} bytes)`);
