@@ -74,6 +74,9 @@ export class Agent {
   private readonly caReady: Promise<CertificateAuthority>;
   private ready = false;
   private notReadyReason = 'starting';
+  /** How long each start-up step took, ms, by its not-ready reason (the `agent ready` line logs them): where a slow start went. */
+  private readonly startSteps: Record<string, number> = {};
+  private stepStarted = 0;
   private repairLoop: Promise<void> | undefined;
   private stopping = false;
   private wake: (() => void) | undefined;
@@ -210,8 +213,18 @@ export class Agent {
     return malformedPolicies(this.source.authorizationPolicies(), this.source.peerAuthentications());
   }
 
+  /** Ends the running start-up step (its time goes to startSteps) and enters `reason`'s, what /healthz/ready says meanwhile. */
+  private step(reason: string | undefined): void {
+    const now = performance.now();
+    this.startSteps[this.notReadyReason] = Math.round(now - this.stepStarted);
+    this.stepStarted = now;
+    if (reason !== undefined) this.notReadyReason = reason;
+  }
+
   /** Starts everything; the socket answers (not ready) early so the plugin gets a clear "try again later". */
   async start(): Promise<void> {
+    this.startSteps['node start and module loading'] = Math.round(performance.now());
+    this.stepStarted = performance.now();
     selfNetns();
     const predecessor = await this.takeStateDir();
     this.hbone.start();
@@ -221,34 +234,35 @@ export class Agent {
     this.log.info({ socket: this.cfg.socketPath, node: this.cfg.nodeName, backend: this.backend.name, takingOver: !!predecessor }, 'event server listening');
     await this.admin.start();
     this.log.info({ admin: this.cfg.adminPort, metrics: this.cfg.metricsPort, readiness: this.cfg.readinessPort }, 'admin endpoints listening on 127.0.0.1');
-    this.notReadyReason = 'opening the certificate authority';
+    this.step('opening the certificate authority');
     try {
       await this.caReady;
     } catch (err) {
       throw new Error(`cannot open the ${this.cfg.ca} CA (${this.cfg.ca === 'builtin' ? this.cfg.caDir : this.cfg.istioCaAddress}): ${describe(err)}`, { cause: err });
     }
-    this.notReadyReason = 'checking the workload source configuration';
+    this.step('checking the workload source configuration');
     await this.source.prepare?.(); // a broken kubeconfig stops the agent here, before any rule is installed on the node
-    this.notReadyReason = 'probing the kernel for the redirection backend';
+    this.step('probing the kernel for the redirection backend');
     await this.backend.prepare();
     if (this.cfg.preserveSource) {
-      this.notReadyReason = 'probing the kernel for inbound source preservation';
+      this.step('probing the kernel for inbound source preservation');
       await probeSourcePreservation({ ipv6: this.cfg.captureIpv6 }); // fail closed and clear: never a silent fallback to the agent's own address
     }
-    this.notReadyReason = 'installing node rules';
+    this.step('installing node rules');
     await this.backend.installHost();
-    this.notReadyReason = 'loading workloads';
+    this.step('loading workloads');
     await this.source.start();
-    this.notReadyReason = 'adopting pods';
+    this.step('adopting pods');
     const listeners = this.takenListeners;
     this.takenListeners = undefined;
     if (predecessor) this.backend.beginTakeOver?.();
     await this.enroller.adopt(listeners);
     this.runningPods.start(); // pods already running that no ADD told us about: found through /proc
+    this.step(undefined);
     this.ready = true;
     this.markReady();
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
-    this.log.info({ enrolled: this.enroller.enrolledCount() }, 'agent ready');
+    this.log.info({ enrolled: this.enroller.enrolledCount(), startMs: this.startSteps }, 'agent ready');
     releaseMemoryLater(this.log.child({ component: 'memory' }));
     if (predecessor) this.completeTakeOver(predecessor);
     else this.releaseHandoverLock();

@@ -44,6 +44,8 @@ export interface ReadoptSample {
   agentCpuS: number;
   toolsCpuS: number;
   machineBusyS: number;
+  /** The agent's own start-up steps, ms each (its `agent ready` line's startMs), in the order it took them. */
+  steps: Record<string, number>;
 }
 
 export interface ReadoptResult {
@@ -85,7 +87,20 @@ async function restartTimed(agent: AgentProcess, pods: number, stopFirst: 'SIGKI
     agentCpuS,
     toolsCpuS,
     machineBusyS,
+    steps: startSteps(logs.find((r) => r.msg === 'agent ready')?.startMs),
   };
+}
+
+/** The `startMs` of an `agent ready` log line: step name -> ms (nothing from an agent that does not log it). */
+export function startSteps(v: unknown): Record<string, number> {
+  if (!isObj(v)) return {};
+  return Object.fromEntries(Object.entries(v).flatMap(([k, ms]) => (typeof ms === 'number' ? [[k, ms]] : [])));
+}
+
+/** Each step's median over `samples` ("step 12 ms, ..."), in the order of the first sample's steps. */
+export function stepMedians(samples: readonly ReadoptSample[]): string {
+  const names = Object.keys(samples[0]?.steps ?? {});
+  return names.map((k) => `${k} ${f0(median(samples.flatMap((s) => (s.steps[k] === undefined ? [] : [s.steps[k] as number]))))} ms`).join(', ');
 }
 
 const line = (s: ReadoptSample): string =>
@@ -169,6 +184,8 @@ export function reportReadopt(results: ReadoptResult[], lines: string[]): void {
       `Medians: ready ${f0(f.readyMs)} ms with ${r.pods} pods vs ${f0(f.baseMs)} ms with 0 (${f2(f.ratio)}x), ${f1(f.perPodMs)} ms a pod; re-adoption itself ${f0(median(r.loaded.map((s) => s.adoptMs)))} ms (${f1(median(r.loaded.map((s) => s.adoptMs)) / r.pods)} ms a pod), agent CPU ${f2(median(r.loaded.map((s) => s.agentCpuS)))} s + tools ${f2(median(r.loaded.map((s) => s.toolsCpuS)))} s. Filling the node took ${f1(r.fillS)} s (not measured).`,
     );
     lines.push('');
+    const steps = [['0 pods', stepMedians(r.baseline)], [`${r.pods} pods`, stepMedians(r.loaded)]].filter(([, t]) => t !== '');
+    if (steps.length > 0) lines.push(`The agent's start-up steps (its own clock, medians): ${steps.map(([n, t]) => `with ${n}: ${t}`).join('; ')}.`, '');
     const verdict = f.met === undefined ? `not judged (the goal is for ${READOPT_GOAL.pods} pods; this run had ${r.pods})` : f.met ? 'met' : '**missed**';
     lines.push(`Goal (issue 12), agent on ${r.mode}: re-adopt ${READOPT_GOAL.pods} pods after kill -9 within ${READOPT_GOAL.readyMs / 1000} s, start to ready: ${verdict} (median ${f0(f.readyMs)} ms).`);
     lines.push('');

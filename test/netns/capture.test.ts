@@ -221,7 +221,11 @@ netnsTest.serial('[iptables] re-adoption after kill -9 puts back what drifted wh
   const probes = String((await tb.nodeExec(0, 'ipset', ['save', 'ambient-node-probes-v4'])).stdout);
   for (const p of [drifted, intact]) t.regex(probes, new RegExp(`^add ambient-node-probes-v4 ${p.ip.replaceAll('.', '\\.')} `, 'm'), `${p.key}'s probe target`);
   t.is(await loCounter(), before, 'the intact pod\'s rules were left as they were (not restored)');
-  t.true((await tb.agent(0).logs({ currentRun: true })).some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 2));
+  const logs = await tb.agent(0).logs({ currentRun: true });
+  t.true(logs.some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 2));
+  // The ready line says where the start went, step by step, re-adoption included.
+  const steps = logs.find((l) => l.msg === 'agent ready')?.startMs as Record<string, unknown> | undefined;
+  for (const step of ['node start and module loading', 'installing node rules', 'loading workloads', 'adopting pods']) t.is(typeof steps?.[step], 'number', `${step}: ${JSON.stringify(steps)}`);
 });
 
 netnsTest.serial('STATUS fails while the agent is down; GC drops attachments the runtime no longer has', async (t) => {
