@@ -70,7 +70,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     const servers: Record<Setting, TestbedPod> = { on: onServer, off: offServer };
     // No TCP metrics cache: a connection's close otherwise saves its ssthresh per destination, and every later
     // connection to that server starts from it, so one loss could hold one server's bulk bursts low for the whole run
-    // (bulk on/off read 0.80x in one run and 1.52x in another, each setting flat within its run).
+    // (plain bulk on/off read 0.80x in one run and 1.52x in another, one server at ~5 Gbit/s for most of the run).
     for (const pod of pods) await pod.exec('sysctl', ['-qw', 'net.ipv4.tcp_no_metrics_save=1']);
     // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
     // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.

@@ -11,7 +11,7 @@ import * as nft from './nftables.js';
 import {
   expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
-import { applyMarkRules, fwmarkAcceptSetter, replyMarksOn } from './routing-apply.js';
+import { applyMarkRules, replyMarksSetter, replyMarksOn } from './routing-apply.js';
 import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
@@ -96,14 +96,14 @@ class IptablesBackend implements RedirectBackend {
 
   private readonly preserveSource: boolean;
 
-  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts fwmarkAcceptSetter). */
-  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
+  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts replyMarksSetter). */
+  private readonly setReplyMarks: ReturnType<typeof replyMarksSetter>;
 
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
-    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
+    this.setReplyMarks = replyMarksSetter(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -135,7 +135,7 @@ class IptablesBackend implements RedirectBackend {
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const families = this.replyFamilies(pod);
-    if (families.length > 0 && opts.fresh) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && opts.fresh) this.setReplyMarks(netns, true, families);
     const marksOn = replyMarksOn(netns, families);
     const routing = applyMarkRules(netns, REPLY_RULE, families);
     const routed = opts.fresh ? undefined : routing;
@@ -156,7 +156,7 @@ class IptablesBackend implements RedirectBackend {
       await routed;
       if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
     })], `installing the redirection rules in ${netns.path} failed`);
-    if (families.length > 0 && !opts.fresh && !marksOn) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -281,13 +281,13 @@ class NftablesBackend implements RedirectBackend {
   readonly appMark = AGENT_MARK;
   private readonly preserveSource: boolean;
 
-  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts fwmarkAcceptSetter). */
-  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
+  /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts replyMarksSetter). */
+  private readonly setReplyMarks: ReturnType<typeof replyMarksSetter>;
 
   constructor(opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6 ?? false);
-    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
+    this.setReplyMarks = replyMarksSetter(opts.warn);
   }
 
   async prepare(): Promise<void> {}
@@ -312,7 +312,7 @@ class NftablesBackend implements RedirectBackend {
    */
   async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
     const families = this.replyFamilies(pod);
-    if (families.length > 0 && opts.fresh) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && opts.fresh) this.setReplyMarks(netns, true, families);
     const marksOn = replyMarksOn(netns, families);
     const restore = !marksOn || (this.preserveSource && !opts.fresh && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(restore)) : '';
@@ -322,7 +322,7 @@ class NftablesBackend implements RedirectBackend {
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
-    if (families.length > 0 && !opts.fresh && !marksOn) this.setFwmarkAccept(netns, true, families);
+    if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {

@@ -17,7 +17,7 @@ import {
 import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, sameNetns, withNetns, writeNetSysctl, type NetnsId } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
-import { applyMarkRules, fwmarkAcceptSetter } from './routing-apply.js';
+import { applyMarkRules, replyMarksSetter } from './routing-apply.js';
 import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
@@ -219,14 +219,14 @@ export class EbpfBackend implements RedirectBackend {
   private readonly captureIpv6: boolean;
   private readonly preserveSource: boolean;
   private tags: ProgTags | undefined;
-  private readonly setFwmarkAccept: ReturnType<typeof fwmarkAcceptSetter>;
+  private readonly setReplyMarks: ReturnType<typeof replyMarksSetter>;
   /** During a take-over (beginTakeOver): the pods installed meanwhile, by path, with tcp_fwmark_accept held off. */
   private heldFwmark: Map<string, NetnsId> | undefined;
 
   constructor(private readonly host: HostRules, opts: { captureIpv6: boolean; preserveSource: boolean; warn?: (msg: string) => void }, readonly objectPath = defaultObjectPath()) {
     this.captureIpv6 = opts.captureIpv6;
     this.preserveSource = opts.preserveSource;
-    this.setFwmarkAccept = fwmarkAcceptSetter(opts.warn);
+    this.setReplyMarks = replyMarksSetter(opts.warn);
     this.captureFamilies = captureFamiliesFor(opts.captureIpv6);
   }
 
@@ -253,7 +253,7 @@ export class EbpfBackend implements RedirectBackend {
       // With source preservation the app's socket takes the agent's SYN mark (appMark); without it, or while a
       // predecessor may still dial with the agent mark, off.
       this.heldFwmark?.set(ns.path, ns.id);
-      this.setFwmarkAccept(ns, this.preserveSource && !this.heldFwmark);
+      this.setReplyMarks(ns, this.preserveSource && !this.heldFwmark);
       if (!opts.fresh) {
         // Re-adoption and repair: keep correctly attached programs as they are (no reload, no window).
         const d = diffLines(expectedLines(pod, this.tags, this.captureIpv6).slice(0, 4), foundLines(ifname, readAttached(ns, ifname)));
@@ -276,7 +276,7 @@ export class EbpfBackend implements RedirectBackend {
     for (const [path, id] of held) {
       try {
         withOpenNetns(path, (ns) => {
-          if (sameNetns(ns.id, id)) this.setFwmarkAccept(ns, true);
+          if (sameNetns(ns.id, id)) this.setReplyMarks(ns, true);
         });
       } catch {
         // The pod is gone (its namespace with it): nothing to turn on.

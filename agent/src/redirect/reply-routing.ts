@@ -32,7 +32,7 @@ export function replyRoutingRemoveScript(family: RouteFamily): string {
 
 /**
  * net.ipv4.tcp_fwmark_accept (both families' TCP): an accepted socket takes its SYN's mark. Set in a pod with source
- * preservation, once its rules are in (routing-apply.ts fwmarkAcceptSetter): the app's socket of a connection from the
+ * preservation, once its rules are in (routing-apply.ts replyMarksSetter): the app's socket of a connection from the
  * agent then carries the reply mark its SYN came with (iptables.ts podMangleRules, nftables.ts replyTable; the ebpf
  * backend's re-injection mark, RedirectBackend.appMark), so its route is the reply (or re-injection) rule's from the
  * SYN-ACK on and it advertises lo's MSS, not eth0's. A speed-up only, best effort (a

@@ -33,7 +33,7 @@ function replyMarkPaths(reflect: readonly RouteFamily[]): string[] {
  * read-only /proc/sys in an unprivileged container refuses it): the returned setter says its first failure through
  * `warn`, once per agent, and never throws.
  */
-export function fwmarkAcceptSetter(warn?: (msg: string) => void): (netns: Netns, on: boolean, reflect?: readonly RouteFamily[]) => void {
+export function replyMarksSetter(warn?: (msg: string) => void): (netns: Netns, on: boolean, reflect?: readonly RouteFamily[]) => void {
   let said = false;
   return (netns, on, reflect = []) => {
     try {
