@@ -22,6 +22,7 @@ import { probeSourcePreservation } from './platform/source-probe.js';
 import { releaseMemoryLater } from './platform/memory.js';
 import type { CertificateAuthority } from './identity/ca.js';
 import { CertManager } from './identity/cert-manager.js';
+import { x509Util } from './identity/x509-lazy.js';
 import { NativeHbone } from './hbone/native.js';
 import { WorkloadDirectory } from './workload/directory.js';
 import { AgentMetrics } from './admin/metrics.js';
@@ -264,6 +265,8 @@ export class Agent {
     if (this.cfg.repairIntervalMs > 0) this.repairLoop = this.runRepairLoop(this.cfg.repairIntervalMs);
     this.log.info({ enrolled: this.enroller.enrolledCount(), startMs: this.startSteps }, 'agent ready');
     releaseMemoryLater(this.log.child({ component: 'memory' }));
+    // Not needed to be ready (the root is opened with node:crypto): loaded now, before the first certificate needs it.
+    setImmediate(() => void x509Util().catch((err: unknown) => this.log.error({ error: describe(err) }, 'cannot load the X.509 library; certificates cannot be issued')));
     if (predecessor) this.completeTakeOver(predecessor);
     else this.releaseHandoverLock();
   }

@@ -7,7 +7,7 @@ import { onCpu, pinAgent } from './cpu.js';
 import { IPERF_PORT, meshAndPlainPods, pooled, RR, RR_PORT, runBulkInterleaved, runRr, runRrInterleaved, SINK_PORT, type DatapathOpts, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { checkInterrupted, progress, withTestbeds } from './run.js';
 import { peerSeen } from './source.js';
-import { dist, f1, f2, medianCi, pairedRatios, ratio, ratioCi, ratioVerdict, verdictLine, type MedianCi } from './stats.js';
+import { burstThroughput, dist, f1, f2, medianCi, pairedRatios, ratio, ratioCi, ratioVerdict, verdictLine, type MedianCi } from './stats.js';
 
 export interface Ipv6Opts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'> {
   /** Backends measured, one dual-stack testbed each (iptables, nftables, ebpf). */
@@ -33,7 +33,7 @@ export interface Ipv6Result {
   /** Pooled over the blocks, with each block's p50. */
   rr: Record<Family, RrResult>;
   /** One bulk transfer per block. */
-  /** Bulk Gbit/s per block: the median of its bursts. */
+  /** Bulk Gbit/s per block: its bursts' bits over their time (burstThroughput). */
   bulk: Record<Family, number[]>;
   /** Connections the client's agent logged as HBONE to the server's address:15008, per family (proof both were captured). */
   tunnelled: Record<Family, number>;
@@ -102,8 +102,8 @@ async function benchMode(o: Ipv6Opts, mode: RedirectMode): Promise<Ipv6Result> {
       for (const [route, into] of [[routes, result.bulk], [direct, result.direct.bulk]] as const) {
         const [g4, g6] = await runBulkInterleaved(o, route.ipv4, [route.ipv4.host, route.ipv6.host], BULK_BURSTS, o.ipv6Mib);
         if (g4 === undefined || g6 === undefined) throw new Error('rr.mjs bulk gave no samples');
-        into.ipv4.push(dist(g4).p50);
-        into.ipv6.push(dist(g6).p50);
+        into.ipv4.push(burstThroughput(g4));
+        into.ipv6.push(burstThroughput(g6));
       }
     }
     for (const f of FAMILIES) {

@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FakeKubeApi, kubeconfigFor } from '../../test/fixtures/fake-kube-api.js';
+import { AGENT_NODE_FLAGS } from '../../test/testbed/index.js';
 import type { ScaleReply, ScaleRequest } from './scale-worker.js';
 import { checkInterrupted, progress } from './run.js';
 import { dist, f1, f2, type Dist } from './stats.js';
@@ -144,7 +145,9 @@ async function runOne(o: ScaleOpts, source: ScaleSource, pods: number): Promise<
       writeFileSync(where, kubeconfigFor(server));
       change = (i, ip) => void server.put('pods', podObject(i, ip));
     }
-    const child = fork(WORKER, [source, where], { execArgv: ['--import=tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // The agent's own node flags (its young generation capped at 4 MiB a semi-space): without them V8 grew the worker's
+    // to its default 2 x 16 MiB during the load, RSS the agent never has.
+    const child = fork(WORKER, [source, where], { execArgv: [...AGENT_NODE_FLAGS, '--import=tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     worker = new Worker(child);
     const ready = await worker.ready;
     if (ready.workloads < pods) throw new Error(`${source}: the directory has ${ready.workloads} workloads, expected ${pods}`);

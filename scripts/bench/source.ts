@@ -5,7 +5,7 @@ import type { RedirectMode, TestbedPod } from '../../test/testbed/index.js';
 import { pinAgent } from './cpu.js';
 import { pooled, RR, RR_PORT, runBulkInterleaved, runRr, runRrInterleaved, SINK_PORT, type DatapathOpts, type Route, type RrResult, type RrSamples } from './datapath.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
-import { dist, f1, f2, medianCi, pairedRatios, pm, ratioCi, verdictLine } from './stats.js';
+import { burstThroughput, f1, f2, medianCi, pairedRatios, pm, ratioCi, verdictLine } from './stats.js';
 
 export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrBlocks'> {
   /** The backend of the testbed. */
@@ -33,8 +33,10 @@ export interface SourceResult {
   mode: RedirectMode;
   /** Per setting: RR of a mesh client (HBONE into 15008) and a plain client (15006). */
   rr: Record<Setting, Record<Client, RrResult>>;
-  /** Bulk Gbit/s per client and block: the median of its bursts. */
+  /** Bulk Gbit/s per client and block: its bursts' bits over their time (burstThroughput). */
   bulk: Record<Setting, Record<Client, number[]>>;
+  /** Every timed burst, per client and block (Gbit/s). */
+  bulkBursts: Record<Setting, Record<Client, number[][]>>;
   /** What each server's app saw as its peer (proof the setting took effect). */
   peerSeen: Record<Setting, { mesh: string; meshClientIp: string; serverIp: string }>;
 }
@@ -75,7 +77,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
     // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.
     for (const n of [0, 1, 2]) pinAgent(tb.agent(n), cpuOf(n));
-    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, peerSeen: {} as SourceResult['peerSeen'] };
+    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, bulkBursts: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, peerSeen: {} as SourceResult['peerSeen'] };
     for (const setting of SETTINGS) {
       const server = servers[setting];
       void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(o.sourceMib)]), { reject: false });
@@ -99,8 +101,10 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
         blocks.off[c].push(off);
         const [gOn, gOff] = await runBulkInterleaved(PIN, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, BULK_BURSTS, o.sourceMib);
         if (gOn === undefined || gOff === undefined) throw new Error('rr.mjs bulk gave no samples');
-        result.bulk.on[c].push(dist(gOn).p50);
-        result.bulk.off[c].push(dist(gOff).p50);
+        result.bulk.on[c].push(burstThroughput(gOn));
+        result.bulk.off[c].push(burstThroughput(gOff));
+        result.bulkBursts.on[c].push(gOn);
+        result.bulkBursts.off[c].push(gOff);
       }
     }
     for (const s of SETTINGS) result.rr[s] = { mesh: pooled(blocks[s].mesh), plain: pooled(blocks[s].plain) };

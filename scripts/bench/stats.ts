@@ -46,6 +46,16 @@ export const pm = (d: Dist): string => `${f1(d.p50)} / ${f1(d.p99)}`;
 /** max - min: how far apart a set of per-block figures lies (NaN for none). */
 export const spread = (xs: number[]): number => (xs.length === 0 ? Number.NaN : Math.max(...xs) - Math.min(...xs));
 
+/**
+ * Throughput of equal-sized bursts (Gbit/s each): bits moved over time taken, i.e. their harmonic mean; NaN for none.
+ * Not their median: bursts sent first and second in a turn differ, and the median of such a half-and-half sample jumps
+ * between the two halves from block to block.
+ */
+export function burstThroughput(gbps: number[]): number {
+  const ok = gbps.filter((g) => Number.isFinite(g) && g > 0);
+  return ok.length === 0 ? Number.NaN : ok.length / ok.reduce((t, g) => t + 1 / g, 0);
+}
+
 /** Block i of `b` over block i of `a`: the ratios of interleaved blocks measured back to back (pairs with a non-finite or zero side are left out). */
 export function pairedRatios(a: number[], b: number[]): number[] {
   const out: number[] = [];

@@ -1,7 +1,7 @@
 // The benchmark's paired-block statistics (scripts/bench/stats.ts): block ratios, the sign-test interval of their
 // median, and the met / missed / cannot-tell verdict against a "no more than x % apart" goal.
 import test from 'ava';
-import { medianCi, pairedRatios, ratioVerdict, verdictLine } from '../../scripts/bench/stats.js';
+import { burstThroughput, medianCi, pairedRatios, ratioVerdict, verdictLine } from '../../scripts/bench/stats.js';
 
 test('paired ratios divide block i by block i and leave out pairs without a usable figure', (t) => {
   t.deepEqual(pairedRatios([100, 200, 0, Number.NaN, 50], [110, 180, 5, 10]), [1.1, 0.9]);
@@ -30,4 +30,11 @@ test('the verdict: met inside, missed wholly outside, cannot tell across the lim
   t.regex(verdictLine('a and b within 5 %', [{ name: 'rr', ci: ci(0.99, 1.01) }, { name: 'tp', ci: ci(1.01, 1.08) }], 0.05, '--blocks'), /\*\*NOT RESOLVED\*\*: tp 1\.04x \[1\.01–1\.08\].*--blocks/);
   t.regex(verdictLine('g', [{ name: 'rr', ci: ci(1.06, 1.1) }, { name: 'tp', ci: ci(1.01, 1.08) }], 0.05, '--blocks'), /\*\*MISSED\*\* \(rr 1\.08x/);
   t.regex(verdictLine('g', [{ name: 'rr', ci: ci(0.99, 1.01) }], 0.05, '--blocks'), /\*\*MET\*\*/);
+});
+
+test('burst throughput is bits over time: equal bursts at 2 and 6 Gbit/s move at 3, not at their mean or median', (t) => {
+  t.is(burstThroughput([2, 6]), 3);
+  t.is(burstThroughput([4, 4, 4]), 4);
+  t.true(Number.isNaN(burstThroughput([])));
+  t.is(burstThroughput([2, Number.NaN, 6, 0]), 3, 'unusable samples are left out');
 });

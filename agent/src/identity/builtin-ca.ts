@@ -1,14 +1,14 @@
 // The embedded CA: an ECDSA P-256 self-signed root created once and persisted (root-key.pem 0600, root-cert.pem), shareable
 // by several nodes through one directory, that signs SPIFFE leaf certificates from CSRs. It never copies CSR extensions.
-import { randomBytes } from 'node:crypto';
+import { X509Certificate as NodeX509, randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CertificateAuthority, SignRequest, SignResult } from './ca.js';
 import { CaConfigError, CaRejectedError } from './errors.js';
 import { checkTrustDomain, parseSpiffeId } from './spiffe.js';
-import {
-  ECDSA_SHA256, certSpki, generateP256, importP256, keySpki, randomSerialHex, soleUriSan, x509, type KeyPair,
-} from './x509-util.js';
+import { certSpki, generateP256, importP256, keySpki, randomSerialHex, type KeyPair } from './pki-node.js';
+import { x509Util, type X509Util } from './x509-lazy.js';
+import type { x509 } from './x509-util.js';
 
 export const ROOT_KEY_FILE = 'root-key.pem';
 export const ROOT_CERT_FILE = 'root-cert.pem';
@@ -27,20 +27,29 @@ export interface BuiltinCaOptions {
 
 const DAY_MS = 86_400_000;
 
+/** What signing needs: @peculiar/x509 (loaded at the first signature), the root parsed by it, its key identifier. */
+interface Signer {
+  util: X509Util;
+  root: x509.X509Certificate;
+  ski: string | undefined;
+}
+
 export class BuiltinCa implements CertificateAuthority {
   readonly trustDomain: string;
-  readonly #root: x509.X509Certificate;
+  /** The root as PEM, checked with node:crypto at open; parsed by @peculiar/x509 at the first signature (x509-lazy.ts). */
+  readonly #rootPem: string;
+  readonly #rootNotAfter: number;
+  #signer: Promise<Signer> | undefined;
   readonly #rootKey: CryptoKey;
-  readonly #rootSki: string | undefined;
   readonly #maxTtlMs: number;
   readonly #backdateMs: number;
   readonly #now: () => number;
 
-  private constructor(root: x509.X509Certificate, key: CryptoKey, opts: BuiltinCaOptions) {
+  private constructor(root: NodeX509, key: CryptoKey, opts: BuiltinCaOptions) {
     this.trustDomain = opts.trustDomain;
-    this.#root = root;
+    this.#rootPem = root.toString();
+    this.#rootNotAfter = Date.parse(root.validTo);
     this.#rootKey = key;
-    this.#rootSki = root.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
     this.#maxTtlMs = (opts.maxTtlSeconds ?? 90 * 86_400) * 1000;
     this.#backdateMs = (opts.backdateSeconds ?? 60) * 1000;
     this.#now = opts.now ?? Date.now;
@@ -66,17 +75,18 @@ export class BuiltinCa implements CertificateAuthority {
     }
     // If the key's creator died before writing the cert, whoever comes next makes one from the same key.
     const certPem = await readOrCreate(certPath, 0o644, () => makeRoot(keys, opts, now()));
-    let root: x509.X509Certificate;
+    let root: NodeX509;
     try {
-      root = new x509.X509Certificate(certPem);
+      root = new NodeX509(certPem);
     } catch (err) {
       throw new CaConfigError(`${certPath} is not a PEM certificate; remove it to create a new one from ${ROOT_KEY_FILE}`, { cause: err });
     }
     if (!certSpki(certPem).equals(await keySpki(keys.keys.publicKey))) {
       throw new CaConfigError(`${certPath} does not belong to ${keyPath}; remove both files to create a new root (every node sharing it must then restart)`);
     }
-    if (root.notAfter.getTime() <= now()) {
-      throw new CaConfigError(`the root in ${certPath} expired at ${root.notAfter.toISOString()}; remove ${ROOT_KEY_FILE} and ${ROOT_CERT_FILE} to create a new one`);
+    const notAfter = Date.parse(root.validTo);
+    if (!(notAfter > now())) {
+      throw new CaConfigError(`the root in ${certPath} expired at ${new Date(notAfter).toISOString()}; remove ${ROOT_KEY_FILE} and ${ROOT_CERT_FILE} to create a new one`);
     }
     return new BuiltinCa(root, keys.keys.privateKey, opts);
   }
@@ -85,12 +95,20 @@ export class BuiltinCa implements CertificateAuthority {
   static async ephemeral(opts: BuiltinCaOptions): Promise<BuiltinCa> {
     checkTrustDomain(opts.trustDomain);
     const keys = await generateP256();
-    const root = new x509.X509Certificate(await makeRoot(keys, opts, (opts.now ?? Date.now)()));
+    const root = new NodeX509(await makeRoot(keys, opts, (opts.now ?? Date.now)()));
     return new BuiltinCa(root, keys.keys.privateKey, opts);
   }
 
   get rootPem(): string {
-    return this.#root.toString('pem') + '\n';
+    return this.#rootPem;
+  }
+
+  /** @peculiar/x509 and the root parsed by it, with its key identifier: loaded at the first signature, once. */
+  #x509(): Promise<Signer> {
+    return (this.#signer ??= x509Util().then((util) => {
+      const root = new util.x509.X509Certificate(this.#rootPem);
+      return { util, root, ski: root.getExtension(util.x509.SubjectKeyIdentifierExtension)?.keyId };
+    }));
   }
 
   /**
@@ -100,7 +118,9 @@ export class BuiltinCa implements CertificateAuthority {
    * notBefore backdated for clock skew, notAfter = now + ttl (shortened to the maximum and to the root's own expiry).
    */
   async sign(req: SignRequest): Promise<SignResult> {
-    const csr = parseCsr(req.csrPem);
+    const { util, root, ski } = await this.#x509();
+    const { x509, soleUriSan, ECDSA_SHA256 } = util;
+    const csr = parseCsr(x509, req.csrPem);
     if (!(await csr.verify().catch(() => false))) throw new CaRejectedError('CSR signature does not verify');
     let td: string;
     try {
@@ -118,7 +138,7 @@ export class BuiltinCa implements CertificateAuthority {
       throw new CaRejectedError(`requested lifetime ${req.ttlSeconds}s must be a positive number of seconds`);
     }
     const now = this.#now();
-    const notAfter = Math.min(now + Math.min(req.ttlSeconds * 1000, this.#maxTtlMs), this.#root.notAfter.getTime());
+    const notAfter = Math.min(now + Math.min(req.ttlSeconds * 1000, this.#maxTtlMs), this.#rootNotAfter);
     const extensions: x509.Extension[] = [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
@@ -126,11 +146,11 @@ export class BuiltinCa implements CertificateAuthority {
       // RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
       new x509.SubjectAlternativeNameExtension([{ type: 'url', value: req.identity }], true),
     ];
-    if (this.#rootSki) extensions.push(new x509.AuthorityKeyIdentifierExtension(this.#rootSki));
+    if (ski) extensions.push(new x509.AuthorityKeyIdentifierExtension(ski));
     const leaf = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerialHex(),
       subject: new x509.Name([]),
-      issuer: this.#root.subjectName,
+      issuer: root.subjectName,
       notBefore: new Date(now - this.#backdateMs),
       notAfter: new Date(notAfter),
       signingAlgorithm: ECDSA_SHA256,
@@ -142,15 +162,16 @@ export class BuiltinCa implements CertificateAuthority {
   }
 }
 
-function parseCsr(pem: string): x509.Pkcs10CertificateRequest {
+function parseCsr(x: typeof x509, pem: string): x509.Pkcs10CertificateRequest {
   try {
-    return new x509.Pkcs10CertificateRequest(pem);
+    return new x.Pkcs10CertificateRequest(pem);
   } catch (err) {
     throw new CaRejectedError('CSR is not a PEM PKCS#10 certificate request', { cause: err });
   }
 }
 
 async function makeRoot(keys: KeyPair, opts: BuiltinCaOptions, now: number): Promise<string> {
+  const { x509, ECDSA_SHA256 } = await x509Util();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerialHex(),
     name: [{ O: [opts.trustDomain] }, { CN: ['ambient-node root CA'] }],

@@ -7,7 +7,7 @@ import { CaBadResponseError, IdentityDroppedError, InvalidSpiffeIdError, NoValid
 import type { IdentityProvider, TlsMaterial } from './provider.js';
 import { renewalTime, retryTime, type Random } from './rotation.js';
 import { checkTrustDomain, parseSpiffeId } from './spiffe.js';
-import { certSpki, chainProblem, checkLeafIdentity, createCsr, generateP256, keySpki } from './x509-util.js';
+import { x509Util } from './x509-lazy.js';
 
 /** Time and timers, injectable so tests can drive the schedule. `schedule` returns a function that cancels. */
 export interface Clock {
@@ -243,6 +243,7 @@ export class CertManager implements IdentityProvider {
     const { identity } = e;
     let material: TlsMaterial;
     try {
+      const { certSpki, chainProblem, checkLeafIdentity, createCsr, generateP256, keySpki } = await x509Util();
       const { keys, keyPem } = await generateP256();
       const csrPem = await createCsr(identity, keys);
       this.#counters.caRequests++;

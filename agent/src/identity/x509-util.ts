@@ -1,40 +1,17 @@
-// X.509 helpers shared by the CAs and the certificate manager: P-256 keys, SPIFFE CSRs, PEM splitting, chain checks.
-// All parsing and signing goes through @peculiar/x509 and node:crypto; nothing here hand-encodes ASN.1.
-// @peculiar/x509 resolves its algorithms through tsyringe, which needs the Reflect metadata API loaded first.
+// X.509 helpers that need @peculiar/x509: SPIFFE CSRs, SAN reading, the issued leaf's check; re-exports pki-node.ts.
+// Loaded on first use through x509-lazy.ts (~200 ms of module loading); @peculiar/x509 resolves its algorithms through
+// tsyringe, which needs the Reflect metadata API loaded first.
 import 'reflect-metadata';
-import { X509Certificate as NodeX509, randomBytes, webcrypto } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { CaBadResponseError } from './errors.js';
+import { ECDSA_SHA256 } from './pki-node.js';
 
 // @peculiar/x509 signs through WebCrypto; Node's implementation is the only one we use.
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
 export { x509 };
-
-export const ECDSA_P256: EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
-export const ECDSA_SHA256: EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
-
-export interface KeyPair {
-  keys: CryptoKeyPair;
-  /** PKCS#8 PEM ("PRIVATE KEY"), what node:tls takes as `key`. */
-  keyPem: string;
-}
-
-export async function generateP256(): Promise<KeyPair> {
-  const keys = await webcrypto.subtle.generateKey(ECDSA_P256, true, ['sign', 'verify']) as CryptoKeyPair;
-  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
-  return { keys, keyPem: x509.PemConverter.encode(pkcs8, 'PRIVATE KEY') };
-}
-
-export async function importP256(keyPem: string): Promise<KeyPair> {
-  const der = x509.PemConverter.decodeFirst(keyPem);
-  const privateKey = await webcrypto.subtle.importKey('pkcs8', der, ECDSA_P256, true, ['sign']);
-  // WebCrypto cannot derive the public half of an imported private key; the JWK of an EC private key carries it.
-  const jwk = await webcrypto.subtle.exportKey('jwk', privateKey);
-  const { d: _d, key_ops: _ops, ...pub } = jwk;
-  const publicKey = await webcrypto.subtle.importKey('jwk', pub, ECDSA_P256, true, ['verify']);
-  return { keys: { privateKey, publicKey } as CryptoKeyPair, keyPem };
-}
+export * from './pki-node.js';
 
 /** A CSR in the shape ztunnel sends: empty subject, one critical URI SAN (the identity), ECDSA with SHA-256. */
 export async function createCsr(identity: string, keys: CryptoKeyPair): Promise<string> {
@@ -44,12 +21,6 @@ export async function createCsr(identity: string, keys: CryptoKeyPair): Promise<
     extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: identity }], true)],
   });
   return csr.toString('pem');
-}
-
-/** Every certificate in a PEM text (several may be concatenated), each normalised to one PEM block with a final newline. */
-export function splitPemCertificates(text: string): string[] {
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-  return blocks.map((b) => `${b}\n`);
 }
 
 /** The subject alternative names of a certificate or CSR as {type, value}; throws when the extension cannot be parsed. */
@@ -87,47 +58,4 @@ export function checkLeafIdentity(identity: string, leafPem: string | undefined)
     throw new CaBadResponseError(`the CA issued a certificate for ${san.uri} when ${identity} was requested (is ImpersonatedIdentity allowed for this node's service account?)`);
   }
   return leaf;
-}
-
-/** 16 random bytes, positive and without a leading zero byte, as hex (RFC 5280: at most 20 octets, non-negative). */
-export function randomSerialHex(): string {
-  const b = randomBytes(16);
-  b[0] = ((b[0] ?? 0) & 0x7f) | 0x40;
-  return b.toString('hex');
-}
-
-/**
- * Why `chain` (leaf first) does not lead to one of `roots`, or undefined when every certificate is signed by the next
- * and the last one by a root (or is a root). Signatures and names only: validity dates are the caller's business.
- */
-export function chainProblem(chain: readonly string[], roots: readonly string[]): string | undefined {
-  let certs: NodeX509[];
-  let anchors: NodeX509[];
-  try {
-    certs = chain.map((p) => new NodeX509(p));
-    anchors = roots.map((p) => new NodeX509(p));
-  } catch (err) {
-    return `unparsable certificate (${err instanceof Error ? err.message : String(err)})`;
-  }
-  if (certs.length === 0) return 'empty chain';
-  if (anchors.length === 0) return 'no root certificates';
-  for (let i = 0; i + 1 < certs.length; i++) {
-    const [child, parent] = [certs[i], certs[i + 1]];
-    if (!child || !parent || !child.checkIssued(parent) || !child.verify(parent.publicKey)) {
-      return `certificate ${i} of the chain is not signed by certificate ${i + 1}`;
-    }
-  }
-  const last = certs[certs.length - 1];
-  if (!last) return 'empty chain';
-  const anchored = anchors.some((r) => r.fingerprint256 === last.fingerprint256 || (last.checkIssued(r) && last.verify(r.publicKey)));
-  return anchored ? undefined : 'the chain does not lead to any of the roots the CA returned';
-}
-
-/** SubjectPublicKeyInfo DER of a certificate's key, to compare with the key a CSR was made from. */
-export function certSpki(pem: string): Buffer {
-  return new NodeX509(pem).publicKey.export({ type: 'spki', format: 'der' });
-}
-
-export async function keySpki(publicKey: CryptoKey): Promise<Buffer> {
-  return Buffer.from(await webcrypto.subtle.exportKey('spki', publicKey));
 }

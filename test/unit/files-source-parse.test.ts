@@ -1,0 +1,73 @@
+// The files source's two YAML paths (js-yaml at once for files up to FAST_PARSE_MAX_CHARS, `yaml` document by document
+// otherwise or when js-yaml refuses): they must read every valid file alike, and broken files must take the `yaml` path.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import test from 'ava';
+import { parseAllDocuments } from 'yaml';
+import { documentValues, FAST_PARSE_MAX_CHARS, parseWorkloadFileEntries } from '../../agent/src/workload/files-source.js';
+import { REPO_ROOT } from '../testbed/repo.js';
+
+/** What the `yaml` path alone reads: every document's value (the reference). */
+const slowValues = (text: string): unknown[] => parseAllDocuments(text).map((d) => d.toJS());
+const fastValues = (text: string): unknown[] => [...documentValues(text)].map((d) => ('value' in d ? d.value : 'BROKEN'));
+
+/** Scalars where YAML 1.1, YAML 1.2 and parsers part ways: both paths must read them as `yaml`'s default (1.2 core) does. */
+const TRICKY = [
+  'a: yes\nb: no\nc: on\nd: off\ne: y\nf: n',
+  'a: true\nb: False\nc: TRUE\nd: ~\ne: null\nf: Null\ng:',
+  'a: 0755\nb: 0o17\nc: 0x1F\nd: 1_000\ne: 1:20\nf: 190:20:30\ng: 0b101',
+  'a: .inf\nb: -.Inf\nc: .nan\nd: 1e3\ne: 1.5\nf: -0\ng: +12',
+  'a: 2001-12-14\nb: 2026-01-01T00:00:00Z\nc: 12:30',
+  'base: &b {x: 1}\nmerged:\n  <<: *b\n  y: 2',
+  "a: '10.0.0.1'\nb: 10.0.0.1\nc: fd00::1\nd: \"[::1]:80\"\ne: !!str 5\nf: !!int '7'",
+  'list:\n- &x one\n- *x\n- [a, {b: c}]\nblock: |\n  line 1\n  line 2\nfolded: >\n  a\n  b\n',
+  '---\na: 1\n---\n---\nb: 2\n...\n',
+  '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"x": "1"}}}',
+  '"key with: colon": v\n? complex\n: value\nempty: ""\n',
+];
+
+test('the fast path reads tricky scalars, anchors, merge keys and multi-document streams as the yaml path does', (t) => {
+  for (const text of TRICKY) t.deepEqual(fastValues(text), slowValues(text), text);
+});
+
+test('the fast path reads every YAML file of the repository (fixtures, manifests) as the yaml path does', (t) => {
+  const files: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory() && e.name !== 'node_modules' && !e.name.startsWith('.')) walk(join(dir, e.name));
+      else if (/\.ya?ml$/.test(e.name)) files.push(join(dir, e.name));
+    }
+  };
+  for (const top of ['test', 'deploy']) walk(join(REPO_ROOT, top));
+  t.true(files.length > 5, `found ${files.length} YAML files`);
+  for (const f of files) {
+    const text = readFileSync(f, 'utf8');
+    t.deepEqual(fastValues(text), slowValues(text), f);
+  }
+});
+
+test('invalid YAML, duplicate keys and unknown tags take the yaml path: the same errors and recovery as before', (t) => {
+  // Not valid YAML: a broken document, named by the yaml path with its line.
+  const broken = [...documentValues('a: [1, 2\nb: 3\n')];
+  t.true(broken.length > 0 && broken.every((d) => 'broken' in d));
+  // Duplicate keys: `yaml` rejects them, so must the fast path (it throws, and the yaml path decides).
+  t.true([...documentValues('a: 1\na: 2\n')].some((d) => 'broken' in d));
+  // An unknown tag: js-yaml throws, `yaml` reads it as a string with a warning (not an error): the yaml path's value.
+  t.deepEqual(fastValues('a: !custom x\n'), slowValues('a: !custom x\n'));
+  // A broken AuthorizationPolicy still stands as a fail-closed placeholder (the yaml path's recovery).
+  const entries = parseWorkloadFileEntries('p.yaml', 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: ns}\nspec: {rules: [\n');
+  t.is(entries.length, 1);
+  t.true('error' in (entries[0] ?? {}));
+});
+
+test('aliases past the bound are refused on both paths; a file over FAST_PARSE_MAX_CHARS is read by the yaml path alike', (t) => {
+  const many = `x: &a v\nl: [${Array.from({ length: 150 }, () => '*a').join(', ')}]\n`;
+  t.throws(() => parseWorkloadFileEntries('aliases.yaml', many));
+  const pods = Array.from({ length: 4000 }, (_, i) => `---\napiVersion: v1\nkind: Pod\nmetadata: {name: pod-${i}, namespace: ns}\nstatus: {podIP: 10.1.${i >> 8}.${i & 255}}\n`).join('');
+  t.true(pods.length > FAST_PARSE_MAX_CHARS / 8);
+  const big = pods.repeat(Math.ceil((FAST_PARSE_MAX_CHARS + 1) / pods.length));
+  t.true(big.length > FAST_PARSE_MAX_CHARS);
+  const small = pods.slice(0, 2000);
+  t.deepEqual(fastValues(small), slowValues(small));
+  t.is([...documentValues(big)].length, slowValues(big).length);
+});
