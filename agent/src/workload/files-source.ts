@@ -70,25 +70,32 @@ const yaml = (): typeof Yaml => (yamlModule ??= createRequire(import.meta.url)('
  * Files up to this size are parsed at once by js-yaml, ~6x faster than the `yaml` parser (a file of 100 pods: ~9 ms
  * against ~50): what the start of an agent with hundreds of pods and every change of the files source wait for. Larger
  * files, and any file js-yaml refuses, go through `yaml` document by document (bounded memory; its messages carry line
- * and column, and it recovers the policies of a broken document).
+ * and column, and it recovers the policies of a broken document). A file with any alias (`*name`) goes there too:
+ * js-yaml bounds the number of aliases, not what they expand to, and `yaml`'s bound (maxAliasCount) counts the expansion
+ * (a hundred aliases nested ten deep would otherwise make one small policy a billion principals to walk).
  */
 export const FAST_PARSE_MAX_CHARS = 1024 * 1024;
-/** Aliases per document, as `yaml`'s own bound (its maxAliasCount) for the slow path. */
-const MAX_ALIASES = 100;
+
+/**
+ * What the two parsers read differently, sent to `yaml` as before: a directive (`%YAML 1.1` makes `yes` a boolean for
+ * `yaml` alone) and explicit tags (`!!float 1` is a string for `yaml`). Also matches a ` !` inside a quoted string: such
+ * a file only takes the slower path.
+ */
+const SLOW_PATH_SYNTAX = /^%|(?:^|[\s[{,])!/m;
 
 /** One document of a file: its value, or a document that is not valid YAML (for brokenPolicyDocument). */
 type DocumentValue = { value: unknown } | { broken: YamlDocument };
 
 /**
- * The values of a file's documents: js-yaml's YAML 1.2 core schema for a file of at most FAST_PARSE_MAX_CHARS (the
- * schema of `yaml`'s default too: no timestamps, no merge keys, no YAML 1.1 booleans), else, or when it throws on
- * anything, the `yaml` path, which decides what is broken and how.
+ * The values of a file's documents: js-yaml's YAML 1.2 core schema for a file of at most FAST_PARSE_MAX_CHARS without
+ * aliases (the schema of `yaml`'s default too: no timestamps, no merge keys, no YAML 1.1 booleans), else, or when it
+ * throws on anything, the `yaml` path, which decides what is broken and how.
  */
 export function* documentValues(text: string): Generator<DocumentValue> {
-  if (text.length <= FAST_PARSE_MAX_CHARS) {
+  if (text.length <= FAST_PARSE_MAX_CHARS && !SLOW_PATH_SYNTAX.test(text)) {
     let values: unknown[] | undefined;
     try {
-      values = loadAll(text, { schema: CORE_SCHEMA, maxAliases: MAX_ALIASES });
+      values = loadAll(text, { schema: CORE_SCHEMA, maxAliases: 0 });
     } catch {
       values = undefined;
     }
