@@ -50,6 +50,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --scale-updates N    one-pod changes per scale run (default 30)
   --source-mode M      backend of the source preservation comparison, on vs off (default iptables)
   --source-control     that part with preservation on in both servers: what the comparison reads when nothing differs
+  --source-swap        that part with the preserving server on node 2 and the other on node 1 (default: 1 and 2)
   --source-mib N       one bulk burst in that part, MiB (default 8); 12 per setting and client in each block
   --takeover-modes L   backends of the take-over part (default iptables,nftables,ebpf)
   --takeover-steady S  seconds of steady state measured before the take-overs (default 8)
@@ -105,6 +106,7 @@ function parseOpts(argv: string[]): Opts {
       only: { type: 'string' },
       'source-mode': { type: 'string', default: 'iptables' },
       'source-control': { type: 'boolean', default: false },
+      'source-swap': { type: 'boolean', default: false },
       'source-mib': { type: 'string', default: '8' },
       'table-services': { type: 'string', default: '5000' },
       'scale-sizes': { type: 'string', default: '10000,50000' },
@@ -196,6 +198,7 @@ function parseOpts(argv: string[]): Opts {
     only,
     sourceMode: sourceMode[0] as RedirectMode,
     sourceControl: values['source-control'] ?? false,
+    sourceSwap: values['source-swap'] ?? false,
     sourceMib: int('source-mib', values['source-mib'], 1),
     out: values.out,
   };

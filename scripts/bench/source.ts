@@ -14,13 +14,15 @@ export interface SourceOpts extends Pick<DatapathOpts, 'rounds' | 'conns' | 'rrB
   sourceControl: boolean;
   /** MiB of one bulk burst. */
   sourceMib: number;
+  /** The preserving server on node 2 and the other on node 1: whether a difference follows the setting or the node. */
+  sourceSwap: boolean;
 }
 
 type Setting = 'on' | 'off';
 type Client = 'mesh' | 'plain';
 const SETTINGS: readonly Setting[] = ['on', 'off'];
-/** The node of each setting's server (node 0 holds the clients). */
-const NODE: Record<Setting, number> = { on: 1, off: 2 };
+/** The node of each setting's server (node 0 holds the clients); --source-swap trades them. */
+const nodesOf = (swap: boolean): Record<Setting, number> => (swap ? { on: 2, off: 1 } : { on: 1, off: 2 });
 /** Timed bulk bursts per setting and block (after 2 untimed ones; their size is --source-mib). */
 const BULK_BURSTS = 12;
 
@@ -37,6 +39,11 @@ export interface SourceResult {
   bulk: Record<Setting, Record<Client, number[]>>;
   /** Every timed burst, per client and block (Gbit/s). */
   bulkBursts: Record<Setting, Record<Client, number[][]>>;
+  /**
+   * Each server pod's TCP sockets on the sink port (`ss -tni`: MSS, window, cwnd of the agent's upstream end and the app's
+   * end) while each client's bulk connection is open, after the blocks: which path carried the slower server's bytes.
+   */
+  sinkSockets: Record<Setting, Record<Client, string>>;
   /** What each server's app saw as its peer (proof the setting took effect). */
   peerSeen: Record<Setting, { mesh: string; meshClientIp: string; serverIp: string }>;
 }
@@ -55,7 +62,8 @@ export async function peerSeen(r: Route): Promise<string> {
 }
 
 export async function benchSource(o: SourceOpts): Promise<SourceResult> {
-  progress(`source preservation [${o.sourceMode}]: a 3-node testbed, servers on node 1 (--preserve-source true) and node 2 (${o.sourceControl ? 'true: a control run' : 'false'})`);
+  const NODE = nodesOf(o.sourceSwap);
+  progress(`source preservation [${o.sourceMode}]: a 3-node testbed, servers on node ${NODE.on} (--preserve-source true) and node ${NODE.off} (${o.sourceControl ? 'true: a control run' : 'false'})`);
   const tbOpts = { nodes: 3, redirectMode: o.sourceMode, agentLogLevel: 'info', agentArgs: ['--preserve-source', 'true'], nodeAgentArgs: o.sourceControl ? {} : { [NODE.off]: ['--preserve-source', 'false'] } };
   return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('testbed missing');
@@ -77,7 +85,7 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
     // Always pinned, the clients' node on one CPU and both servers' nodes on the other: unpinned, where the scheduler puts
     // each server's processes (beside the client's or not) made two identical servers 30-45 % apart in RR.
     for (const n of [0, 1, 2]) pinAgent(tb.agent(n), cpuOf(n));
-    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, bulkBursts: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, peerSeen: {} as SourceResult['peerSeen'] };
+    const result: SourceResult = { mode: o.sourceMode, rr: {} as SourceResult['rr'], bulk: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, bulkBursts: { on: { mesh: [], plain: [] }, off: { mesh: [], plain: [] } }, sinkSockets: { on: { mesh: '', plain: '' }, off: { mesh: '', plain: '' } }, peerSeen: {} as SourceResult['peerSeen'] };
     for (const setting of SETTINGS) {
       const server = servers[setting];
       void server.spawn(...pinned(server, process.execPath, [RR, 'server', '--port', String(RR_PORT), '--sink-port', String(SINK_PORT), '--chunk-mib', String(o.sourceMib)]), { reject: false });
@@ -108,6 +116,15 @@ export async function benchSource(o: SourceOpts): Promise<SourceResult> {
       }
     }
     for (const s of SETTINGS) result.rr[s] = { mesh: pooled(blocks[s].mesh), plain: pooled(blocks[s].plain) };
+    for (const [c, client] of [['mesh', meshClient], ['plain', plainClient]] as const) {
+      const bulk = runBulkInterleaved(PIN, { client, server: servers.on, host: servers.on.ip, rrPort: RR_PORT, iperfPort: 5201 }, hosts, 60, o.sourceMib);
+      await new Promise((r) => setTimeout(r, 700));
+      for (const setting of SETTINGS) {
+        const ss = await servers[setting].exec('ss', ['-Htni', 'state', 'established', `( sport = :${SINK_PORT} or dport = :${SINK_PORT} )`], { reject: false });
+        result.sinkSockets[setting][c] = String(ss.stdout);
+      }
+      await bulk;
+    }
     return result;
   });
 }
@@ -119,9 +136,10 @@ const median = (xs: number[]): number => {
 };
 
 export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): void {
-  lines.push(`### Inbound source preservation on vs off [${r.mode}]${o.sourceControl ? ' — CONTROL RUN: both servers preserve the source; "off" is node 2 with it on' : ''} (same run, ${o.rrBlocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${o.sourceMib} MiB per setting, the settings in turn one by one)`);
+  lines.push(`### Inbound source preservation on vs off [${r.mode}]${o.sourceControl ? ` — CONTROL RUN: both servers preserve the source; "off" is node ${nodesOf(o.sourceSwap).off} with it on` : ''} (same run, ${o.rrBlocks} blocks of ${o.rounds} 1 KiB round trips, ${o.conns} new connections and ${BULK_BURSTS} bulk bursts of ${o.sourceMib} MiB per setting, the settings in turn one by one)`);
   lines.push('');
-  lines.push(`Enrolled servers on node 1 (--preserve-source true) and node 2 (false), alike otherwise; "mesh" = an enrolled client on node 0 (HBONE into 15008), "plain" = a non-mesh client on node 0 (15006, PERMISSIVE); each client calls both servers turn by turn. The servers' apps saw ${r.peerSeen.on.mesh} (the client) with preservation on and ${r.peerSeen.off.mesh} (itself) with it off.`);
+  const node = nodesOf(o.sourceSwap);
+  lines.push(`Enrolled servers on node ${node.on} (--preserve-source true) and node ${node.off} (false), alike otherwise; "mesh" = an enrolled client on node 0 (HBONE into 15008), "plain" = a non-mesh client on node 0 (15006, PERMISSIVE); each client calls both servers turn by turn. The servers' apps saw ${r.peerSeen.on.mesh} (the client) with preservation on and ${r.peerSeen.off.mesh} (itself) with it off.`);
   lines.push('');
   lines.push('| client | setting | 1 KiB RR p50 / p99 µs | new connection p50 / p99 µs | bulk Gbit/s (median of blocks) |');
   lines.push('|---|---|---:|---:|---:|');
@@ -141,5 +159,7 @@ export function reportSource(o: SourceOpts, r: SourceResult, lines: string[]): v
   ];
   lines.push(`On/off block by block, median [95 % interval]: ${figures.map((x) => `${x.name} ${ratioCi(x.ci)}`).join(', ')}. Per-block mesh RR p50 (µs): on ${r.rr.on.mesh.blockP50.persistent.map(f1).join(' ')}; off ${r.rr.off.mesh.blockP50.persistent.map(f1).join(' ')}.`);
   lines.push(verdictLine(`on and off no more than ${SOURCE_RATIO_LIMIT * 100} % apart`, figures, SOURCE_RATIO_LIMIT, '--rr-blocks'));
+  const mss = (ss: string): string => [...ss.matchAll(/\bmss:(\d+)/g)].map((m) => m[1]).join('/') || 'none';
+  lines.push(`MSS of the server pods' sockets on the sink port during a last bulk run (agent's upstream end and app's end; full \`ss -tni\` in the JSON): ${SETTINGS.flatMap((st) => (['mesh', 'plain'] as const).map((c) => `${c} ${st} ${mss(r.sinkSockets[st][c])}`)).join(', ')}.`);
   lines.push('');
 }

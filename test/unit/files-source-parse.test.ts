@@ -27,6 +27,15 @@ const TRICKY = [
   // Directives and explicit tags, which the two parsers read differently, go to the yaml path.
   '%YAML 1.1\n---\na: yes\n',
   'a: !!float 1\nb: !!binary aGVsbG8=\nc: !!timestamp 2001-12-14\nd: [!!str 1]\ne: {f: !!int "2"}',
+  `{'a':!!float 1}`,
+  '["a":!!float 1]',
+  // Past a float, and null or empty keys: read differently by the two parsers, so the yaml path's reading.
+  'a: 1e400\nb: -1E+999\nc: 1e308',
+  '~: x',
+  'null: x\n"": y',
+  ': x',
+  '{~: a, b: c}',
+  '- : x',
 ];
 
 test('the fast path reads tricky scalars, anchors, merge keys and multi-document streams as the yaml path does', (t) => {
@@ -77,4 +86,15 @@ test('aliases go to the yaml path (its bound counts their expansion); a file ove
   const small = pods.slice(0, 2000);
   t.deepEqual(fastValues(small), slowValues(small));
   t.is([...documentValues(big)].length, slowValues(big).length);
+});
+
+test('a __proto__ label key is refused, never dropped: a policy selecting by it is malformed (fail closed), not namespace-wide', (t) => {
+  for (const kind of ['AuthorizationPolicy', 'PeerAuthentication']) {
+    const text = `apiVersion: security.istio.io/v1\nkind: ${kind}\nmetadata: {name: p, namespace: ns}\nspec:\n  selector:\n    matchLabels: {__proto__: x}\n`;
+    const [entry] = parseWorkloadFileEntries('p.yaml', text);
+    t.true(entry !== undefined && 'error' in entry && /__proto__/.test(entry.error), `${kind}: ${JSON.stringify(entry)}`);
+  }
+  const pod = 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ns, labels: {__proto__: x}}\nstatus: {podIP: 10.1.0.1}\n';
+  const [entry] = parseWorkloadFileEntries('pod.yaml', pod);
+  t.true(entry !== undefined && 'error' in entry, JSON.stringify(entry));
 });

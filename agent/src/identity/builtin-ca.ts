@@ -85,7 +85,8 @@ export class BuiltinCa implements CertificateAuthority {
       throw new CaConfigError(`${certPath} does not belong to ${keyPath}; remove both files to create a new root (every node sharing it must then restart)`);
     }
     const notAfter = Date.parse(root.validTo);
-    if (!(notAfter > now())) {
+    if (Number.isNaN(notAfter)) throw new CaConfigError(`the root in ${certPath} has an unreadable expiry date (${root.validTo}); remove ${ROOT_KEY_FILE} and ${ROOT_CERT_FILE} to create a new one`);
+    if (notAfter <= now()) {
       throw new CaConfigError(`the root in ${certPath} expired at ${new Date(notAfter).toISOString()}; remove ${ROOT_KEY_FILE} and ${ROOT_CERT_FILE} to create a new one`);
     }
     return new BuiltinCa(root, keys.keys.privateKey, opts);
@@ -105,10 +106,14 @@ export class BuiltinCa implements CertificateAuthority {
 
   /** @peculiar/x509 and the root parsed by it, with its key identifier: loaded at the first signature, once. */
   #x509(): Promise<Signer> {
-    return (this.#signer ??= x509Util().then((util) => {
+    const signer = (this.#signer ??= x509Util().then((util) => {
       const root = new util.x509.X509Certificate(this.#rootPem);
       return { util, root, ski: root.getExtension(util.x509.SubjectKeyIdentifierExtension)?.keyId };
     }));
+    signer.catch(() => {
+      if (this.#signer === signer) this.#signer = undefined; // tried again at the next signature
+    });
+    return signer;
   }
 
   /**

@@ -5,5 +5,9 @@ export type X509Util = typeof import('./x509-util.js');
 let loading: Promise<X509Util> | undefined;
 
 export function x509Util(): Promise<X509Util> {
-  return (loading ??= import('./x509-util.js'));
+  // A failed load (e.g. out of descriptors) is not kept: the next certificate tries again.
+  return (loading ??= import('./x509-util.js').catch((err: unknown) => {
+    loading = undefined;
+    throw err;
+  }));
 }

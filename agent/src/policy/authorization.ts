@@ -266,6 +266,8 @@ export function parseAuthorizationPolicy(doc: Obj): AuthorizationPolicy {
     matchLabels = {};
     for (const [k, v] of Object.entries(ml)) {
       if (typeof v !== 'string') p.fail(`spec.selector.matchLabels.${k}`, 'must be a string');
+      // `matchLabels[k] =` would set the prototype: the label would vanish and the policy select the whole namespace.
+      if (k === '__proto__') p.fail('spec.selector.matchLabels.__proto__', 'is not a valid label key');
       matchLabels[k] = v;
     }
   }

@@ -57,6 +57,8 @@ export function parsePeerAuthentication(doc: Obj): PeerAuthentication {
     matchLabels = {};
     for (const [k, v] of Object.entries(ml)) {
       if (typeof v !== 'string') throw new PolicyParseError(`${where}: spec.selector.matchLabels.${k} must be a string`);
+      // `matchLabels[k] =` would set the prototype: the label would vanish and the policy select the whole namespace.
+      if (k === '__proto__') throw new PolicyParseError(`${where}: spec.selector.matchLabels.__proto__ is not a valid label key`);
       matchLabels[k] = v;
     }
   }

@@ -78,10 +78,11 @@ export const FAST_PARSE_MAX_CHARS = 1024 * 1024;
 
 /**
  * What the two parsers read differently, sent to `yaml` as before: a directive (`%YAML 1.1` makes `yes` a boolean for
- * `yaml` alone) and explicit tags (`!!float 1` is a string for `yaml`). Also matches a ` !` inside a quoted string: such
- * a file only takes the slower path.
+ * `yaml` alone), explicit tags (`!!float 1` is a string for `yaml`), exponents past a float (`1e400`: Infinity for
+ * `yaml`, a string for js-yaml) and null or empty keys (`~: x` is key "" for `yaml`, "null" for js-yaml). Also matches
+ * such text inside a quoted string: such a file only takes the slower path.
  */
-const SLOW_PATH_SYNTAX = /^%|(?:^|[\s[{,])!/m;
+const SLOW_PATH_SYNTAX = /^%|(?:^|[\s[{,:])!|\d[eE][+-]?\d{3,}|(?:^|[\s[{,?-])(?:~|null|Null|NULL)?:(?=\s|$)/m;
 
 /** One document of a file: its value, or a document that is not valid YAML (for brokenPolicyDocument). */
 type DocumentValue = { value: unknown } | { broken: YamlDocument };

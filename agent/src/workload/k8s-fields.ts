@@ -21,6 +21,8 @@ export function stringMap(v: unknown, where: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(v)) {
     if (typeof val !== 'string') throw new WorkloadParseError(`${where}.${k} must be a string`);
+    // Not a valid label key, and `out[k] =` would set the prototype instead: the entry would vanish, widening a selector.
+    if (k === '__proto__') throw new WorkloadParseError(`${where}.__proto__ is not a valid key`);
     out[k] = val;
   }
   return out;
