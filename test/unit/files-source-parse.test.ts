@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { parseAllDocuments } from 'yaml';
-import { documentValues, FAST_PARSE_MAX_CHARS, parseWorkloadFileEntries } from '../../agent/src/workload/files-source.js';
+import { documentValues, FAST_PARSE_MAX_CHARS, fastPathFor, parseWorkloadFileEntries } from '../../agent/src/workload/files-source.js';
 import { REPO_ROOT } from '../testbed/repo.js';
 
 /** What the `yaml` path alone reads: every document's value (the reference). */
@@ -31,6 +31,8 @@ const TRICKY = [
   '["a":!!float 1]',
   // Past a float, and null or empty keys: read differently by the two parsers, so the yaml path's reading.
   'a: 1e400\nb: -1E+999\nc: 1e308',
+  '[1.5e400, 2e-999]',
+  '{a: 1e400}',
   '~: x',
   'null: x\n"": y',
   ': x',
@@ -97,4 +99,11 @@ test('a __proto__ label key is refused, never dropped: a policy selecting by it 
   const pod = 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ns, labels: {__proto__: x}}\nstatus: {podIP: 10.1.0.1}\n';
   const [entry] = parseWorkloadFileEntries('pod.yaml', pod);
   t.true(entry !== undefined && 'error' in entry, JSON.stringify(entry));
+});
+
+test('ordinary Kubernetes text stays on the fast path: UIDs and hashes with digit-e-digits runs, IPv6, image tags, times', (t) => {
+  const text = 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  uid: 3f2e1d9c-4e123-11e9-8e456-0242ac120002\n  labels: {pod-template-hash: 5d8e123}\n  creationTimestamp: "2026-01-01T00:00:00Z"\nspec: {containers: [{name: c, image: "nginx:1.25"}]}\nstatus: {podIP: fd00::1, podIPs: [{ip: fd00::1}, {ip: 10.0.0.1}]}\n';
+  t.true(fastPathFor(text), 'a plain pod goes the fast path');
+  for (const slow of ['a: 1e400', '{a: 1e400}', '~: x', 'a: !!str 1', '%YAML 1.1\n---\na: 1']) t.false(fastPathFor(slow), slow);
+  t.deepEqual(fastValues(text), slowValues(text));
 });

@@ -80,9 +80,15 @@ export const FAST_PARSE_MAX_CHARS = 1024 * 1024;
  * What the two parsers read differently, sent to `yaml` as before: a directive (`%YAML 1.1` makes `yes` a boolean for
  * `yaml` alone), explicit tags (`!!float 1` is a string for `yaml`), exponents past a float (`1e400`: Infinity for
  * `yaml`, a string for js-yaml) and null or empty keys (`~: x` is key "" for `yaml`, "null" for js-yaml). Also matches
- * such text inside a quoted string: such a file only takes the slower path.
+ * such text inside a quoted string: such a file only takes the slower path. Tokens that merely hold such an exponent
+ * (a UID like `4e123-…`, a hash) do not match.
  */
-const SLOW_PATH_SYNTAX = /^%|(?:^|[\s[{,:])!|\d[eE][+-]?\d{3,}|(?:^|[\s[{,?-])(?:~|null|Null|NULL)?:(?=\s|$)/m;
+const SLOW_PATH_SYNTAX = /^%|(?:^|[\s[{,:])!|(?:^|[\s[{,:])[-+]?[\d._]*[eE][+-]?\d{3,}[ \t]*(?:$|[,\]}#])|(?:^|[\s[{,?-])(?:~|null|Null|NULL)?:(?=\s|$)/m;
+
+/** Whether js-yaml may read `text` (see documentValues): small enough, and none of the syntax the two read differently. */
+export function fastPathFor(text: string): boolean {
+  return text.length <= FAST_PARSE_MAX_CHARS && !SLOW_PATH_SYNTAX.test(text);
+}
 
 /** One document of a file: its value, or a document that is not valid YAML (for brokenPolicyDocument). */
 type DocumentValue = { value: unknown } | { broken: YamlDocument };
@@ -93,7 +99,7 @@ type DocumentValue = { value: unknown } | { broken: YamlDocument };
  * throws on anything, the `yaml` path, which decides what is broken and how.
  */
 export function* documentValues(text: string): Generator<DocumentValue> {
-  if (text.length <= FAST_PARSE_MAX_CHARS && !SLOW_PATH_SYNTAX.test(text)) {
+  if (fastPathFor(text)) {
     let values: unknown[] | undefined;
     try {
       values = loadAll(text, { schema: CORE_SCHEMA, maxAliases: 0 });
