@@ -4,44 +4,70 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { parseAllDocuments } from 'yaml';
-import { documentValues, FAST_PARSE_MAX_CHARS, fastPathFor, parseWorkloadFileEntries } from '../../agent/src/workload/files-source.js';
+import { CORE_SCHEMA, loadAll } from 'js-yaml';
+import { documentValues, FAST_PARSE_MAX_CHARS, fastPathFor, parseWorkloadFileEntries, readWindow } from '../../agent/src/workload/files-source.js';
 import { REPO_ROOT } from '../testbed/repo.js';
 
 /** What the `yaml` path alone reads: every document's value (the reference). */
 const slowValues = (text: string): unknown[] => parseAllDocuments(text).map((d) => d.toJS());
 const fastValues = (text: string): unknown[] => [...documentValues(text)].map((d) => ('value' in d ? d.value : 'BROKEN'));
 
-/** Scalars where YAML 1.1, YAML 1.2 and parsers part ways: both paths must read them as `yaml`'s default (1.2 core) does. */
-const TRICKY = [
+/** Scalars where YAML 1.1, YAML 1.2 and parsers part ways, read by js-yaml: it must read them as `yaml`'s default (1.2 core) does. */
+const FAST = [
   'a: yes\nb: no\nc: on\nd: off\ne: y\nf: n',
   'a: true\nb: False\nc: TRUE\nd: ~\ne: null\nf: Null\ng:',
   'a: 0755\nb: 0o17\nc: 0x1F\nd: 1_000\ne: 1:20\nf: 190:20:30\ng: 0b101',
-  'a: .inf\nb: -.Inf\nc: .nan\nd: 1e3\ne: 1.5\nf: -0\ng: +12',
+  'a: .inf\nb: -.Inf\nc: .nan\nd: 1e3\ne: 1.5\nf: -0\ng: +12\nh: 1e99',
   'a: 2001-12-14\nb: 2026-01-01T00:00:00Z\nc: 12:30',
-  'base: &b {x: 1}\nmerged:\n  <<: *b\n  y: 2',
-  "a: '10.0.0.1'\nb: 10.0.0.1\nc: fd00::1\nd: \"[::1]:80\"\ne: !!str 5\nf: !!int '7'",
-  'list:\n- &x one\n- *x\n- [a, {b: c}]\nblock: |\n  line 1\n  line 2\nfolded: >\n  a\n  b\n',
+  "a: '10.0.0.1'\nb: 10.0.0.1\nc: fd00::1\nd: \"[::1]:80\"",
+  'list:\n- one\n- [a, {b: c}]\nblock: |\n  line 1\n  line 2\nfolded: >\n  a\n  b\n',
   '---\na: 1\n---\n---\nb: 2\n...\n',
   '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"x": "1"}}}',
-  '"key with: colon": v\n? complex\n: value\nempty: ""\n',
-  // Directives and explicit tags, which the two parsers read differently, go to the yaml path.
+  '"key with: colon": v\nempty: ""\nmerge:\n  <<: {x: 1}\n',
+];
+
+/** What the two parsers read differently (or js-yaml must not decide): left to the `yaml` path by fastPathFor. */
+const SLOW = [
   '%YAML 1.1\n---\na: yes\n',
   'a: !!float 1\nb: !!binary aGVsbG8=\nc: !!timestamp 2001-12-14\nd: [!!str 1]\ne: {f: !!int "2"}',
   `{'a':!!float 1}`,
   '["a":!!float 1]',
-  // Past a float, and null or empty keys: read differently by the two parsers, so the yaml path's reading.
-  'a: 1e400\nb: -1E+999\nc: 1e308',
+  'a: 1e400\nb: -1E+999',
   '[1.5e400, 2e-999]',
   '{a: 1e400}',
   '~: x',
   'null: x\n"": y',
   ': x',
+  '? complex\n: value',
   '{~: a, b: c}',
   '- : x',
 ];
 
-test('the fast path reads tricky scalars, anchors, merge keys and multi-document streams as the yaml path does', (t) => {
-  for (const text of TRICKY) t.deepEqual(fastValues(text), slowValues(text), text);
+test('js-yaml reads the YAML 1.1/1.2 edge cases it is given as the yaml path does', (t) => {
+  for (const text of FAST) {
+    t.true(fastPathFor(text), `fast path: ${text}`);
+    t.deepEqual(fastValues(text), slowValues(text), text);
+  }
+});
+
+test('what the two parsers read differently is left to the yaml path (and does differ where js-yaml would read it)', (t) => {
+  let differ = 0;
+  for (const text of SLOW) {
+    t.false(fastPathFor(text), `slow path: ${text}`);
+    t.deepEqual(fastValues(text), slowValues(text), text);
+    let js: unknown;
+    try {
+      js = loadAll(text, { schema: CORE_SCHEMA });
+    } catch {
+      js = 'THROWS';
+    }
+    if (JSON.stringify(js) !== JSON.stringify(slowValues(text))) differ++;
+  }
+  t.true(differ >= 6, `js-yaml itself reads ${differ} of ${SLOW.length} of them differently: the reason they are routed away`);
+  // Aliases are not in fastPathFor: js-yaml refuses them (maxAliases 0), and the yaml path reads them.
+  const aliased = 'base: &b {x: 1}\nlist:\n- &x one\n- *x\nm:\n  <<: *b\n';
+  t.true(fastPathFor(aliased));
+  t.deepEqual(fastValues(aliased), slowValues(aliased));
 });
 
 test('the fast path reads every YAML file of the repository (fixtures, manifests) as the yaml path does', (t) => {
@@ -54,10 +80,13 @@ test('the fast path reads every YAML file of the repository (fixtures, manifests
   };
   for (const top of ['test', 'deploy']) walk(join(REPO_ROOT, top));
   t.true(files.length > 5, `found ${files.length} YAML files`);
+  let fast = 0;
   for (const f of files) {
     const text = readFileSync(f, 'utf8');
+    if (fastPathFor(text)) fast++;
     t.deepEqual(fastValues(text), slowValues(text), f);
   }
+  t.true(fast >= files.length / 2, `${fast} of ${files.length} files read by js-yaml: the comparison is not yaml against itself`);
 });
 
 test('invalid YAML, duplicate keys and unknown tags take the yaml path: the same errors and recovery as before', (t) => {
@@ -85,6 +114,8 @@ test('aliases go to the yaml path (its bound counts their expansion); a file ove
   t.true(pods.length > FAST_PARSE_MAX_CHARS / 8);
   const big = pods.repeat(Math.ceil((FAST_PARSE_MAX_CHARS + 1) / pods.length));
   t.true(big.length > FAST_PARSE_MAX_CHARS);
+  t.false(fastPathFor(big));
+  t.true(fastPathFor(pods));
   const small = pods.slice(0, 2000);
   t.deepEqual(fastValues(small), slowValues(small));
   t.is([...documentValues(big)].length, slowValues(big).length);
@@ -106,4 +137,14 @@ test('ordinary Kubernetes text stays on the fast path: UIDs and hashes with digi
   t.true(fastPathFor(text), 'a plain pod goes the fast path');
   for (const slow of ['a: 1e400', '{a: 1e400}', '~: x', 'a: !!str 1', '%YAML 1.1\n---\na: 1']) t.false(fastPathFor(slow), slow);
   t.deepEqual(fastValues(text), slowValues(text));
+});
+
+test('the read window: at least one file, then at most 32 files and 16 MiB', (t) => {
+  const files = (sizes: number[]): Array<{ size: number }> => sizes.map((size) => ({ size }));
+  t.is(readWindow(files(Array(40).fill(10)), 0).length, 32);
+  t.is(readWindow(files(Array(40).fill(10)), 32).length, 8);
+  t.is(readWindow(files([40 << 20, 1, 1]), 0).length, 1, 'one file past the byte bound is read alone');
+  t.is(readWindow(files([10 << 20, 10 << 20, 1]), 0).length, 1);
+  t.is(readWindow(files([8 << 20, 8 << 20, 1]), 0).length, 2);
+  t.deepEqual(readWindow(files([1]), 1), []);
 });

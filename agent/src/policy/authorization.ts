@@ -1,6 +1,7 @@
 // AuthorizationPolicy (security.istio.io/v1) for L4: parsing at the boundary (errors name the object and field),
 // then ztunnel's pure evaluation: a matching DENY denies; no ALLOW allows; a matching ALLOW allows; otherwise deny.
 import { formatIp, parseIp } from '../protocol/address.js';
+import { isObj, stringMap, type Obj } from '../workload/k8s-fields.js';
 import { DEFAULT_ROOT_NAMESPACE, placeholderError, PolicyParseError, readableScope } from './peer-authentication.js';
 
 export type AuthzAction = 'ALLOW' | 'DENY';
@@ -52,8 +53,6 @@ export interface AuthorizationPolicy {
   malformed?: string;
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 const L4_WHEN_KEYS = ['source.ip', 'source.namespace', 'source.principal', 'destination.ip', 'destination.port'] as const;
 /** Istio's other `when` keys: valid, but only a waypoint/sidecar can evaluate them. */
@@ -261,15 +260,7 @@ export function parseAuthorizationPolicy(doc: Obj): AuthorizationPolicy {
   if (spec.selector !== undefined && spec.selector !== null) {
     if (!isObj(spec.selector)) p.fail('spec.selector', 'must be a mapping');
     p.only(spec.selector, ['matchLabels'], 'spec.selector');
-    const ml = spec.selector.matchLabels ?? {};
-    if (!isObj(ml)) p.fail('spec.selector.matchLabels', 'must be a mapping');
-    matchLabels = {};
-    for (const [k, v] of Object.entries(ml)) {
-      if (typeof v !== 'string') p.fail(`spec.selector.matchLabels.${k}`, 'must be a string');
-      // `matchLabels[k] =` would set the prototype: the label would vanish and the policy select the whole namespace.
-      if (k === '__proto__') p.fail('spec.selector.matchLabels.__proto__', 'is not a valid label key');
-      matchLabels[k] = v;
-    }
+    matchLabels = stringMap(spec.selector.matchLabels, 'spec.selector.matchLabels', (field, msg) => p.fail(field, msg));
   }
   const waypointOnly = spec.targetRef != null || spec.targetRefs != null;
   if (waypointOnly) p.warnings.push(`${p.where}: spec.targetRef(s) attaches the policy to a waypoint; ztunnel ignores it`);

@@ -2,6 +2,7 @@
 // Precedence as in Istio: workload selector > namespace-wide > mesh-wide (root namespace); port-level modes override;
 // UNSET inherits from the next level; nothing at all means PERMISSIVE.
 import { AmbientError } from '../errors.js';
+import { isObj, stringMap, type Obj } from '../workload/k8s-fields.js';
 
 export type MtlsMode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
 const MODES: readonly MtlsMode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
@@ -29,8 +30,6 @@ export class PolicyParseError extends AmbientError<'AMB_ERR_BAD_POLICY'> {
   }
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function mode(v: unknown, where: string): MtlsMode {
   if (v === undefined || v === null) return 'UNSET';
@@ -52,15 +51,9 @@ export function parsePeerAuthentication(doc: Obj): PeerAuthentication {
   let matchLabels: Record<string, string> | undefined;
   if (spec.selector !== undefined && spec.selector !== null) {
     if (!isObj(spec.selector)) throw new PolicyParseError(`${where}: spec.selector must be a mapping`);
-    const ml = spec.selector.matchLabels ?? {};
-    if (!isObj(ml)) throw new PolicyParseError(`${where}: spec.selector.matchLabels must be a mapping`);
-    matchLabels = {};
-    for (const [k, v] of Object.entries(ml)) {
-      if (typeof v !== 'string') throw new PolicyParseError(`${where}: spec.selector.matchLabels.${k} must be a string`);
-      // `matchLabels[k] =` would set the prototype: the label would vanish and the policy select the whole namespace.
-      if (k === '__proto__') throw new PolicyParseError(`${where}: spec.selector.matchLabels.__proto__ is not a valid label key`);
-      matchLabels[k] = v;
-    }
+    matchLabels = stringMap(spec.selector.matchLabels, 'spec.selector.matchLabels', (field, msg) => {
+      throw new PolicyParseError(`${where}: ${field} ${msg}`);
+    });
   }
   const mtls = spec.mtls ?? {};
   if (!isObj(mtls)) throw new PolicyParseError(`${where}: spec.mtls must be a mapping`);

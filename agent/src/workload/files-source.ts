@@ -22,8 +22,20 @@ import { sameValue } from './same-value.js';
 import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 
 const YAML_FILE = /\.(ya?ml|json)$/;
-/** Changed files read at once during a rescan (see rescan). */
+/** Changed files read at once during a rescan (see rescan): at most this many, and this many bytes (by their stat). */
 const READ_WINDOW = 32;
+const READ_WINDOW_BYTES = 16 * 1024 * 1024;
+
+/** The files of the read window starting at `from`: at least one, then up to READ_WINDOW files and READ_WINDOW_BYTES. Pure. */
+export function readWindow<T extends { size: number }>(files: readonly T[], from: number): T[] {
+  let bytes = 0;
+  let end = from;
+  while (end < files.length && end - from < READ_WINDOW && (end === from || bytes + (files[end]?.size ?? 0) <= READ_WINDOW_BYTES)) {
+    bytes += files[end]?.size ?? 0;
+    end++;
+  }
+  return files.slice(from, end);
+}
 
 /** One object of a file: converted, or the error it failed with (naming the object and field) and the raw object. */
 export type FileEntry =
@@ -441,19 +453,20 @@ export class FilesWorkloadSource implements WorkloadSource {
       this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
       return;
     }
-    const stamps = await Promise.all(names.map((n) => stat(join(this.dir, n)).then(stampOf, () => undefined)));
+    const stamps = await Promise.all(names.map((n) => stat(join(this.dir, n)).then((st) => ({ stamp: stampOf(st), size: st.size }), () => undefined)));
     const touched: Touched = { pods: new Map(), namespaces: new Map(), others: false };
     const listed = new Set(names);
     for (const name of [...this.files.keys()]) if (!listed.has(name)) this.replaceFile(name, undefined, touched);
     // Gone since readdir (the next rescan drops it), or unchanged: not read.
     const changed = names.flatMap((name, i) => {
-      const stamp = stamps[i];
-      return stamp === undefined || this.files.get(name)?.stamp === stamp ? [] : [{ name, stamp }];
+      const st = stamps[i];
+      return st === undefined || this.files.get(name)?.stamp === st.stamp ? [] : [{ name, ...st }];
     });
-    // Read READ_WINDOW files at once (a start with hundreds of one-pod files otherwise waits for each read in turn),
+    // Read a window of files at once (a start with hundreds of one-pod files otherwise waits for each read in turn),
     // then applied in name order; a window at a time, so a cluster-sized folder is never all in memory as text.
-    for (let w = 0; w < changed.length; w += READ_WINDOW) {
-      const window = changed.slice(w, w + READ_WINDOW);
+    for (let w = 0; w < changed.length;) {
+      const window = readWindow(changed, w);
+      w += window.length;
       const texts = await Promise.all(window.map(({ name }) => readFile(join(this.dir, name), 'utf8').then((text) => ({ text }), (err: unknown) => ({ err }))));
       for (const [k, { name, stamp }] of window.entries()) this.applyFile(name, stamp, texts[k] ?? { err: new Error('not read') }, touched);
     }

@@ -14,15 +14,26 @@ export function isObj(v: unknown): v is Obj {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** A map of strings (labels, annotations, selectors); absent is empty. */
-export function stringMap(v: unknown, where: string): Record<string, string> {
+/** How a reader reports a bad field: throws, with the field's path and what is wrong with it. */
+export type FieldFail = (field: string, msg: string) => never;
+
+const workloadFail: FieldFail = (field, msg) => {
+  throw new WorkloadParseError(`${field} ${msg}`);
+};
+
+/**
+ * A map of strings (labels, annotations, selectors, a policy's matchLabels); absent is empty. `fail` reports a bad
+ * field (a WorkloadParseError by default; the policy parsers pass their own).
+ */
+export function stringMap(v: unknown, where: string, fail: FieldFail = workloadFail): Record<string, string> {
   if (v === undefined || v === null) return {};
-  if (!isObj(v)) throw new WorkloadParseError(`${where} must be a mapping`);
+  if (!isObj(v)) fail(where, 'must be a mapping');
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(v)) {
-    if (typeof val !== 'string') throw new WorkloadParseError(`${where}.${k} must be a string`);
-    // Not a valid label key, and `out[k] =` would set the prototype instead: the entry would vanish, widening a selector.
-    if (k === '__proto__') throw new WorkloadParseError(`${where}.__proto__ is not a valid key`);
+    if (typeof val !== 'string') fail(`${where}.${k}`, 'must be a string');
+    // Not a valid label key, and `out[k] =` would set the prototype instead: the entry would vanish, and a selector
+    // without it select more (a policy the whole namespace).
+    if (k === '__proto__') fail(`${where}.__proto__`, 'is not a valid key');
     out[k] = val;
   }
   return out;
