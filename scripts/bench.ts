@@ -18,6 +18,7 @@ import { benchTakeover, reportTakeover, type TakeoverOpts, type TakeoverResult }
 import { benchSource, reportSource, type SourceOpts, type SourceResult } from './bench/source.js';
 import { benchChurn, type ChurnOpts, type ChurnResult, reportChurn } from './bench/churn.js';
 import { benchIpv6, type Ipv6Opts, type Ipv6Result, reportIpv6 } from './bench/ipv6.js';
+import { benchConn, type ConnOpts, type ConnResult, reportConn } from './bench/conn.js';
 import { benchReadopt, READOPT_MAX_PODS, type ReadoptOpts, type ReadoptResult, reportReadopt } from './bench/readopt.js';
 import { createdIds, Interrupted, noteInterrupt, wasInterrupted } from './bench/run.js';
 import { dist } from './bench/stats.js';
@@ -67,13 +68,16 @@ const USAGE = `usage: bash scripts/bench.sh [options]
                        again, start to ready timed against the same agent with 0 pods (default iptables)
   --readopt-pods N     enrolled pods in that part, at most ${READOPT_MAX_PODS} (default 250, the goal's size)
   --readopt-reps N     kill -9 + start repetitions, with 0 pods and with N pods each (default 3)
-  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 | readopt
-                       (default: all ten)
+  --conn-mode M        backend of the connection-cost part (default iptables): new connections one at a time and from
+                       16 concurrent clients, mesh vs direct, and the agents' CPU per connection and per 1 KiB request
+  --conn-blocks N      blocks per path in that part (default 4; about 25 s each)
+  --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 | readopt | conn
+                       (default: all eleven)
   --out FILE           raw results (default .bench/results.json)`;
 
-const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn', 'ipv6', 'readopt'] as const;
+const ONLY = ['add', 'datapath', 'redirect', 'services', 'scale', 'source', 'takeover', 'churn', 'ipv6', 'readopt', 'conn'] as const;
 
-interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts, Ipv6Opts, ReadoptOpts {
+interface Opts extends AddOpts, DatapathOpts, RedirectOpts, ServicesOpts, ScaleOpts, SourceOpts, TakeoverOpts, ChurnOpts, Ipv6Opts, ReadoptOpts, ConnOpts {
   datapathModes: RedirectMode[];
   redirectModes: RedirectMode[];
   agentCpuProf: string | undefined;
@@ -123,6 +127,8 @@ function parseOpts(argv: string[]): Opts {
       'readopt-modes': { type: 'string', default: 'iptables' },
       'readopt-pods': { type: 'string', default: '250' },
       'readopt-reps': { type: 'string', default: '3' },
+      'conn-mode': { type: 'string', default: 'iptables' },
+      'conn-blocks': { type: 'string', default: '4' },
       out: { type: 'string', default: join(REPO_ROOT, '.bench/results.json') },
       'no-pin': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -160,6 +166,8 @@ function parseOpts(argv: string[]): Opts {
   const sourceMode = backends('source-mode', values['source-mode']);
   if (sourceMode.length !== 1) throw new UsageError('--source-mode: give one backend');
   const ipv6Modes = backends('ipv6-modes', values['ipv6-modes']);
+  const connMode = backends('conn-mode', values['conn-mode']);
+  if (connMode.length !== 1) throw new UsageError('--conn-mode: give one backend');
   return {
     modes,
     datapathModes,
@@ -194,6 +202,8 @@ function parseOpts(argv: string[]): Opts {
     readoptModes: backends('readopt-modes', values['readopt-modes']),
     readoptPods: atMost('readopt-pods', int('readopt-pods', values['readopt-pods'], 1), READOPT_MAX_PODS),
     readoptReps: int('readopt-reps', values['readopt-reps'], 1),
+    connMode: connMode[0] as RedirectMode,
+    connBlocks: int('conn-blocks', values['conn-blocks'], 1),
     pin: !values['no-pin'] && os.availableParallelism() >= 2,
     only,
     sourceMode: sourceMode[0] as RedirectMode,
@@ -260,6 +270,7 @@ async function main(): Promise<number> {
   let churn: ChurnResult[] = [];
   let ipv6: Ipv6Result[] = [];
   let readopt: ReadoptResult[] = [];
+  const conn: ConnResult[] = [];
   try {
     if (o.only === undefined || o.only === 'add') chains = await benchAdd(o);
     if (o.only === undefined || o.only === 'datapath') for (const mode of o.datapathModes) datapath.push(await benchDatapath(o, mode));
@@ -272,6 +283,7 @@ async function main(): Promise<number> {
     if (o.only === undefined || o.only === 'churn') churn = await benchChurn(o);
     if (o.only === undefined || o.only === 'ipv6') ipv6 = await benchIpv6(o);
     if (o.only === undefined || o.only === 'readopt') readopt = await benchReadopt(o);
+    if (o.only === undefined || o.only === 'conn') conn.push(await benchConn(o));
   } catch (err) {
     if (err instanceof Interrupted || wasInterrupted()) {
       process.stderr.write('bench: interrupted; testbeds destroyed, no report\n');
@@ -304,6 +316,7 @@ async function main(): Promise<number> {
   if (churn.length > 0) reportChurn(churn, lines);
   if (ipv6.length > 0) reportIpv6(o, ipv6, lines);
   if (readopt.length > 0) reportReadopt(readopt, lines);
+  if (conn.length > 0) reportConn(conn, lines);
   lines.push(`Timings are from this run only and are noisy on a shared 2-core VM: compare ratios, not absolute numbers.${chains.length > 0 ? ` p99 of ${o.pods} ADD samples lies between the two slowest.` : ''}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -328,6 +341,7 @@ async function main(): Promise<number> {
     churn,
     ipv6,
     readopt,
+    conn,
     targets: { throughputVsStunnel: THROUGHPUT_VS_STUNNEL, addedP50Us: ADDED_P50_US, verdicts: targets },
   };
   writeFileSync(o.out, `${JSON.stringify(raw, null, 2)}\n`);

@@ -1,7 +1,7 @@
 // CPU placement and accounting for the data-path runs: pinning a simulated node's processes to one CPU (taskset), and
 // CPU seconds read from /proc (an agent's own process, the whole machine). Linux only; a vanished process reads NaN.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import { agentNodePid, type AgentProcess, type TestbedPod } from '../../test/testbed/index.js';
 
@@ -24,6 +24,46 @@ export function procCpuSeconds(pid: number | undefined): number {
 /** CPU seconds (user + system) of a process's children it has reaped: the tools an agent ran. */
 export function procChildrenCpuSeconds(pid: number | undefined): number {
   return statCpuSeconds(pid, 'children');
+}
+
+/** An agent's CPU seconds by thread: its main (JavaScript) thread, the native relay thread, and the rest (exited threads too). */
+export interface ThreadCpu {
+  main: number;
+  relay: number;
+  other: number;
+}
+
+/** The relay thread's name (agent/native/hbone-relay/ahb.h RELAY_THREAD_NAME). */
+const RELAY_THREAD = 'hbone-relay';
+
+export function threadCpuSeconds(pid: number | undefined): ThreadCpu {
+  const total = procCpuSeconds(pid);
+  const none = { main: Number.NaN, relay: Number.NaN, other: Number.NaN };
+  if (pid === undefined || !Number.isFinite(total)) return none;
+  let main = Number.NaN;
+  let relay = 0;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readStat(`/proc/${pid}/task/${tid}/stat`);
+      if (stat === undefined) continue;
+      if (Number(tid) === pid) main = stat.cpu;
+      else if (stat.comm === RELAY_THREAD) relay += stat.cpu;
+    }
+  } catch {
+    return none;
+  }
+  return { main, relay, other: total - main - relay };
+}
+
+/** A /proc stat file's command name and user + system CPU seconds; undefined when it is gone. */
+function readStat(file: string): { comm: string; cpu: number } | undefined {
+  try {
+    const stat = readFileSync(file, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK };
+  } catch {
+    return undefined;
+  }
 }
 
 function statCpuSeconds(pid: number | undefined, which: 'self' | 'children'): number {

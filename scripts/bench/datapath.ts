@@ -81,19 +81,19 @@ export const RR_PORT = 7000;
 export const SINK_PORT = 7001;
 export const IPERF_PORT = 5201;
 /** stunnel: client-pod entrance on 127.0.0.1 and server-pod TLS port, per service. */
-const TUNNEL = {
+export const TUNNEL = {
   rr: { name: 'rr', clientPort: 17000, serverPort: 27000, appPort: RR_PORT },
   iperf: { name: 'iperf', clientPort: 15201, serverPort: 25201, appPort: IPERF_PORT },
 } as const;
 
-function numbers(v: unknown, what: string): number[] {
-  if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === 'number')) throw new Error(`rr.mjs output: ${what} missing`);
+function numbers(v: unknown, what: string, empty = false): number[] {
+  if (!Array.isArray(v) || (v.length === 0 && !empty) || !v.every((x) => typeof x === 'number')) throw new Error(`rr.mjs output: ${what} missing`);
   return v as number[];
 }
 
 /** One block: rr.mjs client in the client pod, every sample back (µs). Smaller counts make an untimed warm-up run. */
-export async function runRr(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples> {
-  return (await runRrInterleaved(o, r, [r.host], counts))[0] as RrSamples;
+export async function runRr(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, counts = { rounds: o.rounds, conns: o.conns }, extra: string[] = []): Promise<RrSamples> {
+  return (await runRrInterleaved(o, r, [r.host], counts, extra))[0] as RrSamples;
 }
 
 /**
@@ -101,16 +101,19 @@ export async function runRr(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r
  * connections interleaved one by one (rr.mjs turns the order each time), so the hosts' samples share the machine's
  * moment; every sample back (µs), in `hosts` order.
  */
-export async function runRrInterleaved(o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, hosts: string[], counts = { rounds: o.rounds, conns: o.conns }): Promise<RrSamples[]> {
+export async function runRrInterleaved(
+  o: Pick<DatapathOpts, 'rounds' | 'conns' | 'pin'>, r: Route, hosts: string[], counts = { rounds: o.rounds, conns: o.conns }, extra: string[] = [],
+): Promise<RrSamples[]> {
   const [cmd, args] = onCpu(o, r.client, process.execPath, [
-    RR, 'client', '--host', hosts.join(','), '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw',
+    RR, 'client', '--host', hosts.join(','), '--port', String(r.rrPort), '--rounds', String(counts.rounds), '--conns', String(counts.conns), '--raw', ...extra,
   ]);
   const res = await r.client.exec(cmd, args, { timeout: 120_000 * hosts.length });
   const lines = jsonLines(String(res.stdout)).slice(-hosts.length);
   if (lines.length !== hosts.length) throw new Error(`rr.mjs printed ${lines.length} results for ${hosts.length} hosts`);
   return lines.map((line) => {
     const samples = path(line, 'samples_us');
-    return { persistent: numbers(path(samples, 'persistent'), 'persistent'), newConnection: numbers(path(samples, 'newConnection'), 'newConnection') };
+    // A phase asked for 0 times has no samples.
+    return { persistent: numbers(path(samples, 'persistent'), 'persistent', counts.rounds === 0), newConnection: numbers(path(samples, 'newConnection'), 'newConnection', counts.conns === 0) };
   });
 }
 
@@ -224,25 +227,39 @@ export async function meshAndPlainPods(tb: Testbed): Promise<{ meshClient: Testb
 }
 
 /** The HBONE pool counters of an agent (/v1/certs). */
-async function poolStats(agent: AgentProcess): Promise<{ opened: number; streams: number; failures: number }> {
+export async function poolStats(agent: AgentProcess): Promise<{ opened: number; streams: number; failures: number }> {
   const reply = await agent.request('GET', '/v1/certs');
   const h = path(reply.body, 'hbone');
   return { opened: num(path(h, 'connectionsOpened')) ?? Number.NaN, streams: num(path(h, 'streamsOpened')) ?? Number.NaN, failures: num(path(h, 'connectFailures')) ?? Number.NaN };
 }
 
-export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promise<DatapathResult> {
-  progress(`data path [${mode}]: 2-node testbed`);
+/** The pods of meshAndPlainPods with an rr.mjs server on each server pod, and the two agents (pinned when o.pin). */
+export interface RrTestbed {
+  tb: Testbed;
+  pods: Awaited<ReturnType<typeof meshAndPlainPods>>;
+  agents: AgentProcess[];
+}
+
+/** A 2-node testbed on `mode` set up as RrTestbed says, for `fn`; destroyed after it (see withTestbeds). */
+export function withRrTestbed<T>(o: Pick<DatapathOpts, 'pin' | 'agentCommand'>, mode: RedirectMode, fn: (t: RrTestbed) => Promise<T>): Promise<T> {
   const tbOpts = { nodes: 2, redirectMode: mode, agentLogLevel: 'info', ...(o.agentCommand ? { agentCommand: o.agentCommand(mode) } : {}) };
   return withTestbeds([tbOpts], async ([tb]) => {
     if (tb === undefined) throw new Error('no testbed');
-    const { meshClient, meshServer, plainClient, plainServer } = await meshAndPlainPods(tb);
+    const pods = await meshAndPlainPods(tb);
     const agents = [tb.agent(0), tb.agent(1)];
     if (o.pin) agents.forEach((a, i) => pinAgent(a, i % os.availableParallelism()));
-
-    for (const server of [plainServer, meshServer]) {
+    for (const server of [pods.plainServer, pods.meshServer]) {
       void server.spawn(...onCpu(o, server, process.execPath, [RR, 'server', '--port', String(RR_PORT)]), { reject: false });
       await server.waitForPort(RR_PORT);
     }
+    return fn({ tb, pods, agents });
+  });
+}
+
+export async function benchDatapath(o: DatapathOpts, mode: RedirectMode): Promise<DatapathResult> {
+  progress(`data path [${mode}]: 2-node testbed`);
+  return withRrTestbed(o, mode, async ({ tb, pods, agents }) => {
+    const { meshClient, meshServer, plainClient, plainServer } = pods;
     const tunnel = await startStunnelPair(o, tb, plainClient, plainServer, [TUNNEL.rr, TUNNEL.iperf]);
     const routes: Record<PathName, Route> = {
       direct: { client: plainClient, server: plainServer, host: plainServer.ip, rrPort: RR_PORT, iperfPort: IPERF_PORT },

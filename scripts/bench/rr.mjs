@@ -19,6 +19,7 @@ function pct(sorted, p) {
 }
 
 function summary(samplesNs) {
+  if (samplesNs.length === 0) return { n: 0 };
   const us = samplesNs.map((n) => Number(n) / 1000).sort((a, b) => a - b);
   const r = (x) => +x.toFixed(1);
   return {
@@ -149,6 +150,58 @@ if (mode === 'server') {
   });
   // One host: its figures as the line; several: one line per host, in --host order.
   for (const out of results) process.stdout.write(`${JSON.stringify(hosts.length > 1 ? { host: hosts[results.indexOf(out)], ...out } : out)}\n`);
+} else if (mode === 'rate') {
+  // New connections as fast as --concurrency workers can make them for --seconds: each connects, does one --size round
+  // trip, closes. Prints how many completed (and failed), and every completed one's connect-to-answer time (µs).
+  const host = arg('host');
+  const port = Number(arg('port', '7000'));
+  const concurrency = Number(arg('concurrency', '16'));
+  const seconds = Number(arg('seconds', '5'));
+  const size = Number(arg('size', '64'));
+  const msg = Buffer.alloc(size, 0x61);
+  if (host === undefined) {
+    process.stderr.write('rr rate: --host is required\n');
+    process.exit(2);
+  }
+  const once = () =>
+    new Promise((resolve, reject) => {
+      const t0 = process.hrtime.bigint();
+      let got = 0;
+      const s = net.connect({ host, port, noDelay: true }, () => s.write(msg));
+      const timer = setTimeout(() => s.destroy(new Error('no answer in 10 s')), 10_000);
+      s.on('data', (d) => {
+        got += d.length;
+        if (got < size) return;
+        clearTimeout(timer);
+        const us = Number(process.hrtime.bigint() - t0) / 1000;
+        s.destroy();
+        resolve(us);
+      });
+      s.once('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      s.once('close', () => {
+        clearTimeout(timer);
+        reject(new Error(`closed after ${got} of ${size} bytes`));
+      });
+    });
+  const samples = [];
+  let failed = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  const worker = async () => {
+    while (performance.now() < end) {
+      try {
+        samples.push(await once());
+      } catch {
+        failed++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const wallS = (performance.now() - t0) / 1000;
+  process.stdout.write(`${JSON.stringify({ host, concurrency, conns: samples.length, failed, wallS, samples_us: samples.map((x) => +x.toFixed(1)) })}\n`);
 } else if (mode === 'bulk') {
   // Bulk throughput to several hosts of one sink (rr.mjs server --sink-port): one connection per host, bursts of
   // --chunk-mib MiB sent to each in turn (the order turning each time), each timed until the sink's one-byte answer.
@@ -199,7 +252,7 @@ if (mode === 'server') {
   for (let k = 0; k < hosts.length; k++) process.stdout.write(`${JSON.stringify({ host: hosts[k], chunk, gbps: gbps[k] })}\n`);
 } else {
   process.stderr.write(
-    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] [--sink-port P2 [--chunk-mib M]] | bulk --host H[,H2...] [--port P2] [--chunk-mib M] [--bursts N] [--warmup N] | client --host H[,H2...] [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
+    'usage: rr.mjs server [--port P] [--listen ADDR] [--seconds S] [--sink-port P2 [--chunk-mib M]] | bulk --host H[,H2...] [--port P2] [--chunk-mib M] [--bursts N] [--warmup N] | rate --host H [--port P] [--concurrency C] [--seconds S] [--size B] | client --host H[,H2...] [--port P] [--rounds N] [--conns N] [--warmup N] [--conn-warmup N] [--size B] [--raw]\n',
   );
   process.exit(2);
 }

@@ -15,7 +15,7 @@ import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
 import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
 import { Netns } from '../../agent/src/platform/netns.js';
-import { dialFrom, listenIn, takeFd } from '../../agent/src/platform/sockets.js';
+import { dialFrom, listenIn, startDial, takeFd } from '../../agent/src/platform/sockets.js';
 import { netnsTest } from '../testbed/ava.js';
 import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
@@ -348,39 +348,60 @@ netnsTest.serial('native: a CONNECT the peer resets, refuses or never answers se
   t.like(await within((await first.stream).closed), { ok: true });
 });
 
-netnsTest('dialFrom: an aborted dial gives its socket up at once, before the connect would end', async (t) => {
-  const name = `amb-nhd-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
-  await createNetns(name);
-  t.teardown(() => deleteNetns(name));
+netnsTest('native answerConnect: 200 once connected; 503 named in the end when refused or timed out; a reset closes the socket in flight', async (t) => {
+  const r = await rig(t);
+  const name = r.ns.path.slice(r.ns.path.lastIndexOf('/') + 1);
   // SYNs to 10.79.0.2 leave through a veth whose peer has no address (a fixed neighbour entry, so no ARP failure
-  // either): nothing ever answers, and a connect hangs until it is given up. Both ends live in the test's namespace.
+  // either): nothing ever answers, and a connect hangs until it is given up. Both ends live in the rig's namespace.
   const ip = (...args: string[]) => execa('ip', ['-n', name, ...args]);
   await ip('link', 'add', 'amb-bh0', 'type', 'veth', 'peer', 'name', 'amb-bh1');
   await ip('addr', 'add', '10.79.0.1/24', 'dev', 'amb-bh0');
   await ip('link', 'set', 'amb-bh0', 'up');
   await ip('link', 'set', 'amb-bh1', 'up');
   await ip('neigh', 'add', '10.79.0.2', 'lladdr', '02:00:00:00:79:02', 'dev', 'amb-bh0', 'nud', 'permanent');
-  const ns = Netns.open(netnsPath(name));
-  t.teardown(() => ns.close());
-  // The test's own namespace holds no other TCP socket: any to 10.79.0.2 would be the given-up dial's.
   const toBlackhole = async (): Promise<string> =>
     String((await execa('ip', ['netns', 'exec', name, 'ss', '-Htan', 'dst', '10.79.0.2'])).stdout).trim();
+  /** Polls the namespace's sockets toward 10.79.0.2 until `cond` holds, within WAIT_MS. */
+  const blackholeUntil = async (cond: (ss: string) => boolean): Promise<boolean> => {
+    for (const end = Date.now() + WAIT_MS; Date.now() < end; await new Promise((resolve) => setTimeout(resolve, 20))) {
+      if (cond(await toBlackhole())) return true;
+    }
+    return false;
+  };
+  const served: HboneInboundRequest[] = [];
+  const answerWith = (host: string, port: number, timeoutMs: number) => (req: HboneInboundRequest): void => {
+    served.push(req);
+    req.answerConnect(startDial(r.ns, { host, port, mark: 0 }), timeoutMs);
+  };
 
-  const pending = new AbortController();
+  // Connected: answered 200, and the bytes flow.
+  r.onRequest = answerWith('127.0.0.1', ECHO_PORT, WAIT_MS);
+  const ok = await open(r, '10.78.0.1');
+  t.like(await within((await ok.stream).ready), { ok: true });
+  t.is(await echo(ok.client, 'through a native connect'), 'through a native connect');
+
+  // Refused: 503, and the server side's end says why.
+  r.onRequest = answerWith('127.0.0.1', APP_PORT + 7, WAIT_MS);
+  const refused = await open(r, '10.78.0.1');
+  t.regex(String((await within((await refused.stream).ready) as { error?: string }).error), /503/);
+  t.like(await within(served.at(-1)?.stream.closed ?? Promise.reject(new Error('no request'))), { ok: true, value: { connectFailed: true, error: 'connect ECONNREFUSED (Connection refused)' } });
+
+  // Not connected within its time: 503 at the deadline (the relay's tick is 1 s), named ETIMEDOUT; the socket is gone.
+  r.onRequest = answerWith('10.79.0.2', 80, 1000);
   const started = Date.now();
-  const dial = dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, paused: true, signal: pending.signal, timeoutMs: WAIT_MS });
-  dial.catch(() => undefined);
-  await new Promise((resolve) => setTimeout(resolve, 100));
-  t.regex(await toBlackhole(), /SYN-SENT/, 'the dial is in flight (the check below can see its socket)');
-  pending.abort(new Error('stream reset'));
-  const err = await t.throwsAsync(dial);
-  t.regex(err?.message ?? '', /connect 10\.79\.0\.2:80 given up/);
-  t.true(Date.now() - started < WAIT_MS / 2, 'given up at the abort, not at the connect timeout');
+  const silent = await open(r, '10.78.0.1');
+  t.regex(String((await within((await silent.stream).ready) as { error?: string }).error), /503/);
+  t.true(Date.now() - started < WAIT_MS / 2, 'answered at its deadline, not at the kernel\'s connect timeout');
+  t.like(await within(served.at(-1)?.stream.closed ?? Promise.reject(new Error('no request'))), { ok: true, value: { connectFailed: true, error: 'connect ETIMEDOUT (Connection timed out)' } });
+  t.true(await blackholeUntil((ss) => ss === ''), 'the timed-out socket is closed');
 
-  const already = new AbortController();
-  already.abort();
-  await t.throwsAsync(dialFrom(ns, { host: '10.79.0.2', port: 80, mark: 0, signal: already.signal }), { message: /given up/ });
-  t.is(await toBlackhole(), '', 'no socket is left behind (none in SYN-SENT or any other state)');
+  // The stream is reset while its connect is in flight: the socket is closed then, not when the connect would end.
+  r.onRequest = answerWith('10.79.0.2', 80, WAIT_MS);
+  const reset = await open(r, '10.78.0.1');
+  t.true(await waitFor(() => served.length === 4), 'the request reached the server');
+  t.true(await blackholeUntil((ss) => /SYN-SENT/.test(ss)), 'the connect is in flight (the check below can see its socket)');
+  (await reset.stream).close();
+  t.true(await blackholeUntil((ss) => ss === ''), 'no socket is left behind (none in SYN-SENT or any other state)');
 });
 
 netnsTest('native: the library ending its event socket fails every pending stream and reports a fatal AMB_ERR_NATIVE_LIB once', async (t) => {

@@ -7,6 +7,9 @@
 
 #include <stdint.h>
 
+/* The relay thread's name (at most 15 characters): how an operator tells its CPU from the agent's main thread. */
+#define RELAY_THREAD_NAME "hbone-relay"
+
 /*
  * The relay's protocol settings, all of them, from the agent (agent/src/hbone/settings.ts and tls.ts, passed by
  * native-lib.ts): ahb_start checks each against its range and copies them (strings too). Sizes in bytes, times in ms.
@@ -42,6 +45,7 @@ uint64_t ahb_client_session(uint64_t ctx, int fd, const char *expected_id);
 uint64_t ahb_server_session(uint64_t ctx, int fd, const char *trust_domain);
 uint64_t ahb_client_stream(uint64_t session, int fd, const char *authority, const char *headers);
 void ahb_answer(uint64_t stream, int status, int fd);
+void ahb_answer_connect(uint64_t stream, int fd, int timeout_ms);
 void ahb_close_stream(uint64_t stream);
 void ahb_close_session(uint64_t session, int graceful);
 int ahb_stream_bytes(uint64_t stream, uint64_t *out);

@@ -171,6 +171,7 @@ AHB_EXPORT int ahb_start(const struct ahb_settings *settings) {
   relay.stop = 0;
   relay.events_lost = 0;
   if (pthread_create(&relay.thread, NULL, relay_loop, NULL)) goto fail;
+  pthread_setname_np(relay.thread, RELAY_THREAD_NAME); /* what `top -H` and /proc/<pid>/task/<tid>/comm show */
   relay.running = 1;
   return sv[1];
 fail:
@@ -303,6 +304,19 @@ AHB_EXPORT void ahb_answer(uint64_t stream, int status, int fd) {
   if (!c) return;
   c->id = stream;
   c->status = status;
+  enqueue(c);
+}
+
+/**
+ * Answers a server stream's request once its upstream is connected: `fd` (owned) is a non-blocking socket whose
+ * connect() is in flight (or done). 200 when it connects, 503 when it fails or has not connected within `timeout_ms`;
+ * a failed connect is named in the stream's "closed" event (connectFailed). The agent's work on the request ends here.
+ */
+AHB_EXPORT void ahb_answer_connect(uint64_t stream, int fd, int timeout_ms) {
+  struct cmd *c = cmd_new(CMD_ANSWER_CONNECT, fd);
+  if (!c) return;
+  c->id = stream;
+  c->status = timeout_ms;
   enqueue(c);
 }
 

@@ -206,7 +206,7 @@ int ev_status(uint64_t stream, int status, const char *why, int retry_fd) {
   return retry_fd >= 0 && !handed ? -1 : 0;
 }
 
-void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why) {
+void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, int connect_failed, const char *why) {
   struct json_line j;
   json_begin(&j, "closed");
   json_num(&j, "stream", (int64_t)stream);
@@ -214,6 +214,7 @@ void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t 
   json_num(&j, "bytesOut", (int64_t)bytes_out);
   json_num(&j, "h2Error", h2_error);
   json_num(&j, "errored", errored);
+  if (connect_failed) json_num(&j, "connectFailed", 1);
   if (why) json_str(&j, "error", why);
   json_emit(&j);
 }

@@ -213,7 +213,7 @@ static int build_nva(struct stream *st, const char *authority, char *headers) {
 /* A client stream that cannot be made: its status and closed events, and its app socket reset. */
 static void refuse_client_stream(struct cmd *c, const char *why) {
   ev_status(c->id, -1, why, -1);
-  ev_closed(c->id, 0, 0, 0, 1, why);
+  ev_closed(c->id, 0, 0, 0, 1, 0, why);
   if (c->fd >= 0) {
     set_reset_on_close(c->fd);
     close(c->fd);
@@ -228,7 +228,7 @@ static void cmd_client_stream(struct cmd *c) {
      * event could not be queued it stays the command's, and cmd_free closes it). */
     if (ev_status(c->id, -1, "the HBONE session closed before the stream was opened", c->fd) == 0) c->fd = -1;
     else set_reset_on_close(c->fd);
-    ev_closed(c->id, 0, 0, 0, 1, "handed back");
+    ev_closed(c->id, 0, 0, 0, 1, 0, "handed back");
     return;
   }
   if (!s || s->dead || s->server) {
@@ -261,23 +261,33 @@ static void cmd_client_stream(struct cmd *c) {
   session_update(s);
 }
 
-static void cmd_answer(struct cmd *c) {
-  struct stream *st = find_stream_any(c->id);
+/* The stream of an answer: the server stream `id`, the agent's work on it over (whether it is still open or not). */
+static struct stream *answered_stream(uint64_t id) {
+  struct stream *st = find_stream_any(id);
   if (st && st->as_server.awaiting) {
-    st->as_server.awaiting = 0; /* the agent's work on it is over, whether the stream is still open or not */
+    st->as_server.awaiting = 0;
     st->s->as_server.awaiting--;
   }
-  /* Only a server stream's request is answered, once, while HTTP/2 still has the stream; anything else is ignored. */
-  if (!st || !st->s->server || !st->s->h2 || st->h2id <= 0 || st->dead || st->h2_closed || st->as_server.answered) return;
+  return st;
+}
+
+/* Whether a server stream's request can still be answered: once, while HTTP/2 still has the stream. */
+static int answerable(const struct stream *st) {
+  return st && st->s->server && st->s->h2 && st->h2id > 0 && !st->dead && !st->h2_closed && !st->as_server.answered &&
+         st->as_server.connect_io.fd < 0;
+}
+
+/* Answers a server stream's request (see answerable): 200 relaying `*fd` (taken), or `status` without one. */
+static void answer_stream(struct stream *st, int status_code, int *fd) {
   struct session *s = st->s;
   st->as_server.answered = 1;
   char status[8];
-  snprintf(status, sizeof status, "%d", c->status);
+  snprintf(status, sizeof status, "%d", status_code);
   nghttp2_nv nva[] = {{(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), NGHTTP2_NV_FLAG_NONE}};
-  st->status = c->status;
-  if (c->status == 200 && c->fd >= 0) {
-    st->io.fd = c->fd;
-    c->fd = -1;
+  st->status = status_code;
+  if (status_code == 200 && *fd >= 0) {
+    st->io.fd = *fd;
+    *fd = -1;
     set_nonblock_nodelay(st->io.fd, 1);
     st->relaying = 1;
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = data_read_cb};
@@ -290,6 +300,51 @@ static void cmd_answer(struct cmd *c) {
   stream_update(st);
   session_flush(s);
   session_update(s);
+}
+
+static void cmd_answer(struct cmd *c) {
+  struct stream *st = answered_stream(c->id);
+  if (!answerable(st)) return; /* anything else is ignored (c's fd is closed with it) */
+  answer_stream(st, c->status, &c->fd);
+}
+
+/* The upstream connect of a stream ended: `err` 0 = connected (answered 200), else failed (503, named in "closed"). */
+static void connect_done(struct stream *st, int err) {
+  struct io *cio = &st->as_server.connect_io;
+  int fd = cio->fd;
+  io_set(cio, 0);
+  cio->fd = -1;
+  if (err) {
+    close(fd);
+    fd = -1;
+    st->as_server.connect_errno = err;
+  }
+  if (!answerable(st)) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  answer_stream(st, err ? 503 : 200, &fd);
+}
+
+static void cmd_answer_connect(struct cmd *c) {
+  struct stream *st = answered_stream(c->id);
+  if (!answerable(st) || c->fd < 0) return;
+  struct io *cio = &st->as_server.connect_io;
+  cio->fd = c->fd;
+  c->fd = -1;
+  st->as_server.connect_deadline_ms = now_ms() + (c->status > 0 ? c->status : 10000);
+  io_set(cio, EPOLLOUT); /* writable (or an error) once the connect ended */
+}
+
+static void on_connect_event(struct stream *st) {
+  if (st->dead) {
+    io_close(&st->as_server.connect_io); /* level-triggered: it would be reported again until the stream is freed */
+    return;
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(st->as_server.connect_io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  connect_done(st, err);
 }
 
 static void cmd_close_stream(struct cmd *c) {
@@ -326,6 +381,7 @@ static void run_cmd(struct cmd *c) {
   case CMD_SERVER_SESSION: cmd_session(c, 1); break;
   case CMD_CLIENT_STREAM: cmd_client_stream(c); break;
   case CMD_ANSWER: cmd_answer(c); break;
+  case CMD_ANSWER_CONNECT: cmd_answer_connect(c); break;
   case CMD_CLOSE_STREAM: cmd_close_stream(c); break;
   case CMD_CLOSE_SESSION: cmd_close_session(c); break;
   case CMD_STOP: relay.stop = 1; break;
@@ -378,6 +434,12 @@ static void keepalive_tick(void) {
       continue;
     }
     if (!s->up) continue;
+    /* Upstream connects past their deadline (ahb_answer_connect): 503, as a refused one. */
+    if (s->server) {
+      for (struct stream *st = s->streams; st; st = st->next_in_session) {
+        if (!st->dead && st->as_server.connect_io.fd >= 0 && now >= st->as_server.connect_deadline_ms) connect_done(st, ETIMEDOUT);
+      }
+    }
     /* Streams closed in order whose app stopped reading: their unread bytes hold connection credit; bounded. */
     if (linger > 0) {
       for (struct stream *st = s->streams; st; st = st->next_in_session) {
@@ -450,6 +512,7 @@ void *relay_loop(void *arg) {
         break;
       case IO_SESSION: session_pump(container_of(io, struct session, io)); break;
       case IO_APP: on_app_event(container_of(io, struct stream, io), e); break;
+      case IO_CONNECT: on_connect_event(container_of(io, struct stream, as_server.connect_io)); break;
       }
     }
     /* Streams whose app socket drained may now be complete; sessions may need a last flush. */

@@ -62,7 +62,7 @@
 
 /* ---------- types ---------- */
 
-enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP };
+enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP, IO_CONNECT };
 
 /* One fd in the loop's epoll set; epoll's data.ptr points here. */
 struct io {
@@ -118,6 +118,11 @@ struct stream {
      * told of the request and has neither answered nor closed the stream; answered: ahb_answer ran for it. */
     unsigned fresh : 1, awaiting : 1, answered : 1;
     struct stream *next_fresh;
+    /* ahb_answer_connect: the upstream socket while its connect is in flight (then it becomes `io`), its deadline, and
+     * the connect's errno once it failed (named in the stream's "closed" event). */
+    struct io connect_io;
+    int64_t connect_deadline_ms;
+    int connect_errno;
   } as_server;
 };
 
@@ -164,7 +169,7 @@ struct ctx_entry {
   struct ctx_entry *next;
 };
 
-enum cmd_kind { CMD_CLIENT_SESSION, CMD_SERVER_SESSION, CMD_CLIENT_STREAM, CMD_ANSWER, CMD_CLOSE_STREAM, CMD_CLOSE_SESSION, CMD_STOP };
+enum cmd_kind { CMD_CLIENT_SESSION, CMD_SERVER_SESSION, CMD_CLIENT_STREAM, CMD_ANSWER, CMD_ANSWER_CONNECT, CMD_CLOSE_STREAM, CMD_CLOSE_SESSION, CMD_STOP };
 
 /* One API call for the loop. Owns fd, a, b and its ctx reference until the loop hands them on (or cmd_free). */
 struct cmd {
@@ -224,7 +229,7 @@ void ev_settings(uint64_t session, int64_t max_streams);
 void ev_goaway(uint64_t session, uint32_t code);
 void ev_request(const struct session *s, const struct stream *st);
 int ev_status(uint64_t stream, int status, const char *why, int retry_fd);
-void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, const char *why);
+void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, int connect_failed, const char *why);
 void ev_session_closed(const struct session *s);
 void ev_session_failed(uint64_t session, const char *why);
 

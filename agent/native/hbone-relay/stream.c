@@ -38,6 +38,7 @@ struct stream *stream_new(uint64_t id, struct session *s, int fd) {
   if (!st) return NULL;
   st->io.kind = IO_APP;
   st->io.fd = fd;
+  st->as_server.connect_io = (struct io){IO_CONNECT, -1, 0};
   st->id = id;
   st->h2id = -1;
   st->s = s;
@@ -71,6 +72,7 @@ void stream_free(struct stream *st) {
   }
   pthread_mutex_unlock(&relay.mu);
   io_close(&st->io);
+  io_close(&st->as_server.connect_io); /* a connect still in flight when the stream ended */
   buf_free(&st->in);
   buf_free(&st->out);
   free(st->as_server.method);
@@ -132,7 +134,14 @@ void stream_report_unanswered(struct stream *st, const char *session_error) {
 void stream_report_closed(struct stream *st, const char *why) {
   if (st->reported) return;
   st->reported = 1;
-  ev_closed(st->id, st->bytes_in, st->bytes_out, st->h2_error, st->errored, why);
+  int failed = st->as_server.connect_errno != 0;
+  char connect_why[96];
+  if (failed && !why) {
+    const char *name = strerrorname_np(st->as_server.connect_errno), *desc = strerrordesc_np(st->as_server.connect_errno);
+    snprintf(connect_why, sizeof connect_why, "connect %s (%s)", name ? name : "?", desc ? desc : "unknown error");
+    why = connect_why;
+  }
+  ev_closed(st->id, st->bytes_in, st->bytes_out, st->h2_error, st->errored, failed, why);
 }
 
 void stream_update(struct stream *st) {

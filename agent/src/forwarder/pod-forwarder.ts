@@ -10,7 +10,7 @@ import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { dialFrom, listenIn, originalDst, serverFd } from '../platform/sockets.js';
+import { dialFrom, listenIn, originalDst, serverFd, startDial } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { addressesOf, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
@@ -26,6 +26,9 @@ import type { RelayMeta } from '../handover/protocol.js';
 import { LISTENER_ADDRESSES, podListenerKinds, type HandedListeners, type ListenerKind } from '../handover/listener-protocol.js';
 
 export type { Direction } from './connections.js';
+
+/** How long an inbound HBONE stream's connect to the app may take before it is answered 503 (dialFrom's default too). */
+const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export interface DirectionStats {
   opened: number;
@@ -323,27 +326,23 @@ export class PodForwarder {
       return { sent: b.out, recv: b.in };
     });
     this.inbound.set(handle, { source, destination, close: (reason) => done.deny(reason) });
-    // A stream reset while its app dial is in flight gives the dial up at once (no socket held until the connect ends).
-    const dial = new AbortController();
     void r.stream.closed.then((end) => {
       this.inbound.delete(handle);
-      dial.abort();
+      if (end.connectFailed) done.failed(new Error(end.error ?? 'connect failed'));
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
+    // The data path finishes the connect and answers (200 once connected, 503 if it fails or takes over
+    // UPSTREAM_CONNECT_TIMEOUT_MS); a stream reset meanwhile closes the socket there. No Node socket on this path.
     const from = this.sourceFor(source.ip, d.upstream.host);
-    dialFrom(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: this.mesh.appMark, paused: true, signal: dial.signal, ...(from ? { source: { address: from } } : {}) }).then(
-      (sock) => {
-        if (!r.stream.isClosed) return r.answer(200, sock);
-        // Reset while the dial was in flight (its end is counted already): close the app connection now, not via the library.
-        sock.resetAndDestroy();
-        r.answer(503);
-      },
-      (err: Error) => {
-        if (dial.signal.aborted) return; // the stream ended first: its end is counted, nothing to answer
-        done.failed(err);
-        r.answer(503);
-      },
-    );
+    let fd: number;
+    try {
+      fd = startDial(this.self.ns, { host: d.upstream.host, port: d.upstream.port, mark: this.mesh.appMark, ...(from ? { source: { address: from } } : {}) });
+    } catch (err) {
+      done.failed(err instanceof Error ? err : new Error(String(err)));
+      r.answer(503);
+      return;
+    }
+    r.answerConnect(fd, UPSTREAM_CONNECT_TIMEOUT_MS);
   }
 
   /** Registers an open relay (for `conns` and the counters) and counts its opening in the metrics; returns its labels. */

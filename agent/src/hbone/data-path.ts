@@ -11,6 +11,8 @@ export interface HboneStreamEnd {
   error?: string;
   /** Reset (by either end, a policy close, or a session failure) rather than closed in order. */
   reset: boolean;
+  /** Inbound, answered with answerConnect: the upstream connect failed or timed out (`error` says how); answered 503. */
+  connectFailed?: boolean;
 }
 
 /** One CONNECT stream whose bytes the data path pumps between its app socket and the tunnel. */
@@ -45,6 +47,12 @@ export interface HboneInboundRequest {
   localAddress: string;
   /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
   answer(status: number, upstream?: net.Socket): void;
+  /**
+   * Answers once the upstream is connected, without Node: `fd` is a non-blocking socket whose connect is in flight
+   * (startDial), owned by the data path from the call on. 200 when it connects; 503 when it fails or has not connected
+   * within `timeoutMs`, and then the stream's end says so (connectFailed, with the reason in `error`).
+   */
+  answerConnect(fd: number, timeoutMs: number): void;
 }
 
 /** How a pod listener gets its socket: a handed one (`fd`), or a new one, SO_REUSEPORT only when asked. */

@@ -15,7 +15,7 @@ export type NativeEvent =
   | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number; goawayCode?: number }
   | { ev: 'status'; stream: number; status: number; error?: string; retryFd?: number }
   | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
-  | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; error?: string };
+  | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; connectFailed?: number; error?: string };
 
 const EVENTS = new Set(['up', 'settings', 'goaway', 'sessionClosed', 'status', 'request', 'closed']);
 
@@ -61,6 +61,8 @@ export interface NativeLib {
   serverSession(ctx: number, fd: number, trustDomain: string): number;
   clientStream(session: number, fd: number, authority: string, headers: string): number;
   answer(stream: number, status: number, fd: number): void;
+  /** 200 once `fd` (a non-blocking socket, its connect in flight; owned from the call on) connects, 503 if it fails or times out. */
+  answerConnect(stream: number, fd: number, timeoutMs: number): void;
   closeStream(stream: number): void;
   closeSession(session: number, graceful: boolean): void;
   /** A server session's shutdown notice (GOAWAY with the highest stream id): no new streams; closeSession follows. */
@@ -161,6 +163,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     serverSession: lib.func('uint64_t ahb_server_session(uint64_t ctx, int fd, const char *td)'),
     clientStream: lib.func('uint64_t ahb_client_stream(uint64_t session, int fd, const char *authority, const char *headers)'),
     answer: lib.func('void ahb_answer(uint64_t stream, int status, int fd)'),
+    answerConnect: lib.func('void ahb_answer_connect(uint64_t stream, int fd, int timeout_ms)'),
     closeStream: lib.func('void ahb_close_stream(uint64_t stream)'),
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
@@ -178,6 +181,7 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     serverSession: (ctx, fd, td) => n(f.serverSession(ctx, fd, td)),
     clientStream: (session, fd, authority, headers) => n(f.clientStream(session, fd, authority, headers)),
     answer: (stream, status, fd) => void f.answer(stream, status, fd),
+    answerConnect: (stream, fd, timeoutMs) => void f.answerConnect(stream, fd, timeoutMs),
     closeStream: (stream) => void f.closeStream(stream),
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     closeSessionNotice: (session) => void f.closeSession(session, 2),

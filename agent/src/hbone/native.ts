@@ -346,7 +346,10 @@ export class NativeHbone implements HboneDataPath {
         if (w.session) this.pool.streamClosed(w.session);
         // The library sends a status first; should it ever not, the stream's `ready` still settles.
         w.onStatus?.(-1, ev.error ?? 'stream closed before the CONNECT was answered');
-        w.onClosed({ bytesIn: ev.bytesIn, bytesOut: ev.bytesOut, reset: ev.errored !== 0 || ev.h2Error !== 0, ...(ev.error ? { error: ev.error } : {}) });
+        w.onClosed({
+          bytesIn: ev.bytesIn, bytesOut: ev.bytesOut, reset: ev.errored !== 0 || ev.h2Error !== 0,
+          ...(ev.connectFailed ? { connectFailed: true } : {}), ...(ev.error ? { error: ev.error } : {}),
+        });
         return;
       }
       case 'request': {
@@ -364,14 +367,22 @@ export class NativeHbone implements HboneDataPath {
         }
         s.unanswered++;
         let answered = false;
+        const answering = (): void => {
+          if (answered) throw new Error(`stream ${ev.stream} answered twice`);
+          answered = true;
+          s.unanswered--;
+        };
         const { stream } = this.track(ev.stream, undefined);
         s.onRequest({
           stream, method: ev.method, authority: ev.authority, peerIdentity: ev.peer, peerAddress: s.peerAddress, peerPort: s.peerPort,
           localAddress: s.localAddress,
+          answerConnect: (fd, timeoutMs) => {
+            answering();
+            if (this.lib) this.lib.answerConnect(ev.stream, fd, timeoutMs);
+            else close(fd);
+          },
           answer: (status, upstream) => {
-            if (answered) throw new Error(`stream ${ev.stream} answered twice`);
-            answered = true;
-            s.unanswered--;
+            answering();
             let fd = -1;
             if (upstream) {
               try {

@@ -32,6 +32,7 @@ export const CLONE_NEWNET = 0x40000000;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const EWOULDBLOCK = 11;
+const EINPROGRESS = 115;
 export const AF_UNIX = 1;
 export const SOCK_SEQPACKET = 5;
 export const SO_TYPE = 3;
@@ -182,6 +183,14 @@ export function connect(fd: number, addr: Buffer): boolean {
   if ((fns.connect(fd, addr, addr.length) as number) === 0) return true;
   const errno = koffi.errno();
   if (errno === EWOULDBLOCK) return false;
+  throw new SyscallError('connect', errno);
+}
+
+/** Starts a non-blocking TCP socket's connect(2): returns whether it is done already; in flight (EINPROGRESS) is false. */
+export function connectStart(fd: number, addr: Buffer): boolean {
+  if ((fns.connect(fd, addr, addr.length) as number) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === EINPROGRESS) return false;
   throw new SyscallError('connect', errno);
 }
 
