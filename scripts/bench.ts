@@ -70,7 +70,7 @@ const USAGE = `usage: bash scripts/bench.sh [options]
   --readopt-reps N     kill -9 + start repetitions, with 0 pods and with N pods each (default 3)
   --conn-mode M        backend of the connection-cost part (default iptables): new connections one at a time and from
                        16 concurrent clients, mesh vs direct, and the agents' CPU per connection and per 1 KiB request
-  --conn-blocks N      blocks per path in that part (default 4; about 25 s each)
+  --conn-blocks N      blocks per path in that part (default 4; about 17 s each)
   --only WHAT          add | datapath | redirect | services | scale | source | takeover | churn | ipv6 | readopt | conn
                        (default: all eleven)
   --out FILE           raw results (default .bench/results.json)`;

@@ -31,8 +31,12 @@ export const CONN_GOALS = {
 
 /** Per block and path: serial new connections, then the rate phase, then persistent round trips. */
 const SERIAL_CONNS = 200;
+/** Connections of the serial phase's rr.mjs run besides the timed ones (its persistent one, 2 untimed): in its CPU. */
+const SERIAL_EXTRA = 3;
 const RATE = { concurrency: 16, seconds: 3 } as const;
 const PERSISTENT_ROUNDS = 2000;
+/** Untimed round trips before the timed ones on the persistent connection: in the phase's CPU too. */
+const PERSISTENT_WARMUP = 100;
 const PATHS = ['direct', 'mesh', 'stunnel'] as const;
 type ConnPath = (typeof PATHS)[number];
 
@@ -50,7 +54,7 @@ export interface ConnPathResult {
   serialCpu: Cpu[];
   /** Rate phase per block: completed and failed connections, and CPU. */
   rate: { conns: number; failed: number; wallS: number; cpu: Cpu; p50Us: number }[];
-  /** Persistent: 1 KiB round trips per block, and CPU. */
+  /** Persistent: 1 KiB round trips per block (the untimed ones too: all are in its CPU), and CPU. */
   persistent: { rounds: number; cpu: Cpu; p50Us: number }[];
 }
 
@@ -128,13 +132,13 @@ export async function benchConn(o: ConnOpts): Promise<ConnResult> {
       for (const p of b % 2 === 0 ? PATHS : [...PATHS].reverse()) {
         checkInterrupted();
         const r = routes[p];
-        const serial = await measure(() => runRr(rrOpts, r, { rounds: 0, conns: SERIAL_CONNS }, ['--size', '64', '--warmup', '0', '--conn-warmup', '2']));
+        const serial = await measure(() => runRr(rrOpts, r, { rounds: 0, conns: SERIAL_CONNS }, ['--size', '64', '--warmup', '0', '--conn-warmup', String(SERIAL_EXTRA - 1)]));
         paths[p].serialUs.push(...serial.value.newConnection);
         paths[p].serialCpu.push(serial.cpu);
         const rate = await measure(() => runRate(o, r));
         paths[p].rate.push({ ...rate.value, cpu: rate.cpu });
-        const pers = await measure(() => runRr(rrOpts, r, { rounds: PERSISTENT_ROUNDS, conns: 0 }, ['--warmup', '100', '--conn-warmup', '0']));
-        paths[p].persistent.push({ rounds: PERSISTENT_ROUNDS, cpu: pers.cpu, p50Us: dist(pers.value.persistent).p50 });
+        const pers = await measure(() => runRr(rrOpts, r, { rounds: PERSISTENT_ROUNDS, conns: 0 }, ['--warmup', String(PERSISTENT_WARMUP), '--conn-warmup', '0']));
+        paths[p].persistent.push({ rounds: PERSISTENT_ROUNDS + PERSISTENT_WARMUP, cpu: pers.cpu, p50Us: dist(pers.value.persistent).p50 });
       }
     }
     const pool1 = await poolStats(tb.agent(0));
@@ -203,7 +207,8 @@ export function connFigures(r: ConnResult): ConnFigures {
   return {
     serial,
     addedP50Us: serial.mesh.p50 - serial.direct.p50,
-    cpuPerConnMs: netPer(m.serialCpu, m.serialUs.length, idle),
+    // Each block's serial run also made SERIAL_EXTRA untimed connections; its CPU is theirs too.
+    cpuPerConnMs: netPer(m.serialCpu, m.serialUs.length + SERIAL_EXTRA * m.serialCpu.length, idle),
     cpuPerConnRateMs: netPer(m.rate.map((x) => x.cpu), m.rate.reduce((a, b) => a + b.conns, 0), idle),
     ratePerS: { direct: rateOf('direct'), mesh: rateOf('mesh'), stunnel: rateOf('stunnel') },
     rateFailed: { direct: failed('direct'), mesh: failed('mesh'), stunnel: failed('stunnel') },

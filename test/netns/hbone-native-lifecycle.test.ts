@@ -348,7 +348,7 @@ netnsTest.serial('native: a CONNECT the peer resets, refuses or never answers se
   t.like(await within((await first.stream).closed), { ok: true });
 });
 
-netnsTest('native answerConnect: 200 once connected; 503 named in the end when refused or timed out; a reset closes the socket in flight', async (t) => {
+netnsTest.serial('native answerConnect: 200 once connected; 503 named in the end when refused or timed out; a reset closes the socket in flight', async (t) => {
   const r = await rig(t);
   const name = r.ns.path.slice(r.ns.path.lastIndexOf('/') + 1);
   // SYNs to 10.79.0.2 leave through a veth whose peer has no address (a fixed neighbour entry, so no ARP failure
@@ -395,16 +395,25 @@ netnsTest('native answerConnect: 200 once connected; 503 named in the end when r
   t.like(await within(served.at(-1)?.stream.closed ?? Promise.reject(new Error('no request'))), { ok: true, value: { connectFailed: true, error: 'connect ETIMEDOUT (Connection timed out)' } });
   t.true(await blackholeUntil((ss) => ss === ''), 'the timed-out socket is closed');
 
-  // The stream is reset while its connect is in flight: the socket is closed then, not when the connect would end.
-  r.onRequest = answerWith('10.79.0.2', 80, WAIT_MS);
-  const reset = await open(r, '10.78.0.1');
-  t.true(await waitFor(() => served.length === 4), 'the request reached the server');
-  t.true(await blackholeUntil((ss) => /SYN-SENT/.test(ss)), 'the connect is in flight (the check below can see its socket)');
-  (await reset.stream).close();
-  t.true(await blackholeUntil((ss) => ss === ''), 'no socket is left behind (none in SYN-SENT or any other state)');
+  // The stream ends while its connect is in flight, reset by the client, then closed by the agent (a policy change):
+  // the socket is closed then, long before its connect would time out (60 s).
+  for (const who of ['client', 'agent'] as const) {
+    r.onRequest = answerWith('10.79.0.2', 80, 60_000);
+    const inFlight = await open(r, '10.78.0.1');
+    t.true(await waitFor(() => served.length === (who === 'client' ? 4 : 5)), 'the request reached the server');
+    t.true(await blackholeUntil((ss) => /SYN-SENT/.test(ss)), 'the connect is in flight (the check below can see its socket)');
+    const closedAt = Date.now();
+    if (who === 'client') (await inFlight.stream).close();
+    else served.at(-1)?.stream.close();
+    t.true(await blackholeUntil((ss) => ss === ''), `${who}: no socket is left behind (none in SYN-SENT or any other state)`);
+    t.true(Date.now() - closedAt < 3000, `${who}: the socket was closed with the stream, not at its connect's deadline`);
+    const end = await within(served.at(-1)?.stream.closed ?? Promise.reject(new Error('no request')));
+    t.like(end, { ok: true }, `${who}: the server side's stream ended`);
+    t.false(end !== 'pending' && end.ok && end.value.connectFailed === true, `${who}: its end does not blame the connect`);
+  }
 });
 
-netnsTest('native: the library ending its event socket fails every pending stream and reports a fatal AMB_ERR_NATIVE_LIB once', async (t) => {
+netnsTest.serial('native: the library ending its event socket fails every pending stream and reports a fatal AMB_ERR_NATIVE_LIB once', async (t) => {
   const fatal: Error[] = [];
   const r = await rig(t, { onFatal: (err) => fatal.push(err) });
   const unanswered: HboneInboundRequest[] = [];

@@ -23,8 +23,8 @@ test('CPU per connection and per request is net of each thread\'s idle rate; rat
   };
   const mesh: ConnPathResult = {
     serialUs: [1100, 1200, 1300, 1400],
-    // 4 connections in 1 s: main 0.01 (idle) + 0.004, relay 0.002 on the client agent.
-    serialCpu: [cpu(1, [0.014, 0.002, 0], [0.018, 0.001, 0.001])],
+    // 4 timed connections and 3 untimed ones (SERIAL_EXTRA) in 1 s: main 0.01 (idle) + 0.007, relay 0.0035.
+    serialCpu: [cpu(1, [0.017, 0.0035, 0], [0.018, 0.001, 0.001])],
     rate: [{ conns: 1000, failed: 3, wallS: 2, cpu: cpu(2, [0.52, 0.2, 0.1], [0.62, 0.3, 0.1]), p50Us: 900 }],
     persistent: [{ rounds: 2000, cpu: cpu(1, [0.01, 0.2, 0], [0.01, 0.1, 0]), p50Us: 250 }],
   };
@@ -38,7 +38,7 @@ test('CPU per connection and per request is net of each thread\'s idle rate; rat
   t.is(f.serial.mesh.p50, 1250);
   t.is(f.addedP50Us, 1250 - 200);
   t.deepEqual(f.idleCpuPct.map((x) => +x.toFixed(6)), [1, 1]);
-  t.is(+f.cpuPerConnMs[0].main.toFixed(6), 1); // (0.014 - 0.01 × 1 s) / 4 connections = 1 ms
+  t.is(+f.cpuPerConnMs[0].main.toFixed(6), 1); // (0.017 - 0.01 × 1 s) / 7 connections = 1 ms
   t.is(+f.cpuPerConnMs[0].relay.toFixed(6), 0.5);
   t.is(+f.cpuPerConnRateMs[1].main.toFixed(6), 0.6); // (0.62 - 0.01 × 2 s) / 1,000
   t.is(f.ratePerS.mesh, 500);

@@ -19,8 +19,9 @@
  *   limits, or by the peer in the same read as its HEADERS) is never reported. The library keeps a reported stream until
  *   it is answered or closed by the agent, even once "closed" was sent, and refuses (REFUSED_STREAM, unreported) new
  *   requests of a session that has server_max_streams (ahb_settings) such streams: answer every request, late ones included. Answer
- *   each request once (ahb_answer); later answers, answers to client streams and answers to streams already gone are
- *   ignored (their fd is closed).
+ *   each request once (ahb_answer, or ahb_answer_connect: the agent's part ends with the call, the library answers once
+ *   the connect ends, and a stream reset or closed meanwhile closes that socket); later answers, answers to client
+ *   streams and answers to streams already gone are ignored (their fd is closed).
  * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
  *   handshaking is dropped at once and never sent; a session closed while handshaking fails its queued streams.
  * - A call that returns 0 for an id (out of memory) has closed the fd it was given; no event will come for it.

@@ -273,8 +273,8 @@ static struct stream *answered_stream(uint64_t id) {
 
 /* Whether a server stream's request can still be answered: once, while HTTP/2 still has the stream. */
 static int answerable(const struct stream *st) {
-  return st && st->s->server && st->s->h2 && st->h2id > 0 && !st->dead && !st->h2_closed && !st->as_server.answered &&
-         st->as_server.connect_io.fd < 0;
+  return st && st->s->server && st->s->h2 && st->h2id > 0 && !st->dead && !st->h2_closed && !st->errored &&
+         !st->as_server.answered && st->as_server.connect_io.fd < 0;
 }
 
 /* Answers a server stream's request (see answerable): 200 relaying `*fd` (taken), or `status` without one. */
@@ -317,12 +317,12 @@ static void connect_done(struct stream *st, int err) {
   if (err) {
     close(fd);
     fd = -1;
-    st->as_server.connect_errno = err;
   }
   if (!answerable(st)) {
     if (fd >= 0) close(fd);
-    return;
+    return; /* the stream ended first: its end is its own, not the connect's */
   }
+  if (err) st->as_server.connect_errno = err;
   answer_stream(st, err ? 503 : 200, &fd);
 }
 

@@ -171,6 +171,7 @@ void stream_drop_out(struct stream *st) {
  */
 void stream_abort(struct stream *st, uint32_t code) {
   st->errored = 1;
+  io_close(&st->as_server.connect_io); /* an upstream connect in flight (ahb_answer_connect) ends with the stream */
   if (st->h2id > 0 && !st->h2_closed && st->s->h2) nghttp2_submit_rst_stream(st->s->h2, NGHTTP2_FLAG_NONE, st->h2id, code);
   if (st->io.fd >= 0) {
     set_reset_on_close(st->io.fd);

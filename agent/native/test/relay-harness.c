@@ -10,7 +10,10 @@
 #include "../hbone-relay/ahb.h"
 
 #include <dirent.h>
+#include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -140,7 +143,7 @@ static struct pem make_leaf(X509 *root, EVP_PKEY *root_key, const char *uri, lon
 
 struct event {
   char ev[16];
-  int64_t session, stream, status, wasUp, timedOut, identityRefused, errored, h2Error, retryFd;
+  int64_t session, stream, status, wasUp, timedOut, identityRefused, errored, h2Error, retryFd, connectFailed;
   char authority[64];
   bool used;
 };
@@ -190,6 +193,7 @@ static void add_event(const char *line) {
   e->errored = field_num(line, "errored");
   e->h2Error = field_num(line, "h2Error");
   e->retryFd = field_num(line, "retryFd"); /* -999: none */
+  e->connectFailed = field_num(line, "connectFailed"); /* -999: none */
   field_str(line, "authority", e->authority, sizeof e->authority);
   CHECK(e->ev[0], "event without a name: %s", line);
 }
@@ -554,6 +558,94 @@ static void s_non_200(void) {
   /* The connection is still good. */
   struct flow ok = flow_open(&k, "10.0.0.3:82", 200);
   transfer(ok.app, ok.up, 70000, 9);
+  flow_close_fds(&ok);
+  conn_close(&k);
+}
+
+/* A loopback TCP listener (backlog `backlog`) and its address; the port is the kernel's. Loopback only. */
+static int tcp_listener(int backlog, struct sockaddr_in *addr) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(l >= 0, "socket: %s", strerror(errno));
+  *addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  CHECK(bind(l, (struct sockaddr *)addr, sizeof *addr) == 0 && listen(l, backlog) == 0, "listen: %s", strerror(errno));
+  socklen_t len = sizeof *addr;
+  getsockname(l, (struct sockaddr *)addr, &len);
+  return l;
+}
+
+/* A non-blocking socket whose connect to `addr` was started (what the agent's startDial hands to ahb_answer_connect). */
+static int connect_started(const struct sockaddr_in *addr) {
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  CHECK(s >= 0, "socket: %s", strerror(errno));
+  int rc = connect(s, (const struct sockaddr *)addr, sizeof *addr);
+  CHECK(rc == 0 || errno == EINPROGRESS, "connect: %s", strerror(errno));
+  return s;
+}
+
+/* ahb_answer_connect: 200 once connected and the bytes flow; 503 with connectFailed when refused; a stream closed by
+ * the agent, or reset by the client, while its connect is in flight; misuse (answers after it, to streams gone). */
+static void s_answer_connect(void) {
+  struct conn k = conn_open(true);
+  conn_wait_up(&k);
+  struct sockaddr_in addr;
+  int l = tcp_listener(16, &addr);
+  /* Connected: 200, and the bytes flow both ways through the accepted socket. */
+  int app;
+  uint64_t cst = stream_open(&k, "10.0.0.9:80", "", &app);
+  struct event *r = next_request(k.s, WAIT_MS);
+  CHECK(r, "no request");
+  uint64_t sst = (uint64_t)r->stream;
+  ahb_answer_connect(sst, connect_started(&addr), 5000);
+  CHECK(must_event("status", 0, cst)->status == 200, "a connected upstream was not answered 200");
+  int up = accept(l, NULL, NULL);
+  CHECK(up >= 0, "accept: %s", strerror(errno));
+  ahb_answer(sst, 503, -1);                             /* a second answer: ignored */
+  ahb_answer_connect(sst, connect_started(&addr), 5000); /* and another: ignored, its socket closed */
+  transfer(app, up, 70000, 3);
+  transfer(up, app, 70000, 4);
+  close(app);
+  close(up);
+  must_event("closed", 0, cst);
+  CHECK(must_event("closed", 0, sst)->connectFailed == -999, "a connected stream's end says its connect failed");
+  /* Refused (a port nobody listens on any more): 503, and the server stream's end names the failed connect. */
+  struct sockaddr_in gone;
+  close(tcp_listener(1, &gone));
+  cst = stream_open(&k, "10.0.0.9:81", "", &app);
+  r = next_request(k.s, WAIT_MS);
+  CHECK(r, "no request");
+  sst = (uint64_t)r->stream;
+  ahb_answer_connect(sst, connect_started(&gone), 5000);
+  CHECK(must_event("status", 0, cst)->status == 503, "a refused connect was not answered 503");
+  CHECK(must_event("closed", 0, sst)->connectFailed == 1, "a refused connect is not named in the stream's end");
+  must_event("closed", 0, cst);
+  close(app);
+  /* In flight (a listener with a full queue drops the SYN), then closed by the agent, then reset by the client. */
+  struct sockaddr_in full;
+  int lf = tcp_listener(0, &full);
+  int fillers[3];
+  for (int i = 0; i < 3; i++) fillers[i] = connect_started(&full);
+  settle(50);
+  for (int round = 0; round < 2; round++) {
+    cst = stream_open(&k, round ? "10.0.0.9:83" : "10.0.0.9:82", "", &app);
+    r = next_request(k.s, WAIT_MS);
+    CHECK(r, "no request");
+    sst = (uint64_t)r->stream;
+    ahb_answer_connect(sst, connect_started(&full), 30000);
+    settle(50);
+    ahb_close_stream(round ? cst : sst);
+    struct event *s = must_event("status", 0, cst);
+    CHECK(s->status < 0, "status %lld for a stream closed while its connect was in flight", (long long)s->status);
+    CHECK(must_event("closed", 0, sst)->connectFailed == -999, "a closed stream's end blamed its connect");
+    must_event("closed", 0, cst);
+    close(app);
+  }
+  ahb_answer_connect(sst, connect_started(&addr), 5000); /* to a stream that is gone: ignored, its socket closed */
+  for (int i = 0; i < 3; i++) close(fillers[i]);
+  close(lf);
+  close(l);
+  /* The connection is still good. */
+  struct flow ok = flow_open(&k, "10.0.0.9:84", 200);
+  transfer(ok.app, ok.up, 70000, 5);
   flow_close_fds(&ok);
   conn_close(&k);
 }
@@ -1483,6 +1575,7 @@ int main(void) {
   int64_t t0 = now_ms();
   run("connect-and-data", s_connect_data);
   run("non-200-answers", s_non_200);
+  run("answer-connect", s_answer_connect);
   run("stream-reset", s_reset);
   run("reset-before-answer", s_reset_before_answer);
   run("refused-hand-back", s_refused_hand_back);
