@@ -4,7 +4,7 @@ import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { FilesWorkloadSource, parseWorkloadFile, parseWorkloadFileEntries, resolveFileEntries } from '../../agent/src/workload/files-source.js';
+import { FilesWorkloadSource, parseWorkloadFile, parseWorkloadFileEntries, readBounded, resolveFileEntries } from '../../agent/src/workload/files-source.js';
 import { MALFORMED_POLICY_MSG } from '../../agent/src/policy/malformed.js';
 
 const quiet = pino({ level: 'silent' });
@@ -308,3 +308,32 @@ test('WorkloadDirectory over the files source: pod changes are applied one by on
   t.deepEqual(wd.all(), [], 'the namespace left the mesh');
   t.true(wd.knownPod('Pod/app/a2'), 'known, though not in the mesh');
 });
+
+test('files source: a file over the per-file bound is not read, and its previous objects stay in force', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1'));
+  const bound = 400;
+  const src = new FilesWorkloadSource(dir, quiet, 60_000, 60_000, bound);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.deepEqual(src.getPod('app', 'a1')?.podIPs, ['10.0.0.1']);
+  const big = podYaml('a1', '10.0.0.9') + `# ${'x'.repeat(bound)}\n`;
+  t.true(big.length > bound);
+  writeAtomic(dir, 'a.yaml', big);
+  await src.rescanNow();
+  t.deepEqual(src.getPod('app', 'a1')?.podIPs, ['10.0.0.1'], 'the oversized version is not applied');
+  writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.2'));
+  await src.rescanNow();
+  t.deepEqual(src.getPod('app', 'a1')?.podIPs, ['10.0.0.2'], 'a version within the bound is');
+});
+
+test('readBounded reads a file of exactly the bound and refuses one byte more, naming the bound', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'at.yaml'), 'a'.repeat(100));
+  writeFileSync(join(dir, 'over.yaml'), 'a'.repeat(101));
+  t.is((await readBounded(join(dir, 'at.yaml'), 100)).length, 100);
+  await t.throwsAsync(readBounded(join(dir, 'over.yaml'), 100), { message: /over 100 bytes/ });
+});
+

@@ -5,7 +5,7 @@
 // objects in force; other kinds are logged once. Watched (inotify); a safety check stats the directory every 2 s and each
 // file once per 30 s, a slice at a time: the bound on applying a change the watch missed (see the constructor).
 import { watch, type FSWatcher, type Stats } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CORE_SCHEMA, loadAll } from 'js-yaml';
 import { createRequire } from 'node:module';
@@ -25,6 +25,32 @@ const YAML_FILE = /\.(ya?ml|json)$/;
 /** Changed files read at once during a rescan (see rescan): at most this many, and this many bytes (by their stat). */
 const READ_WINDOW = 32;
 const READ_WINDOW_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The largest workload file read (bytes): a bigger one is not read, and its previous objects stay in force. 50,000 pods
+ * in one file are ~12 MiB of YAML; the bound keeps a runaway file (a log written into the folder) out of memory.
+ */
+export const MAX_FILE_BYTES = 64 * 1024 * 1024;
+
+/** A file's text, read `maxBytes` + 1 at most: throws (naming the bound) when it is longer, whatever its stat said. */
+export async function readBounded(path: string, maxBytes: number): Promise<string> {
+  const fh = await open(path, 'r');
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, maxBytes + 1 - total));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      chunks.push(buf.subarray(0, bytesRead));
+      total += bytesRead;
+      if (total > maxBytes) throw new Error(`${path} is over ${maxBytes} bytes (the files source's bound per file): not read`);
+    }
+    return Buffer.concat(chunks, total).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
 
 /** The files of the read window starting at `from`: at least one, then up to READ_WINDOW files and READ_WINDOW_BYTES. Pure. */
 export function readWindow<T extends { size: number }>(files: readonly T[], from: number): T[] {
@@ -311,7 +337,10 @@ export class FilesWorkloadSource implements WorkloadSource {
    * it adds, removes or renames a file (a ConfigMap volume's update swaps a symlink: a rename); without a watch every
    * check is a full scan. An idle folder thus costs one stat per `pollMs` and one per file per `fullScanMs`.
    */
-  constructor(private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000, private readonly fullScanMs = Math.max(pollMs, 30_000)) {}
+  constructor(
+    private readonly dir: string, private readonly log: Logger, private readonly pollMs = 2000, private readonly fullScanMs = Math.max(pollMs, 30_000),
+    private readonly maxFileBytes = MAX_FILE_BYTES,
+  ) {}
 
   async start(): Promise<void> {
     await this.rescan();
@@ -467,7 +496,7 @@ export class FilesWorkloadSource implements WorkloadSource {
     for (let w = 0; w < changed.length;) {
       const window = readWindow(changed, w);
       w += window.length;
-      const texts = await Promise.all(window.map(({ name }) => readFile(join(this.dir, name), 'utf8').then((text) => ({ text }), (err: unknown) => ({ err }))));
+      const texts = await Promise.all(window.map(({ name }) => readBounded(join(this.dir, name), this.maxFileBytes).then((text) => ({ text }), (err: unknown) => ({ err }))));
       for (const [k, { name, stamp }] of window.entries()) this.applyFile(name, stamp, texts[k] ?? { err: new Error('not read') }, touched);
     }
     const problems = new Map<string, Record<string, unknown>>();
@@ -568,7 +597,7 @@ export class FilesWorkloadSource implements WorkloadSource {
       const sig = JSON.stringify(p);
       now.set(key, sig);
       if (this.reported.get(key) === sig) continue;
-      if (key.startsWith('file ')) this.log.error(p, 'ignoring malformed workload file (not valid YAML); its previous objects stay in force');
+      if (key.startsWith('file ')) this.log.error(p, 'ignoring a workload file that cannot be read or parsed; its previous objects stay in force');
       else if (p.outcome === 'placeholder') this.log.error({ ...p, effect: failClosedEffect(key) }, MALFORMED_POLICY_MSG);
       else if (p.outcome === 'kept-previous') this.log.error(p, 'rejected malformed object; the previous version stays in force');
       else this.log.error(p, 'rejected malformed object; it has no previous version and is ignored');
