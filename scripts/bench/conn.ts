@@ -1,7 +1,7 @@
 // 11. What a connection costs through the mesh: on one 2-node testbed, the mesh pair (HBONE through both agents) against
 // the plain pair and a stunnel pair between the plain pods: new connection + first 64 B round trip one at a time, new
 // connections/s from 16 workers, 1 KiB round trips on one connection; the agents' CPU per thread and the stunnels'.
-import type { AgentProcess, RedirectMode, TestbedPod } from '../../test/testbed/index.js';
+import type { AgentProcess, RedirectMode } from '../../test/testbed/index.js';
 import { agentNodePid, onCpu, procCpuSeconds, type ThreadCpu, threadCpuSeconds } from './cpu.js';
 import { type Route, RR, RR_PORT, TUNNEL, poolStats, runRr, withRrTestbed } from './datapath.js';
 import { startStunnelPair } from './stunnel.js';
@@ -42,7 +42,6 @@ type ConnPath = (typeof PATHS)[number];
 
 /** CPU seconds a phase took: each agent's (node 0's, node 1's) by thread, and each stunnel's; with its wall time. */
 interface Cpu {
-  agentS: [number, number];
   threads: [ThreadCpu, ThreadCpu];
   stunnelS: [number, number];
   wallS: number;
@@ -82,11 +81,9 @@ async function cpuOf<T>(agents: AgentProcess[], stunnels: (number | undefined)[]
     const y = a1[i] ?? nan;
     return { main: y.main - x.main, relay: y.relay - x.relay, other: y.other - x.other };
   }) as [ThreadCpu, ThreadCpu];
-  const sum = (t: ThreadCpu): number => t.main + t.relay + t.other;
   return {
     value,
     cpu: {
-      agentS: [sum(threads[0]), sum(threads[1])],
       threads,
       stunnelS: [(s1[0] ?? Number.NaN) - (s0[0] ?? Number.NaN), (s1[1] ?? Number.NaN) - (s0[1] ?? Number.NaN)],
       wallS,
@@ -95,11 +92,10 @@ async function cpuOf<T>(agents: AgentProcess[], stunnels: (number | undefined)[]
 }
 
 async function runRate(o: ConnOpts, r: Route): Promise<{ conns: number; failed: number; wallS: number; p50Us: number }> {
-  const client: TestbedPod = r.client;
-  const [cmd, args] = onCpu(o, client, process.execPath, [
+  const [cmd, args] = onCpu(o, r.client, process.execPath, [
     RR, 'rate', '--host', r.host, '--port', String(r.rrPort), '--concurrency', String(RATE.concurrency), '--seconds', String(RATE.seconds), '--size', '64',
   ]);
-  const res = await client.exec(cmd, args, { timeout: (RATE.seconds + 60) * 1000 });
+  const res = await r.client.exec(cmd, args, { timeout: (RATE.seconds + 60) * 1000 });
   const line = jsonLines(String(res.stdout)).at(-1);
   const conns = num(path(line, 'conns'));
   const samples = path(line, 'samples_us');

@@ -46,8 +46,8 @@ export function threadCpuSeconds(pid: number | undefined): ThreadCpu {
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       const stat = readStat(`/proc/${pid}/task/${tid}/stat`);
       if (stat === undefined) continue;
-      if (Number(tid) === pid) main = stat.cpu;
-      else if (stat.comm === RELAY_THREAD) relay += stat.cpu;
+      if (Number(tid) === pid) main = stat.self;
+      else if (stat.comm === RELAY_THREAD) relay += stat.self;
     }
   } catch {
     return none;
@@ -55,28 +55,27 @@ export function threadCpuSeconds(pid: number | undefined): ThreadCpu {
   return { main, relay, other: total - main - relay };
 }
 
-/** A /proc stat file's command name and user + system CPU seconds; undefined when it is gone. */
-function readStat(file: string): { comm: string; cpu: number } | undefined {
+/**
+ * A /proc stat file (a process's or a thread's): its command name, and the user + system CPU seconds of itself and of
+ * its reaped children; undefined when it is gone.
+ */
+function readStat(file: string): { comm: string; self: number; children: number } | undefined {
   try {
     const stat = readFileSync(file, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), cpu: (Number(f[11]) + Number(f[12])) / CLK_TCK };
+    // f[0] is field 3 (state): utime is field 14, stime field 15, cutime 16, cstime 17.
+    return {
+      comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')),
+      self: (Number(f[11]) + Number(f[12])) / CLK_TCK,
+      children: (Number(f[13]) + Number(f[14])) / CLK_TCK,
+    };
   } catch {
     return undefined;
   }
 }
 
 function statCpuSeconds(pid: number | undefined, which: 'self' | 'children'): number {
-  if (pid === undefined) return Number.NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // f[0] is field 3 (state): utime is field 14, stime field 15, cutime 16, cstime 17.
-    const at = which === 'self' ? 11 : 13;
-    return (Number(f[at]) + Number(f[at + 1])) / CLK_TCK;
-  } catch {
-    return Number.NaN;
-  }
+  return (pid === undefined ? undefined : readStat(`/proc/${pid}/stat`)?.[which]) ?? Number.NaN;
 }
 
 export function machineBusySeconds(): number {

@@ -33,6 +33,48 @@ function summary(samplesNs) {
   };
 }
 
+/**
+ * A TCP connection to host:port, resolved once connected; with `timeoutMs`, destroyed (and rejected) if not connected
+ * by then. One 'error' listener, removed once connected.
+ */
+const connectTo = (host, port, { noDelay = true, timeoutMs } = {}) =>
+  new Promise((resolve, reject) => {
+    const s = net.connect({ host, port, noDelay }, () => {
+      clearTimeout(timer);
+      s.off('error', reject);
+      resolve(s);
+    });
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => s.destroy(new Error(`no connection in ${timeoutMs} ms`)), timeoutMs);
+    s.once('error', reject);
+  });
+
+/**
+ * One round trip on `s`: write `msg`, resolve with the ns it took once as many bytes came back. One 'data', 'error' and
+ * 'close' listener per call, all removed when it settles (no listener pile-up over thousands of rounds).
+ */
+const roundTrip = (s, msg) =>
+  new Promise((resolve, reject) => {
+    let got = 0;
+    const done = (err, v) => {
+      s.off('data', onData);
+      s.off('error', onError);
+      s.off('close', onClose);
+      if (err) reject(err);
+      else resolve(v);
+    };
+    const onData = (d) => {
+      got += d.length;
+      if (got >= msg.length) done(undefined, process.hrtime.bigint() - t0);
+    };
+    const onError = (e) => done(e);
+    const onClose = () => done(new Error(`connection closed after ${got} of ${msg.length} bytes`));
+    s.on('data', onData);
+    s.on('error', onError);
+    s.on('close', onClose);
+    const t0 = process.hrtime.bigint();
+    s.write(msg);
+  });
+
 if (mode === 'server') {
   const port = Number(arg('port', '7000'));
   const server = net.createServer((s) => {
@@ -77,54 +119,20 @@ if (mode === 'server') {
   /** The hosts in the order of turn i (rotated by one each turn). */
   const turn = (i) => hosts.map((_, k) => (k + i) % hosts.length);
 
-  const connect = (host) =>
-    new Promise((resolve, reject) => {
-      const s = net.connect({ host, port, noDelay: true }, () => {
-        s.off('error', reject);
-        resolve(s);
-      });
-      s.once('error', reject);
-    });
-
-  /**
-   * One round trip: write `size` bytes, resolve when `size` bytes came back. One 'data' and one 'error' listener
-   * per call, both removed when it settles (no listener pile-up over thousands of rounds).
-   */
-  const roundTrip = (s) =>
-    new Promise((resolve, reject) => {
-      let got = 0;
-      const done = (err, v) => {
-        s.off('data', onData);
-        s.off('error', onError);
-        s.off('close', onClose);
-        if (err) reject(err);
-        else resolve(v);
-      };
-      const onData = (d) => {
-        got += d.length;
-        if (got >= size) done(undefined, process.hrtime.bigint() - t0);
-      };
-      const onError = (e) => done(e);
-      const onClose = () => done(new Error(`connection closed after ${got} of ${size} bytes`));
-      s.on('data', onData);
-      s.on('error', onError);
-      s.on('close', onClose);
-      const t0 = process.hrtime.bigint();
-      s.write(msg);
-    });
+  const connect = (host) => connectTo(host, port);
 
   const rr = hosts.map(() => []);
   const persistent = [];
   for (const h of hosts) persistent.push(await connect(h));
-  for (let i = 0; i < warmup; i++) for (const k of turn(i)) await roundTrip(persistent[k]);
-  for (let i = 0; i < rounds; i++) for (const k of turn(i)) rr[k].push(await roundTrip(persistent[k]));
+  for (let i = 0; i < warmup; i++) for (const k of turn(i)) await roundTrip(persistent[k], msg);
+  for (let i = 0; i < rounds; i++) for (const k of turn(i)) rr[k].push(await roundTrip(persistent[k], msg));
   for (const s of persistent) s.destroy();
 
   // New connections, not timed first: whatever pools or caches the path keeps (the HBONE pool, TLS sessions) are warm.
   for (let i = 0; i < connWarmup; i++) {
     for (const h of hosts) {
       const c = await connect(h);
-      await roundTrip(c);
+      await roundTrip(c, msg);
       c.destroy();
     }
   }
@@ -135,7 +143,7 @@ if (mode === 'server') {
       const t0 = process.hrtime.bigint();
       const c = await connect(hosts[k]);
       connectOnly[k].push(process.hrtime.bigint() - t0);
-      await roundTrip(c);
+      await roundTrip(c, msg);
       setup[k].push(process.hrtime.bigint() - t0);
       c.destroy();
     }
@@ -163,29 +171,19 @@ if (mode === 'server') {
     process.stderr.write('rr rate: --host is required\n');
     process.exit(2);
   }
-  const once = () =>
-    new Promise((resolve, reject) => {
-      const t0 = process.hrtime.bigint();
-      let got = 0;
-      const s = net.connect({ host, port, noDelay: true }, () => s.write(msg));
-      const timer = setTimeout(() => s.destroy(new Error('no answer in 10 s')), 10_000);
-      s.on('data', (d) => {
-        got += d.length;
-        if (got < size) return;
-        clearTimeout(timer);
-        const us = Number(process.hrtime.bigint() - t0) / 1000;
-        s.destroy();
-        resolve(us);
-      });
-      s.once('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-      s.once('close', () => {
-        clearTimeout(timer);
-        reject(new Error(`closed after ${got} of ${size} bytes`));
-      });
-    });
+  /** One new connection and its first round trip, µs; within 10 s of starting, else it fails. */
+  const once = async () => {
+    const t0 = process.hrtime.bigint();
+    const s = await connectTo(host, port, { timeoutMs: 10_000 });
+    const timer = setTimeout(() => s.destroy(new Error('no answer in 10 s')), 10_000);
+    try {
+      await roundTrip(s, msg);
+      return Number(process.hrtime.bigint() - t0) / 1000;
+    } finally {
+      clearTimeout(timer);
+      s.destroy();
+    }
+  };
   const samples = [];
   let failed = 0;
   const t0 = performance.now();
@@ -215,14 +213,7 @@ if (mode === 'server') {
     process.exit(2);
   }
   const data = Buffer.alloc(chunk, 0x62);
-  const connect = (host) =>
-    new Promise((resolve, reject) => {
-      const s = net.connect({ host, port }, () => {
-        s.off('error', reject);
-        resolve(s);
-      });
-      s.once('error', reject);
-    });
+  const connect = (host) => connectTo(host, port, { noDelay: false });
   /** One burst: Gbit/s from the first byte written to the sink's answer. */
   const burst = (s) =>
     new Promise((resolve, reject) => {

@@ -36,10 +36,12 @@ export function dist(values: number[]): Dist {
   };
 }
 
-export const f1 = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(1));
-export const f0 = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(0));
-export const f3 = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(3));
-export const f2 = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(2));
+/** A number with `digits` decimals, 'n/a' for a missing or non-finite one. */
+const fixed = (digits: number) => (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(digits));
+export const f0 = fixed(0);
+export const f1 = fixed(1);
+export const f2 = fixed(2);
+export const f3 = fixed(3);
 export const ratio = (x: number, base: number): string => (Number.isFinite(x) && Number.isFinite(base) && base > 0 ? `${(x / base).toFixed(2)}x` : 'n/a');
 export const signed = (x: number, digits: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(digits)}` : 'n/a');
 /** "p50 / p99" of a distribution, one decimal. */

@@ -407,6 +407,7 @@ netnsTest.serial('native answerConnect: 200 once connected; 503 named in the end
     else served.at(-1)?.stream.close();
     t.true(await blackholeUntil((ss) => ss === ''), `${who}: no socket is left behind (none in SYN-SENT or any other state)`);
     t.true(Date.now() - closedAt < 3000, `${who}: the socket was closed with the stream, not at its connect's deadline`);
+    t.like(await within((await inFlight.stream).ready), { ok: false }, `${who}: never answered 200 (the connect could not end first)`);
     const end = await within(served.at(-1)?.stream.closed ?? Promise.reject(new Error('no request')));
     t.like(end, { ok: true }, `${who}: the server side's stream ended`);
     t.false(end !== 'pending' && end.ok && end.value.connectFailed === true, `${who}: its end does not blame the connect`);

@@ -6,7 +6,6 @@ import { connFigures, type ConnPathResult, type ConnResult } from '../../scripts
 const threads = (main: number, relay: number, other: number) => ({ main, relay, other });
 /** A phase of `wallS` seconds in which each agent's threads used these CPU seconds, and each stunnel `st`. */
 const cpu = (wallS: number, a: [number, number, number], b: [number, number, number], st: [number, number] = [0, 0]) => ({
-  agentS: [a[0] + a[1] + a[2], b[0] + b[1] + b[2]] as [number, number],
   threads: [threads(...a), threads(...b)] as [ReturnType<typeof threads>, ReturnType<typeof threads>],
   stunnelS: st,
   wallS,

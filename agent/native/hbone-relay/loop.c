@@ -332,7 +332,7 @@ static void cmd_answer_connect(struct cmd *c) {
   struct io *cio = &st->as_server.connect_io;
   cio->fd = c->fd;
   c->fd = -1;
-  st->as_server.connect_deadline_ms = now_ms() + (c->status > 0 ? c->status : 10000);
+  st->as_server.connect_deadline_ms = now_ms() + (c->status > 0 ? c->status : 0); /* c->status: the timeout, ms */
   io_set(cio, EPOLLOUT); /* writable (or an error) once the connect ended */
 }
 

@@ -10,7 +10,7 @@ import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { dialFrom, listenIn, originalDst, serverFd, startDial } from '../platform/sockets.js';
+import { DIAL_TIMEOUT_MS, dialFrom, listenIn, originalDst, serverFd, startDial } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { addressesOf, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
@@ -26,9 +26,6 @@ import type { RelayMeta } from '../handover/protocol.js';
 import { LISTENER_ADDRESSES, podListenerKinds, type HandedListeners, type ListenerKind } from '../handover/listener-protocol.js';
 
 export type { Direction } from './connections.js';
-
-/** How long an inbound HBONE stream's connect to the app may take before it is answered 503 (dialFrom's default too). */
-const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export interface DirectionStats {
   opened: number;
@@ -332,7 +329,7 @@ export class PodForwarder {
       done.finish({ sent: end.bytesOut, recv: end.bytesIn }, end);
     });
     // The data path finishes the connect and answers (200 once connected, 503 if it fails or takes over
-    // UPSTREAM_CONNECT_TIMEOUT_MS); a stream reset meanwhile closes the socket there. No Node socket on this path.
+    // DIAL_TIMEOUT_MS); a stream reset or closed meanwhile closes the socket there. No Node socket on this path.
     const from = this.sourceFor(source.ip, d.upstream.host);
     let fd: number;
     try {
@@ -342,7 +339,7 @@ export class PodForwarder {
       r.answer(503);
       return;
     }
-    r.answerConnect(fd, UPSTREAM_CONNECT_TIMEOUT_MS);
+    r.answerConnect(fd, DIAL_TIMEOUT_MS);
   }
 
   /** Registers an open relay (for `conns` and the counters) and counts its opening in the metrics; returns its labels. */

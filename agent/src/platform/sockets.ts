@@ -131,6 +131,9 @@ export interface DialOptions {
   source?: { address: string; avoidPort?: number };
 }
 
+/** How long a dial's connect may take unless told otherwise (dialFrom's timeoutMs; the forwarder's native dials too). */
+export const DIAL_TIMEOUT_MS = 10_000;
+
 /** How many sockets transparentSocket tries before giving up (each further try is a 1 in ~28,000 event). */
 const SOURCE_BIND_TRIES = 4;
 
@@ -189,9 +192,9 @@ function dialSocket(ns: Netns, opts: Pick<DialOptions, 'host' | 'port' | 'mark' 
 
 /**
  * Starts a dial from inside ns (as dialFrom, without Node): the non-blocking socket with its connect() in flight (or
- * done), for the native data plane to finish (NativeLib answerConnect). No net.Socket is made: on the per-connection
- * path of an inbound HBONE stream that was a third of the agent's JavaScript (profiled). Throws when the socket cannot
- * be made or the connect fails at once; the fd is the caller's.
+ * done), for the native data plane to finish (NativeLib answerConnect). No net.Socket is made per inbound HBONE stream
+ * (see the README's "Connection cost"). Throws when the socket cannot be made or the connect fails at once; the fd is
+ * the caller's.
  */
 export function startDial(ns: Netns, opts: Pick<DialOptions, 'host' | 'port' | 'mark' | 'source'>): number {
   const { fd, host, family } = dialSocket(ns, opts);
@@ -217,7 +220,7 @@ export function dialFrom(ns: Netns, opts: DialOptions): Promise<net.Socket> {
     // pauseOnCreate (not in @types/node): no readStart, so not even the first bytes after the connect are read by Node.
     const sockOpts = { fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true, pauseOnCreate: opts.paused ?? false } as net.SocketConstructorOpts;
     const sock = new net.Socket(sockOpts);
-    const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
+    const timer = setTimeout(() => sock.destroy(new Error(`connect ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? DIAL_TIMEOUT_MS);
     const settled = (): void => clearTimeout(timer);
     sock.once('error', (err) => {
       settled();
