@@ -299,26 +299,28 @@ AHB_EXPORT uint64_t ahb_client_stream(uint64_t session, int fd, const char *auth
   return id;
 }
 
-/** Answers a server stream's request: 200 with the upstream app socket `fd` (owned), or another status (fd -1). */
-AHB_EXPORT void ahb_answer(uint64_t stream, int status, int fd) {
-  struct cmd *c = cmd_new(CMD_ANSWER, fd);
+/* Queues an answer to server stream `stream` owning `fd`; `n` is the status (CMD_ANSWER) or the timeout (CMD_ANSWER_CONNECT). */
+static void queue_answer(enum cmd_kind kind, uint64_t stream, int fd, int n) {
+  struct cmd *c = cmd_new(kind, fd);
   if (!c) return;
   c->id = stream;
-  c->status = status;
+  c->status = n;
   enqueue(c);
+}
+
+/** Answers a server stream's request: 200 with the upstream app socket `fd` (owned), or another status (fd -1). */
+AHB_EXPORT void ahb_answer(uint64_t stream, int status, int fd) {
+  queue_answer(CMD_ANSWER, stream, fd, status);
 }
 
 /**
  * Answers a server stream's request once its upstream is connected: `fd` (owned) is a non-blocking socket whose
- * connect() is in flight (or done). 200 when it connects, 503 when it fails or has not connected within `timeout_ms`;
- * a failed connect is named in the stream's "closed" event (connectFailed). The agent's work on the request ends here.
+ * connect() is in flight (or done). 200 when it connects, 503 when it fails or has not connected within `timeout_ms`
+ * (checked once a second); a failed connect is named in the stream's "closed" event (connectFailed). The agent's work
+ * on the request ends here.
  */
 AHB_EXPORT void ahb_answer_connect(uint64_t stream, int fd, int timeout_ms) {
-  struct cmd *c = cmd_new(CMD_ANSWER_CONNECT, fd);
-  if (!c) return;
-  c->id = stream;
-  c->status = timeout_ms;
-  enqueue(c);
+  queue_answer(CMD_ANSWER_CONNECT, stream, fd, timeout_ms);
 }
 
 /** Resets a stream (policy change, or the agent gave up on it): the app socket gets a reset, the peer RST_STREAM. */
