@@ -1,6 +1,9 @@
 // End to end on the simulated cluster, for every redirection backend: enrolment, byte-exact forwarding across nodes,
 // pods left alone, fail-closed when the agent dies, re-adoption, DEL (and an ADD into the namespace a DEL left), parallel
 // ADDs, probes, CHECK, GC and late enrolment.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isRulesSeen } from '../../agent/src/redirect/rules-seen.js';
 import { netnsTest, withTestbed } from '../testbed/ava.js';
 import { CniPluginError, type RedirectMode } from '../testbed/index.js';
 import {
@@ -208,6 +211,14 @@ netnsTest.serial('[iptables] re-adoption after kill -9 puts back what drifted wh
   };
   const before = await loCounter();
   t.true(before >= 1, `the intact pod's lo rule counted the ping (${before})`);
+  // Each ADD proved the rules it wrote (their namespace's nf_tables generation, in the record): re-adoption of a pod
+  // whose namespace is still at it reads nothing; one where anything was committed since is read back and repaired.
+  const seenOf = async (): Promise<Map<string, unknown>> => {
+    const doc = JSON.parse(await readFile(join(tb.node(0).stateDir, 'pods.json'), 'utf8')) as { pods: { name: string; rulesSeen?: unknown }[] };
+    return new Map(doc.pods.map((p) => [p.name, p.rulesSeen]));
+  };
+  const seen = await seenOf();
+  for (const p of [drifted, intact]) t.true(isRulesSeen(seen.get(p.name)), `${p.key}'s record says where its rules were proved`);
 
   await tb.agent(0).kill('SIGKILL');
   await drifted.exec('iptables', ['-t', 'nat', '-F', 'AMBIENT_OUTPUT']);
@@ -221,6 +232,10 @@ netnsTest.serial('[iptables] re-adoption after kill -9 puts back what drifted wh
   const probes = String((await tb.nodeExec(0, 'ipset', ['save', 'ambient-node-probes-v4'])).stdout);
   for (const p of [drifted, intact]) t.regex(probes, new RegExp(`^add ambient-node-probes-v4 ${p.ip.replaceAll('.', '\\.')} `, 'm'), `${p.key}'s probe target`);
   t.is(await loCounter(), before, 'the intact pod\'s rules were left as they were (not restored)');
+  const after = await seenOf();
+  t.deepEqual(after.get(intact.name), seen.get(intact.name), 'the intact pod: still at the generation it was proved at');
+  t.notDeepEqual(after.get(drifted.name), seen.get(drifted.name), 'the drifted pod: proved again after its repair');
+  t.true(isRulesSeen(after.get(drifted.name)));
   const logs = await tb.agent(0).logs({ currentRun: true });
   t.true(logs.some((l) => l.msg === 'adopted pods from the state dir' && l.enrolled === 2));
   // The ready line says where the start went, step by step, re-adoption included.

@@ -335,5 +335,11 @@ test('readBounded reads a file of exactly the bound and refuses one byte more, n
   writeFileSync(join(dir, 'over.yaml'), 'a'.repeat(101));
   t.is((await readBounded(join(dir, 'at.yaml'), 100)).length, 100);
   await t.throwsAsync(readBounded(join(dir, 'over.yaml'), 100), { message: /over 100 bytes/ });
+  // The size hint (the caller's stat) sizes the first read only: a file that grew or shrank since is read whole.
+  writeFileSync(join(dir, 'big.yaml'), 'b'.repeat(3 * 1024 * 1024 + 7));
+  t.is((await readBounded(join(dir, 'big.yaml'), 4 * 1024 * 1024, 10)).length, 3 * 1024 * 1024 + 7, 'grew past its hint');
+  t.is((await readBounded(join(dir, 'at.yaml'), 100, 5000)).length, 100, 'shorter than its hint');
+  t.is((await readBounded(join(dir, 'at.yaml'), 100, 0)).length, 100, 'a hint of 0');
+  await t.throwsAsync(readBounded(join(dir, 'over.yaml'), 100, 50), { message: /over 100 bytes/ }, 'the bound holds whatever the hint');
 });
 

@@ -57,8 +57,8 @@ function u32Attr(type: number, value: number): Buffer {
   return b;
 }
 
-/** struct nlmsghdr followed by a 12-byte family header and attributes. */
-function message(type: number, flags: number, header: Buffer, attrs: Buffer[]): Buffer {
+/** struct nlmsghdr (sequence number 0) followed by a family header and attributes (nf-generation.ts asks with it too). */
+export function netlinkMessage(type: number, flags: number, header: Buffer, attrs: Buffer[]): Buffer {
   const body = Buffer.concat([header, ...attrs]);
   const h = Buffer.alloc(NLMSG_HDRLEN);
   h.writeUInt32LE(NLMSG_HDRLEN + body.length, 0);
@@ -79,7 +79,7 @@ export function localDefaultRouteRequest(family: RtFamily, table: number): RtnlR
   rtm.writeUInt8(family === 6 ? RT_SCOPE_UNIVERSE : RT_SCOPE_HOST, 6);
   rtm.writeUInt8(RTN_LOCAL, 7);
   return {
-    bytes: message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, rtm, [u32Attr(RTA_TABLE, table), u32Attr(RTA_OIF, LOOPBACK_IFINDEX)]),
+    bytes: netlinkMessage(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, rtm, [u32Attr(RTA_TABLE, table), u32Attr(RTA_OIF, LOOPBACK_IFINDEX)]),
     what: `ip -${family} route replace local default dev lo table ${table}`,
   };
 }
@@ -103,7 +103,7 @@ export function fwmarkRuleRequest(family: RtFamily, r: FwmarkRule): RtnlRequest 
   frh.writeUInt8(FR_ACT_TO_TBL, 7);
   const attrs = [u32Attr(FRA_PRIORITY, r.pref), u32Attr(FRA_FWMARK, r.mark), u32Attr(FRA_FWMASK, r.mask), u32Attr(FRA_TABLE, r.table)];
   return {
-    bytes: message(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, frh, attrs),
+    bytes: netlinkMessage(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, frh, attrs),
     what: `ip -${family} rule add pref ${r.pref} fwmark 0x${r.mark.toString(16)}/0x${r.mask.toString(16)} lookup ${r.table}`,
     existsIsDone: true,
   };

@@ -3,6 +3,7 @@
 import { AgentError, describe } from '../errors.js';
 import { recordKey, type PodRecord } from '../registry/state-store.js';
 import { readIp6tablesOwned } from '../redirect/backend.js';
+import { sameSeen } from '../redirect/rules-seen.js';
 import { openSandbox, podContext, probeIps, type Attachments } from './attachments.js';
 
 /** What `ambient-node rules <pod>` shows for one attachment: the rules expected in its netns, those found, the drift. */
@@ -88,12 +89,19 @@ export async function repairOne(a: Attachments, key: string): Promise<boolean> {
   return a.mutex.run(key, async () => {
     const rec = a.records.get(key);
     if (!rec || rec.state !== 'enrolled') return false;
+    const seen = rec.rulesSeen;
     const problems = await a.inspect(key, rec);
-    if (!problems.length) return false;
+    if (!problems.length) {
+      // Rules proved exact at a new generation (the first pass after an install the agent could not prove, or after a
+      // change elsewhere in the pod's nf_tables): written down, so that a restart re-adopts the pod without its tools.
+      if (!sameSeen(seen, rec.rulesSeen)) await a.persist().catch((err: unknown) => a.log.warn({ error: describe(err) }, 'writing pod records failed'));
+      return false;
+    }
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}` });
     plog.warn({ problems }, 'pod capture drifted; repairing');
     a.counters.ruleRepairs++;
     await a.enrol(key, rec, plog, { enrolled: true }).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
+    if (!sameSeen(seen, rec.rulesSeen)) await a.persist().catch((err: unknown) => plog.warn({ error: describe(err) }, 'writing pod records failed'));
     return true;
   });
 }

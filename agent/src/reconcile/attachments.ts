@@ -170,6 +170,9 @@ export class Attachments {
     } finally {
       sandbox.release();
     }
+    // Proved exact now, or no longer proved: a drift disproves the record, so the repair after it reads and writes in full.
+    if (drift.seen) rec.rulesSeen = drift.seen;
+    else delete rec.rulesSeen;
     if (drift.missing.length) problems.push(`missing rules: ${drift.missing.join(' | ')}`);
     if (drift.unexpected.length) problems.push(`unexpected rules: ${drift.unexpected.join(' | ')}`);
     // A pod kept refused (keptRefused) has no listener by design: its rules alone are checked.
@@ -277,7 +280,11 @@ export class Attachments {
    */
   private async putRules(ns: Netns, rec: PodRecord, opts: Pick<EnrolOptions, 'fresh' | 'probeTargets'>): Promise<void> {
     await settleAll([
-      this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false }),
+      // The record says where its rules were last proved exact; the install says where they are now (or nothing).
+      this.backend.installPod(ns, podContext(rec), { fresh: opts.fresh ?? false, seen: rec.rulesSeen }).then((seen) => {
+        if (seen) rec.rulesSeen = seen;
+        else delete rec.rulesSeen;
+      }),
       ...probeIps(rec).filter((ip) => !opts.probeTargets?.has(canonicalIp(ip) ?? ip)).map((ip) => this.backend.addProbeTarget(ip, rec.uid)),
     ], `installing the rules of pod ${rec.namespace}/${rec.name} failed in several steps`);
   }

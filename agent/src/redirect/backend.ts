@@ -12,7 +12,9 @@ import {
   expectedReplyRoutingLines, REPLY_RULE, replyFamilies, replyRoutingLines, replyRoutingReadScript, replyRoutingRemoveScript, type RouteFamily,
 } from './reply-routing.js';
 import { applyMarkRules, replyMarksSetter, replyMarksOn } from './routing-apply.js';
-import { captureFamiliesFor, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
+import { captureFamiliesFor, type InstallOptions, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
+import { readNfGeneration, type NfGeneration } from '../platform/nf-generation.js';
+import { provenSeen, rulesDigest, stillExact, type RulesSeen } from './rules-seen.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
 
@@ -46,6 +48,26 @@ function probeTarget(ip: string): { family: ipt.Family; addr: string } {
 function canonicalSet(addrs: string[]): Set<string> {
   return new Set(addrs.flatMap((a) => canonicalIp(a) ?? []));
 }
+
+/** The namespace's nf_tables generation; undefined where it cannot be told (no nf_tables, a kernel before 5.14): no shortcut then. */
+function generationOf(netns: Netns): NfGeneration | undefined {
+  try {
+    return readNfGeneration(netns);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own). Pure. */
+export function restoreCommits(input: string): number {
+  return input.split('\n').filter((l) => l.trim() === 'COMMIT').length;
+}
+
+/** Both families' choices of the mangle OUTPUT restore an install could keep (installPod): all four, or with it only. */
+const RESTORE_CHOICES: Record<'marksOn' | 'marksOff', readonly (readonly [boolean, boolean])[]> = {
+  marksOn: [[false, false], [false, true], [true, false], [true, true]],
+  marksOff: [[true, true]],
+};
 
 /** Options of the netfilter backends. */
 export interface NetfilterOptions {
@@ -99,6 +121,12 @@ class IptablesBackend implements RedirectBackend {
   /** tcp_fwmark_accept and fwmark_reflect on in a pod with source preservation (see installPod for when; routing-apply.ts replyMarksSetter). */
   private readonly setReplyMarks: ReturnType<typeof replyMarksSetter>;
 
+  /**
+   * Whether both tools write nf_tables (iptables-nft), so that a namespace's nf_tables generation covers the pod's
+   * rules (RulesSeen); found by prepare(). Legacy iptables writes x_tables, which no generation covers: no shortcut.
+   */
+  private onNfTables = false;
+
   /** `kubeletCgroup`: limit the probe SNAT to the kubelet's cgroup v2 path ('' = any local process, Istio's default). */
   constructor(private readonly kubeletCgroup: string, opts: NetfilterOptions) {
     this.preserveSource = opts.preserveSource;
@@ -106,7 +134,28 @@ class IptablesBackend implements RedirectBackend {
     this.setReplyMarks = replyMarksSetter(opts.warn);
   }
 
-  async prepare(): Promise<void> {}
+  async prepare(): Promise<void> {
+    const versions = await Promise.all(FAMILIES.map((family) => runTool(family === 6 ? 'ip6tables' : 'iptables', ['-V']).catch(() => '')));
+    this.onNfTables = versions.every((v) => v.includes('(nf_tables)'));
+  }
+
+  /** The namespace's generation where it covers our rules (iptables-nft), else undefined. */
+  private generation(netns: Netns): NfGeneration | undefined {
+    return this.onNfTables ? generationOf(netns) : undefined;
+  }
+
+  /** The digest of both families' rules (as verifyPod compares them), each with the OUTPUT restore or without it. */
+  private digest(pod: PodContext | undefined, restore: (family: ipt.Family) => boolean): string {
+    return rulesDigest(this.name, FAMILIES.map((family) => {
+      const mangle = this.mangleRules(family, pod, restore(family));
+      return [...ipt.podJumpRules(), ...ipt.podChainRules(family), '|', ...(mangle.length ? [...ipt.podMangleJumpRules(restore(family)), ...mangle] : [])];
+    }));
+  }
+
+  /** The digests of every set of rules installPod would keep as they are, given the reply-mark sysctls (see there). */
+  private keptDigests(pod: PodContext | undefined, marksOn: boolean): string[] {
+    return RESTORE_CHOICES[marksOn ? 'marksOn' : 'marksOff'].map(([r4, r6]) => this.digest(pod, (f) => (f === 6 ? r6 : r4)));
+  }
 
   /** The families whose reply routing and mangle rules a pod gets (reply-routing.ts replyFamilies). */
   private replyFamilies(pod?: PodContext): RouteFamily[] {
@@ -132,17 +181,25 @@ class IptablesBackend implements RedirectBackend {
    * The mangle OUTPUT restore (and its jump) only where it was needed before this install, as NftablesBackend does with
    * its `route` chain: not where tcp_fwmark_accept and fwmark_reflect are on (a fresh pod gets them first); where one
    * was off it goes in, the sysctls after the pieces (where both are on, nothing is written); and a table holding any of it keeps it whole (ipt.holdsRestore).
+   * `seen` (re-adoption after a restart): tables still at the generation where they were proved to hold what this install
+   * would keep are neither saved nor restored. Resolves with where the tables are proved exact after it: only our
+   * restores' commits between the generation read before and the one after (RulesSeen).
    */
-  async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+  async installPod(netns: Netns, pod?: PodContext, opts: InstallOptions = {}): Promise<RulesSeen | undefined> {
     const families = this.replyFamilies(pod);
     if (families.length > 0 && opts.fresh) this.setReplyMarks(netns, true, families);
     const marksOn = replyMarksOn(netns, families);
     const routing = applyMarkRules(netns, REPLY_RULE, families);
     const routed = opts.fresh ? undefined : routing;
-    await settleAll([routing, ...FAMILIES.map(async (family) => {
+    const before = this.generation(netns);
+    const unchanged = !opts.fresh && stillExact(opts.seen, before, this.keptDigests(pod, marksOn));
+    const restores = new Set<ipt.Family>();
+    let commits = 0;
+    await settleAll([routing, ...(unchanged ? [] : FAMILIES).map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
       const restore = !marksOn || ipt.holdsRestore(ipt.tableSection(save, 'mangle'));
+      if (restore) restores.add(family);
       const mangle = this.mangleRules(family, pod, restore);
       // Without preservation the mangle table is left as it is (see above): never flushed, never removed here.
       const tables: TableRules[] = [
@@ -154,15 +211,21 @@ class IptablesBackend implements RedirectBackend {
         return opts.fresh || ipt.restoreNeeded(current, chains, rules, jumps) ? ipt.restoreInput(current, chains, rules, jumps, table) : '';
       }).join('');
       await routed;
-      if (input !== '') await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
+      if (input !== '') {
+        commits += restoreCommits(input);
+        await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
+      }
     })], `installing the redirection rules in ${netns.path} failed`);
     if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
+    if (unchanged) return opts.seen;
+    return provenSeen(before, this.generation(netns), commits, this.digest(pod, (f) => restores.has(f)));
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
     const marksOn = replyMarksOn(netns, this.replyFamilies(pod));
     const restores = new Set<ipt.Family>();
+    const before = this.generation(netns);
     const per = await Promise.all(FAMILIES.map(async (family) => {
       const save = await runTool(ipt.TOOLS[family].save, [], { netns: netns.toolPath }); // every table in one exec
       const [nat, mangle] = [ipt.tableSection(save, 'nat'), ipt.tableSection(save, 'mangle')];
@@ -183,9 +246,12 @@ class IptablesBackend implements RedirectBackend {
         actual: [...actualNat.map(tag), ...actualMangle.map(m)],
       };
     }));
+    // The tables held exactly what they should, read at one generation: that is what the pod's record keeps (RulesSeen).
+    const exact = per.every((p) => p.missing.length === 0 && p.unexpected.length === 0);
+    const seen = exact ? provenSeen(before, this.generation(netns), 0, this.digest(pod, (f) => restores.has(f))) : undefined;
     const r = await verifyReplyRouting(netns, this.replyFamilies(pod));
     const drift = ok([...per.flatMap((p) => p.missing), ...r.missing], [...per.flatMap((p) => p.unexpected), ...r.unexpected], [...per.flatMap((p) => p.actual), ...r.actual]);
-    return { ...drift, expected: this.expectedLines(pod, (f) => restores.has(f)) };
+    return { ...drift, expected: this.expectedLines(pod, (f) => restores.has(f)), ...(seen ? { seen } : {}) };
   }
 
   /** As a fresh pod gets them where its reply-mark sysctls can be set (without the OUTPUT restore: see installPod). */
@@ -310,25 +376,38 @@ class NftablesBackend implements RedirectBackend {
    * and the sysctls after its pieces; a table that has the chain keeps it (nft.holdsRestore), as IptablesBackend keeps
    * its restore.
    */
-  async installPod(netns: Netns, pod?: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+  async installPod(netns: Netns, pod?: PodContext, opts: InstallOptions = {}): Promise<RulesSeen | undefined> {
     const families = this.replyFamilies(pod);
     if (families.length > 0 && opts.fresh) this.setReplyMarks(netns, true, families);
     const marksOn = replyMarksOn(netns, families);
-    const restore = !marksOn || (this.preserveSource && !opts.fresh && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
+    const before = generationOf(netns);
+    // Re-adoption after a restart: tables still at the generation where they were proved to hold what this install
+    // would keep (the `route` chain or not, as below) are not listed or replaced (IptablesBackend.installPod).
+    const unchanged = !opts.fresh && stillExact(opts.seen, before, (marksOn ? [false, true] : [true]).map((r) => this.digest(r)));
+    const restore = !marksOn || (this.preserveSource && !opts.fresh && !unchanged && nft.holdsRestore(await this.listTable(nft.REPLY_TABLE, netns) ?? ''));
     const reply = this.preserveSource ? nft.replaceTableScript(nft.REPLY_TABLE, nft.replyTable(restore)) : '';
     const routing = applyMarkRules(netns, REPLY_RULE, families);
     const tables = async (): Promise<void> => {
+      if (unchanged) return;
       if (!opts.fresh) await routing;
       await runTool('nft', ['-f', '-'], { netns: netns.toolPath, input: reply + nft.replaceTableScript(nft.POD_TABLE, nft.podTable()) });
     };
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
     if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
+    // One `nft -f` is one transaction.
+    return unchanged ? opts.seen : provenSeen(before, generationOf(netns), 1, this.digest(restore));
+  }
+
+  /** The digest of the tables installPod writes (the reply table with its `route` chain or without it). */
+  private digest(restore: boolean): string {
+    return rulesDigest(this.name, [[nft.podTable()], this.preserveSource ? [nft.replyTable(restore)] : []]);
   }
 
   async verifyPod(netns: Netns, pod?: PodContext): Promise<RuleDrift> {
     // The reply table with its `route` chain where installPod would put it: a sysctl off, or the chain in the table.
     const marksOn = replyMarksOn(netns, this.replyFamilies(pod));
     let restore = !marksOn;
+    const before = generationOf(netns);
     const [t, rt, r] = await Promise.all([
       this.verifyTable(nft.POD_TABLE, () => nft.podTable(), netns),
       this.verifyTable(nft.REPLY_TABLE, (listing) => {
@@ -339,8 +418,10 @@ class NftablesBackend implements RedirectBackend {
     ]);
     // Without preservation the reply table is shown when present, never counted as drift (see above).
     const reply = this.preserveSource ? rt : ok([], [], rt.actual);
+    // Both tables read exact at one generation: what the pod's record keeps (RulesSeen).
+    const seen = t.ok && reply.ok ? provenSeen(before, generationOf(netns), 0, this.digest(restore)) : undefined;
     const drift = ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
-    return { ...drift, expected: this.expectedLines(pod, restore) };
+    return { ...drift, expected: this.expectedLines(pod, restore), ...(seen ? { seen } : {}) };
   }
 
   /** The table as a fresh pod gets it where its reply-mark sysctls can be set (without the `route` chain: see installPod). */

@@ -18,7 +18,7 @@ import { close, ifNameToIndex } from '../platform/libc.js';
 import { Netns, sameNetns, withNetns, writeNetSysctl, type NetnsId } from '../platform/netns.js';
 import type { IpFamily } from '../protocol/address.js';
 import { applyMarkRules, replyMarksSetter } from './routing-apply.js';
-import { captureFamiliesFor, type RedirectBackend, type RuleDrift } from './types.js';
+import { captureFamiliesFor, type InstallOptions, type RedirectBackend, type RuleDrift } from './types.js';
 import {
   CFG_MAP, CFG_SIZE, OBJECT_FILE, PROG_IN, PROG_OUT, TC_HANDLE, TC_PRIORITY, checkIfname, decodeConfig,
   diffLines, encodeConfig, expectedLines, mapLine, OUTBOUND_MARK, podAddresses, progLine, acceptLocalPath, REINJECT_RULE, routingFamilies,
@@ -240,7 +240,7 @@ export class EbpfBackend implements RedirectBackend {
    * routing's outcome (settleAll reports both). Not fresh (re-adoption, repair, an ADD into a namespace a DEL left programs in): programs that
    * are attached as expected are kept (no reload, no window), others replaced atomically.
    */
-  async installPod(ns: Netns, pod: PodContext, opts: { fresh?: boolean } = {}): Promise<void> {
+  async installPod(ns: Netns, pod: PodContext, opts: InstallOptions = {}): Promise<undefined> {
     const ifname = checkIfname(pod.ifname);
     const addrs = podAddresses(pod, this.captureIpv6);
     const failed = `installing the eBPF redirection in ${ns.path} failed`;
@@ -262,6 +262,7 @@ export class EbpfBackend implements RedirectBackend {
       attach(ns, this.objectPath, ifname, addrs);
     };
     await settleAll([routing, programs()], failed);
+    return undefined; // no nf_tables generation covers programs and maps
   }
 
   beginTakeOver(): void {

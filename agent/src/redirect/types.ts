@@ -5,8 +5,19 @@ import type { RedirectMode } from '../config.js';
 import type { Netns } from '../platform/netns.js';
 import { familiesOf, type IpFamily } from '../protocol/address.js';
 import type { PodContext } from './ebpf-config.js';
+import type { RulesSeen } from './rules-seen.js';
 
-export type { PodContext };
+export type { PodContext, RulesSeen };
+
+/**
+ * installPod's options. `fresh`: see installPod. `seen`: where the pod's record says its rules were last proved exact
+ * (rules-seen.ts): a netfilter backend that finds the namespace still at that generation, with the rules it would write
+ * now, neither reads nor writes them (re-adoption after a restart runs no tool then).
+ */
+export interface InstallOptions {
+  fresh?: boolean;
+  seen?: RulesSeen | undefined;
+}
 
 /** RedirectBackend.captureFamilies of every backend: IPv4, and IPv6 too with --capture-ipv6. Pure. */
 export const captureFamiliesFor = (captureIpv6: boolean): readonly IpFamily[] => (captureIpv6 ? ['ipv4', 'ipv6'] : ['ipv4']);
@@ -26,6 +37,8 @@ export interface RuleDrift {
   actual: string[];
   /** What was expected given what was found (a pod keeping a restore: backend.ts), when it differs from expectedPodRules'. */
   expected?: string[];
+  /** Set (netfilter backends) when the read-back proved the pod's rules exact at one nf_tables generation: for its record. */
+  seen?: RulesSeen;
 }
 
 /** The in-pod methods take the pod's namespace as an open handle (opened once per event by the enroller), never a path. */
@@ -56,8 +69,9 @@ export interface RedirectBackend {
    * never touched it, and no DEL left any there: reconcile/left-rules.ts) and no listener of the agent is open in it yet,
    * which lets a backend skip reading the current rules and install its pieces in any order (nothing can be carried
    * before the listeners open). A wrong guess leaves a duplicate jump that verify and repair remove.
+   * Resolves with where the rules are now proved exact (for the pod's record), when the backend can tell (see InstallOptions).
    */
-  installPod(netns: Netns, pod: PodContext, opts?: { fresh?: boolean }): Promise<void>;
+  installPod(netns: Netns, pod: PodContext, opts?: InstallOptions): Promise<RulesSeen | undefined>;
   verifyPod(netns: Netns, pod: PodContext): Promise<RuleDrift>;
   /** Human-readable expected rules, for `rules` output and errors (ebpf needs the pod: its interface and address appear). */
   expectedPodRules(pod?: PodContext): string[];

@@ -3,6 +3,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
+import type { RulesSeen } from '../redirect/rules-seen.js';
 
 /** One attachment the runtime told us about (ADD), enrolled or not. */
 export interface PodRecord {
@@ -24,6 +25,12 @@ export interface PodRecord {
   updatedAt: string;
   /** 'proc': found by scanning /proc for a pod already running (no CNI ADD); the runtime's GC does not know it. */
   origin?: 'proc';
+  /**
+   * Where the pod's netfilter rules were last proved exact (their namespace's nf_tables generation then: rules-seen.ts).
+   * A restarted agent that finds the namespace still there re-adopts the pod without reading its rules; anything
+   * committed in the namespace since (or a record that says nothing) means a full read-back and repair.
+   */
+  rulesSeen?: RulesSeen;
 }
 
 interface StateFile {

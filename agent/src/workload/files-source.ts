@@ -32,19 +32,29 @@ const READ_WINDOW_BYTES = 16 * 1024 * 1024;
  */
 export const MAX_FILE_BYTES = 64 * 1024 * 1024;
 
-/** A file's text, read `maxBytes` + 1 at most: throws (naming the bound) when it is longer, whatever its stat said. */
-export async function readBounded(path: string, maxBytes: number): Promise<string> {
+/** The largest read buffer of readBounded: a file that grew past its stat is read on in pieces of at most this. */
+const READ_CHUNK_MAX = 1024 * 1024;
+
+/**
+ * A file's text, read `maxBytes` + 1 at most: throws (naming the bound) when it is longer, whatever its stat said. The
+ * first buffer is sized by `sizeHint` (the caller's stat of it; +1 to see the end in the same read), not the largest:
+ * a folder of small files must not allocate a megabyte each.
+ */
+export async function readBounded(path: string, maxBytes: number, sizeHint = 64 * 1024): Promise<string> {
   const fh = await open(path, 'r');
   try {
     const chunks: Buffer[] = [];
     let total = 0;
+    let want = sizeHint + 1;
     for (;;) {
-      const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, maxBytes + 1 - total));
+      const buf = Buffer.allocUnsafe(Math.max(1, Math.min(want, READ_CHUNK_MAX, maxBytes + 1 - total)));
       const { bytesRead } = await fh.read(buf, 0, buf.length, null);
       if (bytesRead === 0) break;
       chunks.push(buf.subarray(0, bytesRead));
       total += bytesRead;
       if (total > maxBytes) throw new Error(`${path} is over ${maxBytes} bytes (the files source's bound per file): not read`);
+      // A short read is a regular file's end: the read that confirms it needs no large buffer.
+      want = bytesRead < buf.length ? 4096 : READ_CHUNK_MAX;
     }
     return Buffer.concat(chunks, total).toString('utf8');
   } finally {
@@ -496,7 +506,7 @@ export class FilesWorkloadSource implements WorkloadSource {
     for (let w = 0; w < changed.length;) {
       const window = readWindow(changed, w);
       w += window.length;
-      const texts = await Promise.all(window.map(({ name }) => readBounded(join(this.dir, name), this.maxFileBytes).then((text) => ({ text }), (err: unknown) => ({ err }))));
+      const texts = await Promise.all(window.map(({ name, size }) => readBounded(join(this.dir, name), this.maxFileBytes, size).then((text) => ({ text }), (err: unknown) => ({ err }))));
       for (const [k, { name, stamp }] of window.entries()) this.applyFile(name, stamp, texts[k] ?? { err: new Error('not read') }, touched);
     }
     const problems = new Map<string, Record<string, unknown>>();

@@ -1,0 +1,131 @@
+// Re-adoption's shortcut (redirect/rules-seen.ts), on both netfilter backends in throwaway namespaces of the test's own:
+// the nf_tables generation as the kernel counts it, and an install that finds the pod's rules proved exact runs no tool.
+import { execFileSync } from 'node:child_process';
+import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
+import { Netns } from '../../agent/src/platform/netns.js';
+import { readNfGeneration } from '../../agent/src/platform/nf-generation.js';
+import { createBackend, type RedirectBackend } from '../../agent/src/redirect/backend.js';
+import type { RedirectMode } from '../../agent/src/config.js';
+import { netnsTest } from '../testbed/ava.js';
+import { NFT } from './helpers.js';
+import { registerLive, unregisterLive } from '../testbed/cleanup.js';
+import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
+
+const POD_IP = '10.5.0.1';
+const CTX = { ifname: 'amb-rs0', ips: [POD_IP] };
+
+interface Bed {
+  name: string;
+  ns: Netns;
+  /** `ip netns exec <ns> cmd args`. */
+  run(cmd: string, ...args: string[]): Promise<string>;
+}
+
+/** A fresh namespace (lo up, a veth with the pod's address), deleted by its exact name after the test or on exit. */
+async function bed(t: ExecutionContext): Promise<Bed> {
+  const name = `amb-rs-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
+  const live = {
+    destroy: async (): Promise<void> => {
+      unregisterLive(live);
+      await deleteNetns(name);
+    },
+    destroySync: (): void => {
+      unregisterLive(live);
+      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    },
+  };
+  registerLive(live);
+  await createNetns(name);
+  t.teardown(() => live.destroy());
+  const run = async (cmd: string, ...args: string[]): Promise<string> => String((await execa('ip', ['netns', 'exec', name, cmd, ...args])).stdout);
+  await run('ip', 'link', 'add', CTX.ifname, 'type', 'veth', 'peer', 'name', 'amb-rs1');
+  await run('ip', 'link', 'set', CTX.ifname, 'up');
+  await run('ip', 'addr', 'add', `${POD_IP}/24`, 'dev', CTX.ifname);
+  const ns = Netns.open(netnsPath(name));
+  t.teardown(() => ns.close());
+  return { name, ns, run };
+}
+
+/**
+ * The same namespace handle with a tool path that names nothing: every tool the backend would start in the pod fails,
+ * while what the agent does itself (the generation, rtnetlink, sysctls: through the descriptor) works.
+ */
+function withoutTools(ns: Netns): Netns {
+  return new Proxy(ns, { get: (target, prop) => (prop === 'toolPath' ? '/nonexistent/amb-rs-netns' : Reflect.get(target, prop)) });
+}
+
+async function backendOf(mode: RedirectMode, preserveSource: boolean): Promise<RedirectBackend> {
+  const b = await createBackend(mode, { preserveSource });
+  await b.prepare();
+  return b;
+}
+
+netnsTest.serial('the nf_tables generation: reads leave it, each committed table moves it by one, and each namespace has its own cookie', async (t) => {
+  const a = await bed(t);
+  const b = await bed(t);
+  const g0 = readNfGeneration(a.ns);
+  t.not(g0.netnsCookie, readNfGeneration(b.ns).netnsCookie, 'two namespaces, two cookies');
+  await a.run('iptables-save');
+  await a.run(NFT, 'list', 'ruleset');
+  t.deepEqual(readNfGeneration(a.ns), g0, 'reading the rules commits nothing');
+  await execa('ip', ['netns', 'exec', a.name, 'iptables-restore', '--noflush'], {
+    input: '*nat\n:AMB-RS - [0:0]\nCOMMIT\n*mangle\n:AMB-RS - [0:0]\nCOMMIT\n',
+  });
+  t.is(readNfGeneration(a.ns).gen, g0.gen + 2, 'an iptables-nft restore of two tables: two transactions');
+  await t.throwsAsync(a.run('iptables', '-t', 'nat', '-D', 'AMB-RS', '-j', 'RETURN'));
+  t.is(readNfGeneration(a.ns).gen, g0.gen + 2, 'a refused change commits nothing');
+});
+
+for (const mode of ['iptables', 'nftables'] as const) {
+  for (const preserveSource of [false, true]) {
+    const tag = `[${mode}${preserveSource ? ', source preservation' : ''}]`;
+    netnsTest.serial(`${tag} an install proves the rules it wrote; a later install finding them untouched runs no tool; any commit since means a full read-back`, async (t) => {
+      const { ns, run } = await bed(t);
+      const backend = await backendOf(mode, preserveSource);
+      const seen = await backend.installPod(ns, CTX, { fresh: true });
+      if (!seen) return t.fail('a fresh install on nf_tables is proved');
+      t.is(seen.gen, readNfGeneration(ns).gen);
+      const drift = await backend.verifyPod(ns, CTX);
+      t.true(drift.ok, JSON.stringify(drift));
+      t.deepEqual(drift.seen, seen, 'the read-back proves the same rules at the same generation');
+
+      // Untouched: nothing is read or written (the tools cannot even start).
+      t.deepEqual(await backend.installPod(withoutTools(ns), CTX, { seen }), seen);
+      t.is(readNfGeneration(ns).gen, seen.gen, 'nothing committed');
+      // The same record with anything off (another generation, another namespace, another digest, malformed) is no proof.
+      for (const bad of [{ ...seen, gen: seen.gen + 1 }, { ...seen, netnsCookie: '1' }, { ...seen, digest: 'x' }, { gen: String(seen.gen) }]) {
+        await t.throwsAsync(backend.installPod(withoutTools(ns), CTX, { seen: bad as typeof seen }), undefined, `not a proof: ${JSON.stringify(bad)}`);
+      }
+
+      // A commit of someone else's (the pod's own filter rule): a full read-back, which finds our rules intact.
+      await run(NFT, 'add', 'table', 'ip', 'amb-rs-own');
+      const after = await backend.installPod(ns, CTX, { seen });
+      if (!after) return t.fail('re-proved');
+      t.not(after.gen, seen.gen);
+      t.is(after.digest, seen.digest, 'the same rules');
+      t.true((await backend.verifyPod(ns, CTX)).ok);
+
+      // A change to ours: put back, and proved again.
+      if (mode === 'iptables') await run('iptables', '-t', 'nat', '-F', 'AMBIENT_OUTPUT');
+      else await run(NFT, 'flush', 'chain', 'inet', 'ambient-nat', 'output');
+      t.false((await backend.verifyPod(ns, CTX)).ok, 'drifted');
+      const repaired = await backend.installPod(ns, CTX, { seen: after });
+      t.true((await backend.verifyPod(ns, CTX)).ok, 'repaired');
+      t.is(repaired?.digest, seen.digest);
+      t.is(repaired?.gen, readNfGeneration(ns).gen);
+    });
+  }
+
+  netnsTest.serial(`[${mode}] rules proved under other flags (source preservation turned on across a restart) are rewritten, not trusted`, async (t) => {
+    const { ns } = await bed(t);
+    const seen = await (await backendOf(mode, false)).installPod(ns, CTX, { fresh: true });
+    if (!seen) return t.fail('proved');
+    const now = await backendOf(mode, true);
+    t.false((await now.verifyPod(ns, CTX)).ok, 'the preservation pieces are missing');
+    await t.throwsAsync(now.installPod(withoutTools(ns), CTX, { seen }), undefined, 'no shortcut: another digest');
+    const rewritten = await now.installPod(ns, CTX, { seen });
+    t.not(rewritten?.digest, seen.digest);
+    t.true((await now.verifyPod(ns, CTX)).ok);
+  });
+}
