@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { Netns } from '../../agent/src/platform/netns.js';
-import { readNfGeneration } from '../../agent/src/platform/nf-generation.js';
+import { readNfGeneration, type NfGeneration } from '../../agent/src/platform/nf-generation.js';
 import { createBackend, type RedirectBackend } from '../../agent/src/redirect/backend.js';
 import type { RedirectMode } from '../../agent/src/config.js';
 import { netnsTest } from '../testbed/ava.js';
@@ -55,6 +55,13 @@ function withoutTools(ns: Netns): Netns {
   return new Proxy(ns, { get: (target, prop) => (prop === 'toolPath' ? '/nonexistent/amb-rs-netns' : Reflect.get(target, prop)) });
 }
 
+/** The namespace's generation; throws where the kernel does not tell it (this machine's does). */
+function genOf(ns: Netns): NfGeneration {
+  const g = readNfGeneration(ns);
+  if (!g) throw new Error(`no nf_tables generation for ${ns.path}`);
+  return g;
+}
+
 async function backendOf(mode: RedirectMode, preserveSource: boolean): Promise<RedirectBackend> {
   const b = await createBackend(mode, { preserveSource });
   await b.prepare();
@@ -64,17 +71,19 @@ async function backendOf(mode: RedirectMode, preserveSource: boolean): Promise<R
 netnsTest.serial('the nf_tables generation: reads leave it, each committed table moves it by one, and each namespace has its own cookie', async (t) => {
   const a = await bed(t);
   const b = await bed(t);
-  const g0 = readNfGeneration(a.ns);
-  t.not(g0.netnsCookie, readNfGeneration(b.ns).netnsCookie, 'two namespaces, two cookies');
+  const g0 = genOf(a.ns);
+  t.is(g0.gen, 1, 'nothing committed in a new namespace yet');
+  t.not(g0.netnsCookie, genOf(b.ns).netnsCookie, 'two namespaces, two cookies');
+  t.regex(g0.netnsCookie, /^[0-9a-f-]{36}\/\d+$/, 'the boot id, then the cookie');
   await a.run('iptables-save');
   await a.run(NFT, 'list', 'ruleset');
-  t.deepEqual(readNfGeneration(a.ns), g0, 'reading the rules commits nothing');
+  t.deepEqual(genOf(a.ns), g0, 'reading the rules commits nothing');
   await execa('ip', ['netns', 'exec', a.name, 'iptables-restore', '--noflush'], {
     input: '*nat\n:AMB-RS - [0:0]\nCOMMIT\n*mangle\n:AMB-RS - [0:0]\nCOMMIT\n',
   });
-  t.is(readNfGeneration(a.ns).gen, g0.gen + 2, 'an iptables-nft restore of two tables: two transactions');
+  t.is(genOf(a.ns).gen, g0.gen + 2, 'an iptables-nft restore of two tables: two transactions');
   await t.throwsAsync(a.run('iptables', '-t', 'nat', '-D', 'AMB-RS', '-j', 'RETURN'));
-  t.is(readNfGeneration(a.ns).gen, g0.gen + 2, 'a refused change commits nothing');
+  t.is(genOf(a.ns).gen, g0.gen + 2, 'a refused change commits nothing');
 });
 
 for (const mode of ['iptables', 'nftables'] as const) {
@@ -85,14 +94,14 @@ for (const mode of ['iptables', 'nftables'] as const) {
       const backend = await backendOf(mode, preserveSource);
       const seen = await backend.installPod(ns, CTX, { fresh: true });
       if (!seen) return t.fail('a fresh install on nf_tables is proved');
-      t.is(seen.gen, readNfGeneration(ns).gen);
+      t.is(seen.gen, genOf(ns).gen);
       const drift = await backend.verifyPod(ns, CTX);
       t.true(drift.ok, JSON.stringify(drift));
       t.deepEqual(drift.seen, seen, 'the read-back proves the same rules at the same generation');
 
       // Untouched: nothing is read or written (the tools cannot even start).
       t.deepEqual(await backend.installPod(withoutTools(ns), CTX, { seen }), seen);
-      t.is(readNfGeneration(ns).gen, seen.gen, 'nothing committed');
+      t.is(genOf(ns).gen, seen.gen, 'nothing committed');
       // The same record with anything off (another generation, another namespace, another digest, malformed) is no proof.
       for (const bad of [{ ...seen, gen: seen.gen + 1 }, { ...seen, netnsCookie: '1' }, { ...seen, digest: 'x' }, { gen: String(seen.gen) }]) {
         await t.throwsAsync(backend.installPod(withoutTools(ns), CTX, { seen: bad as typeof seen }), undefined, `not a proof: ${JSON.stringify(bad)}`);
@@ -113,9 +122,30 @@ for (const mode of ['iptables', 'nftables'] as const) {
       const repaired = await backend.installPod(ns, CTX, { seen: after });
       t.true((await backend.verifyPod(ns, CTX)).ok, 'repaired');
       t.is(repaired?.digest, seen.digest);
-      t.is(repaired?.gen, readNfGeneration(ns).gen);
+      t.is(repaired?.gen, genOf(ns).gen);
     });
   }
+
+  netnsTest.serial(`[${mode}] no proof where the install cannot know what it left: a fresh guess in a namespace something was committed in, a jump of someone else's into our chains`, async (t) => {
+    const { ns, run } = await bed(t);
+    const backend = await backendOf(mode, true);
+    await run(NFT, 'add', 'table', 'ip', 'amb-rs-own');
+    const fresh = await backend.installPod(ns, CTX, { fresh: true });
+    // nftables replaces its tables whole, whatever was there: what it wrote is what is there.
+    if (mode === 'nftables') {
+      t.is(fresh?.gen, genOf(ns).gen);
+      return;
+    }
+    t.is(fresh, undefined, 'a fresh guess may be wrong once anything was committed: not proved');
+    const proved = await backend.installPod(ns, CTX, {});
+    t.is(proved?.gen, genOf(ns).gen, 'read, found exact, proved');
+    // A jump into our chain that is not ours: restoreInput leaves it, verify calls it unexpected.
+    await run('iptables', '-t', 'nat', '-I', 'PREROUTING', '-i', CTX.ifname, '-j', 'AMBIENT_PRERT');
+    t.is(await backend.installPod(ns, CTX, { seen: proved }), undefined, 'not proved: the table is not as verify wants it');
+    const drift = await backend.verifyPod(ns, CTX);
+    t.deepEqual(drift.unexpected, [`-A PREROUTING -i ${CTX.ifname} -j AMBIENT_PRERT`]);
+    t.is(drift.seen, undefined);
+  });
 
   netnsTest.serial(`[${mode}] rules proved under other flags (source preservation turned on across a restart) are rewritten, not trusted`, async (t) => {
     const { ns } = await bed(t);

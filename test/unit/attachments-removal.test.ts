@@ -1,6 +1,7 @@
 // Which in-pod rules an attachment removes: a failed enrolment rolls back a new pod's but never an enrolled pod's (its
 // traffic stays captured), the removal after a switch of --redirect covers the record's and the running backend, DEL
 // removes none (they die with the namespace) and an ADD into a namespace a DEL left rules in reads them (not fresh).
+// What a pod's record keeps of its rules' proof (rulesSeen) through the repair loop.
 // No root: the "pod" namespace is the test's own (opened by its /proc path), the backend and the remover are fakes.
 import { statSync } from 'node:fs';
 import test from 'ava';
@@ -11,7 +12,8 @@ import { Netns } from '../../agent/src/platform/netns.js';
 import type { CniEvent } from '../../agent/src/protocol/cni-event.js';
 import { Attachments, ownBackends, type PodRuleRemover } from '../../agent/src/reconcile/attachments.js';
 import { cniAdd, cniDel, cniGc } from '../../agent/src/reconcile/cni-commands.js';
-import type { RedirectBackend } from '../../agent/src/redirect/types.js';
+import { repairOne } from '../../agent/src/reconcile/adoption.js';
+import type { RedirectBackend, RuleDrift, RulesSeen } from '../../agent/src/redirect/types.js';
 import type { PodRecord, StateStore } from '../../agent/src/registry/state-store.js';
 import type { WorkloadSource } from '../../agent/src/workload/source.js';
 import type { PodInfo } from '../../agent/src/workload/types.js';
@@ -51,14 +53,14 @@ const POD: PodInfo = {
 };
 
 /** Attachments over fakes; `selected` is whether the pod's namespace selects ambient mode (ADD enrols it). */
-function attachments(backend: RedirectBackend, remover: PodRuleRemover, selected = true): Attachments {
+function attachments(backend: RedirectBackend, remover: PodRuleRemover, selected = true, saves: PodRecord[][] = []): Attachments {
   const mesh = { trustDomain: 'cluster.local', identities: { retain: () => undefined } } as unknown as MeshContext;
   const source = {
     waitForPod: async () => POD,
     getPod: () => POD,
     getNamespace: (name: string) => ({ name, labels: selected ? { 'istio.io/dataplane-mode': 'ambient' } : {} }),
   } as unknown as WorkloadSource;
-  const store = { save: async () => undefined } as unknown as StateStore;
+  const store = { save: async (records: PodRecord[]) => { saves.push(records); } } as unknown as StateStore;
   return new Attachments(backend, source, store, pino({ level: 'silent' }), 1000, mesh, undefined, remover);
 }
 
@@ -184,4 +186,33 @@ test('an ADD into a namespace another backend left rules in removes them first, 
   await t.throwsAsync(cniAdd(a, event('ADD')));
   t.deepEqual(removals, ['nftables+iptables'], 'removed first; the failed install then keeps whatever it put in (never rolled back to nothing)');
   t.deepEqual(fresh, [false], 'read before writing: the namespace held our rules');
+});
+
+test('a pod\'s proof of its rules: taken from a read-back and given to the repair\'s install, dropped by a drift, written once soon after', async (t) => {
+  const seen: RulesSeen = { gen: 5, netnsCookie: 'boot/1', digest: 'd' };
+  let drift: RuleDrift = { ok: true, missing: [], unexpected: [], actual: [], seen };
+  const given: (RulesSeen | undefined)[] = [];
+  const backend: RedirectBackend = {
+    ...failingBackend('iptables').backend,
+    verifyPod: async () => drift,
+    installPod: async (_ns, _pod, opts) => {
+      given.push(opts?.seen);
+      throw new Error('iptables-restore: another app holds the xtables lock'); // no listener opens: each pass repairs
+    },
+  };
+  const saves: PodRecord[][] = [];
+  const a = attachments(backend, removalLog().remover, true, saves);
+  a.records.set(KEY, record('iptables'));
+  await repairOne(a, KEY);
+  t.deepEqual(given, [seen], 'the rules read back exact: the install may skip them');
+  t.deepEqual(a.records.get(KEY)?.rulesSeen, seen);
+  await repairOne(a, KEY);
+  t.deepEqual(given, [seen, seen]);
+  drift = { ok: false, missing: ['-A AMBIENT_OUTPUT -p tcp -j REDIRECT --to-ports 15001'], unexpected: [], actual: [] };
+  await repairOne(a, KEY);
+  t.deepEqual(given, [seen, seen, undefined], 'a drift disproves the record: the repair reads and writes in full');
+  t.is(a.records.get(KEY)?.rulesSeen, undefined);
+  t.is(saves.length, 0, 'not written at once');
+  await new Promise((resolve) => setTimeout(resolve, 1300));
+  t.is(saves.length, 1, 'one write for the new proof, none for losing it');
 });

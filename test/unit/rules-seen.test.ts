@@ -2,7 +2,8 @@
 // rules proved exact stands (redirect/rules-seen.ts, platform/nf-generation.ts, backend.ts restoreCommits).
 import test from 'ava';
 import { getGenRequest, parseGenAnswer } from '../../agent/src/platform/nf-generation.js';
-import { restoreCommits } from '../../agent/src/redirect/backend.js';
+import { restoreCommits, toolsOnNfTables } from '../../agent/src/redirect/backend.js';
+import * as ipt from '../../agent/src/redirect/iptables.js';
 import { isRulesSeen, nextGeneration, provenSeen, rulesDigest, sameSeen, stillExact } from '../../agent/src/redirect/rules-seen.js';
 
 /** A netlink message: header (length, type, flags, seq 1, pid 0) and payload, padded to 4 bytes. */
@@ -68,6 +69,37 @@ test('iptables-nft commits each COMMIT section of a restore on its own', (t) => 
   t.is(restoreCommits(''), 0);
   t.is(restoreCommits('*nat\n:A - [0:0]\nCOMMIT\n'), 1);
   t.is(restoreCommits('*mangle\nCOMMIT\n*nat\n-A X -j Y\n COMMIT \n'), 2);
+});
+
+test('every table section a restore writes re-adds our chains\' rules, so each commit changes something and moves the generation', (t) => {
+  const chains = Object.values(ipt.POD_CHAINS);
+  for (const current of ['', '*nat\n-A PREROUTING -j AMBIENT_PRERT\n-A AMBIENT_PRERT -i lo -j RETURN\nCOMMIT\n']) {
+    for (const [table, rules, jumps] of [['nat', ipt.podChainRules(4), ipt.podJumpRules()], ['mangle', ipt.podMangleRules(4), ipt.podMangleJumpRules()]] as const) {
+      const input = ipt.restoreInput(current, table === 'nat' ? chains : ipt.POD_MANGLE_CHAINS, rules, jumps, table);
+      t.is(restoreCommits(input), 1);
+      t.true(input.split('\n').filter((l) => l.startsWith('-A ') && !jumps.includes(l)).length >= 1, input);
+    }
+  }
+});
+
+test('a restore leaves the table exact unless a jump into our chains that is not ours is there', (t) => {
+  const chains = Object.values(ipt.POD_CHAINS);
+  const jumps = ipt.podJumpRules();
+  const save = (...lines: string[]): string => ['*nat', ...lines, 'COMMIT'].join('\n');
+  t.true(ipt.restoreLeavesExact('', chains, jumps));
+  t.true(ipt.restoreLeavesExact(save(...jumps, ...jumps, '-A AMBIENT_OUTPUT -o lo -j RETURN', '-A AMBIENT_OUTPUT -j DROP'), chains, jumps), 'second jumps and stray rules in our chains go');
+  t.true(ipt.restoreLeavesExact(save('-A PREROUTING -j KUBE-SERVICES', '-A KUBE-SERVICES -j RETURN'), chains, jumps), 'others\' chains are none of ours');
+  t.false(ipt.restoreLeavesExact(save('-A PREROUTING -i eth0 -j AMBIENT_PRERT'), chains, jumps));
+  t.false(ipt.restoreLeavesExact(save('-A KUBE-SERVICES -j AMBIENT_OUTPUT'), chains, jumps));
+});
+
+test('pod rules are proved only where every save and restore tool is iptables-nft', (t) => {
+  const nft = ['iptables-save v1.8.9 (nf_tables)', 'iptables-restore v1.8.9 (nf_tables)', 'ip6tables-save v1.8.9 (nf_tables)', 'ip6tables-restore v1.8.9 (nf_tables)\n'];
+  t.true(toolsOnNfTables(nft));
+  t.false(toolsOnNfTables([...nft.slice(1), 'iptables-save v1.8.9 (legacy)']));
+  t.false(toolsOnNfTables([...nft.slice(1), '']), 'a tool that did not answer');
+  t.false(toolsOnNfTables(['iptables v1.6.1']), 'too old to say');
+  t.false(toolsOnNfTables([]));
 });
 
 const gen = (g: number, cookie = '7'): { gen: number; netnsCookie: string } => ({ gen: g, netnsCookie: cookie });

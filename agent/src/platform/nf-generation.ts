@@ -1,5 +1,6 @@
 // The nf_tables generation of a pod's network namespace and the namespace's cookie, asked over a NETLINK_NETFILTER
 // socket made there: unchanged, they prove no nftables change (iptables-nft's included) was committed in it since.
+import { readFileSync } from 'node:fs';
 import { SOCK_CLOEXEC, SOL_SOCKET, close, getsockoptBuf, recvmsg, sendmsg, socket } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
 import { netlinkMessage } from './rtnetlink.js';
@@ -18,18 +19,33 @@ const NFT_MSG_GETGEN = 16;
 const NFTA_GEN_ID = 1;
 /** Attribute type bits that are flags, not the type (NLA_F_NESTED, NLA_F_NET_BYTEORDER). */
 const NLA_TYPE_MASK = 0x3fff;
-/** getsockopt: the 64-bit cookie of the socket's network namespace (Linux 5.14), never reused while the node runs. */
+/** getsockopt: the 64-bit cookie of the socket's network namespace (Linux 5.14), never reused within one boot. */
 const SO_NETNS_COOKIE = 71;
 const SEQ = 1;
 
 /**
- * Where a namespace's nf_tables stand: its generation (bumped by every committed nftables transaction there: a rule,
- * chain or table change by nft or iptables-nft) and the namespace's cookie (a namespace made later, at the same path or
- * with the same inode, has another). Equal twice, nothing was committed in that namespace in between.
+ * Where a namespace's nf_tables stand: its generation (bumped by every nftables transaction committed there that
+ * changes something: a rule, chain or table change by nft or iptables-nft) and the namespace's identity (the node's
+ * boot id and the namespace's cookie: a namespace made later, at the same path or with the same inode, in this boot or
+ * after a reboot, has another). Equal twice, no change was committed in that namespace in between.
  */
 export interface NfGeneration {
   gen: number;
   netnsCookie: string;
+}
+
+let bootId: string | undefined;
+
+/** This boot's id (cookies count up from each boot); '' where the kernel does not say. */
+function boot(): string {
+  if (bootId === undefined) {
+    try {
+      bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    } catch {
+      bootId = '';
+    }
+  }
+  return bootId;
 }
 
 /** NFT_MSG_GETGEN: struct nfgenmsg (AF_UNSPEC, version 0, res_id 0), no attributes. Pure. */
@@ -68,21 +84,31 @@ export function parseGenAnswer(answer: Buffer): number {
 const ANSWER_SIZE = 512;
 
 /**
- * The namespace's nf_tables generation and cookie, read over one NETLINK_NETFILTER socket made inside it. The kernel
- * answers NFT_MSG_GETGEN within sendmsg, so the answer is read without waiting (missing: an error, never a wait).
+ * The namespace's nf_tables generation and identity, read over one NETLINK_NETFILTER socket made inside it; undefined
+ * where they cannot be told (no nf_tables, a kernel before 5.14 without namespace cookies, an answer that makes no
+ * sense). The kernel answers NFT_MSG_GETGEN within sendmsg, so the answer is read without waiting. Throws only when
+ * the thread cannot enter the namespace or come back from it (withNetns), which no caller may take as "cannot tell".
  */
-export function readNfGeneration(ns: Netns): NfGeneration {
-  const fd = withNetns(ns, () => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER));
+export function readNfGeneration(ns: Netns): NfGeneration | undefined {
+  const fd = withNetns(ns, () => {
+    try {
+      return socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    } catch {
+      return -1;
+    }
+  });
+  if (fd < 0) return undefined;
   try {
-    const netnsCookie = getsockoptBuf(fd, SOL_SOCKET, SO_NETNS_COOKIE, 8, 'SO_NETNS_COOKIE').readBigUInt64LE(0).toString();
+    const cookie = getsockoptBuf(fd, SOL_SOCKET, SO_NETNS_COOKIE, 8, 'SO_NETNS_COOKIE').readBigUInt64LE(0).toString();
     const request = getGenRequest();
-    if (sendmsg(fd, request, null, 0) !== request.length) throw new Error('NFT_MSG_GETGEN: short write on the netfilter socket');
+    if (sendmsg(fd, request, null, 0) !== request.length) return undefined;
     const answer = Buffer.alloc(ANSWER_SIZE);
     const got = recvmsg(fd, answer, Buffer.alloc(0), MSG_DONTWAIT);
-    if (!got) throw new Error('NFT_MSG_GETGEN: no answer from the kernel on the netfilter socket');
-    return { gen: parseGenAnswer(answer.subarray(0, got.bytes)), netnsCookie };
+    if (!got) return undefined;
+    return { gen: parseGenAnswer(answer.subarray(0, got.bytes)), netnsCookie: `${boot()}/${cookie}` };
+  } catch {
+    return undefined;
   } finally {
     close(fd);
   }
 }
-

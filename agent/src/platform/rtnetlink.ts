@@ -1,5 +1,5 @@
-// rtnetlink requests sent from the agent itself into a pod's namespace (a NETLINK_ROUTE socket made there), with their
-// encoders: the in-pod policy routing (a fwmark rule, a table's local default route) without an `ip` process per pod.
+// Netlink requests sent from the agent itself (rtnetlink into a pod's namespace, through a socket made there), with the
+// rtnetlink encoders: the in-pod policy routing (a fwmark rule, a table's local default route) without an `ip` process.
 import { AF_INET, AF_INET6, SOCK_CLOEXEC, close, recvmsg, sendmsg, socket } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
 
@@ -134,24 +134,31 @@ export interface RtnlOutcome {
 
 const ANSWER_SIZE = 8192;
 
-/**
- * Sends `requests` in order over a NETLINK_ROUTE socket made inside `ns` (it keeps talking to that namespace after the
- * thread switches back) and returns each one's answer. The kernel handles a route request within sendmsg and queues
- * its acknowledgement before sendmsg returns, so the answer is read without waiting (an answer missing then is an
- * error, never a wait on the event loop). Throws for a socket failure; a request the kernel refused is an outcome.
- */
+/** sendNetlink over NETLINK_ROUTE in `ns`. */
 export function sendRtnetlink(ns: Netns, requests: readonly RtnlRequest[]): RtnlOutcome[] {
-  const fd = withNetns(ns, () => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+  return sendNetlink(ns, NETLINK_ROUTE, requests);
+}
+
+/**
+ * Sends `requests` (each asking for an acknowledgement) in order over a netlink socket of `protocol` made inside `ns`
+ * (it keeps talking to that namespace after the thread switches back; without `ns`, the agent's own) and returns each
+ * one's answer. The kernel handles a route or ipset request within sendmsg and queues its acknowledgement before
+ * sendmsg returns, so the answer is read without waiting (an answer missing then is an error, never a wait on the
+ * event loop). Throws for a socket failure; a request the kernel refused is an outcome.
+ */
+export function sendNetlink(ns: Netns | undefined, protocol: number, requests: readonly RtnlRequest[]): RtnlOutcome[] {
+  const open = (): number => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+  const fd = ns ? withNetns(ns, open) : open();
   try {
     const answer = Buffer.alloc(ANSWER_SIZE);
     return requests.map((req, i) => {
       const seq = i + 1;
       const bytes = Buffer.from(req.bytes);
       bytes.writeUInt32LE(seq, 8);
-      if (sendmsg(fd, bytes, null, 0) !== bytes.length) throw new Error(`${req.what}: short write on the rtnetlink socket`);
+      if (sendmsg(fd, bytes, null, 0) !== bytes.length) throw new Error(`${req.what}: short write on the netlink socket`);
       const got = recvmsg(fd, answer, Buffer.alloc(0), MSG_DONTWAIT);
       const errno = got ? ackErrno(answer.subarray(0, got.bytes), seq) : undefined;
-      if (errno === undefined) throw new Error(`${req.what}: no answer from the kernel on the rtnetlink socket`);
+      if (errno === undefined) throw new Error(`${req.what}: no answer from the kernel on the netlink socket`);
       return { what: req.what, errno: errno === EEXIST && req.existsIsDone ? 0 : errno };
     });
   } finally {

@@ -91,17 +91,21 @@ export async function repairOne(a: Attachments, key: string): Promise<boolean> {
     if (!rec || rec.state !== 'enrolled') return false;
     const seen = rec.rulesSeen;
     const problems = await a.inspect(key, rec);
+    // Rules proved exact at a new generation (the first pass after an install the agent could not prove, or after a
+    // change elsewhere in the pod's nf_tables) are written down, so that a restart re-adopts the pod without its tools.
+    // A proof lost needs no write: a stale one can never match the namespace's generation again.
+    const proved = (): void => {
+      if (rec.rulesSeen && !sameSeen(seen, rec.rulesSeen)) a.persistSoon();
+    };
     if (!problems.length) {
-      // Rules proved exact at a new generation (the first pass after an install the agent could not prove, or after a
-      // change elsewhere in the pod's nf_tables): written down, so that a restart re-adopts the pod without its tools.
-      if (!sameSeen(seen, rec.rulesSeen)) await a.persist().catch((err: unknown) => a.log.warn({ error: describe(err) }, 'writing pod records failed'));
+      proved();
       return false;
     }
     const plog = a.log.child({ pod: `${rec.namespace}/${rec.name}` });
     plog.warn({ problems }, 'pod capture drifted; repairing');
     a.counters.ruleRepairs++;
     await a.enrol(key, rec, plog, { enrolled: true }).catch((err: unknown) => plog.error({ error: describe(err) }, 'repair failed'));
-    if (!sameSeen(seen, rec.rulesSeen)) await a.persist().catch((err: unknown) => plog.warn({ error: describe(err) }, 'writing pod records failed'));
+    proved();
     return true;
   });
 }

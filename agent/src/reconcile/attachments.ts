@@ -20,6 +20,9 @@ import { checkCaptureFamilies } from './capture-families.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
 import { LeftRulesMemory } from './left-rules.js';
 
+/** How long persistSoon waits: the repair loop proves pods one at a time, spread over its interval. */
+const PERSIST_SOON_MS = 1000;
+
 export interface Live {
   netns: Netns;
   forwarder: PodForwarder;
@@ -372,6 +375,23 @@ export class Attachments {
 
   /** Set while a take-over is in progress (Enroller.quiesce): the successor owns the state file, nothing is written. */
   sealed = false;
+
+  /** Pending persistSoon write. */
+  private persistTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Writes the records within PERSIST_SOON_MS, once for every call until then: the repair loop's new proofs of pods'
+   * rules (rulesSeen), which no event waits on, cost one write for a pass's worth instead of one each. Unref'd: a stop
+   * before it fires loses only proofs, and a pod without one is re-adopted by a full read-back.
+   */
+  persistSoon(): void {
+    if (this.persistTimer) return;
+    this.persistTimer = setTimeout(() => {
+      this.persistTimer = undefined;
+      this.persist().catch((err: unknown) => this.log.warn({ error: describe(err) }, 'writing pod records failed'));
+    }, PERSIST_SOON_MS);
+    this.persistTimer.unref();
+  }
 
   persist(): Promise<void> {
     if (this.sealed) return Promise.reject(new Error('pod records are not written while handing over to another agent (it owns the state dir)'));

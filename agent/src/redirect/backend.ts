@@ -14,6 +14,7 @@ import {
 import { applyMarkRules, replyMarksSetter, replyMarksOn } from './routing-apply.js';
 import { captureFamiliesFor, type InstallOptions, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import { readNfGeneration, type NfGeneration } from '../platform/nf-generation.js';
+import { applyIpset, ipsetRequest } from '../platform/ipset-netlink.js';
 import { provenSeen, rulesDigest, stillExact, type RulesSeen } from './rules-seen.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
@@ -49,18 +50,22 @@ function canonicalSet(addrs: string[]): Set<string> {
   return new Set(addrs.flatMap((a) => canonicalIp(a) ?? []));
 }
 
-/** The namespace's nf_tables generation; undefined where it cannot be told (no nf_tables, a kernel before 5.14): no shortcut then. */
-function generationOf(netns: Netns): NfGeneration | undefined {
-  try {
-    return readNfGeneration(netns);
-  } catch {
-    return undefined;
-  }
-}
-
-/** Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own). Pure. */
+/**
+ * Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own).
+ * Counting them is only sound because each section restoreInput makes changes something (it re-adds our chains' rules:
+ * iptables.test.ts): the kernel does not move the generation for a transaction that changes nothing, and a writer
+ * elsewhere could then fill the gap unseen. Pure.
+ */
 export function restoreCommits(input: string): number {
   return input.split('\n').filter((l) => l.trim() === 'COMMIT').length;
+}
+
+/** The generation of a namespace nothing was ever committed in (the kernel starts each namespace's count there). */
+export const FIRST_GENERATION = 1;
+
+/** Whether every tool's `-V` says it is the nf_tables variant (iptables-nft), not legacy (x_tables). Pure. */
+export function toolsOnNfTables(versions: readonly string[]): boolean {
+  return versions.length > 0 && versions.every((v) => / \(nf_tables\)\s*$/.test(v.trim()));
 }
 
 /** Both families' choices of the mangle OUTPUT restore an install could keep (installPod): all four, or with it only. */
@@ -134,14 +139,15 @@ class IptablesBackend implements RedirectBackend {
     this.setReplyMarks = replyMarksSetter(opts.warn);
   }
 
+  /** Finds whether the save and restore tools that write pod rules are iptables-nft (see onNfTables). */
   async prepare(): Promise<void> {
-    const versions = await Promise.all(FAMILIES.map((family) => runTool(family === 6 ? 'ip6tables' : 'iptables', ['-V']).catch(() => '')));
-    this.onNfTables = versions.every((v) => v.includes('(nf_tables)'));
+    const tools = FAMILIES.flatMap((family) => [ipt.TOOLS[family].save, ipt.TOOLS[family].restore]);
+    this.onNfTables = toolsOnNfTables(await Promise.all(tools.map((tool) => runTool(tool, ['-V']).catch(() => ''))));
   }
 
   /** The namespace's generation where it covers our rules (iptables-nft), else undefined. */
   private generation(netns: Netns): NfGeneration | undefined {
-    return this.onNfTables ? generationOf(netns) : undefined;
+    return this.onNfTables ? readNfGeneration(netns) : undefined;
   }
 
   /** The digest of both families' rules (as verifyPod compares them), each with the OUTPUT restore or without it. */
@@ -182,8 +188,10 @@ class IptablesBackend implements RedirectBackend {
    * its `route` chain: not where tcp_fwmark_accept and fwmark_reflect are on (a fresh pod gets them first); where one
    * was off it goes in, the sysctls after the pieces (where both are on, nothing is written); and a table holding any of it keeps it whole (ipt.holdsRestore).
    * `seen` (re-adoption after a restart): tables still at the generation where they were proved to hold what this install
-   * would keep are neither saved nor restored. Resolves with where the tables are proved exact after it: only our
-   * restores' commits between the generation read before and the one after (RulesSeen).
+   * would keep are neither saved nor restored. Resolves with where the tables are proved exact after it (RulesSeen):
+   * only our restores' commits between the generation read before and the one after, and tables our restores leave
+   * exact: a fresh pod's only where nothing was ever committed in its namespace (a fresh guess that is wrong leaves a
+   * second jump), a save's only where it held no jump into our chains but the expected ones (restoreInput keeps others).
    */
   async installPod(netns: Netns, pod?: PodContext, opts: InstallOptions = {}): Promise<RulesSeen | undefined> {
     const families = this.replyFamilies(pod);
@@ -195,6 +203,7 @@ class IptablesBackend implements RedirectBackend {
     const unchanged = !opts.fresh && stillExact(opts.seen, before, this.keptDigests(pod, marksOn));
     const restores = new Set<ipt.Family>();
     let commits = 0;
+    let provable = !opts.fresh || before?.gen === FIRST_GENERATION;
     await settleAll([routing, ...(unchanged ? [] : FAMILIES).map(async (family) => {
       const tools = ipt.TOOLS[family];
       const save = opts.fresh ? '' : await runTool(tools.save, [], { netns: netns.toolPath });
@@ -208,7 +217,9 @@ class IptablesBackend implements RedirectBackend {
       ];
       const input = tables.map(([table, chains, rules, jumps]) => {
         const current = ipt.tableSection(save, table);
-        return opts.fresh || ipt.restoreNeeded(current, chains, rules, jumps) ? ipt.restoreInput(current, chains, rules, jumps, table) : '';
+        if (!opts.fresh && !ipt.restoreNeeded(current, chains, rules, jumps)) return '';
+        if (!ipt.restoreLeavesExact(current, chains, jumps)) provable = false;
+        return ipt.restoreInput(current, chains, rules, jumps, table);
       }).join('');
       await routed;
       if (input !== '') {
@@ -218,7 +229,7 @@ class IptablesBackend implements RedirectBackend {
     })], `installing the redirection rules in ${netns.path} failed`);
     if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
     if (unchanged) return opts.seen;
-    return provenSeen(before, this.generation(netns), commits, this.digest(pod, (f) => restores.has(f)));
+    return provable ? provenSeen(before, this.generation(netns), commits, this.digest(pod, (f) => restores.has(f))) : undefined;
   }
 
   /** Both families and both tables; IPv6 lines carry the `ip6tables: ` prefix, mangle lines `mangle: `, then the reply routing. */
@@ -310,15 +321,15 @@ class IptablesBackend implements RedirectBackend {
     return ok(per.flatMap((p) => p.missing), per.flatMap((p) => p.unexpected), per.flatMap((p) => p.actual));
   }
 
-  /** Into the ipset of the address's family. */
+  /** Into the ipset of the address's family, over netlink from the agent itself (no `ipset` process per pod). */
   async addProbeTarget(ip: string, podUid: string): Promise<void> {
     const { family, addr } = probeTarget(ip);
-    await runTool('ipset', ['add', ipt.PROBE[family].ipset, addr, 'comment', podUid || 'unknown', '-exist']);
+    applyIpset(ipsetRequest('add', ipt.PROBE[family].ipset, addr, podUid || 'unknown'));
   }
 
   async removeProbeTarget(ip: string): Promise<void> {
     const { family, addr } = probeTarget(ip);
-    await runTool('ipset', ['del', ipt.PROBE[family].ipset, addr, '-exist']);
+    applyIpset(ipsetRequest('del', ipt.PROBE[family].ipset, addr));
   }
 
   async probeTargets(): Promise<Set<string>> {
@@ -380,7 +391,7 @@ class NftablesBackend implements RedirectBackend {
     const families = this.replyFamilies(pod);
     if (families.length > 0 && opts.fresh) this.setReplyMarks(netns, true, families);
     const marksOn = replyMarksOn(netns, families);
-    const before = generationOf(netns);
+    const before = readNfGeneration(netns);
     // Re-adoption after a restart: tables still at the generation where they were proved to hold what this install
     // would keep (the `route` chain or not, as below) are not listed or replaced (IptablesBackend.installPod).
     const unchanged = !opts.fresh && stillExact(opts.seen, before, (marksOn ? [false, true] : [true]).map((r) => this.digest(r)));
@@ -395,7 +406,7 @@ class NftablesBackend implements RedirectBackend {
     await settleAll([routing, tables()], `installing the redirection rules in ${netns.path} failed`);
     if (families.length > 0 && !opts.fresh && !marksOn) this.setReplyMarks(netns, true, families);
     // One `nft -f` is one transaction.
-    return unchanged ? opts.seen : provenSeen(before, generationOf(netns), 1, this.digest(restore));
+    return unchanged ? opts.seen : provenSeen(before, readNfGeneration(netns), 1, this.digest(restore));
   }
 
   /** The digest of the tables installPod writes (the reply table with its `route` chain or without it). */
@@ -407,7 +418,7 @@ class NftablesBackend implements RedirectBackend {
     // The reply table with its `route` chain where installPod would put it: a sysctl off, or the chain in the table.
     const marksOn = replyMarksOn(netns, this.replyFamilies(pod));
     let restore = !marksOn;
-    const before = generationOf(netns);
+    const before = readNfGeneration(netns);
     const [t, rt, r] = await Promise.all([
       this.verifyTable(nft.POD_TABLE, () => nft.podTable(), netns),
       this.verifyTable(nft.REPLY_TABLE, (listing) => {
@@ -419,7 +430,7 @@ class NftablesBackend implements RedirectBackend {
     // Without preservation the reply table is shown when present, never counted as drift (see above).
     const reply = this.preserveSource ? rt : ok([], [], rt.actual);
     // Both tables read exact at one generation: what the pod's record keeps (RulesSeen).
-    const seen = t.ok && reply.ok ? provenSeen(before, generationOf(netns), 0, this.digest(restore)) : undefined;
+    const seen = t.ok && reply.ok ? provenSeen(before, readNfGeneration(netns), 0, this.digest(restore)) : undefined;
     const drift = ok([...t.missing, ...reply.missing, ...r.missing], [...t.unexpected, ...reply.unexpected, ...r.unexpected], [...t.actual, ...reply.actual, ...r.actual]);
     return { ...drift, expected: this.expectedLines(pod, restore), ...(seen ? { seen } : {}) };
   }

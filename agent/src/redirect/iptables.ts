@@ -184,6 +184,15 @@ export function restoreNeeded(current: string, chains: readonly string[], chainR
   return d.missing.length > 0 || d.unexpected.length > 0;
 }
 
+/**
+ * Whether restoreInput's input leaves the table exactly as verify expects it: it flushes and refills our chains and
+ * removes second copies of our jumps, but leaves any other jump into our chains (a rule of someone else's ending in
+ * `-j AMBIENT_...`) where it is. Pure.
+ */
+export function restoreLeavesExact(current: string, chains: readonly string[], jumps: readonly string[]): boolean {
+  return ownedNatLines(current, chains).every((l) => chains.some((c) => l.startsWith(`-A ${c} `)) || jumps.includes(l));
+}
+
 /** An iptables-restore --noflush input removing our jumps and chains (given the current save). */
 export function removeInput(current: string, chains: readonly string[], table: PodTable = 'nat'): string {
   const owned = ownedNatLines(current, chains);
