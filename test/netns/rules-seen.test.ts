@@ -147,6 +147,21 @@ for (const mode of ['iptables', 'nftables'] as const) {
     t.is(drift.seen, undefined);
   });
 
+  netnsTest.serial(`[${mode}] rules proved with the reply-mark sysctls on are not trusted once one is off: the install adds the per-packet restore`, async (t) => {
+    const { ns, run } = await bed(t);
+    const backend = await backendOf(mode, true);
+    const seen = await backend.installPod(ns, CTX, { fresh: true }); // a fresh pod gets the sysctls on, and no restore
+    if (!seen) return t.fail('proved');
+    await run('sysctl', '-qw', 'net.ipv4.tcp_fwmark_accept=0');
+    await t.throwsAsync(backend.installPod(withoutTools(ns), CTX, { seen }), undefined, 'no shortcut: the restore is wanted now');
+    const now = await backend.installPod(ns, CTX, { seen });
+    t.not(now?.digest, seen.digest, 'proved with the restore');
+    t.is(await run('sysctl', '-n', 'net.ipv4.tcp_fwmark_accept'), '1', 'and the sysctl back on after the pieces');
+    // Kept from now on, whatever the sysctls say (app sockets accepted meanwhile rely on it): still a shortcut.
+    t.deepEqual(await backend.installPod(withoutTools(ns), CTX, { seen: now }), now);
+    t.true((await backend.verifyPod(ns, CTX)).ok);
+  });
+
   netnsTest.serial(`[${mode}] rules proved under other flags (source preservation turned on across a restart) are rewritten, not trusted`, async (t) => {
     const { ns } = await bed(t);
     const seen = await (await backendOf(mode, false)).installPod(ns, CTX, { fresh: true });

@@ -1,4 +1,4 @@
-// Netlink requests sent from the agent itself (rtnetlink into a pod's namespace, through a socket made there), with the
+// Netlink requests sent from the agent itself (into a pod's namespace through a socket made there, or its own), with the
 // rtnetlink encoders: the in-pod policy routing (a fwmark rule, a table's local default route) without an `ip` process.
 import { AF_INET, AF_INET6, SOCK_CLOEXEC, close, recvmsg, sendmsg, socket } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
@@ -57,7 +57,7 @@ function u32Attr(type: number, value: number): Buffer {
   return b;
 }
 
-/** struct nlmsghdr (sequence number 0) followed by a family header and attributes (nf-generation.ts asks with it too). */
+/** struct nlmsghdr (sequence number 0) followed by a family header and attributes (nf-generation.ts and ipset-netlink.ts build with it too). */
 export function netlinkMessage(type: number, flags: number, header: Buffer, attrs: Buffer[]): Buffer {
   const body = Buffer.concat([header, ...attrs]);
   const h = Buffer.alloc(NLMSG_HDRLEN);

@@ -53,8 +53,8 @@ function canonicalSet(addrs: string[]): Set<string> {
 /**
  * Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own).
  * Counting them is only sound because each section restoreInput makes changes something (it re-adds our chains' rules:
- * iptables.test.ts): the kernel does not move the generation for a transaction that changes nothing, and a writer
- * elsewhere could then fill the gap unseen. Pure.
+ * test/unit/rules-seen.test.ts): the kernel does not move the generation for a transaction that changes nothing, and a
+ * writer elsewhere could then fill the gap unseen. Pure.
  */
 export function restoreCommits(input: string): number {
   return input.split('\n').filter((l) => l.trim() === 'COMMIT').length;
@@ -127,8 +127,8 @@ class IptablesBackend implements RedirectBackend {
   private readonly setReplyMarks: ReturnType<typeof replyMarksSetter>;
 
   /**
-   * Whether both tools write nf_tables (iptables-nft), so that a namespace's nf_tables generation covers the pod's
-   * rules (RulesSeen); found by prepare(). Legacy iptables writes x_tables, which no generation covers: no shortcut.
+   * Whether every save and restore tool writes nf_tables (iptables-nft), so that a namespace's nf_tables generation
+   * covers the pod's rules (RulesSeen); found by prepare(). Legacy iptables writes x_tables, which no generation covers: no shortcut.
    */
   private onNfTables = false;
 
