@@ -1,6 +1,5 @@
 // Re-adoption's shortcut (redirect/rules-seen.ts), on both netfilter backends in throwaway namespaces of the test's own:
 // the nf_tables generation as the kernel counts it, and an install that finds the pod's rules proved exact runs no tool.
-import { execFileSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { Netns } from '../../agent/src/platform/netns.js';
@@ -8,43 +7,19 @@ import { readNfGeneration, type NfGeneration } from '../../agent/src/platform/nf
 import { createBackend, type RedirectBackend } from '../../agent/src/redirect/backend.js';
 import type { RedirectMode } from '../../agent/src/config.js';
 import { netnsTest } from '../testbed/ava.js';
+import { scratchNetns, type ScratchNetns } from './scratch-netns.js';
 import { NFT } from './helpers.js';
-import { registerLive, unregisterLive } from '../testbed/cleanup.js';
-import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
 const POD_IP = '10.5.0.1';
 const CTX = { ifname: 'amb-rs0', ips: [POD_IP] };
 
-interface Bed {
-  name: string;
-  ns: Netns;
-  /** `ip netns exec <ns> cmd args`. */
-  run(cmd: string, ...args: string[]): Promise<string>;
-}
-
-/** A fresh namespace (lo up, a veth with the pod's address), deleted by its exact name after the test or on exit. */
-async function bed(t: ExecutionContext): Promise<Bed> {
-  const name = `amb-rs-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
-  const live = {
-    destroy: async (): Promise<void> => {
-      unregisterLive(live);
-      await deleteNetns(name);
-    },
-    destroySync: (): void => {
-      unregisterLive(live);
-      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
-    },
-  };
-  registerLive(live);
-  await createNetns(name);
-  t.teardown(() => live.destroy());
-  const run = async (cmd: string, ...args: string[]): Promise<string> => String((await execa('ip', ['netns', 'exec', name, cmd, ...args])).stdout);
-  await run('ip', 'link', 'add', CTX.ifname, 'type', 'veth', 'peer', 'name', 'amb-rs1');
-  await run('ip', 'link', 'set', CTX.ifname, 'up');
-  await run('ip', 'addr', 'add', `${POD_IP}/24`, 'dev', CTX.ifname);
-  const ns = Netns.open(netnsPath(name));
-  t.teardown(() => ns.close());
-  return { name, ns, run };
+/** A fresh namespace (lo up, a veth with the pod's address), gone after the test (scratchNetns). */
+function bed(t: ExecutionContext): Promise<ScratchNetns> {
+  return scratchNetns(t, 'amb-rs', async (run) => {
+    await run('ip', 'link', 'add', CTX.ifname, 'type', 'veth', 'peer', 'name', 'amb-rs1');
+    await run('ip', 'link', 'set', CTX.ifname, 'up');
+    await run('ip', 'addr', 'add', `${POD_IP}/24`, 'dev', CTX.ifname);
+  });
 }
 
 /**

@@ -1,19 +1,16 @@
 // platform/sockets.ts over IPv6, in throwaway network namespaces of the test's own (nothing else is touched): an
 // IPv6-only listener beside the IPv4 one on the same port, dials by family, REDIRECT's original destination through
 // ip6tables (and iptables, unchanged), a transparent socket bound to a non-local IPv6 client address, listenerFacts.
-import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import type { ExecutionContext } from 'ava';
-import { execa } from 'execa';
 import {
   AF_INET, AF_INET6, IPV6_TRANSPARENT, IPV6_V6ONLY, SOCK_STREAM, SOL_IPV6, bind, close, getsockname, getsockoptBuf,
   parseSockaddrIn6, sockaddrIn6, socket,
 } from '../../agent/src/platform/libc.js';
-import { Netns, withNetns } from '../../agent/src/platform/netns.js';
+import { withNetns } from '../../agent/src/platform/netns.js';
 import { dialFrom, listenIn, listenerFacts, originalDst, serverFd, transparentSocket } from '../../agent/src/platform/sockets.js';
 import { netnsTest } from '../testbed/ava.js';
-import { registerLive, unregisterLive } from '../testbed/cleanup.js';
-import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
+import { scratchNetns, type ScratchNetns } from './scratch-netns.js';
 
 /** Bound on every wait: only there so that a stuck promise fails instead of hanging. */
 const WAIT_MS = 10_000;
@@ -21,42 +18,18 @@ const WAIT_MS = 10_000;
 const LOCAL6 = 'fd00:5::1';
 const CLIENT6 = 'fd00:99::5';
 
-interface Bed {
-  name: string;
-  ns: Netns;
-  /** `ip netns exec <ns> cmd args`. */
-  run(cmd: string, ...args: string[]): Promise<string>;
-}
+type Bed = ScratchNetns;
 
-/**
- * A fresh namespace (lo up, so ::1 and 127.0.0.1) with a veth pair inside it, deleted by its exact name after the test,
- * or on a signal or exit (a timed-out run) through the testbed's process-wide safety net.
- */
+/** A fresh namespace (lo up, so ::1 and 127.0.0.1) with a veth pair inside it, gone after the test (scratchNetns). */
 async function bed(t: ExecutionContext): Promise<Bed> {
-  const name = `amb-s6-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
-  const live = {
-    destroy: async (): Promise<void> => {
-      unregisterLive(live);
-      await deleteNetns(name);
-    },
-    destroySync: (): void => {
-      unregisterLive(live);
-      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
-    },
-  };
-  registerLive(live);
-  await createNetns(name);
-  t.teardown(() => live.destroy());
-  const run = async (cmd: string, ...args: string[]): Promise<string> => String((await execa('ip', ['netns', 'exec', name, cmd, ...args])).stdout);
   // Both veth ends inside the namespace: they go with it. nodad: the addresses are usable at once.
-  await run('ip', 'link', 'add', 'amb-v6a', 'type', 'veth', 'peer', 'name', 'amb-v6b');
-  await run('ip', 'link', 'set', 'amb-v6a', 'up');
-  await run('ip', 'link', 'set', 'amb-v6b', 'up');
-  await run('ip', '-6', 'addr', 'add', `${LOCAL6}/64`, 'dev', 'amb-v6a', 'nodad');
-  await run('ip', 'addr', 'add', '10.5.0.1/24', 'dev', 'amb-v6a');
-  const ns = Netns.open(netnsPath(name));
-  t.teardown(() => ns.close());
-  return { name, ns, run };
+  return scratchNetns(t, 'amb-s6', async (run) => {
+    await run('ip', 'link', 'add', 'amb-v6a', 'type', 'veth', 'peer', 'name', 'amb-v6b');
+    await run('ip', 'link', 'set', 'amb-v6a', 'up');
+    await run('ip', 'link', 'set', 'amb-v6b', 'up');
+    await run('ip', '-6', 'addr', 'add', `${LOCAL6}/64`, 'dev', 'amb-v6a', 'nodad');
+    await run('ip', 'addr', 'add', '10.5.0.1/24', 'dev', 'amb-v6a');
+  });
 }
 
 /** Connections a listener accepted, taken one at a time (each within WAIT_MS); `all` of them, to destroy at the end. */

@@ -1,6 +1,7 @@
 // Persistence of the agent's pod records in the state dir, written atomically (temp file + rename) after every change.
 // A corrupt file is moved aside, never silently overwritten, so an operator can still read what was lost.
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { RulesSeen } from '../redirect/rules-seen.js';
@@ -88,12 +89,14 @@ export class StateStore {
     this.newest = records;
     if (this.queued) return this.queued;
     // After a failed write (disk full), the next one still runs: the chain never stays rejected.
-    const queued = this.writing.catch(() => undefined).then(() => new Promise<void>((resolve) => setImmediate(resolve))).then(() => {
+    const queued = this.writing.catch(() => undefined).then(() => new Promise<void>((resolve) => setImmediate(resolve))).then(async () => {
       this.queued = undefined;
       const doc: StateFile = { version: 1, pods: this.newest };
       const tmp = `${this.file}.tmp`;
-      writeFileSync(tmp, JSON.stringify(doc, null, 1), { mode: 0o600 });
-      renameSync(tmp, this.file);
+      // Off the event loop (a write and a rename take milliseconds on a busy node's disk): the saves asked for meanwhile
+      // wait as the next write, which carries the newest records.
+      await writeFile(tmp, JSON.stringify(doc, null, 1), { mode: 0o600 });
+      await rename(tmp, this.file);
     });
     this.queued = queued;
     this.writing = queued;
