@@ -15,7 +15,7 @@ import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
 import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
 import { Netns } from '../../agent/src/platform/netns.js';
-import { dialFrom, listenIn, startDial, takeFd } from '../../agent/src/platform/sockets.js';
+import { DIAL_TIMEOUT_MS, dialFrom, listenIn, startDial, takeFd } from '../../agent/src/platform/sockets.js';
 import { netnsTest } from '../testbed/ava.js';
 import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
@@ -154,7 +154,7 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
   const base = {
     ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
     onRequest: (req: HboneInboundRequest): void => {
-      dialFrom(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0, paused: true }).then((up) => req.answer(200, up), () => req.answer(503));
+      req.answerConnect(startDial(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0 }), DIAL_TIMEOUT_MS);
     },
   };
   const listener = await hbone.listen(ns, SERVER_ID, TD, (req) => r.onRequest(req), (reason) => r.refused.push(reason), { reusePort: true }); // beside otherPeer and a second server (below)

@@ -1,8 +1,7 @@
 // Re-adoption's shortcut, its pure parts: the NFT_MSG_GETGEN request and answer, the digest, and when a record of
-// rules proved exact stands (redirect/rules-seen.ts, platform/nf-generation.ts, backend.ts restoreCommits).
+// rules proved exact stands (redirect/rules-seen.ts, platform/nf-generation.ts, iptables.ts restoreCommits).
 import test from 'ava';
 import { getGenRequest, parseGenAnswer } from '../../agent/src/platform/nf-generation.js';
-import { restoreCommits, toolsOnNfTables } from '../../agent/src/redirect/backend.js';
 import * as ipt from '../../agent/src/redirect/iptables.js';
 import { isRulesSeen, nextGeneration, provenSeen, rulesDigest, sameSeen, stillExact } from '../../agent/src/redirect/rules-seen.js';
 
@@ -66,9 +65,9 @@ test('an error answer, an answer without the generation, or a truncated one is a
 });
 
 test('iptables-nft commits each COMMIT section of a restore on its own', (t) => {
-  t.is(restoreCommits(''), 0);
-  t.is(restoreCommits('*nat\n:A - [0:0]\nCOMMIT\n'), 1);
-  t.is(restoreCommits('*mangle\nCOMMIT\n*nat\n-A X -j Y\n COMMIT \n'), 2);
+  t.is(ipt.restoreCommits(''), 0);
+  t.is(ipt.restoreCommits('*nat\n:A - [0:0]\nCOMMIT\n'), 1);
+  t.is(ipt.restoreCommits('*mangle\nCOMMIT\n*nat\n-A X -j Y\n COMMIT \n'), 2);
 });
 
 test('every table section a restore writes re-adds our chains\' rules, so each commit changes something and moves the generation', (t) => {
@@ -76,7 +75,7 @@ test('every table section a restore writes re-adds our chains\' rules, so each c
   for (const current of ['', '*nat\n-A PREROUTING -j AMBIENT_PRERT\n-A AMBIENT_PRERT -i lo -j RETURN\nCOMMIT\n']) {
     for (const [table, rules, jumps] of [['nat', ipt.podChainRules(4), ipt.podJumpRules()], ['mangle', ipt.podMangleRules(4), ipt.podMangleJumpRules()]] as const) {
       const input = ipt.restoreInput(current, table === 'nat' ? chains : ipt.POD_MANGLE_CHAINS, rules, jumps, table);
-      t.is(restoreCommits(input), 1);
+      t.is(ipt.restoreCommits(input), 1);
       t.true(input.split('\n').filter((l) => l.startsWith('-A ') && !jumps.includes(l)).length >= 1, input);
     }
   }
@@ -95,11 +94,11 @@ test('a restore leaves the table exact unless a jump into our chains that is not
 
 test('pod rules are proved only where every save and restore tool is iptables-nft', (t) => {
   const nft = ['iptables-save v1.8.9 (nf_tables)', 'iptables-restore v1.8.9 (nf_tables)', 'ip6tables-save v1.8.9 (nf_tables)', 'ip6tables-restore v1.8.9 (nf_tables)\n'];
-  t.true(toolsOnNfTables(nft));
-  t.false(toolsOnNfTables([...nft.slice(1), 'iptables-save v1.8.9 (legacy)']));
-  t.false(toolsOnNfTables([...nft.slice(1), '']), 'a tool that did not answer');
-  t.false(toolsOnNfTables(['iptables v1.6.1']), 'too old to say');
-  t.false(toolsOnNfTables([]));
+  t.true(ipt.toolsOnNfTables(nft));
+  t.false(ipt.toolsOnNfTables([...nft.slice(1), 'iptables-save v1.8.9 (legacy)']));
+  t.false(ipt.toolsOnNfTables([...nft.slice(1), '']), 'a tool that did not answer');
+  t.false(ipt.toolsOnNfTables(['iptables v1.6.1']), 'too old to say');
+  t.false(ipt.toolsOnNfTables([]));
 });
 
 const gen = (g: number, cookie = '7'): { gen: number; netnsCookie: string } => ({ gen: g, netnsCookie: cookie });

@@ -1,5 +1,6 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -341,5 +342,8 @@ test('readBounded reads a file of exactly the bound and refuses one byte more, n
   t.is((await readBounded(join(dir, 'at.yaml'), 100, 5000)).length, 100, 'shorter than its hint');
   t.is((await readBounded(join(dir, 'at.yaml'), 100, 0)).length, 100, 'a hint of 0');
   await t.throwsAsync(readBounded(join(dir, 'over.yaml'), 100, 50), { message: /over 100 bytes/ }, 'the bound holds whatever the hint');
+  // A FIFO no one writes to: refused at once, never waited on.
+  execFileSync('mkfifo', [join(dir, 'fifo.yaml')]);
+  await t.throwsAsync(readBounded(join(dir, 'fifo.yaml'), 100), { message: /not a regular file/ });
 });
 

@@ -45,8 +45,8 @@ export interface HboneInboundRequest {
   peerPort: number;
   /** The tunnel's local end (`podIP:15008`). */
   localAddress: string;
-  /** 200 with the connected upstream socket (never read by Node: dial it `paused`), or a refusal status. */
-  answer(status: number, upstream?: net.Socket): void;
+  /** A refusal (any status but 200: a 200 without an upstream is sent as 503); the upstream goes through answerConnect. */
+  answer(status: number): void;
   /**
    * Answers once the upstream is connected, without Node: `fd` is a non-blocking socket whose connect is in flight
    * (startDial), owned by the data path from the call on. 200 when it connects; 503 when it fails or has not connected

@@ -381,19 +381,9 @@ export class NativeHbone implements HboneDataPath {
             if (this.lib) this.lib.answerConnect(ev.stream, fd, timeoutMs);
             else close(fd);
           },
-          answer: (status, upstream) => {
+          answer: (status) => {
             answering();
-            let fd = -1;
-            if (upstream) {
-              try {
-                fd = takeFd(upstream);
-              } catch (err) {
-                upstream.destroy();
-                this.log.warn({ error: (err as Error).message }, 'upstream socket could not be handed to the native data plane');
-                status = 503;
-              }
-            }
-            this.lib?.answer(ev.stream, status === 200 && fd < 0 ? 503 : status, fd);
+            this.lib?.answer(ev.stream, status === 200 ? 503 : status, -1);
           },
         });
         return;

@@ -1,11 +1,8 @@
 // ipset add and del sent from the agent itself over NETLINK_NETFILTER in its own namespace, with their encoders: the
 // node's probe sets change with every enrolled pod's ADD and DEL without an `ipset` process each.
 import { ipv4Bits, ipv6Words } from '../protocol/address.js';
-import { netlinkMessage, sendNetlink, type RtnlRequest } from './rtnetlink.js';
+import { NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST, netlinkAttr as attr, netlinkMessage, sendNetlink, type RtnlRequest } from './rtnetlink.js';
 
-const NETLINK_NETFILTER = 12;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
 const NFNL_SUBSYS_IPSET = 6;
 const IPSET_CMD_ADD = 9;
 const IPSET_CMD_DEL = 10;
@@ -48,14 +45,6 @@ const IPSET_ERRORS: Record<number, string> = {
   4112: 'the set has no counters extension',
   4113: 'the set has no comment extension',
 };
-
-/** An nlattr: length, type (with its flags), the value padded to 4 bytes. */
-function attr(type: number, value: Buffer): Buffer {
-  const h = Buffer.alloc(4);
-  h.writeUInt16LE(4 + value.length, 0);
-  h.writeUInt16LE(type, 2);
-  return Buffer.concat([h, value, Buffer.alloc((4 - (value.length % 4)) % 4)]);
-}
 
 /** A NUL-terminated string attribute; throws for one longer than `max` bytes with its NUL, or holding a NUL. */
 function stringAttr(type: number, text: string, max: number, what: string): Buffer {

@@ -1,17 +1,10 @@
 // The nf_tables generation of a pod's network namespace and the namespace's cookie, asked over a NETLINK_NETFILTER
 // socket made there: unchanged, they prove no nftables change (iptables-nft's included) was committed in it since.
 import { readFileSync } from 'node:fs';
-import { SOCK_CLOEXEC, SOL_SOCKET, close, getsockoptBuf, recvmsg, sendmsg, socket } from './libc.js';
+import { MSG_DONTWAIT, SOL_SOCKET, close, getsockoptBuf, recvmsg, sendmsg } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
-import { netlinkMessage } from './rtnetlink.js';
+import { NETLINK_NETFILTER, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST, netlinkMessage, netlinkSocket } from './rtnetlink.js';
 
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const NETLINK_NETFILTER = 12;
-const MSG_DONTWAIT = 0x40;
-const NLM_F_REQUEST = 0x1;
-const NLMSG_ERROR = 2;
-const NLMSG_HDRLEN = 16;
 const NFGENMSG_LEN = 4;
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFT_MSG_NEWGEN = 15;
@@ -92,7 +85,7 @@ const ANSWER_SIZE = 512;
 export function readNfGeneration(ns: Netns): NfGeneration | undefined {
   const fd = withNetns(ns, () => {
     try {
-      return socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+      return netlinkSocket(undefined, NETLINK_NETFILTER); // made in ns: this thread is there now
     } catch {
       return -1;
     }

@@ -1,20 +1,21 @@
 // Netlink requests sent from the agent itself (into a pod's namespace through a socket made there, or its own), with the
 // rtnetlink encoders: the in-pod policy routing (a fwmark rule, a table's local default route) without an `ip` process.
-import { AF_INET, AF_INET6, SOCK_CLOEXEC, close, recvmsg, sendmsg, socket } from './libc.js';
+import { AF_INET, AF_INET6, MSG_DONTWAIT, SOCK_CLOEXEC, close, recvmsg, sendmsg, socket } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
 
 const AF_NETLINK = 16;
 const SOCK_RAW = 3;
 const NETLINK_ROUTE = 0;
-const MSG_DONTWAIT = 0x40;
+/** The netlink family of nf_tables and ipset (nfnetlink): nf-generation.ts, ipset-netlink.ts. */
+export const NETLINK_NETFILTER = 12;
 
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
+export const NLM_F_REQUEST = 0x1;
+export const NLM_F_ACK = 0x4;
 const NLM_F_REPLACE = 0x100;
 const NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
-const NLMSG_ERROR = 2;
-const NLMSG_HDRLEN = 16;
+export const NLMSG_ERROR = 2;
+export const NLMSG_HDRLEN = 16;
 
 const RTM_NEWROUTE = 24;
 const RTM_NEWRULE = 32;
@@ -48,13 +49,19 @@ export type RtFamily = 4 | 6;
 
 const afOf = (family: RtFamily): number => (family === 6 ? AF_INET6 : AF_INET);
 
-/** A u32 attribute (struct rtattr: length, type, value; 8 bytes, aligned). */
+/** An attribute (struct rtattr / nlattr: length, type with its flags, the value padded to 4 bytes). */
+export function netlinkAttr(type: number, value: Buffer): Buffer {
+  const h = Buffer.alloc(4);
+  h.writeUInt16LE(4 + value.length, 0);
+  h.writeUInt16LE(type, 2);
+  return Buffer.concat([h, value, Buffer.alloc((4 - (value.length % 4)) % 4)]);
+}
+
+/** A u32 attribute in host byte order (8 bytes). */
 function u32Attr(type: number, value: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt16LE(8, 0);
-  b.writeUInt16LE(type, 2);
-  b.writeUInt32LE(value >>> 0, 4);
-  return b;
+  const v = Buffer.alloc(4);
+  v.writeUInt32LE(value >>> 0);
+  return netlinkAttr(type, v);
 }
 
 /** struct nlmsghdr (sequence number 0) followed by a family header and attributes (nf-generation.ts and ipset-netlink.ts build with it too). */
@@ -134,6 +141,15 @@ export interface RtnlOutcome {
 
 const ANSWER_SIZE = 8192;
 
+/**
+ * A netlink socket of `protocol` made inside `ns` (it keeps talking to that namespace after the thread switches back;
+ * without `ns`, the agent's own). Throws when it cannot be made, or when the thread cannot enter `ns` or come back.
+ */
+export function netlinkSocket(ns: Netns | undefined, protocol: number): number {
+  const open = (): number => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+  return ns ? withNetns(ns, open) : open();
+}
+
 /** sendNetlink over NETLINK_ROUTE in `ns`. */
 export function sendRtnetlink(ns: Netns, requests: readonly RtnlRequest[]): RtnlOutcome[] {
   return sendNetlink(ns, NETLINK_ROUTE, requests);
@@ -147,8 +163,7 @@ export function sendRtnetlink(ns: Netns, requests: readonly RtnlRequest[]): Rtnl
  * event loop). Throws for a socket failure; a request the kernel refused is an outcome.
  */
 export function sendNetlink(ns: Netns | undefined, protocol: number, requests: readonly RtnlRequest[]): RtnlOutcome[] {
-  const open = (): number => socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
-  const fd = ns ? withNetns(ns, open) : open();
+  const fd = netlinkSocket(ns, protocol);
   try {
     const answer = Buffer.alloc(ANSWER_SIZE);
     return requests.map((req, i) => {

@@ -15,7 +15,7 @@ import { applyMarkRules, replyMarksSetter, replyMarksOn } from './routing-apply.
 import { captureFamiliesFor, type InstallOptions, type PodContext, type RedirectBackend, type RuleDrift } from './types.js';
 import { readNfGeneration, type NfGeneration } from '../platform/nf-generation.js';
 import { applyIpset, ipsetRequest } from '../platform/ipset-netlink.js';
-import { provenSeen, rulesDigest, stillExact, type RulesSeen } from './rules-seen.js';
+import { FIRST_GENERATION, provenSeen, rulesDigest, stillExact, type RulesSeen } from './rules-seen.js';
 import type { IpFamily } from '../protocol/address.js';
 import { AGENT_MARK } from './constants.js';
 
@@ -48,24 +48,6 @@ function probeTarget(ip: string): { family: ipt.Family; addr: string } {
 /** The canonical text of each address in `addrs` (what probeTarget puts in a set); anything else is left out. */
 function canonicalSet(addrs: string[]): Set<string> {
   return new Set(addrs.flatMap((a) => canonicalIp(a) ?? []));
-}
-
-/**
- * Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own).
- * Counting them is only sound because each section restoreInput makes changes something (it re-adds our chains' rules:
- * test/unit/rules-seen.test.ts): the kernel does not move the generation for a transaction that changes nothing, and a
- * writer elsewhere could then fill the gap unseen. Pure.
- */
-export function restoreCommits(input: string): number {
-  return input.split('\n').filter((l) => l.trim() === 'COMMIT').length;
-}
-
-/** The generation of a namespace nothing was ever committed in (the kernel starts each namespace's count there). */
-export const FIRST_GENERATION = 1;
-
-/** Whether every tool's `-V` says it is the nf_tables variant (iptables-nft), not legacy (x_tables). Pure. */
-export function toolsOnNfTables(versions: readonly string[]): boolean {
-  return versions.length > 0 && versions.every((v) => / \(nf_tables\)\s*$/.test(v.trim()));
 }
 
 /** Both families' choices of the mangle OUTPUT restore an install could keep (installPod): all four, or with it only. */
@@ -142,7 +124,7 @@ class IptablesBackend implements RedirectBackend {
   /** Finds whether the save and restore tools that write pod rules are iptables-nft (see onNfTables). */
   async prepare(): Promise<void> {
     const tools = FAMILIES.flatMap((family) => [ipt.TOOLS[family].save, ipt.TOOLS[family].restore]);
-    this.onNfTables = toolsOnNfTables(await Promise.all(tools.map((tool) => runTool(tool, ['-V']).catch(() => ''))));
+    this.onNfTables = ipt.toolsOnNfTables(await Promise.all(tools.map((tool) => runTool(tool, ['-V']).catch(() => ''))));
   }
 
   /** The namespace's generation where it covers our rules (iptables-nft), else undefined. */
@@ -223,7 +205,7 @@ class IptablesBackend implements RedirectBackend {
       }).join('');
       await routed;
       if (input !== '') {
-        commits += restoreCommits(input);
+        commits += ipt.restoreCommits(input);
         await runTool(tools.restore, ['--noflush', '-w', '5'], { netns: netns.toolPath, input });
       }
     })], `installing the redirection rules in ${netns.path} failed`);

@@ -193,6 +193,21 @@ export function restoreLeavesExact(current: string, chains: readonly string[], j
   return ownedNatLines(current, chains).every((l) => chains.some((c) => l.startsWith(`-A ${c} `)) || jumps.includes(l));
 }
 
+/**
+ * Transactions an iptables-restore input commits: one per table (iptables-nft commits each COMMIT section on its own).
+ * Counting them is only sound because each section restoreInput makes changes something (it re-adds our chains' rules:
+ * test/unit/rules-seen.test.ts): the kernel does not move the generation for a transaction that changes nothing, and a
+ * writer elsewhere could then fill the gap unseen. Pure.
+ */
+export function restoreCommits(input: string): number {
+  return input.split('\n').filter((l) => l.trim() === 'COMMIT').length;
+}
+
+/** Whether every tool's `-V` says it is the nf_tables variant (iptables-nft), not legacy (x_tables). Pure. */
+export function toolsOnNfTables(versions: readonly string[]): boolean {
+  return versions.length > 0 && versions.every((v) => / \(nf_tables\)\s*$/.test(v.trim()));
+}
+
 /** An iptables-restore --noflush input removing our jumps and chains (given the current save). */
 export function removeInput(current: string, chains: readonly string[], table: PodTable = 'nat'): string {
   const owned = ownedNatLines(current, chains);

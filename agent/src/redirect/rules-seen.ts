@@ -33,6 +33,9 @@ export function stillExact(seen: unknown, now: NfGeneration | undefined, wanted:
   return isRulesSeen(seen) && now !== undefined && seen.gen === now.gen && seen.netnsCookie === now.netnsCookie && wanted.includes(seen.digest);
 }
 
+/** The generation of a namespace nothing was ever committed in (the kernel starts each namespace's count there). */
+export const FIRST_GENERATION = 1;
+
 /** The generation after `g` (nf_tables counts in 32 bits and skips 0). Pure. */
 export function nextGeneration(g: number): number {
   return g >= 0xffffffff ? 1 : g + 1;

@@ -4,7 +4,7 @@
 // YAML) stands as a fail-closed placeholder until fixed; a file with any other invalid YAML keeps all its previous
 // objects in force; other kinds are logged once. Watched (inotify); a safety check stats the directory every 2 s and each
 // file once per 30 s, a slice at a time: the bound on applying a change the watch missed (see the constructor).
-import { watch, type FSWatcher, type Stats } from 'node:fs';
+import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CORE_SCHEMA, loadAll } from 'js-yaml';
@@ -36,13 +36,16 @@ export const MAX_FILE_BYTES = 64 * 1024 * 1024;
 const READ_CHUNK_MAX = 1024 * 1024;
 
 /**
- * A file's text, read `maxBytes` + 1 at most: throws (naming the bound) when it is longer, whatever its stat said. The
+ * A regular file's text, read `maxBytes` + 1 at most: throws (naming the bound) when it is longer, whatever its stat said. The
  * first buffer is sized by `sizeHint` (the caller's stat of it; +1 to see the end in the same read), not the largest:
  * a folder of small files must not allocate a megabyte each.
  */
 export async function readBounded(path: string, maxBytes: number, sizeHint = 64 * 1024): Promise<string> {
-  const fh = await open(path, 'r');
+  // Non-blocking: a FIFO named like a workload file would otherwise hold the open (and a thread of the pool) until some
+  // process writes to it. Only a regular file is read.
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
+    if (!(await fh.stat()).isFile()) throw new Error(`${path} is not a regular file: not read`);
     const chunks: Buffer[] = [];
     let total = 0;
     let want = sizeHint + 1;
