@@ -1,9 +1,9 @@
 // A small CNI runtime that follows the spec the way libcni does: ADD/DEL/CHECK over a conflist with
 // prevResult chaining and a result cache, STATUS/GC (1.1.0) on plugins whose VERSION says they support it.
 import { access, constants, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { execa } from 'execa';
 import {
   type CachedAttachment,
   type CniCommand,
@@ -20,6 +20,17 @@ import {
   parseCniResult,
   parseVersionResult,
 } from './cni-types.js';
+import { MAX_TOOL_OUTPUT, runChild } from '../../agent/src/platform/exec.js';
+import { netnsPath } from './netns.js';
+
+/** Bound on a plugin's stdout and stderr each (a result is a few KB). */
+const PLUGIN_OUTPUT_BOUND = MAX_TOOL_OUTPUT;
+
+/** A signal's name (SIGKILL) from its number, as errors show it. */
+function signalName(signo: number | undefined): string | undefined {
+  if (signo === undefined) return undefined;
+  return Object.entries(osConstants.signals).find(([, n]) => n === signo)?.[0] ?? `signal ${signo}`;
+}
 
 export interface CniRuntimeOptions {
   conflist: CniConfList;
@@ -27,7 +38,7 @@ export interface CniRuntimeOptions {
   binDirs: string[];
   /** Where results are cached (`<containerId>-<ifname>.json`). */
   cacheDir: string;
-  /** Named netns the plugins run in (`ip netns exec`); null runs them in the caller's netns. */
+  /** Named netns the plugins run in (started there: /run/netns/<name>); null runs them in the caller's netns. */
   netns: string | null;
   /** Per plugin invocation; default 30 s. */
   timeoutMs?: number;
@@ -343,43 +354,45 @@ export class CniRuntime {
       env.CNI_IFNAME = rt.ifname;
       env.CNI_ARGS = (rt.args ?? []).map(([k, v]) => `${k}=${v}`).join(';');
     }
-    const [file, args] = this.netns === null ? [path, []] : ['ip', ['netns', 'exec', this.netns, path]];
     const t0 = performance.now();
-    const r = await execa(file, args, {
+    // Started as a Go runtime's os/exec starts a plugin (vfork semantics: posix_spawn), directly in the node's namespace
+    // (a spawner thread enters it first), the way a runtime on a real node runs plugins in its own: no fork of this
+    // process, whose cost grows with its memory, and no `ip netns exec` (a dynamically linked exec and a new mount
+    // namespace) before each plugin, neither of which a real runtime pays.
+    const r = await runChild(path, [path], env, {
+      ...(this.netns === null ? {} : { netns: netnsPath(this.netns) }),
       input: JSON.stringify(conf),
-      env,
-      extendEnv: false,
-      reject: false,
-      timeout: opts.timeoutMs ?? this.timeoutMs,
-      killSignal: 'SIGKILL',
-      stripFinalNewline: false,
+      timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+      maxOutput: PLUGIN_OUTPUT_BOUND,
     });
-    const stdout = String(r.stdout ?? '');
-    const stderr = String(r.stderr ?? '');
+    const stdout = r.stdout;
+    const stderr = r.cutBy === 'output' ? `${r.stderr}${r.stderr ? '; ' : ''}${r.cut}` : r.stderr;
+    const exitCode = r.exit.code;
+    const signal = signalName(r.exit.signal);
     const invocation: PluginInvocation = {
       plugin: plugin.type,
       command,
       durationMs: performance.now() - t0,
-      exitCode: r.exitCode,
+      exitCode,
       stderr,
     };
-    if (r.timedOut) {
+    if (r.cutBy === 'timeout') {
       throw new CniPluginError(command, plugin.type, 'timeout', { stdout, stderr, cause: r });
     }
-    if (r.failed) {
+    if (r.cut !== undefined || exitCode !== 0) {
       const cniError = parseCniErrorBody(stdout);
       if (cniError !== undefined) {
-        throw new CniPluginError(command, plugin.type, 'plugin-error', { cniError, stdout, stderr, exitCode: r.exitCode });
+        throw new CniPluginError(command, plugin.type, 'plugin-error', { cniError, stdout, stderr, exitCode });
       }
       throw new CniPluginError(command, plugin.type, 'crashed', {
         stdout,
-        stderr: stderr || (r.message ?? ''),
-        exitCode: r.exitCode,
-        ...(r.signal !== undefined ? { signal: r.signal } : {}),
+        stderr: stderr || `${path} ${signal === undefined ? `exited ${exitCode}` : `killed by ${signal}`}`,
+        exitCode,
+        ...(signal !== undefined ? { signal } : {}),
       });
     }
     if (stdout.trim() !== '' && !isJson(stdout)) {
-      throw new CniPluginError(command, plugin.type, 'bad-output', { stdout, stderr, exitCode: r.exitCode });
+      throw new CniPluginError(command, plugin.type, 'bad-output', { stdout, stderr, exitCode });
     }
     return { stdout, invocation };
   }

@@ -3,6 +3,7 @@
 import test from 'ava';
 import { podUidFromCgroup, startTimeFromStat } from '../../agent/src/platform/proc-netns.js';
 import { podsToDiscover } from '../../agent/src/reconcile/running-pods.js';
+import { RuntimeDeletes } from '../../agent/src/reconcile/runtime-deletes.js';
 import type { NamespaceInfo, PodInfo } from '../../agent/src/workload/types.js';
 
 const UID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
@@ -38,7 +39,24 @@ test('podsToDiscover: selected pods on this node with an IP that the enroller do
   ];
   const ns: NamespaceInfo = { name: 'app', labels: { 'istio.io/dataplane-mode': 'ambient' } };
   const source = { pods: () => pods, getNamespace: (n: string) => (n === 'app' ? ns : undefined) };
-  t.deepEqual(podsToDiscover(source, 'n0', (_ns, name) => name === 'known').map((p) => p.name), ['new']);
+  t.deepEqual(podsToDiscover(source, 'n0', (p) => p.name === 'known').map((p) => p.name), ['new']);
   const plain = { pods: () => pods, getNamespace: () => ({ name: 'app', labels: {} }) };
   t.deepEqual(podsToDiscover(plain, 'n0', () => false), []);
+});
+
+test('RuntimeDeletes: a DEL keeps a pod out of late enrolment until its ADD, its time-to-live or the bound', (t) => {
+  const d = new RuntimeDeletes(1000, 2);
+  d.note('u1', 0);
+  t.true(d.has('u1', 999));
+  t.false(d.has('u1', 1000), 'expired');
+  t.is(d.size, 0, 'an expired entry is dropped when read');
+  d.note('u2', 0);
+  d.forget('u2');
+  t.false(d.has('u2', 1), 'an ADD came');
+  d.note('a', 0);
+  d.note('b', 0);
+  d.note('c', 0);
+  t.deepEqual([d.has('a', 1), d.has('b', 1), d.has('c', 1)], [false, true, true], 'the oldest goes past the bound');
+  d.note('', 0);
+  t.is(d.size, 2, 'a record without a uid is not remembered');
 });

@@ -1,12 +1,13 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { type FSWatcher, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { FilesWorkloadSource, parseWorkloadFile, parseWorkloadFileEntries, readBounded, resolveFileEntries } from '../../agent/src/workload/files-source.js';
 import { MALFORMED_POLICY_MSG } from '../../agent/src/policy/malformed.js';
+import { pollUntil } from '../fixtures/fake-kube-api.js';
 
 const quiet = pino({ level: 'silent' });
 
@@ -115,6 +116,52 @@ test('files source: an unchanged file is not parsed again; a changed one is, and
   t.is(src.getPod('app', 'a2'), undefined);
   t.deepEqual(src.pods().map((p) => p.name).sort(), ['b1', 'b2']);
   t.deepEqual(changes.flat().slice(1).sort((x, y) => String(x.before).localeCompare(String(y.before))), [{ before: '10.0.0.1' }, { before: '10.0.0.2' }]);
+});
+
+test('files source: an event naming one file checks that file alone, in a folder of many; a removal likewise', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (let i = 0; i < 200; i++) writeAtomic(dir, `p${i}.yaml`, podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000); // no safety check in the test's time: the watch alone
+  await src.start();
+  t.teardown(() => src.stop());
+  const { rescans, parses } = src.stats;
+  writeAtomic(dir, 'p7.yaml', podYaml('p7', '10.1.0.7'));
+  writeAtomic(dir, 'new.yaml', podYaml('new', '10.1.0.1'));
+  await pollUntil(() => [src.getPod('app', 'p7')?.podIPs[0], src.getPod('app', 'new')?.podIPs[0]], ([a, b]) => a === '10.1.0.7' && b === '10.1.0.1', 'both files applied');
+  rmSync(join(dir, 'p8.yaml'));
+  await pollUntil(() => src.getPod('app', 'p8'), (p) => p === undefined, 'removed file applied');
+  t.is(src.stats.rescans, rescans, 'the folder was not rescanned');
+  t.is(src.stats.parses, parses + 2, 'the two written files were read, nothing else');
+  t.true(src.stats.checks >= 1);
+  // An ADD before the watch's event for its pod is in: the wait finds it without a rescan of the folder either.
+  const waiting = src.waitForPod('app', 'late', 3000);
+  writeAtomic(dir, 'late.yaml', podYaml('late', '10.1.0.2'));
+  t.is((await waiting)?.podIPs[0], '10.1.0.2');
+  t.is(src.stats.rescans, rescans, 'the watch\'s check found it');
+  // The watch lost the event: the wait rescans the folder.
+  (src as unknown as { watcher: FSWatcher }).watcher.removeAllListeners('change');
+  writeAtomic(dir, 'lost.yaml', podYaml('lost', '10.1.0.3'));
+  t.is((await src.waitForPod('app', 'lost', 3000))?.podIPs[0], '10.1.0.3');
+  t.is(src.stats.rescans, rescans + 1);
+});
+
+test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) rescans the folder', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-cm-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, '..v1'));
+  writeFileSync(join(dir, '..v1', 'pods.yaml'), podYaml('cm', '10.0.0.1'));
+  symlinkSync('..v1', join(dir, '..data'));
+  symlinkSync('..data/pods.yaml', join(dir, 'pods.yaml'));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.is(src.getPod('app', 'cm')?.podIPs[0], '10.0.0.1');
+  mkdirSync(join(dir, '..v2'));
+  writeFileSync(join(dir, '..v2', 'pods.yaml'), podYaml('cm', '10.0.0.2'));
+  symlinkSync('..v2', join(dir, '..data_tmp'));
+  renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+  await pollUntil(() => src.getPod('app', 'cm')?.podIPs[0], (ip) => ip === '10.0.0.2', 'the new version applied');
 });
 
 test('files source: a pod in two files is the later file\'s (by name); removing that file brings back the other definition', async (t) => {

@@ -19,6 +19,7 @@ import type { PodInfo } from '../workload/types.js';
 import { checkCaptureFamilies } from './capture-families.js';
 import type { EnrollerCounters, EnrollerObserver } from './enroller-counters.js';
 import { LeftRulesMemory } from './left-rules.js';
+import { RuntimeDeletes } from './runtime-deletes.js';
 
 /** How long persistSoon waits: the repair loop proves pods one at a time, spread over its interval. */
 const PERSIST_SOON_MS = 1000;
@@ -136,6 +137,9 @@ export class Attachments {
     private readonly observer?: EnrollerObserver,
     private readonly removeRules: PodRuleRemover = removeEveryBackendsRules,
   ) {}
+
+  /** Pods the runtime DELeted: late enrolment does not look for them (runtime-deletes.ts). */
+  readonly runtimeDeletes = new RuntimeDeletes();
 
   /** True when the agent has a record (from ADD, re-adoption or discovery) of this pod. */
   knows(namespace: string, name: string): boolean {

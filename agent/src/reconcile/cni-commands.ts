@@ -54,6 +54,7 @@ export async function cniAdd(a: Attachments, ev: CniEvent): Promise<EventVerdict
       }
       a.leftRules.forget(netns.id);
       a.records.set(key, rec);
+      a.runtimeDeletes.forget(rec.uid);
       await a.persist();
       a.report(rec);
       return { result: decision.enrol ? 'enrolled' : 'skipped', reason: decision.reason };
@@ -74,6 +75,7 @@ export async function cniDel(a: Attachments, ev: CniEvent): Promise<EventVerdict
     if (!rec) return { result: 'removed', reason: 'attachment not known' };
     await a.unenrol(key, a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) }), { podRules: 'leave' });
     a.records.delete(key);
+    a.runtimeDeletes.note(rec.uid);
     await a.persist();
     return { result: 'removed' };
   });

@@ -197,6 +197,11 @@ export class Enroller {
     return this.attachments.knows(namespace, name);
   }
 
+  /** True while the pod's last word from the runtime is a DEL: it has no sandbox to find (runtime-deletes.ts). */
+  deletedByRuntime(uid: string): boolean {
+    return this.attachments.runtimeDeletes.has(uid);
+  }
+
   /** Enrols a running pod whose netns was found by scanning /proc; throws when enrolment fails (nothing is kept then). */
   enrolDiscovered(pod: PodInfo, found: { netnsPath: string; netns: { inode: number; dev: number } }): Promise<void> {
     return enrolDiscovered(this.attachments, pod, found);

@@ -19,9 +19,12 @@ export interface RunningPodsOptions {
   maxRetryMs?: number;
 }
 
-/** Pure: pods on this node that are selected for the mesh, have an IP, and that the enroller does not know yet. */
-export function podsToDiscover(source: Pick<WorkloadSource, 'pods' | 'getNamespace'>, nodeName: string, known: (ns: string, name: string) => boolean): PodInfo[] {
-  return source.pods().filter((p) => p.nodeName === nodeName && p.uid && p.podIPs.length > 0 && !p.terminating && !known(p.namespace, p.name)
+/**
+ * Pure: pods on this node that are selected for the mesh, have an IP, and that the enroller does not know yet (`known`:
+ * it has a record of the pod, or the runtime has just DELeted it).
+ */
+export function podsToDiscover(source: Pick<WorkloadSource, 'pods' | 'getNamespace'>, nodeName: string, known: (pod: PodInfo) => boolean): PodInfo[] {
+  return source.pods().filter((p) => p.nodeName === nodeName && p.uid && p.podIPs.length > 0 && !p.terminating && !known(p)
     && decideEnrolment(p, source.getNamespace(p.namespace)).enrol);
 }
 
@@ -83,7 +86,7 @@ export class RunningPods {
   }
 
   private async pass(): Promise<void> {
-    const selected = podsToDiscover(this.source, this.o.nodeName, (ns, name) => this.enroller.knows(ns, name));
+    const selected = podsToDiscover(this.source, this.o.nodeName, (p) => this.enroller.knows(p.namespace, p.name) || this.enroller.deletedByRuntime(p.uid));
     // A pod refused for its address families stays refused (its addresses do not change): not tried again while selected.
     const uids = new Set(selected.map((p) => p.uid));
     for (const uid of this.refused) if (!uids.has(uid)) this.refused.delete(uid);
