@@ -68,6 +68,19 @@ export async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ r
   throw new Error(`the agent did not report GC ${seq} within ${GC_WAIT_MS / 1000} s`);
 }
 
+const MEMORY_RELEASE_MS = 1000;
+const MEMORY_RELEASE_WAIT_MS = 30_000;
+
+/** Waits for the agent's log record with this message; throws after `timeoutMs`. */
+async function waitForLog(agent: AgentProcess, msg: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if ((await agent.logs()).some((r) => r.msg === msg)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the agent did not log "${msg}" within ${timeoutMs / 1000} s`);
+}
+
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 /** ADD every spec, `concurrency` at a time; the pods that made it and the failures (the others stay). */
@@ -126,7 +139,9 @@ export async function benchChurn(o: ChurnOpts): Promise<ChurnResult[]> {
     const command = [process.execPath, ...flags, '--expose-gc', `--import=${GC_PRELOAD}`, ...prof, AGENT_MAIN];
     progress(`churn (${mode}): ${o.churnCycles} cycles of ${o.churnPods} pods ADD then DEL, ${o.churnConcurrency} at a time, bridge alone vs the whole chain`);
     results.push(
-      await withTestbeds([BRIDGE_ONLY_TESTBED, ambientTestbed(mode, { agentCommand: command })], async ([bridgeTb, ambientTb]) => {
+      // The start-up memory release (platform/memory.ts; 30 s after ready by default) brought forward to 1 s and waited for
+      // before the first cycle: every cycle's RSS is then taken after it, not some before and some after.
+      await withTestbeds([BRIDGE_ONLY_TESTBED, ambientTestbed(mode, { agentCommand: command, agentEnv: { AMBIENT_MEMORY_RELEASE_MS: String(MEMORY_RELEASE_MS) } })], async ([bridgeTb, ambientTb]) => {
         if (bridgeTb === undefined || ambientTb === undefined) throw new Error('churn: testbeds missing');
         const r: ChurnResult = { mode, pods: o.churnPods, concurrency: o.churnConcurrency, bridge: [], ambient: [], gc: 'node --expose-gc; SIGUSR2 runs gc() twice in the agent (scripts/bench/agent-gc.mjs), RSS read from /proc 200 ms later' };
         const gcSeq = { n: 0 };
@@ -136,6 +151,8 @@ export async function benchChurn(o: ChurnOpts): Promise<ChurnResult[]> {
           const warm = await addBatch(tb, Array.from({ length: 4 }, (_, i) => ({ node: 0, namespace: 'churn', name: `warm-${i}` })), 4);
           await deletePodsBatched(tb, warm.pods, 4);
         }
+        const agent = ambientTb.nodes[0]?.agent;
+        if (agent !== undefined) await waitForLog(agent, 'start-up memory given back', MEMORY_RELEASE_WAIT_MS);
         for (let c = 0; c < o.churnCycles; c++) {
           // The chain measured first alternates, so a slow moment of the shared machine does not always hit the same one.
           const order = c % 2 === 0 ? (['bridge', 'ambient'] as const) : (['ambient', 'bridge'] as const);
