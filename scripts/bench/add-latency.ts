@@ -1,5 +1,6 @@
 // 1. CNI ADD latency: the bridge-only chain against bridge + ambient-cni (per backend, and as a Node-only plugin), on
 // single-node testbeds; sequential and concurrent ADDs, empty VERSION execs, enrolment times from the agent's log.
+import { runChild } from '../../agent/src/platform/exec.js';
 import type { AgentProcess, PluginInvocation, PodSpec, RedirectMode, Testbed, TestbedOptions, TestbedPod } from '../../test/testbed/index.js';
 import { jsonLines, num } from './json.js';
 import { AMBIENT, checkInterrupted, progress, withTestbeds } from './run.js';
@@ -197,12 +198,14 @@ export async function benchAdd(o: AddOpts): Promise<ChainResult[]> {
           r.versionMs[plugin.type] = times;
         }
         if (node.conflist.plugins.some((p) => p.type === 'ambient-cni')) {
-          // The floor under any Node.js plugin: the runtime starting and exiting, launched the same way (ip netns exec).
+          // The floor under any Node.js plugin: the runtime starting and exiting, started the same way as the plugins
+          // (the testbed's runtime: posix_spawn in the node's namespace).
           const bare: number[] = [];
           for (let k = 0; k < 10; k++) {
             checkInterrupted();
             const t0 = performance.now();
-            await tb.nodeExec(0, process.execPath, ['-e', '0']);
+            const r = await runChild(process.execPath, [process.execPath, '-e', '0'], process.env, { netns: node.netnsPath });
+            if (r.exit.code !== 0) throw new Error(`node -e 0 in ${node.netnsPath} failed: ${r.stderr || `exit ${r.exit.code}`}`);
             bare.push(performance.now() - t0);
           }
           r.versionMs[NODE_BARE] = bare;
