@@ -47,7 +47,7 @@ export function reportAdd(o: AddOpts, chains: ChainResult[], lines: string[]): B
   );
   lines.push('');
 
-  lines.push('Where the ambient-cni time goes (p50 / p99 ms; sequential ADDs, then 10 empty execs of each, all launched via `ip netns exec` like the runtime does):');
+  lines.push('Where the ambient-cni time goes (p50 / p99 ms; sequential ADDs, then 10 empty execs of each, all started in the node\'s namespace as the testbed\'s runtime starts plugins):');
   lines.push('');
   lines.push('| chain | ambient-cni exec | of which agent round trip | of which enrolment in the agent | exec minus round trip (process start-up, config, exit) | empty exec (VERSION) of ambient-cni | bare \`node -e 0\` | empty exec (VERSION) of bridge |');
   lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');

@@ -74,7 +74,7 @@ netnsTest.serial('Python h2 HBONE client: mTLS from our CA reaches the app via 1
   t.log('no cert:', show(noCert));
   t.is(noCert.status, null, show(noCert));
   t.regex(noCert.error ?? '', /CERTIFICATE_REQUIRED|reset by peer/, `TLS alert certificate_required: ${show(noCert)}`);
-  t.true((await dstStats()).refused > before2.refused, 'the refusal is counted');
+  t.true((await eventually(dstStats, (st) => st.refused > before2.refused)).refused > before2.refused, 'the refusal is counted (the data plane reports it after the handshake the client saw fail)');
 
   // 3. Same root, other trust domain: the connection is closed before any stream is served.
   const before3 = await dstStats();
@@ -83,7 +83,7 @@ netnsTest.serial('Python h2 HBONE client: mTLS from our CA reaches the app via 1
   t.is(foreignTd.status, null, show(foreignTd));
   t.is(foreignTd.received, '');
   t.true(foreignTd.error !== null || foreignTd.goaway_last_stream === 0, `closed with no stream processed: ${show(foreignTd)}`);
-  t.true((await dstStats()).refused > before3.refused, 'the refusal is counted');
+  t.true((await eventually(dstStats, (st) => st.refused > before3.refused)).refused > before3.refused, 'the refusal is counted (the data plane reports it after the handshake the client saw fail)');
   t.true((await dstLogs()).some((l) => l.msg === 'hbone client refused' && String(l.reason).includes('other.domain')), 'the agent logs why');
 
   // 4. Another root: refused at the handshake.
@@ -92,7 +92,7 @@ netnsTest.serial('Python h2 HBONE client: mTLS from our CA reaches the app via 1
   t.log('other root:', show(otherRoot));
   t.is(otherRoot.status, null, show(otherRoot));
   t.regex(otherRoot.error ?? '', /EOF|reset by peer|UNKNOWN_CA|BAD_CERTIFICATE/, show(otherRoot));
-  t.true((await dstStats()).refused > before4.refused, 'the refusal is counted');
+  t.true((await eventually(dstStats, (st) => st.refused > before4.refused)).refused > before4.refused, 'the refusal is counted (the data plane reports it after the handshake the client saw fail)');
 
   // 5. Not an open proxy: other addresses get 400, agent ports and closed ports 503; all on one connection, next to a 200.
   const cases: Array<[string, number]> = [

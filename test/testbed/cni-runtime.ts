@@ -20,7 +20,7 @@ import {
   parseCniResult,
   parseVersionResult,
 } from './cni-types.js';
-import { MAX_TOOL_OUTPUT, runChild } from '../../agent/src/platform/exec.js';
+import { type ChildOutcome, MAX_TOOL_OUTPUT, runChild } from '../../agent/src/platform/exec.js';
 import { netnsPath } from './netns.js';
 
 /** Bound on a plugin's stdout and stderr each (a result is a few KB). */
@@ -38,7 +38,12 @@ export interface CniRuntimeOptions {
   binDirs: string[];
   /** Where results are cached (`<containerId>-<ifname>.json`). */
   cacheDir: string;
-  /** Named netns the plugins run in (started there: /run/netns/<name>); null runs them in the caller's netns. */
+  /**
+   * Named netns the plugins run in (started there: /run/netns/<name>); null runs them in the caller's netns. Only the
+   * network namespace is the node's: a plugin sees the caller's mounts, so `/sys/class/net` lists the caller's devices
+   * (as under a runtime on a real node, `/proc/sys/net` follows the plugin's network namespace; the reference `bridge`
+   * and `host-local` use only that and netlink).
+   */
   netns: string | null;
   /** Per plugin invocation; default 30 s. */
   timeoutMs?: number;
@@ -359,12 +364,18 @@ export class CniRuntime {
     // (a spawner thread enters it first), the way a runtime on a real node runs plugins in its own: no fork of this
     // process, whose cost grows with its memory, and no `ip netns exec` (a dynamically linked exec and a new mount
     // namespace) before each plugin, neither of which a real runtime pays.
-    const r = await runChild(path, [path], env, {
-      ...(this.netns === null ? {} : { netns: netnsPath(this.netns) }),
-      input: JSON.stringify(conf),
-      timeoutMs: opts.timeoutMs ?? this.timeoutMs,
-      maxOutput: PLUGIN_OUTPUT_BOUND,
-    });
+    let r: ChildOutcome;
+    try {
+      r = await runChild(path, [path], env, {
+        ...(this.netns === null ? {} : { netns: netnsPath(this.netns) }),
+        input: JSON.stringify(conf),
+        timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+        maxOutput: PLUGIN_OUTPUT_BOUND,
+      });
+    } catch (err) {
+      // Not started (not executable, the node's namespace gone): as a runtime reports a plugin it could not exec.
+      throw new CniPluginError(command, plugin.type, 'crashed', { stdout: '', stderr: `cannot start ${path}: ${(err as Error).message}`, cause: err });
+    }
     const stdout = r.stdout;
     const stderr = r.cutBy === 'output' ? `${r.stderr}${r.stderr ? '; ' : ''}${r.cut}` : r.stderr;
     const exitCode = r.exit.code;
@@ -380,7 +391,8 @@ export class CniRuntime {
       throw new CniPluginError(command, plugin.type, 'timeout', { stdout, stderr, cause: r });
     }
     if (r.cut !== undefined || exitCode !== 0) {
-      const cniError = parseCniErrorBody(stdout);
+      // Killed for its output: whatever its stdout holds, it did not finish.
+      const cniError = r.cut === undefined ? parseCniErrorBody(stdout) : undefined;
       if (cniError !== undefined) {
         throw new CniPluginError(command, plugin.type, 'plugin-error', { cniError, stdout, stderr, exitCode });
       }

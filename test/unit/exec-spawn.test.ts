@@ -1,7 +1,7 @@
 // runTool through posix_spawn (platform/spawn.ts): exit codes, stderr in the error, stdin, timeout kill, output bound,
 // the child's descriptors and signal state. Needs only sh and coreutils, no root.
 import test from 'ava';
-import { MAX_TOOL_OUTPUT, ToolError, runTool } from '../../agent/src/platform/exec.js';
+import { MAX_TOOL_OUTPUT, runChild, ToolError, runTool } from '../../agent/src/platform/exec.js';
 
 test('returns stdout and feeds the input on stdin', async (t) => {
   t.is(await runTool('sh', ['-c', 'cat; echo done'], { input: 'hello\n' }), 'hello\ndone\n');
@@ -81,4 +81,25 @@ const root = process.getuid?.() === 0;
   const notNs = await t.throwsAsync(runTool('true', [], { netns: '/etc/hostname' }), { instanceOf: ToolError });
   t.regex(notNs?.message ?? '', /entering the namespace: setns/);
   t.is((await runTool('sh', ['-c', 'echo still fine'], { netns: '/proc/self/ns/net' })).trim(), 'still fine', 'the spawner carries on');
+});
+
+test('runChild: a non-zero exit and a signal are outcomes, not errors; the environment is exactly the one given', async (t) => {
+  const sh = '/bin/sh';
+  const r = await runChild(sh, [sh, '-c', 'echo "$ONLY" "${HOME-unset}"; cat >&2; exit 4'], { ONLY: 'x' }, { input: 'in' });
+  t.deepEqual({ stdout: r.stdout, stderr: r.stderr, exit: r.exit, cut: r.cut }, { stdout: 'x unset\n', stderr: 'in', exit: { code: 4, signal: undefined }, cut: undefined });
+  const k = await runChild(sh, [sh, '-c', 'kill -KILL $$'], {});
+  t.deepEqual(k.exit, { code: undefined, signal: 9 });
+});
+
+test('runChild: cut short by its own bound on output, or by the timeout, and says which', async (t) => {
+  const out = await runChild('/usr/bin/head', ['head', '-c', '70000', '/dev/zero'], {}, { maxOutput: 65536 });
+  t.is(out.cutBy, 'output');
+  t.regex(out.cut ?? '', /stdout exceeded 65536 bytes/);
+  const slow = await runChild('/bin/sh', ['sh', '-c', 'sleep 60'], {}, { timeoutMs: 100 });
+  t.is(slow.cutBy, 'timeout');
+  t.is(slow.exit.signal, 9);
+});
+
+test('runChild: a file that cannot be started throws', async (t) => {
+  await t.throwsAsync(runChild('/nonexistent/tool', ['tool'], {}));
 });

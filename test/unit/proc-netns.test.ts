@@ -1,10 +1,17 @@
 // Pure parts of late enrolment: pod UIDs from kubelet's cgroup paths (cgroupfs and systemd drivers), process start
 // times, and which pods on this node still need their running netns found.
 import test from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
 import { podUidFromCgroup, startTimeFromStat } from '../../agent/src/platform/proc-netns.js';
-import { podsToDiscover } from '../../agent/src/reconcile/running-pods.js';
+import type { Enroller } from '../../agent/src/reconcile/enroller.js';
+import { podsToDiscover, RunningPods } from '../../agent/src/reconcile/running-pods.js';
 import { RuntimeDeletes } from '../../agent/src/reconcile/runtime-deletes.js';
+import type { WorkloadSource } from '../../agent/src/workload/source.js';
 import type { NamespaceInfo, PodInfo } from '../../agent/src/workload/types.js';
+import { pollUntil } from '../fixtures/fake-kube-api.js';
 
 const UID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 const cases: [string, string, string | undefined][] = [
@@ -44,19 +51,46 @@ test('podsToDiscover: selected pods on this node with an IP that the enroller do
   t.deepEqual(podsToDiscover(plain, 'n0', () => false), []);
 });
 
-test('RuntimeDeletes: a DEL keeps a pod out of late enrolment until its ADD, its time-to-live or the bound', (t) => {
+test('RuntimeDeletes: a DEL leaves a pod alone while it is listed with the deleted sandbox\'s addresses, until its ADD or the time-to-live', (t) => {
   const d = new RuntimeDeletes(1000, 2);
-  d.note('u1', 0);
-  t.true(d.has('u1', 999));
-  t.false(d.has('u1', 1000), 'expired');
+  const p = (uid: string, podIPs: string[]) => ({ uid, podIPs });
+  d.note('u1', ['10.0.0.1', 'fd00::1'], 0);
+  t.is(d.leftAloneUntil(p('u1', ['10.0.0.1', 'fd00::1']), 999), 1000);
+  t.is(d.leftAloneUntil(p('u1', ['10.0.0.1']), 999), 1000, 'one of the addresses listed so far');
+  t.is(d.leftAloneUntil(p('u1', ['10.0.0.9']), 999), undefined, 'a new sandbox with a new address is looked for');
+  t.is(d.leftAloneUntil(p('u1', []), 999), undefined);
+  t.is(d.leftAloneUntil(p('u1', ['10.0.0.1']), 1000), undefined, 'expired');
   t.is(d.size, 0, 'an expired entry is dropped when read');
-  d.note('u2', 0);
+  d.note('u2', ['10.0.0.2'], 0);
   d.forget('u2');
-  t.false(d.has('u2', 1), 'an ADD came');
-  d.note('a', 0);
-  d.note('b', 0);
-  d.note('c', 0);
-  t.deepEqual([d.has('a', 1), d.has('b', 1), d.has('c', 1)], [false, true, true], 'the oldest goes past the bound');
-  d.note('', 0);
-  t.is(d.size, 2, 'a record without a uid is not remembered');
+  t.is(d.leftAloneUntil(p('u2', ['10.0.0.2']), 1), undefined, 'an ADD came');
+  for (const uid of ['a', 'b', 'c']) d.note(uid, ['10.0.0.3'], 0);
+  t.deepEqual(['a', 'b', 'c'].map((uid) => d.leftAloneUntil(p(uid, ['10.0.0.3']), 1)), [undefined, 1000, 1000], 'the oldest goes past the bound');
+  d.note('', ['10.0.0.4'], 0);
+  d.note('u5', [], 0);
+  t.is(d.size, 2, 'a record without a uid or addresses is not remembered');
+});
+
+test('late enrolment leaves a DELeted pod alone, then looks for it when that ends, with no other change to wake it', async (t) => {
+  const procRoot = mkdtempSync(join(tmpdir(), 'amb-proc-'));
+  t.teardown(() => rmSync(procRoot, { recursive: true, force: true }));
+  const ns: NamespaceInfo = { name: 'app', labels: { 'istio.io/dataplane-mode': 'ambient' } };
+  const looked: string[] = [];
+  const source = {
+    pods: () => [pod('gone')], getNamespace: () => ns, onChange: () => undefined,
+    reportCapture: (p: PodInfo, state: string | undefined) => looked.push(`${p.name} ${state}`),
+  } as unknown as WorkloadSource;
+  const until = Date.now() + 300;
+  const enroller = {
+    knows: () => false,
+    leftAloneUntil: () => (Date.now() < until ? until : undefined),
+    enrolDiscovered: () => Promise.reject(new Error('not expected')),
+  } as unknown as Enroller;
+  const rp = new RunningPods(source, enroller, { nodeName: 'n0', procRoot, log: pino({ level: 'silent' }), retryMs: 60_000 });
+  t.teardown(() => rp.stop());
+  rp.start();
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(looked, [], 'left alone');
+  await pollUntil(() => looked.length, (n) => n > 0, 'the pass when it ends');
+  t.deepEqual(looked, ['gone pending'], 'looked for (no process holds its address here)');
 });

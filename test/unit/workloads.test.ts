@@ -1,7 +1,7 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { type FSWatcher, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { type FSWatcher, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -144,6 +144,60 @@ test('files source: an event naming one file checks that file alone, in a folder
   writeAtomic(dir, 'lost.yaml', podYaml('lost', '10.1.0.3'));
   t.is((await src.waitForPod('app', 'lost', 3000))?.podIPs[0], '10.1.0.3');
   t.is(src.stats.rescans, rescans + 1);
+});
+
+test('files source: an event on the folder itself rescans it; a dangling symlink is gone to a check and to a rescan alike', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-dir-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'targets')); // not read: a directory
+  writeFileSync(join(dir, 'targets', 'a.yaml'), podYaml('a', '10.0.0.1'));
+  writeFileSync(join(dir, 'targets', 'b.yaml'), podYaml('b', '10.0.0.2'));
+  symlinkSync('targets/a.yaml', join(dir, 'a.yaml'));
+  symlinkSync('targets/b.yaml', join(dir, 'b.yaml'));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  t.deepEqual(src.pods().map((p) => p.name).sort(), ['a', 'b']);
+  const { rescans } = src.stats;
+  utimesSync(dir, new Date(), new Date()); // inotify reports it on the folder: libuv names it by the folder's own name
+  await pollUntil(() => src.stats.rescans, (n) => n > rescans, 'a rescan');
+  // A link swapped for a dangling one: the watch names the link, and its check finds it gone.
+  symlinkSync('targets/none.yaml', join(dir, '.b.yaml.tmp'));
+  renameSync(join(dir, '.b.yaml.tmp'), join(dir, 'b.yaml'));
+  await pollUntil(() => src.getPod('app', 'b'), (p) => p === undefined, 'b gone');
+  // A link left dangling by its target's removal (no event in the folder): the next rescan finds it gone.
+  rmSync(join(dir, 'targets', 'a.yaml'));
+  await src.rescanNow();
+  t.deepEqual(src.pods().map((p) => p.name), [], 'the dangling a.yaml is gone after a rescan');
+});
+
+test('files source: stop() waits for the check under way and runs no other after it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-stop-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  let changes = 0;
+  src.onChange(() => changes++);
+  for (let i = 0; i < 50; i++) writeAtomic(dir, `p${i}.yaml`, podYaml(`p${i}`, `10.0.0.${i + 1}`));
+  await new Promise((r) => setImmediate(r)); // the watch's events in: checks queued
+  await src.stop();
+  const seen = changes;
+  const checks = src.stats.checks;
+  await new Promise((r) => setTimeout(r, 200));
+  t.is(changes, seen, 'no listener called after stop()');
+  t.is(src.stats.checks, checks);
+});
+
+test('files source: past 1,000 files named at once, one full rescan replaces the checks', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-many-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  const { rescans } = src.stats;
+  for (let i = 0; i < 1500; i++) writeFileSync(join(dir, `p${i}.yaml`), podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
+  await pollUntil(() => src.pods().length, (n) => n === 1500, 'every pod');
+  t.true(src.stats.rescans > rescans);
 });
 
 test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) rescans the folder', async (t) => {

@@ -106,8 +106,11 @@ export async function runChild(file: string, argv: string[], env: NodeJS.Process
   const timer = setTimeout(() => kill('timeout', `timed out after ${timeoutMs} ms`), timeoutMs);
   child.stdin.on('error', () => undefined); // EPIPE: the child exited without reading its input
   child.stdin.end(opts.input ?? '');
+  // Both outputs at their end: the child is exiting; reap it now rather than at the backoff's next poll.
+  const outputs = Promise.all([collect(child.stdout, 'stdout'), collect(child.stderr, 'stderr')]);
+  void outputs.then(() => child.nudgeReap());
   try {
-    const [exit, stdout, stderr] = await Promise.all([exited, collect(child.stdout, 'stdout'), collect(child.stderr, 'stderr')]);
+    const [exit, [stdout, stderr]] = await Promise.all([exited, outputs]);
     return { stdout, stderr, exit, ...cut };
   } finally {
     clearTimeout(timer);

@@ -61,6 +61,8 @@ export interface SpawnedChild {
   stderr: Socket;
   /** Resolves once the child is reaped. */
   exited: Promise<ChildExit>;
+  /** Polls for the exit now (reap): the child closed its output, so it is exiting. */
+  nudgeReap: () => void;
 }
 
 /** Returns [readEnd, writeEnd], both close-on-exec so no concurrent spawn (ours or libuv's) inherits them. */
@@ -153,7 +155,8 @@ export async function spawnChild(path: string, argv: string[], env: NodeJS.Proce
       const stdin = new Socket({ fd: inW, readable: false, writable: true });
       const stdout = new Socket({ fd: outR, readable: true, writable: false });
       const stderr = new Socket({ fd: errR, readable: true, writable: false });
-      return { pid, stdin, stdout, stderr, exited: reap(pid) };
+      const { exited, nudge } = reap(pid);
+      return { pid, stdin, stdout, stderr, exited, nudgeReap: nudge };
     } catch (err) {
       closeAll(opened);
       throw err;
@@ -222,7 +225,7 @@ function netnsSpawner(): Spawner {
         } catch {
           // already gone
         }
-        void reap(a.pid).catch(() => undefined);
+        void reap(a.pid).exited.catch(() => undefined);
       }
       return;
     }
@@ -291,15 +294,22 @@ async function spawnInNetns(netns: string, req: NetnsSpawnRequest): Promise<numb
 /**
  * Polls waitpid(pid, WNOHANG) with a backoff (1 ms doubling to 50 ms): only this pid is reaped, so libuv's SIGCHLD
  * handling of its own children is untouched, and the event loop never blocks. (A pidfd would need a poll on a libuv
- * worker thread per running child, taking the thread pool's four threads away from fs and DNS.)
+ * worker thread per running child, taking the thread pool's four threads away from fs and DNS.) `nudge()` polls again at
+ * once and restarts the backoff: a caller that saw the child close its output calls it, since the exit follows at once.
  */
-function reap(pid: number): Promise<ChildExit> {
-  return new Promise((resolve, reject) => {
-    let delay = 1;
-    const attempt = (): void => {
+function reap(pid: number): { exited: Promise<ChildExit>; nudge: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  let delay = 1;
+  let done = false;
+  let attempt = (): void => undefined;
+  const exited = new Promise<ChildExit>((resolve, reject) => {
+    attempt = (): void => {
+      clearTimeout(timer);
+      if (done) return;
       const status = [0];
       const rc = fns.waitpid(pid, status, WNOHANG) as number;
       if (rc === pid) {
+        done = true;
         const s = status[0] as number;
         const signal = s & 0x7f;
         resolve(signal === 0 ? { code: (s >> 8) & 0xff, signal: undefined } : { code: undefined, signal });
@@ -308,13 +318,22 @@ function reap(pid: number): Promise<ChildExit> {
       if (rc < 0) {
         const errno = koffi.errno();
         if (errno !== EINTR) {
+          done = true;
           reject(new SyscallError('waitpid', errno, errno === ECHILD ? `${pid} (reaped elsewhere)` : `${pid}`));
           return;
         }
       }
-      setTimeout(attempt, delay);
+      timer = setTimeout(attempt, delay);
       delay = Math.min(delay * 2, 50);
     };
     attempt();
   });
+  return {
+    exited,
+    nudge: () => {
+      if (done) return;
+      delay = 1;
+      attempt();
+    },
+  };
 }

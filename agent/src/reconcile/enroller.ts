@@ -197,9 +197,9 @@ export class Enroller {
     return this.attachments.knows(namespace, name);
   }
 
-  /** True while the pod's last word from the runtime is a DEL: it has no sandbox to find (runtime-deletes.ts). */
-  deletedByRuntime(uid: string): boolean {
-    return this.attachments.runtimeDeletes.has(uid);
+  /** When late enrolment stops leaving the pod alone after the runtime DELeted it (runtime-deletes.ts); undefined: it does not. */
+  leftAloneUntil(pod: PodInfo): number | undefined {
+    return this.attachments.runtimeDeletes.leftAloneUntil(pod);
   }
 
   /** Enrols a running pod whose netns was found by scanning /proc; throws when enrolment fails (nothing is kept then). */

@@ -30,6 +30,9 @@ export function podsToDiscover(source: Pick<WorkloadSource, 'pods' | 'getNamespa
 
 export class RunningPods {
   private timer: NodeJS.Timeout | undefined;
+  /** The pass when a pod left alone after its DEL stops being so (passAt), and when that is. */
+  private leftAloneTimer: NodeJS.Timeout | undefined;
+  private leftAloneAt = Number.POSITIVE_INFINITY;
   private attempt = 0;
   private running: Promise<void> | undefined;
   private again = false;
@@ -62,7 +65,22 @@ export class RunningPods {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.leftAloneTimer);
+    this.leftAloneAt = Number.POSITIVE_INFINITY;
     await this.running;
+  }
+
+  /** A pass at `at` (ms since the epoch), unless one is already due sooner for this reason. */
+  private passAt(at: number): void {
+    if (this.stopped || at >= this.leftAloneAt) return;
+    clearTimeout(this.leftAloneTimer);
+    this.leftAloneAt = at;
+    this.leftAloneTimer = setTimeout(() => {
+      this.leftAloneAt = Number.POSITIVE_INFINITY;
+      this.leftAloneTimer = undefined;
+      void this.kick();
+    }, Math.max(0, at - Date.now()) + 1);
+    this.leftAloneTimer.unref();
   }
 
   /** Runs a pass now, or right after the one in progress. */
@@ -86,7 +104,15 @@ export class RunningPods {
   }
 
   private async pass(): Promise<void> {
-    const selected = podsToDiscover(this.source, this.o.nodeName, (p) => this.enroller.knows(p.namespace, p.name) || this.enroller.deletedByRuntime(p.uid));
+    // A pod the runtime has just DELeted is left alone until then, and looked for again when that ends.
+    let leftAlone: number | undefined;
+    const selected = podsToDiscover(this.source, this.o.nodeName, (p) => {
+      if (this.enroller.knows(p.namespace, p.name)) return true;
+      const until = this.enroller.leftAloneUntil(p);
+      if (until !== undefined) leftAlone = Math.min(leftAlone ?? until, until);
+      return until !== undefined;
+    });
+    if (leftAlone !== undefined) this.passAt(leftAlone);
     // A pod refused for its address families stays refused (its addresses do not change): not tried again while selected.
     const uids = new Set(selected.map((p) => p.uid));
     for (const uid of this.refused) if (!uids.has(uid)) this.refused.delete(uid);

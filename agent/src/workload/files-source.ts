@@ -6,7 +6,7 @@
 // file once per 30 s, a slice at a time: the bound on applying a change the watch missed (see the constructor).
 import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { CORE_SCHEMA, loadAll } from 'js-yaml';
 import { createRequire } from 'node:module';
 import type * as Yaml from 'yaml';
@@ -24,6 +24,8 @@ import { failClosedEffect, MALFORMED_POLICY_MSG } from '../policy/malformed.js';
 const YAML_FILE = /\.(ya?ml|json)$/;
 /** The names a scan reads: YAML or JSON, not hidden (a ConfigMap volume's `..data` and an atomic writer's temp files are). */
 const readsFile = (name: string): boolean => YAML_FILE.test(name) && !name.startsWith('.');
+/** Files the watch named that wait for one check at most; past it a full rescan replaces them. */
+const MAX_PENDING_CHECKS = 1000;
 /** Changed files read at once during a rescan (see rescan): at most this many, and this many bytes (by their stat). */
 const READ_WINDOW = 32;
 const READ_WINDOW_BYTES = 16 * 1024 * 1024;
@@ -337,6 +339,8 @@ export class FilesWorkloadSource implements WorkloadSource {
   /** Files the watch named since the last check: only these are stat'ed (and read if changed) by the next one. */
   private readonly pending = new Set<string>();
   private rescanning: Promise<void> | undefined;
+  /** The run under way is a full rescan (the safety check has nothing to add to it). */
+  private fullRescanning = false;
   /** Files read and parsed, full rescans and checks of the files the watch named, since the start: for tests and the benchmarks. */
   readonly stats = { parses: 0, rescans: 0, checks: 0 };
 
@@ -372,22 +376,25 @@ export class FilesWorkloadSource implements WorkloadSource {
     this.watcher?.close();
     this.watcher = undefined;
     if (this.poll) clearInterval(this.poll);
-    await this.rescanning;
+    while (this.rescanning) await this.rescanning;
   }
 
   /**
    * Watches the directory (inotify). An event naming a file the scan reads checks that file alone (its stamp, and a read
-   * if it changed), so a change costs the same in a folder of 10 files or 10,000. An event with no name, or on a name
-   * starting with `..` (a ConfigMap volume's update swaps its `..data` symlink: every file may have changed), rescans the
-   * whole folder. Other names (an atomic writer's temp file) are not read; the rename that follows names the file.
+   * if it changed): applying a change to one file does not stat the others. An event on the directory itself (libuv
+   * names it by the directory's own name), with no name, or on a name starting with `..` (a ConfigMap volume's update
+   * swaps its `..data` symlink: every file may have changed) rescans the whole folder. Other names (an atomic writer's
+   * temp file) are not read; the rename that follows names the file. (A file added or removed still moves the directory's
+   * stamp, so the safety check rescans the folder once within `pollMs` after it: the net under a lost event.)
    */
   private watchDir(): void {
     this.watcher?.close();
     this.watcher = undefined;
+    const self = basename(this.dir);
     try {
       const w = watch(this.dir, (_event, name) => {
-        if (typeof name === 'string' && readsFile(name)) this.queueCheck(name);
-        else if (typeof name !== 'string' || name.startsWith('..')) this.queueRescan();
+        if (typeof name !== 'string' || name === self || name.startsWith('..')) this.queueRescan();
+        else if (readsFile(name)) this.queueCheck(name);
       });
       w.on('error', (err) => {
         this.log.warn({ err }, 'workloads dir watch failed; polling only');
@@ -408,7 +415,7 @@ export class FilesWorkloadSource implements WorkloadSource {
    * evenly, never a burst of every file at once.
    */
   private safetyCheck(): void {
-    if (this.rescanning) return;
+    if (this.fullRescanning || this.closed) return;
     if (!this.watcher) {
       this.queueRescan();
       return;
@@ -476,7 +483,8 @@ export class FilesWorkloadSource implements WorkloadSource {
 
   private async rescanIfMissing(namespace: string, name: string): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve)); // past the loop's poll phase: the watch's events are in
-    while (this.rescanning) await this.rescanning;
+    // The run under way, then the one for the events pending when it ends: at most two, however busy the folder.
+    for (let i = 0; i < 2 && this.rescanning; i++) await this.rescanning;
     if (!this.getPod(namespace, name) && !this.closed) this.queueRescan();
   }
 
@@ -493,21 +501,29 @@ export class FilesWorkloadSource implements WorkloadSource {
   }
 
   private queueCheck(name: string): void {
-    this.pending.add(name);
+    // Past MAX_PENDING_CHECKS names (a whole folder rewritten), one full rescan is the cheaper way to see them.
+    if (this.pending.size >= MAX_PENDING_CHECKS) {
+      this.pending.clear();
+      this.rescanQueued = true;
+    } else if (!this.rescanQueued) {
+      this.pending.add(name);
+    }
     this.runQueued();
   }
 
   /** Runs what is queued, one at a time: a full rescan (which covers the pending files too), else a check of those. */
   private runQueued(): void {
-    if (this.rescanning || (!this.rescanQueued && this.pending.size === 0)) return;
+    if (this.closed || this.rescanning || (!this.rescanQueued && this.pending.size === 0)) return;
     const names = [...this.pending].sort();
     this.pending.clear();
     const full = this.rescanQueued;
     this.rescanQueued = false;
+    this.fullRescanning = full;
     this.rescanning = (full ? this.rescan() : this.check(names))
       .catch((err: unknown) => this.log.error({ err }, 'workloads rescan failed'))
       .finally(() => {
         this.rescanning = undefined;
+        this.fullRescanning = false;
         this.runQueued();
       });
   }
@@ -531,8 +547,10 @@ export class FilesWorkloadSource implements WorkloadSource {
     const stamps = await this.stamps(names);
     const touched: Touched = { pods: new Map(), namespaces: new Map(), others: false };
     const listed = new Set(names);
+    // Gone: not listed, or listed but not there (removed since readdir, a dangling symlink), as a check has it.
     for (const name of [...this.files.keys()]) if (!listed.has(name)) this.replaceFile(name, undefined, touched);
-    // Gone since readdir (the next rescan drops it), or unchanged: not read.
+    for (const [i, name] of names.entries()) if (stamps[i] === 'gone' && this.files.has(name)) this.replaceFile(name, undefined, touched);
+    // Gone, not stat'able now (kept as it was), or unchanged: not read.
     await this.readChanged(names.flatMap((name, i) => {
       const st = stamps[i];
       return st === undefined || st === 'gone' || this.files.get(name)?.stamp === st.stamp ? [] : [{ name, ...st }];
