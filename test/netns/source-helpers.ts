@@ -201,6 +201,9 @@ export async function closedPortRefused(t: ExecutionContext, tb: Testbed, server
     t.false(String(r.stdout).includes('pong'), `nothing answers on 9999: ${String(r.stdout)}`);
     t.true(ms < 5000, `${what}: ${client.key} -> ${host} port 9999 refused after ${ms} ms, not the dial timeout: ${String(r.stderr)}`);
   }
-  const refused = (await tb.agent(server.node.index).logs({ currentRun: true })).filter((l) => String(l.error ?? '').includes(':9999') && /ECONNREFUSED/.test(String(l.error)));
-  t.true(refused.length >= clients.length, `${what}: the agent saw the app's port refuse (${refused.length} lines)`);
+  // The agent logs the refusal once its data plane reports it, which may come after the client saw its connection fail.
+  const refusedLines = async (): Promise<number> => (await tb.agent(server.node.index).logs({ currentRun: true }))
+    .filter((l) => String(l.error ?? '').includes(':9999') && /ECONNREFUSED/.test(String(l.error))).length;
+  const refused = await eventually(refusedLines, (n) => n >= clients.length);
+  t.true(refused >= clients.length, `${what}: the agent saw the app's port refuse (${refused} lines)`);
 }
