@@ -544,35 +544,35 @@ export class FilesWorkloadSource implements WorkloadSource {
       this.log.error({ err, dir: this.dir }, 'cannot read workloads dir; keeping the last known state');
       return;
     }
-    const stamps = await this.stamps(names);
     const touched: Touched = { pods: new Map(), namespaces: new Map(), others: false };
     const listed = new Set(names);
-    // Gone: not listed, or listed but not there (removed since readdir, a dangling symlink), as a check has it.
     for (const name of [...this.files.keys()]) if (!listed.has(name)) this.replaceFile(name, undefined, touched);
-    for (const [i, name] of names.entries()) if (stamps[i] === 'gone' && this.files.has(name)) this.replaceFile(name, undefined, touched);
-    // Gone, not stat'able now (kept as it was), or unchanged: not read.
-    await this.readChanged(names.flatMap((name, i) => {
-      const st = stamps[i];
-      return st === undefined || st === 'gone' || this.files.get(name)?.stamp === st.stamp ? [] : [{ name, ...st }];
-    }), touched);
+    await this.applyFiles(names, touched);
     this.settle(touched);
   }
 
   /**
-   * The files the watch named: each one's stamp, read and applied if it changed, its objects out if it is gone. The
-   * directory's stamp is left as the last full rescan saw it, so the safety check still rescans the whole folder once
-   * (within `pollMs`) after files came or went: an event the watch lost is caught there.
+   * The files the watch named. The directory's stamp is left as the last full rescan saw it, so the safety check still
+   * rescans the whole folder once (within `pollMs`) after files came or went: an event the watch lost is caught there.
    */
   private async check(names: string[]): Promise<void> {
     this.stats.checks++;
-    const stamps = await this.stamps(names);
     const touched: Touched = { pods: new Map(), namespaces: new Map(), others: false };
+    await this.applyFiles(names, touched);
+    this.settle(touched);
+  }
+
+  /**
+   * Each file's stamp; read and applied where it changed, its objects out where it is gone (removed, a dangling symlink),
+   * kept as it was where it cannot be stat'ed now.
+   */
+  private async applyFiles(names: string[], touched: Touched): Promise<void> {
+    const stamps = await this.stamps(names);
     for (const [i, name] of names.entries()) if (stamps[i] === 'gone' && this.files.has(name)) this.replaceFile(name, undefined, touched);
     await this.readChanged(names.flatMap((name, i) => {
       const st = stamps[i];
       return st === undefined || st === 'gone' || this.files.get(name)?.stamp === st.stamp ? [] : [{ name, ...st }];
     }), touched);
-    this.settle(touched);
   }
 
   /** Each file's stamp and size; 'gone' where it does not exist, undefined where it cannot be stat'ed now. */
