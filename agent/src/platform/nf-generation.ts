@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { MSG_DONTWAIT, SOL_SOCKET, close, getsockoptBuf, recvmsg, sendmsg } from './libc.js';
 import { withNetns, type Netns } from './netns.js';
-import { NETLINK_NETFILTER, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST, netlinkMessage, netlinkSocket } from './rtnetlink.js';
+import { NETLINK_NETFILTER, NLMSG_ERROR, NLM_F_REQUEST, netlinkMessage, netlinkMessages, netlinkSocket } from './rtnetlink.js';
 
 const NFGENMSG_LEN = 4;
 const NFNL_SUBSYS_NFTABLES = 10;
@@ -53,23 +53,19 @@ export function getGenRequest(): Buffer {
  * (naming its errno) or one that holds no generation. Pure.
  */
 export function parseGenAnswer(answer: Buffer): number {
-  for (let off = 0; off + NLMSG_HDRLEN <= answer.length;) {
-    const len = answer.readUInt32LE(off);
-    if (len < NLMSG_HDRLEN || off + len > answer.length) break;
-    const type = answer.readUInt16LE(off + 4);
-    if (type === NLMSG_ERROR && len >= NLMSG_HDRLEN + 4) {
-      const error = answer.readInt32LE(off + NLMSG_HDRLEN);
+  for (const m of netlinkMessages(answer)) {
+    if (m.type === NLMSG_ERROR && m.payload.length >= 4) {
+      const error = m.payload.readInt32LE(0);
       if (error !== 0) throw new Error(`the kernel refused NFT_MSG_GETGEN (errno ${-error})`);
     }
-    if (type === ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN)) {
-      for (let a = off + NLMSG_HDRLEN + NFGENMSG_LEN; a + 4 <= off + len;) {
-        const alen = answer.readUInt16LE(a);
-        if (alen < 4 || a + alen > off + len) break;
-        if ((answer.readUInt16LE(a + 2) & NLA_TYPE_MASK) === NFTA_GEN_ID && alen >= 8) return answer.readUInt32BE(a + 4);
+    if (m.type === ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN)) {
+      for (let a = NFGENMSG_LEN; a + 4 <= m.payload.length;) {
+        const alen = m.payload.readUInt16LE(a);
+        if (alen < 4 || a + alen > m.payload.length) break;
+        if ((m.payload.readUInt16LE(a + 2) & NLA_TYPE_MASK) === NFTA_GEN_ID && alen >= 8) return m.payload.readUInt32BE(a + 4);
         a += (alen + 3) & ~3;
       }
     }
-    off += (len + 3) & ~3;
   }
   throw new Error('no nf_tables generation in the kernel\'s answer');
 }

@@ -15,7 +15,7 @@ const NLM_F_REPLACE = 0x100;
 const NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
 export const NLMSG_ERROR = 2;
-export const NLMSG_HDRLEN = 16;
+const NLMSG_HDRLEN = 16;
 
 const RTM_NEWROUTE = 24;
 const RTM_NEWRULE = 32;
@@ -121,16 +121,30 @@ export function fwmarkRuleRequest(family: RtFamily, r: FwmarkRule): RtnlRequest 
  * none for that request. Pure.
  */
 export function ackErrno(answer: Buffer, seq: number): number | undefined {
-  for (let off = 0; off + NLMSG_HDRLEN <= answer.length;) {
-    const len = answer.readUInt32LE(off);
-    if (len < NLMSG_HDRLEN || off + len > answer.length) return undefined;
-    if (answer.readUInt16LE(off + 4) === NLMSG_ERROR && answer.readUInt32LE(off + 8) === seq && len >= NLMSG_HDRLEN + 4) {
-      const error = answer.readInt32LE(off + NLMSG_HDRLEN); // 0, or a negative errno
+  for (const m of netlinkMessages(answer)) {
+    if (m.type === NLMSG_ERROR && m.seq === seq && m.payload.length >= 4) {
+      const error = m.payload.readInt32LE(0); // 0, or a negative errno
       return error === 0 ? 0 : -error;
     }
-    off += (len + 3) & ~3;
   }
   return undefined;
+}
+
+/** One message of a netlink answer: its type, sequence number and payload (what follows struct nlmsghdr). */
+export interface NetlinkMessage {
+  type: number;
+  seq: number;
+  payload: Buffer;
+}
+
+/** The messages of a netlink answer, in order; stops at the first whose length does not fit the answer. Pure. */
+export function* netlinkMessages(answer: Buffer): Generator<NetlinkMessage> {
+  for (let off = 0; off + NLMSG_HDRLEN <= answer.length;) {
+    const len = answer.readUInt32LE(off);
+    if (len < NLMSG_HDRLEN || off + len > answer.length) return;
+    yield { type: answer.readUInt16LE(off + 4), seq: answer.readUInt32LE(off + 8), payload: answer.subarray(off + NLMSG_HDRLEN, off + len) };
+    off += (len + 3) & ~3;
+  }
 }
 
 /** One request's outcome: 0 (done; EEXIST too for a request that says so), or the errno the kernel answered. */
