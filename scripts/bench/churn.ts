@@ -1,7 +1,7 @@
 // 7. Pod churn at node scale: cycles of N pods ADDed then DELeted, K at a time, through the whole chain (bridge +
 // ambient-cni + agent) and the bridge-only chain in the same run; wall times per batch, the agent's RSS after a forced GC.
 import { join } from 'node:path';
-import { AGENT_MAIN, AGENT_NODE_FLAGS, type AgentProcess, type PodSpec, procRssKb, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
+import { AGENT_MAIN, AGENT_NODE_FLAGS, type AgentLogRecord, type AgentProcess, type PodSpec, procRssKb, type RedirectMode, REPO_ROOT, type Testbed, type TestbedPod } from '../../test/testbed/index.js';
 import { ambientTestbed, BRIDGE_ONLY_TESTBED, deletePodsBatched } from './add-latency.js';
 import { agentNodePid, procCpuSeconds } from './cpu.js';
 import { num } from './json.js';
@@ -55,30 +55,24 @@ export async function gcAndSample(agent: AgentProcess, seq: number): Promise<{ r
   const pid = agentNodePid(agent);
   if (pid === undefined) throw new Error('agent is not running');
   process.kill(pid, 'SIGUSR2');
-  const deadline = Date.now() + GC_WAIT_MS;
-  while (Date.now() < deadline) {
-    const rec = (await agent.logs()).find((r) => r.msg === 'bench gc' && r.seq === seq);
-    if (rec !== undefined) {
-      if (rec.gc !== true) throw new Error('the agent has no gc(): was it started with --expose-gc?');
-      await new Promise((r) => setTimeout(r, 200)); // let freed pages go back before reading RSS
-      return { rss: procRssKb(pid), heapUsed: (num(rec.heapUsed) ?? Number.NaN) / 1024 };
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`the agent did not report GC ${seq} within ${GC_WAIT_MS / 1000} s`);
+  const rec = await waitForLog(agent, (r) => r.msg === 'bench gc' && r.seq === seq, GC_WAIT_MS, `report GC ${seq}`);
+  if (rec.gc !== true) throw new Error('the agent has no gc(): was it started with --expose-gc?');
+  await new Promise((r) => setTimeout(r, 200)); // let freed pages go back before reading RSS
+  return { rss: procRssKb(pid), heapUsed: (num(rec.heapUsed) ?? Number.NaN) / 1024 };
 }
 
 const MEMORY_RELEASE_MS = 1000;
 const MEMORY_RELEASE_WAIT_MS = 30_000;
 
-/** Waits for the agent's log record with this message; throws after `timeoutMs`. */
-async function waitForLog(agent: AgentProcess, msg: string, timeoutMs: number): Promise<void> {
+/** The agent's first log record that `match` accepts, polled every 100 ms; throws after `timeoutMs` (`what` says why). */
+async function waitForLog(agent: AgentProcess, match: (r: AgentLogRecord) => boolean, timeoutMs: number, what: string): Promise<AgentLogRecord> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if ((await agent.logs()).some((r) => r.msg === msg)) return;
-    await new Promise((r) => setTimeout(r, 200));
+    const rec = (await agent.logs()).find(match);
+    if (rec !== undefined) return rec;
+    await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`the agent did not log "${msg}" within ${timeoutMs / 1000} s`);
+  throw new Error(`the agent did not ${what} within ${timeoutMs / 1000} s`);
 }
 
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -152,7 +146,7 @@ export async function benchChurn(o: ChurnOpts): Promise<ChurnResult[]> {
           await deletePodsBatched(tb, warm.pods, 4);
         }
         const agent = ambientTb.nodes[0]?.agent;
-        if (agent !== undefined) await waitForLog(agent, 'start-up memory given back', MEMORY_RELEASE_WAIT_MS);
+        if (agent !== undefined) await waitForLog(agent, (r) => r.msg === 'start-up memory given back', MEMORY_RELEASE_WAIT_MS, 'give start-up memory back');
         for (let c = 0; c < o.churnCycles; c++) {
           // The chain measured first alternates, so a slow moment of the shared machine does not always hit the same one.
           const order = c % 2 === 0 ? (['bridge', 'ambient'] as const) : (['ambient', 'bridge'] as const);

@@ -1,5 +1,5 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { type FSWatcher, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -49,8 +49,7 @@ test('malformed objects are rejected with the file, object and field', (t) => {
 });
 
 test('files source picks up new, changed and removed objects, and keeps the last good state of a broken file', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeFileSync(join(dir, 'ns.yaml'), 'kind: Namespace\nmetadata: {name: app}\n');
   const src = new FilesWorkloadSource(dir, quiet, 50);
   await src.start();
@@ -83,18 +82,30 @@ function writeAtomic(dir: string, name: string, text: string): void {
   renameSync(join(dir, `.${name}.tmp`), join(dir, name));
 }
 
+/** A temporary folder, removed when the test ends. */
+function tempDir(t: ExecutionContext, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A files source on `dir`, started, stopped when the test ends; its safety check never runs in a test's time (the watch alone). */
+async function startedSource(t: ExecutionContext, dir: string): Promise<FilesWorkloadSource> {
+  const src = new FilesWorkloadSource(dir, quiet, 60_000);
+  await src.start();
+  t.teardown(() => src.stop());
+  return src;
+}
+
 const podYaml = (name: string, ip: string, extra = ''): string =>
   `---\nkind: Pod\nmetadata: {name: ${name}, namespace: app, uid: u-${name}${extra}}\nspec: {nodeName: n1}\nstatus: {podIP: ${ip}}\n`;
 
 test('files source: an unchanged file is not parsed again; a changed one is, and only its pods are announced; a removed one removes its objects', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
   writeAtomic(dir, 'b.yaml', podYaml('b1', '10.0.1.1') + podYaml('b2', '10.0.1.2'));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   t.is(src.stats.parses, 3);
   await src.rescanNow();
   await src.rescanNow();
@@ -119,12 +130,9 @@ test('files source: an unchanged file is not parsed again; a changed one is, and
 });
 
 test('files source: an event naming one file checks that file alone, in a folder of many; a removal likewise', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   for (let i = 0; i < 200; i++) writeAtomic(dir, `p${i}.yaml`, podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000); // no safety check in the test's time: the watch alone
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   const { rescans, parses } = src.stats;
   writeAtomic(dir, 'p7.yaml', podYaml('p7', '10.1.0.7'));
   writeAtomic(dir, 'new.yaml', podYaml('new', '10.1.0.1'));
@@ -147,16 +155,13 @@ test('files source: an event naming one file checks that file alone, in a folder
 });
 
 test('files source: an event on the folder itself rescans it; a dangling symlink is gone to a check and to a rescan alike', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-dir-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-dir-');
   mkdirSync(join(dir, 'targets')); // not read: a directory
   writeFileSync(join(dir, 'targets', 'a.yaml'), podYaml('a', '10.0.0.1'));
   writeFileSync(join(dir, 'targets', 'b.yaml'), podYaml('b', '10.0.0.2'));
   symlinkSync('targets/a.yaml', join(dir, 'a.yaml'));
   symlinkSync('targets/b.yaml', join(dir, 'b.yaml'));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   t.deepEqual(src.pods().map((p) => p.name).sort(), ['a', 'b']);
   const { rescans } = src.stats;
   utimesSync(dir, new Date(), new Date()); // inotify reports it on the folder: libuv names it by the folder's own name
@@ -172,8 +177,7 @@ test('files source: an event on the folder itself rescans it; a dangling symlink
 });
 
 test('files source: stop() waits for the check under way and runs no other after it', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-stop-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-stop-');
   const src = new FilesWorkloadSource(dir, quiet, 60_000);
   await src.start();
   let changes = 0;
@@ -189,11 +193,8 @@ test('files source: stop() waits for the check under way and runs no other after
 });
 
 test('files source: past 1,000 files named at once, one full rescan replaces the checks', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-many-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const dir = tempDir(t, 'amb-wl-many-');
+  const src = await startedSource(t, dir);
   const { rescans } = src.stats;
   for (let i = 0; i < 1500; i++) writeFileSync(join(dir, `p${i}.yaml`), podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
   await pollUntil(() => src.pods().length, (n) => n === 1500, 'every pod');
@@ -201,15 +202,12 @@ test('files source: past 1,000 files named at once, one full rescan replaces the
 });
 
 test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) rescans the folder', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-cm-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-cm-');
   mkdirSync(join(dir, '..v1'));
   writeFileSync(join(dir, '..v1', 'pods.yaml'), podYaml('cm', '10.0.0.1'));
   symlinkSync('..v1', join(dir, '..data'));
   symlinkSync('..data/pods.yaml', join(dir, 'pods.yaml'));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   t.is(src.getPod('app', 'cm')?.podIPs[0], '10.0.0.1');
   mkdirSync(join(dir, '..v2'));
   writeFileSync(join(dir, '..v2', 'pods.yaml'), podYaml('cm', '10.0.0.2'));
@@ -219,13 +217,10 @@ test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) re
 });
 
 test('files source: a pod in two files is the later file\'s (by name); removing that file brings back the other definition', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'a.yaml', podYaml('p', '10.0.0.1'));
   writeAtomic(dir, 'b.yaml', podYaml('p', '10.0.0.2'));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   t.deepEqual(src.getPod('app', 'p')?.podIPs, ['10.0.0.2']);
   writeAtomic(dir, 'a.yaml', podYaml('p', '10.0.0.3'));
   await src.rescanNow();
@@ -239,8 +234,7 @@ test('files source: a pod in two files is the later file\'s (by name); removing 
 });
 
 test('waitForPod gives up after its timeout', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   const src = new FilesWorkloadSource(dir, quiet, 50);
   await src.start();
   t.teardown(() => src.stop());
@@ -248,8 +242,7 @@ test('waitForPod gives up after its timeout', async (t) => {
 });
 
 test('files source: Services and EndpointSlices are read and announced; other kinds are logged once at debug', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   const lines: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
   writeFileSync(join(dir, 'svc.yaml'), [
@@ -322,8 +315,7 @@ test('resolveFileEntries: parsed, else previous good, else a fail-closed placeho
 });
 
 test('files source: a new malformed policy is a placeholder until fixed; the good objects of its file are read; a previous good version stays', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   const lines: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
   writeFileSync(join(dir, 'p.yaml'), [AP('viewer', TYPO), 'kind: Namespace\nmetadata: {name: app}\n', PA('strict', '{mtls: {mode: STRICTER}}')].join('---\n'));
@@ -390,13 +382,10 @@ test('WorkloadsByIp: an IP two pods claim is the last claimant\'s; the other com
 
 test('WorkloadDirectory over the files source: pod changes are applied one by one; a namespace change re-selects its pods', async (t) => {
   const { WorkloadDirectory } = await import('../../agent/src/workload/directory.js');
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
-  const src = new FilesWorkloadSource(dir, quiet, 60_000);
-  await src.start();
-  t.teardown(() => src.stop());
+  const src = await startedSource(t, dir);
   const wd = new WorkloadDirectory(src, 'cluster.local', { nodeName: 'n0' });
   t.teardown(() => wd.close());
   t.deepEqual(wd.all().map((x) => x.ip).sort(), ['10.0.0.1', '10.0.0.2']);
@@ -412,8 +401,7 @@ test('WorkloadDirectory over the files source: pod changes are applied one by on
 });
 
 test('files source: a file over the per-file bound is not read, and its previous objects stay in force', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1'));
   const bound = 400;
   const src = new FilesWorkloadSource(dir, quiet, 60_000, 60_000, bound);
@@ -431,8 +419,7 @@ test('files source: a file over the per-file bound is not read, and its previous
 });
 
 test('readBounded reads a file of exactly the bound and refuses one byte more, naming the bound', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'amb-wl-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'amb-wl-');
   writeFileSync(join(dir, 'at.yaml'), 'a'.repeat(100));
   writeFileSync(join(dir, 'over.yaml'), 'a'.repeat(101));
   t.is((await readBounded(join(dir, 'at.yaml'), 100)).length, 100);
