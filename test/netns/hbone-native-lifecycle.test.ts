@@ -7,15 +7,16 @@ import net from 'node:net';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { pino } from 'pino';
-import type { HboneInboundRequest, HboneListener } from '../../agent/src/hbone/data-path.js';
+import type { AcceptedConnection, HboneInboundRequest, HboneListener } from '../../agent/src/hbone/data-path.js';
 import { NativeHbone } from '../../agent/src/hbone/native.js';
 import type { NativeLib } from '../../agent/src/hbone/native-lib.js';
 import type { HboneTarget } from '../../agent/src/hbone/pool.js';
 import { BuiltinCa } from '../../agent/src/identity/builtin-ca.js';
 import type { IdentityProvider, TlsMaterial } from '../../agent/src/identity/provider.js';
 import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/identity/x509-util.js';
+import { close } from '../../agent/src/platform/libc.js';
 import { Netns } from '../../agent/src/platform/netns.js';
-import { DIAL_TIMEOUT_MS, dialFrom, listenIn, startDial, takeFd } from '../../agent/src/platform/sockets.js';
+import { DIAL_TIMEOUT_MS, dialFrom, listenFdIn, listenIn, startDial } from '../../agent/src/platform/sockets.js';
 import { netnsTest } from '../testbed/ava.js';
 import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
@@ -117,13 +118,13 @@ interface Rig {
   /** How the server answers each request (default: 200 with a connection to the echo server). */
   onRequest: (r: HboneInboundRequest) => void;
   refused: string[];
-  /** Accepted app connections, by the port the app connected from. */
-  accepted: Map<number, net.Socket>;
+  /** Accepted app connections (fds the native listener handed over, unread), by the port the app connected from. */
+  accepted: Map<number, AcceptedConnection>;
   /** The apps' own sockets, destroyed at the end. */
   clients: net.Socket[];
 }
 
-/** One namespace with an echo server, an app-side listener (paused accepts) and a NativeHbone serving 15008; torn down by t. */
+/** One namespace with an echo server, an app-side listener (the native outbound listener, as 15001's) and a NativeHbone serving 15008; torn down by t. */
 async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs?: number; onFatal?: (err: Error) => void } = {}): Promise<Rig> {
   const name = `amb-nhl-${process.pid}-${Math.random().toString(36).slice(2, 7)}`;
   await createNetns(name);
@@ -145,11 +146,13 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
     return s;
   };
   const echo = await listenIn(ns, { address: '127.0.0.1', port: ECHO_PORT }, (s) => keep(s).pipe(s));
-  const accepted = new Map<number, net.Socket>();
-  const app = await listenIn(ns, { address: '127.0.0.1', port: APP_PORT, pauseOnConnect: true }, (s) => accepted.set(s.remotePort ?? 0, keep(s)));
+  const accepted = new Map<number, AcceptedConnection>();
+  const app = hbone.listenOutbound(listenFdIn(ns, { address: '127.0.0.1', port: APP_PORT }), 'ipv4', (c) => accepted.set(c.src.port, c));
   t.teardown(async () => {
     for (const s of sockets) s.destroy();
-    await Promise.all([echo, app].map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
+    app.close(false);
+    for (const c of accepted.values()) close(c.fd); // accepted, never handed to a test (appConnection takes them off)
+    await new Promise<void>((resolve) => echo.close(() => resolve()));
   });
   const base = {
     ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
@@ -175,17 +178,18 @@ async function open(r: Rig, srcIp: string) {
 const target = (r: Rig, srcIp: string): HboneTarget => ({ ns: r.ns, srcIp, srcIdentity: CLIENT_ID, dstIp: '127.0.0.1', dstIdentity: SERVER_ID });
 
 /** An app's connection inside the namespace: its own socket, and the agent side accepted (paused). */
-async function appConnection(r: Rig): Promise<{ client: net.Socket; down: net.Socket }> {
+async function appConnection(r: Rig): Promise<{ client: net.Socket; down: number }> {
   const client = await dialFrom(r.ns, { host: '127.0.0.1', port: APP_PORT, mark: 0 });
   client.on('error', () => undefined);
   r.clients.push(client);
-  let down: net.Socket | undefined;
+  let down: AcceptedConnection | undefined;
   for (let i = 0; i < 200 && !down; i++) {
     down = r.accepted.get(client.localPort ?? -1);
     if (!down) await new Promise((resolve) => setTimeout(resolve, 5));
   }
   if (!down) throw new Error('the app connection was not accepted');
-  return { client, down };
+  r.accepted.delete(down.src.port); // handed on: the test's from here
+  return { client, down: down.fd };
 }
 
 /** Writes `text` and reads it back from the echo server, within WAIT_MS. */
@@ -264,6 +268,30 @@ async function otherPeer(t: ExecutionContext, r: Rig, address: string, plan: Pee
 
 const PEER_IP = '127.0.0.2';
 const peerTarget = (r: Rig): HboneTarget => ({ ...target(r, '10.80.0.1'), dstIp: PEER_IP });
+
+netnsTest.serial('native outbound listener: 300 connections at once are all handed over, each with its own addresses and first bytes', async (t) => {
+  const r = await rig(t);
+  const N = 300; // well past ACCEPT_CREDITS: only credits granted back let the listener report them all
+  const clients = await Promise.all(Array.from({ length: N }, () => dialFrom(r.ns, { host: '127.0.0.1', port: APP_PORT, mark: 0 })));
+  for (const c of clients) {
+    c.on('error', () => undefined);
+    r.clients.push(c);
+  }
+  t.true(await waitFor(() => r.accepted.size === N), `${r.accepted.size} of ${N} connections handed over`);
+  for (const c of clients) {
+    const a = r.accepted.get(c.localPort ?? -1);
+    t.like(a, { src: { address: '127.0.0.1', port: c.localPort }, dst: { address: '127.0.0.1', port: APP_PORT } });
+  }
+  // The fd is the app's connection, unread: what the app writes first is still in it.
+  const first = clients[N - 1]!;
+  first.write('first bytes');
+  const { fd } = r.accepted.get(first.localPort ?? -1)!;
+  r.accepted.delete(first.localPort ?? -1);
+  const sock = new net.Socket({ fd, readable: true, writable: true });
+  t.teardown(() => sock.destroy());
+  const got = await new Promise<string>((resolve) => sock.once('data', (d: Buffer) => resolve(d.toString())));
+  t.is(got, 'first bytes');
+});
 
 netnsTest.serial('native: certificates renewed while dials and handshakes are in flight fail no dial (new ones use the new certificate)', async (t) => {
   const DIALS = 40;
@@ -538,7 +566,27 @@ netnsTest.serial('native: stop() resets an app socket handed back in an event it
   const lib = (r.hbone as unknown as { lib: NativeLib }).lib;
   // A stream on a session that never was: the library hands the app socket back in its "status" event; stop() in the
   // same tick, before that event is read.
-  t.true(lib.clientStream(987654321, takeFd(down), `127.0.0.1:${ECHO_PORT}`, '') > 0);
+  t.true(lib.clientStream(987654321, down, `127.0.0.1:${ECHO_PORT}`, '') > 0);
   r.hbone.stop();
   t.true(await ended(client), 'the app connection was closed, not left open in this process');
+});
+
+netnsTest.serial('native connect() owns the app socket: a stream it cannot open, or one its caller gave up on meanwhile, resets it once', async (t) => {
+  const r = await rig(t);
+  // Headers the library cannot carry: openClientStream throws after the pool gave a connection.
+  const bad = await appConnection(r);
+  const refused = await within(r.hbone.connect(target(r, '10.79.0.2'), bad.down, `127.0.0.1:${ECHO_PORT}`, { 'x-bad': 'a\nb' }));
+  t.like(refused, { ok: false });
+  t.true(await ended(bad.client), 'the app connection was reset by connect()');
+  // Cancelled while the connection was being had: reset, never tunnelled.
+  const gaveUp = await appConnection(r);
+  const cancelled = await within(r.hbone.connect(target(r, '10.79.0.2'), gaveUp.down, `127.0.0.1:${ECHO_PORT}`, {}, () => true));
+  t.like(cancelled, { ok: false });
+  t.regex(cancelled === 'pending' || cancelled.ok ? '' : cancelled.error, /closed before its HBONE stream opened/);
+  t.true(await ended(gaveUp.client), 'the app connection was reset');
+  // The fds were closed once: a connection made now (which may reuse their numbers) still works end to end.
+  const { client, stream } = await open(r, '10.79.0.2');
+  const out = await stream;
+  t.like(await within(out.ready), { ok: true });
+  t.is(await echo(client, 'after'), 'after');
 });

@@ -57,7 +57,26 @@ netnsTest.serial('a mesh pod talking to a non-mesh pod stays plain TCP (passthro
   const wire = await cap.stop();
   t.deepEqual([...wire.payloadPorts], [8080]);
   t.is((await agentPod(tb, sleep))?.stats?.outbound.hbone, 0);
+  // Apps that reset their passthrough connections (SO_LINGER 0) while the echo is on its way: the agent's write to the
+  // app fails, which must stay that connection's end, never the agent's (its pid is the same, and it carries on).
+  const pid = tb.agent(0).pid;
+  const resets = await sleep.exec('python3', ['-c', RESETS, web.ip, '8080', '20'], { timeout: 30_000, reject: false });
+  t.is(resets.exitCode, 0, String(resets.stderr));
+  t.true((await ask(sleep, web.ip, 8080, 'after-resets')).ok, 'passthrough still works after 20 resets');
+  t.is(tb.agent(0).pid, pid, 'the same agent process');
 });
+
+/** Connects n times, sends a line and resets at once (SO_LINGER 0): the echo arrives at a closed socket. */
+const RESETS = `
+import socket, struct, sys, time
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    s = socket.create_connection((ip, port), timeout=10)
+    s.sendall(b"r%d\\n" % i)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+time.sleep(0.5)
+`;
 
 netnsTest.serial('PeerAuthentication: PERMISSIVE admits a non-mesh client, STRICT refuses it, mesh clients pass either way', async (t) => {
   const tb = await withTestbed(t, { nodes: 2 });

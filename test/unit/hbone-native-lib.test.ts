@@ -8,6 +8,10 @@ test('event lines are parsed; unknown or malformed ones are rejected', (t) => {
   t.deepEqual(parseEvent('{"ev":"request","session":3,"stream":6,"method":"CONNECT","authority":"10.0.0.1:80","peer":"spiffe://td/ns/a/sa/b"}'), {
     ev: 'request', session: 3, stream: 6, method: 'CONNECT', authority: '10.0.0.1:80', peer: 'spiffe://td/ns/a/sa/b',
   });
+  t.deepEqual(parseEvent('{"ev":"accepted","fd":23,"listener":4,"src":"10.0.0.5","srcPort":40000,"dst":"fd00::1","dstPort":80}'), {
+    ev: 'accepted', fd: 23, listener: 4, src: '10.0.0.5', srcPort: 40000, dst: 'fd00::1', dstPort: 80,
+  });
+  t.like(parseEvent('{"ev":"listenerError","listener":4,"error":"accept: Too many open files; accepting again in 1000 ms"}'), { ev: 'listenerError', listener: 4 });
   t.is(parseEvent('{"ev":"bogus"}'), undefined);
   t.is(parseEvent('not json'), undefined);
   t.is(parseEvent('[1]'), undefined);

@@ -49,5 +49,8 @@ void ahb_answer_connect(uint64_t stream, int fd, int timeout_ms);
 void ahb_close_stream(uint64_t stream);
 void ahb_close_session(uint64_t session, int graceful);
 int ahb_stream_bytes(uint64_t stream, uint64_t *out);
+uint64_t ahb_listen(int fd, int ipv6, int credits);
+int ahb_listen_credit(uint64_t listener, int n);
+void ahb_unlisten(uint64_t listener);
 
 #endif

@@ -22,6 +22,11 @@
  *   each request once (ahb_answer, or ahb_answer_connect: the agent's part ends with the call, the library answers once
  *   the connect ends, and a stream reset or closed meanwhile closes that socket); later answers, answers to client
  *   streams and answers to streams already gone are ignored (their fd is closed).
+ * - A listener (ahb_listen) reports each connection it accepts in an "accepted" event carrying its fd, which the agent
+ *   owns from then on (also one for a listener it has just stopped: events already queued still come), at most as many
+ *   as its credits allow before ahb_listen_credit; "listenerError" says it could not accept for a while (it rests a
+ *   second) or, with "gone", could not be made (not a listening socket of its family, out of memory). ahb_unlisten and
+ *   ahb_stop close its listening fd.
  * - ahb_close_stream and ahb_close_session on ids that are gone are ignored. A stream closed while its session is still
  *   handshaking is dropped at once and never sent; a session closed while handshaking fails its queued streams.
  * - A call that returns 0 for an id (out of memory) has closed the fd it was given; no event will come for it.
@@ -200,7 +205,9 @@ AHB_EXPORT void ahb_stop(void) {
   close(relay.timerfd);
   close(relay.evfd);
   relay.epfd = relay.wakefd = relay.timerfd = relay.evfd = -1;
+  close_unsent_fds(); /* fds in event lines the agent never received whole: reset, as nobody else will close them */
   buf_free(&relay.events);
+  relay.events_queued = relay.events_sent = 0;
   pthread_mutex_lock(&relay.mu);
   while (relay.ctxs) {
     struct ctx_entry *e = relay.ctxs;
@@ -337,6 +344,53 @@ AHB_EXPORT void ahb_close_session(uint64_t session, int graceful) {
   if (!c) return;
   c->id = session;
   c->flag = graceful;
+  enqueue(c);
+}
+
+/**
+ * An outbound listener over a listening TCP socket `fd` (owned from now on; `ipv6`: its family): the loop accepts its
+ * connections and reports each in an "accepted" event (the fd, the agent's from then on; the client's address; the
+ * original destination), at most `credits` (1 .. MAX_ACCEPT_CREDITS) before ahb_listen_credit grants more. Returns the
+ * listener id (0: out of memory or bad credits, fd closed, no event).
+ */
+AHB_EXPORT uint64_t ahb_listen(int fd, int ipv6, int credits) {
+  if (credits < 1 || credits > MAX_ACCEPT_CREDITS) {
+    if (fd >= 0) close(fd);
+    snprintf(relay.err, sizeof relay.err, "bad credits %d: not within 1 .. %d", credits, MAX_ACCEPT_CREDITS);
+    return 0;
+  }
+  struct cmd *c = cmd_new(CMD_LISTEN, fd);
+  if (!c) return 0;
+  c->id = ++relay.next_id;
+  c->flag = ipv6 ? 1 : 0;
+  c->status = credits;
+  uint64_t id = c->id;
+  enqueue(c);
+  return id;
+}
+
+/**
+ * Grants a listener `n` more reports (one per "accepted" event the agent has taken); it holds at most
+ * MAX_ACCEPT_CREDITS. 0 once queued; -1 when memory ran out (nothing granted: the agent grants them again later).
+ */
+AHB_EXPORT int ahb_listen_credit(uint64_t listener, int n) {
+  if (n < 1) return 0;
+  struct cmd *c = cmd_new(CMD_LISTEN_CREDIT, -1);
+  if (!c) return -1;
+  c->id = listener;
+  c->status = n > MAX_ACCEPT_CREDITS ? MAX_ACCEPT_CREDITS : n;
+  enqueue(c);
+  return 0;
+}
+
+/**
+ * Stops a listener and closes its fd (connections it already reported are the agent's; those still in the socket's
+ * queue are the kernel's, or the successor's that holds the same socket). Unknown ids are ignored.
+ */
+AHB_EXPORT void ahb_unlisten(uint64_t listener) {
+  struct cmd *c = cmd_new(CMD_UNLISTEN, -1);
+  if (!c) return;
+  c->id = listener;
   enqueue(c);
 }
 

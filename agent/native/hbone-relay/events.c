@@ -14,6 +14,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t now_ms(void) {
   struct timespec ts;
@@ -123,17 +124,53 @@ static void json_str(struct json_line *j, const char *key, const char *v) {
   j->p[j->len++] = '"';
 }
 
-/* Ends the line and queues it on the event socket's buffer (sent by ev_flush); 0, or -1 when it was dropped. */
-static int json_emit(struct json_line *j) {
+/*
+ * Ends the line and queues it on the event socket's buffer (sent by ev_flush); 0, or -1 when it was dropped. A line
+ * handing the agent an fd (fd >= 0) is also noted in relay.fd_lines until the whole line has been sent: one the agent
+ * never received whole is the library's to close when it stops (close_unsent_fds).
+ */
+static int json_emit_fd(struct json_line *j, int fd) {
   j->p[j->len++] = '}';
   j->p[j->len++] = '\n';
   if (relay.events_lost) return -1;
+  struct fd_lines *m = &relay.fd_lines;
+  if (fd >= 0 && m->len == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    struct fd_line *p = realloc(m->p, cap * sizeof *p);
+    if (!p) return -1; /* nothing queued: the caller keeps the fd */
+    m->p = p;
+    m->cap = cap;
+  }
   if (buf_append(&relay.events, j->p, j->len)) {
     relay.events_lost = 1;
     relay.stop = 1;
     return -1;
   }
+  relay.events_queued += j->len;
+  if (fd >= 0) m->p[m->len++] = (struct fd_line){relay.events_queued, fd};
   return 0;
+}
+
+static int json_emit(struct json_line *j) { return json_emit_fd(j, -1); }
+
+/* The noted fd lines the agent has now received whole (sent up to relay.events_sent) are forgotten. */
+static void fd_lines_sent(void) {
+  struct fd_lines *m = &relay.fd_lines;
+  size_t done = 0;
+  while (done < m->len && m->p[done].end <= relay.events_sent) done++;
+  if (!done) return;
+  memmove(m->p, m->p + done, (m->len - done) * sizeof *m->p);
+  m->len -= done;
+}
+
+void close_unsent_fds(void) {
+  struct fd_lines *m = &relay.fd_lines;
+  for (size_t i = 0; i < m->len; i++) {
+    set_reset_on_close(m->p[i].fd);
+    close(m->p[i].fd);
+  }
+  free(m->p);
+  memset(m, 0, sizeof *m);
 }
 
 /* ---------- the event socket ---------- */
@@ -145,6 +182,8 @@ void ev_flush(void) {
     ssize_t n = send(relay.evfd, relay.events.p + relay.events.off, relay.events.len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       buf_consume(&relay.events, (size_t)n);
+      relay.events_sent += (uint64_t)n;
+      fd_lines_sent();
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -202,7 +241,7 @@ int ev_status(uint64_t stream, int status, const char *why, int retry_fd) {
   json_num(&j, "stream", (int64_t)stream);
   json_num(&j, "status", status);
   if (why) json_str(&j, "error", why);
-  if (json_emit(&j)) return -1;
+  if (json_emit_fd(&j, handed ? retry_fd : -1)) return -1;
   return retry_fd >= 0 && !handed ? -1 : 0;
 }
 
@@ -237,6 +276,32 @@ void ev_session_failed(uint64_t session, const char *why) {
   json_begin(&j, "sessionClosed");
   json_num(&j, "session", (int64_t)session);
   json_num(&j, "wasUp", 0);
+  json_str(&j, "error", why);
+  json_emit(&j);
+}
+
+/*
+ * A connection a listener accepted: the agent owns `fd` only if this returns 0 (the line was queued with "fd" in it,
+ * written first so the bounded writer can never leave it out); on -1 the caller still owns it.
+ */
+int ev_accepted(uint64_t listener, int fd, const char *src, int src_port, const char *dst, int dst_port) {
+  struct json_line j;
+  json_begin(&j, "accepted");
+  if (json_num(&j, "fd", fd)) return -1;
+  json_num(&j, "listener", (int64_t)listener);
+  json_str(&j, "src", src);
+  json_num(&j, "srcPort", src_port);
+  json_str(&j, "dst", dst);
+  json_num(&j, "dstPort", dst_port);
+  return json_emit_fd(&j, fd);
+}
+
+/* A listener could not accept (it rests and tries again), or (gone) could not be made: there is no such listener. */
+void ev_listener_error(uint64_t listener, const char *why, int gone) {
+  struct json_line j;
+  json_begin(&j, "listenerError");
+  json_num(&j, "listener", (int64_t)listener);
+  if (gone) json_num(&j, "gone", 1);
   json_str(&j, "error", why);
   json_emit(&j);
 }

@@ -384,6 +384,9 @@ static void run_cmd(struct cmd *c) {
   case CMD_ANSWER_CONNECT: cmd_answer_connect(c); break;
   case CMD_CLOSE_STREAM: cmd_close_stream(c); break;
   case CMD_CLOSE_SESSION: cmd_close_session(c); break;
+  case CMD_LISTEN: cmd_listen(c); break;
+  case CMD_LISTEN_CREDIT: cmd_listen_credit(c); break;
+  case CMD_UNLISTEN: cmd_unlisten(c); break;
   case CMD_STOP: relay.stop = 1; break;
   }
 }
@@ -423,6 +426,7 @@ static void keepalive_tick(void) {
   if (read(relay.timerfd, &v, sizeof v) < 0) return;
   int64_t now = now_ms();
   int linger = relay.cfg.unread_linger_ms, idle = relay.cfg.idle_timeout_ms;
+  listener_tick(now);
   for (struct session *s = relay.sessions; s; s = s->next) {
     if (s->dead) continue;
     /* A TLS + HTTP/2 handshake that has not finished by its deadline (a silent or slow client holds memory and an fd). */
@@ -513,6 +517,7 @@ void *relay_loop(void *arg) {
       case IO_SESSION: session_pump(container_of(io, struct session, io)); break;
       case IO_APP: on_app_event(container_of(io, struct stream, io), e); break;
       case IO_CONNECT: on_connect_event(container_of(io, struct stream, as_server.connect_io)); break;
+      case IO_LISTEN: listener_accept(container_of(io, struct listener, io)); break;
       }
     }
     /* Streams whose app socket drained may now be complete; sessions may need a last flush. */
@@ -526,9 +531,11 @@ void *relay_loop(void *arg) {
       if (s->graceful && !s->streams) session_fail(s, "closed");
     }
     reap();
+    reap_listeners();
     ev_flush();
   }
   /* Stopped: close everything. */
+  listeners_free();
   for (struct session *s = relay.sessions; s; s = s->next) session_fail(s, "data plane stopped");
   reap();
   if (relay.events_lost) {

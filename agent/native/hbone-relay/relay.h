@@ -9,14 +9,15 @@
  *   tls.c      TLS contexts, the handshake, the peer's identity (SPIFFE)
  *   session.c  HTTP/2 sessions: nghttp2 callbacks, reading and writing frames through TLS
  *   stream.c   streams: the app socket side of a CONNECT, DATA without copies
+ *   listen.c   outbound listeners (a pod's 15001): accepting app connections and reporting them, under credits
  *   events.c   byte buffers, and the events to the agent (JSON lines, written by one bounded JSON writer)
  *
  * Threads: everything runs on the loop thread except api.c's functions (the agent's thread, through koffi). The two
  * meet only through `relay` fields marked "mu" (under relay.mu) or atomic, and the eventfd that wakes the loop.
  * Ownership: an fd handed to an ahb_* call belongs to the library from then on: to the command until the loop runs it,
- * then to its session or stream, and is closed on every path but one: a client stream's app fd handed back in its
- * "status" event ("retryFd", stream_hand_back and cmd_client_stream), which the agent owns once that event is queued (if
- * it cannot be, the library closes the fd). SSL, nghttp2 and buffers are freed when their session or stream is reaped
+ * then to its session, stream or listener, and is closed on every path but two: a client stream's app fd handed back in
+ * its "status" event ("retryFd", stream_hand_back and cmd_client_stream), and a connection a listener accepted, in its
+ * "accepted" event (listen.c); the agent owns either once its event is queued (if it cannot be, the library closes the fd). SSL, nghttp2 and buffers are freed when their session or stream is reaped
  * at the end of a loop turn (reap, loop.c), never inside an nghttp2 callback.
  */
 #ifndef AMBIENT_HBONE_RELAY_H
@@ -56,13 +57,15 @@
 #define SPIFFE_ID_MAX 2048
 /* After this many streams freed since the last trim, freed memory is handed back to the system (a burst of streams). */
 #define TRIM_AFTER_STREAMS 4096
+/* The most credits a listener holds (ahb_listen, ahb_listen_credit): connections reported and not yet granted back. */
+#define MAX_ACCEPT_CREDITS 4096
 
 /* The struct holding `member` at `p` (the loop gets a struct io * from epoll and needs its session or stream). */
 #define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
 
 /* ---------- types ---------- */
 
-enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP, IO_CONNECT };
+enum io_kind { IO_WAKE, IO_TIMER, IO_EVENTS, IO_SESSION, IO_APP, IO_CONNECT, IO_LISTEN };
 
 /* One fd in the loop's epoll set; epoll's data.ptr points here. */
 struct io {
@@ -162,6 +165,30 @@ struct session {
   } as_server;
 };
 
+/*
+ * An outbound listener (ahb_listen): a pod's listening socket whose connections the loop accepts. Owned by
+ * relay.listeners (loop thread); it owns its fd.
+ */
+struct listener {
+  struct io io;
+  uint64_t id;
+  int ipv6;              /* the listening socket's family: which original-destination option applies */
+  int32_t credits;       /* connections it may still report before the agent grants more (0: not accepting) */
+  int64_t rest_until_ms; /* accept() failed (out of fds, ...): not accepting until then (0: not resting) */
+  int dead;              /* stopped: its fd is closed, reap_listeners frees it at the end of the turn */
+  struct listener *next;
+};
+
+/* An event line handing the agent an fd, noted until the agent has received it whole (events.c). */
+struct fd_line {
+  uint64_t end; /* the line's end, in bytes queued on the event socket since start */
+  int fd;
+};
+struct fd_lines {
+  struct fd_line *p;
+  size_t len, cap;
+};
+
 /* A TLS context the agent made (ahb_ctx_new); on relay.ctxs under mu. Holds one reference to ctx. */
 struct ctx_entry {
   uint64_t id;
@@ -169,7 +196,7 @@ struct ctx_entry {
   struct ctx_entry *next;
 };
 
-enum cmd_kind { CMD_CLIENT_SESSION, CMD_SERVER_SESSION, CMD_CLIENT_STREAM, CMD_ANSWER, CMD_ANSWER_CONNECT, CMD_CLOSE_STREAM, CMD_CLOSE_SESSION, CMD_STOP };
+enum cmd_kind { CMD_CLIENT_SESSION, CMD_SERVER_SESSION, CMD_CLIENT_STREAM, CMD_ANSWER, CMD_ANSWER_CONNECT, CMD_CLOSE_STREAM, CMD_CLOSE_SESSION, CMD_LISTEN, CMD_LISTEN_CREDIT, CMD_UNLISTEN, CMD_STOP };
 
 /* One API call for the loop. Owns fd, a, b and its ctx reference until the loop hands them on (or cmd_free). */
 struct cmd {
@@ -187,7 +214,8 @@ struct cmd {
  *   thread while no loop runs; the loop thread only reads them.
  * - mu: `cmds` (the agent's thread queues, the loop takes), `ctxs` (the agent's thread only, under mu for find_ctx) and
  *   `all_streams` (the loop links and unlinks, ahb_stream_bytes reads).
- * - loop thread only: `sessions`, `events`, `events_lost`, `stop`.
+ * - loop thread only: `sessions`, `listeners`, `events`, `events_queued`, `events_sent`, `fd_lines`, `events_lost`, `stop`
+ *   (ahb_stop also touches the event state once the loop has ended).
  * - atomic: `next_id` (ids are allocated on both threads).
  * - `cfg` and the strings it points to (suites, alpn): written by ahb_start before the loop thread starts, read-only
  *   while it runs (by both threads).
@@ -202,9 +230,12 @@ struct relay_state {
   struct cmd *cmds, *cmds_tail;
   struct ctx_entry *ctxs;
   struct session *sessions;
+  struct listener *listeners;
   struct stream *all_streams;
   _Atomic uint64_t next_id;
   struct buf events;
+  uint64_t events_queued, events_sent; /* bytes of event lines queued and sent since start */
+  struct fd_lines fd_lines;            /* lines carrying an fd not yet sent whole (closed by close_unsent_fds) */
   int events_lost; /* an event could not be queued (out of memory): the loop stops and the event socket is shut */
   int stop;
   char err[512];
@@ -224,6 +255,7 @@ void buf_free(struct buf *b);
 
 void ev_flush(void);
 void ev_update(void);
+void close_unsent_fds(void);
 void ev_up(const struct session *s);
 void ev_settings(uint64_t session, int64_t max_streams);
 void ev_goaway(uint64_t session, uint32_t code);
@@ -232,6 +264,8 @@ int ev_status(uint64_t stream, int status, const char *why, int retry_fd);
 void ev_closed(uint64_t stream, uint64_t bytes_in, uint64_t bytes_out, uint32_t h2_error, int errored, int connect_failed, const char *why);
 void ev_session_closed(const struct session *s);
 void ev_session_failed(uint64_t session, const char *why);
+int ev_accepted(uint64_t listener, int fd, const char *src, int src_port, const char *dst, int dst_port);
+void ev_listener_error(uint64_t listener, const char *why, int gone);
 
 /* ---------- loop.c: epoll, commands, timers, reaping ---------- */
 
@@ -260,6 +294,16 @@ void session_flush(struct session *s);
 void session_update(struct session *s);
 void session_goaway(struct session *s);
 void client_submit(struct session *s, struct stream *st);
+
+/* ---------- listen.c ---------- */
+
+void listener_accept(struct listener *l);
+void reap_listeners(void);
+void listener_tick(int64_t now);
+void cmd_listen(struct cmd *c);
+void cmd_listen_credit(struct cmd *c);
+void cmd_unlisten(struct cmd *c);
+void listeners_free(void);
 
 /* ---------- stream.c ---------- */
 

@@ -5,12 +5,12 @@
 // on a policy change); the decisions themselves are pure functions in hbone/connect.ts and forwarder/routing.ts.
 import net from 'node:net';
 import { HboneStatusError, connectAuthority, connectHeaders, decideInbound } from '../hbone/connect.js';
-import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd } from '../hbone/data-path.js';
+import type { AcceptedConnection, HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd, OutboundListener } from '../hbone/data-path.js';
 import type { IdentityProvider } from '../identity/provider.js';
 import { AmbientError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { DIAL_TIMEOUT_MS, dialFrom, listenIn, originalDst, serverFd, startDial } from '../platform/sockets.js';
+import { DIAL_TIMEOUT_MS, dialFrom, listenFdIn, listenIn, originalDst, resetFd, serverFd, startDial } from '../platform/sockets.js';
 import type { Connection as AuthzConnection, Decision } from '../policy/authorization.js';
 import type { MtlsMode } from '../policy/peer-authentication.js';
 import { addressesOf, formatHostPort, ipFamily, normalizeIp, type IpFamily } from '../protocol/address.js';
@@ -22,6 +22,7 @@ import { accessLogLine, type ConnectionInfo, type ConnectionOutcome, type Connec
 import { decideOutbound, decidePlaintextInbound, type OutboundContext } from './routing.js';
 import { pauseRelay, type PausedRelay } from './relay-pause.js';
 import { closeAll } from '../platform/fd-passing.js';
+import { close } from '../platform/libc.js';
 import type { RelayMeta } from '../handover/protocol.js';
 import { LISTENER_ADDRESSES, podListenerKinds, type HandedListeners, type ListenerKind } from '../handover/listener-protocol.js';
 
@@ -49,6 +50,9 @@ export interface ForwarderStats {
   /** Plain TCP relays received from a predecessor agent (also counted as opened in their direction). */
   movedIn: number;
 }
+
+/** How often an outbound listener's failing accept() is logged at most (it rests a second after each failure). */
+const LISTENER_WARN_EVERY_MS = 10_000;
 
 const emptyStats = (): DirectionStats => ({ opened: 0, closed: 0, refused: 0, denied: 0, hbone: 0, bytesFromDownstream: 0, bytesToDownstream: 0 });
 
@@ -135,6 +139,10 @@ export class PodForwarder {
   /** The listeners start() opens (podListenerKinds): IPv4's, and IPv6's when captured and the pod has an IPv6 address. */
   private readonly planned: readonly ListenerKind[];
   private servers = new Map<ListenerKind, net.Server>();
+  /** The outbound listeners (15001), whose connections the data path accepts. */
+  private outListeners = new Map<ListenerKind, OutboundListener>();
+  /** stop() ran: a connection accepted before it and handed over after it is reset. */
+  private stopped = false;
   private hboneListeners = new Map<ListenerKind, HboneListener>();
   /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
   private open = new Map<Closable, Relay>();
@@ -174,8 +182,16 @@ export class PodForwarder {
         const { role, port } = LISTENER_ADDRESSES[kind];
         if (role === 'outbound') {
           // Transparent: under the ebpf backend the accepted socket answers from the original destination's address.
-          // Paused: an outbound socket must not be read by Node before its fd is handed to the data path.
-          this.servers.set(kind, await listenIn(ns, { port, transparent: true, pauseOnConnect: true, ...socket(kind) }, (s) => this.outbound(s, LISTENER_ADDRESSES[kind].family)));
+          // The data path accepts (no Node socket per connection) and hands over each connection's fd, unread.
+          const { family } = LISTENER_ADDRESSES[kind];
+          const s = socket(kind);
+          const fd = s.fd ?? listenFdIn(ns, { address: s.address, port, transparent: true, reusePort: s.reusePort });
+          try {
+            this.outListeners.set(kind, this.mesh.hbone.listenOutbound(fd, family, (c) => this.outbound(c, family), this.listenerTrouble(kind)));
+          } catch (err) {
+            close(fd);
+            throw err;
+          }
         } else if (role === 'inbound') {
           this.servers.set(kind, await listenIn(ns, { port, ...socket(kind) }, (s) => this.plaintextInbound(s, LISTENER_ADDRESSES[kind].family)));
         } else {
@@ -196,14 +212,14 @@ export class PodForwarder {
   listenerFds(): { kind: ListenerKind; fd: number }[] {
     const fds = this.planned.map((kind) => {
       const server = this.servers.get(kind);
-      return { kind, fd: server ? serverFd(server) : this.hboneListeners.get(kind)?.fd };
+      return { kind, fd: server ? serverFd(server) : (this.outListeners.get(kind) ?? this.hboneListeners.get(kind))?.fd };
     });
     return fds.filter((l): l is { kind: ListenerKind; fd: number } => l.fd !== undefined);
   }
 
   /** True while all planned listeners are open. */
   get listening(): boolean {
-    return this.planned.length > 0 && this.planned.every((k) => this.servers.get(k)?.listening ?? this.hboneListeners.get(k)?.listening ?? false);
+    return this.planned.length > 0 && this.planned.every((k) => (this.servers.get(k) ?? this.outListeners.get(k) ?? this.hboneListeners.get(k))?.listening ?? false);
   }
 
   /** Open relays (plain TCP sockets and HBONE streams): what a take-over's drain waits for. */
@@ -219,13 +235,18 @@ export class PodForwarder {
     // Not awaited: a net.Server's close callback waits for its open connections, which the drain lets run.
     for (const s of this.servers.values()) s.close();
     this.servers.clear();
+    for (const l of this.outListeners.values()) l.close(true); // connections already accepted are still relayed
+    this.outListeners.clear();
     await Promise.all([...this.hboneListeners.values()].map((l) => l.stopAccepting()));
   }
 
   /** Closes the listeners, this pod's pooled HBONE connections and every open relay. Idempotent. */
   async stop(): Promise<void> {
+    this.stopped = true;
     const servers = [...this.servers.values()];
     this.servers.clear();
+    for (const l of this.outListeners.values()) l.close(false);
+    this.outListeners.clear();
     const hboneListeners = [...this.hboneListeners.values()];
     this.hboneListeners.clear();
     for (const ip of this.self.ips) this.mesh.hbone.closeFrom(ip);
@@ -236,24 +257,49 @@ export class PodForwarder {
     ]);
   }
 
-  private outbound(down: net.Socket, family: IpFamily): void {
+  /**
+   * What an outbound listener's trouble is logged as: one that could not be made at once (an error: the pod is not
+   * listening on 15001, so its readiness fails); accept() failing (it rests a second each time) at most every 10 s.
+   */
+  private listenerTrouble(kind: ListenerKind): (error: string, gone: boolean) => void {
+    let warnedAt = 0;
+    let since = 0;
+    return (error, gone) => {
+      if (gone) return this.log.error({ listener: kind, error }, 'outbound listener could not be made');
+      since++;
+      if (Date.now() - warnedAt < LISTENER_WARN_EVERY_MS) return;
+      this.log.warn({ listener: kind, error, times: since }, 'outbound listener could not accept');
+      warnedAt = Date.now();
+      since = 0;
+    };
+  }
+
+  /** A connection the data path accepted on 15001 (its fd ours from here on, unread): refused, passed through or tunnelled. */
+  private outbound(c: AcceptedConnection, family: IpFamily): void {
+    if (this.stopped) return resetFd(c.fd);
     const stats = this.stats.outbound;
-    down.on('error', () => undefined);
-    const dst = this.originalDst(down, 'outbound', family);
-    if (!dst) return;
+    const src = { ip: normalizeIp(c.src.address), port: c.src.port };
+    if (!c.dst.address) {
+      const info = this.info('outbound', { addr: formatHostPort(src.ip, src.port) }, { addr: '' }, false);
+      return this.refuse(c.fd, stats, info, `no original destination (${family} listener)`);
+    }
+    const dst = c.dst;
     const route = decideOutbound(dst, this.mesh);
-    const src = { ip: normalizeIp(down.remoteAddress ?? ''), port: down.remotePort ?? 0 };
     const me = { ...this.me(), addr: formatHostPort(src.ip, src.port) };
     const dstAddr = formatHostPort(dst.address, dst.port);
     const viaService = route.service ? { service: route.service, serviceAddr: dstAddr } : {};
     if (route.kind === 'refuse') {
       const info = { ...this.info('outbound', me, { addr: dstAddr }, false), ...viaService };
       if (route.responseFlags !== RESPONSE_FLAGS.none) this.countedAtOpen(info, route.responseFlags);
-      return this.refuse(down, stats, info, route.reason, route.responseFlags);
+      return this.refuse(c.fd, stats, info, route.reason, route.responseFlags);
     }
     const targetAddr = connectAuthority(route.target.address, route.target.port);
     if (route.kind === 'passthrough') {
       const info = { ...this.info('outbound', me, { ...this.peerOf(route.target.address), addr: targetAddr }, false), ...viaService };
+      // Paused as a net.Server's pauseOnConnect does it (Node's `pauseOnCreate`, not in its types): nothing is read before
+      // the upstream is connected and the relay starts.
+      const down = new net.Socket({ fd: c.fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+      down.on('error', () => undefined); // an app's reset must never become an uncaught error (splice tears down on close)
       return this.splice(down, stats, this.connLog(info), dialFrom(this.self.ns, { host: route.target.address, port: route.target.port, mark: AGENT_MARK }), info);
     }
     stats.hbone++;
@@ -264,29 +310,36 @@ export class PodForwarder {
     const headers = connectHeaders(src, this.self.baggage, route.service?.hostname);
     const peer = { workload: route.peer.name, namespace: route.peer.namespace, principal: route.peer.identity, addr: targetAddr };
     const info = { ...this.info('outbound', me, peer, true), tunnelAddr: formatHostPort(route.target.address, INBOUND_HBONE_PORT), ...viaService };
-    this.outboundHbone(down, stats, info, this.mesh.hbone.connect(target, down, targetAddr, headers));
+    this.outboundHbone(stats, info, (cancelled) => this.mesh.hbone.connect(target, c.fd, targetAddr, headers, cancelled));
   }
 
   /**
    * HBONE outbound: the same bookkeeping as splice() (open relays, stats, metrics, access log), but the bytes never
-   * enter Node. Until the stream exists the downstream is still a Node socket, reset if no HBONE session can be had.
+   * enter Node. The data path owns the downstream fd from `open` on (reset if no HBONE session can be had); one
+   * destroyed before its stream exists (a policy change, the pod stopping) is reset instead of tunnelled.
    */
-  private outboundHbone(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, opening: Promise<HboneOutbound>): void {
+  private outboundHbone(stats: DirectionStats, info: ConnectionInfo, open: (cancelled: () => boolean) => Promise<HboneOutbound>): void {
     let stream: HboneStream | undefined;
-    const handle: Closable = { destroy: () => (stream ? stream.close() : down.destroy()) };
+    let destroyed = false;
+    const handle: Closable = {
+      destroy: () => {
+        destroyed = true;
+        stream?.close();
+      },
+    };
     const done = this.hboneRelay(handle, stats, info, () => {
       const b = stream?.bytes() ?? { in: 0, out: 0 };
       return { sent: b.in, recv: b.out };
     });
-    opening.then(
+    open(() => destroyed).then(
       (s) => {
         stream = s;
+        if (destroyed) s.close();
         s.ready.catch((err: Error) => done.failed(err));
         void s.closed.then((end) => done.finish({ sent: end.bytesIn, recv: end.bytesOut }, end));
       },
       (err: Error) => {
-        done.failed(err);
-        if (!down.destroyed) down.resetAndDestroy();
+        done.failed(err); // the data path has reset the app's connection
         done.finish({ sent: 0, recv: 0 });
       },
     );
@@ -641,10 +694,11 @@ export class PodForwarder {
   }
 
   /** Resets a connection that will not be relayed, with a `connection failed` access log line. */
-  private refuse(down: net.Socket, stats: DirectionStats, info: ConnectionInfo, reason: string, responseFlags: string = RESPONSE_FLAGS.none): void {
+  private refuse(down: net.Socket | number, stats: DirectionStats, info: ConnectionInfo, reason: string, responseFlags: string = RESPONSE_FLAGS.none): void {
     stats.refused++;
     this.access(info, { bytesSent: 0, bytesRecv: 0, durationMs: Date.now() - info.startedAt, responseFlags, error: reason }, true);
-    down.resetAndDestroy();
+    if (typeof down === 'number') resetFd(down);
+    else down.resetAndDestroy();
   }
 
   /**

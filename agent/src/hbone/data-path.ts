@@ -1,7 +1,7 @@
-// The seam between the forwarder and whoever carries HBONE bytes (the native relay, hbone/native.ts): open an outbound
-// CONNECT stream for an app socket, serve a pod's 15008, close a pod's pooled connections. Types only.
-import type net from 'node:net';
+// The seam between the forwarder and whoever carries HBONE bytes (the native relay, hbone/native.ts): accept a pod's
+// outbound connections, open an outbound CONNECT stream for an app socket, serve a pod's 15008, close a pod's pooled connections. Types only.
 import type { Netns } from '../platform/netns.js';
+import type { IpFamily } from '../protocol/address.js';
 import type { HboneTarget } from './pool.js';
 
 /** How a stream ended: bytes read from / written to its app socket, and why it failed if it did. */
@@ -77,14 +77,43 @@ export interface HboneListener {
   stopAccepting(): Promise<void>;
 }
 
+/** A connection an outbound listener accepted: its fd is the receiver's, never read yet (every byte is still in the socket). */
+export interface AcceptedConnection {
+  fd: number;
+  /** The app's end (its address as text, IPv6 without brackets). */
+  src: { address: string; port: number };
+  /** The original destination (under REDIRECT the conntrack entry's, else the socket's local address). */
+  dst: { address: string; port: number };
+}
+
+/** A pod's outbound listener (15001) whose connections the data path accepts (see HboneDataPath.listenOutbound). */
+export interface OutboundListener {
+  readonly listening: boolean;
+  /** The agent's own listening fd while it listens (what a take-over hands to the successor), else undefined. */
+  readonly fd: number | undefined;
+  /**
+   * Stops accepting and closes the listening socket. `drain`: connections already accepted and on their way are still
+   * handed to onAccepted (a take-over's drain); else they are reset (the pod is leaving). Idempotent.
+   */
+  close(drain: boolean): void;
+}
+
 /** What the forwarder needs of the data path. */
 export interface HboneDataPath {
   /**
-   * Opens a CONNECT stream to `target` for `authority` carrying the app socket `down` (accepted with pauseOnConnect).
-   * Rejects (AMB_ERR_HBONE_CONNECT) when no connection can be had: `down` is then still the caller's; once the stream
-   * exists, the data path owns it.
+   * Accepts a pod's outbound connections on listening socket `fd` (of `family`; the caller keeps it and the data path
+   * uses a duplicate) and hands each to `onAccepted`, which owns its fd from the call on. The data path accepts only as
+   * fast as onAccepted takes them, so a connect flood waits in the pod's own accept queue; `onError` hears why it could
+   * not accept for a while (out of fds: it tries again a second later), or (`gone`) that it could not listen at all: it
+   * is then not listening, and close() still closes `fd`. Throws if it cannot listen (the caller still owns `fd`).
    */
-  connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound>;
+  listenOutbound(fd: number, family: IpFamily, onAccepted: (c: AcceptedConnection) => void, onError?: (error: string, gone: boolean) => void): OutboundListener;
+  /**
+   * Opens a CONNECT stream to `target` for `authority` carrying the app socket `down` (an fd never read), which the
+   * data path owns from the call on. Rejects (AMB_ERR_HBONE_CONNECT) when no connection can be had, or when
+   * `cancelled()` is true once one is: `down` has then been reset.
+   */
+  connect(target: HboneTarget, down: number, authority: string, headers: Record<string, string>, cancelled?: () => boolean): Promise<HboneOutbound>;
   /**
    * A pod's 15008 listener: clients must present a certificate chaining to the roots with a SPIFFE ID in `trustDomain`;
    * each CONNECT is handed to `onRequest`, refusals (handshake, identity, limits) reported to `onRefused`.

@@ -15,9 +15,13 @@ export type NativeEvent =
   | { ev: 'sessionClosed'; session: number; wasUp: number; error: string; identityRefused?: number; timedOut?: number; goawayCode?: number }
   | { ev: 'status'; stream: number; status: number; error?: string; retryFd?: number }
   | { ev: 'request'; session: number; stream: number; method: string; authority: string; peer: string }
-  | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; connectFailed?: number; error?: string };
+  | { ev: 'closed'; stream: number; bytesIn: number; bytesOut: number; h2Error: number; errored: number; connectFailed?: number; error?: string }
+  /** A connection an outbound listener accepted: `fd` is the agent's; `dst` its original destination. */
+  | { ev: 'accepted'; listener: number; fd: number; src: string; srcPort: number; dst: string; dstPort: number }
+  /** `gone`: the listener could not be made (there is none); else it rests a second after accept() failed. */
+  | { ev: 'listenerError'; listener: number; error: string; gone?: number };
 
-const EVENTS = new Set(['up', 'settings', 'goaway', 'sessionClosed', 'status', 'request', 'closed']);
+const EVENTS = new Set(['up', 'settings', 'goaway', 'sessionClosed', 'status', 'request', 'closed', 'accepted', 'listenerError']);
 
 /** One event line, or undefined for a line that is not one (never expected; logged by the caller). Pure. */
 export function parseEvent(line: string): NativeEvent | undefined {
@@ -69,6 +73,15 @@ export interface NativeLib {
   closeSessionNotice(session: number): void;
   /** [read from the app socket, written to it], or undefined once the stream is gone. */
   streamBytes(stream: number): [number, number] | undefined;
+  /**
+   * An outbound listener over listening socket `fd` (owned from the call on; `ipv6`: its family): its connections come as
+   * "accepted" events, at most `credits` before listenCredit grants more. The listener id, or 0 (fd closed; lastError).
+   */
+  listen(fd: number, ipv6: boolean, credits: number): number;
+  /** Grants a listener `n` more "accepted" events (as many as the agent has taken); false if nothing was granted (out of memory). */
+  listenCredit(listener: number, n: number): boolean;
+  /** Stops a listener and closes its fd. */
+  unlisten(listener: number): void;
   /** The server side's SPIFFE rule: undefined when `uri` is a valid ID in `trustDomain` ('' = any), else the rule broken. */
   spiffeCheck(uri: string, trustDomain: string): string | undefined;
 }
@@ -168,6 +181,9 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeSession: lib.func('void ahb_close_session(uint64_t session, int graceful)'),
     streamBytes: lib.func('int ahb_stream_bytes(uint64_t stream, _Out_ uint64_t *out)'),
     spiffeCheck: lib.func('const char *ahb_spiffe_check(const char *uri, const char *td)'),
+    listen: lib.func('uint64_t ahb_listen(int fd, int ipv6, int credits)'),
+    listenCredit: lib.func('int ahb_listen_credit(uint64_t listener, int n)'),
+    unlisten: lib.func('void ahb_unlisten(uint64_t listener)'),
   };
   const n = (v: unknown): number => Number(v);
   const out = new BigUint64Array(2);
@@ -186,6 +202,9 @@ export function loadNativeLib(path = nativeLibPath()): NativeLib {
     closeSession: (session, graceful) => void f.closeSession(session, graceful ? 1 : 0),
     closeSessionNotice: (session) => void f.closeSession(session, 2),
     streamBytes: (stream) => (n(f.streamBytes(stream, out)) === 0 ? [Number(out[0]), Number(out[1])] : undefined),
+    listen: (fd, ipv6, credits) => n(f.listen(fd, ipv6 ? 1 : 0, credits)),
+    listenCredit: (listener, count) => n(f.listenCredit(listener, count)) === 0,
+    unlisten: (listener) => void f.unlisten(listener),
     spiffeCheck: (uri, td) => {
       const r: unknown = f.spiffeCheck(uri, td);
       return typeof r === 'string' ? r : undefined;

@@ -9,14 +9,14 @@ import { AmbientError } from '../errors.js';
 import type { IdentityProvider, TlsMaterial } from '../identity/provider.js';
 import type { Logger } from '../log.js';
 import type { Netns } from '../platform/netns.js';
-import { close } from '../platform/libc.js';
-import { dialFrom, listenIn, serverFd, takeFd } from '../platform/sockets.js';
+import { close, dupCloexec } from '../platform/libc.js';
+import { dialFrom, listenIn, resetFd, serverFd, takeFd } from '../platform/sockets.js';
 import { AGENT_MARK, INBOUND_HBONE_PORT } from '../redirect/constants.js';
 import { HboneStatusError } from './connect.js';
-import type { HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd, ListenSocket } from './data-path.js';
+import type { AcceptedConnection, HboneDataPath, HboneInboundRequest, HboneListener, HboneOutbound, HboneStream, HboneStreamEnd, ListenSocket, OutboundListener } from './data-path.js';
 import { MAX_EVENT_LINE, type NativeEvent, type NativeLib, encodeHeaders, loadNativeLib, parseEvent } from './native-lib.js';
 import { LineSplitter } from '../protocol/line-splitter.js';
-import { formatHostPort, normalizeIp } from '../protocol/address.js';
+import { formatHostPort, normalizeIp, type IpFamily } from '../protocol/address.js';
 import { DEFAULT_POOL_OPTIONS, type HboneTarget, HbonePool, type PoolOptions, type PoolStats, type PooledConnection } from './pool.js';
 import { type RelaySettings, type ServerLimits, relaySettings, serverLimits } from './settings.js';
 
@@ -25,13 +25,28 @@ const SHUTDOWN_NOTICE_MS = 1000;
 /** A stream refused before it carried anything is opened again this many times (RFC 9113 §8.7: it was not processed). */
 const CONNECT_RETRIES = 1;
 
-/** Closes a socket fd handed back by the library with a TCP reset (the app sees its connection refused, not ended). */
-function resetFd(fd: number): void {
-  try {
-    new net.Socket({ fd, readable: false, writable: false }).resetAndDestroy();
-  } catch {
-    close(fd);
-  }
+/**
+ * "accepted" events an outbound listener may have reported that the agent has not taken yet (ahb_listen's credits): the
+ * bound on a pod's connections between the relay and the forwarder; more wait in the pod's accept queue.
+ */
+export const ACCEPT_CREDITS = 64;
+/**
+ * Credits go back to a listener once this many connections were taken from it (not one by one: each grant is a command
+ * that wakes the relay thread). The listener keeps at least ACCEPT_CREDITS - GRANT_AFTER - (events in flight),
+ * and every event in flight is taken and counted, so it never waits on a grant that does not come.
+ */
+export const GRANT_AFTER = ACCEPT_CREDITS / 2;
+/** How long the connections a closed listener had already accepted may still arrive (events in flight: milliseconds). */
+const CLOSED_LISTENER_GRACE_MS = 5_000;
+
+/** An outbound listener of the library: where its connections go, and how many were taken since the last grant. */
+interface OutboundEntry {
+  onAccepted: (c: AcceptedConnection) => void;
+  onError: (error: string, gone: boolean) => void;
+  /** open; drain: closed, connections already accepted still handed over; cut: closed, those reset. */
+  state: 'open' | 'drain' | 'cut';
+  /** Connections taken since the last grant of credits. */
+  taken: number;
 }
 
 /** A TLS context of the library for one identity's certificate. */
@@ -121,6 +136,8 @@ export class NativeHbone implements HboneDataPath {
   private waitingUp = new Map<number, { resolve: (notAfter: number) => void; reject: (err: Error) => void }>();
   private serverSessions = new Map<number, ServerSessionInfo>();
   private streams = new Map<number, StreamWaiter>();
+  /** Outbound listeners by library id (closed ones for CLOSED_LISTENER_GRACE_MS: their accepted connections in flight). */
+  private outListeners = new Map<number, OutboundEntry>();
   /** TLS contexts per (role, identity): made once per certificate, replaced on renewal (open sessions keep theirs). */
   private ctxs = new Map<string, TlsCtx>();
   private unsubscribe: (() => void) | undefined;
@@ -193,6 +210,7 @@ export class NativeHbone implements HboneDataPath {
       w.onClosed({ bytesIn: 0, bytesOut: 0, error: reason, reset: true });
     }
     this.streams.clear();
+    this.outListeners.clear(); // the library closed its listening fds; the forwarders close theirs
     this.serverSessions.clear();
     this.serverStats.handshaking = 0;
   }
@@ -221,6 +239,7 @@ export class NativeHbone implements HboneDataPath {
     for (const line of this.split.push(text + decoder.end())) {
       const ev = parseEvent(line);
       if (ev?.ev === 'status' && ev.retryFd !== undefined) resetFd(ev.retryFd);
+      if (ev?.ev === 'accepted') resetFd(ev.fd);
     }
   }
 
@@ -288,6 +307,24 @@ export class NativeHbone implements HboneDataPath {
   /** One event; `closing`: streams whose "closed" event is in the same batch (their requests are not worth a dial). */
   private dispatch(ev: NativeEvent, closing: ReadonlySet<number> = new Set()): void {
     switch (ev.ev) {
+      case 'accepted': {
+        const l = this.outListeners.get(ev.listener);
+        if (!l || l.state === 'cut') {
+          resetFd(ev.fd); // its pod is gone (or going): the app sees a reset
+          return;
+        }
+        // Kept when a grant fails (out of memory): granted with the next connection taken.
+        if (l.state === 'open' && ++l.taken >= GRANT_AFTER && this.lib?.listenCredit(ev.listener, l.taken)) l.taken = 0;
+        l.onAccepted({ fd: ev.fd, src: { address: ev.src, port: ev.srcPort }, dst: { address: ev.dst, port: ev.dstPort } });
+        return;
+      }
+      case 'listenerError': {
+        const l = this.outListeners.get(ev.listener);
+        if (!l) return;
+        if (ev.gone && l.state === 'open') l.state = 'cut'; // never made: not listening (the caller closes its fd)
+        l.onError(ev.error, ev.gone === 1);
+        return;
+      }
       case 'up': {
         const w = this.waitingUp.get(ev.session);
         this.waitingUp.delete(ev.session);
@@ -439,17 +476,26 @@ export class NativeHbone implements HboneDataPath {
   }
 
   /**
-   * Opens a CONNECT stream to `target` carrying the app socket `down` (accepted with pauseOnConnect). On failure to get
-   * a session, `down` is left to the caller (still a Node socket); once the stream is created, the native side owns it.
+   * Opens a CONNECT stream to `target` carrying the app socket `down` (an fd never read, owned from the call on: reset
+   * when no stream can be opened, or when `cancelled()` says the caller gave up while a connection was being had).
    * A stream refused before anything was sent (REFUSED_STREAM, or a GOAWAY that crossed it, as when the peer's agent
    * hands over to a new one) comes back with the untouched app socket and is opened again, once, on another session;
    * unless close() was called meanwhile (the forwarder's destroy: a policy change, the pod stopping): then the socket is
    * reset and the stream ends.
    */
-  async connect(target: HboneTarget, down: net.Socket, authority: string, headers: Record<string, string>): Promise<HboneOutbound> {
-    const session = await this.pool.acquire(target);
-    if (down.destroyed) throw new Error('downstream closed before the HBONE stream opened');
-    let cur = this.openClientStream(session, takeFd(down), authority, headers);
+  async connect(target: HboneTarget, down: number, authority: string, headers: Record<string, string>, cancelled?: () => boolean): Promise<HboneOutbound> {
+    let session: ClientSession;
+    try {
+      session = await this.pool.acquire(target);
+    } catch (err) {
+      resetFd(down);
+      throw err;
+    }
+    if (cancelled?.()) {
+      resetFd(down);
+      throw new Error(`connection to ${authority} closed before its HBONE stream opened`);
+    }
+    let cur = this.openClientStream(session, down, authority, headers); // on a throw, down is closed
     let retries = 0;
     /** close() was called: a stream handed back is not opened again (closing the attempt it was on did nothing). */
     let closedByCaller = false;
@@ -571,6 +617,37 @@ export class NativeHbone implements HboneDataPath {
       throw this.refusedByLibrary('clientStreams', `a CONNECT stream to ${authority}`);
     }
     return { ...this.track(id, session), handedBack: false };
+  }
+
+  listenOutbound(fd: number, family: IpFamily, onAccepted: (c: AcceptedConnection) => void, onError: (error: string, gone: boolean) => void = () => undefined): OutboundListener {
+    const lib = this.need();
+    const id = lib.listen(dupCloexec(fd), family === 'ipv6', ACCEPT_CREDITS); // the library owns the duplicate
+    if (!id) throw new AmbientError('AMB_ERR_NATIVE_LIB', `native HBONE data plane could not take an outbound listener: ${lib.lastError()}`);
+    const entry: OutboundEntry = { onAccepted, onError, state: 'open', taken: 0 };
+    let closed = false;
+    this.outListeners.set(id, entry);
+    const isOpen = (): boolean => entry.state === 'open' && this.outListeners.get(id) === entry;
+    return {
+      get listening() {
+        return isOpen();
+      },
+      get fd() {
+        return isOpen() ? fd : undefined;
+      },
+      close: (drain) => {
+        if (closed) {
+          if (!drain) entry.state = 'cut'; // after a drain: what is still on its way is reset
+          return;
+        }
+        closed = true;
+        close(fd);
+        if (entry.state === 'open') this.lib?.unlisten(id); // else the library never made it ("gone")
+        entry.state = drain && entry.state === 'open' ? 'drain' : 'cut';
+        setTimeout(() => {
+          if (this.outListeners.get(id) === entry) this.outListeners.delete(id);
+        }, CLOSED_LISTENER_GRACE_MS).unref();
+      },
+    };
   }
 
   /** Closes every connection from one source pod (it left the mesh). */

@@ -271,6 +271,15 @@ export function originalDst(sock: net.Socket, family: IpFamily = 'ipv4'): { addr
   return { address: normalizeIp(sock.localAddress), port: sock.localPort };
 }
 
+/** Closes a socket fd with a TCP reset (the app sees its connection refused, not ended); owned from the call on. */
+export function resetFd(fd: number): void {
+  try {
+    new net.Socket({ fd, readable: false, writable: false }).resetAndDestroy();
+  } catch {
+    close(fd);
+  }
+}
+
 /**
  * Takes a socket's connection away from Node: a close-on-exec duplicate of its fd, then the Node socket is destroyed
  * (the duplicate keeps the connection open). The socket must never have been read by Node (see `paused`, `pauseOnConnect`).
