@@ -607,6 +607,13 @@ static void expect_ended(int fd, const char *what) {
   CHECK(n == 0 || (n < 0 && errno == ECONNRESET), "%s: not ended (%s)", what, n < 0 ? strerror(errno) : "a byte came");
 }
 
+/* A blocking TCP connection to `addr` (a test's listener), connected (it waits in the listener's queue). */
+static int tcp_client(const struct sockaddr_in *addr) {
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(c >= 0 && connect(c, (const struct sockaddr *)addr, sizeof *addr) == 0, "connect: %s", strerror(errno));
+  return c;
+}
+
 /* The "accepted" events of one listener so far. */
 static size_t accepted_of(uint64_t listener) {
   size_t n = 0;
@@ -636,8 +643,7 @@ static void s_listen(void) {
   enum { N = 5 };
   int clients[N];
   for (int i = 0; i < N; i++) {
-    clients[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(connect(clients[i], (struct sockaddr *)&addr, sizeof addr) == 0, "connect: %s", strerror(errno));
+    clients[i] = tcp_client(&addr);
   }
   settle(200);
   CHECK(accepted_of(id) == 3, "%zu connections reported with 3 credits", accepted_of(id));
@@ -683,8 +689,7 @@ static void s_listen(void) {
   CHECK(id2, "ahb_listen: %s", ahb_last_error());
   int waiting[2];
   for (int i = 0; i < 2; i++) {
-    waiting[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(connect(waiting[i], (struct sockaddr *)&addr, sizeof addr) == 0, "connect: %s", strerror(errno));
+    waiting[i] = tcp_client(&addr);
   }
   CHECK(wait_event("accepted", 0, 0, WAIT_MS), "no connection reported");
   settle(100);
@@ -719,10 +724,7 @@ static void s_listen_races(void) {
     uint64_t id = ahb_listen(l, 0, 64);
     CHECK(id, "ahb_listen: %s", ahb_last_error());
     int c[3];
-    for (int i = 0; i < 3; i++) {
-      c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      CHECK(connect(c[i], (struct sockaddr *)&addr, sizeof addr) == 0, "connect: %s", strerror(errno));
-    }
+    for (int i = 0; i < 3; i++) c[i] = tcp_client(&addr);
     if (round % 2) settle(1);
     ahb_unlisten(id);
     settle(20);
@@ -741,8 +743,7 @@ static void s_listen_races(void) {
   enum { N = 100 };
   int c[N];
   for (int i = 0; i < N; i++) {
-    c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(connect(c[i], (struct sockaddr *)&addr, sizeof addr) == 0, "connect: %s", strerror(errno));
+    c[i] = tcp_client(&addr);
   }
   usleep(300 * 1000); /* the loop accepts them all; the events are not read, so most stay queued in the library */
   relay_restart(&base_cfg); /* reads what reached the socket: those fds are the harness's to close */
