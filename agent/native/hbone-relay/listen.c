@@ -107,7 +107,8 @@ static int report_accepted(struct listener *l, int fd, const struct sockaddr_sto
 
 void listener_accept(struct listener *l) {
   if (l->dead) return; /* stopped earlier in this turn */
-  for (int i = 0; i < ACCEPT_BATCH && l->credits > 0 && !relay.events_lost; i++) {
+  /* Not once the loop is stopping: a connection left in the queue is the agent's copy's, or a successor's, to take. */
+  for (int i = 0; i < ACCEPT_BATCH && l->credits > 0 && !relay.events_lost && !relay.stop; i++) {
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
     int fd = accept4(l->io.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -118,7 +119,12 @@ void listener_accept(struct listener *l) {
       if (errno != EAGAIN) listener_rest(l, errno);
       break;
     }
-    if (report_accepted(l, fd, &peer) == 0) l->credits--;
+    if (report_accepted(l, fd, &peer) == 0) {
+      l->credits--;
+    } else if (!relay.events_lost) {
+      listener_rest(l, ENOMEM); /* its event could not be queued: rest rather than reset connection after connection */
+      break;
+    }
   }
   listener_update(l);
 }

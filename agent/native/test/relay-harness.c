@@ -420,6 +420,7 @@ static void relay_stop(void) {
   }
   close(evfd);
   evfd = -1;
+  linelen = 0; /* a line the relay never finished sending is not glued to the next relay's first */
 }
 
 /*

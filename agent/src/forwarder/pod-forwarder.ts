@@ -283,7 +283,7 @@ export class PodForwarder {
       const info = this.info('outbound', { addr: formatHostPort(src.ip, src.port) }, { addr: '' }, false);
       return this.refuse(c.fd, stats, info, `no original destination (${family} listener)`);
     }
-    const dst = c.dst;
+    const dst = { address: normalizeIp(c.dst.address), port: c.dst.port };
     const route = decideOutbound(dst, this.mesh);
     const me = { ...this.me(), addr: formatHostPort(src.ip, src.port) };
     const dstAddr = formatHostPort(dst.address, dst.port);

@@ -121,8 +121,7 @@ export class NativeHbone implements HboneDataPath {
   readonly refusals: NativeRefusals = { clientSessions: 0, serverSessions: 0, clientStreams: 0 };
   /** Client streams refused before they carried anything and opened again (a peer's GOAWAY crossed them): in stats. */
   private streamsRetried = 0;
-  private readonly split = new LineSplitter(MAX_EVENT_LINE, (length, head) =>
-    this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
+  private split = this.newSplitter();
   private readonly opts: PoolOptions;
   private readonly limits: ServerLimits;
   /** What the relay starts with (settings.ts, tls.ts and the limits in force). */
@@ -202,6 +201,7 @@ export class NativeHbone implements HboneDataPath {
     this.events = undefined;
     if (events) this.releaseUnread(events);
     events?.destroy();
+    this.split = this.newSplitter(); // a line the library never finished is not glued to a restarted one's first
     this.lib = undefined;
     for (const w of this.waitingUp.values()) w.reject(new AmbientError('AMB_ERR_NATIVE_LIB', reason));
     this.waitingUp.clear();
@@ -213,6 +213,11 @@ export class NativeHbone implements HboneDataPath {
     this.outListeners.clear(); // the library closed its listening fds; the forwarders close theirs
     this.serverSessions.clear();
     this.serverStats.handshaking = 0;
+  }
+
+  private newSplitter(): LineSplitter {
+    return new LineSplitter(MAX_EVENT_LINE, (length, head) =>
+      this.log.error({ length, head }, `native data plane sent an event line longer than ${MAX_EVENT_LINE} characters: dropped`));
   }
 
   /**
