@@ -27,7 +27,8 @@
 
 /* Connections accepted per readiness report of one listener before the loop serves other fds (fairness). */
 #define ACCEPT_BATCH 32
-/* How long a listener rests after accept() failed for want of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM). */
+/* How long a listener rests after accept() failed (out of fds or memory, a socket no longer listening) or its event
+ * could not be queued. */
 #define ACCEPT_REST_MS 1000
 
 static struct listener *find_listener(uint64_t id) {

@@ -1,5 +1,6 @@
 // The native HBONE data path (the only one): loads the relay library (native-lib.ts), implements HboneDataPath with it
-// (outbound streams on the shared pool core, per-pod 15008 listeners whose connections go native), dispatches its events.
+// (per-pod 15001 listeners the library accepts on, outbound streams on the shared pool core, per-pod 15008 listeners
+// whose connections go native), dispatches its events.
 // Past 500 lines on purpose: the dispatch of the library's events needs the client side (pool, dials, streams) and the
 // server side (15008 sessions, their limits) in one place; both are kept here with the checks of what the library refused.
 import { readSync } from 'node:fs';
