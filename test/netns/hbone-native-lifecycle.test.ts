@@ -17,6 +17,8 @@ import { checkLeafIdentity, createCsr, generateP256 } from '../../agent/src/iden
 import { close } from '../../agent/src/platform/libc.js';
 import { Netns } from '../../agent/src/platform/netns.js';
 import { DIAL_TIMEOUT_MS, dialFrom, listenFdIn, listenIn, startDial } from '../../agent/src/platform/sockets.js';
+import { PodForwarder, type MeshContext, type PodSelf } from '../../agent/src/forwarder/pod-forwarder.js';
+import { AGENT_MARK } from '../../agent/src/redirect/constants.js';
 import { netnsTest } from '../testbed/ava.js';
 import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
 
@@ -111,6 +113,8 @@ async function within<T>(p: Promise<T>, ms = WAIT_MS): Promise<{ ok: true; value
 }
 
 interface Rig {
+  /** The namespace's name (for `ip netns exec`) and its handle. */
+  name: string;
   ns: Netns;
   ids: RotatingIdentities;
   hbone: NativeHbone;
@@ -155,7 +159,7 @@ async function rig(t: ExecutionContext, opts: { spares?: number; answerTimeoutMs
     await new Promise<void>((resolve) => echo.close(() => resolve()));
   });
   const base = {
-    ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
+    name, ns, ids, hbone, refused: [] as string[], accepted, clients: [] as net.Socket[],
     onRequest: (req: HboneInboundRequest): void => {
       req.answerConnect(startDial(ns, { host: '127.0.0.1', port: ECHO_PORT, mark: 0 }), DIAL_TIMEOUT_MS);
     },
@@ -589,4 +593,41 @@ netnsTest.serial('native connect() owns the app socket: a stream it cannot open,
   const out = await stream;
   t.like(await within(out.ready), { ok: true });
   t.is(await echo(client, 'after'), 'after');
+});
+
+netnsTest.serial('a pod forwarder restarted (stop, then start, as a repair does) relays outbound connections again', async (t) => {
+  const r = await rig(t);
+  // A destination outside the mesh, reached through REDIRECT to 15001 as an enrolled pod's traffic is (the agent's own
+  // dial carries the agent mark, which the rule exempts).
+  const exec = (cmd: string): Promise<unknown> => execa('ip', ['netns', 'exec', r.name, 'sh', '-c', cmd]);
+  await exec(`ip addr add 10.99.0.2/32 dev lo && iptables -t nat -A OUTPUT -p tcp -d 10.99.0.2 -m mark ! --mark ${AGENT_MARK} -j REDIRECT --to-ports 15001`);
+  const sockets: net.Socket[] = [];
+  const dest = await listenIn(r.ns, { address: '10.99.0.2', port: 9100 }, (s) => {
+    sockets.push(s);
+    s.on('error', () => undefined).pipe(s);
+  });
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => dest.close(() => resolve()));
+  });
+  const self: PodSelf = {
+    ns: r.ns, ips: ['127.0.0.1'], identity: CLIENT_ID, name: 'app', namespace: 'app', mtlsMode: () => 'PERMISSIVE', baggage: '',
+    authorize: () => ({ allowed: true, reason: 'test', dryRun: [] }),
+  };
+  const mesh: MeshContext = { lookup: () => undefined, identities: r.ids, hbone: r.hbone, trustDomain: TD, preserveSource: false, appMark: 0, captureFamilies: ['ipv4'] };
+  const fwd = new PodForwarder(self, mesh, pino({ level: 'silent' }));
+  t.teardown(() => fwd.stop());
+  const roundTrip = async (text: string): Promise<string> => {
+    const c = await dialFrom(r.ns, { host: '10.99.0.2', port: 9100, mark: 0 });
+    c.on('error', () => undefined);
+    r.clients.push(c);
+    return echo(c, text);
+  };
+  await fwd.start({}, true); // SO_REUSEPORT: beside the rig's own 15008
+  t.is(await roundTrip('first'), 'first');
+  await fwd.stop();
+  await fwd.start({}, true);
+  t.true(fwd.listening);
+  t.is(await roundTrip('again'), 'again', 'relayed after the restart, not reset');
+  t.is(fwd.stats.outbound.opened, 2);
 });

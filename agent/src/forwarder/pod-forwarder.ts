@@ -141,7 +141,7 @@ export class PodForwarder {
   private servers = new Map<ListenerKind, net.Server>();
   /** The outbound listeners (15001), whose connections the data path accepts. */
   private outListeners = new Map<ListenerKind, OutboundListener>();
-  /** stop() ran: a connection accepted before it and handed over after it is reset. */
+  /** stop() ran and start() has not run since: a connection accepted before it and handed over after it is reset. */
   private stopped = false;
   private hboneListeners = new Map<ListenerKind, HboneListener>();
   /** Open relays by their handle: a plain TCP socket, or an HBONE stream's stand-in (both can be destroyed). */
@@ -169,6 +169,7 @@ export class PodForwarder {
    * planned here is closed). Throws (after closing any it opened, and every handed fd) if one cannot be had.
    */
   async start(handed: HandedListeners = {}, reusePort = false): Promise<void> {
+    this.stopped = false; // a repair restarts a stopped forwarder (stop() then start())
     const ns = this.self.ns;
     const pending = { ...handed };
     const socket = (kind: ListenerKind): { address: string; fd?: number; reusePort?: boolean } => {
