@@ -20,7 +20,7 @@ import { DIAL_TIMEOUT_MS, dialFrom, listenFdIn, listenIn, startDial } from '../.
 import { PodForwarder, type MeshContext, type PodSelf } from '../../agent/src/forwarder/pod-forwarder.js';
 import { AGENT_MARK } from '../../agent/src/redirect/constants.js';
 import { netnsTest } from '../testbed/ava.js';
-import { createNetns, deleteNetns, netnsPath } from '../testbed/netns.js';
+import { createNetns, deleteNetns, execInNetns, ipIn, netnsPath } from '../testbed/netns.js';
 
 const TD = 'cluster.local';
 const CLIENT_ID = `spiffe://${TD}/ns/app/sa/client`;
@@ -599,8 +599,8 @@ netnsTest.serial('a pod forwarder restarted (stop, then start, as a repair does)
   const r = await rig(t);
   // A destination outside the mesh, reached through REDIRECT to 15001 as an enrolled pod's traffic is (the agent's own
   // dial carries the agent mark, which the rule exempts).
-  const exec = (cmd: string): Promise<unknown> => execa('ip', ['netns', 'exec', r.name, 'sh', '-c', cmd]);
-  await exec(`ip addr add 10.99.0.2/32 dev lo && iptables -t nat -A OUTPUT -p tcp -d 10.99.0.2 -m mark ! --mark ${AGENT_MARK} -j REDIRECT --to-ports 15001`);
+  await ipIn(r.name, 'addr', 'add', '10.99.0.2/32', 'dev', 'lo');
+  await execInNetns(r.name, 'iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', '10.99.0.2', '-m', 'mark', '!', '--mark', String(AGENT_MARK), '-j', 'REDIRECT', '--to-ports', '15001']);
   const sockets: net.Socket[] = [];
   const dest = await listenIn(r.ns, { address: '10.99.0.2', port: 9100 }, (s) => {
     sockets.push(s);

@@ -14,7 +14,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 int64_t now_ms(void) {
   struct timespec ts;
@@ -165,10 +164,7 @@ static void fd_lines_sent(void) {
 
 void close_unsent_fds(void) {
   struct fd_lines *m = &relay.fd_lines;
-  for (size_t i = 0; i < m->len; i++) {
-    set_reset_on_close(m->p[i].fd);
-    close(m->p[i].fd);
-  }
+  for (size_t i = 0; i < m->len; i++) close_with_reset(m->p[i].fd);
   free(m->p);
   memset(m, 0, sizeof *m);
 }

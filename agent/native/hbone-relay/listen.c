@@ -80,12 +80,6 @@ static int address_text(const struct sockaddr_storage *a, char *text, size_t n, 
   return -1;
 }
 
-/* A connection the agent will never see: the app gets a reset, not a connection that hangs. */
-static void refuse_accepted(int fd) {
-  set_reset_on_close(fd);
-  close(fd);
-}
-
 /*
  * Reports one accepted connection; the agent owns fd once this returns 0, else it was refused here. One without an
  * original destination is still reported, with an empty "dst": the agent refuses it and logs why.
@@ -100,7 +94,7 @@ static int report_accepted(struct listener *l, int fd, const struct sockaddr_sto
   }
   if (address_text(peer, src_text, sizeof src_text, &src_port)) src_text[0] = 0;
   if (ev_accepted(l->id, fd, src_text, src_port, dst_text, dst_port)) {
-    refuse_accepted(fd);
+    close_with_reset(fd); /* a connection the agent will never see */
     return -1;
   }
   return 0;

@@ -214,11 +214,8 @@ static int build_nva(struct stream *st, const char *authority, char *headers) {
 static void refuse_client_stream(struct cmd *c, const char *why) {
   ev_status(c->id, -1, why, -1);
   ev_closed(c->id, 0, 0, 0, 1, 0, why);
-  if (c->fd >= 0) {
-    set_reset_on_close(c->fd);
-    close(c->fd);
-    c->fd = -1;
-  }
+  close_with_reset(c->fd);
+  c->fd = -1;
 }
 
 static void cmd_client_stream(struct cmd *c) {

@@ -321,6 +321,7 @@ void stream_report_unanswered(struct stream *st, const char *session_error);
 int stream_hand_back(struct stream *st, const char *why);
 void stream_report_closed(struct stream *st, const char *why);
 void set_reset_on_close(int fd);
+void close_with_reset(int fd);
 void set_nonblock_nodelay(int fd, int nodelay);
 ssize_t data_read_cb(nghttp2_session *h2, int32_t sid, uint8_t *out, size_t len, uint32_t *flags, nghttp2_data_source *src, void *ud);
 int send_data_cb(nghttp2_session *h2, nghttp2_frame *f, const uint8_t *framehd, size_t length, nghttp2_data_source *src, void *ud);

@@ -25,6 +25,13 @@ void set_reset_on_close(int fd) {
   if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
+/* Closes an app socket nobody will relay with a reset: the app sees its connection refused, not one that hangs or ends. */
+void close_with_reset(int fd) {
+  if (fd < 0) return;
+  set_reset_on_close(fd);
+  close(fd);
+}
+
 /* An fd handed to the library: non-blocking, and (TCP) without Nagle's delay when `nodelay`. */
 void set_nonblock_nodelay(int fd, int nodelay) {
   if (fd < 0) return;
@@ -106,10 +113,7 @@ int stream_hand_back(struct stream *st, const char *why) {
   st->io.fd = -1;
   st->as_client.status_reported = 1;
   st->errored = 1;
-  if (ev_status(st->id, -1, why, fd)) {
-    set_reset_on_close(fd); /* not handed over: the app sees its connection refused */
-    close(fd);
-  }
+  if (ev_status(st->id, -1, why, fd)) close_with_reset(fd); /* not handed over */
   return 1;
 }
 

@@ -711,6 +711,19 @@ static void s_listen(void) {
   CHECK(id4, "ahb_listen: %s", ahb_last_error());
   settle(100);
   CHECK(count_listener_errors(id4, 1) == 1, "a listener of the wrong family was not refused as gone");
+  /* A listening socket shut down under the listener (as by another agent holding it): accept() fails, and the listener
+   * rests a second at a time instead of spinning on level-triggered readiness. */
+  int l5 = tcp_listener(8, &addr);
+  int mine = dup(l5);
+  uint64_t id5 = ahb_listen(l5, 0, 4);
+  CHECK(id5, "ahb_listen: %s", ahb_last_error());
+  settle(50);
+  CHECK(shutdown(mine, SHUT_RDWR) == 0, "shutdown: %s", strerror(errno));
+  settle(2500);
+  size_t rests = count_listener_errors(id5, 0);
+  CHECK(rests >= 1 && rests <= 4, "a listener whose accept() fails reported %zu rests in 2.5 s (want 1 .. 4: one a second)", rests);
+  close(mine);
+  ahb_unlisten(id5);
 }
 
 /*
