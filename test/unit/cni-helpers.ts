@@ -32,8 +32,9 @@ const DEFAULT_REPLIES: Record<string, FakeReply> = {
   [EVENT_PATHS.status]: { status: 200, body: { ready: true, node: 'node-1', backend: 'iptables', enrolled: 3 } },
 };
 
-export async function tempDir(t: ExecutionContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'amb-cni-'));
+/** A fresh folder under the system's temporary one (named `prefix`...), removed when the test ends. */
+export async function tempDir(t: ExecutionContext, prefix = 'amb-cni-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }

@@ -1,13 +1,13 @@
 // Unit tests for converting Kubernetes-shaped YAML into workload objects, and the files source's live updates.
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { type FSWatcher, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { type FSWatcher, mkdirSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { FilesWorkloadSource, parseWorkloadFile, parseWorkloadFileEntries, readBounded, resolveFileEntries } from '../../agent/src/workload/files-source.js';
 import { MALFORMED_POLICY_MSG } from '../../agent/src/policy/malformed.js';
 import { pollUntil } from '../fixtures/fake-kube-api.js';
+import { tempDir } from './cni-helpers.js';
 
 const quiet = pino({ level: 'silent' });
 
@@ -49,7 +49,7 @@ test('malformed objects are rejected with the file, object and field', (t) => {
 });
 
 test('files source picks up new, changed and removed objects, and keeps the last good state of a broken file', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeFileSync(join(dir, 'ns.yaml'), 'kind: Namespace\nmetadata: {name: app}\n');
   const src = new FilesWorkloadSource(dir, quiet, 50);
   await src.start();
@@ -82,13 +82,6 @@ function writeAtomic(dir: string, name: string, text: string): void {
   renameSync(join(dir, `.${name}.tmp`), join(dir, name));
 }
 
-/** A temporary folder, removed when the test ends. */
-function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 /** A files source on `dir`, started, stopped when the test ends; its safety check never runs in a test's time (the watch alone). */
 async function startedSource(t: ExecutionContext, dir: string): Promise<FilesWorkloadSource> {
   const src = new FilesWorkloadSource(dir, quiet, 60_000);
@@ -101,7 +94,7 @@ const podYaml = (name: string, ip: string, extra = ''): string =>
   `---\nkind: Pod\nmetadata: {name: ${name}, namespace: app, uid: u-${name}${extra}}\nspec: {nodeName: n1}\nstatus: {podIP: ${ip}}\n`;
 
 test('files source: an unchanged file is not parsed again; a changed one is, and only its pods are announced; a removed one removes its objects', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
   writeAtomic(dir, 'b.yaml', podYaml('b1', '10.0.1.1') + podYaml('b2', '10.0.1.2'));
@@ -130,7 +123,7 @@ test('files source: an unchanged file is not parsed again; a changed one is, and
 });
 
 test('files source: an event naming one file checks that file alone, in a folder of many; a removal likewise', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   for (let i = 0; i < 200; i++) writeAtomic(dir, `p${i}.yaml`, podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
   const src = await startedSource(t, dir);
   const { rescans, parses } = src.stats;
@@ -155,7 +148,7 @@ test('files source: an event naming one file checks that file alone, in a folder
 });
 
 test('files source: an event on the folder itself rescans it; a dangling symlink is gone to a check and to a rescan alike', async (t) => {
-  const dir = tempDir(t, 'amb-wl-dir-');
+  const dir = await tempDir(t, 'amb-wl-dir-');
   mkdirSync(join(dir, 'targets')); // not read: a directory
   writeFileSync(join(dir, 'targets', 'a.yaml'), podYaml('a', '10.0.0.1'));
   writeFileSync(join(dir, 'targets', 'b.yaml'), podYaml('b', '10.0.0.2'));
@@ -177,7 +170,7 @@ test('files source: an event on the folder itself rescans it; a dangling symlink
 });
 
 test('files source: stop() waits for the check under way and runs no other after it', async (t) => {
-  const dir = tempDir(t, 'amb-wl-stop-');
+  const dir = await tempDir(t, 'amb-wl-stop-');
   const src = new FilesWorkloadSource(dir, quiet, 60_000);
   await src.start();
   let changes = 0;
@@ -193,7 +186,7 @@ test('files source: stop() waits for the check under way and runs no other after
 });
 
 test('files source: past 1,000 files named at once, one full rescan replaces the checks', async (t) => {
-  const dir = tempDir(t, 'amb-wl-many-');
+  const dir = await tempDir(t, 'amb-wl-many-');
   const src = await startedSource(t, dir);
   const { rescans } = src.stats;
   for (let i = 0; i < 1500; i++) writeFileSync(join(dir, `p${i}.yaml`), podYaml(`p${i}`, `10.0.${i >> 8}.${i & 255}`));
@@ -202,7 +195,7 @@ test('files source: past 1,000 files named at once, one full rescan replaces the
 });
 
 test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) rescans the folder', async (t) => {
-  const dir = tempDir(t, 'amb-wl-cm-');
+  const dir = await tempDir(t, 'amb-wl-cm-');
   mkdirSync(join(dir, '..v1'));
   writeFileSync(join(dir, '..v1', 'pods.yaml'), podYaml('cm', '10.0.0.1'));
   symlinkSync('..v1', join(dir, '..data'));
@@ -217,7 +210,7 @@ test('files source: a ConfigMap volume\'s update (its ..data symlink swapped) re
 });
 
 test('files source: a pod in two files is the later file\'s (by name); removing that file brings back the other definition', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'a.yaml', podYaml('p', '10.0.0.1'));
   writeAtomic(dir, 'b.yaml', podYaml('p', '10.0.0.2'));
   const src = await startedSource(t, dir);
@@ -234,7 +227,7 @@ test('files source: a pod in two files is the later file\'s (by name); removing 
 });
 
 test('waitForPod gives up after its timeout', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   const src = new FilesWorkloadSource(dir, quiet, 50);
   await src.start();
   t.teardown(() => src.stop());
@@ -242,7 +235,7 @@ test('waitForPod gives up after its timeout', async (t) => {
 });
 
 test('files source: Services and EndpointSlices are read and announced; other kinds are logged once at debug', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   const lines: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
   writeFileSync(join(dir, 'svc.yaml'), [
@@ -315,7 +308,7 @@ test('resolveFileEntries: parsed, else previous good, else a fail-closed placeho
 });
 
 test('files source: a new malformed policy is a placeholder until fixed; the good objects of its file are read; a previous good version stays', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   const lines: Record<string, unknown>[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
   writeFileSync(join(dir, 'p.yaml'), [AP('viewer', TYPO), 'kind: Namespace\nmetadata: {name: app}\n', PA('strict', '{mtls: {mode: STRICTER}}')].join('---\n'));
@@ -382,7 +375,7 @@ test('WorkloadsByIp: an IP two pods claim is the last claimant\'s; the other com
 
 test('WorkloadDirectory over the files source: pod changes are applied one by one; a namespace change re-selects its pods', async (t) => {
   const { WorkloadDirectory } = await import('../../agent/src/workload/directory.js');
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'ns.yaml', 'kind: Namespace\nmetadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}\n');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1') + podYaml('a2', '10.0.0.2'));
   const src = await startedSource(t, dir);
@@ -401,7 +394,7 @@ test('WorkloadDirectory over the files source: pod changes are applied one by on
 });
 
 test('files source: a file over the per-file bound is not read, and its previous objects stay in force', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeAtomic(dir, 'a.yaml', podYaml('a1', '10.0.0.1'));
   const bound = 400;
   const src = new FilesWorkloadSource(dir, quiet, 60_000, 60_000, bound);
@@ -419,7 +412,7 @@ test('files source: a file over the per-file bound is not read, and its previous
 });
 
 test('readBounded reads a file of exactly the bound and refuses one byte more, naming the bound', async (t) => {
-  const dir = tempDir(t, 'amb-wl-');
+  const dir = await tempDir(t, 'amb-wl-');
   writeFileSync(join(dir, 'at.yaml'), 'a'.repeat(100));
   writeFileSync(join(dir, 'over.yaml'), 'a'.repeat(101));
   t.is((await readBounded(join(dir, 'at.yaml'), 100)).length, 100);

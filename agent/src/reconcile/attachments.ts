@@ -147,6 +147,12 @@ export class Attachments {
     return false;
   }
 
+  /** Whether a record of the pod with this uid is held (another sandbox of it). */
+  holdsUid(uid: string): boolean {
+    for (const r of this.records.values()) if (r.uid === uid) return true;
+    return false;
+  }
+
   /**
    * The record's sandbox, or undefined when it is gone: the attachment's live handle while the record's path still
    * names it, the event's own handle when it is that namespace, else one opened now.

@@ -76,7 +76,7 @@ export async function cniDel(a: Attachments, ev: CniEvent): Promise<EventVerdict
     await a.unenrol(key, a.log.child({ pod: `${rec.namespace}/${rec.name}`, containerId: rec.containerId.slice(0, 12) }), { podRules: 'leave' });
     a.records.delete(key);
     // Another attachment of the pod still recorded (a new sandbox's ADD came before this DEL of the old one): not left alone.
-    if (![...a.records.values()].some((r) => r.uid === rec.uid)) a.runtimeDeletes.note(rec.uid, rec.ips);
+    if (!a.holdsUid(rec.uid)) a.runtimeDeletes.note(rec.uid, rec.ips);
     await a.persist();
     return { result: 'removed' };
   });

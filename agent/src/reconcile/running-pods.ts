@@ -9,6 +9,7 @@ import type { WorkloadSource } from '../workload/source.js';
 import type { PodInfo } from '../workload/types.js';
 import type { Enroller } from './enroller.js';
 import { CaptureFamilyRefusal } from './attachments.js';
+import { LATE_ENROLMENT_MAX_RETRY_MS } from './runtime-deletes.js';
 
 export interface RunningPodsOptions {
   nodeName: string;
@@ -144,7 +145,7 @@ export class RunningPods {
       }
     }
     if (missing && !this.stopped) {
-      const policy = { initialMs: this.o.retryMs ?? 1000, maxMs: this.o.maxRetryMs ?? 30_000, maxDoublings: 20 };
+      const policy = { initialMs: this.o.retryMs ?? 1000, maxMs: this.o.maxRetryMs ?? LATE_ENROLMENT_MAX_RETRY_MS, maxDoublings: 20 };
       const delay = backoffDelay(this.attempt++, policy, Math.random);
       this.timer = setTimeout(() => void this.kick(), delay);
       this.timer.unref();

@@ -1,12 +1,14 @@
 // The pods the runtime has just DELeted, for late enrolment to leave alone for a while: the sandbox is gone while the
 // pod, still listed with the deleted sandbox's addresses, is one the agent has no record of.
 
+/** Late enrolment's longest retry delay (running-pods.ts's default; defined here, which imports nothing, to be shared). */
+export const LATE_ENROLMENT_MAX_RETRY_MS = 30_000;
 /**
- * How long a DEL keeps a pod out of late enrolment: as long as late enrolment's longest retry (running-pods.ts), so a
- * new sandbox of the pod that no ADD told the agent about (the plugin missing from the conflist) waits no longer than a
- * pod found on a retry would. How many pods are remembered (the oldest go first).
+ * How long a DEL keeps a pod out of late enrolment: as long as late enrolment's longest retry, so a new sandbox of the
+ * pod that no ADD told the agent about (the plugin missing from the conflist) waits no longer than a pod found on a
+ * retry would. How many pods are remembered (the oldest go first).
  */
-export const RUNTIME_DELETED_MS = 30_000;
+export const RUNTIME_DELETED_MS = LATE_ENROLMENT_MAX_RETRY_MS;
 export const RUNTIME_DELETED_MAX = 4096;
 
 interface Deleted {
